@@ -1,0 +1,827 @@
+//! `ferry.toml`, environment overrides and validation.
+//!
+//! Loading is three pure steps: parse the TOML text, overlay `FERRY_*`
+//! environment variables (`FERRY_SOURCE_URL` → `source.url`,
+//! `FERRY_APPLY_BATCH_ROWS` → `apply.batch_rows`, …), deserialize into plain
+//! serde types with `deny_unknown_fields`. [`Config::validate`] then checks
+//! everything that can be checked without connecting and reports every
+//! problem at once. Nothing here does I/O except [`Config::load`] reading the
+//! file it is given.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use globset::{GlobSet, GlobSetBuilder};
+use serde::Deserialize;
+
+use crate::schema::TableId;
+use crate::secret::{RedactedUrl, Secret};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: Endpoint,
+    pub target: Endpoint,
+    #[serde(default)]
+    pub tables: TablesConfig,
+    #[serde(default)]
+    pub load: LoadConfig,
+    #[serde(default)]
+    pub apply: ApplyConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
+    #[serde(default)]
+    pub state: StateConfig,
+    #[serde(default)]
+    pub postgres: PostgresSourceConfig,
+    #[serde(default)]
+    pub mysql: MySqlSourceConfig,
+}
+
+/// A database to connect to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// `postgres://…`, `mysql://…` (MariaDB too), `sqlite:///abs.db` or `sqlite:rel.db`.
+    pub url: RedactedUrl,
+    /// TLS mode; defaults to `prefer` for network sources.
+    #[serde(default)]
+    pub sslmode: Option<SslMode>,
+    /// PEM file with the CA certificate(s) to trust (e.g. the RDS/Aurora bundle).
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
+}
+
+/// libpq's TLS modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn parse(s: &str) -> Option<SslMode> {
+        Some(match s {
+            "disable" => SslMode::Disable,
+            "allow" | "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+
+    pub fn verifies_certificate(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        })
+    }
+}
+
+/// The kind of database behind a URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointKind {
+    Postgres,
+    MySql,
+    /// Path of the SQLite file.
+    Sqlite(PathBuf),
+}
+
+impl Endpoint {
+    /// What the URL points at, or why it is not usable.
+    pub fn kind(&self) -> Result<EndpointKind, String> {
+        let raw = self.url.expose();
+        match self.url.scheme().as_str() {
+            "postgres" | "postgresql" => Ok(EndpointKind::Postgres),
+            "mysql" | "mariadb" => Ok(EndpointKind::MySql),
+            "sqlite" => {
+                let rest = &raw["sqlite:".len()..];
+                let path = match rest.strip_prefix("//") {
+                    Some(abs) if abs.starts_with('/') => abs,
+                    Some(_) => {
+                        return Err(
+                            "sqlite URLs are sqlite:///abs/path.db or sqlite:rel/path.db".into(),
+                        );
+                    }
+                    None => rest,
+                };
+                let path = path.split(['?', '#']).next().unwrap_or_default();
+                if path.is_empty() {
+                    return Err("sqlite URL has no file path".into());
+                }
+                Ok(EndpointKind::Sqlite(PathBuf::from(path)))
+            }
+            "" => Err("is not a URL (expected postgres://, mysql:// or sqlite:)".into()),
+            other => Err(format!(
+                "has unsupported scheme '{other}' (expected postgres, mysql or sqlite)"
+            )),
+        }
+    }
+
+    /// The TLS mode in force: the explicit setting, else `sslmode` in the URL
+    /// query, else `prefer`.
+    pub fn effective_sslmode(&self) -> SslMode {
+        self.sslmode
+            .or_else(|| self.url_param("sslmode").and_then(|m| SslMode::parse(&m)))
+            .unwrap_or(SslMode::Prefer)
+    }
+
+    /// The root certificate path in force (setting, else URL `sslrootcert`).
+    pub fn effective_sslrootcert(&self) -> Option<PathBuf> {
+        self.sslrootcert
+            .clone()
+            .or_else(|| self.url_param("sslrootcert").map(PathBuf::from))
+    }
+
+    fn url_param(&self, name: &str) -> Option<String> {
+        let url = self.url.parsed().ok()?;
+        url.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+}
+
+/// Which tables to carry and what to call them on the target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TablesConfig {
+    /// Globs over `schema.table`; default everything.
+    #[serde(default = "default_include")]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// `"src_schema.table" = "dst_schema.table"`.
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+}
+
+fn default_include() -> Vec<String> {
+    vec!["*.*".into()]
+}
+
+impl Default for TablesConfig {
+    fn default() -> Self {
+        TablesConfig {
+            include: default_include(),
+            exclude: Vec::new(),
+            rename: BTreeMap::new(),
+        }
+    }
+}
+
+impl TablesConfig {
+    /// A compiled filter; `validate()` has already checked the globs.
+    pub fn filter(&self) -> Result<TableFilter, String> {
+        Ok(TableFilter {
+            include: build_globs(&self.include)?,
+            exclude: build_globs(&self.exclude)?,
+        })
+    }
+
+    /// The target name of a source table.
+    pub fn target_name(&self, source: &TableId) -> TableId {
+        let key = format!("{}.{}", source.schema, source.name);
+        self.rename
+            .get(&key)
+            .and_then(|t| parse_table_name(t))
+            .unwrap_or_else(|| source.clone())
+    }
+}
+
+fn build_globs(patterns: &[String]) -> Result<GlobSet, String> {
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        let glob = globset::GlobBuilder::new(p)
+            .literal_separator(false)
+            .build()
+            .map_err(|e| format!("table glob '{p}' is invalid: {e}"))?;
+        b.add(glob);
+    }
+    b.build().map_err(|e| e.to_string())
+}
+
+/// Parse `schema.table` (exactly one dot, both parts non-empty).
+pub fn parse_table_name(s: &str) -> Option<TableId> {
+    let (schema, name) = s.split_once('.')?;
+    if schema.is_empty() || name.is_empty() || name.contains('.') {
+        return None;
+    }
+    Some(TableId::new(schema, name))
+}
+
+/// Include/exclude globs over `schema.table`.
+#[derive(Debug, Clone)]
+pub struct TableFilter {
+    include: GlobSet,
+    exclude: GlobSet,
+}
+
+impl TableFilter {
+    pub fn matches(&self, t: &TableId) -> bool {
+        let name = format!("{}.{}", t.schema, t.name);
+        self.include.is_match(&name) && !self.exclude.is_match(&name)
+    }
+}
+
+/// Full-load knobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadConfig {
+    /// Tables/chunks copied at once. Default: number of CPUs, at least 2.
+    pub parallelism: Option<usize>,
+    /// Tables larger than this many rows (estimate) are split into chunks.
+    pub chunk_rows: u64,
+    /// Index builds run at once after the load.
+    pub index_parallelism: Option<usize>,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        LoadConfig {
+            parallelism: None,
+            chunk_rows: 500_000,
+            index_parallelism: None,
+        }
+    }
+}
+
+impl LoadConfig {
+    pub fn effective_parallelism(&self) -> usize {
+        self.parallelism.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(2)
+                .max(2)
+        })
+    }
+}
+
+/// CDC batching knobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApplyConfig {
+    /// A batch closes after this many row changes (at a transaction boundary).
+    pub batch_rows: usize,
+    /// …or this many milliseconds after its first change.
+    pub batch_ms: u64,
+    /// Row changes buffered in memory before a large transaction is spilled.
+    pub max_buffered_changes: usize,
+}
+
+impl Default for ApplyConfig {
+    fn default() -> Self {
+        ApplyConfig {
+            batch_rows: 20_000,
+            batch_ms: 500,
+            max_buffered_changes: 100_000,
+        }
+    }
+}
+
+/// The control API of a running `ferry run`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    pub listen: String,
+    /// Optional bearer token required by the API.
+    pub token: Option<Secret>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            listen: "127.0.0.1:7433".into(),
+            token: None,
+        }
+    }
+}
+
+/// Where ferry keeps its state in the target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    pub schema: String,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            schema: "ferry".into(),
+        }
+    }
+}
+
+/// PostgreSQL-source settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresSourceConfig {
+    pub slot: String,
+    pub publication: String,
+    /// pgoutput protocol version (1, or 2 for streaming of large transactions).
+    pub proto_version: u32,
+}
+
+impl Default for PostgresSourceConfig {
+    fn default() -> Self {
+        PostgresSourceConfig {
+            slot: "ferry".into(),
+            publication: "ferry".into(),
+            proto_version: 2,
+        }
+    }
+}
+
+/// MySQL/MariaDB-source settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MySqlSourceConfig {
+    /// server_id ferry uses as a replica; must be unique among replicas.
+    pub server_id: u32,
+}
+
+impl Default for MySqlSourceConfig {
+    fn default() -> Self {
+        MySqlSourceConfig {
+            server_id: 8_470_001,
+        }
+    }
+}
+
+/// A config that could not be read or parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {origin} is not valid TOML: {message}")]
+    Parse { origin: String, message: String },
+    #[error("environment variable {var} does not name a setting; known sections: {sections}")]
+    UnknownEnv { var: String, sections: String },
+    #[error("config is invalid:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<String>),
+}
+
+const SECTIONS: &[&str] = &[
+    "source", "target", "tables", "load", "apply", "control", "state", "postgres", "mysql",
+];
+const LIST_KEYS: &[&str] = &["tables.include", "tables.exclude"];
+/// `FERRY_*` variables that configure the CLI itself, not `ferry.toml`.
+const NON_CONFIG_ENV: &[&str] = &["FERRY_CONFIG", "FERRY_LOG", "FERRY_DATASETS"];
+
+impl Config {
+    /// Read `path` (optional: env alone can configure ferry) and apply the
+    /// process environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_owned(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let origin = path.map_or_else(|| "(environment)".to_owned(), |p| p.display().to_string());
+        Config::from_parts(&text, &origin, std::env::vars())
+    }
+
+    /// Parse TOML text and overlay `FERRY_*` variables from `env`.
+    pub fn from_parts(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        let mut env: Vec<_> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("FERRY_"))
+            .collect();
+        env.sort();
+        for (var, value) in env {
+            if NON_CONFIG_ENV.contains(&var.as_str()) {
+                continue;
+            }
+            let rest = var["FERRY_".len()..].to_ascii_lowercase();
+            let Some((section, key)) = SECTIONS.iter().find_map(|s| {
+                rest.strip_prefix(&format!("{s}_"))
+                    .map(|k| (*s, k.to_owned()))
+            }) else {
+                return Err(ConfigError::UnknownEnv {
+                    var,
+                    sections: SECTIONS.join(", "),
+                });
+            };
+            let entry = doc
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(table) = entry.as_table_mut() else {
+                return Err(ConfigError::Parse {
+                    origin: origin.to_owned(),
+                    message: format!("'{section}' must be a table"),
+                });
+            };
+            table.insert(key.clone(), env_value(&format!("{section}.{key}"), &value));
+        }
+        Config::deserialize(doc).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Every problem that can be found without connecting, at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let source_kind = check_endpoint("source", &self.source, &mut problems);
+        let target_kind = check_endpoint("target", &self.target, &mut problems);
+        if let Some(k) = &target_kind
+            && *k != EndpointKind::Postgres {
+                problems.push(format!(
+                    "target.url ({}) must be a postgres:// URL: ferry writes into PostgreSQL",
+                    self.target.url
+                ));
+            }
+        if source_kind.is_some() && self.source.url.expose() == self.target.url.expose() {
+            problems.push("source.url and target.url are the same database; point target.url at the new database".into());
+        }
+        if let Some(EndpointKind::Sqlite(_)) = source_kind
+            && (self.source.sslmode.is_some() || self.source.sslrootcert.is_some()) {
+                problems.push(
+                    "source.sslmode/sslrootcert do not apply to an sqlite source; remove them"
+                        .into(),
+                );
+            }
+        if let Err(e) = self.tables.filter() {
+            problems.push(format!("tables: {e}"));
+        }
+        for (from, to) in &self.tables.rename {
+            for (which, name) in [("source", from), ("target", to)] {
+                if parse_table_name(name).is_none() {
+                    problems.push(format!(
+                        "tables.rename: {which} name '{name}' must be schema.table"
+                    ));
+                }
+            }
+        }
+        if self.load.parallelism == Some(0) {
+            problems.push("load.parallelism must be at least 1".into());
+        }
+        if self.load.index_parallelism == Some(0) {
+            problems.push("load.index_parallelism must be at least 1".into());
+        }
+        if self.load.chunk_rows == 0 {
+            problems.push("load.chunk_rows must be at least 1".into());
+        }
+        if self.apply.batch_rows == 0 {
+            problems.push("apply.batch_rows must be at least 1".into());
+        }
+        if self.apply.batch_ms == 0 {
+            problems.push("apply.batch_ms must be at least 1".into());
+        }
+        if self.apply.max_buffered_changes < self.apply.batch_rows.min(1_000) {
+            problems.push(
+                "apply.max_buffered_changes must be at least min(apply.batch_rows, 1000)".into(),
+            );
+        }
+        match self.control.listen.parse::<SocketAddr>() {
+            Err(_) => problems.push(format!(
+                "control.listen '{}' is not an address such as 127.0.0.1:7433",
+                self.control.listen
+            )),
+            Ok(addr) if !addr.ip().is_loopback() && self.control.token.is_none() => problems.push(format!(
+                "control.listen {addr} is not a loopback address; set control.token so the API requires a bearer token"
+            )),
+            Ok(_) => {}
+        }
+        if !is_identifier(&self.state.schema) {
+            problems.push(format!(
+                "state.schema '{}' must be a lowercase identifier (letters, digits, _)",
+                self.state.schema
+            ));
+        }
+        for (name, value) in [
+            ("postgres.slot", &self.postgres.slot),
+            ("postgres.publication", &self.postgres.publication),
+        ] {
+            if !is_identifier(value) {
+                problems.push(format!(
+                    "{name} '{value}' must be a lowercase identifier of at most 63 characters"
+                ));
+            }
+        }
+        if !matches!(self.postgres.proto_version, 1 | 2) {
+            problems.push(format!(
+                "postgres.proto_version {} is not 1 or 2",
+                self.postgres.proto_version
+            ));
+        }
+        if self.mysql.server_id == 0 {
+            problems.push(
+                "mysql.server_id must be non-zero and unique among the source's replicas".into(),
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+fn check_endpoint(which: &str, ep: &Endpoint, problems: &mut Vec<String>) -> Option<EndpointKind> {
+    let kind = match ep.kind() {
+        Ok(k) => k,
+        Err(e) => {
+            problems.push(format!("{which}.url ({}) {e}", ep.url));
+            return None;
+        }
+    };
+    if kind != EndpointKind::Postgres && kind != EndpointKind::MySql {
+        return Some(kind);
+    }
+    match ep.url.parsed() {
+        Err(e) => problems.push(format!("{which}.url ({}) does not parse: {e}", ep.url)),
+        Ok(u) => {
+            if u.host_str().is_none_or(str::is_empty) {
+                problems.push(format!("{which}.url ({}) has no host", ep.url));
+            }
+            if u.path().trim_start_matches('/').is_empty() {
+                problems.push(format!(
+                    "{which}.url ({}) names no database; add /dbname",
+                    ep.url
+                ));
+            }
+            if let Some((_, m)) = u.query_pairs().find(|(k, _)| k == "sslmode")
+                && SslMode::parse(&m).is_none() {
+                    problems.push(format!(
+                        "{which}.url sslmode '{m}' is not one of disable, prefer, require, verify-ca, verify-full"
+                    ));
+                }
+        }
+    }
+    let mode = ep.effective_sslmode();
+    let root = ep.effective_sslrootcert();
+    if mode.verifies_certificate() && root.is_none() {
+        problems.push(format!(
+            "{which}.sslmode is {mode} but no sslrootcert is set; set {which}.sslrootcert to the CA bundle (e.g. the RDS global-bundle.pem)"
+        ));
+    }
+    if mode == SslMode::Disable && root.is_some() {
+        problems.push(format!(
+            "{which}.sslrootcert is set but sslmode is disable; use sslmode=verify-full"
+        ));
+    }
+    Some(kind)
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// An environment value as TOML: numbers and booleans typed, lists split on
+/// commas, anything else a string.
+fn env_value(key: &str, raw: &str) -> toml::Value {
+    if LIST_KEYS.contains(&key) {
+        return toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        );
+    }
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    match raw {
+        "true" => toml::Value::Boolean(true),
+        "false" => toml::Value::Boolean(false),
+        _ => toml::Value::String(raw.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const BASIC: &str = r#"
+[source]
+url = "postgres://app:pw-source@127.0.0.1:5433/app"
+[target]
+url = "postgres://admin:pw-target@127.0.0.1:5434/app"
+sslmode = "disable"
+"#;
+
+    #[test]
+    fn defaults_are_sensible() {
+        let c = Config::from_parts(BASIC, "test", env(&[])).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.state.schema, "ferry");
+        assert_eq!(c.source.effective_sslmode(), SslMode::Prefer);
+        assert_eq!(c.target.effective_sslmode(), SslMode::Disable);
+        assert_eq!(c.source.kind().unwrap(), EndpointKind::Postgres);
+        assert!(
+            c.tables
+                .filter()
+                .unwrap()
+                .matches(&TableId::new("public", "x"))
+        );
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let c = Config::from_parts(
+            BASIC,
+            "test",
+            env(&[
+                ("FERRY_SOURCE_URL", "mysql://root:pw@127.0.0.1:3307/shop"),
+                ("FERRY_APPLY_BATCH_ROWS", "500"),
+                ("FERRY_TABLES_EXCLUDE", "shop.audit_*, shop.tmp"),
+                ("FERRY_CONFIG", "/ignored"),
+                ("PATH", "/usr/bin"),
+            ]),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.source.kind().unwrap(), EndpointKind::MySql);
+        assert_eq!(c.apply.batch_rows, 500);
+        let f = c.tables.filter().unwrap();
+        assert!(!f.matches(&TableId::new("shop", "audit_2024")));
+        assert!(!f.matches(&TableId::new("shop", "tmp")));
+        assert!(f.matches(&TableId::new("shop", "orders")));
+    }
+
+    #[test]
+    fn env_alone_is_enough() {
+        let c = Config::from_parts(
+            "",
+            "(environment)",
+            env(&[
+                ("FERRY_SOURCE_URL", "sqlite:///var/data/app.db"),
+                ("FERRY_TARGET_URL", "postgres://u:p@127.0.0.1/app"),
+            ]),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.source.kind().unwrap(),
+            EndpointKind::Sqlite("/var/data/app.db".into())
+        );
+        let rel = Endpoint {
+            url: RedactedUrl::new("sqlite:data/app.db"),
+            sslmode: None,
+            sslrootcert: None,
+        };
+        assert_eq!(
+            rel.kind().unwrap(),
+            EndpointKind::Sqlite("data/app.db".into())
+        );
+    }
+
+    #[test]
+    fn unknown_env_and_fields_are_rejected() {
+        let e = Config::from_parts(BASIC, "test", env(&[("FERRY_SOURSE_URL", "x")])).unwrap_err();
+        assert!(e.to_string().contains("FERRY_SOURSE_URL"), "{e}");
+        let e = Config::from_parts(
+            &format!("{BASIC}\n[apply]\nbatch_rowz = 3\n"),
+            "f.toml",
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("batch_rowz"), "{e}");
+    }
+
+    #[test]
+    fn validate_reports_every_problem_at_once() {
+        let text = r#"
+[source]
+url = "oracle://scott:tiger@db/x"
+sslmode = "verify-full"
+[target]
+url = "mysql://u:p@h/db"
+[tables]
+include = ["public.[*"]
+rename = { "nodot" = "a.b" }
+[apply]
+batch_rows = 0
+[control]
+listen = "0.0.0.0:7433"
+[state]
+schema = "Bad-Name"
+[postgres]
+proto_version = 3
+"#;
+        let c = Config::from_parts(text, "t", env(&[])).unwrap();
+        let msg = c.validate().unwrap_err().to_string();
+        for needle in [
+            "unsupported scheme 'oracle'",
+            "must be a postgres:// URL",
+            "public.[*",
+            "'nodot' must be schema.table",
+            "batch_rows must be at least 1",
+            "set control.token",
+            "state.schema",
+            "proto_version 3",
+        ] {
+            assert!(msg.contains(needle), "missing {needle:?} in:\n{msg}");
+        }
+        assert!(!msg.contains("tiger"), "password leaked:\n{msg}");
+    }
+
+    #[test]
+    fn verify_modes_need_a_root_certificate() {
+        let text = BASIC.replace("sslmode = \"disable\"", "sslmode = \"verify-full\"");
+        let c = Config::from_parts(&text, "t", env(&[])).unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("sslrootcert")
+        );
+        let c = Config::from_parts(
+            &text,
+            "t",
+            env(&[("FERRY_TARGET_SSLROOTCERT", "/etc/ssl/rds-global-bundle.pem")]),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let url_mode = Config::from_parts(
+            &BASIC.replace("5433/app\"", "5433/app?sslmode=require\""),
+            "t",
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(url_mode.source.effective_sslmode(), SslMode::Require);
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_or_errors() {
+        let text = r#"
+[source]
+url = "postgres://app:pw-source-123@127.0.0.1:5433/app"
+[target]
+url = "postgres://admin:pw-target-456@127.0.0.1:5434/app"
+[control]
+token = "tok-789"
+listen = "0.0.0.0:1"
+[apply]
+batch_ms = 0
+"#;
+        let c = Config::from_parts(text, "t", env(&[])).unwrap();
+        let shown = format!("{c:?} {}", c.validate().unwrap_err());
+        for secret in ["pw-source-123", "pw-target-456", "tok-789"] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+        assert!(shown.contains("app:****@127.0.0.1:5433"));
+    }
+
+    #[test]
+    fn renames_map_tables() {
+        let c = Config::from_parts(
+            &format!("{BASIC}\n[tables.rename]\n\"public.old\" = \"archive.new\"\n"),
+            "t",
+            env(&[]),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.tables.target_name(&TableId::new("public", "old")),
+            TableId::new("archive", "new")
+        );
+        assert_eq!(
+            c.tables.target_name(&TableId::new("public", "x")),
+            TableId::new("public", "x")
+        );
+    }
+}

@@ -1,0 +1,33 @@
+//! The change model every ferry crate speaks.
+//!
+//! A source reader turns its log (pgoutput, binlog, SQLite change log) into
+//! [`Event`]s: `Begin`, [`Change`]s, `Commit`, each commit carrying the source
+//! [`Position`] of that transaction. The applier consumes events in order and
+//! stores the position of the last applied commit in the target. Everything
+//! here is plain data: no I/O, no async, no heavy dependencies.
+//!
+//! - [`value`]: typed column values, lossless for PostgreSQL targets.
+//! - [`schema`]: table identity and table schemas (source and target types).
+//! - [`change`]: row changes, transactions and the event stream.
+//! - [`position`]: per-source log positions, ordered within one source and
+//!   impossible to compare across sources (distinct types).
+//! - [`config`]: `ferry.toml` with `FERRY_*` overrides and a pure `validate()`.
+//! - [`secret`]: redacting wrappers for passwords and connection URLs.
+//! - [`plan`]: prerequisite checks and the table plan of `ferry plan`.
+//! - [`error`]: the shared error type, classified by consequence.
+
+pub mod change;
+pub mod config;
+pub mod error;
+pub mod plan;
+pub mod position;
+pub mod schema;
+pub mod secret;
+pub mod value;
+
+pub use change::{Change, Event, OldRow, Row, Transaction};
+pub use error::{Error, ErrorClass, Result};
+pub use position::{ChangeLogSeq, GtidSet, Lsn, MySqlPosition, Position, SourceKind};
+pub use schema::{Column, ReplicaIdentity, TableId, TableSchema};
+pub use secret::{RedactedUrl, Secret};
+pub use value::Value;

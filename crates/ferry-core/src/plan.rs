@@ -1,0 +1,120 @@
+//! The result of `ferry plan`: prerequisite checks and the table plan.
+//!
+//! Each source crate and the target crate produce [`Check`]s; the CLI prints
+//! them and exits 2 when any check failed. A failed check always carries the
+//! fix. The report serialises to JSON for `ferry plan --json`.
+
+use serde::Serialize;
+
+/// Outcome of one prerequisite check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    Pass,
+    /// Runnable, but the operator should know (short binlog retention, …).
+    Warn,
+    /// Not runnable until fixed.
+    Fail,
+}
+
+/// One prerequisite, what was found, and how to fix it when it failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// Which side: `source` or `target`.
+    pub side: &'static str,
+    /// Short name, e.g. `wal_level`, `binlog_format`, `replication privilege`.
+    pub name: String,
+    pub status: CheckStatus,
+    /// What was found (`wal_level = replica`).
+    pub detail: String,
+    /// What to do, for `Warn` and `Fail`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Check {
+    pub fn pass(side: &'static str, name: impl Into<String>, detail: impl Into<String>) -> Self {
+        Check {
+            side,
+            name: name.into(),
+            status: CheckStatus::Pass,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    pub fn warn(
+        side: &'static str,
+        name: impl Into<String>,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Check {
+            side,
+            name: name.into(),
+            status: CheckStatus::Warn,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
+    pub fn fail(
+        side: &'static str,
+        name: impl Into<String>,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Check {
+            side,
+            name: name.into(),
+            status: CheckStatus::Fail,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// A column as it will be created on the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ColumnPlan {
+    pub name: String,
+    pub source_type: String,
+    pub pg_type: String,
+    pub nullable: bool,
+}
+
+/// One table ferry will carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TablePlan {
+    /// `schema.table` on the source.
+    pub source: String,
+    /// `schema.table` on the target.
+    pub target: String,
+    pub row_estimate: Option<u64>,
+    /// Key columns changes are matched on (empty: none).
+    pub key: Vec<String>,
+    pub replica_identity: String,
+    pub columns: Vec<ColumnPlan>,
+}
+
+/// Everything `ferry plan` found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PlanReport {
+    /// `postgres`, `mysql`, `mariadb` or `sqlite`.
+    pub source_flavor: String,
+    pub source_version: String,
+    pub target_version: String,
+    pub checks: Vec<Check>,
+    pub tables: Vec<TablePlan>,
+}
+
+impl PlanReport {
+    /// Whether nothing failed (warnings allowed).
+    pub fn runnable(&self) -> bool {
+        self.checks.iter().all(|c| c.status != CheckStatus::Fail)
+    }
+
+    pub fn failures(&self) -> impl Iterator<Item = &Check> {
+        self.checks.iter().filter(|c| c.status == CheckStatus::Fail)
+    }
+}

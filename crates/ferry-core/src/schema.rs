@@ -1,0 +1,162 @@
+//! Table identity and table schemas.
+//!
+//! A [`TableSchema`] describes one source table as ferry carries it: its
+//! columns in source order with the source type and the PostgreSQL type the
+//! target uses, nullability, the key columns changes are matched on, and the
+//! replica identity (what a source sends as the old row of updates/deletes).
+
+use std::fmt;
+
+/// `schema.table`, unquoted parts. Displayed quoted where needed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableId {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableId {
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
+        TableId {
+            schema: schema.into(),
+            name: name.into(),
+        }
+    }
+
+    /// `"schema"."table"`, always quoted: safe to splice into SQL.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+impl fmt::Display for TableId {
+    /// `schema.table`, quoting a part only when it needs it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}.{}",
+            display_ident(&self.schema),
+            display_ident(&self.name)
+        )
+    }
+}
+
+/// Quote an SQL identifier for PostgreSQL, doubling embedded quotes.
+pub fn quote_ident(ident: &str) -> String {
+    let mut out = String::with_capacity(ident.len() + 2);
+    out.push('"');
+    for c in ident.chars() {
+        if c == '"' {
+            out.push('"');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+fn display_ident(ident: &str) -> String {
+    let plain = !ident.is_empty()
+        && ident
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && ident
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        ident.to_owned()
+    } else {
+        quote_ident(ident)
+    }
+}
+
+/// What a source sends as the "old" row of updates and deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReplicaIdentity {
+    /// The primary key columns.
+    Default,
+    /// A chosen unique index.
+    Index,
+    /// Every column (PostgreSQL REPLICA IDENTITY FULL, MySQL full row image).
+    Full,
+    /// Nothing: updates and deletes cannot be matched on the target.
+    Nothing,
+}
+
+impl ReplicaIdentity {
+    /// PostgreSQL's `pg_class.relreplident` letter.
+    pub fn from_pg_char(c: u8) -> Option<Self> {
+        Some(match c {
+            b'd' => ReplicaIdentity::Default,
+            b'i' => ReplicaIdentity::Index,
+            b'f' => ReplicaIdentity::Full,
+            b'n' => ReplicaIdentity::Nothing,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ReplicaIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReplicaIdentity::Default => "default",
+            ReplicaIdentity::Index => "index",
+            ReplicaIdentity::Full => "full",
+            ReplicaIdentity::Nothing => "nothing",
+        })
+    }
+}
+
+/// One column of a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    /// The type as the source names it (`int unsigned`, `character varying(40)`).
+    pub source_type: String,
+    /// The PostgreSQL type the target column has (`bigint`, `numeric(20)`, `text[]`).
+    pub pg_type: String,
+    /// PostgreSQL type OID of `pg_type` when known (PostgreSQL sources).
+    pub type_oid: Option<u32>,
+    pub nullable: bool,
+}
+
+/// A table as ferry carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSchema {
+    pub id: TableId,
+    pub columns: Vec<Column>,
+    /// Indexes into `columns` of the key changes are matched on; empty when
+    /// the table has no primary key (then rows are matched on all columns).
+    pub key: Vec<usize>,
+    pub replica_identity: ReplicaIdentity,
+}
+
+impl TableSchema {
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    pub fn has_key(&self) -> bool {
+        !self.key.is_empty()
+    }
+
+    /// Key column names in key order.
+    pub fn key_names(&self) -> impl Iterator<Item = &str> {
+        self.key.iter().map(|&i| self.columns[i].name.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_ids_quote_when_needed() {
+        assert_eq!(TableId::new("public", "film").to_string(), "public.film");
+        assert_eq!(
+            TableId::new("public", "InvoiceLine").to_string(),
+            "public.\"InvoiceLine\""
+        );
+        assert_eq!(TableId::new("a\"b", "c").quoted(), "\"a\"\"b\".\"c\"");
+    }
+}
