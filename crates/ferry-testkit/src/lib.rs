@@ -44,7 +44,7 @@ mod sys;
 use std::path::{Path, PathBuf};
 
 pub use mariadb::{MariaDbOptions, MariaDbServer};
-pub use pg::{PgAuth, PgOptions, PgServer};
+pub use pg::{PgAuth, PgOptions, PgServer, PgTlsFiles};
 pub use sys::testkit_root;
 
 /// Superuser created in every server (PostgreSQL superuser; MariaDB user with
@@ -129,7 +129,10 @@ pub fn datasets_dir() -> Result<PathBuf> {
         return if p.is_dir() {
             Ok(p)
         } else {
-            Err(TestkitError::Datasets(format!("FERRY_DATASETS={} is not a directory", p.display())))
+            Err(TestkitError::Datasets(format!(
+                "FERRY_DATASETS={} is not a directory",
+                p.display()
+            )))
         };
     }
     let mut starts: Vec<PathBuf> = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR"))];
@@ -159,7 +162,10 @@ pub fn dataset_file(relative: impl AsRef<Path>) -> Result<PathBuf> {
     if p.is_file() {
         Ok(p)
     } else {
-        Err(TestkitError::Datasets(format!("missing dataset file {}", p.display())))
+        Err(TestkitError::Datasets(format!(
+            "missing dataset file {}",
+            p.display()
+        )))
     }
 }
 
@@ -182,4 +188,43 @@ pub(crate) fn strip_database_switches(script: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binary_names_the_package() {
+        let err = sys::require_program(
+            &["/nonexistent/pg_frobnicate"],
+            "pg_frobnicate_xyz",
+            "postgresql",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "required program `pg_frobnicate_xyz` not found; install the Debian package `postgresql`"
+        );
+    }
+
+    #[test]
+    fn database_switches_are_stripped() {
+        let s = "DROP DATABASE IF EXISTS chinook;\nCREATE DATABASE chinook;\n\\c chinook;\nUSE `Chinook`;\nCREATE TABLE a (x int);\n";
+        assert_eq!(strip_database_switches(s), "CREATE TABLE a (x int);\n");
+    }
+
+    #[test]
+    fn unique_names() {
+        let a = sys::unique_db_name("My Test");
+        let b = sys::unique_db_name("My Test");
+        assert_ne!(a, b);
+        assert!(a.starts_with("my_test_"), "{a}");
+        assert!(sys::unique_db_name(&"x".repeat(100)).len() <= 63);
+    }
+
+    #[test]
+    fn datasets_are_found() {
+        assert!(dataset_file("chinook/Chinook_PostgreSql.sql").is_ok());
+    }
 }

@@ -38,12 +38,17 @@ pub(crate) struct ServiceUser {
 
 /// Effective uid of this process (the owner of `/proc/self`).
 pub(crate) fn effective_uid() -> u32 {
-    fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
+    fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
 }
 
 /// When running as root, the account named `name` from /etc/passwd; otherwise
 /// `None` (servers then run as ourselves).
-pub(crate) fn service_user(name: &str, package: &'static str) -> Result<Option<ServiceUser>, TestkitError> {
+pub(crate) fn service_user(
+    name: &str,
+    package: &'static str,
+) -> Result<Option<ServiceUser>, TestkitError> {
     if effective_uid() != 0 {
         return Ok(None);
     }
@@ -227,16 +232,25 @@ pub(crate) struct InstanceDir {
 impl InstanceDir {
     pub(crate) fn create(kind: &str, user: Option<ServiceUser>) -> Result<Self, TestkitError> {
         let root = ensure_root()?;
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let path = root.join(format!("{kind}-{}-{}-{nanos:x}", std::process::id(), next_id()));
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = root.join(format!(
+            "{kind}-{}-{}-{nanos:x}",
+            std::process::id(),
+            next_id()
+        ));
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
             .map_err(io_err(format!("creating {}", path.display())))?;
         let me = std::process::id();
         let start = process_start_time(me).unwrap_or(0);
-        fs::write(path.join(OWNER_FILE), format!("{me} {start}\n"))
-            .map_err(io_err(format!("writing owner marker in {}", path.display())))?;
+        fs::write(path.join(OWNER_FILE), format!("{me} {start}\n")).map_err(io_err(format!(
+            "writing owner marker in {}",
+            path.display()
+        )))?;
         chown_to(&path, user)?;
         Ok(Self { path })
     }
@@ -286,7 +300,8 @@ pub(crate) fn reap_stale_instances() {
                 send_signal(server_pid, libc::SIGKILL);
                 wait_pid_gone(server_pid, Duration::from_secs(5));
                 for k in kids {
-                    if !wait_pid_gone(k, Duration::from_secs(5)) && cmdline_contains(k, "postgres") {
+                    if !wait_pid_gone(k, Duration::from_secs(5)) && cmdline_contains(k, "postgres")
+                    {
                         send_signal(k, libc::SIGKILL);
                     }
                 }
@@ -299,8 +314,11 @@ pub(crate) fn reap_stale_instances() {
 /// A currently free loopback port. Another process may grab it before the
 /// server binds it; callers retry the start on "address already in use".
 pub(crate) fn free_port() -> Result<u16, TestkitError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(io_err("binding 127.0.0.1:0 to find a free port"))?;
-    Ok(l.local_addr().map_err(io_err("reading local address"))?.port())
+    let l = TcpListener::bind("127.0.0.1:0")
+        .map_err(io_err("binding 127.0.0.1:0 to find a free port"))?;
+    Ok(l.local_addr()
+        .map_err(io_err("reading local address"))?
+        .port())
 }
 
 /// Runs `f` while holding an exclusive lock on `lock_path`.
@@ -314,7 +332,12 @@ pub(crate) fn with_file_lock<T>(
         .write(true)
         .open(lock_path)
         .map_err(io_err(format!("opening lock {}", lock_path.display())))?;
-    file.lock().map_err(io_err(format!("locking {}", lock_path.display())))?;
+    // Shared by every user of the (sticky) testkit root.
+    if file.metadata().is_ok_and(|m| m.uid() == effective_uid()) {
+        let _ = file.set_permissions(fs::Permissions::from_mode(0o666));
+    }
+    file.lock()
+        .map_err(io_err(format!("locking {}", lock_path.display())))?;
     let out = f();
     let _ = file.unlock();
     out
@@ -329,7 +352,10 @@ pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<(), TestkitError> {
         .output()
         .map_err(io_err("running cp -a"))?;
     if !out.status.success() {
-        return Err(command_error(&format!("cp -a {} {}", from.display(), to.display()), &out));
+        return Err(command_error(
+            &format!("cp -a {} {}", from.display(), to.display()),
+            &out,
+        ));
     }
     Ok(())
 }
@@ -344,10 +370,20 @@ pub(crate) fn command_error(command: &str, out: &Output) -> TestkitError {
 }
 
 /// Runs `cmd`, feeding `stdin` (if any), and returns stdout on success.
-pub(crate) fn run_capture(cmd: &mut Command, description: &str, stdin: Option<&[u8]>) -> Result<String, TestkitError> {
+pub(crate) fn run_capture(
+    cmd: &mut Command,
+    description: &str,
+    stdin: Option<&[u8]>,
+) -> Result<String, TestkitError> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-    let mut child = cmd.spawn().map_err(io_err(format!("spawning {description}")))?;
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = cmd
+        .spawn()
+        .map_err(io_err(format!("spawning {description}")))?;
     let out = match stdin {
         Some(input) => {
             let mut pipe = child.stdin.take();
@@ -428,7 +464,10 @@ pub(crate) fn require_program(
         .map(PathBuf::from)
         .find(|p| p.is_file())
         .or_else(|| find_in_path(name))
-        .ok_or_else(|| TestkitError::MissingBinary { binary: name.to_owned(), package })
+        .ok_or_else(|| TestkitError::MissingBinary {
+            binary: name.to_owned(),
+            package,
+        })
 }
 
 /// Quotes `s` as an SQL string literal.
@@ -441,7 +480,13 @@ pub(crate) fn sql_literal(s: &str) -> String {
 pub(crate) fn unique_db_name(prefix: &str) -> String {
     let mut p: String = prefix
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     if p.is_empty() || p.starts_with(|c: char| c.is_ascii_digit()) {
         p.insert_str(0, "db_");
