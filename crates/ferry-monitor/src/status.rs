@@ -1,0 +1,555 @@
+//! The status model: what `GET /status`, `ferry status [--json] [--watch]`
+//! and the console show.
+//!
+//! A running `ferry run` builds a [`Status`] from its live state; when no
+//! process answers, `ferry status` builds one from the state tables in the
+//! target (`live: false`). The JSON form is the serde form of these types.
+//! Nothing here may carry a secret: errors go through [`redact_message`].
+
+use std::fmt::Write as _;
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::lag::LagFigures;
+use crate::timestamp::{self, serde_time, serde_time_opt};
+
+/// The phases of a run, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Plan,
+    Schema,
+    Load,
+    Catchup,
+    Stream,
+    Cutover,
+    Done,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 7] = [
+        Phase::Plan,
+        Phase::Schema,
+        Phase::Load,
+        Phase::Catchup,
+        Phase::Stream,
+        Phase::Cutover,
+        Phase::Done,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Plan => "plan",
+            Phase::Schema => "schema",
+            Phase::Load => "load",
+            Phase::Catchup => "catchup",
+            Phase::Stream => "stream",
+            Phase::Cutover => "cutover",
+            Phase::Done => "done",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Phase {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Phase::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown phase {s:?}"))
+    }
+}
+
+/// One table's progress.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct TableStatus {
+    /// Target name, `schema.table`.
+    pub name: String,
+    /// Lifecycle state as stored in the target (`pending`, `loading`,
+    /// `catching_up`, `streaming`, `failed: <reason>`).
+    pub state: String,
+    pub rows_copied: u64,
+    #[serde(default)]
+    pub rows_estimated: Option<u64>,
+    pub chunks_done: u32,
+    pub chunks_total: u32,
+    pub changes_applied: u64,
+}
+
+/// Health of the source's replication slot (PostgreSQL sources).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SlotHealth {
+    pub name: String,
+    #[serde(default)]
+    pub retained_wal_bytes: Option<u64>,
+    /// `pg_replication_slots.wal_status` (`reserved`, `extended`, `unreserved`, `lost`).
+    #[serde(default)]
+    pub wal_status: Option<String>,
+}
+
+/// Row counts of one table compared at cutover.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct TableCheck {
+    pub table: String,
+    #[serde(default)]
+    pub source_rows: Option<u64>,
+    #[serde(default)]
+    pub target_rows: Option<u64>,
+    pub ok: bool,
+}
+
+/// What a cutover did (or, for a dry run, would do); stored in `ferry.runs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CutoverRecord {
+    pub dry_run: bool,
+    #[serde(with = "serde_time")]
+    pub started_at: SystemTime,
+    #[serde(default, with = "serde_time_opt")]
+    pub finished_at: Option<SystemTime>,
+    pub fenced: bool,
+    /// How long source writes were fenced: the headline figure.
+    #[serde(default)]
+    pub write_freeze_seconds: Option<f64>,
+    #[serde(default)]
+    pub final_position: Option<String>,
+    pub lag_seconds_at_start: f64,
+    #[serde(default)]
+    pub sequences_synced: u64,
+    #[serde(default)]
+    pub validation: Vec<TableCheck>,
+    #[serde(default)]
+    pub slot_dropped: bool,
+    /// The steps taken (or planned, for a dry run), in order.
+    #[serde(default)]
+    pub steps: Vec<String>,
+    /// `done`, `dry run`, `refused: <why>`, `failed: <why>`.
+    pub outcome: String,
+}
+
+/// Everything `ferry status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// When this status was taken.
+    #[serde(with = "serde_time")]
+    pub as_of: SystemTime,
+    /// From a running process (true) or read back from the target state.
+    pub live: bool,
+    pub phase: Phase,
+    #[serde(default, with = "serde_time_opt")]
+    pub run_started: Option<SystemTime>,
+    /// `postgres`, `mysql` or `sqlite`.
+    pub source_kind: String,
+    /// Source head position, as text.
+    #[serde(default)]
+    pub source_position: Option<String>,
+    /// Last applied (checkpointed) source position, as text.
+    #[serde(default)]
+    pub applied_position: Option<String>,
+    #[serde(default, with = "serde_time_opt")]
+    pub applied_commit_time: Option<SystemTime>,
+    pub lag: LagFigures,
+    #[serde(default)]
+    pub tables: Vec<TableStatus>,
+    /// Reader state (`connecting`, `streaming`, `reconnecting`, `stopped`, …).
+    pub reader: String,
+    /// Applier state (`idle`, `applying`, `paused`, `stopped`, …).
+    pub applier: String,
+    #[serde(default)]
+    pub paused: bool,
+    /// Last error, redacted (see [`redact_message`]).
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub slot: Option<SlotHealth>,
+    #[serde(default)]
+    pub cutover: Option<CutoverRecord>,
+}
+
+impl Status {
+    /// An empty status for `phase` at `as_of`.
+    pub fn new(phase: Phase, source_kind: &str, as_of: SystemTime) -> Self {
+        Status {
+            as_of,
+            live: true,
+            phase,
+            run_started: None,
+            source_kind: source_kind.to_owned(),
+            source_position: None,
+            applied_position: None,
+            applied_commit_time: None,
+            lag: LagFigures::default(),
+            tables: Vec::new(),
+            reader: "stopped".into(),
+            applier: "stopped".into(),
+            paused: false,
+            last_error: None,
+            slot: None,
+            cutover: None,
+        }
+    }
+
+    /// Record `message` as the last error, redacting any URL password.
+    pub fn set_last_error(&mut self, message: &str) {
+        self.last_error = Some(redact_message(message));
+    }
+}
+
+/// `message` with the password of every URL-looking word replaced by `****`.
+pub fn redact_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.contains("://") || word.contains("password=") {
+            out.push_str(&ferry_core::secret::redact_url(word));
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in message.chars() {
+        if c.is_whitespace() || matches!(c, '\'' | '"' | '(' | ')' | ',') {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
+/// Bytes as `812 B`, `4.0 KiB`, `12.5 MiB`, …
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if b < 1024 {
+        return format!("{b} B");
+    }
+    let mut v = b as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// Seconds as `0.4s`, `12s`, `3m 05s`, `2h 03m`, `4d 02h`.
+pub fn human_seconds(s: f64) -> String {
+    if !s.is_finite() || s < 0.0 {
+        return "?".into();
+    }
+    if s < 10.0 {
+        return format!("{s:.1}s");
+    }
+    let s = s.round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h {:02}m", s / 3600, s / 60 % 60),
+        _ => format!("{}d {:02}h", s / 86_400, s / 3600 % 24),
+    }
+}
+
+/// An integer with thousands separators.
+pub fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A readable terminal view of `s` (for `ferry status` and `--watch`).
+pub fn render_table(s: &Status) -> String {
+    let mut out = String::new();
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let origin = if s.live {
+        "live"
+    } else {
+        "from target state; ferry run is not answering"
+    };
+    let _ = writeln!(
+        out,
+        "phase     {}{}   ({origin}, as of {})",
+        s.phase,
+        if s.paused { " (PAUSED)" } else { "" },
+        timestamp::format(s.as_of)
+    );
+    if let Some(t) = s.run_started {
+        let _ = writeln!(out, "started   {}", timestamp::format(t));
+    }
+    let lag = if s.lag.caught_up {
+        format!("caught up ({} behind)", human_bytes(s.lag.bytes))
+    } else {
+        format!(
+            "{} / {} behind",
+            human_seconds(s.lag.seconds),
+            human_bytes(s.lag.bytes)
+        )
+    };
+    let _ = writeln!(out, "lag       {lag}");
+    let _ = writeln!(
+        out,
+        "source    {}  head {}",
+        s.source_kind,
+        opt(&s.source_position)
+    );
+    let commit = s
+        .applied_commit_time
+        .map(timestamp::format)
+        .unwrap_or_else(|| "-".into());
+    let _ = writeln!(
+        out,
+        "applied   {}  (commit {commit})",
+        opt(&s.applied_position)
+    );
+    let _ = writeln!(out, "reader    {}   applier {}", s.reader, s.applier);
+    if let Some(slot) = &s.slot {
+        let retained = slot
+            .retained_wal_bytes
+            .map(human_bytes)
+            .unwrap_or_else(|| "-".into());
+        let wal = slot.wal_status.as_deref().unwrap_or("-");
+        let _ = writeln!(
+            out,
+            "slot      {}  retains {retained}  wal_status {wal}",
+            slot.name
+        );
+    }
+    if let Some(e) = &s.last_error {
+        let _ = writeln!(out, "error     {e}");
+    }
+    if let Some(c) = &s.cutover {
+        let freeze = c
+            .write_freeze_seconds
+            .map(human_seconds)
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "cutover   {}  write freeze {freeze}  final {}",
+            c.outcome,
+            opt(&c.final_position)
+        );
+    }
+    if !s.tables.is_empty() {
+        out.push('\n');
+        render_tables(&mut out, &s.tables);
+    }
+    out
+}
+
+fn render_tables(out: &mut String, tables: &[TableStatus]) {
+    let header = [
+        "TABLE",
+        "STATE",
+        "ROWS COPIED",
+        "ESTIMATE",
+        "CHUNKS",
+        "CHANGES",
+    ];
+    let rows: Vec<[String; 6]> = tables
+        .iter()
+        .map(|t| {
+            [
+                t.name.clone(),
+                t.state.clone(),
+                grouped(t.rows_copied),
+                t.rows_estimated.map(grouped).unwrap_or_else(|| "-".into()),
+                format!("{}/{}", t.chunks_done, t.chunks_total),
+                grouped(t.changes_applied),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(|h| h.chars().count());
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |out: &mut String, cells: [&str; 6]| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            // Text columns left-aligned, figures right-aligned.
+            if i < 2 {
+                let _ = write!(l, "{cell:<w$}  ");
+            } else {
+                let _ = write!(l, "{cell:>w$}  ");
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(out, header);
+    for r in &rows {
+        line(
+            out,
+            [&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]].map(String::as_str),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    pub(crate) fn sample() -> Status {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_294_400);
+        let mut s = Status::new(Phase::Stream, "postgres", t0 + Duration::from_secs(90));
+        s.run_started = Some(t0);
+        s.source_position = Some("0/1A2B3C4D".into());
+        s.applied_position = Some("0/1A2B0000".into());
+        s.applied_commit_time = Some(t0 + Duration::from_millis(88_500));
+        s.lag = LagFigures {
+            seconds: 1.5,
+            bytes: 15_437,
+            caught_up: false,
+        };
+        s.reader = "streaming".into();
+        s.applier = "applying".into();
+        s.tables = vec![
+            TableStatus {
+                name: "public.orders".into(),
+                state: "streaming".into(),
+                rows_copied: 1_234_567,
+                rows_estimated: Some(1_200_000),
+                chunks_done: 3,
+                chunks_total: 3,
+                changes_applied: 42,
+            },
+            TableStatus {
+                name: "public.t".into(),
+                state: "loading".into(),
+                rows_copied: 5,
+                rows_estimated: None,
+                chunks_done: 0,
+                chunks_total: 1,
+                changes_applied: 0,
+            },
+        ];
+        s.slot = Some(SlotHealth {
+            name: "ferry".into(),
+            retained_wal_bytes: Some(3 << 20),
+            wal_status: Some("reserved".into()),
+        });
+        s.set_last_error("connecting to postgres://app:hunter2@db:5432/app failed");
+        s.cutover = Some(CutoverRecord {
+            dry_run: true,
+            started_at: t0 + Duration::from_secs(80),
+            finished_at: Some(t0 + Duration::from_secs(81)),
+            fenced: false,
+            write_freeze_seconds: Some(2.25),
+            final_position: Some("0/1A2B3C4D".into()),
+            lag_seconds_at_start: 0.5,
+            sequences_synced: 2,
+            validation: vec![TableCheck {
+                table: "public.orders".into(),
+                source_rows: Some(10),
+                target_rows: Some(10),
+                ok: true,
+            }],
+            slot_dropped: false,
+            steps: vec!["check lag".into(), "drain".into()],
+            outcome: "dry run".into(),
+        });
+        s
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let s = sample();
+        let json = serde_json::to_string_pretty(&s).expect("serialize");
+        assert!(json.contains("\"phase\": \"stream\""), "{json}");
+        assert!(
+            json.contains("\"as_of\": \"2024-03-01T12:01:30.000Z\""),
+            "{json}"
+        );
+        let back: Status = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, s);
+        // Optional fields may be absent (older or fallback producers).
+        let minimal = r#"{"as_of":"2024-03-01T12:00:00Z","live":false,"phase":"load","source_kind":"mysql",
+            "lag":{"seconds":0.0,"bytes":0,"caught_up":true},"reader":"stopped","applier":"stopped"}"#;
+        let m: Status = serde_json::from_str(minimal).expect("minimal");
+        assert_eq!(m.phase, Phase::Load);
+        assert!(m.tables.is_empty() && m.cutover.is_none() && !m.paused);
+    }
+
+    #[test]
+    fn errors_are_redacted() {
+        let s = sample();
+        let e = s.last_error.as_deref().expect("error");
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("postgres://app:****@db:5432/app failed"), "{e}");
+        assert_eq!(
+            redact_message("bad url 'mysql://root:pw@h/db', retry"),
+            "bad url 'mysql://root:****@h/db', retry"
+        );
+    }
+
+    #[test]
+    fn table_view_shows_the_figures() {
+        let text = render_table(&sample());
+        for needle in [
+            "phase     stream",
+            "1.5s / 15.1 KiB behind",
+            "head 0/1A2B3C4D",
+            "public.orders",
+            "1,234,567",
+            "1,200,000",
+            "3/3",
+            "retains 3.0 MiB  wal_status reserved",
+            "write freeze 2.2s",
+            "postgres://app:****@db",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        assert!(!text.contains("hunter2"));
+        // Columns line up: every table row is as wide as needed for the header.
+        let lines: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("TABLE"))
+            .collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let state_col = lines[0].find("STATE").expect("STATE");
+        assert_eq!(lines[1].find("streaming"), Some(state_col));
+        assert_eq!(lines[2].find("loading"), Some(state_col));
+    }
+
+    #[test]
+    fn human_figures() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 << 30), "5.0 GiB");
+        assert_eq!(human_seconds(0.04), "0.0s");
+        assert_eq!(human_seconds(42.0), "42s");
+        assert_eq!(human_seconds(185.0), "3m 05s");
+        assert_eq!(human_seconds(7380.0), "2h 03m");
+        assert_eq!(human_seconds(3.0 * 86_400.0 + 7200.0), "3d 02h");
+        assert_eq!(human_seconds(f64::NAN), "?");
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(1000), "1,000");
+        assert_eq!(grouped(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn phases_parse_back() {
+        for p in Phase::ALL {
+            assert_eq!(p.as_str().parse::<Phase>(), Ok(p));
+        }
+        assert!("nope".parse::<Phase>().is_err());
+    }
+}
