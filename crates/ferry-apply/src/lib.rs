@@ -1,1 +1,43 @@
-//! ferry-apply
+//! ferry-apply: the TARGET side of ferry (DESIGN.md §3, §5).
+//!
+//! Source-agnostic: PostgreSQL, MySQL and SQLite readers all feed it
+//! [`ferry_core::Event<P>`]. The caller connects to the target (TLS per
+//! sslmode lives in `ferry-postgres`) and hands over a `tokio_postgres::Client`.
+//!
+//! ```text
+//!  full load:  source COPY bytes / Value rows ──▶ load ──▶ COPY FROM STDIN ─┐
+//!                                                                          ▼
+//!  CDC:  mpsc<Event<P>> ──▶ batcher ──▶ fold ──▶ writer ──▶ target txn (+ checkpoint)
+//!                             │                                   │
+//!                             └──────── ack(P) after COMMIT ◀─────┘
+//! ```
+//!
+//! - [`state`]: the `ferry` state schema in the target (checkpoint, tables,
+//!   chunks, runs, events, lag history, pipeline phase).
+//! - [`ddl`]: CREATE/ALTER TABLE for non-PostgreSQL sources.
+//! - [`load`]: bulk COPY loader (binary pass-through or encoded rows), chunk
+//!   done-marks in the same transaction, parallel index builds.
+//! - [`fold`]: pure per-key folding of a batch's changes.
+//! - [`writer`]: set-wise apply of folded changes through staging tables.
+//! - [`checkpoint`]: the durable position and restart skipping.
+//! - [`batcher`]: the CDC apply loop (whole transactions, flush policy, ack).
+//! - [`preflight`]: target prerequisite checks for `ferry plan`.
+
+pub mod batcher;
+pub mod checkpoint;
+pub mod ddl;
+mod error;
+pub mod fold;
+pub mod load;
+pub mod preflight;
+pub mod state;
+pub mod writer;
+
+pub use batcher::{Applier, ApplierConfig, ApplyStats, FlushInput, RunOutcome, should_flush};
+pub use checkpoint::{Checkpoint, Failpoint, read_checkpoint, should_skip, write_checkpoint};
+pub use error::{FoldError, pg_error};
+pub use fold::{Barrier, Fold, RowOp};
+pub use load::{LoadData, LoadProgress, LoadResult, LoadTarget, load_chunk, run_parallel};
+pub use preflight::check_target;
+pub use state::{Phase, StateStore, TableState};
+pub use writer::Writer;

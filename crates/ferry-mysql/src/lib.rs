@@ -1,1 +1,21 @@
-//! ferry-mysql
+//! MySQL / MariaDB source for ferry.
+//!
+//! Today this crate answers `ferry plan` for a MySQL or MariaDB source:
+//!
+//! - [`connect`]: a connection from the configured endpoint (TLS, redacted
+//!   errors classified transient / needs-operator), server [`connect::Flavor`].
+//! - [`catalog`]: the selected tables with columns, primary keys, engines and
+//!   row estimates from `information_schema`, as [`ferry_core::TableSchema`]s.
+//! - [`typemap`]: the documented MySQL → PostgreSQL type table.
+//! - [`preflight`]: binlog settings, privileges, retention and GTID checks and
+//!   the table plan ([`plan`]).
+//!
+//! The consistent snapshot (`snapshot`) and the row-based binlog reader
+//! (`binlog`) come next and reuse `connect` and `catalog`.
+
+pub mod catalog;
+pub mod connect;
+pub mod preflight;
+pub mod typemap;
+
+pub use preflight::plan;

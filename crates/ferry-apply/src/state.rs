@@ -1,0 +1,502 @@
+//! The state schema in the TARGET (DESIGN.md §3): where ferry keeps its
+//! progress so that applied data and progress can never disagree.
+//!
+//! Consumes: nothing from the pipeline directly; every stage writes here.
+//! Tables (schema name from `[state] schema`, default `ferry`):
+//!
+//! - `schema_version(version)`: one row; a newer version than this build
+//!   knows stops ferry (upgrade ferry), an older one is migrated in `ensure`.
+//! - `checkpoint(stream, source_kind, position, commit_time, updated_at)`:
+//!   last applied source position per stream, written in the same target
+//!   transaction as the data (see [`crate::checkpoint`]).
+//! - `tables(source_table, target_table, state, reason, chunks_total,
+//!   rows_copied, row_estimate, updated_at)` and `chunks(source_table, chunk,
+//!   rows, done_at)`: per-table lifecycle ([`TableState`]) and load progress.
+//! - `pipeline(id = 1, phase, updated_at)`: the pipeline [`Phase`].
+//! - `runs`, `events`, `lag_history`: history for status and the weeks view.
+//!
+//! Invariants: creation is idempotent and serialised by an advisory lock
+//! (several ferry processes or workers may call [`StateStore::ensure`] at
+//! once). Restart: everything is read back from here; nothing lives only in
+//! memory.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ferry_core::schema::quote_ident;
+use ferry_core::{Error, Result, TableId};
+use tokio_postgres::Client;
+
+use crate::error::pg_error;
+
+/// Version of the state schema this build writes.
+pub const STATE_SCHEMA_VERSION: i32 = 1;
+
+/// Pipeline phases, in order (DESIGN.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    Plan,
+    Schema,
+    Load,
+    Catchup,
+    Stream,
+    Cutover,
+    Done,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 7] = [
+        Phase::Plan,
+        Phase::Schema,
+        Phase::Load,
+        Phase::Catchup,
+        Phase::Stream,
+        Phase::Cutover,
+        Phase::Done,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Plan => "plan",
+            Phase::Schema => "schema",
+            Phase::Load => "load",
+            Phase::Catchup => "catchup",
+            Phase::Stream => "stream",
+            Phase::Cutover => "cutover",
+            Phase::Done => "done",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Phase {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Phase::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| unknown_state("phase", s))
+    }
+}
+
+fn unknown_state(what: &str, s: &str) -> Error {
+    Error::operator(
+        format!("state schema holds unknown {what} {s:?}"),
+        "the state was written by a newer ferry; upgrade ferry",
+    )
+}
+
+/// Durable per-table lifecycle.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TableState {
+    Pending,
+    Loading,
+    Loaded,
+    CatchingUp,
+    Streaming,
+    Failed { reason: String },
+}
+
+impl TableState {
+    /// The `state` column text.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TableState::Pending => "pending",
+            TableState::Loading => "loading",
+            TableState::Loaded => "loaded",
+            TableState::CatchingUp => "catching_up",
+            TableState::Streaming => "streaming",
+            TableState::Failed { .. } => "failed",
+        }
+    }
+
+    /// From the `state` and `reason` columns.
+    pub fn from_parts(state: &str, reason: Option<String>) -> Result<Self> {
+        Ok(match state {
+            "pending" => TableState::Pending,
+            "loading" => TableState::Loading,
+            "loaded" => TableState::Loaded,
+            "catching_up" => TableState::CatchingUp,
+            "streaming" => TableState::Streaming,
+            "failed" => TableState::Failed {
+                reason: reason.unwrap_or_default(),
+            },
+            other => return Err(unknown_state("table state", other)),
+        })
+    }
+
+    fn reason(&self) -> Option<&str> {
+        match self {
+            TableState::Failed { reason } => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+/// One row of `tables`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRecord {
+    pub source_table: String,
+    pub target_table: String,
+    pub state: TableState,
+    pub chunks_total: Option<i32>,
+    pub rows_copied: i64,
+    pub row_estimate: Option<i64>,
+}
+
+/// Access to the state schema of one target database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateStore {
+    schema: String,
+}
+
+/// `schema.table` as stored in the `tables`/`chunks` key columns.
+pub fn table_key(t: &TableId) -> String {
+    format!("{}.{}", t.schema, t.name)
+}
+
+/// An SQL string literal.
+pub(crate) fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+impl StateStore {
+    /// `schema` is the unquoted state schema name (`[state] schema`).
+    pub fn new(schema: impl Into<String>) -> Self {
+        StateStore {
+            schema: schema.into(),
+        }
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// `"schema"."name"`, for splicing into SQL.
+    pub fn table(&self, name: &str) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(name))
+    }
+
+    /// Create the schema and its tables if missing; check the version.
+    pub async fn ensure(&self, client: &Client) -> Result<()> {
+        let s = quote_ident(&self.schema);
+        let lock_key = quote_literal(&format!("ferry-state:{}", self.schema));
+        let sql = format!(
+            "BEGIN;
+            SELECT pg_advisory_xact_lock(hashtext({lock_key}));
+            CREATE SCHEMA IF NOT EXISTS {s};
+            CREATE TABLE IF NOT EXISTS {s}.schema_version (
+                version int NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now());
+            CREATE TABLE IF NOT EXISTS {s}.checkpoint (
+                stream text PRIMARY KEY,
+                source_kind text NOT NULL,
+                position text NOT NULL,
+                commit_time timestamptz,
+                updated_at timestamptz NOT NULL DEFAULT now());
+            CREATE TABLE IF NOT EXISTS {s}.tables (
+                source_table text PRIMARY KEY,
+                target_table text NOT NULL,
+                state text NOT NULL DEFAULT 'pending',
+                reason text,
+                chunks_total int,
+                rows_copied bigint NOT NULL DEFAULT 0,
+                row_estimate bigint,
+                updated_at timestamptz NOT NULL DEFAULT now());
+            CREATE TABLE IF NOT EXISTS {s}.chunks (
+                source_table text NOT NULL,
+                chunk int NOT NULL,
+                rows bigint NOT NULL,
+                done_at timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (source_table, chunk));
+            CREATE TABLE IF NOT EXISTS {s}.pipeline (
+                id int PRIMARY KEY CHECK (id = 1),
+                phase text NOT NULL,
+                updated_at timestamptz NOT NULL DEFAULT now());
+            CREATE TABLE IF NOT EXISTS {s}.runs (
+                id bigserial PRIMARY KEY,
+                started_at timestamptz NOT NULL DEFAULT now(),
+                phase text NOT NULL,
+                source text,
+                finished_at timestamptz,
+                cutover jsonb);
+            CREATE TABLE IF NOT EXISTS {s}.events (
+                id bigserial PRIMARY KEY,
+                at timestamptz NOT NULL DEFAULT now(),
+                kind text NOT NULL,
+                message text NOT NULL);
+            CREATE TABLE IF NOT EXISTS {s}.lag_history (
+                at timestamptz PRIMARY KEY,
+                lag_seconds double precision,
+                lag_bytes bigint);
+            INSERT INTO {s}.schema_version (version)
+                SELECT {STATE_SCHEMA_VERSION}
+                WHERE NOT EXISTS (SELECT 1 FROM {s}.schema_version);
+            COMMIT;"
+        );
+        if let Err(e) = client.batch_execute(&sql).await {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(pg_error(
+                format!("creating state schema {}", self.schema),
+                e,
+            ));
+        }
+        let version: i32 = client
+            .query_one(&format!("SELECT max(version) FROM {s}.schema_version"), &[])
+            .await
+            .map_err(|e| pg_error("reading state schema version", e))?
+            .get(0);
+        if version > STATE_SCHEMA_VERSION {
+            return Err(Error::operator(
+                format!(
+                    "state schema {} is version {version}, this ferry knows {STATE_SCHEMA_VERSION}",
+                    self.schema
+                ),
+                "upgrade ferry to the version that wrote this state",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The persisted pipeline phase, `None` before the first run.
+    pub async fn read_phase(&self, client: &Client) -> Result<Option<Phase>> {
+        let sql = format!("SELECT phase FROM {} WHERE id = 1", self.table("pipeline"));
+        let row = client
+            .query_opt(&sql, &[])
+            .await
+            .map_err(|e| pg_error("reading pipeline phase", e))?;
+        row.map(|r| r.get::<_, String>(0).parse()).transpose()
+    }
+
+    /// Persist the pipeline phase (and note it on the latest open run).
+    pub async fn write_phase(&self, client: &Client, phase: Phase) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO {p} (id, phase, updated_at) VALUES (1, $1, now())
+             ON CONFLICT (id) DO UPDATE SET phase = EXCLUDED.phase, updated_at = now();
+             ",
+            p = self.table("pipeline")
+        );
+        client
+            .execute(&sql, &[&phase.as_str()])
+            .await
+            .map_err(|e| pg_error("writing pipeline phase", e))?;
+        let runs = format!(
+            "UPDATE {r} SET phase = $1 WHERE id = (SELECT max(id) FROM {r} WHERE finished_at IS NULL)",
+            r = self.table("runs")
+        );
+        client
+            .execute(&runs, &[&phase.as_str()])
+            .await
+            .map_err(|e| pg_error("writing run phase", e))?;
+        Ok(())
+    }
+
+    /// Register a table (keeps the state of an already known one).
+    pub async fn register_table(
+        &self,
+        client: &Client,
+        source: &TableId,
+        target: &TableId,
+        row_estimate: Option<i64>,
+        chunks_total: Option<i32>,
+    ) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO {} (source_table, target_table, row_estimate, chunks_total)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (source_table) DO UPDATE SET target_table = EXCLUDED.target_table,
+                row_estimate = EXCLUDED.row_estimate, chunks_total = EXCLUDED.chunks_total,
+                updated_at = now()",
+            self.table("tables")
+        );
+        client
+            .execute(
+                &sql,
+                &[
+                    &table_key(source),
+                    &table_key(target),
+                    &row_estimate,
+                    &chunks_total,
+                ],
+            )
+            .await
+            .map_err(|e| pg_error(format!("registering table {source}"), e))?;
+        Ok(())
+    }
+
+    /// Durably set a table's lifecycle state.
+    pub async fn set_table_state(
+        &self,
+        client: &Client,
+        source: &TableId,
+        state: &TableState,
+    ) -> Result<()> {
+        let sql = format!(
+            "UPDATE {} SET state = $2, reason = $3, updated_at = now() WHERE source_table = $1",
+            self.table("tables")
+        );
+        let n = client
+            .execute(
+                &sql,
+                &[&table_key(source), &state.as_str(), &state.reason()],
+            )
+            .await
+            .map_err(|e| pg_error(format!("writing state of table {source}"), e))?;
+        if n == 0 {
+            return Err(Error::operator(
+                format!("table {source} is not registered in the state schema"),
+                "register tables before changing their state (ferry bug)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// All registered tables.
+    pub async fn tables(&self, client: &Client) -> Result<Vec<TableRecord>> {
+        let sql = format!(
+            "SELECT source_table, target_table, state, reason, chunks_total, rows_copied, row_estimate
+             FROM {} ORDER BY source_table",
+            self.table("tables")
+        );
+        let rows = client
+            .query(&sql, &[])
+            .await
+            .map_err(|e| pg_error("reading table states", e))?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(TableRecord {
+                    source_table: r.get(0),
+                    target_table: r.get(1),
+                    state: TableState::from_parts(r.get(2), r.get(3))?,
+                    chunks_total: r.get(4),
+                    rows_copied: r.get(5),
+                    row_estimate: r.get(6),
+                })
+            })
+            .collect()
+    }
+
+    /// Chunk numbers of `source` whose load committed.
+    pub async fn chunks_done(&self, client: &Client, source: &TableId) -> Result<Vec<i32>> {
+        let sql = format!(
+            "SELECT chunk FROM {} WHERE source_table = $1 ORDER BY chunk",
+            self.table("chunks")
+        );
+        let rows = client
+            .query(&sql, &[&table_key(source)])
+            .await
+            .map_err(|e| pg_error(format!("reading chunks of {source}"), e))?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Start a run; `source` must already be redacted (`RedactedUrl`'s Display).
+    pub async fn start_run(&self, client: &Client, phase: Phase, source: &str) -> Result<i64> {
+        let sql = format!(
+            "INSERT INTO {} (phase, source) VALUES ($1, $2) RETURNING id",
+            self.table("runs")
+        );
+        let row = client
+            .query_one(&sql, &[&phase.as_str(), &source])
+            .await
+            .map_err(|e| pg_error("recording run start", e))?;
+        Ok(row.get(0))
+    }
+
+    /// Mark a run finished.
+    pub async fn finish_run(&self, client: &Client, run: i64) -> Result<()> {
+        let sql = format!(
+            "UPDATE {} SET finished_at = now() WHERE id = $1",
+            self.table("runs")
+        );
+        client
+            .execute(&sql, &[&run])
+            .await
+            .map_err(|e| pg_error("recording run end", e))?;
+        Ok(())
+    }
+
+    /// Store the cutover record (a JSON document) on a run.
+    pub async fn record_cutover(&self, client: &Client, run: i64, json: &str) -> Result<()> {
+        let sql = format!(
+            "UPDATE {} SET cutover = $2::text::jsonb WHERE id = $1",
+            self.table("runs")
+        );
+        client
+            .execute(&sql, &[&run, &json])
+            .await
+            .map_err(|e| pg_error("recording cutover", e))?;
+        Ok(())
+    }
+
+    /// Append to the event log (phase changes, errors). No row values here.
+    pub async fn record_event(&self, client: &Client, kind: &str, message: &str) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO {} (kind, message) VALUES ($1, $2)",
+            self.table("events")
+        );
+        client
+            .execute(&sql, &[&kind, &message])
+            .await
+            .map_err(|e| pg_error("recording event", e))?;
+        Ok(())
+    }
+
+    /// Sample lag into `lag_history` (one row per instant).
+    pub async fn record_lag(
+        &self,
+        client: &Client,
+        lag_seconds: f64,
+        lag_bytes: Option<i64>,
+    ) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO {} (at, lag_seconds, lag_bytes) VALUES (clock_timestamp(), $1, $2)
+             ON CONFLICT (at) DO NOTHING",
+            self.table("lag_history")
+        );
+        client
+            .execute(&sql, &[&lag_seconds, &lag_bytes])
+            .await
+            .map_err(|e| pg_error("recording lag", e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_round_trip_in_order() {
+        for w in Phase::ALL.windows(2) {
+            assert!(w[0] < w[1]);
+        }
+        for p in Phase::ALL {
+            assert_eq!(p.as_str().parse::<Phase>().unwrap(), p);
+        }
+        assert!("warp".parse::<Phase>().is_err());
+    }
+
+    #[test]
+    fn table_states_round_trip() {
+        let all = [
+            TableState::Pending,
+            TableState::Loading,
+            TableState::Loaded,
+            TableState::CatchingUp,
+            TableState::Streaming,
+            TableState::Failed {
+                reason: "no key".into(),
+            },
+        ];
+        for s in all {
+            let back = TableState::from_parts(s.as_str(), s.reason().map(str::to_owned)).unwrap();
+            assert_eq!(back, s);
+        }
+        assert!(TableState::from_parts("dancing", None).is_err());
+    }
+}

@@ -1,0 +1,655 @@
+//! Set-wise apply of folded changes into the target (DESIGN.md §5).
+//!
+//! Consumes: a [`Fold`] (per table: one [`RowOp`] per key, or ordered
+//! changes for tables without a key) and [`Barrier`]s, inside ONE target
+//! transaction opened by [`Writer::begin`] with `SET LOCAL
+//! session_replication_role = replica` (target triggers and FK checks do not
+//! fire twice). Emits: SQL against the target; nothing is committed here
+//! except by [`Writer::commit`].
+//!
+//! Per keyed table: the ops are COPYed (text format) into a temporary
+//! staging table (`CREATE TEMP TABLE … ON COMMIT DROP AS SELECT <cols> FROM
+//! target WITH NO DATA`: target types without NOT NULL, plus `__ferry_op`,
+//! `__ferry_mask`, `__ferry_seq`), then
+//! 1. `DELETE … USING staging` for deleted keys,
+//! 2. `INSERT … SELECT … ON CONFLICT (key) DO UPDATE` for upserts,
+//! 3. `UPDATE … FROM staging` once per present-column bitmap, so an
+//!    unchanged TOAST column is never in the SET list and keeps its value.
+//!
+//! Deletes go first: after folding each key has one op, so this order gives
+//! the final state (see [`crate::fold`]). Tables are independent of each
+//! other here because FK checks are off under the replica role.
+//!
+//! Tables without a key are applied change by change, matching a row on all
+//! columns the source sent (`IS NOT DISTINCT FROM`; types without equality,
+//! e.g. json or point, compare as text), and touching ONE row per change via
+//! `ctid = (SELECT ctid … LIMIT 1)`, so duplicate rows stay duplicates.
+//!
+//! Restart: nothing here is durable until the caller commits together with
+//! the checkpoint; a crash rolls all of it back.
+//! Identifiers are always quoted; target names come from
+//! `TablesConfig::target_name` (renames).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use ferry_core::config::TablesConfig;
+use ferry_core::schema::quote_ident;
+use ferry_core::{Change, Error, Result, Row, TableId, TableSchema, Value};
+use futures_util::SinkExt;
+use tokio_postgres::Client;
+use tracing::debug;
+
+use crate::ddl;
+use crate::error::pg_error;
+use crate::fold::{Barrier, Fold, RowOp, TableFold};
+use crate::load::push_copy_text_row;
+
+const OP_DELETE: i16 = 0;
+const OP_UPSERT: i16 = 1;
+const OP_NEW: i16 = 2;
+const OP_OLD: i16 = 3;
+
+/// Types without a btree equality operator: compared as text.
+const TEXT_COMPARED: [&str; 9] = [
+    "json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle",
+];
+
+/// Applies folds and barriers inside one open target transaction.
+#[derive(Debug)]
+pub struct Writer {
+    tables: TablesConfig,
+    /// Staging table per source table, created in the current transaction.
+    staging: HashMap<TableId, String>,
+    /// Target column types per source table (`format_type`), by column name.
+    types: HashMap<TableId, HashMap<String, String>>,
+    next_stage: u64,
+}
+
+/// Staging rows for one table: (values, op, mask, seq).
+struct StageRow<'a> {
+    values: &'a [Value],
+    op: i16,
+    seq: i32,
+}
+
+fn mask_of(values: &[Value]) -> String {
+    values
+        .iter()
+        .map(|v| {
+            if matches!(v, Value::Unchanged) {
+                '0'
+            } else {
+                '1'
+            }
+        })
+        .collect()
+}
+
+impl Writer {
+    pub fn new(tables: TablesConfig) -> Self {
+        Writer {
+            tables,
+            staging: HashMap::new(),
+            types: HashMap::new(),
+            next_stage: 0,
+        }
+    }
+
+    /// The target table of a source table.
+    pub fn target_of(&self, source: &TableId) -> TableId {
+        self.tables.target_name(source)
+    }
+
+    /// `BEGIN` + `SET LOCAL session_replication_role = replica`.
+    pub async fn begin(&mut self, client: &Client) -> Result<()> {
+        self.staging.clear();
+        client
+            .batch_execute("BEGIN; SET LOCAL session_replication_role = replica")
+            .await
+            .map_err(|e| {
+                let err = pg_error("starting target apply transaction", e);
+                if err.is_transient() {
+                    err
+                } else {
+                    err.with_fix(
+                        "the target role cannot set session_replication_role: connect as a superuser (or, on RDS/Aurora, a member of rds_superuser)",
+                    )
+                }
+            })
+    }
+
+    pub async fn commit(&mut self, client: &Client) -> Result<()> {
+        self.staging.clear();
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| pg_error("committing target transaction", e))
+    }
+
+    /// Forget staging tables after a `ROLLBACK TO SAVEPOINT` (their
+    /// creation may have been rolled back).
+    pub fn forget_staging(&mut self) {
+        self.staging.clear();
+    }
+
+    /// Roll back the open transaction (best effort on a broken connection).
+    pub async fn rollback(&mut self, client: &Client) -> Result<()> {
+        self.staging.clear();
+        client
+            .batch_execute("ROLLBACK")
+            .await
+            .map_err(|e| pg_error("rolling back target transaction", e))
+    }
+
+    /// Apply everything in `fold`; returns source changes applied.
+    pub async fn apply_fold(&mut self, client: &Client, fold: &Fold) -> Result<u64> {
+        let mut n = 0;
+        for tf in fold.tables() {
+            let table = &tf.schema.id;
+            let res = if tf.schema.has_key() {
+                self.apply_keyed(client, tf).await
+            } else {
+                self.apply_keyless(client, tf).await
+            };
+            res.map_err(|e| e.context(format!("applying changes to {table}")))?;
+            n += tf.changes;
+        }
+        Ok(n)
+    }
+
+    /// Apply a barrier after the fold before it.
+    pub async fn apply_barrier(
+        &mut self,
+        client: &Client,
+        barrier: &Barrier,
+        schemas: &HashMap<TableId, Arc<TableSchema>>,
+    ) -> Result<()> {
+        match barrier {
+            Barrier::Truncate {
+                tables,
+                cascade,
+                restart_identity,
+            } => {
+                let names: Vec<String> =
+                    tables.iter().map(|t| self.target_of(t).quoted()).collect();
+                let sql = truncate_sql(&names, *cascade, *restart_identity);
+                client
+                    .batch_execute(&sql)
+                    .await
+                    .map_err(|e| pg_error(format!("truncating {}", names.join(", ")), e))
+            }
+            Barrier::KeyChange {
+                table,
+                old_key,
+                new,
+            } => {
+                let schema = schemas.get(table).ok_or_else(|| {
+                    Error::from(crate::error::FoldError::UnknownTable(table.clone()))
+                })?;
+                self.apply_key_change(client, schema, old_key, new)
+                    .await
+                    .map_err(|e| e.context(format!("changing a key of {table}")))
+            }
+        }
+    }
+
+    /// A table's schema changed: forget cached staging/types; when
+    /// `apply_ddl` (non-PostgreSQL sources), ALTER the target first. With no
+    /// `old` schema (after a restart) only missing columns are added.
+    pub async fn apply_relation(
+        &mut self,
+        client: &Client,
+        old: Option<&TableSchema>,
+        new: &TableSchema,
+        apply_ddl: bool,
+    ) -> Result<()> {
+        if let Some(stage) = self.staging.remove(&new.id) {
+            let _ = client
+                .batch_execute(&format!(
+                    "DROP TABLE IF EXISTS pg_temp.{}",
+                    quote_ident(&stage)
+                ))
+                .await;
+        }
+        self.types.remove(&new.id);
+        if !apply_ddl {
+            return Ok(());
+        }
+        let target = self.target_of(&new.id);
+        let stmts = match old {
+            Some(old) => ddl::alter_table(&target, old, new),
+            None => {
+                let mut bare = new.clone();
+                bare.columns.clear();
+                ddl::alter_table(&target, &bare, new)
+            }
+        };
+        for sql in stmts {
+            debug!(table = %target, "altering target table");
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| pg_error(format!("altering {target}"), e))?;
+        }
+        Ok(())
+    }
+
+    async fn column_types(
+        &mut self,
+        client: &Client,
+        schema: &TableSchema,
+    ) -> Result<&HashMap<String, String>> {
+        if !self.types.contains_key(&schema.id) {
+            let target = self.target_of(&schema.id);
+            let rows = client
+                .query(
+                    "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+                     WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+                    &[&target.quoted()],
+                )
+                .await
+                .map_err(|e| pg_error(format!("reading columns of {target}"), e))?;
+            let map = rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+            self.types.insert(schema.id.clone(), map);
+        }
+        Ok(&self.types[&schema.id])
+    }
+
+    /// Create (or empty) the staging table of `schema`'s table.
+    async fn stage(&mut self, client: &Client, schema: &TableSchema) -> Result<String> {
+        if let Some(name) = self.staging.get(&schema.id) {
+            let sql = format!("TRUNCATE pg_temp.{}", quote_ident(name));
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| pg_error("emptying staging table", e))?;
+            return Ok(name.clone());
+        }
+        self.next_stage += 1;
+        let name = format!("ferry_stage_{}", self.next_stage);
+        let target = self.target_of(&schema.id);
+        let sql = create_stage_sql(&name, &target, schema);
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| pg_error(format!("creating staging table for {target}"), e))?;
+        self.staging.insert(schema.id.clone(), name.clone());
+        Ok(name)
+    }
+
+    /// COPY rows into the staging table.
+    async fn copy_stage(
+        &self,
+        client: &Client,
+        stage: &str,
+        schema: &TableSchema,
+        rows: &[StageRow<'_>],
+    ) -> Result<()> {
+        let mut cols: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect();
+        cols.extend(["__ferry_op", "__ferry_mask", "__ferry_seq"].map(quote_ident));
+        let sql = format!(
+            "COPY pg_temp.{} ({}) FROM STDIN",
+            quote_ident(stage),
+            cols.join(", ")
+        );
+        let sink = client
+            .copy_in::<_, bytes::Bytes>(&sql)
+            .await
+            .map_err(|e| pg_error("copying into staging table", e))?;
+        futures_util::pin_mut!(sink);
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        for r in rows {
+            let extra = [
+                Value::Int2(r.op),
+                Value::Text(mask_of(r.values)),
+                Value::Int4(r.seq),
+            ];
+            push_copy_text_row(&mut buf, r.values.iter().chain(extra.iter()));
+            if buf.len() >= 64 * 1024 {
+                sink.send(buf.split().freeze())
+                    .await
+                    .map_err(|e| pg_error("copying into staging table", e))?;
+            }
+        }
+        if !buf.is_empty() {
+            sink.send(buf.freeze())
+                .await
+                .map_err(|e| pg_error("copying into staging table", e))?;
+        }
+        sink.as_mut()
+            .finish()
+            .await
+            .map_err(|e| pg_error("copying into staging table", e))?;
+        Ok(())
+    }
+
+    async fn apply_keyed(&mut self, client: &Client, tf: &TableFold) -> Result<()> {
+        let schema = &*tf.schema;
+        let mut rows = Vec::with_capacity(tf.ops.len());
+        let mut masks = BTreeSet::new();
+        let (mut deletes, mut upserts) = (false, false);
+        for op in &tf.ops {
+            let (values, op) = match op {
+                RowOp::Delete(r) => {
+                    deletes = true;
+                    (&r.values[..], OP_DELETE)
+                }
+                RowOp::Upsert(r) => {
+                    upserts = true;
+                    (&r.values[..], OP_UPSERT)
+                }
+                RowOp::Update(r) => {
+                    masks.insert(mask_of(&r.values));
+                    (&r.values[..], OP_NEW)
+                }
+            };
+            rows.push(StageRow { values, op, seq: 0 });
+        }
+        let stage = self.stage(client, schema).await?;
+        self.copy_stage(client, &stage, schema, &rows).await?;
+        let target = self.target_of(&schema.id);
+        let mut stmts = Vec::new();
+        if deletes {
+            stmts.push(delete_sql(&target, &stage, schema));
+        }
+        if upserts {
+            stmts.push(upsert_sql(&target, &stage, schema));
+        }
+        stmts.extend(
+            masks
+                .iter()
+                .filter_map(|m| update_sql(&target, &stage, schema, m)),
+        );
+        for sql in stmts {
+            client
+                .execute(&sql, &[])
+                .await
+                .map_err(|e| pg_error(format!("writing {target}"), e))?;
+        }
+        Ok(())
+    }
+
+    async fn apply_keyless(&mut self, client: &Client, tf: &TableFold) -> Result<()> {
+        let schema = &*tf.schema;
+        let mut rows = Vec::new();
+        for (seq, change) in tf.sequential.iter().enumerate() {
+            let seq = i32::try_from(seq).unwrap_or(i32::MAX);
+            match change {
+                Change::Insert { new, .. } => rows.push(StageRow {
+                    values: &new.values,
+                    op: OP_UPSERT,
+                    seq,
+                }),
+                Change::Update {
+                    old: Some(old),
+                    new,
+                    ..
+                } => {
+                    rows.push(StageRow {
+                        values: &old.row().values,
+                        op: OP_OLD,
+                        seq,
+                    });
+                    rows.push(StageRow {
+                        values: &new.values,
+                        op: OP_NEW,
+                        seq,
+                    });
+                }
+                Change::Delete { old, .. } => rows.push(StageRow {
+                    values: &old.row().values,
+                    op: OP_DELETE,
+                    seq,
+                }),
+                Change::Update { old: None, .. } | Change::Truncate { .. } => {}
+            }
+        }
+        let stage = self.stage(client, schema).await?;
+        self.copy_stage(client, &stage, schema, &rows).await?;
+        let target = self.target_of(&schema.id);
+        let types = self.column_types(client, schema).await?.clone();
+        let sqls = KeylessSql::new(&target, &stage, schema, &types);
+        let err = |e| pg_error(format!("writing {target} (table without key)"), e);
+        let insert = client.prepare(&sqls.insert).await.map_err(err)?;
+        let delete = client.prepare(&sqls.delete).await.map_err(err)?;
+        let update = client.prepare(&sqls.update).await.map_err(err)?;
+        for (seq, change) in tf.sequential.iter().enumerate() {
+            let seq = i32::try_from(seq).unwrap_or(i32::MAX);
+            let stmt = match change {
+                Change::Insert { .. } => &insert,
+                Change::Update { .. } => &update,
+                Change::Delete { .. } => &delete,
+                Change::Truncate { .. } => continue,
+            };
+            client.execute(stmt, &[&seq]).await.map_err(err)?;
+        }
+        Ok(())
+    }
+
+    async fn apply_key_change(
+        &mut self,
+        client: &Client,
+        schema: &TableSchema,
+        old_key: &Row,
+        new: &Row,
+    ) -> Result<()> {
+        let rows = [
+            StageRow {
+                values: &old_key.values,
+                op: OP_DELETE,
+                seq: 0,
+            },
+            StageRow {
+                values: &new.values,
+                op: OP_NEW,
+                seq: 0,
+            },
+        ];
+        let stage = self.stage(client, schema).await?;
+        self.copy_stage(client, &stage, schema, &rows).await?;
+        let target = self.target_of(&schema.id);
+        let sql = key_change_sql(&target, &stage, schema, &mask_of(&new.values));
+        client
+            .execute(&sql, &[])
+            .await
+            .map_err(|e| pg_error(format!("changing a key of {target}"), e))?;
+        Ok(())
+    }
+}
+
+fn cols(schema: &TableSchema, prefix: &str) -> String {
+    schema
+        .columns
+        .iter()
+        .map(|c| format!("{prefix}{}", quote_ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn key_match(schema: &TableSchema, t: &str, s: &str) -> String {
+    schema
+        .key_names()
+        .map(|k| format!("{t}.{q} = {s}.{q}", q = quote_ident(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// The staging table DDL.
+pub fn create_stage_sql(stage: &str, target: &TableId, schema: &TableSchema) -> String {
+    format!(
+        "CREATE TEMP TABLE {s} ON COMMIT DROP AS SELECT {c} FROM {t} WITH NO DATA;
+         ALTER TABLE pg_temp.{s} ADD COLUMN __ferry_op smallint, ADD COLUMN __ferry_mask text, ADD COLUMN __ferry_seq int",
+        s = quote_ident(stage),
+        c = cols(schema, ""),
+        t = target.quoted()
+    )
+}
+
+pub fn delete_sql(target: &TableId, stage: &str, schema: &TableSchema) -> String {
+    format!(
+        "DELETE FROM {} AS t USING pg_temp.{} AS s WHERE s.__ferry_op = {OP_DELETE} AND {}",
+        target.quoted(),
+        quote_ident(stage),
+        key_match(schema, "t", "s")
+    )
+}
+
+pub fn upsert_sql(target: &TableId, stage: &str, schema: &TableSchema) -> String {
+    let keys: Vec<String> = schema.key_names().map(quote_ident).collect();
+    let sets: Vec<String> = schema
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !schema.key.contains(i))
+        .map(|(_, c)| format!("{q} = EXCLUDED.{q}", q = quote_ident(&c.name)))
+        .collect();
+    let action = if sets.is_empty() {
+        "NOTHING".to_owned()
+    } else {
+        format!("UPDATE SET {}", sets.join(", "))
+    };
+    format!(
+        "INSERT INTO {} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM pg_temp.{} WHERE __ferry_op = {OP_UPSERT} ON CONFLICT ({}) DO {action}",
+        target.quoted(),
+        quote_ident(stage),
+        keys.join(", "),
+        c = cols(schema, ""),
+    )
+}
+
+/// `UPDATE … FROM staging` for rows whose present-column bitmap is `mask`;
+/// `None` when no non-key column is present.
+pub fn update_sql(
+    target: &TableId,
+    stage: &str,
+    schema: &TableSchema,
+    mask: &str,
+) -> Option<String> {
+    let sets: Vec<String> = schema
+        .columns
+        .iter()
+        .zip(mask.chars())
+        .enumerate()
+        .filter(|(i, (_, m))| *m == '1' && !schema.key.contains(i))
+        .map(|(_, (c, _))| format!("{q} = s.{q}", q = quote_ident(&c.name)))
+        .collect();
+    if sets.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "UPDATE {} AS t SET {} FROM pg_temp.{} AS s WHERE s.__ferry_op = {OP_NEW} AND s.__ferry_mask = '{mask}' AND {}",
+        target.quoted(),
+        sets.join(", "),
+        quote_ident(stage),
+        key_match(schema, "t", "s")
+    ))
+}
+
+/// Key change with Unchanged columns: set the present columns (key
+/// included) of the row found by the old key.
+pub fn key_change_sql(target: &TableId, stage: &str, schema: &TableSchema, mask: &str) -> String {
+    let sets: Vec<String> = schema
+        .columns
+        .iter()
+        .zip(mask.chars())
+        .filter(|(_, m)| *m == '1')
+        .map(|(c, _)| format!("{q} = n.{q}", q = quote_ident(&c.name)))
+        .collect();
+    format!(
+        "UPDATE {} AS t SET {} FROM pg_temp.{s} AS n, pg_temp.{s} AS o WHERE n.__ferry_op = {OP_NEW} AND o.__ferry_op = {OP_DELETE} AND {}",
+        target.quoted(),
+        sets.join(", "),
+        key_match(schema, "t", "o"),
+        s = quote_ident(stage),
+    )
+}
+
+pub fn truncate_sql(targets: &[String], cascade: bool, restart_identity: bool) -> String {
+    format!(
+        "TRUNCATE {}{}{}",
+        targets.join(", "),
+        if restart_identity {
+            " RESTART IDENTITY"
+        } else {
+            ""
+        },
+        if cascade { " CASCADE" } else { "" }
+    )
+}
+
+/// Per-change statements for a table without a key (parameter: `$1` seq).
+struct KeylessSql {
+    insert: String,
+    delete: String,
+    update: String,
+}
+
+impl KeylessSql {
+    fn new(
+        target: &TableId,
+        stage: &str,
+        schema: &TableSchema,
+        types: &HashMap<String, String>,
+    ) -> Self {
+        let t = target.quoted();
+        let s = format!("pg_temp.{}", quote_ident(stage));
+        let matching = |op: i16| {
+            let conds: Vec<String> = schema
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let q = quote_ident(&c.name);
+                    let ty = types.get(&c.name).map(String::as_str).unwrap_or("");
+                    let base = ty.trim_end_matches("[]");
+                    let (l, r) = if TEXT_COMPARED.contains(&base) {
+                        (format!("x.{q}::text"), format!("o.{q}::text"))
+                    } else {
+                        (format!("x.{q}"), format!("o.{q}"))
+                    };
+                    format!(
+                        "(substr(o.__ferry_mask, {}, 1) = '0' OR {l} IS NOT DISTINCT FROM {r})",
+                        i + 1
+                    )
+                })
+                .collect();
+            format!(
+                "SELECT x.ctid FROM {t} AS x, {s} AS o WHERE o.__ferry_seq = $1 AND o.__ferry_op = {op} AND {} LIMIT 1",
+                conds.join(" AND ")
+            )
+        };
+        let sets: Vec<String> = schema
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                format!(
+                    "{q} = CASE WHEN substr(n.__ferry_mask, {}, 1) = '1' THEN n.{q} ELSE t.{q} END",
+                    i + 1,
+                    q = quote_ident(&c.name)
+                )
+            })
+            .collect();
+        KeylessSql {
+            insert: format!(
+                "INSERT INTO {t} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM {s} WHERE __ferry_seq = $1 AND __ferry_op = {OP_UPSERT}",
+                c = cols(schema, "")
+            ),
+            delete: format!("DELETE FROM {t} WHERE ctid = ({})", matching(OP_DELETE)),
+            update: format!(
+                "UPDATE {t} AS t SET {} FROM {s} AS n WHERE n.__ferry_seq = $1 AND n.__ferry_op = {OP_NEW} AND t.ctid = ({})",
+                sets.join(", "),
+                matching(OP_OLD)
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

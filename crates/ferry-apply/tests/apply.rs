@@ -1,0 +1,362 @@
+//! Writer, batcher and checkpoint against a real target PostgreSQL.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use ferry_apply::checkpoint::{read_checkpoint, write_checkpoint};
+use ferry_apply::fold::Fold;
+use ferry_apply::{Applier, ApplierConfig, RunOutcome, StateStore, Writer};
+use ferry_core::config::{ApplyConfig, TablesConfig};
+use ferry_core::value::Timestamp;
+use ferry_core::{Change, Event, Lsn, OldRow, Row, Value};
+use tokio::sync::mpsc;
+
+const SETUP: &str = "
+CREATE TABLE t (id int PRIMARY KEY, doc text NOT NULL, n int);
+INSERT INTO t SELECT g, repeat('big', 5000) || g, g FROM generate_series(1, 3) g;
+CREATE TABLE k (a int, b text);
+CREATE TABLE u (id int PRIMARY KEY, v text);
+INSERT INTO u VALUES (1, 'gone'), (2, 'gone');
+CREATE TABLE trig_hits (n int);
+CREATE FUNCTION hit() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN INSERT INTO trig_hits VALUES (1); RETURN NEW; END$$;
+CREATE TRIGGER t_hit BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION hit();
+";
+
+fn schemas() -> Vec<Arc<ferry_core::TableSchema>> {
+    vec![
+        table(
+            "t",
+            vec![col("id", "int4"), col("doc", "text"), col("n", "int4")],
+            vec![0],
+        ),
+        table("k", vec![col("a", "int4"), col("b", "text")], vec![]),
+        table("u", vec![col("id", "int4"), col("v", "text")], vec![0]),
+    ]
+}
+
+fn cfg(batch_rows: usize, batch_ms: u64) -> ApplierConfig {
+    let apply = ApplyConfig {
+        batch_rows,
+        batch_ms,
+        ..ApplyConfig::default()
+    };
+    ApplierConfig::new("main", &apply, false)
+}
+
+fn key(id: i32, width: usize) -> OldRow {
+    let mut v = vec![Value::Null; width];
+    v[0] = Value::Int4(id);
+    OldRow::Key(Row::new(v))
+}
+
+/// Run an applier over `events` until the channel closes; returns acks.
+async fn run_events(
+    url: &str,
+    c: ApplierConfig,
+    events: Vec<Event<Lsn>>,
+) -> (Vec<Lsn>, Applier<Lsn>) {
+    let client = connect(url).await;
+    let mut applier =
+        Applier::<Lsn>::new(client, StateStore::new("ferry"), TablesConfig::default(), c)
+            .await
+            .expect("applier");
+    let (tx, mut rx) = mpsc::channel(4);
+    let feeder = tokio::spawn(async move {
+        for e in events {
+            tx.send(e).await.unwrap();
+        }
+    });
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let a2 = Arc::clone(&acks);
+    let outcome = applier
+        .run(
+            &mut rx,
+            move |p: &Lsn| a2.lock().unwrap().push(*p),
+            std::future::pending(),
+        )
+        .await
+        .expect("run");
+    assert_eq!(outcome, RunOutcome::SourceClosed);
+    feeder.await.unwrap();
+    let acks = acks.lock().unwrap().clone();
+    (acks, applier)
+}
+
+#[tokio::test]
+async fn batch_yields_exact_contents_and_checkpoint() {
+    let pg = server();
+    let db = pg.create_database("apply").unwrap();
+    pg.psql(&db, SETUP).unwrap();
+    let url = pg.url(&db);
+    let mut ev: Vec<Event<Lsn>> = schemas().into_iter().map(Event::Relation).collect();
+    ev.extend([
+        begin(),
+        ins("t", vec![Value::Int4(10), txt("new"), Value::Int4(1)]),
+        upd(
+            "t",
+            None,
+            vec![Value::Int4(10), txt("new2"), Value::Unchanged],
+        ),
+        // TOAST unchanged: doc must keep its big value.
+        upd(
+            "t",
+            None,
+            vec![Value::Int4(1), Value::Unchanged, Value::Int4(100)],
+        ),
+        del("t", key(2, 3)),
+        ins("k", vec![Value::Int4(1), txt("x")]),
+        ins("k", vec![Value::Int4(1), txt("x")]),
+        ins("k", vec![Value::Int4(2), txt("y")]),
+        del("k", OldRow::Full(Row::new(vec![Value::Int4(1), txt("x")]))),
+        upd(
+            "k",
+            Some(OldRow::Full(Row::new(vec![Value::Int4(2), txt("y")]))),
+            vec![Value::Int4(2), txt("z")],
+        ),
+        commit(100),
+        begin(),
+        ins("u", vec![Value::Int4(5), txt("before truncate")]),
+        Event::Change(Change::Truncate {
+            tables: vec![tid("u")],
+            cascade: false,
+            restart_identity: false,
+        }),
+        ins("u", vec![Value::Int4(7), txt("after")]),
+        // key change of a row inserted in the batch, swapped through 9
+        upd(
+            "t",
+            Some(key(3, 3)),
+            vec![Value::Int4(9), Value::Unchanged, Value::Int4(3)],
+        ),
+        commit(200),
+    ]);
+    let (acks, applier) = run_events(&url, cfg(1000, 60_000), ev).await;
+    assert_eq!(acks, vec![Lsn(200)], "one batch, acked after commit");
+    let stats = applier.stats();
+    assert_eq!(stats.batches.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        stats
+            .transactions_applied
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    let c = connect(&url).await;
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT id::text, left(doc, 6) || length(doc)::text, n::text FROM t ORDER BY t.id"
+        )
+        .await,
+        vec!["1|bigbig15001|100", "9|bigbig15001|3", "10|new24|1"]
+    );
+    assert_eq!(
+        rows(&c, "SELECT a::text, b FROM k ORDER BY k.a, k.b").await,
+        vec!["1|x", "2|z"]
+    );
+    assert_eq!(rows(&c, "SELECT id::text, v FROM u").await, vec!["7|after"]);
+    assert_eq!(
+        rows(&c, "SELECT count(*)::text FROM trig_hits").await,
+        vec!["0"],
+        "replica role: no triggers"
+    );
+    let cp = read_checkpoint::<Lsn>(&c, &StateStore::new("ferry"), "main")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cp.position, Lsn(200));
+    assert_eq!(
+        cp.commit_time,
+        Some(Timestamp::from_unix_micros(1_700_000_000_000_200))
+    );
+}
+
+#[tokio::test]
+async fn dropped_connection_before_commit_leaves_nothing() {
+    let pg = server();
+    let db = pg.create_database("crash").unwrap();
+    pg.psql(&db, SETUP).unwrap();
+    let url = pg.url(&db);
+    let state = StateStore::new("ferry");
+    let (client, conn) = connect_with_handle(&url).await;
+    state.ensure(&client).await.unwrap();
+    client
+        .batch_execute("SET application_name = 'doomed'")
+        .await
+        .unwrap();
+    let mut w = Writer::new(TablesConfig::default());
+    let s = schemas()[0].clone();
+    let mut fold = Fold::new();
+    fold.push(
+        Change::Insert {
+            table: tid("t"),
+            new: Row::new(vec![Value::Int4(50), txt("x"), Value::Null]),
+        },
+        Some(&s),
+    )
+    .unwrap();
+    w.begin(&client).await.unwrap();
+    w.apply_fold(&client, &fold).await.unwrap();
+    write_checkpoint(&client, &state, "main", &Lsn(500), Timestamp::now())
+        .await
+        .unwrap();
+    conn.abort();
+    drop(client);
+    let c = connect(&url).await;
+    wait_for(30, "doomed backend to exit", || async {
+        rows(
+            &c,
+            "SELECT count(*)::text FROM pg_stat_activity WHERE application_name = 'doomed'",
+        )
+        .await
+            == vec!["0"]
+    })
+    .await;
+    assert_eq!(
+        rows(&c, "SELECT count(*)::text FROM t WHERE id = 50").await,
+        vec!["0"]
+    );
+    assert!(
+        read_checkpoint::<Lsn>(&c, &state, "main")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn large_transaction_heartbeat_and_restart_skip() {
+    let pg = server();
+    let db = pg.create_database("batcher").unwrap();
+    pg.psql(&db, SETUP).unwrap();
+    let url = pg.url(&db);
+    let t_schema = schemas()[2].clone();
+    let big_txn = |first: i32, lsn: u64| {
+        let mut ev = vec![Event::Relation(t_schema.clone()), begin()];
+        for i in first..first + 35 {
+            ev.push(ins("u", vec![Value::Int4(i), txt("row")]));
+        }
+        ev.push(commit(lsn));
+        ev
+    };
+    let mut ev = big_txn(100, 1000);
+    ev.push(Event::Heartbeat {
+        position: Lsn(1500),
+        time: Timestamp::now(),
+    });
+    let (acks, applier) = run_events(&url, cfg(10, 60_000), ev).await;
+    assert_eq!(
+        acks,
+        vec![Lsn(1000), Lsn(1500)],
+        "big txn committed once, then heartbeat"
+    );
+    assert_eq!(
+        applier
+            .stats()
+            .batches
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let c = connect(&url).await;
+    let state = StateStore::new("ferry");
+    assert_eq!(
+        read_checkpoint::<Lsn>(&c, &state, "main")
+            .await
+            .unwrap()
+            .unwrap()
+            .position,
+        Lsn(1500)
+    );
+    assert_eq!(
+        rows(&c, "SELECT count(*)::text FROM u WHERE v = 'row'").await,
+        vec!["35"]
+    );
+    drop(applier);
+
+    // Restart: the source resends the big transaction (skipped, even though
+    // it spills) and a new one follows.
+    let mut ev = big_txn(100, 1000);
+    ev.extend([
+        begin(),
+        ins("u", vec![Value::Int4(999), txt("later")]),
+        commit(2000),
+    ]);
+    let (acks, applier) = run_events(&url, cfg(10, 60_000), ev).await;
+    assert_eq!(acks, vec![Lsn(2000)]);
+    assert_eq!(
+        applier
+            .stats()
+            .transactions_skipped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        rows(&c, "SELECT count(*)::text FROM u WHERE v = 'row'").await,
+        vec!["35"],
+        "no doubles"
+    );
+    assert_eq!(
+        rows(&c, "SELECT v FROM u WHERE id = 999").await,
+        vec!["later"]
+    );
+    assert_eq!(
+        read_checkpoint::<Lsn>(&c, &state, "main")
+            .await
+            .unwrap()
+            .unwrap()
+            .position,
+        Lsn(2000)
+    );
+}
+
+#[tokio::test]
+async fn shutdown_commits_complete_transactions_only() {
+    let pg = server();
+    let db = pg.create_database("shutdown").unwrap();
+    pg.psql(&db, SETUP).unwrap();
+    let url = pg.url(&db);
+    let client = connect(&url).await;
+    let mut applier = Applier::<Lsn>::new(
+        client,
+        StateStore::new("ferry"),
+        TablesConfig::default(),
+        cfg(1000, 60_000),
+    )
+    .await
+    .unwrap();
+    let (tx, mut rx) = mpsc::channel(16);
+    for e in [
+        Event::Relation(schemas()[2].clone()),
+        begin(),
+        ins("u", vec![Value::Int4(30), txt("done")]),
+        commit(300),
+        begin(),
+        ins("u", vec![Value::Int4(31), txt("incomplete")]),
+    ] {
+        tx.send(e).await.unwrap();
+    }
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let a2 = Arc::clone(&acks);
+    let c = connect(&url).await;
+    let run = async {
+        applier
+            .run(&mut rx, move |p: &Lsn| a2.lock().unwrap().push(*p), async {
+                let _ = stop_rx.await;
+            })
+            .await
+    };
+    let stopper = async {
+        // Wait until the reader has consumed everything, then stop.
+        wait_for(30, "events consumed", || async { tx.capacity() == 16 }).await;
+        stop_tx.send(()).unwrap();
+    };
+    let (outcome, ()) = tokio::join!(run, stopper);
+    assert_eq!(outcome.unwrap(), RunOutcome::Shutdown);
+    assert_eq!(*acks.lock().unwrap(), vec![Lsn(300)]);
+    assert_eq!(
+        rows(&c, "SELECT v FROM u WHERE id >= 30").await,
+        vec!["done"]
+    );
+}

@@ -1,0 +1,283 @@
+//! `ferry plan` for a SQLite source: file checks and the table plan.
+//!
+//! Consumes the config (the `sqlite:` URL's path and the table selection);
+//! opens the file read-only and never writes it; emits a [`SourcePlan`]
+//! with checks on side `source`:
+//!
+//! - `file`: the file exists (fail names the path);
+//! - `open read-only`: SQLite opens it with `SQLITE_OPEN_READ_ONLY`;
+//! - `quick_check`: `PRAGMA quick_check` says `ok` (a corrupt file or one
+//!   that is not a database fails here, and nothing further is read);
+//! - `journal_mode`: WAL is recommended so the application keeps writing
+//!   while ferry reads (warn otherwise, with the fix);
+//! - `sqlite version`: the library version ferry reads with (info);
+//! - per table: no primary key (warn), values that do not fit the chosen
+//!   PostgreSQL type (warn naming table, column and rowids), virtual tables
+//!   skipped (warn); no table selected (fail).
+//!
+//! Target names: `tables.rename` decides; otherwise `main.t` becomes
+//! `public.t` (SQLite's schema name means nothing on PostgreSQL).
+
+use std::path::{Path, PathBuf};
+
+use ferry_core::Error;
+use ferry_core::TableId;
+use ferry_core::config::{Config, EndpointKind, TableFilter, TablesConfig};
+use ferry_core::plan::{Check, ColumnPlan, SourcePlan, TablePlan};
+
+use crate::catalog::{self, ColumnFinding, SourceTable};
+use crate::connect;
+
+const SIDE: &str = "source";
+/// Rowids listed per column in a warning.
+const ROWIDS_SHOWN: usize = 10;
+
+/// Runs the checks and builds the plan on a blocking thread.
+pub async fn plan(config: &Config) -> Result<SourcePlan, Error> {
+    let path = match config.source.kind() {
+        Ok(EndpointKind::Sqlite(p)) => p,
+        _ => {
+            return Err(Error::operator(
+                format!("source {} is not a sqlite URL", config.source.url),
+                "use sqlite:///absolute/path/file.db or sqlite:relative/path.db",
+            ));
+        }
+    };
+    let filter = config.tables.filter().map_err(|e| {
+        Error::operator(
+            format!("tables: {e}"),
+            "fix tables.include / tables.exclude",
+        )
+    })?;
+    let tables = config.tables.clone();
+    tokio::task::spawn_blocking(move || plan_file(&path, &filter, &tables))
+        .await
+        .map_err(|e| Error::transient("sqlite plan task failed").with_source(e))?
+}
+
+/// The blocking body of [`plan`].
+pub fn plan_file(
+    path: &Path,
+    filter: &TableFilter,
+    tables: &TablesConfig,
+) -> Result<SourcePlan, Error> {
+    let mut plan = SourcePlan {
+        flavor: "sqlite".to_owned(),
+        version: rusqlite::version().to_owned(),
+        checks: Vec::new(),
+        tables: Vec::new(),
+    };
+    let shown = path.display();
+    if !path.is_file() {
+        plan.checks.push(Check::fail(
+            SIDE,
+            "file",
+            format!("{shown} does not exist or is not a file"),
+            "point source.url at the database file (sqlite:///absolute/path.db)",
+        ));
+        return Ok(plan);
+    }
+    plan.checks
+        .push(Check::pass(SIDE, "file", format!("{shown}")));
+    let conn = match connect::open_read_only(path) {
+        Ok(c) => c,
+        Err(e) => {
+            plan.checks.push(Check::fail(
+                SIDE,
+                "open read-only",
+                format!("cannot open {shown} read-only: {e}"),
+                "check the file's permissions (ferry needs read access to the file and its directory)",
+            ));
+            return Ok(plan);
+        }
+    };
+    plan.checks.push(Check::pass(
+        SIDE,
+        "open read-only",
+        format!("{shown} opened read-only"),
+    ));
+    let integrity = quick_check(&conn, path);
+    let ok = integrity.status == ferry_core::plan::CheckStatus::Pass;
+    plan.checks.push(integrity);
+    if !ok {
+        return Ok(plan);
+    }
+    plan.checks.push(journal_check(&conn, path));
+    plan.checks.push(Check::pass(
+        SIDE,
+        "sqlite version",
+        format!("SQLite {}", plan.version),
+    ));
+    let catalog = catalog::read(&conn, filter).map_err(|e| {
+        Error::operator(
+            format!("{shown}: {e}"),
+            "check the file with: sqlite3 FILE 'PRAGMA integrity_check'",
+        )
+        .with_source(e)
+    })?;
+    plan.checks.extend(table_checks(&catalog, path));
+    plan.tables = catalog
+        .tables
+        .iter()
+        .map(|t| table_plan(t, tables))
+        .collect();
+    tracing::info!(path = %shown, tables = plan.tables.len(), "sqlite source planned");
+    Ok(plan)
+}
+
+fn quick_check(conn: &rusqlite::Connection, path: &Path) -> Check {
+    let fix = format!(
+        "the file is damaged or not a SQLite database: check it with sqlite3 {} 'PRAGMA integrity_check' and restore it from a backup (or .recover it)",
+        path.display()
+    );
+    let rows: rusqlite::Result<Vec<String>> = conn
+        .prepare("PRAGMA quick_check")
+        .and_then(|mut s| s.query_map([], |r| r.get::<_, String>(0))?.collect());
+    match rows {
+        Ok(rows) if rows.len() == 1 && rows[0] == "ok" => {
+            Check::pass(SIDE, "quick_check", "PRAGMA quick_check = ok")
+        }
+        Ok(rows) => {
+            let first: Vec<_> = rows.iter().take(3).cloned().collect();
+            Check::fail(
+                SIDE,
+                "quick_check",
+                format!("{} problem(s): {}", rows.len(), first.join("; ")),
+                fix,
+            )
+        }
+        Err(e) => Check::fail(SIDE, "quick_check", format!("{}: {e}", path.display()), fix),
+    }
+}
+
+fn journal_check(conn: &rusqlite::Connection, path: &Path) -> Check {
+    let mode: rusqlite::Result<String> = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0));
+    match mode {
+        Ok(m) if m.eq_ignore_ascii_case("wal") => {
+            Check::pass(SIDE, "journal_mode", "journal_mode = wal")
+        }
+        Ok(m) => Check::warn(
+            SIDE,
+            "journal_mode",
+            format!(
+                "journal_mode = {m}: while ferry reads, writers wait (and readers block writers)"
+            ),
+            format!(
+                "switch to WAL once (persistent): sqlite3 {} 'PRAGMA journal_mode=WAL'",
+                path.display()
+            ),
+        ),
+        Err(e) => Check::warn(
+            SIDE,
+            "journal_mode",
+            format!("journal_mode unknown: {e}"),
+            "run PRAGMA journal_mode on the file",
+        ),
+    }
+}
+
+/// Per-table warnings and "no table selected" (pure over the catalog).
+pub fn table_checks(catalog: &catalog::Catalog, path: &Path) -> Vec<Check> {
+    let mut out = Vec::new();
+    if catalog.tables.is_empty() {
+        out.push(Check::fail(
+            SIDE,
+            "tables",
+            format!("no tables selected in {}", path.display()),
+            "check tables.include / tables.exclude (globs over main.table)",
+        ));
+    }
+    for name in &catalog.skipped {
+        out.push(Check::warn(
+            SIDE,
+            format!("virtual table main.{name}"),
+            format!("main.{name} is a virtual table; ferry does not carry it"),
+            "exclude it (tables.exclude) or recreate its content from the carried tables on the target",
+        ));
+    }
+    for t in &catalog.tables {
+        let id = &t.schema.id;
+        if !t.schema.has_key() {
+            out.push(Check::warn(
+                SIDE,
+                format!("primary key {id}"),
+                format!("{id} has no primary key: updates and deletes are matched on all columns, one row at a time"),
+                format!("give {id} a primary key (recreate the table with PRIMARY KEY (…))"),
+            ));
+        }
+        for f in &t.findings {
+            out.push(finding_check(id, f));
+        }
+    }
+    out
+}
+
+fn finding_check(id: &TableId, f: &ColumnFinding) -> Check {
+    let mut detail = format!("{id}.{} → {}", f.column, f.pg_type);
+    if let Some(note) = &f.note {
+        detail.push_str(&format!(": {note}"));
+    }
+    if let Some(first) = f.misfits.first() {
+        let rows: Vec<String> = f
+            .misfits
+            .iter()
+            .take(ROWIDS_SHOWN)
+            .map(|m| m.rowid.map_or_else(|| "?".to_owned(), |r| r.to_string()))
+            .collect();
+        let more = f.misfits.len().saturating_sub(ROWIDS_SHOWN);
+        detail.push_str(&format!(
+            "; {} sampled value(s) do not fit ({}) at rowid {}{}",
+            f.misfits.len(),
+            first.reason,
+            rows.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ));
+    }
+    Check::warn(
+        SIDE,
+        format!("values {id}.{}", f.column),
+        detail,
+        "fix or convert those rows in the source before the load, or accept the column type shown",
+    )
+}
+
+/// The plan row of one table; default target schema is `public`.
+pub fn table_plan(t: &SourceTable, tables: &TablesConfig) -> TablePlan {
+    let id = &t.schema.id;
+    let target = tables.target_name(id);
+    let target = if &target == id {
+        TableId::new("public", &id.name)
+    } else {
+        target
+    };
+    TablePlan {
+        source: id.to_string(),
+        target: target.to_string(),
+        row_estimate: Some(t.row_count),
+        key: t.schema.key_names().map(str::to_owned).collect(),
+        replica_identity: t.schema.replica_identity.to_string(),
+        columns: t
+            .schema
+            .columns
+            .iter()
+            .map(|c| ColumnPlan {
+                name: c.name.clone(),
+                source_type: c.source_type.clone(),
+                pg_type: c.pg_type.clone(),
+                nullable: c.nullable,
+            })
+            .collect(),
+    }
+}
+
+/// The file path of a `sqlite:` source URL (for callers that need it).
+pub fn source_path(config: &Config) -> Option<PathBuf> {
+    match config.source.kind() {
+        Ok(EndpointKind::Sqlite(p)) => Some(p),
+        _ => None,
+    }
+}
