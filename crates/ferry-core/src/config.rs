@@ -455,22 +455,23 @@ impl Config {
         let source_kind = check_endpoint("source", &self.source, &mut problems);
         let target_kind = check_endpoint("target", &self.target, &mut problems);
         if let Some(k) = &target_kind
-            && *k != EndpointKind::Postgres {
-                problems.push(format!(
-                    "target.url ({}) must be a postgres:// URL: ferry writes into PostgreSQL",
-                    self.target.url
-                ));
-            }
+            && *k != EndpointKind::Postgres
+        {
+            problems.push(format!(
+                "target.url ({}) must be a postgres:// URL: ferry writes into PostgreSQL",
+                self.target.url
+            ));
+        }
         if source_kind.is_some() && self.source.url.expose() == self.target.url.expose() {
             problems.push("source.url and target.url are the same database; point target.url at the new database".into());
         }
         if let Some(EndpointKind::Sqlite(_)) = source_kind
-            && (self.source.sslmode.is_some() || self.source.sslrootcert.is_some()) {
-                problems.push(
-                    "source.sslmode/sslrootcert do not apply to an sqlite source; remove them"
-                        .into(),
-                );
-            }
+            && (self.source.sslmode.is_some() || self.source.sslrootcert.is_some())
+        {
+            problems.push(
+                "source.sslmode/sslrootcert do not apply to an sqlite source; remove them".into(),
+            );
+        }
         if let Err(e) = self.tables.filter() {
             problems.push(format!("tables: {e}"));
         }
@@ -572,11 +573,12 @@ fn check_endpoint(which: &str, ep: &Endpoint, problems: &mut Vec<String>) -> Opt
                 ));
             }
             if let Some((_, m)) = u.query_pairs().find(|(k, _)| k == "sslmode")
-                && SslMode::parse(&m).is_none() {
-                    problems.push(format!(
+                && SslMode::parse(&m).is_none()
+            {
+                problems.push(format!(
                         "{which}.url sslmode '{m}' is not one of disable, prefer, require, verify-ca, verify-full"
                     ));
-                }
+            }
         }
     }
     let mode = ep.effective_sslmode();

@@ -118,3 +118,14 @@ impl PlanReport {
         self.checks.iter().filter(|c| c.status == CheckStatus::Fail)
     }
 }
+
+/// What a source's preflight found: its flavour and version, the checks,
+/// and the tables it will carry.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SourcePlan {
+    /// `postgres`, `mysql`, `mariadb` or `sqlite`.
+    pub flavor: String,
+    pub version: String,
+    pub checks: Vec<Check>,
+    pub tables: Vec<TablePlan>,
+}

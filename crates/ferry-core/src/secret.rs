@@ -106,9 +106,10 @@ pub fn redact_url(raw: &str) -> String {
         let rest = &out[auth_start..];
         let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         if let Some(at) = rest[..auth_end].rfind('@')
-            && let Some(colon) = rest[..at].find(':') {
-                out.replace_range(auth_start + colon + 1..auth_start + at, "****");
-            }
+            && let Some(colon) = rest[..at].find(':')
+        {
+            out.replace_range(auth_start + colon + 1..auth_start + at, "****");
+        }
     }
     if let Some(q) = out.find('?') {
         let (head, query) = out.split_at(q + 1);

@@ -83,11 +83,13 @@ impl Value {
             Value::TimeTz(t) => t.to_string(),
             Value::Timestamp(t) => t.to_string(),
             Value::TimestampTz(t) => {
-                let mut s = t.to_string();
-                if t.is_finite() {
-                    s.push_str("+00");
+                let s = t.to_string();
+                match (t.is_finite(), s.strip_suffix(" BC")) {
+                    (false, _) => s,
+                    // PostgreSQL puts the zone before the era: `… 00:00:00+00 BC`.
+                    (true, Some(ad)) => format!("{ad}+00 BC"),
+                    (true, None) => s + "+00",
                 }
-                s
             }
             Value::Interval(i) => i.to_string(),
             Value::Array(a) => a.to_pg_text(),

@@ -1,1 +1,24 @@
-//! ferry-postgres
+//! ferry-postgres: the PostgreSQL source.
+//!
+//! - [`replication`]: a replication-protocol client on `postgres-protocol`
+//!   (startup with `replication=database`, SCRAM/MD5, TLS, CopyBoth,
+//!   keepalives and standby status updates).
+//! - [`slot`]: publication and slot lifecycle (create with an exported
+//!   snapshot, verify on resume, drop).
+//! - [`decode`]: pgoutput (protocol v1 and v2) into `ferry_core::Event<Lsn>`,
+//!   with typed values from the text tuple format.
+//! - [`stream`]: the task that reads the slot, decodes and hands events to
+//!   the applier over a bounded channel, reporting the acknowledged position.
+//! - [`connect`], [`catalog`], [`snapshot`], [`dump`], [`preflight`]: the
+//!   plain (non-replication) side: catalog reads, exported-snapshot full load,
+//!   schema dump and prerequisite checks.
+
+pub mod catalog;
+pub mod connect;
+pub mod decode;
+pub mod dump;
+pub mod preflight;
+pub mod replication;
+pub mod slot;
+pub mod snapshot;
+pub mod stream;

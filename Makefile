@@ -1,0 +1,50 @@
+# ferry — the two commands a new user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssl sqlite3 ca-certificates
+
+.PHONY: setup test lint demo bench build fmt clean
+
+## setup: install what is missing (Debian packages as root; nothing else is needed).
+setup:
+	@missing=""; \
+	for bin in /usr/lib/postgresql/*/bin/initdb:postgresql /usr/sbin/mariadbd:mariadb-server \
+	           /usr/bin/mariadb:mariadb-client /usr/bin/openssl:openssl /usr/bin/sqlite3:sqlite3; do \
+	  path=$${bin%%:*}; pkg=$${bin##*:}; \
+	  ls $$path >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES); \
+	  else \
+	    echo "missing Debian packages:$$missing — run 'sudo make setup' or 'sudo apt-get install$$missing'"; exit 1; \
+	  fi; \
+	else echo "setup: PostgreSQL, MariaDB, openssl and sqlite3 are installed"; fi
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+## test: the whole suite — unit tests and integration tests against real throwaway servers.
+test:
+	$(CARGO) test --workspace --all-targets --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## demo: throwaway servers, the Chinook sample in PostgreSQL, MariaDB and SQLite, `ferry plan` on each.
+demo:
+	$(CARGO) build --bin ferry
+	$(CARGO) run -q -p ferry-e2e --bin ferry-demo
+
+## bench: figures and ratios against references measured in the same run (not a test).
+bench:
+	$(CARGO) build --release --bin ferry
+	$(CARGO) run -q --release -p ferry-e2e --bin ferry-bench
+
+clean:
+	$(CARGO) clean

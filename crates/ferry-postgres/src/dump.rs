@@ -1,0 +1,522 @@
+//! Source DDL via `pg_dump`, split for the applier (PG→PG schema phase).
+//!
+//! Consumes the source endpoint and the schemas holding the selected tables;
+//! emits the `pre-data` SQL (types, functions, sequences, tables, views;
+//! applied before the load) and the `post-data` SQL (indexes, constraints,
+//! triggers, rules; applied after it). [`split_post_data`] separates
+//! post-data into statements the applier can run in parallel (index and
+//! constraint builds) and those that must follow in dump order (foreign
+//! keys, partition index attachment, triggers, …).
+//!
+//! Choices (documented for operators):
+//! - Whole schemas are dumped (`-n` per schema of a selected table, `-N` the
+//!   ferry state schema): `-t` would leave out the types, functions and
+//!   sequences the tables need. Unselected tables of those schemas are
+//!   therefore created on the target too (empty). Extensions are not dumped
+//!   with `-n`: create them on the target first.
+//! - `--no-owner --no-privileges --no-publications --no-subscriptions
+//!   --no-tablespaces`: the target's own roles and storage apply.
+//! - Materialized views are created `WITH NO DATA` (their data is not part of
+//!   a schema-only dump); refresh them on the target after the load.
+//! - The password travels in `PGPASSWORD`, never on the command line;
+//!   `PGSSLMODE` / `PGSSLROOTCERT` come from the endpoint.
+//! - `pg_dump` must be at least the server's major version. It is found via
+//!   `FERRY_PG_DUMP`, else the highest `/usr/lib/postgresql/*/bin/pg_dump`,
+//!   else `PATH`.
+
+use std::path::{Path, PathBuf};
+
+use ferry_core::Error;
+use ferry_core::config::Endpoint;
+use tokio_postgres::Client;
+use tokio_postgres::config::Host;
+
+use crate::connect::{pg_config, query_error, server_version_num};
+
+/// The two schema sections of the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaDump {
+    pub pre_data: String,
+    pub post_data: String,
+    /// `pg_dump --version` of the binary used.
+    pub pg_dump_version: String,
+}
+
+/// A `pg_dump` binary and its major version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgDump {
+    pub path: PathBuf,
+    pub major: u32,
+    /// Full `--version` line.
+    pub version: String,
+}
+
+/// Locate `pg_dump` (see the module doc) without running it.
+pub fn find_pg_dump() -> Result<PathBuf, Error> {
+    if let Some(p) = std::env::var_os("FERRY_PG_DUMP") {
+        return Ok(PathBuf::from(p));
+    }
+    let mut best: Option<(u32, PathBuf)> = None;
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        for e in entries.flatten() {
+            let Some(v) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let bin = e.path().join("bin").join("pg_dump");
+            if bin.is_file() && best.as_ref().is_none_or(|(bv, _)| v > *bv) {
+                best = Some((v, bin));
+            }
+        }
+    }
+    if let Some((_, p)) = best {
+        return Ok(p);
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("pg_dump"))
+                .find(|p| p.is_file())
+        })
+        .ok_or_else(|| {
+            Error::operator(
+                "pg_dump not found (FERRY_PG_DUMP unset, nothing in /usr/lib/postgresql/*/bin or PATH)",
+                "install postgresql-client matching the source server version, or set FERRY_PG_DUMP",
+            )
+        })
+}
+
+/// Run `pg_dump --version` and parse the major version.
+pub async fn pg_dump_version(path: &Path) -> Result<PgDump, Error> {
+    let out = tokio::process::Command::new(path)
+        .arg("--version")
+        .output()
+        .await
+        .map_err(|e| {
+            Error::operator(
+                format!("cannot run {} --version: {e}", path.display()),
+                "install postgresql-client or point FERRY_PG_DUMP at pg_dump",
+            )
+        })?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let major = parse_major(&version).ok_or_else(|| {
+        Error::operator(
+            format!(
+                "cannot read the version of {} ('{version}')",
+                path.display()
+            ),
+            "point FERRY_PG_DUMP at a PostgreSQL pg_dump",
+        )
+    })?;
+    Ok(PgDump {
+        path: path.to_owned(),
+        major,
+        version,
+    })
+}
+
+/// Major version from `pg_dump (PostgreSQL) 15.20 (Debian …)` → 15;
+/// `9.6.24` → 9.
+pub fn parse_major(version_line: &str) -> Option<u32> {
+    let rest = version_line
+        .split_once(')')
+        .map_or(version_line, |(_, r)| r);
+    let token = rest
+        .split_whitespace()
+        .find(|t| t.starts_with(|c: char| c.is_ascii_digit()))?;
+    let digits: String = token.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// `pg_dump` must be at least the server's major version.
+pub fn check_version(dump: &PgDump, server_major: u32) -> Result<(), Error> {
+    if dump.major >= server_major {
+        return Ok(());
+    }
+    Err(Error::operator(
+        format!(
+            "{} is version {} but the source server is PostgreSQL {server_major}; pg_dump cannot dump a newer server",
+            dump.path.display(),
+            dump.major
+        ),
+        format!(
+            "install postgresql-client-{server_major} (or newer) or set FERRY_PG_DUMP to a pg_dump of version {server_major} or later"
+        ),
+    ))
+}
+
+/// Dump the pre-data and post-data sections of `schemas` from `endpoint`.
+/// `client` is a connection to the same server (for its version).
+pub async fn dump_schema(
+    endpoint: &Endpoint,
+    client: &Client,
+    schemas: &[String],
+    state_schema: &str,
+) -> Result<SchemaDump, Error> {
+    if schemas.is_empty() {
+        return Err(Error::operator(
+            "no schema to dump: no table is selected",
+            "check tables.include / tables.exclude",
+        ));
+    }
+    let dump = pg_dump_version(&find_pg_dump()?).await?;
+    let server_major = server_version_num(client).await? / 10_000;
+    check_version(&dump, server_major)?;
+    let mut sections = Vec::with_capacity(2);
+    for section in ["pre-data", "post-data"] {
+        sections.push(run_pg_dump(&dump, endpoint, schemas, state_schema, section).await?);
+    }
+    let post_data = strip_meta_commands(&sections.pop().unwrap_or_default());
+    let pre_data = tidy_pre_data(&sections.pop().unwrap_or_default());
+    Ok(SchemaDump {
+        pre_data,
+        post_data,
+        pg_dump_version: dump.version,
+    })
+}
+
+async fn run_pg_dump(
+    dump: &PgDump,
+    endpoint: &Endpoint,
+    schemas: &[String],
+    state_schema: &str,
+    section: &str,
+) -> Result<String, Error> {
+    let config = pg_config(endpoint, "source")?;
+    let mut cmd = tokio::process::Command::new(&dump.path);
+    cmd.args(["--schema-only", "--no-owner", "--no-privileges"])
+        .args([
+            "--no-publications",
+            "--no-subscriptions",
+            "--no-tablespaces",
+        ])
+        .arg(format!("--section={section}"));
+    for s in schemas {
+        cmd.arg(format!("--schema={}", pattern_literal(s)));
+    }
+    cmd.arg(format!(
+        "--exclude-schema={}",
+        pattern_literal(state_schema)
+    ));
+    for var in [
+        "PGSERVICE",
+        "PGSERVICEFILE",
+        "PGOPTIONS",
+        "PGPASSFILE",
+        "PGSSLCERT",
+        "PGSSLKEY",
+    ] {
+        cmd.env_remove(var);
+    }
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            Host::Tcp(s) => s.clone(),
+            Host::Unix(p) => p.display().to_string(),
+        })
+        .collect();
+    if !hosts.is_empty() {
+        cmd.env("PGHOST", hosts.join(","));
+    }
+    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+    if !ports.is_empty() {
+        cmd.env("PGPORT", ports.join(","));
+    }
+    if let Some(u) = config.get_user() {
+        cmd.env("PGUSER", u);
+    }
+    if let Some(db) = config.get_dbname() {
+        cmd.env("PGDATABASE", db);
+    }
+    match config.get_password() {
+        Some(pw) => cmd.env("PGPASSWORD", String::from_utf8_lossy(pw).as_ref()),
+        None => cmd.env_remove("PGPASSWORD"),
+    };
+    cmd.env("PGSSLMODE", endpoint.effective_sslmode().to_string())
+        .env("PGAPPNAME", "ferry-pg_dump")
+        .env("PGCONNECT_TIMEOUT", "15");
+    match endpoint.effective_sslrootcert() {
+        Some(p) => cmd.env("PGSSLROOTCERT", p),
+        None => cmd.env_remove("PGSSLROOTCERT"),
+    };
+    let out = cmd.output().await.map_err(|e| {
+        Error::operator(
+            format!("cannot run {}: {e}", dump.path.display()),
+            "check that pg_dump is installed and executable",
+        )
+    })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::operator(
+            format!(
+                "pg_dump --section={section} of {} failed ({}): {}",
+                endpoint.url,
+                out.status,
+                stderr.trim()
+            ),
+            "fix the cause pg_dump reports (privileges on the dumped schemas, connectivity)",
+        ));
+    }
+    String::from_utf8(out.stdout).map_err(|_| {
+        Error::operator(
+            format!("pg_dump --section={section} printed non-UTF-8 text"),
+            "set the source database encoding to UTF8 or report this as a bug",
+        )
+    })
+}
+
+/// A pg_dump pattern that matches `name` literally (quoted, `"` doubled).
+fn pattern_literal(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Run a dump section (or any SQL text) on `client` in one transaction,
+/// then reset the session settings the dump changed (`search_path`, …).
+/// psql meta-commands (`\restrict`, …) are dropped first.
+pub async fn apply_sql(client: &Client, sql: &str, what: &str) -> Result<(), Error> {
+    let body = strip_meta_commands(sql);
+    let result = client
+        .batch_execute(&format!("BEGIN;\n{body}\nCOMMIT;"))
+        .await;
+    if let Err(e) = result {
+        let _ = client.batch_execute("ROLLBACK").await;
+        let _ = client.batch_execute("RESET ALL").await;
+        return Err(query_error(&format!("applying {what} on the target"), e));
+    }
+    client
+        .batch_execute("RESET ALL")
+        .await
+        .map_err(|e| query_error("resetting session after applying SQL", e))
+}
+
+/// Pre-data as the target can run it: psql meta-commands dropped and
+/// `CREATE SCHEMA x;` made `CREATE SCHEMA IF NOT EXISTS x;` (a target
+/// database already has `public`, and operators may pre-create schemas).
+pub fn tidy_pre_data(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    for line in strip_meta_commands(sql).lines() {
+        match line.strip_prefix("CREATE SCHEMA ") {
+            Some(rest) if !rest.starts_with("IF NOT EXISTS ") => {
+                out.push_str("CREATE SCHEMA IF NOT EXISTS ");
+                out.push_str(rest);
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Drop psql meta-command lines (`\restrict KEY`, `\unrestrict KEY`,
+/// `\connect`) that pg_dump writes for psql.
+pub fn strip_meta_commands(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    for line in sql.lines() {
+        if line.starts_with('\\') {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// One object of a plain pg_dump script (a `-- Name: …; Type: …` block).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpEntry {
+    pub name: String,
+    /// pg_dump's object type: `INDEX`, `CONSTRAINT`, `FK CONSTRAINT`,
+    /// `TRIGGER`, `INDEX ATTACH`, `TABLE`, …
+    pub kind: String,
+    pub schema: Option<String>,
+    /// The statements of the entry (without the comment header).
+    pub sql: String,
+}
+
+/// A post-data script split for the applier.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PostData {
+    /// `SET …` / `set_config` lines every session must run first.
+    pub preamble: String,
+    /// Index and constraint builds (PK, unique, check, exclusion): independent,
+    /// run them in parallel on separate connections.
+    pub parallel: Vec<DumpEntry>,
+    /// Everything else (foreign keys, `INDEX ATTACH`, triggers, rules,
+    /// comments, …): run after `parallel`, one at a time, in this order.
+    pub sequential: Vec<DumpEntry>,
+}
+
+/// Split a plain pg_dump script into its preamble and entries. Pure.
+pub fn parse_dump(sql: &str) -> (String, Vec<DumpEntry>) {
+    let text = strip_meta_commands(sql);
+    let mut preamble = String::new();
+    let mut entries: Vec<DumpEntry> = Vec::new();
+    for line in text.lines() {
+        if let Some(header) = line.strip_prefix("-- Name: ")
+            && let Some(entry) = parse_header(header)
+        {
+            entries.push(entry);
+            continue;
+        }
+        if line.starts_with("--") || (line.trim().is_empty() && entries.is_empty()) {
+            continue;
+        }
+        match entries.last_mut() {
+            Some(e) => {
+                e.sql.push_str(line);
+                e.sql.push('\n');
+            }
+            None => {
+                preamble.push_str(line);
+                preamble.push('\n');
+            }
+        }
+    }
+    for e in &mut entries {
+        e.sql = e.sql.trim().to_owned();
+        if !e.sql.is_empty() {
+            e.sql.push('\n');
+        }
+    }
+    entries.retain(|e| !e.sql.is_empty());
+    (preamble, entries)
+}
+
+/// `name; Type: KIND; Schema: s; Owner: o` → entry without SQL.
+fn parse_header(header: &str) -> Option<DumpEntry> {
+    let (name, rest) = header.split_once("; Type: ")?;
+    let (kind, rest) = rest.split_once("; Schema: ").unwrap_or((rest, ""));
+    let schema = rest.split_once(';').map_or(rest, |(s, _)| s).trim();
+    Some(DumpEntry {
+        name: name.to_owned(),
+        kind: kind.trim().to_owned(),
+        schema: (!schema.is_empty() && schema != "-").then(|| schema.to_owned()),
+        sql: String::new(),
+    })
+}
+
+/// Split post-data into parallel index/constraint builds and the ordered rest.
+pub fn split_post_data(sql: &str) -> PostData {
+    let (preamble, entries) = parse_dump(sql);
+    let (parallel, sequential) = entries
+        .into_iter()
+        .partition(|e| matches!(e.kind.as_str(), "INDEX" | "CONSTRAINT"));
+    PostData {
+        preamble,
+        parallel,
+        sequential,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POST: &str = r#"--
+-- PostgreSQL database dump
+--
+
+\restrict abc123
+
+SET statement_timeout = 0;
+SELECT pg_catalog.set_config('search_path', '', false);
+
+--
+-- Name: actor actor_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.actor
+    ADD CONSTRAINT actor_pkey PRIMARY KEY (actor_id);
+
+
+--
+-- Name: idx_actor_last_name; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idx_actor_last_name ON public.actor USING btree (last_name);
+
+
+--
+-- Name: payment_p2022_01_pkey; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.payment_pkey ATTACH PARTITION public.payment_p2022_01_pkey;
+
+
+--
+-- Name: film film_language_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.film
+    ADD CONSTRAINT film_language_id_fkey FOREIGN KEY (language_id) REFERENCES public.language(language_id) ON UPDATE CASCADE ON DELETE RESTRICT;
+
+
+--
+-- PostgreSQL database dump complete
+--
+
+\unrestrict abc123
+"#;
+
+    #[test]
+    fn post_data_splits() {
+        let p = split_post_data(POST);
+        assert!(p.preamble.contains("set_config('search_path', '', false)"));
+        assert!(!p.preamble.contains("restrict"));
+        let par: Vec<(&str, &str)> = p
+            .parallel
+            .iter()
+            .map(|e| (e.kind.as_str(), e.name.as_str()))
+            .collect();
+        assert_eq!(
+            par,
+            [
+                ("CONSTRAINT", "actor actor_pkey"),
+                ("INDEX", "idx_actor_last_name")
+            ]
+        );
+        assert_eq!(
+            p.parallel[1].sql,
+            "CREATE INDEX idx_actor_last_name ON public.actor USING btree (last_name);\n"
+        );
+        assert_eq!(p.parallel[0].schema.as_deref(), Some("public"));
+        let seq: Vec<&str> = p.sequential.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(seq, ["INDEX ATTACH", "FK CONSTRAINT"]);
+        assert!(p.sequential[1].sql.ends_with("ON DELETE RESTRICT;\n"));
+        assert!(p.sequential.iter().all(|e| !e.sql.contains("unrestrict")));
+    }
+
+    #[test]
+    fn schemas_are_created_if_missing() {
+        let pre = "\\restrict k\nCREATE SCHEMA public;\nCREATE SCHEMA IF NOT EXISTS x;\nCREATE TABLE public.t (a int);\n";
+        assert_eq!(
+            tidy_pre_data(pre),
+            "CREATE SCHEMA IF NOT EXISTS public;\nCREATE SCHEMA IF NOT EXISTS x;\nCREATE TABLE public.t (a int);\n"
+        );
+    }
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(
+            parse_major("pg_dump (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)"),
+            Some(15)
+        );
+        assert_eq!(parse_major("pg_dump (PostgreSQL) 9.6.24"), Some(9));
+        assert_eq!(parse_major("pg_dump (PostgreSQL) 17beta1"), Some(17));
+        assert_eq!(parse_major("garbage"), None);
+    }
+
+    #[test]
+    fn old_pg_dump_is_refused_with_the_fix() {
+        let d = PgDump {
+            path: PathBuf::from("/usr/bin/pg_dump"),
+            major: 13,
+            version: "pg_dump (PostgreSQL) 13.1".into(),
+        };
+        check_version(&d, 13).unwrap();
+        let e = check_version(&d, 16).unwrap_err().to_string();
+        assert!(e.contains("version 13"), "{e}");
+        assert!(e.contains("PostgreSQL 16"), "{e}");
+        assert!(e.contains("install postgresql-client-16"), "{e}");
+    }
+}

@@ -1,0 +1,172 @@
+//! Publication and replication-slot lifecycle.
+//!
+//! - [`ensure_publication`]: `CREATE PUBLICATION … FOR ALL TABLES` or `FOR
+//!   TABLE …` `WITH (publish_via_partition_root = true)` unless it exists.
+//! - [`create_slot`]: a pgoutput slot with an exported snapshot. The
+//!   snapshot lives as long as the returned [`CreatedSlot`] holds its
+//!   replication connection and sends nothing else on it; the full load
+//!   imports it (`SET TRANSACTION SNAPSHOT`) meanwhile. The stream starts at
+//!   `consistent_point`: every row is in the snapshot or in the stream after
+//!   it, never neither.
+//! - [`verify_slot`] on resume: the slot exists, uses pgoutput, and its
+//!   `confirmed_flush_lsn` is not past our checkpoint (else changes between
+//!   the two are gone for us and only a new full load helps).
+//! - [`drop_slot`], [`drop_publication`]: idempotent cleanup. A failed first
+//!   run can leave an inactive slot whose state was never recorded; the
+//!   pipeline decides to drop it with [`slot_info`] + [`drop_slot`].
+
+use ferry_core::schema::quote_ident;
+use ferry_core::{Error, Lsn, TableId};
+use tokio_postgres::Client;
+
+use crate::connect::query_error;
+use crate::replication::{ReplicationConnection, SlotCreated};
+
+/// A new slot and the connection that keeps its snapshot valid.
+#[derive(Debug)]
+pub struct CreatedSlot {
+    pub slot: SlotCreated,
+    conn: ReplicationConnection,
+}
+
+impl CreatedSlot {
+    /// The exported snapshot name for `SET TRANSACTION SNAPSHOT`.
+    pub fn snapshot_name(&self) -> Option<&str> {
+        self.slot.snapshot_name.as_deref()
+    }
+
+    pub fn consistent_point(&self) -> Lsn {
+        self.slot.consistent_point
+    }
+
+    /// The connection, e.g. to `START_REPLICATION` on it once the load is
+    /// done (which ends the snapshot).
+    pub fn into_connection(self) -> ReplicationConnection {
+        self.conn
+    }
+
+    /// End the snapshot and close the connection.
+    pub async fn release(self) {
+        self.conn.close().await;
+    }
+}
+
+/// Create the publication unless it exists. `tables`: `None` for all tables.
+pub async fn ensure_publication(
+    client: &Client,
+    name: &str,
+    tables: Option<&[TableId]>,
+) -> Result<(), Error> {
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+        .await
+        .map_err(|e| query_error("reading pg_publication", e))?
+        .is_some();
+    if exists {
+        return Ok(());
+    }
+    let what = match tables {
+        None => "ALL TABLES".to_owned(),
+        Some(t) => format!(
+            "TABLE {}",
+            t.iter().map(TableId::quoted).collect::<Vec<_>>().join(", ")
+        ),
+    };
+    let sql = format!(
+        "CREATE PUBLICATION {} FOR {what} WITH (publish_via_partition_root = true)",
+        quote_ident(name)
+    );
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| query_error(&format!("creating publication {name}"), e))?;
+    tracing::info!(publication = name, "publication created");
+    Ok(())
+}
+
+/// Create slot `name` on `conn` with an exported snapshot.
+pub async fn create_slot(
+    mut conn: ReplicationConnection,
+    name: &str,
+) -> Result<CreatedSlot, Error> {
+    let slot = conn.create_slot(name).await?;
+    tracing::info!(slot = name, lsn = %slot.consistent_point, "replication slot created");
+    Ok(CreatedSlot { slot, conn })
+}
+
+/// A slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub plugin: Option<String>,
+    pub database: Option<String>,
+    pub active: bool,
+    pub confirmed_flush: Option<Lsn>,
+}
+
+pub async fn slot_info(client: &Client, name: &str) -> Result<Option<SlotInfo>, Error> {
+    let row = client
+        .query_opt(
+            "SELECT plugin::text, database::text, active, confirmed_flush_lsn::text \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| query_error("reading pg_replication_slots", e))?;
+    Ok(row.map(|r| SlotInfo {
+        plugin: r.get(0),
+        database: r.get(1),
+        active: r.get(2),
+        confirmed_flush: r.get::<_, Option<String>>(3).and_then(|s| s.parse().ok()),
+    }))
+}
+
+/// On resume: the slot must exist, decode with pgoutput, and not have
+/// confirmed past `checkpoint`.
+pub async fn verify_slot(client: &Client, name: &str, checkpoint: Lsn) -> Result<SlotInfo, Error> {
+    let lost = |detail: String| {
+        Error::operator(
+            format!("replication slot {name} lost or reused ({detail})"),
+            "a new full load is needed: run `ferry cleanup` then `ferry run`",
+        )
+    };
+    let info = slot_info(client, name)
+        .await?
+        .ok_or_else(|| lost("it does not exist".into()))?;
+    if info.plugin.as_deref() != Some("pgoutput") {
+        return Err(lost(format!(
+            "output plugin is {:?}, not pgoutput",
+            info.plugin
+        )));
+    }
+    if let Some(confirmed) = info.confirmed_flush
+        && confirmed > checkpoint
+    {
+        return Err(lost(format!(
+            "confirmed_flush_lsn {confirmed} is past checkpoint {checkpoint}"
+        )));
+    }
+    Ok(info)
+}
+
+/// Drop the slot if it exists (fails if a consumer is still attached).
+pub async fn drop_slot(client: &Client, name: &str) -> Result<bool, Error> {
+    let row = client
+        .query_opt(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| query_error(&format!("dropping replication slot {name}"), e))?;
+    if row.is_some() {
+        tracing::info!(slot = name, "replication slot dropped");
+    }
+    Ok(row.is_some())
+}
+
+/// Drop the publication if it exists.
+pub async fn drop_publication(client: &Client, name: &str) -> Result<(), Error> {
+    client
+        .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name)))
+        .await
+        .map_err(|e| query_error(&format!("dropping publication {name}"), e))
+}

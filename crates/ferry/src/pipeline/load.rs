@@ -1,0 +1,195 @@
+//! The full-load stage: copy every unfinished chunk from the source snapshot
+//! into the target, several at once.
+//!
+//! Consumes the chunk plan of the selected tables and the name of an
+//! exported snapshot; emits rows into the target with
+//! `COPY … FROM STDIN (FORMAT binary)` fed straight from the source's
+//! `COPY … TO STDOUT (FORMAT binary)` (no decoding: PostgreSQL → PostgreSQL).
+//!
+//! Invariants: a chunk's rows and its `ferry.chunks` mark commit in one
+//! target transaction, so a crash leaves each chunk either fully loaded and
+//! marked, or absent; on restart the unmarked chunks are copied again.
+//! Workers each hold one snapshot-importing source session and one target
+//! connection; memory is bounded by the COPY streams' buffers.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use ferry_apply::load::{LoadData, LoadProgress, LoadTarget, load_chunk};
+use ferry_apply::state::StateStore;
+use ferry_core::Row;
+use ferry_core::config::Config;
+use ferry_postgres::catalog::SourceTable;
+use ferry_postgres::snapshot::{Chunk, SnapshotSession};
+use futures_util::stream;
+use tracing::info;
+
+use super::plan_store;
+use crate::shutdown::Shutdown;
+
+/// A chunk still to copy, with the table it belongs to.
+struct Job {
+    chunk: Chunk,
+    table: Arc<SourceTable>,
+}
+
+/// Copy every chunk of `tables` that is not done yet.
+pub async fn run(
+    config: &Config,
+    state: &StateStore,
+    tables: &[SourceTable],
+    snapshot_name: &str,
+    progress: Arc<LoadProgress>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    let mut queue = VecDeque::new();
+    for t in tables {
+        let done: BTreeSet<i32> = state
+            .chunks_done(&target, &t.schema.id)
+            .await?
+            .into_iter()
+            .collect();
+        let table = Arc::new(t.clone());
+        for chunk in plan_store::chunks(&target, state, &t.schema.id).await? {
+            if !done.contains(&(chunk.index as i32)) {
+                queue.push_back(Job {
+                    chunk,
+                    table: table.clone(),
+                });
+            }
+        }
+    }
+    drop(target);
+    let jobs = queue.len();
+    let workers = config.load.effective_parallelism().min(jobs.max(1));
+    info!(chunks = jobs, workers, "full load started");
+    let queue = Arc::new(Mutex::new(queue));
+    let mut set = tokio::task::JoinSet::new();
+    for worker in 0..workers {
+        let (config, state, queue, progress, shutdown) = (
+            config.clone(),
+            state.clone(),
+            queue.clone(),
+            progress.clone(),
+            shutdown.clone(),
+        );
+        let snapshot = snapshot_name.to_owned();
+        set.spawn(async move {
+            load_worker(
+                worker, &config, &state, &snapshot, &queue, &progress, &shutdown,
+            )
+            .await
+        });
+    }
+    let mut first_error = None;
+    while let Some(res) = set.join_next().await {
+        let res = res.context("load worker panicked").and_then(|r| r);
+        if let Err(e) = res {
+            if first_error.is_none() {
+                first_error = Some(e);
+            }
+            // Let the other workers run dry quickly: empty the queue.
+            queue.lock().map(|mut q| q.clear()).ok();
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None if shutdown.is_triggered() => {
+            anyhow::bail!("full load interrupted by shutdown; it resumes on the next run")
+        }
+        None => Ok(()),
+    }
+}
+
+async fn load_worker(
+    worker: usize,
+    config: &Config,
+    state: &StateStore,
+    snapshot: &str,
+    queue: &Mutex<VecDeque<Job>>,
+    progress: &LoadProgress,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let session = SnapshotSession::open(&config.source, snapshot).await?;
+    let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    loop {
+        if shutdown.is_triggered() {
+            return Ok(());
+        }
+        let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+            return Ok(());
+        };
+        let schema = &job.table.schema;
+        let to = LoadTarget {
+            source: schema.id.clone(),
+            target: config.tables.target_name(&job.chunk.relation),
+            columns: schema.columns.iter().map(|c| c.name.clone()).collect(),
+            chunk: Some(job.chunk.index as i32),
+        };
+        let bytes = session.copy_out(&job.chunk, schema).await?;
+        let data: LoadData<_, stream::Empty<Result<Row, ferry_core::Error>>> =
+            LoadData::BinaryCopy(Box::pin(bytes));
+        let result = load_chunk(&mut target, state, &to, data, Some(progress))
+            .await
+            .with_context(|| {
+                format!(
+                    "loading {} chunk {}/{}",
+                    schema.id,
+                    job.chunk.index + 1,
+                    job.chunk.total
+                )
+            })?;
+        tracing::debug!(worker, table = %schema.id, chunk = job.chunk.index, rows = result.rows, "chunk done");
+    }
+}
+
+/// Build the post-data objects (indexes, constraints, triggers) after the
+/// load: index and key builds several at a time, then the rest in order.
+/// Each statement commits with its `done` mark, so a resumed run builds only
+/// what is missing.
+pub async fn build_post_data(config: &Config, state: &StateStore) -> anyhow::Result<()> {
+    let target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    let (preamble, stmts) = plan_store::pending_post_data(&target, state).await?;
+    drop(target);
+    let (parallel, sequential): (Vec<_>, Vec<_>) = stmts.into_iter().partition(|s| s.parallel);
+    let workers = config
+        .load
+        .index_parallelism
+        .unwrap_or_else(|| config.load.effective_parallelism())
+        .min(parallel.len().max(1));
+    info!(
+        indexes = parallel.len(),
+        other = sequential.len(),
+        workers,
+        "building post-data objects"
+    );
+    let queue = Arc::new(Mutex::new(VecDeque::from(parallel)));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (config, state, queue, preamble) = (
+            config.clone(),
+            state.clone(),
+            queue.clone(),
+            preamble.clone(),
+        );
+        set.spawn(async move {
+            let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
+            while let Some(stmt) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
+                let started = std::time::Instant::now();
+                plan_store::run_post_statement(&mut target, &state, &preamble, &stmt).await?;
+                info!(kind = %stmt.kind, name = %stmt.name, secs = started.elapsed().as_secs_f64(), "built");
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(res) = set.join_next().await {
+        res.context("index build task panicked")??;
+    }
+    let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    for stmt in &sequential {
+        plan_store::run_post_statement(&mut target, state, &preamble, stmt).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! The durable load plan: chunk boundaries and post-data statements, saved
+//! in the target with the schema so that a resumed load copies exactly the
+//! chunks a crash left unfinished (boundaries computed again from newer
+//! statistics could overlap or leave gaps) and builds each index once.
+
+use anyhow::Context;
+use ferry_apply::state::StateStore;
+use ferry_core::TableId;
+use ferry_postgres::dump::split_post_data;
+use ferry_postgres::snapshot::Chunk;
+use tokio_postgres::Client;
+
+/// Create the plan tables (idempotent).
+pub async fn ensure(target: &Client, state: &StateStore) -> anyhow::Result<()> {
+    let sql = format!(
+        "CREATE TABLE IF NOT EXISTS {plan} (
+             table_schema text NOT NULL, table_name text NOT NULL, chunk int NOT NULL,
+             rel_schema text NOT NULL, rel_name text NOT NULL, predicate text,
+             only_rel boolean NOT NULL, total int NOT NULL,
+             PRIMARY KEY (table_schema, table_name, chunk));
+         CREATE TABLE IF NOT EXISTS {post} (
+             seq int PRIMARY KEY, kind text NOT NULL, name text NOT NULL,
+             parallel boolean NOT NULL, sql text NOT NULL, done_at timestamptz);
+         CREATE TABLE IF NOT EXISTS {pre} (id int PRIMARY KEY CHECK (id = 1), sql text NOT NULL);",
+        plan = state.table("load_plan"),
+        post = state.table("post_data"),
+        pre = state.table("post_data_preamble"),
+    );
+    target
+        .batch_execute(&sql)
+        .await
+        .context("creating the load plan tables")
+}
+
+/// Save the chunk plan and the post-data statements (inside the caller's transaction).
+pub async fn save(
+    target: &Client,
+    state: &StateStore,
+    chunks: &[Chunk],
+    post_data: &str,
+) -> anyhow::Result<()> {
+    ensure(target, state).await?;
+    let insert = format!(
+        "INSERT INTO {} VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        state.table("load_plan")
+    );
+    for c in chunks {
+        target
+            .execute(
+                &insert,
+                &[
+                    &c.table.schema,
+                    &c.table.name,
+                    &(c.index as i32),
+                    &c.relation.schema,
+                    &c.relation.name,
+                    &c.predicate,
+                    &c.only,
+                    &(c.total as i32),
+                ],
+            )
+            .await
+            .context("saving the chunk plan")?;
+    }
+    let post = split_post_data(post_data);
+    target
+        .execute(
+            &format!(
+                "INSERT INTO {} VALUES (1, $1)",
+                state.table("post_data_preamble")
+            ),
+            &[&post.preamble],
+        )
+        .await
+        .context("saving the post-data preamble")?;
+    let insert = format!(
+        "INSERT INTO {} VALUES ($1, $2, $3, $4, $5, NULL)",
+        state.table("post_data")
+    );
+    let entries = post
+        .parallel
+        .iter()
+        .map(|e| (e, true))
+        .chain(post.sequential.iter().map(|e| (e, false)));
+    for (seq, (e, parallel)) in entries.enumerate() {
+        target
+            .execute(
+                &insert,
+                &[&(seq as i32), &e.kind, &e.name, &parallel, &e.sql],
+            )
+            .await
+            .context("saving post-data statements")?;
+    }
+    Ok(())
+}
+
+/// The saved chunks of `table`.
+pub async fn chunks(
+    target: &Client,
+    state: &StateStore,
+    table: &TableId,
+) -> anyhow::Result<Vec<Chunk>> {
+    let sql = format!(
+        "SELECT chunk, rel_schema, rel_name, predicate, only_rel, total FROM {}
+         WHERE table_schema = $1 AND table_name = $2 ORDER BY chunk",
+        state.table("load_plan")
+    );
+    let rows = target
+        .query(&sql, &[&table.schema, &table.name])
+        .await
+        .context("reading the chunk plan")?;
+    Ok(rows
+        .iter()
+        .map(|r| Chunk {
+            table: table.clone(),
+            relation: TableId::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+            index: r.get::<_, i32>(0) as usize,
+            total: r.get::<_, i32>(5) as usize,
+            predicate: r.get(3),
+            only: r.get(4),
+        })
+        .collect())
+}
+
+/// A post-data statement still to run.
+#[derive(Debug, Clone)]
+pub struct PostStatement {
+    pub seq: i32,
+    pub kind: String,
+    pub name: String,
+    pub parallel: bool,
+    pub sql: String,
+}
+
+/// The preamble and the post-data statements not yet done, in order.
+pub async fn pending_post_data(
+    target: &Client,
+    state: &StateStore,
+) -> anyhow::Result<(String, Vec<PostStatement>)> {
+    let preamble = target
+        .query_opt(
+            &format!(
+                "SELECT sql FROM {} WHERE id = 1",
+                state.table("post_data_preamble")
+            ),
+            &[],
+        )
+        .await
+        .context("reading the post-data preamble")?
+        .map(|r| r.get::<_, String>(0))
+        .unwrap_or_default();
+    let rows = target
+        .query(
+            &format!(
+                "SELECT seq, kind, name, parallel, sql FROM {} WHERE done_at IS NULL ORDER BY seq",
+                state.table("post_data")
+            ),
+            &[],
+        )
+        .await
+        .context("reading post-data statements")?;
+    let stmts = rows
+        .iter()
+        .map(|r| PostStatement {
+            seq: r.get(0),
+            kind: r.get(1),
+            name: r.get(2),
+            parallel: r.get(3),
+            sql: r.get(4),
+        })
+        .collect();
+    Ok((preamble, stmts))
+}
+
+/// Run one post-data statement and mark it done, in one transaction.
+pub async fn run_post_statement(
+    target: &mut Client,
+    state: &StateStore,
+    preamble: &str,
+    stmt: &PostStatement,
+) -> anyhow::Result<()> {
+    let tx = target.transaction().await?;
+    if !preamble.trim().is_empty() {
+        tx.batch_execute(preamble)
+            .await
+            .context("post-data preamble")?;
+    }
+    tx.batch_execute(&stmt.sql)
+        .await
+        .with_context(|| format!("building {} {} on the target", stmt.kind, stmt.name))?;
+    tx.execute(
+        &format!(
+            "UPDATE {} SET done_at = now() WHERE seq = $1",
+            state.table("post_data")
+        ),
+        &[&stmt.seq],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! The streaming stage: pgoutput from the slot, through the decoder and a
+//! bounded channel, into the batching applier; acknowledgement after commit.
+//!
+//! Consumes the checkpoint in the target (the slot's consistent point on the
+//! first run, then the end of the last applied transaction) and streams from
+//! there. Emits target transactions (data + checkpoint, see
+//! `ferry_apply::batcher`) and standby status updates whose flush position is
+//! what the applier acknowledged after COMMIT — never more. Invariant:
+//! `confirmed_flush ≤ checkpoint ≤ received`.
+//!
+//! Restart: every (re)connection reads the checkpoint again, verifies the
+//! slot has not moved past it, and starts there; the server skips commits at
+//! or before it. Transient failures (source or target restarted, connection
+//! dropped) reconnect with backoff; operator errors stop the run.
+//!
+//! Phase: `catchup` becomes `stream` once the applied position reaches the
+//! source's WAL position read when streaming started.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ferry_apply::batcher::{Applier, ApplierConfig, RunOutcome};
+use ferry_apply::checkpoint::read_checkpoint;
+use ferry_apply::state::{Phase, StateStore, TableState};
+use ferry_core::config::Config;
+use ferry_core::{ErrorClass, Event, Lsn, ReplicaIdentity, TableId, TableSchema};
+use ferry_postgres::replication::ReplicationConnection;
+use ferry_postgres::stream::{AckHandle, CatalogTypeResolver, PgChangeStream, StreamConfig};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::STREAM;
+use super::retry::Backoff;
+use crate::shutdown::Shutdown;
+
+/// Events buffered between the key relay and the applier.
+const RELAY_CAPACITY: usize = 1024;
+
+/// A connection that stayed up this long resets the backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+
+/// Stream until shutdown, reconnecting after transient failures.
+pub async fn run(config: &Config, state: &StateStore, shutdown: Shutdown) -> anyhow::Result<()> {
+    let mut backoff = Backoff::default();
+    loop {
+        let started = Instant::now();
+        let err = match stream_once(config, state, shutdown.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) if shutdown.is_triggered() => {
+                warn!(error = %format!("{e:#}"), "stream ended with an error during shutdown");
+                return Ok(());
+            }
+            Err(e) if classify(&e) == ErrorClass::Transient => e,
+            Err(e) => return Err(e),
+        };
+        if started.elapsed() > HEALTHY_AFTER {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        warn!(error = %format!("{err:#}"), attempt = backoff.attempts(), delay_ms = delay.as_millis() as u64, "transient failure; will reconnect");
+        let mut sd = shutdown.clone();
+        tokio::select! {
+            biased;
+            () = sd.wait() => return Ok(()),
+            () = tokio::time::sleep(delay) => {}
+        }
+        info!(
+            attempt = backoff.attempts(),
+            "reconnecting to source and target"
+        );
+    }
+}
+
+/// One connection's worth of streaming; `Ok` only on shutdown.
+async fn stream_once(
+    config: &Config,
+    state: &StateStore,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    let source = Arc::new(ferry_postgres::connect::connect(&config.source, "source").await?);
+    let checkpoint = read_checkpoint::<Lsn>(&target, state, STREAM)
+        .await?
+        .context("no stream checkpoint in the target: the schema stage never finished; run `ferry cleanup` and start again")?;
+    ferry_postgres::slot::verify_slot(&source, &config.postgres.slot, checkpoint.position).await?;
+    let head = current_wal_lsn(&source).await?;
+    let phase = state.read_phase(&target).await?;
+
+    let conn = ReplicationConnection::connect(&config.source).await?;
+    let mut stream_config = StreamConfig::new(
+        &config.postgres.slot,
+        &config.postgres.publication,
+        checkpoint.position,
+    );
+    stream_config.proto_version = config.postgres.proto_version;
+    let resolver = Arc::new(CatalogTypeResolver::new(source.clone()));
+    let (raw, handle) = PgChangeStream::start(conn, resolver, stream_config).await?;
+    let filter = config.tables.filter().map_err(anyhow::Error::msg)?;
+    let catalog =
+        ferry_postgres::catalog::read_catalog(&source, &filter, &config.state.schema).await?;
+    let mut rx = relay_with_keys(raw, primary_keys(&catalog));
+    info!(from = %checkpoint.position, source_head = %head, "streaming changes");
+
+    let acked = handle.ack_handle();
+    let promoter = (phase == Some(Phase::Catchup)).then(|| {
+        let (config, state, acked) = (config.clone(), state.clone(), acked.clone());
+        tokio::spawn(async move { promote_when_caught_up(&config, &state, &acked, head).await })
+    });
+
+    let mut applier = Applier::<Lsn>::new(
+        target,
+        state.clone(),
+        config.tables.clone(),
+        ApplierConfig::new(STREAM, &config.apply, true),
+    )
+    .await?;
+    let ack = |p: &Lsn| acked.ack(*p);
+    let mut sd = shutdown.clone();
+    let outcome = applier
+        .run(&mut rx, ack, async move { sd.wait().await })
+        .await;
+    if let Some(p) = promoter {
+        p.abort();
+    }
+    drop(rx);
+    let stream_result = handle.shutdown().await;
+    match outcome? {
+        RunOutcome::Shutdown => {
+            info!(checkpoint = ?applier.checkpoint().map(ToString::to_string), "stopped after the last batch");
+            Ok(())
+        }
+        RunOutcome::SourceClosed => {
+            stream_result?;
+            Err(ferry_core::Error::transient("the change stream ended").into())
+        }
+    }
+}
+
+/// Primary-key column names per table, from the source catalog.
+fn primary_keys(catalog: &ferry_postgres::catalog::SourceCatalog) -> HashMap<TableId, Vec<String>> {
+    catalog
+        .tables
+        .iter()
+        .map(|t| {
+            (
+                t.schema.id.clone(),
+                t.schema.key_names().map(str::to_owned).collect(),
+            )
+        })
+        .collect()
+}
+
+/// pgoutput flags every column as part of the key under REPLICA IDENTITY
+/// FULL; the applier matches on the table's real primary key (none: all
+/// columns, one row at a time). This relay puts the catalog's key into such
+/// Relation events and passes everything else through, in order, over a
+/// channel of the same bound.
+fn relay_with_keys(
+    mut raw: mpsc::Receiver<Event<Lsn>>,
+    keys: HashMap<TableId, Vec<String>>,
+) -> mpsc::Receiver<Event<Lsn>> {
+    let (tx, rx) = mpsc::channel(RELAY_CAPACITY);
+    tokio::spawn(async move {
+        while let Some(mut event) = raw.recv().await {
+            if let Event::Relation(schema) = &event
+                && schema.replica_identity == ReplicaIdentity::Full
+            {
+                let names = keys.get(&schema.id).cloned().unwrap_or_default();
+                let key: Option<Vec<usize>> =
+                    names.iter().map(|n| schema.column_index(n)).collect();
+                let mut fixed = TableSchema::clone(schema);
+                fixed.key = key.unwrap_or_default();
+                event = Event::Relation(Arc::new(fixed));
+            }
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn current_wal_lsn(source: &tokio_postgres::Client) -> anyhow::Result<Lsn> {
+    let text: String = source
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .context("reading the source WAL position")?
+        .get(0);
+    Ok(text.parse()?)
+}
+
+/// Mark the pipeline `stream` once everything up to `head` is applied.
+async fn promote_when_caught_up(
+    config: &Config,
+    state: &StateStore,
+    acked: &AckHandle,
+    head: Lsn,
+) -> anyhow::Result<()> {
+    while acked.acked() < head {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    for t in state.tables(&target).await? {
+        if let Some(id) = ferry_core::config::parse_table_name(&t.source_table) {
+            state
+                .set_table_state(&target, &id, &TableState::Streaming)
+                .await?;
+        }
+    }
+    state.write_phase(&target, Phase::Stream).await?;
+    info!(applied = %acked.acked(), "caught up; streaming");
+    Ok(())
+}
+
+/// Transient or needs-an-operator, for errors of any layer.
+fn classify(err: &anyhow::Error) -> ErrorClass {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<ferry_core::Error>() {
+            return e.class();
+        }
+        if let Some(e) = cause.downcast_ref::<tokio_postgres::Error>()
+            && (e.is_closed() || e.code().is_none())
+        {
+            return ErrorClass::Transient;
+        }
+        if cause.downcast_ref::<std::io::Error>().is_some() {
+            return ErrorClass::Transient;
+        }
+    }
+    ErrorClass::Operator
+}

