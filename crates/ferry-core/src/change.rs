@@ -94,6 +94,10 @@ pub enum Event<P> {
         /// Source transaction id where the source has one.
         xid: Option<u64>,
         commit_time: Timestamp,
+        /// Where the transaction's commit record starts, when the source
+        /// says so up front (PostgreSQL `final_lsn`); lets a consumer decide
+        /// per table whether a snapshot already holds the transaction.
+        final_position: Option<P>,
     },
     Change(Change),
     /// The transaction begun last is complete; `position` is its end.

@@ -100,6 +100,7 @@ pub fn begin() -> Event<Lsn> {
     Event::Begin {
         xid: None,
         commit_time: Timestamp::now(),
+        final_position: None,
     }
 }
 

@@ -179,6 +179,7 @@ impl Decoder {
             }
             Message::StreamCommit {
                 xid,
+                commit_lsn,
                 end_lsn,
                 commit_time,
                 ..
@@ -188,6 +189,7 @@ impl Decoder {
                     begin: Event::Begin {
                         xid: Some(u64::from(xid)),
                         commit_time,
+                        final_position: Some(Lsn(commit_lsn)),
                     },
                     messages: self.streams.take(xid)?,
                     commit: Event::Commit {
@@ -213,12 +215,15 @@ impl Decoder {
     ) -> Result<Vec<Event<Lsn>>, DecodeError> {
         let ev = match msg {
             Message::Begin {
-                xid, commit_time, ..
+                final_lsn,
+                xid,
+                commit_time,
             } => {
                 self.in_txn = true;
                 Event::Begin {
                     xid: Some(u64::from(xid)),
                     commit_time: Timestamp(commit_time),
+                    final_position: Some(Lsn(final_lsn)),
                 }
             }
             Message::Commit {

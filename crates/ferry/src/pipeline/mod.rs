@@ -21,12 +21,11 @@
 //! lives in [`plan_store`]; reconnect policy in [`retry`].
 //!
 //! Resume rules: a crash during `schema` recreates the slot (ferry wrote the
-//! phase before creating it); a crash during `load` keeps every committed
-//! chunk of a fully loaded table, and copies partially loaded tables again
-//! from a fresh snapshot (row versions move between ctid ranges, so chunks of
-//! two snapshots cannot be mixed); the stream then replays from the slot's
-//! consistent point, which converges because apply is idempotent (upserts
-//! and deletes by key).
+//! phase before creating it); a crash during `load` keeps every fully loaded
+//! table and copies the others again from a fresh snapshot whose position is
+//! recorded per table (row versions move between ctid ranges, so chunks of
+//! two snapshots are never mixed in one table); the stream replays from the
+//! slot's consistent point and skips, per table, what its snapshot holds.
 
 pub mod load;
 mod plan_store;
@@ -39,8 +38,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use ferry_apply::load::LoadProgress;
 use ferry_apply::state::{Phase, StateStore, TableState};
+use ferry_core::Lsn;
 use ferry_core::config::{Config, EndpointKind};
+use ferry_core::schema::quote_ident;
 use ferry_postgres::catalog::{SourceCatalog, read_catalog};
+use ferry_postgres::replication::ReplicationConnection;
 use tokio_postgres::Client;
 use tracing::info;
 
@@ -99,10 +101,7 @@ async fn run_postgres(config: &Config, shutdown: Shutdown) -> anyhow::Result<Out
                 return Ok(Outcome::Ok);
             }
         } else {
-            resume_load(
-                config, &state, &target, &source, &catalog, progress, &shutdown,
-            )
-            .await?;
+            resume_load(config, &state, &target, &catalog, progress, &shutdown).await?;
             if shutdown.is_triggered() {
                 return Ok(Outcome::Ok);
             }
@@ -132,55 +131,82 @@ fn finish_load_step(result: anyhow::Result<()>, shutdown: &Shutdown) -> anyhow::
     }
 }
 
-/// Resume an interrupted load from a fresh snapshot: fully loaded tables are
-/// kept, partially loaded ones are emptied and copied again.
+/// Resume an interrupted load. Fully loaded tables are kept; every other
+/// table is (emptied and) copied from a new snapshot, taken with a temporary
+/// slot so its exact position is known: the stream, which replays from the
+/// first slot's consistent point, skips those tables' changes committed
+/// before it (see [`stream`]), so nothing is applied twice — also for tables
+/// without a key, where replaying would duplicate rows.
 async fn resume_load(
     config: &Config,
     state: &StateStore,
     target: &Client,
-    source: &Client,
     catalog: &SourceCatalog,
     progress: Arc<LoadProgress>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
+    let mut reload = Vec::new();
     for t in &catalog.tables {
         let planned = plan_store::chunks(target, state, &t.schema.id).await?.len();
         let done = state.chunks_done(target, &t.schema.id).await?.len();
-        if done > 0 && done < planned {
-            let to = config.tables.target_name(&t.schema.id);
-            info!(table = %t.schema.id, done, planned, "copying a partially loaded table again");
-            target
-                .batch_execute(&format!(
-                    "BEGIN; TRUNCATE {}; DELETE FROM {} WHERE source_table = '{}'; COMMIT;",
-                    to.quoted(),
-                    state.table("chunks"),
-                    ferry_apply::state::table_key(&t.schema.id).replace('\'', "''"),
-                ))
-                .await
-                .with_context(|| format!("emptying {to} before copying it again"))?;
+        if done < planned {
+            reload.push((t.clone(), done));
         }
     }
-    // The slot's snapshot died with the previous run: export a new one and
-    // hold it open on this connection while the workers import it.
-    source
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    if reload.is_empty() {
+        return Ok(());
+    }
+    let mut conn = ReplicationConnection::connect(&config.source).await?;
+    let temp_slot = format!("{}_resync_{}", config.postgres.slot, std::process::id());
+    let rows = conn
+        .simple_query(&format!(
+            "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')",
+            quote_ident(&temp_slot)
+        ))
+        .await?;
+    let row = rows
+        .first()
+        .context("CREATE_REPLICATION_SLOT returned no row")?;
+    let at: Lsn = row
+        .get(1)
+        .cloned()
+        .flatten()
+        .context("no consistent point")?
+        .parse()?;
+    let name = row
+        .get(2)
+        .cloned()
+        .flatten()
+        .context("no exported snapshot")?;
+    info!(snapshot = %name, at = %at, tables = reload.len(), "resuming the full load from a new snapshot");
+
+    target.batch_execute("BEGIN").await?;
+    for (t, done) in &reload {
+        if *done > 0 {
+            let to = config.tables.target_name(&t.schema.id);
+            info!(table = %t.schema.id, done, "copying a partially loaded table again");
+            target
+                .batch_execute(&format!("TRUNCATE {}", to.quoted()))
+                .await?;
+            target
+                .execute(
+                    &format!(
+                        "DELETE FROM {} WHERE source_table = $1",
+                        state.table("chunks")
+                    ),
+                    &[&ferry_apply::state::table_key(&t.schema.id)],
+                )
+                .await?;
+        }
+        plan_store::set_table_snapshot(target, state, &t.schema.id, at).await?;
+    }
+    target
+        .batch_execute("COMMIT")
         .await
-        .context("opening a snapshot transaction on the source")?;
-    let name: String = source
-        .query_one("SELECT pg_export_snapshot()", &[])
-        .await
-        .context("exporting a snapshot")?
-        .get(0);
-    info!(snapshot = %name, "resuming the full load from a new snapshot");
-    let loaded = load::run(
-        config,
-        state,
-        &catalog.tables,
-        &name,
-        progress,
-        shutdown.clone(),
-    )
-    .await;
-    let _ = source.batch_execute("COMMIT").await;
+        .context("recording the reload plan")?;
+
+    let tables: Vec<_> = reload.into_iter().map(|(t, _)| t).collect();
+    let loaded = load::run(config, state, &tables, &name, progress, shutdown.clone()).await;
+    conn.close().await;
     finish_load_step(loaded, shutdown).map(|_| ())
 }

@@ -5,7 +5,9 @@
 
 use anyhow::Context;
 use ferry_apply::state::StateStore;
-use ferry_core::TableId;
+use std::collections::HashMap;
+
+use ferry_core::{Lsn, TableId};
 use ferry_postgres::dump::split_post_data;
 use ferry_postgres::snapshot::Chunk;
 use tokio_postgres::Client;
@@ -21,10 +23,14 @@ pub async fn ensure(target: &Client, state: &StateStore) -> anyhow::Result<()> {
          CREATE TABLE IF NOT EXISTS {post} (
              seq int PRIMARY KEY, kind text NOT NULL, name text NOT NULL,
              parallel boolean NOT NULL, sql text NOT NULL, done_at timestamptz);
-         CREATE TABLE IF NOT EXISTS {pre} (id int PRIMARY KEY CHECK (id = 1), sql text NOT NULL);",
+         CREATE TABLE IF NOT EXISTS {pre} (id int PRIMARY KEY CHECK (id = 1), sql text NOT NULL);
+         CREATE TABLE IF NOT EXISTS {snap} (
+             table_schema text NOT NULL, table_name text NOT NULL, lsn text NOT NULL,
+             PRIMARY KEY (table_schema, table_name));",
         plan = state.table("load_plan"),
         post = state.table("post_data"),
         pre = state.table("post_data_preamble"),
+        snap = state.table("table_snapshots"),
     );
     target
         .batch_execute(&sql)
@@ -120,6 +126,53 @@ pub async fn chunks(
             only: r.get(4),
         })
         .collect())
+}
+
+/// Record that `table` is (re)loaded from a snapshot taken at `lsn`: the
+/// stream must skip its changes from transactions committed before that.
+pub async fn set_table_snapshot(
+    target: &Client,
+    state: &StateStore,
+    table: &TableId,
+    lsn: Lsn,
+) -> anyhow::Result<()> {
+    let sql = format!(
+        "INSERT INTO {} VALUES ($1, $2, $3)
+         ON CONFLICT (table_schema, table_name) DO UPDATE SET lsn = EXCLUDED.lsn",
+        state.table("table_snapshots")
+    );
+    target
+        .execute(&sql, &[&table.schema, &table.name, &lsn.to_string()])
+        .await
+        .with_context(|| format!("recording the snapshot position of {table}"))?;
+    Ok(())
+}
+
+/// Tables loaded from a snapshot later than the stream's start, with the
+/// snapshot's position.
+pub async fn table_snapshots(
+    target: &Client,
+    state: &StateStore,
+) -> anyhow::Result<HashMap<TableId, Lsn>> {
+    let rows = target
+        .query(
+            &format!(
+                "SELECT table_schema, table_name, lsn FROM {}",
+                state.table("table_snapshots")
+            ),
+            &[],
+        )
+        .await
+        .context("reading table snapshot positions")?;
+    rows.iter()
+        .map(|r| {
+            let lsn: Lsn = r.get::<_, &str>(2).parse()?;
+            Ok((
+                TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                lsn,
+            ))
+        })
+        .collect()
 }
 
 /// A post-data statement still to run.

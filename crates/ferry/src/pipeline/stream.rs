@@ -25,7 +25,7 @@ use ferry_apply::batcher::{Applier, ApplierConfig, RunOutcome};
 use ferry_apply::checkpoint::read_checkpoint;
 use ferry_apply::state::{Phase, StateStore, TableState};
 use ferry_core::config::Config;
-use ferry_core::{ErrorClass, Event, Lsn, ReplicaIdentity, TableId, TableSchema};
+use ferry_core::{Change, ErrorClass, Event, Lsn, ReplicaIdentity, TableId, TableSchema};
 use ferry_postgres::replication::ReplicationConnection;
 use ferry_postgres::stream::{AckHandle, CatalogTypeResolver, PgChangeStream, StreamConfig};
 use tokio::sync::mpsc;
@@ -85,6 +85,7 @@ async fn stream_once(
         .await?
         .context("no stream checkpoint in the target: the schema stage never finished; run `ferry cleanup` and start again")?;
     ferry_postgres::slot::verify_slot(&source, &config.postgres.slot, checkpoint.position).await?;
+    let snapshots = super::plan_store::table_snapshots(&target, state).await?;
     let head = current_wal_lsn(&source).await?;
     let phase = state.read_phase(&target).await?;
 
@@ -100,7 +101,7 @@ async fn stream_once(
     let filter = config.tables.filter().map_err(anyhow::Error::msg)?;
     let catalog =
         ferry_postgres::catalog::read_catalog(&source, &filter, &config.state.schema).await?;
-    let mut rx = relay_with_keys(raw, primary_keys(&catalog));
+    let mut rx = relay(raw, primary_keys(&catalog), snapshots);
     info!(from = %checkpoint.position, source_head = %head, "streaming changes");
 
     let acked = handle.ack_handle();
@@ -152,34 +153,80 @@ fn primary_keys(catalog: &ferry_postgres::catalog::SourceCatalog) -> HashMap<Tab
         .collect()
 }
 
-/// pgoutput flags every column as part of the key under REPLICA IDENTITY
-/// FULL; the applier matches on the table's real primary key (none: all
-/// columns, one row at a time). This relay puts the catalog's key into such
-/// Relation events and passes everything else through, in order, over a
-/// channel of the same bound.
-fn relay_with_keys(
+/// The relay between decoder and applier, in order, over a channel of the
+/// same bound. It fixes two things the applier must not see:
+///
+/// - pgoutput flags every column as part of the key under REPLICA IDENTITY
+///   FULL; the applier matches on the table's real primary key (none: all
+///   columns, one row at a time), so Relation events get the catalog's key.
+/// - tables (re)loaded from a snapshot at `S` after a crash already hold the
+///   effects of transactions whose commit record precedes `S`; their changes
+///   from those transactions are dropped ([`skip_for_snapshot`]).
+fn relay(
     mut raw: mpsc::Receiver<Event<Lsn>>,
     keys: HashMap<TableId, Vec<String>>,
+    snapshots: HashMap<TableId, Lsn>,
 ) -> mpsc::Receiver<Event<Lsn>> {
     let (tx, rx) = mpsc::channel(RELAY_CAPACITY);
     tokio::spawn(async move {
-        while let Some(mut event) = raw.recv().await {
-            if let Event::Relation(schema) = &event
-                && schema.replica_identity == ReplicaIdentity::Full
-            {
-                let names = keys.get(&schema.id).cloned().unwrap_or_default();
-                let key: Option<Vec<usize>> =
-                    names.iter().map(|n| schema.column_index(n)).collect();
-                let mut fixed = TableSchema::clone(schema);
-                fixed.key = key.unwrap_or_default();
-                event = Event::Relation(Arc::new(fixed));
-            }
+        let mut final_lsn = None;
+        while let Some(event) = raw.recv().await {
+            let event = match event {
+                Event::Relation(schema) if schema.replica_identity == ReplicaIdentity::Full => {
+                    let names = keys.get(&schema.id).cloned().unwrap_or_default();
+                    let key: Option<Vec<usize>> =
+                        names.iter().map(|n| schema.column_index(n)).collect();
+                    let mut fixed = TableSchema::clone(&schema);
+                    fixed.key = key.unwrap_or_default();
+                    Event::Relation(Arc::new(fixed))
+                }
+                Event::Begin { final_position, .. } => {
+                    final_lsn = final_position;
+                    event
+                }
+                Event::Change(change) if !snapshots.is_empty() => {
+                    match skip_for_snapshot(change, final_lsn, &snapshots) {
+                        Some(c) => Event::Change(c),
+                        None => continue,
+                    }
+                }
+                other => other,
+            };
             if tx.send(event).await.is_err() {
                 return;
             }
         }
     });
     rx
+}
+
+/// The change as the applier should see it, or `None` when every table it
+/// touches was loaded from a snapshot that already includes it (the
+/// transaction's commit record precedes the snapshot's position).
+fn skip_for_snapshot(
+    change: Change,
+    final_lsn: Option<Lsn>,
+    snapshots: &HashMap<TableId, Lsn>,
+) -> Option<Change> {
+    let covered = |t: &TableId| final_lsn.zip(snapshots.get(t)).is_some_and(|(f, s)| f < *s);
+    match change {
+        Change::Truncate {
+            tables,
+            cascade,
+            restart_identity,
+        } => {
+            let tables: Vec<TableId> = tables.into_iter().filter(|t| !covered(t)).collect();
+            (!tables.is_empty()).then_some(Change::Truncate {
+                tables,
+                cascade,
+                restart_identity,
+            })
+        }
+        c => match c.table() {
+            Some(t) if covered(t) => None,
+            _ => Some(c),
+        },
+    }
 }
 
 async fn current_wal_lsn(source: &tokio_postgres::Client) -> anyhow::Result<Lsn> {
@@ -230,4 +277,51 @@ fn classify(err: &anyhow::Error) -> ErrorClass {
         }
     }
     ErrorClass::Operator
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::Row;
+
+    fn insert(t: &str) -> Change {
+        Change::Insert {
+            table: TableId::new("public", t),
+            new: Row::default(),
+        }
+    }
+
+    #[test]
+    fn snapshot_skip_decisions() {
+        let snaps: HashMap<TableId, Lsn> = [(TableId::new("public", "reloaded"), Lsn(100))].into();
+        // (change, final lsn of its transaction, kept?)
+        let cases = [
+            (insert("reloaded"), Some(Lsn(99)), false),
+            (insert("reloaded"), Some(Lsn(100)), true),
+            (insert("reloaded"), Some(Lsn(150)), true),
+            (insert("reloaded"), None, true),
+            (insert("other"), Some(Lsn(10)), true),
+        ];
+        for (change, final_lsn, kept) in cases {
+            assert_eq!(
+                skip_for_snapshot(change.clone(), final_lsn, &snaps).is_some(),
+                kept,
+                "{change:?} at {final_lsn:?}"
+            );
+        }
+        let truncate = Change::Truncate {
+            tables: vec![
+                TableId::new("public", "reloaded"),
+                TableId::new("public", "other"),
+            ],
+            cascade: false,
+            restart_identity: false,
+        };
+        match skip_for_snapshot(truncate, Some(Lsn(50)), &snaps) {
+            Some(Change::Truncate { tables, .. }) => {
+                assert_eq!(tables, vec![TableId::new("public", "other")])
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }
