@@ -27,6 +27,7 @@ build:
 
 ## test: the whole suite — unit tests and integration tests against real throwaway servers.
 test:
+	$(CARGO) build --bin ferry
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 
 lint:

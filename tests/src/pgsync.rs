@@ -140,7 +140,10 @@ async fn write_loop(
 ) -> anyhow::Result<()> {
     let mut client = connect_retrying(url).await?;
     let mut rng = Lcg(0x5eed_0000_0000_0001 ^ u64::from(accounts));
-    let mut next_aid = i64::from(accounts) + 1;
+    // Each writer of this process gets its own range of new keys.
+    static GENERATION: AtomicU64 = AtomicU64::new(0);
+    let generation = GENERATION.fetch_add(1, Ordering::Relaxed) as i64;
+    let mut next_aid = i64::from(accounts) + 1 + generation * 10_000_000;
     while !stop.load(Ordering::Relaxed) {
         let kind = rng.below(100);
         let result = one_transaction(&mut client, kind, &mut rng, accounts, &mut next_aid).await;
@@ -163,7 +166,11 @@ fn is_transient(e: &tokio_postgres::Error) -> bool {
     e.is_closed()
         || e.code().is_some_and(|c| {
             let c = c.code();
-            c.starts_with("08") || c.starts_with("57") || c == "40001" || c == "40P01"
+            c.starts_with("08")
+                || c.starts_with("57")
+                || c == "40001"
+                || c == "40P01"
+                || c == "25006"
         })
 }
 

@@ -301,6 +301,7 @@ pub async fn get_status(addr: &str, token: Option<&Secret>) -> Result<Status, Co
 }
 
 /// `GET /metrics`.
+#[cfg(test)]
 pub async fn get_metrics(addr: &str, token: Option<&Secret>) -> Result<String, ControlClientError> {
     let body = call(
         addr,

@@ -10,12 +10,16 @@
 //! reference. Exit codes: 0 success, 2 a prerequisite or precondition
 //! failed (the output says the fix), 1 any other error.
 
+mod control;
+mod operations;
 mod pipeline;
 mod plan;
+mod report;
 mod shutdown;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ferry_core::config::Config;
@@ -49,6 +53,66 @@ enum Command {
     },
     /// Full load, then change data capture until stopped; resumes where it left off.
     Run,
+    /// Show phase, per-table progress, positions and lag of the migration.
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// Refresh every 2 seconds until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// Add the lag history (hourly maxima, last 14 days).
+        #[arg(long)]
+        history: bool,
+    },
+    /// Ask the running `ferry run` to cut over to the target.
+    Cutover {
+        /// Report what would happen and the current lag; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Make the source database read-only and end its other sessions first.
+        #[arg(long)]
+        fence: bool,
+        /// Refuse when lag is above this (e.g. 5s, 500ms).
+        #[arg(long, value_parser = parse_duration, default_value = "5s")]
+        max_lag: Duration,
+        /// Give up and unfence when draining takes longer (e.g. 60s).
+        #[arg(long, value_parser = parse_duration, default_value = "60s")]
+        timeout: Duration,
+        /// Keep the replication slot and publication afterwards.
+        #[arg(long)]
+        keep_slot: bool,
+        /// Skip the per-table row count comparison (very large databases).
+        #[arg(long)]
+        skip_counts: bool,
+    },
+    /// Pause applying changes (the reader keeps the slot alive; lag grows).
+    Pause,
+    /// Resume applying changes.
+    Resume,
+    /// Write a self-contained HTML report: lag over time and per-table figures.
+    Report {
+        #[arg(long, short, default_value = "ferry-report.html")]
+        output: PathBuf,
+    },
+}
+
+/// `5s`, `500ms`, `2m`, or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration such as 5s or 500ms"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
 }
 
 /// Outcome of a command, mapped to the process exit code.
@@ -91,9 +155,35 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Plan { json } => plan::run(&config, json).await,
         Command::Run => {
             let (trigger, shutdown) = shutdown::channel();
-            shutdown::on_signals(trigger)?;
-            pipeline::run(&config, shutdown).await
+            shutdown::on_signals(trigger.clone())?;
+            pipeline::run(&config, trigger, shutdown).await
         }
+        Command::Status {
+            json,
+            watch,
+            history,
+        } => operations::status(&config, json, watch, history).await,
+        Command::Cutover {
+            dry_run,
+            fence,
+            max_lag,
+            timeout,
+            keep_slot,
+            skip_counts,
+        } => {
+            let req = control::CutoverRequest {
+                dry_run,
+                fence,
+                max_lag_seconds: Some(max_lag.as_secs_f64()),
+                timeout_seconds: Some(timeout.as_secs_f64()),
+                keep_slot,
+                skip_counts,
+            };
+            operations::cutover(&config, req).await
+        }
+        Command::Pause => operations::pause(&config, true).await,
+        Command::Resume => operations::pause(&config, false).await,
+        Command::Report { output } => operations::report(&config, &output).await,
     }
 }
 

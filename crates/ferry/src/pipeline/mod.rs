@@ -27,6 +27,8 @@
 //! two snapshots are never mixed in one table); the stream replays from the
 //! slot's consistent point and skips, per table, what its snapshot holds.
 
+mod cutover;
+pub mod live;
 pub mod load;
 mod plan_store;
 mod retry;
@@ -46,16 +48,17 @@ use ferry_postgres::replication::ReplicationConnection;
 use tokio_postgres::Client;
 use tracing::info;
 
+use self::live::Live;
 use crate::Outcome;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, Trigger};
 
 /// Checkpoint row name of the change stream.
 pub const STREAM: &str = "main";
 
-/// Run the migration until shutdown (or, later, cutover).
-pub async fn run(config: &Config, shutdown: Shutdown) -> anyhow::Result<Outcome> {
+/// Run the migration until shutdown or cutover.
+pub async fn run(config: &Config, trigger: Trigger, shutdown: Shutdown) -> anyhow::Result<Outcome> {
     match config.source.kind().map_err(anyhow::Error::msg)? {
-        EndpointKind::Postgres => run_postgres(config, shutdown).await,
+        EndpointKind::Postgres => run_postgres(config, trigger, shutdown).await,
         EndpointKind::MySql | EndpointKind::Sqlite(_) => Err(ferry_core::Error::operator(
             format!("`ferry run` from {} is not available yet", config.source.url),
             "this release migrates PostgreSQL sources; `ferry plan` already checks MySQL/MariaDB and SQLite sources",
@@ -64,12 +67,20 @@ pub async fn run(config: &Config, shutdown: Shutdown) -> anyhow::Result<Outcome>
     }
 }
 
-async fn run_postgres(config: &Config, shutdown: Shutdown) -> anyhow::Result<Outcome> {
+async fn run_postgres(
+    config: &Config,
+    trigger: Trigger,
+    shutdown: Shutdown,
+) -> anyhow::Result<Outcome> {
     let state = StateStore::new(config.state.schema.clone());
     let target = ferry_postgres::connect::connect(&config.target, "target").await?;
     state.ensure(&target).await?;
     plan_store::ensure(&target, &state).await?;
     let phase = state.read_phase(&target).await?;
+    if phase == Some(Phase::Done) {
+        info!("this migration is already cut over (phase done); nothing to do");
+        return Ok(Outcome::Ok);
+    }
     let run_id = state
         .start_run(
             &target,
@@ -79,44 +90,177 @@ async fn run_postgres(config: &Config, shutdown: Shutdown) -> anyhow::Result<Out
         .await?;
     info!(run = run_id, phase = phase.map_or("new", Phase::as_str), source = %config.source.url, "ferry run");
 
-    if phase.is_none_or(|p| p <= Phase::Load) {
-        let source = ferry_postgres::connect::connect(&config.source, "source").await?;
-        let filter = config.tables.filter().map_err(anyhow::Error::msg)?;
-        let catalog = read_catalog(&source, &filter, &config.state.schema).await?;
-        let progress = Arc::new(LoadProgress::default());
-        if phase.is_none_or(|p| p < Phase::Load) {
-            let slot = schema::run(config, &state, &target, &source, &catalog, phase).await?;
-            let name = slot.snapshot_name().unwrap_or_default().to_owned();
-            let loaded = load::run(
-                config,
-                &state,
-                &catalog.tables,
-                &name,
-                progress,
-                shutdown.clone(),
-            )
-            .await;
-            slot.release().await;
-            if !finish_load_step(loaded, &shutdown)? {
-                return Ok(Outcome::Ok);
-            }
-        } else {
-            resume_load(config, &state, &target, &catalog, progress, &shutdown).await?;
-            if shutdown.is_triggered() {
-                return Ok(Outcome::Ok);
-            }
-        }
-        load::build_post_data(config, &state).await?;
-        for t in &catalog.tables {
-            state
-                .set_table_state(&target, &t.schema.id, &TableState::CatchingUp)
-                .await?;
-        }
-        state.write_phase(&target, Phase::Catchup).await?;
-        info!("load complete; catching up from the slot's consistent point");
+    let live = Live::new(config.clone(), state.clone(), run_id, trigger);
+    if let Some(p) = phase {
+        live.set_phase(p);
     }
-    stream::run(config, &state, shutdown).await?;
-    Ok(Outcome::Ok)
+    let source = ferry_postgres::connect::connect(&config.source, "source").await?;
+    let filter = config.tables.filter().map_err(anyhow::Error::msg)?;
+    let catalog = read_catalog(&source, &filter, &config.state.schema).await?;
+    if let Ok(mut c) = live.carried.lock() {
+        *c = catalog
+            .tables
+            .iter()
+            .map(|t| (t.schema.id.clone(), config.tables.target_name(&t.schema.id)))
+            .collect();
+    }
+    let mut background = start_background(config, &live, &target, &shutdown).await?;
+
+    let result = async {
+        if phase.is_none_or(|p| p <= Phase::Load)
+            && !load_phase(
+                config, &state, &target, &source, &catalog, phase, &live, &shutdown,
+            )
+            .await?
+        {
+            return Ok(());
+        }
+        stream::run(config, &state, shutdown.clone(), live.clone()).await
+    }
+    .await;
+    if let Err(e) = &result {
+        live.set_error(format!("{e:#}"));
+    }
+    if let Some(finish) = live.take_finish() {
+        let dropped =
+            finish_after_cutover(config, &state, &source, &target, finish.keep_slot, run_id).await;
+        let _ = finish.reply.send(dropped.map_err(|e| format!("{e:#}")));
+    }
+    // Stops the control API (after in-flight requests), monitor and sampler.
+    live.request_stop();
+    while background.join_next().await.is_some() {}
+    result.map(|()| Outcome::Ok)
+}
+
+/// Schema, load and post-data; `Ok(false)` when shutdown interrupted the load.
+#[allow(clippy::too_many_arguments)]
+async fn load_phase(
+    config: &Config,
+    state: &StateStore,
+    target: &Client,
+    source: &Client,
+    catalog: &SourceCatalog,
+    phase: Option<Phase>,
+    live: &Live,
+    shutdown: &Shutdown,
+) -> anyhow::Result<bool> {
+    let progress = Arc::new(LoadProgress::default());
+    if phase.is_none_or(|p| p < Phase::Load) {
+        let slot = schema::run(config, state, target, source, catalog, phase).await?;
+        live.set_phase(Phase::Load);
+        let name = slot.snapshot_name().unwrap_or_default().to_owned();
+        let loaded = load::run(
+            config,
+            state,
+            &catalog.tables,
+            &name,
+            progress,
+            shutdown.clone(),
+        )
+        .await;
+        slot.release().await;
+        if !finish_load_step(loaded, shutdown)? {
+            return Ok(false);
+        }
+    } else {
+        resume_load(config, state, target, catalog, progress, shutdown).await?;
+        if shutdown.is_triggered() {
+            return Ok(false);
+        }
+    }
+    for t in &catalog.tables {
+        state
+            .set_table_state(target, &t.schema.id, &TableState::Loaded)
+            .await?;
+    }
+    load::build_post_data(config, state).await?;
+    for t in &catalog.tables {
+        state
+            .set_table_state(target, &t.schema.id, &TableState::CatchingUp)
+            .await?;
+    }
+    state.write_phase(target, Phase::Catchup).await?;
+    live.set_phase(Phase::Catchup);
+    info!("load complete; catching up from the slot's consistent point");
+    Ok(true)
+}
+
+/// The control API, the monitor and the lag-history sampler.
+async fn start_background(
+    config: &Config,
+    live: &Arc<Live>,
+    target: &Client,
+    shutdown: &Shutdown,
+) -> anyhow::Result<tokio::task::JoinSet<()>> {
+    let mut set = tokio::task::JoinSet::new();
+    let listener = tokio::net::TcpListener::bind(&config.control.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the control API to {}; set control.listen to a free address",
+                config.control.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    live::publish_address(target, &live.state, &addr.to_string()).await?;
+    info!(address = %addr, "control API listening");
+    let handler: Arc<dyn crate::control::ControlHandler> = Arc::new(live::Handler(live.clone()));
+    let token = config.control.token.clone();
+    let stop = live.stopped();
+    set.spawn(async move {
+        if let Err(e) = crate::control::serve(listener, handler, token, stop).await {
+            tracing::warn!(error = %e, "control API stopped");
+        }
+    });
+    set.spawn(live::run_monitor(live.clone(), live.stopped()));
+    let sampler_target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    let (l, stop) = (live.clone(), live.stopped());
+    let cfg = ferry_monitor::history::SamplerConfig::new(&config.state.schema);
+    set.spawn(async move {
+        if let Err(e) =
+            ferry_monitor::history::run_sampler(sampler_target, cfg, move || l.lag(), stop).await
+        {
+            tracing::warn!(error = %e, "lag history sampler stopped");
+        }
+    });
+    let _ = shutdown;
+    Ok(set)
+}
+
+/// After a cutover stopped the stream: drop slot and publication (unless
+/// kept), mark the run done. Returns whether they were dropped.
+async fn finish_after_cutover(
+    config: &Config,
+    state: &StateStore,
+    source: &Client,
+    target: &Client,
+    keep_slot: bool,
+    run_id: i64,
+) -> anyhow::Result<bool> {
+    let mut dropped = false;
+    if !keep_slot {
+        // The walsender may take a moment to let go of the slot.
+        let started = std::time::Instant::now();
+        loop {
+            match ferry_postgres::slot::drop_slot(source, &config.postgres.slot).await {
+                Ok(_) => break,
+                Err(e) if started.elapsed() < std::time::Duration::from_secs(30) => {
+                    tracing::debug!(error = %e, "slot still active; retrying the drop");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        ferry_postgres::slot::drop_publication(source, &config.postgres.publication).await?;
+        dropped = true;
+    }
+    state.write_phase(target, Phase::Done).await?;
+    state.finish_run(target, run_id).await?;
+    info!(
+        slot_dropped = dropped,
+        "cutover complete; the target is ready for writes"
+    );
+    Ok(dropped)
 }
 
 /// `Ok(true)` to go on, `Ok(false)` when shutdown interrupted the load.

@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::STREAM;
+use super::live::Live;
 use super::retry::Backoff;
 use crate::shutdown::Shutdown;
 
@@ -42,17 +43,26 @@ const RELAY_CAPACITY: usize = 1024;
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 
 /// Stream until shutdown, reconnecting after transient failures.
-pub async fn run(config: &Config, state: &StateStore, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run(
+    config: &Config,
+    state: &StateStore,
+    shutdown: Shutdown,
+    live: Arc<Live>,
+) -> anyhow::Result<()> {
     let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
-        let err = match stream_once(config, state, shutdown.clone()).await {
+        let err = match stream_once(config, state, shutdown.clone(), &live).await {
             Ok(()) => return Ok(()),
             Err(e) if shutdown.is_triggered() => {
                 warn!(error = %format!("{e:#}"), "stream ended with an error during shutdown");
                 return Ok(());
             }
-            Err(e) if classify(&e) == ErrorClass::Transient => e,
+            Err(e) if classify(&e) == ErrorClass::Transient => {
+                live.metrics.error("transient");
+                live.set_error(format!("{e:#}"));
+                e
+            }
             Err(e) => return Err(e),
         };
         if started.elapsed() > HEALTHY_AFTER {
@@ -78,6 +88,7 @@ async fn stream_once(
     config: &Config,
     state: &StateStore,
     shutdown: Shutdown,
+    live: &Arc<Live>,
 ) -> anyhow::Result<()> {
     let target = ferry_postgres::connect::connect(&config.target, "target").await?;
     let source = Arc::new(ferry_postgres::connect::connect(&config.source, "source").await?);
@@ -101,13 +112,16 @@ async fn stream_once(
     let filter = config.tables.filter().map_err(anyhow::Error::msg)?;
     let catalog =
         ferry_postgres::catalog::read_catalog(&source, &filter, &config.state.schema).await?;
-    let mut rx = relay(raw, primary_keys(&catalog), snapshots);
+    let mut rx = relay(raw, primary_keys(&catalog), snapshots, live.clone());
     info!(from = %checkpoint.position, source_head = %head, "streaming changes");
 
     let acked = handle.ack_handle();
     let promoter = (phase == Some(Phase::Catchup)).then(|| {
-        let (config, state, acked) = (config.clone(), state.clone(), acked.clone());
-        tokio::spawn(async move { promote_when_caught_up(&config, &state, &acked, head).await })
+        let (config, state, acked, live) =
+            (config.clone(), state.clone(), acked.clone(), live.clone());
+        tokio::spawn(
+            async move { promote_when_caught_up(&config, &state, &acked, head, &live).await },
+        )
     });
 
     let mut applier = Applier::<Lsn>::new(
@@ -117,7 +131,11 @@ async fn stream_once(
         ApplierConfig::new(STREAM, &config.apply, true),
     )
     .await?;
-    let ack = |p: &Lsn| acked.ack(*p);
+    live.set_stats(applier.stats());
+    let ack = |p: &Lsn| {
+        acked.ack(*p);
+        live.applied(*p);
+    };
     let mut sd = shutdown.clone();
     let outcome = applier
         .run(&mut rx, ack, async move { sd.wait().await })
@@ -166,11 +184,18 @@ fn relay(
     mut raw: mpsc::Receiver<Event<Lsn>>,
     keys: HashMap<TableId, Vec<String>>,
     snapshots: HashMap<TableId, Lsn>,
+    live: Arc<Live>,
 ) -> mpsc::Receiver<Event<Lsn>> {
     let (tx, rx) = mpsc::channel(RELAY_CAPACITY);
     tokio::spawn(async move {
         let mut final_lsn = None;
+        let mut paused = live.paused();
         while let Some(event) = raw.recv().await {
+            // Paused by the operator: hold here; the reader keeps the
+            // connection alive and the lag figure grows.
+            if paused.wait_for(|p| !p).await.is_err() {
+                return;
+            }
             let event = match event {
                 Event::Relation(schema) if schema.replica_identity == ReplicaIdentity::Full => {
                     let names = keys.get(&schema.id).cloned().unwrap_or_default();
@@ -180,8 +205,15 @@ fn relay(
                     fixed.key = key.unwrap_or_default();
                     Event::Relation(Arc::new(fixed))
                 }
-                Event::Begin { final_position, .. } => {
+                Event::Begin {
+                    final_position,
+                    commit_time,
+                    ..
+                } => {
                     final_lsn = final_position;
+                    if let Some(f) = final_position {
+                        live.forwarded(f, commit_time);
+                    }
                     event
                 }
                 Event::Change(change) if !snapshots.is_empty() => {
@@ -244,6 +276,7 @@ async fn promote_when_caught_up(
     state: &StateStore,
     acked: &AckHandle,
     head: Lsn,
+    live: &Live,
 ) -> anyhow::Result<()> {
     while acked.acked() < head {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -257,6 +290,7 @@ async fn promote_when_caught_up(
         }
     }
     state.write_phase(&target, Phase::Stream).await?;
+    live.set_phase(Phase::Stream);
     info!(applied = %acked.acked(), "caught up; streaming");
     Ok(())
 }

@@ -1,0 +1,221 @@
+//! Operator commands against a running `ferry run` (through its control
+//! API) or, when none runs, against the state recorded in the target:
+//! `status`, `cutover`, `pause`, `resume`, `report`.
+
+use std::io::Write as _;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use ferry_apply::state::StateStore;
+use ferry_core::Lsn;
+use ferry_core::config::Config;
+use ferry_monitor::status::TableStatus;
+use ferry_monitor::{LagSample, Phase, Status, render_table};
+
+use crate::Outcome;
+use crate::control::{self, ControlClientError, CutoverRequest};
+
+/// Where the running `ferry run` listens: `control.listen`, or the address
+/// it published in the target when that asks for port 0.
+async fn control_address(config: &Config) -> anyhow::Result<String> {
+    let configured = &config.control.listen;
+    if !configured.ends_with(":0") {
+        return Ok(configured.clone());
+    }
+    let target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    let state = StateStore::new(config.state.schema.clone());
+    crate::pipeline::live::published_address(&target, &state)
+        .await
+        .context(
+            "control.listen uses port 0 and no running ferry published its address in the target",
+        )
+}
+
+/// The live status, or the recorded one (saying so) when nothing runs.
+pub async fn current_status(config: &Config) -> anyhow::Result<Status> {
+    let addr = control_address(config).await;
+    if let Ok(addr) = &addr {
+        match control::get_status(addr, config.control.token.as_ref()).await {
+            Ok(s) => return Ok(s),
+            Err(ControlClientError::NotRunning { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    recorded_status(config).await
+}
+
+async fn recorded_status(config: &Config) -> anyhow::Result<Status> {
+    let target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    let state = StateStore::new(config.state.schema.clone());
+    let phase = state.read_phase(&target).await.ok().flatten();
+    let mut s = Status::new(
+        phase
+            .and_then(|p| p.as_str().parse().ok())
+            .unwrap_or(Phase::Plan),
+        "postgres",
+        SystemTime::now(),
+    );
+    s.live = false;
+    if let Ok(Some(cp)) =
+        ferry_apply::checkpoint::read_checkpoint::<Lsn>(&target, &state, crate::pipeline::STREAM)
+            .await
+    {
+        s.applied_position = Some(cp.position.to_string());
+    }
+    if let Ok(tables) = state.tables(&target).await {
+        s.tables = tables
+            .into_iter()
+            .map(|r| TableStatus {
+                name: r.source_table,
+                state: r.state.as_str().to_owned(),
+                rows_copied: r.rows_copied.max(0) as u64,
+                rows_estimated: r.row_estimate.map(|e| e.max(0) as u64),
+                chunks_done: 0,
+                chunks_total: r.chunks_total.unwrap_or(0).max(0) as u32,
+                changes_applied: 0,
+            })
+            .collect();
+    }
+    let cutover = target
+        .query_opt(
+            &format!(
+                "SELECT cutover::text FROM {} WHERE cutover IS NOT NULL ORDER BY id DESC LIMIT 1",
+                state.table("runs")
+            ),
+            &[],
+        )
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| serde_json::from_str(r.get::<_, &str>(0)).ok());
+    s.cutover = cutover;
+    Ok(s)
+}
+
+#[allow(clippy::print_stdout)]
+pub async fn status(
+    config: &Config,
+    json: bool,
+    watch: bool,
+    history: bool,
+) -> anyhow::Result<Outcome> {
+    loop {
+        let s = current_status(config).await?;
+        let mut out = String::new();
+        if watch {
+            out.push_str("\x1b[2J\x1b[H");
+        }
+        if json {
+            out.push_str(&serde_json::to_string_pretty(&s)?);
+            out.push('\n');
+        } else {
+            if !s.live {
+                out.push_str(
+                    "ferry run is not running: showing the state recorded in the target\n\n",
+                );
+            }
+            out.push_str(&render_table(&s));
+        }
+        if history {
+            out.push_str(&render_history(
+                &lag_history(config, Duration::from_secs(14 * 86_400)).await?,
+            ));
+        }
+        print!("{out}");
+        std::io::stdout().flush().ok();
+        if !watch {
+            return Ok(Outcome::Ok);
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(Outcome::Ok),
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+async fn lag_history(config: &Config, span: Duration) -> anyhow::Result<Vec<LagSample>> {
+    let target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    let since = SystemTime::now() - span;
+    Ok(ferry_monitor::read_history(&target, &config.state.schema, since).await?)
+}
+
+fn render_history(samples: &[LagSample]) -> String {
+    let mut out = format!("\nlag history ({} samples, oldest first)\n", samples.len());
+    // One line per hour at most: the maximum of each hour.
+    let mut last_hour = None;
+    for s in samples {
+        let hour =
+            s.at.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs() / 3600)
+                .unwrap_or(0);
+        if last_hour == Some(hour) {
+            continue;
+        }
+        last_hour = Some(hour);
+        let peak = samples
+            .iter()
+            .filter(|x| {
+                x.at.duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs() / 3600)
+                    .unwrap_or(0)
+                    == hour
+            })
+            .fold((0.0f64, 0u64), |(a, b), x| {
+                (a.max(x.lag_seconds), b.max(x.lag_bytes))
+            });
+        out.push_str(&format!(
+            "  {}  max lag {}  {}\n",
+            ferry_monitor::timestamp::format(s.at),
+            ferry_monitor::status::human_seconds(peak.0),
+            ferry_monitor::status::human_bytes(peak.1)
+        ));
+    }
+    out
+}
+
+#[allow(clippy::print_stdout)]
+pub async fn cutover(config: &Config, req: CutoverRequest) -> anyhow::Result<Outcome> {
+    let addr = control_address(config).await?;
+    match control::post_cutover(&addr, config.control.token.as_ref(), &req).await {
+        Ok(rec) => {
+            println!("{}", serde_json::to_string_pretty(&rec)?);
+            if let Some(f) = rec.write_freeze_seconds {
+                println!("write freeze: {f:.3}s");
+            }
+            println!("cutover: {}", rec.outcome);
+            Ok(Outcome::Ok)
+        }
+        Err(ControlClientError::Refused { message, .. }) => {
+            println!("cutover: {message}");
+            Ok(Outcome::Refused)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[allow(clippy::print_stdout)]
+pub async fn pause(config: &Config, paused: bool) -> anyhow::Result<Outcome> {
+    let addr = control_address(config).await?;
+    if paused {
+        control::post_pause(&addr, config.control.token.as_ref()).await?;
+        println!("applier paused; lag will grow until `ferry resume`");
+    } else {
+        control::post_resume(&addr, config.control.token.as_ref()).await?;
+        println!("applier resumed");
+    }
+    Ok(Outcome::Ok)
+}
+
+#[allow(clippy::print_stdout)]
+pub async fn report(config: &Config, output: &std::path::Path) -> anyhow::Result<Outcome> {
+    let status = current_status(config).await?;
+    let samples = lag_history(config, Duration::from_secs(90 * 86_400)).await?;
+    let html = crate::report::render_report(&status, &samples);
+    std::fs::write(output, html).with_context(|| format!("writing {}", output.display()))?;
+    println!(
+        "report written to {} ({} lag samples)",
+        output.display(),
+        samples.len()
+    );
+    Ok(Outcome::Ok)
+}

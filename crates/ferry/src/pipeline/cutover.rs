@@ -1,0 +1,458 @@
+//! The operator-triggered cutover, run inside `ferry run` (DESIGN.md §7).
+//!
+//! 1. Preconditions ([`preconditions`], pure): phase `stream`, every table
+//!    streaming, lag within `max_lag`, no other cutover running.
+//! 2. Fence (optional): `ALTER DATABASE … SET default_transaction_read_only
+//!    = on`, then end the other client sessions of the source database, so
+//!    no write can start or finish after the final position is read.
+//! 3. Final position: the source's `pg_current_wal_lsn()` after fencing
+//!    (without fencing: at the request; later writes are not included).
+//! 4. Drain: wait until the applied (committed and acknowledged) position
+//!    reaches the final position — never reported earlier, however quiet
+//!    the stream is. A heartbeat message is emitted so an idle stream
+//!    carries the position.
+//! 5. Sequences: `setval` on the target to each source sequence's value.
+//! 6. Row counts per table, source vs target (unless `skip_counts`): any
+//!    difference fails the cutover.
+//! 7. Record (`ferry.runs.cutover`): times, fence and write-freeze duration,
+//!    final position, counts, outcome.
+//! 8. Stop streaming and drop the slot and publication unless `keep_slot`;
+//!    `ferry run` then exits 0.
+//!
+//! On a failure or timeout after fencing, the source is unfenced and
+//! replication continues; the error says which step failed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use ferry_core::Lsn;
+use ferry_core::schema::quote_ident;
+use ferry_monitor::{CutoverRecord, Phase, TableCheck};
+use tokio::sync::oneshot;
+use tokio_postgres::Client;
+use tracing::{info, warn};
+
+use super::live::{Finish, Live};
+use crate::control::CutoverRequest;
+
+const DEFAULT_MAX_LAG: f64 = 5.0;
+const DEFAULT_TIMEOUT: f64 = 60.0;
+
+/// Why a cutover may not start, or `Ok`. Pure.
+pub fn preconditions(
+    phase: Phase,
+    table_states: &[(String, String)],
+    lag_seconds: f64,
+    max_lag: f64,
+) -> Result<(), String> {
+    if phase != Phase::Stream {
+        return Err(format!(
+            "phase is {}, not stream: wait until the load and catch-up are done",
+            phase.as_str()
+        ));
+    }
+    let not_streaming: Vec<String> = table_states
+        .iter()
+        .filter(|(_, s)| s != "streaming")
+        .map(|(t, s)| format!("{t} ({s})"))
+        .collect();
+    if !not_streaming.is_empty() {
+        return Err(format!(
+            "tables not streaming yet: {}",
+            not_streaming.join(", ")
+        ));
+    }
+    if lag_seconds > max_lag {
+        return Err(format!(
+            "lag is {lag_seconds:.1}s, above the bound of {max_lag:.1}s: wait for it to fall or raise --max-lag"
+        ));
+    }
+    Ok(())
+}
+
+/// Run (or dry-run) the cutover. `Err` is the refusal or failure message.
+pub async fn run(live: Arc<Live>, req: CutoverRequest) -> Result<CutoverRecord, String> {
+    let Ok(_guard) = live.cutover_lock.try_lock() else {
+        return Err("refused: a cutover is already running".into());
+    };
+    let lag = live.lag();
+    let mut rec = CutoverRecord {
+        dry_run: req.dry_run,
+        started_at: SystemTime::now(),
+        finished_at: None,
+        fenced: false,
+        write_freeze_seconds: None,
+        final_position: None,
+        lag_seconds_at_start: lag.seconds,
+        sequences_synced: 0,
+        validation: Vec::new(),
+        slot_dropped: false,
+        steps: Vec::new(),
+        outcome: String::new(),
+    };
+    let max_lag = req.max_lag_seconds.unwrap_or(DEFAULT_MAX_LAG);
+    let status = live.status();
+    let states: Vec<(String, String)> = status
+        .tables
+        .iter()
+        .map(|t| (t.name.clone(), t.state.clone()))
+        .collect();
+    if let Err(why) = preconditions(status.phase, &states, lag.seconds, max_lag) {
+        return Err(format!("refused: {why}"));
+    }
+    if req.dry_run {
+        rec.steps = planned_steps(&req, &live);
+        rec.outcome = format!(
+            "dry run: preconditions hold (lag {:.1}s); nothing was changed",
+            lag.seconds
+        );
+        rec.finished_at = Some(SystemTime::now());
+        return Ok(rec);
+    }
+    match execute(&live, &req, &mut rec).await {
+        Ok(()) => {
+            rec.outcome = "done".into();
+            rec.finished_at = Some(SystemTime::now());
+            record(&live, &rec).await;
+            Ok(rec)
+        }
+        Err(e) => {
+            rec.outcome = format!("failed: {e}");
+            rec.finished_at = Some(SystemTime::now());
+            record(&live, &rec).await;
+            Err(format!("cutover failed: {e}; replication continues"))
+        }
+    }
+}
+
+fn planned_steps(req: &CutoverRequest, live: &Live) -> Vec<String> {
+    let db = source_database(live).unwrap_or_default();
+    let mut steps = Vec::new();
+    if req.fence {
+        steps.push(format!(
+            "fence: ALTER DATABASE {db} SET default_transaction_read_only = on; end other sessions"
+        ));
+    } else {
+        steps.push("no fence: writes after the final position are not included".into());
+    }
+    steps.push("read the final source position and drain until it is applied".into());
+    steps.push("sync sequences to their source values".into());
+    steps.push(if req.skip_counts {
+        "skip row counts (--skip-counts)".into()
+    } else {
+        "compare row counts of every table".into()
+    });
+    steps.push(if req.keep_slot {
+        "keep the slot and publication".into()
+    } else {
+        "drop the slot and publication".into()
+    });
+    steps
+}
+
+async fn execute(live: &Live, req: &CutoverRequest, rec: &mut CutoverRecord) -> Result<(), String> {
+    let source = ferry_postgres::connect::connect(&live.config.source, "source")
+        .await
+        .map_err(|e| e.to_string())?;
+    let target = ferry_postgres::connect::connect(&live.config.target, "target")
+        .await
+        .map_err(|e| e.to_string())?;
+    let db = source_database(live)?;
+    let fenced_at = if req.fence {
+        fence(&source, &db).await?;
+        rec.fenced = true;
+        rec.steps.push(format!("fenced database {db}"));
+        Some(Instant::now())
+    } else {
+        rec.steps
+            .push("not fenced: writes after the final position are not included".into());
+        None
+    };
+    let result = after_fence(live, req, rec, &source, &target).await;
+    if let Err(e) = &result {
+        if req.fence {
+            warn!(error = %e, "cutover failed; unfencing the source");
+            if let Err(u) = unfence(&source, &db).await {
+                warn!(error = %u, "unfencing failed; run: ALTER DATABASE {db} RESET default_transaction_read_only");
+            }
+            rec.steps.push("unfenced the source".into());
+        }
+        return result;
+    }
+    if let Some(at) = fenced_at {
+        rec.write_freeze_seconds = Some(at.elapsed().as_secs_f64());
+    }
+    // Stop streaming; the pipeline drops the slot once the stream is down.
+    let (reply, answer) = oneshot::channel();
+    live.request_finish(Finish {
+        keep_slot: req.keep_slot,
+        reply,
+    });
+    rec.slot_dropped = answer
+        .await
+        .map_err(|_| "the pipeline stopped before finishing".to_owned())??;
+    rec.steps.push(if rec.slot_dropped {
+        "dropped slot and publication".into()
+    } else {
+        "kept slot and publication".into()
+    });
+    Ok(())
+}
+
+async fn after_fence(
+    live: &Live,
+    req: &CutoverRequest,
+    rec: &mut CutoverRecord,
+    source: &Client,
+    target: &Client,
+) -> Result<(), String> {
+    let final_lsn: Lsn = query_text(source, "SELECT pg_current_wal_lsn()::text")
+        .await?
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    rec.final_position = Some(final_lsn.to_string());
+    // A message after the final position makes an idle stream carry it.
+    let _ = source
+        .execute(
+            "SELECT pg_logical_emit_message(false, 'ferry.heartbeat', 'cutover')",
+            &[],
+        )
+        .await;
+    let drain_started = Instant::now();
+    let timeout = Duration::from_secs_f64(req.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT).max(0.1));
+    while live.applied_position() < final_lsn {
+        if drain_started.elapsed() > timeout {
+            return Err(format!(
+                "drain timed out after {:.0}s at {} of final position {final_lsn}; raise --timeout",
+                timeout.as_secs_f64(),
+                live.applied_position()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rec.steps.push(format!(
+        "drained to {} in {:.2}s",
+        live.applied_position(),
+        drain_started.elapsed().as_secs_f64()
+    ));
+    rec.sequences_synced = sync_sequences(live, source, target).await?;
+    rec.steps
+        .push(format!("synced {} sequences", rec.sequences_synced));
+    if req.skip_counts {
+        rec.steps.push("row counts skipped (--skip-counts)".into());
+    } else {
+        rec.validation = count_rows(live, source, target).await?;
+        let bad: Vec<String> = rec
+            .validation
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| {
+                format!(
+                    "{} (source {:?}, target {:?})",
+                    c.table, c.source_rows, c.target_rows
+                )
+            })
+            .collect();
+        if !bad.is_empty() {
+            return Err(format!("row counts differ: {}", bad.join(", ")));
+        }
+        rec.steps.push(format!(
+            "row counts equal for {} tables",
+            rec.validation.len()
+        ));
+    }
+    info!(final_position = %final_lsn, "cutover validated");
+    Ok(())
+}
+
+fn source_database(live: &Live) -> Result<String, String> {
+    let url = live
+        .config
+        .source
+        .url
+        .parsed()
+        .map_err(|e| format!("source.url: {e}"))?;
+    Ok(url.path().trim_start_matches('/').to_owned())
+}
+
+async fn fence(source: &Client, db: &str) -> Result<(), String> {
+    source
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET default_transaction_read_only = on",
+            quote_ident(db)
+        ))
+        .await
+        .map_err(|e| format!("fencing the source (needs owner or superuser): {e}"))?;
+    // Sessions opened before the ALTER keep writing: end them, except ferry's
+    // own (application_name 'ferry'; the walsender is not a client backend).
+    source
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND backend_type = 'client backend' AND application_name <> 'ferry'",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("ending writer sessions on the source: {e}"))?;
+    Ok(())
+}
+
+async fn unfence(source: &Client, db: &str) -> Result<(), String> {
+    source
+        .batch_execute(&format!(
+            "ALTER DATABASE {} RESET default_transaction_read_only",
+            quote_ident(db)
+        ))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// `setval` every source sequence of the carried schemas on the target.
+async fn sync_sequences(live: &Live, source: &Client, target: &Client) -> Result<u64, String> {
+    let schemas: Vec<String> = {
+        let carried = live.carried.lock().map(|c| c.clone()).unwrap_or_default();
+        let mut s: Vec<String> = carried.iter().map(|(src, _)| src.schema.clone()).collect();
+        s.sort();
+        s.dedup();
+        s
+    };
+    let rows = source
+        .query(
+            "SELECT schemaname, sequencename, last_value FROM pg_sequences WHERE schemaname = ANY($1) AND last_value IS NOT NULL",
+            &[&schemas],
+        )
+        .await
+        .map_err(|e| format!("reading source sequences: {e}"))?;
+    for r in &rows {
+        let name = format!("{}.{}", quote_ident(r.get(0)), quote_ident(r.get(1)));
+        let value: i64 = r.get(2);
+        target
+            .execute(
+                "SELECT setval($1::text::regclass, $2, true)",
+                &[&name, &value],
+            )
+            .await
+            .map_err(|e| format!("setting sequence {name} on the target: {e}"))?;
+    }
+    Ok(rows.len() as u64)
+}
+
+async fn count_rows(
+    live: &Live,
+    source: &Client,
+    target: &Client,
+) -> Result<Vec<TableCheck>, String> {
+    let carried = live.carried.lock().map(|c| c.clone()).unwrap_or_default();
+    let mut checks = Vec::new();
+    for (src, dst) in carried {
+        let s = count(source, &src.quoted()).await?;
+        let t = count(target, &dst.quoted()).await?;
+        checks.push(TableCheck {
+            table: src.to_string(),
+            source_rows: Some(s),
+            target_rows: Some(t),
+            ok: s == t,
+        });
+    }
+    Ok(checks)
+}
+
+async fn count(client: &Client, table: &str) -> Result<u64, String> {
+    let n: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .map_err(|e| format!("counting {table}: {e}"))?
+        .get(0);
+    Ok(n as u64)
+}
+
+async fn query_text(client: &Client, sql: &str) -> Result<String, String> {
+    Ok(client
+        .query_one(sql, &[])
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0))
+}
+
+async fn record(live: &Live, rec: &CutoverRecord) {
+    if let Ok(mut l) = live.last_cutover.lock() {
+        *l = Some(rec.clone());
+    }
+    let json = serde_json::to_string(rec).unwrap_or_default();
+    match ferry_postgres::connect::connect(&live.config.target, "target").await {
+        Ok(t) => {
+            if let Err(e) = live.state.record_cutover(&t, live.run_id, &json).await {
+                warn!(error = %e, "could not record the cutover in the target");
+            }
+        }
+        Err(e) => warn!(error = %e, "could not record the cutover in the target"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tables(states: &[&str]) -> Vec<(String, String)> {
+        states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("public.t{i}"), (*s).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn cutover_preconditions() {
+        // (phase, table states, lag, max lag, allowed?, reason contains)
+        let cases = [
+            (
+                Phase::Stream,
+                tables(&["streaming", "streaming"]),
+                0.5,
+                5.0,
+                true,
+                "",
+            ),
+            (
+                Phase::Catchup,
+                tables(&["streaming"]),
+                0.0,
+                5.0,
+                false,
+                "phase is catchup",
+            ),
+            (
+                Phase::Load,
+                tables(&["loading"]),
+                0.0,
+                5.0,
+                false,
+                "phase is load",
+            ),
+            (
+                Phase::Stream,
+                tables(&["streaming", "loading"]),
+                0.0,
+                5.0,
+                false,
+                "public.t1 (loading)",
+            ),
+            (
+                Phase::Stream,
+                tables(&["streaming"]),
+                7.5,
+                5.0,
+                false,
+                "above the bound",
+            ),
+            (Phase::Stream, tables(&["streaming"]), 5.0, 5.0, true, ""),
+        ];
+        for (phase, states, lag, max, ok, why) in cases {
+            let r = preconditions(phase, &states, lag, max);
+            assert_eq!(r.is_ok(), ok, "{phase:?} {states:?} {lag}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.contains(why), "{e}");
+            }
+        }
+    }
+}
