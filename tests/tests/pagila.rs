@@ -24,7 +24,7 @@ async fn pagila_writes(
         let customer = 1 + i % 599;
         tx.execute(
             "INSERT INTO payment (customer_id, staff_id, rental_id, amount, payment_date) \
-             VALUES ($1, 1, 1 + $1 % 16000, 4.99, timestamptz '2022-03-15 12:00:00+00' + $2 * interval '1 second')",
+             SELECT $1, 1, (SELECT min(rental_id) FROM rental WHERE customer_id = $1), 4.99, timestamptz '2022-03-15 12:00:00+00' + $2 * interval '1 second'",
             &[&customer, &f64::from(i)],
         )
         .await?;
@@ -71,9 +71,17 @@ fn pagila_migrates_completely_while_writes_continue() {
     let done = Arc::new(AtomicU64::new(0));
     let writer = {
         let (u, s, d) = (source_url.clone(), stop.clone(), done.clone());
-        std::thread::spawn(move || pgsync::runtime().block_on(pagila_writes(u, s, d)))
+        std::thread::spawn(move || {
+            let result = pgsync::runtime().block_on(pagila_writes(u, s, d));
+            #[allow(clippy::print_stderr)]
+            if let Err(e) = &result {
+                eprintln!("pagila writer failed: {e:#}");
+            }
+            result
+        })
     };
     while done.load(Ordering::Relaxed) < 20 {
+        assert!(!writer.is_finished(), "the pagila writer stopped early");
         std::thread::sleep(Duration::from_millis(20));
     }
 
@@ -113,7 +121,10 @@ fn pagila_migrates_completely_while_writes_continue() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let seen = done.load(Ordering::Relaxed);
+        let start = std::time::Instant::now();
         while done.load(Ordering::Relaxed) < seen + 50 {
+            assert!(!writer.is_finished(), "the pagila writer stopped early");
+            assert!(start.elapsed() < LONG, "the pagila writer made no progress");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });

@@ -14,6 +14,12 @@
 //! - A transaction larger than `batch_rows` is applied in several steps of
 //!   ONE target transaction (behind a savepoint), `batch_rows` changes at a
 //!   time, and committed only after its `Commit`: memory stays bounded.
+//! - While the target executes a batch (and each step of a large
+//!   transaction), up to `batch_rows` further events are received into a
+//!   queue ([`run::Intake`]), so the source reader, decoder and walsender
+//!   keep working instead of stalling on a full channel; the queue is
+//!   handled in order before the channel is read again. Memory: at most one
+//!   batch of changes folded, one queued, plus the open transaction.
 //! - `Heartbeat` with nothing pending moves the checkpoint (at most once per
 //!   second) and is acknowledged after that commit.
 //! - Restart: the checkpoint is read at [`Applier::new`]; transactions with
@@ -205,6 +211,8 @@ pub struct Applier<P: Position> {
 
 mod run;
 
+use run::Intake;
+
 impl<P: Position> Applier<P> {
     /// Ensure the state schema and read the checkpoint of `cfg.stream`.
     pub async fn new(
@@ -275,31 +283,75 @@ impl<P: Position> Applier<P> {
         Ok(())
     }
 
-    /// Apply the pending fold into the open target transaction.
-    async fn apply_pending(&mut self) -> Result<()> {
-        if self.batch.fold.is_empty() {
-            return Ok(());
-        }
-        self.ensure_open().await?;
-        let fold = self.batch.fold.take();
+    /// Count the fold's changes into the batch's per-table figures.
+    fn count_tables(&mut self, fold: &Fold) {
         for tf in fold.tables() {
             *self.batch.tables.entry(tf.schema.id.clone()).or_default() += tf.changes;
         }
-        self.writer.apply_fold(&self.client, &fold).await?;
+    }
+
+    /// Apply the pending fold into the open target transaction, receiving
+    /// events ahead meanwhile when `intake` is given.
+    async fn apply_pending(&mut self, intake: Option<&mut Intake<'_, P>>) -> Result<()> {
+        if self.batch.fold.is_empty() {
+            return Ok(());
+        }
+        let fold = self.batch.fold.take();
+        self.count_tables(&fold);
+        let open = std::mem::replace(&mut self.batch.target_open, true);
+        let Applier { client, writer, .. } = self;
+        let work = async {
+            if !open {
+                writer.begin(client).await?;
+            }
+            writer.apply_fold(client, &fold).await
+        };
+        match intake {
+            Some(i) => i.overlap(work).await?,
+            None => work.await?,
+        };
         Ok(())
     }
 
-    /// Commit the batch with its checkpoint, then acknowledge.
-    async fn flush<A: FnMut(&P)>(&mut self, ack: &mut A) -> Result<()> {
+    /// Commit the batch with its checkpoint, then acknowledge. With
+    /// `intake`, events are received ahead while the target works.
+    async fn flush<A: FnMut(&P)>(
+        &mut self,
+        ack: &mut A,
+        intake: Option<&mut Intake<'_, P>>,
+    ) -> Result<()> {
         let Some((position, time)) = self.batch.end.clone() else {
             return Ok(());
         };
         let started = Instant::now();
-        self.apply_pending().await?;
-        self.ensure_open().await?;
-        write_checkpoint(&self.client, &self.state, &self.cfg.stream, &position, time).await?;
-        Failpoint::hit(self.failpoint, Failpoint::AfterApplyBeforeCommit);
-        self.writer.commit(&self.client).await?;
+        let fold = self.batch.fold.take();
+        self.count_tables(&fold);
+        // Set before BEGIN is sent: on any error below, `run` rolls back.
+        let open = std::mem::replace(&mut self.batch.target_open, true);
+        let Applier {
+            client,
+            writer,
+            state,
+            cfg,
+            failpoint,
+            ..
+        } = self;
+        let work = async {
+            if !open {
+                writer.begin(client).await?;
+            }
+            if !fold.is_empty() {
+                writer.apply_fold(client, &fold).await?;
+            }
+            write_checkpoint(client, state, &cfg.stream, &position, time).await?;
+            Failpoint::hit(*failpoint, Failpoint::AfterApplyBeforeCommit);
+            writer.commit(client).await
+        };
+        match intake {
+            Some(i) => i.overlap(work).await?,
+            None => work.await?,
+        }
+        drop(fold);
         let batch = std::mem::take(&mut self.batch);
         Failpoint::hit(self.failpoint, Failpoint::AfterCommitBeforeAck);
         self.checkpoint = Some(position.clone());

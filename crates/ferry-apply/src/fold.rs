@@ -30,18 +30,27 @@
 //! most one op, ops on distinct keys commute, and the writer applies all
 //! deletes before all upserts/updates of a table.
 //!
-//! Keys are compared by their PostgreSQL text form; two spellings of one
-//! value (`1.0` vs `1.00` in a numeric key) would not fold together.
+//! Keys are compared by their PostgreSQL text form (encoded as a COPY text
+//! row, see [`key_text`]); two spellings of one value (`1.0` vs `1.00` in a
+//! numeric key) would not fold together.
+//!
+//! Cost: this runs once per row change, so keys are encoded into a reused
+//! buffer (one allocation per new key only) and same-key merges move values
+//! instead of cloning them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use ferry_core::{Change, OldRow, Row, TableId, TableSchema, Value};
 
+use crate::copy_text::push_copy_text_row;
 use crate::error::FoldError;
 
-/// Text form of a row's key columns.
-pub type KeyText = Vec<Option<String>>;
+/// Text form of a row's key columns: the COPY text encoding of the key
+/// values (tab-separated, `\N` for NULL, special bytes escaped), which is
+/// injective, so two keys are equal exactly when their texts are.
+pub type KeyText = Vec<u8>;
 
 /// The net effect of a batch on one key.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,16 +106,30 @@ impl TableFold {
         }
     }
 
-    fn get(&self, key: &KeyText) -> Option<&RowOp> {
+    fn get(&self, key: &[u8]) -> Option<&RowOp> {
         self.index.get(key).map(|&i| &self.ops[i])
     }
 
-    fn set(&mut self, key: KeyText, op: RowOp) {
-        match self.index.get(&key) {
+    fn set(&mut self, key: &[u8], op: RowOp) {
+        match self.index.get(key) {
             Some(&i) => self.ops[i] = op,
             None => {
-                self.index.insert(key, self.ops.len());
+                self.index.insert(key.to_vec(), self.ops.len());
                 self.ops.push(op);
+            }
+        }
+    }
+
+    /// Replace the op of `key` by `f(previous op)`, moving the previous op.
+    fn update(&mut self, key: &[u8], f: impl FnOnce(Option<RowOp>) -> RowOp) {
+        match self.index.get(key) {
+            Some(&i) => {
+                let prev = std::mem::replace(&mut self.ops[i], RowOp::Update(Row::default()));
+                self.ops[i] = f(Some(prev));
+            }
+            None => {
+                self.index.insert(key.to_vec(), self.ops.len());
+                self.ops.push(f(None));
             }
         }
     }
@@ -117,13 +140,36 @@ impl TableFold {
 pub struct Fold {
     tables: BTreeMap<TableId, TableFold>,
     changes: usize,
+    /// Reused key-encoding buffers (old and new key of an update).
+    scratch: [BytesMut; 2],
 }
 
 /// Text form of the key columns of `row`.
 pub fn key_text(row: &Row, key: &[usize]) -> KeyText {
-    key.iter()
-        .map(|&i| row.values.get(i).and_then(Value::to_pg_text))
-        .collect()
+    let mut buf = BytesMut::new();
+    encode_key(&mut buf, row, key);
+    buf.to_vec()
+}
+
+/// Encode the key columns of `row` into `buf` (cleared first).
+fn encode_key<'a>(buf: &'a mut BytesMut, row: &Row, key: &[usize]) -> &'a [u8] {
+    buf.clear();
+    push_copy_text_row(
+        buf,
+        key.iter()
+            .map(|&i| row.values.get(i).unwrap_or(&Value::Null)),
+    );
+    &buf[..]
+}
+
+/// `later` with its Unchanged columns taken from `base`, by move.
+fn merge_owned(base: Row, mut later: Row) -> Row {
+    for (l, b) in later.values.iter_mut().zip(base.values) {
+        if matches!(l, Value::Unchanged) {
+            *l = b;
+        }
+    }
+    later
 }
 
 /// `later` with its Unchanged columns taken from `base`.
@@ -144,10 +190,10 @@ pub fn merge_row(base: &Row, later: &Row) -> Row {
 /// Fold a same-key update onto the earlier op: an update of a row the
 /// fold inserted stays an insert (upsert); otherwise it stays an update,
 /// which, like the source's, does nothing when the row is absent.
-fn fold_update(prev: Option<&RowOp>, new: Row) -> RowOp {
+fn fold_update(prev: Option<RowOp>, new: Row) -> RowOp {
     match prev {
-        Some(RowOp::Upsert(r)) => RowOp::Upsert(merge_row(r, &new)),
-        Some(RowOp::Update(r)) => RowOp::Update(merge_row(r, &new)),
+        Some(RowOp::Upsert(r)) => RowOp::Upsert(merge_owned(r, new)),
+        Some(RowOp::Update(r)) => RowOp::Update(merge_owned(r, new)),
         Some(RowOp::Delete(_)) | None => RowOp::Update(new),
     }
 }
@@ -188,7 +234,11 @@ impl Fold {
 
     /// Everything folded so far; leaves the fold empty.
     pub fn take(&mut self) -> Fold {
-        std::mem::take(self)
+        Fold {
+            tables: std::mem::take(&mut self.tables),
+            changes: std::mem::take(&mut self.changes),
+            scratch: Default::default(),
+        }
     }
 
     /// The pending tables.
@@ -220,18 +270,23 @@ impl Fold {
                 restart_identity,
             }));
         }
-        let table = change
-            .table()
-            .cloned()
-            .unwrap_or_else(|| TableId::new("", ""));
-        let schema = schema.ok_or_else(|| FoldError::UnknownTable(table.clone()))?;
-        let tf = self
-            .tables
-            .entry(table)
-            .or_insert_with(|| TableFold::new(Arc::clone(schema)));
+        let Some(schema) = schema else {
+            let table = change.table().cloned();
+            return Err(FoldError::UnknownTable(
+                table.unwrap_or_else(|| TableId::new("", "")),
+            ));
+        };
+        let table = &schema.id;
+        if !self.tables.contains_key(table) {
+            let tf = TableFold::new(Arc::clone(schema));
+            self.tables.insert(table.clone(), tf);
+        }
+        let Some(tf) = self.tables.get_mut(table) else {
+            return Err(FoldError::UnknownTable(table.clone()));
+        };
         tf.changes += 1;
         if schema.has_key() {
-            fold_keyed(tf, change)
+            fold_keyed(tf, change, &mut self.scratch)
         } else {
             push_sequential(tf, change).map(|()| None)
         }
@@ -255,41 +310,51 @@ fn push_sequential(tf: &mut TableFold, change: Change) -> Result<(), FoldError> 
     Ok(())
 }
 
-fn fold_keyed(tf: &mut TableFold, change: Change) -> Result<Option<Barrier>, FoldError> {
-    let key = tf.schema.key.clone();
+fn fold_keyed(
+    tf: &mut TableFold,
+    change: Change,
+    scratch: &mut [BytesMut; 2],
+) -> Result<Option<Barrier>, FoldError> {
+    let schema = Arc::clone(&tf.schema);
+    let key = &schema.key;
+    let [buf_new, buf_old] = scratch;
     match change {
         Change::Insert { new, .. } => {
-            check_width(&tf.schema, &new)?;
-            tf.set(key_text(&new, &key), RowOp::Upsert(new));
+            check_width(&schema, &new)?;
+            let k = encode_key(buf_new, &new, key);
+            tf.set(k, RowOp::Upsert(new));
         }
         Change::Delete { old, .. } => {
             let old = old.row();
-            check_width(&tf.schema, old)?;
-            tf.set(key_text(old, &key), RowOp::Delete(key_row(old, &key)));
+            check_width(&schema, old)?;
+            let k = encode_key(buf_new, old, key);
+            tf.set(k, RowOp::Delete(key_row(old, key)));
         }
         Change::Update { table, old, new } => {
-            check_width(&tf.schema, &new)?;
+            check_width(&schema, &new)?;
             let old_row = old.as_ref().map(OldRow::row);
             if let Some(o) = old_row {
-                check_width(&tf.schema, o)?;
+                check_width(&schema, o)?;
             }
             // Key columns the new row left Unchanged keep the old key's value.
             let new = match old_row {
-                Some(o) => fill_key(new, o, &key),
+                Some(o) => fill_key(new, o, key),
                 None => new,
             };
-            let k_new = key_text(&new, &key);
-            let k_old = old_row.map(|o| key_text(o, &key)).unwrap_or(k_new.clone());
+            let k_new = encode_key(buf_new, &new, key);
+            let k_old = match old_row {
+                Some(o) => encode_key(buf_old, o, key),
+                None => k_new,
+            };
             if k_old == k_new {
-                let op = fold_update(tf.get(&k_new), new);
-                tf.set(k_new, op);
+                tf.update(k_new, |prev| fold_update(prev, new));
                 return Ok(None);
             }
-            let resolved = match tf.get(&k_old) {
+            let resolved = match tf.get(k_old) {
                 Some(RowOp::Upsert(r)) | Some(RowOp::Update(r)) => merge_row(r, &new),
                 _ => new,
             };
-            let old_key = key_row(old_row.unwrap_or(&resolved), &key);
+            let old_key = key_row(old_row.unwrap_or(&resolved), key);
             if resolved.has_unchanged() {
                 return Ok(Some(Barrier::KeyChange {
                     table,

@@ -14,6 +14,7 @@
 //!
 //! - [`state`]: the `ferry` state schema in the target (checkpoint, tables,
 //!   chunks, runs, events, lag history, pipeline phase).
+//! - [`copy_text`]: COPY text encoding of values (loader and staging).
 //! - [`ddl`]: CREATE/ALTER TABLE for non-PostgreSQL sources.
 //! - [`load`]: bulk COPY loader (binary pass-through or encoded rows), chunk
 //!   done-marks in the same transaction, parallel index builds.
@@ -25,6 +26,7 @@
 
 pub mod batcher;
 pub mod checkpoint;
+pub mod copy_text;
 pub mod ddl;
 mod error;
 pub mod fold;

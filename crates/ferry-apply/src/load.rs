@@ -29,9 +29,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use ferry_core::schema::quote_ident;
-use ferry_core::{Error, Result, Row, TableId, Value};
+use ferry_core::{Error, Result, Row, TableId};
 use futures_util::{SinkExt, Stream, StreamExt};
 use tokio_postgres::Client;
 use tracing::info;
@@ -41,35 +41,7 @@ use crate::state::{StateStore, table_key};
 
 const FLUSH_BYTES: usize = 64 * 1024;
 
-/// Append one value in COPY text format (`\N` for NULL; backslash, tab,
-/// newline and carriage return escaped). `Unchanged` is written as NULL.
-pub fn push_copy_text(buf: &mut BytesMut, v: &Value) {
-    match v.to_pg_text() {
-        None => buf.put_slice(b"\\N"),
-        Some(text) => {
-            for b in text.bytes() {
-                match b {
-                    b'\\' => buf.put_slice(b"\\\\"),
-                    b'\t' => buf.put_slice(b"\\t"),
-                    b'\n' => buf.put_slice(b"\\n"),
-                    b'\r' => buf.put_slice(b"\\r"),
-                    _ => buf.put_u8(b),
-                }
-            }
-        }
-    }
-}
-
-/// Append one row (tab-separated, newline-terminated) in COPY text format.
-pub fn push_copy_text_row<'a>(buf: &mut BytesMut, values: impl Iterator<Item = &'a Value>) {
-    for (i, v) in values.enumerate() {
-        if i > 0 {
-            buf.put_u8(b'\t');
-        }
-        push_copy_text(buf, v);
-    }
-    buf.put_u8(b'\n');
-}
+pub use crate::copy_text::{push_copy_text, push_copy_text_row};
 
 /// Live counters for progress bars (shared with the monitor).
 #[derive(Debug, Default)]
@@ -360,24 +332,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn encode(values: &[Value]) -> String {
-        let mut buf = BytesMut::new();
-        push_copy_text_row(&mut buf, values.iter());
-        String::from_utf8(buf.to_vec()).unwrap()
-    }
-
-    #[test]
-    fn copy_text_escapes() {
-        let row = [
-            Value::Int4(7),
-            Value::Null,
-            Value::Text("a\tb\nc\\d\re".into()),
-            Value::Unchanged,
-            Value::Bytes(vec![0, 0xff]),
-        ];
-        assert_eq!(encode(&row), "7\t\\N\ta\\tb\\nc\\\\d\\re\t\\N\t\\\\x00ff\n");
-    }
 
     #[test]
     fn copy_sql_quotes() {

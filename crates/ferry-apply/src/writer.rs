@@ -8,9 +8,9 @@
 //! except by [`Writer::commit`].
 //!
 //! Per keyed table: the ops are COPYed (text format) into a temporary
-//! staging table (`CREATE TEMP TABLE … ON COMMIT DROP AS SELECT <cols> FROM
-//! target WITH NO DATA`: target types without NOT NULL, plus `__ferry_op`,
-//! `__ferry_mask`, `__ferry_seq`), then
+//! staging table (`CREATE TEMP TABLE … ON COMMIT DELETE ROWS AS SELECT
+//! <cols> FROM target WITH NO DATA`: target types without NOT NULL, plus
+//! `__ferry_op`, `__ferry_mask`, `__ferry_seq`), then
 //! 1. `DELETE … USING staging` for deleted keys,
 //! 2. `INSERT … SELECT … ON CONFLICT (key) DO UPDATE` for upserts,
 //! 3. `UPDATE … FROM staging` once per present-column bitmap, so an
@@ -25,6 +25,13 @@
 //! e.g. json or point, compare as text), and touching ONE row per change via
 //! `ctid = (SELECT ctid … LIMIT 1)`, so duplicate rows stay duplicates.
 //!
+//! Staging tables live as long as the session: created on first use, emptied
+//! by the server at each COMMIT (`ON COMMIT DELETE ROWS`: no catalog churn
+//! per batch), and `TRUNCATE`d before a second use in one transaction. A
+//! table created in a transaction (or subtransaction) that is rolled back is
+//! forgotten and created again under a new name. A schema change (Relation)
+//! drops and recreates the table's staging.
+//!
 //! Restart: nothing here is durable until the caller commits together with
 //! the checkpoint; a crash rolls all of it back.
 //! Identifiers are always quoted; target names come from
@@ -33,7 +40,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use ferry_core::config::TablesConfig;
 use ferry_core::schema::quote_ident;
 use ferry_core::{Change, Error, Result, Row, TableId, TableSchema, Value};
@@ -41,10 +48,10 @@ use futures_util::SinkExt;
 use tokio_postgres::Client;
 use tracing::debug;
 
+use crate::copy_text::push_copy_text;
 use crate::ddl;
 use crate::error::pg_error;
 use crate::fold::{Barrier, Fold, RowOp, TableFold};
-use crate::load::push_copy_text_row;
 
 const OP_DELETE: i16 = 0;
 const OP_UPSERT: i16 = 1;
@@ -60,11 +67,21 @@ const TEXT_COMPARED: [&str; 9] = [
 #[derive(Debug)]
 pub struct Writer {
     tables: TablesConfig,
-    /// Staging table per source table, created in the current transaction.
-    staging: HashMap<TableId, String>,
+    /// Staging table per source table (session-lived).
+    staging: HashMap<TableId, Stage>,
     /// Target column types per source table (`format_type`), by column name.
     types: HashMap<TableId, HashMap<String, String>>,
     next_stage: u64,
+}
+
+/// A session-lived staging table.
+#[derive(Debug)]
+struct Stage {
+    name: String,
+    /// Created in the open transaction: gone if it rolls back.
+    created_in_txn: bool,
+    /// Holds rows of the open transaction: `TRUNCATE` before reuse.
+    used_in_txn: bool,
 }
 
 /// Staging rows for one table: (values, op, mask, seq).
@@ -75,16 +92,40 @@ struct StageRow<'a> {
 }
 
 fn mask_of(values: &[Value]) -> String {
-    values
-        .iter()
-        .map(|v| {
-            if matches!(v, Value::Unchanged) {
-                '0'
-            } else {
-                '1'
-            }
-        })
-        .collect()
+    let mut mask = String::with_capacity(values.len());
+    push_mask(&mut mask, values);
+    mask
+}
+
+/// Append the present-column bitmap of `values` ('1' present, '0' Unchanged).
+fn push_mask(out: &mut String, values: &[Value]) {
+    out.extend(values.iter().map(|v| {
+        if matches!(v, Value::Unchanged) {
+            '0'
+        } else {
+            '1'
+        }
+    }));
+}
+
+/// One staging row in COPY text: the values, then op, mask and seq.
+fn push_stage_row(buf: &mut BytesMut, r: &StageRow<'_>) {
+    for v in r.values {
+        push_copy_text(buf, v);
+        buf.put_u8(b'\t');
+    }
+    push_copy_text(buf, &Value::Int2(r.op));
+    buf.put_u8(b'\t');
+    for v in r.values {
+        buf.put_u8(if matches!(v, Value::Unchanged) {
+            b'0'
+        } else {
+            b'1'
+        });
+    }
+    buf.put_u8(b'\t');
+    push_copy_text(buf, &Value::Int4(r.seq));
+    buf.put_u8(b'\n');
 }
 
 impl Writer {
@@ -104,7 +145,7 @@ impl Writer {
 
     /// `BEGIN` + `SET LOCAL session_replication_role = replica`.
     pub async fn begin(&mut self, client: &Client) -> Result<()> {
-        self.staging.clear();
+        self.end_of_txn(true);
         client
             .batch_execute("BEGIN; SET LOCAL session_replication_role = replica")
             .await
@@ -121,22 +162,52 @@ impl Writer {
     }
 
     pub async fn commit(&mut self, client: &Client) -> Result<()> {
-        self.staging.clear();
-        client
+        let done = client
             .batch_execute("COMMIT")
             .await
-            .map_err(|e| pg_error("committing target transaction", e))
+            .map_err(|e| pg_error("committing target transaction", e));
+        // A failed COMMIT rolled back: tables created in it are gone.
+        self.end_of_txn(done.is_ok());
+        done
     }
 
-    /// Forget staging tables after a `ROLLBACK TO SAVEPOINT` (their
-    /// creation may have been rolled back).
-    pub fn forget_staging(&mut self) {
-        self.staging.clear();
+    /// Transaction end: staging tables are empty again; those created in
+    /// the transaction survive only if it committed.
+    fn end_of_txn(&mut self, committed: bool) {
+        self.staging.retain(|_, st| committed || !st.created_in_txn);
+        for st in self.staging.values_mut() {
+            st.created_in_txn = false;
+            st.used_in_txn = false;
+        }
+    }
+
+    /// After a `ROLLBACK TO SAVEPOINT`: staging tables created in this
+    /// transaction may be gone (forget them, dropping any that survived);
+    /// the others may hold rows from before the savepoint (truncate before
+    /// reuse).
+    pub async fn after_savepoint_rollback(&mut self, client: &Client) -> Result<()> {
+        let mut gone = Vec::new();
+        self.staging.retain(|_, st| {
+            if st.created_in_txn {
+                gone.push(format!("pg_temp.{}", quote_ident(&st.name)));
+            }
+            !st.created_in_txn
+        });
+        for st in self.staging.values_mut() {
+            st.used_in_txn = true;
+        }
+        if gone.is_empty() {
+            return Ok(());
+        }
+        client
+            .batch_execute(&format!("DROP TABLE IF EXISTS {}", gone.join(", ")))
+            .await
+            .map_err(|e| pg_error("dropping staging tables", e))
     }
 
     /// Roll back the open transaction (best effort on a broken connection).
     pub async fn rollback(&mut self, client: &Client) -> Result<()> {
-        self.staging.clear();
+        self.end_of_txn(false);
         client
             .batch_execute("ROLLBACK")
             .await
@@ -209,7 +280,7 @@ impl Writer {
             let _ = client
                 .batch_execute(&format!(
                     "DROP TABLE IF EXISTS pg_temp.{}",
-                    quote_ident(&stage)
+                    quote_ident(&stage.name)
                 ))
                 .await;
         }
@@ -221,9 +292,22 @@ impl Writer {
         let stmts = match old {
             Some(old) => ddl::alter_table(&target, old, new),
             None => {
-                let mut bare = new.clone();
-                bare.columns.clear();
-                ddl::alter_table(&target, &bare, new)
+                // First sight of the table in this stream: compare with the
+                // target's actual columns, so only columns the target lacks
+                // (added on the source while ferry was stopped) are added.
+                let existing: std::collections::HashSet<String> = self
+                    .column_types(client, new)
+                    .await?
+                    .keys()
+                    .cloned()
+                    .collect();
+                self.types.remove(&new.id);
+                let mut known = new.clone();
+                known.columns.retain(|c| existing.contains(&c.name));
+                if known.columns.len() == new.columns.len() {
+                    return Ok(());
+                }
+                ddl::alter_table(&target, &known, new)
             }
         };
         for sql in stmts {
@@ -257,15 +341,19 @@ impl Writer {
         Ok(&self.types[&schema.id])
     }
 
-    /// Create (or empty) the staging table of `schema`'s table.
+    /// The empty staging table of `schema`'s table (created on first use,
+    /// truncated when already used in this transaction).
     async fn stage(&mut self, client: &Client, schema: &TableSchema) -> Result<String> {
-        if let Some(name) = self.staging.get(&schema.id) {
-            let sql = format!("TRUNCATE pg_temp.{}", quote_ident(name));
-            client
-                .batch_execute(&sql)
-                .await
-                .map_err(|e| pg_error("emptying staging table", e))?;
-            return Ok(name.clone());
+        if let Some(st) = self.staging.get_mut(&schema.id) {
+            if st.used_in_txn {
+                let sql = format!("TRUNCATE pg_temp.{}", quote_ident(&st.name));
+                client
+                    .batch_execute(&sql)
+                    .await
+                    .map_err(|e| pg_error("emptying staging table", e))?;
+            }
+            st.used_in_txn = true;
+            return Ok(st.name.clone());
         }
         self.next_stage += 1;
         let name = format!("ferry_stage_{}", self.next_stage);
@@ -275,7 +363,12 @@ impl Writer {
             .batch_execute(&sql)
             .await
             .map_err(|e| pg_error(format!("creating staging table for {target}"), e))?;
-        self.staging.insert(schema.id.clone(), name.clone());
+        let stage = Stage {
+            name: name.clone(),
+            created_in_txn: true,
+            used_in_txn: true,
+        };
+        self.staging.insert(schema.id.clone(), stage);
         Ok(name)
     }
 
@@ -305,12 +398,7 @@ impl Writer {
         futures_util::pin_mut!(sink);
         let mut buf = BytesMut::with_capacity(64 * 1024);
         for r in rows {
-            let extra = [
-                Value::Int2(r.op),
-                Value::Text(mask_of(r.values)),
-                Value::Int4(r.seq),
-            ];
-            push_copy_text_row(&mut buf, r.values.iter().chain(extra.iter()));
+            push_stage_row(&mut buf, r);
             if buf.len() >= 64 * 1024 {
                 sink.send(buf.split().freeze())
                     .await
@@ -333,6 +421,7 @@ impl Writer {
         let schema = &*tf.schema;
         let mut rows = Vec::with_capacity(tf.ops.len());
         let mut masks = BTreeSet::new();
+        let mut mask = String::new();
         let (mut deletes, mut upserts) = (false, false);
         for op in &tf.ops {
             let (values, op) = match op {
@@ -345,7 +434,11 @@ impl Writer {
                     (&r.values[..], OP_UPSERT)
                 }
                 RowOp::Update(r) => {
-                    masks.insert(mask_of(&r.values));
+                    mask.clear();
+                    push_mask(&mut mask, &r.values);
+                    if !masks.contains(mask.as_str()) {
+                        masks.insert(mask.clone());
+                    }
                     (&r.values[..], OP_NEW)
                 }
             };
@@ -483,7 +576,7 @@ fn key_match(schema: &TableSchema, t: &str, s: &str) -> String {
 /// The staging table DDL.
 pub fn create_stage_sql(stage: &str, target: &TableId, schema: &TableSchema) -> String {
     format!(
-        "CREATE TEMP TABLE {s} ON COMMIT DROP AS SELECT {c} FROM {t} WITH NO DATA;
+        "CREATE TEMP TABLE {s} ON COMMIT DELETE ROWS AS SELECT {c} FROM {t} WITH NO DATA;
          ALTER TABLE pg_temp.{s} ADD COLUMN __ferry_op smallint, ADD COLUMN __ferry_mask text, ADD COLUMN __ferry_seq int",
         s = quote_ident(stage),
         c = cols(schema, ""),

@@ -360,3 +360,72 @@ async fn shutdown_commits_complete_transactions_only() {
         vec!["done"]
     );
 }
+
+/// Staging tables outlive a target transaction (emptied at COMMIT) and are
+/// reused; a spilled transaction dropped at shutdown rolls back to its
+/// savepoint, and the next run on the same applier still applies exactly.
+#[tokio::test]
+async fn staging_reused_across_batches_and_savepoint_rollback() {
+    let pg = server();
+    let db = pg.create_database("staging").unwrap();
+    pg.psql(&db, SETUP).unwrap();
+    let url = pg.url(&db);
+    let u = schemas()[2].clone();
+    let inserts = |ids: std::ops::Range<i32>, v: &str| -> Vec<Event<Lsn>> {
+        ids.map(|i| ins("u", vec![Value::Int4(i), txt(v)]))
+            .collect()
+    };
+    let mut first = vec![Event::Relation(u), begin()];
+    first.extend(inserts(10..15, "a"));
+    first.extend([commit(100), begin()]);
+    first.extend((10..15).map(|i| upd("u", None, vec![Value::Int4(i), txt("b")])));
+    first.extend([commit(200), begin()]);
+    first.extend(inserts(20..32, "big"));
+    first.extend([commit(300), begin()]);
+    // Spills (5 rows per step), then the source goes away before Commit.
+    first.extend(inserts(40..47, "never"));
+    let (acks, mut applier) = run_events(&url, cfg(5, 60_000), first).await;
+    assert_eq!(acks, vec![Lsn(100), Lsn(200), Lsn(300)]);
+
+    let mut second = vec![begin()];
+    second.extend(inserts(50..56, "later"));
+    second.extend([del("u", key(10, 2)), commit(400)]);
+    let (tx, mut rx) = mpsc::channel(4);
+    let feeder = tokio::spawn(async move {
+        for e in second {
+            tx.send(e).await.unwrap();
+        }
+    });
+    let mut acks = Vec::new();
+    let outcome = applier
+        .run(&mut rx, |p: &Lsn| acks.push(*p), std::future::pending())
+        .await
+        .expect("second run");
+    feeder.await.unwrap();
+    assert_eq!(outcome, RunOutcome::SourceClosed);
+    assert_eq!(acks, vec![Lsn(400)]);
+
+    let c = connect(&url).await;
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT v || ':' || count(*) FROM u GROUP BY v ORDER BY v"
+        )
+        .await,
+        vec!["b:4", "big:12", "gone:2", "later:6"]
+    );
+    assert_eq!(
+        rows(&c, "SELECT count(*)::text FROM u WHERE id IN (10, 40)").await,
+        vec!["0"]
+    );
+    // One staging table served every batch of the session (still open).
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT count(*)::text FROM pg_class WHERE relname LIKE 'ferry_stage_%' AND relpersistence = 't'"
+        )
+        .await,
+        vec!["1"]
+    );
+    drop(applier);
+}

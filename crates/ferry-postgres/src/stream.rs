@@ -332,6 +332,12 @@ impl StreamTask {
         if let Event::Commit { position, .. } | Event::Heartbeat { position, .. } = &ev {
             self.last_position = self.last_position.max(*position);
         }
+        // Fast path: room in the channel, no futures to build or poll.
+        let ev = match self.tx.try_send(ev) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Stop::Requested),
+            Err(mpsc::error::TrySendError::Full(ev)) => ev,
+        };
         let tx = self.tx.clone();
         loop {
             tokio::select! {

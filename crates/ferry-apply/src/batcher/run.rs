@@ -1,11 +1,53 @@
 //! The event loop of [`Applier`]: event handling, spilling of large
-//! transactions, skipping on restart, shutdown.
+//! transactions, skipping on restart, shutdown, and the [`Intake`] that keeps
+//! events flowing while the target works.
 
+use std::collections::VecDeque;
 use std::future::Future;
 
+use futures_util::FutureExt;
 use tokio::time::{Instant as TokioInstant, sleep_until};
 
 use super::*;
+
+/// The event channel plus events received ahead while the target executed a
+/// batch ([`Intake::overlap`]). At most `cap` events wait here, so memory
+/// stays bounded; they are handled in order before the channel is read again.
+pub(super) struct Intake<'a, P> {
+    rx: &'a mut Receiver<Event<P>>,
+    queue: VecDeque<Event<P>>,
+    closed: bool,
+    cap: usize,
+}
+
+impl<'a, P> Intake<'a, P> {
+    fn new(rx: &'a mut Receiver<Event<P>>, cap: usize) -> Self {
+        Intake {
+            rx,
+            queue: VecDeque::new(),
+            closed: false,
+            cap: cap.max(1),
+        }
+    }
+
+    /// Run `work` (target statements) to completion while receiving events
+    /// into the queue, so the source reader and decoder keep going instead
+    /// of stalling on a full channel during every target round trip.
+    pub(super) async fn overlap<T>(&mut self, work: impl Future<Output = T>) -> T {
+        tokio::pin!(work);
+        loop {
+            let room = !self.closed && self.queue.len() < self.cap;
+            tokio::select! {
+                biased;
+                out = &mut work => return out,
+                ev = self.rx.recv(), if room => match ev {
+                    Some(ev) => self.queue.push_back(ev),
+                    None => self.closed = true,
+                },
+            }
+        }
+    }
+}
 
 impl<P: Position> Applier<P> {
     /// Apply events until `shutdown` completes or the channel closes; see
@@ -43,30 +85,42 @@ impl<P: Position> Applier<P> {
         S: Future<Output = ()>,
     {
         tokio::pin!(shutdown);
+        let mut intake = Intake::new(rx, self.cfg.batch_rows);
         loop {
-            let deadline = self
-                .batch
-                .started
-                .map(|s| TokioInstant::from_std(s + Duration::from_millis(self.cfg.batch_ms)));
-            let timer_armed = deadline.is_some() && !self.batch.in_txn && self.batch.commits > 0;
-            let deadline = deadline.unwrap_or_else(TokioInstant::now);
-            tokio::select! {
-                biased;
-                () = &mut shutdown => {
+            if let Some(ev) = intake.queue.pop_front() {
+                // Events received ahead: handle them first, in order, but
+                // still notice a shutdown between two of them.
+                if shutdown.as_mut().now_or_never().is_some() {
                     self.finish(ack).await?;
                     return Ok(RunOutcome::Shutdown);
                 }
-                ev = rx.recv() => match ev {
-                    None => {
+                self.handle(ev, ack, &mut intake).await?;
+            } else if intake.closed {
+                self.finish(ack).await?;
+                return Ok(RunOutcome::SourceClosed);
+            } else {
+                let deadline = self
+                    .batch
+                    .started
+                    .map(|s| TokioInstant::from_std(s + Duration::from_millis(self.cfg.batch_ms)));
+                let timer_armed =
+                    deadline.is_some() && !self.batch.in_txn && self.batch.commits > 0;
+                let deadline = deadline.unwrap_or_else(TokioInstant::now);
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => {
                         self.finish(ack).await?;
-                        return Ok(RunOutcome::SourceClosed);
+                        return Ok(RunOutcome::Shutdown);
                     }
-                    Some(ev) => self.handle(ev, ack).await?,
-                },
-                () = sleep_until(deadline), if timer_armed => {}
+                    ev = intake.rx.recv() => match ev {
+                        None => intake.closed = true,
+                        Some(ev) => self.handle(ev, ack, &mut intake).await?,
+                    },
+                    () = sleep_until(deadline), if timer_armed => {}
+                }
             }
             if should_flush(&self.flush_input(false)) {
-                self.flush(ack).await?;
+                self.flush(ack, Some(&mut intake)).await?;
             }
         }
     }
@@ -82,7 +136,7 @@ impl<P: Position> Applier<P> {
             self.batch.txn.clear();
         }
         if self.batch.end.is_some() {
-            self.flush(ack).await?;
+            self.flush(ack, None).await?;
         } else if self.batch.target_open {
             self.writer.rollback(&self.client).await?;
             self.batch = Batch::default();
@@ -93,7 +147,12 @@ impl<P: Position> Applier<P> {
         Ok(())
     }
 
-    async fn handle<A: FnMut(&P)>(&mut self, ev: Event<P>, ack: &mut A) -> Result<()> {
+    async fn handle<A: FnMut(&P)>(
+        &mut self,
+        ev: Event<P>,
+        ack: &mut A,
+        intake: &mut Intake<'_, P>,
+    ) -> Result<()> {
         match ev {
             Event::Relation(schema) => {
                 if self.batch.in_txn {
@@ -115,7 +174,7 @@ impl<P: Position> Applier<P> {
                 }
                 self.batch.txn.push(TxnItem::Change(change));
                 if self.batch.txn.len() >= self.cfg.batch_rows {
-                    self.spill().await?;
+                    self.spill(intake).await?;
                 }
             }
             Event::Commit {
@@ -125,7 +184,7 @@ impl<P: Position> Applier<P> {
                 if !self.batch.in_txn {
                     return Err(protocol_error("Commit without Begin"));
                 }
-                self.commit_txn(position, commit_time, ack).await?;
+                self.commit_txn(position, commit_time, ack, intake).await?;
             }
             Event::Heartbeat { position, time } => {
                 let idle =
@@ -149,6 +208,7 @@ impl<P: Position> Applier<P> {
         position: P,
         time: Timestamp,
         ack: &mut A,
+        intake: &mut Intake<'_, P>,
     ) -> Result<()> {
         let items = std::mem::take(&mut self.batch.txn);
         let was_spilled = self.batch.spilled;
@@ -185,7 +245,7 @@ impl<P: Position> Applier<P> {
         self.batch.end = Some((position, time));
         if was_spilled {
             // A transaction larger than a batch: commit it now.
-            self.flush(ack).await?;
+            self.flush(ack, Some(intake)).await?;
         }
         Ok(())
     }
@@ -200,7 +260,7 @@ impl<P: Position> Applier<P> {
                     self.batch.rows += 1;
                     let schema = c.table().and_then(|t| self.schemas.get(t)).cloned();
                     if let Some(barrier) = self.batch.fold.push(c, schema.as_ref())? {
-                        self.apply_pending().await?;
+                        self.apply_pending(None).await?;
                         self.ensure_open().await?;
                         self.writer
                             .apply_barrier(&self.client, &barrier, &self.schemas)
@@ -218,7 +278,7 @@ impl<P: Position> Applier<P> {
             return Ok(());
         }
         if old.is_some() || self.cfg.apply_ddl {
-            self.apply_pending().await?;
+            self.apply_pending(None).await?;
             self.ensure_open().await?;
             self.writer
                 .apply_relation(&self.client, old.as_deref(), &schema, self.cfg.apply_ddl)
@@ -231,9 +291,9 @@ impl<P: Position> Applier<P> {
 
     /// The open source transaction outgrew a batch: apply what is folded,
     /// then this transaction's changes so far, behind a savepoint.
-    async fn spill(&mut self) -> Result<()> {
+    async fn spill(&mut self, intake: &mut Intake<'_, P>) -> Result<()> {
         if !self.batch.spilled {
-            self.apply_pending().await?;
+            self.apply_pending(None).await?;
             self.ensure_open().await?;
             self.client
                 .batch_execute("SAVEPOINT ferry_txn")
@@ -243,7 +303,7 @@ impl<P: Position> Applier<P> {
         }
         let items = std::mem::take(&mut self.batch.txn);
         self.fold_in(items).await?;
-        self.apply_pending().await
+        self.apply_pending(Some(intake)).await
     }
 
     async fn rollback_savepoint(&mut self) -> Result<()> {
@@ -253,10 +313,10 @@ impl<P: Position> Applier<P> {
     }
 
     async fn rollback_savepoint_in_txn(&mut self) -> Result<()> {
-        self.writer.forget_staging();
         self.client
             .batch_execute("ROLLBACK TO SAVEPOINT ferry_txn; RELEASE SAVEPOINT ferry_txn")
             .await
-            .map_err(|e| pg_error("rolling back a partly applied transaction", e))
+            .map_err(|e| pg_error("rolling back a partly applied transaction", e))?;
+        self.writer.after_savepoint_rollback(&self.client).await
     }
 }
