@@ -24,6 +24,9 @@
 //! produced in reasonable time; servers otherwise keep fsync on. The report
 //! also goes to `target/bench-report.md` (or `FERRY_BENCH_REPORT`).
 //!
+//! 3. **Cutover write freeze** and 4. **lag under maximum load**: see
+//!    `ferry_bench/cutover.rs` (fresh servers, the control API).
+//!
 //! If ferry fails, its log tail is printed, the reference figures are still
 //! measured and printed, and the process exits non-zero.
 
@@ -60,6 +63,9 @@ macro_rules! say {
 
 const POLL: Duration = Duration::from_millis(50);
 
+#[path = "ferry_bench/cutover.rs"]
+mod cutover;
+
 fn main() -> ExitCode {
     match bench_main() {
         Ok(code) => code,
@@ -77,6 +83,7 @@ fn bench_main() -> anyhow::Result<ExitCode> {
     if let Err(e) = &result {
         report.failures.push(format!("benchmark aborted: {e:#}"));
     }
+    cutover::run_all(&sizes, &mut report);
     let text = report.render();
     say!("\n{text}");
     let path = report_path();
@@ -813,6 +820,8 @@ struct Report {
     environment: String,
     load: Option<LoadFigures>,
     cdc: Vec<CdcFigures>,
+    cutover: Option<cutover::CutoverFigures>,
+    lag: Option<cutover::LagFigures>,
     failures: Vec<String>,
 }
 
@@ -835,7 +844,8 @@ impl Report {
         let _ = writeln!(
             s,
             "Scale {}{}. {}\n\nFigures are throughput; ratios compare ferry with a reference measured \
-             in the same run on the same servers. Not a pass/fail test.\n",
+             in the same run on the same servers (for cutover and lag: with a fixed target). \
+             Not a pass/fail test.\n",
             self.scale,
             if self.quick { " (--quick)" } else { "" },
             self.environment
@@ -846,6 +856,15 @@ impl Report {
         }
         for c in &self.cdc {
             s.push_str(&c.row());
+        }
+        if let Some(c) = &self.cutover {
+            s.push_str(&c.row());
+        }
+        if let Some(l) = &self.lag {
+            s.push_str(&l.row());
+        }
+        if let Some(c) = &self.cutover {
+            s.push_str(&c.steps_section());
         }
         if !self.failures.is_empty() {
             s.push_str("\n## Problems\n\n");
