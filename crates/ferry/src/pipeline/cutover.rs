@@ -91,13 +91,23 @@ pub async fn run(live: Arc<Live>, req: CutoverRequest) -> Result<CutoverRecord, 
         outcome: String::new(),
     };
     let max_lag = req.max_lag_seconds.unwrap_or(DEFAULT_MAX_LAG);
-    let status = live.status();
-    let states: Vec<(String, String)> = status
-        .tables
-        .iter()
-        .map(|t| (t.name.clone(), t.state.clone()))
+    // Table states come from the target itself, never from a cached view.
+    let target = ferry_postgres::connect::connect(&live.config.target, "target")
+        .await
+        .map_err(|e| e.to_string())?;
+    let records = live
+        .state
+        .tables(&target)
+        .await
+        .map_err(|e| e.to_string())?;
+    let states: Vec<(String, String)> = records
+        .into_iter()
+        .map(|t| (t.source_table, t.state.as_str().to_owned()))
         .collect();
-    if let Err(why) = preconditions(status.phase, &states, lag.seconds, max_lag) {
+    if states.is_empty() {
+        return Err("refused: no table is registered yet; wait for the load to finish".into());
+    }
+    if let Err(why) = preconditions(live.phase(), &states, lag.seconds, max_lag) {
         return Err(format!("refused: {why}"));
     }
     if req.dry_run {

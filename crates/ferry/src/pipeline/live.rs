@@ -35,7 +35,7 @@ use crate::shutdown::{Shutdown, Trigger};
 const MAX_TRACKED: usize = 100_000;
 const HEAD_EVERY: Duration = Duration::from_secs(1);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
-const DETAILS_EVERY: Duration = Duration::from_secs(5);
+const DETAILS_EVERY: Duration = Duration::from_secs(1);
 
 /// Asked by a cutover: stop streaming, then drop the slot unless kept.
 #[derive(Debug)]

@@ -16,7 +16,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -197,7 +197,7 @@ fn stop_child(child: &mut Child) {
 // ---------------------------------------------------------------- cutover
 
 fn cutover_bench(cs: ControlSizes) -> anyhow::Result<CutoverFigures> {
-    let mut s = Streaming::start(cs.scale, "cutover write freeze")?;
+    let s = Streaming::start(cs.scale, "cutover write freeze")?;
     let (mut load, log) = s.pgbench(&["-R", &CUTOVER_RATE.to_string(), "-T", "60"])?;
     say!(
         "  pgbench -R {CUTOVER_RATE} running; `ferry cutover --fence` in {} s …",
