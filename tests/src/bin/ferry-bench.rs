@@ -18,6 +18,8 @@
 //!    builtin tpcb-like script (4 row changes per transaction) and large
 //!    multi-row transactions (1000-row updates).
 //!
+//! `--control-only` runs only 3 and 4.
+//!
 //! Sizes: `FERRY_BENCH_SCALE` (pgbench scale, default 20 = 2M accounts,
 //! 200k wide rows, 1M tpcb changes, 300k multi-row changes); `--quick` is
 //! scale 1. The writer runs with `synchronous_commit=off` so the backlog is
@@ -79,7 +81,11 @@ fn main() -> ExitCode {
 fn bench_main() -> anyhow::Result<ExitCode> {
     let sizes = Sizes::from_args()?;
     let mut report = Report::new(&sizes);
-    let result = run(&sizes, &mut report);
+    let result = if sizes.control_only {
+        Ok(())
+    } else {
+        run(&sizes, &mut report)
+    };
     if let Err(e) = &result {
         report.failures.push(format!("benchmark aborted: {e:#}"));
     }
@@ -128,6 +134,8 @@ fn run(sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
 struct Sizes {
     scale: u32,
     quick: bool,
+    /// Only the cutover and lag benchmarks (`--control-only`).
+    control_only: bool,
     wide_rows: u64,
     tpcb_tx_per_client: u64,
     multi_tx_per_client: u64,
@@ -135,12 +143,13 @@ struct Sizes {
 
 impl Sizes {
     fn from_args() -> anyhow::Result<Sizes> {
-        let mut quick = false;
+        let (mut quick, mut control_only) = (false, false);
         for arg in std::env::args().skip(1) {
             match arg.as_str() {
                 "--quick" => quick = true,
+                "--control-only" => control_only = true,
                 other => bail!(
-                    "unknown argument {other:?}; usage: ferry-bench [--quick] (sizes: FERRY_BENCH_SCALE=N)"
+                    "unknown argument {other:?}; usage: ferry-bench [--quick] [--control-only] (sizes: FERRY_BENCH_SCALE=N)"
                 ),
             }
         }
@@ -158,6 +167,7 @@ impl Sizes {
         Ok(Sizes {
             scale,
             quick,
+            control_only,
             wide_rows: s * 10_000,
             // 12,500 tpcb transactions (50k changes) per scale unit, 2 clients.
             tpcb_tx_per_client: s * 6_250,

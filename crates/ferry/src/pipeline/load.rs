@@ -26,12 +26,14 @@ use futures_util::stream;
 use tracing::info;
 
 use super::plan_store;
+use super::progress::{self, Board, TableProgress};
 use crate::shutdown::Shutdown;
 
 /// A chunk still to copy, with the table it belongs to.
 struct Job {
     chunk: Chunk,
     table: Arc<SourceTable>,
+    progress: Arc<LoadProgress>,
 }
 
 /// Copy every chunk of `tables` that is not done yet.
@@ -40,12 +42,13 @@ pub async fn run(
     state: &StateStore,
     tables: &[SourceTable],
     snapshot_name: &str,
-    progress: Arc<LoadProgress>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let target = ferry_postgres::connect::connect(&config.target, "target").await?;
     let mut queue = VecDeque::new();
+    let mut board = Board::new();
     for t in tables {
+        let progress = Arc::new(LoadProgress::default());
         let done: BTreeSet<i32> = state
             .chunks_done(&target, &t.schema.id)
             .await?
@@ -57,8 +60,18 @@ pub async fn run(
                 queue.push_back(Job {
                     chunk,
                     table: table.clone(),
+                    progress: progress.clone(),
                 });
             }
+        }
+        if !done.is_empty() || queue.iter().any(|j| j.table.schema.id == t.schema.id) {
+            board.insert(
+                t.schema.id.clone(),
+                TableProgress {
+                    counters: progress,
+                    estimate: t.row_estimate,
+                },
+            );
         }
     }
     drop(target);
@@ -66,21 +79,21 @@ pub async fn run(
     let workers = config.load.effective_parallelism().min(jobs.max(1));
     info!(chunks = jobs, workers, "full load started");
     let queue = Arc::new(Mutex::new(queue));
+    let (progress_done, progress_wait) = tokio::sync::oneshot::channel::<()>();
+    let reporter = tokio::spawn(progress::report(board, async move {
+        let _ = progress_wait.await;
+    }));
     let mut set = tokio::task::JoinSet::new();
     for worker in 0..workers {
-        let (config, state, queue, progress, shutdown) = (
+        let (config, state, queue, shutdown) = (
             config.clone(),
             state.clone(),
             queue.clone(),
-            progress.clone(),
             shutdown.clone(),
         );
         let snapshot = snapshot_name.to_owned();
         set.spawn(async move {
-            load_worker(
-                worker, &config, &state, &snapshot, &queue, &progress, &shutdown,
-            )
-            .await
+            load_worker(worker, &config, &state, &snapshot, &queue, &shutdown).await
         });
     }
     let mut first_error = None;
@@ -94,6 +107,8 @@ pub async fn run(
             queue.lock().map(|mut q| q.clear()).ok();
         }
     }
+    let _ = progress_done.send(());
+    let _ = reporter.await;
     match first_error {
         Some(e) => Err(e),
         None if shutdown.is_triggered() => {
@@ -109,7 +124,6 @@ async fn load_worker(
     state: &StateStore,
     snapshot: &str,
     queue: &Mutex<VecDeque<Job>>,
-    progress: &LoadProgress,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let session = SnapshotSession::open(&config.source, snapshot).await?;
@@ -131,7 +145,7 @@ async fn load_worker(
         let bytes = session.copy_out(&job.chunk, schema).await?;
         let data: LoadData<_, stream::Empty<Result<Row, ferry_core::Error>>> =
             LoadData::BinaryCopy(Box::pin(bytes));
-        let result = load_chunk(&mut target, state, &to, data, Some(progress))
+        let result = load_chunk(&mut target, state, &to, data, Some(&job.progress))
             .await
             .with_context(|| {
                 format!(

@@ -31,6 +31,7 @@ mod cutover;
 pub mod live;
 pub mod load;
 mod plan_store;
+mod progress;
 mod retry;
 mod schema;
 mod stream;
@@ -38,7 +39,6 @@ mod stream;
 use std::sync::Arc;
 
 use anyhow::Context;
-use ferry_apply::load::LoadProgress;
 use ferry_apply::state::{Phase, StateStore, TableState};
 use ferry_core::Lsn;
 use ferry_core::config::{Config, EndpointKind};
@@ -144,26 +144,17 @@ async fn load_phase(
     live: &Live,
     shutdown: &Shutdown,
 ) -> anyhow::Result<bool> {
-    let progress = Arc::new(LoadProgress::default());
     if phase.is_none_or(|p| p < Phase::Load) {
         let slot = schema::run(config, state, target, source, catalog, phase).await?;
         live.set_phase(Phase::Load);
         let name = slot.snapshot_name().unwrap_or_default().to_owned();
-        let loaded = load::run(
-            config,
-            state,
-            &catalog.tables,
-            &name,
-            progress,
-            shutdown.clone(),
-        )
-        .await;
+        let loaded = load::run(config, state, &catalog.tables, &name, shutdown.clone()).await;
         slot.release().await;
         if !finish_load_step(loaded, shutdown)? {
             return Ok(false);
         }
     } else {
-        resume_load(config, state, target, catalog, progress, shutdown).await?;
+        resume_load(config, state, target, catalog, shutdown).await?;
         if shutdown.is_triggered() {
             return Ok(false);
         }
@@ -286,7 +277,6 @@ async fn resume_load(
     state: &StateStore,
     target: &Client,
     catalog: &SourceCatalog,
-    progress: Arc<LoadProgress>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let mut reload = Vec::new();
@@ -350,7 +340,7 @@ async fn resume_load(
         .context("recording the reload plan")?;
 
     let tables: Vec<_> = reload.into_iter().map(|(t, _)| t).collect();
-    let loaded = load::run(config, state, &tables, &name, progress, shutdown.clone()).await;
+    let loaded = load::run(config, state, &tables, &name, shutdown.clone()).await;
     conn.close().await;
     finish_load_step(loaded, shutdown).map(|_| ())
 }

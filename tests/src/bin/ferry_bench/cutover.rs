@@ -293,6 +293,7 @@ fn lag_bench(cs: ControlSizes) -> anyhow::Result<LagFigures> {
     );
     let (mut load, log) = s.pgbench(&["-T", &cs.load_seconds.to_string()])?;
     let sampled = sample_lag(&mut s, &mut load);
+    let ended = Instant::now();
     stop_child(&mut load);
     let (lags, max_bytes) = sampled?;
     let pgbench_out = std::fs::read_to_string(&log).unwrap_or_default();
@@ -301,7 +302,6 @@ fn lag_bench(cs: ControlSizes) -> anyhow::Result<LagFigures> {
         .find(|l| l.starts_with("tps = "))
         .and_then(|l| l["tps = ".len()..].split_whitespace().next())
         .and_then(|n| n.parse::<f64>().ok());
-    let ended = Instant::now();
     let settled = loop {
         if get_status(s.control).is_ok_and(|v| v["lag"]["seconds"].as_f64() == Some(0.0)) {
             break Some(ended.elapsed());
