@@ -101,6 +101,9 @@ impl LoadTarget {
     }
 }
 
+/// Bytes coalesced before one COPY data send.
+const COPY_BUFFER: usize = 256 * 1024;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Load one table or chunk and mark it done, in ONE target transaction.
@@ -184,18 +187,42 @@ where
         .await
         .map_err(err)?;
     futures_util::pin_mut!(sink);
-    let mut bytes = 0u64;
+    // The source sends one CopyData message per row; forwarding each on its
+    // own (a send is a flush) costs a round trip to the connection task per
+    // row. Coalesce into large buffers instead; memory stays bounded by
+    // COPY_BUFFER. Messages also give a running row count for progress,
+    // corrected to the server's exact count at the end.
+    let mut buf = BytesMut::with_capacity(COPY_BUFFER);
+    let (mut bytes, mut messages, mut reported) = (0u64, 0u64, 0u64);
     while let Some(chunk) = data.next().await {
         let chunk = chunk.map_err(|e| source_error(target, e))?;
         bytes += chunk.len() as u64;
-        if let Some(p) = progress {
-            p.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        messages += 1;
+        buf.extend_from_slice(&chunk);
+        if buf.len() >= COPY_BUFFER {
+            if let Some(p) = progress {
+                p.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                p.rows.fetch_add(messages, Ordering::Relaxed);
+            }
+            reported += messages;
+            messages = 0;
+            sink.send(buf.split().freeze()).await.map_err(err)?;
         }
-        sink.send(chunk).await.map_err(err)?;
+    }
+    if !buf.is_empty() {
+        if let Some(p) = progress {
+            p.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        }
+        sink.send(buf.split().freeze()).await.map_err(err)?;
     }
     let rows = sink.as_mut().finish().await.map_err(err)?;
     if let Some(p) = progress {
-        p.rows.fetch_add(rows, Ordering::Relaxed);
+        // Replace the running message count by the exact row count.
+        if rows >= reported {
+            p.rows.fetch_add(rows - reported, Ordering::Relaxed);
+        } else {
+            p.rows.fetch_sub(reported - rows, Ordering::Relaxed);
+        }
     }
     Ok(LoadResult { rows, bytes })
 }

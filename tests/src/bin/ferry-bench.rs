@@ -18,8 +18,6 @@
 //!    builtin tpcb-like script (4 row changes per transaction) and large
 //!    multi-row transactions (1000-row updates).
 //!
-//! `--control-only` runs only 3 and 4.
-//!
 //! Sizes: `FERRY_BENCH_SCALE` (pgbench scale, default 20 = 2M accounts,
 //! 200k wide rows, 1M tpcb changes, 300k multi-row changes); `--quick` is
 //! scale 1. The writer runs with `synchronous_commit=off` so the backlog is
@@ -28,6 +26,7 @@
 //!
 //! 3. **Cutover write freeze** and 4. **lag under maximum load**: see
 //!    `ferry_bench/cutover.rs` (fresh servers, the control API).
+//!    `--control-only` runs only these two.
 //!
 //! If ferry fails, its log tail is printed, the reference figures are still
 //! measured and printed, and the process exits non-zero.
@@ -82,6 +81,9 @@ fn bench_main() -> anyhow::Result<ExitCode> {
     let sizes = Sizes::from_args()?;
     let mut report = Report::new(&sizes);
     let result = if sizes.control_only {
+        report.environment =
+            "Control benchmarks only (--control-only): the pgbench scale is in each row."
+                .to_owned();
         Ok(())
     } else {
         run(&sizes, &mut report)
