@@ -252,21 +252,33 @@ fn lag_pause_backlog_refusals_and_metrics() {
     assert_eq!(code, Some(2), "the timed-out cutover fails");
     let _ = writer.stop();
 
-    // Resume: the backlog drains, lag returns to zero; a cutover now waits
-    // for everything and succeeds.
+    // Resume: the backlog drains and lag returns to zero.
     assert_eq!(s.ferry(&["resume"]).code, Some(0));
     s.wait_lag(|l| l == 0.0, "zero after resume");
+
+    // A backlog of many small transactions at the moment of cutover: pause,
+    // let 500 transactions pile up, resume and cut over at once; the cutover
+    // waits for all of them (the comparison below proves it).
+    assert_eq!(s.ferry(&["pause"]).code, Some(0));
     let mut writer = Writer::start(&s.source_url, 20_000);
-    writer.wait_for(writer.committed() + 300, LONG).unwrap();
+    writer.wait_for(500, LONG).unwrap();
+    let backlog_lag = s.wait_lag(|l| l > 0.0, "above zero with a backlog");
+    assert_eq!(s.ferry(&["resume"]).code, Some(0));
     let cut = s.ferry(&[
         "cutover",
         "--fence",
         "--max-lag",
-        "60s",
+        "1000s",
         "--timeout",
         "120s",
     ]);
     assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
+    let rec: serde_json::Value =
+        serde_json::from_str(cut.stdout.split("write freeze:").next().unwrap()).unwrap();
+    assert!(
+        rec["lag_seconds_at_start"].as_f64().unwrap() > 0.0,
+        "cut over with a backlog (lag was {backlog_lag}s): {rec}"
+    );
     let _ = writer.stop();
     assert_eq!(ferry.wait(Duration::from_secs(60)).unwrap(), Some(0));
     pgsync::runtime().block_on(async {

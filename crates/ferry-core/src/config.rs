@@ -289,7 +289,7 @@ impl Default for ApplyConfig {
     fn default() -> Self {
         ApplyConfig {
             batch_rows: 20_000,
-            batch_ms: 500,
+            batch_ms: 200,
             max_buffered_changes: 100_000,
         }
     }

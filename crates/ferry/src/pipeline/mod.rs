@@ -104,7 +104,7 @@ async fn run_postgres(
             .map(|t| (t.schema.id.clone(), config.tables.target_name(&t.schema.id)))
             .collect();
     }
-    let mut background = start_background(config, &live, &target, &shutdown).await?;
+    let mut background = start_background(config, &live, &target).await?;
 
     let result = async {
         if phase.is_none_or(|p| p <= Phase::Load)
@@ -181,7 +181,6 @@ async fn start_background(
     config: &Config,
     live: &Arc<Live>,
     target: &Client,
-    shutdown: &Shutdown,
 ) -> anyhow::Result<tokio::task::JoinSet<()>> {
     let mut set = tokio::task::JoinSet::new();
     let listener = tokio::net::TcpListener::bind(&config.control.listen)
@@ -214,7 +213,6 @@ async fn start_background(
             tracing::warn!(error = %e, "lag history sampler stopped");
         }
     });
-    let _ = shutdown;
     Ok(set)
 }
 

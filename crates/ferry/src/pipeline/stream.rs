@@ -96,6 +96,8 @@ async fn stream_once(
         .await?
         .context("no stream checkpoint in the target: the schema stage never finished; run `ferry cleanup` and start again")?;
     ferry_postgres::slot::verify_slot(&source, &config.postgres.slot, checkpoint.position).await?;
+    // Lag counts from what the target already holds, not from zero.
+    live.applied(checkpoint.position);
     let snapshots = super::plan_store::table_snapshots(&target, state).await?;
     let head = current_wal_lsn(&source).await?;
     let phase = state.read_phase(&target).await?;
