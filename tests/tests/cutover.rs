@@ -332,3 +332,51 @@ fn cutover_refused_while_loading() {
     assert_eq!(ran.code, Some(2), "{}", ran.all());
     assert!(ran.stdout.contains("phase is load"), "{}", ran.all());
 }
+
+#[test]
+fn cleanup_removes_slot_publication_and_state() {
+    let s = setup();
+    let mut ferry = s.start();
+    s.wait_phase(&mut ferry, "stream");
+    let refused = s.ferry(&["cleanup"]);
+    assert_eq!(
+        refused.code,
+        Some(2),
+        "refused while running: {}",
+        refused.all()
+    );
+    assert_eq!(
+        ferry
+            .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
+            .unwrap(),
+        Some(0)
+    );
+    let ran = s.ferry(&["cleanup", "--state"]);
+    assert_eq!(ran.code, Some(0), "{}", ran.all());
+    pgsync::runtime().block_on(async {
+        let src = pgsync::connect(&s.source_url).await.unwrap();
+        let dst = pgsync::connect(&s.target_url).await.unwrap();
+        let slots: i64 = src
+            .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let pubs: i64 = src
+            .query_one("SELECT count(*) FROM pg_publication", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let schema: i64 = dst
+            .query_one(
+                "SELECT count(*) FROM pg_namespace WHERE nspname = 'ferry'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!((slots, pubs, schema), (0, 0, 0));
+        // Table data is never touched.
+        let (n, _) = pgsync::table_digest(&dst, "accounts").await.unwrap();
+        assert!(n >= 20_000);
+    });
+}

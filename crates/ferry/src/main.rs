@@ -89,6 +89,12 @@ enum Command {
     Pause,
     /// Resume applying changes.
     Resume,
+    /// Drop the replication slot and publication ferry created on the source.
+    Cleanup {
+        /// Also drop ferry's state schema in the target (start over).
+        #[arg(long)]
+        state: bool,
+    },
     /// Write a self-contained HTML report: lag over time and per-table figures.
     Report {
         #[arg(long, short, default_value = "ferry-report.html")]
@@ -183,6 +189,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         }
         Command::Pause => operations::pause(&config, true).await,
         Command::Resume => operations::pause(&config, false).await,
+        Command::Cleanup { state } => operations::cleanup(&config, state).await,
         Command::Report { output } => operations::report(&config, &output).await,
     }
 }

@@ -219,3 +219,42 @@ pub async fn report(config: &Config, output: &std::path::Path) -> anyhow::Result
     );
     Ok(Outcome::Ok)
 }
+
+/// `ferry cleanup`: remove what ferry created on the source (replication
+/// slot and publication) and, with `state`, its state schema in the target,
+/// so the next `ferry run` starts a new migration. Never touches table data.
+#[allow(clippy::print_stdout)]
+pub async fn cleanup(config: &Config, state: bool) -> anyhow::Result<Outcome> {
+    if let Ok(addr) = control_address(config).await
+        && control::get_status(&addr, config.control.token.as_ref())
+            .await
+            .is_ok()
+    {
+        println!("cleanup: a ferry run is still running on {addr}; stop it first (SIGTERM)");
+        return Ok(Outcome::Refused);
+    }
+    let source = ferry_postgres::connect::connect(&config.source, "source").await?;
+    let dropped = ferry_postgres::slot::drop_slot(&source, &config.postgres.slot).await?;
+    ferry_postgres::slot::drop_publication(&source, &config.postgres.publication).await?;
+    println!(
+        "source: replication slot '{}' {}; publication '{}' dropped if it existed",
+        config.postgres.slot,
+        if dropped { "dropped" } else { "did not exist" },
+        config.postgres.publication
+    );
+    if state {
+        let target = ferry_postgres::connect::connect(&config.target, "target").await?;
+        target
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                ferry_core::schema::quote_ident(&config.state.schema)
+            ))
+            .await
+            .context("dropping the state schema on the target")?;
+        println!(
+            "target: state schema '{}' dropped; empty or drop the migrated tables before a new `ferry run`",
+            config.state.schema
+        );
+    }
+    Ok(Outcome::Ok)
+}
