@@ -20,9 +20,6 @@
 //! once). Restart: everything is read back from here; nothing lives only in
 //! memory.
 
-use std::fmt;
-use std::str::FromStr;
-
 use ferry_core::schema::quote_ident;
 use ferry_core::{Error, Result, TableId};
 use tokio_postgres::Client;
@@ -32,58 +29,7 @@ use crate::error::pg_error;
 /// Version of the state schema this build writes.
 pub const STATE_SCHEMA_VERSION: i32 = 1;
 
-/// Pipeline phases, in order (DESIGN.md §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Phase {
-    Plan,
-    Schema,
-    Load,
-    Catchup,
-    Stream,
-    Cutover,
-    Done,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 7] = [
-        Phase::Plan,
-        Phase::Schema,
-        Phase::Load,
-        Phase::Catchup,
-        Phase::Stream,
-        Phase::Cutover,
-        Phase::Done,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Plan => "plan",
-            Phase::Schema => "schema",
-            Phase::Load => "load",
-            Phase::Catchup => "catchup",
-            Phase::Stream => "stream",
-            Phase::Cutover => "cutover",
-            Phase::Done => "done",
-        }
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Phase {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        Phase::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| unknown_state("phase", s))
-    }
-}
+pub use ferry_core::phase::Phase;
 
 fn unknown_state(what: &str, s: &str) -> Error {
     Error::operator(

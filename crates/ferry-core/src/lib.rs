@@ -19,6 +19,7 @@
 pub mod change;
 pub mod config;
 pub mod error;
+pub mod phase;
 pub mod plan;
 pub mod position;
 pub mod schema;
@@ -27,6 +28,7 @@ pub mod value;
 
 pub use change::{Change, Event, OldRow, Row, Transaction};
 pub use error::{Error, ErrorClass, Result};
+pub use phase::Phase;
 pub use position::{ChangeLogSeq, GtidSet, Lsn, MySqlPosition, Position, SourceKind};
 pub use schema::{Column, ReplicaIdentity, TableId, TableSchema};
 pub use secret::{RedactedUrl, Secret};

@@ -7,7 +7,6 @@
 //! Nothing here may carry a secret: errors go through [`redact_message`].
 
 use std::fmt::Write as _;
-use std::str::FromStr;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -15,59 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::lag::LagFigures;
 use crate::timestamp::{self, serde_time, serde_time_opt};
 
-/// The phases of a run, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    Plan,
-    Schema,
-    Load,
-    Catchup,
-    Stream,
-    Cutover,
-    Done,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 7] = [
-        Phase::Plan,
-        Phase::Schema,
-        Phase::Load,
-        Phase::Catchup,
-        Phase::Stream,
-        Phase::Cutover,
-        Phase::Done,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Plan => "plan",
-            Phase::Schema => "schema",
-            Phase::Load => "load",
-            Phase::Catchup => "catchup",
-            Phase::Stream => "stream",
-            Phase::Cutover => "cutover",
-            Phase::Done => "done",
-        }
-    }
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Phase {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Phase::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("unknown phase {s:?}"))
-    }
-}
+pub use ferry_core::phase::Phase;
 
 /// One table's progress.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -548,7 +495,7 @@ mod tests {
     #[test]
     fn phases_parse_back() {
         for p in Phase::ALL {
-            assert_eq!(p.as_str().parse::<Phase>(), Ok(p));
+            assert_eq!(p.as_str().parse::<Phase>().unwrap(), p);
         }
         assert!("nope".parse::<Phase>().is_err());
     }

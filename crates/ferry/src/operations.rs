@@ -48,13 +48,7 @@ async fn recorded_status(config: &Config) -> anyhow::Result<Status> {
     let target = ferry_postgres::connect::connect(&config.target, "target").await?;
     let state = StateStore::new(config.state.schema.clone());
     let phase = state.read_phase(&target).await.ok().flatten();
-    let mut s = Status::new(
-        phase
-            .and_then(|p| p.as_str().parse().ok())
-            .unwrap_or(Phase::Plan),
-        "postgres",
-        SystemTime::now(),
-    );
+    let mut s = Status::new(phase.unwrap_or(Phase::Plan), "postgres", SystemTime::now());
     s.live = false;
     if let Ok(Some(cp)) =
         ferry_apply::checkpoint::read_checkpoint::<Lsn>(&target, &state, crate::pipeline::STREAM)

@@ -101,11 +101,9 @@ impl Live {
         })
     }
 
-    pub fn set_phase(&self, phase: ferry_apply::state::Phase) {
-        if let Ok(p) = phase.as_str().parse::<Phase>() {
-            lock(&self.phase, |v| *v = p);
-            self.metrics.set_phase(phase.as_str());
-        }
+    pub fn set_phase(&self, phase: Phase) {
+        lock(&self.phase, |v| *v = phase);
+        self.metrics.set_phase(phase.as_str());
     }
 
     pub fn phase(&self) -> Phase {
