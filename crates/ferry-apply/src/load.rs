@@ -39,7 +39,8 @@ use tracing::info;
 use crate::error::pg_error;
 use crate::state::{StateStore, table_key};
 
-const FLUSH_BYTES: usize = 64 * 1024;
+/// Bytes coalesced before one COPY data send (each send is a flush).
+const FLUSH_BYTES: usize = 256 * 1024;
 
 pub use crate::copy_text::{push_copy_text, push_copy_text_row};
 
@@ -100,9 +101,6 @@ impl LoadTarget {
         }
     }
 }
-
-/// Bytes coalesced before one COPY data send.
-const COPY_BUFFER: usize = 256 * 1024;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -190,16 +188,16 @@ where
     // The source sends one CopyData message per row; forwarding each on its
     // own (a send is a flush) costs a round trip to the connection task per
     // row. Coalesce into large buffers instead; memory stays bounded by
-    // COPY_BUFFER. Messages also give a running row count for progress,
+    // FLUSH_BYTES. Messages also give a running row count for progress,
     // corrected to the server's exact count at the end.
-    let mut buf = BytesMut::with_capacity(COPY_BUFFER);
+    let mut buf = BytesMut::with_capacity(FLUSH_BYTES);
     let (mut bytes, mut messages, mut reported) = (0u64, 0u64, 0u64);
     while let Some(chunk) = data.next().await {
         let chunk = chunk.map_err(|e| source_error(target, e))?;
         bytes += chunk.len() as u64;
         messages += 1;
         buf.extend_from_slice(&chunk);
-        if buf.len() >= COPY_BUFFER {
+        if buf.len() >= FLUSH_BYTES {
             if let Some(p) = progress {
                 p.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
                 p.rows.fetch_add(messages, Ordering::Relaxed);

@@ -6,6 +6,8 @@
 
 use serde::Serialize;
 
+use crate::schema::{TableId, TableSchema};
+
 /// Outcome of one prerequisite check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -95,6 +97,29 @@ pub struct TablePlan {
     pub key: Vec<String>,
     pub replica_identity: String,
     pub columns: Vec<ColumnPlan>,
+}
+
+impl TablePlan {
+    /// The plan row of a table as ferry carries it, under its target name.
+    pub fn new(schema: &TableSchema, target: &TableId, row_estimate: Option<u64>) -> Self {
+        TablePlan {
+            source: schema.id.to_string(),
+            target: target.to_string(),
+            row_estimate,
+            key: schema.key_names().map(str::to_owned).collect(),
+            replica_identity: schema.replica_identity.to_string(),
+            columns: schema
+                .columns
+                .iter()
+                .map(|c| ColumnPlan {
+                    name: c.name.clone(),
+                    source_type: c.source_type.clone(),
+                    pg_type: c.pg_type.clone(),
+                    nullable: c.nullable,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Everything `ferry plan` found.

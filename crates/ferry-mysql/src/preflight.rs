@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use ferry_core::Error;
 use ferry_core::config::{Config, EndpointKind, TablesConfig};
-use ferry_core::plan::{Check, ColumnPlan, SourcePlan, TablePlan};
+use ferry_core::plan::{Check, SourcePlan, TablePlan};
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
@@ -551,24 +551,7 @@ pub fn table_checks(tables: &[SourceTable], databases: &[String]) -> Vec<Check> 
 
 /// The plan row of one table.
 pub fn table_plan(t: &SourceTable, tables: &TablesConfig) -> TablePlan {
-    TablePlan {
-        source: t.schema.id.to_string(),
-        target: tables.target_name(&t.schema.id).to_string(),
-        row_estimate: t.row_estimate,
-        key: t.schema.key_names().map(str::to_owned).collect(),
-        replica_identity: t.schema.replica_identity.to_string(),
-        columns: t
-            .schema
-            .columns
-            .iter()
-            .map(|c| ColumnPlan {
-                name: c.name.clone(),
-                source_type: c.source_type.clone(),
-                pg_type: c.pg_type.clone(),
-                nullable: c.nullable,
-            })
-            .collect(),
-    }
+    TablePlan::new(&t.schema, &tables.target_name(&t.schema.id), t.row_estimate)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 //! key, unlogged tables, and slot/publication name conflicts.
 
 use ferry_core::config::Config;
-use ferry_core::plan::{Check, ColumnPlan, SourcePlan, TablePlan};
+use ferry_core::plan::{Check, SourcePlan, TablePlan};
 use ferry_core::{Error, ReplicaIdentity};
 use tokio_postgres::Client;
 
@@ -424,24 +424,11 @@ pub fn identity_check(t: &SourceTable) -> Option<Check> {
 
 /// The plan row of one table (PG→PG: types unchanged).
 pub fn table_plan(t: &SourceTable, config: &Config) -> TablePlan {
-    TablePlan {
-        source: t.schema.id.to_string(),
-        target: config.tables.target_name(&t.schema.id).to_string(),
-        row_estimate: t.row_estimate,
-        key: t.schema.key_names().map(str::to_owned).collect(),
-        replica_identity: t.schema.replica_identity.to_string(),
-        columns: t
-            .schema
-            .columns
-            .iter()
-            .map(|c| ColumnPlan {
-                name: c.name.clone(),
-                source_type: c.source_type.clone(),
-                pg_type: c.pg_type.clone(),
-                nullable: c.nullable,
-            })
-            .collect(),
-    }
+    TablePlan::new(
+        &t.schema,
+        &config.tables.target_name(&t.schema.id),
+        t.row_estimate,
+    )
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use ferry_core::Error;
 use ferry_core::TableId;
 use ferry_core::config::{Config, EndpointKind, TableFilter, TablesConfig};
-use ferry_core::plan::{Check, ColumnPlan, SourcePlan, TablePlan};
+use ferry_core::plan::{Check, SourcePlan, TablePlan};
 
 use crate::catalog::{self, ColumnFinding, SourceTable};
 use crate::connect;
@@ -254,24 +254,7 @@ pub fn table_plan(t: &SourceTable, tables: &TablesConfig) -> TablePlan {
     } else {
         target
     };
-    TablePlan {
-        source: id.to_string(),
-        target: target.to_string(),
-        row_estimate: Some(t.row_count),
-        key: t.schema.key_names().map(str::to_owned).collect(),
-        replica_identity: t.schema.replica_identity.to_string(),
-        columns: t
-            .schema
-            .columns
-            .iter()
-            .map(|c| ColumnPlan {
-                name: c.name.clone(),
-                source_type: c.source_type.clone(),
-                pg_type: c.pg_type.clone(),
-                nullable: c.nullable,
-            })
-            .collect(),
-    }
+    TablePlan::new(&t.schema, &target, Some(t.row_count))
 }
 
 /// The file path of a `sqlite:` source URL (for callers that need it).

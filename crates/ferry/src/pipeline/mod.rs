@@ -97,6 +97,7 @@ async fn run_postgres(
     let source = ferry_postgres::connect::connect(&config.source, "source").await?;
     let filter = config.tables.filter().map_err(anyhow::Error::msg)?;
     let catalog = read_catalog(&source, &filter, &config.state.schema).await?;
+    let keys = stream::primary_keys(&catalog);
     if let Ok(mut c) = live.carried.lock() {
         *c = catalog
             .tables
@@ -115,7 +116,7 @@ async fn run_postgres(
         {
             return Ok(());
         }
-        stream::run(config, &state, shutdown.clone(), live.clone()).await
+        stream::run(config, &state, shutdown.clone(), live.clone(), &keys).await
     }
     .await;
     if let Err(e) = &result {

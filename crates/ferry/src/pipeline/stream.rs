@@ -42,17 +42,19 @@ const RELAY_CAPACITY: usize = 1024;
 /// A connection that stayed up this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 
-/// Stream until shutdown, reconnecting after transient failures.
+/// Stream until shutdown, reconnecting after transient failures. `keys`
+/// holds each carried table's primary-key columns ([`primary_keys`]).
 pub async fn run(
     config: &Config,
     state: &StateStore,
     shutdown: Shutdown,
     live: Arc<Live>,
+    keys: &HashMap<TableId, Vec<String>>,
 ) -> anyhow::Result<()> {
     let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
-        let err = match stream_once(config, state, shutdown.clone(), &live).await {
+        let err = match stream_once(config, state, shutdown.clone(), &live, keys).await {
             Ok(()) => return Ok(()),
             Err(e) if shutdown.is_triggered() => {
                 warn!(error = %format!("{e:#}"), "stream ended with an error during shutdown");
@@ -89,6 +91,7 @@ async fn stream_once(
     state: &StateStore,
     shutdown: Shutdown,
     live: &Arc<Live>,
+    keys: &HashMap<TableId, Vec<String>>,
 ) -> anyhow::Result<()> {
     let target = ferry_postgres::connect::connect(&config.target, "target").await?;
     let source = Arc::new(ferry_postgres::connect::connect(&config.source, "source").await?);
@@ -111,10 +114,7 @@ async fn stream_once(
     stream_config.proto_version = config.postgres.proto_version;
     let resolver = Arc::new(CatalogTypeResolver::new(source.clone()));
     let (raw, handle) = PgChangeStream::start(conn, resolver, stream_config).await?;
-    let filter = config.tables.filter().map_err(anyhow::Error::msg)?;
-    let catalog =
-        ferry_postgres::catalog::read_catalog(&source, &filter, &config.state.schema).await?;
-    let mut rx = relay(raw, primary_keys(&catalog), snapshots, live.clone());
+    let mut rx = relay(raw, keys.clone(), snapshots, live.clone());
     info!(from = %checkpoint.position, source_head = %head, "streaming changes");
 
     let acked = handle.ack_handle();
@@ -160,7 +160,9 @@ async fn stream_once(
 }
 
 /// Primary-key column names per table, from the source catalog.
-fn primary_keys(catalog: &ferry_postgres::catalog::SourceCatalog) -> HashMap<TableId, Vec<String>> {
+pub fn primary_keys(
+    catalog: &ferry_postgres::catalog::SourceCatalog,
+) -> HashMap<TableId, Vec<String>> {
     catalog
         .tables
         .iter()
