@@ -303,6 +303,15 @@ pub async fn current_lsn(source: &Client) -> anyhow::Result<u64> {
     Ok(row.get::<_, i64>(0) as u64)
 }
 
+/// The source's WAL insert position: past every commit so far, also those
+/// made with `synchronous_commit = off` that are not written out yet.
+pub async fn insert_lsn(source: &Client) -> anyhow::Result<u64> {
+    let row = source
+        .query_one("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint", &[])
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
 /// Parse `HEX/HEX`.
 pub fn parse_lsn(s: &str) -> Option<u64> {
     let (hi, lo) = s.split_once('/')?;

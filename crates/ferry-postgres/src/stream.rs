@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use ferry_core::{Error, Event, Lsn};
 use futures_util::future::BoxFuture;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Interval, MissedTickBehavior};
 
@@ -78,6 +78,31 @@ impl StreamConfig {
             spill_threshold: 64 << 20,
             spill_dir: None,
         }
+    }
+}
+
+/// See [`StreamHooks::map`].
+pub type EventMap = Box<dyn FnMut(Event<Lsn>) -> Option<Event<Lsn>> + Send>;
+
+/// Caller code that runs in the stream task on every event before it is
+/// sent: no hop through another task between reader and consumer.
+#[derive(Default)]
+pub struct StreamHooks {
+    /// Rewrites an event, or drops it (`None`). Runs inline in the reader:
+    /// keep it cheap and never block.
+    pub map: Option<EventMap>,
+    /// While this reads `true` (paused by the operator), events are held
+    /// back; status updates keep going, so the connection stays up and the
+    /// server keeps the WAL.
+    pub pause: Option<watch::Receiver<bool>>,
+}
+
+impl std::fmt::Debug for StreamHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamHooks")
+            .field("map", &self.map.is_some())
+            .field("pause", &self.pause.is_some())
+            .finish()
     }
 }
 
@@ -146,6 +171,16 @@ impl PgChangeStream {
         resolver: Arc<dyn TypeResolver>,
         config: StreamConfig,
     ) -> Result<(mpsc::Receiver<Event<Lsn>>, StreamHandle), Error> {
+        Self::start_with(conn, resolver, config, StreamHooks::default()).await
+    }
+
+    /// [`PgChangeStream::start`] with `hooks` run on every event.
+    pub async fn start_with(
+        conn: ReplicationConnection,
+        resolver: Arc<dyn TypeResolver>,
+        config: StreamConfig,
+        hooks: StreamHooks,
+    ) -> Result<(mpsc::Receiver<Event<Lsn>>, StreamHandle), Error> {
         let options = PgOutputOptions {
             proto_version: config.proto_version,
             publications: vec![config.publication.clone()],
@@ -170,6 +205,7 @@ impl PgChangeStream {
             heartbeat_interval: config.heartbeat_interval,
             last_heartbeat: Instant::now(),
             last_position: config.start,
+            hooks,
         };
         let task = tokio::spawn(run(task_state));
         Ok((
@@ -195,6 +231,7 @@ struct StreamTask {
     last_heartbeat: Instant,
     /// Highest position handed on (heartbeats never go below it).
     last_position: Lsn,
+    hooks: StreamHooks,
 }
 
 /// Why event handling stopped early.
@@ -327,10 +364,45 @@ impl StreamTask {
         ))
     }
 
+    /// Wait until the pause is lifted, keeping status updates going.
+    async fn hold_while_paused(&mut self) -> Result<(), Stop> {
+        let Some(mut pause) = self.hooks.pause.take() else {
+            return Ok(());
+        };
+        let result = loop {
+            if !*pause.borrow_and_update() {
+                break Ok(());
+            }
+            tokio::select! {
+                biased;
+                _ = &mut self.shutdown => break Err(Stop::Requested),
+                changed = pause.changed() => if changed.is_err() {
+                    // The pause switch is gone with its owner: nothing holds us.
+                    break Ok(());
+                },
+                _ = self.status.tick() => if let Err(e) = self.send_status(false).await {
+                    break Err(Stop::Failed(e));
+                },
+            }
+        };
+        self.hooks.pause = Some(pause);
+        result
+    }
+
     /// Send one event, keeping status updates going while the channel is full.
     async fn emit(&mut self, ev: Event<Lsn>) -> Result<(), Stop> {
         if let Event::Commit { position, .. } | Event::Heartbeat { position, .. } = &ev {
             self.last_position = self.last_position.max(*position);
+        }
+        let ev = match self.hooks.map.as_mut() {
+            Some(map) => match map(ev) {
+                Some(ev) => ev,
+                None => return Ok(()),
+            },
+            None => ev,
+        };
+        if self.hooks.pause.as_ref().is_some_and(|p| *p.borrow()) {
+            self.hold_while_paused().await?;
         }
         // Fast path: room in the channel, no futures to build or poll.
         let ev = match self.tx.try_send(ev) {

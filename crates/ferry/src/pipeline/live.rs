@@ -1,7 +1,7 @@
 //! What a running `ferry run` knows about itself, shared by the pipeline
 //! stages, the monitor task and the control API.
 //!
-//! The relay reports each transaction it forwards (its commit-record
+//! The change stream reports each transaction it forwards (its commit-record
 //! position and commit time); the applier's acknowledgement reports the
 //! applied position; the monitor task polls the source head, emits
 //! heartbeats (`pg_logical_emit_message(false, 'ferry.heartbeat', …)`) and
@@ -110,7 +110,7 @@ impl Live {
         lock(&self.phase, |p| *p)
     }
 
-    /// A transaction passed the relay towards the applier.
+    /// A transaction left the change stream towards the applier.
     pub fn forwarded(&self, final_lsn: Lsn, commit_time: ferry_core::value::Timestamp) {
         let at = system_time(commit_time);
         lock(&self.pending, |q| {
@@ -180,7 +180,7 @@ impl Live {
         })
     }
 
-    /// Pause gate used by the relay.
+    /// Pause switch the change stream holds at (`StreamHooks::pause`).
     pub fn paused(&self) -> watch::Receiver<bool> {
         self.paused.subscribe()
     }

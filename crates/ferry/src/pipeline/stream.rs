@@ -27,17 +27,15 @@ use ferry_apply::state::{Phase, StateStore, TableState};
 use ferry_core::config::Config;
 use ferry_core::{Change, ErrorClass, Event, Lsn, ReplicaIdentity, TableId, TableSchema};
 use ferry_postgres::replication::ReplicationConnection;
-use ferry_postgres::stream::{AckHandle, CatalogTypeResolver, PgChangeStream, StreamConfig};
-use tokio::sync::mpsc;
+use ferry_postgres::stream::{
+    AckHandle, CatalogTypeResolver, PgChangeStream, StreamConfig, StreamHooks,
+};
 use tracing::{info, warn};
 
 use super::STREAM;
 use super::live::Live;
 use super::retry::Backoff;
 use crate::shutdown::Shutdown;
-
-/// Events buffered between the key relay and the applier.
-const RELAY_CAPACITY: usize = 1024;
 
 /// A connection that stayed up this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
@@ -113,8 +111,11 @@ async fn stream_once(
     );
     stream_config.proto_version = config.postgres.proto_version;
     let resolver = Arc::new(CatalogTypeResolver::new(source.clone()));
-    let (raw, handle) = PgChangeStream::start(conn, resolver, stream_config).await?;
-    let mut rx = relay(raw, keys.clone(), snapshots, live.clone());
+    let hooks = StreamHooks {
+        map: Some(Box::new(event_map(keys.clone(), snapshots, live.clone()))),
+        pause: Some(live.paused()),
+    };
+    let (mut rx, handle) = PgChangeStream::start_with(conn, resolver, stream_config, hooks).await?;
     info!(from = %checkpoint.position, source_head = %head, "streaming changes");
 
     let acked = handle.ack_handle();
@@ -175,8 +176,8 @@ pub fn primary_keys(
         .collect()
 }
 
-/// The relay between decoder and applier, in order, over a channel of the
-/// same bound. It fixes two things the applier must not see:
+/// What the applier must see differently from what pgoutput sends, fixed
+/// inline in the reader ([`StreamHooks::map`]):
 ///
 /// - pgoutput flags every column as part of the key under REPLICA IDENTITY
 ///   FULL; the applier matches on the table's real primary key (none: all
@@ -184,56 +185,38 @@ pub fn primary_keys(
 /// - tables (re)loaded from a snapshot at `S` after a crash already hold the
 ///   effects of transactions whose commit record precedes `S`; their changes
 ///   from those transactions are dropped ([`skip_for_snapshot`]).
-fn relay(
-    mut raw: mpsc::Receiver<Event<Lsn>>,
+///
+/// It also records each transaction as received, for the lag figures.
+fn event_map(
     keys: HashMap<TableId, Vec<String>>,
     snapshots: HashMap<TableId, Lsn>,
     live: Arc<Live>,
-) -> mpsc::Receiver<Event<Lsn>> {
-    let (tx, rx) = mpsc::channel(RELAY_CAPACITY);
-    tokio::spawn(async move {
-        let mut final_lsn = None;
-        let mut paused = live.paused();
-        while let Some(event) = raw.recv().await {
-            // Paused by the operator: hold here; the reader keeps the
-            // connection alive and the lag figure grows.
-            if paused.wait_for(|p| !p).await.is_err() {
-                return;
-            }
-            let event = match event {
-                Event::Relation(schema) if schema.replica_identity == ReplicaIdentity::Full => {
-                    let names = keys.get(&schema.id).cloned().unwrap_or_default();
-                    let key: Option<Vec<usize>> =
-                        names.iter().map(|n| schema.column_index(n)).collect();
-                    let mut fixed = TableSchema::clone(&schema);
-                    fixed.key = key.unwrap_or_default();
-                    Event::Relation(Arc::new(fixed))
-                }
-                Event::Begin {
-                    final_position,
-                    commit_time,
-                    ..
-                } => {
-                    final_lsn = final_position;
-                    if let Some(f) = final_position {
-                        live.forwarded(f, commit_time);
-                    }
-                    event
-                }
-                Event::Change(change) if !snapshots.is_empty() => {
-                    match skip_for_snapshot(change, final_lsn, &snapshots) {
-                        Some(c) => Event::Change(c),
-                        None => continue,
-                    }
-                }
-                other => other,
-            };
-            if tx.send(event).await.is_err() {
-                return;
-            }
+) -> impl FnMut(Event<Lsn>) -> Option<Event<Lsn>> + Send + 'static {
+    let mut final_lsn = None;
+    move |event| match event {
+        Event::Relation(schema) if schema.replica_identity == ReplicaIdentity::Full => {
+            let names = keys.get(&schema.id).cloned().unwrap_or_default();
+            let key: Option<Vec<usize>> = names.iter().map(|n| schema.column_index(n)).collect();
+            let mut fixed = TableSchema::clone(&schema);
+            fixed.key = key.unwrap_or_default();
+            Some(Event::Relation(Arc::new(fixed)))
         }
-    });
-    rx
+        Event::Begin {
+            final_position,
+            commit_time,
+            ..
+        } => {
+            final_lsn = final_position;
+            if let Some(f) = final_position {
+                live.forwarded(f, commit_time);
+            }
+            Some(event)
+        }
+        Event::Change(change) if !snapshots.is_empty() => {
+            skip_for_snapshot(change, final_lsn, &snapshots).map(Event::Change)
+        }
+        other => Some(other),
+    }
 }
 
 /// The change as the applier should see it, or `None` when every table it
