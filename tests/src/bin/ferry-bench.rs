@@ -893,14 +893,11 @@ impl Bench {
                         _ => {}
                     },
                     Some(ReplicationMessage::Keepalive {
-                        wal_end,
-                        reply_requested,
-                        ..
+                        reply_requested, ..
                     }) => {
                         if reply_requested {
                             stream.send_status(Lsn(0), false).await?;
                         }
-                        let _ = wal_end;
                     }
                     None => bail!("the server ended the stream before {}", lsn_text(end_lsn)),
                 }
@@ -968,15 +965,15 @@ impl Bench {
     fn settle_slot(&self, bg: &mut Background, end_lsn: u64) -> anyhow::Result<()> {
         let source = self.rt.block_on(connect(&self.source_url()))?;
         let sql = format!(
-            "SELECT (restart_lsn - '0/0'::pg_lsn)::text FROM pg_replication_slots WHERE slot_name = '{FERRY_SLOT}'"
+            "SELECT (restart_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots WHERE slot_name = '{FERRY_SLOT}'"
         );
         let started = Instant::now();
         let mut last_checkpoint: Option<Instant> = None;
         loop {
             let row = self.rt.block_on(source.query_opt(sql.as_str(), &[]))?;
             let restart = row
-                .and_then(|r| r.get::<_, Option<String>>(0))
-                .and_then(|t| t.parse::<u64>().ok());
+                .and_then(|r| r.get::<_, Option<i64>>(0))
+                .and_then(|n| u64::try_from(n).ok());
             if restart.is_some_and(|r| r >= end_lsn) {
                 return Ok(());
             }
