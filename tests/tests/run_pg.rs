@@ -58,6 +58,12 @@ impl Setup {
     fn finish_and_compare(&self, writer: Writer, tables: &[&str]) {
         let committed = writer.stop().expect("writer");
         assert!(committed > 0, "the writer committed nothing");
+        self.compare_now(tables);
+    }
+
+    /// With writes stopped: wait for the checkpoint to pass the source
+    /// position, then compare `tables` exactly.
+    fn compare_now(&self, tables: &[&str]) {
         let rt = pgsync::runtime();
         rt.block_on(async {
             let src = pgsync::connect(&self.source_url).await.unwrap();
@@ -161,26 +167,46 @@ fn kill9_during_load_between_apply_and_ack_and_mid_stream() {
     }
     ferry.kill9().unwrap();
 
-    // 2. Resume; crash between target commit and source acknowledgement.
+    // 2. Resume, then crash at each failpoint of the applier under writes;
+    //    after each crash, resume with the writer stopped and compare exactly.
     let mut ferry = s.ferry_run("resume", &chunks);
     s.wait_streaming(&mut ferry);
+    let mut writer = Some(writer);
+    for (point, debug_name) in [
+        ("after-apply-before-commit", "AfterApplyBeforeCommit"),
+        ("after-commit-before-ack", "AfterCommitBeforeAck"),
+    ] {
+        let w = writer.as_mut().expect("writer running");
+        w.wait_for(w.committed() + 50, LONG).unwrap();
+        ferry.kill9().unwrap();
+        let failing = s.ferry_run(point, &[("FERRY_FAILPOINT", point)]);
+        let status = failing.wait_status(LONG).unwrap();
+        let log = std::fs::read_to_string(s.logs.path().join(format!("{point}.log"))).unwrap();
+        assert!(
+            log.contains("FERRY_FAILPOINT reached") && log.contains(debug_name),
+            "ferry must stop at the failpoint {point}, not elsewhere ({status}):\n{log}"
+        );
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGABRT),
+            "the failpoint {point} must abort the process ({status}):\n{log}"
+        );
+        // Resume from the crash with no new writes: the target must equal
+        // the source exactly (nothing lost by the crash, nothing doubled by
+        // the source resending what the target already committed).
+        let committed = writer
+            .take()
+            .expect("writer running")
+            .stop()
+            .expect("writer");
+        assert!(committed > 0, "the writer committed nothing");
+        ferry = s.ferry_run(&format!("{point}-resume"), &[]);
+        s.wait_streaming(&mut ferry);
+        s.compare_now(BENCH_TABLES);
+        writer = Some(Writer::start(&s.source_url, 400_000));
+    }
+    let mut writer = writer.expect("writer running");
     ferry.kill9().unwrap();
-    let mut failing = s.ferry_run(
-        "failpoint",
-        &[("FERRY_FAILPOINT", "after-commit-before-ack")],
-    );
-    let code = loop {
-        if let Some(code) = failing.exited().unwrap() {
-            break code;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_ne!(
-        code,
-        Some(0),
-        "the failpoint must abort the process:\n{}",
-        failing.log()
-    );
 
     // 3. Crash mid-stream under writes.
     let mut ferry = s.ferry_run("stream-crash", &[]);

@@ -386,7 +386,10 @@ const SECTIONS: &[&str] = &[
 ];
 const LIST_KEYS: &[&str] = &["tables.include", "tables.exclude"];
 /// `FERRY_*` variables that configure the CLI itself, not `ferry.toml`.
-const NON_CONFIG_ENV: &[&str] = &["FERRY_CONFIG", "FERRY_LOG", "FERRY_DATASETS"];
+const NON_CONFIG_ENV: &[&str] = &["FERRY_CONFIG", "FERRY_LOG", "FERRY_DATASETS", FAILPOINT_ENV];
+/// The crash-injection variable of the applier (tests only); its values.
+pub const FAILPOINT_ENV: &str = "FERRY_FAILPOINT";
+pub const FAILPOINTS: &[&str] = &["after-apply-before-commit", "after-commit-before-ack"];
 
 impl Config {
     /// Read `path` (optional: env alone can configure ferry) and apply the
@@ -419,6 +422,15 @@ impl Config {
             .collect();
         env.sort();
         for (var, value) in env {
+            if var == FAILPOINT_ENV && !FAILPOINTS.contains(&value.as_str()) {
+                return Err(ConfigError::Parse {
+                    origin: "environment".to_owned(),
+                    message: format!(
+                        "{FAILPOINT_ENV}={value:?} is not a failpoint; use one of {}",
+                        FAILPOINTS.join(", ")
+                    ),
+                });
+            }
             if NON_CONFIG_ENV.contains(&var.as_str()) {
                 continue;
             }
@@ -708,6 +720,20 @@ sslmode = "disable"
         assert_eq!(
             rel.kind().unwrap(),
             EndpointKind::Sqlite("data/app.db".into())
+        );
+    }
+
+    #[test]
+    fn failpoint_env_is_not_config_but_is_checked() {
+        for point in FAILPOINTS {
+            Config::from_parts(BASIC, "test", env(&[(FAILPOINT_ENV, point)])).unwrap();
+        }
+        let e = Config::from_parts(BASIC, "test", env(&[(FAILPOINT_ENV, "after-lunch")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FERRY_FAILPOINT") && e.contains("after-commit-before-ack"),
+            "{e}"
         );
     }
 
