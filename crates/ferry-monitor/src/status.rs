@@ -106,6 +106,10 @@ pub struct Status {
     pub lag: LagFigures,
     #[serde(default)]
     pub tables: Vec<TableStatus>,
+    /// Tables declared in `tables.insert_only`: only their inserts (and
+    /// truncates) are carried.
+    #[serde(default)]
+    pub insert_only: Vec<String>,
     /// Reader state (`connecting`, `streaming`, `reconnecting`, `stopped`, …).
     pub reader: String,
     /// Applier state (`idle`, `applying`, `paused`, `stopped`, …).
@@ -135,6 +139,7 @@ impl Status {
             applied_commit_time: None,
             lag: LagFigures::default(),
             tables: Vec::new(),
+            insert_only: Vec::new(),
             reader: "stopped".into(),
             applier: "stopped".into(),
             paused: false,
@@ -274,6 +279,13 @@ pub fn render_table(s: &Status) -> String {
             out,
             "slot      {}  retains {retained}  wal_status {wal}",
             slot.name
+        );
+    }
+    if !s.insert_only.is_empty() {
+        let _ = writeln!(
+            out,
+            "insert-only  {}  (only inserts and truncates are carried)",
+            s.insert_only.join(", ")
         );
     }
     if let Some(e) = &s.last_error {

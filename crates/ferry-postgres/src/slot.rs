@@ -1,7 +1,10 @@
 //! Publication and replication-slot lifecycle.
 //!
 //! - [`ensure_publication`]: `CREATE PUBLICATION … FOR ALL TABLES` or `FOR
-//!   TABLE …` `WITH (publish_via_partition_root = true)` unless it exists.
+//!   TABLE …` `WITH (publish_via_partition_root = true)` unless it exists;
+//!   the tables declared insert-only go into a second publication
+//!   ([`insert_only_publication`]) with `publish = 'insert, truncate'`, so
+//!   the source never refuses an UPDATE or DELETE on a keyless table.
 //! - [`create_slot`]: a pgoutput slot with an exported snapshot. The
 //!   snapshot lives as long as the returned [`CreatedSlot`] holds its
 //!   replication connection and sends nothing else on it; the full load
@@ -51,11 +54,28 @@ impl CreatedSlot {
     }
 }
 
+/// The publication of the tables declared in `tables.insert_only`, next to
+/// the main publication `name`.
+pub fn insert_only_publication(name: &str) -> String {
+    format!("{name}_insert_only")
+}
+
+/// Which changes a publication carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publish {
+    /// Inserts, updates, deletes and truncates (the server default).
+    All,
+    /// Inserts and truncates alone: the source keeps accepting UPDATE and
+    /// DELETE on a table without a replica identity.
+    InsertOnly,
+}
+
 /// Create the publication unless it exists. `tables`: `None` for all tables.
 pub async fn ensure_publication(
     client: &Client,
     name: &str,
     tables: Option<&[TableId]>,
+    publish: Publish,
 ) -> Result<(), Error> {
     let exists = client
         .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
@@ -66,14 +86,20 @@ pub async fn ensure_publication(
         return Ok(());
     }
     let what = match tables {
-        None => "ALL TABLES".to_owned(),
+        None => " FOR ALL TABLES".to_owned(),
+        // An empty publication is valid: every table may be insert-only.
+        Some([]) => String::new(),
         Some(t) => format!(
-            "TABLE {}",
+            " FOR TABLE {}",
             t.iter().map(TableId::quoted).collect::<Vec<_>>().join(", ")
         ),
     };
+    let only = match publish {
+        Publish::All => "",
+        Publish::InsertOnly => "publish = 'insert, truncate', ",
+    };
     let sql = format!(
-        "CREATE PUBLICATION {} FOR {what} WITH (publish_via_partition_root = true)",
+        "CREATE PUBLICATION {}{what} WITH ({only}publish_via_partition_root = true)",
         quote_ident(name)
     );
     client
@@ -163,10 +189,33 @@ pub async fn drop_slot(client: &Client, name: &str) -> Result<bool, Error> {
     Ok(row.is_some())
 }
 
-/// Drop the publication if it exists.
+/// The publications the stream subscribes to: `name`, and its insert-only
+/// sibling when the schema stage created one.
+pub async fn stream_publications(client: &Client, name: &str) -> Result<Vec<String>, Error> {
+    let insert_only = insert_only_publication(name);
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&insert_only],
+        )
+        .await
+        .map_err(|e| query_error("reading pg_publication", e))?
+        .is_some();
+    let mut out = vec![name.to_owned()];
+    if exists {
+        out.push(insert_only);
+    }
+    Ok(out)
+}
+
+/// Drop the publication and its insert-only sibling if they exist.
 pub async fn drop_publication(client: &Client, name: &str) -> Result<(), Error> {
     client
-        .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name)))
+        .batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {}, {}",
+            quote_ident(name),
+            quote_ident(&insert_only_publication(name))
+        ))
         .await
         .map_err(|e| query_error(&format!("dropping publication {name}"), e))
 }

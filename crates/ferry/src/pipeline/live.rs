@@ -226,6 +226,10 @@ impl Live {
         }
         let per_table = stats.as_ref().map(|st| st.per_table()).unwrap_or_default();
         s.tables = lock(&self.tables, |t| t.clone());
+        let carried: Vec<String> = lock(&self.carried, |c| {
+            c.iter().map(|(src, _)| src.to_string()).collect()
+        });
+        s.insert_only = insert_only_tables(&self.config, carried);
         for t in &mut s.tables {
             if let Some(id) = ferry_core::config::parse_table_name(&t.name) {
                 t.changes_applied = per_table.get(&id).copied().unwrap_or(0);
@@ -471,4 +475,21 @@ pub async fn published_address(
         .ok()
         .flatten()
         .map(|r| r.get(0))
+}
+
+/// The tables of `tables` (`schema.table`) that `tables.insert_only`
+/// declares insert-only.
+pub fn insert_only_tables(
+    config: &Config,
+    tables: impl IntoIterator<Item = String>,
+) -> Vec<String> {
+    let Ok(filter) = config.tables.filter() else {
+        return Vec::new();
+    };
+    tables
+        .into_iter()
+        .filter(|t| {
+            ferry_core::config::parse_table_name(t).is_some_and(|id| filter.insert_only(&id))
+        })
+        .collect()
 }

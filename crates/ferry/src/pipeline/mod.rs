@@ -81,6 +81,12 @@ async fn run_postgres(
         info!("this migration is already cut over (phase done); nothing to do");
         return Ok(Outcome::Ok);
     }
+    // Before the publication exists: publishing updates of a table without
+    // a replica identity would make the application's UPDATEs fail.
+    if let Some(why) = crate::plan::refusal(config).await {
+        tracing::error!("{why}");
+        return Ok(Outcome::Refused);
+    }
     let run_id = state
         .start_run(
             &target,

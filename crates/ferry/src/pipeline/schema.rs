@@ -16,7 +16,7 @@ use ferry_core::schema::quote_ident;
 use ferry_core::value::Timestamp;
 use ferry_postgres::catalog::SourceCatalog;
 use ferry_postgres::replication::ReplicationConnection;
-use ferry_postgres::slot::CreatedSlot;
+use ferry_postgres::slot::{CreatedSlot, Publish};
 use ferry_postgres::snapshot::{Chunk, plan_chunks};
 use tokio_postgres::Client;
 use tracing::info;
@@ -66,9 +66,26 @@ pub async fn run(
     }
     state.write_phase(target, Phase::Schema).await?;
 
-    let tables: Vec<_> = catalog.tables.iter().map(|t| t.schema.id.clone()).collect();
-    ferry_postgres::slot::ensure_publication(source, &config.postgres.publication, Some(&tables))
+    // Insert-only tables go into their own publication, published for
+    // inserts alone: a keyless table there keeps accepting UPDATE/DELETE.
+    let filter = config.tables.filter().map_err(anyhow::Error::msg)?;
+    let (insert_only, tables): (Vec<_>, Vec<_>) = catalog
+        .tables
+        .iter()
+        .map(|t| t.schema.id.clone())
+        .partition(|id| filter.insert_only(id));
+    let publication = &config.postgres.publication;
+    ferry_postgres::slot::ensure_publication(source, publication, Some(&tables), Publish::All)
         .await?;
+    if !insert_only.is_empty() {
+        ferry_postgres::slot::ensure_publication(
+            source,
+            &ferry_postgres::slot::insert_only_publication(publication),
+            Some(&insert_only),
+            Publish::InsertOnly,
+        )
+        .await?;
+    }
     let conn = ReplicationConnection::connect(&config.source).await?;
     let created = ferry_postgres::slot::create_slot(conn, slot).await?;
     let snapshot_name = created

@@ -110,6 +110,10 @@ async fn stream_once(
         checkpoint.position,
     );
     stream_config.proto_version = config.postgres.proto_version;
+    stream_config.extra_publications =
+        ferry_postgres::slot::stream_publications(&source, &config.postgres.publication)
+            .await?
+            .split_off(1);
     let resolver = Arc::new(CatalogTypeResolver::new(source.clone()));
     let hooks = StreamHooks {
         map: Some(Box::new(event_map(keys.clone(), snapshots, live.clone()))),
