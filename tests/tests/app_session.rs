@@ -310,3 +310,151 @@ fn database_text_settings_do_not_change_values() {
     assert!(committed >= 200, "{committed}");
     p.compare(&["vals"]);
 }
+
+const ITEMS_SCHEMA: &str = "
+CREATE TABLE items (
+    id bigserial PRIMARY KEY,
+    code int NOT NULL DEFAULT 1,
+    note text DEFAULT 'n',
+    qty int NOT NULL DEFAULT 0,
+    price int DEFAULT 5,
+    tag text
+);
+INSERT INTO items (note) SELECT 'row ' || g FROM generate_series(1, 500) g;
+";
+
+fn items_change(i: u64) -> String {
+    format!(
+        "INSERT INTO items (tag) VALUES ('w{i}'); UPDATE items SET tag = 'u{i}' WHERE id = {k};",
+        k = i % 500 + 1
+    )
+}
+
+/// Wait for `ferry run` to stop by itself; its exit code and log.
+fn wait_stopped(ferry: Background) -> (Option<i32>, String) {
+    let start = Instant::now();
+    let mut ferry = ferry;
+    loop {
+        if let Some(code) = ferry.exited().unwrap() {
+            return (code, ferry.log());
+        }
+        assert!(
+            start.elapsed() < LONG,
+            "ferry did not stop:\n{}",
+            ferry.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Item 6: DDL on the source while streaming. An added column is added on
+/// the target and streaming goes on; a rename, a dropped NOT NULL column, a
+/// type change and a key change each stop ferry with an operator error that
+/// names the table, the change and the fix, after committing the complete
+/// transactions before it and before applying any row of the new shape.
+/// Once the operator applied the fix on the target, ferry resumes exactly
+/// there, and a fenced cutover ends with identical tables.
+#[test]
+fn source_ddl_stops_with_the_fix_before_a_row_of_the_new_shape() {
+    let p = pair(ITEMS_SCHEMA);
+    let load = Load::start(&p.source_url, items_change);
+    // Long batches: the transaction before the DDL is still in the open
+    // batch when the new shape arrives.
+    let run = |name: &str| {
+        let mut cmd = p.cmd();
+        cmd.env("FERRY_LOG", "info")
+            .env("FERRY_APPLY_BATCH_MS", "3000")
+            .arg("run");
+        Background::spawn(cmd, &p.logs.path().join(format!("{name}.log"))).unwrap()
+    };
+    let mut ferry = run("run0");
+    p.wait_phase(&mut ferry, "stream");
+    load.wait_for(50);
+
+    // A new nullable column is applied and streaming goes on.
+    p.source
+        .psql(
+            &p.sdb,
+            "ALTER TABLE items ADD COLUMN extra text; INSERT INTO items (extra) VALUES ('added');",
+        )
+        .unwrap();
+    p.wait_caught_up();
+    assert!(ferry.exited().unwrap().is_none(), "{}", ferry.log());
+
+    // (source DDL, text of the error, fix on the target)
+    let cases = [
+        (
+            "ALTER TABLE items RENAME COLUMN note TO remark",
+            "column \"note\" was renamed to \"remark\"",
+            "ALTER TABLE items RENAME COLUMN note TO remark",
+        ),
+        (
+            "ALTER TABLE items DROP COLUMN qty",
+            "column \"qty\" (NOT NULL) was dropped",
+            "ALTER TABLE items DROP COLUMN qty",
+        ),
+        (
+            "ALTER TABLE items ALTER COLUMN price TYPE bigint",
+            "column \"price\" changed type to bigint (target: integer)",
+            "ALTER TABLE items ALTER COLUMN price TYPE bigint",
+        ),
+        (
+            "ALTER TABLE items DROP CONSTRAINT items_pkey, ADD PRIMARY KEY (id, code)",
+            "rows are now identified by (\"id\", \"code\")",
+            "ALTER TABLE items DROP CONSTRAINT items_pkey, ADD PRIMARY KEY (id, code)",
+        ),
+    ];
+    for (n, (ddl, change, fix)) in cases.iter().enumerate() {
+        let before = format!("before {n}");
+        let after = format!("after {n}");
+        p.source
+            .psql(
+                &p.sdb,
+                &format!(
+                    "INSERT INTO items (tag) VALUES ('{before}'); {ddl}; INSERT INTO items (tag) VALUES ('{after}');"
+                ),
+            )
+            .unwrap();
+        let (code, log) = wait_stopped(ferry);
+        assert_ne!(code, Some(0), "{log}");
+        assert!(
+            log.contains("table public.items changed on the source"),
+            "{log}"
+        );
+        assert!(log.contains(change), "{change}:\n{log}");
+        assert!(
+            log.contains("apply the same change to the target table"),
+            "{log}"
+        );
+        pgsync::runtime().block_on(async {
+            let dst = pgsync::connect(&p.target_url).await.unwrap();
+            let has = |tag: String| {
+                let dst = &dst;
+                async move {
+                    dst.query_one("SELECT count(*) FROM items WHERE tag = $1", &[&tag])
+                        .await
+                        .unwrap()
+                        .get::<_, i64>(0)
+                }
+            };
+            assert_eq!(
+                has(before.clone()).await,
+                1,
+                "the transaction before the DDL is committed"
+            );
+            assert_eq!(
+                has(after.clone()).await,
+                0,
+                "nothing of the new shape is applied"
+            );
+        });
+        p.target.psql(&p.tdb, fix).unwrap();
+        ferry = run(&format!("run{}", n + 1));
+        p.wait_phase(&mut ferry, "stream");
+        load.wait_for(20);
+    }
+    p.wait_caught_up();
+    p.cutover(ferry);
+    load.stop();
+    p.compare(&["items"]);
+}
