@@ -49,9 +49,9 @@ use tokio_postgres::Client;
 use tracing::debug;
 
 use crate::copy_text::push_copy_text;
-use crate::ddl;
 use crate::error::pg_error;
 use crate::fold::{Barrier, Fold, RowOp, TableFold};
+use crate::relation;
 
 const OP_DELETE: i16 = 0;
 const OP_UPSERT: i16 = 1;
@@ -266,13 +266,16 @@ impl Writer {
         }
     }
 
-    /// A table's schema changed: forget cached staging/types; when
-    /// `apply_ddl` (non-PostgreSQL sources), ALTER the target first. With no
-    /// `old` schema (after a restart) only missing columns are added.
+    /// A table's schema changed: forget cached staging/types, then compare
+    /// the new shape with the target table ([`crate::relation`]): a column
+    /// added on the source is added on the target when `apply_ddl`; any
+    /// other difference (rename, drop, type or key change) is an operator
+    /// error before a row of the new shape is written. `old` is not needed:
+    /// the target is the reference (also after a restart).
     pub async fn apply_relation(
         &mut self,
         client: &Client,
-        old: Option<&TableSchema>,
+        _old: Option<&TableSchema>,
         new: &TableSchema,
         apply_ddl: bool,
     ) -> Result<()> {
@@ -285,33 +288,11 @@ impl Writer {
                 .await;
         }
         self.types.remove(&new.id);
-        if !apply_ddl {
-            return Ok(());
-        }
         let target = self.target_of(&new.id);
-        let stmts = match old {
-            Some(old) => ddl::alter_table(&target, old, new),
-            None => {
-                // First sight of the table in this stream: compare with the
-                // target's actual columns, so only columns the target lacks
-                // (added on the source while ferry was stopped) are added.
-                let existing: std::collections::HashSet<String> = self
-                    .column_types(client, new)
-                    .await?
-                    .keys()
-                    .cloned()
-                    .collect();
-                self.types.remove(&new.id);
-                let mut known = new.clone();
-                known.columns.retain(|c| existing.contains(&c.name));
-                if known.columns.len() == new.columns.len() {
-                    return Ok(());
-                }
-                ddl::alter_table(&target, &known, new)
-            }
-        };
-        for sql in stmts {
-            debug!(table = %target, "altering target table");
+        let drifts = relation::drift(new, &relation::read_shape(client, &target).await?);
+        relation::check(&new.id, &target, &drifts, apply_ddl)?;
+        for sql in relation::add_columns_sql(&target, &drifts) {
+            debug!(table = %target, "adding a column the source added");
             client
                 .batch_execute(&sql)
                 .await
