@@ -75,6 +75,11 @@ pub struct CutoverRecord {
     pub validation: Vec<TableCheck>,
     #[serde(default)]
     pub slot_dropped: bool,
+    /// Target schema changes ferry made for applying and put back at the
+    /// end: identity columns `GENERATED ALWAYS` again, triggers and rules
+    /// enabled `ALWAYS`/`REPLICA` again (for a dry run: what would be).
+    #[serde(default)]
+    pub restored: Vec<String>,
     /// The steps taken (or planned, for a dry run), in order.
     #[serde(default)]
     pub steps: Vec<String>,
@@ -422,6 +427,7 @@ mod tests {
                 ok: true,
             }],
             slot_dropped: false,
+            restored: Vec::new(),
             steps: vec!["check lag".into(), "drain".into()],
             outcome: "dry run".into(),
         });

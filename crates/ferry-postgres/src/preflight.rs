@@ -386,6 +386,7 @@ async fn table_checks(
             format!("GRANT SELECT ON {} TO <source user>", missing.join(", ")),
         ));
     }
+    out.push(sequence_check(catalog));
     let insert_only = insert_only_publication(&config.postgres.publication);
     out.extend(catalog.tables.iter().filter_map(|t| {
         let declared = filter.insert_only(&t.schema.id);
@@ -407,6 +408,42 @@ async fn table_checks(
     }));
     Ok(out)
 }
+
+/// The cutover copies every sequence's value to the target; a sequence the
+/// role may not read would look unused (NULL) and be left behind.
+pub fn sequence_check(catalog: &SourceCatalog) -> Check {
+    let unreadable: Vec<_> = catalog.sequences.iter().filter(|s| !s.readable).collect();
+    let list = |f: fn(&ferry_core::TableId) -> String| {
+        unreadable
+            .iter()
+            .map(|s| f(&s.id))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if unreadable.is_empty() {
+        return Check::pass(
+            SIDE,
+            "sequence privilege",
+            format!(
+                "SELECT on all {} sequences synced at cutover",
+                catalog.sequences.len()
+            ),
+        );
+    }
+    Check::fail(
+        SIDE,
+        "sequence privilege",
+        format!(
+            "no SELECT on sequence {}: the cutover cannot read its value to set it on the target",
+            list(ferry_core::TableId::to_string)
+        ),
+        format!(
+            "GRANT SELECT ON SEQUENCE {} TO <source user>",
+            list(ferry_core::TableId::quoted)
+        ),
+    )
+}
+
 
 /// Whether updates and deletes of `t` can be matched on the target. `None`
 /// when the table has a primary key and default identity (the normal case).

@@ -41,8 +41,16 @@ const DETAILS_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Finish {
     pub keep_slot: bool,
-    /// Answered with whether the slot and publication were dropped.
-    pub reply: oneshot::Sender<Result<bool, String>>,
+    pub reply: oneshot::Sender<Result<Finished, String>>,
+}
+
+/// What finishing after a cutover did.
+#[derive(Debug, Clone, Default)]
+pub struct Finished {
+    /// The slot and publication were dropped.
+    pub slot_dropped: bool,
+    /// Target schema changes put back (identities, triggers, rules, keys).
+    pub restored: Vec<String>,
 }
 
 /// The shared state of one run.
