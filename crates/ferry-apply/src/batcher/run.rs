@@ -260,7 +260,13 @@ impl<P: Position> Applier<P> {
                 TxnItem::Change(c) => {
                     self.batch.rows += 1;
                     let schema = c.table().and_then(|t| self.schemas.get(t)).cloned();
-                    if let Some(barrier) = self.batch.fold.push(c, schema.as_ref())? {
+                    let in_order = match &schema {
+                        Some(s) => self.writer.source_order(&self.client, s).await?,
+                        None => false,
+                    };
+                    if let Some(barrier) =
+                        self.batch.fold.push_with(c, schema.as_ref(), in_order)?
+                    {
                         self.apply_pending(None).await?;
                         self.ensure_open().await?;
                         self.writer

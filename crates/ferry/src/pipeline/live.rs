@@ -168,6 +168,23 @@ impl Live {
         lock(&self.stats, |s| *s = Some(stats));
     }
 
+    /// Carry the applier's counters into the metrics; `seen` remembers the
+    /// stats object and value published last (a reconnected applier starts
+    /// its counters at 0, the metric keeps counting).
+    pub fn publish_apply_counters(&self, seen: &mut (usize, u64)) {
+        let Some(stats) = lock(&self.stats, |s| s.clone()) else {
+            return;
+        };
+        let id = Arc::as_ptr(&stats) as usize;
+        if id != seen.0 {
+            *seen = (id, 0);
+        }
+        let now = stats.source_order_changes.load(Ordering::Relaxed);
+        self.metrics
+            .source_order_changes(now.saturating_sub(seen.1));
+        seen.1 = now;
+    }
+
     pub fn set_error(&self, message: String) {
         lock(&self.last_error, |e| *e = Some(message));
     }
@@ -283,6 +300,7 @@ pub async fn run_monitor(live: Arc<Live>, stop: impl std::future::Future<Output 
     let mut tick = tokio::time::interval(HEAD_EVERY);
     let (mut last_heartbeat, mut last_details) =
         (None::<std::time::Instant>, None::<std::time::Instant>);
+    let mut apply_seen = (0, 0);
     loop {
         tokio::select! {
             biased;
@@ -321,6 +339,7 @@ pub async fn run_monitor(live: Arc<Live>, stop: impl std::future::Future<Output 
                 let _ = refresh_slot(&live, src).await;
             }
         }
+        live.publish_apply_counters(&mut apply_seen);
         let lag = live.lag();
         live.metrics.set_lag(lag.seconds, lag.bytes);
         live.metrics
