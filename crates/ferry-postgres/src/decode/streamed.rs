@@ -81,6 +81,7 @@ impl StreamBuffers {
 
     /// Move transaction `top_xid`'s in-memory messages to a temp file.
     fn spill(&mut self, top_xid: u32) -> Result<(), DecodeError> {
+        let open = self.txns.len();
         let Some(txn) = self.txns.get_mut(&top_xid) else {
             return Ok(());
         };
@@ -95,9 +96,10 @@ impl StreamBuffers {
         }
         txn.memory = Vec::new();
         self.memory_bytes -= txn.memory_bytes;
-        tracing::debug!(
+        tracing::info!(
             xid = top_xid,
             bytes = txn.memory_bytes,
+            open_transactions = open,
             "streamed transaction spilled to disk"
         );
         txn.memory_bytes = 0;
