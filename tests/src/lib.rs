@@ -5,6 +5,7 @@
 //! The binary is the one cargo built next to the running test
 //! (`target/<profile>/ferry`); `make test` builds it before the suite runs.
 
+pub mod memory;
 pub mod pgsync;
 
 use std::path::{Path, PathBuf};

@@ -398,6 +398,24 @@ fn keyless_table_is_refused_or_published_insert_only() {
         "{}",
         shown.all()
     );
+    // Cutover validation names the insert-only table whose counts differ
+    // (its delete was not carried) instead of passing it silently.
+    let mut cut = ferry(&s.source_url, &s.target_url).unwrap();
+    cut.env("FERRY_SOURCE_SSLMODE", "disable")
+        .env("FERRY_TARGET_SSLMODE", "disable")
+        .env("FERRY_CONTROL_LISTEN", "127.0.0.1:0")
+        .envs(only)
+        .args(["cutover", "--max-lag", "30s", "--timeout", "60s"]);
+    let refused = ferry_e2e::run(&mut cut).unwrap();
+    assert_eq!(refused.code, Some(2), "{}", refused.all());
+    assert!(
+        refused
+            .stdout
+            .contains("public.app_log (source Some(299), target Some(300)")
+            && refused.stdout.contains("it is insert-only"),
+        "{}",
+        refused.all()
+    );
     assert!(
         ferry_run.exited().unwrap().is_none(),
         "ferry must keep running:\n{}",

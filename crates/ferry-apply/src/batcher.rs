@@ -8,18 +8,21 @@
 //! target COMMIT succeeded.
 //!
 //! - A batch closes at a transaction boundary once it holds
-//!   `apply.batch_rows` row changes or `apply.batch_ms` passed since it
-//!   started ([`should_flush`]); a source transaction is never split across
-//!   checkpoints.
-//! - A transaction larger than `batch_rows` is applied in several steps of
-//!   ONE target transaction (behind a savepoint), `batch_rows` changes at a
-//!   time, and committed only after its `Commit`: memory stays bounded.
+//!   `apply.batch_rows` row changes, or half the applier's byte share
+//!   (`buffer_bytes`, a quarter of `apply.max_buffered_bytes`) of row data,
+//!   or `apply.batch_ms` passed since it started ([`should_flush`]); a
+//!   source transaction is never split across checkpoints.
+//! - A transaction larger than `batch_rows` changes or half of
+//!   `buffer_bytes` is applied in several steps of ONE target transaction
+//!   (behind a savepoint), a piece at a time, and committed only after its
+//!   `Commit`: memory stays bounded in bytes, whatever the row size.
 //! - While the target executes a batch (and each step of a large
-//!   transaction), up to `batch_rows` further events are received into a
-//!   queue ([`run::Intake`]), so the source reader, decoder and walsender
-//!   keep working instead of stalling on a full channel; the queue is
-//!   handled in order before the channel is read again. Memory: at most one
-//!   batch of changes folded, one queued, plus the open transaction.
+//!   transaction), up to `batch_rows` further events and `buffer_bytes` of
+//!   row data are received into a queue ([`run::Intake`]), so the source
+//!   reader, decoder and walsender keep working instead of stalling on a
+//!   full channel; the queue is handled in order before the channel is read
+//!   again. Memory (sizes per [`ApproxBytes`]): the batch and the open
+//!   transaction together about `buffer_bytes`, the queue `buffer_bytes`.
 //! - `Heartbeat` with nothing pending moves the checkpoint (at most once per
 //!   second) and is acknowledged after that commit.
 //! - Restart: the checkpoint is read at [`Applier::new`]; transactions with
@@ -36,6 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_core::config::{ApplyConfig, TablesConfig};
+use ferry_core::size::ApproxBytes;
 use ferry_core::value::Timestamp;
 use ferry_core::{Change, Error, Event, Position, Result, TableId, TableSchema};
 use tokio::sync::mpsc::Receiver;
@@ -58,6 +62,10 @@ pub struct ApplierConfig {
     pub stream: String,
     pub batch_rows: usize,
     pub batch_ms: u64,
+    /// Bytes of row data ([`ApproxBytes`]) the intake queue may hold, and
+    /// the open source transaction plus the batch: a share of
+    /// `apply.max_buffered_bytes`.
+    pub buffer_bytes: usize,
     /// ALTER target tables on schema changes (non-PostgreSQL sources).
     pub apply_ddl: bool,
 }
@@ -68,6 +76,7 @@ impl ApplierConfig {
             stream: stream.into(),
             batch_rows: apply.batch_rows.max(1),
             batch_ms: apply.batch_ms,
+            buffer_bytes: apply.buffer_share(),
             apply_ddl,
         }
     }
@@ -82,6 +91,10 @@ pub struct FlushInput {
     pub pending_commits: usize,
     /// Row changes in the batch.
     pub rows: usize,
+    /// Bytes of the changes folded into the batch.
+    pub bytes: usize,
+    /// The batch's share of the memory budget.
+    pub max_bytes: usize,
     /// Time since the batch's first event.
     pub age: Duration,
     pub batch_rows: usize,
@@ -95,7 +108,10 @@ pub fn should_flush(i: &FlushInput) -> bool {
     if i.in_txn || i.pending_commits == 0 {
         return false;
     }
-    i.shutting_down || i.rows >= i.batch_rows || i.age >= Duration::from_millis(i.batch_ms)
+    i.shutting_down
+        || i.rows >= i.batch_rows
+        || i.bytes >= i.max_bytes
+        || i.age >= Duration::from_millis(i.batch_ms)
 }
 
 /// Counters for the monitor. Locks are never held across `.await`.
@@ -176,6 +192,10 @@ struct Batch<P> {
     spilled: bool,
     target_open: bool,
     rows: usize,
+    /// Bytes of the open source transaction's buffered changes (`txn`).
+    txn_bytes: usize,
+    /// Bytes of the changes in `fold` (not yet sent to the target).
+    fold_bytes: usize,
     started: Option<Instant>,
     commits: usize,
     end: Option<(P, Timestamp)>,
@@ -193,6 +213,8 @@ impl<P> Default for Batch<P> {
             spilled: false,
             target_open: false,
             rows: 0,
+            txn_bytes: 0,
+            fold_bytes: 0,
             started: None,
             commits: 0,
             end: None,
@@ -277,6 +299,8 @@ impl<P: Position> Applier<P> {
             in_txn: self.batch.in_txn,
             pending_commits: self.batch.commits,
             rows: self.batch.rows,
+            bytes: self.batch.fold_bytes,
+            max_bytes: self.cfg.buffer_bytes / 2,
             age: self.batch.started.map(|s| s.elapsed()).unwrap_or_default(),
             batch_rows: self.cfg.batch_rows,
             batch_ms: self.cfg.batch_ms,
@@ -309,6 +333,7 @@ impl<P: Position> Applier<P> {
             return Ok(());
         }
         let fold = self.batch.fold.take();
+        self.batch.fold_bytes = 0;
         self.count_tables(&fold);
         let open = std::mem::replace(&mut self.batch.target_open, true);
         let Applier { client, writer, .. } = self;
@@ -337,6 +362,7 @@ impl<P: Position> Applier<P> {
         };
         let started = Instant::now();
         let fold = self.batch.fold.take();
+        self.batch.fold_bytes = 0;
         self.count_tables(&fold);
         // Set before BEGIN is sent: on any error below, `run` rolls back.
         let open = std::mem::replace(&mut self.batch.target_open, true);
@@ -434,6 +460,8 @@ mod tests {
             pending_commits: commits,
             rows,
             age: Duration::from_millis(age_ms),
+            bytes: 0,
+            max_bytes: 1000,
             batch_rows: 100,
             batch_ms: 500,
             shutting_down: shutdown,
@@ -456,6 +484,22 @@ mod tests {
                 "empty transactions age out",
                 input(false, 1, 0, 600, false),
                 true,
+            ),
+            (
+                "bytes reached",
+                FlushInput {
+                    bytes: 1000,
+                    ..input(false, 1, 1, 0, false)
+                },
+                true,
+            ),
+            (
+                "bytes reached inside a transaction",
+                FlushInput {
+                    bytes: 5000,
+                    ..input(true, 1, 1, 0, false)
+                },
+                false,
             ),
             (
                 "shutdown commits what is complete",

@@ -296,8 +296,19 @@ pub struct ApplyConfig {
     pub batch_rows: usize,
     /// …or this many milliseconds after its first change.
     pub batch_ms: u64,
-    /// Row changes buffered in memory before a large transaction is spilled.
-    pub max_buffered_changes: usize,
+    /// Memory budget, in bytes of row data, of all change buffers together
+    /// (see [`ApplyConfig::buffer_share`]).
+    pub max_buffered_bytes: usize,
+}
+
+impl ApplyConfig {
+    /// The share of `max_buffered_bytes` each of the four buffers on the
+    /// change path may hold: the reader's channel, the in-memory part of
+    /// the streamed (protocol v2) transactions (all together), the
+    /// applier's intake queue, and its open source transaction plus batch.
+    pub fn buffer_share(&self) -> usize {
+        (self.max_buffered_bytes / 4).max(1)
+    }
 }
 
 impl Default for ApplyConfig {
@@ -305,7 +316,7 @@ impl Default for ApplyConfig {
         ApplyConfig {
             batch_rows: 20_000,
             batch_ms: 200,
-            max_buffered_changes: 100_000,
+            max_buffered_bytes: 256 << 20,
         }
     }
 }
@@ -535,10 +546,11 @@ impl Config {
         if self.apply.batch_ms == 0 {
             problems.push("apply.batch_ms must be at least 1".into());
         }
-        if self.apply.max_buffered_changes < self.apply.batch_rows.min(1_000) {
-            problems.push(
-                "apply.max_buffered_changes must be at least min(apply.batch_rows, 1000)".into(),
-            );
+        if self.apply.max_buffered_bytes < 4 << 20 {
+            problems.push(format!(
+                "apply.max_buffered_bytes = {} is below the minimum of 4 MiB (4194304)",
+                self.apply.max_buffered_bytes
+            ));
         }
         match self.control.listen.parse::<SocketAddr>() {
             Err(_) => problems.push(format!(
@@ -745,6 +757,24 @@ sslmode = "disable"
             rel.kind().unwrap(),
             EndpointKind::Sqlite("data/app.db".into())
         );
+    }
+
+    #[test]
+    fn buffer_budget_in_bytes() {
+        let c = Config::from_parts(BASIC, "test", env(&[])).unwrap();
+        assert_eq!(c.apply.max_buffered_bytes, 256 << 20);
+        assert_eq!(c.apply.buffer_share(), 64 << 20);
+        let c = Config::from_parts(
+            BASIC,
+            "test",
+            env(&[("FERRY_APPLY_MAX_BUFFERED_BYTES", "1000")]),
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("apply.max_buffered_bytes = 1000"), "{e}");
+        // The row-count knob it replaces is gone, not silently ignored.
+        let old = format!("{BASIC}[apply]\nmax_buffered_changes = 100000\n");
+        assert!(Config::from_parts(&old, "test", env(&[])).is_err());
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! - [`secret`]: redacting wrappers for passwords and connection URLs.
 //! - [`plan`]: prerequisite checks and the table plan of `ferry plan`.
 //! - [`error`]: the shared error type, classified by consequence.
+//! - [`size`]: approximate bytes of values and events, the unit of every
+//!   memory bound on the data path.
 
 pub mod change;
 pub mod config;
@@ -24,6 +26,7 @@ pub mod plan;
 pub mod position;
 pub mod schema;
 pub mod secret;
+pub mod size;
 pub mod value;
 
 pub use change::{Change, Event, OldRow, Row, Transaction};

@@ -19,6 +19,9 @@
 //!   asks, also while the task waits for room in a full channel (it selects
 //!   on the channel permit and the timer), so `wal_sender_timeout` never
 //!   fires on a slow consumer.
+//! - The channel is bounded in events (`channel_capacity`) AND in bytes of
+//!   row data (`channel_bytes`); streamed transactions share one in-memory
+//!   budget (`spill_threshold`) and spill to disk past it.
 //! - On an idle source, keepalives outside a transaction become
 //!   `Event::Heartbeat { position: wal_end }` (at most one per
 //!   `heartbeat_interval`), so the applier can acknowledge and lag reads true.
@@ -28,11 +31,13 @@
 //! Restart: a new stream from the checkpoint; nothing in memory survives
 //! (streamed transactions not yet committed are sent again by the server).
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use ferry_core::size::ApproxBytes;
 use ferry_core::{Error, Event, Lsn};
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -61,8 +66,13 @@ pub struct StreamConfig {
     pub status_interval: Duration,
     /// Least time between two keepalive heartbeats.
     pub heartbeat_interval: Duration,
-    /// Bytes of one streamed transaction kept in memory before spilling.
+    /// Bytes all open streamed transactions together keep in memory before
+    /// the largest spills to disk.
     pub spill_threshold: usize,
+    /// Bytes of row data ([`ApproxBytes`]) the event channel may hold, next
+    /// to its `channel_capacity` events: 1 MB rows must not fill a channel
+    /// sized for small ones.
+    pub channel_bytes: usize,
     /// Directory for spill files (system temp dir if `None`).
     pub spill_dir: Option<PathBuf>,
 }
@@ -79,6 +89,7 @@ impl StreamConfig {
             status_interval: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(1),
             spill_threshold: 64 << 20,
+            channel_bytes: 64 << 20,
             spill_dir: None,
         }
     }
@@ -211,6 +222,9 @@ impl PgChangeStream {
             last_heartbeat: Instant::now(),
             last_position: config.start,
             hooks,
+            in_flight: VecDeque::new(),
+            in_flight_bytes: 0,
+            channel_bytes: config.channel_bytes.max(1),
         };
         let task = tokio::spawn(run(task_state));
         Ok((
@@ -237,6 +251,11 @@ struct StreamTask {
     /// Highest position handed on (heartbeats never go below it).
     last_position: Lsn,
     hooks: StreamHooks,
+    /// Sizes of the events sent that may still be in the channel, oldest
+    /// first, and their sum (see [`StreamTask::wait_for_bytes`]).
+    in_flight: VecDeque<usize>,
+    in_flight_bytes: usize,
+    channel_bytes: usize,
 }
 
 /// Why event handling stopped early.
@@ -369,6 +388,33 @@ impl StreamTask {
         ))
     }
 
+    /// Wait until the channel's row data leaves room for `bytes` more (or
+    /// the channel is empty), keeping status updates going. The channel is
+    /// FIFO with this task its only sender, so the events still in it are
+    /// the last `max_capacity - capacity` sent: the older ones were received.
+    async fn wait_for_bytes(&mut self, bytes: usize) -> Result<(), Stop> {
+        loop {
+            let queued = self.tx.max_capacity() - self.tx.capacity();
+            while self.in_flight.len() > queued {
+                if let Some(b) = self.in_flight.pop_front() {
+                    self.in_flight_bytes -= b;
+                }
+            }
+            if self.in_flight.is_empty() || self.in_flight_bytes + bytes <= self.channel_bytes {
+                return Ok(());
+            }
+            if self.tx.is_closed() {
+                return Err(Stop::Requested);
+            }
+            tokio::select! {
+                biased;
+                _ = &mut self.shutdown => return Err(Stop::Requested),
+                _ = self.status.tick() => self.send_status(false).await?,
+                () = tokio::time::sleep(Duration::from_millis(2)) => {}
+            }
+        }
+    }
+
     /// Wait until the pause is lifted, keeping status updates going.
     async fn hold_while_paused(&mut self) -> Result<(), Stop> {
         let Some(mut pause) = self.hooks.pause.take() else {
@@ -409,6 +455,10 @@ impl StreamTask {
         if self.hooks.pause.as_ref().is_some_and(|p| *p.borrow()) {
             self.hold_while_paused().await?;
         }
+        let bytes = ev.approx_bytes();
+        self.wait_for_bytes(bytes).await?;
+        self.in_flight.push_back(bytes);
+        self.in_flight_bytes += bytes;
         // Fast path: room in the channel, no futures to build or poll.
         let ev = match self.tx.try_send(ev) {
             Ok(()) => return Ok(()),

@@ -87,6 +87,8 @@ const POLL: Duration = Duration::from_millis(50);
 mod cpu;
 #[path = "ferry_bench/cutover.rs"]
 mod cutover;
+#[path = "ferry_bench/memory.rs"]
+mod memory;
 
 fn main() -> ExitCode {
     match bench_main() {
@@ -115,6 +117,7 @@ fn bench_main() -> anyhow::Result<ExitCode> {
     if !sizes.cdc_only {
         cutover::run_all(&sizes, &mut report);
     }
+    memory::run(&mut report);
     let text = report.render();
     say!("\n{text}");
     let path = report_path();
@@ -1024,6 +1027,7 @@ struct Report {
     cdc: Vec<CdcFigures>,
     cutover: Option<cutover::CutoverFigures>,
     lag: Option<cutover::LagFigures>,
+    memory: Option<ferry_e2e::memory::MemoryFigures>,
     failures: Vec<String>,
 }
 
@@ -1064,6 +1068,9 @@ impl Report {
         }
         if let Some(l) = &self.lag {
             s.push_str(&l.row());
+        }
+        if let Some(m) = &self.memory {
+            s.push_str(&memory::row(m));
         }
         if let Some(c) = &self.cutover {
             s.push_str(&c.steps_section());

@@ -11,23 +11,38 @@ use tokio::time::{Instant as TokioInstant, sleep_until};
 use super::*;
 
 /// The event channel plus events received ahead while the target executed a
-/// batch ([`Intake::overlap`]). At most `cap` events wait here, so memory
+/// batch ([`Intake::overlap`]). At most `cap` events and `cap_bytes` bytes of
+/// row data wait here (one more event may pass the byte cap), so memory
 /// stays bounded; they are handled in order before the channel is read again.
 pub(super) struct Intake<'a, P> {
     rx: &'a mut Receiver<Event<P>>,
-    queue: VecDeque<Event<P>>,
+    queue: VecDeque<(Event<P>, usize)>,
+    queued_bytes: usize,
     closed: bool,
     cap: usize,
+    cap_bytes: usize,
 }
 
 impl<'a, P> Intake<'a, P> {
-    fn new(rx: &'a mut Receiver<Event<P>>, cap: usize) -> Self {
+    fn new(rx: &'a mut Receiver<Event<P>>, cap: usize, cap_bytes: usize) -> Self {
         Intake {
             rx,
             queue: VecDeque::new(),
+            queued_bytes: 0,
             closed: false,
             cap: cap.max(1),
+            cap_bytes: cap_bytes.max(1),
         }
+    }
+
+    fn pop(&mut self) -> Option<Event<P>> {
+        let (ev, bytes) = self.queue.pop_front()?;
+        self.queued_bytes -= bytes;
+        Some(ev)
+    }
+
+    fn has_room(&self) -> bool {
+        !self.closed && self.queue.len() < self.cap && self.queued_bytes < self.cap_bytes
     }
 
     /// Run `work` (target statements) to completion while receiving events
@@ -36,12 +51,16 @@ impl<'a, P> Intake<'a, P> {
     pub(super) async fn overlap<T>(&mut self, work: impl Future<Output = T>) -> T {
         tokio::pin!(work);
         loop {
-            let room = !self.closed && self.queue.len() < self.cap;
+            let room = self.has_room();
             tokio::select! {
                 biased;
                 out = &mut work => return out,
                 ev = self.rx.recv(), if room => match ev {
-                    Some(ev) => self.queue.push_back(ev),
+                    Some(ev) => {
+                        let bytes = ev.approx_bytes();
+                        self.queued_bytes += bytes;
+                        self.queue.push_back((ev, bytes));
+                    }
                     None => self.closed = true,
                 },
             }
@@ -85,9 +104,9 @@ impl<P: Position> Applier<P> {
         S: Future<Output = ()>,
     {
         tokio::pin!(shutdown);
-        let mut intake = Intake::new(rx, self.cfg.batch_rows);
+        let mut intake = Intake::new(rx, self.cfg.batch_rows, self.cfg.buffer_bytes);
         loop {
-            if let Some(ev) = intake.queue.pop_front() {
+            if let Some(ev) = intake.pop() {
                 // Events received ahead: handle them first, in order, but
                 // still notice a shutdown between two of them.
                 if shutdown.as_mut().now_or_never().is_some() {
@@ -134,6 +153,7 @@ impl<P: Position> Applier<P> {
             self.batch.in_txn = false;
             self.batch.spilled = false;
             self.batch.txn.clear();
+            self.batch.txn_bytes = 0;
         }
         if self.batch.end.is_some() {
             self.flush(ack, None).await?;
@@ -173,8 +193,13 @@ impl<P: Position> Applier<P> {
                 if !self.batch.in_txn {
                     return Err(protocol_error("change outside a transaction"));
                 }
+                self.batch.txn_bytes += change.approx_bytes();
                 self.batch.txn.push(TxnItem::Change(change));
-                if self.batch.txn.len() >= self.cfg.batch_rows {
+                // Rows or bytes: a transaction larger than its share of the
+                // budget is applied in pieces (behind a savepoint).
+                if self.batch.txn.len() >= self.cfg.batch_rows
+                    || self.batch.txn_bytes >= self.cfg.buffer_bytes / 2
+                {
                     self.spill(intake).await?;
                 }
             }
@@ -212,6 +237,7 @@ impl<P: Position> Applier<P> {
         intake: &mut Intake<'_, P>,
     ) -> Result<()> {
         let items = std::mem::take(&mut self.batch.txn);
+        self.batch.txn_bytes = 0;
         let was_spilled = self.batch.spilled;
         self.batch.in_txn = false;
         self.batch.spilled = false;
@@ -259,6 +285,7 @@ impl<P: Position> Applier<P> {
                 TxnItem::Relation(s) => self.relation(s).await?,
                 TxnItem::Change(c) => {
                     self.batch.rows += 1;
+                    self.batch.fold_bytes += c.approx_bytes();
                     let schema = c.table().and_then(|t| self.schemas.get(t)).cloned();
                     let in_order = match &schema {
                         Some(s) => self.writer.source_order(&self.client, s).await?,
@@ -333,6 +360,7 @@ impl<P: Position> Applier<P> {
             self.batch.spilled = true;
         }
         let items = std::mem::take(&mut self.batch.txn);
+        self.batch.txn_bytes = 0;
         self.fold_in(items).await?;
         self.apply_pending(Some(intake)).await
     }
@@ -340,6 +368,7 @@ impl<P: Position> Applier<P> {
     async fn rollback_savepoint(&mut self) -> Result<()> {
         self.rollback_savepoint_in_txn().await?;
         self.batch.fold = Fold::new();
+        self.batch.fold_bytes = 0;
         Ok(())
     }
 

@@ -136,7 +136,8 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// `spill_threshold`: bytes of one streamed transaction kept in memory.
+    /// `spill_threshold`: bytes all open streamed transactions together
+    /// keep in memory.
     pub fn new(spill_threshold: usize, spill_dir: Option<PathBuf>) -> Self {
         Decoder {
             relations: HashMap::new(),

@@ -3,9 +3,11 @@
 //! The server sends chunks of a large transaction before it commits, each
 //! chunk between Stream Start and Stream Stop, and finally a Stream Commit or
 //! Stream Abort. The raw messages of each top-level xid are kept here in
-//! arrival order, tagged with the (sub)transaction xid they carried; once a
-//! transaction's buffered bytes pass the spill threshold they go to an
-//! anonymous temp file, so memory stays bounded. Stream Commit hands the
+//! arrival order, tagged with the (sub)transaction xid they carried. All
+//! open transactions share ONE in-memory budget (the spill threshold): when
+//! their buffered bytes together pass it, the largest one moves to an
+//! anonymous temp file (and appends there from then on), so memory stays
+//! bounded however many large transactions the server streams at once. Stream Commit hands the
 //! transaction out for replay through the decoder; a subtransaction abort
 //! marks its xid so its messages are skipped on replay; a top-level abort
 //! drops everything. Nothing here reaches the consumer before the commit.
@@ -24,7 +26,10 @@ use super::DecodeError;
 #[derive(Debug)]
 pub struct StreamBuffers {
     txns: HashMap<u32, BufferedTxn>,
+    /// Bytes all transactions together keep in memory before spilling.
     spill_threshold: usize,
+    /// Bytes currently in memory, over all transactions.
+    memory_bytes: usize,
     spill_dir: Option<PathBuf>,
 }
 
@@ -39,12 +44,14 @@ pub struct BufferedTxn {
 }
 
 impl StreamBuffers {
-    /// `spill_threshold`: bytes kept in memory per transaction before it
-    /// moves to a temp file in `spill_dir` (the system temp dir if `None`).
+    /// `spill_threshold`: bytes all open transactions together keep in
+    /// memory; past it the largest moves to a temp file in `spill_dir` (the
+    /// system temp dir if `None`).
     pub fn new(spill_threshold: usize, spill_dir: Option<PathBuf>) -> Self {
         StreamBuffers {
             txns: HashMap::new(),
             spill_threshold,
+            memory_bytes: 0,
             spill_dir,
         }
     }
@@ -57,36 +64,70 @@ impl StreamBuffers {
         }
         txn.memory.push((xid, raw.to_vec()));
         txn.memory_bytes += raw.len();
-        if txn.memory_bytes > self.spill_threshold {
-            let file = match &self.spill_dir {
-                Some(dir) => tempfile::tempfile_in(dir),
-                None => tempfile::tempfile(),
-            }
-            .map_err(DecodeError::Spill)?;
-            let mut file = BufWriter::new(file);
-            for (x, m) in txn.memory.drain(..) {
-                write_record(&mut file, x, &m)?;
-            }
-            txn.memory_bytes = 0;
-            txn.file = Some(file);
-            tracing::debug!(xid = top_xid, "streamed transaction spilled to disk");
+        self.memory_bytes += raw.len();
+        while self.memory_bytes > self.spill_threshold {
+            let Some((&largest, _)) = self
+                .txns
+                .iter()
+                .filter(|(_, t)| t.file.is_none() && t.memory_bytes > 0)
+                .max_by_key(|(_, t)| t.memory_bytes)
+            else {
+                break;
+            };
+            self.spill(largest)?;
         }
+        Ok(())
+    }
+
+    /// Move transaction `top_xid`'s in-memory messages to a temp file.
+    fn spill(&mut self, top_xid: u32) -> Result<(), DecodeError> {
+        let open = self.txns.len();
+        let Some(txn) = self.txns.get_mut(&top_xid) else {
+            return Ok(());
+        };
+        let file = match &self.spill_dir {
+            Some(dir) => tempfile::tempfile_in(dir),
+            None => tempfile::tempfile(),
+        }
+        .map_err(DecodeError::Spill)?;
+        let mut file = BufWriter::new(file);
+        for (x, m) in txn.memory.drain(..) {
+            write_record(&mut file, x, &m)?;
+        }
+        txn.memory = Vec::new();
+        self.memory_bytes -= txn.memory_bytes;
+        tracing::info!(
+            xid = top_xid,
+            bytes = txn.memory_bytes,
+            open_transactions = open,
+            "streamed transaction spilled to disk"
+        );
+        txn.memory_bytes = 0;
+        txn.file = Some(file);
         Ok(())
     }
 
     /// Stream Abort: the whole transaction (`subxid == xid`) or one subtransaction.
     pub fn abort(&mut self, xid: u32, subxid: u32) {
         if xid == subxid {
-            self.txns.remove(&xid);
+            if let Some(t) = self.txns.remove(&xid) {
+                self.memory_bytes -= t.memory_bytes;
+            }
         } else if let Some(t) = self.txns.get_mut(&xid) {
             t.aborted.insert(subxid);
         }
+    }
+
+    /// Bytes all open transactions keep in memory now.
+    pub fn memory_bytes(&self) -> usize {
+        self.memory_bytes
     }
 
     /// Stream Commit: the transaction's messages for replay (empty if none
     /// were streamed, e.g. all changes filtered out).
     pub fn take(&mut self, xid: u32) -> Result<Replay, DecodeError> {
         let txn = self.txns.remove(&xid).unwrap_or_default();
+        self.memory_bytes -= txn.memory_bytes;
         let source = match txn.file {
             Some(w) => {
                 let mut f = w
@@ -197,6 +238,26 @@ mod tests {
                 "threshold {threshold}"
             );
             assert!(drain(b.take(9).unwrap()).is_empty());
+            assert_eq!(b.memory_bytes(), 0);
         }
+    }
+
+    #[test]
+    fn concurrent_transactions_share_one_budget() {
+        let mut b = StreamBuffers::new(100, None);
+        // Four transactions of 40 bytes each: together past the budget of
+        // 100, although each alone is below it.
+        for round in 0..4u8 {
+            for xid in 1..=4u32 {
+                b.push(xid, xid, &[round; 10]).unwrap();
+                assert!(b.memory_bytes() <= 100, "{}", b.memory_bytes());
+            }
+        }
+        assert!(b.txns.values().any(|t| t.file.is_some()), "nothing spilled");
+        for xid in 1..=4u32 {
+            let got = drain(b.take(xid).unwrap());
+            assert_eq!(got, (0..4u8).map(|r| vec![r; 10]).collect::<Vec<_>>());
+        }
+        assert_eq!(b.memory_bytes(), 0);
     }
 }

@@ -278,13 +278,22 @@ async fn after_fence(
         rec.steps.push("row counts skipped (--skip-counts)".into());
     } else {
         rec.validation = count_rows(live, source, target).await?;
+        let insert_only = super::live::insert_only_tables(
+            &live.config,
+            rec.validation.iter().map(|c| c.table.clone()),
+        );
         let bad: Vec<String> = rec
             .validation
             .iter()
             .filter(|c| !c.ok)
             .map(|c| {
+                let note = if insert_only.contains(&c.table) {
+                    "; it is insert-only (tables.insert_only): deletes on the source are not carried, use --skip-counts if they are expected"
+                } else {
+                    ""
+                };
                 format!(
-                    "{} (source {:?}, target {:?})",
+                    "{} (source {:?}, target {:?}{note})",
                     c.table, c.source_rows, c.target_rows
                 )
             })

@@ -110,6 +110,10 @@ async fn stream_once(
         checkpoint.position,
     );
     stream_config.proto_version = config.postgres.proto_version;
+    // Two of the four shares of apply.max_buffered_bytes; the applier holds
+    // the other two.
+    stream_config.channel_bytes = config.apply.buffer_share();
+    stream_config.spill_threshold = config.apply.buffer_share();
     stream_config.extra_publications =
         ferry_postgres::slot::stream_publications(&source, &config.postgres.publication)
             .await?
