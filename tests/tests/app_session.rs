@@ -458,3 +458,100 @@ fn source_ddl_stops_with_the_fix_before_a_row_of_the_new_shape() {
     load.stop();
     p.compare(&["items"]);
 }
+
+const NAMES_SCHEMA: &str = r#"
+CREATE SCHEMA "Sales";
+CREATE TABLE "Sales"."Order Items" (
+    "Id" bigserial PRIMARY KEY,
+    "Line.No" int NOT NULL DEFAULT 1,
+    "Note ""quoted""" text
+);
+CREATE TABLE public."v1.2_data" (id serial PRIMARY KEY, "Value" numeric(12,2));
+CREATE SCHEMA "we""ird.schema";
+CREATE TABLE "we""ird.schema"."Mixed.Case Tab" (k text PRIMARY KEY, n int);
+INSERT INTO "Sales"."Order Items" ("Line.No", "Note ""quoted""")
+    SELECT g % 7, 'note ' || g FROM generate_series(1, 400) g;
+INSERT INTO public."v1.2_data" ("Value") SELECT g * 1.5 FROM generate_series(1, 300) g;
+INSERT INTO "we""ird.schema"."Mixed.Case Tab" SELECT 'k' || g, g FROM generate_series(1, 200) g;
+"#;
+
+const NAMED_TABLES: &[&str] = &[
+    r#""Sales"."Order Items""#,
+    r#"public."v1.2_data""#,
+    r#""we""ird.schema"."Mixed.Case Tab""#,
+];
+
+fn names_change(i: u64) -> String {
+    format!(
+        r#"INSERT INTO "Sales"."Order Items" ("Line.No", "Note ""quoted""") VALUES ({l}, 'w{i}');
+           UPDATE "Sales"."Order Items" SET "Note ""quoted""" = 'u{i}' WHERE "Id" = {k};
+           INSERT INTO public."v1.2_data" ("Value") VALUES ({i}.25);
+           DELETE FROM public."v1.2_data" WHERE id = {k};
+           INSERT INTO "we""ird.schema"."Mixed.Case Tab" VALUES ('w{i}', {i})
+               ON CONFLICT (k) DO UPDATE SET n = EXCLUDED.n + 1;
+           UPDATE "we""ird.schema"."Mixed.Case Tab" SET n = n + 1 WHERE k = 'k{k}';"#,
+        l = i % 9,
+        k = i % 200 + 1,
+    )
+}
+
+/// Item 8: schema and table names with dots, spaces, quotes and mixed case
+/// go through load, stream, the state tables, status and a fenced cutover.
+/// Before, a table whose name held a dot never reached `streaming` (its
+/// state key did not parse back), so cutover was refused forever.
+#[test]
+fn quoted_and_dotted_names_through_load_stream_status_and_cutover() {
+    let p = pair(NAMES_SCHEMA);
+    let load = Load::start(&p.source_url, names_change);
+    let mut ferry = p.start("run");
+    p.wait_phase(&mut ferry, "stream");
+    load.wait_for(100);
+    p.wait_caught_up();
+
+    let ran = p.ferry(&["status", "--json"]);
+    assert_eq!(ran.code, Some(0), "{}", ran.all());
+    let status: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    let tables = status["tables"].as_array().unwrap();
+    for name in NAMED_TABLES {
+        let t = tables
+            .iter()
+            .find(|t| t["name"] == *name)
+            .unwrap_or_else(|| panic!("{name} missing from status: {status}"));
+        assert_eq!(t["state"], "streaming", "{t}");
+        assert!(t["rows_copied"].as_u64().unwrap() >= 200, "{t}");
+    }
+    let text = p.ferry(&["status"]);
+    assert!(
+        text.stdout.contains(r#"public."v1.2_data""#),
+        "{}",
+        text.all()
+    );
+    pgsync::runtime().block_on(async {
+        let dst = pgsync::connect(&p.target_url).await.unwrap();
+        let keys: Vec<String> = dst
+            .query("SELECT source_table FROM ferry.tables ORDER BY 1", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut want: Vec<String> = NAMED_TABLES.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(keys, want);
+    });
+
+    let cut = p.cutover(ferry);
+    load.stop();
+    let rec: serde_json::Value =
+        serde_json::from_str(cut.stdout.split("write freeze:").next().unwrap()).unwrap();
+    for name in NAMED_TABLES {
+        let v = rec["validation"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["table"] == *name)
+            .unwrap_or_else(|| panic!("{name} not validated: {rec}"));
+        assert_eq!(v["ok"], true, "{v}");
+    }
+    p.compare(NAMED_TABLES);
+}
