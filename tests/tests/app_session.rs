@@ -555,3 +555,41 @@ fn quoted_and_dotted_names_through_load_stream_status_and_cutover() {
     }
     p.compare(NAMED_TABLES);
 }
+
+/// Item 12: ferry's sessions ended under it (`pg_terminate_backend`, SQLSTATE
+/// 57P01) on the source — the walsender and the catalog session — and on the
+/// target — the applier and the binary's own state queries — again and
+/// again while writes go on: every one is transient, ferry reconnects with
+/// backoff (the log says so), and a fenced cutover ends with identical tables.
+#[test]
+fn terminated_sessions_reconnect_with_backoff() {
+    let p = pair(ITEMS_SCHEMA);
+    let load = Load::start(&p.source_url, items_change);
+    let mut ferry = p.start("run");
+    p.wait_phase(&mut ferry, "stream");
+    load.wait_for(50);
+
+    let kill = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                WHERE application_name = 'ferry' AND pid <> pg_backend_pid()";
+    for round in 0..6 {
+        let side = if round % 2 == 0 { &p.target } else { &p.source };
+        let db = if round % 2 == 0 { &p.tdb } else { &p.sdb };
+        side.psql(db, kill).unwrap();
+        load.wait_for(20);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            ferry.exited().unwrap().is_none(),
+            "round {round}:\n{}",
+            ferry.log()
+        );
+    }
+    p.wait_caught_up();
+    let log = ferry.log();
+    assert!(log.contains("transient failure; will reconnect"), "{log}");
+    assert!(log.contains("57P01"), "the cause is kept: {log}");
+    assert!(log.contains("reconnecting to source and target"), "{log}");
+    p.wait_phase(&mut ferry, "stream");
+    p.cutover(ferry);
+    load.stop();
+    p.compare(&["items"]);
+}
