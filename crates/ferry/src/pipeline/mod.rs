@@ -30,6 +30,7 @@
 mod cutover;
 pub mod live;
 pub mod load;
+mod partitions;
 mod plan_store;
 mod progress;
 mod retry;

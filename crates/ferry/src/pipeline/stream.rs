@@ -151,6 +151,7 @@ async fn stream_once(
     )
     .await?;
     live.set_stats(applier.stats());
+    let watch = tokio::spawn(super::partitions::watch(live.clone()));
     let ack = |p: &Lsn| {
         acked.ack(*p);
         live.applied(*p);
@@ -162,6 +163,7 @@ async fn stream_once(
     if let Some(p) = promoter {
         p.abort();
     }
+    watch.abort();
     drop(rx);
     let stream_result = handle.shutdown().await;
     match outcome? {
