@@ -1,11 +1,13 @@
 //! Error classification for the target side, in one place.
 //!
-//! Target errors become [`ferry_core::Error`]: connection loss, server
-//! shutdown, serialization failures and deadlocks are transient (reconnect,
-//! resume from the checkpoint); everything the server rejects for good
-//! (privileges, constraint violations, missing tables) needs an operator.
+//! Target errors become [`ferry_core::Error`], classed by SQLSTATE with the
+//! shared table ([`ferry_core::sqlstate_class`]): connection loss, server
+//! shutdown, serialization failures, deadlocks and too many connections are
+//! transient (reconnect, resume from the checkpoint); everything the server
+//! rejects for good (privileges, constraint violations, missing tables)
+//! needs an operator, with the fix.
 
-use ferry_core::{Error, TableId};
+use ferry_core::{Error, ErrorClass, TableId, sqlstate_class};
 use tokio_postgres::error::SqlState;
 
 /// Changes the fold cannot interpret (malformed reader output).
@@ -43,17 +45,7 @@ pub fn pg_error(context: impl Into<String>, err: tokio_postgres::Error) -> Error
         // No SQLSTATE: I/O error, closed connection, protocol trouble.
         return Error::transient(format!("{context}: target connection failed")).with_source(err);
     };
-    let transient = [
-        SqlState::T_R_SERIALIZATION_FAILURE,
-        SqlState::T_R_DEADLOCK_DETECTED,
-        SqlState::ADMIN_SHUTDOWN,
-        SqlState::CRASH_SHUTDOWN,
-        SqlState::CANNOT_CONNECT_NOW,
-        SqlState::TOO_MANY_CONNECTIONS,
-        SqlState::QUERY_CANCELED,
-        SqlState::LOCK_NOT_AVAILABLE,
-    ];
-    if transient.contains(code) || code.code().starts_with("08") || code.code().starts_with("53") {
+    if sqlstate_class(code.code()) == ErrorClass::Transient {
         return Error::transient(format!("{context}: {}", code.code())).with_source(err);
     }
     let fix = if *code == SqlState::INSUFFICIENT_PRIVILEGE {

@@ -24,6 +24,7 @@
 //! - [`batcher`]: the CDC apply loop (whole transactions, flush policy, ack).
 //! - [`preflight`]: target prerequisite checks for `ferry plan`.
 //! - [`relation`]: a source Relation against the target table (schema drift).
+//! - [`truncate`]: a source TRUNCATE on the target (`ONLY` each listed table).
 
 pub mod batcher;
 pub mod checkpoint;
@@ -35,6 +36,7 @@ pub mod load;
 pub mod preflight;
 pub mod relation;
 pub mod state;
+pub mod truncate;
 pub mod writer;
 
 pub use batcher::{Applier, ApplierConfig, ApplyStats, FlushInput, RunOutcome, should_flush};

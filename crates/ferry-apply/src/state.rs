@@ -102,9 +102,11 @@ pub struct StateStore {
     schema: String,
 }
 
-/// `schema.table` as stored in the `tables`/`chunks` key columns.
+/// `schema.table` as stored in the `tables`/`chunks` key columns: the
+/// [`TableId`] text form, parts quoted where needed, so it parses back
+/// ([`TableId::parse`]) whatever the name (`public."v1.2_data"`).
 pub fn table_key(t: &TableId) -> String {
-    format!("{}.{}", t.schema, t.name)
+    t.to_string()
 }
 
 /// An SQL string literal.

@@ -263,7 +263,12 @@ impl Writer {
             } => {
                 let names: Vec<String> =
                     tables.iter().map(|t| self.target_of(t).quoted()).collect();
-                let sql = truncate_sql(&names, *cascade, *restart_identity);
+                let partitioned = crate::truncate::partitioned(client, &names).await?;
+                let sql = truncate_sql(
+                    &crate::truncate::targets(&names, &partitioned),
+                    *cascade,
+                    *restart_identity,
+                );
                 client
                     .batch_execute(&sql)
                     .await

@@ -205,10 +205,10 @@ impl TablesConfig {
 
     /// The target name of a source table.
     pub fn target_name(&self, source: &TableId) -> TableId {
-        let key = format!("{}.{}", source.schema, source.name);
         self.rename
-            .get(&key)
-            .and_then(|t| parse_table_name(t))
+            .iter()
+            .find(|(from, _)| parse_table_name(from).as_ref() == Some(source))
+            .and_then(|(_, to)| parse_table_name(to))
             .unwrap_or_else(|| source.clone())
     }
 }
@@ -225,13 +225,11 @@ fn build_globs(patterns: &[String]) -> Result<GlobSet, String> {
     b.build().map_err(|e| e.to_string())
 }
 
-/// Parse `schema.table` (exactly one dot, both parts non-empty).
+/// Parse `schema.table`; a part with a dot, a quote or any spelling that
+/// must be kept is double-quoted (`"Sales"."Order Items"`,
+/// `public."v1.2_data"`). The same form ferry writes ([`TableId::parse`]).
 pub fn parse_table_name(s: &str) -> Option<TableId> {
-    let (schema, name) = s.split_once('.')?;
-    if schema.is_empty() || name.is_empty() || name.contains('.') {
-        return None;
-    }
-    Some(TableId::new(schema, name))
+    TableId::parse(s)
 }
 
 /// Include/exclude globs over `schema.table`.
@@ -243,9 +241,12 @@ pub struct TableFilter {
 }
 
 impl TableFilter {
+    /// Globs match the raw `schema.table` or the quoted text form
+    /// (`Sales.Order Items` or `"Sales"."Order Items"`).
     pub fn matches(&self, t: &TableId) -> bool {
-        let name = format!("{}.{}", t.schema, t.name);
-        self.include.is_match(&name) && !self.exclude.is_match(&name)
+        let names = [format!("{}.{}", t.schema, t.name), t.to_string()];
+        names.iter().any(|n| self.include.is_match(n))
+            && !names.iter().any(|n| self.exclude.is_match(n))
     }
 
     /// Whether `tables.insert_only` declares `t` insert-only.
@@ -526,7 +527,7 @@ impl Config {
             for (which, name) in [("source", from), ("target", to)] {
                 if parse_table_name(name).is_none() {
                     problems.push(format!(
-                        "tables.rename: {which} name '{name}' must be schema.table"
+                        "tables.rename: {which} name '{name}' must be schema.table (double-quote a part with a dot or quote: public.\"v1.2_data\")"
                     ));
                 }
             }
@@ -944,5 +945,21 @@ batch_ms = 0
             c.tables.target_name(&TableId::new("public", "x")),
             TableId::new("public", "x")
         );
+        // Names with dots, spaces and case are quoted, as ferry prints them.
+        let c = Config::from_parts(
+            &format!(
+                "{BASIC}\n[tables.rename]\n'public.\"v1.2_data\"' = '\"Archive\".\"V 1.2\"'\n"
+            ),
+            "t",
+            env(&[]),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.tables.target_name(&TableId::new("public", "v1.2_data")),
+            TableId::new("Archive", "V 1.2")
+        );
+        let f = c.tables.filter().unwrap();
+        assert!(f.matches(&TableId::new("Sales", "Order Items")));
     }
 }

@@ -32,6 +32,31 @@ impl fmt::Display for ErrorClass {
     }
 }
 
+/// The class of a PostgreSQL error by its SQLSTATE: the one table every
+/// ferry component (source reader, replication client, applier, the
+/// binary's own queries) decides by.
+///
+/// Transient (reconnect with backoff, resume from the checkpoint):
+/// class `08` connection exceptions; `40001` serialization failure, `40P01`
+/// deadlock; `57P01` admin shutdown, `57P02` crash shutdown, `57P03` cannot
+/// connect now (starting up, recovery); `57014` query canceled; `55P03` lock
+/// not available; `55006` object in use (a replication slot still held by a
+/// previous connection); `53000`/`53100`/`53200`/`53300` insufficient
+/// resources (disk full, out of memory, too many connections).
+/// Everything else — privileges, missing objects, constraint violations,
+/// `53400` configuration limits, bad data — needs an operator.
+pub fn sqlstate_class(code: &str) -> ErrorClass {
+    const TRANSIENT: [&str; 12] = [
+        "40001", "40P01", "57P01", "57P02", "57P03", "57014", "55P03", "55006", "53000", "53100",
+        "53200", "53300",
+    ];
+    if code.starts_with("08") || TRANSIENT.contains(&code) {
+        ErrorClass::Transient
+    } else {
+        ErrorClass::Operator
+    }
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A classified error with context and, where known, the fix.
@@ -126,6 +151,41 @@ mod tests {
         );
         assert_eq!(e.class(), ErrorClass::Operator);
         assert!(!e.is_transient());
+    }
+
+    #[test]
+    fn sqlstates_are_classified_by_consequence() {
+        use ErrorClass::{Operator as O, Transient as T};
+        let cases = [
+            (
+                "57P01",
+                T,
+                "admin shutdown (pg_terminate_backend, fast shutdown)",
+            ),
+            ("57P02", T, "crash shutdown"),
+            ("57P03", T, "cannot connect now (starting up)"),
+            ("40001", T, "serialization failure"),
+            ("40P01", T, "deadlock"),
+            ("08006", T, "connection failure"),
+            ("08001", T, "unable to connect"),
+            ("08P01", T, "protocol violation"),
+            ("53300", T, "too many connections"),
+            ("53100", T, "disk full"),
+            ("55006", T, "slot active for another pid"),
+            ("55P03", T, "lock not available"),
+            ("57014", T, "query canceled"),
+            ("53400", O, "configuration limit exceeded"),
+            ("42501", O, "insufficient privilege"),
+            ("42P01", O, "undefined table"),
+            ("23505", O, "unique violation"),
+            ("22P02", O, "invalid text representation"),
+            ("28P01", O, "bad password"),
+            ("3D000", O, "no such database"),
+            ("XX000", O, "internal error"),
+        ];
+        for (code, class, what) in cases {
+            assert_eq!(sqlstate_class(code), class, "{code} {what}");
+        }
     }
 
     #[test]

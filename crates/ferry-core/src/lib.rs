@@ -30,7 +30,7 @@ pub mod size;
 pub mod value;
 
 pub use change::{Change, Event, OldRow, Row, Transaction};
-pub use error::{Error, ErrorClass, Result};
+pub use error::{Error, ErrorClass, Result, sqlstate_class};
 pub use phase::Phase;
 pub use position::{ChangeLogSeq, GtidSet, Lsn, MySqlPosition, Position, SourceKind};
 pub use schema::{Column, ReplicaIdentity, TableId, TableSchema};

@@ -26,6 +26,38 @@ impl TableId {
     pub fn quoted(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
     }
+
+    /// Parse the text form: `schema.table` where either part may be
+    /// double-quoted (`""` for a quote), as [`Display`](fmt::Display) writes
+    /// it, so every name round-trips: `"Sales"."Order Items"`,
+    /// `public."v1.2_data"`. Unquoted parts are taken literally (no case
+    /// folding) and cannot contain a dot or a quote. `None` when malformed.
+    pub fn parse(s: &str) -> Option<TableId> {
+        let (schema, rest) = parse_ident(s)?;
+        let (name, rest) = parse_ident(rest.strip_prefix('.')?)?;
+        rest.is_empty().then(|| TableId::new(schema, name))
+    }
+}
+
+/// One identifier at the start of `s` and the rest after it.
+fn parse_ident(s: &str) -> Option<(String, &str)> {
+    let Some(body) = s.strip_prefix('"') else {
+        let end = s.find(['.', '"']).unwrap_or(s.len());
+        return (end > 0).then(|| (s[..end].to_owned(), &s[end..]));
+    };
+    let mut out = String::new();
+    let mut chars = body.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c != '"' {
+            out.push(c);
+        } else if chars.peek().is_some_and(|&(_, n)| n == '"') {
+            out.push('"');
+            chars.next();
+        } else {
+            return (!out.is_empty()).then(|| (out, &body[i + 1..]));
+        }
+    }
+    None
 }
 
 impl fmt::Display for TableId {
@@ -148,6 +180,34 @@ impl TableSchema {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn table_ids_round_trip_through_their_text_form() {
+        let names = [
+            ("public", "orders", "public.orders"),
+            ("Sales", "Order Items", "\"Sales\".\"Order Items\""),
+            ("public", "v1.2_data", "public.\"v1.2_data\""),
+            ("we\"ird", "a.\"b\" c", "\"we\"\"ird\".\"a.\"\"b\"\" c\""),
+            ("s p", "MixedCase", "\"s p\".\"MixedCase\""),
+        ];
+        for (schema, name, text) in names {
+            let id = TableId::new(schema, name);
+            assert_eq!(id.to_string(), text);
+            assert_eq!(TableId::parse(text), Some(id.clone()), "{text}");
+            assert_eq!(TableId::parse(&id.quoted()), Some(id), "{text}");
+        }
+        // Unquoted parts are literal; malformed text is refused.
+        assert_eq!(
+            TableId::parse("Sales.Orders"),
+            Some(TableId::new("Sales", "Orders"))
+        );
+        for bad in [
+            "", "orders", "a.b.c", ".t", "s.", "\"s.t", "\"\".t", "s.\"t\"x", "s.t\"",
+        ] {
+            assert_eq!(TableId::parse(bad), None, "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

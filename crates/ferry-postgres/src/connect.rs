@@ -392,7 +392,7 @@ fn classify_connect_error(
             ),
             "3D000" => format!("create the database or fix its name in {side}.url"),
             "42501" => format!("grant the user in {side}.url the LOGIN/CONNECT privilege"),
-            "53300" | "57P03" | "57P01" | "08006" | "08001" => {
+            _ if ferry_core::sqlstate_class(code) == ferry_core::ErrorClass::Transient => {
                 return Error::transient(context).with_source(err);
             }
             _ => format!("check {side}.url and the server log"),
@@ -457,7 +457,7 @@ pub fn query_error(what: &str, err: tokio_postgres::Error) -> Error {
     if let Some(db) = err.as_db_error() {
         let code = db.code().code();
         let context = format!("{what}: {} ({code})", db.message());
-        if code.starts_with("08") || code.starts_with("57P") || code == "53300" {
+        if ferry_core::sqlstate_class(code) == ferry_core::ErrorClass::Transient {
             return Error::transient(context).with_source(err);
         }
         let fix = match code {

@@ -37,14 +37,10 @@ impl ServerError {
     }
 }
 
-/// Whether retrying may help: connection, shutdown, resource and
-/// serialization classes, and an active slot (another consumer).
+/// Whether retrying may help: the shared SQLSTATE table
+/// ([`ferry_core::sqlstate_class`]), after the special cases below.
 fn is_transient(code: &str) -> bool {
-    code.starts_with("08")
-        || code.starts_with("57P")
-        || code.starts_with("53")
-        || code.starts_with("40")
-        || code == "55006"
+    ferry_core::sqlstate_class(code) == ferry_core::ErrorClass::Transient
 }
 
 /// `doing`: what we were doing (`connecting`, `START_REPLICATION`, …).

@@ -36,6 +36,7 @@ mod cutover;
 pub mod live;
 pub mod load;
 mod overrides;
+mod partitions;
 mod plan_store;
 mod progress;
 mod retry;
@@ -135,8 +136,7 @@ async fn run_postgres(
         live.set_error(format!("{e:#}"));
     }
     if let Some(finish) = live.take_finish() {
-        let dropped =
-            finish_after_cutover(config, &state, &source, &target, finish.keep_slot, run_id).await;
+        let dropped = finish_after_cutover(config, &state, finish.keep_slot, run_id).await;
         let _ = finish.reply.send(dropped.map_err(|e| format!("{e:#}")));
     }
     // Stops the control API (after in-flight requests), monitor and sampler.
@@ -224,14 +224,36 @@ async fn start_background(
         }
     });
     set.spawn(live::run_monitor(live.clone(), live.stopped()));
-    let sampler_target = ferry_postgres::connect::connect(&config.target, "target").await?;
-    let (l, stop) = (live.clone(), live.stopped());
+    let (l, target_cfg) = (live.clone(), config.target.clone());
     let cfg = ferry_monitor::history::SamplerConfig::new(&config.state.schema);
     set.spawn(async move {
-        if let Err(e) =
-            ferry_monitor::history::run_sampler(sampler_target, cfg, move || l.lag(), stop).await
-        {
-            tracing::warn!(error = %e, "lag history sampler stopped");
+        // A lost target session (restart, terminated backend) reconnects
+        // with backoff; only shutdown or an operator error ends the sampler.
+        let mut backoff = retry::Backoff::default();
+        loop {
+            let l2 = l.clone();
+            let result = match ferry_postgres::connect::connect(&target_cfg, "target").await {
+                Ok(t) => ferry_monitor::history::run_sampler(t, cfg.clone(), move || l2.lag(), l.stopped())
+                    .await
+                    .map_err(ferry_core::Error::from),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => return,
+                Err(e) if e.is_transient() => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "lag history sampler lost the target; will reconnect");
+                    tokio::select! {
+                        biased;
+                        () = l.stopped() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "lag history sampler stopped");
+                    return;
+                }
+            }
         }
     });
     Ok(set)
@@ -245,11 +267,18 @@ async fn start_background(
 async fn finish_after_cutover(
     config: &Config,
     state: &StateStore,
-    source: &Client,
-    target: &Client,
     keep_slot: bool,
     run_id: i64,
 ) -> anyhow::Result<live::Finished> {
+    // Fresh sessions: those opened at start may have been ended since
+    // (terminated backend, server restart) while the stream reconnected.
+    let source = &ferry_postgres::connect::connect(&config.source, "source").await?;
+    let target = &ferry_postgres::connect::connect(&config.target, "target").await?;
+    // A fenced source database defaults new sessions to read-only.
+    source
+        .batch_execute("SET default_transaction_read_only = off")
+        .await
+        .context("preparing to drop the slot and publication")?;
     target.batch_execute("BEGIN").await?;
     let restored = async {
         let restored = overrides::restore_all(target, state).await?;

@@ -131,9 +131,22 @@ async fn stream_once(
         let (config, state, acked, live) =
             (config.clone(), state.clone(), acked.clone(), live.clone());
         tokio::spawn(async move {
-            if let Err(e) = promote_when_caught_up(&config, &state, &acked, head, &live).await {
-                tracing::error!(error = %format!("{e:#}"), "catch-up could not finish; the phase stays catchup");
-                live.set_error(format!("{e:#}"));
+            // Transient failures (target restarted, session ended) retry:
+            // a lost promotion would leave the phase at catchup for good.
+            let mut backoff = Backoff::default();
+            loop {
+                let Err(e) = promote_when_caught_up(&config, &state, &acked, head, &live).await
+                else {
+                    return;
+                };
+                if classify(&e) != ErrorClass::Transient {
+                    tracing::error!(error = %format!("{e:#}"), "catch-up could not finish; the phase stays catchup");
+                    live.set_error(format!("{e:#}"));
+                    return;
+                }
+                let delay = backoff.next_delay();
+                warn!(error = %format!("{e:#}"), delay_ms = delay.as_millis() as u64, "transient failure marking the pipeline streaming; will retry");
+                tokio::time::sleep(delay).await;
             }
         })
     });
@@ -146,6 +159,7 @@ async fn stream_once(
     )
     .await?;
     live.set_stats(applier.stats());
+    let watch = tokio::spawn(super::partitions::watch(live.clone()));
     let ack = |p: &Lsn| {
         acked.ack(*p);
         live.applied(*p);
@@ -157,6 +171,7 @@ async fn stream_once(
     if let Some(p) = promoter {
         p.abort();
     }
+    watch.abort();
     drop(rx);
     let stream_result = handle.shutdown().await;
     match outcome? {
@@ -295,16 +310,21 @@ async fn promote_when_caught_up(
     Ok(())
 }
 
-/// Transient or needs-an-operator, for errors of any layer.
-fn classify(err: &anyhow::Error) -> ErrorClass {
+/// Transient or needs-an-operator, for errors of any layer: a classified
+/// [`ferry_core::Error`] keeps its class; a raw server error of the
+/// binary's own queries is classed by its SQLSTATE with the same table
+/// ([`ferry_core::sqlstate_class`]); a lost connection or I/O error is
+/// transient.
+pub(crate) fn classify(err: &anyhow::Error) -> ErrorClass {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<ferry_core::Error>() {
             return e.class();
         }
-        if let Some(e) = cause.downcast_ref::<tokio_postgres::Error>()
-            && (e.is_closed() || e.code().is_none())
-        {
-            return ErrorClass::Transient;
+        if let Some(e) = cause.downcast_ref::<tokio_postgres::Error>() {
+            return match e.code() {
+                Some(code) if !e.is_closed() => ferry_core::sqlstate_class(code.code()),
+                _ => ErrorClass::Transient,
+            };
         }
         if cause.downcast_ref::<std::io::Error>().is_some() {
             return ErrorClass::Transient;
