@@ -445,8 +445,8 @@ async fn one_text(c: &Client, sql: &str) -> String {
 fn app_schema_killed_during_load_then_fenced_cutover_is_exact() {
     // Async commits stay unflushed for long: the final position must still
     // cover them (the WAL write position does not).
-    let source = PgServer::start(PgOptions::new().setting("wal_writer_delay", "10s"))
-        .expect("source");
+    let source =
+        PgServer::start(PgOptions::new().setting("wal_writer_delay", "10s")).expect("source");
     let sdb = source.create_database("src").unwrap();
     source.psql(&sdb, APP_SCHEMA).unwrap();
     source.psql(&sdb, &app_data(600_000)).unwrap();
