@@ -443,7 +443,10 @@ async fn one_text(c: &Client, sql: &str) -> String {
 
 #[test]
 fn app_schema_killed_during_load_then_fenced_cutover_is_exact() {
-    let source = PgServer::start(PgOptions::new()).expect("source");
+    // Async commits stay unflushed for long: the final position must still
+    // cover them (the WAL write position does not).
+    let source =
+        PgServer::start(PgOptions::new().setting("wal_writer_delay", "10s")).expect("source");
     let sdb = source.create_database("src").unwrap();
     source.psql(&sdb, APP_SCHEMA).unwrap();
     source.psql(&sdb, &app_data(600_000)).unwrap();
@@ -452,6 +455,7 @@ fn app_schema_killed_during_load_then_fenced_cutover_is_exact() {
 
     let sync_writer = AppWriter::start(&s.source_url, 1, false);
     let async_writer = AppWriter::start(&s.source_url, 2, true);
+    let async_writer2 = AppWriter::start(&s.source_url, 3, true);
     sync_writer.wait_for(50);
     let load = [
         ("FERRY_LOAD_CHUNK_ROWS", "30000"),
@@ -533,6 +537,7 @@ fn app_schema_killed_during_load_then_fenced_cutover_is_exact() {
     assert_eq!(code, Some(0), "ferry run exits 0 after the cutover");
     assert!(sync_writer.stop() > 0);
     assert!(async_writer.stop() > 0);
+    assert!(async_writer2.stop() > 0);
 
     pgsync::runtime().block_on(async {
         let src = pgsync::connect(&s.source_url).await.unwrap();

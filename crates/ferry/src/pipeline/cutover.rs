@@ -332,10 +332,12 @@ async fn fence(source: &Client, db: &str) -> Result<(), String> {
     // own (application_name 'ferry'; the walsender is not a client backend).
     let ended: Vec<i32> = source
         .query(
-            "SELECT pid FROM pg_stat_activity
-             WHERE datname = current_database() AND pid <> pg_backend_pid()
-               AND backend_type = 'client backend' AND application_name <> 'ferry'
-               AND pg_terminate_backend(pid)",
+            // OFFSET 0 keeps the filter ahead of pg_terminate_backend.
+            "SELECT pid FROM (SELECT pid FROM pg_stat_activity
+                WHERE datname = current_database() AND pid <> pg_backend_pid()
+                  AND backend_type = 'client backend' AND application_name <> 'ferry'
+                OFFSET 0) s
+             WHERE pg_terminate_backend(pid)",
             &[],
         )
         .await

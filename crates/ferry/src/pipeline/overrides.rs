@@ -312,3 +312,50 @@ pub async fn planned(client: &Client, state: &StateStore) -> anyhow::Result<Vec<
     .map(|p| restore_sql(p).1)
     .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_statements() {
+        let p = |kind: &str, object: &str, original: &str| Pending {
+            kind: kind.into(),
+            relid: 1,
+            table: "app.\"Order Lines\"".into(),
+            object: object.into(),
+            original: original.into(),
+        };
+        // (recorded change, statement putting it back, how the record shows it)
+        let cases = [
+            (
+                p("identity", "seq", "always"),
+                "ALTER TABLE app.\"Order Lines\" ALTER COLUMN \"seq\" SET GENERATED ALWAYS",
+                "identity app.\"Order Lines\".seq: GENERATED ALWAYS",
+            ),
+            (
+                p("trigger", "audit", "always"),
+                "ALTER TABLE app.\"Order Lines\" ENABLE ALWAYS TRIGGER \"audit\"",
+                "trigger audit on app.\"Order Lines\": ENABLE ALWAYS",
+            ),
+            (
+                p("trigger", "Replica \"T\"", "replica"),
+                "ALTER TABLE app.\"Order Lines\" ENABLE REPLICA TRIGGER \"Replica \"\"T\"\"\"",
+                "trigger Replica \"T\" on app.\"Order Lines\": ENABLE REPLICA",
+            ),
+            (
+                p("rule", "log", "always"),
+                "ALTER TABLE app.\"Order Lines\" ENABLE ALWAYS RULE \"log\"",
+                "rule log on app.\"Order Lines\": ENABLE ALWAYS",
+            ),
+            (
+                p("foreign_key", "lines_fk", "not valid"),
+                "ALTER TABLE app.\"Order Lines\" VALIDATE CONSTRAINT \"lines_fk\"",
+                "foreign key lines_fk on app.\"Order Lines\": validated",
+            ),
+        ];
+        for (pending, sql, shown) in cases {
+            assert_eq!(restore_sql(&pending), (sql.to_owned(), shown.to_owned()));
+        }
+    }
+}
