@@ -223,6 +223,47 @@ fn keyless_tables_are_never_folded() {
 }
 
 #[test]
+fn source_order_tables_keep_every_change_in_order() {
+    // Freeing a unique value and taking it again: folding would apply the
+    // insert before the update.
+    let changes = vec![
+        upd(1, "new@x", "~"),
+        ins(2, "old@x", "b"),
+        rekey(2, 3, "old@x", "~"),
+        del(3),
+        ins(3, "c", "d"),
+    ];
+    let s = schema(true);
+    let mut f = Fold::new();
+    for c in changes.clone() {
+        assert_eq!(f.push_with(c, Some(&s), true).unwrap(), None, "no barriers");
+    }
+    let tf = f.tables().next().unwrap();
+    assert!(tf.in_source_order);
+    assert!(tf.ops.is_empty());
+    assert_eq!(tf.sequential, changes);
+    assert_eq!(tf.changes, 5);
+    // A truncate still drops what is pending and is a barrier.
+    let b = f
+        .push(
+            Change::Truncate {
+                tables: vec![t()],
+                cascade: false,
+                restart_identity: false,
+            },
+            None,
+        )
+        .unwrap();
+    assert!(matches!(b, Some(Barrier::Truncate { .. })));
+    assert!(f.is_empty());
+    // Keyless tables ignore the flag (always in order, never "source order").
+    let mut f = Fold::new();
+    f.push_with(ins(1, "a", "b"), Some(&schema(false)), true)
+        .unwrap();
+    assert!(!f.tables().next().unwrap().in_source_order);
+}
+
+#[test]
 fn malformed_changes_are_errors() {
     let s = schema(false);
     let mut f = Fold::new();
