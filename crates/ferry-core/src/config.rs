@@ -386,7 +386,12 @@ const SECTIONS: &[&str] = &[
 ];
 const LIST_KEYS: &[&str] = &["tables.include", "tables.exclude"];
 /// `FERRY_*` variables that configure the CLI itself, not `ferry.toml`.
-const NON_CONFIG_ENV: &[&str] = &["FERRY_CONFIG", "FERRY_LOG", "FERRY_DATASETS"];
+const NON_CONFIG_ENV: &[&str] = &[
+    "FERRY_CONFIG",
+    "FERRY_LOG",
+    "FERRY_DATASETS",
+    "FERRY_PG_DUMP",
+];
 
 impl Config {
     /// Read `path` (optional: env alone can configure ferry) and apply the
@@ -671,6 +676,7 @@ sslmode = "disable"
                 ("FERRY_APPLY_BATCH_ROWS", "500"),
                 ("FERRY_TABLES_EXCLUDE", "shop.audit_*, shop.tmp"),
                 ("FERRY_CONFIG", "/ignored"),
+                ("FERRY_PG_DUMP", "/opt/pg18/bin/pg_dump"),
                 ("PATH", "/usr/bin"),
             ]),
         )

@@ -1,7 +1,9 @@
 //! Publication and replication-slot lifecycle.
 //!
 //! - [`ensure_publication`]: `CREATE PUBLICATION … FOR ALL TABLES` or `FOR
-//!   TABLE …` `WITH (publish_via_partition_root = true)` unless it exists.
+//!   TABLE …` unless it exists, `WITH (publish_via_partition_root = true)`
+//!   from PostgreSQL 13 (12 has no such option: changes of partitioned
+//!   tables arrive under the partitions' names).
 //! - [`create_slot`]: a pgoutput slot with an exported snapshot. The
 //!   snapshot lives as long as the returned [`CreatedSlot`] holds its
 //!   replication connection and sends nothing else on it; the full load
@@ -72,16 +74,26 @@ pub async fn ensure_publication(
             t.iter().map(TableId::quoted).collect::<Vec<_>>().join(", ")
         ),
     };
-    let sql = format!(
-        "CREATE PUBLICATION {} FOR {what} WITH (publish_via_partition_root = true)",
-        quote_ident(name)
-    );
+    let version = crate::connect::server_version_num(client).await?;
+    let sql = publication_sql(name, &what, version);
     client
         .batch_execute(&sql)
         .await
         .map_err(|e| query_error(&format!("creating publication {name}"), e))?;
     tracing::info!(publication = name, "publication created");
     Ok(())
+}
+
+/// First `server_version_num` with `publish_via_partition_root`.
+pub const PARTITION_ROOT_SINCE: u32 = 130_000;
+
+fn publication_sql(name: &str, what: &str, server_version_num: u32) -> String {
+    let with = if server_version_num >= PARTITION_ROOT_SINCE {
+        " WITH (publish_via_partition_root = true)"
+    } else {
+        ""
+    };
+    format!("CREATE PUBLICATION {} FOR {what}{with}", quote_ident(name))
 }
 
 /// Create slot `name` on `conn` with an exported snapshot.
@@ -169,4 +181,21 @@ pub async fn drop_publication(client: &Client, name: &str) -> Result<(), Error> 
         .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name)))
         .await
         .map_err(|e| query_error(&format!("dropping publication {name}"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_root_publishing_from_13() {
+        assert_eq!(
+            publication_sql("ferry", "ALL TABLES", 120_022),
+            r#"CREATE PUBLICATION "ferry" FOR ALL TABLES"#
+        );
+        assert_eq!(
+            publication_sql("ferry", "TABLE public.t", 130_000),
+            r#"CREATE PUBLICATION "ferry" FOR TABLE public.t WITH (publish_via_partition_root = true)"#
+        );
+    }
 }
