@@ -163,6 +163,29 @@ impl Background {
         }
     }
 
+    /// Wait up to `timeout` for the process to end on its own and return
+    /// how it ended (exit code or the signal that killed it).
+    pub fn wait_status(
+        mut self,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(
+                    "process did not exit within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Wait for the process to exit on its own.
     pub fn wait(mut self, timeout: std::time::Duration) -> anyhow::Result<Option<i32>> {
         let start = std::time::Instant::now();

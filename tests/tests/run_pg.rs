@@ -58,6 +58,12 @@ impl Setup {
     fn finish_and_compare(&self, writer: Writer, tables: &[&str]) {
         let committed = writer.stop().expect("writer");
         assert!(committed > 0, "the writer committed nothing");
+        self.compare_now(tables);
+    }
+
+    /// With writes stopped: wait for the checkpoint to pass the source
+    /// position, then compare `tables` exactly.
+    fn compare_now(&self, tables: &[&str]) {
         let rt = pgsync::runtime();
         rt.block_on(async {
             let src = pgsync::connect(&self.source_url).await.unwrap();
@@ -161,26 +167,46 @@ fn kill9_during_load_between_apply_and_ack_and_mid_stream() {
     }
     ferry.kill9().unwrap();
 
-    // 2. Resume; crash between target commit and source acknowledgement.
+    // 2. Resume, then crash at each failpoint of the applier under writes;
+    //    after each crash, resume with the writer stopped and compare exactly.
     let mut ferry = s.ferry_run("resume", &chunks);
     s.wait_streaming(&mut ferry);
+    let mut writer = Some(writer);
+    for (point, debug_name) in [
+        ("after-apply-before-commit", "AfterApplyBeforeCommit"),
+        ("after-commit-before-ack", "AfterCommitBeforeAck"),
+    ] {
+        let w = writer.as_mut().expect("writer running");
+        w.wait_for(w.committed() + 50, LONG).unwrap();
+        ferry.kill9().unwrap();
+        let failing = s.ferry_run(point, &[("FERRY_FAILPOINT", point)]);
+        let status = failing.wait_status(LONG).unwrap();
+        let log = std::fs::read_to_string(s.logs.path().join(format!("{point}.log"))).unwrap();
+        assert!(
+            log.contains("FERRY_FAILPOINT reached") && log.contains(debug_name),
+            "ferry must stop at the failpoint {point}, not elsewhere ({status}):\n{log}"
+        );
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGABRT),
+            "the failpoint {point} must abort the process ({status}):\n{log}"
+        );
+        // Resume from the crash with no new writes: the target must equal
+        // the source exactly (nothing lost by the crash, nothing doubled by
+        // the source resending what the target already committed).
+        let committed = writer
+            .take()
+            .expect("writer running")
+            .stop()
+            .expect("writer");
+        assert!(committed > 0, "the writer committed nothing");
+        ferry = s.ferry_run(&format!("{point}-resume"), &[]);
+        s.wait_streaming(&mut ferry);
+        s.compare_now(BENCH_TABLES);
+        writer = Some(Writer::start(&s.source_url, 400_000));
+    }
+    let mut writer = writer.expect("writer running");
     ferry.kill9().unwrap();
-    let mut failing = s.ferry_run(
-        "failpoint",
-        &[("FERRY_FAILPOINT", "after-commit-before-ack")],
-    );
-    let code = loop {
-        if let Some(code) = failing.exited().unwrap() {
-            break code;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_ne!(
-        code,
-        Some(0),
-        "the failpoint must abort the process:\n{}",
-        failing.log()
-    );
 
     // 3. Crash mid-stream under writes.
     let mut ferry = s.ferry_run("stream-crash", &[]);
@@ -223,6 +249,161 @@ fn source_and_target_restart_mid_stream() {
     let log = ferry.log();
     assert!(log.contains("reconnect"), "reconnects are logged:\n{log}");
     let code = ferry
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
+
+/// A keyless table with REPLICA IDENTITY DEFAULT: `ferry run` refuses it as
+/// `ferry plan` does, before creating anything, so the application's UPDATEs
+/// keep working; declared insert-only it is published for inserts alone.
+#[test]
+fn keyless_table_is_refused_or_published_insert_only() {
+    let source = PgServer::start(PgOptions::new()).expect("source");
+    let target = PgServer::start(PgOptions::new().wal_level("replica")).expect("target");
+    let sdb = source.create_database("src").unwrap();
+    let tdb = target.create_database("dst").unwrap();
+    source
+        .psql(
+            &sdb,
+            "CREATE TABLE orders (id int PRIMARY KEY, total int NOT NULL);
+             CREATE TABLE app_log (at int NOT NULL, line text);
+             INSERT INTO orders SELECT i, i FROM generate_series(1, 100) i;
+             INSERT INTO app_log SELECT i, 'boot ' || i FROM generate_series(1, 100) i;",
+        )
+        .unwrap();
+    let s = Setup {
+        source_url: source.url(&sdb),
+        target_url: target.url(&tdb),
+        source,
+        target,
+        logs: tempfile::tempdir().unwrap(),
+    };
+    let rt = pgsync::runtime();
+    let src = rt.block_on(pgsync::connect(&s.source_url)).unwrap();
+    let dst_url = s.target_url.clone();
+
+    // 1. Not declared: plan and run refuse it, naming the table; nothing is
+    //    created on the source and the application's UPDATE still works.
+    let mut plan = ferry(&s.source_url, &s.target_url).unwrap();
+    plan.env("FERRY_SOURCE_SSLMODE", "disable")
+        .env("FERRY_TARGET_SSLMODE", "disable")
+        .arg("plan");
+    let planned = ferry_e2e::run(&mut plan).unwrap();
+    assert_eq!(planned.code, Some(2), "{}", planned.all());
+    let refused_check = "public.app_log has no primary key and REPLICA IDENTITY DEFAULT";
+    assert!(planned.stdout.contains(refused_check), "{}", planned.all());
+    let run = s.ferry_run("refused", &[]);
+    let status = run.wait_status(LONG).unwrap();
+    let log = std::fs::read_to_string(s.logs.path().join("refused.log")).unwrap();
+    assert_eq!(status.code(), Some(2), "run must refuse:\n{log}");
+    assert!(
+        log.contains("ferry run refuses to start") && log.contains(refused_check),
+        "run names what plan names:\n{log}"
+    );
+    rt.block_on(async {
+        let pubs: i64 = src
+            .query_one("SELECT count(*) FROM pg_publication", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let slots: i64 = src
+            .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!((pubs, slots), (0, 0), "run created something:\n{log}");
+        src.execute("UPDATE app_log SET line = 'x' WHERE at = 1", &[])
+            .await
+            .expect("the application's UPDATE must keep working");
+    });
+
+    // 2. Declared insert-only: plan, run and status say so; the table is
+    //    published for inserts alone and UPDATE/DELETE keep working.
+    let only = [("FERRY_TABLES_INSERT_ONLY", "public.app_log")];
+    let mut plan = ferry(&s.source_url, &s.target_url).unwrap();
+    plan.env("FERRY_SOURCE_SSLMODE", "disable")
+        .env("FERRY_TARGET_SSLMODE", "disable")
+        .envs(only)
+        .arg("plan");
+    let planned = ferry_e2e::run(&mut plan).unwrap();
+    assert_eq!(planned.code, Some(0), "{}", planned.all());
+    assert!(
+        planned.stdout.contains("public.app_log is insert-only")
+            && planned.stdout.contains("[insert-only]"),
+        "{}",
+        planned.all()
+    );
+    let mut ferry_run = s.ferry_run("insert-only", &only);
+    s.wait_streaming(&mut ferry_run);
+    rt.block_on(async {
+        let row = src
+            .query_one(
+                "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = 'ferry_insert_only'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let flags: (bool, bool, bool, bool) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        assert_eq!(flags, (true, false, false, true));
+        let in_main: i64 = src
+            .query_one(
+                "SELECT count(*) FROM pg_publication_tables WHERE pubname = 'ferry' AND tablename = 'app_log'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(in_main, 0, "app_log must not be in the main publication");
+        src.batch_execute(
+            "INSERT INTO app_log SELECT i, 'run ' || i FROM generate_series(101, 300) i;
+             INSERT INTO orders SELECT i, i FROM generate_series(101, 200) i;
+             UPDATE orders SET total = total + 1 WHERE id <= 50;",
+        )
+        .await
+        .unwrap();
+        // Inserts arrive through the second publication.
+        let lsn = pgsync::current_lsn(&src).await.unwrap();
+        pgsync::wait_applied(&dst_url, lsn, LONG).await.unwrap();
+        let dst = pgsync::connect(&dst_url).await.unwrap();
+        pgsync::compare_tables(&src, &dst, &["orders", "app_log"])
+            .await
+            .unwrap();
+        // The application's UPDATE and DELETE keep working on the source.
+        src.execute("UPDATE app_log SET line = 'edited' WHERE at = 2", &[])
+            .await
+            .expect("UPDATE on an insert-only table must keep working");
+        src.execute("DELETE FROM app_log WHERE at = 3", &[])
+            .await
+            .expect("DELETE on an insert-only table must keep working");
+        src.execute("INSERT INTO orders VALUES (1000, 1)", &[])
+            .await
+            .unwrap();
+        let lsn = pgsync::current_lsn(&src).await.unwrap();
+        pgsync::wait_applied(&dst_url, lsn, LONG).await.unwrap();
+        pgsync::compare_tables(&src, &dst, &["orders"])
+            .await
+            .unwrap();
+    });
+    let mut status = ferry(&s.source_url, &s.target_url).unwrap();
+    status
+        .env("FERRY_SOURCE_SSLMODE", "disable")
+        .env("FERRY_TARGET_SSLMODE", "disable")
+        .env("FERRY_CONTROL_LISTEN", "127.0.0.1:0")
+        .envs(only)
+        .arg("status");
+    let shown = ferry_e2e::run(&mut status).unwrap();
+    assert!(
+        shown.stdout.contains("insert-only  public.app_log"),
+        "{}",
+        shown.all()
+    );
+    assert!(
+        ferry_run.exited().unwrap().is_none(),
+        "ferry must keep running:\n{}",
+        ferry_run.log()
+    );
+    let code = ferry_run
         .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
         .unwrap();
     assert_eq!(code, Some(0));

@@ -107,6 +107,9 @@ pub struct ApplyStats {
     pub batches: AtomicU64,
     pub batch_micros_total: AtomicU64,
     pub last_batch_micros: AtomicU64,
+    /// Changes of keyed tables applied in source order instead of folded
+    /// (the target has another unique or exclusion constraint).
+    pub source_order_changes: AtomicU64,
     per_table: Mutex<BTreeMap<TableId, u64>>,
     last_applied: Mutex<Option<(String, Timestamp)>>,
 }
@@ -122,7 +125,10 @@ impl ApplyStats {
         self.last_applied.lock().ok().and_then(|l| l.clone())
     }
 
-    fn record_batch(&self, tables: &BTreeMap<TableId, u64>, txns: u64, took: Duration) {
+    fn record_batch(&self, batch: &Batch<impl Sized>, took: Duration) {
+        let (tables, txns) = (&batch.tables, batch.commits as u64);
+        self.source_order_changes
+            .fetch_add(batch.source_order, Ordering::Relaxed);
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.transactions_applied.fetch_add(txns, Ordering::Relaxed);
@@ -174,6 +180,8 @@ struct Batch<P> {
     commits: usize,
     end: Option<(P, Timestamp)>,
     tables: BTreeMap<TableId, u64>,
+    /// Changes of keyed tables kept in source order (see [`ApplyStats`]).
+    source_order: u64,
 }
 
 impl<P> Default for Batch<P> {
@@ -189,6 +197,7 @@ impl<P> Default for Batch<P> {
             commits: 0,
             end: None,
             tables: BTreeMap::new(),
+            source_order: 0,
         }
     }
 }
@@ -287,6 +296,9 @@ impl<P: Position> Applier<P> {
     fn count_tables(&mut self, fold: &Fold) {
         for tf in fold.tables() {
             *self.batch.tables.entry(tf.schema.id.clone()).or_default() += tf.changes;
+            if tf.in_source_order {
+                self.batch.source_order += tf.changes;
+            }
         }
     }
 
@@ -358,8 +370,7 @@ impl<P: Position> Applier<P> {
         self.pending_heartbeat = None;
         ack(&position);
         let took = started.elapsed();
-        self.stats
-            .record_batch(&batch.tables, batch.commits as u64, took);
+        self.stats.record_batch(&batch, took);
         self.stats.record_position(position.to_string(), time);
         debug!(lsn = %position, rows = batch.rows, txns = batch.commits, ms = took.as_millis() as u64, "batch applied");
         Ok(())

@@ -123,7 +123,11 @@ pub enum Failpoint {
 impl Failpoint {
     /// Read `FERRY_FAILPOINT` (test only).
     pub fn from_env() -> Option<Failpoint> {
-        match std::env::var("FERRY_FAILPOINT").ok()?.as_str() {
+        // The config loader rejects any other value of this variable.
+        match std::env::var(ferry_core::config::FAILPOINT_ENV)
+            .ok()?
+            .as_str()
+        {
             "after-apply-before-commit" => Some(Failpoint::AfterApplyBeforeCommit),
             "after-commit-before-ack" => Some(Failpoint::AfterCommitBeforeAck),
             _ => None,

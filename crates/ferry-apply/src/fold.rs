@@ -3,7 +3,8 @@
 //!
 //! Consumes: [`Change`]s of whole, committed source transactions in source
 //! order. Emits: per table either one [`RowOp`] per key (keyed tables) or the
-//! changes in order (tables without a key are never folded), plus
+//! changes in order (tables without a key, and tables the caller asks to keep
+//! in source order, are never folded), plus
 //! [`Barrier`]s the caller must apply on their own after everything folded so
 //! far (the caller applies the fold, then the barrier, then continues).
 //!
@@ -28,7 +29,12 @@
 //!
 //! Why set-wise application is then correct: after folding, every key has at
 //! most one op, ops on distinct keys commute, and the writer applies all
-//! deletes before all upserts/updates of a table.
+//! deletes before all upserts/updates of a table. Ops on distinct keys
+//! commute only while no other constraint sees them: a target table with a
+//! non-deferrable unique index or exclusion constraint besides the key (a
+//! value freed by one row and taken by another) must see its changes in
+//! source order, so the caller pushes those with `in_source_order` (see
+//! [`crate::writer::Writer::source_order`]) and they stay a sequence.
 //!
 //! Keys are compared by their PostgreSQL text form (encoded as a COPY text
 //! row, see [`key_text`]); two spellings of one value (`1.0` vs `1.00` in a
@@ -89,8 +95,10 @@ pub struct TableFold {
     /// Keyed tables: one op per key, in first-touched order.
     pub ops: Vec<RowOp>,
     index: HashMap<KeyText, usize>,
-    /// Tables without a key: the changes in source order.
+    /// Tables without a key, or kept in source order: the changes in order.
     pub sequential: Vec<Change>,
+    /// A keyed table whose changes are kept in source order (`sequential`).
+    pub in_source_order: bool,
     /// Source row changes folded in (for stats).
     pub changes: u64,
 }
@@ -102,6 +110,7 @@ impl TableFold {
             ops: Vec::new(),
             index: HashMap::new(),
             sequential: Vec::new(),
+            in_source_order: false,
             changes: 0,
         }
     }
@@ -254,6 +263,18 @@ impl Fold {
         change: Change,
         schema: Option<&Arc<TableSchema>>,
     ) -> Result<Option<Barrier>, FoldError> {
+        self.push_with(change, schema, false)
+    }
+
+    /// [`Fold::push`]; with `in_source_order` a keyed table's changes are
+    /// kept in order instead of folded (decided when the table first enters
+    /// this fold).
+    pub fn push_with(
+        &mut self,
+        change: Change,
+        schema: Option<&Arc<TableSchema>>,
+        in_source_order: bool,
+    ) -> Result<Option<Barrier>, FoldError> {
         self.changes += 1;
         if let Change::Truncate {
             tables,
@@ -278,14 +299,15 @@ impl Fold {
         };
         let table = &schema.id;
         if !self.tables.contains_key(table) {
-            let tf = TableFold::new(Arc::clone(schema));
+            let mut tf = TableFold::new(Arc::clone(schema));
+            tf.in_source_order = in_source_order && schema.has_key();
             self.tables.insert(table.clone(), tf);
         }
         let Some(tf) = self.tables.get_mut(table) else {
             return Err(FoldError::UnknownTable(table.clone()));
         };
         tf.changes += 1;
-        if schema.has_key() {
+        if schema.has_key() && !tf.in_source_order {
             fold_keyed(tf, change, &mut self.scratch)
         } else {
             push_sequential(tf, change).map(|()| None)
@@ -298,10 +320,12 @@ fn push_sequential(tf: &mut TableFold, change: Change) -> Result<(), FoldError> 
         Change::Insert { new, .. } => check_width(&tf.schema, new)?,
         Change::Update { old, new, .. } => {
             check_width(&tf.schema, new)?;
-            let old = old
-                .as_ref()
-                .ok_or_else(|| FoldError::NoOldRow(tf.schema.id.clone()))?;
-            check_width(&tf.schema, old.row())?;
+            // A keyed table's update without an old row kept its key.
+            match old {
+                Some(old) => check_width(&tf.schema, old.row())?,
+                None if tf.schema.has_key() => {}
+                None => return Err(FoldError::NoOldRow(tf.schema.id.clone())),
+            }
         }
         Change::Delete { old, .. } => check_width(&tf.schema, old.row())?,
         Change::Truncate { .. } => {}

@@ -23,6 +23,7 @@
 //! - [`checkpoint`]: the durable position and restart skipping.
 //! - [`batcher`]: the CDC apply loop (whole transactions, flush policy, ack).
 //! - [`preflight`]: target prerequisite checks for `ferry plan`.
+//! - [`relation`]: a source Relation against the target table (schema drift).
 
 pub mod batcher;
 pub mod checkpoint;
@@ -32,6 +33,7 @@ mod error;
 pub mod fold;
 pub mod load;
 pub mod preflight;
+pub mod relation;
 pub mod state;
 pub mod writer;
 

@@ -8,9 +8,9 @@
 //! except by [`Writer::commit`].
 //!
 //! Per keyed table: the ops are COPYed (text format) into a temporary
-//! staging table (`CREATE TEMP TABLE … ON COMMIT DELETE ROWS AS SELECT
-//! <cols> FROM target WITH NO DATA`: target types without NOT NULL, plus
-//! `__ferry_op`, `__ferry_mask`, `__ferry_seq`), then
+//! staging table (`CREATE TEMP TABLE … ON COMMIT DELETE ROWS`: the target
+//! columns on their base types without NOT NULL, plus `__ferry_op`,
+//! `__ferry_mask`, `__ferry_seq`), then
 //! 1. `DELETE … USING staging` for deleted keys,
 //! 2. `INSERT … SELECT … ON CONFLICT (key) DO UPDATE` for upserts,
 //! 3. `UPDATE … FROM staging` once per present-column bitmap, so an
@@ -20,10 +20,25 @@
 //! the final state (see [`crate::fold`]). Tables are independent of each
 //! other here because FK checks are off under the replica role.
 //!
-//! Tables without a key are applied change by change, matching a row on all
-//! columns the source sent (`IS NOT DISTINCT FROM`; types without equality,
-//! e.g. json or point, compare as text), and touching ONE row per change via
-//! `ctid = (SELECT ctid … LIMIT 1)`, so duplicate rows stay duplicates.
+//! Tables without a key, and keyed tables whose target has another
+//! non-deferrable unique index or exclusion constraint ([`Writer::source_order`]:
+//! folding would reorder a value freed by one row and taken by another),
+//! are applied in source order ([`Writer::apply_fold`], `apply_in_order`):
+//! each run of consecutive inserts is one `INSERT … SELECT … ORDER BY
+//! __ferry_seq`, a run of deletes of a keyed table one `DELETE … USING`, and
+//! every other change one statement that finds its staged row by the index
+//! on `__ferry_seq`; those statements are pipelined (sent back to back, in
+//! order, before their results are read). A change of a table without a key
+//! matches a row on all columns the source sent (`=` or `IS NULL`, so a
+//! target index on any of them is used; types without equality, e.g. json
+//! or point, compare as text) and touches ONE row via `ctid = (SELECT ctid …
+//! LIMIT 1)`, so duplicate rows stay duplicates. Deferrable constraints need
+//! no order: under `session_replication_role = replica` the server does not
+//! run their deferred checks, and the batch ends in the source's state.
+//!
+//! Staging columns have the target columns' BASE types (domains resolved):
+//! delete rows and unchanged-TOAST updates carry NULL in non-key columns,
+//! which a `NOT NULL` domain would refuse.
 //!
 //! Staging tables live as long as the session: created on first use, emptied
 //! by the server at each COMMIT (`ON COMMIT DELETE ROWS`: no catalog churn
@@ -49,9 +64,9 @@ use tokio_postgres::Client;
 use tracing::debug;
 
 use crate::copy_text::push_copy_text;
-use crate::ddl;
 use crate::error::pg_error;
 use crate::fold::{Barrier, Fold, RowOp, TableFold};
+use crate::relation;
 
 const OP_DELETE: i16 = 0;
 const OP_UPSERT: i16 = 1;
@@ -71,6 +86,8 @@ pub struct Writer {
     staging: HashMap<TableId, Stage>,
     /// Target column types per source table (`format_type`), by column name.
     types: HashMap<TableId, HashMap<String, String>>,
+    /// Per source table: applied in source order (see [`Writer::source_order`]).
+    source_order: HashMap<TableId, bool>,
     next_stage: u64,
 }
 
@@ -134,6 +151,7 @@ impl Writer {
             tables,
             staging: HashMap::new(),
             types: HashMap::new(),
+            source_order: HashMap::new(),
             next_stage: 0,
         }
     }
@@ -219,10 +237,10 @@ impl Writer {
         let mut n = 0;
         for tf in fold.tables() {
             let table = &tf.schema.id;
-            let res = if tf.schema.has_key() {
+            let res = if tf.schema.has_key() && !tf.in_source_order {
                 self.apply_keyed(client, tf).await
             } else {
-                self.apply_keyless(client, tf).await
+                self.apply_in_order(client, tf).await
             };
             res.map_err(|e| e.context(format!("applying changes to {table}")))?;
             n += tf.changes;
@@ -266,13 +284,16 @@ impl Writer {
         }
     }
 
-    /// A table's schema changed: forget cached staging/types; when
-    /// `apply_ddl` (non-PostgreSQL sources), ALTER the target first. With no
-    /// `old` schema (after a restart) only missing columns are added.
+    /// A table's schema changed: forget cached staging/types, then compare
+    /// the new shape with the target table ([`crate::relation`]): a column
+    /// added on the source is added on the target when `apply_ddl`; any
+    /// other difference (rename, drop, type or key change) is an operator
+    /// error before a row of the new shape is written. `old` is not needed:
+    /// the target is the reference (also after a restart).
     pub async fn apply_relation(
         &mut self,
         client: &Client,
-        old: Option<&TableSchema>,
+        _old: Option<&TableSchema>,
         new: &TableSchema,
         apply_ddl: bool,
     ) -> Result<()> {
@@ -285,33 +306,11 @@ impl Writer {
                 .await;
         }
         self.types.remove(&new.id);
-        if !apply_ddl {
-            return Ok(());
-        }
         let target = self.target_of(&new.id);
-        let stmts = match old {
-            Some(old) => ddl::alter_table(&target, old, new),
-            None => {
-                // First sight of the table in this stream: compare with the
-                // target's actual columns, so only columns the target lacks
-                // (added on the source while ferry was stopped) are added.
-                let existing: std::collections::HashSet<String> = self
-                    .column_types(client, new)
-                    .await?
-                    .keys()
-                    .cloned()
-                    .collect();
-                self.types.remove(&new.id);
-                let mut known = new.clone();
-                known.columns.retain(|c| existing.contains(&c.name));
-                if known.columns.len() == new.columns.len() {
-                    return Ok(());
-                }
-                ddl::alter_table(&target, &known, new)
-            }
-        };
-        for sql in stmts {
-            debug!(table = %target, "altering target table");
+        let drifts = relation::drift(new, &relation::read_shape(client, &target).await?);
+        relation::check(&new.id, &target, &drifts, apply_ddl)?;
+        for sql in relation::add_columns_sql(&target, &drifts) {
+            debug!(table = %target, "adding a column the source added");
             client
                 .batch_execute(&sql)
                 .await
@@ -320,6 +319,8 @@ impl Writer {
         Ok(())
     }
 
+    /// The target's column types by name, domains resolved to their base
+    /// type (`format_type`, typmod included).
     async fn column_types(
         &mut self,
         client: &Client,
@@ -329,8 +330,14 @@ impl Writer {
             let target = self.target_of(&schema.id);
             let rows = client
                 .query(
-                    "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
-                     WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+                    "WITH RECURSIVE c(name, typid, typmod) AS (
+                         SELECT attname::text, atttypid, atttypmod FROM pg_attribute
+                         WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped
+                       UNION ALL
+                         SELECT c.name, t.typbasetype, t.typtypmod
+                         FROM c JOIN pg_type t ON t.oid = c.typid WHERE t.typtype = 'd')
+                     SELECT c.name, format_type(c.typid, c.typmod)
+                     FROM c JOIN pg_type t ON t.oid = c.typid WHERE t.typtype <> 'd'",
                     &[&target.quoted()],
                 )
                 .await
@@ -343,6 +350,8 @@ impl Writer {
 
     /// The empty staging table of `schema`'s table (created on first use,
     /// truncated when already used in this transaction).
+    /// Tables applied in source order get an index on `__ferry_seq` (their
+    /// statements each find one staged change).
     async fn stage(&mut self, client: &Client, schema: &TableSchema) -> Result<String> {
         if let Some(st) = self.staging.get_mut(&schema.id) {
             if st.used_in_txn {
@@ -358,7 +367,9 @@ impl Writer {
         self.next_stage += 1;
         let name = format!("ferry_stage_{}", self.next_stage);
         let target = self.target_of(&schema.id);
-        let sql = create_stage_sql(&name, &target, schema);
+        let by_seq = !schema.has_key() || self.source_order.get(&schema.id) == Some(&true);
+        let types = self.column_types(client, schema).await?;
+        let sql = create_stage_sql(&name, &target, schema, types, by_seq)?;
         client
             .batch_execute(&sql)
             .await
@@ -468,63 +479,6 @@ impl Writer {
         Ok(())
     }
 
-    async fn apply_keyless(&mut self, client: &Client, tf: &TableFold) -> Result<()> {
-        let schema = &*tf.schema;
-        let mut rows = Vec::new();
-        for (seq, change) in tf.sequential.iter().enumerate() {
-            let seq = i32::try_from(seq).unwrap_or(i32::MAX);
-            match change {
-                Change::Insert { new, .. } => rows.push(StageRow {
-                    values: &new.values,
-                    op: OP_UPSERT,
-                    seq,
-                }),
-                Change::Update {
-                    old: Some(old),
-                    new,
-                    ..
-                } => {
-                    rows.push(StageRow {
-                        values: &old.row().values,
-                        op: OP_OLD,
-                        seq,
-                    });
-                    rows.push(StageRow {
-                        values: &new.values,
-                        op: OP_NEW,
-                        seq,
-                    });
-                }
-                Change::Delete { old, .. } => rows.push(StageRow {
-                    values: &old.row().values,
-                    op: OP_DELETE,
-                    seq,
-                }),
-                Change::Update { old: None, .. } | Change::Truncate { .. } => {}
-            }
-        }
-        let stage = self.stage(client, schema).await?;
-        self.copy_stage(client, &stage, schema, &rows).await?;
-        let target = self.target_of(&schema.id);
-        let types = self.column_types(client, schema).await?.clone();
-        let sqls = KeylessSql::new(&target, &stage, schema, &types);
-        let err = |e| pg_error(format!("writing {target} (table without key)"), e);
-        let insert = client.prepare(&sqls.insert).await.map_err(err)?;
-        let delete = client.prepare(&sqls.delete).await.map_err(err)?;
-        let update = client.prepare(&sqls.update).await.map_err(err)?;
-        for (seq, change) in tf.sequential.iter().enumerate() {
-            let seq = i32::try_from(seq).unwrap_or(i32::MAX);
-            let stmt = match change {
-                Change::Insert { .. } => &insert,
-                Change::Update { .. } => &update,
-                Change::Delete { .. } => &delete,
-                Change::Truncate { .. } => continue,
-            };
-            client.execute(stmt, &[&seq]).await.map_err(err)?;
-        }
-        Ok(())
-    }
-
     async fn apply_key_change(
         &mut self,
         client: &Client,
@@ -573,15 +527,42 @@ fn key_match(schema: &TableSchema, t: &str, s: &str) -> String {
         .join(" AND ")
 }
 
-/// The staging table DDL.
-pub fn create_stage_sql(stage: &str, target: &TableId, schema: &TableSchema) -> String {
-    format!(
-        "CREATE TEMP TABLE {s} ON COMMIT DELETE ROWS AS SELECT {c} FROM {t} WITH NO DATA;
-         ALTER TABLE pg_temp.{s} ADD COLUMN __ferry_op smallint, ADD COLUMN __ferry_mask text, ADD COLUMN __ferry_seq int",
-        s = quote_ident(stage),
-        c = cols(schema, ""),
-        t = target.quoted()
-    )
+/// The staging table DDL: the target's columns on their base `types`, plus
+/// op, mask and seq (indexed when `by_seq`).
+pub fn create_stage_sql(
+    stage: &str,
+    target: &TableId,
+    schema: &TableSchema,
+    types: &HashMap<String, String>,
+    by_seq: bool,
+) -> Result<String> {
+    let mut defs = Vec::with_capacity(schema.columns.len() + 3);
+    for c in &schema.columns {
+        let ty = types.get(&c.name).ok_or_else(|| {
+            Error::operator(
+                format!("target table {target} has no column {:?}", c.name),
+                "add the column on the target (or map the table to one that has it), then restart ferry run",
+            )
+        })?;
+        defs.push(format!("{} {ty}", quote_ident(&c.name)));
+    }
+    defs.extend(
+        [
+            "__ferry_op smallint",
+            "__ferry_mask text",
+            "__ferry_seq int",
+        ]
+        .map(str::to_owned),
+    );
+    let s = quote_ident(stage);
+    let mut sql = format!(
+        "CREATE TEMP TABLE {s} ({}) ON COMMIT DELETE ROWS",
+        defs.join(", ")
+    );
+    if by_seq {
+        sql.push_str(&format!("; CREATE INDEX ON pg_temp.{s} (__ferry_seq)"));
+    }
+    Ok(sql)
 }
 
 pub fn delete_sql(target: &TableId, stage: &str, schema: &TableSchema) -> String {
@@ -594,6 +575,17 @@ pub fn delete_sql(target: &TableId, stage: &str, schema: &TableSchema) -> String
 }
 
 pub fn upsert_sql(target: &TableId, stage: &str, schema: &TableSchema) -> String {
+    format!(
+        "INSERT INTO {} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM pg_temp.{} WHERE __ferry_op = {OP_UPSERT} {}",
+        target.quoted(),
+        quote_ident(stage),
+        on_conflict_sql(schema),
+        c = cols(schema, ""),
+    )
+}
+
+/// `ON CONFLICT (key) DO UPDATE SET <non-key columns>` (or `DO NOTHING`).
+fn on_conflict_sql(schema: &TableSchema) -> String {
     let keys: Vec<String> = schema.key_names().map(quote_ident).collect();
     let sets: Vec<String> = schema
         .columns
@@ -607,13 +599,7 @@ pub fn upsert_sql(target: &TableId, stage: &str, schema: &TableSchema) -> String
     } else {
         format!("UPDATE SET {}", sets.join(", "))
     };
-    format!(
-        "INSERT INTO {} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM pg_temp.{} WHERE __ferry_op = {OP_UPSERT} ON CONFLICT ({}) DO {action}",
-        target.quoted(),
-        quote_ident(stage),
-        keys.join(", "),
-        c = cols(schema, ""),
-    )
+    format!("ON CONFLICT ({}) DO {action}", keys.join(", "))
 }
 
 /// `UPDATE … FROM staging` for rows whose present-column bitmap is `mask`;
@@ -676,73 +662,7 @@ pub fn truncate_sql(targets: &[String], cascade: bool, restart_identity: bool) -
     )
 }
 
-/// Per-change statements for a table without a key (parameter: `$1` seq).
-struct KeylessSql {
-    insert: String,
-    delete: String,
-    update: String,
-}
-
-impl KeylessSql {
-    fn new(
-        target: &TableId,
-        stage: &str,
-        schema: &TableSchema,
-        types: &HashMap<String, String>,
-    ) -> Self {
-        let t = target.quoted();
-        let s = format!("pg_temp.{}", quote_ident(stage));
-        let matching = |op: i16| {
-            let conds: Vec<String> = schema
-                .columns
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    let q = quote_ident(&c.name);
-                    let ty = types.get(&c.name).map(String::as_str).unwrap_or("");
-                    let base = ty.trim_end_matches("[]");
-                    let (l, r) = if TEXT_COMPARED.contains(&base) {
-                        (format!("x.{q}::text"), format!("o.{q}::text"))
-                    } else {
-                        (format!("x.{q}"), format!("o.{q}"))
-                    };
-                    format!(
-                        "(substr(o.__ferry_mask, {}, 1) = '0' OR {l} IS NOT DISTINCT FROM {r})",
-                        i + 1
-                    )
-                })
-                .collect();
-            format!(
-                "SELECT x.ctid FROM {t} AS x, {s} AS o WHERE o.__ferry_seq = $1 AND o.__ferry_op = {op} AND {} LIMIT 1",
-                conds.join(" AND ")
-            )
-        };
-        let sets: Vec<String> = schema
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                format!(
-                    "{q} = CASE WHEN substr(n.__ferry_mask, {}, 1) = '1' THEN n.{q} ELSE t.{q} END",
-                    i + 1,
-                    q = quote_ident(&c.name)
-                )
-            })
-            .collect();
-        KeylessSql {
-            insert: format!(
-                "INSERT INTO {t} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM {s} WHERE __ferry_seq = $1 AND __ferry_op = {OP_UPSERT}",
-                c = cols(schema, "")
-            ),
-            delete: format!("DELETE FROM {t} WHERE ctid = ({})", matching(OP_DELETE)),
-            update: format!(
-                "UPDATE {t} AS t SET {} FROM {s} AS n WHERE n.__ferry_seq = $1 AND n.__ferry_op = {OP_NEW} AND t.ctid = ({})",
-                sets.join(", "),
-                matching(OP_OLD)
-            ),
-        }
-    }
-}
+mod in_order;
 
 #[cfg(test)]
 mod tests;

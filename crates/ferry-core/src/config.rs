@@ -170,6 +170,12 @@ pub struct TablesConfig {
     /// `"src_schema.table" = "dst_schema.table"`.
     #[serde(default)]
     pub rename: BTreeMap<String, String>,
+    /// Globs over `schema.table`: tables the application only ever inserts
+    /// into. They are published for inserts (and truncates) alone, in their
+    /// own publication, so a keyless table without a replica identity stays
+    /// writable on the source; their updates and deletes are not carried.
+    #[serde(default)]
+    pub insert_only: Vec<String>,
 }
 
 fn default_include() -> Vec<String> {
@@ -182,6 +188,7 @@ impl Default for TablesConfig {
             include: default_include(),
             exclude: Vec::new(),
             rename: BTreeMap::new(),
+            insert_only: Vec::new(),
         }
     }
 }
@@ -192,6 +199,7 @@ impl TablesConfig {
         Ok(TableFilter {
             include: build_globs(&self.include)?,
             exclude: build_globs(&self.exclude)?,
+            insert_only: build_globs(&self.insert_only)?,
         })
     }
 
@@ -231,12 +239,19 @@ pub fn parse_table_name(s: &str) -> Option<TableId> {
 pub struct TableFilter {
     include: GlobSet,
     exclude: GlobSet,
+    insert_only: GlobSet,
 }
 
 impl TableFilter {
     pub fn matches(&self, t: &TableId) -> bool {
         let name = format!("{}.{}", t.schema, t.name);
         self.include.is_match(&name) && !self.exclude.is_match(&name)
+    }
+
+    /// Whether `tables.insert_only` declares `t` insert-only.
+    pub fn insert_only(&self, t: &TableId) -> bool {
+        self.insert_only
+            .is_match(format!("{}.{}", t.schema, t.name))
     }
 }
 
@@ -384,14 +399,18 @@ pub enum ConfigError {
 const SECTIONS: &[&str] = &[
     "source", "target", "tables", "load", "apply", "control", "state", "postgres", "mysql",
 ];
-const LIST_KEYS: &[&str] = &["tables.include", "tables.exclude"];
+const LIST_KEYS: &[&str] = &["tables.include", "tables.exclude", "tables.insert_only"];
 /// `FERRY_*` variables that configure the CLI itself, not `ferry.toml`.
 const NON_CONFIG_ENV: &[&str] = &[
     "FERRY_CONFIG",
     "FERRY_LOG",
     "FERRY_DATASETS",
     "FERRY_PG_DUMP",
+    FAILPOINT_ENV,
 ];
+/// The crash-injection variable of the applier (tests only); its values.
+pub const FAILPOINT_ENV: &str = "FERRY_FAILPOINT";
+pub const FAILPOINTS: &[&str] = &["after-apply-before-commit", "after-commit-before-ack"];
 
 impl Config {
     /// Read `path` (optional: env alone can configure ferry) and apply the
@@ -424,6 +443,15 @@ impl Config {
             .collect();
         env.sort();
         for (var, value) in env {
+            if var == FAILPOINT_ENV && !FAILPOINTS.contains(&value.as_str()) {
+                return Err(ConfigError::Parse {
+                    origin: "environment".to_owned(),
+                    message: format!(
+                        "{FAILPOINT_ENV}={value:?} is not a failpoint; use one of {}",
+                        FAILPOINTS.join(", ")
+                    ),
+                });
+            }
             if NON_CONFIG_ENV.contains(&var.as_str()) {
                 continue;
             }
@@ -479,6 +507,15 @@ impl Config {
         }
         if let Err(e) = self.tables.filter() {
             problems.push(format!("tables: {e}"));
+        }
+        if !self.tables.insert_only.is_empty()
+            && source_kind
+                .as_ref()
+                .is_some_and(|k| *k != EndpointKind::Postgres)
+        {
+            problems.push(
+                "tables.insert_only applies to PostgreSQL sources (a publication for inserts alone); remove it".into(),
+            );
         }
         for (from, to) in &self.tables.rename {
             for (which, name) in [("source", from), ("target", to)] {
@@ -714,6 +751,59 @@ sslmode = "disable"
         assert_eq!(
             rel.kind().unwrap(),
             EndpointKind::Sqlite("data/app.db".into())
+        );
+    }
+
+    #[test]
+    fn insert_only_globs() {
+        let text = format!("{BASIC}[tables]\ninsert_only = [\"app.audit_*\"]\n");
+        let c = Config::from_parts(&text, "test", env(&[])).unwrap();
+        c.validate().unwrap();
+        let f = c.tables.filter().unwrap();
+        assert!(f.insert_only(&TableId::new("app", "audit_log")));
+        assert!(!f.insert_only(&TableId::new("app", "orders")));
+        let c = Config::from_parts(
+            BASIC,
+            "test",
+            env(&[("FERRY_TABLES_INSERT_ONLY", "public.history, app.log")]),
+        )
+        .unwrap();
+        assert!(
+            c.tables
+                .filter()
+                .unwrap()
+                .insert_only(&TableId::new("public", "history"))
+        );
+        let bad = format!("{BASIC}[tables]\ninsert_only = [\"app.[\"]\n");
+        let e = Config::from_parts(&bad, "test", env(&[]))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("app.["), "{e}");
+        let mysql = "[source]\nurl = \"mysql://root:pw@127.0.0.1:3307/shop\"\n[target]\nurl = \"postgres://u:p@127.0.0.1/app\"\n[tables]\ninsert_only = [\"shop.log\"]\n";
+        let e = Config::from_parts(mysql, "test", env(&[]))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tables.insert_only applies to PostgreSQL"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn failpoint_env_is_not_config_but_is_checked() {
+        for point in FAILPOINTS {
+            Config::from_parts(BASIC, "test", env(&[(FAILPOINT_ENV, point)])).unwrap();
+        }
+        let e = Config::from_parts(BASIC, "test", env(&[(FAILPOINT_ENV, "after-lunch")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FERRY_FAILPOINT") && e.contains("after-commit-before-ack"),
+            "{e}"
         );
     }
 

@@ -96,6 +96,10 @@ pub struct TablePlan {
     /// Key columns changes are matched on (empty: none).
     pub key: Vec<String>,
     pub replica_identity: String,
+    /// Declared in `tables.insert_only`: only inserts (and truncates) are
+    /// published and carried.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insert_only: bool,
     pub columns: Vec<ColumnPlan>,
 }
 
@@ -108,6 +112,7 @@ impl TablePlan {
             row_estimate,
             key: schema.key_names().map(str::to_owned).collect(),
             replica_identity: schema.replica_identity.to_string(),
+            insert_only: false,
             columns: schema
                 .columns
                 .iter()

@@ -31,6 +31,7 @@ pub mod names {
     pub const PHASE: &str = "ferry_phase";
     pub const SOURCE_POSITION_BYTES: &str = "ferry_source_position_bytes";
     pub const APPLIED_POSITION_BYTES: &str = "ferry_applied_position_bytes";
+    pub const APPLY_SOURCE_ORDER_CHANGES: &str = "ferry_apply_source_order_changes_total";
 }
 
 /// Upper bounds (seconds) of the apply-batch duration histogram.
@@ -223,6 +224,7 @@ struct Registry {
     phase: Family,
     source_position: Family,
     applied_position: Family,
+    source_order: Family,
 }
 
 /// Handle to ferry's metrics; clone freely.
@@ -312,8 +314,20 @@ impl Metrics {
                 G,
                 None,
             ),
+            source_order: Family::new(
+                APPLY_SOURCE_ORDER_CHANGES,
+                "Row changes applied in source order instead of folded per key, because the target table has another unique or exclusion constraint.",
+                C,
+                None,
+            ),
         };
-        for f in [&r.lag_seconds, &r.lag_bytes, &r.received, &r.batches] {
+        for f in [
+            &r.lag_seconds,
+            &r.lag_bytes,
+            &r.received,
+            &r.batches,
+            &r.source_order,
+        ] {
             f.series("");
         }
         for p in PHASES {
@@ -341,6 +355,12 @@ impl Metrics {
     pub fn batch(&self, duration: Duration) {
         self.0.batches.add("", 1);
         self.0.batch_seconds.observe(duration.as_secs_f64());
+    }
+
+    /// `n` more changes applied in source order (see
+    /// [`names::APPLY_SOURCE_ORDER_CHANGES`]).
+    pub fn source_order_changes(&self, n: u64) {
+        self.0.source_order.add("", n);
     }
 
     /// The current lag figures.
@@ -411,6 +431,7 @@ impl Metrics {
             &r.received,
             &r.applied,
             &r.batches,
+            &r.source_order,
         ] {
             f.render(&mut out);
         }

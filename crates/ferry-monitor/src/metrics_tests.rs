@@ -162,6 +162,8 @@ fn rendered_text_is_strict_prometheus_format() {
     m.error("transient");
     m.set_slot_retained(1 << 20);
     m.set_positions(Some(1000), Some(900));
+    m.source_order_changes(4);
+    m.source_order_changes(3);
     for ms in [0, 3, 40, 700, 90_000] {
         m.batch(Duration::from_millis(ms));
     }
@@ -198,6 +200,8 @@ fn rendered_text_is_strict_prometheus_format() {
     assert_eq!(v(names::SOURCE_POSITION_BYTES, &[]), 1000.0);
     assert_eq!(v(names::APPLIED_POSITION_BYTES, &[]), 900.0);
     assert_eq!(v(names::APPLY_BATCHES, &[]), 5.0);
+    assert_eq!(types[names::APPLY_SOURCE_ORDER_CHANGES], "counter");
+    assert_eq!(v(names::APPLY_SOURCE_ORDER_CHANGES, &[]), 7.0);
     assert_eq!(v(names::PHASE, &[("phase", "stream")]), 1.0);
     assert_eq!(v(names::PHASE, &[("phase", "load")]), 0.0);
     assert_eq!(v(names::PHASE, &[("phase", "plan")]), 0.0);

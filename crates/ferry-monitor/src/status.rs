@@ -75,6 +75,11 @@ pub struct CutoverRecord {
     pub validation: Vec<TableCheck>,
     #[serde(default)]
     pub slot_dropped: bool,
+    /// Target schema changes ferry made for applying and put back at the
+    /// end: identity columns `GENERATED ALWAYS` again, triggers and rules
+    /// enabled `ALWAYS`/`REPLICA` again (for a dry run: what would be).
+    #[serde(default)]
+    pub restored: Vec<String>,
     /// The steps taken (or planned, for a dry run), in order.
     #[serde(default)]
     pub steps: Vec<String>,
@@ -106,6 +111,10 @@ pub struct Status {
     pub lag: LagFigures,
     #[serde(default)]
     pub tables: Vec<TableStatus>,
+    /// Tables declared in `tables.insert_only`: only their inserts (and
+    /// truncates) are carried.
+    #[serde(default)]
+    pub insert_only: Vec<String>,
     /// Reader state (`connecting`, `streaming`, `reconnecting`, `stopped`, …).
     pub reader: String,
     /// Applier state (`idle`, `applying`, `paused`, `stopped`, …).
@@ -135,6 +144,7 @@ impl Status {
             applied_commit_time: None,
             lag: LagFigures::default(),
             tables: Vec::new(),
+            insert_only: Vec::new(),
             reader: "stopped".into(),
             applier: "stopped".into(),
             paused: false,
@@ -276,6 +286,13 @@ pub fn render_table(s: &Status) -> String {
             slot.name
         );
     }
+    if !s.insert_only.is_empty() {
+        let _ = writeln!(
+            out,
+            "insert-only  {}  (only inserts and truncates are carried)",
+            s.insert_only.join(", ")
+        );
+    }
     if let Some(e) = &s.last_error {
         let _ = writeln!(out, "error     {e}");
     }
@@ -410,6 +427,7 @@ mod tests {
                 ok: true,
             }],
             slot_dropped: false,
+            restored: Vec::new(),
             steps: vec!["check lag".into(), "drain".into()],
             outcome: "dry run".into(),
         });

@@ -70,8 +70,12 @@ pub struct SourceTable {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceSequence {
     pub id: TableId,
-    /// `pg_sequences.last_value`; `None` before the first `nextval`.
+    /// `pg_sequences.last_value`; `None` before the first `nextval` — and
+    /// also when the role may not read it (see `readable`).
     pub last_value: Option<i64>,
+    /// The connected role holds SELECT on the sequence, so its value can be
+    /// read (`pg_sequences` shows NULL otherwise, like an unused sequence).
+    pub readable: bool,
     /// The column owning it (`OWNED BY`), if any.
     pub owned_by: Option<(TableId, String)>,
 }
@@ -387,7 +391,8 @@ async fn read_sequences(
 ) -> Result<Vec<SourceSequence>, Error> {
     let sql = format!(
         "SELECT n.nspname::text, c.relname::text, s.last_value,
-                tn.nspname::text, t.relname::text, a.attname::text
+                tn.nspname::text, t.relname::text, a.attname::text,
+                has_sequence_privilege(c.oid, 'SELECT')
            FROM pg_class c
            JOIN pg_namespace n ON n.oid = c.relnamespace
            LEFT JOIN pg_sequences s ON s.schemaname = n.nspname AND s.sequencename = c.relname
@@ -421,6 +426,7 @@ async fn read_sequences(
             out.push(SourceSequence {
                 id,
                 last_value: r.get(2),
+                readable: r.get(6),
                 owned_by,
             });
         }

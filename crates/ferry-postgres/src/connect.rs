@@ -16,6 +16,13 @@
 //! (`sslmode`, `sslrootcert`, …) are stripped before `tokio_postgres` parses
 //! the URL ([`pg_config`]).
 //!
+//! Every session (this one and the replication client) starts with
+//! [`SESSION_OPTIONS`]: the settings that shape the text form of values are
+//! pinned, whatever the server, database or role defaults are (an `ALTER
+//! DATABASE … SET bytea_output = 'escape'` or `DateStyle = 'SQL, DMY'` on
+//! either side changes nothing). Startup options outrank database and role
+//! settings in PostgreSQL, so they hold from the first statement.
+//!
 //! Errors are classified once, here: authentication and missing databases or
 //! roles need an operator; refused connections, timeouts and a server that
 //! is starting up are transient. URLs only ever appear redacted.
@@ -51,6 +58,15 @@ const LIBPQ_ONLY_PARAMS: &[&str] = &[
 ];
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Startup `options` of every source and target session: one text form per
+/// type for the decoder (pgoutput sends values as text in the walsender's
+/// settings) and for the target's input functions (COPY text into staging),
+/// so a value leaves the source and enters the target in the same form.
+/// `lc_monetary=C` makes `money` text locale-free (the binary load copies
+/// the stored integer; C keeps two fraction digits like the common locales).
+pub const SESSION_OPTIONS: &str = "-c datestyle=ISO -c timezone=UTC -c intervalstyle=postgres \
+     -c extra_float_digits=3 -c bytea_output=hex -c lc_monetary=C";
 
 /// Connect to `endpoint` and spawn the connection task. `side` names the
 /// endpoint in messages (`source`, `target`).
@@ -127,12 +143,22 @@ pub fn pg_config(endpoint: &Endpoint, side: &str) -> Result<tokio_postgres::Conf
         url.set_query(None);
     } else {
         url.query_pairs_mut().clear().extend_pairs(kept);
+        // Form encoding writes a space as `+` (a literal `+` as `%2B`);
+        // tokio_postgres reads `+` literally, so spell spaces `%20`.
+        let query = url.query().unwrap_or_default().replace('+', "%20");
+        url.set_query(Some(&query));
     }
     let mut config =
         tokio_postgres::Config::from_str(url.as_str()).map_err(|e| invalid(e.to_string()))?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
     }
+    // Ours last: a later `-c` wins over the URL's own `options`.
+    let options = match config.get_options() {
+        Some(own) if !own.trim().is_empty() => format!("{own} {SESSION_OPTIONS}"),
+        _ => SESSION_OPTIONS.to_owned(),
+    };
+    config.options(&options);
     Ok(config)
 }
 
@@ -469,6 +495,29 @@ mod tests {
         assert_eq!(c.get_ports(), &[5433]);
         assert_eq!(c.get_application_name(), Some("t"));
         assert_eq!(c.get_password(), Some(&b"pw"[..]));
+        assert_eq!(c.get_options(), Some(SESSION_OPTIONS));
+    }
+
+    #[test]
+    fn text_formats_are_pinned_after_the_urls_own_options() {
+        let ep = endpoint("postgres://u@h/db?options=-c%20bytea_output%3Descape");
+        let c = pg_config(&ep, "target").unwrap();
+        let opts = c.get_options().unwrap();
+        assert!(
+            opts.starts_with("-c bytea_output=escape -c datestyle"),
+            "{opts}"
+        );
+        assert!(opts.ends_with(SESSION_OPTIONS), "{opts}");
+        for pinned in [
+            "datestyle=ISO",
+            "timezone=UTC",
+            "intervalstyle=postgres",
+            "extra_float_digits=3",
+            "bytea_output=hex",
+            "lc_monetary=C",
+        ] {
+            assert!(SESSION_OPTIONS.contains(pinned), "{pinned}");
+        }
     }
 
     #[test]

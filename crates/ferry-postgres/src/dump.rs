@@ -432,9 +432,115 @@ pub fn split_post_data(sql: &str) -> PostData {
     }
 }
 
+/// A foreign key of a post-data script, as created by ferry: `NOT VALID`,
+/// so existing rows are not checked when it is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeferredForeignKey {
+    /// The `ALTER TABLE … ADD CONSTRAINT … NOT VALID;` statement.
+    pub sql: String,
+    /// The referencing table as the dump wrote it (quoted where needed).
+    pub table: String,
+    /// The constraint name, unquoted.
+    pub constraint: String,
+}
+
+/// Rewrite a pg_dump `FK CONSTRAINT` entry to add the key `NOT VALID`.
+/// Pure. `None` when the entry is not a single `ALTER TABLE … ADD
+/// CONSTRAINT … FOREIGN KEY …;` or is `NOT VALID` already (the source's own
+/// constraint is unvalidated: leave it so).
+///
+/// Why: after a resumed load the tables come from different snapshots, so a
+/// child may hold rows whose parent arrives only during catch-up; the keys
+/// are validated once every table has reached one consistent position.
+pub fn defer_foreign_key(sql: &str) -> Option<DeferredForeignKey> {
+    let body = sql.trim_end();
+    let stmt = body.strip_suffix(';')?;
+    if stmt.contains(';') || stmt.contains("NOT VALID") {
+        return None;
+    }
+    let rest = stmt.trim_start().strip_prefix("ALTER TABLE ")?;
+    let rest = rest.strip_prefix("ONLY ").unwrap_or(rest);
+    let (table, rest) = qualified_name(rest)?;
+    let rest = rest.trim_start().strip_prefix("ADD CONSTRAINT ")?;
+    let (constraint, rest) = identifier(rest)?;
+    if !rest.trim_start().starts_with("FOREIGN KEY") {
+        return None;
+    }
+    Some(DeferredForeignKey {
+        sql: format!("{stmt} NOT VALID;\n"),
+        table,
+        constraint,
+    })
+}
+
+/// `schema.name` (each part quoted or not) as written, and the rest.
+fn qualified_name(s: &str) -> Option<(String, &str)> {
+    let start = s.len();
+    let (_, mut rest) = identifier(s)?;
+    if let Some(r) = rest.strip_prefix('.') {
+        rest = identifier(r)?.1;
+    }
+    let written = &s[..start - rest.len()];
+    Some((written.to_owned(), rest))
+}
+
+/// One SQL identifier: its unquoted value and the rest of the text.
+fn identifier(s: &str) -> Option<(String, &str)> {
+    if let Some(q) = s.strip_prefix('"') {
+        let mut value = String::new();
+        let mut chars = q.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            if c == '"' {
+                if chars.peek().is_some_and(|(_, n)| *n == '"') {
+                    chars.next();
+                    value.push('"');
+                    continue;
+                }
+                return Some((value, &q[i + 1..]));
+            }
+            value.push(c);
+        }
+        return None;
+    }
+    let end = s
+        .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+        .unwrap_or(s.len());
+    (end > 0).then(|| (s[..end].to_owned(), &s[end..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn foreign_keys_are_deferred() {
+        let fk = "ALTER TABLE ONLY public.film\n    ADD CONSTRAINT film_language_id_fkey FOREIGN KEY (language_id) REFERENCES public.language(language_id) ON UPDATE CASCADE ON DELETE RESTRICT;\n";
+        let d = defer_foreign_key(fk).unwrap();
+        assert_eq!(d.table, "public.film");
+        assert_eq!(d.constraint, "film_language_id_fkey");
+        assert!(
+            d.sql.ends_with("ON DELETE RESTRICT NOT VALID;\n"),
+            "{}",
+            d.sql
+        );
+        let quoted = "ALTER TABLE \"My Schema\".\"Order \"\"Lines\"\"\"\n    ADD CONSTRAINT \"fk one\" FOREIGN KEY (a) REFERENCES x.y(a);\n";
+        let d = defer_foreign_key(quoted).unwrap();
+        assert_eq!(d.table, "\"My Schema\".\"Order \"\"Lines\"\"\"");
+        assert_eq!(d.constraint, "fk one");
+        // Already NOT VALID on the source, or not a foreign key: left alone.
+        assert_eq!(
+            defer_foreign_key(
+                "ALTER TABLE ONLY public.a\n    ADD CONSTRAINT a_fk FOREIGN KEY (b) REFERENCES public.b(id) NOT VALID;\n"
+            ),
+            None
+        );
+        assert_eq!(
+            defer_foreign_key(
+                "ALTER TABLE ONLY public.a\n    ADD CONSTRAINT a_pkey PRIMARY KEY (id);\n"
+            ),
+            None
+        );
+    }
 
     const POST: &str = r#"--
 -- PostgreSQL database dump

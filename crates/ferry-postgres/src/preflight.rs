@@ -21,11 +21,13 @@ use ferry_core::plan::{Check, SourcePlan, TablePlan};
 use ferry_core::{Error, ReplicaIdentity};
 use tokio_postgres::Client;
 
+use ferry_core::config::TableFilter;
+
 use crate::catalog::{RelKind, SourceCatalog, SourceTable, read_catalog};
 use crate::connect::{connect, query_error, server_version_num};
 use crate::dump;
 use crate::replication::STREAMING_SINCE;
-use crate::slot::PARTITION_ROOT_SINCE;
+use crate::slot::{PARTITION_ROOT_SINCE, insert_only_publication};
 
 const SIDE: &str = "source";
 
@@ -37,6 +39,9 @@ pub enum SlotOwnership {
     Fresh,
     /// The target records a run using `postgres.slot`: it must exist.
     Resuming,
+    /// A first run stopped in its schema stage: a slot of that name is its
+    /// leftover (recreated), or was never created.
+    Interrupted,
 }
 
 /// Run every source check for a fresh run (no slot recorded as ours).
@@ -103,7 +108,8 @@ async fn run_checks(
         )
     })?;
     let catalog = read_catalog(client, &filter, &config.state.schema).await?;
-    plan.checks.extend(table_checks(client, &catalog).await?);
+    plan.checks
+        .extend(table_checks(client, &catalog, &filter, config).await?);
     let partitioned: Vec<String> = catalog
         .tables
         .iter()
@@ -118,7 +124,11 @@ async fn run_checks(
     plan.tables = catalog
         .tables
         .iter()
-        .map(|t| table_plan(t, config))
+        .map(|t| {
+            let mut p = table_plan(t, config);
+            p.insert_only = filter.insert_only(&t.schema.id);
+            p
+        })
         .collect();
     Ok(())
 }
@@ -283,7 +293,7 @@ async fn capacity_checks(
     let (max_slots, used_slots, ours_exists): (i64, i64, bool) =
         (row.get(0), row.get(1), row.get(2));
     let (max_senders, used_senders): (i64, i64) = (row.get(3), row.get(4));
-    let needs_slot = !(ours_exists && slot == SlotOwnership::Resuming);
+    let needs_slot = !(ours_exists && slot != SlotOwnership::Fresh);
     let mut out = Vec::new();
     let detail = format!("max_replication_slots = {max_slots}, {used_slots} in use");
     if needs_slot && used_slots >= max_slots {
@@ -378,6 +388,16 @@ async fn name_conflict_checks(
         (None, SlotOwnership::Fresh) => {
             Check::pass(SIDE, "slot name", format!("slot '{name}' is free"))
         }
+        (None, SlotOwnership::Interrupted) => Check::pass(
+            SIDE,
+            "slot name",
+            format!("slot '{name}' is free (the interrupted first run creates it)"),
+        ),
+        (Some(_), SlotOwnership::Interrupted) => Check::pass(
+            SIDE,
+            "slot name",
+            format!("slot '{name}' is left over by the interrupted first run and is recreated"),
+        ),
         (None, SlotOwnership::Resuming) => Check::fail(
             SIDE,
             "slot name",
@@ -430,7 +450,12 @@ async fn name_conflict_checks(
 }
 
 /// Per-table checks: something selected, SELECT privilege, replica identity.
-async fn table_checks(client: &Client, catalog: &SourceCatalog) -> Result<Vec<Check>, Error> {
+async fn table_checks(
+    client: &Client,
+    catalog: &SourceCatalog,
+    filter: &TableFilter,
+    config: &Config,
+) -> Result<Vec<Check>, Error> {
     if catalog.tables.is_empty() {
         return Ok(vec![Check::fail(
             SIDE,
@@ -472,7 +497,12 @@ async fn table_checks(client: &Client, catalog: &SourceCatalog) -> Result<Vec<Ch
             format!("GRANT SELECT ON {} TO <source user>", missing.join(", ")),
         ));
     }
-    out.extend(catalog.tables.iter().filter_map(identity_check));
+    out.push(sequence_check(catalog));
+    let insert_only = insert_only_publication(&config.postgres.publication);
+    out.extend(catalog.tables.iter().filter_map(|t| {
+        let declared = filter.insert_only(&t.schema.id);
+        identity_check(t, declared.then_some(insert_only.as_str()))
+    }));
     out.extend(catalog.tables.iter().filter(|t| t.unlogged).map(|t| {
         Check::fail(
             SIDE,
@@ -490,11 +520,63 @@ async fn table_checks(client: &Client, catalog: &SourceCatalog) -> Result<Vec<Ch
     Ok(out)
 }
 
+/// The cutover copies every sequence's value to the target; a sequence the
+/// role may not read would look unused (NULL) and be left behind.
+pub fn sequence_check(catalog: &SourceCatalog) -> Check {
+    let unreadable: Vec<_> = catalog.sequences.iter().filter(|s| !s.readable).collect();
+    let list = |f: fn(&ferry_core::TableId) -> String| {
+        unreadable
+            .iter()
+            .map(|s| f(&s.id))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if unreadable.is_empty() {
+        return Check::pass(
+            SIDE,
+            "sequence privilege",
+            format!(
+                "SELECT on all {} sequences synced at cutover",
+                catalog.sequences.len()
+            ),
+        );
+    }
+    Check::fail(
+        SIDE,
+        "sequence privilege",
+        format!(
+            "no SELECT on sequence {}: the cutover cannot read its value to set it on the target",
+            list(ferry_core::TableId::to_string)
+        ),
+        format!(
+            "GRANT SELECT ON SEQUENCE {} TO <source user>",
+            list(ferry_core::TableId::quoted)
+        ),
+    )
+}
+
 /// Whether updates and deletes of `t` can be matched on the target. `None`
 /// when the table has a primary key and default identity (the normal case).
-pub fn identity_check(t: &SourceTable) -> Option<Check> {
+///
+/// `insert_only`: the publication a table declared in `tables.insert_only`
+/// goes into. Such a table is published for inserts alone, so its replica
+/// identity does not matter (the source keeps accepting its UPDATEs and
+/// DELETEs) but those are not carried: a warning says so.
+pub fn identity_check(t: &SourceTable, insert_only: Option<&str>) -> Option<Check> {
     let id = &t.schema.id;
     let name = format!("replica identity {id}");
+    if let Some(publication) = insert_only {
+        return Some(Check::warn(
+            SIDE,
+            name,
+            format!(
+                "{id} is insert-only (tables.insert_only): published for inserts and truncates alone in publication '{publication}'; its updates and deletes on the source are not carried"
+            ),
+            format!(
+                "remove {id} from tables.insert_only if the application updates or deletes its rows"
+            ),
+        ));
+    }
     let mut targets = vec![id.quoted()];
     targets.extend(t.partitions.iter().map(|p| p.quoted()));
     let full_fix = targets

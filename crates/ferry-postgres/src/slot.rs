@@ -2,8 +2,11 @@
 //!
 //! - [`ensure_publication`]: `CREATE PUBLICATION … FOR ALL TABLES` or `FOR
 //!   TABLE …` unless it exists, `WITH (publish_via_partition_root = true)`
-//!   from PostgreSQL 13 (12 has no such option: changes of partitioned
-//!   tables arrive under the partitions' names).
+//!   from PostgreSQL 13 (12 has no such option and cannot publish a
+//!   partitioned table);
+//!   the tables declared insert-only go into a second publication
+//!   ([`insert_only_publication`]) with `publish = 'insert, truncate'`, so
+//!   the source never refuses an UPDATE or DELETE on a keyless table.
 //! - [`create_slot`]: a pgoutput slot with an exported snapshot. The
 //!   snapshot lives as long as the returned [`CreatedSlot`] holds its
 //!   replication connection and sends nothing else on it; the full load
@@ -53,11 +56,28 @@ impl CreatedSlot {
     }
 }
 
+/// The publication of the tables declared in `tables.insert_only`, next to
+/// the main publication `name`.
+pub fn insert_only_publication(name: &str) -> String {
+    format!("{name}_insert_only")
+}
+
+/// Which changes a publication carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publish {
+    /// Inserts, updates, deletes and truncates (the server default).
+    All,
+    /// Inserts and truncates alone: the source keeps accepting UPDATE and
+    /// DELETE on a table without a replica identity.
+    InsertOnly,
+}
+
 /// Create the publication unless it exists. `tables`: `None` for all tables.
 pub async fn ensure_publication(
     client: &Client,
     name: &str,
     tables: Option<&[TableId]>,
+    publish: Publish,
 ) -> Result<(), Error> {
     let exists = client
         .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
@@ -68,14 +88,16 @@ pub async fn ensure_publication(
         return Ok(());
     }
     let what = match tables {
-        None => "ALL TABLES".to_owned(),
+        None => " FOR ALL TABLES".to_owned(),
+        // An empty publication is valid: every table may be insert-only.
+        Some([]) => String::new(),
         Some(t) => format!(
-            "TABLE {}",
+            " FOR TABLE {}",
             t.iter().map(TableId::quoted).collect::<Vec<_>>().join(", ")
         ),
     };
     let version = crate::connect::server_version_num(client).await?;
-    let sql = publication_sql(name, &what, version);
+    let sql = publication_sql(name, &what, publish, version);
     client
         .batch_execute(&sql)
         .await
@@ -87,13 +109,21 @@ pub async fn ensure_publication(
 /// First `server_version_num` with `publish_via_partition_root`.
 pub const PARTITION_ROOT_SINCE: u32 = 130_000;
 
-fn publication_sql(name: &str, what: &str, server_version_num: u32) -> String {
-    let with = if server_version_num >= PARTITION_ROOT_SINCE {
-        " WITH (publish_via_partition_root = true)"
+/// `what`: `" FOR TABLE …"`, `" FOR ALL TABLES"` or empty.
+fn publication_sql(name: &str, what: &str, publish: Publish, server_version_num: u32) -> String {
+    let mut with = Vec::new();
+    if publish == Publish::InsertOnly {
+        with.push("publish = 'insert, truncate'");
+    }
+    if server_version_num >= PARTITION_ROOT_SINCE {
+        with.push("publish_via_partition_root = true");
+    }
+    let with = if with.is_empty() {
+        String::new()
     } else {
-        ""
+        format!(" WITH ({})", with.join(", "))
     };
-    format!("CREATE PUBLICATION {} FOR {what}{with}", quote_ident(name))
+    format!("CREATE PUBLICATION {}{what}{with}", quote_ident(name))
 }
 
 /// Create slot `name` on `conn` with an exported snapshot.
@@ -175,10 +205,33 @@ pub async fn drop_slot(client: &Client, name: &str) -> Result<bool, Error> {
     Ok(row.is_some())
 }
 
-/// Drop the publication if it exists.
+/// The publications the stream subscribes to: `name`, and its insert-only
+/// sibling when the schema stage created one.
+pub async fn stream_publications(client: &Client, name: &str) -> Result<Vec<String>, Error> {
+    let insert_only = insert_only_publication(name);
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&insert_only],
+        )
+        .await
+        .map_err(|e| query_error("reading pg_publication", e))?
+        .is_some();
+    let mut out = vec![name.to_owned()];
+    if exists {
+        out.push(insert_only);
+    }
+    Ok(out)
+}
+
+/// Drop the publication and its insert-only sibling if they exist.
 pub async fn drop_publication(client: &Client, name: &str) -> Result<(), Error> {
     client
-        .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name)))
+        .batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {}, {}",
+            quote_ident(name),
+            quote_ident(&insert_only_publication(name))
+        ))
         .await
         .map_err(|e| query_error(&format!("dropping publication {name}"), e))
 }
@@ -190,12 +243,20 @@ mod tests {
     #[test]
     fn partition_root_publishing_from_13() {
         assert_eq!(
-            publication_sql("ferry", "ALL TABLES", 120_022),
+            publication_sql("ferry", " FOR ALL TABLES", Publish::All, 120_022),
             r#"CREATE PUBLICATION "ferry" FOR ALL TABLES"#
         );
         assert_eq!(
-            publication_sql("ferry", "TABLE public.t", 130_000),
+            publication_sql("ferry", " FOR TABLE public.t", Publish::All, 130_000),
             r#"CREATE PUBLICATION "ferry" FOR TABLE public.t WITH (publish_via_partition_root = true)"#
+        );
+        assert_eq!(
+            publication_sql("p", "", Publish::InsertOnly, 120_022),
+            r#"CREATE PUBLICATION "p" WITH (publish = 'insert, truncate')"#
+        );
+        assert_eq!(
+            publication_sql("p", " FOR TABLE public.k", Publish::InsertOnly, 180_004),
+            r#"CREATE PUBLICATION "p" FOR TABLE public.k WITH (publish = 'insert, truncate', publish_via_partition_root = true)"#
         );
     }
 }

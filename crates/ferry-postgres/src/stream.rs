@@ -49,6 +49,8 @@ use crate::replication::{
 pub struct StreamConfig {
     pub slot: String,
     pub publication: String,
+    /// Further publications to subscribe to (the insert-only one).
+    pub extra_publications: Vec<String>,
     /// pgoutput protocol: 1, or 2 for streamed large transactions.
     pub proto_version: u32,
     /// Where to start: the checkpoint (or the slot's consistent point).
@@ -70,6 +72,7 @@ impl StreamConfig {
         StreamConfig {
             slot: slot.into(),
             publication: publication.into(),
+            extra_publications: Vec::new(),
             proto_version: 2,
             start,
             channel_capacity: 1024,
@@ -183,7 +186,9 @@ impl PgChangeStream {
     ) -> Result<(mpsc::Receiver<Event<Lsn>>, StreamHandle), Error> {
         let options = PgOutputOptions {
             proto_version: config.proto_version,
-            publications: vec![config.publication.clone()],
+            publications: std::iter::once(config.publication.clone())
+                .chain(config.extra_publications.iter().cloned())
+                .collect(),
             messages: true,
         };
         let stream = conn

@@ -35,7 +35,7 @@ async fn catalog(url: &str) -> Arc<tokio_postgres::Client> {
 async fn create_slot(url: &str, name: &str) -> Lsn {
     let ep = endpoint(url, SslMode::Disable);
     let client = catalog(url).await;
-    slot::ensure_publication(&client, "p", None)
+    slot::ensure_publication(&client, "p", None, slot::Publish::All)
         .await
         .expect("publication");
     let conn = ReplicationConnection::connect(&ep)

@@ -488,6 +488,7 @@ mod tests {
             sequences_synced: 3,
             validation: Vec::new(),
             slot_dropped: !req.keep_slot,
+            restored: Vec::new(),
             steps: vec!["check lag".into()],
             outcome: "dry run".into(),
         }

@@ -69,6 +69,10 @@ async fn recorded_status(config: &Config) -> anyhow::Result<Status> {
                 changes_applied: 0,
             })
             .collect();
+        s.insert_only = crate::pipeline::live::insert_only_tables(
+            config,
+            s.tables.iter().map(|t| t.name.clone()),
+        );
     }
     let cutover = target
         .query_opt(

@@ -42,7 +42,8 @@ pub async fn build(config: &Config) -> PlanReport {
     let target = ferry_postgres::connect::connect(&config.target, "target").await;
     let ownership = match &target {
         Ok(client) => match state.read_phase(client).await {
-            Ok(Some(phase)) if phase >= Phase::Schema => SlotOwnership::Resuming,
+            Ok(Some(Phase::Schema)) => SlotOwnership::Interrupted,
+            Ok(Some(phase)) if phase > Phase::Schema => SlotOwnership::Resuming,
             _ => SlotOwnership::Fresh,
         },
         Err(_) => SlotOwnership::Fresh,
@@ -97,6 +98,31 @@ async fn source_plan(config: &Config, ownership: SlotOwnership) -> SourcePlan {
             .await
             .unwrap_or_else(|e| unreachable_source("sqlite", e.to_string())),
     }
+}
+
+/// Why `ferry run` must not start, if it must not: it refuses exactly what
+/// `ferry plan` refuses (the same checks), before it creates anything on the
+/// source, and says every failure with its fix.
+pub async fn refusal(config: &Config) -> Option<String> {
+    let report = build(config).await;
+    if report.runnable() {
+        return None;
+    }
+    let failures: Vec<String> = report
+        .failures()
+        .map(|c| {
+            let fix = c.fix.as_deref().unwrap_or("see `ferry plan`");
+            format!(
+                "  FAIL {} {}: {}\n       fix: {fix}",
+                c.side, c.name, c.detail
+            )
+        })
+        .collect();
+    Some(format!(
+        "ferry run refuses to start: {} prerequisite(s) failed (the checks of `ferry plan`); nothing was created on the source:\n{}\napply the fixes above and check with `ferry plan`",
+        failures.len(),
+        failures.join("\n")
+    ))
 }
 
 fn unreachable_source(flavor: &str, detail: String) -> SourcePlan {
@@ -176,11 +202,14 @@ fn render_tables(out: &mut String, report: &PlanReport) {
         let rows = t
             .row_estimate
             .map_or_else(|| "?".to_owned(), |r| r.to_string());
-        let key = if t.key.is_empty() {
+        let mut key = if t.key.is_empty() {
             format!("(none; identity {})", t.replica_identity)
         } else {
             t.key.join(", ")
         };
+        if t.insert_only {
+            key.push_str(" [insert-only]");
+        }
         let _ = writeln!(
             out,
             "  {:<w$}  {rows:>12}  {key:<24}  {}",

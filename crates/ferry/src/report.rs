@@ -318,6 +318,7 @@ mod tests {
                 ok: true,
             }],
             slot_dropped: true,
+            restored: Vec::new(),
             steps: vec!["fence source writes".into()],
             outcome: "done".into(),
         });

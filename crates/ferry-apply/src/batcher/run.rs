@@ -155,6 +155,7 @@ impl<P: Position> Applier<P> {
     ) -> Result<()> {
         match ev {
             Event::Relation(schema) => {
+                self.check_relation(&schema, ack).await?;
                 if self.batch.in_txn {
                     self.batch.txn.push(TxnItem::Relation(schema));
                 } else {
@@ -259,7 +260,13 @@ impl<P: Position> Applier<P> {
                 TxnItem::Change(c) => {
                     self.batch.rows += 1;
                     let schema = c.table().and_then(|t| self.schemas.get(t)).cloned();
-                    if let Some(barrier) = self.batch.fold.push(c, schema.as_ref())? {
+                    let in_order = match &schema {
+                        Some(s) => self.writer.source_order(&self.client, s).await?,
+                        None => false,
+                    };
+                    if let Some(barrier) =
+                        self.batch.fold.push_with(c, schema.as_ref(), in_order)?
+                    {
                         self.apply_pending(None).await?;
                         self.ensure_open().await?;
                         self.writer
@@ -286,6 +293,30 @@ impl<P: Position> Applier<P> {
         }
         info!(table = %schema.id, "table schema received");
         self.schemas.insert(schema.id.clone(), schema);
+        Ok(())
+    }
+
+    /// A changed Relation that the target cannot take ([`crate::relation`])
+    /// stops the run as soon as it arrives: the complete transactions before
+    /// it are committed and acknowledged first (as at shutdown), so after the
+    /// operator fixed the target the stream resumes exactly at the change;
+    /// nothing of the new shape (nor of its transaction) is applied.
+    async fn check_relation<A: FnMut(&P)>(
+        &mut self,
+        schema: &TableSchema,
+        ack: &mut A,
+    ) -> Result<()> {
+        let old = self.schemas.get(&schema.id);
+        if old.is_some_and(|o| **o == *schema) || (old.is_none() && !self.cfg.apply_ddl) {
+            return Ok(());
+        }
+        let target = self.writer.target_of(&schema.id);
+        let shape = crate::relation::read_shape(&self.client, &target).await?;
+        let drifts = crate::relation::drift(schema, &shape);
+        if let Err(e) = crate::relation::check(&schema.id, &target, &drifts, self.cfg.apply_ddl) {
+            self.finish(ack).await?;
+            return Err(e);
+        }
         Ok(())
     }
 

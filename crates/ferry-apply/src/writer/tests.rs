@@ -42,30 +42,30 @@ fn keyed_sql_golden() {
 }
 
 #[test]
-fn keyless_sql_matches_one_row_and_compares_json_as_text() {
-    let mut s = schema();
-    s.key.clear();
+fn staging_uses_base_types_and_indexes_seq_on_request() {
+    let s = schema();
     let types: HashMap<String, String> = [
         ("id".to_owned(), "integer".to_owned()),
-        ("Big Doc".to_owned(), "json".to_owned()),
+        ("Big Doc".to_owned(), "character varying(20)".to_owned()),
         ("n".to_owned(), "text".to_owned()),
     ]
     .into();
-    let sql = KeylessSql::new(&TableId::new("d", "k"), "st", &s, &types);
-    assert!(
-        sql.delete
-            .starts_with("DELETE FROM \"d\".\"k\" WHERE ctid = (SELECT x.ctid FROM")
-    );
-    assert!(sql.delete.ends_with("LIMIT 1)"));
-    assert!(
-        sql.delete
-            .contains("x.\"Big Doc\"::text IS NOT DISTINCT FROM o.\"Big Doc\"::text")
+    let t = TableId::new("dst", "T");
+    assert_eq!(
+        create_stage_sql("st", &t, &s, &types, false).unwrap(),
+        "CREATE TEMP TABLE \"st\" (\"id\" integer, \"Big Doc\" character varying(20), \"n\" text, __ferry_op smallint, __ferry_mask text, __ferry_seq int) ON COMMIT DELETE ROWS"
     );
     assert!(
-        sql.delete
-            .contains("x.\"id\" IS NOT DISTINCT FROM o.\"id\"")
+        create_stage_sql("st", &t, &s, &types, true)
+            .unwrap()
+            .ends_with("; CREATE INDEX ON pg_temp.\"st\" (__ferry_seq)")
     );
-    assert!(sql.update.contains(
-        "CASE WHEN substr(n.__ferry_mask, 2, 1) = '1' THEN n.\"Big Doc\" ELSE t.\"Big Doc\" END"
-    ));
+    let mut missing = types.clone();
+    missing.remove("n");
+    let err = create_stage_sql("st", &t, &s, &missing, false).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("target table dst.\"T\" has no column \"n\""),
+        "{err}"
+    );
 }

@@ -6,8 +6,10 @@
 //! checked frame reader for backend messages.
 //!
 //! - Startup ([`auth`]) with `replication=database` and fixed output formats
-//!   (`datestyle=ISO`, `timezone=UTC`, `intervalstyle=postgres`,
-//!   `extra_float_digits=3`) so the decoder has one text form per type.
+//!   ([`SESSION_OPTIONS`]: `datestyle=ISO`, `timezone=UTC`,
+//!   `intervalstyle=postgres`, `extra_float_digits=3`, `bytea_output=hex`,
+//!   `lc_monetary=C`) so the decoder has one text form per type, whatever
+//!   the database or role defaults are.
 //!   Authentication: trust, cleartext, MD5, SCRAM-SHA-256 (no channel
 //!   binding).
 //! - Simple-query commands: `IDENTIFY_SYSTEM`, `CREATE_REPLICATION_SLOT …
@@ -43,9 +45,9 @@ pub use copyboth::{PgOutputOptions, ReplicationMessage, ReplicationStream, STREA
 pub use error::ServerError;
 use tls::Transport;
 
-/// Startup `options`: fixed text formats for every value the decoder parses.
-pub const SESSION_OPTIONS: &str =
-    "-c datestyle=ISO -c timezone=UTC -c intervalstyle=postgres -c extra_float_digits=3";
+/// Startup `options`: fixed text formats for every value the decoder parses
+/// (the same as every other session's, see [`crate::connect`]).
+pub use crate::connect::SESSION_OPTIONS;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest backend message accepted (PostgreSQL's own limit is 1 GB).

@@ -5,19 +5,27 @@
 //! 2. Fence (optional): `ALTER DATABASE … SET default_transaction_read_only
 //!    = on`, then end the other client sessions of the source database, so
 //!    no write can start or finish after the final position is read.
-//! 3. Final position: the source's `pg_current_wal_lsn()` after fencing
-//!    (without fencing: at the request; later writes are not included).
+//! 3. Final position: once the ended sessions are gone, the end of a
+//!    logical message written then (`pg_logical_emit_message`): past every
+//!    commit record inserted before it, also those of `synchronous_commit =
+//!    off` transactions not yet flushed (`pg_current_wal_lsn()` would miss
+//!    them). Without fencing: at the request; later writes are not included.
 //! 4. Drain: wait until the applied (committed and acknowledged) position
 //!    reaches the final position — never reported earlier, however quiet
-//!    the stream is. A heartbeat message is emitted so an idle stream
-//!    carries the position.
-//! 5. Sequences: `setval` on the target to each source sequence's value.
+//!    the stream is (the message makes an idle stream carry it).
+//! 5. Sequences: every sequence of the carried tables is read from the
+//!    source (`SELECT last_value, is_called` — a missing privilege is an
+//!    error, never a skipped sequence) and `setval` on the target under its
+//!    target name (an owned sequence follows its table's `tables.rename`).
+//!    The count synced equals the count found, or the cutover fails.
 //! 6. Row counts per table, source vs target (unless `skip_counts`): any
 //!    difference fails the cutover.
 //! 7. Record (`ferry.runs.cutover`): times, fence and write-freeze duration,
 //!    final position, counts, outcome.
-//! 8. Stop streaming and drop the slot and publication unless `keep_slot`;
-//!    `ferry run` then exits 0.
+//! 8. Stop streaming; put back the target schema changes made for applying
+//!    (identity columns `ALWAYS`, triggers and rules enabled again, see
+//!    `overrides`; listed in the record's `restored`); drop the slot and
+//!    publication unless `keep_slot`; `ferry run` then exits 0.
 //!
 //! On a failure or timeout after fencing, the source is unfenced and
 //! replication continues; the error says which step failed.
@@ -37,6 +45,8 @@ use crate::control::CutoverRequest;
 
 const DEFAULT_MAX_LAG: f64 = 5.0;
 const DEFAULT_TIMEOUT: f64 = 60.0;
+/// How long ended source sessions may take to go away when fencing.
+const SESSIONS_GONE_WITHIN: Duration = Duration::from_secs(30);
 
 /// Why a cutover may not start, or `Ok`. Pure.
 pub fn preconditions(
@@ -87,6 +97,7 @@ pub async fn run(live: Arc<Live>, req: CutoverRequest) -> Result<CutoverRecord, 
         sequences_synced: 0,
         validation: Vec::new(),
         slot_dropped: false,
+        restored: Vec::new(),
         steps: Vec::new(),
         outcome: String::new(),
     };
@@ -112,6 +123,9 @@ pub async fn run(live: Arc<Live>, req: CutoverRequest) -> Result<CutoverRecord, 
     }
     if req.dry_run {
         rec.steps = planned_steps(&req, &live);
+        rec.restored = super::overrides::planned(&target, &live.state)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
         rec.outcome = format!(
             "dry run: preconditions hold (lag {:.1}s); nothing was changed",
             lag.seconds
@@ -147,6 +161,7 @@ fn planned_steps(req: &CutoverRequest, live: &Live) -> Vec<String> {
     }
     steps.push("read the final source position and drain until it is applied".into());
     steps.push("sync sequences to their source values".into());
+    steps.push("restore the target's identity columns, triggers and rules (see restored)".into());
     steps.push(if req.skip_counts {
         "skip row counts (--skip-counts)".into()
     } else {
@@ -198,9 +213,15 @@ async fn execute(live: &Live, req: &CutoverRequest, rec: &mut CutoverRecord) -> 
         keep_slot: req.keep_slot,
         reply,
     });
-    rec.slot_dropped = answer
+    let finished = answer
         .await
         .map_err(|_| "the pipeline stopped before finishing".to_owned())??;
+    rec.slot_dropped = finished.slot_dropped;
+    rec.restored = finished.restored;
+    rec.steps.push(format!(
+        "restored {} target identity columns, triggers and rules",
+        rec.restored.len()
+    ));
     rec.steps.push(if rec.slot_dropped {
         "dropped slot and publication".into()
     } else {
@@ -216,18 +237,17 @@ async fn after_fence(
     source: &Client,
     target: &Client,
 ) -> Result<(), String> {
-    let final_lsn: Lsn = query_text(source, "SELECT pg_current_wal_lsn()::text")
-        .await?
-        .parse()
-        .map_err(|e| format!("{e}"))?;
+    // The message's end is past every record inserted before it (also
+    // unflushed async commits), and it makes an idle stream carry the position.
+    let final_lsn: Lsn = query_text(
+        source,
+        "SELECT pg_logical_emit_message(false, 'ferry.heartbeat', 'cutover')::text",
+    )
+    .await
+    .map_err(|e| format!("reading the final source position: {e}"))?
+    .parse()
+    .map_err(|e| format!("{e}"))?;
     rec.final_position = Some(final_lsn.to_string());
-    // A message after the final position makes an idle stream carry it.
-    let _ = source
-        .execute(
-            "SELECT pg_logical_emit_message(false, 'ferry.heartbeat', 'cutover')",
-            &[],
-        )
-        .await;
     let drain_started = Instant::now();
     let timeout = Duration::from_secs_f64(req.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT).max(0.1));
     while live.applied_position() < final_lsn {
@@ -245,9 +265,15 @@ async fn after_fence(
         live.applied_position(),
         drain_started.elapsed().as_secs_f64()
     ));
-    rec.sequences_synced = sync_sequences(live, source, target).await?;
+    let (found, synced) = sync_sequences(live, source, target).await?;
+    rec.sequences_synced = synced;
+    if synced != found {
+        return Err(format!(
+            "synced {synced} of {found} sequences; the target's sequences would collide"
+        ));
+    }
     rec.steps
-        .push(format!("synced {} sequences", rec.sequences_synced));
+        .push(format!("synced {synced} of {found} sequences"));
     if req.skip_counts {
         rec.steps.push("row counts skipped (--skip-counts)".into());
     } else {
@@ -295,16 +321,44 @@ async fn fence(source: &Client, db: &str) -> Result<(), String> {
         .map_err(|e| format!("fencing the source (needs owner or superuser): {e}"))?;
     // Sessions opened before the ALTER keep writing: end them, except ferry's
     // own (application_name 'ferry'; the walsender is not a client backend).
-    source
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+    let ended: Vec<i32> = source
+        .query(
+            "SELECT pid FROM pg_stat_activity
              WHERE datname = current_database() AND pid <> pg_backend_pid()
-               AND backend_type = 'client backend' AND application_name <> 'ferry'",
+               AND backend_type = 'client backend' AND application_name <> 'ferry'
+               AND pg_terminate_backend(pid)",
             &[],
         )
         .await
-        .map_err(|e| format!("ending writer sessions on the source: {e}"))?;
-    Ok(())
+        .map_err(|e| format!("ending writer sessions on the source: {e}"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // A session told to end may still be writing its commit record: the
+    // final position is read only once every one of them is gone.
+    let started = Instant::now();
+    loop {
+        let left: Vec<i32> = source
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE pid = ANY($1)",
+                &[&ended],
+            )
+            .await
+            .map_err(|e| format!("waiting for ended sessions on the source: {e}"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() > SESSIONS_GONE_WITHIN {
+            return Err(format!(
+                "source sessions {left:?} did not end within {}s of pg_terminate_backend; the final position cannot be read safely",
+                SESSIONS_GONE_WITHIN.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn unfence(source: &Client, db: &str) -> Result<(), String> {
@@ -317,34 +371,95 @@ async fn unfence(source: &Client, db: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// `setval` every source sequence of the carried schemas on the target.
-async fn sync_sequences(live: &Live, source: &Client, target: &Client) -> Result<u64, String> {
-    let schemas: Vec<String> = {
-        let carried = live.carried.lock().map(|c| c.clone()).unwrap_or_default();
-        let mut s: Vec<String> = carried.iter().map(|(src, _)| src.schema.clone()).collect();
-        s.sort();
-        s.dedup();
-        s
-    };
-    let rows = source
-        .query(
-            "SELECT schemaname, sequencename, last_value FROM pg_sequences WHERE schemaname = ANY($1) AND last_value IS NOT NULL",
-            &[&schemas],
-        )
+/// `setval` on the target every sequence of the carried tables (owned by
+/// one, or unowned and matched by the table filter). Returns (found,
+/// synced); any sequence that cannot be read or placed is an error naming
+/// it, never a skip.
+async fn sync_sequences(
+    live: &Live,
+    source: &Client,
+    target: &Client,
+) -> Result<(u64, u64), String> {
+    let config = &live.config;
+    let filter = config.tables.filter().map_err(|e| format!("tables: {e}"))?;
+    let catalog = ferry_postgres::catalog::read_catalog(source, &filter, &config.state.schema)
         .await
         .map_err(|e| format!("reading source sequences: {e}"))?;
-    for r in &rows {
-        let name = format!("{}.{}", quote_ident(r.get(0)), quote_ident(r.get(1)));
-        let value: i64 = r.get(2);
+    let unreadable: Vec<_> = catalog.sequences.iter().filter(|s| !s.readable).collect();
+    if !unreadable.is_empty() {
+        let list = |f: fn(&ferry_core::TableId) -> String| {
+            unreadable
+                .iter()
+                .map(|s| f(&s.id))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(format!(
+            "the source user may not read sequence {}, so its value cannot be carried; GRANT SELECT ON SEQUENCE {} TO <source user> and run the cutover again",
+            list(ferry_core::TableId::to_string),
+            list(ferry_core::TableId::quoted)
+        ));
+    }
+    let mut synced = 0u64;
+    for seq in &catalog.sequences {
+        let name = seq.id.quoted();
+        let row = source
+            .query_one(&format!("SELECT last_value, is_called FROM {name}"), &[])
+            .await
+            .map_err(|e| format!("reading sequence {name} on the source: {e}"))?;
+        let (value, called): (i64, bool) = (row.get(0), row.get(1));
+        let on_target = target_sequence(config, target, seq).await?;
         target
             .execute(
-                "SELECT setval($1::text::regclass, $2, true)",
-                &[&name, &value],
+                "SELECT setval($1::text::regclass, $2, $3)",
+                &[&on_target, &value, &called],
             )
             .await
-            .map_err(|e| format!("setting sequence {name} on the target: {e}"))?;
+            .map_err(|e| format!("setting sequence {on_target} on the target: {e}"))?;
+        info!(source = %name, target = %on_target, value, called, "sequence synced");
+        synced += 1;
     }
-    Ok(rows.len() as u64)
+    Ok((catalog.sequences.len() as u64, synced))
+}
+
+/// The target's name of a source sequence: an owned sequence is found
+/// through its table's target name (renames move it along), any other
+/// under its own name.
+async fn target_sequence(
+    config: &ferry_core::config::Config,
+    target: &Client,
+    seq: &ferry_postgres::catalog::SourceSequence,
+) -> Result<String, String> {
+    let found: Option<String> = match &seq.owned_by {
+        Some((table, column)) => {
+            let to = config.tables.target_name(table).quoted();
+            target
+                .query_one("SELECT pg_get_serial_sequence($1, $2)", &[&to, column])
+                .await
+                .map_err(|e| {
+                    format!(
+                        "finding the sequence of {to}.{column} on the target (source {}): {e}",
+                        seq.id
+                    )
+                })?
+                .get(0)
+        }
+        None => target
+            .query_one("SELECT to_regclass($1)::text", &[&seq.id.quoted()])
+            .await
+            .map_err(|e| format!("finding sequence {} on the target: {e}", seq.id))?
+            .get(0),
+    };
+    found.ok_or_else(|| {
+        format!(
+            "source sequence {} has no counterpart on the target{}; create it there",
+            seq.id,
+            seq.owned_by
+                .as_ref()
+                .map(|(t, c)| format!(" (owned by {t}.{c})"))
+                .unwrap_or_default()
+        )
+    })
 }
 
 async fn count_rows(

@@ -41,8 +41,16 @@ const DETAILS_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Finish {
     pub keep_slot: bool,
-    /// Answered with whether the slot and publication were dropped.
-    pub reply: oneshot::Sender<Result<bool, String>>,
+    pub reply: oneshot::Sender<Result<Finished, String>>,
+}
+
+/// What finishing after a cutover did.
+#[derive(Debug, Clone, Default)]
+pub struct Finished {
+    /// The slot and publication were dropped.
+    pub slot_dropped: bool,
+    /// Target schema changes put back (identities, triggers, rules, keys).
+    pub restored: Vec<String>,
 }
 
 /// The shared state of one run.
@@ -160,6 +168,23 @@ impl Live {
         lock(&self.stats, |s| *s = Some(stats));
     }
 
+    /// Carry the applier's counters into the metrics; `seen` remembers the
+    /// stats object and value published last (a reconnected applier starts
+    /// its counters at 0, the metric keeps counting).
+    pub fn publish_apply_counters(&self, seen: &mut (usize, u64)) {
+        let Some(stats) = lock(&self.stats, |s| s.clone()) else {
+            return;
+        };
+        let id = Arc::as_ptr(&stats) as usize;
+        if id != seen.0 {
+            *seen = (id, 0);
+        }
+        let now = stats.source_order_changes.load(Ordering::Relaxed);
+        self.metrics
+            .source_order_changes(now.saturating_sub(seen.1));
+        seen.1 = now;
+    }
+
     pub fn set_error(&self, message: String) {
         lock(&self.last_error, |e| *e = Some(message));
     }
@@ -226,6 +251,10 @@ impl Live {
         }
         let per_table = stats.as_ref().map(|st| st.per_table()).unwrap_or_default();
         s.tables = lock(&self.tables, |t| t.clone());
+        let carried: Vec<String> = lock(&self.carried, |c| {
+            c.iter().map(|(src, _)| src.to_string()).collect()
+        });
+        s.insert_only = insert_only_tables(&self.config, carried);
         for t in &mut s.tables {
             if let Some(id) = ferry_core::config::parse_table_name(&t.name) {
                 t.changes_applied = per_table.get(&id).copied().unwrap_or(0);
@@ -271,6 +300,7 @@ pub async fn run_monitor(live: Arc<Live>, stop: impl std::future::Future<Output 
     let mut tick = tokio::time::interval(HEAD_EVERY);
     let (mut last_heartbeat, mut last_details) =
         (None::<std::time::Instant>, None::<std::time::Instant>);
+    let mut apply_seen = (0, 0);
     loop {
         tokio::select! {
             biased;
@@ -309,6 +339,7 @@ pub async fn run_monitor(live: Arc<Live>, stop: impl std::future::Future<Output 
                 let _ = refresh_slot(&live, src).await;
             }
         }
+        live.publish_apply_counters(&mut apply_seen);
         let lag = live.lag();
         live.metrics.set_lag(lag.seconds, lag.bytes);
         live.metrics
@@ -472,4 +503,21 @@ pub async fn published_address(
         .ok()
         .flatten()
         .map(|r| r.get(0))
+}
+
+/// The tables of `tables` (`schema.table`) that `tables.insert_only`
+/// declares insert-only.
+pub fn insert_only_tables(
+    config: &Config,
+    tables: impl IntoIterator<Item = String>,
+) -> Vec<String> {
+    let Ok(filter) = config.tables.filter() else {
+        return Vec::new();
+    };
+    tables
+        .into_iter()
+        .filter(|t| {
+            ferry_core::config::parse_table_name(t).is_some_and(|id| filter.insert_only(&id))
+        })
+        .collect()
 }

@@ -138,7 +138,8 @@ async fn load_worker(
         let schema = &job.table.schema;
         let to = LoadTarget {
             source: schema.id.clone(),
-            target: config.tables.target_name(&job.chunk.relation),
+            // Renames (`tables.rename`) happen after post-data.
+            target: job.chunk.relation.clone(),
             columns: schema.columns.iter().map(|c| c.name.clone()).collect(),
             chunk: Some(job.chunk.index as i32),
         };

@@ -9,7 +9,9 @@
 //!                                            │            checkpoint, phase=load)
 //!  COPY … TO STDOUT (binary), N sessions ────┴──▶ load    (per chunk: COPY FROM
 //!                                                          + chunk mark, one txn)
-//!  pg_dump post-data ────────────────────────────▶ indexes (parallel builds)
+//!  pg_dump post-data ────────────────────────────▶ indexes (parallel builds),
+//!                                                 FKs NOT VALID, renames,
+//!                                                 ALWAYS/REPLICA triggers off
 //!  pgoutput via START_REPLICATION ─▶ decode ─▶ bounded channel ─▶ applier
 //!        ▲                                                  (batch + checkpoint,
 //!        └──────── standby status (flush = acked) ◀── ack ── one txn, then ack)
@@ -25,11 +27,15 @@
 //! table and copies the others again from a fresh snapshot whose position is
 //! recorded per table (row versions move between ctid ranges, so chunks of
 //! two snapshots are never mixed in one table); the stream replays from the
-//! slot's consistent point and skips, per table, what its snapshot holds.
+//! slot's consistent point and skips, per table, what its snapshot holds;
+//! foreign keys, built `NOT VALID`, are validated once catch-up has passed
+//! every snapshot. Target schema changes made for applying are recorded in
+//! [`overrides`] and put back at cutover.
 
 mod cutover;
 pub mod live;
 pub mod load;
+mod overrides;
 mod plan_store;
 mod progress;
 mod retry;
@@ -79,6 +85,12 @@ async fn run_postgres(
     if phase == Some(Phase::Done) {
         info!("this migration is already cut over (phase done); nothing to do");
         return Ok(Outcome::Ok);
+    }
+    // Before the publication exists: publishing updates of a table without
+    // a replica identity would make the application's UPDATEs fail.
+    if let Some(why) = crate::plan::refusal(config).await {
+        tracing::error!("{why}");
+        return Ok(Outcome::Refused);
     }
     let run_id = state
         .start_run(
@@ -165,6 +177,14 @@ async fn load_phase(
             .await?;
     }
     load::build_post_data(config, state).await?;
+    let mut target_tx = ferry_postgres::connect::connect(&config.target, "target").await?;
+    schema::apply_renames(&mut target_tx, catalog, config).await?;
+    let carried: Vec<_> = catalog
+        .tables
+        .iter()
+        .map(|t| config.tables.target_name(&t.schema.id))
+        .collect();
+    overrides::disable_replica_triggers(&mut target_tx, state, &carried).await?;
     for t in &catalog.tables {
         state
             .set_table_state(target, &t.schema.id, &TableState::CatchingUp)
@@ -216,8 +236,11 @@ async fn start_background(
     Ok(set)
 }
 
-/// After a cutover stopped the stream: drop slot and publication (unless
-/// kept), mark the run done. Returns whether they were dropped.
+/// After a cutover stopped the stream: put back the target schema changes
+/// ferry made for applying ([`overrides`]) and mark the pipeline done, in one
+/// transaction (the stream is down, so nothing is applied after the
+/// triggers are enabled again); then drop slot and publication (unless
+/// kept) and close the run.
 async fn finish_after_cutover(
     config: &Config,
     state: &StateStore,
@@ -225,7 +248,27 @@ async fn finish_after_cutover(
     target: &Client,
     keep_slot: bool,
     run_id: i64,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<live::Finished> {
+    target.batch_execute("BEGIN").await?;
+    let restored = async {
+        let restored = overrides::restore_all(target, state).await?;
+        state.write_phase(target, Phase::Done).await?;
+        anyhow::Ok(restored)
+    }
+    .await;
+    let restored = match restored {
+        Ok(r) => {
+            target.batch_execute("COMMIT").await?;
+            r
+        }
+        Err(e) => {
+            let _ = target.batch_execute("ROLLBACK").await;
+            return Err(e.context("restoring the target schema after the cutover"));
+        }
+    };
+    for r in &restored {
+        info!(restored = %r, "target schema restored");
+    }
     let mut dropped = false;
     if !keep_slot {
         // The walsender may take a moment to let go of the slot.
@@ -243,13 +286,15 @@ async fn finish_after_cutover(
         ferry_postgres::slot::drop_publication(source, &config.postgres.publication).await?;
         dropped = true;
     }
-    state.write_phase(target, Phase::Done).await?;
     state.finish_run(target, run_id).await?;
     info!(
         slot_dropped = dropped,
         "cutover complete; the target is ready for writes"
     );
-    Ok(dropped)
+    Ok(live::Finished {
+        slot_dropped: dropped,
+        restored,
+    })
 }
 
 /// `Ok(true)` to go on, `Ok(false)` when shutdown interrupted the load.
@@ -300,7 +345,8 @@ async fn resume_load(
     target.batch_execute("BEGIN").await?;
     for (t, done) in &reload {
         if *done > 0 {
-            let to = config.tables.target_name(&t.schema.id);
+            // Still under its source name: renames follow post-data.
+            let to = &t.schema.id;
             info!(table = %t.schema.id, done, "copying a partially loaded table again");
             target
                 .batch_execute(&format!("TRUNCATE {}", to.quoted()))

