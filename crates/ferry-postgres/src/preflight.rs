@@ -7,7 +7,10 @@
 //! source. A connection failure is reported as a failed `connect` check, not
 //! as an error, so `ferry plan` can print it with the others.
 //!
-//! Checks: server version (≥ 10; pgoutput v2 streaming needs ≥ 14),
+//! Checks: server version (≥ 10; tested on 12–18), what the version cannot
+//! do (streaming of large transactions and logical decoding messages need
+//! 14, partition-root publishing 13) and what ferry does instead, a
+//! `pg_dump` at least as new as the server,
 //! `wal_level = logical`, a free replication slot and WAL sender,
 //! REPLICATION (or `rds_replication`, or superuser), SELECT on every
 //! selected table, a usable replica identity for tables without a primary
@@ -20,9 +23,11 @@ use tokio_postgres::Client;
 
 use ferry_core::config::TableFilter;
 
-use crate::catalog::{SourceCatalog, SourceTable, read_catalog};
+use crate::catalog::{RelKind, SourceCatalog, SourceTable, read_catalog};
 use crate::connect::{connect, query_error, server_version_num};
-use crate::slot::insert_only_publication;
+use crate::dump;
+use crate::replication::STREAMING_SINCE;
+use crate::slot::{PARTITION_ROOT_SINCE, insert_only_publication};
 
 const SIDE: &str = "source";
 
@@ -87,8 +92,8 @@ async fn run_checks(
 ) -> Result<(), Error> {
     let version_num = server_version_num(client).await?;
     plan.version = setting(client, "server_version").await?;
-    plan.checks
-        .push(version_check(version_num, config.postgres.proto_version));
+    plan.checks.push(version_check(version_num));
+    plan.checks.push(pg_dump_check(version_num).await);
     plan.checks
         .push(wal_level_check(&setting(client, "wal_level").await?));
     plan.checks
@@ -105,6 +110,17 @@ async fn run_checks(
     let catalog = read_catalog(client, &filter, &config.state.schema).await?;
     plan.checks
         .extend(table_checks(client, &catalog, &filter, config).await?);
+    let partitioned: Vec<String> = catalog
+        .tables
+        .iter()
+        .filter(|t| t.relkind == RelKind::Partitioned)
+        .map(|t| t.schema.id.to_string())
+        .collect();
+    plan.checks.extend(feature_checks(
+        version_num,
+        config.postgres.proto_version,
+        &partitioned,
+    ));
     plan.tables = catalog
         .tables
         .iter()
@@ -125,28 +141,123 @@ async fn setting(client: &Client, name: &str) -> Result<String, Error> {
     Ok(row.get(0))
 }
 
-/// Server version: ≥ 10 required; protocol v2 needs ≥ 14.
-pub fn version_check(version_num: u32, proto_version: u32) -> Check {
-    let shown = format!("PostgreSQL {}", version_num / 10_000);
+/// Oldest and newest source majors ferry is tested with.
+pub const TESTED_MAJORS: (u32, u32) = (12, 18);
+
+/// Server version: ≥ 10 required; outside [`TESTED_MAJORS`] a warning.
+pub fn version_check(version_num: u32) -> Check {
+    let major = version_num / 10_000;
+    let shown = format!("PostgreSQL {major}");
     if version_num < 100_000 {
         return Check::fail(
             SIDE,
             "server version",
             format!("{shown} ({version_num}) is too old for logical replication with pgoutput"),
-            "upgrade the source to PostgreSQL 10 or later",
+            "upgrade the source to PostgreSQL 12 or later",
         );
     }
-    if proto_version >= 2 && version_num < 140_000 {
+    let (low, high) = TESTED_MAJORS;
+    if !(low..=high).contains(&major) {
         return Check::warn(
             SIDE,
             "server version",
+            format!("{shown} is outside the tested range {low}–{high}"),
             format!(
-                "{shown}: pgoutput protocol v2 (streaming of large transactions) needs PostgreSQL 14"
+                "prefer a source of PostgreSQL {low}–{high}, or test the migration on a copy first"
             ),
-            "set postgres.proto_version = 1 (large transactions are then decoded only at commit)",
         );
     }
     Check::pass(SIDE, "server version", shown)
+}
+
+/// What PostgreSQL `version_num` cannot do that newer servers can, and
+/// what ferry does instead. `partitioned`: the selected partitioned tables.
+pub fn feature_checks(version_num: u32, proto_version: u32, partitioned: &[String]) -> Vec<Check> {
+    let major = version_num / 10_000;
+    let mut out = Vec::new();
+    out.push(if version_num < STREAMING_SINCE {
+        Check::warn(
+            SIDE,
+            "large-transaction streaming",
+            format!(
+                "unavailable on PostgreSQL {major} (pgoutput protocol 2 needs 14): ferry uses protocol 1, \
+                 so a large transaction reaches the target only after its commit, once the source has decoded \
+                 it whole (spilling to its disk beyond logical_decoding_work_mem)"
+            ),
+            "nothing to do; expect the lag to rise while a large transaction is decoded, or upgrade the source to 14+",
+        )
+    } else if proto_version < 2 {
+        Check::pass(
+            SIDE,
+            "large-transaction streaming",
+            "off (postgres.proto_version = 1): large transactions are decoded at commit",
+        )
+    } else {
+        Check::pass(
+            SIDE,
+            "large-transaction streaming",
+            "on (pgoutput protocol 2)",
+        )
+    });
+    if version_num < STREAMING_SINCE {
+        out.push(Check::pass(
+            SIDE,
+            "decoding messages",
+            format!(
+                "unavailable on PostgreSQL {major} (pgoutput `messages` needs 14): ferry follows the source \
+                 position from the server's keepalives instead of its heartbeat messages"
+            ),
+        ));
+    }
+    if version_num < PARTITION_ROOT_SINCE {
+        out.push(if partitioned.is_empty() {
+            Check::pass(
+                SIDE,
+                "partition-root publishing",
+                format!(
+                    "unavailable on PostgreSQL {major} (publish_via_partition_root needs 13); \
+                     no partitioned table is selected"
+                ),
+            )
+        } else {
+            Check::fail(
+                SIDE,
+                "partition-root publishing",
+                format!(
+                    "unavailable on PostgreSQL {major} (publish_via_partition_root needs 13), \
+                     so these partitioned tables cannot be published: {}",
+                    partitioned.join(", ")
+                ),
+                "exclude them with tables.exclude (and copy them another way), or upgrade the source to PostgreSQL 13+",
+            )
+        });
+    }
+    out
+}
+
+/// A `pg_dump` at least as new as the server (the schema copy runs it).
+pub async fn pg_dump_check(version_num: u32) -> Check {
+    let major = version_num / 10_000;
+    let found = match dump::find_pg_dump() {
+        Ok(path) => dump::pg_dump_version(&path).await,
+        Err(e) => Err(e),
+    };
+    let checked = found.and_then(|d| dump::check_version(&d, major).map(|()| d));
+    match checked {
+        Ok(d) => Check::pass(
+            SIDE,
+            "pg_dump",
+            format!("{} ({})", d.version, d.path.display()),
+        ),
+        Err(e) => Check::fail(
+            SIDE,
+            "pg_dump",
+            e.to_string(),
+            e.fix()
+                .unwrap_or("set FERRY_PG_DUMP to a newer pg_dump")
+                .to_owned(),
+        ),
+    }
 }
 
 /// `wal_level` must be `logical`.
@@ -444,7 +555,6 @@ pub fn sequence_check(catalog: &SourceCatalog) -> Check {
     )
 }
 
-
 /// Whether updates and deletes of `t` can be matched on the target. `None`
 /// when the table has a primary key and default identity (the normal case).
 ///
@@ -536,9 +646,45 @@ mod tests {
 
     #[test]
     fn versions() {
-        assert_eq!(version_check(96_000, 1).status, CheckStatus::Fail);
-        assert_eq!(version_check(130_004, 2).status, CheckStatus::Warn);
-        assert_eq!(version_check(130_004, 1).status, CheckStatus::Pass);
-        assert_eq!(version_check(150_004, 2).status, CheckStatus::Pass);
+        assert_eq!(version_check(96_000).status, CheckStatus::Fail);
+        assert_eq!(version_check(110_022).status, CheckStatus::Warn);
+        assert_eq!(version_check(120_022).status, CheckStatus::Pass);
+        assert_eq!(version_check(180_004).status, CheckStatus::Pass);
+        assert_eq!(version_check(190_000).status, CheckStatus::Warn);
+    }
+
+    fn named<'a>(checks: &'a [Check], name: &str) -> Option<&'a Check> {
+        checks.iter().find(|c| c.name == name)
+    }
+
+    #[test]
+    fn unavailable_features_are_named_per_version() {
+        let v12 = feature_checks(120_022, 2, &[]);
+        let s = named(&v12, "large-transaction streaming").unwrap();
+        assert_eq!(s.status, CheckStatus::Warn);
+        assert!(
+            s.detail.starts_with("unavailable on PostgreSQL 12"),
+            "{}",
+            s.detail
+        );
+        let p = named(&v12, "partition-root publishing").unwrap();
+        assert_eq!(p.status, CheckStatus::Pass);
+        assert!(p.detail.contains("needs 13"), "{}", p.detail);
+        let parts = feature_checks(120_022, 2, &["public.events".into()]);
+        let p = named(&parts, "partition-root publishing").unwrap();
+        assert_eq!(p.status, CheckStatus::Fail);
+        assert!(p.detail.ends_with("public.events"), "{}", p.detail);
+
+        let v13 = feature_checks(130_023, 2, &["public.events".into()]);
+        assert!(named(&v13, "partition-root publishing").is_none());
+        assert_eq!(
+            named(&v13, "large-transaction streaming").unwrap().status,
+            CheckStatus::Warn
+        );
+
+        let v14 = feature_checks(140_023, 2, &[]);
+        assert_eq!(v14.len(), 1);
+        assert_eq!(v14[0].status, CheckStatus::Pass);
+        assert_eq!(v14[0].detail, "on (pgoutput protocol 2)");
     }
 }

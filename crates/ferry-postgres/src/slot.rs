@@ -1,7 +1,9 @@
 //! Publication and replication-slot lifecycle.
 //!
 //! - [`ensure_publication`]: `CREATE PUBLICATION … FOR ALL TABLES` or `FOR
-//!   TABLE …` `WITH (publish_via_partition_root = true)` unless it exists;
+//!   TABLE …` unless it exists, `WITH (publish_via_partition_root = true)`
+//!   from PostgreSQL 13 (12 has no such option and cannot publish a
+//!   partitioned table);
 //!   the tables declared insert-only go into a second publication
 //!   ([`insert_only_publication`]) with `publish = 'insert, truncate'`, so
 //!   the source never refuses an UPDATE or DELETE on a keyless table.
@@ -94,20 +96,34 @@ pub async fn ensure_publication(
             t.iter().map(TableId::quoted).collect::<Vec<_>>().join(", ")
         ),
     };
-    let only = match publish {
-        Publish::All => "",
-        Publish::InsertOnly => "publish = 'insert, truncate', ",
-    };
-    let sql = format!(
-        "CREATE PUBLICATION {}{what} WITH ({only}publish_via_partition_root = true)",
-        quote_ident(name)
-    );
+    let version = crate::connect::server_version_num(client).await?;
+    let sql = publication_sql(name, &what, publish, version);
     client
         .batch_execute(&sql)
         .await
         .map_err(|e| query_error(&format!("creating publication {name}"), e))?;
     tracing::info!(publication = name, "publication created");
     Ok(())
+}
+
+/// First `server_version_num` with `publish_via_partition_root`.
+pub const PARTITION_ROOT_SINCE: u32 = 130_000;
+
+/// `what`: `" FOR TABLE …"`, `" FOR ALL TABLES"` or empty.
+fn publication_sql(name: &str, what: &str, publish: Publish, server_version_num: u32) -> String {
+    let mut with = Vec::new();
+    if publish == Publish::InsertOnly {
+        with.push("publish = 'insert, truncate'");
+    }
+    if server_version_num >= PARTITION_ROOT_SINCE {
+        with.push("publish_via_partition_root = true");
+    }
+    let with = if with.is_empty() {
+        String::new()
+    } else {
+        format!(" WITH ({})", with.join(", "))
+    };
+    format!("CREATE PUBLICATION {}{what}{with}", quote_ident(name))
 }
 
 /// Create slot `name` on `conn` with an exported snapshot.
@@ -218,4 +234,29 @@ pub async fn drop_publication(client: &Client, name: &str) -> Result<(), Error> 
         ))
         .await
         .map_err(|e| query_error(&format!("dropping publication {name}"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_root_publishing_from_13() {
+        assert_eq!(
+            publication_sql("ferry", " FOR ALL TABLES", Publish::All, 120_022),
+            r#"CREATE PUBLICATION "ferry" FOR ALL TABLES"#
+        );
+        assert_eq!(
+            publication_sql("ferry", " FOR TABLE public.t", Publish::All, 130_000),
+            r#"CREATE PUBLICATION "ferry" FOR TABLE public.t WITH (publish_via_partition_root = true)"#
+        );
+        assert_eq!(
+            publication_sql("p", "", Publish::InsertOnly, 120_022),
+            r#"CREATE PUBLICATION "p" WITH (publish = 'insert, truncate')"#
+        );
+        assert_eq!(
+            publication_sql("p", " FOR TABLE public.k", Publish::InsertOnly, 180_004),
+            r#"CREATE PUBLICATION "p" FOR TABLE public.k WITH (publish = 'insert, truncate', publish_via_partition_root = true)"#
+        );
+    }
 }

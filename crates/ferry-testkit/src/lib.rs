@@ -4,7 +4,9 @@
 //! # Design
 //!
 //! - **Real servers from the installed binaries.** [`PgServer::start`] runs
-//!   `initdb` + `postgres` (highest `/usr/lib/postgresql/*/bin`, else `PATH`);
+//!   `initdb` + `postgres` (highest `/usr/lib/postgresql/*/bin`, else `PATH`;
+//!   another major with [`PgOptions::version`], from Debian or from the
+//!   npm builds `make setup` installs under [`pg_versions_dir`]);
 //!   [`MariaDbServer::start`] runs `mariadb-install-db` + `mariadbd`. A missing
 //!   binary is an error naming the Debian package to install; nothing is
 //!   skipped silently.
@@ -44,7 +46,10 @@ mod sys;
 use std::path::{Path, PathBuf};
 
 pub use mariadb::{MariaDbOptions, MariaDbServer};
-pub use pg::{PgAuth, PgOptions, PgServer, PgTlsFiles};
+pub use pg::{
+    MATRIX_MAJORS, PgAuth, PgOptions, PgServer, PgTlsFiles, binary_major, pg_dump_for,
+    pg_server_bin_dir, pg_versions_dir,
+};
 pub use sys::testkit_root;
 
 /// Superuser created in every server (PostgreSQL superuser; MariaDB user with

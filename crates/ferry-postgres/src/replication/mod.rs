@@ -41,7 +41,7 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub use copyboth::{PgOutputOptions, ReplicationMessage, ReplicationStream};
+pub use copyboth::{PgOutputOptions, ReplicationMessage, ReplicationStream, STREAMING_SINCE};
 pub use error::ServerError;
 use tls::Transport;
 
@@ -222,18 +222,21 @@ impl ReplicationConnection {
 
     /// Create a logical pgoutput slot exporting a snapshot.
     pub async fn create_slot(&mut self, slot: &str) -> Result<SlotCreated, Error> {
-        let new_syntax = self.server_version_num.is_none_or(|v| v >= 150_000);
-        let sql = if new_syntax {
-            format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
-                quote_ident(slot)
-            )
-        } else {
-            format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
-                quote_ident(slot)
-            )
-        };
+        self.create_slot_with(slot, false).await
+    }
+
+    /// Create a temporary logical pgoutput slot exporting a snapshot: the
+    /// server drops it when this connection ends.
+    pub async fn create_temporary_slot(&mut self, slot: &str) -> Result<SlotCreated, Error> {
+        self.create_slot_with(slot, true).await
+    }
+
+    async fn create_slot_with(
+        &mut self,
+        slot: &str,
+        temporary: bool,
+    ) -> Result<SlotCreated, Error> {
+        let sql = create_slot_sql(slot, temporary, self.server_version_num);
         let rows = self
             .simple_query(&sql)
             .await
@@ -262,6 +265,7 @@ impl ReplicationConnection {
         start: Lsn,
         options: &PgOutputOptions,
     ) -> Result<ReplicationStream, Error> {
+        let options = &options.for_server(self.server_version_num);
         let sql = format!(
             "START_REPLICATION SLOT {} LOGICAL {start} ({})",
             quote_ident(slot),
@@ -373,6 +377,24 @@ impl ReplicationConnection {
     }
 }
 
+/// `CREATE_REPLICATION_SLOT` in the syntax of the server: the option list
+/// `(SNAPSHOT 'export')` from PostgreSQL 15, the keyword `EXPORT_SNAPSHOT`
+/// on 10–14, which do not know the option list. `None` (version unknown)
+/// uses the new form.
+fn create_slot_sql(slot: &str, temporary: bool, server_version_num: Option<u32>) -> String {
+    let temp = if temporary { " TEMPORARY" } else { "" };
+    let new_syntax = server_version_num.is_none_or(|v| v >= 150_000);
+    let snapshot = if new_syntax {
+        "(SNAPSHOT 'export')"
+    } else {
+        "EXPORT_SNAPSHOT"
+    };
+    format!(
+        "CREATE_REPLICATION_SLOT {}{temp} LOGICAL pgoutput {snapshot}",
+        quote_ident(slot)
+    )
+}
+
 /// `15.4 (Debian …)` → 150004; `9.6.2` → 90602.
 fn parse_server_version(v: &str) -> Option<u32> {
     let head: String = v
@@ -443,6 +465,26 @@ mod tests {
         assert_eq!(parse_server_version("9.6.2"), Some(90_600));
         assert_eq!(parse_server_version("16beta1"), Some(160_000));
         assert_eq!(parse_server_version("x"), None);
+    }
+
+    #[test]
+    fn slot_syntax_follows_the_server_version() {
+        assert_eq!(
+            create_slot_sql("s", false, Some(120_022)),
+            r#"CREATE_REPLICATION_SLOT "s" LOGICAL pgoutput EXPORT_SNAPSHOT"#
+        );
+        assert_eq!(
+            create_slot_sql("s", true, Some(140_023)),
+            r#"CREATE_REPLICATION_SLOT "s" TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT"#
+        );
+        assert_eq!(
+            create_slot_sql("s", true, Some(150_018)),
+            r#"CREATE_REPLICATION_SLOT "s" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')"#
+        );
+        assert_eq!(
+            create_slot_sql("s", false, None),
+            r#"CREATE_REPLICATION_SLOT "s" LOGICAL pgoutput (SNAPSHOT 'export')"#
+        );
     }
 
     #[test]

@@ -373,9 +373,10 @@ async fn poll_source(
 
 async fn refresh_slot(live: &Live, src: &tokio_postgres::Client) -> anyhow::Result<()> {
     let slot = &live.config.postgres.slot;
+    // wal_status exists from PostgreSQL 13; to_jsonb reads it where it does.
     let row = src
         .query_opt(
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8, wal_status FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8, to_jsonb(s) ->> 'wal_status' FROM pg_replication_slots s WHERE slot_name = $1",
             &[slot],
         )
         .await?;

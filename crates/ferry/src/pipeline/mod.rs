@@ -49,7 +49,6 @@ use anyhow::Context;
 use ferry_apply::state::{Phase, StateStore, TableState};
 use ferry_core::Lsn;
 use ferry_core::config::{Config, EndpointKind};
-use ferry_core::schema::quote_ident;
 use ferry_postgres::catalog::{SourceCatalog, read_catalog};
 use ferry_postgres::replication::ReplicationConnection;
 use tokio_postgres::Client;
@@ -365,26 +364,11 @@ async fn resume_load(
     }
     let mut conn = ReplicationConnection::connect(&config.source).await?;
     let temp_slot = format!("{}_resync_{}", config.postgres.slot, std::process::id());
-    let rows = conn
-        .simple_query(&format!(
-            "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')",
-            quote_ident(&temp_slot)
-        ))
-        .await?;
-    let row = rows
-        .first()
-        .context("CREATE_REPLICATION_SLOT returned no row")?;
-    let at: Lsn = row
-        .get(1)
-        .cloned()
-        .flatten()
-        .context("no consistent point")?
-        .parse()?;
-    let name = row
-        .get(2)
-        .cloned()
-        .flatten()
-        .context("no exported snapshot")?;
+    let created = conn.create_temporary_slot(&temp_slot).await?;
+    let at: Lsn = created.consistent_point;
+    let name = created
+        .snapshot_name
+        .context("the temporary slot exported no snapshot")?;
     info!(snapshot = %name, at = %at, tables = reload.len(), "resuming the full load from a new snapshot");
 
     target.batch_execute("BEGIN").await?;

@@ -1,0 +1,410 @@
+//! The version matrix: for every PostgreSQL major ferry supports (sources
+//! 12–18, targets 13–18; the servers `make setup` installs), one short
+//! end-to-end migration through the CLI — `ferry plan` naming what the
+//! source's version cannot do, a full load under concurrent writes that is
+//! killed with `kill -9` and resumed, a large transaction streamed while in
+//! progress where the source can (14+), a fenced cutover, and an exact
+//! comparison of source and target — plus the cross-version pairs users
+//! make. PostgreSQL 15 → 15 is the rest of the suite.
+
+use std::time::{Duration, Instant};
+
+use ferry_e2e::pgsync::{self, BENCH_SCHEMA, Writer};
+use ferry_e2e::{Background, Ran, ferry, run};
+use ferry_testkit::{PgOptions, PgServer};
+
+const BENCH_TABLES: &[&str] = &["branches", "tellers", "accounts", "history", "docs"];
+const LONG: Duration = Duration::from_secs(180);
+const ACCOUNTS: u32 = 100_000;
+
+struct Pair {
+    source_major: u32,
+    _source: PgServer,
+    _target: PgServer,
+    source_url: String,
+    target_url: String,
+    pg_dump: String,
+    control: String,
+    logs: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn pair(source_major: u32, target_major: u32) -> Pair {
+    let mut opts = PgOptions::new().version(source_major);
+    if source_major >= 13 {
+        // Small enough that the large transaction below is streamed (14+).
+        opts = opts.setting("logical_decoding_work_mem", "64kB");
+    }
+    let source = PgServer::start(opts).expect("source");
+    let target = PgServer::start(PgOptions::new().version(target_major).wal_level("replica"))
+        .expect("target");
+    let sdb = source.create_database("src").unwrap();
+    let tdb = target.create_database("dst").unwrap();
+    source.psql(&sdb, BENCH_SCHEMA).unwrap();
+    source
+        .psql(&sdb, &pgsync::bench_data(ACCOUNTS, 300))
+        .unwrap();
+    let pg_dump = ferry_testkit::pg_dump_for(source_major).expect("pg_dump");
+    Pair {
+        source_major,
+        source_url: source.url(&sdb),
+        target_url: target.url(&tdb),
+        _source: source,
+        _target: target,
+        pg_dump: pg_dump.to_string_lossy().into_owned(),
+        control: format!("127.0.0.1:{}", free_port()),
+        logs: tempfile::tempdir().unwrap(),
+    }
+}
+
+impl Pair {
+    fn cmd(&self) -> std::process::Command {
+        let mut cmd = ferry(&self.source_url, &self.target_url).unwrap();
+        cmd.env("FERRY_SOURCE_SSLMODE", "disable")
+            .env("FERRY_TARGET_SSLMODE", "disable")
+            .env("FERRY_CONTROL_LISTEN", &self.control)
+            .env("FERRY_APPLY_BATCH_MS", "100")
+            .env("FERRY_PG_DUMP", &self.pg_dump);
+        cmd
+    }
+
+    fn ferry(&self, args: &[&str]) -> Ran {
+        run(self.cmd().args(args)).unwrap()
+    }
+
+    fn start(&self, name: &str, env: &[(&str, &str)]) -> Background {
+        let mut cmd = self.cmd();
+        cmd.env("FERRY_LOG", "info").arg("run");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Background::spawn(cmd, &self.logs.path().join(format!("{name}.log"))).unwrap()
+    }
+
+    fn target_i64(&self, sql: &str) -> Option<i64> {
+        pgsync::runtime().block_on(async {
+            let dst = pgsync::connect(&self.target_url).await.ok()?;
+            let row = dst.query_opt(sql, &[]).await.ok()??;
+            Some(row.get::<_, i64>(0))
+        })
+    }
+
+    fn wait_phase(&self, ferry: &mut Background, phase: &str) {
+        let start = Instant::now();
+        loop {
+            if let Some(code) = ferry.exited().unwrap() {
+                panic!("ferry exited with {code:?}:\n{}", ferry.log());
+            }
+            let ran = self.ferry(&["status", "--json"]);
+            if ran.code == Some(0) {
+                let v: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap_or_default();
+                if v["live"] == true && v["phase"] == phase {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < LONG,
+                "never reached {phase}:\n{}",
+                ferry.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `ferry plan` passes and names what this source version cannot do.
+    fn plan_names_the_version_features(&self) {
+        let ran = self.ferry(&["plan"]);
+        assert_eq!(ran.code, Some(0), "{}", ran.all());
+        assert!(
+            ran.stdout.contains("plan: runnable (5 tables)"),
+            "{}",
+            ran.all()
+        );
+        let m = self.source_major;
+        let line = |name: &str| -> String {
+            ran.stdout
+                .lines()
+                .find(|l| l.contains(name))
+                .unwrap_or_else(|| panic!("no `{name}` check:\n{}", ran.stdout))
+                .to_owned()
+        };
+        assert!(
+            line("server version").contains(&format!("PostgreSQL {m}")),
+            "{}",
+            ran.stdout
+        );
+        assert!(
+            line("pg_dump").contains(&format!(
+                "pg_dump (PostgreSQL) {}",
+                ferry_testkit::binary_major(std::path::Path::new(&self.pg_dump)).unwrap()
+            )),
+            "{}",
+            ran.stdout
+        );
+        let streaming = line("large-transaction streaming");
+        if m >= 14 {
+            assert!(
+                streaming.contains("on (pgoutput protocol 2)"),
+                "{streaming}"
+            );
+            assert!(
+                !ran.stdout.contains("partition-root publishing"),
+                "{}",
+                ran.stdout
+            );
+        } else {
+            assert!(streaming.starts_with("  WARN"), "{streaming}");
+            assert!(
+                streaming.contains(&format!(
+                    "unavailable on PostgreSQL {m} (pgoutput protocol 2 needs 14)"
+                )),
+                "{streaming}"
+            );
+            let partition = ran
+                .stdout
+                .lines()
+                .find(|l| l.contains("partition-root publishing"));
+            if m < 13 {
+                let partition = partition.unwrap_or_else(|| panic!("{}", ran.stdout));
+                assert!(
+                    partition.contains(
+                        "unavailable on PostgreSQL 12 (publish_via_partition_root needs 13)"
+                    ),
+                    "{partition}"
+                );
+            } else {
+                assert!(partition.is_none(), "{}", ran.stdout);
+            }
+        }
+    }
+}
+
+/// Progress on stderr (shown with `--nocapture`): what the matrix costs.
+fn step(started: Instant, what: &str) {
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("[{:6.1}s] {what}", started.elapsed().as_secs_f64());
+    }
+}
+
+/// One migration between PostgreSQL `source_major` and `target_major`.
+fn migrate(source_major: u32, target_major: u32) {
+    let started = Instant::now();
+    let p = pair(source_major, target_major);
+    step(started, "servers up, data loaded");
+    p.plan_names_the_version_features();
+    step(started, "plan checked");
+
+    let mut writer = Writer::start(&p.source_url, ACCOUNTS);
+    writer.wait_for(20, LONG).unwrap();
+
+    // 1. The load, killed with -9 once a chunk is committed.
+    let chunks = [
+        ("FERRY_LOAD_CHUNK_ROWS", "5000"),
+        ("FERRY_LOAD_PARALLELISM", "1"),
+    ];
+    let mut ferry = p.start("load", &chunks);
+    let t = Instant::now();
+    while p
+        .target_i64("SELECT count(*) FROM ferry.chunks")
+        .unwrap_or(0)
+        < 1
+    {
+        if let Some(code) = ferry.exited().unwrap() {
+            panic!(
+                "ferry exited during the load with {code:?}:\n{}",
+                ferry.log()
+            );
+        }
+        assert!(t.elapsed() < LONG, "no chunk completed:\n{}", ferry.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ferry.kill9().unwrap();
+    step(started, "killed during the load");
+
+    // 2. Resume: the unfinished tables are copied from a new snapshot, taken
+    //    with a temporary slot in this server's syntax.
+    let mut ferry = p.start("resume", &chunks);
+    p.wait_phase(&mut ferry, "stream");
+    let log = ferry.log();
+    assert!(
+        log.contains("resuming the full load from a new snapshot"),
+        "the load was not resumed:\n{log}"
+    );
+
+    step(started, "resumed and streaming");
+
+    // 3. A large transaction, streamed while in progress where the source can.
+    let rt = pgsync::runtime();
+    rt.block_on(async {
+        let src = pgsync::connect(&p.source_url).await.unwrap();
+        src.batch_execute(
+            "INSERT INTO accounts SELECT g, 1, 0, 'large transaction' \
+             FROM generate_series(900000001, 900020000) g",
+        )
+        .await
+        .unwrap();
+        if source_major >= 14 {
+            // The source's own statistics say it was sent while in progress.
+            let t = Instant::now();
+            loop {
+                let streamed: i64 = src
+                    .query_one(
+                        "SELECT coalesce(sum(stream_txns), 0)::int8 FROM pg_stat_replication_slots \
+                         WHERE slot_name = 'ferry'",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                if streamed > 0 {
+                    break;
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(60),
+                    "PostgreSQL {source_major} streams large transactions, but slot ferry streamed none"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    writer.wait_for(writer.committed() + 100, LONG).unwrap();
+
+    step(started, "large transaction sent");
+
+    // 4. Fenced cutover under writes, then an exact comparison.
+    let cut = p.ferry(&[
+        "cutover",
+        "--fence",
+        "--max-lag",
+        "60s",
+        "--timeout",
+        "120s",
+    ]);
+    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
+    assert!(cut.stdout.contains("cutover: done"), "{}", cut.all());
+    step(started, "cut over");
+    let run_log = ferry.log();
+    let code = ferry.wait(Duration::from_secs(60)).unwrap();
+    assert_eq!(code, Some(0), "ferry run exits 0 after cutover:\n{run_log}");
+    let _ = writer.stop();
+    rt.block_on(async {
+        let src = pgsync::connect(&p.source_url).await.unwrap();
+        let dst = pgsync::connect(&p.target_url).await.unwrap();
+        pgsync::compare_tables(&src, &dst, BENCH_TABLES)
+            .await
+            .unwrap();
+        let large: i64 = dst
+            .query_one(
+                "SELECT count(*) FROM accounts WHERE filler = 'large transaction'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(large, 20_000, "the large transaction arrived whole");
+    });
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!(
+            "PostgreSQL {source_major} -> {target_major}: {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+#[test]
+fn pg12_to_13() {
+    migrate(12, 13);
+}
+
+#[test]
+fn pg13_to_13() {
+    migrate(13, 13);
+}
+
+#[test]
+fn pg14_to_14() {
+    migrate(14, 14);
+}
+
+#[test]
+fn pg16_to_16() {
+    migrate(16, 16);
+}
+
+#[test]
+fn pg17_to_17() {
+    migrate(17, 17);
+}
+
+#[test]
+fn pg18_to_18() {
+    migrate(18, 18);
+}
+
+#[test]
+fn pg12_to_16() {
+    migrate(12, 16);
+}
+
+#[test]
+fn pg14_to_17() {
+    migrate(14, 17);
+}
+
+#[test]
+fn pg15_to_18() {
+    migrate(15, 18);
+}
+
+/// A `pg_dump` older than the source is refused by `ferry plan` with the
+/// fix, before anything is created.
+#[test]
+fn plan_refuses_a_pg_dump_older_than_the_source() {
+    let source = PgServer::start(PgOptions::new().version(18)).expect("source");
+    let target =
+        PgServer::start(PgOptions::new().version(18).wal_level("replica")).expect("target");
+    let sdb = source.create_database("src").unwrap();
+    let tdb = target.create_database("dst").unwrap();
+    source
+        .psql(&sdb, "CREATE TABLE t (id int PRIMARY KEY)")
+        .unwrap();
+    let old = "/usr/lib/postgresql/15/bin/pg_dump";
+    assert_eq!(
+        ferry_testkit::binary_major(std::path::Path::new(old)).unwrap(),
+        15
+    );
+    let ran = run(ferry(&source.url(&sdb), &target.url(&tdb))
+        .unwrap()
+        .env("FERRY_PG_DUMP", old)
+        .arg("plan"))
+    .unwrap();
+    assert_eq!(ran.code, Some(2), "{}", ran.all());
+    let line = ran
+        .stdout
+        .lines()
+        .find(|l| l.contains("pg_dump"))
+        .unwrap_or_else(|| panic!("{}", ran.stdout));
+    assert!(line.starts_with("  FAIL"), "{line}");
+    assert!(
+        line.contains(&format!(
+            "{old} is version 15 but the source server is PostgreSQL 18"
+        )),
+        "{line}"
+    );
+    assert!(
+        ran.stdout
+            .contains("set FERRY_PG_DUMP to a pg_dump of version 18 or later"),
+        "fix missing: {}",
+        ran.stdout
+    );
+    assert!(ran.stdout.contains("NOT runnable"), "{}", ran.stdout);
+}
