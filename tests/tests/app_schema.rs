@@ -642,6 +642,13 @@ fn unreadable_sequence_is_flagged_by_plan_and_fails_the_cutover() {
         format!("postgres://migrator:pw@127.0.0.1:{port}/{sdb}"),
     );
 
+    // Only the two tables: invoice_no_seq is carried because the invoices
+    // default uses it (the filter does not name it).
+    std::fs::write(
+        &s.config,
+        "[tables]\ninclude = [\"public.invoices\", \"public.tickets\"]\n\n[tables.rename]\n\"public.tickets\" = \"support.tickets\"\n",
+    )
+    .unwrap();
     let plan = s.ferry(&["plan"]);
     assert_ne!(plan.code, Some(0), "{}", plan.all());
     assert!(
