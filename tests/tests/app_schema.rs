@@ -673,6 +673,17 @@ fn unreadable_sequence_is_flagged_by_plan_and_fails_the_cutover() {
     )
     .unwrap();
 
+    // A dry run already says so.
+    let dry = s.ferry(&["cutover", "--dry-run", "--max-lag", "60s"]);
+    assert_eq!(dry.code, Some(2), "{}", dry.all());
+    assert!(
+        dry.stdout.contains(
+            "the cutover would fail: the source user may not read sequence public.invoice_no_seq"
+        ),
+        "{}",
+        dry.all()
+    );
+
     // The cutover reads every sequence or fails naming it; replication goes on.
     let cut = s.ferry(&["cutover", "--max-lag", "60s", "--timeout", "60s"]);
     assert_ne!(cut.code, Some(0), "{}", cut.all());
