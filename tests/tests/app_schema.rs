@@ -642,6 +642,13 @@ fn unreadable_sequence_is_flagged_by_plan_and_fails_the_cutover() {
         format!("postgres://migrator:pw@127.0.0.1:{port}/{sdb}"),
     );
 
+    // Only the two tables: invoice_no_seq is carried because the invoices
+    // default uses it (the filter does not name it).
+    std::fs::write(
+        &s.config,
+        "[tables]\ninclude = [\"public.invoices\", \"public.tickets\"]\n\n[tables.rename]\n\"public.tickets\" = \"support.tickets\"\n",
+    )
+    .unwrap();
     let plan = s.ferry(&["plan"]);
     assert_ne!(plan.code, Some(0), "{}", plan.all());
     assert!(
@@ -665,6 +672,17 @@ fn unreadable_sequence_is_flagged_by_plan_and_fails_the_cutover() {
         admin.batch_execute("INSERT INTO invoices (amount) SELECT i FROM generate_series(1, 50) i"),
     )
     .unwrap();
+
+    // A dry run already says so.
+    let dry = s.ferry(&["cutover", "--dry-run", "--max-lag", "60s"]);
+    assert_eq!(dry.code, Some(2), "{}", dry.all());
+    assert!(
+        dry.stdout.contains(
+            "the cutover would fail: the source user may not read sequence public.invoice_no_seq"
+        ),
+        "{}",
+        dry.all()
+    );
 
     // The cutover reads every sequence or fails naming it; replication goes on.
     let cut = s.ferry(&["cutover", "--max-lag", "60s", "--timeout", "60s"]);

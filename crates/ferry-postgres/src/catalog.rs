@@ -381,8 +381,9 @@ async fn read_keys(
     Ok(out)
 }
 
-/// Sequences owned by a selected table, plus unowned ones whose
-/// `schema.name` the table filter matches.
+/// Sequences owned by a selected table, plus unowned ones that a selected
+/// table's column default uses or whose `schema.name` the table filter
+/// matches.
 async fn read_sequences(
     client: &Client,
     state_schema: &str,
@@ -392,7 +393,18 @@ async fn read_sequences(
     let sql = format!(
         "SELECT n.nspname::text, c.relname::text, s.last_value,
                 tn.nspname::text, t.relname::text, a.attname::text,
-                has_sequence_privilege(c.oid, 'SELECT')
+                has_sequence_privilege(c.oid, 'SELECT'),
+                ARRAY(SELECT un.nspname::text FROM pg_depend ud
+                        JOIN pg_attrdef ad ON ud.classid = 'pg_attrdef'::regclass AND ud.objid = ad.oid
+                        JOIN pg_class ut ON ut.oid = ad.adrelid
+                        JOIN pg_namespace un ON un.oid = ut.relnamespace
+                       WHERE ud.refclassid = 'pg_class'::regclass AND ud.refobjid = c.oid
+                       ORDER BY ut.oid),
+                ARRAY(SELECT ut.relname::text FROM pg_depend ud
+                        JOIN pg_attrdef ad ON ud.classid = 'pg_attrdef'::regclass AND ud.objid = ad.oid
+                        JOIN pg_class ut ON ut.oid = ad.adrelid
+                       WHERE ud.refclassid = 'pg_class'::regclass AND ud.refobjid = c.oid
+                       ORDER BY ut.oid)
            FROM pg_class c
            JOIN pg_namespace n ON n.oid = c.relnamespace
            LEFT JOIN pg_sequences s ON s.schemaname = n.nspname AND s.sequencename = c.relname
@@ -418,9 +430,16 @@ async fn read_sequences(
             )),
             _ => None,
         };
+        // Tables whose column defaults call it (`DEFAULT nextval(…)`).
+        let used_by: Vec<TableId> = r
+            .get::<_, Vec<String>>(7)
+            .into_iter()
+            .zip(r.get::<_, Vec<String>>(8))
+            .map(|(s, t)| TableId::new(s, t))
+            .collect();
         let keep = match &owned_by {
             Some((table, _)) => selected.contains(table),
-            None => filter.matches(&id),
+            None => filter.matches(&id) || used_by.iter().any(|t| selected.contains(t)),
         };
         if keep {
             out.push(SourceSequence {

@@ -240,6 +240,9 @@ fn cutover(out: &mut String, c: &CutoverRecord) {
     );
     row(out, "lag at start", &human_seconds(c.lag_seconds_at_start));
     row(out, "sequences synced", &c.sequences_synced.to_string());
+    if !c.restored.is_empty() {
+        row(out, "target schema restored", &c.restored.join("; "));
+    }
     row(
         out,
         "slot dropped",

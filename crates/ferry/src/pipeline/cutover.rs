@@ -122,7 +122,18 @@ pub async fn run(live: Arc<Live>, req: CutoverRequest) -> Result<CutoverRecord, 
         return Err(format!("refused: {why}"));
     }
     if req.dry_run {
+        // What would fail the sequence step is known now: say so.
+        let source = ferry_postgres::connect::connect(&live.config.source, "source")
+            .await
+            .map_err(|e| e.to_string())?;
+        let sequences = carried_sequences(&live, &source)
+            .await
+            .map_err(|e| format!("dry run: the cutover would fail: {e}"))?;
         rec.steps = planned_steps(&req, &live);
+        rec.steps.push(format!(
+            "{} sequences readable and to be synced",
+            sequences.len()
+        ));
         rec.restored = super::overrides::planned(&target, &live.state)
             .await
             .map_err(|e| format!("{e:#}"))?;
@@ -391,6 +402,35 @@ async fn sync_sequences(
     source: &Client,
     target: &Client,
 ) -> Result<(u64, u64), String> {
+    let sequences = carried_sequences(live, source).await?;
+    let mut synced = 0u64;
+    for seq in &sequences {
+        let name = seq.id.quoted();
+        let row = source
+            .query_one(&format!("SELECT last_value, is_called FROM {name}"), &[])
+            .await
+            .map_err(|e| format!("reading sequence {name} on the source: {e}"))?;
+        let (value, called): (i64, bool) = (row.get(0), row.get(1));
+        let on_target = target_sequence(&live.config, target, seq).await?;
+        target
+            .execute(
+                "SELECT setval($1::text::regclass, $2, $3)",
+                &[&on_target, &value, &called],
+            )
+            .await
+            .map_err(|e| format!("setting sequence {on_target} on the target: {e}"))?;
+        info!(source = %name, target = %on_target, value, called, "sequence synced");
+        synced += 1;
+    }
+    Ok((sequences.len() as u64, synced))
+}
+
+/// The source sequences the cutover syncs (see the catalog), or the error
+/// naming those the source user may not read.
+async fn carried_sequences(
+    live: &Live,
+    source: &Client,
+) -> Result<Vec<ferry_postgres::catalog::SourceSequence>, String> {
     let config = &live.config;
     let filter = config.tables.filter().map_err(|e| format!("tables: {e}"))?;
     let catalog = ferry_postgres::catalog::read_catalog(source, &filter, &config.state.schema)
@@ -411,26 +451,7 @@ async fn sync_sequences(
             list(ferry_core::TableId::quoted)
         ));
     }
-    let mut synced = 0u64;
-    for seq in &catalog.sequences {
-        let name = seq.id.quoted();
-        let row = source
-            .query_one(&format!("SELECT last_value, is_called FROM {name}"), &[])
-            .await
-            .map_err(|e| format!("reading sequence {name} on the source: {e}"))?;
-        let (value, called): (i64, bool) = (row.get(0), row.get(1));
-        let on_target = target_sequence(config, target, seq).await?;
-        target
-            .execute(
-                "SELECT setval($1::text::regclass, $2, $3)",
-                &[&on_target, &value, &called],
-            )
-            .await
-            .map_err(|e| format!("setting sequence {on_target} on the target: {e}"))?;
-        info!(source = %name, target = %on_target, value, called, "sequence synced");
-        synced += 1;
-    }
-    Ok((catalog.sequences.len() as u64, synced))
+    Ok(catalog.sequences)
 }
 
 /// The target's name of a source sequence: an owned sequence is found
