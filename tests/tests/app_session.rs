@@ -597,6 +597,37 @@ fn terminated_sessions_reconnect_with_backoff() {
     assert!(log.contains("57P01"), "the cause is kept: {log}");
     assert!(log.contains("reconnecting to source and target"), "{log}");
     p.wait_phase(&mut ferry, "stream");
+
+    // A cutover that fails keeps its class and says what to do; the source
+    // is unfenced and replication goes on.
+    assert_eq!(p.ferry(&["pause"]).code, Some(0));
+    load.wait_for(10);
+    let failed = p.ferry(&[
+        "cutover",
+        "--fence",
+        "--max-lag",
+        "1000s",
+        "--timeout",
+        "1s",
+    ]);
+    assert_eq!(failed.code, Some(2), "{}", failed.all());
+    assert!(
+        failed
+            .all()
+            .contains("cutover failed (needs operator): drain timed out after"),
+        "{}",
+        failed.all()
+    );
+    assert!(
+        failed
+            .all()
+            .contains("; raise --timeout; replication continues"),
+        "{}",
+        failed.all()
+    );
+    assert_eq!(p.ferry(&["resume"]).code, Some(0));
+    load.wait_for(10);
+    p.wait_caught_up();
     p.cutover(ferry);
     load.stop();
     p.compare(&["items"]);
