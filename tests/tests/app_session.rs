@@ -597,6 +597,37 @@ fn terminated_sessions_reconnect_with_backoff() {
     assert!(log.contains("57P01"), "the cause is kept: {log}");
     assert!(log.contains("reconnecting to source and target"), "{log}");
     p.wait_phase(&mut ferry, "stream");
+
+    // A cutover that fails keeps its class and says what to do; the source
+    // is unfenced and replication goes on.
+    assert_eq!(p.ferry(&["pause"]).code, Some(0));
+    load.wait_for(10);
+    let failed = p.ferry(&[
+        "cutover",
+        "--fence",
+        "--max-lag",
+        "1000s",
+        "--timeout",
+        "1s",
+    ]);
+    assert_eq!(failed.code, Some(2), "{}", failed.all());
+    assert!(
+        failed
+            .all()
+            .contains("cutover failed (needs operator): drain timed out after"),
+        "{}",
+        failed.all()
+    );
+    assert!(
+        failed
+            .all()
+            .contains("; raise --timeout; replication continues"),
+        "{}",
+        failed.all()
+    );
+    assert_eq!(p.ferry(&["resume"]).code, Some(0));
+    load.wait_for(10);
+    p.wait_caught_up();
     p.cutover(ferry);
     load.stop();
     p.compare(&["items"]);
@@ -712,4 +743,41 @@ fn truncate_only_parent_and_partition_changes_not_carried() {
     p.cutover(ferry);
     load.stop();
     p.compare(&["animals", "dogs", "measures", "measures_4"]);
+}
+
+/// Item 12: a target that refuses connections (SQLSTATE 53300, too many
+/// clients) when `ferry run` starts is transient like any other: ferry
+/// waits with backoff, starts once connections are free again, and the run
+/// ends in an exact fenced cutover.
+#[test]
+fn too_many_connections_at_start_is_retried() {
+    let p = pair_with(
+        ITEMS_SCHEMA,
+        PgOptions::new()
+            .wal_level("replica")
+            .setting("max_connections", "8"),
+    );
+    // Take every connection slot of the target (the runtime keeps them).
+    let rt = pgsync::runtime();
+    let held: Vec<Client> = rt.block_on(async {
+        let mut held = Vec::new();
+        while let Ok(c) = pgsync::connect(&p.target_url).await {
+            held.push(c);
+            assert!(held.len() < 50, "max_connections is not in force");
+        }
+        held
+    });
+    let load = Load::start(&p.source_url, items_change);
+    let mut ferry = p.start("run");
+    wait_log(&mut ferry, "transient failure; will reconnect");
+    let log = ferry.log();
+    assert!(log.contains("53300"), "the cause is kept: {log}");
+    drop(held);
+    drop(rt);
+    p.wait_phase(&mut ferry, "stream");
+    load.wait_for(50);
+    p.wait_caught_up();
+    p.cutover(ferry);
+    load.stop();
+    p.compare(&["items"]);
 }

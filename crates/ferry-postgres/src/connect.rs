@@ -385,7 +385,10 @@ fn classify_connect_error(
     let url = &endpoint.url;
     if let Some(db) = err.as_db_error() {
         let code = db.code().code();
-        let context = format!("cannot connect to {side} {url}: {}", db.message());
+        let context = format!(
+            "cannot connect to {side} {url}: {} (SQLSTATE {code})",
+            db.message()
+        );
         let fix = match code {
             "28P01" | "28000" => format!(
                 "check the user and password in {side}.url and that pg_hba.conf allows this user from this host"

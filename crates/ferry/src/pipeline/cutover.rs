@@ -28,14 +28,18 @@
 //!    publication unless `keep_slot`; `ferry run` then exits 0.
 //!
 //! On a failure or timeout after fencing, the source is unfenced and
-//! replication continues; the error says which step failed.
+//! replication continues; the error says which step failed. Step errors are
+//! [`ferry_core::Error`]s that keep their class (transient: a session was
+//! ended, try again; needs an operator: the fix) and their cause; only the
+//! control API's answer turns them into text, class included.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ferry_core::Lsn;
 use ferry_core::schema::quote_ident;
+use ferry_core::{Error, ErrorClass, Lsn};
 use ferry_monitor::{CutoverRecord, Phase, TableCheck};
+use ferry_postgres::connect::query_error;
 use tokio::sync::oneshot;
 use tokio_postgres::Client;
 use tracing::{info, warn};
@@ -105,12 +109,12 @@ pub async fn run(live: Arc<Live>, req: CutoverRequest) -> Result<CutoverRecord, 
     // Table states come from the target itself, never from a cached view.
     let target = ferry_postgres::connect::connect(&live.config.target, "target")
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed_text(&e))?;
     let records = live
         .state
         .tables(&target)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed_text(&e))?;
     let states: Vec<(String, String)> = records
         .into_iter()
         .map(|t| (t.source_table, t.state.as_str().to_owned()))
@@ -152,11 +156,20 @@ pub async fn run(live: Arc<Live>, req: CutoverRequest) -> Result<CutoverRecord, 
             Ok(rec)
         }
         Err(e) => {
-            rec.outcome = format!("failed: {e}");
+            warn!(error = %e, class = %e.class(), cause = ?std::error::Error::source(&e).map(ToString::to_string), "cutover failed");
+            rec.outcome = format!("failed ({}): {e}", e.class());
             rec.finished_at = Some(SystemTime::now());
             record(&live, &rec).await;
-            Err(format!("cutover failed: {e}; replication continues"))
+            Err(format!("{}; replication continues", failed_text(&e)))
         }
+    }
+}
+
+/// The control API's text of a failed step: class, message and what to do.
+fn failed_text(e: &Error) -> String {
+    match e.class() {
+        ErrorClass::Transient => format!("cutover failed (transient, try again): {e}"),
+        ErrorClass::Operator => format!("cutover failed (needs operator): {e}"),
     }
 }
 
@@ -186,13 +199,9 @@ fn planned_steps(req: &CutoverRequest, live: &Live) -> Vec<String> {
     steps
 }
 
-async fn execute(live: &Live, req: &CutoverRequest, rec: &mut CutoverRecord) -> Result<(), String> {
-    let source = ferry_postgres::connect::connect(&live.config.source, "source")
-        .await
-        .map_err(|e| e.to_string())?;
-    let target = ferry_postgres::connect::connect(&live.config.target, "target")
-        .await
-        .map_err(|e| e.to_string())?;
+async fn execute(live: &Live, req: &CutoverRequest, rec: &mut CutoverRecord) -> Result<(), Error> {
+    let source = ferry_postgres::connect::connect(&live.config.source, "source").await?;
+    let target = ferry_postgres::connect::connect(&live.config.target, "target").await?;
     let db = source_database(live)?;
     let fenced_at = if req.fence {
         fence(&source, &db).await?;
@@ -226,7 +235,12 @@ async fn execute(live: &Live, req: &CutoverRequest, rec: &mut CutoverRecord) -> 
     });
     let finished = answer
         .await
-        .map_err(|_| "the pipeline stopped before finishing".to_owned())??;
+        .map_err(|_| Error::transient("the pipeline stopped before finishing the cutover"))?
+        .map_err(|e| {
+            Error::transient(format!(
+                "restoring the target schema or dropping the slot and publication after the cutover: {e}"
+            ))
+        })?;
     rec.slot_dropped = finished.slot_dropped;
     rec.restored = finished.restored;
     rec.steps.push(format!(
@@ -247,26 +261,33 @@ async fn after_fence(
     rec: &mut CutoverRecord,
     source: &Client,
     target: &Client,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     // The message's end is past every record inserted before it (also
     // unflushed async commits), and it makes an idle stream carry the position.
     let final_lsn: Lsn = query_text(
         source,
         "SELECT pg_logical_emit_message(false, 'ferry.heartbeat', 'cutover')::text",
     )
-    .await
-    .map_err(|e| format!("reading the final source position: {e}"))?
+    .await?
     .parse()
-    .map_err(|e| format!("{e}"))?;
+    .map_err(|e| {
+        Error::operator(
+            format!("reading the final source position: {e}"),
+            "report this as a ferry bug",
+        )
+    })?;
     rec.final_position = Some(final_lsn.to_string());
     let drain_started = Instant::now();
     let timeout = Duration::from_secs_f64(req.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT).max(0.1));
     while live.applied_position() < final_lsn {
         if drain_started.elapsed() > timeout {
-            return Err(format!(
-                "drain timed out after {:.0}s at {} of final position {final_lsn}; raise --timeout",
-                timeout.as_secs_f64(),
-                live.applied_position()
+            return Err(Error::operator(
+                format!(
+                    "drain timed out after {:.0}s at {} of final position {final_lsn}",
+                    timeout.as_secs_f64(),
+                    live.applied_position()
+                ),
+                "raise --timeout",
             ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -276,11 +297,14 @@ async fn after_fence(
         live.applied_position(),
         drain_started.elapsed().as_secs_f64()
     ));
-    let (found, synced) = sync_sequences(live, source, target).await?;
+    let (found, synced) = sync_sequences(live, source, target)
+        .await
+        .map_err(|e| Error::operator(e, "check the sequences on the source and the target"))?;
     rec.sequences_synced = synced;
     if synced != found {
-        return Err(format!(
-            "synced {synced} of {found} sequences; the target's sequences would collide"
+        return Err(Error::operator(
+            format!("synced {synced} of {found} sequences; the target's sequences would collide"),
+            "check the sequences on the source and the target",
         ));
     }
     rec.steps
@@ -310,7 +334,10 @@ async fn after_fence(
             })
             .collect();
         if !bad.is_empty() {
-            return Err(format!("row counts differ: {}", bad.join(", ")));
+            return Err(Error::operator(
+                format!("row counts differ: {}", bad.join(", ")),
+                "find the difference with `ferry validate`; the status and log name any partition or schema change the stream could not carry",
+            ));
         }
         rec.steps.push(format!(
             "row counts equal for {} tables",
@@ -321,24 +348,28 @@ async fn after_fence(
     Ok(())
 }
 
-fn source_database(live: &Live) -> Result<String, String> {
+fn source_database(live: &Live) -> Result<String, Error> {
     let url = live
         .config
         .source
         .url
         .parsed()
-        .map_err(|e| format!("source.url: {e}"))?;
+        .map_err(|e| Error::operator(format!("source.url: {e}"), "fix source.url"))?;
     Ok(url.path().trim_start_matches('/').to_owned())
 }
 
-async fn fence(source: &Client, db: &str) -> Result<(), String> {
+async fn fence(source: &Client, db: &str) -> Result<(), Error> {
     source
         .batch_execute(&format!(
             "ALTER DATABASE {} SET default_transaction_read_only = on",
             quote_ident(db)
         ))
         .await
-        .map_err(|e| format!("fencing the source (needs owner or superuser): {e}"))?;
+        .map_err(|e| {
+            query_error("fencing the source", e).with_fix(
+                "connect as the database owner or a superuser, or cut over without --fence",
+            )
+        })?;
     // Sessions opened before the ALTER keep writing: end them, except ferry's
     // own (application_name 'ferry'; the walsender is not a client backend).
     let ended: Vec<i32> = source
@@ -352,7 +383,7 @@ async fn fence(source: &Client, db: &str) -> Result<(), String> {
             &[],
         )
         .await
-        .map_err(|e| format!("ending writer sessions on the source: {e}"))?
+        .map_err(|e| query_error("ending writer sessions on the source", e))?
         .iter()
         .map(|r| r.get(0))
         .collect();
@@ -366,7 +397,7 @@ async fn fence(source: &Client, db: &str) -> Result<(), String> {
                 &[&ended],
             )
             .await
-            .map_err(|e| format!("waiting for ended sessions on the source: {e}"))?
+            .map_err(|e| query_error("waiting for ended sessions on the source", e))?
             .iter()
             .map(|r| r.get(0))
             .collect();
@@ -374,23 +405,26 @@ async fn fence(source: &Client, db: &str) -> Result<(), String> {
             return Ok(());
         }
         if started.elapsed() > SESSIONS_GONE_WITHIN {
-            return Err(format!(
-                "source sessions {left:?} did not end within {}s of pg_terminate_backend; the final position cannot be read safely",
-                SESSIONS_GONE_WITHIN.as_secs()
+            return Err(Error::operator(
+                format!(
+                    "source sessions {left:?} did not end within {}s of pg_terminate_backend; the final position cannot be read safely",
+                    SESSIONS_GONE_WITHIN.as_secs()
+                ),
+                "find what keeps those sessions alive (pg_stat_activity) and end them, then cut over again",
             ));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
-async fn unfence(source: &Client, db: &str) -> Result<(), String> {
+async fn unfence(source: &Client, db: &str) -> Result<(), Error> {
     source
         .batch_execute(&format!(
             "ALTER DATABASE {} RESET default_transaction_read_only",
             quote_ident(db)
         ))
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| query_error("unfencing the source", e))
 }
 
 /// `setval` on the target every sequence of the carried tables (owned by
@@ -498,7 +532,7 @@ async fn count_rows(
     live: &Live,
     source: &Client,
     target: &Client,
-) -> Result<Vec<TableCheck>, String> {
+) -> Result<Vec<TableCheck>, Error> {
     let carried = live.carried.lock().map(|c| c.clone()).unwrap_or_default();
     let mut checks = Vec::new();
     for (src, dst) in carried {
@@ -514,20 +548,20 @@ async fn count_rows(
     Ok(checks)
 }
 
-async fn count(client: &Client, table: &str) -> Result<u64, String> {
+async fn count(client: &Client, table: &str) -> Result<u64, Error> {
     let n: i64 = client
         .query_one(&format!("SELECT count(*) FROM {table}"), &[])
         .await
-        .map_err(|e| format!("counting {table}: {e}"))?
+        .map_err(|e| query_error(&format!("counting {table}"), e))?
         .get(0);
     Ok(n as u64)
 }
 
-async fn query_text(client: &Client, sql: &str) -> Result<String, String> {
+async fn query_text(client: &Client, sql: &str) -> Result<String, Error> {
     Ok(client
         .query_one(sql, &[])
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| query_error(sql, e))?
         .get(0))
 }
 

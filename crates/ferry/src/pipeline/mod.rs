@@ -64,12 +64,48 @@ pub const STREAM: &str = "main";
 /// Run the migration until shutdown or cutover.
 pub async fn run(config: &Config, trigger: Trigger, shutdown: Shutdown) -> anyhow::Result<Outcome> {
     match config.source.kind().map_err(anyhow::Error::msg)? {
-        EndpointKind::Postgres => run_postgres(config, trigger, shutdown).await,
+        EndpointKind::Postgres => run_postgres_retrying(config, trigger, shutdown).await,
         EndpointKind::MySql | EndpointKind::Sqlite(_) => Err(ferry_core::Error::operator(
             format!("`ferry run` from {} is not available yet", config.source.url),
             "this release migrates PostgreSQL sources; `ferry plan` already checks MySQL/MariaDB and SQLite sources",
         )
         .into()),
+    }
+}
+
+/// [`run_postgres`] again after a transient failure outside the stream
+/// (which reconnects by itself): a session ended or a server restarting
+/// during start-up, the schema or the load. Resuming from the state in the
+/// target is the normal path, so the next attempt continues where this one
+/// stopped; operator errors are returned.
+async fn run_postgres_retrying(
+    config: &Config,
+    trigger: Trigger,
+    shutdown: Shutdown,
+) -> anyhow::Result<Outcome> {
+    let mut backoff = retry::Backoff::default();
+    loop {
+        let err = match run_postgres(config, trigger.clone(), shutdown.clone()).await {
+            Err(e)
+                if !shutdown.is_triggered()
+                    && stream::classify(&e) == ferry_core::ErrorClass::Transient =>
+            {
+                e
+            }
+            other => return other,
+        };
+        let delay = backoff.next_delay();
+        tracing::warn!(error = %format!("{err:#}"), attempt = backoff.attempts(), delay_ms = delay.as_millis() as u64, "transient failure; will reconnect");
+        let mut sd = shutdown.clone();
+        tokio::select! {
+            biased;
+            () = sd.wait() => return Ok(Outcome::Ok),
+            () = tokio::time::sleep(delay) => {}
+        }
+        info!(
+            attempt = backoff.attempts(),
+            "starting again from the state in the target"
+        );
     }
 }
 
