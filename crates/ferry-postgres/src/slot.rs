@@ -224,16 +224,35 @@ pub async fn stream_publications(client: &Client, name: &str) -> Result<Vec<Stri
     Ok(out)
 }
 
-/// Drop the publication and its insert-only sibling if they exist.
+/// Drop the publication and its insert-only sibling if they exist. Also
+/// on a source fenced by a cutover (`default_transaction_read_only`): the
+/// statement runs in an explicit read-write transaction, and only when
+/// there is something to drop.
 pub async fn drop_publication(client: &Client, name: &str) -> Result<(), Error> {
-    client
+    let sibling = insert_only_publication(name);
+    let exists = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname IN ($1, $2))",
+            &[&name, &sibling],
+        )
+        .await
+        .map_err(|e| query_error("reading pg_publication", e))?
+        .get::<_, bool>(0);
+    if !exists {
+        return Ok(());
+    }
+    let dropped = client
         .batch_execute(&format!(
-            "DROP PUBLICATION IF EXISTS {}, {}",
+            "BEGIN READ WRITE; DROP PUBLICATION IF EXISTS {}, {}; COMMIT",
             quote_ident(name),
-            quote_ident(&insert_only_publication(name))
+            quote_ident(&sibling)
         ))
         .await
-        .map_err(|e| query_error(&format!("dropping publication {name}"), e))
+        .map_err(|e| query_error(&format!("dropping publication {name}"), e));
+    if dropped.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    dropped
 }
 
 #[cfg(test)]

@@ -311,6 +311,15 @@ fn source_database(live: &Live) -> Result<String, String> {
     Ok(url.path().trim_start_matches('/').to_owned())
 }
 
+/// The server's message of a failed statement (`tokio_postgres::Error`
+/// displays only "db error").
+fn db_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} ({})", d.message(), d.code().code()),
+        None => e.to_string(),
+    }
+}
+
 async fn fence(source: &Client, db: &str) -> Result<(), String> {
     source
         .batch_execute(&format!(
@@ -318,19 +327,29 @@ async fn fence(source: &Client, db: &str) -> Result<(), String> {
             quote_ident(db)
         ))
         .await
-        .map_err(|e| format!("fencing the source (needs owner or superuser): {e}"))?;
+        .map_err(|e| {
+            format!(
+                "fencing the source (needs owner or superuser): {}",
+                db_text(&e)
+            )
+        })?;
     // Sessions opened before the ALTER keep writing: end them, except ferry's
     // own (application_name 'ferry'; the walsender is not a client backend).
     let ended: Vec<i32> = source
         .query(
-            "SELECT pid FROM pg_stat_activity
-             WHERE datname = current_database() AND pid <> pg_backend_pid()
-               AND backend_type = 'client backend' AND application_name <> 'ferry'
-               AND pg_terminate_backend(pid)",
+            // OFFSET 0 keeps the filter apart from pg_terminate_backend: the
+            // planner may otherwise call it before the database filter, on
+            // sessions of other databases.
+            "SELECT pid FROM (
+                 SELECT pid FROM pg_stat_activity
+                  WHERE datname = current_database() AND pid <> pg_backend_pid()
+                    AND backend_type = 'client backend' AND application_name <> 'ferry'
+                 OFFSET 0) s
+              WHERE pg_terminate_backend(pid)",
             &[],
         )
         .await
-        .map_err(|e| format!("ending writer sessions on the source: {e}"))?
+        .map_err(|e| format!("ending writer sessions on the source: {}", db_text(&e)))?
         .iter()
         .map(|r| r.get(0))
         .collect();
