@@ -244,3 +244,123 @@ fn whole_migration_with_a_source_role_that_is_not_a_superuser() {
         assert_eq!(left, 0, "slot and publication are gone");
     });
 }
+
+/// A publication a DBA created beforehand, for a role that may read the
+/// tables but not publish them: `ferry plan` checks that it covers every
+/// selected table with insert, update, delete and truncate (and names the
+/// fix when not); ferry uses it as is and neither cutover nor cleanup drops it.
+#[test]
+fn a_publication_created_beforehand_is_checked_used_and_kept() {
+    const MIG: &str = "migrator";
+    const MIG_PW: &str = "migrator-pw";
+    let source = PgServer::start(PgOptions::new()).expect("source");
+    let target = PgServer::start(PgOptions::new().wal_level("replica")).expect("target");
+    let sdb = source.create_database("src").unwrap();
+    let tdb = target.create_database("dst").unwrap();
+    source.psql(&sdb, BENCH_SCHEMA).unwrap();
+    source.psql(&sdb, &pgsync::bench_data(20_000, 200)).unwrap();
+    source
+        .create_role(MIG, MIG_PW, "LOGIN REPLICATION NOSUPERUSER")
+        .unwrap();
+    source
+        .psql(
+            &sdb,
+            &format!(
+                "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {MIG};
+                 GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {MIG};
+                 CREATE PUBLICATION app_pub FOR TABLE branches, tellers, accounts, history
+                   WITH (publish = 'insert, update, delete');"
+            ),
+        )
+        .unwrap();
+    let s = Setup {
+        source_url: role_url(&source, MIG, MIG_PW, &sdb),
+        target_url: target.url(&tdb),
+        bystander_url: source.url("postgres"),
+        _source: source,
+        _target: target,
+        control: format!("127.0.0.1:{}", free_port()),
+        logs: tempfile::tempdir().unwrap(),
+    };
+    let with_pub = |args: &[&str]| -> Ran {
+        run(s
+            .cmd()
+            .env("FERRY_POSTGRES_PUBLICATION", "app_pub")
+            .args(args))
+        .unwrap()
+    };
+
+    // Not covering docs, nor truncate: refused with both fixes.
+    let plan = with_pub(&["plan"]);
+    assert_eq!(plan.code, Some(2), "{}", plan.all());
+    assert!(
+        plan.stdout.contains(
+            "publication 'app_pub' was created beforehand and does not publish public.docs; does not publish truncate"
+        ),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains("fix: ALTER PUBLICATION \"app_pub\" ADD TABLE public.docs; ALTER PUBLICATION \"app_pub\" SET (publish = 'insert, update, delete, truncate')"),
+        "{}",
+        plan.stdout
+    );
+    s._source
+        .psql(
+            &sdb,
+            "ALTER PUBLICATION app_pub ADD TABLE docs;
+             ALTER PUBLICATION app_pub SET (publish = 'insert, update, delete, truncate');",
+        )
+        .unwrap();
+    let plan = with_pub(&["plan"]);
+    assert_eq!(plan.code, Some(0), "{}", plan.all());
+    assert!(
+        plan.stdout.contains(
+            "publication 'app_pub' was created beforehand: used as is and never dropped by ferry"
+        ),
+        "{}",
+        plan.stdout
+    );
+
+    // Run under writes, stop the writes, cut over, clean up.
+    let mut writer = Writer::start(&s._source.url(&sdb), 20_000);
+    writer.wait_for(20, LONG).unwrap();
+    let mut cmd = s.cmd();
+    cmd.env("FERRY_LOG", "info")
+        .env("FERRY_POSTGRES_PUBLICATION", "app_pub")
+        .arg("run");
+    let mut ferry = Background::spawn(cmd, &s.logs.path().join("run.log")).unwrap();
+    s.wait_phase(&mut ferry, "stream");
+    writer.wait_for(writer.committed() + 100, LONG).unwrap();
+    writer.stop().unwrap();
+    let cut = with_pub(&["cutover", "--max-lag", "60s", "--timeout", "120s"]);
+    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
+    let code = ferry.wait(Duration::from_secs(60)).unwrap();
+    assert_eq!(code, Some(0));
+    let clean = with_pub(&["cleanup"]);
+    assert_eq!(clean.code, Some(0), "{}", clean.all());
+    let rt = pgsync::runtime();
+    rt.block_on(async {
+        let src = pgsync::connect(&s._source.url(&sdb)).await.unwrap();
+        let dst = pgsync::connect(&s.target_url).await.unwrap();
+        pgsync::compare_tables(&src, &dst, BENCH_TABLES)
+            .await
+            .unwrap();
+        let kept: i64 = src
+            .query_one(
+                "SELECT count(*) FROM pg_publication WHERE pubname = 'app_pub'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(kept, 1, "the DBA's publication is kept");
+        let slots: i64 = src
+            .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(slots, 0, "ferry's slot is dropped");
+    });
+}
