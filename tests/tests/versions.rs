@@ -5,7 +5,8 @@
 //! killed with `kill -9` and resumed, a large transaction streamed while in
 //! progress where the source can (14+), a fenced cutover, and an exact
 //! comparison of source and target — plus the cross-version pairs users
-//! make. PostgreSQL 15 → 15 is the rest of the suite.
+//! make. The source role is not a superuser (see `roles.rs`). PostgreSQL
+//! 15 → 15 is the rest of the suite.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,8 @@ use ferry_testkit::{PgOptions, PgServer};
 const BENCH_TABLES: &[&str] = &["branches", "tellers", "accounts", "history", "docs"];
 const LONG: Duration = Duration::from_secs(180);
 const ACCOUNTS: u32 = 100_000;
+const APP: &str = "app_owner";
+const APP_PW: &str = "app-owner-pw";
 
 struct Pair {
     source_major: u32,
@@ -47,14 +50,33 @@ fn pair(source_major: u32, target_major: u32) -> Pair {
         .expect("target");
     let sdb = source.create_database("src").unwrap();
     let tdb = target.create_database("dst").unwrap();
-    source.psql(&sdb, BENCH_SCHEMA).unwrap();
+    // ferry and the application connect as a role that is not a superuser:
+    // REPLICATION, owner of the database and its tables, and (for the
+    // fence) pg_signal_backend — what RDS/Aurora can give.
     source
-        .psql(&sdb, &pgsync::bench_data(ACCOUNTS, 300))
+        .create_role(APP, APP_PW, "LOGIN REPLICATION NOSUPERUSER")
+        .unwrap();
+    source
+        .psql(
+            "postgres",
+            &format!("GRANT pg_signal_backend TO {APP}; ALTER DATABASE {sdb} OWNER TO {APP}"),
+        )
+        .unwrap();
+    let as_app = format!(
+        "host=127.0.0.1 port={} user={APP} password={APP_PW} dbname={sdb}",
+        source.port()
+    );
+    source.psql_conninfo(&as_app, BENCH_SCHEMA).unwrap();
+    source
+        .psql_conninfo(&as_app, &pgsync::bench_data(ACCOUNTS, 300))
         .unwrap();
     let pg_dump = ferry_testkit::pg_dump_for(source_major).expect("pg_dump");
     Pair {
         source_major,
-        source_url: source.url(&sdb),
+        source_url: format!(
+            "postgres://{APP}:{APP_PW}@127.0.0.1:{}/{sdb}",
+            source.port()
+        ),
         target_url: target.url(&tdb),
         _source: source,
         _target: target,

@@ -18,7 +18,8 @@
 
 use ferry_core::config::Config;
 use ferry_core::plan::{Check, SourcePlan, TablePlan};
-use ferry_core::{Error, ReplicaIdentity};
+use ferry_core::schema::quote_ident;
+use ferry_core::{Error, ReplicaIdentity, TableId};
 use tokio_postgres::Client;
 
 use ferry_core::config::TableFilter;
@@ -110,6 +111,8 @@ async fn run_checks(
     let catalog = read_catalog(client, &filter, &config.state.schema).await?;
     plan.checks
         .extend(table_checks(client, &catalog, &filter, config).await?);
+    plan.checks
+        .push(publication_check(client, config, &filter, &catalog).await?);
     let partitioned: Vec<String> = catalog
         .tables
         .iter()
@@ -384,7 +387,7 @@ async fn name_conflict_checks(
     let drop_fix = format!(
         "if it is left over from an earlier ferry run, drop it with SELECT pg_drop_replication_slot('{name}'); otherwise set postgres.slot to another name"
     );
-    let mut out = vec![match (existing, slot) {
+    let out = vec![match (existing, slot) {
         (None, SlotOwnership::Fresh) => {
             Check::pass(SIDE, "slot name", format!("slot '{name}' is free"))
         }
@@ -426,27 +429,104 @@ async fn name_conflict_checks(
             drop_fix,
         ),
     }];
-    let publication = &config.postgres.publication;
-    let exists = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
-            &[publication],
-        )
-        .await
-        .map_err(|e| query_error("reading pg_publication", e))?
-        .get::<_, bool>(0);
-    out.push(match (exists, slot) {
-        (true, SlotOwnership::Fresh) => Check::warn(
-            SIDE,
-            "publication name",
-            format!("publication '{publication}' already exists"),
-            format!(
-                "ferry will reuse it; if it is not ferry's, DROP PUBLICATION \"{publication}\" or set postgres.publication to another name"
-            ),
-        ),
-        _ => Check::pass(SIDE, "publication name", format!("publication '{publication}'")),
-    });
     Ok(out)
+}
+
+/// The publication: ferry's own (created by an earlier run) is reused; one
+/// created beforehand (e.g. by a DBA, for a role that may not create
+/// publications) is used as is and never dropped, and must publish every
+/// selected table (but the insert-only ones), no other table, and insert,
+/// update, delete and truncate.
+async fn publication_check(
+    client: &Client,
+    config: &Config,
+    filter: &TableFilter,
+    catalog: &SourceCatalog,
+) -> Result<Check, Error> {
+    let name = &config.postgres.publication;
+    let Some(info) = crate::slot::publication_info(client, name).await? else {
+        return Ok(Check::pass(
+            SIDE,
+            "publication",
+            format!("ferry creates publication '{name}' for the selected tables"),
+        ));
+    };
+    if info.created_by_ferry {
+        return Ok(Check::pass(
+            SIDE,
+            "publication",
+            format!("publication '{name}' was created by ferry: reused"),
+        ));
+    }
+    let expected: Vec<&TableId> = catalog
+        .tables
+        .iter()
+        .map(|t| &t.schema.id)
+        .filter(|id| !filter.insert_only(id))
+        .collect();
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|id| !info.tables.contains(id))
+        .map(|id| id.to_string())
+        .collect();
+    let extra: Vec<String> = info
+        .tables
+        .iter()
+        .filter(|id| !expected.contains(id))
+        .map(TableId::to_string)
+        .collect();
+    let mut problems = Vec::new();
+    let mut fixes = Vec::new();
+    let quoted = quote_ident(name);
+    if !missing.is_empty() {
+        problems.push(format!("does not publish {}", missing.join(", ")));
+        fixes.push(format!(
+            "ALTER PUBLICATION {quoted} ADD TABLE {}",
+            missing.join(", ")
+        ));
+    }
+    if !extra.is_empty() {
+        problems.push(format!(
+            "also publishes {} (not selected: ferry would apply their changes)",
+            extra.join(", ")
+        ));
+        fixes.push(if info.all_tables {
+            "use a publication FOR TABLE the selected tables, or select every table".to_owned()
+        } else {
+            format!(
+                "ALTER PUBLICATION {quoted} DROP TABLE {} (or select them)",
+                extra.join(", ")
+            )
+        });
+    }
+    if !info.missing_operations.is_empty() {
+        problems.push(format!(
+            "does not publish {}",
+            info.missing_operations.join(", ")
+        ));
+        fixes.push(format!(
+            "ALTER PUBLICATION {quoted} SET (publish = 'insert, update, delete, truncate')"
+        ));
+    }
+    Ok(if problems.is_empty() {
+        Check::pass(
+            SIDE,
+            "publication",
+            format!(
+                "publication '{name}' was created beforehand: used as is and never dropped by ferry"
+            ),
+        )
+    } else {
+        Check::fail(
+            SIDE,
+            "publication",
+            format!(
+                "publication '{name}' was created beforehand and {}",
+                problems.join("; ")
+            ),
+            fixes.join("; "),
+        )
+    })
 }
 
 /// Per-table checks: something selected, SELECT privilege, replica identity.

@@ -72,7 +72,13 @@ pub enum Publish {
     InsertOnly,
 }
 
-/// Create the publication unless it exists. `tables`: `None` for all tables.
+/// The comment ferry puts on each publication it creates. Only publications
+/// carrying it are ever dropped: one created beforehand (by a DBA, for a
+/// role that may not create publications) is used as is and kept.
+pub const CREATED_BY_FERRY: &str = "created by ferry";
+
+/// Create the publication unless it exists (then it is used as is).
+/// `tables`: `None` for all tables.
 pub async fn ensure_publication(
     client: &Client,
     name: &str,
@@ -97,7 +103,12 @@ pub async fn ensure_publication(
         ),
     };
     let version = crate::connect::server_version_num(client).await?;
-    let sql = publication_sql(name, &what, publish, version);
+    // One implicit transaction: the publication exists only with its mark.
+    let sql = format!(
+        "{}; COMMENT ON PUBLICATION {} IS '{CREATED_BY_FERRY}'",
+        publication_sql(name, &what, publish, version),
+        quote_ident(name)
+    );
     client
         .batch_execute(&sql)
         .await
@@ -224,16 +235,101 @@ pub async fn stream_publications(client: &Client, name: &str) -> Result<Vec<Stri
     Ok(out)
 }
 
-/// Drop the publication and its insert-only sibling if they exist.
+/// Drop the publication and its insert-only sibling if they exist and
+/// ferry created them ([`CREATED_BY_FERRY`]); one created beforehand is
+/// kept. Also on a source fenced by a cutover
+/// (`default_transaction_read_only`): the statement runs in an explicit
+/// read-write transaction, and only when there is something to drop.
 pub async fn drop_publication(client: &Client, name: &str) -> Result<(), Error> {
-    client
+    let sibling = insert_only_publication(name);
+    let rows = client
+        .query(
+            "SELECT pubname::text, obj_description(oid, 'pg_publication') IS NOT DISTINCT FROM $3
+               FROM pg_publication WHERE pubname IN ($1, $2) ORDER BY 1",
+            &[&name, &sibling, &CREATED_BY_FERRY],
+        )
+        .await
+        .map_err(|e| query_error("reading pg_publication", e))?;
+    let mut ours = Vec::new();
+    for r in &rows {
+        let pubname: String = r.get(0);
+        if r.get::<_, bool>(1) {
+            ours.push(quote_ident(&pubname));
+        } else {
+            tracing::info!(publication = %pubname, "publication was created beforehand, not by ferry: kept");
+        }
+    }
+    if ours.is_empty() {
+        return Ok(());
+    }
+    let dropped = client
         .batch_execute(&format!(
-            "DROP PUBLICATION IF EXISTS {}, {}",
-            quote_ident(name),
-            quote_ident(&insert_only_publication(name))
+            "BEGIN READ WRITE; DROP PUBLICATION IF EXISTS {}; COMMIT",
+            ours.join(", ")
         ))
         .await
-        .map_err(|e| query_error(&format!("dropping publication {name}"), e))
+        .map_err(|e| query_error(&format!("dropping publication {name}"), e));
+    if dropped.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    dropped
+}
+
+/// A publication as `ferry plan` checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicationInfo {
+    /// Marked [`CREATED_BY_FERRY`].
+    pub created_by_ferry: bool,
+    pub all_tables: bool,
+    /// Operations it does not publish (of insert, update, delete, truncate).
+    pub missing_operations: Vec<&'static str>,
+    /// The tables it publishes (`schema.table`).
+    pub tables: Vec<TableId>,
+}
+
+/// The publication `name`, if it exists.
+pub async fn publication_info(
+    client: &Client,
+    name: &str,
+) -> Result<Option<PublicationInfo>, Error> {
+    // pubtruncate exists from PostgreSQL 11; to_jsonb reads it where it does.
+    let Some(row) = client
+        .query_opt(
+            "SELECT obj_description(p.oid, 'pg_publication') IS NOT DISTINCT FROM $2, p.puballtables,
+                    p.pubinsert, p.pubupdate, p.pubdelete,
+                    coalesce((to_jsonb(p) ->> 'pubtruncate')::bool, false)
+               FROM pg_publication p WHERE p.pubname = $1",
+            &[&name, &CREATED_BY_FERRY],
+        )
+        .await
+        .map_err(|e| query_error("reading pg_publication", e))?
+    else {
+        return Ok(None);
+    };
+    let ops = ["insert", "update", "delete", "truncate"];
+    let missing_operations = ops
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !row.get::<_, bool>(i + 2))
+        .map(|(_, op)| *op)
+        .collect();
+    let tables = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables
+              WHERE pubname = $1 ORDER BY 1, 2",
+            &[&name],
+        )
+        .await
+        .map_err(|e| query_error("reading pg_publication_tables", e))?
+        .iter()
+        .map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
+    Ok(Some(PublicationInfo {
+        created_by_ferry: row.get(0),
+        all_tables: row.get(1),
+        missing_operations,
+        tables,
+    }))
 }
 
 #[cfg(test)]
