@@ -5,7 +5,8 @@
 //! linked tables written together while ferry is killed (`kill -9`) during
 //! the load more than once, a table renamed into another schema whose serial
 //! sequence must be synced under its target name, a writer committing with
-//! `synchronous_commit = off` up to the fence, and sequences the migration
+//! `synchronous_commit = off` up to the fence, a crash while streaming with
+//! the target overrides in place, and sequences the migration
 //! user may not read. Every test ends with an exact source/target comparison.
 
 use std::sync::Arc;
@@ -520,6 +521,13 @@ fn app_schema_killed_during_load_then_fenced_cutover_is_exact() {
             true
         )
     );
+
+    // A crash while the overrides are in place: the restart keeps them
+    // (nothing fires twice) and the cutover still puts them back.
+    sync_writer.wait_for(sync_writer.committed() + 100);
+    ferry.kill9().unwrap();
+    let mut ferry = s.start("restart", &[]);
+    s.wait_phase(&mut ferry, "stream");
 
     let seen = async_writer.committed();
     async_writer.wait_for(seen + 300);
