@@ -644,11 +644,12 @@ CREATE TABLE measures_1 PARTITION OF measures FOR VALUES IN (1);
 CREATE TABLE measures_2 PARTITION OF measures FOR VALUES IN (2);
 CREATE TABLE measures_3 PARTITION OF measures FOR VALUES IN (3);
 CREATE TABLE measures_4 PARTITION OF measures FOR VALUES IN (4);
-INSERT INTO measures SELECT g, r, 'm' FROM generate_series(1, 100) g, generate_series(1, 4) r;
+CREATE TABLE measures_5 PARTITION OF measures FOR VALUES IN (5);
+INSERT INTO measures SELECT g, r, 'm' FROM generate_series(1, 100) g, generate_series(1, 5) r;
 ";
 
 /// Writes to the parent itself and to partitions 1 and 3 only (2 is
-/// truncated and 4 detached below; their fixes on the target must not race
+/// truncated, 4 detached and 5 dropped below; their fixes on the target must not race
 /// with new rows).
 fn truncate_change(i: u64) -> String {
     format!(
@@ -737,6 +738,13 @@ fn truncate_only_parent_and_partition_changes_not_carried() {
     p.target
         .psql(&p.tdb, "ALTER TABLE measures DETACH PARTITION measures_4")
         .unwrap();
+
+    p.source.psql(&p.sdb, "DROP TABLE measures_5").unwrap();
+    wait_log(
+        &mut ferry,
+        "partition public.measures_5 of \"public\".\"measures\" was detached or dropped on the source",
+    );
+    p.target.psql(&p.tdb, "DROP TABLE measures_5").unwrap();
 
     load.wait_for(20);
     p.wait_caught_up();

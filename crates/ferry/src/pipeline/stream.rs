@@ -322,8 +322,17 @@ pub(crate) fn classify(err: &anyhow::Error) -> ErrorClass {
         }
         if let Some(e) = cause.downcast_ref::<tokio_postgres::Error>() {
             return match e.code() {
-                Some(code) if !e.is_closed() => ferry_core::sqlstate_class(code.code()),
-                _ => ErrorClass::Transient,
+                Some(code) => ferry_core::sqlstate_class(code.code()),
+                // Lost connection, I/O, timeout: transient. A conversion or
+                // protocol error would fail again: it needs an operator
+                // (and is a ferry bug), not an endless retry.
+                None if e.is_closed()
+                    || lost_connection(e)
+                    || e.to_string().starts_with("timeout") =>
+                {
+                    ErrorClass::Transient
+                }
+                None => ErrorClass::Operator,
             };
         }
         if cause.downcast_ref::<std::io::Error>().is_some() {
@@ -331,6 +340,18 @@ pub(crate) fn classify(err: &anyhow::Error) -> ErrorClass {
         }
     }
     ErrorClass::Operator
+}
+
+/// Whether an I/O error is among the causes of `e`.
+fn lost_connection(e: &tokio_postgres::Error) -> bool {
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if c.is::<std::io::Error>() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 #[cfg(test)]
