@@ -19,7 +19,13 @@
 //!    per-message cost, which the in-server peek does not pay); ferry:
 //!    `ferry run` again, timed until `ferry.checkpoint` reaches the end LSN. Two backlogs: the
 //!    builtin tpcb-like script (4 row changes per transaction) and large
-//!    multi-row transactions (1000-row updates). During each drain the CPU
+//!    multi-row transactions (1000-row updates), and two on tables without
+//!    a key: the tpcb-like script writing its history rows into a keyless
+//!    copy of `pgbench_history` (as pgbench itself creates it: insert-only,
+//!    no key), and updates, deletes and inserts on a keyless table of
+//!    SCALE×50k rows with a json column and an index on `id` (REPLICA
+//!    IDENTITY FULL). `FERRY_BENCH_BACKLOGS=tpcb,multirow,history,nokey`
+//!    picks some of them. During each drain the CPU
 //!    time of the source server, the target server (process trees, from
 //!    `/proc`) and ferry is taken; the report gives it per change and the
 //!    drain rate at which the servers alone would fill every core (the
@@ -80,6 +86,33 @@ macro_rules! say {
         }
     }};
 }
+
+/// pgbench's builtin tpcb-like script with its history row going into a
+/// table without a key.
+const TPCB_KEYLESS_HISTORY: &str = r"\set aid random(1, :naccounts)
+\set bid random(1, :nbranches)
+\set tid random(1, :ntellers)
+\set delta random(-5000, 5000)
+BEGIN;
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;
+UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;
+INSERT INTO bench_history_nokey (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);
+END;
+";
+
+/// An update, a delete and an insert on the keyless table, each client in
+/// its own half of the ids (no lock waits).
+const KEYLESS_CHURN: &str = r#"\set half :nrows / 2
+\set id 1 + :client_id * :half + random(0, :half - 1)
+\set id2 1 + :client_id * :half + random(0, :half - 1)
+BEGIN;
+UPDATE bench_nokey SET v = v + 1 WHERE id = :id;
+DELETE FROM bench_nokey WHERE id = :id2;
+INSERT INTO bench_nokey VALUES (:id2, 0, '{"re": 1}', md5((:id2)::text));
+END;
+"#;
 
 const POLL: Duration = Duration::from_millis(50);
 
@@ -146,8 +179,13 @@ fn run(sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
     let kinds = [
         Backlog::Tpcb(sizes.tpcb_tx_per_client),
         Backlog::MultiRow(sizes.multi_tx_per_client),
+        Backlog::KeylessHistory(sizes.keyless_tx_per_client),
+        Backlog::KeylessChurn(sizes.keyless_tx_per_client),
     ];
-    for kind in kinds {
+    for kind in kinds
+        .into_iter()
+        .filter(|k| sizes.backlogs.contains(&k.name()))
+    {
         let cdc = bench.cdc_run(kind, ferry_db.as_deref(), report)?;
         if cdc.ferry.is_none() {
             ferry_db = None;
@@ -169,6 +207,12 @@ struct Sizes {
     wide_rows: u64,
     tpcb_tx_per_client: u64,
     multi_tx_per_client: u64,
+    /// Transactions per client of each backlog on tables without a key.
+    keyless_tx_per_client: u64,
+    /// Rows of the keyless table with updates and deletes.
+    keyless_rows: u64,
+    /// Backlogs to run ([`Backlog::name`]).
+    backlogs: Vec<&'static str>,
 }
 
 impl Sizes {
@@ -195,6 +239,20 @@ impl Sizes {
             Err(_) => 20,
         };
         let s = u64::from(scale);
+        let all = ["tpcb", "multirow", "history", "nokey"];
+        let backlogs = match std::env::var("FERRY_BENCH_BACKLOGS") {
+            Ok(list) => {
+                let mut picked = Vec::new();
+                for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    let Some(known) = all.iter().find(|a| **a == name) else {
+                        bail!("FERRY_BENCH_BACKLOGS: unknown backlog {name:?}; known: {all:?}");
+                    };
+                    picked.push(*known);
+                }
+                picked
+            }
+            Err(_) => all.to_vec(),
+        };
         Ok(Sizes {
             scale,
             quick,
@@ -205,6 +263,10 @@ impl Sizes {
             tpcb_tx_per_client: s * 6_250,
             // 1000-row updates: 15 per scale unit (300 at scale 20), at least 50.
             multi_tx_per_client: (s * 15).max(50).div_ceil(2),
+            // 3,000 transactions per scale unit (60k at scale 20), 2 clients.
+            keyless_tx_per_client: s * 1_500,
+            keyless_rows: s * 50_000,
+            backlogs,
         })
     }
 
@@ -220,6 +282,7 @@ struct Bench {
     target: PgServer,
     src_db: String,
     accounts: u64,
+    keyless_rows: u64,
     work: tempfile::TempDir,
     rt: tokio::runtime::Runtime,
 }
@@ -247,6 +310,7 @@ impl Bench {
             target,
             src_db,
             accounts: sizes.accounts(),
+            keyless_rows: sizes.keyless_rows,
             work: tempfile::tempdir().context("creating a scratch directory")?,
             rt: runtime(),
         })
@@ -303,10 +367,17 @@ impl Bench {
         ]);
         run_tool(&mut init, "pgbench -i")?;
         let n = sizes.wide_rows;
+        let k = sizes.keyless_rows;
         self.source.psql(
             &self.src_db,
             &format!(
                 r#"
+CREATE TABLE bench_history_nokey (LIKE pgbench_history);
+ALTER TABLE bench_history_nokey REPLICA IDENTITY FULL;
+CREATE TABLE bench_nokey (id int NOT NULL, v int NOT NULL, note json, pad text);
+INSERT INTO bench_nokey SELECT i, 0, json_build_object('i', i), md5(i::text) FROM generate_series(1, {k}) i;
+CREATE INDEX bench_nokey_id_idx ON bench_nokey (id);
+ALTER TABLE bench_nokey REPLICA IDENTITY FULL;
 ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY;
 CREATE INDEX pgbench_accounts_bid_idx ON pgbench_accounts (bid);
 CREATE TABLE bench_wide (
@@ -683,6 +754,10 @@ fn peak_rss_kb(pid: u32) -> Option<u64> {
 enum Backlog {
     Tpcb(u64),
     MultiRow(u64),
+    /// tpcb-like, history rows into a table without a key (insert-only).
+    KeylessHistory(u64),
+    /// Update, delete and insert on a keyless table with an index on `id`.
+    KeylessChurn(u64),
 }
 
 impl Backlog {
@@ -690,17 +765,36 @@ impl Backlog {
         match self {
             Backlog::Tpcb(_) => "CDC pgbench tpcb-like",
             Backlog::MultiRow(_) => "CDC 1000-row updates",
+            Backlog::KeylessHistory(_) => {
+                "CDC tpcb-like, history without a key (pgbench's own schema)"
+            }
+            Backlog::KeylessChurn(_) => {
+                "CDC update+delete+insert on a table without a key (json column, index on id)"
+            }
+        }
+    }
+    /// Name in `FERRY_BENCH_BACKLOGS`.
+    fn name(self) -> &'static str {
+        match self {
+            Backlog::Tpcb(_) => "tpcb",
+            Backlog::MultiRow(_) => "multirow",
+            Backlog::KeylessHistory(_) => "history",
+            Backlog::KeylessChurn(_) => "nokey",
         }
     }
     fn transactions(self) -> u64 {
         match self {
-            Backlog::Tpcb(n) | Backlog::MultiRow(n) => 2 * n,
+            Backlog::Tpcb(n)
+            | Backlog::MultiRow(n)
+            | Backlog::KeylessHistory(n)
+            | Backlog::KeylessChurn(n) => 2 * n,
         }
     }
     fn changes_per_tx(self) -> u64 {
         match self {
-            Backlog::Tpcb(_) => 4,
+            Backlog::Tpcb(_) | Backlog::KeylessHistory(_) => 4,
             Backlog::MultiRow(_) => 1000,
+            Backlog::KeylessChurn(_) => 3,
         }
     }
 }
@@ -829,6 +923,37 @@ impl Bench {
                     &n.to_string(),
                     "-D",
                     &format!("naccounts={}", self.accounts),
+                    "-f",
+                ])
+                .arg(&script);
+            }
+            Backlog::KeylessHistory(n) => {
+                // pgbench's builtin tpcb-like script, history into the keyless copy.
+                let script = self.work.path().join("tpcb-nokey.sql");
+                std::fs::write(&script, TPCB_KEYLESS_HISTORY)?;
+                let branches = (self.accounts / 100_000).max(1);
+                cmd.args([
+                    "-t",
+                    &n.to_string(),
+                    "-D",
+                    &format!("naccounts={}", self.accounts),
+                    "-D",
+                    &format!("nbranches={branches}"),
+                    "-D",
+                    &format!("ntellers={}", branches * 10),
+                    "-f",
+                ])
+                .arg(&script);
+            }
+            Backlog::KeylessChurn(n) => {
+                // Each client works on its own half of the ids.
+                let script = self.work.path().join("nokey.sql");
+                std::fs::write(&script, KEYLESS_CHURN)?;
+                cmd.args([
+                    "-t",
+                    &n.to_string(),
+                    "-D",
+                    &format!("nrows={}", self.keyless_rows),
                     "-f",
                 ])
                 .arg(&script);
@@ -1004,12 +1129,14 @@ impl Bench {
     /// A cheap consistency check after a drain (the source is idle by then).
     fn compare_accounts(&self, db: &str) -> anyhow::Result<()> {
         let sql = "SELECT (SELECT count(*) || '/' || coalesce(sum(abalance), 0) FROM pgbench_accounts) \
-                   || ' ' || (SELECT count(*) FROM pgbench_history)";
+                   || ' ' || (SELECT count(*) FROM pgbench_history) \
+                   || ' ' || (SELECT count(*) || '/' || coalesce(sum(delta), 0) FROM bench_history_nokey) \
+                   || ' ' || (SELECT count(*) || '/' || sum(v) || '/' || sum(id) FROM bench_nokey)";
         let s = self.sql_one(&self.source, &self.src_db, sql)?;
         let t = self.sql_one(&self.target, db, sql)?;
         if s != t {
             bail!(
-                "after the drain source and target differ (accounts count/sum, history count): source {s}, target {t}"
+                "after the drain source and target differ (accounts count/sum, history count, keyless history count/sum, keyless table count/sum v/sum id): source {s}, target {t}"
             );
         }
         Ok(())
