@@ -429,6 +429,31 @@ async fn name_conflict_checks(
             drop_fix,
         ),
     }];
+    // The main publication is checked by `publication_check` (it may have
+    // been created beforehand); the insert-only one is always ferry's.
+    let mut out = out;
+    if !config.tables.insert_only.is_empty() {
+        let publication = insert_only_publication(&config.postgres.publication);
+        let exists = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+                &[&publication],
+            )
+            .await
+            .map_err(|e| query_error("reading pg_publication", e))?
+            .get::<_, bool>(0);
+        out.push(match (exists, slot) {
+            (true, SlotOwnership::Fresh) => Check::warn(
+                SIDE,
+                "publication name",
+                format!("publication '{publication}' already exists"),
+                format!(
+                    "ferry will reuse it for the insert-only tables; if it is not ferry's, DROP PUBLICATION \"{publication}\" or set postgres.publication to another name"
+                ),
+            ),
+            _ => Check::pass(SIDE, "publication name", format!("publication '{publication}'")),
+        });
+    }
     Ok(out)
 }
 
