@@ -11,13 +11,30 @@
 //! - [`preflight`]: file, integrity, journal-mode and key checks and the
 //!   table plan ([`plan`]).
 //!
+//! Change data capture (the groundwork `ferry run` plugs in):
+//!
+//! - [`capture`]: installs / removes the change-log table and the triggers
+//!   that fill it; schema fingerprints, ADD COLUMN carried, any other
+//!   schema change an operator error.
+//! - [`snapshot`]: every captured table's rows and the change-log position
+//!   read in the same read transaction (gap-free hand-off).
+//! - [`reader`]: entries after a position → `Event<ChangeLogSeq>`; trim
+//!   after acknowledgement; lag in entries and seconds.
+//! - [`fence`]: the write lock held through the cutover.
+//! - [`value`]: SQLite values → typed ferry values by the chosen type.
+//!
 //! rusqlite is blocking: the async entry point runs the work on
-//! `tokio::task::spawn_blocking`. The snapshot reader (`snapshot`) and the
-//! trigger-based change log (`changelog`) come next.
+//! `tokio::task::spawn_blocking`; the capture modules are blocking and
+//! belong on a dedicated thread or `spawn_blocking` as well.
 
+pub mod capture;
 pub mod catalog;
 pub mod connect;
+pub mod fence;
 pub mod preflight;
+pub mod reader;
+pub mod snapshot;
 pub mod typemap;
+pub mod value;
 
 pub use preflight::plan;
