@@ -250,8 +250,10 @@ pub(crate) fn sql_error(what: impl std::fmt::Display) -> impl FnOnce(rusqlite::E
         let err = if busy {
             Error::transient(format!("{what}: source file busy"))
         } else {
+            // SQLite quotes whole statements in some messages: keep it short.
+            let text: String = e.to_string().chars().take(300).collect();
             Error::operator(
-                format!("{what}: {e}"),
+                format!("{what}: {text}"),
                 "check that ferry can read and write the source file and its directory",
             )
         };
@@ -301,12 +303,51 @@ fn encode(expr: &str) -> String {
     )
 }
 
+/// Values per `json_array` call: SQLite limits a function's arguments
+/// (1000 in current builds, 127 in old ones), and a trigger that exceeds
+/// the limit would fail the application's statements. Wider rows nest
+/// chunks (`[[v1..v100],[v101..]]`); values are never arrays, so
+/// [`parse_json_row`] flattens them back unambiguously.
+const JSON_CHUNK: usize = 100;
+
 fn json_row(prefix: &str, cols: &[&ColumnDef]) -> String {
     let parts: Vec<String> = cols
         .iter()
         .map(|c| encode(&format!("{prefix}.{}", quote_ident(&c.name))))
         .collect();
-    format!("json_array({})", parts.join(", "))
+    if parts.len() <= JSON_CHUNK {
+        return format!("json_array({})", parts.join(", "));
+    }
+    let chunks: Vec<String> = parts
+        .chunks(JSON_CHUNK)
+        .map(|c| format!("json_array({})", c.join(", ")))
+        .collect();
+    format!("json_array({})", chunks.join(", "))
+}
+
+/// Compiles (never runs) a statement of each kind on `table`: SQLite
+/// compiles trigger bodies into the statements that fire them, so a
+/// trigger that cannot compile is found here, at install, instead of
+/// failing the application's writes.
+fn compile_check(conn: &Connection, t: &Tracked) -> Result<(), Error> {
+    let q = quote_ident(&t.name);
+    let first = quote_ident(&t.columns[0].name);
+    for sql in [
+        format!("INSERT INTO {q} DEFAULT VALUES"),
+        format!("UPDATE {q} SET {first} = {first} WHERE 0"),
+        format!("DELETE FROM {q} WHERE 0"),
+    ] {
+        conn.prepare(&sql).map_err(|e| {
+            Error::operator(
+                format!(
+                    "ferry's change-capture triggers on {} do not compile ({e}); installing them would fail the application's writes",
+                    t.id()
+                ),
+                format!("exclude {} (tables.exclude) and report this with the table's schema", t.id()),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 fn trigger_name(op: &str, table: &str) -> String {
@@ -483,6 +524,7 @@ pub fn install(conn: &mut Connection, tables: &[SourceTable]) -> Result<Vec<Inst
             tx.execute_batch(&sql)
                 .map_err(sql_error(format!("creating triggers on {}", t.schema.id)))?;
         }
+        compile_check(&tx, &tracked)?;
         save_tracked(&tx, &tracked)?;
         tracing::info!(table = %t.schema.id, "change capture installed");
         out.push(Installed::New(name.clone()));
@@ -638,6 +680,7 @@ pub fn carry_added_columns(
         tx.execute_batch(&sql)
             .map_err(sql_error(format!("replacing triggers of {}", t.id())))?;
     }
+    compile_check(&tx, &next)?;
     save_tracked(&tx, &next)?;
     tx.commit()
         .map_err(sql_error(format!("carrying added columns of {}", t.id())))?;
@@ -685,35 +728,34 @@ fn infer_column(conn: &Connection, table: &str, c: &ColumnDef) -> Result<String,
 
 /// Completes entries of `old` written before its triggers were replaced.
 fn fill_short_entries(conn: &Connection, old: &Tracked, next: &Tracked) -> Result<(), Error> {
-    let n_old = old.columns.len() as i64;
+    let n_old = old.columns.len();
     let log = quote_ident(LOG_TABLE);
     let key = old.key();
-    // Without a key, the old image is the whole row and is short too.
-    let old_short = if key.is_empty() {
-        "OR json_array_length(old_key) = ?2"
-    } else {
-        ""
-    };
-    let short: Vec<(i64, Option<String>)> = conn
+    let all: Vec<(i64, Option<String>, Option<String>)> = conn
         .prepare(&format!(
-            "SELECT seq, row FROM {log} WHERE tbl = ?1 AND (json_array_length(row) = ?2 {old_short}) ORDER BY seq"
+            "SELECT seq, row, old_key FROM {log} WHERE tbl = ?1 ORDER BY seq"
         ))
-        .and_then(|mut s| s.query_map((&old.name, n_old), |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .and_then(|mut s| {
+            s.query_map([&old.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
         .map_err(sql_error(format!("reading change log of {}", old.id())))?;
+    let width = |text: &Option<String>, seq: i64| -> Result<Option<usize>, Error> {
+        text.as_deref()
+            .map(|t| parse_json_row(t, ChangeLogSeq(seq as u64), &old.name).map(|v| v.len()))
+            .transpose()
+    };
+    let mut short = Vec::new();
+    for (seq, row, old_key) in all {
+        let row_short = width(&row, seq)? == Some(n_old);
+        // Without a key, the old image is the whole row and is short too.
+        let old_short = key.is_empty() && width(&old_key, seq)? == Some(n_old);
+        if row_short || old_short {
+            short.push((seq, row));
+        }
+    }
     if short.is_empty() {
         return Ok(());
-    }
-    if key.is_empty() {
-        return Err(Error::operator(
-            format!(
-                "{} has no primary key and gained columns while {} change-log entries recorded rows without them \
-                 (first at seq {}): they cannot be completed exactly",
-                old.id(),
-                short.len(),
-                short[0].0
-            ),
-            "give the table a primary key, or reload it from a new snapshot: `ferry cleanup`, then `ferry run`",
-        ));
     }
     let added = &next.columns[old.columns.len()..];
     let added_json = json_row("t", &added.iter().collect::<Vec<_>>());
@@ -743,9 +785,8 @@ fn fill_short_entries(conn: &Connection, old: &Tracked, next: &Tracked) -> Resul
             .optional()
             .map_err(sql_error(format!("reading {}", old.id())))?
             .unwrap_or_else(|| nulls.clone());
-        let mut merged: Vec<serde_json::Value> = serde_json::from_str(&row).unwrap_or_default();
-        let extra: Vec<serde_json::Value> = serde_json::from_str(&fill).unwrap_or_default();
-        merged.extend(extra);
+        let mut merged = flat_json(&row);
+        merged.extend(flat_json(&fill));
         let text = serde_json::Value::Array(merged).to_string();
         conn.execute(
             &format!("UPDATE {log} SET row = ?1 WHERE seq = ?2"),
@@ -754,6 +795,18 @@ fn fill_short_entries(conn: &Connection, old: &Tracked, next: &Tracked) -> Resul
         .map_err(sql_error(format!("completing change-log entry {seq}")))?;
     }
     Ok(())
+}
+
+/// A JSON row with nested chunks flattened (see [`JSON_CHUNK`]).
+fn flat_json(text: &str) -> Vec<serde_json::Value> {
+    let items: Vec<serde_json::Value> = serde_json::from_str(text).unwrap_or_default();
+    items
+        .into_iter()
+        .flat_map(|v| match v {
+            serde_json::Value::Array(inner) => inner,
+            other => vec![other],
+        })
+        .collect()
 }
 
 /// Decodes a trigger-encoded JSON array back to SQLite values.
@@ -771,6 +824,10 @@ pub fn parse_json_row(text: &str, seq: ChangeLogSeq, table: &str) -> Result<Vec<
         serde_json::from_str(text).map_err(|e| bad("not a JSON array").with_source(e))?;
     items
         .into_iter()
+        .flat_map(|v| match v {
+            serde_json::Value::Array(chunk) => chunk,
+            other => vec![other],
+        })
         .map(|v| match v {
             serde_json::Value::Null => Ok(SqlValue::Null),
             serde_json::Value::Number(n) => n
@@ -890,7 +947,24 @@ mod tests {
                 SqlValue::Text(String::new()),
             ]
         );
-        for bad in ["{}", "[1.5]", "[\"\"]", "[\"q1\"]", "[\"bABC\"]", "[[1]]"] {
+        let nested = parse_json_row(r#"[[1, "ta"], [null]]"#, ChangeLogSeq(1), "t").unwrap();
+        assert_eq!(
+            nested,
+            vec![
+                SqlValue::Integer(1),
+                SqlValue::Text("a".into()),
+                SqlValue::Null
+            ]
+        );
+        for bad in [
+            "{}",
+            "[1.5]",
+            "[\"\"]",
+            "[\"q1\"]",
+            "[\"bABC\"]",
+            "[{\"a\":1}]",
+            "[[[1]]]",
+        ] {
             let e = parse_json_row(bad, ChangeLogSeq(7), "t").unwrap_err();
             assert!(
                 e.to_string()

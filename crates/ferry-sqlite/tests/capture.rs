@@ -618,3 +618,50 @@ fn fence_holds_writers_until_released() {
         .unwrap();
     assert_eq!(left, 0);
 }
+
+#[test]
+fn tables_wider_than_a_function_call_are_captured() {
+    // 1200 columns: more than SQLite allows in one json_array() call.
+    let (_d, path) = copy_of("chinook/Chinook_Sqlite.sqlite");
+    let a = app(&path);
+    let cols: Vec<String> = (1..1200).map(|i| format!("c{i} TEXT")).collect();
+    a.execute_batch(&format!(
+        "CREATE TABLE wide(id INTEGER PRIMARY KEY, {})",
+        cols.join(", ")
+    ))
+    .unwrap();
+    install(&path, &["wide"]);
+    a.execute(
+        "INSERT INTO wide(id, c1, c1150, c1199) VALUES (1, 'a', 'b', 'c')",
+        [],
+    )
+    .unwrap();
+    a.execute("UPDATE wide SET c1150 = 'z' WHERE id = 1", [])
+        .unwrap();
+    let mut r = ChangeReader::open(&path).unwrap();
+    let ch = changes(&read_all(&mut r, ChangeLogSeq(0)));
+    let Change::Insert { new, .. } = &ch[0].1 else {
+        panic!()
+    };
+    assert_eq!(new.values.len(), 1200);
+    assert_eq!(
+        (
+            &new.values[0],
+            &new.values[1],
+            &new.values[1150],
+            &new.values[1199],
+            &new.values[2]
+        ),
+        (
+            &Value::Int8(1),
+            &text("a"),
+            &text("b"),
+            &text("c"),
+            &Value::Null
+        )
+    );
+    let Change::Update { new, .. } = &ch[1].1 else {
+        panic!()
+    };
+    assert_eq!(new.values[1150], text("z"));
+}
