@@ -15,10 +15,16 @@
 //! every table is still captured with its recorded schema, so the stream
 //! after the position misses nothing.
 //!
-//! In WAL mode the application keeps writing while the snapshot is read.
-//! In rollback-journal mode the read holds a SHARED lock: writers can
-//! prepare but not commit until it ends (they wait up to their busy
-//! timeout) — `ferry plan` says so and recommends WAL.
+//! In WAL mode the application keeps writing while the snapshot is read
+//! ([`read`]). In rollback-journal mode a read holds a SHARED lock and
+//! writers cannot commit until it ends (they wait up to their busy
+//! timeout), so a snapshot read at the target's pace could block the
+//! application for minutes. [`read_auto`] therefore first copies the file
+//! with `VACUUM INTO` (one read transaction, a sequential page copy: the
+//! writers' wait is as short as SQLite can make it) and reads rows and
+//! position from the copy, which holds the change log and its sequence
+//! exactly as of that one transaction. `ferry plan` explains this and
+//! recommends WAL.
 //!
 //! Restart: nothing is kept; a new snapshot gives a new position.
 
@@ -40,6 +46,39 @@ pub fn read(
     let mut conn =
         connect::open_read_only(path).map_err(sql_error(format!("opening {}", path.display())))?;
     read_with(&mut conn, &mut sink)
+}
+
+/// [`read`] in WAL mode; in any other journal mode through a `VACUUM INTO`
+/// copy placed in `scratch` (a directory with room for the file), removed
+/// afterwards.
+pub fn read_auto(
+    path: &Path,
+    scratch: &Path,
+    sink: impl FnMut(&TableSchema, Row) -> Result<(), Error>,
+) -> Result<ChangeLogSeq, Error> {
+    let conn =
+        connect::open_read_only(path).map_err(sql_error(format!("opening {}", path.display())))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .map_err(sql_error("reading the journal mode"))?;
+    if mode.eq_ignore_ascii_case("wal") {
+        drop(conn);
+        return read(path, sink);
+    }
+    let copy = scratch.join(format!("ferry-snapshot-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&copy);
+    let started = std::time::Instant::now();
+    conn.execute("VACUUM INTO ?1", [copy.to_string_lossy().as_ref()])
+        .map_err(sql_error(format!(
+            "copying {} to {} for the snapshot",
+            path.display(),
+            copy.display()
+        )))?;
+    tracing::info!(journal_mode = %mode, copy_ms = started.elapsed().as_millis() as u64, "snapshot copy taken");
+    drop(conn);
+    let result = read(&copy, sink);
+    let _ = std::fs::remove_file(&copy);
+    result
 }
 
 /// [`read`] on an open connection.

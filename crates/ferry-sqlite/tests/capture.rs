@@ -299,6 +299,28 @@ fn artists(c: &Connection) -> BTreeMap<i64, String> {
 #[test]
 fn snapshot_hand_off_is_exact_while_the_application_writes() {
     let (_d, path) = copy_of("chinook/Chinook_Sqlite.sqlite");
+    hand_off_is_exact(&path);
+}
+
+#[test]
+fn snapshot_hand_off_is_exact_in_rollback_journal_mode() {
+    let (d, path) = copy_of("chinook/Chinook_Sqlite.sqlite");
+    let mode: String = app(&path)
+        .query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete");
+    hand_off_is_exact(&path);
+    // The scratch copy is gone.
+    let left: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ferry-snapshot"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+fn hand_off_is_exact(path: &Path) {
+    let path = path.to_path_buf();
     install(&path, &[]);
     let stop = Arc::new(AtomicBool::new(false));
     let (started_tx, started) = std::sync::mpsc::channel();
@@ -347,7 +369,8 @@ fn snapshot_hand_off_is_exact_while_the_application_writes() {
     };
     started.recv().unwrap();
     let mut target: BTreeMap<i64, String> = BTreeMap::new();
-    let position = snapshot::read(&path, |schema, row| {
+    let scratch = path.parent().unwrap().to_path_buf();
+    let position = snapshot::read_auto(&path, &scratch, |schema, row| {
         if schema.id.name == "Artist" {
             replay(
                 &mut target,
