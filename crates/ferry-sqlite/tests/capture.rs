@@ -688,3 +688,31 @@ fn tables_wider_than_a_function_call_are_captured() {
     };
     assert_eq!(new.values[1150], text("z"));
 }
+
+/// What the plan's REPLACE warning says, shown on SQLite itself.
+#[test]
+fn replace_through_a_unique_index_is_captured_only_with_recursive_triggers() {
+    let (_d, path) = copy_of("chinook/Chinook_Sqlite.sqlite");
+    let a = app(&path);
+    a.execute_batch(
+        "CREATE UNIQUE INDEX genre_name ON Genre(Name); INSERT INTO Genre VALUES (50, 'Polka'), (51, 'Ska');",
+    )
+    .unwrap();
+    install(&path, &["Genre"]);
+    // Replacing by name removes row 50 (then 51) through the unique index.
+    a.execute("INSERT OR REPLACE INTO Genre VALUES (100, 'Polka')", [])
+        .unwrap();
+    a.execute_batch("PRAGMA recursive_triggers=ON").unwrap();
+    a.execute("INSERT OR REPLACE INTO Genre VALUES (101, 'Ska')", [])
+        .unwrap();
+    let mut r = ChangeReader::open(&path).unwrap();
+    let ops: Vec<String> = changes(&read_all(&mut r, ChangeLogSeq(0)))
+        .iter()
+        .map(|(_, c)| match c {
+            Change::Insert { new, .. } => format!("I {:?}", new.values[0]),
+            Change::Delete { old, .. } => format!("D {:?}", old.row().values[0]),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ops, ["I Int8(100)", "D Int8(51)", "I Int8(101)"]);
+}
