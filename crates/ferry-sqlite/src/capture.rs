@@ -51,6 +51,11 @@ use crate::catalog::{SCHEMA, SourceTable};
 use crate::connect::quote_ident;
 use crate::typemap::{self, Sample, Sampled};
 
+mod codec;
+
+pub use codec::parse_json_row;
+use codec::{flat_json, json_row};
+
 /// The change-log table.
 pub const LOG_TABLE: &str = "_ferry_changes";
 /// The captured tables and their fingerprints.
@@ -293,36 +298,6 @@ pub fn read_columns(conn: &Connection, table: &str) -> Result<Option<Vec<ColumnD
 
 fn sql_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
-}
-
-/// The exact encoding of one value (see the module notes).
-fn encode(expr: &str) -> String {
-    format!(
-        "CASE typeof({expr}) WHEN 'integer' THEN {expr} WHEN 'text' THEN 't' || {expr} \
-         WHEN 'real' THEN 'r' || quote({expr}) WHEN 'blob' THEN 'b' || hex({expr}) END"
-    )
-}
-
-/// Values per `json_array` call: SQLite limits a function's arguments
-/// (1000 in current builds, 127 in old ones), and a trigger that exceeds
-/// the limit would fail the application's statements. Wider rows nest
-/// chunks (`[[v1..v100],[v101..]]`); values are never arrays, so
-/// [`parse_json_row`] flattens them back unambiguously.
-const JSON_CHUNK: usize = 100;
-
-fn json_row(prefix: &str, cols: &[&ColumnDef]) -> String {
-    let parts: Vec<String> = cols
-        .iter()
-        .map(|c| encode(&format!("{prefix}.{}", quote_ident(&c.name))))
-        .collect();
-    if parts.len() <= JSON_CHUNK {
-        return format!("json_array({})", parts.join(", "));
-    }
-    let chunks: Vec<String> = parts
-        .chunks(JSON_CHUNK)
-        .map(|c| format!("json_array({})", c.join(", ")))
-        .collect();
-    format!("json_array({})", chunks.join(", "))
 }
 
 /// Compiles (never runs) a statement of each kind on `table`: SQLite
@@ -797,70 +772,6 @@ fn fill_short_entries(conn: &Connection, old: &Tracked, next: &Tracked) -> Resul
     Ok(())
 }
 
-/// A JSON row with nested chunks flattened (see [`JSON_CHUNK`]).
-fn flat_json(text: &str) -> Vec<serde_json::Value> {
-    let items: Vec<serde_json::Value> = serde_json::from_str(text).unwrap_or_default();
-    items
-        .into_iter()
-        .flat_map(|v| match v {
-            serde_json::Value::Array(inner) => inner,
-            other => vec![other],
-        })
-        .collect()
-}
-
-/// Decodes a trigger-encoded JSON array back to SQLite values.
-pub fn parse_json_row(text: &str, seq: ChangeLogSeq, table: &str) -> Result<Vec<SqlValue>, Error> {
-    let bad = |what: &str| {
-        Error::operator(
-            format!(
-                "change-log entry {seq} of {} is damaged ({what})",
-                TableId::new(SCHEMA, table)
-            ),
-            "remove change capture (`ferry cleanup`) and reload from a new snapshot (`ferry run`)",
-        )
-    };
-    let items: Vec<serde_json::Value> =
-        serde_json::from_str(text).map_err(|e| bad("not a JSON array").with_source(e))?;
-    items
-        .into_iter()
-        .flat_map(|v| match v {
-            serde_json::Value::Array(chunk) => chunk,
-            other => vec![other],
-        })
-        .map(|v| match v {
-            serde_json::Value::Null => Ok(SqlValue::Null),
-            serde_json::Value::Number(n) => n
-                .as_i64()
-                .map(SqlValue::Integer)
-                .ok_or_else(|| bad("number")),
-            serde_json::Value::String(s) => {
-                let (tag, body) = s.split_at_checked(1).ok_or_else(|| bad("empty value"))?;
-                match tag {
-                    "t" => Ok(SqlValue::Text(body.to_owned())),
-                    "r" => body
-                        .parse::<f64>()
-                        .map(SqlValue::Real)
-                        .map_err(|_| bad("real")),
-                    "b" => hex(body).map(SqlValue::Blob).ok_or_else(|| bad("blob")),
-                    _ => Err(bad("unknown tag")),
-                }
-            }
-            _ => Err(bad("unexpected JSON value")),
-        })
-        .collect()
-}
-
-fn hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -926,51 +837,5 @@ mod tests {
         assert!(
             matches!(classify(&rec, Some(&retyped), true, true), SchemaChange::Altered(s) if s.contains("\"TEXT\" → \"BLOB\""))
         );
-    }
-
-    #[test]
-    fn encoded_rows_parse_back() {
-        let row = parse_json_row(
-            r#"[null, -9223372036854775808, "tx'y", "r0.1", "bDEAD00", "t"]"#,
-            ChangeLogSeq(1),
-            "t",
-        )
-        .unwrap();
-        assert_eq!(
-            row,
-            vec![
-                SqlValue::Null,
-                SqlValue::Integer(i64::MIN),
-                SqlValue::Text("x'y".into()),
-                SqlValue::Real(0.1),
-                SqlValue::Blob(vec![0xde, 0xad, 0]),
-                SqlValue::Text(String::new()),
-            ]
-        );
-        let nested = parse_json_row(r#"[[1, "ta"], [null]]"#, ChangeLogSeq(1), "t").unwrap();
-        assert_eq!(
-            nested,
-            vec![
-                SqlValue::Integer(1),
-                SqlValue::Text("a".into()),
-                SqlValue::Null
-            ]
-        );
-        for bad in [
-            "{}",
-            "[1.5]",
-            "[\"\"]",
-            "[\"q1\"]",
-            "[\"bABC\"]",
-            "[{\"a\":1}]",
-            "[[[1]]]",
-        ] {
-            let e = parse_json_row(bad, ChangeLogSeq(7), "t").unwrap_err();
-            assert!(
-                e.to_string()
-                    .contains("change-log entry 7 of main.t is damaged"),
-                "{bad}: {e}"
-            );
-        }
     }
 }
