@@ -457,12 +457,16 @@ pub enum Installed {
     New(String),
     /// Already captured with the same schema: nothing done.
     Present(String),
+    /// Already captured; columns added since (e.g. while ferry was
+    /// stopped) were carried ([`carry_added_columns`]).
+    Carried(String, Vec<AddedColumn>),
 }
 
 /// Installs the change log and the triggers of `tables` (from
 /// [`crate::catalog::read`]) in one write transaction. Idempotent: a table
-/// already captured with an unchanged schema is left as it is; one whose
-/// schema changed is an operator error (see [`schema_error`]).
+/// already captured with an unchanged schema is left as it is, one that
+/// only gained columns has them carried; any other schema change is an
+/// operator error (see [`schema_error`]).
 pub fn install(conn: &mut Connection, tables: &[SourceTable]) -> Result<Vec<Installed>, Error> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -473,23 +477,16 @@ pub fn install(conn: &mut Connection, tables: &[SourceTable]) -> Result<Vec<Inst
     }
     let recorded = load_tracked(&tx)?;
     let mut out = Vec::new();
+    let mut to_carry = Vec::new();
     for t in tables {
         let name = &t.schema.id.name;
         if let Some(rec) = recorded.get(name) {
             match check_table(&tx, rec)? {
-                SchemaChange::Unchanged => {
-                    out.push(Installed::Present(name.clone()));
-                    continue;
-                }
-                other => {
-                    return Err(schema_error(name, &other).unwrap_or_else(|| {
-                        Error::operator(
-                            format!("{} gained columns since capture was installed", t.schema.id),
-                            "start `ferry run`: the change reader carries added columns",
-                        )
-                    }));
-                }
+                SchemaChange::Unchanged => out.push(Installed::Present(name.clone())),
+                SchemaChange::AddedColumns(_) => to_carry.push(rec.clone()),
+                other => return Err(schema_error(name, &other).expect("not carried")),
             }
+            continue;
         }
         let current = read_columns(&tx, name)?.ok_or_else(|| {
             Error::transient(format!("{} disappeared during install", t.schema.id))
@@ -506,6 +503,10 @@ pub fn install(conn: &mut Connection, tables: &[SourceTable]) -> Result<Vec<Inst
     }
     tx.commit()
         .map_err(sql_error("installing change capture"))?;
+    for rec in to_carry {
+        let (_, added) = carry_added_columns(conn, &rec)?;
+        out.push(Installed::Carried(rec.name.clone(), added));
+    }
     Ok(out)
 }
 

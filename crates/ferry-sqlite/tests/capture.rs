@@ -716,3 +716,44 @@ fn replace_through_a_unique_index_is_captured_only_with_recursive_triggers() {
         .collect();
     assert_eq!(ops, ["I Int8(100)", "D Int8(51)", "I Int8(101)"]);
 }
+
+#[test]
+fn install_after_a_restart_carries_columns_added_meanwhile() {
+    let (_d, path) = copy_of("sakila-sqlite/sakila.db");
+    install(&path, &["language"]);
+    let a = app(&path);
+    // ferry is stopped; the application adds a column and writes with it.
+    a.execute_batch("ALTER TABLE language ADD COLUMN iso_code CHAR(2)")
+        .unwrap();
+    a.execute(
+        "INSERT INTO language(language_id, name, last_update, iso_code) VALUES (7, 'Maori', '2024-05-01 10:00:00', 'mi')",
+        [],
+    )
+    .unwrap();
+    let again = install(&path, &["language"]);
+    let [Installed::Carried(table, added)] = again.as_slice() else {
+        panic!("{again:?}")
+    };
+    assert_eq!(table, "language");
+    assert_eq!(
+        (added[0].column.as_str(), added[0].pg_type.as_str()),
+        ("iso_code", "text")
+    );
+    // The snapshot sees the carried schema; the entry has the new column.
+    let mut width = 0;
+    snapshot::read(&path, |s, row| {
+        width = s.columns.len();
+        assert_eq!(row.values.len(), 4);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(width, 4);
+    let mut r = ChangeReader::open(&path).unwrap();
+    let ch = changes(&read_all(&mut r, ChangeLogSeq(0)));
+    let Change::Insert { new, .. } = &ch[0].1 else {
+        panic!("{ch:?}")
+    };
+    assert_eq!(new.values[0], Value::Int8(7));
+    assert_eq!(new.values[1], text("Maori"));
+    assert_eq!(new.values[3], text("mi"));
+}
