@@ -16,6 +16,12 @@
 //! at the next entry — nothing lost, nothing doubled. Only the target may
 //! briefly show part of a source transaction between two applier commits.
 //!
+//! Order: `seq` order is commit order, with no late gaps. A transaction
+//! gets its numbers while it holds SQLite's single write lock and releases
+//! the lock only by committing or rolling back (a rollback also returns its
+//! numbers), so once the reader has seen entry N, no entry below N can
+//! still commit.
+//!
 //! Invariants: positions strictly increase; every batch is read in one read
 //! transaction that first checks every captured table's schema (see
 //! [`crate::capture::classify`]), so entries are only emitted when no

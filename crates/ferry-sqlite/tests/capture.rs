@@ -531,6 +531,11 @@ fn add_column_is_carried_and_rename_column_stops() {
         panic!()
     };
     assert_eq!(new.values[2], text("FR"));
+    // SQLite itself refuses DROP COLUMN while ferry's triggers use the column.
+    let e = a
+        .execute_batch("ALTER TABLE Artist DROP COLUMN Country")
+        .unwrap_err();
+    assert!(e.to_string().contains("no such column"), "{e}");
     // Anything else stops, naming the table, the change and the fix.
     a.execute_batch("ALTER TABLE Artist RENAME COLUMN Name TO Title")
         .unwrap();
