@@ -226,6 +226,16 @@ pub fn classify(
     }
 }
 
+/// [`schema_error`] for a change already known not to be carried.
+pub(crate) fn stop(table: &str, change: &SchemaChange) -> Error {
+    schema_error(table, change).unwrap_or_else(|| {
+        Error::transient(format!(
+            "{} changed while ferry checked it",
+            TableId::new(SCHEMA, table)
+        ))
+    })
+}
+
 /// The operator error for a change ferry does not carry.
 pub fn schema_error(table: &str, change: &SchemaChange) -> Option<Error> {
     let id = TableId::new(SCHEMA, table);
@@ -484,7 +494,7 @@ pub fn install(conn: &mut Connection, tables: &[SourceTable]) -> Result<Vec<Inst
             match check_table(&tx, rec)? {
                 SchemaChange::Unchanged => out.push(Installed::Present(name.clone())),
                 SchemaChange::AddedColumns(_) => to_carry.push(rec.clone()),
-                other => return Err(schema_error(name, &other).expect("not carried")),
+                other => return Err(stop(name, &other)),
             }
             continue;
         }
@@ -640,7 +650,7 @@ pub fn carry_added_columns(
     let added = match check_table(&tx, t)? {
         SchemaChange::AddedColumns(added) => added,
         SchemaChange::Unchanged => return Ok((t.clone(), Vec::new())),
-        other => return Err(schema_error(&t.name, &other).expect("not carried")),
+        other => return Err(stop(&t.name, &other)),
     };
     let mut next = t.clone();
     for mut c in added {

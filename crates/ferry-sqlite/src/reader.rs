@@ -42,8 +42,7 @@ use rusqlite::Connection;
 use rusqlite::types::Value as SqlValue;
 
 use crate::capture::{
-    self, AddedColumn, LOG_TABLE, STATE_TABLE, SchemaChange, Tracked, parse_json_row, schema_error,
-    sql_error,
+    self, AddedColumn, LOG_TABLE, STATE_TABLE, SchemaChange, Tracked, parse_json_row, sql_error,
 };
 use crate::connect::quote_ident;
 use crate::value;
@@ -154,7 +153,7 @@ impl ChangeReader {
                 match capture::check_table(&tx, t)? {
                     SchemaChange::Unchanged => {}
                     SchemaChange::AddedColumns(_) => return Ok(Err(t.name.clone())),
-                    other => return Err(schema_error(&t.name, &other).expect("not carried")),
+                    other => return Err(capture::stop(&t.name, &other)),
                 }
             }
             *verified_version = Some(version);

@@ -33,7 +33,7 @@ use std::path::Path;
 use ferry_core::{ChangeLogSeq, Error, Row, TableSchema};
 use rusqlite::Connection;
 
-use crate::capture::{self, SchemaChange, schema_error, sql_error};
+use crate::capture::{self, SchemaChange, sql_error};
 use crate::connect::{self, quote_ident};
 use crate::{reader, value};
 
@@ -109,7 +109,7 @@ pub fn read_with(
                 ))
                 .with_fix("ferry retries; the change reader carries the new columns"));
             }
-            other => return Err(schema_error(&t.name, &other).expect("not carried")),
+            other => return Err(capture::stop(&t.name, &other)),
         }
     }
     for t in tables.values() {
