@@ -36,9 +36,14 @@
 //! appended columns stops with an operator error before any entry past it
 //! is read. `ALTER TABLE … ADD COLUMN` is carried by [`carry_added_columns`].
 //!
-//! Restart: everything lives in the source file; installing again is a
-//! no-op when nothing changed, and a reader resumes after any position not
-//! yet trimmed.
+//! Restart: everything lives in the source file. Installing again is a
+//! no-op when nothing changed and carries columns added while ferry was
+//! stopped; a reader resumes after any position not yet trimmed.
+//!
+//! Cost (measured with the SQLite 3.40 shell on the shared build machine,
+//! a 9-column table, 200k inserts and 100k updates in two transactions):
+//! 0.50 s without capture, 3.58 s with it — about 10 µs and 100 bytes of
+//! log per captured row change, paid inside the application's write.
 
 use std::collections::BTreeMap;
 
