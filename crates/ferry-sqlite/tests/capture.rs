@@ -762,3 +762,139 @@ fn install_after_a_restart_carries_columns_added_meanwhile() {
     assert_eq!(new.values[1], text("Maori"));
     assert_eq!(new.values[3], text("mi"));
 }
+
+/// The whole cycle under a live writer: snapshot, stream, trim after each
+/// batch, and an ADD COLUMN the application runs mid-stream. The writer's
+/// statements all succeed (ferry never fails them) and the replayed target
+/// equals the source, new column included.
+#[test]
+fn live_writer_with_add_column_mid_stream_ends_equal() {
+    let (_d, path) = copy_of("chinook/Chinook_Sqlite.sqlite");
+    install(&path, &["Artist", "Genre"]);
+    let (added_tx, added_rx) = std::sync::mpsc::channel();
+    let writer = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let a = app(&path);
+            for i in 0..400i64 {
+                let id = 20_000 + i;
+                if i == 200 {
+                    a.execute_batch("ALTER TABLE Artist ADD COLUMN Country TEXT")
+                        .unwrap();
+                    added_tx.send(()).unwrap();
+                }
+                if i < 200 {
+                    a.execute(
+                        "INSERT INTO Artist(ArtistId, Name) VALUES (?1, ?2)",
+                        rusqlite::params![id, format!("a{i}")],
+                    )
+                    .unwrap();
+                } else {
+                    a.execute(
+                        "INSERT INTO Artist(ArtistId, Name, Country) VALUES (?1, ?2, ?3)",
+                        rusqlite::params![id, format!("a{i}"), format!("c{i}")],
+                    )
+                    .unwrap();
+                    // Rows written before the column existed get one too.
+                    a.execute(
+                        "UPDATE Artist SET Country = 'old' WHERE ArtistId = ?1",
+                        [id - 190],
+                    )
+                    .unwrap();
+                }
+                if i % 4 == 3 {
+                    a.execute(
+                        "UPDATE Artist SET Name = Name || '!' WHERE ArtistId = ?1",
+                        [id - 1],
+                    )
+                    .unwrap();
+                }
+                if i % 9 == 8 {
+                    a.execute("DELETE FROM Artist WHERE ArtistId = ?1", [id - 5])
+                        .unwrap();
+                }
+            }
+        })
+    };
+    // Target: ArtistId → row values, widened when a Relation adds columns.
+    let mut target: BTreeMap<i64, Vec<Value>> = BTreeMap::new();
+    let key = |r: &Row| match r.values[0] {
+        Value::Int8(i) => i,
+        ref v => panic!("{v:?}"),
+    };
+    let mut pos = snapshot::read(&path, |s, row| {
+        if s.id.name == "Artist" {
+            target.insert(key(&row), row.values);
+        }
+        Ok(())
+    })
+    .unwrap();
+    let mut r = ChangeReader::open(&path).unwrap();
+    let mut added = Vec::new();
+    let mut finished = false;
+    loop {
+        let done = writer.is_finished();
+        let b = r.read_after(pos, 37).unwrap();
+        added.extend(b.added);
+        for e in &b.events {
+            match e {
+                Event::Relation(s) if s.id.name == "Artist" => {
+                    for v in target.values_mut() {
+                        v.resize(s.columns.len(), Value::Null);
+                    }
+                }
+                Event::Change(Change::Insert { new, .. }) if new.values.len() >= 2 => {
+                    target.insert(key(new), new.values.clone());
+                }
+                Event::Change(Change::Update { old, new, .. }) => {
+                    if let Some(o) = old {
+                        target.remove(&key(o.row()));
+                    }
+                    target.insert(key(new), new.values.clone());
+                }
+                Event::Change(Change::Delete { old, .. }) => {
+                    target.remove(&key(old.row()));
+                }
+                _ => {}
+            }
+        }
+        match b.last {
+            Some(last) => {
+                pos = last;
+                r.trim(pos).unwrap();
+            }
+            None if finished => break,
+            None => finished = done,
+        }
+    }
+    writer.join().unwrap();
+    added_rx.recv().unwrap();
+    assert_eq!(added.len(), 1, "{added:?}");
+    assert_eq!(added[0].column, "Country");
+    let a = app(&path);
+    let source: BTreeMap<i64, Vec<Value>> = a
+        .prepare("SELECT ArtistId, Name, Country FROM Artist")
+        .unwrap()
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                vec![
+                    Value::Int8(r.get(0)?),
+                    r.get::<_, Option<String>>(1)?
+                        .map_or(Value::Null, Value::Text),
+                    r.get::<_, Option<String>>(2)?
+                        .map_or(Value::Null, Value::Text),
+                ],
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(source.get(&20_015).map(|v| &v[2]), Some(&text("old")));
+    assert_eq!(source.get(&20_399).map(|v| &v[2]), Some(&text("c399")));
+    assert_eq!(target, source);
+    let left: i64 = a
+        .query_row("SELECT count(*) FROM _ferry_changes", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0, "every applied entry was trimmed");
+}
