@@ -9,7 +9,16 @@
 //! - `quick_check`: `PRAGMA quick_check` says `ok` (a corrupt file or one
 //!   that is not a database fails here, and nothing further is read);
 //! - `journal_mode`: WAL is recommended so the application keeps writing
-//!   while ferry reads (warn otherwise, with the fix);
+//!   while ferry reads (warn otherwise, explaining that a read blocks
+//!   writers in rollback-journal mode and what ferry does about it);
+//! - `write access`: `ferry run` installs change capture in the file, so
+//!   the file and its directory must be writable (checked without writing);
+//! - `change capture`: exactly what `ferry run` installs
+//!   ([`crate::capture`]), or, when it is installed already, whether every
+//!   captured table still has the schema it was captured with (a rebuilt
+//!   table fails with the fix);
+//! - per table with a UNIQUE index besides its key: `INSERT OR REPLACE`
+//!   removals through it fire no delete trigger (warn);
 //! - `sqlite version`: the library version ferry reads with (info);
 //! - per table: no primary key (warn), values that do not fit the chosen
 //!   PostgreSQL type (warn naming table, column and rowids), virtual tables
@@ -116,6 +125,9 @@ pub fn plan_file(
         .with_source(e)
     })?;
     plan.checks.extend(table_checks(&catalog, path));
+    plan.checks.push(write_check(path));
+    plan.checks.push(capture_check(&conn, &catalog));
+    plan.checks.extend(replace_checks(&conn, &catalog));
     plan.tables = catalog
         .tables
         .iter()
@@ -160,7 +172,9 @@ fn journal_check(conn: &rusqlite::Connection, path: &Path) -> Check {
             SIDE,
             "journal_mode",
             format!(
-                "journal_mode = {m}: while ferry reads, writers wait (and readers block writers)"
+                "journal_mode = {m}: in this mode a read blocks writers (they wait up to their busy timeout, then fail). \
+                 ferry keeps its reads short: the snapshot is taken as a VACUUM INTO copy (writers wait only for that page copy) \
+                 and read from the copy; change-log batches are short read transactions"
             ),
             format!(
                 "switch to WAL once (persistent): sqlite3 {} 'PRAGMA journal_mode=WAL'",
@@ -263,4 +277,130 @@ pub fn source_path(config: &Config) -> Option<PathBuf> {
         Ok(EndpointKind::Sqlite(p)) => Some(p),
         _ => None,
     }
+}
+
+/// `ferry run` writes the file (change capture): checked without writing.
+fn write_check(path: &Path) -> Check {
+    let shown = path.display();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_ok = std::fs::OpenOptions::new().write(true).open(path).is_ok();
+    let dir_ok = std::fs::metadata(dir).is_ok_and(|m| !m.permissions().readonly());
+    if file_ok && dir_ok {
+        Check::pass(
+            SIDE,
+            "write access",
+            format!("{shown} and its directory are writable (ferry run installs change capture)"),
+        )
+    } else {
+        Check::fail(
+            SIDE,
+            "write access",
+            format!(
+                "{} is not writable: ferry run installs its change log and triggers in the file (and SQLite writes its journal or -wal/-shm files beside it)",
+                if file_ok {
+                    dir.display()
+                } else {
+                    path.display()
+                }
+            ),
+            format!(
+                "give ferry's user write access to {shown} and {}",
+                dir.display()
+            ),
+        )
+    }
+}
+
+/// What `ferry run` installs, or the state of an installed capture.
+fn capture_check(conn: &rusqlite::Connection, catalog: &catalog::Catalog) -> Check {
+    let installed = match crate::capture::load_tracked(conn) {
+        Ok(t) => t,
+        Err(e) => {
+            return Check::fail(
+                SIDE,
+                "change capture",
+                e.to_string(),
+                e.fix().unwrap_or("run ferry cleanup").to_owned(),
+            );
+        }
+    };
+    if installed.is_empty() {
+        let names: Vec<&str> = catalog
+            .tables
+            .iter()
+            .map(|t| t.schema.id.name.as_str())
+            .collect();
+        return Check::pass(
+            SIDE,
+            "change capture",
+            format!(
+                "ferry run installs in the file: tables {}, {}, {} (change log, captured tables, trim mark) and \
+                 AFTER INSERT/UPDATE/DELETE triggers _ferry_ins_T, _ferry_upd_T, _ferry_del_T on {} table(s): {}; \
+                 ferry cutover and ferry cleanup remove them",
+                crate::capture::LOG_TABLE,
+                crate::capture::TABLES_TABLE,
+                crate::capture::STATE_TABLE,
+                names.len(),
+                names.join(", ")
+            ),
+        );
+    }
+    for t in installed.values() {
+        match crate::capture::check_table(conn, t) {
+            Ok(change) => {
+                if let Some(e) = crate::capture::schema_error(&t.name, &change) {
+                    return Check::fail(
+                        SIDE,
+                        "change capture",
+                        e.to_string(),
+                        e.fix().unwrap_or_default().to_owned(),
+                    );
+                }
+            }
+            Err(e) => {
+                return Check::fail(
+                    SIDE,
+                    "change capture",
+                    e.to_string(),
+                    e.fix().unwrap_or_default().to_owned(),
+                );
+            }
+        }
+    }
+    Check::pass(
+        SIDE,
+        "change capture",
+        format!(
+            "installed for {} table(s); every captured table has its recorded schema or added columns",
+            installed.len()
+        ),
+    )
+}
+
+/// Tables whose rows `INSERT OR REPLACE` can remove without a delete trigger.
+fn replace_checks(conn: &rusqlite::Connection, catalog: &catalog::Catalog) -> Vec<Check> {
+    let mut out = Vec::new();
+    for t in &catalog.tables {
+        let id = &t.schema.id;
+        let names: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_index_list(?1) WHERE \"unique\" AND origin <> 'pk'")
+            .and_then(|mut s| s.query_map([&id.name], |r| r.get(0))?.collect())
+            .unwrap_or_default();
+        if !names.is_empty() {
+            out.push(Check::warn(
+                SIDE,
+                format!("replace {id}"),
+                format!(
+                    "{id} has unique index(es) besides its key ({}): a row that INSERT OR REPLACE / REPLACE INTO removes through them \
+                     fires no delete trigger (SQLite fires them only with PRAGMA recursive_triggers=ON), so that removal would not be carried",
+                    names.join(", ")
+                ),
+                "if the application uses REPLACE on this table, have its connections run PRAGMA recursive_triggers=ON, or use INSERT … ON CONFLICT DO UPDATE",
+            ));
+        }
+    }
+    out
 }

@@ -194,3 +194,80 @@ fn unparsable_datetime_is_reported_by_rowid() {
     );
     assert_eq!(plan.tables.len(), 2, "ferry's own tables are excluded");
 }
+
+#[test]
+fn plan_says_what_change_capture_installs_and_finds_a_rebuilt_table() {
+    let (_dir, path) = copy_of("chinook/Chinook_Sqlite.sqlite");
+    let plan = run_plan(&path);
+    assert_eq!(check(&plan, "write access").status, CheckStatus::Pass);
+    let cc = check(&plan, "change capture");
+    assert_eq!(cc.status, CheckStatus::Pass);
+    for part in [
+        "tables _ferry_changes, _ferry_tables, _ferry_state",
+        "AFTER INSERT/UPDATE/DELETE triggers _ferry_ins_T, _ferry_upd_T, _ferry_del_T on 11 table(s)",
+        "Album, Artist, Customer",
+        "ferry cutover and ferry cleanup remove them",
+    ] {
+        assert!(cc.detail.contains(part), "{part}: {}", cc.detail);
+    }
+    let jm = check(&plan, "journal_mode");
+    assert!(jm.detail.contains("a read blocks writers"), "{}", jm.detail);
+    assert!(jm.detail.contains("VACUUM INTO copy"), "{}", jm.detail);
+
+    // Installed, then the application rebuilds Genre: plan fails with the fix.
+    let mut conn = ferry_sqlite::capture::open_read_write(&path).unwrap();
+    let filter = ferry_core::config::TablesConfig::default()
+        .filter()
+        .unwrap();
+    let cat = ferry_sqlite::catalog::read(&conn, &filter).unwrap();
+    ferry_sqlite::capture::install(&mut conn, &cat.tables).unwrap();
+    let cc = check(&run_plan(&path), "change capture").clone();
+    assert_eq!(cc.status, CheckStatus::Pass, "{}", cc.detail);
+    assert!(
+        cc.detail.contains("installed for 11 table(s)"),
+        "{}",
+        cc.detail
+    );
+    conn.execute_batch(
+        "PRAGMA foreign_keys=OFF; PRAGMA legacy_alter_table=ON; BEGIN;\
+         CREATE TABLE g2(GenreId INTEGER NOT NULL PRIMARY KEY, Name NVARCHAR(200));\
+         INSERT INTO g2 SELECT * FROM Genre; DROP TABLE Genre; ALTER TABLE g2 RENAME TO Genre; COMMIT;",
+    )
+    .unwrap();
+    let cc = check(&run_plan(&path), "change capture").clone();
+    assert_eq!(cc.status, CheckStatus::Fail);
+    assert!(
+        cc.detail.contains("main.\"Genre\" was rebuilt"),
+        "{}",
+        cc.detail
+    );
+    assert!(
+        cc.fix
+            .unwrap()
+            .contains("`ferry cleanup`, then `ferry run`")
+    );
+}
+
+#[test]
+fn unique_indexes_besides_the_key_warn_about_replace() {
+    let (_dir, path) = copy_of("chinook/Chinook_Sqlite.sqlite");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE UNIQUE INDEX genre_name ON Genre(Name)")
+        .unwrap();
+    let plan = run_plan(&path);
+    let w = check(&plan, "replace main.\"Genre\"");
+    assert_eq!(w.status, CheckStatus::Warn);
+    assert!(w.detail.contains("(genre_name)"), "{}", w.detail);
+    assert!(
+        w.fix
+            .as_deref()
+            .unwrap()
+            .contains("PRAGMA recursive_triggers=ON")
+    );
+    assert!(
+        plan.checks
+            .iter()
+            .all(|c| !c.name.starts_with("replace main.\"Track\""))
+    );
+}
