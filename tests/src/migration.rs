@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -177,6 +178,21 @@ impl Migration {
         let ran = self.ferry(&["status", "--json"]);
         assert_eq!(ran.code, Some(0), "{}", ran.all());
         serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("{e}: {}", ran.stdout))
+    }
+
+    /// `GET <path>` on the control API of the running `ferry`: the whole
+    /// HTTP response, status line first.
+    pub fn control_get(&self, path: &str) -> String {
+        let addr = &self.control;
+        let mut s = std::net::TcpStream::connect(addr).expect("connecting to the control API");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("sending the request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("reading the response");
+        out
     }
 
     /// Poll `done` until it holds; fail if `ferry` exits first or the wait

@@ -1,7 +1,6 @@
 //! Lag, pause/resume, the control API and the operator-triggered cutover,
 //! through the CLI against real servers.
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use ferry_e2e::Background;
@@ -35,18 +34,6 @@ fn wait_lag(s: &Migration, pred: impl Fn(f64) -> bool, what: &str) -> f64 {
         assert!(start.elapsed() < s.long(), "lag never became {what}: {v}");
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 #[test]
@@ -108,7 +95,7 @@ fn lag_pause_backlog_refusals_and_metrics() {
 
     // Idle and caught up: the heartbeat keeps the lag at zero.
     wait_lag(&s, |l| l == 0.0, "zero on an idle source");
-    let metrics = http_get(&s.control, "/metrics");
+    let metrics = s.control_get("/metrics");
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     for name in [
         "ferry_lag_seconds",
