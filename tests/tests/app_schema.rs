@@ -567,7 +567,7 @@ fn unreadable_sequence_is_flagged_by_plan_and_fails_the_cutover() {
     // Only the two tables: invoice_no_seq is carried because the invoices
     // default uses it (the filter does not name it).
     std::fs::write(
-        &config(&s),
+        config(&s),
         "[tables]\ninclude = [\"public.invoices\", \"public.tickets\"]\n\n[tables.rename]\n\"public.tickets\" = \"support.tickets\"\n",
     )
     .unwrap();
