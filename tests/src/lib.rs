@@ -6,6 +6,7 @@
 //! (`target/<profile>/ferry`); `make test` builds it before the suite runs.
 
 pub mod memory;
+pub mod migration;
 pub mod pgsync;
 
 use std::path::{Path, PathBuf};

@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ferry_e2e::Background;
+use ferry_e2e::migration::{Migration, target_options};
 use ferry_e2e::pgsync::{self, table_digest};
-use ferry_e2e::{Background, Ran, ferry, run};
 use ferry_testkit::{PgOptions, PgServer};
 use tokio_postgres::Client;
 
@@ -242,170 +243,93 @@ async fn app_transaction(c: &mut Client, kind: u64) -> Result<(), tokio_postgres
     tx.commit().await
 }
 
-struct Setup {
-    _source: PgServer,
-    _target: PgServer,
-    source_url: String,
-    target_url: String,
-    control: String,
-    config: std::path::PathBuf,
-    logs: tempfile::TempDir,
+/// The source and a target, ferry reading `ferry.toml` in the log
+/// directory, which renames `public.tickets` into `support.tickets`.
+fn setup(source: PgServer, source_db: String, source_url: String) -> Migration {
+    let m = Migration::with_source(source, source_db, source_url, target_options());
+    let config = config(&m);
+    std::fs::write(
+        &config,
+        "[tables.rename]\n\"public.tickets\" = \"support.tickets\"\n",
+    )
+    .unwrap();
+    m.arg("--config")
+        .arg(config)
+        .timeout(LONG)
+        .poll(Duration::from_millis(100))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+fn config(m: &Migration) -> std::path::PathBuf {
+    m.logs.path().join("ferry.toml")
 }
 
-impl Setup {
-    fn new(source: PgServer, source_url: String) -> Setup {
-        let target = PgServer::start(PgOptions::new().wal_level("replica")).expect("target");
-        let tdb = target.create_database("dst").unwrap();
-        let logs = tempfile::tempdir().unwrap();
-        let config = logs.path().join("ferry.toml");
-        std::fs::write(
-            &config,
-            "[tables.rename]\n\"public.tickets\" = \"support.tickets\"\n",
-        )
-        .unwrap();
-        Setup {
-            target_url: target.url(&tdb),
-            _source: source,
-            _target: target,
-            source_url,
-            control: format!("127.0.0.1:{}", free_port()),
-            config,
-            logs,
-        }
-    }
-
-    fn cmd(&self) -> std::process::Command {
-        let mut cmd = ferry(&self.source_url, &self.target_url).unwrap();
-        cmd.arg("--config")
-            .arg(&self.config)
-            .env("FERRY_SOURCE_SSLMODE", "disable")
-            .env("FERRY_TARGET_SSLMODE", "disable")
-            .env("FERRY_CONTROL_LISTEN", &self.control)
-            .env("FERRY_APPLY_BATCH_MS", "100");
-        cmd
-    }
-
-    fn start(&self, name: &str, env: &[(&str, &str)]) -> Background {
-        let mut cmd = self.cmd();
-        cmd.env("FERRY_LOG", "info").arg("run");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Background::spawn(cmd, &self.logs.path().join(format!("{name}.log"))).unwrap()
-    }
-
-    fn ferry(&self, args: &[&str]) -> Ran {
-        run(self.cmd().args(args)).unwrap()
-    }
-
-    fn target_query<T>(&self, f: impl AsyncFnOnce(&Client) -> Option<T>) -> Option<T> {
-        pgsync::runtime().block_on(async {
-            let dst = pgsync::connect(&self.target_url).await.ok()?;
-            f(&dst).await
-        })
-    }
-
-    fn wait_phase(&self, ferry: &mut Background, phase: &str) {
-        let start = Instant::now();
-        loop {
-            if let Some(code) = ferry.exited().unwrap() {
-                panic!("ferry exited with {code:?}:\n{}", ferry.log());
-            }
-            let now = self.target_query(async |dst| {
-                let row = dst
-                    .query_opt("SELECT phase FROM ferry.pipeline", &[])
+/// Wait until `shipments` has `n` chunks copied (on a resumed load: from
+/// a snapshot other than `after`'s), then `kill -9`. Returns the
+/// snapshot position it was loading from (`None`: the first one).
+fn kill_during_shipments_load(
+    s: &Migration,
+    mut ferry: Background,
+    n: i64,
+    after: Option<Option<String>>,
+) -> Option<String> {
+    let start = Instant::now();
+    loop {
+        let (chunks, snapshot, total) = s
+            .target_query(async |dst| {
+                let chunks: i64 = dst
+                    .query_one(
+                        "SELECT count(*) FROM ferry.chunks WHERE source_table = 'public.shipments'",
+                        &[],
+                    )
                     .await
-                    .ok()??;
-                Some(row.get::<_, String>(0))
-            });
-            if now.as_deref() == Some(phase) {
-                return;
-            }
+                    .ok()?
+                    .get(0);
+                let snap: Option<String> = dst
+                    .query_opt(
+                        "SELECT lsn FROM ferry.table_snapshots WHERE table_name = 'shipments'",
+                        &[],
+                    )
+                    .await
+                    .ok()?
+                    .map(|r| r.get(0));
+                let total: Option<i32> = dst
+                    .query_opt(
+                        "SELECT chunks_total FROM ferry.tables WHERE source_table = 'public.shipments'",
+                        &[],
+                    )
+                    .await
+                    .ok()?
+                    .and_then(|r| r.get(0));
+                Some((chunks, snap, total))
+            })
+            .unwrap_or((0, None, None));
+        if let Some(total) = total {
             assert!(
-                start.elapsed() < LONG,
-                "never reached {phase}:\n{}",
+                i64::from(total) > n + 2,
+                "shipments must be many chunks, has {total}"
+            );
+        }
+        if chunks >= n && after.as_ref().is_none_or(|prev| *prev != snapshot) {
+            assert!(
+                total.is_some_and(|t| chunks < i64::from(t)),
+                "shipments finished loading before the kill:\n{}",
                 ferry.log()
             );
-            std::thread::sleep(Duration::from_millis(100));
+            ferry.kill9().unwrap();
+            return snapshot;
         }
-    }
-
-    /// Wait until `shipments` has `n` chunks copied (on a resumed load: from
-    /// a snapshot other than `after`'s), then `kill -9`. Returns the
-    /// snapshot position it was loading from (`None`: the first one).
-    fn kill_during_shipments_load(
-        &self,
-        mut ferry: Background,
-        n: i64,
-        after: Option<Option<String>>,
-    ) -> Option<String> {
-        let start = Instant::now();
-        loop {
-            let (chunks, snapshot, total) = self
-                .target_query(async |dst| {
-                    let chunks: i64 = dst
-                        .query_one(
-                            "SELECT count(*) FROM ferry.chunks WHERE source_table = 'public.shipments'",
-                            &[],
-                        )
-                        .await
-                        .ok()?
-                        .get(0);
-                    let snap: Option<String> = dst
-                        .query_opt(
-                            "SELECT lsn FROM ferry.table_snapshots WHERE table_name = 'shipments'",
-                            &[],
-                        )
-                        .await
-                        .ok()?
-                        .map(|r| r.get(0));
-                    let total: Option<i32> = dst
-                        .query_opt(
-                            "SELECT chunks_total FROM ferry.tables WHERE source_table = 'public.shipments'",
-                            &[],
-                        )
-                        .await
-                        .ok()?
-                        .and_then(|r| r.get(0));
-                    Some((chunks, snap, total))
-                })
-                .unwrap_or((0, None, None));
-            if let Some(total) = total {
-                assert!(
-                    i64::from(total) > n + 2,
-                    "shipments must be many chunks, has {total}"
-                );
-            }
-            if chunks >= n && after.as_ref().is_none_or(|prev| *prev != snapshot) {
-                assert!(
-                    total.is_some_and(|t| chunks < i64::from(t)),
-                    "shipments finished loading before the kill:\n{}",
-                    ferry.log()
-                );
-                ferry.kill9().unwrap();
-                return snapshot;
-            }
-            if let Some(code) = ferry.exited().unwrap() {
-                panic!(
-                    "ferry exited during the load with {code:?}:\n{}",
-                    ferry.log()
-                );
-            }
-            assert!(
-                start.elapsed() < LONG,
-                "shipments never reached {n} chunks:\n{}",
+        if let Some(code) = ferry.exited().unwrap() {
+            panic!(
+                "ferry exited during the load with {code:?}:\n{}",
                 ferry.log()
             );
-            std::thread::sleep(Duration::from_millis(10));
         }
+        assert!(
+            start.elapsed() < LONG,
+            "shipments never reached {n} chunks:\n{}",
+            ferry.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -452,7 +376,7 @@ fn app_schema_killed_during_load_then_fenced_cutover_is_exact() {
     source.psql(&sdb, APP_SCHEMA).unwrap();
     source.psql(&sdb, &app_data(600_000)).unwrap();
     let url = source.url(&sdb);
-    let s = Setup::new(source, url);
+    let s = setup(source, sdb, url);
 
     let sync_writer = AppWriter::start(&s.source_url, 1, false);
     let async_writer = AppWriter::start(&s.source_url, 2, true);
@@ -466,18 +390,18 @@ fn app_schema_killed_during_load_then_fenced_cutover_is_exact() {
     // Killed twice while the child table loads: orders stays at the first
     // snapshot, shipments comes from the third, holding rows whose parents
     // reach the target only during catch-up.
-    let first = s.start("load-1", &load);
-    let snap = s.kill_during_shipments_load(first, 2, None);
+    let first = s.start_with("load-1", &load);
+    let snap = kill_during_shipments_load(&s, first, 2, None);
     sync_writer.wait_for(sync_writer.committed() + 100);
-    let second = s.start("load-2", &load);
-    let snap = s.kill_during_shipments_load(second, 2, Some(snap));
+    let second = s.start_with("load-2", &load);
+    let snap = kill_during_shipments_load(&s, second, 2, Some(snap));
     assert!(
         snap.is_some(),
         "the second run reloaded shipments from a new snapshot"
     );
     sync_writer.wait_for(sync_writer.committed() + 100);
-    let mut ferry = s.start("load-3", &load);
-    s.wait_phase(&mut ferry, "stream");
+    let mut ferry = s.start_with("load-3", &load);
+    s.wait_state_phase(&mut ferry, "stream");
     let log = ferry.log();
     assert!(
         log.contains("resuming the full load from a new snapshot"),
@@ -526,23 +450,12 @@ fn app_schema_killed_during_load_then_fenced_cutover_is_exact() {
     // (nothing fires twice) and the cutover still puts them back.
     sync_writer.wait_for(sync_writer.committed() + 100);
     ferry.kill9().unwrap();
-    let mut ferry = s.start("restart", &[]);
-    s.wait_phase(&mut ferry, "stream");
+    let mut ferry = s.start("restart");
+    s.wait_state_phase(&mut ferry, "stream");
 
     let seen = async_writer.committed();
     async_writer.wait_for(seen + 300);
-    let cut = s.ferry(&[
-        "cutover",
-        "--fence",
-        "--max-lag",
-        "60s",
-        "--timeout",
-        "120s",
-    ]);
-    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
-    assert!(cut.stdout.contains("cutover: done"), "{}", cut.all());
-    let code = ferry.wait(Duration::from_secs(60)).unwrap();
-    assert_eq!(code, Some(0), "ferry run exits 0 after the cutover");
+    s.fenced_cutover(ferry, "60s");
     assert!(sync_writer.stop() > 0);
     assert!(async_writer.stop() > 0);
     assert!(async_writer2.stop() > 0);
@@ -645,15 +558,16 @@ fn unreadable_sequence_is_flagged_by_plan_and_fails_the_cutover() {
         .unwrap();
     let admin_url = source.url(&sdb);
     let port = source.port();
-    let s = Setup::new(
+    let s = setup(
         source,
+        sdb.clone(),
         format!("postgres://migrator:pw@127.0.0.1:{port}/{sdb}"),
     );
 
     // Only the two tables: invoice_no_seq is carried because the invoices
     // default uses it (the filter does not name it).
     std::fs::write(
-        &s.config,
+        config(&s),
         "[tables]\ninclude = [\"public.invoices\", \"public.tickets\"]\n\n[tables.rename]\n\"public.tickets\" = \"support.tickets\"\n",
     )
     .unwrap();
@@ -672,8 +586,8 @@ fn unreadable_sequence_is_flagged_by_plan_and_fails_the_cutover() {
         plan.all()
     );
 
-    let mut ferry = s.start("run", &[]);
-    s.wait_phase(&mut ferry, "stream");
+    let mut ferry = s.start("run");
+    s.wait_state_phase(&mut ferry, "stream");
     let rt = pgsync::runtime();
     let admin = rt.block_on(pgsync::connect(&admin_url)).unwrap();
     rt.block_on(
@@ -711,9 +625,7 @@ fn unreadable_sequence_is_flagged_by_plan_and_fails_the_cutover() {
          INSERT INTO invoices (amount) VALUES (1);",
     ))
     .unwrap();
-    let cut = s.ferry(&["cutover", "--max-lag", "60s", "--timeout", "60s"]);
-    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
-    assert_eq!(ferry.wait(Duration::from_secs(60)).unwrap(), Some(0));
+    s.cutover(ferry, &["--max-lag", "60s", "--timeout", "60s"]);
     rt.block_on(async {
         let dst = pgsync::connect(&s.target_url).await.unwrap();
         let rec = cutover_record(&dst).await;

@@ -9,146 +9,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use ferry_e2e::Background;
+use ferry_e2e::migration::{LONG, Migration, target_options};
 use ferry_e2e::pgsync;
-use ferry_e2e::{Background, Ran, ferry, run};
-use ferry_testkit::{PgOptions, PgServer};
+use ferry_testkit::PgOptions;
 use tokio_postgres::Client;
-
-const LONG: Duration = Duration::from_secs(180);
 
 /// Settings that make `t::text` identical on both sides for the comparison
 /// (the databases under test have different defaults on purpose).
 const PINNED: &str = "SET datestyle = ISO; SET timezone = UTC; SET intervalstyle = postgres; \
      SET extra_float_digits = 3; SET bytea_output = hex; SET lc_monetary = 'C'";
 
-struct Pair {
-    source: PgServer,
-    target: PgServer,
-    sdb: String,
-    tdb: String,
-    source_url: String,
-    target_url: String,
-    control: String,
-    logs: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A source with `schema_sql` loaded and an empty target.
-fn pair_with(schema_sql: &str, target_opts: PgOptions) -> Pair {
-    let source = PgServer::start(PgOptions::new()).expect("source");
-    let target = PgServer::start(target_opts).expect("target");
-    let sdb = source.create_database("src").unwrap();
-    let tdb = target.create_database("dst").unwrap();
-    source.psql(&sdb, schema_sql).unwrap();
-    Pair {
-        source_url: source.url(&sdb),
-        target_url: target.url(&tdb),
-        source,
-        target,
-        sdb,
-        tdb,
-        control: format!("127.0.0.1:{}", free_port()),
-        logs: tempfile::tempdir().unwrap(),
-    }
+fn pair_with(schema_sql: &str, target_opts: PgOptions) -> Migration {
+    Migration::new(PgOptions::new(), target_opts, schema_sql)
 }
 
-fn pair(schema_sql: &str) -> Pair {
-    pair_with(schema_sql, PgOptions::new().wal_level("replica"))
-}
-
-impl Pair {
-    fn cmd(&self) -> std::process::Command {
-        let mut cmd = ferry(&self.source_url, &self.target_url).unwrap();
-        cmd.env("FERRY_SOURCE_SSLMODE", "disable")
-            .env("FERRY_TARGET_SSLMODE", "disable")
-            .env("FERRY_CONTROL_LISTEN", &self.control)
-            .env("FERRY_APPLY_BATCH_MS", "100");
-        cmd
-    }
-
-    fn start(&self, name: &str) -> Background {
-        let mut cmd = self.cmd();
-        cmd.env("FERRY_LOG", "info").arg("run");
-        Background::spawn(cmd, &self.logs.path().join(format!("{name}.log"))).unwrap()
-    }
-
-    fn ferry(&self, args: &[&str]) -> Ran {
-        run(self.cmd().args(args)).unwrap()
-    }
-
-    /// Wait until the live status says `phase`.
-    fn wait_phase(&self, ferry: &mut Background, phase: &str) {
-        let start = Instant::now();
-        loop {
-            if let Some(code) = ferry.exited().unwrap() {
-                panic!("ferry exited with {code:?}:\n{}", ferry.log());
-            }
-            let ran = self.ferry(&["status", "--json"]);
-            if ran.code == Some(0) {
-                let v: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap_or_default();
-                if v["live"] == true && v["phase"] == phase {
-                    return;
-                }
-            }
-            assert!(
-                start.elapsed() < LONG,
-                "never reached {phase}:\n{}",
-                ferry.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Fenced cutover through the CLI; ferry run exits 0 afterwards.
-    fn cutover(&self, ferry: Background) -> Ran {
-        let cut = self.ferry(&[
-            "cutover",
-            "--fence",
-            "--max-lag",
-            "60s",
-            "--timeout",
-            "120s",
-        ]);
-        assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
-        assert!(cut.stdout.contains("cutover: done"), "{}", cut.all());
-        let log = ferry.log();
-        let code = ferry.wait(Duration::from_secs(60)).unwrap();
-        assert_eq!(code, Some(0), "ferry run exits 0 after cutover:\n{log}");
-        cut
-    }
-
-    /// Compare `tables` (quoted SQL names) with the text forms pinned.
-    fn compare(&self, tables: &[&str]) {
-        pgsync::runtime().block_on(async {
-            let src = pinned(&self.source_url).await;
-            let dst = pinned(&self.target_url).await;
-            pgsync::compare_tables(&src, &dst, tables).await.unwrap();
-        });
-    }
-
-    /// Wait until the target has applied everything the source committed.
-    fn wait_caught_up(&self) {
-        pgsync::runtime().block_on(async {
-            let src = pgsync::connect(&self.source_url).await.unwrap();
-            let lsn = pgsync::insert_lsn(&src).await.unwrap();
-            pgsync::wait_applied(&self.target_url, lsn, LONG)
-                .await
-                .unwrap();
-        });
-    }
-}
-
-async fn pinned(url: &str) -> Client {
-    let c = pgsync::connect(url).await.unwrap();
-    c.batch_execute(PINNED).await.unwrap();
-    c
+fn pair(schema_sql: &str) -> Migration {
+    pair_with(schema_sql, target_options())
 }
 
 /// Concurrent writes: `statement(i)` run in a loop on its own session (a
@@ -249,7 +127,7 @@ fn database_text_settings_do_not_change_values() {
     let p = pair(VALUES_SCHEMA);
     p.source
         .psql(
-            &p.sdb,
+            &p.source_db,
             &format!(
                 "ALTER DATABASE {db} SET bytea_output = 'escape';
                  ALTER DATABASE {db} SET datestyle = 'SQL, DMY';
@@ -257,13 +135,13 @@ fn database_text_settings_do_not_change_values() {
                  ALTER DATABASE {db} SET extra_float_digits = 0;
                  ALTER DATABASE {db} SET timezone = 'Asia/Kolkata';
                  ALTER DATABASE {db} SET lc_monetary = 'C.utf8';",
-                db = p.sdb
+                db = p.source_db
             ),
         )
         .unwrap();
     p.target
         .psql(
-            &p.tdb,
+            &p.target_db,
             &format!(
                 "ALTER DATABASE {db} SET bytea_output = 'escape';
                  ALTER DATABASE {db} SET datestyle = 'German, YMD';
@@ -271,7 +149,7 @@ fn database_text_settings_do_not_change_values() {
                  ALTER DATABASE {db} SET extra_float_digits = -3;
                  ALTER DATABASE {db} SET timezone = 'America/St_Johns';
                  ALTER DATABASE {db} SET lc_monetary = 'POSIX';",
-                db = p.tdb
+                db = p.target_db
             ),
         )
         .unwrap();
@@ -305,10 +183,10 @@ fn database_text_settings_do_not_change_values() {
     p.wait_caught_up();
     let log = ferry.log();
     assert!(!log.contains("invalid bytea"), "{log}");
-    p.cutover(ferry);
+    p.fenced_cutover(ferry, "60s");
     let committed = load.stop();
     assert!(committed >= 200, "{committed}");
-    p.compare(&["vals"]);
+    p.compare_in_sessions(PINNED, &["vals"]);
 }
 
 const ITEMS_SCHEMA: &str = "
@@ -360,13 +238,7 @@ fn source_ddl_stops_with_the_fix_before_a_row_of_the_new_shape() {
     let load = Load::start(&p.source_url, items_change);
     // Long batches: the transaction before the DDL is still in the open
     // batch when the new shape arrives.
-    let run = |name: &str| {
-        let mut cmd = p.cmd();
-        cmd.env("FERRY_LOG", "info")
-            .env("FERRY_APPLY_BATCH_MS", "3000")
-            .arg("run");
-        Background::spawn(cmd, &p.logs.path().join(format!("{name}.log"))).unwrap()
-    };
+    let run = |name: &str| p.start_with(name, &[("FERRY_APPLY_BATCH_MS", "3000")]);
     let mut ferry = run("run0");
     p.wait_phase(&mut ferry, "stream");
     load.wait_for(50);
@@ -374,7 +246,7 @@ fn source_ddl_stops_with_the_fix_before_a_row_of_the_new_shape() {
     // A new nullable column is applied and streaming goes on.
     p.source
         .psql(
-            &p.sdb,
+            &p.source_db,
             "ALTER TABLE items ADD COLUMN extra text; INSERT INTO items (extra) VALUES ('added');",
         )
         .unwrap();
@@ -409,7 +281,7 @@ fn source_ddl_stops_with_the_fix_before_a_row_of_the_new_shape() {
         let after = format!("after {n}");
         p.source
             .psql(
-                &p.sdb,
+                &p.source_db,
                 &format!(
                     "INSERT INTO items (tag) VALUES ('{before}'); {ddl}; INSERT INTO items (tag) VALUES ('{after}');"
                 ),
@@ -448,15 +320,15 @@ fn source_ddl_stops_with_the_fix_before_a_row_of_the_new_shape() {
                 "nothing of the new shape is applied"
             );
         });
-        p.target.psql(&p.tdb, fix).unwrap();
+        p.target.psql(&p.target_db, fix).unwrap();
         ferry = run(&format!("run{}", n + 1));
         p.wait_phase(&mut ferry, "stream");
         load.wait_for(20);
     }
     p.wait_caught_up();
-    p.cutover(ferry);
+    p.fenced_cutover(ferry, "60s");
     load.stop();
-    p.compare(&["items"]);
+    p.compare_in_sessions(PINNED, &["items"]);
 }
 
 const NAMES_SCHEMA: &str = r#"
@@ -540,7 +412,7 @@ fn quoted_and_dotted_names_through_load_stream_status_and_cutover() {
         assert_eq!(keys, want);
     });
 
-    let cut = p.cutover(ferry);
+    let cut = p.fenced_cutover(ferry, "60s");
     load.stop();
     let rec: serde_json::Value =
         serde_json::from_str(cut.stdout.split("write freeze:").next().unwrap()).unwrap();
@@ -553,7 +425,7 @@ fn quoted_and_dotted_names_through_load_stream_status_and_cutover() {
             .unwrap_or_else(|| panic!("{name} not validated: {rec}"));
         assert_eq!(v["ok"], true, "{v}");
     }
-    p.compare(NAMED_TABLES);
+    p.compare_in_sessions(PINNED, NAMED_TABLES);
 }
 
 /// Item 12: ferry's sessions ended under it (`pg_terminate_backend`, SQLSTATE
@@ -578,9 +450,9 @@ fn terminated_sessions_reconnect_with_backoff() {
             &p.source
         };
         let db = if round.is_multiple_of(2) {
-            &p.tdb
+            &p.target_db
         } else {
-            &p.sdb
+            &p.source_db
         };
         side.psql(db, kill).unwrap();
         load.wait_for(20);
@@ -628,9 +500,9 @@ fn terminated_sessions_reconnect_with_backoff() {
     assert_eq!(p.ferry(&["resume"]).code, Some(0));
     load.wait_for(10);
     p.wait_caught_up();
-    p.cutover(ferry);
+    p.fenced_cutover(ferry, "60s");
     load.stop();
-    p.compare(&["items"]);
+    p.compare_in_sessions(PINNED, &["items"]);
 }
 
 const TRUNCATE_SCHEMA: &str = "
@@ -670,22 +542,6 @@ fn count(url: &str, sql: &str) -> i64 {
     })
 }
 
-/// Wait until the log of the running ferry contains `needle`.
-fn wait_log(ferry: &mut Background, needle: &str) {
-    let start = Instant::now();
-    while !ferry.log().contains(needle) {
-        if let Some(code) = ferry.exited().unwrap() {
-            panic!("ferry exited with {code:?}:\n{}", ferry.log());
-        }
-        assert!(
-            start.elapsed() < LONG,
-            "log never said {needle:?}:\n{}",
-            ferry.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Item 7: `TRUNCATE ONLY` of an inheritance parent leaves its children on
 /// the target as on the source; a truncated single partition and a detached
 /// partition — which pgoutput does not send when changes are published via
@@ -699,7 +555,9 @@ fn truncate_only_parent_and_partition_changes_not_carried() {
     p.wait_phase(&mut ferry, "stream");
     load.wait_for(30);
 
-    p.source.psql(&p.sdb, "TRUNCATE ONLY animals").unwrap();
+    p.source
+        .psql(&p.source_db, "TRUNCATE ONLY animals")
+        .unwrap();
     load.wait_for(20);
     p.wait_caught_up();
     assert_eq!(
@@ -709,8 +567,8 @@ fn truncate_only_parent_and_partition_changes_not_carried() {
     );
     assert_eq!(count(&p.source_url, "SELECT count(*) FROM ONLY dogs"), 150);
 
-    p.source.psql(&p.sdb, "TRUNCATE measures_2").unwrap();
-    wait_log(
+    p.source.psql(&p.source_db, "TRUNCATE measures_2").unwrap();
+    p.wait_log(
         &mut ferry,
         "partition public.measures_2 of \"public\".\"measures\" is empty on the source but not on the target",
     );
@@ -719,12 +577,17 @@ fn truncate_only_parent_and_partition_changes_not_carried() {
         "{}",
         ferry.log()
     );
-    p.target.psql(&p.tdb, "TRUNCATE ONLY measures_2").unwrap();
+    p.target
+        .psql(&p.target_db, "TRUNCATE ONLY measures_2")
+        .unwrap();
 
     p.source
-        .psql(&p.sdb, "ALTER TABLE measures DETACH PARTITION measures_4")
+        .psql(
+            &p.source_db,
+            "ALTER TABLE measures DETACH PARTITION measures_4",
+        )
         .unwrap();
-    wait_log(
+    p.wait_log(
         &mut ferry,
         "partition public.measures_4 of \"public\".\"measures\" was detached or dropped on the source",
     );
@@ -736,21 +599,28 @@ fn truncate_only_parent_and_partition_changes_not_carried() {
         ferry.log()
     );
     p.target
-        .psql(&p.tdb, "ALTER TABLE measures DETACH PARTITION measures_4")
+        .psql(
+            &p.target_db,
+            "ALTER TABLE measures DETACH PARTITION measures_4",
+        )
         .unwrap();
 
-    p.source.psql(&p.sdb, "DROP TABLE measures_5").unwrap();
-    wait_log(
+    p.source
+        .psql(&p.source_db, "DROP TABLE measures_5")
+        .unwrap();
+    p.wait_log(
         &mut ferry,
         "partition public.measures_5 of \"public\".\"measures\" was detached or dropped on the source",
     );
-    p.target.psql(&p.tdb, "DROP TABLE measures_5").unwrap();
+    p.target
+        .psql(&p.target_db, "DROP TABLE measures_5")
+        .unwrap();
 
     load.wait_for(20);
     p.wait_caught_up();
-    p.cutover(ferry);
+    p.fenced_cutover(ferry, "60s");
     load.stop();
-    p.compare(&["animals", "dogs", "measures", "measures_4"]);
+    p.compare_in_sessions(PINNED, &["animals", "dogs", "measures", "measures_4"]);
 }
 
 /// Item 12: a target that refuses connections (SQLSTATE 53300, too many
@@ -777,7 +647,7 @@ fn too_many_connections_at_start_is_retried() {
     });
     let load = Load::start(&p.source_url, items_change);
     let mut ferry = p.start("run");
-    wait_log(&mut ferry, "transient failure; will reconnect");
+    p.wait_log(&mut ferry, "transient failure; will reconnect");
     let log = ferry.log();
     assert!(log.contains("53300"), "the cause is kept: {log}");
     drop(held);
@@ -785,7 +655,7 @@ fn too_many_connections_at_start_is_retried() {
     p.wait_phase(&mut ferry, "stream");
     load.wait_for(50);
     p.wait_caught_up();
-    p.cutover(ferry);
+    p.fenced_cutover(ferry, "60s");
     load.stop();
-    p.compare(&["items"]);
+    p.compare_in_sessions(PINNED, &["items"]);
 }

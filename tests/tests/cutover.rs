@@ -1,130 +1,46 @@
 //! Lag, pause/resume, the control API and the operator-triggered cutover,
 //! through the CLI against real servers.
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+use ferry_e2e::Background;
+use ferry_e2e::migration::{LONG, Migration, target_options};
 use ferry_e2e::pgsync::{self, BENCH_SCHEMA, Writer};
-use ferry_e2e::{Background, Ran, ferry, run};
-use ferry_testkit::{PgOptions, PgServer};
+use ferry_testkit::PgOptions;
 
 const BENCH_TABLES: &[&str] = &["branches", "tellers", "accounts", "history", "docs"];
-const LONG: Duration = Duration::from_secs(180);
 
-struct Setup {
-    _source: PgServer,
-    _target: PgServer,
-    source_url: String,
-    target_url: String,
-    control: String,
-    logs: tempfile::TempDir,
+/// A source with the bench schema, `accounts` and `docs` rows, and an empty target.
+fn bench(accounts: u32, docs: u32) -> Migration {
+    let m = Migration::new(PgOptions::new(), target_options(), BENCH_SCHEMA);
+    m.source
+        .psql(&m.source_db, &pgsync::bench_data(accounts, docs))
+        .unwrap();
+    m
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+fn setup() -> Migration {
+    bench(20_000, 500)
 }
 
-fn setup() -> Setup {
-    let source = PgServer::start(PgOptions::new()).expect("source");
-    let target = PgServer::start(PgOptions::new().wal_level("replica")).expect("target");
-    let sdb = source.create_database("src").unwrap();
-    let tdb = target.create_database("dst").unwrap();
-    source.psql(&sdb, BENCH_SCHEMA).unwrap();
-    source.psql(&sdb, &pgsync::bench_data(20_000, 500)).unwrap();
-    Setup {
-        source_url: source.url(&sdb),
-        target_url: target.url(&tdb),
-        _source: source,
-        _target: target,
-        control: format!("127.0.0.1:{}", free_port()),
-        logs: tempfile::tempdir().unwrap(),
-    }
-}
-
-impl Setup {
-    fn cmd(&self) -> std::process::Command {
-        let mut cmd = ferry(&self.source_url, &self.target_url).unwrap();
-        cmd.env("FERRY_SOURCE_SSLMODE", "disable")
-            .env("FERRY_TARGET_SSLMODE", "disable")
-            .env("FERRY_CONTROL_LISTEN", &self.control)
-            .env("FERRY_APPLY_BATCH_MS", "100");
-        cmd
-    }
-
-    fn start(&self) -> Background {
-        let mut cmd = self.cmd();
-        cmd.env("FERRY_LOG", "info").arg("run");
-        Background::spawn(cmd, &self.logs.path().join("run.log")).unwrap()
-    }
-
-    fn ferry(&self, args: &[&str]) -> Ran {
-        run(self.cmd().args(args)).unwrap()
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let ran = self.ferry(&["status", "--json"]);
-        assert_eq!(ran.code, Some(0), "{}", ran.all());
-        serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("{e}: {}", ran.stdout))
-    }
-
-    /// Wait until the live status says `phase` (the pipeline reached it).
-    fn wait_phase(&self, ferry: &mut Background, phase: &str) {
-        let start = Instant::now();
-        loop {
-            if let Some(code) = ferry.exited().unwrap() {
-                panic!("ferry exited with {code:?}:\n{}", ferry.log());
-            }
-            let ran = self.ferry(&["status", "--json"]);
-            if ran.code == Some(0) {
-                let v: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap_or_default();
-                if v["live"] == true && v["phase"] == phase {
-                    return;
-                }
-            }
-            assert!(
-                start.elapsed() < LONG,
-                "never reached {phase}:\n{}",
-                ferry.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
+fn wait_lag(s: &Migration, pred: impl Fn(f64) -> bool, what: &str) -> f64 {
+    let start = Instant::now();
+    loop {
+        let v = s.status();
+        let lag = v["lag"]["seconds"].as_f64().unwrap();
+        if pred(lag) {
+            return lag;
         }
+        assert!(start.elapsed() < s.long(), "lag never became {what}: {v}");
+        std::thread::sleep(Duration::from_millis(200));
     }
-
-    fn wait_lag(&self, pred: impl Fn(f64) -> bool, what: &str) -> f64 {
-        let start = Instant::now();
-        loop {
-            let v = self.status();
-            let lag = v["lag"]["seconds"].as_f64().unwrap();
-            if pred(lag) {
-                return lag;
-            }
-            assert!(start.elapsed() < LONG, "lag never became {what}: {v}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 #[test]
 fn fenced_cutover_under_concurrent_writes() {
     let s = setup();
     let mut writer = Writer::start(&s.source_url, 20_000);
-    let mut ferry = s.start();
+    let mut ferry = s.start("run");
     s.wait_phase(&mut ferry, "stream");
     writer.wait_for(writer.committed() + 200, LONG).unwrap();
 
@@ -136,19 +52,8 @@ fn fenced_cutover_under_concurrent_writes() {
         "a dry run changes nothing"
     );
 
-    let cut = s.ferry(&[
-        "cutover",
-        "--fence",
-        "--max-lag",
-        "30s",
-        "--timeout",
-        "120s",
-    ]);
-    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
-    assert!(cut.stdout.contains("cutover: done"), "{}", cut.all());
+    let cut = s.fenced_cutover(ferry, "30s");
     assert!(cut.stdout.contains("write freeze:"), "{}", cut.all());
-    let code = ferry.wait(Duration::from_secs(60)).unwrap();
-    assert_eq!(code, Some(0), "ferry run exits 0 after cutover");
     let _ = writer.stop();
 
     let rt = pgsync::runtime();
@@ -185,12 +90,12 @@ fn fenced_cutover_under_concurrent_writes() {
 #[test]
 fn lag_pause_backlog_refusals_and_metrics() {
     let s = setup();
-    let mut ferry = s.start();
+    let mut ferry = s.start("run");
     s.wait_phase(&mut ferry, "stream");
 
     // Idle and caught up: the heartbeat keeps the lag at zero.
-    s.wait_lag(|l| l == 0.0, "zero on an idle source");
-    let metrics = http_get(&s.control, "/metrics");
+    wait_lag(&s, |l| l == 0.0, "zero on an idle source");
+    let metrics = s.control_get("/metrics");
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     for name in [
         "ferry_lag_seconds",
@@ -217,8 +122,8 @@ fn lag_pause_backlog_refusals_and_metrics() {
     assert_eq!(s.ferry(&["pause"]).code, Some(0));
     let mut writer = Writer::start(&s.source_url, 20_000);
     writer.wait_for(300, LONG).unwrap();
-    let first = s.wait_lag(|l| l >= 1.0, "at least 1s while paused");
-    let later = s.wait_lag(|l| l > first, "growing while paused");
+    let first = wait_lag(&s, |l| l >= 1.0, "at least 1s while paused");
+    let later = wait_lag(&s, |l| l > first, "growing while paused");
     assert!(later > first);
     let refused = s.ferry(&["cutover", "--max-lag", "0.5s"]);
     assert_eq!(refused.code, Some(2), "{}", refused.all());
@@ -254,7 +159,7 @@ fn lag_pause_backlog_refusals_and_metrics() {
 
     // Resume: the backlog drains and lag returns to zero.
     assert_eq!(s.ferry(&["resume"]).code, Some(0));
-    s.wait_lag(|l| l == 0.0, "zero after resume");
+    wait_lag(&s, |l| l == 0.0, "zero after resume");
 
     // A backlog of many small transactions at the moment of cutover: pause,
     // let 500 transactions pile up, resume and cut over at once; the cutover
@@ -262,17 +167,9 @@ fn lag_pause_backlog_refusals_and_metrics() {
     assert_eq!(s.ferry(&["pause"]).code, Some(0));
     let mut writer = Writer::start(&s.source_url, 20_000);
     writer.wait_for(500, LONG).unwrap();
-    let backlog_lag = s.wait_lag(|l| l > 0.0, "above zero with a backlog");
+    let backlog_lag = wait_lag(&s, |l| l > 0.0, "above zero with a backlog");
     assert_eq!(s.ferry(&["resume"]).code, Some(0));
-    let cut = s.ferry(&[
-        "cutover",
-        "--fence",
-        "--max-lag",
-        "1000s",
-        "--timeout",
-        "120s",
-    ]);
-    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
+    let cut = s.fenced_cutover(ferry, "1000s");
     let rec: serde_json::Value =
         serde_json::from_str(cut.stdout.split("write freeze:").next().unwrap()).unwrap();
     assert!(
@@ -280,14 +177,7 @@ fn lag_pause_backlog_refusals_and_metrics() {
         "cut over with a backlog (lag was {backlog_lag}s): {rec}"
     );
     let _ = writer.stop();
-    assert_eq!(ferry.wait(Duration::from_secs(60)).unwrap(), Some(0));
-    pgsync::runtime().block_on(async {
-        let src = pgsync::connect(&s.source_url).await.unwrap();
-        let dst = pgsync::connect(&s.target_url).await.unwrap();
-        pgsync::compare_tables(&src, &dst, BENCH_TABLES)
-            .await
-            .unwrap();
-    });
+    s.compare(BENCH_TABLES);
     // After the run: status falls back to the state in the target.
     let ran = s.ferry(&["status"]);
     assert_eq!(ran.code, Some(0), "{}", ran.all());
@@ -296,39 +186,15 @@ fn lag_pause_backlog_refusals_and_metrics() {
 
 #[test]
 fn cutover_refused_while_loading() {
-    let source = PgServer::start(PgOptions::new()).unwrap();
-    let target = PgServer::start(PgOptions::new().wal_level("replica")).unwrap();
-    let sdb = source.create_database("src").unwrap();
-    let tdb = target.create_database("dst").unwrap();
-    source.psql(&sdb, BENCH_SCHEMA).unwrap();
-    source
-        .psql(&sdb, &pgsync::bench_data(1_500_000, 100))
-        .unwrap();
-    let control = format!("127.0.0.1:{}", free_port());
-    let logs = tempfile::tempdir().unwrap();
-    let cmd = |args: &[&str]| {
-        let mut c = ferry(&source.url(&sdb), &target.url(&tdb)).unwrap();
-        c.env("FERRY_SOURCE_SSLMODE", "disable")
-            .env("FERRY_TARGET_SSLMODE", "disable")
-            .env("FERRY_CONTROL_LISTEN", &control)
-            .env("FERRY_LOAD_PARALLELISM", "1")
-            .env("FERRY_LOAD_CHUNK_ROWS", "100000")
-            .args(args);
-        c
-    };
-    let mut ferry = Background::spawn(cmd(&["run"]), &logs.path().join("run.log")).unwrap();
-    let start = Instant::now();
-    loop {
-        let ran = run(&mut cmd(&["status", "--json"])).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap_or_default();
-        if v["live"] == true && v["phase"] == "load" {
-            break;
-        }
-        assert!(ferry.exited().unwrap().is_none(), "{}", ferry.log());
-        assert!(start.elapsed() < LONG, "never saw the load phase");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let ran = run(&mut cmd(&["cutover", "--max-lag", "1000s"])).unwrap();
+    let s = bench(1_500_000, 100)
+        .without_env("FERRY_APPLY_BATCH_MS")
+        .env("FERRY_LOAD_PARALLELISM", "1")
+        .env("FERRY_LOAD_CHUNK_ROWS", "100000")
+        .poll(Duration::from_millis(100));
+    // The run logs at the default level here.
+    let mut ferry = s.start_with("run", &[("FERRY_LOG", "warn")]);
+    s.wait_phase(&mut ferry, "load");
+    let ran = s.ferry(&["cutover", "--max-lag", "1000s"]);
     assert_eq!(ran.code, Some(2), "{}", ran.all());
     assert!(ran.stdout.contains("phase is load"), "{}", ran.all());
 }
@@ -336,7 +202,7 @@ fn cutover_refused_while_loading() {
 #[test]
 fn cleanup_removes_slot_publication_and_state() {
     let s = setup();
-    let mut ferry = s.start();
+    let mut ferry = s.start("run");
     s.wait_phase(&mut ferry, "stream");
     let refused = s.ferry(&["cleanup"]);
     assert_eq!(
