@@ -586,13 +586,30 @@ fn unreadable_sequence_is_flagged_by_plan_and_fails_the_cutover() {
         plan.all()
     );
 
-    let mut ferry = s.start("run");
-    s.wait_state_phase(&mut ferry, "stream");
+    // `ferry run` refuses what `plan` refuses, before creating anything.
+    let refused = s.start("refused");
+    let code = refused.wait(Duration::from_secs(60)).unwrap();
+    let log = std::fs::read_to_string(s.logs.path().join("refused.log")).unwrap();
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains("no SELECT on sequence public.invoice_no_seq"),
+        "{log}"
+    );
     let rt = pgsync::runtime();
     let admin = rt.block_on(pgsync::connect(&admin_url)).unwrap();
-    rt.block_on(
-        admin.batch_execute("INSERT INTO invoices (amount) SELECT i FROM generate_series(1, 50) i"),
-    )
+    let slots = rt.block_on(one_i64(&admin, "SELECT count(*) FROM pg_replication_slots"));
+    assert_eq!(slots, 0, "a refused run created a slot");
+
+    // With the privilege the run starts; taken away again before the
+    // cutover, the cutover must fail loudly instead of skipping it.
+    rt.block_on(admin.batch_execute("GRANT SELECT ON SEQUENCE invoice_no_seq TO migrator"))
+        .unwrap();
+    let mut ferry = s.start("run");
+    s.wait_state_phase(&mut ferry, "stream");
+    rt.block_on(admin.batch_execute(
+        "REVOKE SELECT ON SEQUENCE invoice_no_seq FROM migrator;
+         INSERT INTO invoices (amount) SELECT i FROM generate_series(1, 50) i",
+    ))
     .unwrap();
 
     // A dry run already says so.
