@@ -13,6 +13,7 @@
 //! The consistent snapshot (`snapshot`) and the row-based binlog reader
 //! (`binlog`) come next and reuse `connect` and `catalog`.
 
+pub mod binlog;
 pub mod catalog;
 pub mod connect;
 pub mod preflight;
