@@ -627,7 +627,7 @@ fn minimal_row_image_insert_is_refused_naming_the_missing_columns() {
             Some(EventData::TableMapEvent(t)) => tme = Some(t.into_owned()),
             Some(EventData::RowsEvent(RowsEventData::WriteRowsEvent(r))) => {
                 let tme = tme.as_ref().unwrap();
-                let mapped = ferry_mysql::binlog::columns::resolve(tme, Some(&t1)).unwrap();
+                let mapped = ferry_mysql::binlog::columns::resolve(tme, Some(&t1), None).unwrap();
                 assert_eq!(mapped.columns[2].collation, Some(255), "utf8mb4_0900_ai_ci");
                 for pair in r.rows(tme) {
                     let after = pair.unwrap().1.unwrap();

@@ -16,7 +16,12 @@ pub fn charset_of(collation: u16) -> &'static str {
         return "unknown";
     }
     let c: Collation<'static> = id.into();
-    match c.charset() {
+    normalise(c.charset())
+}
+
+/// A charset name (`information_schema`, collation tables) as [`decode`] knows it.
+pub fn normalise(name: &str) -> &'static str {
+    match name.to_ascii_lowercase().as_str() {
         "utf8mb4" => "utf8mb4",
         "utf8" | "utf8mb3" => "utf8mb3",
         "ascii" => "ascii",

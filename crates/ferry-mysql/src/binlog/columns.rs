@@ -32,6 +32,8 @@ pub struct ColumnSpec {
     pub labels: Option<Vec<String>>,
     /// Collation id of a character column, when the binlog says.
     pub collation: Option<u16>,
+    /// Character set name from the catalog, used when the binlog does not say.
+    pub charset: Option<String>,
 }
 
 /// A table as one TABLE_MAP describes it.
@@ -359,10 +361,12 @@ fn meta_len(t: ColumnType) -> usize {
     }
 }
 
-/// Resolves a TABLE_MAP against an optional catalog schema.
+/// Resolves a TABLE_MAP against an optional catalog schema and the
+/// catalog's column character sets.
 pub fn resolve(
     tme: &TableMapEvent<'_>,
     catalog: Option<&TableSchema>,
+    charsets: Option<&Vec<Option<String>>>,
 ) -> Result<MappedTable, MapError> {
     let id = TableId::new(tme.database_name(), tme.table_name());
     let ncols = tme.columns_count() as usize;
@@ -478,6 +482,7 @@ pub fn resolve(
                     unsigned: is_unsigned(&c.source_type),
                     labels: labels_from_column_type(&c.source_type).or(meta_labels),
                     collation,
+                    charset: charsets.and_then(|cs| cs.get(i).cloned().flatten()),
                 }
             }
             None => {
@@ -500,6 +505,7 @@ pub fn resolve(
                     unsigned,
                     labels: meta_labels,
                     collation,
+                    charset: charsets.and_then(|cs| cs.get(i).cloned().flatten()),
                 }
             }
         };

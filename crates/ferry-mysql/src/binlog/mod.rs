@@ -129,6 +129,8 @@ pub struct BinlogDecoder {
     file: String,
     gtid: GtidState,
     catalog: HashMap<TableId, TableSchema>,
+    /// Column character sets from `information_schema` (see [`read_charsets`]).
+    charsets: HashMap<TableId, Vec<Option<String>>>,
     maps: HashMap<u64, Mapped>,
     announced: HashMap<TableId, Arc<TableSchema>>,
     in_tx: bool,
@@ -178,6 +180,7 @@ impl BinlogDecoder {
             file: start.file.clone(),
             gtid,
             catalog: HashMap::new(),
+            charsets: HashMap::new(),
             maps: HashMap::new(),
             announced: HashMap::new(),
             in_tx: false,
@@ -198,6 +201,15 @@ impl BinlogDecoder {
         self.maps
             .retain(|_, m| m.table.as_ref().is_none_or(|t| t.schema.id != schema.id));
         self.catalog.insert(schema.id.clone(), schema);
+    }
+
+    /// Gives a table's column character sets (`CHARACTER_SET_NAME` in column
+    /// order, `None` for non-character columns), used when the binlog does
+    /// not carry them (`binlog_row_metadata` below FULL/MINIMAL).
+    pub fn set_charsets(&mut self, table: TableId, charsets: Vec<Option<String>>) {
+        self.maps
+            .retain(|_, m| m.table.as_ref().is_none_or(|t| t.schema.id != table));
+        self.charsets.insert(table, charsets);
     }
 
     /// Zero or partial dates written as NULL, per (table, column).
@@ -323,7 +335,7 @@ impl BinlogDecoder {
             }
             EventType::ROTATE_EVENT => {
                 let re: RotateEvent<'_> = event.read_event().map_err(io)?;
-                self.file = re.name().into_owned();
+                self.file = rotate_name(event, &re);
                 if !re.is_fake() && !self.in_tx {
                     out.push(Decoded::Event(Event::Heartbeat {
                         position: self.position(re.position()),
@@ -574,7 +586,7 @@ impl BinlogDecoder {
     fn table_map(&mut self, tme: TableMapEvent<'static>, at: &str) -> Result<(), Error> {
         let id = TableId::new(tme.database_name(), tme.table_name());
         let table = if self.in_scope(&id) {
-            let resolved = columns::resolve(&tme, self.catalog.get(&id)).map_err(|e| match e {
+            let resolved = columns::resolve(&tme, self.catalog.get(&id), self.charsets.get(&id)).map_err(|e| match e {
                 MapError::NoNames => Error::operator(
                     format!("{at}: table {id}: the binlog carries no column names and no schema was given"),
                     "set binlog_row_metadata=FULL on the source, or give the decoder the catalog schema",
@@ -851,11 +863,54 @@ impl BinlogDecoder {
     }
 }
 
+/// Column character sets of `tables` from `information_schema.COLUMNS`, for
+/// [`BinlogDecoder::set_charsets`].
+pub async fn read_charsets(
+    conn: &mut mysql_async::Conn,
+    tables: &[TableId],
+) -> Result<HashMap<TableId, Vec<Option<String>>>, Error> {
+    use mysql_async::prelude::Queryable;
+    let mut out = HashMap::new();
+    for t in tables {
+        let rows: Vec<Option<String>> = conn
+            .exec(
+                "SELECT CHARACTER_SET_NAME FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                (t.schema.as_str(), t.name.as_str()),
+            )
+            .await
+            .map_err(|e| crate::catalog::query_error("reading column character sets", e))?;
+        out.insert(t.clone(), rows);
+    }
+    Ok(out)
+}
+
 fn malformed(at: &str, what: &str) -> Error {
     Error::operator(
         format!("{at}: malformed binlog event: {what}"),
         "the binlog is damaged or from an unsupported server version; report it with the server version",
     )
+}
+
+/// The file a ROTATE names. The stream's first (fake) ROTATE arrives before
+/// the FORMAT_DESCRIPTION says checksums are on, so the parser leaves the
+/// event's CRC32 at the end of the name: strip it when it is one.
+fn rotate_name(event: &BinlogEvent, re: &RotateEvent<'_>) -> String {
+    use mysql_common::proto::MySerialize;
+    let name = re.name_raw();
+    if name.len() > 4 && event.data().ends_with(&name[name.len() - 4..]) {
+        let data = event.data();
+        let mut header = Vec::new();
+        event.header().serialize(&mut header);
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&header);
+        hasher.update(&data[..data.len() - 4]);
+        let crc = u32::from_le_bytes(name[name.len() - 4..].try_into().unwrap_or_default());
+        if hasher.finalize() == crc {
+            return String::from_utf8_lossy(&name[..name.len() - 4]).into_owned();
+        }
+    }
+    re.name().into_owned()
 }
 
 /// Account statements carry password hashes: keep only their first words.

@@ -85,6 +85,13 @@ pub fn convert(spec: &ColumnSpec, value: BinlogValue<'_>) -> Result<Value, ConvE
             if spec.unsigned && raw < 0 {
                 raw += 1i128 << bits;
             }
+            if spec.binlog_type == MYSQL_TYPE_INT24 {
+                // The parser does not sign-extend 3-byte integers: do it by the column's sign.
+                raw &= 0xFF_FFFF;
+                if !spec.unsigned && raw >= 0x80_0000 {
+                    raw -= 0x100_0000;
+                }
+            }
             integer(raw, &spec.pg_type)
         }
         MYSQL_TYPE_FLOAT | MYSQL_TYPE_DOUBLE => match (v, pg_base(&spec.pg_type)) {
@@ -425,10 +432,11 @@ fn no_nul(t: String) -> Result<String, ConvError> {
 
 /// Decodes a character column's bytes to UTF-8 by its charset.
 pub fn decode_text(spec: &ColumnSpec, b: Vec<u8>) -> Result<String, ConvError> {
-    let charset = spec
-        .collation
-        .map(super::charset::charset_of)
-        .unwrap_or("utf8mb4");
+    let charset = match (spec.collation, &spec.charset) {
+        (Some(c), _) => super::charset::charset_of(c),
+        (None, Some(name)) => super::charset::normalise(name),
+        (None, None) => "utf8mb4",
+    };
     let t = super::charset::decode(charset, b).map_err(ConvError::Invalid)?;
     no_nul(t)
 }
