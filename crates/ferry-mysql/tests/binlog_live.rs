@@ -145,6 +145,23 @@ fn capture(
     writes: &str,
     opts: DecoderOptions,
 ) -> Result<Live, ferry_core::Error> {
+    capture_until(
+        server,
+        db,
+        writes,
+        opts,
+        |d, end| matches!(d, Decoded::Event(Event::Commit { position, .. }) if position.offset >= end),
+    )
+}
+
+/// Like [`capture`], streaming until `done(item, end_offset)` holds.
+fn capture_until(
+    server: &MariaDbServer,
+    db: &str,
+    writes: &str,
+    opts: DecoderOptions,
+    mut done: impl FnMut(&Decoded, u64) -> bool,
+) -> Result<Live, ferry_core::Error> {
     rt().block_on(async {
         let url = server.url(db);
         let mysql_opts = mysql_async::Opts::from_url(&url).unwrap();
@@ -155,7 +172,11 @@ fn capture(
             .unwrap()
             .map(|r: mysql_async::Row| (r.get(0).unwrap(), r.get(1).unwrap()))
             .unwrap();
-        let gtid: String = conn.query_first("SELECT @@gtid_binlog_pos").await.unwrap().unwrap();
+        let gtid: String = conn
+            .query_first("SELECT @@gtid_binlog_pos")
+            .await
+            .unwrap()
+            .unwrap();
         let tables = ferry_mysql::catalog::read_tables(
             &mut conn,
             Flavor::MariaDb,
@@ -165,7 +186,9 @@ fn capture(
         .await
         .unwrap();
         let ids: Vec<TableId> = tables.iter().map(|t| t.schema.id.clone()).collect();
-        let charsets = ferry_mysql::binlog::read_charsets(&mut conn, &ids).await.unwrap();
+        let charsets = ferry_mysql::binlog::read_charsets(&mut conn, &ids)
+            .await
+            .unwrap();
         server.sql(db, writes).expect("writes");
         let (end_file, end_pos): (String, u64) = conn
             .query_first("SHOW MASTER STATUS")
@@ -185,9 +208,15 @@ fn capture(
             decoder.set_charsets(id, cs);
         }
         let replica = mysql_async::Conn::new(mysql_opts).await.unwrap();
-        let mut binlog = stream::open(replica, Flavor::MariaDb, 8_470_001, &start, Duration::from_secs(1))
-            .await
-            .unwrap();
+        let mut binlog = stream::open(
+            replica,
+            Flavor::MariaDb,
+            8_470_001,
+            &start,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
         let mut items = Vec::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         'outer: loop {
@@ -197,9 +226,9 @@ fn capture(
                 .expect("stream open")
                 .unwrap();
             for d in decoder.decode(&event)? {
-                let done = matches!(&d, Decoded::Event(Event::Commit { position, .. }) if position.offset >= end_pos);
+                let stop = done(&d, end_pos);
                 items.push(d);
-                if done {
+                if stop {
                     break 'outer;
                 }
             }
@@ -397,5 +426,94 @@ fn tinyint1_outside_0_1_is_refused_not_coerced() {
             "table {db}.types, key (id)=(9), column b1: tinyint(1) column holds a value other than 0 or 1"
         )),
         "{msg}"
+    );
+}
+
+#[test]
+fn truncate_ddl_and_idle_heartbeats() {
+    let (server, db) = server_with_types();
+    server
+        .sql(
+            &db,
+            &format!("SET time_zone = '+00:00'; INSERT INTO types VALUES {ROW1};"),
+        )
+        .expect("seed row");
+    let writes = "TRUNCATE TABLE types; ALTER TABLE types ADD COLUMN extra INT;";
+    // Stop at the second heartbeat at the end position: the DDL's, then one
+    // the idle server sends (heartbeat period 1 s).
+    let mut at_end = 0;
+    let live = capture_until(&server, &db, writes, DecoderOptions::default(), |d, end| {
+        if matches!(d, Decoded::Event(Event::Heartbeat { position, .. }) if position.offset == end)
+        {
+            at_end += 1;
+        }
+        at_end >= 2
+    })
+    .unwrap();
+    let id = TableId::new(db.clone(), "types");
+    // The server may send a heartbeat before the first event: it must not
+    // claim a position past the first commit.
+    let first_commit = live
+        .items
+        .iter()
+        .find_map(|d| match d {
+            Decoded::Event(Event::Commit { position, .. }) => Some(position.offset),
+            _ => None,
+        })
+        .unwrap();
+    let lead = live
+        .items
+        .iter()
+        .take_while(|d| matches!(d, Decoded::Event(Event::Heartbeat { .. })))
+        .count();
+    for d in &live.items[..lead] {
+        let Decoded::Event(Event::Heartbeat { position, .. }) = d else {
+            unreachable!()
+        };
+        assert!(position.offset < first_commit, "{position}");
+    }
+    let items = &live.items[lead..];
+    let kinds: Vec<String> = items
+        .iter()
+        .map(|d| match d {
+            Decoded::Ddl { statement, .. } => format!("DDL {statement}"),
+            Decoded::Event(Event::Begin { .. }) => "B".into(),
+            Decoded::Event(Event::Change(Change::Truncate { tables, .. })) => {
+                format!("T {tables:?}")
+            }
+            Decoded::Event(Event::Commit { .. }) => "C".into(),
+            Decoded::Event(Event::Heartbeat { .. }) => "H".into(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "B".to_owned(),
+            format!("T [{id:?}]"),
+            "C".to_owned(),
+            "DDL ALTER TABLE types ADD COLUMN extra INT".to_owned(),
+            "H".to_owned(),
+            "H".to_owned(),
+        ]
+    );
+    // The heartbeat carries the GTID set of the DDL's transaction.
+    let Decoded::Event(Event::Heartbeat { position, .. }) = items.last().unwrap() else {
+        unreachable!()
+    };
+    let Decoded::Ddl {
+        position: ddl_pos, ..
+    } = &items[3]
+    else {
+        unreachable!()
+    };
+    assert_eq!(position, ddl_pos);
+    assert!(
+        position
+            .gtid
+            .as_ref()
+            .unwrap()
+            .as_str()
+            .starts_with(&format!("0-{}-", server.server_id()))
     );
 }
