@@ -160,6 +160,29 @@ fn capture_until(
     db: &str,
     writes: &str,
     opts: DecoderOptions,
+    done: impl FnMut(&Decoded, u64) -> bool,
+) -> Result<Live, ferry_core::Error> {
+    capture_with(server, db, writes, opts, true, done)
+}
+
+fn capture_until_no_catalog(
+    server: &MariaDbServer,
+    db: &str,
+    writes: &str,
+    opts: DecoderOptions,
+) -> Live {
+    capture_with(server, db, writes, opts, false, |d, end| {
+        matches!(d, Decoded::Event(Event::Commit { position, .. }) if position.offset >= end)
+    })
+    .unwrap()
+}
+
+fn capture_with(
+    server: &MariaDbServer,
+    db: &str,
+    writes: &str,
+    opts: DecoderOptions,
+    with_catalog: bool,
     mut done: impl FnMut(&Decoded, u64) -> bool,
 ) -> Result<Live, ferry_core::Error> {
     rt().block_on(async {
@@ -201,11 +224,13 @@ fn capture_until(
         let mut start = MySqlPosition::new(file, pos);
         start.gtid = Some(ferry_core::GtidSet::new(&gtid));
         let mut decoder = BinlogDecoder::new(opts, &start).unwrap();
-        for t in tables {
-            decoder.set_table(t.schema);
-        }
-        for (id, cs) in charsets {
-            decoder.set_charsets(id, cs);
+        if with_catalog {
+            for t in tables {
+                decoder.set_table(t.schema);
+            }
+            for (id, cs) in charsets {
+                decoder.set_charsets(id, cs);
+            }
         }
         let replica = mysql_async::Conn::new(mysql_opts).await.unwrap();
         let mut binlog = stream::open(
@@ -516,4 +541,52 @@ fn truncate_ddl_and_idle_heartbeats() {
             .as_str()
             .starts_with(&format!("0-{}-", server.server_id()))
     );
+}
+
+#[test]
+fn full_row_metadata_describes_tables_without_a_catalog() {
+    let server =
+        MariaDbServer::start(MariaDbOptions::default().setting("binlog_row_metadata", "FULL"))
+            .expect("mariadb starts");
+    let db = server.create_database("binlog").expect("database");
+    server.sql(&db, DDL).expect("create table");
+    let writes = format!("SET time_zone = '+00:00'; INSERT INTO types VALUES {ROW1};");
+    // No catalog at all: names, signedness, charsets and ENUM/SET labels
+    // come from the TABLE_MAP's optional metadata.
+    let live = capture_without_catalog(&server, &db, &writes);
+    let schema = live
+        .items
+        .iter()
+        .find_map(|d| match d {
+            Decoded::Event(Event::Relation(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, row1().iter().map(|(n, _)| *n).collect::<Vec<_>>());
+    assert_eq!(schema.key_names().collect::<Vec<_>>(), ["id"]);
+    let Some(Change::Insert { new, .. }) = changes(&live.items).into_iter().next() else {
+        panic!("no insert")
+    };
+    let col = |n: &str| schema.column_index(n).unwrap();
+    let expected = row1();
+    // Same values as with the catalog where the binlog alone can tell.
+    for name in [
+        "ti", "tu", "si", "su", "mi", "mu", "i", "iu", "bi", "bu", "d", "dbig", "f", "dd", "bit8",
+        "bit64", "c", "vc", "t", "l1", "vb", "bl", "dt", "dtm", "ts", "tm", "e", "st", "g",
+    ] {
+        let want = &expected.iter().find(|(n, _)| *n == name).unwrap().1;
+        assert_eq!(&new.values[col(name)], want, "column {name}");
+    }
+    // Without the catalog `tinyint(1)` is not recognisable: a smallint.
+    assert_eq!(new.values[col("b1")], Value::Int2(1));
+}
+
+fn capture_without_catalog(server: &MariaDbServer, db: &str, writes: &str) -> Live {
+    let opts = DecoderOptions {
+        scope: ferry_mysql::binlog::Scope::All,
+        ..DecoderOptions::default()
+    };
+    // `capture` gives the catalog; here the decoder must do without it.
+    capture_until_no_catalog(server, db, writes, opts)
 }
