@@ -590,3 +590,38 @@ fn capture_without_catalog(server: &MariaDbServer, db: &str, writes: &str) -> Li
     // `capture` gives the catalog; here the decoder must do without it.
     capture_until_no_catalog(server, db, writes, opts)
 }
+
+#[test]
+fn mariadb_uuid_and_inet_columns() {
+    let server = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
+    let db = server.create_database("binlog").expect("database");
+    server
+        .sql(&db, "CREATE TABLE u (id INT PRIMARY KEY, v UUID, a INET6, b INET4)")
+        .expect("create table");
+    let v4 = "123e4567-e89b-42d3-a456-426614174000";
+    let v1 = "6ccd780c-baba-1026-9564-5b8c656024db";
+    // Values ending in zero bytes: row images drop the trailing zeros of
+    // fixed-width binaries, the decoder restores them.
+    let writes = format!(
+        "INSERT INTO u VALUES (1, '{v4}', '2001:db8::', '10.0.0.0'), (2, '{v1}', '::1', '0.0.0.1');"
+    );
+    let live = capture(&server, &db, &writes, DecoderOptions::default()).unwrap();
+    let got: Vec<String> = changes(&live.items)
+        .iter()
+        .map(|c| match c {
+            Change::Insert { new, .. } => new.values[1..]
+                .iter()
+                .map(|v| v.to_pg_text().unwrap())
+                .collect::<Vec<_>>()
+                .join(" "),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            format!("{v4} 2001:db8:: 10.0.0.0"),
+            format!("{v1} ::1 0.0.0.1")
+        ]
+    );
+}

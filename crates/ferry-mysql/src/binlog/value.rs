@@ -343,36 +343,49 @@ fn bytes(spec: &ColumnSpec, mut b: Vec<u8>) -> Result<Value, ConvError> {
             }
             Ok(Value::Bytes(b))
         }
-        "uuid" => match b.len() {
-            16 => {
-                let mut u = [0u8; 16];
-                u.copy_from_slice(&b);
-                Ok(Value::Uuid(u))
-            }
-            _ => {
-                let t = decode_text(spec, b)?;
-                parse_uuid(&t)
+        "uuid" => match binary_width(spec).filter(|w| *w == 16 && b.len() < 16) {
+            Some(w) => {
+                b.resize(w, 0);
+                mariadb_uuid(&b)
                     .map(Value::Uuid)
                     .ok_or_else(|| invalid("malformed uuid"))
             }
+            None => match b.len() {
+                16 => mariadb_uuid(&b)
+                    .map(Value::Uuid)
+                    .ok_or_else(|| invalid("malformed uuid")),
+                _ => {
+                    let t = decode_text(spec, b)?;
+                    parse_uuid(&t)
+                        .map(Value::Uuid)
+                        .ok_or_else(|| invalid("malformed uuid"))
+                }
+            },
         },
-        "inet" => match b.len() {
-            4 => Ok(Value::Other {
-                type_name: "inet".into(),
-                text: std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string(),
-            }),
-            16 => {
-                let mut a = [0u8; 16];
-                a.copy_from_slice(&b);
-                Ok(Value::Other {
-                    type_name: "inet".into(),
-                    text: std::net::Ipv6Addr::from(a).to_string(),
-                })
+        "inet" => match binary_width(spec).filter(|w| matches!(w, 4 | 16) && b.len() < *w) {
+            // Fixed-width binary values lose trailing zero bytes in row images.
+            Some(w) => {
+                b.resize(w, 0);
+                bytes(spec, b)
             }
-            _ => Ok(Value::Other {
-                type_name: "inet".into(),
-                text: decode_text(spec, b)?,
-            }),
+            None => match b.len() {
+                4 => Ok(Value::Other {
+                    type_name: "inet".into(),
+                    text: std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string(),
+                }),
+                16 => {
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(&b);
+                    Ok(Value::Other {
+                        type_name: "inet".into(),
+                        text: std::net::Ipv6Addr::from(a).to_string(),
+                    })
+                }
+                _ => Ok(Value::Other {
+                    type_name: "inet".into(),
+                    text: decode_text(spec, b)?,
+                }),
+            },
         },
         "jsonb" | "json" => {
             let t = decode_text(spec, b)?;
@@ -406,6 +419,13 @@ fn binary_width(spec: &ColumnSpec) -> Option<usize> {
         m1
     };
     Some(len)
+}
+
+/// A MariaDB `UUID` column's 16 stored bytes → the UUID.
+fn mariadb_uuid(b: &[u8]) -> Option<[u8; 16]> {
+    let mut u = [0u8; 16];
+    u.copy_from_slice(b.get(..16)?);
+    Some(u)
 }
 
 fn parse_uuid(s: &str) -> Option<[u8; 16]> {
