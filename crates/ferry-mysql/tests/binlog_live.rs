@@ -596,7 +596,10 @@ fn mariadb_uuid_and_inet_columns() {
     let server = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
     let db = server.create_database("binlog").expect("database");
     server
-        .sql(&db, "CREATE TABLE u (id INT PRIMARY KEY, v UUID, a INET6, b INET4)")
+        .sql(
+            &db,
+            "CREATE TABLE u (id INT PRIMARY KEY, v UUID, a INET6, b INET4)",
+        )
         .expect("create table");
     let v4 = "123e4567-e89b-42d3-a456-426614174000";
     let v1 = "6ccd780c-baba-1026-9564-5b8c656024db";
