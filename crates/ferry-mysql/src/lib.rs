@@ -10,9 +10,14 @@
 //! - [`preflight`]: binlog settings, privileges, retention and GTID checks and
 //!   the table plan ([`plan`]).
 //!
-//! The consistent snapshot (`snapshot`) and the row-based binlog reader
-//! (`binlog`) come next and reuse `connect` and `catalog`.
+//! - [`binlog`]: the row-based binlog decoder (live replication stream as a
+//!   registered replica, or binlog files) turning binlog events into ferry
+//!   `Begin`/`Change`/`Commit` events with binlog positions and GTID sets.
+//!
+//! The consistent snapshot (`snapshot`) comes next and reuses `connect`,
+//! `catalog` and the value rules of [`binlog::value`].
 
+pub mod binlog;
 pub mod catalog;
 pub mod connect;
 pub mod preflight;

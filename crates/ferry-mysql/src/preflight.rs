@@ -13,7 +13,9 @@
 //! `server_id` different from ferry's, REPLICATION SLAVE + REPLICATION CLIENT
 //! (MariaDB 10.5+: BINLOG MONITOR), SELECT on the tables, and binlogs kept
 //! long enough (warned below 24 h). GTIDs and `binlog_row_metadata` are
-//! reported for information.
+//! reported for information. MySQL's `binlog_row_value_options=PARTIAL_JSON`
+//! passes with a FULL row image (the binlog decoder applies the JSON diffs to
+//! the before image) and fails otherwise.
 
 mod grants;
 
@@ -37,6 +39,7 @@ const VARIABLES: &[&str] = &[
     "binlog_format",
     "binlog_row_image",
     "binlog_row_metadata",
+    "binlog_row_value_options",
     "server_id",
     "expire_logs_days",
     "binlog_expire_logs_seconds",
@@ -240,6 +243,9 @@ pub fn server_checks(f: &ServerFacts, ferry_server_id: u32) -> Vec<Check> {
     out.push(server_id_check(f, ferry_server_id));
     out.push(retention_check(f));
     out.push(gtid_check(f));
+    if let Some(check) = partial_json_check(f) {
+        out.push(check);
+    }
     if let Some(meta) = f.var("binlog_row_metadata") {
         out.push(Check::pass(
             SIDE,
@@ -248,6 +254,36 @@ pub fn server_checks(f: &ServerFacts, ferry_server_id: u32) -> Vec<Check> {
         ));
     }
     out
+}
+
+/// MySQL 8 `binlog_row_value_options = PARTIAL_JSON` logs JSON updates as
+/// diffs; ferry applies them exactly to the before image, which only a FULL
+/// row image carries.
+fn partial_json_check(f: &ServerFacts) -> Option<Check> {
+    let opts = f.var("binlog_row_value_options")?;
+    if !opts.to_ascii_uppercase().contains("PARTIAL_JSON") {
+        return None;
+    }
+    let full = f
+        .var("binlog_row_image")
+        .is_some_and(|v| v.eq_ignore_ascii_case("FULL"));
+    Some(if full {
+        Check::pass(
+            SIDE,
+            "binlog_row_value_options",
+            "binlog_row_value_options = PARTIAL_JSON (JSON diffs are applied exactly to the full before image)",
+        )
+    } else {
+        Check::fail(
+            SIDE,
+            "binlog_row_value_options",
+            format!(
+                "binlog_row_value_options = {opts} with binlog_row_image = {}",
+                f.var("binlog_row_image").unwrap_or("unknown")
+            ),
+            "partial JSON updates need the full before image: SET GLOBAL binlog_row_image=FULL, or SET GLOBAL binlog_row_value_options=''",
+        )
+    })
 }
 
 fn version_check(f: &ServerFacts) -> Check {

@@ -209,6 +209,20 @@ fn mysql_flavor_checks() {
     let checks = server_checks(&f, 1234);
     assert_eq!(status_of(&checks, "gtid").0, CheckStatus::Warn);
     assert_eq!(status_of(&checks, "server version").0, CheckStatus::Pass);
+    // Partial JSON updates: applied with a FULL row image, refused otherwise.
+    f.variables
+        .insert("binlog_row_value_options".into(), "PARTIAL_JSON".into());
+    assert_eq!(
+        status_of(&server_checks(&f, 1234), "binlog_row_value_options").0,
+        CheckStatus::Pass
+    );
+    f.variables
+        .insert("binlog_row_image".into(), "MINIMAL".into());
+    let (status, fix) = status_of(&server_checks(&f, 1234), "binlog_row_value_options");
+    assert_eq!(status, CheckStatus::Fail);
+    assert!(fix.unwrap().contains("binlog_row_image=FULL"));
+    f.variables.insert("binlog_row_image".into(), "FULL".into());
+    f.variables.remove("binlog_row_value_options");
     f.version = "5.6.51".into();
     assert_eq!(
         status_of(&server_checks(&f, 1234), "server version").0,
