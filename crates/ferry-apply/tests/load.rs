@@ -216,8 +216,21 @@ async fn preflight_flags_non_superuser_and_non_empty_tables() {
         .iter()
         .find(|c| c.name == "session_replication_role")
         .unwrap();
-    assert_eq!(srr.status, CheckStatus::Fail);
+    // Not refused: the plan says what ferry does instead.
+    assert_eq!(srr.status, CheckStatus::Warn, "{srr:?}");
+    assert!(srr.detail.contains("no-replica-role mode"), "{srr:?}");
+    assert!(srr.detail.contains("DISABLE TRIGGER"), "{srr:?}");
     assert!(srr.fix.as_deref().unwrap().contains("rds_superuser"));
+    assert!(
+        !ferry_apply::preflight::replica_role_allowed(&plain)
+            .await
+            .unwrap()
+    );
+    assert!(
+        ferry_apply::preflight::replica_role_allowed(&admin)
+            .await
+            .unwrap()
+    );
     let create = checks
         .iter()
         .find(|c| c.name == "create privilege")

@@ -12,6 +12,8 @@
 //!  pg_dump post-data ────────────────────────────▶ indexes (parallel builds),
 //!                                                 FKs NOT VALID, renames,
 //!                                                 ALWAYS/REPLICA triggers off
+//!                                                 (no-replica-role mode:
+//!                                                 ORIGIN/ALWAYS off, FKs dropped)
 //!  pgoutput via START_REPLICATION ─▶ decode ─▶ bounded channel ─▶ applier
 //!        ▲                                                  (batch + checkpoint,
 //!        └──────── standby status (flush = acked) ◀── ack ── one txn, then ack)
@@ -164,6 +166,19 @@ async fn run_postgres(
         {
             return Ok(());
         }
+        // A run resumed by a role that may not set session_replication_role
+        // after one that could: make the same changes now (idempotent).
+        if phase.is_some_and(|p| p > Phase::Load) {
+            let mut t = ferry_postgres::connect::connect(&config.target, "target").await?;
+            if !replica_role_mode(&t).await? {
+                let carried: Vec<_> = catalog
+                    .tables
+                    .iter()
+                    .map(|t| config.tables.target_name(&t.schema.id))
+                    .collect();
+                overrides::disable_for_apply(&mut t, &state, &carried, false).await?;
+            }
+        }
         stream::run(config, &state, shutdown.clone(), live.clone(), &keys).await
     }
     .await;
@@ -220,7 +235,8 @@ async fn load_phase(
         .iter()
         .map(|t| config.tables.target_name(&t.schema.id))
         .collect();
-    overrides::disable_replica_triggers(&mut target_tx, state, &carried).await?;
+    let replica_role = replica_role_mode(&target_tx).await?;
+    overrides::disable_for_apply(&mut target_tx, state, &carried, replica_role).await?;
     for t in &catalog.tables {
         state
             .set_table_state(target, &t.schema.id, &TableState::CatchingUp)
@@ -230,6 +246,21 @@ async fn load_phase(
     live.set_phase(Phase::Catchup);
     info!("load complete; catching up from the slot's consistent point");
     Ok(true)
+}
+
+/// Whether the target session may set `session_replication_role =
+/// replica`; without it ferry runs in no-replica-role mode (see
+/// [`overrides`]).
+pub(crate) async fn replica_role_mode(target: &Client) -> anyhow::Result<bool> {
+    let allowed = ferry_apply::preflight::replica_role_allowed(target)
+        .await
+        .context("checking whether the target role may set session_replication_role")?;
+    if !allowed {
+        info!(
+            "no-replica-role mode: the target role cannot set session_replication_role; target triggers stay disabled and foreign keys dropped until cutover"
+        );
+    }
+    Ok(allowed)
 }
 
 /// The control API, the monitor and the lag-history sampler.
