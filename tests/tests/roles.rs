@@ -583,8 +583,18 @@ fn whole_migration_with_a_target_role_that_cannot_set_session_replication_role()
     let run_log = ferry.log();
     assert_eq!(cut.code, Some(0), "{}\n{run_log}", cut.all());
     assert!(cut.stdout.contains("cutover: done"), "{}", cut.all());
+    assert!(
+        cut.stdout
+            .contains("foreign key child_parent_id_fkey on public.child: re-created"),
+        "{}",
+        cut.all()
+    );
+    let log = s.logs.path().join("resume.log");
     let code = ferry.wait(Duration::from_secs(60)).unwrap();
+    let run_log = std::fs::read_to_string(log).unwrap();
     assert_eq!(code, Some(0), "{run_log}");
+    // Validated once the target is released, by the run before it exits.
+    assert!(run_log.contains("foreign key validated"), "{run_log}");
     writer.stop();
 
     rt.block_on(async {

@@ -122,6 +122,8 @@ async fn run_postgres(
     plan_store::ensure(&target, &state).await?;
     let phase = state.read_phase(&target).await?;
     if phase == Some(Phase::Done) {
+        // A crash right after the cutover may have left keys to validate.
+        validate_after_cutover(config, &state).await?;
         info!("this migration is already cut over (phase done); nothing to do");
         return Ok(Outcome::Ok);
     }
@@ -185,14 +187,21 @@ async fn run_postgres(
     if let Err(e) = &result {
         live.set_error(format!("{e:#}"));
     }
+    let mut validate = Ok(());
     if let Some(finish) = live.take_finish() {
         let dropped = finish_after_cutover(config, &state, finish.keep_slot, run_id).await;
+        let finished = dropped.is_ok();
         let _ = finish.reply.send(dropped.map_err(|e| format!("{e:#}")));
+        if finished {
+            // The target is released: keys re-created NOT VALID by the
+            // restore are validated while the application writes.
+            validate = validate_after_cutover(config, &state).await;
+        }
     }
     // Stops the control API (after in-flight requests), monitor and sampler.
     live.request_stop();
     while background.join_next().await.is_some() {}
-    result.map(|()| Outcome::Ok)
+    result.and(validate).map(|()| Outcome::Ok)
 }
 
 /// Schema, load and post-data; `Ok(false)` when shutdown interrupted the load.
@@ -391,6 +400,21 @@ async fn finish_after_cutover(
         slot_dropped: dropped,
         restored,
     })
+}
+
+/// Validate the foreign keys the cutover re-created `NOT VALID`
+/// (no-replica-role mode); each in its own transaction with its done mark.
+async fn validate_after_cutover(config: &Config, state: &StateStore) -> anyhow::Result<()> {
+    let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    for v in overrides::validate_foreign_keys(&mut target, state)
+        .await
+        .context(
+            "validating the foreign keys re-created at cutover; run `ferry run` again to retry",
+        )?
+    {
+        info!(restored = %v, "target schema restored");
+    }
+    Ok(())
 }
 
 /// `Ok(true)` to go on, `Ok(false)` when shutdown interrupted the load.

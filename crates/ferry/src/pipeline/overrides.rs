@@ -24,7 +24,9 @@
 //! whose internal triggers only a superuser may disable — are dropped
 //! (kind `dropped_fk`, their `pg_get_constraintdef` recorded after renames,
 //! so the definition names the final tables). At cutover they are re-created
-//! first and validated in the same transaction, then the triggers enabled.
+//! `NOT VALID` first in the restore transaction, the triggers enabled, and
+//! each key validated right after that transaction commits (phase done; a
+//! run started after a crash there validates what is left).
 //!
 //! Every change is recorded in `<state>.overrides` in the same target
 //! transaction that makes it, keyed by the table's OID (renames keep it), so
@@ -378,32 +380,60 @@ pub async fn validate_foreign_keys(
 /// Put every recorded change back (inside the caller's transaction):
 /// dropped foreign keys re-created (first), identities `ALWAYS`, triggers
 /// and rules enabled as on the source, any foreign key still unvalidated
-/// validated. Returns what was restored.
+/// validated — except one re-created here `NOT VALID`: its `foreign_key`
+/// record stays pending for [`validate_foreign_keys`] after the cutover
+/// (`VALIDATE CONSTRAINT` takes only a SHARE UPDATE EXCLUSIVE lock, so the
+/// application writes meanwhile). Returns what was restored.
 pub async fn restore_all(client: &Client, state: &StateStore) -> anyhow::Result<Vec<String>> {
     let mut restored = Vec::new();
-    for p in pending(
+    let all = pending(
         client,
         state,
         &["dropped_fk", "foreign_key", "identity", "trigger", "rule"],
     )
-    .await?
-    {
-        restored.push(put_back(client, state, &p).await?);
+    .await?;
+    for p in &all {
+        if validated_after_cutover(&all, p) {
+            restored.push(format!(
+                "foreign key {} on {}: validated after the cutover",
+                p.object, p.table
+            ));
+            continue;
+        }
+        restored.push(put_back(client, state, p).await?);
     }
     Ok(restored)
 }
 
+/// `p` is a ferry-deferred foreign key that the restore re-creates.
+fn validated_after_cutover(all: &[Pending], p: &Pending) -> bool {
+    p.kind == "foreign_key"
+        && all
+            .iter()
+            .any(|d| d.kind == "dropped_fk" && d.relid == p.relid && d.object == p.object)
+}
+
 /// What a restore would put back (for the cutover dry run).
 pub async fn planned(client: &Client, state: &StateStore) -> anyhow::Result<Vec<String>> {
-    Ok(pending(
+    let all = pending(
         client,
         state,
         &["dropped_fk", "foreign_key", "identity", "trigger", "rule"],
     )
-    .await?
-    .iter()
-    .map(|p| restore_sql(p).1)
-    .collect())
+    .await?;
+    Ok(all
+        .iter()
+        .map(|p| {
+            if validated_after_cutover(&all, p) {
+                format!(
+                    "foreign key {} on {}: validated after the cutover",
+                    p.object, p.table
+                )
+            } else {
+                restore_sql(p).1
+            }
+        })
+        .collect())
 }
 
 #[cfg(test)]
