@@ -231,6 +231,24 @@ async fn preflight_flags_non_superuser_and_non_empty_tables() {
             .await
             .unwrap()
     );
+    // PostgreSQL 15+: the right to set just this parameter is enough.
+    pg.psql(
+        &db,
+        "GRANT SET ON PARAMETER session_replication_role TO plain",
+    )
+    .unwrap();
+    assert!(
+        ferry_apply::preflight::replica_role_allowed(&plain)
+            .await
+            .unwrap()
+    );
+    let checks = check_target(&plain, &state, &tables).await;
+    let srr = checks
+        .iter()
+        .find(|c| c.name == "session_replication_role")
+        .unwrap();
+    assert_eq!(srr.status, CheckStatus::Pass, "{srr:?}");
+    assert!(srr.detail.contains("may SET"), "{srr:?}");
     let create = checks
         .iter()
         .find(|c| c.name == "create privilege")
