@@ -656,6 +656,32 @@ fn whole_migration_with_a_target_role_that_cannot_set_session_replication_role()
             .unwrap()
             .get(0);
         assert_eq!(orphans, 0, "ON DELETE CASCADE acts again");
+
+        // A crash between the cutover's commit and the validation leaves
+        // the key NOT VALID with its record pending: the next run finishes.
+        dst.batch_execute(
+            "ALTER TABLE child DROP CONSTRAINT child_parent_id_fkey;
+             ALTER TABLE child ADD CONSTRAINT child_parent_id_fkey FOREIGN KEY (parent_id)
+                 REFERENCES parent (id) ON DELETE CASCADE NOT VALID;
+             UPDATE ferry.overrides SET done_at = NULL WHERE kind = 'foreign_key';",
+        )
+        .await
+        .unwrap();
+    });
+    let again = run(s.cmd().env("FERRY_LOG", "info").arg("run")).unwrap();
+    assert_eq!(again.code, Some(0), "{}", again.all());
+    assert!(
+        again.all().contains("foreign key validated"),
+        "{}",
+        again.all()
+    );
+    assert!(again.all().contains("already cut over"), "{}", again.all());
+    rt.block_on(async {
+        let dst = pgsync::connect(&s.target_url).await.unwrap();
+        assert_eq!(
+            lines(&dst, FOREIGN_KEYS).await,
+            ["child child_parent_id_fkey true FOREIGN KEY (parent_id) REFERENCES parent(id) ON DELETE CASCADE"]
+        );
     });
 
     // cleanup
