@@ -68,6 +68,9 @@ pub struct ApplierConfig {
     pub buffer_bytes: usize,
     /// ALTER target tables on schema changes (non-PostgreSQL sources).
     pub apply_ddl: bool,
+    /// Apply under `session_replication_role = replica` (default); off in
+    /// no-replica-role mode (see [`crate::preflight::replica_role_allowed`]).
+    pub replica_role: bool,
 }
 
 impl ApplierConfig {
@@ -78,6 +81,7 @@ impl ApplierConfig {
             batch_ms: apply.batch_ms,
             buffer_bytes: apply.buffer_share(),
             apply_ddl,
+            replica_role: true,
         }
     }
 }
@@ -257,9 +261,11 @@ impl<P: Position> Applier<P> {
             .await?
             .map(|c| c.position);
         info!(stream = %cfg.stream, checkpoint = ?checkpoint.as_ref().map(ToString::to_string), "applier ready");
+        let mut writer = Writer::new(tables);
+        writer.set_replica_role(cfg.replica_role);
         Ok(Applier {
             client,
-            writer: Writer::new(tables),
+            writer,
             state,
             cfg,
             stats: Arc::new(ApplyStats::default()),

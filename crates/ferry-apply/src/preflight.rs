@@ -3,7 +3,9 @@
 //! Consumes: a connected target client, the state schema and the target
 //! tables of the plan. Emits: [`Check`]s (side `target`); a failed check
 //! always carries the fix. Read-only except for nothing: privileges are
-//! probed with catalog functions, never by trying DDL.
+//! probed with catalog functions, never by trying DDL (only
+//! `session_replication_role` is tried, with `SET LOCAL` in a transaction
+//! that is rolled back).
 
 use ferry_core::TableId;
 use ferry_core::plan::Check;
@@ -63,15 +65,30 @@ pub async fn check_target(client: &Client, state: &StateStore, tables: &[TableId
     });
     let superuser: bool = row.get::<_, Option<bool>>(3).unwrap_or(false);
     let rds_superuser: bool = row.get::<_, Option<bool>>(4).unwrap_or(false);
-    checks.push(if superuser || rds_superuser {
-        Check::pass(SIDE, "session_replication_role", if superuser { "superuser" } else { "member of rds_superuser" })
-    } else {
-        Check::fail(
+    checks.push(match replica_role_allowed(client).await {
+        Ok(true) => Check::pass(
             SIDE,
             "session_replication_role",
-            "the target role is not a superuser: it cannot SET session_replication_role = replica (triggers and FK checks would fire twice)",
-            "connect to the target as a superuser, or on RDS/Aurora GRANT rds_superuser TO <target role>",
-        )
+            if superuser {
+                "superuser: applies under session_replication_role = replica"
+            } else if rds_superuser {
+                "member of rds_superuser: applies under session_replication_role = replica"
+            } else {
+                "may SET session_replication_role: applies under session_replication_role = replica"
+            },
+        ),
+        Ok(false) => Check::warn(
+            SIDE,
+            "session_replication_role",
+            NO_REPLICA_ROLE_PLAN,
+            "nothing to do if this is acceptable; otherwise connect as a superuser, on RDS/Aurora GRANT rds_superuser TO <target role>, or on PostgreSQL 15+ GRANT SET ON PARAMETER session_replication_role TO <target role>",
+        ),
+        Err(e) => Check::fail(
+            SIDE,
+            "session_replication_role",
+            format!("query failed: {e}"),
+            "check the target role's privileges",
+        ),
     });
     checks.push(state_check(client, state, can_create).await);
     for t in tables {
@@ -80,6 +97,29 @@ pub async fn check_target(client: &Client, state: &StateStore, tables: &[TableId
         }
     }
     checks
+}
+
+/// What `ferry plan` says ferry does when the target role cannot set
+/// `session_replication_role` (no-replica-role mode).
+pub const NO_REPLICA_ROLE_PLAN: &str = "the target role cannot SET session_replication_role = replica (no-replica-role mode): ferry applies as a normal session instead; after post-data it disables the user triggers and rules of the target tables that would fire (ALTER TABLE … DISABLE TRIGGER/RULE, the tables are the target role's own) and drops their foreign keys, recording each in the state schema; the cutover puts back every trigger and rule as it was enabled and re-creates and validates every foreign key, in the transaction that marks the migration done";
+
+/// Whether this session may `SET session_replication_role = replica`
+/// (superuser, `rds_superuser`, or PostgreSQL 15+ `GRANT SET ON
+/// PARAMETER`): tried in a transaction that is rolled back. `Ok(false)` on
+/// insufficient privilege; other errors are returned.
+pub async fn replica_role_allowed(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    client.batch_execute("BEGIN").await?;
+    let tried = client
+        .batch_execute("SET LOCAL session_replication_role = replica")
+        .await;
+    client.batch_execute("ROLLBACK").await?;
+    match tried {
+        Ok(()) => Ok(true),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 async fn state_check(client: &Client, state: &StateStore, can_create: bool) -> Check {

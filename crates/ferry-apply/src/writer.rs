@@ -89,6 +89,8 @@ pub struct Writer {
     /// Per source table: applied in source order (see [`Writer::source_order`]).
     source_order: HashMap<TableId, bool>,
     next_stage: u64,
+    /// `begin` sets `session_replication_role = replica`.
+    replica_role: bool,
 }
 
 /// A session-lived staging table.
@@ -153,7 +155,16 @@ impl Writer {
             types: HashMap::new(),
             source_order: HashMap::new(),
             next_stage: 0,
+            replica_role: true,
         }
+    }
+
+    /// Whether [`Writer::begin`] sets `session_replication_role = replica`
+    /// (default). Off for a target role that may not set it: ferry then
+    /// keeps target triggers disabled and foreign keys off itself
+    /// (no-replica-role mode, see the `ferry` pipeline's overrides).
+    pub fn set_replica_role(&mut self, on: bool) {
+        self.replica_role = on;
     }
 
     /// The target table of a source table.
@@ -161,11 +172,17 @@ impl Writer {
         self.tables.target_name(source)
     }
 
-    /// `BEGIN` + `SET LOCAL session_replication_role = replica`.
+    /// `BEGIN` + `SET LOCAL session_replication_role = replica` (just
+    /// `BEGIN` with [`Writer::set_replica_role`] off).
     pub async fn begin(&mut self, client: &Client) -> Result<()> {
         self.end_of_txn(true);
+        let sql = if self.replica_role {
+            "BEGIN; SET LOCAL session_replication_role = replica"
+        } else {
+            "BEGIN"
+        };
         client
-            .batch_execute("BEGIN; SET LOCAL session_replication_role = replica")
+            .batch_execute(sql)
             .await
             .map_err(|e| {
                 let err = pg_error("starting target apply transaction", e);

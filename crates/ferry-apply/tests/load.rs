@@ -216,8 +216,39 @@ async fn preflight_flags_non_superuser_and_non_empty_tables() {
         .iter()
         .find(|c| c.name == "session_replication_role")
         .unwrap();
-    assert_eq!(srr.status, CheckStatus::Fail);
+    // Not refused: the plan says what ferry does instead.
+    assert_eq!(srr.status, CheckStatus::Warn, "{srr:?}");
+    assert!(srr.detail.contains("no-replica-role mode"), "{srr:?}");
+    assert!(srr.detail.contains("DISABLE TRIGGER"), "{srr:?}");
     assert!(srr.fix.as_deref().unwrap().contains("rds_superuser"));
+    assert!(
+        !ferry_apply::preflight::replica_role_allowed(&plain)
+            .await
+            .unwrap()
+    );
+    assert!(
+        ferry_apply::preflight::replica_role_allowed(&admin)
+            .await
+            .unwrap()
+    );
+    // PostgreSQL 15+: the right to set just this parameter is enough.
+    pg.psql(
+        &db,
+        "GRANT SET ON PARAMETER session_replication_role TO plain",
+    )
+    .unwrap();
+    assert!(
+        ferry_apply::preflight::replica_role_allowed(&plain)
+            .await
+            .unwrap()
+    );
+    let checks = check_target(&plain, &state, &tables).await;
+    let srr = checks
+        .iter()
+        .find(|c| c.name == "session_replication_role")
+        .unwrap();
+    assert_eq!(srr.status, CheckStatus::Pass, "{srr:?}");
+    assert!(srr.detail.contains("may SET"), "{srr:?}");
     let create = checks
         .iter()
         .find(|c| c.name == "create privilege")

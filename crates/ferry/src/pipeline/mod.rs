@@ -12,6 +12,8 @@
 //!  pg_dump post-data ────────────────────────────▶ indexes (parallel builds),
 //!                                                 FKs NOT VALID, renames,
 //!                                                 ALWAYS/REPLICA triggers off
+//!                                                 (no-replica-role mode:
+//!                                                 ORIGIN/ALWAYS off, FKs dropped)
 //!  pgoutput via START_REPLICATION ─▶ decode ─▶ bounded channel ─▶ applier
 //!        ▲                                                  (batch + checkpoint,
 //!        └──────── standby status (flush = acked) ◀── ack ── one txn, then ack)
@@ -120,6 +122,8 @@ async fn run_postgres(
     plan_store::ensure(&target, &state).await?;
     let phase = state.read_phase(&target).await?;
     if phase == Some(Phase::Done) {
+        // A crash right after the cutover may have left keys to validate.
+        validate_after_cutover(config, &state).await?;
         info!("this migration is already cut over (phase done); nothing to do");
         return Ok(Outcome::Ok);
     }
@@ -164,20 +168,40 @@ async fn run_postgres(
         {
             return Ok(());
         }
+        // A run resumed by a role that may not set session_replication_role
+        // after one that could: make the same changes now (idempotent).
+        if phase.is_some_and(|p| p > Phase::Load) {
+            let mut t = ferry_postgres::connect::connect(&config.target, "target").await?;
+            if !replica_role_mode(&t).await? {
+                let carried: Vec<_> = catalog
+                    .tables
+                    .iter()
+                    .map(|t| config.tables.target_name(&t.schema.id))
+                    .collect();
+                overrides::disable_for_apply(&mut t, &state, &carried, false).await?;
+            }
+        }
         stream::run(config, &state, shutdown.clone(), live.clone(), &keys).await
     }
     .await;
     if let Err(e) = &result {
         live.set_error(format!("{e:#}"));
     }
+    let mut validate = Ok(());
     if let Some(finish) = live.take_finish() {
         let dropped = finish_after_cutover(config, &state, finish.keep_slot, run_id).await;
+        let finished = dropped.is_ok();
         let _ = finish.reply.send(dropped.map_err(|e| format!("{e:#}")));
+        if finished {
+            // The target is released: keys re-created NOT VALID by the
+            // restore are validated while the application writes.
+            validate = validate_after_cutover(config, &state).await;
+        }
     }
     // Stops the control API (after in-flight requests), monitor and sampler.
     live.request_stop();
     while background.join_next().await.is_some() {}
-    result.map(|()| Outcome::Ok)
+    result.and(validate).map(|()| Outcome::Ok)
 }
 
 /// Schema, load and post-data; `Ok(false)` when shutdown interrupted the load.
@@ -220,7 +244,8 @@ async fn load_phase(
         .iter()
         .map(|t| config.tables.target_name(&t.schema.id))
         .collect();
-    overrides::disable_replica_triggers(&mut target_tx, state, &carried).await?;
+    let replica_role = replica_role_mode(&target_tx).await?;
+    overrides::disable_for_apply(&mut target_tx, state, &carried, replica_role).await?;
     for t in &catalog.tables {
         state
             .set_table_state(target, &t.schema.id, &TableState::CatchingUp)
@@ -230,6 +255,21 @@ async fn load_phase(
     live.set_phase(Phase::Catchup);
     info!("load complete; catching up from the slot's consistent point");
     Ok(true)
+}
+
+/// Whether the target session may set `session_replication_role =
+/// replica`; without it ferry runs in no-replica-role mode (see
+/// [`overrides`]).
+pub(crate) async fn replica_role_mode(target: &Client) -> anyhow::Result<bool> {
+    let allowed = ferry_apply::preflight::replica_role_allowed(target)
+        .await
+        .context("checking whether the target role may set session_replication_role")?;
+    if !allowed {
+        info!(
+            "no-replica-role mode: the target role cannot set session_replication_role; target triggers stay disabled and foreign keys dropped until cutover"
+        );
+    }
+    Ok(allowed)
 }
 
 /// The control API, the monitor and the lag-history sampler.
@@ -360,6 +400,21 @@ async fn finish_after_cutover(
         slot_dropped: dropped,
         restored,
     })
+}
+
+/// Validate the foreign keys the cutover re-created `NOT VALID`
+/// (no-replica-role mode); each in its own transaction with its done mark.
+async fn validate_after_cutover(config: &Config, state: &StateStore) -> anyhow::Result<()> {
+    let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    for v in overrides::validate_foreign_keys(&mut target, state)
+        .await
+        .context(
+            "validating the foreign keys re-created at cutover; run `ferry run` again to retry",
+        )?
+    {
+        info!(restored = %v, "target schema restored");
+    }
+    Ok(())
 }
 
 /// `Ok(true)` to go on, `Ok(false)` when shutdown interrupted the load.

@@ -17,6 +17,17 @@
 //!   snapshots after a crash disagree until catch-up) and validated once the
 //!   stream has passed every table's snapshot.
 //!
+//! No-replica-role mode (the target role may not set
+//! `session_replication_role`, e.g. RDS without `rds_superuser`): the
+//! applier runs as a normal session, so triggers and rules enabled `ORIGIN`
+//! (the default) or `ALWAYS` are disabled instead, and foreign keys —
+//! whose internal triggers only a superuser may disable — are dropped
+//! (kind `dropped_fk`, their `pg_get_constraintdef` recorded after renames,
+//! so the definition names the final tables). At cutover they are re-created
+//! `NOT VALID` first in the restore transaction, the triggers enabled, and
+//! each key validated right after that transaction commits (phase done; a
+//! run started after a crash there validates what is left).
+//!
 //! Every change is recorded in `<state>.overrides` in the same target
 //! transaction that makes it, keyed by the table's OID (renames keep it), so
 //! a crash at any point neither loses nor repeats one; putting a change back
@@ -88,13 +99,21 @@ pub async fn relax_identities(
 }
 
 /// Disable the triggers and rules of `tables` (and their partitions) that
-/// would fire under `session_replication_role = replica`, recording each;
-/// one transaction.
-pub async fn disable_replica_triggers(
+/// would fire while the applier writes, recording each; one transaction.
+/// With `replica_role` the applier runs under `session_replication_role =
+/// replica` (those enabled `ALWAYS`/`REPLICA` fire); without it, as a
+/// normal session (`ORIGIN`/`ALWAYS` fire), and the tables' foreign keys
+/// are dropped too ([`drop_foreign_keys`]). Idempotent.
+pub async fn disable_for_apply(
     target: &mut Client,
     state: &StateStore,
     tables: &[TableId],
+    replica_role: bool,
 ) -> anyhow::Result<usize> {
+    let firing: Vec<String> = if replica_role { ["A", "R"] } else { ["O", "A"] }
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     let tx = target.transaction().await?;
     let rows = tx
         .query(
@@ -105,16 +124,16 @@ pub async fn disable_replica_triggers(
              , objs AS (
                  SELECT 'trigger' AS kind, t.tgrelid AS relid, t.tgname::text AS name, t.tgenabled::text AS enabled
                    FROM pg_trigger t JOIN rels ON rels.relid = t.tgrelid
-                  WHERE NOT t.tgisinternal AND t.tgenabled IN ('A', 'R')
+                  WHERE NOT t.tgisinternal AND t.tgenabled::text = ANY($2)
                  UNION ALL
                  SELECT 'rule', r.ev_class, r.rulename::text, r.ev_enabled::text
                    FROM pg_rewrite r JOIN rels ON rels.relid = r.ev_class
-                  WHERE r.rulename <> '_RETURN' AND r.ev_enabled IN ('A', 'R'))
+                  WHERE r.rulename <> '_RETURN' AND r.ev_enabled::text = ANY($2))
              SELECT o.kind, o.relid, format('%I.%I', n.nspname, c.relname), o.name, o.enabled
                FROM objs o JOIN pg_class c ON c.oid = o.relid
                JOIN pg_namespace n ON n.oid = c.relnamespace
               ORDER BY 1, 3, 4",
-            &[&names(tables)],
+            &[&names(tables), &firing],
         )
         .await
         .context("reading triggers and rules on the target")?;
@@ -133,12 +152,67 @@ pub async fn disable_replica_triggers(
         ))
         .await
         .with_context(|| format!("disabling {kind} {name} on {table}"))?;
-        let original = if enabled == "A" { "always" } else { "replica" };
+        let original = match enabled.as_str() {
+            "A" => "always",
+            "R" => "replica",
+            _ => "origin",
+        };
         tx.execute(&record, &[&kind, &relid, &name, &original])
             .await?;
         info!(table = %table, kind = %kind, name = %name, enabled = original, "disabled on the target until cutover (it would fire for replicated rows)");
     }
+    let dropped = if replica_role {
+        0
+    } else {
+        drop_foreign_keys(&tx, state, tables).await?
+    };
     tx.commit().await?;
+    Ok(rows.len() + dropped)
+}
+
+/// Drop the foreign keys of `tables` (and their partitions), recording each
+/// definition (`dropped_fk`) for the cutover to re-create; inside the
+/// caller's transaction. Only the top constraint of a partitioned key is
+/// dropped (its clones go with it).
+async fn drop_foreign_keys(
+    tx: &tokio_postgres::Transaction<'_>,
+    state: &StateStore,
+    tables: &[TableId],
+) -> anyhow::Result<usize> {
+    let rows = tx
+        .query(
+            "WITH RECURSIVE rels(relid) AS (
+                 SELECT n.name::regclass::oid FROM unnest($1::text[]) AS n(name)
+                 UNION
+                 SELECT i.inhrelid FROM pg_inherits i JOIN rels ON i.inhparent = rels.relid)
+             SELECT c.conrelid, format('%I.%I', n.nspname, r.relname), c.conname::text,
+                    pg_get_constraintdef(c.oid)
+               FROM pg_constraint c JOIN rels ON rels.relid = c.conrelid
+               JOIN pg_class r ON r.oid = c.conrelid
+               JOIN pg_namespace n ON n.oid = r.relnamespace
+              WHERE c.contype = 'f' AND c.conparentid = 0
+              ORDER BY 2, 3",
+            &[&names(tables)],
+        )
+        .await
+        .context("reading foreign keys on the target")?;
+    let record = format!(
+        "INSERT INTO {} (kind, relid, object, original) VALUES ('dropped_fk', $1, $2, $3)
+         ON CONFLICT DO NOTHING",
+        state.table("overrides")
+    );
+    for r in &rows {
+        let (relid, table, name, def): (u32, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        tx.execute(&record, &[&relid, &name, &def]).await?;
+        tx.batch_execute(&format!(
+            "ALTER TABLE {table} DROP CONSTRAINT {}",
+            quote_ident(&name)
+        ))
+        .await
+        .with_context(|| format!("dropping foreign key {name} on {table} until cutover"))?;
+        info!(table = %table, constraint = %name, "foreign key dropped on the target until cutover (the target role cannot set session_replication_role)");
+    }
     Ok(rows.len())
 }
 
@@ -193,7 +267,7 @@ async fn pending(
                    FROM {} o JOIN pg_class c ON c.oid = o.relid
                    JOIN pg_namespace n ON n.oid = c.relnamespace
                   WHERE o.done_at IS NULL AND o.kind = ANY($1)
-                  ORDER BY o.recorded_at, o.kind, o.relid, o.object",
+                  ORDER BY o.kind <> 'dropped_fk', o.recorded_at, o.kind, o.relid, o.object",
                 state.table("overrides")
             ),
             &[&kinds],
@@ -216,19 +290,31 @@ async fn pending(
 fn restore_sql(p: &Pending) -> (String, String) {
     let object = quote_ident(&p.object);
     let t = &p.table;
-    let upper = p.original.to_uppercase();
+    // `ENABLE TRIGGER` alone enables it ORIGIN.
+    let upper = match p.original.as_str() {
+        "origin" => String::new(),
+        o => format!("{} ", o.to_uppercase()),
+    };
     match p.kind.as_str() {
         "identity" => (
             format!("ALTER TABLE {t} ALTER COLUMN {object} SET GENERATED ALWAYS"),
             format!("identity {t}.{}: GENERATED ALWAYS", p.object),
         ),
         "trigger" => (
-            format!("ALTER TABLE {t} ENABLE {upper} TRIGGER {object}"),
-            format!("trigger {} on {t}: ENABLE {upper}", p.object),
+            format!("ALTER TABLE {t} ENABLE {upper}TRIGGER {object}"),
+            format!("trigger {} on {t}: ENABLE {}", p.object, upper.trim_end())
+                .trim_end()
+                .to_owned(),
         ),
         "rule" => (
-            format!("ALTER TABLE {t} ENABLE {upper} RULE {object}"),
-            format!("rule {} on {t}: ENABLE {upper}", p.object),
+            format!("ALTER TABLE {t} ENABLE {upper}RULE {object}"),
+            format!("rule {} on {t}: ENABLE {}", p.object, upper.trim_end())
+                .trim_end()
+                .to_owned(),
+        ),
+        "dropped_fk" => (
+            format!("ALTER TABLE {t} ADD CONSTRAINT {object} {}", p.original),
+            format!("foreign key {} on {t}: re-created", p.object),
         ),
         _ => (
             format!("ALTER TABLE {t} VALIDATE CONSTRAINT {object}"),
@@ -267,7 +353,15 @@ pub async fn validate_foreign_keys(
     state: &StateStore,
 ) -> anyhow::Result<Vec<String>> {
     let mut done = Vec::new();
+    // Dropped until cutover (no-replica-role mode): validated there.
+    let dropped = pending(target, state, &["dropped_fk"]).await?;
     for p in pending(target, state, &["foreign_key"]).await? {
+        if dropped
+            .iter()
+            .any(|d| d.relid == p.relid && d.object == p.object)
+        {
+            continue;
+        }
         let started = std::time::Instant::now();
         let tx = target.transaction().await?;
         let shown = put_back(&tx, state, &p).await.with_context(|| {
@@ -284,33 +378,62 @@ pub async fn validate_foreign_keys(
 }
 
 /// Put every recorded change back (inside the caller's transaction):
-/// identities `ALWAYS`, triggers and rules enabled as on the source, any
-/// foreign key still unvalidated validated. Returns what was restored.
+/// dropped foreign keys re-created (first), identities `ALWAYS`, triggers
+/// and rules enabled as on the source, any foreign key still unvalidated
+/// validated — except one re-created here `NOT VALID`: its `foreign_key`
+/// record stays pending for [`validate_foreign_keys`] after the cutover
+/// (`VALIDATE CONSTRAINT` takes only a SHARE UPDATE EXCLUSIVE lock, so the
+/// application writes meanwhile). Returns what was restored.
 pub async fn restore_all(client: &Client, state: &StateStore) -> anyhow::Result<Vec<String>> {
     let mut restored = Vec::new();
-    for p in pending(
+    let all = pending(
         client,
         state,
-        &["foreign_key", "identity", "trigger", "rule"],
+        &["dropped_fk", "foreign_key", "identity", "trigger", "rule"],
     )
-    .await?
-    {
-        restored.push(put_back(client, state, &p).await?);
+    .await?;
+    for p in &all {
+        if validated_after_cutover(&all, p) {
+            restored.push(format!(
+                "foreign key {} on {}: validated after the cutover",
+                p.object, p.table
+            ));
+            continue;
+        }
+        restored.push(put_back(client, state, p).await?);
     }
     Ok(restored)
 }
 
+/// `p` is a ferry-deferred foreign key that the restore re-creates.
+fn validated_after_cutover(all: &[Pending], p: &Pending) -> bool {
+    p.kind == "foreign_key"
+        && all
+            .iter()
+            .any(|d| d.kind == "dropped_fk" && d.relid == p.relid && d.object == p.object)
+}
+
 /// What a restore would put back (for the cutover dry run).
 pub async fn planned(client: &Client, state: &StateStore) -> anyhow::Result<Vec<String>> {
-    Ok(pending(
+    let all = pending(
         client,
         state,
-        &["foreign_key", "identity", "trigger", "rule"],
+        &["dropped_fk", "foreign_key", "identity", "trigger", "rule"],
     )
-    .await?
-    .iter()
-    .map(|p| restore_sql(p).1)
-    .collect())
+    .await?;
+    Ok(all
+        .iter()
+        .map(|p| {
+            if validated_after_cutover(&all, p) {
+                format!(
+                    "foreign key {} on {}: validated after the cutover",
+                    p.object, p.table
+                )
+            } else {
+                restore_sql(p).1
+            }
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -342,6 +465,25 @@ mod tests {
                 p("trigger", "Replica \"T\"", "replica"),
                 "ALTER TABLE app.\"Order Lines\" ENABLE REPLICA TRIGGER \"Replica \"\"T\"\"\"",
                 "trigger Replica \"T\" on app.\"Order Lines\": ENABLE REPLICA",
+            ),
+            (
+                p("trigger", "audit", "origin"),
+                "ALTER TABLE app.\"Order Lines\" ENABLE TRIGGER \"audit\"",
+                "trigger audit on app.\"Order Lines\": ENABLE",
+            ),
+            (
+                p("rule", "log", "origin"),
+                "ALTER TABLE app.\"Order Lines\" ENABLE RULE \"log\"",
+                "rule log on app.\"Order Lines\": ENABLE",
+            ),
+            (
+                p(
+                    "dropped_fk",
+                    "lines_fk",
+                    "FOREIGN KEY (o) REFERENCES app.orders(id) NOT VALID",
+                ),
+                "ALTER TABLE app.\"Order Lines\" ADD CONSTRAINT \"lines_fk\" FOREIGN KEY (o) REFERENCES app.orders(id) NOT VALID",
+                "foreign key lines_fk on app.\"Order Lines\": re-created",
             ),
             (
                 p("rule", "log", "always"),

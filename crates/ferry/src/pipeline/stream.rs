@@ -151,13 +151,10 @@ async fn stream_once(
         })
     });
 
-    let mut applier = Applier::<Lsn>::new(
-        target,
-        state.clone(),
-        config.tables.clone(),
-        ApplierConfig::new(STREAM, &config.apply, true),
-    )
-    .await?;
+    let mut applier_cfg = ApplierConfig::new(STREAM, &config.apply, true);
+    applier_cfg.replica_role = super::replica_role_mode(&target).await?;
+    let mut applier =
+        Applier::<Lsn>::new(target, state.clone(), config.tables.clone(), applier_cfg).await?;
     live.set_stats(applier.stats());
     let watch = tokio::spawn(super::partitions::watch(live.clone()));
     let ack = |p: &Lsn| {
