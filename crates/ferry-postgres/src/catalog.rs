@@ -107,7 +107,35 @@ pub struct SourceCatalog {
     pub types: Vec<SourceType>,
 }
 
+/// Sequences the source user may not read, for messages: their names as
+/// printed and as quoted SQL (`GRANT SELECT ON SEQUENCE <quoted> …`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableSequences {
+    pub names: String,
+    pub quoted: String,
+}
+
 impl SourceCatalog {
+    /// `None` when every carried sequence is readable.
+    pub fn unreadable_sequences(&self) -> Option<UnreadableSequences> {
+        let unreadable: Vec<&SourceSequence> =
+            self.sequences.iter().filter(|s| !s.readable).collect();
+        if unreadable.is_empty() {
+            return None;
+        }
+        let join = |f: fn(&TableId) -> String| {
+            unreadable
+                .iter()
+                .map(|s| f(&s.id))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Some(UnreadableSequences {
+            names: join(TableId::to_string),
+            quoted: join(TableId::quoted),
+        })
+    }
+
     pub fn table(&self, id: &TableId) -> Option<&SourceTable> {
         self.tables.iter().find(|t| &t.schema.id == id)
     }

@@ -628,15 +628,7 @@ async fn table_checks(
 /// The cutover copies every sequence's value to the target; a sequence the
 /// role may not read would look unused (NULL) and be left behind.
 pub fn sequence_check(catalog: &SourceCatalog) -> Check {
-    let unreadable: Vec<_> = catalog.sequences.iter().filter(|s| !s.readable).collect();
-    let list = |f: fn(&ferry_core::TableId) -> String| {
-        unreadable
-            .iter()
-            .map(|s| f(&s.id))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if unreadable.is_empty() {
+    let Some(unreadable) = catalog.unreadable_sequences() else {
         return Check::pass(
             SIDE,
             "sequence privilege",
@@ -645,17 +637,17 @@ pub fn sequence_check(catalog: &SourceCatalog) -> Check {
                 catalog.sequences.len()
             ),
         );
-    }
+    };
     Check::fail(
         SIDE,
         "sequence privilege",
         format!(
             "no SELECT on sequence {}: the cutover cannot read its value to set it on the target",
-            list(ferry_core::TableId::to_string)
+            unreadable.names
         ),
         format!(
             "GRANT SELECT ON SEQUENCE {} TO <source user>",
-            list(ferry_core::TableId::quoted)
+            unreadable.quoted
         ),
     )
 }

@@ -470,19 +470,10 @@ async fn carried_sequences(
     let catalog = ferry_postgres::catalog::read_catalog(source, &filter, &config.state.schema)
         .await
         .map_err(|e| format!("reading source sequences: {e}"))?;
-    let unreadable: Vec<_> = catalog.sequences.iter().filter(|s| !s.readable).collect();
-    if !unreadable.is_empty() {
-        let list = |f: fn(&ferry_core::TableId) -> String| {
-            unreadable
-                .iter()
-                .map(|s| f(&s.id))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+    if let Some(unreadable) = catalog.unreadable_sequences() {
         return Err(format!(
             "the source user may not read sequence {}, so its value cannot be carried; GRANT SELECT ON SEQUENCE {} TO <source user> and run the cutover again",
-            list(ferry_core::TableId::to_string),
-            list(ferry_core::TableId::quoted)
+            unreadable.names, unreadable.quoted
         ));
     }
     Ok(catalog.sequences)
