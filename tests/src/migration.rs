@@ -267,6 +267,40 @@ impl Migration {
         })
     }
 
+    /// The single `int8` the target answers to `sql`; `None` when it cannot
+    /// answer (yet).
+    pub fn target_i64(&self, sql: &str) -> Option<i64> {
+        self.target_query(async |dst| {
+            let row = dst.query_opt(sql, &[]).await.ok()??;
+            Some(row.get::<_, i64>(0))
+        })
+    }
+
+    /// Wait until the running load committed its first chunk
+    /// (`ferry.chunks`), looking every 10 ms whatever [`Migration::poll`]
+    /// says, so that the test can still kill the load while it runs.
+    pub fn wait_first_chunk(&self, ferry: &mut Background) {
+        let start = Instant::now();
+        while self
+            .target_i64("SELECT count(*) FROM ferry.chunks")
+            .unwrap_or(0)
+            < 1
+        {
+            if let Some(code) = ferry.exited().expect("ferry process") {
+                panic!(
+                    "ferry exited during the load with {code:?}:\n{}",
+                    ferry.log()
+                );
+            }
+            assert!(
+                start.elapsed() < self.timeout,
+                "no chunk completed:\n{}",
+                ferry.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Run `f` on a fresh session to the target; `None` when it cannot
     /// connect or `f` says so.
     pub fn target_query<T>(&self, f: impl AsyncFnOnce(&Client) -> Option<T>) -> Option<T> {

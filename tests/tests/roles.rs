@@ -91,27 +91,7 @@ fn whole_migration_with_a_source_role_that_is_not_a_superuser() {
     ];
     let mut ferry = s.start_with("load", &chunks);
     let rt = pgsync::runtime();
-    let t = Instant::now();
-    loop {
-        let done = s.target_query(async |dst| {
-            let row = dst
-                .query_opt("SELECT count(*) FROM ferry.chunks", &[])
-                .await
-                .ok()??;
-            Some(row.get::<_, i64>(0))
-        });
-        if done.unwrap_or(0) >= 1 {
-            break;
-        }
-        if let Some(code) = ferry.exited().unwrap() {
-            panic!(
-                "ferry exited during the load with {code:?}:\n{}",
-                ferry.log()
-            );
-        }
-        assert!(t.elapsed() < LONG, "no chunk completed:\n{}", ferry.log());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    s.wait_first_chunk(&mut ferry);
     ferry.kill9().unwrap();
     let mut ferry = s.start_with("resume", &chunks);
     s.wait_phase(&mut ferry, "stream");

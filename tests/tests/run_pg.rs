@@ -64,30 +64,7 @@ fn kill9_during_load_between_apply_and_ack_and_mid_stream() {
 
     // 1. Crash during the load, after at least one chunk committed.
     let mut ferry = s.start_with("load-crash", &chunks);
-    let start = std::time::Instant::now();
-    loop {
-        let done: i64 = s
-            .target_query(async |dst| {
-                let row = dst
-                    .query_opt("SELECT count(*) FROM ferry.chunks", &[])
-                    .await
-                    .ok()??;
-                Some(row.get::<_, i64>(0))
-            })
-            .unwrap_or(0);
-        if done >= 1 {
-            break;
-        }
-        if let Some(code) = ferry.exited().unwrap() {
-            panic!("ferry exited during load with {code:?}:\n{}", ferry.log());
-        }
-        assert!(
-            start.elapsed() < LONG,
-            "no chunk completed:\n{}",
-            ferry.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    s.wait_first_chunk(&mut ferry);
     ferry.kill9().unwrap();
 
     // 2. Resume, then crash at each failpoint of the applier under writes;

@@ -153,27 +153,7 @@ fn migrate(source_major: u32, target_major: u32) {
         ("FERRY_LOAD_PARALLELISM", "1"),
     ];
     let mut ferry = p.start_with("load", &chunks);
-    let t = Instant::now();
-    while p
-        .target_query(async |dst| {
-            let row = dst
-                .query_opt("SELECT count(*) FROM ferry.chunks", &[])
-                .await
-                .ok()??;
-            Some(row.get::<_, i64>(0))
-        })
-        .unwrap_or(0)
-        < 1
-    {
-        if let Some(code) = ferry.exited().unwrap() {
-            panic!(
-                "ferry exited during the load with {code:?}:\n{}",
-                ferry.log()
-            );
-        }
-        assert!(t.elapsed() < LONG, "no chunk completed:\n{}", ferry.log());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    p.wait_first_chunk(&mut ferry);
     ferry.kill9().unwrap();
     step(started, "killed during the load");
 
@@ -232,18 +212,8 @@ fn migrate(source_major: u32, target_major: u32) {
     step(started, "cut over");
     let _ = writer.stop();
     p.compare(BENCH_TABLES);
-    rt.block_on(async {
-        let dst = pgsync::connect(&p.target_url).await.unwrap();
-        let large: i64 = dst
-            .query_one(
-                "SELECT count(*) FROM accounts WHERE filler = 'large transaction'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(large, 20_000, "the large transaction arrived whole");
-    });
+    let large = p.target_i64("SELECT count(*) FROM accounts WHERE filler = 'large transaction'");
+    assert_eq!(large, Some(20_000), "the large transaction arrived whole");
     #[allow(clippy::print_stderr)]
     {
         eprintln!(
