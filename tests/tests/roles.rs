@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_e2e::migration::{LONG, Migration, target_options};
+use ferry_e2e::migration::{LONG, Migration, OwnerSource, role_url, target_options};
 use ferry_e2e::pgsync::{self, BENCH_SCHEMA, Writer};
 use ferry_e2e::run;
 use ferry_testkit::{PgOptions, PgServer};
@@ -16,13 +16,6 @@ const BENCH_TABLES: &[&str] = &["branches", "tellers", "accounts", "history", "d
 const ACCOUNTS: u32 = 100_000;
 const APP: &str = "app_owner";
 const APP_PW: &str = "app-owner-pw";
-
-fn role_url(server: &PgServer, user: &str, password: &str, db: &str) -> String {
-    format!(
-        "postgres://{user}:{password}@127.0.0.1:{}/{db}",
-        server.port()
-    )
-}
 
 /// A migration from `source_url` (a role of `source`) to a new target;
 /// waits poll every 100 ms.
@@ -33,30 +26,16 @@ fn migration(source: PgServer, sdb: String, source_url: String) -> Migration {
 
 #[test]
 fn whole_migration_with_a_source_role_that_is_not_a_superuser() {
-    let source = PgServer::start(PgOptions::new()).expect("source");
-    source
-        .create_role(APP, APP_PW, "LOGIN REPLICATION NOSUPERUSER")
-        .unwrap();
-    source
-        .psql("postgres", &format!("GRANT pg_signal_backend TO {APP}"))
-        .unwrap();
-    let sdb = source.create_database("src").unwrap();
-    source
-        .psql("postgres", &format!("ALTER DATABASE {sdb} OWNER TO {APP}"))
-        .unwrap();
-    let source_url = role_url(&source, APP, APP_PW, &sdb);
+    let owner = OwnerSource::start(PgOptions::new(), APP, APP_PW);
+    let source = &owner.server;
     // The application's tables belong to the application's role.
-    let as_app = format!(
-        "host=127.0.0.1 port={} user={APP} password={APP_PW} dbname={sdb}",
-        source.port()
-    );
-    source.psql_conninfo(&as_app, BENCH_SCHEMA).unwrap();
+    source.psql_conninfo(&owner.conninfo, BENCH_SCHEMA).unwrap();
     source
-        .psql_conninfo(&as_app, &pgsync::bench_data(ACCOUNTS, 300))
+        .psql_conninfo(&owner.conninfo, &pgsync::bench_data(ACCOUNTS, 300))
         .unwrap();
     let owners = source
         .psql(
-            &sdb,
+            &owner.db,
             "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'",
         )
         .unwrap();
@@ -70,7 +49,9 @@ fn whole_migration_with_a_source_role_that_is_not_a_superuser() {
     assert_eq!(is_super.trim(), "f");
 
     let bystander_url = source.url("postgres");
-    let s = migration(source, sdb, source_url);
+    let s = owner
+        .migration(target_options())
+        .poll(Duration::from_millis(100));
 
     // plan
     let plan = s.ferry(&["plan"]);
@@ -360,24 +341,14 @@ async fn audits(c: &tokio_postgres::Client) -> i64 {
 /// the target fire the triggers and the foreign key again.
 #[test]
 fn whole_migration_with_a_target_role_that_cannot_set_session_replication_role() {
-    let source = PgServer::start(PgOptions::new()).expect("source");
-    source
-        .create_role(APP, APP_PW, "LOGIN REPLICATION NOSUPERUSER")
+    let owner = OwnerSource::start(PgOptions::new(), APP, APP_PW);
+    owner
+        .server
+        .psql_conninfo(&owner.conninfo, APP_SCHEMA)
         .unwrap();
-    source
-        .psql("postgres", &format!("GRANT pg_signal_backend TO {APP}"))
-        .unwrap();
-    let sdb = source.create_database("src").unwrap();
-    source
-        .psql("postgres", &format!("ALTER DATABASE {sdb} OWNER TO {APP}"))
-        .unwrap();
-    let as_app = format!(
-        "host=127.0.0.1 port={} user={APP} password={APP_PW} dbname={sdb}",
-        source.port()
-    );
-    source.psql_conninfo(&as_app, APP_SCHEMA).unwrap();
-    let url = role_url(&source, APP, APP_PW, &sdb);
-    let mut s = migration(source, sdb, url);
+    let mut s = owner
+        .migration(target_options())
+        .poll(Duration::from_millis(100));
     // ferry reaches the target as a role that owns the database.
     s.target
         .create_role(TARGET_ROLE, TARGET_PW, "LOGIN NOSUPERUSER")

@@ -10,9 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_e2e::migration::{LONG, Migration};
+use ferry_e2e::migration::{LONG, Migration, OwnerSource};
 use ferry_e2e::pgsync::{self, BENCH_SCHEMA, Writer};
-use ferry_testkit::{PgOptions, PgServer};
+use ferry_testkit::PgOptions;
 
 const BENCH_TABLES: &[&str] = &["branches", "tellers", "accounts", "history", "docs"];
 const ACCOUNTS: u32 = 100_000;
@@ -27,36 +27,20 @@ fn pair(source_major: u32, target_major: u32) -> (Migration, String) {
         // Small enough that the large transaction below is streamed (14+).
         opts = opts.setting("logical_decoding_work_mem", "64kB");
     }
-    let source = PgServer::start(opts).expect("source");
-    let sdb = source.create_database("src").unwrap();
     // ferry and the application connect as a role that is not a superuser:
     // REPLICATION, owner of the database and its tables, and (for the
     // fence) pg_signal_backend — what RDS/Aurora can give.
+    let owner = OwnerSource::start(opts, APP, APP_PW);
+    let source = &owner.server;
+    source.psql_conninfo(&owner.conninfo, BENCH_SCHEMA).unwrap();
     source
-        .create_role(APP, APP_PW, "LOGIN REPLICATION NOSUPERUSER")
-        .unwrap();
-    source
-        .psql(
-            "postgres",
-            &format!("GRANT pg_signal_backend TO {APP}; ALTER DATABASE {sdb} OWNER TO {APP}"),
-        )
-        .unwrap();
-    let as_app = format!(
-        "host=127.0.0.1 port={} user={APP} password={APP_PW} dbname={sdb}",
-        source.port()
-    );
-    source.psql_conninfo(&as_app, BENCH_SCHEMA).unwrap();
-    source
-        .psql_conninfo(&as_app, &pgsync::bench_data(ACCOUNTS, 300))
+        .psql_conninfo(&owner.conninfo, &pgsync::bench_data(ACCOUNTS, 300))
         .unwrap();
     let pg_dump = ferry_testkit::pg_dump_for(source_major).expect("pg_dump");
     let pg_dump = pg_dump.to_string_lossy().into_owned();
-    let url = format!(
-        "postgres://{APP}:{APP_PW}@127.0.0.1:{}/{sdb}",
-        source.port()
-    );
     let target_opts = PgOptions::new().version(target_major).wal_level("replica");
-    let m = Migration::with_source(source, sdb, url, target_opts)
+    let m = owner
+        .migration(target_opts)
         .env("FERRY_PG_DUMP", &pg_dump)
         .poll(Duration::from_millis(100));
     (m, pg_dump)
