@@ -37,6 +37,60 @@ pub fn target_options() -> PgOptions {
     PgOptions::new().wal_level("replica")
 }
 
+/// The URL of `db` on `server` as `user`.
+pub fn role_url(server: &PgServer, user: &str, password: &str, db: &str) -> String {
+    format!(
+        "postgres://{user}:{password}@127.0.0.1:{}/{db}",
+        server.port()
+    )
+}
+
+/// A source database owned by a role that is not a superuser, as managed
+/// services (RDS/Aurora) give: `REPLICATION`, owner of the database (and of
+/// the tables it creates there) and member of `pg_signal_backend`, which
+/// `--fence` needs.
+#[derive(Debug)]
+pub struct OwnerSource {
+    pub server: PgServer,
+    /// The database, `src`.
+    pub db: String,
+    /// The role's URL of the database.
+    pub url: String,
+    /// The role's libpq conninfo of the database (for `psql_conninfo`).
+    pub conninfo: String,
+}
+
+impl OwnerSource {
+    /// A server started with `opts`, the role `role` and its database.
+    pub fn start(opts: PgOptions, role: &str, password: &str) -> OwnerSource {
+        let server = PgServer::start(opts).expect("source");
+        server
+            .create_role(role, password, "LOGIN REPLICATION NOSUPERUSER")
+            .expect("source role");
+        server
+            .psql("postgres", &format!("GRANT pg_signal_backend TO {role}"))
+            .expect("granting pg_signal_backend");
+        let db = server.create_database("src").expect("source database");
+        server
+            .psql("postgres", &format!("ALTER DATABASE {db} OWNER TO {role}"))
+            .expect("database owner");
+        OwnerSource {
+            url: role_url(&server, role, password, &db),
+            conninfo: format!(
+                "host=127.0.0.1 port={} user={role} password={password} dbname={db}",
+                server.port()
+            ),
+            server,
+            db,
+        }
+    }
+
+    /// [`Migration::with_source`] from this source, as its role.
+    pub fn migration(self, target_opts: PgOptions) -> Migration {
+        Migration::with_source(self.server, self.db, self.url, target_opts)
+    }
+}
+
 /// A source and a target server, the URLs ferry uses for them, the control
 /// address of `ferry run` and a directory for logs (and config files).
 #[derive(Debug)]
@@ -265,6 +319,40 @@ impl Migration {
                 .ok()??;
             Some(row.get::<_, String>(0))
         })
+    }
+
+    /// The single `int8` the target answers to `sql`; `None` when it cannot
+    /// answer (yet).
+    pub fn target_i64(&self, sql: &str) -> Option<i64> {
+        self.target_query(async |dst| {
+            let row = dst.query_opt(sql, &[]).await.ok()??;
+            Some(row.get::<_, i64>(0))
+        })
+    }
+
+    /// Wait until the running load committed its first chunk
+    /// (`ferry.chunks`), looking every 10 ms whatever [`Migration::poll`]
+    /// says, so that the test can still kill the load while it runs.
+    pub fn wait_first_chunk(&self, ferry: &mut Background) {
+        let start = Instant::now();
+        while self
+            .target_i64("SELECT count(*) FROM ferry.chunks")
+            .unwrap_or(0)
+            < 1
+        {
+            if let Some(code) = ferry.exited().expect("ferry process") {
+                panic!(
+                    "ferry exited during the load with {code:?}:\n{}",
+                    ferry.log()
+                );
+            }
+            assert!(
+                start.elapsed() < self.timeout,
+                "no chunk completed:\n{}",
+                ferry.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Run `f` on a fresh session to the target; `None` when it cannot

@@ -4,18 +4,15 @@
 //! concurrent writer that frees unique values and takes them again; then a
 //! fenced cutover and an exact source/target comparison.
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use ferry_e2e::migration::{LONG, Migration, target_options};
 use ferry_e2e::pgsync;
-use ferry_e2e::{Background, ferry, run};
 use ferry_testkit::{PgOptions, PgServer};
-
-const LONG: Duration = Duration::from_secs(180);
 
 const TABLES: &[&str] = &[
     "users",
@@ -63,26 +60,6 @@ INSERT INTO profiles SELECT g, 'pr' || g || '@x',
 INSERT INTO events SELECT g % 300, 'seed', CASE WHEN g % 3 = 0 THEN NULL ELSE '{"g": 1}' END::payload,
   timestamptz '2024-01-01 00:00:00+00' FROM generate_series(1, 3000) g;
 "#;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
 
 /// Value of an unlabelled metric in a `/metrics` response.
 fn metric(text: &str, name: &str) -> Option<f64> {
@@ -311,61 +288,27 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-fn wait_phase(ferry: &mut Background, cmd: &dyn Fn() -> std::process::Command, phase: &str) {
-    let start = Instant::now();
-    loop {
-        if let Some(code) = ferry.exited().unwrap() {
-            panic!("ferry exited with {code:?}:\n{}", ferry.log());
-        }
-        let ran = run(cmd().args(["status", "--json"])).unwrap();
-        if ran.code == Some(0) {
-            let v: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap_or_default();
-            if v["live"] == true && v["phase"] == phase {
-                return;
-            }
-        }
-        assert!(
-            start.elapsed() < LONG,
-            "never reached {phase}:\n{}",
-            ferry.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn application_constraints_domains_and_keyless_json_through_cutover() {
     let source = PgServer::start(PgOptions::new()).expect("source");
-    let target = PgServer::start(PgOptions::new().wal_level("replica")).expect("target");
     let sdb = source.create_database("app").unwrap();
-    let tdb = target.create_database("app").unwrap();
     source.psql(&sdb, SCHEMA).unwrap();
-    let (source_url, target_url) = (source.url(&sdb), target.url(&tdb));
-    let control = format!("127.0.0.1:{}", free_port());
-    let logs = tempfile::tempdir().unwrap();
-    let cmd = || {
-        let mut cmd = ferry(&source_url, &target_url).unwrap();
-        cmd.env("FERRY_SOURCE_SSLMODE", "disable")
-            .env("FERRY_TARGET_SSLMODE", "disable")
-            .env("FERRY_CONTROL_LISTEN", &control)
-            .env("FERRY_APPLY_BATCH_MS", "200");
-        cmd
-    };
+    let url = source.url(&sdb);
+    let m = Migration::with_source(source, sdb, url, target_options())
+        .env("FERRY_APPLY_BATCH_MS", "200");
 
-    let mut writer = AppWriter::start(&source_url);
+    let mut writer = AppWriter::start(&m.source_url);
     writer.wait_for(5);
-    let mut run_cmd = cmd();
-    run_cmd.env("FERRY_LOG", "info").arg("run");
-    let mut ferry = Background::spawn(run_cmd, &logs.path().join("run.log")).unwrap();
-    wait_phase(&mut ferry, &cmd, "stream");
+    let mut ferry = m.start("run");
+    m.wait_phase(&mut ferry, "stream");
     writer.wait_for(writer.committed() + 150);
 
     // Changes of the tables with other unique or exclusion constraints were
     // applied in source order, and /metrics counts them.
     let start = Instant::now();
     loop {
-        let m = http_get(&control, "/metrics");
-        let n = metric(&m, "ferry_apply_source_order_changes_total").unwrap_or(0.0);
+        let text = m.control_get("/metrics");
+        let n = metric(&text, "ferry_apply_source_order_changes_total").unwrap_or(0.0);
         if n > 0.0 {
             break;
         }
@@ -376,28 +319,17 @@ fn application_constraints_domains_and_keyless_json_through_cutover() {
         );
         assert!(
             start.elapsed() < LONG,
-            "no source-order changes counted:\n{m}"
+            "no source-order changes counted:\n{text}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
 
     writer.fencing.store(true, Ordering::Relaxed);
-    let cut = run(cmd().args([
-        "cutover",
-        "--fence",
-        "--max-lag",
-        "60s",
-        "--timeout",
-        "120s",
-    ]))
-    .unwrap();
-    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
-    assert!(cut.stdout.contains("cutover: done"), "{}", cut.all());
-    let code = ferry.wait(Duration::from_secs(60)).unwrap();
-    assert_eq!(code, Some(0), "ferry run exits 0 after cutover");
+    m.fenced_cutover(ferry, "60s");
     let committed = writer.stop();
     assert!(committed >= 155, "{committed}");
-    let log = strip_ansi(&std::fs::read_to_string(logs.path().join("run.log")).unwrap_or_default());
+    let log =
+        strip_ansi(&std::fs::read_to_string(m.logs.path().join("run.log")).unwrap_or_default());
     for t in ["public.users", "public.user_emails", "public.bookings"] {
         assert!(
             log.lines()
@@ -413,10 +345,9 @@ fn application_constraints_domains_and_keyless_json_through_cutover() {
         "slots has only a deferrable unique constraint: folded\n{log}"
     );
 
+    m.compare(TABLES);
     pgsync::runtime().block_on(async {
-        let src = pgsync::connect(&source_url).await.unwrap();
-        let dst = pgsync::connect(&target_url).await.unwrap();
-        pgsync::compare_tables(&src, &dst, TABLES).await.unwrap();
+        let dst = pgsync::connect(&m.target_url).await.unwrap();
         // The writer's changes are really there (not an empty comparison).
         let took: i64 = dst
             .query_one("SELECT count(*) FROM users WHERE name LIKE 'took %'", &[])

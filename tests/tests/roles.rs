@@ -7,114 +7,35 @@
 
 use std::time::{Duration, Instant};
 
+use ferry_e2e::migration::{LONG, Migration, OwnerSource, role_url, target_options};
 use ferry_e2e::pgsync::{self, BENCH_SCHEMA, Writer};
-use ferry_e2e::{Background, Ran, ferry, run};
+use ferry_e2e::run;
 use ferry_testkit::{PgOptions, PgServer};
 
 const BENCH_TABLES: &[&str] = &["branches", "tellers", "accounts", "history", "docs"];
-const LONG: Duration = Duration::from_secs(180);
 const ACCOUNTS: u32 = 100_000;
 const APP: &str = "app_owner";
 const APP_PW: &str = "app-owner-pw";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn role_url(server: &PgServer, user: &str, password: &str, db: &str) -> String {
-    format!(
-        "postgres://{user}:{password}@127.0.0.1:{}/{db}",
-        server.port()
-    )
-}
-
-struct Setup {
-    _source: PgServer,
-    _target: PgServer,
-    source_url: String,
-    target_url: String,
-    bystander_url: String,
-    control: String,
-    logs: tempfile::TempDir,
-}
-
-impl Setup {
-    fn cmd(&self) -> std::process::Command {
-        let mut cmd = ferry(&self.source_url, &self.target_url).unwrap();
-        cmd.env("FERRY_SOURCE_SSLMODE", "disable")
-            .env("FERRY_TARGET_SSLMODE", "disable")
-            .env("FERRY_CONTROL_LISTEN", &self.control)
-            .env("FERRY_APPLY_BATCH_MS", "100");
-        cmd
-    }
-
-    fn ferry(&self, args: &[&str]) -> Ran {
-        run(self.cmd().args(args)).unwrap()
-    }
-
-    fn start(&self, name: &str, env: &[(&str, &str)]) -> Background {
-        let mut cmd = self.cmd();
-        cmd.env("FERRY_LOG", "info").arg("run");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Background::spawn(cmd, &self.logs.path().join(format!("{name}.log"))).unwrap()
-    }
-
-    fn wait_phase(&self, ferry: &mut Background, phase: &str) {
-        let start = Instant::now();
-        loop {
-            if let Some(code) = ferry.exited().unwrap() {
-                panic!("ferry exited with {code:?}:\n{}", ferry.log());
-            }
-            let ran = self.ferry(&["status", "--json"]);
-            if ran.code == Some(0) {
-                let v: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap_or_default();
-                if v["live"] == true && v["phase"] == phase {
-                    return;
-                }
-            }
-            assert!(
-                start.elapsed() < LONG,
-                "never reached {phase}:\n{}",
-                ferry.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+/// A migration from `source_url` (a role of `source`) to a new target;
+/// waits poll every 100 ms.
+fn migration(source: PgServer, sdb: String, source_url: String) -> Migration {
+    Migration::with_source(source, sdb, source_url, target_options())
+        .poll(Duration::from_millis(100))
 }
 
 #[test]
 fn whole_migration_with_a_source_role_that_is_not_a_superuser() {
-    let source = PgServer::start(PgOptions::new()).expect("source");
-    let target = PgServer::start(PgOptions::new().wal_level("replica")).expect("target");
-    source
-        .create_role(APP, APP_PW, "LOGIN REPLICATION NOSUPERUSER")
-        .unwrap();
-    source
-        .psql("postgres", &format!("GRANT pg_signal_backend TO {APP}"))
-        .unwrap();
-    let sdb = source.create_database("src").unwrap();
-    source
-        .psql("postgres", &format!("ALTER DATABASE {sdb} OWNER TO {APP}"))
-        .unwrap();
-    let source_url = role_url(&source, APP, APP_PW, &sdb);
+    let owner = OwnerSource::start(PgOptions::new(), APP, APP_PW);
+    let source = &owner.server;
     // The application's tables belong to the application's role.
-    let as_app = format!(
-        "host=127.0.0.1 port={} user={APP} password={APP_PW} dbname={sdb}",
-        source.port()
-    );
-    source.psql_conninfo(&as_app, BENCH_SCHEMA).unwrap();
+    source.psql_conninfo(&owner.conninfo, BENCH_SCHEMA).unwrap();
     source
-        .psql_conninfo(&as_app, &pgsync::bench_data(ACCOUNTS, 300))
+        .psql_conninfo(&owner.conninfo, &pgsync::bench_data(ACCOUNTS, 300))
         .unwrap();
     let owners = source
         .psql(
-            &sdb,
+            &owner.db,
             "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'",
         )
         .unwrap();
@@ -127,16 +48,10 @@ fn whole_migration_with_a_source_role_that_is_not_a_superuser() {
         .unwrap();
     assert_eq!(is_super.trim(), "f");
 
-    let tdb = target.create_database("dst").unwrap();
-    let s = Setup {
-        target_url: target.url(&tdb),
-        bystander_url: source.url("postgres"),
-        source_url,
-        _source: source,
-        _target: target,
-        control: format!("127.0.0.1:{}", free_port()),
-        logs: tempfile::tempdir().unwrap(),
-    };
+    let bystander_url = source.url("postgres");
+    let s = owner
+        .migration(target_options())
+        .poll(Duration::from_millis(100));
 
     // plan
     let plan = s.ferry(&["plan"]);
@@ -155,32 +70,11 @@ fn whole_migration_with_a_source_role_that_is_not_a_superuser() {
         ("FERRY_LOAD_CHUNK_ROWS", "5000"),
         ("FERRY_LOAD_PARALLELISM", "1"),
     ];
-    let mut ferry = s.start("load", &chunks);
+    let mut ferry = s.start_with("load", &chunks);
     let rt = pgsync::runtime();
-    let t = Instant::now();
-    loop {
-        let done = rt.block_on(async {
-            let dst = pgsync::connect(&s.target_url).await.ok()?;
-            let row = dst
-                .query_opt("SELECT count(*) FROM ferry.chunks", &[])
-                .await
-                .ok()??;
-            Some(row.get::<_, i64>(0))
-        });
-        if done.unwrap_or(0) >= 1 {
-            break;
-        }
-        if let Some(code) = ferry.exited().unwrap() {
-            panic!(
-                "ferry exited during the load with {code:?}:\n{}",
-                ferry.log()
-            );
-        }
-        assert!(t.elapsed() < LONG, "no chunk completed:\n{}", ferry.log());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    s.wait_first_chunk(&mut ferry);
     ferry.kill9().unwrap();
-    let mut ferry = s.start("resume", &chunks);
+    let mut ferry = s.start_with("resume", &chunks);
     s.wait_phase(&mut ferry, "stream");
     assert!(
         ferry
@@ -191,42 +85,22 @@ fn whole_migration_with_a_source_role_that_is_not_a_superuser() {
     );
 
     // status
-    let status = s.ferry(&["status", "--json"]);
-    assert_eq!(status.code, Some(0), "{}", status.all());
-    let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let v = s.status();
     assert_eq!(v["phase"], "stream", "{v}");
     writer.wait_for(writer.committed() + 100, LONG).unwrap();
 
     // fenced cutover under writes
     // A superuser session in another database of the server: the fence
     // must neither end it nor try to (the role may not end a superuser's).
-    let bystander = rt.block_on(pgsync::connect(&s.bystander_url)).unwrap();
-    let cut = s.ferry(&[
-        "cutover",
-        "--fence",
-        "--max-lag",
-        "60s",
-        "--timeout",
-        "120s",
-    ]);
-    let run_log = ferry.log();
-    assert_eq!(cut.code, Some(0), "{}\n{run_log}", cut.all());
-    assert!(cut.stdout.contains("cutover: done"), "{}", cut.all());
-    let code = ferry.wait(Duration::from_secs(60)).unwrap();
-    assert_eq!(code, Some(0), "{run_log}");
+    let bystander = rt.block_on(pgsync::connect(&bystander_url)).unwrap();
+    s.fenced_cutover(ferry, "60s");
     let alive: i32 = rt
         .block_on(bystander.query_one("SELECT 1", &[]))
         .expect("the session in another database survives the fence")
         .get(0);
     assert_eq!(alive, 1);
     let _ = writer.stop();
-    rt.block_on(async {
-        let src = pgsync::connect(&s.source_url).await.unwrap();
-        let dst = pgsync::connect(&s.target_url).await.unwrap();
-        pgsync::compare_tables(&src, &dst, BENCH_TABLES)
-            .await
-            .unwrap();
-    });
+    s.compare(BENCH_TABLES);
 
     // cleanup
     let clean = s.ferry(&["cleanup"]);
@@ -254,9 +128,7 @@ fn a_publication_created_beforehand_is_checked_used_and_kept() {
     const MIG: &str = "migrator";
     const MIG_PW: &str = "migrator-pw";
     let source = PgServer::start(PgOptions::new()).expect("source");
-    let target = PgServer::start(PgOptions::new().wal_level("replica")).expect("target");
     let sdb = source.create_database("src").unwrap();
-    let tdb = target.create_database("dst").unwrap();
     source.psql(&sdb, BENCH_SCHEMA).unwrap();
     source.psql(&sdb, &pgsync::bench_data(20_000, 200)).unwrap();
     source
@@ -273,25 +145,12 @@ fn a_publication_created_beforehand_is_checked_used_and_kept() {
             ),
         )
         .unwrap();
-    let s = Setup {
-        source_url: role_url(&source, MIG, MIG_PW, &sdb),
-        target_url: target.url(&tdb),
-        bystander_url: source.url("postgres"),
-        _source: source,
-        _target: target,
-        control: format!("127.0.0.1:{}", free_port()),
-        logs: tempfile::tempdir().unwrap(),
-    };
-    let with_pub = |args: &[&str]| -> Ran {
-        run(s
-            .cmd()
-            .env("FERRY_POSTGRES_PUBLICATION", "app_pub")
-            .args(args))
-        .unwrap()
-    };
+    let url = role_url(&source, MIG, MIG_PW, &sdb);
+    let s = migration(source, sdb, url).env("FERRY_POSTGRES_PUBLICATION", "app_pub");
+    let sdb = &s.source_db;
 
     // Not covering docs, nor truncate: refused with both fixes.
-    let plan = with_pub(&["plan"]);
+    let plan = s.ferry(&["plan"]);
     assert_eq!(plan.code, Some(2), "{}", plan.all());
     assert!(
         plan.stdout.contains(
@@ -306,14 +165,14 @@ fn a_publication_created_beforehand_is_checked_used_and_kept() {
         "{}",
         plan.stdout
     );
-    s._source
+    s.source
         .psql(
-            &sdb,
+            sdb,
             "ALTER PUBLICATION app_pub ADD TABLE docs;
              ALTER PUBLICATION app_pub SET (publish = 'insert, update, delete, truncate');",
         )
         .unwrap();
-    let plan = with_pub(&["plan"]);
+    let plan = s.ferry(&["plan"]);
     assert_eq!(plan.code, Some(0), "{}", plan.all());
     assert!(
         plan.stdout.contains(
@@ -324,25 +183,18 @@ fn a_publication_created_beforehand_is_checked_used_and_kept() {
     );
 
     // Run under writes, stop the writes, cut over, clean up.
-    let mut writer = Writer::start(&s._source.url(&sdb), 20_000);
+    let mut writer = Writer::start(&s.source.url(sdb), 20_000);
     writer.wait_for(20, LONG).unwrap();
-    let mut cmd = s.cmd();
-    cmd.env("FERRY_LOG", "info")
-        .env("FERRY_POSTGRES_PUBLICATION", "app_pub")
-        .arg("run");
-    let mut ferry = Background::spawn(cmd, &s.logs.path().join("run.log")).unwrap();
+    let mut ferry = s.start("run");
     s.wait_phase(&mut ferry, "stream");
     writer.wait_for(writer.committed() + 100, LONG).unwrap();
     writer.stop().unwrap();
-    let cut = with_pub(&["cutover", "--max-lag", "60s", "--timeout", "120s"]);
-    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
-    let code = ferry.wait(Duration::from_secs(60)).unwrap();
-    assert_eq!(code, Some(0));
-    let clean = with_pub(&["cleanup"]);
+    s.cutover(ferry, &["--max-lag", "60s", "--timeout", "120s"]);
+    let clean = s.ferry(&["cleanup"]);
     assert_eq!(clean.code, Some(0), "{}", clean.all());
     let rt = pgsync::runtime();
     rt.block_on(async {
-        let src = pgsync::connect(&s._source.url(&sdb)).await.unwrap();
+        let src = pgsync::connect(&s.source.url(sdb)).await.unwrap();
         let dst = pgsync::connect(&s.target_url).await.unwrap();
         pgsync::compare_tables(&src, &dst, BENCH_TABLES)
             .await
@@ -489,42 +341,25 @@ async fn audits(c: &tokio_postgres::Client) -> i64 {
 /// the target fire the triggers and the foreign key again.
 #[test]
 fn whole_migration_with_a_target_role_that_cannot_set_session_replication_role() {
-    let source = PgServer::start(PgOptions::new()).expect("source");
-    let target = PgServer::start(PgOptions::new().wal_level("replica")).expect("target");
-    source
-        .create_role(APP, APP_PW, "LOGIN REPLICATION NOSUPERUSER")
+    let owner = OwnerSource::start(PgOptions::new(), APP, APP_PW);
+    owner
+        .server
+        .psql_conninfo(&owner.conninfo, APP_SCHEMA)
         .unwrap();
-    source
-        .psql("postgres", &format!("GRANT pg_signal_backend TO {APP}"))
-        .unwrap();
-    let sdb = source.create_database("src").unwrap();
-    source
-        .psql("postgres", &format!("ALTER DATABASE {sdb} OWNER TO {APP}"))
-        .unwrap();
-    let as_app = format!(
-        "host=127.0.0.1 port={} user={APP} password={APP_PW} dbname={sdb}",
-        source.port()
-    );
-    source.psql_conninfo(&as_app, APP_SCHEMA).unwrap();
-    target
+    let mut s = owner
+        .migration(target_options())
+        .poll(Duration::from_millis(100));
+    // ferry reaches the target as a role that owns the database.
+    s.target
         .create_role(TARGET_ROLE, TARGET_PW, "LOGIN NOSUPERUSER")
         .unwrap();
-    let tdb = target.create_database("dst").unwrap();
-    target
+    s.target
         .psql(
             "postgres",
-            &format!("ALTER DATABASE {tdb} OWNER TO {TARGET_ROLE}"),
+            &format!("ALTER DATABASE {} OWNER TO {TARGET_ROLE}", s.target_db),
         )
         .unwrap();
-    let s = Setup {
-        source_url: role_url(&source, APP, APP_PW, &sdb),
-        target_url: role_url(&target, TARGET_ROLE, TARGET_PW, &tdb),
-        bystander_url: source.url("postgres"),
-        _source: source,
-        _target: target,
-        control: format!("127.0.0.1:{}", free_port()),
-        logs: tempfile::tempdir().unwrap(),
-    };
+    s.target_url = role_url(&s.target, TARGET_ROLE, TARGET_PW, &s.target_db);
     let rt = pgsync::runtime();
 
     // plan: not refused; says what happens instead.
@@ -542,7 +377,7 @@ fn whole_migration_with_a_target_role_that_cannot_set_session_replication_role()
     // run under writes; kill -9 during the stream; resume.
     let writer = AppWriter::start(&s.source_url);
     writer.wait_for(20);
-    let mut ferry = s.start("run", &[]);
+    let mut ferry = s.start("run");
     s.wait_phase(&mut ferry, "stream");
     let log = ferry.log();
     assert!(log.contains("no-replica-role mode"), "{log}");
@@ -567,32 +402,19 @@ fn whole_migration_with_a_target_role_that_cannot_set_session_replication_role()
     writer.wait_for(writer.committed() + 50);
     ferry.kill9().unwrap();
     writer.wait_for(writer.committed() + 50);
-    let mut ferry = s.start("resume", &[]);
+    let mut ferry = s.start("resume");
     s.wait_phase(&mut ferry, "stream");
     writer.wait_for(writer.committed() + 100);
 
     // fenced cutover under writes
-    let cut = s.ferry(&[
-        "cutover",
-        "--fence",
-        "--max-lag",
-        "60s",
-        "--timeout",
-        "120s",
-    ]);
-    let run_log = ferry.log();
-    assert_eq!(cut.code, Some(0), "{}\n{run_log}", cut.all());
-    assert!(cut.stdout.contains("cutover: done"), "{}", cut.all());
+    let cut = s.fenced_cutover(ferry, "60s");
     assert!(
         cut.stdout
             .contains("foreign key child_parent_id_fkey on public.child: re-created"),
         "{}",
         cut.all()
     );
-    let log = s.logs.path().join("resume.log");
-    let code = ferry.wait(Duration::from_secs(60)).unwrap();
-    let run_log = std::fs::read_to_string(log).unwrap();
-    assert_eq!(code, Some(0), "{run_log}");
+    let run_log = std::fs::read_to_string(s.logs.path().join("resume.log")).unwrap();
     // Validated once the target is released, by the run before it exits.
     assert!(run_log.contains("foreign key validated"), "{run_log}");
     writer.stop();

@@ -6,106 +6,33 @@
 
 use std::time::Duration;
 
+use ferry_e2e::migration::{LONG, Migration, target_options};
 use ferry_e2e::pgsync::{self, BENCH_SCHEMA, Writer};
-use ferry_e2e::{Background, ferry};
-use ferry_testkit::{PgOptions, PgServer};
+use ferry_testkit::PgOptions;
 
 const BENCH_TABLES: &[&str] = &["branches", "tellers", "accounts", "history", "docs"];
-const LONG: Duration = Duration::from_secs(180);
 
-struct Setup {
-    source: PgServer,
-    target: PgServer,
-    source_url: String,
-    target_url: String,
-    logs: tempfile::TempDir,
+/// A source holding `schema_sql`, an empty target; `ferry run` listens on
+/// any free port.
+fn migration(schema_sql: &str) -> Migration {
+    Migration::new(PgOptions::new(), target_options(), schema_sql)
+        .env("FERRY_CONTROL_LISTEN", "127.0.0.1:0")
+        .poll(Duration::from_millis(100))
 }
 
-fn setup(accounts: u32, docs: u32) -> Setup {
-    let source = PgServer::start(PgOptions::new()).expect("source");
-    let target = PgServer::start(PgOptions::new().wal_level("replica")).expect("target");
-    let sdb = source.create_database("src").unwrap();
-    let tdb = target.create_database("dst").unwrap();
-    source.psql(&sdb, BENCH_SCHEMA).unwrap();
-    source
-        .psql(&sdb, &pgsync::bench_data(accounts, docs))
+fn setup(accounts: u32, docs: u32) -> Migration {
+    let m = migration(BENCH_SCHEMA);
+    m.source
+        .psql(&m.source_db, &pgsync::bench_data(accounts, docs))
         .unwrap();
-    Setup {
-        source_url: source.url(&sdb),
-        target_url: target.url(&tdb),
-        source,
-        target,
-        logs: tempfile::tempdir().unwrap(),
-    }
+    m
 }
 
-impl Setup {
-    fn ferry_run(&self, name: &str, env: &[(&str, &str)]) -> Background {
-        let mut cmd = ferry(&self.source_url, &self.target_url).unwrap();
-        cmd.env("FERRY_LOG", "info")
-            .env("FERRY_SOURCE_SSLMODE", "disable")
-            .env("FERRY_TARGET_SSLMODE", "disable")
-            .env("FERRY_CONTROL_LISTEN", "127.0.0.1:0")
-            .env("FERRY_APPLY_BATCH_MS", "100")
-            .arg("run");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Background::spawn(cmd, &self.logs.path().join(format!("{name}.log"))).unwrap()
-    }
-
-    /// Stop writes, wait for the checkpoint to pass the source position, compare.
-    fn finish_and_compare(&self, writer: Writer, tables: &[&str]) {
-        let committed = writer.stop().expect("writer");
-        assert!(committed > 0, "the writer committed nothing");
-        self.compare_now(tables);
-    }
-
-    /// With writes stopped: wait for the checkpoint to pass the source
-    /// position, then compare `tables` exactly.
-    fn compare_now(&self, tables: &[&str]) {
-        let rt = pgsync::runtime();
-        rt.block_on(async {
-            let src = pgsync::connect(&self.source_url).await.unwrap();
-            let lsn = pgsync::current_lsn(&src).await.unwrap();
-            pgsync::wait_applied(&self.target_url, lsn, LONG)
-                .await
-                .unwrap();
-            let dst = pgsync::connect(&self.target_url).await.unwrap();
-            pgsync::compare_tables(&src, &dst, tables).await.unwrap();
-        });
-    }
-
-    fn wait_streaming(&self, ferry: &mut Background) {
-        let rt = pgsync::runtime();
-        let start = std::time::Instant::now();
-        loop {
-            if let Some(code) = ferry.exited().unwrap() {
-                panic!("ferry exited early with {code:?}:\n{}", ferry.log());
-            }
-            let applied = rt.block_on(async {
-                let dst = pgsync::connect(&self.target_url).await.ok()?;
-                pgsync::applied_lsn(&dst).await.ok().flatten()
-            });
-            let streaming = rt.block_on(async {
-                let dst = pgsync::connect(&self.target_url).await.ok()?;
-                let row = dst
-                    .query_opt("SELECT phase FROM ferry.pipeline", &[])
-                    .await
-                    .ok()??;
-                Some(row.get::<_, String>(0))
-            });
-            if applied.is_some() && matches!(streaming.as_deref(), Some("stream" | "catchup")) {
-                return;
-            }
-            assert!(
-                start.elapsed() < LONG,
-                "ferry never reached streaming:\n{}",
-                ferry.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+/// Stop writes, wait for the checkpoint to pass the source position, compare.
+fn finish_and_compare(s: &Migration, writer: Writer, tables: &[&str]) {
+    let committed = writer.stop().expect("writer");
+    assert!(committed > 0, "the writer committed nothing");
+    s.compare_caught_up(tables);
 }
 
 #[test]
@@ -113,17 +40,15 @@ fn load_and_stream_under_concurrent_writes() {
     let s = setup(60_000, 3_000);
     let mut writer = Writer::start(&s.source_url, 60_000);
     writer.wait_for(50, LONG).unwrap();
-    let mut ferry = s.ferry_run("run", &[]);
+    let mut ferry = s.start("run");
     s.wait_streaming(&mut ferry);
     let seen = writer.committed();
     writer.wait_for(seen + 300, LONG).unwrap();
-    s.finish_and_compare(writer, BENCH_TABLES);
+    finish_and_compare(&s, writer, BENCH_TABLES);
     let code = ferry
         .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
         .unwrap();
     assert_eq!(code, Some(0), "SIGTERM must finish the batch and exit 0");
-    let _ = &s.source;
-    let _ = &s.target;
 }
 
 #[test]
@@ -138,38 +63,13 @@ fn kill9_during_load_between_apply_and_ack_and_mid_stream() {
     ];
 
     // 1. Crash during the load, after at least one chunk committed.
-    let mut ferry = s.ferry_run("load-crash", &chunks);
-    let rt = pgsync::runtime();
-    let start = std::time::Instant::now();
-    loop {
-        let done: i64 = rt
-            .block_on(async {
-                let dst = pgsync::connect(&s.target_url).await.ok()?;
-                let row = dst
-                    .query_opt("SELECT count(*) FROM ferry.chunks", &[])
-                    .await
-                    .ok()??;
-                Some(row.get::<_, i64>(0))
-            })
-            .unwrap_or(0);
-        if done >= 1 {
-            break;
-        }
-        if let Some(code) = ferry.exited().unwrap() {
-            panic!("ferry exited during load with {code:?}:\n{}", ferry.log());
-        }
-        assert!(
-            start.elapsed() < LONG,
-            "no chunk completed:\n{}",
-            ferry.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut ferry = s.start_with("load-crash", &chunks);
+    s.wait_first_chunk(&mut ferry);
     ferry.kill9().unwrap();
 
     // 2. Resume, then crash at each failpoint of the applier under writes;
     //    after each crash, resume with the writer stopped and compare exactly.
-    let mut ferry = s.ferry_run("resume", &chunks);
+    let mut ferry = s.start_with("resume", &chunks);
     s.wait_streaming(&mut ferry);
     let mut writer = Some(writer);
     for (point, debug_name) in [
@@ -179,7 +79,7 @@ fn kill9_during_load_between_apply_and_ack_and_mid_stream() {
         let w = writer.as_mut().expect("writer running");
         w.wait_for(w.committed() + 50, LONG).unwrap();
         ferry.kill9().unwrap();
-        let failing = s.ferry_run(point, &[("FERRY_FAILPOINT", point)]);
+        let failing = s.start_with(point, &[("FERRY_FAILPOINT", point)]);
         let status = failing.wait_status(LONG).unwrap();
         let log = std::fs::read_to_string(s.logs.path().join(format!("{point}.log"))).unwrap();
         assert!(
@@ -200,25 +100,25 @@ fn kill9_during_load_between_apply_and_ack_and_mid_stream() {
             .stop()
             .expect("writer");
         assert!(committed > 0, "the writer committed nothing");
-        ferry = s.ferry_run(&format!("{point}-resume"), &[]);
+        ferry = s.start(&format!("{point}-resume"));
         s.wait_streaming(&mut ferry);
-        s.compare_now(BENCH_TABLES);
+        s.compare_caught_up(BENCH_TABLES);
         writer = Some(Writer::start(&s.source_url, 400_000));
     }
     let mut writer = writer.expect("writer running");
     ferry.kill9().unwrap();
 
     // 3. Crash mid-stream under writes.
-    let mut ferry = s.ferry_run("stream-crash", &[]);
+    let mut ferry = s.start("stream-crash");
     s.wait_streaming(&mut ferry);
     let seen = writer.committed();
     writer.wait_for(seen + 200, LONG).unwrap();
     ferry.kill9().unwrap();
 
     // 4. Resume to the end.
-    let mut ferry = s.ferry_run("final", &[]);
+    let mut ferry = s.start("final");
     s.wait_streaming(&mut ferry);
-    s.finish_and_compare(writer, BENCH_TABLES);
+    finish_and_compare(&s, writer, BENCH_TABLES);
     let code = ferry
         .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
         .unwrap();
@@ -229,7 +129,7 @@ fn kill9_during_load_between_apply_and_ack_and_mid_stream() {
 fn source_and_target_restart_mid_stream() {
     let mut s = setup(20_000, 500);
     let mut writer = Writer::start(&s.source_url, 20_000);
-    let mut ferry = s.ferry_run("run", &[]);
+    let mut ferry = s.start("run");
     s.wait_streaming(&mut ferry);
     writer.wait_for(writer.committed() + 100, LONG).unwrap();
 
@@ -245,7 +145,7 @@ fn source_and_target_restart_mid_stream() {
         ferry.log()
     );
 
-    s.finish_and_compare(writer, BENCH_TABLES);
+    finish_and_compare(&s, writer, BENCH_TABLES);
     let log = ferry.log();
     assert!(log.contains("reconnect"), "reconnects are logged:\n{log}");
     let code = ferry
@@ -259,41 +159,23 @@ fn source_and_target_restart_mid_stream() {
 /// keep working; declared insert-only it is published for inserts alone.
 #[test]
 fn keyless_table_is_refused_or_published_insert_only() {
-    let source = PgServer::start(PgOptions::new()).expect("source");
-    let target = PgServer::start(PgOptions::new().wal_level("replica")).expect("target");
-    let sdb = source.create_database("src").unwrap();
-    let tdb = target.create_database("dst").unwrap();
-    source
-        .psql(
-            &sdb,
-            "CREATE TABLE orders (id int PRIMARY KEY, total int NOT NULL);
-             CREATE TABLE app_log (at int NOT NULL, line text);
-             INSERT INTO orders SELECT i, i FROM generate_series(1, 100) i;
-             INSERT INTO app_log SELECT i, 'boot ' || i FROM generate_series(1, 100) i;",
-        )
-        .unwrap();
-    let s = Setup {
-        source_url: source.url(&sdb),
-        target_url: target.url(&tdb),
-        source,
-        target,
-        logs: tempfile::tempdir().unwrap(),
-    };
+    let s = migration(
+        "CREATE TABLE orders (id int PRIMARY KEY, total int NOT NULL);
+         CREATE TABLE app_log (at int NOT NULL, line text);
+         INSERT INTO orders SELECT i, i FROM generate_series(1, 100) i;
+         INSERT INTO app_log SELECT i, 'boot ' || i FROM generate_series(1, 100) i;",
+    );
     let rt = pgsync::runtime();
     let src = rt.block_on(pgsync::connect(&s.source_url)).unwrap();
     let dst_url = s.target_url.clone();
 
     // 1. Not declared: plan and run refuse it, naming the table; nothing is
     //    created on the source and the application's UPDATE still works.
-    let mut plan = ferry(&s.source_url, &s.target_url).unwrap();
-    plan.env("FERRY_SOURCE_SSLMODE", "disable")
-        .env("FERRY_TARGET_SSLMODE", "disable")
-        .arg("plan");
-    let planned = ferry_e2e::run(&mut plan).unwrap();
+    let planned = s.ferry(&["plan"]);
     assert_eq!(planned.code, Some(2), "{}", planned.all());
     let refused_check = "public.app_log has no primary key and REPLICA IDENTITY DEFAULT";
     assert!(planned.stdout.contains(refused_check), "{}", planned.all());
-    let run = s.ferry_run("refused", &[]);
+    let run = s.start("refused");
     let status = run.wait_status(LONG).unwrap();
     let log = std::fs::read_to_string(s.logs.path().join("refused.log")).unwrap();
     assert_eq!(status.code(), Some(2), "run must refuse:\n{log}");
@@ -321,12 +203,7 @@ fn keyless_table_is_refused_or_published_insert_only() {
     // 2. Declared insert-only: plan, run and status say so; the table is
     //    published for inserts alone and UPDATE/DELETE keep working.
     let only = [("FERRY_TABLES_INSERT_ONLY", "public.app_log")];
-    let mut plan = ferry(&s.source_url, &s.target_url).unwrap();
-    plan.env("FERRY_SOURCE_SSLMODE", "disable")
-        .env("FERRY_TARGET_SSLMODE", "disable")
-        .envs(only)
-        .arg("plan");
-    let planned = ferry_e2e::run(&mut plan).unwrap();
+    let planned = ferry_e2e::run(s.cmd().envs(only).arg("plan")).unwrap();
     assert_eq!(planned.code, Some(0), "{}", planned.all());
     assert!(
         planned.stdout.contains("public.app_log is insert-only")
@@ -334,7 +211,7 @@ fn keyless_table_is_refused_or_published_insert_only() {
         "{}",
         planned.all()
     );
-    let mut ferry_run = s.ferry_run("insert-only", &only);
+    let mut ferry_run = s.start_with("insert-only", &only);
     s.wait_streaming(&mut ferry_run);
     rt.block_on(async {
         let row = src
@@ -385,14 +262,7 @@ fn keyless_table_is_refused_or_published_insert_only() {
             .await
             .unwrap();
     });
-    let mut status = ferry(&s.source_url, &s.target_url).unwrap();
-    status
-        .env("FERRY_SOURCE_SSLMODE", "disable")
-        .env("FERRY_TARGET_SSLMODE", "disable")
-        .env("FERRY_CONTROL_LISTEN", "127.0.0.1:0")
-        .envs(only)
-        .arg("status");
-    let shown = ferry_e2e::run(&mut status).unwrap();
+    let shown = ferry_e2e::run(s.cmd().envs(only).arg("status")).unwrap();
     assert!(
         shown.stdout.contains("insert-only  public.app_log"),
         "{}",
@@ -400,13 +270,14 @@ fn keyless_table_is_refused_or_published_insert_only() {
     );
     // Cutover validation names the insert-only table whose counts differ
     // (its delete was not carried) instead of passing it silently.
-    let mut cut = ferry(&s.source_url, &s.target_url).unwrap();
-    cut.env("FERRY_SOURCE_SSLMODE", "disable")
-        .env("FERRY_TARGET_SSLMODE", "disable")
-        .env("FERRY_CONTROL_LISTEN", "127.0.0.1:0")
-        .envs(only)
-        .args(["cutover", "--max-lag", "30s", "--timeout", "60s"]);
-    let refused = ferry_e2e::run(&mut cut).unwrap();
+    let refused = ferry_e2e::run(s.cmd().envs(only).args([
+        "cutover",
+        "--max-lag",
+        "30s",
+        "--timeout",
+        "60s",
+    ]))
+    .unwrap();
     assert_eq!(refused.code, Some(2), "{}", refused.all());
     assert!(
         refused

@@ -10,200 +10,104 @@
 
 use std::time::{Duration, Instant};
 
+use ferry_e2e::migration::{LONG, Migration, OwnerSource};
 use ferry_e2e::pgsync::{self, BENCH_SCHEMA, Writer};
-use ferry_e2e::{Background, Ran, ferry, run};
-use ferry_testkit::{PgOptions, PgServer};
+use ferry_testkit::PgOptions;
 
 const BENCH_TABLES: &[&str] = &["branches", "tellers", "accounts", "history", "docs"];
-const LONG: Duration = Duration::from_secs(180);
 const ACCOUNTS: u32 = 100_000;
 const APP: &str = "app_owner";
 const APP_PW: &str = "app-owner-pw";
 
-struct Pair {
-    source_major: u32,
-    _source: PgServer,
-    _target: PgServer,
-    source_url: String,
-    target_url: String,
-    pg_dump: String,
-    control: String,
-    logs: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn pair(source_major: u32, target_major: u32) -> Pair {
+/// A migration between PostgreSQL `source_major` and `target_major`, with
+/// the source's `pg_dump` (also returned).
+fn pair(source_major: u32, target_major: u32) -> (Migration, String) {
     let mut opts = PgOptions::new().version(source_major);
     if source_major >= 13 {
         // Small enough that the large transaction below is streamed (14+).
         opts = opts.setting("logical_decoding_work_mem", "64kB");
     }
-    let source = PgServer::start(opts).expect("source");
-    let target = PgServer::start(PgOptions::new().version(target_major).wal_level("replica"))
-        .expect("target");
-    let sdb = source.create_database("src").unwrap();
-    let tdb = target.create_database("dst").unwrap();
     // ferry and the application connect as a role that is not a superuser:
     // REPLICATION, owner of the database and its tables, and (for the
     // fence) pg_signal_backend — what RDS/Aurora can give.
+    let owner = OwnerSource::start(opts, APP, APP_PW);
+    let source = &owner.server;
+    source.psql_conninfo(&owner.conninfo, BENCH_SCHEMA).unwrap();
     source
-        .create_role(APP, APP_PW, "LOGIN REPLICATION NOSUPERUSER")
-        .unwrap();
-    source
-        .psql(
-            "postgres",
-            &format!("GRANT pg_signal_backend TO {APP}; ALTER DATABASE {sdb} OWNER TO {APP}"),
-        )
-        .unwrap();
-    let as_app = format!(
-        "host=127.0.0.1 port={} user={APP} password={APP_PW} dbname={sdb}",
-        source.port()
-    );
-    source.psql_conninfo(&as_app, BENCH_SCHEMA).unwrap();
-    source
-        .psql_conninfo(&as_app, &pgsync::bench_data(ACCOUNTS, 300))
+        .psql_conninfo(&owner.conninfo, &pgsync::bench_data(ACCOUNTS, 300))
         .unwrap();
     let pg_dump = ferry_testkit::pg_dump_for(source_major).expect("pg_dump");
-    Pair {
-        source_major,
-        source_url: format!(
-            "postgres://{APP}:{APP_PW}@127.0.0.1:{}/{sdb}",
-            source.port()
-        ),
-        target_url: target.url(&tdb),
-        _source: source,
-        _target: target,
-        pg_dump: pg_dump.to_string_lossy().into_owned(),
-        control: format!("127.0.0.1:{}", free_port()),
-        logs: tempfile::tempdir().unwrap(),
-    }
+    let pg_dump = pg_dump.to_string_lossy().into_owned();
+    let target_opts = PgOptions::new().version(target_major).wal_level("replica");
+    let m = owner
+        .migration(target_opts)
+        .env("FERRY_PG_DUMP", &pg_dump)
+        .poll(Duration::from_millis(100));
+    (m, pg_dump)
 }
 
-impl Pair {
-    fn cmd(&self) -> std::process::Command {
-        let mut cmd = ferry(&self.source_url, &self.target_url).unwrap();
-        cmd.env("FERRY_SOURCE_SSLMODE", "disable")
-            .env("FERRY_TARGET_SSLMODE", "disable")
-            .env("FERRY_CONTROL_LISTEN", &self.control)
-            .env("FERRY_APPLY_BATCH_MS", "100")
-            .env("FERRY_PG_DUMP", &self.pg_dump);
-        cmd
-    }
-
-    fn ferry(&self, args: &[&str]) -> Ran {
-        run(self.cmd().args(args)).unwrap()
-    }
-
-    fn start(&self, name: &str, env: &[(&str, &str)]) -> Background {
-        let mut cmd = self.cmd();
-        cmd.env("FERRY_LOG", "info").arg("run");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Background::spawn(cmd, &self.logs.path().join(format!("{name}.log"))).unwrap()
-    }
-
-    fn target_i64(&self, sql: &str) -> Option<i64> {
-        pgsync::runtime().block_on(async {
-            let dst = pgsync::connect(&self.target_url).await.ok()?;
-            let row = dst.query_opt(sql, &[]).await.ok()??;
-            Some(row.get::<_, i64>(0))
-        })
-    }
-
-    fn wait_phase(&self, ferry: &mut Background, phase: &str) {
-        let start = Instant::now();
-        loop {
-            if let Some(code) = ferry.exited().unwrap() {
-                panic!("ferry exited with {code:?}:\n{}", ferry.log());
-            }
-            let ran = self.ferry(&["status", "--json"]);
-            if ran.code == Some(0) {
-                let v: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap_or_default();
-                if v["live"] == true && v["phase"] == phase {
-                    return;
-                }
-            }
-            assert!(
-                start.elapsed() < LONG,
-                "never reached {phase}:\n{}",
-                ferry.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// `ferry plan` passes and names what this source version cannot do.
-    fn plan_names_the_version_features(&self) {
-        let ran = self.ferry(&["plan"]);
-        assert_eq!(ran.code, Some(0), "{}", ran.all());
+/// `ferry plan` passes and names what this source version cannot do.
+fn plan_names_the_version_features(p: &Migration, source_major: u32, pg_dump: &str) {
+    let ran = p.ferry(&["plan"]);
+    assert_eq!(ran.code, Some(0), "{}", ran.all());
+    assert!(
+        ran.stdout.contains("plan: runnable (5 tables)"),
+        "{}",
+        ran.all()
+    );
+    let m = source_major;
+    let line = |name: &str| -> String {
+        ran.stdout
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no `{name}` check:\n{}", ran.stdout))
+            .to_owned()
+    };
+    assert!(
+        line("server version").contains(&format!("PostgreSQL {m}")),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        line("pg_dump").contains(&format!(
+            "pg_dump (PostgreSQL) {}",
+            ferry_testkit::binary_major(std::path::Path::new(pg_dump)).unwrap()
+        )),
+        "{}",
+        ran.stdout
+    );
+    let streaming = line("large-transaction streaming");
+    if m >= 14 {
         assert!(
-            ran.stdout.contains("plan: runnable (5 tables)"),
-            "{}",
-            ran.all()
+            streaming.contains("on (pgoutput protocol 2)"),
+            "{streaming}"
         );
-        let m = self.source_major;
-        let line = |name: &str| -> String {
-            ran.stdout
-                .lines()
-                .find(|l| l.contains(name))
-                .unwrap_or_else(|| panic!("no `{name}` check:\n{}", ran.stdout))
-                .to_owned()
-        };
         assert!(
-            line("server version").contains(&format!("PostgreSQL {m}")),
+            !ran.stdout.contains("partition-root publishing"),
             "{}",
             ran.stdout
         );
+    } else {
+        assert!(streaming.starts_with("  WARN"), "{streaming}");
         assert!(
-            line("pg_dump").contains(&format!(
-                "pg_dump (PostgreSQL) {}",
-                ferry_testkit::binary_major(std::path::Path::new(&self.pg_dump)).unwrap()
+            streaming.contains(&format!(
+                "unavailable on PostgreSQL {m} (pgoutput protocol 2 needs 14)"
             )),
-            "{}",
-            ran.stdout
+            "{streaming}"
         );
-        let streaming = line("large-transaction streaming");
-        if m >= 14 {
+        let partition = ran
+            .stdout
+            .lines()
+            .find(|l| l.contains("partition-root publishing"));
+        if m < 13 {
+            let partition = partition.unwrap_or_else(|| panic!("{}", ran.stdout));
             assert!(
-                streaming.contains("on (pgoutput protocol 2)"),
-                "{streaming}"
-            );
-            assert!(
-                !ran.stdout.contains("partition-root publishing"),
-                "{}",
-                ran.stdout
+                partition
+                    .contains("unavailable on PostgreSQL 12 (publish_via_partition_root needs 13)"),
+                "{partition}"
             );
         } else {
-            assert!(streaming.starts_with("  WARN"), "{streaming}");
-            assert!(
-                streaming.contains(&format!(
-                    "unavailable on PostgreSQL {m} (pgoutput protocol 2 needs 14)"
-                )),
-                "{streaming}"
-            );
-            let partition = ran
-                .stdout
-                .lines()
-                .find(|l| l.contains("partition-root publishing"));
-            if m < 13 {
-                let partition = partition.unwrap_or_else(|| panic!("{}", ran.stdout));
-                assert!(
-                    partition.contains(
-                        "unavailable on PostgreSQL 12 (publish_via_partition_root needs 13)"
-                    ),
-                    "{partition}"
-                );
-            } else {
-                assert!(partition.is_none(), "{}", ran.stdout);
-            }
+            assert!(partition.is_none(), "{}", ran.stdout);
         }
     }
 }
@@ -219,9 +123,9 @@ fn step(started: Instant, what: &str) {
 /// One migration between PostgreSQL `source_major` and `target_major`.
 fn migrate(source_major: u32, target_major: u32) {
     let started = Instant::now();
-    let p = pair(source_major, target_major);
+    let (p, pg_dump) = pair(source_major, target_major);
     step(started, "servers up, data loaded");
-    p.plan_names_the_version_features();
+    plan_names_the_version_features(&p, source_major, &pg_dump);
     step(started, "plan checked");
 
     let mut writer = Writer::start(&p.source_url, ACCOUNTS);
@@ -232,28 +136,14 @@ fn migrate(source_major: u32, target_major: u32) {
         ("FERRY_LOAD_CHUNK_ROWS", "5000"),
         ("FERRY_LOAD_PARALLELISM", "1"),
     ];
-    let mut ferry = p.start("load", &chunks);
-    let t = Instant::now();
-    while p
-        .target_i64("SELECT count(*) FROM ferry.chunks")
-        .unwrap_or(0)
-        < 1
-    {
-        if let Some(code) = ferry.exited().unwrap() {
-            panic!(
-                "ferry exited during the load with {code:?}:\n{}",
-                ferry.log()
-            );
-        }
-        assert!(t.elapsed() < LONG, "no chunk completed:\n{}", ferry.log());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut ferry = p.start_with("load", &chunks);
+    p.wait_first_chunk(&mut ferry);
     ferry.kill9().unwrap();
     step(started, "killed during the load");
 
     // 2. Resume: the unfinished tables are copied from a new snapshot, taken
     //    with a temporary slot in this server's syntax.
-    let mut ferry = p.start("resume", &chunks);
+    let mut ferry = p.start_with("resume", &chunks);
     p.wait_phase(&mut ferry, "stream");
     let log = ferry.log();
     assert!(
@@ -302,37 +192,12 @@ fn migrate(source_major: u32, target_major: u32) {
     step(started, "large transaction sent");
 
     // 4. Fenced cutover under writes, then an exact comparison.
-    let cut = p.ferry(&[
-        "cutover",
-        "--fence",
-        "--max-lag",
-        "60s",
-        "--timeout",
-        "120s",
-    ]);
-    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
-    assert!(cut.stdout.contains("cutover: done"), "{}", cut.all());
+    p.fenced_cutover(ferry, "60s");
     step(started, "cut over");
-    let run_log = ferry.log();
-    let code = ferry.wait(Duration::from_secs(60)).unwrap();
-    assert_eq!(code, Some(0), "ferry run exits 0 after cutover:\n{run_log}");
     let _ = writer.stop();
-    rt.block_on(async {
-        let src = pgsync::connect(&p.source_url).await.unwrap();
-        let dst = pgsync::connect(&p.target_url).await.unwrap();
-        pgsync::compare_tables(&src, &dst, BENCH_TABLES)
-            .await
-            .unwrap();
-        let large: i64 = dst
-            .query_one(
-                "SELECT count(*) FROM accounts WHERE filler = 'large transaction'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(large, 20_000, "the large transaction arrived whole");
-    });
+    p.compare(BENCH_TABLES);
+    let large = p.target_i64("SELECT count(*) FROM accounts WHERE filler = 'large transaction'");
+    assert_eq!(large, Some(20_000), "the large transaction arrived whole");
     #[allow(clippy::print_stderr)]
     {
         eprintln!(
@@ -391,24 +256,18 @@ fn pg15_to_18() {
 /// fix, before anything is created.
 #[test]
 fn plan_refuses_a_pg_dump_older_than_the_source() {
-    let source = PgServer::start(PgOptions::new().version(18)).expect("source");
-    let target =
-        PgServer::start(PgOptions::new().version(18).wal_level("replica")).expect("target");
-    let sdb = source.create_database("src").unwrap();
-    let tdb = target.create_database("dst").unwrap();
-    source
-        .psql(&sdb, "CREATE TABLE t (id int PRIMARY KEY)")
-        .unwrap();
     let old = "/usr/lib/postgresql/15/bin/pg_dump";
+    let p = Migration::new(
+        PgOptions::new().version(18),
+        PgOptions::new().version(18).wal_level("replica"),
+        "CREATE TABLE t (id int PRIMARY KEY)",
+    )
+    .env("FERRY_PG_DUMP", old);
     assert_eq!(
         ferry_testkit::binary_major(std::path::Path::new(old)).unwrap(),
         15
     );
-    let ran = run(ferry(&source.url(&sdb), &target.url(&tdb))
-        .unwrap()
-        .env("FERRY_PG_DUMP", old)
-        .arg("plan"))
-    .unwrap();
+    let ran = p.ferry(&["plan"]);
     assert_eq!(ran.code, Some(2), "{}", ran.all());
     let line = ran
         .stdout
