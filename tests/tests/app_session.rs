@@ -380,9 +380,24 @@ fn quoted_and_dotted_names_through_load_stream_status_and_cutover() {
     load.wait_for(100);
     p.wait_caught_up();
 
-    let ran = p.ferry(&["status", "--json"]);
-    assert_eq!(ran.code, Some(0), "{}", ran.all());
-    let status: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    // The live status refreshes its table list once a second: wait until
+    // it has caught up with the streaming phase, then check every table.
+    let started = Instant::now();
+    let status = loop {
+        let ran = p.ferry(&["status", "--json"]);
+        assert_eq!(ran.code, Some(0), "{}", ran.all());
+        let status: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+        let streaming = NAMED_TABLES.iter().all(|name| {
+            status["tables"].as_array().is_some_and(|ts| {
+                ts.iter()
+                    .any(|t| t["name"] == *name && t["state"] == "streaming")
+            })
+        });
+        if streaming || started.elapsed() > Duration::from_secs(10) {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let tables = status["tables"].as_array().unwrap();
     for name in NAMED_TABLES {
         let t = tables
