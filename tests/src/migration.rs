@@ -334,12 +334,31 @@ impl Migration {
     /// (`ferry.chunks`), looking every 10 ms whatever [`Migration::poll`]
     /// says, so that the test can still kill the load while it runs.
     pub fn wait_first_chunk(&self, ferry: &mut Background) {
+        // One session polled every 10 ms (not a new connection per poll),
+        // so the caller's kill lands while the load is still going.
+        let rt = pgsync::runtime();
+        let mut dst = None;
         let start = Instant::now();
-        while self
-            .target_i64("SELECT count(*) FROM ferry.chunks")
-            .unwrap_or(0)
-            < 1
-        {
+        loop {
+            if dst.is_none() {
+                dst = rt.block_on(pgsync::connect(&self.target_url)).ok();
+            }
+            let polled = dst
+                .as_ref()
+                .map(|c| rt.block_on(c.query_opt("SELECT count(*) FROM ferry.chunks", &[])));
+            let done = match polled {
+                Some(Ok(row)) => row.map(|r| r.get::<_, i64>(0)),
+                // Not there yet (state schema), or the session broke:
+                // poll again on a new one.
+                Some(Err(_)) => {
+                    dst = None;
+                    None
+                }
+                None => None,
+            };
+            if done.unwrap_or(0) >= 1 {
+                return;
+            }
             if let Some(code) = ferry.exited().expect("ferry process") {
                 panic!(
                     "ferry exited during the load with {code:?}:\n{}",

@@ -67,7 +67,7 @@ fn whole_migration_with_a_source_role_that_is_not_a_superuser() {
     let mut writer = Writer::start(&s.source_url, ACCOUNTS);
     writer.wait_for(20, LONG).unwrap();
     let chunks = [
-        ("FERRY_LOAD_CHUNK_ROWS", "5000"),
+        ("FERRY_LOAD_CHUNK_ROWS", "2000"),
         ("FERRY_LOAD_PARALLELISM", "1"),
     ];
     let mut ferry = s.start_with("load", &chunks);
