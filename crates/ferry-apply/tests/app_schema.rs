@@ -6,13 +6,11 @@
 mod common;
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 
 use common::*;
-use ferry_apply::{Applier, ApplierConfig, RunOutcome, StateStore};
-use ferry_core::config::{ApplyConfig, TablesConfig};
+use ferry_apply::{Applier, ApplierConfig};
+use ferry_core::config::ApplyConfig;
 use ferry_core::{Event, Lsn, OldRow, Row, Value};
-use tokio::sync::mpsc;
 
 fn cfg() -> ApplierConfig {
     let apply = ApplyConfig {
@@ -23,38 +21,9 @@ fn cfg() -> ApplierConfig {
     ApplierConfig::new("main", &apply, false)
 }
 
-/// Run an applier over `events` until the channel closes; returns acks and
-/// the applier.
+/// Run an applier over `events` with [`cfg`]; see [`common::run_events`].
 async fn run_events(url: &str, events: Vec<Event<Lsn>>) -> (Vec<Lsn>, Applier<Lsn>) {
-    let client = connect(url).await;
-    let mut applier = Applier::<Lsn>::new(
-        client,
-        StateStore::new("ferry"),
-        TablesConfig::default(),
-        cfg(),
-    )
-    .await
-    .expect("applier");
-    let (tx, mut rx) = mpsc::channel(4);
-    let feeder = tokio::spawn(async move {
-        for e in events {
-            tx.send(e).await.unwrap();
-        }
-    });
-    let acks = Arc::new(Mutex::new(Vec::new()));
-    let a2 = Arc::clone(&acks);
-    let outcome = applier
-        .run(
-            &mut rx,
-            move |p: &Lsn| a2.lock().unwrap().push(*p),
-            std::future::pending(),
-        )
-        .await
-        .expect("run");
-    assert_eq!(outcome, RunOutcome::SourceClosed);
-    feeder.await.unwrap();
-    let acks = acks.lock().unwrap().clone();
-    (acks, applier)
+    common::run_events(url, cfg(), events).await
 }
 
 fn full(values: Vec<Value>) -> Option<OldRow> {

@@ -51,39 +51,6 @@ fn key(id: i32, width: usize) -> OldRow {
     OldRow::Key(Row::new(v))
 }
 
-/// Run an applier over `events` until the channel closes; returns acks.
-async fn run_events(
-    url: &str,
-    c: ApplierConfig,
-    events: Vec<Event<Lsn>>,
-) -> (Vec<Lsn>, Applier<Lsn>) {
-    let client = connect(url).await;
-    let mut applier =
-        Applier::<Lsn>::new(client, StateStore::new("ferry"), TablesConfig::default(), c)
-            .await
-            .expect("applier");
-    let (tx, mut rx) = mpsc::channel(4);
-    let feeder = tokio::spawn(async move {
-        for e in events {
-            tx.send(e).await.unwrap();
-        }
-    });
-    let acks = Arc::new(Mutex::new(Vec::new()));
-    let a2 = Arc::clone(&acks);
-    let outcome = applier
-        .run(
-            &mut rx,
-            move |p: &Lsn| a2.lock().unwrap().push(*p),
-            std::future::pending(),
-        )
-        .await
-        .expect("run");
-    assert_eq!(outcome, RunOutcome::SourceClosed);
-    feeder.await.unwrap();
-    let acks = acks.lock().unwrap().clone();
-    (acks, applier)
-}
-
 #[tokio::test]
 async fn batch_yields_exact_contents_and_checkpoint() {
     let pg = server();

@@ -4,11 +4,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferry_apply::{Applier, ApplierConfig, RunOutcome, StateStore};
+use ferry_core::config::TablesConfig;
 use ferry_core::value::Timestamp;
 use ferry_core::{
     Change, Column, Event, Lsn, OldRow, ReplicaIdentity, Row, TableId, TableSchema, Value,
 };
 use ferry_testkit::{PgOptions, PgServer};
+use std::sync::Mutex;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
 
@@ -122,4 +126,38 @@ where
         assert!(Instant::now() < until, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Run an applier with `c` over `events` until the channel closes; returns
+/// the acknowledged positions and the applier.
+pub async fn run_events(
+    url: &str,
+    c: ApplierConfig,
+    events: Vec<Event<Lsn>>,
+) -> (Vec<Lsn>, Applier<Lsn>) {
+    let client = connect(url).await;
+    let mut applier =
+        Applier::<Lsn>::new(client, StateStore::new("ferry"), TablesConfig::default(), c)
+            .await
+            .expect("applier");
+    let (tx, mut rx) = mpsc::channel(4);
+    let feeder = tokio::spawn(async move {
+        for e in events {
+            tx.send(e).await.unwrap();
+        }
+    });
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let a2 = Arc::clone(&acks);
+    let outcome = applier
+        .run(
+            &mut rx,
+            move |p: &Lsn| a2.lock().unwrap().push(*p),
+            std::future::pending(),
+        )
+        .await
+        .expect("run");
+    assert_eq!(outcome, RunOutcome::SourceClosed);
+    feeder.await.unwrap();
+    let acks = acks.lock().unwrap().clone();
+    (acks, applier)
 }
