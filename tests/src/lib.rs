@@ -188,23 +188,9 @@ impl Background {
         }
     }
 
-    /// Wait for the process to exit on its own.
-    pub fn wait(mut self, timeout: std::time::Duration) -> anyhow::Result<Option<i32>> {
-        let start = std::time::Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status.code());
-            }
-            if start.elapsed() > timeout {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                bail!(
-                    "process did not exit within {timeout:?}; log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+    /// Wait for the process to exit on its own; its exit code.
+    pub fn wait(self, timeout: std::time::Duration) -> anyhow::Result<Option<i32>> {
+        Ok(self.wait_status(timeout)?.code())
     }
 }
 
