@@ -15,6 +15,7 @@
 //! - [`secret`]: redacting wrappers for passwords and connection URLs.
 //! - [`plan`]: prerequisite checks and the table plan of `ferry plan`.
 //! - [`error`]: the shared error type, classified by consequence.
+//! - [`source`]: the traits a source implements for `ferry run` (the seam).
 //! - [`size`]: approximate bytes of values and events, the unit of every
 //!   memory bound on the data path.
 
@@ -27,6 +28,7 @@ pub mod position;
 pub mod schema;
 pub mod secret;
 pub mod size;
+pub mod source;
 pub mod value;
 
 pub use change::{Change, Event, OldRow, Row, Transaction};

@@ -45,6 +45,18 @@ pub trait Position:
 {
     /// The source this position type belongs to.
     const KIND: SourceKind;
+
+    /// Bytes of log from `self` to `later` (0 when `later` is not after
+    /// it); `None` when the source cannot tell (e.g. two binlog files).
+    fn distance(&self, later: &Self) -> Option<u64> {
+        let _ = later;
+        None
+    }
+
+    /// The position as one number for metrics, where it has one.
+    fn as_number(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A position string that does not parse.
@@ -103,6 +115,14 @@ impl FromStr for Lsn {
 
 impl Position for Lsn {
     const KIND: SourceKind = SourceKind::Postgres;
+
+    fn distance(&self, later: &Self) -> Option<u64> {
+        Some(later.0.saturating_sub(self.0))
+    }
+
+    fn as_number(&self) -> Option<u64> {
+        Some(self.0)
+    }
 }
 
 /// A set of executed GTIDs, kept as the server prints it.
@@ -221,6 +241,11 @@ impl FromStr for MySqlPosition {
 
 impl Position for MySqlPosition {
     const KIND: SourceKind = SourceKind::MySql;
+
+    /// Within one binlog file only.
+    fn distance(&self, later: &Self) -> Option<u64> {
+        (self.file == later.file).then(|| later.offset.saturating_sub(self.offset))
+    }
 }
 
 /// Sequence number in ferry's SQLite change-log table.
@@ -245,6 +270,10 @@ impl FromStr for ChangeLogSeq {
 
 impl Position for ChangeLogSeq {
     const KIND: SourceKind = SourceKind::Sqlite;
+
+    fn as_number(&self) -> Option<u64> {
+        Some(self.0)
+    }
 }
 
 #[cfg(test)]

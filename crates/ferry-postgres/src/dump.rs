@@ -273,6 +273,22 @@ fn pattern_literal(name: &str) -> String {
 /// Run a dump section (or any SQL text) on `client` in one transaction,
 /// then reset the session settings the dump changed (`search_path`, …).
 /// psql meta-commands (`\restrict`, …) are dropped first.
+/// Run `sql` (psql meta-commands dropped) inside the caller's open
+/// transaction, then reset the session settings it made (`SET
+/// search_path` and the like), so that it commits or rolls back with
+/// everything else the caller does.
+pub async fn apply_sql_in_transaction(client: &Client, sql: &str, what: &str) -> Result<(), Error> {
+    let body = strip_meta_commands(sql);
+    client
+        .batch_execute(&body)
+        .await
+        .map_err(|e| query_error(&format!("applying {what} on the target"), e))?;
+    client
+        .batch_execute("RESET ALL")
+        .await
+        .map_err(|e| query_error("resetting session after applying SQL", e))
+}
+
 pub async fn apply_sql(client: &Client, sql: &str, what: &str) -> Result<(), Error> {
     let body = strip_meta_commands(sql);
     let result = client

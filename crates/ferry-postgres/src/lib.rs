@@ -9,6 +9,9 @@
 //!   with typed values from the text tuple format.
 //! - [`stream`]: the task that reads the slot, decodes and hands events to
 //!   the applier over a bounded channel, reporting the acknowledged position.
+//! - [`source`]: all of the above behind the source seam
+//!   ([`ferry_core::source::Source`]) for the generic pipeline; [`partitions`]:
+//!   the partition watch (what the log cannot carry).
 //! - [`connect`], [`catalog`], [`snapshot`], [`dump`], [`preflight`]: the
 //!   plain (non-replication) side: catalog reads, exported-snapshot full load,
 //!   schema dump and prerequisite checks.
@@ -17,8 +20,10 @@ pub mod catalog;
 pub mod connect;
 pub mod decode;
 pub mod dump;
+pub mod partitions;
 pub mod preflight;
 pub mod replication;
 pub mod slot;
 pub mod snapshot;
+pub mod source;
 pub mod stream;

@@ -41,23 +41,11 @@ use tokio_postgres::Client;
 use crate::catalog::{RelKind, Relation, SourceTable};
 use crate::connect::{connect, query_error};
 
-/// One unit of the full load: all rows of `relation` matching `predicate`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Chunk {
-    /// The table as ferry carries it (the root of a partitioned table).
-    pub table: TableId,
-    /// The relation rows are read from (the table itself or a leaf partition).
-    pub relation: TableId,
-    /// 0-based position among the chunks of `table`.
-    pub index: usize,
-    /// Number of chunks of `table` (≥ 1).
-    pub total: usize,
-    /// `ctid` range, `None` for the whole relation.
-    pub predicate: Option<String>,
-    /// `ONLY` applies (plain tables; the fallback chunk of a partitioned
-    /// table without partitions reads the root without `ONLY`).
-    pub only: bool,
-}
+/// One unit of the full load (the seam's type): for PostgreSQL the
+/// predicate is a `ctid` block range, and `only` reads the relation with
+/// `ONLY` (plain tables; the fallback chunk of a partitioned table without
+/// partitions reads the root without it).
+pub use ferry_core::source::Chunk;
 
 /// Split `table` into chunks: each relation with more than `chunk_rows`
 /// estimated rows becomes `ceil(rows / chunk_rows)` ctid block ranges (at

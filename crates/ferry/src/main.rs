@@ -10,12 +10,7 @@
 //! reference. Exit codes: 0 success, 2 a prerequisite or precondition
 //! failed (the output says the fix), 1 any other error.
 
-mod control;
-mod operations;
-mod pipeline;
-mod plan;
-mod report;
-mod shutdown;
+use ferry::{Outcome, control, operations, pipeline, plan, shutdown};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -125,14 +120,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
     };
     Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
-}
-
-/// Outcome of a command, mapped to the process exit code.
-#[derive(Debug)]
-pub enum Outcome {
-    Ok,
-    /// A prerequisite or precondition failed; the output said the fix.
-    Refused,
 }
 
 fn main() -> ExitCode {

@@ -2,20 +2,21 @@
 //!
 //! 1. Preconditions ([`preconditions`], pure): phase `stream`, every table
 //!    streaming, lag within `max_lag`, no other cutover running.
-//! 2. Fence (optional): `ALTER DATABASE … SET default_transaction_read_only
-//!    = on`, then end the other client sessions of the source database, so
-//!    no write can start or finish after the final position is read.
-//! 3. Final position: once the ended sessions are gone, the end of a
-//!    logical message written then (`pg_logical_emit_message`): past every
-//!    commit record inserted before it, also those of `synchronous_commit =
-//!    off` transactions not yet flushed (`pg_current_wal_lsn()` would miss
-//!    them). Without fencing: at the request; later writes are not included.
+//! 2. Fence (optional, [`Cutover::fence`]; PostgreSQL: `ALTER DATABASE …
+//!    SET default_transaction_read_only = on`, then end the other client
+//!    sessions of the source database), so no write can start or finish
+//!    after the final position is read.
+//! 3. Final position ([`Cutover::final_position`]; PostgreSQL: once the
+//!    ended sessions are gone, the end of a logical message written then,
+//!    past every commit record inserted before it, also those of
+//!    `synchronous_commit = off` transactions not yet flushed). Without
+//!    fencing: at the request; later writes are not included.
 //! 4. Drain: wait until the applied (committed and acknowledged) position
 //!    reaches the final position — never reported earlier, however quiet
 //!    the stream is (the message makes an idle stream carry it).
 //! 5. Sequences: every sequence of the carried tables is read from the
-//!    source (`SELECT last_value, is_called` — a missing privilege is an
-//!    error, never a skipped sequence) and `setval` on the target under its
+//!    source ([`Cutover::sequences`] — a missing privilege is an error,
+//!    never a skipped sequence) and `setval` on the target under its
 //!    target name (an owned sequence follows its table's `tables.rename`).
 //!    The count synced equals the count found, or the cutover fails.
 //! 6. Row counts per table, source vs target (unless `skip_counts`): any
@@ -36,8 +37,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ferry_core::schema::quote_ident;
-use ferry_core::{Error, ErrorClass, Lsn};
+use ferry_core::source::{Cutover, SequenceValue, Source};
+use ferry_core::{Error, ErrorClass, Position};
 use ferry_monitor::{CutoverRecord, Phase, TableCheck};
 use ferry_postgres::connect::query_error;
 use tokio::sync::oneshot;
@@ -49,8 +50,6 @@ use crate::control::CutoverRequest;
 
 const DEFAULT_MAX_LAG: f64 = 5.0;
 const DEFAULT_TIMEOUT: f64 = 60.0;
-/// How long ended source sessions may take to go away when fencing.
-const SESSIONS_GONE_WITHIN: Duration = Duration::from_secs(30);
 
 /// Why a cutover may not start, or `Ok`. Pure.
 pub fn preconditions(
@@ -85,7 +84,11 @@ pub fn preconditions(
 }
 
 /// Run (or dry-run) the cutover. `Err` is the refusal or failure message.
-pub async fn run(live: Arc<Live>, req: CutoverRequest) -> Result<CutoverRecord, String> {
+pub async fn run<S: Source>(
+    live: Arc<Live<S::Position>>,
+    source: Arc<S>,
+    req: CutoverRequest,
+) -> Result<CutoverRecord, String> {
     let Ok(_guard) = live.cutover_lock.try_lock() else {
         return Err("refused: a cutover is already running".into());
     };
@@ -127,13 +130,12 @@ pub async fn run(live: Arc<Live>, req: CutoverRequest) -> Result<CutoverRecord, 
     }
     if req.dry_run {
         // What would fail the sequence step is known now: say so.
-        let source = ferry_postgres::connect::connect(&live.config.source, "source")
-            .await
-            .map_err(|e| e.to_string())?;
-        let sequences = carried_sequences(&live, &source)
+        let mut session = source.cutover().await.map_err(|e| e.to_string())?;
+        let sequences = session
+            .sequences()
             .await
             .map_err(|e| format!("dry run: the cutover would fail: {e}"))?;
-        rec.steps = planned_steps(&req, &live);
+        rec.steps = planned_steps(&req, &session);
         rec.steps.push(format!(
             "{} sequences readable and to be synced",
             sequences.len()
@@ -148,7 +150,7 @@ pub async fn run(live: Arc<Live>, req: CutoverRequest) -> Result<CutoverRecord, 
         rec.finished_at = Some(SystemTime::now());
         return Ok(rec);
     }
-    match execute(&live, &req, &mut rec).await {
+    match execute(&live, source.as_ref(), &req, &mut rec).await {
         Ok(()) => {
             rec.outcome = "done".into();
             rec.finished_at = Some(SystemTime::now());
@@ -173,13 +175,10 @@ fn failed_text(e: &Error) -> String {
     }
 }
 
-fn planned_steps(req: &CutoverRequest, live: &Live) -> Vec<String> {
-    let db = source_database(live).unwrap_or_default();
+fn planned_steps<P: Position>(req: &CutoverRequest, session: &impl Cutover<P>) -> Vec<String> {
     let mut steps = Vec::new();
     if req.fence {
-        steps.push(format!(
-            "fence: ALTER DATABASE {db} SET default_transaction_read_only = on; end other sessions"
-        ));
+        steps.push(format!("fence: {}", session.fence_description()));
     } else {
         steps.push("no fence: writes after the final position are not included".into());
     }
@@ -199,26 +198,33 @@ fn planned_steps(req: &CutoverRequest, live: &Live) -> Vec<String> {
     steps
 }
 
-async fn execute(live: &Live, req: &CutoverRequest, rec: &mut CutoverRecord) -> Result<(), Error> {
-    let source = ferry_postgres::connect::connect(&live.config.source, "source").await?;
+async fn execute<S: Source>(
+    live: &Live<S::Position>,
+    source: &S,
+    req: &CutoverRequest,
+    rec: &mut CutoverRecord,
+) -> Result<(), Error> {
+    let mut session = source.cutover().await?;
     let target = ferry_postgres::connect::connect(&live.config.target, "target").await?;
-    let db = source_database(live)?;
     let fenced_at = if req.fence {
-        fence(&source, &db).await?;
+        session.fence().await?;
         rec.fenced = true;
-        rec.steps.push(format!("fenced database {db}"));
+        rec.steps.push(format!(
+            "fenced the source: {}",
+            session.fence_description()
+        ));
         Some(Instant::now())
     } else {
         rec.steps
             .push("not fenced: writes after the final position are not included".into());
         None
     };
-    let result = after_fence(live, req, rec, &source, &target).await;
+    let result = after_fence(live, req, rec, &mut session, &target).await;
     if let Err(e) = &result {
         if req.fence {
             warn!(error = %e, "cutover failed; unfencing the source");
-            if let Err(u) = unfence(&source, &db).await {
-                warn!(error = %u, "unfencing failed; run: ALTER DATABASE {db} RESET default_transaction_read_only");
+            if let Err(u) = session.unfence().await {
+                warn!(error = %u, "unfencing failed");
             }
             rec.steps.push("unfenced the source".into());
         }
@@ -255,37 +261,28 @@ async fn execute(live: &Live, req: &CutoverRequest, rec: &mut CutoverRecord) -> 
     Ok(())
 }
 
-async fn after_fence(
-    live: &Live,
+async fn after_fence<P: Position>(
+    live: &Live<P>,
     req: &CutoverRequest,
     rec: &mut CutoverRecord,
-    source: &Client,
+    session: &mut impl Cutover<P>,
     target: &Client,
 ) -> Result<(), Error> {
-    // The message's end is past every record inserted before it (also
-    // unflushed async commits), and it makes an idle stream carry the position.
-    let final_lsn: Lsn = query_text(
-        source,
-        "SELECT pg_logical_emit_message(false, 'ferry.heartbeat', 'cutover')::text",
-    )
-    .await?
-    .parse()
-    .map_err(|e| {
-        Error::operator(
-            format!("reading the final source position: {e}"),
-            "report this as a ferry bug",
-        )
-    })?;
-    rec.final_position = Some(final_lsn.to_string());
+    let final_position = session.final_position().await?;
+    rec.final_position = Some(final_position.to_string());
     let drain_started = Instant::now();
     let timeout = Duration::from_secs_f64(req.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT).max(0.1));
-    while live.applied_position() < final_lsn {
+    let applied = || {
+        live.applied_position()
+            .map_or_else(|| "nothing".to_owned(), |a| a.to_string())
+    };
+    while live.applied_position().is_none_or(|a| a < final_position) {
         if drain_started.elapsed() > timeout {
             return Err(Error::operator(
                 format!(
-                    "drain timed out after {:.0}s at {} of final position {final_lsn}",
+                    "drain timed out after {:.0}s at {} of final position {final_position}",
                     timeout.as_secs_f64(),
-                    live.applied_position()
+                    applied()
                 ),
                 "raise --timeout",
             ));
@@ -294,10 +291,11 @@ async fn after_fence(
     }
     rec.steps.push(format!(
         "drained to {} in {:.2}s",
-        live.applied_position(),
+        applied(),
         drain_started.elapsed().as_secs_f64()
     ));
-    let (found, synced) = sync_sequences(live, source, target)
+    let sequences = session.sequences().await?;
+    let (found, synced) = sync_sequences(&live.config, &sequences, target)
         .await
         .map_err(|e| Error::operator(e, "check the sequences on the source and the target"))?;
     rec.sequences_synced = synced;
@@ -312,7 +310,7 @@ async fn after_fence(
     if req.skip_counts {
         rec.steps.push("row counts skipped (--skip-counts)".into());
     } else {
-        rec.validation = count_rows(live, source, target).await?;
+        rec.validation = count_rows(live, session, target).await?;
         let insert_only = super::live::insert_only_tables(
             &live.config,
             rec.validation.iter().map(|c| c.table.clone()),
@@ -344,108 +342,22 @@ async fn after_fence(
             rec.validation.len()
         ));
     }
-    info!(final_position = %final_lsn, "cutover validated");
+    info!(final_position = %final_position, "cutover validated");
     Ok(())
 }
 
-fn source_database(live: &Live) -> Result<String, Error> {
-    let url = live
-        .config
-        .source
-        .url
-        .parsed()
-        .map_err(|e| Error::operator(format!("source.url: {e}"), "fix source.url"))?;
-    Ok(url.path().trim_start_matches('/').to_owned())
-}
-
-async fn fence(source: &Client, db: &str) -> Result<(), Error> {
-    source
-        .batch_execute(&format!(
-            "ALTER DATABASE {} SET default_transaction_read_only = on",
-            quote_ident(db)
-        ))
-        .await
-        .map_err(|e| {
-            query_error("fencing the source", e).with_fix(
-                "connect as the database owner or a superuser, or cut over without --fence",
-            )
-        })?;
-    // Sessions opened before the ALTER keep writing: end them, except ferry's
-    // own (application_name 'ferry'; the walsender is not a client backend).
-    let ended: Vec<i32> = source
-        .query(
-            // OFFSET 0 keeps the filter ahead of pg_terminate_backend.
-            "SELECT pid FROM (SELECT pid FROM pg_stat_activity
-                WHERE datname = current_database() AND pid <> pg_backend_pid()
-                  AND backend_type = 'client backend' AND application_name <> 'ferry'
-                OFFSET 0) s
-             WHERE pg_terminate_backend(pid)",
-            &[],
-        )
-        .await
-        .map_err(|e| query_error("ending writer sessions on the source", e))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    // A session told to end may still be writing its commit record: the
-    // final position is read only once every one of them is gone.
-    let started = Instant::now();
-    loop {
-        let left: Vec<i32> = source
-            .query(
-                "SELECT pid FROM pg_stat_activity WHERE pid = ANY($1)",
-                &[&ended],
-            )
-            .await
-            .map_err(|e| query_error("waiting for ended sessions on the source", e))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        if left.is_empty() {
-            return Ok(());
-        }
-        if started.elapsed() > SESSIONS_GONE_WITHIN {
-            return Err(Error::operator(
-                format!(
-                    "source sessions {left:?} did not end within {}s of pg_terminate_backend; the final position cannot be read safely",
-                    SESSIONS_GONE_WITHIN.as_secs()
-                ),
-                "find what keeps those sessions alive (pg_stat_activity) and end them, then cut over again",
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn unfence(source: &Client, db: &str) -> Result<(), Error> {
-    source
-        .batch_execute(&format!(
-            "ALTER DATABASE {} RESET default_transaction_read_only",
-            quote_ident(db)
-        ))
-        .await
-        .map_err(|e| query_error("unfencing the source", e))
-}
-
-/// `setval` on the target every sequence of the carried tables (owned by
-/// one, or unowned and matched by the table filter). Returns (found,
-/// synced); any sequence that cannot be read or placed is an error naming
+/// `setval` on the target every sequence read from the source. Returns
+/// (found, synced); any sequence that cannot be placed is an error naming
 /// it, never a skip.
 async fn sync_sequences(
-    live: &Live,
-    source: &Client,
+    config: &ferry_core::config::Config,
+    sequences: &[SequenceValue],
     target: &Client,
 ) -> Result<(u64, u64), String> {
-    let sequences = carried_sequences(live, source).await?;
     let mut synced = 0u64;
-    for seq in &sequences {
-        let name = seq.id.quoted();
-        let row = source
-            .query_one(&format!("SELECT last_value, is_called FROM {name}"), &[])
-            .await
-            .map_err(|e| format!("reading sequence {name} on the source: {e}"))?;
-        let (value, called): (i64, bool) = (row.get(0), row.get(1));
-        let on_target = target_sequence(&live.config, target, seq).await?;
+    for seq in sequences {
+        let on_target = target_sequence(config, target, seq).await?;
+        let (value, called) = (seq.last_value, seq.is_called);
         target
             .execute(
                 "SELECT setval($1::text::regclass, $2, $3)",
@@ -453,30 +365,10 @@ async fn sync_sequences(
             )
             .await
             .map_err(|e| format!("setting sequence {on_target} on the target: {e}"))?;
-        info!(source = %name, target = %on_target, value, called, "sequence synced");
+        info!(source = %seq.id, target = %on_target, value, called, "sequence synced");
         synced += 1;
     }
     Ok((sequences.len() as u64, synced))
-}
-
-/// The source sequences the cutover syncs (see the catalog), or the error
-/// naming those the source user may not read.
-async fn carried_sequences(
-    live: &Live,
-    source: &Client,
-) -> Result<Vec<ferry_postgres::catalog::SourceSequence>, String> {
-    let config = &live.config;
-    let filter = config.tables.filter().map_err(|e| format!("tables: {e}"))?;
-    let catalog = ferry_postgres::catalog::read_catalog(source, &filter, &config.state.schema)
-        .await
-        .map_err(|e| format!("reading source sequences: {e}"))?;
-    if let Some(unreadable) = catalog.unreadable_sequences() {
-        return Err(format!(
-            "the source user may not read sequence {}, so its value cannot be carried; GRANT SELECT ON SEQUENCE {} TO <source user> and run the cutover again",
-            unreadable.names, unreadable.quoted
-        ));
-    }
-    Ok(catalog.sequences)
 }
 
 /// The target's name of a source sequence: an owned sequence is found
@@ -485,7 +377,7 @@ async fn carried_sequences(
 async fn target_sequence(
     config: &ferry_core::config::Config,
     target: &Client,
-    seq: &ferry_postgres::catalog::SourceSequence,
+    seq: &SequenceValue,
 ) -> Result<String, String> {
     let found: Option<String> = match &seq.owned_by {
         Some((table, column)) => {
@@ -519,16 +411,22 @@ async fn target_sequence(
     })
 }
 
-async fn count_rows(
-    live: &Live,
-    source: &Client,
+async fn count_rows<P: Position>(
+    live: &Live<P>,
+    session: &mut impl Cutover<P>,
     target: &Client,
 ) -> Result<Vec<TableCheck>, Error> {
     let carried = live.carried.lock().map(|c| c.clone()).unwrap_or_default();
     let mut checks = Vec::new();
     for (src, dst) in carried {
-        let s = count(source, &src.quoted()).await?;
-        let t = count(target, &dst.quoted()).await?;
+        let s = session.count_rows(&src).await?;
+        let table = dst.quoted();
+        let t: i64 = target
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .map_err(|e| query_error(&format!("counting {table} on the target"), e))?
+            .get(0);
+        let t = t as u64;
         checks.push(TableCheck {
             table: src.to_string(),
             source_rows: Some(s),
@@ -539,24 +437,7 @@ async fn count_rows(
     Ok(checks)
 }
 
-async fn count(client: &Client, table: &str) -> Result<u64, Error> {
-    let n: i64 = client
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await
-        .map_err(|e| query_error(&format!("counting {table}"), e))?
-        .get(0);
-    Ok(n as u64)
-}
-
-async fn query_text(client: &Client, sql: &str) -> Result<String, Error> {
-    Ok(client
-        .query_one(sql, &[])
-        .await
-        .map_err(|e| query_error(sql, e))?
-        .get(0))
-}
-
-async fn record(live: &Live, rec: &CutoverRecord) {
+async fn record<P: Position>(live: &Live<P>, rec: &CutoverRecord) {
     if let Ok(mut l) = live.last_cutover.lock() {
         *l = Some(rec.clone());
     }

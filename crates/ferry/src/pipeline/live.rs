@@ -3,22 +3,25 @@
 //!
 //! The change stream reports each transaction it forwards (its commit-record
 //! position and commit time); the applier's acknowledgement reports the
-//! applied position; the monitor task polls the source head, emits
-//! heartbeats (`pg_logical_emit_message(false, 'ferry.heartbeat', …)`) and
-//! reads slot health and table progress. From these, [`Live::lag`] gives
+//! applied position; the monitor task polls the source head through the
+//! source's [`Probe`], emits heartbeats into the source's log and reads its
+//! retention (slot health) and the table progress. Generic over the source's
+//! position type: nothing here knows which database the source is. From these, [`Live::lag`] gives
 //! both lag figures (`ferry_monitor::lag` rules): seconds since the oldest
 //! unapplied commit or heartbeat, growing while the pipeline stalls, zero
 //! when caught up. No lock here is held across an `.await`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use ferry_apply::batcher::ApplyStats;
 use ferry_apply::state::StateStore;
 use ferry_core::config::Config;
-use ferry_core::{Lsn, TableId};
+use ferry_core::source::{Probe, Source};
+use ferry_core::{Position, TableId};
 use ferry_monitor::status::TableStatus;
 use ferry_monitor::{
     CutoverRecord, LagFigures, LagInputs, LagTracker, Metrics, Phase, SlotHealth, Status,
@@ -55,17 +58,19 @@ pub struct Finished {
 
 /// The shared state of one run.
 #[derive(Debug)]
-pub struct Live {
+pub struct Live<P: Position> {
     pub config: Config,
     pub state: StateStore,
     pub metrics: Metrics,
     pub run_id: i64,
     started: SystemTime,
     phase: Mutex<Phase>,
-    head: AtomicU64,
-    applied: AtomicU64,
-    pending: Mutex<VecDeque<(u64, SystemTime)>>,
-    heartbeats: Mutex<VecDeque<(u64, SystemTime)>>,
+    head: Mutex<Option<P>>,
+    applied: Mutex<Option<P>>,
+    /// Grows each time the applied position advances (for the tracker).
+    advances: AtomicU64,
+    pending: Mutex<VecDeque<(P, SystemTime)>>,
+    heartbeats: Mutex<VecDeque<(P, SystemTime)>>,
     tracker: Mutex<LagTracker>,
     paused: watch::Sender<bool>,
     last_error: Mutex<Option<String>>,
@@ -81,8 +86,8 @@ pub struct Live {
     stop: (Trigger, Shutdown),
 }
 
-impl Live {
-    pub fn new(config: Config, state: StateStore, run_id: i64, shutdown: Trigger) -> Arc<Live> {
+impl<P: Position> Live<P> {
+    pub fn new(config: Config, state: StateStore, run_id: i64, shutdown: Trigger) -> Arc<Self> {
         Arc::new(Live {
             config,
             state,
@@ -90,8 +95,9 @@ impl Live {
             run_id,
             started: SystemTime::now(),
             phase: Mutex::new(Phase::Plan),
-            head: AtomicU64::new(0),
-            applied: AtomicU64::new(0),
+            head: Mutex::new(None),
+            applied: Mutex::new(None),
+            advances: AtomicU64::new(0),
             pending: Mutex::new(VecDeque::new()),
             heartbeats: Mutex::new(VecDeque::new()),
             tracker: Mutex::new(LagTracker::new()),
@@ -119,19 +125,26 @@ impl Live {
     }
 
     /// A transaction left the change stream towards the applier.
-    pub fn forwarded(&self, final_lsn: Lsn, commit_time: ferry_core::value::Timestamp) {
+    pub fn forwarded(&self, final_position: P, commit_time: ferry_core::value::Timestamp) {
         let at = system_time(commit_time);
         lock(&self.pending, |q| {
             if q.len() < MAX_TRACKED {
-                q.push_back((final_lsn.0, at));
+                q.push_back((final_position, at));
             }
         });
         self.metrics.received(1);
     }
 
-    /// Everything up to `lsn` is committed in the target.
-    pub fn applied(&self, lsn: Lsn) {
-        let applied = self.applied.fetch_max(lsn.0, Ordering::AcqRel).max(lsn.0);
+    /// Everything up to `position` is committed in the target.
+    pub fn applied(&self, position: P) {
+        let applied = lock(&self.applied, |a| {
+            if a.as_ref().is_none_or(|cur| position > *cur) {
+                *a = Some(position);
+                self.advances.fetch_add(1, Ordering::AcqRel);
+            }
+            a.clone()
+        });
+        let Some(applied) = applied else { return };
         lock(&self.pending, |q| {
             while q.front().is_some_and(|(f, _)| *f < applied) {
                 q.pop_front();
@@ -144,22 +157,27 @@ impl Live {
         });
     }
 
-    pub fn applied_position(&self) -> Lsn {
-        Lsn(self.applied.load(Ordering::Acquire))
+    /// The applied position, `None` before the first checkpoint is read.
+    pub fn applied_position(&self) -> Option<P> {
+        lock(&self.applied, |a| a.clone())
     }
 
-    pub fn set_head(&self, head: Lsn) {
-        self.head.fetch_max(head.0, Ordering::AcqRel);
+    pub fn set_head(&self, head: P) {
+        lock(&self.head, |h| {
+            if h.as_ref().is_none_or(|cur| head > *cur) {
+                *h = Some(head);
+            }
+        });
     }
 
-    pub fn head(&self) -> Lsn {
-        Lsn(self.head.load(Ordering::Acquire))
+    pub fn head(&self) -> Option<P> {
+        lock(&self.head, |h| h.clone())
     }
 
-    fn heartbeat_sent(&self, lsn: Lsn) {
+    fn heartbeat_sent(&self, position: P) {
         lock(&self.heartbeats, |q| {
             if q.len() < MAX_TRACKED {
-                q.push_back((lsn.0, SystemTime::now()));
+                q.push_back((position, SystemTime::now()));
             }
         });
     }
@@ -192,10 +210,15 @@ impl Live {
     /// Both lag figures now.
     pub fn lag(&self) -> LagFigures {
         let now = SystemTime::now();
-        let head = self.head.load(Ordering::Acquire);
-        let applied = self.applied.load(Ordering::Acquire);
-        let pending_bytes = head.saturating_sub(applied);
-        let behind_since = lock(&self.tracker, |t| t.observe(pending_bytes, applied, now));
+        let pending_bytes = match (self.applied_position(), self.head()) {
+            (Some(a), Some(h)) if h > a => {
+                // A distance the source cannot measure still counts as behind.
+                a.distance(&h).unwrap_or(1)
+            }
+            _ => 0,
+        };
+        let advances = self.advances.load(Ordering::Acquire);
+        let behind_since = lock(&self.tracker, |t| t.observe(pending_bytes, advances, now));
         lag_figures(&LagInputs {
             pending_bytes,
             oldest_unapplied_commit: lock(&self.pending, |q| q.front().map(|(_, t)| *t)),
@@ -237,13 +260,11 @@ impl Live {
 
     /// The status as the control API shows it.
     pub fn status(&self) -> Status {
-        let mut s = Status::new(self.phase(), "postgres", SystemTime::now());
+        let mut s = Status::new(self.phase(), P::KIND.as_str(), SystemTime::now());
         s.live = true;
         s.run_started = Some(self.started);
-        let head = self.head();
-        let applied = self.applied_position();
-        s.source_position = (head.0 > 0).then(|| head.to_string());
-        s.applied_position = (applied.0 > 0).then(|| applied.to_string());
+        s.source_position = self.head().map(|h| h.to_string());
+        s.applied_position = self.applied_position().map(|a| a.to_string());
         s.lag = self.lag();
         let stats = lock(&self.stats, |s| s.clone());
         if let Some((_, t)) = stats.as_ref().and_then(|st| st.last_applied()) {
@@ -291,11 +312,16 @@ fn system_time(t: ferry_core::value::Timestamp) -> SystemTime {
     }
 }
 
-/// Poll the source head, emit heartbeats, refresh slot health and table
-/// progress, and publish the lag metrics, until shutdown.
-pub async fn run_monitor(live: Arc<Live>, stop: impl std::future::Future<Output = ()>) {
+/// Poll the source head, emit heartbeats, refresh the source's retention
+/// (slot health) and table progress, and publish the lag metrics, until
+/// `stop` resolves. A lost session is opened again at the next tick.
+pub async fn run_monitor<S: Source>(
+    live: Arc<Live<S::Position>>,
+    source: Arc<S>,
+    stop: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(stop);
-    let mut source: Option<tokio_postgres::Client> = None;
+    let mut probe: Option<S::Probe> = None;
     let mut target: Option<tokio_postgres::Client> = None;
     let mut tick = tokio::time::interval(HEAD_EVERY);
     let (mut last_heartbeat, mut last_details) =
@@ -307,16 +333,11 @@ pub async fn run_monitor(live: Arc<Live>, stop: impl std::future::Future<Output 
             () = &mut stop => return,
             _ = tick.tick() => {}
         }
-        if source
-            .as_ref()
-            .is_none_or(tokio_postgres::Client::is_closed)
-        {
-            source = ferry_postgres::connect::connect(&live.config.source, "source")
-                .await
-                .ok();
+        if probe.as_ref().is_none_or(Probe::is_closed) {
+            probe = source.probe().await.ok();
         }
-        if let Some(src) = &source
-            && let Err(e) = poll_source(&live, src, &mut last_heartbeat).await
+        if let Some(p) = probe.as_mut()
+            && let Err(e) = poll_source(&live, p, &mut last_heartbeat).await
         {
             debug!(error = %e, "monitor: source poll failed");
         }
@@ -335,64 +356,53 @@ pub async fn run_monitor(live: Arc<Live>, stop: impl std::future::Future<Output 
             {
                 debug!(error = %e, "monitor: table refresh failed");
             }
-            if let Some(src) = &source {
-                let _ = refresh_slot(&live, src).await;
+            if let Some(p) = probe.as_mut() {
+                match p.retention().await {
+                    Ok(r) => {
+                        let health = r.map(|r| SlotHealth {
+                            name: r.name,
+                            retained_wal_bytes: r.retained_bytes,
+                            wal_status: r.status,
+                        });
+                        if let Some(b) = health.as_ref().and_then(|h| h.retained_wal_bytes) {
+                            live.metrics.set_slot_retained(b);
+                        }
+                        lock(&live.slot, |s| *s = health);
+                    }
+                    Err(e) => debug!(error = %e, "monitor: retention read failed"),
+                }
             }
         }
         live.publish_apply_counters(&mut apply_seen);
         let lag = live.lag();
         live.metrics.set_lag(lag.seconds, lag.bytes);
-        live.metrics
-            .set_positions(Some(live.head().0), Some(live.applied_position().0));
+        live.metrics.set_positions(
+            live.head().and_then(|h| h.as_number()),
+            live.applied_position().and_then(|a| a.as_number()),
+        );
     }
 }
 
-async fn poll_source(
-    live: &Live,
-    src: &tokio_postgres::Client,
+async fn poll_source<P: Position, R: Probe<P>>(
+    live: &Live<P>,
+    probe: &mut R,
     last: &mut Option<std::time::Instant>,
-) -> anyhow::Result<()> {
+) -> Result<(), ferry_core::Error> {
     if live.phase() >= Phase::Catchup && last.is_none_or(|t| t.elapsed() >= HEARTBEAT_EVERY) {
-        let row = src
-            .query_one(
-                "SELECT pg_logical_emit_message(false, 'ferry.heartbeat', now()::text)::text",
-                &[],
-            )
-            .await?;
-        live.heartbeat_sent(row.get::<_, &str>(0).parse()?);
+        if let Some(at) = probe.heartbeat().await? {
+            live.heartbeat_sent(at);
+        }
         *last = Some(std::time::Instant::now());
     }
-    let head: Lsn = src
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await?
-        .get::<_, &str>(0)
-        .parse()?;
+    let head = probe.head().await?;
     live.set_head(head);
     Ok(())
 }
 
-async fn refresh_slot(live: &Live, src: &tokio_postgres::Client) -> anyhow::Result<()> {
-    let slot = &live.config.postgres.slot;
-    // wal_status exists from PostgreSQL 13; to_jsonb reads it where it does.
-    let row = src
-        .query_opt(
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8, to_jsonb(s) ->> 'wal_status' FROM pg_replication_slots s WHERE slot_name = $1",
-            &[slot],
-        )
-        .await?;
-    let health = row.map(|r| SlotHealth {
-        name: slot.clone(),
-        retained_wal_bytes: r.get::<_, Option<i64>>(0).map(|b| b.max(0) as u64),
-        wal_status: r.get(1),
-    });
-    if let Some(b) = health.as_ref().and_then(|h| h.retained_wal_bytes) {
-        live.metrics.set_slot_retained(b);
-    }
-    lock(&live.slot, |s| *s = health);
-    Ok(())
-}
-
-async fn refresh_tables(live: &Live, dst: &tokio_postgres::Client) -> anyhow::Result<()> {
+async fn refresh_tables<P: Position>(
+    live: &Live<P>,
+    dst: &tokio_postgres::Client,
+) -> anyhow::Result<()> {
     if let Ok(Some(phase)) = live.state.read_phase(dst).await {
         live.set_phase(phase);
     }
@@ -434,29 +444,41 @@ async fn refresh_tables(live: &Live, dst: &tokio_postgres::Client) -> anyhow::Re
 }
 
 /// The control API's view of the pipeline.
-#[derive(Debug)]
-pub struct Handler(pub Arc<Live>);
+pub struct Handler<S: Source> {
+    pub live: Arc<Live<S::Position>>,
+    pub source: Arc<S>,
+}
 
-impl ControlHandler for Handler {
+impl<S: Source> std::fmt::Debug for Handler<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handler").field("live", &self.live).finish()
+    }
+}
+
+impl<S: Source> ControlHandler for Handler<S> {
     fn status(&self) -> Status {
-        self.0.status()
+        self.live.status()
     }
 
     fn metrics(&self) -> String {
-        self.0.metrics.render()
+        self.live.metrics.render()
     }
 
     fn cutover(&self, req: CutoverRequest) -> BoxFuture<'_, Result<CutoverRecord, String>> {
-        Box::pin(super::cutover::run(self.0.clone(), req))
+        Box::pin(super::cutover::run(
+            self.live.clone(),
+            self.source.clone(),
+            req,
+        ))
     }
 
     fn pause(&self) {
-        self.0.paused.send_replace(true);
+        self.live.paused.send_replace(true);
         tracing::info!("applier paused by the control API");
     }
 
     fn resume(&self) {
-        self.0.paused.send_replace(false);
+        self.live.paused.send_replace(false);
         tracing::info!("applier resumed by the control API");
     }
 }

@@ -1,16 +1,16 @@
 //! The full-load stage: copy every unfinished chunk from the source snapshot
 //! into the target, several at once.
 //!
-//! Consumes the chunk plan of the selected tables and the name of an
-//! exported snapshot; emits rows into the target with
-//! `COPY … FROM STDIN (FORMAT binary)` fed straight from the source's
-//! `COPY … TO STDOUT (FORMAT binary)` (no decoding: PostgreSQL → PostgreSQL).
+//! Consumes the chunk plan of the selected tables and the source's
+//! [`Snapshot`]; each worker holds one [`SnapshotReader`] and writes each
+//! chunk with `COPY … FROM STDIN`: binary COPY bytes passed straight through
+//! when the source sends them (PostgreSQL), rows encoded otherwise.
 //!
 //! Invariants: a chunk's rows and its `ferry.chunks` mark commit in one
 //! target transaction, so a crash leaves each chunk either fully loaded and
 //! marked, or absent; on restart the unmarked chunks are copied again.
-//! Workers each hold one snapshot-importing source session and one target
-//! connection; memory is bounded by the COPY streams' buffers.
+//! Workers each hold one snapshot reader and one target connection; memory
+//! is bounded by the COPY streams' buffers.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -18,11 +18,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use ferry_apply::load::{LoadData, LoadProgress, LoadTarget, load_chunk};
 use ferry_apply::state::StateStore;
-use ferry_core::Row;
 use ferry_core::config::Config;
-use ferry_postgres::catalog::SourceTable;
-use ferry_postgres::snapshot::{Chunk, SnapshotSession};
-use futures_util::stream;
+use ferry_core::source::{Chunk, ChunkData, Snapshot, SnapshotReader, SourceTable};
 use tracing::info;
 
 use super::plan_store;
@@ -37,11 +34,11 @@ struct Job {
 }
 
 /// Copy every chunk of `tables` that is not done yet.
-pub async fn run(
+pub async fn run<T: Snapshot>(
     config: &Config,
     state: &StateStore,
     tables: &[SourceTable],
-    snapshot_name: &str,
+    snapshot: &T,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let target = ferry_postgres::connect::connect(&config.target, "target").await?;
@@ -85,16 +82,25 @@ pub async fn run(
     }));
     let mut set = tokio::task::JoinSet::new();
     for worker in 0..workers {
+        let reader = match snapshot.reader().await {
+            Ok(r) => r,
+            Err(e) => {
+                queue.lock().map(|mut q| q.clear()).ok();
+                while set.join_next().await.is_some() {}
+                let _ = progress_done.send(());
+                let _ = reporter.await;
+                return Err(e.into());
+            }
+        };
         let (config, state, queue, shutdown) = (
             config.clone(),
             state.clone(),
             queue.clone(),
             shutdown.clone(),
         );
-        let snapshot = snapshot_name.to_owned();
-        set.spawn(async move {
-            load_worker(worker, &config, &state, &snapshot, &queue, &shutdown).await
-        });
+        set.spawn(
+            async move { load_worker(worker, &config, &state, reader, &queue, &shutdown).await },
+        );
     }
     let mut first_error = None;
     while let Some(res) = set.join_next().await {
@@ -118,15 +124,14 @@ pub async fn run(
     }
 }
 
-async fn load_worker(
+async fn load_worker<R: SnapshotReader>(
     worker: usize,
     config: &Config,
     state: &StateStore,
-    snapshot: &str,
+    mut reader: R,
     queue: &Mutex<VecDeque<Job>>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
-    let session = SnapshotSession::open(&config.source, snapshot).await?;
     let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
     loop {
         if shutdown.is_triggered() {
@@ -143,9 +148,10 @@ async fn load_worker(
             columns: schema.columns.iter().map(|c| c.name.clone()).collect(),
             chunk: Some(job.chunk.index as i32),
         };
-        let bytes = session.copy_out(&job.chunk, schema).await?;
-        let data: LoadData<_, stream::Empty<Result<Row, ferry_core::Error>>> =
-            LoadData::BinaryCopy(Box::pin(bytes));
+        let data = match reader.read(&job.chunk, schema).await? {
+            ChunkData::BinaryCopy(bytes) => LoadData::BinaryCopy(bytes),
+            ChunkData::Rows(rows) => LoadData::Rows(rows),
+        };
         let result = load_chunk(&mut target, state, &to, data, Some(&job.progress))
             .await
             .with_context(|| {

@@ -1,44 +1,47 @@
-//! `ferry run`: the pipeline that moves a PostgreSQL source into the target.
+//! `ferry run`: the pipeline that moves any [`Source`] into the target.
 //!
 //! ```text
-//!  source PostgreSQL                                           target PostgreSQL
-//!  ─────────────────                                           ─────────────────
-//!  publication + slot ──(exported snapshot)──┐
-//!  pg_dump pre-data ─────────────────────────┼──▶ schema  (one txn: DDL, table
-//!                                            │            registry, chunk plan,
-//!                                            │            checkpoint, phase=load)
-//!  COPY … TO STDOUT (binary), N sessions ────┴──▶ load    (per chunk: COPY FROM
-//!                                                          + chunk mark, one txn)
-//!  pg_dump post-data ────────────────────────────▶ indexes (parallel builds),
-//!                                                 FKs NOT VALID, renames,
-//!                                                 ALWAYS/REPLICA triggers off
-//!                                                 (no-replica-role mode:
-//!                                                 ORIGIN/ALWAYS off, FKs dropped)
-//!  pgoutput via START_REPLICATION ─▶ decode ─▶ bounded channel ─▶ applier
-//!        ▲                                                  (batch + checkpoint,
-//!        └──────── standby status (flush = acked) ◀── ack ── one txn, then ack)
+//!  source (any Source impl)                                    target PostgreSQL
+//!  ────────────────────────                                    ─────────────────
+//!  prepare_capture + start_capture ──(snapshot)─┐
+//!  target_schema (pre-data) ────────────────────┼──▶ schema  (one txn: DDL, table
+//!                                               │            registry, chunk plan,
+//!                                               │            checkpoint, phase=load)
+//!  SnapshotReader::read per chunk, N workers ───┴──▶ load    (per chunk: COPY FROM
+//!                                                             + chunk mark, one txn)
+//!  target_schema (post-data) ───────────────────────▶ indexes (parallel builds),
+//!                                                    FKs NOT VALID, renames,
+//!                                                    ALWAYS/REPLICA triggers off
+//!                                                    (no-replica-role mode:
+//!                                                    ORIGIN/ALWAYS off, FKs dropped)
+//!  Source::changes ─▶ bounded channel ─▶ applier (batch + checkpoint, one txn)
+//!        ▲                                  │
+//!        └──────── ChangeHandle::ack ◀──────┘ (after COMMIT, never before)
 //! ```
 //!
 //! Phases (`plan → schema → load → catchup → stream`) are durable in the
 //! target's state schema; every run reads them and continues whatever is
 //! unfinished. Stages: [`schema`], [`load`], [`stream`]; the durable load plan
-//! lives in [`plan_store`]; reconnect policy in [`retry`].
+//! lives in [`plan_store`]; reconnect policy in [`retry`]; the lag monitor,
+//! status and control API handler in [`live`]; the cutover in [`cutover`].
+//! Nothing here holds source SQL: PostgreSQL is
+//! `ferry_postgres::source::PgSource`, picked in [`run`]; a new source adds
+//! its crate and one arm there (see `docs/architecture.md`).
 //!
-//! Resume rules: a crash during `schema` recreates the slot (ferry wrote the
-//! phase before creating it); a crash during `load` keeps every fully loaded
-//! table and copies the others again from a fresh snapshot whose position is
-//! recorded per table (row versions move between ctid ranges, so chunks of
-//! two snapshots are never mixed in one table); the stream replays from the
-//! slot's consistent point and skips, per table, what its snapshot holds;
-//! foreign keys, built `NOT VALID`, are validated once catch-up has passed
-//! every snapshot. Target schema changes made for applying are recorded in
+//! Resume rules: a crash during `schema` replaces the capture it started
+//! (ferry wrote the phase before starting it); a crash during `load` keeps
+//! every fully loaded table and copies the others again from a new snapshot
+//! whose position is recorded per table (chunks of two snapshots are never
+//! mixed in one table); the stream replays from the first snapshot's
+//! position and skips, per table, what its snapshot holds; foreign keys,
+//! built `NOT VALID`, are validated once catch-up has passed every
+//! snapshot. Target schema changes made for applying are recorded in
 //! [`overrides`] and put back at cutover.
 
 mod cutover;
 pub mod live;
 pub mod load;
 mod overrides;
-mod partitions;
 mod plan_store;
 mod progress;
 mod retry;
@@ -49,10 +52,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ferry_apply::state::{Phase, StateStore, TableState};
-use ferry_core::Lsn;
 use ferry_core::config::{Config, EndpointKind};
-use ferry_postgres::catalog::{SourceCatalog, read_catalog};
-use ferry_postgres::replication::ReplicationConnection;
+use ferry_core::source::{Catalog, Snapshot, Source, SourceTable};
+use ferry_postgres::source::PgSource;
 use tokio_postgres::Client;
 use tracing::info;
 
@@ -63,10 +65,28 @@ use crate::shutdown::{Shutdown, Trigger};
 /// Checkpoint row name of the change stream.
 pub const STREAM: &str = "main";
 
-/// Run the migration until shutdown or cutover.
+/// What refuses a run before anything is created on the source (the
+/// checks `ferry plan` fails on); `None` to go on.
+pub type Refusal<'a> =
+    &'a (dyn Fn() -> ferry_core::source::BoxFuture<'a, Option<String>> + Send + Sync);
+
+/// Run the migration until shutdown or cutover: pick the source and hand
+/// it to the generic pipeline ([`run_source`]).
 pub async fn run(config: &Config, trigger: Trigger, shutdown: Shutdown) -> anyhow::Result<Outcome> {
     match config.source.kind().map_err(anyhow::Error::msg)? {
-        EndpointKind::Postgres => run_postgres_retrying(config, trigger, shutdown).await,
+        EndpointKind::Postgres => {
+            let refusal = || -> ferry_core::source::BoxFuture<'_, Option<String>> {
+                Box::pin(crate::plan::refusal(config))
+            };
+            run_source(
+                Arc::new(PgSource::new(config.clone())),
+                config,
+                &refusal,
+                trigger,
+                shutdown,
+            )
+            .await
+        }
         EndpointKind::MySql | EndpointKind::Sqlite(_) => Err(ferry_core::Error::operator(
             format!("`ferry run` from {} is not available yet", config.source.url),
             "this release migrates PostgreSQL sources; `ferry plan` already checks MySQL/MariaDB and SQLite sources",
@@ -75,19 +95,22 @@ pub async fn run(config: &Config, trigger: Trigger, shutdown: Shutdown) -> anyho
     }
 }
 
-/// [`run_postgres`] again after a transient failure outside the stream
-/// (which reconnects by itself): a session ended or a server restarting
-/// during start-up, the schema or the load. Resuming from the state in the
-/// target is the normal path, so the next attempt continues where this one
-/// stopped; operator errors are returned.
-async fn run_postgres_retrying(
+/// The pipeline for any [`Source`], again after a transient failure
+/// outside the stream (which reconnects by itself): a session ended or a
+/// server restarting during start-up, the schema or the load. Resuming from
+/// the state in the target is the normal path, so the next attempt
+/// continues where this one stopped; operator errors are returned.
+pub async fn run_source<S: Source>(
+    source: Arc<S>,
     config: &Config,
+    refusal: Refusal<'_>,
     trigger: Trigger,
     shutdown: Shutdown,
 ) -> anyhow::Result<Outcome> {
     let mut backoff = retry::Backoff::default();
     loop {
-        let err = match run_postgres(config, trigger.clone(), shutdown.clone()).await {
+        let err = match run_once(&source, config, refusal, trigger.clone(), shutdown.clone()).await
+        {
             Err(e)
                 if !shutdown.is_triggered()
                     && stream::classify(&e) == ferry_core::ErrorClass::Transient =>
@@ -111,8 +134,10 @@ async fn run_postgres_retrying(
     }
 }
 
-async fn run_postgres(
+async fn run_once<S: Source>(
+    source: &Arc<S>,
     config: &Config,
+    refusal: Refusal<'_>,
     trigger: Trigger,
     shutdown: Shutdown,
 ) -> anyhow::Result<Outcome> {
@@ -127,9 +152,9 @@ async fn run_postgres(
         info!("this migration is already cut over (phase done); nothing to do");
         return Ok(Outcome::Ok);
     }
-    // Before the publication exists: publishing updates of a table without
-    // a replica identity would make the application's UPDATEs fail.
-    if let Some(why) = crate::plan::refusal(config).await {
+    // Before capture starts: e.g. publishing updates of a table without a
+    // replica identity would make the application's UPDATEs fail.
+    if let Some(why) = refusal().await {
         tracing::error!("{why}");
         return Ok(Outcome::Refused);
     }
@@ -142,27 +167,31 @@ async fn run_postgres(
         .await?;
     info!(run = run_id, phase = phase.map_or("new", Phase::as_str), source = %config.source.url, "ferry run");
 
-    let live = Live::new(config.clone(), state.clone(), run_id, trigger);
+    let live = Live::<S::Position>::new(config.clone(), state.clone(), run_id, trigger);
     if let Some(p) = phase {
         live.set_phase(p);
     }
-    let source = ferry_postgres::connect::connect(&config.source, "source").await?;
-    let filter = config.tables.filter().map_err(anyhow::Error::msg)?;
-    let catalog = read_catalog(&source, &filter, &config.state.schema).await?;
-    let keys = stream::primary_keys(&catalog);
+    let catalog = source.catalog().await?;
+    let tables = catalog.tables();
     if let Ok(mut c) = live.carried.lock() {
-        *c = catalog
-            .tables
+        *c = tables
             .iter()
             .map(|t| (t.schema.id.clone(), config.tables.target_name(&t.schema.id)))
             .collect();
     }
-    let mut background = start_background(config, &live, &target).await?;
+    let mut background = start_background(config, &live, source, &target).await?;
 
     let result = async {
         if phase.is_none_or(|p| p <= Phase::Load)
             && !load_phase(
-                config, &state, &target, &source, &catalog, phase, &live, &shutdown,
+                config,
+                &state,
+                &target,
+                source.as_ref(),
+                &catalog,
+                phase,
+                &live,
+                &shutdown,
             )
             .await?
         {
@@ -173,15 +202,22 @@ async fn run_postgres(
         if phase.is_some_and(|p| p > Phase::Load) {
             let mut t = ferry_postgres::connect::connect(&config.target, "target").await?;
             if !replica_role_mode(&t).await? {
-                let carried: Vec<_> = catalog
-                    .tables
+                let carried: Vec<_> = tables
                     .iter()
                     .map(|t| config.tables.target_name(&t.schema.id))
                     .collect();
                 overrides::disable_for_apply(&mut t, &state, &carried, false).await?;
             }
         }
-        stream::run(config, &state, shutdown.clone(), live.clone(), &keys).await
+        stream::run(
+            config,
+            &state,
+            shutdown.clone(),
+            live.clone(),
+            source,
+            &catalog,
+        )
+        .await
     }
     .await;
     if let Err(e) = &result {
@@ -189,7 +225,8 @@ async fn run_postgres(
     }
     let mut validate = Ok(());
     if let Some(finish) = live.take_finish() {
-        let dropped = finish_after_cutover(config, &state, finish.keep_slot, run_id).await;
+        let dropped =
+            finish_after_cutover(config, &state, source.as_ref(), finish.keep_slot, run_id).await;
         let finished = dropped.is_ok();
         let _ = finish.reply.send(dropped.map_err(|e| format!("{e:#}")));
         if finished {
@@ -206,54 +243,53 @@ async fn run_postgres(
 
 /// Schema, load and post-data; `Ok(false)` when shutdown interrupted the load.
 #[allow(clippy::too_many_arguments)]
-async fn load_phase(
+async fn load_phase<S: Source>(
     config: &Config,
     state: &StateStore,
     target: &Client,
-    source: &Client,
-    catalog: &SourceCatalog,
+    source: &S,
+    catalog: &S::Catalog,
     phase: Option<Phase>,
-    live: &Live,
+    live: &Live<S::Position>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<bool> {
+    let tables = catalog.tables();
     if phase.is_none_or(|p| p < Phase::Load) {
-        let slot = schema::run(config, state, target, source, catalog, phase).await?;
+        let snapshot = schema::run(config, state, target, source, catalog, phase).await?;
         live.set_phase(Phase::Load);
-        let name = slot.snapshot_name().unwrap_or_default().to_owned();
-        let loaded = load::run(config, state, &catalog.tables, &name, shutdown.clone()).await;
-        slot.release().await;
+        let loaded = load::run(config, state, &tables, &snapshot, shutdown.clone()).await;
+        snapshot.release().await;
         if !finish_load_step(loaded, shutdown)? {
             return Ok(false);
         }
     } else {
-        resume_load(config, state, target, catalog, shutdown).await?;
+        resume_load(config, state, target, source, &tables, shutdown).await?;
         if shutdown.is_triggered() {
             return Ok(false);
         }
     }
-    for t in &catalog.tables {
+    for t in &tables {
         state
             .set_table_state(target, &t.schema.id, &TableState::Loaded)
             .await?;
     }
     load::build_post_data(config, state).await?;
     let mut target_tx = ferry_postgres::connect::connect(&config.target, "target").await?;
-    schema::apply_renames(&mut target_tx, catalog, config).await?;
-    let carried: Vec<_> = catalog
-        .tables
+    schema::apply_renames(&mut target_tx, &tables, config).await?;
+    let carried: Vec<_> = tables
         .iter()
         .map(|t| config.tables.target_name(&t.schema.id))
         .collect();
     let replica_role = replica_role_mode(&target_tx).await?;
     overrides::disable_for_apply(&mut target_tx, state, &carried, replica_role).await?;
-    for t in &catalog.tables {
+    for t in &tables {
         state
             .set_table_state(target, &t.schema.id, &TableState::CatchingUp)
             .await?;
     }
     state.write_phase(target, Phase::Catchup).await?;
     live.set_phase(Phase::Catchup);
-    info!("load complete; catching up from the slot's consistent point");
+    info!("load complete; catching up from the snapshot's position");
     Ok(true)
 }
 
@@ -273,9 +309,10 @@ pub(crate) async fn replica_role_mode(target: &Client) -> anyhow::Result<bool> {
 }
 
 /// The control API, the monitor and the lag-history sampler.
-async fn start_background(
+async fn start_background<S: Source>(
     config: &Config,
-    live: &Arc<Live>,
+    live: &Arc<Live<S::Position>>,
+    source: &Arc<S>,
     target: &Client,
 ) -> anyhow::Result<tokio::task::JoinSet<()>> {
     let mut set = tokio::task::JoinSet::new();
@@ -290,7 +327,10 @@ async fn start_background(
     let addr = listener.local_addr()?;
     live::publish_address(target, &live.state, &addr.to_string()).await?;
     info!(address = %addr, "control API listening");
-    let handler: Arc<dyn crate::control::ControlHandler> = Arc::new(live::Handler(live.clone()));
+    let handler: Arc<dyn crate::control::ControlHandler> = Arc::new(live::Handler {
+        live: live.clone(),
+        source: source.clone(),
+    });
     let token = config.control.token.clone();
     let stop = live.stopped();
     set.spawn(async move {
@@ -298,7 +338,11 @@ async fn start_background(
             tracing::warn!(error = %e, "control API stopped");
         }
     });
-    set.spawn(live::run_monitor(live.clone(), live.stopped()));
+    set.spawn(live::run_monitor(
+        live.clone(),
+        source.clone(),
+        live.stopped(),
+    ));
     let (l, target_cfg) = (live.clone(), config.target.clone());
     let cfg = ferry_monitor::history::SamplerConfig::new(&config.state.schema);
     set.spawn(async move {
@@ -337,23 +381,18 @@ async fn start_background(
 /// After a cutover stopped the stream: put back the target schema changes
 /// ferry made for applying ([`overrides`]) and mark the pipeline done, in one
 /// transaction (the stream is down, so nothing is applied after the
-/// triggers are enabled again); then drop slot and publication (unless
-/// kept) and close the run.
-async fn finish_after_cutover(
+/// triggers are enabled again); then release the source's capture (slot
+/// and publication, unless kept) and close the run.
+async fn finish_after_cutover<S: Source>(
     config: &Config,
     state: &StateStore,
+    source: &S,
     keep_slot: bool,
     run_id: i64,
 ) -> anyhow::Result<live::Finished> {
-    // Fresh sessions: those opened at start may have been ended since
+    // A fresh session: the one opened at start may have been ended since
     // (terminated backend, server restart) while the stream reconnected.
-    let source = &ferry_postgres::connect::connect(&config.source, "source").await?;
     let target = &ferry_postgres::connect::connect(&config.target, "target").await?;
-    // A fenced source database defaults new sessions to read-only.
-    source
-        .batch_execute("SET default_transaction_read_only = off")
-        .await
-        .context("preparing to drop the slot and publication")?;
     target.batch_execute("BEGIN").await?;
     let restored = async {
         let restored = overrides::restore_all(target, state).await?;
@@ -374,23 +413,7 @@ async fn finish_after_cutover(
     for r in &restored {
         info!(restored = %r, "target schema restored");
     }
-    let mut dropped = false;
-    if !keep_slot {
-        // The walsender may take a moment to let go of the slot.
-        let started = std::time::Instant::now();
-        loop {
-            match ferry_postgres::slot::drop_slot(source, &config.postgres.slot).await {
-                Ok(_) => break,
-                Err(e) if started.elapsed() < std::time::Duration::from_secs(30) => {
-                    tracing::debug!(error = %e, "slot still active; retrying the drop");
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        ferry_postgres::slot::drop_publication(source, &config.postgres.publication).await?;
-        dropped = true;
-    }
+    let dropped = source.release_capture(keep_slot).await?;
     state.finish_run(target, run_id).await?;
     info!(
         slot_dropped = dropped,
@@ -430,20 +453,21 @@ fn finish_load_step(result: anyhow::Result<()>, shutdown: &Shutdown) -> anyhow::
 }
 
 /// Resume an interrupted load. Fully loaded tables are kept; every other
-/// table is (emptied and) copied from a new snapshot, taken with a temporary
-/// slot so its exact position is known: the stream, which replays from the
-/// first slot's consistent point, skips those tables' changes committed
-/// before it (see [`stream`]), so nothing is applied twice — also for tables
+/// table is (emptied and) copied from a new snapshot whose exact position
+/// is known ([`Source::new_snapshot`]): the stream, which replays from the
+/// first snapshot's position, skips those tables' changes committed before
+/// it (see [`stream`]), so nothing is applied twice — also for tables
 /// without a key, where replaying would duplicate rows.
-async fn resume_load(
+async fn resume_load<S: Source>(
     config: &Config,
     state: &StateStore,
     target: &Client,
-    catalog: &SourceCatalog,
+    source: &S,
+    tables: &[SourceTable],
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let mut reload = Vec::new();
-    for t in &catalog.tables {
+    for t in tables {
         let planned = plan_store::chunks(target, state, &t.schema.id).await?.len();
         let done = state.chunks_done(target, &t.schema.id).await?.len();
         if done < planned {
@@ -453,14 +477,9 @@ async fn resume_load(
     if reload.is_empty() {
         return Ok(());
     }
-    let mut conn = ReplicationConnection::connect(&config.source).await?;
-    let temp_slot = format!("{}_resync_{}", config.postgres.slot, std::process::id());
-    let created = conn.create_temporary_slot(&temp_slot).await?;
-    let at: Lsn = created.consistent_point;
-    let name = created
-        .snapshot_name
-        .context("the temporary slot exported no snapshot")?;
-    info!(snapshot = %name, at = %at, tables = reload.len(), "resuming the full load from a new snapshot");
+    let snapshot = source.new_snapshot().await?;
+    let at = snapshot.position();
+    info!(at = %at, tables = reload.len(), "resuming the full load from a new snapshot");
 
     target.batch_execute("BEGIN").await?;
     for (t, done) in &reload {
@@ -481,7 +500,7 @@ async fn resume_load(
                 )
                 .await?;
         }
-        plan_store::set_table_snapshot(target, state, &t.schema.id, at).await?;
+        plan_store::set_table_snapshot(target, state, &t.schema.id, &at).await?;
     }
     target
         .batch_execute("COMMIT")
@@ -489,7 +508,7 @@ async fn resume_load(
         .context("recording the reload plan")?;
 
     let tables: Vec<_> = reload.into_iter().map(|(t, _)| t).collect();
-    let loaded = load::run(config, state, &tables, &name, shutdown.clone()).await;
-    conn.close().await;
+    let loaded = load::run(config, state, &tables, &snapshot, shutdown.clone()).await;
+    snapshot.release().await;
     finish_load_step(loaded, shutdown).map(|_| ())
 }

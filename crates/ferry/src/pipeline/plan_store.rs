@@ -7,9 +7,9 @@ use anyhow::Context;
 use ferry_apply::state::StateStore;
 use std::collections::HashMap;
 
-use ferry_core::{Lsn, TableId};
-use ferry_postgres::dump::{DeferredForeignKey, defer_foreign_key, split_post_data};
-use ferry_postgres::snapshot::Chunk;
+use ferry_core::source::{Chunk, TargetSchema};
+use ferry_core::{Position, TableId};
+use ferry_postgres::dump::{DeferredForeignKey, defer_foreign_key};
 use tokio_postgres::Client;
 
 /// Create the plan tables (idempotent).
@@ -46,7 +46,7 @@ pub async fn save(
     target: &Client,
     state: &StateStore,
     chunks: &[Chunk],
-    post_data: &str,
+    schema: &TargetSchema,
 ) -> anyhow::Result<()> {
     ensure(target, state).await?;
     let insert = format!(
@@ -71,14 +71,13 @@ pub async fn save(
             .await
             .context("saving the chunk plan")?;
     }
-    let post = split_post_data(post_data);
     target
         .execute(
             &format!(
                 "INSERT INTO {} VALUES (1, $1)",
                 state.table("post_data_preamble")
             ),
-            &[&post.preamble],
+            &[&schema.post_preamble],
         )
         .await
         .context("saving the post-data preamble")?;
@@ -87,11 +86,11 @@ pub async fn save(
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
         state.table("post_data")
     );
-    let entries = post
-        .parallel
+    let entries = schema
+        .post_parallel
         .iter()
         .map(|e| (e, true))
-        .chain(post.sequential.iter().map(|e| (e, false)));
+        .chain(schema.post_sequential.iter().map(|e| (e, false)));
     for (seq, (e, parallel)) in entries.enumerate() {
         let deferred = match e.kind.as_str() {
             "FK CONSTRAINT" => deferrable_foreign_key(target, &e.sql).await?,
@@ -169,13 +168,13 @@ pub async fn chunks(
         .collect())
 }
 
-/// Record that `table` is (re)loaded from a snapshot taken at `lsn`: the
+/// Record that `table` is (re)loaded from a snapshot taken at `at`: the
 /// stream must skip its changes from transactions committed before that.
-pub async fn set_table_snapshot(
+pub async fn set_table_snapshot<P: Position>(
     target: &Client,
     state: &StateStore,
     table: &TableId,
-    lsn: Lsn,
+    at: &P,
 ) -> anyhow::Result<()> {
     let sql = format!(
         "INSERT INTO {} VALUES ($1, $2, $3)
@@ -183,7 +182,7 @@ pub async fn set_table_snapshot(
         state.table("table_snapshots")
     );
     target
-        .execute(&sql, &[&table.schema, &table.name, &lsn.to_string()])
+        .execute(&sql, &[&table.schema, &table.name, &at.to_string()])
         .await
         .with_context(|| format!("recording the snapshot position of {table}"))?;
     Ok(())
@@ -191,10 +190,10 @@ pub async fn set_table_snapshot(
 
 /// Tables loaded from a snapshot later than the stream's start, with the
 /// snapshot's position.
-pub async fn table_snapshots(
+pub async fn table_snapshots<P: Position>(
     target: &Client,
     state: &StateStore,
-) -> anyhow::Result<HashMap<TableId, Lsn>> {
+) -> anyhow::Result<HashMap<TableId, P>> {
     let rows = target
         .query(
             &format!(
@@ -207,10 +206,10 @@ pub async fn table_snapshots(
         .context("reading table snapshot positions")?;
     rows.iter()
         .map(|r| {
-            let lsn: Lsn = r.get::<_, &str>(2).parse()?;
+            let at: P = r.get::<_, &str>(2).parse()?;
             Ok((
                 TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-                lsn,
+                at,
             ))
         })
         .collect()

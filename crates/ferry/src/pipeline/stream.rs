@@ -1,20 +1,21 @@
-//! The streaming stage: pgoutput from the slot, through the decoder and a
-//! bounded channel, into the batching applier; acknowledgement after commit.
+//! The streaming stage: changes from the source ([`Source::changes`]),
+//! through a bounded channel, into the batching applier; acknowledgement
+//! after commit.
 //!
-//! Consumes the checkpoint in the target (the slot's consistent point on the
+//! Consumes the checkpoint in the target (the snapshot's position on the
 //! first run, then the end of the last applied transaction) and streams from
 //! there. Emits target transactions (data + checkpoint, see
-//! `ferry_apply::batcher`) and standby status updates whose flush position is
-//! what the applier acknowledged after COMMIT — never more. Invariant:
-//! `confirmed_flush ≤ checkpoint ≤ received`.
+//! `ferry_apply::batcher`) and acknowledgements to the source of what the
+//! applier committed — never more. Invariant:
+//! `acknowledged ≤ checkpoint ≤ received`.
 //!
-//! Restart: every (re)connection reads the checkpoint again, verifies the
-//! slot has not moved past it, and starts there; the server skips commits at
-//! or before it. Transient failures (source or target restarted, connection
-//! dropped) reconnect with backoff; operator errors stop the run.
+//! Restart: every (re)connection reads the checkpoint again and starts
+//! there; the source refuses a checkpoint it can no longer serve. Transient
+//! failures (source or target restarted, connection dropped) reconnect with
+//! backoff; operator errors stop the run.
 //!
 //! Phase: `catchup` becomes `stream` once the applied position reaches the
-//! source's WAL position read when streaming started.
+//! source's head read when streaming started.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,11 +26,8 @@ use ferry_apply::batcher::{Applier, ApplierConfig, RunOutcome};
 use ferry_apply::checkpoint::read_checkpoint;
 use ferry_apply::state::{Phase, StateStore, TableState};
 use ferry_core::config::Config;
-use ferry_core::{Change, ErrorClass, Event, Lsn, ReplicaIdentity, TableId, TableSchema};
-use ferry_postgres::replication::ReplicationConnection;
-use ferry_postgres::stream::{
-    AckHandle, CatalogTypeResolver, PgChangeStream, StreamConfig, StreamHooks,
-};
+use ferry_core::source::{ChangeHandle, ChangeOptions, Probe, Source, SuperviseContext};
+use ferry_core::{Change, ErrorClass, Event, Position, TableId};
 use tracing::{info, warn};
 
 use super::STREAM;
@@ -40,19 +38,19 @@ use crate::shutdown::Shutdown;
 /// A connection that stayed up this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 
-/// Stream until shutdown, reconnecting after transient failures. `keys`
-/// holds each carried table's primary-key columns ([`primary_keys`]).
-pub async fn run(
+/// Stream until shutdown, reconnecting after transient failures.
+pub async fn run<S: Source>(
     config: &Config,
     state: &StateStore,
     shutdown: Shutdown,
-    live: Arc<Live>,
-    keys: &HashMap<TableId, Vec<String>>,
+    live: Arc<Live<S::Position>>,
+    source: &Arc<S>,
+    catalog: &S::Catalog,
 ) -> anyhow::Result<()> {
     let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
-        let err = match stream_once(config, state, shutdown.clone(), &live, keys).await {
+        let err = match stream_once(config, state, shutdown.clone(), &live, source, catalog).await {
             Ok(()) => return Ok(()),
             Err(e) if shutdown.is_triggered() => {
                 warn!(error = %format!("{e:#}"), "stream ended with an error during shutdown");
@@ -84,59 +82,45 @@ pub async fn run(
 }
 
 /// One connection's worth of streaming; `Ok` only on shutdown.
-async fn stream_once(
+async fn stream_once<S: Source>(
     config: &Config,
     state: &StateStore,
     shutdown: Shutdown,
-    live: &Arc<Live>,
-    keys: &HashMap<TableId, Vec<String>>,
+    live: &Arc<Live<S::Position>>,
+    source: &Arc<S>,
+    catalog: &S::Catalog,
 ) -> anyhow::Result<()> {
     let target = ferry_postgres::connect::connect(&config.target, "target").await?;
-    let source = Arc::new(ferry_postgres::connect::connect(&config.source, "source").await?);
-    let checkpoint = read_checkpoint::<Lsn>(&target, state, STREAM)
+    let checkpoint = read_checkpoint::<S::Position>(&target, state, STREAM)
         .await?
         .context("no stream checkpoint in the target: the schema stage never finished; run `ferry cleanup` and start again")?;
-    ferry_postgres::slot::verify_slot(&source, &config.postgres.slot, checkpoint.position).await?;
     // Lag counts from what the target already holds, not from zero.
-    live.applied(checkpoint.position);
-    let snapshots = super::plan_store::table_snapshots(&target, state).await?;
-    let head = current_wal_lsn(&source).await?;
+    live.applied(checkpoint.position.clone());
+    let snapshots = super::plan_store::table_snapshots::<S::Position>(&target, state).await?;
+    let head = source.probe().await?.head().await?;
     let phase = state.read_phase(&target).await?;
 
-    let conn = ReplicationConnection::connect(&config.source).await?;
-    let mut stream_config = StreamConfig::new(
-        &config.postgres.slot,
-        &config.postgres.publication,
-        checkpoint.position,
-    );
-    stream_config.proto_version = config.postgres.proto_version;
-    // Two of the four shares of apply.max_buffered_bytes; the applier holds
-    // the other two.
-    stream_config.channel_bytes = config.apply.buffer_share();
-    stream_config.spill_threshold = config.apply.buffer_share();
-    stream_config.extra_publications =
-        ferry_postgres::slot::stream_publications(&source, &config.postgres.publication)
-            .await?
-            .split_off(1);
-    let resolver = Arc::new(CatalogTypeResolver::new(source.clone()));
-    let hooks = StreamHooks {
-        map: Some(Box::new(event_map(keys.clone(), snapshots, live.clone()))),
-        pause: Some(live.paused()),
+    let options = ChangeOptions {
+        // Two of the four shares of apply.max_buffered_bytes; the applier
+        // holds the other two.
+        channel_bytes: config.apply.buffer_share(),
+        spill_threshold: config.apply.buffer_share(),
+        map: Some(Box::new(event_map(snapshots, live.clone()))),
     };
-    let (mut rx, handle) = PgChangeStream::start_with(conn, resolver, stream_config, hooks).await?;
+    let (mut rx, handle) = source
+        .changes(catalog, checkpoint.position.clone(), options)
+        .await?;
     info!(from = %checkpoint.position, source_head = %head, "streaming changes");
 
-    let acked = handle.ack_handle();
     let promoter = (phase == Some(Phase::Catchup)).then(|| {
-        let (config, state, acked, live) =
-            (config.clone(), state.clone(), acked.clone(), live.clone());
+        let (config, state, live) = (config.clone(), state.clone(), live.clone());
+        let head = head.clone();
         tokio::spawn(async move {
             // Transient failures (target restarted, session ended) retry:
             // a lost promotion would leave the phase at catchup for good.
             let mut backoff = Backoff::default();
             loop {
-                let Err(e) = promote_when_caught_up(&config, &state, &acked, head, &live).await
-                else {
+                let Err(e) = promote_when_caught_up(&config, &state, &head, &live).await else {
                     return;
                 };
                 if classify(&e) != ErrorClass::Transient {
@@ -154,12 +138,13 @@ async fn stream_once(
     let mut applier_cfg = ApplierConfig::new(STREAM, &config.apply, true);
     applier_cfg.replica_role = super::replica_role_mode(&target).await?;
     let mut applier =
-        Applier::<Lsn>::new(target, state.clone(), config.tables.clone(), applier_cfg).await?;
+        Applier::<S::Position>::new(target, state.clone(), config.tables.clone(), applier_cfg)
+            .await?;
     live.set_stats(applier.stats());
-    let watch = tokio::spawn(super::partitions::watch(live.clone()));
-    let ack = |p: &Lsn| {
-        acked.ack(*p);
-        live.applied(*p);
+    let watch = tokio::spawn(source.supervise(supervise_context(config, live)));
+    let ack = |p: &S::Position| {
+        handle.ack(p.clone());
+        live.applied(p.clone());
     };
     let mut sd = shutdown.clone();
     let outcome = applier
@@ -183,60 +168,43 @@ async fn stream_once(
     }
 }
 
-/// Primary-key column names per table, from the source catalog.
-pub fn primary_keys(
-    catalog: &ferry_postgres::catalog::SourceCatalog,
-) -> HashMap<TableId, Vec<String>> {
-    catalog
-        .tables
-        .iter()
-        .map(|t| {
-            (
-                t.schema.id.clone(),
-                t.schema.key_names().map(str::to_owned).collect(),
-            )
-        })
-        .collect()
+/// What the source's supervision task needs from the running pipeline.
+fn supervise_context<P: Position>(config: &Config, live: &Arc<Live<P>>) -> SuperviseContext<P> {
+    let carried = live.carried.lock().map(|c| c.clone()).unwrap_or_default();
+    let (applied, report) = (live.clone(), live.clone());
+    SuperviseContext {
+        carried,
+        target: config.target.clone(),
+        applied: Arc::new(move || applied.applied_position()),
+        report: Arc::new(move |message| report.set_error(message)),
+    }
 }
 
-/// What the applier must see differently from what pgoutput sends, fixed
-/// inline in the reader ([`StreamHooks::map`]):
+/// Run inline in the reader ([`ChangeOptions::map`]) on every event:
 ///
-/// - pgoutput flags every column as part of the key under REPLICA IDENTITY
-///   FULL; the applier matches on the table's real primary key (none: all
-///   columns, one row at a time), so Relation events get the catalog's key.
 /// - tables (re)loaded from a snapshot at `S` after a crash already hold the
-///   effects of transactions whose commit record precedes `S`; their changes
-///   from those transactions are dropped ([`skip_for_snapshot`]).
-///
-/// It also records each transaction as received, for the lag figures.
-fn event_map(
-    keys: HashMap<TableId, Vec<String>>,
-    snapshots: HashMap<TableId, Lsn>,
-    live: Arc<Live>,
-) -> impl FnMut(Event<Lsn>) -> Option<Event<Lsn>> + Send + 'static {
-    let mut final_lsn = None;
+///   effects of transactions whose commit precedes `S`; their changes
+///   from those transactions are dropped ([`skip_for_snapshot`]);
+/// - each transaction is recorded as received, for the lag figures.
+fn event_map<P: Position>(
+    snapshots: HashMap<TableId, P>,
+    live: Arc<Live<P>>,
+) -> impl FnMut(Event<P>) -> Option<Event<P>> + Send + 'static {
+    let mut final_position: Option<P> = None;
     move |event| match event {
-        Event::Relation(schema) if schema.replica_identity == ReplicaIdentity::Full => {
-            let names = keys.get(&schema.id).cloned().unwrap_or_default();
-            let key: Option<Vec<usize>> = names.iter().map(|n| schema.column_index(n)).collect();
-            let mut fixed = TableSchema::clone(&schema);
-            fixed.key = key.unwrap_or_default();
-            Some(Event::Relation(Arc::new(fixed)))
-        }
         Event::Begin {
-            final_position,
+            final_position: ref f,
             commit_time,
             ..
         } => {
-            final_lsn = final_position;
-            if let Some(f) = final_position {
-                live.forwarded(f, commit_time);
+            final_position = f.clone();
+            if let Some(f) = f {
+                live.forwarded(f.clone(), commit_time);
             }
             Some(event)
         }
         Event::Change(change) if !snapshots.is_empty() => {
-            skip_for_snapshot(change, final_lsn, &snapshots).map(Event::Change)
+            skip_for_snapshot(change, final_position.as_ref(), &snapshots).map(Event::Change)
         }
         other => Some(other),
     }
@@ -244,13 +212,17 @@ fn event_map(
 
 /// The change as the applier should see it, or `None` when every table it
 /// touches was loaded from a snapshot that already includes it (the
-/// transaction's commit record precedes the snapshot's position).
-fn skip_for_snapshot(
+/// transaction's commit precedes the snapshot's position).
+fn skip_for_snapshot<P: Position>(
     change: Change,
-    final_lsn: Option<Lsn>,
-    snapshots: &HashMap<TableId, Lsn>,
+    final_position: Option<&P>,
+    snapshots: &HashMap<TableId, P>,
 ) -> Option<Change> {
-    let covered = |t: &TableId| final_lsn.zip(snapshots.get(t)).is_some_and(|(f, s)| f < *s);
+    let covered = |t: &TableId| {
+        final_position
+            .zip(snapshots.get(t))
+            .is_some_and(|(f, s)| f < s)
+    };
     match change {
         Change::Truncate {
             tables,
@@ -271,24 +243,14 @@ fn skip_for_snapshot(
     }
 }
 
-async fn current_wal_lsn(source: &tokio_postgres::Client) -> anyhow::Result<Lsn> {
-    let text: String = source
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .context("reading the source WAL position")?
-        .get(0);
-    Ok(text.parse()?)
-}
-
 /// Mark the pipeline `stream` once everything up to `head` is applied.
-async fn promote_when_caught_up(
+async fn promote_when_caught_up<P: Position>(
     config: &Config,
     state: &StateStore,
-    acked: &AckHandle,
-    head: Lsn,
-    live: &Live,
+    head: &P,
+    live: &Live<P>,
 ) -> anyhow::Result<()> {
-    while acked.acked() < head {
+    while live.applied_position().is_none_or(|a| a < *head) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
@@ -303,7 +265,7 @@ async fn promote_when_caught_up(
     }
     state.write_phase(&target, Phase::Stream).await?;
     live.set_phase(Phase::Stream);
-    info!(applied = %acked.acked(), "caught up; streaming");
+    info!(applied = ?live.applied_position().map(|a| a.to_string()), "caught up; streaming");
     Ok(())
 }
 
@@ -354,7 +316,7 @@ fn lost_connection(e: &tokio_postgres::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_core::Row;
+    use ferry_core::{Lsn, Row};
 
     fn insert(t: &str) -> Change {
         Change::Insert {
@@ -376,7 +338,7 @@ mod tests {
         ];
         for (change, final_lsn, kept) in cases {
             assert_eq!(
-                skip_for_snapshot(change.clone(), final_lsn, &snaps).is_some(),
+                skip_for_snapshot(change.clone(), final_lsn.as_ref(), &snaps).is_some(),
                 kept,
                 "{change:?} at {final_lsn:?}"
             );
@@ -389,7 +351,7 @@ mod tests {
             cascade: false,
             restart_identity: false,
         };
-        match skip_for_snapshot(truncate, Some(Lsn(50)), &snaps) {
+        match skip_for_snapshot(truncate, Some(&Lsn(50)), &snaps) {
             Some(Change::Truncate { tables, .. }) => {
                 assert_eq!(tables, vec![TableId::new("public", "other")])
             }

@@ -20,15 +20,15 @@
 //! pure [`findings`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use ferry_core::{Lsn, TableId};
+use ferry_core::config::Endpoint;
+use ferry_core::source::SuperviseContext;
+use ferry_core::{Error, Lsn, TableId};
 use tokio_postgres::Client;
 use tracing::{error, warn};
 
-use super::live::Live;
+use crate::connect::{connect, query_error};
 
 /// How often the partitions are compared.
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -98,11 +98,11 @@ const LEAVES: &str =
      JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE t.isleaf";
 
-async fn leaves(client: &Client, root: &TableId) -> anyhow::Result<Leaves> {
+async fn leaves(client: &Client, root: &TableId) -> Result<Leaves, Error> {
     let names: Vec<String> = client
         .query(LEAVES, &[&root.quoted()])
         .await
-        .with_context(|| format!("listing the partitions of {root}"))?
+        .map_err(|e| query_error(&format!("listing the partitions of {root}"), e))?
         .iter()
         .map(|r| r.get(0))
         .collect();
@@ -111,7 +111,7 @@ async fn leaves(client: &Client, root: &TableId) -> anyhow::Result<Leaves> {
         let rows: bool = client
             .query_one(&format!("SELECT EXISTS (SELECT 1 FROM ONLY {name})"), &[])
             .await
-            .with_context(|| format!("looking into partition {name}"))?
+            .map_err(|e| query_error(&format!("looking into partition {name}"), e))?
             .get(0);
         out.insert(name, rows);
     }
@@ -121,7 +121,7 @@ async fn leaves(client: &Client, root: &TableId) -> anyhow::Result<Leaves> {
 async fn partitioned_roots(
     source: &Client,
     carried: &[(TableId, TableId)],
-) -> anyhow::Result<Vec<(TableId, TableId)>> {
+) -> Result<Vec<(TableId, TableId)>, Error> {
     let mut out = Vec::new();
     for (src, dst) in carried {
         let kind: Option<i8> = source
@@ -130,7 +130,7 @@ async fn partitioned_roots(
                 &[&src.quoted()],
             )
             .await
-            .with_context(|| format!("reading the kind of {src}"))?
+            .map_err(|e| query_error(&format!("reading the kind of {src}"), e))?
             .map(|r| r.get(0));
         if kind == Some(b'p' as i8) {
             out.push((src.clone(), dst.clone()));
@@ -141,51 +141,53 @@ async fn partitioned_roots(
 
 /// Watch the carried partitioned tables until the task is aborted. Errors
 /// (a lost session) are logged and the next round reconnects.
-pub async fn watch(live: Arc<Live>) {
+pub async fn watch(source: Endpoint, context: SuperviseContext<Lsn>) {
     let mut suspects: BTreeMap<String, (BTreeSet<String>, Lsn)> = BTreeMap::new();
     let mut reported = BTreeSet::new();
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
-        if let Err(e) = round(&live, &mut suspects, &mut reported).await {
-            warn!(error = %format!("{e:#}"), "partition check failed; will retry");
+        if let Err(e) = round(&source, &context, &mut suspects, &mut reported).await {
+            warn!(error = %e, "partition check failed; will retry");
         }
     }
 }
 
 async fn round(
-    live: &Live,
+    source_endpoint: &Endpoint,
+    context: &SuperviseContext<Lsn>,
     suspects: &mut BTreeMap<String, (BTreeSet<String>, Lsn)>,
     reported: &mut BTreeSet<Finding>,
-) -> anyhow::Result<()> {
-    let carried = live.carried.lock().map(|c| c.clone()).unwrap_or_default();
-    if carried.is_empty() {
+) -> Result<(), Error> {
+    if context.carried.is_empty() {
         return Ok(());
     }
-    let source = ferry_postgres::connect::connect(&live.config.source, "source").await?;
-    let roots = partitioned_roots(&source, &carried).await?;
+    let source = connect(source_endpoint, "source").await?;
+    let roots = partitioned_roots(&source, &context.carried).await?;
     if roots.is_empty() {
         return Ok(());
     }
-    let target = ferry_postgres::connect::connect(&live.config.target, "target").await?;
+    let target = connect(&context.target, "target").await?;
     for (src, dst) in roots {
         // The position before the source is read: changes up to it are
         // what the target must have applied for a fair comparison.
         let at: Lsn = source
             .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await?
+            .await
+            .map_err(|e| query_error("reading the source WAL position", e))?
             .get::<_, String>(0)
-            .parse()?;
+            .parse()
+            .map_err(|e| Error::operator(format!("{e}"), "report this as a ferry bug"))?;
         let s = leaves(&source, &src).await?;
         let t = leaves(&target, &dst).await?;
         let key = src.to_string();
         let (before, since) = suspects.remove(&key).unwrap_or_default();
-        let applied_past = since.0 > 0 && live.applied_position() >= since;
+        let applied_past = since.0 > 0 && (context.applied)().is_some_and(|a| a >= since);
         let (found, now) = findings(&dst.quoted(), &s, &t, &before, applied_past);
         for f in found {
             if reported.insert(f.clone()) {
                 let msg = f.message();
                 error!(table = %src, "{msg}");
-                live.set_error(msg);
+                (context.report)(msg);
             }
         }
         if !now.is_empty() {

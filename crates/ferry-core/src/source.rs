@@ -1,0 +1,334 @@
+//! The source seam: what a source database must do for `ferry run`.
+//!
+//! The pipeline in the `ferry` binary is generic over [`Source`] and holds
+//! no source SQL: PostgreSQL implements these traits in `ferry-postgres`,
+//! and every other source (MySQL/MariaDB, SQLite, the in-memory source the
+//! tests script) plugs in the same way. One change travels
+//!
+//! ```text
+//! Source::changes ──Event<P>──▶ bounded channel ──▶ applier (ferry-apply)
+//!      ▲                                              │ data + checkpoint,
+//!      └──────────── ChangeHandle::ack(P) ◀───────────┘ one target txn
+//! ```
+//!
+//! The traits, by phase:
+//!
+//! - schema and load: [`Source::catalog`] (the selected tables),
+//!   [`Source::prepare_capture`] and [`Source::start_capture`] (start
+//!   recording changes and take a
+//!   consistent [`Snapshot`] at the same position), [`Source::target_schema`]
+//!   (the DDL the target gets before and after the load),
+//!   [`Source::plan_chunks`], and [`SnapshotReader::read`] per chunk;
+//!   [`Source::new_snapshot`] when an interrupted load resumes;
+//! - streaming: [`Source::changes`] from a position, acknowledged through
+//!   [`ChangeHandle::ack`] only after the target committed;
+//! - watching: [`Probe`] (head position, heartbeats, retention) and
+//!   [`Source::supervise`] for what the log cannot carry;
+//! - cutover: [`Cutover`] (fence, final position, sequences, row counts)
+//!   and [`Source::release_capture`].
+//!
+//! Every method returns the shared [`Error`], classified transient (the
+//! pipeline reconnects and resumes from the target's state) or operator
+//! (the run stops with the fix).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::sync::mpsc;
+
+use crate::change::{Event, Row};
+use crate::config::Endpoint;
+use crate::error::Error;
+use crate::position::Position;
+use crate::schema::{TableId, TableSchema};
+
+/// A boxed stream of `T`s, `Send`, owning what it reads.
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Error>> + Send + 'static>>;
+
+/// A boxed `Send` future, for hooks handed across the seam.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One selected source table.
+#[derive(Debug, Clone)]
+pub struct SourceTable {
+    pub schema: TableSchema,
+    /// Planner estimate, for progress; `None` when the source has none.
+    pub row_estimate: Option<u64>,
+}
+
+/// What [`Source::catalog`] returns: the selected tables, plus whatever the
+/// source keeps for planning (its own type).
+pub trait Catalog: Send + Sync + 'static {
+    fn tables(&self) -> Vec<SourceTable>;
+}
+
+/// One unit of the full load: a range of one table, copied and marked done
+/// in one target transaction. Saved in the target's load plan so that a
+/// resumed load copies exactly the same ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// The selected table the rows belong to.
+    pub table: TableId,
+    /// The relation rows are read from and written to (a partition, or the
+    /// table itself).
+    pub relation: TableId,
+    pub index: usize,
+    pub total: usize,
+    /// The source's own range condition (e.g. a ctid or key range), `None`
+    /// for the whole relation. Only the source that planned it reads it.
+    pub predicate: Option<String>,
+    /// Read the relation without its inheritance children.
+    pub only: bool,
+}
+
+/// One post-data statement (index, constraint, trigger, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostStatement {
+    /// `INDEX`, `CONSTRAINT`, `FK CONSTRAINT`, `TRIGGER`, …
+    pub kind: String,
+    pub name: String,
+    pub sql: String,
+}
+
+/// The DDL the target gets: tables before the load, the rest after it.
+#[derive(Debug, Clone, Default)]
+pub struct TargetSchema {
+    /// Types, tables, sequences: run in the schema transaction.
+    pub pre_data: String,
+    /// `SET …` lines every post-data session runs first.
+    pub post_preamble: String,
+    /// Independent builds (indexes, keys): run several at a time.
+    pub post_parallel: Vec<PostStatement>,
+    /// Everything else, in order, after those.
+    pub post_sequential: Vec<PostStatement>,
+}
+
+/// The rows of one chunk.
+pub enum ChunkData {
+    /// PostgreSQL binary COPY bytes, passed through to the target as is.
+    BinaryCopy(BoxStream<Bytes>),
+    /// Rows of values in the table's column order.
+    Rows(BoxStream<Row>),
+}
+
+impl std::fmt::Debug for ChunkData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChunkData::BinaryCopy(_) => "ChunkData::BinaryCopy",
+            ChunkData::Rows(_) => "ChunkData::Rows",
+        })
+    }
+}
+
+/// A consistent cut of the source, at [`Snapshot::position`]: the load
+/// reads every chunk from it, and the change stream starts there.
+pub trait Snapshot: Send + Sync + 'static {
+    type Position: Position;
+    type Reader: SnapshotReader;
+
+    /// Every transaction committed before this position is in the
+    /// snapshot; every later one is in the change stream.
+    fn position(&self) -> Self::Position;
+
+    /// A new reading session of this snapshot (one per load worker).
+    fn reader(&self) -> impl Future<Output = Result<Self::Reader, Error>> + Send;
+
+    /// Let the snapshot go once the load is done.
+    fn release(self) -> impl Future<Output = ()> + Send;
+}
+
+/// One session reading a [`Snapshot`].
+pub trait SnapshotReader: Send + 'static {
+    /// The rows of `chunk`; `schema` gives the columns in target order.
+    fn read(
+        &mut self,
+        chunk: &Chunk,
+        schema: &TableSchema,
+    ) -> impl Future<Output = Result<ChunkData, Error>> + Send;
+}
+
+/// Run on every event before it is sent; may change or drop it.
+pub type EventMap<P> = Box<dyn FnMut(Event<P>) -> Option<Event<P>> + Send>;
+
+/// The receiving end of a change stream.
+pub type Events<P> = mpsc::Receiver<Event<P>>;
+
+/// How [`Source::changes`] is to deliver events.
+pub struct ChangeOptions<P> {
+    /// Bytes of events ([`crate::size::ApproxBytes`]) the channel may hold.
+    pub channel_bytes: usize,
+    /// A source transaction larger than this is spilled to disk (sources
+    /// that must hold a whole transaction before sending it).
+    pub spill_threshold: usize,
+    /// Run on every event before it is sent: may change or drop it (the
+    /// pipeline records received transactions here).
+    pub map: Option<EventMap<P>>,
+}
+
+impl<P> std::fmt::Debug for ChangeOptions<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeOptions")
+            .field("channel_bytes", &self.channel_bytes)
+            .field("spill_threshold", &self.spill_threshold)
+            .field("map", &self.map.is_some())
+            .finish()
+    }
+}
+
+/// The running change stream.
+pub trait ChangeHandle<P: Position>: Send + Sync + 'static {
+    /// Everything up to `position` is committed in the target: the source
+    /// may forget it. Never called with more than was applied.
+    fn ack(&self, position: P);
+
+    /// Stop reading; the error the stream ended with, if any.
+    fn shutdown(self) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// How much log the source keeps for ferry (a replication slot, retained
+/// binlogs, the SQLite change log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// What holds it (slot name, log table).
+    pub name: String,
+    pub retained_bytes: Option<u64>,
+    /// The source's own word for its state (e.g. `reserved`, `lost`).
+    pub status: Option<String>,
+}
+
+/// A monitoring session on the source.
+pub trait Probe<P: Position>: Send + 'static {
+    /// The newest position the source has written.
+    fn head(&mut self) -> impl Future<Output = Result<P, Error>> + Send;
+
+    /// Write a heartbeat into the change log and return its position, so
+    /// that lag keeps being measured while the application is idle; `None`
+    /// when the source cannot.
+    fn heartbeat(&mut self) -> impl Future<Output = Result<Option<P>, Error>> + Send;
+
+    /// What the source keeps for ferry.
+    fn retention(&mut self) -> impl Future<Output = Result<Option<Retention>, Error>> + Send;
+
+    /// The session is gone: open a new probe.
+    fn is_closed(&self) -> bool;
+}
+
+/// One sequence of the carried tables and its value on the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SequenceValue {
+    pub id: TableId,
+    /// Table and column that own it; renames of the table carry it along.
+    pub owned_by: Option<(TableId, String)>,
+    pub last_value: i64,
+    pub is_called: bool,
+}
+
+/// The source's part of a cutover.
+pub trait Cutover<P: Position>: Send + 'static {
+    /// What [`Cutover::fence`] does, for a dry run.
+    fn fence_description(&self) -> String;
+
+    /// Stop every write on the source (and make sure none is still
+    /// finishing) so that no change can follow the final position.
+    fn fence(&mut self) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Undo [`Cutover::fence`] after a failed cutover.
+    fn unfence(&mut self) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// A position past every commit made so far, that the change stream
+    /// is sure to deliver (also on an idle source).
+    fn final_position(&mut self) -> impl Future<Output = Result<P, Error>> + Send;
+
+    /// The sequences of the carried tables with their values; any that
+    /// cannot be read is an error naming it, never a skip.
+    fn sequences(&mut self) -> impl Future<Output = Result<Vec<SequenceValue>, Error>> + Send;
+
+    /// Exact row count of one carried table.
+    fn count_rows(&mut self, table: &TableId) -> impl Future<Output = Result<u64, Error>> + Send;
+}
+
+/// What the pipeline hands a [`Source::supervise`] task.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)] // holds closures
+pub struct SuperviseContext<P> {
+    /// (source, target) names of the carried tables.
+    pub carried: Vec<(TableId, TableId)>,
+    pub target: Endpoint,
+    /// Everything up to this position is applied.
+    pub applied: Arc<dyn Fn() -> Option<P> + Send + Sync>,
+    /// Show a problem as the status error (also log it).
+    pub report: Arc<dyn Fn(String) + Send + Sync>,
+}
+
+/// A source database, as `ferry run` drives it.
+pub trait Source: Send + Sync + Sized + 'static {
+    type Position: Position;
+    type Catalog: Catalog;
+    type Snapshot: Snapshot<Position = Self::Position>;
+    type Changes: ChangeHandle<Self::Position>;
+    type Probe: Probe<Self::Position>;
+    type Cutover: Cutover<Self::Position>;
+
+    /// The selected tables, read now.
+    fn catalog(&self) -> impl Future<Output = Result<Self::Catalog, Error>> + Send;
+
+    /// Before [`Source::start_capture`]: make sure nothing of another
+    /// migration is in the way. `after_interrupted` says a previous attempt
+    /// got as far as starting capture and died before the target recorded
+    /// it, so what it left is ferry's own and may be replaced; otherwise
+    /// anything found is an operator error naming it.
+    fn prepare_capture(
+        &self,
+        after_interrupted: bool,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Start recording changes (slot, binlog coordinates, change log) and
+    /// take a snapshot at the same position.
+    fn start_capture(
+        &self,
+        catalog: &Self::Catalog,
+    ) -> impl Future<Output = Result<Self::Snapshot, Error>> + Send;
+
+    /// A new snapshot while capture runs (a resumed load reloads tables
+    /// from it; their changes before its position are skipped).
+    fn new_snapshot(&self) -> impl Future<Output = Result<Self::Snapshot, Error>> + Send;
+
+    /// The DDL for the target.
+    fn target_schema(
+        &self,
+        catalog: &Self::Catalog,
+    ) -> impl Future<Output = Result<TargetSchema, Error>> + Send;
+
+    /// The load's chunks of every selected table.
+    fn plan_chunks(&self, catalog: &Self::Catalog, chunk_rows: u64) -> Vec<Chunk>;
+
+    /// Changes committed after `from`, in commit order, into a bounded
+    /// channel. Fails if the source can no longer serve `from` (its log
+    /// was removed) rather than skip anything.
+    fn changes(
+        &self,
+        catalog: &Self::Catalog,
+        from: Self::Position,
+        options: ChangeOptions<Self::Position>,
+    ) -> impl Future<Output = Result<(Events<Self::Position>, Self::Changes), Error>> + Send;
+
+    /// A monitoring session.
+    fn probe(&self) -> impl Future<Output = Result<Self::Probe, Error>> + Send;
+
+    /// Watch, until aborted, for source changes the log does not carry
+    /// (e.g. a PostgreSQL partition detached); report each once.
+    fn supervise(
+        &self,
+        context: SuperviseContext<Self::Position>,
+    ) -> impl Future<Output = ()> + Send + 'static;
+
+    /// A session for the cutover.
+    fn cutover(&self) -> impl Future<Output = Result<Self::Cutover, Error>> + Send;
+
+    /// After the cutover: stop capture for good (drop what ferry created,
+    /// unless `keep`). Returns whether anything was dropped.
+    fn release_capture(&self, keep: bool) -> impl Future<Output = Result<bool, Error>> + Send;
+}

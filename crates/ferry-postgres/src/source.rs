@@ -1,0 +1,595 @@
+//! PostgreSQL behind the source seam ([`ferry_core::source`]).
+//!
+//! - capture: a publication (or the DBA's) and a logical slot created with
+//!   an exported snapshot ([`crate::slot`]); a resumed load reads a new
+//!   snapshot of a temporary slot;
+//! - load: sessions importing that snapshot, each chunk a binary
+//!   `COPY … TO STDOUT` passed through untouched ([`crate::snapshot`]);
+//! - target schema: `pg_dump` pre- and post-data ([`crate::dump`]);
+//! - changes: pgoutput from the slot ([`crate::stream`]), with the table's
+//!   real key put back on REPLICA IDENTITY FULL relations;
+//! - probe: `pg_current_wal_lsn()`, heartbeats as logical messages, the
+//!   slot's retained WAL; supervision: the partition watch
+//!   ([`crate::partitions`]);
+//! - cutover: fence with `default_transaction_read_only` and ended
+//!   sessions, final position from a logical message, sequences and row
+//!   counts; release drops the slot and publication.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_core::config::Config;
+use ferry_core::schema::quote_ident;
+use ferry_core::source::{
+    self, ChangeOptions, Chunk, ChunkData, PostStatement, Retention, SequenceValue,
+    SuperviseContext, TargetSchema,
+};
+use ferry_core::{Error, Event, Lsn, ReplicaIdentity, TableId, TableSchema};
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+use tracing::{debug, info};
+
+use crate::catalog::{SourceCatalog, read_catalog};
+use crate::connect::{connect, query_error};
+use crate::replication::ReplicationConnection;
+use crate::slot::{CreatedSlot, Publish};
+use crate::snapshot::SnapshotSession;
+use crate::stream::{CatalogTypeResolver, PgChangeStream, StreamConfig, StreamHandle, StreamHooks};
+
+/// How long ended source sessions may take to go away when fencing.
+const SESSIONS_GONE_WITHIN: Duration = Duration::from_secs(30);
+
+/// A PostgreSQL source, configured by `config.source` and `config.postgres`.
+#[derive(Debug, Clone)]
+pub struct PgSource {
+    config: Config,
+}
+
+impl PgSource {
+    pub fn new(config: Config) -> Self {
+        PgSource { config }
+    }
+
+    async fn client(&self) -> Result<Client, Error> {
+        connect(&self.config.source, "source").await
+    }
+}
+
+impl source::Catalog for SourceCatalog {
+    fn tables(&self) -> Vec<source::SourceTable> {
+        self.tables
+            .iter()
+            .map(|t| source::SourceTable {
+                schema: t.schema.clone(),
+                row_estimate: t.row_estimate,
+            })
+            .collect()
+    }
+}
+
+/// An exported snapshot and the replication connection that keeps it
+/// valid (ferry's slot, or a temporary one).
+#[derive(Debug)]
+pub struct PgSnapshot {
+    conn: ReplicationConnection,
+    name: String,
+    position: Lsn,
+    endpoint: ferry_core::config::Endpoint,
+}
+
+impl source::Snapshot for PgSnapshot {
+    type Position = Lsn;
+    type Reader = PgSnapshotReader;
+
+    fn position(&self) -> Lsn {
+        self.position
+    }
+
+    async fn reader(&self) -> Result<PgSnapshotReader, Error> {
+        Ok(PgSnapshotReader(
+            SnapshotSession::open(&self.endpoint, &self.name).await?,
+        ))
+    }
+
+    async fn release(self) {
+        self.conn.close().await;
+    }
+}
+
+/// A session inside the exported snapshot.
+#[derive(Debug)]
+pub struct PgSnapshotReader(SnapshotSession);
+
+impl source::SnapshotReader for PgSnapshotReader {
+    async fn read(&mut self, chunk: &Chunk, schema: &TableSchema) -> Result<ChunkData, Error> {
+        let bytes = self.0.copy_out(chunk, schema).await?;
+        Ok(ChunkData::BinaryCopy(Box::pin(bytes)))
+    }
+}
+
+/// The running pgoutput stream.
+#[derive(Debug)]
+pub struct PgChanges(StreamHandle);
+
+impl source::ChangeHandle<Lsn> for PgChanges {
+    fn ack(&self, position: Lsn) {
+        self.0.ack_handle().ack(position);
+    }
+
+    async fn shutdown(self) -> Result<(), Error> {
+        self.0.shutdown().await
+    }
+}
+
+/// A monitoring session on the source.
+#[derive(Debug)]
+pub struct PgProbe {
+    client: Client,
+    slot: String,
+}
+
+impl source::Probe<Lsn> for PgProbe {
+    async fn head(&mut self) -> Result<Lsn, Error> {
+        lsn(&self.client, "SELECT pg_current_wal_lsn()::text").await
+    }
+
+    async fn heartbeat(&mut self) -> Result<Option<Lsn>, Error> {
+        lsn(
+            &self.client,
+            "SELECT pg_logical_emit_message(false, 'ferry.heartbeat', now()::text)::text",
+        )
+        .await
+        .map(Some)
+    }
+
+    async fn retention(&mut self) -> Result<Option<Retention>, Error> {
+        // wal_status exists from PostgreSQL 13; to_jsonb reads it where it does.
+        let row = self
+            .client
+            .query_opt(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8, to_jsonb(s) ->> 'wal_status' FROM pg_replication_slots s WHERE slot_name = $1",
+                &[&self.slot],
+            )
+            .await
+            .map_err(|e| query_error("reading the slot's retained WAL", e))?;
+        Ok(row.map(|r| Retention {
+            name: self.slot.clone(),
+            retained_bytes: r.get::<_, Option<i64>>(0).map(|b| b.max(0) as u64),
+            status: r.get(1),
+        }))
+    }
+
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+}
+
+/// The source side of a cutover.
+#[derive(Debug)]
+pub struct PgCutover {
+    client: Client,
+    database: String,
+    config: Config,
+}
+
+impl source::Cutover<Lsn> for PgCutover {
+    fn fence_description(&self) -> String {
+        format!(
+            "ALTER DATABASE {} SET default_transaction_read_only = on; end other sessions",
+            quote_ident(&self.database)
+        )
+    }
+
+    async fn fence(&mut self) -> Result<(), Error> {
+        fence(&self.client, &self.database).await
+    }
+
+    async fn unfence(&mut self) -> Result<(), Error> {
+        self.client
+            .batch_execute(&format!(
+                "ALTER DATABASE {} RESET default_transaction_read_only",
+                quote_ident(&self.database)
+            ))
+            .await
+            .map_err(|e| {
+                query_error("unfencing the source", e).with_fix(format!(
+                    "run: ALTER DATABASE {} RESET default_transaction_read_only",
+                    quote_ident(&self.database)
+                ))
+            })
+    }
+
+    async fn final_position(&mut self) -> Result<Lsn, Error> {
+        // The message's end is past every record inserted before it (also
+        // unflushed async commits), and it makes an idle stream carry it.
+        lsn(
+            &self.client,
+            "SELECT pg_logical_emit_message(false, 'ferry.heartbeat', 'cutover')::text",
+        )
+        .await
+    }
+
+    async fn sequences(&mut self) -> Result<Vec<SequenceValue>, Error> {
+        let filter = self
+            .config
+            .tables
+            .filter()
+            .map_err(|e| Error::operator(format!("tables: {e}"), "fix the tables section"))?;
+        let catalog = read_catalog(&self.client, &filter, &self.config.state.schema).await?;
+        if let Some(unreadable) = catalog.unreadable_sequences() {
+            return Err(Error::operator(
+                format!(
+                    "the source user may not read sequence {}, so its value cannot be carried",
+                    unreadable.names
+                ),
+                format!(
+                    "GRANT SELECT ON SEQUENCE {} TO <source user> and run the cutover again",
+                    unreadable.quoted
+                ),
+            ));
+        }
+        let mut out = Vec::with_capacity(catalog.sequences.len());
+        for seq in catalog.sequences {
+            let name = seq.id.quoted();
+            let row = self
+                .client
+                .query_one(&format!("SELECT last_value, is_called FROM {name}"), &[])
+                .await
+                .map_err(|e| query_error(&format!("reading sequence {name} on the source"), e))?;
+            out.push(SequenceValue {
+                id: seq.id,
+                owned_by: seq.owned_by,
+                last_value: row.get(0),
+                is_called: row.get(1),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn count_rows(&mut self, table: &TableId) -> Result<u64, Error> {
+        let name = table.quoted();
+        let n: i64 = self
+            .client
+            .query_one(&format!("SELECT count(*) FROM {name}"), &[])
+            .await
+            .map_err(|e| query_error(&format!("counting {name}"), e))?
+            .get(0);
+        Ok(n as u64)
+    }
+}
+
+impl source::Source for PgSource {
+    type Position = Lsn;
+    type Catalog = SourceCatalog;
+    type Snapshot = PgSnapshot;
+    type Changes = PgChanges;
+    type Probe = PgProbe;
+    type Cutover = PgCutover;
+
+    async fn catalog(&self) -> Result<SourceCatalog, Error> {
+        let filter = self
+            .config
+            .tables
+            .filter()
+            .map_err(|e| Error::operator(format!("tables: {e}"), "fix the tables section"))?;
+        read_catalog(&self.client().await?, &filter, &self.config.state.schema).await
+    }
+
+    async fn prepare_capture(&self, after_interrupted: bool) -> Result<(), Error> {
+        let source = self.client().await?;
+        let slot = &self.config.postgres.slot;
+        if crate::slot::slot_info(&source, slot).await?.is_some() {
+            if !after_interrupted {
+                return Err(Error::operator(
+                    format!(
+                        "replication slot '{slot}' already exists on the source but this target has no record of creating it"
+                    ),
+                    format!(
+                        "if it is left over from an earlier ferry attempt, drop it: SELECT pg_drop_replication_slot('{slot}'); otherwise set postgres.slot to another name"
+                    ),
+                ));
+            }
+            info!(slot = %slot, "dropping the slot left over by an interrupted first run");
+            source
+                .execute("SELECT pg_drop_replication_slot($1)", &[slot])
+                .await
+                .map_err(|e| query_error("dropping the leftover replication slot", e))?;
+        }
+        Ok(())
+    }
+
+    async fn start_capture(&self, catalog: &SourceCatalog) -> Result<PgSnapshot, Error> {
+        let source = self.client().await?;
+        let slot = &self.config.postgres.slot;
+        // Insert-only tables go into their own publication, published for
+        // inserts alone: a keyless table there keeps accepting UPDATE/DELETE.
+        let filter = self
+            .config
+            .tables
+            .filter()
+            .map_err(|e| Error::operator(format!("tables: {e}"), "fix the tables section"))?;
+        let (insert_only, tables): (Vec<_>, Vec<_>) = catalog
+            .tables
+            .iter()
+            .map(|t| t.schema.id.clone())
+            .partition(|id| filter.insert_only(id));
+        let publication = &self.config.postgres.publication;
+        crate::slot::ensure_publication(&source, publication, Some(&tables), Publish::All).await?;
+        if !insert_only.is_empty() {
+            crate::slot::ensure_publication(
+                &source,
+                &crate::slot::insert_only_publication(publication),
+                Some(&insert_only),
+                Publish::InsertOnly,
+            )
+            .await?;
+        }
+        let conn = ReplicationConnection::connect(&self.config.source).await?;
+        let created = crate::slot::create_slot(conn, slot).await?;
+        let snapshot = snapshot_of(created, &self.config)?;
+        info!(slot = %slot, consistent_point = %snapshot.position, snapshot = %snapshot.name, "slot created");
+        Ok(snapshot)
+    }
+
+    async fn new_snapshot(&self) -> Result<PgSnapshot, Error> {
+        let mut conn = ReplicationConnection::connect(&self.config.source).await?;
+        let temp_slot = format!(
+            "{}_resync_{}",
+            self.config.postgres.slot,
+            std::process::id()
+        );
+        let created = conn.create_temporary_slot(&temp_slot).await?;
+        let name = created.snapshot_name.clone().ok_or_else(|| {
+            Error::operator(
+                "the temporary slot exported no snapshot",
+                "report this as a ferry bug",
+            )
+        })?;
+        Ok(PgSnapshot {
+            conn,
+            name,
+            position: created.consistent_point,
+            endpoint: self.config.source.clone(),
+        })
+    }
+
+    async fn target_schema(&self, catalog: &SourceCatalog) -> Result<TargetSchema, Error> {
+        let source = self.client().await?;
+        let dump = crate::dump::dump_schema(
+            &self.config.source,
+            &source,
+            &catalog.schemas(),
+            &self.config.state.schema,
+        )
+        .await?;
+        let post = crate::dump::split_post_data(&dump.post_data);
+        let statement = |e: crate::dump::DumpEntry| PostStatement {
+            kind: e.kind,
+            name: e.name,
+            sql: e.sql,
+        };
+        Ok(TargetSchema {
+            pre_data: dump.pre_data,
+            post_preamble: post.preamble,
+            post_parallel: post.parallel.into_iter().map(statement).collect(),
+            post_sequential: post.sequential.into_iter().map(statement).collect(),
+        })
+    }
+
+    fn plan_chunks(&self, catalog: &SourceCatalog, chunk_rows: u64) -> Vec<Chunk> {
+        catalog
+            .tables
+            .iter()
+            .flat_map(|t| crate::snapshot::plan_chunks(t, chunk_rows))
+            .collect()
+    }
+
+    async fn changes(
+        &self,
+        catalog: &SourceCatalog,
+        from: Lsn,
+        options: ChangeOptions<Lsn>,
+    ) -> Result<(mpsc::Receiver<Event<Lsn>>, PgChanges), Error> {
+        let source = Arc::new(self.client().await?);
+        let pg = &self.config.postgres;
+        crate::slot::verify_slot(&source, &pg.slot, from).await?;
+        let conn = ReplicationConnection::connect(&self.config.source).await?;
+        let mut config = StreamConfig::new(&pg.slot, &pg.publication, from);
+        config.proto_version = pg.proto_version;
+        config.channel_bytes = options.channel_bytes;
+        config.spill_threshold = options.spill_threshold;
+        config.extra_publications = crate::slot::stream_publications(&source, &pg.publication)
+            .await?
+            .split_off(1);
+        let resolver = Arc::new(CatalogTypeResolver::new(source.clone()));
+        let mut fix = full_identity_keys(catalog);
+        let mut then = options.map;
+        let hooks = StreamHooks {
+            map: Some(Box::new(move |event| {
+                let event = fix(event)?;
+                match then.as_mut() {
+                    Some(f) => f(event),
+                    None => Some(event),
+                }
+            })),
+            pause: None,
+        };
+        let (rx, handle) = PgChangeStream::start_with(conn, resolver, config, hooks).await?;
+        Ok((rx, PgChanges(handle)))
+    }
+
+    async fn probe(&self) -> Result<PgProbe, Error> {
+        Ok(PgProbe {
+            client: self.client().await?,
+            slot: self.config.postgres.slot.clone(),
+        })
+    }
+
+    fn supervise(
+        &self,
+        context: SuperviseContext<Lsn>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        crate::partitions::watch(self.config.source.clone(), context)
+    }
+
+    async fn cutover(&self) -> Result<PgCutover, Error> {
+        let url = self
+            .config
+            .source
+            .url
+            .parsed()
+            .map_err(|e| Error::operator(format!("source.url: {e}"), "fix source.url"))?;
+        Ok(PgCutover {
+            client: self.client().await?,
+            database: url.path().trim_start_matches('/').to_owned(),
+            config: self.config.clone(),
+        })
+    }
+
+    async fn release_capture(&self, keep: bool) -> Result<bool, Error> {
+        if keep {
+            return Ok(false);
+        }
+        let source = self.client().await?;
+        // A fenced source database defaults new sessions to read-only.
+        source
+            .batch_execute("SET default_transaction_read_only = off")
+            .await
+            .map_err(|e| query_error("preparing to drop the slot and publication", e))?;
+        // The walsender may take a moment to let go of the slot.
+        let started = Instant::now();
+        loop {
+            match crate::slot::drop_slot(&source, &self.config.postgres.slot).await {
+                Ok(_) => break,
+                Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                    debug!(error = %e, "slot still active; retrying the drop");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        crate::slot::drop_publication(&source, &self.config.postgres.publication).await?;
+        Ok(true)
+    }
+}
+
+fn snapshot_of(created: CreatedSlot, config: &Config) -> Result<PgSnapshot, Error> {
+    let name = created
+        .snapshot_name()
+        .ok_or_else(|| {
+            Error::operator(
+                "the server did not export a snapshot with the new slot",
+                "report this as a ferry bug",
+            )
+        })?
+        .to_owned();
+    let position = created.consistent_point();
+    Ok(PgSnapshot {
+        conn: created.into_connection(),
+        name,
+        position,
+        endpoint: config.source.clone(),
+    })
+}
+
+/// pgoutput flags every column as part of the key under REPLICA IDENTITY
+/// FULL; the applier matches on the table's real primary key (none: all
+/// columns, one row at a time), so Relation events get the catalog's key.
+fn full_identity_keys(
+    catalog: &SourceCatalog,
+) -> impl FnMut(Event<Lsn>) -> Option<Event<Lsn>> + Send + 'static {
+    let keys: HashMap<TableId, Vec<String>> = catalog
+        .tables
+        .iter()
+        .map(|t| {
+            (
+                t.schema.id.clone(),
+                t.schema.key_names().map(str::to_owned).collect(),
+            )
+        })
+        .collect();
+    move |event| match event {
+        Event::Relation(schema) if schema.replica_identity == ReplicaIdentity::Full => {
+            let names = keys.get(&schema.id).cloned().unwrap_or_default();
+            let key: Option<Vec<usize>> = names.iter().map(|n| schema.column_index(n)).collect();
+            let mut fixed = TableSchema::clone(&schema);
+            fixed.key = key.unwrap_or_default();
+            Some(Event::Relation(Arc::new(fixed)))
+        }
+        other => Some(other),
+    }
+}
+
+async fn lsn(client: &Client, sql: &str) -> Result<Lsn, Error> {
+    let text: String = client
+        .query_one(sql, &[])
+        .await
+        .map_err(|e| query_error(sql, e))?
+        .get(0);
+    text.parse().map_err(|e| {
+        Error::operator(
+            format!("reading a source position: {e}"),
+            "report this as a ferry bug",
+        )
+    })
+}
+
+async fn fence(source: &Client, db: &str) -> Result<(), Error> {
+    source
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET default_transaction_read_only = on",
+            quote_ident(db)
+        ))
+        .await
+        .map_err(|e| {
+            query_error("fencing the source", e).with_fix(
+                "connect as the database owner or a superuser, or cut over without --fence",
+            )
+        })?;
+    // Sessions opened before the ALTER keep writing: end them, except ferry's
+    // own (application_name 'ferry'; the walsender is not a client backend).
+    let ended: Vec<i32> = source
+        .query(
+            // OFFSET 0 keeps the filter ahead of pg_terminate_backend.
+            "SELECT pid FROM (SELECT pid FROM pg_stat_activity
+                WHERE datname = current_database() AND pid <> pg_backend_pid()
+                  AND backend_type = 'client backend' AND application_name <> 'ferry'
+                OFFSET 0) s
+             WHERE pg_terminate_backend(pid)",
+            &[],
+        )
+        .await
+        .map_err(|e| query_error("ending writer sessions on the source", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // A session told to end may still be writing its commit record: the
+    // final position is read only once every one of them is gone.
+    let started = Instant::now();
+    loop {
+        let left: Vec<i32> = source
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE pid = ANY($1)",
+                &[&ended],
+            )
+            .await
+            .map_err(|e| query_error("waiting for ended sessions on the source", e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() > SESSIONS_GONE_WITHIN {
+            return Err(Error::operator(
+                format!(
+                    "source sessions {left:?} did not end within {}s of pg_terminate_backend; the final position cannot be read safely",
+                    SESSIONS_GONE_WITHIN.as_secs()
+                ),
+                "find what keeps those sessions alive (pg_stat_activity) and end them, then cut over again",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
