@@ -169,7 +169,7 @@ ALTER TABLE {s}.schema_version ADD PRIMARY KEY (version);
 /// The migrations to run over a database whose recorded version is
 /// `recorded` (0: no state schema). Version 1 runs again over version 1
 /// (see the module doc). Pure.
-pub fn pending(schema: &str, recorded: i32) -> Result<&'static [Migration]> {
+fn pending(schema: &str, recorded: i32) -> Result<&'static [Migration]> {
     if recorded > LATEST {
         return Err(Error::operator(
             format!(
@@ -253,7 +253,7 @@ async fn migrate_locked(client: &Client, schema: &str) -> Result<i32> {
 
 /// The largest version in `schema_version`, 0 when the state schema or the
 /// table does not exist (or holds no row).
-pub async fn recorded_version(client: &Client, schema: &str) -> Result<i32> {
+async fn recorded_version(client: &Client, schema: &str) -> Result<i32> {
     let versions = format!("{}.schema_version", quote_ident(schema));
     let exists: bool = client
         .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&versions])
