@@ -13,7 +13,8 @@
 //! ```
 //!
 //! - [`state`]: the `ferry` state schema in the target (checkpoint, tables,
-//!   chunks, runs, events, lag history, pipeline phase).
+//!   chunks, runs, events, lag history, pipeline phase); every table of it
+//!   and its versioned migrations are in [`state::schema`].
 //! - [`copy_text`]: COPY text encoding of values (loader and staging).
 //! - [`ddl`]: CREATE/ALTER TABLE for non-PostgreSQL sources.
 //! - [`load`]: bulk COPY loader (binary pass-through or encoded rows), chunk

@@ -2,23 +2,19 @@
 //! progress so that applied data and progress can never disagree.
 //!
 //! Consumes: nothing from the pipeline directly; every stage writes here.
-//! Tables (schema name from `[state] schema`, default `ferry`):
+//! The tables and their versions are defined in one place, [`schema`]
+//! (schema name from `[state] schema`, default `ferry`); this module reads
+//! and writes the rows: the pipeline [`Phase`], per-table lifecycle
+//! ([`TableState`]) and load progress, runs and events. The checkpoint is
+//! in [`crate::checkpoint`].
 //!
-//! - `schema_version(version)`: one row; a newer version than this build
-//!   knows stops ferry (upgrade ferry), an older one is migrated in `ensure`.
-//! - `checkpoint(stream, source_kind, position, commit_time, updated_at)`:
-//!   last applied source position per stream, written in the same target
-//!   transaction as the data (see [`crate::checkpoint`]).
-//! - `tables(source_table, target_table, state, reason, chunks_total,
-//!   rows_copied, row_estimate, updated_at)` and `chunks(source_table, chunk,
-//!   rows, done_at)`: per-table lifecycle ([`TableState`]) and load progress.
-//! - `pipeline(id = 1, phase, updated_at)`: the pipeline [`Phase`].
-//! - `runs`, `events`, `lag_history`: history for status and the weeks view.
-//!
-//! Invariants: creation is idempotent and serialised by an advisory lock
-//! (several ferry processes or workers may call [`StateStore::ensure`] at
-//! once). Restart: everything is read back from here; nothing lives only in
-//! memory.
+//! Invariants: [`StateStore::ensure`] creates and migrates the schema in
+//! one transaction serialised by an advisory lock (several ferry processes
+//! or workers may call it at once) and runs before anything reads or
+//! writes these tables. Restart: everything is read back from here;
+//! nothing lives only in memory.
+
+pub mod schema;
 
 use ferry_core::schema::quote_ident;
 use ferry_core::{Error, Result, TableId};
@@ -27,7 +23,7 @@ use tokio_postgres::Client;
 use crate::error::pg_error;
 
 /// Version of the state schema this build writes.
-pub const STATE_SCHEMA_VERSION: i32 = 1;
+pub const STATE_SCHEMA_VERSION: i32 = schema::LATEST;
 
 pub use ferry_core::phase::Phase;
 
@@ -131,85 +127,11 @@ impl StateStore {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(name))
     }
 
-    /// Create the schema and its tables if missing; check the version.
+    /// Create the state schema or migrate it to [`STATE_SCHEMA_VERSION`]
+    /// ([`schema::ensure`]); a version newer than this build stops with an
+    /// operator error.
     pub async fn ensure(&self, client: &Client) -> Result<()> {
-        let s = quote_ident(&self.schema);
-        let lock_key = quote_literal(&format!("ferry-state:{}", self.schema));
-        let sql = format!(
-            "BEGIN;
-            SELECT pg_advisory_xact_lock(hashtext({lock_key}));
-            CREATE SCHEMA IF NOT EXISTS {s};
-            CREATE TABLE IF NOT EXISTS {s}.schema_version (
-                version int NOT NULL,
-                applied_at timestamptz NOT NULL DEFAULT now());
-            CREATE TABLE IF NOT EXISTS {s}.checkpoint (
-                stream text PRIMARY KEY,
-                source_kind text NOT NULL,
-                position text NOT NULL,
-                commit_time timestamptz,
-                updated_at timestamptz NOT NULL DEFAULT now());
-            CREATE TABLE IF NOT EXISTS {s}.tables (
-                source_table text PRIMARY KEY,
-                target_table text NOT NULL,
-                state text NOT NULL DEFAULT 'pending',
-                reason text,
-                chunks_total int,
-                rows_copied bigint NOT NULL DEFAULT 0,
-                row_estimate bigint,
-                updated_at timestamptz NOT NULL DEFAULT now());
-            CREATE TABLE IF NOT EXISTS {s}.chunks (
-                source_table text NOT NULL,
-                chunk int NOT NULL,
-                rows bigint NOT NULL,
-                done_at timestamptz NOT NULL DEFAULT now(),
-                PRIMARY KEY (source_table, chunk));
-            CREATE TABLE IF NOT EXISTS {s}.pipeline (
-                id int PRIMARY KEY CHECK (id = 1),
-                phase text NOT NULL,
-                updated_at timestamptz NOT NULL DEFAULT now());
-            CREATE TABLE IF NOT EXISTS {s}.runs (
-                id bigserial PRIMARY KEY,
-                started_at timestamptz NOT NULL DEFAULT now(),
-                phase text NOT NULL,
-                source text,
-                finished_at timestamptz,
-                cutover jsonb);
-            CREATE TABLE IF NOT EXISTS {s}.events (
-                id bigserial PRIMARY KEY,
-                at timestamptz NOT NULL DEFAULT now(),
-                kind text NOT NULL,
-                message text NOT NULL);
-            CREATE TABLE IF NOT EXISTS {s}.lag_history (
-                at timestamptz PRIMARY KEY,
-                lag_seconds double precision,
-                lag_bytes bigint);
-            INSERT INTO {s}.schema_version (version)
-                SELECT {STATE_SCHEMA_VERSION}
-                WHERE NOT EXISTS (SELECT 1 FROM {s}.schema_version);
-            COMMIT;"
-        );
-        if let Err(e) = client.batch_execute(&sql).await {
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(pg_error(
-                format!("creating state schema {}", self.schema),
-                e,
-            ));
-        }
-        let version: i32 = client
-            .query_one(&format!("SELECT max(version) FROM {s}.schema_version"), &[])
-            .await
-            .map_err(|e| pg_error("reading state schema version", e))?
-            .get(0);
-        if version > STATE_SCHEMA_VERSION {
-            return Err(Error::operator(
-                format!(
-                    "state schema {} is version {version}, this ferry knows {STATE_SCHEMA_VERSION}",
-                    self.schema
-                ),
-                "upgrade ferry to the version that wrote this state",
-            ));
-        }
-        Ok(())
+        schema::ensure(client, &self.schema).await.map(drop)
     }
 
     /// The persisted pipeline phase, `None` before the first run.
@@ -391,25 +313,6 @@ impl StateStore {
             .execute(&sql, &[&kind, &message])
             .await
             .map_err(|e| pg_error("recording event", e))?;
-        Ok(())
-    }
-
-    /// Sample lag into `lag_history` (one row per instant).
-    pub async fn record_lag(
-        &self,
-        client: &Client,
-        lag_seconds: f64,
-        lag_bytes: Option<i64>,
-    ) -> Result<()> {
-        let sql = format!(
-            "INSERT INTO {} (at, lag_seconds, lag_bytes) VALUES (clock_timestamp(), $1, $2)
-             ON CONFLICT (at) DO NOTHING",
-            self.table("lag_history")
-        );
-        client
-            .execute(&sql, &[&lag_seconds, &lag_bytes])
-            .await
-            .map_err(|e| pg_error("recording lag", e))?;
         Ok(())
     }
 }

@@ -3,8 +3,10 @@
 //! Consumes: the current [`LagFigures`] (a closure the pipeline provides).
 //! Emits: one row every `interval` (default 10 s) into
 //! `lag_history(at timestamptz primary key, lag_seconds double precision,
-//! lag_bytes bigint)`; the apply crate's state setup creates the same table,
-//! and so does [`ensure_table`] (`IF NOT EXISTS`), so either may run first.
+//! lag_bytes bigint, both NOT NULL)`. The table belongs to the state
+//! schema, defined and migrated in one place (ferry-apply's
+//! `state::schema`); whoever starts the sampler runs that `ensure` first,
+//! and this module only writes and reads rows.
 //!
 //! Compaction keeps weeks small: rows younger than [`FULL_RESOLUTION`]
 //! (2 days) stay as sampled; older rows are folded into one row per
@@ -75,22 +77,6 @@ fn db(schema: &str, what: &'static str) -> impl FnOnce(tokio_postgres::Error) ->
 /// A quoted identifier.
 fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// Create the schema and table if missing (same definition as ferry-apply).
-pub async fn ensure_table(client: &Client, schema: &str) -> Result<(), HistoryError> {
-    let s = ident(schema);
-    client
-        .batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {s};
-             CREATE TABLE IF NOT EXISTS {s}.lag_history (
-                 at timestamptz PRIMARY KEY,
-                 lag_seconds double precision NOT NULL,
-                 lag_bytes bigint NOT NULL
-             );"
-        ))
-        .await
-        .map_err(db(schema, "creating the table"))
 }
 
 /// Insert one sample (a second sample at the same instant keeps the larger lag).
@@ -241,7 +227,6 @@ pub async fn run_sampler<F>(
 where
     F: Fn() -> LagFigures,
 {
-    ensure_table(&client, &cfg.schema).await?;
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

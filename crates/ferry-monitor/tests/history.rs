@@ -4,7 +4,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ferry_monitor::LagFigures;
 use ferry_monitor::history::{
-    self, BUCKET, LagSample, SamplerConfig, compact, ensure_table, read_history, record,
+    self, BUCKET, LagSample, SamplerConfig, compact, read_history, record,
 };
 use ferry_testkit::{PgOptions, PgServer};
 use tokio_postgres::{Client, NoTls};
@@ -17,6 +17,14 @@ async fn connect(url: &str) -> Client {
         let _ = conn.await;
     });
     client
+}
+
+/// The state schema, as every ferry process creates it before sampling.
+async fn ensure_state(client: &Client, schema: &str) {
+    ferry_apply::StateStore::new(schema)
+        .ensure(client)
+        .await
+        .expect("create the state schema");
 }
 
 fn ago(now: SystemTime, secs: u64) -> SystemTime {
@@ -36,10 +44,7 @@ async fn samples_round_trip_and_old_rows_compact_to_window_maxima() {
     let pg = PgServer::start(PgOptions::default()).expect("start postgres");
     let db = pg.create_database("lag_history").expect("create db");
     let mut client = connect(&pg.url(&db)).await;
-    ensure_table(&client, "ferry_state").await.expect("create");
-    ensure_table(&client, "ferry_state")
-        .await
-        .expect("create again is harmless");
+    ensure_state(&client, "ferry_state").await;
 
     // Align to a window start so the expected windows are easy to name.
     let width = BUCKET.as_secs();
@@ -107,6 +112,7 @@ async fn sampler_records_until_shutdown() {
     let db = pg.create_database("lag_sampler").expect("create db");
     let client = connect(&pg.url(&db)).await;
     let reader = connect(&pg.url(&db)).await;
+    ensure_state(&reader, "ferry").await;
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut cfg = SamplerConfig::new("ferry");
@@ -126,10 +132,10 @@ async fn sampler_records_until_shutdown() {
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let samples = loop {
-        // The sampler creates the table itself; until then reads fail.
-        if let Ok(s) = read_history(&reader, "ferry", SystemTime::UNIX_EPOCH).await
-            && s.len() >= 3
-        {
+        let s = read_history(&reader, "ferry", SystemTime::UNIX_EPOCH)
+            .await
+            .expect("read the samples");
+        if s.len() >= 3 {
             break s;
         }
         assert!(

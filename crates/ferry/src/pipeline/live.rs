@@ -492,11 +492,6 @@ pub async fn publish_address(
 ) -> anyhow::Result<()> {
     let t = state.table("control");
     target
-        .batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {t} (id int PRIMARY KEY CHECK (id = 1), address text NOT NULL, pid int NOT NULL, started_at timestamptz NOT NULL DEFAULT now())"
-        ))
-        .await?;
-    target
         .execute(
             &format!(
                 "INSERT INTO {t} (id, address, pid) VALUES (1, $1, $2)

@@ -144,7 +144,6 @@ async fn run_once<S: Source>(
     let state = StateStore::new(config.state.schema.clone());
     let target = ferry_postgres::connect::connect(&config.target, "target").await?;
     state.ensure(&target).await?;
-    plan_store::ensure(&target, &state).await?;
     let phase = state.read_phase(&target).await?;
     if phase == Some(Phase::Done) {
         // A crash right after the cutover may have left keys to validate.

@@ -40,21 +40,6 @@ use ferry_core::schema::quote_ident;
 use tokio_postgres::Client;
 use tracing::info;
 
-/// Create the overrides table (idempotent).
-pub async fn ensure(target: &Client, state: &StateStore) -> anyhow::Result<()> {
-    target
-        .batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {} (
-                 kind text NOT NULL, relid oid NOT NULL, object text NOT NULL,
-                 original text NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now(),
-                 done_at timestamptz,
-                 PRIMARY KEY (kind, relid, object))",
-            state.table("overrides")
-        ))
-        .await
-        .context("creating the overrides table")
-}
-
 fn names(tables: &[TableId]) -> Vec<String> {
     tables.iter().map(TableId::quoted).collect()
 }

@@ -12,35 +12,6 @@ use ferry_core::{Position, TableId};
 use ferry_postgres::dump::{DeferredForeignKey, defer_foreign_key};
 use tokio_postgres::Client;
 
-/// Create the plan tables (idempotent).
-pub async fn ensure(target: &Client, state: &StateStore) -> anyhow::Result<()> {
-    let sql = format!(
-        "CREATE TABLE IF NOT EXISTS {plan} (
-             table_schema text NOT NULL, table_name text NOT NULL, chunk int NOT NULL,
-             rel_schema text NOT NULL, rel_name text NOT NULL, predicate text,
-             only_rel boolean NOT NULL, total int NOT NULL,
-             PRIMARY KEY (table_schema, table_name, chunk));
-         CREATE TABLE IF NOT EXISTS {post} (
-             seq int PRIMARY KEY, kind text NOT NULL, name text NOT NULL,
-             parallel boolean NOT NULL, sql text NOT NULL, done_at timestamptz);
-         CREATE TABLE IF NOT EXISTS {pre} (id int PRIMARY KEY CHECK (id = 1), sql text NOT NULL);
-         CREATE TABLE IF NOT EXISTS {snap} (
-             table_schema text NOT NULL, table_name text NOT NULL, lsn text NOT NULL,
-             PRIMARY KEY (table_schema, table_name));
-         ALTER TABLE {post} ADD COLUMN IF NOT EXISTS fk_table text,
-             ADD COLUMN IF NOT EXISTS fk_name text;",
-        plan = state.table("load_plan"),
-        post = state.table("post_data"),
-        pre = state.table("post_data_preamble"),
-        snap = state.table("table_snapshots"),
-    );
-    target
-        .batch_execute(&sql)
-        .await
-        .context("creating the load plan tables")?;
-    super::overrides::ensure(target, state).await
-}
-
 /// Save the chunk plan and the post-data statements (inside the caller's transaction).
 pub async fn save(
     target: &Client,
@@ -48,7 +19,6 @@ pub async fn save(
     chunks: &[Chunk],
     schema: &TargetSchema,
 ) -> anyhow::Result<()> {
-    ensure(target, state).await?;
     let insert = format!(
         "INSERT INTO {} VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         state.table("load_plan")

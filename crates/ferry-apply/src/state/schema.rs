@@ -1,0 +1,330 @@
+//! The whole state schema, in one place, as an ordered list of versioned
+//! migrations ([`MIGRATIONS`]); [`ensure`] brings a target's state schema
+//! to [`LATEST`].
+//!
+//! Tables (schema name from `[state] schema`, default `ferry`):
+//!
+//! | table | what | written by |
+//! |---|---|---|
+//! | `schema_version(version, applied_at)` | one row per applied migration; the state's version is the largest | [`ensure`] |
+//! | `checkpoint(stream, source_kind, position, commit_time, updated_at)` | last applied source position per stream, in the data's transaction | [`crate::checkpoint`] |
+//! | `tables(source_table, target_table, state, reason, chunks_total, rows_copied, row_estimate, updated_at)` | per-table lifecycle and load progress | [`super::StateStore`] |
+//! | `chunks(source_table, chunk, rows, done_at)` | loaded chunks | [`crate::load`] |
+//! | `pipeline(id = 1, phase, updated_at)` | the pipeline phase | [`super::StateStore`] |
+//! | `runs`, `events` | each run (and its cutover record), the event log | [`super::StateStore`] |
+//! | `lag_history(at, lag_seconds, lag_bytes)` | lag samples for the weeks view | the ferry-monitor sampler |
+//! | `load_plan`, `post_data`, `post_data_preamble`, `table_snapshots` | the durable chunk plan, index builds, per-table snapshot positions | the binary's plan store |
+//! | `overrides(kind, relid, object, original, recorded_at, done_at)` | target schema changes to put back at cutover | the binary's overrides |
+//! | `control(id = 1, address, pid, started_at)` | where the running `ferry run` listens | the binary's control API |
+//!
+//! Versions:
+//!
+//! 1. The schema as ferry wrote it before this module existed, when four
+//!    places each created their own tables and some only lazily (`control`
+//!    when the control API started, the plan tables and `overrides` when a
+//!    run started). Those databases are all recorded as version 1 whatever
+//!    subset they hold, so version 1 is idempotent (`IF NOT EXISTS`) and is
+//!    applied again over a database at version 1: it creates what is
+//!    missing and leaves every existing table and row alone. `lag_history`
+//!    is the apply side's definition (both figures nullable): it ran first,
+//!    so the sampler's `IF NOT EXISTS` never created its stricter one.
+//! 2. `lag_history` takes the sampler's rule, both figures `NOT NULL` (the
+//!    monitor cannot read a sample without them: rows missing one are
+//!    removed); `schema_version` gets a primary key on `version`.
+//!
+//! Invariants: [`ensure`] runs every missing migration and records each in
+//! one transaction, under the advisory lock that ferry has always taken
+//! for the state schema (`hashtext('ferry-state:<schema>')`), so several
+//! ferry processes starting at once — also an older and a newer one —
+//! serialise, and a crash leaves the previous version intact. A version
+//! newer than [`LATEST`] stops with an operator error: a newer ferry wrote
+//! the state. Migrations never drop a table or a row a running migration
+//! needs, so a migration in progress survives an upgrade of ferry.
+//!
+//! Adding a version: append a [`Migration`] with the next number, its SQL
+//! written against `{s}` (the quoted schema), and its line above.
+
+use ferry_core::schema::quote_ident;
+use ferry_core::{Error, Result};
+use tokio_postgres::Client;
+use tracing::info;
+
+use super::quote_literal;
+use crate::error::pg_error;
+
+/// One step of the state schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migration {
+    /// The version a database is at once this step is applied.
+    pub version: i32,
+    /// What the step changes, for the log.
+    pub summary: &'static str,
+    /// SQL with `{s}` standing for the quoted state schema name.
+    template: &'static str,
+}
+
+impl Migration {
+    /// The step's SQL for the (unquoted) state schema `schema`.
+    pub fn sql(&self, schema: &str) -> String {
+        self.template.replace("{s}", &quote_ident(schema))
+    }
+}
+
+/// Every version of the state schema, oldest first; numbered 1, 2, … with
+/// no gaps.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        summary: "the state schema as ferry created it before versioned migrations",
+        template: V1,
+    },
+    Migration {
+        version: 2,
+        summary: "lag_history figures NOT NULL; schema_version keyed by version",
+        template: V2,
+    },
+];
+
+/// The version of the state schema this build writes.
+pub const LATEST: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
+
+const V1: &str = "
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE IF NOT EXISTS {s}.schema_version (
+    version int NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS {s}.checkpoint (
+    stream text PRIMARY KEY,
+    source_kind text NOT NULL,
+    position text NOT NULL,
+    commit_time timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS {s}.tables (
+    source_table text PRIMARY KEY,
+    target_table text NOT NULL,
+    state text NOT NULL DEFAULT 'pending',
+    reason text,
+    chunks_total int,
+    rows_copied bigint NOT NULL DEFAULT 0,
+    row_estimate bigint,
+    updated_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS {s}.chunks (
+    source_table text NOT NULL,
+    chunk int NOT NULL,
+    rows bigint NOT NULL,
+    done_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source_table, chunk));
+CREATE TABLE IF NOT EXISTS {s}.pipeline (
+    id int PRIMARY KEY CHECK (id = 1),
+    phase text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS {s}.runs (
+    id bigserial PRIMARY KEY,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    phase text NOT NULL,
+    source text,
+    finished_at timestamptz,
+    cutover jsonb);
+CREATE TABLE IF NOT EXISTS {s}.events (
+    id bigserial PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT now(),
+    kind text NOT NULL,
+    message text NOT NULL);
+CREATE TABLE IF NOT EXISTS {s}.lag_history (
+    at timestamptz PRIMARY KEY,
+    lag_seconds double precision,
+    lag_bytes bigint);
+CREATE TABLE IF NOT EXISTS {s}.load_plan (
+    table_schema text NOT NULL, table_name text NOT NULL, chunk int NOT NULL,
+    rel_schema text NOT NULL, rel_name text NOT NULL, predicate text,
+    only_rel boolean NOT NULL, total int NOT NULL,
+    PRIMARY KEY (table_schema, table_name, chunk));
+CREATE TABLE IF NOT EXISTS {s}.post_data (
+    seq int PRIMARY KEY, kind text NOT NULL, name text NOT NULL,
+    parallel boolean NOT NULL, sql text NOT NULL, done_at timestamptz);
+CREATE TABLE IF NOT EXISTS {s}.post_data_preamble (id int PRIMARY KEY CHECK (id = 1), sql text NOT NULL);
+CREATE TABLE IF NOT EXISTS {s}.table_snapshots (
+    table_schema text NOT NULL, table_name text NOT NULL, lsn text NOT NULL,
+    PRIMARY KEY (table_schema, table_name));
+ALTER TABLE {s}.post_data ADD COLUMN IF NOT EXISTS fk_table text,
+    ADD COLUMN IF NOT EXISTS fk_name text;
+CREATE TABLE IF NOT EXISTS {s}.overrides (
+    kind text NOT NULL, relid oid NOT NULL, object text NOT NULL,
+    original text NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now(),
+    done_at timestamptz,
+    PRIMARY KEY (kind, relid, object));
+CREATE TABLE IF NOT EXISTS {s}.control (id int PRIMARY KEY CHECK (id = 1), address text NOT NULL, pid int NOT NULL, started_at timestamptz NOT NULL DEFAULT now());
+";
+
+const V2: &str = "
+DELETE FROM {s}.lag_history WHERE lag_seconds IS NULL OR lag_bytes IS NULL;
+ALTER TABLE {s}.lag_history
+    ALTER COLUMN lag_seconds SET NOT NULL,
+    ALTER COLUMN lag_bytes SET NOT NULL;
+DELETE FROM {s}.schema_version a USING {s}.schema_version b
+    WHERE a.version = b.version AND a.ctid > b.ctid;
+ALTER TABLE {s}.schema_version ADD PRIMARY KEY (version);
+";
+
+/// The migrations to run over a database whose recorded version is
+/// `recorded` (0: no state schema). Version 1 runs again over version 1
+/// (see the module doc). Pure.
+fn pending(schema: &str, recorded: i32) -> Result<&'static [Migration]> {
+    if recorded > LATEST {
+        return Err(Error::operator(
+            format!(
+                "the state schema {schema} in the target is at version {recorded}, newer than \
+                 version {LATEST}, the newest this ferry ({}) knows",
+                env!("CARGO_PKG_VERSION")
+            ),
+            format!(
+                "a newer ferry wrote this state: run a ferry whose state schema version is \
+                 {recorded} or later (an older ferry cannot continue this migration)"
+            ),
+        ));
+    }
+    let first = MIGRATIONS
+        .iter()
+        .position(|m| m.version > recorded || (m.version == 1 && recorded == 1))
+        .unwrap_or(MIGRATIONS.len());
+    Ok(&MIGRATIONS[first..])
+}
+
+/// Bring the state schema `schema` (unquoted) to [`LATEST`]: the missing
+/// migrations and their `schema_version` rows in one transaction, under
+/// the state schema's advisory lock. Returns the version found (0: none).
+pub async fn ensure(client: &Client, schema: &str) -> Result<i32> {
+    let lock_key = quote_literal(&format!("ferry-state:{schema}"));
+    // READ COMMITTED: after waiting for the lock, each statement sees what
+    // the process that held it committed.
+    let begin = format!(
+        "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock(hashtext({lock_key}))"
+    );
+    client
+        .batch_execute(&begin)
+        .await
+        .map_err(|e| pg_error(format!("locking state schema {schema}"), e))?;
+    match migrate_locked(client, schema).await {
+        Ok(found) => {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|e| pg_error(format!("committing state schema {schema}"), e))?;
+            Ok(found)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+async fn migrate_locked(client: &Client, schema: &str) -> Result<i32> {
+    let found = recorded_version(client, schema).await?;
+    let steps = pending(schema, found)?;
+    let versions = format!("{}.schema_version", quote_ident(schema));
+    let record = format!(
+        "INSERT INTO {versions} (version) SELECT $1::int
+         WHERE NOT EXISTS (SELECT 1 FROM {versions} WHERE version = $1::int)"
+    );
+    for m in steps {
+        client.batch_execute(&m.sql(schema)).await.map_err(|e| {
+            pg_error(
+                format!("migrating state schema {schema} to version {}", m.version),
+                e,
+            )
+        })?;
+        client
+            .execute(&record, &[&m.version])
+            .await
+            .map_err(|e| pg_error(format!("recording state schema {schema} version"), e))?;
+        if m.version > found {
+            info!(
+                schema,
+                from = found,
+                to = m.version,
+                summary = m.summary,
+                "state schema migrated"
+            );
+        }
+    }
+    Ok(found)
+}
+
+/// The largest version in `schema_version`, 0 when the state schema or the
+/// table does not exist (or holds no row).
+async fn recorded_version(client: &Client, schema: &str) -> Result<i32> {
+    let versions = format!("{}.schema_version", quote_ident(schema));
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&versions])
+        .await
+        .map_err(|e| pg_error("looking up the state schema version table", e))?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    let row = client
+        .query_one(
+            &format!("SELECT coalesce(max(version), 0) FROM {versions}"),
+            &[],
+        )
+        .await
+        .map_err(|e| pg_error(format!("reading state schema {schema} version"), e))?;
+    Ok(row.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_numbered_from_one_without_gaps() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i32 + 1, "{}", m.summary);
+        }
+        assert_eq!(LATEST, MIGRATIONS.len() as i32);
+    }
+
+    #[test]
+    fn pending_steps_by_recorded_version() {
+        let versions = |recorded| -> Vec<i32> {
+            pending("ferry", recorded)
+                .unwrap()
+                .iter()
+                .map(|m| m.version)
+                .collect()
+        };
+        let all: Vec<i32> = (1..=LATEST).collect();
+        // (recorded, expected steps)
+        let cases: Vec<(i32, Vec<i32>)> = vec![
+            (0, all.clone()),
+            // Version 1 may lack its lazily created tables: applied again.
+            (1, all.clone()),
+            (LATEST, vec![]),
+        ];
+        for (recorded, want) in cases {
+            assert_eq!(versions(recorded), want, "recorded {recorded}");
+        }
+        for recorded in 2..=LATEST {
+            let later: Vec<i32> = (recorded + 1..=LATEST).collect();
+            assert_eq!(versions(recorded), later, "recorded {recorded}");
+        }
+    }
+
+    #[test]
+    fn newer_version_names_both_versions_and_the_fix() {
+        let err = pending("ferry", LATEST + 1).unwrap_err();
+        assert_eq!(err.class(), ferry_core::ErrorClass::Operator);
+        let text = err.to_string();
+        assert!(text.contains(&format!("version {}", LATEST + 1)), "{text}");
+        assert!(text.contains(&format!("version {LATEST}")), "{text}");
+        assert!(text.contains("newer ferry"), "{text}");
+    }
+
+    #[test]
+    fn sql_quotes_the_schema_name() {
+        let sql = MIGRATIONS[0].sql("my \"state\"");
+        assert!(sql.contains("CREATE SCHEMA IF NOT EXISTS \"my \"\"state\"\"\";"));
+        assert!(!sql.contains("{s}"));
+    }
+}
