@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use ferry_apply::batcher::ApplyStats;
+use ferry_apply::ApplyStats;
 use ferry_apply::state::StateStore;
 use ferry_core::config::Config;
 use ferry_core::{Lsn, TableId};
@@ -205,7 +205,7 @@ impl Live {
         })
     }
 
-    /// Pause switch the change stream holds at (`StreamHooks::pause`).
+    /// Pause switch the applier holds at (`ApplierConfig::pause`).
     pub fn paused(&self) -> watch::Receiver<bool> {
         self.paused.subscribe()
     }

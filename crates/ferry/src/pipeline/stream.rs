@@ -4,7 +4,7 @@
 //! Consumes the checkpoint in the target (the slot's consistent point on the
 //! first run, then the end of the last applied transaction) and streams from
 //! there. Emits target transactions (data + checkpoint, see
-//! `ferry_apply::batcher`) and standby status updates whose flush position is
+//! `ferry_apply::applier`) and standby status updates whose flush position is
 //! what the applier acknowledged after COMMIT — never more. Invariant:
 //! `confirmed_flush ≤ checkpoint ≤ received`.
 //!
@@ -21,11 +21,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ferry_apply::batcher::{Applier, ApplierConfig, RunOutcome};
 use ferry_apply::checkpoint::read_checkpoint;
 use ferry_apply::state::{Phase, StateStore, TableState};
+use ferry_apply::{Applier, ApplierConfig, RunOutcome};
 use ferry_core::config::Config;
-use ferry_core::{Change, ErrorClass, Event, Lsn, ReplicaIdentity, TableId, TableSchema};
+use ferry_core::{ErrorClass, Event, Lsn, ReplicaIdentity, TableId, TableSchema};
 use ferry_postgres::replication::ReplicationConnection;
 use ferry_postgres::stream::{
     AckHandle, CatalogTypeResolver, PgChangeStream, StreamConfig, StreamHooks,
@@ -120,8 +120,7 @@ async fn stream_once(
             .split_off(1);
     let resolver = Arc::new(CatalogTypeResolver::new(source.clone()));
     let hooks = StreamHooks {
-        map: Some(Box::new(event_map(keys.clone(), snapshots, live.clone()))),
-        pause: Some(live.paused()),
+        map: Some(Box::new(event_map(keys.clone(), live.clone()))),
     };
     let (mut rx, handle) = PgChangeStream::start_with(conn, resolver, stream_config, hooks).await?;
     info!(from = %checkpoint.position, source_head = %head, "streaming changes");
@@ -153,8 +152,10 @@ async fn stream_once(
 
     let mut applier_cfg = ApplierConfig::new(STREAM, &config.apply, true);
     applier_cfg.replica_role = super::replica_role_mode(&target).await?;
+    applier_cfg.pause = Some(live.paused());
     let mut applier =
         Applier::<Lsn>::new(target, state.clone(), config.tables.clone(), applier_cfg).await?;
+    applier.skip_before_snapshots(snapshots);
     live.set_stats(applier.stats());
     let watch = tokio::spawn(super::partitions::watch(live.clone()));
     let ack = |p: &Lsn| {
@@ -205,17 +206,14 @@ pub fn primary_keys(
 /// - pgoutput flags every column as part of the key under REPLICA IDENTITY
 ///   FULL; the applier matches on the table's real primary key (none: all
 ///   columns, one row at a time), so Relation events get the catalog's key.
-/// - tables (re)loaded from a snapshot at `S` after a crash already hold the
-///   effects of transactions whose commit record precedes `S`; their changes
-///   from those transactions are dropped ([`skip_for_snapshot`]).
 ///
 /// It also records each transaction as received, for the lag figures.
+/// (Changes a table reloaded from a later snapshot already holds are dropped
+/// by the applier: `Applier::skip_before_snapshots`.)
 fn event_map(
     keys: HashMap<TableId, Vec<String>>,
-    snapshots: HashMap<TableId, Lsn>,
     live: Arc<Live>,
 ) -> impl FnMut(Event<Lsn>) -> Option<Event<Lsn>> + Send + 'static {
-    let mut final_lsn = None;
     move |event| match event {
         Event::Relation(schema) if schema.replica_identity == ReplicaIdentity::Full => {
             let names = keys.get(&schema.id).cloned().unwrap_or_default();
@@ -229,45 +227,12 @@ fn event_map(
             commit_time,
             ..
         } => {
-            final_lsn = final_position;
             if let Some(f) = final_position {
                 live.forwarded(f, commit_time);
             }
             Some(event)
         }
-        Event::Change(change) if !snapshots.is_empty() => {
-            skip_for_snapshot(change, final_lsn, &snapshots).map(Event::Change)
-        }
         other => Some(other),
-    }
-}
-
-/// The change as the applier should see it, or `None` when every table it
-/// touches was loaded from a snapshot that already includes it (the
-/// transaction's commit record precedes the snapshot's position).
-fn skip_for_snapshot(
-    change: Change,
-    final_lsn: Option<Lsn>,
-    snapshots: &HashMap<TableId, Lsn>,
-) -> Option<Change> {
-    let covered = |t: &TableId| final_lsn.zip(snapshots.get(t)).is_some_and(|(f, s)| f < *s);
-    match change {
-        Change::Truncate {
-            tables,
-            cascade,
-            restart_identity,
-        } => {
-            let tables: Vec<TableId> = tables.into_iter().filter(|t| !covered(t)).collect();
-            (!tables.is_empty()).then_some(Change::Truncate {
-                tables,
-                cascade,
-                restart_identity,
-            })
-        }
-        c => match c.table() {
-            Some(t) if covered(t) => None,
-            _ => Some(c),
-        },
     }
 }
 
@@ -349,51 +314,4 @@ fn lost_connection(e: &tokio_postgres::Error) -> bool {
         cur = c.source();
     }
     false
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ferry_core::Row;
-
-    fn insert(t: &str) -> Change {
-        Change::Insert {
-            table: TableId::new("public", t),
-            new: Row::default(),
-        }
-    }
-
-    #[test]
-    fn snapshot_skip_decisions() {
-        let snaps: HashMap<TableId, Lsn> = [(TableId::new("public", "reloaded"), Lsn(100))].into();
-        // (change, final lsn of its transaction, kept?)
-        let cases = [
-            (insert("reloaded"), Some(Lsn(99)), false),
-            (insert("reloaded"), Some(Lsn(100)), true),
-            (insert("reloaded"), Some(Lsn(150)), true),
-            (insert("reloaded"), None, true),
-            (insert("other"), Some(Lsn(10)), true),
-        ];
-        for (change, final_lsn, kept) in cases {
-            assert_eq!(
-                skip_for_snapshot(change.clone(), final_lsn, &snaps).is_some(),
-                kept,
-                "{change:?} at {final_lsn:?}"
-            );
-        }
-        let truncate = Change::Truncate {
-            tables: vec![
-                TableId::new("public", "reloaded"),
-                TableId::new("public", "other"),
-            ],
-            cascade: false,
-            restart_identity: false,
-        };
-        match skip_for_snapshot(truncate, Some(Lsn(50)), &snaps) {
-            Some(Change::Truncate { tables, .. }) => {
-                assert_eq!(tables, vec![TableId::new("public", "other")])
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
 }

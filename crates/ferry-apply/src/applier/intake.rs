@@ -1,0 +1,71 @@
+//! The applier's side of the event channel: the bounded channel plus events
+//! received ahead while the target executes a batch ([`Intake::overlap`]),
+//! so the source reader, decoder and walsender keep working instead of
+//! stalling on a full channel during every target round trip.
+//!
+//! At most `cap` events and `cap_bytes` bytes of row data wait in the queue
+//! (one more event may pass the byte cap), so memory stays bounded; they
+//! are handled in order before the channel is read again.
+
+use std::collections::VecDeque;
+use std::future::Future;
+
+use ferry_core::Event;
+use ferry_core::size::ApproxBytes;
+use tokio::sync::mpsc::Receiver;
+
+/// The event channel and the queue of events received ahead.
+pub(super) struct Intake<'a, P> {
+    pub(super) rx: &'a mut Receiver<Event<P>>,
+    queue: VecDeque<(Event<P>, usize)>,
+    queued_bytes: usize,
+    /// The channel closed (the source side is gone).
+    pub(super) closed: bool,
+    cap: usize,
+    cap_bytes: usize,
+}
+
+impl<'a, P> Intake<'a, P> {
+    pub(super) fn new(rx: &'a mut Receiver<Event<P>>, cap: usize, cap_bytes: usize) -> Self {
+        Intake {
+            rx,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            closed: false,
+            cap: cap.max(1),
+            cap_bytes: cap_bytes.max(1),
+        }
+    }
+
+    /// The oldest event received ahead.
+    pub(super) fn pop(&mut self) -> Option<Event<P>> {
+        let (ev, bytes) = self.queue.pop_front()?;
+        self.queued_bytes -= bytes;
+        Some(ev)
+    }
+
+    fn has_room(&self) -> bool {
+        !self.closed && self.queue.len() < self.cap && self.queued_bytes < self.cap_bytes
+    }
+
+    /// Run `work` (target statements) to completion while receiving events
+    /// into the queue.
+    pub(super) async fn overlap<T>(&mut self, work: impl Future<Output = T>) -> T {
+        tokio::pin!(work);
+        loop {
+            let room = self.has_room();
+            tokio::select! {
+                biased;
+                out = &mut work => return out,
+                ev = self.rx.recv(), if room => match ev {
+                    Some(ev) => {
+                        let bytes = ev.approx_bytes();
+                        self.queued_bytes += bytes;
+                        self.queue.push_back((ev, bytes));
+                    }
+                    None => self.closed = true,
+                },
+            }
+        }
+    }
+}
