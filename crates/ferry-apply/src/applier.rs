@@ -46,7 +46,9 @@
 //! - Pause ([`ApplierConfig::pause`], the same for every source): at the
 //!   next source transaction boundary the applier commits and acknowledges
 //!   what it holds, then reads and applies nothing until the switch goes
-//!   back to `false`. The bounded channel fills and the source reader waits
+//!   back to `false` (a source transaction open when the switch flips is
+//!   completed first: no target transaction stays open while paused, and
+//!   nothing is received ahead meanwhile). The bounded channel fills and the source reader waits
 //!   on it (keeping its connection alive); lag grows.
 //! - Restart: the checkpoint is read at [`Applier::new`]; transactions with
 //!   commit position ≤ checkpoint are skipped ([`should_skip`]), also large
@@ -89,7 +91,7 @@ pub use snapshot_skip::skip_for_snapshot;
 pub use txn::TargetTxn;
 
 use batch::{Batch, TxnItem};
-use intake::Intake;
+use intake::{Intake, switched};
 
 /// Minimum time between two heartbeat-only checkpoint writes.
 const HEARTBEAT_WRITE_INTERVAL: Duration = Duration::from_secs(1);
@@ -247,13 +249,13 @@ impl<P: Position> Applier<P> {
         S: Future<Output = ()>,
     {
         tokio::pin!(shutdown);
-        let mut pause = self.cfg.pause.clone();
-        let mut intake = Intake::new(rx, self.cfg.batch_rows, self.cfg.buffer_bytes);
+        let pause = self.cfg.pause.clone();
+        let mut intake = Intake::new(rx, self.cfg.batch_rows, self.cfg.buffer_bytes, pause);
         loop {
-            if !self.batch.in_txn && is_paused(&pause) {
+            if !self.batch.in_txn && intake.paused() {
                 self.settle(ack).await?;
                 info!(checkpoint = ?self.checkpoint.as_ref().map(ToString::to_string), "applier paused");
-                if !hold(&mut pause, shutdown.as_mut()).await {
+                if !hold(&mut intake, shutdown.as_mut()).await {
                     self.finish(ack).await?;
                     return Ok(RunOutcome::Shutdown);
                 }
@@ -286,7 +288,7 @@ impl<P: Position> Applier<P> {
                         return Ok(RunOutcome::Shutdown);
                     }
                     // Checked at the top of the loop.
-                    () = switched(&mut pause), if at_boundary => {}
+                    () = switched(&mut intake.pause), if at_boundary => {}
                     ev = intake.rx.recv() => match ev {
                         None => intake.closed = true,
                         Some(ev) => self.handle(ev, ack, &mut intake).await?,
@@ -626,33 +628,16 @@ impl<P: Position> Applier<P> {
     }
 }
 
-/// The pause switch reads `true`.
-fn is_paused(pause: &Option<watch::Receiver<bool>>) -> bool {
-    pause.as_ref().is_some_and(|p| *p.borrow())
-}
-
-/// Resolves when the pause switch changes (never without one); a switch
-/// whose sender is gone is dropped (not paused).
-async fn switched(pause: &mut Option<watch::Receiver<bool>>) {
-    let gone = match pause {
-        Some(p) => p.changed().await.is_err(),
-        None => std::future::pending().await,
-    };
-    if gone {
-        *pause = None;
-    }
-}
-
 /// Wait while paused: `true` once resumed, `false` on shutdown.
-async fn hold(
-    pause: &mut Option<watch::Receiver<bool>>,
+async fn hold<P>(
+    intake: &mut Intake<'_, P>,
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
 ) -> bool {
-    while is_paused(pause) {
+    while intake.paused() {
         tokio::select! {
             biased;
             () = &mut shutdown => return false,
-            () = switched(pause) => {}
+            () = switched(&mut intake.pause) => {}
         }
     }
     true

@@ -5,7 +5,9 @@
 //!
 //! At most `cap` events and `cap_bytes` bytes of row data wait in the queue
 //! (one more event may pass the byte cap), so memory stays bounded; they
-//! are handled in order before the channel is read again.
+//! are handled in order before the channel is read again. Nothing is
+//! received ahead while the pause switch is on (the switch lives here, next
+//! to the channel it stops).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -13,6 +15,7 @@ use std::future::Future;
 use ferry_core::Event;
 use ferry_core::size::ApproxBytes;
 use tokio::sync::mpsc::Receiver;
+use tokio::sync::watch;
 
 /// The event channel and the queue of events received ahead.
 pub(super) struct Intake<'a, P> {
@@ -21,17 +24,25 @@ pub(super) struct Intake<'a, P> {
     queued_bytes: usize,
     /// The channel closed (the source side is gone).
     pub(super) closed: bool,
+    /// The operator's pause switch (see [`super::ApplierConfig::pause`]).
+    pub(super) pause: Option<watch::Receiver<bool>>,
     cap: usize,
     cap_bytes: usize,
 }
 
 impl<'a, P> Intake<'a, P> {
-    pub(super) fn new(rx: &'a mut Receiver<Event<P>>, cap: usize, cap_bytes: usize) -> Self {
+    pub(super) fn new(
+        rx: &'a mut Receiver<Event<P>>,
+        cap: usize,
+        cap_bytes: usize,
+        pause: Option<watch::Receiver<bool>>,
+    ) -> Self {
         Intake {
             rx,
             queue: VecDeque::new(),
             queued_bytes: 0,
             closed: false,
+            pause,
             cap: cap.max(1),
             cap_bytes: cap_bytes.max(1),
         }
@@ -45,7 +56,15 @@ impl<'a, P> Intake<'a, P> {
     }
 
     fn has_room(&self) -> bool {
-        !self.closed && self.queue.len() < self.cap && self.queued_bytes < self.cap_bytes
+        !self.closed
+            && self.queue.len() < self.cap
+            && self.queued_bytes < self.cap_bytes
+            && !self.paused()
+    }
+
+    /// The pause switch reads `true`.
+    pub(super) fn paused(&self) -> bool {
+        self.pause.as_ref().is_some_and(|p| *p.borrow())
     }
 
     /// Run `work` (target statements) to completion while receiving events
@@ -67,5 +86,17 @@ impl<'a, P> Intake<'a, P> {
                 },
             }
         }
+    }
+}
+
+/// Resolves when the pause switch changes (never without one); a switch
+/// whose sender is gone is dropped (not paused).
+pub(super) async fn switched(pause: &mut Option<watch::Receiver<bool>>) {
+    let gone = match pause {
+        Some(p) => p.changed().await.is_err(),
+        None => std::future::pending().await,
+    };
+    if gone {
+        *pause = None;
     }
 }
