@@ -64,7 +64,6 @@ mod in_order;
 pub mod sql;
 mod staging;
 
-pub use in_order::{TargetIndex, order_sensitive};
 use sql::{OP_DELETE, OP_NEW, OP_UPSERT};
 use staging::{StageRow, Staging};
 

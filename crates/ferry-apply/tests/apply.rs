@@ -1,4 +1,4 @@
-//! Writer, batcher and checkpoint against a real target PostgreSQL.
+//! Writer, applier and checkpoint against a real target PostgreSQL.
 
 mod common;
 
