@@ -172,7 +172,7 @@ impl TargetTxn {
         self.begin(writer).await?;
         write_checkpoint(&self.client, &self.state, &self.stream, position, time).await?;
         Failpoint::hit(self.failpoint, Failpoint::AfterApplyBeforeCommit);
-        self.end(writer, "COMMIT").await?;
+        self.end(writer, true).await?;
         Failpoint::hit(self.failpoint, Failpoint::AfterCommitBeforeAck);
         Ok(())
     }
@@ -189,29 +189,31 @@ impl TargetTxn {
         write_checkpoint(&self.client, &self.state, &self.stream, position, time)
             .await
             .map_err(|e| e.context("checkpointing heartbeat"))?;
-        self.end(writer, "COMMIT")
+        self.end(writer, true)
             .await
             .map_err(|e| e.context("checkpointing heartbeat"))
     }
 
     /// Roll back the open transaction (best effort on a broken connection).
     pub async fn rollback(&mut self, writer: &mut Writer) -> Result<()> {
-        self.end(writer, "ROLLBACK").await
+        self.end(writer, false).await
     }
 
-    /// `COMMIT` or `ROLLBACK`. A failed `COMMIT` rolled back.
-    async fn end(&mut self, writer: &mut Writer, sql: &str) -> Result<()> {
+    /// `COMMIT` (`commit`) or `ROLLBACK`. A failed `COMMIT` rolled back.
+    async fn end(&mut self, writer: &mut Writer, commit: bool) -> Result<()> {
         self.open = false;
         self.savepoint = false;
-        let done = self.client.batch_execute(sql).await.map_err(|e| {
-            let what = if sql == "COMMIT" {
-                "committing target transaction"
-            } else {
-                "rolling back target transaction"
-            };
-            pg_error(what, e)
-        });
-        writer.txn_ended(sql == "COMMIT" && done.is_ok());
+        let (sql, what) = if commit {
+            ("COMMIT", "committing target transaction")
+        } else {
+            ("ROLLBACK", "rolling back target transaction")
+        };
+        let done = self
+            .client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| pg_error(what, e));
+        writer.txn_ended(commit && done.is_ok());
         done
     }
 }
