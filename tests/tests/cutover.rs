@@ -246,3 +246,57 @@ fn cleanup_removes_slot_publication_and_state() {
         assert!(n >= 20_000);
     });
 }
+
+/// Paused under writes for longer than three `wal_sender_timeout`s of 2 s:
+/// the applier stops reading, the channel fills and the reader waits on it
+/// with the same walsender alive (no reconnect, no replication timeout on
+/// the server); resumed, the target ends equal to the source.
+#[test]
+fn pause_outlives_a_short_wal_sender_timeout() {
+    let s = Migration::new(
+        PgOptions::new().setting("wal_sender_timeout", "2s"),
+        target_options(),
+        BENCH_SCHEMA,
+    );
+    s.source
+        .psql(&s.source_db, &pgsync::bench_data(20_000, 500))
+        .unwrap();
+    let walsenders = || {
+        pgsync::runtime().block_on(async {
+            let src = pgsync::connect(&s.source_url).await.unwrap();
+            src.query("SELECT pid FROM pg_stat_replication", &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, i32>(0))
+                .collect::<Vec<_>>()
+        })
+    };
+    let mut ferry = s.start("run");
+    s.wait_phase(&mut ferry, "stream");
+    let before = walsenders();
+    assert_eq!(before.len(), 1, "one walsender streams: {before:?}");
+
+    assert_eq!(s.ferry(&["pause"]).code, Some(0));
+    let mut writer = Writer::start(&s.source_url, 20_000);
+    // Far more events than the channel and the applier's queue hold.
+    writer.wait_for(2_000, LONG).unwrap();
+    // Writes go on while paused: this sleep is the behaviour under test.
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(s.status()["paused"], true);
+    assert_eq!(walsenders(), before, "the walsender was replaced");
+    let log = ferry.log();
+    assert!(!log.contains("reconnect"), "ferry reconnected:\n{log}");
+    let server_log = s.source.log_contents();
+    assert!(!server_log.contains("replication timeout"), "{server_log}");
+
+    assert_eq!(s.ferry(&["resume"]).code, Some(0));
+    let committed = writer.stop().expect("writer");
+    assert!(committed >= 2_000);
+    s.compare_caught_up(BENCH_TABLES);
+    assert_eq!(walsenders(), before, "the walsender was replaced");
+    let code = ferry
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(code, Some(0));
+}

@@ -6,7 +6,7 @@
 //!
 //! Invariants: checkpoint ≤ applied ≤ received; the checkpoint only moves
 //! forward; the source is acknowledged only after the target COMMIT
-//! succeeded (see [`crate::batcher`]).
+//! succeeded (see [`crate::applier`]).
 //! Restart: [`read_checkpoint`] gives the position to resume from, and
 //! [`should_skip`] drops transactions a source resends that are already in
 //! the target (commit position ≤ checkpoint).

@@ -7,7 +7,7 @@
 //! ```text
 //!  full load:  source COPY bytes / Value rows ──▶ load ──▶ COPY FROM STDIN ─┐
 //!                                                                          ▼
-//!  CDC:  mpsc<Event<P>> ──▶ batcher ──▶ fold ──▶ writer ──▶ target txn (+ checkpoint)
+//!  CDC:  mpsc<Event<P>> ──▶ applier ──▶ fold ──▶ writer ──▶ target txn (+ checkpoint)
 //!                             │                                   │
 //!                             └──────── ack(P) after COMMIT ◀─────┘
 //! ```
@@ -20,14 +20,17 @@
 //! - [`load`]: bulk COPY loader (binary pass-through or encoded rows), chunk
 //!   done-marks in the same transaction, parallel index builds.
 //! - [`fold`]: pure per-key folding of a batch's changes.
-//! - [`writer`]: set-wise apply of folded changes through staging tables.
+//! - [`writer`]: set-wise apply of folded changes through staging tables
+//!   ([`writer::sql`]: the statement texts).
 //! - [`checkpoint`]: the durable position and restart skipping.
-//! - [`batcher`]: the CDC apply loop (whole transactions, flush policy, ack).
+//! - [`applier`]: the CDC apply loop (whole transactions, flush policy,
+//!   pause, snapshot skip, ack) and the one owner of the target transaction
+//!   ([`applier::TargetTxn`]).
 //! - [`preflight`]: target prerequisite checks for `ferry plan`.
 //! - [`relation`]: a source Relation against the target table (schema drift).
 //! - [`truncate`]: a source TRUNCATE on the target (`ONLY` each listed table).
 
-pub mod batcher;
+pub mod applier;
 pub mod checkpoint;
 pub mod copy_text;
 pub mod ddl;
@@ -40,7 +43,10 @@ pub mod state;
 pub mod truncate;
 pub mod writer;
 
-pub use batcher::{Applier, ApplierConfig, ApplyStats, FlushInput, RunOutcome, should_flush};
+pub use applier::{
+    Applier, ApplierConfig, ApplyStats, FlushInput, RunOutcome, TargetTxn, should_flush,
+    skip_for_snapshot,
+};
 pub use checkpoint::{Checkpoint, Failpoint, read_checkpoint, should_skip, write_checkpoint};
 pub use error::{FoldError, pg_error};
 pub use fold::{Barrier, Fold, RowOp};

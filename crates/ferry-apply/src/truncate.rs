@@ -91,7 +91,7 @@ mod tests {
             assert_eq!(targets(&names, &p), want, "{partitioned:?}");
         }
         assert_eq!(
-            crate::writer::truncate_sql(&targets(&names[..1], &HashSet::new()), false, false),
+            crate::writer::sql::truncate_sql(&targets(&names[..1], &HashSet::new()), false, false),
             "TRUNCATE ONLY \"public\".\"parent\""
         );
     }

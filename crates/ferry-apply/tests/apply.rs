@@ -1,4 +1,4 @@
-//! Writer, batcher and checkpoint against a real target PostgreSQL.
+//! Writer, applier and checkpoint against a real target PostgreSQL.
 
 mod common;
 
@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use ferry_apply::checkpoint::{read_checkpoint, write_checkpoint};
 use ferry_apply::fold::Fold;
-use ferry_apply::{Applier, ApplierConfig, RunOutcome, StateStore, Writer};
+use ferry_apply::{Applier, ApplierConfig, RunOutcome, StateStore, TargetTxn, Writer};
 use ferry_core::config::{ApplyConfig, TablesConfig};
 use ferry_core::value::Timestamp;
 use ferry_core::{Change, Event, Lsn, OldRow, Row, Value};
@@ -163,13 +163,14 @@ async fn dropped_connection_before_commit_leaves_nothing() {
         Some(&s),
     )
     .unwrap();
-    w.begin(&client).await.unwrap();
-    w.apply_fold(&client, &fold).await.unwrap();
-    write_checkpoint(&client, &state, "main", &Lsn(500), Timestamp::now())
+    let mut txn = TargetTxn::new(client, state.clone(), "main", true);
+    txn.begin(&mut w).await.unwrap();
+    w.apply_fold(txn.client(), &fold).await.unwrap();
+    write_checkpoint(txn.client(), &state, "main", &Lsn(500), Timestamp::now())
         .await
         .unwrap();
     conn.abort();
-    drop(client);
+    drop(txn);
     let c = connect(&url).await;
     wait_for(30, "doomed backend to exit", || async {
         rows(

@@ -413,7 +413,6 @@ impl source::Source for PgSource {
                     None => Some(event),
                 }
             })),
-            pause: None,
         };
         let (rx, handle) = PgChangeStream::start_with(conn, resolver, config, hooks).await?;
         Ok((rx, PgChanges(handle)))

@@ -15,10 +15,14 @@
 //!   (monotonic), never more: the server keeps everything after it, and on
 //!   restart it skips exactly the transactions whose commit end is at or
 //!   before the start position.
-//! - Status updates go out every `status_interval` and whenever the server
-//!   asks, also while the task waits for room in a full channel (it selects
-//!   on the channel permit and the timer), so `wal_sender_timeout` never
-//!   fires on a slow consumer.
+//! - Status updates go out every `status_interval` (at most half the
+//!   server's `wal_sender_timeout`, read with `SHOW` before streaming) and
+//!   whenever the server asks, also while the task waits for room in a full
+//!   channel (it selects on the channel permit and the timer): a consumer
+//!   that stops reading (a paused applier) never lets `wal_sender_timeout`
+//!   fire, although the server's keepalive requests then wait unread behind
+//!   the data in the socket. Waiting, the task reports what the consumer
+//!   acknowledged, never more.
 //! - The channel is bounded in events (`channel_capacity`) AND in bytes of
 //!   row data (`channel_bytes`); streamed transactions share one in-memory
 //!   budget (`spill_threshold`) and spill to disk past it.
@@ -40,7 +44,7 @@ use std::time::{Duration, Instant};
 use ferry_core::size::ApproxBytes;
 use ferry_core::{Error, Event, Lsn};
 use futures_util::future::BoxFuture;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Interval, MissedTickBehavior};
 
@@ -62,7 +66,8 @@ pub struct StreamConfig {
     pub start: Lsn,
     /// Capacity of the event channel.
     pub channel_capacity: usize,
-    /// Longest time between two standby status updates.
+    /// Longest time between two standby status updates (lowered to half
+    /// the server's `wal_sender_timeout` when that is shorter).
     pub status_interval: Duration,
     /// Least time between two keepalive heartbeats.
     pub heartbeat_interval: Duration,
@@ -99,23 +104,20 @@ impl StreamConfig {
 pub type EventMap = Box<dyn FnMut(Event<Lsn>) -> Option<Event<Lsn>> + Send>;
 
 /// Caller code that runs in the stream task on every event before it is
-/// sent: no hop through another task between reader and consumer.
+/// sent: no hop through another task between reader and consumer. (Pausing
+/// is the applier's: it stops reading, the channel fills, and this task
+/// waits on it with its connection alive.)
 #[derive(Default)]
 pub struct StreamHooks {
     /// Rewrites an event, or drops it (`None`). Runs inline in the reader:
     /// keep it cheap and never block.
     pub map: Option<EventMap>,
-    /// While this reads `true` (paused by the operator), events are held
-    /// back; status updates keep going, so the connection stays up and the
-    /// server keeps the WAL.
-    pub pause: Option<watch::Receiver<bool>>,
 }
 
 impl std::fmt::Debug for StreamHooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamHooks")
             .field("map", &self.map.is_some())
-            .field("pause", &self.pause.is_some())
             .finish()
     }
 }
@@ -190,7 +192,7 @@ impl PgChangeStream {
 
     /// [`PgChangeStream::start`] with `hooks` run on every event.
     pub async fn start_with(
-        conn: ReplicationConnection,
+        mut conn: ReplicationConnection,
         resolver: Arc<dyn TypeResolver>,
         config: StreamConfig,
         hooks: StreamHooks,
@@ -202,13 +204,14 @@ impl PgChangeStream {
                 .collect(),
             messages: true,
         };
+        let status_every = status_interval(config.status_interval, &mut conn).await?;
         let stream = conn
             .start_replication(&config.slot, config.start, &options)
             .await?;
         let (tx, rx) = mpsc::channel(config.channel_capacity.max(1));
         let (stop_tx, stop_rx) = oneshot::channel();
         let ack = AckHandle::new(config.start);
-        let mut status = tokio::time::interval(config.status_interval);
+        let mut status = tokio::time::interval(status_every);
         status.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let task_state = StreamTask {
             stream,
@@ -415,31 +418,6 @@ impl StreamTask {
         }
     }
 
-    /// Wait until the pause is lifted, keeping status updates going.
-    async fn hold_while_paused(&mut self) -> Result<(), Stop> {
-        let Some(mut pause) = self.hooks.pause.take() else {
-            return Ok(());
-        };
-        let result = loop {
-            if !*pause.borrow_and_update() {
-                break Ok(());
-            }
-            tokio::select! {
-                biased;
-                _ = &mut self.shutdown => break Err(Stop::Requested),
-                changed = pause.changed() => if changed.is_err() {
-                    // The pause switch is gone with its owner: nothing holds us.
-                    break Ok(());
-                },
-                _ = self.status.tick() => if let Err(e) = self.send_status(false).await {
-                    break Err(Stop::Failed(e));
-                },
-            }
-        };
-        self.hooks.pause = Some(pause);
-        result
-    }
-
     /// Send one event, keeping status updates going while the channel is full.
     async fn emit(&mut self, ev: Event<Lsn>) -> Result<(), Stop> {
         if let Event::Commit { position, .. } | Event::Heartbeat { position, .. } = &ev {
@@ -452,9 +430,6 @@ impl StreamTask {
             },
             None => ev,
         };
-        if self.hooks.pause.as_ref().is_some_and(|p| *p.borrow()) {
-            self.hold_while_paused().await?;
-        }
         let bytes = ev.approx_bytes();
         self.wait_for_bytes(bytes).await?;
         self.in_flight.push_back(bytes);
@@ -479,6 +454,47 @@ impl StreamTask {
             }
         }
     }
+}
+
+/// The status update interval: `wanted`, or half the server's
+/// `wal_sender_timeout` when that is shorter (0 disables the timeout), so
+/// updates sent while the channel is full keep the walsender alive.
+async fn status_interval(
+    wanted: Duration,
+    conn: &mut ReplicationConnection,
+) -> Result<Duration, Error> {
+    let rows = conn.simple_query("SHOW wal_sender_timeout").await?;
+    let text = rows
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .unwrap_or_default();
+    let Some(timeout) = parse_guc_duration(&text) else {
+        tracing::warn!(wal_sender_timeout = %text, "unreadable wal_sender_timeout; sending status updates every second");
+        return Ok(wanted.min(Duration::from_secs(1)));
+    };
+    if timeout.is_zero() {
+        return Ok(wanted);
+    }
+    Ok(wanted.min(timeout / 2).max(Duration::from_millis(1)))
+}
+
+/// A time setting as `SHOW` prints it (`60s`, `1min`, `500ms`, `0`).
+fn parse_guc_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let ms = match unit.trim() {
+        "" | "ms" => 1,
+        "s" => 1000,
+        "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    Some(Duration::from_millis(n.checked_mul(ms)?))
 }
 
 /// [`TypeResolver`] over a catalog connection (`format_type`, `pg_type`).
@@ -545,5 +561,34 @@ impl TypeResolver for CatalogTypeResolver {
                 })?;
             Ok(row.get(0))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guc_durations() {
+        let cases = [
+            ("1min", Some(60_000)),
+            ("60s", Some(60_000)),
+            ("2s", Some(2000)),
+            ("500ms", Some(500)),
+            ("0", Some(0)),
+            ("1h", Some(3_600_000)),
+            ("1d", Some(86_400_000)),
+            ("", None),
+            ("s", None),
+            ("10 parsecs", None),
+            ("99999999999999999999d", None),
+        ];
+        for (text, ms) in cases {
+            assert_eq!(
+                parse_guc_duration(text),
+                ms.map(Duration::from_millis),
+                "{text:?}"
+            );
+        }
     }
 }

@@ -10,16 +10,24 @@
 //! first polled), and their results read in order; the server runs them one
 //! after the other, so the target sees exactly the source's order.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
+use ferry_core::{Change, Error, Result, TableId, TableSchema, Value};
 use futures_util::future::{MaybeDone, maybe_done};
-use tokio_postgres::Statement;
 use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Statement};
 use tracing::info;
 
-use super::*;
+use super::Writer;
+use super::sql::{
+    InOrderSql, OP_DELETE, OP_NEW, OP_OLD, OP_UPSERT, StepKind, mask_of, match_pattern,
+};
+use super::staging::{StageRow, Staging};
+use crate::error::pg_error;
+use crate::fold::TableFold;
 
 /// Steps sent before their results are read (bounds what is in flight).
 const PIPELINE_WINDOW: usize = 1024;
@@ -60,44 +68,12 @@ LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrel
 WHERE i.indrelid = $1::text::regclass AND (i.indisunique OR i.indisexclusion)
 ORDER BY 1";
 
-/// What one staged change does.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum StepKind {
-    /// A run of inserts (upserts by key for keyed tables).
-    Inserts,
-    /// A run of deletes by key (keyed tables).
-    Deletes,
-    /// Delete one row matching the old row (tables without a key); the
-    /// match pattern of the old row ([`match_pattern`]).
-    DeleteOne(String),
-    /// Update one row: match pattern of the old row (empty for keyed
-    /// tables), present-column mask of the new row, key changed.
-    UpdateOne {
-        pattern: String,
-        mask: String,
-        key_change: bool,
-    },
-}
-
 /// A statement over the staged changes `first..=last`.
 #[derive(Debug)]
 struct Step {
     stmt: usize,
     first: i32,
     last: i32,
-}
-
-/// Per column of an old row: `u` Unchanged (not matched), `n` NULL, `v` a
-/// value.
-fn match_pattern(values: &[Value]) -> String {
-    values
-        .iter()
-        .map(|v| match v {
-            Value::Unchanged => 'u',
-            Value::Null => 'n',
-            _ => 'v',
-        })
-        .collect()
 }
 
 impl Writer {
@@ -212,10 +188,14 @@ impl Writer {
             }
         }
         let stage = self.stage(client, schema).await?;
-        self.copy_stage(client, &stage, schema, &rows).await?;
+        Staging::copy(client, &stage, schema, &rows).await?;
         drop(rows);
         let target = self.target_of(&schema.id);
-        let types = self.column_types(client, schema).await?.clone();
+        let types = self
+            .staging
+            .column_types(client, &schema.id, &target)
+            .await?
+            .clone();
         let sqls = InOrderSql {
             target: &target,
             stage: &stage,
@@ -305,130 +285,9 @@ async fn run_pipelined(
     Ok(())
 }
 
-/// Statement texts of a source-order table (parameters `$1`, `$2`: the
-/// first and last seq of a step).
-struct InOrderSql<'a> {
-    target: &'a TableId,
-    stage: &'a str,
-    schema: &'a TableSchema,
-    /// Target base types by column name.
-    types: &'a HashMap<String, String>,
-}
-
-impl InOrderSql<'_> {
-    /// The statement of `kind`; `None` when it has nothing to do.
-    fn sql(&self, kind: &StepKind) -> Option<String> {
-        let t = self.target.quoted();
-        let s = format!("pg_temp.{}", quote_ident(self.stage));
-        let keyed = self.schema.has_key();
-        let c = cols(self.schema, "");
-        Some(match kind {
-            StepKind::Inserts => {
-                let conflict = if keyed {
-                    format!(" {}", on_conflict_sql(self.schema))
-                } else {
-                    String::new()
-                };
-                format!(
-                    "INSERT INTO {t} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM {s} WHERE __ferry_op = {OP_UPSERT} AND __ferry_seq BETWEEN $1 AND $2 ORDER BY __ferry_seq{conflict}"
-                )
-            }
-            StepKind::Deletes => format!(
-                "DELETE FROM {t} AS t USING {s} AS s WHERE s.__ferry_op = {OP_DELETE} AND s.__ferry_seq BETWEEN $1 AND $2 AND {}",
-                key_match(self.schema, "t", "s")
-            ),
-            StepKind::DeleteOne(pattern) => format!(
-                "DELETE FROM {t} WHERE ctid = ({})",
-                self.one_row(OP_DELETE, pattern)
-            ),
-            StepKind::UpdateOne {
-                pattern,
-                mask,
-                key_change,
-            } => {
-                let sets: Vec<String> = self
-                    .schema
-                    .columns
-                    .iter()
-                    .zip(mask.chars())
-                    .enumerate()
-                    .filter(|(i, (_, m))| {
-                        *m == '1' && (*key_change || !self.schema.key.contains(i))
-                    })
-                    .map(|(_, (c, _))| format!("{q} = n.{q}", q = quote_ident(&c.name)))
-                    .collect();
-                if sets.is_empty() {
-                    return None;
-                }
-                let found = if keyed {
-                    format!(
-                        ", {s} AS o WHERE n.__ferry_seq = $1 AND n.__ferry_op = {OP_NEW} AND o.__ferry_seq = $1 AND o.__ferry_op = {OP_OLD} AND {}",
-                        key_match(self.schema, "t", "o")
-                    )
-                } else {
-                    format!(
-                        " WHERE n.__ferry_seq = $1 AND n.__ferry_op = {OP_NEW} AND t.ctid = ({})",
-                        self.one_row(OP_OLD, pattern)
-                    )
-                };
-                format!(
-                    "UPDATE {t} AS t SET {} FROM {s} AS n{found}",
-                    sets.join(", ")
-                )
-            }
-        })
-    }
-
-    /// `SELECT ctid` of one target row equal to the staged row of op `op`
-    /// at seq `$1` on the columns of `pattern`: `=` (text for types without
-    /// equality) or `IS NULL`, so an index on any of them can be used.
-    fn one_row(&self, op: i16, pattern: &str) -> String {
-        let t = self.target.quoted();
-        let s = format!("pg_temp.{}", quote_ident(self.stage));
-        let mut conds = vec![format!("o.__ferry_seq = $1 AND o.__ferry_op = {op}")];
-        for (c, p) in self.schema.columns.iter().zip(pattern.chars()) {
-            let q = quote_ident(&c.name);
-            match p {
-                'n' => conds.push(format!("x.{q} IS NULL")),
-                'v' => {
-                    let ty = self.types.get(&c.name).map(String::as_str).unwrap_or("");
-                    if TEXT_COMPARED.contains(&ty.trim_end_matches("[]")) {
-                        conds.push(format!("x.{q}::text = o.{q}::text"));
-                    } else {
-                        conds.push(format!("x.{q} = o.{q}"));
-                    }
-                }
-                _ => {}
-            }
-        }
-        format!(
-            "SELECT x.ctid FROM {t} AS x, {s} AS o WHERE {} LIMIT 1",
-            conds.join(" AND ")
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use ferry_core::{Column, ReplicaIdentity};
-
     use super::*;
-
-    fn schema(key: Vec<usize>) -> TableSchema {
-        let col = |name: &str| Column {
-            name: name.into(),
-            source_type: "text".into(),
-            pg_type: "text".into(),
-            type_oid: None,
-            nullable: true,
-        };
-        TableSchema {
-            id: TableId::new("src", "t"),
-            columns: vec![col("id"), col("doc"), col("n")],
-            key,
-            replica_identity: ReplicaIdentity::Full,
-        }
-    }
 
     fn ix(name: &str, exclusion: bool, deferrable: bool, cols: &[&str]) -> TargetIndex {
         TargetIndex {
@@ -488,71 +347,5 @@ mod tests {
             let got = order_sensitive(&["id"], &indexes).map(|i| i.name.as_str());
             assert_eq!(got, want, "{name}");
         }
-    }
-
-    #[test]
-    fn in_order_sql_golden() {
-        let types: HashMap<String, String> = [
-            ("id".to_owned(), "integer".to_owned()),
-            ("doc".to_owned(), "json".to_owned()),
-            ("n".to_owned(), "text".to_owned()),
-        ]
-        .into();
-        let keyed = schema(vec![0]);
-        let t = TableId::new("d", "k");
-        let sql = InOrderSql {
-            target: &t,
-            stage: "st",
-            schema: &keyed,
-            types: &types,
-        };
-        assert_eq!(
-            sql.sql(&StepKind::Inserts).unwrap(),
-            "INSERT INTO \"d\".\"k\" (\"id\", \"doc\", \"n\") OVERRIDING SYSTEM VALUE SELECT \"id\", \"doc\", \"n\" FROM pg_temp.\"st\" WHERE __ferry_op = 1 AND __ferry_seq BETWEEN $1 AND $2 ORDER BY __ferry_seq ON CONFLICT (\"id\") DO UPDATE SET \"doc\" = EXCLUDED.\"doc\", \"n\" = EXCLUDED.\"n\""
-        );
-        assert_eq!(
-            sql.sql(&StepKind::Deletes).unwrap(),
-            "DELETE FROM \"d\".\"k\" AS t USING pg_temp.\"st\" AS s WHERE s.__ferry_op = 0 AND s.__ferry_seq BETWEEN $1 AND $2 AND t.\"id\" = s.\"id\""
-        );
-        let upd = |mask: &str, key_change| StepKind::UpdateOne {
-            pattern: String::new(),
-            mask: mask.into(),
-            key_change,
-        };
-        assert_eq!(
-            sql.sql(&upd("101", false)).unwrap(),
-            "UPDATE \"d\".\"k\" AS t SET \"n\" = n.\"n\" FROM pg_temp.\"st\" AS n, pg_temp.\"st\" AS o WHERE n.__ferry_seq = $1 AND n.__ferry_op = 2 AND o.__ferry_seq = $1 AND o.__ferry_op = 3 AND t.\"id\" = o.\"id\""
-        );
-        assert!(
-            sql.sql(&upd("101", true))
-                .unwrap()
-                .contains("SET \"id\" = n.\"id\", \"n\" = n.\"n\" FROM")
-        );
-        assert_eq!(sql.sql(&upd("100", false)), None);
-
-        let keyless = schema(vec![]);
-        let sql = InOrderSql {
-            schema: &keyless,
-            ..sql
-        };
-        assert_eq!(
-            sql.sql(&StepKind::Inserts).unwrap(),
-            "INSERT INTO \"d\".\"k\" (\"id\", \"doc\", \"n\") OVERRIDING SYSTEM VALUE SELECT \"id\", \"doc\", \"n\" FROM pg_temp.\"st\" WHERE __ferry_op = 1 AND __ferry_seq BETWEEN $1 AND $2 ORDER BY __ferry_seq"
-        );
-        assert_eq!(
-            sql.sql(&StepKind::DeleteOne("vvn".into())).unwrap(),
-            "DELETE FROM \"d\".\"k\" WHERE ctid = (SELECT x.ctid FROM \"d\".\"k\" AS x, pg_temp.\"st\" AS o WHERE o.__ferry_seq = $1 AND o.__ferry_op = 0 AND x.\"id\" = o.\"id\" AND x.\"doc\"::text = o.\"doc\"::text AND x.\"n\" IS NULL LIMIT 1)"
-        );
-        let u = sql
-            .sql(&StepKind::UpdateOne {
-                pattern: "vuv".into(),
-                mask: "110".into(),
-                key_change: false,
-            })
-            .unwrap();
-        assert_eq!(
-            u,
-            "UPDATE \"d\".\"k\" AS t SET \"id\" = n.\"id\", \"doc\" = n.\"doc\" FROM pg_temp.\"st\" AS n WHERE n.__ferry_seq = $1 AND n.__ferry_op = 2 AND t.ctid = (SELECT x.ctid FROM \"d\".\"k\" AS x, pg_temp.\"st\" AS o WHERE o.__ferry_seq = $1 AND o.__ferry_op = 3 AND x.\"id\" = o.\"id\" AND x.\"n\" = o.\"n\" LIMIT 1)"
-        );
     }
 }

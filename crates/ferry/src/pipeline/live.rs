@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use ferry_apply::batcher::ApplyStats;
+use ferry_apply::ApplyStats;
 use ferry_apply::state::StateStore;
 use ferry_core::config::Config;
 use ferry_core::source::{Probe, Source};
@@ -228,7 +228,7 @@ impl<P: Position> Live<P> {
         })
     }
 
-    /// Pause switch the change stream holds at (`StreamHooks::pause`).
+    /// Pause switch the applier holds at (`ApplierConfig::pause`).
     pub fn paused(&self) -> watch::Receiver<bool> {
         self.paused.subscribe()
     }

@@ -5,7 +5,7 @@
 //! Consumes the checkpoint in the target (the snapshot's position on the
 //! first run, then the end of the last applied transaction) and streams from
 //! there. Emits target transactions (data + checkpoint, see
-//! `ferry_apply::batcher`) and acknowledgements to the source of what the
+//! `ferry_apply::applier`) and acknowledgements to the source of what the
 //! applier committed — never more. Invariant:
 //! `acknowledged ≤ checkpoint ≤ received`.
 //!
@@ -17,17 +17,16 @@
 //! Phase: `catchup` becomes `stream` once the applied position reaches the
 //! source's head read when streaming started.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ferry_apply::batcher::{Applier, ApplierConfig, RunOutcome};
 use ferry_apply::checkpoint::read_checkpoint;
 use ferry_apply::state::{Phase, StateStore, TableState};
+use ferry_apply::{Applier, ApplierConfig, RunOutcome};
 use ferry_core::config::Config;
 use ferry_core::source::{ChangeHandle, ChangeOptions, Probe, Source, SuperviseContext};
-use ferry_core::{Change, ErrorClass, Event, Position, TableId};
+use ferry_core::{ErrorClass, Event, Position};
 use tracing::{info, warn};
 
 use super::STREAM;
@@ -105,7 +104,7 @@ async fn stream_once<S: Source>(
         // holds the other two.
         channel_bytes: config.apply.buffer_share(),
         spill_threshold: config.apply.buffer_share(),
-        map: Some(Box::new(event_map(snapshots, live.clone()))),
+        map: Some(Box::new(event_map(live.clone()))),
     };
     let (mut rx, handle) = source
         .changes(catalog, checkpoint.position.clone(), options)
@@ -137,9 +136,11 @@ async fn stream_once<S: Source>(
 
     let mut applier_cfg = ApplierConfig::new(STREAM, &config.apply, true);
     applier_cfg.replica_role = super::replica_role_mode(&target).await?;
+    applier_cfg.pause = Some(live.paused());
     let mut applier =
         Applier::<S::Position>::new(target, state.clone(), config.tables.clone(), applier_cfg)
             .await?;
+    applier.skip_before_snapshots(snapshots);
     live.set_stats(applier.stats());
     let watch = tokio::spawn(source.supervise(supervise_context(config, live)));
     let ack = |p: &S::Position| {
@@ -180,66 +181,23 @@ fn supervise_context<P: Position>(config: &Config, live: &Arc<Live<P>>) -> Super
     }
 }
 
-/// Run inline in the reader ([`ChangeOptions::map`]) on every event:
-///
-/// - tables (re)loaded from a snapshot at `S` after a crash already hold the
-///   effects of transactions whose commit precedes `S`; their changes
-///   from those transactions are dropped ([`skip_for_snapshot`]);
-/// - each transaction is recorded as received, for the lag figures.
+/// Run inline in the reader ([`ChangeOptions::map`]) on every event: each
+/// transaction is recorded as received, for the lag figures. (Changes a
+/// table reloaded from a later snapshot already holds are dropped by the
+/// applier: `Applier::skip_before_snapshots`.)
 fn event_map<P: Position>(
-    snapshots: HashMap<TableId, P>,
     live: Arc<Live<P>>,
 ) -> impl FnMut(Event<P>) -> Option<Event<P>> + Send + 'static {
-    let mut final_position: Option<P> = None;
-    move |event| match event {
-        Event::Begin {
-            final_position: ref f,
+    move |event| {
+        if let Event::Begin {
+            final_position: Some(f),
             commit_time,
             ..
-        } => {
-            final_position = f.clone();
-            if let Some(f) = f {
-                live.forwarded(f.clone(), commit_time);
-            }
-            Some(event)
+        } = &event
+        {
+            live.forwarded(f.clone(), *commit_time);
         }
-        Event::Change(change) if !snapshots.is_empty() => {
-            skip_for_snapshot(change, final_position.as_ref(), &snapshots).map(Event::Change)
-        }
-        other => Some(other),
-    }
-}
-
-/// The change as the applier should see it, or `None` when every table it
-/// touches was loaded from a snapshot that already includes it (the
-/// transaction's commit precedes the snapshot's position).
-fn skip_for_snapshot<P: Position>(
-    change: Change,
-    final_position: Option<&P>,
-    snapshots: &HashMap<TableId, P>,
-) -> Option<Change> {
-    let covered = |t: &TableId| {
-        final_position
-            .zip(snapshots.get(t))
-            .is_some_and(|(f, s)| f < s)
-    };
-    match change {
-        Change::Truncate {
-            tables,
-            cascade,
-            restart_identity,
-        } => {
-            let tables: Vec<TableId> = tables.into_iter().filter(|t| !covered(t)).collect();
-            (!tables.is_empty()).then_some(Change::Truncate {
-                tables,
-                cascade,
-                restart_identity,
-            })
-        }
-        c => match c.table() {
-            Some(t) if covered(t) => None,
-            _ => Some(c),
-        },
+        Some(event)
     }
 }
 
@@ -311,51 +269,4 @@ fn lost_connection(e: &tokio_postgres::Error) -> bool {
         cur = c.source();
     }
     false
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ferry_core::{Lsn, Row};
-
-    fn insert(t: &str) -> Change {
-        Change::Insert {
-            table: TableId::new("public", t),
-            new: Row::default(),
-        }
-    }
-
-    #[test]
-    fn snapshot_skip_decisions() {
-        let snaps: HashMap<TableId, Lsn> = [(TableId::new("public", "reloaded"), Lsn(100))].into();
-        // (change, final lsn of its transaction, kept?)
-        let cases = [
-            (insert("reloaded"), Some(Lsn(99)), false),
-            (insert("reloaded"), Some(Lsn(100)), true),
-            (insert("reloaded"), Some(Lsn(150)), true),
-            (insert("reloaded"), None, true),
-            (insert("other"), Some(Lsn(10)), true),
-        ];
-        for (change, final_lsn, kept) in cases {
-            assert_eq!(
-                skip_for_snapshot(change.clone(), final_lsn.as_ref(), &snaps).is_some(),
-                kept,
-                "{change:?} at {final_lsn:?}"
-            );
-        }
-        let truncate = Change::Truncate {
-            tables: vec![
-                TableId::new("public", "reloaded"),
-                TableId::new("public", "other"),
-            ],
-            cascade: false,
-            restart_identity: false,
-        };
-        match skip_for_snapshot(truncate, Some(&Lsn(50)), &snaps) {
-            Some(Change::Truncate { tables, .. }) => {
-                assert_eq!(tables, vec![TableId::new("public", "other")])
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
 }

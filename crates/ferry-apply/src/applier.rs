@@ -1,0 +1,651 @@
+//! The CDC applier: batches whole source transactions into target
+//! transactions (DESIGN.md §1 invariants 1, 2, 4 and §5).
+//!
+//! Consumes: [`Event<P>`]s in source commit order from a BOUNDED
+//! `tokio::sync::mpsc::Receiver` (a slow target slows the reader). Emits:
+//! target transactions, each holding whole source transactions plus the
+//! checkpoint of the last one, and `ack(position)` calls made only after the
+//! target COMMIT succeeded.
+//!
+//! The stages, in the order an event passes them:
+//!
+//! ```text
+//!  mpsc<Event<P>> ─▶ intake ─▶ snapshot_skip ─▶ batch (fold) ─▶ writer ─▶ txn (+ checkpoint, COMMIT) ─▶ ack(P)
+//! ```
+//!
+//! - `intake`: the channel plus events received ahead while the target
+//!   works.
+//! - [`snapshot_skip`]: drops changes of tables (re)loaded from a snapshot
+//!   that already holds them ([`Applier::skip_before_snapshots`]).
+//! - [`batch`]: the batch being built and the flush policy
+//!   ([`should_flush`]).
+//! - [`crate::writer`]: set-wise SQL for the folded changes.
+//! - [`txn`]: the one owner of the target transaction ([`TargetTxn`]):
+//!   `BEGIN`, savepoints, the checkpoint write, `COMMIT`, heartbeat
+//!   checkpoints.
+//!
+//! Guarantees:
+//! - A batch closes at a transaction boundary once it holds
+//!   `apply.batch_rows` row changes, or half the applier's byte share
+//!   (`buffer_bytes`, a quarter of `apply.max_buffered_bytes`) of row data,
+//!   or `apply.batch_ms` passed since it started ([`should_flush`]); a
+//!   source transaction is never split across checkpoints.
+//! - A transaction larger than `batch_rows` changes or half of
+//!   `buffer_bytes` is applied in several steps of ONE target transaction
+//!   (behind a savepoint), a piece at a time, and committed only after its
+//!   `Commit`: memory stays bounded in bytes, whatever the row size.
+//! - While the target executes a batch (and each step of a large
+//!   transaction), up to `batch_rows` further events and `buffer_bytes` of
+//!   row data are received into a queue (`intake`), so the source
+//!   reader, decoder and walsender keep working instead of stalling on a
+//!   full channel; the queue is handled in order before the channel is read
+//!   again. Memory (sizes per [`ApproxBytes`]): the batch and the open
+//!   transaction together about `buffer_bytes`, the queue `buffer_bytes`.
+//! - `Heartbeat` with nothing pending moves the checkpoint (at most once per
+//!   second) and is acknowledged after that commit.
+//! - Pause ([`ApplierConfig::pause`], the same for every source): at the
+//!   next source transaction boundary the applier commits and acknowledges
+//!   what it holds, then reads and applies nothing until the switch goes
+//!   back to `false` (a source transaction open when the switch flips is
+//!   completed first: no target transaction stays open while paused, and
+//!   nothing is received ahead meanwhile). The bounded channel fills and the source reader waits
+//!   on it (keeping its connection alive); lag grows.
+//! - Restart: the checkpoint is read at [`Applier::new`]; transactions with
+//!   commit position ≤ checkpoint are skipped ([`should_skip`]), also large
+//!   ones (their savepoint is rolled back).
+//! - Shutdown: the in-flight batch of complete transactions is committed and
+//!   acknowledged; an incomplete source transaction is dropped (the source
+//!   resends it from the checkpoint).
+//! - Failure injection for crash tests: see [`crate::checkpoint::Failpoint`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ferry_core::config::{ApplyConfig, TablesConfig};
+use ferry_core::size::ApproxBytes;
+use ferry_core::value::Timestamp;
+use ferry_core::{Error, Event, Position, Result, TableId, TableSchema};
+use futures_util::FutureExt;
+use tokio::sync::mpsc::Receiver;
+use tokio::sync::watch;
+use tokio::time::{Instant as TokioInstant, sleep_until};
+use tokio_postgres::Client;
+use tracing::{debug, info};
+
+use crate::checkpoint::{read_checkpoint, should_skip};
+use crate::fold::Fold;
+use crate::state::StateStore;
+use crate::writer::Writer;
+
+pub mod batch;
+mod intake;
+pub mod snapshot_skip;
+pub mod txn;
+
+pub use batch::{ApplyStats, FlushInput, should_flush};
+pub use snapshot_skip::skip_for_snapshot;
+pub use txn::TargetTxn;
+
+use batch::{Batch, TxnItem};
+use intake::{Intake, switched};
+
+/// Minimum time between two heartbeat-only checkpoint writes.
+const HEARTBEAT_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Applier settings.
+#[derive(Debug, Clone)]
+pub struct ApplierConfig {
+    /// Checkpoint row name (one per source stream).
+    pub stream: String,
+    pub batch_rows: usize,
+    pub batch_ms: u64,
+    /// Bytes of row data ([`ApproxBytes`]) the intake queue may hold, and
+    /// the open source transaction plus the batch: a share of
+    /// `apply.max_buffered_bytes`.
+    pub buffer_bytes: usize,
+    /// ALTER target tables on schema changes (non-PostgreSQL sources).
+    pub apply_ddl: bool,
+    /// Apply under `session_replication_role = replica` (default); off in
+    /// no-replica-role mode (see [`crate::preflight::replica_role_allowed`]).
+    pub replica_role: bool,
+    /// The operator's pause switch: while it reads `true`, the applier
+    /// commits what it holds at the next source transaction boundary and
+    /// applies nothing more (see the module docs). `None`: never paused; a
+    /// switch whose sender is gone reads as not paused.
+    pub pause: Option<watch::Receiver<bool>>,
+}
+
+impl ApplierConfig {
+    pub fn new(stream: impl Into<String>, apply: &ApplyConfig, apply_ddl: bool) -> Self {
+        ApplierConfig {
+            stream: stream.into(),
+            batch_rows: apply.batch_rows.max(1),
+            batch_ms: apply.batch_ms,
+            buffer_bytes: apply.buffer_share(),
+            apply_ddl,
+            replica_role: true,
+            pause: None,
+        }
+    }
+}
+
+/// Why [`Applier::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// The shutdown future completed.
+    Shutdown,
+    /// The event channel closed.
+    SourceClosed,
+}
+
+/// The CDC applier for one source stream.
+#[derive(Debug)]
+pub struct Applier<P: Position> {
+    txn: TargetTxn,
+    writer: Writer,
+    cfg: ApplierConfig,
+    stats: Arc<ApplyStats>,
+    schemas: HashMap<TableId, Arc<TableSchema>>,
+    /// Per table, the position of the snapshot it was (re)loaded from.
+    snapshots: HashMap<TableId, P>,
+    checkpoint: Option<P>,
+    last_heartbeat_write: Option<Instant>,
+    pending_heartbeat: Option<(P, Timestamp)>,
+    batch: Batch<P>,
+}
+
+impl<P: Position> Applier<P> {
+    /// Ensure the state schema and read the checkpoint of `cfg.stream`.
+    pub async fn new(
+        client: Client,
+        state: StateStore,
+        tables: TablesConfig,
+        cfg: ApplierConfig,
+    ) -> Result<Self> {
+        state.ensure(&client).await?;
+        let checkpoint = read_checkpoint::<P>(&client, &state, &cfg.stream)
+            .await?
+            .map(|c| c.position);
+        info!(stream = %cfg.stream, checkpoint = ?checkpoint.as_ref().map(ToString::to_string), "applier ready");
+        Ok(Applier {
+            txn: TargetTxn::new(client, state, cfg.stream.clone(), cfg.replica_role),
+            writer: Writer::new(tables),
+            cfg,
+            stats: Arc::new(ApplyStats::default()),
+            schemas: HashMap::new(),
+            snapshots: HashMap::new(),
+            checkpoint,
+            last_heartbeat_write: None,
+            pending_heartbeat: None,
+            batch: Batch::default(),
+        })
+    }
+
+    pub fn stats(&self) -> Arc<ApplyStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// The durable checkpoint (position of the last committed batch).
+    pub fn checkpoint(&self) -> Option<&P> {
+        self.checkpoint.as_ref()
+    }
+
+    /// Known table schemas (e.g. seeded from the plan before streaming).
+    pub fn set_schema(&mut self, schema: Arc<TableSchema>) {
+        self.schemas.insert(schema.id.clone(), schema);
+    }
+
+    /// Tables (re)loaded from a snapshot at a position after the
+    /// checkpoint: their changes in transactions that commit before it are
+    /// already in the target and are dropped ([`skip_for_snapshot`]).
+    pub fn skip_before_snapshots(&mut self, snapshots: HashMap<TableId, P>) {
+        self.snapshots = snapshots;
+    }
+
+    pub fn client(&self) -> &Client {
+        self.txn.client()
+    }
+
+    pub fn into_client(self) -> Client {
+        self.txn.into_client()
+    }
+
+    /// Apply events until `shutdown` completes or the channel closes; see
+    /// the module docs for the guarantees. `ack` receives each position
+    /// after it is durable in the target. On error the open target
+    /// transaction is rolled back; reconnect and build a new `Applier`.
+    pub async fn run<A, S>(
+        &mut self,
+        rx: &mut Receiver<Event<P>>,
+        mut ack: A,
+        shutdown: S,
+    ) -> Result<RunOutcome>
+    where
+        A: FnMut(&P),
+        S: Future<Output = ()>,
+    {
+        let result = self.run_inner(rx, &mut ack, shutdown).await;
+        if result.is_err() {
+            if self.txn.is_open() {
+                let _ = self.txn.rollback(&mut self.writer).await;
+            }
+            self.batch = Batch::default();
+        }
+        result
+    }
+
+    async fn run_inner<A, S>(
+        &mut self,
+        rx: &mut Receiver<Event<P>>,
+        ack: &mut A,
+        shutdown: S,
+    ) -> Result<RunOutcome>
+    where
+        A: FnMut(&P),
+        S: Future<Output = ()>,
+    {
+        tokio::pin!(shutdown);
+        let pause = self.cfg.pause.clone();
+        let mut intake = Intake::new(rx, self.cfg.batch_rows, self.cfg.buffer_bytes, pause);
+        loop {
+            if !self.batch.in_txn && intake.paused() {
+                self.settle(ack).await?;
+                info!(checkpoint = ?self.checkpoint.as_ref().map(ToString::to_string), "applier paused");
+                if !hold(&mut intake, shutdown.as_mut()).await {
+                    self.finish(ack).await?;
+                    return Ok(RunOutcome::Shutdown);
+                }
+                info!("applier resumed");
+            }
+            if let Some(ev) = intake.pop() {
+                // Events received ahead: handle them first, in order, but
+                // still notice a shutdown between two of them.
+                if shutdown.as_mut().now_or_never().is_some() {
+                    self.finish(ack).await?;
+                    return Ok(RunOutcome::Shutdown);
+                }
+                self.handle(ev, ack, &mut intake).await?;
+            } else if intake.closed {
+                self.finish(ack).await?;
+                return Ok(RunOutcome::SourceClosed);
+            } else {
+                let deadline = self
+                    .batch
+                    .started
+                    .map(|s| TokioInstant::from_std(s + Duration::from_millis(self.cfg.batch_ms)));
+                let timer_armed =
+                    deadline.is_some() && !self.batch.in_txn && self.batch.commits > 0;
+                let deadline = deadline.unwrap_or_else(TokioInstant::now);
+                let at_boundary = !self.batch.in_txn;
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => {
+                        self.finish(ack).await?;
+                        return Ok(RunOutcome::Shutdown);
+                    }
+                    // Checked at the top of the loop.
+                    () = switched(&mut intake.pause), if at_boundary => {}
+                    ev = intake.rx.recv() => match ev {
+                        None => intake.closed = true,
+                        Some(ev) => self.handle(ev, ack, &mut intake).await?,
+                    },
+                    () = sleep_until(deadline), if timer_armed => {}
+                }
+            }
+            if should_flush(&self.flush_input(false)) {
+                self.flush(ack, Some(&mut intake)).await?;
+            }
+        }
+    }
+
+    fn flush_input(&self, shutting_down: bool) -> FlushInput {
+        FlushInput {
+            in_txn: self.batch.in_txn,
+            pending_commits: self.batch.commits,
+            rows: self.batch.rows,
+            bytes: self.batch.fold_bytes,
+            max_bytes: self.cfg.buffer_bytes / 2,
+            age: self.batch.started.map(|s| s.elapsed()).unwrap_or_default(),
+            batch_rows: self.cfg.batch_rows,
+            batch_ms: self.cfg.batch_ms,
+            shutting_down,
+        }
+    }
+
+    /// Shutdown: drop an incomplete source transaction, commit the rest.
+    async fn finish<A: FnMut(&P)>(&mut self, ack: &mut A) -> Result<()> {
+        if self.batch.in_txn {
+            if self.txn.in_savepoint() {
+                self.txn.rollback_to_savepoint(&mut self.writer).await?;
+                self.batch.fold = Fold::new();
+                self.batch.fold_bytes = 0;
+            }
+            self.batch.drop_txn();
+        }
+        self.settle(ack).await
+    }
+
+    /// At a source transaction boundary: commit and acknowledge what is
+    /// complete (the batch, a heartbeat held back by the rate limit), so no
+    /// target transaction stays open.
+    async fn settle<A: FnMut(&P)>(&mut self, ack: &mut A) -> Result<()> {
+        if self.batch.end.is_some() {
+            self.flush(ack, None).await?;
+        } else if self.txn.is_open() {
+            self.txn.rollback(&mut self.writer).await?;
+            self.batch = Batch::default();
+        }
+        if let Some((p, t)) = self.pending_heartbeat.take() {
+            self.heartbeat(p, t, ack, true).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle<A: FnMut(&P)>(
+        &mut self,
+        ev: Event<P>,
+        ack: &mut A,
+        intake: &mut Intake<'_, P>,
+    ) -> Result<()> {
+        match ev {
+            Event::Relation(schema) => {
+                self.check_relation(&schema, ack).await?;
+                if self.batch.in_txn {
+                    self.batch.txn.push(TxnItem::Relation(schema));
+                } else {
+                    self.relation(schema).await?;
+                }
+            }
+            Event::Begin { final_position, .. } => {
+                if self.batch.in_txn {
+                    return Err(protocol_error("Begin inside a transaction"));
+                }
+                self.batch.in_txn = true;
+                self.batch.txn_final = final_position;
+                self.batch.started.get_or_insert_with(Instant::now);
+            }
+            Event::Change(change) => {
+                if !self.batch.in_txn {
+                    return Err(protocol_error("change outside a transaction"));
+                }
+                let change = if self.snapshots.is_empty() {
+                    change
+                } else {
+                    let final_position = self.batch.txn_final.as_ref();
+                    match skip_for_snapshot(change, final_position, &self.snapshots) {
+                        Some(c) => c,
+                        None => return Ok(()),
+                    }
+                };
+                self.batch.txn_bytes += change.approx_bytes();
+                self.batch.txn.push(TxnItem::Change(change));
+                // Rows or bytes: a transaction larger than its share of the
+                // budget is applied in pieces (behind a savepoint).
+                if self.batch.txn.len() >= self.cfg.batch_rows
+                    || self.batch.txn_bytes >= self.cfg.buffer_bytes / 2
+                {
+                    self.spill(intake).await?;
+                }
+            }
+            Event::Commit {
+                position,
+                commit_time,
+            } => {
+                if !self.batch.in_txn {
+                    return Err(protocol_error("Commit without Begin"));
+                }
+                self.commit_txn(position, commit_time, ack, intake).await?;
+            }
+            Event::Heartbeat { position, time } => {
+                let idle = !self.batch.in_txn && self.batch.end.is_none() && !self.txn.is_open();
+                if idle {
+                    self.heartbeat(position, time, ack, false).await?;
+                } else if !self.batch.in_txn
+                    && self.batch.end.as_ref().is_some_and(|(p, _)| *p < position)
+                {
+                    // Nothing between the last commit and here: the batch
+                    // may end at the heartbeat.
+                    self.batch.end = Some((position, time));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit_txn<A: FnMut(&P)>(
+        &mut self,
+        position: P,
+        time: Timestamp,
+        ack: &mut A,
+        intake: &mut Intake<'_, P>,
+    ) -> Result<()> {
+        let items = std::mem::take(&mut self.batch.txn);
+        self.batch.txn_bytes = 0;
+        let was_spilled = self.txn.in_savepoint();
+        self.batch.in_txn = false;
+        if should_skip(&position, self.checkpoint.as_ref())
+            || self.batch.end.as_ref().is_some_and(|(p, _)| position <= *p)
+        {
+            if was_spilled {
+                self.txn.rollback_to_savepoint(&mut self.writer).await?;
+            }
+            for item in items {
+                if let TxnItem::Relation(s) = item {
+                    self.schemas.insert(s.id.clone(), s);
+                }
+            }
+            if self.batch.end.is_none() && !self.txn.is_open() {
+                self.batch.started = None;
+            }
+            self.stats
+                .transactions_skipped
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(lsn = %position, "skipping transaction already applied");
+            return Ok(());
+        }
+        self.fold_in(items).await?;
+        if was_spilled {
+            self.txn.release_savepoint().await?;
+        }
+        self.batch.commits += 1;
+        self.batch.end = Some((position, time));
+        if was_spilled {
+            // A transaction larger than a batch: commit it now.
+            self.flush(ack, Some(intake)).await?;
+        }
+        Ok(())
+    }
+
+    /// Fold a transaction's items into the batch, applying barriers and
+    /// schema changes in order.
+    async fn fold_in(&mut self, items: Vec<TxnItem>) -> Result<()> {
+        for item in items {
+            match item {
+                TxnItem::Relation(s) => self.relation(s).await?,
+                TxnItem::Change(c) => {
+                    self.batch.rows += 1;
+                    self.batch.fold_bytes += c.approx_bytes();
+                    let schema = c.table().and_then(|t| self.schemas.get(t)).cloned();
+                    let in_order = match &schema {
+                        Some(s) => self.writer.source_order(self.txn.client(), s).await?,
+                        None => false,
+                    };
+                    if let Some(barrier) =
+                        self.batch.fold.push_with(c, schema.as_ref(), in_order)?
+                    {
+                        self.apply_pending(None).await?;
+                        self.txn.begin(&mut self.writer).await?;
+                        self.writer
+                            .apply_barrier(self.txn.client(), &barrier, &self.schemas)
+                            .await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn relation(&mut self, schema: Arc<TableSchema>) -> Result<()> {
+        let old = self.schemas.get(&schema.id).cloned();
+        if old.as_deref() == Some(&*schema) {
+            return Ok(());
+        }
+        if old.is_some() || self.cfg.apply_ddl {
+            self.apply_pending(None).await?;
+            self.txn.begin(&mut self.writer).await?;
+            self.writer
+                .apply_relation(self.txn.client(), &schema, self.cfg.apply_ddl)
+                .await?;
+        }
+        info!(table = %schema.id, "table schema received");
+        self.schemas.insert(schema.id.clone(), schema);
+        Ok(())
+    }
+
+    /// A changed Relation that the target cannot take ([`crate::relation`])
+    /// stops the run as soon as it arrives: the complete transactions before
+    /// it are committed and acknowledged first (as at shutdown), so after the
+    /// operator fixed the target the stream resumes exactly at the change;
+    /// nothing of the new shape (nor of its transaction) is applied.
+    async fn check_relation<A: FnMut(&P)>(
+        &mut self,
+        schema: &TableSchema,
+        ack: &mut A,
+    ) -> Result<()> {
+        let old = self.schemas.get(&schema.id);
+        if old.is_some_and(|o| **o == *schema) || (old.is_none() && !self.cfg.apply_ddl) {
+            return Ok(());
+        }
+        let target = self.writer.target_of(&schema.id);
+        let shape = crate::relation::read_shape(self.txn.client(), &target).await?;
+        let drifts = crate::relation::drift(schema, &shape);
+        if let Err(e) = crate::relation::check(&schema.id, &target, &drifts, self.cfg.apply_ddl) {
+            self.finish(ack).await?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The open source transaction outgrew a batch: apply what is folded,
+    /// then this transaction's changes so far, behind a savepoint.
+    async fn spill(&mut self, intake: &mut Intake<'_, P>) -> Result<()> {
+        if !self.txn.in_savepoint() {
+            self.apply_pending(None).await?;
+            self.txn.savepoint(&mut self.writer).await?;
+        }
+        let items = std::mem::take(&mut self.batch.txn);
+        self.batch.txn_bytes = 0;
+        self.fold_in(items).await?;
+        self.apply_pending(Some(intake)).await
+    }
+
+    /// Apply the pending fold into the open target transaction, receiving
+    /// events ahead meanwhile when `intake` is given.
+    async fn apply_pending(&mut self, intake: Option<&mut Intake<'_, P>>) -> Result<()> {
+        if self.batch.fold.is_empty() {
+            return Ok(());
+        }
+        let fold = self.batch.take_fold();
+        let Applier { txn, writer, .. } = self;
+        let work = async {
+            txn.begin(writer).await?;
+            writer.apply_fold(txn.client(), &fold).await
+        };
+        match intake {
+            Some(i) => i.overlap(work).await?,
+            None => work.await?,
+        };
+        Ok(())
+    }
+
+    /// Commit the batch with its checkpoint, then acknowledge. With
+    /// `intake`, events are received ahead while the target works.
+    async fn flush<A: FnMut(&P)>(
+        &mut self,
+        ack: &mut A,
+        intake: Option<&mut Intake<'_, P>>,
+    ) -> Result<()> {
+        let Some((position, time)) = self.batch.end.clone() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let fold = self.batch.take_fold();
+        let Applier { txn, writer, .. } = self;
+        let work = async {
+            txn.begin(writer).await?;
+            if !fold.is_empty() {
+                writer.apply_fold(txn.client(), &fold).await?;
+            }
+            txn.commit(writer, &position, time).await
+        };
+        match intake {
+            Some(i) => i.overlap(work).await?,
+            None => work.await?,
+        }
+        drop(fold);
+        let batch = std::mem::take(&mut self.batch);
+        self.checkpoint = Some(position.clone());
+        self.pending_heartbeat = None;
+        ack(&position);
+        let took = started.elapsed();
+        self.stats.record_batch(&batch, took);
+        self.stats.record_position(position.to_string(), time);
+        debug!(lsn = %position, rows = batch.rows, txns = batch.commits, ms = took.as_millis() as u64, "batch applied");
+        Ok(())
+    }
+
+    /// Checkpoint a heartbeat with nothing pending (rate-limited).
+    async fn heartbeat<A: FnMut(&P)>(
+        &mut self,
+        position: P,
+        time: Timestamp,
+        ack: &mut A,
+        force: bool,
+    ) -> Result<()> {
+        if should_skip(&position, self.checkpoint.as_ref()) {
+            return Ok(());
+        }
+        let due = self
+            .last_heartbeat_write
+            .is_none_or(|t| t.elapsed() >= HEARTBEAT_WRITE_INTERVAL);
+        if !due && !force {
+            self.pending_heartbeat = Some((position, time));
+            return Ok(());
+        }
+        self.txn
+            .commit_checkpoint(&mut self.writer, &position, time)
+            .await?;
+        self.last_heartbeat_write = Some(Instant::now());
+        self.checkpoint = Some(position.clone());
+        self.pending_heartbeat = None;
+        ack(&position);
+        self.stats.record_position(position.to_string(), time);
+        Ok(())
+    }
+}
+
+/// Wait while paused: `true` once resumed, `false` on shutdown.
+async fn hold<P>(
+    intake: &mut Intake<'_, P>,
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> bool {
+    while intake.paused() {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => return false,
+            () = switched(&mut intake.pause) => {}
+        }
+    }
+    true
+}
+
+fn protocol_error(what: &str) -> Error {
+    Error::operator(
+        format!("source event stream out of order: {what}"),
+        "this is a ferry bug in the source reader; report it with the log",
+    )
+}

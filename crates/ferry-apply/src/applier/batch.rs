@@ -1,0 +1,236 @@
+//! The batch the applier builds: whole source transactions folded per key,
+//! the open source transaction's items until its `Commit`, the figures the
+//! flush policy looks at ([`should_flush`], a pure function), and the
+//! counters recorded once the batch committed ([`ApplyStats`]).
+//!
+//! Invariant: a batch ends at a source transaction boundary (`end` is the
+//! commit position of its last transaction, or of a heartbeat after it).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_core::value::Timestamp;
+use ferry_core::{Change, TableId, TableSchema};
+
+use crate::fold::Fold;
+
+/// What [`should_flush`] looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushInput {
+    /// A source transaction is open (between Begin and Commit).
+    pub in_txn: bool,
+    /// Complete source transactions (or heartbeats) waiting in the batch.
+    pub pending_commits: usize,
+    /// Row changes in the batch.
+    pub rows: usize,
+    /// Bytes of the changes folded into the batch.
+    pub bytes: usize,
+    /// The batch's share of the memory budget.
+    pub max_bytes: usize,
+    /// Time since the batch's first event.
+    pub age: Duration,
+    pub batch_rows: usize,
+    pub batch_ms: u64,
+    pub shutting_down: bool,
+}
+
+/// Whether the batch must be committed now. Never inside a source
+/// transaction, never with nothing complete to commit.
+pub fn should_flush(i: &FlushInput) -> bool {
+    if i.in_txn || i.pending_commits == 0 {
+        return false;
+    }
+    i.shutting_down
+        || i.rows >= i.batch_rows
+        || i.bytes >= i.max_bytes
+        || i.age >= Duration::from_millis(i.batch_ms)
+}
+
+/// Items of the open source transaction, buffered until its Commit.
+#[derive(Debug)]
+pub(super) enum TxnItem {
+    Relation(Arc<TableSchema>),
+    Change(Change),
+}
+
+/// The batch being built.
+#[derive(Debug)]
+pub(super) struct Batch<P> {
+    pub(super) fold: Fold,
+    /// The open source transaction's items not yet folded.
+    pub(super) txn: Vec<TxnItem>,
+    pub(super) in_txn: bool,
+    /// Commit position the open source transaction announced at its Begin
+    /// (PostgreSQL's final LSN), for the snapshot skip.
+    pub(super) txn_final: Option<P>,
+    pub(super) rows: usize,
+    /// Bytes of the open source transaction's buffered changes (`txn`).
+    pub(super) txn_bytes: usize,
+    /// Bytes of the changes in `fold` (not yet sent to the target).
+    pub(super) fold_bytes: usize,
+    pub(super) started: Option<Instant>,
+    pub(super) commits: usize,
+    pub(super) end: Option<(P, Timestamp)>,
+    pub(super) tables: BTreeMap<TableId, u64>,
+    /// Changes of keyed tables kept in source order (see [`ApplyStats`]).
+    pub(super) source_order: u64,
+}
+
+impl<P> Default for Batch<P> {
+    fn default() -> Self {
+        Batch {
+            fold: Fold::new(),
+            txn: Vec::new(),
+            in_txn: false,
+            txn_final: None,
+            rows: 0,
+            txn_bytes: 0,
+            fold_bytes: 0,
+            started: None,
+            commits: 0,
+            end: None,
+            tables: BTreeMap::new(),
+            source_order: 0,
+        }
+    }
+}
+
+impl<P> Batch<P> {
+    /// Take the fold to apply it, counting its changes per table.
+    pub(super) fn take_fold(&mut self) -> Fold {
+        let fold = self.fold.take();
+        self.fold_bytes = 0;
+        for tf in fold.tables() {
+            *self.tables.entry(tf.schema.id.clone()).or_default() += tf.changes;
+            if tf.in_source_order {
+                self.source_order += tf.changes;
+            }
+        }
+        fold
+    }
+
+    /// Forget the open source transaction (its buffered items).
+    pub(super) fn drop_txn(&mut self) {
+        self.in_txn = false;
+        self.txn_final = None;
+        self.txn.clear();
+        self.txn_bytes = 0;
+    }
+}
+
+/// Counters for the monitor. Locks are never held across `.await`.
+#[derive(Debug, Default)]
+pub struct ApplyStats {
+    pub changes_applied: AtomicU64,
+    pub transactions_applied: AtomicU64,
+    pub transactions_skipped: AtomicU64,
+    pub batches: AtomicU64,
+    pub batch_micros_total: AtomicU64,
+    pub last_batch_micros: AtomicU64,
+    /// Changes of keyed tables applied in source order instead of folded
+    /// (the target has another unique or exclusion constraint).
+    pub source_order_changes: AtomicU64,
+    per_table: Mutex<BTreeMap<TableId, u64>>,
+    last_applied: Mutex<Option<(String, Timestamp)>>,
+}
+
+impl ApplyStats {
+    /// Changes applied per source table.
+    pub fn per_table(&self) -> BTreeMap<TableId, u64> {
+        self.per_table.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Last applied position (as text) and its commit time.
+    pub fn last_applied(&self) -> Option<(String, Timestamp)> {
+        self.last_applied.lock().ok().and_then(|l| l.clone())
+    }
+
+    pub(super) fn record_batch<P>(&self, batch: &Batch<P>, took: Duration) {
+        let (tables, txns) = (&batch.tables, batch.commits as u64);
+        self.source_order_changes
+            .fetch_add(batch.source_order, Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.transactions_applied.fetch_add(txns, Ordering::Relaxed);
+        self.batch_micros_total.fetch_add(micros, Ordering::Relaxed);
+        self.last_batch_micros.store(micros, Ordering::Relaxed);
+        let total: u64 = tables.values().sum();
+        self.changes_applied.fetch_add(total, Ordering::Relaxed);
+        if let Ok(mut m) = self.per_table.lock() {
+            for (t, n) in tables {
+                *m.entry(t.clone()).or_default() += n;
+            }
+        }
+    }
+
+    pub(super) fn record_position(&self, position: String, time: Timestamp) {
+        if let Ok(mut l) = self.last_applied.lock() {
+            *l = Some((position, time));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(in_txn: bool, commits: usize, rows: usize, age_ms: u64, shutdown: bool) -> FlushInput {
+        FlushInput {
+            in_txn,
+            pending_commits: commits,
+            rows,
+            age: Duration::from_millis(age_ms),
+            bytes: 0,
+            max_bytes: 1000,
+            batch_rows: 100,
+            batch_ms: 500,
+            shutting_down: shutdown,
+        }
+    }
+
+    #[test]
+    fn flush_table() {
+        let cases = [
+            ("empty batch", input(false, 0, 0, 10_000, true), false),
+            (
+                "inside a transaction, full",
+                input(true, 3, 1000, 10_000, true),
+                false,
+            ),
+            ("rows reached", input(false, 1, 100, 0, false), true),
+            ("rows below, young", input(false, 2, 99, 499, false), false),
+            ("old enough", input(false, 1, 1, 500, false), true),
+            (
+                "empty transactions age out",
+                input(false, 1, 0, 600, false),
+                true,
+            ),
+            (
+                "bytes reached",
+                FlushInput {
+                    bytes: 1000,
+                    ..input(false, 1, 1, 0, false)
+                },
+                true,
+            ),
+            (
+                "bytes reached inside a transaction",
+                FlushInput {
+                    bytes: 5000,
+                    ..input(true, 1, 1, 0, false)
+                },
+                false,
+            ),
+            (
+                "shutdown commits what is complete",
+                input(false, 1, 1, 0, true),
+                true,
+            ),
+        ];
+        for (name, i, want) in cases {
+            assert_eq!(should_flush(&i), want, "{name}");
+        }
+    }
+}
