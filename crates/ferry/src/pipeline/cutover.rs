@@ -191,7 +191,17 @@ fn planned_steps(req: &CutoverRequest, live: &Live) -> Vec<String> {
     } else {
         "compare row counts of every table".into()
     });
-    steps.push(if req.keep_slot {
+    steps.push(if live.config.postgres.existing_slot {
+        format!(
+            "keep slot '{}' (created beforehand: yours to drop){}",
+            live.config.postgres.slot,
+            if req.keep_slot {
+                " and the publication"
+            } else {
+                "; drop the publication if ferry created it"
+            }
+        )
+    } else if req.keep_slot {
         "keep the slot and publication".into()
     } else {
         "drop the slot and publication".into()
@@ -247,7 +257,9 @@ async fn execute(live: &Live, req: &CutoverRequest, rec: &mut CutoverRecord) -> 
         "restored {} target identity columns, triggers and rules",
         rec.restored.len()
     ));
-    rec.steps.push(if rec.slot_dropped {
+    rec.steps.push(if live.config.postgres.existing_slot {
+        ferry_postgres::slot::existing_slot_kept(&live.config.postgres.slot)
+    } else if rec.slot_dropped {
         "dropped slot and publication".into()
     } else {
         "kept slot and publication".into()

@@ -25,10 +25,11 @@
 //! lives in [`plan_store`]; reconnect policy in [`retry`].
 //!
 //! Resume rules: a crash during `schema` recreates the slot (ferry wrote the
-//! phase before creating it); a crash during `load` keeps every fully loaded
-//! table and copies the others again from a fresh snapshot whose position is
-//! recorded per table (row versions move between ctid ranges, so chunks of
-//! two snapshots are never mixed in one table); the stream replays from the
+//! phase before creating it; a slot created beforehand is advanced again);
+//! a crash during `load` keeps every fully loaded table and copies the
+//! others again from a fresh snapshot whose position is recorded per table
+//! (row versions move between ctid ranges, so chunks of two snapshots are
+//! never mixed in one table); the stream replays from the
 //! slot's consistent point and skips, per table, what its snapshot holds;
 //! foreign keys, built `NOT VALID`, are validated once catch-up has passed
 //! every snapshot. Target schema changes made for applying are recorded in
@@ -338,7 +339,8 @@ async fn start_background(
 /// ferry made for applying ([`overrides`]) and mark the pipeline done, in one
 /// transaction (the stream is down, so nothing is applied after the
 /// triggers are enabled again); then drop slot and publication (unless
-/// kept) and close the run.
+/// kept; a slot created beforehand, `postgres.existing_slot`, always is)
+/// and close the run.
 async fn finish_after_cutover(
     config: &Config,
     state: &StateStore,
@@ -375,10 +377,16 @@ async fn finish_after_cutover(
         info!(restored = %r, "target schema restored");
     }
     let mut dropped = false;
+    let existing = config.postgres.existing_slot;
+    if existing {
+        let slot = &config.postgres.slot;
+        tracing::warn!(slot = %slot, fix = %format!("SELECT pg_drop_replication_slot('{slot}')"),
+            "replication slot created beforehand kept (postgres.existing_slot): it is yours and retains WAL on the source until you drop it");
+    }
     if !keep_slot {
         // The walsender may take a moment to let go of the slot.
         let started = std::time::Instant::now();
-        loop {
+        while !existing {
             match ferry_postgres::slot::drop_slot(source, &config.postgres.slot).await {
                 Ok(_) => break,
                 Err(e) if started.elapsed() < std::time::Duration::from_secs(30) => {
@@ -389,7 +397,7 @@ async fn finish_after_cutover(
             }
         }
         ferry_postgres::slot::drop_publication(source, &config.postgres.publication).await?;
-        dropped = true;
+        dropped = !existing;
     }
     state.finish_run(target, run_id).await?;
     info!(

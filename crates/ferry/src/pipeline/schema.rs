@@ -9,7 +9,10 @@
 //! consistent point and `phase = load`. Renames (`tables.rename`) follow
 //! post-data ([`apply_renames`]). A crash before that commit leaves the target untouched;
 //! the `schema` phase is written before the slot is created, so the next run
-//! knows a slot of that name is its own leftover and recreates it.
+//! knows a slot of that name is its own leftover and recreates it. A slot
+//! created beforehand (`postgres.existing_slot`) is never created or
+//! dropped: the snapshot comes from a temporary slot and the user's slot is
+//! advanced to its consistent point (again on the next run after a crash).
 
 use anyhow::{Context, bail};
 use ferry_apply::state::{Phase, StateStore};
@@ -49,7 +52,7 @@ pub async fn run(
         .await
         .context("looking up the replication slot")?
         .is_some();
-    if slot_exists {
+    if slot_exists && !config.postgres.existing_slot {
         if previous != Some(Phase::Schema) {
             bail!(ferry_core::Error::operator(
                 format!(
@@ -89,13 +92,17 @@ pub async fn run(
         .await?;
     }
     let conn = ReplicationConnection::connect(&config.source).await?;
-    let created = ferry_postgres::slot::create_slot(conn, slot).await?;
+    let created = if config.postgres.existing_slot {
+        ferry_postgres::slot::snapshot_existing_slot(conn, source, slot).await?
+    } else {
+        ferry_postgres::slot::create_slot(conn, slot).await?
+    };
     let snapshot_name = created
         .snapshot_name()
-        .context("the server did not export a snapshot with the new slot")?
+        .context("the server did not export a snapshot with the slot")?
         .to_owned();
     let consistent_point = created.consistent_point();
-    info!(slot = %slot, consistent_point = %consistent_point, snapshot = %snapshot_name, "slot created");
+    info!(slot = %slot, consistent_point = %consistent_point, snapshot = %snapshot_name, "load snapshot exported");
 
     let dump = ferry_postgres::dump::dump_schema(
         &config.source,
