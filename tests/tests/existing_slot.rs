@@ -329,7 +329,7 @@ fn plan_checks_the_slot_created_beforehand() {
     // in use by another consumer
     let rt = pgsync::runtime();
     let endpoint = Endpoint {
-        url: ferry_core::RedactedUrl::new(s.source.url(&sdb)),
+        url: ferry_core::RedactedUrl::new(&s.source.url(&sdb)),
         sslmode: Some(SslMode::Disable),
         sslrootcert: None,
     };

@@ -384,12 +384,20 @@ async fn fence(source: &Client, db: &str) -> Result<(), Error> {
         })?;
     // Sessions opened before the ALTER keep writing: end them, except ferry's
     // own (application_name 'ferry'; the walsender is not a client backend).
+    // Without pg_read_all_stats a role sees no backend_type of another
+    // role's session (the application's): such a session is ended unless it
+    // is a WAL sender or a superuser's (which only a superuser may end).
     let ended: Vec<i32> = source
         .query(
             // OFFSET 0 keeps the filter ahead of pg_terminate_backend.
-            "SELECT pid FROM (SELECT pid FROM pg_stat_activity
-                WHERE datname = current_database() AND pid <> pg_backend_pid()
-                  AND backend_type = 'client backend' AND application_name <> 'ferry'
+            "SELECT pid FROM (SELECT a.pid FROM pg_stat_activity a
+                WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+                  AND a.application_name <> 'ferry'
+                  AND (a.backend_type = 'client backend'
+                       OR (a.backend_type IS NULL
+                           AND a.pid NOT IN (SELECT w.pid FROM pg_stat_get_wal_senders() w)
+                           AND EXISTS (SELECT 1 FROM pg_roles r
+                                        WHERE r.oid = a.usesysid AND NOT r.rolsuper)))
                 OFFSET 0) s
              WHERE pg_terminate_backend(pid)",
             &[],
