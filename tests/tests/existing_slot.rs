@@ -359,3 +359,100 @@ fn plan_checks_the_slot_created_beforehand() {
     );
     rt.block_on(consumer.finish());
 }
+
+/// A first run that stops in its schema stage (here: the target already
+/// holds a sequence the source's schema creates) after it advanced the
+/// DBA's slot: the next run neither drops nor recreates the slot, takes a
+/// new snapshot and advances the slot again; writes made before, between
+/// and during the runs arrive exactly once.
+#[test]
+fn a_run_stopped_in_the_schema_stage_advances_the_slot_again() {
+    let (source, sdb) = source();
+    source
+        .psql(
+            &sdb,
+            &format!(
+                "SELECT pg_create_logical_replication_slot('{SLOT}', 'pgoutput');
+                 CREATE PUBLICATION {PUBLICATION} FOR TABLE branches, tellers, accounts, history, docs;"
+            ),
+        )
+        .unwrap();
+    let s = migration(source, sdb);
+    let sdb = s.source_db.clone();
+    let app_url = role_url(&s.source, APP, APP_PW, &sdb);
+    let confirmed = || {
+        s.source
+            .psql(
+                "postgres",
+                &format!(
+                    "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{SLOT}'"
+                ),
+            )
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let lsn = |t: &str| pgsync::parse_lsn(t).unwrap_or_else(|| panic!("not an LSN: {t:?}"));
+    let created_at = lsn(&confirmed());
+    s.source
+        .psql(
+            &sdb,
+            "UPDATE accounts SET abalance = 1 WHERE aid <= 100;
+             INSERT INTO history VALUES (1, 1, 1, 1, now(), 'before the first run');",
+        )
+        .unwrap();
+    s.target
+        .psql(&s.target_db, "CREATE SEQUENCE public.docs_id_seq")
+        .unwrap();
+
+    let first = run(s.cmd().env("FERRY_LOG", "info").arg("run")).unwrap();
+    assert_ne!(first.code, Some(0), "{}", first.all());
+    assert!(
+        first
+            .all()
+            .contains("replication slot created beforehand advanced to the load snapshot"),
+        "{}",
+        first.all()
+    );
+    assert!(first.all().contains("docs_id_seq"), "{}", first.all());
+    assert_eq!(s.pipeline_phase().as_deref(), Some("schema"));
+    let after_first = lsn(&confirmed());
+    assert!(after_first > created_at, "{after_first} > {created_at}");
+
+    s.source
+        .psql(
+            &sdb,
+            "UPDATE accounts SET abalance = 2 WHERE aid <= 50;
+             DELETE FROM accounts WHERE aid BETWEEN 51 AND 60;
+             INSERT INTO history VALUES (2, 1, 2, 2, now(), 'between the runs');",
+        )
+        .unwrap();
+    s.target
+        .psql(&s.target_db, "DROP SEQUENCE public.docs_id_seq")
+        .unwrap();
+    let plan = s.ferry(&["plan"]);
+    assert_eq!(plan.code, Some(0), "{}", plan.all());
+    let (line, _) = check_lines(&plan, "existing slot");
+    assert!(line.contains("was created beforehand"), "{line}");
+
+    let mut writer = Writer::start(&app_url, ACCOUNTS);
+    writer.wait_for(20, LONG).unwrap();
+    let mut ferry = s.start("second");
+    s.wait_phase(&mut ferry, "stream");
+    let log = ferry.log();
+    assert!(
+        log.contains("replication slot created beforehand advanced to the load snapshot"),
+        "{log}"
+    );
+    assert!(!log.contains("dropping the slot left over"), "{log}");
+    writer.wait_for(writer.committed() + 100, LONG).unwrap();
+    s.fenced_cutover(ferry, "60s");
+    let _ = writer.stop();
+    s.compare(BENCH_TABLES);
+    assert_eq!(
+        slots(&s),
+        vec![format!("{SLOT} pgoutput {sdb}")],
+        "the DBA's slot is kept, alone"
+    );
+    assert!(lsn(&confirmed()) > after_first);
+}
