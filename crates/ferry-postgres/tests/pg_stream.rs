@@ -642,11 +642,17 @@ async fn slot_lifecycle_verify_and_drop() {
 /// between), advanced to the consistent point of a temporary slot whose
 /// exported snapshot is read while an application inserts in many small
 /// transactions: every row is in the snapshot or in the stream from the
-/// advanced slot, never both, never neither.
+/// advanced slot, never both, never neither. On the newest server and on
+/// PostgreSQL 12, the oldest tested.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn existing_slot_advanced_to_a_snapshot_misses_and_doubles_nothing() {
+    existing_slot_advanced(PgOptions::default()).await;
+    existing_slot_advanced(PgOptions::default().version(12)).await;
+}
+
+async fn existing_slot_advanced(opts: PgOptions) {
     use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-    let pg = PgServer::start(PgOptions::default()).expect("start postgres");
+    let pg = PgServer::start(opts).expect("start postgres");
     let db = pg.create_database("existing").unwrap();
     let url = pg.url(&db);
     pg.psql(

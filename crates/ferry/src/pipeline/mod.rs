@@ -384,17 +384,8 @@ async fn finish_after_cutover(
             "replication slot created beforehand kept (postgres.existing_slot): it is yours and retains WAL on the source until you drop it");
     }
     if !keep_slot {
-        // The walsender may take a moment to let go of the slot.
-        let started = std::time::Instant::now();
-        while !existing {
-            match ferry_postgres::slot::drop_slot(source, &config.postgres.slot).await {
-                Ok(_) => break,
-                Err(e) if started.elapsed() < std::time::Duration::from_secs(30) => {
-                    tracing::debug!(error = %e, "slot still active; retrying the drop");
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
+        if !existing {
+            drop_slot_once_released(source, &config.postgres.slot).await?;
         }
         ferry_postgres::slot::drop_publication(source, &config.postgres.publication).await?;
         dropped = !existing;
@@ -408,6 +399,21 @@ async fn finish_after_cutover(
         slot_dropped: dropped,
         restored,
     })
+}
+
+/// Drop slot `name`; the walsender may take a moment to let go of it.
+async fn drop_slot_once_released(source: &Client, name: &str) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        match ferry_postgres::slot::drop_slot(source, name).await {
+            Ok(_) => return Ok(()),
+            Err(e) if started.elapsed() < std::time::Duration::from_secs(30) => {
+                tracing::debug!(error = %e, "slot still active; retrying the drop");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Validate the foreign keys the cutover re-created `NOT VALID`
