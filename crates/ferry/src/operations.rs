@@ -219,8 +219,9 @@ pub async fn report(config: &Config, output: &std::path::Path) -> anyhow::Result
 }
 
 /// `ferry cleanup`: remove what ferry created on the source (replication
-/// slot and publication; never a slot or publication created beforehand) and, with `state`, its state schema in the target,
-/// so the next `ferry run` starts a new migration. Never touches table data.
+/// slot and publication; never a slot or publication created beforehand)
+/// and, with `state`, its state schema in the target, so the next `ferry
+/// run` starts a new migration. Never touches table data.
 #[allow(clippy::print_stdout)]
 pub async fn cleanup(config: &Config, state: bool) -> anyhow::Result<Outcome> {
     if let Ok(addr) = control_address(config).await
