@@ -360,6 +360,9 @@ impl Default for StateConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresSourceConfig {
     pub slot: String,
+    /// `slot` was created beforehand (e.g. by a DBA): ferry advances it to
+    /// its load snapshot instead of creating it, and never drops it.
+    pub existing_slot: bool,
     pub publication: String,
     /// pgoutput protocol version (1, or 2 for streaming of large transactions).
     pub proto_version: u32,
@@ -369,6 +372,7 @@ impl Default for PostgresSourceConfig {
     fn default() -> Self {
         PostgresSourceConfig {
             slot: "ferry".into(),
+            existing_slot: false,
             publication: "ferry".into(),
             proto_version: 2,
         }
@@ -738,6 +742,35 @@ sslmode = "disable"
         assert!(!f.matches(&TableId::new("shop", "audit_2024")));
         assert!(!f.matches(&TableId::new("shop", "tmp")));
         assert!(f.matches(&TableId::new("shop", "orders")));
+    }
+
+    #[test]
+    fn existing_slot_from_file_or_environment() {
+        let c = Config::from_parts(BASIC, "test", env(&[])).unwrap();
+        assert!(
+            !c.postgres.existing_slot,
+            "ferry creates its slot by default"
+        );
+        let text = format!("{BASIC}[postgres]\nslot = \"dba_slot\"\nexisting_slot = true\n");
+        let c = Config::from_parts(&text, "test", env(&[])).unwrap();
+        c.validate().unwrap();
+        assert!(c.postgres.existing_slot);
+        assert_eq!(c.postgres.slot, "dba_slot");
+        let c = Config::from_parts(
+            BASIC,
+            "test",
+            env(&[("FERRY_POSTGRES_EXISTING_SLOT", "true")]),
+        )
+        .unwrap();
+        assert!(c.postgres.existing_slot);
+        let bad = Config::from_parts(
+            BASIC,
+            "test",
+            env(&[("FERRY_POSTGRES_EXISTING_SLOT", "yes")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("existing_slot"), "{bad}");
     }
 
     #[test]

@@ -250,6 +250,15 @@ pub trait Cutover<P: Position>: Send + 'static {
     fn count_rows(&mut self, table: &TableId) -> impl Future<Output = Result<u64, Error>> + Send;
 }
 
+/// What [`Source::release_capture`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    /// ferry's capture (slot, publication) was dropped.
+    pub dropped: bool,
+    /// What was done and what is left to the operator, for the record.
+    pub note: String,
+}
+
 /// What the pipeline hands a [`Source::supervise`] task.
 #[derive(Clone)]
 #[allow(missing_debug_implementations)] // holds closures
@@ -328,7 +337,10 @@ pub trait Source: Send + Sync + Sized + 'static {
     /// A session for the cutover.
     fn cutover(&self) -> impl Future<Output = Result<Self::Cutover, Error>> + Send;
 
+    /// What [`Source::release_capture`] will do, for a dry run.
+    fn release_plan(&self, keep: bool) -> String;
+
     /// After the cutover: stop capture for good (drop what ferry created,
-    /// unless `keep`). Returns whether anything was dropped.
-    fn release_capture(&self, keep: bool) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// unless `keep`).
+    fn release_capture(&self, keep: bool) -> impl Future<Output = Result<Released, Error>> + Send;
 }

@@ -14,7 +14,9 @@
 //! `wal_level = logical`, a free replication slot and WAL sender,
 //! REPLICATION (or `rds_replication`, or superuser), SELECT on every
 //! selected table, a usable replica identity for tables without a primary
-//! key, unlogged tables, and slot/publication name conflicts.
+//! key, unlogged tables, and slot/publication name conflicts; with
+//! `postgres.existing_slot`, that the slot created beforehand exists, is
+//! logical with pgoutput on this database and has no other consumer.
 
 use ferry_core::config::Config;
 use ferry_core::plan::{Check, SourcePlan, TablePlan};
@@ -29,6 +31,8 @@ use crate::connect::{connect, query_error, server_version_num};
 use crate::dump;
 use crate::replication::STREAMING_SINCE;
 use crate::slot::{PARTITION_ROOT_SINCE, insert_only_publication};
+
+mod existing_slot;
 
 const SIDE: &str = "source";
 
@@ -296,7 +300,13 @@ async fn capacity_checks(
     let (max_slots, used_slots, ours_exists): (i64, i64, bool) =
         (row.get(0), row.get(1), row.get(2));
     let (max_senders, used_senders): (i64, i64) = (row.get(3), row.get(4));
-    let needs_slot = !(ours_exists && slot != SlotOwnership::Fresh);
+    // A slot created beforehand exists, but the load snapshot needs a
+    // temporary one next to it.
+    let needs_slot = if config.postgres.existing_slot {
+        slot != SlotOwnership::Resuming
+    } else {
+        !(ours_exists && slot != SlotOwnership::Fresh)
+    };
     let mut out = Vec::new();
     let detail = format!("max_replication_slots = {max_slots}, {used_slots} in use");
     if needs_slot && used_slots >= max_slots {
@@ -370,6 +380,11 @@ async fn name_conflict_checks(
     slot: SlotOwnership,
 ) -> Result<Vec<Check>, Error> {
     let name = &config.postgres.slot;
+    if config.postgres.existing_slot {
+        let mut out = vec![existing_slot::existing_slot_check(client, name, slot).await?];
+        out.extend(insert_only_publication_check(client, config, slot).await?);
+        return Ok(out);
+    }
     let rows = client
         .query(
             "SELECT s.plugin::text, s.database::text = current_database(), s.slot_type::text
@@ -387,7 +402,7 @@ async fn name_conflict_checks(
     let drop_fix = format!(
         "if it is left over from an earlier ferry run, drop it with SELECT pg_drop_replication_slot('{name}'); otherwise set postgres.slot to another name"
     );
-    let out = vec![match (existing, slot) {
+    let mut out = vec![match (existing, slot) {
         (None, SlotOwnership::Fresh) => {
             Check::pass(SIDE, "slot name", format!("slot '{name}' is free"))
         }
@@ -429,9 +444,18 @@ async fn name_conflict_checks(
             drop_fix,
         ),
     }];
-    // The main publication is checked by `publication_check` (it may have
-    // been created beforehand); the insert-only one is always ferry's.
-    let mut out = out;
+    out.extend(insert_only_publication_check(client, config, slot).await?);
+    Ok(out)
+}
+
+/// The main publication is checked by `publication_check` (it may have been
+/// created beforehand); the insert-only one is always ferry's.
+async fn insert_only_publication_check(
+    client: &Client,
+    config: &Config,
+    slot: SlotOwnership,
+) -> Result<Option<Check>, Error> {
+    let mut out = None;
     if !config.tables.insert_only.is_empty() {
         let publication = insert_only_publication(&config.postgres.publication);
         let exists = client
@@ -442,7 +466,7 @@ async fn name_conflict_checks(
             .await
             .map_err(|e| query_error("reading pg_publication", e))?
             .get::<_, bool>(0);
-        out.push(match (exists, slot) {
+        out = Some(match (exists, slot) {
             (true, SlotOwnership::Fresh) => Check::warn(
                 SIDE,
                 "publication name",
@@ -451,7 +475,11 @@ async fn name_conflict_checks(
                     "ferry will reuse it for the insert-only tables; if it is not ferry's, DROP PUBLICATION \"{publication}\" or set postgres.publication to another name"
                 ),
             ),
-            _ => Check::pass(SIDE, "publication name", format!("publication '{publication}'")),
+            _ => Check::pass(
+                SIDE,
+                "publication name",
+                format!("publication '{publication}'"),
+            ),
         });
     }
     Ok(out)

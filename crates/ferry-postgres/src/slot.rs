@@ -13,6 +13,12 @@
 //!   imports it (`SET TRANSACTION SNAPSHOT`) meanwhile. The stream starts at
 //!   `consistent_point`: every row is in the snapshot or in the stream after
 //!   it, never neither.
+//! - [`snapshot_existing_slot`], for a slot created beforehand
+//!   (`postgres.existing_slot`): the snapshot comes from a temporary slot,
+//!   and the user's slot is advanced to its consistent point with
+//!   `pg_replication_slot_advance` (fast-forward: no output plugin runs, so
+//!   WAL written before the publication existed is never given to
+//!   pgoutput). Same guarantee as [`create_slot`]; ferry never drops it.
 //! - [`verify_slot`] on resume: the slot exists, uses pgoutput, and its
 //!   `confirmed_flush_lsn` is not past our checkpoint (else changes between
 //!   the two are gone for us and only a new full load helps).
@@ -27,7 +33,10 @@ use tokio_postgres::Client;
 use crate::connect::query_error;
 use crate::replication::{ReplicationConnection, SlotCreated};
 
-/// A new slot and the connection that keeps its snapshot valid.
+/// The slot that exported the load snapshot and the connection that keeps
+/// the snapshot valid: ferry's new slot ([`create_slot`]), or a temporary
+/// one whose consistent point the user's slot was advanced to
+/// ([`snapshot_existing_slot`]; the server drops it with the connection).
 #[derive(Debug)]
 pub struct CreatedSlot {
     pub slot: SlotCreated,
@@ -45,7 +54,8 @@ impl CreatedSlot {
     }
 
     /// The connection, e.g. to `START_REPLICATION` on it once the load is
-    /// done (which ends the snapshot).
+    /// done (which ends the snapshot). A temporary slot lives only as long
+    /// as this connection.
     pub fn into_connection(self) -> ReplicationConnection {
         self.conn
     }
@@ -145,6 +155,89 @@ pub async fn create_slot(
     let slot = conn.create_slot(name).await?;
     tracing::info!(slot = name, lsn = %slot.consistent_point, "replication slot created");
     Ok(CreatedSlot { slot, conn })
+}
+
+/// For a slot `name` created beforehand (`postgres.existing_slot`): take the
+/// load snapshot with a temporary slot on `conn`, then advance `name` to the
+/// temporary slot's consistent point S ([`advance_slot`]). Everything
+/// committed before S is in the snapshot and everything after is decoded
+/// from `name` (its `confirmed_flush_lsn` is S): nothing lost, nothing
+/// twice, whatever was written between the slot's creation and now.
+/// `client`: a plain session of the same database.
+pub async fn snapshot_existing_slot(
+    mut conn: ReplicationConnection,
+    client: &Client,
+    name: &str,
+) -> Result<CreatedSlot, Error> {
+    let temporary = format!("{name}_snapshot_{}", std::process::id());
+    let slot = conn.create_temporary_slot(&temporary).await?;
+    let created = CreatedSlot { slot, conn };
+    if let Err(e) = advance_slot(client, name, created.consistent_point()).await {
+        created.release().await;
+        return Err(e);
+    }
+    Ok(created)
+}
+
+/// Move slot `name` (logical, pgoutput, created beforehand) forward to `to`
+/// with `pg_replication_slot_advance`, which decodes in fast-forward mode
+/// (no output plugin). Fails, naming the slot, if the slot is missing, not
+/// pgoutput, in use, or already past `to` (another consumer confirmed
+/// changes ferry has not seen).
+pub async fn advance_slot(client: &Client, name: &str, to: Lsn) -> Result<(), Error> {
+    let create = format!("SELECT pg_create_logical_replication_slot('{name}', 'pgoutput')");
+    let info = slot_info(client, name).await?.ok_or_else(|| {
+        Error::operator(
+            format!("replication slot {name} does not exist (postgres.existing_slot = true)"),
+            format!("create it as a role with REPLICATION: {create}"),
+        )
+    })?;
+    if info.plugin.as_deref() != Some("pgoutput") {
+        return Err(Error::operator(
+            format!(
+                "replication slot {name} uses output plugin {:?}, not pgoutput",
+                info.plugin
+            ),
+            format!(
+                "give ferry a pgoutput slot: {create} (under a free name, set in postgres.slot)"
+            ),
+        ));
+    }
+    if let Some(confirmed) = info.confirmed_flush
+        && confirmed > to
+    {
+        return Err(Error::operator(
+            format!(
+                "replication slot {name} has confirmed_flush_lsn {confirmed}, past the load snapshot at {to}: another consumer has used it"
+            ),
+            format!(
+                "give ferry a slot no one else reads: SELECT pg_drop_replication_slot('{name}'); {create}"
+            ),
+        ));
+    }
+    let row = client
+        .query_one(
+            "SELECT end_lsn::text FROM pg_replication_slot_advance($1, $2::text::pg_lsn)",
+            &[&name, &to.to_string()],
+        )
+        .await
+        .map_err(|e| query_error(&format!("advancing replication slot {name} to {to}"), e))?;
+    let end: Option<Lsn> = row.get::<_, Option<String>>(0).and_then(|s| s.parse().ok());
+    if end != Some(to) {
+        return Err(Error::transient(format!(
+            "advancing replication slot {name} to {to} stopped at {end:?}; run `ferry run` again"
+        )));
+    }
+    tracing::info!(slot = name, lsn = %to, "replication slot created beforehand advanced to the load snapshot");
+    Ok(())
+}
+
+/// What ferry says where it would drop its own slot but keeps one created
+/// beforehand (cutover, `ferry cleanup`).
+pub fn existing_slot_kept(name: &str) -> String {
+    format!(
+        "replication slot '{name}' was created beforehand (postgres.existing_slot): kept, it is yours; it retains WAL on the source until you drop it: SELECT pg_drop_replication_slot('{name}')"
+    )
 }
 
 /// A slot as `pg_replication_slots` shows it.

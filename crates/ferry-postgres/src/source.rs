@@ -1,8 +1,11 @@
 //! PostgreSQL behind the source seam ([`ferry_core::source`]).
 //!
 //! - capture: a publication (or the DBA's) and a logical slot created with
-//!   an exported snapshot ([`crate::slot`]); a resumed load reads a new
-//!   snapshot of a temporary slot;
+//!   an exported snapshot ([`crate::slot`]); with `postgres.existing_slot`
+//!   the user's slot is never created or dropped: the snapshot comes from a
+//!   temporary slot and the user's slot is advanced to its position (again
+//!   after a crash in the schema stage); a resumed load reads a new snapshot
+//!   of a temporary slot;
 //! - load: sessions importing that snapshot, each chunk a binary
 //!   `COPY … TO STDOUT` passed through untouched ([`crate::snapshot`]);
 //! - target schema: `pg_dump` pre- and post-data ([`crate::dump`]);
@@ -22,7 +25,7 @@ use std::time::{Duration, Instant};
 use ferry_core::config::Config;
 use ferry_core::schema::quote_ident;
 use ferry_core::source::{
-    self, ChangeOptions, Chunk, ChunkData, PostStatement, Retention, SequenceValue,
+    self, ChangeOptions, Chunk, ChunkData, PostStatement, Released, Retention, SequenceValue,
     SuperviseContext, TargetSchema,
 };
 use ferry_core::{Error, Event, Lsn, ReplicaIdentity, TableId, TableSchema};
@@ -279,7 +282,11 @@ impl source::Source for PgSource {
     async fn prepare_capture(&self, after_interrupted: bool) -> Result<(), Error> {
         let source = self.client().await?;
         let slot = &self.config.postgres.slot;
-        if crate::slot::slot_info(&source, slot).await?.is_some() {
+        // A slot created beforehand (postgres.existing_slot) is never
+        // dropped: start_capture advances it instead.
+        if !self.config.postgres.existing_slot
+            && crate::slot::slot_info(&source, slot).await?.is_some()
+        {
             if !after_interrupted {
                 return Err(Error::operator(
                     format!(
@@ -326,9 +333,13 @@ impl source::Source for PgSource {
             .await?;
         }
         let conn = ReplicationConnection::connect(&self.config.source).await?;
-        let created = crate::slot::create_slot(conn, slot).await?;
+        let created = if self.config.postgres.existing_slot {
+            crate::slot::snapshot_existing_slot(conn, &source, slot).await?
+        } else {
+            crate::slot::create_slot(conn, slot).await?
+        };
         let snapshot = snapshot_of(created, &self.config)?;
-        info!(slot = %slot, consistent_point = %snapshot.position, snapshot = %snapshot.name, "slot created");
+        info!(slot = %slot, consistent_point = %snapshot.position, snapshot = %snapshot.name, "load snapshot exported");
         Ok(snapshot)
     }
 
@@ -446,9 +457,43 @@ impl source::Source for PgSource {
         })
     }
 
-    async fn release_capture(&self, keep: bool) -> Result<bool, Error> {
+    fn release_plan(&self, keep: bool) -> String {
+        let pg = &self.config.postgres;
+        if pg.existing_slot {
+            format!(
+                "keep slot '{}' (created beforehand: yours to drop){}",
+                pg.slot,
+                if keep {
+                    " and the publication"
+                } else {
+                    "; drop the publication if ferry created it"
+                }
+            )
+        } else if keep {
+            "keep the slot and publication".into()
+        } else {
+            "drop the slot and publication".into()
+        }
+    }
+
+    async fn release_capture(&self, keep: bool) -> Result<Released, Error> {
+        let pg = &self.config.postgres;
+        if pg.existing_slot {
+            tracing::warn!(slot = %pg.slot, fix = %format!("SELECT pg_drop_replication_slot('{}')", pg.slot),
+                "replication slot created beforehand kept (postgres.existing_slot): it is yours and retains WAL on the source until you drop it");
+        }
+        let note = if pg.existing_slot {
+            crate::slot::existing_slot_kept(&pg.slot)
+        } else if keep {
+            "kept slot and publication".to_owned()
+        } else {
+            "dropped slot and publication".to_owned()
+        };
         if keep {
-            return Ok(false);
+            return Ok(Released {
+                dropped: false,
+                note,
+            });
         }
         let source = self.client().await?;
         // A fenced source database defaults new sessions to read-only.
@@ -456,20 +501,29 @@ impl source::Source for PgSource {
             .batch_execute("SET default_transaction_read_only = off")
             .await
             .map_err(|e| query_error("preparing to drop the slot and publication", e))?;
-        // The walsender may take a moment to let go of the slot.
-        let started = Instant::now();
-        loop {
-            match crate::slot::drop_slot(&source, &self.config.postgres.slot).await {
-                Ok(_) => break,
-                Err(e) if started.elapsed() < Duration::from_secs(30) => {
-                    debug!(error = %e, "slot still active; retrying the drop");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => return Err(e),
-            }
+        if !pg.existing_slot {
+            drop_slot_once_released(&source, &pg.slot).await?;
         }
-        crate::slot::drop_publication(&source, &self.config.postgres.publication).await?;
-        Ok(true)
+        crate::slot::drop_publication(&source, &pg.publication).await?;
+        Ok(Released {
+            dropped: !pg.existing_slot,
+            note,
+        })
+    }
+}
+
+/// Drop slot `name`; the walsender may take a moment to let go of it.
+async fn drop_slot_once_released(source: &Client, name: &str) -> Result<(), Error> {
+    let started = Instant::now();
+    loop {
+        match crate::slot::drop_slot(source, name).await {
+            Ok(_) => return Ok(()),
+            Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                debug!(error = %e, "slot still active; retrying the drop");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -548,12 +602,20 @@ async fn fence(source: &Client, db: &str) -> Result<(), Error> {
         })?;
     // Sessions opened before the ALTER keep writing: end them, except ferry's
     // own (application_name 'ferry'; the walsender is not a client backend).
+    // Without pg_read_all_stats a role sees no backend_type of another
+    // role's session (the application's): such a session is ended unless it
+    // is a WAL sender or a superuser's (which only a superuser may end).
     let ended: Vec<i32> = source
         .query(
             // OFFSET 0 keeps the filter ahead of pg_terminate_backend.
-            "SELECT pid FROM (SELECT pid FROM pg_stat_activity
-                WHERE datname = current_database() AND pid <> pg_backend_pid()
-                  AND backend_type = 'client backend' AND application_name <> 'ferry'
+            "SELECT pid FROM (SELECT a.pid FROM pg_stat_activity a
+                WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+                  AND a.application_name <> 'ferry'
+                  AND (a.backend_type = 'client backend'
+                       OR (a.backend_type IS NULL
+                           AND a.pid NOT IN (SELECT w.pid FROM pg_stat_get_wal_senders() w)
+                           AND EXISTS (SELECT 1 FROM pg_roles r
+                                        WHERE r.oid = a.usesysid AND NOT r.rolsuper)))
                 OFFSET 0) s
              WHERE pg_terminate_backend(pid)",
             &[],

@@ -702,3 +702,115 @@ async fn slot_lifecycle_verify_and_drop() {
     let err = slot::verify_slot(&client, "life", lsn).await.unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
+
+/// A slot created beforehand (before the publication, with writes in
+/// between), advanced to the consistent point of a temporary slot whose
+/// exported snapshot is read while an application inserts in many small
+/// transactions: every row is in the snapshot or in the stream from the
+/// advanced slot, never both, never neither. On the newest server and on
+/// PostgreSQL 12, the oldest tested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_slot_advanced_to_a_snapshot_misses_and_doubles_nothing() {
+    existing_slot_advanced(PgOptions::default()).await;
+    existing_slot_advanced(PgOptions::default().version(12)).await;
+}
+
+async fn existing_slot_advanced(opts: PgOptions) {
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+    let pg = PgServer::start(opts).expect("start postgres");
+    let db = pg.create_database("existing").unwrap();
+    let url = pg.url(&db);
+    pg.psql(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY, note text);
+         SELECT pg_create_logical_replication_slot('dba', 'pgoutput');
+         INSERT INTO t SELECT g, 'before publication' FROM generate_series(1, 100) g;",
+    )
+    .unwrap();
+    let client = catalog(&url).await;
+    slot::ensure_publication(&client, "p", None, slot::Publish::All)
+        .await
+        .expect("publication");
+    pg.psql(
+        &db,
+        "INSERT INTO t SELECT g, 'before ferry' FROM generate_series(101, 200) g",
+    )
+    .unwrap();
+
+    // The application: one row per transaction, as fast as it goes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let last = Arc::new(AtomicI32::new(200));
+    let writer = {
+        let (stop, last, app) = (stop.clone(), last.clone(), catalog(&url).await);
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let id = last.load(Ordering::Relaxed) + 1;
+                app.execute("INSERT INTO t VALUES ($1, 'during')", &[&id])
+                    .await
+                    .expect("insert");
+                last.store(id, Ordering::Relaxed);
+            }
+        })
+    };
+    while last.load(Ordering::Relaxed) < 500 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let conn = ReplicationConnection::connect(&endpoint(&url, SslMode::Disable))
+        .await
+        .expect("replication connect");
+    let created = slot::snapshot_existing_slot(conn, &client, "dba")
+        .await
+        .expect("snapshot and advance");
+    let at = created.consistent_point();
+    let reader = catalog(&url).await;
+    reader
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{}'",
+            created.snapshot_name().expect("exported snapshot")
+        ))
+        .await
+        .expect("importing the snapshot");
+    let in_snapshot: Vec<i32> = reader
+        .query("SELECT id FROM t ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    reader.batch_execute("COMMIT").await.unwrap();
+    created.release().await;
+    let info = slot::slot_info(&client, "dba").await.unwrap().unwrap();
+    assert_eq!(info.confirmed_flush, Some(at), "advanced to the snapshot");
+    while last.load(Ordering::Relaxed) < in_snapshot.len() as i32 + 500 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let total = last.load(Ordering::Relaxed);
+
+    let (mut rx, handle) = start(&url, "dba", at, |_| {}).await;
+    let key = |ev: &Event<Lsn>| match ev {
+        Event::Change(Change::Insert { new, .. }) => match new.values[0] {
+            Value::Int4(k) => Some(k),
+            _ => None,
+        },
+        _ => None,
+    };
+    let events = collect_until(&mut rx, |ev| key(ev) == Some(total)).await;
+    handle.shutdown().await.expect("clean shutdown");
+    let streamed: Vec<i32> = events.iter().filter_map(key).collect();
+    let mut all = in_snapshot.clone();
+    all.extend(&streamed);
+    all.sort_unstable();
+    let want: Vec<i32> = (1..=total).collect();
+    assert!(
+        all == want,
+        "snapshot {} rows (up to {:?}), stream {} rows (from {:?}); {} of {total} in all",
+        in_snapshot.len(),
+        in_snapshot.last(),
+        streamed.len(),
+        streamed.first(),
+        all.len()
+    );
+    assert!(in_snapshot.len() > 500 && !streamed.is_empty());
+}

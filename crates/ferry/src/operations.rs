@@ -219,8 +219,9 @@ pub async fn report(config: &Config, output: &std::path::Path) -> anyhow::Result
 }
 
 /// `ferry cleanup`: remove what ferry created on the source (replication
-/// slot and publication) and, with `state`, its state schema in the target,
-/// so the next `ferry run` starts a new migration. Never touches table data.
+/// slot and publication; never a slot or publication created beforehand)
+/// and, with `state`, its state schema in the target, so the next `ferry
+/// run` starts a new migration. Never touches table data.
 #[allow(clippy::print_stdout)]
 pub async fn cleanup(config: &Config, state: bool) -> anyhow::Result<Outcome> {
     if let Ok(addr) = control_address(config).await
@@ -232,12 +233,17 @@ pub async fn cleanup(config: &Config, state: bool) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Refused);
     }
     let source = ferry_postgres::connect::connect(&config.source, "source").await?;
-    let dropped = ferry_postgres::slot::drop_slot(&source, &config.postgres.slot).await?;
+    let slot = &config.postgres.slot;
+    let slot_said = if config.postgres.existing_slot {
+        ferry_postgres::slot::existing_slot_kept(slot)
+    } else if ferry_postgres::slot::drop_slot(&source, slot).await? {
+        format!("replication slot '{slot}' dropped")
+    } else {
+        format!("replication slot '{slot}' did not exist")
+    };
     ferry_postgres::slot::drop_publication(&source, &config.postgres.publication).await?;
     println!(
-        "source: replication slot '{}' {}; publication '{}' dropped if it existed",
-        config.postgres.slot,
-        if dropped { "dropped" } else { "did not exist" },
+        "source: {slot_said}; publication '{}' dropped if ferry created it",
         config.postgres.publication
     );
     if state {

@@ -448,8 +448,15 @@ impl source::Source for MemorySource {
         Ok(MemoryCutover(self.clone()))
     }
 
-    async fn release_capture(&self, _keep: bool) -> Result<bool, Error> {
-        Ok(true)
+    fn release_plan(&self, _keep: bool) -> String {
+        "forget the in-memory log".into()
+    }
+
+    async fn release_capture(&self, _keep: bool) -> Result<source::Released, Error> {
+        Ok(source::Released {
+            dropped: true,
+            note: "forgot the in-memory log".into(),
+        })
     }
 }
 

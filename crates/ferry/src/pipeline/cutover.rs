@@ -135,7 +135,7 @@ pub async fn run<S: Source>(
             .sequences()
             .await
             .map_err(|e| format!("dry run: the cutover would fail: {e}"))?;
-        rec.steps = planned_steps(&req, &session);
+        rec.steps = planned_steps(&req, source.as_ref(), &session);
         rec.steps.push(format!(
             "{} sequences readable and to be synced",
             sequences.len()
@@ -175,7 +175,11 @@ fn failed_text(e: &Error) -> String {
     }
 }
 
-fn planned_steps<P: Position>(req: &CutoverRequest, session: &impl Cutover<P>) -> Vec<String> {
+fn planned_steps<S: Source>(
+    req: &CutoverRequest,
+    source: &S,
+    session: &impl Cutover<S::Position>,
+) -> Vec<String> {
     let mut steps = Vec::new();
     if req.fence {
         steps.push(format!("fence: {}", session.fence_description()));
@@ -190,11 +194,7 @@ fn planned_steps<P: Position>(req: &CutoverRequest, session: &impl Cutover<P>) -
     } else {
         "compare row counts of every table".into()
     });
-    steps.push(if req.keep_slot {
-        "keep the slot and publication".into()
-    } else {
-        "drop the slot and publication".into()
-    });
+    steps.push(source.release_plan(req.keep_slot));
     steps
 }
 
@@ -253,11 +253,7 @@ async fn execute<S: Source>(
         "restored {} target identity columns, triggers and rules",
         rec.restored.len()
     ));
-    rec.steps.push(if rec.slot_dropped {
-        "dropped slot and publication".into()
-    } else {
-        "kept slot and publication".into()
-    });
+    rec.steps.push(finished.release_note);
     Ok(())
 }
 

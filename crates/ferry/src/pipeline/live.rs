@@ -52,6 +52,8 @@ pub struct Finish {
 pub struct Finished {
     /// The slot and publication were dropped.
     pub slot_dropped: bool,
+    /// What releasing the source's capture did ([`ferry_core::source::Released`]).
+    pub release_note: String,
     /// Target schema changes put back (identities, triggers, rules, keys).
     pub restored: Vec<String>,
 }

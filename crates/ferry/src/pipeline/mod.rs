@@ -29,7 +29,8 @@
 //! its crate and one arm there (see `docs/architecture.md`).
 //!
 //! Resume rules: a crash during `schema` replaces the capture it started
-//! (ferry wrote the phase before starting it); a crash during `load` keeps
+//! (ferry wrote the phase before starting it; a PostgreSQL slot created
+//! beforehand is advanced again instead); a crash during `load` keeps
 //! every fully loaded table and copies the others again from a new snapshot
 //! whose position is recorded per table (chunks of two snapshots are never
 //! mixed in one table); the stream replays from the first snapshot's
@@ -412,14 +413,15 @@ async fn finish_after_cutover<S: Source>(
     for r in &restored {
         info!(restored = %r, "target schema restored");
     }
-    let dropped = source.release_capture(keep_slot).await?;
+    let released = source.release_capture(keep_slot).await?;
     state.finish_run(target, run_id).await?;
     info!(
-        slot_dropped = dropped,
+        slot_dropped = released.dropped,
         "cutover complete; the target is ready for writes"
     );
     Ok(live::Finished {
-        slot_dropped: dropped,
+        slot_dropped: released.dropped,
+        release_note: released.note,
         restored,
     })
 }
