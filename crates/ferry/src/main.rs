@@ -153,9 +153,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Plan { json } => plan::run(&config, json).await,
         Command::Run => {
-            let (trigger, shutdown) = shutdown::channel();
-            shutdown::on_signals(trigger.clone())?;
-            pipeline::run(&config, trigger, shutdown).await
+            let stop = shutdown::Shutdown::new();
+            shutdown::on_signals(stop.clone())?;
+            pipeline::run(&config, stop).await
         }
         Command::Status {
             json,

@@ -31,7 +31,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::debug;
 
 use crate::control::{BoxFuture, ControlHandler, CutoverRequest};
-use crate::shutdown::{Shutdown, Trigger};
+use crate::shutdown::Shutdown;
 
 /// Most unapplied transactions / heartbeats remembered for the lag figure;
 /// the oldest is what matters, so later ones are dropped past this.
@@ -83,13 +83,14 @@ pub struct Live<P: Position> {
     pub cutover_lock: tokio::sync::Mutex<()>,
     pub last_cutover: Mutex<Option<CutoverRecord>>,
     finish: Mutex<Option<Finish>>,
-    shutdown: Trigger,
+    /// The run's token: a finished cutover cancels it.
+    shutdown: Shutdown,
     /// Stops the background tasks once the pipeline has finished.
-    stop: (Trigger, Shutdown),
+    stop: Shutdown,
 }
 
 impl<P: Position> Live<P> {
-    pub fn new(config: Config, state: StateStore, run_id: i64, shutdown: Trigger) -> Arc<Self> {
+    pub fn new(config: Config, state: StateStore, run_id: i64, shutdown: Shutdown) -> Arc<Self> {
         Arc::new(Live {
             config,
             state,
@@ -113,7 +114,7 @@ impl<P: Position> Live<P> {
             last_cutover: Mutex::new(None),
             finish: Mutex::new(None),
             shutdown,
-            stop: crate::shutdown::channel(),
+            stop: Shutdown::new(),
         })
     }
 
@@ -242,7 +243,7 @@ impl<P: Position> Live<P> {
     /// Ask the pipeline to stop streaming and finish the run.
     pub fn request_finish(&self, finish: Finish) {
         lock(&self.finish, |f| *f = Some(finish));
-        self.shutdown.fire();
+        self.shutdown.cancel();
     }
 
     pub fn take_finish(&self) -> Option<Finish> {
@@ -251,13 +252,12 @@ impl<P: Position> Live<P> {
 
     /// Stop the background tasks (control API, monitor, sampler).
     pub fn request_stop(&self) {
-        self.stop.0.fire();
+        self.stop.cancel();
     }
 
     /// Resolves when [`Live::request_stop`] is called.
     pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut s = self.stop.1.clone();
-        async move { s.wait().await }
+        self.stop.clone().cancelled_owned()
     }
 
     /// The status as the control API shows it.

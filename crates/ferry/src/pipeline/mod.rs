@@ -61,7 +61,7 @@ use tracing::info;
 
 use self::live::Live;
 use crate::Outcome;
-use crate::shutdown::{Shutdown, Trigger};
+use crate::shutdown::Shutdown;
 
 /// Checkpoint row name of the change stream.
 pub const STREAM: &str = "main";
@@ -73,7 +73,7 @@ pub type Refusal<'a> =
 
 /// Run the migration until shutdown or cutover: pick the source and hand
 /// it to the generic pipeline ([`run_source`]).
-pub async fn run(config: &Config, trigger: Trigger, shutdown: Shutdown) -> anyhow::Result<Outcome> {
+pub async fn run(config: &Config, shutdown: Shutdown) -> anyhow::Result<Outcome> {
     match config.source.kind().map_err(anyhow::Error::msg)? {
         EndpointKind::Postgres => {
             let refusal = || -> ferry_core::source::BoxFuture<'_, Option<String>> {
@@ -83,7 +83,6 @@ pub async fn run(config: &Config, trigger: Trigger, shutdown: Shutdown) -> anyho
                 Arc::new(PgSource::new(config.clone())),
                 config,
                 &refusal,
-                trigger,
                 shutdown,
             )
             .await
@@ -105,15 +104,13 @@ pub async fn run_source<S: Source>(
     source: Arc<S>,
     config: &Config,
     refusal: Refusal<'_>,
-    trigger: Trigger,
     shutdown: Shutdown,
 ) -> anyhow::Result<Outcome> {
     let mut backoff = retry::Backoff::default();
     loop {
-        let err = match run_once(&source, config, refusal, trigger.clone(), shutdown.clone()).await
-        {
+        let err = match run_once(&source, config, refusal, shutdown.clone()).await {
             Err(e)
-                if !shutdown.is_triggered()
+                if !shutdown.is_cancelled()
                     && stream::classify(&e) == ferry_core::ErrorClass::Transient =>
             {
                 e
@@ -122,10 +119,9 @@ pub async fn run_source<S: Source>(
         };
         let delay = backoff.next_delay();
         tracing::warn!(error = %format!("{err:#}"), attempt = backoff.attempts(), delay_ms = delay.as_millis() as u64, "transient failure; will reconnect");
-        let mut sd = shutdown.clone();
         tokio::select! {
             biased;
-            () = sd.wait() => return Ok(Outcome::Ok),
+            () = shutdown.cancelled() => return Ok(Outcome::Ok),
             () = tokio::time::sleep(delay) => {}
         }
         info!(
@@ -139,7 +135,6 @@ async fn run_once<S: Source>(
     source: &Arc<S>,
     config: &Config,
     refusal: Refusal<'_>,
-    trigger: Trigger,
     shutdown: Shutdown,
 ) -> anyhow::Result<Outcome> {
     let state = StateStore::new(config.state.schema.clone());
@@ -167,7 +162,7 @@ async fn run_once<S: Source>(
         .await?;
     info!(run = run_id, phase = phase.map_or("new", Phase::as_str), source = %config.source.url, "ferry run");
 
-    let live = Live::<S::Position>::new(config.clone(), state.clone(), run_id, trigger);
+    let live = Live::<S::Position>::new(config.clone(), state.clone(), run_id, shutdown.clone());
     if let Some(p) = phase {
         live.set_phase(p);
     }
@@ -264,7 +259,7 @@ async fn load_phase<S: Source>(
         }
     } else {
         resume_load(config, state, target, source, &tables, shutdown).await?;
-        if shutdown.is_triggered() {
+        if shutdown.is_cancelled() {
             return Ok(false);
         }
     }
@@ -445,7 +440,7 @@ async fn validate_after_cutover(config: &Config, state: &StateStore) -> anyhow::
 fn finish_load_step(result: anyhow::Result<()>, shutdown: &Shutdown) -> anyhow::Result<bool> {
     match result {
         Ok(()) => Ok(true),
-        Err(_) if shutdown.is_triggered() => {
+        Err(_) if shutdown.is_cancelled() => {
             info!("load interrupted by shutdown; the next run resumes it");
             Ok(false)
         }
