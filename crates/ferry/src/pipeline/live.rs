@@ -30,7 +30,6 @@ use ferry_monitor::{
 use tokio::sync::{oneshot, watch};
 use tracing::debug;
 
-use crate::control::{BoxFuture, ControlHandler, CutoverRequest};
 use crate::shutdown::Shutdown;
 
 /// Most unapplied transactions / heartbeats remembered for the lag figure;
@@ -234,6 +233,11 @@ impl<P: Position> Live<P> {
     /// Pause switch the applier holds at (`ApplierConfig::pause`).
     pub fn paused(&self) -> watch::Receiver<bool> {
         self.paused.subscribe()
+    }
+
+    /// The operator's pause switch (control API).
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.send_replace(paused);
     }
 
     pub fn is_paused(&self) -> bool {
@@ -443,46 +447,6 @@ async fn refresh_tables<P: Position>(
         .collect();
     lock(&live.tables, |t| *t = tables);
     Ok(())
-}
-
-/// The control API's view of the pipeline.
-pub struct Handler<S: Source> {
-    pub live: Arc<Live<S::Position>>,
-    pub source: Arc<S>,
-}
-
-impl<S: Source> std::fmt::Debug for Handler<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handler").field("live", &self.live).finish()
-    }
-}
-
-impl<S: Source> ControlHandler for Handler<S> {
-    fn status(&self) -> Status {
-        self.live.status()
-    }
-
-    fn metrics(&self) -> String {
-        self.live.metrics.render()
-    }
-
-    fn cutover(&self, req: CutoverRequest) -> BoxFuture<'_, Result<CutoverRecord, String>> {
-        Box::pin(super::cutover::run(
-            self.live.clone(),
-            self.source.clone(),
-            req,
-        ))
-    }
-
-    fn pause(&self) {
-        self.live.paused.send_replace(true);
-        tracing::info!("applier paused by the control API");
-    }
-
-    fn resume(&self) {
-        self.live.paused.send_replace(false);
-        tracing::info!("applier resumed by the control API");
-    }
 }
 
 /// Record where the control API listens, so `ferry status` and `ferry

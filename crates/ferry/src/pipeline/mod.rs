@@ -23,7 +23,8 @@
 //! target's state schema; every run reads them and continues whatever is
 //! unfinished. Stages: [`schema`], [`load`], [`stream`]; the durable load plan
 //! lives in [`plan_store`]; reconnect policy in [`retry`]; the lag monitor,
-//! status and control API handler in [`live`]; the cutover in [`cutover`].
+//! status in [`live`]; the control API's handler in [`handler`]; the
+//! cutover in [`cutover`].
 //! Nothing here holds source SQL: PostgreSQL is
 //! `ferry_postgres::source::PgSource`, picked in [`run`]; a new source adds
 //! its crate and one arm there (see `docs/architecture.md`).
@@ -40,6 +41,7 @@
 //! [`overrides`] and put back at cutover.
 
 mod cutover;
+mod handler;
 pub mod live;
 pub mod load;
 mod overrides;
@@ -322,7 +324,7 @@ async fn start_background<S: Source>(
     let addr = listener.local_addr()?;
     live::publish_address(target, &live.state, &addr.to_string()).await?;
     info!(address = %addr, "control API listening");
-    let handler: Arc<dyn crate::control::ControlHandler> = Arc::new(live::Handler {
+    let handler: Arc<dyn crate::control::ControlHandler> = Arc::new(handler::Handler {
         live: live.clone(),
         source: source.clone(),
     });
