@@ -387,6 +387,9 @@ async fn finish_after_cutover<S: Source>(
     keep_slot: bool,
     run_id: i64,
 ) -> anyhow::Result<live::Finished> {
+    // The source must answer before the target is marked done: releasing
+    // its capture follows, and a done migration is never started again.
+    drop(source.probe().await?);
     // A fresh session: the one opened at start may have been ended since
     // (terminated backend, server restart) while the stream reconnected.
     let target = &ferry_postgres::connect::connect(&config.target, "target").await?;
