@@ -18,6 +18,7 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
+use ferry_core::schema::quote_ident;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
@@ -72,14 +73,9 @@ fn db(schema: &str, what: &'static str) -> impl FnOnce(tokio_postgres::Error) ->
     }
 }
 
-/// A quoted identifier.
-fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
 /// Create the schema and table if missing (same definition as ferry-apply).
 pub async fn ensure_table(client: &Client, schema: &str) -> Result<(), HistoryError> {
-    let s = ident(schema);
+    let s = quote_ident(schema);
     client
         .batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS {s};
@@ -100,7 +96,7 @@ pub async fn record(client: &Client, schema: &str, s: &LagSample) -> Result<(), 
          ON CONFLICT (at) DO UPDATE SET
              lag_seconds = greatest(lag_history.lag_seconds, excluded.lag_seconds),
              lag_bytes = greatest(lag_history.lag_bytes, excluded.lag_bytes)",
-        ident(schema)
+        quote_ident(schema)
     );
     let bytes = i64::try_from(s.lag_bytes).unwrap_or(i64::MAX);
     client
@@ -118,7 +114,7 @@ pub async fn read_history(
 ) -> Result<Vec<LagSample>, HistoryError> {
     let sql = format!(
         "SELECT at, lag_seconds, lag_bytes FROM {}.lag_history WHERE at >= $1 ORDER BY at",
-        ident(schema)
+        quote_ident(schema)
     );
     let rows = client
         .query(&sql, &[&since])
@@ -147,7 +143,7 @@ pub async fn compact(
     let cutoff = now
         .checked_sub(FULL_RESOLUTION)
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let t = ident(schema);
+    let t = quote_ident(schema);
     let width = BUCKET.as_secs();
     let bucket = format!("to_timestamp(floor(extract(epoch FROM at) / {width}) * {width})");
     let tx = client

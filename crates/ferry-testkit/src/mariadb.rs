@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ferry_core::schema::quote_ident_with;
+
 use crate::sys::{self, InstanceDir, ServiceUser, io_err};
 use crate::{ADMIN_PASSWORD, ADMIN_USER, Result, TestkitError};
 
@@ -95,10 +97,6 @@ pub struct MariaDbServer {
 enum Attempt {
     Ready,
     PortInUse,
-}
-
-fn quote_ident(s: &str) -> String {
-    format!("`{}`", s.replace('`', "``"))
 }
 
 /// The cached `mariadb-install-db` result for this server version and OS
@@ -403,7 +401,10 @@ impl MariaDbServer {
     /// Creates a database with a unique name (`prefix_<pid>_<n>`) and returns the name.
     pub fn create_database(&self, prefix: &str) -> Result<String> {
         let name = sys::unique_db_name(prefix);
-        self.sql("", &format!("CREATE DATABASE {}", quote_ident(&name)))?;
+        self.sql(
+            "",
+            &format!("CREATE DATABASE {}", quote_ident_with(&name, '`')),
+        )?;
         Ok(name)
     }
 

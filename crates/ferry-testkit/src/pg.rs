@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ferry_core::schema::quote_ident;
+
 use crate::sys::{self, InstanceDir, ServiceUser, io_err};
 use crate::{ADMIN_PASSWORD, ADMIN_USER, Result, TestkitError};
 
@@ -259,10 +261,6 @@ fn require_bin(bin_dir: &Path, name: &str) -> Result<PathBuf> {
 
 fn conf_value(v: &str) -> String {
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
-}
-
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// The cached `initdb` result for this server version and OS user,
