@@ -58,6 +58,10 @@ pub fn read_auto(
 ) -> Result<ChangeLogSeq, Error> {
     let conn =
         connect::open_read_only(path).map_err(sql_error(format!("opening {}", path.display())))?;
+    // In rollback-journal mode a busy writer holds the file between its
+    // transactions only briefly: wait for a turn as long as capture does.
+    conn.busy_timeout(crate::capture::BUSY_TIMEOUT)
+        .map_err(sql_error("setting the busy timeout"))?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .map_err(sql_error("reading the journal mode"))?;
