@@ -88,7 +88,22 @@ pub async fn run(config: &Config, trigger: Trigger, shutdown: Shutdown) -> anyho
             )
             .await
         }
-        EndpointKind::MySql | EndpointKind::Sqlite(_) => Err(ferry_core::Error::operator(
+        EndpointKind::Sqlite(_) => {
+            // Tables land in `public` unless renamed, as `ferry plan` shows.
+            let config = &ferry_sqlite::source::with_target_names(config).await?;
+            let refusal = || -> ferry_core::source::BoxFuture<'_, Option<String>> {
+                Box::pin(crate::plan::refusal(config))
+            };
+            run_source(
+                Arc::new(ferry_sqlite::source::SqliteSource::new(config)?),
+                config,
+                &refusal,
+                trigger,
+                shutdown,
+            )
+            .await
+        }
+        EndpointKind::MySql => Err(ferry_core::Error::operator(
             format!("`ferry run` from {} is not available yet", config.source.url),
             "this release migrates PostgreSQL sources; `ferry plan` already checks MySQL/MariaDB and SQLite sources",
         )
