@@ -136,7 +136,9 @@ fn open_ro(path: &Path) -> Result<Connection, Error> {
 }
 
 fn take_fence(slot: &Mutex<Option<Fence>>) -> Option<Fence> {
-    slot.lock().map(|mut f| f.take()).unwrap_or_else(|p| p.into_inner().take())
+    slot.lock()
+        .map(|mut f| f.take())
+        .unwrap_or_else(|p| p.into_inner().take())
 }
 
 /// `config` with a rename `main.t` → `public.t` for every table of the
@@ -219,9 +221,11 @@ fn read_catalog(path: &Path, filter: &TableFilter) -> Result<SqliteCatalog, Erro
     for t in cat.tables.iter().filter(|t| t.has_rowid) {
         let q = quote_ident(&t.schema.id.name);
         let range: (Option<i64>, Option<i64>) = conn
-            .query_row(&format!("SELECT min(rowid), max(rowid) FROM {q}"), [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                &format!("SELECT min(rowid), max(rowid) FROM {q}"),
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .map_err(sql_error(format!("reading the rowids of {}", t.schema.id)))?;
         if let (Some(lo), Some(hi)) = range {
             ranges.insert(t.schema.id.name.clone(), (lo, hi));
@@ -313,7 +317,9 @@ fn remove_stale_copies(path: &Path) {
         if name.starts_with(&prefix) && !name.starts_with(&mine) {
             match std::fs::remove_file(e.path()) {
                 Ok(()) => info!(file = %e.path().display(), "removed a stale snapshot copy"),
-                Err(err) => warn!(file = %e.path().display(), error = %err, "could not remove a stale snapshot copy"),
+                Err(err) => {
+                    warn!(file = %e.path().display(), error = %err, "could not remove a stale snapshot copy")
+                }
             }
         }
     }
@@ -418,9 +424,11 @@ impl source::SnapshotReader for SqliteSnapshotReader {
                 let _ = tx.blocking_send(Err(e));
             }
         });
-        let rows = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|r| (r, rx))
-        });
+        let rows =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+            );
         Ok(ChunkData::Rows(Box::pin(rows)))
     }
 }
@@ -433,7 +441,11 @@ fn read_chunk(
 ) -> Result<(), Error> {
     let id = &schema.id;
     let conn = open_ro(copy)?;
-    let cols: Vec<String> = schema.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let cols: Vec<String> = schema
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect();
     let filter = chunk
         .predicate
         .as_deref()
@@ -475,7 +487,11 @@ fn read_chunk(
 /// The column that is SQLite's rowid (an `INTEGER PRIMARY KEY`), if any.
 pub fn rowid_alias(has_rowid: bool, schema: &TableSchema) -> Option<usize> {
     match schema.key.as_slice() {
-        [k] if has_rowid && schema.columns[*k].source_type.eq_ignore_ascii_case("INTEGER") => {
+        [k] if has_rowid
+            && schema.columns[*k]
+                .source_type
+                .eq_ignore_ascii_case("INTEGER") =>
+        {
             Some(*k)
         }
         _ => None,
@@ -541,7 +557,10 @@ fn index_statements(
         }
         let cols: Vec<(i64, Option<String>)> = conn
             .prepare(&format!("PRAGMA index_info({})", quote_ident(&name)))
-            .and_then(|mut s| s.query_map([], |r| Ok((r.get("cid")?, r.get("name")?)))?.collect())
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get("cid")?, r.get("name")?)))?
+                    .collect()
+            })
             .map_err(sql_error(ctx()))?;
         let names: Option<Vec<String>> = cols
             .into_iter()
@@ -759,10 +778,7 @@ impl source::Probe<ChangeLogSeq> for SqliteProbe {
         self.with("reading the change-log size", |c| {
             let (lo, hi): (Option<i64>, Option<i64>) = c
                 .query_row(
-                    &format!(
-                        "SELECT min(seq), max(seq) FROM {}",
-                        quote_ident(LOG_TABLE)
-                    ),
+                    &format!("SELECT min(seq), max(seq) FROM {}", quote_ident(LOG_TABLE)),
                     [],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
@@ -818,7 +834,9 @@ fn read_sequences(path: &Path) -> Result<Vec<SequenceValue>, Error> {
     let mut out = Vec::new();
     for t in tracked.values() {
         let q = quote_ident(&t.name);
-        let has_rowid = conn.prepare(&format!("SELECT rowid FROM {q} LIMIT 0")).is_ok();
+        let has_rowid = conn
+            .prepare(&format!("SELECT rowid FROM {q} LIMIT 0"))
+            .is_ok();
         let schema = t.schema();
         let Some(k) = rowid_alias(has_rowid, &schema) else {
             continue;
@@ -826,9 +844,11 @@ fn read_sequences(path: &Path) -> Result<Vec<SequenceValue>, Error> {
         let col = &schema.columns[k].name;
         let ctx = || format!("reading the highest {}.{col}", t.id());
         let max: Option<i64> = conn
-            .query_row(&format!("SELECT max({}) FROM {q}", quote_ident(col)), [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                &format!("SELECT max({}) FROM {q}", quote_ident(col)),
+                [],
+                |r| r.get(0),
+            )
             .map_err(sql_error(ctx()))?;
         let seq: Option<i64> = rusqlite::OptionalExtension::optional(conn.query_row(
             "SELECT seq FROM sqlite_sequence WHERE name = ?1",
@@ -981,7 +1001,10 @@ impl source::Source for SqliteSource {
 
     async fn target_schema(&self, catalog: &SqliteCatalog) -> Result<TargetSchema, Error> {
         let (path, catalog) = (self.path.clone(), catalog.clone());
-        blocking("reading the schema", move || target_schema_of(&path, &catalog)).await
+        blocking("reading the schema", move || {
+            target_schema_of(&path, &catalog)
+        })
+        .await
     }
 
     fn plan_chunks(&self, catalog: &SqliteCatalog, chunk_rows: u64) -> Vec<Chunk> {
@@ -1136,15 +1159,15 @@ mod tests {
     #[test]
     fn rowid_chunks_cover_every_rowid_once() {
         // (rows, range, chunk rows, expected ranges)
-        let cases: Vec<(u64, Option<(i64, i64)>, u64, Vec<(Option<i64>, Option<i64>)>)> = vec![
+        let cases: Vec<(
+            u64,
+            Option<(i64, i64)>,
+            u64,
+            Vec<(Option<i64>, Option<i64>)>,
+        )> = vec![
             (0, None, 10, vec![(None, None)]),
             (5, Some((1, 5)), 10, vec![(None, None)]),
-            (
-                10,
-                Some((1, 10)),
-                5,
-                vec![(None, Some(6)), (Some(6), None)],
-            ),
+            (10, Some((1, 10)), 5, vec![(None, Some(6)), (Some(6), None)]),
             (
                 7,
                 Some((-3, 3)),
@@ -1152,7 +1175,12 @@ mod tests {
                 vec![(None, Some(0)), (Some(0), Some(3)), (Some(3), None)],
             ),
             // More chunks asked for than distinct rowids.
-            (4, Some((10, 11)), 1, vec![(None, Some(11)), (Some(11), None)]),
+            (
+                4,
+                Some((10, 11)),
+                1,
+                vec![(None, Some(11)), (Some(11), None)],
+            ),
             (
                 2,
                 Some((i64::MIN, i64::MAX)),
@@ -1161,7 +1189,11 @@ mod tests {
             ),
         ];
         for (rows, range, per, want) in cases {
-            assert_eq!(rowid_chunks(rows, range, per), want, "{rows} {range:?} {per}");
+            assert_eq!(
+                rowid_chunks(rows, range, per),
+                want,
+                "{rows} {range:?} {per}"
+            );
         }
     }
 

@@ -1,0 +1,540 @@
+//! `ferry run` SQLite → PostgreSQL end to end, through the CLI: Chinook
+//! (a copy of `../shared/datasets/chinook`, WAL mode) into a throwaway
+//! PostgreSQL target while a separate writer (its own connection, another
+//! thread) inserts, updates and deletes; `kill -9` of ferry during the load
+//! and during the stream, each resumed; an exact comparison of every table
+//! once caught up; then a fenced cutover under writes: the writer waits
+//! (never errors) while fenced, the target holds exactly the writer's
+//! transactions up to the fence, capture is gone from the file and the
+//! identity columns continue after the source's keys.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry_e2e::migration::{LONG, target_options};
+use ferry_e2e::{Background, Ran, ferry, pgsync, run, sqlite_copy};
+use ferry_testkit::PgServer;
+use rusqlite::Connection;
+use rusqlite::types::ValueRef;
+
+const TABLES: &[&str] = &[
+    "Album",
+    "Artist",
+    "Customer",
+    "Employee",
+    "Genre",
+    "Invoice",
+    "InvoiceLine",
+    "MediaType",
+    "Playlist",
+    "PlaylistTrack",
+    "Track",
+];
+const TRACKS: u64 = 3503;
+const CUSTOMERS: u64 = 59;
+/// The writer deletes the artist it inserted this many transactions ago.
+const KEEP_ARTISTS: u64 = 5;
+
+/// Writer transaction `i`: insert artist `w-i`, delete `w-(i-5)`, add a
+/// millisecond to one track and rename one customer's company. Its effect
+/// is a pure function of `i`, so the state after any prefix of
+/// transactions is known.
+fn track_of(i: u64) -> u64 {
+    i % TRACKS + 1
+}
+
+fn customer_of(i: u64) -> u64 {
+    i % CUSTOMERS + 1
+}
+
+fn write_txn(conn: &mut Connection, i: u64) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute("INSERT INTO Artist(Name) VALUES (?1)", [format!("w-{i}")])?;
+    if i > KEEP_ARTISTS {
+        tx.execute(
+            "DELETE FROM Artist WHERE Name = ?1",
+            [format!("w-{}", i - KEEP_ARTISTS)],
+        )?;
+    }
+    tx.execute(
+        "UPDATE Track SET Milliseconds = Milliseconds + 1 WHERE TrackId = ?1",
+        [track_of(i) as i64],
+    )?;
+    tx.execute(
+        "UPDATE Customer SET Company = ?1 WHERE CustomerId = ?2",
+        (format!("c-{i}"), customer_of(i) as i64),
+    )?;
+    tx.commit()
+}
+
+#[derive(Debug, Default)]
+struct WriterReport {
+    /// The last transaction committed.
+    last: u64,
+    errors: Vec<String>,
+    max_latency: Duration,
+}
+
+/// The application: its own connection (busy timeout 60 s), committing
+/// transactions `first..` until stopped.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    last: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<WriterReport>,
+}
+
+impl Writer {
+    fn start(path: &Path, first: u64) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let last = Arc::new(AtomicU64::new(first - 1));
+        let (p, s, l) = (path.to_owned(), stop.clone(), last.clone());
+        let thread = std::thread::spawn(move || {
+            let mut conn = Connection::open(&p).expect("writer connection");
+            conn.busy_timeout(Duration::from_secs(60)).unwrap();
+            let mut report = WriterReport {
+                last: first - 1,
+                ..WriterReport::default()
+            };
+            let mut i = first;
+            while !s.load(Ordering::Acquire) {
+                let started = Instant::now();
+                match write_txn(&mut conn, i) {
+                    Ok(()) => {
+                        report.max_latency = report.max_latency.max(started.elapsed());
+                        report.last = i;
+                        l.store(i, Ordering::Release);
+                        i += 1;
+                    }
+                    Err(e) => {
+                        report.errors.push(format!("txn {i}: {e}"));
+                        if report.errors.len() > 20 {
+                            break;
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(3));
+            }
+            report
+        });
+        Writer { stop, last, thread }
+    }
+
+    fn last(&self) -> u64 {
+        self.last.load(Ordering::Acquire)
+    }
+
+    fn wait_for(&self, n: u64) {
+        let start = Instant::now();
+        while self.last() < n {
+            assert!(!self.thread.is_finished(), "the writer stopped early");
+            assert!(start.elapsed() < LONG, "the writer never reached {n}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stop(self) -> WriterReport {
+        self.stop.store(true, Ordering::Release);
+        let report = self.thread.join().expect("writer thread");
+        assert!(
+            report.errors.is_empty(),
+            "the application saw errors: {:?}",
+            report.errors
+        );
+        report
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    source_url: String,
+    _target: PgServer,
+    target_url: String,
+    logs: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, source_url) =
+            sqlite_copy("chinook/Chinook_Sqlite.sqlite", dir.path()).expect("chinook copy");
+        let conn = Connection::open(&path).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        drop(conn);
+        let target = PgServer::start(target_options()).expect("target");
+        let db = target.create_database("dst").unwrap();
+        let target_url = target.url(&db);
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        Setup {
+            path,
+            source_url,
+            target_url,
+            _target: target,
+            logs,
+            _dir: dir,
+        }
+    }
+
+    fn cmd(&self) -> std::process::Command {
+        let mut cmd = ferry(&self.source_url, &self.target_url).unwrap();
+        cmd.env("FERRY_CONTROL_LISTEN", "127.0.0.1:0");
+        cmd
+    }
+
+    fn start(&self, name: &str, env: &[(&str, &str)]) -> Background {
+        let mut cmd = self.cmd();
+        cmd.env("FERRY_LOG", "info").arg("run");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Background::spawn(cmd, &self.logs.join(format!("{name}.log"))).expect("ferry run")
+    }
+
+    fn target_i64(&self, sql: &str) -> Option<i64> {
+        let url = self.target_url.clone();
+        let sql = sql.to_owned();
+        pgsync::runtime().block_on(async move {
+            let c = pgsync::connect(&url).await.ok()?;
+            let row = c.query_opt(&sql, &[]).await.ok()??;
+            Some(row.get::<_, i64>(0))
+        })
+    }
+
+    fn phase(&self) -> Option<String> {
+        let url = self.target_url.clone();
+        pgsync::runtime().block_on(async move {
+            let c = pgsync::connect(&url).await.ok()?;
+            let row = c
+                .query_opt("SELECT phase FROM ferry.pipeline", &[])
+                .await
+                .ok()??;
+            Some(row.get::<_, String>(0))
+        })
+    }
+
+    fn checkpoint(&self) -> Option<u64> {
+        self.target_i64("SELECT position::int8 FROM ferry.checkpoint")
+            .map(|p| p as u64)
+    }
+
+    /// The change log's head in the source file.
+    fn source_head(&self) -> u64 {
+        let conn = Connection::open(&self.path).unwrap();
+        conn.query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = '_ferry_changes'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap_or(0) as u64
+    }
+
+    fn wait(&self, ferry: &mut Background, what: &str, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        loop {
+            if let Some(code) = ferry.exited().unwrap() {
+                panic!("ferry exited with {code:?} before {what}:\n{}", ferry.log());
+            }
+            if done() {
+                return;
+            }
+            assert!(start.elapsed() < LONG, "never {what}:\n{}", ferry.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_streaming(&self, ferry: &mut Background) {
+        self.wait(ferry, "streaming", || {
+            self.phase().as_deref() == Some("stream") && self.checkpoint().is_some()
+        });
+    }
+
+    fn wait_caught_up(&self, ferry: &mut Background) {
+        let head = self.source_head();
+        self.wait(ferry, &format!("applied change-log entry {head}"), || {
+            self.checkpoint().is_some_and(|c| c >= head)
+        });
+    }
+
+    /// Every table's rows, source and target, equal as PostgreSQL text.
+    fn compare(&self, tables: &[&str]) {
+        for t in tables {
+            let (src, dst) = (self.source_rows(t), self.target_rows(t));
+            assert_eq!(src.len(), dst.len(), "row count of {t}");
+            for (s, d) in src.iter().zip(&dst) {
+                assert_eq!(s, d, "a row of {t} differs");
+            }
+        }
+    }
+
+    /// The target's column names and types of `public.<table>`.
+    fn target_columns(&self, table: &str) -> Vec<(String, String)> {
+        let (url, table) = (self.target_url.clone(), table.to_owned());
+        pgsync::runtime().block_on(async move {
+            let c = pgsync::connect(&url).await.unwrap();
+            c.query(
+                "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+                  WHERE attrelid = format('public.%I', $1::text)::regclass AND attnum > 0
+                    AND NOT attisdropped ORDER BY attnum",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+        })
+    }
+
+    /// The source's rows, each value cast by the target to the target
+    /// column's type and printed as text; sorted.
+    fn source_rows(&self, table: &str) -> Vec<Vec<Option<String>>> {
+        let cols = self.target_columns(table);
+        let conn =
+            Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        let names: Vec<String> = cols.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+        let mut stmt = conn
+            .prepare(&format!("SELECT {} FROM \"{table}\"", names.join(", ")))
+            .unwrap();
+        let mut columns: Vec<Vec<Option<String>>> = vec![Vec::new(); cols.len()];
+        let mut rows = stmt.query([]).unwrap();
+        while let Some(r) = rows.next().unwrap() {
+            for (i, col) in columns.iter_mut().enumerate() {
+                col.push(match r.get_ref(i).unwrap() {
+                    ValueRef::Null => None,
+                    ValueRef::Integer(v) => Some(v.to_string()),
+                    ValueRef::Real(v) => Some(format!("{v:?}")),
+                    ValueRef::Text(t) => Some(String::from_utf8(t.to_vec()).unwrap()),
+                    ValueRef::Blob(b) => Some(format!(
+                        "\\x{}",
+                        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+                    )),
+                });
+            }
+        }
+        let url = self.target_url.clone();
+        let cast: Vec<Vec<Option<String>>> = pgsync::runtime().block_on(async move {
+            let c = pgsync::connect(&url).await.unwrap();
+            let mut out = Vec::new();
+            for ((_, ty), values) in cols.iter().zip(columns) {
+                let rows = c
+                    .query(
+                        &format!(
+                            "SELECT v::{ty}::text FROM unnest($1::text[]) WITH ORDINALITY u(v, i) ORDER BY i"
+                        ),
+                        &[&values],
+                    )
+                    .await
+                    .unwrap();
+                out.push(rows.iter().map(|r| r.get(0)).collect());
+            }
+            out
+        });
+        let n = cast.first().map_or(0, Vec::len);
+        let mut out: Vec<Vec<Option<String>>> = (0..n)
+            .map(|i| cast.iter().map(|c| c[i].clone()).collect())
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn target_rows(&self, table: &str) -> Vec<Vec<Option<String>>> {
+        let cols = self.target_columns(table);
+        let names: Vec<String> = cols.iter().map(|(n, _)| format!("\"{n}\"::text")).collect();
+        let sql = format!("SELECT {} FROM public.\"{table}\"", names.join(", "));
+        let url = self.target_url.clone();
+        let mut out: Vec<Vec<Option<String>>> = pgsync::runtime().block_on(async move {
+            let c = pgsync::connect(&url).await.unwrap();
+            c.query(&sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (0..r.len()).map(|i| r.get(i)).collect())
+                .collect()
+        });
+        out.sort();
+        out
+    }
+
+    fn target_map(&self, sql: &str) -> BTreeMap<i64, String> {
+        let (url, sql) = (self.target_url.clone(), sql.to_owned());
+        pgsync::runtime().block_on(async move {
+            let c = pgsync::connect(&url).await.unwrap();
+            c.query(&sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect()
+        })
+    }
+}
+
+/// `(id, value)` of the untouched dataset file.
+fn dataset_map(sql: &str) -> BTreeMap<i64, String> {
+    let path = ferry_testkit::dataset_file("chinook/Chinook_Sqlite.sqlite").unwrap();
+    let conn =
+        Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut stmt = conn.prepare(sql).unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn chinook_load_stream_kill9_and_fenced_cutover_under_writes() {
+    let s = Setup::new();
+    let small_chunks = [
+        ("FERRY_LOAD_CHUNK_ROWS", "100"),
+        ("FERRY_LOAD_PARALLELISM", "1"),
+    ];
+
+    // The application writes from before ferry starts to the end.
+    let writer = Writer::start(&s.path, 1);
+    writer.wait_for(20);
+
+    // 1. kill -9 during the load, after a chunk committed.
+    let mut ferry_run = s.start("load", &small_chunks);
+    s.wait(&mut ferry_run, "a loaded chunk", || {
+        s.target_i64("SELECT count(*) FROM ferry.chunks")
+            .is_some_and(|n| n >= 1)
+    });
+    ferry_run.kill9().unwrap();
+    assert_eq!(
+        s.phase().as_deref(),
+        Some("load"),
+        "the crash must hit the load"
+    );
+
+    // 2. Resume: the load finishes, the stream catches up.
+    let mut ferry_run = s.start("resume", &small_chunks);
+    s.wait_streaming(&mut ferry_run);
+    let seen = writer.last();
+    writer.wait_for(seen + 100);
+
+    // 3. kill -9 mid-stream under writes, then resume.
+    ferry_run.kill9().unwrap();
+    writer.wait_for(writer.last() + 50);
+    let mut ferry_run = s.start("stream-resume", &[]);
+    s.wait_streaming(&mut ferry_run);
+    writer.wait_for(writer.last() + 50);
+
+    // 4. Writer stopped: caught up, every table equal.
+    let first = writer.stop();
+    assert!(first.last > 200, "the writer committed {}", first.last);
+    s.wait_caught_up(&mut ferry_run);
+    s.compare(TABLES);
+    let log = ferry_run.log();
+    assert!(
+        !log.contains("ERROR"),
+        "ferry logged an error while streaming:\n{log}"
+    );
+
+    // 5. Fenced cutover while the application writes.
+    let writer = Writer::start(&s.path, first.last + 1);
+    writer.wait_for(first.last + 50);
+    let mut cut = s.cmd();
+    cut.args(["cutover", "--fence", "--max-lag", "30", "--timeout", "120s"]);
+    let cut: Ran = run(&mut cut).unwrap();
+    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry_run.log());
+    assert!(cut.stdout.contains("cutover: done"), "{}", cut.all());
+    let log = ferry_run.log();
+    let code = ferry_run.wait(Duration::from_secs(60)).unwrap();
+    assert_eq!(code, Some(0), "ferry run exits 0 after the cutover:\n{log}");
+    let at_cutover = writer.last();
+    writer.wait_for(at_cutover + 20);
+    let second = writer.stop();
+    assert!(
+        second.max_latency >= Duration::from_millis(50),
+        "the writer never waited for the fence (longest transaction {:?})",
+        second.max_latency
+    );
+
+    // 6. Capture is gone from the file.
+    let conn = Connection::open(&s.path).unwrap();
+    let leftovers: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name LIKE '\\_ferry\\_%' ESCAPE '\\'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(leftovers, 0, "ferry's triggers and tables are removed");
+    drop(conn);
+    let copies: Vec<String> = std::fs::read_dir(s.path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("ferry-snapshot"))
+        .collect();
+    assert!(copies.is_empty(), "snapshot copies left behind: {copies:?}");
+
+    // 7. The target holds exactly writer transactions 1..=k, k the last
+    //    committed before the fence.
+    let artists = s.target_map(
+        "SELECT \"ArtistId\", \"Name\" FROM public.\"Artist\" WHERE \"Name\" LIKE 'w-%'",
+    );
+    let k = artists
+        .values()
+        .map(|n| n[2..].parse::<u64>().unwrap())
+        .max()
+        .expect("writer artists in the target");
+    assert!(
+        k > first.last && k < second.last,
+        "the fence fell inside the second writer run (k {k}, runs end {} and {})",
+        first.last,
+        second.last
+    );
+    let want: Vec<String> = (k + 1 - KEEP_ARTISTS..=k)
+        .map(|j| format!("w-{j}"))
+        .collect();
+    let got: Vec<String> = artists.values().cloned().collect();
+    let mut got_sorted = got.clone();
+    got_sorted.sort_by_key(|n| n[2..].parse::<u64>().unwrap());
+    assert_eq!(got_sorted, want, "writer artists at the fence");
+    let tracks = s.target_map("SELECT \"TrackId\", \"Milliseconds\"::text FROM public.\"Track\"");
+    let orig = dataset_map("SELECT TrackId, CAST(Milliseconds AS TEXT) FROM Track");
+    for (id, ms) in &orig {
+        let added = (1..=k).filter(|&i| track_of(i) == *id as u64).count() as i64;
+        let want = ms.parse::<i64>().unwrap() + added;
+        assert_eq!(tracks[id], want.to_string(), "Track {id} milliseconds");
+    }
+    let companies = s.target_map(
+        "SELECT \"CustomerId\", coalesce(\"Company\", '<null>') FROM public.\"Customer\"",
+    );
+    let orig = dataset_map("SELECT CustomerId, coalesce(Company, '<null>') FROM Customer");
+    for (id, company) in &orig {
+        let want = (1..=k)
+            .rev()
+            .find(|&i| customer_of(i) == *id as u64)
+            .map_or_else(|| company.clone(), |i| format!("c-{i}"));
+        assert_eq!(companies[id], want, "Customer {id} company");
+    }
+    // Tables the writer never touched are still exactly the source's.
+    s.compare(&[
+        "Album",
+        "Employee",
+        "Genre",
+        "Invoice",
+        "InvoiceLine",
+        "MediaType",
+        "Playlist",
+        "PlaylistTrack",
+    ]);
+
+    // 8. Identity columns continue after the source's keys.
+    let max_id = *artists.keys().max().unwrap();
+    let next = s
+        .target_i64(
+            "INSERT INTO public.\"Artist\"(\"Name\") VALUES ('after cutover') RETURNING \"ArtistId\"",
+        )
+        .expect("insert into the target");
+    assert!(next > max_id, "new target key {next} after {max_id}");
+}
