@@ -5,8 +5,9 @@
 //! and during the stream, each resumed; an exact comparison of every table
 //! once caught up; then a fenced cutover under writes: the writer waits
 //! (never errors) while fenced, the target holds exactly the writer's
-//! transactions up to the fence, capture is gone from the file and the
-//! identity columns continue after the source's keys.
+//! transactions up to the fence, capture is gone from the file, foreign
+//! keys and indexes are there and the identity columns continue after the
+//! source's keys.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -529,7 +530,22 @@ fn chinook_load_stream_kill9_and_fenced_cutover_under_writes() {
         "PlaylistTrack",
     ]);
 
-    // 8. Identity columns continue after the source's keys.
+    // 8. The file's foreign keys are on the target, validated; indexes too.
+    let fks = s
+        .target_i64(
+            "SELECT count(*) FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+              WHERE n.nspname = 'public' AND c.contype = 'f' AND c.convalidated",
+        )
+        .unwrap();
+    assert_eq!(fks, 11, "Chinook's 11 foreign keys, validated");
+    let indexes = s
+        .target_i64(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public' AND indexname LIKE 'IFK_%'",
+        )
+        .unwrap();
+    assert_eq!(indexes, 11, "Chinook's 11 foreign-key indexes");
+
+    // 9. Identity columns continue after the source's keys.
     let max_id = *artists.keys().max().unwrap();
     let next = s
         .target_i64(
