@@ -2,8 +2,8 @@
 //! drives for a `sqlite:` source.
 //!
 //! - capture: the change-log table and triggers of [`crate::capture`],
-//!   installed in the source file by [`Source::start_capture`]; a leftover
-//!   of an interrupted first run is removed by [`Source::prepare_capture`];
+//!   installed in the source file by [`Source::start_capture`](source::Source::start_capture); a leftover
+//!   of an interrupted first run is removed by [`Source::prepare_capture`](source::Source::prepare_capture);
 //! - snapshot: one `VACUUM INTO` copy of the file (a single read
 //!   transaction: rows, change log and its sequence as of one instant),
 //!   placed next to the source file as `.<file>.ferry-snapshot-<pid>-<n>`
@@ -32,14 +32,14 @@
 //!   writes (ferry writes the application's file only for capture);
 //! - cutover: the fence is `BEGIN IMMEDIATE` on a dedicated connection
 //!   ([`crate::fence`]) held until the capture is removed inside it
-//!   ([`Source::release_capture`]) or the cutover fails (`ROLLBACK`); the
+//!   ([`Source::release_capture`](source::Source::release_capture)) or the cutover fails (`ROLLBACK`); the
 //!   final position is the head under the lock; sequences are the
 //!   `INTEGER PRIMARY KEY` maxima (and `sqlite_sequence` for AUTOINCREMENT)
 //!   mapped to the target's identity columns.
 //!
 //! Modules: `load` (chunks, snapshot copy, readers), `ddl` (target
 //! schema), `changes` (stream and trim threads), `cutover` (fence,
-//! sequences, counts); the catalog, probe and the [`Source`] impl are here.
+//! sequences, counts); the catalog, probe and the [`Source`](source::Source) impl are here.
 //!
 //! rusqlite is blocking: every call runs on `spawn_blocking` or on the
 //! stream's own threads; nothing here blocks the async runtime.
@@ -89,7 +89,7 @@ pub struct SqliteSource {
     path: PathBuf,
     filter: TableFilter,
     /// The cutover's held write lock, shared with
-    /// [`Source::release_capture`], which removes capture inside it.
+    /// [`Source::release_capture`](source::Source::release_capture), which removes capture inside it.
     fence: Arc<Mutex<Option<Fence>>>,
     snapshots: Arc<AtomicU64>,
 }
