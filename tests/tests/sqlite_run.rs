@@ -554,3 +554,61 @@ fn chinook_load_stream_kill9_and_fenced_cutover_under_writes() {
         .expect("insert into the target");
     assert!(next > max_id, "new target key {next} after {max_id}");
 }
+
+/// SQLite's ALTER TABLE procedure (create, copy, drop, rename) drops the
+/// table's triggers: ferry must stop with the fix at the first read after
+/// it, having applied everything before it, and refuse to start again.
+#[test]
+fn table_rebuilt_mid_stream_stops_with_the_fix() {
+    let s = Setup::new();
+    let writer = Writer::start(&s.path, 1);
+    writer.wait_for(20);
+    let mut ferry_run = s.start("run", &[]);
+    s.wait_streaming(&mut ferry_run);
+    writer.wait_for(writer.last() + 50);
+    writer.stop();
+    s.wait_caught_up(&mut ferry_run);
+    s.compare(TABLES);
+
+    let conn = Connection::open(&s.path).unwrap();
+    conn.busy_timeout(Duration::from_secs(60)).unwrap();
+    conn.execute_batch(
+        "PRAGMA foreign_keys = OFF;
+         BEGIN IMMEDIATE;
+         CREATE TABLE Genre_new (GenreId INTEGER PRIMARY KEY NOT NULL, Name NVARCHAR(120));
+         INSERT INTO Genre_new SELECT GenreId, Name FROM Genre;
+         DROP TABLE Genre;
+         ALTER TABLE Genre_new RENAME TO Genre;
+         COMMIT;
+         INSERT INTO Genre(Name) VALUES ('after the rebuild');",
+    )
+    .unwrap();
+    drop(conn);
+
+    let log = ferry_run.log();
+    let code = ferry_run.wait(Duration::from_secs(60)).unwrap();
+    let log = format!(
+        "{log}{}",
+        std::fs::read_to_string(s.logs.join("run.log")).unwrap()
+    );
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "ferry run must stop with an error ({code:?}):\n{log}"
+    );
+    assert!(
+        log.contains("Genre") && log.contains("was rebuilt") && log.contains("ferry cleanup"),
+        "the error names the table and the fix:\n{log}"
+    );
+    // Nothing of the rebuilt table's new life reached the target.
+    assert_eq!(
+        s.target_i64("SELECT count(*) FROM public.\"Genre\" WHERE \"Name\" = 'after the rebuild'"),
+        Some(0)
+    );
+
+    // A new run refuses too, with the same fix, before streaming anything.
+    let again = s.start("again", &[]);
+    let code = again.wait(Duration::from_secs(120)).unwrap();
+    let log = std::fs::read_to_string(s.logs.join("again.log")).unwrap();
+    assert!(code.is_some_and(|c| c != 0), "{code:?}:\n{log}");
+    assert!(log.contains("Genre") && log.contains("rebuilt"), "{log}");
+}
