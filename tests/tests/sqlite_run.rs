@@ -8,7 +8,8 @@
 //! transactions up to the fence, capture is gone from the file, foreign
 //! keys and indexes are there and the identity columns continue after the
 //! source's keys. A table rebuilt by the application mid-stream stops the
-//! run with the fix, and a new run refuses.
+//! run with the fix, a new run refuses, and after `ferry cleanup --state`
+//! the migration starts over.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -608,4 +609,36 @@ fn table_rebuilt_mid_stream_stops_with_the_fix() {
     let log = std::fs::read_to_string(s.logs.join("again.log")).unwrap();
     assert!(code.is_some_and(|c| c != 0), "{code:?}:\n{log}");
     assert!(log.contains("Genre") && log.contains("rebuilt"), "{log}");
+
+    // The fix: `ferry cleanup --state`, drop the migrated tables, run again.
+    let mut cleanup = s.cmd();
+    cleanup.args(["cleanup", "--state"]);
+    let ran = run(&mut cleanup).unwrap();
+    assert_eq!(ran.code, Some(0), "{}", ran.all());
+    assert!(
+        ran.stdout.contains("change capture removed"),
+        "{}",
+        ran.all()
+    );
+    let url = s.target_url.clone();
+    pgsync::runtime().block_on(async move {
+        let c = pgsync::connect(&url).await.unwrap();
+        c.batch_execute(
+            "DROP SCHEMA public CASCADE; CREATE SCHEMA public; DROP SCHEMA main CASCADE",
+        )
+        .await
+        .unwrap();
+    });
+    let mut fresh = s.start("fresh", &[]);
+    s.wait_streaming(&mut fresh);
+    s.wait_caught_up(&mut fresh);
+    s.compare(TABLES);
+    assert_eq!(
+        s.target_i64("SELECT count(*) FROM public.\"Genre\" WHERE \"Name\" = 'after the rebuild'"),
+        Some(1)
+    );
+    let code = fresh
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(code, Some(0));
 }

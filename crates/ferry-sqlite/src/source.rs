@@ -177,6 +177,27 @@ pub async fn with_target_names(config: &Config) -> Result<Config, Error> {
     Ok(out)
 }
 
+/// `ferry cleanup`: removes ferry's change capture (triggers, change log,
+/// its tables) and any snapshot copy from the file named by
+/// `config.source`; says what it did. Idempotent; never touches the
+/// application's tables.
+pub async fn remove_capture(config: &Config) -> Result<String, Error> {
+    let path = source_path(config)?;
+    blocking("removing change capture", move || {
+        let installed = !capture::load_tracked(&open_ro(&path)?)?.is_empty();
+        let mut conn = capture::open_read_write(&path)
+            .map_err(sql_error(format!("opening {}", path.display())))?;
+        capture::uninstall(&mut conn)?;
+        remove_stale_copies(&path);
+        Ok(if installed {
+            format!("ferry's change capture removed from {}", path.display())
+        } else {
+            format!("{} had no ferry change capture", path.display())
+        })
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------
 // Catalog
 // ---------------------------------------------------------------------
