@@ -7,7 +7,8 @@
 //! (never errors) while fenced, the target holds exactly the writer's
 //! transactions up to the fence, capture is gone from the file, foreign
 //! keys and indexes are there and the identity columns continue after the
-//! source's keys. A table rebuilt by the application mid-stream stops the
+//! source's keys. A column added mid-stream is carried; a table rebuilt by
+//! the application mid-stream stops the
 //! run with the fix, a new run refuses, and after `ferry cleanup --state`
 //! the migration starts over.
 
@@ -572,11 +573,12 @@ fn chinook_under_writes(s: &Setup) {
     assert!(next > max_id, "new target key {next} after {max_id}");
 }
 
-/// SQLite's ALTER TABLE procedure (create, copy, drop, rename) drops the
-/// table's triggers: ferry must stop with the fix at the first read after
-/// it, having applied everything before it, and refuse to start again.
+/// `ALTER TABLE … ADD COLUMN` mid-stream is carried. SQLite's ALTER TABLE
+/// procedure (create, copy, drop, rename) drops the table's triggers:
+/// ferry must stop with the fix at the first read after it, having applied
+/// everything before it, and refuse to start again until cleaned up.
 #[test]
-fn table_rebuilt_mid_stream_stops_with_the_fix() {
+fn added_column_carried_and_rebuilt_table_stops_with_the_fix() {
     let s = Setup::new();
     let writer = Writer::start(&s.path, 1);
     writer.wait_for(20);
@@ -587,13 +589,28 @@ fn table_rebuilt_mid_stream_stops_with_the_fix() {
     s.wait_caught_up(&mut ferry_run);
     s.compare(TABLES);
 
+    // ALTER TABLE … ADD COLUMN is carried: the column appears on the
+    // target with the values written after it.
     let conn = Connection::open(&s.path).unwrap();
     conn.busy_timeout(Duration::from_secs(60)).unwrap();
     conn.execute_batch(
+        "ALTER TABLE Genre ADD COLUMN Note TEXT;
+         UPDATE Genre SET Note = 'loud' WHERE GenreId = 1;
+         INSERT INTO Genre(Name, Note) VALUES ('added', 'new');",
+    )
+    .unwrap();
+    s.wait_caught_up(&mut ferry_run);
+    s.compare(TABLES);
+    assert_eq!(
+        s.target_i64("SELECT count(*) FROM public.\"Genre\" WHERE \"Note\" IS NOT NULL"),
+        Some(2)
+    );
+
+    conn.execute_batch(
         "PRAGMA foreign_keys = OFF;
          BEGIN IMMEDIATE;
-         CREATE TABLE Genre_new (GenreId INTEGER PRIMARY KEY NOT NULL, Name NVARCHAR(120));
-         INSERT INTO Genre_new SELECT GenreId, Name FROM Genre;
+         CREATE TABLE Genre_new (GenreId INTEGER PRIMARY KEY NOT NULL, Name NVARCHAR(120), Note TEXT);
+         INSERT INTO Genre_new SELECT GenreId, Name, Note FROM Genre;
          DROP TABLE Genre;
          ALTER TABLE Genre_new RENAME TO Genre;
          COMMIT;
