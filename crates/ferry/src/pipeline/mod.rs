@@ -25,7 +25,8 @@
 //! lives in [`plan_store`]; reconnect policy in [`retry`]; the lag monitor,
 //! status and control API handler in [`live`]; the cutover in [`cutover`].
 //! Nothing here holds source SQL: PostgreSQL is
-//! `ferry_postgres::source::PgSource`, picked in [`run`]; a new source adds
+//! `ferry_postgres::source::PgSource`, SQLite
+//! `ferry_sqlite::source::SqliteSource`, picked in [`run`]; a new source adds
 //! its crate and one arm there (see `docs/architecture.md`).
 //!
 //! Resume rules: a crash during `schema` replaces the capture it started
@@ -105,7 +106,7 @@ pub async fn run(config: &Config, trigger: Trigger, shutdown: Shutdown) -> anyho
         }
         EndpointKind::MySql => Err(ferry_core::Error::operator(
             format!("`ferry run` from {} is not available yet", config.source.url),
-            "this release migrates PostgreSQL sources; `ferry plan` already checks MySQL/MariaDB and SQLite sources",
+            "this release migrates PostgreSQL and SQLite sources; `ferry plan` already checks MySQL/MariaDB sources",
         )
         .into()),
     }
