@@ -117,18 +117,16 @@ pub(super) fn take_snapshot(path: &Path, n: u64) -> Result<SqliteSnapshot, Error
     let _ = std::fs::remove_file(&copy);
     let started = Instant::now();
     let conn = open_ro(path)?;
-    conn.execute("VACUUM INTO ?1", [copy.to_string_lossy().as_ref()])
-        .map_err(|e| {
-            sql_error(format!(
-                "copying {} to {} for the snapshot",
-                path.display(),
-                copy.display()
-            ))(e)
-            .with_fix(format!(
-                "ferry needs room for a copy of the file in {}",
+    crate::snapshot::copy_file(&conn, path, &copy).map_err(|e| {
+        if e.is_transient() {
+            e
+        } else {
+            e.with_fix(format!(
+                "ferry needs read access to the file and room for a copy of it in {}",
                 dir_of(path).display()
             ))
-        })?;
+        }
+    })?;
     drop(conn);
     let result = (|| {
         let conn = open_ro(&copy)?;
