@@ -91,7 +91,7 @@ pub(super) fn read_changes(
             Some(f) => f(e),
             None => Some(e),
         };
-        e.is_none_or(|e| tx.blocking_send(e).is_ok())
+        e.is_none_or(|e| send_or_stop(tx, e, stop))
     };
     info!(from = %from, "sqlite change stream started");
     while !stop.load(Ordering::Acquire) {
@@ -122,6 +122,29 @@ pub(super) fn read_changes(
         }
     }
     Ok(())
+}
+
+/// Sends `event` once the channel has room; `false` when the receiver is
+/// gone or `stop` is set while waiting (a full channel never keeps the
+/// thread from stopping).
+fn send_or_stop(
+    tx: &mpsc::Sender<Event<ChangeLogSeq>>,
+    mut event: Event<ChangeLogSeq>,
+    stop: &AtomicBool,
+) -> bool {
+    loop {
+        match tx.try_send(event) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(e)) => {
+                if stop.load(Ordering::Acquire) {
+                    return false;
+                }
+                event = e;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
 }
 
 /// Trims acknowledged entries until `stop`; never waits long for the
