@@ -354,7 +354,10 @@ fn typed(t: &Tracked, vals: &[SqlValue], cols: &[usize], seq: ChangeLogSeq) -> R
                     c.pg_type
                 ),
                 format!(
-                    "fix the value in the source row, or carry {}.{} as text (tables.column_types)",
+                    "a value written during the migration does not fit the type ferry chose for {}.{} \
+                     from the values it sampled; fix the row in the source, then start over: \
+                     `ferry cleanup --state`, drop the migrated tables on the target, `ferry run` \
+                     (`ferry plan` shows the type it will choose; per-column type overrides are not available yet)",
                     t.id(),
                     c.name
                 ),

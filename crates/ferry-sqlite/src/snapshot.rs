@@ -163,9 +163,8 @@ pub fn read_with(
                     Error::operator(
                         format!("snapshot of {}: column {} ({}): {why}", t.id(), c.name, c.pg_type),
                         format!(
-                            "fix the value in the source, or carry {}.{} as text (tables.column_types)",
-                            t.id(),
-                            c.name
+                            "fix the value in the source row so that it fits {} (per-column type overrides are not available yet)",
+                            c.pg_type
                         ),
                     )
                 })?);

@@ -247,8 +247,9 @@ fn read_chunk(
                 Error::operator(
                     format!("snapshot of {id}: column {} ({}): {why}", c.name, c.pg_type),
                     format!(
-                        "fix the value in the source, or carry {id}.{} as text (tables.column_types)",
-                        c.name
+                        "fix the value in the source row so that it fits {}, then `ferry run` again \
+                         (the load resumes from a new snapshot; per-column type overrides are not available yet)",
+                        c.pg_type
                     ),
                 )
             })?);
