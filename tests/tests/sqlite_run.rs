@@ -465,6 +465,20 @@ fn chinook_under_writes(s: &Setup) {
     assert!(first.last > 200, "the writer committed {}", first.last);
     s.wait_caught_up(&mut ferry_run);
     s.compare(TABLES);
+    // The live status shows the change log's head applied and its size.
+    let head = s.source_head().to_string();
+    s.wait(&mut ferry_run, "a status at the head", || {
+        let mut st = s.cmd();
+        st.args(["status", "--json"]);
+        let ran = run(&mut st).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap_or_default();
+        v["live"] == true
+            && v["phase"] == "stream"
+            && v["source_position"] == head.as_str()
+            && v["applied_position"] == head.as_str()
+            && v["slot"]["name"] == "_ferry_changes"
+            && v["lag"]["seconds"].as_f64().is_some_and(|l| l < 5.0)
+    });
     let log = ferry_run.log();
     assert!(
         !log.contains("ERROR"),
