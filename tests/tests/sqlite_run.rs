@@ -914,3 +914,44 @@ fn mixed_storage_classes_load_and_stream_exactly() {
         .unwrap();
     assert_eq!(code, Some(0));
 }
+
+/// A value beyond the sampled rows that does not fit its column's type
+/// stops the load with the table, column, type and fix: an operator
+/// error, not a retry loop.
+#[test]
+fn misfit_beyond_the_sample_stops_the_load_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 1500)
+         INSERT INTO t SELECT i, i * 2 FROM s;
+         UPDATE t SET n = 'oops' WHERE id = 1400;",
+    )
+    .unwrap();
+    drop(conn);
+    let target = PgServer::start(target_options()).expect("target");
+    let db = target.create_database("dst").unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let s = Setup {
+        source_url: format!("sqlite://{}", path.display()),
+        path,
+        target_url: target.url(&db),
+        _target: target,
+        logs,
+        _dir: dir,
+    };
+    let ferry_run = s.start("run", &[]);
+    let code = ferry_run.wait(Duration::from_secs(120)).unwrap();
+    let log = std::fs::read_to_string(s.logs.join("run.log")).unwrap();
+    assert!(code.is_some_and(|c| c != 0), "{code:?}:\n{log}");
+    assert!(
+        log.contains("main.t")
+            && log.contains("column n (bigint)")
+            && log.contains("fix the value"),
+        "{log}"
+    );
+    assert!(!log.contains("will reconnect"), "not retried:\n{log}");
+}
