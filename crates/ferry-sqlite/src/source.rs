@@ -235,7 +235,20 @@ fn read_catalog(path: &Path, filter: &TableFilter) -> Result<SqliteCatalog, Erro
     }
     // Once capture is installed, its recorded types are the ones the
     // stream decodes with: the load uses the same.
+    // Once capture is installed, the migration carries exactly the
+    // captured tables: a table created since is not carried (as with
+    // every source), and a captured one that is gone is the change
+    // reader's operator error.
     let tracked = capture::load_tracked(&conn)?;
+    if !tracked.is_empty() {
+        cat.tables.retain(|t| {
+            let captured = tracked.contains_key(&t.schema.id.name);
+            if !captured {
+                warn!(table = %t.schema.id, "table created after the migration started; not carried");
+            }
+            captured
+        });
+    }
     for t in &mut cat.tables {
         if let Some(rec) = tracked.get(&t.schema.id.name) {
             t.schema = rec.schema();
