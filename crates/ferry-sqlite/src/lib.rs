@@ -12,7 +12,7 @@
 //!   checks, what change capture installs (or the state of an installed
 //!   one), and the table plan ([`plan`]).
 //!
-//! Change data capture (the groundwork `ferry run` plugs in):
+//! Change data capture (what `ferry run` drives through [`source`]):
 //!
 //! - [`capture`]: installs / removes the change-log table and the triggers
 //!   that fill it; schema fingerprints, ADD COLUMN carried, any other
