@@ -51,6 +51,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_core::config::{Config, EndpointKind, TableFilter};
+use ferry_core::schema::quote_ident;
 use ferry_core::source::{
     self, ChangeOptions, Chunk, Events, Released, Retention, SuperviseContext, TargetSchema,
 };
@@ -61,7 +62,7 @@ use tracing::{info, warn};
 
 use crate::capture::{self, LOG_TABLE, sql_error};
 use crate::catalog::{self, SCHEMA};
-use crate::connect::{self, quote_ident};
+use crate::connect;
 use crate::fence::Fence;
 use crate::reader;
 

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use ferry_core::schema::quote_ident;
 use ferry_core::source::{self, SequenceValue};
 use ferry_core::{ChangeLogSeq, Error, TableId};
 use tracing::warn;
@@ -19,7 +20,6 @@ use super::ddl::rowid_alias;
 use super::{FENCE_WAIT, blocking, open_ro, take_fence};
 use crate::capture::{self, sql_error};
 use crate::catalog::SCHEMA;
-use crate::connect::quote_ident;
 use crate::fence::Fence;
 use crate::reader;
 

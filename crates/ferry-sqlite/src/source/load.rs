@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use ferry_core::schema::quote_ident;
 use ferry_core::source::{self, Chunk, ChunkData};
 use ferry_core::{ChangeLogSeq, Error, Row, TableSchema};
 use tokio::sync::mpsc;
@@ -17,7 +18,6 @@ use tracing::{info, warn};
 
 use super::open_ro;
 use crate::capture::{self, SchemaChange, sql_error};
-use crate::connect::quote_ident;
 use crate::{reader, value};
 
 /// Rows buffered between a chunk's reading thread and the load.
