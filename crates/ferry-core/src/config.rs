@@ -104,6 +104,17 @@ pub enum EndpointKind {
     Sqlite(PathBuf),
 }
 
+impl EndpointKind {
+    /// The source kind of positions read from this kind of database.
+    pub fn source_kind(&self) -> crate::position::SourceKind {
+        match self {
+            EndpointKind::Postgres => crate::position::SourceKind::Postgres,
+            EndpointKind::MySql => crate::position::SourceKind::MySql,
+            EndpointKind::Sqlite(_) => crate::position::SourceKind::Sqlite,
+        }
+    }
+}
+
 impl Endpoint {
     /// What the URL points at, or why it is not usable.
     pub fn kind(&self) -> Result<EndpointKind, String> {

@@ -15,10 +15,12 @@
 //! - [`secret`]: redacting wrappers for passwords and connection URLs.
 //! - [`plan`]: prerequisite checks and the table plan of `ferry plan`.
 //! - [`error`]: the shared error type, classified by consequence.
+//! - [`calendar`]: civil-date arithmetic (days ↔ year, month, day).
 //! - [`source`]: the traits a source implements for `ferry run` (the seam).
 //! - [`size`]: approximate bytes of values and events, the unit of every
 //!   memory bound on the data path.
 
+pub mod calendar;
 pub mod change;
 pub mod config;
 pub mod error;

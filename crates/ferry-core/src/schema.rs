@@ -72,17 +72,26 @@ impl fmt::Display for TableId {
     }
 }
 
-/// Quote an SQL identifier for PostgreSQL, doubling embedded quotes.
+/// Quote an SQL identifier the standard way (PostgreSQL, SQLite): wrap it in
+/// `"` and double every embedded `"`. The one identifier quoting in ferry;
+/// MySQL/MariaDB use [`quote_ident_with`] and a backtick.
 pub fn quote_ident(ident: &str) -> String {
+    quote_ident_with(ident, '"')
+}
+
+/// Quote an SQL identifier with `quote` (`'"'` for PostgreSQL and SQLite,
+/// `` '`' `` for MySQL/MariaDB), doubling every embedded `quote`, so any
+/// name, even an empty one, is safe to splice into SQL.
+pub fn quote_ident_with(ident: &str, quote: char) -> String {
     let mut out = String::with_capacity(ident.len() + 2);
-    out.push('"');
+    out.push(quote);
     for c in ident.chars() {
-        if c == '"' {
-            out.push('"');
+        if c == quote {
+            out.push(quote);
         }
         out.push(c);
     }
-    out.push('"');
+    out.push(quote);
     out
 }
 
@@ -218,5 +227,41 @@ mod tests {
             "public.\"InvoiceLine\""
         );
         assert_eq!(TableId::new("a\"b", "c").quoted(), "\"a\"\"b\".\"c\"");
+    }
+
+    #[test]
+    fn identifiers_quote_with_embedded_quotes_doubled() {
+        let cases = [
+            ("orders", "\"orders\"", "`orders`"),
+            ("", "\"\"", "``"),
+            ("a\"b", "\"a\"\"b\"", "`a\"b`"),
+            ("a`b", "\"a`b\"", "`a``b`"),
+            ("\"\"", "\"\"\"\"\"\"", "`\"\"`"),
+            ("``", "\"``\"", "``````"),
+            ("Order Items.v1", "\"Order Items.v1\"", "`Order Items.v1`"),
+            ("naïve_表\"ß", "\"naïve_表\"\"ß\"", "`naïve_表\"ß`"),
+            (
+                "x'; DROP TABLE t; --",
+                "\"x'; DROP TABLE t; --\"",
+                "`x'; DROP TABLE t; --`",
+            ),
+        ];
+        for (name, double, backtick) in cases {
+            assert_eq!(quote_ident(name), double, "{name:?}");
+            assert_eq!(quote_ident_with(name, '"'), double, "{name:?}");
+            assert_eq!(quote_ident_with(name, '`'), backtick, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn quoted_identifiers_parse_back_to_the_name() {
+        for name in ["t", "a\"b", "\"", "\"\"x\"", "naïve 表", "a.b"] {
+            let id = TableId::new(name, name);
+            assert_eq!(
+                TableId::parse(&format!("{}.{}", quote_ident(name), quote_ident(name))),
+                Some(id),
+                "{name:?}"
+            );
+        }
     }
 }

@@ -12,6 +12,8 @@
 
 use std::fmt::{self, Write as _};
 
+use crate::calendar::{civil_from_days, days_from_civil, days_in_month};
+
 /// Days from 1970-01-01 to 2000-01-01 (PostgreSQL's epoch).
 const PG_EPOCH_UNIX_DAYS: i64 = 10_957;
 const MICROS_PER_SECOND: i64 = 1_000_000;
@@ -207,31 +209,6 @@ impl fmt::Display for Numeric {
     }
 }
 
-/// Civil date from days since 1970-01-01 (proleptic Gregorian).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// Days since 1970-01-01 from a civil date.
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 fn write_ymd(f: &mut fmt::Formatter<'_>, unix_days: i64) -> Result<bool, fmt::Error> {
     let (y, m, d) = civil_from_days(unix_days);
     // PostgreSQL prints years before 1 as "YYYY-MM-DD BC" (no year 0).
@@ -283,15 +260,6 @@ impl Date {
             return None;
         }
         Some(civil_from_days(i64::from(self.0) + PG_EPOCH_UNIX_DAYS))
-    }
-}
-
-fn days_in_month(y: i64, m: u32) -> u32 {
-    match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        _ if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        _ => 28,
     }
 }
 

@@ -20,6 +20,7 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
+use ferry_core::schema::quote_ident;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
@@ -74,11 +75,6 @@ fn db(schema: &str, what: &'static str) -> impl FnOnce(tokio_postgres::Error) ->
     }
 }
 
-/// A quoted identifier.
-fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
 /// Insert one sample (a second sample at the same instant keeps the larger lag).
 pub async fn record(client: &Client, schema: &str, s: &LagSample) -> Result<(), HistoryError> {
     let sql = format!(
@@ -86,7 +82,7 @@ pub async fn record(client: &Client, schema: &str, s: &LagSample) -> Result<(), 
          ON CONFLICT (at) DO UPDATE SET
              lag_seconds = greatest(lag_history.lag_seconds, excluded.lag_seconds),
              lag_bytes = greatest(lag_history.lag_bytes, excluded.lag_bytes)",
-        ident(schema)
+        quote_ident(schema)
     );
     let bytes = i64::try_from(s.lag_bytes).unwrap_or(i64::MAX);
     client
@@ -104,7 +100,7 @@ pub async fn read_history(
 ) -> Result<Vec<LagSample>, HistoryError> {
     let sql = format!(
         "SELECT at, lag_seconds, lag_bytes FROM {}.lag_history WHERE at >= $1 ORDER BY at",
-        ident(schema)
+        quote_ident(schema)
     );
     let rows = client
         .query(&sql, &[&since])
@@ -133,7 +129,7 @@ pub async fn compact(
     let cutoff = now
         .checked_sub(FULL_RESOLUTION)
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let t = ident(schema);
+    let t = quote_ident(schema);
     let width = BUCKET.as_secs();
     let bucket = format!("to_timestamp(floor(extract(epoch FROM at) / {width}) * {width})");
     let tx = client

@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use ferry_core::Error;
 use ferry_core::config::{Config, EndpointKind, TablesConfig};
 use ferry_core::plan::{Check, SourcePlan, TablePlan};
+use ferry_core::schema::quote_ident_with;
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
@@ -523,8 +524,8 @@ pub fn privilege_checks(f: &ServerFacts, tables: &[SourceTable]) -> Vec<Check> {
                 }
             );
             let fix = format!(
-                "GRANT SELECT ON `{}`.* TO {grantee}",
-                first.schema.replace('`', "``")
+                "GRANT SELECT ON {}.* TO {grantee}",
+                quote_ident_with(&first.schema, '`')
             );
             if p.has_roles {
                 Check::warn(SIDE, "select privilege", detail, fix)

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use ferry_core::Error;
 use ferry_core::config::Endpoint;
+use ferry_core::schema::quote_ident;
 use tokio_postgres::Client;
 use tokio_postgres::config::Host;
 
@@ -190,13 +191,12 @@ async fn run_pg_dump(
             "--no-tablespaces",
         ])
         .arg(format!("--section={section}"));
+    // A quoted identifier is a pg_dump pattern that matches the name
+    // literally (no case folding, `*`/`?`/`.` not special).
     for s in schemas {
-        cmd.arg(format!("--schema={}", pattern_literal(s)));
+        cmd.arg(format!("--schema={}", quote_ident(s)));
     }
-    cmd.arg(format!(
-        "--exclude-schema={}",
-        pattern_literal(state_schema)
-    ));
+    cmd.arg(format!("--exclude-schema={}", quote_ident(state_schema)));
     for var in [
         "PGSERVICE",
         "PGSERVICEFILE",
@@ -263,11 +263,6 @@ async fn run_pg_dump(
             "set the source database encoding to UTF8 or report this as a bug",
         )
     })
-}
-
-/// A pg_dump pattern that matches `name` literally (quoted, `"` doubled).
-fn pattern_literal(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Run a dump section (or any SQL text) on `client` in one transaction,

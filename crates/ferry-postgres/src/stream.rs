@@ -44,9 +44,10 @@ use std::time::{Duration, Instant};
 use ferry_core::size::ApproxBytes;
 use ferry_core::{Error, Event, Lsn};
 use futures_util::future::BoxFuture;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
 
 use crate::decode::{CustomKind, CustomType, DecodeError, Decoder, Step, TypeResolver};
 use crate::replication::{
@@ -146,7 +147,7 @@ impl AckHandle {
 #[derive(Debug)]
 pub struct StreamHandle {
     ack: AckHandle,
-    shutdown: Option<oneshot::Sender<()>>,
+    shutdown: CancellationToken,
     task: JoinHandle<Result<(), Error>>,
 }
 
@@ -160,10 +161,8 @@ impl StreamHandle {
     }
 
     /// Stop the task (last status update, CopyDone) and wait for it.
-    pub async fn shutdown(mut self) -> Result<(), Error> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+    pub async fn shutdown(self) -> Result<(), Error> {
+        self.shutdown.cancel();
         self.join().await
     }
 
@@ -209,7 +208,7 @@ impl PgChangeStream {
             .start_replication(&config.slot, config.start, &options)
             .await?;
         let (tx, rx) = mpsc::channel(config.channel_capacity.max(1));
-        let (stop_tx, stop_rx) = oneshot::channel();
+        let stop = CancellationToken::new();
         let ack = AckHandle::new(config.start);
         let mut status = tokio::time::interval(status_every);
         status.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -220,7 +219,7 @@ impl PgChangeStream {
             tx,
             ack: ack.clone(),
             status,
-            shutdown: stop_rx,
+            shutdown: stop.clone(),
             heartbeat_interval: config.heartbeat_interval,
             last_heartbeat: Instant::now(),
             last_position: config.start,
@@ -234,7 +233,7 @@ impl PgChangeStream {
             rx,
             StreamHandle {
                 ack,
-                shutdown: Some(stop_tx),
+                shutdown: stop,
                 task,
             },
         ))
@@ -248,7 +247,7 @@ struct StreamTask {
     tx: mpsc::Sender<Event<Lsn>>,
     ack: AckHandle,
     status: Interval,
-    shutdown: oneshot::Receiver<()>,
+    shutdown: CancellationToken,
     heartbeat_interval: Duration,
     last_heartbeat: Instant,
     /// Highest position handed on (heartbeats never go below it).
@@ -279,7 +278,7 @@ async fn run(mut t: StreamTask) -> Result<(), Error> {
     let result = loop {
         let step = tokio::select! {
             biased;
-            _ = &mut t.shutdown => Err(Stop::Requested),
+            () = t.shutdown.cancelled() => Err(Stop::Requested),
             _ = t.status.tick() => t.send_status(false).await.map_err(Stop::from),
             msg = t.stream.next() => match msg {
                 Ok(Some(m)) => t.handle(m).await,
@@ -411,7 +410,7 @@ impl StreamTask {
             }
             tokio::select! {
                 biased;
-                _ = &mut self.shutdown => return Err(Stop::Requested),
+                () = self.shutdown.cancelled() => return Err(Stop::Requested),
                 _ = self.status.tick() => self.send_status(false).await?,
                 () = tokio::time::sleep(Duration::from_millis(2)) => {}
             }
@@ -444,7 +443,7 @@ impl StreamTask {
         loop {
             tokio::select! {
                 biased;
-                _ = &mut self.shutdown => return Err(Stop::Requested),
+                () = self.shutdown.cancelled() => return Err(Stop::Requested),
                 permit = tx.reserve() => {
                     let permit = permit.map_err(|_| Stop::Requested)?;
                     permit.send(ev);

@@ -47,13 +47,13 @@
 
 use std::collections::BTreeMap;
 
+use ferry_core::schema::quote_ident;
 use ferry_core::{ChangeLogSeq, Column, Error, ReplicaIdentity, TableId, TableSchema};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{SCHEMA, SourceTable};
-use crate::connect::quote_ident;
 use crate::typemap::{self, Sample, Sampled};
 
 mod codec;

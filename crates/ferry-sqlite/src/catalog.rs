@@ -11,11 +11,11 @@
 //! [`SAMPLE_ROWS`] rows. Blocking: call from `spawn_blocking`.
 
 use ferry_core::config::TableFilter;
+use ferry_core::schema::quote_ident;
 use ferry_core::{Column, ReplicaIdentity, TableId, TableSchema};
 use rusqlite::Connection;
 use rusqlite::types::ValueRef;
 
-use crate::connect::quote_ident;
 use crate::typemap::{self, Misfit, Sample, Sampled};
 
 /// The schema name SQLite gives the main database file.

@@ -18,8 +18,3 @@ pub fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
 }
-
-/// Quotes an SQLite identifier (`"a""b"`).
-pub fn quote_ident(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}

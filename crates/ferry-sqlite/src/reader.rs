@@ -45,6 +45,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
+use ferry_core::schema::quote_ident;
 use ferry_core::value::Timestamp;
 use ferry_core::{Change, ChangeLogSeq, Error, Event, OldRow, Row, TableId};
 use rusqlite::Connection;
@@ -53,7 +54,6 @@ use rusqlite::types::Value as SqlValue;
 use crate::capture::{
     self, AddedColumn, LOG_TABLE, STATE_TABLE, SchemaChange, Tracked, parse_json_row, sql_error,
 };
-use crate::connect::quote_ident;
 use crate::value;
 
 const TRIMMED_KEY: &str = "trimmed_upto";

@@ -30,12 +30,12 @@
 
 use std::path::Path;
 
+use ferry_core::schema::quote_ident;
 use ferry_core::{ChangeLogSeq, Error, Row, TableSchema};
 use rusqlite::Connection;
 
 use crate::capture::{self, SchemaChange, sql_error};
-use crate::connect::{self, quote_ident};
-use crate::{reader, value};
+use crate::{connect, reader, value};
 
 /// Reads every captured table in one read transaction; `sink` gets each
 /// row with its table's schema. Returns the position to stream after.

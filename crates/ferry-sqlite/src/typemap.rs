@@ -30,6 +30,8 @@
 //! [`Misfit`]s with their rowid: `ferry plan` warns about them by table,
 //! column and rowid; the loader never converts them silently.
 
+use ferry_core::calendar::days_in_month;
+
 /// A sampled value, reduced to what type inference needs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Sampled {
@@ -320,22 +322,7 @@ fn parse_date(s: &str) -> Option<&str> {
     let (y, r) = digits(s, 4)?;
     let (m, r) = digits(r.strip_prefix('-')?, 2)?;
     let (d, r) = digits(r.strip_prefix('-')?, 2)?;
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let days = [
-        31,
-        if leap { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    let max = *days.get(m.checked_sub(1)? as usize)?;
+    let max = days_in_month(i64::from(y), m);
     (d >= 1 && d <= max).then_some(r)
 }
 

@@ -10,6 +10,9 @@
 //!   [`MariaDbServer::start`] runs `mariadb-install-db` + `mariadbd`. A missing
 //!   binary is an error naming the Debian package to install; nothing is
 //!   skipped silently.
+//! - **One supervisor.** Both servers run under the same process supervisor
+//!   (spawn with the output in `server.log`, wait until ready with a timeout,
+//!   retry on a new free port, stop or crash by pid, stop on drop).
 //! - **Synchronous.** Everything uses `std::process`; no async runtime needed.
 //!   SQL goes through the `psql` / `mariadb` command-line clients.
 //! - **One directory per server** under `/tmp/ferry-testkit/` (override with
@@ -41,6 +44,7 @@
 
 mod mariadb;
 mod pg;
+mod supervisor;
 mod sys;
 
 use std::path::{Path, PathBuf};

@@ -3,14 +3,15 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use ferry_core::schema::quote_ident_with;
+
+use crate::supervisor::{OnDrop, ServerSpec, Supervisor};
 use crate::sys::{self, InstanceDir, ServiceUser, io_err};
-use crate::{ADMIN_PASSWORD, ADMIN_USER, Result, TestkitError};
+use crate::{ADMIN_PASSWORD, ADMIN_USER, Result};
 
-const SERVER: &str = "MariaDB";
-const PORT_ATTEMPTS: usize = 5;
 const MARIADBD: &[&str] = &["/usr/sbin/mariadbd", "/usr/bin/mariadbd"];
 const INSTALL_DB: &[&str] = &[
     "/usr/bin/mariadb-install-db",
@@ -86,19 +87,8 @@ pub struct MariaDbServer {
     user: Option<ServiceUser>,
     mariadbd: PathBuf,
     client: PathBuf,
-    port: u16,
-    server_id: u32,
-    child: Option<Child>,
+    process: Supervisor,
     opts: MariaDbOptions,
-}
-
-enum Attempt {
-    Ready,
-    PortInUse,
-}
-
-fn quote_ident(s: &str) -> String {
-    format!("`{}`", s.replace('`', "``"))
 }
 
 /// The cached `mariadb-install-db` result for this server version and OS
@@ -169,29 +159,25 @@ impl MariaDbServer {
         let template = template_data_dir(&mariadbd, user)?;
         let dir = InstanceDir::create("mariadb", user)?;
         sys::copy_tree(&template, &dir.path.join("data"))?;
+        let process = Supervisor::new(ServerSpec {
+            server: "MariaDB",
+            program: "mariadbd",
+            log: dir.path.join("server.log"),
+            startup_timeout: opts.startup_timeout,
+            port_in_use: &["Address already in use", "Bind on TCP/IP port"],
+            on_drop: OnDrop::Crash,
+        });
         let mut server = MariaDbServer {
             dir,
             user,
             mariadbd,
             client,
-            port: 0,
-            server_id: 0,
-            child: None,
+            process,
             opts,
         };
-        for attempt in 0..PORT_ATTEMPTS {
-            server.port = sys::free_port()?;
-            server.server_id = server.opts.server_id.unwrap_or(u32::from(server.port));
-            match server.spawn_and_wait()? {
-                Attempt::Ready => {
-                    server.create_admin()?;
-                    return Ok(server);
-                }
-                Attempt::PortInUse if attempt + 1 < PORT_ATTEMPTS => continue,
-                Attempt::PortInUse => {}
-            }
-        }
-        Err(server.start_error(format!("port still in use after {PORT_ATTEMPTS} attempts")))
+        server.process.start(server.server_command(), ready)?;
+        server.create_admin()?;
+        Ok(server)
     }
 
     fn create_admin(&self) -> Result<()> {
@@ -215,110 +201,32 @@ impl MariaDbServer {
         Ok(())
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.dir.path.join("server.log")
-    }
-
-    fn start_error(&self, reason: String) -> TestkitError {
-        TestkitError::Start {
-            server: SERVER,
-            reason,
-            log: self.log_path(),
-            log_tail: sys::log_tail(&self.log_path(), 40),
-        }
-    }
-
-    fn server_args(&self) -> Vec<String> {
-        let d = &self.dir.path;
-        let o = &self.opts;
-        let mut a = vec![
-            "--no-defaults".to_owned(),
-            format!("--datadir={}", d.join("data").display()),
-            format!("--port={}", self.port),
-            "--bind-address=127.0.0.1".to_owned(),
-            format!("--socket={}", self.socket_path().display()),
-            format!("--pid-file={}", d.join("mariadbd.pid").display()),
-            format!("--tmpdir={}", d.display()),
-            "--skip-name-resolve".to_owned(),
-            format!("--server-id={}", self.server_id),
-            "--max-connections=200".to_owned(),
-            "--character-set-server=utf8mb4".to_owned(),
-            "--collation-server=utf8mb4_general_ci".to_owned(),
-            "--innodb-buffer-pool-size=64M".to_owned(),
-            INNODB_LOG_SIZE.to_owned(),
-            format!(
-                "--innodb-flush-log-at-trx-commit={}",
-                if o.durable { 1 } else { 2 }
-            ),
-            format!("--sync-binlog={}", if o.durable { 1 } else { 0 }),
-            "--gtid-strict-mode=ON".to_owned(),
-            "--binlog-format=ROW".to_owned(),
-            "--binlog-row-image=FULL".to_owned(),
-        ];
-        if o.log_bin {
-            a.push(format!("--log-bin={}", d.join("binlog").display()));
-        }
-        for (k, v) in &o.settings {
-            a.push(format!("--{}={v}", k.replace('_', "-")));
-        }
-        a
-    }
-
-    fn spawn_and_wait(&mut self) -> Result<Attempt> {
-        let log = self.log_path();
-        let offset = sys::file_len(&log);
-        let (out, err) = sys::open_log(&log)?;
-        let mut cmd = sys::service_command(&self.mariadbd, self.user, &self.dir.path);
-        cmd.args(self.server_args())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err));
-        self.child = Some(cmd.spawn().map_err(io_err("spawning mariadbd"))?);
-        let deadline = Instant::now() + self.opts.startup_timeout;
-        loop {
-            let new_log = sys::read_from(&log, offset);
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                let new_log = sys::read_from(&log, offset);
-                if new_log.contains("Address already in use")
-                    || new_log.contains("Bind on TCP/IP port")
-                {
-                    return Ok(Attempt::PortInUse);
-                }
-                return Err(self.start_error(format!("mariadbd exited during startup ({status})")));
-            }
-            if new_log.contains("ready for connections") {
-                return Ok(Attempt::Ready);
-            }
-            if Instant::now() > deadline {
-                if let Some(mut c) = self.child.take() {
-                    sys::crash_child(&mut c);
-                }
-                return Err(self.start_error(format!(
-                    "not ready after {:?} (port {})",
-                    self.opts.startup_timeout, self.port
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+    /// The mariadbd command line for `port`.
+    fn server_command(&self) -> impl FnMut(u16) -> Command + use<> {
+        let (mariadbd, user, dir) = (self.mariadbd.clone(), self.user, self.dir.path.clone());
+        let opts = self.opts.clone();
+        move |port: u16| {
+            let mut cmd = sys::service_command(&mariadbd, user, &dir);
+            cmd.args(server_args(&dir, &opts, port));
+            cmd
         }
     }
 
     /// TCP port on 127.0.0.1.
     pub fn port(&self) -> u16 {
-        self.port
+        self.process.port()
     }
 
     /// The server's `server_id`.
     pub fn server_id(&self) -> u32 {
-        self.server_id
+        server_id(&self.opts, self.port())
     }
 
     /// `mysql://ferry_admin:ferry-secret-pw@127.0.0.1:PORT/db`.
     pub fn url(&self, db: &str) -> String {
         format!(
             "mysql://{ADMIN_USER}:{ADMIN_PASSWORD}@127.0.0.1:{}/{db}",
-            self.port
+            self.port()
         )
     }
 
@@ -334,7 +242,7 @@ impl MariaDbServer {
 
     /// The Unix socket path.
     pub fn socket_path(&self) -> PathBuf {
-        self.dir.path.join("mysqld.sock")
+        socket_path(&self.dir.path)
     }
 
     /// Base name of the binary log files (`<dir>/binlog.000001`, ...).
@@ -344,17 +252,17 @@ impl MariaDbServer {
 
     /// Pid of mariadbd, while running.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.pid()
     }
 
     /// Whether mariadbd is running.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+        self.process.is_running()
     }
 
     /// The whole server log (for diagnostics).
     pub fn log_contents(&self) -> String {
-        sys::read_from(&self.log_path(), 0)
+        self.process.log_contents()
     }
 
     /// A `mariadb` client command for [`ADMIN_USER`] over TCP in batch mode
@@ -362,7 +270,7 @@ impl MariaDbServer {
     pub fn client_command(&self, db: &str) -> Command {
         let mut cmd = Command::new(&self.client);
         cmd.args(["--no-defaults", "--protocol=tcp", "-h", "127.0.0.1"])
-            .arg(format!("--port={}", self.port))
+            .arg(format!("--port={}", self.port()))
             .args([
                 "-u",
                 ADMIN_USER,
@@ -383,7 +291,7 @@ impl MariaDbServer {
         let mut cmd = self.client_command(db);
         sys::run_capture(
             &mut cmd,
-            &format!("mariadb --database={db} (port {})", self.port),
+            &format!("mariadb --database={db} (port {})", self.port()),
             Some(sql.as_bytes()),
         )
     }
@@ -403,7 +311,10 @@ impl MariaDbServer {
     /// Creates a database with a unique name (`prefix_<pid>_<n>`) and returns the name.
     pub fn create_database(&self, prefix: &str) -> Result<String> {
         let name = sys::unique_db_name(prefix);
-        self.sql("", &format!("CREATE DATABASE {}", quote_ident(&name)))?;
+        self.sql(
+            "",
+            &format!("CREATE DATABASE {}", quote_ident_with(&name, '`')),
+        )?;
         Ok(name)
     }
 
@@ -425,33 +336,18 @@ impl MariaDbServer {
 
     /// Graceful shutdown (SIGTERM); waits for mariadbd to exit.
     pub fn stop(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            sys::terminate_child(&mut child, libc::SIGTERM, Duration::from_secs(60));
-        }
+        self.process.stop(libc::SIGTERM, Duration::from_secs(60));
         Ok(())
     }
 
     /// Crash: SIGKILL mariadbd.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            sys::crash_child(&mut child);
-        }
+        self.process.crash();
     }
 
     /// Starts the server again on the same data directory and port.
     pub fn start_again(&mut self) -> Result<()> {
-        if self.child.is_some() {
-            return Err(TestkitError::Setup(
-                "start_again: the server is still running".into(),
-            ));
-        }
-        for _ in 0..PORT_ATTEMPTS {
-            match self.spawn_and_wait()? {
-                Attempt::Ready => return Ok(()),
-                Attempt::PortInUse => std::thread::sleep(Duration::from_millis(500)),
-            }
-        }
-        Err(self.start_error(format!("port {} stays in use", self.port)))
+        self.process.start_again(self.server_command(), ready)
     }
 
     /// [`MariaDbServer::stop`] then [`MariaDbServer::start_again`].
@@ -473,9 +369,56 @@ impl MariaDbServer {
 
 impl Drop for MariaDbServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            sys::crash_child(&mut child);
-        }
+        self.process.end();
         self.dir.remove();
     }
+}
+
+/// Ready once mariadbd logs that it accepts connections.
+fn ready(log: &str, _pid: u32) -> bool {
+    log.contains("ready for connections")
+}
+
+/// `server_id`: the option, else the port (nonzero and distinct per server).
+fn server_id(o: &MariaDbOptions, port: u16) -> u32 {
+    o.server_id.unwrap_or(u32::from(port))
+}
+
+fn socket_path(dir: &Path) -> PathBuf {
+    dir.join("mysqld.sock")
+}
+
+/// The `mariadbd` arguments for a server in `d` listening on `port`.
+fn server_args(d: &Path, o: &MariaDbOptions, port: u16) -> Vec<String> {
+    let mut a = vec![
+        "--no-defaults".to_owned(),
+        format!("--datadir={}", d.join("data").display()),
+        format!("--port={port}"),
+        "--bind-address=127.0.0.1".to_owned(),
+        format!("--socket={}", socket_path(d).display()),
+        format!("--pid-file={}", d.join("mariadbd.pid").display()),
+        format!("--tmpdir={}", d.display()),
+        "--skip-name-resolve".to_owned(),
+        format!("--server-id={}", server_id(o, port)),
+        "--max-connections=200".to_owned(),
+        "--character-set-server=utf8mb4".to_owned(),
+        "--collation-server=utf8mb4_general_ci".to_owned(),
+        "--innodb-buffer-pool-size=64M".to_owned(),
+        INNODB_LOG_SIZE.to_owned(),
+        format!(
+            "--innodb-flush-log-at-trx-commit={}",
+            if o.durable { 1 } else { 2 }
+        ),
+        format!("--sync-binlog={}", if o.durable { 1 } else { 0 }),
+        "--gtid-strict-mode=ON".to_owned(),
+        "--binlog-format=ROW".to_owned(),
+        "--binlog-row-image=FULL".to_owned(),
+    ];
+    if o.log_bin {
+        a.push(format!("--log-bin={}", d.join("binlog").display()));
+    }
+    for (k, v) in &o.settings {
+        a.push(format!("--{}={v}", k.replace('_', "-")));
+    }
+    a
 }

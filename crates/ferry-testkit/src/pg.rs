@@ -4,14 +4,14 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use ferry_core::schema::quote_ident;
+
+use crate::supervisor::{OnDrop, ServerSpec, Supervisor};
 use crate::sys::{self, InstanceDir, ServiceUser, io_err};
 use crate::{ADMIN_PASSWORD, ADMIN_USER, Result, TestkitError};
-
-const SERVER: &str = "PostgreSQL";
-const PORT_ATTEMPTS: usize = 5;
 
 /// How TCP clients authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -215,8 +215,7 @@ pub struct PgServer {
     bin_dir: PathBuf,
     major: u32,
     user: Option<ServiceUser>,
-    port: u16,
-    child: Option<Child>,
+    process: Supervisor,
     tls: Option<PgTlsFiles>,
     opts: PgOptions,
 }
@@ -259,10 +258,6 @@ fn require_bin(bin_dir: &Path, name: &str) -> Result<PathBuf> {
 
 fn conf_value(v: &str) -> String {
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
-}
-
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// The cached `initdb` result for this server version and OS user,
@@ -439,11 +434,6 @@ fn make_tls_files(dir: &Path, user: Option<ServiceUser>) -> Result<PgTlsFiles> {
     })
 }
 
-enum Attempt {
-    Ready,
-    PortInUse,
-}
-
 impl PgServer {
     /// Starts a new server in a fresh directory on a free loopback port.
     pub fn start(opts: PgOptions) -> Result<PgServer> {
@@ -458,27 +448,29 @@ impl PgServer {
         let user = sys::service_user("postgres", "postgresql")?;
         let (template, major) = template_data_dir(&server_bin_dir, user)?;
         let dir = InstanceDir::create("pg", user)?;
+        let process = Supervisor::new(ServerSpec {
+            server: "PostgreSQL",
+            program: "postgres",
+            log: dir.path.join("server.log"),
+            startup_timeout: opts.startup_timeout,
+            port_in_use: &["Address already in use"],
+            // Immediate shutdown: nothing of the data directory is kept.
+            on_drop: OnDrop::Signal(libc::SIGQUIT, Duration::from_secs(10)),
+        });
         let mut server = PgServer {
             dir,
             server_bin_dir,
             bin_dir,
             major,
             user,
-            port: 0,
-            child: None,
+            process,
             tls: None,
             opts,
         };
         server.prepare(&template)?;
-        for attempt in 0..PORT_ATTEMPTS {
-            server.port = sys::free_port()?;
-            match server.spawn_and_wait()? {
-                Attempt::Ready => return Ok(server),
-                Attempt::PortInUse if attempt + 1 < PORT_ATTEMPTS => continue,
-                Attempt::PortInUse => {}
-            }
-        }
-        Err(server.start_error(format!("port still in use after {PORT_ATTEMPTS} attempts")))
+        let (command, ready) = (server.server_command()?, server.ready_probe());
+        server.process.start(command, ready)?;
+        Ok(server)
     }
 
     fn prepare(&mut self, template: &Path) -> Result<()> {
@@ -539,80 +531,44 @@ impl PgServer {
         Ok(())
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.dir.path.join("server.log")
-    }
-
-    fn start_error(&self, reason: String) -> TestkitError {
-        TestkitError::Start {
-            server: SERVER,
-            reason,
-            log: self.log_path(),
-            log_tail: sys::log_tail(&self.log_path(), 40),
-        }
-    }
-
-    fn spawn_and_wait(&mut self) -> Result<Attempt> {
-        let log = self.log_path();
-        let offset = sys::file_len(&log);
-        let (out, err) = sys::open_log(&log)?;
+    /// The postmaster command line for `port`.
+    fn server_command(&self) -> Result<impl FnMut(u16) -> Command + use<>> {
         let postgres = require_bin(&self.server_bin_dir, "postgres")?;
-        let mut cmd = sys::service_command(&postgres, self.user, &self.dir.path);
-        cmd.arg("-D")
-            .arg(self.data_dir())
-            .arg("-p")
-            .arg(self.port.to_string());
-        cmd.stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .env_remove("PGDATA");
-        let child = cmd.spawn().map_err(io_err("spawning postgres"))?;
-        let pid = child.id();
-        self.child = Some(child);
-        let deadline = Instant::now() + self.opts.startup_timeout;
+        let (user, dir, data) = (self.user, self.dir.path.clone(), self.data_dir());
+        Ok(move |port: u16| {
+            let mut cmd = sys::service_command(&postgres, user, &dir);
+            cmd.arg("-D")
+                .arg(&data)
+                .arg("-p")
+                .arg(port.to_string())
+                .env_remove("PGDATA");
+            cmd
+        })
+    }
+
+    /// Ready once `postmaster.pid` names this postmaster (line 1) and says
+    /// `ready` (line 8).
+    fn ready_probe(&self) -> impl FnMut(&str, u32) -> bool + use<> {
         let pid_file = self.data_dir().join("postmaster.pid");
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                let new_log = sys::read_from(&log, offset);
-                if new_log.contains("Address already in use") {
-                    return Ok(Attempt::PortInUse);
-                }
-                return Err(self.start_error(format!("postgres exited during startup ({status})")));
-            }
-            // postmaster.pid: line 1 = pid, line 8 = status ("ready" once accepting).
-            if let Ok(text) = fs::read_to_string(&pid_file) {
+        move |_log: &str, pid: u32| {
+            fs::read_to_string(&pid_file).is_ok_and(|text| {
                 let lines: Vec<&str> = text.lines().collect();
-                if lines.first().map(|l| l.trim()) == Some(pid.to_string().as_str())
+                lines.first().map(|l| l.trim()) == Some(pid.to_string().as_str())
                     && lines.get(7).is_some_and(|l| l.trim() == "ready")
-                {
-                    return Ok(Attempt::Ready);
-                }
-            }
-            if Instant::now() > deadline {
-                if let Some(mut c) = self.child.take() {
-                    sys::crash_child(&mut c);
-                }
-                return Err(self.start_error(format!(
-                    "not ready after {:?} (port {})",
-                    self.opts.startup_timeout, self.port
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            })
         }
     }
 
     /// TCP port on 127.0.0.1.
     pub fn port(&self) -> u16 {
-        self.port
+        self.process.port()
     }
 
     /// `postgres://ferry_admin:ferry-secret-pw@127.0.0.1:PORT/db`.
     pub fn url(&self, db: &str) -> String {
         format!(
             "postgres://{ADMIN_USER}:{ADMIN_PASSWORD}@127.0.0.1:{}/{db}",
-            self.port
+            self.port()
         )
     }
 
@@ -620,7 +576,7 @@ impl PgServer {
     pub fn conninfo(&self, db: &str) -> String {
         format!(
             "host=127.0.0.1 port={} user={ADMIN_USER} password={ADMIN_PASSWORD} dbname={db}",
-            self.port
+            self.port()
         )
     }
 
@@ -667,12 +623,12 @@ impl PgServer {
 
     /// Pid of the postmaster, while running.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.pid()
     }
 
     /// Whether the postmaster is running.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+        self.process.is_running()
     }
 
     /// The options the server was started with.
@@ -682,7 +638,7 @@ impl PgServer {
 
     /// The whole server log (for diagnostics).
     pub fn log_contents(&self) -> String {
-        sys::read_from(&self.log_path(), 0)
+        self.process.log_contents()
     }
 
     /// A `psql` command for the superuser on `db` over TCP, with `-X` and
@@ -699,7 +655,7 @@ impl PgServer {
             "127.0.0.1",
         ])
         .arg("-p")
-        .arg(self.port.to_string())
+        .arg(self.port().to_string())
         .args(["-U", ADMIN_USER, "-d", db])
         .env("PGPASSWORD", ADMIN_PASSWORD)
         .env_remove("PGSERVICE")
@@ -714,7 +670,7 @@ impl PgServer {
         cmd.args(["-f", "-"]);
         sys::run_capture(
             &mut cmd,
-            &format!("psql -d {db} (port {})", self.port),
+            &format!("psql -d {db} (port {})", self.port()),
             Some(sql.as_bytes()),
         )
     }
@@ -778,35 +734,21 @@ impl PgServer {
 
     /// Fast shutdown (SIGINT); waits for the postmaster to exit.
     pub fn stop(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            sys::terminate_child(&mut child, libc::SIGINT, Duration::from_secs(60));
-        }
+        self.process.stop(libc::SIGINT, Duration::from_secs(60));
         Ok(())
     }
 
     /// Crash: SIGKILL the postmaster (its backends exit on their own; we
     /// wait for them so that [`PgServer::start_again`] can reuse the data dir).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            sys::crash_child(&mut child);
-        }
+        self.process.crash();
     }
 
     /// Starts the server again on the same data directory and port (after
     /// [`PgServer::stop`] or [`PgServer::kill`]; crash recovery runs as needed).
     pub fn start_again(&mut self) -> Result<()> {
-        if self.child.is_some() {
-            return Err(TestkitError::Setup(
-                "start_again: the server is still running".into(),
-            ));
-        }
-        for _ in 0..PORT_ATTEMPTS {
-            match self.spawn_and_wait()? {
-                Attempt::Ready => return Ok(()),
-                Attempt::PortInUse => std::thread::sleep(Duration::from_millis(500)),
-            }
-        }
-        Err(self.start_error(format!("port {} stays in use", self.port)))
+        let (command, ready) = (self.server_command()?, self.ready_probe());
+        self.process.start_again(command, ready)
     }
 
     /// [`PgServer::stop`] then [`PgServer::start_again`].
@@ -843,9 +785,7 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            sys::terminate_child(&mut child, libc::SIGQUIT, Duration::from_secs(10));
-        }
+        self.process.end();
         self.dir.remove();
     }
 }

@@ -1,14 +1,14 @@
 //! Operating-system plumbing shared by the PostgreSQL and MariaDB harnesses:
-//! service users, instance directories, leak cleanup, ports, signals,
-//! template locks and command execution.
+//! service users, instance directories, leak cleanup, signals, template
+//! locks and command execution. The server process itself is run by
+//! [`crate::supervisor`].
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::net::TcpListener;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -177,52 +177,6 @@ pub(crate) fn wait_pid_gone(pid: u32, timeout: Duration) -> bool {
     true
 }
 
-/// Waits for our own child up to `timeout`; true if it exited.
-pub(crate) fn wait_child(child: &mut Child, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) | Err(_) => return true,
-            Ok(None) if Instant::now() > deadline => return false,
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
-/// Asks `child` to exit with `signal`, escalating to SIGKILL after `grace`.
-/// Afterwards waits (up to 10 s) for the processes that were its children.
-pub(crate) fn terminate_child(child: &mut Child, signal: i32, grace: Duration) {
-    let pid = child.id();
-    let kids = children_of(pid);
-    if child.try_wait().ok().flatten().is_none() {
-        send_signal(pid, signal);
-        if !wait_child(child, grace) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-    for k in kids {
-        if !wait_pid_gone(k, Duration::from_secs(10)) {
-            send_signal(k, libc::SIGKILL);
-            wait_pid_gone(k, Duration::from_secs(2));
-        }
-    }
-}
-
-/// SIGKILLs `child` (a crash), then waits for its former children to exit
-/// (PostgreSQL backends notice postmaster death on their own).
-pub(crate) fn crash_child(child: &mut Child) {
-    let kids = children_of(child.id());
-    let _ = child.kill();
-    let _ = child.wait();
-    for k in kids {
-        if !wait_pid_gone(k, Duration::from_secs(10)) {
-            send_signal(k, libc::SIGKILL);
-            wait_pid_gone(k, Duration::from_secs(2));
-        }
-    }
-}
-
 /// A per-server directory under the testkit root, with an owner marker.
 #[derive(Debug)]
 pub(crate) struct InstanceDir {
@@ -309,16 +263,6 @@ pub(crate) fn reap_stale_instances() {
         }
         let _ = fs::remove_dir_all(&path);
     }
-}
-
-/// A currently free loopback port. Another process may grab it before the
-/// server binds it; callers retry the start on "address already in use".
-pub(crate) fn free_port() -> Result<u16, TestkitError> {
-    let l = TcpListener::bind("127.0.0.1:0")
-        .map_err(io_err("binding 127.0.0.1:0 to find a free port"))?;
-    Ok(l.local_addr()
-        .map_err(io_err("reading local address"))?
-        .port())
 }
 
 /// Runs `f` while holding an exclusive lock on `lock_path`.
@@ -408,41 +352,6 @@ pub(crate) fn run_capture(
         return Err(command_error(description, &out));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Everything in `path` from byte `offset` on (lossy UTF-8).
-pub(crate) fn read_from(path: &Path, offset: u64) -> String {
-    let Ok(mut f) = File::open(path) else {
-        return String::new();
-    };
-    if f.seek(SeekFrom::Start(offset)).is_err() {
-        return String::new();
-    }
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-pub(crate) fn file_len(path: &Path) -> u64 {
-    fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-}
-
-/// The last `lines` lines of a log file.
-pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
-    let text = read_from(path, 0);
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// Opens (creating) a log file for appending, for a server's stdout/stderr.
-pub(crate) fn open_log(path: &Path) -> Result<(File, File), TestkitError> {
-    let f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io_err(format!("opening log {}", path.display())))?;
-    let g = f.try_clone().map_err(io_err("cloning log handle"))?;
-    Ok((f, g))
 }
 
 /// Finds `name` on PATH.

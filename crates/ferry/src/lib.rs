@@ -8,6 +8,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod report;
 pub mod shutdown;
+pub mod terminal;
 
 /// Outcome of a command, mapped to the process exit code.
 #[derive(Debug)]

@@ -10,7 +10,7 @@
 //! reference. Exit codes: 0 success, 2 a prerequisite or precondition
 //! failed (the output says the fix), 1 any other error.
 
-use ferry::{Outcome, control, operations, pipeline, plan, shutdown};
+use ferry::{Outcome, control, operations, pipeline, plan, shutdown, terminal};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -153,9 +153,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Plan { json } => plan::run(&config, json).await,
         Command::Run => {
-            let (trigger, shutdown) = shutdown::channel();
-            shutdown::on_signals(trigger.clone())?;
-            pipeline::run(&config, trigger, shutdown).await
+            let stop = shutdown::Shutdown::new();
+            shutdown::on_signals(stop.clone())?;
+            pipeline::run(&config, stop).await
         }
         Command::Status {
             json,
@@ -193,12 +193,22 @@ fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// Log lines go to stderr; on a terminal through the progress bars' writer
+/// so that they never tear a bar ([`terminal`]). Only `tracing` events are
+/// logged: `set_global_default` rather than `init()`, which would also route
+/// the `log` records of the drivers (tokio-postgres prints every server
+/// NOTICE that way) into the output.
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    let installed = match terminal::init() {
+        Some(above_bars) => {
+            tracing::subscriber::set_global_default(logs.with_writer(above_bars).finish())
+        }
+        None => tracing::subscriber::set_global_default(logs.with_writer(std::io::stderr).finish()),
+    };
+    installed.expect("the log subscriber is installed once, first thing in main");
 }

@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use ferry_apply::state::StateStore;
-use ferry_core::Lsn;
 use ferry_core::config::Config;
 use ferry_monitor::status::TableStatus;
 use ferry_monitor::{LagSample, Phase, Status, render_table};
@@ -48,14 +47,30 @@ async fn recorded_status(config: &Config) -> anyhow::Result<Status> {
     let target = ferry_postgres::connect::connect(&config.target, "target").await?;
     let state = StateStore::new(config.state.schema.clone());
     let phase = state.read_phase(&target).await.ok().flatten();
-    let mut s = Status::new(phase.unwrap_or(Phase::Plan), "postgres", SystemTime::now());
+    // The checkpoint as stored: its source kind and position text (any
+    // source; no position type to parse into).
+    let checkpoint = target
+        .query_opt(
+            &format!(
+                "SELECT source_kind, position FROM {} WHERE stream = $1",
+                state.table("checkpoint")
+            ),
+            &[&crate::pipeline::STREAM],
+        )
+        .await
+        .ok()
+        .flatten()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)));
+    let kind = match &checkpoint {
+        Some((kind, _)) => kind.clone(),
+        None => config.source.kind().map_or_else(
+            |_| "unknown".to_owned(),
+            |k| k.source_kind().as_str().to_owned(),
+        ),
+    };
+    let mut s = Status::new(phase.unwrap_or(Phase::Plan), &kind, SystemTime::now());
     s.live = false;
-    if let Ok(Some(cp)) =
-        ferry_apply::checkpoint::read_checkpoint::<Lsn>(&target, &state, crate::pipeline::STREAM)
-            .await
-    {
-        s.applied_position = Some(cp.position.to_string());
-    }
+    s.applied_position = checkpoint.map(|(_, position)| position);
     if let Ok(tables) = state.tables(&target).await {
         s.tables = tables
             .into_iter()

@@ -708,12 +708,13 @@ async fn assert_caught_up(src: &MemorySource, c: &Client, what: &str) {
 
 type Running = tokio::task::JoinHandle<anyhow::Result<ferry::Outcome>>;
 
-fn start(src: &MemorySource, config: &Config) -> (Running, ferry::shutdown::Trigger) {
-    let (trigger, shutdown) = ferry::shutdown::channel();
-    let (src, config, t) = (Arc::new(src.clone()), config.clone(), trigger.clone());
+fn start(src: &MemorySource, config: &Config) -> (Running, ferry::shutdown::Shutdown) {
+    let trigger = ferry::shutdown::Shutdown::new();
+    let shutdown = trigger.clone();
+    let (src, config) = (Arc::new(src.clone()), config.clone());
     let task = tokio::spawn(async move {
         let no_refusal = || -> BoxFuture<'_, Option<String>> { Box::pin(async { None }) };
-        run_source(src, &config, &no_refusal, t, shutdown).await
+        run_source(src, &config, &no_refusal, shutdown).await
     });
     (task, trigger)
 }
@@ -838,7 +839,7 @@ async fn scripted_source_through_the_real_pipeline_with_crashes() {
     assert_caught_up(&src, &c, "after a truncate").await;
 
     // 5. A clean stop: the checkpoint is the head, acknowledged up to it.
-    trigger.fire();
+    trigger.cancel();
     let outcome = task.await.expect("pipeline task").expect("pipeline result");
     assert!(matches!(outcome, ferry::Outcome::Ok), "{outcome:?}");
     assert_eq!(

@@ -7,12 +7,12 @@
 //! [`JSON_CHUNK`] nest chunks; values are never arrays, so parsing
 //! flattens them back unambiguously.
 
+use ferry_core::schema::quote_ident;
 use ferry_core::{ChangeLogSeq, Error, TableId};
 use rusqlite::types::Value as SqlValue;
 
 use super::ColumnDef;
 use crate::catalog::SCHEMA;
-use crate::connect::quote_ident;
 
 /// The exact encoding of one value (see the module notes).
 pub(super) fn encode(expr: &str) -> String {

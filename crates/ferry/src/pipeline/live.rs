@@ -30,8 +30,7 @@ use ferry_monitor::{
 use tokio::sync::{oneshot, watch};
 use tracing::debug;
 
-use crate::control::{BoxFuture, ControlHandler, CutoverRequest};
-use crate::shutdown::{Shutdown, Trigger};
+use crate::shutdown::Shutdown;
 
 /// Most unapplied transactions / heartbeats remembered for the lag figure;
 /// the oldest is what matters, so later ones are dropped past this.
@@ -83,13 +82,14 @@ pub struct Live<P: Position> {
     pub cutover_lock: tokio::sync::Mutex<()>,
     pub last_cutover: Mutex<Option<CutoverRecord>>,
     finish: Mutex<Option<Finish>>,
-    shutdown: Trigger,
+    /// The run's token: a finished cutover cancels it.
+    shutdown: Shutdown,
     /// Stops the background tasks once the pipeline has finished.
-    stop: (Trigger, Shutdown),
+    stop: Shutdown,
 }
 
 impl<P: Position> Live<P> {
-    pub fn new(config: Config, state: StateStore, run_id: i64, shutdown: Trigger) -> Arc<Self> {
+    pub fn new(config: Config, state: StateStore, run_id: i64, shutdown: Shutdown) -> Arc<Self> {
         Arc::new(Live {
             config,
             state,
@@ -113,7 +113,7 @@ impl<P: Position> Live<P> {
             last_cutover: Mutex::new(None),
             finish: Mutex::new(None),
             shutdown,
-            stop: crate::shutdown::channel(),
+            stop: Shutdown::new(),
         })
     }
 
@@ -235,6 +235,11 @@ impl<P: Position> Live<P> {
         self.paused.subscribe()
     }
 
+    /// The operator's pause switch (control API).
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+
     pub fn is_paused(&self) -> bool {
         *self.paused.borrow()
     }
@@ -242,7 +247,7 @@ impl<P: Position> Live<P> {
     /// Ask the pipeline to stop streaming and finish the run.
     pub fn request_finish(&self, finish: Finish) {
         lock(&self.finish, |f| *f = Some(finish));
-        self.shutdown.fire();
+        self.shutdown.cancel();
     }
 
     pub fn take_finish(&self) -> Option<Finish> {
@@ -251,13 +256,12 @@ impl<P: Position> Live<P> {
 
     /// Stop the background tasks (control API, monitor, sampler).
     pub fn request_stop(&self) {
-        self.stop.0.fire();
+        self.stop.cancel();
     }
 
     /// Resolves when [`Live::request_stop`] is called.
     pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut s = self.stop.1.clone();
-        async move { s.wait().await }
+        self.stop.clone().cancelled_owned()
     }
 
     /// The status as the control API shows it.
@@ -443,46 +447,6 @@ async fn refresh_tables<P: Position>(
         .collect();
     lock(&live.tables, |t| *t = tables);
     Ok(())
-}
-
-/// The control API's view of the pipeline.
-pub struct Handler<S: Source> {
-    pub live: Arc<Live<S::Position>>,
-    pub source: Arc<S>,
-}
-
-impl<S: Source> std::fmt::Debug for Handler<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handler").field("live", &self.live).finish()
-    }
-}
-
-impl<S: Source> ControlHandler for Handler<S> {
-    fn status(&self) -> Status {
-        self.live.status()
-    }
-
-    fn metrics(&self) -> String {
-        self.live.metrics.render()
-    }
-
-    fn cutover(&self, req: CutoverRequest) -> BoxFuture<'_, Result<CutoverRecord, String>> {
-        Box::pin(super::cutover::run(
-            self.live.clone(),
-            self.source.clone(),
-            req,
-        ))
-    }
-
-    fn pause(&self) {
-        self.live.paused.send_replace(true);
-        tracing::info!("applier paused by the control API");
-    }
-
-    fn resume(&self) {
-        self.live.paused.send_replace(false);
-        tracing::info!("applier resumed by the control API");
-    }
 }
 
 /// Record where the control API listens, so `ferry status` and `ferry

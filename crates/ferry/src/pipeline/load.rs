@@ -76,10 +76,11 @@ pub async fn run<T: Snapshot>(
     let workers = config.load.effective_parallelism().min(jobs.max(1));
     info!(chunks = jobs, workers, "full load started");
     let queue = Arc::new(Mutex::new(queue));
-    let (progress_done, progress_wait) = tokio::sync::oneshot::channel::<()>();
-    let reporter = tokio::spawn(progress::report(board, async move {
-        let _ = progress_wait.await;
-    }));
+    let progress_done = crate::shutdown::Shutdown::new();
+    let reporter = tokio::spawn(progress::report(
+        board,
+        progress_done.clone().cancelled_owned(),
+    ));
     let mut set = tokio::task::JoinSet::new();
     for worker in 0..workers {
         let reader = match snapshot.reader().await {
@@ -87,7 +88,7 @@ pub async fn run<T: Snapshot>(
             Err(e) => {
                 queue.lock().map(|mut q| q.clear()).ok();
                 while set.join_next().await.is_some() {}
-                let _ = progress_done.send(());
+                progress_done.cancel();
                 let _ = reporter.await;
                 return Err(e.into());
             }
@@ -113,11 +114,11 @@ pub async fn run<T: Snapshot>(
             queue.lock().map(|mut q| q.clear()).ok();
         }
     }
-    let _ = progress_done.send(());
+    progress_done.cancel();
     let _ = reporter.await;
     match first_error {
         Some(e) => Err(e),
-        None if shutdown.is_triggered() => {
+        None if shutdown.is_cancelled() => {
             anyhow::bail!("full load interrupted by shutdown; it resumes on the next run")
         }
         None => Ok(()),
@@ -134,7 +135,7 @@ async fn load_worker<R: SnapshotReader>(
 ) -> anyhow::Result<()> {
     let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
     loop {
-        if shutdown.is_triggered() {
+        if shutdown.is_cancelled() {
             return Ok(());
         }
         let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {

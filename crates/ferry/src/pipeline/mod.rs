@@ -23,7 +23,8 @@
 //! target's state schema; every run reads them and continues whatever is
 //! unfinished. Stages: [`schema`], [`load`], [`stream`]; the durable load plan
 //! lives in [`plan_store`]; reconnect policy in [`retry`]; the lag monitor,
-//! status and control API handler in [`live`]; the cutover in [`cutover`].
+//! status in [`live`]; the control API's handler in [`handler`]; the
+//! cutover in [`cutover`].
 //! Nothing here holds source SQL: PostgreSQL is
 //! `ferry_postgres::source::PgSource`, SQLite
 //! `ferry_sqlite::source::SqliteSource`, picked in [`run`]; a new source adds
@@ -41,6 +42,7 @@
 //! [`overrides`] and put back at cutover.
 
 mod cutover;
+mod handler;
 pub mod live;
 pub mod load;
 mod overrides;
@@ -62,7 +64,7 @@ use tracing::info;
 
 use self::live::Live;
 use crate::Outcome;
-use crate::shutdown::{Shutdown, Trigger};
+use crate::shutdown::Shutdown;
 
 /// Checkpoint row name of the change stream.
 pub const STREAM: &str = "main";
@@ -74,7 +76,7 @@ pub type Refusal<'a> =
 
 /// Run the migration until shutdown or cutover: pick the source and hand
 /// it to the generic pipeline ([`run_source`]).
-pub async fn run(config: &Config, trigger: Trigger, shutdown: Shutdown) -> anyhow::Result<Outcome> {
+pub async fn run(config: &Config, shutdown: Shutdown) -> anyhow::Result<Outcome> {
     match config.source.kind().map_err(anyhow::Error::msg)? {
         EndpointKind::Postgres => {
             let refusal = || -> ferry_core::source::BoxFuture<'_, Option<String>> {
@@ -84,7 +86,6 @@ pub async fn run(config: &Config, trigger: Trigger, shutdown: Shutdown) -> anyho
                 Arc::new(PgSource::new(config.clone())),
                 config,
                 &refusal,
-                trigger,
                 shutdown,
             )
             .await
@@ -121,15 +122,13 @@ pub async fn run_source<S: Source>(
     source: Arc<S>,
     config: &Config,
     refusal: Refusal<'_>,
-    trigger: Trigger,
     shutdown: Shutdown,
 ) -> anyhow::Result<Outcome> {
     let mut backoff = retry::Backoff::default();
     loop {
-        let err = match run_once(&source, config, refusal, trigger.clone(), shutdown.clone()).await
-        {
+        let err = match run_once(&source, config, refusal, shutdown.clone()).await {
             Err(e)
-                if !shutdown.is_triggered()
+                if !shutdown.is_cancelled()
                     && stream::classify(&e) == ferry_core::ErrorClass::Transient =>
             {
                 e
@@ -138,10 +137,9 @@ pub async fn run_source<S: Source>(
         };
         let delay = backoff.next_delay();
         tracing::warn!(error = %format!("{err:#}"), attempt = backoff.attempts(), delay_ms = delay.as_millis() as u64, "transient failure; will reconnect");
-        let mut sd = shutdown.clone();
         tokio::select! {
             biased;
-            () = sd.wait() => return Ok(Outcome::Ok),
+            () = shutdown.cancelled() => return Ok(Outcome::Ok),
             () = tokio::time::sleep(delay) => {}
         }
         info!(
@@ -155,7 +153,6 @@ async fn run_once<S: Source>(
     source: &Arc<S>,
     config: &Config,
     refusal: Refusal<'_>,
-    trigger: Trigger,
     shutdown: Shutdown,
 ) -> anyhow::Result<Outcome> {
     let state = StateStore::new(config.state.schema.clone());
@@ -183,7 +180,7 @@ async fn run_once<S: Source>(
         .await?;
     info!(run = run_id, phase = phase.map_or("new", Phase::as_str), source = %config.source.url, "ferry run");
 
-    let live = Live::<S::Position>::new(config.clone(), state.clone(), run_id, trigger);
+    let live = Live::<S::Position>::new(config.clone(), state.clone(), run_id, shutdown.clone());
     if let Some(p) = phase {
         live.set_phase(p);
     }
@@ -280,7 +277,7 @@ async fn load_phase<S: Source>(
         }
     } else {
         resume_load(config, state, target, source, &tables, shutdown).await?;
-        if shutdown.is_triggered() {
+        if shutdown.is_cancelled() {
             return Ok(false);
         }
     }
@@ -343,7 +340,7 @@ async fn start_background<S: Source>(
     let addr = listener.local_addr()?;
     live::publish_address(target, &live.state, &addr.to_string()).await?;
     info!(address = %addr, "control API listening");
-    let handler: Arc<dyn crate::control::ControlHandler> = Arc::new(live::Handler {
+    let handler: Arc<dyn crate::control::ControlHandler> = Arc::new(handler::Handler {
         live: live.clone(),
         source: source.clone(),
     });
@@ -406,6 +403,9 @@ async fn finish_after_cutover<S: Source>(
     keep_slot: bool,
     run_id: i64,
 ) -> anyhow::Result<live::Finished> {
+    // The source must answer before the target is marked done: releasing
+    // its capture follows, and a done migration is never started again.
+    drop(source.probe().await?);
     // A fresh session: the one opened at start may have been ended since
     // (terminated backend, server restart) while the stream reconnected.
     let target = &ferry_postgres::connect::connect(&config.target, "target").await?;
@@ -461,7 +461,7 @@ async fn validate_after_cutover(config: &Config, state: &StateStore) -> anyhow::
 fn finish_load_step(result: anyhow::Result<()>, shutdown: &Shutdown) -> anyhow::Result<bool> {
     match result {
         Ok(()) => Ok(true),
-        Err(_) if shutdown.is_triggered() => {
+        Err(_) if shutdown.is_cancelled() => {
             info!("load interrupted by shutdown; the next run resumes it");
             Ok(false)
         }

@@ -1,20 +1,25 @@
 //! Load progress for the operator: per-table rows, throughput and ETA, and
-//! a total. On a terminal (stderr is a TTY) the block is redrawn in place
-//! every second as progress bars; otherwise a log line per table in flight
-//! is written every 10 seconds.
+//! a total. On a terminal (stderr is a TTY) they are `indicatif` progress
+//! bars, updated every second, with log lines printed above them through the
+//! bars' writer ([`crate::terminal`]) so nothing tears them; when the load
+//! ends they are replaced by their final figures as plain lines. Otherwise
+//! (log files, CI, tests) a `load progress` log line per table in flight and
+//! a `load progress total` line are written every 10 seconds.
 //!
 //! Counters are per table ([`LoadProgress`], updated by the COPY loop);
 //! estimates come from the source statistics and may be off, so the bar is
 //! capped at 100% and the ETA is only a guide.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::future::Future;
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ferry_apply::load::LoadProgress;
 use ferry_core::TableId;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tracing::info;
 
 /// One table's counters and its estimated size.
@@ -54,19 +59,19 @@ pub fn figures(rows: u64, bytes: u64, estimate: Option<u64>, elapsed: Duration) 
     }
 }
 
+/// The bar as text, for the final lines: `[#####.....]  50%`.
 fn bar(fraction: Option<f64>) -> String {
-    const WIDTH: usize = 24;
     match fraction {
         Some(f) => {
-            let filled = (f * WIDTH as f64).round() as usize;
+            let filled = (f * BAR_WIDTH as f64).round() as usize;
             format!(
                 "[{}{}] {:>3.0}%",
                 "#".repeat(filled),
-                ".".repeat(WIDTH - filled),
+                ".".repeat(BAR_WIDTH - filled),
                 f * 100.0
             )
         }
-        None => format!("[{}]    ?", " ".repeat(WIDTH)),
+        None => format!("[{}]    ?", " ".repeat(BAR_WIDTH)),
     }
 }
 
@@ -74,31 +79,31 @@ fn eta_text(eta: Option<Duration>) -> String {
     eta.map_or_else(|| "-".to_owned(), |d| format!("{}s", d.as_secs()))
 }
 
-/// Report until `done` resolves.
-pub async fn report(board: Board, done: impl std::future::Future<Output = ()>) {
+/// How often the bars are updated.
+const DRAW_EVERY: Duration = Duration::from_secs(1);
+/// How often progress is logged when there are no bars.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+/// Width of the bar itself, in characters.
+const BAR_WIDTH: usize = 24;
+
+/// Report until `done` resolves: bars on a terminal, log lines otherwise.
+pub async fn report(board: Board, done: impl Future<Output = ()>) {
+    match crate::terminal::bars() {
+        Some(bars) => draw_until(&board, bars, done).await,
+        None => log_until(&board, done).await,
+    }
+}
+
+async fn log_until(board: &Board, done: impl Future<Output = ()>) {
     tokio::pin!(done);
-    let tty = std::io::stderr().is_terminal();
-    let every = if tty {
-        Duration::from_secs(1)
-    } else {
-        Duration::from_secs(10)
-    };
     let started = Instant::now();
-    let mut drawn = 0usize;
     loop {
         tokio::select! {
             biased;
             () = &mut done => break,
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(LOG_EVERY) => {}
         }
-        if tty {
-            drawn = draw(&board, started.elapsed(), drawn);
-        } else {
-            log(&board, started.elapsed());
-        }
-    }
-    if tty {
-        draw(&board, started.elapsed(), drawn);
+        log(board, started.elapsed());
     }
 }
 
@@ -115,47 +120,125 @@ fn totals(board: &Board) -> (u64, u64, Option<u64>) {
     (rows, bytes, estimate)
 }
 
-fn draw(board: &Board, elapsed: Duration, previous_lines: usize) -> usize {
-    let mut out = String::new();
-    if previous_lines > 0 {
-        out.push_str(&format!("\x1b[{previous_lines}A"));
-    }
-    let width = board
+/// The figures of every table in board order, then the total's. Pure given
+/// the counters.
+fn all_figures(board: &Board, elapsed: Duration) -> Vec<(String, Figures, Option<u64>)> {
+    let mut out: Vec<_> = board
+        .iter()
+        .map(|(table, p)| {
+            let f = figures(
+                p.counters.rows.load(Ordering::Relaxed),
+                p.counters.bytes.load(Ordering::Relaxed),
+                p.estimate,
+                elapsed,
+            );
+            (table.to_string(), f, p.estimate)
+        })
+        .collect();
+    let (rows, bytes, estimate) = totals(board);
+    out.push((
+        "total".to_owned(),
+        figures(rows, bytes, estimate, elapsed),
+        estimate,
+    ));
+    out
+}
+
+/// Width of the name column: the longest table name, at least "total".
+fn name_width(board: &Board) -> usize {
+    board
         .keys()
-        .map(|t| t.to_string().len())
+        .map(|t| t.to_string().chars().count())
         .max()
         .unwrap_or(5)
-        .max(5);
-    for (table, p) in board {
-        let f = figures(
-            p.counters.rows.load(Ordering::Relaxed),
-            p.counters.bytes.load(Ordering::Relaxed),
-            p.estimate,
-            elapsed,
-        );
-        out.push_str(&format!(
-            "\x1b[2K{:<width$} {} {:>12} rows {:>8.1} MB/s  eta {}\n",
-            table.to_string(),
-            bar(f.fraction),
-            f.rows,
-            f.mb_per_s,
-            eta_text(f.eta)
-        ));
-    }
-    let (rows, bytes, est) = totals(board);
-    let f = figures(rows, bytes, est, elapsed);
-    out.push_str(&format!(
-        "\x1b[2K{:<width$} {} {:>12} rows {:>8.1} MB/s  eta {}\n",
-        "total",
+        .max(5)
+}
+
+/// The bars' look: `name [####....]  50%   rows MB/s eta`, as [`line`]
+/// writes it; without an estimate the bar stays empty and the percentage
+/// is `?`.
+fn bar_style(width: usize, estimated: bool) -> ProgressStyle {
+    let template = if estimated {
+        format!(
+            "{{prefix:<{width}}} [{{bar:{BAR_WIDTH}}}] {{percent:>3}}% {{pos:>12}} rows {{msg}}"
+        )
+    } else {
+        format!(
+            "{{prefix:<{width}}} [{}]    ? {{pos:>12}} rows {{msg}}",
+            " ".repeat(BAR_WIDTH)
+        )
+    };
+    ProgressStyle::with_template(&template)
+        .expect("the progress template is valid")
+        .progress_chars("#.")
+}
+
+/// The text after the row count: throughput and ETA.
+fn rate_text(f: &Figures) -> String {
+    format!("{:>8.1} MB/s  eta {}", f.mb_per_s, eta_text(f.eta))
+}
+
+/// One table's (or the total's) progress as a plain line, as the bar shows it.
+fn line(name: &str, width: usize, f: &Figures) -> String {
+    format!(
+        "{name:<width$} {} {:>12} rows {}",
         bar(f.fraction),
         f.rows,
-        f.mb_per_s,
-        eta_text(f.eta)
-    ));
-    let mut err = std::io::stderr();
-    let _ = err.write_all(out.as_bytes());
-    let _ = err.flush();
-    board.len() + 1
+        rate_text(f)
+    )
+}
+
+/// One bar per table and one for the total, in `bars`.
+fn add_bars(board: &Board, bars: &MultiProgress) -> Vec<ProgressBar> {
+    let width = name_width(board);
+    all_figures(board, Duration::ZERO)
+        .into_iter()
+        .map(|(name, _, estimate)| {
+            let style = bar_style(width, estimate.is_some_and(|e| e > 0));
+            bars.add(ProgressBar::no_length().with_style(style).with_prefix(name))
+        })
+        .collect()
+}
+
+/// Set each bar to its figures; the length is never below the rows copied,
+/// so a low estimate shows as 100%, not more.
+fn update_bars(board: &Board, bars: &[ProgressBar], elapsed: Duration) {
+    for (bar, (_, f, estimate)) in bars.iter().zip(all_figures(board, elapsed)) {
+        if let Some(e) = estimate.filter(|e| *e > 0) {
+            bar.set_length(e.max(f.rows));
+        }
+        bar.set_position(f.rows);
+        bar.set_message(rate_text(&f));
+    }
+}
+
+async fn draw_until(board: &Board, bars: &MultiProgress, done: impl Future<Output = ()>) {
+    tokio::pin!(done);
+    let started = Instant::now();
+    let shown = add_bars(board, bars);
+    loop {
+        update_bars(board, &shown, started.elapsed());
+        tokio::select! {
+            biased;
+            () = &mut done => break,
+            () = tokio::time::sleep(DRAW_EVERY) => {}
+        }
+    }
+    // The final figures stay on screen as plain lines; the bars go.
+    let width = name_width(board);
+    let summary: String = all_figures(board, started.elapsed())
+        .iter()
+        .map(|(name, f, _)| line(name, width, f) + "\n")
+        .collect();
+    for bar in &shown {
+        bar.finish_and_clear();
+        bars.remove(bar);
+    }
+    bars.suspend(|| {
+        let mut err = std::io::stderr();
+        let _ = err.write_all(summary.as_bytes());
+        let _ = err.flush();
+    });
 }
 
 fn log(board: &Board, elapsed: Duration) {
@@ -197,5 +280,91 @@ mod tests {
             assert_eq!(f.eta.map(|d| d.as_secs()), eta, "{rows}/{est:?}");
         }
         assert!(bar(Some(0.5)).contains("50%"));
+    }
+
+    fn board(tables: &[(&str, u64, u64, Option<u64>)]) -> Board {
+        tables
+            .iter()
+            .map(|&(name, rows, bytes, estimate)| {
+                let counters = Arc::new(LoadProgress::default());
+                counters.rows.store(rows, Ordering::Relaxed);
+                counters.bytes.store(bytes, Ordering::Relaxed);
+                (
+                    TableId::new("public", name),
+                    TableProgress { counters, estimate },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn final_lines_show_every_table_and_the_total() {
+        let b = board(&[
+            ("orders", 500, 2_000_000, Some(1000)),
+            ("order_lines", 7, 0, None),
+        ]);
+        let width = name_width(&b);
+        let lines: Vec<String> = all_figures(&b, Duration::from_secs(2))
+            .iter()
+            .map(|(name, f, _)| line(name, width, f))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "public.order_lines [                        ]    ?            7 rows      0.0 MB/s  eta -",
+                "public.orders      [############............]  50%          500 rows      1.0 MB/s  eta 2s",
+                "total              [                        ]    ?          507 rows      1.0 MB/s  eta -",
+            ]
+        );
+    }
+
+    /// The bars as a terminal shows them: the same columns as the final
+    /// lines, capped at 100% when the estimate was low.
+    #[test]
+    fn bars_draw_table_rows_and_percentages() {
+        let term = indicatif::InMemoryTerm::new(10, 120);
+        let bars = MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::term_like(
+            Box::new(term.clone()),
+        ));
+        let b = board(&[
+            ("orders", 500, 1_000_000, Some(1000)),
+            ("tiny", 30, 0, Some(10)),
+            ("unknown", 7, 0, None),
+        ]);
+        let shown = add_bars(&b, &bars);
+        assert_eq!(shown.len(), 4);
+        update_bars(&b, &shown, Duration::from_secs(1));
+        for bar in &shown {
+            bar.tick();
+        }
+        let screen = term.contents();
+        let rows: Vec<&str> = screen.lines().map(str::trim_end).collect();
+        assert!(
+            rows.iter().any(
+                |r| r.starts_with("public.orders  [############............]  50%")
+                    && r.contains("500 rows")
+                    && r.ends_with("1.0 MB/s  eta 1s")
+            ),
+            "{screen}"
+        );
+        assert!(
+            rows.iter().any(
+                |r| r.starts_with("public.tiny    [########################] 100%")
+                    && r.contains("30 rows")
+            ),
+            "{screen}"
+        );
+        assert!(
+            rows.iter().any(
+                |r| r.starts_with("public.unknown [                        ]    ?")
+                    && r.contains("7 rows")
+            ),
+            "{screen}"
+        );
+        assert!(
+            rows.iter()
+                .any(|r| r.starts_with("total          [") && r.contains("537 rows")),
+            "{screen}"
+        );
     }
 }

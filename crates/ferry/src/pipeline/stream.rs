@@ -51,7 +51,7 @@ pub async fn run<S: Source>(
         let started = Instant::now();
         let err = match stream_once(config, state, shutdown.clone(), &live, source, catalog).await {
             Ok(()) => return Ok(()),
-            Err(e) if shutdown.is_triggered() => {
+            Err(e) if shutdown.is_cancelled() => {
                 warn!(error = %format!("{e:#}"), "stream ended with an error during shutdown");
                 return Ok(());
             }
@@ -67,10 +67,9 @@ pub async fn run<S: Source>(
         }
         let delay = backoff.next_delay();
         warn!(error = %format!("{err:#}"), attempt = backoff.attempts(), delay_ms = delay.as_millis() as u64, "transient failure; will reconnect");
-        let mut sd = shutdown.clone();
         tokio::select! {
             biased;
-            () = sd.wait() => return Ok(()),
+            () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep(delay) => {}
         }
         info!(
@@ -147,9 +146,8 @@ async fn stream_once<S: Source>(
         handle.ack(p.clone());
         live.applied(p.clone());
     };
-    let mut sd = shutdown.clone();
     let outcome = applier
-        .run(&mut rx, ack, async move { sd.wait().await })
+        .run(&mut rx, ack, shutdown.clone().cancelled_owned())
         .await;
     if let Some(p) = promoter {
         p.abort();

@@ -23,7 +23,9 @@ use anyhow::{Context, bail};
 use ferry_e2e::{Background, ferry};
 use ferry_testkit::PgServer;
 
-use super::{Bench, Report, Sizes, bench_server, run_tool, stop_ferry, tail, wait_for};
+use crate::Sizes;
+use crate::harness::{Bench, bench_server, run_tool, stop_ferry, wait_for};
+use crate::report::{Report, tail};
 
 const FREEZE_TARGET_S: f64 = 1.0;
 const LAG_TARGET_S: f64 = 1.0;

@@ -6,7 +6,7 @@
 
 use ferry_e2e::memory::{self, MemoryFigures};
 
-use super::Report;
+use crate::report::Report;
 
 /// Run it and put the figures (or the failure) in the report.
 pub(crate) fn run(report: &mut Report) {

@@ -1,0 +1,72 @@
+//! The control API of a running `ferry run`, and its client for the CLI.
+//!
+//! - [`server`]: the HTTP server the pipeline runs ([`serve`]).
+//! - [`client`]: the requests `ferry status`, `ferry cutover`, `ferry pause`
+//!   and `ferry resume` send to it.
+//!
+//! This module holds what both sides share: the request types and the
+//! [`ControlHandler`] the pipeline implements.
+//!
+//! HTTP/1.1 on `control.listen` (loopback by default, `127.0.0.1:7433`):
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /status` | the [`Status`] as JSON |
+//! | `GET /metrics` | Prometheus text |
+//! | `POST /cutover` | body: [`CutoverRequest`] JSON (empty = defaults); the [`CutoverRecord`] JSON, or `409 {"error": …}` |
+//! | `POST /pause`, `POST /resume` | `{"paused": bool}` |
+//!
+//! When `control.token` is set every request needs `Authorization: Bearer
+//! <token>` (compared in constant time), else `401`. The pipeline provides a
+//! [`ControlHandler`]; [`serve`] runs until its shutdown future resolves,
+//! then stops accepting and lets requests in flight finish (a cutover's
+//! answer must reach the operator even though the pipeline stops right
+//! after). Nothing served here carries a secret: status errors are redacted
+//! by the status model, and the token is never echoed.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use ferry_monitor::{CutoverRecord, Status};
+use serde::{Deserialize, Serialize};
+
+mod client;
+mod server;
+
+pub use client::{ControlClientError, get_status, post_cutover, post_pause, post_resume};
+pub use server::serve;
+
+/// Options of `ferry cutover` / `POST /cutover`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CutoverRequest {
+    /// Report what would happen; change nothing.
+    pub dry_run: bool,
+    /// Fence source writes (PG: read-only + terminate writers; MySQL: read_only).
+    pub fence: bool,
+    /// Refuse unless lag is under this many seconds.
+    pub max_lag_seconds: Option<f64>,
+    /// Give up (and unfence) if the drain takes longer than this.
+    pub timeout_seconds: Option<f64>,
+    /// Keep the slot/publication or triggers after cutover.
+    pub keep_slot: bool,
+    /// Skip the row-count validation.
+    pub skip_counts: bool,
+}
+
+/// A boxed future, so the handler trait stays object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the pipeline exposes to the control API.
+pub trait ControlHandler: Send + Sync + 'static {
+    fn status(&self) -> Status;
+    /// Prometheus text (`Metrics::render`).
+    fn metrics(&self) -> String;
+    /// Run (or dry-run) the cutover; `Err` says why it was refused or failed.
+    fn cutover(&self, req: CutoverRequest) -> BoxFuture<'_, Result<CutoverRecord, String>>;
+    fn pause(&self);
+    fn resume(&self);
+}
+
+#[cfg(test)]
+mod tests;
