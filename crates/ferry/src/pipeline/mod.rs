@@ -100,7 +100,6 @@ pub async fn run(config: &Config, shutdown: Shutdown) -> anyhow::Result<Outcome>
                 Arc::new(ferry_sqlite::source::SqliteSource::new(config)?),
                 config,
                 &refusal,
-                trigger,
                 shutdown,
             )
             .await
