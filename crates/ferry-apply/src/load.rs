@@ -162,8 +162,15 @@ fn copy_sql(target: &TableId, columns: &[String], binary: bool) -> String {
     )
 }
 
+/// A failed read of the source's rows: a classified [`Error`] keeps its
+/// class (an operator error, e.g. a value that does not fit its column, must
+/// not be retried forever); anything else is transient.
 fn source_error(target: &TableId, e: impl Into<BoxError>) -> Error {
-    Error::transient(format!("reading source data for {target}")).with_source(e.into())
+    let context = format!("reading source data for {target}");
+    match e.into().downcast::<Error>() {
+        Ok(e) => e.context(context),
+        Err(other) => Error::transient(context).with_source(other),
+    }
 }
 
 /// Pass binary COPY bytes through to `COPY target FROM STDIN (FORMAT binary)`.

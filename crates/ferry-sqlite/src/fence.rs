@@ -66,6 +66,16 @@ impl Fence {
         Ok(())
     }
 
+    /// Ends the fence after a failed cutover (`ROLLBACK`); the
+    /// application's writers proceed and capture goes on.
+    pub fn abort(self) -> Result<(), Error> {
+        self.conn
+            .execute_batch("ROLLBACK")
+            .map_err(sql_error("releasing the write lock"))?;
+        tracing::info!("source writes released (cutover abandoned)");
+        Ok(())
+    }
+
     /// Removes ferry's triggers and tables, then releases: the first write
     /// after the fence is no longer captured (nor needs to be).
     pub fn remove_capture_and_release(self) -> Result<(), Error> {

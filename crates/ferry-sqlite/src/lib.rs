@@ -12,7 +12,7 @@
 //!   checks, what change capture installs (or the state of an installed
 //!   one), and the table plan ([`plan`]).
 //!
-//! Change data capture (the groundwork `ferry run` plugs in):
+//! Change data capture (what `ferry run` drives through [`source`]):
 //!
 //! - [`capture`]: installs / removes the change-log table and the triggers
 //!   that fill it; schema fingerprints, ADD COLUMN carried, any other
@@ -25,6 +25,9 @@
 //! - [`fence`]: the write lock held through the cutover.
 //! - [`value`]: SQLite values → typed ferry values by the chosen type.
 //!
+//! `ferry run`: [`source::SqliteSource`] puts these behind the source seam
+//! ([`ferry_core::source::Source`]) for the generic pipeline.
+//!
 //! rusqlite is blocking: the async entry point runs the work on
 //! `tokio::task::spawn_blocking`; the capture modules are blocking and
 //! belong on a dedicated thread or `spawn_blocking` as well.
@@ -36,6 +39,7 @@ pub mod fence;
 pub mod preflight;
 pub mod reader;
 pub mod snapshot;
+pub mod source;
 pub mod typemap;
 pub mod value;
 

@@ -11,8 +11,9 @@
 //! - `journal_mode`: WAL is recommended so the application keeps writing
 //!   while ferry reads (warn otherwise, explaining that a read blocks
 //!   writers in rollback-journal mode and what ferry does about it);
-//! - `write access`: `ferry run` installs change capture in the file, so
-//!   the file and its directory must be writable (checked without writing);
+//! - `write access`: `ferry run` installs change capture in the file and
+//!   places the load's snapshot copy next to it, so the file and its
+//!   directory must be writable (checked without writing);
 //! - `change capture`: exactly what `ferry run` installs
 //!   ([`crate::capture`]), or, when it is installed already, whether every
 //!   captured table still has the schema it was captured with (a rebuilt
@@ -292,7 +293,9 @@ fn write_check(path: &Path) -> Check {
         Check::pass(
             SIDE,
             "write access",
-            format!("{shown} and its directory are writable (ferry run installs change capture)"),
+            format!(
+                "{shown} and its directory are writable (ferry run installs change capture, and puts one copy of the file next to it while loading)"
+            ),
         )
     } else {
         Check::fail(

@@ -3,7 +3,16 @@
 //! Consumes `_ferry_changes` ([`crate::capture`]) after a [`ChangeLogSeq`]
 //! (the snapshot's position, then each checkpoint) and emits, per entry in
 //! `seq` order, `Relation` (before a table's first change and after each
-//! carried ADD COLUMN), `Begin`, one `Change`, `Commit { position: seq }`.
+//! carried ADD COLUMN), `Begin { final_position: seq - 1 }`, one `Change`,
+//! `Commit { position: seq }`.
+//!
+//! Positions: a snapshot at `S` ([`crate::snapshot`]) holds every entry
+//! with `seq <= S`. The checkpoint skips a commit at or before it, so
+//! `Commit.position = seq` replays nothing of the snapshot; the per-table
+//! snapshot skip drops a change whose `final_position` is before the
+//! snapshot's, so `final_position = seq - 1` (`< S` exactly when `seq <=
+//! S`) drops what a reloaded table already holds and nothing more — like
+//! PostgreSQL's `final_lsn < end_lsn`.
 //!
 //! Transactions: a trigger cannot see any transaction identity in SQLite
 //! (no txid, and `data_version` does not change for the writer's own
@@ -291,7 +300,7 @@ fn decode(
     batch.events.push(Event::Begin {
         xid: None,
         commit_time: time,
-        final_position: Some(e.seq),
+        final_position: Some(ChangeLogSeq(e.seq.0.saturating_sub(1))),
     });
     batch.events.push(Event::Change(change));
     batch.events.push(Event::Commit {
@@ -345,7 +354,10 @@ fn typed(t: &Tracked, vals: &[SqlValue], cols: &[usize], seq: ChangeLogSeq) -> R
                     c.pg_type
                 ),
                 format!(
-                    "fix the value in the source row, or carry {}.{} as text (tables.column_types)",
+                    "a value written during the migration does not fit the type ferry chose for {}.{} \
+                     from the values it sampled; fix the row in the source, then start over: \
+                     `ferry cleanup --state`, drop the migrated tables on the target, `ferry run` \
+                     (`ferry plan` shows the type it will choose; per-column type overrides are not available yet)",
                     t.id(),
                     c.name
                 ),

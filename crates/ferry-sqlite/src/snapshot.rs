@@ -72,17 +72,45 @@ pub fn read_auto(
     let copy = scratch.join(format!("ferry-snapshot-{}.db", std::process::id()));
     let _ = std::fs::remove_file(&copy);
     let started = std::time::Instant::now();
-    conn.execute("VACUUM INTO ?1", [copy.to_string_lossy().as_ref()])
-        .map_err(sql_error(format!(
-            "copying {} to {} for the snapshot",
-            path.display(),
-            copy.display()
-        )))?;
+    copy_file(&conn, path, &copy)?;
     tracing::info!(journal_mode = %mode, copy_ms = started.elapsed().as_millis() as u64, "snapshot copy taken");
     drop(conn);
     let result = read(&copy, sink);
     let _ = std::fs::remove_file(&copy);
     result
+}
+
+/// How often a busy `VACUUM INTO` is tried before giving up.
+const COPY_ATTEMPTS: u32 = 10;
+
+/// `VACUUM INTO copy` on `conn` (one read transaction of `path`). In
+/// rollback-journal mode a writer that commits back to back can keep the
+/// reader out beyond its busy timeout: a busy copy is tried again, with a
+/// growing pause, before it fails (transient).
+pub fn copy_file(conn: &Connection, path: &Path, copy: &Path) -> Result<(), Error> {
+    let mut attempt = 1;
+    loop {
+        let _ = std::fs::remove_file(copy);
+        match conn.execute("VACUUM INTO ?1", [copy.to_string_lossy().as_ref()]) {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if attempt < COPY_ATTEMPTS
+                    && e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) =>
+            {
+                tracing::debug!(attempt, "snapshot copy busy; trying again");
+                std::thread::sleep(std::time::Duration::from_millis(50 * u64::from(attempt)));
+                attempt += 1;
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(copy);
+                return Err(sql_error(format!(
+                    "copying {} to {} for the snapshot",
+                    path.display(),
+                    copy.display()
+                ))(e));
+            }
+        }
+    }
 }
 
 /// [`read`] on an open connection.
@@ -139,9 +167,8 @@ pub fn read_with(
                     Error::operator(
                         format!("snapshot of {}: column {} ({}): {why}", t.id(), c.name, c.pg_type),
                         format!(
-                            "fix the value in the source, or carry {}.{} as text (tables.column_types)",
-                            t.id(),
-                            c.name
+                            "fix the value in the source row so that it fits {} (per-column type overrides are not available yet)",
+                            c.pg_type
                         ),
                     )
                 })?);

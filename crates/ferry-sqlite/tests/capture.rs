@@ -49,13 +49,20 @@ fn install(path: &Path, only: &[&str]) -> Vec<Installed> {
     capture::install(&mut conn, &cat.tables).unwrap()
 }
 
+/// The changes with their commit positions; every transaction's
+/// `final_position` is its commit position minus one (a snapshot at `S`
+/// holds exactly the entries whose `final_position < S`).
 fn changes(events: &[Event<ChangeLogSeq>]) -> Vec<(ChangeLogSeq, Change)> {
     let mut out = Vec::new();
-    let mut pending = None;
+    let (mut pending, mut last_final) = (None, None);
     for e in events {
         match e {
+            Event::Begin { final_position, .. } => last_final = *final_position,
             Event::Change(c) => pending = Some(c.clone()),
-            Event::Commit { position, .. } => out.push((*position, pending.take().unwrap())),
+            Event::Commit { position, .. } => {
+                assert_eq!(last_final.take(), Some(ChangeLogSeq(position.0 - 1)));
+                out.push((*position, pending.take().unwrap()));
+            }
             _ => {}
         }
     }

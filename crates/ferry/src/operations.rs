@@ -233,8 +233,9 @@ pub async fn report(config: &Config, output: &std::path::Path) -> anyhow::Result
     Ok(Outcome::Ok)
 }
 
-/// `ferry cleanup`: remove what ferry created on the source (replication
-/// slot and publication; never a slot or publication created beforehand)
+/// `ferry cleanup`: remove what ferry created on the source (PostgreSQL:
+/// replication slot and publication, never a slot or publication created
+/// beforehand; SQLite: the change-capture triggers and tables in the file)
 /// and, with `state`, its state schema in the target, so the next `ferry
 /// run` starts a new migration. Never touches table data.
 #[allow(clippy::print_stdout)]
@@ -246,6 +247,13 @@ pub async fn cleanup(config: &Config, state: bool) -> anyhow::Result<Outcome> {
     {
         println!("cleanup: a ferry run is still running on {addr}; stop it first (SIGTERM)");
         return Ok(Outcome::Refused);
+    }
+    if let Ok(ferry_core::config::EndpointKind::Sqlite(_)) = config.source.kind() {
+        println!(
+            "source: {}",
+            ferry_sqlite::source::remove_capture(config).await?
+        );
+        return cleanup_state(config, state).await;
     }
     let source = ferry_postgres::connect::connect(&config.source, "source").await?;
     let slot = &config.postgres.slot;
@@ -261,6 +269,12 @@ pub async fn cleanup(config: &Config, state: bool) -> anyhow::Result<Outcome> {
         "source: {slot_said}; publication '{}' dropped if ferry created it",
         config.postgres.publication
     );
+    cleanup_state(config, state).await
+}
+
+/// With `state`, drop the state schema in the target (`ferry cleanup`).
+#[allow(clippy::print_stdout)]
+async fn cleanup_state(config: &Config, state: bool) -> anyhow::Result<Outcome> {
     if state {
         let target = ferry_postgres::connect::connect(&config.target, "target").await?;
         target

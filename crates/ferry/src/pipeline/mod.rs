@@ -26,7 +26,8 @@
 //! status in [`live`]; the control API's handler in [`handler`]; the
 //! cutover in [`cutover`].
 //! Nothing here holds source SQL: PostgreSQL is
-//! `ferry_postgres::source::PgSource`, picked in [`run`]; a new source adds
+//! `ferry_postgres::source::PgSource`, SQLite
+//! `ferry_sqlite::source::SqliteSource`, picked in [`run`]; a new source adds
 //! its crate and one arm there (see `docs/architecture.md`).
 //!
 //! Resume rules: a crash during `schema` replaces the capture it started
@@ -89,9 +90,23 @@ pub async fn run(config: &Config, shutdown: Shutdown) -> anyhow::Result<Outcome>
             )
             .await
         }
-        EndpointKind::MySql | EndpointKind::Sqlite(_) => Err(ferry_core::Error::operator(
+        EndpointKind::Sqlite(_) => {
+            // Tables land in `public` unless renamed, as `ferry plan` shows.
+            let config = &ferry_sqlite::source::with_target_names(config).await?;
+            let refusal = || -> ferry_core::source::BoxFuture<'_, Option<String>> {
+                Box::pin(crate::plan::refusal(config))
+            };
+            run_source(
+                Arc::new(ferry_sqlite::source::SqliteSource::new(config)?),
+                config,
+                &refusal,
+                shutdown,
+            )
+            .await
+        }
+        EndpointKind::MySql => Err(ferry_core::Error::operator(
             format!("`ferry run` from {} is not available yet", config.source.url),
-            "this release migrates PostgreSQL sources; `ferry plan` already checks MySQL/MariaDB and SQLite sources",
+            "this release migrates PostgreSQL and SQLite sources; `ferry plan` already checks MySQL/MariaDB sources",
         )
         .into()),
     }

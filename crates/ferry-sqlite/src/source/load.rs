@@ -1,0 +1,318 @@
+//! The load: rowid-range chunks, the `VACUUM INTO` snapshot copy and
+//! the readers that stream its rows.
+//!
+//! Consumes the catalog (row counts, rowid ranges) and the source file;
+//! emits [`Chunk`]s, one [`SqliteSnapshot`] per load (a copy of the file
+//! and the change-log head read from the copy: rows and position of one
+//! instant) and per chunk a bounded stream of typed rows. Restart: copies
+//! a crashed process left behind are removed by the next snapshot.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ferry_core::schema::quote_ident;
+use ferry_core::source::{self, Chunk, ChunkData};
+use ferry_core::{ChangeLogSeq, Error, Row, TableSchema};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::open_ro;
+use crate::capture::{self, SchemaChange, sql_error};
+use crate::{reader, value};
+
+/// Rows buffered between a chunk's reading thread and the load.
+const ROW_BUFFER: usize = 1024;
+
+/// The rowid ranges of one table's chunks (pure): `None` bounds are open.
+pub fn rowid_chunks(
+    rows: u64,
+    range: Option<(i64, i64)>,
+    chunk_rows: u64,
+) -> Vec<(Option<i64>, Option<i64>)> {
+    let Some((lo, hi)) = range else {
+        return vec![(None, None)];
+    };
+    let n = rows.div_ceil(chunk_rows.max(1)).max(1);
+    let span = (i128::from(hi) - i128::from(lo) + 1).max(1);
+    if n <= 1 || span < 2 {
+        return vec![(None, None)];
+    }
+    let n = i128::from(n).min(span);
+    let step = (span + n - 1) / n;
+    let mut out = Vec::new();
+    let mut from = i128::from(lo);
+    let mut i = 0;
+    while from <= i128::from(hi) {
+        let to = from + step;
+        let first = i == 0;
+        let last = to > i128::from(hi);
+        out.push((
+            (!first).then_some(from as i64),
+            (!last).then_some(to as i64),
+        ));
+        from = to;
+        i += 1;
+    }
+    out
+}
+
+pub(super) fn chunk_predicate((from, to): (Option<i64>, Option<i64>)) -> Option<String> {
+    match (from, to) {
+        (None, None) => None,
+        (Some(a), None) => Some(format!("rowid >= {a}")),
+        (None, Some(b)) => Some(format!("rowid < {b}")),
+        (Some(a), Some(b)) => Some(format!("rowid >= {a} AND rowid < {b}")),
+    }
+}
+
+/// A consistent copy of the source file and the change-log position it
+/// holds.
+#[derive(Debug)]
+pub struct SqliteSnapshot {
+    copy: PathBuf,
+    position: ChangeLogSeq,
+}
+
+fn snapshot_prefix(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(".{name}.ferry-snapshot-")
+}
+
+fn dir_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Removes snapshot copies other processes left behind (a crashed run).
+pub(super) fn remove_stale_copies(path: &Path) {
+    let prefix = snapshot_prefix(path);
+    let mine = format!("{prefix}{}-", std::process::id());
+    let Ok(entries) = std::fs::read_dir(dir_of(path)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && !name.starts_with(&mine) {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => info!(file = %e.path().display(), "removed a stale snapshot copy"),
+                Err(err) => {
+                    warn!(file = %e.path().display(), error = %err, "could not remove a stale snapshot copy")
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn take_snapshot(path: &Path, n: u64) -> Result<SqliteSnapshot, Error> {
+    remove_stale_copies(path);
+    let copy = dir_of(path).join(format!(
+        "{}{}-{n}",
+        snapshot_prefix(path),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&copy);
+    let started = Instant::now();
+    let conn = open_ro(path)?;
+    crate::snapshot::copy_file(&conn, path, &copy).map_err(|e| {
+        if e.is_transient() {
+            e
+        } else {
+            e.with_fix(format!(
+                "ferry needs read access to the file and room for a copy of it in {}",
+                dir_of(path).display()
+            ))
+        }
+    })?;
+    drop(conn);
+    let result = (|| {
+        let conn = open_ro(&copy)?;
+        let tracked = capture::load_tracked(&conn)?;
+        if tracked.is_empty() {
+            return Err(Error::operator(
+                "no ferry change capture is installed in the source file",
+                "start `ferry run`, which installs it before the snapshot",
+            ));
+        }
+        for t in tracked.values() {
+            match capture::check_table(&conn, t)? {
+                SchemaChange::Unchanged => {}
+                SchemaChange::AddedColumns(_) => {
+                    return Err(Error::transient(format!(
+                        "{} gained columns before the snapshot",
+                        t.id()
+                    ))
+                    .with_fix("ferry retries; the change reader carries the new columns"));
+                }
+                other => return Err(capture::stop(&t.name, &other)),
+            }
+        }
+        reader::head(&conn)
+    })();
+    match result {
+        Ok(position) => {
+            info!(position = %position, copy_ms = started.elapsed().as_millis() as u64, "sqlite snapshot taken");
+            Ok(SqliteSnapshot { copy, position })
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&copy);
+            Err(e)
+        }
+    }
+}
+
+impl source::Snapshot for SqliteSnapshot {
+    type Position = ChangeLogSeq;
+    type Reader = SqliteSnapshotReader;
+
+    fn position(&self) -> ChangeLogSeq {
+        self.position
+    }
+
+    async fn reader(&self) -> Result<SqliteSnapshotReader, Error> {
+        Ok(SqliteSnapshotReader {
+            copy: self.copy.clone(),
+        })
+    }
+
+    async fn release(self) {
+        let copy = self.copy;
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = std::fs::remove_file(&copy) {
+                warn!(file = %copy.display(), error = %e, "could not remove the snapshot copy");
+            }
+        })
+        .await;
+    }
+}
+
+/// Reads chunks of the snapshot copy.
+#[derive(Debug)]
+pub struct SqliteSnapshotReader {
+    copy: PathBuf,
+}
+
+impl source::SnapshotReader for SqliteSnapshotReader {
+    async fn read(&mut self, chunk: &Chunk, schema: &TableSchema) -> Result<ChunkData, Error> {
+        let (tx, rx) = mpsc::channel::<Result<Row, Error>>(ROW_BUFFER);
+        let (copy, chunk, schema) = (self.copy.clone(), chunk.clone(), schema.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = read_chunk(&copy, &chunk, &schema, &tx) {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        let rows =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+            );
+        Ok(ChunkData::Rows(Box::pin(rows)))
+    }
+}
+
+fn read_chunk(
+    copy: &Path,
+    chunk: &Chunk,
+    schema: &TableSchema,
+    tx: &mpsc::Sender<Result<Row, Error>>,
+) -> Result<(), Error> {
+    let id = &schema.id;
+    let conn = open_ro(copy)?;
+    let cols: Vec<String> = schema
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect();
+    let filter = chunk
+        .predicate
+        .as_deref()
+        .map(|p| format!(" WHERE {p}"))
+        .unwrap_or_default();
+    let sql = format!(
+        "SELECT {} FROM {}{filter}",
+        cols.join(", "),
+        quote_ident(&chunk.relation.name)
+    );
+    let ctx = || format!("reading {id} chunk {}/{}", chunk.index + 1, chunk.total);
+    let mut stmt = conn.prepare(&sql).map_err(sql_error(ctx()))?;
+    let mut rows = stmt.query([]).map_err(sql_error(ctx()))?;
+    while let Some(r) = rows.next().map_err(sql_error(ctx()))? {
+        let mut values = Vec::with_capacity(schema.columns.len());
+        for (i, c) in schema.columns.iter().enumerate() {
+            let v = r.get_ref(i).map_err(sql_error(ctx()))?;
+            values.push(value::decode(&c.pg_type, v).map_err(|why| {
+                Error::operator(
+                    format!("snapshot of {id}: column {} ({}): {why}", c.name, c.pg_type),
+                    format!(
+                        "fix the value in the source row so that it fits {}, then `ferry run` again \
+                         (the load resumes from a new snapshot; per-column type overrides are not available yet)",
+                        c.pg_type
+                    ),
+                )
+            })?);
+        }
+        if tx.blocking_send(Ok(Row::new(values))).is_err() {
+            return Ok(()); // the load stopped reading
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Bounds = (Option<i64>, Option<i64>);
+    /// (rows, rowid range, chunk rows, expected chunk bounds)
+    type Case = (u64, Option<(i64, i64)>, u64, Vec<Bounds>);
+
+    #[test]
+    fn rowid_chunks_cover_every_rowid_once() {
+        // (rows, range, chunk rows, expected ranges)
+        let cases: Vec<Case> = vec![
+            (0, None, 10, vec![(None, None)]),
+            (5, Some((1, 5)), 10, vec![(None, None)]),
+            (10, Some((1, 10)), 5, vec![(None, Some(6)), (Some(6), None)]),
+            (
+                7,
+                Some((-3, 3)),
+                3,
+                vec![(None, Some(0)), (Some(0), Some(3)), (Some(3), None)],
+            ),
+            // More chunks asked for than distinct rowids.
+            (
+                4,
+                Some((10, 11)),
+                1,
+                vec![(None, Some(11)), (Some(11), None)],
+            ),
+            (
+                2,
+                Some((i64::MIN, i64::MAX)),
+                1,
+                vec![(None, Some(0)), (Some(0), None)],
+            ),
+        ];
+        for (rows, range, per, want) in cases {
+            assert_eq!(
+                rowid_chunks(rows, range, per),
+                want,
+                "{rows} {range:?} {per}"
+            );
+        }
+    }
+
+    #[test]
+    fn predicates() {
+        assert_eq!(chunk_predicate((None, None)), None);
+        assert_eq!(chunk_predicate((None, Some(5))).unwrap(), "rowid < 5");
+        assert_eq!(chunk_predicate((Some(5), None)).unwrap(), "rowid >= 5");
+        assert_eq!(
+            chunk_predicate((Some(1), Some(5))).unwrap(),
+            "rowid >= 1 AND rowid < 5"
+        );
+    }
+}
