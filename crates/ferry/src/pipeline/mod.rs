@@ -25,7 +25,8 @@
 //! lives in [`plan_store`]; reconnect policy in [`retry`]; the lag monitor,
 //! status and control API handler in [`live`]; the cutover in [`cutover`].
 //! Nothing here holds source SQL: PostgreSQL is
-//! `ferry_postgres::source::PgSource`, picked in [`run`]; a new source adds
+//! `ferry_postgres::source::PgSource`, MariaDB
+//! `ferry_mysql::source::MySqlSource`, picked in [`run`]; a new source adds
 //! its crate and one arm there (see `docs/architecture.md`).
 //!
 //! Resume rules: a crash during `schema` replaces the capture it started
@@ -88,9 +89,22 @@ pub async fn run(config: &Config, trigger: Trigger, shutdown: Shutdown) -> anyho
             )
             .await
         }
-        EndpointKind::MySql | EndpointKind::Sqlite(_) => Err(ferry_core::Error::operator(
+        EndpointKind::MySql => {
+            let refusal = || -> ferry_core::source::BoxFuture<'_, Option<String>> {
+                Box::pin(crate::plan::refusal(config))
+            };
+            run_source(
+                Arc::new(ferry_mysql::source::MySqlSource::new(config.clone())),
+                config,
+                &refusal,
+                trigger,
+                shutdown,
+            )
+            .await
+        }
+        EndpointKind::Sqlite(_) => Err(ferry_core::Error::operator(
             format!("`ferry run` from {} is not available yet", config.source.url),
-            "this release migrates PostgreSQL sources; `ferry plan` already checks MySQL/MariaDB and SQLite sources",
+            "this release migrates PostgreSQL and MariaDB sources; `ferry plan` already checks SQLite sources",
         )
         .into()),
     }
