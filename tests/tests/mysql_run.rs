@@ -1,9 +1,12 @@
 //! MariaDB 10.11 → PostgreSQL through the `ferry` CLI: Sakila (with its
 //! damaged `staff.picture` row) loaded from a consistent snapshot while an
 //! application user writes (inserts, updates, deletes, triggers), streamed
-//! from the binlog, `ferry run` killed with SIGKILL while streaming and
-//! resumed, then compared row by row (every value normalised per type) and
-//! cut over with the source fenced.
+//! from the binlog; `ferry run` killed with SIGKILL in the middle of the
+//! load (resumed from a new snapshot, the stream skipping per table what it
+//! holds) and again while streaming (resumed from the checkpoint); then
+//! compared row by row (every value normalised per type) and cut over with
+//! the source fenced (the application's writes refused, AUTO_INCREMENT
+//! carried to the identity sequences).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -275,6 +278,39 @@ fn checkpoint(url: &str) -> Option<MySqlPosition> {
     .ok()
 }
 
+fn target_i64(url: &str, sql: &str) -> Option<i64> {
+    target_text(url, &format!("SELECT ({sql})::text"))?
+        .parse()
+        .ok()
+}
+
+/// Poll every 10 ms until the load committed its first chunk.
+fn wait_first_chunk(url: &str, ferry: &mut Background) {
+    let rt = rt();
+    let start = Instant::now();
+    let mut dst = None;
+    loop {
+        if dst.is_none() {
+            dst = rt.block_on(pgsync::connect(url)).ok();
+        }
+        if let Some(c) = &dst {
+            match rt.block_on(c.query_one("SELECT count(*) FROM ferry.chunks", &[])) {
+                Ok(r) if r.get::<_, i64>(0) >= 1 => return,
+                Ok(_) => {}
+                Err(_) => dst = None,
+            }
+        }
+        if let Some(code) = ferry.exited().unwrap() {
+            panic!(
+                "ferry exited during the load with {code:?}:\n{}",
+                ferry.log()
+            );
+        }
+        assert!(start.elapsed() < WAIT, "no chunk loaded:\n{}", ferry.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn wait_until(ferry: &mut Background, what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
@@ -291,7 +327,7 @@ fn wait_until(ferry: &mut Background, what: &str, mut done: impl FnMut() -> bool
 }
 
 #[test]
-fn sakila_from_mariadb_with_writes_a_crash_and_a_fenced_cutover() {
+fn sakila_from_mariadb_with_writes_crashes_in_load_and_stream_and_a_fenced_cutover() {
     let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
     load_sakila(&source);
     source
@@ -320,7 +356,9 @@ fn sakila_from_mariadb_with_writes_a_crash_and_a_fenced_cutover() {
             .env("FERRY_CONTROL_LISTEN", &control)
             .env("FERRY_APPLY_BATCH_MS", "100")
             // Key-range chunks for the larger tables.
-            .env("FERRY_LOAD_CHUNK_ROWS", "3000");
+            .env("FERRY_LOAD_CHUNK_ROWS", "500")
+            // One chunk at a time, so that a kill lands inside the load.
+            .env("FERRY_LOAD_PARALLELISM", "1");
         c
     };
     let start = |name: &str| {
@@ -329,33 +367,47 @@ fn sakila_from_mariadb_with_writes_a_crash_and_a_fenced_cutover() {
         Background::spawn(c, &logs.path().join(format!("{name}.log"))).unwrap()
     };
 
-    // Writes run through the load, the stream and the crash.
+    // Writes run through the load, both crashes and the stream.
     let writer = Writer::start(app_url.clone());
     let mut first = start("first");
-    wait_until(&mut first, "the stream", || {
+    // Crash in the middle of the load.
+    wait_first_chunk(&target_url, &mut first);
+    first.kill9().unwrap();
+    let planned = target_i64(&target_url, "SELECT count(*) FROM ferry.load_plan").unwrap();
+    let done = target_i64(&target_url, "SELECT count(*) FROM ferry.chunks").unwrap();
+    assert!(
+        done >= 1 && done < planned,
+        "killed during the load: {done} of {planned} chunks"
+    );
+    // The load resumes from a new snapshot; the stream skips, per table,
+    // what that snapshot already holds.
+    let mut second = start("second");
+    wait_until(&mut second, "the stream", || {
         checkpoint(&target_url).is_some()
             && target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref()
                 == Some("stream")
     });
-    let loaded_chunks = target_text(&target_url, "SELECT count(*)::text FROM ferry.chunks")
-        .unwrap()
-        .parse::<u64>()
-        .unwrap();
-    assert!(loaded_chunks > 16, "key-range chunks: {loaded_chunks}");
+    assert!(
+        second
+            .log()
+            .contains("resuming the full load from a new snapshot"),
+        "{}",
+        second.log()
+    );
     let at_crash = writer.transactions();
     let applied_before = checkpoint(&target_url).unwrap();
-    // Kill once the stream has applied some of the writes.
-    wait_until(&mut first, "applying streamed writes", || {
+    // Crash while streaming, once some writes were applied.
+    wait_until(&mut second, "applying streamed writes", || {
         checkpoint(&target_url).is_some_and(|c| c > applied_before)
     });
-    first.kill9().unwrap();
+    second.kill9().unwrap();
     // The application goes on while ferry is down.
     let resumed_from = writer.transactions();
     while writer.transactions() < resumed_from + 50 {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut second = start("second");
-    wait_until(&mut second, "resumed streaming", || {
+    let mut third = start("third");
+    wait_until(&mut third, "resumed streaming", || {
         checkpoint(&target_url).is_some_and(|c| c > applied_before)
             && target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref()
                 == Some("stream")
@@ -364,7 +416,7 @@ fn sakila_from_mariadb_with_writes_a_crash_and_a_fenced_cutover() {
     let written = writer.finish();
     assert!(written > at_crash + 50, "writes after the crash: {written}");
     let head = source_head(&source_url);
-    wait_until(&mut second, "catching up with the source", || {
+    wait_until(&mut third, "catching up with the source", || {
         checkpoint(&target_url).is_some_and(|c| c >= head)
     });
     let counts = compare(&source_url, &target_url);
@@ -385,10 +437,10 @@ fn sakila_from_mariadb_with_writes_a_crash_and_a_fenced_cutover() {
         "120s",
     ]);
     let cut = run(&mut cut).unwrap();
-    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), second.log());
+    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), third.log());
     assert!(cut.stdout.contains("cutover: done"), "{}", cut.all());
     assert_eq!(
-        second.wait(Duration::from_secs(60)).unwrap(),
+        third.wait(Duration::from_secs(60)).unwrap(),
         Some(0),
         "ferry run exits after the cutover"
     );
