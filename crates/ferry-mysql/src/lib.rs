@@ -18,11 +18,16 @@
 //! - [`snapshot`]: the consistent full-load snapshot (MariaDB `START
 //!   TRANSACTION WITH CONSISTENT SNAPSHOT` at an exact binlog position),
 //!   rows converted with the value rules of [`binlog::value`].
-//! - [`source`]: all of it behind the source seam (`ferry_core::source`).
+//! - [`source`]: all of it behind the source seam (`ferry_core::source`),
+//!   with the target DDL ([`ddl`]), the change stream ([`changes`]) and the
+//!   cutover ([`cutover`]).
 
 pub mod binlog;
 pub mod catalog;
+pub mod changes;
 pub mod connect;
+pub mod cutover;
+pub mod ddl;
 pub mod preflight;
 pub mod snapshot;
 pub mod source;
