@@ -472,3 +472,73 @@ fn sakila_from_mariadb_with_writes_crashes_in_load_and_stream_and_a_fenced_cutov
     .unwrap();
     assert!(next > max_payment, "identity {next} after {max_payment}");
 }
+
+/// A schema change on a carried table mid-stream stops `ferry run` with an
+/// operator error quoting the statement; the changes before it are applied
+/// and a change on a table that is not carried is ignored.
+#[test]
+fn ddl_on_a_carried_table_stops_the_stream_naming_the_statement() {
+    let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
+    let db = source.create_database("shop").expect("database");
+    source
+        .sql(
+            &db,
+            "CREATE TABLE orders (id INT AUTO_INCREMENT PRIMARY KEY, note VARCHAR(20), at DATETIME(3));
+             CREATE TABLE scratch (id INT PRIMARY KEY);
+             INSERT INTO orders (note, at) VALUES ('one', '2024-01-02 03:04:05.678'), ('two', NULL);",
+        )
+        .expect("source schema");
+    let source_url = source.url(&db);
+    let target = PgServer::start(target_options()).expect("target");
+    let tdb = target.create_database("dst").expect("target database");
+    let target_url = target.url(&tdb);
+    let logs = tempfile::tempdir().unwrap();
+    let mut c = ferry(&source_url, &target_url).unwrap();
+    c.env("FERRY_SOURCE_SSLMODE", "disable")
+        .env("FERRY_TARGET_SSLMODE", "disable")
+        .env("FERRY_CONTROL_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("FERRY_APPLY_BATCH_MS", "100")
+        .env("FERRY_TABLES_EXCLUDE", format!("{db}.scratch"))
+        .env("FERRY_LOG", "info")
+        .arg("run");
+    let mut ferry_run = Background::spawn(c, &logs.path().join("run.log")).unwrap();
+    wait_until(&mut ferry_run, "the stream", || {
+        target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
+    });
+    source
+        .sql(
+            &db,
+            "INSERT INTO orders (note) VALUES ('three');
+             ALTER TABLE scratch ADD COLUMN x INT;
+             ALTER TABLE orders ADD COLUMN extra INT;
+             INSERT INTO orders (note, extra) VALUES ('four', 4);",
+        )
+        .expect("source writes and DDL");
+    let log = ferry_run.log();
+    let code = ferry_run.wait(WAIT).unwrap();
+    assert_ne!(code, Some(0), "ferry run stops:\n{log}");
+    let log = std::fs::read_to_string(logs.path().join("run.log")).unwrap();
+    assert!(
+        log.contains(&format!(
+            "schema change on carried table {db}.orders at binlog binlog."
+        )) && log.contains("ALTER TABLE orders ADD COLUMN extra INT"),
+        "{log}"
+    );
+    assert!(
+        log.contains("ferry does not carry MySQL schema changes yet"),
+        "{log}"
+    );
+    // Everything before the statement is applied, nothing after it.
+    let notes = target_text(
+        &target_url,
+        &format!("SELECT string_agg(note, ',' ORDER BY id) FROM \"{db}\".orders"),
+    );
+    assert_eq!(notes.as_deref(), Some("one,two,three"));
+    let at = target_text(
+        &target_url,
+        &format!(
+            "SELECT to_char(at, 'YYYY-MM-DD HH24:MI:SS.MS') FROM \"{db}\".orders WHERE id = 1"
+        ),
+    );
+    assert_eq!(at.as_deref(), Some("2024-01-02 03:04:05.678"));
+}

@@ -76,14 +76,20 @@ pub struct MySqlSnapshot {
     position: MySqlPosition,
 }
 
-/// Open a snapshot on `conn` (the session is dedicated to it).
-pub async fn open(mut conn: Conn, flavor: Flavor) -> Result<MySqlSnapshot, Error> {
+/// MySQL has no `binlog_snapshot_*` status: refused with the fix.
+pub fn refuse_without_snapshot(flavor: Flavor) -> Result<(), Error> {
     if flavor != Flavor::MariaDb {
         return Err(Error::operator(
             "ferry run from MySQL needs a lock-free snapshot with binlog watermarks, which this release does not have yet",
             "use a MariaDB source, or load the tables another way; `ferry plan` checks MySQL sources",
         ));
     }
+    Ok(())
+}
+
+/// Open a snapshot on `conn` (the session is dedicated to it).
+pub async fn open(mut conn: Conn, flavor: Flavor) -> Result<MySqlSnapshot, Error> {
+    refuse_without_snapshot(flavor)?;
     for sql in [
         "SET NAMES utf8mb4",
         "SET SESSION time_zone = '+00:00', SESSION sql_mode = ''",

@@ -251,9 +251,12 @@ impl Source for MySqlSource {
         })
     }
 
-    /// ferry creates nothing on the source before the snapshot.
+    /// ferry creates nothing on the source before the snapshot; a MySQL
+    /// (not MariaDB) source is refused here, before the target records
+    /// anything, as it has no lock-free snapshot yet ([`snapshot::open`]).
     async fn prepare_capture(&self, _after_interrupted: bool) -> Result<(), Error> {
-        Ok(())
+        let mut conn = self.conn().await?;
+        snapshot::refuse_without_snapshot(flavor(&mut conn).await?)
     }
 
     async fn start_capture(&self, catalog: &MySqlCatalog) -> Result<MySqlSnapshot, Error> {
