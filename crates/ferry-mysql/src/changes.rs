@@ -38,6 +38,9 @@ pub fn canonical_pg_type(pg_type: &str) -> String {
     let args = args.unwrap_or_default();
     match base {
         "varchar" => format!("character varying{args}"),
+        "numeric" | "decimal" if !args.is_empty() && !args.contains(',') => {
+            format!("numeric{},0)", args.trim_end_matches(')'))
+        }
         "timestamp" => format!("timestamp{args} without time zone"),
         "timestamptz" => format!("timestamp{args} with time zone"),
         "bool" => "boolean".into(),

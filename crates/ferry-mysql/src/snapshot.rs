@@ -328,9 +328,14 @@ pub fn convert(col: &ferry_core::Column, v: My) -> Result<Value, ConvError> {
     if matches!(v, My::NULL) {
         return Ok(Value::Null);
     }
-    let unsigned_bit = col.source_type.to_ascii_lowercase().starts_with("bit");
+    let bit_column = col.source_type.to_ascii_lowercase().starts_with("bit");
+    // BIT(n) is selected as CAST(… AS UNSIGNED): an integer of either kind.
+    let v = match v {
+        My::Int(i) if bit_column => My::UInt(i as u64),
+        v => v,
+    };
     match (pg_base(pg), v) {
-        ("bit" | "varbit", My::UInt(u)) if unsigned_bit => {
+        ("bit" | "varbit", My::UInt(u)) if bit_column => {
             let n: usize = pg
                 .trim_start_matches("bit")
                 .trim_matches(|c| c == '(' || c == ')')
@@ -341,7 +346,7 @@ pub fn convert(col: &ferry_core::Column, v: My) -> Result<Value, ConvError> {
                 text: format!("{u:0n$b}"),
             })
         }
-        ("boolean", My::UInt(u)) if unsigned_bit => Ok(Value::Bool(u != 0)),
+        ("boolean", My::UInt(u)) if bit_column => Ok(Value::Bool(u != 0)),
         (_, My::Int(i)) => integer(i128::from(i), pg),
         (_, My::UInt(u)) => integer(i128::from(u), pg),
         ("real", My::Float(f)) => Ok(Value::Float4(f)),
@@ -590,6 +595,13 @@ mod tests {
             Ok(Value::Other {
                 type_name: "bit(8)".into(),
                 text: "00000101".into()
+            })
+        );
+        assert_eq!(
+            convert(&c("bit(8)", "bit(8)"), My::Int(165)),
+            Ok(Value::Other {
+                type_name: "bit(8)".into(),
+                text: "10100101".into()
             })
         );
         assert_eq!(

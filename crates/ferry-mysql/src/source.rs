@@ -460,6 +460,7 @@ mod tests {
             ("timestamp(3)", "timestamp(3) without time zone"),
             ("timestamptz", "timestamp with time zone"),
             ("numeric(5,2)", "numeric(5,2)"),
+            ("numeric(20)", "numeric(20,0)"),
             ("text[]", "text[]"),
         ] {
             assert_eq!(canonical_pg_type(ours), pg);
