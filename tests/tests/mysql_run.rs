@@ -3,7 +3,8 @@
 //! application user writes (inserts, updates, deletes, triggers), streamed
 //! from the binlog; `ferry run` killed with SIGKILL in the middle of the
 //! load (resumed from a new snapshot, the stream skipping per table what it
-//! holds) and again while streaming (resumed from the checkpoint); then
+//! holds) and again while streaming (resumed from the checkpoint), the
+//! source server restarted under the stream (reconnect, new binlog file); then
 //! compared row by row (every value normalised per type) and cut over with
 //! the source fenced (the application's writes refused, AUTO_INCREMENT
 //! carried to the identity sequences).
@@ -334,7 +335,7 @@ fn wait_until(ferry: &mut Background, what: &str, mut done: impl FnMut() -> bool
 
 #[test]
 fn sakila_from_mariadb_with_writes_crashes_in_load_and_stream_and_a_fenced_cutover() {
-    let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
+    let mut source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
     load_sakila(&source);
     source
         .sql(
@@ -421,7 +422,19 @@ fn sakila_from_mariadb_with_writes_crashes_in_load_and_stream_and_a_fenced_cutov
     std::thread::sleep(Duration::from_secs(2));
     let written = writer.finish();
     assert!(written > at_crash + 50, "writes after the crash: {written}");
+    // The source restarts under the running stream (a new binlog file
+    // follows); ferry reconnects from its checkpoint.
+    let before_restart = source_head(&source_url);
+    source.restart().expect("source restarts");
+    source
+        .sql(
+            DB,
+            "INSERT INTO actor (first_name, last_name) VALUES ('AFTER', 'RESTART');
+             UPDATE customer SET email = 'restart@example.org' WHERE customer_id = 1;",
+        )
+        .expect("writes after the restart");
     let head = source_head(&source_url);
+    assert_ne!(head.file, before_restart.file, "a new binlog file");
     wait_until(&mut third, "catching up with the source", || {
         checkpoint(&target_url).is_some_and(|c| c >= head)
     });
