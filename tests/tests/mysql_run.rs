@@ -714,3 +714,94 @@ fn every_mapped_type_is_the_same_through_load_and_stream() {
     }
     assert_eq!(value("tm", 4).as_deref(), Some("838:59:59"));
 }
+
+/// A checkpoint whose binlog file the source purged while ferry was down
+/// stops `ferry run` with "a new full load is needed", never a gap.
+#[test]
+fn a_purged_binlog_stops_the_run_with_a_new_load_needed() {
+    let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
+    let db = source.create_database("shop").expect("database");
+    source
+        .sql(
+            &db,
+            "CREATE TABLE orders (id INT PRIMARY KEY, note TEXT); INSERT INTO orders VALUES (1, 'one');",
+        )
+        .expect("source schema");
+    let source_url = source.url(&db);
+    let target = PgServer::start(target_options()).expect("target");
+    let tdb = target.create_database("dst").expect("target database");
+    let target_url = target.url(&tdb);
+    let logs = tempfile::tempdir().unwrap();
+    let start = |name: &str| {
+        let mut c = ferry(&source_url, &target_url).unwrap();
+        c.env("FERRY_SOURCE_SSLMODE", "disable")
+            .env("FERRY_TARGET_SSLMODE", "disable")
+            .env("FERRY_CONTROL_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("FERRY_APPLY_BATCH_MS", "100")
+            .env("FERRY_LOG", "info")
+            .arg("run");
+        Background::spawn(c, &logs.path().join(format!("{name}.log"))).unwrap()
+    };
+    let mut first = start("first");
+    wait_until(&mut first, "the stream", || {
+        target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
+    });
+    first.kill9().unwrap();
+    let at = checkpoint(&target_url).expect("checkpoint");
+    // Changes the target never saw, then their binlog purged.
+    source
+        .sql(
+            &db,
+            "INSERT INTO orders VALUES (2, 'lost'); FLUSH BINARY LOGS; INSERT INTO orders VALUES (3, 'kept');",
+        )
+        .unwrap();
+    let newest = source_head(&source_url).file;
+    // The killed ferry's dump thread keeps its file from being purged
+    // until the server notices: end it first.
+    let dumps = source
+        .sql(
+            "",
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'",
+        )
+        .unwrap();
+    for id in dumps.split_whitespace() {
+        let _ = source.sql("", &format!("KILL CONNECTION {id}"));
+    }
+    // A file still open by a dump thread that is ending is kept: purge
+    // again until it is gone.
+    let started = Instant::now();
+    loop {
+        source
+            .sql(&db, &format!("PURGE BINARY LOGS TO '{newest}'"))
+            .unwrap();
+        let kept = source.sql("", "SHOW BINARY LOGS").unwrap();
+        if kept.starts_with(&newest) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the checkpoint's binlog is never purged: {kept}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let second = start("second");
+    let code = second.wait(Duration::from_secs(60)).unwrap();
+    assert_ne!(code, Some(0));
+    let log = std::fs::read_to_string(logs.path().join("second.log")).unwrap();
+    assert!(
+        log.contains(&format!(
+            "binlog file {} holding the checkpoint {at} is no longer on the source (oldest kept: {newest}); changes after it are lost, so a new full load is needed",
+            at.file
+        )) && log.contains("ferry cleanup"),
+        "{log}"
+    );
+    assert_eq!(
+        target_text(
+            &target_url,
+            &format!("SELECT string_agg(note, ',' ORDER BY id) FROM \"{db}\".orders")
+        )
+        .as_deref(),
+        Some("one"),
+        "nothing after the gap is applied"
+    );
+}

@@ -17,7 +17,8 @@
 //!   built; prefix indexes built on the whole column) and foreign keys
 //!   between carried tables after it ([`crate::ddl`]);
 //! - changes: the binlog as a registered replica (`mysql.server_id`)
-//!   decoded by [`crate::binlog`]; DDL on a selected table stops the run
+//!   decoded by [`crate::binlog`], refused with "a new full load is needed"
+//!   when the checkpoint's binlog file was purged; DDL on a selected table stops the run
 //!   with an operator error naming the statement (not carried yet)
 //!   ([`crate::changes`]);
 //! - probe: `SHOW MASTER STATUS` (`SHOW BINARY LOG STATUS` on MySQL 8.4);
@@ -158,6 +159,34 @@ async fn key_range(conn: &mut Conn, t: &catalog::SourceTable) -> Result<Option<K
         },
         _ => None,
     })
+}
+
+/// The binlog files the server still has, oldest first (`SHOW BINARY LOGS`).
+pub async fn binlog_files(conn: &mut Conn) -> Result<Vec<String>, Error> {
+    let rows: Vec<mysql_async::Row> = conn
+        .query("SHOW BINARY LOGS")
+        .await
+        .map_err(|e| query_error("listing the source's binlog files", e))?;
+    rows.into_iter()
+        .map(|mut r| catalog::take::<String>(&mut r, 0, "Log_name"))
+        .collect()
+}
+
+/// Resuming at `from` needs its binlog file: a purged one means changes
+/// are gone for good, so the run stops, never skipping them.
+async fn verify_binlog_kept(conn: &mut Conn, from: &MySqlPosition) -> Result<(), Error> {
+    let files = binlog_files(conn).await?;
+    if files.iter().any(|f| f == &from.file) {
+        return Ok(());
+    }
+    Err(Error::operator(
+        format!(
+            "binlog file {} holding the checkpoint {from} is no longer on the source (oldest kept: {}); changes after it are lost, so a new full load is needed",
+            from.file,
+            files.first().map_or("none", String::as_str)
+        ),
+        "run `ferry cleanup` and `ferry run` again for a new full load, and keep binlogs longer than ferry may be stopped (binlog_expire_logs_seconds; RDS: mysql.rds_set_configuration('binlog retention hours', …))",
+    ))
 }
 
 /// The binlog coordinate the server writes next.
@@ -322,6 +351,7 @@ impl Source for MySqlSource {
         options: ChangeOptions<MySqlPosition>,
     ) -> Result<(mpsc::Receiver<Event<MySqlPosition>>, MySqlChanges), Error> {
         let mut conn = self.conn().await?;
+        verify_binlog_kept(&mut conn, &from).await?;
         let ids: Vec<TableId> = catalog.tables.iter().map(|t| t.schema.id.clone()).collect();
         let charsets = binlog::read_charsets(&mut conn, &ids).await?;
         drop(conn);
