@@ -518,6 +518,9 @@ fn ddl_on_a_carried_table_stops_the_stream_naming_the_statement() {
         .env("FERRY_CONTROL_LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("FERRY_APPLY_BATCH_MS", "100")
         .env("FERRY_TABLES_EXCLUDE", format!("{db}.scratch"))
+        // One chunk per row: on the idle source the load's readers each
+        // get a snapshot of their own at the same position.
+        .env("FERRY_LOAD_CHUNK_ROWS", "1")
         .env("FERRY_LOG", "info")
         .arg("run");
     let mut ferry_run = Background::spawn(c, &logs.path().join("run.log")).unwrap();
@@ -546,6 +549,10 @@ fn ddl_on_a_carried_table_stops_the_stream_naming_the_statement() {
     assert!(
         log.contains("ferry does not carry MySQL schema changes yet"),
         "{log}"
+    );
+    assert!(
+        log.contains("snapshot reader on its own session"),
+        "parallel readers on an idle source: {log}"
     );
     // Everything before the statement is applied, nothing after it.
     let notes = target_text(

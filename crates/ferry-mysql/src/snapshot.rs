@@ -12,12 +12,14 @@
 //!   works where the user may not lock (RDS). MySQL has no such status
 //!   variables: [`open`] refuses MySQL with the fix (its watermark snapshot
 //!   is not built yet).
-//! - Readers: MariaDB cannot share a read view between sessions, so every
-//!   [`MySqlSnapshotReader`] reads through the one snapshot session, one
-//!   chunk at a time (a reader waits for the session while another streams
-//!   a chunk). The load's workers still overlap the target-side COPY of
-//!   one chunk with the source read of the next; the source read itself is
-//!   serial.
+//! - Readers: MariaDB cannot share a read view between sessions. Each
+//!   [`MySqlSnapshotReader`] starts a consistent snapshot of its own and
+//!   keeps it when it lands on the same binlog position (nothing was
+//!   committed in between, so both read views hold the same transactions:
+//!   the load reads in parallel on an idle source); otherwise it reads
+//!   through the first snapshot's session, one chunk at a time (a reader
+//!   waits for the session while another streams a chunk), and the source
+//!   side of the load is serial.
 //! - Rows stream with bounded memory: a task reads the result set row by
 //!   row (binary protocol) into a bounded channel the loader drains; no
 //!   table or chunk is collected.
@@ -37,13 +39,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use ferry_core::config::Endpoint;
 use ferry_core::source::{self, Chunk, ChunkData};
 use ferry_core::value::{Array, Interval, Numeric, Time, Timestamp};
 use ferry_core::{Error, MySqlPosition, Row, TableId, TableSchema, Value};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Value as My};
 use tokio::sync::{Mutex, mpsc};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::binlog::value::{ConvError, date, integer, no_nul, parse_uuid, pg_base};
 use crate::catalog::query_error;
@@ -74,6 +77,7 @@ pub struct KeyRange {
 pub struct MySqlSnapshot {
     conn: Arc<Mutex<Conn>>,
     position: MySqlPosition,
+    endpoint: Endpoint,
 }
 
 /// MySQL has no `binlog_snapshot_*` status: refused with the fix.
@@ -88,8 +92,19 @@ pub fn refuse_without_snapshot(flavor: Flavor) -> Result<(), Error> {
 }
 
 /// Open a snapshot on `conn` (the session is dedicated to it).
-pub async fn open(mut conn: Conn, flavor: Flavor) -> Result<MySqlSnapshot, Error> {
+pub async fn open(conn: Conn, flavor: Flavor, endpoint: Endpoint) -> Result<MySqlSnapshot, Error> {
     refuse_without_snapshot(flavor)?;
+    let (conn, position) = start_snapshot(conn).await?;
+    info!(position = %position, "consistent snapshot started");
+    Ok(MySqlSnapshot {
+        conn: Arc::new(Mutex::new(conn)),
+        position,
+        endpoint,
+    })
+}
+
+/// Prepare `conn` and start a consistent snapshot on it; its position.
+async fn start_snapshot(mut conn: Conn) -> Result<(Conn, MySqlPosition), Error> {
     for sql in [
         "SET NAMES utf8mb4",
         "SET SESSION time_zone = '+00:00', SESSION sql_mode = ''",
@@ -130,12 +145,7 @@ pub async fn open(mut conn: Conn, flavor: Flavor) -> Result<MySqlSnapshot, Error
             "enable the binary log on the source (log_bin, binlog_format=ROW) and restart it",
         ));
     }
-    let position = MySqlPosition::new(file, offset);
-    info!(position = %position, "consistent snapshot started");
-    Ok(MySqlSnapshot {
-        conn: Arc::new(Mutex::new(conn)),
-        position,
-    })
+    Ok((conn, MySqlPosition::new(file, offset)))
 }
 
 impl source::Snapshot for MySqlSnapshot {
@@ -146,7 +156,21 @@ impl source::Snapshot for MySqlSnapshot {
         self.position.clone()
     }
 
+    /// A session of its own when a new consistent snapshot lands on the
+    /// same binlog position (nothing committed since: the same read view),
+    /// else the shared snapshot session.
     async fn reader(&self) -> Result<MySqlSnapshotReader, Error> {
+        let conn = crate::connect::connect(&self.endpoint).await?;
+        let (mut conn, at) = start_snapshot(conn).await?;
+        if at == self.position {
+            info!(position = %at, "snapshot reader on its own session (same binlog position)");
+            return Ok(MySqlSnapshotReader {
+                conn: Arc::new(Mutex::new(conn)),
+            });
+        }
+        debug!(snapshot = %self.position, now = %at, "source moved on; the reader shares the snapshot session");
+        let _ = conn.query_drop("COMMIT").await;
+        let _ = conn.disconnect().await;
         Ok(MySqlSnapshotReader {
             conn: self.conn.clone(),
         })

@@ -289,13 +289,18 @@ impl Source for MySqlSource {
     }
 
     async fn start_capture(&self, catalog: &MySqlCatalog) -> Result<MySqlSnapshot, Error> {
-        snapshot::open(self.conn().await?, catalog.flavor).await
+        snapshot::open(
+            self.conn().await?,
+            catalog.flavor,
+            self.config.source.clone(),
+        )
+        .await
     }
 
     async fn new_snapshot(&self) -> Result<MySqlSnapshot, Error> {
         let mut conn = self.conn().await?;
         let flavor = flavor(&mut conn).await?;
-        snapshot::open(conn, flavor).await
+        snapshot::open(conn, flavor, self.config.source.clone()).await
     }
 
     async fn target_schema(&self, catalog: &MySqlCatalog) -> Result<TargetSchema, Error> {
