@@ -840,6 +840,17 @@ fn chinook_from_mariadb_compared_and_cut_over() {
             .env("FERRY_LOAD_CHUNK_ROWS", "1000");
         c
     };
+    // The plan says which snapshot the load uses.
+    let plan = run(cmd().arg("plan")).unwrap();
+    assert_eq!(plan.code, Some(0), "{}", plan.all());
+    assert!(
+        plan.stdout.contains("snapshot method")
+            && plan
+                .stdout
+                .contains("START TRANSACTION WITH CONSISTENT SNAPSHOT"),
+        "{}",
+        plan.all()
+    );
     let mut c = cmd();
     c.env("FERRY_LOG", "info").arg("run");
     let mut ferry_run = Background::spawn(c, &logs.path().join("run.log")).unwrap();

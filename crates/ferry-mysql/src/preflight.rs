@@ -132,6 +132,7 @@ pub async fn plan(config: &Config) -> Result<SourcePlan, Error> {
     let mut checks = server_checks(&facts, config.mysql.server_id);
     checks.extend(privilege_checks(&facts, &tables));
     checks.extend(table_checks(&tables, &databases));
+    checks.push(snapshot_check(flavor));
     let version = numeric_version(&facts.version)
         .map(|(a, b, c)| format!("{a}.{b}.{c}"))
         .unwrap_or_else(|| facts.version.clone());
@@ -145,6 +146,23 @@ pub async fn plan(config: &Config) -> Result<SourcePlan, Error> {
             .map(|t| table_plan(t, &config.tables))
             .collect(),
     })
+}
+
+/// Which consistent snapshot the full load will use, and why.
+pub fn snapshot_check(flavor: Flavor) -> Check {
+    match flavor {
+        Flavor::MariaDb => Check::pass(
+            "source",
+            "snapshot method",
+            "START TRANSACTION WITH CONSISTENT SNAPSHOT: its binlog position (binlog_snapshot_file/pos) is exact and no global lock is taken (works where FLUSH TABLES WITH READ LOCK is not allowed)",
+        ),
+        Flavor::MySql => Check::warn(
+            "source",
+            "snapshot method",
+            "MySQL has no lock-free snapshot with an exact binlog position; the watermark snapshot ferry needs for it is not built yet, so `ferry run` refuses this source",
+            "migrate from MariaDB, or wait for the MySQL snapshot; this plan still checks the binlog settings and tables",
+        ),
+    }
 }
 
 /// Reads version, variables, RDS retention and grants.
