@@ -890,3 +890,48 @@ fn chinook_from_mariadb_compared_and_cut_over() {
     assert_eq!(ferry_run.wait(Duration::from_secs(60)).unwrap(), Some(0));
     compare(&source_url, &target_url, &db, 11);
 }
+
+/// Foreign-key cascades on the source: InnoDB performs them without
+/// writing the rows they change to the binlog, so `ferry plan` warns about
+/// every such key of a carried table (the target would miss those rows).
+#[test]
+fn cascading_foreign_keys_are_reported_by_plan() {
+    let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
+    let db = source.create_database("fk").expect("database");
+    source
+        .sql(
+            &db,
+            "CREATE TABLE parent (id INT PRIMARY KEY, name TEXT) ENGINE=InnoDB;
+             CREATE TABLE child (id INT PRIMARY KEY, parent_id INT,
+               CONSTRAINT child_parent FOREIGN KEY (parent_id) REFERENCES parent (id)
+               ON DELETE CASCADE ON UPDATE CASCADE) ENGINE=InnoDB;
+             CREATE TABLE orphanable (id INT PRIMARY KEY, parent_id INT,
+               CONSTRAINT orphan_parent FOREIGN KEY (parent_id) REFERENCES parent (id)
+               ON DELETE SET NULL) ENGINE=InnoDB;
+             CREATE TABLE strict_child (id INT PRIMARY KEY, parent_id INT,
+               CONSTRAINT strict_parent FOREIGN KEY (parent_id) REFERENCES parent (id)) ENGINE=InnoDB;",
+        )
+        .expect("source schema");
+    let target = PgServer::start(target_options()).expect("target");
+    let tdb = target.create_database("dst").expect("target database");
+    let mut c = ferry(&source.url(&db), &target.url(&tdb)).unwrap();
+    c.env("FERRY_SOURCE_SSLMODE", "disable")
+        .env("FERRY_TARGET_SSLMODE", "disable")
+        .arg("plan");
+    let plan = run(&mut c).unwrap();
+    assert_eq!(plan.code, Some(0), "warnings only: {}", plan.all());
+    for (key, rules) in [
+        ("child_parent", "ON DELETE CASCADE, ON UPDATE CASCADE"),
+        ("orphan_parent", "ON DELETE SET NULL"),
+    ] {
+        assert!(
+            plan.stdout.contains(&format!(
+                "foreign key {key} of {db}.{} has {rules}: the rows InnoDB changes by it are not in the binlog",
+                if key == "child_parent" { "child" } else { "orphanable" }
+            )),
+            "{}",
+            plan.all()
+        );
+    }
+    assert!(!plan.stdout.contains("strict_parent"), "{}", plan.all());
+}
