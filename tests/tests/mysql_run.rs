@@ -816,6 +816,34 @@ fn a_purged_binlog_stops_the_run_with_a_new_load_needed() {
         Some("one"),
         "nothing after the gap is applied"
     );
+    // The fix the error names works: cleanup, empty the target, load anew.
+    let mut c = ferry(&source_url, &target_url).unwrap();
+    c.env("FERRY_SOURCE_SSLMODE", "disable")
+        .env("FERRY_TARGET_SSLMODE", "disable")
+        .args(["cleanup", "--state"]);
+    let cleanup = run(&mut c).unwrap();
+    assert_eq!(cleanup.code, Some(0), "{}", cleanup.all());
+    assert!(
+        cleanup.stdout.contains("source: nothing to drop"),
+        "{}",
+        cleanup.all()
+    );
+    target
+        .psql(&tdb, &format!("DROP SCHEMA \"{db}\" CASCADE"))
+        .unwrap();
+    let mut third = start("third");
+    wait_until(&mut third, "the new load's stream", || {
+        target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
+    });
+    assert_eq!(
+        target_text(
+            &target_url,
+            &format!("SELECT string_agg(note, ',' ORDER BY id) FROM \"{db}\".orders")
+        )
+        .as_deref(),
+        Some("one,lost,kept"),
+        "the new load has everything"
+    );
 }
 
 /// Chinook (mixed-case names, NUMERIC, DATETIME, NVARCHAR) migrated with

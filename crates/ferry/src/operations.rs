@@ -218,20 +218,10 @@ pub async fn report(config: &Config, output: &std::path::Path) -> anyhow::Result
     Ok(Outcome::Ok)
 }
 
-/// `ferry cleanup`: remove what ferry created on the source (replication
-/// slot and publication; never a slot or publication created beforehand)
-/// and, with `state`, its state schema in the target, so the next `ferry
-/// run` starts a new migration. Never touches table data.
+/// The PostgreSQL source's part of `ferry cleanup`: ferry's slot and
+/// publication.
 #[allow(clippy::print_stdout)]
-pub async fn cleanup(config: &Config, state: bool) -> anyhow::Result<Outcome> {
-    if let Ok(addr) = control_address(config).await
-        && control::get_status(&addr, config.control.token.as_ref())
-            .await
-            .is_ok()
-    {
-        println!("cleanup: a ferry run is still running on {addr}; stop it first (SIGTERM)");
-        return Ok(Outcome::Refused);
-    }
+async fn cleanup_postgres_source(config: &Config) -> anyhow::Result<()> {
     let source = ferry_postgres::connect::connect(&config.source, "source").await?;
     let slot = &config.postgres.slot;
     let slot_said = if config.postgres.existing_slot {
@@ -246,6 +236,30 @@ pub async fn cleanup(config: &Config, state: bool) -> anyhow::Result<Outcome> {
         "source: {slot_said}; publication '{}' dropped if ferry created it",
         config.postgres.publication
     );
+    Ok(())
+}
+
+/// `ferry cleanup`: remove what ferry created on the source (replication
+/// slot and publication; never a slot or publication created beforehand)
+/// and, with `state`, its state schema in the target, so the next `ferry
+/// run` starts a new migration. Never touches table data.
+#[allow(clippy::print_stdout)]
+pub async fn cleanup(config: &Config, state: bool) -> anyhow::Result<Outcome> {
+    if let Ok(addr) = control_address(config).await
+        && control::get_status(&addr, config.control.token.as_ref())
+            .await
+            .is_ok()
+    {
+        println!("cleanup: a ferry run is still running on {addr}; stop it first (SIGTERM)");
+        return Ok(Outcome::Refused);
+    }
+    if config.source.kind().map_err(anyhow::Error::msg)? == ferry_core::config::EndpointKind::MySql
+    {
+        // MySQL/MariaDB: ferry creates nothing on the source (no slot).
+        println!("source: nothing to drop (ferry created nothing there)");
+    } else {
+        cleanup_postgres_source(config).await?;
+    }
     if state {
         let target = ferry_postgres::connect::connect(&config.target, "target").await?;
         target
