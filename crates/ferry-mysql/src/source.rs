@@ -161,32 +161,52 @@ async fn key_range(conn: &mut Conn, t: &catalog::SourceTable) -> Result<Option<K
     })
 }
 
-/// The binlog files the server still has, oldest first (`SHOW BINARY LOGS`).
-pub async fn binlog_files(conn: &mut Conn) -> Result<Vec<String>, Error> {
+/// The binlog files the server still has with their sizes, oldest first
+/// (`SHOW BINARY LOGS`).
+pub async fn binlog_files(conn: &mut Conn) -> Result<Vec<(String, u64)>, Error> {
     let rows: Vec<mysql_async::Row> = conn
         .query("SHOW BINARY LOGS")
         .await
         .map_err(|e| query_error("listing the source's binlog files", e))?;
     rows.into_iter()
-        .map(|mut r| catalog::take::<String>(&mut r, 0, "Log_name"))
+        .map(|mut r| {
+            Ok((
+                catalog::take::<String>(&mut r, 0, "Log_name")?,
+                catalog::take::<u64>(&mut r, 1, "File_size")?,
+            ))
+        })
         .collect()
 }
 
-/// Resuming at `from` needs its binlog file: a purged one means changes
-/// are gone for good, so the run stops, never skipping them.
 async fn verify_binlog_kept(conn: &mut Conn, from: &MySqlPosition) -> Result<(), Error> {
-    let files = binlog_files(conn).await?;
-    if files.iter().any(|f| f == &from.file) {
-        return Ok(());
+    resume_check(&binlog_files(conn).await?, from)
+}
+
+/// Whether the stream can resume at `from`, given the server's binlog
+/// files and sizes. A purged file means changes are gone for good; a file
+/// shorter than the checkpoint's offset is not the binlog ferry read (the
+/// server was replaced or restored from a backup). Either stops the run:
+/// a new full load is needed, never a gap.
+pub fn resume_check(files: &[(String, u64)], from: &MySqlPosition) -> Result<(), Error> {
+    let fix = "run `ferry cleanup --state`, empty the target tables and `ferry run` again for a new full load; keep binlogs longer than ferry may be stopped (binlog_expire_logs_seconds; RDS: mysql.rds_set_configuration('binlog retention hours', …))";
+    match files.iter().find(|(name, _)| name == &from.file) {
+        Some((_, size)) if from.offset <= *size => Ok(()),
+        Some((_, size)) => Err(Error::operator(
+            format!(
+                "binlog file {} on the source has {size} bytes, less than the checkpoint {from}: it is not the binlog ferry read (server replaced or restored?), so a new full load is needed",
+                from.file
+            ),
+            fix,
+        )),
+        None => Err(Error::operator(
+            format!(
+                "binlog file {} holding the checkpoint {from} is no longer on the source (oldest kept: {}); changes after it are lost, so a new full load is needed",
+                from.file,
+                files.first().map_or("none", |(n, _)| n.as_str())
+            ),
+            fix,
+        )),
     }
-    Err(Error::operator(
-        format!(
-            "binlog file {} holding the checkpoint {from} is no longer on the source (oldest kept: {}); changes after it are lost, so a new full load is needed",
-            from.file,
-            files.first().map_or("none", String::as_str)
-        ),
-        "run `ferry cleanup` and `ferry run` again for a new full load, and keep binlogs longer than ferry may be stopped (binlog_expire_logs_seconds; RDS: mysql.rds_set_configuration('binlog retention hours', …))",
-    ))
 }
 
 /// The binlog coordinate the server writes next.
@@ -431,6 +451,30 @@ mod tests {
     use super::*;
     use crate::changes::{canonical_pg_type, ddl_touches};
     use crate::ddl::pg_name;
+
+    #[test]
+    fn resume_needs_the_checkpoints_binlog_as_long_as_its_offset() {
+        let files = vec![
+            ("binlog.000002".to_owned(), 500),
+            ("binlog.000003".to_owned(), 90),
+        ];
+        let at = |f: &str, o: u64| MySqlPosition::new(f, o);
+        assert!(resume_check(&files, &at("binlog.000002", 500)).is_ok());
+        assert!(resume_check(&files, &at("binlog.000003", 4)).is_ok());
+        let purged = resume_check(&files, &at("binlog.000001", 4)).unwrap_err();
+        assert!(!purged.is_transient());
+        assert!(
+            purged.to_string().contains("binlog file binlog.000001 holding the checkpoint binlog.000001:4 is no longer on the source (oldest kept: binlog.000002)"),
+            "{purged}"
+        );
+        let replaced = resume_check(&files, &at("binlog.000003", 91)).unwrap_err();
+        assert!(
+            replaced
+                .to_string()
+                .contains("has 90 bytes, less than the checkpoint"),
+            "{replaced}"
+        );
+    }
 
     #[test]
     fn ddl_on_selected_tables_is_recognised() {
