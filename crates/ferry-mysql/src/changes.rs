@@ -1,6 +1,9 @@
 //! The change stream of a MariaDB source: the binlog read as a registered
 //! replica ([`crate::binlog::stream`]), decoded ([`crate::binlog`]) into a
-//! bounded channel of ferry events.
+//! bounded channel of ferry events: events are sent one by one as the
+//! binlog is read (a large transaction is never held whole), and the row
+//! data waiting in the channel stays within `channel_bytes`
+//! ([`ByteBudget`], one event always goes).
 //!
 //! Consumes the binlog from the checkpoint (a commit's end, or the load
 //! snapshot's position); emits `Relation` (the catalog schema, type names
@@ -14,8 +17,9 @@
 //! nothing: it keeps binlogs by time (`binlog_expire_logs_seconds`). On
 //! restart the pipeline opens a new stream at its checkpoint.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
+use ferry_core::size::ApproxBytes;
 use ferry_core::source::{self, EventMap};
 use ferry_core::{Error, Event, MySqlPosition, TableId};
 use futures_util::StreamExt;
@@ -133,6 +137,7 @@ pub(crate) async fn pump(
     tx: mpsc::Sender<Event<MySqlPosition>>,
     mut map: Option<EventMap<MySqlPosition>>,
     mut stop: oneshot::Receiver<()>,
+    mut budget: ByteBudget,
 ) -> Result<(), Error> {
     loop {
         let event = tokio::select! {
@@ -172,11 +177,87 @@ pub(crate) async fn pump(
                 },
                 None => event,
             };
+            let bytes = event.approx_bytes();
+            // Row data held by the channel stays within `channel_bytes`
+            // (one event always goes, however large).
+            loop {
+                let queued = tx.max_capacity() - tx.capacity();
+                budget.received_all_but(queued);
+                if budget.room_for(bytes) {
+                    break;
+                }
+                if tx.is_closed() {
+                    return Ok(());
+                }
+                tokio::select! {
+                    biased;
+                    _ = &mut stop => return Ok(()),
+                    () = tokio::time::sleep(std::time::Duration::from_millis(2)) => {}
+                }
+            }
+            budget.sent(bytes);
             tokio::select! {
                 biased;
                 _ = &mut stop => return Ok(()),
                 sent = tx.send(event) => if sent.is_err() { return Ok(()) },
             }
         }
+    }
+}
+
+/// Bytes of the events that may still be in the channel. The channel is
+/// FIFO with one sender, so the events still in it are the last ones sent.
+#[derive(Debug)]
+pub(crate) struct ByteBudget {
+    limit: usize,
+    in_flight: VecDeque<usize>,
+    bytes: usize,
+}
+
+impl ByteBudget {
+    pub(crate) fn new(limit: usize) -> Self {
+        ByteBudget {
+            limit: limit.max(1),
+            in_flight: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Only the newest `queued` events sent are still in the channel.
+    fn received_all_but(&mut self, queued: usize) {
+        while self.in_flight.len() > queued {
+            if let Some(b) = self.in_flight.pop_front() {
+                self.bytes -= b;
+            }
+        }
+    }
+
+    fn room_for(&self, bytes: usize) -> bool {
+        self.in_flight.is_empty() || self.bytes + bytes <= self.limit
+    }
+
+    fn sent(&mut self, bytes: usize) {
+        self.in_flight.push_back(bytes);
+        self.bytes += bytes;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_lets_one_event_through_and_counts_what_is_queued() {
+        let mut b = ByteBudget::new(100);
+        assert!(b.room_for(1_000), "an empty channel takes any event");
+        b.sent(1_000);
+        assert!(!b.room_for(1));
+        b.received_all_but(0);
+        assert!(b.room_for(60));
+        b.sent(60);
+        b.sent(40);
+        assert!(!b.room_for(1));
+        b.received_all_but(1);
+        assert!(b.room_for(60) && !b.room_for(61));
     }
 }

@@ -45,7 +45,7 @@ use tracing::info;
 
 use crate::binlog::{self, BinlogDecoder, DecoderOptions};
 use crate::catalog::{self, query_error};
-use crate::changes::{MySqlChanges, pump};
+use crate::changes::{ByteBudget, MySqlChanges, pump};
 use crate::connect::{self, Flavor};
 use crate::cutover::MySqlCutover;
 use crate::ddl::{create_table, foreign_key_statements, in_list, index_statements};
@@ -397,11 +397,21 @@ impl Source for MySqlSource {
         )
         .await?;
         info!(from = %from, server_id = self.config.mysql.server_id, "binlog stream opened");
+        // The channel counts events; `ByteBudget` bounds their bytes.
         let capacity = (options.channel_bytes / EVENT_BYTES).clamp(16, 65_536);
         let (tx, rx) = mpsc::channel(capacity);
         let (stop, stopped) = oneshot::channel();
         let selected = ids.into_iter().collect();
-        let task = tokio::spawn(pump(stream, decoder, selected, tx, options.map, stopped));
+        let budget = ByteBudget::new(options.channel_bytes);
+        let task = tokio::spawn(pump(
+            stream,
+            decoder,
+            selected,
+            tx,
+            options.map,
+            stopped,
+            budget,
+        ));
         Ok((
             rx,
             MySqlChanges {
