@@ -1,6 +1,7 @@
 //! MySQL / MariaDB source for ferry.
 //!
-//! Today this crate answers `ferry plan` for a MySQL or MariaDB source:
+//! This crate answers `ferry plan` for a MySQL or MariaDB source and is the
+//! MariaDB source of `ferry run` ([`source::MySqlSource`]):
 //!
 //! - [`connect`]: a connection from the configured endpoint (TLS, redacted
 //!   errors classified transient / needs-operator), server [`connect::Flavor`].
@@ -14,13 +15,22 @@
 //!   registered replica, or binlog files) turning binlog events into ferry
 //!   `Begin`/`Change`/`Commit` events with binlog positions and GTID sets.
 //!
-//! The consistent snapshot (`snapshot`) comes next and reuses `connect`,
-//! `catalog` and the value rules of [`binlog::value`].
+//! - [`snapshot`]: the consistent full-load snapshot (MariaDB `START
+//!   TRANSACTION WITH CONSISTENT SNAPSHOT` at an exact binlog position),
+//!   rows converted with the value rules of [`binlog::value`].
+//! - [`source`]: all of it behind the source seam (`ferry_core::source`),
+//!   with the target DDL ([`ddl`]), the change stream ([`changes`]) and the
+//!   cutover ([`cutover`]).
 
 pub mod binlog;
 pub mod catalog;
+pub mod changes;
 pub mod connect;
+pub mod cutover;
+pub mod ddl;
 pub mod preflight;
+pub mod snapshot;
+pub mod source;
 pub mod typemap;
 
 pub use preflight::plan;

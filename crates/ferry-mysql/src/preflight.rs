@@ -127,12 +127,15 @@ pub async fn plan(config: &Config) -> Result<SourcePlan, Error> {
     let url_db = connect::url_database(&config.source)?;
     let databases = catalog::databases(&mut conn, url_db.as_deref()).await?;
     let tables = catalog::read_tables(&mut conn, flavor, &databases, &filter).await?;
+    let cascades = cascading_keys(&mut conn, &databases).await?;
     if let Err(error) = conn.disconnect().await {
         tracing::debug!(error = %error, "closing the plan connection");
     }
     let mut checks = server_checks(&facts, config.mysql.server_id);
     checks.extend(privilege_checks(&facts, &tables));
     checks.extend(table_checks(&tables, &databases));
+    checks.push(snapshot_check(flavor));
+    checks.extend(cascade_checks(&cascades, &tables));
     let version = numeric_version(&facts.version)
         .map(|(a, b, c)| format!("{a}.{b}.{c}"))
         .unwrap_or_else(|| facts.version.clone());
@@ -146,6 +149,91 @@ pub async fn plan(config: &Config) -> Result<SourcePlan, Error> {
             .map(|t| table_plan(t, &config.tables))
             .collect(),
     })
+}
+
+/// A foreign key whose ON DELETE / ON UPDATE rule changes other rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CascadingKey {
+    pub table: ferry_core::TableId,
+    pub name: String,
+    pub update_rule: String,
+    pub delete_rule: String,
+}
+
+async fn cascading_keys(conn: &mut Conn, databases: &[String]) -> Result<Vec<CascadingKey>, Error> {
+    if databases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks = vec!["?"; databases.len()].join(",");
+    let rows: Vec<(String, String, String, String, String)> = conn
+        .exec(
+            format!(
+                "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CONSTRAINT_NAME, UPDATE_RULE, DELETE_RULE \
+                 FROM information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA IN ({marks}) \
+                 ORDER BY 1, 2, 3"
+            ),
+            databases.to_vec(),
+        )
+        .await
+        .map_err(|e| query_error("reading foreign key rules", e))?;
+    Ok(rows
+        .into_iter()
+        .map(|(db, table, name, update_rule, delete_rule)| CascadingKey {
+            table: ferry_core::TableId::new(db, table),
+            name,
+            update_rule,
+            delete_rule,
+        })
+        .filter(|k| changes_rows(&k.update_rule) || changes_rows(&k.delete_rule))
+        .collect())
+}
+
+fn changes_rows(rule: &str) -> bool {
+    matches!(rule, "CASCADE" | "SET NULL" | "SET DEFAULT")
+}
+
+/// InnoDB performs ON DELETE/ON UPDATE CASCADE and SET NULL itself and
+/// does not write the rows it changes to the binlog, so the target misses
+/// them: one warning per such key of a carried table.
+pub fn cascade_checks(keys: &[CascadingKey], tables: &[SourceTable]) -> Vec<Check> {
+    keys.iter()
+        .filter(|k| tables.iter().any(|t| t.schema.id == k.table))
+        .map(|k| {
+            let rules: Vec<String> = [("ON DELETE", &k.delete_rule), ("ON UPDATE", &k.update_rule)]
+                .into_iter()
+                .filter(|(_, r)| changes_rows(r))
+                .map(|(on, r)| format!("{on} {r}"))
+                .collect();
+            Check::warn(
+                "source",
+                format!("cascading key {}.{}", k.table, k.name),
+                format!(
+                    "foreign key {} of {} has {}: the rows InnoDB changes by it are not in the binlog, so the target would miss them",
+                    k.name,
+                    k.table,
+                    rules.join(", ")
+                ),
+                "make sure no statement fires it during the migration (no delete or key update of the parent rows), or change the rule to RESTRICT/NO ACTION and let the application delete the children itself",
+            )
+        })
+        .collect()
+}
+
+/// Which consistent snapshot the full load will use, and why.
+pub fn snapshot_check(flavor: Flavor) -> Check {
+    match flavor {
+        Flavor::MariaDb => Check::pass(
+            "source",
+            "snapshot method",
+            "START TRANSACTION WITH CONSISTENT SNAPSHOT: its binlog position (binlog_snapshot_file/pos) is exact and no global lock is taken (works where FLUSH TABLES WITH READ LOCK is not allowed)",
+        ),
+        Flavor::MySql => Check::warn(
+            "source",
+            "snapshot method",
+            "MySQL has no lock-free snapshot with an exact binlog position; the watermark snapshot ferry needs for it is not built yet, so `ferry run` refuses this source",
+            "migrate from MariaDB, or wait for the MySQL snapshot; this plan still checks the binlog settings and tables",
+        ),
+    }
 }
 
 /// Reads version, variables, RDS retention and grants.

@@ -416,6 +416,27 @@ fn every_mapped_type_round_trips_through_the_replication_stream() {
             .collect::<Vec<_>>()
     );
     assert!(commits.windows(2).all(|w| w[0] < w[1]));
+    // Each Begin announces where its transaction starts: after the previous
+    // commit, before its own (what the per-table snapshot skip compares).
+    let mut previous: Option<MySqlPosition> = None;
+    let mut begun = None;
+    for d in &live.items {
+        match d {
+            Decoded::Event(Event::Begin { final_position, .. }) => {
+                let start = final_position.clone().expect("Begin carries its start");
+                if let Some(p) = &previous {
+                    assert!(start.offset >= p.offset, "{start} after {p}");
+                }
+                begun = Some(start);
+            }
+            Decoded::Event(Event::Commit { position, .. }) => {
+                let start = begun.take().expect("Begin before Commit");
+                assert!(start.offset < position.offset, "{start} before {position}");
+                previous = Some(position.clone());
+            }
+            _ => {}
+        }
+    }
 }
 
 #[test]

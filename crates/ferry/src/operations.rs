@@ -235,9 +235,10 @@ pub async fn report(config: &Config, output: &std::path::Path) -> anyhow::Result
 
 /// `ferry cleanup`: remove what ferry created on the source (PostgreSQL:
 /// replication slot and publication, never a slot or publication created
-/// beforehand; SQLite: the change-capture triggers and tables in the file)
-/// and, with `state`, its state schema in the target, so the next `ferry
-/// run` starts a new migration. Never touches table data.
+/// beforehand; SQLite: the change-capture triggers and tables in the file;
+/// MySQL/MariaDB: nothing) and, with `state`, its state schema in the
+/// target, so the next `ferry run` starts a new migration. Never touches
+/// table data.
 #[allow(clippy::print_stdout)]
 pub async fn cleanup(config: &Config, state: bool) -> anyhow::Result<Outcome> {
     if let Ok(addr) = control_address(config).await
@@ -248,13 +249,24 @@ pub async fn cleanup(config: &Config, state: bool) -> anyhow::Result<Outcome> {
         println!("cleanup: a ferry run is still running on {addr}; stop it first (SIGTERM)");
         return Ok(Outcome::Refused);
     }
-    if let Ok(ferry_core::config::EndpointKind::Sqlite(_)) = config.source.kind() {
-        println!(
+    match config.source.kind().map_err(anyhow::Error::msg)? {
+        ferry_core::config::EndpointKind::Sqlite(_) => println!(
             "source: {}",
             ferry_sqlite::source::remove_capture(config).await?
-        );
-        return cleanup_state(config, state).await;
+        ),
+        // MySQL/MariaDB: ferry creates nothing on the source (no slot).
+        ferry_core::config::EndpointKind::MySql => {
+            println!("source: nothing to drop (ferry created nothing there)");
+        }
+        ferry_core::config::EndpointKind::Postgres => cleanup_postgres_source(config).await?,
     }
+    cleanup_state(config, state).await
+}
+
+/// The PostgreSQL source's part of `ferry cleanup`: ferry's slot and
+/// publication.
+#[allow(clippy::print_stdout)]
+async fn cleanup_postgres_source(config: &Config) -> anyhow::Result<()> {
     let source = ferry_postgres::connect::connect(&config.source, "source").await?;
     let slot = &config.postgres.slot;
     let slot_said = if config.postgres.existing_slot {
@@ -269,7 +281,7 @@ pub async fn cleanup(config: &Config, state: bool) -> anyhow::Result<Outcome> {
         "source: {slot_said}; publication '{}' dropped if ferry created it",
         config.postgres.publication
     );
-    cleanup_state(config, state).await
+    Ok(())
 }
 
 /// With `state`, drop the state schema in the target (`ferry cleanup`).

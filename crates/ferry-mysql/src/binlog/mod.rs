@@ -27,7 +27,12 @@
 //!
 //! Positions: a commit's position is the end of its XID/COMMIT event (where
 //! a resumed dump starts), in the current file, with the executed GTID set
-//! after this transaction when GTIDs are in use.
+//! after this transaction when GTIDs are in use. A `Begin`'s
+//! `final_position` is where the transaction's first event starts (its
+//! GTID or BEGIN): the binlog does not announce the commit's offset up
+//! front, but a consistent snapshot's binlog position always falls between
+//! transactions, so "starts before the snapshot position" is exactly "the
+//! snapshot holds it", which is what the per-table snapshot skip asks.
 //!
 //! Values follow [`value`]; zero dates by [`ZeroDatePolicy`], counted per
 //! column ([`BinlogDecoder::zero_dates`]). Partial JSON updates are applied
@@ -141,6 +146,9 @@ pub struct BinlogDecoder {
     pending: Option<PendingGtid>,
     payload_end: Option<u64>,
     last_time: Timestamp,
+    /// Offset where the event being decoded starts (the payload event's
+    /// start for events inside a TRANSACTION_PAYLOAD).
+    event_start: u64,
     zero_dates: BTreeMap<(TableId, String), u64>,
     server_version: Option<String>,
 }
@@ -190,6 +198,7 @@ impl BinlogDecoder {
             pending: None,
             payload_end: None,
             last_time: Timestamp(0),
+            event_start: 0,
             zero_dates: BTreeMap::new(),
             server_version: None,
         })
@@ -257,6 +266,9 @@ impl BinlogDecoder {
                 end.saturating_sub(u64::from(header.event_size()))
             ),
         };
+        if end != 0 {
+            self.event_start = end.saturating_sub(u64::from(header.event_size()));
+        }
         let mut out = Vec::new();
         match catch_unwind(AssertUnwindSafe(|| {
             self.decode_inner(event, end, &at, &mut out)
@@ -460,7 +472,7 @@ impl BinlogDecoder {
         out.push(Decoded::Event(Event::Begin {
             xid: None,
             commit_time: time,
-            final_position: None,
+            final_position: Some(self.position(self.event_start)),
         }));
     }
 

@@ -47,7 +47,7 @@ fn invalid(msg: impl Into<String>) -> ConvError {
 }
 
 /// The base of a PostgreSQL type name (`numeric(20)` → `numeric`).
-fn pg_base(pg_type: &str) -> &str {
+pub(crate) fn pg_base(pg_type: &str) -> &str {
     pg_type.split('(').next().unwrap_or(pg_type).trim()
 }
 
@@ -299,7 +299,7 @@ fn bytes_text(v: My) -> Result<String, ConvError> {
     }
 }
 
-fn date(y: u16, m: u8, d: u8) -> Result<Date, ConvError> {
+pub(crate) fn date(y: u16, m: u8, d: u8) -> Result<Date, ConvError> {
     if y == 0 || m == 0 || d == 0 {
         return Err(ConvError::ZeroDate);
     }
@@ -307,7 +307,7 @@ fn date(y: u16, m: u8, d: u8) -> Result<Date, ConvError> {
     Date::from_ymd(i32::from(y), u32::from(m), u32::from(d)).ok_or(ConvError::ZeroDate)
 }
 
-fn integer(v: i128, pg_type: &str) -> Result<Value, ConvError> {
+pub(crate) fn integer(v: i128, pg_type: &str) -> Result<Value, ConvError> {
     let range = || invalid(format!("integer out of range for {pg_type}"));
     Ok(match pg_base(pg_type) {
         "boolean" => match v {
@@ -428,7 +428,7 @@ fn mariadb_uuid(b: &[u8]) -> Option<[u8; 16]> {
     Some(u)
 }
 
-fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+pub(crate) fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     let hex: String = s.chars().filter(|c| *c != '-').collect();
     if hex.len() != 32 {
         return None;
@@ -440,7 +440,7 @@ fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     Some(u)
 }
 
-fn no_nul(t: String) -> Result<String, ConvError> {
+pub(crate) fn no_nul(t: String) -> Result<String, ConvError> {
     if t.contains('\0') {
         return Err(invalid(
             "text contains a NUL character, which PostgreSQL text cannot store; \

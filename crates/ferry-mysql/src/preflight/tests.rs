@@ -321,3 +321,13 @@ fn table_warnings() {
     let none = table_checks(&[], &["shop".into()]);
     assert_eq!(none[0].status, CheckStatus::Fail);
 }
+
+#[test]
+fn the_plan_names_the_snapshot_method() {
+    let maria = snapshot_check(Flavor::MariaDb);
+    assert_eq!(maria.status, CheckStatus::Pass);
+    assert!(maria.detail.contains("binlog_snapshot_file"));
+    let mysql = snapshot_check(Flavor::MySql);
+    assert_eq!(mysql.status, CheckStatus::Warn);
+    assert!(mysql.detail.contains("refuses"));
+}

@@ -26,7 +26,8 @@
 //! status in [`live`]; the control API's handler in [`handler`]; the
 //! cutover in [`cutover`].
 //! Nothing here holds source SQL: PostgreSQL is
-//! `ferry_postgres::source::PgSource`, SQLite
+//! `ferry_postgres::source::PgSource`, MariaDB
+//! `ferry_mysql::source::MySqlSource`, SQLite
 //! `ferry_sqlite::source::SqliteSource`, picked in [`run`]; a new source adds
 //! its crate and one arm there (see `docs/architecture.md`).
 //!
@@ -90,6 +91,18 @@ pub async fn run(config: &Config, shutdown: Shutdown) -> anyhow::Result<Outcome>
             )
             .await
         }
+        EndpointKind::MySql => {
+            let refusal = || -> ferry_core::source::BoxFuture<'_, Option<String>> {
+                Box::pin(crate::plan::refusal(config))
+            };
+            run_source(
+                Arc::new(ferry_mysql::source::MySqlSource::new(config.clone())),
+                config,
+                &refusal,
+                shutdown,
+            )
+            .await
+        }
         EndpointKind::Sqlite(_) => {
             // Tables land in `public` unless renamed, as `ferry plan` shows.
             let config = &ferry_sqlite::source::with_target_names(config).await?;
@@ -104,11 +117,6 @@ pub async fn run(config: &Config, shutdown: Shutdown) -> anyhow::Result<Outcome>
             )
             .await
         }
-        EndpointKind::MySql => Err(ferry_core::Error::operator(
-            format!("`ferry run` from {} is not available yet", config.source.url),
-            "this release migrates PostgreSQL and SQLite sources; `ferry plan` already checks MySQL/MariaDB sources",
-        )
-        .into()),
     }
 }
 
