@@ -407,8 +407,19 @@ impl Migration {
 
     /// `ferry cutover <args>` must exit 0 saying `cutover: done`, and the
     /// running `ferry` must then exit 0 within 60 s. Returns the cutover's
-    /// output.
-    pub fn cutover(&self, ferry: Background, args: &[&str]) -> Ran {
+    /// output. The request waits for the run's control API first: the state
+    /// in the target may already say `stream` (from an earlier run) while a
+    /// restarted `ferry run` is still starting up.
+    pub fn cutover(&self, mut ferry: Background, args: &[&str]) -> Ran {
+        self.wait_until(
+            &mut ferry,
+            "ferry run never answered on its control API",
+            || {
+                let ran = self.ferry(&["status", "--json"]);
+                let v: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap_or_default();
+                ran.code == Some(0) && v["live"] == true
+            },
+        );
         let mut cut = self.cmd();
         cut.arg("cutover").args(args);
         let cut = run(&mut cut).expect("running ferry cutover");
