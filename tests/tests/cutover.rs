@@ -261,21 +261,30 @@ fn pause_outlives_a_short_wal_sender_timeout() {
     s.source
         .psql(&s.source_db, &pgsync::bench_data(20_000, 500))
         .unwrap();
+    // The walsender streaming ferry's slot (not any walsender: the one of
+    // the load's snapshot may still be exiting).
     let walsenders = || {
         pgsync::runtime().block_on(async {
             let src = pgsync::connect(&s.source_url).await.unwrap();
-            src.query("SELECT pid FROM pg_stat_replication", &[])
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<_, i32>(0))
-                .collect::<Vec<_>>()
+            src.query(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'ferry' AND active_pid IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, i32>(0))
+            .collect::<Vec<_>>()
         })
     };
     let mut ferry = s.start("run");
     s.wait_phase(&mut ferry, "stream");
     let before = walsenders();
-    assert_eq!(before.len(), 1, "one walsender streams: {before:?}");
+    assert_eq!(
+        before.len(),
+        1,
+        "one walsender streams the slot: {before:?}"
+    );
 
     assert_eq!(s.ferry(&["pause"]).code, Some(0));
     let mut writer = Writer::start(&s.source_url, 20_000);

@@ -491,15 +491,17 @@ async fn stalled_consumer_outlives_a_short_wal_sender_timeout() {
     let lsn = create_slot(&url, "stall").await;
     let (mut rx, handle) = start(&url, "stall", lsn, |c| c.channel_capacity = 4).await;
     let client = catalog(&url).await;
+    // The walsender streaming the slot (the one that created it may still
+    // be exiting, so not any walsender named 'ferry').
     let walsender = || async {
         client
-            .query_opt(
-                "SELECT pid FROM pg_stat_replication WHERE application_name = 'ferry'",
+            .query_one(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'stall'",
                 &[],
             )
             .await
             .unwrap()
-            .map(|r| r.get::<_, i32>(0))
+            .get::<_, Option<i32>>(0)
     };
     let pid = walsender().await.expect("walsender running");
     pg.psql(
