@@ -124,26 +124,7 @@ pub fn read_with(
     // The first read starts the read transaction: everything below sees
     // the same committed state.
     let position = reader::head(&tx)?;
-    let tables = capture::load_tracked(&tx)?;
-    if tables.is_empty() {
-        return Err(Error::operator(
-            "no ferry change capture is installed in the source file",
-            "start `ferry run`, which installs it before the snapshot",
-        ));
-    }
-    for t in tables.values() {
-        match capture::check_table(&tx, t)? {
-            SchemaChange::Unchanged => {}
-            SchemaChange::AddedColumns(_) => {
-                return Err(Error::transient(format!(
-                    "{} gained columns before the snapshot",
-                    t.id()
-                ))
-                .with_fix("ferry retries; the change reader carries the new columns"));
-            }
-            other => return Err(capture::stop(&t.name, &other)),
-        }
-    }
+    let tables = tracked_unchanged(&tx)?;
     for t in tables.values() {
         let schema = t.schema();
         let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
@@ -179,4 +160,34 @@ pub fn read_with(
     tx.commit().map_err(sql_error("ending the snapshot"))?;
     tracing::info!(position = %position, tables = tables.len(), "sqlite snapshot read");
     Ok(position)
+}
+
+/// The tables ferry's capture tracks, read in the snapshot's transaction,
+/// each checked against its recorded schema: none tracked, or a table
+/// changed other than by added columns, is an error with the fix; added
+/// columns are a transient error (the snapshot is taken again).
+pub(crate) fn tracked_unchanged(
+    conn: &Connection,
+) -> Result<std::collections::BTreeMap<String, capture::Tracked>, Error> {
+    let tables = capture::load_tracked(conn)?;
+    if tables.is_empty() {
+        return Err(Error::operator(
+            "no ferry change capture is installed in the source file",
+            "start `ferry run`, which installs it before the snapshot",
+        ));
+    }
+    for t in tables.values() {
+        match capture::check_table(conn, t)? {
+            SchemaChange::Unchanged => {}
+            SchemaChange::AddedColumns(_) => {
+                return Err(Error::transient(format!(
+                    "{} gained columns before the snapshot",
+                    t.id()
+                ))
+                .with_fix("ferry retries; the change reader carries the new columns"));
+            }
+            other => return Err(capture::stop(&t.name, &other)),
+        }
+    }
+    Ok(tables)
 }

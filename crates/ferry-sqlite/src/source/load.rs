@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::open_ro;
-use crate::capture::{self, SchemaChange, sql_error};
+use crate::capture::sql_error;
 use crate::{reader, value};
 
 /// Rows buffered between a chunk's reading thread and the load.
@@ -130,26 +130,7 @@ pub(super) fn take_snapshot(path: &Path, n: u64) -> Result<SqliteSnapshot, Error
     drop(conn);
     let result = (|| {
         let conn = open_ro(&copy)?;
-        let tracked = capture::load_tracked(&conn)?;
-        if tracked.is_empty() {
-            return Err(Error::operator(
-                "no ferry change capture is installed in the source file",
-                "start `ferry run`, which installs it before the snapshot",
-            ));
-        }
-        for t in tracked.values() {
-            match capture::check_table(&conn, t)? {
-                SchemaChange::Unchanged => {}
-                SchemaChange::AddedColumns(_) => {
-                    return Err(Error::transient(format!(
-                        "{} gained columns before the snapshot",
-                        t.id()
-                    ))
-                    .with_fix("ferry retries; the change reader carries the new columns"));
-                }
-                other => return Err(capture::stop(&t.name, &other)),
-            }
-        }
+        crate::snapshot::tracked_unchanged(&conn)?;
         reader::head(&conn)
     })();
     match result {
