@@ -34,6 +34,8 @@ pub struct Config {
     #[serde(default)]
     pub control: ControlConfig,
     #[serde(default)]
+    pub console: ConsoleConfig,
+    #[serde(default)]
     pub state: StateConfig,
     #[serde(default)]
     pub postgres: PostgresSourceConfig,
@@ -351,6 +353,51 @@ impl Default for ControlConfig {
     }
 }
 
+/// The psql admin console of a running `ferry run` (PostgreSQL wire).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Where to listen; unset means [`ConsoleConfig::DEFAULT_LISTEN`], and
+    /// then a port already in use only turns the console off (with a
+    /// warning) instead of stopping the run. `off` disables it.
+    pub listen: Option<String>,
+    /// The user name clients log in with (SCRAM-SHA-256).
+    pub user: String,
+    /// The password; unset means `control.token`; neither means no
+    /// authentication, which only a loopback address allows.
+    pub password: Option<Secret>,
+    /// PEM certificate chain and private key: TLS when both are set.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ConsoleConfig {
+    /// The console's address when `console.listen` is not set.
+    pub const DEFAULT_LISTEN: &str = "127.0.0.1:7434";
+
+    /// The address to listen on, and whether the operator chose it; `None`
+    /// when the console is off.
+    pub fn address(&self) -> Option<(&str, bool)> {
+        match self.listen.as_deref() {
+            None => Some((Self::DEFAULT_LISTEN, false)),
+            Some(l) if l.eq_ignore_ascii_case("off") => None,
+            Some(l) => Some((l, true)),
+        }
+    }
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            listen: None,
+            user: "ferry".into(),
+            password: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
 /// Where ferry keeps its state in the target.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -424,7 +471,8 @@ pub enum ConfigError {
 }
 
 const SECTIONS: &[&str] = &[
-    "source", "target", "tables", "load", "apply", "control", "state", "postgres", "mysql",
+    "source", "target", "tables", "load", "apply", "control", "console", "state", "postgres",
+    "mysql",
 ];
 const LIST_KEYS: &[&str] = &["tables.include", "tables.exclude", "tables.insert_only"];
 /// `FERRY_*` variables that configure the CLI itself, not `ferry.toml`.
@@ -584,6 +632,32 @@ impl Config {
             )),
             Ok(_) => {}
         }
+        if let Some((listen, _)) = self.console.address() {
+            match listen.parse::<SocketAddr>() {
+                Err(_) => problems.push(format!(
+                    "console.listen '{listen}' is not an address such as 127.0.0.1:7434 (or off)"
+                )),
+                Ok(addr)
+                    if !addr.ip().is_loopback()
+                        && self.console.password.is_none()
+                        && self.control.token.is_none() =>
+                {
+                    problems.push(format!(
+                        "console.listen {addr} is not a loopback address and no credentials are set; set console.password (or control.token), or listen on 127.0.0.1"
+                    ))
+                }
+                Ok(_) => {}
+            }
+        }
+        if self.console.tls_cert.is_some() != self.console.tls_key.is_some() {
+            problems.push(
+                "console.tls_cert and console.tls_key go together: set both (PEM files) or neither"
+                    .into(),
+            );
+        }
+        if self.console.user.is_empty() {
+            problems.push("console.user must not be empty".into());
+        }
         if !is_identifier(&self.state.schema) {
             problems.push(format!(
                 "state.schema '{}' must be a lowercase identifier (letters, digits, _)",
@@ -714,6 +788,53 @@ url = "postgres://app:pw-source@127.0.0.1:5433/app"
 url = "postgres://admin:pw-target@127.0.0.1:5434/app"
 sslmode = "disable"
 "#;
+
+    #[test]
+    fn console_defaults_to_loopback_and_refuses_an_open_public_address() {
+        let c = Config::from_parts(BASIC, "test", env(&[])).unwrap();
+        assert_eq!(c.console.address(), Some(("127.0.0.1:7434", false)));
+        assert_eq!(c.console.user, "ferry");
+        let off =
+            Config::from_parts(BASIC, "test", env(&[("FERRY_CONSOLE_LISTEN", "off")])).unwrap();
+        assert_eq!(off.console.address(), None);
+        off.validate().unwrap();
+        let chosen = Config::from_parts(
+            BASIC,
+            "test",
+            env(&[("FERRY_CONSOLE_LISTEN", "127.0.0.1:6000")]),
+        )
+        .unwrap();
+        assert_eq!(chosen.console.address(), Some(("127.0.0.1:6000", true)));
+        let open = Config::from_parts(
+            BASIC,
+            "test",
+            env(&[("FERRY_CONSOLE_LISTEN", "0.0.0.0:6000")]),
+        )
+        .unwrap();
+        let e = open.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("console.listen 0.0.0.0:6000 is not a loopback address"),
+            "{e}"
+        );
+        let with_password = Config::from_parts(
+            BASIC,
+            "test",
+            env(&[
+                ("FERRY_CONSOLE_LISTEN", "0.0.0.0:6000"),
+                ("FERRY_CONSOLE_PASSWORD", "pw"),
+            ]),
+        )
+        .unwrap();
+        with_password.validate().unwrap();
+        let half_tls =
+            Config::from_parts(BASIC, "test", env(&[("FERRY_CONSOLE_TLS_CERT", "/c.pem")]))
+                .unwrap();
+        let e = half_tls.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("console.tls_cert and console.tls_key go together"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn defaults_are_sensible() {

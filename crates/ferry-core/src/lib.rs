@@ -16,6 +16,7 @@
 //! - [`plan`]: prerequisite checks and the table plan of `ferry plan`.
 //! - [`error`]: the shared error type, classified by consequence.
 //! - [`calendar`]: civil-date arithmetic (days ↔ year, month, day).
+//! - [`duration`]: durations as operators write them (`5s`, `500ms`).
 //! - [`source`]: the traits a source implements for `ferry run` (the seam).
 //! - [`size`]: approximate bytes of values and events, the unit of every
 //!   memory bound on the data path.
@@ -23,6 +24,7 @@
 pub mod calendar;
 pub mod change;
 pub mod config;
+pub mod duration;
 pub mod error;
 pub mod phase;
 pub mod plan;

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ferry_core::config::Config;
+use ferry_core::duration::parse as parse_duration;
 
 /// The change path allocates a few small values per row change on three
 /// threads. In a profile of a CDC drain (`FERRY_BENCH_PERF`, see the
@@ -101,25 +102,6 @@ enum Command {
         #[arg(long, short, default_value = "ferry-report.html")]
         output: PathBuf,
     },
-}
-
-/// `5s`, `500ms`, `2m`, or plain seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration such as 5s or 500ms"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {

@@ -1,10 +1,16 @@
-//! The control API's view of a running pipeline: status, metrics, pause
-//! and resume from [`Live`], the cutover from [`super::cutover`].
+//! The control API's and the console's view of a running pipeline: status,
+//! metrics, pause and resume from [`Live`], the cutover from
+//! [`super::cutover`], the lag history from the target's state. The HTTP API
+//! ([`ControlHandler`]) and the psql console ([`ferry_console::Backend`])
+//! are two doors to these same calls.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
+use ferry_console::CutoverCommand;
+use ferry_core::config::Endpoint;
 use ferry_core::source::Source;
-use ferry_monitor::{CutoverRecord, Status};
+use ferry_monitor::{CutoverRecord, LagSample, Status};
 
 use super::live::Live;
 use crate::control::{BoxFuture, ControlHandler, CutoverRequest};
@@ -13,6 +19,9 @@ use crate::control::{BoxFuture, ControlHandler, CutoverRequest};
 pub struct Handler<S: Source> {
     pub live: Arc<Live<S::Position>>,
     pub source: Arc<S>,
+    /// Where the lag history is read from.
+    pub target: Endpoint,
+    pub state_schema: String,
 }
 
 impl<S: Source> std::fmt::Debug for Handler<S> {
@@ -46,5 +55,76 @@ impl<S: Source> ControlHandler for Handler<S> {
     fn resume(&self) {
         self.live.set_paused(false);
         tracing::info!("applier resumed by the control API");
+    }
+}
+
+/// The console's `CUTOVER` options as the control API's request.
+fn cutover_request(c: &CutoverCommand) -> CutoverRequest {
+    CutoverRequest {
+        dry_run: c.dry_run,
+        fence: c.fence,
+        max_lag_seconds: Some(c.max_lag.as_secs_f64()),
+        timeout_seconds: Some(c.timeout.as_secs_f64()),
+        keep_slot: c.keep_slot,
+        skip_counts: c.skip_counts,
+    }
+}
+
+impl<S: Source> ferry_console::Backend for Handler<S> {
+    fn status(&self) -> Status {
+        ControlHandler::status(self)
+    }
+
+    fn lag_history(&self, since: SystemTime) -> BoxFuture<'_, Result<Vec<LagSample>, String>> {
+        Box::pin(async move {
+            let target = ferry_postgres::connect::connect(&self.target, "target")
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            ferry_monitor::read_history(&target, &self.state_schema, since)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn cutover(&self, c: CutoverCommand) -> BoxFuture<'_, Result<CutoverRecord, String>> {
+        ControlHandler::cutover(self, cutover_request(&c))
+    }
+
+    fn pause(&self) {
+        ControlHandler::pause(self);
+    }
+
+    fn resume(&self) {
+        ControlHandler::resume(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn console_cutover_options_become_the_control_request() {
+        let c = CutoverCommand {
+            dry_run: true,
+            fence: true,
+            max_lag: Duration::from_millis(1500),
+            timeout: Duration::from_secs(30),
+            keep_slot: true,
+            skip_counts: false,
+        };
+        assert_eq!(
+            cutover_request(&c),
+            CutoverRequest {
+                dry_run: true,
+                fence: true,
+                max_lag_seconds: Some(1.5),
+                timeout_seconds: Some(30.0),
+                keep_slot: true,
+                skip_counts: false,
+            }
+        );
     }
 }

@@ -42,6 +42,7 @@
 //! snapshot. Target schema changes made for applying are recorded in
 //! [`overrides`] and put back at cutover.
 
+mod console;
 mod cutover;
 mod handler;
 pub mod live;
@@ -347,17 +348,21 @@ async fn start_background<S: Source>(
     let addr = listener.local_addr()?;
     live::publish_address(target, &live.state, &addr.to_string()).await?;
     info!(address = %addr, "control API listening");
-    let handler: Arc<dyn crate::control::ControlHandler> = Arc::new(handler::Handler {
+    let handler = Arc::new(handler::Handler {
         live: live.clone(),
         source: source.clone(),
+        target: config.target.clone(),
+        state_schema: config.state.schema.clone(),
     });
+    let control: Arc<dyn crate::control::ControlHandler> = handler.clone();
     let token = config.control.token.clone();
     let stop = live.stopped();
     set.spawn(async move {
-        if let Err(e) = crate::control::serve(listener, handler, token, stop).await {
+        if let Err(e) = crate::control::serve(listener, control, token, stop).await {
             tracing::warn!(error = %e, "control API stopped");
         }
     });
+    console::start(config, handler, live.stopped(), &mut set).await?;
     set.spawn(live::run_monitor(
         live.clone(),
         source.clone(),
