@@ -384,3 +384,82 @@ async fn psql_talks_to_the_console_in_both_protocols() {
     server.stop.cancel();
     server.task.await.unwrap().unwrap();
 }
+
+/// With a certificate and key the console speaks TLS: psql verifies the
+/// certificate (`verify-full`) and binds SCRAM to the channel.
+#[tokio::test]
+async fn tls_with_certificate_verification_and_channel_binding() {
+    let psql = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.pg/client/bin/psql");
+    assert!(
+        psql.exists(),
+        "{} is missing: run `make setup`",
+        psql.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let files = ferry_testkit::tls_files(dir.path()).unwrap();
+    let tls = ferry_console::Tls {
+        cert_pem: std::fs::read(&files.server_cert).unwrap(),
+        key_pem: std::fs::read(&files.server_key).unwrap(),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        ferry_console::serve(
+            listener,
+            Arc::new(Recorder::default()),
+            password(),
+            Some(tls),
+            s.cancelled_owned(),
+        )
+        .await
+    });
+    let ca = files.ca_cert.clone();
+    let run = move |sslmode: &'static str| {
+        let (psql, port, ca) = (psql.clone(), port.clone(), ca.clone());
+        move || {
+            Process::new(psql)
+                .args([
+                    "-X",
+                    "-A",
+                    "-t",
+                    "-h",
+                    "localhost",
+                    "-p",
+                    &port,
+                    "-U",
+                    "ferry",
+                    "-d",
+                    "ferry",
+                ])
+                .args(["-c", "SHOW LAG"])
+                .env("PGPASSWORD", "console-pw")
+                .env("PGSSLMODE", sslmode)
+                .env("PGSSLROOTCERT", &ca)
+                .env("PGCHANNELBINDING", "require")
+                .output()
+                .unwrap()
+        }
+    };
+    let out = tokio::task::spawn_blocking(run("verify-full"))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.starts_with("0.25|512|"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without TLS there is no channel to bind: libpq refuses, which shows
+    // the verify-full login above really was SCRAM-SHA-256-PLUS over TLS.
+    let plain = tokio::task::spawn_blocking(run("disable")).await.unwrap();
+    assert!(!plain.status.success());
+    assert!(
+        String::from_utf8_lossy(&plain.stderr).contains("channel binding"),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}

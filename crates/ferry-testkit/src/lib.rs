@@ -52,7 +52,7 @@ use std::path::{Path, PathBuf};
 pub use mariadb::{MariaDbOptions, MariaDbServer};
 pub use pg::{
     MATRIX_MAJORS, PgAuth, PgOptions, PgServer, PgTlsFiles, binary_major, pg_dump_for,
-    pg_server_bin_dir, pg_versions_dir,
+    pg_server_bin_dir, pg_versions_dir, tls_files,
 };
 pub use sys::testkit_root;
 

@@ -347,6 +347,12 @@ fn openssl(args: &[&str], cwd: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A CA and a server certificate for localhost / 127.0.0.1, made in `dir`
+/// with the `openssl` CLI (for servers other than PostgreSQL: the console).
+pub fn tls_files(dir: &Path) -> Result<PgTlsFiles> {
+    make_tls_files(dir, None)
+}
+
 /// Makes a CA and a server certificate for localhost / 127.0.0.1 in `dir`.
 fn make_tls_files(dir: &Path, user: Option<ServiceUser>) -> Result<PgTlsFiles> {
     fs::create_dir_all(dir).map_err(io_err("creating tls dir"))?;
