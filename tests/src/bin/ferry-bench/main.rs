@@ -51,6 +51,10 @@
 //! If ferry fails, its log tail is printed, the reference figures are still
 //! measured and printed, and the process exits non-zero.
 //!
+//! 5. **SQLite source**: full load of a generated file against pgloader,
+//!    capture cost on the application, drain, lag; see `sqlite.rs`.
+//!    `--sqlite-only` runs only this one.
+//!
 //! One module per benchmark: [`load`] (1), [`cdc`] (2), [`cutover`] (3 and
 //! 4), [`memory`]; [`harness`] holds the servers, the generated data and the
 //! ferry process they share, [`report`] the figures table, [`cpu`] the CPU
@@ -77,6 +81,7 @@ mod harness;
 mod load;
 mod memory;
 mod report;
+mod sqlite;
 
 use cdc::Backlog;
 use harness::Bench;
@@ -95,7 +100,10 @@ fn main() -> ExitCode {
 fn bench_main() -> anyhow::Result<ExitCode> {
     let sizes = Sizes::from_args()?;
     let mut report = Report::new(&sizes);
-    let result = if sizes.control_only {
+    let result = if sizes.sqlite_only {
+        report.environment = "SQLite source benchmark only (--sqlite-only).".to_owned();
+        Ok(())
+    } else if sizes.control_only {
         report.environment =
             "Control benchmarks only (--control-only): the pgbench scale is in each row."
                 .to_owned();
@@ -106,10 +114,15 @@ fn bench_main() -> anyhow::Result<ExitCode> {
     if let Err(e) = &result {
         report.failures.push(format!("benchmark aborted: {e:#}"));
     }
-    if !sizes.cdc_only {
+    if !sizes.cdc_only && !sizes.sqlite_only {
         cutover::run_all(&sizes, &mut report);
     }
-    memory::run(&mut report);
+    if !sizes.cdc_only && !sizes.control_only {
+        run_sqlite(&sizes, &mut report);
+    }
+    if !sizes.sqlite_only {
+        memory::run(&mut report);
+    }
     let text = report.render();
     say!("\n{text}");
     let path = report_path();
@@ -154,6 +167,15 @@ fn run(sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Benchmark 5 on servers of its own.
+fn run_sqlite(sizes: &Sizes, report: &mut Report) {
+    let result = Bench::start(sizes).and_then(|b| b.sqlite_run(sizes.accounts(), sizes.wide_rows));
+    match result {
+        Ok(f) => report.sqlite = Some(f),
+        Err(e) => report.ferry_failed("the SQLite benchmark", &e),
+    }
+}
+
 /// Benchmark sizes.
 #[derive(Debug, Clone)]
 struct Sizes {
@@ -163,6 +185,8 @@ struct Sizes {
     control_only: bool,
     /// Only the CDC benchmarks, no raw-load reference (`--cdc-only`).
     cdc_only: bool,
+    /// Only the SQLite source benchmark (`--sqlite-only`).
+    sqlite_only: bool,
     wide_rows: u64,
     tpcb_tx_per_client: u64,
     multi_tx_per_client: u64,
@@ -176,14 +200,16 @@ struct Sizes {
 
 impl Sizes {
     fn from_args() -> anyhow::Result<Sizes> {
-        let (mut quick, mut control_only, mut cdc_only) = (false, false, false);
+        let (mut quick, mut control_only, mut cdc_only, mut sqlite_only) =
+            (false, false, false, false);
         for arg in std::env::args().skip(1) {
             match arg.as_str() {
                 "--quick" => quick = true,
                 "--control-only" => control_only = true,
                 "--cdc-only" => cdc_only = true,
+                "--sqlite-only" => sqlite_only = true,
                 other => bail!(
-                    "unknown argument {other:?}; usage: ferry-bench [--quick] [--control-only | --cdc-only] (sizes: FERRY_BENCH_SCALE=N)"
+                    "unknown argument {other:?}; usage: ferry-bench [--quick] [--control-only | --cdc-only | --sqlite-only] (sizes: FERRY_BENCH_SCALE=N)"
                 ),
             }
         }
@@ -217,6 +243,7 @@ impl Sizes {
             quick,
             control_only,
             cdc_only,
+            sqlite_only,
             wide_rows: s * 10_000,
             // 12,500 tpcb transactions (50k changes) per scale unit, 2 clients.
             tpcb_tx_per_client: s * 6_250,

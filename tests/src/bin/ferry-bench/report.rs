@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cdc::CdcFigures;
 use crate::load::LoadFigures;
+use crate::sqlite::SqliteFigures;
 use crate::{Sizes, cutover, memory};
 
 #[derive(Debug, Default)]
@@ -18,6 +19,7 @@ pub(crate) struct Report {
     pub(crate) cutover: Option<cutover::CutoverFigures>,
     pub(crate) lag: Option<cutover::LagFigures>,
     pub(crate) memory: Option<ferry_e2e::memory::MemoryFigures>,
+    pub(crate) sqlite: Option<SqliteFigures>,
     pub(crate) failures: Vec<String>,
 }
 
@@ -64,6 +66,9 @@ impl Report {
         }
         if let Some(c) = &self.cutover {
             s.push_str(&c.steps_section());
+        }
+        if let Some(q) = &self.sqlite {
+            q.render(&mut s);
         }
         if !self.failures.is_empty() {
             s.push_str("\n## Problems\n\n");
