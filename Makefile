@@ -1,7 +1,7 @@
 # ferry — the two commands a new user needs are `make demo` and `make test`.
 SHELL := /bin/bash
 CARGO ?= cargo
-DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssl sqlite3 ca-certificates pgloader
+DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssl sqlite3 ca-certificates pgloader pgcopydb
 
 .PHONY: setup test lint demo bench build fmt clean
 
@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client op
 setup:
 	@missing=""; \
 	for bin in /usr/lib/postgresql/*/bin/initdb:postgresql /usr/sbin/mariadbd:mariadb-server \
-	           /usr/bin/mariadb:mariadb-client /usr/bin/openssl:openssl /usr/bin/sqlite3:sqlite3 /usr/bin/pgloader:pgloader; do \
+	           /usr/bin/mariadb:mariadb-client /usr/bin/openssl:openssl /usr/bin/sqlite3:sqlite3 /usr/bin/pgloader:pgloader /usr/bin/pgcopydb:pgcopydb; do \
 	  path=$${bin%%:*}; pkg=$${bin##*:}; \
 	  ls $$path >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \

@@ -44,6 +44,7 @@
 //!    `cutover.rs` (fresh servers, the control API).
 //!    `--control-only` runs only these two.
 //!
+//! `--load-only` runs only benchmark 1 (for iterating on the loader).
 //! `--cdc-only` skips the raw-load reference and the control benchmarks
 //! (ferry still loads the target it drains into): for iterating on the
 //! applier. Its report has no full-load ratio.
@@ -114,13 +115,14 @@ fn bench_main() -> anyhow::Result<ExitCode> {
     if let Err(e) = &result {
         report.failures.push(format!("benchmark aborted: {e:#}"));
     }
-    if !sizes.cdc_only && !sizes.sqlite_only {
+    let only_one = sizes.cdc_only || sizes.sqlite_only || sizes.load_only;
+    if !only_one || sizes.control_only {
         cutover::run_all(&sizes, &mut report);
     }
-    if !sizes.cdc_only && !sizes.control_only {
+    if (!only_one && !sizes.control_only) || sizes.sqlite_only {
         run_sqlite(&sizes, &mut report);
     }
-    if !sizes.sqlite_only {
+    if !sizes.sqlite_only && !sizes.load_only {
         memory::run(&mut report);
     }
     let text = report.render();
@@ -147,6 +149,9 @@ fn run(sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
     report.environment = bench.environment()?;
     bench.generate(sizes)?;
     report.load = Some(bench.full_load(sizes.cdc_only, report)?);
+    if sizes.load_only {
+        return Ok(());
+    }
     let mut ferry_db = report.load.as_ref().and_then(|l| l.ferry_db.clone());
     let kinds = [
         Backlog::Tpcb(sizes.tpcb_tx_per_client),
@@ -187,6 +192,8 @@ struct Sizes {
     cdc_only: bool,
     /// Only the SQLite source benchmark (`--sqlite-only`).
     sqlite_only: bool,
+    /// Only the full load and its references (`--load-only`).
+    load_only: bool,
     wide_rows: u64,
     tpcb_tx_per_client: u64,
     multi_tx_per_client: u64,
@@ -200,16 +207,17 @@ struct Sizes {
 
 impl Sizes {
     fn from_args() -> anyhow::Result<Sizes> {
-        let (mut quick, mut control_only, mut cdc_only, mut sqlite_only) =
-            (false, false, false, false);
+        let (mut quick, mut control_only, mut cdc_only, mut sqlite_only, mut load_only) =
+            (false, false, false, false, false);
         for arg in std::env::args().skip(1) {
             match arg.as_str() {
                 "--quick" => quick = true,
                 "--control-only" => control_only = true,
                 "--cdc-only" => cdc_only = true,
                 "--sqlite-only" => sqlite_only = true,
+                "--load-only" => load_only = true,
                 other => bail!(
-                    "unknown argument {other:?}; usage: ferry-bench [--quick] [--control-only | --cdc-only | --sqlite-only] (sizes: FERRY_BENCH_SCALE=N)"
+                    "unknown argument {other:?}; usage: ferry-bench [--quick] [--control-only | --cdc-only | --sqlite-only | --load-only] (sizes: FERRY_BENCH_SCALE=N)"
                 ),
             }
         }
@@ -244,6 +252,7 @@ impl Sizes {
             control_only,
             cdc_only,
             sqlite_only,
+            load_only,
             wide_rows: s * 10_000,
             // 12,500 tpcb transactions (50k changes) per scale unit, 2 clients.
             tpcb_tx_per_client: s * 6_250,

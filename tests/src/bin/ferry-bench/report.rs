@@ -64,6 +64,9 @@ impl Report {
         if let Some(m) = &self.memory {
             s.push_str(&memory::row(m));
         }
+        if let Some(l) = &self.load {
+            s.push_str(&l.detail());
+        }
         if let Some(c) = &self.cutover {
             s.push_str(&c.steps_section());
         }
