@@ -18,9 +18,10 @@
 //!   between carried tables after it ([`crate::ddl`]);
 //! - changes: the binlog as a registered replica (`mysql.server_id`)
 //!   decoded by [`crate::binlog`], refused with "a new full load is needed"
-//!   when the checkpoint's binlog file was purged; DDL on a selected table stops the run
-//!   with an operator error naming the statement (not carried yet)
-//!   ([`crate::changes`]);
+//!   when the checkpoint's binlog file was purged; ADD COLUMN and new
+//!   tables carried, other DDL on a carried table stops the run with an
+//!   operator error naming the statement ([`crate::schema_change`],
+//!   [`crate::changes`]);
 //! - probe: `SHOW MASTER STATUS` (`SHOW BINARY LOG STATUS` on MySQL 8.4);
 //!   heartbeats are the server's binlog HEARTBEAT events, so
 //!   [`Probe::heartbeat`] writes nothing;
@@ -45,7 +46,7 @@ use tracing::info;
 
 use crate::binlog::{self, BinlogDecoder, DecoderOptions};
 use crate::catalog::{self, query_error};
-use crate::changes::{ByteBudget, MySqlChanges, pump};
+use crate::changes::{ByteBudget, MySqlChanges, SchemaTracker, pump};
 use crate::connect::{self, Flavor};
 use crate::cutover::MySqlCutover;
 use crate::ddl::{create_table, foreign_key_statements, in_list, index_statements};
@@ -401,12 +402,20 @@ impl Source for MySqlSource {
         let capacity = (options.channel_bytes / EVENT_BYTES).clamp(16, 65_536);
         let (tx, rx) = mpsc::channel(capacity);
         let (stop, stopped) = oneshot::channel();
-        let selected = ids.into_iter().collect();
+        let tracker =
+            SchemaTracker {
+                endpoint: self.config.source.clone(),
+                flavor: catalog.flavor,
+                filter: self.config.tables.filter().map_err(|e| {
+                    Error::operator(format!("tables: {e}"), "fix the tables section")
+                })?,
+                carried: ids.into_iter().collect(),
+            };
         let budget = ByteBudget::new(options.channel_bytes);
         let task = tokio::spawn(pump(
             stream,
             decoder,
-            selected,
+            tracker,
             tx,
             options.map,
             stopped,
