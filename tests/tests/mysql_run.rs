@@ -11,7 +11,8 @@
 //! the source fenced (the application's writes refused, AUTO_INCREMENT
 //! carried to the identity sequences). The others: Chinook; every mapped
 //! type through load and stream; schema changes mid-stream (ADD COLUMN and
-//! a new table carried, DROP COLUMN stopping the run); a
+//! a new table carried, DROP COLUMN stopping the run); a resume against
+//! another server; a
 //! purged checkpoint binlog.
 
 use std::sync::Arc;
@@ -702,6 +703,88 @@ fn schema_changes_mid_stream_are_carried_and_an_unsupported_one_stops_the_run() 
     assert!(
         stopped_at.file == before_drop.file && stopped_at.offset > before_drop.offset,
         "checkpoint {stopped_at} after the insert before the statement ({before_drop})"
+    );
+}
+
+/// A migration resumed against another server (same database, same
+/// binlog file names) stops before reading anything: its binlog positions
+/// do not continue the checkpoint. The identity recorded at capture start
+/// (`server_id`, GTID domain) is what tells it.
+#[test]
+fn a_resume_against_another_server_stops_with_a_new_load_needed() {
+    let first = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
+    let other = MariaDbServer::start(MariaDbOptions::default()).expect("second mariadb starts");
+    let schema = "CREATE TABLE orders (id INT PRIMARY KEY, note VARCHAR(20));
+                  CREATE TABLE scratch (id INT PRIMARY KEY);";
+    let db = first.create_database("shop").expect("database");
+    first
+        .sql(
+            &db,
+            &format!("{schema} INSERT INTO orders VALUES (1, 'first');"),
+        )
+        .expect("first source");
+    // The same database name on the other server.
+    let scratch_db = other.create_database("other").expect("database");
+    other
+        .sql(
+            &scratch_db,
+            &format!(
+                "CREATE DATABASE `{db}`; USE `{db}`; {schema} INSERT INTO orders VALUES (1, 'other'), (2, 'other');"
+            ),
+        )
+        .expect("second source");
+    let target = PgServer::start(target_options()).expect("target");
+    let tdb = target.create_database("dst").expect("target database");
+    let target_url = target.url(&tdb);
+    let logs = tempfile::tempdir().unwrap();
+    let mut ferry_run = spawn_shop_run(
+        &first.url(&db),
+        &target_url,
+        &db,
+        &logs.path().join("run.log"),
+    );
+    wait_until(&mut ferry_run, "the stream", || {
+        target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
+    });
+    let recorded = target_text(
+        &target_url,
+        "SELECT message FROM ferry.events WHERE kind = 'source_identity'",
+    );
+    assert_eq!(
+        recorded,
+        Some(format!(
+            "MariaDB server_id={} gtid_domain_id=0",
+            first.server_id()
+        ))
+    );
+    ferry_run.kill9().unwrap();
+
+    let resumed = spawn_shop_run(
+        &other.url(&db),
+        &target_url,
+        &db,
+        &logs.path().join("other.log"),
+    );
+    let code = resumed.wait(WAIT).unwrap();
+    let log = std::fs::read_to_string(logs.path().join("other.log")).unwrap();
+    assert!(code.is_some_and(|c| c != 0), "ferry run stops:\n{log}");
+    assert!(
+        log.contains(&format!(
+            "the source is not the server this migration started on (recorded at capture start: MariaDB server_id={} gtid_domain_id=0; now: MariaDB server_id={} gtid_domain_id=0)",
+            first.server_id(),
+            other.server_id()
+        )) && log.contains("so a new full load is needed")
+            && log.contains("point source.url at the original server"),
+        "{log}"
+    );
+    assert_eq!(
+        target_text(
+            &target_url,
+            &format!("SELECT string_agg(id || ':' || note, ',' ORDER BY id) FROM \"{db}\".orders")
+        )
+        .as_deref(),
+        Some("1:first"),
+        "nothing of the other server reached the target"
     );
 }
 

@@ -301,6 +301,33 @@ impl Source for MySqlSource {
         })
     }
 
+    /// MySQL: `server_uuid` and `server_id`; MariaDB (no `server_uuid`):
+    /// `server_id` and `gtid_domain_id`. Binlog file names and offsets
+    /// belong to one server: another one (a replaced instance, a failover
+    /// target) cannot continue the checkpoint.
+    async fn identity(&self) -> Result<Option<String>, Error> {
+        let mut conn = self.conn().await?;
+        let text = match flavor(&mut conn).await? {
+            Flavor::MariaDb => {
+                let row: Option<(u64, u64)> = conn
+                    .query_first("SELECT @@server_id, @@gtid_domain_id")
+                    .await
+                    .map_err(|e| query_error("reading the server identity", e))?;
+                let (id, domain) = row.unwrap_or_default();
+                format!("MariaDB server_id={id} gtid_domain_id={domain}")
+            }
+            Flavor::MySql => {
+                let row: Option<(u64, String)> = conn
+                    .query_first("SELECT @@server_id, @@server_uuid")
+                    .await
+                    .map_err(|e| query_error("reading the server identity", e))?;
+                let (id, uuid) = row.unwrap_or_default();
+                format!("MySQL server_uuid={uuid} server_id={id}")
+            }
+        };
+        Ok(Some(text))
+    }
+
     /// ferry creates nothing on the source before the snapshot; a MySQL
     /// (not MariaDB) source is refused here, before the target records
     /// anything, as it has no lock-free snapshot yet ([`snapshot::open`]).
