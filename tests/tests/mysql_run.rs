@@ -509,11 +509,12 @@ fn spawn_shop_run(
     target_url: &str,
     db: &str,
     log: &std::path::Path,
+    control: u16,
 ) -> Background {
     let mut c = ferry(source_url, target_url).unwrap();
     c.env("FERRY_SOURCE_SSLMODE", "disable")
         .env("FERRY_TARGET_SSLMODE", "disable")
-        .env("FERRY_CONTROL_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("FERRY_CONTROL_LISTEN", format!("127.0.0.1:{control}"))
         .env("FERRY_APPLY_BATCH_MS", "100")
         .env("FERRY_TABLES_EXCLUDE", format!("{db}.scratch"))
         // One chunk per row: on the idle source the load's readers each
@@ -548,7 +549,13 @@ fn schema_changes_mid_stream_are_carried_and_an_unsupported_one_stops_the_run() 
     let tdb = target.create_database("dst").expect("target database");
     let target_url = target.url(&tdb);
     let logs = tempfile::tempdir().unwrap();
-    let mut ferry_run = spawn_shop_run(&source_url, &target_url, &db, &logs.path().join("run.log"));
+    let mut ferry_run = spawn_shop_run(
+        &source_url,
+        &target_url,
+        &db,
+        &logs.path().join("run.log"),
+        free_port(),
+    );
     wait_until(&mut ferry_run, "the stream", || {
         target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
     });
@@ -637,8 +644,13 @@ fn schema_changes_mid_stream_are_carried_and_an_unsupported_one_stops_the_run() 
              INSERT INTO refunds VALUES (4, 5, 0.5, 'more', 'added later');",
         )
         .expect("writes while ferry is down");
-    let mut ferry_run =
-        spawn_shop_run(&source_url, &target_url, &db, &logs.path().join("run2.log"));
+    let mut ferry_run = spawn_shop_run(
+        &source_url,
+        &target_url,
+        &db,
+        &logs.path().join("run2.log"),
+        free_port(),
+    );
     wait_until(
         &mut ferry_run,
         "the rows written while ferry was down",
@@ -709,7 +721,8 @@ fn schema_changes_mid_stream_are_carried_and_an_unsupported_one_stops_the_run() 
 /// A migration resumed against another server (same database, same
 /// binlog file names) stops before reading anything: its binlog positions
 /// do not continue the checkpoint. The identity recorded at capture start
-/// (`server_id`, GTID domain) is what tells it.
+/// (`server_id`, GTID domain) is what tells it. Before that, `ferry status`
+/// shows the binlog the checkpoint needs on the first server.
 #[test]
 fn a_resume_against_another_server_stops_with_a_new_load_needed() {
     let first = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
@@ -737,11 +750,13 @@ fn a_resume_against_another_server_stops_with_a_new_load_needed() {
     let tdb = target.create_database("dst").expect("target database");
     let target_url = target.url(&tdb);
     let logs = tempfile::tempdir().unwrap();
+    let control = free_port();
     let mut ferry_run = spawn_shop_run(
         &first.url(&db),
         &target_url,
         &db,
         &logs.path().join("run.log"),
+        control,
     );
     wait_until(&mut ferry_run, "the stream", || {
         target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
@@ -757,6 +772,32 @@ fn a_resume_against_another_server_stops_with_a_new_load_needed() {
             first.server_id()
         ))
     );
+    // `ferry status` shows the binlog the checkpoint needs on the source.
+    let status = || {
+        let mut c = ferry(&first.url(&db), &target_url).unwrap();
+        c.env("FERRY_SOURCE_SSLMODE", "disable")
+            .env("FERRY_TARGET_SSLMODE", "disable")
+            .env("FERRY_CONTROL_LISTEN", format!("127.0.0.1:{control}"))
+            .arg("status");
+        run(&mut c).unwrap().all()
+    };
+    let head = source_head(&first.url(&db));
+    let mut last = String::new();
+    let start = Instant::now();
+    while !last.contains("wal_status kept") {
+        assert!(start.elapsed() < WAIT, "ferry status:\n{last}");
+        std::thread::sleep(Duration::from_millis(200));
+        last = status();
+    }
+    let shown = status();
+    let line = shown
+        .lines()
+        .find(|l| l.contains("binlog from"))
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(
+        line.contains(&format!("binlog from {}:", head.file)) && line.contains(" retains "),
+        "{shown}"
+    );
     ferry_run.kill9().unwrap();
 
     let resumed = spawn_shop_run(
@@ -764,6 +805,7 @@ fn a_resume_against_another_server_stops_with_a_new_load_needed() {
         &target_url,
         &db,
         &logs.path().join("other.log"),
+        free_port(),
     );
     let code = resumed.wait(WAIT).unwrap();
     let log = std::fs::read_to_string(logs.path().join("other.log")).unwrap();

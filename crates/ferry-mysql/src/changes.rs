@@ -25,7 +25,8 @@
 //! table stops the stream with an operator error naming the statement, the
 //! table, the binlog position and the fix; statements on other tables are
 //! logged and skipped. Acknowledgements tell the server
-//! nothing: it keeps binlogs by time (`binlog_expire_logs_seconds`). On
+//! nothing: it keeps binlogs by time (`binlog_expire_logs_seconds`); the
+//! last acknowledged position is kept for the probe's retention figure. On
 //! restart the pipeline opens a new stream at its checkpoint.
 
 use std::collections::{BTreeSet, VecDeque};
@@ -124,12 +125,18 @@ pub fn ddl_touches(
 pub struct MySqlChanges {
     pub(crate) stop: Option<oneshot::Sender<()>>,
     pub(crate) task: tokio::task::JoinHandle<Result<(), Error>>,
+    /// The probe's retention figure counts from here.
+    pub(crate) acked: crate::source::Acked,
 }
 
 impl source::ChangeHandle<MySqlPosition> for MySqlChanges {
     /// The server keeps binlogs by time, not by replica acknowledgement:
-    /// nothing to tell it.
-    fn ack(&self, _position: MySqlPosition) {}
+    /// nothing to tell it; the position is kept for the retention figure.
+    fn ack(&self, position: MySqlPosition) {
+        if let Ok(mut a) = self.acked.lock() {
+            *a = Some(position);
+        }
+    }
 
     async fn shutdown(mut self) -> Result<(), Error> {
         if let Some(stop) = self.stop.take() {

@@ -24,13 +24,16 @@
 //!   [`crate::changes`]);
 //! - probe: `SHOW MASTER STATUS` (`SHOW BINARY LOG STATUS` on MySQL 8.4);
 //!   heartbeats are the server's binlog HEARTBEAT events, so
-//!   [`Probe::heartbeat`] writes nothing;
+//!   [`Probe::heartbeat`] writes nothing; retention: the binlog bytes from
+//!   the last committed position to the newest binlog's end (`SHOW BINARY
+//!   LOGS`), shown by `ferry status` and as `ferry_slot_retained_wal_bytes`;
 //! - cutover: fence with `SET GLOBAL read_only = ON` and ending every other
 //!   user's sessions, final position from `SHOW MASTER STATUS` after that,
 //!   AUTO_INCREMENT counters as the target's identity sequences, exact
 //!   row counts ([`crate::cutover`]).
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_core::config::Config;
@@ -63,11 +66,21 @@ const EVENT_BYTES: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct MySqlSource {
     config: Config,
+    /// The newest position the target committed (the change stream's
+    /// start, then every acknowledgement): what the probe's retention
+    /// figure counts from.
+    acked: Acked,
 }
+
+/// A position shared between the change stream and the probe.
+pub(crate) type Acked = Arc<Mutex<Option<MySqlPosition>>>;
 
 impl MySqlSource {
     pub fn new(config: Config) -> Self {
-        MySqlSource { config }
+        MySqlSource {
+            config,
+            acked: Acked::default(),
+        }
     }
 
     async fn conn(&self) -> Result<Conn, Error> {
@@ -232,11 +245,21 @@ pub async fn head_position(conn: &mut Conn) -> Result<MySqlPosition, Error> {
     Ok(MySqlPosition::new(file, offset))
 }
 
+/// Binlog bytes from `from` to the newest file's end: what the server must
+/// still hold for the stream to resume at `from`; `None` when `from`'s file
+/// is gone.
+pub fn retained_bytes(files: &[(String, u64)], from: &MySqlPosition) -> Option<u64> {
+    let at = files.iter().position(|(name, _)| name == &from.file)?;
+    let rest: u64 = files[at + 1..].iter().map(|(_, size)| size).sum();
+    Some(files[at].1.saturating_sub(from.offset) + rest)
+}
+
 /// A monitoring session.
 #[derive(Debug)]
 pub struct MySqlProbe {
     conn: Conn,
     closed: bool,
+    acked: Acked,
 }
 
 impl Probe<MySqlPosition> for MySqlProbe {
@@ -253,10 +276,26 @@ impl Probe<MySqlPosition> for MySqlProbe {
         Ok(None)
     }
 
-    /// ferry holds no binlog on the server: the server expires binlogs by
-    /// time, whatever ferry has read.
+    /// The binlog the checkpoint needs: bytes from the last committed
+    /// position to the server's newest binlog end (the server expires
+    /// binlogs by time, whatever ferry has read, so this is what a purge
+    /// must not reach). `None` before the change stream started.
     async fn retention(&mut self) -> Result<Option<Retention>, Error> {
-        Ok(None)
+        let from = self.acked.lock().ok().and_then(|a| a.clone());
+        let Some(from) = from else {
+            return Ok(None);
+        };
+        let files = binlog_files(&mut self.conn).await;
+        if files.as_ref().is_err_and(|e| e.is_transient()) {
+            self.closed = true;
+        }
+        let files = files?;
+        let retained = retained_bytes(&files, &from);
+        Ok(Some(Retention {
+            name: format!("binlog from {from}"),
+            retained_bytes: retained,
+            status: Some(if retained.is_some() { "kept" } else { "purged" }.into()),
+        }))
     }
 
     fn is_closed(&self) -> bool {
@@ -448,11 +487,15 @@ impl Source for MySqlSource {
             stopped,
             budget,
         ));
+        if let Ok(mut a) = self.acked.lock() {
+            *a = Some(from);
+        }
         Ok((
             rx,
             MySqlChanges {
                 stop: Some(stop),
                 task,
+                acked: self.acked.clone(),
             },
         ))
     }
@@ -461,6 +504,7 @@ impl Source for MySqlSource {
         Ok(MySqlProbe {
             conn: self.conn().await?,
             closed: false,
+            acked: self.acked.clone(),
         })
     }
 
@@ -520,6 +564,19 @@ mod tests {
                 .contains("has 90 bytes, less than the checkpoint"),
             "{replaced}"
         );
+    }
+
+    #[test]
+    fn retained_binlog_counts_from_the_checkpoint_to_the_newest_end() {
+        let files = vec![
+            ("binlog.000002".to_owned(), 500),
+            ("binlog.000003".to_owned(), 90),
+        ];
+        let at = |f: &str, o: u64| MySqlPosition::new(f, o);
+        assert_eq!(retained_bytes(&files, &at("binlog.000002", 400)), Some(190));
+        assert_eq!(retained_bytes(&files, &at("binlog.000003", 90)), Some(0));
+        assert_eq!(retained_bytes(&files, &at("binlog.000003", 95)), Some(0));
+        assert_eq!(retained_bytes(&files, &at("binlog.000001", 4)), None);
     }
 
     #[test]
