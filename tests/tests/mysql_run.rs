@@ -10,7 +10,9 @@
 //! compared row by row (every value normalised per type) and cut over with
 //! the source fenced (the application's writes refused, AUTO_INCREMENT
 //! carried to the identity sequences). The others: Chinook; every mapped
-//! type through load and stream; DDL on a carried table mid-stream; a
+//! type through load and stream; schema changes mid-stream (ADD COLUMN and
+//! a new table carried, DROP COLUMN stopping the run); a resume against
+//! another server; a
 //! purged checkpoint binlog.
 
 use std::sync::Arc;
@@ -500,8 +502,38 @@ fn sakila_from_mariadb_with_writes_crashes_in_load_and_stream_and_a_fenced_cutov
 /// A schema change on a carried table mid-stream stops `ferry run` with an
 /// operator error quoting the statement; the changes before it are applied
 /// and a change on a table that is not carried is ignored.
+/// `ferry run` on `db` of `source` into `target_url`, `scratch` excluded,
+/// with its log in `log`.
+fn spawn_shop_run(
+    source_url: &str,
+    target_url: &str,
+    db: &str,
+    log: &std::path::Path,
+    control: u16,
+) -> Background {
+    let mut c = ferry(source_url, target_url).unwrap();
+    c.env("FERRY_SOURCE_SSLMODE", "disable")
+        .env("FERRY_TARGET_SSLMODE", "disable")
+        .env("FERRY_CONTROL_LISTEN", format!("127.0.0.1:{control}"))
+        .env("FERRY_APPLY_BATCH_MS", "100")
+        .env("FERRY_TABLES_EXCLUDE", format!("{db}.scratch"))
+        // One chunk per row: on the idle source the load's readers each
+        // get a snapshot of their own at the same position.
+        .env("FERRY_LOAD_CHUNK_ROWS", "1")
+        .env("FERRY_LOG", "info")
+        .arg("run");
+    Background::spawn(c, log).unwrap()
+}
+
+/// Schema changes mid-stream: a column added to a carried table (rows
+/// written before and after it, one updated after it), a new table the
+/// filter selects (created on the target, its rows carried), statements on
+/// an excluded table ignored; a restart after them resumes; then a DROP
+/// COLUMN stops the run with the operator error naming the statement, the
+/// table, the binlog position and the fix, with everything before it applied
+/// and nothing after it.
 #[test]
-fn ddl_on_a_carried_table_stops_the_stream_naming_the_statement() {
+fn schema_changes_mid_stream_are_carried_and_an_unsupported_one_stops_the_run() {
     let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
     let db = source.create_database("shop").expect("database");
     source
@@ -517,54 +549,161 @@ fn ddl_on_a_carried_table_stops_the_stream_naming_the_statement() {
     let tdb = target.create_database("dst").expect("target database");
     let target_url = target.url(&tdb);
     let logs = tempfile::tempdir().unwrap();
-    let mut c = ferry(&source_url, &target_url).unwrap();
-    c.env("FERRY_SOURCE_SSLMODE", "disable")
-        .env("FERRY_TARGET_SSLMODE", "disable")
-        .env("FERRY_CONTROL_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .env("FERRY_APPLY_BATCH_MS", "100")
-        .env("FERRY_TABLES_EXCLUDE", format!("{db}.scratch"))
-        // One chunk per row: on the idle source the load's readers each
-        // get a snapshot of their own at the same position.
-        .env("FERRY_LOAD_CHUNK_ROWS", "1")
-        .env("FERRY_LOG", "info")
-        .arg("run");
-    let mut ferry_run = Background::spawn(c, &logs.path().join("run.log")).unwrap();
+    let mut ferry_run = spawn_shop_run(
+        &source_url,
+        &target_url,
+        &db,
+        &logs.path().join("run.log"),
+        free_port(),
+    );
     wait_until(&mut ferry_run, "the stream", || {
         target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
     });
+    assert!(
+        ferry_run
+            .log()
+            .contains("snapshot reader on its own session"),
+        "parallel readers on an idle source: {}",
+        ferry_run.log()
+    );
     source
         .sql(
             &db,
             "INSERT INTO orders (note) VALUES ('three');
              ALTER TABLE scratch ADD COLUMN x INT;
              ALTER TABLE orders ADD COLUMN extra INT;
-             INSERT INTO orders (note, extra) VALUES ('four', 4);",
+             INSERT INTO orders (note, extra) VALUES ('four', 4);
+             UPDATE orders SET extra = 1 WHERE id = 1;
+             CREATE TABLE refunds (id INT PRIMARY KEY, order_id INT NOT NULL, amount DECIMAL(8,2), why VARCHAR(40));
+             INSERT INTO refunds VALUES (1, 4, 9.50, 'broken'), (2, 1, NULL, 'late');",
         )
         .expect("source writes and DDL");
+    let orders = |url: &str| {
+        target_text(
+            url,
+            &format!(
+                "SELECT string_agg(id || ':' || note || ':' || coalesce(extra::text, '-'), ',' ORDER BY id) FROM \"{db}\".orders"
+            ),
+        )
+    };
+    let refunds = |url: &str| {
+        target_text(
+            url,
+            &format!(
+                "SELECT string_agg(id || ':' || order_id || ':' || coalesce(amount::text, '-') || ':' || why, ',' ORDER BY id) FROM \"{db}\".refunds"
+            ),
+        )
+    };
+    wait_until(&mut ferry_run, "the new table's rows", || {
+        refunds(&target_url).is_some()
+    });
+    assert_eq!(
+        orders(&target_url).as_deref(),
+        Some("1:one:1,2:two:-,3:three:-,4:four:4")
+    );
+    assert_eq!(
+        refunds(&target_url).as_deref(),
+        Some("1:4:9.50:broken,2:1:-:late")
+    );
+    let types = target_text(
+        &target_url,
+        &format!(
+            "SELECT string_agg(table_name || '.' || column_name || ' ' || data_type || coalesce('(' || numeric_precision || ',' || numeric_scale || ')', ''), ', ' ORDER BY table_name, ordinal_position) \
+             FROM information_schema.columns WHERE table_schema = '{db}' AND column_name IN ('extra', 'amount', 'why')"
+        ),
+    );
+    assert_eq!(
+        types.as_deref(),
+        Some(
+            "orders.extra integer(32,0), refunds.amount numeric(8,2), refunds.why character varying"
+        )
+    );
     let log = ferry_run.log();
+    assert!(
+        log.contains("column added on the source; carried to the target")
+            && log.contains("new table on the source; carried to the target"),
+        "{log}"
+    );
+    assert_eq!(
+        target_text(
+            &target_url,
+            &format!("SELECT to_regclass('\"{db}\".scratch')::text")
+        ),
+        None,
+        "the excluded table is not created by its ALTER"
+    );
+
+    // A restart after the statements resumes with the new shapes.
+    ferry_run.kill9().unwrap();
+    source
+        .sql(
+            &db,
+            "INSERT INTO orders (note, extra) VALUES ('five', 5);
+             INSERT INTO refunds VALUES (3, 5, 1.25, 'again');
+             ALTER TABLE refunds ADD COLUMN note TEXT;
+             INSERT INTO refunds VALUES (4, 5, 0.5, 'more', 'added later');",
+        )
+        .expect("writes while ferry is down");
+    let mut ferry_run = spawn_shop_run(
+        &source_url,
+        &target_url,
+        &db,
+        &logs.path().join("run2.log"),
+        free_port(),
+    );
+    wait_until(
+        &mut ferry_run,
+        "the rows written while ferry was down",
+        || refunds(&target_url).is_some_and(|r| r.contains("4:5:0.50:more")),
+    );
+    // The restarted run read the catalog with the column already added:
+    // the rows before the statement still have their own shape.
+    assert_eq!(
+        refunds(&target_url).as_deref(),
+        Some("1:4:9.50:broken,2:1:-:late,3:5:1.25:again,4:5:0.50:more")
+    );
+    assert_eq!(
+        target_text(
+            &target_url,
+            &format!(
+                "SELECT string_agg(id || ':' || coalesce(note, '-'), ',' ORDER BY id) FROM \"{db}\".refunds"
+            )
+        )
+        .as_deref(),
+        Some("1:-,2:-,3:-,4:added later")
+    );
+
+    // A change ferry cannot apply exactly stops the run at its position.
+    let before_drop = source_head(&source_url);
+    source
+        .sql(
+            &db,
+            "INSERT INTO orders (note, extra) VALUES ('six', 6);
+             ALTER TABLE orders DROP COLUMN note;
+             INSERT INTO orders (extra) VALUES (7);",
+        )
+        .expect("source DROP COLUMN");
     let code = ferry_run.wait(WAIT).unwrap();
-    assert_ne!(code, Some(0), "ferry run stops:\n{log}");
-    let log = std::fs::read_to_string(logs.path().join("run.log")).unwrap();
+    assert_ne!(code, Some(0), "ferry run stops");
+    let log = std::fs::read_to_string(logs.path().join("run2.log")).unwrap();
     assert!(
         log.contains(&format!(
-            "schema change on carried table {db}.orders at binlog binlog."
-        )) && log.contains("ALTER TABLE orders ADD COLUMN extra INT"),
+            "schema change on carried table {db}.orders at binlog {}:",
+            before_drop.file
+        )) && log.contains(
+            "that ferry cannot apply exactly: `DROP COLUMN note` changes existing columns or keys"
+        ) && log.contains("statement: ALTER TABLE orders DROP COLUMN note"),
         "{log}"
     );
     assert!(
-        log.contains("ferry does not carry MySQL schema changes yet"),
+        log.contains("a new full load is needed: `ferry cleanup --state`, drop the target tables, then `ferry run`"),
         "{log}"
-    );
-    assert!(
-        log.contains("snapshot reader on its own session"),
-        "parallel readers on an idle source: {log}"
     );
     // Everything before the statement is applied, nothing after it.
-    let notes = target_text(
-        &target_url,
-        &format!("SELECT string_agg(note, ',' ORDER BY id) FROM \"{db}\".orders"),
+    assert_eq!(
+        orders(&target_url).as_deref(),
+        Some("1:one:1,2:two:-,3:three:-,4:four:4,5:five:5,6:six:6")
     );
-    assert_eq!(notes.as_deref(), Some("one,two,three"));
     let at = target_text(
         &target_url,
         &format!(
@@ -572,6 +711,123 @@ fn ddl_on_a_carried_table_stops_the_stream_naming_the_statement() {
         ),
     );
     assert_eq!(at.as_deref(), Some("2024-01-02 03:04:05.678"));
+    let stopped_at = checkpoint(&target_url).expect("checkpoint");
+    assert!(
+        stopped_at.file == before_drop.file && stopped_at.offset > before_drop.offset,
+        "checkpoint {stopped_at} after the insert before the statement ({before_drop})"
+    );
+}
+
+/// A migration resumed against another server (same database, same
+/// binlog file names) stops before reading anything: its binlog positions
+/// do not continue the checkpoint. The identity recorded at capture start
+/// (`server_id`, GTID domain) is what tells it. Before that, `ferry status`
+/// shows the binlog the checkpoint needs on the first server.
+#[test]
+fn a_resume_against_another_server_stops_with_a_new_load_needed() {
+    let first = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
+    let other = MariaDbServer::start(MariaDbOptions::default()).expect("second mariadb starts");
+    let schema = "CREATE TABLE orders (id INT PRIMARY KEY, note VARCHAR(20));
+                  CREATE TABLE scratch (id INT PRIMARY KEY);";
+    let db = first.create_database("shop").expect("database");
+    first
+        .sql(
+            &db,
+            &format!("{schema} INSERT INTO orders VALUES (1, 'first');"),
+        )
+        .expect("first source");
+    // The same database name on the other server.
+    let scratch_db = other.create_database("other").expect("database");
+    other
+        .sql(
+            &scratch_db,
+            &format!(
+                "CREATE DATABASE `{db}`; USE `{db}`; {schema} INSERT INTO orders VALUES (1, 'other'), (2, 'other');"
+            ),
+        )
+        .expect("second source");
+    let target = PgServer::start(target_options()).expect("target");
+    let tdb = target.create_database("dst").expect("target database");
+    let target_url = target.url(&tdb);
+    let logs = tempfile::tempdir().unwrap();
+    let control = free_port();
+    let mut ferry_run = spawn_shop_run(
+        &first.url(&db),
+        &target_url,
+        &db,
+        &logs.path().join("run.log"),
+        control,
+    );
+    wait_until(&mut ferry_run, "the stream", || {
+        target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
+    });
+    let recorded = target_text(
+        &target_url,
+        "SELECT message FROM ferry.events WHERE kind = 'source_identity'",
+    );
+    assert_eq!(
+        recorded,
+        Some(format!(
+            "MariaDB server_id={} gtid_domain_id=0",
+            first.server_id()
+        ))
+    );
+    // `ferry status` shows the binlog the checkpoint needs on the source.
+    let status = || {
+        let mut c = ferry(&first.url(&db), &target_url).unwrap();
+        c.env("FERRY_SOURCE_SSLMODE", "disable")
+            .env("FERRY_TARGET_SSLMODE", "disable")
+            .env("FERRY_CONTROL_LISTEN", format!("127.0.0.1:{control}"))
+            .arg("status");
+        run(&mut c).unwrap().all()
+    };
+    let head = source_head(&first.url(&db));
+    let mut last = String::new();
+    let start = Instant::now();
+    while !last.contains("wal_status kept") {
+        assert!(start.elapsed() < WAIT, "ferry status:\n{last}");
+        std::thread::sleep(Duration::from_millis(200));
+        last = status();
+    }
+    let shown = status();
+    let line = shown
+        .lines()
+        .find(|l| l.contains("binlog from"))
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(
+        line.contains(&format!("binlog from {}:", head.file)) && line.contains(" retains "),
+        "{shown}"
+    );
+    ferry_run.kill9().unwrap();
+
+    let resumed = spawn_shop_run(
+        &other.url(&db),
+        &target_url,
+        &db,
+        &logs.path().join("other.log"),
+        free_port(),
+    );
+    let code = resumed.wait(WAIT).unwrap();
+    let log = std::fs::read_to_string(logs.path().join("other.log")).unwrap();
+    assert!(code.is_some_and(|c| c != 0), "ferry run stops:\n{log}");
+    assert!(
+        log.contains(&format!(
+            "the source is not the server this migration started on (recorded at capture start: MariaDB server_id={} gtid_domain_id=0; now: MariaDB server_id={} gtid_domain_id=0)",
+            first.server_id(),
+            other.server_id()
+        )) && log.contains("so a new full load is needed")
+            && log.contains("point source.url at the original server"),
+        "{log}"
+    );
+    assert_eq!(
+        target_text(
+            &target_url,
+            &format!("SELECT string_agg(id || ':' || note, ',' ORDER BY id) FROM \"{db}\".orders")
+        )
+        .as_deref(),
+        Some("1:first"),
+        "nothing of the other server reached the target"
+    );
 }
 
 /// Every type of the mapping table (the binlog decoder's live test table):

@@ -521,6 +521,10 @@ impl<P: Position> Applier<P> {
             return Ok(());
         }
         let target = self.writer.target_of(&schema.id);
+        if old.is_none() && !crate::relation::exists(self.txn.client(), &target).await? {
+            // A new table: `relation` creates it.
+            return Ok(());
+        }
         let shape = crate::relation::read_shape(self.txn.client(), &target).await?;
         let drifts = crate::relation::drift(schema, &shape);
         if let Err(e) = crate::relation::check(&schema.id, &target, &drifts, self.cfg.apply_ddl) {

@@ -15,6 +15,11 @@
 //! | key added or changed | Relation key columns without a unique index on exactly them in the target | stop: create the key on the target |
 //! | primary key dropped | no Relation key (REPLICA IDENTITY DEFAULT) but a target primary key | stop: drop it on the target |
 //!
+//! A Relation of a table the target does not have yet (a table created on a
+//! MySQL/MariaDB source mid-stream, see `ferry-mysql`'s `schema_change`)
+//! creates it with [`crate::ddl::create_table`] when the applier may run
+//! DDL.
+//!
 //! The target is the reference (not the previous Relation): after a restart
 //! there is no previous one, and what matters is what the writer's SQL will
 //! meet. Generated target columns are left out (pgoutput does not send them).
@@ -288,6 +293,15 @@ pub fn add_columns_sql(target: &TableId, drifts: &[Drift]) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+/// Whether `target` exists on the target.
+pub async fn exists(client: &Client, target: &TableId) -> Result<bool> {
+    let row = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&target.quoted()])
+        .await
+        .map_err(|e| pg_error(format!("looking up {target}"), e))?;
+    Ok(row.get(0))
 }
 
 /// Read the shape of `target` from the target catalog.

@@ -158,7 +158,8 @@ impl Writer {
         }
     }
 
-    /// A table's schema changed: forget cached staging/types, then compare
+    /// A table's schema changed (or a new table appeared: it is created
+    /// when `apply_ddl`): forget cached staging/types, then compare
     /// the new shape with the target table ([`crate::relation`]): a column
     /// added on the source is added on the target when `apply_ddl`; any
     /// other difference (rename, drop, type or key change) is an operator
@@ -172,6 +173,18 @@ impl Writer {
     ) -> Result<()> {
         self.staging.forget(client, &new.id).await;
         let target = self.target_of(&new.id);
+        if apply_ddl && !relation::exists(client, &target).await? {
+            debug!(table = %target, "creating a table the source created");
+            let sql = format!(
+                "{};\n{}",
+                crate::ddl::create_schema(&target),
+                crate::ddl::create_table(&target, new)
+            );
+            return client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| pg_error(format!("creating {target}"), e));
+        }
         let drifts = relation::drift(new, &relation::read_shape(client, &target).await?);
         relation::check(&new.id, &target, &drifts, apply_ddl)?;
         for sql in relation::add_columns_sql(&target, &drifts) {

@@ -20,6 +20,8 @@
 //!   (the DDL the target gets before and after the load),
 //!   [`Source::plan_chunks`], and [`SnapshotReader::read`] per chunk;
 //!   [`Source::new_snapshot`] when an interrupted load resumes;
+//!   [`Source::identity`] recorded with the checkpoint and compared on
+//!   every resume;
 //! - streaming: [`Source::changes`] from a position, acknowledged through
 //!   [`ChangeHandle::ack`] only after the target committed;
 //! - watching: [`Probe`] (head position, heartbeats, retention) and
@@ -283,6 +285,16 @@ pub trait Source: Send + Sync + Sized + 'static {
 
     /// The selected tables, read now.
     fn catalog(&self) -> impl Future<Output = Result<Self::Catalog, Error>> + Send;
+
+    /// Which server this is, as text recorded on the target when capture
+    /// starts (MySQL `server_uuid`, MariaDB `server_id` and GTID domain);
+    /// a run resuming against a source that answers differently stops with
+    /// "a new full load is needed", as its log positions do not continue
+    /// ferry's checkpoint. `None` (the default): nothing to check (the
+    /// source's own capture, e.g. a replication slot, already fails then).
+    fn identity(&self) -> impl Future<Output = Result<Option<String>, Error>> + Send {
+        std::future::ready(Ok(None))
+    }
 
     /// Before [`Source::start_capture`]: make sure nothing of another
     /// migration is in the way. `after_interrupted` says a previous attempt

@@ -11,23 +11,42 @@
 //! position of the transaction's first event, see [`crate::binlog`]),
 //! `Change`, `Commit` (the end of its XID event) and `Heartbeat` (the
 //! server's binlog heartbeats on an idle source, every second). Positions
-//! never decrease. A statement (DDL) on a carried table stops the stream
-//! with an operator error naming it and the binlog position; statements on
-//! other tables are logged and skipped. Acknowledgements tell the server
-//! nothing: it keeps binlogs by time (`binlog_expire_logs_seconds`). On
+//! never decrease. A statement (DDL) is judged by [`crate::schema_change`]
+//! ([`SchemaTracker`]): a column added to a carried table or a new table
+//! the filter selects becomes a transaction of its own at the statement's
+//! position holding the table's new `Relation` (the applier adds the column
+//! or creates the table, and commits the checkpoint with it); the decoder
+//! decodes the table's rows with the new shape from there. The new shape
+//! is the old one plus the added columns, typed from the catalog as it is
+//! now (or from the statement when the column is gone again). After a
+//! restart the catalog may already hold columns added later in the binlog:
+//! the rows before the statement are decoded with its first columns
+//! ([`crate::binlog::columns::resolve`]). Any other change on a carried
+//! table stops the stream with an operator error naming the statement, the
+//! table, the binlog position and the fix; statements on other tables are
+//! logged and skipped. Acknowledgements tell the server
+//! nothing: it keeps binlogs by time (`binlog_expire_logs_seconds`); the
+//! last acknowledged position is kept for the probe's retention figure. On
 //! restart the pipeline opens a new stream at its checkpoint.
 
 use std::collections::{BTreeSet, VecDeque};
 
+use std::sync::Arc;
+
+use ferry_core::config::{Endpoint, TableFilter};
 use ferry_core::size::ApproxBytes;
 use ferry_core::source::{self, EventMap};
-use ferry_core::{Error, Event, MySqlPosition, TableId};
+use ferry_core::value::Timestamp;
+use ferry_core::{Column, Error, Event, MySqlPosition, TableId, TableSchema};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::binlog::{BinlogDecoder, Decoded};
-use crate::catalog::query_error;
+use crate::binlog::{BinlogDecoder, Decoded, read_charsets};
+use crate::catalog::{SourceTable, query_error, read_tables};
+use crate::connect::{self, Flavor};
+use crate::schema_change::{SchemaChange, classify};
+use crate::typemap;
 
 /// A PostgreSQL type as the target's catalog prints it (`format_type`),
 /// so the applier's comparison of a `Relation` with the target table sees
@@ -62,7 +81,7 @@ fn canonical_relation(event: Event<MySqlPosition>) -> Event<MySqlPosition> {
             for c in &mut s.columns {
                 c.pg_type = canonical_pg_type(&c.pg_type);
             }
-            Event::Relation(std::sync::Arc::new(s))
+            Event::Relation(Arc::new(s))
         }
         other => other,
     }
@@ -106,12 +125,18 @@ pub fn ddl_touches(
 pub struct MySqlChanges {
     pub(crate) stop: Option<oneshot::Sender<()>>,
     pub(crate) task: tokio::task::JoinHandle<Result<(), Error>>,
+    /// The probe's retention figure counts from here.
+    pub(crate) acked: crate::source::Acked,
 }
 
 impl source::ChangeHandle<MySqlPosition> for MySqlChanges {
     /// The server keeps binlogs by time, not by replica acknowledgement:
-    /// nothing to tell it.
-    fn ack(&self, _position: MySqlPosition) {}
+    /// nothing to tell it; the position is kept for the retention figure.
+    fn ack(&self, position: MySqlPosition) {
+        if let Ok(mut a) = self.acked.lock() {
+            *a = Some(position);
+        }
+    }
 
     async fn shutdown(mut self) -> Result<(), Error> {
         if let Some(stop) = self.stop.take() {
@@ -128,12 +153,174 @@ impl source::ChangeHandle<MySqlPosition> for MySqlChanges {
     }
 }
 
+/// Acts on schema changes in the binlog ([`crate::schema_change`]): keeps
+/// the decoder's table shapes at the statement's position and says what
+/// the target must get there.
+#[derive(Debug)]
+pub(crate) struct SchemaTracker {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) flavor: Flavor,
+    pub(crate) filter: TableFilter,
+    /// The carried tables (grows with tables created mid-stream).
+    pub(crate) carried: BTreeSet<TableId>,
+}
+
+/// The fix for a schema change ferry cannot carry.
+const UNSUPPORTED_FIX: &str = "ferry carries only ALTER TABLE … ADD COLUMN (nullable, no default, at the end) and CREATE TABLE; for any other change a new full load is needed: `ferry cleanup --state`, drop the target tables, then `ferry run` (the binlog keeps the statement, so undoing it on the source does not let this run continue)";
+
+impl SchemaTracker {
+    /// The new shape of the table `statement` changes, to be announced
+    /// (and applied on the target) at `position`; `None` when nothing
+    /// carried changes; an operator error naming the statement, the table,
+    /// the position and the fix when ferry cannot carry it.
+    pub(crate) async fn apply(
+        &mut self,
+        decoder: &mut BinlogDecoder,
+        database: &str,
+        statement: &str,
+        position: &MySqlPosition,
+    ) -> Result<Option<TableSchema>, Error> {
+        match classify(statement, database, &self.carried) {
+            SchemaChange::None => {
+                info!(database = %database, position = %position, "statement on tables not carried ignored");
+                Ok(None)
+            }
+            SchemaChange::Index { table } => {
+                warn!(table = %table, position = %position, "index change on a carried table not carried (rows are unaffected): make the same change on the target if it is wanted");
+                Ok(None)
+            }
+            SchemaChange::Unsupported { table, reason } => Err(Error::operator(
+                format!(
+                    "schema change on carried table {table} at binlog {position} that ferry cannot apply exactly: {reason}; statement: {statement}"
+                ),
+                UNSUPPORTED_FIX,
+            )),
+            SchemaChange::AddColumns { table, columns } => {
+                let Some(mut schema) = decoder.schema_of(&table) else {
+                    return Ok(None);
+                };
+                let now = self.read_table(&table).await?;
+                // Columns already in the shape (read after the statement)
+                // and everything after them are re-added from here.
+                if let Some(k) = schema
+                    .columns
+                    .iter()
+                    .position(|c| columns.iter().any(|a| a.name == c.name))
+                {
+                    schema.columns.truncate(k);
+                }
+                for added in columns {
+                    let known = now
+                        .as_ref()
+                        .and_then(|t| t.schema.columns.iter().find(|c| c.name == added.name));
+                    schema.columns.push(match known {
+                        Some(c) => Column {
+                            nullable: true,
+                            ..c.clone()
+                        },
+                        None => Column {
+                            pg_type: typemap::map_column_type(&added.column_type).pg_type,
+                            source_type: added.column_type,
+                            name: added.name,
+                            type_oid: None,
+                            nullable: true,
+                        },
+                    });
+                }
+                info!(table = %table, position = %position, columns = schema.columns.len(), "column added on the source; carried to the target");
+                self.announce(decoder, schema).await.map(Some)
+            }
+            SchemaChange::CreateTable { table, columns } => {
+                if !self.filter.matches(&table) {
+                    info!(table = %table, position = %position, "new table not selected by the tables filter");
+                    return Ok(None);
+                }
+                let Some(now) = self.read_table(&table).await? else {
+                    return Err(Error::operator(
+                        format!(
+                            "table {table} created at binlog {position} is no longer on the source, so ferry cannot read its columns; statement: {statement}"
+                        ),
+                        UNSUPPORTED_FIX,
+                    ));
+                };
+                let mut schema = now.schema;
+                if !columns.is_empty() && columns.len() < schema.columns.len() {
+                    // Columns added later are announced by their own statements.
+                    let key: Vec<String> = schema.key_names().map(str::to_owned).collect();
+                    schema.columns.retain(|c| columns.contains(&c.name));
+                    let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+                    schema.key = key
+                        .iter()
+                        .filter_map(|k| names.iter().position(|n| n == k))
+                        .collect();
+                }
+                self.carried.insert(table.clone());
+                info!(table = %table, position = %position, "new table on the source; carried to the target");
+                self.announce(decoder, schema).await.map(Some)
+            }
+        }
+    }
+
+    /// The decoder decodes `schema`'s table with it from now on.
+    async fn announce(
+        &self,
+        decoder: &mut BinlogDecoder,
+        schema: TableSchema,
+    ) -> Result<TableSchema, Error> {
+        let mut conn = connect::connect(&self.endpoint).await?;
+        let charsets = read_charsets(&mut conn, std::slice::from_ref(&schema.id)).await?;
+        for (id, mut cs) in charsets {
+            cs.truncate(schema.columns.len());
+            decoder.set_charsets(id, cs);
+        }
+        decoder.set_table(schema.clone());
+        Ok(schema)
+    }
+
+    /// The table as the catalog describes it now (possibly after later
+    /// statements); `None` when it is gone.
+    async fn read_table(&self, table: &TableId) -> Result<Option<SourceTable>, Error> {
+        let mut conn = connect::connect(&self.endpoint).await?;
+        let tables = read_tables(
+            &mut conn,
+            self.flavor,
+            std::slice::from_ref(&table.schema),
+            &self.filter,
+        )
+        .await?;
+        Ok(tables.into_iter().find(|t| &t.schema.id == table))
+    }
+}
+
+/// The events that carry a schema change at its place in the stream: a
+/// transaction of its own holding the table's new `Relation`, committed
+/// with the checkpoint at the statement's end (so a restart finds the
+/// target and the checkpoint agreeing).
+fn schema_change_events(
+    schema: TableSchema,
+    position: &MySqlPosition,
+    time: Timestamp,
+) -> [Event<MySqlPosition>; 3] {
+    [
+        Event::Begin {
+            xid: None,
+            commit_time: time,
+            final_position: Some(position.clone()),
+        },
+        canonical_relation(Event::Relation(Arc::new(schema))),
+        Event::Commit {
+            position: position.clone(),
+            commit_time: time,
+        },
+    ]
+}
+
 /// Reads the binlog from `binlog`, decodes and sends; ends on `stop`, when
 /// the receiver is gone, or with the error the stream met.
 pub(crate) async fn pump(
     mut binlog: mysql_async::BinlogStream,
     mut decoder: BinlogDecoder,
-    selected: BTreeSet<TableId>,
+    mut tracker: SchemaTracker,
     tx: mpsc::Sender<Event<MySqlPosition>>,
     mut map: Option<EventMap<MySqlPosition>>,
     mut stop: oneshot::Receiver<()>,
@@ -150,26 +337,26 @@ pub(crate) async fn pump(
             Some(Err(e)) => return Err(query_error("reading the binlog stream", e)),
             Some(Ok(e)) => e,
         };
+        let mut events = Vec::new();
         for d in decoder.decode(&event)? {
-            let event = match d {
-                Decoded::Event(e) => canonical_relation(e),
+            match d {
+                Decoded::Event(e) => events.push(canonical_relation(e)),
                 Decoded::Ddl {
                     database,
                     statement,
                     position,
+                    time,
                 } => {
-                    if let Some(table) = ddl_touches(&statement, &database, &selected) {
-                        return Err(Error::operator(
-                            format!(
-                                "schema change on carried table {table} at binlog {position}: {statement}"
-                            ),
-                            "ferry does not carry MySQL schema changes yet: undo the change on the source (the run resumes from its checkpoint), or start a new migration (ferry cleanup, then ferry run)",
-                        ));
+                    if let Some(schema) = tracker
+                        .apply(&mut decoder, &database, &statement, &position)
+                        .await?
+                    {
+                        events.extend(schema_change_events(schema, &position, time));
                     }
-                    info!(database = %database, position = %position, "statement on tables not carried ignored");
-                    continue;
                 }
-            };
+            }
+        }
+        for event in events {
             let event = match map.as_mut() {
                 Some(f) => match f(event) {
                     Some(e) => e,

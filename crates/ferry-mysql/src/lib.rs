@@ -19,8 +19,9 @@
 //!   TRANSACTION WITH CONSISTENT SNAPSHOT` at an exact binlog position),
 //!   rows converted with the value rules of [`binlog::value`].
 //! - [`source`]: all of it behind the source seam (`ferry_core::source`),
-//!   with the target DDL ([`ddl`]), the change stream ([`changes`]) and the
-//!   cutover ([`cutover`]).
+//!   with the target DDL ([`ddl`]), the change stream ([`changes`]), the
+//!   schema changes it carries ([`schema_change`]) and the cutover
+//!   ([`cutover`]).
 
 pub mod binlog;
 pub mod catalog;
@@ -29,6 +30,7 @@ pub mod connect;
 pub mod cutover;
 pub mod ddl;
 pub mod preflight;
+pub mod schema_change;
 pub mod snapshot;
 pub mod source;
 pub mod typemap;

@@ -18,18 +18,22 @@
 //!   between carried tables after it ([`crate::ddl`]);
 //! - changes: the binlog as a registered replica (`mysql.server_id`)
 //!   decoded by [`crate::binlog`], refused with "a new full load is needed"
-//!   when the checkpoint's binlog file was purged; DDL on a selected table stops the run
-//!   with an operator error naming the statement (not carried yet)
-//!   ([`crate::changes`]);
+//!   when the checkpoint's binlog file was purged; ADD COLUMN and new
+//!   tables carried, other DDL on a carried table stops the run with an
+//!   operator error naming the statement ([`crate::schema_change`],
+//!   [`crate::changes`]);
 //! - probe: `SHOW MASTER STATUS` (`SHOW BINARY LOG STATUS` on MySQL 8.4);
 //!   heartbeats are the server's binlog HEARTBEAT events, so
-//!   [`Probe::heartbeat`] writes nothing;
+//!   [`Probe::heartbeat`] writes nothing; retention: the binlog bytes from
+//!   the last committed position to the newest binlog's end (`SHOW BINARY
+//!   LOGS`), shown by `ferry status` and as `ferry_slot_retained_wal_bytes`;
 //! - cutover: fence with `SET GLOBAL read_only = ON` and ending every other
 //!   user's sessions, final position from `SHOW MASTER STATUS` after that,
 //!   AUTO_INCREMENT counters as the target's identity sequences, exact
 //!   row counts ([`crate::cutover`]).
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_core::config::Config;
@@ -45,7 +49,7 @@ use tracing::info;
 
 use crate::binlog::{self, BinlogDecoder, DecoderOptions};
 use crate::catalog::{self, query_error};
-use crate::changes::{ByteBudget, MySqlChanges, pump};
+use crate::changes::{ByteBudget, MySqlChanges, SchemaTracker, pump};
 use crate::connect::{self, Flavor};
 use crate::cutover::MySqlCutover;
 use crate::ddl::{create_table, foreign_key_statements, in_list, index_statements};
@@ -62,11 +66,21 @@ const EVENT_BYTES: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct MySqlSource {
     config: Config,
+    /// The newest position the target committed (the change stream's
+    /// start, then every acknowledgement): what the probe's retention
+    /// figure counts from.
+    acked: Acked,
 }
+
+/// A position shared between the change stream and the probe.
+pub(crate) type Acked = Arc<Mutex<Option<MySqlPosition>>>;
 
 impl MySqlSource {
     pub fn new(config: Config) -> Self {
-        MySqlSource { config }
+        MySqlSource {
+            config,
+            acked: Acked::default(),
+        }
     }
 
     async fn conn(&self) -> Result<Conn, Error> {
@@ -231,11 +245,21 @@ pub async fn head_position(conn: &mut Conn) -> Result<MySqlPosition, Error> {
     Ok(MySqlPosition::new(file, offset))
 }
 
+/// Binlog bytes from `from` to the newest file's end: what the server must
+/// still hold for the stream to resume at `from`; `None` when `from`'s file
+/// is gone.
+pub fn retained_bytes(files: &[(String, u64)], from: &MySqlPosition) -> Option<u64> {
+    let at = files.iter().position(|(name, _)| name == &from.file)?;
+    let rest: u64 = files[at + 1..].iter().map(|(_, size)| size).sum();
+    Some(files[at].1.saturating_sub(from.offset) + rest)
+}
+
 /// A monitoring session.
 #[derive(Debug)]
 pub struct MySqlProbe {
     conn: Conn,
     closed: bool,
+    acked: Acked,
 }
 
 impl Probe<MySqlPosition> for MySqlProbe {
@@ -252,10 +276,26 @@ impl Probe<MySqlPosition> for MySqlProbe {
         Ok(None)
     }
 
-    /// ferry holds no binlog on the server: the server expires binlogs by
-    /// time, whatever ferry has read.
+    /// The binlog the checkpoint needs: bytes from the last committed
+    /// position to the server's newest binlog end (the server expires
+    /// binlogs by time, whatever ferry has read, so this is what a purge
+    /// must not reach). `None` before the change stream started.
     async fn retention(&mut self) -> Result<Option<Retention>, Error> {
-        Ok(None)
+        let from = self.acked.lock().ok().and_then(|a| a.clone());
+        let Some(from) = from else {
+            return Ok(None);
+        };
+        let files = binlog_files(&mut self.conn).await;
+        if files.as_ref().is_err_and(|e| e.is_transient()) {
+            self.closed = true;
+        }
+        let files = files?;
+        let retained = retained_bytes(&files, &from);
+        Ok(Some(Retention {
+            name: format!("binlog from {from}"),
+            retained_bytes: retained,
+            status: Some(if retained.is_some() { "kept" } else { "purged" }.into()),
+        }))
     }
 
     fn is_closed(&self) -> bool {
@@ -298,6 +338,33 @@ impl Source for MySqlSource {
             auto_increment,
             key_ranges,
         })
+    }
+
+    /// MySQL: `server_uuid` and `server_id`; MariaDB (no `server_uuid`):
+    /// `server_id` and `gtid_domain_id`. Binlog file names and offsets
+    /// belong to one server: another one (a replaced instance, a failover
+    /// target) cannot continue the checkpoint.
+    async fn identity(&self) -> Result<Option<String>, Error> {
+        let mut conn = self.conn().await?;
+        let text = match flavor(&mut conn).await? {
+            Flavor::MariaDb => {
+                let row: Option<(u64, u64)> = conn
+                    .query_first("SELECT @@server_id, @@gtid_domain_id")
+                    .await
+                    .map_err(|e| query_error("reading the server identity", e))?;
+                let (id, domain) = row.unwrap_or_default();
+                format!("MariaDB server_id={id} gtid_domain_id={domain}")
+            }
+            Flavor::MySql => {
+                let row: Option<(u64, String)> = conn
+                    .query_first("SELECT @@server_id, @@server_uuid")
+                    .await
+                    .map_err(|e| query_error("reading the server identity", e))?;
+                let (id, uuid) = row.unwrap_or_default();
+                format!("MySQL server_uuid={uuid} server_id={id}")
+            }
+        };
+        Ok(Some(text))
     }
 
     /// ferry creates nothing on the source before the snapshot; a MySQL
@@ -401,22 +468,34 @@ impl Source for MySqlSource {
         let capacity = (options.channel_bytes / EVENT_BYTES).clamp(16, 65_536);
         let (tx, rx) = mpsc::channel(capacity);
         let (stop, stopped) = oneshot::channel();
-        let selected = ids.into_iter().collect();
+        let tracker =
+            SchemaTracker {
+                endpoint: self.config.source.clone(),
+                flavor: catalog.flavor,
+                filter: self.config.tables.filter().map_err(|e| {
+                    Error::operator(format!("tables: {e}"), "fix the tables section")
+                })?,
+                carried: ids.into_iter().collect(),
+            };
         let budget = ByteBudget::new(options.channel_bytes);
         let task = tokio::spawn(pump(
             stream,
             decoder,
-            selected,
+            tracker,
             tx,
             options.map,
             stopped,
             budget,
         ));
+        if let Ok(mut a) = self.acked.lock() {
+            *a = Some(from);
+        }
         Ok((
             rx,
             MySqlChanges {
                 stop: Some(stop),
                 task,
+                acked: self.acked.clone(),
             },
         ))
     }
@@ -425,6 +504,7 @@ impl Source for MySqlSource {
         Ok(MySqlProbe {
             conn: self.conn().await?,
             closed: false,
+            acked: self.acked.clone(),
         })
     }
 
@@ -484,6 +564,19 @@ mod tests {
                 .contains("has 90 bytes, less than the checkpoint"),
             "{replaced}"
         );
+    }
+
+    #[test]
+    fn retained_binlog_counts_from_the_checkpoint_to_the_newest_end() {
+        let files = vec![
+            ("binlog.000002".to_owned(), 500),
+            ("binlog.000003".to_owned(), 90),
+        ];
+        let at = |f: &str, o: u64| MySqlPosition::new(f, o);
+        assert_eq!(retained_bytes(&files, &at("binlog.000002", 400)), Some(190));
+        assert_eq!(retained_bytes(&files, &at("binlog.000003", 90)), Some(0));
+        assert_eq!(retained_bytes(&files, &at("binlog.000003", 95)), Some(0));
+        assert_eq!(retained_bytes(&files, &at("binlog.000001", 4)), None);
     }
 
     #[test]

@@ -362,7 +362,9 @@ fn meta_len(t: ColumnType) -> usize {
 }
 
 /// Resolves a TABLE_MAP against an optional catalog schema and the
-/// catalog's column character sets.
+/// catalog's column character sets. A catalog schema with more columns than
+/// the TABLE_MAP (columns appended after this event) is used for its first
+/// columns; any other difference is a [`MapError::Mismatch`].
 pub fn resolve(
     tme: &TableMapEvent<'_>,
     catalog: Option<&TableSchema>,
@@ -370,6 +372,19 @@ pub fn resolve(
 ) -> Result<MappedTable, MapError> {
     let id = TableId::new(tme.database_name(), tme.table_name());
     let ncols = tme.columns_count() as usize;
+    // A schema read after columns were appended (ALTER TABLE … ADD COLUMN
+    // later in the binlog than this event): the binlog's columns are its
+    // first ones. Every other difference is still a mismatch below.
+    let prefix;
+    let catalog = match catalog {
+        Some(s) if s.columns.len() > ncols && s.key.iter().all(|&k| k < ncols) => {
+            let mut p = s.clone();
+            p.columns.truncate(ncols);
+            prefix = p;
+            Some(&prefix)
+        }
+        other => other,
+    };
     let mut types = Vec::with_capacity(ncols);
     for i in 0..ncols {
         let t = match tme.get_column_type(i) {

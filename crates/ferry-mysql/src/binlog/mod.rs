@@ -109,6 +109,8 @@ pub enum Decoded {
         database: String,
         statement: String,
         position: MySqlPosition,
+        /// When the server wrote the statement.
+        time: Timestamp,
     },
 }
 
@@ -210,6 +212,15 @@ impl BinlogDecoder {
         self.maps
             .retain(|_, m| m.table.as_ref().is_none_or(|t| t.schema.id != schema.id));
         self.catalog.insert(schema.id.clone(), schema);
+    }
+
+    /// The shape rows of `table` are decoded with now: the schema last
+    /// announced in a `Relation`, else the one given with [`Self::set_table`].
+    pub fn schema_of(&self, table: &TableId) -> Option<TableSchema> {
+        self.announced
+            .get(table)
+            .map(|s| TableSchema::clone(s))
+            .or_else(|| self.catalog.get(table).cloned())
     }
 
     /// Gives a table's column character sets (`CHARACTER_SET_NAME` in column
@@ -581,6 +592,7 @@ impl BinlogDecoder {
                     database,
                     statement: redact(trimmed),
                     position: position.clone(),
+                    time: self.last_time,
                 });
                 out.push(Decoded::Event(Event::Heartbeat {
                     position,

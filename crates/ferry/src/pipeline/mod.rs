@@ -71,6 +71,9 @@ use crate::shutdown::Shutdown;
 /// Checkpoint row name of the change stream.
 pub const STREAM: &str = "main";
 
+/// The event kind recording [`Source::identity`] at capture start.
+pub const SOURCE_IDENTITY: &str = "source_identity";
+
 /// What refuses a run before anything is created on the source (the
 /// checks `ferry plan` fails on); `None` to go on.
 pub type Refusal<'a> =
@@ -188,6 +191,10 @@ async fn run_once<S: Source>(
         .await?;
     info!(run = run_id, phase = phase.map_or("new", Phase::as_str), source = %config.source.url, "ferry run");
 
+    if phase.is_some_and(|p| p > Phase::Schema) {
+        same_source(source.as_ref(), &state, &target).await?;
+    }
+
     let live = Live::<S::Position>::new(config.clone(), state.clone(), run_id, shutdown.clone());
     if let Some(p) = phase {
         live.set_phase(p);
@@ -260,6 +267,37 @@ async fn run_once<S: Source>(
     live.request_stop();
     while background.join_next().await.is_some() {}
     result.and(validate).map(|()| Outcome::Ok)
+}
+
+/// A resumed migration continues only on the server it started on: the
+/// identity recorded at capture start must be the source's now.
+async fn same_source<S: Source>(
+    source: &S,
+    state: &StateStore,
+    target: &Client,
+) -> anyhow::Result<()> {
+    let sql = format!(
+        "SELECT message FROM {} WHERE kind = $1 ORDER BY id DESC LIMIT 1",
+        state.table("events")
+    );
+    let recorded: Option<String> = target
+        .query_opt(&sql, &[&SOURCE_IDENTITY])
+        .await
+        .context("reading the recorded source identity")?
+        .map(|r| r.get(0));
+    let (Some(recorded), Some(now)) = (recorded, source.identity().await?) else {
+        return Ok(());
+    };
+    if recorded != now {
+        return Err(ferry_core::Error::operator(
+            format!(
+                "the source is not the server this migration started on (recorded at capture start: {recorded}; now: {now}): its log positions do not continue the target's checkpoint, so a new full load is needed"
+            ),
+            "point source.url at the original server, or start a new full load: `ferry cleanup --state`, drop the target tables, then `ferry run`",
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// Schema, load and post-data; `Ok(false)` when shutdown interrupted the load.
