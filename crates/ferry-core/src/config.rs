@@ -39,6 +39,8 @@ pub struct Config {
     pub postgres: PostgresSourceConfig,
     #[serde(default)]
     pub mysql: MySqlSourceConfig,
+    #[serde(default)]
+    pub validate: ValidateConfig,
 }
 
 /// A database to connect to.
@@ -406,6 +408,38 @@ impl Default for MySqlSourceConfig {
     }
 }
 
+/// `ferry validate` and the validations a running `ferry run` starts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidateConfig {
+    /// Most source rows read per second (0: no limit).
+    pub rows_per_second: u64,
+    /// Rows of one key range, hashed on each side in one short snapshot.
+    pub chunk_rows: u64,
+    /// A differing range of at most this many rows is compared row by row.
+    pub leaf_rows: u64,
+    /// Times a differing key is checked again before it is reported as
+    /// unsettled (changing too fast to compare).
+    pub rounds: u32,
+    /// Longest wait for the applier to pass a range's source position.
+    pub wait_seconds: u64,
+    /// `ferry run` validates every table this often (0: only on request).
+    pub every_seconds: u64,
+}
+
+impl Default for ValidateConfig {
+    fn default() -> Self {
+        ValidateConfig {
+            rows_per_second: 100_000,
+            chunk_rows: 10_000,
+            leaf_rows: 500,
+            rounds: 5,
+            wait_seconds: 120,
+            every_seconds: 0,
+        }
+    }
+}
+
 /// A config that could not be read or parsed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -425,6 +459,7 @@ pub enum ConfigError {
 
 const SECTIONS: &[&str] = &[
     "source", "target", "tables", "load", "apply", "control", "state", "postgres", "mysql",
+    "validate",
 ];
 const LIST_KEYS: &[&str] = &["tables.include", "tables.exclude", "tables.insert_only"];
 /// `FERRY_*` variables that configure the CLI itself, not `ferry.toml`.
@@ -605,6 +640,15 @@ impl Config {
                 "postgres.proto_version {} is not 1 or 2",
                 self.postgres.proto_version
             ));
+        }
+        if self.validate.chunk_rows == 0 || self.validate.leaf_rows == 0 {
+            problems.push("validate.chunk_rows and validate.leaf_rows must be at least 1".into());
+        }
+        if self.validate.rounds == 0 {
+            problems.push("validate.rounds must be at least 1".into());
+        }
+        if self.validate.wait_seconds == 0 {
+            problems.push("validate.wait_seconds must be at least 1".into());
         }
         if self.mysql.server_id == 0 {
             problems.push(

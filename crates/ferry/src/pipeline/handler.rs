@@ -7,7 +7,9 @@ use ferry_core::source::Source;
 use ferry_monitor::{CutoverRecord, Status};
 
 use super::live::Live;
-use crate::control::{BoxFuture, ControlHandler, CutoverRequest};
+use crate::control::{
+    BoxFuture, ControlHandler, CutoverRequest, ValidateAccepted, ValidateRequest,
+};
 
 /// The control API's view of the pipeline.
 pub struct Handler<S: Source> {
@@ -46,5 +48,9 @@ impl<S: Source> ControlHandler for Handler<S> {
     fn resume(&self) {
         self.live.set_paused(false);
         tracing::info!("applier resumed by the control API");
+    }
+
+    fn validate(&self, req: ValidateRequest) -> BoxFuture<'_, Result<ValidateAccepted, String>> {
+        Box::pin(async move { crate::validate::background::start(&self.live, req) })
     }
 }
