@@ -216,10 +216,19 @@ mod tests {
             .collect()
     }
 
+    /// (source, target, differing keys)
+    type LeafCase<'a> = (&'a [(i64, i64)], &'a [(i64, i64)], &'a [i64]);
+    /// (source row, target row, difference)
+    type RowCase<'a> = (
+        Option<&'a [Option<String>]>,
+        Option<&'a [Option<String>]>,
+        Option<RowDiff>,
+    );
+
     #[test]
     fn differing_keys_of_a_leaf() {
         // (source, target, differing keys)
-        let cases: &[(&[(i64, i64)], &[(i64, i64)], &[i64])] = &[
+        let cases: &[LeafCase] = &[
             (&[(1, 10), (2, 20)], &[(1, 10), (2, 20)], &[]),
             (&[(1, 10), (2, 20)], &[(1, 10), (2, 21)], &[2]),
             (&[(1, 10), (2, 20)], &[(1, 10)], &[2]),
@@ -270,11 +279,7 @@ mod tests {
         let empty = row(&[Some("1"), Some(""), Some("2024-01-01 00:00:00+00")]);
         let null = row(&[Some("1"), None, Some("2024-01-01 00:00:00+00")]);
         let micro = row(&[Some("1"), Some("x"), Some("2024-01-01 00:00:00.000001+00")]);
-        let cases: Vec<(
-            Option<&[Option<String>]>,
-            Option<&[Option<String>]>,
-            Option<RowDiff>,
-        )> = vec![
+        let cases: Vec<RowCase> = vec![
             (Some(&a), Some(&a), None),
             (None, None, None),
             (Some(&a), None, Some(RowDiff::Missing)),
