@@ -180,6 +180,33 @@ fn finds_every_planted_difference_under_writes_and_repairs_them() {
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(differences(&results["public.items"]), BTreeMap::new());
 
+    // Lag is never a difference: with the applier paused, a source change
+    // not yet applied makes validation wait (and give up saying why), not
+    // report the key; once resumed, the table validates clean.
+    let paused = m.ferry(&["pause"]);
+    assert_eq!(paused.code, Some(0), "{}", paused.all());
+    m.source
+        .psql(&m.source_db, "UPDATE items SET qty = 999 WHERE id = 600")
+        .unwrap();
+    let mut cmd = m.cmd();
+    cmd.env("FERRY_VALIDATE_WAIT_SECONDS", "2")
+        .args(["validate", "--tables", "items"]);
+    let waited = ferry_e2e::run(&mut cmd).unwrap();
+    assert_eq!(waited.code, Some(1), "{}", waited.all());
+    assert!(
+        waited
+            .stderr
+            .contains("the applier did not pass source position"),
+        "{}",
+        waited.all()
+    );
+    assert!(!waited.stdout.contains("600"), "{}", waited.all());
+    let resumed = m.ferry(&["resume"]);
+    assert_eq!(resumed.code, Some(0), "{}", resumed.all());
+    let (code, results, out) = validate(&m, &["--tables", "items"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(differences(&results["public.items"]), BTreeMap::new());
+
     // The running ferry validates on request and shows the result.
     let answer = m.control_post("/validate", r#"{"tables": ["public.items"]}"#);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");

@@ -829,6 +829,45 @@ sslmode = "disable"
     }
 
     #[test]
+    fn validate_section_from_toml_and_env_and_its_bounds() {
+        let text = format!("{BASIC}\n[validate]\nrows_per_second = 5000\nevery_seconds = 3600\n");
+        let c = Config::from_parts(&text, "test", env(&[("FERRY_VALIDATE_CHUNK_ROWS", "2000")]))
+            .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            (
+                c.validate.rows_per_second,
+                c.validate.every_seconds,
+                c.validate.chunk_rows
+            ),
+            (5000, 3600, 2000)
+        );
+        assert_eq!((c.validate.leaf_rows, c.validate.rounds), (500, 5));
+        let bad = Config::from_parts(
+            BASIC,
+            "test",
+            env(&[
+                ("FERRY_VALIDATE_LEAF_ROWS", "0"),
+                ("FERRY_VALIDATE_ROUNDS", "0"),
+                ("FERRY_VALIDATE_WAIT_SECONDS", "0"),
+            ]),
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "validate.leaf_rows",
+            "validate.rounds",
+            "validate.wait_seconds",
+        ] {
+            assert!(bad.contains(want), "{bad}");
+        }
+        let unknown = format!("{BASIC}\n[validate]\nrows_per_sec = 1\n");
+        assert!(Config::from_parts(&unknown, "test", env(&[])).is_err());
+    }
+
+    #[test]
     fn env_alone_is_enough() {
         let c = Config::from_parts(
             "",
