@@ -235,6 +235,7 @@ async fn one_table(
         source: Shape::new(schema, &schema.id),
         target: Shape::new(schema, &target_id),
         budget,
+        lock: true,
     };
     let mut found = table::Found::default();
     let context = || format!("validating {}", schema.id);

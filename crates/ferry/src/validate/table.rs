@@ -3,9 +3,12 @@
 //!
 //! 1. Scan: walk the source in key order, `chunk_rows` rows a range, each
 //!    range's bound and digest read in its own short snapshot at position
-//!    P. Up to [`WINDOW`] ranges are read before the target is compared
-//!    (once applied ≥ the newest P), so the wait for the applier is paid
-//!    once per window. The last range is open above, the first below: rows
+//!    P. Up to [`WINDOW`] ranges are read before the target is compared.
+//!    Equal digests are settled at once (the target holds the range's rows
+//!    as of P, whether the applier is before or past P); ranges that differ
+//!    are hashed on the target again once applied ≥ the newest P of the
+//!    window, so the wait for the applier is paid only for differences, once
+//!    per window. The last range is open above, the first below: rows
 //!    only the target holds beyond the source's keys are found too.
 //! 2. Narrow: a range whose digests differ is cut into [`FANOUT`] parts at
 //!    keys of the side holding more rows, and each part hashed again (a
@@ -19,7 +22,9 @@
 //!    waits for the applier to pass it, reads the target rows and compares
 //!    value by value: a locked row cannot have changed in between, so a
 //!    difference seen then is real. Rows absent on the source are checked
-//!    again after the target read and must differ in two rounds.
+//!    again after the target read and must differ in two rounds; so must
+//!    every row when the source role may not lock (`FOR SHARE` needs the
+//!    UPDATE privilege), which validation then says in its log.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -28,7 +33,7 @@ use anyhow::Context;
 use ferry_core::config::ValidateConfig;
 use ferry_core::position::Lsn;
 use ferry_monitor::status::KeyDifference;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::digest::Shape;
 use super::session::{self, Digest, Sessions};
@@ -71,6 +76,9 @@ pub struct TableCheck<'a> {
     pub source: Shape,
     pub target: Shape,
     pub budget: &'a mut super::Budget,
+    /// Confirm with the source rows locked `FOR SHARE` (turned off when
+    /// the source role may not).
+    pub lock: bool,
 }
 
 impl TableCheck<'_> {
@@ -122,18 +130,22 @@ impl TableCheck<'_> {
         window: Vec<Pending>,
         candidates: &mut BTreeSet<Key>,
     ) -> anyhow::Result<()> {
-        let Some(newest) = window.iter().map(|p| p.at).max() else {
+        // Equal digests need no wait: the target holds the source's rows of
+        // the range as of P whether the applier is before or past P. Only a
+        // range that differs is read again once the applier passed P.
+        let mut differing = Vec::new();
+        for p in window {
+            let t = self.target_digest(&p).await?;
+            if t != p.source {
+                differing.push(p);
+            }
+        }
+        let Some(newest) = differing.iter().map(|p| p.at).max() else {
             return Ok(());
         };
         self.sessions.require_applied(newest, self.wait()).await?;
-        for p in window {
-            let t = session::digest(
-                &self.sessions.target,
-                &self.target,
-                p.lo.as_ref(),
-                p.hi.as_ref(),
-            )
-            .await?;
+        for p in differing {
+            let t = self.target_digest(&p).await?;
             if t != p.source {
                 debug!(table = %self.source.relation, source_rows = p.source.rows, target_rows = t.rows, "range differs; narrowing");
                 let rows = p.source.rows.max(t.rows);
@@ -142,6 +154,16 @@ impl TableCheck<'_> {
             }
         }
         Ok(())
+    }
+
+    async fn target_digest(&self, p: &Pending) -> anyhow::Result<Digest> {
+        session::digest(
+            &self.sessions.target,
+            &self.target,
+            p.lo.as_ref(),
+            p.hi.as_ref(),
+        )
+        .await
     }
 
     /// Cut a differing range until its parts are leaves; add the keys that
@@ -296,9 +318,16 @@ impl TableCheck<'_> {
             .await
             .context("starting a source confirmation")?;
         let outcome = async {
-            let source = match session::rows(&s.source, &self.source, keys, true).await {
+            let source = match session::rows(&s.source, &self.source, keys, self.lock).await {
                 Ok(r) => r,
                 Err(e) if is_lock_wait(&e) => return anyhow::Ok(None),
+                Err(e) if self.lock && is_denied(&e) => {
+                    // FOR SHARE needs UPDATE on the table: without it every
+                    // difference must be seen in two rounds (see settle).
+                    warn!(table = %self.source.relation, "the source role may not lock rows (FOR SHARE needs UPDATE); confirming without locks");
+                    self.lock = false;
+                    return anyhow::Ok(None);
+                }
                 Err(e) => return Err(e).context("locking the source rows of differing keys"),
             };
             let at = s.source_position().await?;
@@ -311,9 +340,11 @@ impl TableCheck<'_> {
             let target = session::rows(&s.target, &self.target, keys, false)
                 .await
                 .context("reading the target rows of differing keys")?;
+            // Read again: rows that cannot be locked (absent, or every row
+            // when the role may not lock) must not have moved meanwhile.
             let absent: Vec<Key> = keys
                 .iter()
-                .filter(|k| !source.contains_key(*k))
+                .filter(|k| !self.lock || !source.contains_key(*k))
                 .cloned()
                 .collect();
             let appeared = if absent.is_empty() {
@@ -331,18 +362,21 @@ impl TableCheck<'_> {
             return Ok(moved());
         };
         let columns = &self.source.columns;
+        let locked = self.lock;
         Ok(keys
             .iter()
             .map(|k| {
                 let src = source.get(k).map(Vec::as_slice);
-                let seen = if src.is_none() && appeared.contains_key(k) {
+                // Changed on the source between the two reads: compare again.
+                let rechecked = !locked || src.is_none();
+                let seen = if rechecked && appeared.get(k).map(Vec::as_slice) != src {
                     (Seen::Moved, None)
                 } else {
                     match settle::compare_rows(columns, src, target.get(k).map(Vec::as_slice)) {
                         None => (Seen::Equal, None),
                         Some(d) => (
                             Seen::Differs {
-                                exact: src.is_some(),
+                                exact: locked && src.is_some(),
                             },
                             Some(d),
                         ),
@@ -397,6 +431,11 @@ fn parts(lo: Option<&Key>, hi: Option<&Key>, cuts: Vec<Key>) -> Vec<(Option<Key>
     }
     out.push((from, hi.cloned()));
     out
+}
+
+/// Permission denied (e.g. `FOR SHARE` without UPDATE privilege).
+fn is_denied(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code() == "42501")
 }
 
 /// A lock not granted in time (`lock_timeout`) or a deadlock.

@@ -44,6 +44,10 @@
 //!    `cutover.rs` (fresh servers, the control API).
 //!    `--control-only` runs only these two.
 //!
+//! 5. **Validation rate**: see `validate.rs` (fresh servers, SCALE×100k
+//!    rows against an ordered `md5(string_agg(...))` on each side).
+//!    `--validate-only` runs only this one.
+//!
 //! `--cdc-only` skips the raw-load reference and the control benchmarks
 //! (ferry still loads the target it drains into): for iterating on the
 //! applier. Its report has no full-load ratio.
@@ -77,6 +81,7 @@ mod harness;
 mod load;
 mod memory;
 mod report;
+mod validate;
 
 use cdc::Backlog;
 use harness::Bench;
@@ -95,7 +100,11 @@ fn main() -> ExitCode {
 fn bench_main() -> anyhow::Result<ExitCode> {
     let sizes = Sizes::from_args()?;
     let mut report = Report::new(&sizes);
-    let result = if sizes.control_only {
+    let result = if sizes.validate_only {
+        report.environment = "Validation benchmark only (--validate-only).".to_owned();
+        validate::run(&sizes, &mut report);
+        Ok(())
+    } else if sizes.control_only {
         report.environment =
             "Control benchmarks only (--control-only): the pgbench scale is in each row."
                 .to_owned();
@@ -106,10 +115,13 @@ fn bench_main() -> anyhow::Result<ExitCode> {
     if let Err(e) = &result {
         report.failures.push(format!("benchmark aborted: {e:#}"));
     }
-    if !sizes.cdc_only {
+    if !sizes.cdc_only && !sizes.validate_only {
         cutover::run_all(&sizes, &mut report);
+        validate::run(&sizes, &mut report);
     }
-    memory::run(&mut report);
+    if !sizes.validate_only {
+        memory::run(&mut report);
+    }
     let text = report.render();
     say!("\n{text}");
     let path = report_path();
@@ -163,6 +175,8 @@ struct Sizes {
     control_only: bool,
     /// Only the CDC benchmarks, no raw-load reference (`--cdc-only`).
     cdc_only: bool,
+    /// Only the validation benchmark (`--validate-only`).
+    validate_only: bool,
     wide_rows: u64,
     tpcb_tx_per_client: u64,
     multi_tx_per_client: u64,
@@ -176,14 +190,16 @@ struct Sizes {
 
 impl Sizes {
     fn from_args() -> anyhow::Result<Sizes> {
-        let (mut quick, mut control_only, mut cdc_only) = (false, false, false);
+        let (mut quick, mut control_only, mut cdc_only, mut validate_only) =
+            (false, false, false, false);
         for arg in std::env::args().skip(1) {
             match arg.as_str() {
                 "--quick" => quick = true,
                 "--control-only" => control_only = true,
                 "--cdc-only" => cdc_only = true,
+                "--validate-only" => validate_only = true,
                 other => bail!(
-                    "unknown argument {other:?}; usage: ferry-bench [--quick] [--control-only | --cdc-only] (sizes: FERRY_BENCH_SCALE=N)"
+                    "unknown argument {other:?}; usage: ferry-bench [--quick] [--control-only | --cdc-only | --validate-only] (sizes: FERRY_BENCH_SCALE=N)"
                 ),
             }
         }
@@ -217,6 +233,7 @@ impl Sizes {
             quick,
             control_only,
             cdc_only,
+            validate_only,
             wide_rows: s * 10_000,
             // 12,500 tpcb transactions (50k changes) per scale unit, 2 clients.
             tpcb_tx_per_client: s * 6_250,

@@ -18,6 +18,7 @@ pub(crate) struct Report {
     pub(crate) cutover: Option<cutover::CutoverFigures>,
     pub(crate) lag: Option<cutover::LagFigures>,
     pub(crate) memory: Option<ferry_e2e::memory::MemoryFigures>,
+    pub(crate) validate: Option<crate::validate::ValidateFigures>,
     pub(crate) failures: Vec<String>,
 }
 
@@ -61,6 +62,9 @@ impl Report {
         }
         if let Some(m) = &self.memory {
             s.push_str(&memory::row(m));
+        }
+        if let Some(v) = &self.validate {
+            s.push_str(&v.row());
         }
         if let Some(c) = &self.cutover {
             s.push_str(&c.steps_section());
