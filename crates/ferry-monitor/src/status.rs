@@ -612,6 +612,50 @@ mod tests {
     }
 
     #[test]
+    fn validation_results_show_and_round_trip() {
+        let mut s = sample();
+        let t = s.as_of;
+        s.validating = true;
+        s.validation = vec![
+            TableValidation {
+                table: "public.orders".into(),
+                target_table: "public.orders".into(),
+                key_columns: vec!["id".into()],
+                started_at: t - Duration::from_secs(10),
+                finished_at: t,
+                rows_checked: 1_234_567,
+                ranges: 124,
+                clean: true,
+                rows_per_second: 123_456.7,
+                ..TableValidation::default()
+            },
+            TableValidation {
+                table: "public.items".into(),
+                differences: vec![KeyDifference {
+                    key: vec!["102".into()],
+                    kind: "changed".into(),
+                    columns: vec!["qty".into()],
+                }],
+                unsettled: vec![vec!["7".into()]],
+                finished_at: t,
+                ..TableValidation::default()
+            },
+        ];
+        let text = render_table(&s);
+        for needle in [
+            "validation  (running now)",
+            "public.orders                  clean  1,234,567 rows, 124 ranges, 123457 rows/s",
+            "public.items                   NOT CLEAN: 1 differences, 1 unsettled",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        assert!((s.validation[0].duration_seconds() - 10.0).abs() < 1e-9);
+        let json = serde_json::to_string(&s).expect("serialize");
+        let back: Status = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, s);
+    }
+
+    #[test]
     fn human_figures() {
         assert_eq!(human_bytes(0), "0 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
