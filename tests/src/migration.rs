@@ -249,9 +249,25 @@ impl Migration {
         out
     }
 
+    /// `POST <path>` with a JSON `body` on the control API of the running
+    /// `ferry`: the whole HTTP response, status line first.
+    pub fn control_post(&self, path: &str, body: &str) -> String {
+        let addr = &self.control;
+        let mut s = std::net::TcpStream::connect(addr).expect("connecting to the control API");
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("sending the request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("reading the response");
+        out
+    }
+
     /// Poll `done` until it holds; fail if `ferry` exits first or the wait
     /// bound passes (`what` says what never happened).
-    fn wait_until(&self, ferry: &mut Background, what: &str, mut done: impl FnMut() -> bool) {
+    pub fn wait_until(&self, ferry: &mut Background, what: &str, mut done: impl FnMut() -> bool) {
         let start = Instant::now();
         loop {
             if let Some(code) = ferry.exited().expect("ferry process") {

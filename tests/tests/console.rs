@@ -148,6 +148,41 @@ fn the_console_drives_a_live_migration_to_a_fenced_cutover() {
         assert!(db.hint().is_some());
         c.simple_query("RESUME").await.unwrap();
 
+        // VALIDATE in the console runs the same validation as `POST
+        // /validate`; SHOW VALIDATION shows its results as tables finish.
+        let started = c.query_one("VALIDATE public.accounts", &[]).await.unwrap();
+        assert!(started.get::<_, bool>("started"));
+        let start = Instant::now();
+        let accounts = loop {
+            let rows = c.query("SHOW VALIDATION", &[]).await.unwrap();
+            let done = rows
+                .into_iter()
+                .find(|r| r.get::<_, String>("table_name") == "public.accounts");
+            if let Some(r) = done {
+                break r;
+            }
+            assert!(
+                start.elapsed() < LONG,
+                "validation of public.accounts never finished"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        assert!(
+            accounts.get::<_, bool>("clean"),
+            "replication is exact: the validation is clean"
+        );
+        assert!(accounts.get::<_, i64>("rows_checked") >= 5_000);
+        assert_eq!(accounts.get::<_, i64>("differences"), 0);
+        // A cutover can require every table validated: only accounts was.
+        let e = c
+            .query_one("CUTOVER DRY RUN MAX LAG '60s' REQUIRE VALIDATED '1h'", &[])
+            .await
+            .expect_err("only public.accounts was validated");
+        assert!(
+            e.as_db_error().is_some_and(|d| d.code().code() == "55000"),
+            "{e:?}"
+        );
+
         let dry = c
             .query_one("CUTOVER DRY RUN MAX LAG '60s'", &[])
             .await

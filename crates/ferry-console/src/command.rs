@@ -2,9 +2,11 @@
 //! into a [`Command`].
 //!
 //! ```text
-//! SHOW STATUS | SHOW LAG | SHOW TABLES | SHOW LAG HISTORY ['24h'] | SHOW HELP
+//! SHOW STATUS | SHOW LAG | SHOW TABLES | SHOW LAG HISTORY ['24h'] | SHOW VALIDATION | SHOW HELP
 //! PAUSE | RESUME
+//! VALIDATE [table [, table …]] [REPAIR]
 //! CUTOVER [DRY RUN] [FENCE] [MAX LAG '5s'] [TIMEOUT '60s'] [KEEP SLOT] [SKIP COUNTS]
+//!         [REQUIRE VALIDATED ['24h']]
 //! SET … (accepted and ignored: drivers send session settings)
 //! ```
 //!
@@ -34,7 +36,9 @@ pub enum Command {
     ShowLagHistory {
         window: Duration,
     },
+    ShowValidation,
     ShowHelp,
+    Validate(ValidateCommand),
     Pause,
     Resume,
     Cutover(CutoverCommand),
@@ -51,6 +55,21 @@ pub struct CutoverCommand {
     pub timeout: Duration,
     pub keep_slot: bool,
     pub skip_counts: bool,
+    /// Refuse unless every table's last validation is clean and at most
+    /// this old.
+    pub require_validated: Option<Duration>,
+}
+
+/// `REQUIRE VALIDATED` without an age, as `ferry cutover --require-validated`.
+pub const DEFAULT_VALIDATED_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// The options of `VALIDATE`, as `ferry validate` takes them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ValidateCommand {
+    /// `schema.table` names; empty: every carried table.
+    pub tables: Vec<String>,
+    /// Re-copy the keys that differ.
+    pub repair: bool,
 }
 
 impl Default for CutoverCommand {
@@ -62,6 +81,7 @@ impl Default for CutoverCommand {
             timeout: DEFAULT_CUTOVER_TIMEOUT,
             keep_slot: false,
             skip_counts: false,
+            require_validated: None,
         }
     }
 }
@@ -94,7 +114,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ),
     ("RESUME", "apply changes again"),
     (
-        "CUTOVER [DRY RUN] [FENCE] [MAX LAG '5s'] [TIMEOUT '60s'] [KEEP SLOT] [SKIP COUNTS]",
+        "CUTOVER [DRY RUN] [FENCE] [MAX LAG '5s'] [TIMEOUT '60s'] [KEEP SLOT] [SKIP COUNTS] [REQUIRE VALIDATED ['24h']]",
         "cut over to the target, as `ferry cutover`",
     ),
     ("SHOW HELP", "this list"),
@@ -200,6 +220,8 @@ pub fn parse(sql: &str) -> Result<Command, ParseError> {
         ["SHOW", "LAG"] => Ok(Command::ShowLag),
         ["SHOW", "TABLES"] => Ok(Command::ShowTables),
         ["SHOW", "HELP"] | ["HELP"] => Ok(Command::ShowHelp),
+        ["SHOW", "VALIDATION"] => Ok(Command::ShowValidation),
+        ["VALIDATE", ..] => validate(&tokens[1..]).map(Command::Validate),
         ["SHOW", "LAG", "HISTORY"] => Ok(Command::ShowLagHistory {
             window: DEFAULT_HISTORY_WINDOW,
         }),
@@ -259,6 +281,18 @@ fn cutover(tokens: &[Token], words: &[&str]) -> Result<CutoverCommand, ParseErro
                 c.max_lag = duration(t, "CUTOVER MAX LAG")?;
                 i += 3;
             }
+            ["REQUIRE", "VALIDATED", ..] => {
+                // An age may follow; a keyword may not be one.
+                let age = tokens.get(i + 2).filter(|t| {
+                    matches!(t, Token::Literal(_))
+                        || t.text().starts_with(|c: char| c.is_ascii_digit())
+                });
+                c.require_validated = Some(match age {
+                    Some(t) => duration(t, "CUTOVER REQUIRE VALIDATED")?,
+                    None => DEFAULT_VALIDATED_AGE,
+                });
+                i += 2 + usize::from(age.is_some());
+            }
             ["TIMEOUT", ..] => {
                 let t = tokens
                     .get(i + 1)
@@ -275,6 +309,28 @@ fn cutover(tokens: &[Token], words: &[&str]) -> Result<CutoverCommand, ParseErro
         }
     }
     Ok(c)
+}
+
+/// `VALIDATE` arguments: table names (words or quoted literals, commas
+/// between them) and a final `REPAIR`.
+fn validate(tokens: &[Token]) -> Result<ValidateCommand, ParseError> {
+    let mut v = ValidateCommand::default();
+    let mut names = tokens;
+    if let Some((Token::Word(w), rest)) = tokens.split_last()
+        && w.eq_ignore_ascii_case("REPAIR")
+    {
+        v.repair = true;
+        names = rest;
+    }
+    for t in names {
+        for name in t.text().split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if matches!(t, Token::Word(_)) && name.eq_ignore_ascii_case("REPAIR") {
+                return Err(err("VALIDATE: REPAIR comes after the table names"));
+            }
+            v.tables.push(name.to_owned());
+        }
+    }
+    Ok(v)
 }
 
 fn duration(t: &Token, what: &str) -> Result<Duration, ParseError> {
@@ -330,6 +386,38 @@ mod tests {
                     ..CutoverCommand::default()
                 }),
             ),
+            ("SHOW VALIDATION", Command::ShowValidation),
+            ("validate", Command::Validate(ValidateCommand::default())),
+            (
+                "VALIDATE public.orders, public.lines REPAIR",
+                Command::Validate(ValidateCommand {
+                    tables: vec!["public.orders".into(), "public.lines".into()],
+                    repair: true,
+                }),
+            ),
+            (
+                "VALIDATE 'app.Order Lines'",
+                Command::Validate(ValidateCommand {
+                    tables: vec!["app.Order Lines".into()],
+                    repair: false,
+                }),
+            ),
+            (
+                "CUTOVER FENCE REQUIRE VALIDATED",
+                Command::Cutover(CutoverCommand {
+                    fence: true,
+                    require_validated: Some(DEFAULT_VALIDATED_AGE),
+                    ..CutoverCommand::default()
+                }),
+            ),
+            (
+                "CUTOVER REQUIRE VALIDATED '1h' DRY RUN",
+                Command::Cutover(CutoverCommand {
+                    dry_run: true,
+                    require_validated: Some(secs(3600)),
+                    ..CutoverCommand::default()
+                }),
+            ),
             (
                 "CUTOVER MAX LAG '500ms' DRY RUN",
                 Command::Cutover(CutoverCommand {
@@ -357,6 +445,11 @@ mod tests {
             ("CUTOVER MAX LAG 'soon'", "CUTOVER MAX LAG: 'soon'"),
             ("SHOW LAG HISTORY 'x'", "SHOW LAG HISTORY: 'x'"),
             ("CUTOVER TIMEOUT '5", "unterminated quoted string"),
+            ("VALIDATE REPAIR t", "REPAIR comes after the table names"),
+            (
+                "CUTOVER REQUIRE VALIDATED 'soon'",
+                "CUTOVER REQUIRE VALIDATED: 'soon'",
+            ),
             ("", "empty command"),
         ];
         for (sql, want) in cases {

@@ -2,9 +2,9 @@
 //!
 //! Any `psql` (or PostgreSQL driver) connects to `console.listen` and types
 //! console commands ([`command`]): `SHOW STATUS`, `SHOW LAG`, `SHOW TABLES`,
-//! `SHOW LAG HISTORY`, `PAUSE`, `RESUME`, `CUTOVER [DRY RUN] [FENCE] [MAX LAG
-//! '5s']`. Answers are ordinary result sets ([`result`]) built from the same
-//! status model as the HTTP control API, so the two never disagree; errors
+//! `SHOW LAG HISTORY`, `SHOW VALIDATION`, `VALIDATE [table] [REPAIR]`,
+//! `PAUSE`, `RESUME`, `CUTOVER [DRY RUN] [FENCE] [MAX LAG '5s']`. Answers
+//! are ordinary result sets ([`result`]) built from the same status model as the HTTP control API, so the two never disagree; errors
 //! are PostgreSQL errors with a SQLSTATE and a hint. Both the simple query
 //! protocol (`psql`) and the extended one (drivers) are served
 //! ([`server`], on the `pgwire` crate).
@@ -47,7 +47,7 @@ pub mod result;
 pub mod server;
 
 pub use cell::Cell;
-pub use command::{Command, CutoverCommand};
+pub use command::{Command, CutoverCommand, ValidateCommand};
 pub use server::{Answer, ConsoleError, execute};
 
 /// A boxed future, so [`Backend`] stays object safe.
@@ -62,6 +62,17 @@ pub trait Backend: Send + Sync + 'static {
     fn cutover(&self, c: CutoverCommand) -> BoxFuture<'_, Result<CutoverRecord, String>>;
     fn pause(&self);
     fn resume(&self);
+    /// Start a validation in the background; `Err` says why not.
+    fn validate(&self, v: ValidateCommand) -> BoxFuture<'_, Result<ValidateStarted, String>>;
+}
+
+/// A validation the pipeline accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidateStarted {
+    pub started: bool,
+    /// The tables asked for (empty: every carried table).
+    pub tables: Vec<String>,
+    pub repair: bool,
 }
 
 /// How clients authenticate.

@@ -10,9 +10,11 @@
 use std::time::SystemTime;
 
 use ferry_monitor::history::LagSample;
+use ferry_monitor::status::TableValidation;
 use ferry_monitor::{CutoverRecord, Status};
 use postgres_types::Type;
 
+use crate::ValidateStarted;
 use crate::cell::Cell;
 use crate::command::{COMMANDS, Command};
 
@@ -73,6 +75,33 @@ const HISTORY: &[Column] = &[
     ("lag_bytes", Type::INT8),
 ];
 
+const VALIDATION: &[Column] = &[
+    ("table_name", Type::TEXT),
+    ("clean", Type::BOOL),
+    ("rows_checked", Type::INT8),
+    ("ranges", Type::INT8),
+    ("differences", Type::INT8),
+    ("unsettled", Type::INT8),
+    ("repaired", Type::INT8),
+    ("rows_per_second", Type::FLOAT8),
+    ("duration_seconds", Type::FLOAT8),
+    ("finished_at", Type::TIMESTAMPTZ),
+    ("differing_keys", Type::TEXT),
+    ("note", Type::TEXT),
+    ("running", Type::BOOL),
+];
+
+const VALIDATE: &[Column] = &[
+    ("started", Type::BOOL),
+    ("tables", Type::TEXT),
+    ("repair", Type::BOOL),
+    ("results", Type::TEXT),
+];
+
+/// Differing keys shown per table by `SHOW VALIDATION` (all are in
+/// `GET /status`).
+const KEYS_SHOWN: usize = 10;
+
 const HELP: &[Column] = &[("command", Type::TEXT), ("description", Type::TEXT)];
 
 const CUTOVER: &[Column] = &[
@@ -100,6 +129,8 @@ pub fn columns(cmd: &Command) -> Option<&'static [Column]> {
         Command::ShowTables => Some(TABLES),
         Command::ShowLagHistory { .. } => Some(HISTORY),
         Command::ShowHelp => Some(HELP),
+        Command::ShowValidation => Some(VALIDATION),
+        Command::Validate(_) => Some(VALIDATE),
         Command::Cutover(_) => Some(CUTOVER),
         Command::Pause | Command::Resume | Command::Set => None,
     }
@@ -212,6 +243,62 @@ pub fn lag_history(samples: &[LagSample]) -> ResultSet {
     set(HISTORY, rows)
 }
 
+pub fn validation(s: &Status) -> ResultSet {
+    let rows = s
+        .validation
+        .iter()
+        .map(|v| validation_row(v, s.validating))
+        .collect();
+    set(VALIDATION, rows)
+}
+
+fn validation_row(v: &TableValidation, running: bool) -> Vec<Cell> {
+    let keys: Vec<String> = v
+        .differences
+        .iter()
+        .take(KEYS_SHOWN)
+        .map(|d| format!("{} ({})", d.key.join(", "), d.kind))
+        .collect();
+    let more = v.differences.len().saturating_sub(KEYS_SHOWN);
+    let keys = (!keys.is_empty()).then(|| {
+        let mut k = keys.join("; ");
+        if more > 0 {
+            k.push_str(&format!("; … {more} more in GET /status"));
+        }
+        k
+    });
+    vec![
+        text(v.table.clone()),
+        Cell::Bool(Some(v.clean)),
+        int(v.rows_checked),
+        int(v.ranges),
+        int(v.differences.len() as u64),
+        int(v.unsettled.len() as u64),
+        int(v.repaired),
+        Cell::Float(Some(v.rows_per_second)),
+        Cell::Float(Some(v.duration_seconds())),
+        time(Some(v.finished_at)),
+        Cell::Text(keys),
+        Cell::Text(v.note.clone()),
+        Cell::Bool(Some(running)),
+    ]
+}
+
+pub fn validate_started(v: &ValidateStarted) -> ResultSet {
+    let tables = if v.tables.is_empty() {
+        "every carried table".to_owned()
+    } else {
+        v.tables.join(", ")
+    };
+    let row = vec![
+        Cell::Bool(Some(v.started)),
+        text(tables),
+        Cell::Bool(Some(v.repair)),
+        text("SHOW VALIDATION shows each table's result as it finishes"),
+    ];
+    set(VALIDATE, vec![row])
+}
+
 pub fn help() -> ResultSet {
     let rows = COMMANDS
         .iter()
@@ -257,6 +344,24 @@ mod tests {
     fn sample_status() -> Status {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut s = Status::new(Phase::Stream, "postgres", at);
+        s.validation = vec![TableValidation {
+            table: "public.orders".into(),
+            target_table: "public.orders".into(),
+            started_at: at,
+            finished_at: at + Duration::from_secs(4),
+            rows_checked: 1000,
+            ranges: 3,
+            differences: (0..12)
+                .map(|i| ferry_monitor::status::KeyDifference {
+                    key: vec![i.to_string()],
+                    kind: "changed".into(),
+                    columns: vec!["note".into()],
+                })
+                .collect(),
+            clean: false,
+            rows_per_second: 250.0,
+            ..TableValidation::default()
+        }];
         s.source_position = Some("0/16B3748".into());
         s.applied_position = Some("0/16B3700".into());
         s.lag.seconds = 1.5;
@@ -336,6 +441,15 @@ mod tests {
                 },
             ),
             (help(), Command::ShowHelp),
+            (validation(&s), Command::ShowValidation),
+            (
+                validate_started(&ValidateStarted {
+                    started: true,
+                    tables: vec![],
+                    repair: false,
+                }),
+                Command::Validate(crate::command::ValidateCommand::default()),
+            ),
             (
                 cutover(&record),
                 Command::Cutover(CutoverCommand::default()),
@@ -358,6 +472,15 @@ mod tests {
         assert_eq!(row[7], Cell::Float(Some(1.5)));
         assert_eq!(row[8], Cell::Int(Some(72)));
         assert_eq!(row[14], Cell::Int(Some(4096)));
+        let v = &validation(&s).rows[0];
+        assert_eq!(v[1], Cell::Bool(Some(false)));
+        assert_eq!(v[4], Cell::Int(Some(12)));
+        assert_eq!(v[8], Cell::Float(Some(4.0)));
+        let Cell::Text(Some(keys)) = &v[10] else {
+            panic!("differing keys: {v:?}")
+        };
+        assert!(keys.starts_with("0 (changed); 1 (changed)"), "{keys}");
+        assert!(keys.ends_with("… 2 more in GET /status"), "{keys}");
         let t = &tables(&s).rows[0];
         assert_eq!(t[0], Cell::Text(Some("public.orders".into())));
         assert_eq!(t[6], Cell::Int(Some(17)));

@@ -85,6 +85,18 @@ pub async fn execute<B: Backend + ?Sized>(
         Command::ShowLag => Answer::Rows(result::lag(&backend.status())),
         Command::ShowTables => Answer::Rows(result::tables(&backend.status())),
         Command::ShowHelp => Answer::Rows(result::help()),
+        Command::ShowValidation => Answer::Rows(result::validation(&backend.status())),
+        Command::Validate(v) => {
+            let started = backend
+                .validate(v.clone())
+                .await
+                .map_err(|message| ConsoleError {
+                    code: NOT_IN_PREREQUISITE_STATE,
+                    message: format!("validation not started: {message}"),
+                    hint: Some("SHOW VALIDATION shows a validation already running; a validation starts once the load is done".into()),
+                })?;
+            Answer::Rows(result::validate_started(&started))
+        }
         Command::ShowLagHistory { window } => {
             let since = SystemTime::now()
                 .checked_sub(*window)

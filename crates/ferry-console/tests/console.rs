@@ -6,7 +6,7 @@ use std::process::Command as Process;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use ferry_console::{Auth, Backend, BoxFuture, CutoverCommand};
+use ferry_console::{Auth, Backend, BoxFuture, CutoverCommand, ValidateCommand, ValidateStarted};
 use ferry_monitor::history::LagSample;
 use ferry_monitor::{CutoverRecord, Phase, Status, TableStatus};
 use tokio::net::TcpListener;
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 struct Recorder {
     paused: Mutex<bool>,
     cutovers: Mutex<Vec<CutoverCommand>>,
+    validations: Mutex<Vec<ValidateCommand>>,
 }
 
 impl Backend for Recorder {
@@ -90,6 +91,21 @@ impl Backend for Recorder {
 
     fn resume(&self) {
         *self.paused.lock().unwrap() = false;
+    }
+
+    fn validate(&self, v: ValidateCommand) -> BoxFuture<'_, Result<ValidateStarted, String>> {
+        Box::pin(async move {
+            let mut seen = self.validations.lock().unwrap();
+            if !seen.is_empty() {
+                return Err("a validation is already running".into());
+            }
+            seen.push(v.clone());
+            Ok(ValidateStarted {
+                started: true,
+                tables: v.tables,
+                repair: v.repair,
+            })
+        })
     }
 }
 
@@ -204,6 +220,43 @@ async fn extended_protocol_answers_typed_rows_in_binary() {
             ..CutoverCommand::default()
         }]
     );
+    server.stop.cancel();
+    server.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn validate_starts_once_and_show_validation_answers() {
+    let server = start(password()).await;
+    let client = connect(server.port, "ferry", Some("console-pw"))
+        .await
+        .unwrap();
+    let row = client
+        .query_one("VALIDATE public.customers REPAIR", &[])
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>("started"));
+    assert_eq!(row.get::<_, String>("tables"), "public.customers");
+    assert!(row.get::<_, bool>("repair"));
+    assert_eq!(
+        *server.backend.validations.lock().unwrap(),
+        [ValidateCommand {
+            tables: vec!["public.customers".into()],
+            repair: true,
+        }]
+    );
+    let e = client.query("VALIDATE", &[]).await.unwrap_err();
+    let db = e.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "55000");
+    assert!(db.message().contains("already running"), "{}", db.message());
+    let cols: Vec<String> = client
+        .prepare("SHOW VALIDATION")
+        .await
+        .unwrap()
+        .columns()
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect();
+    assert_eq!(&cols[..3], ["table_name", "clean", "rows_checked"]);
     server.stop.cancel();
     server.task.await.unwrap().unwrap();
 }

@@ -41,6 +41,8 @@ pub struct Config {
     pub postgres: PostgresSourceConfig,
     #[serde(default)]
     pub mysql: MySqlSourceConfig,
+    #[serde(default)]
+    pub validate: ValidateConfig,
 }
 
 /// A database to connect to.
@@ -453,6 +455,38 @@ impl Default for MySqlSourceConfig {
     }
 }
 
+/// `ferry validate` and the validations a running `ferry run` starts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidateConfig {
+    /// Most source rows read per second (0: no limit).
+    pub rows_per_second: u64,
+    /// Rows of one key range, hashed on each side in one short snapshot.
+    pub chunk_rows: u64,
+    /// A differing range of at most this many rows is compared row by row.
+    pub leaf_rows: u64,
+    /// Times a differing key is checked again before it is reported as
+    /// unsettled (changing too fast to compare).
+    pub rounds: u32,
+    /// Longest wait for the applier to pass a range's source position.
+    pub wait_seconds: u64,
+    /// `ferry run` validates every table this often (0: only on request).
+    pub every_seconds: u64,
+}
+
+impl Default for ValidateConfig {
+    fn default() -> Self {
+        ValidateConfig {
+            rows_per_second: 100_000,
+            chunk_rows: 10_000,
+            leaf_rows: 500,
+            rounds: 5,
+            wait_seconds: 120,
+            every_seconds: 0,
+        }
+    }
+}
+
 /// A config that could not be read or parsed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -472,7 +506,7 @@ pub enum ConfigError {
 
 const SECTIONS: &[&str] = &[
     "source", "target", "tables", "load", "apply", "control", "console", "state", "postgres",
-    "mysql",
+    "mysql", "validate",
 ];
 const LIST_KEYS: &[&str] = &["tables.include", "tables.exclude", "tables.insert_only"];
 /// `FERRY_*` variables that configure the CLI itself, not `ferry.toml`.
@@ -679,6 +713,15 @@ impl Config {
                 "postgres.proto_version {} is not 1 or 2",
                 self.postgres.proto_version
             ));
+        }
+        if self.validate.chunk_rows == 0 || self.validate.leaf_rows == 0 {
+            problems.push("validate.chunk_rows and validate.leaf_rows must be at least 1".into());
+        }
+        if self.validate.rounds == 0 {
+            problems.push("validate.rounds must be at least 1".into());
+        }
+        if self.validate.wait_seconds == 0 {
+            problems.push("validate.wait_seconds must be at least 1".into());
         }
         if self.mysql.server_id == 0 {
             problems.push(
@@ -903,6 +946,45 @@ sslmode = "disable"
         .unwrap_err()
         .to_string();
         assert!(bad.contains("existing_slot"), "{bad}");
+    }
+
+    #[test]
+    fn validate_section_from_toml_and_env_and_its_bounds() {
+        let text = format!("{BASIC}\n[validate]\nrows_per_second = 5000\nevery_seconds = 3600\n");
+        let c = Config::from_parts(&text, "test", env(&[("FERRY_VALIDATE_CHUNK_ROWS", "2000")]))
+            .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            (
+                c.validate.rows_per_second,
+                c.validate.every_seconds,
+                c.validate.chunk_rows
+            ),
+            (5000, 3600, 2000)
+        );
+        assert_eq!((c.validate.leaf_rows, c.validate.rounds), (500, 5));
+        let bad = Config::from_parts(
+            BASIC,
+            "test",
+            env(&[
+                ("FERRY_VALIDATE_LEAF_ROWS", "0"),
+                ("FERRY_VALIDATE_ROUNDS", "0"),
+                ("FERRY_VALIDATE_WAIT_SECONDS", "0"),
+            ]),
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "validate.leaf_rows",
+            "validate.rounds",
+            "validate.wait_seconds",
+        ] {
+            assert!(bad.contains(want), "{bad}");
+        }
+        let unknown = format!("{BASIC}\n[validate]\nrows_per_sec = 1\n");
+        assert!(Config::from_parts(&unknown, "test", env(&[])).is_err());
     }
 
     #[test]

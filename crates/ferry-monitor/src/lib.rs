@@ -16,4 +16,7 @@ pub mod timestamp;
 pub use history::{LagSample, read_history};
 pub use lag::{LagFigures, LagInputs, LagTracker, lag_figures};
 pub use metrics::Metrics;
-pub use status::{CutoverRecord, Phase, SlotHealth, Status, TableCheck, TableStatus, render_table};
+pub use status::{
+    CutoverRecord, KeyDifference, Phase, SlotHealth, Status, TableCheck, TableStatus,
+    TableValidation, render_table,
+};

@@ -32,6 +32,11 @@ pub mod names {
     pub const SOURCE_POSITION_BYTES: &str = "ferry_source_position_bytes";
     pub const APPLIED_POSITION_BYTES: &str = "ferry_applied_position_bytes";
     pub const APPLY_SOURCE_ORDER_CHANGES: &str = "ferry_apply_source_order_changes_total";
+    pub const VALIDATION_CLEAN: &str = "ferry_validation_clean";
+    pub const VALIDATION_DIFFERENCES: &str = "ferry_validation_differences";
+    pub const VALIDATION_ROWS_CHECKED: &str = "ferry_validation_rows_checked";
+    pub const VALIDATION_ROWS_PER_SECOND: &str = "ferry_validation_rows_per_second";
+    pub const VALIDATION_FINISHED: &str = "ferry_validation_finished_timestamp_seconds";
 }
 
 /// Upper bounds (seconds) of the apply-batch duration histogram.
@@ -225,6 +230,11 @@ struct Registry {
     source_position: Family,
     applied_position: Family,
     source_order: Family,
+    validation_clean: Family,
+    validation_differences: Family,
+    validation_rows: Family,
+    validation_rate: Family,
+    validation_finished: Family,
 }
 
 /// Handle to ferry's metrics; clone freely.
@@ -320,6 +330,36 @@ impl Metrics {
                 C,
                 None,
             ),
+            validation_clean: Family::new(
+                VALIDATION_CLEAN,
+                "1 when the table's last validation found source and target equal (after any repair).",
+                G,
+                Some("table"),
+            ),
+            validation_differences: Family::new(
+                VALIDATION_DIFFERENCES,
+                "Keys the table's last validation found different (before any repair).",
+                G,
+                Some("table"),
+            ),
+            validation_rows: Family::new(
+                VALIDATION_ROWS_CHECKED,
+                "Source rows the table's last validation compared.",
+                G,
+                Some("table"),
+            ),
+            validation_rate: Family::new(
+                VALIDATION_ROWS_PER_SECOND,
+                "Rows per second of the table's last validation.",
+                G,
+                Some("table"),
+            ),
+            validation_finished: Family::new(
+                VALIDATION_FINISHED,
+                "Unix time the table's last validation finished.",
+                G,
+                Some("table"),
+            ),
         };
         for f in [
             &r.lag_seconds,
@@ -384,6 +424,24 @@ impl Metrics {
         self.0.load_rows_estimated.set(table, rows as f64);
     }
 
+    /// The last validation of `table`.
+    pub fn set_validation(
+        &self,
+        table: &str,
+        clean: bool,
+        differences: u64,
+        rows: u64,
+        rows_per_second: f64,
+        finished_unix: f64,
+    ) {
+        let r = &self.0;
+        r.validation_clean.set(table, if clean { 1.0 } else { 0.0 });
+        r.validation_differences.set(table, differences as f64);
+        r.validation_rows.set(table, rows as f64);
+        r.validation_rate.set(table, rows_per_second);
+        r.validation_finished.set(table, finished_unix);
+    }
+
     /// WAL retained for the slot (PostgreSQL sources).
     pub fn set_slot_retained(&self, bytes: u64) {
         self.0.slot_retained.set("", bytes as f64);
@@ -444,6 +502,11 @@ impl Metrics {
             &r.phase,
             &r.source_position,
             &r.applied_position,
+            &r.validation_clean,
+            &r.validation_differences,
+            &r.validation_rows,
+            &r.validation_rate,
+            &r.validation_finished,
         ] {
             f.render(&mut out);
         }

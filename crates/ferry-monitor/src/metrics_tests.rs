@@ -277,3 +277,43 @@ fn clones_share_one_registry_across_threads() {
     }
     assert_eq!(m.applied_counter("t").get(), 4000);
 }
+
+#[test]
+fn validation_results_are_gauges_per_table() {
+    let m = Metrics::new();
+    m.set_validation("public.items", false, 6, 5000, 1234.5, 1_700_000_000.0);
+    m.set_validation("public.items", true, 0, 5000, 2000.0, 1_700_000_100.0);
+    m.set_validation("a\"b", true, 0, 1, 1.0, 1.0);
+    let (types, samples) = parse(&m.render()).expect("strict format");
+    for name in [
+        names::VALIDATION_CLEAN,
+        names::VALIDATION_DIFFERENCES,
+        names::VALIDATION_ROWS_CHECKED,
+        names::VALIDATION_ROWS_PER_SECOND,
+        names::VALIDATION_FINISHED,
+    ] {
+        assert_eq!(types.get(name).map(String::as_str), Some("gauge"), "{name}");
+    }
+    let items = [("table", "public.items")];
+    // The newest result replaces the earlier one.
+    assert_eq!(
+        value_of(&samples, names::VALIDATION_CLEAN, &items),
+        Some(1.0)
+    );
+    assert_eq!(
+        value_of(&samples, names::VALIDATION_DIFFERENCES, &items),
+        Some(0.0)
+    );
+    assert_eq!(
+        value_of(&samples, names::VALIDATION_ROWS_CHECKED, &items),
+        Some(5000.0)
+    );
+    assert_eq!(
+        value_of(&samples, names::VALIDATION_FINISHED, &items),
+        Some(1_700_000_100.0)
+    );
+    assert_eq!(
+        value_of(&samples, names::VALIDATION_CLEAN, &[("table", "a\"b")]),
+        Some(1.0)
+    );
+}

@@ -87,6 +87,78 @@ pub struct CutoverRecord {
     pub outcome: String,
 }
 
+/// One key that differs between source and target, found by validation.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct KeyDifference {
+    /// The key's values in key-column order, as text.
+    pub key: Vec<String>,
+    /// `missing` (on the target), `extra` (on the target) or `changed`.
+    pub kind: String,
+    /// For `changed`: the columns whose values differ (never the values).
+    #[serde(default)]
+    pub columns: Vec<String>,
+}
+
+/// The result of validating one table (`ferry validate`); stored in the
+/// state schema's `validations` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableValidation {
+    /// Source name, `schema.table`.
+    pub table: String,
+    pub target_table: String,
+    #[serde(default)]
+    pub key_columns: Vec<String>,
+    #[serde(with = "serde_time")]
+    pub started_at: SystemTime,
+    #[serde(with = "serde_time")]
+    pub finished_at: SystemTime,
+    pub rows_checked: u64,
+    pub ranges: u64,
+    /// Keys found different (before any repair).
+    #[serde(default)]
+    pub differences: Vec<KeyDifference>,
+    /// Keys still changing after every confirmation round.
+    #[serde(default)]
+    pub unsettled: Vec<Vec<String>>,
+    /// Keys re-copied by `--repair` (and found equal afterwards).
+    #[serde(default)]
+    pub repaired: u64,
+    /// Source and target hold the same rows (after any repair).
+    pub clean: bool,
+    pub rows_per_second: f64,
+    /// Why the table could not be compared key by key, if so.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+impl Default for TableValidation {
+    fn default() -> Self {
+        TableValidation {
+            table: String::new(),
+            target_table: String::new(),
+            key_columns: Vec::new(),
+            started_at: SystemTime::UNIX_EPOCH,
+            finished_at: SystemTime::UNIX_EPOCH,
+            rows_checked: 0,
+            ranges: 0,
+            differences: Vec::new(),
+            unsettled: Vec::new(),
+            repaired: 0,
+            clean: false,
+            rows_per_second: 0.0,
+            note: None,
+        }
+    }
+}
+
+impl TableValidation {
+    pub fn duration_seconds(&self) -> f64 {
+        self.finished_at
+            .duration_since(self.started_at)
+            .map_or(0.0, |d| d.as_secs_f64())
+    }
+}
+
 /// Everything `ferry status` shows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -128,6 +200,12 @@ pub struct Status {
     pub slot: Option<SlotHealth>,
     #[serde(default)]
     pub cutover: Option<CutoverRecord>,
+    /// The newest validation result of each table.
+    #[serde(default)]
+    pub validation: Vec<TableValidation>,
+    /// A validation is running in this process.
+    #[serde(default)]
+    pub validating: bool,
 }
 
 impl Status {
@@ -151,6 +229,8 @@ impl Status {
             last_error: None,
             slot: None,
             cutover: None,
+            validation: Vec::new(),
+            validating: false,
         }
     }
 
@@ -312,7 +392,44 @@ pub fn render_table(s: &Status) -> String {
         out.push('\n');
         render_tables(&mut out, &s.tables);
     }
+    if !s.validation.is_empty() || s.validating {
+        out.push('\n');
+        render_validation(&mut out, &s.validation, s.validating);
+    }
     out
+}
+
+fn render_validation(out: &mut String, results: &[TableValidation], running: bool) {
+    let _ = writeln!(
+        out,
+        "validation{}",
+        if running { "  (running now)" } else { "" }
+    );
+    for v in results {
+        let verdict = if v.clean {
+            "clean".to_owned()
+        } else {
+            format!(
+                "NOT CLEAN: {} differences, {} unsettled",
+                v.differences.len(),
+                v.unsettled.len()
+            )
+        };
+        let _ = writeln!(
+            out,
+            "  {:<30} {verdict}  {} rows, {} ranges, {:.0} rows/s, repaired {}, finished {}{}",
+            v.table,
+            grouped(v.rows_checked),
+            v.ranges,
+            v.rows_per_second,
+            v.repaired,
+            timestamp::format(v.finished_at),
+            v.note
+                .as_deref()
+                .map(|n| format!("  ({n})"))
+                .unwrap_or_default()
+        );
+    }
 }
 
 fn render_tables(out: &mut String, tables: &[TableStatus]) {
@@ -492,6 +609,50 @@ mod tests {
         let state_col = lines[0].find("STATE").expect("STATE");
         assert_eq!(lines[1].find("streaming"), Some(state_col));
         assert_eq!(lines[2].find("loading"), Some(state_col));
+    }
+
+    #[test]
+    fn validation_results_show_and_round_trip() {
+        let mut s = sample();
+        let t = s.as_of;
+        s.validating = true;
+        s.validation = vec![
+            TableValidation {
+                table: "public.orders".into(),
+                target_table: "public.orders".into(),
+                key_columns: vec!["id".into()],
+                started_at: t - Duration::from_secs(10),
+                finished_at: t,
+                rows_checked: 1_234_567,
+                ranges: 124,
+                clean: true,
+                rows_per_second: 123_456.7,
+                ..TableValidation::default()
+            },
+            TableValidation {
+                table: "public.items".into(),
+                differences: vec![KeyDifference {
+                    key: vec!["102".into()],
+                    kind: "changed".into(),
+                    columns: vec!["qty".into()],
+                }],
+                unsettled: vec![vec!["7".into()]],
+                finished_at: t,
+                ..TableValidation::default()
+            },
+        ];
+        let text = render_table(&s);
+        for needle in [
+            "validation  (running now)",
+            "public.orders                  clean  1,234,567 rows, 124 ranges, 123457 rows/s",
+            "public.items                   NOT CLEAN: 1 differences, 1 unsettled",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        assert!((s.validation[0].duration_seconds() - 10.0).abs() < 1e-9);
+        let json = serde_json::to_string(&s).expect("serialize");
+        let back: Status = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, s);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod plan;
 pub mod report;
 pub mod shutdown;
 pub mod terminal;
+pub mod validate;
 
 /// Outcome of a command, mapped to the process exit code.
 #[derive(Debug)]

@@ -3,6 +3,7 @@
 //! ```text
 //! ferry --config ferry.toml plan      check prerequisites, print the plan
 //! ferry --config ferry.toml run       full load + CDC until cutover; resumes
+//! ferry --config ferry.toml validate  compare source and target by key while CDC runs
 //! ```
 //!
 //! Every setting can also come from `FERRY_*` environment variables
@@ -86,6 +87,28 @@ enum Command {
         /// Skip the per-table row count comparison (very large databases).
         #[arg(long)]
         skip_counts: bool,
+        /// Refuse unless every table's last `ferry validate` is clean and at
+        /// most this old (e.g. 1h; default 24h when given without a value).
+        #[arg(long, value_parser = parse_duration, num_args = 0..=1, default_missing_value = "24h")]
+        require_validated: Option<Duration>,
+    },
+    /// Compare source and target row by row while changes keep flowing;
+    /// optionally repair the keys that differ.
+    Validate {
+        /// Tables to validate (schema.table, comma separated); default all.
+        #[arg(long, value_delimiter = ',')]
+        tables: Vec<String>,
+        /// Validate once and exit (the default).
+        #[arg(long, conflicts_with = "continuous")]
+        once: bool,
+        /// Validate again and again (every validate.every_seconds, at least 60s) until Ctrl-C.
+        #[arg(long)]
+        continuous: bool,
+        /// Re-copy the keys that differ from the source (exactly once with respect to the stream).
+        #[arg(long)]
+        repair: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Pause applying changes (the reader keeps the slot alive; lag grows).
     Pause,
@@ -151,6 +174,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             timeout,
             keep_slot,
             skip_counts,
+            require_validated,
         } => {
             let req = control::CutoverRequest {
                 dry_run,
@@ -159,8 +183,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
                 timeout_seconds: Some(timeout.as_secs_f64()),
                 keep_slot,
                 skip_counts,
+                require_validated_seconds: require_validated.map(|d| d.as_secs_f64()),
             };
             operations::cutover(&config, req).await
+        }
+        Command::Validate {
+            tables,
+            once: _,
+            continuous,
+            repair,
+            json,
+        } => {
+            let req = ferry::validate::ValidateRequest { tables, repair };
+            operations::validate(&config, &req, continuous, json).await
         }
         Command::Pause => operations::pause(&config, true).await,
         Command::Resume => operations::pause(&config, false).await,

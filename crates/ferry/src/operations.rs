@@ -1,6 +1,6 @@
 //! Operator commands against a running `ferry run` (through its control
 //! API) or, when none runs, against the state recorded in the target:
-//! `status`, `cutover`, `pause`, `resume`, `report`.
+//! `status`, `cutover`, `pause`, `resume`, `report`, `validate`.
 
 use std::io::Write as _;
 use std::time::{Duration, SystemTime};
@@ -102,6 +102,9 @@ async fn recorded_status(config: &Config) -> anyhow::Result<Status> {
         .flatten()
         .and_then(|r| serde_json::from_str(r.get::<_, &str>(0)).ok());
     s.cutover = cutover;
+    s.validation = crate::validate::store::latest(&target, &state)
+        .await
+        .unwrap_or_default();
     Ok(s)
 }
 
@@ -219,11 +222,97 @@ pub async fn pause(config: &Config, paused: bool) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
+/// The pause switch of a `ferry run` reached through its control API.
+struct ControlPause {
+    addr: String,
+    token: Option<ferry_core::Secret>,
+}
+
+impl crate::validate::PauseSwitch for ControlPause {
+    fn pause(&self) -> ferry_core::source::BoxFuture<'_, anyhow::Result<bool>> {
+        Box::pin(async move {
+            let s = control::get_status(&self.addr, self.token.as_ref()).await?;
+            if s.paused {
+                return Ok(false);
+            }
+            control::post_pause(&self.addr, self.token.as_ref()).await?;
+            Ok(true)
+        })
+    }
+
+    fn resume(&self) -> ferry_core::source::BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            control::post_resume(&self.addr, self.token.as_ref()).await?;
+            Ok(())
+        })
+    }
+}
+
+/// `ferry validate`: validate in this process (the running `ferry run`,
+/// if any, is paused through its control API while a repair writes);
+/// exit 2 when a table is not clean.
+#[allow(clippy::print_stdout)]
+pub async fn validate(
+    config: &Config,
+    req: &crate::validate::ValidateRequest,
+    continuous: bool,
+    json: bool,
+) -> anyhow::Result<Outcome> {
+    let running = match control_address(config).await {
+        Ok(addr) => match control::get_status(&addr, config.control.token.as_ref()).await {
+            Ok(_) => Some(addr),
+            Err(ControlClientError::NotRunning { .. }) => None,
+            Err(e) => return Err(e.into()),
+        },
+        Err(_) => None,
+    };
+    let every = Duration::from_secs(match config.validate.every_seconds {
+        0 => 3600,
+        s => s.max(60),
+    });
+    loop {
+        let results = match &running {
+            Some(addr) => {
+                let pause = ControlPause {
+                    addr: addr.clone(),
+                    token: config.control.token.clone(),
+                };
+                crate::validate::run(config, req, &pause, None).await?
+            }
+            None => crate::validate::run(config, req, &crate::validate::NoApplier, None).await?,
+        };
+        let clean = results.iter().all(|v| v.clean);
+        if json {
+            println!("{}", serde_json::to_string_pretty(&results)?);
+        } else {
+            for v in &results {
+                println!("{}", crate::validate::render(v));
+            }
+            println!("validation: {}", if clean { "clean" } else { "NOT CLEAN" });
+        }
+        std::io::stdout().flush().ok();
+        if !continuous {
+            return Ok(if clean { Outcome::Ok } else { Outcome::Refused });
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(Outcome::Ok),
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
 #[allow(clippy::print_stdout)]
 pub async fn report(config: &Config, output: &std::path::Path) -> anyhow::Result<Outcome> {
     let status = current_status(config).await?;
     let samples = lag_history(config, Duration::from_secs(90 * 86_400)).await?;
-    let html = crate::report::render_report(&status, &samples);
+    let validations = {
+        let target = ferry_postgres::connect::connect(&config.target, "target").await?;
+        let state = StateStore::new(config.state.schema.clone());
+        crate::validate::store::history(&target, &state, 10_000)
+            .await
+            .unwrap_or_default()
+    };
+    let html = crate::report::render_report(&status, &samples, &validations);
     std::fs::write(output, html).with_context(|| format!("writing {}", output.display()))?;
     println!(
         "report written to {} ({} lag samples)",

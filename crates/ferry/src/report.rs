@@ -2,8 +2,9 @@
 //!
 //! Shows the lag over time as two inline SVG charts drawn from the
 //! `lag_history` samples (seconds and bytes, each on its own scale), the
-//! per-table figures of the [`Status`], and the cutover record when there is
-//! one. [`render_report`] is pure; the command reads the status and
+//! per-table figures of the [`Status`], every validation over the weeks
+//! (one row per table per run: rows, differences, repairs, clean), and the
+//! cutover record when there is one. [`render_report`] is pure; the command reads the status and
 //! `ferry_monitor::read_history` and writes the result to a file. Every text
 //! that comes from the database (table names, positions, errors) is
 //! HTML-escaped.
@@ -13,7 +14,7 @@ use std::time::SystemTime;
 
 use ferry_monitor::status::{TableStatus, grouped, human_bytes, human_seconds};
 use ferry_monitor::timestamp;
-use ferry_monitor::{CutoverRecord, LagSample, Status};
+use ferry_monitor::{CutoverRecord, LagSample, Status, TableValidation};
 
 const CHART_W: f64 = 900.0;
 const CHART_H: f64 = 220.0;
@@ -27,7 +28,11 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}h1{font-size:1.4em}h2{fo
 svg text{font-size:11px;fill:#555}.muted{color:#777}";
 
 /// The whole report as one HTML document.
-pub fn render_report(status: &Status, samples: &[LagSample]) -> String {
+pub fn render_report(
+    status: &Status,
+    samples: &[LagSample],
+    validations: &[TableValidation],
+) -> String {
     let mut out = String::with_capacity(16 * 1024 + samples.len() * 40);
     let _ = write!(
         out,
@@ -52,6 +57,7 @@ pub fn render_report(status: &Status, samples: &[LagSample]) -> String {
         });
     }
     tables(&mut out, &status.tables);
+    validation(&mut out, validations);
     if let Some(c) = &status.cutover {
         cutover(&mut out, c);
     }
@@ -219,6 +225,38 @@ fn tables(out: &mut String, tables: &[TableStatus]) {
     out.push_str("</table>\n");
 }
 
+fn validation(out: &mut String, runs: &[TableValidation]) {
+    out.push_str("<h2>Validation</h2>\n");
+    if runs.is_empty() {
+        out.push_str("<p class=\"muted\">no validation yet (<code>ferry validate</code>)</p>\n");
+        return;
+    }
+    out.push_str(
+        "<table class=\"validation\"><tr><th>finished</th><th>table</th><th>result</th>\
+         <th>rows</th><th>ranges</th><th>differences</th><th>unsettled</th><th>repaired</th>\
+         <th>duration</th><th>rows/s</th></tr>\n",
+    );
+    for v in runs {
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            timestamp::format(v.finished_at),
+            escape(&v.table),
+            if v.clean { "clean" } else { "NOT CLEAN" },
+            grouped(v.rows_checked),
+            v.ranges,
+            v.differences.len(),
+            v.unsettled.len(),
+            v.repaired,
+            human_seconds(v.duration_seconds()),
+            grouped(v.rows_per_second.round() as u64)
+        );
+    }
+    out.push_str("</table>\n");
+}
+
 fn cutover(out: &mut String, c: &CutoverRecord) {
     out.push_str("<h2>Cutover</h2>\n<table class=\"cutover\">\n");
     row(out, "outcome", &c.outcome);
@@ -353,7 +391,7 @@ mod tests {
 
     #[test]
     fn charts_have_one_point_per_sample() {
-        let html = render_report(&status(), &samples(25));
+        let html = render_report(&status(), &samples(25), &[]);
         for id in ["lag-seconds", "lag-bytes"] {
             let pts = polyline_points(&html, id);
             assert_eq!(pts.len(), 25, "{id}");
@@ -371,14 +409,14 @@ mod tests {
         assert_eq!(bytes.last().map(|p| p.1), Some(PAD_T));
         assert_eq!(html.matches("<polyline").count(), 2);
         // A single sample still draws (no division by zero).
-        let one = render_report(&status(), &samples(1));
+        let one = render_report(&status(), &samples(1), &[]);
         assert_eq!(polyline_points(&one, "lag-seconds").len(), 1);
         assert!(!one.contains("NaN") && !one.contains("inf"));
     }
 
     #[test]
     fn text_from_the_database_is_escaped() {
-        let html = render_report(&status(), &samples(3));
+        let html = render_report(&status(), &samples(3), &[]);
         assert!(!html.contains("<script>"), "raw table name leaked");
         assert!(html.contains("shop.&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("shop.a&amp;b"));
@@ -390,11 +428,39 @@ mod tests {
 
     #[test]
     fn report_is_self_contained() {
-        let html = render_report(&status(), &[]);
+        let html = render_report(&status(), &[], &[]);
         assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
         for external in ["<script", "<link", "src=", "@import", "url("] {
             assert!(!html.contains(external), "{external}");
         }
         assert!(html.contains("no lag history recorded yet"));
+    }
+
+    #[test]
+    fn validations_are_listed_per_run() {
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let run = |table: &str, clean: bool, diffs: usize| TableValidation {
+            table: table.into(),
+            started_at: at,
+            finished_at: at + std::time::Duration::from_secs(4),
+            rows_checked: 12_000,
+            ranges: 3,
+            differences: vec![ferry_monitor::KeyDifference::default(); diffs],
+            clean,
+            rows_per_second: 3000.0,
+            ..TableValidation::default()
+        };
+        let html = render_report(
+            &status(),
+            &[],
+            &[run("public.<a>", false, 2), run("public.<a>", true, 0)],
+        );
+        assert!(html.contains("<h2>Validation</h2>"));
+        assert!(html.contains("<td>public.&lt;a&gt;</td><td>NOT CLEAN</td><td class=\"n\">12,000</td><td class=\"n\">3</td><td class=\"n\">2</td>"), "{html}");
+        assert!(
+            html.contains("<td>public.&lt;a&gt;</td><td>clean</td>"),
+            "{html}"
+        );
+        assert!(render_report(&status(), &[], &[]).contains("no validation yet"));
     }
 }

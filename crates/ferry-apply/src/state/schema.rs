@@ -16,6 +16,7 @@
 //! | `load_plan`, `post_data`, `post_data_preamble`, `table_snapshots` | the durable chunk plan, index builds, per-table snapshot positions | the binary's plan store |
 //! | `overrides(kind, relid, object, original, recorded_at, done_at)` | target schema changes to put back at cutover | the binary's overrides |
 //! | `control(id = 1, address, pid, started_at)` | where the running `ferry run` listens | the binary's control API |
+//! | `validations(id, source_table, target_table, started_at, finished_at, rows_checked, ranges, differences, unsettled, repaired, clean, rows_per_second)` | one row per table per validation | the binary's validate module |
 //!
 //! Versions:
 //!
@@ -31,6 +32,9 @@
 //! 2. `lag_history` takes the sampler's rule, both figures `NOT NULL` (the
 //!    monitor cannot read a sample without them: rows missing one are
 //!    removed); `schema_version` gets a primary key on `version`.
+//! 3. `validations`: the result of each table's validation (`ferry
+//!    validate`), newest last; `differences` and `unsettled` are JSON arrays
+//!    of keys (never row values).
 //!
 //! Invariants: [`ensure`] runs every missing migration and records each in
 //! one transaction, under the advisory lock that ferry has always taken
@@ -82,6 +86,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 2,
         summary: "lag_history figures NOT NULL; schema_version keyed by version",
         template: V2,
+    },
+    Migration {
+        version: 3,
+        summary: "validations: per-table results of ferry validate",
+        template: V3,
     },
 ];
 
@@ -164,6 +173,24 @@ ALTER TABLE {s}.lag_history
 DELETE FROM {s}.schema_version a USING {s}.schema_version b
     WHERE a.version = b.version AND a.ctid > b.ctid;
 ALTER TABLE {s}.schema_version ADD PRIMARY KEY (version);
+";
+
+const V3: &str = "
+CREATE TABLE IF NOT EXISTS {s}.validations (
+    id bigserial PRIMARY KEY,
+    source_table text NOT NULL,
+    target_table text NOT NULL,
+    started_at timestamptz NOT NULL,
+    finished_at timestamptz NOT NULL DEFAULT now(),
+    rows_checked bigint NOT NULL,
+    ranges bigint NOT NULL,
+    differences jsonb NOT NULL DEFAULT '[]',
+    unsettled jsonb NOT NULL DEFAULT '[]',
+    repaired bigint NOT NULL DEFAULT 0,
+    clean boolean NOT NULL,
+    rows_per_second double precision NOT NULL DEFAULT 0,
+    note text);
+CREATE INDEX IF NOT EXISTS validations_table_idx ON {s}.validations (source_table, id);
 ";
 
 /// The migrations to run over a database whose recorded version is

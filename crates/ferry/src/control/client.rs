@@ -97,6 +97,28 @@ pub async fn post_pause(addr: &str, token: Option<&Secret>) -> Result<(), Contro
     .map(drop)
 }
 
+/// `POST /validate`.
+pub async fn post_validate(
+    addr: &str,
+    token: Option<&Secret>,
+    req: &crate::validate::ValidateRequest,
+) -> Result<crate::validate::background::ValidateAccepted, ControlClientError> {
+    let body = serde_json::to_vec(req).map_err(|e| ControlClientError::Protocol {
+        addr: addr.to_owned(),
+        message: e.to_string(),
+    })?;
+    let body = call(
+        addr,
+        token,
+        Method::POST,
+        "/validate",
+        Some(body),
+        Some(CLIENT_TIMEOUT),
+    )
+    .await?;
+    decode(addr, &body)
+}
+
 /// `POST /resume`.
 pub async fn post_resume(addr: &str, token: Option<&Secret>) -> Result<(), ControlClientError> {
     call(

@@ -15,6 +15,7 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /cutover` | body: [`CutoverRequest`] JSON (empty = defaults); the [`CutoverRecord`] JSON, or `409 {"error": …}` |
 //! | `POST /pause`, `POST /resume` | `{"paused": bool}` |
+//! | `POST /validate` | body: [`ValidateRequest`] JSON (empty = every table, no repair); starts a validation in the background: [`ValidateAccepted`] JSON, or `409 {"error": …}` (one is running, or the load is not done); results appear in `/status` (`validation`) and `/metrics` |
 //!
 //! When `control.token` is set every request needs `Authorization: Bearer
 //! <token>` (compared in constant time), else `401`. The pipeline provides a
@@ -33,7 +34,11 @@ use serde::{Deserialize, Serialize};
 mod client;
 mod server;
 
-pub use client::{ControlClientError, get_status, post_cutover, post_pause, post_resume};
+pub use crate::validate::ValidateRequest;
+pub use crate::validate::background::ValidateAccepted;
+pub use client::{
+    ControlClientError, get_status, post_cutover, post_pause, post_resume, post_validate,
+};
 pub use server::serve;
 
 /// Options of `ferry cutover` / `POST /cutover`.
@@ -52,6 +57,9 @@ pub struct CutoverRequest {
     pub keep_slot: bool,
     /// Skip the row-count validation.
     pub skip_counts: bool,
+    /// Refuse unless every carried table's newest validation (`ferry
+    /// validate`) is clean and at most this many seconds old.
+    pub require_validated_seconds: Option<f64>,
 }
 
 /// A boxed future, so the handler trait stays object safe.
@@ -66,6 +74,8 @@ pub trait ControlHandler: Send + Sync + 'static {
     fn cutover(&self, req: CutoverRequest) -> BoxFuture<'_, Result<CutoverRecord, String>>;
     fn pause(&self);
     fn resume(&self);
+    /// Start a validation in the background; `Err` says why not.
+    fn validate(&self, req: ValidateRequest) -> BoxFuture<'_, Result<ValidateAccepted, String>>;
 }
 
 #[cfg(test)]

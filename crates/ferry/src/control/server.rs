@@ -125,13 +125,18 @@ async fn route(req: Request<Incoming>, h: &dyn ControlHandler, token: Option<&Se
             h.resume();
             json(StatusCode::OK, &serde_json::json!({ "paused": false }))
         }
-        ("/status" | "/metrics" | "/cutover" | "/pause" | "/resume", m) => json_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &format!("{m} is not allowed on {path}"),
-        ),
+        ("/validate", Method::POST) => validate(req, h).await,
+        ("/status" | "/metrics" | "/cutover" | "/pause" | "/resume" | "/validate", m) => {
+            json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("{m} is not allowed on {path}"),
+            )
+        }
         _ => json_error(
             StatusCode::NOT_FOUND,
-            &format!("no such endpoint {path}; try /status, /metrics, /cutover, /pause, /resume"),
+            &format!(
+                "no such endpoint {path}; try /status, /metrics, /cutover, /pause, /resume, /validate"
+            ),
         ),
     }
 }
@@ -161,6 +166,32 @@ async fn cutover(req: Request<Incoming>, h: &dyn ControlHandler) -> Reply {
     );
     match h.cutover(opts).await {
         Ok(record) => json(StatusCode::OK, &record),
+        Err(e) => json_error(StatusCode::CONFLICT, &e),
+    }
+}
+
+async fn validate(req: Request<Incoming>, h: &dyn ControlHandler) -> Reply {
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("reading the request body: {e}"),
+            );
+        }
+    };
+    let opts = if body.iter().all(u8::is_ascii_whitespace) {
+        crate::validate::ValidateRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(o) => o,
+            Err(e) => {
+                return json_error(StatusCode::BAD_REQUEST, &format!("validate options: {e}"));
+            }
+        }
+    };
+    match h.validate(opts).await {
+        Ok(accepted) => json(StatusCode::OK, &accepted),
         Err(e) => json_error(StatusCode::CONFLICT, &e),
     }
 }

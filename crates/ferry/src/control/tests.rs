@@ -18,6 +18,7 @@ struct Fake {
     status: Status,
     paused: AtomicBool,
     requests: Mutex<Vec<CutoverRequest>>,
+    validations: Mutex<Vec<ValidateRequest>>,
     entered: tokio::sync::Notify,
     release: tokio::sync::Notify,
     hold: bool,
@@ -71,6 +72,20 @@ impl ControlHandler for Fake {
     fn resume(&self) {
         self.paused.store(false, Ordering::SeqCst);
     }
+    fn validate(&self, req: ValidateRequest) -> BoxFuture<'_, Result<ValidateAccepted, String>> {
+        Box::pin(async move {
+            let mut seen = self.validations.lock().expect("lock");
+            if !seen.is_empty() {
+                return Err("refused: a validation is already running".into());
+            }
+            seen.push(req.clone());
+            Ok(ValidateAccepted {
+                started: true,
+                tables: req.tables,
+                repair: req.repair,
+            })
+        })
+    }
 }
 
 struct Running {
@@ -96,6 +111,7 @@ async fn start(token: Option<&str>, hold: bool) -> Running {
         status,
         paused: AtomicBool::new(false),
         requests: Mutex::new(Vec::new()),
+        validations: Mutex::new(Vec::new()),
         entered: tokio::sync::Notify::new(),
         release: tokio::sync::Notify::new(),
         hold,
@@ -195,6 +211,7 @@ async fn cutover_reaches_the_handler_with_its_options() {
         timeout_seconds: Some(60.0),
         keep_slot: true,
         skip_counts: true,
+        require_validated_seconds: Some(3600.0),
     };
     let rec = post_cutover(&r.addr, None, &req).await.expect("cutover");
     assert_eq!(rec, record(&req));
@@ -277,4 +294,29 @@ async fn no_server_means_not_running() {
     drop(listener);
     let e = get_status(&addr, None).await.expect_err("nothing listens");
     assert!(matches!(e, ControlClientError::NotRunning { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn validate_reaches_the_handler_and_a_second_is_refused() {
+    let r = start(None, false).await;
+    let req = ValidateRequest {
+        tables: vec!["public.orders".into()],
+        repair: true,
+    };
+    let accepted = post_validate(&r.addr, None, &req).await.expect("validate");
+    assert!(accepted.started && accepted.repair);
+    assert_eq!(accepted.tables, vec!["public.orders".to_owned()]);
+    assert_eq!(*r.fake.validations.lock().expect("lock"), vec![req.clone()]);
+    let e = post_validate(&r.addr, None, &req)
+        .await
+        .expect_err("one validation at a time");
+    assert!(
+        matches!(&e, ControlClientError::Refused { status: 409, message, .. } if message.contains("already running")),
+        "{e}"
+    );
+    let (code, body) = raw(&r.addr, None, Method::POST, "/validate", "{\"tables\": 3}").await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    let (code, _) = raw(&r.addr, None, Method::GET, "/validate", "").await;
+    assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+    stop(r).await;
 }

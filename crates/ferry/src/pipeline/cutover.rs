@@ -128,6 +128,17 @@ pub async fn run<S: Source>(
     if let Err(why) = preconditions(live.phase(), &states, lag.seconds, max_lag) {
         return Err(format!("refused: {why}"));
     }
+    if let Some(age) = req.require_validated_seconds {
+        let tables: Vec<String> = states.iter().map(|(t, _)| t.clone()).collect();
+        let age = Duration::from_secs_f64(age.max(0.0));
+        crate::validate::check_validated(&target, &live.state, &tables, age)
+            .await
+            .map_err(|why| {
+                format!("refused: --require-validated: {why}; run `ferry validate` (with --repair to fix differences) first")
+            })?;
+        rec.steps
+            .push("every table validated clean recently enough (--require-validated)".into());
+    }
     if req.dry_run {
         // What would fail the sequence step is known now: say so.
         let mut session = source.cutover().await.map_err(|e| e.to_string())?;

@@ -13,7 +13,9 @@ use ferry_core::source::Source;
 use ferry_monitor::{CutoverRecord, LagSample, Status};
 
 use super::live::Live;
-use crate::control::{BoxFuture, ControlHandler, CutoverRequest};
+use crate::control::{
+    BoxFuture, ControlHandler, CutoverRequest, ValidateAccepted, ValidateRequest,
+};
 
 /// The control API's view of the pipeline.
 pub struct Handler<S: Source> {
@@ -56,6 +58,10 @@ impl<S: Source> ControlHandler for Handler<S> {
         self.live.set_paused(false);
         tracing::info!("applier resumed by the control API");
     }
+
+    fn validate(&self, req: ValidateRequest) -> BoxFuture<'_, Result<ValidateAccepted, String>> {
+        Box::pin(async move { crate::validate::background::start(&self.live, req) })
+    }
 }
 
 /// The console's `CUTOVER` options as the control API's request.
@@ -67,6 +73,7 @@ fn cutover_request(c: &CutoverCommand) -> CutoverRequest {
         timeout_seconds: Some(c.timeout.as_secs_f64()),
         keep_slot: c.keep_slot,
         skip_counts: c.skip_counts,
+        require_validated_seconds: c.require_validated.map(|d| d.as_secs_f64()),
     }
 }
 
@@ -97,6 +104,24 @@ impl<S: Source> ferry_console::Backend for Handler<S> {
     fn resume(&self) {
         ControlHandler::resume(self);
     }
+
+    fn validate(
+        &self,
+        v: ferry_console::ValidateCommand,
+    ) -> BoxFuture<'_, Result<ferry_console::ValidateStarted, String>> {
+        let req = crate::validate::ValidateRequest {
+            tables: v.tables,
+            repair: v.repair,
+        };
+        Box::pin(async move {
+            let accepted = ControlHandler::validate(self, req).await?;
+            Ok(ferry_console::ValidateStarted {
+                started: accepted.started,
+                tables: accepted.tables,
+                repair: accepted.repair,
+            })
+        })
+    }
 }
 
 #[cfg(test)]
@@ -114,6 +139,7 @@ mod tests {
             timeout: Duration::from_secs(30),
             keep_slot: true,
             skip_counts: false,
+            require_validated: Some(Duration::from_secs(3600)),
         };
         assert_eq!(
             cutover_request(&c),
@@ -124,6 +150,7 @@ mod tests {
                 timeout_seconds: Some(30.0),
                 keep_slot: true,
                 skip_counts: false,
+                require_validated_seconds: Some(3600.0),
             }
         );
     }

@@ -12,7 +12,7 @@
 //! when caught up. No lock here is held across an `.await`.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -25,7 +25,7 @@ use ferry_core::{Position, TableId};
 use ferry_monitor::status::TableStatus;
 use ferry_monitor::{
     CutoverRecord, LagFigures, LagInputs, LagTracker, Metrics, Phase, SlotHealth, Status,
-    lag_figures,
+    TableValidation, lag_figures,
 };
 use tokio::sync::{oneshot, watch};
 use tracing::debug;
@@ -82,6 +82,10 @@ pub struct Live<P: Position> {
     pub cutover_lock: tokio::sync::Mutex<()>,
     pub last_cutover: Mutex<Option<CutoverRecord>>,
     finish: Mutex<Option<Finish>>,
+    /// A validation runs in this process ([`crate::validate::background`]).
+    pub validating: AtomicBool,
+    /// The newest validation result per table, as the target holds it.
+    validation: Mutex<Vec<TableValidation>>,
     /// The run's token: a finished cutover cancels it.
     shutdown: Shutdown,
     /// Stops the background tasks once the pipeline has finished.
@@ -112,6 +116,8 @@ impl<P: Position> Live<P> {
             cutover_lock: tokio::sync::Mutex::new(()),
             last_cutover: Mutex::new(None),
             finish: Mutex::new(None),
+            validating: AtomicBool::new(false),
+            validation: Mutex::new(Vec::new()),
             shutdown,
             stop: Shutdown::new(),
         })
@@ -300,6 +306,8 @@ impl<P: Position> Live<P> {
         }
         s.slot = lock(&self.slot, |s| s.clone());
         s.cutover = lock(&self.last_cutover, |c| c.clone());
+        s.validation = lock(&self.validation, |v| v.clone());
+        s.validating = self.validating.load(Ordering::Acquire);
         s
     }
 }
@@ -446,6 +454,18 @@ async fn refresh_tables<P: Position>(
         })
         .collect();
     lock(&live.tables, |t| *t = tables);
+    let validation = crate::validate::store::latest(dst, &live.state).await?;
+    for v in &validation {
+        live.metrics.set_validation(
+            &v.table,
+            v.clean,
+            v.differences.len() as u64,
+            v.rows_checked,
+            v.rows_per_second,
+            crate::validate::store::unix_seconds(v.finished_at),
+        );
+    }
+    lock(&live.validation, |v| *v = validation);
     Ok(())
 }
 

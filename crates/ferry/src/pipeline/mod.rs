@@ -367,7 +367,8 @@ pub(crate) async fn replica_role_mode(target: &Client) -> anyhow::Result<bool> {
     Ok(allowed)
 }
 
-/// The control API, the monitor and the lag-history sampler.
+/// The control API, the monitor, the lag-history sampler and the
+/// validation schedule (`validate.every_seconds`).
 async fn start_background<S: Source>(
     config: &Config,
     live: &Arc<Live<S::Position>>,
@@ -401,6 +402,13 @@ async fn start_background<S: Source>(
         }
     });
     console::start(config, handler, live.stopped(), &mut set).await?;
+    if config.validate.every_seconds > 0 {
+        set.spawn(crate::validate::background::schedule(
+            live.clone(),
+            std::time::Duration::from_secs(config.validate.every_seconds),
+            live.stopped(),
+        ));
+    }
     set.spawn(live::run_monitor(
         live.clone(),
         source.clone(),

@@ -103,20 +103,20 @@ pub(crate) fn run_all(sizes: &Sizes, report: &mut Report) {
 }
 
 /// Fresh servers, a pgbench source and a streaming `ferry run`.
-struct Streaming {
+pub(crate) struct Streaming {
     source: PgServer,
     // Kept alive (dropping it stops the server).
     _target: PgServer,
     src_db: String,
-    src_url: String,
-    tgt_url: String,
-    control: SocketAddr,
-    ferry: Background,
+    pub(crate) src_url: String,
+    pub(crate) tgt_url: String,
+    pub(crate) control: SocketAddr,
+    pub(crate) ferry: Background,
     work: tempfile::TempDir,
 }
 
 impl Streaming {
-    fn start(scale: u32, what: &str) -> anyhow::Result<Streaming> {
+    pub(crate) fn start(scale: u32, what: &str) -> anyhow::Result<Streaming> {
         say!("{what}: fresh durable servers, pgbench -i -s {scale}, `ferry run` until streaming …");
         let source = bench_server("logical")?;
         let target = bench_server("replica")?;
@@ -178,7 +178,11 @@ impl Streaming {
 }
 
 /// `ferry` with the source, target and control address of a benchmark.
-fn ferry_cmd(src_url: &str, tgt_url: &str, control: SocketAddr) -> anyhow::Result<Command> {
+pub(crate) fn ferry_cmd(
+    src_url: &str,
+    tgt_url: &str,
+    control: SocketAddr,
+) -> anyhow::Result<Command> {
     let mut cmd = ferry(src_url, tgt_url)?;
     cmd.env("FERRY_SOURCE_SSLMODE", "disable")
         .env("FERRY_TARGET_SSLMODE", "disable")

@@ -52,7 +52,10 @@
 //! If ferry fails, its log tail is printed, the reference figures are still
 //! measured and printed, and the process exits non-zero.
 //!
-//! 5. **SQLite source**: full load of a generated file against pgloader,
+//! 5. **Validation rate**: see `validate.rs` (fresh servers, SCALE×100k
+//!    rows against an ordered `md5(string_agg(...))` on each side).
+//!    `--validate-only` runs only this one.
+//! 6. **SQLite source**: full load of a generated file against pgloader,
 //!    capture cost on the application, drain, lag; see `sqlite.rs`.
 //!    `--sqlite-only` runs only this one.
 //!
@@ -83,6 +86,7 @@ mod load;
 mod memory;
 mod report;
 mod sqlite;
+mod validate;
 
 use cdc::Backlog;
 use harness::Bench;
@@ -101,28 +105,26 @@ fn main() -> ExitCode {
 fn bench_main() -> anyhow::Result<ExitCode> {
     let sizes = Sizes::from_args()?;
     let mut report = Report::new(&sizes);
-    let result = if sizes.sqlite_only {
-        report.environment = "SQLite source benchmark only (--sqlite-only).".to_owned();
-        Ok(())
-    } else if sizes.control_only {
-        report.environment =
-            "Control benchmarks only (--control-only): the pgbench scale is in each row."
-                .to_owned();
-        Ok(())
-    } else {
-        run(&sizes, &mut report)
+    let result = match sizes.only {
+        None | Some(Only::Cdc | Only::Load) => run(&sizes, &mut report),
+        Some(only) => {
+            report.environment = format!("{} only ({}).", only.what(), only.flag());
+            Ok(())
+        }
     };
     if let Err(e) = &result {
         report.failures.push(format!("benchmark aborted: {e:#}"));
     }
-    let only_one = sizes.cdc_only || sizes.sqlite_only || sizes.load_only;
-    if !only_one || sizes.control_only {
+    if matches!(sizes.only, None | Some(Only::Control)) {
         cutover::run_all(&sizes, &mut report);
     }
-    if (!only_one && !sizes.control_only) || sizes.sqlite_only {
+    if matches!(sizes.only, None | Some(Only::Validate)) {
+        validate::run(&sizes, &mut report);
+    }
+    if matches!(sizes.only, None | Some(Only::Sqlite)) {
         run_sqlite(&sizes, &mut report);
     }
-    if !sizes.sqlite_only && !sizes.load_only {
+    if matches!(sizes.only, None | Some(Only::Control | Only::Cdc)) {
         memory::run(&mut report);
     }
     let text = report.render();
@@ -148,8 +150,8 @@ fn run(sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
     let bench = Bench::start(sizes)?;
     report.environment = bench.environment()?;
     bench.generate(sizes)?;
-    report.load = Some(bench.full_load(sizes.cdc_only, report)?);
-    if sizes.load_only {
+    report.load = Some(bench.full_load(sizes.only == Some(Only::Cdc), report)?);
+    if sizes.only == Some(Only::Load) {
         return Ok(());
     }
     let mut ferry_db = report.load.as_ref().and_then(|l| l.ferry_db.clone());
@@ -181,19 +183,58 @@ fn run_sqlite(sizes: &Sizes, report: &mut Report) {
     }
 }
 
+/// A benchmark run alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Only {
+    /// The cutover and lag benchmarks (`--control-only`).
+    Control,
+    /// The CDC benchmarks, no raw-load reference (`--cdc-only`).
+    Cdc,
+    /// The full load and its references (`--load-only`).
+    Load,
+    /// The validation rate (`--validate-only`).
+    Validate,
+    /// The SQLite source (`--sqlite-only`).
+    Sqlite,
+}
+
+impl Only {
+    const ALL: [Only; 5] = [
+        Only::Control,
+        Only::Cdc,
+        Only::Load,
+        Only::Validate,
+        Only::Sqlite,
+    ];
+
+    fn flag(self) -> &'static str {
+        match self {
+            Only::Control => "--control-only",
+            Only::Cdc => "--cdc-only",
+            Only::Load => "--load-only",
+            Only::Validate => "--validate-only",
+            Only::Sqlite => "--sqlite-only",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Only::Control => "Control benchmarks (the pgbench scale is in each row)",
+            Only::Cdc => "CDC benchmarks",
+            Only::Load => "Full-load benchmark",
+            Only::Validate => "Validation benchmark",
+            Only::Sqlite => "SQLite source benchmark",
+        }
+    }
+}
+
 /// Benchmark sizes.
 #[derive(Debug, Clone)]
 struct Sizes {
     scale: u32,
     quick: bool,
-    /// Only the cutover and lag benchmarks (`--control-only`).
-    control_only: bool,
-    /// Only the CDC benchmarks, no raw-load reference (`--cdc-only`).
-    cdc_only: bool,
-    /// Only the SQLite source benchmark (`--sqlite-only`).
-    sqlite_only: bool,
-    /// Only the full load and its references (`--load-only`).
-    load_only: bool,
+    /// One benchmark alone, or all (`None`).
+    only: Option<Only>,
     wide_rows: u64,
     tpcb_tx_per_client: u64,
     multi_tx_per_client: u64,
@@ -207,18 +248,24 @@ struct Sizes {
 
 impl Sizes {
     fn from_args() -> anyhow::Result<Sizes> {
-        let (mut quick, mut control_only, mut cdc_only, mut sqlite_only, mut load_only) =
-            (false, false, false, false, false);
+        let mut quick = false;
+        let mut only = None;
         for arg in std::env::args().skip(1) {
-            match arg.as_str() {
-                "--quick" => quick = true,
-                "--control-only" => control_only = true,
-                "--cdc-only" => cdc_only = true,
-                "--sqlite-only" => sqlite_only = true,
-                "--load-only" => load_only = true,
-                other => bail!(
-                    "unknown argument {other:?}; usage: ferry-bench [--quick] [--control-only | --cdc-only | --sqlite-only | --load-only] (sizes: FERRY_BENCH_SCALE=N)"
-                ),
+            if arg == "--quick" {
+                quick = true;
+            } else if let Some(o) = Only::ALL.into_iter().find(|o| o.flag() == arg) {
+                if only.is_some_and(|p| p != o) {
+                    bail!(
+                        "{arg}: only one of {} at a time",
+                        Only::ALL.map(Only::flag).join(", ")
+                    );
+                }
+                only = Some(o);
+            } else {
+                bail!(
+                    "unknown argument {arg:?}; usage: ferry-bench [--quick] [{}] (sizes: FERRY_BENCH_SCALE=N)",
+                    Only::ALL.map(Only::flag).join(" | ")
+                );
             }
         }
         let scale = match std::env::var("FERRY_BENCH_SCALE") {
@@ -249,10 +296,7 @@ impl Sizes {
         Ok(Sizes {
             scale,
             quick,
-            control_only,
-            cdc_only,
-            sqlite_only,
-            load_only,
+            only,
             wide_rows: s * 10_000,
             // 12,500 tpcb transactions (50k changes) per scale unit, 2 clients.
             tpcb_tx_per_client: s * 6_250,

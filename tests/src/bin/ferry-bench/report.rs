@@ -20,6 +20,7 @@ pub(crate) struct Report {
     pub(crate) lag: Option<cutover::LagFigures>,
     pub(crate) memory: Option<ferry_e2e::memory::MemoryFigures>,
     pub(crate) sqlite: Option<SqliteFigures>,
+    pub(crate) validate: Option<crate::validate::ValidateFigures>,
     pub(crate) failures: Vec<String>,
 }
 
@@ -63,6 +64,9 @@ impl Report {
         }
         if let Some(m) = &self.memory {
             s.push_str(&memory::row(m));
+        }
+        if let Some(v) = &self.validate {
+            s.push_str(&v.row());
         }
         if let Some(l) = &self.load {
             s.push_str(&l.detail());

@@ -1,0 +1,493 @@
+//! One table's validation: scan its key ranges, narrow the differing ones
+//! down to keys, and confirm each key until it settles.
+//!
+//! 1. Scan: walk the source in key order, `chunk_rows` rows a range, each
+//!    range's bound and digest read in its own short snapshot at position
+//!    P. Up to [`WINDOW`] ranges are read before the target is compared.
+//!    Equal digests are settled at once (the target holds the range's rows
+//!    as of P, whether the applier is before or past P); ranges that differ
+//!    are hashed on the target again once applied ≥ the newest P of the
+//!    window, so the wait for the applier is paid only for differences, once
+//!    per window. The last range is open above, the first below: rows
+//!    only the target holds beyond the source's keys are found too.
+//! 2. Narrow: a range whose digests differ is cut into [`FANOUT`] parts at
+//!    keys of the side holding more rows, and each part hashed again (a
+//!    new snapshot, a new wait), until a part holds at most `leaf_rows`;
+//!    then each row's key and hash are read on both sides and the keys
+//!    that differ become candidates.
+//! 3. Confirm: see [`super::settle::settle`]. A candidate differs only
+//!    because the target read came after a later change, or because it
+//!    truly differs. Each round locks the source rows (`FOR SHARE`, with a
+//!    lock timeout, held at most [`LOCKED_WAIT`]), reads the position,
+//!    waits for the applier to pass it, reads the target rows and compares
+//!    value by value: a locked row cannot have changed in between, so a
+//!    difference seen then is real. Rows absent on the source are checked
+//!    again after the target read and must differ in two rounds; so must
+//!    every row when the source role may not lock (`FOR SHARE` needs the
+//!    UPDATE privilege), which validation then says in its log.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use anyhow::Context;
+use ferry_core::config::ValidateConfig;
+use ferry_core::position::Lsn;
+use ferry_monitor::status::KeyDifference;
+use tracing::{debug, info, warn};
+
+use super::digest::Shape;
+use super::session::{self, Digest, Sessions};
+use super::settle::{self, Key, Seen, Verdict};
+
+/// Ranges read from the source before the target is compared.
+const WINDOW: usize = 8;
+/// Parts a differing range is cut into.
+const FANOUT: i64 = 8;
+/// Keys confirmed in one round (one statement per side).
+const CONFIRM_BATCH: usize = 1000;
+/// Longest time source rows stay locked while the applier catches up.
+const LOCKED_WAIT: Duration = Duration::from_secs(10);
+
+/// What one table's validation found.
+#[derive(Debug, Default)]
+pub struct Found {
+    pub rows_checked: u64,
+    pub ranges: u64,
+    pub differences: BTreeMap<Key, KeyDifference>,
+    pub unsettled: BTreeSet<Key>,
+    /// Why the table was not compared key by key.
+    pub note: Option<String>,
+    pub clean_digest: Option<bool>,
+}
+
+/// One range read from the source, waiting for its target side.
+#[derive(Debug)]
+struct Pending {
+    lo: Option<Key>,
+    hi: Option<Key>,
+    source: Digest,
+    at: Lsn,
+}
+
+/// One table's validation.
+pub struct TableCheck<'a> {
+    pub sessions: &'a Sessions,
+    pub config: &'a ValidateConfig,
+    pub source: Shape,
+    pub target: Shape,
+    pub budget: &'a mut super::Budget,
+    /// Confirm with the source rows locked `FOR SHARE` (turned off when
+    /// the source role may not).
+    pub lock: bool,
+}
+
+impl TableCheck<'_> {
+    fn wait(&self) -> Duration {
+        Duration::from_secs(self.config.wait_seconds)
+    }
+
+    /// Scan and narrow: the candidate keys.
+    pub async fn scan(&mut self, found: &mut Found) -> anyhow::Result<BTreeSet<Key>> {
+        let mut candidates = BTreeSet::new();
+        let mut pending = Vec::new();
+        let mut lo: Option<Key> = None;
+        let chunk = self.config.chunk_rows.max(1) as i64;
+        loop {
+            let s = self.sessions;
+            let at = s.snapshot().await?;
+            let read = async {
+                let hi =
+                    session::next_bound(&s.source, &self.source, lo.as_ref(), chunk - 1).await?;
+                let d = session::digest(&s.source, &self.source, lo.as_ref(), hi.as_ref()).await?;
+                anyhow::Ok((hi, d))
+            }
+            .await;
+            s.end().await?;
+            let (hi, d) = read?;
+            self.budget.spend(d.rows.max(0) as u64).await;
+            found.rows_checked += d.rows.max(0) as u64;
+            found.ranges += 1;
+            let last = hi.is_none();
+            pending.push(Pending {
+                lo: lo.clone(),
+                hi: hi.clone(),
+                source: d,
+                at,
+            });
+            if pending.len() >= WINDOW || last {
+                self.compare_window(std::mem::take(&mut pending), &mut candidates)
+                    .await?;
+            }
+            if last {
+                return Ok(candidates);
+            }
+            lo = hi;
+        }
+    }
+
+    async fn compare_window(
+        &mut self,
+        window: Vec<Pending>,
+        candidates: &mut BTreeSet<Key>,
+    ) -> anyhow::Result<()> {
+        // Equal digests need no wait: the target holds the source's rows of
+        // the range as of P whether the applier is before or past P. Only a
+        // range that differs is read again once the applier passed P.
+        let mut differing = Vec::new();
+        for p in window {
+            let t = self.target_digest(&p).await?;
+            if t != p.source {
+                differing.push(p);
+            }
+        }
+        let Some(newest) = differing.iter().map(|p| p.at).max() else {
+            return Ok(());
+        };
+        self.sessions.require_applied(newest, self.wait()).await?;
+        for p in differing {
+            let t = self.target_digest(&p).await?;
+            if t != p.source {
+                debug!(table = %self.source.relation, source_rows = p.source.rows, target_rows = t.rows, "range differs; narrowing");
+                let rows = p.source.rows.max(t.rows);
+                self.narrow(p.lo, p.hi, rows, t.rows > p.source.rows, candidates)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn target_digest(&self, p: &Pending) -> anyhow::Result<Digest> {
+        session::digest(
+            &self.sessions.target,
+            &self.target,
+            p.lo.as_ref(),
+            p.hi.as_ref(),
+        )
+        .await
+    }
+
+    /// Cut a differing range until its parts are leaves; add the keys that
+    /// differ in them to `candidates`.
+    async fn narrow(
+        &mut self,
+        lo: Option<Key>,
+        hi: Option<Key>,
+        rows: i64,
+        target_larger: bool,
+        candidates: &mut BTreeSet<Key>,
+    ) -> anyhow::Result<()> {
+        let mut stack = vec![(lo, hi, rows, target_larger)];
+        while let Some((lo, hi, rows, target_larger)) = stack.pop() {
+            let s = self.sessions;
+            if rows <= self.config.leaf_rows as i64 {
+                candidates.extend(self.leaf(lo.as_ref(), hi.as_ref()).await?);
+                continue;
+            }
+            let step = (rows + FANOUT - 1) / FANOUT;
+            let at = s.snapshot().await?;
+            let read = async {
+                let cuts = if target_larger {
+                    session::quantiles(&s.target, &self.target, lo.as_ref(), hi.as_ref(), step)
+                        .await?
+                } else {
+                    session::quantiles(&s.source, &self.source, lo.as_ref(), hi.as_ref(), step)
+                        .await?
+                };
+                let parts = parts(lo.as_ref(), hi.as_ref(), cuts);
+                let mut digests = Vec::new();
+                for (plo, phi) in &parts {
+                    digests.push(
+                        session::digest(&s.source, &self.source, plo.as_ref(), phi.as_ref())
+                            .await?,
+                    );
+                }
+                anyhow::Ok((parts, digests))
+            }
+            .await;
+            s.end().await?;
+            let (parts, digests) = read?;
+            if parts.len() <= 1 {
+                candidates.extend(self.leaf(lo.as_ref(), hi.as_ref()).await?);
+                continue;
+            }
+            self.budget
+                .spend(digests.iter().map(|d| d.rows.max(0) as u64).sum())
+                .await;
+            s.require_applied(at, self.wait()).await?;
+            for ((plo, phi), d) in parts.into_iter().zip(digests) {
+                let t =
+                    session::digest(&s.target, &self.target, plo.as_ref(), phi.as_ref()).await?;
+                if t != d {
+                    stack.push((plo, phi, d.rows.max(t.rows), t.rows > d.rows));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The keys that differ in a leaf range.
+    async fn leaf(&mut self, lo: Option<&Key>, hi: Option<&Key>) -> anyhow::Result<BTreeSet<Key>> {
+        let s = self.sessions;
+        let at = s.snapshot().await?;
+        let read = session::hashes(&s.source, &self.source, lo, hi).await;
+        s.end().await?;
+        let source = read?;
+        self.budget.spend(source.len() as u64).await;
+        s.require_applied(at, self.wait()).await?;
+        let target = session::hashes(&s.target, &self.target, lo, hi).await?;
+        Ok(settle::differing_keys(&source, &target))
+    }
+
+    /// Confirm candidates round by round: differences and unsettled keys
+    /// into `found`.
+    pub async fn confirm(
+        &mut self,
+        candidates: BTreeSet<Key>,
+        found: &mut Found,
+    ) -> anyhow::Result<()> {
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let mut seen: BTreeMap<Key, Vec<Seen>> =
+            candidates.into_iter().map(|k| (k, Vec::new())).collect();
+        let mut diffs: BTreeMap<Key, settle::RowDiff> = BTreeMap::new();
+        let rounds = self.config.rounds.max(1);
+        for round in 1..=rounds {
+            let open: Vec<Key> = seen
+                .iter()
+                .filter(|(_, s)| settle::settle(s, rounds) == Verdict::Again)
+                .map(|(k, _)| k.clone())
+                .collect();
+            if open.is_empty() {
+                break;
+            }
+            debug!(table = %self.source.relation, round, keys = open.len(), "confirming keys");
+            for batch in open.chunks(CONFIRM_BATCH) {
+                let observed = self.round(batch).await?;
+                for (k, (s, d)) in observed {
+                    if let Some(d) = d {
+                        diffs.insert(k.clone(), d);
+                    }
+                    seen.entry(k).or_default().push(s);
+                }
+            }
+            if round < rounds {
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(round))).await;
+            }
+        }
+        for (k, s) in seen {
+            match settle::settle(&s, rounds) {
+                Verdict::Differs => {
+                    let d = diffs
+                        .remove(&k)
+                        .unwrap_or(settle::RowDiff::Changed(Vec::new()));
+                    found.differences.insert(
+                        k.clone(),
+                        KeyDifference {
+                            key: k,
+                            kind: d.kind().to_owned(),
+                            columns: match d {
+                                settle::RowDiff::Changed(c) => c,
+                                _ => Vec::new(),
+                            },
+                        },
+                    );
+                }
+                Verdict::Unsettled | Verdict::Again => {
+                    found.unsettled.insert(k);
+                }
+                Verdict::Equal => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// One confirmation round over `keys`.
+    async fn round(
+        &mut self,
+        keys: &[Key],
+    ) -> anyhow::Result<BTreeMap<Key, (Seen, Option<settle::RowDiff>)>> {
+        let s = self.sessions;
+        let moved = || {
+            keys.iter()
+                .map(|k| (k.clone(), (Seen::Moved, None)))
+                .collect()
+        };
+        s.source
+            .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '2s'")
+            .await
+            .context("starting a source confirmation")?;
+        let outcome = async {
+            let source = match session::rows(&s.source, &self.source, keys, self.lock).await {
+                Ok(r) => r,
+                Err(e) if is_lock_wait(&e) => return anyhow::Ok(None),
+                Err(e) if self.lock && is_denied(&e) => {
+                    // FOR SHARE needs UPDATE on the table: without it every
+                    // difference must be seen in two rounds (see settle).
+                    warn!(table = %self.source.relation, "the source role may not lock rows (FOR SHARE needs UPDATE); confirming without locks");
+                    self.lock = false;
+                    return anyhow::Ok(None);
+                }
+                Err(e) => return Err(e).context("locking the source rows of differing keys"),
+            };
+            let at = s.source_position().await?;
+            if s.wait_applied(at, LOCKED_WAIT.min(self.wait()))
+                .await?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            let target = session::rows(&s.target, &self.target, keys, false)
+                .await
+                .context("reading the target rows of differing keys")?;
+            // Read again: rows that cannot be locked (absent, or every row
+            // when the role may not lock) must not have moved meanwhile.
+            let absent: Vec<Key> = keys
+                .iter()
+                .filter(|k| !self.lock || !source.contains_key(*k))
+                .cloned()
+                .collect();
+            let appeared = if absent.is_empty() {
+                Default::default()
+            } else {
+                session::rows(&s.source, &self.source, &absent, false)
+                    .await
+                    .context("reading the source rows of differing keys again")?
+            };
+            Ok(Some((source, target, appeared)))
+        }
+        .await;
+        let _ = s.source.batch_execute("ROLLBACK").await;
+        let Some((source, target, appeared)) = outcome? else {
+            return Ok(moved());
+        };
+        let columns = &self.source.columns;
+        let locked = self.lock;
+        Ok(keys
+            .iter()
+            .map(|k| {
+                let src = source.get(k).map(Vec::as_slice);
+                // Changed on the source between the two reads: compare again.
+                let rechecked = !locked || src.is_none();
+                let seen = if rechecked && appeared.get(k).map(Vec::as_slice) != src {
+                    (Seen::Moved, None)
+                } else {
+                    match settle::compare_rows(columns, src, target.get(k).map(Vec::as_slice)) {
+                        None => (Seen::Equal, None),
+                        Some(d) => (
+                            Seen::Differs {
+                                exact: locked && src.is_some(),
+                            },
+                            Some(d),
+                        ),
+                    }
+                };
+                (k.clone(), seen)
+            })
+            .collect())
+    }
+
+    /// A table without a key: whole-table digests, compared in up to
+    /// `rounds` rounds; equal once is clean.
+    pub async fn keyless(&mut self, found: &mut Found) -> anyhow::Result<()> {
+        let s = self.sessions;
+        for round in 1..=self.config.rounds.max(1) {
+            let at = s.snapshot().await?;
+            let read = session::digest(&s.source, &self.source, None, None).await;
+            s.end().await?;
+            let d = read?;
+            self.budget.spend(d.rows.max(0) as u64).await;
+            found.rows_checked += d.rows.max(0) as u64;
+            found.ranges += 1;
+            s.require_applied(at, self.wait()).await?;
+            let t = session::digest(&s.target, &self.target, None, None).await?;
+            if t == d {
+                found.clean_digest = Some(true);
+                found.note = Some("no primary key: compared as a whole (count and digest)".into());
+                return Ok(());
+            }
+            info!(table = %self.source.relation, round, "keyless table digests differ; comparing again");
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(round))).await;
+        }
+        found.clean_digest = Some(false);
+        found.note = Some(format!(
+            "no primary key: whole-table digests differed in all {} rounds (rows cannot be matched by key, so no keys are named)",
+            self.config.rounds.max(1)
+        ));
+        Ok(())
+    }
+}
+
+/// `(lo, hi]` cut at `cuts` (ascending keys inside the range).
+fn parts(lo: Option<&Key>, hi: Option<&Key>, cuts: Vec<Key>) -> Vec<(Option<Key>, Option<Key>)> {
+    let mut out = Vec::new();
+    let mut from = lo.cloned();
+    for c in cuts {
+        if hi.is_some_and(|h| *h == c) {
+            break;
+        }
+        out.push((from, Some(c.clone())));
+        from = Some(c);
+    }
+    out.push((from, hi.cloned()));
+    out
+}
+
+/// Permission denied (e.g. `FOR SHARE` without UPDATE privilege).
+fn is_denied(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code() == "42501")
+}
+
+/// A lock not granted in time (`lock_timeout`) or a deadlock.
+pub fn is_lock_wait(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| matches!(c.code(), "55P03" | "40P01"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parts;
+
+    fn k(v: i64) -> Vec<String> {
+        vec![v.to_string()]
+    }
+
+    #[test]
+    fn parts_cover_the_range_once() {
+        // (lo, hi, cuts, parts)
+        let cases = vec![
+            (None, None, vec![], vec![(None, None)]),
+            (
+                Some(1),
+                Some(9),
+                vec![3, 6],
+                vec![(Some(1), Some(3)), (Some(3), Some(6)), (Some(6), Some(9))],
+            ),
+            // A cut on the high bound adds no empty part.
+            (
+                None,
+                Some(9),
+                vec![5, 9],
+                vec![(None, Some(5)), (Some(5), Some(9))],
+            ),
+            (
+                Some(2),
+                None,
+                vec![4],
+                vec![(Some(2), Some(4)), (Some(4), None)],
+            ),
+        ];
+        for (lo, hi, cuts, want) in cases {
+            let got = parts(
+                lo.map(k).as_ref(),
+                hi.map(k).as_ref(),
+                cuts.into_iter().map(k).collect(),
+            );
+            let want: Vec<_> = want
+                .into_iter()
+                .map(|(a, b)| (a.map(k), b.map(k)))
+                .collect();
+            assert_eq!(got, want);
+        }
+    }
+}

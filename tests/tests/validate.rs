@@ -1,0 +1,261 @@
+//! `ferry validate` PostgreSQL → PostgreSQL through the CLI, against real
+//! throwaway servers, while pgbench-like writes run on the source: every
+//! difference planted on the target is found (and nothing else), `--repair`
+//! makes the rows equal while the stream keeps running, the running `ferry
+//! run` validates on request (`POST /validate`) and shows the results in
+//! its status and metrics, and `ferry cutover --require-validated` follows
+//! the results.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ferry_e2e::migration::{LONG, Migration, target_options};
+use ferry_e2e::pgsync::{self, BENCH_SCHEMA, Writer};
+use ferry_testkit::PgOptions;
+use serde_json::Value;
+
+const BENCH_TABLES: &[&str] = &["branches", "tellers", "accounts", "history", "docs"];
+
+/// `items`: keys 2, 4, …, 10000 (odd keys are free for extra rows), a name
+/// that is the empty string for key 404, a timestamp. The writer never
+/// touches it, so what is planted on the target stays planted.
+const ITEMS: &str = r#"
+CREATE TABLE items (id int PRIMARY KEY, name text, qty int NOT NULL, at timestamptz);
+INSERT INTO items SELECT 2 * i, CASE WHEN 2 * i = 404 THEN '' ELSE 'item ' || i END, i % 13,
+    timestamptz '2024-03-01 12:00:00.123456+00' + i * interval '1 second'
+  FROM generate_series(1, 5000) i;
+"#;
+
+/// The differences planted on the target, and how validation names them.
+const PLANT: &str = r#"
+UPDATE items SET qty = qty + 1 WHERE id = 102;
+DELETE FROM items WHERE id = 202;
+INSERT INTO items VALUES (3001, 'extra in the middle', 1, now());
+INSERT INTO items VALUES (20001, 'extra past the end', 1, now());
+UPDATE items SET name = NULL WHERE id = 404;
+UPDATE items SET at = at + interval '1 microsecond' WHERE id = 506;
+"#;
+
+fn planted() -> BTreeMap<String, (String, Vec<String>)> {
+    [
+        ("102", "changed", vec!["qty"]),
+        ("202", "missing", vec![]),
+        ("3001", "extra", vec![]),
+        ("20001", "extra", vec![]),
+        ("404", "changed", vec!["name"]),
+        ("506", "changed", vec!["at"]),
+    ]
+    .into_iter()
+    .map(|(k, kind, cols)| {
+        (
+            k.to_owned(),
+            (
+                kind.to_owned(),
+                cols.into_iter().map(String::from).collect(),
+            ),
+        )
+    })
+    .collect()
+}
+
+fn setup() -> Migration {
+    let m = Migration::new(
+        PgOptions::new(),
+        target_options(),
+        &format!("{BENCH_SCHEMA}{ITEMS}"),
+    )
+    .poll(Duration::from_millis(100))
+    // Small ranges: several windows and splits even on small tables.
+    .env("FERRY_VALIDATE_CHUNK_ROWS", "1000")
+    .env("FERRY_VALIDATE_LEAF_ROWS", "100")
+    .env("FERRY_VALIDATE_ROWS_PER_SECOND", "0");
+    m.source
+        .psql(&m.source_db, &pgsync::bench_data(20_000, 1_000))
+        .unwrap();
+    m
+}
+
+/// `ferry validate <args> --json`: exit code and the results by table.
+fn validate(m: &Migration, args: &[&str]) -> (Option<i32>, BTreeMap<String, Value>, String) {
+    let mut all = vec!["validate", "--json"];
+    all.extend_from_slice(args);
+    let ran = m.ferry(&all);
+    let results: Vec<Value> =
+        serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("{e}: {}", ran.all()));
+    let by_table = results
+        .into_iter()
+        .map(|v| (v["table"].as_str().unwrap_or_default().to_owned(), v))
+        .collect();
+    (ran.code, by_table, ran.all())
+}
+
+fn differences(v: &Value) -> BTreeMap<String, (String, Vec<String>)> {
+    v["differences"]
+        .as_array()
+        .expect("differences")
+        .iter()
+        .map(|d| {
+            let key: Vec<&str> = d["key"]
+                .as_array()
+                .expect("key")
+                .iter()
+                .map(|k| k.as_str().expect("key text"))
+                .collect();
+            let cols = d["columns"]
+                .as_array()
+                .expect("columns")
+                .iter()
+                .map(|c| c.as_str().expect("column").to_owned())
+                .collect();
+            (
+                key.join(","),
+                (d["kind"].as_str().expect("kind").to_owned(), cols),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn finds_every_planted_difference_under_writes_and_repairs_them() {
+    let m = setup();
+    let mut writer = Writer::start(&m.source_url, 20_000);
+    writer.wait_for(50, LONG).unwrap();
+    let mut ferry = m.start("run");
+    m.wait_streaming(&mut ferry);
+    m.wait_caught_up();
+    m.target.psql(&m.target_db, PLANT).unwrap();
+    let seen = writer.committed();
+    writer.wait_for(seen + 100, LONG).unwrap();
+
+    // Every keyed table, while the writer keeps committing.
+    let keyed = "public.branches,public.tellers,public.accounts,public.docs,public.items";
+    let (code, results, out) = validate(&m, &["--tables", keyed]);
+    assert_eq!(code, Some(2), "not clean exits 2:\n{out}");
+    assert_eq!(results.len(), 5, "{out}");
+    for (table, v) in &results {
+        if table == "public.items" {
+            assert_eq!(differences(v), planted(), "{out}");
+            assert_eq!(v["clean"], false);
+            assert_eq!(v["rows_checked"], 5000, "source rows of items");
+        } else {
+            assert_eq!(
+                differences(v),
+                BTreeMap::new(),
+                "false positives in {table}:\n{out}"
+            );
+            assert_eq!(v["unsettled"], serde_json::json!([]), "{table}:\n{out}");
+            assert_eq!(v["clean"], true, "{table}:\n{out}");
+        }
+        assert!(v["ranges"].as_u64().unwrap_or(0) >= 1, "{out}");
+    }
+    assert!(
+        writer.committed() > seen + 100,
+        "the writer kept committing during validation"
+    );
+
+    // The cutover refuses while a table is not clean (dry run: nothing changes).
+    let cut = m.ferry(&["cutover", "--dry-run", "--require-validated", "1h"]);
+    assert_eq!(cut.code, Some(2), "{}", cut.all());
+    assert!(
+        cut.stdout
+            .contains("public.items is not clean (6 differences"),
+        "{}",
+        cut.all()
+    );
+
+    // Repair re-copies exactly the differing keys while writes go on.
+    let (code, results, out) = validate(&m, &["--tables", "items", "--repair"]);
+    assert_eq!(code, Some(0), "{out}\n{}", ferry.log());
+    let items = &results["public.items"];
+    assert_eq!(differences(items), planted(), "{out}");
+    assert_eq!(items["repaired"], 6, "{out}");
+    assert_eq!(items["clean"], true, "{out}");
+    assert!(
+        ferry.log().contains("applier paused by the control API")
+            && ferry.log().contains("applier resumed by the control API"),
+        "the repair paused and resumed the running applier:\n{}",
+        ferry.log()
+    );
+    let (code, results, out) = validate(&m, &["--tables", "items"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(differences(&results["public.items"]), BTreeMap::new());
+
+    // Lag is never a difference: with the applier paused, a source change
+    // not yet applied makes validation wait (and give up saying why), not
+    // report the key; once resumed, the table validates clean.
+    let paused = m.ferry(&["pause"]);
+    assert_eq!(paused.code, Some(0), "{}", paused.all());
+    m.source
+        .psql(&m.source_db, "UPDATE items SET qty = 999 WHERE id = 600")
+        .unwrap();
+    let mut cmd = m.cmd();
+    cmd.env("FERRY_VALIDATE_WAIT_SECONDS", "2")
+        .args(["validate", "--tables", "items"]);
+    let waited = ferry_e2e::run(&mut cmd).unwrap();
+    assert_eq!(waited.code, Some(1), "{}", waited.all());
+    assert!(
+        waited
+            .stderr
+            .contains("the applier did not pass source position"),
+        "{}",
+        waited.all()
+    );
+    assert!(!waited.stdout.contains("600"), "{}", waited.all());
+    let resumed = m.ferry(&["resume"]);
+    assert_eq!(resumed.code, Some(0), "{}", resumed.all());
+    let (code, results, out) = validate(&m, &["--tables", "items"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(differences(&results["public.items"]), BTreeMap::new());
+
+    // The running ferry validates on request and shows the result.
+    let answer = m.control_post("/validate", r#"{"tables": ["public.items"]}"#);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"started\":true"), "{answer}");
+    let before = results["public.items"]["finished_at"].clone();
+    m.wait_until(
+        &mut ferry,
+        "the requested validation never finished",
+        || {
+            let s = m.status();
+            s["validating"] == false
+                && s["validation"].as_array().is_some_and(|v| {
+                    v.iter().any(|t| {
+                        t["table"] == "public.items"
+                            && t["finished_at"] != before
+                            && t["clean"] == true
+                    })
+                })
+        },
+    );
+    let metrics = m.control_get("/metrics");
+    assert!(
+        metrics.contains("ferry_validation_clean{table=\"public.items\"} 1"),
+        "{metrics}"
+    );
+    let text = m.ferry(&["status"]);
+    assert!(text.stdout.contains("validation"), "{}", text.all());
+
+    // The stream kept running: once writes stop, everything is equal.
+    let committed = writer.stop().unwrap();
+    assert!(committed > seen + 100);
+    let mut tables = BENCH_TABLES.to_vec();
+    tables.push("items");
+    m.compare_caught_up(&tables);
+
+    // Quiet now: every table (also the keyless history) validates clean,
+    // and the cutover accepts it.
+    let (code, results, out) = validate(&m, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(results.len(), 6, "{out}");
+    let cut = m.ferry(&["cutover", "--dry-run", "--require-validated", "1h"]);
+    assert_eq!(cut.code, Some(0), "{}", cut.all());
+    assert!(
+        cut.stdout.contains("dry run: preconditions hold"),
+        "{}",
+        cut.all()
+    );
+    let code = ferry
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
