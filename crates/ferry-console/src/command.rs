@@ -109,6 +109,14 @@ pub const COMMANDS: &[(&str, &str)] = &[
         "lag samples over a window (default 24h)",
     ),
     (
+        "SHOW VALIDATION",
+        "the last validation of each table: clean or not, rows, differing keys",
+    ),
+    (
+        "VALIDATE [table [, table …]] [REPAIR]",
+        "start a validation in the background (REPAIR re-copies differing keys)",
+    ),
+    (
         "PAUSE",
         "stop applying changes (the source keeps its position)",
     ),

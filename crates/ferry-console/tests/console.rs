@@ -391,7 +391,9 @@ async fn psql_talks_to_the_console_in_both_protocols() {
     let script = dir.path().join("console.sql");
     std::fs::write(
         &script,
-        "SHOW LAG;\nCUTOVER DRY RUN;\nSHOW TABLES \\bind \\g\nSHOW NONSENSE;\nPAUSE \\bind \\g\n",
+        "SHOW LAG;\nCUTOVER DRY RUN;\nSHOW TABLES \\bind \\g\nSHOW NONSENSE;\nPAUSE \\bind \\g\n\
+         SHOW STATUS;\nSHOW LAG HISTORY '2h' \\bind \\g\nSHOW VALIDATION;\nSHOW HELP;\n\
+         VALIDATE public.customers;\nRESUME;\nCUTOVER FENCE MAX LAG '2s' TIMEOUT '30s' KEEP SLOT \\bind \\g\n",
     )
     .unwrap();
     let out = tokio::task::spawn_blocking(move || {
@@ -428,7 +430,37 @@ async fn psql_talks_to_the_console_in_both_protocols() {
         "{stdout}"
     );
     assert!(stdout.contains("PAUSE"), "{stdout}");
-    assert!(*server.backend.paused.lock().unwrap());
+    // SHOW STATUS after PAUSE: phase stream, live, paused.
+    assert!(
+        stdout.contains("\nstream|t|t|postgres|0/3000060|"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("|1.5|2048"), "lag history row: {stdout}");
+    assert!(
+        stdout.contains("VALIDATE [table [, table …]] [REPAIR]|start a validation"),
+        "SHOW HELP: {stdout}"
+    );
+    assert!(
+        stdout.contains("t|public.customers|f|SHOW VALIDATION shows"),
+        "VALIDATE: {stdout}"
+    );
+    assert!(stdout.contains("RESUME"), "{stdout}");
+    assert!(!*server.backend.paused.lock().unwrap(), "RESUME came last");
+    assert!(
+        stdout.contains("\ncompleted|f|t|0.4|0/3000060|"),
+        "fenced CUTOVER: {stdout}"
+    );
+    let cutovers = server.backend.cutovers.lock().unwrap().clone();
+    assert_eq!(
+        cutovers.last(),
+        Some(&CutoverCommand {
+            fence: true,
+            max_lag: Duration::from_secs(2),
+            timeout: Duration::from_secs(30),
+            keep_slot: true,
+            ..CutoverCommand::default()
+        })
+    );
     assert!(
         stderr.contains("unknown console command \"SHOW NONSENSE\""),
         "{stderr}"
