@@ -33,7 +33,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 use std::sync::Arc;
 
-use ferry_core::config::{Endpoint, TableFilter};
+use ferry_core::config::{Endpoint, MySqlSourceConfig, TableFilter};
 use ferry_core::size::ApproxBytes;
 use ferry_core::source::{self, EventMap};
 use ferry_core::value::Timestamp;
@@ -159,6 +159,8 @@ impl source::ChangeHandle<MySqlPosition> for MySqlChanges {
 #[derive(Debug)]
 pub(crate) struct SchemaTracker {
     pub(crate) endpoint: Endpoint,
+    /// The `[mysql]` type policies, applied to what the catalog says.
+    pub(crate) policies: MySqlSourceConfig,
     pub(crate) flavor: Flavor,
     pub(crate) filter: TableFilter,
     /// The carried tables (grows with tables created mid-stream).
@@ -288,7 +290,13 @@ impl SchemaTracker {
             &self.filter,
         )
         .await?;
-        Ok(tables.into_iter().find(|t| &t.schema.id == table))
+        Ok(tables
+            .into_iter()
+            .find(|t| &t.schema.id == table)
+            .map(|mut t| {
+                typemap::apply_policies(&self.policies, &mut t.schema);
+                t
+            }))
     }
 }
 

@@ -7,7 +7,7 @@
 //!
 //! | MySQL / MariaDB                          | PostgreSQL          | why |
 //! |------------------------------------------|---------------------|-----|
-//! | `tinyint(1)` (signed; `BOOL`)            | `boolean`           | MySQL's boolean; values other than 0/1 are reported by the loader, never coerced |
+//! | `tinyint(1)` (signed; `BOOL`)            | `boolean`           | MySQL's boolean; values other than 0/1 are reported by the loader, never coerced; `mysql.tinyint1 = "smallint"` keeps them all ([`tinyint1_as_smallint`]) |
 //! | `tinyint`, `smallint`, `tinyint unsigned`| `smallint`          | fits |
 //! | `smallint unsigned`, `mediumint [unsigned]`, `int` | `integer` | fits |
 //! | `int unsigned`, `bigint`                 | `bigint`            | fits |
@@ -36,7 +36,9 @@
 //!
 //! Zero dates: MySQL accepts `0000-00-00` and dates with zero month/day when
 //! `sql_mode` allows; PostgreSQL has no such value. ferry writes NULL for them
-//! (policy; the loader counts them per column). `ZEROFILL` implies
+//! (policy `mysql.zero_dates = "null"`, counted per column and logged by
+//! the loader and the change stream) or stop with an error naming table,
+//! key and column (`mysql.zero_dates = "error"`). `ZEROFILL` implies
 //! `UNSIGNED` and only affects display.
 
 /// The PostgreSQL type chosen for one MySQL column type.
@@ -93,6 +95,28 @@ fn parse(column_type: &str) -> ColumnType {
         base,
         args,
         unsigned,
+    }
+}
+
+/// The `[mysql]` type policies on a table read from the catalog (the load,
+/// the change stream and tables or columns added mid-stream alike).
+pub fn apply_policies(
+    config: &ferry_core::config::MySqlSourceConfig,
+    table: &mut ferry_core::TableSchema,
+) {
+    if config.tinyint1 == ferry_core::config::Tinyint1::Smallint {
+        tinyint1_as_smallint(table);
+    }
+}
+
+/// `mysql.tinyint1 = "smallint"`: the `tinyint(1)` columns of `table`
+/// (mapped to `boolean` by default) become `smallint`, keeping every value.
+pub fn tinyint1_as_smallint(table: &mut ferry_core::TableSchema) {
+    for c in &mut table.columns {
+        let t = parse(&c.source_type);
+        if t.base == "tinyint" && !t.unsigned && t.args.first() == Some(&1) {
+            c.pg_type = "smallint".into();
+        }
     }
 }
 
