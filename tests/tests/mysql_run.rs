@@ -1029,6 +1029,115 @@ fn zero_dates_error_stops_load_and_stream_naming_table_key_and_column() {
     );
 }
 
+/// `mysql.enum`, value by value through the load and the change stream:
+/// `"text"` (the default) keeps the labels in a text column with a CHECK of
+/// the labels; `"type"` creates a PostgreSQL enum type per column.
+#[test]
+fn enum_as_checked_text_and_as_enum_type_through_load_and_stream() {
+    let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
+    let target = PgServer::start(target_options()).expect("target");
+    let logs = tempfile::tempdir().unwrap();
+    let table = "CREATE TABLE shirts (id INT PRIMARY KEY, size ENUM('small', 'medium', 'x''l') NOT NULL, fit ENUM('slim', 'loose'));";
+    let rows = |id0: u32| {
+        format!(
+            "INSERT INTO shirts VALUES ({}, 'small', 'slim'), ({}, 'medium', NULL), ({}, 'x''l', 'loose');",
+            id0 + 1,
+            id0 + 2,
+            id0 + 3
+        )
+    };
+    for (policy, size_type, fit_type) in [
+        ("text", "text".to_owned(), "text".to_owned()),
+        ("type", String::new(), String::new()),
+    ] {
+        let db = source
+            .create_database(&format!("enum_{policy}"))
+            .expect("database");
+        source
+            .sql(&db, &format!("{table} {}", rows(0)))
+            .expect("source rows");
+        let tdb = target
+            .create_database(&format!("dst_{policy}"))
+            .expect("target database");
+        let target_url = target.url(&tdb);
+        let mut ferry_run = spawn_policy_run(
+            &source.url(&db),
+            &target_url,
+            &logs.path().join(format!("{policy}.log")),
+            &[("FERRY_MYSQL_ENUM", policy)],
+        );
+        wait_until(&mut ferry_run, "the stream", || {
+            target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref()
+                == Some("stream")
+        });
+        source
+            .sql(
+                &db,
+                &format!(
+                    "{} UPDATE shirts SET size = 'x''l', fit = 'slim' WHERE id = 2;",
+                    rows(10)
+                ),
+            )
+            .expect("streamed rows");
+        let values = || {
+            target_text(
+                &target_url,
+                &format!(
+                    "SELECT string_agg(id || ':' || size::text || ':' || coalesce(fit::text, '-'), ',' ORDER BY id) FROM \"{db}\".shirts"
+                ),
+            )
+        };
+        wait_until(&mut ferry_run, "the streamed rows", || {
+            values().is_some_and(|v| v.contains("13:") && v.contains("2:x'l:slim"))
+        });
+        assert_eq!(
+            values().as_deref(),
+            Some("1:small:slim,2:x'l:slim,3:x'l:loose,11:small:slim,12:medium:-,13:x'l:loose"),
+            "mysql.enum = {policy}"
+        );
+        let column_type = |column: &str| {
+            target_text(
+                &target_url,
+                &format!(
+                    "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = '\"{db}\".shirts'::regclass AND attname = '{column}'"
+                ),
+            )
+            .unwrap()
+        };
+        let check = target_text(
+            &target_url,
+            &format!(
+                "SELECT string_agg(pg_get_constraintdef(oid), ' | ' ORDER BY conname) FROM pg_constraint WHERE conrelid = '\"{db}\".shirts'::regclass AND contype = 'c'"
+            ),
+        );
+        if policy == "text" {
+            assert_eq!(
+                (column_type("size"), column_type("fit")),
+                (size_type, fit_type)
+            );
+            let check = check.expect("CHECK constraints");
+            assert!(
+                check.contains("'small'::text")
+                    && check.contains("'x''l'::text")
+                    && check.contains("'loose'::text"),
+                "{check}"
+            );
+        } else {
+            assert_eq!(column_type("size"), format!("{db}.shirts_size"));
+            assert_eq!(column_type("fit"), format!("{db}.shirts_fit"));
+            assert_eq!(check, None, "no CHECK on enum types");
+            let labels = target_text(
+                &target_url,
+                &format!(
+                    "SELECT string_agg(enumlabel, ',' ORDER BY enumsortorder) FROM pg_enum WHERE enumtypid = '\"{db}\".shirts_size'::regtype"
+                ),
+            );
+            assert_eq!(labels.as_deref(), Some("small,medium,x'l"));
+        }
+        ferry_run.kill9().unwrap();
+    }
+}
+
 /// Every type of the mapping table (the binlog decoder's live test table):
 /// one row through the load, the same values through the change stream,
 /// and both must be the same value on the target, as expected per type.

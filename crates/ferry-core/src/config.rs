@@ -402,6 +402,9 @@ pub struct MySqlSourceConfig {
     pub zero_dates: ZeroDates,
     /// What `tinyint(1)` becomes on the target.
     pub tinyint1: Tinyint1,
+    /// What `enum(...)` becomes on the target.
+    #[serde(rename = "enum")]
+    pub enums: EnumPolicy,
     // Per-column type overrides plug in at the generic `tables` column
     // overrides (another section), not here.
 }
@@ -412,6 +415,7 @@ impl Default for MySqlSourceConfig {
             server_id: 8_470_001,
             zero_dates: ZeroDates::default(),
             tinyint1: Tinyint1::default(),
+            enums: EnumPolicy::default(),
         }
     }
 }
@@ -436,6 +440,19 @@ pub enum Tinyint1 {
     Boolean,
     /// `smallint`: every value kept.
     Smallint,
+}
+
+/// `mysql.enum`: the target type of `enum(...)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnumPolicy {
+    /// `text` with a CHECK constraint listing the labels (and `''`, MySQL's
+    /// value for an invalid one).
+    #[default]
+    Text,
+    /// A PostgreSQL enum type per column, `<table>_<column>` in the
+    /// table's schema.
+    Type,
 }
 
 /// A config that could not be read or parsed.

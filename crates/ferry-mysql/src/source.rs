@@ -52,7 +52,7 @@ use crate::catalog::{self, query_error};
 use crate::changes::{ByteBudget, MySqlChanges, SchemaTracker, pump};
 use crate::connect::{self, Flavor};
 use crate::cutover::MySqlCutover;
-use crate::ddl::{create_table, foreign_key_statements, in_list, index_statements};
+use crate::ddl::{create_table, enum_types, foreign_key_statements, in_list, index_statements};
 use crate::snapshot::{self, KeyRange, MySqlSnapshot, quote, quote_table};
 use crate::typemap;
 
@@ -416,6 +416,7 @@ impl Source for MySqlSource {
         }
         for t in &catalog.tables {
             let identity = catalog.auto_increment.get(&t.schema.id).map(String::as_str);
+            pre_data.push_str(&enum_types(t));
             pre_data.push_str(&create_table(t, identity));
         }
         let carried: BTreeSet<TableId> =
