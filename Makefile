@@ -1,7 +1,7 @@
 # ferry — the two commands a new user needs are `make demo` and `make test`.
 SHELL := /bin/bash
 CARGO ?= cargo
-DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssl sqlite3 ca-certificates
+DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssl sqlite3 ca-certificates pgloader
 
 .PHONY: setup test lint demo bench build fmt clean
 

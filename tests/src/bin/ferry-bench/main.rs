@@ -51,8 +51,12 @@
 //! If ferry fails, its log tail is printed, the reference figures are still
 //! measured and printed, and the process exits non-zero.
 //!
+//! 5. **MariaDB full load** against pgloader: see `mariadb.rs`
+//!    (`--mariadb-only` runs only it; skipped with `--cdc-only` and
+//!    `--control-only`).
+//!
 //! One module per benchmark: [`load`] (1), [`cdc`] (2), [`cutover`] (3 and
-//! 4), [`memory`]; [`harness`] holds the servers, the generated data and the
+//! 4), [`mariadb`] (5), [`memory`]; [`harness`] holds the servers, the generated data and the
 //! ferry process they share, [`report`] the figures table, [`cpu`] the CPU
 //! accounting of a drain.
 
@@ -75,6 +79,7 @@ mod cpu;
 mod cutover;
 mod harness;
 mod load;
+mod mariadb;
 mod memory;
 mod report;
 
@@ -95,6 +100,11 @@ fn main() -> ExitCode {
 fn bench_main() -> anyhow::Result<ExitCode> {
     let sizes = Sizes::from_args()?;
     let mut report = Report::new(&sizes);
+    if sizes.mariadb_only {
+        report.environment = "MariaDB full load only (--mariadb-only).".to_owned();
+        mariadb::run(&sizes, &mut report);
+        return finish(&report);
+    }
     let result = if sizes.control_only {
         report.environment =
             "Control benchmarks only (--control-only): the pgbench scale is in each row."
@@ -109,7 +119,15 @@ fn bench_main() -> anyhow::Result<ExitCode> {
     if !sizes.cdc_only {
         cutover::run_all(&sizes, &mut report);
     }
+    if !sizes.cdc_only && !sizes.control_only {
+        mariadb::run(&sizes, &mut report);
+    }
     memory::run(&mut report);
+    finish(&report)
+}
+
+/// Print and write the report; failure when anything went wrong.
+fn finish(report: &Report) -> anyhow::Result<ExitCode> {
     let text = report.render();
     say!("\n{text}");
     let path = report_path();
@@ -163,6 +181,8 @@ struct Sizes {
     control_only: bool,
     /// Only the CDC benchmarks, no raw-load reference (`--cdc-only`).
     cdc_only: bool,
+    /// Only the MariaDB full load (`--mariadb-only`).
+    mariadb_only: bool,
     wide_rows: u64,
     tpcb_tx_per_client: u64,
     multi_tx_per_client: u64,
@@ -176,14 +196,16 @@ struct Sizes {
 
 impl Sizes {
     fn from_args() -> anyhow::Result<Sizes> {
-        let (mut quick, mut control_only, mut cdc_only) = (false, false, false);
+        let (mut quick, mut control_only, mut cdc_only, mut mariadb_only) =
+            (false, false, false, false);
         for arg in std::env::args().skip(1) {
             match arg.as_str() {
                 "--quick" => quick = true,
                 "--control-only" => control_only = true,
                 "--cdc-only" => cdc_only = true,
+                "--mariadb-only" => mariadb_only = true,
                 other => bail!(
-                    "unknown argument {other:?}; usage: ferry-bench [--quick] [--control-only | --cdc-only] (sizes: FERRY_BENCH_SCALE=N)"
+                    "unknown argument {other:?}; usage: ferry-bench [--quick] [--control-only | --cdc-only | --mariadb-only] (sizes: FERRY_BENCH_SCALE=N)"
                 ),
             }
         }
@@ -217,6 +239,7 @@ impl Sizes {
             quick,
             control_only,
             cdc_only,
+            mariadb_only,
             wide_rows: s * 10_000,
             // 12,500 tpcb transactions (50k changes) per scale unit, 2 clients.
             tpcb_tx_per_client: s * 6_250,

@@ -18,6 +18,7 @@ pub(crate) struct Report {
     pub(crate) cutover: Option<cutover::CutoverFigures>,
     pub(crate) lag: Option<cutover::LagFigures>,
     pub(crate) memory: Option<ferry_e2e::memory::MemoryFigures>,
+    pub(crate) mariadb_load: Option<crate::mariadb::MariaDbLoadFigures>,
     pub(crate) failures: Vec<String>,
 }
 
@@ -58,6 +59,9 @@ impl Report {
         }
         if let Some(l) = &self.lag {
             s.push_str(&l.row());
+        }
+        if let Some(m) = &self.mariadb_load {
+            s.push_str(&m.row());
         }
         if let Some(m) = &self.memory {
             s.push_str(&memory::row(m));
