@@ -900,14 +900,22 @@ fn tinyint1_smallint_and_zero_dates_null_through_load_and_stream() {
     let tdb = target.create_database("dst").expect("target database");
     let target_url = target.url(&tdb);
     let logs = tempfile::tempdir().unwrap();
+    let settings = [
+        ("FERRY_MYSQL_TINYINT1", "smallint"),
+        ("FERRY_MYSQL_ZERO_DATES", "null"),
+    ];
+    let mut plan = ferry(&source_url, &target_url).unwrap();
+    plan.env("FERRY_SOURCE_SSLMODE", "disable")
+        .env("FERRY_TARGET_SSLMODE", "disable")
+        .envs(settings)
+        .arg("plan");
+    let planned = run(&mut plan).unwrap().all();
+    assert!(planned.contains("tinyint(1) → smallint"), "{planned}");
     let mut ferry_run = spawn_policy_run(
         &source_url,
         &target_url,
         &logs.path().join("run.log"),
-        &[
-            ("FERRY_MYSQL_TINYINT1", "smallint"),
-            ("FERRY_MYSQL_ZERO_DATES", "null"),
-        ],
+        &settings,
     );
     wait_until(&mut ferry_run, "the stream", || {
         target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
