@@ -830,6 +830,322 @@ fn a_resume_against_another_server_stops_with_a_new_load_needed() {
     );
 }
 
+/// A log without its terminal colours.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `ferry run` of `db` with extra settings; its control port is free.
+fn spawn_policy_run(
+    source_url: &str,
+    target_url: &str,
+    log: &std::path::Path,
+    settings: &[(&str, &str)],
+) -> Background {
+    let mut c = ferry(source_url, target_url).unwrap();
+    c.env("FERRY_SOURCE_SSLMODE", "disable")
+        .env("FERRY_TARGET_SSLMODE", "disable")
+        .env("FERRY_CONTROL_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("FERRY_APPLY_BATCH_MS", "100")
+        .env("FERRY_LOG", "info")
+        .envs(settings.iter().copied())
+        .arg("run");
+    Background::spawn(c, log).unwrap()
+}
+
+const POLICY_TABLE: &str = "SET SESSION sql_mode = '';
+    CREATE TABLE flags (id INT PRIMARY KEY, flag TINYINT(1), d DATE, dt DATETIME);";
+
+/// Rows `id0 + 1 ..= id0 + 4`: a plain row, zero dates, partial dates, NULLs.
+fn policy_rows(id0: u32) -> String {
+    format!(
+        "SET SESSION sql_mode = '';
+         INSERT INTO flags VALUES ({}, 0, '2024-01-02', '2024-01-02 03:04:05'),
+           ({}, 1, '0000-00-00', '0000-00-00 00:00:00'),
+           ({}, 2, '2024-00-10', '2024-01-00 10:00:00'),
+           ({}, -1, NULL, NULL);",
+        id0 + 1,
+        id0 + 2,
+        id0 + 3,
+        id0 + 4
+    )
+}
+
+/// `mysql.tinyint1 = "smallint"` and `mysql.zero_dates = "null"`, value by
+/// value through the load and the change stream: `tinyint(1)` keeps 2 and
+/// −1 in a smallint column, zero and partial dates become NULL and are
+/// counted per column.
+#[test]
+fn tinyint1_smallint_and_zero_dates_null_through_load_and_stream() {
+    let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
+    let db = source.create_database("policy").expect("database");
+    source
+        .sql(&db, &format!("{POLICY_TABLE} {}", policy_rows(0)))
+        .expect("source rows");
+    let source_url = source.url(&db);
+    let target = PgServer::start(target_options()).expect("target");
+    let tdb = target.create_database("dst").expect("target database");
+    let target_url = target.url(&tdb);
+    let logs = tempfile::tempdir().unwrap();
+    let settings = [
+        ("FERRY_MYSQL_TINYINT1", "smallint"),
+        ("FERRY_MYSQL_ZERO_DATES", "null"),
+    ];
+    let mut plan = ferry(&source_url, &target_url).unwrap();
+    plan.env("FERRY_SOURCE_SSLMODE", "disable")
+        .env("FERRY_TARGET_SSLMODE", "disable")
+        .envs(settings)
+        .arg("plan");
+    let planned = run(&mut plan).unwrap().all();
+    assert!(planned.contains("tinyint(1) → smallint"), "{planned}");
+    let mut ferry_run = spawn_policy_run(
+        &source_url,
+        &target_url,
+        &logs.path().join("run.log"),
+        &settings,
+    );
+    wait_until(&mut ferry_run, "the stream", || {
+        target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
+    });
+    source.sql(&db, &policy_rows(10)).expect("streamed rows");
+    let rows = || {
+        target_text(
+            &target_url,
+            &format!(
+                "SELECT string_agg(id || ':' || flag || ':' || coalesce(d::text, '-') || ':' || coalesce(dt::text, '-'), ',' ORDER BY id) FROM \"{db}\".flags"
+            ),
+        )
+    };
+    wait_until(&mut ferry_run, "the streamed rows", || {
+        rows().is_some_and(|r| r.contains("14:"))
+    });
+    let expect = |id0: u32| {
+        format!(
+            "{}:0:2024-01-02:2024-01-02 03:04:05,{}:1:-:-,{}:2:-:-,{}:-1:-:-",
+            id0 + 1,
+            id0 + 2,
+            id0 + 3,
+            id0 + 4
+        )
+    };
+    assert_eq!(rows(), Some(format!("{},{}", expect(0), expect(10))));
+    assert_eq!(
+        target_text(
+            &target_url,
+            &format!(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = '\"{db}\".flags'::regclass AND attname = 'flag'"
+            )
+        )
+        .as_deref(),
+        Some("smallint")
+    );
+    let log = plain(&ferry_run.log());
+    for column in ["d", "dt"] {
+        assert!(
+            log.contains(&format!(
+                "zero or partial dates loaded as NULL table={db}.flags column={column} rows=2"
+            )),
+            "load count of {column}: {log}"
+        );
+    }
+    assert!(
+        log.contains("zero or partial date written as NULL"),
+        "{log}"
+    );
+}
+
+/// `mysql.zero_dates = "error"`: a zero date stops the load, and (in a
+/// migration whose load had none) the change stream, naming the table,
+/// the key and the column.
+#[test]
+fn zero_dates_error_stops_load_and_stream_naming_table_key_and_column() {
+    let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
+    let target = PgServer::start(target_options()).expect("target");
+    let logs = tempfile::tempdir().unwrap();
+    let error = [("FERRY_MYSQL_ZERO_DATES", "error")];
+
+    let db = source.create_database("in_load").expect("database");
+    source
+        .sql(&db, &format!("{POLICY_TABLE} {}", policy_rows(0)))
+        .expect("source rows");
+    let tdb = target.create_database("dst").expect("target database");
+    let ferry_run = spawn_policy_run(
+        &source.url(&db),
+        &target.url(&tdb),
+        &logs.path().join("load.log"),
+        &error,
+    );
+    let code = ferry_run.wait(WAIT).unwrap();
+    let log = std::fs::read_to_string(logs.path().join("load.log")).unwrap();
+    assert_ne!(code, Some(0), "{log}");
+    assert!(
+        log.contains(&format!(
+            "table {db}.flags, key (id)=(2), column d: zero or partial date (mysql.zero_dates = \"error\")"
+        )),
+        "{log}"
+    );
+
+    let db = source.create_database("in_stream").expect("database");
+    source
+        .sql(
+            &db,
+            &format!("{POLICY_TABLE} INSERT INTO flags VALUES (1, 1, '2024-01-02', NULL);"),
+        )
+        .expect("source rows");
+    let tdb = target.create_database("dst2").expect("target database");
+    let target_url = target.url(&tdb);
+    let mut ferry_run = spawn_policy_run(
+        &source.url(&db),
+        &target_url,
+        &logs.path().join("stream.log"),
+        &error,
+    );
+    wait_until(&mut ferry_run, "the stream", || {
+        target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
+    });
+    source.sql(&db, &policy_rows(10)).expect("streamed rows");
+    let code = ferry_run.wait(WAIT).unwrap();
+    let log = std::fs::read_to_string(logs.path().join("stream.log")).unwrap();
+    assert_ne!(code, Some(0), "{log}");
+    assert!(
+        log.contains(&format!(
+            "table {db}.flags, key (id)=(12), column d: zero or partial date (mysql.zero_dates = \"error\")"
+        )),
+        "{log}"
+    );
+    // Nothing of the stopped transaction was applied.
+    assert_eq!(
+        target_text(
+            &target_url,
+            &format!("SELECT string_agg(id::text, ',' ORDER BY id) FROM \"{db}\".flags")
+        )
+        .as_deref(),
+        Some("1")
+    );
+}
+
+/// `mysql.enum`, value by value through the load and the change stream:
+/// `"text"` (the default) keeps the labels in a text column with a CHECK of
+/// the labels; `"type"` creates a PostgreSQL enum type per column.
+#[test]
+fn enum_as_checked_text_and_as_enum_type_through_load_and_stream() {
+    let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
+    let target = PgServer::start(target_options()).expect("target");
+    let logs = tempfile::tempdir().unwrap();
+    let table = "CREATE TABLE shirts (id INT PRIMARY KEY, size ENUM('small', 'medium', 'x''l') NOT NULL, fit ENUM('slim', 'loose'));";
+    let rows = |id0: u32| {
+        format!(
+            "INSERT INTO shirts VALUES ({}, 'small', 'slim'), ({}, 'medium', NULL), ({}, 'x''l', 'loose');",
+            id0 + 1,
+            id0 + 2,
+            id0 + 3
+        )
+    };
+    for (policy, size_type, fit_type) in [
+        ("text", "text".to_owned(), "text".to_owned()),
+        ("type", String::new(), String::new()),
+    ] {
+        let db = source
+            .create_database(&format!("enum_{policy}"))
+            .expect("database");
+        source
+            .sql(&db, &format!("{table} {}", rows(0)))
+            .expect("source rows");
+        let tdb = target
+            .create_database(&format!("dst_{policy}"))
+            .expect("target database");
+        let target_url = target.url(&tdb);
+        let mut ferry_run = spawn_policy_run(
+            &source.url(&db),
+            &target_url,
+            &logs.path().join(format!("{policy}.log")),
+            &[("FERRY_MYSQL_ENUM", policy)],
+        );
+        wait_until(&mut ferry_run, "the stream", || {
+            target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref()
+                == Some("stream")
+        });
+        source
+            .sql(
+                &db,
+                &format!(
+                    "{} UPDATE shirts SET size = 'x''l', fit = 'slim' WHERE id = 2;",
+                    rows(10)
+                ),
+            )
+            .expect("streamed rows");
+        let values = || {
+            target_text(
+                &target_url,
+                &format!(
+                    "SELECT string_agg(id || ':' || size::text || ':' || coalesce(fit::text, '-'), ',' ORDER BY id) FROM \"{db}\".shirts"
+                ),
+            )
+        };
+        wait_until(&mut ferry_run, "the streamed rows", || {
+            values().is_some_and(|v| v.contains("13:") && v.contains("2:x'l:slim"))
+        });
+        assert_eq!(
+            values().as_deref(),
+            Some("1:small:slim,2:x'l:slim,3:x'l:loose,11:small:slim,12:medium:-,13:x'l:loose"),
+            "mysql.enum = {policy}"
+        );
+        let column_type = |column: &str| {
+            target_text(
+                &target_url,
+                &format!(
+                    "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = '\"{db}\".shirts'::regclass AND attname = '{column}'"
+                ),
+            )
+            .unwrap()
+        };
+        let check = target_text(
+            &target_url,
+            &format!(
+                "SELECT string_agg(pg_get_constraintdef(oid), ' | ' ORDER BY conname) FROM pg_constraint WHERE conrelid = '\"{db}\".shirts'::regclass AND contype = 'c'"
+            ),
+        );
+        if policy == "text" {
+            assert_eq!(
+                (column_type("size"), column_type("fit")),
+                (size_type, fit_type)
+            );
+            let check = check.expect("CHECK constraints");
+            assert!(
+                check.contains("'small'::text")
+                    && check.contains("'x''l'::text")
+                    && check.contains("'loose'::text"),
+                "{check}"
+            );
+        } else {
+            assert_eq!(column_type("size"), format!("{db}.shirts_size"));
+            assert_eq!(column_type("fit"), format!("{db}.shirts_fit"));
+            assert_eq!(check, None, "no CHECK on enum types");
+            let labels = target_text(
+                &target_url,
+                &format!(
+                    "SELECT string_agg(enumlabel, ',' ORDER BY enumsortorder) FROM pg_enum WHERE enumtypid = '\"{db}\".shirts_size'::regtype"
+                ),
+            );
+            assert_eq!(labels.as_deref(), Some("small,medium,x'l"));
+        }
+        ferry_run.kill9().unwrap();
+    }
+}
+
 /// Every type of the mapping table (the binlog decoder's live test table):
 /// one row through the load, the same values through the change stream,
 /// and both must be the same value on the target, as expected per type.

@@ -439,18 +439,32 @@ impl Default for PostgresSourceConfig {
     }
 }
 
-/// MySQL/MariaDB-source settings.
+/// MySQL/MariaDB-source settings. The type policies apply to every column
+/// of their kind (per-column type overrides belong to the tables section,
+/// not here).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MySqlSourceConfig {
     /// server_id ferry uses as a replica; must be unique among replicas.
     pub server_id: u32,
+    /// Zero and partial dates (`0000-00-00`, `2024-00-10`).
+    pub zero_dates: ZeroDates,
+    /// What `tinyint(1)` becomes on the target.
+    pub tinyint1: Tinyint1,
+    /// What `enum(...)` becomes on the target.
+    #[serde(rename = "enum")]
+    pub enums: EnumPolicy,
+    // Per-column type overrides plug in at the generic `tables` column
+    // overrides (another section), not here.
 }
 
 impl Default for MySqlSourceConfig {
     fn default() -> Self {
         MySqlSourceConfig {
             server_id: 8_470_001,
+            zero_dates: ZeroDates::default(),
+            tinyint1: Tinyint1::default(),
+            enums: EnumPolicy::default(),
         }
     }
 }
@@ -485,6 +499,41 @@ impl Default for ValidateConfig {
             every_seconds: 0,
         }
     }
+}
+
+/// `mysql.zero_dates`: what a zero or partial date becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ZeroDates {
+    /// NULL, counted per column and reported.
+    #[default]
+    Null,
+    /// Stop with an error naming table, key and column.
+    Error,
+}
+
+/// `mysql.tinyint1`: the target type of `tinyint(1)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tinyint1 {
+    /// `boolean` (values other than 0 and 1 stop the run, never coerced).
+    #[default]
+    Boolean,
+    /// `smallint`: every value kept.
+    Smallint,
+}
+
+/// `mysql.enum`: the target type of `enum(...)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnumPolicy {
+    /// `text` with a CHECK constraint listing the labels (and `''`, MySQL's
+    /// value for an invalid one).
+    #[default]
+    Text,
+    /// A PostgreSQL enum type per column, `<table>_<column>` in the
+    /// table's schema.
+    Type,
 }
 
 /// A config that could not be read or parsed.

@@ -126,7 +126,10 @@ pub async fn plan(config: &Config) -> Result<SourcePlan, Error> {
     let flavor = facts.flavor();
     let url_db = connect::url_database(&config.source)?;
     let databases = catalog::databases(&mut conn, url_db.as_deref()).await?;
-    let tables = catalog::read_tables(&mut conn, flavor, &databases, &filter).await?;
+    let mut tables = catalog::read_tables(&mut conn, flavor, &databases, &filter).await?;
+    for t in &mut tables {
+        crate::typemap::apply_policies(&config.mysql, &mut t.schema);
+    }
     let cascades = cascading_keys(&mut conn, &databases).await?;
     if let Err(error) = conn.disconnect().await {
         tracing::debug!(error = %error, "closing the plan connection");

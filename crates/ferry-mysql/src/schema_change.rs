@@ -9,7 +9,7 @@
 //!
 //! | statement | verdict |
 //! |---|---|
-//! | `ALTER TABLE t ADD [COLUMN] c type [NULL] [DEFAULT NULL] [COMMENT …]` on a carried table | [`SchemaChange::AddColumns`]: carried to the target |
+//! | `ALTER TABLE t ADD [COLUMN] c type [NULL] [DEFAULT NULL] [COMMENT …]` on a carried table (with `ALGORITHM=`/`LOCK=` if given) | [`SchemaChange::AddColumns`]: carried to the target |
 //! | `CREATE TABLE t (…)` of a table the `tables` filter selects | [`SchemaChange::CreateTable`]: created on the target, its rows carried |
 //! | `CREATE INDEX`, `DROP INDEX` on a carried table | [`SchemaChange::Index`]: rows are unaffected; logged, not carried |
 //! | ADD COLUMN with NOT NULL, a non-NULL DEFAULT, AUTO_INCREMENT, a generated expression, FIRST/AFTER | [`SchemaChange::Unsupported`]: rows already in the table get a value the binlog does not carry |
@@ -136,6 +136,8 @@ fn alter_table(table: TableId, operations: &[AlterTableOperation]) -> SchemaChan
                 }
                 Err(reason) => reason,
             },
+            // How the server performs the change, not what it changes.
+            AlterTableOperation::Algorithm { .. } | AlterTableOperation::Lock { .. } => continue,
             AlterTableOperation::AddColumn {
                 column_def,
                 column_position: Some(_),
@@ -273,6 +275,16 @@ mod tests {
                 }]
             }
         );
+        assert_eq!(
+            verdict("ALTER TABLE orders ADD COLUMN n int, ALGORITHM=INSTANT, LOCK=NONE"),
+            SchemaChange::AddColumns {
+                table: orders.clone(),
+                columns: vec![AddedColumn {
+                    name: "n".into(),
+                    column_type: "int".into()
+                }]
+            }
+        );
         let SchemaChange::AddColumns { columns, .. } = verdict(
             "alter table `shop`.`orders` add `x` int unsigned null default null comment 'c', add column y decimal(10,2)",
         ) else {
@@ -326,6 +338,14 @@ mod tests {
             ("DROP TABLE orders", "dropped"),
             ("RENAME TABLE orders TO orders_old", "kind of statement"),
             ("ALTER TABLE orders ADD COLUMN ((( garbage", "cannot parse"),
+            (
+                "ALTER TABLE orders ALGORITHM=INPLACE",
+                "without changes ferry recognises",
+            ),
+            (
+                "ALTER TABLE orders ADD INDEX i (a)",
+                "changes existing columns",
+            ),
         ] {
             let reason = unsupported(sql);
             assert!(reason.contains(why), "{sql}: {reason}");

@@ -39,7 +39,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ferry_core::config::Endpoint;
+use ferry_core::config::{Endpoint, ZeroDates};
 use ferry_core::source::{self, Chunk, ChunkData};
 use ferry_core::value::{Array, Interval, Numeric, Time, Timestamp};
 use ferry_core::{Error, MySqlPosition, Row, TableId, TableSchema, Value};
@@ -78,6 +78,7 @@ pub struct MySqlSnapshot {
     conn: Arc<Mutex<Conn>>,
     position: MySqlPosition,
     endpoint: Endpoint,
+    zero_dates: ZeroDates,
 }
 
 /// MySQL has no `binlog_snapshot_*` status: refused with the fix.
@@ -92,7 +93,12 @@ pub fn refuse_without_snapshot(flavor: Flavor) -> Result<(), Error> {
 }
 
 /// Open a snapshot on `conn` (the session is dedicated to it).
-pub async fn open(conn: Conn, flavor: Flavor, endpoint: Endpoint) -> Result<MySqlSnapshot, Error> {
+pub async fn open(
+    conn: Conn,
+    flavor: Flavor,
+    endpoint: Endpoint,
+    zero_dates: ZeroDates,
+) -> Result<MySqlSnapshot, Error> {
     refuse_without_snapshot(flavor)?;
     let (conn, position) = start_snapshot(conn).await?;
     info!(position = %position, "consistent snapshot started");
@@ -100,6 +106,7 @@ pub async fn open(conn: Conn, flavor: Flavor, endpoint: Endpoint) -> Result<MySq
         conn: Arc::new(Mutex::new(conn)),
         position,
         endpoint,
+        zero_dates,
     })
 }
 
@@ -166,6 +173,7 @@ impl source::Snapshot for MySqlSnapshot {
             info!(position = %at, "snapshot reader on its own session (same binlog position)");
             return Ok(MySqlSnapshotReader {
                 conn: Arc::new(Mutex::new(conn)),
+                zero_dates: self.zero_dates,
             });
         }
         debug!(snapshot = %self.position, now = %at, "source moved on; the reader shares the snapshot session");
@@ -173,6 +181,7 @@ impl source::Snapshot for MySqlSnapshot {
         let _ = conn.disconnect().await;
         Ok(MySqlSnapshotReader {
             conn: self.conn.clone(),
+            zero_dates: self.zero_dates,
         })
     }
 
@@ -189,6 +198,7 @@ impl source::Snapshot for MySqlSnapshot {
 #[derive(Debug)]
 pub struct MySqlSnapshotReader {
     conn: Arc<Mutex<Conn>>,
+    zero_dates: ZeroDates,
 }
 
 impl source::SnapshotReader for MySqlSnapshotReader {
@@ -198,9 +208,12 @@ impl source::SnapshotReader for MySqlSnapshotReader {
         let session = self.conn.clone().lock_owned().await;
         let schema = schema.clone();
         let chunk = chunk.clone();
+        let zero_dates = self.zero_dates;
         tokio::spawn(async move {
             let mut session = session;
-            if let Err(e) = stream_rows(&mut session, &sql, &schema, &chunk, &tx).await {
+            if let Err(e) =
+                stream_rows(&mut session, &sql, (&schema, zero_dates), &chunk, &tx).await
+            {
                 let _ = tx.send(Err(e)).await;
             }
         });
@@ -261,7 +274,7 @@ fn is_spatial(source_type: &str) -> bool {
 async fn stream_rows(
     conn: &mut Conn,
     sql: &str,
-    schema: &TableSchema,
+    (schema, zero_date_policy): (&TableSchema, ZeroDates),
     chunk: &Chunk,
     tx: &mpsc::Sender<Result<Row, Error>>,
 ) -> Result<(), Error> {
@@ -289,9 +302,20 @@ async fn stream_rows(
             };
             match convert(col, v) {
                 Ok(v) => out.push(v),
-                Err(ConvError::ZeroDate) => {
+                Err(ConvError::ZeroDate) if zero_date_policy == ZeroDates::Null => {
                     *zero_dates.entry(col.name.clone()).or_default() += 1;
                     out.push(Value::Null);
+                }
+                Err(ConvError::ZeroDate) => {
+                    return Err(Error::operator(
+                        format!(
+                            "table {}, key {}, column {}: zero or partial date (mysql.zero_dates = \"error\")",
+                            schema.id,
+                            key_text(schema, &out),
+                            col.name
+                        ),
+                        "fix the date on the source, or set mysql.zero_dates = \"null\" to load such dates as NULL (counted per column)",
+                    ));
                 }
                 Err(ConvError::Invalid(why)) => {
                     return Err(Error::operator(

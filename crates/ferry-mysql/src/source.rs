@@ -36,7 +36,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_core::config::Config;
+use ferry_core::config::{Config, ZeroDates};
 use ferry_core::schema::quote_ident;
 use ferry_core::source::{
     self, ChangeOptions, Chunk, Probe, Released, Retention, Source, SuperviseContext, TargetSchema,
@@ -47,13 +47,14 @@ use mysql_async::prelude::Queryable;
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
-use crate::binlog::{self, BinlogDecoder, DecoderOptions};
+use crate::binlog::{self, BinlogDecoder, DecoderOptions, ZeroDatePolicy};
 use crate::catalog::{self, query_error};
 use crate::changes::{ByteBudget, MySqlChanges, SchemaTracker, pump};
 use crate::connect::{self, Flavor};
 use crate::cutover::MySqlCutover;
-use crate::ddl::{create_table, foreign_key_statements, in_list, index_statements};
+use crate::ddl::{create_table, enum_types, foreign_key_statements, in_list, index_statements};
 use crate::snapshot::{self, KeyRange, MySqlSnapshot, quote, quote_table};
+use crate::typemap;
 
 /// The binlog heartbeat period asked of the server (lag on an idle source).
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -321,7 +322,10 @@ impl Source for MySqlSource {
         let flavor = flavor(&mut conn).await?;
         let url_db = connect::url_database(&self.config.source)?;
         let databases = catalog::databases(&mut conn, url_db.as_deref()).await?;
-        let tables = catalog::read_tables(&mut conn, flavor, &databases, &filter).await?;
+        let mut tables = catalog::read_tables(&mut conn, flavor, &databases, &filter).await?;
+        for t in &mut tables {
+            typemap::apply_policies(&self.config.mysql, &mut t.schema);
+        }
         let auto_increment = auto_increment_columns(&mut conn, &databases).await?;
         let mut key_ranges = HashMap::new();
         let chunk_rows = self.config.load.chunk_rows;
@@ -380,6 +384,7 @@ impl Source for MySqlSource {
             self.conn().await?,
             catalog.flavor,
             self.config.source.clone(),
+            self.config.mysql.zero_dates,
         )
         .await
     }
@@ -387,7 +392,13 @@ impl Source for MySqlSource {
     async fn new_snapshot(&self) -> Result<MySqlSnapshot, Error> {
         let mut conn = self.conn().await?;
         let flavor = flavor(&mut conn).await?;
-        snapshot::open(conn, flavor, self.config.source.clone()).await
+        snapshot::open(
+            conn,
+            flavor,
+            self.config.source.clone(),
+            self.config.mysql.zero_dates,
+        )
+        .await
     }
 
     async fn target_schema(&self, catalog: &MySqlCatalog) -> Result<TargetSchema, Error> {
@@ -405,6 +416,7 @@ impl Source for MySqlSource {
         }
         for t in &catalog.tables {
             let identity = catalog.auto_increment.get(&t.schema.id).map(String::as_str);
+            pre_data.push_str(&enum_types(t));
             pre_data.push_str(&create_table(t, identity));
         }
         let carried: BTreeSet<TableId> =
@@ -447,7 +459,14 @@ impl Source for MySqlSource {
         let ids: Vec<TableId> = catalog.tables.iter().map(|t| t.schema.id.clone()).collect();
         let charsets = binlog::read_charsets(&mut conn, &ids).await?;
         drop(conn);
-        let mut decoder = BinlogDecoder::new(DecoderOptions::default(), &from)?;
+        let decoding = DecoderOptions {
+            zero_dates: match self.config.mysql.zero_dates {
+                ZeroDates::Null => ZeroDatePolicy::Null,
+                ZeroDates::Error => ZeroDatePolicy::Error,
+            },
+            ..DecoderOptions::default()
+        };
+        let mut decoder = BinlogDecoder::new(decoding, &from)?;
         for t in &catalog.tables {
             decoder.set_table(t.schema.clone());
         }
@@ -471,6 +490,7 @@ impl Source for MySqlSource {
         let tracker =
             SchemaTracker {
                 endpoint: self.config.source.clone(),
+                policies: self.config.mysql.clone(),
                 flavor: catalog.flavor,
                 filter: self.config.tables.filter().map_err(|e| {
                     Error::operator(format!("tables: {e}"), "fix the tables section")

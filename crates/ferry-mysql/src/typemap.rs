@@ -7,7 +7,7 @@
 //!
 //! | MySQL / MariaDB                          | PostgreSQL          | why |
 //! |------------------------------------------|---------------------|-----|
-//! | `tinyint(1)` (signed; `BOOL`)            | `boolean`           | MySQL's boolean; values other than 0/1 are reported by the loader, never coerced |
+//! | `tinyint(1)` (signed; `BOOL`)            | `boolean`           | MySQL's boolean; values other than 0/1 are reported by the loader, never coerced; `mysql.tinyint1 = "smallint"` keeps them all ([`tinyint1_as_smallint`]) |
 //! | `tinyint`, `smallint`, `tinyint unsigned`| `smallint`          | fits |
 //! | `smallint unsigned`, `mediumint [unsigned]`, `int` | `integer` | fits |
 //! | `int unsigned`, `bigint`                 | `bigint`            | fits |
@@ -27,7 +27,7 @@
 //! | `time(p)`                                | `interval`          | MySQL TIME spans −838:59:59 … 838:59:59, beyond PG `time` |
 //! | `year`                                   | `smallint`          | |
 //! | `json` (MySQL; MariaDB `longtext` + `json_valid` check) | `jsonb` | |
-//! | `enum(...)`                              | `text`              | labels kept as text (no CHECK generated) |
+//! | `enum(...)`                              | `text` with `CHECK (c IN ('', labels…))` | `mysql.enum = "type"`: a PostgreSQL enum type per column, `<table>_<column>` ([`enum_type_name`]); `''` is MySQL's value for an invalid label, which an enum type cannot hold (the run stops on it) |
 //! | `set(...)`                               | `text[]`            | one element per member |
 //! | `geometry`, `point`, … (spatial)         | `bytea`             | WKB as MySQL stores it (without the SRID prefix) |
 //! | MariaDB `uuid`                           | `uuid`              | |
@@ -36,7 +36,9 @@
 //!
 //! Zero dates: MySQL accepts `0000-00-00` and dates with zero month/day when
 //! `sql_mode` allows; PostgreSQL has no such value. ferry writes NULL for them
-//! (policy; the loader counts them per column). `ZEROFILL` implies
+//! (policy `mysql.zero_dates = "null"`, counted per column and logged by
+//! the loader and the change stream) or stop with an error naming table,
+//! key and column (`mysql.zero_dates = "error"`). `ZEROFILL` implies
 //! `UNSIGNED` and only affects display.
 
 /// The PostgreSQL type chosen for one MySQL column type.
@@ -93,6 +95,67 @@ fn parse(column_type: &str) -> ColumnType {
         base,
         args,
         unsigned,
+    }
+}
+
+/// The `[mysql]` type policies on a table read from the catalog (the load,
+/// the change stream and tables or columns added mid-stream alike).
+pub fn apply_policies(
+    config: &ferry_core::config::MySqlSourceConfig,
+    table: &mut ferry_core::TableSchema,
+) {
+    if config.tinyint1 == ferry_core::config::Tinyint1::Smallint {
+        tinyint1_as_smallint(table);
+    }
+    if config.enums == ferry_core::config::EnumPolicy::Type {
+        let id = table.id.clone();
+        for c in &mut table.columns {
+            if parse(&c.source_type).base == "enum" {
+                c.pg_type = format!(
+                    "{}.{}",
+                    ferry_core::schema::quote_ident(&id.schema),
+                    enum_type_name(&id.name, &c.name)
+                );
+            }
+        }
+    }
+}
+
+/// The PostgreSQL enum type of an `enum(...)` column under `mysql.enum =
+/// "type"`: `<table>_<column>` lower-cased, other characters than
+/// letters, digits and `_` replaced by `_`, at most 63 bytes, so that it
+/// never needs quoting.
+pub fn enum_type_name(table: &str, column: &str) -> String {
+    let mut name: String = format!("{table}_{column}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        name.insert(0, '_');
+    }
+    name.truncate(63);
+    name
+}
+
+/// Whether `pg_type` is a per-column enum type ([`enum_type_name`]).
+pub fn is_enum_type(column_type: &str, pg_type: &str) -> bool {
+    parse(column_type).base == "enum" && pg_type != "text"
+}
+
+/// `mysql.tinyint1 = "smallint"`: the `tinyint(1)` columns of `table`
+/// (mapped to `boolean` by default) become `smallint`, keeping every value.
+pub fn tinyint1_as_smallint(table: &mut ferry_core::TableSchema) {
+    for c in &mut table.columns {
+        let t = parse(&c.source_type);
+        if t.base == "tinyint" && !t.unsigned && t.args.first() == Some(&1) {
+            c.pg_type = "smallint".into();
+        }
     }
 }
 
@@ -157,6 +220,14 @@ pub fn map_column_type(column_type: &str) -> PgMapping {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn enum_type_names_never_need_quoting() {
+        assert_eq!(enum_type_name("Orders", "Size"), "orders_size");
+        assert_eq!(enum_type_name("a-b", "ç"), "a_b__");
+        assert_eq!(enum_type_name("1t", "c"), "_1t_c");
+        assert_eq!(enum_type_name(&"x".repeat(40), &"y".repeat(40)).len(), 63);
+    }
 
     #[test]
     fn mapping_table() {

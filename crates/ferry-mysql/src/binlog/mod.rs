@@ -843,7 +843,7 @@ impl BinlogDecoder {
                 Err(ConvError::ZeroDate) => {
                     failure.get_or_insert((
                         i,
-                        "zero or partial date (zero_dates policy is error)".into(),
+                        "zero or partial date (mysql.zero_dates = \"error\")".into(),
                     ));
                     values.push(Value::Null);
                 }

@@ -58,9 +58,11 @@
 //! 6. **SQLite source**: full load of a generated file against pgloader,
 //!    capture cost on the application, drain, lag; see `sqlite.rs`.
 //!    `--sqlite-only` runs only this one.
+//! 7. **MariaDB full load** against pgloader: see `mariadb.rs`
+//!    (`--mariadb-only` runs only it).
 //!
 //! One module per benchmark: [`load`] (1), [`cdc`] (2), [`cutover`] (3 and
-//! 4), [`memory`]; [`harness`] holds the servers, the generated data and the
+//! 4), [`mariadb`] (5), [`memory`]; [`harness`] holds the servers, the generated data and the
 //! ferry process they share, [`report`] the figures table, [`cpu`] the CPU
 //! accounting of a drain.
 
@@ -83,6 +85,7 @@ mod cpu;
 mod cutover;
 mod harness;
 mod load;
+mod mariadb;
 mod memory;
 mod report;
 mod sqlite;
@@ -123,6 +126,9 @@ fn bench_main() -> anyhow::Result<ExitCode> {
     }
     if matches!(sizes.only, None | Some(Only::Sqlite)) {
         run_sqlite(&sizes, &mut report);
+    }
+    if matches!(sizes.only, None | Some(Only::MariaDb)) {
+        mariadb::run(&sizes, &mut report);
     }
     if matches!(sizes.only, None | Some(Only::Control | Only::Cdc)) {
         memory::run(&mut report);
@@ -196,6 +202,8 @@ enum Only {
     Validate,
     /// The SQLite source (`--sqlite-only`).
     Sqlite,
+    /// The MariaDB full load (`--mariadb-only`).
+    MariaDb,
 }
 
 impl Only {
@@ -214,6 +222,7 @@ impl Only {
             Only::Load => "--load-only",
             Only::Validate => "--validate-only",
             Only::Sqlite => "--sqlite-only",
+            Only::MariaDb => "--mariadb-only",
         }
     }
 
@@ -224,6 +233,7 @@ impl Only {
             Only::Load => "Full-load benchmark",
             Only::Validate => "Validation benchmark",
             Only::Sqlite => "SQLite source benchmark",
+            Only::MariaDb => "MariaDB full-load benchmark",
         }
     }
 }

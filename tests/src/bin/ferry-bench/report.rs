@@ -21,6 +21,7 @@ pub(crate) struct Report {
     pub(crate) memory: Option<ferry_e2e::memory::MemoryFigures>,
     pub(crate) sqlite: Option<SqliteFigures>,
     pub(crate) validate: Option<crate::validate::ValidateFigures>,
+    pub(crate) mariadb_load: Option<crate::mariadb::MariaDbLoadFigures>,
     pub(crate) failures: Vec<String>,
 }
 
@@ -61,6 +62,9 @@ impl Report {
         }
         if let Some(l) = &self.lag {
             s.push_str(&l.row());
+        }
+        if let Some(m) = &self.mariadb_load {
+            s.push_str(&m.row());
         }
         if let Some(m) = &self.memory {
             s.push_str(&memory::row(m));
