@@ -68,7 +68,11 @@ fn setup() -> Migration {
     // Small ranges: several windows and splits even on small tables.
     .env("FERRY_VALIDATE_CHUNK_ROWS", "1000")
     .env("FERRY_VALIDATE_LEAF_ROWS", "100")
-    .env("FERRY_VALIDATE_ROWS_PER_SECOND", "0");
+    .env("FERRY_VALIDATE_ROWS_PER_SECOND", "0")
+    // The writer is unthrottled: on a loaded 2-core machine the applier may
+    // trail it by minutes, and validation waits for it rather than call lag
+    // a difference.
+    .env("FERRY_VALIDATE_WAIT_SECONDS", "600");
     m.source
         .psql(&m.source_db, &pgsync::bench_data(20_000, 1_000))
         .unwrap();

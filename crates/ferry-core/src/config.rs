@@ -480,7 +480,8 @@ pub struct ValidateConfig {
     /// A differing range of at most this many rows is compared row by row.
     pub leaf_rows: u64,
     /// Times a differing key is checked again before it is reported as
-    /// unsettled (changing too fast to compare).
+    /// unsettled (changing too fast to compare); at least 2, since a
+    /// difference counts once two rounds in a row see it.
     pub rounds: u32,
     /// Longest wait for the applier to pass a range's source position.
     pub wait_seconds: u64,
@@ -766,8 +767,11 @@ impl Config {
         if self.validate.chunk_rows == 0 || self.validate.leaf_rows == 0 {
             problems.push("validate.chunk_rows and validate.leaf_rows must be at least 1".into());
         }
-        if self.validate.rounds == 0 {
-            problems.push("validate.rounds must be at least 1".into());
+        if self.validate.rounds < 2 {
+            problems.push(
+                "validate.rounds must be at least 2: a difference counts once two rounds in a row see it (nothing on the source is locked)"
+                    .into(),
+            );
         }
         if self.validate.wait_seconds == 0 {
             problems.push("validate.wait_seconds must be at least 1".into());

@@ -194,21 +194,21 @@ impl Shape {
         )
     }
 
-    /// The rows of the given keys, each column as text (NULL stays NULL);
-    /// `lock`: `FOR SHARE`, so no writer changes them until commit.
-    pub fn rows_sql(&self, lock: bool) -> String {
+    /// The rows of the given keys, each column as text (NULL stays NULL).
+    /// Never locked: validation must not make the application's writers
+    /// wait (see [`super::settle::settle`] for why two reads suffice).
+    pub fn rows_sql(&self) -> String {
         let cols: Vec<String> = self
             .columns
             .iter()
             .map(|c| format!("{}::text", quote_ident(c)))
             .collect();
         format!(
-            "SELECT {}, ARRAY[{}]::text[] FROM {} WHERE {}{}",
+            "SELECT {}, ARRAY[{}]::text[] FROM {} WHERE {}",
             self.key_texts(),
             cols.join(", "),
             self.relation,
             self.key_in(),
-            if lock { " FOR SHARE" } else { "" }
         )
     }
 
@@ -297,8 +297,8 @@ mod tests {
     fn key_lists_and_repair_sql() {
         let s = Shape::new(&schema(), &TableId::new("app", "Order Lines"));
         assert_eq!(
-            s.rows_sql(true),
-            "SELECT ARRAY[\"order\"::text, \"line\"::text]::text[], ARRAY[\"order\"::text, \"line\"::text, \"note\"::text]::text[] FROM \"app\".\"Order Lines\" WHERE (\"order\", \"line\") IN (SELECT u.u0::bigint, u.u1::integer FROM unnest($1::text[], $2::text[]) AS u(u0, u1)) FOR SHARE"
+            s.rows_sql(),
+            "SELECT ARRAY[\"order\"::text, \"line\"::text]::text[], ARRAY[\"order\"::text, \"line\"::text, \"note\"::text]::text[] FROM \"app\".\"Order Lines\" WHERE (\"order\", \"line\") IN (SELECT u.u0::bigint, u.u1::integer FROM unnest($1::text[], $2::text[]) AS u(u0, u1))"
         );
         let types: Vec<String> = ["bigint", "integer", "text"].map(String::from).to_vec();
         assert_eq!(

@@ -7,8 +7,9 @@
 //!     │ count + digest of (lo, hi]           ┌─ applied checkpoint ≥ P ─┐
 //!     ▼                                      ▼                          │
 //!  compare with the target's digest of (lo, hi] ── differ ──▶ narrow ──▶ leaf:
-//!  per-row hashes ──▶ candidate keys ──▶ confirm (rows locked FOR SHARE,
-//!  applied ≥ P, value by value) ──▶ differences / unsettled ──▶ [repair]
+//!  per-row hashes ──▶ candidate keys ──▶ confirm (source read, applied
+//!  ≥ P, target read, source read again; value by value; two rounds)
+//!  ──▶ differences / unsettled ──▶ [repair]
 //!  ──▶ confirm again ──▶ result per table in <state>.validations
 //! ```
 //!
@@ -22,9 +23,11 @@
 //!
 //! Invariants: the target is read for a range only once the applier has
 //! passed the source position the range was read at, so lag is never a
-//! difference; a key is reported different only when a round saw it differ
-//! with its source row locked from before that position until after the
-//! target read (or, absent on the source, in two rounds in a row); a key
+//! difference; a key is reported different only when two rounds in a row
+//! saw it differ, each with the source row unchanged from before the
+//! position it waited for until after the target read; nothing on the
+//! source is ever locked (the application's writers never wait for
+//! validation); a key
 //! still changing after `validate.rounds` rounds is reported unsettled and
 //! the table is not clean — never called equal. Source reads stay within
 //! `validate.rows_per_second`.
@@ -235,7 +238,6 @@ async fn one_table(
         source: Shape::new(schema, &schema.id),
         target: Shape::new(schema, &target_id),
         budget,
-        lock: true,
     };
     let mut found = table::Found::default();
     let context = || format!("validating {}", schema.id);

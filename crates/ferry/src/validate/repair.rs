@@ -110,7 +110,7 @@ async fn once(
             )
             .await?
             .map(|r| r.get(0));
-        let rows = session::rows(&sessions.source, source, keys, false)
+        let rows = session::rows(&sessions.source, source, keys)
             .await
             .context("reading the source rows to repair")?;
         let at = sessions.source_position().await?;

@@ -249,18 +249,13 @@ pub async fn hashes(
 /// The rows of `keys`, columns as text.
 pub type Rows = BTreeMap<Key, Vec<Option<String>>>;
 
-/// Read the rows of `keys` (`lock`: `FOR SHARE`).
-pub async fn rows(
-    c: &Client,
-    shape: &Shape,
-    keys: &[Key],
-    lock: bool,
-) -> Result<Rows, tokio_postgres::Error> {
+/// Read the rows of `keys` (without locking them).
+pub async fn rows(c: &Client, shape: &Shape, keys: &[Key]) -> Result<Rows, tokio_postgres::Error> {
     let columns: Vec<Vec<&str>> = (0..shape.key_width())
         .map(|i| keys.iter().map(|k| k[i].as_str()).collect())
         .collect();
     let p: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-    let found = c.query(&shape.rows_sql(lock), &p).await?;
+    let found = c.query(&shape.rows_sql(), &p).await?;
     Ok(found
         .into_iter()
         .map(|r| (key_of(r.get(0)), r.get(1)))

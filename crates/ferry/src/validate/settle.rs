@@ -18,14 +18,15 @@ pub type Key = Vec<String>;
 pub enum Seen {
     /// Source and target rows are equal: an earlier difference was lag.
     Equal,
-    /// The rows differ. `exact`: the source row was locked (`FOR SHARE`)
-    /// from before the source position was read until the target had
-    /// applied past it, so nothing can have changed it in between. A row
-    /// absent on the source cannot be locked: not exact.
-    Differs { exact: bool },
-    /// The round could not compare: the source row changed during it, a
-    /// lock was not granted in time, or the applier did not pass the
-    /// position in time.
+    /// The rows differ, and the source row (or its absence) read before the
+    /// position the round waited for is the one read again after the
+    /// target read: the target had applied past every change the source
+    /// row had then, so the difference is real, unless the row changed and
+    /// changed back in between (an A→B→A the two reads cannot see), which
+    /// is why one round is not enough (see [`settle`]).
+    Differs,
+    /// The round could not compare: the source row changed during it, or
+    /// the applier did not pass the position in time.
     Moved,
 }
 
@@ -42,19 +43,17 @@ pub enum Verdict {
 }
 
 /// The verdict on a key from the rounds `seen` so far (oldest first), with
-/// at most `rounds` rounds. A locked difference is settled at once; an
-/// unlocked one (row absent on the source) must be seen in two rounds in a
-/// row, so a row inserted and deleted again between the reads is not
-/// called extra.
+/// at most `rounds` rounds. Source rows are never locked (validation must
+/// not make the application wait), so a difference must be seen in two
+/// rounds in a row: a row changed and changed back between the two reads
+/// of one round (or inserted and deleted again) is then not reported
+/// unless it does so twice, each time around a target read.
 pub fn settle(seen: &[Seen], rounds: u32) -> Verdict {
     let n = seen.len();
     match seen.last() {
         None => return Verdict::Again,
         Some(Seen::Equal) => return Verdict::Equal,
-        Some(Seen::Differs { exact: true }) => return Verdict::Differs,
-        Some(Seen::Differs { exact: false })
-            if n >= 2 && matches!(seen[n - 2], Seen::Differs { .. }) =>
-        {
+        Some(Seen::Differs) if n >= 2 && seen[n - 2] == Seen::Differs => {
             return Verdict::Differs;
         }
         Some(_) => {}
@@ -179,9 +178,6 @@ mod tests {
     use super::*;
     use Seen::{Differs, Equal, Moved};
 
-    const LOCKED: Seen = Differs { exact: true };
-    const UNLOCKED: Seen = Differs { exact: false };
-
     #[test]
     fn settle_by_rounds() {
         // (rounds seen, bound, verdict)
@@ -190,20 +186,19 @@ mod tests {
             (&[Equal], 5, Verdict::Equal),
             // Lag: moved, then equal once the applier passed it.
             (&[Moved, Moved, Equal], 5, Verdict::Equal),
-            (&[LOCKED], 5, Verdict::Differs),
-            (&[Moved, LOCKED], 5, Verdict::Differs),
-            // A row absent on the source needs two rounds in a row.
-            (&[UNLOCKED], 5, Verdict::Again),
-            (&[UNLOCKED, UNLOCKED], 5, Verdict::Differs),
-            (&[UNLOCKED, Moved], 5, Verdict::Again),
-            (&[UNLOCKED, Moved, UNLOCKED], 5, Verdict::Again),
-            (&[LOCKED, UNLOCKED], 5, Verdict::Differs),
-            (&[UNLOCKED, Equal], 5, Verdict::Equal),
+            // A difference needs two rounds in a row.
+            (&[Differs], 5, Verdict::Again),
+            (&[Moved, Differs], 5, Verdict::Again),
+            (&[Differs, Differs], 5, Verdict::Differs),
+            (&[Moved, Differs, Differs], 5, Verdict::Differs),
+            (&[Differs, Moved], 5, Verdict::Again),
+            (&[Differs, Moved, Differs], 5, Verdict::Again),
+            (&[Differs, Equal], 5, Verdict::Equal),
             // The bound: still moving is unsettled, never equal or differing.
             (&[Moved, Moved, Moved], 3, Verdict::Unsettled),
             (&[Moved, Moved], 3, Verdict::Again),
-            (&[UNLOCKED], 1, Verdict::Unsettled),
-            (&[Moved, Moved, UNLOCKED], 3, Verdict::Unsettled),
+            (&[Differs], 1, Verdict::Unsettled),
+            (&[Moved, Moved, Differs], 3, Verdict::Unsettled),
         ];
         for (seen, rounds, want) in cases {
             assert_eq!(settle(seen, *rounds), *want, "{seen:?} of {rounds}");

@@ -17,14 +17,14 @@
 //!    that differ become candidates.
 //! 3. Confirm: see [`super::settle::settle`]. A candidate differs only
 //!    because the target read came after a later change, or because it
-//!    truly differs. Each round locks the source rows (`FOR SHARE`, with a
-//!    lock timeout, held at most [`LOCKED_WAIT`]), reads the position,
-//!    waits for the applier to pass it, reads the target rows and compares
-//!    value by value: a locked row cannot have changed in between, so a
-//!    difference seen then is real. Rows absent on the source are checked
-//!    again after the target read and must differ in two rounds; so must
-//!    every row when the source role may not lock (`FOR SHARE` needs the
-//!    UPDATE privilege), which validation then says in its log.
+//!    truly differs. Each round reads the source rows, then the source
+//!    position, waits for the applier to pass it, reads the target rows,
+//!    and reads the source rows again: a key whose source row moved
+//!    between the two reads is compared in another round; otherwise the
+//!    target had applied every change the row had, and the rows are
+//!    compared value by value. Nothing is locked on the source (the
+//!    application's writers never wait for validation), so a difference
+//!    must be seen in two rounds in a row.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -33,7 +33,7 @@ use anyhow::Context;
 use ferry_core::config::ValidateConfig;
 use ferry_core::position::Lsn;
 use ferry_monitor::status::KeyDifference;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::digest::Shape;
 use super::session::{self, Digest, Sessions};
@@ -45,8 +45,6 @@ const WINDOW: usize = 8;
 const FANOUT: i64 = 8;
 /// Keys confirmed in one round (one statement per side).
 const CONFIRM_BATCH: usize = 1000;
-/// Longest time source rows stay locked while the applier catches up.
-const LOCKED_WAIT: Duration = Duration::from_secs(10);
 
 /// What one table's validation found.
 #[derive(Debug, Default)]
@@ -76,9 +74,6 @@ pub struct TableCheck<'a> {
     pub source: Shape,
     pub target: Shape,
     pub budget: &'a mut super::Budget,
-    /// Confirm with the source rows locked `FOR SHARE` (turned off when
-    /// the source role may not).
-    pub lock: bool,
 }
 
 impl TableCheck<'_> {
@@ -302,84 +297,40 @@ impl TableCheck<'_> {
         Ok(())
     }
 
-    /// One confirmation round over `keys`.
+    /// One confirmation round over `keys` (see the module note, step 3).
     async fn round(
         &mut self,
         keys: &[Key],
     ) -> anyhow::Result<BTreeMap<Key, (Seen, Option<settle::RowDiff>)>> {
         let s = self.sessions;
-        let moved = || {
-            keys.iter()
-                .map(|k| (k.clone(), (Seen::Moved, None)))
-                .collect()
-        };
-        s.source
-            .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '2s'")
+        let source = session::rows(&s.source, &self.source, keys)
             .await
-            .context("starting a source confirmation")?;
-        let outcome = async {
-            let source = match session::rows(&s.source, &self.source, keys, self.lock).await {
-                Ok(r) => r,
-                Err(e) if is_lock_wait(&e) => return anyhow::Ok(None),
-                Err(e) if self.lock && is_denied(&e) => {
-                    // FOR SHARE needs UPDATE on the table: without it every
-                    // difference must be seen in two rounds (see settle).
-                    warn!(table = %self.source.relation, "the source role may not lock rows (FOR SHARE needs UPDATE); confirming without locks");
-                    self.lock = false;
-                    return anyhow::Ok(None);
-                }
-                Err(e) => return Err(e).context("locking the source rows of differing keys"),
-            };
-            let at = s.source_position().await?;
-            if s.wait_applied(at, LOCKED_WAIT.min(self.wait()))
-                .await?
-                .is_none()
-            {
-                return Ok(None);
-            }
-            let target = session::rows(&s.target, &self.target, keys, false)
-                .await
-                .context("reading the target rows of differing keys")?;
-            // Read again: rows that cannot be locked (absent, or every row
-            // when the role may not lock) must not have moved meanwhile.
-            let absent: Vec<Key> = keys
+            .context("reading the source rows of differing keys")?;
+        let at = s.source_position().await?;
+        if s.wait_applied(at, self.wait()).await?.is_none() {
+            return Ok(keys
                 .iter()
-                .filter(|k| !self.lock || !source.contains_key(*k))
-                .cloned()
-                .collect();
-            let appeared = if absent.is_empty() {
-                Default::default()
-            } else {
-                session::rows(&s.source, &self.source, &absent, false)
-                    .await
-                    .context("reading the source rows of differing keys again")?
-            };
-            Ok(Some((source, target, appeared)))
+                .map(|k| (k.clone(), (Seen::Moved, None)))
+                .collect());
         }
-        .await;
-        let _ = s.source.batch_execute("ROLLBACK").await;
-        let Some((source, target, appeared)) = outcome? else {
-            return Ok(moved());
-        };
+        let target = session::rows(&s.target, &self.target, keys)
+            .await
+            .context("reading the target rows of differing keys")?;
+        let again = session::rows(&s.source, &self.source, keys)
+            .await
+            .context("reading the source rows of differing keys again")?;
         let columns = &self.source.columns;
-        let locked = self.lock;
         Ok(keys
             .iter()
             .map(|k| {
                 let src = source.get(k).map(Vec::as_slice);
-                // Changed on the source between the two reads: compare again.
-                let rechecked = !locked || src.is_none();
-                let seen = if rechecked && appeared.get(k).map(Vec::as_slice) != src {
+                let seen = if again.get(k).map(Vec::as_slice) != src {
+                    // Changed on the source meanwhile: compare again.
                     (Seen::Moved, None)
                 } else {
                     match settle::compare_rows(columns, src, target.get(k).map(Vec::as_slice)) {
                         None => (Seen::Equal, None),
-                        Some(d) => (
-                            Seen::Differs {
-                                exact: locked && src.is_some(),
-                            },
-                            Some(d),
-                        ),
+                        Some(d) => (Seen::Differs, Some(d)),
                     }
                 };
                 (k.clone(), seen)
@@ -431,11 +382,6 @@ fn parts(lo: Option<&Key>, hi: Option<&Key>, cuts: Vec<Key>) -> Vec<(Option<Key>
     }
     out.push((from, hi.cloned()));
     out
-}
-
-/// Permission denied (e.g. `FOR SHARE` without UPDATE privilege).
-fn is_denied(e: &tokio_postgres::Error) -> bool {
-    e.code().is_some_and(|c| c.code() == "42501")
 }
 
 /// A lock not granted in time (`lock_timeout`) or a deadlock.
