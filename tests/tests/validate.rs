@@ -251,7 +251,6 @@ fn finds_every_planted_difference_under_writes_and_repairs_them() {
     let found = differences(accounts);
     // Rows the writer deleted, moved or updated since are not among them.
     assert!(!found.is_empty(), "{out}");
-    eprintln!("{out}");
     assert!(
         found.iter().all(
             |(k, (kind, cols))| k.parse::<i64>().is_ok_and(|aid| aid <= 5000)
