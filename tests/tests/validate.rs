@@ -291,3 +291,44 @@ fn finds_every_planted_difference_under_writes_and_repairs_them() {
         .unwrap();
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn a_running_ferry_validates_on_its_schedule() {
+    let m = Migration::new(PgOptions::new(), target_options(), ITEMS)
+        .poll(Duration::from_millis(100))
+        .env("FERRY_VALIDATE_EVERY_SECONDS", "2");
+    let mut ferry = m.start("run");
+    m.wait_streaming(&mut ferry);
+    m.target
+        .psql(&m.target_db, "DELETE FROM items WHERE id = 4242")
+        .unwrap();
+    // No request: the schedule finds the missing row by itself.
+    m.wait_until(
+        &mut ferry,
+        "no scheduled validation found the missing row",
+        || {
+            m.status()["validation"].as_array().is_some_and(|v| {
+                v.iter().any(|t| {
+                    t["table"] == "public.items"
+                        && t["clean"] == false
+                        && differences(t)
+                            == BTreeMap::from([("4242".to_owned(), ("missing".to_owned(), vec![]))])
+                })
+            })
+        },
+    );
+    assert!(
+        ferry.log().contains("scheduled validation started"),
+        "{}",
+        ferry.log()
+    );
+    let metrics = m.control_get("/metrics");
+    assert!(
+        metrics.contains("ferry_validation_differences{table=\"public.items\"} 1"),
+        "{metrics}"
+    );
+    let code = ferry
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
