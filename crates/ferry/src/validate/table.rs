@@ -18,10 +18,11 @@
 //!    level at a time, with one wait for the applier per level.
 //! 3. Confirm: see [`super::settle::settle`]. A candidate differs only
 //!    because the target read came after a later change, or because it
-//!    truly differs. Each round locks the source rows (`FOR SHARE`, with a
-//!    lock timeout, held at most [`LOCKED_WAIT`]), reads the position,
-//!    waits for the applier to pass it, reads the target rows and compares
-//!    value by value: a locked row cannot have changed in between, so a
+//!    truly differs. Each round waits (holding nothing) until the applier
+//!    has passed the source's current position, then locks the source rows
+//!    (`FOR SHARE`, with a lock timeout, held at most [`LOCKED_WAIT`]),
+//!    reads the position, waits for the applier to pass it, reads the
+//!    target rows and compares value by value: a locked row cannot have changed in between, so a
 //!    difference seen then is real. Rows absent on the source are checked
 //!    again after the target read and must differ in two rounds; so must
 //!    every row when the source role may not lock (`FOR SHARE` needs the
@@ -360,6 +361,10 @@ impl TableCheck<'_> {
                 .map(|k| (k.clone(), (Seen::Moved, None)))
                 .collect()
         };
+        // Catch up first without holding locks, so that the locked wait
+        // below only covers the last moments of lag.
+        let now = s.source_position().await?;
+        s.require_applied(now, self.wait()).await?;
         s.source
             .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '2s'")
             .await
