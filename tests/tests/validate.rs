@@ -239,9 +239,41 @@ fn finds_every_planted_difference_under_writes_and_repairs_them() {
     let text = m.ferry(&["status"]);
     assert!(text.stdout.contains("validation"), "{}", text.all());
 
+    // Repair racing the writer on the same keys: a quarter of the accounts
+    // differ on the target while the writer keeps updating random accounts;
+    // after the repair and the stream, they all equal the source (checked
+    // below once writes stop).
+    m.target
+        .psql(
+            &m.target_db,
+            "UPDATE accounts SET filler = 'planted' WHERE aid <= 5000",
+        )
+        .unwrap();
+    let (code, results, out) = validate(&m, &["--tables", "accounts", "--repair"]);
+    assert_eq!(code, Some(0), "{out}");
+    let accounts = &results["public.accounts"];
+    let found = differences(accounts);
+    // Rows the writer deleted, moved or updated since are not among them.
+    assert!(!found.is_empty(), "{out}");
+    assert!(
+        found.iter().all(
+            |(k, (kind, cols))| k.parse::<i64>().is_ok_and(|aid| aid <= 5000)
+                && kind == "changed"
+                && cols.contains(&"filler".to_owned())
+        ),
+        "{out}"
+    );
+    assert_eq!(
+        accounts["repaired"].as_u64(),
+        Some(found.len() as u64),
+        "{out}"
+    );
+
     // The stream kept running: once writes stop, everything is equal.
     let committed = writer.stop().unwrap();
     assert!(committed > seen + 100);
+    let still = m.target_i64("SELECT count(*) FROM accounts WHERE filler = 'planted'");
+    assert_eq!(still, Some(0), "planted rows left after the repair");
     let mut tables = BENCH_TABLES.to_vec();
     tables.push("items");
     m.compare_caught_up(&tables);
@@ -257,6 +289,47 @@ fn finds_every_planted_difference_under_writes_and_repairs_them() {
         cut.stdout.contains("dry run: preconditions hold"),
         "{}",
         cut.all()
+    );
+    let code = ferry
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn a_running_ferry_validates_on_its_schedule() {
+    let m = Migration::new(PgOptions::new(), target_options(), ITEMS)
+        .poll(Duration::from_millis(100))
+        .env("FERRY_VALIDATE_EVERY_SECONDS", "2");
+    let mut ferry = m.start("run");
+    m.wait_streaming(&mut ferry);
+    m.target
+        .psql(&m.target_db, "DELETE FROM items WHERE id = 4242")
+        .unwrap();
+    // No request: the schedule finds the missing row by itself.
+    m.wait_until(
+        &mut ferry,
+        "no scheduled validation found the missing row",
+        || {
+            m.status()["validation"].as_array().is_some_and(|v| {
+                v.iter().any(|t| {
+                    t["table"] == "public.items"
+                        && t["clean"] == false
+                        && differences(t)
+                            == BTreeMap::from([("4242".to_owned(), ("missing".to_owned(), vec![]))])
+                })
+            })
+        },
+    );
+    assert!(
+        ferry.log().contains("scheduled validation started"),
+        "{}",
+        ferry.log()
+    );
+    let metrics = m.control_get("/metrics");
+    assert!(
+        metrics.contains("ferry_validation_differences{table=\"public.items\"} 1"),
+        "{metrics}"
     );
     let code = ferry
         .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))

@@ -266,6 +266,11 @@ pub async fn validate(
         },
         Err(_) => None,
     };
+    if running.is_none() {
+        tracing::warn!(
+            "no ferry run answers on its control API: ranges that differ can only be confirmed once the stream applies past the position they were read at; start `ferry run`, or expect them as unsettled or a wait error"
+        );
+    }
     let every = Duration::from_secs(match config.validate.every_seconds {
         0 => 3600,
         s => s.max(60),

@@ -4,8 +4,8 @@
 //!
 //! A row's hash is the first 64 bits of `md5` of its normalized text form
 //! (`ROW(c1, c2, …)::text` under the session settings of [`SESSION`]: UTC,
-//! ISO dates, shortest exact floats, hex bytea; NULL and `''` differ in
-//! that form); a range's digest is its row count and the sum of its rows'
+//! ISO dates, shortest exact floats, hex bytea, `C` money; NULL and `''`
+//! differ in that form); a range's digest is its row count and the sum of its rows'
 //! hashes as `numeric` — order-independent, so neither side sorts more
 //! than the key index already does. Ranges are `(lo, hi]` in key order
 //! (row comparison `(k1, k2) > (…)`, which a btree on the key serves);
@@ -18,7 +18,7 @@ use ferry_core::schema::{TableSchema, quote_ident};
 /// Run first on every validation session of either side.
 pub const SESSION: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
      SET IntervalStyle = 'postgres'; SET extra_float_digits = 1; SET bytea_output = 'hex'; \
-     SET statement_timeout = 0";
+     SET lc_monetary = 'C'; SET statement_timeout = 0";
 
 /// One table as validation reads it on one side.
 #[derive(Debug, Clone)]

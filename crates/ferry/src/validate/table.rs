@@ -12,9 +12,10 @@
 //!    only the target holds beyond the source's keys are found too.
 //! 2. Narrow: a range whose digests differ is cut into [`FANOUT`] parts at
 //!    keys of the side holding more rows, and each part hashed again (a
-//!    new snapshot, a new wait), until a part holds at most `leaf_rows`;
-//!    then each row's key and hash are read on both sides and the keys
-//!    that differ become candidates.
+//!    new snapshot), until a part holds at most `leaf_rows`; then each
+//!    row's key and hash are read on both sides and the keys that differ
+//!    become candidates. The differing ranges of a window are narrowed a
+//!    level at a time, with one wait for the applier per level.
 //! 3. Confirm: see [`super::settle::settle`]. A candidate differs only
 //!    because the target read came after a later change, or because it
 //!    truly differs. Each round reads the source rows, then the source
@@ -56,6 +57,20 @@ pub struct Found {
     /// Why the table was not compared key by key.
     pub note: Option<String>,
     pub clean_digest: Option<bool>,
+}
+
+/// A range's bounds, `(lo, hi]`.
+type Bounds = (Option<Key>, Option<Key>);
+
+/// A range that differs, to be cut further.
+#[derive(Debug)]
+struct Part {
+    lo: Option<Key>,
+    hi: Option<Key>,
+    /// Rows on the side holding more.
+    rows: i64,
+    /// The target holds more rows (cut at its keys).
+    target_larger: bool,
 }
 
 /// One range read from the source, waiting for its target side.
@@ -139,16 +154,20 @@ impl TableCheck<'_> {
             return Ok(());
         };
         self.sessions.require_applied(newest, self.wait()).await?;
+        let mut level = Vec::new();
         for p in differing {
             let t = self.target_digest(&p).await?;
             if t != p.source {
                 debug!(table = %self.source.relation, source_rows = p.source.rows, target_rows = t.rows, "range differs; narrowing");
-                let rows = p.source.rows.max(t.rows);
-                self.narrow(p.lo, p.hi, rows, t.rows > p.source.rows, candidates)
-                    .await?;
+                level.push(Part {
+                    lo: p.lo,
+                    hi: p.hi,
+                    rows: p.source.rows.max(t.rows),
+                    target_larger: t.rows > p.source.rows,
+                });
             }
         }
-        Ok(())
+        self.narrow(level, candidates).await
     }
 
     async fn target_digest(&self, p: &Pending) -> anyhow::Result<Digest> {
@@ -161,76 +180,104 @@ impl TableCheck<'_> {
         .await
     }
 
-    /// Cut a differing range until its parts are leaves; add the keys that
-    /// differ in them to `candidates`.
+    /// Cut differing ranges until their parts are leaves, a level at a
+    /// time (one wait for the applier per level); add the keys that differ
+    /// in the leaves to `candidates`.
     async fn narrow(
         &mut self,
-        lo: Option<Key>,
-        hi: Option<Key>,
-        rows: i64,
-        target_larger: bool,
+        mut level: Vec<Part>,
         candidates: &mut BTreeSet<Key>,
     ) -> anyhow::Result<()> {
-        let mut stack = vec![(lo, hi, rows, target_larger)];
-        while let Some((lo, hi, rows, target_larger)) = stack.pop() {
-            let s = self.sessions;
-            if rows <= self.config.leaf_rows as i64 {
-                candidates.extend(self.leaf(lo.as_ref(), hi.as_ref()).await?);
-                continue;
-            }
-            let step = (rows + FANOUT - 1) / FANOUT;
-            let at = s.snapshot().await?;
-            let read = async {
-                let cuts = if target_larger {
-                    session::quantiles(&s.target, &self.target, lo.as_ref(), hi.as_ref(), step)
-                        .await?
+        let s = self.sessions;
+        while !level.is_empty() {
+            let leaf_rows = self.config.leaf_rows as i64;
+            let mut newest = None;
+            // Leaves: every row's hash on the source, each in a snapshot.
+            let mut leaves = Vec::new();
+            // Inner ranges: their parts and each part's source digest.
+            let mut parts_read = Vec::new();
+            for part in level {
+                let at = s.snapshot().await?;
+                newest = newest.max(Some(at));
+                let read = if part.rows <= leaf_rows {
+                    Err(self.leaf_hashes(&part).await)
                 } else {
-                    session::quantiles(&s.source, &self.source, lo.as_ref(), hi.as_ref(), step)
-                        .await?
+                    Ok(self.cut(&part).await)
                 };
-                let parts = parts(lo.as_ref(), hi.as_ref(), cuts);
-                let mut digests = Vec::new();
-                for (plo, phi) in &parts {
-                    digests.push(
-                        session::digest(&s.source, &self.source, plo.as_ref(), phi.as_ref())
-                            .await?,
-                    );
+                s.end().await?;
+                match read {
+                    Err(hashes) => {
+                        let hashes = hashes?;
+                        self.budget.spend(hashes.len() as u64).await;
+                        leaves.push((part, hashes));
+                    }
+                    Ok(cut) => {
+                        let cut = cut?;
+                        self.budget
+                            .spend(cut.iter().map(|(_, d)| d.rows.max(0) as u64).sum())
+                            .await;
+                        // Nothing to cut at (rows went away meanwhile): the
+                        // range is compared row by row at the next level.
+                        let whole = cut.len() <= 1;
+                        parts_read.extend(cut.into_iter().map(|(b, d)| (b, d, whole)));
+                    }
                 }
-                anyhow::Ok((parts, digests))
             }
-            .await;
-            s.end().await?;
-            let (parts, digests) = read?;
-            if parts.len() <= 1 {
-                candidates.extend(self.leaf(lo.as_ref(), hi.as_ref()).await?);
-                continue;
+            if let Some(at) = newest {
+                s.require_applied(at, self.wait()).await?;
             }
-            self.budget
-                .spend(digests.iter().map(|d| d.rows.max(0) as u64).sum())
-                .await;
-            s.require_applied(at, self.wait()).await?;
-            for ((plo, phi), d) in parts.into_iter().zip(digests) {
-                let t =
-                    session::digest(&s.target, &self.target, plo.as_ref(), phi.as_ref()).await?;
+            for (part, source) in leaves {
+                let target =
+                    session::hashes(&s.target, &self.target, part.lo.as_ref(), part.hi.as_ref())
+                        .await?;
+                candidates.extend(settle::differing_keys(&source, &target));
+            }
+            let mut next = Vec::new();
+            for ((lo, hi), d, whole) in parts_read {
+                let t = session::digest(&s.target, &self.target, lo.as_ref(), hi.as_ref()).await?;
                 if t != d {
-                    stack.push((plo, phi, d.rows.max(t.rows), t.rows > d.rows));
+                    next.push(Part {
+                        lo,
+                        hi,
+                        rows: if whole { 0 } else { d.rows.max(t.rows) },
+                        target_larger: t.rows > d.rows,
+                    });
                 }
             }
+            level = next;
         }
         Ok(())
     }
 
-    /// The keys that differ in a leaf range.
-    async fn leaf(&mut self, lo: Option<&Key>, hi: Option<&Key>) -> anyhow::Result<BTreeSet<Key>> {
+    /// In the open source snapshot: every row's key and hash of a leaf.
+    async fn leaf_hashes(&self, part: &Part) -> anyhow::Result<BTreeMap<Key, i64>> {
+        session::hashes(
+            &self.sessions.source,
+            &self.source,
+            part.lo.as_ref(),
+            part.hi.as_ref(),
+        )
+        .await
+    }
+
+    /// In the open source snapshot: the parts of a range, cut at keys of
+    /// the side holding more rows, with their source digests (a range
+    /// with nothing left to cut at comes back whole).
+    async fn cut(&self, part: &Part) -> anyhow::Result<Vec<(Bounds, Digest)>> {
         let s = self.sessions;
-        let at = s.snapshot().await?;
-        let read = session::hashes(&s.source, &self.source, lo, hi).await;
-        s.end().await?;
-        let source = read?;
-        self.budget.spend(source.len() as u64).await;
-        s.require_applied(at, self.wait()).await?;
-        let target = session::hashes(&s.target, &self.target, lo, hi).await?;
-        Ok(settle::differing_keys(&source, &target))
+        let (lo, hi) = (part.lo.as_ref(), part.hi.as_ref());
+        let step = (part.rows + FANOUT - 1) / FANOUT;
+        let cuts = if part.target_larger {
+            session::quantiles(&s.target, &self.target, lo, hi, step).await?
+        } else {
+            session::quantiles(&s.source, &self.source, lo, hi, step).await?
+        };
+        let mut out = Vec::new();
+        for (plo, phi) in parts(lo, hi, cuts) {
+            let d = session::digest(&s.source, &self.source, plo.as_ref(), phi.as_ref()).await?;
+            out.push(((plo, phi), d));
+        }
+        Ok(out)
     }
 
     /// Confirm candidates round by round: differences and unsettled keys
