@@ -244,6 +244,13 @@ pub fn drift(source: &TableSchema, target: &TargetShape) -> Vec<Drift> {
     out
 }
 
+/// Target tables the application created (`[target_tables] mode =
+/// "existing"`) may have columns the source never had, checked by `ferry
+/// plan` (nullable or with a default): they are not drops.
+pub fn keep_extra_target_columns(drifts: &mut Vec<Drift>) {
+    drifts.retain(|d| !matches!(d, Drift::Dropped { .. }));
+}
+
 /// `Ok` when the writer can apply changes of `source`'s shape to `target`
 /// (after adding columns, if `add_columns`); otherwise the operator error
 /// naming the table, every change and its fix.

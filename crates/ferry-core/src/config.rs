@@ -28,6 +28,8 @@ pub struct Config {
     #[serde(default)]
     pub tables: TablesConfig,
     #[serde(default)]
+    pub target_tables: TargetTablesConfig,
+    #[serde(default)]
     pub load: LoadConfig,
     #[serde(default)]
     pub apply: ApplyConfig,
@@ -267,6 +269,47 @@ impl TableFilter {
     }
 }
 
+/// Whether ferry creates the target tables or loads into tables the
+/// application's own migrations created (`[target_tables]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetTablesConfig {
+    pub mode: SchemaMode,
+    /// `existing` mode: what to do with a target table that holds rows.
+    pub existing_rows: ExistingRows,
+    /// `existing` mode: the target schema the tables are looked up in
+    /// (default: the source table's schema; `tables.rename` wins).
+    pub schema: Option<String>,
+}
+
+/// Who creates the target tables.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchemaMode {
+    /// ferry creates them from the source's schema (the default).
+    #[default]
+    Create,
+    /// They exist already: matched by name, values converted to their types.
+    Existing,
+}
+
+/// `existing` mode: a target table that is not empty.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExistingRows {
+    /// Stop before anything is written, naming the tables (the default).
+    #[default]
+    Refuse,
+    /// Empty them (in the schema transaction, before the load).
+    Truncate,
+}
+
+impl TargetTablesConfig {
+    pub fn existing(&self) -> bool {
+        self.mode == SchemaMode::Existing
+    }
+}
+
 /// Full-load knobs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -423,8 +466,18 @@ pub enum ConfigError {
     Invalid(Vec<String>),
 }
 
+/// `target_tables` before `target`: the longest section prefix wins.
 const SECTIONS: &[&str] = &[
-    "source", "target", "tables", "load", "apply", "control", "state", "postgres", "mysql",
+    "source",
+    "target_tables",
+    "target",
+    "tables",
+    "load",
+    "apply",
+    "control",
+    "state",
+    "postgres",
+    "mysql",
 ];
 const LIST_KEYS: &[&str] = &["tables.include", "tables.exclude", "tables.insert_only"];
 /// `FERRY_*` variables that configure the CLI itself, not `ferry.toml`.
@@ -552,6 +605,14 @@ impl Config {
                     ));
                 }
             }
+        }
+        if !self.target_tables.existing()
+            && (self.target_tables.schema.is_some()
+                || self.target_tables.existing_rows != ExistingRows::Refuse)
+        {
+            problems.push(
+                "target_tables.schema and target_tables.existing_rows apply to mode = \"existing\"; set it or remove them".into(),
+            );
         }
         if self.load.parallelism == Some(0) {
             problems.push("load.parallelism must be at least 1".into());
@@ -1012,5 +1073,41 @@ batch_ms = 0
         );
         let f = c.tables.filter().unwrap();
         assert!(f.matches(&TableId::new("Sales", "Order Items")));
+    }
+
+    #[test]
+    fn target_tables_modes_from_file_and_env() {
+        let c = Config::from_parts(BASIC, "test", env(&[])).unwrap();
+        assert_eq!(c.target_tables.mode, SchemaMode::Create);
+        c.validate().unwrap();
+        let c = Config::from_parts(
+            BASIC,
+            "test",
+            env(&[
+                ("FERRY_TARGET_TABLES_MODE", "existing"),
+                ("FERRY_TARGET_TABLES_EXISTING_ROWS", "truncate"),
+                ("FERRY_TARGET_TABLES_SCHEMA", "app"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.target_tables.existing());
+        assert_eq!(c.target_tables.existing_rows, ExistingRows::Truncate);
+        assert_eq!(c.target_tables.schema.as_deref(), Some("app"));
+        c.validate().unwrap();
+        // The existing-mode options without the mode are a mistake.
+        let text = format!("{BASIC}[target_tables]\nexisting_rows = \"truncate\"\n");
+        let e = Config::from_parts(&text, "test", env(&[]))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "target_tables.schema and target_tables.existing_rows apply to mode = \"existing\""
+            ),
+            "{e}"
+        );
+        let text = format!("{BASIC}[target_tables]\nmode = \"nothing\"\n");
+        assert!(Config::from_parts(&text, "test", env(&[])).is_err());
     }
 }

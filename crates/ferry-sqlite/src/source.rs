@@ -145,9 +145,9 @@ fn take_fence(slot: &Mutex<Option<Fence>>) -> Option<Fence> {
         .unwrap_or_else(|p| p.into_inner().take())
 }
 
-/// `config` with a rename `main.t` → `public.t` for every table of the
-/// file that `tables.rename` does not name: the target names `ferry plan`
-/// shows. The load writes under the source name (schema `main` on the
+/// `config` with a rename `main.t` → `public.t` (`target_tables.schema`
+/// instead of `public` when set) for every table of the file that
+/// `tables.rename` does not name: the target names `ferry plan` shows. The load writes under the source name (schema `main` on the
 /// target) and the pipeline moves each table after post-data.
 pub async fn with_target_names(config: &Config) -> Result<Config, Error> {
     let path = source_path(config)?;
@@ -167,12 +167,13 @@ pub async fn with_target_names(config: &Config) -> Result<Config, Error> {
     })
     .await?;
     let mut out = config.clone();
+    let schema = config.target_tables.schema.as_deref().unwrap_or("public");
     for name in names {
         let id = TableId::new(SCHEMA, &name);
         if out.tables.target_name(&id) == id {
             out.tables
                 .rename
-                .insert(id.to_string(), TableId::new("public", &name).to_string());
+                .insert(id.to_string(), TableId::new(schema, &name).to_string());
         }
     }
     Ok(out)
