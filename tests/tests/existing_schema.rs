@@ -6,7 +6,9 @@
 //! the load and the change stream go into those tables under their names,
 //! an exact comparison of every row, and a fenced cutover after which the
 //! identity continues past the source's keys and the foreign key is back.
-//! (The SQLite variant, with value conversions, is `sqlite_existing.rs`.)
+//! A MariaDB source the same way, its values converted (0/1 → boolean,
+//! epoch seconds and milliseconds → timestamptz, UUID text → uuid) in the
+//! load and in the stream. (The SQLite variant is `sqlite_existing.rs`.)
 
 use std::time::Duration;
 
@@ -78,6 +80,19 @@ fn rows(url: &str, sql: &str) -> Vec<String> {
                 _ => None,
             })
             .collect()
+    })
+}
+
+/// The pipeline phase in the target's state, once there is one.
+fn phase(url: &str) -> Option<String> {
+    let url = url.to_owned();
+    pgsync::runtime().block_on(async move {
+        let c = pgsync::connect(&url).await.ok()?;
+        let row = c
+            .query_opt("SELECT phase FROM ferry.pipeline", &[])
+            .await
+            .ok()??;
+        Some(row.get(0))
     })
 }
 
@@ -169,4 +184,110 @@ fn postgres_source_into_existing_tables_with_fenced_cutover() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The same with a MariaDB source, whose values are converted: `TINYINT(1)`
+/// into `boolean`, epoch seconds in a `BIGINT` into `timestamptz`, UUID
+/// text into `uuid`, `BIGINT` into `integer`; the tables are looked up in
+/// `target_tables.schema = "public"`.
+#[test]
+fn mariadb_source_into_existing_tables_with_conversions() {
+    use ferry_e2e::migration::free_port;
+    use ferry_e2e::{Background, ferry, run};
+    use ferry_testkit::{MariaDbOptions, MariaDbServer, PgServer};
+
+    let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
+    let db = source.create_database("shop").expect("database");
+    source
+        .sql(
+            &db,
+            "CREATE TABLE orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, note VARCHAR(20),
+                 paid TINYINT(1) NOT NULL, created_at BIGINT, ref CHAR(36));
+             INSERT INTO orders (note, paid, created_at, ref) VALUES
+                 ('one', 1, 1700000000, '123e4567-e89b-42d3-a456-426614174000'),
+                 ('two', 0, NULL, NULL);",
+        )
+        .expect("source schema");
+    let target = PgServer::start(target_options()).expect("target");
+    let tdb = target.create_database("dst").expect("target database");
+    target
+        .psql(
+            &tdb,
+            r#"CREATE TABLE "Orders" (id integer PRIMARY KEY, "Note" text, paid boolean NOT NULL,
+                   created_at timestamptz, ref uuid, "archived" boolean NOT NULL DEFAULT false)"#,
+        )
+        .unwrap();
+    let (source_url, target_url) = (source.url(&db), target.url(&tdb));
+    let logs = tempfile::tempdir().unwrap();
+    let control = format!("127.0.0.1:{}", free_port());
+    let cmd = || {
+        let mut c = ferry(&source_url, &target_url).unwrap();
+        c.env("FERRY_SOURCE_SSLMODE", "disable")
+            .env("FERRY_TARGET_SSLMODE", "disable")
+            .env("FERRY_CONTROL_LISTEN", &control)
+            .env("FERRY_APPLY_BATCH_MS", "100")
+            .env("FERRY_TARGET_TABLES_MODE", "existing")
+            .env("FERRY_TARGET_TABLES_SCHEMA", "public");
+        c
+    };
+    let plan = run(cmd().arg("plan")).unwrap();
+    assert_eq!(plan.code, Some(0), "{}", plan.all());
+    for needle in [
+        r#"."created_at" (bigint) → public."Orders"."created_at" (timestamp with time zone): converted as Unix epoch"#,
+        r#"."id" (bigint) → public."Orders"."id" (integer): bigint values that are not a valid integer"#,
+        r#""archived" has no source column: rows get its default"#,
+    ] {
+        assert!(
+            plan.stdout.contains(needle),
+            "plan lacks {needle:?}:\n{}",
+            plan.all()
+        );
+    }
+    let mut c = cmd();
+    c.env("FERRY_LOG", "info").arg("run");
+    let mut ferry_run = Background::spawn(c, &logs.path().join("run.log")).unwrap();
+    let want_loaded = [
+        "1|one|t|2023-11-14 22:13:20+00|123e4567-e89b-42d3-a456-426614174000|f",
+        "2|two|f|<null>|<null>|f",
+    ];
+    let sql =
+        r#"SELECT id, "Note", paid, created_at, ref, archived FROM public."Orders" ORDER BY id"#;
+    let start = std::time::Instant::now();
+    while phase(&target_url).as_deref() != Some("stream") {
+        assert!(ferry_run.exited().unwrap().is_none(), "{}", ferry_run.log());
+        assert!(
+            start.elapsed() < ferry_e2e::migration::LONG,
+            "{}",
+            ferry_run.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(rows(&target_url, sql), want_loaded);
+    source
+        .sql(
+            &db,
+            "INSERT INTO orders (note, paid, created_at, ref) VALUES
+                 ('three', 1, 1700000000123, 'aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee');
+             UPDATE orders SET paid = 1, created_at = 86400 WHERE id = 2;
+             DELETE FROM orders WHERE id = 1;",
+        )
+        .expect("source writes");
+    let want = [
+        "2|two|t|1970-01-02 00:00:00+00|<null>|f",
+        "3|three|t|2023-11-14 22:13:20.123+00|aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee|f",
+    ];
+    while rows(&target_url, sql) != want {
+        assert!(ferry_run.exited().unwrap().is_none(), "{}", ferry_run.log());
+        assert!(
+            start.elapsed() < ferry_e2e::migration::LONG,
+            "target {:?}\n{}",
+            rows(&target_url, sql),
+            ferry_run.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = ferry_run.log();
+    // SIGTERM: a clean stop.
+    let _ = ferry_run.signal_and_wait(15, Duration::from_secs(30));
+    assert!(!log.contains("ERROR"), "{log}");
 }
