@@ -469,7 +469,7 @@ fn prisma_file_into_an_existing_schema_under_writes_with_fenced_cutover() {
     let plan = s.ferry(&["plan"]);
     assert_eq!(plan.code, Some(0), "{}", plan.all());
     for needle in [
-        r#"main."User"."createdAt" (text) → public."User"."createdAt" (timestamp(3) without time zone): text that is neither an ISO-8601 date/time nor an epoch integer"#,
+        r#"main."User".createdAt → timestamp(3): declared DATETIME, holds integers: read as Unix epoch milliseconds"#,
         r#"main.post."viewcount" (bigint) → public."Post"."viewCount" (integer)"#,
         r#""slug" has no source column: rows get NULL"#,
         r#"→ public."User"."id" (uuid): text values that are not a UUID cannot be converted"#,

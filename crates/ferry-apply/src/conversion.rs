@@ -24,10 +24,7 @@
 use std::borrow::Cow;
 
 use ferry_core::Value;
-use ferry_core::value::{Date, Timestamp};
-
-/// Epoch integers at least this large (in absolute value) are milliseconds.
-pub const EPOCH_MILLIS_FROM: i64 = 100_000_000_000;
+use ferry_core::value::Timestamp;
 
 /// What a target column's type means for [`convert`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,8 +73,12 @@ pub fn convert(v: &Value, kind: TargetKind) -> Cow<'_, Value> {
                 Value::Text(s) => digits(s),
                 _ => None,
             };
-            match epoch.and_then(epoch_micros) {
-                Some(micros) => Cow::Owned(temporal(kind, micros)),
+            match epoch.and_then(Timestamp::from_unix_epoch) {
+                Some(ts) => Cow::Owned(match kind {
+                    TargetKind::TimestampTz => Value::TimestampTz(ts),
+                    TargetKind::Date => Value::Date(ts.date()),
+                    _ => Value::Timestamp(ts),
+                }),
                 None => Cow::Borrowed(v),
             }
         }
@@ -97,27 +98,6 @@ fn digits(s: &str) -> Option<i64> {
         return None;
     }
     s.parse().ok()
-}
-
-/// Microseconds since the Unix epoch of an epoch integer (ms or s).
-fn epoch_micros(n: i64) -> Option<i64> {
-    if n.unsigned_abs() >= EPOCH_MILLIS_FROM as u64 {
-        n.checked_mul(1_000)
-    } else {
-        n.checked_mul(1_000_000)
-    }
-}
-
-fn temporal(kind: TargetKind, unix_micros: i64) -> Value {
-    let ts = Timestamp::from_unix_micros(unix_micros);
-    match kind {
-        TargetKind::TimestampTz => Value::TimestampTz(ts),
-        TargetKind::Date => Value::Date(Date(
-            ts.0.div_euclid(86_400_000_000)
-                .clamp(i64::from(i32::MIN + 1), i64::from(i32::MAX - 1)) as i32,
-        )),
-        _ => Value::Timestamp(ts),
-    }
 }
 
 /// What `ferry plan` says about carrying a source column of PostgreSQL type

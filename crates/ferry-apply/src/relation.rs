@@ -188,7 +188,8 @@ fn same_type(a: &str, b: &str) -> bool {
         .to_owned();
         format!("{base}{arr}")
     }
-    canon(a) == canon(b)
+    // `timestamp(3)` = `timestamp(3) without time zone` (typmod placement).
+    canon(a) == canon(b) || crate::conversion::assess(a, b) == crate::conversion::Assessment::Same
 }
 
 /// Every difference between the Relation `source` and the `target` table.

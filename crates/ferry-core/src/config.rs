@@ -41,6 +41,8 @@ pub struct Config {
     pub postgres: PostgresSourceConfig,
     #[serde(default)]
     pub mysql: MySqlSourceConfig,
+    #[serde(default)]
+    pub sqlite: SqliteSourceConfig,
 }
 
 /// A database to connect to.
@@ -189,6 +191,10 @@ pub struct TablesConfig {
     /// writable on the source; their updates and deletes are not carried.
     #[serde(default)]
     pub insert_only: Vec<String>,
+    /// `"schema.table.column" = { type = "…", on_misfit = "…" }`: per-column
+    /// type overrides and misfit policies.
+    #[serde(default)]
+    pub columns: BTreeMap<String, ColumnOverride>,
 }
 
 fn default_include() -> Vec<String> {
@@ -202,6 +208,7 @@ impl Default for TablesConfig {
             exclude: Vec::new(),
             rename: BTreeMap::new(),
             insert_only: Vec::new(),
+            columns: BTreeMap::new(),
         }
     }
 }
@@ -213,6 +220,14 @@ impl TablesConfig {
             include: build_globs(&self.include)?,
             exclude: build_globs(&self.exclude)?,
             insert_only: build_globs(&self.insert_only)?,
+        })
+    }
+
+    /// The override of `column` of `table` in `tables.columns`, if any.
+    pub fn column_override(&self, table: &TableId, column: &str) -> Option<&ColumnOverride> {
+        self.columns.iter().find_map(|(k, o)| {
+            let (t, c) = crate::schema::parse_column(k)?;
+            (&t == table && c == column).then_some(o)
         })
     }
 
@@ -449,6 +464,54 @@ impl Default for MySqlSourceConfig {
     }
 }
 
+/// SQLite-source settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqliteSourceConfig {
+    /// What to do with a column whose sampled values do not all fit the
+    /// type its declaration calls for (`tables.columns` may say otherwise
+    /// per column).
+    pub misfits: MisfitPolicy,
+}
+
+/// A column whose values do not all fit its type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MisfitPolicy {
+    /// Give the column a type that holds every sampled value (e.g. `text`
+    /// for integers mixed with strings): nothing is lost (the default).
+    #[default]
+    Widen,
+    /// Refuse (`ferry plan` fails, naming the rows).
+    Fail,
+    /// Keep the type; values that do not fit it become NULL.
+    Null,
+}
+
+impl fmt::Display for MisfitPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MisfitPolicy::Widen => "widen",
+            MisfitPolicy::Fail => "fail",
+            MisfitPolicy::Null => "null",
+        })
+    }
+}
+
+/// `[tables.columns."schema.table.column"]`: one column's type and policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnOverride {
+    /// The PostgreSQL type the target column gets (instead of the one
+    /// ferry infers).
+    #[serde(default, rename = "type")]
+    pub pg_type: Option<String>,
+    /// Values that do not fit the column's type (default: the source's
+    /// global policy, e.g. `sqlite.misfits`).
+    #[serde(default)]
+    pub on_misfit: Option<MisfitPolicy>,
+}
+
 /// A config that could not be read or parsed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -478,6 +541,7 @@ const SECTIONS: &[&str] = &[
     "state",
     "postgres",
     "mysql",
+    "sqlite",
 ];
 const LIST_KEYS: &[&str] = &["tables.include", "tables.exclude", "tables.insert_only"];
 /// `FERRY_*` variables that configure the CLI itself, not `ferry.toml`.
@@ -612,6 +676,25 @@ impl Config {
         {
             problems.push(
                 "target_tables.schema and target_tables.existing_rows apply to mode = \"existing\"; set it or remove them".into(),
+            );
+        }
+        for (name, o) in &self.tables.columns {
+            if crate::schema::parse_column(name).is_none() {
+                problems.push(format!(
+                    "tables.columns: '{name}' must be schema.table.column (double-quote a part with a dot or quote)"
+                ));
+            }
+            if o.pg_type.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                problems.push(format!("tables.columns.\"{name}\".type is empty"));
+            }
+        }
+        if !self.tables.columns.is_empty()
+            && source_kind
+                .as_ref()
+                .is_some_and(|k| !matches!(k, EndpointKind::Sqlite(_)))
+        {
+            problems.push(
+                "tables.columns applies to SQLite sources so far (MySQL/PostgreSQL sources: not yet); remove it".into(),
             );
         }
         if self.load.parallelism == Some(0) {

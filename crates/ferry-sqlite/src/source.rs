@@ -61,7 +61,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::capture::{self, LOG_TABLE, sql_error};
-use crate::catalog::{self, SCHEMA};
+use crate::catalog::{self, SCHEMA, TypePolicies};
 use crate::connect;
 use crate::fence::Fence;
 use crate::reader;
@@ -89,6 +89,8 @@ pub const LOAD_SCHEMA: &str = SCHEMA;
 pub struct SqliteSource {
     path: PathBuf,
     filter: TableFilter,
+    /// `sqlite.misfits` and `tables.columns`.
+    policies: TypePolicies,
     /// The cutover's held write lock, shared with
     /// [`Source::release_capture`](source::Source::release_capture), which removes capture inside it.
     fence: Arc<Mutex<Option<Fence>>>,
@@ -119,6 +121,7 @@ impl SqliteSource {
         Ok(SqliteSource {
             path: source_path(config)?,
             filter: table_filter(config)?,
+            policies: TypePolicies::from_config(config),
             fence: Arc::new(Mutex::new(None)),
             snapshots: Arc::new(AtomicU64::new(0)),
         })
@@ -224,9 +227,13 @@ impl source::Catalog for SqliteCatalog {
     }
 }
 
-fn read_catalog(path: &Path, filter: &TableFilter) -> Result<SqliteCatalog, Error> {
+fn read_catalog(
+    path: &Path,
+    filter: &TableFilter,
+    policies: &TypePolicies,
+) -> Result<SqliteCatalog, Error> {
     let conn = open_ro(path)?;
-    let mut cat = catalog::read(&conn, filter).map_err(|e| {
+    let mut cat = catalog::read(&conn, filter, policies).map_err(|e| {
         Error::operator(
             format!("reading the tables of {}: {e}", path.display()),
             "check the file with `ferry plan`",
@@ -354,8 +361,15 @@ impl source::Source for SqliteSource {
     type Cutover = SqliteCutover;
 
     async fn catalog(&self) -> Result<SqliteCatalog, Error> {
-        let (path, filter) = (self.path.clone(), self.filter.clone());
-        blocking("reading the catalog", move || read_catalog(&path, &filter)).await
+        let (path, filter, policies) = (
+            self.path.clone(),
+            self.filter.clone(),
+            self.policies.clone(),
+        );
+        blocking("reading the catalog", move || {
+            read_catalog(&path, &filter, &policies)
+        })
+        .await
     }
 
     async fn prepare_capture(&self, after_interrupted: bool) -> Result<(), Error> {
