@@ -299,19 +299,20 @@ async fn load_phase<S: Source>(
     mapping: Option<&Mapping>,
 ) -> anyhow::Result<bool> {
     let tables = catalog.tables();
+    let existing = mapping.is_some();
+    if existing {
+        // Chunks load in parallel, in no key order: the application's
+        // foreign keys and triggers wait until cutover (recorded; done
+        // again, idempotently, by a run resuming the load).
+        let mut t = ferry_postgres::connect::connect(&config.target, "target").await?;
+        let carried: Vec<_> = tables
+            .iter()
+            .map(|t| config.tables.target_name(&t.schema.id))
+            .collect();
+        overrides::disable_for_apply(&mut t, state, &carried, false).await?;
+    }
     if phase.is_none_or(|p| p < Phase::Load) {
-        let existing = mapping.is_some();
         let snapshot = schema::run(config, state, target, source, catalog, phase, existing).await?;
-        if existing {
-            // Chunks load in parallel, in no key order: the application's
-            // foreign keys and triggers wait until cutover (recorded).
-            let mut t = ferry_postgres::connect::connect(&config.target, "target").await?;
-            let carried: Vec<_> = tables
-                .iter()
-                .map(|t| config.tables.target_name(&t.schema.id))
-                .collect();
-            overrides::disable_for_apply(&mut t, state, &carried, false).await?;
-        }
         live.set_phase(Phase::Load);
         let loaded = load::run(config, state, &tables, &snapshot, shutdown.clone(), mapping).await;
         snapshot.release().await;
