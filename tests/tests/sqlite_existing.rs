@@ -34,7 +34,8 @@ CREATE TABLE "User" (
     "isActive" BOOLEAN NOT NULL DEFAULT true,
     "createdAt" DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP,
     "updatedAt" DATETIME NOT NULL,
-    "settings" TEXT
+    "settings" TEXT,
+    "legacyToken" TEXT
 );
 CREATE UNIQUE INDEX "User_email_key" ON "User"("email");
 CREATE TABLE "post" (
@@ -91,7 +92,7 @@ fn uuid(kind: u8, n: u64) -> String {
 
 fn insert_user(conn: &Connection, n: u64) -> rusqlite::Result<usize> {
     conn.execute(
-        "INSERT INTO \"User\" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO \"User\" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         rusqlite::params![
             uuid(1, n),
             format!("u{n}@example.com"),
@@ -101,6 +102,7 @@ fn insert_user(conn: &Connection, n: u64) -> rusqlite::Result<usize> {
             T0 + n as i64 * 2_003,
             (!n.is_multiple_of(4))
                 .then(|| format!(r#"{{"theme": "dark", "n": {n}, "tags": ["a", "b"]}}"#)),
+            format!("secret-{n}"),
         ],
     )
 }
@@ -207,6 +209,7 @@ struct Setup {
     _target: PgServer,
     target_url: String,
     logs: PathBuf,
+    config: PathBuf,
 }
 
 impl Setup {
@@ -233,7 +236,15 @@ impl Setup {
         let target_url = target.url(&db);
         let logs = dir.path().join("logs");
         std::fs::create_dir_all(&logs).unwrap();
+        // The application's PostgreSQL schema dropped `legacyToken`.
+        let config = dir.path().join("ferry.toml");
+        std::fs::write(
+            &config,
+            "[tables.columns.'main.\"User\".legacyToken']\nexclude = true\n",
+        )
+        .unwrap();
         Setup {
+            config,
             source_url: format!("sqlite://{}", path.display()),
             path,
             target_url,
@@ -246,7 +257,8 @@ impl Setup {
     fn cmd(&self) -> std::process::Command {
         let mut cmd = ferry(&self.source_url, &self.target_url).unwrap();
         cmd.env("FERRY_CONTROL_LISTEN", "127.0.0.1:0")
-            .env("FERRY_TARGET_TABLES_MODE", "existing");
+            .env("FERRY_TARGET_TABLES_MODE", "existing")
+            .env("FERRY_CONFIG", &self.config);
         cmd
     }
 
@@ -472,6 +484,7 @@ fn prisma_file_into_an_existing_schema_under_writes_with_fenced_cutover() {
         r#"main."User".createdAt → timestamp(3): declared DATETIME, holds integers: read as Unix epoch milliseconds"#,
         r#"main.post."viewcount" (bigint) → public."Post"."viewCount" (integer)"#,
         r#""slug" has no source column: rows get NULL"#,
+        r#"source column "legacyToken" is excluded (tables.columns): not carried"#,
         r#"→ public."User"."id" (uuid): text values that are not a UUID cannot be converted"#,
         "public.\"Post\"",
     ] {

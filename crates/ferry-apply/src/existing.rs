@@ -15,7 +15,10 @@
 //! anything is written:
 //!
 //! - a source table or column without a target one (or with several that
-//!   differ only in case);
+//!   differ only in case), unless the column is excluded
+//!   (`[tables.columns."s.t.c"] exclude = true`: its values are left out of
+//!   the load, [`Mapping::project_schema`], and the stream,
+//!   [`Mapping::project_change`]);
 //! - a target column that would get no value: `NOT NULL` without a default
 //!   and no source column, or a generated column a source column maps to;
 //! - a source key without a primary key or unique index on the mapped
@@ -34,7 +37,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ferry_core::schema::quote_ident;
-use ferry_core::{Result, TableId, TableSchema};
+use ferry_core::{Change, OldRow, Result, Row, TableId, TableSchema, Value};
 use tokio_postgres::Client;
 
 use crate::conversion::{Assessment, assess};
@@ -118,7 +121,25 @@ pub struct ColumnMap {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableMap {
     pub target: TableId,
+    /// The carried source columns (excluded ones left out), in source order.
     pub columns: Vec<ColumnMap>,
+    /// Per source column: carried (`false`: excluded in `tables.columns`).
+    pub keep: Vec<bool>,
+}
+
+impl TableMap {
+    fn excludes(&self) -> bool {
+        self.keep.iter().any(|k| !k)
+    }
+
+    /// `values` without the excluded columns.
+    fn project(&self, values: Vec<Value>) -> Vec<Value> {
+        values
+            .into_iter()
+            .zip(&self.keep)
+            .filter_map(|(v, k)| k.then_some(v))
+            .collect()
+    }
 }
 
 /// Every carried source table's target table and columns.
@@ -137,11 +158,60 @@ impl Mapping {
         self.tables.iter().map(|(s, m)| (s, &m.target))
     }
 
-    /// `schema` as the writer sees it: same id, key and column order, the
-    /// target's column names and types. Unmapped tables and columns (none
-    /// once [`resolve`] found no refusal) stay as they are.
-    pub fn view(&self, schema: &TableSchema) -> TableSchema {
+    /// `schema` without its excluded columns (what the load reads from the
+    /// source), key indexes adjusted.
+    pub fn project_schema(&self, schema: &TableSchema) -> TableSchema {
         let mut out = schema.clone();
+        let Some(m) = self.tables.get(&schema.id).filter(|m| m.excludes()) else {
+            return out;
+        };
+        let kept: Vec<usize> = (0..schema.columns.len())
+            .filter(|&i| m.keep.get(i).copied().unwrap_or(true))
+            .collect();
+        out.columns = kept.iter().map(|&i| schema.columns[i].clone()).collect();
+        out.key = schema
+            .key
+            .iter()
+            .filter_map(|k| kept.iter().position(|i| i == k))
+            .collect();
+        out
+    }
+
+    /// A change of a source table without its excluded columns' values.
+    pub fn project_change(&self, change: Change) -> Change {
+        let Some(m) = change
+            .table()
+            .and_then(|t| self.tables.get(t))
+            .filter(|m| m.excludes())
+        else {
+            return change;
+        };
+        let row = |r: Row| Row::new(m.project(r.values));
+        let old = |o: OldRow| match o {
+            OldRow::Key(r) => OldRow::Key(row(r)),
+            OldRow::Full(r) => OldRow::Full(row(r)),
+        };
+        match change {
+            Change::Insert { table, new } => Change::Insert {
+                table,
+                new: row(new),
+            },
+            Change::Update { table, old: o, new } => Change::Update {
+                table,
+                old: o.map(old),
+                new: row(new),
+            },
+            Change::Delete { table, old: o } => Change::Delete { table, old: old(o) },
+            other => other,
+        }
+    }
+
+    /// `schema` as the writer sees it: same id, key and column order, the
+    /// target's column names and types, excluded columns left out.
+    /// Unmapped tables and columns (none once [`resolve`] found no refusal)
+    /// stay as they are.
+    pub fn view(&self, schema: &TableSchema) -> TableSchema {
+        let mut out = self.project_schema(schema);
         let Some(m) = self.tables.get(&schema.id) else {
             return out;
         };
@@ -185,6 +255,7 @@ pub struct Finding {
 pub fn resolve(
     sources: &[TableSchema],
     wanted: impl Fn(&TableId) -> TableId,
+    excluded: impl Fn(&TableId, &str) -> bool,
     targets: &[TargetTable],
     binary_load: bool,
 ) -> (Mapping, Vec<Finding>) {
@@ -225,8 +296,36 @@ pub fn resolve(
         };
         let q = t.id.quoted();
         let mut columns = Vec::new();
+        let mut keep = Vec::new();
         let mut used = BTreeSet::new();
-        for c in &s.columns {
+        for (i, c) in s.columns.iter().enumerate() {
+            let out = excluded(&s.id, &c.name);
+            keep.push(!out);
+            if out {
+                if s.key.contains(&i) {
+                    f(
+                        Severity::Refuse,
+                        format!(
+                            "key column {} is excluded in tables.columns",
+                            quote_ident(&c.name)
+                        ),
+                        Some(
+                            "changes are matched on the key: carry the column (remove its exclude)"
+                                .into(),
+                        ),
+                    );
+                } else {
+                    f(
+                        Severity::Note,
+                        format!(
+                            "source column {} is excluded (tables.columns): not carried",
+                            quote_ident(&c.name)
+                        ),
+                        None,
+                    );
+                }
+                continue;
+            }
             let tc = match by_name(&t.columns, &c.name, |tc| &tc.name, |_| true) {
                 Ok(tc) => tc,
                 Err(n) => {
@@ -246,9 +345,11 @@ pub fn resolve(
                             )
                         },
                         Some(format!(
-                            "ALTER TABLE {q} ADD COLUMN {} {} (or rename the column on one side so the names match)",
+                            "ALTER TABLE {q} ADD COLUMN {} {} (or rename the column on one side so the names match), or leave it out with tables.columns.\"{}.{}\" = {{ exclude = true }}",
                             quote_ident(&c.name),
-                            c.pg_type
+                            c.pg_type,
+                            s.id,
+                            c.name
                         )),
                     );
                     continue;
@@ -362,6 +463,7 @@ pub fn resolve(
             TableMap {
                 target: t.id.clone(),
                 columns,
+                keep,
             },
         );
     }

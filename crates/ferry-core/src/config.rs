@@ -510,6 +510,10 @@ pub struct ColumnOverride {
     /// global policy, e.g. `sqlite.misfits`).
     #[serde(default)]
     pub on_misfit: Option<MisfitPolicy>,
+    /// Leave the column out (`target_tables.mode = "existing"`: a source
+    /// column the application's table does not have).
+    #[serde(default)]
+    pub exclude: bool,
 }
 
 /// A config that could not be read or parsed.
@@ -688,13 +692,23 @@ impl Config {
                 problems.push(format!("tables.columns.\"{name}\".type is empty"));
             }
         }
-        if !self.tables.columns.is_empty()
+        let typed = self
+            .tables
+            .columns
+            .values()
+            .any(|o| o.pg_type.is_some() || o.on_misfit.is_some());
+        if typed
             && source_kind
                 .as_ref()
                 .is_some_and(|k| !matches!(k, EndpointKind::Sqlite(_)))
         {
             problems.push(
-                "tables.columns applies to SQLite sources so far (MySQL/PostgreSQL sources: not yet); remove it".into(),
+                "tables.columns type and on_misfit apply to SQLite sources so far (MySQL/PostgreSQL sources: not yet); remove them".into(),
+            );
+        }
+        if self.tables.columns.values().any(|o| o.exclude) && !self.target_tables.existing() {
+            problems.push(
+                "tables.columns exclude applies to target_tables.mode = \"existing\" so far; remove it".into(),
             );
         }
         if self.load.parallelism == Some(0) {

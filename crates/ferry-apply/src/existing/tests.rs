@@ -39,6 +39,10 @@ fn target(name: &str, cols: &[(&str, &str, bool, bool, bool)], key: &[&str]) -> 
     }
 }
 
+fn none(_: &TableId, _: &str) -> bool {
+    false
+}
+
 fn into_public(t: &TableId) -> TableId {
     TableId::new("public", t.name.clone())
 }
@@ -78,7 +82,7 @@ fn prisma_names_match_case_insensitively_and_convert() {
         ],
         &["id"],
     );
-    let (m, findings) = resolve(std::slice::from_ref(&s), into_public, &[t], false);
+    let (m, findings) = resolve(std::slice::from_ref(&s), into_public, none, &[t], false);
     assert!(
         findings.iter().all(|f| f.severity != Severity::Refuse),
         "{findings:#?}"
@@ -122,6 +126,7 @@ fn refusals_name_what_is_missing_and_the_fix() {
     let (_, findings) = resolve(
         &[s, source("gone", &[("id", "bigint")], &[])],
         into_public,
+        none,
         &[t],
         false,
     );
@@ -163,7 +168,7 @@ fn ambiguous_case_and_binary_loads_refuse() {
     two.columns[1].name = "A".into();
     two.columns[0].name = "a".into();
     // Exact wins over case-insensitive.
-    let (m, f) = resolve(std::slice::from_ref(&s), into_public, &[two], false);
+    let (m, f) = resolve(std::slice::from_ref(&s), into_public, none, &[two], false);
     assert!(f.iter().all(|f| f.severity == Severity::Note), "{f:?}");
     assert_eq!(m.table(&s.id).unwrap().columns[0].target, "a");
     let mut amb = twice;
@@ -172,16 +177,78 @@ fn ambiguous_case_and_binary_loads_refuse() {
     let (_, f) = resolve(
         &[source("t", &[("a", "integer")], &[])],
         into_public,
+        none,
         &[amb],
         false,
     );
     assert!(f[0].detail.contains("matches 2 columns"), "{f:?}");
     // A PostgreSQL source (binary COPY) needs the same types.
     let t = target("t", &[("a", "bigint", false, false, false)], &[]);
-    let (_, f) = resolve(&[s], into_public, &[t], true);
+    let (_, f) = resolve(&[s], into_public, none, &[t], true);
     assert_eq!(f[0].severity, Severity::Refuse);
     assert!(
         f[0].fix.as_deref().unwrap().contains("TYPE integer"),
+        "{f:?}"
+    );
+}
+
+#[test]
+fn excluded_columns_are_left_out_of_schema_and_changes() {
+    let s = source(
+        "t",
+        &[("id", "bigint"), ("secret", "text"), ("name", "text")],
+        &[0],
+    );
+    let t = target(
+        "t",
+        &[
+            ("id", "bigint", true, false, false),
+            ("name", "text", false, false, false),
+        ],
+        &["id"],
+    );
+    let out = |_: &TableId, c: &str| c == "secret";
+    let (m, f) = resolve(
+        std::slice::from_ref(&s),
+        into_public,
+        out,
+        std::slice::from_ref(&t),
+        false,
+    );
+    assert!(f.iter().all(|f| f.severity == Severity::Note), "{f:?}");
+    assert!(
+        f.iter()
+            .any(|f| f.detail.contains("\"secret\" is excluded"))
+    );
+    let view = m.view(&s);
+    let names: Vec<_> = view.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!((names, view.key.clone()), (vec!["id", "name"], vec![0]));
+    assert_eq!(m.project_schema(&s).columns.len(), 2);
+    let v = |x: &str| Value::Text(x.into());
+    let change = Change::Update {
+        table: s.id.clone(),
+        old: Some(OldRow::Key(Row::new(vec![
+            Value::Int8(1),
+            Value::Null,
+            Value::Null,
+        ]))),
+        new: Row::new(vec![Value::Int8(1), v("pw"), v("n")]),
+    };
+    assert_eq!(
+        m.project_change(change),
+        Change::Update {
+            table: s.id.clone(),
+            old: Some(OldRow::Key(Row::new(vec![Value::Int8(1), Value::Null]))),
+            new: Row::new(vec![Value::Int8(1), v("n")]),
+        }
+    );
+    // Without the exclude, the column is refused with the way out named.
+    let (_, f) = resolve(std::slice::from_ref(&s), into_public, none, &[t], false);
+    assert!(
+        f.iter().any(|f| f.severity == Severity::Refuse
+            && f.fix
+                .as_deref()
+                .is_some_and(|x| x.contains("exclude = true"))),
         "{f:?}"
     );
 }

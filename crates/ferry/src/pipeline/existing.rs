@@ -56,9 +56,16 @@ pub async fn find(
     schemas.sort();
     schemas.dedup();
     let targets = read_tables(target, &schemas).await?;
+    let excluded = |t: &TableId, c: &str| {
+        config
+            .tables
+            .column_override(t, c)
+            .is_some_and(|o| o.exclude)
+    };
     Ok(resolve(
         tables,
         |id| wanted(config, id),
+        excluded,
         &targets,
         binary_load,
     ))

@@ -205,7 +205,12 @@ async fn load_worker<R: SnapshotReader>(
         };
         let schema = &job.table.schema;
         let to = w.load_target(&job);
-        let data = match reader.read(&job.chunk, schema).await? {
+        // Excluded columns (existing target tables) are not read at all.
+        let read_schema = match w.mapping {
+            Some(m) => m.project_schema(schema),
+            None => schema.clone(),
+        };
+        let data = match reader.read(&job.chunk, &read_schema).await? {
             ChunkData::BinaryCopy(bytes) => LoadData::BinaryCopy(bytes),
             ChunkData::Rows(rows) => LoadData::Rows(rows),
         };

@@ -195,7 +195,8 @@ fn supervise_context<P: Position>(config: &Config, live: &Arc<Live<P>>) -> Super
 /// Run inline in the reader ([`ChangeOptions::map`]) on every event: each
 /// transaction is recorded as received, for the lag figures; with existing
 /// target tables, each `Relation` gets the target's column names and types
-/// (`Mapping::view`; values are converted where they are written). (Changes
+/// (`Mapping::view`; values are converted where they are written) and each
+/// change loses the values of excluded columns (`Mapping::project_change`). (Changes
 /// a table reloaded from a later snapshot already holds are dropped by the
 /// applier: `Applier::skip_before_snapshots`.)
 fn event_map<P: Position>(
@@ -203,9 +204,11 @@ fn event_map<P: Position>(
     mapping: Option<Arc<Mapping>>,
 ) -> impl FnMut(Event<P>) -> Option<Event<P>> + Send + 'static {
     move |event| {
-        if let (Event::Relation(schema), Some(m)) = (&event, &mapping) {
-            return Some(Event::Relation(Arc::new(m.view(schema))));
-        }
+        let event = match (event, &mapping) {
+            (Event::Relation(schema), Some(m)) => Event::Relation(Arc::new(m.view(&schema))),
+            (Event::Change(c), Some(m)) => Event::Change(m.project_change(c)),
+            (event, _) => event,
+        };
         if let Event::Begin {
             final_position: Some(f),
             commit_time,
