@@ -112,6 +112,10 @@ pub struct ApplierConfig {
     /// Apply under `session_replication_role = replica` (default); off in
     /// no-replica-role mode (see [`crate::preflight::replica_role_allowed`]).
     pub replica_role: bool,
+    /// The target tables are the application's (`[target_tables] mode =
+    /// "existing"`): their extra columns are not drift
+    /// ([`crate::relation::keep_extra_target_columns`]).
+    pub existing_tables: bool,
     /// The operator's pause switch: while it reads `true`, the applier
     /// commits what it holds at the next source transaction boundary and
     /// applies nothing more (see the module docs). `None`: never paused; a
@@ -128,6 +132,7 @@ impl ApplierConfig {
             buffer_bytes: apply.buffer_share(),
             apply_ddl,
             replica_role: true,
+            existing_tables: false,
             pause: None,
         }
     }
@@ -498,7 +503,12 @@ impl<P: Position> Applier<P> {
             self.apply_pending(None).await?;
             self.txn.begin(&mut self.writer).await?;
             self.writer
-                .apply_relation(self.txn.client(), &schema, self.cfg.apply_ddl)
+                .apply_relation(
+                    self.txn.client(),
+                    &schema,
+                    self.cfg.apply_ddl,
+                    self.cfg.existing_tables,
+                )
                 .await?;
         }
         info!(table = %schema.id, "table schema received");
@@ -526,7 +536,10 @@ impl<P: Position> Applier<P> {
             return Ok(());
         }
         let shape = crate::relation::read_shape(self.txn.client(), &target).await?;
-        let drifts = crate::relation::drift(schema, &shape);
+        let mut drifts = crate::relation::drift(schema, &shape);
+        if self.cfg.existing_tables {
+            crate::relation::keep_extra_target_columns(&mut drifts);
+        }
         if let Err(e) = crate::relation::check(&schema.id, &target, &drifts, self.cfg.apply_ddl) {
             self.finish(ack).await?;
             return Err(e);

@@ -16,7 +16,9 @@
 //!   chunks, runs, events, lag history, pipeline phase); every table of it
 //!   and its versioned migrations are in [`state::schema`].
 //! - [`copy_text`]: COPY text encoding of values (loader and staging).
+//! - [`conversion`]: values converted to an existing target column's type.
 //! - [`ddl`]: CREATE/ALTER TABLE for non-PostgreSQL sources.
+//! - [`existing`]: target tables the application created, matched by name.
 //! - [`load`]: bulk COPY loader (binary pass-through or encoded rows), chunk
 //!   done-marks in the same transaction, parallel index builds.
 //! - [`fold`]: pure per-key folding of a batch's changes.
@@ -32,9 +34,11 @@
 
 pub mod applier;
 pub mod checkpoint;
+pub mod conversion;
 pub mod copy_text;
 pub mod ddl;
 mod error;
+pub mod existing;
 pub mod fold;
 pub mod load;
 pub mod preflight;

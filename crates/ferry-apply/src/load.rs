@@ -42,6 +42,7 @@ use crate::state::{StateStore, table_key};
 /// Bytes coalesced before one COPY data send (each send is a flush).
 const FLUSH_BYTES: usize = 256 * 1024;
 
+use crate::conversion::{TargetKind, convert};
 pub use crate::copy_text::{push_copy_text, push_copy_text_row};
 
 /// Live counters for progress bars (shared with the monitor).
@@ -86,6 +87,10 @@ pub struct LoadTarget {
     pub target: TableId,
     /// Columns in the order of the data.
     pub columns: Vec<String>,
+    /// The target columns' kinds, in `columns` order, when values are
+    /// converted to them (an existing target schema,
+    /// [`crate::conversion`]); empty: written as they are.
+    pub kinds: Vec<TargetKind>,
     /// `Some(n)`: chunk n of a chunked table; `None`: the whole table
     /// (truncated first, recorded as chunk 0).
     pub chunk: Option<i32>,
@@ -97,6 +102,7 @@ impl LoadTarget {
             source,
             target,
             columns,
+            kinds: Vec::new(),
             chunk: None,
         }
     }
@@ -129,7 +135,7 @@ where
     }
     let result = match data {
         LoadData::BinaryCopy(s) => copy_binary(&tx, t, &to.columns, s, progress).await?,
-        LoadData::Rows(s) => copy_rows(&tx, t, &to.columns, s, progress).await?,
+        LoadData::Rows(s) => copy_rows(&tx, t, &to.columns, &to.kinds, s, progress).await?,
     };
     let chunk = to.chunk.unwrap_or(0);
     let rows = i64::try_from(result.rows).unwrap_or(i64::MAX);
@@ -237,6 +243,7 @@ pub async fn copy_rows<S, E>(
     client: &tokio_postgres::Transaction<'_>,
     target: &TableId,
     columns: &[String],
+    kinds: &[TargetKind],
     mut data: S,
     progress: Option<&LoadProgress>,
 ) -> Result<LoadResult>
@@ -264,7 +271,12 @@ where
                 "this is a ferry bug in the source reader; report it with the log",
             ));
         }
-        push_copy_text_row(&mut buf, row.values.iter());
+        if kinds.is_empty() {
+            push_copy_text_row(&mut buf, row.values.iter());
+        } else {
+            let converted = row.values.iter().zip(kinds).map(|(v, k)| convert(v, *k));
+            push_copy_text_row(&mut buf, converted.collect::<Vec<_>>().iter().map(|v| &**v));
+        }
         if let Some(p) = progress {
             p.rows.fetch_add(1, Ordering::Relaxed);
         }

@@ -193,7 +193,8 @@ fn same_type(a: &str, b: &str) -> bool {
         .to_owned();
         format!("{base}{arr}")
     }
-    canon(a) == canon(b)
+    // `timestamp(3)` = `timestamp(3) without time zone` (typmod placement).
+    canon(a) == canon(b) || crate::conversion::assess(a, b) == crate::conversion::Assessment::Same
 }
 
 /// Every difference between the Relation `source` and the `target` table.
@@ -247,6 +248,13 @@ pub fn drift(source: &TableSchema, target: &TargetShape) -> Vec<Drift> {
         out.push(Drift::KeyDropped { key: pk.clone() });
     }
     out
+}
+
+/// Target tables the application created (`[target_tables] mode =
+/// "existing"`) may have columns the source never had, checked by `ferry
+/// plan` (nullable or with a default): they are not drops.
+pub fn keep_extra_target_columns(drifts: &mut Vec<Drift>) {
+    drifts.retain(|d| !matches!(d, Drift::Dropped { .. }));
 }
 
 /// `Ok` when the writer can apply changes of `source`'s shape to `target`

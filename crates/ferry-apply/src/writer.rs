@@ -170,6 +170,7 @@ impl Writer {
         client: &Client,
         new: &TableSchema,
         apply_ddl: bool,
+        existing_tables: bool,
     ) -> Result<()> {
         self.staging.forget(client, &new.id).await;
         let target = self.target_of(&new.id);
@@ -185,7 +186,10 @@ impl Writer {
                 .await
                 .map_err(|e| pg_error(format!("creating {target}"), e));
         }
-        let drifts = relation::drift(new, &relation::read_shape(client, &target).await?);
+        let mut drifts = relation::drift(new, &relation::read_shape(client, &target).await?);
+        if existing_tables {
+            relation::keep_extra_target_columns(&mut drifts);
+        }
         relation::check(&new.id, &target, &drifts, apply_ddl)?;
         for sql in relation::add_columns_sql(&target, &drifts) {
             debug!(table = %target, "adding a column the source added");

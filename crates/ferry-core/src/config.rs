@@ -28,6 +28,8 @@ pub struct Config {
     #[serde(default)]
     pub tables: TablesConfig,
     #[serde(default)]
+    pub target_tables: TargetTablesConfig,
+    #[serde(default)]
     pub load: LoadConfig,
     #[serde(default)]
     pub apply: ApplyConfig,
@@ -43,6 +45,8 @@ pub struct Config {
     pub mysql: MySqlSourceConfig,
     #[serde(default)]
     pub validate: ValidateConfig,
+    #[serde(default)]
+    pub sqlite: SqliteSourceConfig,
 }
 
 /// A database to connect to.
@@ -191,6 +195,10 @@ pub struct TablesConfig {
     /// writable on the source; their updates and deletes are not carried.
     #[serde(default)]
     pub insert_only: Vec<String>,
+    /// `"schema.table.column" = { type = "…", on_misfit = "…" }`: per-column
+    /// type overrides and misfit policies.
+    #[serde(default)]
+    pub columns: BTreeMap<String, ColumnOverride>,
 }
 
 fn default_include() -> Vec<String> {
@@ -204,6 +212,7 @@ impl Default for TablesConfig {
             exclude: Vec::new(),
             rename: BTreeMap::new(),
             insert_only: Vec::new(),
+            columns: BTreeMap::new(),
         }
     }
 }
@@ -215,6 +224,14 @@ impl TablesConfig {
             include: build_globs(&self.include)?,
             exclude: build_globs(&self.exclude)?,
             insert_only: build_globs(&self.insert_only)?,
+        })
+    }
+
+    /// The override of `column` of `table` in `tables.columns`, if any.
+    pub fn column_override(&self, table: &TableId, column: &str) -> Option<&ColumnOverride> {
+        self.columns.iter().find_map(|(k, o)| {
+            let (t, c) = crate::schema::parse_column(k)?;
+            (&t == table && c == column).then_some(o)
         })
     }
 
@@ -268,6 +285,47 @@ impl TableFilter {
     pub fn insert_only(&self, t: &TableId) -> bool {
         self.insert_only
             .is_match(format!("{}.{}", t.schema, t.name))
+    }
+}
+
+/// Whether ferry creates the target tables or loads into tables the
+/// application's own migrations created (`[target_tables]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetTablesConfig {
+    pub mode: SchemaMode,
+    /// `existing` mode: what to do with a target table that holds rows.
+    pub existing_rows: ExistingRows,
+    /// `existing` mode: the target schema the tables are looked up in
+    /// (default: the source table's schema; `tables.rename` wins).
+    pub schema: Option<String>,
+}
+
+/// Who creates the target tables.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchemaMode {
+    /// ferry creates them from the source's schema (the default).
+    #[default]
+    Create,
+    /// They exist already: matched by name, values converted to their types.
+    Existing,
+}
+
+/// `existing` mode: a target table that is not empty.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExistingRows {
+    /// Stop before anything is written, naming the tables (the default).
+    #[default]
+    Refuse,
+    /// Empty them (in the schema transaction, before the load).
+    Truncate,
+}
+
+impl TargetTablesConfig {
+    pub fn existing(&self) -> bool {
+        self.mode == SchemaMode::Existing
     }
 }
 
@@ -537,6 +595,58 @@ pub enum EnumPolicy {
     Type,
 }
 
+/// SQLite-source settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqliteSourceConfig {
+    /// What to do with a column whose sampled values do not all fit the
+    /// type its declaration calls for (`tables.columns` may say otherwise
+    /// per column).
+    pub misfits: MisfitPolicy,
+}
+
+/// A column whose values do not all fit its type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MisfitPolicy {
+    /// Give the column a type that holds every sampled value (e.g. `text`
+    /// for integers mixed with strings): nothing is lost (the default).
+    #[default]
+    Widen,
+    /// Refuse (`ferry plan` fails, naming the rows).
+    Fail,
+    /// Keep the type; values that do not fit it become NULL.
+    Null,
+}
+
+impl fmt::Display for MisfitPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MisfitPolicy::Widen => "widen",
+            MisfitPolicy::Fail => "fail",
+            MisfitPolicy::Null => "null",
+        })
+    }
+}
+
+/// `[tables.columns."schema.table.column"]`: one column's type and policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnOverride {
+    /// The PostgreSQL type the target column gets (instead of the one
+    /// ferry infers).
+    #[serde(default, rename = "type")]
+    pub pg_type: Option<String>,
+    /// Values that do not fit the column's type (default: the source's
+    /// global policy, e.g. `sqlite.misfits`).
+    #[serde(default)]
+    pub on_misfit: Option<MisfitPolicy>,
+    /// Leave the column out (`target_tables.mode = "existing"`: a source
+    /// column the application's table does not have).
+    #[serde(default)]
+    pub exclude: bool,
+}
+
 /// A config that could not be read or parsed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -554,9 +664,21 @@ pub enum ConfigError {
     Invalid(Vec<String>),
 }
 
+/// `target_tables` before `target`: the longest section prefix wins.
 const SECTIONS: &[&str] = &[
-    "source", "target", "tables", "load", "apply", "control", "console", "state", "postgres",
-    "mysql", "validate",
+    "source",
+    "target_tables",
+    "target",
+    "tables",
+    "load",
+    "apply",
+    "control",
+    "console",
+    "state",
+    "postgres",
+    "mysql",
+    "sqlite",
+    "validate",
 ];
 const LIST_KEYS: &[&str] = &["tables.include", "tables.exclude", "tables.insert_only"];
 /// `FERRY_*` variables that configure the CLI itself, not `ferry.toml`.
@@ -684,6 +806,43 @@ impl Config {
                     ));
                 }
             }
+        }
+        if !self.target_tables.existing()
+            && (self.target_tables.schema.is_some()
+                || self.target_tables.existing_rows != ExistingRows::Refuse)
+        {
+            problems.push(
+                "target_tables.schema and target_tables.existing_rows apply to mode = \"existing\"; set it or remove them".into(),
+            );
+        }
+        for (name, o) in &self.tables.columns {
+            if crate::schema::parse_column(name).is_none() {
+                problems.push(format!(
+                    "tables.columns: '{name}' must be schema.table.column (double-quote a part with a dot or quote)"
+                ));
+            }
+            if o.pg_type.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                problems.push(format!("tables.columns.\"{name}\".type is empty"));
+            }
+        }
+        let typed = self
+            .tables
+            .columns
+            .values()
+            .any(|o| o.pg_type.is_some() || o.on_misfit.is_some());
+        if typed
+            && source_kind
+                .as_ref()
+                .is_some_and(|k| !matches!(k, EndpointKind::Sqlite(_)))
+        {
+            problems.push(
+                "tables.columns type and on_misfit apply to SQLite sources so far (MySQL/PostgreSQL sources: not yet); remove them".into(),
+            );
+        }
+        if self.tables.columns.values().any(|o| o.exclude) && !self.target_tables.existing() {
+            problems.push(
+                "tables.columns exclude applies to target_tables.mode = \"existing\" so far; remove it".into(),
+            );
         }
         if self.load.parallelism == Some(0) {
             problems.push("load.parallelism must be at least 1".into());
@@ -1268,5 +1427,41 @@ batch_ms = 0
         );
         let f = c.tables.filter().unwrap();
         assert!(f.matches(&TableId::new("Sales", "Order Items")));
+    }
+
+    #[test]
+    fn target_tables_modes_from_file_and_env() {
+        let c = Config::from_parts(BASIC, "test", env(&[])).unwrap();
+        assert_eq!(c.target_tables.mode, SchemaMode::Create);
+        c.validate().unwrap();
+        let c = Config::from_parts(
+            BASIC,
+            "test",
+            env(&[
+                ("FERRY_TARGET_TABLES_MODE", "existing"),
+                ("FERRY_TARGET_TABLES_EXISTING_ROWS", "truncate"),
+                ("FERRY_TARGET_TABLES_SCHEMA", "app"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.target_tables.existing());
+        assert_eq!(c.target_tables.existing_rows, ExistingRows::Truncate);
+        assert_eq!(c.target_tables.schema.as_deref(), Some("app"));
+        c.validate().unwrap();
+        // The existing-mode options without the mode are a mistake.
+        let text = format!("{BASIC}[target_tables]\nexisting_rows = \"truncate\"\n");
+        let e = Config::from_parts(&text, "test", env(&[]))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "target_tables.schema and target_tables.existing_rows apply to mode = \"existing\""
+            ),
+            "{e}"
+        );
+        let text = format!("{BASIC}[target_tables]\nmode = \"nothing\"\n");
+        assert!(Config::from_parts(&text, "test", env(&[])).is_err());
     }
 }

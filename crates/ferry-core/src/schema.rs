@@ -39,6 +39,15 @@ impl TableId {
     }
 }
 
+/// Parse `schema.table.column` (each part as in [`TableId::parse`]).
+pub fn parse_column(s: &str) -> Option<(TableId, String)> {
+    let (schema, rest) = parse_ident(s)?;
+    let (name, rest) = parse_ident(rest.strip_prefix('.')?)?;
+    let (column, rest) = parse_ident(rest.strip_prefix('.')?)?;
+    rest.is_empty()
+        .then(|| (TableId::new(schema, name), column))
+}
+
 /// One identifier at the start of `s` and the rest after it.
 fn parse_ident(s: &str) -> Option<(String, &str)> {
     let Some(body) = s.strip_prefix('"') else {

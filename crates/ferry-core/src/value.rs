@@ -331,6 +331,26 @@ impl Timestamp {
         Timestamp(micros.saturating_sub(Self::UNIX_EPOCH_OFFSET_MICROS))
     }
 
+    /// A Unix epoch integer as ORMs and applications store it:
+    /// milliseconds when |n| ≥ 10¹¹ (from 1973-03-03 on), else seconds (to
+    /// year 5138). `None` when out of range.
+    pub fn from_unix_epoch(n: i64) -> Option<Timestamp> {
+        let micros = if n.unsigned_abs() >= 100_000_000_000 {
+            n.checked_mul(1_000)?
+        } else {
+            n.checked_mul(1_000_000)?
+        };
+        micros
+            .checked_sub(Self::UNIX_EPOCH_OFFSET_MICROS)
+            .map(Timestamp)
+    }
+
+    /// The calendar date of the timestamp (UTC).
+    pub fn date(self) -> Date {
+        let days = self.0.div_euclid(MICROS_PER_DAY);
+        Date(days.clamp(i64::from(i32::MIN + 1), i64::from(i32::MAX - 1)) as i32)
+    }
+
     pub fn unix_micros(self) -> i64 {
         self.0.saturating_add(Self::UNIX_EPOCH_OFFSET_MICROS)
     }

@@ -96,6 +96,10 @@ pub struct ColumnDef {
     /// The PostgreSQL type (not part of the fingerprint).
     #[serde(default)]
     pub pg_type: String,
+    /// Values that do not fit `pg_type` become NULL (type policy `null`;
+    /// not part of the fingerprint).
+    #[serde(default)]
+    pub misfit_null: bool,
 }
 
 impl ColumnDef {
@@ -152,7 +156,7 @@ impl Tracked {
                 source_type: c.declared.clone(),
                 pg_type: c.pg_type.clone(),
                 type_oid: None,
-                nullable: !c.not_null && alias != Some(i),
+                nullable: (!c.not_null || c.misfit_null) && alias != Some(i),
             })
             .collect();
         TableSchema {
@@ -297,6 +301,7 @@ pub fn read_columns(conn: &Connection, table: &str) -> Result<Option<Vec<ColumnD
                     default: r.get("dflt_value")?,
                     pk: r.get("pk")?,
                     pg_type: String::new(),
+                    misfit_null: false,
                 },
                 r.get::<_, i64>("hidden")?,
             ))
@@ -436,6 +441,7 @@ fn columns_of(t: &SourceTable) -> Vec<ColumnDef> {
                 .position(|&k| k == i)
                 .map_or(0, |p| p as i64 + 1),
             pg_type: c.pg_type.clone(),
+            misfit_null: t.null_misfits.get(i).copied().unwrap_or(false),
         })
         .collect()
 }
@@ -454,8 +460,10 @@ fn tracked_from(t: &SourceTable, current: Vec<ColumnDef>) -> Result<Tracked, Err
     let columns = current
         .into_iter()
         .zip(&t.schema.columns)
-        .map(|(mut c, planned)| {
+        .enumerate()
+        .map(|(i, (mut c, planned))| {
             c.pg_type = planned.pg_type.clone();
+            c.misfit_null = t.null_misfits.get(i).copied().unwrap_or(false);
             c
         })
         .collect();
@@ -800,6 +808,7 @@ mod tests {
             default: None,
             pk,
             pg_type: String::new(),
+            misfit_null: false,
         }
     }
 

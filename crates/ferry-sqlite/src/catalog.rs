@@ -8,15 +8,15 @@
 //! columns of virtual tables left out, generated columns kept), the primary
 //! key from its `pk` positions, the row count from an exact `count(*)`, and
 //! the PostgreSQL type of each column from [`crate::typemap`] over the first
-//! [`SAMPLE_ROWS`] rows. Blocking: call from `spawn_blocking`.
+//! [`SAMPLE_ROWS`] rows, under the config's [`TypePolicies`]. Blocking: call from `spawn_blocking`.
 
-use ferry_core::config::TableFilter;
+use ferry_core::config::{ColumnOverride, Config, MisfitPolicy, TableFilter};
 use ferry_core::schema::quote_ident;
 use ferry_core::{Column, ReplicaIdentity, TableId, TableSchema};
 use rusqlite::Connection;
 use rusqlite::types::ValueRef;
 
-use crate::typemap::{self, Misfit, Sample, Sampled};
+use crate::typemap::{self, Misfit, Sample, Sampled, policy};
 
 /// The schema name SQLite gives the main database file.
 pub const SCHEMA: &str = "main";
@@ -46,6 +46,43 @@ pub struct ColumnFinding {
     pub pg_type: String,
     pub misfits: Vec<Misfit>,
     pub note: Option<String>,
+    /// The misfit policy in force ([`crate::typemap::policy`]).
+    pub policy: MisfitPolicy,
+    /// `widen` gave the column `pg_type` instead of this type.
+    pub widened_from: Option<String>,
+    /// `ferry plan` fails on it (policy `fail`, or an explicit type).
+    pub refused: bool,
+}
+
+/// The config's type policies: `sqlite.misfits` and `tables.columns`.
+#[derive(Debug, Clone, Default)]
+pub struct TypePolicies {
+    pub misfits: MisfitPolicy,
+    columns: Vec<(TableId, String, ColumnOverride)>,
+}
+
+impl TypePolicies {
+    pub fn from_config(config: &Config) -> Self {
+        TypePolicies {
+            misfits: config.sqlite.misfits,
+            columns: config
+                .tables
+                .columns
+                .iter()
+                .filter_map(|(k, o)| {
+                    let (t, c) = ferry_core::schema::parse_column(k)?;
+                    Some((t, c, o.clone()))
+                })
+                .collect(),
+        }
+    }
+
+    fn column(&self, table: &TableId, column: &str) -> Option<&ColumnOverride> {
+        self.columns
+            .iter()
+            .find(|(t, c, _)| t == table && c == column)
+            .map(|(_, _, o)| o)
+    }
 }
 
 /// One table ferry will carry.
@@ -59,6 +96,9 @@ pub struct SourceTable {
     /// Columns whose sampled values did not fit, or whose declared type was
     /// not followed.
     pub findings: Vec<ColumnFinding>,
+    /// Per column: values that do not fit its type are written as NULL
+    /// (policy `null`, for this column or with misfits sampled).
+    pub null_misfits: Vec<bool>,
 }
 
 /// Everything read from the file.
@@ -76,8 +116,12 @@ struct RawColumn {
     pk: i64,
 }
 
-/// Reads the tables `filter` selects.
-pub fn read(conn: &Connection, filter: &TableFilter) -> Result<Catalog, CatalogError> {
+/// Reads the tables `filter` selects, their types chosen under `policies`.
+pub fn read(
+    conn: &Connection,
+    filter: &TableFilter,
+    policies: &TypePolicies,
+) -> Result<Catalog, CatalogError> {
     let mut stmt = conn
         .prepare(
             "SELECT name, coalesce(sql, '') FROM sqlite_master WHERE type = 'table' \
@@ -103,12 +147,16 @@ pub fn read(conn: &Connection, filter: &TableFilter) -> Result<Catalog, CatalogE
             out.skipped.push(name);
             continue;
         }
-        out.tables.push(read_table(conn, id)?);
+        out.tables.push(read_table(conn, id, policies)?);
     }
     Ok(out)
 }
 
-fn read_table(conn: &Connection, id: TableId) -> Result<SourceTable, CatalogError> {
+fn read_table(
+    conn: &Connection,
+    id: TableId,
+    policies: &TypePolicies,
+) -> Result<SourceTable, CatalogError> {
     let what = format!("table {}", id.name);
     let q = quote_ident(&id.name);
     let raw = columns(conn, &id.name).map_err(ctx(what.clone()))?;
@@ -130,24 +178,36 @@ fn read_table(conn: &Connection, id: TableId) -> Result<SourceTable, CatalogErro
         has_rowid && key.len() == 1 && raw[key[0].1].declared.eq_ignore_ascii_case("INTEGER");
     let mut columns = Vec::with_capacity(raw.len());
     let mut findings = Vec::new();
+    let mut null_misfits = Vec::new();
     for (i, (c, samples)) in raw.into_iter().zip(samples).enumerate() {
         let is_alias = rowid_alias && key[0].1 == i;
         let inf = typemap::infer(&c.declared, is_alias, &samples);
-        if !inf.misfits.is_empty() || inf.note.is_some() {
+        let over = policies.column(&id, &c.name);
+        let choice = policy::choose(inf, &samples, over, policies.misfits);
+        // NULL policy (the column's own, or the global one where misfits
+        // were sampled): misfits become NULL, so NULL must fit.
+        let nulled = choice.nulls_misfits()
+            && (!choice.misfits.is_empty()
+                || over.is_some_and(|o| o.on_misfit == Some(MisfitPolicy::Null)));
+        null_misfits.push(nulled);
+        if !choice.misfits.is_empty() || choice.note.is_some() {
             findings.push(ColumnFinding {
                 column: c.name.clone(),
-                pg_type: inf.pg_type.clone(),
-                misfits: inf.misfits,
-                note: inf.note,
+                pg_type: choice.pg_type.clone(),
+                refused: choice.refused(),
+                misfits: choice.misfits,
+                note: choice.note,
+                policy: choice.policy,
+                widened_from: choice.widened_from,
             });
         }
         columns.push(Column {
             name: c.name,
             source_type: c.declared,
-            pg_type: inf.pg_type,
+            pg_type: choice.pg_type,
             type_oid: None,
             // A rowid alias is never NULL even when not declared NOT NULL.
-            nullable: !c.not_null && !is_alias,
+            nullable: (!c.not_null || nulled) && !is_alias,
         });
     }
     Ok(SourceTable {
@@ -160,6 +220,7 @@ fn read_table(conn: &Connection, id: TableId) -> Result<SourceTable, CatalogErro
         row_count: u64::try_from(row_count).unwrap_or(0),
         has_rowid,
         findings,
+        null_misfits,
     })
 }
 

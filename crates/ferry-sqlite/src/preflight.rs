@@ -32,10 +32,10 @@ use std::path::{Path, PathBuf};
 
 use ferry_core::Error;
 use ferry_core::TableId;
-use ferry_core::config::{Config, EndpointKind, TableFilter, TablesConfig};
+use ferry_core::config::{Config, EndpointKind, MisfitPolicy, TableFilter, TablesConfig};
 use ferry_core::plan::{Check, SourcePlan, TablePlan};
 
-use crate::catalog::{self, ColumnFinding, SourceTable};
+use crate::catalog::{self, ColumnFinding, SourceTable, TypePolicies};
 use crate::connect;
 
 const SIDE: &str = "source";
@@ -60,7 +60,8 @@ pub async fn plan(config: &Config) -> Result<SourcePlan, Error> {
         )
     })?;
     let tables = config.tables.clone();
-    tokio::task::spawn_blocking(move || plan_file(&path, &filter, &tables))
+    let policies = TypePolicies::from_config(config);
+    tokio::task::spawn_blocking(move || plan_file(&path, &filter, &tables, &policies))
         .await
         .map_err(|e| Error::transient("sqlite plan task failed").with_source(e))?
 }
@@ -70,6 +71,7 @@ pub fn plan_file(
     path: &Path,
     filter: &TableFilter,
     tables: &TablesConfig,
+    policies: &TypePolicies,
 ) -> Result<SourcePlan, Error> {
     let mut plan = SourcePlan {
         flavor: "sqlite".to_owned(),
@@ -118,7 +120,7 @@ pub fn plan_file(
         "sqlite version",
         format!("SQLite {}", plan.version),
     ));
-    let catalog = catalog::read(&conn, filter).map_err(|e| {
+    let catalog = catalog::read(&conn, filter, policies).map_err(|e| {
         Error::operator(
             format!("{shown}: {e}"),
             "check the file with: sqlite3 FILE 'PRAGMA integrity_check'",
@@ -227,34 +229,82 @@ pub fn table_checks(catalog: &catalog::Catalog, path: &Path) -> Vec<Check> {
     out
 }
 
+/// One column's type evidence, by its misfit policy
+/// ([`crate::typemap::policy`]): widened (warn, with the counts and rowids),
+/// refused (`fail`, or an explicit type that sampled values do not fit),
+/// NULLed (`null`), or a note on the declared type.
 fn finding_check(id: &TableId, f: &ColumnFinding) -> Check {
+    let name = format!("values {id}.{}", f.column);
     let mut detail = format!("{id}.{} → {}", f.column, f.pg_type);
     if let Some(note) = &f.note {
         detail.push_str(&format!(": {note}"));
     }
-    if let Some(first) = f.misfits.first() {
-        let rows: Vec<String> = f
-            .misfits
-            .iter()
-            .take(ROWIDS_SHOWN)
-            .map(|m| m.rowid.map_or_else(|| "?".to_owned(), |r| r.to_string()))
-            .collect();
-        let more = f.misfits.len().saturating_sub(ROWIDS_SHOWN);
+    let Some(first) = f.misfits.first() else {
+        return Check::warn(
+            SIDE,
+            name,
+            detail,
+            "nothing to do if the type shown is right; otherwise set it with tables.columns",
+        );
+    };
+    let rows: Vec<String> = f
+        .misfits
+        .iter()
+        .take(ROWIDS_SHOWN)
+        .map(|m| m.rowid.map_or_else(|| "?".to_owned(), |r| r.to_string()))
+        .collect();
+    let more = f.misfits.len().saturating_sub(ROWIDS_SHOWN);
+    let declared = f.widened_from.as_deref().unwrap_or(&f.pg_type);
+    detail.push_str(&format!(
+        "; {} sampled value(s) do not fit {declared} ({}) at rowid {}{}",
+        f.misfits.len(),
+        first.reason,
+        rows.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    ));
+    let set = format!("tables.columns.\"{id}.{}\"", f.column);
+    if let Some(from) = &f.widened_from {
         detail.push_str(&format!(
-            "; {} sampled value(s) do not fit ({}) at rowid {}{}",
-            f.misfits.len(),
-            first.reason,
-            rows.join(", "),
-            if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
-            }
+            "; widened from {from} to {} so that nothing is lost (sqlite.misfits = \"widen\")",
+            f.pg_type
         ));
+        return Check::warn(
+            SIDE,
+            name,
+            detail,
+            format!(
+                "nothing to do if {} is right; otherwise {set} = {{ type = \"{from}\", on_misfit = \"null\" }} keeps {from} and NULLs those values, or fix the rows",
+                f.pg_type
+            ),
+        );
+    }
+    if f.refused {
+        detail.push_str(&format!("; on_misfit = \"{}\"", f.policy));
+        return Check::fail(
+            SIDE,
+            name,
+            detail,
+            format!(
+                "fix those rows in the source, or set {set} = {{ on_misfit = \"widen\" }} (a type that holds every value) or {{ on_misfit = \"null\" }} (NULL them)"
+            ),
+        );
+    }
+    if f.policy == MisfitPolicy::Null {
+        detail.push_str("; they become NULL in the load and the stream (on_misfit = \"null\")");
+        return Check::warn(
+            SIDE,
+            name,
+            detail,
+            "nothing to do if losing those values is acceptable; otherwise fix the rows or choose another policy",
+        );
     }
     Check::warn(
         SIDE,
-        format!("values {id}.{}", f.column),
+        name,
         detail,
         "fix or convert those rows in the source before the load, or accept the column type shown",
     )

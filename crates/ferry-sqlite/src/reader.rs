@@ -345,7 +345,7 @@ fn typed(t: &Tracked, vals: &[SqlValue], cols: &[usize], seq: ChangeLogSeq) -> R
     let mut out = vec![ferry_core::Value::Null; t.columns.len()];
     for &i in cols {
         let c = &t.columns[i];
-        out[i] = value::decode(&c.pg_type, (&vals[i]).into()).map_err(|why| {
+        out[i] = value::decode_column(&c.pg_type, c.misfit_null, (&vals[i]).into()).map_err(|why| {
             Error::operator(
                 format!(
                     "change-log entry {seq} of {}: column {} ({}): {why}",
@@ -357,7 +357,7 @@ fn typed(t: &Tracked, vals: &[SqlValue], cols: &[usize], seq: ChangeLogSeq) -> R
                     "a value written during the migration does not fit the type ferry chose for {}.{} \
                      from the values it sampled; fix the row in the source, then start over: \
                      `ferry cleanup --state`, drop the migrated tables on the target, `ferry run` \
-                     (`ferry plan` shows the type it will choose; per-column type overrides are not available yet)",
+                     (`ferry plan` shows the type it will choose; tables.columns sets a column's type or its misfit policy, e.g. on_misfit = \"null\")",
                     t.id(),
                     c.name
                 ),

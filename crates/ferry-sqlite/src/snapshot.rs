@@ -144,11 +144,11 @@ pub fn read_with(
                 let v = r
                     .get_ref(i)
                     .map_err(sql_error(format!("reading {}", t.id())))?;
-                values.push(value::decode(&c.pg_type, v).map_err(|why| {
+                values.push(value::decode_column(&c.pg_type, c.misfit_null, v).map_err(|why| {
                     Error::operator(
                         format!("snapshot of {}: column {} ({}): {why}", t.id(), c.name, c.pg_type),
                         format!(
-                            "fix the value in the source row so that it fits {} (per-column type overrides are not available yet)",
+                            "fix the value in the source row so that it fits {} (or set the column's type or misfit policy with tables.columns)",
                             c.pg_type
                         ),
                     )

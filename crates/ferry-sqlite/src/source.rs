@@ -61,7 +61,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::capture::{self, LOG_TABLE, sql_error};
-use crate::catalog::{self, SCHEMA};
+use crate::catalog::{self, SCHEMA, TypePolicies};
 use crate::connect;
 use crate::fence::Fence;
 use crate::reader;
@@ -89,6 +89,8 @@ pub const LOAD_SCHEMA: &str = SCHEMA;
 pub struct SqliteSource {
     path: PathBuf,
     filter: TableFilter,
+    /// `sqlite.misfits` and `tables.columns`.
+    policies: TypePolicies,
     /// The cutover's held write lock, shared with
     /// [`Source::release_capture`](source::Source::release_capture), which removes capture inside it.
     fence: Arc<Mutex<Option<Fence>>>,
@@ -119,6 +121,7 @@ impl SqliteSource {
         Ok(SqliteSource {
             path: source_path(config)?,
             filter: table_filter(config)?,
+            policies: TypePolicies::from_config(config),
             fence: Arc::new(Mutex::new(None)),
             snapshots: Arc::new(AtomicU64::new(0)),
         })
@@ -145,9 +148,9 @@ fn take_fence(slot: &Mutex<Option<Fence>>) -> Option<Fence> {
         .unwrap_or_else(|p| p.into_inner().take())
 }
 
-/// `config` with a rename `main.t` → `public.t` for every table of the
-/// file that `tables.rename` does not name: the target names `ferry plan`
-/// shows. The load writes under the source name (schema `main` on the
+/// `config` with a rename `main.t` → `public.t` (`target_tables.schema`
+/// instead of `public` when set) for every table of the file that
+/// `tables.rename` does not name: the target names `ferry plan` shows. The load writes under the source name (schema `main` on the
 /// target) and the pipeline moves each table after post-data.
 pub async fn with_target_names(config: &Config) -> Result<Config, Error> {
     let path = source_path(config)?;
@@ -167,12 +170,13 @@ pub async fn with_target_names(config: &Config) -> Result<Config, Error> {
     })
     .await?;
     let mut out = config.clone();
+    let schema = config.target_tables.schema.as_deref().unwrap_or("public");
     for name in names {
         let id = TableId::new(SCHEMA, &name);
         if out.tables.target_name(&id) == id {
             out.tables
                 .rename
-                .insert(id.to_string(), TableId::new("public", &name).to_string());
+                .insert(id.to_string(), TableId::new(schema, &name).to_string());
         }
     }
     Ok(out)
@@ -223,9 +227,13 @@ impl source::Catalog for SqliteCatalog {
     }
 }
 
-fn read_catalog(path: &Path, filter: &TableFilter) -> Result<SqliteCatalog, Error> {
+fn read_catalog(
+    path: &Path,
+    filter: &TableFilter,
+    policies: &TypePolicies,
+) -> Result<SqliteCatalog, Error> {
     let conn = open_ro(path)?;
-    let mut cat = catalog::read(&conn, filter).map_err(|e| {
+    let mut cat = catalog::read(&conn, filter, policies).map_err(|e| {
         Error::operator(
             format!("reading the tables of {}: {e}", path.display()),
             "check the file with `ferry plan`",
@@ -353,8 +361,15 @@ impl source::Source for SqliteSource {
     type Cutover = SqliteCutover;
 
     async fn catalog(&self) -> Result<SqliteCatalog, Error> {
-        let (path, filter) = (self.path.clone(), self.filter.clone());
-        blocking("reading the catalog", move || read_catalog(&path, &filter)).await
+        let (path, filter, policies) = (
+            self.path.clone(),
+            self.filter.clone(),
+            self.policies.clone(),
+        );
+        blocking("reading the catalog", move || {
+            read_catalog(&path, &filter, &policies)
+        })
+        .await
     }
 
     async fn prepare_capture(&self, after_interrupted: bool) -> Result<(), Error> {

@@ -13,6 +13,7 @@
 //! | `DATE`                                           | all text `YYYY-MM-DD`           | `date`     |
 //! | contains `DATE` or `TIME` (`DATETIME`, `TIMESTAMP`) | all text dates / timestamps  | `timestamp` (`timestamptz` when every value has a zone) |
 //! | `TIME`                                           | all text `HH:MM[:SS[.f]]`       | `time`     |
+//! | `DATE` or `DATETIME`/`TIMESTAMP`                 | only integers (Unix epoch)      | `date` / `timestamp(3)` (milliseconds when any \|n\| ≥ 10¹¹) / `timestamp` (seconds) |
 //! | date/time declared                               | some value does not parse       | `text`; those rows are reported |
 //! | contains `INT`                                   | —                               | `bigint`   |
 //! | contains `CHAR`, `CLOB`, `TEXT` (`VARCHAR(n)`…)  | —                               | `text`     |
@@ -27,10 +28,14 @@
 //!
 //! Values that do not fit the chosen type (text in an INTEGER column, a blob
 //! in a TEXT column, a number too wide for `numeric(p,s)`, …) are returned as
-//! [`Misfit`]s with their rowid: `ferry plan` warns about them by table,
-//! column and rowid; the loader never converts them silently.
+//! [`Misfit`]s with their rowid; [`policy`] then decides (widen the type,
+//! refuse, or NULL them) and applies explicit per-column types. `ferry plan`
+//! shows them by table, column and rowid; the loader never converts them
+//! silently.
 
 use ferry_core::calendar::days_in_month;
+
+pub mod policy;
 
 /// A sampled value, reduced to what type inference needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -165,7 +170,7 @@ fn check(
 }
 
 /// No usable declared type: decide from the storage classes.
-fn by_values(samples: &[Sample]) -> Inference {
+pub(crate) fn by_values(samples: &[Sample]) -> Inference {
     let any = non_null(samples).next().is_some();
     let pg = if !any {
         "text"
@@ -186,6 +191,35 @@ fn by_values(samples: &[Sample]) -> Inference {
         );
     };
     Inference::clean(pg)
+}
+
+/// A date/time column holding only integers (what ORMs such as Prisma
+/// write): Unix epoch milliseconds when any |n| ≥ 10¹¹ (`timestamp(3)`),
+/// else seconds (`timestamp`); `date` for DATE. TIME is not an epoch.
+fn epoch(upper: &str, declared: &str, samples: &[Sample]) -> Option<Inference> {
+    let ints: Vec<i64> = non_null(samples)
+        .map(|s| match s.value {
+            Sampled::Integer(n) => Some(n),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    if ints.is_empty() || upper == "TIME" {
+        return None;
+    }
+    let millis = ints.iter().any(|n| n.unsigned_abs() >= 100_000_000_000);
+    let (pg, unit) = match (upper == "DATE", millis) {
+        (true, true) => ("date", "milliseconds"),
+        (true, false) => ("date", "seconds"),
+        (false, true) => ("timestamp(3)", "milliseconds"),
+        (false, false) => ("timestamp", "seconds"),
+    };
+    Some(Inference {
+        pg_type: pg.to_owned(),
+        misfits: Vec::new(),
+        note: Some(format!(
+            "declared {declared}, holds integers: read as Unix epoch {unit}, carried as {pg}"
+        )),
+    })
 }
 
 fn numeric(upper: &str, samples: &[Sample]) -> Inference {
@@ -233,8 +267,12 @@ fn numeric(upper: &str, samples: &[Sample]) -> Inference {
     }
 }
 
-/// DATE / DATETIME / TIMESTAMP / TIME: the type only when every text value parses.
+/// DATE / DATETIME / TIMESTAMP / TIME: the type only when every text value
+/// parses, or every value is an integer (a Unix epoch, see [`epoch`]).
 fn temporal(upper: &str, declared: &str, samples: &[Sample]) -> Inference {
+    if let Some(inf) = epoch(upper, declared, samples) {
+        return inf;
+    }
     let kinds: Vec<(Option<i64>, Option<Temporal>)> = non_null(samples)
         .map(|s| {
             let k = match &s.value {

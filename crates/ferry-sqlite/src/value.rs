@@ -16,7 +16,9 @@
 //! | `numeric[(p[,s])]`           | INTEGER, finite REAL (shortest exact text), decimal TEXT |
 //! | `text`                       | TEXT; INTEGER and REAL as their text          |
 //! | `bytea`                      | BLOB; TEXT as its UTF-8 bytes                 |
-//! | `date` / `time` / `timestamp` / `timestamptz` | TEXT in the typemap's formats |
+//! | `date` / `time` / `timestamp` / `timestamptz` | TEXT in the typemap's formats; INTEGER as a Unix epoch (`date`, `timestamp[tz]`: milliseconds when \|n\| ≥ 10¹¹, else seconds) |
+//! | `integer`, `smallint` (explicit types) | INTEGER in range |
+//! | `uuid`, `json`, `jsonb` (explicit types) | TEXT (the target parses it) |
 //!
 //! NULL is NULL for every type.
 
@@ -27,16 +29,52 @@ use rusqlite::types::ValueRef;
 /// Why a value does not fit its column's type (no value text: it may be private).
 pub type Misfit = &'static str;
 
+/// [`decode`], with a value that does not fit written as NULL when the
+/// column's type policy says so (`null_misfits`).
+pub fn decode_column(pg_type: &str, null_misfits: bool, v: ValueRef<'_>) -> Result<Value, Misfit> {
+    match decode(pg_type, v) {
+        Err(_) if null_misfits => Ok(Value::Null),
+        other => other,
+    }
+}
+
 /// Decodes one SQLite value for a column of PostgreSQL type `pg_type`.
 pub fn decode(pg_type: &str, v: ValueRef<'_>) -> Result<Value, Misfit> {
     if let ValueRef::Null = v {
         return Ok(Value::Null);
     }
     let base = pg_type.split('(').next().unwrap_or(pg_type).trim();
+    let base = match base {
+        "timestamp without time zone" => "timestamp",
+        "timestamp with time zone" => "timestamptz",
+        "int8" => "bigint",
+        "int" | "int4" => "integer",
+        "int2" => "smallint",
+        "bool" => "boolean",
+        "float8" => "double precision",
+        other => other,
+    };
     match base {
         "bigint" => match v {
             ValueRef::Integer(i) => Ok(Value::Int8(i)),
             _ => Err("non-integer value in a bigint column"),
+        },
+        "integer" => match v {
+            ValueRef::Integer(i) => i32::try_from(i)
+                .map(Value::Int4)
+                .map_err(|_| "integer out of range for integer"),
+            _ => Err("non-integer value in an integer column"),
+        },
+        "smallint" => match v {
+            ValueRef::Integer(i) => i16::try_from(i)
+                .map(Value::Int2)
+                .map_err(|_| "integer out of range for smallint"),
+            _ => Err("non-integer value in a smallint column"),
+        },
+        // PostgreSQL parses the text on the target (COPY text input).
+        "uuid" | "json" | "jsonb" => match v {
+            ValueRef::Text(t) => Ok(Value::Text(utf8(t)?)),
+            _ => Err("non-text value in a uuid/json column"),
         },
         "boolean" => match v {
             ValueRef::Integer(0) => Ok(Value::Bool(false)),
@@ -71,6 +109,17 @@ pub fn decode(pg_type: &str, v: ValueRef<'_>) -> Result<Value, Misfit> {
             ValueRef::Blob(b) | ValueRef::Text(b) => Ok(Value::Bytes(b.to_vec())),
             _ => Err("number in a bytea column"),
         },
+        "date" | "timestamp" | "timestamptz" if matches!(v, ValueRef::Integer(_)) => {
+            let ValueRef::Integer(n) = v else {
+                return Err("value is not a date/time");
+            };
+            let ts = Timestamp::from_unix_epoch(n).ok_or("epoch integer out of range")?;
+            Ok(match base {
+                "date" => Value::Date(ts.date()),
+                "timestamptz" => Value::TimestampTz(ts),
+                _ => Value::Timestamp(ts),
+            })
+        }
         "date" | "time" | "timestamp" | "timestamptz" => {
             let ValueRef::Text(t) = v else {
                 return Err("value is not a date/time");

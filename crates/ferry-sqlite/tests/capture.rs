@@ -41,7 +41,7 @@ fn app(path: &Path) -> Connection {
 fn install(path: &Path, only: &[&str]) -> Vec<Installed> {
     let mut conn = capture::open_read_write(path).unwrap();
     let filter = TablesConfig::default().filter().unwrap();
-    let mut cat = catalog::read(&conn, &filter).unwrap();
+    let mut cat = catalog::read(&conn, &filter, &Default::default()).unwrap();
     if !only.is_empty() {
         cat.tables
             .retain(|t| only.contains(&t.schema.id.name.as_str()));
@@ -108,7 +108,7 @@ fn install_is_idempotent_and_cleanup_removes_everything() {
     // What plan shows is exactly what is installed.
     let conn = capture::open_read_write(&path).unwrap();
     let filter = TablesConfig::default().filter().unwrap();
-    let mut cat = catalog::read(&conn, &filter).unwrap();
+    let mut cat = catalog::read(&conn, &filter, &Default::default()).unwrap();
     cat.tables.retain(|t| t.schema.id.name == "Genre");
     let planned = capture::install_statements(&cat.tables).unwrap();
     let ins: String = a
@@ -480,7 +480,7 @@ fn table_rebuild_stops_with_an_operator_error() {
     // Installing again does not paper over the gap either.
     let mut conn = capture::open_read_write(&path).unwrap();
     let filter = TablesConfig::default().filter().unwrap();
-    let mut cat = catalog::read(&conn, &filter).unwrap();
+    let mut cat = catalog::read(&conn, &filter, &Default::default()).unwrap();
     cat.tables.retain(|t| t.schema.id.name == "actor");
     let e = capture::install(&mut conn, &cat.tables).unwrap_err();
     assert!(e.to_string().contains("main.actor was rebuilt"), "{e}");

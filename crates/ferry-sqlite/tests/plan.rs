@@ -219,7 +219,7 @@ fn plan_says_what_change_capture_installs_and_finds_a_rebuilt_table() {
     let filter = ferry_core::config::TablesConfig::default()
         .filter()
         .unwrap();
-    let cat = ferry_sqlite::catalog::read(&conn, &filter).unwrap();
+    let cat = ferry_sqlite::catalog::read(&conn, &filter, &Default::default()).unwrap();
     ferry_sqlite::capture::install(&mut conn, &cat.tables).unwrap();
     let cc = check(&run_plan(&path), "change capture").clone();
     assert_eq!(cc.status, CheckStatus::Pass, "{}", cc.detail);

@@ -8,9 +8,10 @@
 use std::fmt::Write as _;
 
 use ferry_apply::state::{Phase, StateStore};
-use ferry_core::TableId;
 use ferry_core::config::{Config, EndpointKind, parse_table_name};
-use ferry_core::plan::{Check, CheckStatus, PlanReport, SourcePlan};
+use ferry_core::plan::{Check, CheckStatus, PlanReport, SourcePlan, TablePlan};
+use ferry_core::schema::Column;
+use ferry_core::{ReplicaIdentity, TableId, TableSchema};
 use ferry_postgres::preflight::SlotOwnership;
 
 use crate::Outcome;
@@ -58,14 +59,22 @@ pub async fn build(config: &Config) -> PlanReport {
     };
     match target {
         Ok(client) => {
-            let tables: Vec<TableId> = report
-                .tables
-                .iter()
-                .filter_map(|t| parse_table_name(&t.target))
-                .collect();
+            // Existing target tables may hold rows: checked by their mode.
+            let tables: Vec<TableId> = match config.target_tables.existing() {
+                true => Vec::new(),
+                false => report
+                    .tables
+                    .iter()
+                    .filter_map(|t| parse_table_name(&t.target))
+                    .collect(),
+            };
             report
                 .checks
                 .extend(ferry_apply::preflight::check_target(&client, &state, &tables).await);
+            if config.target_tables.existing() {
+                let fresh = matches!(ownership, SlotOwnership::Fresh | SlotOwnership::Interrupted);
+                existing_tables(config, &client, &mut report, fresh).await;
+            }
             report.target_version = client
                 .query_one("SELECT current_setting('server_version')", &[])
                 .await
@@ -80,6 +89,86 @@ pub async fn build(config: &Config) -> PlanReport {
         )),
     }
     report
+}
+
+/// `[target_tables] mode = "existing"`: match the planned tables against
+/// the target's tables (as `ferry run` will) and report every finding; the
+/// table rows show the matched target tables. Before a migration started
+/// (`fresh`), target tables that hold rows are refused or to be emptied
+/// (`existing_rows`).
+async fn existing_tables(
+    config: &Config,
+    client: &tokio_postgres::Client,
+    report: &mut PlanReport,
+    fresh: bool,
+) {
+    let named;
+    let config = match config.source.kind() {
+        Ok(EndpointKind::Sqlite(_)) => {
+            match ferry_sqlite::source::with_target_names(config).await {
+                Ok(c) => {
+                    named = c;
+                    &named
+                }
+                Err(_) => config,
+            }
+        }
+        _ => config,
+    };
+    let schemas: Vec<TableSchema> = report.tables.iter().filter_map(plan_schema).collect();
+    let binary = config.source.kind().ok() == Some(EndpointKind::Postgres);
+    match crate::pipeline::existing::find(config, client, &schemas, binary).await {
+        Ok((mapping, findings)) => {
+            for t in &mut report.tables {
+                let target = parse_table_name(&t.source)
+                    .and_then(|s| mapping.table(&s).map(|m| m.target.to_string()));
+                if let Some(target) = target {
+                    t.target = target;
+                }
+            }
+            report
+                .checks
+                .extend(crate::pipeline::existing::checks(&findings));
+            if fresh {
+                let targets: Vec<TableId> = mapping.targets().map(|(_, t)| t.clone()).collect();
+                report
+                    .checks
+                    .extend(crate::pipeline::existing::rows_check(config, client, &targets).await);
+            }
+        }
+        Err(e) => report.checks.push(Check::fail(
+            "target",
+            "existing tables",
+            format!("{e:#}"),
+            "check that the target role may read the catalog of the target schema",
+        )),
+    }
+}
+
+/// The source table a plan row describes (names, types, key).
+fn plan_schema(t: &TablePlan) -> Option<TableSchema> {
+    let columns: Vec<Column> = t
+        .columns
+        .iter()
+        .map(|c| Column {
+            name: c.name.clone(),
+            source_type: c.source_type.clone(),
+            pg_type: c.pg_type.clone(),
+            type_oid: None,
+            nullable: c.nullable,
+        })
+        .collect();
+    let key = t
+        .key
+        .iter()
+        .filter_map(|k| columns.iter().position(|c| &c.name == k))
+        .collect();
+    Some(TableSchema {
+        id: parse_table_name(&t.source)?,
+        columns,
+        key,
+        replica_identity: ReplicaIdentity::Default,
+    })
 }
 
 async fn source_plan(config: &Config, ownership: SlotOwnership) -> SourcePlan {

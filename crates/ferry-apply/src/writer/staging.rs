@@ -23,6 +23,7 @@ use futures_util::SinkExt;
 use tokio_postgres::Client;
 
 use super::sql::{copy_stage_sql, create_stage_sql};
+use crate::conversion::{TargetKind, convert};
 use crate::copy_text::push_copy_text;
 use crate::error::pg_error;
 
@@ -56,10 +57,11 @@ pub(super) struct StageRow<'a> {
     pub(super) seq: i32,
 }
 
-/// One staging row in COPY text: the values, then op, mask and seq.
-fn push_stage_row(buf: &mut BytesMut, r: &StageRow<'_>) {
-    for v in r.values {
-        push_copy_text(buf, v);
+/// One staging row in COPY text: the values (converted to the kinds of
+/// their target columns, [`crate::conversion`]), then op, mask and seq.
+fn push_stage_row(buf: &mut BytesMut, r: &StageRow<'_>, kinds: &[TargetKind]) {
+    for (v, k) in r.values.iter().zip(kinds) {
+        push_copy_text(buf, &convert(v, *k));
         buf.put_u8(b'\t');
     }
     push_copy_text(buf, &Value::Int2(r.op));
@@ -205,8 +207,13 @@ impl Staging {
             .map_err(|e| pg_error("copying into staging table", e))?;
         futures_util::pin_mut!(sink);
         let mut buf = BytesMut::with_capacity(COPY_CHUNK);
+        let kinds: Vec<TargetKind> = schema
+            .columns
+            .iter()
+            .map(|c| TargetKind::of(&c.pg_type))
+            .collect();
         for r in rows {
-            push_stage_row(&mut buf, r);
+            push_stage_row(&mut buf, r, &kinds);
             if buf.len() >= COPY_CHUNK {
                 sink.send(buf.split().freeze())
                     .await

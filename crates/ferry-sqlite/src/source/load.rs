@@ -202,6 +202,21 @@ fn read_chunk(
 ) -> Result<(), Error> {
     let id = &schema.id;
     let conn = open_ro(copy)?;
+    // The type policy recorded with capture: misfits written as NULL.
+    let null_misfits: Vec<bool> = crate::capture::load_tracked(&conn)?
+        .get(&id.name)
+        .map(|t| {
+            schema
+                .columns
+                .iter()
+                .map(|c| {
+                    t.columns
+                        .iter()
+                        .any(|tc| tc.name == c.name && tc.misfit_null)
+                })
+                .collect()
+        })
+        .unwrap_or_else(|| vec![false; schema.columns.len()]);
     let cols: Vec<String> = schema
         .columns
         .iter()
@@ -224,13 +239,15 @@ fn read_chunk(
         let mut values = Vec::with_capacity(schema.columns.len());
         for (i, c) in schema.columns.iter().enumerate() {
             let v = r.get_ref(i).map_err(sql_error(ctx()))?;
-            values.push(value::decode(&c.pg_type, v).map_err(|why| {
+            values.push(value::decode_column(&c.pg_type, null_misfits[i], v).map_err(|why| {
                 Error::operator(
                     format!("snapshot of {id}: column {} ({}): {why}", c.name, c.pg_type),
                     format!(
                         "fix the value in the source row so that it fits {}, then `ferry run` again \
-                         (the load resumes from a new snapshot; per-column type overrides are not available yet)",
-                        c.pg_type
+                         (the load resumes from a new snapshot); or choose the column's type or misfit \
+                         policy with tables.columns.\"{}.{}\" = {{ type = \"…\", on_misfit = \"null\" }} \
+                         (`ferry cleanup --state` and start over)",
+                        c.pg_type, id, c.name
                     ),
                 )
             })?);

@@ -4,7 +4,10 @@
 //! Consumes the chunk plan of the selected tables and the source's
 //! [`Snapshot`]; each worker holds one [`SnapshotReader`] and writes each
 //! chunk with `COPY … FROM STDIN`: binary COPY bytes passed straight through
-//! when the source sends them (PostgreSQL), rows encoded otherwise.
+//! when the source sends them (PostgreSQL), rows encoded otherwise. With
+//! existing target tables ([`super::existing`]) rows go straight into the
+//! application's tables under their column names, each value converted to
+//! its column's type (`ferry_apply::conversion`).
 //!
 //! Invariants: a chunk's rows and its `ferry.chunks` mark commit in one
 //! target transaction, so a crash leaves each chunk either fully loaded and
@@ -16,8 +19,11 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
+use ferry_apply::conversion::TargetKind;
+use ferry_apply::existing::Mapping;
 use ferry_apply::load::{LoadData, LoadProgress, LoadTarget, load_chunk};
 use ferry_apply::state::StateStore;
+use ferry_core::TableId;
 use ferry_core::config::Config;
 use ferry_core::source::{Chunk, ChunkData, Snapshot, SnapshotReader, SourceTable};
 use tracing::info;
@@ -40,8 +46,10 @@ pub async fn run<T: Snapshot>(
     tables: &[SourceTable],
     snapshot: &T,
     shutdown: Shutdown,
+    mapping: Option<&Mapping>,
 ) -> anyhow::Result<()> {
     let target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    let mapping = mapping.map(|m| Arc::new(m.clone()));
     let mut queue = VecDeque::new();
     let mut board = Board::new();
     for t in tables {
@@ -93,15 +101,22 @@ pub async fn run<T: Snapshot>(
                 return Err(e.into());
             }
         };
-        let (config, state, queue, shutdown) = (
+        let (config, state, queue, shutdown, mapping) = (
             config.clone(),
             state.clone(),
             queue.clone(),
             shutdown.clone(),
+            mapping.clone(),
         );
-        set.spawn(
-            async move { load_worker(worker, &config, &state, reader, &queue, &shutdown).await },
-        );
+        set.spawn(async move {
+            let w = Worker {
+                id: worker,
+                config: &config,
+                state: &state,
+                mapping: mapping.as_deref(),
+            };
+            load_worker(&w, reader, &queue, &shutdown).await
+        });
     }
     let mut first_error = None;
     while let Some(res) = set.join_next().await {
@@ -125,14 +140,61 @@ pub async fn run<T: Snapshot>(
     }
 }
 
+/// The table a chunk's rows are copied into: the chunk's relation under its
+/// source name (renames follow post-data), or with existing target tables
+/// the application's table.
+pub(super) fn relation(config: &Config, table: &TableId, existing: bool) -> TableId {
+    match existing {
+        true => config.tables.target_name(table),
+        false => table.clone(),
+    }
+}
+
+/// One load worker's settings.
+struct Worker<'a> {
+    id: usize,
+    config: &'a Config,
+    state: &'a StateStore,
+    /// Existing target tables: names and types to write under.
+    mapping: Option<&'a Mapping>,
+}
+
+impl Worker<'_> {
+    /// Where a chunk of `schema` goes: table, columns and their kinds.
+    fn load_target(&self, job: &Job) -> LoadTarget {
+        let schema = &job.table.schema;
+        let Some(m) = self.mapping else {
+            return LoadTarget {
+                source: schema.id.clone(),
+                // Renames (`tables.rename`) happen after post-data.
+                target: job.chunk.relation.clone(),
+                columns: schema.columns.iter().map(|c| c.name.clone()).collect(),
+                kinds: Vec::new(),
+                chunk: Some(job.chunk.index as i32),
+            };
+        };
+        let view = m.view(schema);
+        LoadTarget {
+            source: schema.id.clone(),
+            target: relation(self.config, &schema.id, true),
+            columns: view.columns.iter().map(|c| c.name.clone()).collect(),
+            kinds: view
+                .columns
+                .iter()
+                .map(|c| TargetKind::of(&c.pg_type))
+                .collect(),
+            chunk: Some(job.chunk.index as i32),
+        }
+    }
+}
+
 async fn load_worker<R: SnapshotReader>(
-    worker: usize,
-    config: &Config,
-    state: &StateStore,
+    w: &Worker<'_>,
     mut reader: R,
     queue: &Mutex<VecDeque<Job>>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
+    let (worker, config, state) = (w.id, w.config, w.state);
     let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
     loop {
         if shutdown.is_cancelled() {
@@ -142,14 +204,13 @@ async fn load_worker<R: SnapshotReader>(
             return Ok(());
         };
         let schema = &job.table.schema;
-        let to = LoadTarget {
-            source: schema.id.clone(),
-            // Renames (`tables.rename`) happen after post-data.
-            target: job.chunk.relation.clone(),
-            columns: schema.columns.iter().map(|c| c.name.clone()).collect(),
-            chunk: Some(job.chunk.index as i32),
+        let to = w.load_target(&job);
+        // Excluded columns (existing target tables) are not read at all.
+        let read_schema = match w.mapping {
+            Some(m) => m.project_schema(schema),
+            None => schema.clone(),
         };
-        let data = match reader.read(&job.chunk, schema).await? {
+        let data = match reader.read(&job.chunk, &read_schema).await? {
             ChunkData::BinaryCopy(bytes) => LoadData::BinaryCopy(bytes),
             ChunkData::Rows(rows) => LoadData::Rows(rows),
         };

@@ -24,7 +24,8 @@
 //! unfinished. Stages: [`schema`], [`load`], [`stream`]; the durable load plan
 //! lives in [`plan_store`]; reconnect policy in [`retry`]; the lag monitor,
 //! status in [`live`]; the control API's handler in [`handler`]; the
-//! cutover in [`cutover`].
+//! cutover in [`cutover`]; loading into tables the application created
+//! (`[target_tables] mode = "existing"`) in [`existing`].
 //! Nothing here holds source SQL: PostgreSQL is
 //! `ferry_postgres::source::PgSource`, MariaDB
 //! `ferry_mysql::source::MySqlSource`, SQLite
@@ -44,6 +45,7 @@
 
 mod console;
 mod cutover;
+pub(crate) mod existing;
 mod handler;
 pub mod live;
 pub mod load;
@@ -57,6 +59,7 @@ mod stream;
 use std::sync::Arc;
 
 use anyhow::Context;
+use ferry_apply::existing::Mapping;
 use ferry_apply::state::{Phase, StateStore, TableState};
 use ferry_core::config::{Config, EndpointKind};
 use ferry_core::source::{Catalog, Snapshot, Source, SourceTable};
@@ -195,12 +198,31 @@ async fn run_once<S: Source>(
         same_source(source.as_ref(), &state, &target).await?;
     }
 
+    let catalog = source.catalog().await?;
+    let tables = catalog.tables();
+    // Existing target tables: matched now, named as renames from here on.
+    let mapping = match config.target_tables.existing() {
+        true => {
+            let schemas: Vec<_> = tables.iter().map(|t| t.schema.clone()).collect();
+            let binary = config.source.kind().ok() == Some(EndpointKind::Postgres);
+            Some(Arc::new(
+                existing::resolve_for_run(config, &target, &schemas, binary).await?,
+            ))
+        }
+        false => None,
+    };
+    let renamed;
+    let config = match &mapping {
+        Some(m) => {
+            renamed = existing::with_renames(config, m);
+            &renamed
+        }
+        None => config,
+    };
     let live = Live::<S::Position>::new(config.clone(), state.clone(), run_id, shutdown.clone());
     if let Some(p) = phase {
         live.set_phase(p);
     }
-    let catalog = source.catalog().await?;
-    let tables = catalog.tables();
     if let Ok(mut c) = live.carried.lock() {
         *c = tables
             .iter()
@@ -220,6 +242,7 @@ async fn run_once<S: Source>(
                 phase,
                 &live,
                 &shutdown,
+                mapping.as_deref(),
             )
             .await?
         {
@@ -244,6 +267,7 @@ async fn run_once<S: Source>(
             live.clone(),
             source,
             &catalog,
+            mapping.clone(),
         )
         .await
     }
@@ -311,18 +335,31 @@ async fn load_phase<S: Source>(
     phase: Option<Phase>,
     live: &Live<S::Position>,
     shutdown: &Shutdown,
+    mapping: Option<&Mapping>,
 ) -> anyhow::Result<bool> {
     let tables = catalog.tables();
+    let existing = mapping.is_some();
+    if existing {
+        // Chunks load in parallel, in no key order: the application's
+        // foreign keys and triggers wait until cutover (recorded; done
+        // again, idempotently, by a run resuming the load).
+        let mut t = ferry_postgres::connect::connect(&config.target, "target").await?;
+        let carried: Vec<_> = tables
+            .iter()
+            .map(|t| config.tables.target_name(&t.schema.id))
+            .collect();
+        overrides::disable_for_apply(&mut t, state, &carried, false).await?;
+    }
     if phase.is_none_or(|p| p < Phase::Load) {
-        let snapshot = schema::run(config, state, target, source, catalog, phase).await?;
+        let snapshot = schema::run(config, state, target, source, catalog, phase, existing).await?;
         live.set_phase(Phase::Load);
-        let loaded = load::run(config, state, &tables, &snapshot, shutdown.clone()).await;
+        let loaded = load::run(config, state, &tables, &snapshot, shutdown.clone(), mapping).await;
         snapshot.release().await;
         if !finish_load_step(loaded, shutdown)? {
             return Ok(false);
         }
     } else {
-        resume_load(config, state, target, source, &tables, shutdown).await?;
+        resume_load(config, state, target, source, &tables, shutdown, mapping).await?;
         if shutdown.is_cancelled() {
             return Ok(false);
         }
@@ -540,6 +577,7 @@ async fn resume_load<S: Source>(
     source: &S,
     tables: &[SourceTable],
     shutdown: &Shutdown,
+    mapping: Option<&Mapping>,
 ) -> anyhow::Result<()> {
     let mut reload = Vec::new();
     for t in tables {
@@ -559,8 +597,9 @@ async fn resume_load<S: Source>(
     target.batch_execute("BEGIN").await?;
     for (t, done) in &reload {
         if *done > 0 {
-            // Still under its source name: renames follow post-data.
-            let to = &t.schema.id;
+            // Still under its source name (renames follow post-data), or
+            // the application's table.
+            let to = &load::relation(config, &t.schema.id, mapping.is_some());
             info!(table = %t.schema.id, done, "copying a partially loaded table again");
             target
                 .batch_execute(&format!("TRUNCATE {}", to.quoted()))
@@ -583,7 +622,7 @@ async fn resume_load<S: Source>(
         .context("recording the reload plan")?;
 
     let tables: Vec<_> = reload.into_iter().map(|(t, _)| t).collect();
-    let loaded = load::run(config, state, &tables, &snapshot, shutdown.clone()).await;
+    let loaded = load::run(config, state, &tables, &snapshot, shutdown.clone(), mapping).await;
     snapshot.release().await;
     finish_load_step(loaded, shutdown).map(|_| ())
 }

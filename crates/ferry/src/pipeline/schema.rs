@@ -8,7 +8,11 @@
 //! DEFAULT` (recorded, see [`super::overrides`]), the registered tables, the
 //! chunk plan, the stream checkpoint at the snapshot's position, the
 //! source's identity ([`Source::identity`], an event of kind
-//! `source_identity`, checked on every resume) and `phase = load`. Renames (`tables.rename`) follow post-data ([`apply_renames`]). A
+//! `source_identity`, checked on every resume) and `phase = load`. Renames
+//! (`tables.rename`) follow post-data ([`apply_renames`]).
+//! With existing target tables (`[target_tables] mode = "existing"`, see
+//! [`super::existing`]) there is no DDL: the tables are checked empty (or
+//! truncated) in that transaction instead, and written under their names. A
 //! crash before that commit leaves the target untouched; the `schema` phase
 //! is written before capture starts, so the next run knows what capture it
 //! finds is its own leftover and replaces it.
@@ -17,7 +21,7 @@ use anyhow::{Context, bail};
 use ferry_apply::state::{Phase, StateStore};
 use ferry_core::config::Config;
 use ferry_core::schema::quote_ident;
-use ferry_core::source::{Catalog, Snapshot, Source, SourceTable};
+use ferry_core::source::{Catalog, Snapshot, Source, SourceTable, TargetSchema};
 use ferry_core::value::Timestamp;
 use tokio_postgres::Client;
 use tracing::info;
@@ -33,6 +37,7 @@ pub async fn run<S: Source>(
     source: &S,
     catalog: &S::Catalog,
     previous: Option<Phase>,
+    existing: bool,
 ) -> anyhow::Result<S::Snapshot> {
     let tables = catalog.tables();
     if tables.is_empty() {
@@ -45,7 +50,11 @@ pub async fn run<S: Source>(
         .await?;
     state.write_phase(target, Phase::Schema).await?;
     let snapshot = source.start_capture(catalog).await?;
-    let schema = source.target_schema(catalog).await?;
+    // Existing target tables: no DDL at all (the application owns it).
+    let schema = match existing {
+        true => TargetSchema::default(),
+        false => source.target_schema(catalog).await?,
+    };
     let chunks = source.plan_chunks(catalog, config.load.chunk_rows);
     let identity = source.identity().await?;
 
@@ -55,10 +64,23 @@ pub async fn run<S: Source>(
         .await
         .context("starting the schema transaction")?;
     let result = async {
-        ensure_target_schemas(target, &tables, config).await?;
-        ferry_postgres::dump::apply_sql_in_transaction(target, &schema.pre_data, "pre-data schema")
+        let ids: Vec<_> = if existing {
+            let ids: Vec<_> = tables
+                .iter()
+                .map(|t| config.tables.target_name(&t.schema.id))
+                .collect();
+            super::existing::prepare_tables(config, target, &ids).await?;
+            ids
+        } else {
+            ensure_target_schemas(target, &tables, config).await?;
+            ferry_postgres::dump::apply_sql_in_transaction(
+                target,
+                &schema.pre_data,
+                "pre-data schema",
+            )
             .await?;
-        let ids: Vec<_> = tables.iter().map(|t| t.schema.id.clone()).collect();
+            tables.iter().map(|t| t.schema.id.clone()).collect()
+        };
         super::overrides::relax_identities(target, state, &ids).await?;
         for t in &tables {
             let chunks_total = chunks.iter().filter(|c| c.table == t.schema.id).count() as i32;

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ferry_apply::checkpoint::read_checkpoint;
+use ferry_apply::existing::Mapping;
 use ferry_apply::state::{Phase, StateStore, TableState};
 use ferry_apply::{Applier, ApplierConfig, RunOutcome};
 use ferry_core::config::Config;
@@ -45,11 +46,21 @@ pub async fn run<S: Source>(
     live: Arc<Live<S::Position>>,
     source: &Arc<S>,
     catalog: &S::Catalog,
+    mapping: Option<Arc<Mapping>>,
 ) -> anyhow::Result<()> {
     let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
-        let err = match stream_once(config, state, shutdown.clone(), &live, source, catalog).await {
+        let once = stream_once(
+            config,
+            state,
+            shutdown.clone(),
+            &live,
+            source,
+            catalog,
+            mapping.clone(),
+        );
+        let err = match once.await {
             Ok(()) => return Ok(()),
             Err(e) if shutdown.is_cancelled() => {
                 warn!(error = %format!("{e:#}"), "stream ended with an error during shutdown");
@@ -87,6 +98,7 @@ async fn stream_once<S: Source>(
     live: &Arc<Live<S::Position>>,
     source: &Arc<S>,
     catalog: &S::Catalog,
+    mapping: Option<Arc<Mapping>>,
 ) -> anyhow::Result<()> {
     let target = ferry_postgres::connect::connect(&config.target, "target").await?;
     let checkpoint = read_checkpoint::<S::Position>(&target, state, STREAM)
@@ -103,7 +115,7 @@ async fn stream_once<S: Source>(
         // holds the other two.
         channel_bytes: config.apply.buffer_share(),
         spill_threshold: config.apply.buffer_share(),
-        map: Some(Box::new(event_map(live.clone()))),
+        map: Some(Box::new(event_map(live.clone(), mapping.clone()))),
     };
     let (mut rx, handle) = source
         .changes(catalog, checkpoint.position.clone(), options)
@@ -136,6 +148,7 @@ async fn stream_once<S: Source>(
     let mut applier_cfg = ApplierConfig::new(STREAM, &config.apply, true);
     applier_cfg.replica_role = super::replica_role_mode(&target).await?;
     applier_cfg.pause = Some(live.paused());
+    applier_cfg.existing_tables = mapping.is_some();
     let mut applier =
         Applier::<S::Position>::new(target, state.clone(), config.tables.clone(), applier_cfg)
             .await?;
@@ -180,13 +193,22 @@ fn supervise_context<P: Position>(config: &Config, live: &Arc<Live<P>>) -> Super
 }
 
 /// Run inline in the reader ([`ChangeOptions::map`]) on every event: each
-/// transaction is recorded as received, for the lag figures. (Changes a
-/// table reloaded from a later snapshot already holds are dropped by the
+/// transaction is recorded as received, for the lag figures; with existing
+/// target tables, each `Relation` gets the target's column names and types
+/// (`Mapping::view`; values are converted where they are written) and each
+/// change loses the values of excluded columns (`Mapping::project_change`). (Changes
+/// a table reloaded from a later snapshot already holds are dropped by the
 /// applier: `Applier::skip_before_snapshots`.)
 fn event_map<P: Position>(
     live: Arc<Live<P>>,
+    mapping: Option<Arc<Mapping>>,
 ) -> impl FnMut(Event<P>) -> Option<Event<P>> + Send + 'static {
     move |event| {
+        let event = match (event, &mapping) {
+            (Event::Relation(schema), Some(m)) => Event::Relation(Arc::new(m.view(&schema))),
+            (Event::Change(c), Some(m)) => Event::Change(m.project_change(c)),
+            (event, _) => event,
+        };
         if let Event::Begin {
             final_position: Some(f),
             commit_time,

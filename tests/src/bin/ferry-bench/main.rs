@@ -62,7 +62,7 @@
 //!    (`--mariadb-only` runs only it).
 //!
 //! One module per benchmark: [`load`] (1), [`cdc`] (2), [`cutover`] (3 and
-//! 4), [`mariadb`] (5), [`memory`]; [`harness`] holds the servers, the generated data and the
+//! 4), [`validate`] (5), [`sqlite`] (6), [`mariadb`] (7), [`memory`]; [`harness`] holds the servers, the generated data and the
 //! ferry process they share, [`report`] the figures table, [`cpu`] the CPU
 //! accounting of a drain.
 
@@ -207,12 +207,13 @@ enum Only {
 }
 
 impl Only {
-    const ALL: [Only; 5] = [
+    const ALL: [Only; 6] = [
         Only::Control,
         Only::Cdc,
         Only::Load,
         Only::Validate,
         Only::Sqlite,
+        Only::MariaDb,
     ];
 
     fn flag(self) -> &'static str {
