@@ -8,6 +8,7 @@
 pub mod memory;
 pub mod migration;
 pub mod pgsync;
+pub mod sqlite_app;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

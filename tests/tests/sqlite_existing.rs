@@ -12,12 +12,11 @@
 //! fix), then passes and shows the conversions; `ferry run` refuses a
 //! non-empty target table unless `existing_rows = "truncate"`.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ferry_e2e::migration::{LONG, target_options};
+use ferry_e2e::sqlite_app::Writer;
 use ferry_e2e::{Background, Ran, ferry, pgsync, run};
 use ferry_testkit::PgServer;
 use rusqlite::Connection;
@@ -147,59 +146,6 @@ fn write_txn(conn: &mut Connection, i: u64) -> rusqlite::Result<()> {
         ),
     )?;
     tx.commit()
-}
-
-/// The application: its own connection, committing transactions `first..`.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    last: Arc<AtomicU64>,
-    thread: std::thread::JoinHandle<Vec<String>>,
-}
-
-impl Writer {
-    fn start(path: &Path, first: u64) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let last = Arc::new(AtomicU64::new(first - 1));
-        let (p, s, l) = (path.to_owned(), stop.clone(), last.clone());
-        let thread = std::thread::spawn(move || {
-            let mut conn = Connection::open(&p).expect("writer connection");
-            conn.busy_timeout(Duration::from_secs(60)).unwrap();
-            let mut errors = Vec::new();
-            let mut i = first;
-            while !s.load(Ordering::Acquire) && errors.len() < 20 {
-                match write_txn(&mut conn, i) {
-                    Ok(()) => {
-                        l.store(i, Ordering::Release);
-                        i += 1;
-                    }
-                    Err(e) => errors.push(format!("txn {i}: {e}")),
-                }
-                std::thread::sleep(Duration::from_millis(3));
-            }
-            errors
-        });
-        Writer { stop, last, thread }
-    }
-
-    fn last(&self) -> u64 {
-        self.last.load(Ordering::Acquire)
-    }
-
-    fn wait_for(&self, n: u64) {
-        let start = Instant::now();
-        while self.last() < n {
-            assert!(!self.thread.is_finished(), "the writer stopped early");
-            assert!(start.elapsed() < LONG, "the writer never reached {n}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn stop(self) -> u64 {
-        self.stop.store(true, Ordering::Release);
-        let errors = self.thread.join().expect("writer thread");
-        assert!(errors.is_empty(), "the application saw errors: {errors:?}");
-        self.last.load(Ordering::Acquire)
-    }
 }
 
 struct Setup {
@@ -516,7 +462,7 @@ fn prisma_file_into_an_existing_schema_under_writes_with_fenced_cutover() {
 
     // 4. Load (truncating the stray row) and stream while the
     //    application writes.
-    let writer = Writer::start(&s.path, 1);
+    let writer = Writer::start_with(&s.path, 1, write_txn);
     writer.wait_for(10);
     let mut ferry_run = s.start(
         "run",
@@ -531,7 +477,7 @@ fn prisma_file_into_an_existing_schema_under_writes_with_fenced_cutover() {
     });
     let seen = writer.last();
     writer.wait_for(seen + 100);
-    let last = writer.stop();
+    let last = writer.stop().last;
     assert!(last > 110, "the writer committed {last}");
     s.wait_caught_up(&mut ferry_run);
     s.compare();

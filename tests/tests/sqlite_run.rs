@@ -14,12 +14,11 @@
 //! the migration starts over.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ferry_e2e::migration::{LONG, target_options};
+use ferry_e2e::sqlite_app::Writer;
 use ferry_e2e::{Background, Ran, ferry, pgsync, run, sqlite_copy};
 use ferry_testkit::PgServer;
 use rusqlite::Connection;
@@ -73,92 +72,6 @@ fn write_txn(conn: &mut Connection, i: u64) -> rusqlite::Result<()> {
         (format!("c-{i}"), customer_of(i) as i64),
     )?;
     tx.commit()
-}
-
-#[derive(Debug, Default)]
-struct WriterReport {
-    /// The last transaction committed.
-    last: u64,
-    errors: Vec<String>,
-    max_latency: Duration,
-}
-
-/// The application: its own connection (busy timeout 60 s), committing
-/// transactions `first..` until stopped.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    last: Arc<AtomicU64>,
-    thread: std::thread::JoinHandle<WriterReport>,
-}
-
-impl Writer {
-    fn start(path: &Path, first: u64) -> Writer {
-        Writer::start_with(path, first, write_txn)
-    }
-
-    /// A writer committing `txn(conn, i)` for `i = first..`.
-    fn start_with(
-        path: &Path,
-        first: u64,
-        txn: fn(&mut Connection, u64) -> rusqlite::Result<()>,
-    ) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let last = Arc::new(AtomicU64::new(first - 1));
-        let (p, s, l) = (path.to_owned(), stop.clone(), last.clone());
-        let thread = std::thread::spawn(move || {
-            let mut conn = Connection::open(&p).expect("writer connection");
-            conn.busy_timeout(Duration::from_secs(60)).unwrap();
-            let mut report = WriterReport {
-                last: first - 1,
-                ..WriterReport::default()
-            };
-            let mut i = first;
-            while !s.load(Ordering::Acquire) {
-                let started = Instant::now();
-                match txn(&mut conn, i) {
-                    Ok(()) => {
-                        report.max_latency = report.max_latency.max(started.elapsed());
-                        report.last = i;
-                        l.store(i, Ordering::Release);
-                        i += 1;
-                    }
-                    Err(e) => {
-                        report.errors.push(format!("txn {i}: {e}"));
-                        if report.errors.len() > 20 {
-                            break;
-                        }
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(3));
-            }
-            report
-        });
-        Writer { stop, last, thread }
-    }
-
-    fn last(&self) -> u64 {
-        self.last.load(Ordering::Acquire)
-    }
-
-    fn wait_for(&self, n: u64) {
-        let start = Instant::now();
-        while self.last() < n {
-            assert!(!self.thread.is_finished(), "the writer stopped early");
-            assert!(start.elapsed() < LONG, "the writer never reached {n}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn stop(self) -> WriterReport {
-        self.stop.store(true, Ordering::Release);
-        let report = self.thread.join().expect("writer thread");
-        assert!(
-            report.errors.is_empty(),
-            "the application saw errors: {:?}",
-            report.errors
-        );
-        report
-    }
 }
 
 struct Setup {
@@ -471,7 +384,7 @@ fn chinook_under_writes(s: &Setup) {
     ];
 
     // The application writes from before ferry starts to the end.
-    let writer = Writer::start(&s.path, 1);
+    let writer = Writer::start_with(&s.path, 1, write_txn);
     writer.wait_for(20);
 
     // 1. kill -9 during the load, after a chunk committed.
@@ -523,7 +436,7 @@ fn chinook_under_writes(s: &Setup) {
     );
 
     // 5. Fenced cutover while the application writes.
-    let writer = Writer::start(&s.path, first.last + 1);
+    let writer = Writer::start_with(&s.path, first.last + 1, write_txn);
     writer.wait_for(first.last + 50);
     let mut cut = s.cmd();
     cut.args(["cutover", "--fence", "--max-lag", "30", "--timeout", "120s"]);
@@ -645,7 +558,7 @@ fn chinook_under_writes(s: &Setup) {
 #[test]
 fn added_column_carried_and_rebuilt_table_stops_with_the_fix() {
     let s = Setup::new();
-    let writer = Writer::start(&s.path, 1);
+    let writer = Writer::start_with(&s.path, 1, write_txn);
     writer.wait_for(20);
     let mut ferry_run = s.start("run", &[]);
     s.wait_streaming(&mut ferry_run);

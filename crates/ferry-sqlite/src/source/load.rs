@@ -4,15 +4,18 @@
 //! Consumes the catalog (row counts, rowid ranges) and the source file;
 //! emits [`Chunk`]s, one [`SqliteSnapshot`] per load (a copy of the file
 //! and the change-log head read from the copy: rows and position of one
-//! instant) and per chunk a bounded stream of typed rows. Restart: copies
+//! instant) and per chunk a stream of typed rows, bounded in bytes (see
+//! [`BATCH_BYTES`]). Restart: copies
 //! a crashed process left behind are removed by the next snapshot.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ferry_core::schema::quote_ident;
+use ferry_core::size::ApproxBytes;
 use ferry_core::source::{self, Chunk, ChunkData};
 use ferry_core::{ChangeLogSeq, Error, Row, TableSchema};
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -20,8 +23,15 @@ use super::open_ro;
 use crate::capture::sql_error;
 use crate::{reader, value};
 
-/// Rows buffered between a chunk's reading thread and the load.
-const ROW_BUFFER: usize = 1024;
+/// Rows travel from a chunk's reading thread to the load in batches of at
+/// most this many rows …
+const BATCH_ROWS: usize = 1024;
+/// … or this many bytes ([`ApproxBytes`]; a larger row travels alone).
+const BATCH_BYTES: usize = 256 << 10;
+/// Batches in flight: the reader holds at most `BATCHES × BATCH_BYTES`
+/// (plus one row per batch) whatever the rows' size. One send per batch,
+/// not per row, keeps the channel off the load's hot path.
+const BATCHES: usize = 8;
 
 /// The rowid ranges of one table's chunks (pure): `None` bounds are open.
 pub fn rowid_chunks(
@@ -178,18 +188,24 @@ pub struct SqliteSnapshotReader {
 
 impl source::SnapshotReader for SqliteSnapshotReader {
     async fn read(&mut self, chunk: &Chunk, schema: &TableSchema) -> Result<ChunkData, Error> {
-        let (tx, rx) = mpsc::channel::<Result<Row, Error>>(ROW_BUFFER);
+        let (tx, rx) = mpsc::channel::<Result<Vec<Row>, Error>>(BATCHES);
         let (copy, chunk, schema) = (self.copy.clone(), chunk.clone(), schema.clone());
         tokio::task::spawn_blocking(move || {
             if let Err(e) = read_chunk(&copy, &chunk, &schema, &tx) {
                 let _ = tx.blocking_send(Err(e));
             }
         });
-        let rows =
+        let batches =
             futures_util::stream::unfold(
                 rx,
                 |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
             );
+        let rows = batches.flat_map(|batch| {
+            futures_util::stream::iter(match batch {
+                Ok(rows) => rows.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            })
+        });
         Ok(ChunkData::Rows(Box::pin(rows)))
     }
 }
@@ -198,7 +214,7 @@ fn read_chunk(
     copy: &Path,
     chunk: &Chunk,
     schema: &TableSchema,
-    tx: &mpsc::Sender<Result<Row, Error>>,
+    tx: &mpsc::Sender<Result<Vec<Row>, Error>>,
 ) -> Result<(), Error> {
     let id = &schema.id;
     let conn = open_ro(copy)?;
@@ -235,6 +251,8 @@ fn read_chunk(
     let ctx = || format!("reading {id} chunk {}/{}", chunk.index + 1, chunk.total);
     let mut stmt = conn.prepare(&sql).map_err(sql_error(ctx()))?;
     let mut rows = stmt.query([]).map_err(sql_error(ctx()))?;
+    let mut batch = Vec::with_capacity(BATCH_ROWS);
+    let mut batch_bytes = 0;
     while let Some(r) = rows.next().map_err(sql_error(ctx()))? {
         let mut values = Vec::with_capacity(schema.columns.len());
         for (i, c) in schema.columns.iter().enumerate() {
@@ -252,9 +270,19 @@ fn read_chunk(
                 )
             })?);
         }
-        if tx.blocking_send(Ok(Row::new(values))).is_err() {
-            return Ok(()); // the load stopped reading
+        let row = Row::new(values);
+        batch_bytes += row.approx_bytes();
+        batch.push(row);
+        if batch.len() >= BATCH_ROWS || batch_bytes >= BATCH_BYTES {
+            batch_bytes = 0;
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
+            if tx.blocking_send(Ok(full)).is_err() {
+                return Ok(()); // the load stopped reading
+            }
         }
+    }
+    if !batch.is_empty() {
+        let _ = tx.blocking_send(Ok(batch));
     }
     Ok(())
 }
