@@ -15,6 +15,8 @@ use ferry_testkit::PgOptions;
 use serde_json::Value;
 
 const BENCH_TABLES: &[&str] = &["branches", "tellers", "accounts", "history", "docs"];
+/// Rows every writer transaction updates (pgbench's branches and tellers).
+const HOT_TABLES: &[&str] = &["public.branches", "public.tellers"];
 
 /// `items`: keys 2, 4, …, 10000 (odd keys are free for extra rows), a name
 /// that is the empty string for key 404, a timestamp. The writer never
@@ -147,8 +149,18 @@ fn finds_every_planted_difference_under_writes_and_repairs_them() {
                 BTreeMap::new(),
                 "false positives in {table}:\n{out}"
             );
-            assert_eq!(v["unsettled"], serde_json::json!([]), "{table}:\n{out}");
-            assert_eq!(v["clean"], true, "{table}:\n{out}");
+            // Every tpcb transaction updates one of the 1 branch and 10
+            // tellers: those rows change faster than any confirmation
+            // round (nothing is locked on the source), so they may come
+            // out unsettled — never different, and the table not clean.
+            // The quiet validation at the end finds them clean.
+            let unsettled = v["unsettled"].as_array().expect("unsettled");
+            if HOT_TABLES.contains(&table.as_str()) {
+                assert_eq!(v["clean"], unsettled.is_empty(), "{table}:\n{out}");
+            } else {
+                assert!(unsettled.is_empty(), "{table}:\n{out}");
+                assert_eq!(v["clean"], true, "{table}:\n{out}");
+            }
         }
         assert!(v["ranges"].as_u64().unwrap_or(0) >= 1, "{out}");
     }

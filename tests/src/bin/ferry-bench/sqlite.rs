@@ -368,7 +368,10 @@ impl Bench {
             }
             Err(e) => {
                 say!("  pgloader: not measured: {e:#}");
-                f.pgloader_note = Some(format!("not measured: {e:#}"));
+                // The first lines (pgloader's own dump can be long).
+                let text = format!("{e:#}");
+                let head: Vec<&str> = text.lines().take(2).collect();
+                f.pgloader_note = Some(format!("not measured: {}", head.join(" ")));
             }
         }
         let db = self.target.create_database("bench_sqlite_ferry")?;
