@@ -89,6 +89,18 @@ fn the_console_drives_a_live_migration_to_a_fenced_cutover() {
         assert_eq!(status.get::<_, Option<String>>("slot"), http_slot);
         assert_eq!(http_slot.as_deref(), Some("ferry"));
 
+        // The monitor fills the per-table status on its next refresh.
+        let start = Instant::now();
+        while !s.status()["tables"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["name"] == "public.accounts"))
+        {
+            assert!(
+                start.elapsed() < LONG,
+                "the status never listed public.accounts"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let tables = c.query("SHOW TABLES", &[]).await.unwrap();
         let accounts = tables
             .iter()
