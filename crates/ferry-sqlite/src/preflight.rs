@@ -140,14 +140,48 @@ pub fn plan_file(
     Ok(plan)
 }
 
+/// How long `quick_check` keeps trying a file another connection has locked.
+const LOCKED_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 fn quick_check(conn: &rusqlite::Connection, path: &Path) -> Check {
     let fix = format!(
         "the file is damaged or not a SQLite database: check it with sqlite3 {} 'PRAGMA integrity_check' and restore it from a backup (or .recover it)",
         path.display()
     );
-    let rows: rusqlite::Result<Vec<String>> = conn
-        .prepare("PRAGMA quick_check")
-        .and_then(|mut s| s.query_map([], |r| r.get::<_, String>(0))?.collect());
+    // A busy writer (rollback-journal mode: its pending lock keeps new
+    // readers out) is not damage: try again for up to LOCKED_RETRY.
+    let started = std::time::Instant::now();
+    let rows = loop {
+        let rows: rusqlite::Result<Vec<String>> = conn
+            .prepare("PRAGMA quick_check")
+            .and_then(|mut s| s.query_map([], |r| r.get::<_, String>(0))?.collect());
+        match rows {
+            Err(e) if is_busy(&e) && started.elapsed() < LOCKED_RETRY => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) if is_busy(&e) => {
+                return Check::fail(
+                    SIDE,
+                    "quick_check",
+                    format!(
+                        "{}: still locked by another connection after {}s: {e}",
+                        path.display(),
+                        LOCKED_RETRY.as_secs()
+                    ),
+                    "a writer holds the file's lock continuously; run ferry again when it pauses, or switch the file to WAL (PRAGMA journal_mode=WAL) so readers never wait",
+                );
+            }
+            other => break other,
+        }
+    };
     match rows {
         Ok(rows) if rows.len() == 1 && rows[0] == "ok" => {
             Check::pass(SIDE, "quick_check", "PRAGMA quick_check = ok")
