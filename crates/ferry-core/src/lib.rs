@@ -26,6 +26,7 @@ pub mod change;
 pub mod config;
 pub mod duration;
 pub mod error;
+pub mod normalize;
 pub mod phase;
 pub mod plan;
 pub mod position;

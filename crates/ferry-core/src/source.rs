@@ -356,3 +356,62 @@ pub trait Source: Send + Sync + Sized + 'static {
     /// unless `keep`).
     fn release_capture(&self, keep: bool) -> impl Future<Output = Result<Released, Error>> + Send;
 }
+
+/// One key range `(lo, hi]` in the source's key order, as validation asks
+/// for it. Bounds are key texts in key-column order, in the normal form of
+/// [`crate::normalize`] (each source parses them back into its own
+/// literals).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRange<'a> {
+    pub lo: Option<&'a [String]>,
+    pub hi: Option<&'a [String]>,
+    /// Skip this many rows first.
+    pub offset: u64,
+    /// At most this many rows (`None`: all).
+    pub limit: Option<u64>,
+    /// Read the key columns only (the rest of each row is `Value::Null`).
+    pub keys_only: bool,
+}
+
+/// Short consistent reads of key ranges of a source that cannot hash rows
+/// itself (MySQL/MariaDB, SQLite), for `ferry validate`: validation hashes
+/// the rows on ferry's side over their normalized text.
+///
+/// Order: rows come in key order, and text key columns in byte order of
+/// their UTF-8 text (the order PostgreSQL's `COLLATE "C"` gives the
+/// target), so both sides cut ranges at the same keys. Reads never lock
+/// rows: the application's writers never wait for validation.
+pub trait KeyReader<P: Position>: Send + 'static {
+    /// Begin a short consistent read; every transaction committed before
+    /// the returned position is visible in it, none after.
+    fn begin(&mut self) -> impl Future<Output = Result<P, Error>> + Send;
+
+    /// End the read [`KeyReader::begin`] started.
+    fn end(&mut self) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// The source's position now (at or after every commit already made).
+    fn position(&mut self) -> impl Future<Output = Result<P, Error>> + Send;
+
+    /// The rows of `range`, in key order, values in `schema`'s column
+    /// order and target types (the type mapping's conversion).
+    fn range(
+        &mut self,
+        schema: &TableSchema,
+        range: KeyRange<'_>,
+    ) -> impl Future<Output = Result<Vec<Row>, Error>> + Send;
+
+    /// The rows whose keys are among `keys` (any order).
+    fn rows(
+        &mut self,
+        schema: &TableSchema,
+        keys: &[Vec<String>],
+    ) -> impl Future<Output = Result<Vec<Row>, Error>> + Send;
+}
+
+/// A [`Source`] whose rows validation reads through a [`KeyReader`].
+pub trait KeyReading: Source {
+    type KeyReader: KeyReader<Self::Position>;
+
+    /// A reading session for one validation.
+    fn key_reader(&self) -> impl Future<Output = Result<Self::KeyReader, Error>> + Send;
+}

@@ -29,6 +29,7 @@ pub mod changes;
 pub mod connect;
 pub mod cutover;
 pub mod ddl;
+pub mod keys;
 pub mod preflight;
 pub mod schema_change;
 pub mod snapshot;

@@ -112,6 +112,15 @@ pub async fn open(
 
 /// Prepare `conn` and start a consistent snapshot on it; its position.
 async fn start_snapshot(mut conn: Conn) -> Result<(Conn, MySqlPosition), Error> {
+    prepare_session(&mut conn).await?;
+    let position = consistent_snapshot(&mut conn).await?;
+    Ok((conn, position))
+}
+
+/// The session settings every read of rows runs under: `utf8mb4`
+/// results, `TIMESTAMP` in UTC, no SQL mode rewriting values,
+/// `REPEATABLE READ`.
+pub(crate) async fn prepare_session(conn: &mut Conn) -> Result<(), Error> {
     for sql in [
         "SET NAMES utf8mb4",
         "SET SESSION time_zone = '+00:00', SESSION sql_mode = ''",
@@ -121,6 +130,12 @@ async fn start_snapshot(mut conn: Conn) -> Result<(Conn, MySqlPosition), Error> 
             .await
             .map_err(|e| query_error("preparing the snapshot session", e))?;
     }
+    Ok(())
+}
+
+/// Start a consistent snapshot on a prepared session; the binlog position
+/// it is exact at (MariaDB's `binlog_snapshot_*`).
+pub(crate) async fn consistent_snapshot(conn: &mut Conn) -> Result<MySqlPosition, Error> {
     conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         .await
         .map_err(|e| query_error("starting the consistent snapshot", e))?;
@@ -152,7 +167,7 @@ async fn start_snapshot(mut conn: Conn) -> Result<(Conn, MySqlPosition), Error> 
             "enable the binary log on the source (log_bin, binlog_format=ROW) and restart it",
         ));
     }
-    Ok((conn, MySqlPosition::new(file, offset)))
+    Ok(MySqlPosition::new(file, offset))
 }
 
 impl source::Snapshot for MySqlSnapshot {
@@ -238,7 +253,7 @@ fn select_sql(chunk: &Chunk, schema: &TableSchema) -> String {
 }
 
 /// How a column is selected so its value converts exactly.
-fn select_expr(c: &ferry_core::Column) -> String {
+pub(crate) fn select_expr(c: &ferry_core::Column) -> String {
     let q = quote(&c.name);
     let source = c.source_type.to_ascii_lowercase();
     let base = pg_base(&c.pg_type);
@@ -345,7 +360,7 @@ async fn stream_rows(
 
 /// `(k1, k2)=(v1, v2)` of the key columns converted so far (keys come
 /// first only by chance, so unknown ones print as `?`).
-fn key_text(schema: &TableSchema, converted: &[Value]) -> String {
+pub(crate) fn key_text(schema: &TableSchema, converted: &[Value]) -> String {
     let names: Vec<&str> = schema.key_names().collect();
     let values: Vec<String> = schema
         .key

@@ -556,6 +556,16 @@ impl Source for MySqlSource {
     }
 }
 
+impl ferry_core::source::KeyReading for MySqlSource {
+    type KeyReader = crate::keys::MySqlKeyReader;
+
+    async fn key_reader(&self) -> Result<crate::keys::MySqlKeyReader, Error> {
+        let mut conn = self.conn().await?;
+        snapshot::refuse_without_snapshot(flavor(&mut conn).await?)?;
+        crate::keys::MySqlKeyReader::new(conn, self.config.mysql.zero_dates).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

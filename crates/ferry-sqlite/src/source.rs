@@ -69,6 +69,7 @@ use crate::reader;
 mod changes;
 mod cutover;
 mod ddl;
+pub mod keys;
 mod load;
 
 pub use changes::SqliteChanges;
@@ -567,5 +568,13 @@ impl source::Source for SqliteSource {
             })
         })
         .await
+    }
+}
+
+impl source::KeyReading for SqliteSource {
+    type KeyReader = keys::SqliteKeyReader;
+
+    async fn key_reader(&self) -> Result<keys::SqliteKeyReader, Error> {
+        keys::SqliteKeyReader::open(self.path.clone()).await
     }
 }

@@ -27,6 +27,9 @@ pub struct Shape {
     pub relation: String,
     /// Quoted key columns and their types (empty: no key).
     keys: Vec<(String, String)>,
+    /// Text key columns compare in byte order (`COLLATE "C"`), the order a
+    /// MySQL/MariaDB or SQLite source is read in ([`Shape::byte_ordered`]).
+    byte_order: bool,
     /// Column names (unquoted), in table order.
     pub columns: Vec<String>,
 }
@@ -52,11 +55,25 @@ impl Shape {
                 })
                 .collect(),
             columns: schema.columns.iter().map(|c| c.name.clone()).collect(),
+            byte_order: false,
         }
     }
 
-    pub fn has_key(&self) -> bool {
-        !self.keys.is_empty()
+    /// The same shape with text key columns in byte order (`COLLATE
+    /// "C"`): the order every non-PostgreSQL source is read in. A key
+    /// index in another collation cannot serve it, so such ranges sort.
+    pub fn byte_ordered(mut self) -> Shape {
+        self.byte_order = true;
+        self
+    }
+
+    /// A key column as ranges compare and order it.
+    fn key_expr(&self, column: &str, pg_type: &str) -> String {
+        if self.byte_order && ferry_core::normalize::is_text(pg_type) {
+            format!("{column} COLLATE \"C\"")
+        } else {
+            column.to_owned()
+        }
     }
 
     pub fn key_width(&self) -> usize {
@@ -64,12 +81,11 @@ impl Shape {
     }
 
     fn key_tuple(&self) -> String {
-        let cols: Vec<&str> = self.keys.iter().map(|(c, _)| c.as_str()).collect();
-        format!("({})", cols.join(", "))
+        format!("({})", self.order_by())
     }
 
     fn order_by(&self) -> String {
-        let cols: Vec<&str> = self.keys.iter().map(|(c, _)| c.as_str()).collect();
+        let cols: Vec<String> = self.keys.iter().map(|(c, t)| self.key_expr(c, t)).collect();
         cols.join(", ")
     }
 
@@ -79,7 +95,7 @@ impl Shape {
             .keys
             .iter()
             .enumerate()
-            .map(|(i, (_, t))| format!("${}::text::{t}", first + i))
+            .map(|(i, (_, t))| self.key_expr(&format!("${}::text::{t}", first + i), t))
             .collect();
         format!("({})", parts.join(", "))
     }
@@ -159,6 +175,28 @@ impl Shape {
             self.order_by(),
             self.relation,
             self.range(b)
+        )
+    }
+
+    /// Every row of a range in key order: its key and its columns as text
+    /// (validation of a non-PostgreSQL source hashes them on ferry's side).
+    pub fn range_rows_sql(&self, b: Bounds) -> String {
+        let cols: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!("{}::text", quote_ident(c)))
+            .collect();
+        let order = if self.keys.is_empty() {
+            String::new()
+        } else {
+            format!(" ORDER BY {}", self.order_by())
+        };
+        format!(
+            "SELECT {}, ARRAY[{}]::text[] FROM {} WHERE {}{order}",
+            self.key_texts(),
+            cols.join(", "),
+            self.relation,
+            self.range(b),
         )
     }
 
@@ -291,6 +329,24 @@ mod tests {
             .contains("rn % $3::int8 = 0")
         );
         assert!(s.next_bound_sql(true).contains("OFFSET $3::int8"));
+    }
+
+    #[test]
+    fn byte_ordered_text_keys_collate_c() {
+        let mut t = schema();
+        t.columns[1].pg_type = "character varying(8)".into();
+        let s = Shape::new(&t, &TableId::new("dst", "lines")).byte_ordered();
+        assert_eq!(
+            s.next_bound_sql(true),
+            "SELECT ARRAY[\"order\"::text, \"line\"::text]::text[] FROM \"dst\".\"lines\" WHERE (\"order\", \"line\" COLLATE \"C\") > ($1::text::bigint, $2::text::character varying(8) COLLATE \"C\") ORDER BY \"order\", \"line\" COLLATE \"C\" OFFSET $3::int8 LIMIT 1"
+        );
+        assert!(
+            s.range_rows_sql(Bounds {
+                lo: false,
+                hi: false
+            })
+            .ends_with("WHERE true ORDER BY \"order\", \"line\" COLLATE \"C\"")
+        );
     }
 
     #[test]

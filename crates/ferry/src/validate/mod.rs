@@ -15,8 +15,9 @@
 //!
 //! Modules: [`background`] (validations a running `ferry run` starts),
 //! [`digest`] (the SQL, the same on both PostgreSQL sides and the
-//! normalized row text it hashes), [`session`] (snapshots, the applied
-//! checkpoint wait), [`table`] (scan, narrow, confirm of one table),
+//! normalized row text it hashes), [`side`] (the source and target sides
+//! of one table, per source kind), [`session`] (the target sessions, the
+//! applied checkpoint wait), [`table`] (scan, narrow, confirm of one table),
 //! [`settle`] (the pure decisions: settled or not, differing keys, the
 //! rows/s budget, whether a cutover may rely on the results), [`repair`]
 //! (the exactly-once argument), [`store`] (results in the target).
@@ -32,15 +33,18 @@
 //! the table is not clean — never called equal. Source reads stay within
 //! `validate.rows_per_second`.
 //!
-//! Sources: PostgreSQL. MySQL/MariaDB and SQLite sources are refused with
-//! a message until their digests (ferry-side hashing over the type
-//! mapping's normalized values) exist.
+//! Sources: every source. PostgreSQL computes digests inside both
+//! databases; MariaDB and SQLite sources are read through their crate's
+//! [`KeyReader`](ferry_core::source::KeyReader) and both sides are hashed
+//! by ferry over the normalized values ([`side`] says which side does
+//! what; [`ferry_core::normalize`] is the normalization table).
 
 pub mod background;
 mod digest;
 mod repair;
 mod session;
 pub mod settle;
+mod side;
 pub mod store;
 mod table;
 
@@ -51,7 +55,7 @@ use anyhow::{Context, bail};
 use ferry_apply::state::StateStore;
 use ferry_core::TableId;
 use ferry_core::config::{Config, EndpointKind};
-use ferry_core::source::{BoxFuture, Catalog, Source, SourceTable};
+use ferry_core::source::{BoxFuture, Catalog, KeyReading, Source, SourceTable};
 use ferry_monitor::{Metrics, Phase, TableValidation};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -59,6 +63,7 @@ use tracing::{info, warn};
 use self::digest::Shape;
 use self::session::Sessions;
 use self::settle::Key;
+use self::side::{Side, SourceSide};
 
 /// What to validate (`ferry validate` options, `POST /validate` body).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,63 +131,160 @@ pub async fn run(
     applier: &dyn PauseSwitch,
     metrics: Option<&Metrics>,
 ) -> anyhow::Result<Vec<TableValidation>> {
-    match config.source.kind().map_err(anyhow::Error::msg)? {
-        EndpointKind::Postgres => {}
-        other => bail!(
-            "ferry validate reads PostgreSQL sources; this source is {other:?} (MySQL/MariaDB and SQLite digests are not built yet)"
-        ),
-    }
+    let kind = config.source.kind().map_err(anyhow::Error::msg)?;
+    // SQLite tables land in `public` unless renamed, as `ferry run` puts them.
+    let sqlite_config;
+    let config = match kind {
+        EndpointKind::Sqlite(_) => {
+            sqlite_config = ferry_sqlite::source::with_target_names(config).await?;
+            &sqlite_config
+        }
+        _ => config,
+    };
     let state = StateStore::new(config.state.schema.clone());
-    let target = ferry_postgres::connect::connect(&config.target, "target").await?;
-    state.ensure(&target).await?;
-    let phase = state.read_phase(&target).await?;
+    let sessions = Sessions::open(config).await?;
+    state.ensure(&sessions.target).await?;
+    let phase = state.read_phase(&sessions.target).await?;
     if !matches!(phase, Some(Phase::Catchup | Phase::Stream)) {
         bail!(
             "validation needs a migration that is streaming (phase is {}); wait until `ferry status` shows catchup or stream",
             phase.map_or("none", Phase::as_str)
         );
     }
-    let source = ferry_postgres::source::PgSource::new(config.clone());
-    let tables = select(config, source.catalog().await?.tables(), &req.tables)?;
-    let sessions = Sessions::open(config).await?;
-    let mut budget = Budget::new(config.validate.rows_per_second);
-    let mut results = Vec::new();
-    for t in &tables {
-        let v = one_table(
-            config,
-            &sessions,
-            &state,
-            t,
-            req.repair,
-            applier,
-            &mut budget,
-        )
-        .await?;
-        store::record(&target, &state, &v).await?;
-        if let Some(m) = metrics {
-            m.set_validation(
-                &v.table,
-                v.clean,
-                v.differences.len() as u64,
-                v.rows_checked,
-                v.rows_per_second,
-                store::unix_seconds(v.finished_at),
-            );
+    let run = Run {
+        config,
+        req,
+        applier,
+        metrics,
+        state: &state,
+        sessions: &sessions,
+    };
+    match kind {
+        EndpointKind::Postgres => {
+            let source = ferry_postgres::source::PgSource::new(config.clone());
+            let tables = select(config, source.catalog().await?.tables(), &req.tables)?;
+            let client = session::open(&config.source, "source").await?;
+            run.tables(&tables, |t| {
+                let source = side::PgSnapshots(side::Pg {
+                    client: &client,
+                    shape: Shape::new(&t.schema, &t.schema.id),
+                });
+                let target = side::Pg {
+                    client: &sessions.target,
+                    shape: Shape::new(&t.schema, &config.tables.target_name(&t.schema.id)),
+                };
+                (
+                    Box::new(source) as Box<dyn SourceSide<_>>,
+                    Box::new(target) as Box<dyn Side>,
+                )
+            })
+            .await
         }
-        info!(
-            table = %v.table,
-            clean = v.clean,
-            rows = v.rows_checked,
-            ranges = v.ranges,
-            differences = v.differences.len(),
-            unsettled = v.unsettled.len(),
-            repaired = v.repaired,
-            rows_per_second = v.rows_per_second.round(),
-            "table validated"
-        );
-        results.push(v);
+        EndpointKind::MySql => {
+            let source = ferry_mysql::source::MySqlSource::new(config.clone());
+            let tables = select(config, source.catalog().await?.tables(), &req.tables)?;
+            let reader = tokio::sync::Mutex::new(source.key_reader().await?);
+            run.tables(&tables, |t| run.read_sides(&reader, t)).await
+        }
+        EndpointKind::Sqlite(_) => {
+            let source = ferry_sqlite::source::SqliteSource::new(config)?;
+            let tables = select(config, source.catalog().await?.tables(), &req.tables)?;
+            let reader = tokio::sync::Mutex::new(source.key_reader().await?);
+            run.tables(&tables, |t| run.read_sides(&reader, t)).await
+        }
     }
-    Ok(results)
+}
+
+/// The sides of one table: the source side and the target side.
+type Sides<'a, P> = (Box<dyn SourceSide<P> + 'a>, Box<dyn Side + 'a>);
+
+/// One validation's settings and sessions.
+struct Run<'a> {
+    config: &'a Config,
+    req: &'a ValidateRequest,
+    applier: &'a dyn PauseSwitch,
+    metrics: Option<&'a Metrics>,
+    state: &'a StateStore,
+    sessions: &'a Sessions,
+}
+
+impl<'a> Run<'a> {
+    /// Validate `tables` one by one, each with the sides `sides` gives;
+    /// store and publish each result.
+    async fn tables<'s, P: ferry_core::Position>(
+        &self,
+        tables: &'s [SourceTable],
+        sides: impl Fn(&'s SourceTable) -> Sides<'s, P>,
+    ) -> anyhow::Result<Vec<TableValidation>>
+    where
+        'a: 's,
+    {
+        let mut budget = Budget::new(self.config.validate.rows_per_second);
+        let mut results = Vec::new();
+        for t in tables {
+            let (source, target) = sides(t);
+            let v = self
+                .one_table(t, source.as_ref(), target.as_ref(), &mut budget)
+                .await?;
+            store::record(&self.sessions.target, self.state, &v).await?;
+            if let Some(m) = self.metrics {
+                m.set_validation(
+                    &v.table,
+                    v.clean,
+                    v.differences.len() as u64,
+                    v.rows_checked,
+                    v.rows_per_second,
+                    store::unix_seconds(v.finished_at),
+                );
+            }
+            info!(
+                table = %v.table,
+                clean = v.clean,
+                rows = v.rows_checked,
+                ranges = v.ranges,
+                differences = v.differences.len(),
+                unsettled = v.unsettled.len(),
+                repaired = v.repaired,
+                rows_per_second = v.rows_per_second.round(),
+                "table validated"
+            );
+            results.push(v);
+        }
+        Ok(results)
+    }
+
+    /// The sides of a table of a source read through a [`KeyReader`]: rows
+    /// hashed by ferry on both sides, text keys in byte order.
+    fn read_sides<'s, R, P>(
+        &self,
+        reader: &'s tokio::sync::Mutex<R>,
+        t: &'s SourceTable,
+    ) -> Sides<'s, P>
+    where
+        'a: 's,
+        R: ferry_core::source::KeyReader<P>,
+        P: ferry_core::Position,
+    {
+        let schema = &t.schema;
+        let target_id = self.config.tables.target_name(&schema.id);
+        let source = side::Reader {
+            reader,
+            schema: schema.clone(),
+            relation: schema.id.to_string(),
+            position: std::marker::PhantomData,
+        };
+        let target = side::Normalized {
+            client: &self.sessions.target,
+            shape: Shape::new(schema, &target_id).byte_ordered(),
+            types: schema.columns.iter().map(|c| c.pg_type.clone()).collect(),
+            key_types: schema
+                .key
+                .iter()
+                .map(|&i| schema.columns[i].pg_type.clone())
+                .collect(),
+        };
+        (Box::new(source), Box::new(target))
+    }
 }
 
 /// The carried tables named in `names` (all when empty); an unknown name
@@ -219,80 +321,90 @@ fn select(
     Ok(out)
 }
 
-async fn one_table(
-    config: &Config,
-    sessions: &Sessions,
-    state: &StateStore,
-    t: &SourceTable,
-    repair: bool,
-    applier: &dyn PauseSwitch,
-    budget: &mut Budget,
-) -> anyhow::Result<TableValidation> {
-    let started_at = SystemTime::now();
-    let clock = Instant::now();
-    let schema = &t.schema;
-    let target_id = config.tables.target_name(&schema.id);
-    let mut check = table::TableCheck {
-        sessions,
-        config: &config.validate,
-        source: Shape::new(schema, &schema.id),
-        target: Shape::new(schema, &target_id),
-        budget,
-    };
-    let mut found = table::Found::default();
-    let context = || format!("validating {}", schema.id);
-    if check.source.has_key() {
-        let candidates = check.scan(&mut found).await.with_context(context)?;
-        check
-            .confirm(candidates, &mut found)
-            .await
-            .with_context(context)?;
-    } else {
-        check.keyless(&mut found).await.with_context(context)?;
-    }
-    let mut repaired = 0;
-    let mut remaining: BTreeSet<Key> = found.differences.keys().cloned().collect();
-    if repair && !remaining.is_empty() {
-        let keys: Vec<Key> = remaining.iter().cloned().collect();
-        let types: Vec<String> = schema.columns.iter().map(|c| c.pg_type.clone()).collect();
-        let paused = applier.pause().await?;
-        let written =
-            repair::repair(sessions, state, &check.source, &check.target, &types, &keys).await;
-        if paused && let Err(e) = applier.resume().await {
-            warn!(error = %format!("{e:#}"), "could not resume the applier after the repair; run `ferry resume`");
+impl Run<'_> {
+    async fn one_table<P: ferry_core::Position>(
+        &self,
+        t: &SourceTable,
+        source: &dyn SourceSide<P>,
+        target: &dyn Side,
+        budget: &mut Budget,
+    ) -> anyhow::Result<TableValidation> {
+        let (config, repair) = (self.config, self.req.repair);
+        let started_at = SystemTime::now();
+        let clock = Instant::now();
+        let schema = &t.schema;
+        let target_id = config.tables.target_name(&schema.id);
+        let mut check = table::TableCheck {
+            sessions: self.sessions,
+            config: &config.validate,
+            source,
+            target,
+            columns: schema.columns.iter().map(|c| c.name.clone()).collect(),
+            budget,
+        };
+        let mut found = table::Found::default();
+        let context = || format!("validating {}", schema.id);
+        if !schema.key.is_empty() {
+            let candidates = check.scan(&mut found).await.with_context(context)?;
+            check
+                .confirm(candidates, &mut found)
+                .await
+                .with_context(context)?;
+        } else {
+            check.keyless(&mut found).await.with_context(context)?;
         }
-        written.with_context(context)?;
-        // The repaired keys are candidates again: confirmed like any other.
-        let mut again = table::Found::default();
-        check
-            .confirm(keys.iter().cloned().collect(), &mut again)
-            .await
-            .with_context(context)?;
-        remaining = again.differences.keys().cloned().collect();
-        remaining.extend(again.unsettled.iter().cloned());
-        repaired = keys.iter().filter(|k| !remaining.contains(*k)).count() as u64;
+        let mut repaired = 0;
+        let mut remaining: BTreeSet<Key> = found.differences.keys().cloned().collect();
+        if repair && !remaining.is_empty() {
+            let keys: Vec<Key> = remaining.iter().cloned().collect();
+            let types: Vec<String> = schema.columns.iter().map(|c| c.pg_type.clone()).collect();
+            let target_shape = Shape::new(schema, &target_id);
+            let paused = self.applier.pause().await?;
+            let written = repair::repair(
+                self.sessions,
+                self.state,
+                source,
+                &target_shape,
+                &types,
+                &keys,
+            )
+            .await;
+            if paused && let Err(e) = self.applier.resume().await {
+                warn!(error = %format!("{e:#}"), "could not resume the applier after the repair; run `ferry resume`");
+            }
+            written.with_context(context)?;
+            // The repaired keys are candidates again: confirmed like any other.
+            let mut again = table::Found::default();
+            check
+                .confirm(keys.iter().cloned().collect(), &mut again)
+                .await
+                .with_context(context)?;
+            remaining = again.differences.keys().cloned().collect();
+            remaining.extend(again.unsettled.iter().cloned());
+            repaired = keys.iter().filter(|k| !remaining.contains(*k)).count() as u64;
+        }
+        let finished_at = SystemTime::now();
+        let seconds = clock.elapsed().as_secs_f64().max(1e-6);
+        let clean = match found.clean_digest {
+            Some(c) => c,
+            None => remaining.is_empty() && found.unsettled.is_empty(),
+        };
+        Ok(TableValidation {
+            table: schema.id.to_string(),
+            target_table: target_id.to_string(),
+            key_columns: schema.key_names().map(str::to_owned).collect(),
+            started_at,
+            finished_at,
+            rows_checked: found.rows_checked,
+            ranges: found.ranges,
+            differences: found.differences.into_values().collect(),
+            unsettled: found.unsettled.into_iter().collect(),
+            repaired,
+            clean,
+            rows_per_second: found.rows_checked as f64 / seconds,
+            note: found.note,
+        })
     }
-    let finished_at = SystemTime::now();
-    let seconds = clock.elapsed().as_secs_f64().max(1e-6);
-    let clean = match found.clean_digest {
-        Some(c) => c,
-        None => remaining.is_empty() && found.unsettled.is_empty(),
-    };
-    Ok(TableValidation {
-        table: schema.id.to_string(),
-        target_table: target_id.to_string(),
-        key_columns: schema.key_names().map(str::to_owned).collect(),
-        started_at,
-        finished_at,
-        rows_checked: found.rows_checked,
-        ranges: found.ranges,
-        differences: found.differences.into_values().collect(),
-        unsettled: found.unsettled.into_iter().collect(),
-        repaired,
-        clean,
-        rows_per_second: found.rows_checked as f64 / seconds,
-        note: found.note,
-    })
 }
 
 /// One table's result as text lines (for `ferry validate`).

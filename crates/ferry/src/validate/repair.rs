@@ -37,17 +37,18 @@ use ferry_apply::state::StateStore;
 use tracing::{info, warn};
 
 use super::digest::Shape;
-use super::session::{self, Sessions};
+use super::session::Sessions;
 use super::settle::Key;
+use super::side::SourceSide;
 
 /// Attempts when a lock is not granted in time.
 const ATTEMPTS: u32 = 10;
 
 /// Re-copy `keys` of one table; the number of rows written or deleted.
-pub async fn repair(
+pub async fn repair<P: ferry_core::Position>(
     sessions: &Sessions,
     state: &StateStore,
-    source: &Shape,
+    source: &dyn SourceSide<P>,
     target: &Shape,
     types: &[String],
     keys: &[Key],
@@ -80,10 +81,10 @@ fn is_lock_wait(e: &anyhow::Error) -> bool {
     })
 }
 
-async fn once(
+async fn once<P: ferry_core::Position>(
     sessions: &Sessions,
     state: &StateStore,
-    source: &Shape,
+    source: &dyn SourceSide<P>,
     target: &Shape,
     types: &[String],
     keys: &[Key],
@@ -110,10 +111,11 @@ async fn once(
             )
             .await?
             .map(|r| r.get(0));
-        let rows = session::rows(&sessions.source, source, keys)
+        let rows = source
+            .repair_rows(keys)
             .await
             .context("reading the source rows to repair")?;
-        let at = sessions.source_position().await?;
+        let at = source.position().await?;
         let upsert = target.upsert_sql(types);
         let mut written = 0u64;
         let mut gone = Vec::new();

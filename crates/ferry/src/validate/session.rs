@@ -1,12 +1,11 @@
-//! The three database sessions a validation holds — the source, the
-//! target, and a second target session that watches the applied
-//! checkpoint — and the reads validation makes through them.
+//! The target sessions a validation holds — one that reads (and repairs),
+//! and one that watches the applied checkpoint — and the SQL reads of a
+//! PostgreSQL side.
 //!
-//! Source reads of digests happen in short `REPEATABLE READ READ ONLY`
-//! transactions ([`Sessions::snapshot`]), one per range (never one long
-//! transaction), and each records `pg_current_wal_lsn()` inside its
-//! snapshot: every transaction the snapshot sees committed before that
-//! position. The target is read only once the applied checkpoint
+//! Source reads happen in short snapshots, one per range (never one long
+//! transaction; see [`super::side::SourceSide::begin`]), each exact at a
+//! source position: every transaction the snapshot sees committed before
+//! it. The target is read only once the applied checkpoint
 //! (`<state>.checkpoint`, stream `main`) is at or past it
 //! ([`Sessions::wait_applied`]).
 
@@ -15,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use ferry_apply::state::StateStore;
+use ferry_core::Position;
 use ferry_core::config::Config;
-use ferry_core::position::Lsn;
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
@@ -33,9 +32,9 @@ pub struct Digest {
     pub sum: String,
 }
 
-/// The sessions of one validation.
+/// The target sessions of one validation: reads and repairs, and a
+/// second one that watches the applied checkpoint.
 pub struct Sessions {
-    pub source: Client,
     pub target: Client,
     watcher: Client,
     state: StateStore,
@@ -47,56 +46,29 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
+/// Open a validation session on `endpoint` (either side of a
+/// PostgreSQL → PostgreSQL migration): the output settings of [`SESSION`].
+pub async fn open(endpoint: &ferry_core::config::Endpoint, side: &str) -> anyhow::Result<Client> {
+    let c = ferry_postgres::connect::connect(endpoint, side).await?;
+    c.batch_execute(SESSION)
+        .await
+        .with_context(|| format!("setting up the {side} validation session"))?;
+    Ok(c)
+}
+
 impl Sessions {
     pub async fn open(config: &Config) -> anyhow::Result<Sessions> {
-        let source = ferry_postgres::connect::connect(&config.source, "source").await?;
-        let target = ferry_postgres::connect::connect(&config.target, "target").await?;
+        let target = open(&config.target, "target").await?;
         let watcher = ferry_postgres::connect::connect(&config.target, "target").await?;
-        for (side, c) in [("source", &source), ("target", &target)] {
-            c.batch_execute(SESSION)
-                .await
-                .with_context(|| format!("setting up the {side} validation session"))?;
-        }
         Ok(Sessions {
-            source,
             target,
             watcher,
             state: StateStore::new(config.state.schema.clone()),
         })
     }
 
-    /// Begin a short read-only snapshot on the source; its position.
-    pub async fn snapshot(&self) -> anyhow::Result<Lsn> {
-        self.source
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .context("starting a source snapshot")?;
-        // The first statement takes the snapshot; the position is read in
-        // it, after the snapshot was taken.
-        self.source_position().await
-    }
-
-    /// The source's current WAL position.
-    pub async fn source_position(&self) -> anyhow::Result<Lsn> {
-        let text: String = self
-            .source
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await
-            .context("reading the source position")?
-            .get(0);
-        text.parse()
-            .with_context(|| format!("source position {text:?}"))
-    }
-
-    pub async fn end(&self) -> anyhow::Result<()> {
-        self.source
-            .batch_execute("COMMIT")
-            .await
-            .context("ending a source snapshot")
-    }
-
     /// The applied checkpoint now.
-    pub async fn applied(&self) -> anyhow::Result<Option<Lsn>> {
+    pub async fn applied<P: Position>(&self) -> anyhow::Result<Option<P>> {
         let row = self
             .watcher
             .query_opt(
@@ -110,8 +82,11 @@ impl Sessions {
             .context("reading the applied checkpoint")?;
         let Some(row) = row else { return Ok(None) };
         let (kind, position): (String, String) = (row.get(0), row.get(1));
-        if kind != "postgres" {
-            bail!("the checkpoint is of a {kind} source; validation reads PostgreSQL sources");
+        if kind != P::KIND.as_str() {
+            bail!(
+                "the checkpoint is of a {kind} source, but the source is {}: the config names another source than the migration's",
+                P::KIND.as_str()
+            );
         }
         Ok(Some(position.parse().with_context(|| {
             format!("checkpoint position {position:?}")
@@ -121,11 +96,15 @@ impl Sessions {
     /// Wait until the applier has passed `at`, at most `bound`; `Ok(None)`
     /// when it did not (the applied position is in the error path of the
     /// caller).
-    pub async fn wait_applied(&self, at: Lsn, bound: Duration) -> anyhow::Result<Option<Lsn>> {
+    pub async fn wait_applied<P: Position>(
+        &self,
+        at: &P,
+        bound: Duration,
+    ) -> anyhow::Result<Option<P>> {
         let started = Instant::now();
         loop {
-            if let Some(a) = self.applied().await?
-                && a >= at
+            if let Some(a) = self.applied::<P>().await?
+                && a >= *at
             {
                 return Ok(Some(a));
             }
@@ -138,12 +117,16 @@ impl Sessions {
 
     /// [`Sessions::wait_applied`], an error naming both positions when the
     /// bound passes.
-    pub async fn require_applied(&self, at: Lsn, bound: Duration) -> anyhow::Result<()> {
+    pub async fn require_applied<P: Position>(
+        &self,
+        at: &P,
+        bound: Duration,
+    ) -> anyhow::Result<()> {
         if self.wait_applied(at, bound).await?.is_some() {
             return Ok(());
         }
         let applied = self
-            .applied()
+            .applied::<P>()
             .await?
             .map_or_else(|| "nothing".to_owned(), |a| a.to_string());
         bail!(

@@ -31,14 +31,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::Context;
+use ferry_core::Position;
 use ferry_core::config::ValidateConfig;
-use ferry_core::position::Lsn;
 use ferry_monitor::status::KeyDifference;
 use tracing::{debug, info};
 
-use super::digest::Shape;
-use super::session::{self, Digest, Sessions};
+use super::session::{Digest, Sessions};
 use super::settle::{self, Key, Seen, Verdict};
+use super::side::{Side, SourceSide};
 
 /// Ranges read from the source before the target is compared.
 const WINDOW: usize = 8;
@@ -75,23 +75,25 @@ struct Part {
 
 /// One range read from the source, waiting for its target side.
 #[derive(Debug)]
-struct Pending {
+struct Pending<P> {
     lo: Option<Key>,
     hi: Option<Key>,
     source: Digest,
-    at: Lsn,
+    at: P,
 }
 
 /// One table's validation.
-pub struct TableCheck<'a> {
+pub struct TableCheck<'a, P> {
     pub sessions: &'a Sessions,
     pub config: &'a ValidateConfig,
-    pub source: Shape,
-    pub target: Shape,
+    pub source: &'a dyn SourceSide<P>,
+    pub target: &'a dyn Side,
+    /// Column names in table order (what a difference names).
+    pub columns: Vec<String>,
     pub budget: &'a mut super::Budget,
 }
 
-impl TableCheck<'_> {
+impl<P: Position> TableCheck<'_, P> {
     fn wait(&self) -> Duration {
         Duration::from_secs(self.config.wait_seconds)
     }
@@ -103,16 +105,14 @@ impl TableCheck<'_> {
         let mut lo: Option<Key> = None;
         let chunk = self.config.chunk_rows.max(1) as i64;
         loop {
-            let s = self.sessions;
-            let at = s.snapshot().await?;
+            let at = self.source.begin().await?;
             let read = async {
-                let hi =
-                    session::next_bound(&s.source, &self.source, lo.as_ref(), chunk - 1).await?;
-                let d = session::digest(&s.source, &self.source, lo.as_ref(), hi.as_ref()).await?;
+                let hi = self.source.next_bound(lo.as_ref(), chunk - 1).await?;
+                let d = self.source.digest(lo.as_ref(), hi.as_ref()).await?;
                 anyhow::Ok((hi, d))
             }
             .await;
-            s.end().await?;
+            self.source.end().await?;
             let (hi, d) = read?;
             self.budget.spend(d.rows.max(0) as u64).await;
             found.rows_checked += d.rows.max(0) as u64;
@@ -137,7 +137,7 @@ impl TableCheck<'_> {
 
     async fn compare_window(
         &mut self,
-        window: Vec<Pending>,
+        window: Vec<Pending<P>>,
         candidates: &mut BTreeSet<Key>,
     ) -> anyhow::Result<()> {
         // Equal digests need no wait: the target holds the source's rows of
@@ -150,15 +150,15 @@ impl TableCheck<'_> {
                 differing.push(p);
             }
         }
-        let Some(newest) = differing.iter().map(|p| p.at).max() else {
+        let Some(newest) = differing.iter().map(|p| p.at.clone()).max() else {
             return Ok(());
         };
-        self.sessions.require_applied(newest, self.wait()).await?;
+        self.sessions.require_applied(&newest, self.wait()).await?;
         let mut level = Vec::new();
         for p in differing {
             let t = self.target_digest(&p).await?;
             if t != p.source {
-                debug!(table = %self.source.relation, source_rows = p.source.rows, target_rows = t.rows, "range differs; narrowing");
+                debug!(table = %self.source.relation(), source_rows = p.source.rows, target_rows = t.rows, "range differs; narrowing");
                 level.push(Part {
                     lo: p.lo,
                     hi: p.hi,
@@ -170,14 +170,8 @@ impl TableCheck<'_> {
         self.narrow(level, candidates).await
     }
 
-    async fn target_digest(&self, p: &Pending) -> anyhow::Result<Digest> {
-        session::digest(
-            &self.sessions.target,
-            &self.target,
-            p.lo.as_ref(),
-            p.hi.as_ref(),
-        )
-        .await
+    async fn target_digest(&self, p: &Pending<P>) -> anyhow::Result<Digest> {
+        self.target.digest(p.lo.as_ref(), p.hi.as_ref()).await
     }
 
     /// Cut differing ranges until their parts are leaves, a level at a
@@ -188,7 +182,6 @@ impl TableCheck<'_> {
         mut level: Vec<Part>,
         candidates: &mut BTreeSet<Key>,
     ) -> anyhow::Result<()> {
-        let s = self.sessions;
         while !level.is_empty() {
             let leaf_rows = self.config.leaf_rows as i64;
             let mut newest = None;
@@ -197,14 +190,14 @@ impl TableCheck<'_> {
             // Inner ranges: their parts and each part's source digest.
             let mut parts_read = Vec::new();
             for part in level {
-                let at = s.snapshot().await?;
+                let at = self.source.begin().await?;
                 newest = newest.max(Some(at));
                 let read = if part.rows <= leaf_rows {
                     Err(self.leaf_hashes(&part).await)
                 } else {
                     Ok(self.cut(&part).await)
                 };
-                s.end().await?;
+                self.source.end().await?;
                 match read {
                     Err(hashes) => {
                         let hashes = hashes?;
@@ -224,17 +217,18 @@ impl TableCheck<'_> {
                 }
             }
             if let Some(at) = newest {
-                s.require_applied(at, self.wait()).await?;
+                self.sessions.require_applied(&at, self.wait()).await?;
             }
             for (part, source) in leaves {
-                let target =
-                    session::hashes(&s.target, &self.target, part.lo.as_ref(), part.hi.as_ref())
-                        .await?;
+                let target = self
+                    .target
+                    .hashes(part.lo.as_ref(), part.hi.as_ref())
+                    .await?;
                 candidates.extend(settle::differing_keys(&source, &target));
             }
             let mut next = Vec::new();
             for ((lo, hi), d, whole) in parts_read {
-                let t = session::digest(&s.target, &self.target, lo.as_ref(), hi.as_ref()).await?;
+                let t = self.target.digest(lo.as_ref(), hi.as_ref()).await?;
                 if t != d {
                     next.push(Part {
                         lo,
@@ -251,30 +245,23 @@ impl TableCheck<'_> {
 
     /// In the open source snapshot: every row's key and hash of a leaf.
     async fn leaf_hashes(&self, part: &Part) -> anyhow::Result<BTreeMap<Key, i64>> {
-        session::hashes(
-            &self.sessions.source,
-            &self.source,
-            part.lo.as_ref(),
-            part.hi.as_ref(),
-        )
-        .await
+        self.source.hashes(part.lo.as_ref(), part.hi.as_ref()).await
     }
 
     /// In the open source snapshot: the parts of a range, cut at keys of
     /// the side holding more rows, with their source digests (a range
     /// with nothing left to cut at comes back whole).
     async fn cut(&self, part: &Part) -> anyhow::Result<Vec<(Bounds, Digest)>> {
-        let s = self.sessions;
         let (lo, hi) = (part.lo.as_ref(), part.hi.as_ref());
         let step = (part.rows + FANOUT - 1) / FANOUT;
         let cuts = if part.target_larger {
-            session::quantiles(&s.target, &self.target, lo, hi, step).await?
+            self.target.quantiles(lo, hi, step).await?
         } else {
-            session::quantiles(&s.source, &self.source, lo, hi, step).await?
+            self.source.quantiles(lo, hi, step).await?
         };
         let mut out = Vec::new();
         for (plo, phi) in parts(lo, hi, cuts) {
-            let d = session::digest(&s.source, &self.source, plo.as_ref(), phi.as_ref()).await?;
+            let d = self.source.digest(plo.as_ref(), phi.as_ref()).await?;
             out.push(((plo, phi), d));
         }
         Ok(out)
@@ -303,7 +290,7 @@ impl TableCheck<'_> {
             if open.is_empty() {
                 break;
             }
-            debug!(table = %self.source.relation, round, keys = open.len(), "confirming keys");
+            debug!(table = %self.source.relation(), round, keys = open.len(), "confirming keys");
             for batch in open.chunks(CONFIRM_BATCH) {
                 let observed = self.round(batch).await?;
                 for (k, (s, d)) in observed {
@@ -349,24 +336,34 @@ impl TableCheck<'_> {
         &mut self,
         keys: &[Key],
     ) -> anyhow::Result<BTreeMap<Key, (Seen, Option<settle::RowDiff>)>> {
-        let s = self.sessions;
-        let source = session::rows(&s.source, &self.source, keys)
+        let source = self
+            .source
+            .rows(keys)
             .await
             .context("reading the source rows of differing keys")?;
-        let at = s.source_position().await?;
-        if s.wait_applied(at, self.wait()).await?.is_none() {
+        let at = self.source.position().await?;
+        if self
+            .sessions
+            .wait_applied(&at, self.wait())
+            .await?
+            .is_none()
+        {
             return Ok(keys
                 .iter()
                 .map(|k| (k.clone(), (Seen::Moved, None)))
                 .collect());
         }
-        let target = session::rows(&s.target, &self.target, keys)
+        let target = self
+            .target
+            .rows(keys)
             .await
             .context("reading the target rows of differing keys")?;
-        let again = session::rows(&s.source, &self.source, keys)
+        let again = self
+            .source
+            .rows(keys)
             .await
             .context("reading the source rows of differing keys again")?;
-        let columns = &self.source.columns;
+        let columns = &self.columns;
         Ok(keys
             .iter()
             .map(|k| {
@@ -388,23 +385,22 @@ impl TableCheck<'_> {
     /// A table without a key: whole-table digests, compared in up to
     /// `rounds` rounds; equal once is clean.
     pub async fn keyless(&mut self, found: &mut Found) -> anyhow::Result<()> {
-        let s = self.sessions;
         for round in 1..=self.config.rounds.max(1) {
-            let at = s.snapshot().await?;
-            let read = session::digest(&s.source, &self.source, None, None).await;
-            s.end().await?;
+            let at = self.source.begin().await?;
+            let read = self.source.digest(None, None).await;
+            self.source.end().await?;
             let d = read?;
             self.budget.spend(d.rows.max(0) as u64).await;
             found.rows_checked += d.rows.max(0) as u64;
             found.ranges += 1;
-            s.require_applied(at, self.wait()).await?;
-            let t = session::digest(&s.target, &self.target, None, None).await?;
+            self.sessions.require_applied(&at, self.wait()).await?;
+            let t = self.target.digest(None, None).await?;
             if t == d {
                 found.clean_digest = Some(true);
                 found.note = Some("no primary key: compared as a whole (count and digest)".into());
                 return Ok(());
             }
-            info!(table = %self.source.relation, round, "keyless table digests differ; comparing again");
+            info!(table = %self.source.relation(), round, "keyless table digests differ; comparing again");
             tokio::time::sleep(Duration::from_millis(200 * u64::from(round))).await;
         }
         found.clean_digest = Some(false);
