@@ -255,12 +255,23 @@ fn finds_every_planted_difference_under_writes_and_repairs_them() {
     // differ on the target while the writer keeps updating random accounts;
     // after the repair and the stream, they all equal the source (checked
     // below once writes stop).
-    m.target
-        .psql(
+    // The planting races the applier's own updates of random accounts
+    // (rows locked in another order): a deadlock that picks the planting as
+    // its victim is retried.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match m.target.psql(
             &m.target_db,
             "UPDATE accounts SET filler = 'planted' WHERE aid <= 5000",
-        )
-        .unwrap();
+        ) {
+            Ok(_) => break,
+            Err(e) if attempt < 10 && format!("{e:?}").contains("deadlock detected") => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("planting: {e:?}"),
+        }
+    }
     let (code, results, out) = validate(&m, &["--tables", "accounts", "--repair"]);
     assert_eq!(code, Some(0), "{out}");
     let accounts = &results["public.accounts"];
