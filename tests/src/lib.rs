@@ -9,6 +9,7 @@ pub mod memory;
 pub mod migration;
 pub mod pgsync;
 pub mod sqlite_app;
+pub mod validation;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

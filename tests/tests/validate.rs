@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use ferry_e2e::migration::{LONG, Migration, target_options};
 use ferry_e2e::pgsync::{self, BENCH_SCHEMA, Writer};
+use ferry_e2e::validation::{by_table, differences, expected};
 use ferry_testkit::PgOptions;
 use serde_json::Value;
 
@@ -39,25 +40,14 @@ UPDATE items SET at = at + interval '1 microsecond' WHERE id = 506;
 "#;
 
 fn planted() -> BTreeMap<String, (String, Vec<String>)> {
-    [
-        ("102", "changed", vec!["qty"]),
-        ("202", "missing", vec![]),
-        ("3001", "extra", vec![]),
-        ("20001", "extra", vec![]),
-        ("404", "changed", vec!["name"]),
-        ("506", "changed", vec!["at"]),
-    ]
-    .into_iter()
-    .map(|(k, kind, cols)| {
-        (
-            k.to_owned(),
-            (
-                kind.to_owned(),
-                cols.into_iter().map(String::from).collect(),
-            ),
-        )
-    })
-    .collect()
+    expected(&[
+        ("102", "changed", &["qty"]),
+        ("202", "missing", &[]),
+        ("3001", "extra", &[]),
+        ("20001", "extra", &[]),
+        ("404", "changed", &["name"]),
+        ("506", "changed", &["at"]),
+    ])
 }
 
 fn setup() -> Migration {
@@ -86,39 +76,8 @@ fn validate(m: &Migration, args: &[&str]) -> (Option<i32>, BTreeMap<String, Valu
     let mut all = vec!["validate", "--json"];
     all.extend_from_slice(args);
     let ran = m.ferry(&all);
-    let results: Vec<Value> =
-        serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("{e}: {}", ran.all()));
-    let by_table = results
-        .into_iter()
-        .map(|v| (v["table"].as_str().unwrap_or_default().to_owned(), v))
-        .collect();
-    (ran.code, by_table, ran.all())
-}
-
-fn differences(v: &Value) -> BTreeMap<String, (String, Vec<String>)> {
-    v["differences"]
-        .as_array()
-        .expect("differences")
-        .iter()
-        .map(|d| {
-            let key: Vec<&str> = d["key"]
-                .as_array()
-                .expect("key")
-                .iter()
-                .map(|k| k.as_str().expect("key text"))
-                .collect();
-            let cols = d["columns"]
-                .as_array()
-                .expect("columns")
-                .iter()
-                .map(|c| c.as_str().expect("column").to_owned())
-                .collect();
-            (
-                key.join(","),
-                (d["kind"].as_str().expect("kind").to_owned(), cols),
-            )
-        })
-        .collect()
+    let results = by_table(&ran.stdout).unwrap_or_else(|e| panic!("{e}: {}", ran.all()));
+    (ran.code, results, ran.all())
 }
 
 #[test]

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_e2e::migration::{LONG, free_port, target_options};
+use ferry_e2e::validation::{by_table, differences, expected};
 use ferry_e2e::{Background, Ran, ferry, pgsync, run};
 use ferry_testkit::{MariaDbOptions, MariaDbServer, PgServer};
 use serde_json::Value;
@@ -42,70 +43,22 @@ INSERT INTO {s}.codes VALUES ('Zz-extra', 'only on the target');
 "#;
 
 fn planted_items() -> BTreeMap<String, (String, Vec<String>)> {
-    [
-        ("102", "changed", vec!["qty"]),
-        ("202", "missing", vec![]),
-        ("3001", "extra", vec![]),
-        ("20001", "extra", vec![]),
-        ("404", "changed", vec!["name"]),
-        ("506", "changed", vec!["at"]),
-    ]
-    .into_iter()
-    .map(|(k, kind, cols)| {
-        (
-            k.to_owned(),
-            (
-                kind.to_owned(),
-                cols.into_iter().map(String::from).collect(),
-            ),
-        )
-    })
-    .collect()
+    expected(&[
+        ("102", "changed", &["qty"]),
+        ("202", "missing", &[]),
+        ("3001", "extra", &[]),
+        ("20001", "extra", &[]),
+        ("404", "changed", &["name"]),
+        ("506", "changed", &["at"]),
+    ])
 }
 
 fn planted_codes() -> BTreeMap<String, (String, Vec<String>)> {
-    [
-        ("Beta-1", "changed", vec!["label"]),
-        ("ß-6", "missing", vec![]),
-        ("Zz-extra", "extra", vec![]),
-    ]
-    .into_iter()
-    .map(|(k, kind, cols)| {
-        (
-            k.to_owned(),
-            (
-                kind.to_owned(),
-                cols.into_iter().map(String::from).collect(),
-            ),
-        )
-    })
-    .collect()
-}
-
-fn differences(v: &Value) -> BTreeMap<String, (String, Vec<String>)> {
-    v["differences"]
-        .as_array()
-        .expect("differences")
-        .iter()
-        .map(|d| {
-            let key: Vec<&str> = d["key"]
-                .as_array()
-                .expect("key")
-                .iter()
-                .map(|k| k.as_str().expect("key text"))
-                .collect();
-            let cols = d["columns"]
-                .as_array()
-                .expect("columns")
-                .iter()
-                .map(|c| c.as_str().expect("column").to_owned())
-                .collect();
-            (
-                key.join(","),
-                (d["kind"].as_str().expect("kind").to_owned(), cols),
-            )
-        })
-        .collect()
+    expected(&[
+        ("Beta-1", "changed", &["label"]),
+        ("ß-6", "missing", &[]),
+        ("Zz-extra", "extra", &[]),
+    ])
 }
 
 /// `ferry validate --json <args>`: exit code, results by table, all output.
@@ -116,13 +69,8 @@ fn validate(
     let mut c = cmd();
     c.args(["validate", "--json"]).args(args);
     let ran = run(&mut c).unwrap();
-    let results: Vec<Value> =
-        serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("{e}: {}", ran.all()));
-    let by_table = results
-        .into_iter()
-        .map(|v| (v["table"].as_str().unwrap_or_default().to_owned(), v))
-        .collect();
-    (ran.code, by_table, ran)
+    let results = by_table(&ran.stdout).unwrap_or_else(|e| panic!("{e}: {}", ran.all()));
+    (ran.code, results, ran)
 }
 
 fn target_text(url: &str, sql: &str) -> Option<String> {

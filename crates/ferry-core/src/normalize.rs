@@ -64,6 +64,26 @@ pub fn is_text(pg_type: &str) -> bool {
     ) || base.starts_with("character")
 }
 
+/// The bytes of a `bytea` in hex form (`\\x0aff`; also without the
+/// prefix, and a uuid's hex with dashes); `None` for anything else.
+pub fn hex_bytes(text: &str) -> Option<Vec<u8>> {
+    let hex: Vec<u8> = text
+        .strip_prefix("\\x")
+        .unwrap_or(text)
+        .bytes()
+        .filter(|&b| b != b'-')
+        .collect();
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    hex.chunks(2)
+        .map(|p| {
+            let digit = |b: u8| (b as char).to_digit(16);
+            Some((digit(p[0])? << 4 | digit(p[1])?) as u8)
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Category {
     Numeric,
@@ -209,6 +229,14 @@ mod tests {
         for (t, a, b) in differ {
             assert_ne!(normalized(t, a), normalized(t, b), "{t}: {a} vs {b}");
         }
+    }
+
+    #[test]
+    fn hex_forms_decode() {
+        assert_eq!(super::hex_bytes("\\x0aFF"), Some(vec![10, 255]));
+        assert_eq!(super::hex_bytes("00-ff"), Some(vec![0, 255]));
+        assert_eq!(super::hex_bytes("\\x0"), None);
+        assert_eq!(super::hex_bytes("zz"), None);
     }
 
     #[test]

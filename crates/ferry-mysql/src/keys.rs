@@ -14,16 +14,16 @@
 //! its load: it has no exact snapshot position without a global lock.
 
 use ferry_core::config::ZeroDates;
-use ferry_core::normalize::is_text;
+use ferry_core::normalize::{hex_bytes, is_text};
 use ferry_core::source::{KeyRange, KeyReader};
 use ferry_core::{Error, MySqlPosition, Row, TableSchema, Value};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Params, Value as My};
 
-use crate::binlog::value::{ConvError, pg_base};
+use crate::binlog::value::pg_base;
 use crate::catalog::query_error;
 use crate::snapshot::{
-    consistent_snapshot, convert, key_text, prepare_session, quote, quote_table, select_expr,
+    consistent_snapshot, convert_checked, prepare_session, quote, quote_table, select_expr,
 };
 
 /// A validation's reading session on a MariaDB source.
@@ -74,33 +74,15 @@ impl MySqlKeyReader {
             (0..schema.columns.len()).collect()
         };
         for (v, &i) in values.into_iter().zip(&indexes) {
-            let col = &schema.columns[i];
-            out[i] = match convert(col, v) {
-                Ok(v) => v,
-                Err(ConvError::ZeroDate) if self.zero_dates == ZeroDates::Null => Value::Null,
-                Err(ConvError::ZeroDate) => {
-                    return Err(Error::operator(
-                        format!(
-                            "table {}, key {}, column {}: zero or partial date (mysql.zero_dates = \"error\")",
-                            schema.id,
-                            key_text(schema, &out),
-                            col.name
-                        ),
-                        "fix the date on the source, or set mysql.zero_dates = \"null\"",
-                    ));
-                }
-                Err(ConvError::Invalid(why)) => {
-                    return Err(Error::operator(
-                        format!(
-                            "table {}, key {}, column {}: {why}",
-                            schema.id,
-                            key_text(schema, &out),
-                            col.name
-                        ),
-                        "fix the value on the source (or map the column to another type)",
-                    ));
-                }
-            };
+            let mut zero_dates = 0;
+            out[i] = convert_checked(
+                schema,
+                &schema.columns[i],
+                v,
+                self.zero_dates,
+                &out,
+                &mut zero_dates,
+            )?;
         }
         Ok(Row::new(out))
     }
@@ -193,27 +175,10 @@ fn bind(schema: &TableSchema, c: &ferry_core::Column, text: &str) -> Result<My, 
     };
     Ok(match pg_base(&c.pg_type) {
         "boolean" | "bool" => My::Int(i64::from(text == "t")),
-        "bytea" => {
-            let hex = text.strip_prefix("\\x").ok_or_else(bad)?;
-            let bytes: Option<Vec<u8>> = (0..hex.len())
-                .step_by(2)
-                .map(|i| {
-                    hex.get(i..i + 2)
-                        .and_then(|p| u8::from_str_radix(p, 16).ok())
-                })
-                .collect();
-            My::Bytes(bytes.ok_or_else(bad)?)
-        }
+        "bytea" if text.starts_with("\\x") => My::Bytes(hex_bytes(text).ok_or_else(bad)?),
+        "bytea" => return Err(bad()),
         "uuid" if c.source_type.to_ascii_lowercase().starts_with("binary") => {
-            let hex: String = text.chars().filter(|c| *c != '-').collect();
-            let bytes: Option<Vec<u8>> = (0..hex.len())
-                .step_by(2)
-                .map(|i| {
-                    hex.get(i..i + 2)
-                        .and_then(|p| u8::from_str_radix(p, 16).ok())
-                })
-                .collect();
-            My::Bytes(bytes.ok_or_else(bad)?)
+            My::Bytes(hex_bytes(text).ok_or_else(bad)?)
         }
         // The session is in UTC; MariaDB reads no zone suffix.
         t if t.starts_with("timestamp") => {

@@ -36,7 +36,6 @@
 //! ranges are open so rows outside the bounds read earlier are still
 //! copied. Any other table is one chunk.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ferry_core::config::{Endpoint, ZeroDates};
@@ -303,7 +302,8 @@ async fn stream_rows(
         .exec_iter(sql, ())
         .await
         .map_err(|e| query_error(&what, e))?;
-    let mut zero_dates: BTreeMap<String, u64> = BTreeMap::new();
+    // Zero dates loaded as NULL, per column position.
+    let mut zero_dates = vec![0u64; schema.columns.len()];
     let mut rows = 0u64;
     while let Some(row) = result.next().await.map_err(|e| query_error(&what, e))? {
         let values = row.unwrap();
@@ -315,35 +315,8 @@ async fn stream_rows(
                     "restart ferry so that it reads the catalog again",
                 ));
             };
-            match convert(col, v) {
-                Ok(v) => out.push(v),
-                Err(ConvError::ZeroDate) if zero_date_policy == ZeroDates::Null => {
-                    *zero_dates.entry(col.name.clone()).or_default() += 1;
-                    out.push(Value::Null);
-                }
-                Err(ConvError::ZeroDate) => {
-                    return Err(Error::operator(
-                        format!(
-                            "table {}, key {}, column {}: zero or partial date (mysql.zero_dates = \"error\")",
-                            schema.id,
-                            key_text(schema, &out),
-                            col.name
-                        ),
-                        "fix the date on the source, or set mysql.zero_dates = \"null\" to load such dates as NULL (counted per column)",
-                    ));
-                }
-                Err(ConvError::Invalid(why)) => {
-                    return Err(Error::operator(
-                        format!(
-                            "table {}, key {}, column {}: {why}",
-                            schema.id,
-                            key_text(schema, &out),
-                            col.name
-                        ),
-                        "fix the value on the source (or map the column to another type) and run again",
-                    ));
-                }
-            }
+            let v = convert_checked(schema, col, v, zero_date_policy, &out, &mut zero_dates[i])?;
+            out.push(v);
         }
         rows += 1;
         if tx.send(Ok(Row::new(out))).await.is_err() {
@@ -351,11 +324,55 @@ async fn stream_rows(
             return Ok(());
         }
     }
-    for (column, n) in zero_dates {
-        warn!(table = %schema.id, column = %column, rows = n, "zero or partial dates loaded as NULL");
+    for (col, n) in schema
+        .columns
+        .iter()
+        .zip(zero_dates)
+        .filter(|(_, n)| *n > 0)
+    {
+        warn!(table = %schema.id, column = %col.name, rows = n, "zero or partial dates loaded as NULL");
     }
     tracing::debug!(table = %schema.id, chunk = chunk.index, rows, "chunk read");
     Ok(())
+}
+
+/// [`convert`] for a row of `schema`, its errors as the operator error
+/// naming table, key and column and the fix; a zero date under
+/// `mysql.zero_dates = "null"` becomes NULL and is counted in `zero_dates`.
+/// `converted`: the row's columns before `col` (for the key in messages).
+pub(crate) fn convert_checked(
+    schema: &TableSchema,
+    col: &ferry_core::Column,
+    v: My,
+    policy: ZeroDates,
+    converted: &[Value],
+    zero_dates: &mut u64,
+) -> Result<Value, Error> {
+    match convert(col, v) {
+        Ok(v) => Ok(v),
+        Err(ConvError::ZeroDate) if policy == ZeroDates::Null => {
+            *zero_dates += 1;
+            Ok(Value::Null)
+        }
+        Err(ConvError::ZeroDate) => Err(Error::operator(
+            format!(
+                "table {}, key {}, column {}: zero or partial date (mysql.zero_dates = \"error\")",
+                schema.id,
+                key_text(schema, converted),
+                col.name
+            ),
+            "fix the date on the source, or set mysql.zero_dates = \"null\" to load such dates as NULL (counted per column)",
+        )),
+        Err(ConvError::Invalid(why)) => Err(Error::operator(
+            format!(
+                "table {}, key {}, column {}: {why}",
+                schema.id,
+                key_text(schema, converted),
+                col.name
+            ),
+            "fix the value on the source (or map the column to another type) and run again",
+        )),
+    }
 }
 
 /// `(k1, k2)=(v1, v2)` of the key columns converted so far (keys come

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use ferry_core::normalize::is_text;
+use ferry_core::normalize::{hex_bytes, is_text};
 use ferry_core::schema::quote_ident;
 use ferry_core::source::{KeyRange, KeyReader};
 use ferry_core::{ChangeLogSeq, Error, Row, TableSchema, Value};
@@ -216,17 +216,7 @@ fn bind(c: &ferry_core::Column, text: &str) -> Lite {
             Ok(n) => Lite::Integer(n),
             Err(_) => Lite::Text(text.to_owned()),
         },
-        "bytea" => {
-            let hex = text.strip_prefix("\\x").unwrap_or(text);
-            let bytes: Option<Vec<u8>> = (0..hex.len())
-                .step_by(2)
-                .map(|i| {
-                    hex.get(i..i + 2)
-                        .and_then(|p| u8::from_str_radix(p, 16).ok())
-                })
-                .collect();
-            bytes.map_or_else(|| Lite::Text(text.to_owned()), Lite::Blob)
-        }
+        "bytea" => hex_bytes(text).map_or_else(|| Lite::Text(text.to_owned()), Lite::Blob),
         _ => Lite::Text(text.to_owned()),
     }
 }

@@ -165,10 +165,10 @@ pub async fn run(
             let tables = select(config, source.catalog().await?.tables(), &req.tables)?;
             let client = session::open(&config.source, "source").await?;
             run.tables(&tables, |t| {
-                let source = side::PgSnapshots(side::Pg {
+                let source = side::Pg {
                     client: &client,
                     shape: Shape::new(&t.schema, &t.schema.id),
-                });
+                };
                 let target = side::Pg {
                     client: &sessions.target,
                     shape: Shape::new(&t.schema, &config.tables.target_name(&t.schema.id)),

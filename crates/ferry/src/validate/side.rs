@@ -4,7 +4,7 @@
 //!
 //! | source | source side | target side |
 //! |---|---|---|
-//! | PostgreSQL | [`Pg`] + [`PgSnapshots`]: digests computed in the source | [`Pg`]: digests computed in the target |
+//! | PostgreSQL | [`Pg`]: digests computed in the source, in snapshots | [`Pg`]: digests computed in the target |
 //! | MySQL/MariaDB, SQLite | [`Reader`]: rows through the source crate's [`KeyReader`], hashed by ferry | [`Normalized`]: rows read from the target, hashed by ferry |
 //!
 //! For a non-PostgreSQL source, both sides hash the normal form of each
@@ -131,75 +131,33 @@ impl Side for Pg<'_> {
     }
 }
 
-/// A PostgreSQL source: [`Pg`] plus its snapshots (`REPEATABLE READ READ
+/// As the source side, [`Pg`] reads in snapshots (`REPEATABLE READ READ
 /// ONLY`, position `pg_current_wal_lsn()` read inside).
-pub struct PgSnapshots<'a>(pub Pg<'a>);
-
-impl Side for PgSnapshots<'_> {
-    fn relation(&self) -> &str {
-        self.0.relation()
-    }
-    fn next_bound<'a>(
-        &'a self,
-        lo: Option<&'a Key>,
-        n: i64,
-    ) -> BoxFuture<'a, anyhow::Result<Option<Key>>> {
-        self.0.next_bound(lo, n)
-    }
-    fn digest<'a>(
-        &'a self,
-        lo: Option<&'a Key>,
-        hi: Option<&'a Key>,
-    ) -> BoxFuture<'a, anyhow::Result<Digest>> {
-        self.0.digest(lo, hi)
-    }
-    fn quantiles<'a>(
-        &'a self,
-        lo: Option<&'a Key>,
-        hi: Option<&'a Key>,
-        step: i64,
-    ) -> BoxFuture<'a, anyhow::Result<Vec<Key>>> {
-        self.0.quantiles(lo, hi, step)
-    }
-    fn hashes<'a>(
-        &'a self,
-        lo: Option<&'a Key>,
-        hi: Option<&'a Key>,
-    ) -> BoxFuture<'a, anyhow::Result<BTreeMap<Key, i64>>> {
-        self.0.hashes(lo, hi)
-    }
-    fn rows<'a>(&'a self, keys: &'a [Key]) -> BoxFuture<'a, anyhow::Result<Rows>> {
-        self.0.rows(keys)
-    }
-}
-
-impl SourceSide<Lsn> for PgSnapshots<'_> {
+impl SourceSide<Lsn> for Pg<'_> {
     fn begin(&self) -> BoxFuture<'_, anyhow::Result<Lsn>> {
         Box::pin(async move {
-            self.0
-                .client
+            self.client
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 .await
                 .context("starting a source snapshot")?;
             // The first statement takes the snapshot; the position is read
             // in it, after the snapshot was taken.
-            pg_position(self.0.client).await
+            pg_position(self.client).await
         })
     }
     fn end(&self) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move {
-            self.0
-                .client
+            self.client
                 .batch_execute("COMMIT")
                 .await
                 .context("ending a source snapshot")
         })
     }
     fn position(&self) -> BoxFuture<'_, anyhow::Result<Lsn>> {
-        Box::pin(pg_position(self.0.client))
+        Box::pin(pg_position(self.client))
     }
     fn repair_rows<'a>(&'a self, keys: &'a [Key]) -> BoxFuture<'a, anyhow::Result<Rows>> {
-        self.0.rows(keys)
+        self.rows(keys)
     }
 }
 
