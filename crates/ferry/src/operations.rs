@@ -102,6 +102,13 @@ async fn recorded_status(config: &Config) -> anyhow::Result<Status> {
         .flatten()
         .and_then(|r| serde_json::from_str(r.get::<_, &str>(0)).ok());
     s.cutover = cutover;
+    if phase == Some(Phase::Done)
+        && crate::pipeline::fallback::read_row(&target, &state)
+            .await
+            .is_some_and(|r| r.direction == "reverse")
+    {
+        s.direction = "reverse".into();
+    }
     s.validation = crate::validate::store::latest(&target, &state)
         .await
         .unwrap_or_default();
@@ -206,6 +213,41 @@ pub async fn cutover(config: &Config, req: CutoverRequest) -> anyhow::Result<Out
             Ok(Outcome::Refused)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// `ferry finish`: through the running reverse stream when one answers,
+/// else directly on both databases.
+#[allow(clippy::print_stdout)]
+pub async fn finish(config: &Config) -> anyhow::Result<Outcome> {
+    if let Ok(addr) = control_address(config).await {
+        let req = CutoverRequest {
+            finish_fallback: true,
+            ..CutoverRequest::default()
+        };
+        match control::post_cutover(&addr, config.control.token.as_ref(), &req).await {
+            Ok(rec) => {
+                println!("{}", serde_json::to_string_pretty(&rec)?);
+                println!("finish: {}", rec.outcome);
+                return Ok(Outcome::Ok);
+            }
+            Err(ControlClientError::Refused { message, .. }) => {
+                println!("finish: {message}");
+                return Ok(Outcome::Refused);
+            }
+            Err(ControlClientError::NotRunning { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match crate::pipeline::fallback::finish_offline(config).await {
+        Ok(note) => {
+            println!("finish: {note}");
+            Ok(Outcome::Ok)
+        }
+        Err(e) => {
+            println!("finish: refused: {e:#}");
+            Ok(Outcome::Refused)
+        }
     }
 }
 

@@ -43,6 +43,8 @@ const DETAILS_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Finish {
     pub keep_slot: bool,
+    /// The reverse stream ends a fallback period (rollback or finish).
+    pub fallback_end: Option<super::fallback::FallbackEnd>,
     pub reply: oneshot::Sender<Result<Finished, String>>,
 }
 
@@ -274,6 +276,7 @@ impl<P: Position> Live<P> {
     pub fn status(&self) -> Status {
         let mut s = Status::new(self.phase(), P::KIND.as_str(), SystemTime::now());
         s.live = true;
+        s.direction = self.config.direction.as_str().into();
         s.run_started = Some(self.started);
         s.source_position = self.head().map(|h| h.to_string());
         s.applied_position = self.applied_position().map(|a| a.to_string());
