@@ -197,6 +197,10 @@ fn cutover_with_fallback_streams_back_exactly_and_rolls_back() {
     );
     let metrics = s.control_get("/metrics");
     assert!(metrics.contains("ferry_lag_seconds"), "{metrics}");
+    assert!(
+        metrics.contains("ferry_direction{direction=\"reverse\"} 1"),
+        "{metrics}"
+    );
 
     // Roll back: the new database is fenced, sequences go back, the old
     // source takes writes again.

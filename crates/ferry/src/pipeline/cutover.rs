@@ -231,9 +231,10 @@ async fn execute<S: Source>(
     let mut session = source.cutover().await?;
     let target = ferry_postgres::connect::connect(&live.config.target, "target").await?;
     let carried = live.carried.lock().map(|c| c.clone()).unwrap_or_default();
-    if req.with_fallback {
-        super::fallback::prepare(&live.config, &carried).await?;
-    }
+    let prepared = match req.with_fallback {
+        true => Some(super::fallback::prepare(&live.config, &carried).await?),
+        false => None,
+    };
     let fenced_at = if req.fence {
         session.fence().await?;
         rec.fenced = true;
@@ -248,11 +249,11 @@ async fn execute<S: Source>(
         None
     };
     let mut result = after_fence(live, req, rec, &mut session, &target).await;
-    if result.is_ok() && req.with_fallback {
+    if let (true, Some(prepared)) = (result.is_ok(), &prepared) {
         // Still fenced, drained: the way back starts exactly here.
-        match super::fallback::open(&live.config, &carried).await {
-            Ok(at) => rec.steps.push(format!(
-                "opened the way back: reverse slot on the target at {at}; ferry run streams the target back into the old source, which stays fenced"
+        match super::fallback::open(prepared, &carried).await {
+            Ok((at, note)) => rec.steps.push(format!(
+                "opened the way back: reverse slot on the target at {at} ({note}); ferry run streams the target back into the old source, which stays fenced"
             )),
             Err(e) => {
                 super::fallback::abandon(&live.config, &carried).await;

@@ -384,9 +384,26 @@ pub async fn finish_now<P: ferry_core::Position>(live: &Live<P>) -> Result<Cutov
     Ok(rec)
 }
 
-/// Before the fence: the reverse publications on the target (creating
-/// them takes no time from the write freeze).
-pub async fn prepare(config: &Config, carried: &[(TableId, TableId)]) -> Result<(), Error> {
+/// What [`prepare`] set up before the fence, so that [`open`] spends the
+/// write freeze on the slot and two small transactions only.
+pub struct Prepared {
+    reverse: Config,
+    target: Client,
+    old: Client,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("slot", &self.reverse.postgres.slot)
+            .finish()
+    }
+}
+
+/// Before the fence: the reverse publications on the target, the old
+/// source's state schema, and a session on each side (none of it takes
+/// time from the write freeze).
+pub async fn prepare(config: &Config, carried: &[(TableId, TableId)]) -> Result<Prepared, Error> {
     let reverse = reverse_config(config, carried)
         .map_err(|e| Error::operator(format!("{e:#}"), "fix source.url"))?;
     let filter = config
@@ -404,36 +421,53 @@ pub async fn prepare(config: &Config, carried: &[(TableId, TableId)]) -> Result<
         &news(all),
         &news(insert_only),
     )
-    .await
+    .await?;
+    let old = connect(&reverse.target, "old source").await?;
+    StateStore::new(config.state.schema.clone())
+        .ensure(&old)
+        .await?;
+    Ok(Prepared {
+        reverse,
+        target,
+        old,
+    })
 }
 
 /// Inside the fence, after the drain: create the reverse slot and write
-/// the reverse state on both sides. Returns the slot's consistent point.
-pub async fn open(config: &Config, carried: &[(TableId, TableId)]) -> Result<Lsn, Error> {
-    let reverse = reverse_config(config, carried)
-        .map_err(|e| Error::operator(format!("{e:#}"), "fix source.url"))?;
-    let target = connect(&config.target, "target").await?;
-    let at = pg::create_reverse_slot(&target, &reverse.postgres.slot).await?;
-    let state = StateStore::new(config.state.schema.clone());
+/// the reverse state on both sides. Returns the slot's consistent point
+/// and a note with the time each part took.
+pub async fn open(
+    prepared: &Prepared,
+    carried: &[(TableId, TableId)],
+) -> Result<(Lsn, String), Error> {
+    let reverse = &prepared.reverse;
+    let started = std::time::Instant::now();
+    let at = pg::create_reverse_slot(&prepared.target, &reverse.postgres.slot).await?;
+    let slot_took = started.elapsed();
+    let state = StateStore::new(reverse.state.schema.clone());
     let row = FallbackRow {
         direction: "reverse".into(),
         slot: reverse.postgres.slot.clone(),
         publication: reverse.postgres.publication.clone(),
         start_position: at.to_string(),
     };
-    let old = connect(&reverse.target, "old source").await?;
-    init_old_source(&old, &state, carried, at, &row)
+    init_old_source(&prepared.old, &state, carried, at, &row)
         .await
         .map_err(|e| {
             Error::transient(format!(
                 "writing the reverse state on the old source: {e:#}"
             ))
         })?;
-    write_row(&target, &state, &row)
+    write_row(&prepared.target, &state, &row)
         .await
         .map_err(|e| Error::transient(format!("recording the fallback on the target: {e:#}")))?;
-    info!(slot = %row.slot, at = %at, "fallback opened: the old source will follow the new database");
-    Ok(at)
+    let note = format!(
+        "slot created in {:.0} ms, reverse state written in {:.0} ms",
+        slot_took.as_secs_f64() * 1000.0,
+        (started.elapsed() - slot_took).as_secs_f64() * 1000.0
+    );
+    info!(slot = %row.slot, at = %at, %note, "fallback opened: the old source will follow the new database");
+    Ok((at, note))
 }
 
 /// The old source's state for the reverse stream, in one transaction.
@@ -444,7 +478,6 @@ async fn init_old_source(
     at: Lsn,
     row: &FallbackRow,
 ) -> anyhow::Result<()> {
-    state.ensure(old).await?;
     old.batch_execute("BEGIN").await?;
     let result = async {
         // Whatever an earlier reverse stream left is replaced.

@@ -96,10 +96,12 @@ pub struct Live<P: Position> {
 
 impl<P: Position> Live<P> {
     pub fn new(config: Config, state: StateStore, run_id: i64, shutdown: Shutdown) -> Arc<Self> {
+        let metrics = Metrics::new();
+        metrics.set_direction(config.direction.as_str());
         Arc::new(Live {
             config,
             state,
-            metrics: Metrics::new(),
+            metrics,
             run_id,
             started: SystemTime::now(),
             phase: Mutex::new(Phase::Plan),
