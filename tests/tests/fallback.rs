@@ -395,3 +395,59 @@ fn with_fallback_is_refused_with_the_reason() {
         rollback.all()
     );
 }
+
+/// A rollback that stopped the reverse stream (the old source's phase is
+/// `done`, the new database fenced) but died before recording its end:
+/// the next `ferry run` finishes it — unfences the old source, records
+/// `rolled_back` on both sides — and exits.
+#[test]
+fn an_unrecorded_rollback_is_finished_by_the_next_run() {
+    let s = setup();
+    let mut ferry = s.start("run");
+    s.wait_phase(&mut ferry, "stream");
+    let cut = s.ferry(&[
+        "cutover",
+        "--fence",
+        "--with-fallback",
+        "--max-lag",
+        "30s",
+        "--timeout",
+        "120s",
+    ]);
+    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
+    wait_reverse(&s, &mut ferry);
+    ferry.kill9().unwrap();
+    // What the rollback had done when it died.
+    s.source
+        .psql(
+            &s.source_db,
+            "SET default_transaction_read_only = off; UPDATE ferry.pipeline SET phase = 'done'",
+        )
+        .unwrap();
+    s.target
+        .psql(
+            "postgres",
+            &format!(
+                "ALTER DATABASE {} SET default_transaction_read_only = on",
+                s.target_db
+            ),
+        )
+        .unwrap();
+    let again = s.start("run-again");
+    let code = again.wait(Duration::from_secs(60)).expect("ferry run");
+    let log = std::fs::read_to_string(s.logs.path().join("run-again.log")).unwrap();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("recording it now"), "{log}");
+    pgsync::runtime().block_on(async {
+        let src = pgsync::connect(&s.source_url).await.unwrap();
+        src.execute("INSERT INTO docs (body) VALUES ('unfenced')", &[])
+            .await
+            .unwrap();
+        let how: String = src
+            .query_one("SELECT direction FROM ferry.fallback", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(how, "rolled_back");
+    });
+}

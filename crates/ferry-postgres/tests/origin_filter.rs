@@ -26,7 +26,13 @@ async fn client(url: &str) -> tokio_postgres::Client {
 
 /// The ids inserted into `t` that a stream from `start` on slot `name`
 /// delivers until the row with id 0 (the end marker) arrives.
-async fn inserted_ids(url: &str, name: &str, start: Lsn, skip: Option<&str>) -> Vec<i32> {
+async fn inserted_ids(
+    url: &str,
+    name: &str,
+    start: Lsn,
+    skip: Option<&str>,
+    proto_version: u32,
+) -> Vec<i32> {
     let ep = Endpoint {
         url: RedactedUrl::new(url),
         sslmode: Some(SslMode::Disable),
@@ -37,6 +43,7 @@ async fn inserted_ids(url: &str, name: &str, start: Lsn, skip: Option<&str>) -> 
         .expect("replication");
     let mut cfg = StreamConfig::new(name, "p", start);
     cfg.skip_origin_prefix = skip.map(str::to_owned);
+    cfg.proto_version = proto_version;
     let resolver = Arc::new(CatalogTypeResolver::new(Arc::new(client(url).await)));
     let (mut rx, handle) = PgChangeStream::start(conn, resolver, cfg)
         .await
@@ -65,8 +72,23 @@ async fn inserted_ids(url: &str, name: &str, start: Lsn, skip: Option<&str>) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_ferry_applied_never_come_back() {
-    let pg = PgServer::start(PgOptions::default().setting("logical_decoding_work_mem", "64kB"))
-        .expect("start postgres");
+    echo_filter(PgOptions::default()).await;
+}
+
+/// The same on the oldest and newest majors of the matrix and on 16 (the
+/// first with pgoutput's own `origin` option, which ferry does not use).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_ferry_applied_never_come_back_on_every_major() {
+    for major in [13, 16, 18] {
+        echo_filter(PgOptions::default().version(major)).await;
+    }
+}
+
+async fn echo_filter(opts: PgOptions) {
+    let pg =
+        PgServer::start(opts.setting("logical_decoding_work_mem", "64kB")).expect("start postgres");
+    // Protocol 2 (streamed transactions) from PostgreSQL 14.
+    let proto = if pg.major() >= 14 { 2 } else { 1 };
     let db = pg.create_database("origins").unwrap();
     let url = pg.url(&db);
     pg.psql(&db, "CREATE TABLE t (id int PRIMARY KEY, pad text)")
@@ -111,9 +133,14 @@ async fn transactions_ferry_applied_never_come_back() {
     .unwrap();
 
     let app_ids: Vec<i32> = std::iter::once(100).chain(5000..6000).collect();
-    let skipped = inserted_ids(&url, "filtered", filtered, Some(ORIGIN_PREFIX)).await;
-    assert_eq!(skipped, app_ids, "only the application's rows come out");
-    let all = inserted_ids(&url, "plain", plain, None).await;
+    let skipped = inserted_ids(&url, "filtered", filtered, Some(ORIGIN_PREFIX), proto).await;
+    assert_eq!(
+        skipped,
+        app_ids,
+        "PostgreSQL {}: only the application's rows come out",
+        pg.major()
+    );
+    let all = inserted_ids(&url, "plain", plain, None, proto).await;
     assert_eq!(
         all.len(),
         app_ids.len() + 6 + 3000,

@@ -394,7 +394,10 @@ pub async fn cleanup(config: &Config, state: bool) -> anyhow::Result<Outcome> {
         ferry_core::config::EndpointKind::MySql => {
             println!("source: nothing to drop (ferry created nothing there)");
         }
-        ferry_core::config::EndpointKind::Postgres => cleanup_postgres_source(config).await?,
+        ferry_core::config::EndpointKind::Postgres => {
+            cleanup_postgres_source(config).await?;
+            cleanup_reverse(config).await?;
+        }
     }
     cleanup_state(config, state).await
 }
@@ -417,6 +420,19 @@ async fn cleanup_postgres_source(config: &Config) -> anyhow::Result<()> {
         "source: {slot_said}; publication '{}' dropped if ferry created it",
         config.postgres.publication
     );
+    Ok(())
+}
+
+/// A way back left open (`cutover --with-fallback` never rolled back or
+/// finished, or interrupted): its slot and publication on the target.
+#[allow(clippy::print_stdout)]
+async fn cleanup_reverse(config: &Config) -> anyhow::Result<()> {
+    let target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    let slot = ferry_postgres::fallback::reverse_slot(&config.postgres.slot);
+    let publication = ferry_postgres::fallback::reverse_publication(&config.postgres.publication);
+    if ferry_postgres::fallback::drop_reverse_capture(&target, &slot, &publication).await? {
+        println!("target: reverse replication slot '{slot}' dropped (the way back is gone)");
+    }
     Ok(())
 }
 

@@ -208,6 +208,14 @@ pub async fn run_reverse(config: &Config, shutdown: Shutdown) -> anyhow::Result<
     let tables = carried(&target, &state).await?;
     drop(target);
     let reverse = reverse_config(config, &tables)?;
+    if let Some(how) = unrecorded_end(&reverse).await? {
+        info!(
+            how = how.as_str(),
+            "the reverse stream ended before its end was recorded; recording it now"
+        );
+        end(&reverse, how).await?;
+        return Ok(Outcome::Ok);
+    }
     info!(
         slot = %reverse.postgres.slot,
         tables = tables.len(),
@@ -229,6 +237,36 @@ pub async fn run_reverse(config: &Config, shutdown: Shutdown) -> anyhow::Result<
     .await;
     keeper.abort();
     outcome
+}
+
+/// A rollback or finish that stopped the reverse stream (the old source's
+/// phase is `done`) but crashed before [`end`] recorded it: a rollback
+/// when the new database is fenced, else a finish.
+async fn unrecorded_end(reverse: &Config) -> anyhow::Result<Option<FallbackEnd>> {
+    let old = connect(&reverse.target, "old source").await?;
+    let state = StateStore::new(reverse.state.schema.clone());
+    let stopped = state.read_phase(&old).await.ok().flatten() == Some(Phase::Done);
+    let open = read_row(&old, &state)
+        .await
+        .is_some_and(|r| r.direction == "reverse");
+    if !(stopped && open) {
+        return Ok(None);
+    }
+    let new = connect(&reverse.source, "target").await?;
+    let fenced: bool = new
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
+                 WHERE d.datname = current_database() AND s.setrole = 0
+                   AND 'default_transaction_read_only=on' = ANY (s.setconfig))",
+            &[],
+        )
+        .await
+        .context("reading whether the new database is fenced")?
+        .get(0);
+    Ok(Some(match fenced {
+        true => FallbackEnd::RolledBack,
+        false => FallbackEnd::Finished,
+    }))
 }
 
 /// How often the old source's sequences are set to the new database's.
