@@ -451,3 +451,53 @@ fn an_unrecorded_rollback_is_finished_by_the_next_run() {
         assert_eq!(how, "rolled_back");
     });
 }
+
+/// `ferry finish` while no `ferry run` streams back: done directly on both
+/// databases.
+#[test]
+fn finish_without_a_running_ferry() {
+    let s = setup();
+    let mut ferry = s.start("run");
+    s.wait_phase(&mut ferry, "stream");
+    let cut = s.ferry(&[
+        "cutover",
+        "--fence",
+        "--with-fallback",
+        "--max-lag",
+        "30s",
+        "--timeout",
+        "120s",
+    ]);
+    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
+    wait_reverse(&s, &mut ferry);
+    write_on(&s.target_url, 50);
+    ferry.kill9().unwrap();
+    let fin = s.ferry(&["finish"]);
+    assert_eq!(fin.code, Some(0), "{}", fin.all());
+    assert!(fin.stdout.contains("old source unfenced"), "{}", fin.all());
+    pgsync::runtime().block_on(async {
+        let src = pgsync::connect(&s.source_url).await.unwrap();
+        let dst = pgsync::connect(&s.target_url).await.unwrap();
+        assert_eq!(
+            i64_of(&dst, "SELECT count(*) FROM pg_replication_slots").await,
+            0
+        );
+        // Unfenced, sequences past what the new database used.
+        let max_docs = i64_of(&dst, "SELECT max(id) FROM docs").await;
+        let doc: i64 = src
+            .query_one(
+                "INSERT INTO docs (body) VALUES ('after finish') RETURNING id",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(doc > max_docs, "docs {doc} after {max_docs}");
+        let phase: String = src
+            .query_one("SELECT phase FROM ferry.pipeline", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(phase, "done");
+    });
+}

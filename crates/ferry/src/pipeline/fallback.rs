@@ -669,7 +669,27 @@ pub async fn finish_offline(config: &Config) -> anyhow::Result<String> {
     let reverse = reverse_config(config, &tables)?;
     pg::drop_reverse_capture(&target, &row.slot, &row.publication).await?;
     let old = connect(&reverse.target, "old source").await?;
-    state.write_phase(&old, Phase::Done).await?;
+    // As the reverse run's own finish does: what was changed on the old
+    // source for applying (no-replica-role mode) is put back with `done`.
+    old.batch_execute("BEGIN").await?;
+    let restored = async {
+        let restored = super::overrides::restore_all(&old, &state).await?;
+        state.write_phase(&old, Phase::Done).await?;
+        anyhow::Ok(restored)
+    }
+    .await;
+    match restored {
+        Ok(r) => {
+            old.batch_execute("COMMIT").await?;
+            for r in &r {
+                info!(restored = %r, "old source schema restored");
+            }
+        }
+        Err(e) => {
+            let _ = old.batch_execute("ROLLBACK").await;
+            return Err(e.context("restoring the old source's schema"));
+        }
+    }
     end(&reverse, FallbackEnd::Finished).await
 }
 
