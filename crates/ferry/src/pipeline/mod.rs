@@ -90,9 +90,15 @@ pub type Refusal<'a> =
 pub async fn run(config: &Config, shutdown: Shutdown) -> anyhow::Result<Outcome> {
     match config.source.kind().map_err(anyhow::Error::msg)? {
         EndpointKind::Postgres => {
-            // After a cutover with fallback: the way back.
-            if fallback::reverse_live(config).await? {
-                return fallback::run_reverse(config, shutdown).await;
+            // After a cutover with fallback: the way back. A target that
+            // cannot answer yet is the forward pipeline's to retry (it
+            // looks again once that ends).
+            match fallback::reverse_live(config).await {
+                Ok(true) => return fallback::run_reverse(config, shutdown).await,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(error = %format!("{e:#}"), "fallback state not readable yet")
+                }
             }
             let refusal = || -> ferry_core::source::BoxFuture<'_, Option<String>> {
                 Box::pin(crate::plan::refusal(config))
