@@ -239,7 +239,8 @@ pub async fn tag_session(client: &Client, name: &str) -> bool {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => {
-                tracing::warn!(error = %e, origin = name, "could not tag the apply session with its replication origin; applying untagged");
+                // E.g. max_replication_slots = 0 (no origin can be tracked).
+                tracing::info!(error = %e, origin = name, "could not tag the apply session with its replication origin; applying untagged");
                 return false;
             }
         }
