@@ -501,3 +501,67 @@ fn finish_without_a_running_ferry() {
         assert_eq!(phase, "done");
     });
 }
+
+/// A renamed table (`tables.rename`) streams back under its old name, and
+/// its identity sequence is found there at rollback.
+#[test]
+fn a_renamed_table_streams_back_under_its_old_name() {
+    let m = setup();
+    let config = m.logs.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        "[tables.rename]\n\"public.items\" = \"public.goods\"\n",
+    )
+    .unwrap();
+    let s = m.arg("--config").arg(&config);
+    let mut ferry = s.start("run");
+    s.wait_phase(&mut ferry, "stream");
+    let cut = s.ferry(&[
+        "cutover",
+        "--fence",
+        "--with-fallback",
+        "--max-lag",
+        "30s",
+        "--timeout",
+        "120s",
+    ]);
+    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
+    wait_reverse(&s, &mut ferry);
+    pgsync::runtime().block_on(async {
+        let dst = pgsync::connect(&s.target_url).await.unwrap();
+        dst.batch_execute(
+            "INSERT INTO goods (note) SELECT 'new ' || i FROM generate_series(1, 30) i;
+             UPDATE goods SET note = 'changed' WHERE id = 3; DELETE FROM goods WHERE id = 4;",
+        )
+        .await
+        .unwrap();
+    });
+    wait_old_source_caught_up(&s);
+    pgsync::runtime().block_on(async {
+        let src = pgsync::connect(&s.source_url).await.unwrap();
+        let dst = pgsync::connect(&s.target_url).await.unwrap();
+        let old = pgsync::table_digest(&src, "items").await.unwrap();
+        let new = pgsync::table_digest(&dst, "goods").await.unwrap();
+        assert_eq!(old, new, "items on the old source follow goods");
+        assert_eq!(old.0, 79);
+    });
+    let back = s.ferry(&[
+        "rollback",
+        "--fence",
+        "--max-lag",
+        "30s",
+        "--timeout",
+        "120s",
+    ]);
+    assert_eq!(back.code, Some(0), "{}\n{}", back.all(), ferry.log());
+    assert_eq!(ferry.wait(Duration::from_secs(60)).unwrap(), Some(0));
+    pgsync::runtime().block_on(async {
+        let src = pgsync::connect(&s.source_url).await.unwrap();
+        let id: i32 = src
+            .query_one("INSERT INTO items (note) VALUES ('home') RETURNING id", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(id, 81, "the identity continues after the new database's 80");
+    });
+}
