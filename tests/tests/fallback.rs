@@ -565,3 +565,33 @@ fn a_renamed_table_streams_back_under_its_old_name() {
         assert_eq!(id, 81, "the identity continues after the new database's 80");
     });
 }
+
+/// `control.listen` on port 0: the reverse run publishes its address where
+/// `ferry status` and `ferry rollback` look (the new database's state).
+#[test]
+fn the_reverse_run_is_found_on_a_port_zero_control_address() {
+    let s = setup().env("FERRY_CONTROL_LISTEN", "127.0.0.1:0");
+    let mut ferry = s.start("run");
+    s.wait_phase(&mut ferry, "stream");
+    let cut = s.ferry(&[
+        "cutover",
+        "--fence",
+        "--with-fallback",
+        "--max-lag",
+        "30s",
+        "--timeout",
+        "120s",
+    ]);
+    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
+    wait_reverse(&s, &mut ferry);
+    let back = s.ferry(&[
+        "rollback",
+        "--fence",
+        "--max-lag",
+        "30s",
+        "--timeout",
+        "120s",
+    ]);
+    assert_eq!(back.code, Some(0), "{}\n{}", back.all(), ferry.log());
+    assert_eq!(ferry.wait(Duration::from_secs(60)).unwrap(), Some(0));
+}

@@ -147,6 +147,21 @@ pub fn lifted(endpoint: &Endpoint) -> anyhow::Result<Endpoint> {
     Ok(out)
 }
 
+/// The reverse run's control address, also in the new database's state:
+/// `ferry status`, `rollback` and `finish` read it there (the forward
+/// config's target) when `control.listen` asks for port 0. Best effort.
+/// `reverse`: the reversed config.
+pub async fn publish_address(reverse: &Config, state: &StateStore, addr: &str) {
+    let published = async {
+        let new = connect(&lifted(&reverse.source)?, "target").await?;
+        super::live::publish_address(&new, state, addr).await
+    }
+    .await;
+    if let Err(e) = published {
+        tracing::warn!(error = %format!("{e:#}"), "could not publish the control address in the new database; `ferry status` needs control.listen with a fixed port");
+    }
+}
+
 /// A table name as a glob that matches only itself.
 fn literal_glob(t: &TableId) -> String {
     format!("{}.{}", t.schema, t.name)

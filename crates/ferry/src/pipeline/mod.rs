@@ -456,6 +456,9 @@ async fn start_background<S: Source>(
         })?;
     let addr = listener.local_addr()?;
     live::publish_address(target, &live.state, &addr.to_string()).await?;
+    if config.direction == ferry_core::config::Direction::Reverse {
+        fallback::publish_address(config, &live.state, &addr.to_string()).await;
+    }
     info!(address = %addr, "control API listening");
     let handler = Arc::new(handler::Handler {
         live: live.clone(),
