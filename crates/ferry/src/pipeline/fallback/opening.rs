@@ -32,20 +32,27 @@ pub async fn check(config: &Config, fence: bool) -> Result<(), String> {
 /// or without fallback) and refuses rollback and finish; a reverse run
 /// takes only rollback and finish. `Err` is the refusal.
 pub async fn guard(config: &Config, req: &CutoverRequest) -> Result<(), String> {
-    let reverse = config.direction == Direction::Reverse;
-    if reverse && !(req.rollback || req.finish_fallback) {
-        return Err("refused: ferry streams the new database back into the old source (fallback after a cutover): `ferry rollback` moves back to the old source, `ferry finish` ends the fallback".into());
-    }
-    if !reverse && (req.rollback || req.finish_fallback) {
-        return Err("refused: no fallback is open: ferry streams forward; `ferry rollback` and `ferry finish` follow a cutover with --with-fallback".into());
-    }
+    accepts(config.direction, req)?;
     if req.with_fallback {
-        if req.rollback {
-            return Err("refused: a rollback has no fallback of its own".into());
-        }
         check(config, req.fence)
             .await
             .map_err(|why| format!("refused: --with-fallback: {why}"))?;
+    }
+    Ok(())
+}
+
+/// The request-kind part of [`guard`]. Pure.
+fn accepts(direction: Direction, req: &CutoverRequest) -> Result<(), String> {
+    let reverse = direction == Direction::Reverse;
+    let ends = req.rollback || req.finish_fallback;
+    if reverse && !ends {
+        return Err("refused: ferry streams the new database back into the old source (fallback after a cutover): `ferry rollback` moves back to the old source, `ferry finish` ends the fallback".into());
+    }
+    if !reverse && ends {
+        return Err("refused: no fallback is open: ferry streams forward; `ferry rollback` and `ferry finish` follow a cutover with --with-fallback".into());
+    }
+    if req.with_fallback && ends {
+        return Err("refused: a rollback or finish has no fallback of its own".into());
     }
     Ok(())
 }
@@ -240,5 +247,55 @@ pub async fn abandon(config: &Config, carried: &[(TableId, TableId)]) {
     .await;
     if let Err(e) = result {
         tracing::warn!(error = %format!("{e:#}"), "could not remove the fallback of a failed cutover; the next cutover with fallback replaces it");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_requests_each_direction_takes() {
+        let req = |with_fallback, rollback, finish_fallback| CutoverRequest {
+            with_fallback,
+            rollback,
+            finish_fallback,
+            ..CutoverRequest::default()
+        };
+        use Direction::{Forward, Reverse};
+        // (direction, request, accepted, refusal contains)
+        let cases = [
+            (Forward, req(false, false, false), true, ""),
+            (Forward, req(true, false, false), true, ""),
+            (
+                Forward,
+                req(false, true, false),
+                false,
+                "no fallback is open",
+            ),
+            (
+                Forward,
+                req(false, false, true),
+                false,
+                "no fallback is open",
+            ),
+            (Reverse, req(false, false, false), false, "`ferry rollback`"),
+            (Reverse, req(true, false, false), false, "`ferry rollback`"),
+            (Reverse, req(false, true, false), true, ""),
+            (Reverse, req(false, false, true), true, ""),
+            (
+                Reverse,
+                req(true, true, false),
+                false,
+                "no fallback of its own",
+            ),
+        ];
+        for (direction, r, ok, why) in cases {
+            let got = accepts(direction, &r);
+            assert_eq!(got.is_ok(), ok, "{direction:?} {r:?}: {got:?}");
+            if let Err(e) = got {
+                assert!(e.contains(why), "{e}");
+            }
+        }
     }
 }
