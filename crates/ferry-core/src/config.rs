@@ -54,6 +54,31 @@ pub struct Config {
     pub validate: ValidateConfig,
     #[serde(default)]
     pub sqlite: SqliteSourceConfig,
+    /// Which way changes flow: set by ferry, never read from the file
+    /// (after a cutover with fallback, `ferry run` streams the new
+    /// database back into the old source with a reversed config).
+    #[serde(skip)]
+    pub direction: Direction,
+}
+
+/// Which way a run carries changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Direction {
+    /// Source → target: the migration.
+    #[default]
+    Forward,
+    /// Target → old source, after a cutover with fallback: the source
+    /// endpoint is the new database, the target endpoint the old source.
+    Reverse,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Forward => "forward",
+            Direction::Reverse => "reverse",
+        }
+    }
 }
 
 /// A database to connect to.

@@ -29,6 +29,7 @@ pub mod names {
     pub const SLOT_RETAINED_WAL_BYTES: &str = "ferry_slot_retained_wal_bytes";
     pub const ERRORS: &str = "ferry_errors_total";
     pub const PHASE: &str = "ferry_phase";
+    pub const DIRECTION: &str = "ferry_direction";
     pub const SOURCE_POSITION_BYTES: &str = "ferry_source_position_bytes";
     pub const APPLIED_POSITION_BYTES: &str = "ferry_applied_position_bytes";
     pub const APPLY_SOURCE_ORDER_CHANGES: &str = "ferry_apply_source_order_changes_total";
@@ -227,6 +228,7 @@ struct Registry {
     slot_retained: Family,
     errors: Family,
     phase: Family,
+    direction: Family,
     source_position: Family,
     applied_position: Family,
     source_order: Family,
@@ -312,6 +314,12 @@ impl Metrics {
                 G,
                 Some("phase"),
             ),
+            direction: Family::new(
+                DIRECTION,
+                "1 for the direction changes flow: forward (source to target), or reverse (the new database back into the old source, after a cutover with fallback).",
+                G,
+                Some("direction"),
+            ),
             source_position: Family::new(
                 SOURCE_POSITION_BYTES,
                 "Source head position as a byte offset (PostgreSQL LSN).",
@@ -373,6 +381,8 @@ impl Metrics {
         for p in PHASES {
             r.phase.series(p);
         }
+        r.direction.set("forward", 1.0);
+        r.direction.set("reverse", 0.0);
         Metrics(Arc::new(r))
     }
 
@@ -469,6 +479,13 @@ impl Metrics {
         self.0.phase.set(phase, 1.0);
     }
 
+    /// The direction changes flow: `forward` or `reverse`.
+    pub fn set_direction(&self, direction: &str) {
+        for d in ["forward", "reverse"] {
+            self.0.direction.set(d, f64::from(u8::from(d == direction)));
+        }
+    }
+
     /// Source head and applied positions where they are byte offsets.
     pub fn set_positions(&self, source_head: Option<u64>, applied: Option<u64>) {
         if let Some(h) = source_head {
@@ -500,6 +517,7 @@ impl Metrics {
             &r.slot_retained,
             &r.errors,
             &r.phase,
+            &r.direction,
             &r.source_position,
             &r.applied_position,
             &r.validation_clean,

@@ -206,6 +206,14 @@ pub struct Status {
     /// A validation is running in this process.
     #[serde(default)]
     pub validating: bool,
+    /// `forward` (source → target), or `reverse` after a cutover with
+    /// fallback: the new database streams back into the old source.
+    #[serde(default = "forward")]
+    pub direction: String,
+}
+
+fn forward() -> String {
+    "forward".into()
 }
 
 impl Status {
@@ -231,6 +239,7 @@ impl Status {
             cutover: None,
             validation: Vec::new(),
             validating: false,
+            direction: forward(),
         }
     }
 
@@ -325,6 +334,12 @@ pub fn render_table(s: &Status) -> String {
         if s.paused { " (PAUSED)" } else { "" },
         timestamp::format(s.as_of)
     );
+    if s.direction == "reverse" {
+        let _ = writeln!(
+            out,
+            "direction reverse: the new database streams back into the old source (fallback; `ferry rollback` or `ferry finish`)"
+        );
+    }
     if let Some(t) = s.run_started {
         let _ = writeln!(out, "started   {}", timestamp::format(t));
     }

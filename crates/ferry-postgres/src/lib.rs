@@ -12,6 +12,8 @@
 //! - [`source`]: all of the above behind the source seam
 //!   ([`ferry_core::source::Source`]) for the generic pipeline; [`partitions`]:
 //!   the partition watch (what the log cannot carry).
+//! - [`fallback`]: the way back after a cutover (reverse slot on the new
+//!   database, replication-origin tagging and the echo filter).
 //! - [`connect`], [`catalog`], [`snapshot`], [`dump`], [`preflight`]: the
 //!   plain (non-replication) side: catalog reads, exported-snapshot full load,
 //!   schema dump and prerequisite checks.
@@ -20,6 +22,7 @@ pub mod catalog;
 pub mod connect;
 pub mod decode;
 pub mod dump;
+pub mod fallback;
 pub mod partitions;
 pub mod preflight;
 pub mod replication;

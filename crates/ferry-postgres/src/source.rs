@@ -47,11 +47,27 @@ const SESSIONS_GONE_WITHIN: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct PgSource {
     config: Config,
+    /// Changes of transactions with a replication origin starting with
+    /// this are dropped (the reverse stream of a fallback, see
+    /// [`crate::fallback`]).
+    skip_origin_prefix: Option<String>,
 }
 
 impl PgSource {
     pub fn new(config: Config) -> Self {
-        PgSource { config }
+        PgSource {
+            config,
+            skip_origin_prefix: None,
+        }
+    }
+
+    /// A source whose stream drops what sessions with a replication origin
+    /// named `prefix…` committed: what ferry itself applied there.
+    pub fn skipping_origins(config: Config, prefix: &str) -> Self {
+        PgSource {
+            config,
+            skip_origin_prefix: Some(prefix.to_owned()),
+        }
     }
 
     async fn client(&self) -> Result<Client, Error> {
@@ -410,6 +426,7 @@ impl source::Source for PgSource {
         config.proto_version = pg.proto_version;
         config.channel_bytes = options.channel_bytes;
         config.spill_threshold = options.spill_threshold;
+        config.skip_origin_prefix = self.skip_origin_prefix.clone();
         config.extra_publications = crate::slot::stream_publications(&source, &pg.publication)
             .await?
             .split_off(1);

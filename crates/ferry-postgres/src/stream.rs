@@ -81,6 +81,10 @@ pub struct StreamConfig {
     pub channel_bytes: usize,
     /// Directory for spill files (system temp dir if `None`).
     pub spill_dir: Option<PathBuf>,
+    /// Drop the changes of transactions whose replication origin starts
+    /// with this ([`Decoder::skip_origins`]): the reverse stream of a
+    /// fallback skips what ferry applied itself.
+    pub skip_origin_prefix: Option<String>,
 }
 
 impl StreamConfig {
@@ -97,6 +101,7 @@ impl StreamConfig {
             spill_threshold: 64 << 20,
             channel_bytes: 64 << 20,
             spill_dir: None,
+            skip_origin_prefix: None,
         }
     }
 }
@@ -214,7 +219,13 @@ impl PgChangeStream {
         status.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let task_state = StreamTask {
             stream,
-            decoder: Decoder::new(config.spill_threshold, config.spill_dir.clone()),
+            decoder: {
+                let mut d = Decoder::new(config.spill_threshold, config.spill_dir.clone());
+                if let Some(p) = &config.skip_origin_prefix {
+                    d.skip_origins(p.clone());
+                }
+                d
+            },
             resolver,
             tx,
             ack: ack.clone(),

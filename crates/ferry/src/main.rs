@@ -91,7 +91,35 @@ enum Command {
         /// most this old (e.g. 1h; default 24h when given without a value).
         #[arg(long, value_parser = parse_duration, num_args = 0..=1, default_missing_value = "24h")]
         require_validated: Option<Duration>,
+        /// Keep a way back: stream the target's changes into the old source
+        /// afterwards, until `ferry rollback` or `ferry finish` (PostgreSQL
+        /// sources, with --fence; the target needs wal_level = logical).
+        #[arg(long)]
+        with_fallback: bool,
     },
+    /// After `cutover --with-fallback`: move back to the old source (fence
+    /// the new database, drain, sync sequences back, compare counts, unfence
+    /// the old source).
+    Rollback {
+        /// Report what would happen and the current lag; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Make the new database read-only and end its other sessions first.
+        #[arg(long)]
+        fence: bool,
+        /// Refuse when the reverse lag is above this (e.g. 5s, 500ms).
+        #[arg(long, value_parser = parse_duration, default_value = "5s")]
+        max_lag: Duration,
+        /// Give up and unfence when draining takes longer (e.g. 60s).
+        #[arg(long, value_parser = parse_duration, default_value = "60s")]
+        timeout: Duration,
+        /// Skip the per-table row count comparison (very large databases).
+        #[arg(long)]
+        skip_counts: bool,
+    },
+    /// After `cutover --with-fallback`: end the fallback period (drop the
+    /// reverse slot and publication, lift the old source's fence).
+    Finish,
     /// Compare source and target row by row while changes keep flowing;
     /// optionally repair the keys that differ.
     Validate {
@@ -175,6 +203,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             keep_slot,
             skip_counts,
             require_validated,
+            with_fallback,
         } => {
             let req = control::CutoverRequest {
                 dry_run,
@@ -184,9 +213,30 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
                 keep_slot,
                 skip_counts,
                 require_validated_seconds: require_validated.map(|d| d.as_secs_f64()),
+                with_fallback,
+                ..control::CutoverRequest::default()
             };
             operations::cutover(&config, req).await
         }
+        Command::Rollback {
+            dry_run,
+            fence,
+            max_lag,
+            timeout,
+            skip_counts,
+        } => {
+            let req = control::CutoverRequest {
+                dry_run,
+                fence,
+                max_lag_seconds: Some(max_lag.as_secs_f64()),
+                timeout_seconds: Some(timeout.as_secs_f64()),
+                skip_counts,
+                rollback: true,
+                ..control::CutoverRequest::default()
+            };
+            operations::cutover(&config, req).await
+        }
+        Command::Finish => operations::finish(&config).await,
         Command::Validate {
             tables,
             once: _,

@@ -102,6 +102,13 @@ async fn recorded_status(config: &Config) -> anyhow::Result<Status> {
         .flatten()
         .and_then(|r| serde_json::from_str(r.get::<_, &str>(0)).ok());
     s.cutover = cutover;
+    if phase == Some(Phase::Done)
+        && crate::pipeline::fallback::read_row(&target, &state)
+            .await
+            .is_some_and(|r| r.direction == "reverse")
+    {
+        s.direction = "reverse".into();
+    }
     s.validation = crate::validate::store::latest(&target, &state)
         .await
         .unwrap_or_default();
@@ -206,6 +213,41 @@ pub async fn cutover(config: &Config, req: CutoverRequest) -> anyhow::Result<Out
             Ok(Outcome::Refused)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// `ferry finish`: through the running reverse stream when one answers,
+/// else directly on both databases.
+#[allow(clippy::print_stdout)]
+pub async fn finish(config: &Config) -> anyhow::Result<Outcome> {
+    if let Ok(addr) = control_address(config).await {
+        let req = CutoverRequest {
+            finish_fallback: true,
+            ..CutoverRequest::default()
+        };
+        match control::post_cutover(&addr, config.control.token.as_ref(), &req).await {
+            Ok(rec) => {
+                println!("{}", serde_json::to_string_pretty(&rec)?);
+                println!("finish: {}", rec.outcome);
+                return Ok(Outcome::Ok);
+            }
+            Err(ControlClientError::Refused { message, .. }) => {
+                println!("finish: {message}");
+                return Ok(Outcome::Refused);
+            }
+            Err(ControlClientError::NotRunning { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match crate::pipeline::fallback::finish_offline(config).await {
+        Ok(note) => {
+            println!("finish: {note}");
+            Ok(Outcome::Ok)
+        }
+        Err(e) => {
+            println!("finish: refused: {e:#}");
+            Ok(Outcome::Refused)
+        }
     }
 }
 
@@ -352,7 +394,10 @@ pub async fn cleanup(config: &Config, state: bool) -> anyhow::Result<Outcome> {
         ferry_core::config::EndpointKind::MySql => {
             println!("source: nothing to drop (ferry created nothing there)");
         }
-        ferry_core::config::EndpointKind::Postgres => cleanup_postgres_source(config).await?,
+        ferry_core::config::EndpointKind::Postgres => {
+            cleanup_postgres_source(config).await?;
+            cleanup_reverse(config).await?;
+        }
     }
     cleanup_state(config, state).await
 }
@@ -375,6 +420,19 @@ async fn cleanup_postgres_source(config: &Config) -> anyhow::Result<()> {
         "source: {slot_said}; publication '{}' dropped if ferry created it",
         config.postgres.publication
     );
+    Ok(())
+}
+
+/// A way back left open (`cutover --with-fallback` never rolled back or
+/// finished, or interrupted): its slot and publication on the target.
+#[allow(clippy::print_stdout)]
+async fn cleanup_reverse(config: &Config) -> anyhow::Result<()> {
+    let target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    let slot = ferry_postgres::fallback::reverse_slot(&config.postgres.slot);
+    let publication = ferry_postgres::fallback::reverse_publication(&config.postgres.publication);
+    if ferry_postgres::fallback::drop_reverse_capture(&target, &slot, &publication).await? {
+        println!("target: reverse replication slot '{slot}' dropped (the way back is gone)");
+    }
     Ok(())
 }
 

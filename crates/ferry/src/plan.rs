@@ -71,6 +71,7 @@ pub async fn build(config: &Config) -> PlanReport {
             report
                 .checks
                 .extend(ferry_apply::preflight::check_target(&client, &state, &tables).await);
+            report.checks.push(fallback_check(config, &client).await);
             if config.target_tables.existing() {
                 let fresh = matches!(ownership, SlotOwnership::Fresh | SlotOwnership::Interrupted);
                 existing_tables(config, &client, &mut report, fresh).await;
@@ -89,6 +90,40 @@ pub async fn build(config: &Config) -> PlanReport {
         )),
     }
     report
+}
+
+/// Whether `ferry cutover --with-fallback` can keep a way back: a
+/// PostgreSQL source and a target that allows logical replication. Only a
+/// warning: a cutover without fallback does not need it.
+async fn fallback_check(config: &Config, client: &tokio_postgres::Client) -> Check {
+    const NAME: &str = "fallback";
+    if let Some(why) = crate::pipeline::fallback::unavailable(config) {
+        return Check::warn(
+            "target",
+            NAME,
+            why,
+            "cut over without --with-fallback; a way back needs a PostgreSQL source",
+        );
+    }
+    match ferry_postgres::fallback::logical_replication_problem(client).await {
+        Ok(None) => Check::pass(
+            "target",
+            NAME,
+            "cutover --with-fallback can stream the target back into the old source",
+        ),
+        Ok(Some(why)) => Check::warn(
+            "target",
+            NAME,
+            format!("cutover --with-fallback is not available: {why}"),
+            "only needed for --with-fallback: see the detail",
+        ),
+        Err(e) => Check::warn(
+            "target",
+            NAME,
+            format!("could not check whether the target allows logical replication: {e}"),
+            "only needed for --with-fallback",
+        ),
+    }
 }
 
 /// `[target_tables] mode = "existing"`: match the planned tables against

@@ -16,6 +16,7 @@
 //! | `load_plan`, `post_data`, `post_data_preamble`, `table_snapshots` | the durable chunk plan, index builds, per-table snapshot positions | the binary's plan store |
 //! | `overrides(kind, relid, object, original, recorded_at, done_at)` | target schema changes to put back at cutover | the binary's overrides |
 //! | `control(id = 1, address, pid, started_at)` | where the running `ferry run` listens | the binary's control API |
+//! | `fallback(id = 1, direction, slot, publication, start_position, started_at, ended_at, note)` | the way back after a cutover with fallback: `reverse` while ferry streams the new database into the old source, then `rolled_back` or `finished`; the same row on both sides | the binary's fallback module |
 //! | `validations(id, source_table, target_table, started_at, finished_at, rows_checked, ranges, differences, unsettled, repaired, clean, rows_per_second)` | one row per table per validation | the binary's validate module |
 //!
 //! Versions:
@@ -35,6 +36,8 @@
 //! 3. `validations`: the result of each table's validation (`ferry
 //!    validate`), newest last; `differences` and `unsettled` are JSON arrays
 //!    of keys (never row values).
+//! 4. `fallback`: the way back after a cutover with fallback (one row,
+//!    written in the target's state and in the old source's).
 //!
 //! Invariants: [`ensure`] runs every missing migration and records each in
 //! one transaction, under the advisory lock that ferry has always taken
@@ -91,6 +94,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 3,
         summary: "validations: per-table results of ferry validate",
         template: V3,
+    },
+    Migration {
+        version: 4,
+        summary: "fallback: the reverse stream after a cutover with fallback",
+        template: V4,
     },
 ];
 
@@ -191,6 +199,18 @@ CREATE TABLE IF NOT EXISTS {s}.validations (
     rows_per_second double precision NOT NULL DEFAULT 0,
     note text);
 CREATE INDEX IF NOT EXISTS validations_table_idx ON {s}.validations (source_table, id);
+";
+
+const V4: &str = "
+CREATE TABLE IF NOT EXISTS {s}.fallback (
+    id int PRIMARY KEY CHECK (id = 1),
+    direction text NOT NULL,
+    slot text NOT NULL,
+    publication text NOT NULL,
+    start_position text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    ended_at timestamptz,
+    note text);
 ";
 
 /// The migrations to run over a database whose recorded version is

@@ -21,6 +21,15 @@
 //! [`DecodeError::UnknownType`] without changing any state, the caller fills
 //! the [`TypeCache`] and decodes the same message again.
 //!
+//! Echo filter ([`Decoder::skip_origins`]): pgoutput sends an Origin
+//! message right after Begin (or in the first block of a streamed
+//! transaction) when the transaction was committed by a session with a
+//! replication origin set up. A transaction whose origin name starts with
+//! the configured prefix keeps its Begin and Commit (its position is still
+//! acknowledged) but loses its changes; its Relation messages still update
+//! the relation cache. ferry's reverse stream (fallback after cutover) uses
+//! it so that what ferry itself applied never comes back.
+//!
 //! All input is untrusted bytes: reads are checked and errors typed.
 //! Spec: <https://www.postgresql.org/docs/15/protocol-logicalrep-message-formats.html>.
 
@@ -133,6 +142,16 @@ pub struct Decoder {
     in_stream: Option<u32>,
     /// Inside Begin … Commit of a non-streamed transaction.
     in_txn: bool,
+    /// Transactions whose replication origin starts with this lose their
+    /// changes (see the module docs).
+    skip_origin_prefix: Option<String>,
+    /// The open non-streamed transaction has a skipped origin.
+    skipping: bool,
+    /// Streamed transactions (top-level xid) with a skipped origin.
+    skipped_streams: std::collections::HashSet<u32>,
+    /// The streamed transaction being replayed now has a skipped origin.
+    replay_skipping: bool,
+    skipped_transactions: u64,
 }
 
 impl Decoder {
@@ -145,7 +164,29 @@ impl Decoder {
             streams: streamed::StreamBuffers::new(spill_threshold, spill_dir),
             in_stream: None,
             in_txn: false,
+            skip_origin_prefix: None,
+            skipping: false,
+            skipped_streams: std::collections::HashSet::new(),
+            replay_skipping: false,
+            skipped_transactions: 0,
         }
+    }
+
+    /// Drop the changes of transactions whose replication origin name
+    /// starts with `prefix` (their Begin and Commit still come out).
+    pub fn skip_origins(&mut self, prefix: impl Into<String>) {
+        self.skip_origin_prefix = Some(prefix.into());
+    }
+
+    /// Transactions whose changes were dropped for their origin so far.
+    pub fn skipped_transactions(&self) -> u64 {
+        self.skipped_transactions
+    }
+
+    fn skips_origin(&self, name: &str) -> bool {
+        self.skip_origin_prefix
+            .as_deref()
+            .is_some_and(|p| name.starts_with(p))
     }
 
     pub fn types_mut(&mut self) -> &mut TypeCache {
@@ -161,11 +202,25 @@ impl Decoder {
     /// of the message (used as the time of heartbeats).
     pub fn decode(&mut self, data: &[u8], send_time: Timestamp) -> Result<Step, DecodeError> {
         let parsed = message::parse(data, self.in_stream.is_some())?;
+        // A replay (decode_replayed calls) ends before the next message.
+        self.replay_skipping = false;
         if let (Some(top), Some(xid)) = (self.in_stream, parsed.xid) {
             self.streams.push(top, xid, data)?;
             return Ok(Step::Events(Vec::new()));
         }
         match parsed.message {
+            Message::Origin { name, .. } => {
+                if self.skips_origin(name) {
+                    match self.in_stream {
+                        Some(top) => {
+                            self.skipped_streams.insert(top);
+                        }
+                        None if self.in_txn => self.skipping = true,
+                        None => {}
+                    }
+                }
+                Ok(Step::Events(Vec::new()))
+            }
             Message::StreamStart { xid, .. } => {
                 self.in_stream = Some(xid);
                 Ok(Step::Events(Vec::new()))
@@ -175,6 +230,9 @@ impl Decoder {
                 Ok(Step::Events(Vec::new()))
             }
             Message::StreamAbort { xid, subxid } => {
+                if xid == subxid {
+                    self.skipped_streams.remove(&xid);
+                }
                 self.streams.abort(xid, subxid);
                 Ok(Step::Events(Vec::new()))
             }
@@ -186,6 +244,11 @@ impl Decoder {
                 ..
             } => {
                 let commit_time = Timestamp(commit_time);
+                if self.skipped_streams.remove(&xid) {
+                    // Replayed for its Relation messages; changes dropped.
+                    self.replay_skipping = true;
+                    self.skipped_transactions += 1;
+                }
                 Ok(Step::Replay {
                     begin: Event::Begin {
                         xid: Some(u64::from(xid)),
@@ -221,6 +284,7 @@ impl Decoder {
                 commit_time,
             } => {
                 self.in_txn = true;
+                self.skipping = false;
                 Event::Begin {
                     xid: Some(u64::from(xid)),
                     commit_time: Timestamp(commit_time),
@@ -233,6 +297,9 @@ impl Decoder {
                 ..
             } => {
                 self.in_txn = false;
+                if std::mem::take(&mut self.skipping) {
+                    self.skipped_transactions += 1;
+                }
                 Event::Commit {
                     position: Lsn(end_lsn),
                     commit_time: Timestamp(commit_time),
@@ -246,6 +313,14 @@ impl Decoder {
                 columns,
             } => {
                 return self.relation(oid, namespace, name, replica_identity, &columns);
+            }
+            Message::Insert { .. }
+            | Message::Update { .. }
+            | Message::Delete { .. }
+            | Message::Truncate { .. }
+                if self.skipping || self.replay_skipping =>
+            {
+                return Ok(Vec::new());
             }
             Message::Insert { oid, new } => {
                 let rel = self.relation_of(oid)?;
@@ -472,6 +547,138 @@ mod tests {
             panic!()
         };
         assert!(ev.is_empty());
+    }
+
+    fn begin_msg(xid: u32) -> Vec<u8> {
+        let mut m = vec![b'B'];
+        m.extend_from_slice(&100u64.to_be_bytes());
+        m.extend_from_slice(&0i64.to_be_bytes());
+        m.extend_from_slice(&xid.to_be_bytes());
+        m
+    }
+
+    fn commit_msg(end: u64) -> Vec<u8> {
+        let mut m = vec![b'C', 0];
+        m.extend_from_slice(&(end - 8).to_be_bytes());
+        m.extend_from_slice(&end.to_be_bytes());
+        m.extend_from_slice(&0i64.to_be_bytes());
+        m
+    }
+
+    fn origin_msg(name: &str) -> Vec<u8> {
+        let mut m = vec![b'O'];
+        m.extend_from_slice(&42u64.to_be_bytes());
+        m.extend_from_slice(name.as_bytes());
+        m.push(0);
+        m
+    }
+
+    fn events(d: &mut Decoder, msgs: &[Vec<u8>]) -> Vec<Event<Lsn>> {
+        let mut out = Vec::new();
+        for m in msgs {
+            match d.decode(m, Timestamp(0)).unwrap() {
+                Step::Events(ev) => out.extend(ev),
+                Step::Replay { .. } => panic!("no streamed transaction here"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn transactions_of_a_skipped_origin_lose_their_changes() {
+        // (origin of the transaction, filter prefix, changes expected)
+        let cases = [
+            (None, Some("ferry_apply_"), 1),
+            (Some("ferry_apply_ferry"), Some("ferry_apply_"), 0),
+            (Some("pg_16384"), Some("ferry_apply_"), 1),
+            (Some("ferry_apply_ferry"), None, 1),
+        ];
+        for (origin, prefix, want) in cases {
+            let mut d = Decoder::new(1 << 20, None);
+            if let Some(p) = prefix {
+                d.skip_origins(p);
+            }
+            let mut msgs = vec![relation_msg(), begin_msg(7)];
+            if let Some(o) = origin {
+                msgs.push(origin_msg(o));
+            }
+            msgs.extend([update_msg(), commit_msg(200)]);
+            // The next transaction, without origin, is never skipped.
+            msgs.extend([begin_msg(8), update_msg(), commit_msg(300)]);
+            let ev = events(&mut d, &msgs);
+            let changes = ev.iter().filter(|e| matches!(e, Event::Change(_))).count();
+            let commits: Vec<_> = ev
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Commit { position, .. } => Some(position.0),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(changes, want + 1, "{origin:?} {prefix:?}: {ev:?}");
+            assert_eq!(commits, vec![200, 300], "positions still advance");
+            assert_eq!(d.skipped_transactions(), u64::from(want == 0));
+        }
+    }
+
+    #[test]
+    fn a_streamed_transaction_of_a_skipped_origin_loses_its_changes() {
+        let mut d = Decoder::new(1 << 20, None);
+        d.skip_origins("ferry_apply_");
+        let mut start = vec![b'S'];
+        start.extend_from_slice(&9u32.to_be_bytes());
+        start.push(1);
+        let with_xid = |m: Vec<u8>| {
+            let mut out = vec![m[0]];
+            out.extend_from_slice(&9u32.to_be_bytes());
+            out.extend_from_slice(&m[1..]);
+            out
+        };
+        for m in [
+            start,
+            origin_msg("ferry_apply_ferry"),
+            with_xid(relation_msg()),
+            with_xid(update_msg()),
+            vec![b'E'],
+        ] {
+            d.decode(&m, Timestamp(0)).unwrap();
+        }
+        let mut commit = vec![b'c'];
+        commit.extend_from_slice(&9u32.to_be_bytes());
+        commit.push(0);
+        commit.extend_from_slice(&392u64.to_be_bytes());
+        commit.extend_from_slice(&400u64.to_be_bytes());
+        commit.extend_from_slice(&0i64.to_be_bytes());
+        let Step::Replay {
+            mut messages,
+            commit,
+            ..
+        } = d.decode(&commit, Timestamp(0)).unwrap()
+        else {
+            panic!("a stream commit replays")
+        };
+        let mut changes = 0;
+        while let Some(raw) = messages.next_message().unwrap() {
+            changes += d
+                .decode_replayed(&raw)
+                .unwrap()
+                .iter()
+                .filter(|e| matches!(e, Event::Change(_)))
+                .count();
+        }
+        assert_eq!(changes, 0);
+        assert!(matches!(
+            commit,
+            Event::Commit {
+                position: Lsn(400),
+                ..
+            }
+        ));
+        // The relation was still learned: a later plain change decodes.
+        let ev = events(&mut d, &[begin_msg(10), update_msg(), commit_msg(500)]);
+        assert_eq!(
+            ev.iter().filter(|e| matches!(e, Event::Change(_))).count(),
+            1
+        );
     }
 
     #[test]

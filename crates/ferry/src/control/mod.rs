@@ -60,6 +60,14 @@ pub struct CutoverRequest {
     /// Refuse unless every carried table's newest validation (`ferry
     /// validate`) is clean and at most this many seconds old.
     pub require_validated_seconds: Option<f64>,
+    /// Open the way back: a slot on the target inside the fence, then
+    /// stream the target into the old source (`--with-fallback`).
+    pub with_fallback: bool,
+    /// `ferry rollback`: the cutover of the reverse stream, back to the
+    /// old source (refused unless the running pipeline streams in reverse).
+    pub rollback: bool,
+    /// `ferry finish`: end the fallback period (reverse stream only).
+    pub finish_fallback: bool,
 }
 
 /// A boxed future, so the handler trait stays object safe.

@@ -28,6 +28,12 @@
 //!    `overrides`; listed in the record's `restored`); drop the slot and
 //!    publication unless `keep_slot`; `ferry run` then exits 0.
 //!
+//! With `--with-fallback` (PostgreSQL sources, fenced), the reverse
+//! publication is created before the fence and the reverse slot right after
+//! step 6, still inside the fence; the run then streams back (see
+//! `fallback`). The reverse stream's own cutover is `ferry rollback`, and
+//! `ferry finish` ends it without one.
+//!
 //! On a failure or timeout after fencing, the source is unfenced and
 //! replication continues; the error says which step failed. Step errors are
 //! [`ferry_core::Error`]s that keep their class (transient: a session was
@@ -92,6 +98,10 @@ pub async fn run<S: Source>(
     let Ok(_guard) = live.cutover_lock.try_lock() else {
         return Err("refused: a cutover is already running".into());
     };
+    super::fallback::guard(&live.config, &req).await?;
+    if req.finish_fallback {
+        return super::fallback::finish_now(&live).await;
+    }
     let lag = live.lag();
     let mut rec = CutoverRecord {
         dry_run: req.dry_run,
@@ -147,6 +157,9 @@ pub async fn run<S: Source>(
             .await
             .map_err(|e| format!("dry run: the cutover would fail: {e}"))?;
         rec.steps = planned_steps(&req, source.as_ref(), &session);
+        if req.with_fallback {
+            rec.steps.push(super::fallback::planned_step(&live.config));
+        }
         rec.steps.push(format!(
             "{} sequences readable and to be synced",
             sequences.len()
@@ -217,6 +230,11 @@ async fn execute<S: Source>(
 ) -> Result<(), Error> {
     let mut session = source.cutover().await?;
     let target = ferry_postgres::connect::connect(&live.config.target, "target").await?;
+    let carried = live.carried.lock().map(|c| c.clone()).unwrap_or_default();
+    let prepared = match req.with_fallback {
+        true => Some(super::fallback::prepare(&live.config, &carried).await?),
+        false => None,
+    };
     let fenced_at = if req.fence {
         session.fence().await?;
         rec.fenced = true;
@@ -230,7 +248,19 @@ async fn execute<S: Source>(
             .push("not fenced: writes after the final position are not included".into());
         None
     };
-    let result = after_fence(live, req, rec, &mut session, &target).await;
+    let mut result = after_fence(live, req, rec, &mut session, &target).await;
+    if let (true, Some(prepared)) = (result.is_ok(), &prepared) {
+        // Still fenced, drained: the way back starts exactly here.
+        match super::fallback::open(prepared, &carried).await {
+            Ok((at, note)) => rec.steps.push(format!(
+                "opened the way back: reverse slot on the target at {at} ({note}); ferry run streams the target back into the old source, which stays fenced"
+            )),
+            Err(e) => {
+                super::fallback::abandon(&live.config, &carried).await;
+                result = Err(e);
+            }
+        }
+    }
     if let Err(e) = &result {
         if req.fence {
             warn!(error = %e, "cutover failed; unfencing the source");
@@ -248,6 +278,9 @@ async fn execute<S: Source>(
     let (reply, answer) = oneshot::channel();
     live.request_finish(Finish {
         keep_slot: req.keep_slot,
+        fallback_end: req
+            .rollback
+            .then_some(super::fallback::FallbackEnd::RolledBack),
         reply,
     });
     let finished = answer
@@ -381,7 +414,7 @@ async fn sync_sequences(
 /// The target's name of a source sequence: an owned sequence is found
 /// through its table's target name (renames move it along), any other
 /// under its own name.
-async fn target_sequence(
+pub(super) async fn target_sequence(
     config: &ferry_core::config::Config,
     target: &Client,
     seq: &SequenceValue,
@@ -444,7 +477,7 @@ async fn count_rows<P: Position>(
     Ok(checks)
 }
 
-async fn record<P: Position>(live: &Live<P>, rec: &CutoverRecord) {
+pub(super) async fn record<P: Position>(live: &Live<P>, rec: &CutoverRecord) {
     if let Ok(mut l) = live.last_cutover.lock() {
         *l = Some(rec.clone());
     }

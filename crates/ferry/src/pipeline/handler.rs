@@ -74,6 +74,7 @@ fn cutover_request(c: &CutoverCommand) -> CutoverRequest {
         keep_slot: c.keep_slot,
         skip_counts: c.skip_counts,
         require_validated_seconds: c.require_validated.map(|d| d.as_secs_f64()),
+        ..CutoverRequest::default()
     }
 }
 
@@ -151,6 +152,7 @@ mod tests {
                 keep_slot: true,
                 skip_counts: false,
                 require_validated_seconds: Some(3600.0),
+                ..CutoverRequest::default()
             }
         );
     }

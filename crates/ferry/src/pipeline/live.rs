@@ -43,6 +43,8 @@ const DETAILS_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Finish {
     pub keep_slot: bool,
+    /// The reverse stream ends a fallback period (rollback or finish).
+    pub fallback_end: Option<super::fallback::FallbackEnd>,
     pub reply: oneshot::Sender<Result<Finished, String>>,
 }
 
@@ -94,10 +96,12 @@ pub struct Live<P: Position> {
 
 impl<P: Position> Live<P> {
     pub fn new(config: Config, state: StateStore, run_id: i64, shutdown: Shutdown) -> Arc<Self> {
+        let metrics = Metrics::new();
+        metrics.set_direction(config.direction.as_str());
         Arc::new(Live {
             config,
             state,
-            metrics: Metrics::new(),
+            metrics,
             run_id,
             started: SystemTime::now(),
             phase: Mutex::new(Phase::Plan),
@@ -274,6 +278,7 @@ impl<P: Position> Live<P> {
     pub fn status(&self) -> Status {
         let mut s = Status::new(self.phase(), P::KIND.as_str(), SystemTime::now());
         s.live = true;
+        s.direction = self.config.direction.as_str().into();
         s.run_started = Some(self.started);
         s.source_position = self.head().map(|h| h.to_string());
         s.applied_position = self.applied_position().map(|a| a.to_string());

@@ -25,7 +25,9 @@
 //! lives in [`plan_store`]; reconnect policy in [`retry`]; the lag monitor,
 //! status in [`live`]; the control API's handler in [`handler`]; the
 //! cutover in [`cutover`]; loading into tables the application created
-//! (`[target_tables] mode = "existing"`) in [`existing`].
+//! (`[target_tables] mode = "existing"`) in [`existing`]; the way back
+//! after a cutover with fallback (the same pipeline, reversed) in
+//! [`fallback`].
 //! Nothing here holds source SQL: PostgreSQL is
 //! `ferry_postgres::source::PgSource`, MariaDB
 //! `ferry_mysql::source::MySqlSource`, SQLite
@@ -46,6 +48,7 @@
 mod console;
 mod cutover;
 pub(crate) mod existing;
+pub mod fallback;
 mod handler;
 pub mod live;
 pub mod load;
@@ -87,16 +90,31 @@ pub type Refusal<'a> =
 pub async fn run(config: &Config, shutdown: Shutdown) -> anyhow::Result<Outcome> {
     match config.source.kind().map_err(anyhow::Error::msg)? {
         EndpointKind::Postgres => {
+            // After a cutover with fallback: the way back. A target that
+            // cannot answer yet is the forward pipeline's to retry (it
+            // looks again once that ends).
+            match fallback::reverse_live(config).await {
+                Ok(true) => return fallback::run_reverse(config, shutdown).await,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(error = %format!("{e:#}"), "fallback state not readable yet")
+                }
+            }
             let refusal = || -> ferry_core::source::BoxFuture<'_, Option<String>> {
                 Box::pin(crate::plan::refusal(config))
             };
-            run_source(
+            // A finished cutover cancels the forward run's token only.
+            let outcome = run_source(
                 Arc::new(PgSource::new(config.clone())),
                 config,
                 &refusal,
-                shutdown,
+                shutdown.child_token(),
             )
-            .await
+            .await?;
+            if !shutdown.is_cancelled() && fallback::reverse_live(config).await? {
+                return fallback::run_reverse(config, shutdown).await;
+            }
+            Ok(outcome)
         }
         EndpointKind::MySql => {
             let refusal = || -> ferry_core::source::BoxFuture<'_, Option<String>> {
@@ -176,7 +194,14 @@ async fn run_once<S: Source>(
     if phase == Some(Phase::Done) {
         // A crash right after the cutover may have left keys to validate.
         validate_after_cutover(config, &state).await?;
-        info!("this migration is already cut over (phase done); nothing to do");
+        match config.direction {
+            ferry_core::config::Direction::Forward => {
+                info!("this migration is already cut over (phase done); nothing to do")
+            }
+            ferry_core::config::Direction::Reverse => {
+                info!("the reverse stream is already cut over (rolled back); nothing to do")
+            }
+        }
         return Ok(Outcome::Ok);
     }
     // Before capture starts: e.g. publishing updates of a table without a
@@ -277,8 +302,16 @@ async fn run_once<S: Source>(
     }
     let mut validate = Ok(());
     if let Some(finish) = live.take_finish() {
-        let dropped =
+        let mut dropped =
             finish_after_cutover(config, &state, source.as_ref(), finish.keep_slot, run_id).await;
+        // The reverse stream's rollback or finish: the old source takes
+        // writes again.
+        if let (Ok(f), Some(how)) = (&mut dropped, finish.fallback_end) {
+            match fallback::end(config, how).await {
+                Ok(note) => f.release_note = format!("{}; {note}", f.release_note),
+                Err(e) => dropped = Err(e.context("ending the fallback")),
+            }
+        }
         let finished = dropped.is_ok();
         let _ = finish.reply.send(dropped.map_err(|e| format!("{e:#}")));
         if finished {
@@ -423,6 +456,9 @@ async fn start_background<S: Source>(
         })?;
     let addr = listener.local_addr()?;
     live::publish_address(target, &live.state, &addr.to_string()).await?;
+    if config.direction == ferry_core::config::Direction::Reverse {
+        fallback::publish_address(config, &live.state, &addr.to_string()).await;
+    }
     info!(address = %addr, "control API listening");
     let handler = Arc::new(handler::Handler {
         live: live.clone(),

@@ -145,6 +145,12 @@ async fn stream_once<S: Source>(
         })
     });
 
+    // Tag what ferry applies with a replication origin, which a reverse
+    // stream (fallback after cutover) skips; best effort.
+    let origin = ferry_postgres::fallback::origin_name(state.schema());
+    if ferry_postgres::fallback::tag_session(&target, &origin).await {
+        tracing::debug!(origin = %origin, "apply session tagged with its replication origin");
+    }
     let mut applier_cfg = ApplierConfig::new(STREAM, &config.apply, true);
     applier_cfg.replica_role = super::replica_role_mode(&target).await?;
     applier_cfg.pause = Some(live.paused());

@@ -38,14 +38,14 @@ const CUTOVER_RATE: u32 = 200;
 
 /// Durations and sizes of the control benchmarks.
 #[derive(Debug, Clone, Copy)]
-struct ControlSizes {
-    scale: u32,
-    warmup: Duration,
-    load_seconds: u32,
+pub(crate) struct ControlSizes {
+    pub(crate) scale: u32,
+    pub(crate) warmup: Duration,
+    pub(crate) load_seconds: u32,
 }
 
 impl ControlSizes {
-    fn of(sizes: &Sizes) -> ControlSizes {
+    pub(crate) fn of(sizes: &Sizes) -> ControlSizes {
         if sizes.quick {
             ControlSizes {
                 scale: 1,
@@ -65,10 +65,10 @@ impl ControlSizes {
 #[derive(Debug)]
 pub(crate) struct CutoverFigures {
     scale: u32,
-    freeze_s: Option<f64>,
+    pub(crate) freeze_s: Option<f64>,
     lag_at_start_s: Option<f64>,
     outcome: String,
-    steps: Vec<String>,
+    pub(crate) steps: Vec<String>,
     tables_checked: usize,
     tables_ok: usize,
     /// Wall time of the `ferry cutover` command.
@@ -105,9 +105,9 @@ pub(crate) fn run_all(sizes: &Sizes, report: &mut Report) {
 /// Fresh servers, a pgbench source and a streaming `ferry run`.
 pub(crate) struct Streaming {
     source: PgServer,
-    // Kept alive (dropping it stops the server).
-    _target: PgServer,
+    pub(crate) target: PgServer,
     src_db: String,
+    pub(crate) tgt_db: String,
     pub(crate) src_url: String,
     pub(crate) tgt_url: String,
     pub(crate) control: SocketAddr,
@@ -117,9 +117,19 @@ pub(crate) struct Streaming {
 
 impl Streaming {
     pub(crate) fn start(scale: u32, what: &str) -> anyhow::Result<Streaming> {
+        Streaming::start_with(scale, what, "replica")
+    }
+
+    /// [`Streaming::start`] with the target's `wal_level` (`logical` for a
+    /// cutover with fallback).
+    pub(crate) fn start_with(
+        scale: u32,
+        what: &str,
+        target_wal_level: &str,
+    ) -> anyhow::Result<Streaming> {
         say!("{what}: fresh durable servers, pgbench -i -s {scale}, `ferry run` until streaming …");
         let source = bench_server("logical")?;
-        let target = bench_server("replica")?;
+        let target = bench_server(target_wal_level)?;
         let src_db = source.create_database("bench_ctl")?;
         let tgt_db = target.create_database("bench_ctl")?;
         let mut init = Bench::tool(&source, "pgbench");
@@ -153,8 +163,9 @@ impl Streaming {
         say!("  streaming after {:.1} s", took.as_secs_f64());
         Ok(Streaming {
             source,
-            _target: target,
+            target,
             src_db,
+            tgt_db,
             src_url,
             tgt_url,
             control,
@@ -164,13 +175,27 @@ impl Streaming {
     }
 
     /// pgbench in the background (`args` after `-n -c 2 -j 2`), output to a log.
-    fn pgbench(&self, args: &[&str]) -> anyhow::Result<(Child, std::path::PathBuf)> {
+    pub(crate) fn pgbench(&self, args: &[&str]) -> anyhow::Result<(Child, std::path::PathBuf)> {
+        self.pgbench_on(false, args)
+    }
+
+    /// pgbench on the source, or on the target (`on_target`: the new
+    /// database after a cutover with fallback).
+    pub(crate) fn pgbench_on(
+        &self,
+        on_target: bool,
+        args: &[&str],
+    ) -> anyhow::Result<(Child, std::path::PathBuf)> {
         let log = self.work.path().join("pgbench.log");
         let out = std::fs::File::create(&log)?;
-        let mut cmd = Bench::tool(&self.source, "pgbench");
+        let (server, db) = match on_target {
+            true => (&self.target, &self.tgt_db),
+            false => (&self.source, &self.src_db),
+        };
+        let mut cmd = Bench::tool(server, "pgbench");
         cmd.args(["-n", "-c", "2", "-j", "2"])
             .args(args)
-            .arg(&self.src_db)
+            .arg(db)
             .stdout(out.try_clone()?)
             .stderr(out);
         Ok((cmd.spawn().context("starting pgbench")?, log))
@@ -195,7 +220,7 @@ fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(l.local_addr()?)
 }
 
-fn stop_child(child: &mut Child) {
+pub(crate) fn stop_child(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -204,25 +229,7 @@ fn stop_child(child: &mut Child) {
 
 fn cutover_bench(cs: ControlSizes) -> anyhow::Result<CutoverFigures> {
     let s = Streaming::start(cs.scale, "cutover write freeze")?;
-    let (mut load, log) = s.pgbench(&["-R", &CUTOVER_RATE.to_string(), "-T", "60"])?;
-    say!(
-        "  pgbench -R {CUTOVER_RATE} running; `ferry cutover --fence` in {} s …",
-        cs.warmup.as_secs()
-    );
-    std::thread::sleep(cs.warmup);
-    let result = run_cutover(&s, cs.scale);
-    stop_child(&mut load);
-    let errors = std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("error") || l.contains("FATAL"))
-        .count();
-    let figures = result?;
-    say!(
-        "  write freeze {} (outcome {}; pgbench reported {errors} error line(s) after the fence, expected)",
-        secs(figures.freeze_s),
-        figures.outcome
-    );
+    let figures = cutover_under_load(&s, cs, &[])?;
     match s.ferry.wait(Duration::from_secs(120))? {
         Some(0) => {}
         code => bail!(
@@ -236,7 +243,35 @@ fn cutover_bench(cs: ControlSizes) -> anyhow::Result<CutoverFigures> {
     Ok(figures)
 }
 
-fn run_cutover(s: &Streaming, scale: u32) -> anyhow::Result<CutoverFigures> {
+/// `ferry cutover --fence <extra>` while pgbench writes at a fixed rate.
+pub(crate) fn cutover_under_load(
+    s: &Streaming,
+    cs: ControlSizes,
+    extra: &[&str],
+) -> anyhow::Result<CutoverFigures> {
+    let (mut load, log) = s.pgbench(&["-R", &CUTOVER_RATE.to_string(), "-T", "60"])?;
+    say!(
+        "  pgbench -R {CUTOVER_RATE} running; `ferry cutover --fence` in {} s …",
+        cs.warmup.as_secs()
+    );
+    std::thread::sleep(cs.warmup);
+    let result = run_cutover(s, cs.scale, extra);
+    stop_child(&mut load);
+    let errors = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("error") || l.contains("FATAL"))
+        .count();
+    let figures = result?;
+    say!(
+        "  write freeze {} (outcome {}; pgbench reported {errors} error line(s) after the fence, expected)",
+        secs(figures.freeze_s),
+        figures.outcome
+    );
+    Ok(figures)
+}
+
+fn run_cutover(s: &Streaming, scale: u32, extra: &[&str]) -> anyhow::Result<CutoverFigures> {
     let mut cmd = ferry_cmd(&s.src_url, &s.tgt_url, s.control)?;
     cmd.args([
         "cutover",
@@ -246,6 +281,7 @@ fn run_cutover(s: &Streaming, scale: u32) -> anyhow::Result<CutoverFigures> {
         "--timeout",
         "120s",
     ]);
+    cmd.args(extra);
     let started = Instant::now();
     let out = cmd.output().context("running ferry cutover")?;
     let command = started.elapsed();
@@ -349,7 +385,7 @@ fn lag_bench(cs: ControlSizes) -> anyhow::Result<LagFigures> {
 const POLL_FAST: Duration = Duration::from_millis(50);
 
 /// `lag.seconds` every 250 ms while pgbench runs, and the largest `lag.bytes`.
-fn sample_lag(s: &mut Streaming, load: &mut Child) -> anyhow::Result<(Vec<f64>, u64)> {
+pub(crate) fn sample_lag(s: &mut Streaming, load: &mut Child) -> anyhow::Result<(Vec<f64>, u64)> {
     let mut lags = Vec::new();
     let mut max_bytes = 0;
     let mut next = Instant::now();
@@ -379,7 +415,7 @@ fn sample_lag(s: &mut Streaming, load: &mut Child) -> anyhow::Result<(Vec<f64>, 
 }
 
 /// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -390,7 +426,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 // ---------------------------------------------------------------- HTTP
 
 /// `GET /status` from the control endpoint, parsed.
-fn get_status(addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
+pub(crate) fn get_status(addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
@@ -432,7 +468,7 @@ fn dechunk(mut body: &str) -> anyhow::Result<String> {
 
 // ---------------------------------------------------------------- report
 
-fn secs(s: Option<f64>) -> String {
+pub(crate) fn secs(s: Option<f64>) -> String {
     s.map_or_else(|| "?".to_owned(), |s| format!("{s:.3} s"))
 }
 

@@ -52,6 +52,11 @@
 //! If ferry fails, its log tail is printed, the reference figures are still
 //! measured and printed, and the process exits non-zero.
 //!
+//! 8. **Cutover with fallback**: the write freeze with `--with-fallback`
+//!    next to one without (fresh servers each, target `wal_level =
+//!    logical`), then the reverse lag under unthrottled pgbench on the new
+//!    database; see `fallback.rs`. `--fallback-only` runs only this one.
+//!
 //! 5. **Validation rate**: see `validate.rs` (fresh servers, SCALE×100k
 //!    rows against an ordered `md5(string_agg(...))` on each side).
 //!    `--validate-only` runs only this one.
@@ -83,6 +88,7 @@ macro_rules! say {
 mod cdc;
 mod cpu;
 mod cutover;
+mod fallback;
 mod harness;
 mod load;
 mod mariadb;
@@ -129,6 +135,9 @@ fn bench_main() -> anyhow::Result<ExitCode> {
     }
     if matches!(sizes.only, None | Some(Only::MariaDb)) {
         mariadb::run(&sizes, &mut report);
+    }
+    if matches!(sizes.only, None | Some(Only::Fallback)) {
+        fallback::run(&sizes, &mut report);
     }
     if matches!(sizes.only, None | Some(Only::Control | Only::Cdc)) {
         memory::run(&mut report);
@@ -204,16 +213,19 @@ enum Only {
     Sqlite,
     /// The MariaDB full load (`--mariadb-only`).
     MariaDb,
+    /// The cutover with fallback and the reverse lag (`--fallback-only`).
+    Fallback,
 }
 
 impl Only {
-    const ALL: [Only; 6] = [
+    const ALL: [Only; 7] = [
         Only::Control,
         Only::Cdc,
         Only::Load,
         Only::Validate,
         Only::Sqlite,
         Only::MariaDb,
+        Only::Fallback,
     ];
 
     fn flag(self) -> &'static str {
@@ -224,6 +236,7 @@ impl Only {
             Only::Validate => "--validate-only",
             Only::Sqlite => "--sqlite-only",
             Only::MariaDb => "--mariadb-only",
+            Only::Fallback => "--fallback-only",
         }
     }
 
@@ -235,6 +248,7 @@ impl Only {
             Only::Validate => "Validation benchmark",
             Only::Sqlite => "SQLite source benchmark",
             Only::MariaDb => "MariaDB full-load benchmark",
+            Only::Fallback => "Fallback benchmark",
         }
     }
 }

@@ -18,6 +18,7 @@ pub(crate) struct Report {
     pub(crate) cdc: Vec<CdcFigures>,
     pub(crate) cutover: Option<cutover::CutoverFigures>,
     pub(crate) lag: Option<cutover::LagFigures>,
+    pub(crate) fallback: Option<crate::fallback::FallbackFigures>,
     pub(crate) memory: Option<ferry_e2e::memory::MemoryFigures>,
     pub(crate) sqlite: Option<SqliteFigures>,
     pub(crate) validate: Option<crate::validate::ValidateFigures>,
@@ -62,6 +63,9 @@ impl Report {
         }
         if let Some(l) = &self.lag {
             s.push_str(&l.row());
+        }
+        if let Some(f) = &self.fallback {
+            s.push_str(&f.rows());
         }
         if let Some(m) = &self.mariadb_load {
             s.push_str(&m.row());
