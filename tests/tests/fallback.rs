@@ -595,3 +595,41 @@ fn the_reverse_run_is_found_on_a_port_zero_control_address() {
     assert_eq!(back.code, Some(0), "{}\n{}", back.all(), ferry.log());
     assert_eq!(ferry.wait(Duration::from_secs(60)).unwrap(), Some(0));
 }
+
+/// A carried table without a replica identity on the target would make the
+/// application's UPDATE and DELETE fail there once published for the way
+/// back: the cutover with fallback is refused before anything changes.
+#[test]
+fn a_target_table_without_replica_identity_is_refused() {
+    let s = setup();
+    let mut ferry = s.start("run");
+    s.wait_phase(&mut ferry, "stream");
+    s.target
+        .psql(&s.target_db, "ALTER TABLE history REPLICA IDENTITY DEFAULT")
+        .unwrap();
+    let cut = s.ferry(&["cutover", "--fence", "--with-fallback", "--max-lag", "30s"]);
+    assert_eq!(cut.code, Some(2), "{}", cut.all());
+    assert!(cut.stdout.contains("history"), "{}", cut.all());
+    assert!(
+        cut.stdout.contains("REPLICA IDENTITY FULL"),
+        "{}",
+        cut.all()
+    );
+    assert!(ferry.exited().unwrap().is_none(), "the run goes on forward");
+    pgsync::runtime().block_on(async {
+        let src = pgsync::connect(&s.source_url).await.unwrap();
+        src.execute("INSERT INTO items (note) VALUES ('not fenced')", &[])
+            .await
+            .unwrap();
+        let dst = pgsync::connect(&s.target_url).await.unwrap();
+        assert_eq!(
+            i64_of(
+                &dst,
+                "SELECT count(*) FROM pg_publication WHERE pubname LIKE 'ferry_reverse%'"
+            )
+            .await,
+            0,
+            "nothing was published"
+        );
+    });
+}

@@ -106,6 +106,37 @@ pub async fn logical_replication_problem(client: &Client) -> Result<Option<Strin
     Ok(None)
 }
 
+/// Of `tables` (on the new database), those the reverse publication would
+/// make refuse UPDATE and DELETE: no primary key and REPLICA IDENTITY
+/// DEFAULT, or REPLICA IDENTITY NOTHING.
+pub async fn tables_without_identity(
+    client: &Client,
+    tables: &[TableId],
+) -> Result<Vec<TableId>, Error> {
+    let mut out = Vec::new();
+    for t in tables {
+        let row = client
+            .query_opt(
+                "SELECT c.relreplident::text, EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+                   FROM pg_class c WHERE c.oid = to_regclass($1)",
+                &[&t.quoted()],
+            )
+            .await
+            .map_err(|e| query_error(&format!("reading the replica identity of {t}"), e))?;
+        let lacks = match row {
+            Some(r) => {
+                let ident: String = r.get(0);
+                ident == "n" || (ident == "d" && !r.get::<_, bool>(1))
+            }
+            None => false,
+        };
+        if lacks {
+            out.push(t.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// The publications of the reverse stream: `tables` (the carried tables'
 /// names on the new database) for every operation, and `insert_only` for
 /// inserts alone, in the sibling publication (as the forward stream did).

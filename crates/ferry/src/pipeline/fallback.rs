@@ -208,7 +208,10 @@ pub fn reverse_config(config: &Config, carried: &[(TableId, TableId)]) -> anyhow
 
 /// The carried tables as the target's state records them: (old source
 /// name, new database name).
-async fn carried(target: &Client, state: &StateStore) -> anyhow::Result<Vec<(TableId, TableId)>> {
+pub(super) async fn carried(
+    target: &Client,
+    state: &StateStore,
+) -> anyhow::Result<Vec<(TableId, TableId)>> {
     Ok(state
         .tables(target)
         .await?

@@ -21,11 +21,35 @@ pub async fn check(config: &Config, fence: bool) -> Result<(), String> {
     let target = connect(&config.target, "target")
         .await
         .map_err(|e| e.to_string())?;
-    match pg::logical_replication_problem(&target).await {
-        Ok(None) => Ok(()),
-        Ok(Some(why)) => Err(why),
-        Err(e) => Err(e.to_string()),
+    if let Some(why) = pg::logical_replication_problem(&target)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        return Err(why);
     }
+    // Publishing a table without a replica identity would make the
+    // application's UPDATE and DELETE fail on the new database.
+    let state = StateStore::new(config.state.schema.clone());
+    let filter = config.tables.filter()?;
+    let published: Vec<TableId> = carried(&target, &state)
+        .await
+        .map_err(|e| format!("{e:#}"))?
+        .into_iter()
+        .filter(|(old, _)| !filter.insert_only(old))
+        .map(|(_, new)| new)
+        .collect();
+    let lacking = pg::tables_without_identity(&target, &published)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !lacking.is_empty() {
+        let names: Vec<String> = lacking.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "on the target, {} ha{} no primary key and no replica identity: published for the way back, the application's UPDATE and DELETE there would fail; give each a primary key or ALTER TABLE … REPLICA IDENTITY FULL on the target (or declare it insert-only in tables.insert_only)",
+            names.join(", "),
+            if names.len() == 1 { "s" } else { "ve" }
+        ));
+    }
+    Ok(())
 }
 
 /// Which cutover requests this run takes: a forward run cuts over (with
