@@ -206,6 +206,21 @@ pub struct Status {
     /// A validation is running in this process.
     #[serde(default)]
     pub validating: bool,
+    /// Source schema changes carried or recorded as not carried
+    /// (`postgres.capture_ddl`); `None` when there were none.
+    #[serde(default)]
+    pub schema_changes: Option<SchemaChanges>,
+}
+
+/// Source schema changes seen by the applier (from `ferry.events`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaChanges {
+    /// DDL messages applied to the target.
+    pub ddl_applied: u64,
+    /// Parts recorded as not carried (event kind `ddl_not_carried`).
+    pub ddl_not_carried: u64,
+    /// The newest of those, as recorded.
+    pub last_not_carried: Option<String>,
 }
 
 impl Status {
@@ -231,6 +246,7 @@ impl Status {
             cutover: None,
             validation: Vec::new(),
             validating: false,
+            schema_changes: None,
         }
     }
 
@@ -375,6 +391,18 @@ pub fn render_table(s: &Status) -> String {
     }
     if let Some(e) = &s.last_error {
         let _ = writeln!(out, "error     {e}");
+    }
+    if let Some(d) = &s.schema_changes {
+        let _ = writeln!(
+            out,
+            "ddl       {} applied, {} not carried{}",
+            d.ddl_applied,
+            d.ddl_not_carried,
+            d.last_not_carried
+                .as_ref()
+                .map(|m| format!(" (latest: {m}; all in ferry.events)"))
+                .unwrap_or_default()
+        );
     }
     if let Some(c) = &s.cutover {
         let freeze = c

@@ -1,0 +1,351 @@
+//! Issue 19: schema changes carried for PostgreSQL sources
+//! (`postgres.capture_ddl = true`), through the CLI with writes running.
+//!
+//! An application "deploy" runs mid-stream while a writer keeps inserting,
+//! updating and deleting: a NOT NULL column added with a default and
+//! backfilled, a column renamed, a type changed with `USING`, a column
+//! dropped, a table created and written to (in its creating transaction and
+//! afterwards), an index added and another dropped, a partition attached, an
+//! enum value added and used, comments, a sequence, and a view (not carried:
+//! recorded in `ferry.events`). ferry is killed with `kill -9` in the middle
+//! of the deploy and restarted. Then: exact comparison of every row and of
+//! the schemas (`pg_dump --schema-only` of both sides, normalized, ferry's
+//! state schema left out), a fenced cutover, and the event triggers gone
+//! from the source.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry_e2e::migration::{LONG, Migration, target_options};
+use ferry_e2e::pgsync;
+use ferry_testkit::{PgOptions, PgServer};
+
+const SCHEMA: &str = "
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TABLE orders (
+    id bigserial PRIMARY KEY,
+    customer text NOT NULL,
+    amount_cents integer NOT NULL DEFAULT 0,
+    note text,
+    legacy text,
+    m mood DEFAULT 'ok',
+    created timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO orders (customer, amount_cents, note, legacy, created)
+SELECT 'c' || g, g * 137, 'n' || g, 'l' || g, timestamptz '2026-01-01 00:00:00+00' + g * interval '1 hour'
+FROM generate_series(1, 500) g;
+CREATE INDEX orders_legacy_idx ON orders (legacy);
+CREATE TABLE events (id bigint NOT NULL, at date NOT NULL, what text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO events SELECT g, date '2026-01-01' + (g % 300), 'e' || g FROM generate_series(1, 300) g;
+";
+
+/// Statements valid before, during and after the deploy.
+fn write(i: u64) -> String {
+    let mut s = format!(
+        "INSERT INTO orders (customer) VALUES ('w{i}');
+         UPDATE orders SET customer = customer || '.' WHERE id = {k};
+         INSERT INTO events (id, at, what) VALUES ({e}, date '2026-01-01' + {d}, 'w');",
+        k = i % 500 + 1,
+        e = 100_000 + i,
+        d = i % 365,
+    );
+    if i.is_multiple_of(3) && i > 2 {
+        s.push_str(&format!(
+            "DELETE FROM orders WHERE customer = 'w{}';",
+            i - 2
+        ));
+    }
+    s
+}
+
+/// A writer on its own session until stopped (reconnects after errors,
+/// e.g. the cutover fence); counts commits.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    committed: Arc<AtomicU64>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(url: &str, statement: fn(u64) -> String) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let committed = Arc::new(AtomicU64::new(0));
+        let (url, s, c) = (url.to_owned(), stop.clone(), committed.clone());
+        let handle = std::thread::spawn(move || {
+            pgsync::runtime().block_on(async move {
+                let mut i = 0u64;
+                while !s.load(Ordering::Relaxed) {
+                    let Ok(client) = pgsync::connect(&url).await else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
+                    while !s.load(Ordering::Relaxed) {
+                        i += 1;
+                        let sql = format!("BEGIN; {} COMMIT;", statement(i));
+                        if client.batch_execute(&sql).await.is_err() {
+                            let _ = client.batch_execute("ROLLBACK").await;
+                            break;
+                        }
+                        c.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            });
+        });
+        Writer {
+            stop,
+            committed,
+            handle,
+        }
+    }
+
+    fn wait_for(&self, n: u64) {
+        let start = Instant::now();
+        let target = self.committed.load(Ordering::Relaxed) + n;
+        while self.committed.load(Ordering::Relaxed) < target {
+            assert!(start.elapsed() < LONG, "the writer stalled");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap();
+        self.committed.load(Ordering::Relaxed)
+    }
+}
+
+/// One simple-query message: the statements run as one transaction and
+/// `current_query()` holds all of them (as many migration tools send them).
+fn deploy(url: &str, sql: &str) {
+    pgsync::runtime().block_on(async {
+        let c = pgsync::connect(url).await.expect("source");
+        c.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("deploy step failed: {e:?}\n{sql}"));
+    });
+}
+
+/// `pg_dump --schema-only` of the application's schema `public` (not
+/// ferry's state schema, nor its publication and event triggers), normalized:
+/// no comments, session settings or blank lines.
+fn schema_dump(server: &PgServer, db: &str) -> String {
+    let out = Command::new(server.bin_dir().join("pg_dump"))
+        .args([
+            "--schema-only",
+            "--no-owner",
+            "--no-privileges",
+            "--no-publications",
+        ])
+        .args(["--no-subscriptions", "-n", "public"])
+        .args(["-h", "127.0.0.1", "-p", &server.port().to_string()])
+        .args(["-U", ferry_testkit::ADMIN_USER, "-d", db])
+        .env("PGPASSWORD", ferry_testkit::ADMIN_PASSWORD)
+        .output()
+        .expect("pg_dump");
+    assert!(
+        out.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            !(l.is_empty()
+                || l.starts_with("--")
+                || l.starts_with("SET ")
+                || l.starts_with("SELECT pg_catalog.set_config")
+                || l.starts_with("\\restrict")
+                || l.starts_with("\\unrestrict"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Wait until everything the source committed so far is applied; fail
+/// with ferry's log if it exits first.
+fn caught_up(p: &Migration, ferry: &mut ferry_e2e::Background) {
+    let lsn = pgsync::runtime().block_on(async {
+        let c = pgsync::connect(&p.source_url).await.unwrap();
+        pgsync::insert_lsn(&c).await.unwrap()
+    });
+    p.wait_until(ferry, "never caught up", || {
+        pgsync::runtime().block_on(async {
+            let Ok(t) = pgsync::connect(&p.target_url).await else {
+                return false;
+            };
+            pgsync::applied_lsn(&t)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|a| a >= lsn)
+        })
+    });
+}
+
+fn source_i64(p: &Migration, sql: &str) -> i64 {
+    pgsync::runtime().block_on(async {
+        let c = pgsync::connect(&p.source_url).await.unwrap();
+        c.query_one(sql, &[]).await.unwrap().get(0)
+    })
+}
+
+#[test]
+fn application_deploy_mid_stream_is_carried_exactly_through_cutover() {
+    let p = Migration::new(PgOptions::new(), target_options(), SCHEMA)
+        .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+
+    // Consent: plan says what it installs.
+    let plan = p.ferry(&["plan"]);
+    assert_eq!(plan.code, Some(0), "{}", plan.all());
+    for needle in [
+        "ferry_ddl_end (ddl_command_end)",
+        "ferry_ddl_drop (sql_drop)",
+        "pg_logical_emit_message(true, 'ferry.ddl'",
+    ] {
+        assert!(plan.stdout.contains(needle), "{needle}:\n{}", plan.all());
+    }
+
+    let writer = Writer::start(&p.source_url, write);
+    let mut ferry = p.start("run0");
+    p.wait_phase(&mut ferry, "stream");
+    assert_eq!(
+        source_i64(
+            &p,
+            "SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'ferry_ddl_%'"
+        ),
+        3,
+        "event triggers installed"
+    );
+    writer.wait_for(30);
+
+    let src = p.source_url.clone();
+    // A NOT NULL column with a default, then its backfill; a rename.
+    deploy(
+        &src,
+        "ALTER TABLE orders ADD COLUMN status text NOT NULL DEFAULT 'new';
+         ALTER TABLE orders ADD COLUMN seen timestamptz NOT NULL DEFAULT now();
+         UPDATE orders SET status = CASE WHEN id % 2 = 0 THEN 'paid' ELSE 'open' END WHERE id <= 300;",
+    );
+    writer.wait_for(20);
+    deploy(&src, "ALTER TABLE orders RENAME COLUMN note TO remark;");
+    // A type change with USING, in a string of several statements.
+    deploy(
+        &src,
+        "UPDATE orders SET remark = 'before retype' WHERE id = 3;
+         ALTER TABLE orders ALTER COLUMN amount_cents TYPE numeric(12,2) USING amount_cents / 100.0;
+         UPDATE orders SET remark = 'after retype' WHERE id = 4;",
+    );
+    writer.wait_for(20);
+
+    // Crash in the middle of the deploy: the restarted run resumes exactly.
+    caught_up(&p, &mut ferry);
+    ferry.kill9().unwrap();
+    deploy(
+        &src,
+        "ALTER TABLE orders DROP COLUMN legacy;
+         CREATE INDEX orders_customer_idx ON orders (customer);
+         CREATE INDEX orders_status_idx ON orders (status) WHERE status <> 'paid';",
+    );
+    let mut ferry = p.start("run1");
+    p.wait_phase(&mut ferry, "stream");
+    writer.wait_for(20);
+
+    // A new table, written to in its creating transaction and after.
+    deploy(
+        &src,
+        "CREATE TABLE invoices (
+             id bigserial PRIMARY KEY,
+             order_id bigint NOT NULL REFERENCES orders (id),
+             total numeric(12,2),
+             issued timestamptz DEFAULT now());
+         COMMENT ON TABLE invoices IS 'bills';
+         INSERT INTO invoices (order_id, total) SELECT id, amount_cents FROM orders WHERE id <= 50;",
+    );
+    deploy(
+        &src,
+        "INSERT INTO invoices (order_id, total) VALUES (60, 1.5), (61, 2.5);
+         UPDATE invoices SET total = total + 1 WHERE id <= 10;
+         DELETE FROM invoices WHERE id = 20;
+         DROP INDEX orders_customer_idx;
+         COMMENT ON COLUMN orders.status IS 'lifecycle';",
+    );
+    // A partition attached, then written through the parent.
+    deploy(
+        &src,
+        "CREATE TABLE events_2027 (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS);",
+    );
+    deploy(
+        &src,
+        "ALTER TABLE events ATTACH PARTITION events_2027 FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
+         INSERT INTO events VALUES (900001, '2027-03-01', 'next year'), (900002, '2027-12-31', 'eve');",
+    );
+    // An enum value added, then used.
+    deploy(&src, "ALTER TYPE mood ADD VALUE 'ecstatic' AFTER 'happy';");
+    deploy(
+        &src,
+        "UPDATE orders SET m = 'ecstatic' WHERE id IN (7, 8); CREATE SEQUENCE ticket_seq START 100 INCREMENT 5;",
+    );
+    // Not carried, and recorded: a view (created and dropped again).
+    deploy(
+        &src,
+        "CREATE VIEW paid_orders AS SELECT id FROM orders WHERE status = 'paid';",
+    );
+    deploy(&src, "DROP VIEW paid_orders;");
+    writer.wait_for(30);
+    let written = writer.stop();
+    assert!(written > 100, "the writer kept writing ({written})");
+
+    caught_up(&p, &mut ferry);
+    let tables = ["orders", "invoices", "events", "events_2026", "events_2027"];
+    p.compare(&tables);
+    let (s, t) = (
+        schema_dump(&p.source, &p.source_db),
+        schema_dump(&p.target, &p.target_db),
+    );
+    if s != t {
+        let _ = std::fs::write("/tmp/ddl_capture.source.sql", &s);
+        let _ = std::fs::write("/tmp/ddl_capture.target.sql", &t);
+        let diff: Vec<String> = s
+            .lines()
+            .zip(t.lines())
+            .filter(|(a, b)| a != b)
+            .take(10)
+            .map(|(a, b)| format!("source: {a}\ntarget: {b}"))
+            .collect();
+        panic!(
+            "schemas differ:\n{}\n--- source ---\n{s}\n--- target ---\n{t}\n--- ferry ---\n{}",
+            diff.join("\n"),
+            ferry.log()
+        );
+    }
+    let recorded = p
+        .target_i64(
+            "SELECT count(*) FROM ferry.events WHERE kind = 'ddl_not_carried' AND message LIKE '%paid_orders%'",
+        )
+        .unwrap_or(0);
+    assert!(recorded >= 2, "view create and drop recorded ({recorded})");
+    // The live status refreshes from the state every few seconds.
+    p.wait_until(&mut ferry, "status never showed the schema changes", || {
+        let ddl = &p.status()["schema_changes"];
+        ddl["ddl_applied"].as_u64().unwrap_or(0) >= 10
+            && ddl["ddl_not_carried"].as_u64().unwrap_or(0) >= 2
+    });
+    let text = p.ferry(&["status"]);
+    assert!(text.stdout.contains("not carried"), "{}", text.all());
+
+    p.fenced_cutover(ferry, "60s");
+    p.compare(&tables);
+    assert_eq!(
+        source_i64(
+            &p,
+            "SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'ferry_ddl_%'"
+        ),
+        0,
+        "cutover removed the event triggers"
+    );
+}
