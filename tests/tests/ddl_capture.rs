@@ -349,3 +349,142 @@ fn application_deploy_mid_stream_is_carried_exactly_through_cutover() {
         "cutover removed the event triggers"
     );
 }
+
+const SCHEMA2: &str = "
+CREATE TABLE accounts (id int PRIMARY KEY, name text, balance int NOT NULL DEFAULT 0, region text DEFAULT 'eu');
+INSERT INTO accounts SELECT g, 'a' || g, g, 'eu' FROM generate_series(1, 200) g;
+CREATE INDEX accounts_name_idx ON accounts (name);
+CREATE TABLE logs (id bigserial PRIMARY KEY, account_id int REFERENCES accounts (id), msg text);
+CREATE TABLE old_stuff (id int PRIMARY KEY, v text);
+INSERT INTO old_stuff SELECT g, 'v' || g FROM generate_series(1, 20) g;
+CREATE TABLE scratch (id int PRIMARY KEY);
+CREATE TABLE m (id int NOT NULL, d date NOT NULL, PRIMARY KEY (id, d)) PARTITION BY RANGE (d);
+CREATE TABLE m_2025 PARTITION OF m FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE m_2026 PARTITION OF m FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO m SELECT g, date '2025-01-01' + g FROM generate_series(1, 600) g;
+";
+
+fn write2(i: u64) -> String {
+    format!(
+        "INSERT INTO logs (account_id, msg) VALUES ({a}, 'm{i}');
+         UPDATE accounts SET balance = balance + 1 WHERE id = {a};",
+        a = i % 200 + 1
+    )
+}
+
+/// Renames of tables, indexes and constraints, a CHECK added, a default
+/// dropped, NOT NULL set, `CREATE INDEX CONCURRENTLY`, a partition created
+/// with `PARTITION OF` and one detached, a table renamed and written to, a
+/// table dropped, `REPLICA IDENTITY FULL` — with a restart after the new
+/// names; then a column added with a volatile default to a table with rows
+/// stops the run with the fix, before anything of its transaction is
+/// applied.
+#[test]
+fn renames_drops_partitions_and_a_volatile_default_stop() {
+    let p = Migration::new(PgOptions::new(), target_options(), SCHEMA2)
+        .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    let writer = Writer::start(&p.source_url, write2);
+    let mut ferry = p.start("run0");
+    p.wait_phase(&mut ferry, "stream");
+    writer.wait_for(20);
+    let src = p.source_url.clone();
+    deploy(
+        &src,
+        "ALTER TABLE accounts ADD CONSTRAINT balance_nonneg CHECK (balance >= 0);
+         ALTER INDEX accounts_name_idx RENAME TO accounts_by_name;
+         ALTER TABLE accounts RENAME CONSTRAINT balance_nonneg TO balance_not_negative;
+         ALTER TABLE accounts ALTER COLUMN region DROP DEFAULT, ALTER COLUMN name SET NOT NULL;
+         ALTER TABLE accounts REPLICA IDENTITY FULL;",
+    );
+    deploy(
+        &src,
+        "CREATE INDEX CONCURRENTLY logs_msg_idx ON logs (msg);",
+    );
+    deploy(
+        &src,
+        "CREATE TABLE m_2027 PARTITION OF m FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
+         INSERT INTO m VALUES (1, '2027-05-05'), (2, '2027-06-06');",
+    );
+    deploy(&src, "ALTER TABLE m DETACH PARTITION m_2025;");
+    deploy(
+        &src,
+        "ALTER TABLE old_stuff RENAME TO older_stuff;
+         UPDATE older_stuff SET v = v || '!' WHERE id <= 5;
+         INSERT INTO older_stuff VALUES (100, 'new');
+         DROP TABLE scratch;",
+    );
+    writer.wait_for(20);
+    // Restart after the new names: the catalog and the state agree.
+    caught_up(&p, &mut ferry);
+    ferry.signal_and_wait(libc::SIGTERM, LONG).unwrap();
+    let mut ferry = p.start("run1");
+    p.wait_phase(&mut ferry, "stream");
+    deploy(
+        &src,
+        "INSERT INTO older_stuff VALUES (101, 'after restart');",
+    );
+    writer.wait_for(20);
+    let written = writer.stop();
+    assert!(written > 40, "the writer kept writing ({written})");
+    caught_up(&p, &mut ferry);
+    p.compare(&[
+        "accounts",
+        "logs",
+        "older_stuff",
+        "m",
+        "m_2025",
+        "m_2026",
+        "m_2027",
+    ]);
+    let (s, t) = (
+        schema_dump(&p.source, &p.source_db),
+        schema_dump(&p.target, &p.target_db),
+    );
+    if s != t {
+        let _ = std::fs::write("/tmp/ddl_capture2.source.sql", &s);
+        let _ = std::fs::write("/tmp/ddl_capture2.target.sql", &t);
+        panic!(
+            "schemas differ:\n--- source ---\n{s}\n--- target ---\n{t}\n--- ferry ---\n{}",
+            ferry.log()
+        );
+    }
+    // ferry's table list followed the rename and the drop.
+    let listed: Vec<String> = p.status()["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        listed.contains(&"public.older_stuff".to_owned()),
+        "{listed:?}"
+    );
+    assert!(
+        !listed.contains(&"public.old_stuff".to_owned()),
+        "{listed:?}"
+    );
+    assert!(!listed.contains(&"public.scratch".to_owned()), "{listed:?}");
+
+    // A volatile default on a table with rows cannot be carried exactly.
+    deploy(
+        &src,
+        "INSERT INTO accounts VALUES (1000, 'before', 0, 'x');
+         ALTER TABLE accounts ADD COLUMN token uuid DEFAULT gen_random_uuid();
+         INSERT INTO accounts VALUES (1001, 'after', 0, 'x');",
+    );
+    let code = ferry.wait(LONG).unwrap();
+    let log = std::fs::read_to_string(p.logs.path().join("run1.log")).unwrap_or_default();
+    assert_ne!(code, Some(0), "{log}");
+    assert!(
+        log.contains(
+            "column \"token\" was added to \"public\".\"accounts\" with a volatile DEFAULT"
+        ),
+        "{log}"
+    );
+    assert!(log.contains("ADD COLUMN \"token\" uuid"), "{log}");
+    assert_eq!(
+        p.target_i64("SELECT count(*) FROM accounts WHERE id IN (1000, 1001)"),
+        Some(0),
+        "nothing of the transaction is applied"
+    );
+}

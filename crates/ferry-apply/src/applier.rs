@@ -524,6 +524,22 @@ impl<P: Position> Applier<P> {
         for t in &applied.tables {
             self.writer.forget(self.txn.client(), t).await;
         }
+        // ferry's table list follows (status, cutover row counts, restarts).
+        let (state, client) = (self.txn.state(), self.txn.client());
+        for (src, tgt) in &applied.created {
+            state
+                .register_table(client, src, tgt, None, Some(0))
+                .await?;
+            state
+                .set_table_state(client, src, &crate::state::TableState::Streaming)
+                .await?;
+        }
+        for (old, src, tgt) in &applied.renamed {
+            state.rename_table(client, old, src, tgt).await?;
+        }
+        for src in &applied.dropped {
+            state.forget_table(client, src).await?;
+        }
         if !applied.not_carried.is_empty() {
             self.stats
                 .ddl_not_carried

@@ -14,7 +14,11 @@
 //! a carried schema is on the target, as `pg_dump` created it), or when it
 //! is new and the `tables` filter selects it (or it is a partition of a
 //! handled table); its rows are then captured from its creation (the event
-//! trigger added it to the publication in the creating transaction).
+//! trigger added it to the publication in the creating transaction; a
+//! partition detached on the source is published in the detaching
+//! transaction and carried on its own from there). Such tables join ferry's
+//! table list ([`Applied::created`]); renamed ones follow, dropped ones
+//! leave it.
 //! `tables.rename` is applied to every name. Enums and sequences are
 //! handled in schemas the target has. Drops come from `sql_drop`: tables
 //! (`CASCADE`, as the source must have allowed), indexes, constraints,
@@ -22,8 +26,7 @@
 //!
 //! What is not carried — views, functions, triggers, policies and other
 //! object kinds; a new table the filter does not select; a keyless new
-//! table (not published: its UPDATEs would fail on the source); a
-//! detached partition's later rows — is recorded in `ferry.events` (kind
+//! table (not published: its UPDATEs would fail on the source) — is recorded in `ferry.events` (kind
 //! `ddl_not_carried`), counted in status and logged, never dropped
 //! silently. What cannot be applied exactly (a type change whose `USING`
 //! is unknown, a volatile default filling existing rows) stops the run with
@@ -53,6 +56,12 @@ pub struct Applied {
     pub statements: usize,
     /// Changes recorded as not carried.
     pub not_carried: Vec<String>,
+    /// New carried tables (published from their creation): source, target.
+    pub created: Vec<(TableId, TableId)>,
+    /// Tables renamed on the source: old source name, new source and target.
+    pub renamed: Vec<(TableId, TableId, TableId)>,
+    /// Tables dropped on the source.
+    pub dropped: Vec<TableId>,
 }
 
 /// Applies [`DdlMessage`]s; see the module docs.
@@ -75,6 +84,34 @@ impl SchemaSync {
         }
     }
 
+    /// Keep a list of carried tables (source, target) in step with `msg`,
+    /// as [`SchemaSync::apply`] changes the target: renamed tables follow,
+    /// dropped ones leave, new tables the source published join.
+    /// Idempotent (a replayed message changes nothing).
+    pub fn follow(&self, carried: &mut Vec<(TableId, TableId)>, msg: &DdlMessage) {
+        for d in msg.dropped.iter().filter(|d| d.object_type == "table") {
+            if let (Some(s), Some(n)) = (&d.schema, &d.name) {
+                let id = TableId::new(s, n);
+                carried.retain(|(src, _)| *src != id);
+            }
+        }
+        for t in &msg.tables {
+            let id = t.id();
+            if carried.iter().any(|(src, _)| *src == id) {
+                continue;
+            }
+            if let Some(old) = t.id_before()
+                && let Some(entry) = carried.iter_mut().find(|(src, _)| *src == old)
+            {
+                *entry = (id.clone(), self.target_of(&id));
+                continue;
+            }
+            if t.parent.is_none() && t.published {
+                carried.push((id.clone(), self.target_of(&id)));
+            }
+        }
+    }
+
     fn target_of(&self, t: &TableId) -> TableId {
         self.tables.target_name(t)
     }
@@ -88,24 +125,18 @@ impl SchemaSync {
         let mut out = Applied::default();
         let mut sql = Vec::new();
         let saved = pin_search_path(client).await?;
-        let result = self.plan_all(client, msg, &mut sql, &mut out).await;
+        let mut result = self.plan_all(client, msg, &mut sql, &mut out).await;
+        if result.is_ok() {
+            result = run(client, &mut sql, &mut out).await;
+        }
         restore_search_path(client, &saved).await?;
         result?;
-        for s in &sql {
-            client.batch_execute(s).await.map_err(|e| {
-                pg_error(
-                    format!("applying a source schema change on the target: {s}"),
-                    e,
-                )
-            })?;
-        }
-        out.statements = sql.len();
         for what in &out.not_carried {
             warn!(change = %what, "source schema change not carried");
         }
-        if !sql.is_empty() {
+        if out.statements > 0 {
             info!(
-                statements = sql.len(),
+                statements = out.statements,
                 tables = out.tables.len(),
                 "source schema change applied"
             );
@@ -214,7 +245,8 @@ impl SchemaSync {
                 let t = self.target_of(&src);
                 if exists(client, &t.quoted()).await? {
                     sql.push(format!("DROP TABLE IF EXISTS {} CASCADE", t.quoted()));
-                    out.tables.push(src);
+                    out.tables.push(src.clone());
+                    out.dropped.push(src);
                 }
             }
             "index" if d.original => {
@@ -258,6 +290,7 @@ impl SchemaSync {
         sql: &mut Vec<String>,
         out: &mut Applied,
     ) -> Result<()> {
+        run(client, sql, out).await?;
         let id = src.id();
         let target = self.target_of(&id);
         let mut present = exists(client, &target.quoted()).await?;
@@ -280,25 +313,22 @@ impl SchemaSync {
                         quote_ident(&target.name)
                     ));
                 }
-                out.not_carried.push(format!(
-                    "table {old} renamed to {id} on the source: renamed on the target; ferry's table list (status, cutover row counts) keeps the old name until the migration is restarted"
-                ));
+                out.renamed.push((old.clone(), id.clone(), target.clone()));
                 out.tables.push(old);
                 present = true;
-                // The statements above run before the shape is read below:
-                // run them now (still inside the apply transaction).
-                for s in sql.drain(..) {
-                    client.batch_execute(&s).await.map_err(|e| {
-                        pg_error(
-                            format!("applying a source table rename on the target: {s}"),
-                            e,
-                        )
-                    })?;
-                }
+                // Run before the shape is read below.
+                run(client, sql, out).await?;
             }
         }
         out.tables.push(id.clone());
         if present {
+            if src.published
+                && src.parent.is_none()
+                && src.before.as_ref().is_some_and(|b| b.parent.is_some())
+            {
+                // A partition detached on the source: carried on its own now.
+                out.created.push((id.clone(), target.clone()));
+            }
             let shape = read_target(client, &target).await?;
             let plan = plan::alter_table(src, &target, &shape, self.opts).map_err(|e| {
                 Error::operator(
@@ -311,8 +341,7 @@ impl SchemaSync {
             })?;
             sql.extend(plan.statements);
             out.not_carried.extend(plan.not_carried);
-            self.partitions(client, src, &target, &shape, sql, out)
-                .await?;
+            self.partitions(client, src, &target, &shape, sql).await?;
             return Ok(());
         }
         let parent = match &src.parent {
@@ -328,8 +357,10 @@ impl SchemaSync {
             ));
             return Ok(());
         }
-        let keyed = src.replident == "f" || src.constraints.iter().any(|c| c.kind == "p");
-        if parent.is_none() && src.parent.is_none() && !keyed {
+        if parent.is_none() && src.parent.is_none() && src.published {
+            out.created.push((id.clone(), target.clone()));
+        }
+        if parent.is_none() && src.parent.is_none() && !src.published {
             out.not_carried.push(format!(
                 "table {id} created on the source without a primary key or REPLICA IDENTITY FULL: created on the target, but its rows are not carried (publishing it would make the application's UPDATE and DELETE on it fail)"
             ));
@@ -348,7 +379,6 @@ impl SchemaSync {
         target: &TableId,
         shape: &TargetTable,
         sql: &mut Vec<String>,
-        out: &mut Applied,
     ) -> Result<()> {
         if src.kind != "p" {
             return Ok(());
@@ -385,9 +415,7 @@ impl SchemaSync {
                     target.quoted(),
                     child.quoted()
                 ));
-                out.not_carried.push(format!(
-                    "partition {child} detached from {target}: detached on the target; rows written to it on the source from now on are not carried (it is no longer published through {target})"
-                ));
+                info!(partition = %child, table = %target, "partition detached");
             }
         }
         Ok(())
@@ -434,6 +462,21 @@ pub async fn recorded(
         row.get::<_, i64>(1).max(0) as u64,
         row.get(2),
     ))
+}
+
+/// Run the planned statements (in order, in the open transaction): what
+/// is read next sees their effect.
+async fn run(client: &Client, sql: &mut Vec<String>, out: &mut Applied) -> Result<()> {
+    for s in sql.drain(..) {
+        client.batch_execute(&s).await.map_err(|e| {
+            pg_error(
+                format!("applying a source schema change on the target: {s}"),
+                e,
+            )
+        })?;
+        out.statements += 1;
+    }
+    Ok(())
 }
 
 fn seq_name(s: &SequenceState) -> String {

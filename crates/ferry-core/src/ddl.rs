@@ -73,6 +73,8 @@ pub struct TableState {
     pub persistence: String,
     /// `d`, `f`, `n` or `i` (`relreplident`).
     pub replident: String,
+    /// In ferry's publication(s): its row changes are carried.
+    pub published: bool,
     pub comment: Option<String>,
     /// `pg_get_partkeydef` of a partitioned table.
     pub partkey: Option<String>,
@@ -136,9 +138,6 @@ pub struct ColumnState {
     pub not_null: bool,
     /// The column default (not for generated columns).
     pub default: Option<String>,
-    /// The default calls a volatile function (rows added before it got
-    /// values nobody can compute again).
-    pub volatile_default: bool,
     /// Expression of a stored generated column.
     pub generated: Option<String>,
     /// `a` (ALWAYS) or `d` (BY DEFAULT) identity.
@@ -180,6 +179,8 @@ pub struct IndexState {
 pub struct Before {
     pub schema: String,
     pub name: String,
+    /// The partitioned table it was a partition of (oid).
+    pub parent: Option<i64>,
     /// Column names by attribute number.
     pub columns: BTreeMap<String, String>,
     /// Index and constraint names by oid.

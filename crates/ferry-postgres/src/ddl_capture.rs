@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | function `ddl_before()`, event trigger `ferry_ddl_before` | `ddl_command_start` of `ALTER TABLE`, `ALTER INDEX` | remembers, for the command's transaction, the names of every table, column, index and constraint of the user schemas by oid/attnum (a transaction-local setting): how a rename is told from a drop and an add |
 //! | function `ddl_end()`, event trigger `ferry_ddl_end` | `ddl_command_end` | for each collected command (`pg_event_trigger_ddl_commands()`), the resulting state of each table it touched (columns by attnum with type, default, NOT NULL, identity, generated expression, the value existing rows got (`attmissingval`), comments; constraints; indexes; partitions), enums and sequences; a new table the `tables` filter selects that has a key (or `REPLICA IDENTITY FULL`) is added to ferry's publication in the same transaction, so its rows are captured from its creation; then `pg_logical_emit_message(true, 'ferry.ddl', json)` |
+//! | function `ddl_publish(oid)` | called by `ddl_end` | adds a table the filter selects and that has a key (or `REPLICA IDENTITY FULL`) to ferry's publication (the insert-only one for `tables.insert_only`): new tables, and partitions detached by the command |
 //! | function `ddl_drop()`, event trigger `ferry_ddl_drop` | `sql_drop` | the dropped tables, indexes, constraints, sequences, types, … (`pg_event_trigger_dropped_objects()`), as a message too |
 //!
 //! Why catalog state and not the statement text: core PostgreSQL has no
@@ -171,6 +172,7 @@ BEGIN
   PERFORM set_config('ferry.ddl_before', coalesce((
     SELECT jsonb_object_agg(c.oid::text, jsonb_build_object(
       'schema', n.nspname, 'name', c.relname,
+      'parent', (SELECT h.inhparent::bigint FROM pg_inherits h WHERE h.inhrelid = c.oid AND c.relispartition),
       'columns', coalesce((SELECT jsonb_object_agg(a.attnum::text, a.attname) FROM pg_attribute a
                   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{{}}'::jsonb),
       'objects', coalesce((SELECT jsonb_object_agg(o.oid::text, o.name) FROM (
@@ -184,6 +186,8 @@ CREATE OR REPLACE FUNCTION {s}.ddl_table(rel oid) RETURNS jsonb LANGUAGE sql STA
   SELECT jsonb_build_object(
     'oid', c.oid::bigint, 'schema', n.nspname, 'name', c.relname, 'kind', c.relkind::text,
     'persistence', c.relpersistence::text, 'replident', c.relreplident::text,
+    'published', EXISTS (SELECT 1 FROM pg_publication p WHERE p.pubname IN ({publication}, {insert_only_publication})
+                           AND (p.puballtables OR EXISTS (SELECT 1 FROM pg_publication_rel pr WHERE pr.prpubid = p.oid AND pr.prrelid = c.oid))),
     'comment', obj_description(c.oid, 'pg_class'),
     'partkey', CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END,
     'parent', (SELECT jsonb_build_object('schema', pn.nspname, 'name', pc.relname, 'bound', pg_get_expr(c.relpartbound, c.oid))
@@ -195,9 +199,6 @@ CREATE OR REPLACE FUNCTION {s}.ddl_table(rel oid) RETURNS jsonb LANGUAGE sql STA
     'columns', coalesce((SELECT jsonb_agg(jsonb_build_object(
         'attnum', a.attnum, 'name', a.attname, 'type', format_type(a.atttypid, a.atttypmod), 'not_null', a.attnotnull,
         'default', CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END,
-        'volatile_default', EXISTS (SELECT 1 FROM pg_depend dep JOIN pg_proc p ON p.oid = dep.refobjid
-                                    WHERE dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid
-                                      AND dep.refclassid = 'pg_proc'::regclass AND p.provolatile = 'v'),
         'generated', CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END,
         'identity', nullif(a.attidentity::text, ''),
         'missing', CASE WHEN a.atthasmissing THEN (a.attmissingval::text::text[])[1] END,
@@ -219,6 +220,23 @@ CREATE OR REPLACE FUNCTION {s}.ddl_table(rel oid) RETURNS jsonb LANGUAGE sql STA
     'before', current_setting('ferry.ddl_before', true)::jsonb -> c.oid::text)
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel
 $ferry$;
+CREATE OR REPLACE FUNCTION {s}.ddl_publish(rel oid) RETURNS void LANGUAGE plpgsql {settings} AS $ferry$
+DECLARE
+  pub text;
+BEGIN
+  SELECT CASE WHEN {insert_only} THEN {insert_only_publication} ELSE {publication} END INTO pub
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = rel AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence = 'p'
+      AND {selected}
+      AND ({insert_only} OR c.relreplident = 'f'
+           OR EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident)));
+  IF pub IS NOT NULL AND EXISTS (SELECT 1 FROM pg_publication p WHERE p.pubname = pub AND NOT p.puballtables)
+     AND NOT EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                     WHERE p.pubname = pub AND pr.prrelid = rel) THEN
+    EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s', pub, rel::regclass);
+  END IF;
+END
+$ferry$;
 CREATE OR REPLACE FUNCTION {s}.ddl_end() RETURNS event_trigger LANGUAGE plpgsql {settings} AS $ferry$
 DECLARE
   r record;
@@ -228,7 +246,6 @@ DECLARE
   enums oid[] := '{{}}';
   alter_text boolean := false;
   rel oid;
-  pub text;
 BEGIN
   FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
     CONTINUE WHEN r.in_extension OR r.schema_name IS NULL
@@ -245,24 +262,28 @@ BEGIN
       END IF;
       -- A new table the filter selects is published from its creation.
       IF r.command_tag = 'CREATE TABLE' AND r.object_type = 'table' THEN
-        SELECT CASE WHEN {insert_only} THEN {insert_only_publication} ELSE {publication} END INTO pub
-          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE c.oid = r.objid AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence = 'p'
-            AND {selected}
-            AND ({insert_only} OR c.relreplident = 'f'
-                 OR EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident)));
-        IF pub IS NOT NULL AND EXISTS (SELECT 1 FROM pg_publication p WHERE p.pubname = pub AND NOT p.puballtables)
-           AND NOT EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
-                           WHERE p.pubname = pub AND pr.prrelid = r.objid) THEN
-          EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s', pub, r.objid::regclass);
-        END IF;
+        PERFORM {s}.ddl_publish(r.objid);
       END IF;
+    ELSIF r.classid = 'pg_constraint'::regclass THEN
+      -- RENAME CONSTRAINT, COMMENT ON CONSTRAINT: the table's state.
+      SELECT nullif(co.conrelid, 0) INTO rel FROM pg_constraint co WHERE co.oid = r.objid;
+      IF rel IS NOT NULL AND NOT rel = ANY (rels) THEN rels := rels || rel; END IF;
     ELSIF r.classid = 'pg_type'::regclass THEN
       IF EXISTS (SELECT 1 FROM pg_type t WHERE t.oid = r.objid AND t.typtype = 'e') AND NOT r.objid = ANY (enums) THEN
         enums := enums || r.objid;
       END IF;
     END IF;
   END LOOP;
+  -- A partition detached by this command: published from now on (its
+  -- rows came through its parent until here).
+  IF alter_text THEN
+    FOR rel IN SELECT b.key::oid FROM jsonb_each(coalesce(current_setting('ferry.ddl_before', true), '{{}}')::jsonb) b
+                JOIN pg_class c ON c.oid = b.key::oid
+               WHERE b.value->>'parent' IS NOT NULL AND NOT c.relispartition LOOP
+      PERFORM {s}.ddl_publish(rel);
+      IF NOT rel = ANY (rels) THEN rels := rels || rel; END IF;
+    END LOOP;
+  END IF;
   IF jsonb_array_length(cmds) = 0 THEN RETURN; END IF;
   PERFORM pg_logical_emit_message(true, {prefix}, jsonb_build_object(
     'commands', cmds,
@@ -322,7 +343,13 @@ pub fn remove_sql(config: &Config) -> String {
         .iter()
         .map(|t| format!("DROP EVENT TRIGGER IF EXISTS {t}"))
         .collect();
-    for f in ["ddl_before()", "ddl_end()", "ddl_drop()", "ddl_table(oid)"] {
+    for f in [
+        "ddl_before()",
+        "ddl_end()",
+        "ddl_drop()",
+        "ddl_table(oid)",
+        "ddl_publish(oid)",
+    ] {
         out.push(format!("DROP FUNCTION IF EXISTS {s}.{f}"));
     }
     out.join(";\n")
@@ -350,7 +377,7 @@ pub async fn remove(source: &Client, config: &Config) -> Result<bool, Error> {
         .query_one(
             "SELECT (SELECT count(*) FROM pg_event_trigger WHERE evtname = ANY($1)),
                     (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-                      WHERE n.nspname = $2 AND p.proname IN ('ddl_before', 'ddl_end', 'ddl_drop', 'ddl_table'))",
+                      WHERE n.nspname = $2 AND p.proname IN ('ddl_before', 'ddl_end', 'ddl_drop', 'ddl_table', 'ddl_publish'))",
             &[&TRIGGERS.to_vec(), &config.state.schema],
         )
         .await

@@ -298,7 +298,9 @@ pub fn alter_table(
     for c in &src.columns {
         let q = quote_ident(&c.name);
         let Some(i) = names.iter().position(|n| *n == c.name) else {
-            add_column(&mut plan, &t, c, tgt.has_rows)?;
+            // A partitioned table stores nothing itself: its partitions hold the
+            // rows (and their own missing values).
+            add_column(&mut plan, &t, c, tgt.has_rows && src.kind != "p")?;
             continue;
         };
         let cur = &tgt.columns[i];
@@ -415,7 +417,10 @@ fn add_column(
                 None => format!("ALTER TABLE {t} ALTER COLUMN {q} DROP DEFAULT"),
             });
         }
-        (None, Some(_)) if has_rows && c.volatile_default => {
+        // The source stores a non-volatile default once for existing rows
+        // (`missing`); without it, it computed one per row (a volatile
+        // default, a domain with constraints): values not in the WAL.
+        (None, Some(_)) if has_rows => {
             return Err(Inexact {
                 what: format!(
                     "column {q} was added to {t} with a volatile DEFAULT: the value the source computed for each existing row is not in the WAL"

@@ -31,6 +31,7 @@ fn state(columns: Vec<ColumnState>, before: &[(i16, &str)]) -> TableState {
         before: (!before.is_empty()).then(|| Before {
             schema: "public".into(),
             name: "orders".into(),
+            parent: None,
             columns: before
                 .iter()
                 .map(|(n, c)| (n.to_string(), c.to_string()))
@@ -131,7 +132,6 @@ fn unknown_conversions_and_volatile_defaults_stop() {
 
     let mut v = col(2, "token", "uuid");
     v.default = Some("gen_random_uuid()".into());
-    v.volatile_default = true;
     let src = state(vec![col(1, "id", "bigint"), v.clone()], &[]);
     let e = alter_table(&src, &id(), &target(vec![tcol("id", "bigint")], true), OPTS).unwrap_err();
     assert!(e.what.contains("volatile DEFAULT"), "{e:?}");
