@@ -129,8 +129,10 @@ impl SchemaSync {
         if result.is_ok() {
             result = run(client, &mut sql, &mut out).await;
         }
-        restore_search_path(client, &saved).await?;
+        // On failure the transaction is aborted (and rolled back by the
+        // applier): the error is the statement's.
         result?;
+        restore_search_path(client, &saved).await?;
         for what in &out.not_carried {
             warn!(change = %what, "source schema change not carried");
         }
@@ -151,6 +153,13 @@ impl SchemaSync {
         sql: &mut Vec<String>,
         out: &mut Applied,
     ) -> Result<()> {
+        if let Some(error) = &msg.error {
+            out.not_carried.push(format!(
+                "{}: the source event trigger could not describe it ({error}); apply it to the target yourself",
+                msg.tag.as_deref().unwrap_or("a schema change")
+            ));
+            return Ok(());
+        }
         let dropped_tables: BTreeSet<TableId> = msg
             .dropped
             .iter()

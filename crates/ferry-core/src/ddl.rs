@@ -44,6 +44,10 @@ pub struct DdlMessage {
     pub sequences: Vec<SequenceState>,
     /// Objects dropped (from `sql_drop`).
     pub dropped: Vec<DroppedObject>,
+    /// The event trigger failed to describe the command (it never fails
+    /// the application's statement): the server's error, and `tag`.
+    pub error: Option<String>,
+    pub tag: Option<String>,
 }
 
 /// One collected command: its tag and the object it acted on.

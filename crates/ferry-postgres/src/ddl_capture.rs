@@ -36,6 +36,11 @@
 //! (pgoutput `messages`). `ferry cutover` and `ferry cleanup` remove
 //! everything ([`remove`]).
 //!
+//! The functions do not make the application's statement fail: an error
+//! while describing it is caught and sent instead (`error`), which
+//! the applier records as not carried (the Relation check then stops the
+//! run with the fix if the table's shape no longer matches).
+//!
 //! Cost on the source: nothing for DML; for each DDL statement a few
 //! catalog queries, and for `ALTER TABLE`/`ALTER INDEX` one read of the
 //! names of every user table, column, index and constraint.
@@ -180,6 +185,10 @@ BEGIN
                     UNION ALL SELECT co.oid, co.conname::text FROM pg_constraint co WHERE co.conrelid = c.oid) o), '{{}}'::jsonb)))
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p') AND {user_schema})::text, '{{}}'), true);
+EXCEPTION WHEN OTHERS THEN
+  -- Never fail the application's DDL (the applier then stops rather than
+  -- guess whether a column was renamed).
+  PERFORM set_config('ferry.ddl_before', '{{}}', true);
 END
 $ferry$;
 CREATE OR REPLACE FUNCTION {s}.ddl_table(rel oid) RETURNS jsonb LANGUAGE sql STABLE {settings} AS $ferry$
@@ -246,7 +255,12 @@ DECLARE
   enums oid[] := '{{}}';
   alter_text boolean := false;
   rel oid;
+  payload text;
 BEGIN
+  -- Described inside a block that catches errors; the message itself is
+  -- written outside it (a message written in a subtransaction can reach
+  -- the stream after rows written later by the same transaction).
+  BEGIN
   FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
     CONTINUE WHEN r.in_extension OR r.schema_name IS NULL
       OR r.schema_name IN ('pg_catalog', 'information_schema', {state_lit})
@@ -285,7 +299,7 @@ BEGIN
     END LOOP;
   END IF;
   IF jsonb_array_length(cmds) = 0 THEN RETURN; END IF;
-  PERFORM pg_logical_emit_message(true, {prefix}, jsonb_build_object(
+  payload := jsonb_build_object(
     'commands', cmds,
     'query', CASE WHEN alter_text THEN current_query() END,
     'tables', coalesce((SELECT jsonb_agg({s}.ddl_table(x)) FROM unnest(rels) x
@@ -302,13 +316,20 @@ BEGIN
                               WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.refclassid = 'pg_class'::regclass
                                 AND d.deptype IN ('a', 'i') AND d.refobjsubid > 0 LIMIT 1)))
                FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-               WHERE s.seqrelid = ANY (seqs)), '[]'::jsonb))::text);
+               WHERE s.seqrelid = ANY (seqs)), '[]'::jsonb))::text;
+  EXCEPTION WHEN OTHERS THEN
+    -- Never fail the application's DDL: say what could not be described.
+    payload := jsonb_build_object('error', SQLERRM, 'tag', tg_tag)::text;
+  END;
+  PERFORM pg_logical_emit_message(true, {prefix}, payload);
 END
 $ferry$;
 CREATE OR REPLACE FUNCTION {s}.ddl_drop() RETURNS event_trigger LANGUAGE plpgsql {settings} AS $ferry$
 DECLARE
   dropped jsonb;
+  payload text;
 BEGIN
+  BEGIN
   SELECT jsonb_agg(jsonb_build_object('type', o.object_type, 'schema', o.schema_name, 'name', o.object_name,
            'identity', o.object_identity, 'names', to_jsonb(o.address_names), 'original', o.original))
     INTO dropped FROM pg_event_trigger_dropped_objects() o
@@ -317,7 +338,11 @@ BEGIN
       AND o.object_type NOT IN ('toast table', 'table column', 'default value', 'type', 'index column')
       OR (o.object_type = 'type' AND o.original AND o.schema_name IS NOT NULL AND o.schema_name NOT IN ('pg_catalog', {state_lit}));
   IF dropped IS NULL THEN RETURN; END IF;
-  PERFORM pg_logical_emit_message(true, {prefix}, jsonb_build_object('dropped', dropped)::text);
+  payload := jsonb_build_object('dropped', dropped)::text;
+  EXCEPTION WHEN OTHERS THEN
+    payload := jsonb_build_object('error', SQLERRM, 'tag', tg_tag)::text;
+  END;
+  PERFORM pg_logical_emit_message(true, {prefix}, payload);
 END
 $ferry$;
 DO $ferry$ BEGIN

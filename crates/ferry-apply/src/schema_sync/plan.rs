@@ -289,6 +289,23 @@ pub fn alter_table(
             }
         }
     }
+    let gone: Vec<&String> = names.iter().filter(|n| !in_source(n)).collect();
+    let new = src
+        .columns
+        .iter()
+        .filter(|c| !names.contains(&c.name))
+        .count();
+    if src.before.is_none() && !gone.is_empty() && new > 0 {
+        return Err(Inexact {
+            what: format!(
+                "columns of {target} changed ({} gone, {new} new) and the source did not record the names before the command, so a rename cannot be told from a drop and an add",
+                gone.len()
+            ),
+            fix: format!(
+                "make the target table {t} match the source (ALTER TABLE … RENAME COLUMN / DROP COLUMN / ADD COLUMN), then start `ferry run` again"
+            ),
+        });
+    }
     for n in &names {
         if !in_source(n) {
             plan.statements

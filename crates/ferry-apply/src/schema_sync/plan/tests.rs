@@ -263,3 +263,14 @@ fn new_tables_and_partitions() {
         r#"CREATE TABLE "app"."o27" PARTITION OF "app"."Orders" FOR VALUES FROM ('2027-01-01') TO ('2028-01-01')"#
     );
 }
+
+#[test]
+fn without_the_names_before_a_rename_is_not_guessed() {
+    let src = state(vec![col(1, "id", "bigint"), col(2, "remark", "text")], &[]);
+    let tgt = target(vec![tcol("id", "bigint"), tcol("note", "text")], true);
+    let e = alter_table(&src, &id(), &tgt, OPTS).unwrap_err();
+    assert!(
+        e.what.contains("cannot be told from a drop and an add"),
+        "{e:?}"
+    );
+}
