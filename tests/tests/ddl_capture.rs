@@ -488,3 +488,32 @@ fn renames_drops_partitions_and_a_volatile_default_stop() {
         "nothing of the transaction is applied"
     );
 }
+
+/// DDL inside a savepoint of the application's transaction (migration
+/// tools that wrap each step): the schema change still reaches the target
+/// before the rows written after it.
+#[test]
+fn ddl_inside_a_savepoint_keeps_its_place() {
+    let p = Migration::new(PgOptions::new(), target_options(), SCHEMA2)
+        .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    let mut ferry = p.start("run0");
+    p.wait_phase(&mut ferry, "stream");
+    deploy(
+        &p.source_url,
+        "BEGIN;
+         SAVEPOINT step1;
+         ALTER TABLE accounts ADD COLUMN flag boolean NOT NULL DEFAULT false;
+         RELEASE SAVEPOINT step1;
+         SAVEPOINT step2;
+         ALTER TABLE accounts RENAME COLUMN region TO area;
+         RELEASE SAVEPOINT step2;
+         UPDATE accounts SET flag = true, area = 'us' WHERE id <= 10;
+         COMMIT;",
+    );
+    caught_up(&p, &mut ferry);
+    p.compare(&["accounts"]);
+    assert_eq!(
+        schema_dump(&p.source, &p.source_db),
+        schema_dump(&p.target, &p.target_db)
+    );
+}
