@@ -517,3 +517,65 @@ fn ddl_inside_a_savepoint_keeps_its_place() {
         schema_dump(&p.target, &p.target_db)
     );
 }
+
+/// A crash at each failpoint of the applier's commit while the batch holds
+/// a schema change: applied exactly once after the restart (not lost by
+/// the rollback, not run twice over the committed checkpoint).
+#[test]
+fn crash_around_a_schema_change_commit_is_exact() {
+    let p = Migration::new(PgOptions::new(), target_options(), SCHEMA2)
+        .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    let mut ferry = p.start("run0");
+    p.wait_phase(&mut ferry, "stream");
+    caught_up(&p, &mut ferry);
+    for (n, point) in ["after-apply-before-commit", "after-commit-before-ack"]
+        .into_iter()
+        .enumerate()
+    {
+        ferry.signal_and_wait(libc::SIGTERM, LONG).unwrap();
+        // Written while ferry is down: the first batch after the start is
+        // this transaction.
+        deploy(
+            &p.source_url,
+            &format!(
+                "BEGIN;
+                 ALTER TABLE accounts ADD COLUMN c{n} int NOT NULL DEFAULT {n};
+                 ALTER TABLE accounts RENAME COLUMN {from} TO name{n};
+                 UPDATE accounts SET c{n} = c{n} + 10, balance = balance + 1 WHERE id <= 20;
+                 COMMIT;",
+                from = if n == 0 {
+                    "name".to_owned()
+                } else {
+                    format!("name{}", n - 1)
+                }
+            ),
+        );
+        let failing = p.start_with(point, &[("FERRY_FAILPOINT", point)]);
+        let status = failing.wait_status(LONG).unwrap();
+        let log = std::fs::read_to_string(p.logs.path().join(format!("{point}.log"))).unwrap();
+        assert!(log.contains("FERRY_FAILPOINT reached"), "{point}:\n{log}");
+        assert!(
+            log.contains("source schema change applied"),
+            "{point}:\n{log}"
+        );
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGABRT),
+            "{point} ({status}):\n{log}"
+        );
+        ferry = p.start(&format!("resume{n}"));
+        p.wait_phase(&mut ferry, "stream");
+        caught_up(&p, &mut ferry);
+        p.compare(&["accounts"]);
+        assert_eq!(
+            schema_dump(&p.source, &p.source_db),
+            schema_dump(&p.target, &p.target_db),
+            "{point}"
+        );
+    }
+    let applied = p
+        .target_i64("SELECT count(*) FROM ferry.events WHERE kind = 'ddl_applied'")
+        .unwrap_or(0);
+    // Two messages per deploy (ADD, RENAME), each recorded once.
+    assert_eq!(applied, 4, "each schema change applied exactly once");
+}
