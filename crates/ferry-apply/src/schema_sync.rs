@@ -205,7 +205,12 @@ impl SchemaSync {
             "table constraint",
         ];
         for c in &msg.commands {
-            if handled.contains(&c.object_type.as_str()) {
+            let enum_type = c.object_type == "type"
+                && msg.enums.iter().any(|e| {
+                    c.identity == format!("{}.{}", quote_ident(&e.schema), quote_ident(&e.name))
+                        || c.identity == format!("{}.{}", e.schema, e.name)
+                });
+            if handled.contains(&c.object_type.as_str()) && (c.object_type != "type" || enum_type) {
                 continue;
             }
             let in_target = match &c.schema {
@@ -214,7 +219,7 @@ impl SchemaSync {
             };
             if in_target {
                 out.not_carried.push(format!(
-                    "{} {} ({}): ferry carries tables, columns, constraints, indexes, sequences, enums and comments; run it on the target yourself",
+                    "{} {} ({}): ferry carries tables, columns, constraints, indexes, sequences, enum types and comments; run it on the target yourself",
                     c.tag, c.identity, c.object_type
                 ));
             }
@@ -371,7 +376,7 @@ impl SchemaSync {
         }
         if parent.is_none() && src.parent.is_none() && !src.published {
             out.not_carried.push(format!(
-                "table {id} created on the source without a primary key or REPLICA IDENTITY FULL: created on the target, but its rows are not carried (publishing it would make the application's UPDATE and DELETE on it fail)"
+                "table {id} created on the source but not published (no primary key or REPLICA IDENTITY FULL: publishing it would make the application's UPDATE and DELETE on it fail; or unlogged; or filled by CREATE TABLE AS / SELECT INTO, whose rows precede its publication): created on the target, its rows are not carried"
             ));
         }
         let plan = plan::create_table(src, &target, parent.as_ref(), self.opts);
@@ -633,7 +638,7 @@ async fn read_target(client: &Client, target: &TableId) -> Result<TargetTable> {
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
                     CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END,
                     CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END,
-                    col_description(a.attrelid, a.attnum)
+                    col_description(a.attrelid, a.attnum), nullif(a.attidentity::text, '')
                FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
               WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             &[&name],
@@ -648,6 +653,7 @@ async fn read_target(client: &Client, target: &TableId) -> Result<TargetTable> {
             default: r.get(3),
             generated: r.get(4),
             comment: r.get(5),
+            identity: r.get(6),
         })
         .collect();
     let constraints = client

@@ -27,6 +27,8 @@ pub struct TargetColumn {
     pub not_null: bool,
     pub default: Option<String>,
     pub generated: Option<String>,
+    /// `a`/`d` identity, as on the source.
+    pub identity: Option<String>,
     pub comment: Option<String>,
 }
 
@@ -366,6 +368,13 @@ pub fn alter_table(
             plan.not_carried.push(format!(
                 "generated expression of column {q} of {target} changed (target keeps {:?})",
                 cur.generated
+            ));
+        }
+        // ferry keeps ALWAYS identities BY DEFAULT while it applies.
+        if cur.identity.is_some() != c.identity.is_some() {
+            plan.not_carried.push(format!(
+                "identity of column {q} of {target} changed on the source (target: {:?}, source: {:?}); change it on the target",
+                cur.identity, c.identity
             ));
         }
         if cur.not_null != c.not_null {
