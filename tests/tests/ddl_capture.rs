@@ -579,3 +579,61 @@ fn crash_around_a_schema_change_commit_is_exact() {
     // Two messages per deploy (ADD, RENAME), each recorded once.
     assert_eq!(applied, 4, "each schema change applied exactly once");
 }
+
+/// `tables.rename` applies to carried schema changes: the source's
+/// `public.accounts` is `bank.accts` on the target; columns added and
+/// renamed, an index created and dropped, a constraint added all land on
+/// `bank.accts` (indexes found in the schema the table moved to).
+#[test]
+fn schema_changes_follow_tables_rename() {
+    let p = Migration::new(PgOptions::new(), target_options(), SCHEMA2)
+        .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    let config = p.logs.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        "[tables.rename]\n\"public.accounts\" = \"bank.accts\"\n",
+    )
+    .unwrap();
+    let p = p.arg("--config").arg(config);
+    let mut ferry = p.start("run0");
+    p.wait_phase(&mut ferry, "stream");
+    deploy(
+        &p.source_url,
+        "ALTER TABLE accounts ADD COLUMN tier text NOT NULL DEFAULT 'basic';
+         ALTER TABLE accounts RENAME COLUMN region TO area;
+         ALTER TABLE accounts ADD CONSTRAINT tier_known CHECK (tier IN ('basic', 'gold'));
+         CREATE INDEX accounts_tier_idx ON accounts (tier);
+         CREATE INDEX accounts_area_idx ON accounts (area);
+         UPDATE accounts SET tier = 'gold', area = 'us' WHERE id <= 10;",
+    );
+    deploy(&p.source_url, "DROP INDEX accounts_area_idx;");
+    caught_up(&p, &mut ferry);
+    // Same rows, same columns, same indexes and constraints (names and
+    // definitions, the table name aside).
+    let shape = "SELECT (SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' ' || a.attnotnull
+                         || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), ''), ', ' ORDER BY a.attnum)
+                    FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                   WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped)
+                 || ' | ' || (SELECT string_agg(c.relname || ' ' || split_part(pg_get_indexdef(i.indexrelid), ' USING ', 2), ', ' ORDER BY c.relname)
+                    FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1::text::regclass)
+                 || ' | ' || (SELECT string_agg(conname || ' ' || pg_get_constraintdef(oid), ', ' ORDER BY conname)
+                    FROM pg_constraint WHERE conrelid = $1::text::regclass)";
+    pgsync::runtime().block_on(async {
+        let s = pgsync::connect(&p.source_url).await.unwrap();
+        let t = pgsync::connect(&p.target_url).await.unwrap();
+        let src: String = s
+            .query_one(shape, &[&"public.accounts"])
+            .await
+            .unwrap()
+            .get(0);
+        let dst: String = t.query_one(shape, &[&"bank.accts"]).await.unwrap().get(0);
+        assert_eq!(src, dst);
+        assert!(dst.contains("area text"), "{dst}");
+        assert!(dst.contains("accounts_tier_idx"), "{dst}");
+        assert!(!dst.contains("accounts_area_idx"), "{dst}");
+        assert_eq!(
+            pgsync::table_digest(&s, "public.accounts").await.unwrap(),
+            pgsync::table_digest(&t, "bank.accts").await.unwrap()
+        );
+    });
+}
