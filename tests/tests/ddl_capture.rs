@@ -607,7 +607,24 @@ fn schema_changes_follow_tables_rename() {
          UPDATE accounts SET tier = 'gold', area = 'us' WHERE id <= 10;",
     );
     deploy(&p.source_url, "DROP INDEX accounts_area_idx;");
+    deploy(
+        &p.source_url,
+        "CREATE TABLE notes (id int PRIMARY KEY, account_id int REFERENCES accounts (id));
+         INSERT INTO notes VALUES (1, 5);",
+    );
     caught_up(&p, &mut ferry);
+    assert_eq!(
+        p.target_query(async |c| c
+            .query_one(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'public.notes'::regclass AND contype = 'f'",
+                &[],
+            )
+            .await
+            .ok()
+            .map(|r| r.get::<_, String>(0))),
+        Some("FOREIGN KEY (account_id) REFERENCES bank.accts(id)".to_owned()),
+        "a new foreign key refers to the renamed target table"
+    );
     // Same rows, same columns, same indexes and constraints (names and
     // definitions, the table name aside).
     let shape = "SELECT (SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' ' || a.attnotnull

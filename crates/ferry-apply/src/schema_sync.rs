@@ -297,6 +297,26 @@ impl SchemaSync {
         Ok(())
     }
 
+    /// `src` with each foreign key's `REFERENCES` naming the referenced
+    /// table's target (`tables.rename`).
+    fn renamed_references(&self, src: &TableState) -> TableState {
+        let mut src = src.clone();
+        for c in &mut src.constraints {
+            if let Some(r) = &c.references {
+                let from = TableId::new(&r.schema, &r.name);
+                let to = self.target_of(&from);
+                if to != from {
+                    c.def = c.def.replacen(
+                        &format!(" REFERENCES {}(", plan::server_quoted(&from)),
+                        &format!(" REFERENCES {}(", plan::server_quoted(&to)),
+                        1,
+                    );
+                }
+            }
+        }
+        src
+    }
+
     async fn table(
         &self,
         client: &Client,
@@ -304,6 +324,7 @@ impl SchemaSync {
         sql: &mut Vec<String>,
         out: &mut Applied,
     ) -> Result<()> {
+        let src = &self.renamed_references(src);
         run(client, sql, out).await?;
         let id = src.id();
         let target = self.target_of(&id);

@@ -164,6 +164,16 @@ pub struct ConstraintState {
     pub kind: String,
     /// `pg_get_constraintdef`.
     pub def: String,
+    /// The table a foreign key refers to.
+    pub references: Option<TableRef>,
+}
+
+/// A table named by schema and name.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default)]
+pub struct TableRef {
+    pub schema: String,
+    pub name: String,
 }
 
 /// An index that backs no constraint.

@@ -219,7 +219,9 @@ CREATE OR REPLACE FUNCTION {s}.ddl_table(rel oid) RETURNS jsonb LANGUAGE sql STA
       LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
       WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]'::jsonb),
     'constraints', coalesce((SELECT jsonb_agg(jsonb_build_object('oid', co.oid::bigint, 'name', co.conname, 'type', co.contype::text,
-                   'def', pg_get_constraintdef(co.oid)) ORDER BY co.conname)
+                   'def', pg_get_constraintdef(co.oid),
+                   'references', CASE WHEN co.contype = 'f' THEN (SELECT jsonb_build_object('schema', rn.nspname, 'name', rc.relname)
+                                      FROM pg_class rc JOIN pg_namespace rn ON rn.oid = rc.relnamespace WHERE rc.oid = co.confrelid) END) ORDER BY co.conname)
       FROM pg_constraint co WHERE co.conrelid = c.oid AND co.contype IN ('p', 'u', 'f', 'c', 'x') AND co.conislocal), '[]'::jsonb),
     'indexes', coalesce((SELECT jsonb_agg(jsonb_build_object('oid', i.indexrelid::bigint, 'name', ic.relname, 'def', pg_get_indexdef(i.indexrelid),
                    'comment', obj_description(i.indexrelid, 'pg_class')) ORDER BY ic.relname)

@@ -95,6 +95,21 @@ fn column_def(c: &ColumnState, with_default: bool) -> String {
     s
 }
 
+/// `schema.name` quoted as the server prints it (`quote_identifier`:
+/// only where needed), to find and replace names in deparsed text.
+pub fn server_quoted(t: &TableId) -> String {
+    fn q(s: &str) -> String {
+        let plain = s
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+        if plain { s.to_owned() } else { quote_ident(s) }
+    }
+    format!("{}.{}", q(&t.schema), q(&t.name))
+}
+
 /// `CREATE INDEX` of the source definition `def` on `target`.
 pub fn index_sql(def: &str, name: &str, target: &TableId) -> Option<String> {
     let (unique, rest) = if let Some(r) = def.strip_prefix("CREATE UNIQUE INDEX ") {

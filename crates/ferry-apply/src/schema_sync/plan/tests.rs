@@ -158,12 +158,14 @@ fn constraints_and_indexes_by_name() {
             name: "orders_pkey".into(),
             kind: "p".into(),
             def: "PRIMARY KEY (id)".into(),
+            references: None,
         },
         ConstraintState {
             oid: 2,
             name: "orders_fk".into(),
             kind: "f".into(),
             def: "FOREIGN KEY (id) REFERENCES public.x(id)".into(),
+            references: None,
         },
     ];
     src.indexes = vec![IndexState {
@@ -272,5 +274,17 @@ fn without_the_names_before_a_rename_is_not_guessed() {
     assert!(
         e.what.contains("cannot be told from a drop and an add"),
         "{e:?}"
+    );
+}
+
+#[test]
+fn names_quoted_as_the_server_prints_them() {
+    assert_eq!(
+        server_quoted(&TableId::new("public", "orders")),
+        "public.orders"
+    );
+    assert_eq!(
+        server_quoted(&TableId::new("Sales", "order items")),
+        r#""Sales"."order items""#
     );
 }
