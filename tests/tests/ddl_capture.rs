@@ -133,7 +133,8 @@ fn deploy(url: &str, sql: &str) {
 /// ferry's state schema, nor its publication and event triggers), normalized:
 /// no comments, session settings or blank lines.
 fn schema_dump(server: &PgServer, db: &str) -> String {
-    let out = Command::new(server.bin_dir().join("pg_dump"))
+    let pg_dump = ferry_testkit::pg_dump_for(server.major()).expect("a pg_dump for the server");
+    let out = Command::new(pg_dump)
         .args([
             "--schema-only",
             "--no-owner",
@@ -196,8 +197,18 @@ fn source_i64(p: &Migration, sql: &str) -> i64 {
 
 #[test]
 fn application_deploy_mid_stream_is_carried_exactly_through_cutover() {
-    let p = Migration::new(PgOptions::new(), target_options(), SCHEMA)
-        .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    deploy_through_cutover(PgOptions::new(), target_options());
+}
+
+/// The same deploy from PostgreSQL 14 (the oldest with logical messages
+/// in pgoutput) into 18 (NOT NULL constraints in the catalog).
+#[test]
+fn application_deploy_from_14_into_18() {
+    deploy_through_cutover(PgOptions::new().version(14), target_options().version(18));
+}
+
+fn deploy_through_cutover(source: PgOptions, target: PgOptions) {
+    let p = Migration::new(source, target, SCHEMA).env("FERRY_POSTGRES_CAPTURE_DDL", "true");
 
     // Consent: plan says what it installs.
     let plan = p.ferry(&["plan"]);
