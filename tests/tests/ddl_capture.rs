@@ -502,7 +502,9 @@ fn renames_drops_partitions_and_a_volatile_default_stop() {
 
 /// DDL inside a savepoint of the application's transaction (migration
 /// tools that wrap each step): the schema change still reaches the target
-/// before the rows written after it.
+/// before the rows written after it. Then the capture's lifecycle: a run
+/// without consent removes it, a run with it installs it, `ferry cleanup`
+/// removes it.
 #[test]
 fn ddl_inside_a_savepoint_keeps_its_place() {
     let p = Migration::new(PgOptions::new(), target_options(), SCHEMA2)
@@ -526,6 +528,37 @@ fn ddl_inside_a_savepoint_keeps_its_place() {
     assert_eq!(
         schema_dump(&p.source, &p.source_db),
         schema_dump(&p.target, &p.target_db)
+    );
+
+    // Consent withdrawn: the next run removes the capture; given again, it
+    // is back; `ferry cleanup` removes it.
+    let triggers = "SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'ferry_ddl_%'";
+    ferry.signal_and_wait(libc::SIGTERM, LONG).unwrap();
+    let mut off = p.start_with("off", &[("FERRY_POSTGRES_CAPTURE_DDL", "false")]);
+    p.wait_until(&mut off, "the capture was never removed", || {
+        source_i64(&p, triggers) == 0
+    });
+    off.signal_and_wait(libc::SIGTERM, LONG).unwrap();
+    let mut on = p.start("on");
+    p.wait_until(&mut on, "the capture was never installed again", || {
+        source_i64(&p, triggers) == 3
+    });
+    on.signal_and_wait(libc::SIGTERM, LONG).unwrap();
+    let cleanup = p.ferry(&["cleanup"]);
+    assert_eq!(cleanup.code, Some(0), "{}", cleanup.all());
+    assert!(
+        cleanup.stdout.contains("DDL capture removed"),
+        "{}",
+        cleanup.all()
+    );
+    assert_eq!(source_i64(&p, triggers), 0);
+    assert_eq!(
+        source_i64(
+            &p,
+            "SELECT count(*) FROM pg_proc WHERE proname IN ('ddl_before', 'ddl_end', 'ddl_drop', 'ddl_table', 'ddl_publish')"
+        ),
+        0,
+        "functions removed"
     );
 }
 
