@@ -347,6 +347,8 @@ BEGIN
   PERFORM pg_logical_emit_message(true, {prefix}, payload);
 END
 $ferry$;
+-- Helpers run as their owner: nobody else calls them.
+REVOKE ALL ON FUNCTION {s}.ddl_table(oid), {s}.ddl_publish(oid) FROM PUBLIC;
 DO $ferry$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'ferry_ddl_before') THEN
     CREATE EVENT TRIGGER ferry_ddl_before ON ddl_command_start WHEN TAG IN ('ALTER TABLE', 'ALTER INDEX') EXECUTE PROCEDURE {s}.ddl_before();
