@@ -698,3 +698,59 @@ fn schema_changes_follow_tables_rename() {
         );
     });
 }
+
+/// Schema changes while `ferry run` starts (capture installed, snapshot,
+/// schema copy, load, catch-up): each should land in the snapshot or in
+/// the stream, and the stream's version be applied idempotently over a
+/// target that may already have it.
+///
+/// Fails today, before any DDL message is applied: the load's COPY names a
+/// column (`x0`) that the target table, created by `pg_dump` from the load
+/// snapshot, does not have ("copying public.accounts chunk 1/1 …: column
+/// \"x0\" of relation \"accounts\" does not exist"). The load's column list
+/// is not read inside its snapshot; a change of a table's columns between
+/// `ferry run`'s start and its load breaks the load, with or without
+/// `capture_ddl`. Kept (ignored) as the reproduction for that fix.
+#[test]
+#[ignore = "known: the load's column list is not read in the load snapshot (see the doc comment)"]
+fn schema_changes_during_the_load() {
+    let p = Migration::new(PgOptions::new(), target_options(), SCHEMA2)
+        .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    let writer = Writer::start(&p.source_url, write2);
+    let mut ferry = p.start("run0");
+    for n in 0..6 {
+        deploy(
+            &p.source_url,
+            &format!(
+                "ALTER TABLE accounts ADD COLUMN x{n} int NOT NULL DEFAULT {n};
+                 CREATE TABLE extra{n} (id int PRIMARY KEY, v text);
+                 INSERT INTO extra{n} VALUES (1, 'a'), (2, 'b');
+                 CREATE INDEX accounts_x{n}_idx ON accounts (x{n});"
+            ),
+        );
+        if n > 0 {
+            deploy(
+                &p.source_url,
+                &format!(
+                    "ALTER TABLE accounts RENAME COLUMN x{m} TO y{m}; DROP INDEX accounts_x{m}_idx;
+                     UPDATE extra{m} SET v = v || '!';",
+                    m = n - 1
+                ),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    p.wait_phase(&mut ferry, "stream");
+    writer.wait_for(20);
+    writer.stop();
+    caught_up(&p, &mut ferry);
+    let mut tables = vec!["accounts".to_owned(), "logs".to_owned()];
+    tables.extend((0..6).map(|n| format!("extra{n}")));
+    let names: Vec<&str> = tables.iter().map(String::as_str).collect();
+    p.compare(&names);
+    let (s, t) = (
+        schema_dump(&p.source, &p.source_db),
+        schema_dump(&p.target, &p.target_db),
+    );
+    assert_eq!(s, t, "schemas differ; ferry log:\n{}", ferry.log());
+}
