@@ -755,3 +755,42 @@ fn schema_changes_during_the_load() {
     );
     assert_eq!(s, t, "schemas differ; ferry log:\n{}", ferry.log());
 }
+
+/// A large transaction with schema changes in it, streamed by the server
+/// before its commit (protocol v2, `logical_decoding_work_mem` small): the
+/// DDL messages come out of the streamed-transaction replay at their place.
+#[test]
+fn schema_changes_inside_a_streamed_transaction() {
+    let p = Migration::new(
+        PgOptions::new().setting("logical_decoding_work_mem", "64kB"),
+        target_options(),
+        SCHEMA2,
+    )
+    .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    let mut ferry = p.start("run0");
+    p.wait_phase(&mut ferry, "stream");
+    deploy(
+        &p.source_url,
+        "BEGIN;
+         INSERT INTO logs (account_id, msg) SELECT 1 + g % 200, repeat('m', 200) FROM generate_series(1, 5000) g;
+         ALTER TABLE logs ADD COLUMN level text NOT NULL DEFAULT 'info';
+         ALTER TABLE logs RENAME COLUMN msg TO message;
+         INSERT INTO logs (account_id, message, level) SELECT 1 + g % 200, repeat('n', 200), 'warn' FROM generate_series(1, 5000) g;
+         UPDATE logs SET level = 'debug' WHERE id % 7 = 0;
+         COMMIT;",
+    );
+    caught_up(&p, &mut ferry);
+    p.compare(&["logs", "accounts"]);
+    assert_eq!(
+        schema_dump(&p.source, &p.source_db),
+        schema_dump(&p.target, &p.target_db)
+    );
+    let streamed = source_i64(
+        &p,
+        "SELECT coalesce(sum(stream_txns), 0)::bigint FROM pg_stat_replication_slots",
+    );
+    assert!(
+        streamed > 0,
+        "the transaction was streamed before its commit"
+    );
+}
