@@ -704,14 +704,14 @@ fn schema_changes_follow_tables_rename() {
 /// the stream, and the stream's version be applied idempotently over a
 /// target that may already have it.
 ///
-/// Fails today, before any DDL message is applied: the load's COPY names a
-/// column (`x0`) that the target table, created by `pg_dump` from the load
-/// snapshot, does not have ("copying public.accounts chunk 1/1 …: column
-/// \"x0\" of relation \"accounts\" does not exist"): the load's column list
-/// (the catalog, read before the snapshot is taken) and the target table
-/// (pg_dump in the snapshot) disagree; the exact cause is not pinned down
-/// yet. A change of a table's columns while `ferry run` starts breaks the
-/// load, with or without `capture_ddl`. Kept (ignored) as the reproduction.
+/// Fails today, before any DDL message is applied: the load's source COPY
+/// names the columns ferry's catalog read found at the start (`x0`), and
+/// PostgreSQL resolves those names against the *current* catalog, not the
+/// load snapshot; `x0` was renamed to `y0` meanwhile, so the source answers
+/// "column \"x0\" of relation \"accounts\" does not exist". A column renamed
+/// or dropped on the source while its table is being loaded breaks the
+/// load, with or without `capture_ddl` (a restart does not help: the target
+/// table keeps the snapshot's names). Kept (ignored) as the reproduction.
 #[test]
 #[ignore = "known: a column change while ferry run starts breaks the load (see the doc comment)"]
 fn schema_changes_during_the_load() {
