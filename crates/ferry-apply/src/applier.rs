@@ -161,6 +161,11 @@ pub struct Applier<P: Position> {
     last_heartbeat_write: Option<Instant>,
     pending_heartbeat: Option<(P, Timestamp)>,
     batch: Batch<P>,
+    /// Carried schema changes ([`crate::schema_sync`]).
+    schema_sync: crate::schema_sync::SchemaSync,
+    /// A schema change was applied in the batch: commit at the end of its
+    /// source transaction (a new enum label is usable only after COMMIT).
+    ddl_in_batch: bool,
 }
 
 impl<P: Position> Applier<P> {
@@ -177,6 +182,8 @@ impl<P: Position> Applier<P> {
             .map(|c| c.position);
         info!(stream = %cfg.stream, checkpoint = ?checkpoint.as_ref().map(ToString::to_string), "applier ready");
         Ok(Applier {
+            schema_sync: crate::schema_sync::SchemaSync::new(tables.clone(), cfg.replica_role),
+            ddl_in_batch: false,
             txn: TargetTxn::new(client, state, cfg.stream.clone(), cfg.replica_role),
             writer: Writer::new(tables),
             cfg,
@@ -358,12 +365,24 @@ impl<P: Position> Applier<P> {
     ) -> Result<()> {
         match ev {
             Event::Relation(schema) => {
-                self.check_relation(&schema, ack).await?;
+                // After a carried schema change in the same transaction the
+                // target gets its new shape only when the transaction is
+                // applied; `relation` checks it then.
+                let ddl_pending = self.batch.txn.iter().any(|i| matches!(i, TxnItem::Ddl(_)));
+                if !ddl_pending {
+                    self.check_relation(&schema, ack).await?;
+                }
                 if self.batch.in_txn {
                     self.batch.txn.push(TxnItem::Relation(schema));
                 } else {
                     self.relation(schema).await?;
                 }
+            }
+            Event::Ddl(msg) => {
+                if !self.batch.in_txn {
+                    return Err(protocol_error("schema change outside a transaction"));
+                }
+                self.batch.txn.push(TxnItem::Ddl(msg));
             }
             Event::Begin { final_position, .. } => {
                 if self.batch.in_txn {
@@ -458,8 +477,9 @@ impl<P: Position> Applier<P> {
         }
         self.batch.commits += 1;
         self.batch.end = Some((position, time));
-        if was_spilled {
-            // A transaction larger than a batch: commit it now.
+        if was_spilled || std::mem::take(&mut self.ddl_in_batch) {
+            // A transaction larger than a batch, or one with a schema
+            // change: commit it now.
             self.flush(ack, Some(intake)).await?;
         }
         Ok(())
@@ -471,6 +491,7 @@ impl<P: Position> Applier<P> {
         for item in items {
             match item {
                 TxnItem::Relation(s) => self.relation(s).await?,
+                TxnItem::Ddl(msg) => self.schema_change(&msg).await?,
                 TxnItem::Change(c) => {
                     self.batch.rows += 1;
                     self.batch.fold_bytes += c.approx_bytes();
@@ -491,6 +512,58 @@ impl<P: Position> Applier<P> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A carried schema change: apply what is folded so far, then the
+    /// change, in the open target transaction.
+    async fn schema_change(&mut self, msg: &ferry_core::ddl::DdlMessage) -> Result<()> {
+        self.apply_pending(None).await?;
+        self.txn.begin(&mut self.writer).await?;
+        let applied = self.schema_sync.apply(self.txn.client(), msg).await?;
+        for t in &applied.tables {
+            self.writer.forget(self.txn.client(), t).await;
+        }
+        // ferry's table list follows (status, cutover row counts, restarts).
+        let (state, client) = (self.txn.state(), self.txn.client());
+        for (src, tgt) in &applied.created {
+            state
+                .register_table(client, src, tgt, None, Some(0))
+                .await?;
+            state
+                .set_table_state(client, src, &crate::state::TableState::Streaming)
+                .await?;
+        }
+        for (old, src, tgt) in &applied.renamed {
+            state.rename_table(client, old, src, tgt).await?;
+        }
+        for src in &applied.dropped {
+            state.forget_table(client, src).await?;
+        }
+        if !applied.not_carried.is_empty() {
+            self.stats
+                .ddl_not_carried
+                .fetch_add(applied.not_carried.len() as u64, Ordering::Relaxed);
+        }
+        for what in &applied.not_carried {
+            self.txn
+                .state()
+                .record_event(self.txn.client(), "ddl_not_carried", what)
+                .await?;
+        }
+        if applied.statements > 0 {
+            let what = format!(
+                "{} ({} statements on the target)",
+                crate::schema_sync::summary(msg),
+                applied.statements
+            );
+            self.txn
+                .state()
+                .record_event(self.txn.client(), "ddl_applied", &what)
+                .await?;
+        }
+        self.stats.ddl_applied.fetch_add(1, Ordering::Relaxed);
+        self.ddl_in_batch = true;
         Ok(())
     }
 

@@ -30,6 +30,8 @@
 //!   ([`applier::TargetTxn`]).
 //! - [`preflight`]: target prerequisite checks for `ferry plan`.
 //! - [`relation`]: a source Relation against the target table (schema drift).
+//! - [`schema_sync`]: schema changes carried from a PostgreSQL source's
+//!   event trigger, applied at their place in the stream.
 //! - [`truncate`]: a source TRUNCATE on the target (`ONLY` each listed table).
 
 pub mod applier;
@@ -43,6 +45,7 @@ pub mod fold;
 pub mod load;
 pub mod preflight;
 pub mod relation;
+pub mod schema_sync;
 pub mod state;
 pub mod truncate;
 pub mod writer;

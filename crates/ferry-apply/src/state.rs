@@ -199,6 +199,41 @@ impl StateStore {
         Ok(())
     }
 
+    /// A carried table renamed on the source (a carried schema change):
+    /// its row follows the new names.
+    pub async fn rename_table(
+        &self,
+        client: &Client,
+        old: &TableId,
+        source: &TableId,
+        target: &TableId,
+    ) -> Result<()> {
+        let sql = format!(
+            "UPDATE {} SET source_table = $2, target_table = $3, updated_at = now() WHERE source_table = $1",
+            self.table("tables")
+        );
+        client
+            .execute(
+                &sql,
+                &[&table_key(old), &table_key(source), &table_key(target)],
+            )
+            .await
+            .map_err(|e| pg_error(format!("renaming table {old} in the state"), e))?;
+        Ok(())
+    }
+
+    /// A carried table dropped on the source: it is no longer carried.
+    pub async fn forget_table(&self, client: &Client, source: &TableId) -> Result<()> {
+        for t in ["chunks", "tables"] {
+            let sql = format!("DELETE FROM {} WHERE source_table = $1", self.table(t));
+            client
+                .execute(&sql, &[&table_key(source)])
+                .await
+                .map_err(|e| pg_error(format!("forgetting table {source} in the state"), e))?;
+        }
+        Ok(())
+    }
+
     /// Durably set a table's lifecycle state.
     pub async fn set_table_state(
         &self,

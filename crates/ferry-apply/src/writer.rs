@@ -91,6 +91,13 @@ impl Writer {
         self.tables.target_name(source)
     }
 
+    /// A table's shape changed on the target (a carried schema change):
+    /// forget its staging table and its apply-order decision.
+    pub async fn forget(&mut self, client: &Client, table: &TableId) {
+        self.staging.forget(client, table).await;
+        self.source_order.remove(table);
+    }
+
     /// The target transaction ended (committed or not): see `staging`.
     pub(crate) fn txn_ended(&mut self, committed: bool) {
         self.staging.txn_ended(committed);

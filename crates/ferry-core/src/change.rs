@@ -3,7 +3,8 @@
 //! Readers emit [`Event`]s in source commit order. The changes between a
 //! `Begin` and its `Commit` form one source transaction; the applier never
 //! splits one across target transactions' checkpoints. `Relation` announces a
-//! table's (new) schema before any change that needs it. `Heartbeat` carries a
+//! table's (new) schema before any change that needs it; `Ddl` is a schema
+//! change carried at its place inside a transaction ([`crate::ddl`]). `Heartbeat` carries a
 //! position with no data (keepalive, idle source) so progress and lag stay
 //! true when nothing is written.
 
@@ -100,6 +101,9 @@ pub enum Event<P> {
         final_position: Option<P>,
     },
     Change(Change),
+    /// A schema change at its place between the changes of a source
+    /// transaction (PostgreSQL sources with `postgres.capture_ddl`).
+    Ddl(Arc<crate::ddl::DdlMessage>),
     /// The transaction begun last is complete; `position` is its end.
     Commit {
         position: P,

@@ -832,6 +832,12 @@ impl Config {
                 self.postgres.proto_version
             ));
         }
+        if self.postgres.capture_ddl && self.target_tables.existing() {
+            problems.push(
+                "postgres.capture_ddl cannot be combined with target_tables.mode = \"existing\": the application's own migrations own the target schema there (run them on the target; ferry stops with the fix when a table's shape no longer matches)"
+                    .into(),
+            );
+        }
         if self.validate.chunk_rows == 0 || self.validate.leaf_rows == 0 {
             problems.push("validate.chunk_rows and validate.leaf_rows must be at least 1".into());
         }

@@ -11,6 +11,7 @@
 //! - [`change`]: row changes, transactions and the event stream.
 //! - [`position`]: per-source log positions, ordered within one source and
 //!   impossible to compare across sources (distinct types).
+//! - [`ddl`]: schema changes carried in the stream (PostgreSQL event trigger).
 //! - [`config`]: `ferry.toml` with `FERRY_*` overrides and a pure `validate()`.
 //! - [`secret`]: redacting wrappers for passwords and connection URLs.
 //! - [`plan`]: prerequisite checks and the table plan of `ferry plan`.
@@ -24,6 +25,7 @@
 pub mod calendar;
 pub mod change;
 pub mod config;
+pub mod ddl;
 pub mod duration;
 pub mod error;
 pub mod normalize;

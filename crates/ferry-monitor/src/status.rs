@@ -210,10 +210,25 @@ pub struct Status {
     /// fallback: the new database streams back into the old source.
     #[serde(default = "forward")]
     pub direction: String,
+    /// Source schema changes carried or recorded as not carried
+    /// (`postgres.capture_ddl`); `None` when there were none.
+    #[serde(default)]
+    pub schema_changes: Option<SchemaChanges>,
 }
 
 fn forward() -> String {
     "forward".into()
+}
+
+/// Source schema changes seen by the applier (from `ferry.events`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaChanges {
+    /// DDL messages applied to the target.
+    pub ddl_applied: u64,
+    /// Parts recorded as not carried (event kind `ddl_not_carried`).
+    pub ddl_not_carried: u64,
+    /// The newest of those, as recorded.
+    pub last_not_carried: Option<String>,
 }
 
 impl Status {
@@ -240,6 +255,7 @@ impl Status {
             validation: Vec::new(),
             validating: false,
             direction: forward(),
+            schema_changes: None,
         }
     }
 
@@ -390,6 +406,18 @@ pub fn render_table(s: &Status) -> String {
     }
     if let Some(e) = &s.last_error {
         let _ = writeln!(out, "error     {e}");
+    }
+    if let Some(d) = &s.schema_changes {
+        let _ = writeln!(
+            out,
+            "ddl       {} applied, {} not carried{}",
+            d.ddl_applied,
+            d.ddl_not_carried,
+            d.last_not_carried
+                .as_ref()
+                .map(|m| format!(" (latest: {m}; all in ferry.events)"))
+                .unwrap_or_default()
+        );
     }
     if let Some(c) = &s.cutover {
         let freeze = c

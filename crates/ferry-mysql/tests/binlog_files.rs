@@ -144,6 +144,7 @@ fn lines(items: &[Decoded]) -> Vec<String> {
                     format!("D {table} {}", row(old.row()))
                 }
                 Event::Change(Change::Truncate { tables, .. }) => format!("T {tables:?}"),
+                Event::Ddl(_) => "DDL message".into(),
             },
         })
         .collect()

@@ -9,6 +9,8 @@
 //!   with typed values from the text tuple format.
 //! - [`stream`]: the task that reads the slot, decodes and hands events to
 //!   the applier over a bounded channel, reporting the acknowledged position.
+//! - [`ddl_capture`]: event triggers that write schema changes into the WAL
+//!   (`postgres.capture_ddl`); [`ddl_text`] reads `USING` out of the text.
 //! - [`source`]: all of the above behind the source seam
 //!   ([`ferry_core::source::Source`]) for the generic pipeline; [`partitions`]:
 //!   the partition watch (what the log cannot carry).
@@ -20,6 +22,8 @@
 
 pub mod catalog;
 pub mod connect;
+pub mod ddl_capture;
+mod ddl_text;
 pub mod decode;
 pub mod dump;
 pub mod fallback;

@@ -16,7 +16,9 @@
 //! selected table, a usable replica identity for tables without a primary
 //! key, unlogged tables, and slot/publication name conflicts; with
 //! `postgres.existing_slot`, that the slot created beforehand exists, is
-//! logical with pgoutput on this database and has no other consumer.
+//! logical with pgoutput on this database and has no other consumer; what
+//! `postgres.capture_ddl` installs and whether the role may (event
+//! triggers: superuser or `rds_superuser`; PostgreSQL 14+).
 
 use ferry_core::config::Config;
 use ferry_core::plan::{Check, SourcePlan, TablePlan};
@@ -32,6 +34,7 @@ use crate::dump;
 use crate::replication::STREAMING_SINCE;
 use crate::slot::{PARTITION_ROOT_SINCE, insert_only_publication};
 
+mod ddl_capture;
 mod existing_slot;
 
 const SIDE: &str = "source";
@@ -104,6 +107,8 @@ async fn run_checks(
     plan.checks
         .extend(capacity_checks(client, config, slot).await?);
     plan.checks.push(replication_role_check(client).await?);
+    plan.checks
+        .push(ddl_capture::ddl_capture_check(client, config, version_num).await?);
     plan.checks
         .extend(name_conflict_checks(client, config, slot).await?);
     let filter = config.tables.filter().map_err(|e| {

@@ -348,6 +348,12 @@ impl source::Source for PgSource {
             )
             .await?;
         }
+        // Before the slot: every DDL after its consistent point is in the
+        // stream, everything before it is in the snapshot.
+        if self.config.postgres.capture_ddl {
+            crate::ddl_capture::install(&source, &self.config).await?;
+            info!("DDL capture installed on the source (event triggers ferry_ddl_*)");
+        }
         let conn = ReplicationConnection::connect(&self.config.source).await?;
         let created = if self.config.postgres.existing_slot {
             crate::slot::snapshot_existing_slot(conn, &source, slot).await?
@@ -421,6 +427,13 @@ impl source::Source for PgSource {
         let source = Arc::new(self.client().await?);
         let pg = &self.config.postgres;
         crate::slot::verify_slot(&source, &pg.slot, from).await?;
+        // Refreshed on every start (the functions carry the tables filter);
+        // withdrawn consent removes it.
+        if pg.capture_ddl {
+            crate::ddl_capture::install(&source, &self.config).await?;
+        } else if crate::ddl_capture::remove(&source, &self.config).await? {
+            info!("DDL capture removed from the source (postgres.capture_ddl is off)");
+        }
         let conn = ReplicationConnection::connect(&self.config.source).await?;
         let mut config = StreamConfig::new(&pg.slot, &pg.publication, from);
         config.proto_version = pg.proto_version;
@@ -506,18 +519,23 @@ impl source::Source for PgSource {
         } else {
             "dropped slot and publication".to_owned()
         };
-        if keep {
-            return Ok(Released {
-                dropped: false,
-                note,
-            });
-        }
         let source = self.client().await?;
         // A fenced source database defaults new sessions to read-only.
         source
             .batch_execute("SET default_transaction_read_only = off")
             .await
             .map_err(|e| query_error("preparing to drop the slot and publication", e))?;
+        // The DDL capture goes in every case: nothing reads its messages
+        // after the cutover.
+        if crate::ddl_capture::remove(&source, &self.config).await? {
+            info!("DDL capture removed from the source (event triggers ferry_ddl_*)");
+        }
+        if keep {
+            return Ok(Released {
+                dropped: false,
+                note,
+            });
+        }
         if !pg.existing_slot {
             drop_slot_once_released(&source, &pg.slot).await?;
         }

@@ -146,6 +146,7 @@ fn render(events: &[Event<Lsn>]) -> Vec<String> {
             Event::Begin { .. } => "BEGIN".into(),
             Event::Commit { .. } => "COMMIT".into(),
             Event::Heartbeat { .. } => "HEARTBEAT".into(),
+            Event::Ddl(m) => format!("DDL {} tables", m.tables.len()),
             Event::Change(Change::Insert { table, new }) => {
                 format!("  INSERT {table}: {}", render_row(new))
             }

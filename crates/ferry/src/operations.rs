@@ -112,6 +112,7 @@ async fn recorded_status(config: &Config) -> anyhow::Result<Status> {
     s.validation = crate::validate::store::latest(&target, &state)
         .await
         .unwrap_or_default();
+    s.schema_changes = crate::pipeline::live::schema_changes(&target, &state).await;
     Ok(s)
 }
 
@@ -402,8 +403,8 @@ pub async fn cleanup(config: &Config, state: bool) -> anyhow::Result<Outcome> {
     cleanup_state(config, state).await
 }
 
-/// The PostgreSQL source's part of `ferry cleanup`: ferry's slot and
-/// publication.
+/// The PostgreSQL source's part of `ferry cleanup`: ferry's slot,
+/// publication and DDL capture (event triggers).
 #[allow(clippy::print_stdout)]
 async fn cleanup_postgres_source(config: &Config) -> anyhow::Result<()> {
     let source = ferry_postgres::connect::connect(&config.source, "source").await?;
@@ -416,6 +417,11 @@ async fn cleanup_postgres_source(config: &Config) -> anyhow::Result<()> {
         format!("replication slot '{slot}' did not exist")
     };
     ferry_postgres::slot::drop_publication(&source, &config.postgres.publication).await?;
+    if ferry_postgres::ddl_capture::remove(&source, config).await? {
+        println!(
+            "source: DDL capture removed (event triggers ferry_ddl_before, ferry_ddl_end, ferry_ddl_drop and their functions)"
+        );
+    }
     println!(
         "source: {slot_said}; publication '{}' dropped if ferry created it",
         config.postgres.publication

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ferry_core::ddl::DdlMessage;
 use ferry_core::value::Timestamp;
 use ferry_core::{Change, TableId, TableSchema};
 
@@ -53,6 +54,8 @@ pub fn should_flush(i: &FlushInput) -> bool {
 pub(super) enum TxnItem {
     Relation(Arc<TableSchema>),
     Change(Change),
+    /// A schema change at its place ([`crate::schema_sync`]).
+    Ddl(Arc<DdlMessage>),
 }
 
 /// The batch being built.
@@ -132,6 +135,10 @@ pub struct ApplyStats {
     /// Changes of keyed tables applied in source order instead of folded
     /// (the target has another unique or exclusion constraint).
     pub source_order_changes: AtomicU64,
+    /// Source schema changes applied (`postgres.capture_ddl`).
+    pub ddl_applied: AtomicU64,
+    /// Parts of source schema changes recorded as not carried.
+    pub ddl_not_carried: AtomicU64,
     per_table: Mutex<BTreeMap<TableId, u64>>,
     last_applied: Mutex<Option<(String, Timestamp)>>,
 }

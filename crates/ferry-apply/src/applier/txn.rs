@@ -69,6 +69,10 @@ impl TargetTxn {
         }
     }
 
+    pub fn state(&self) -> &StateStore {
+        &self.state
+    }
+
     pub fn client(&self) -> &Client {
         &self.client
     }

@@ -16,6 +16,10 @@ pub struct PostgresSourceConfig {
     pub publication: String,
     /// pgoutput protocol version (1, or 2 for streaming of large transactions).
     pub proto_version: u32,
+    /// Carry schema changes: ferry installs event triggers on the source
+    /// that write each DDL command into the WAL (see `ferry plan`; needs
+    /// superuser, on RDS/Aurora `rds_superuser`, and PostgreSQL 14+).
+    pub capture_ddl: bool,
 }
 
 impl Default for PostgresSourceConfig {
@@ -25,6 +29,7 @@ impl Default for PostgresSourceConfig {
             existing_slot: false,
             publication: "ferry".into(),
             proto_version: 2,
+            capture_ddl: false,
         }
     }
 }

@@ -431,3 +431,21 @@ fn target_tables_modes_from_file_and_env() {
     let text = format!("{BASIC}[target_tables]\nmode = \"nothing\"\n");
     assert!(Config::from_parts(&text, "test", env(&[])).is_err());
 }
+
+#[test]
+fn capture_ddl_is_refused_with_existing_target_tables() {
+    let text = "[source]\nurl = \"postgres://a@h/d\"\n[target]\nurl = \"postgres://a@h/e\"\n[postgres]\ncapture_ddl = true\n[target_tables]\nmode = \"existing\"\n";
+    let err = Config::from_parts(text, "test", Vec::new())
+        .and_then(|c| c.validate().map(|()| c))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("postgres.capture_ddl cannot be combined"),
+        "{err}"
+    );
+    let ok = text.replace("mode = \"existing\"", "mode = \"create\"");
+    Config::from_parts(&ok, "test", Vec::new())
+        .unwrap()
+        .validate()
+        .unwrap();
+}

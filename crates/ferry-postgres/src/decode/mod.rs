@@ -7,7 +7,9 @@
 //! position is the commit's *end* LSN (the position to checkpoint and
 //! acknowledge: after a restart the server skips every transaction whose
 //! commit end is at or before the start position), and `Heartbeat` for
-//! `pg_logical_emit_message(false, 'ferry.heartbeat', …)`.
+//! `pg_logical_emit_message(false, 'ferry.heartbeat', …)`, and `Ddl` for
+//! the transactional `ferry.ddl` messages of the DDL capture
+//! ([`crate::ddl_capture`]), at their place inside their transaction.
 //!
 //! Streamed transactions (v2) are buffered per xid in [`streamed`] and come
 //! out as a [`Step::Replay`] on Stream Commit; the caller feeds each replayed
@@ -49,6 +51,7 @@ use ferry_core::{
     Change, Column, Event, Lsn, OldRow, ReplicaIdentity, Row, TableId, TableSchema, Value,
 };
 
+use ferry_core::ddl::{DDL_PREFIX, DdlMessage};
 use message::{Message, RelationColumn, TupleValue};
 pub use streamed::Replay;
 pub use types::{CustomKind, CustomType, Missing, TypeCache, TypeResolver, ValueKind};
@@ -93,6 +96,8 @@ pub enum DecodeError {
     },
     #[error("table {table} column {column}: binary tuple data is not supported")]
     Binary { table: TableId, column: String },
+    #[error("DDL message from the source event trigger is not valid: {0}")]
+    Ddl(String),
     #[error("spilling a streamed transaction to disk: {0}")]
     Spill(#[source] std::io::Error),
 }
@@ -110,6 +115,22 @@ impl DecodeError {
             ),
         }
     }
+}
+
+/// A `ferry.ddl` message ([`crate::ddl_capture`]): the catalog state as
+/// JSON, plus the statement text for `ALTER TABLE` (read for type changes,
+/// [`crate::ddl_text`], then dropped: it is never logged).
+fn ddl_message(content: &[u8]) -> Result<DdlMessage, DecodeError> {
+    #[derive(serde::Deserialize)]
+    struct Text {
+        query: Option<String>,
+    }
+    let mut msg: DdlMessage =
+        serde_json::from_slice(content).map_err(|e| DecodeError::Ddl(e.to_string()))?;
+    let text: Text =
+        serde_json::from_slice(content).map_err(|e| DecodeError::Ddl(e.to_string()))?;
+    crate::ddl_text::annotate(&mut msg, text.query.as_deref());
+    Ok(msg)
 }
 
 /// What one message produced.
@@ -369,6 +390,12 @@ impl Decoder {
                 position: Lsn(lsn),
                 time: send_time,
             },
+            Message::LogicalMessage {
+                transactional: true,
+                prefix,
+                content,
+                ..
+            } if prefix == DDL_PREFIX => Event::Ddl(Arc::new(ddl_message(content)?)),
             // Origin, Type (names come from the catalog), other logical
             // messages, and stream control outside a stream: nothing to emit.
             _ => return Ok(Vec::new()),

@@ -203,6 +203,9 @@ pub fn reverse_config(config: &Config, carried: &[(TableId, TableId)]) -> anyhow
     r.postgres.slot = pg::reverse_slot(&config.postgres.slot);
     r.postgres.publication = pg::reverse_publication(&config.postgres.publication);
     r.postgres.existing_slot = false;
+    // Schema changes on the new database are not carried back (no event
+    // triggers are installed there; see the README's limits).
+    r.postgres.capture_ddl = false;
     Ok(r)
 }
 

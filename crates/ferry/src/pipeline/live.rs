@@ -88,6 +88,8 @@ pub struct Live<P: Position> {
     pub validating: AtomicBool,
     /// The newest validation result per table, as the target holds it.
     validation: Mutex<Vec<TableValidation>>,
+    /// Schema changes carried / not carried (`ferry.events`).
+    schema_changes: Mutex<Option<ferry_monitor::status::SchemaChanges>>,
     /// The run's token: a finished cutover cancels it.
     shutdown: Shutdown,
     /// Stops the background tasks once the pipeline has finished.
@@ -122,6 +124,7 @@ impl<P: Position> Live<P> {
             finish: Mutex::new(None),
             validating: AtomicBool::new(false),
             validation: Mutex::new(Vec::new()),
+            schema_changes: Mutex::new(None),
             shutdown,
             stop: Shutdown::new(),
         })
@@ -313,6 +316,7 @@ impl<P: Position> Live<P> {
         s.cutover = lock(&self.last_cutover, |c| c.clone());
         s.validation = lock(&self.validation, |v| v.clone());
         s.validating = self.validating.load(Ordering::Acquire);
+        s.schema_changes = lock(&self.schema_changes, |d| d.clone());
         s
     }
 }
@@ -471,7 +475,22 @@ async fn refresh_tables<P: Position>(
         );
     }
     lock(&live.validation, |v| *v = validation);
+    let ddl = schema_changes(dst, &live.state).await;
+    lock(&live.schema_changes, |d| *d = ddl);
     Ok(())
+}
+
+/// The schema-change figures of status, from `ferry.events`.
+pub(crate) async fn schema_changes(
+    dst: &tokio_postgres::Client,
+    state: &ferry_apply::StateStore,
+) -> Option<ferry_monitor::status::SchemaChanges> {
+    let (applied, not_carried, last) = ferry_apply::schema_sync::recorded(dst, state).await.ok()?;
+    (applied + not_carried > 0).then_some(ferry_monitor::status::SchemaChanges {
+        ddl_applied: applied,
+        ddl_not_carried: not_carried,
+        last_not_carried: last,
+    })
 }
 
 /// Record where the control API listens, so `ferry status` and `ferry

@@ -199,7 +199,8 @@ fn supervise_context<P: Position>(config: &Config, live: &Arc<Live<P>>) -> Super
 }
 
 /// Run inline in the reader ([`ChangeOptions::map`]) on every event: each
-/// transaction is recorded as received, for the lag figures; with existing
+/// transaction is recorded as received, for the lag figures; each carried
+/// schema change updates the list of carried tables; with existing
 /// target tables, each `Relation` gets the target's column names and types
 /// (`Mapping::view`; values are converted where they are written) and each
 /// change loses the values of excluded columns (`Mapping::project_change`). (Changes
@@ -209,7 +210,15 @@ fn event_map<P: Position>(
     live: Arc<Live<P>>,
     mapping: Option<Arc<Mapping>>,
 ) -> impl FnMut(Event<P>) -> Option<Event<P>> + Send + 'static {
+    let schema_sync = ferry_apply::schema_sync::SchemaSync::new(live.config.tables.clone(), true);
     move |event| {
+        if let Event::Ddl(msg) = &event
+            && let Ok(mut carried) = live.carried.lock()
+        {
+            // The cutover's row counts and status follow carried renames,
+            // drops and new tables.
+            schema_sync.follow(&mut carried, msg);
+        }
         let event = match (event, &mapping) {
             (Event::Relation(schema), Some(m)) => Event::Relation(Arc::new(m.view(&schema))),
             (Event::Change(c), Some(m)) => Event::Change(m.project_change(c)),

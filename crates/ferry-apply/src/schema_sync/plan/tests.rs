@@ -1,0 +1,290 @@
+use std::collections::BTreeMap;
+
+use ferry_core::ddl::{Before, ConstraintState, IndexState};
+
+use super::*;
+
+fn col(attnum: i16, name: &str, ty: &str) -> ColumnState {
+    ColumnState {
+        attnum,
+        name: name.into(),
+        type_name: ty.into(),
+        ..ColumnState::default()
+    }
+}
+
+fn tcol(name: &str, ty: &str) -> TargetColumn {
+    TargetColumn {
+        name: name.into(),
+        type_name: ty.into(),
+        ..TargetColumn::default()
+    }
+}
+
+fn state(columns: Vec<ColumnState>, before: &[(i16, &str)]) -> TableState {
+    TableState {
+        schema: "public".into(),
+        name: "orders".into(),
+        kind: "r".into(),
+        replident: "d".into(),
+        columns,
+        before: (!before.is_empty()).then(|| Before {
+            schema: "public".into(),
+            name: "orders".into(),
+            parent: None,
+            columns: before
+                .iter()
+                .map(|(n, c)| (n.to_string(), c.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            objects: BTreeMap::new(),
+        }),
+        ..TableState::default()
+    }
+}
+
+fn target(columns: Vec<TargetColumn>, has_rows: bool) -> TargetTable {
+    TargetTable {
+        columns,
+        replident: "d".into(),
+        has_rows,
+        ..TargetTable::default()
+    }
+}
+
+const OPTS: Options = Options { foreign_keys: true };
+
+fn id() -> TableId {
+    TableId::new("app", "Orders")
+}
+
+#[test]
+fn renames_drops_adds_and_retypes() {
+    // (case, source state, target, expected statements)
+    let mut retyped = state(
+        vec![col(1, "id", "bigint"), col(3, "amount", "numeric(12,2)")],
+        &[],
+    );
+    retyped
+        .type_changes
+        .insert("amount".into(), Some("amount / 100.0".into()));
+    let mut added = col(4, "status", "text");
+    added.not_null = true;
+    added.default = Some("'new'::text".into());
+    added.missing = Some("new".into());
+    let mut stamped = col(5, "seen", "timestamp with time zone");
+    stamped.default = Some("now()".into());
+    stamped.missing = Some("2026-12-02 08:00:00+00".into());
+    let cases: Vec<(&str, TableState, TargetTable, Vec<&str>)> = vec![
+        (
+            "rename by attnum",
+            state(
+                vec![col(1, "id", "bigint"), col(2, "remark", "text")],
+                &[(1, "id"), (2, "note")],
+            ),
+            target(vec![tcol("id", "bigint"), tcol("note", "text")], true),
+            vec![r#"ALTER TABLE "app"."Orders" RENAME COLUMN "note" TO "remark""#],
+        ),
+        (
+            "drop",
+            state(vec![col(1, "id", "bigint")], &[(1, "id"), (2, "legacy")]),
+            target(vec![tcol("id", "bigint"), tcol("legacy", "text")], true),
+            vec![r#"ALTER TABLE "app"."Orders" DROP COLUMN "legacy""#],
+        ),
+        (
+            "retype with USING",
+            retyped,
+            target(vec![tcol("id", "bigint"), tcol("amount", "integer")], true),
+            vec![
+                r#"ALTER TABLE "app"."Orders" ALTER COLUMN "amount" TYPE numeric(12,2) USING amount / 100.0"#,
+            ],
+        ),
+        (
+            "NOT NULL with a default: existing rows get the source's value",
+            state(vec![col(1, "id", "bigint"), added, stamped], &[]),
+            target(vec![tcol("id", "bigint")], true),
+            vec![
+                r#"ALTER TABLE "app"."Orders" ADD COLUMN "status" text DEFAULT 'new'::text NOT NULL"#,
+                r#"ALTER TABLE "app"."Orders" ALTER COLUMN "status" SET DEFAULT 'new'::text"#,
+                r#"ALTER TABLE "app"."Orders" ADD COLUMN "seen" timestamp with time zone DEFAULT '2026-12-02 08:00:00+00'::timestamp with time zone"#,
+                r#"ALTER TABLE "app"."Orders" ALTER COLUMN "seen" SET DEFAULT now()"#,
+            ],
+        ),
+    ];
+    for (name, src, tgt, want) in cases {
+        let got = alter_table(&src, &id(), &tgt, OPTS).unwrap();
+        assert_eq!(got.statements, want, "{name}");
+    }
+}
+
+#[test]
+fn unknown_conversions_and_volatile_defaults_stop() {
+    let src = state(
+        vec![col(1, "id", "bigint"), col(2, "amount", "numeric")],
+        &[],
+    );
+    let tgt = target(vec![tcol("id", "bigint"), tcol("amount", "integer")], true);
+    let e = alter_table(&src, &id(), &tgt, OPTS).unwrap_err();
+    assert!(
+        e.what.contains("changed type from integer to numeric"),
+        "{e:?}"
+    );
+    assert!(e.fix.contains("USING"), "{e:?}");
+
+    let mut v = col(2, "token", "uuid");
+    v.default = Some("gen_random_uuid()".into());
+    let src = state(vec![col(1, "id", "bigint"), v.clone()], &[]);
+    let e = alter_table(&src, &id(), &target(vec![tcol("id", "bigint")], true), OPTS).unwrap_err();
+    assert!(e.what.contains("volatile DEFAULT"), "{e:?}");
+    // On an empty table nothing had to be computed.
+    let ok = alter_table(
+        &src,
+        &id(),
+        &target(vec![tcol("id", "bigint")], false),
+        OPTS,
+    )
+    .unwrap();
+    assert_eq!(
+        ok.statements,
+        vec![r#"ALTER TABLE "app"."Orders" ADD COLUMN "token" uuid DEFAULT gen_random_uuid()"#]
+    );
+}
+
+#[test]
+fn constraints_and_indexes_by_name() {
+    let mut src = state(vec![col(1, "id", "bigint")], &[]);
+    src.constraints = vec![
+        ConstraintState {
+            oid: 1,
+            name: "orders_pkey".into(),
+            kind: "p".into(),
+            def: "PRIMARY KEY (id)".into(),
+            references: None,
+        },
+        ConstraintState {
+            oid: 2,
+            name: "orders_fk".into(),
+            kind: "f".into(),
+            def: "FOREIGN KEY (id) REFERENCES public.x(id)".into(),
+            references: None,
+        },
+    ];
+    src.indexes = vec![IndexState {
+        oid: 3,
+        name: "orders_id_idx".into(),
+        def: "CREATE INDEX orders_id_idx ON public.orders USING btree (id) WHERE (id > 0)".into(),
+        comment: None,
+    }];
+    let mut tgt = target(vec![tcol("id", "bigint")], true);
+    tgt.constraints = vec![("orders_pkey".into(), "PRIMARY KEY (id)".into())];
+    let got = alter_table(&src, &id(), &tgt, OPTS).unwrap();
+    assert_eq!(
+        got.statements,
+        vec![
+            r#"ALTER TABLE "app"."Orders" ADD CONSTRAINT "orders_fk" FOREIGN KEY (id) REFERENCES public.x(id)"#,
+            r#"CREATE INDEX "orders_id_idx" ON "app"."Orders" USING btree (id) WHERE (id > 0)"#,
+        ]
+    );
+    // No-replica-role mode: the foreign key is recorded, not created.
+    let got = alter_table(
+        &src,
+        &id(),
+        &tgt,
+        Options {
+            foreign_keys: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(got.statements.len(), 1);
+    assert!(
+        got.not_carried[0].contains("orders_fk"),
+        "{:?}",
+        got.not_carried
+    );
+    // Present with the same definition: nothing.
+    tgt.constraints.push((
+        "orders_fk".into(),
+        "FOREIGN KEY (id) REFERENCES public.x(id) NOT VALID".into(),
+    ));
+    tgt.indexes.push((
+        "orders_id_idx".into(),
+        "USING btree (id) WHERE (id > 0)".into(),
+    ));
+    assert!(
+        alter_table(&src, &id(), &tgt, OPTS)
+            .unwrap()
+            .statements
+            .is_empty()
+    );
+}
+
+#[test]
+fn index_definitions_move_to_the_target_name() {
+    let t = TableId::new("archive", "Old Orders");
+    assert_eq!(
+        index_sql(
+            "CREATE UNIQUE INDEX \"Idx\" ON ONLY public.orders USING btree (lower(customer))",
+            "Idx",
+            &t
+        )
+        .as_deref(),
+        Some(
+            r#"CREATE UNIQUE INDEX "Idx" ON ONLY "archive"."Old Orders" USING btree (lower(customer))"#
+        )
+    );
+    assert_eq!(
+        index_sql("CREATE INDEX other ON public.t USING btree (a)", "idx", &t),
+        None
+    );
+}
+
+#[test]
+fn new_tables_and_partitions() {
+    let mut src = state(vec![col(1, "id", "bigint"), col(2, "at", "date")], &[]);
+    src.partkey = Some("RANGE (at)".into());
+    src.kind = "p".into();
+    src.comment = Some("it's".into());
+    let plan = create_table(&src, &id(), None, OPTS);
+    assert_eq!(
+        plan.statements,
+        vec![
+            r#"CREATE SCHEMA IF NOT EXISTS "app""#.to_owned(),
+            "CREATE TABLE \"app\".\"Orders\" (\n    \"id\" bigint,\n    \"at\" date\n) PARTITION BY RANGE (at)".to_owned(),
+            r#"COMMENT ON TABLE "app"."Orders" IS 'it''s'"#.to_owned(),
+        ]
+    );
+    let mut child = state(vec![col(1, "id", "bigint")], &[]);
+    child.parent = Some(ferry_core::ddl::PartitionRef {
+        schema: "public".into(),
+        name: "orders".into(),
+        bound: "FOR VALUES FROM ('2027-01-01') TO ('2028-01-01')".into(),
+    });
+    let parent = TableId::new("app", "Orders");
+    let plan = create_table(&child, &TableId::new("app", "o27"), Some(&parent), OPTS);
+    assert_eq!(
+        plan.statements[1],
+        r#"CREATE TABLE "app"."o27" PARTITION OF "app"."Orders" FOR VALUES FROM ('2027-01-01') TO ('2028-01-01')"#
+    );
+}
+
+#[test]
+fn without_the_names_before_a_rename_is_not_guessed() {
+    let src = state(vec![col(1, "id", "bigint"), col(2, "remark", "text")], &[]);
+    let tgt = target(vec![tcol("id", "bigint"), tcol("note", "text")], true);
+    let e = alter_table(&src, &id(), &tgt, OPTS).unwrap_err();
+    assert!(
+        e.what.contains("cannot be told from a drop and an add"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn names_quoted_as_the_server_prints_them() {
+    assert_eq!(
+        server_quoted(&TableId::new("public", "orders")),
+        "public.orders"
+    );
+    assert_eq!(
+        server_quoted(&TableId::new("Sales", "order items")),
+        r#""Sales"."order items""#
+    );
+}

@@ -1,0 +1,796 @@
+//! Issue 19: schema changes carried for PostgreSQL sources
+//! (`postgres.capture_ddl = true`), through the CLI with writes running.
+//!
+//! An application "deploy" runs mid-stream while a writer keeps inserting,
+//! updating and deleting: a NOT NULL column added with a default and
+//! backfilled, a column renamed, a type changed with `USING`, a column
+//! dropped, a table created and written to (in its creating transaction and
+//! afterwards), an index added and another dropped, a partition attached, an
+//! enum value added and used, comments, a sequence, and a view (not carried:
+//! recorded in `ferry.events`). ferry is killed with `kill -9` in the middle
+//! of the deploy and restarted. Then: exact comparison of every row and of
+//! the schemas (`pg_dump --schema-only` of both sides, normalized, ferry's
+//! state schema left out), a fenced cutover, and the event triggers gone
+//! from the source.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry_e2e::migration::{LONG, Migration, target_options};
+use ferry_e2e::pgsync;
+use ferry_testkit::{PgOptions, PgServer};
+
+const SCHEMA: &str = "
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TABLE orders (
+    id bigserial PRIMARY KEY,
+    customer text NOT NULL,
+    amount_cents integer NOT NULL DEFAULT 0,
+    note text,
+    legacy text,
+    m mood DEFAULT 'ok',
+    created timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO orders (customer, amount_cents, note, legacy, created)
+SELECT 'c' || g, g * 137, 'n' || g, 'l' || g, timestamptz '2026-01-01 00:00:00+00' + g * interval '1 hour'
+FROM generate_series(1, 500) g;
+CREATE INDEX orders_legacy_idx ON orders (legacy);
+CREATE TABLE events (id bigint NOT NULL, at date NOT NULL, what text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO events SELECT g, date '2026-01-01' + (g % 300), 'e' || g FROM generate_series(1, 300) g;
+";
+
+/// Statements valid before, during and after the deploy.
+fn write(i: u64) -> String {
+    let mut s = format!(
+        "INSERT INTO orders (customer) VALUES ('w{i}');
+         UPDATE orders SET customer = customer || '.' WHERE id = {k};
+         INSERT INTO events (id, at, what) VALUES ({e}, date '2026-01-01' + {d}, 'w');",
+        k = i % 500 + 1,
+        e = 100_000 + i,
+        d = i % 365,
+    );
+    if i.is_multiple_of(3) && i > 2 {
+        s.push_str(&format!(
+            "DELETE FROM orders WHERE customer = 'w{}';",
+            i - 2
+        ));
+    }
+    s
+}
+
+/// A writer on its own session until stopped (reconnects after errors,
+/// e.g. the cutover fence); counts commits.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    committed: Arc<AtomicU64>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(url: &str, statement: fn(u64) -> String) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let committed = Arc::new(AtomicU64::new(0));
+        let (url, s, c) = (url.to_owned(), stop.clone(), committed.clone());
+        let handle = std::thread::spawn(move || {
+            pgsync::runtime().block_on(async move {
+                let mut i = 0u64;
+                while !s.load(Ordering::Relaxed) {
+                    let Ok(client) = pgsync::connect(&url).await else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
+                    while !s.load(Ordering::Relaxed) {
+                        i += 1;
+                        let sql = format!("BEGIN; {} COMMIT;", statement(i));
+                        if client.batch_execute(&sql).await.is_err() {
+                            let _ = client.batch_execute("ROLLBACK").await;
+                            break;
+                        }
+                        c.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            });
+        });
+        Writer {
+            stop,
+            committed,
+            handle,
+        }
+    }
+
+    fn wait_for(&self, n: u64) {
+        let start = Instant::now();
+        let target = self.committed.load(Ordering::Relaxed) + n;
+        while self.committed.load(Ordering::Relaxed) < target {
+            assert!(start.elapsed() < LONG, "the writer stalled");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap();
+        self.committed.load(Ordering::Relaxed)
+    }
+}
+
+/// One simple-query message: the statements run as one transaction and
+/// `current_query()` holds all of them (as many migration tools send them).
+fn deploy(url: &str, sql: &str) {
+    pgsync::runtime().block_on(async {
+        let c = pgsync::connect(url).await.expect("source");
+        c.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("deploy step failed: {e:?}\n{sql}"));
+    });
+}
+
+/// `pg_dump --schema-only` of the application's schema `public` (not
+/// ferry's state schema, nor its publication and event triggers), normalized:
+/// no comments, session settings or blank lines.
+fn schema_dump(server: &PgServer, db: &str) -> String {
+    let pg_dump = ferry_testkit::pg_dump_for(server.major()).expect("a pg_dump for the server");
+    let out = Command::new(pg_dump)
+        .args([
+            "--schema-only",
+            "--no-owner",
+            "--no-privileges",
+            "--no-publications",
+        ])
+        .args(["--no-subscriptions", "-n", "public"])
+        .args(["-h", "127.0.0.1", "-p", &server.port().to_string()])
+        .args(["-U", ferry_testkit::ADMIN_USER, "-d", db])
+        .env("PGPASSWORD", ferry_testkit::ADMIN_PASSWORD)
+        .output()
+        .expect("pg_dump");
+    assert!(
+        out.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            !(l.is_empty()
+                || l.starts_with("--")
+                || l.starts_with("SET ")
+                || l.starts_with("SELECT pg_catalog.set_config")
+                || l.starts_with("\\restrict")
+                || l.starts_with("\\unrestrict"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Wait until everything the source committed so far is applied; fail
+/// with ferry's log if it exits first.
+fn caught_up(p: &Migration, ferry: &mut ferry_e2e::Background) {
+    let lsn = pgsync::runtime().block_on(async {
+        let c = pgsync::connect(&p.source_url).await.unwrap();
+        pgsync::insert_lsn(&c).await.unwrap()
+    });
+    p.wait_until(ferry, "never caught up", || {
+        pgsync::runtime().block_on(async {
+            let Ok(t) = pgsync::connect(&p.target_url).await else {
+                return false;
+            };
+            pgsync::applied_lsn(&t)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|a| a >= lsn)
+        })
+    });
+}
+
+fn source_i64(p: &Migration, sql: &str) -> i64 {
+    pgsync::runtime().block_on(async {
+        let c = pgsync::connect(&p.source_url).await.unwrap();
+        c.query_one(sql, &[]).await.unwrap().get(0)
+    })
+}
+
+#[test]
+fn application_deploy_mid_stream_is_carried_exactly_through_cutover() {
+    deploy_through_cutover(PgOptions::new(), target_options());
+}
+
+/// The same deploy from PostgreSQL 14 (the oldest with logical messages
+/// in pgoutput) into 18 (NOT NULL constraints in the catalog).
+#[test]
+fn application_deploy_from_14_into_18() {
+    deploy_through_cutover(PgOptions::new().version(14), target_options().version(18));
+}
+
+fn deploy_through_cutover(source: PgOptions, target: PgOptions) {
+    let p = Migration::new(source, target, SCHEMA).env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+
+    // Consent: plan says what it installs.
+    let plan = p.ferry(&["plan"]);
+    assert_eq!(plan.code, Some(0), "{}", plan.all());
+    for needle in [
+        "ferry_ddl_end (ddl_command_end)",
+        "ferry_ddl_drop (sql_drop)",
+        "pg_logical_emit_message(true, 'ferry.ddl'",
+    ] {
+        assert!(plan.stdout.contains(needle), "{needle}:\n{}", plan.all());
+    }
+
+    let writer = Writer::start(&p.source_url, write);
+    let mut ferry = p.start("run0");
+    p.wait_phase(&mut ferry, "stream");
+    assert_eq!(
+        source_i64(
+            &p,
+            "SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'ferry_ddl_%'"
+        ),
+        3,
+        "event triggers installed"
+    );
+    writer.wait_for(30);
+
+    let src = p.source_url.clone();
+    // A NOT NULL column with a default, then its backfill; a rename.
+    deploy(
+        &src,
+        "ALTER TABLE orders ADD COLUMN status text NOT NULL DEFAULT 'new';
+         ALTER TABLE orders ADD COLUMN seen timestamptz NOT NULL DEFAULT now();
+         UPDATE orders SET status = CASE WHEN id % 2 = 0 THEN 'paid' ELSE 'open' END WHERE id <= 300;",
+    );
+    writer.wait_for(20);
+    deploy(&src, "ALTER TABLE orders RENAME COLUMN note TO remark;");
+    // A type change with USING, in a string of several statements.
+    deploy(
+        &src,
+        "UPDATE orders SET remark = 'before retype' WHERE id = 3;
+         ALTER TABLE orders ALTER COLUMN amount_cents TYPE numeric(12,2) USING amount_cents / 100.0;
+         UPDATE orders SET remark = 'after retype' WHERE id = 4;",
+    );
+    writer.wait_for(20);
+
+    // Crash in the middle of the deploy: the restarted run resumes exactly.
+    caught_up(&p, &mut ferry);
+    ferry.kill9().unwrap();
+    deploy(
+        &src,
+        "ALTER TABLE orders DROP COLUMN legacy;
+         CREATE INDEX orders_customer_idx ON orders (customer);
+         CREATE INDEX orders_status_idx ON orders (status) WHERE status <> 'paid';",
+    );
+    let mut ferry = p.start("run1");
+    p.wait_phase(&mut ferry, "stream");
+    writer.wait_for(20);
+
+    // A new table, written to in its creating transaction and after.
+    deploy(
+        &src,
+        "CREATE TABLE invoices (
+             id bigserial PRIMARY KEY,
+             order_id bigint NOT NULL REFERENCES orders (id),
+             total numeric(12,2),
+             issued timestamptz DEFAULT now());
+         COMMENT ON TABLE invoices IS 'bills';
+         INSERT INTO invoices (order_id, total) SELECT id, amount_cents FROM orders WHERE id <= 50;",
+    );
+    deploy(
+        &src,
+        "INSERT INTO invoices (order_id, total) VALUES (60, 1.5), (61, 2.5);
+         UPDATE invoices SET total = total + 1 WHERE id <= 10;
+         DELETE FROM invoices WHERE id = 20;
+         DROP INDEX orders_customer_idx;
+         COMMENT ON COLUMN orders.status IS 'lifecycle';",
+    );
+    // A partition attached, then written through the parent.
+    deploy(
+        &src,
+        "CREATE TABLE events_2027 (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS);",
+    );
+    deploy(
+        &src,
+        "ALTER TABLE events ATTACH PARTITION events_2027 FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
+         INSERT INTO events VALUES (900001, '2027-03-01', 'next year'), (900002, '2027-12-31', 'eve');",
+    );
+    // An enum value added, then used.
+    deploy(&src, "ALTER TYPE mood ADD VALUE 'ecstatic' AFTER 'happy';");
+    deploy(
+        &src,
+        "UPDATE orders SET m = 'ecstatic' WHERE id IN (7, 8); CREATE SEQUENCE ticket_seq START 100 INCREMENT 5;",
+    );
+    // Not carried, and recorded: a view (created and dropped again).
+    deploy(
+        &src,
+        "CREATE VIEW paid_orders AS SELECT id FROM orders WHERE status = 'paid';",
+    );
+    deploy(&src, "DROP VIEW paid_orders;");
+    writer.wait_for(30);
+    let written = writer.stop();
+    assert!(written > 100, "the writer kept writing ({written})");
+
+    caught_up(&p, &mut ferry);
+    let tables = ["orders", "invoices", "events", "events_2026", "events_2027"];
+    p.compare(&tables);
+    let (s, t) = (
+        schema_dump(&p.source, &p.source_db),
+        schema_dump(&p.target, &p.target_db),
+    );
+    if s != t {
+        let _ = std::fs::write("/tmp/ddl_capture.source.sql", &s);
+        let _ = std::fs::write("/tmp/ddl_capture.target.sql", &t);
+        let diff: Vec<String> = s
+            .lines()
+            .zip(t.lines())
+            .filter(|(a, b)| a != b)
+            .take(10)
+            .map(|(a, b)| format!("source: {a}\ntarget: {b}"))
+            .collect();
+        panic!(
+            "schemas differ:\n{}\n--- source ---\n{s}\n--- target ---\n{t}\n--- ferry ---\n{}",
+            diff.join("\n"),
+            ferry.log()
+        );
+    }
+    let recorded = p
+        .target_i64(
+            "SELECT count(*) FROM ferry.events WHERE kind = 'ddl_not_carried' AND message LIKE '%paid_orders%'",
+        )
+        .unwrap_or(0);
+    assert!(recorded >= 2, "view create and drop recorded ({recorded})");
+    // The live status refreshes from the state every few seconds.
+    p.wait_until(&mut ferry, "status never showed the schema changes", || {
+        let ddl = &p.status()["schema_changes"];
+        ddl["ddl_applied"].as_u64().unwrap_or(0) >= 10
+            && ddl["ddl_not_carried"].as_u64().unwrap_or(0) >= 2
+    });
+    let text = p.ferry(&["status"]);
+    assert!(text.stdout.contains("not carried"), "{}", text.all());
+
+    p.fenced_cutover(ferry, "60s");
+    p.compare(&tables);
+    assert_eq!(
+        source_i64(
+            &p,
+            "SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'ferry_ddl_%'"
+        ),
+        0,
+        "cutover removed the event triggers"
+    );
+}
+
+const SCHEMA2: &str = "
+CREATE TABLE accounts (id int PRIMARY KEY, name text, balance int NOT NULL DEFAULT 0, region text DEFAULT 'eu');
+INSERT INTO accounts SELECT g, 'a' || g, g, 'eu' FROM generate_series(1, 200) g;
+CREATE INDEX accounts_name_idx ON accounts (name);
+CREATE TABLE logs (id bigserial PRIMARY KEY, account_id int REFERENCES accounts (id), msg text);
+CREATE TABLE old_stuff (id int PRIMARY KEY, v text);
+INSERT INTO old_stuff SELECT g, 'v' || g FROM generate_series(1, 20) g;
+CREATE TABLE scratch (id int PRIMARY KEY);
+CREATE TABLE m (id int NOT NULL, d date NOT NULL, PRIMARY KEY (id, d)) PARTITION BY RANGE (d);
+CREATE TABLE m_2025 PARTITION OF m FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE m_2026 PARTITION OF m FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO m SELECT g, date '2025-01-01' + g FROM generate_series(1, 600) g;
+";
+
+fn write2(i: u64) -> String {
+    format!(
+        "INSERT INTO logs (account_id, msg) VALUES ({a}, 'm{i}');
+         UPDATE accounts SET balance = balance + 1 WHERE id = {a};",
+        a = i % 200 + 1
+    )
+}
+
+/// Renames of tables, indexes and constraints, a CHECK added, a default
+/// dropped, NOT NULL set, `CREATE INDEX CONCURRENTLY`, a partition created
+/// with `PARTITION OF` and one detached, a table renamed and written to, a
+/// table dropped, `REPLICA IDENTITY FULL` — with a restart after the new
+/// names; then a column added with a volatile default to a table with rows
+/// stops the run with the fix, before anything of its transaction is
+/// applied.
+#[test]
+fn renames_drops_partitions_and_a_volatile_default_stop() {
+    let p = Migration::new(PgOptions::new(), target_options(), SCHEMA2)
+        .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    let writer = Writer::start(&p.source_url, write2);
+    let mut ferry = p.start("run0");
+    p.wait_phase(&mut ferry, "stream");
+    writer.wait_for(20);
+    let src = p.source_url.clone();
+    deploy(
+        &src,
+        "ALTER TABLE accounts ADD CONSTRAINT balance_nonneg CHECK (balance >= 0);
+         ALTER INDEX accounts_name_idx RENAME TO accounts_by_name;
+         ALTER TABLE accounts RENAME CONSTRAINT balance_nonneg TO balance_not_negative;
+         ALTER TABLE accounts ALTER COLUMN region DROP DEFAULT, ALTER COLUMN name SET NOT NULL;
+         ALTER TABLE accounts REPLICA IDENTITY FULL;",
+    );
+    deploy(
+        &src,
+        "CREATE INDEX CONCURRENTLY logs_msg_idx ON logs (msg);",
+    );
+    deploy(
+        &src,
+        "CREATE TABLE m_2027 PARTITION OF m FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
+         INSERT INTO m VALUES (1, '2027-05-05'), (2, '2027-06-06');",
+    );
+    deploy(&src, "ALTER TABLE m DETACH PARTITION m_2025;");
+    deploy(
+        &src,
+        "ALTER TABLE old_stuff RENAME TO older_stuff;
+         UPDATE older_stuff SET v = v || '!' WHERE id <= 5;
+         INSERT INTO older_stuff VALUES (100, 'new');
+         DROP TABLE scratch;",
+    );
+    writer.wait_for(20);
+    // Restart after the new names: the catalog and the state agree.
+    caught_up(&p, &mut ferry);
+    ferry.signal_and_wait(libc::SIGTERM, LONG).unwrap();
+    let mut ferry = p.start("run1");
+    p.wait_phase(&mut ferry, "stream");
+    deploy(
+        &src,
+        "INSERT INTO older_stuff VALUES (101, 'after restart');",
+    );
+    writer.wait_for(20);
+    let written = writer.stop();
+    assert!(written > 40, "the writer kept writing ({written})");
+    caught_up(&p, &mut ferry);
+    p.compare(&[
+        "accounts",
+        "logs",
+        "older_stuff",
+        "m",
+        "m_2025",
+        "m_2026",
+        "m_2027",
+    ]);
+    let (s, t) = (
+        schema_dump(&p.source, &p.source_db),
+        schema_dump(&p.target, &p.target_db),
+    );
+    if s != t {
+        let _ = std::fs::write("/tmp/ddl_capture2.source.sql", &s);
+        let _ = std::fs::write("/tmp/ddl_capture2.target.sql", &t);
+        panic!(
+            "schemas differ:\n--- source ---\n{s}\n--- target ---\n{t}\n--- ferry ---\n{}",
+            ferry.log()
+        );
+    }
+    // ferry's table list followed the rename and the drop.
+    let listed: Vec<String> = p.status()["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        listed.contains(&"public.older_stuff".to_owned()),
+        "{listed:?}"
+    );
+    assert!(
+        !listed.contains(&"public.old_stuff".to_owned()),
+        "{listed:?}"
+    );
+    assert!(!listed.contains(&"public.scratch".to_owned()), "{listed:?}");
+
+    // A volatile default on a table with rows cannot be carried exactly.
+    deploy(
+        &src,
+        "INSERT INTO accounts VALUES (1000, 'before', 0, 'x');
+         ALTER TABLE accounts ADD COLUMN token uuid DEFAULT gen_random_uuid();
+         INSERT INTO accounts VALUES (1001, 'after', 0, 'x');",
+    );
+    let code = ferry.wait(LONG).unwrap();
+    let log = std::fs::read_to_string(p.logs.path().join("run1.log")).unwrap_or_default();
+    assert_ne!(code, Some(0), "{log}");
+    assert!(
+        log.contains(
+            "column \"token\" was added to \"public\".\"accounts\" with a volatile DEFAULT"
+        ),
+        "{log}"
+    );
+    assert!(log.contains("ADD COLUMN \"token\" uuid"), "{log}");
+    assert_eq!(
+        p.target_i64("SELECT count(*) FROM accounts WHERE id IN (1000, 1001)"),
+        Some(0),
+        "nothing of the transaction is applied"
+    );
+}
+
+/// DDL inside a savepoint of the application's transaction (migration
+/// tools that wrap each step): the schema change still reaches the target
+/// before the rows written after it. Then the capture's lifecycle: a run
+/// without consent removes it, a run with it installs it, `ferry cleanup`
+/// removes it.
+#[test]
+fn ddl_inside_a_savepoint_keeps_its_place() {
+    let p = Migration::new(PgOptions::new(), target_options(), SCHEMA2)
+        .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    let mut ferry = p.start("run0");
+    p.wait_phase(&mut ferry, "stream");
+    deploy(
+        &p.source_url,
+        "BEGIN;
+         SAVEPOINT step1;
+         ALTER TABLE accounts ADD COLUMN flag boolean NOT NULL DEFAULT false;
+         RELEASE SAVEPOINT step1;
+         SAVEPOINT step2;
+         ALTER TABLE accounts RENAME COLUMN region TO area;
+         RELEASE SAVEPOINT step2;
+         UPDATE accounts SET flag = true, area = 'us' WHERE id <= 10;
+         COMMIT;",
+    );
+    caught_up(&p, &mut ferry);
+    p.compare(&["accounts"]);
+    assert_eq!(
+        schema_dump(&p.source, &p.source_db),
+        schema_dump(&p.target, &p.target_db)
+    );
+
+    // Consent withdrawn: the next run removes the capture; given again, it
+    // is back; `ferry cleanup` removes it.
+    let triggers = "SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'ferry_ddl_%'";
+    ferry.signal_and_wait(libc::SIGTERM, LONG).unwrap();
+    let mut off = p.start_with("off", &[("FERRY_POSTGRES_CAPTURE_DDL", "false")]);
+    p.wait_until(&mut off, "the capture was never removed", || {
+        source_i64(&p, triggers) == 0
+    });
+    off.signal_and_wait(libc::SIGTERM, LONG).unwrap();
+    let mut on = p.start("on");
+    p.wait_until(&mut on, "the capture was never installed again", || {
+        source_i64(&p, triggers) == 3
+    });
+    on.signal_and_wait(libc::SIGTERM, LONG).unwrap();
+    let cleanup = p.ferry(&["cleanup"]);
+    assert_eq!(cleanup.code, Some(0), "{}", cleanup.all());
+    assert!(
+        cleanup.stdout.contains("DDL capture removed"),
+        "{}",
+        cleanup.all()
+    );
+    assert_eq!(source_i64(&p, triggers), 0);
+    assert_eq!(
+        source_i64(
+            &p,
+            "SELECT count(*) FROM pg_proc WHERE proname IN ('ddl_before', 'ddl_end', 'ddl_drop', 'ddl_table', 'ddl_publish')"
+        ),
+        0,
+        "functions removed"
+    );
+}
+
+/// A crash at each failpoint of the applier's commit while the batch holds
+/// a schema change: applied exactly once after the restart (not lost by
+/// the rollback, not run twice over the committed checkpoint).
+#[test]
+fn crash_around_a_schema_change_commit_is_exact() {
+    let p = Migration::new(PgOptions::new(), target_options(), SCHEMA2)
+        .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    let mut ferry = p.start("run0");
+    p.wait_phase(&mut ferry, "stream");
+    caught_up(&p, &mut ferry);
+    for (n, point) in ["after-apply-before-commit", "after-commit-before-ack"]
+        .into_iter()
+        .enumerate()
+    {
+        ferry.signal_and_wait(libc::SIGTERM, LONG).unwrap();
+        // Written while ferry is down: the first batch after the start is
+        // this transaction.
+        deploy(
+            &p.source_url,
+            &format!(
+                "BEGIN;
+                 ALTER TABLE accounts ADD COLUMN c{n} int NOT NULL DEFAULT {n};
+                 ALTER TABLE accounts RENAME COLUMN {from} TO name{n};
+                 UPDATE accounts SET c{n} = c{n} + 10, balance = balance + 1 WHERE id <= 20;
+                 COMMIT;",
+                from = if n == 0 {
+                    "name".to_owned()
+                } else {
+                    format!("name{}", n - 1)
+                }
+            ),
+        );
+        let failing = p.start_with(point, &[("FERRY_FAILPOINT", point)]);
+        let status = failing.wait_status(LONG).unwrap();
+        let log = std::fs::read_to_string(p.logs.path().join(format!("{point}.log"))).unwrap();
+        assert!(log.contains("FERRY_FAILPOINT reached"), "{point}:\n{log}");
+        assert!(
+            log.contains("source schema change applied"),
+            "{point}:\n{log}"
+        );
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGABRT),
+            "{point} ({status}):\n{log}"
+        );
+        ferry = p.start(&format!("resume{n}"));
+        p.wait_phase(&mut ferry, "stream");
+        caught_up(&p, &mut ferry);
+        p.compare(&["accounts"]);
+        assert_eq!(
+            schema_dump(&p.source, &p.source_db),
+            schema_dump(&p.target, &p.target_db),
+            "{point}"
+        );
+    }
+    let applied = p
+        .target_i64("SELECT count(*) FROM ferry.events WHERE kind = 'ddl_applied'")
+        .unwrap_or(0);
+    // Two messages per deploy (ADD, RENAME), each recorded once.
+    assert_eq!(applied, 4, "each schema change applied exactly once");
+}
+
+/// `tables.rename` applies to carried schema changes: the source's
+/// `public.accounts` is `bank.accts` on the target; columns added and
+/// renamed, an index created and dropped, a constraint added all land on
+/// `bank.accts` (indexes found in the schema the table moved to).
+#[test]
+fn schema_changes_follow_tables_rename() {
+    let p = Migration::new(PgOptions::new(), target_options(), SCHEMA2)
+        .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    let config = p.logs.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        "[tables.rename]\n\"public.accounts\" = \"bank.accts\"\n",
+    )
+    .unwrap();
+    let p = p.arg("--config").arg(config);
+    let mut ferry = p.start("run0");
+    p.wait_phase(&mut ferry, "stream");
+    deploy(
+        &p.source_url,
+        "ALTER TABLE accounts ADD COLUMN tier text NOT NULL DEFAULT 'basic';
+         ALTER TABLE accounts RENAME COLUMN region TO area;
+         ALTER TABLE accounts ADD CONSTRAINT tier_known CHECK (tier IN ('basic', 'gold'));
+         CREATE INDEX accounts_tier_idx ON accounts (tier);
+         CREATE INDEX accounts_area_idx ON accounts (area);
+         UPDATE accounts SET tier = 'gold', area = 'us' WHERE id <= 10;",
+    );
+    deploy(&p.source_url, "DROP INDEX accounts_area_idx;");
+    deploy(
+        &p.source_url,
+        "CREATE TABLE notes (id int PRIMARY KEY, account_id int REFERENCES accounts (id));
+         INSERT INTO notes VALUES (1, 5);",
+    );
+    caught_up(&p, &mut ferry);
+    assert_eq!(
+        p.target_query(async |c| c
+            .query_one(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'public.notes'::regclass AND contype = 'f'",
+                &[],
+            )
+            .await
+            .ok()
+            .map(|r| r.get::<_, String>(0))),
+        Some("FOREIGN KEY (account_id) REFERENCES bank.accts(id)".to_owned()),
+        "a new foreign key refers to the renamed target table"
+    );
+    // Same rows, same columns, same indexes and constraints (names and
+    // definitions, the table name aside).
+    let shape = "SELECT (SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' ' || a.attnotnull
+                         || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), ''), ', ' ORDER BY a.attnum)
+                    FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                   WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped)
+                 || ' | ' || (SELECT string_agg(c.relname || ' ' || split_part(pg_get_indexdef(i.indexrelid), ' USING ', 2), ', ' ORDER BY c.relname)
+                    FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1::text::regclass)
+                 || ' | ' || (SELECT string_agg(conname || ' ' || pg_get_constraintdef(oid), ', ' ORDER BY conname)
+                    FROM pg_constraint WHERE conrelid = $1::text::regclass)";
+    pgsync::runtime().block_on(async {
+        let s = pgsync::connect(&p.source_url).await.unwrap();
+        let t = pgsync::connect(&p.target_url).await.unwrap();
+        let src: String = s
+            .query_one(shape, &[&"public.accounts"])
+            .await
+            .unwrap()
+            .get(0);
+        let dst: String = t.query_one(shape, &[&"bank.accts"]).await.unwrap().get(0);
+        assert_eq!(src, dst);
+        assert!(dst.contains("area text"), "{dst}");
+        assert!(dst.contains("accounts_tier_idx"), "{dst}");
+        assert!(!dst.contains("accounts_area_idx"), "{dst}");
+        assert_eq!(
+            pgsync::table_digest(&s, "public.accounts").await.unwrap(),
+            pgsync::table_digest(&t, "bank.accts").await.unwrap()
+        );
+    });
+}
+
+/// Schema changes while `ferry run` starts (capture installed, snapshot,
+/// schema copy, load, catch-up): each should land in the snapshot or in
+/// the stream, and the stream's version be applied idempotently over a
+/// target that may already have it.
+///
+/// Fails today, before any DDL message is applied: the load's source COPY
+/// names the columns ferry's catalog read found at the start (`x0`), and
+/// PostgreSQL resolves those names against the *current* catalog, not the
+/// load snapshot; `x0` was renamed to `y0` meanwhile, so the source answers
+/// "column \"x0\" of relation \"accounts\" does not exist". A column renamed
+/// or dropped on the source while its table is being loaded breaks the
+/// load, with or without `capture_ddl` (a restart does not help: the target
+/// table keeps the snapshot's names). Kept (ignored) as the reproduction.
+#[test]
+#[ignore = "known: a column change while ferry run starts breaks the load (see the doc comment)"]
+fn schema_changes_during_the_load() {
+    let p = Migration::new(PgOptions::new(), target_options(), SCHEMA2)
+        .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    let writer = Writer::start(&p.source_url, write2);
+    let mut ferry = p.start("run0");
+    for n in 0..6 {
+        deploy(
+            &p.source_url,
+            &format!(
+                "ALTER TABLE accounts ADD COLUMN x{n} int NOT NULL DEFAULT {n};
+                 CREATE TABLE extra{n} (id int PRIMARY KEY, v text);
+                 INSERT INTO extra{n} VALUES (1, 'a'), (2, 'b');
+                 CREATE INDEX accounts_x{n}_idx ON accounts (x{n});"
+            ),
+        );
+        if n > 0 {
+            deploy(
+                &p.source_url,
+                &format!(
+                    "ALTER TABLE accounts RENAME COLUMN x{m} TO y{m}; DROP INDEX accounts_x{m}_idx;
+                     UPDATE extra{m} SET v = v || '!';",
+                    m = n - 1
+                ),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    p.wait_phase(&mut ferry, "stream");
+    writer.wait_for(20);
+    writer.stop();
+    caught_up(&p, &mut ferry);
+    let mut tables = vec!["accounts".to_owned(), "logs".to_owned()];
+    tables.extend((0..6).map(|n| format!("extra{n}")));
+    let names: Vec<&str> = tables.iter().map(String::as_str).collect();
+    p.compare(&names);
+    let (s, t) = (
+        schema_dump(&p.source, &p.source_db),
+        schema_dump(&p.target, &p.target_db),
+    );
+    assert_eq!(s, t, "schemas differ; ferry log:\n{}", ferry.log());
+}
+
+/// A large transaction with schema changes in it, streamed by the server
+/// before its commit (protocol v2, `logical_decoding_work_mem` small): the
+/// DDL messages come out of the streamed-transaction replay at their place.
+#[test]
+fn schema_changes_inside_a_streamed_transaction() {
+    let p = Migration::new(
+        PgOptions::new().setting("logical_decoding_work_mem", "64kB"),
+        target_options(),
+        SCHEMA2,
+    )
+    .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    let mut ferry = p.start("run0");
+    p.wait_phase(&mut ferry, "stream");
+    deploy(
+        &p.source_url,
+        "BEGIN;
+         INSERT INTO logs (account_id, msg) SELECT 1 + g % 200, repeat('m', 200) FROM generate_series(1, 5000) g;
+         ALTER TABLE logs ADD COLUMN level text NOT NULL DEFAULT 'info';
+         ALTER TABLE logs RENAME COLUMN msg TO message;
+         INSERT INTO logs (account_id, message, level) SELECT 1 + g % 200, repeat('n', 200), 'warn' FROM generate_series(1, 5000) g;
+         UPDATE logs SET level = 'debug' WHERE id % 7 = 0;
+         COMMIT;",
+    );
+    caught_up(&p, &mut ferry);
+    p.compare(&["logs", "accounts"]);
+    assert_eq!(
+        schema_dump(&p.source, &p.source_db),
+        schema_dump(&p.target, &p.target_db)
+    );
+    let streamed = source_i64(
+        &p,
+        "SELECT coalesce(sum(stream_txns), 0)::bigint FROM pg_stat_replication_slots",
+    );
+    assert!(
+        streamed > 0,
+        "the transaction was streamed before its commit"
+    );
+}
