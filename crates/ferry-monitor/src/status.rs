@@ -206,6 +206,9 @@ pub struct Status {
     /// A validation is running in this process.
     #[serde(default)]
     pub validating: bool,
+    /// The PostgreSQL-wire proxy, when `[proxy] listen` is set.
+    #[serde(default)]
+    pub proxy: Option<crate::proxy::ProxyStatus>,
 }
 
 impl Status {
@@ -231,6 +234,7 @@ impl Status {
             cutover: None,
             validation: Vec::new(),
             validating: false,
+            proxy: None,
         }
     }
 
@@ -395,6 +399,10 @@ pub fn render_table(s: &Status) -> String {
     if !s.validation.is_empty() || s.validating {
         out.push('\n');
         render_validation(&mut out, &s.validation, s.validating);
+    }
+    if let Some(p) = &s.proxy {
+        out.push('\n');
+        crate::proxy::render(&mut out, p);
     }
     out
 }

@@ -483,6 +483,10 @@ mod tests {
             ),
             ("SELECT \"evil\"(1)", Class::Other),
             ("SELECT * FROM (SELECT * FROM t ORDER BY a) s", ro(false)),
+            (
+                "SELECT id, price FROM docs WHERE id = 5 ORDER BY id",
+                ro(true),
+            ),
         ];
         for (sql, want) in cases {
             assert_eq!(classify(sql), want, "{sql}");

@@ -139,12 +139,6 @@ pub fn compare(ordered: bool, source: &Answer, target: &Answer) -> Diff {
             describe(&target.columns)
         ));
     }
-    if source.tags != target.tags {
-        return Diff::Differs(format!(
-            "row counts differ: source {:?}, target {:?}",
-            source.tags, target.tags
-        ));
-    }
     if ordered {
         if source.rows != target.rows {
             let at = source
@@ -171,6 +165,12 @@ pub fn compare(ordered: bool, source: &Answer, target: &Answer) -> Diff {
         let only_target = t.iter().filter(|r| s.binary_search(r).is_err()).count();
         return Diff::Differs(format!(
             "rows differ: {only_source} only on the source, {only_target} only on the target"
+        ));
+    }
+    if source.tags != target.tags {
+        return Diff::Differs(format!(
+            "row counts differ: source {:?}, target {:?}",
+            source.tags, target.tags
         ));
     }
     Diff::Equal

@@ -173,7 +173,10 @@ struct Session {
     pending: usize,
     status: u8,
     busy: bool,
+    /// The batch being forwarded (until its Sync or Query).
     batch: Batch,
+    /// Batches sent whose ReadyForQuery has not come back, oldest first.
+    inflight: std::collections::VecDeque<Batch>,
     pid: i32,
     secret: Vec<u8>,
     hold: watch::Receiver<bool>,
@@ -250,6 +253,7 @@ pub(crate) async fn run(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), Session
         status: b'I',
         busy: false,
         batch: Batch::default(),
+        inflight: std::collections::VecDeque::new(),
         pid,
         secret,
         pinned: false,
@@ -377,7 +381,22 @@ impl Session {
                 return Ok(true);
             }
             if self.pending > 0 {
-                // Inside a batch (COPY data, pipelined batches): as is.
+                // Pipelined batches: forwarded at once, only looked at for
+                // shadow reads; COPY data and partial batches as they are.
+                if let Some(batch) = scan_batch(&self.cin)?
+                    && batch.synced
+                {
+                    let frames = self.take_frames(batch.frames)?;
+                    self.batch = Batch {
+                        started: Some(Instant::now()),
+                        ..Batch::default()
+                    };
+                    self.look_at(&frames, false);
+                    for f in frames {
+                        self.forward(f);
+                    }
+                    continue;
+                }
                 while let Some(f) = frame::split(&mut self.cin)? {
                     if f.tag == b'X' {
                         return Ok(false);
@@ -397,13 +416,7 @@ impl Session {
                 }
                 return Ok(true);
             };
-            let mut frames = Vec::with_capacity(batch.frames);
-            while frames.len() < batch.frames {
-                match frame::split(&mut self.cin)? {
-                    Some(f) => frames.push(f),
-                    None => break,
-                }
-            }
+            let frames = self.take_frames(batch.frames)?;
             if frames.last().is_some_and(|f| f.tag == b'X') {
                 for f in &frames[..frames.len() - 1] {
                     self.forward(f.clone());
@@ -439,26 +452,8 @@ impl Session {
         let mut side = self.primary;
         if idle && synced {
             self.note_state(&frames);
-            if let Some((sql, ordered)) = self.read_only(&frames) {
-                let normalized = classify::normalize(&sql);
-                let fp = classify::fingerprint(&normalized);
-                let mode = self.proxy.mode();
-                if mode == Mode::ReadsOnTarget && self.primary == Side::Source && !self.pinned {
-                    let counters = &self.proxy.stats.counters;
-                    if self.proxy.replication.lag_seconds()
-                        <= self.proxy.settings.max_read_lag.as_secs_f64()
-                    {
-                        side = Side::Target;
-                        counters.target_reads.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        counters.lag_fallbacks.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                if mode == Mode::Source && self.primary == Side::Source && self.sampled() {
-                    let job = self.mirror_frames(&frames);
-                    self.batch.capture = Some((job, ordered, Answer::default()));
-                }
-                self.batch.fingerprint = Some((fp, normalized));
+            if self.look_at(&frames, true) {
+                side = Side::Target;
             }
         }
         if side == Side::Target
@@ -478,6 +473,47 @@ impl Session {
             self.forward(f);
         }
         Ok(())
+    }
+
+    fn take_frames(&mut self, n: usize) -> Result<Vec<Frame>, SessionError> {
+        let mut frames = Vec::with_capacity(n);
+        while frames.len() < n {
+            match frame::split(&mut self.cin)? {
+                Some(f) => frames.push(f),
+                None => break,
+            }
+        }
+        Ok(frames)
+    }
+
+    /// Fingerprint a read-only batch and capture it for mirroring; `true`
+    /// when it should be served by the target (`routable`: at a boundary
+    /// outside a transaction, in `reads-on-target`, lag under the bound).
+    fn look_at(&mut self, frames: &[Frame], routable: bool) -> bool {
+        let Some((sql, ordered)) = self.read_only(frames) else {
+            return false;
+        };
+        let normalized = classify::normalize(&sql);
+        let fp = classify::fingerprint(&normalized);
+        let mode = self.proxy.mode();
+        let mut to_target = false;
+        if routable && mode == Mode::ReadsOnTarget && self.primary == Side::Source && !self.pinned {
+            let counters = &self.proxy.stats.counters;
+            if self.proxy.replication.lag_seconds()
+                <= self.proxy.settings.max_read_lag.as_secs_f64()
+            {
+                to_target = true;
+                counters.target_reads.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counters.lag_fallbacks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if !to_target && mode == Mode::Source && self.primary == Side::Source && self.sampled() {
+            let job = self.mirror_frames(frames);
+            self.batch.capture = Some((job, ordered, Answer::default()));
+        }
+        self.batch.fingerprint = Some((fp, normalized));
+        to_target
     }
 
     async fn wait_at_gate(&mut self) {
@@ -633,7 +669,11 @@ impl Session {
                     }
                 }
             }
-            b'S' | b'Q' | b'F' => self.pending += 1,
+            b'S' | b'Q' | b'F' => {
+                self.pending += 1;
+                let batch = std::mem::take(&mut self.batch);
+                self.inflight.push_back(batch);
+            }
             _ => {}
         }
         if let Some(c) = self.conn(active) {
@@ -651,33 +691,37 @@ impl Session {
             let Some(f) = frame::split(&mut conn.rbuf)? else {
                 return Ok(());
             };
-            if let Some((_, _, answer)) = &mut self.batch.capture {
-                answer.absorb(&f);
+            if let Some(front) = self.inflight.front_mut() {
+                if let Some((_, _, answer)) = &mut front.capture {
+                    answer.absorb(&f);
+                }
+                if f.tag == b'E' {
+                    front.error = true;
+                }
             }
-            match f.tag {
-                b'E' => self.batch.error = true,
-                b'Z' => {
-                    self.pending = self.pending.saturating_sub(1);
-                    self.status = frame::ready_status(&f);
-                    if self.pending == 0 {
-                        self.finish_batch();
-                        if self.status == b'I' {
-                            self.set_busy(false);
-                        }
-                        if self.active != self.primary {
-                            self.active = self.primary;
-                            self.register_cancel();
-                        }
+            if f.tag == b'Z' {
+                self.pending = self.pending.saturating_sub(1);
+                let before = self.status;
+                self.status = frame::ready_status(&f);
+                if let Some(done) = self.inflight.pop_front() {
+                    self.finish_batch(done, before);
+                }
+                if self.pending == 0 {
+                    if self.status == b'I' {
+                        self.set_busy(false);
+                    }
+                    if self.active != self.primary {
+                        self.active = self.primary;
+                        self.register_cancel();
                     }
                 }
-                _ => {}
             }
             self.cout.put_slice(&f.raw);
         }
     }
 
-    fn finish_batch(&mut self) {
-        let batch = std::mem::take(&mut self.batch);
+    /// A batch answered; `before` is the transaction status it started in.
+    fn finish_batch(&mut self, batch: Batch, before: u8) {
         let took = batch.started.map_or(Duration::ZERO, |s| s.elapsed());
         self.proxy
             .stats
@@ -700,7 +744,9 @@ impl Session {
         self.proxy
             .stats
             .call(&fp, &normalized, batch.on_target, took);
-        if let Some((frames, ordered, answer)) = batch.capture {
+        // Mirrored only when it ran outside any transaction block.
+        let outside = before == b'I' && self.status == b'I';
+        if let Some((frames, ordered, answer)) = batch.capture.filter(|_| outside) {
             let job = Job {
                 fingerprint: fp,
                 normalized,

@@ -212,6 +212,7 @@ async fn cutover_reaches_the_handler_with_its_options() {
         keep_slot: true,
         skip_counts: true,
         require_validated_seconds: Some(3600.0),
+        via_proxy: true,
     };
     let rec = post_cutover(&r.addr, None, &req).await.expect("cutover");
     assert_eq!(rec, record(&req));

@@ -38,7 +38,11 @@ impl<S: Source> ControlHandler for Handler<S> {
     }
 
     fn metrics(&self) -> String {
-        self.live.metrics.render()
+        let mut text = self.live.metrics.render();
+        if let Some((p, listen)) = self.live.proxy.get() {
+            text.push_str(&super::proxy::metrics(&super::proxy::status(p, listen)));
+        }
+        text
     }
 
     fn cutover(&self, req: CutoverRequest) -> BoxFuture<'_, Result<CutoverRecord, String>> {
@@ -62,6 +66,17 @@ impl<S: Source> ControlHandler for Handler<S> {
     fn validate(&self, req: ValidateRequest) -> BoxFuture<'_, Result<ValidateAccepted, String>> {
         Box::pin(async move { crate::validate::background::start(&self.live, req) })
     }
+
+    fn proxy_mode(
+        &self,
+        req: crate::control::ProxyModeRequest,
+    ) -> BoxFuture<'_, Result<ferry_monitor::proxy::ModeChange, String>> {
+        Box::pin(super::proxy::change_mode(
+            &self.live,
+            req.mode,
+            req.by.unwrap_or_else(|| "control API".into()),
+        ))
+    }
 }
 
 /// The console's `CUTOVER` options as the control API's request.
@@ -74,6 +89,7 @@ fn cutover_request(c: &CutoverCommand) -> CutoverRequest {
         keep_slot: c.keep_slot,
         skip_counts: c.skip_counts,
         require_validated_seconds: c.require_validated.map(|d| d.as_secs_f64()),
+        via_proxy: false,
     }
 }
 
@@ -151,6 +167,7 @@ mod tests {
                 keep_slot: true,
                 skip_counts: false,
                 require_validated_seconds: Some(3600.0),
+                via_proxy: false,
             }
         );
     }
