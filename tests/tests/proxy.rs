@@ -16,8 +16,9 @@ use ferry_testkit::PgOptions;
 const USER: &str = "app";
 const PASSWORD: &str = "proxy-secret-9";
 
-fn with_proxy(m: Migration, port: u16) -> Migration {
-    m.env("FERRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"))
+fn with_proxy(m: Migration, port: u16, console: u16) -> Migration {
+    m.env("FERRY_CONSOLE_LISTEN", &format!("127.0.0.1:{console}"))
+        .env("FERRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"))
         .env("FERRY_PROXY_USER", USER)
         .env("FERRY_PROXY_PASSWORD", PASSWORD)
         .env("FERRY_PROXY_SAMPLE_RATE", "1")
@@ -56,7 +57,8 @@ fn shadow_reads_report_nothing_while_correct_and_catch_a_planted_difference() {
     m.source
         .psql(&m.source_db, &pgsync::bench_data(5_000, 100))
         .unwrap();
-    let m = with_proxy(m, port);
+    let console = free_port();
+    let m = with_proxy(m, port, console);
     let mut ferry = m.start("run");
     m.wait_phase(&mut ferry, "stream");
     let mut writer = Writer::start(&m.source_url, 5_000);
@@ -268,7 +270,7 @@ fn pgbench_keeps_running_through_a_cutover_via_the_proxy() {
             "ALTER TABLE pgbench_history REPLICA IDENTITY FULL",
         )
         .unwrap();
-    let m = with_proxy(m, port);
+    let m = with_proxy(m, port, free_port());
     let mut ferry = m.start("run");
     m.wait_phase(&mut ferry, "stream");
 

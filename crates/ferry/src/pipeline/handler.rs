@@ -121,6 +121,14 @@ impl<S: Source> ferry_console::Backend for Handler<S> {
         ControlHandler::resume(self);
     }
 
+    fn proxy_mode(
+        &self,
+        mode: String,
+        by: String,
+    ) -> BoxFuture<'_, Result<ferry_monitor::proxy::ModeChange, String>> {
+        Box::pin(super::proxy::change_mode(&self.live, mode, by))
+    }
+
     fn validate(
         &self,
         v: ferry_console::ValidateCommand,
