@@ -44,6 +44,8 @@ use crate::{CancelTarget, Mode, Proxy};
 /// Client bytes buffered while a batch is incomplete; past this the
 /// complete frames are forwarded to the source as they are.
 const CLIENT_BUFFER: usize = 1 << 20;
+/// Free space kept in read buffers so one read takes a large piece.
+const READ_ROOM: usize = 16 * 1024;
 /// Answer bytes buffered for a slow client before the backend is not read.
 const ANSWER_BUFFER: usize = 1 << 20;
 
@@ -338,6 +340,12 @@ impl Session {
             let Some(conn) = conn else {
                 return Ok(());
             };
+            // Read in large pieces (a split-off buffer has little room left).
+            for buf in [&mut conn.rbuf, &mut self.cin] {
+                if buf.capacity() - buf.len() < READ_ROOM / 4 {
+                    buf.reserve(READ_ROOM);
+                }
+            }
             let event = tokio::select! {
                 biased;
                 r = self.cw.write(&self.cout), if !self.cout.is_empty() => Event::ClientWrote(r),

@@ -333,7 +333,11 @@ pub async fn validate(
 
 #[allow(clippy::print_stdout)]
 pub async fn report(config: &Config, output: &std::path::Path) -> anyhow::Result<Outcome> {
-    let status = current_status(config).await?;
+    let mut status = current_status(config).await?;
+    if status.proxy.is_none() {
+        // Not running: the shadow-read totals as stored in the target.
+        status.proxy = crate::pipeline::proxy::stored(config).await;
+    }
     let samples = lag_history(config, Duration::from_secs(90 * 86_400)).await?;
     let validations = {
         let target = ferry_postgres::connect::connect(&config.target, "target").await?;

@@ -529,3 +529,53 @@ pub async fn change_mode<P: Position>(
         at: change.at,
     })
 }
+
+/// The shadow-read totals stored in the target (`ferry report` when no
+/// `ferry run` answers); `None` when nothing was stored.
+pub async fn stored(config: &Config) -> Option<ProxyStatus> {
+    let client = ferry_postgres::connect::connect(&config.target, "target")
+        .await
+        .ok()?;
+    let s = ferry_core::schema::quote_ident(&config.state.schema);
+    let rows = client
+        .query(
+            &format!(
+                "SELECT fingerprint, query, calls, mirrored, mismatches, lag_settled, target_errors, \
+                 source_p50_ms, source_p99_ms, target_p50_ms, target_p99_ms, example \
+                 FROM {s}.shadow_queries ORDER BY calls DESC, fingerprint LIMIT 500"
+            ),
+            &[],
+        )
+        .await
+        .ok()?;
+    if rows.is_empty() {
+        return None;
+    }
+    let n = |r: &tokio_postgres::Row, i: usize| r.get::<_, i64>(i).max(0) as u64;
+    let queries: Vec<ShadowQuery> = rows
+        .iter()
+        .map(|r| ShadowQuery {
+            fingerprint: r.get(0),
+            query: r.get(1),
+            calls: n(r, 2),
+            mirrored: n(r, 3),
+            mismatches: n(r, 4),
+            lag_settled: n(r, 5),
+            target_errors: n(r, 6),
+            source_p50_ms: r.get(7),
+            source_p99_ms: r.get(8),
+            target_p50_ms: r.get(9),
+            target_p99_ms: r.get(10),
+            example: r.get(11),
+        })
+        .collect();
+    Some(ProxyStatus {
+        listen: config.proxy.listen.clone().unwrap_or_default(),
+        mode: "(not running)".into(),
+        mirrored: queries.iter().map(|q| q.mirrored).sum(),
+        mismatches: queries.iter().map(|q| q.mismatches).sum(),
+        target_errors: queries.iter().map(|q| q.target_errors).sum(),
+        queries,
+        ..ProxyStatus::default()
+    })
+}

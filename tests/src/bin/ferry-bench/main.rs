@@ -60,6 +60,10 @@
 //!    `--sqlite-only` runs only this one.
 //! 7. **MariaDB full load** against pgloader: see `mariadb.rs`
 //!    (`--mariadb-only` runs only it).
+//! 8. **Proxy**: pgbench through ferry's PostgreSQL-wire proxy against
+//!    direct connections and pgbouncer, shadow-read cost, the client-side
+//!    write freeze of `cutover --via-proxy`; see `proxy.rs`
+//!    (`--proxy-only` runs only it).
 //!
 //! One module per benchmark: [`load`] (1), [`cdc`] (2), [`cutover`] (3 and
 //! 4), [`validate`] (5), [`sqlite`] (6), [`mariadb`] (7), [`memory`]; [`harness`] holds the servers, the generated data and the
@@ -87,6 +91,7 @@ mod harness;
 mod load;
 mod mariadb;
 mod memory;
+mod proxy;
 mod report;
 mod sqlite;
 mod validate;
@@ -129,6 +134,9 @@ fn bench_main() -> anyhow::Result<ExitCode> {
     }
     if matches!(sizes.only, None | Some(Only::MariaDb)) {
         mariadb::run(&sizes, &mut report);
+    }
+    if matches!(sizes.only, None | Some(Only::Proxy)) {
+        proxy::run(&sizes, &mut report);
     }
     if matches!(sizes.only, None | Some(Only::Control | Only::Cdc)) {
         memory::run(&mut report);
@@ -204,16 +212,19 @@ enum Only {
     Sqlite,
     /// The MariaDB full load (`--mariadb-only`).
     MariaDb,
+    /// The PostgreSQL-wire proxy against direct and pgbouncer (`--proxy-only`).
+    Proxy,
 }
 
 impl Only {
-    const ALL: [Only; 6] = [
+    const ALL: [Only; 7] = [
         Only::Control,
         Only::Cdc,
         Only::Load,
         Only::Validate,
         Only::Sqlite,
         Only::MariaDb,
+        Only::Proxy,
     ];
 
     fn flag(self) -> &'static str {
@@ -224,6 +235,7 @@ impl Only {
             Only::Validate => "--validate-only",
             Only::Sqlite => "--sqlite-only",
             Only::MariaDb => "--mariadb-only",
+            Only::Proxy => "--proxy-only",
         }
     }
 
@@ -235,6 +247,7 @@ impl Only {
             Only::Validate => "Validation benchmark",
             Only::Sqlite => "SQLite source benchmark",
             Only::MariaDb => "MariaDB full-load benchmark",
+            Only::Proxy => "Proxy benchmark",
         }
     }
 }
