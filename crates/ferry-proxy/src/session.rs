@@ -186,7 +186,21 @@ struct Session {
     /// LISTEN): reads stay there.
     pinned: bool,
     rng: u64,
+    /// Classification and fingerprint per statement text (prepared
+    /// statements repeat; bounded, cleared when full).
+    seen: std::cell::RefCell<HashMap<String, Option<Seen>>>,
 }
+
+/// What a read-only statement text classified as.
+#[derive(Clone)]
+struct Seen {
+    ordered: bool,
+    fingerprint: String,
+    normalized: String,
+}
+
+/// Statement texts remembered per session.
+const SEEN_TEXTS: usize = 256;
 
 /// Serve one client connection.
 pub(crate) async fn run(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), SessionError> {
@@ -259,6 +273,7 @@ pub(crate) async fn run(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), Session
         pid,
         secret,
         pinned: false,
+        seen: std::cell::RefCell::new(HashMap::new()),
         rng: (pid as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
         proxy: proxy.clone(),
     };
@@ -498,11 +513,10 @@ impl Session {
     /// when it should be served by the target (`routable`: at a boundary
     /// outside a transaction, in `reads-on-target`, lag under the bound).
     fn look_at(&mut self, frames: &[Frame], routable: bool) -> bool {
-        let Some((sql, ordered)) = self.read_only(frames) else {
+        let Some((seen, ordered)) = self.read_only(frames) else {
             return false;
         };
-        let normalized = classify::normalize(&sql);
-        let fp = classify::fingerprint(&normalized);
+        let (fp, normalized) = (seen.fingerprint, seen.normalized);
         let mode = self.proxy.mode();
         let mut to_target = false;
         if routable && mode == Mode::ReadsOnTarget && self.primary == Side::Source && !self.pinned {
@@ -801,8 +815,8 @@ impl Session {
     }
 
     /// The statement text and ordering of a read-only batch, if it is one.
-    fn read_only(&self, frames: &[Frame]) -> Option<(String, bool)> {
-        let mut first: Option<String> = None;
+    fn read_only(&self, frames: &[Frame]) -> Option<(Seen, bool)> {
+        let mut first: Option<Seen> = None;
         let mut ordered = false;
         let mut here: HashMap<&str, &str> = HashMap::new();
         let mut executes = false;
@@ -838,20 +852,41 @@ impl Session {
                 b'D' | b'S' | b'C' => continue,
                 _ => return None,
             };
-            match classify::classify(sql) {
-                Class::ReadOnly { ordered: o } => {
-                    ordered |= o;
-                    if first.is_none() {
-                        first = Some(sql.to_owned());
-                    }
-                }
-                Class::Other => return None,
+            let seen = self.classified(sql)?;
+            ordered |= seen.ordered;
+            if first.is_none() {
+                first = Some(seen);
             }
         }
         if !executes {
             return None;
         }
         first.map(|s| (s, ordered))
+    }
+
+    /// [`classify::classify`] and the fingerprint of a read-only text,
+    /// remembered.
+    fn classified(&self, sql: &str) -> Option<Seen> {
+        let mut seen = self.seen.borrow_mut();
+        if let Some(s) = seen.get(sql) {
+            return s.clone();
+        }
+        let value = match classify::classify(sql) {
+            Class::ReadOnly { ordered } => {
+                let normalized = classify::normalize(sql);
+                Some(Seen {
+                    ordered,
+                    fingerprint: classify::fingerprint(&normalized),
+                    normalized,
+                })
+            }
+            Class::Other => None,
+        };
+        if seen.len() >= SEEN_TEXTS {
+            seen.clear();
+        }
+        seen.insert(sql.to_owned(), value.clone());
+        value
     }
 
     /// The batch as the mirror runs it: named statements it uses closed and

@@ -112,7 +112,10 @@ pub struct Stats {
 impl Stats {
     fn with<R>(&self, fp: &str, f: impl FnOnce(&mut QueryStats) -> R) -> Option<R> {
         let mut map = self.queries.lock().ok()?;
-        if !map.contains_key(fp) && map.len() >= MAX_FINGERPRINTS {
+        if let Some(q) = map.get_mut(fp) {
+            return Some(f(q));
+        }
+        if map.len() >= MAX_FINGERPRINTS {
             self.counters.untracked.fetch_add(1, Ordering::Relaxed);
             return None;
         }
