@@ -383,3 +383,111 @@ fn pgbench_keeps_running_through_a_cutover_via_the_proxy() {
         .unwrap();
     assert_eq!(code, Some(0), "{log}");
 }
+
+#[test]
+fn a_failed_cutover_via_the_proxy_releases_traffic_to_the_source() {
+    let port = free_port();
+    let m = Migration::new(PgOptions::new(), target_options(), "");
+    let bin = m.source.bin_dir().to_owned();
+    let init = Command::new(bin.join("pgbench"))
+        .args([
+            "-i",
+            "-s",
+            "1",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &m.source.port().to_string(),
+            "-U",
+            ferry_testkit::ADMIN_USER,
+        ])
+        .arg(&m.source_db)
+        .env("PGPASSWORD", ferry_testkit::ADMIN_PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    m.source
+        .psql(
+            &m.source_db,
+            "ALTER TABLE pgbench_history REPLICA IDENTITY FULL",
+        )
+        .unwrap();
+    let m = with_proxy(m, port, free_port());
+    let mut ferry = m.start("run");
+    m.wait_phase(&mut ferry, "stream");
+    // A row only the target has: the cutover's row counts differ.
+    m.target
+        .psql(
+            &m.target_db,
+            "INSERT INTO pgbench_branches VALUES (999, 0, 'planted')",
+        )
+        .unwrap();
+    let bench = Command::new(bin.join("pgbench"))
+        .args([
+            "-n", "-c", "4", "-j", "2", "-T", "15", "-R", "200", "-M", "extended",
+        ])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER])
+        .arg(&m.source_db)
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGSSLMODE", "disable")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let mut cut = m.cmd();
+    cut.args([
+        "cutover",
+        "--via-proxy",
+        "--max-lag",
+        "30s",
+        "--timeout",
+        "60s",
+    ]);
+    let cut = ferry_e2e::run(&mut cut).unwrap();
+    assert_eq!(cut.code, Some(2), "{}", cut.all());
+    assert!(cut.stdout.contains("row counts differ"), "{}", cut.all());
+    let after_failure = m
+        .source
+        .psql(&m.source_db, "SELECT count(*) FROM pgbench_history")
+        .unwrap();
+    let out = bench.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains("number of failed transactions: 0"),
+        "{report}"
+    );
+    // Traffic went on to the source, and the proxy is still in mode source.
+    let later = m
+        .source
+        .psql(&m.source_db, "SELECT count(*) FROM pgbench_history")
+        .unwrap();
+    let n = |s: &str| -> i64 {
+        s.trim()
+            .lines()
+            .find_map(|l| l.trim().parse().ok())
+            .unwrap()
+    };
+    assert!(n(&later) > n(&after_failure), "{later} vs {after_failure}");
+    let s = m.status();
+    assert_eq!(s["proxy"]["mode"], "source", "{}", s["proxy"]);
+    assert!(
+        ferry.exited().unwrap().is_none(),
+        "replication continues: {}",
+        ferry.log()
+    );
+    let code = ferry
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
