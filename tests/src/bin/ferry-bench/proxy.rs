@@ -7,8 +7,9 @@
 //!    ferry again with every read mirrored (`sample_rate = 1`): the client
 //!    latency of `-S` with shadow reads on. Last, a tpcb-like run at 200
 //!    tps through the proxy while `ferry cutover --via-proxy` runs: the
-//!    write freeze clients saw is the longest transaction latency in
-//!    pgbench's per-transaction log, next to the hold the proxy recorded.
+//!    write freeze clients saw is the longest transaction run time in
+//!    pgbench's per-transaction log (latency minus the wait behind its
+//!    `--rate` schedule; also shown with it), next to the proxy's hold.
 //!    `--proxy-only` runs only this one; seconds per run:
 //!    `FERRY_BENCH_PROXY_SECONDS` (default 15, 5 with `--quick`), scale
 //!    `FERRY_BENCH_PROXY_SCALE` (default 5, 1 with `--quick`).
@@ -46,6 +47,8 @@ pub(crate) struct ProxyFigures {
     shadow: Option<(Run, Run, u64, u64)>,
     freeze_client_s: Option<f64>,
     freeze_hold_s: Option<f64>,
+    /// Including the wait behind pgbench's --rate schedule.
+    freeze_with_schedule_s: Option<f64>,
     cutover_tps: Option<f64>,
     failed_tx: Option<u64>,
 }
@@ -90,10 +93,11 @@ impl ProxyFigures {
         if let Some(f) = self.freeze_client_s {
             let _ = writeln!(
                 s,
-                "| proxy: cutover --via-proxy under tpcb-like at 200 tps | {:.0} tps, {} failed transactions | goal < 1 s | longest client transaction {:.3} s (proxy hold {:.3} s) | {:.2}× goal |",
+                "| proxy: cutover --via-proxy under tpcb-like at 200 tps | {:.0} tps, {} failed transactions | goal < 1 s | longest client transaction {:.3} s ({:.3} s with the wait behind pgbench's schedule; proxy hold {:.3} s) | {:.2}× goal |",
                 self.cutover_tps.unwrap_or(0.0),
                 self.failed_tx.map_or_else(|| "?".into(), |n| n.to_string()),
                 f,
+                self.freeze_with_schedule_s.unwrap_or(0.0),
                 self.freeze_hold_s.unwrap_or(0.0),
                 f
             );
@@ -432,7 +436,7 @@ fn bench(sizes: &Sizes) -> anyhow::Result<ProxyFigures> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok());
     // pgbench -l: "client tx latency_us script_no time_epoch time_us [schedule_lag]".
-    let mut longest = 0u64;
+    let (mut longest, mut longest_with_lag) = (0u64, 0u64);
     for entry in std::fs::read_dir(work.path())? {
         let path = entry?.path();
         if path
@@ -441,17 +445,22 @@ fn bench(sizes: &Sizes) -> anyhow::Result<ProxyFigures> {
             .is_some_and(|n| n.starts_with("cut"))
         {
             for line in std::fs::read_to_string(&path)?.lines() {
-                if let Some(us) = line
+                // With --rate, `time` includes the wait behind the
+                // schedule; the freeze a transaction saw is the time it ran.
+                let cols: Vec<u64> = line
                     .split_whitespace()
-                    .nth(2)
-                    .and_then(|v| v.parse::<u64>().ok())
-                {
-                    longest = longest.max(us);
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                if let Some(time) = cols.get(2) {
+                    let lag = cols.get(6).copied().unwrap_or(0);
+                    longest = longest.max(time.saturating_sub(lag));
+                    longest_with_lag = longest_with_lag.max(*time);
                 }
             }
         }
     }
     f.freeze_client_s = Some(longest as f64 / 1e6);
+    f.freeze_with_schedule_s = Some(longest_with_lag as f64 / 1e6);
     say!(
         "  cutover --via-proxy: longest client transaction {:.3} s, hold {:?} s, failed transactions {:?}",
         longest as f64 / 1e6,
