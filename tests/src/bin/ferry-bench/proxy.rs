@@ -444,6 +444,12 @@ fn bench(sizes: &Sizes) -> anyhow::Result<ProxyFigures> {
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with("cut"))
         {
+            // Kept for a look at the transactions around the switch.
+            if let Some(name) = path.file_name() {
+                let keep = crate::report::report_path().with_file_name("proxy-cutover-logs");
+                let _ = std::fs::create_dir_all(&keep);
+                let _ = std::fs::copy(&path, keep.join(name));
+            }
             for line in std::fs::read_to_string(&path)?.lines() {
                 // With --rate, `time` includes the wait behind the
                 // schedule; the freeze a transaction saw is the time it ran.
