@@ -345,8 +345,29 @@ const ALLOWED_CALLS: &[&str] = &[
     "width_bucket",
 ];
 
+/// Whether `sql` may be read-only at all: its first word (after
+/// whitespace, comments are not skipped) is `select`, `with`, `values` or
+/// `table`, or it starts with `(` or a comment. A cheap test that spares
+/// lexing writes.
+pub fn may_read(sql: &str) -> bool {
+    let t = sql.trim_start();
+    if t.starts_with('(') || t.starts_with("--") || t.starts_with("/*") {
+        return true;
+    }
+    let word: String = t
+        .chars()
+        .take_while(char::is_ascii_alphabetic)
+        .take(7)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    matches!(word.as_str(), "select" | "with" | "values" | "table")
+}
+
 /// Classify one statement (see the module doc).
 pub fn classify(sql: &str) -> Class {
+    if !may_read(sql) {
+        return Class::Other;
+    }
     let toks = tokens(sql);
     let mut toks: &[Token] = &toks;
     while let Some(Token::Punct(';')) = toks.last() {
@@ -506,6 +527,30 @@ mod tests {
         );
         assert_eq!(fingerprint(&a).len(), 16);
         assert_eq!(normalize("SELECT 'x''y', \"A\""), "select ? , \"A\"");
+    }
+
+    #[test]
+    fn the_cheap_test_lets_every_read_through() {
+        for sql in [
+            "SELECT 1",
+            "  with x as (select 1) select 1",
+            "(select 1)",
+            "VALUES (1)",
+            "table t",
+            "/* c */ select 1",
+            "-- c\nselect 1",
+        ] {
+            assert!(may_read(sql), "{sql}");
+        }
+        for sql in [
+            "UPDATE t SET a = 1",
+            "insert into t values (1)",
+            "BEGIN",
+            "selected",
+            "",
+        ] {
+            assert!(!may_read(sql), "{sql}");
+        }
     }
 
     #[test]

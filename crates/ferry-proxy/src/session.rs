@@ -804,10 +804,10 @@ impl Session {
             if f.tag == b'Q' && frames.len() == 1 && classify::session_setting(sql) {
                 self.batch.setting = Some(sql.to_owned());
             }
-            let lower = sql.to_ascii_lowercase();
-            if ["temp", "listen", "declare", "prepare", "lock"]
-                .iter()
-                .any(|w| lower.contains(w))
+            if !self.pinned
+                && ["temp", "listen", "declare", "prepare", "lock"]
+                    .iter()
+                    .any(|w| contains_ignoring_case(sql, w))
             {
                 self.pinned = true;
             }
@@ -867,6 +867,9 @@ impl Session {
     /// [`classify::classify`] and the fingerprint of a read-only text,
     /// remembered.
     fn classified(&self, sql: &str) -> Option<Seen> {
+        if !classify::may_read(sql) {
+            return None;
+        }
         let mut seen = self.seen.borrow_mut();
         if let Some(s) = seen.get(sql) {
             return s.clone();
@@ -939,6 +942,15 @@ impl Session {
         self.rng ^= self.rng << 17;
         (self.rng >> 11) as f64 / (1u64 << 53) as f64 <= rate
     }
+}
+
+/// Whether `haystack` contains the lowercase ASCII `needle`, in any case.
+fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
+    let n = needle.as_bytes();
+    haystack
+        .as_bytes()
+        .windows(n.len())
+        .any(|w| w.eq_ignore_ascii_case(n))
 }
 
 fn close_statement(name: &str) -> Frame {
