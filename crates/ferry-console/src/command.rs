@@ -37,6 +37,10 @@ pub enum Command {
         window: Duration,
     },
     ShowValidation,
+    /// `SHOW SHADOW`: the proxy's shadow-read statistics per fingerprint.
+    ShowShadow,
+    /// `PROXY MODE source|reads-on-target`.
+    ProxyMode(String),
     ShowHelp,
     Validate(ValidateCommand),
     Pause,
@@ -111,6 +115,14 @@ pub const COMMANDS: &[(&str, &str)] = &[
     (
         "SHOW VALIDATION",
         "the last validation of each table: clean or not, rows, differing keys",
+    ),
+    (
+        "SHOW SHADOW",
+        "the proxy's shadow reads per query fingerprint: calls, mismatches, target errors, p50/p99",
+    ),
+    (
+        "PROXY MODE source | reads-on-target",
+        "change the proxy's mode (recorded with the console user and the time)",
     ),
     (
         "VALIDATE [table [, table …]] [REPAIR]",
@@ -229,6 +241,8 @@ pub fn parse(sql: &str) -> Result<Command, ParseError> {
         ["SHOW", "TABLES"] => Ok(Command::ShowTables),
         ["SHOW", "HELP"] | ["HELP"] => Ok(Command::ShowHelp),
         ["SHOW", "VALIDATION"] => Ok(Command::ShowValidation),
+        ["SHOW", "SHADOW"] => Ok(Command::ShowShadow),
+        ["PROXY", "MODE", _] => Ok(Command::ProxyMode(tokens[2].text().to_ascii_lowercase())),
         ["VALIDATE", ..] => validate(&tokens[1..]).map(Command::Validate),
         ["SHOW", "LAG", "HISTORY"] => Ok(Command::ShowLagHistory {
             window: DEFAULT_HISTORY_WINDOW,
@@ -395,6 +409,12 @@ mod tests {
                 }),
             ),
             ("SHOW VALIDATION", Command::ShowValidation),
+            ("show shadow", Command::ShowShadow),
+            (
+                "PROXY MODE 'reads-on-target'",
+                Command::ProxyMode("reads-on-target".into()),
+            ),
+            ("proxy mode source", Command::ProxyMode("source".into())),
             ("validate", Command::Validate(ValidateCommand::default())),
             (
                 "VALIDATE public.orders, public.lines REPAIR",

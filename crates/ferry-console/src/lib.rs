@@ -3,7 +3,8 @@
 //! Any `psql` (or PostgreSQL driver) connects to `console.listen` and types
 //! console commands ([`command`]): `SHOW STATUS`, `SHOW LAG`, `SHOW TABLES`,
 //! `SHOW LAG HISTORY`, `SHOW VALIDATION`, `VALIDATE [table] [REPAIR]`,
-//! `PAUSE`, `RESUME`, `CUTOVER [DRY RUN] [FENCE] [MAX LAG '5s']`. Answers
+//! `PAUSE`, `RESUME`, `CUTOVER [DRY RUN] [FENCE] [MAX LAG '5s']`, and for
+//! the proxy `SHOW SHADOW` and `PROXY MODE source|reads-on-target`. Answers
 //! are ordinary result sets ([`result`]) built from the same status model as the HTTP control API, so the two never disagree; errors
 //! are PostgreSQL errors with a SQLSTATE and a hint. Both the simple query
 //! protocol (`psql`) and the extended one (drivers) are served
@@ -64,6 +65,14 @@ pub trait Backend: Send + Sync + 'static {
     fn resume(&self);
     /// Start a validation in the background; `Err` says why not.
     fn validate(&self, v: ValidateCommand) -> BoxFuture<'_, Result<ValidateStarted, String>>;
+    /// Change the proxy's mode, recorded as changed by `by`.
+    fn proxy_mode(
+        &self,
+        _mode: String,
+        _by: String,
+    ) -> BoxFuture<'_, Result<ferry_monitor::proxy::ModeChange, String>> {
+        Box::pin(async { Err("no proxy runs here: set [proxy] listen".into()) })
+    }
 }
 
 /// A validation the pipeline accepted.

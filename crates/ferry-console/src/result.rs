@@ -102,6 +102,27 @@ const VALIDATE: &[Column] = &[
 /// `GET /status`).
 const KEYS_SHOWN: usize = 10;
 
+const SHADOW: &[Column] = &[
+    ("fingerprint", Type::TEXT),
+    ("query", Type::TEXT),
+    ("calls", Type::INT8),
+    ("mirrored", Type::INT8),
+    ("mismatches", Type::INT8),
+    ("lag_settled", Type::INT8),
+    ("target_errors", Type::INT8),
+    ("source_p50_ms", Type::FLOAT8),
+    ("source_p99_ms", Type::FLOAT8),
+    ("target_p50_ms", Type::FLOAT8),
+    ("target_p99_ms", Type::FLOAT8),
+    ("example", Type::TEXT),
+];
+
+const PROXY_MODE: &[Column] = &[
+    ("mode", Type::TEXT),
+    ("changed_by", Type::TEXT),
+    ("changed_at", Type::TIMESTAMPTZ),
+];
+
 const HELP: &[Column] = &[("command", Type::TEXT), ("description", Type::TEXT)];
 
 const CUTOVER: &[Column] = &[
@@ -130,6 +151,8 @@ pub fn columns(cmd: &Command) -> Option<&'static [Column]> {
         Command::ShowLagHistory { .. } => Some(HISTORY),
         Command::ShowHelp => Some(HELP),
         Command::ShowValidation => Some(VALIDATION),
+        Command::ShowShadow => Some(SHADOW),
+        Command::ProxyMode(_) => Some(PROXY_MODE),
         Command::Validate(_) => Some(VALIDATE),
         Command::Cutover(_) => Some(CUTOVER),
         Command::Pause | Command::Resume | Command::Set => None,
@@ -297,6 +320,44 @@ pub fn validate_started(v: &ValidateStarted) -> ResultSet {
         text("SHOW VALIDATION shows each table's result as it finishes"),
     ];
     set(VALIDATE, vec![row])
+}
+
+/// `SHOW SHADOW`: one row per query fingerprint (none without a proxy).
+pub fn shadow(s: &Status) -> ResultSet {
+    let rows = s
+        .proxy
+        .iter()
+        .flat_map(|p| p.queries.iter())
+        .map(|q| {
+            vec![
+                text(q.fingerprint.clone()),
+                text(q.query.clone()),
+                int(q.calls),
+                int(q.mirrored),
+                int(q.mismatches),
+                int(q.lag_settled),
+                int(q.target_errors),
+                Cell::Float(q.source_p50_ms),
+                Cell::Float(q.source_p99_ms),
+                Cell::Float(q.target_p50_ms),
+                Cell::Float(q.target_p99_ms),
+                Cell::Text(q.example.clone()),
+            ]
+        })
+        .collect();
+    set(SHADOW, rows)
+}
+
+/// `PROXY MODE …`: the recorded change.
+pub fn mode_change(c: &ferry_monitor::proxy::ModeChange) -> ResultSet {
+    set(
+        PROXY_MODE,
+        vec![vec![
+            text(c.mode.clone()),
+            text(c.by.clone()),
+            time(Some(c.at)),
+        ]],
+    )
 }
 
 pub fn help() -> ResultSet {

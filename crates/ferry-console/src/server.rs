@@ -86,6 +86,18 @@ pub async fn execute<B: Backend + ?Sized>(
         Command::ShowTables => Answer::Rows(result::tables(&backend.status())),
         Command::ShowHelp => Answer::Rows(result::help()),
         Command::ShowValidation => Answer::Rows(result::validation(&backend.status())),
+        Command::ShowShadow => Answer::Rows(result::shadow(&backend.status())),
+        Command::ProxyMode(mode) => {
+            let change = backend
+                .proxy_mode(mode.clone(), "console".into())
+                .await
+                .map_err(|message| ConsoleError {
+                    code: NOT_IN_PREREQUISITE_STATE,
+                    message: format!("proxy mode not changed: {message}"),
+                    hint: Some("SHOW STATUS shows the proxy's mode; the modes are source and reads-on-target".into()),
+                })?;
+            Answer::Rows(result::mode_change(&change))
+        }
         Command::Validate(v) => {
             let started = backend
                 .validate(v.clone())

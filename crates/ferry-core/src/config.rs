@@ -19,7 +19,10 @@ use serde::Deserialize;
 use crate::schema::TableId;
 use crate::secret::{RedactedUrl, Secret};
 
+mod proxy;
 mod sources;
+
+pub use proxy::ProxyConfig;
 
 pub use sources::{
     EnumPolicy, MisfitPolicy, MySqlSourceConfig, PostgresSourceConfig, SqliteSourceConfig,
@@ -59,6 +62,8 @@ pub struct Config {
     /// database back into the old source with a reversed config).
     #[serde(skip)]
     pub direction: Direction,
+    #[serde(default)]
+    pub proxy: ProxyConfig,
 }
 
 /// Which way a run carries changes.
@@ -588,6 +593,7 @@ const SECTIONS: &[&str] = &[
     "mysql",
     "sqlite",
     "validate",
+    "proxy",
 ];
 const LIST_KEYS: &[&str] = &["tables.include", "tables.exclude", "tables.insert_only"];
 /// `FERRY_*` variables that configure the CLI itself, not `ferry.toml`.
@@ -809,6 +815,18 @@ impl Config {
         }
         if self.console.user.is_empty() {
             problems.push("console.user must not be empty".into());
+        }
+        problems.extend(self.proxy.problems());
+        if self.proxy.listen.is_some()
+            && self
+                .source
+                .kind()
+                .ok()
+                .is_some_and(|k| k != EndpointKind::Postgres)
+        {
+            problems.push(
+                "proxy.listen is set but the source is not PostgreSQL: the proxy speaks PostgreSQL's protocol to the source; remove [proxy]".into(),
+            );
         }
         if !is_identifier(&self.state.schema) {
             problems.push(format!(

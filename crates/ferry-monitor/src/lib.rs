@@ -4,12 +4,14 @@
 //! - [`lag`]: the two lag figures (seconds and bytes) as pure functions.
 //! - [`metrics`]: metric names, the [`Metrics`] handle, Prometheus text.
 //! - [`history`]: `<state>.lag_history` sampling, compaction and reading.
+//! - [`proxy`]: the shadow-read proxy's status and statistics.
 //! - [`status`]: what `ferry status`, `GET /status` and the console show.
 //! - [`timestamp`]: RFC 3339 times for JSON and text views.
 
 pub mod history;
 pub mod lag;
 pub mod metrics;
+pub mod proxy;
 pub mod status;
 pub mod timestamp;
 

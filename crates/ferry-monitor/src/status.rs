@@ -214,6 +214,9 @@ pub struct Status {
     /// (`postgres.capture_ddl`); `None` when there were none.
     #[serde(default)]
     pub schema_changes: Option<SchemaChanges>,
+    /// The PostgreSQL-wire proxy, when `[proxy] listen` is set.
+    #[serde(default)]
+    pub proxy: Option<crate::proxy::ProxyStatus>,
 }
 
 fn forward() -> String {
@@ -256,6 +259,7 @@ impl Status {
             validating: false,
             direction: forward(),
             schema_changes: None,
+            proxy: None,
         }
     }
 
@@ -438,6 +442,10 @@ pub fn render_table(s: &Status) -> String {
     if !s.validation.is_empty() || s.validating {
         out.push('\n');
         render_validation(&mut out, &s.validation, s.validating);
+    }
+    if let Some(p) = &s.proxy {
+        out.push('\n');
+        crate::proxy::render(&mut out, p);
     }
     out
 }

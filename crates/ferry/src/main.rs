@@ -46,6 +46,19 @@ struct Cli {
     command: Command,
 }
 
+/// `ferry proxy …`.
+#[derive(Debug, Subcommand)]
+enum ProxyAction {
+    /// Set the proxy's mode: `source` (everything to the source, reads
+    /// mirrored) or `reads-on-target`.
+    Mode {
+        mode: String,
+        /// Who asks, recorded with the change (default: the OS user).
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Check source and target prerequisites and print the migration plan.
@@ -96,6 +109,15 @@ enum Command {
         /// sources, with --fence; the target needs wal_level = logical).
         #[arg(long)]
         with_fallback: bool,
+        /// Cut over through the proxy ([proxy]): hold new statements at
+        /// transaction boundaries, cut over, move proxied sessions to the target.
+        #[arg(long, conflicts_with = "fence")]
+        via_proxy: bool,
+    },
+    /// The PostgreSQL-wire proxy of the running `ferry run` ([proxy]).
+    Proxy {
+        #[command(subcommand)]
+        action: ProxyAction,
     },
     /// After `cutover --with-fallback`: move back to the old source (fence
     /// the new database, drain, sync sequences back, compare counts, unfence
@@ -186,9 +208,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Plan { json } => plan::run(&config, json).await,
         Command::Run => {
-            let stop = shutdown::Shutdown::new();
-            shutdown::on_signals(stop.clone())?;
-            pipeline::run(&config, stop).await
+            let signals = shutdown::Shutdown::new();
+            shutdown::on_signals(signals.clone())?;
+            // A cutover cancels the run's child token; the proxy, if any,
+            // serves until a signal.
+            pipeline::run(&config, signals.child_token()).await
         }
         Command::Status {
             json,
@@ -204,8 +228,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             skip_counts,
             require_validated,
             with_fallback,
+            via_proxy,
         } => {
             let req = control::CutoverRequest {
+                via_proxy,
                 dry_run,
                 fence,
                 max_lag_seconds: Some(max_lag.as_secs_f64()),
@@ -247,6 +273,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             let req = ferry::validate::ValidateRequest { tables, repair };
             operations::validate(&config, &req, continuous, json).await
         }
+        Command::Proxy {
+            action: ProxyAction::Mode { mode, by },
+        } => operations::proxy_mode(&config, mode, by).await,
         Command::Pause => operations::pause(&config, true).await,
         Command::Resume => operations::pause(&config, false).await,
         Command::Cleanup { state } => operations::cleanup(&config, state).await,

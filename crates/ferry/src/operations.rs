@@ -265,6 +265,31 @@ pub async fn pause(config: &Config, paused: bool) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
+/// `ferry proxy mode`: change the running proxy's mode, recorded with who.
+#[allow(clippy::print_stdout)]
+pub async fn proxy_mode(
+    config: &Config,
+    mode: String,
+    by: Option<String>,
+) -> anyhow::Result<Outcome> {
+    let addr = control_address(config).await?;
+    let by = by.unwrap_or_else(|| {
+        format!(
+            "cli ({})",
+            std::env::var("USER").unwrap_or_else(|_| "unknown user".into())
+        )
+    });
+    let req = control::ProxyModeRequest { mode, by: Some(by) };
+    let change = control::post_proxy_mode(&addr, config.control.token.as_ref(), &req).await?;
+    println!(
+        "proxy mode is now {} (by {}, at {})",
+        change.mode,
+        change.by,
+        ferry_monitor::timestamp::format(change.at)
+    );
+    Ok(Outcome::Ok)
+}
+
 /// The pause switch of a `ferry run` reached through its control API.
 struct ControlPause {
     addr: String,
@@ -351,7 +376,11 @@ pub async fn validate(
 
 #[allow(clippy::print_stdout)]
 pub async fn report(config: &Config, output: &std::path::Path) -> anyhow::Result<Outcome> {
-    let status = current_status(config).await?;
+    let mut status = current_status(config).await?;
+    if status.proxy.is_none() {
+        // Not running: the shadow-read totals as stored in the target.
+        status.proxy = crate::pipeline::proxy::stored(config).await;
+    }
     let samples = lag_history(config, Duration::from_secs(90 * 86_400)).await?;
     let validations = {
         let target = ferry_postgres::connect::connect(&config.target, "target").await?;

@@ -58,6 +58,9 @@ pub fn render_report(
     }
     tables(&mut out, &status.tables);
     validation(&mut out, validations);
+    if let Some(p) = &status.proxy {
+        shadow(&mut out, p);
+    }
     if let Some(c) = &status.cutover {
         cutover(&mut out, c);
     }
@@ -257,6 +260,46 @@ fn validation(out: &mut String, runs: &[TableValidation]) {
     out.push_str("</table>\n");
 }
 
+/// Shadow reads through the proxy, per fingerprint.
+fn shadow(out: &mut String, p: &ferry_monitor::proxy::ProxyStatus) {
+    out.push_str("<h2>Shadow reads (proxy)</h2>\n");
+    let _ = writeln!(
+        out,
+        "<p>mode {} · mirrored {} · mismatches {} · errors only on the target {} · dropped {}</p>",
+        escape(&p.mode),
+        p.mirrored,
+        p.mismatches,
+        p.target_errors,
+        p.mirror_dropped
+    );
+    out.push_str(
+        "<table class=\"shadow\"><tr><th>fingerprint</th><th>statement</th><th>calls</th>\
+         <th>mirrored</th><th>mismatches</th><th>target errors</th><th>p50/p99 source ms</th>\
+         <th>p50/p99 target ms</th><th>example</th></tr>\n",
+    );
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
+    for q in &p.queries {
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td><code>{}</code></td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}/{}</td>\
+             <td class=\"n\">{}/{}</td><td>{}</td></tr>",
+            escape(&q.fingerprint),
+            escape(&q.query),
+            q.calls,
+            q.mirrored,
+            q.mismatches,
+            q.target_errors,
+            ms(q.source_p50_ms),
+            ms(q.source_p99_ms),
+            ms(q.target_p50_ms),
+            ms(q.target_p99_ms),
+            escape(q.example.as_deref().unwrap_or(""))
+        );
+    }
+    out.push_str("</table>\n");
+}
+
 fn cutover(out: &mut String, c: &CutoverRecord) {
     out.push_str("<h2>Cutover</h2>\n<table class=\"cutover\">\n");
     row(out, "outcome", &c.outcome);
@@ -424,6 +467,30 @@ mod tests {
         assert!(html.contains("binlog.000003:1234"));
         assert!(html.contains("write freeze</th><td>3.2s"));
         assert!(html.contains("1,500"));
+    }
+
+    #[test]
+    fn shadow_reads_are_listed_per_fingerprint() {
+        let mut s = status();
+        s.proxy = Some(ferry_monitor::proxy::ProxyStatus {
+            mode: "source".into(),
+            mismatches: 2,
+            queries: vec![ferry_monitor::proxy::ShadowQuery {
+                fingerprint: "00aa".into(),
+                query: "select a from t where b < ?".into(),
+                calls: 10,
+                mirrored: 5,
+                mismatches: 2,
+                example: Some("rows differ: 1 only on the source, 0 only on the target".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let html = render_report(&s, &[], &[]);
+        assert!(html.contains("Shadow reads (proxy)"), "{html}");
+        assert!(html.contains("select a from t where b &lt; ?"), "{html}");
+        assert!(html.contains("1 only on the source"), "{html}");
+        assert!(!render_report(&status(), &[], &[]).contains("Shadow reads"));
     }
 
     #[test]

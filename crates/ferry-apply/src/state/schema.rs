@@ -17,6 +17,8 @@
 //! | `overrides(kind, relid, object, original, recorded_at, done_at)` | target schema changes to put back at cutover | the binary's overrides |
 //! | `control(id = 1, address, pid, started_at)` | where the running `ferry run` listens | the binary's control API |
 //! | `fallback(id = 1, direction, slot, publication, start_position, started_at, ended_at, note)` | the way back after a cutover with fallback: `reverse` while ferry streams the new database into the old source, then `rolled_back` or `finished`; the same row on both sides | the binary's fallback module |
+//! | `shadow_queries(fingerprint, query, calls, mirrored, mismatches, lag_settled, target_errors, source_p50_ms, source_p99_ms, target_p50_ms, target_p99_ms, example, updated_at)` | shadow-read statistics per normalized statement (no values) | the binary's proxy wiring |
+//! | `proxy_events(id, at, kind, mode, by, detail)` | proxy mode changes (who, when) and cutovers through the proxy (client-side write freeze) | the binary's proxy wiring |
 //! | `validations(id, source_table, target_table, started_at, finished_at, rows_checked, ranges, differences, unsettled, repaired, clean, rows_per_second)` | one row per table per validation | the binary's validate module |
 //!
 //! Versions:
@@ -38,6 +40,10 @@
 //!    of keys (never row values).
 //! 4. `fallback`: the way back after a cutover with fallback (one row,
 //!    written in the target's state and in the old source's).
+//! 5. `shadow_queries`: the proxy's shadow-read statistics per query
+//!    fingerprint (totals since the migration started; normalized text
+//!    only); `proxy_events`: mode changes with who and when, and cutovers
+//!    through the proxy with the write freeze clients saw.
 //!
 //! Invariants: [`ensure`] runs every missing migration and records each in
 //! one transaction, under the advisory lock that ferry has always taken
@@ -99,6 +105,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 4,
         summary: "fallback: the reverse stream after a cutover with fallback",
         template: V4,
+    },
+    Migration {
+        version: 5,
+        summary: "shadow_queries and proxy_events: the PostgreSQL-wire proxy's statistics and mode changes",
+        template: V5,
     },
 ];
 
@@ -211,6 +222,30 @@ CREATE TABLE IF NOT EXISTS {s}.fallback (
     started_at timestamptz NOT NULL DEFAULT now(),
     ended_at timestamptz,
     note text);
+";
+
+const V5: &str = "
+CREATE TABLE IF NOT EXISTS {s}.shadow_queries (
+    fingerprint text PRIMARY KEY,
+    query text NOT NULL,
+    calls bigint NOT NULL DEFAULT 0,
+    mirrored bigint NOT NULL DEFAULT 0,
+    mismatches bigint NOT NULL DEFAULT 0,
+    lag_settled bigint NOT NULL DEFAULT 0,
+    target_errors bigint NOT NULL DEFAULT 0,
+    source_p50_ms double precision,
+    source_p99_ms double precision,
+    target_p50_ms double precision,
+    target_p99_ms double precision,
+    example text,
+    updated_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS {s}.proxy_events (
+    id bigserial PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT now(),
+    kind text NOT NULL,
+    mode text,
+    by text,
+    detail jsonb);
 ";
 
 /// The migrations to run over a database whose recorded version is

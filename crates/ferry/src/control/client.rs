@@ -119,6 +119,28 @@ pub async fn post_validate(
     decode(addr, &body)
 }
 
+/// `POST /proxy/mode`.
+pub async fn post_proxy_mode(
+    addr: &str,
+    token: Option<&Secret>,
+    req: &super::ProxyModeRequest,
+) -> Result<ferry_monitor::proxy::ModeChange, ControlClientError> {
+    let body = serde_json::to_vec(req).map_err(|e| ControlClientError::Protocol {
+        addr: addr.to_owned(),
+        message: e.to_string(),
+    })?;
+    let body = call(
+        addr,
+        token,
+        Method::POST,
+        "/proxy/mode",
+        Some(body),
+        Some(CLIENT_TIMEOUT),
+    )
+    .await?;
+    decode(addr, &body)
+}
+
 /// `POST /resume`.
 pub async fn post_resume(addr: &str, token: Option<&Secret>) -> Result<(), ControlClientError> {
     call(

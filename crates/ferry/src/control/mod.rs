@@ -15,6 +15,7 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /cutover` | body: [`CutoverRequest`] JSON (empty = defaults); the [`CutoverRecord`] JSON, or `409 {"error": …}` |
 //! | `POST /pause`, `POST /resume` | `{"paused": bool}` |
+//! | `POST /proxy/mode` | body: [`ProxyModeRequest`] JSON; the recorded mode change, or `409 {"error": …}` (no proxy, or a mode it cannot take) |
 //! | `POST /validate` | body: [`ValidateRequest`] JSON (empty = every table, no repair); starts a validation in the background: [`ValidateAccepted`] JSON, or `409 {"error": …}` (one is running, or the load is not done); results appear in `/status` (`validation`) and `/metrics` |
 //!
 //! When `control.token` is set every request needs `Authorization: Bearer
@@ -37,7 +38,8 @@ mod server;
 pub use crate::validate::ValidateRequest;
 pub use crate::validate::background::ValidateAccepted;
 pub use client::{
-    ControlClientError, get_status, post_cutover, post_pause, post_resume, post_validate,
+    ControlClientError, get_status, post_cutover, post_pause, post_proxy_mode, post_resume,
+    post_validate,
 };
 pub use server::serve;
 
@@ -68,6 +70,22 @@ pub struct CutoverRequest {
     pub rollback: bool,
     /// `ferry finish`: end the fallback period (reverse stream only).
     pub finish_fallback: bool,
+    /// Cut over through the proxy (`[proxy]`): hold new statements at
+    /// transaction boundaries, cut over, move every proxied session to the
+    /// target, release.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub via_proxy: bool,
+}
+
+/// `POST /proxy/mode`: the proxy's new mode and who asks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyModeRequest {
+    /// `source` or `reads-on-target`.
+    pub mode: String,
+    /// Who asks (recorded with the change); default `control API`.
+    #[serde(default)]
+    pub by: Option<String>,
 }
 
 /// A boxed future, so the handler trait stays object safe.
@@ -84,6 +102,13 @@ pub trait ControlHandler: Send + Sync + 'static {
     fn resume(&self);
     /// Start a validation in the background; `Err` says why not.
     fn validate(&self, req: ValidateRequest) -> BoxFuture<'_, Result<ValidateAccepted, String>>;
+    /// Change the proxy's mode; the recorded change, or why not.
+    fn proxy_mode(
+        &self,
+        _req: ProxyModeRequest,
+    ) -> BoxFuture<'_, Result<ferry_monitor::proxy::ModeChange, String>> {
+        Box::pin(async { Err("no proxy runs here: set [proxy] listen".into()) })
+    }
 }
 
 #[cfg(test)]

@@ -126,12 +126,15 @@ async fn route(req: Request<Incoming>, h: &dyn ControlHandler, token: Option<&Se
             json(StatusCode::OK, &serde_json::json!({ "paused": false }))
         }
         ("/validate", Method::POST) => validate(req, h).await,
-        ("/status" | "/metrics" | "/cutover" | "/pause" | "/resume" | "/validate", m) => {
-            json_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &format!("{m} is not allowed on {path}"),
-            )
-        }
+        ("/proxy/mode", Method::POST) => proxy_mode(req, h).await,
+        (
+            "/status" | "/metrics" | "/cutover" | "/pause" | "/resume" | "/validate"
+            | "/proxy/mode",
+            m,
+        ) => json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("{m} is not allowed on {path}"),
+        ),
         _ => json_error(
             StatusCode::NOT_FOUND,
             &format!(
@@ -166,6 +169,26 @@ async fn cutover(req: Request<Incoming>, h: &dyn ControlHandler) -> Reply {
     );
     match h.cutover(opts).await {
         Ok(record) => json(StatusCode::OK, &record),
+        Err(e) => json_error(StatusCode::CONFLICT, &e),
+    }
+}
+
+async fn proxy_mode(req: Request<Incoming>, h: &dyn ControlHandler) -> Reply {
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("reading the request body: {e}"),
+            );
+        }
+    };
+    let opts = match serde_json::from_slice::<super::ProxyModeRequest>(&body) {
+        Ok(o) => o,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("proxy mode: {e}")),
+    };
+    match h.proxy_mode(opts).await {
+        Ok(change) => json(StatusCode::OK, &change),
         Err(e) => json_error(StatusCode::CONFLICT, &e),
     }
 }

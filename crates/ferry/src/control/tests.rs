@@ -215,6 +215,7 @@ async fn cutover_reaches_the_handler_with_its_options() {
         with_fallback: true,
         rollback: false,
         finish_fallback: false,
+        via_proxy: true,
     };
     let rec = post_cutover(&r.addr, None, &req).await.expect("cutover");
     assert_eq!(rec, record(&req));

@@ -174,7 +174,13 @@ pub async fn run<S: Source>(
         rec.finished_at = Some(SystemTime::now());
         return Ok(rec);
     }
-    match execute(&live, source.as_ref(), &req, &mut rec).await {
+    // Through the proxy: statements held at transaction boundaries for the
+    // whole cutover, released to the target on success, to the source on
+    // failure (`super::proxy`).
+    let held = super::proxy::hold(&live, &req).await?;
+    let result = execute(&live, source.as_ref(), &req, &mut rec).await;
+    super::proxy::release(&live, held, result.is_ok(), &mut rec).await;
+    match result {
         Ok(()) => {
             rec.outcome = "done".into();
             rec.finished_at = Some(SystemTime::now());

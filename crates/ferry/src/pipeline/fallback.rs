@@ -206,6 +206,9 @@ pub fn reverse_config(config: &Config, carried: &[(TableId, TableId)]) -> anyhow
     // Schema changes on the new database are not carried back (no event
     // triggers are installed there; see the README's limits).
     r.postgres.capture_ddl = false;
+    // The proxy serves the forward direction only (`rollback --via-proxy`
+    // is not built): the reverse run does not listen for clients.
+    r.proxy = Default::default();
     Ok(r)
 }
 

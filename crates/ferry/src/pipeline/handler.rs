@@ -38,7 +38,11 @@ impl<S: Source> ControlHandler for Handler<S> {
     }
 
     fn metrics(&self) -> String {
-        self.live.metrics.render()
+        let mut text = self.live.metrics.render();
+        if let Some((p, listen)) = self.live.proxy.get() {
+            text.push_str(&super::proxy::metrics(&super::proxy::status(p, listen)));
+        }
+        text
     }
 
     fn cutover(&self, req: CutoverRequest) -> BoxFuture<'_, Result<CutoverRecord, String>> {
@@ -61,6 +65,17 @@ impl<S: Source> ControlHandler for Handler<S> {
 
     fn validate(&self, req: ValidateRequest) -> BoxFuture<'_, Result<ValidateAccepted, String>> {
         Box::pin(async move { crate::validate::background::start(&self.live, req) })
+    }
+
+    fn proxy_mode(
+        &self,
+        req: crate::control::ProxyModeRequest,
+    ) -> BoxFuture<'_, Result<ferry_monitor::proxy::ModeChange, String>> {
+        Box::pin(super::proxy::change_mode(
+            &self.live,
+            req.mode,
+            req.by.unwrap_or_else(|| "control API".into()),
+        ))
     }
 }
 
@@ -104,6 +119,14 @@ impl<S: Source> ferry_console::Backend for Handler<S> {
 
     fn resume(&self) {
         ControlHandler::resume(self);
+    }
+
+    fn proxy_mode(
+        &self,
+        mode: String,
+        by: String,
+    ) -> BoxFuture<'_, Result<ferry_monitor::proxy::ModeChange, String>> {
+        Box::pin(super::proxy::change_mode(&self.live, mode, by))
     }
 
     fn validate(

@@ -94,6 +94,8 @@ pub struct Live<P: Position> {
     shutdown: Shutdown,
     /// Stops the background tasks once the pipeline has finished.
     stop: Shutdown,
+    /// The proxy and its address, when `[proxy] listen` is set.
+    pub proxy: std::sync::OnceLock<(Arc<ferry_proxy::Proxy>, String)>,
 }
 
 impl<P: Position> Live<P> {
@@ -127,6 +129,7 @@ impl<P: Position> Live<P> {
             schema_changes: Mutex::new(None),
             shutdown,
             stop: Shutdown::new(),
+            proxy: std::sync::OnceLock::new(),
         })
     }
 
@@ -277,6 +280,30 @@ impl<P: Position> Live<P> {
         self.stop.clone().cancelled_owned()
     }
 
+    /// Resolves when the proxy should stop: on a signal, or when the
+    /// pipeline stops unless a cutover moved the proxy to the target (its
+    /// clients then keep being served until a signal).
+    pub fn proxy_stop(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let stop = self.stop.clone();
+        let process = crate::shutdown::process();
+        let proxy = self.proxy.get().map(|(p, _)| p.clone());
+        async move {
+            let pipeline_done = async {
+                stop.cancelled().await;
+                if proxy.is_some_and(|p| p.mode() == ferry_proxy::Mode::Target) {
+                    std::future::pending::<()>().await;
+                }
+            };
+            match process {
+                Some(p) => tokio::select! {
+                    () = p.cancelled() => {}
+                    () = pipeline_done => {}
+                },
+                None => pipeline_done.await,
+            }
+        }
+    }
+
     /// The status as the control API shows it.
     pub fn status(&self) -> Status {
         let mut s = Status::new(self.phase(), P::KIND.as_str(), SystemTime::now());
@@ -317,6 +344,10 @@ impl<P: Position> Live<P> {
         s.validation = lock(&self.validation, |v| v.clone());
         s.validating = self.validating.load(Ordering::Acquire);
         s.schema_changes = lock(&self.schema_changes, |d| d.clone());
+        s.proxy = self
+            .proxy
+            .get()
+            .map(|(p, listen)| super::proxy::status(p, listen));
         s
     }
 }

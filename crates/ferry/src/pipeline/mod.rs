@@ -55,6 +55,7 @@ pub mod load;
 mod overrides;
 mod plan_store;
 mod progress;
+pub(crate) mod proxy;
 mod retry;
 mod schema;
 mod stream;
@@ -196,6 +197,11 @@ async fn run_once<S: Source>(
         validate_after_cutover(config, &state).await?;
         match config.direction {
             ferry_core::config::Direction::Forward => {
+                if config.proxy.listen.is_some() {
+                    let stop = crate::shutdown::process().unwrap_or(shutdown);
+                    proxy::serve_after_cutover(config, stop.cancelled_owned()).await?;
+                    return Ok(Outcome::Ok);
+                }
                 info!("this migration is already cut over (phase done); nothing to do")
             }
             ferry_core::config::Direction::Reverse => {
@@ -475,6 +481,7 @@ async fn start_background<S: Source>(
         }
     });
     console::start(config, handler, live.stopped(), &mut set).await?;
+    proxy::start(config, live, &mut set).await?;
     if config.validate.every_seconds > 0 {
         set.spawn(crate::validate::background::schedule(
             live.clone(),

@@ -155,7 +155,7 @@ impl Streaming {
             started,
             STREAM_TIMEOUT,
             || {
-                get_status(control).is_ok_and(|s| {
+                status_of(control).is_ok_and(|s| {
                     s["live"] == serde_json::Value::Bool(true) && s["phase"] == "stream"
                 })
             },
@@ -345,7 +345,7 @@ fn lag_bench(cs: ControlSizes) -> anyhow::Result<LagFigures> {
         .and_then(|l| l["tps = ".len()..].split_whitespace().next())
         .and_then(|n| n.parse::<f64>().ok());
     let settled = loop {
-        if get_status(s.control).is_ok_and(|v| v["lag"]["seconds"].as_f64() == Some(0.0)) {
+        if status_of(s.control).is_ok_and(|v| v["lag"]["seconds"].as_f64() == Some(0.0)) {
             break Some(ended.elapsed());
         }
         if ended.elapsed() > SETTLE_TIMEOUT {
@@ -402,7 +402,7 @@ pub(crate) fn sample_lag(s: &mut Streaming, load: &mut Child) -> anyhow::Result<
                 tail(&s.ferry.log(), 40)
             );
         }
-        let status = get_status(s.control)?;
+        let status = status_of(s.control)?;
         lags.push(
             status["lag"]["seconds"]
                 .as_f64()
@@ -426,7 +426,7 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
 // ---------------------------------------------------------------- HTTP
 
 /// `GET /status` from the control endpoint, parsed.
-pub(crate) fn get_status(addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
+pub(crate) fn status_of(addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;

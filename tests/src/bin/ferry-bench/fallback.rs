@@ -78,7 +78,7 @@ fn bench(cs: ControlSizes) -> anyhow::Result<FallbackFigures> {
         std::time::Instant::now(),
         Duration::from_secs(120),
         || {
-            crate::cutover::get_status(s.control)
+            crate::cutover::status_of(s.control)
                 .is_ok_and(|v| v["direction"] == "reverse" && v["phase"] == "stream")
         },
     )?;

@@ -65,6 +65,10 @@
 //!    `--sqlite-only` runs only this one.
 //! 7. **MariaDB full load** against pgloader: see `mariadb.rs`
 //!    (`--mariadb-only` runs only it).
+//! 8. **Proxy**: pgbench through ferry's PostgreSQL-wire proxy against
+//!    direct connections and pgbouncer, shadow-read cost, the client-side
+//!    write freeze of `cutover --via-proxy`; see `proxy.rs`
+//!    (`--proxy-only` runs only it).
 //!
 //! One module per benchmark: [`load`] (1), [`cdc`] (2), [`cutover`] (3 and
 //! 4), [`validate`] (5), [`sqlite`] (6), [`mariadb`] (7), [`memory`]; [`harness`] holds the servers, the generated data and the
@@ -93,6 +97,7 @@ mod harness;
 mod load;
 mod mariadb;
 mod memory;
+mod proxy;
 mod report;
 mod sqlite;
 mod validate;
@@ -138,6 +143,9 @@ fn bench_main() -> anyhow::Result<ExitCode> {
     }
     if matches!(sizes.only, None | Some(Only::Fallback)) {
         fallback::run(&sizes, &mut report);
+    }
+    if matches!(sizes.only, None | Some(Only::Proxy)) {
+        proxy::run(&sizes, &mut report);
     }
     if matches!(sizes.only, None | Some(Only::Control | Only::Cdc)) {
         memory::run(&mut report);
@@ -215,10 +223,12 @@ enum Only {
     MariaDb,
     /// The cutover with fallback and the reverse lag (`--fallback-only`).
     Fallback,
+    /// The PostgreSQL-wire proxy against direct and pgbouncer (`--proxy-only`).
+    Proxy,
 }
 
 impl Only {
-    const ALL: [Only; 7] = [
+    const ALL: [Only; 8] = [
         Only::Control,
         Only::Cdc,
         Only::Load,
@@ -226,6 +236,7 @@ impl Only {
         Only::Sqlite,
         Only::MariaDb,
         Only::Fallback,
+        Only::Proxy,
     ];
 
     fn flag(self) -> &'static str {
@@ -237,6 +248,7 @@ impl Only {
             Only::Sqlite => "--sqlite-only",
             Only::MariaDb => "--mariadb-only",
             Only::Fallback => "--fallback-only",
+            Only::Proxy => "--proxy-only",
         }
     }
 
@@ -249,6 +261,7 @@ impl Only {
             Only::Sqlite => "SQLite source benchmark",
             Only::MariaDb => "MariaDB full-load benchmark",
             Only::Fallback => "Fallback benchmark",
+            Only::Proxy => "Proxy benchmark",
         }
     }
 }

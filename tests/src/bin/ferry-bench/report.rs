@@ -23,6 +23,7 @@ pub(crate) struct Report {
     pub(crate) sqlite: Option<SqliteFigures>,
     pub(crate) validate: Option<crate::validate::ValidateFigures>,
     pub(crate) mariadb_load: Option<crate::mariadb::MariaDbLoadFigures>,
+    pub(crate) proxy: Option<crate::proxy::ProxyFigures>,
     pub(crate) failures: Vec<String>,
 }
 
@@ -75,6 +76,9 @@ impl Report {
         }
         if let Some(v) = &self.validate {
             s.push_str(&v.row());
+        }
+        if let Some(p) = &self.proxy {
+            s.push_str(&p.rows());
         }
         if let Some(l) = &self.load {
             s.push_str(&l.detail());

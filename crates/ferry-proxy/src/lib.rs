@@ -1,0 +1,394 @@
+//! ferry-proxy: a PostgreSQL-wire proxy for migration weeks (DESIGN §9).
+//!
+//! The application connects to the proxy instead of its database. The
+//! proxy authenticates the client itself (SCRAM-SHA-256, TLS when
+//! configured: [`scram`], [`handshake`]), opens its own session to the
+//! source with the configured credentials and the client's startup
+//! parameters ([`backend`]), and from then on forwards every message byte
+//! for byte in both directions ([`frame`], [`session`]): simple and extended
+//! query, prepared statements, binary formats, transactions, COPY,
+//! LISTEN/NOTIFY. Cancel requests carry the proxy's key data and are sent
+//! on to the backend the session is using.
+//!
+//! It decodes only what its features need, at batch boundaries (a Query,
+//! or extended-protocol messages up to Sync, with no answer outstanding):
+//!
+//! - **Mode `source`** (default): everything goes to the source. Read-only
+//!   statements ([`classify`]) outside transactions are, at the sampling
+//!   rate, mirrored to the target by a small pool of workers ([`mirror`])
+//!   and the answers compared ([`compare`]); a difference is re-checked
+//!   after the target applied past the source's position before it counts.
+//!   Statistics per fingerprint in [`stats`]. A full mirror queue drops the
+//!   statement and counts it: the client never waits for the target.
+//! - **Mode `reads-on-target`**: read-only statements outside transactions
+//!   are served by a second session on the target while the lag is under
+//!   the bound (else by the source, counted).
+//! - **Mode `target`**: after a cutover through the proxy
+//!   ([`Proxy::hold`] / [`Proxy::release`]): new statements are held at
+//!   transaction boundaries while the cutover drains, then every session
+//!   moves to the target with its session state (startup parameters, `SET`s
+//!   replayed; named prepared statements prepared again when next used).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{debug, info};
+
+pub mod backend;
+pub mod classify;
+pub mod compare;
+pub mod frame;
+mod handshake;
+pub mod mirror;
+pub mod scram;
+mod session;
+pub mod stats;
+
+pub use backend::{BackendConfig, Side};
+pub use stats::{QueryRow, Stats};
+
+/// Where statements go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Everything to the source; read-only statements mirrored.
+    Source,
+    /// Read-only statements outside transactions served by the target.
+    ReadsOnTarget,
+    /// Everything to the target (after a cutover through the proxy).
+    Target,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Source => "source",
+            Mode::ReadsOnTarget => "reads-on-target",
+            Mode::Target => "target",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+            "source" => Some(Mode::Source),
+            "reads-on-target" => Some(Mode::ReadsOnTarget),
+            "target" => Some(Mode::Target),
+            _ => None,
+        }
+    }
+}
+
+/// A recorded mode change.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ModeChange {
+    pub mode: Mode,
+    pub by: String,
+    pub at: SystemTime,
+}
+
+/// How clients authenticate to the proxy.
+#[derive(Clone)]
+pub enum ClientAuth {
+    /// No authentication (loopback only; the caller checks).
+    Open,
+    Password {
+        user: String,
+        password: String,
+    },
+}
+
+impl std::fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientAuth::Open => f.write_str("ClientAuth::Open"),
+            ClientAuth::Password { user, .. } => write!(f, "ClientAuth::Password({user}, ****)"),
+        }
+    }
+}
+
+/// The proxy's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub auth: ClientAuth,
+    /// PEM certificate chain and key for client TLS.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    pub source: BackendConfig,
+    pub target: BackendConfig,
+    pub mode: Mode,
+    /// Share of eligible read-only statements mirrored (0..=1).
+    pub sample_rate: f64,
+    /// Mirror workers (target sessions).
+    pub mirror_workers: usize,
+    /// Mirrored statements waiting at most; more are dropped and counted.
+    pub mirror_queue: usize,
+    /// `reads-on-target` serves from the target only below this lag.
+    pub max_read_lag: Duration,
+}
+
+/// What the running pipeline tells the proxy.
+pub trait Replication: Send + Sync + 'static {
+    /// The source WAL position applied to the target (as a 64-bit LSN).
+    fn applied_lsn(&self) -> Option<u64>;
+    /// Replication lag now, in seconds.
+    fn lag_seconds(&self) -> f64;
+}
+
+/// No replication known (tests; a proxy without a pipeline).
+#[derive(Debug)]
+pub struct NoReplication;
+
+impl Replication for NoReplication {
+    fn applied_lsn(&self) -> Option<u64> {
+        None
+    }
+    fn lag_seconds(&self) -> f64 {
+        f64::INFINITY
+    }
+}
+
+/// Where cancel requests for a session go.
+#[derive(Debug, Clone)]
+pub(crate) struct CancelTarget {
+    pub secret: Vec<u8>,
+    pub addr: (String, u16),
+    pub key: (i32, Vec<u8>),
+}
+
+/// The hold of a cutover through the proxy.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    /// `true` while new statements wait at transaction boundaries.
+    pub hold: watch::Sender<bool>,
+    /// Sessions inside a transaction or with an answer outstanding.
+    pub busy: AtomicUsize,
+    /// Sessions waiting at the gate now.
+    pub held: AtomicUsize,
+    /// Longest wait a client saw at the gate, in microseconds (since the
+    /// last hold began).
+    pub longest_wait_us: AtomicU64,
+}
+
+/// A running proxy, shared by its sessions, mirror workers and the
+/// pipeline's control paths.
+pub struct Proxy {
+    pub settings: Settings,
+    pub stats: Arc<Stats>,
+    pub replication: Arc<dyn Replication>,
+    pub(crate) verifier: Option<(String, scram::Verifier)>,
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    mode: watch::Sender<Mode>,
+    history: Mutex<Vec<ModeChange>>,
+    pub(crate) gate: Gate,
+    pub(crate) cancels: Mutex<HashMap<i32, CancelTarget>>,
+    pub(crate) next_pid: AtomicI32,
+    pub(crate) mirror: mpsc::Sender<mirror::Job>,
+    mirror_rx: Mutex<Option<mpsc::Receiver<mirror::Job>>>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("mode", &self.mode())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a hold-and-switch measured.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Freeze {
+    /// From the start of the hold until statements were released.
+    pub window_seconds: f64,
+    /// Sessions that were waiting at the gate when it opened.
+    pub held_sessions: usize,
+}
+
+impl Proxy {
+    pub fn new(
+        settings: Settings,
+        replication: Arc<dyn Replication>,
+    ) -> std::io::Result<Arc<Proxy>> {
+        let verifier = match &settings.auth {
+            ClientAuth::Open => None,
+            ClientAuth::Password { user, password } => Some((
+                user.clone(),
+                scram::Verifier::new(password).map_err(std::io::Error::other)?,
+            )),
+        };
+        let tls = settings
+            .tls
+            .as_ref()
+            .map(|(c, k)| handshake::tls_acceptor(c, k))
+            .transpose()?;
+        let (mirror, rx) = mpsc::channel(settings.mirror_queue.max(1));
+        let (mode, _) = watch::channel(settings.mode);
+        let (hold, _) = watch::channel(false);
+        Ok(Arc::new(Proxy {
+            stats: Arc::new(Stats::default()),
+            replication,
+            verifier,
+            tls,
+            history: Mutex::new(vec![ModeChange {
+                mode: settings.mode,
+                by: "config".into(),
+                at: SystemTime::now(),
+            }]),
+            mode,
+            gate: Gate {
+                hold,
+                busy: AtomicUsize::new(0),
+                held: AtomicUsize::new(0),
+                longest_wait_us: AtomicU64::new(0),
+            },
+            cancels: Mutex::new(HashMap::new()),
+            next_pid: AtomicI32::new(1),
+            mirror,
+            mirror_rx: Mutex::new(Some(rx)),
+            settings,
+        }))
+    }
+
+    pub fn mode(&self) -> Mode {
+        *self.mode.borrow()
+    }
+
+    /// Change the mode; `by` says who (CLI, control API, console user).
+    /// `target` is set only by [`Proxy::release`] after a cutover, and
+    /// nothing leaves it.
+    pub fn set_mode(&self, mode: Mode, by: &str) -> Result<ModeChange, String> {
+        let now = self.mode();
+        if now == Mode::Target && mode != Mode::Target {
+            return Err("the proxy already serves the target after a cutover; there is no way back through it".into());
+        }
+        if mode == Mode::Target && now != Mode::Target {
+            return Err("mode target is reached only by `ferry cutover --via-proxy`".into());
+        }
+        Ok(self.record_mode(mode, by))
+    }
+
+    fn record_mode(&self, mode: Mode, by: &str) -> ModeChange {
+        self.mode.send_replace(mode);
+        let change = ModeChange {
+            mode,
+            by: by.to_owned(),
+            at: SystemTime::now(),
+        };
+        if let Ok(mut h) = self.history.lock() {
+            h.push(change.clone());
+        }
+        info!(mode = mode.as_str(), by, "proxy mode changed");
+        change
+    }
+
+    /// Every mode change since start, oldest first.
+    pub fn history(&self) -> Vec<ModeChange> {
+        self.history.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Sessions open now.
+    pub fn sessions(&self) -> u64 {
+        self.stats.counters.active.load(Ordering::Relaxed)
+    }
+
+    /// Hold new statements at transaction boundaries and wait until no
+    /// session is inside a transaction or waiting for an answer, for at most
+    /// `bound`. On `Err` the hold is already lifted (traffic continues on
+    /// the source unchanged).
+    pub async fn hold(&self, bound: Duration) -> Result<Instant, String> {
+        let started = Instant::now();
+        self.gate.longest_wait_us.store(0, Ordering::SeqCst);
+        self.gate.hold.send_replace(true);
+        info!(
+            bound_ms = bound.as_millis() as u64,
+            "proxy holding new statements at transaction boundaries"
+        );
+        loop {
+            let busy = self.gate.busy.load(Ordering::SeqCst);
+            if busy == 0 {
+                return Ok(started);
+            }
+            if started.elapsed() > bound {
+                self.gate.hold.send_replace(false);
+                return Err(format!(
+                    "{busy} proxied sessions still inside a transaction after {:.1}s; statements released to the source",
+                    bound.as_secs_f64()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Release held statements; to the target when `switch` (the cutover
+    /// succeeded), else to the source unchanged.
+    pub fn release(&self, started: Instant, switch: bool, by: &str) -> Freeze {
+        if switch {
+            self.record_mode(Mode::Target, by);
+        }
+        let held = self.gate.held.load(Ordering::SeqCst);
+        self.gate.hold.send_replace(false);
+        let window = started.elapsed().as_secs_f64();
+        info!(
+            switch,
+            held,
+            window_ms = (window * 1000.0) as u64,
+            "proxy released held statements"
+        );
+        Freeze {
+            window_seconds: window,
+            held_sessions: held,
+        }
+    }
+
+    /// The longest a client waited at the gate during the last hold.
+    pub fn longest_client_wait(&self) -> Duration {
+        Duration::from_micros(self.gate.longest_wait_us.load(Ordering::SeqCst))
+    }
+}
+
+/// Serve clients on `listener` until `stop` resolves; the mirror workers
+/// run alongside.
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut tasks = JoinSet::new();
+    if let Some(rx) = proxy.mirror_rx.lock().ok().and_then(|mut r| r.take()) {
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..proxy.settings.mirror_workers.max(1) {
+            tasks.spawn(mirror::worker(proxy.clone(), rx.clone()));
+        }
+    }
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut stop => break,
+            accepted = listener.accept() => {
+                let (socket, peer): (_, SocketAddr) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        debug!(error = %e, "proxy accept failed");
+                        continue;
+                    }
+                };
+                let _ = socket.set_nodelay(true);
+                let p = proxy.clone();
+                tasks.spawn(async move {
+                    if let Err(e) = session::run(p, socket).await {
+                        debug!(%peer, error = %e, "proxied session ended");
+                    }
+                });
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    tasks.shutdown().await;
+    info!("proxy stopped");
+    Ok(())
+}

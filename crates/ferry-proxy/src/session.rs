@@ -1,0 +1,1045 @@
+//! One proxied client session: a single task that moves frames between the
+//! client and the backend it is using, decoding only at batch boundaries.
+//!
+//! A *batch* is what a client sends before it waits: a Query (or
+//! FunctionCall), or extended-protocol messages up to Sync (or Flush). The
+//! session counts answers outstanding (`pending`: batches sent whose
+//! ReadyForQuery has not come back) and remembers the transaction status of
+//! the last ReadyForQuery. At `pending == 0` it may:
+//!
+//! - prepare again, on the backend the batch goes to, the named statements
+//!   the batch uses but that backend has not seen (after a switch or on the
+//!   read session), and replay `SET`s it has not run — both as their own
+//!   round trips, whose answers the client never sees;
+//! - and, when also outside a transaction (status `I`): wait at the gate of
+//!   a cutover ([`crate::Proxy::hold`]), move to the target after one,
+//!   route a read-only batch to the target session (`reads-on-target`), or
+//!   capture the source's answer to mirror it.
+//!
+//! Everything else is forwarded unchanged, in order; while a batch is on the
+//! read session no further client message is forwarded (a pipelined write
+//! must never reach the target). Reads and writes of both sockets are
+//! multiplexed in one `select!` with bounded buffers, so a client and a
+//! server that both send a lot cannot deadlock the proxy.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::backend::{Backend, BackendError, Side, Stream};
+use crate::classify::{self, Class};
+use crate::compare::Answer;
+use crate::frame::{self, Frame};
+use crate::handshake::{self, Opened};
+use crate::mirror::{Job, SessionState};
+use crate::{CancelTarget, Mode, Proxy};
+
+/// Client bytes buffered while a batch is incomplete; past this the
+/// complete frames are forwarded to the source as they are.
+const CLIENT_BUFFER: usize = 1 << 20;
+/// Free space kept in read buffers so one read takes a large piece.
+const READ_ROOM: usize = 16 * 1024;
+/// Answer bytes buffered for a slow client before the backend is not read.
+const ANSWER_BUFFER: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    #[error(transparent)]
+    Handshake(#[from] handshake::HandshakeError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("client i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("protocol: {0}")]
+    Frame(#[from] frame::FrameError),
+}
+
+/// A backend session split for concurrent reading and writing.
+struct Conn {
+    side: Side,
+    r: ReadHalf<Stream>,
+    w: WriteHalf<Stream>,
+    rbuf: BytesMut,
+    out: BytesMut,
+    /// Named statements prepared on this backend.
+    prepared: HashSet<String>,
+    /// How many of the session's `SET`s this backend has run.
+    sets_applied: usize,
+    key: (i32, Vec<u8>),
+    addr: (String, u16),
+}
+
+impl Conn {
+    fn new(b: Backend, sets_applied: usize) -> Conn {
+        let (r, w) = tokio::io::split(b.stream);
+        Conn {
+            side: b.side,
+            r,
+            w,
+            rbuf: b.buf,
+            out: BytesMut::with_capacity(8192),
+            prepared: HashSet::new(),
+            sets_applied,
+            key: b.key,
+            addr: b.addr,
+        }
+    }
+
+    fn err(&self, source: io::Error) -> BackendError {
+        BackendError::Io {
+            side: self.side.as_str(),
+            source,
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), BackendError> {
+        if !self.out.is_empty() {
+            let out = std::mem::take(&mut self.out);
+            self.w.write_all(&out).await.map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Send `bytes` (ending in Sync or a Query) and read to ReadyForQuery.
+    async fn round_trip(&mut self, bytes: &[u8]) -> Result<Vec<Frame>, BackendError> {
+        self.flush().await?;
+        self.w.write_all(bytes).await.map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        loop {
+            if let Some(f) = frame::split(&mut self.rbuf).map_err(|e| BackendError::Protocol {
+                side: self.side.as_str(),
+                why: e.to_string(),
+            })? {
+                let done = f.tag == b'Z';
+                out.push(f);
+                if done {
+                    return Ok(out);
+                }
+                continue;
+            }
+            let n = self
+                .r
+                .read_buf(&mut self.rbuf)
+                .await
+                .map_err(|e| self.err(e))?;
+            if n == 0 {
+                return Err(BackendError::Closed {
+                    side: self.side.as_str(),
+                });
+            }
+        }
+    }
+
+    async fn terminate(mut self) {
+        let _ = self.flush().await;
+        let _ = self.w.write_all(&Frame::new(b'X', &[]).raw).await;
+        let _ = self.w.shutdown().await;
+    }
+}
+
+/// What the session learned about the batch in flight.
+#[derive(Default)]
+struct Batch {
+    started: Option<Instant>,
+    /// (fingerprint, normalized) of a read-only batch.
+    fingerprint: Option<(String, String)>,
+    on_target: bool,
+    /// A `SET` to remember once it succeeded.
+    setting: Option<String>,
+    error: bool,
+    /// Mirroring: the self-contained frames and the answer so far.
+    capture: Option<(Bytes, bool, Answer)>,
+}
+
+struct Session {
+    proxy: Arc<Proxy>,
+    cr: ReadHalf<Stream>,
+    cw: WriteHalf<Stream>,
+    cin: BytesMut,
+    cout: BytesMut,
+    params: Vec<(String, String)>,
+    sets: Vec<String>,
+    /// Named Parse frames by statement name.
+    statements: HashMap<String, Frame>,
+    source: Option<Conn>,
+    target: Option<Conn>,
+    primary: Side,
+    active: Side,
+    pending: usize,
+    status: u8,
+    busy: bool,
+    /// The batch being forwarded (until its Sync or Query).
+    batch: Batch,
+    /// Batches sent whose ReadyForQuery has not come back, oldest first.
+    inflight: std::collections::VecDeque<Batch>,
+    pid: i32,
+    secret: Vec<u8>,
+    hold: watch::Receiver<bool>,
+    /// Session state only the source has (temporary tables, cursors,
+    /// LISTEN): reads stay there.
+    pinned: bool,
+    rng: u64,
+    /// Classification and fingerprint per statement text (prepared
+    /// statements repeat; bounded, cleared when full).
+    seen: std::cell::RefCell<HashMap<String, Option<Seen>>>,
+}
+
+/// What a read-only statement text classified as.
+#[derive(Clone)]
+struct Seen {
+    ordered: bool,
+    fingerprint: String,
+    normalized: String,
+}
+
+/// Statement texts remembered per session.
+const SEEN_TEXTS: usize = 256;
+
+/// Serve one client connection.
+pub(crate) async fn run(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), SessionError> {
+    let Opened::Client {
+        mut stream,
+        params,
+        rest,
+    } = handshake::open(&proxy, tcp).await?
+    else {
+        return Ok(());
+    };
+    let counters = &proxy.stats.counters;
+    counters.connections.fetch_add(1, Ordering::Relaxed);
+    let primary = match proxy.mode() {
+        Mode::Target => Side::Target,
+        _ => Side::Source,
+    };
+    let cfg = match primary {
+        Side::Source => &proxy.settings.source,
+        Side::Target => &proxy.settings.target,
+    };
+    let backend = match Backend::connect(cfg, &params).await {
+        Ok(b) => b,
+        Err(e) => {
+            let code = match &e {
+                BackendError::Server { code, .. } => code.clone(),
+                _ => "08006".to_owned(),
+            };
+            let msg = format!("ferry proxy: {e}");
+            let _ = stream
+                .write_all(&frame::error_response("FATAL", &code, &msg).raw)
+                .await;
+            return Err(e.into());
+        }
+    };
+    let pid = proxy.next_pid.fetch_add(1, Ordering::Relaxed);
+    let mut secret = vec![0u8; 4];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret);
+    let mut greeting = BytesMut::new();
+    for p in &backend.params {
+        greeting.put_slice(&p.raw);
+    }
+    let mut key = BytesMut::new();
+    key.put_i32(pid);
+    key.put_slice(&secret);
+    greeting.put_slice(&Frame::new(b'K', &key).raw);
+    greeting.put_slice(&frame::ready_for_query(b'I').raw);
+    stream.write_all(&greeting).await?;
+    let (cr, cw) = tokio::io::split(stream);
+    let conn = Conn::new(backend, 0);
+    counters.active.fetch_add(1, Ordering::Relaxed);
+    let mut s = Session {
+        hold: proxy.gate.hold.subscribe(),
+        cr,
+        cw,
+        cin: rest,
+        cout: BytesMut::with_capacity(16 * 1024),
+        params,
+        sets: Vec::new(),
+        statements: HashMap::new(),
+        source: None,
+        target: None,
+        primary,
+        active: primary,
+        pending: 0,
+        status: b'I',
+        busy: false,
+        batch: Batch::default(),
+        inflight: std::collections::VecDeque::new(),
+        pid,
+        secret,
+        pinned: false,
+        seen: std::cell::RefCell::new(HashMap::new()),
+        rng: (pid as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+        proxy: proxy.clone(),
+    };
+    match primary {
+        Side::Source => s.source = Some(conn),
+        Side::Target => s.target = Some(conn),
+    }
+    s.register_cancel();
+    let result = s.serve().await;
+    s.set_busy(false);
+    if let Ok(mut m) = proxy.cancels.lock() {
+        m.remove(&pid);
+    }
+    counters.active.fetch_sub(1, Ordering::Relaxed);
+    for c in [s.source.take(), s.target.take()].into_iter().flatten() {
+        c.terminate().await;
+    }
+    result
+}
+
+enum Event {
+    ClientRead(io::Result<usize>),
+    ClientWrote(io::Result<usize>),
+    BackendRead(io::Result<usize>),
+    BackendWrote(io::Result<usize>),
+}
+
+impl Session {
+    fn conn(&mut self, side: Side) -> Option<&mut Conn> {
+        match side {
+            Side::Source => self.source.as_mut(),
+            Side::Target => self.target.as_mut(),
+        }
+    }
+
+    fn register_cancel(&self) {
+        let conn = match self.active {
+            Side::Source => self.source.as_ref(),
+            Side::Target => self.target.as_ref(),
+        };
+        if let (Some(c), Ok(mut m)) = (conn, self.proxy.cancels.lock()) {
+            m.insert(
+                self.pid,
+                CancelTarget {
+                    secret: self.secret.clone(),
+                    addr: c.addr.clone(),
+                    key: c.key.clone(),
+                },
+            );
+        }
+    }
+
+    fn set_busy(&mut self, busy: bool) {
+        if busy != self.busy {
+            self.busy = busy;
+            if busy {
+                self.proxy.gate.busy.fetch_add(1, Ordering::SeqCst);
+            } else {
+                self.proxy.gate.busy.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    async fn serve(&mut self) -> Result<(), SessionError> {
+        loop {
+            // Forward what the client sent, deciding at batch boundaries.
+            if !self.client_frames().await? {
+                return Ok(());
+            }
+            let waiting_for_reader = self.active != self.primary && self.pending > 0;
+            let read_client = self.cin.len() < CLIENT_BUFFER || waiting_for_reader;
+            let read_client =
+                read_client && !(waiting_for_reader && self.cin.len() >= CLIENT_BUFFER);
+            let read_backend = self.cout.len() < ANSWER_BUFFER;
+            let conn = match self.active {
+                Side::Source => self.source.as_mut(),
+                Side::Target => self.target.as_mut(),
+            };
+            let Some(conn) = conn else {
+                return Ok(());
+            };
+            // Read in large pieces (a split-off buffer has little room left).
+            for buf in [&mut conn.rbuf, &mut self.cin] {
+                if buf.capacity() - buf.len() < READ_ROOM / 4 {
+                    buf.reserve(READ_ROOM);
+                }
+            }
+            let event = tokio::select! {
+                biased;
+                r = self.cw.write(&self.cout), if !self.cout.is_empty() => Event::ClientWrote(r),
+                r = conn.w.write(&conn.out), if !conn.out.is_empty() => Event::BackendWrote(r),
+                r = conn.r.read_buf(&mut conn.rbuf), if read_backend => Event::BackendRead(r),
+                r = self.cr.read_buf(&mut self.cin), if read_client => Event::ClientRead(r),
+            };
+            match event {
+                Event::ClientWrote(r) => {
+                    let n = r?;
+                    self.cout.advance(n);
+                }
+                Event::BackendWrote(r) => {
+                    let n = r.map_err(|e| conn.err(e))?;
+                    conn.out.advance(n);
+                }
+                Event::BackendRead(r) => {
+                    if r.map_err(|e| conn.err(e))? == 0 {
+                        // The server ended the session (its FATAL is in
+                        // the answer already): pass it on and close.
+                        self.backend_frames()?;
+                        let out = std::mem::take(&mut self.cout);
+                        let _ = self.cw.write_all(&out).await;
+                        return Ok(());
+                    }
+                    self.backend_frames()?;
+                }
+                Event::ClientRead(r) => {
+                    if r? == 0 {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handle complete client frames; `Ok(false)` when the client ended.
+    async fn client_frames(&mut self) -> Result<bool, SessionError> {
+        loop {
+            if self.active != self.primary && self.pending > 0 {
+                return Ok(true);
+            }
+            if self.pending > 0 {
+                // Pipelined batches: forwarded at once, only looked at for
+                // shadow reads; COPY data and partial batches as they are.
+                if let Some(batch) = scan_batch(&self.cin)?
+                    && batch.synced
+                {
+                    let frames = self.take_frames(batch.frames)?;
+                    self.batch = Batch {
+                        started: Some(Instant::now()),
+                        ..Batch::default()
+                    };
+                    self.look_at(&frames, false);
+                    for f in frames {
+                        self.forward(f);
+                    }
+                    continue;
+                }
+                while let Some(f) = frame::split(&mut self.cin)? {
+                    if f.tag == b'X' {
+                        return Ok(false);
+                    }
+                    self.forward(f);
+                }
+                return Ok(true);
+            }
+            let Some(batch) = scan_batch(&self.cin)? else {
+                if self.cin.len() >= CLIENT_BUFFER {
+                    // A batch larger than the buffer: no decisions, as is.
+                    let side = self.primary;
+                    while let Some(f) = frame::split(&mut self.cin)? {
+                        self.prepare_for(side, std::slice::from_ref(&f)).await?;
+                        self.forward(f);
+                    }
+                }
+                return Ok(true);
+            };
+            let frames = self.take_frames(batch.frames)?;
+            if frames.last().is_some_and(|f| f.tag == b'X') {
+                for f in &frames[..frames.len() - 1] {
+                    self.forward(f.clone());
+                }
+                return Ok(false);
+            }
+            self.begin_batch(frames, batch.synced).await?;
+        }
+    }
+
+    /// A batch at `pending == 0`: gate, switch, routing, mirroring.
+    async fn begin_batch(&mut self, frames: Vec<Frame>, synced: bool) -> Result<(), SessionError> {
+        let idle = self.status == b'I';
+        self.set_busy(true);
+        if idle {
+            while *self.hold.borrow() {
+                self.set_busy(false);
+                self.wait_at_gate().await;
+                self.set_busy(true);
+            }
+            if self.proxy.mode() == Mode::Target
+                && self.primary == Side::Source
+                && let Err(e) = self.switch_to_target().await
+            {
+                tracing::warn!(error = %e, "proxied session could not move to the target");
+                return self.refuse(&frames, &e.to_string());
+            }
+        }
+        self.batch = Batch {
+            started: Some(Instant::now()),
+            ..Batch::default()
+        };
+        let mut side = self.primary;
+        if idle && synced {
+            self.note_state(&frames);
+            if self.look_at(&frames, true) {
+                side = Side::Target;
+            }
+        }
+        if side == Side::Target
+            && self.target.is_none()
+            && let Err(e) = self.open_target().await
+        {
+            tracing::debug!(error = %e, "read session on the target failed; reading from the source");
+            side = self.primary;
+        }
+        self.batch.on_target = side == Side::Target;
+        if side != self.active {
+            self.active = side;
+            self.register_cancel();
+        }
+        self.prepare_for(side, &frames).await?;
+        for f in frames {
+            self.forward(f);
+        }
+        Ok(())
+    }
+
+    fn take_frames(&mut self, n: usize) -> Result<Vec<Frame>, SessionError> {
+        let mut frames = Vec::with_capacity(n);
+        while frames.len() < n {
+            match frame::split(&mut self.cin)? {
+                Some(f) => frames.push(f),
+                None => break,
+            }
+        }
+        Ok(frames)
+    }
+
+    /// Fingerprint a read-only batch and capture it for mirroring; `true`
+    /// when it should be served by the target (`routable`: at a boundary
+    /// outside a transaction, in `reads-on-target`, lag under the bound).
+    fn look_at(&mut self, frames: &[Frame], routable: bool) -> bool {
+        let Some((seen, ordered)) = self.read_only(frames) else {
+            return false;
+        };
+        let (fp, normalized) = (seen.fingerprint, seen.normalized);
+        let mode = self.proxy.mode();
+        let mut to_target = false;
+        if routable && mode == Mode::ReadsOnTarget && self.primary == Side::Source && !self.pinned {
+            let counters = &self.proxy.stats.counters;
+            if self.proxy.replication.lag_seconds()
+                <= self.proxy.settings.max_read_lag.as_secs_f64()
+            {
+                to_target = true;
+                counters.target_reads.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counters.lag_fallbacks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if !to_target && mode == Mode::Source && self.primary == Side::Source && self.sampled() {
+            let job = self.mirror_frames(frames);
+            self.batch.capture = Some((job, ordered, Answer::default()));
+        }
+        self.batch.fingerprint = Some((fp, normalized));
+        to_target
+    }
+
+    async fn wait_at_gate(&mut self) {
+        let started = Instant::now();
+        self.proxy.gate.held.fetch_add(1, Ordering::SeqCst);
+        let _ = self.hold.wait_for(|h| !*h).await;
+        self.proxy.gate.held.fetch_sub(1, Ordering::SeqCst);
+        let waited = started.elapsed().as_micros() as u64;
+        self.proxy
+            .gate
+            .longest_wait_us
+            .fetch_max(waited, Ordering::SeqCst);
+    }
+
+    /// Answer a batch with an error without running it.
+    fn refuse(&mut self, frames: &[Frame], why: &str) -> Result<(), SessionError> {
+        let e = frame::error_response("ERROR", "08006", &format!("ferry proxy: {why}"));
+        self.cout.put_slice(&e.raw);
+        let syncs = frames
+            .iter()
+            .filter(|f| matches!(f.tag, b'S' | b'Q' | b'F'))
+            .count();
+        for _ in 0..syncs {
+            self.cout
+                .put_slice(&frame::ready_for_query(self.status).raw);
+        }
+        if self.status == b'I' {
+            self.set_busy(false);
+        }
+        Ok(())
+    }
+
+    async fn open_target(&mut self) -> Result<(), BackendError> {
+        let b = Backend::connect(&self.proxy.settings.target, &self.params).await?;
+        self.target = Some(Conn::new(b, 0));
+        Ok(())
+    }
+
+    /// Move the session to the target after a cutover: the source session
+    /// ends; session state follows lazily ([`Session::prepare_for`]).
+    async fn switch_to_target(&mut self) -> Result<(), BackendError> {
+        if self.target.is_none() {
+            self.open_target().await?;
+        }
+        if let Some(c) = self.source.take() {
+            c.terminate().await;
+        }
+        self.primary = Side::Target;
+        self.active = Side::Target;
+        self.register_cancel();
+        Ok(())
+    }
+
+    /// Before `frames` go to `side`: replay the `SET`s it has not run and
+    /// prepare the named statements they use that it has not seen.
+    async fn prepare_for(&mut self, side: Side, frames: &[Frame]) -> Result<(), SessionError> {
+        let sets = self.sets.clone();
+        let mut needed = Vec::new();
+        let mut parsed_here = HashSet::new();
+        for f in frames {
+            match f.tag {
+                b'P' => {
+                    if let Some((name, _)) = frame::cstr(f.body()) {
+                        parsed_here.insert(name.to_owned());
+                    }
+                }
+                b'B' => {
+                    if let Some((_, rest)) = frame::cstr(f.body())
+                        && let Some((stmt, _)) = frame::cstr(rest)
+                    {
+                        needed.push(stmt.to_owned());
+                    }
+                }
+                b'D' if f.body().first() == Some(&b'S') => {
+                    if let Some((stmt, _)) = frame::cstr(&f.body()[1..]) {
+                        needed.push(stmt.to_owned());
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut batch = BytesMut::new();
+        let conn = match side {
+            Side::Source => self.source.as_mut(),
+            Side::Target => self.target.as_mut(),
+        };
+        let Some(conn) = conn else {
+            return Ok(());
+        };
+        for set in &sets[conn.sets_applied.min(sets.len())..] {
+            batch.put_slice(&crate::backend::query(set).raw);
+        }
+        let mut names = Vec::new();
+        for name in needed {
+            if name.is_empty() || parsed_here.contains(&name) || conn.prepared.contains(&name) {
+                continue;
+            }
+            if let Some(parse) = self.statements.get(&name) {
+                batch.put_slice(&close_statement(&name).raw);
+                batch.put_slice(&parse.raw);
+                names.push(name);
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if !names.is_empty() {
+            batch.put_slice(&Frame::new(b'S', &[]).raw);
+        }
+        let frames = conn.round_trip(&batch).await?;
+        conn.sets_applied = sets.len();
+        if frames.iter().any(|f| f.tag == b'E') {
+            tracing::debug!(
+                side = side.as_str(),
+                "replaying session state failed on a backend"
+            );
+        } else {
+            conn.prepared.extend(names);
+        }
+        Ok(())
+    }
+
+    /// Queue one client frame to the active backend, tracking statements
+    /// and outstanding answers.
+    fn forward(&mut self, f: Frame) {
+        let active = self.active;
+        match f.tag {
+            b'P' => {
+                if let Some((name, _)) = frame::cstr(f.body())
+                    && !name.is_empty()
+                {
+                    let name = name.to_owned();
+                    for side in [Side::Source, Side::Target] {
+                        if let Some(c) = self.conn(side) {
+                            if side == active {
+                                c.prepared.insert(name.clone());
+                            } else {
+                                c.prepared.remove(&name);
+                            }
+                        }
+                    }
+                    self.statements.insert(name, f.clone());
+                }
+            }
+            b'C' if f.body().first() == Some(&b'S') => {
+                if let Some((name, _)) = frame::cstr(&f.body()[1..]) {
+                    self.statements.remove(name);
+                    let name = name.to_owned();
+                    for side in [Side::Source, Side::Target] {
+                        if let Some(c) = self.conn(side) {
+                            c.prepared.remove(&name);
+                        }
+                    }
+                }
+            }
+            b'S' | b'Q' | b'F' => {
+                self.pending += 1;
+                let batch = std::mem::take(&mut self.batch);
+                self.inflight.push_back(batch);
+            }
+            _ => {}
+        }
+        if let Some(c) = self.conn(active) {
+            c.out.put_slice(&f.raw);
+        }
+    }
+
+    /// Handle complete frames from the active backend.
+    fn backend_frames(&mut self) -> Result<(), SessionError> {
+        let active = self.active;
+        loop {
+            let Some(conn) = self.conn(active) else {
+                return Ok(());
+            };
+            let Some(f) = frame::split(&mut conn.rbuf)? else {
+                return Ok(());
+            };
+            if let Some(front) = self.inflight.front_mut() {
+                if let Some((_, _, answer)) = &mut front.capture {
+                    answer.absorb(&f);
+                }
+                if f.tag == b'E' {
+                    front.error = true;
+                }
+            }
+            if f.tag == b'Z' {
+                self.pending = self.pending.saturating_sub(1);
+                let before = self.status;
+                self.status = frame::ready_status(&f);
+                if let Some(done) = self.inflight.pop_front() {
+                    self.finish_batch(done, before);
+                }
+                if self.pending == 0 {
+                    if self.status == b'I' {
+                        self.set_busy(false);
+                    }
+                    if self.active != self.primary {
+                        self.active = self.primary;
+                        self.register_cancel();
+                    }
+                }
+            }
+            self.cout.put_slice(&f.raw);
+        }
+    }
+
+    /// A batch answered; `before` is the transaction status it started in.
+    fn finish_batch(&mut self, batch: Batch, before: u8) {
+        let took = batch.started.map_or(Duration::ZERO, |s| s.elapsed());
+        self.proxy
+            .stats
+            .counters
+            .statements
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(set) = batch.setting
+            && !batch.error
+        {
+            self.sets.push(set);
+            let n = self.sets.len();
+            let active = self.active;
+            if let Some(c) = self.conn(active) {
+                c.sets_applied = n;
+            }
+        }
+        let Some((fp, normalized)) = batch.fingerprint else {
+            return;
+        };
+        self.proxy
+            .stats
+            .call(&fp, &normalized, batch.on_target, took);
+        // Mirrored only when it ran outside any transaction block.
+        let outside = before == b'I' && self.status == b'I';
+        if let Some((frames, ordered, answer)) = batch.capture.filter(|_| outside) {
+            let job = Job {
+                fingerprint: fp,
+                normalized,
+                ordered,
+                frames,
+                source: answer,
+                state: Arc::new(SessionState {
+                    params: self.params.clone(),
+                    sets: self.sets.clone(),
+                }),
+            };
+            if self.proxy.mirror.try_send(job).is_err() {
+                self.proxy
+                    .stats
+                    .counters
+                    .mirror_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Remember `SET`s and state that pins reads to the source.
+    fn note_state(&mut self, frames: &[Frame]) {
+        for f in frames {
+            let sql = match f.tag {
+                b'Q' => frame::cstr(f.body()).map(|(s, _)| s),
+                b'P' => frame::cstr(f.body())
+                    .and_then(|(_, r)| frame::cstr(r))
+                    .map(|(s, _)| s),
+                _ => None,
+            };
+            let Some(sql) = sql else { continue };
+            if f.tag == b'Q' && frames.len() == 1 && classify::session_setting(sql) {
+                self.batch.setting = Some(sql.to_owned());
+            }
+            if !self.pinned
+                && ["temp", "listen", "declare", "prepare", "lock"]
+                    .iter()
+                    .any(|w| contains_ignoring_case(sql, w))
+            {
+                self.pinned = true;
+            }
+        }
+    }
+
+    /// The statement text and ordering of a read-only batch, if it is one.
+    fn read_only(&self, frames: &[Frame]) -> Option<(Seen, bool)> {
+        let mut first: Option<Seen> = None;
+        let mut ordered = false;
+        let mut here: HashMap<&str, &str> = HashMap::new();
+        let mut executes = false;
+        for f in frames {
+            let sql = match f.tag {
+                b'Q' => {
+                    executes = true;
+                    frame::cstr(f.body())?.0
+                }
+                b'P' => {
+                    let (name, rest) = frame::cstr(f.body())?;
+                    let (sql, _) = frame::cstr(rest)?;
+                    here.insert(name, sql);
+                    sql
+                }
+                b'B' => {
+                    let (_, rest) = frame::cstr(f.body())?;
+                    let (stmt, _) = frame::cstr(rest)?;
+                    if here.contains_key(stmt) {
+                        continue;
+                    }
+                    if stmt.is_empty() {
+                        return None;
+                    }
+                    let parse = self.statements.get(stmt)?;
+                    let (_, rest) = frame::cstr(parse.body())?;
+                    frame::cstr(rest)?.0
+                }
+                b'E' => {
+                    executes = true;
+                    continue;
+                }
+                b'D' | b'S' | b'C' => continue,
+                _ => return None,
+            };
+            let seen = self.classified(sql)?;
+            ordered |= seen.ordered;
+            if first.is_none() {
+                first = Some(seen);
+            }
+        }
+        if !executes {
+            return None;
+        }
+        first.map(|s| (s, ordered))
+    }
+
+    /// [`classify::classify`] and the fingerprint of a read-only text,
+    /// remembered.
+    fn classified(&self, sql: &str) -> Option<Seen> {
+        if !classify::may_read(sql) {
+            return None;
+        }
+        let mut seen = self.seen.borrow_mut();
+        if let Some(s) = seen.get(sql) {
+            return s.clone();
+        }
+        let value = match classify::classify(sql) {
+            Class::ReadOnly { ordered } => {
+                let normalized = classify::normalize(sql);
+                Some(Seen {
+                    ordered,
+                    fingerprint: classify::fingerprint(&normalized),
+                    normalized,
+                })
+            }
+            Class::Other => None,
+        };
+        if seen.len() >= SEEN_TEXTS {
+            seen.clear();
+        }
+        seen.insert(sql.to_owned(), value.clone());
+        value
+    }
+
+    /// The batch as the mirror runs it: named statements it uses closed and
+    /// parsed first, so it needs nothing the mirror session lacks.
+    fn mirror_frames(&self, frames: &[Frame]) -> Bytes {
+        let mut out = BytesMut::new();
+        let mut parsed = HashSet::new();
+        for f in frames {
+            match f.tag {
+                b'P' => {
+                    if let Some((name, _)) = frame::cstr(f.body())
+                        && !name.is_empty()
+                    {
+                        out.put_slice(&close_statement(name).raw);
+                        parsed.insert(name.to_owned());
+                    }
+                }
+                b'B' => {
+                    if let Some((_, rest)) = frame::cstr(f.body())
+                        && let Some((stmt, _)) = frame::cstr(rest)
+                        && !stmt.is_empty()
+                        && !parsed.contains(stmt)
+                        && let Some(p) = self.statements.get(stmt)
+                    {
+                        out.put_slice(&close_statement(stmt).raw);
+                        out.put_slice(&p.raw);
+                        parsed.insert(stmt.to_owned());
+                    }
+                }
+                _ => {}
+            }
+        }
+        for f in frames {
+            out.put_slice(&f.raw);
+        }
+        out.freeze()
+    }
+
+    fn sampled(&mut self) -> bool {
+        let rate = self.proxy.settings.sample_rate;
+        if rate <= 0.0 {
+            return false;
+        }
+        if rate >= 1.0 {
+            return true;
+        }
+        // xorshift64: cheap, per session, good enough for sampling.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64 <= rate
+    }
+}
+
+/// Whether `haystack` contains the lowercase ASCII `needle`, in any case.
+fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
+    let n = needle.as_bytes();
+    haystack
+        .as_bytes()
+        .windows(n.len())
+        .any(|w| w.eq_ignore_ascii_case(n))
+}
+
+fn close_statement(name: &str) -> Frame {
+    let mut body = Vec::with_capacity(name.len() + 2);
+    body.push(b'S');
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    Frame::new(b'C', &body)
+}
+
+/// A complete batch at the front of the client buffer.
+#[derive(Debug, PartialEq, Eq)]
+struct BatchEnd {
+    frames: usize,
+    /// Ends in Sync, Query or FunctionCall (an answer with ReadyForQuery
+    /// follows), not Flush or Terminate.
+    synced: bool,
+}
+
+fn scan_batch(buf: &[u8]) -> Result<Option<BatchEnd>, frame::FrameError> {
+    let mut at = 0;
+    let mut frames = 0;
+    while buf.len() >= at + 5 {
+        let tag = buf[at];
+        let len = i32::from_be_bytes([buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]]);
+        if len < 4 || len as usize > frame::MAX_FRAME {
+            return Err(frame::FrameError::BadLength {
+                tag: tag as char,
+                len: len.into(),
+            });
+        }
+        let end = at + 1 + len as usize;
+        if buf.len() < end {
+            return Ok(None);
+        }
+        frames += 1;
+        at = end;
+        match tag {
+            b'S' | b'Q' | b'F' => {
+                return Ok(Some(BatchEnd {
+                    frames,
+                    synced: true,
+                }));
+            }
+            b'H' | b'X' | b'd' | b'c' | b'f' => {
+                return Ok(Some(BatchEnd {
+                    frames,
+                    synced: false,
+                }));
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_end_at_sync_query_or_flush() {
+        let mut b = BytesMut::new();
+        for f in [
+            Frame::new(b'P', b"\0SELECT 1\0\0\0"),
+            Frame::new(b'B', b"\0\0\0\0\0\0\0\0"),
+            Frame::new(b'E', b"\0\0\0\0\0"),
+        ] {
+            b.put_slice(&f.raw);
+        }
+        assert_eq!(scan_batch(&b), Ok(None));
+        b.put_slice(&Frame::new(b'S', &[]).raw);
+        b.put_slice(&Frame::new(b'Q', b"SELECT 2\0").raw);
+        assert_eq!(
+            scan_batch(&b),
+            Ok(Some(BatchEnd {
+                frames: 4,
+                synced: true
+            }))
+        );
+        let flush = Frame::new(b'H', &[]);
+        assert_eq!(
+            scan_batch(&flush.raw),
+            Ok(Some(BatchEnd {
+                frames: 1,
+                synced: false
+            }))
+        );
+        assert_eq!(scan_batch(&flush.raw[..3]), Ok(None));
+        assert!(scan_batch(b"Q\0\0\0\x01").is_err());
+    }
+}
