@@ -172,3 +172,34 @@ fn type_overrides_through_load_and_stream() {
     });
     drop(ferry_run);
 }
+
+/// A value the override type cannot take stops the load with the
+/// target's error naming the type and the value.
+#[test]
+fn impossible_override_stops_the_load_with_the_target_error() {
+    let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
+    let db = source.create_database("bad").expect("database");
+    source
+        .sql(&db, "CREATE TABLE b (id INT PRIMARY KEY, code VARCHAR(10)); INSERT INTO b VALUES (1, '12'), (2, 'abc');")
+        .expect("source rows");
+    let target = PgServer::start(target_options()).expect("target");
+    let tdb = target.create_database("dst").expect("target database");
+    let target_url = target.url(&tdb);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        format!("[tables.columns.\"{db}.b.code\"]\ntype = \"integer\"\n"),
+    )
+    .unwrap();
+    let mut c = command(&source.url(&db), &target_url, &config);
+    c.env("FERRY_CONTROL_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .arg("run");
+    let out = run(&mut c).unwrap();
+    let all = out.all();
+    assert_ne!(out.code, Some(0), "{all}");
+    assert!(
+        all.contains("invalid input syntax for type integer: \"abc\""),
+        "{all}"
+    );
+}
