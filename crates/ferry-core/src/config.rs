@@ -740,19 +740,21 @@ impl Config {
                 problems.push(format!("tables.columns.\"{name}\".type is empty"));
             }
         }
-        let typed = self
-            .tables
-            .columns
-            .values()
-            .any(|o| o.pg_type.is_some() || o.on_misfit.is_some());
-        if typed
-            && source_kind
-                .as_ref()
-                .is_some_and(|k| !matches!(k, EndpointKind::Sqlite(_)))
-        {
-            problems.push(
-                "tables.columns type and on_misfit apply to SQLite sources so far (MySQL/PostgreSQL sources: not yet); remove them".into(),
-            );
+        let typed = self.tables.columns.values().any(|o| o.pg_type.is_some());
+        let misfit = self.tables.columns.values().any(|o| o.on_misfit.is_some());
+        match source_kind.as_ref() {
+            Some(EndpointKind::Sqlite(_)) | None => {}
+            Some(EndpointKind::MySql) => {
+                if misfit {
+                    problems.push(
+                        "tables.columns on_misfit applies to SQLite sources (MySQL/MariaDB values always fit their mapped type or are an error); remove it".into(),
+                    );
+                }
+            }
+            Some(_) if typed || misfit => problems.push(
+                "tables.columns type and on_misfit apply to SQLite and MySQL/MariaDB sources so far (PostgreSQL sources: not yet); remove them".into(),
+            ),
+            Some(_) => {}
         }
         if self.tables.columns.values().any(|o| o.exclude) && !self.target_tables.existing() {
             problems.push(

@@ -161,6 +161,8 @@ pub(crate) struct SchemaTracker {
     pub(crate) endpoint: Endpoint,
     /// The `[mysql]` type policies, applied to what the catalog says.
     pub(crate) policies: MySqlSourceConfig,
+    /// The `tables.columns` type overrides, applied after the policies.
+    pub(crate) overrides: crate::overrides::Overrides,
     pub(crate) flavor: Flavor,
     pub(crate) filter: TableFilter,
     /// The carried tables (grows with tables created mid-stream).
@@ -299,6 +301,7 @@ impl SchemaTracker {
             .find(|t| &t.schema.id == table)
             .map(|mut t| {
                 typemap::apply_policies(&self.policies, &mut t.schema);
+                self.overrides.apply(&mut t.schema);
                 t
             }))
     }

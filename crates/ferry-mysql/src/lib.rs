@@ -30,6 +30,7 @@ pub mod connect;
 pub mod cutover;
 pub mod ddl;
 pub mod keys;
+pub mod overrides;
 pub mod preflight;
 pub mod schema_change;
 pub mod snapshot;

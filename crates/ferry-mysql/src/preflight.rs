@@ -127,8 +127,10 @@ pub async fn plan(config: &Config) -> Result<SourcePlan, Error> {
     let url_db = connect::url_database(&config.source)?;
     let databases = catalog::databases(&mut conn, url_db.as_deref()).await?;
     let mut tables = catalog::read_tables(&mut conn, flavor, &databases, &filter).await?;
+    let overrides = crate::overrides::Overrides::new(&config.mysql, &config.tables);
     for t in &mut tables {
         crate::typemap::apply_policies(&config.mysql, &mut t.schema);
+        overrides.apply(&mut t.schema);
     }
     let cascades = cascading_keys(&mut conn, &databases).await?;
     if let Err(error) = conn.disconnect().await {

@@ -50,6 +50,7 @@ use tracing::{debug, info, warn};
 use crate::binlog::value::{ConvError, date, integer, no_nul, parse_uuid, pg_base};
 use crate::catalog::query_error;
 use crate::connect::Flavor;
+use crate::overrides::{Overrides, retarget};
 
 /// Rows a chunk stream may hold ahead of the loader.
 const ROWS_IN_FLIGHT: usize = 512;
@@ -78,6 +79,7 @@ pub struct MySqlSnapshot {
     position: MySqlPosition,
     endpoint: Endpoint,
     zero_dates: ZeroDates,
+    overrides: Overrides,
 }
 
 /// MySQL has no `binlog_snapshot_*` status: refused with the fix.
@@ -96,7 +98,7 @@ pub async fn open(
     conn: Conn,
     flavor: Flavor,
     endpoint: Endpoint,
-    zero_dates: ZeroDates,
+    (zero_dates, overrides): (ZeroDates, Overrides),
 ) -> Result<MySqlSnapshot, Error> {
     refuse_without_snapshot(flavor)?;
     let (conn, position) = start_snapshot(conn).await?;
@@ -106,6 +108,7 @@ pub async fn open(
         position,
         endpoint,
         zero_dates,
+        overrides,
     })
 }
 
@@ -188,6 +191,7 @@ impl source::Snapshot for MySqlSnapshot {
             return Ok(MySqlSnapshotReader {
                 conn: Arc::new(Mutex::new(conn)),
                 zero_dates: self.zero_dates,
+                overrides: self.overrides.clone(),
             });
         }
         debug!(snapshot = %self.position, now = %at, "source moved on; the reader shares the snapshot session");
@@ -196,6 +200,7 @@ impl source::Snapshot for MySqlSnapshot {
         Ok(MySqlSnapshotReader {
             conn: self.conn.clone(),
             zero_dates: self.zero_dates,
+            overrides: self.overrides.clone(),
         })
     }
 
@@ -213,20 +218,31 @@ impl source::Snapshot for MySqlSnapshot {
 pub struct MySqlSnapshotReader {
     conn: Arc<Mutex<Conn>>,
     zero_dates: ZeroDates,
+    overrides: Overrides,
 }
 
 impl source::SnapshotReader for MySqlSnapshotReader {
     async fn read(&mut self, chunk: &Chunk, schema: &TableSchema) -> Result<ChunkData, Error> {
-        let sql = select_sql(chunk, schema);
+        // Overridden columns are read and converted by their natural type.
+        let (schema, targets) = match self.overrides.conversion(schema) {
+            Some(c) => (c.schema, Some(c.targets)),
+            None => (schema.clone(), None),
+        };
+        let sql = select_sql(chunk, &schema);
         let (tx, mut rx) = mpsc::channel::<Result<Row, Error>>(ROWS_IN_FLIGHT);
         let session = self.conn.clone().lock_owned().await;
-        let schema = schema.clone();
         let chunk = chunk.clone();
         let zero_dates = self.zero_dates;
         tokio::spawn(async move {
             let mut session = session;
-            if let Err(e) =
-                stream_rows(&mut session, &sql, (&schema, zero_dates), &chunk, &tx).await
+            if let Err(e) = stream_rows(
+                &mut session,
+                &sql,
+                (&schema, zero_dates, targets.as_deref()),
+                &chunk,
+                &tx,
+            )
+            .await
             {
                 let _ = tx.send(Err(e)).await;
             }
@@ -288,7 +304,7 @@ fn is_spatial(source_type: &str) -> bool {
 async fn stream_rows(
     conn: &mut Conn,
     sql: &str,
-    (schema, zero_date_policy): (&TableSchema, ZeroDates),
+    (schema, zero_date_policy, targets): (&TableSchema, ZeroDates, Option<&[Option<String>]>),
     chunk: &Chunk,
     tx: &mpsc::Sender<Result<Row, Error>>,
 ) -> Result<(), Error> {
@@ -316,7 +332,10 @@ async fn stream_rows(
                 ));
             };
             let v = convert_checked(schema, col, v, zero_date_policy, &out, &mut zero_dates[i])?;
-            out.push(v);
+            out.push(match targets.and_then(|t| t[i].as_deref()) {
+                Some(target) => retarget(v, target),
+                None => v,
+            });
         }
         rows += 1;
         if tx.send(Ok(Row::new(out))).await.is_err() {

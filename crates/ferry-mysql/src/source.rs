@@ -77,6 +77,11 @@ pub struct MySqlSource {
 pub(crate) type Acked = Arc<Mutex<Option<MySqlPosition>>>;
 
 impl MySqlSource {
+    /// The `tables.columns` type overrides of this run.
+    fn overrides(&self) -> crate::overrides::Overrides {
+        crate::overrides::Overrides::new(&self.config.mysql, &self.config.tables)
+    }
+
     pub fn new(config: Config) -> Self {
         MySqlSource {
             config,
@@ -323,8 +328,10 @@ impl Source for MySqlSource {
         let url_db = connect::url_database(&self.config.source)?;
         let databases = catalog::databases(&mut conn, url_db.as_deref()).await?;
         let mut tables = catalog::read_tables(&mut conn, flavor, &databases, &filter).await?;
+        let overrides = self.overrides();
         for t in &mut tables {
             typemap::apply_policies(&self.config.mysql, &mut t.schema);
+            overrides.apply(&mut t.schema);
         }
         let auto_increment = auto_increment_columns(&mut conn, &databases).await?;
         let mut key_ranges = HashMap::new();
@@ -384,7 +391,7 @@ impl Source for MySqlSource {
             self.conn().await?,
             catalog.flavor,
             self.config.source.clone(),
-            self.config.mysql.zero_dates,
+            (self.config.mysql.zero_dates, self.overrides()),
         )
         .await
     }
@@ -396,7 +403,7 @@ impl Source for MySqlSource {
             conn,
             flavor,
             self.config.source.clone(),
-            self.config.mysql.zero_dates,
+            (self.config.mysql.zero_dates, self.overrides()),
         )
         .await
     }
@@ -464,6 +471,7 @@ impl Source for MySqlSource {
                 ZeroDates::Null => ZeroDatePolicy::Null,
                 ZeroDates::Error => ZeroDatePolicy::Error,
             },
+            overrides: self.overrides(),
             ..DecoderOptions::default()
         };
         let mut decoder = BinlogDecoder::new(decoding, &from)?;
@@ -491,6 +499,7 @@ impl Source for MySqlSource {
             SchemaTracker {
                 endpoint: self.config.source.clone(),
                 policies: self.config.mysql.clone(),
+                overrides: self.overrides(),
                 flavor: catalog.flavor,
                 filter: self.config.tables.filter().map_err(|e| {
                     Error::operator(format!("tables: {e}"), "fix the tables section")

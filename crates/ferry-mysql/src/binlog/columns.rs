@@ -34,6 +34,9 @@ pub struct ColumnSpec {
     pub collation: Option<u16>,
     /// Character set name from the catalog, used when the binlog does not say.
     pub charset: Option<String>,
+    /// A `tables.columns` type override: `pg_type` is then the mapping's
+    /// natural type and values are handed over as text of this type.
+    pub target: Option<String>,
 }
 
 /// A table as one TABLE_MAP describes it.
@@ -498,6 +501,7 @@ pub fn resolve(
                     labels: labels_from_column_type(&c.source_type).or(meta_labels),
                     collation,
                     charset: charsets.and_then(|cs| cs.get(i).cloned().flatten()),
+                    target: None,
                 }
             }
             None => {
@@ -521,6 +525,7 @@ pub fn resolve(
                     labels: meta_labels,
                     collation,
                     charset: charsets.and_then(|cs| cs.get(i).cloned().flatten()),
+                    target: None,
                 }
             }
         };

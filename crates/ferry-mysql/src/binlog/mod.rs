@@ -95,6 +95,8 @@ pub enum Scope {
 pub struct DecoderOptions {
     pub zero_dates: ZeroDatePolicy,
     pub scope: Scope,
+    /// `tables.columns` type overrides ([`crate::overrides`]).
+    pub overrides: crate::overrides::Overrides,
 }
 
 /// One decoder output.
@@ -610,7 +612,7 @@ impl BinlogDecoder {
     fn table_map(&mut self, tme: TableMapEvent<'static>, at: &str) -> Result<(), Error> {
         let id = TableId::new(tme.database_name(), tme.table_name());
         let table = if self.in_scope(&id) {
-            let resolved = columns::resolve(&tme, self.catalog.get(&id), self.charsets.get(&id)).map_err(|e| match e {
+            let mut resolved = columns::resolve(&tme, self.catalog.get(&id), self.charsets.get(&id)).map_err(|e| match e {
                 MapError::NoNames => Error::operator(
                     format!("{at}: table {id}: the binlog carries no column names and no schema was given"),
                     "set binlog_row_metadata=FULL on the source, or give the decoder the catalog schema",
@@ -622,6 +624,15 @@ impl BinlogDecoder {
                 ),
                 MapError::Malformed(m) => malformed(at, &format!("TABLE_MAP of {id}: {m}")),
             })?;
+            if let Some(conv) = self.opts.overrides.conversion(&resolved.schema) {
+                let natural = conv.schema.columns.iter().zip(conv.targets);
+                for (spec, (c, target)) in resolved.columns.iter_mut().zip(natural) {
+                    if target.is_some() {
+                        spec.pg_type = c.pg_type.clone();
+                        spec.target = target;
+                    }
+                }
+            }
             Some(Arc::new(resolved))
         } else {
             None
@@ -828,7 +839,10 @@ impl BinlogDecoder {
                 _ => value::convert(spec, v.clone()),
             };
             match converted {
-                Ok(v) => values.push(v),
+                Ok(v) => values.push(match &spec.target {
+                    Some(t) => crate::overrides::retarget(v, t),
+                    None => v,
+                }),
                 Err(ConvError::ZeroDate) if self.opts.zero_dates == ZeroDatePolicy::Null => {
                     let n = self
                         .zero_dates
