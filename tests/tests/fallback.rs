@@ -87,6 +87,25 @@ fn write_on(url: &str, txns: u64) {
     });
 }
 
+/// `ferry run` until it streams, a fenced cutover with fallback, then the
+/// same process streaming back; the running `ferry run`.
+fn cut_over_with_fallback(s: &Migration) -> Background {
+    let mut ferry = s.start("run");
+    s.wait_phase(&mut ferry, "stream");
+    let cut = s.ferry(&[
+        "cutover",
+        "--fence",
+        "--with-fallback",
+        "--max-lag",
+        "30s",
+        "--timeout",
+        "120s",
+    ]);
+    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
+    wait_reverse(s, &mut ferry);
+    ferry
+}
+
 #[test]
 fn cutover_with_fallback_streams_back_exactly_and_rolls_back() {
     let s = setup();
@@ -280,19 +299,7 @@ fn cutover_with_fallback_streams_back_exactly_and_rolls_back() {
 #[test]
 fn finish_ends_the_fallback() {
     let s = setup();
-    let mut ferry = s.start("run");
-    s.wait_phase(&mut ferry, "stream");
-    let cut = s.ferry(&[
-        "cutover",
-        "--fence",
-        "--with-fallback",
-        "--max-lag",
-        "30s",
-        "--timeout",
-        "120s",
-    ]);
-    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
-    wait_reverse(&s, &mut ferry);
+    let ferry = cut_over_with_fallback(&s);
     write_on(&s.target_url, 100);
     wait_old_source_caught_up(&s);
     s.compare(TABLES);
@@ -403,19 +410,7 @@ fn with_fallback_is_refused_with_the_reason() {
 #[test]
 fn an_unrecorded_rollback_is_finished_by_the_next_run() {
     let s = setup();
-    let mut ferry = s.start("run");
-    s.wait_phase(&mut ferry, "stream");
-    let cut = s.ferry(&[
-        "cutover",
-        "--fence",
-        "--with-fallback",
-        "--max-lag",
-        "30s",
-        "--timeout",
-        "120s",
-    ]);
-    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
-    wait_reverse(&s, &mut ferry);
+    let ferry = cut_over_with_fallback(&s);
     ferry.kill9().unwrap();
     // What the rollback had done when it died.
     s.source
@@ -457,19 +452,7 @@ fn an_unrecorded_rollback_is_finished_by_the_next_run() {
 #[test]
 fn finish_without_a_running_ferry() {
     let s = setup();
-    let mut ferry = s.start("run");
-    s.wait_phase(&mut ferry, "stream");
-    let cut = s.ferry(&[
-        "cutover",
-        "--fence",
-        "--with-fallback",
-        "--max-lag",
-        "30s",
-        "--timeout",
-        "120s",
-    ]);
-    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
-    wait_reverse(&s, &mut ferry);
+    let ferry = cut_over_with_fallback(&s);
     write_on(&s.target_url, 50);
     ferry.kill9().unwrap();
     let fin = s.ferry(&["finish"]);
@@ -514,19 +497,7 @@ fn a_renamed_table_streams_back_under_its_old_name() {
     )
     .unwrap();
     let s = m.arg("--config").arg(&config);
-    let mut ferry = s.start("run");
-    s.wait_phase(&mut ferry, "stream");
-    let cut = s.ferry(&[
-        "cutover",
-        "--fence",
-        "--with-fallback",
-        "--max-lag",
-        "30s",
-        "--timeout",
-        "120s",
-    ]);
-    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
-    wait_reverse(&s, &mut ferry);
+    let ferry = cut_over_with_fallback(&s);
     pgsync::runtime().block_on(async {
         let dst = pgsync::connect(&s.target_url).await.unwrap();
         dst.batch_execute(
@@ -571,19 +542,7 @@ fn a_renamed_table_streams_back_under_its_old_name() {
 #[test]
 fn the_reverse_run_is_found_on_a_port_zero_control_address() {
     let s = setup().env("FERRY_CONTROL_LISTEN", "127.0.0.1:0");
-    let mut ferry = s.start("run");
-    s.wait_phase(&mut ferry, "stream");
-    let cut = s.ferry(&[
-        "cutover",
-        "--fence",
-        "--with-fallback",
-        "--max-lag",
-        "30s",
-        "--timeout",
-        "120s",
-    ]);
-    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
-    wait_reverse(&s, &mut ferry);
+    let ferry = cut_over_with_fallback(&s);
     let back = s.ferry(&[
         "rollback",
         "--fence",
