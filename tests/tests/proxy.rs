@@ -237,9 +237,9 @@ fn shadow_reads_report_nothing_while_correct_and_catch_a_planted_difference() {
     assert_eq!(code, Some(0));
 }
 
-#[test]
-fn pgbench_keeps_running_through_a_cutover_via_the_proxy() {
-    let port = free_port();
+/// A migration of a `pgbench -i -s 1` source (history with REPLICA
+/// IDENTITY FULL) with the proxy on `port`; the server binaries' directory.
+fn pgbench_migration(port: u16) -> (Migration, std::path::PathBuf) {
     let m = Migration::new(PgOptions::new(), target_options(), "");
     let bin = m.source.bin_dir().to_owned();
     let init = Command::new(bin.join("pgbench"))
@@ -271,6 +271,13 @@ fn pgbench_keeps_running_through_a_cutover_via_the_proxy() {
         )
         .unwrap();
     let m = with_proxy(m, port, free_port());
+    (m, bin)
+}
+
+#[test]
+fn pgbench_keeps_running_through_a_cutover_via_the_proxy() {
+    let port = free_port();
+    let (m, bin) = pgbench_migration(port);
     let mut ferry = m.start("run");
     m.wait_phase(&mut ferry, "stream");
 
@@ -387,37 +394,7 @@ fn pgbench_keeps_running_through_a_cutover_via_the_proxy() {
 #[test]
 fn a_failed_cutover_via_the_proxy_releases_traffic_to_the_source() {
     let port = free_port();
-    let m = Migration::new(PgOptions::new(), target_options(), "");
-    let bin = m.source.bin_dir().to_owned();
-    let init = Command::new(bin.join("pgbench"))
-        .args([
-            "-i",
-            "-s",
-            "1",
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &m.source.port().to_string(),
-            "-U",
-            ferry_testkit::ADMIN_USER,
-        ])
-        .arg(&m.source_db)
-        .env("PGPASSWORD", ferry_testkit::ADMIN_PASSWORD)
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    m.source
-        .psql(
-            &m.source_db,
-            "ALTER TABLE pgbench_history REPLICA IDENTITY FULL",
-        )
-        .unwrap();
-    let m = with_proxy(m, port, free_port());
+    let (m, bin) = pgbench_migration(port);
     let mut ferry = m.start("run");
     m.wait_phase(&mut ferry, "stream");
     // A row only the target has: the cutover's row counts differ.
