@@ -204,3 +204,39 @@ impl Drop for Background {
         }
     }
 }
+
+/// Poll `done` every 200 ms until it holds; fails naming `what` (with
+/// `ferry`'s log) when `ferry` exits first or `timeout` passes.
+pub fn wait_until(
+    ferry: &mut Background,
+    what: &str,
+    timeout: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+) {
+    let start = std::time::Instant::now();
+    while !done() {
+        if let Some(code) = ferry.exited().expect("ferry's status") {
+            panic!("ferry exited with {code:?} before {what}:\n{}", ferry.log());
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{what} never happened:\n{}",
+            ferry.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The text the target at `url` answers to `sql`: `None` for no row, NULL,
+/// or while the target cannot answer yet (no such relation, no connection).
+pub fn target_text(url: &str, sql: &str) -> Option<String> {
+    pgsync::runtime().block_on(async {
+        let c = pgsync::connect(url).await.ok()?;
+        match c.query_opt(sql, &[]).await {
+            Ok(row) => row?.get::<_, Option<String>>(0),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => None,
+            Err(e) if e.code().is_none() => None,
+            Err(e) => panic!("{sql}: {:?}", e.as_db_error()),
+        }
+    })
+}

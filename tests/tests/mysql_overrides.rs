@@ -5,40 +5,13 @@
 //! updates.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_e2e::migration::{free_port, target_options};
-use ferry_e2e::{Background, ferry, pgsync, run};
+use ferry_e2e::{Background, ferry, pgsync, run, target_text, wait_until};
 use ferry_testkit::{MariaDbOptions, MariaDbServer, PgServer};
 
 const WAIT: Duration = Duration::from_secs(180);
-
-fn target_text(url: &str, sql: &str) -> Option<String> {
-    pgsync::runtime().block_on(async {
-        let c = pgsync::connect(url).await.ok()?;
-        match c.query_opt(sql, &[]).await {
-            Ok(row) => row?.get::<_, Option<String>>(0),
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => None,
-            Err(e) if e.code().is_none() => None,
-            Err(e) => panic!("{sql}: {:?}", e.as_db_error()),
-        }
-    })
-}
-
-fn wait_until(ferry: &mut Background, what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        if let Some(code) = ferry.exited().unwrap() {
-            panic!("ferry exited with {code:?} before {what}:\n{}", ferry.log());
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "{what} never happened:\n{}",
-            ferry.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn command(source_url: &str, target_url: &str, config: &Path) -> std::process::Command {
     let mut c = ferry(source_url, target_url).unwrap();
@@ -136,7 +109,7 @@ fn type_overrides_through_load_and_stream() {
         .env("FERRY_LOG", "info")
         .arg("run");
     let mut ferry_run = Background::spawn(c, &dir.path().join("run.log")).unwrap();
-    wait_until(&mut ferry_run, "the stream", || {
+    wait_until(&mut ferry_run, "the stream", WAIT, || {
         target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
     });
     let select = format!("{SELECT} \"{db}\".o");
@@ -167,7 +140,7 @@ fn type_overrides_through_load_and_stream() {
         )
         .expect("streamed rows");
     let want = format!("{},{}", expected(0, true), expected(10, true));
-    wait_until(&mut ferry_run, "the streamed rows", || {
+    wait_until(&mut ferry_run, "the streamed rows", WAIT, || {
         target_text(&target_url, &select).as_deref() == Some(want.as_str())
     });
     drop(ferry_run);

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use ferry_core::MySqlPosition;
 use ferry_e2e::migration::{free_port, target_options};
-use ferry_e2e::{Background, ferry, pgsync, run};
+use ferry_e2e::{Background, ferry, pgsync, run, target_text, wait_until};
 use ferry_testkit::{MariaDbOptions, MariaDbServer, PgServer};
 use mysql_async::prelude::Queryable;
 
@@ -269,20 +269,6 @@ fn source_head(url: &str) -> MySqlPosition {
     })
 }
 
-/// The text the target answers to `sql`; `None` for no row, NULL, or
-/// while the target cannot answer yet (no such relation, no connection).
-fn target_text(url: &str, sql: &str) -> Option<String> {
-    rt().block_on(async {
-        let c = pgsync::connect(url).await.ok()?;
-        match c.query_opt(sql, &[]).await {
-            Ok(row) => row?.get::<_, Option<String>>(0),
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => None,
-            Err(e) if e.code().is_none() => None,
-            Err(e) => panic!("{sql}: {:?}", e.as_db_error()),
-        }
-    })
-}
-
 fn checkpoint(url: &str) -> Option<MySqlPosition> {
     target_text(
         url,
@@ -322,21 +308,6 @@ fn wait_first_chunk(url: &str, ferry: &mut Background) {
         }
         assert!(start.elapsed() < WAIT, "no chunk loaded:\n{}", ferry.log());
         std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn wait_until(ferry: &mut Background, what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        if let Some(code) = ferry.exited().unwrap() {
-            panic!("ferry exited with {code:?} before {what}:\n{}", ferry.log());
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "{what} never happened:\n{}",
-            ferry.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -396,7 +367,7 @@ fn sakila_from_mariadb_with_writes_crashes_in_load_and_stream_and_a_fenced_cutov
     // The load resumes from a new snapshot; the stream skips, per table,
     // what that snapshot already holds.
     let mut second = start("second");
-    wait_until(&mut second, "the stream", || {
+    wait_until(&mut second, "the stream", WAIT, || {
         checkpoint(&target_url).is_some()
             && target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref()
                 == Some("stream")
@@ -411,7 +382,7 @@ fn sakila_from_mariadb_with_writes_crashes_in_load_and_stream_and_a_fenced_cutov
     let at_crash = writer.transactions();
     let applied_before = checkpoint(&target_url).unwrap();
     // Crash while streaming, once some writes were applied.
-    wait_until(&mut second, "applying streamed writes", || {
+    wait_until(&mut second, "applying streamed writes", WAIT, || {
         checkpoint(&target_url).is_some_and(|c| c > applied_before)
     });
     second.kill9().unwrap();
@@ -421,7 +392,7 @@ fn sakila_from_mariadb_with_writes_crashes_in_load_and_stream_and_a_fenced_cutov
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut third = start("third");
-    wait_until(&mut third, "resumed streaming", || {
+    wait_until(&mut third, "resumed streaming", WAIT, || {
         checkpoint(&target_url).is_some_and(|c| c > applied_before)
             && target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref()
                 == Some("stream")
@@ -442,7 +413,7 @@ fn sakila_from_mariadb_with_writes_crashes_in_load_and_stream_and_a_fenced_cutov
         .expect("writes after the restart");
     let head = source_head(&source_url);
     assert_ne!(head.file, before_restart.file, "a new binlog file");
-    wait_until(&mut third, "catching up with the source", || {
+    wait_until(&mut third, "catching up with the source", WAIT, || {
         checkpoint(&target_url).is_some_and(|c| c >= head)
     });
     let counts = compare(&source_url, &target_url, DB, 16);
@@ -556,7 +527,7 @@ fn schema_changes_mid_stream_are_carried_and_an_unsupported_one_stops_the_run() 
         &logs.path().join("run.log"),
         free_port(),
     );
-    wait_until(&mut ferry_run, "the stream", || {
+    wait_until(&mut ferry_run, "the stream", WAIT, || {
         target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
     });
     assert!(
@@ -594,7 +565,7 @@ fn schema_changes_mid_stream_are_carried_and_an_unsupported_one_stops_the_run() 
             ),
         )
     };
-    wait_until(&mut ferry_run, "the new table's rows", || {
+    wait_until(&mut ferry_run, "the new table's rows", WAIT, || {
         refunds(&target_url).is_some()
     });
     assert_eq!(
@@ -654,6 +625,7 @@ fn schema_changes_mid_stream_are_carried_and_an_unsupported_one_stops_the_run() 
     wait_until(
         &mut ferry_run,
         "the rows written while ferry was down",
+        WAIT,
         || refunds(&target_url).is_some_and(|r| r.contains("4:5:0.50:more")),
     );
     // The restarted run read the catalog with the column already added:
@@ -758,7 +730,7 @@ fn a_resume_against_another_server_stops_with_a_new_load_needed() {
         &logs.path().join("run.log"),
         control,
     );
-    wait_until(&mut ferry_run, "the stream", || {
+    wait_until(&mut ferry_run, "the stream", WAIT, || {
         target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
     });
     let recorded = target_text(
@@ -917,7 +889,7 @@ fn tinyint1_smallint_and_zero_dates_null_through_load_and_stream() {
         &logs.path().join("run.log"),
         &settings,
     );
-    wait_until(&mut ferry_run, "the stream", || {
+    wait_until(&mut ferry_run, "the stream", WAIT, || {
         target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
     });
     source.sql(&db, &policy_rows(10)).expect("streamed rows");
@@ -929,7 +901,7 @@ fn tinyint1_smallint_and_zero_dates_null_through_load_and_stream() {
             ),
         )
     };
-    wait_until(&mut ferry_run, "the streamed rows", || {
+    wait_until(&mut ferry_run, "the streamed rows", WAIT, || {
         rows().is_some_and(|r| r.contains("14:"))
     });
     let expect = |id0: u32| {
@@ -1013,7 +985,7 @@ fn zero_dates_error_stops_load_and_stream_naming_table_key_and_column() {
         &logs.path().join("stream.log"),
         &error,
     );
-    wait_until(&mut ferry_run, "the stream", || {
+    wait_until(&mut ferry_run, "the stream", WAIT, || {
         target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
     });
     source.sql(&db, &policy_rows(10)).expect("streamed rows");
@@ -1074,7 +1046,7 @@ fn enum_as_checked_text_and_as_enum_type_through_load_and_stream() {
             &logs.path().join(format!("{policy}.log")),
             &[("FERRY_MYSQL_ENUM", policy)],
         );
-        wait_until(&mut ferry_run, "the stream", || {
+        wait_until(&mut ferry_run, "the stream", WAIT, || {
             target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref()
                 == Some("stream")
         });
@@ -1095,7 +1067,7 @@ fn enum_as_checked_text_and_as_enum_type_through_load_and_stream() {
                 ),
             )
         };
-        wait_until(&mut ferry_run, "the streamed rows", || {
+        wait_until(&mut ferry_run, "the streamed rows", WAIT, || {
             values().is_some_and(|v| v.contains("13:") && v.contains("2:x'l:slim"))
         });
         assert_eq!(
@@ -1203,7 +1175,7 @@ fn every_mapped_type_is_the_same_through_load_and_stream() {
         .env("FERRY_LOG", "info")
         .arg("run");
     let mut ferry_run = Background::spawn(c, &logs.path().join("run.log")).unwrap();
-    wait_until(&mut ferry_run, "the stream", || {
+    wait_until(&mut ferry_run, "the stream", WAIT, || {
         target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
     });
     source
@@ -1219,7 +1191,7 @@ fn every_mapped_type_is_the_same_through_load_and_stream() {
         )
         .expect("streamed rows");
     let head = source_head(&source_url);
-    wait_until(&mut ferry_run, "the streamed rows", || {
+    wait_until(&mut ferry_run, "the streamed rows", WAIT, || {
         checkpoint(&target_url).is_some_and(|c| c >= head)
     });
     let same = |a: i32, b: i32| {
@@ -1327,7 +1299,7 @@ fn a_purged_binlog_stops_the_run_with_a_new_load_needed() {
         Background::spawn(c, &logs.path().join(format!("{name}.log"))).unwrap()
     };
     let mut first = start("first");
-    wait_until(&mut first, "the stream", || {
+    wait_until(&mut first, "the stream", WAIT, || {
         target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
     });
     first.kill9().unwrap();
@@ -1404,7 +1376,7 @@ fn a_purged_binlog_stops_the_run_with_a_new_load_needed() {
         .psql(&tdb, &format!("DROP SCHEMA \"{db}\" CASCADE"))
         .unwrap();
     let mut third = start("third");
-    wait_until(&mut third, "the new load's stream", || {
+    wait_until(&mut third, "the new load's stream", WAIT, || {
         target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
     });
     assert_eq!(
@@ -1454,7 +1426,7 @@ fn chinook_from_mariadb_compared_and_cut_over() {
     let mut c = cmd();
     c.env("FERRY_LOG", "info").arg("run");
     let mut ferry_run = Background::spawn(c, &logs.path().join("run.log")).unwrap();
-    wait_until(&mut ferry_run, "the stream", || {
+    wait_until(&mut ferry_run, "the stream", WAIT, || {
         target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
     });
     source
@@ -1467,7 +1439,7 @@ fn chinook_from_mariadb_compared_and_cut_over() {
         )
         .expect("writes during the stream");
     let head = source_head(&source_url);
-    wait_until(&mut ferry_run, "catching up", || {
+    wait_until(&mut ferry_run, "catching up", WAIT, || {
         checkpoint(&target_url).is_some_and(|c| c >= head)
     });
     let counts = compare(&source_url, &target_url, &db, 11);

@@ -11,11 +11,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_e2e::migration::{LONG, free_port, target_options};
 use ferry_e2e::validation::{by_table, differences, expected};
-use ferry_e2e::{Background, Ran, ferry, pgsync, run};
+use ferry_e2e::{Background, Ran, ferry, pgsync, run, target_text, wait_until};
 use ferry_testkit::{MariaDbOptions, MariaDbServer, PgServer};
 use serde_json::Value;
 
@@ -71,31 +71,6 @@ fn validate(
     let ran = run(&mut c).unwrap();
     let results = by_table(&ran.stdout).unwrap_or_else(|e| panic!("{e}: {}", ran.all()));
     (ran.code, results, ran)
-}
-
-fn target_text(url: &str, sql: &str) -> Option<String> {
-    pgsync::runtime().block_on(async {
-        let c = pgsync::connect(url).await.ok()?;
-        c.query_opt(sql, &[])
-            .await
-            .ok()??
-            .get::<_, Option<String>>(0)
-    })
-}
-
-fn wait_until(ferry: &mut Background, what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        if let Some(code) = ferry.exited().unwrap() {
-            panic!("ferry exited with {code:?} before {what}:\n{}", ferry.log());
-        }
-        assert!(
-            start.elapsed() < LONG,
-            "{what} never happened:\n{}",
-            ferry.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// One source's migration, as the shared checks see it.
@@ -267,7 +242,7 @@ fn mariadb_source_validates_and_repairs_under_writes() {
     let mut c = cmd();
     c.env("FERRY_LOG", "info").arg("run");
     let mut ferry_run = Background::spawn(c, &logs.path().join("run.log")).unwrap();
-    wait_until(&mut ferry_run, "the stream", || {
+    wait_until(&mut ferry_run, "the stream", LONG, || {
         target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
     });
 
@@ -391,7 +366,7 @@ fn sqlite_source_validates_and_repairs_under_writes() {
     let mut c = cmd();
     c.env("FERRY_LOG", "info").arg("run");
     let mut ferry_run = Background::spawn(c, &dir.path().join("run.log")).unwrap();
-    wait_until(&mut ferry_run, "the stream", || {
+    wait_until(&mut ferry_run, "the stream", LONG, || {
         target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
     });
     let writer = ferry_e2e::sqlite_app::Writer::start_with(&path, 1, |conn, i| {
