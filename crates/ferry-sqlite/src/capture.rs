@@ -4,13 +4,24 @@
 //! one in the source file (`ferry run`; `ferry plan` lists the statements
 //! from [`install_statements`] and needs write access):
 //!
-//! - `_ferry_changes(seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl, op, old_key,
-//!   row, at)`: one entry per changed row, in commit order. `seq` is the
+//! - `_ferry_changes(seq INTEGER PRIMARY KEY AUTOINCREMENT, tx, tbl, op,
+//!   old_key, row, at)`: one entry per changed row, in commit order. `seq` is the
 //!   position ([`ChangeLogSeq`]); AUTOINCREMENT never reuses a number, even
 //!   after [`crate::reader::ChangeReader::trim`] emptied the table, so
 //!   positions only grow. `op` is `I`/`U`/`D`; `row` is the new row (insert,
 //!   update), `old_key` the old key (update, delete; the whole old row when
-//!   the table has no primary key); `at` the Unix time of the statement.
+//!   the table has no primary key); `at` the Unix time of the statement;
+//!   `tx` the epoch (below).
+//! - `_ferry_epoch(n)`: one row, the current epoch, which each trigger
+//!   copies into its entry's `tx` and the change reader increments (a
+//!   short write transaction) when it needs a transaction boundary. A
+//!   source transaction holds SQLite's single write lock from its first
+//!   write to its commit, and so does the increment: every entry of one
+//!   source transaction carries the same epoch, and where `tx` changes
+//!   between two consecutive entries a source transaction ended. The
+//!   reader uses this to apply whole source transactions
+//!   ([`crate::reader`]). Cost: one read of a one-row table per captured
+//!   row change.
 //! - `AFTER INSERT/UPDATE/DELETE` triggers `_ferry_{ins,upd,del}_<table>` on
 //!   each selected table. They run inside the application's transaction, so
 //!   an entry commits (or rolls back) with the change it records, and since
@@ -65,8 +76,10 @@ use codec::{flat_json, json_row};
 pub const LOG_TABLE: &str = "_ferry_changes";
 /// The captured tables and their fingerprints.
 pub const TABLES_TABLE: &str = "_ferry_tables";
-/// Trim watermark.
+/// Trim watermark and snapshot marks.
 pub const STATE_TABLE: &str = "_ferry_state";
+/// One row: the epoch the triggers stamp on each entry (`tx`).
+pub const EPOCH_TABLE: &str = "_ferry_epoch";
 /// How long ferry's own statements wait for the application's locks.
 pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -361,9 +374,10 @@ pub fn trigger_statements(t: &Tracked) -> [(String, String); 3] {
     let q = quote_ident(&t.name);
     let tbl = sql_literal(&t.name);
     let log = quote_ident(LOG_TABLE);
+    let epoch = format!("(SELECT n FROM {})", quote_ident(EPOCH_TABLE));
     let body = |op: &str, old: String, new: String| {
         format!(
-            "INSERT INTO {log}(tbl, op, old_key, row, at) VALUES ({tbl}, '{op}', {old}, {new}, {NOW_SQL})"
+            "INSERT INTO {log}(tx, tbl, op, old_key, row, at) VALUES ({epoch}, {tbl}, '{op}', {old}, {new}, {NOW_SQL})"
         )
     };
     let make = |name: &str, event: &str, stmt: String| {
@@ -397,9 +411,17 @@ pub fn trigger_statements(t: &Tracked) -> [(String, String); 3] {
 pub fn log_statements() -> Vec<String> {
     vec![
         format!(
-            "CREATE TABLE IF NOT EXISTS {} (seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT, op TEXT, \
-             old_key TEXT, row TEXT, at REAL)",
+            "CREATE TABLE IF NOT EXISTS {} (seq INTEGER PRIMARY KEY AUTOINCREMENT, tx INTEGER, tbl TEXT, \
+             op TEXT, old_key TEXT, row TEXT, at REAL)",
             quote_ident(LOG_TABLE)
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (n INTEGER NOT NULL)",
+            quote_ident(EPOCH_TABLE)
+        ),
+        format!(
+            "INSERT INTO {t}(rowid, n) SELECT 1, 0 WHERE NOT EXISTS (SELECT 1 FROM {t})",
+            t = quote_ident(EPOCH_TABLE)
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {} (tbl TEXT PRIMARY KEY, columns TEXT NOT NULL)",
@@ -556,7 +578,7 @@ pub(crate) fn remove_all(conn: &Connection) -> Result<(), Error> {
         conn.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", quote_ident(&t)))
             .map_err(sql_error(format!("dropping trigger {t}")))?;
     }
-    for t in [LOG_TABLE, TABLES_TABLE, STATE_TABLE] {
+    for t in [LOG_TABLE, TABLES_TABLE, STATE_TABLE, EPOCH_TABLE] {
         conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote_ident(t)))
             .map_err(sql_error(format!("dropping {t}")))?;
     }

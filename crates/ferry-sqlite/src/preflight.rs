@@ -424,12 +424,14 @@ fn capture_check(conn: &rusqlite::Connection, catalog: &catalog::Catalog) -> Che
             SIDE,
             "change capture",
             format!(
-                "ferry run installs in the file: tables {}, {}, {} (change log, captured tables, trim mark) and \
+                "ferry run installs in the file: tables {}, {}, {}, {} (change log, captured tables, trim and snapshot marks, \
+                 transaction epoch) and \
                  AFTER INSERT/UPDATE/DELETE triggers _ferry_ins_T, _ferry_upd_T, _ferry_del_T on {} table(s): {}; \
                  ferry cutover and ferry cleanup remove them",
                 crate::capture::LOG_TABLE,
                 crate::capture::TABLES_TABLE,
                 crate::capture::STATE_TABLE,
+                crate::capture::EPOCH_TABLE,
                 names.len(),
                 names.join(", ")
             ),

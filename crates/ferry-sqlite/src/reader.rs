@@ -1,29 +1,43 @@
 //! Change reader: change-log entries after a position → ferry events.
 //!
 //! Consumes `_ferry_changes` ([`crate::capture`]) after a [`ChangeLogSeq`]
-//! (the snapshot's position, then each checkpoint) and emits, per entry in
-//! `seq` order, `Relation` (before a table's first change and after each
-//! carried ADD COLUMN), `Begin { final_position: seq - 1 }`, one `Change`,
-//! `Commit { position: seq }`.
+//! (the snapshot's position, then each checkpoint) and emits, in `seq`
+//! order, groups of entries as transactions: `Begin { final_position:
+//! first seq - 1 }`, the entries' `Change`s (a table's `Relation` before
+//! its first change and after each carried ADD COLUMN), `Commit {
+//! position: last seq }`.
 //!
 //! Positions: a snapshot at `S` ([`crate::snapshot`]) holds every entry
 //! with `seq <= S`. The checkpoint skips a commit at or before it, so
-//! `Commit.position = seq` replays nothing of the snapshot; the per-table
-//! snapshot skip drops a change whose `final_position` is before the
-//! snapshot's, so `final_position = seq - 1` (`< S` exactly when `seq <=
-//! S`) drops what a reloaded table already holds and nothing more — like
-//! PostgreSQL's `final_lsn < end_lsn`.
+//! `Commit.position = last seq` replays nothing of the snapshot; the
+//! per-table snapshot skip drops a change whose `final_position` is
+//! before the snapshot's, so `final_position = first seq - 1` (`< S`
+//! exactly when the group's entries are all `<= S`, as a group never
+//! spans a snapshot position, below) drops what a reloaded table already
+//! holds and nothing more — like PostgreSQL's `final_lsn < end_lsn`.
 //!
-//! Transactions: a trigger cannot see any transaction identity in SQLite
-//! (no txid, and `data_version` does not change for the writer's own
-//! commits), so each entry is emitted as its own transaction. This stays
-//! exact: entries of one source transaction commit together and are
-//! consecutive in `seq` (SQLite has one writer at a time), so applying them
-//! one after the other in `seq` order passes through every committed
-//! source state in order; each entry's `seq` is a distinct position, so a
-//! checkpoint between two entries of one source transaction resumes exactly
-//! at the next entry — nothing lost, nothing doubled. Only the target may
-//! briefly show part of a source transaction between two applier commits.
+//! Transactions: SQLite gives a trigger no transaction identity, so the
+//! groups come from two facts. (1) A read transaction sees only committed
+//! entries, so everything up to the head it sees is whole source
+//! transactions. (2) Each entry carries the epoch its trigger read from
+//! `_ferry_epoch`; every entry of one source transaction has the same
+//! epoch (the transaction holds the write lock that incrementing the epoch
+//! needs), so where the epoch changes, a source transaction ended. A group
+//! therefore ends (`Commit`) where the epoch changes, at a snapshot
+//! position recorded by [`mark_snapshot`] (a source transaction boundary
+//! too), and at the end of a read that reached the head; the target never
+//! shows part of a source transaction. A read cut short by its entry limit
+//! emits up to the last such boundary in it and reads the rest again next
+//! time; when it holds no boundary (one epoch longer than the limit, e.g.
+//! the backlog written during the load), its entries are emitted as an
+//! open transaction that the next reads continue (the applier applies a
+//! transaction larger than its buffer in pieces behind a savepoint:
+//! memory stays bounded, the target transaction is as large as the
+//! source's writes of that epoch). While its reads are cut short the
+//! reader increments the epoch every [`EPOCH_EVERY`] (a short write
+//! transaction; a busy file postpones it), so an open transaction ends and
+//! the ones after it hold about that much of the application's writes.
+//! Each read holds at most `limit` entries in memory.
 //!
 //! Order: `seq` order is commit order, with no late gaps. A transaction
 //! gets its numbers while it holds SQLite's single write lock and releases
@@ -44,6 +58,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use ferry_core::schema::quote_ident;
 use ferry_core::value::Timestamp;
@@ -52,7 +67,8 @@ use rusqlite::Connection;
 use rusqlite::types::Value as SqlValue;
 
 use crate::capture::{
-    self, AddedColumn, LOG_TABLE, STATE_TABLE, SchemaChange, Tracked, parse_json_row, sql_error,
+    self, AddedColumn, EPOCH_TABLE, LOG_TABLE, STATE_TABLE, SchemaChange, Tracked, parse_json_row,
+    sql_error,
 };
 use crate::value;
 
@@ -89,6 +105,10 @@ pub struct ChangeReader {
     announced: BTreeSet<String>,
     /// `PRAGMA schema_version` when the schema was last found intact.
     verified_version: Option<i64>,
+    /// The last entry emitted of a transaction not yet committed.
+    open: Option<Last>,
+    /// When the epoch was last incremented.
+    bumped: Option<Instant>,
 }
 
 impl ChangeReader {
@@ -108,6 +128,8 @@ impl ChangeReader {
             tables,
             announced: BTreeSet::new(),
             verified_version: None,
+            open: None,
+            bumped: None,
         })
     }
 
@@ -145,27 +167,83 @@ impl ChangeReader {
         after: ChangeLogSeq,
         limit: usize,
     ) -> Result<Result<Batch, String>, Error> {
-        let ChangeReader {
-            conn,
-            tables,
-            announced,
-            verified_version,
-        } = self;
-        let tx = conn
+        let read = match self.read_entries(after, limit)? {
+            Ok(read) => read,
+            Err(table) => return Ok(Err(table)),
+        };
+        let Read {
+            entries,
+            marks,
+            epoch_now,
+        } = read;
+        let reached_head = entries.len() < limit;
+        let (take, boundary) = if reached_head {
+            (entries.len(), true)
+        } else {
+            last_boundary(&entries, &marks)
+        };
+        let mut batch = Batch::default();
+        for e in entries.into_iter().take(take) {
+            if let Some(prev) = self.open
+                && (prev.epoch != e.epoch || marks.contains(&prev.seq.0))
+            {
+                batch.events.push(commit(prev));
+                self.open = None;
+            }
+            if self.open.is_none() {
+                batch.events.push(Event::Begin {
+                    xid: None,
+                    commit_time: at_time(e.at),
+                    final_position: Some(ChangeLogSeq(e.seq.0.saturating_sub(1))),
+                });
+            }
+            let last = Last {
+                seq: e.seq,
+                epoch: e.epoch,
+                at: e.at,
+            };
+            decode(&self.tables, &mut self.announced, e, &mut batch)?;
+            self.open = Some(last);
+            batch.last = Some(last.seq);
+        }
+        if boundary && let Some(prev) = self.open.take() {
+            batch.events.push(commit(prev));
+        }
+        // Behind the head: end the current epoch (at most every
+        // EPOCH_EVERY), so that a transaction left open ends and the
+        // transactions ahead stay about that long.
+        let behind = !reached_head || self.open.is_some_and(|o| o.epoch == epoch_now);
+        if behind && self.bumped.is_none_or(|t| t.elapsed() >= EPOCH_EVERY) {
+            self.next_epoch()?;
+            self.bumped = Some(Instant::now());
+        }
+        Ok(Ok(batch))
+    }
+
+    /// The entries after `after` (at most `limit`), read in one read
+    /// transaction that first checks every captured table's schema;
+    /// `Err(table)` when `table` gained columns.
+    fn read_entries(
+        &mut self,
+        after: ChangeLogSeq,
+        limit: usize,
+    ) -> Result<Result<Read, String>, Error> {
+        let tx = self
+            .conn
             .transaction()
             .map_err(sql_error("reading the change log"))?;
         let version: i64 = tx
             .query_row("PRAGMA schema_version", [], |r| r.get(0))
             .map_err(sql_error("reading the schema version"))?;
-        if *verified_version != Some(version) {
-            for t in tables.values() {
+        if self.verified_version != Some(version) {
+            for t in self.tables.values() {
                 match capture::check_table(&tx, t)? {
                     SchemaChange::Unchanged => {}
                     SchemaChange::AddedColumns(_) => return Ok(Err(t.name.clone())),
                     other => return Err(capture::stop(&t.name, &other)),
                 }
             }
-            *verified_version = Some(version);
+            self.verified_version = Some(version);
         }
         let trimmed = trimmed_upto(&tx)?;
         if after < trimmed {
@@ -177,32 +255,156 @@ impl ChangeReader {
                 "reload from a new snapshot: `ferry cleanup`, then `ferry run`",
             ));
         }
+        let epoch_now = current_epoch(&tx)?;
+        let marks = snapshot_marks(&tx, after)?;
         let mut stmt = tx
             .prepare_cached(&format!(
-                "SELECT seq, tbl, op, old_key, row, at FROM {} WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                "SELECT seq, tx, tbl, op, old_key, row, at FROM {} WHERE seq > ?1 ORDER BY seq LIMIT ?2",
                 quote_ident(LOG_TABLE)
             ))
             .map_err(sql_error("reading the change log"))?;
         let mut rows = stmt
             .query((after.0 as i64, limit as i64))
             .map_err(sql_error("reading the change log"))?;
-        let mut batch = Batch::default();
+        let mut entries = Vec::new();
         while let Some(r) = rows.next().map_err(sql_error("reading the change log"))? {
-            let entry = Entry {
+            entries.push(Entry {
                 seq: ChangeLogSeq(r.get::<_, i64>(0).map_err(sql_error("seq"))? as u64),
-                table: r.get(1).map_err(sql_error("tbl"))?,
-                op: r.get(2).map_err(sql_error("op"))?,
-                old_key: r.get(3).map_err(sql_error("old_key"))?,
-                row: r.get(4).map_err(sql_error("row"))?,
-                at: r.get(5).map_err(sql_error("at"))?,
-            };
-            decode(tables, announced, entry, &mut batch)?;
+                epoch: r.get(1).map_err(sql_error("tx"))?,
+                table: r.get(2).map_err(sql_error("tbl"))?,
+                op: r.get(3).map_err(sql_error("op"))?,
+                old_key: r.get(4).map_err(sql_error("old_key"))?,
+                row: r.get(5).map_err(sql_error("row"))?,
+                at: r.get(6).map_err(sql_error("at"))?,
+            });
         }
         drop(rows);
         drop(stmt);
         tx.commit().map_err(sql_error("reading the change log"))?;
-        Ok(Ok(batch))
+        Ok(Ok(Read {
+            entries,
+            marks,
+            epoch_now,
+        }))
     }
+
+    /// Increments the epoch (a short write transaction; a busy file just
+    /// postpones it to the next read).
+    fn next_epoch(&mut self) -> Result<(), Error> {
+        let set = |c: &Connection, d| {
+            c.busy_timeout(d)
+                .map_err(sql_error("setting the busy timeout"))
+        };
+        set(&self.conn, EPOCH_BUSY)?;
+        let result = self.conn.execute(
+            &format!("UPDATE {} SET n = n + 1", quote_ident(EPOCH_TABLE)),
+            [],
+        );
+        set(&self.conn, capture::BUSY_TIMEOUT)?;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                ) =>
+            {
+                tracing::debug!("change log: epoch increment postponed (file busy)");
+                Ok(())
+            }
+            Err(e) => Err(sql_error("incrementing the change-log epoch")(e)),
+        }
+    }
+}
+
+/// How often the epoch is incremented at most (only while reads are cut
+/// short by their limit).
+const EPOCH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long an epoch increment waits for SQLite's write lock.
+const EPOCH_BUSY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// What one read transaction saw.
+struct Read {
+    entries: Vec<Entry>,
+    /// Snapshot positions at or after the read's start.
+    marks: BTreeSet<u64>,
+    epoch_now: Option<i64>,
+}
+
+/// The last entry of the transaction being emitted.
+#[derive(Debug, Clone, Copy)]
+struct Last {
+    seq: ChangeLogSeq,
+    epoch: Option<i64>,
+    at: Option<f64>,
+}
+
+fn commit(last: Last) -> Event<ChangeLogSeq> {
+    Event::Commit {
+        position: last.seq,
+        commit_time: at_time(last.at),
+    }
+}
+
+/// How many of `entries` (a read cut short by its limit) end at a source
+/// transaction boundary, and whether one was found; without one, all of
+/// them (the transaction stays open).
+fn last_boundary(entries: &[Entry], marks: &BTreeSet<u64>) -> (usize, bool) {
+    let ends = |i: usize| {
+        marks.contains(&entries[i].seq.0)
+            || entries
+                .get(i + 1)
+                .is_some_and(|n| n.epoch != entries[i].epoch)
+    };
+    match (0..entries.len()).rev().find(|&i| ends(i)) {
+        Some(i) => (i + 1, true),
+        None => (entries.len(), false),
+    }
+}
+
+fn current_epoch(conn: &Connection) -> Result<Option<i64>, Error> {
+    rusqlite::OptionalExtension::optional(conn.query_row(
+        &format!("SELECT n FROM {}", quote_ident(EPOCH_TABLE)),
+        [],
+        |r| r.get(0),
+    ))
+    .map_err(sql_error("reading the change-log epoch"))
+    .map(Option::flatten)
+}
+
+const MARK_PREFIX: &str = "snapshot_";
+
+/// The snapshot positions recorded at or after `from`.
+fn snapshot_marks(conn: &Connection, from: ChangeLogSeq) -> Result<BTreeSet<u64>, Error> {
+    conn.prepare_cached(&format!(
+        "SELECT value FROM {} WHERE substr(key, 1, {}) = ?1 AND value >= ?2",
+        quote_ident(STATE_TABLE),
+        MARK_PREFIX.len()
+    ))
+    .and_then(|mut s| {
+        s.query_map((MARK_PREFIX, from.0 as i64), |r| r.get::<_, i64>(0))?
+            .map(|v| v.map(|v| v.max(0) as u64))
+            .collect()
+    })
+    .map_err(sql_error("reading the snapshot marks"))
+}
+
+/// Records that a snapshot was taken at `position`, so that the change
+/// reader never puts entries on both sides of it in one transaction (the
+/// applier skips a reloaded table's changes by transaction). Call before
+/// the snapshot's rows are used.
+pub fn mark_snapshot(path: &Path, position: ChangeLogSeq) -> Result<(), Error> {
+    let conn =
+        capture::open_read_write(path).map_err(sql_error(format!("opening {}", path.display())))?;
+    conn.execute(
+        &format!(
+            "INSERT INTO {}(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO NOTHING",
+            quote_ident(STATE_TABLE)
+        ),
+        (format!("{MARK_PREFIX}{}", position.0), position.0 as i64),
+    )
+    .map_err(sql_error("recording the snapshot position"))?;
+    Ok(())
 }
 
 fn decode(
@@ -296,18 +498,7 @@ fn decode(
             ));
         }
     };
-    let time = at_time(e.at);
-    batch.events.push(Event::Begin {
-        xid: None,
-        commit_time: time,
-        final_position: Some(ChangeLogSeq(e.seq.0.saturating_sub(1))),
-    });
     batch.events.push(Event::Change(change));
-    batch.events.push(Event::Commit {
-        position: e.seq,
-        commit_time: time,
-    });
-    batch.last = Some(e.seq);
     Ok(())
 }
 
@@ -327,6 +518,7 @@ impl ChangeReader {
 
 struct Entry {
     seq: ChangeLogSeq,
+    epoch: Option<i64>,
     table: String,
     op: String,
     old_key: Option<String>,
@@ -415,6 +607,16 @@ pub(crate) fn trim(conn: &mut Connection, upto: ChangeLogSeq) -> Result<u64, Err
             (TRIMMED_KEY, upto_i),
         )
         .map_err(sql_error("recording the trim watermark"))?;
+        // Marks before the trim can no longer split a read.
+        tx.execute(
+            &format!(
+                "DELETE FROM {} WHERE substr(key, 1, {}) = ?1 AND value < ?2",
+                quote_ident(STATE_TABLE),
+                MARK_PREFIX.len()
+            ),
+            (MARK_PREFIX, upto_i),
+        )
+        .map_err(sql_error("trimming the snapshot marks"))?;
         tx.commit().map_err(sql_error("trimming the change log"))?;
         total += n as u64;
         if (n as i64) < TRIM_CHUNK {

@@ -527,7 +527,7 @@ impl source::Source for SqliteSource {
             )
         } else {
             format!(
-                "remove ferry's change capture from {} ({LOG_TABLE}, _ferry_tables, _ferry_state and the _ferry_* triggers), inside the fence when fenced",
+                "remove ferry's change capture from {} ({LOG_TABLE}, _ferry_tables, _ferry_state, _ferry_epoch and the _ferry_* triggers), inside the fence when fenced",
                 self.path.display()
             )
         }

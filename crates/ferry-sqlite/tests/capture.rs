@@ -49,23 +49,38 @@ fn install(path: &Path, only: &[&str]) -> Vec<Installed> {
     capture::install(&mut conn, &cat.tables).unwrap()
 }
 
-/// The changes with their commit positions; every transaction's
-/// `final_position` is its commit position minus one (a snapshot at `S`
-/// holds exactly the entries whose `final_position < S`).
+/// The changes with their entries' positions. A transaction holds
+/// consecutive entries: its `final_position` is its first entry's
+/// position minus one and its commit is at its last entry's position (a
+/// snapshot at `S` holds exactly the entries whose `final_position < S`).
 fn changes(events: &[Event<ChangeLogSeq>]) -> Vec<(ChangeLogSeq, Change)> {
+    transactions(events).into_iter().flatten().collect()
+}
+
+/// [`changes`] grouped by transaction.
+fn transactions(events: &[Event<ChangeLogSeq>]) -> Vec<Vec<(ChangeLogSeq, Change)>> {
     let mut out = Vec::new();
-    let (mut pending, mut last_final) = (None, None);
+    let mut open: Option<(u64, Vec<(ChangeLogSeq, Change)>)> = None;
     for e in events {
         match e {
-            Event::Begin { final_position, .. } => last_final = *final_position,
-            Event::Change(c) => pending = Some(c.clone()),
+            Event::Begin { final_position, .. } => {
+                assert!(open.is_none(), "Begin inside a transaction");
+                open = Some((final_position.unwrap().0, Vec::new()));
+            }
+            Event::Change(c) => {
+                let (first, txn) = open.as_mut().expect("change outside a transaction");
+                let seq = ChangeLogSeq(*first + 1 + txn.len() as u64);
+                txn.push((seq, c.clone()));
+            }
             Event::Commit { position, .. } => {
-                assert_eq!(last_final.take(), Some(ChangeLogSeq(position.0 - 1)));
-                out.push((*position, pending.take().unwrap()));
+                let (first, txn) = open.take().expect("Commit without Begin");
+                assert_eq!(*position, ChangeLogSeq(first + txn.len() as u64));
+                out.push(txn);
             }
             _ => {}
         }
     }
+    assert!(open.is_none(), "a transaction left open");
     out
 }
 
@@ -78,10 +93,10 @@ fn read_all(r: &mut ChangeReader, after: ChangeLogSeq) -> Vec<Event<ChangeLogSeq
     let mut pos = after;
     loop {
         let b = r.read_after(pos, 500).unwrap();
+        out.extend(b.events);
         let Some(last) = b.last else { return out };
         assert!(last > pos);
         pos = last;
-        out.extend(b.events);
     }
 }
 
@@ -512,8 +527,13 @@ fn add_column_is_carried_and_rename_column_stops() {
         (b.added[0].column.as_str(), b.added[0].pg_type.as_str()),
         ("Country", "text")
     );
-    let Event::Relation(schema) = &b.events[0] else {
-        panic!("new schema first: {:?}", b.events[0])
+    // The new schema comes before the first change (after its Begin).
+    let Some(Event::Relation(schema)) = b
+        .events
+        .iter()
+        .find(|e| matches!(e, Event::Relation(_) | Event::Change(_)))
+    else {
+        panic!("new schema first: {:?}", b.events)
     };
     assert_eq!(schema.columns.len(), 3);
     assert_eq!(schema.columns[2].name, "Country");

@@ -203,7 +203,7 @@ fn plan_says_what_change_capture_installs_and_finds_a_rebuilt_table() {
     let cc = check(&plan, "change capture");
     assert_eq!(cc.status, CheckStatus::Pass);
     for part in [
-        "tables _ferry_changes, _ferry_tables, _ferry_state",
+        "tables _ferry_changes, _ferry_tables, _ferry_state, _ferry_epoch",
         "AFTER INSERT/UPDATE/DELETE triggers _ferry_ins_T, _ferry_upd_T, _ferry_del_T on 11 table(s)",
         "Album, Artist, Customer",
         "ferry cutover and ferry cleanup remove them",

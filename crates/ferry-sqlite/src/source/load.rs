@@ -4,8 +4,10 @@
 //! Consumes the catalog (row counts, rowid ranges) and the source file;
 //! emits [`Chunk`]s, one [`SqliteSnapshot`] per load (a copy of the file
 //! and the change-log head read from the copy: rows and position of one
-//! instant) and per chunk a stream of typed rows, bounded in bytes (see
-//! [`BATCH_BYTES`]). Restart: copies
+//! instant; the position is recorded in the file with
+//! [`crate::reader::mark_snapshot`] before the rows are used, so no
+//! streamed transaction spans it) and per chunk a stream of typed rows,
+//! bounded in bytes (see [`BATCH_BYTES`]). Restart: copies
 //! a crashed process left behind are removed by the next snapshot.
 
 use std::path::{Path, PathBuf};
@@ -145,6 +147,10 @@ pub(super) fn take_snapshot(path: &Path, n: u64) -> Result<SqliteSnapshot, Error
     })();
     match result {
         Ok(position) => {
+            if let Err(e) = reader::mark_snapshot(path, position) {
+                let _ = std::fs::remove_file(&copy);
+                return Err(e);
+            }
             info!(position = %position, copy_ms = started.elapsed().as_millis() as u64, "sqlite snapshot taken");
             Ok(SqliteSnapshot { copy, position })
         }
