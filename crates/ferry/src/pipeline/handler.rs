@@ -89,6 +89,9 @@ fn cutover_request(c: &CutoverCommand) -> CutoverRequest {
         keep_slot: c.keep_slot,
         skip_counts: c.skip_counts,
         require_validated_seconds: c.require_validated.map(|d| d.as_secs_f64()),
+        with_fallback: c.with_fallback,
+        via_proxy: c.via_proxy,
+        rollback: c.rollback,
         ..CutoverRequest::default()
     }
 }
