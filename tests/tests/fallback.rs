@@ -663,7 +663,12 @@ fn status_report_and_the_console_during_the_fallback() {
             .simple_query("ROLLBACK")
             .await
             .expect_err("bare ROLLBACK");
-        assert!(bare.to_string().contains("ROLLBACK CUTOVER"), "{bare}");
+        let why = bare.as_db_error().map(|e| e.message().to_owned());
+        assert!(
+            why.as_deref()
+                .is_some_and(|m| m.contains("ROLLBACK CUTOVER")),
+            "{bare:?}"
+        );
         let dry = console
             .query_one("ROLLBACK CUTOVER DRY RUN MAX LAG '30s'", &[])
             .await
