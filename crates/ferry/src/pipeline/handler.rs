@@ -167,6 +167,9 @@ mod tests {
             keep_slot: true,
             skip_counts: false,
             require_validated: Some(Duration::from_secs(3600)),
+            rollback: false,
+            with_fallback: true,
+            via_proxy: true,
         };
         assert_eq!(
             cutover_request(&c),
@@ -178,8 +181,20 @@ mod tests {
                 keep_slot: true,
                 skip_counts: false,
                 require_validated_seconds: Some(3600.0),
+                with_fallback: true,
+                via_proxy: true,
                 ..CutoverRequest::default()
             }
+        );
+        let back = CutoverCommand {
+            rollback: true,
+            via_proxy: true,
+            ..CutoverCommand::default()
+        };
+        let req = cutover_request(&back);
+        assert!(
+            req.rollback && req.via_proxy && !req.with_fallback,
+            "{req:?}"
         );
     }
 }
