@@ -592,3 +592,114 @@ fn a_target_table_without_replica_identity_is_refused() {
         );
     });
 }
+
+/// While the old source follows, `ferry status` without a running `ferry
+/// run` shows the reverse stream's figures (from the old source's state)
+/// and `ferry report` its lag history; then `ROLLBACK CUTOVER` typed into
+/// the psql console rolls back like `ferry rollback` (a bare `ROLLBACK`,
+/// as drivers send, never does).
+#[test]
+fn status_report_and_the_console_during_the_fallback() {
+    let console_port = ferry_e2e::migration::free_port();
+    let s = setup()
+        .env("FERRY_CONSOLE_LISTEN", &format!("127.0.0.1:{console_port}"))
+        .env("FERRY_CONSOLE_PASSWORD", "console-secret");
+    let ferry = cut_over_with_fallback(&s);
+    write_on(&s.target_url, 100);
+    wait_old_source_caught_up(&s);
+    // The reverse sampler writes its first lag sample at start.
+    let samples = || {
+        pgsync::runtime().block_on(async {
+            let src = pgsync::connect(&s.source_url).await.unwrap();
+            i64_of(&src, "SELECT count(*) FROM ferry.lag_history").await
+        })
+    };
+    let reverse_checkpoint = || -> String {
+        pgsync::runtime().block_on(async {
+            let src = pgsync::connect(&s.source_url).await.unwrap();
+            src.query_one("SELECT position FROM ferry.checkpoint", &[])
+                .await
+                .unwrap()
+                .get(0)
+        })
+    };
+    let code = ferry
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(code, Some(0));
+    assert!(samples() >= 1, "the reverse lag history is recorded");
+
+    let st = s.status();
+    assert_eq!(st["live"], false, "{st}");
+    assert_eq!(st["direction"], "reverse", "{st}");
+    assert_eq!(st["phase"], "stream", "the reverse stream's phase: {st}");
+    assert_eq!(
+        st["applied_position"],
+        reverse_checkpoint(),
+        "the reverse checkpoint, read in the old source: {st}"
+    );
+    let report_path = s.logs.path().join("report.html");
+    let rep = s.ferry(&["report", "--output", report_path.to_str().unwrap()]);
+    assert_eq!(rep.code, Some(0), "{}", rep.all());
+    let html = std::fs::read_to_string(&report_path).unwrap();
+    assert!(html.contains("<h2>Reverse lag (fallback)</h2>"), "{html}");
+    assert!(html.contains("<svg id=\"reverse-lag-seconds\""), "{html}");
+
+    let mut ferry = s.start("run-again");
+    wait_reverse(&s, &mut ferry);
+    write_on(&s.target_url, 50);
+    wait_old_source_caught_up(&s);
+    pgsync::runtime().block_on(async {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(console_port)
+            .user("ferry")
+            .password("console-secret")
+            .dbname("ferry");
+        let (console, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let bare = console
+            .simple_query("ROLLBACK")
+            .await
+            .expect_err("bare ROLLBACK");
+        let why = bare.as_db_error().map(|e| e.message().to_owned());
+        assert!(
+            why.as_deref()
+                .is_some_and(|m| m.contains("ROLLBACK CUTOVER")),
+            "{bare:?}"
+        );
+        let dry = console
+            .query_one("ROLLBACK CUTOVER DRY RUN MAX LAG '30s'", &[])
+            .await
+            .unwrap();
+        let outcome: String = dry.get("outcome");
+        assert!(outcome.starts_with("dry run"), "{outcome}");
+        let done = console
+            .query_one("ROLLBACK CUTOVER FENCE MAX LAG '30s' TIMEOUT '120s'", &[])
+            .await
+            .unwrap();
+        assert_eq!(done.get::<_, String>("outcome"), "done");
+        let steps: String = done.get("steps");
+        assert!(steps.contains("old source unfenced"), "{steps}");
+    });
+    let code = ferry.wait(Duration::from_secs(60)).expect("ferry run");
+    assert_eq!(code, Some(0), "ferry run exits 0 after the rollback");
+    s.compare(TABLES);
+    pgsync::runtime().block_on(async {
+        let src = pgsync::connect(&s.source_url).await.unwrap();
+        let dst = pgsync::connect(&s.target_url).await.unwrap();
+        assert_read_only(&dst, "the new database is fenced after the rollback").await;
+        src.execute("INSERT INTO items (note) VALUES ('back home')", &[])
+            .await
+            .unwrap();
+        for side in [&src, &dst] {
+            let how: String = side
+                .query_one("SELECT direction FROM ferry.fallback", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(how, "rolled_back");
+        }
+    });
+}

@@ -6,7 +6,8 @@
 //! PAUSE | RESUME
 //! VALIDATE [table [, table …]] [REPAIR]
 //! CUTOVER [DRY RUN] [FENCE] [MAX LAG '5s'] [TIMEOUT '60s'] [KEEP SLOT] [SKIP COUNTS]
-//!         [REQUIRE VALIDATED ['24h']]
+//!         [REQUIRE VALIDATED ['24h']] [WITH FALLBACK] [VIA PROXY]
+//! ROLLBACK CUTOVER [DRY RUN] [FENCE] [MAX LAG '5s'] [TIMEOUT '60s'] [SKIP COUNTS] [VIA PROXY]
 //! SET … (accepted and ignored: drivers send session settings)
 //! ```
 //!
@@ -15,7 +16,9 @@
 //! [`ferry_core::duration::parse`], the same parser as `ferry cutover
 //! --max-lag`. A simple query may hold several commands separated by `;`
 //! ([`split_statements`]). Anything else is a [`ParseError`] that names the
-//! word it stopped at and lists the commands.
+//! word it stopped at and lists the commands. A bare `ROLLBACK` (what a
+//! driver or pool sends to end a transaction) never rolls the migration
+//! back: it is refused, naming `ROLLBACK CUTOVER`.
 
 use std::time::Duration;
 
@@ -50,9 +53,17 @@ pub enum Command {
     Set,
 }
 
-/// The options of `CUTOVER`, as `ferry cutover` takes them.
+/// The options of `CUTOVER` and `ROLLBACK`, as `ferry cutover` and `ferry
+/// rollback` take them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CutoverCommand {
+    /// `ROLLBACK`: the reverse stream's cutover back to the old source
+    /// (after `CUTOVER … WITH FALLBACK`).
+    pub rollback: bool,
+    /// Keep a way back (`WITH FALLBACK`, CUTOVER only).
+    pub with_fallback: bool,
+    /// Through the proxy (`VIA PROXY`).
+    pub via_proxy: bool,
     pub dry_run: bool,
     pub fence: bool,
     pub max_lag: Duration,
@@ -79,6 +90,9 @@ pub struct ValidateCommand {
 impl Default for CutoverCommand {
     fn default() -> Self {
         CutoverCommand {
+            rollback: false,
+            with_fallback: false,
+            via_proxy: false,
             dry_run: false,
             fence: false,
             max_lag: DEFAULT_MAX_LAG,
@@ -134,8 +148,12 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ),
     ("RESUME", "apply changes again"),
     (
-        "CUTOVER [DRY RUN] [FENCE] [MAX LAG '5s'] [TIMEOUT '60s'] [KEEP SLOT] [SKIP COUNTS] [REQUIRE VALIDATED ['24h']]",
+        "CUTOVER [DRY RUN] [FENCE] [MAX LAG '5s'] [TIMEOUT '60s'] [KEEP SLOT] [SKIP COUNTS] [REQUIRE VALIDATED ['24h']] [WITH FALLBACK] [VIA PROXY]",
         "cut over to the target, as `ferry cutover`",
+    ),
+    (
+        "ROLLBACK CUTOVER [DRY RUN] [FENCE] [MAX LAG '5s'] [TIMEOUT '60s'] [SKIP COUNTS] [VIA PROXY]",
+        "after a cutover with fallback: move back to the old source, as `ferry rollback`",
     ),
     ("SHOW HELP", "this list"),
 ];
@@ -253,7 +271,13 @@ pub fn parse(sql: &str) -> Result<Command, ParseError> {
         ["PAUSE"] => Ok(Command::Pause),
         ["RESUME"] => Ok(Command::Resume),
         ["SET", ..] => Ok(Command::Set),
-        ["CUTOVER", ..] => cutover(&tokens[1..], &w[1..]).map(Command::Cutover),
+        ["CUTOVER", ..] => cutover("CUTOVER", &tokens[1..], &w[1..]).map(Command::Cutover),
+        ["ROLLBACK", "CUTOVER", ..] => {
+            cutover("ROLLBACK CUTOVER", &tokens[2..], &w[2..]).map(Command::Cutover)
+        }
+        ["ROLLBACK", ..] | ["ABORT", ..] => Err(err(
+            "the console runs no transactions; to move back to the old source after a cutover with fallback: ROLLBACK CUTOVER [DRY RUN] [FENCE] [VIA PROXY] …",
+        )),
         [first, ..] => Err(err(format!(
             "unknown console command \"{}\"",
             unknown_prefix(&tokens, first)
@@ -275,11 +299,24 @@ fn unknown_prefix(tokens: &[Token], first: &str) -> String {
     }
 }
 
-fn cutover(tokens: &[Token], words: &[&str]) -> Result<CutoverCommand, ParseError> {
-    let mut c = CutoverCommand::default();
+/// `CUTOVER` or `ROLLBACK` (`name`) arguments.
+fn cutover(name: &str, tokens: &[Token], words: &[&str]) -> Result<CutoverCommand, ParseError> {
+    let rollback = name == "ROLLBACK CUTOVER";
+    let mut c = CutoverCommand {
+        rollback,
+        ..CutoverCommand::default()
+    };
     let mut i = 0;
     while i < words.len() {
         match words[i..] {
+            ["VIA", "PROXY", ..] => {
+                c.via_proxy = true;
+                i += 2;
+            }
+            ["WITH", "FALLBACK", ..] if !rollback => {
+                c.with_fallback = true;
+                i += 2;
+            }
             ["DRY", "RUN", ..] => {
                 c.dry_run = true;
                 i += 2;
@@ -288,7 +325,7 @@ fn cutover(tokens: &[Token], words: &[&str]) -> Result<CutoverCommand, ParseErro
                 c.fence = true;
                 i += 1;
             }
-            ["KEEP", "SLOT", ..] => {
+            ["KEEP", "SLOT", ..] if !rollback => {
                 c.keep_slot = true;
                 i += 2;
             }
@@ -299,11 +336,11 @@ fn cutover(tokens: &[Token], words: &[&str]) -> Result<CutoverCommand, ParseErro
             ["MAX", "LAG", ..] => {
                 let t = tokens
                     .get(i + 2)
-                    .ok_or_else(|| err("CUTOVER MAX LAG needs a duration such as '5s'"))?;
-                c.max_lag = duration(t, "CUTOVER MAX LAG")?;
+                    .ok_or_else(|| err(format!("{name} MAX LAG needs a duration such as '5s'")))?;
+                c.max_lag = duration(t, &format!("{name} MAX LAG"))?;
                 i += 3;
             }
-            ["REQUIRE", "VALIDATED", ..] => {
+            ["REQUIRE", "VALIDATED", ..] if !rollback => {
                 // An age may follow; a keyword may not be one.
                 let age = tokens.get(i + 2).filter(|t| {
                     matches!(t, Token::Literal(_))
@@ -318,13 +355,13 @@ fn cutover(tokens: &[Token], words: &[&str]) -> Result<CutoverCommand, ParseErro
             ["TIMEOUT", ..] => {
                 let t = tokens
                     .get(i + 1)
-                    .ok_or_else(|| err("CUTOVER TIMEOUT needs a duration such as '60s'"))?;
-                c.timeout = duration(t, "CUTOVER TIMEOUT")?;
+                    .ok_or_else(|| err(format!("{name} TIMEOUT needs a duration such as '60s'")))?;
+                c.timeout = duration(t, &format!("{name} TIMEOUT"))?;
                 i += 2;
             }
             _ => {
                 return Err(err(format!(
-                    "CUTOVER does not take \"{}\"",
+                    "{name} does not take \"{}\"",
                     tokens[i].text()
                 )));
             }
@@ -447,6 +484,35 @@ mod tests {
                 }),
             ),
             (
+                "CUTOVER FENCE WITH FALLBACK VIA PROXY",
+                Command::Cutover(CutoverCommand {
+                    fence: true,
+                    with_fallback: true,
+                    via_proxy: true,
+                    ..CutoverCommand::default()
+                }),
+            ),
+            (
+                "rollback cutover via proxy max lag '30s' timeout 2m",
+                Command::Cutover(CutoverCommand {
+                    rollback: true,
+                    via_proxy: true,
+                    max_lag: secs(30),
+                    timeout: secs(120),
+                    ..CutoverCommand::default()
+                }),
+            ),
+            (
+                "ROLLBACK CUTOVER FENCE DRY RUN SKIP COUNTS;",
+                Command::Cutover(CutoverCommand {
+                    rollback: true,
+                    fence: true,
+                    dry_run: true,
+                    skip_counts: true,
+                    ..CutoverCommand::default()
+                }),
+            ),
+            (
                 "CUTOVER MAX LAG '500ms' DRY RUN",
                 Command::Cutover(CutoverCommand {
                     dry_run: true,
@@ -470,6 +536,20 @@ mod tests {
             ),
             ("CUTOVER NOW", "CUTOVER does not take \"NOW\""),
             ("CUTOVER MAX LAG", "CUTOVER MAX LAG needs a duration"),
+            (
+                "ROLLBACK CUTOVER KEEP SLOT",
+                "ROLLBACK CUTOVER does not take \"KEEP\"",
+            ),
+            (
+                "ROLLBACK CUTOVER WITH FALLBACK",
+                "ROLLBACK CUTOVER does not take \"WITH\"",
+            ),
+            (
+                "ROLLBACK CUTOVER TIMEOUT 'x'",
+                "ROLLBACK CUTOVER TIMEOUT: 'x'",
+            ),
+            ("ROLLBACK", "the console runs no transactions"),
+            ("rollback fence", "the console runs no transactions"),
             ("CUTOVER MAX LAG 'soon'", "CUTOVER MAX LAG: 'soon'"),
             ("SHOW LAG HISTORY 'x'", "SHOW LAG HISTORY: 'x'"),
             ("CUTOVER TIMEOUT '5", "unterminated quoted string"),

@@ -138,7 +138,10 @@ pub async fn execute<B: Backend + ?Sized>(
                 .await
                 .map_err(|message| ConsoleError {
                     code: NOT_IN_PREREQUISITE_STATE,
-                    message: format!("cutover refused or failed: {message}"),
+                    message: format!(
+                        "{} refused or failed: {message}",
+                        if c.rollback { "rollback" } else { "cutover" }
+                    ),
                     hint: Some(
                         "SHOW STATUS shows the lag and the last error; CUTOVER DRY RUN shows what a cutover would do".into(),
                     ),

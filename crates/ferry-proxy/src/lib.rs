@@ -28,6 +28,14 @@
 //!   transaction boundaries while the cutover drains, then every session
 //!   moves to the target with its session state (startup parameters, `SET`s
 //!   replayed; named prepared statements prepared again when next used).
+//! - **Mode `rolled-back`**: after a rollback through the proxy (the way
+//!   back of a cutover with fallback), the same hold and switch in the
+//!   other direction: every session moves back to the source, nothing is
+//!   mirrored or read on the target (it no longer follows).
+//!
+//! Sessions idle outside a transaction when the mode switches sides move
+//! at once (not at their next statement), so that a fence placed after
+//! the switch ends no proxied session; [`Proxy::sessions_on`] counts them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -63,6 +71,9 @@ pub enum Mode {
     ReadsOnTarget,
     /// Everything to the target (after a cutover through the proxy).
     Target,
+    /// Everything to the source again, nothing mirrored (after a rollback
+    /// through the proxy: the target no longer follows).
+    RolledBack,
 }
 
 impl Mode {
@@ -71,7 +82,21 @@ impl Mode {
             Mode::Source => "source",
             Mode::ReadsOnTarget => "reads-on-target",
             Mode::Target => "target",
+            Mode::RolledBack => "rolled-back",
         }
+    }
+
+    /// The side whose session serves a client's statements in this mode.
+    pub fn primary(self) -> Side {
+        match self {
+            Mode::Target => Side::Target,
+            Mode::Source | Mode::ReadsOnTarget | Mode::RolledBack => Side::Source,
+        }
+    }
+
+    /// Modes only a cutover or rollback through the proxy reaches.
+    fn switched(self) -> bool {
+        matches!(self, Mode::Target | Mode::RolledBack)
     }
 
     pub fn parse(s: &str) -> Option<Mode> {
@@ -79,6 +104,7 @@ impl Mode {
             "source" => Some(Mode::Source),
             "reads-on-target" => Some(Mode::ReadsOnTarget),
             "target" => Some(Mode::Target),
+            "rolled-back" => Some(Mode::RolledBack),
             _ => None,
         }
     }
@@ -172,6 +198,8 @@ pub(crate) struct Gate {
     /// Longest wait a client saw at the gate, in microseconds (since the
     /// last hold began).
     pub longest_wait_us: AtomicU64,
+    /// Sessions whose statements go to the source / the target now.
+    pub on_side: [AtomicUsize; 2],
 }
 
 /// A running proxy, shared by its sessions, mirror workers and the
@@ -244,6 +272,7 @@ impl Proxy {
                 busy: AtomicUsize::new(0),
                 held: AtomicUsize::new(0),
                 longest_wait_us: AtomicU64::new(0),
+                on_side: [AtomicUsize::new(0), AtomicUsize::new(0)],
             },
             cancels: Mutex::new(HashMap::new()),
             next_pid: AtomicI32::new(1),
@@ -257,17 +286,16 @@ impl Proxy {
         *self.mode.borrow()
     }
 
+    pub(crate) fn subscribe_mode(&self) -> watch::Receiver<Mode> {
+        self.mode.subscribe()
+    }
+
     /// Change the mode; `by` says who (CLI, control API, console user).
-    /// `target` is set only by [`Proxy::release`] after a cutover, and
-    /// nothing leaves it.
+    /// `target` and `rolled-back` are set only by [`Proxy::release`] after
+    /// a cutover or rollback through the proxy, and only a rollback leaves
+    /// `target`.
     pub fn set_mode(&self, mode: Mode, by: &str) -> Result<ModeChange, String> {
-        let now = self.mode();
-        if now == Mode::Target && mode != Mode::Target {
-            return Err("the proxy already serves the target after a cutover; there is no way back through it".into());
-        }
-        if mode == Mode::Target && now != Mode::Target {
-            return Err("mode target is reached only by `ferry cutover --via-proxy`".into());
-        }
+        mode_change(self.mode(), mode)?;
         Ok(self.record_mode(mode, by))
     }
 
@@ -323,12 +351,19 @@ impl Proxy {
         }
     }
 
-    /// Release held statements; to the target when `switch` (the cutover
-    /// succeeded), else to the source unchanged.
-    pub fn release(&self, started: Instant, switch: bool, by: &str) -> Freeze {
-        if switch {
-            self.record_mode(Mode::Target, by);
+    /// Sessions whose statements go to `side` now.
+    pub fn sessions_on(&self, side: Side) -> usize {
+        self.gate.on_side[side as usize].load(Ordering::SeqCst)
+    }
+
+    /// Release held statements: in mode `switch` when the cutover (mode
+    /// `target`) or rollback (mode `rolled-back`) succeeded, else
+    /// unchanged to where they went before.
+    pub fn release(&self, started: Instant, switch: Option<Mode>, by: &str) -> Freeze {
+        if let Some(mode) = switch {
+            self.record_mode(mode, by);
         }
+        let switch = switch.is_some();
         let held = self.gate.held.load(Ordering::SeqCst);
         self.gate.hold.send_replace(false);
         let window = started.elapsed().as_secs_f64();
@@ -348,6 +383,26 @@ impl Proxy {
     pub fn longest_client_wait(&self) -> Duration {
         Duration::from_micros(self.gate.longest_wait_us.load(Ordering::SeqCst))
     }
+}
+
+/// Whether an operator may change the mode from `now` to `to`. Pure.
+fn mode_change(now: Mode, to: Mode) -> Result<(), String> {
+    if now == Mode::Target && to != Mode::Target {
+        return Err("the proxy serves the target after a cutover; only `ferry rollback --via-proxy` (after a cutover with fallback) moves it back".into());
+    }
+    if now == Mode::RolledBack && to != Mode::RolledBack {
+        return Err(
+            "the proxy serves the old source after a rollback; the target no longer follows it"
+                .into(),
+        );
+    }
+    if to.switched() && to != now {
+        return Err(format!(
+            "mode {} is reached only by `ferry cutover --via-proxy` or `ferry rollback --via-proxy`",
+            to.as_str()
+        ));
+    }
+    Ok(())
 }
 
 /// Serve clients on `listener` until `stop` resolves; the mirror workers
@@ -391,4 +446,44 @@ pub async fn serve(
     tasks.shutdown().await;
     info!("proxy stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_mode_changes_an_operator_may_make() {
+        use Mode::{ReadsOnTarget, RolledBack, Source, Target};
+        // (now, to, allowed, refusal contains)
+        let cases = [
+            (Source, ReadsOnTarget, true, ""),
+            (ReadsOnTarget, Source, true, ""),
+            (Source, Source, true, ""),
+            (Source, Target, false, "reached only by"),
+            (Source, RolledBack, false, "reached only by"),
+            (Target, Source, false, "rollback --via-proxy"),
+            (Target, ReadsOnTarget, false, "rollback --via-proxy"),
+            (Target, Target, true, ""),
+            (RolledBack, Source, false, "no longer follows"),
+            (RolledBack, Target, false, "no longer follows"),
+        ];
+        for (now, to, ok, why) in cases {
+            let got = mode_change(now, to);
+            assert_eq!(got.is_ok(), ok, "{now:?} -> {to:?}: {got:?}");
+            if let Err(e) = got {
+                assert!(e.contains(why), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_mode_serves_statements_from_one_side() {
+        assert_eq!(Mode::Source.primary(), Side::Source);
+        assert_eq!(Mode::ReadsOnTarget.primary(), Side::Source);
+        assert_eq!(Mode::Target.primary(), Side::Target);
+        assert_eq!(Mode::RolledBack.primary(), Side::Source);
+        assert_eq!(Mode::parse("rolled_back"), Some(Mode::RolledBack));
+        assert_eq!(Mode::RolledBack.as_str(), "rolled-back");
+    }
 }

@@ -12,7 +12,9 @@
 //!   read session), and replay `SET`s it has not run — both as their own
 //!   round trips, whose answers the client never sees;
 //! - and, when also outside a transaction (status `I`): wait at the gate of
-//!   a cutover ([`crate::Proxy::hold`]), move to the target after one,
+//!   a cutover ([`crate::Proxy::hold`]), move to the side the mode serves
+//!   after one (the target after a cutover, the source after a rollback;
+//!   a session idle when the mode changes moves at once),
 //!   route a read-only batch to the target session (`reads-on-target`), or
 //!   capture the source's answer to mirror it.
 //!
@@ -182,6 +184,8 @@ struct Session {
     pid: i32,
     secret: Vec<u8>,
     hold: watch::Receiver<bool>,
+    /// The proxy's mode: a switch moves an idle session at once.
+    mode: watch::Receiver<Mode>,
     /// Session state only the source has (temporary tables, cursors,
     /// LISTEN): reads stay there.
     pinned: bool,
@@ -214,10 +218,7 @@ pub(crate) async fn run(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), Session
     };
     let counters = &proxy.stats.counters;
     counters.connections.fetch_add(1, Ordering::Relaxed);
-    let primary = match proxy.mode() {
-        Mode::Target => Side::Target,
-        _ => Side::Source,
-    };
+    let primary = proxy.mode().primary();
     let cfg = match primary {
         Side::Source => &proxy.settings.source,
         Side::Target => &proxy.settings.target,
@@ -252,8 +253,10 @@ pub(crate) async fn run(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), Session
     let (cr, cw) = tokio::io::split(stream);
     let conn = Conn::new(backend, 0);
     counters.active.fetch_add(1, Ordering::Relaxed);
+    proxy.gate.on_side[primary as usize].fetch_add(1, Ordering::SeqCst);
     let mut s = Session {
         hold: proxy.gate.hold.subscribe(),
+        mode: proxy.subscribe_mode(),
         cr,
         cw,
         cin: rest,
@@ -288,6 +291,7 @@ pub(crate) async fn run(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), Session
         m.remove(&pid);
     }
     counters.active.fetch_sub(1, Ordering::Relaxed);
+    proxy.gate.on_side[s.primary as usize].fetch_sub(1, Ordering::SeqCst);
     for c in [s.source.take(), s.target.take()].into_iter().flatten() {
         c.terminate().await;
     }
@@ -299,6 +303,7 @@ enum Event {
     ClientWrote(io::Result<usize>),
     BackendRead(io::Result<usize>),
     BackendWrote(io::Result<usize>),
+    ModeChanged,
 }
 
 impl Session {
@@ -367,6 +372,7 @@ impl Session {
                 r = conn.w.write(&conn.out), if !conn.out.is_empty() => Event::BackendWrote(r),
                 r = conn.r.read_buf(&mut conn.rbuf), if read_backend => Event::BackendRead(r),
                 r = self.cr.read_buf(&mut self.cin), if read_client => Event::ClientRead(r),
+                Ok(()) = self.mode.changed() => Event::ModeChanged,
             };
             match event {
                 Event::ClientWrote(r) => {
@@ -393,6 +399,7 @@ impl Session {
                         return Ok(());
                     }
                 }
+                Event::ModeChanged => self.switch_when_idle().await?,
             }
         }
     }
@@ -460,11 +467,11 @@ impl Session {
                 self.wait_at_gate().await;
                 self.set_busy(true);
             }
-            if self.proxy.mode() == Mode::Target
-                && self.primary == Side::Source
-                && let Err(e) = self.switch_to_target().await
+            let wanted = self.proxy.mode().primary();
+            if wanted != self.primary
+                && let Err(e) = self.switch_to(wanted).await
             {
-                tracing::warn!(error = %e, "proxied session could not move to the target");
+                tracing::warn!(error = %e, side = wanted.as_str(), "proxied session could not move");
                 return self.refuse(&frames, &e.to_string());
             }
         }
@@ -574,18 +581,49 @@ impl Session {
         Ok(())
     }
 
-    /// Move the session to the target after a cutover: the source session
-    /// ends; session state follows lazily ([`Session::prepare_for`]).
-    async fn switch_to_target(&mut self) -> Result<(), BackendError> {
-        if self.target.is_none() {
-            self.open_target().await?;
+    /// Move the session to `side` after a cutover (the target) or a
+    /// rollback (the source): the other side's session ends; session state
+    /// follows lazily ([`Session::prepare_for`]).
+    async fn switch_to(&mut self, side: Side) -> Result<(), BackendError> {
+        if self.conn(side).is_none() {
+            let cfg = match side {
+                Side::Source => &self.proxy.settings.source,
+                Side::Target => &self.proxy.settings.target,
+            };
+            let b = Backend::connect(cfg, &self.params).await?;
+            match side {
+                Side::Source => self.source = Some(Conn::new(b, 0)),
+                Side::Target => self.target = Some(Conn::new(b, 0)),
+            }
         }
-        if let Some(c) = self.source.take() {
+        let other = match side {
+            Side::Source => self.target.take(),
+            Side::Target => self.source.take(),
+        };
+        if let Some(c) = other {
             c.terminate().await;
         }
-        self.primary = Side::Target;
-        self.active = Side::Target;
+        let on_side = &self.proxy.gate.on_side;
+        on_side[self.primary as usize].fetch_sub(1, Ordering::SeqCst);
+        on_side[side as usize].fetch_add(1, Ordering::SeqCst);
+        self.primary = side;
+        self.active = side;
         self.register_cancel();
+        Ok(())
+    }
+
+    /// The mode changed: a session with nothing in flight outside a
+    /// transaction moves now, so that none keeps a session on the side
+    /// that is about to be fenced. A failure here is not the client's
+    /// yet: its next statement tries again (and is refused if that fails).
+    async fn switch_when_idle(&mut self) -> Result<(), SessionError> {
+        let wanted = self.mode.borrow_and_update().primary();
+        if wanted == self.primary || self.pending > 0 || self.status != b'I' {
+            return Ok(());
+        }
+        if let Err(e) = self.switch_to(wanted).await {
+            tracing::debug!(error = %e, side = wanted.as_str(), "idle proxied session could not move yet");
+        }
         Ok(())
     }
 

@@ -110,8 +110,9 @@ enum Command {
         #[arg(long)]
         with_fallback: bool,
         /// Cut over through the proxy ([proxy]): hold new statements at
-        /// transaction boundaries, cut over, move proxied sessions to the target.
-        #[arg(long, conflicts_with = "fence")]
+        /// transaction boundaries, cut over, move proxied sessions to the
+        /// target; with --fence the source is fenced after that switch.
+        #[arg(long)]
         via_proxy: bool,
     },
     /// The PostgreSQL-wire proxy of the running `ferry run` ([proxy]).
@@ -138,6 +139,12 @@ enum Command {
         /// Skip the per-table row count comparison (very large databases).
         #[arg(long)]
         skip_counts: bool,
+        /// Roll back through the proxy ([proxy]): hold new statements at
+        /// transaction boundaries, roll back, move proxied sessions back to
+        /// the old source; with --fence the new database is fenced after
+        /// that switch.
+        #[arg(long)]
+        via_proxy: bool,
     },
     /// After `cutover --with-fallback`: end the fallback period (drop the
     /// reverse slot and publication, lift the old source's fence).
@@ -250,8 +257,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             max_lag,
             timeout,
             skip_counts,
+            via_proxy,
         } => {
             let req = control::CutoverRequest {
+                via_proxy,
                 dry_run,
                 fence,
                 max_lag_seconds: Some(max_lag.as_secs_f64()),

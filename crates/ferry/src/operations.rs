@@ -43,7 +43,36 @@ pub async fn current_status(config: &Config) -> anyhow::Result<Status> {
     recorded_status(config).await
 }
 
+/// The recorded status; while the old source follows the new database
+/// (a cutover with fallback, no rollback or finish yet), the reverse
+/// stream's, as recorded in the old source's state schema.
 async fn recorded_status(config: &Config) -> anyhow::Result<Status> {
+    if let Some(reverse) = reverse_config(config, true).await {
+        let mut s = recorded_status_in(&reverse).await?;
+        s.direction = "reverse".into();
+        return Ok(s);
+    }
+    recorded_status_in(config).await
+}
+
+/// The reversed config of a cutover with fallback recorded in the target
+/// (`open_only`: only while its reverse stream is the live direction).
+async fn reverse_config(config: &Config, open_only: bool) -> Option<Config> {
+    use crate::pipeline::fallback;
+    let target = ferry_postgres::connect::connect(&config.target, "target")
+        .await
+        .ok()?;
+    let state = StateStore::new(config.state.schema.clone());
+    let row = fallback::read_row(&target, &state).await?;
+    let done = state.read_phase(&target).await.ok().flatten() == Some(Phase::Done);
+    if open_only && !(done && row.direction == "reverse") {
+        return None;
+    }
+    let carried = fallback::carried(&target, &state).await.ok()?;
+    fallback::reverse_config(config, &carried).ok()
+}
+
+async fn recorded_status_in(config: &Config) -> anyhow::Result<Status> {
     let target = ferry_postgres::connect::connect(&config.target, "target").await?;
     let state = StateStore::new(config.state.schema.clone());
     let phase = state.read_phase(&target).await.ok().flatten();
@@ -102,13 +131,6 @@ async fn recorded_status(config: &Config) -> anyhow::Result<Status> {
         .flatten()
         .and_then(|r| serde_json::from_str(r.get::<_, &str>(0)).ok());
     s.cutover = cutover;
-    if phase == Some(Phase::Done)
-        && crate::pipeline::fallback::read_row(&target, &state)
-            .await
-            .is_some_and(|r| r.direction == "reverse")
-    {
-        s.direction = "reverse".into();
-    }
     s.validation = crate::validate::store::latest(&target, &state)
         .await
         .unwrap_or_default();
@@ -382,6 +404,14 @@ pub async fn report(config: &Config, output: &std::path::Path) -> anyhow::Result
         status.proxy = crate::pipeline::proxy::stored(config).await;
     }
     let samples = lag_history(config, Duration::from_secs(90 * 86_400)).await?;
+    // After a cutover with fallback: the reverse stream's lag, recorded in
+    // the old source's state schema (best effort: it may be unreachable).
+    let reverse = match reverse_config(config, false).await {
+        Some(r) => lag_history(&r, Duration::from_secs(90 * 86_400))
+            .await
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
     let validations = {
         let target = ferry_postgres::connect::connect(&config.target, "target").await?;
         let state = StateStore::new(config.state.schema.clone());
@@ -389,12 +419,13 @@ pub async fn report(config: &Config, output: &std::path::Path) -> anyhow::Result
             .await
             .unwrap_or_default()
     };
-    let html = crate::report::render_report(&status, &samples, &validations);
+    let html = crate::report::render_report(&status, &samples, &reverse, &validations);
     std::fs::write(output, html).with_context(|| format!("writing {}", output.display()))?;
     println!(
-        "report written to {} ({} lag samples)",
+        "report written to {} ({} lag samples, {} of the reverse stream)",
         output.display(),
-        samples.len()
+        samples.len(),
+        reverse.len()
     );
     Ok(Outcome::Ok)
 }

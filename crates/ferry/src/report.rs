@@ -1,7 +1,9 @@
 //! `ferry report`: one self-contained HTML file (no external JS or CSS).
 //!
 //! Shows the lag over time as two inline SVG charts drawn from the
-//! `lag_history` samples (seconds and bytes, each on its own scale), the
+//! `lag_history` samples (seconds and bytes, each on its own scale) — after
+//! a cutover with fallback also those of the reverse stream, recorded in
+//! the old source's state schema, in charts of their own — the
 //! per-table figures of the [`Status`], every validation over the weeks
 //! (one row per table per run: rows, differences, repairs, clean), and the
 //! cutover record when there is one. [`render_report`] is pure; the command reads the status and
@@ -28,9 +30,11 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}h1{font-size:1.4em}h2{fo
 svg text{font-size:11px;fill:#555}.muted{color:#777}";
 
 /// The whole report as one HTML document.
+/// `reverse`: the reverse stream's lag samples (empty without a fallback).
 pub fn render_report(
     status: &Status,
     samples: &[LagSample],
+    reverse: &[LagSample],
     validations: &[TableValidation],
 ) -> String {
     let mut out = String::with_capacity(16 * 1024 + samples.len() * 40);
@@ -46,15 +50,13 @@ pub fn render_report(
     if samples.is_empty() {
         out.push_str("<p class=\"muted\">no lag history recorded yet</p>\n");
     } else {
-        let secs: Vec<(SystemTime, f64)> = samples.iter().map(|s| (s.at, s.lag_seconds)).collect();
-        let bytes: Vec<(SystemTime, f64)> =
-            samples.iter().map(|s| (s.at, s.lag_bytes as f64)).collect();
-        chart(&mut out, "lag-seconds", "lag (seconds)", &secs, &|v| {
-            human_seconds(v)
-        });
-        chart(&mut out, "lag-bytes", "lag (bytes)", &bytes, &|v| {
-            human_bytes(v as u64)
-        });
+        lag_charts(&mut out, "", samples);
+    }
+    if !reverse.is_empty() {
+        out.push_str(
+            "<h2>Reverse lag (fallback)</h2>\n<p class=\"muted\">the new database streamed back into the old source after the cutover</p>\n",
+        );
+        lag_charts(&mut out, "reverse-", reverse);
     }
     tables(&mut out, &status.tables);
     validation(&mut out, validations);
@@ -66,6 +68,27 @@ pub fn render_report(
     }
     out.push_str("</body></html>\n");
     out
+}
+
+/// The seconds and bytes charts of `samples`; `prefix` keeps ids unique.
+fn lag_charts(out: &mut String, prefix: &str, samples: &[LagSample]) {
+    let secs: Vec<(SystemTime, f64)> = samples.iter().map(|s| (s.at, s.lag_seconds)).collect();
+    let bytes: Vec<(SystemTime, f64)> =
+        samples.iter().map(|s| (s.at, s.lag_bytes as f64)).collect();
+    chart(
+        out,
+        &format!("{prefix}lag-seconds"),
+        "lag (seconds)",
+        &secs,
+        &|v| human_seconds(v),
+    );
+    chart(
+        out,
+        &format!("{prefix}lag-bytes"),
+        "lag (bytes)",
+        &bytes,
+        &|v| human_bytes(v as u64),
+    );
 }
 
 /// `s` safe inside HTML text and attribute values.
@@ -433,8 +456,19 @@ mod tests {
     }
 
     #[test]
+    fn the_reverse_lag_has_charts_of_its_own_only_after_a_fallback() {
+        let html = render_report(&status(), &samples(5), &samples(12), &[]);
+        assert!(html.contains("<h2>Reverse lag (fallback)</h2>"), "{html}");
+        assert_eq!(polyline_points(&html, "lag-seconds").len(), 5);
+        assert_eq!(polyline_points(&html, "reverse-lag-seconds").len(), 12);
+        assert_eq!(polyline_points(&html, "reverse-lag-bytes").len(), 12);
+        let without = render_report(&status(), &samples(5), &[], &[]);
+        assert!(!without.contains("Reverse lag"), "{without}");
+    }
+
+    #[test]
     fn charts_have_one_point_per_sample() {
-        let html = render_report(&status(), &samples(25), &[]);
+        let html = render_report(&status(), &samples(25), &[], &[]);
         for id in ["lag-seconds", "lag-bytes"] {
             let pts = polyline_points(&html, id);
             assert_eq!(pts.len(), 25, "{id}");
@@ -452,14 +486,14 @@ mod tests {
         assert_eq!(bytes.last().map(|p| p.1), Some(PAD_T));
         assert_eq!(html.matches("<polyline").count(), 2);
         // A single sample still draws (no division by zero).
-        let one = render_report(&status(), &samples(1), &[]);
+        let one = render_report(&status(), &samples(1), &[], &[]);
         assert_eq!(polyline_points(&one, "lag-seconds").len(), 1);
         assert!(!one.contains("NaN") && !one.contains("inf"));
     }
 
     #[test]
     fn text_from_the_database_is_escaped() {
-        let html = render_report(&status(), &samples(3), &[]);
+        let html = render_report(&status(), &samples(3), &[], &[]);
         assert!(!html.contains("<script>"), "raw table name leaked");
         assert!(html.contains("shop.&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("shop.a&amp;b"));
@@ -486,16 +520,16 @@ mod tests {
             }],
             ..Default::default()
         });
-        let html = render_report(&s, &[], &[]);
+        let html = render_report(&s, &[], &[], &[]);
         assert!(html.contains("Shadow reads (proxy)"), "{html}");
         assert!(html.contains("select a from t where b &lt; ?"), "{html}");
         assert!(html.contains("1 only on the source"), "{html}");
-        assert!(!render_report(&status(), &[], &[]).contains("Shadow reads"));
+        assert!(!render_report(&status(), &[], &[], &[]).contains("Shadow reads"));
     }
 
     #[test]
     fn report_is_self_contained() {
-        let html = render_report(&status(), &[], &[]);
+        let html = render_report(&status(), &[], &[], &[]);
         assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
         for external in ["<script", "<link", "src=", "@import", "url("] {
             assert!(!html.contains(external), "{external}");
@@ -520,6 +554,7 @@ mod tests {
         let html = render_report(
             &status(),
             &[],
+            &[],
             &[run("public.<a>", false, 2), run("public.<a>", true, 0)],
         );
         assert!(html.contains("<h2>Validation</h2>"));
@@ -528,6 +563,6 @@ mod tests {
             html.contains("<td>public.&lt;a&gt;</td><td>clean</td>"),
             "{html}"
         );
-        assert!(render_report(&status(), &[], &[]).contains("no validation yet"));
+        assert!(render_report(&status(), &[], &[], &[]).contains("no validation yet"));
     }
 }

@@ -9,20 +9,9 @@
 
 pub use tokio_util::sync::CancellationToken as Shutdown;
 
-/// The token SIGINT/SIGTERM cancel, once [`on_signals`] ran: the proxy
-/// (`[proxy]`) serves clients until the process is stopped, also after a
-/// cutover ended the pipeline.
-static PROCESS: std::sync::OnceLock<Shutdown> = std::sync::OnceLock::new();
-
-/// The process-wide token cancelled by signals, if [`on_signals`] ran.
-pub fn process() -> Option<Shutdown> {
-    PROCESS.get().cloned()
-}
-
 /// Cancel `shutdown` on SIGINT or SIGTERM.
 pub fn on_signals(shutdown: Shutdown) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let _ = PROCESS.set(shutdown.clone());
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     tokio::spawn(async move {

@@ -34,6 +34,11 @@
 //! `fallback`). The reverse stream's own cutover is `ferry rollback`, and
 //! `ferry finish` ends it without one.
 //!
+//! With `--via-proxy` (cutover or rollback), the proxy holds new statements
+//! at transaction boundaries around steps 3–8 instead of step 2; on success
+//! it moves every proxied session to the side that is live now, and only
+//! then does `--fence` fence the side left behind (`proxy`).
+//!
 //! On a failure or timeout after fencing, the source is unfenced and
 //! replication continues; the error says which step failed. Step errors are
 //! [`ferry_core::Error`]s that keep their class (transient: a session was
@@ -149,6 +154,9 @@ pub async fn run<S: Source>(
         rec.steps
             .push("every table validated clean recently enough (--require-validated)".into());
     }
+    if req.dry_run && req.via_proxy {
+        super::proxy::check(&live, &req)?;
+    }
     if req.dry_run {
         // What would fail the sequence step is known now: say so.
         let mut session = source.cutover().await.map_err(|e| e.to_string())?;
@@ -175,14 +183,37 @@ pub async fn run<S: Source>(
         return Ok(rec);
     }
     // Through the proxy: statements held at transaction boundaries for the
-    // whole cutover, released to the target on success, to the source on
-    // failure (`super::proxy`).
+    // whole cutover (or rollback), released to the side that is live now on
+    // success, unchanged on failure (`super::proxy`); `--fence` follows
+    // the switch.
     let held = super::proxy::hold(&live, &req).await?;
     let result = execute(&live, source.as_ref(), &req, &mut rec).await;
-    super::proxy::release(&live, held, result.is_ok(), &mut rec).await;
+    super::proxy::release(&live, &held, result.is_ok(), &mut rec).await;
+    let mut outcome = "done".to_owned();
+    if let (Ok(()), Some(h), true) = (&result, &held, req.fence) {
+        let fence = async {
+            let mut session = source.cutover().await?;
+            session.fence().await?;
+            Ok::<_, Error>(session.fence_description())
+        };
+        match super::proxy::fence_after_switch(h, fence).await {
+            Ok(step) => {
+                rec.fenced = true;
+                rec.steps.push(step);
+            }
+            Err(e) => {
+                warn!(error = %e, "fencing after the proxy's switch failed");
+                rec.steps
+                    .push(format!("fencing after the switch failed: {e}"));
+                outcome = format!(
+                    "done, but not fenced ({e}): the proxied clients moved; fence the database left behind by hand (ALTER DATABASE … SET default_transaction_read_only = on)"
+                );
+            }
+        }
+    }
     match result {
         Ok(()) => {
-            rec.outcome = "done".into();
+            rec.outcome = outcome;
             rec.finished_at = Some(SystemTime::now());
             record(&live, &rec).await;
             Ok(rec)
@@ -211,7 +242,15 @@ fn planned_steps<S: Source>(
     session: &impl Cutover<S::Position>,
 ) -> Vec<String> {
     let mut steps = Vec::new();
-    if req.fence {
+    if req.via_proxy {
+        steps.push(match req.fence {
+            true => format!(
+                "the proxy holds new statements at transaction boundaries; once it has moved every session: fence: {}",
+                session.fence_description()
+            ),
+            false => "the proxy holds new statements at transaction boundaries (writes that bypass it are not held)".into(),
+        });
+    } else if req.fence {
         steps.push(format!("fence: {}", session.fence_description()));
     } else {
         steps.push("no fence: writes after the final position are not included".into());
@@ -241,7 +280,8 @@ async fn execute<S: Source>(
         true => Some(super::fallback::prepare(&live.config, &carried).await?),
         false => None,
     };
-    let fenced_at = if req.fence {
+    // Through the proxy, its hold is the fence; `--fence` follows the switch.
+    let fenced_at = if req.fence && !req.via_proxy {
         session.fence().await?;
         rec.fenced = true;
         rec.steps.push(format!(
@@ -249,6 +289,10 @@ async fn execute<S: Source>(
             session.fence_description()
         ));
         Some(Instant::now())
+    } else if req.via_proxy {
+        rec.steps
+            .push("the proxy holds new statements (writes that bypass it are not held)".into());
+        None
     } else {
         rec.steps
             .push("not fenced: writes after the final position are not included".into());
@@ -268,7 +312,7 @@ async fn execute<S: Source>(
         }
     }
     if let Err(e) = &result {
-        if req.fence {
+        if fenced_at.is_some() {
             warn!(error = %e, "cutover failed; unfencing the source");
             if let Err(u) = session.unfence().await {
                 warn!(error = %u, "unfencing failed");

@@ -37,6 +37,10 @@
 //! both rows again ([`abandon`]); a crash in between leaves a slot that the
 //! next cutover with fallback replaces.
 //!
+//! The proxy, when configured, is the process's and serves through the
+//! reverse run (clients on the new database); `ferry rollback --via-proxy`
+//! moves them back to the old source (`super::proxy`).
+//!
 //! Echo: nothing ferry applied forward is decoded by the reverse slot (it
 //! is created after the drain), and ferry's apply sessions carry a
 //! replication origin that the reverse stream skips
@@ -206,15 +210,15 @@ pub fn reverse_config(config: &Config, carried: &[(TableId, TableId)]) -> anyhow
     // Schema changes on the new database are not carried back (no event
     // triggers are installed there; see the README's limits).
     r.postgres.capture_ddl = false;
-    // The proxy serves the forward direction only (`rollback --via-proxy`
-    // is not built): the reverse run does not listen for clients.
+    // The process's proxy (started from the forward config) serves the
+    // reverse run too; the reversed config never starts one.
     r.proxy = Default::default();
     Ok(r)
 }
 
 /// The carried tables as the target's state records them: (old source
 /// name, new database name).
-pub(super) async fn carried(
+pub async fn carried(
     target: &Client,
     state: &StateStore,
 ) -> anyhow::Result<Vec<(TableId, TableId)>> {
@@ -251,6 +255,9 @@ pub async fn run_reverse(config: &Config, shutdown: Shutdown) -> anyhow::Result<
         slot = %reverse.postgres.slot,
         tables = tables.len(),
         "cut over with fallback: streaming the new database back into the old source"
+    );
+    info!(
+        "schema changes on the new database are not carried back to the old source during the fallback: make them after `ferry finish`, or on the old source first"
     );
     let refusal = || -> ferry_core::source::BoxFuture<'_, Option<String>> {
         Box::pin(std::future::ready(None))

@@ -89,6 +89,9 @@ fn cutover_request(c: &CutoverCommand) -> CutoverRequest {
         keep_slot: c.keep_slot,
         skip_counts: c.skip_counts,
         require_validated_seconds: c.require_validated.map(|d| d.as_secs_f64()),
+        with_fallback: c.with_fallback,
+        via_proxy: c.via_proxy,
+        rollback: c.rollback,
         ..CutoverRequest::default()
     }
 }
@@ -164,6 +167,9 @@ mod tests {
             keep_slot: true,
             skip_counts: false,
             require_validated: Some(Duration::from_secs(3600)),
+            rollback: false,
+            with_fallback: true,
+            via_proxy: true,
         };
         assert_eq!(
             cutover_request(&c),
@@ -175,8 +181,20 @@ mod tests {
                 keep_slot: true,
                 skip_counts: false,
                 require_validated_seconds: Some(3600.0),
+                with_fallback: true,
+                via_proxy: true,
                 ..CutoverRequest::default()
             }
+        );
+        let back = CutoverCommand {
+            rollback: true,
+            via_proxy: true,
+            ..CutoverCommand::default()
+        };
+        let req = cutover_request(&back);
+        assert!(
+            req.rollback && req.via_proxy && !req.with_fallback,
+            "{req:?}"
         );
     }
 }

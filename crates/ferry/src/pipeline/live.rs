@@ -280,30 +280,6 @@ impl<P: Position> Live<P> {
         self.stop.clone().cancelled_owned()
     }
 
-    /// Resolves when the proxy should stop: on a signal, or when the
-    /// pipeline stops unless a cutover moved the proxy to the target (its
-    /// clients then keep being served until a signal).
-    pub fn proxy_stop(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let stop = self.stop.clone();
-        let process = crate::shutdown::process();
-        let proxy = self.proxy.get().map(|(p, _)| p.clone());
-        async move {
-            let pipeline_done = async {
-                stop.cancelled().await;
-                if proxy.is_some_and(|p| p.mode() == ferry_proxy::Mode::Target) {
-                    std::future::pending::<()>().await;
-                }
-            };
-            match process {
-                Some(p) => tokio::select! {
-                    () = p.cancelled() => {}
-                    () = pipeline_done => {}
-                },
-                None => pipeline_done.await,
-            }
-        }
-    }
-
     /// The status as the control API shows it.
     pub fn status(&self) -> Status {
         let mut s = Status::new(self.phase(), P::KIND.as_str(), SystemTime::now());

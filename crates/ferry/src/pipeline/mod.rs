@@ -91,31 +91,11 @@ pub type Refusal<'a> =
 pub async fn run(config: &Config, shutdown: Shutdown) -> anyhow::Result<Outcome> {
     match config.source.kind().map_err(anyhow::Error::msg)? {
         EndpointKind::Postgres => {
-            // After a cutover with fallback: the way back. A target that
-            // cannot answer yet is the forward pipeline's to retry (it
-            // looks again once that ends).
-            match fallback::reverse_live(config).await {
-                Ok(true) => return fallback::run_reverse(config, shutdown).await,
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::debug!(error = %format!("{e:#}"), "fallback state not readable yet")
-                }
-            }
-            let refusal = || -> ferry_core::source::BoxFuture<'_, Option<String>> {
-                Box::pin(crate::plan::refusal(config))
-            };
-            // A finished cutover cancels the forward run's token only.
-            let outcome = run_source(
-                Arc::new(PgSource::new(config.clone())),
-                config,
-                &refusal,
-                shutdown.child_token(),
-            )
-            .await?;
-            if !shutdown.is_cancelled() && fallback::reverse_live(config).await? {
-                return fallback::run_reverse(config, shutdown).await;
-            }
-            Ok(outcome)
+            // The proxy serves across the forward and the reverse run.
+            proxy::serve(config).await?;
+            let outcome = run_postgres(config, shutdown.clone()).await;
+            proxy::after_run(&shutdown, outcome.is_ok()).await;
+            outcome
         }
         EndpointKind::MySql => {
             let refusal = || -> ferry_core::source::BoxFuture<'_, Option<String>> {
@@ -144,6 +124,37 @@ pub async fn run(config: &Config, shutdown: Shutdown) -> anyhow::Result<Outcome>
             .await
         }
     }
+}
+
+/// A PostgreSQL source: forward until the cutover, then, after a cutover
+/// with fallback, in reverse.
+async fn run_postgres(config: &Config, shutdown: Shutdown) -> anyhow::Result<Outcome> {
+    // After a cutover with fallback: the way back. A target that
+    // cannot answer yet is the forward pipeline's to retry (it
+    // looks again once that ends).
+    match fallback::reverse_live(config).await {
+        Ok(true) => return fallback::run_reverse(config, shutdown.child_token()).await,
+        Ok(false) => {}
+        Err(e) => {
+            tracing::debug!(error = %format!("{e:#}"), "fallback state not readable yet")
+        }
+    }
+    let refusal = || -> ferry_core::source::BoxFuture<'_, Option<String>> {
+        Box::pin(crate::plan::refusal(config))
+    };
+    // A finished cutover (or rollback) cancels its run's token only: the
+    // proxy may serve on.
+    let outcome = run_source(
+        Arc::new(PgSource::new(config.clone())),
+        config,
+        &refusal,
+        shutdown.child_token(),
+    )
+    .await?;
+    if !shutdown.is_cancelled() && fallback::reverse_live(config).await? {
+        return fallback::run_reverse(config, shutdown.child_token()).await;
+    }
+    Ok(outcome)
 }
 
 /// The pipeline for any [`Source`], again after a transient failure
@@ -197,11 +208,6 @@ async fn run_once<S: Source>(
         validate_after_cutover(config, &state).await?;
         match config.direction {
             ferry_core::config::Direction::Forward => {
-                if config.proxy.listen.is_some() {
-                    let stop = crate::shutdown::process().unwrap_or(shutdown);
-                    proxy::serve_after_cutover(config, stop.cancelled_owned()).await?;
-                    return Ok(Outcome::Ok);
-                }
                 info!("this migration is already cut over (phase done); nothing to do")
             }
             ferry_core::config::Direction::Reverse => {
@@ -481,7 +487,7 @@ async fn start_background<S: Source>(
         }
     });
     console::start(config, handler, live.stopped(), &mut set).await?;
-    proxy::start(config, live, &mut set).await?;
+    proxy::start(config, live);
     if config.validate.every_seconds > 0 {
         set.spawn(crate::validate::background::schedule(
             live.clone(),

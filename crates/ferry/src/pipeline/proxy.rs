@@ -10,10 +10,23 @@
 //!   restarts keep the totals); mode changes and cutovers through the proxy
 //!   to `proxy_events` with who and when.
 //!
-//! The proxy outlives the pipeline's stream: after a cutover through it,
-//! `ferry run` keeps serving clients (now on the target) until it is
-//! stopped, and a `ferry run` of a migration already cut over serves them
-//! in mode `target` ([`serve_after_cutover`]).
+//! The proxy belongs to the `ferry run` process, not to one pipeline
+//! ([`serve`], started before it from the forward config): it outlives the
+//! forward stream and serves through the reverse stream of a cutover with
+//! fallback. Its mode at start follows the migration's state: `target`
+//! after a cutover (also while the old source follows in reverse),
+//! `rolled-back` after a rollback, else `proxy.mode`. Each pipeline run
+//! attaches to it ([`start`]); the forward run also feeds it the applied
+//! position and lag. After a cutover or rollback through it, `ferry run`
+//! keeps serving clients until it is stopped ([`after_run`]).
+//!
+//! `cutover --via-proxy` and `rollback --via-proxy` ([`hold`] /
+//! [`release`]) are the same hold-and-switch in both directions: new
+//! statements wait at transaction boundaries, the ordinary cutover (or
+//! rollback) runs, then every session moves to the side that is live now.
+//! `--fence` with `--via-proxy` fences the side left behind only once no
+//! proxied session is on it any more ([`fence_after_switch`]), so the
+//! fence ends only sessions that bypass the proxy.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,7 +39,6 @@ use ferry_core::config::{Config, Endpoint, SslMode};
 use ferry_monitor::proxy::{ModeChange, ProxyStatus, ShadowQuery};
 use ferry_proxy::{BackendConfig, ClientAuth, Mode, Proxy, QueryRow, Replication, Settings, Side};
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::live::Live;
@@ -112,24 +124,158 @@ impl<P: Position> Replication for LiveReplication<P> {
     }
 }
 
-/// Bind and start the proxy beside the pipeline; `None` when it is off.
-pub async fn start<P: Position>(
-    config: &Config,
-    live: &Arc<Live<P>>,
-    set: &mut JoinSet<()>,
-) -> anyhow::Result<Option<Arc<Proxy>>> {
+/// The forward run the proxy follows, when one runs (shadow reads and
+/// `reads-on-target` need it; in modes `target` and `rolled-back` nothing
+/// is read from it).
+#[derive(Default)]
+struct Following(std::sync::Mutex<Option<Arc<dyn Replication>>>);
+
+impl Following {
+    fn set(&self, r: Option<Arc<dyn Replication>>) {
+        if let Ok(mut f) = self.0.lock() {
+            *f = r;
+        }
+    }
+
+    fn get(&self) -> Option<Arc<dyn Replication>> {
+        self.0.lock().ok().and_then(|f| f.clone())
+    }
+}
+
+impl Replication for Following {
+    fn applied_lsn(&self) -> Option<u64> {
+        self.get()?.applied_lsn()
+    }
+
+    fn lag_seconds(&self) -> f64 {
+        self.get().map_or(f64::INFINITY, |r| r.lag_seconds())
+    }
+}
+
+/// The proxy of this `ferry run` process.
+struct Serving {
+    proxy: Arc<Proxy>,
+    listen: String,
+    /// The forward config: backends, statistics and events (the new
+    /// database's state schema), hold bound.
+    config: Config,
+    following: Arc<Following>,
+    stop: tokio_util::sync::CancellationToken,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// One `ferry run` per process, one proxy: set once by [`serve`].
+static SERVING: std::sync::OnceLock<Serving> = std::sync::OnceLock::new();
+
+/// Start the process's proxy when `[proxy] listen` is set (`config`: the
+/// forward config), in the mode the migration's state asks for.
+pub async fn serve(config: &Config) -> anyhow::Result<()> {
     let Some(listen) = config.proxy.listen.clone() else {
-        return Ok(None);
+        return Ok(());
     };
-    let mode = Mode::parse(&config.proxy.mode).unwrap_or(Mode::Source);
-    let proxy = Proxy::new(
-        settings(config, mode)?,
-        Arc::new(LiveReplication(live.clone())),
-    )?;
+    if SERVING.get().is_some() {
+        return Ok(());
+    }
+    let mode = match starting_mode(config).await {
+        Ok(Some(m)) => m,
+        Ok(None) => Mode::parse(&config.proxy.mode).unwrap_or(Mode::Source),
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "could not read the migration's state for the proxy's mode; starting in proxy.mode");
+            Mode::parse(&config.proxy.mode).unwrap_or(Mode::Source)
+        }
+    };
+    let following = Arc::new(Following::default());
+    let proxy = Proxy::new(settings(config, mode)?, following.clone())?;
     let listener = bind(&listen).await?;
-    let _ = live.proxy.set((proxy.clone(), listen.clone()));
-    spawn(config, proxy.clone(), listener, live.proxy_stop(), set);
-    Ok(Some(proxy))
+    if mode != Mode::Source && mode != Mode::ReadsOnTarget {
+        info!(
+            mode = mode.as_str(),
+            "the proxy serves the live database of a migration already cut over"
+        );
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = spawn(
+        config,
+        proxy.clone(),
+        listener,
+        stop.clone().cancelled_owned(),
+    );
+    let serving = Serving {
+        proxy,
+        listen,
+        config: config.clone(),
+        following,
+        stop,
+        task: std::sync::Mutex::new(Some(task)),
+    };
+    if SERVING.set(serving).is_err() {
+        anyhow::bail!("the proxy was started twice in one process");
+    }
+    Ok(())
+}
+
+/// The mode a proxy starts in after a cutover (`target`, also while the
+/// old source follows in reverse) or a rollback (`rolled-back`); `None`
+/// before a cutover.
+async fn starting_mode(config: &Config) -> anyhow::Result<Option<Mode>> {
+    use ferry_apply::state::{Phase, StateStore};
+    let target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    let state = StateStore::new(config.state.schema.clone());
+    state.ensure(&target).await?;
+    if state.read_phase(&target).await? != Some(Phase::Done) {
+        return Ok(None);
+    }
+    let row = super::fallback::read_row(&target, &state).await;
+    Ok(Some(
+        match row.is_some_and(|r| r.direction == "rolled_back") {
+            true => Mode::RolledBack,
+            false => Mode::Target,
+        },
+    ))
+}
+
+/// Attach a pipeline run to the process's proxy: its status, holds and
+/// mode changes; a forward run also feeds it the applied position and lag.
+pub fn start<P: Position>(config: &Config, live: &Arc<Live<P>>) {
+    let Some(s) = SERVING.get() else {
+        return;
+    };
+    let _ = live.proxy.set((s.proxy.clone(), s.listen.clone()));
+    let forward = config.direction == ferry_core::config::Direction::Forward;
+    if !forward && s.proxy.mode() != Mode::Target {
+        warn!(
+            mode = s.proxy.mode().as_str(),
+            "the cutover did not go through the proxy: its clients still reach the old source, which is fenced while it follows; point them at the new database"
+        );
+    }
+    let following: Option<Arc<dyn Replication>> = match forward {
+        true => Some(Arc::new(LiveReplication(live.clone()))),
+        false => None,
+    };
+    s.following.set(following);
+}
+
+/// After the pipeline runs of `ferry run`: a proxy whose clients are on
+/// the live database after a cutover or rollback serves until `shutdown`
+/// (a signal); then, or right away otherwise, it stops.
+pub async fn after_run(shutdown: &crate::shutdown::Shutdown, succeeded: bool) {
+    let Some(s) = SERVING.get() else {
+        return;
+    };
+    s.following.set(None);
+    let switched = matches!(s.proxy.mode(), Mode::Target | Mode::RolledBack);
+    if succeeded && switched && !shutdown.is_cancelled() {
+        info!(
+            mode = s.proxy.mode().as_str(),
+            "the proxy serves its clients until ferry is stopped"
+        );
+        shutdown.cancelled().await;
+    }
+    s.stop.cancel();
+    let task = s.task.lock().ok().and_then(|mut t| t.take());
+    if let Some(task) = task {
+        let _ = task.await;
+    }
 }
 
 async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
@@ -145,15 +291,14 @@ fn spawn(
     proxy: Arc<Proxy>,
     listener: TcpListener,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-    set: &mut JoinSet<()>,
-) {
+) -> tokio::task::JoinHandle<()> {
     let (p, target, schema) = (
         proxy.clone(),
         config.target.clone(),
         config.state.schema.clone(),
     );
     let flush_stop = proxy.clone();
-    set.spawn(async move {
+    tokio::spawn(async move {
         let flusher = flush_loop(p, target, schema);
         tokio::select! {
             r = ferry_proxy::serve(flush_stop, listener, stop) => {
@@ -163,28 +308,7 @@ fn spawn(
             }
             () = flusher => {}
         }
-    });
-}
-
-/// `ferry run` of a migration already cut over: serve proxied clients on
-/// the target until `stop`.
-pub async fn serve_after_cutover(
-    config: &Config,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let Some(listen) = config.proxy.listen.clone() else {
-        return Ok(());
-    };
-    let proxy = Proxy::new(
-        settings(config, Mode::Target)?,
-        Arc::new(ferry_proxy::NoReplication),
-    )?;
-    let listener = bind(&listen).await?;
-    info!("the migration is cut over: the proxy serves the target until ferry is stopped");
-    let mut set = JoinSet::new();
-    spawn(config, proxy, listener, stop, &mut set);
-    while set.join_next().await.is_some() {}
-    Ok(())
+    })
 }
 
 /// What was last written, to store only what was added since.
@@ -259,7 +383,8 @@ async fn flush(
     Ok(())
 }
 
-/// Record a proxy event (mode change, cutover) in `proxy_events`.
+/// Record a proxy event (mode change, cutover, rollback) in `proxy_events`
+/// of the new database's state schema (`config`: used when no proxy runs).
 pub async fn record_event(
     config: &Config,
     kind: &str,
@@ -267,6 +392,7 @@ pub async fn record_event(
     by: &str,
     detail: serde_json::Value,
 ) {
+    let config = SERVING.get().map_or(config, |s| &s.config);
     let result = async {
         let client = ferry_postgres::connect::connect(&config.target, "target").await?;
         let table = format!(
@@ -435,15 +561,31 @@ pub fn metrics(p: &ProxyStatus) -> String {
     out
 }
 
-/// The hold of a cutover through the proxy.
+/// The hold of a cutover or rollback through the proxy.
 pub struct Held {
     proxy: Arc<Proxy>,
     started: std::time::Instant,
+    /// The mode once it succeeded: `target` or `rolled-back`.
+    switch_to: Mode,
 }
 
-/// Before a cutover `--via-proxy`: hold new statements at transaction
-/// boundaries until no proxied session is inside a transaction
-/// (`proxy.hold_seconds` at most). `None` for an ordinary cutover.
+/// Why a request `--via-proxy` cannot hold the proxy in `mode`, or `Ok`
+/// with the mode it switches to. Pure.
+fn hold_refusal(mode: Mode, rollback: bool) -> Result<Mode, String> {
+    match (rollback, mode) {
+        (false, Mode::Source | Mode::ReadsOnTarget) => Ok(Mode::Target),
+        (false, Mode::Target) => Err("refused: the proxy already serves the target".into()),
+        (true, Mode::Target) => Ok(Mode::RolledBack),
+        (true, _) | (false, Mode::RolledBack) => Err(format!(
+            "refused: the proxy serves the old source (mode {}), not the new database: a rollback --via-proxy moves clients that a cutover --via-proxy moved",
+            mode.as_str()
+        )),
+    }
+}
+
+/// Before a cutover or rollback `--via-proxy`: hold new statements at
+/// transaction boundaries until no proxied session is inside a transaction
+/// (`proxy.hold_seconds` at most). `None` without `--via-proxy`.
 pub async fn hold<P: Position>(
     live: &Live<P>,
     req: &crate::control::CutoverRequest,
@@ -451,18 +593,11 @@ pub async fn hold<P: Position>(
     if !req.via_proxy {
         return Ok(None);
     }
-    let Some((proxy, _)) = live.proxy.get() else {
-        return Err(
-            "refused: --via-proxy needs the proxy; set [proxy] listen and restart ferry run".into(),
-        );
+    let switch_to = check(live, req)?;
+    let (Some((proxy, _)), Some(s)) = (live.proxy.get(), SERVING.get()) else {
+        return Err("refused: --via-proxy needs the proxy".into());
     };
-    if req.fence {
-        return Err("refused: --via-proxy holds the proxied writes itself; --fence would end the proxy's own source sessions".into());
-    }
-    if proxy.mode() == Mode::Target {
-        return Err("refused: the proxy already serves the target".into());
-    }
-    let bound = Duration::from_secs_f64(live.config.proxy.hold_seconds.max(0.1));
+    let bound = Duration::from_secs_f64(s.config.proxy.hold_seconds.max(0.1));
     let started = proxy
         .hold(bound)
         .await
@@ -470,28 +605,56 @@ pub async fn hold<P: Position>(
     Ok(Some(Held {
         proxy: proxy.clone(),
         started,
+        switch_to,
     }))
 }
 
-/// After the cutover: release held statements, to the target when it
-/// succeeded, to the source unchanged when not; record the freeze.
+/// Whether a request `--via-proxy` can hold the proxy now (also for its
+/// dry run): the mode it switches to, or the refusal.
+pub fn check<P: Position>(
+    live: &Live<P>,
+    req: &crate::control::CutoverRequest,
+) -> Result<Mode, String> {
+    let (Some((proxy, _)), Some(_)) = (live.proxy.get(), SERVING.get()) else {
+        return Err(
+            "refused: --via-proxy needs the proxy; set [proxy] listen and restart ferry run".into(),
+        );
+    };
+    hold_refusal(proxy.mode(), req.rollback)
+}
+
+/// What the request is called in records and events.
+fn request_name(held: &Held) -> &'static str {
+    match held.switch_to {
+        Mode::RolledBack => "rollback --via-proxy",
+        _ => "cutover --via-proxy",
+    }
+}
+
+/// After the cutover or rollback: release held statements, to the side
+/// that is live now when it succeeded, unchanged when not; record the
+/// freeze.
 pub async fn release<P: Position>(
     live: &Live<P>,
-    held: Option<Held>,
+    held: &Option<Held>,
     succeeded: bool,
     rec: &mut ferry_monitor::CutoverRecord,
 ) {
     let Some(h) = held else { return };
-    let freeze = h.proxy.release(h.started, succeeded, "cutover --via-proxy");
+    let by = request_name(h);
+    let freeze = h
+        .proxy
+        .release(h.started, succeeded.then_some(h.switch_to), by);
+    let side = h.switch_to.primary().as_str();
     if succeeded {
         rec.write_freeze_seconds = Some(freeze.window_seconds);
         rec.steps.push(format!(
-            "proxy held new statements for {:.3}s ({} sessions waiting) and moved every proxied session to the target",
+            "proxy held new statements for {:.3}s ({} sessions waiting) and moved every proxied session to the {side}",
             freeze.window_seconds, freeze.held_sessions
         ));
     } else {
         rec.steps.push(format!(
-            "proxy released held statements to the source after {:.3}s",
+            "proxy released held statements unchanged after {:.3}s",
             freeze.window_seconds
         ));
     }
@@ -500,14 +663,45 @@ pub async fn release<P: Position>(
         "hold_seconds": freeze.window_seconds,
         "held_sessions": freeze.held_sessions,
     });
-    record_event(
-        &live.config,
-        "cutover",
-        Some(h.proxy.mode()),
-        "cutover --via-proxy",
-        detail,
-    )
-    .await;
+    let kind = match h.switch_to {
+        Mode::RolledBack => "rollback",
+        _ => "cutover",
+    };
+    record_event(&live.config, kind, Some(h.proxy.mode()), by, detail).await;
+}
+
+/// `--fence` with `--via-proxy`, once the proxy switched: wait (up to
+/// `proxy.hold_seconds`) until no proxied session is left on the side
+/// behind, then fence it (`fence`), which ends only the sessions that
+/// bypass the proxy. Returns the record's step.
+pub async fn fence_after_switch<F>(held: &Held, fence: F) -> Result<String, ferry_core::Error>
+where
+    F: std::future::Future<Output = Result<String, ferry_core::Error>>,
+{
+    let behind = match held.switch_to.primary() {
+        ferry_proxy::Side::Target => ferry_proxy::Side::Source,
+        ferry_proxy::Side::Source => ferry_proxy::Side::Target,
+    };
+    let bound = SERVING
+        .get()
+        .map_or(10.0, |s| s.config.proxy.hold_seconds.max(0.1));
+    let started = std::time::Instant::now();
+    while held.proxy.sessions_on(behind) > 0 && started.elapsed().as_secs_f64() < bound {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = held.proxy.sessions_on(behind);
+    if left > 0 {
+        warn!(
+            sessions = left,
+            side = behind.as_str(),
+            "proxied sessions still on the side being fenced; the fence ends them"
+        );
+    }
+    let how = fence.await?;
+    Ok(format!(
+        "fenced the {} once the proxy had moved every session ({left} left behind): {how}",
+        behind.as_str()
+    ))
 }
 
 /// Change the proxy's mode (control API, console, CLI), recorded with who.
@@ -578,4 +772,36 @@ pub async fn stored(config: &Config) -> Option<ProxyStatus> {
         queries,
         ..ProxyStatus::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_proxy_modes_a_cutover_or_rollback_via_the_proxy_takes() {
+        use Mode::{ReadsOnTarget, RolledBack, Source, Target};
+        // (mode, rollback, switches to, refusal contains)
+        let cases = [
+            (Source, false, Some(Target), ""),
+            (ReadsOnTarget, false, Some(Target), ""),
+            (Target, false, None, "already serves the target"),
+            (RolledBack, false, None, "serves the old source"),
+            (Target, true, Some(RolledBack), ""),
+            (Source, true, None, "serves the old source"),
+            (ReadsOnTarget, true, None, "serves the old source"),
+            (RolledBack, true, None, "serves the old source"),
+        ];
+        for (mode, rollback, to, why) in cases {
+            let got = hold_refusal(mode, rollback);
+            assert_eq!(
+                got.as_ref().ok().copied(),
+                to,
+                "{mode:?} {rollback}: {got:?}"
+            );
+            if let Err(e) = got {
+                assert!(e.contains(why), "{e}");
+            }
+        }
+    }
 }

@@ -15,7 +15,7 @@ pub async fn check(config: &Config, fence: bool) -> Result<(), String> {
     }
     if !fence {
         return Err(
-            "--with-fallback needs --fence: the old source must stay read-only for everyone but ferry while it follows the new database".into(),
+            "--with-fallback needs --fence: the old source must stay read-only for everyone but ferry while it follows the new database (with --via-proxy the fence follows the proxy's switch)".into(),
         );
     }
     let target = connect(&config.target, "target")
@@ -84,7 +84,7 @@ fn accepts(direction: Direction, req: &CutoverRequest) -> Result<(), String> {
 /// The dry run's line for `--with-fallback`.
 pub fn planned_step(config: &Config) -> String {
     format!(
-        "fallback: publication {} before the fence, slot {} on the target inside it (after the drain); then ferry run streams the target back into the old source, which stays fenced for everyone but ferry",
+        "fallback: publication {} before the fence, slot {} on the target inside it (after the drain); then ferry run streams the target back into the old source, which stays fenced for everyone but ferry; schema changes on the target are not carried back (make them after `ferry finish`)",
         pg::reverse_publication(&config.postgres.publication),
         pg::reverse_slot(&config.postgres.slot)
     )
