@@ -148,6 +148,77 @@ fn skip_string(b: &[u8], mut i: usize, backslash: bool) -> usize {
     b.len()
 }
 
+/// The statements of a (simple-protocol) query text, split at `;` outside
+/// strings, quoted identifiers, dollar quotes and comments; empty ones
+/// dropped, each trimmed.
+pub fn split_statements(sql: &str) -> Vec<&str> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    while i < b.len() {
+        match b[i] {
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let mut depth = 0;
+                while i < b.len() {
+                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                        depth += 1;
+                        i += 2;
+                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            b'\'' => {
+                let backslash = i > 0 && b[i - 1].eq_ignore_ascii_case(&b'e');
+                i = skip_string(b, i + 1, backslash);
+            }
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'$' => {
+                let mut j = i + 1;
+                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+                    j += 1;
+                }
+                if b.get(j) == Some(&b'$') && !b[i + 1].is_ascii_digit() {
+                    let tag = &sql[i..=j];
+                    let body = j + 1;
+                    i = sql[body..]
+                        .find(tag)
+                        .map_or(b.len(), |p| body + p + tag.len());
+                } else {
+                    i = j;
+                }
+            }
+            b';' => {
+                out.push(&sql[start..i]);
+                i += 1;
+                start = i;
+            }
+            _ => i += 1,
+        }
+    }
+    out.push(&sql[start.min(b.len())..]);
+    out.retain(|s| !s.trim().is_empty());
+    out.iter_mut().for_each(|s| *s = s.trim());
+    out
+}
+
 /// What the proxy may do with a statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
@@ -354,13 +425,19 @@ pub fn may_read(sql: &str) -> bool {
     if t.starts_with('(') || t.starts_with("--") || t.starts_with("/*") {
         return true;
     }
-    let word: String = t
-        .chars()
-        .take_while(char::is_ascii_alphabetic)
-        .take(7)
-        .collect::<String>()
-        .to_ascii_lowercase();
-    matches!(word.as_str(), "select" | "with" | "values" | "table")
+    let word = first_word(t);
+    ["select", "with", "values", "table"]
+        .iter()
+        .any(|w| word.eq_ignore_ascii_case(w))
+}
+
+/// The leading ASCII letters of `s` (no allocation).
+fn first_word(s: &str) -> &str {
+    let end = s
+        .bytes()
+        .position(|c| !c.is_ascii_alphabetic())
+        .unwrap_or(s.len());
+    &s[..end]
 }
 
 /// Classify one statement (see the module doc).
@@ -567,6 +644,31 @@ mod tests {
         ] {
             let _ = tokens(s);
             let _ = classify(s);
+        }
+    }
+
+    #[test]
+    fn statements_split_outside_quotes_and_comments() {
+        assert_eq!(
+            split_statements("BEGIN; SET a.b = 'x;y'; -- c;\n SELECT $$;$$, \"q;\" ;;COMMIT"),
+            vec![
+                "BEGIN",
+                "SET a.b = 'x;y'",
+                "-- c;\n SELECT $$;$$, \"q;\"",
+                "COMMIT"
+            ]
+        );
+        assert_eq!(
+            split_statements("SELECT E'\\';', 1 /* ; */"),
+            vec!["SELECT E'\\';', 1 /* ; */"]
+        );
+        assert_eq!(
+            split_statements("SELECT $1; SELECT 2"),
+            vec!["SELECT $1", "SELECT 2"]
+        );
+        assert!(split_statements(" ; ").is_empty());
+        for garbage in ["'", "\"", "$a$", "/*", "E'\\"] {
+            let _ = split_statements(garbage);
         }
     }
 

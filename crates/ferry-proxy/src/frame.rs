@@ -88,6 +88,30 @@ pub fn split(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
     }))
 }
 
+/// The tag and total length of the complete frame at the start of `buf`;
+/// `Ok(None)` when it holds only part of one.
+pub fn peek(buf: &[u8]) -> Result<Option<(u8, usize)>, FrameError> {
+    let Some(total) = declared(buf) else {
+        return Ok(None);
+    };
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if len < 4 || len as usize > MAX_FRAME {
+        return Err(FrameError::BadLength {
+            tag: buf[0] as char,
+            len: len.into(),
+        });
+    }
+    Ok((buf.len() >= total).then_some((buf[0], total)))
+}
+
+/// The total length the frame at the start of `buf` declares (tag
+/// included), once its header is there.
+pub fn declared(buf: &[u8]) -> Option<usize> {
+    let h = buf.get(..5)?;
+    let len = i32::from_be_bytes([h[1], h[2], h[3], h[4]]);
+    Some(len.clamp(0, MAX_FRAME as i32) as usize + 1)
+}
+
 /// What a client opens with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Startup {

@@ -56,6 +56,7 @@ mod handshake;
 pub mod mirror;
 pub mod scram;
 mod session;
+mod state;
 pub mod stats;
 
 pub use backend::{BackendConfig, Side};
@@ -446,6 +447,38 @@ pub async fn serve(
     tasks.shutdown().await;
     info!("proxy stopped");
     Ok(())
+}
+
+/// [`serve`] on a thread of its own, with a single-threaded runtime, until
+/// `stop` resolves. A proxied statement is a few microseconds of work
+/// between two socket reads; on the pipeline's runtime it would wait behind
+/// whatever decoding or applying occupies its workers, and each hop between
+/// workers costs a wake-up. One event-loop thread, like pgbouncer's, keeps
+/// the latency added per statement to the work itself.
+pub async fn serve_on_own_thread(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = listener.into_std()?;
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("ferry-proxy".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|rt| {
+                    rt.block_on(async move {
+                        let listener = TcpListener::from_std(listener)?;
+                        serve(proxy, listener, stop).await
+                    })
+                });
+            let _ = done.send(result);
+        })?;
+    finished
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("the proxy thread ended unexpectedly")))
 }
 
 #[cfg(test)]

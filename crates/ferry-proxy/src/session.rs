@@ -40,7 +40,8 @@ use crate::classify::{self, Class};
 use crate::compare::Answer;
 use crate::frame::{self, Frame};
 use crate::handshake::{self, Opened};
-use crate::mirror::{Job, SessionState};
+use crate::mirror::{self, Job};
+use crate::state::{self, SessionState, Track};
 use crate::{CancelTarget, Mode, Proxy};
 
 /// Client bytes buffered while a batch is incomplete; past this the
@@ -109,8 +110,13 @@ impl Conn {
         Ok(())
     }
 
-    /// Send `bytes` (ending in Sync or a Query) and read to ReadyForQuery.
-    async fn round_trip(&mut self, bytes: &[u8]) -> Result<Vec<Frame>, BackendError> {
+    /// Send `bytes` (ending in Sync or a Query) and read to its
+    /// `answers`-th ReadyForQuery.
+    async fn round_trip(
+        &mut self,
+        bytes: &[u8],
+        mut answers: usize,
+    ) -> Result<Vec<Frame>, BackendError> {
         self.flush().await?;
         self.w.write_all(bytes).await.map_err(|e| self.err(e))?;
         let mut out = Vec::new();
@@ -119,9 +125,11 @@ impl Conn {
                 side: self.side.as_str(),
                 why: e.to_string(),
             })? {
-                let done = f.tag == b'Z';
+                if f.tag == b'Z' {
+                    answers = answers.saturating_sub(1);
+                }
                 out.push(f);
-                if done {
+                if answers == 0 {
                     return Ok(out);
                 }
                 continue;
@@ -151,13 +159,39 @@ impl Conn {
 struct Batch {
     started: Option<Instant>,
     /// (fingerprint, normalized) of a read-only batch.
-    fingerprint: Option<(String, String)>,
+    fingerprint: Option<(Arc<str>, Arc<str>)>,
     on_target: bool,
-    /// A `SET` to remember once it succeeded.
-    setting: Option<String>,
+    /// Statements that change the session state ([`state`]), when the
+    /// batch has any.
+    track: Option<Track>,
     error: bool,
     /// Mirroring: the self-contained frames and the answer so far.
     capture: Option<(Bytes, bool, Answer)>,
+}
+
+impl Batch {
+    /// One answer frame of this batch (`raw`: tag, length and body).
+    fn saw(&mut self, tag: u8, raw: &[u8]) {
+        match tag {
+            b'E' => self.error = true,
+            b'C' | b's' | b'I' => {
+                if let Some(t) = &mut self.track {
+                    let tag = match tag {
+                        b'C' => frame::cstr(&raw[5..]).map_or("", |(s, _)| s),
+                        _ => "",
+                    };
+                    t.tags.push(tag.to_owned());
+                }
+            }
+            _ => {}
+        }
+        if let Some((_, _, answer)) = &mut self.capture {
+            answer.absorb(&Frame {
+                tag,
+                raw: Bytes::copy_from_slice(raw),
+            });
+        }
+    }
 }
 
 struct Session {
@@ -167,15 +201,21 @@ struct Session {
     cin: BytesMut,
     cout: BytesMut,
     params: Vec<(String, String)>,
-    sets: Vec<String>,
+    /// `SET`s that persisted (replayed on another backend).
+    state: SessionState,
     /// Named Parse frames by statement name.
     statements: HashMap<String, Frame>,
+    /// The last unnamed Parse (a later batch may bind it).
+    unnamed: Option<Frame>,
     source: Option<Conn>,
     target: Option<Conn>,
     primary: Side,
     active: Side,
     pending: usize,
     status: u8,
+    /// Extended messages forwarded without their Sync yet (a Flush
+    /// client): not at a boundary.
+    unsynced: bool,
     busy: bool,
     /// The batch being forwarded (until its Sync or Query).
     batch: Batch,
@@ -199,8 +239,8 @@ struct Session {
 #[derive(Clone)]
 struct Seen {
     ordered: bool,
-    fingerprint: String,
-    normalized: String,
+    fingerprint: Arc<str>,
+    normalized: Arc<str>,
 }
 
 /// Statement texts remembered per session.
@@ -262,14 +302,16 @@ pub(crate) async fn run(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), Session
         cin: rest,
         cout: BytesMut::with_capacity(16 * 1024),
         params,
-        sets: Vec::new(),
+        state: SessionState::default(),
         statements: HashMap::new(),
+        unnamed: None,
         source: None,
         target: None,
         primary,
         active: primary,
         pending: 0,
         status: b'I',
+        unsynced: false,
         busy: false,
         batch: Batch::default(),
         inflight: std::collections::VecDeque::new(),
@@ -348,10 +390,10 @@ impl Session {
             if !self.client_frames().await? {
                 return Ok(());
             }
-            let waiting_for_reader = self.active != self.primary && self.pending > 0;
-            let read_client = self.cin.len() < CLIENT_BUFFER || waiting_for_reader;
+            // Past the buffer only to complete its first frame (a CopyData
+            // larger than the buffer must still get through).
             let read_client =
-                read_client && !(waiting_for_reader && self.cin.len() >= CLIENT_BUFFER);
+                self.cin.len() < CLIENT_BUFFER || matches!(frame::peek(&self.cin), Ok(None));
             let read_backend = self.cout.len() < ANSWER_BUFFER;
             let conn = match self.active {
                 Side::Source => self.source.as_mut(),
@@ -411,29 +453,46 @@ impl Session {
                 return Ok(true);
             }
             if self.pending > 0 {
-                // Pipelined batches: forwarded at once, only looked at for
-                // shadow reads; COPY data and partial batches as they are.
-                if let Some(batch) = scan_batch(&self.cin)?
-                    && batch.synced
-                {
-                    let frames = self.take_frames(batch.frames)?;
-                    self.batch = Batch {
-                        started: Some(Instant::now()),
-                        ..Batch::default()
-                    };
-                    self.look_at(&frames, false);
-                    for f in frames {
-                        self.forward(f);
+                // Pipelined batches: forwarded at once, looked at for shadow
+                // reads and session state. While a cutover holds statements
+                // they wait until the answers are in and are then decided at
+                // the boundary like any other; COPY data flows on.
+                let hold = *self.hold.borrow();
+                match scan_batch(&self.cin)? {
+                    Some(batch) if batch.synced && !hold => {
+                        let frames = self.take_frames(batch.frames)?;
+                        self.batch = Batch {
+                            started: Some(Instant::now()),
+                            ..Batch::default()
+                        };
+                        self.note_effects(&frames);
+                        self.look_at(&frames, false);
+                        for f in frames {
+                            self.forward(f);
+                        }
                     }
-                    continue;
-                }
-                while let Some(f) = frame::split(&mut self.cin)? {
-                    if f.tag == b'X' {
-                        return Ok(false);
+                    Some(batch)
+                        if !batch.synced
+                            && (!hold || matches!(self.cin[0], b'd' | b'c' | b'f')) =>
+                    {
+                        for f in self.take_frames(batch.frames)? {
+                            if f.tag == b'X' {
+                                return Ok(false);
+                            }
+                            self.forward(f);
+                        }
                     }
-                    self.forward(f);
+                    Some(_) => return Ok(true),
+                    None => {
+                        if self.cin.len() >= CLIENT_BUFFER && !hold {
+                            while let Some(f) = frame::split(&mut self.cin)? {
+                                self.forward(f);
+                            }
+                        }
+                        return Ok(true);
+                    }
                 }
-                return Ok(true);
+                continue;
             }
             let Some(batch) = scan_batch(&self.cin)? else {
                 if self.cin.len() >= CLIENT_BUFFER {
@@ -459,7 +518,7 @@ impl Session {
 
     /// A batch at `pending == 0`: gate, switch, routing, mirroring.
     async fn begin_batch(&mut self, frames: Vec<Frame>, synced: bool) -> Result<(), SessionError> {
-        let idle = self.status == b'I';
+        let idle = self.status == b'I' && !self.unsynced;
         self.set_busy(true);
         if idle {
             while *self.hold.borrow() {
@@ -479,9 +538,10 @@ impl Session {
             started: Some(Instant::now()),
             ..Batch::default()
         };
+        self.note_effects(&frames);
         let mut side = self.primary;
         if idle && synced {
-            self.note_state(&frames);
+            self.note_pins(&frames);
             if self.look_at(&frames, true) {
                 side = Side::Target;
             }
@@ -603,6 +663,21 @@ impl Session {
         if let Some(c) = other {
             c.terminate().await;
         }
+        // Every named statement now: batches pipelined behind this one
+        // are forwarded without a stop to prepare what they use.
+        let conn = match side {
+            Side::Source => self.source.as_mut(),
+            Side::Target => self.target.as_mut(),
+        };
+        if let Some(conn) = conn {
+            let names: Vec<&str> = self
+                .statements
+                .keys()
+                .map(String::as_str)
+                .filter(|n| !conn.prepared.contains(*n))
+                .collect();
+            replay(conn, &self.state.committed, &self.statements, &names).await?;
+        }
         let on_side = &self.proxy.gate.on_side;
         on_side[self.primary as usize].fetch_sub(1, Ordering::SeqCst);
         on_side[side as usize].fetch_add(1, Ordering::SeqCst);
@@ -630,32 +705,6 @@ impl Session {
     /// Before `frames` go to `side`: replay the `SET`s it has not run and
     /// prepare the named statements they use that it has not seen.
     async fn prepare_for(&mut self, side: Side, frames: &[Frame]) -> Result<(), SessionError> {
-        let sets = self.sets.clone();
-        let mut needed = Vec::new();
-        let mut parsed_here = HashSet::new();
-        for f in frames {
-            match f.tag {
-                b'P' => {
-                    if let Some((name, _)) = frame::cstr(f.body()) {
-                        parsed_here.insert(name.to_owned());
-                    }
-                }
-                b'B' => {
-                    if let Some((_, rest)) = frame::cstr(f.body())
-                        && let Some((stmt, _)) = frame::cstr(rest)
-                    {
-                        needed.push(stmt.to_owned());
-                    }
-                }
-                b'D' if f.body().first() == Some(&b'S') => {
-                    if let Some((stmt, _)) = frame::cstr(&f.body()[1..]) {
-                        needed.push(stmt.to_owned());
-                    }
-                }
-                _ => {}
-            }
-        }
-        let mut batch = BytesMut::new();
         let conn = match side {
             Side::Source => self.source.as_mut(),
             Side::Target => self.target.as_mut(),
@@ -663,36 +712,30 @@ impl Session {
         let Some(conn) = conn else {
             return Ok(());
         };
-        for set in &sets[conn.sets_applied.min(sets.len())..] {
-            batch.put_slice(&crate::backend::query(set).raw);
-        }
-        let mut names = Vec::new();
-        for name in needed {
-            if name.is_empty() || parsed_here.contains(&name) || conn.prepared.contains(&name) {
+        let mut names: Vec<&str> = Vec::new();
+        for (i, f) in frames.iter().enumerate() {
+            let stmt = match f.tag {
+                b'B' => bind_names(f).map(|(_, stmt)| stmt),
+                b'D' if f.body().first() == Some(&b'S') => {
+                    frame::cstr(&f.body()[1..]).map(|(s, _)| s)
+                }
+                _ => None,
+            };
+            let Some(stmt) = stmt.filter(|s| !s.is_empty()) else {
                 continue;
+            };
+            let parsed_before = frames[..i]
+                .iter()
+                .any(|p| p.tag == b'P' && frame::cstr(p.body()).is_some_and(|(n, _)| n == stmt));
+            if !parsed_before
+                && !conn.prepared.contains(stmt)
+                && !names.contains(&stmt)
+                && self.statements.contains_key(stmt)
+            {
+                names.push(stmt);
             }
-            if let Some(parse) = self.statements.get(&name) {
-                batch.put_slice(&close_statement(&name).raw);
-                batch.put_slice(&parse.raw);
-                names.push(name);
-            }
         }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        if !names.is_empty() {
-            batch.put_slice(&Frame::new(b'S', &[]).raw);
-        }
-        let frames = conn.round_trip(&batch).await?;
-        conn.sets_applied = sets.len();
-        if frames.iter().any(|f| f.tag == b'E') {
-            tracing::debug!(
-                side = side.as_str(),
-                "replaying session state failed on a backend"
-            );
-        } else {
-            conn.prepared.extend(names);
-        }
+        replay(conn, &self.state.committed, &self.statements, &names).await?;
         Ok(())
     }
 
@@ -702,6 +745,7 @@ impl Session {
         let active = self.active;
         match f.tag {
             b'P' => {
+                self.unsynced = true;
                 if let Some((name, _)) = frame::cstr(f.body())
                     && !name.is_empty()
                 {
@@ -719,6 +763,7 @@ impl Session {
                 }
             }
             b'C' if f.body().first() == Some(&b'S') => {
+                self.unsynced = true;
                 if let Some((name, _)) = frame::cstr(&f.body()[1..]) {
                     self.statements.remove(name);
                     let name = name.to_owned();
@@ -730,10 +775,12 @@ impl Session {
                 }
             }
             b'S' | b'Q' | b'F' => {
+                self.unsynced = false;
                 self.pending += 1;
                 let batch = std::mem::take(&mut self.batch);
                 self.inflight.push_back(batch);
             }
+            b'B' | b'E' | b'D' | b'C' => self.unsynced = true,
             _ => {}
         }
         if let Some(c) = self.conn(active) {
@@ -741,42 +788,63 @@ impl Session {
         }
     }
 
-    /// Handle complete frames from the active backend.
+    /// Handle complete frames from the active backend: looked at in place
+    /// and moved to the client's buffer in one copy up to each
+    /// ReadyForQuery (a frame is decoded only for mirroring or session
+    /// state).
     fn backend_frames(&mut self) -> Result<(), SessionError> {
         let active = self.active;
         loop {
-            let Some(conn) = self.conn(active) else {
+            let conn = match active {
+                Side::Source => self.source.as_mut(),
+                Side::Target => self.target.as_mut(),
+            };
+            let Some(conn) = conn else {
                 return Ok(());
             };
-            let Some(f) = frame::split(&mut conn.rbuf)? else {
+            let mut front = self.inflight.front_mut();
+            let (mut at, mut ready) = (0, None);
+            while let Some((tag, len)) = frame::peek(&conn.rbuf[at..])? {
+                let raw = &conn.rbuf[at..at + len];
+                if let Some(batch) = front.as_deref_mut() {
+                    batch.saw(tag, raw);
+                }
+                at += len;
+                if tag == b'Z' {
+                    ready = Some(raw.get(5).copied().unwrap_or(b'I'));
+                    break;
+                }
+            }
+            if at > 0 {
+                self.cout.extend_from_slice(&conn.rbuf[..at]);
+                conn.rbuf.advance(at);
+            }
+            let Some(status) = ready else {
+                if let Some(need) = frame::declared(&conn.rbuf) {
+                    conn.rbuf.reserve(need.saturating_sub(conn.rbuf.len()));
+                }
                 return Ok(());
             };
-            if let Some(front) = self.inflight.front_mut() {
-                if let Some((_, _, answer)) = &mut front.capture {
-                    answer.absorb(&f);
-                }
-                if f.tag == b'E' {
-                    front.error = true;
-                }
+            self.ready(status);
+        }
+    }
+
+    /// A ReadyForQuery with `status` came back.
+    fn ready(&mut self, status: u8) {
+        self.pending = self.pending.saturating_sub(1);
+        let before = self.status;
+        self.status = status;
+        if let Some(done) = self.inflight.pop_front() {
+            self.finish_batch(done, before);
+        }
+        if self.pending == 0 {
+            if self.status == b'I' && !self.unsynced {
+                self.set_busy(false);
             }
-            if f.tag == b'Z' {
-                self.pending = self.pending.saturating_sub(1);
-                let before = self.status;
-                self.status = frame::ready_status(&f);
-                if let Some(done) = self.inflight.pop_front() {
-                    self.finish_batch(done, before);
-                }
-                if self.pending == 0 {
-                    if self.status == b'I' {
-                        self.set_busy(false);
-                    }
-                    if self.active != self.primary {
-                        self.active = self.primary;
-                        self.register_cancel();
-                    }
-                }
+            if self.active != self.primary {
+                self.active = self.primary;
+                self.register_cancel();
             }
-            self.cout.put_slice(&f.raw);
         }
     }
 
@@ -788,11 +856,11 @@ impl Session {
             .counters
             .statements
             .fetch_add(1, Ordering::Relaxed);
-        if let Some(set) = batch.setting
-            && !batch.error
-        {
-            self.sets.push(set);
-            let n = self.sets.len();
+        if batch.track.is_some() || self.state.tracking() {
+            let track = batch.track.unwrap_or_default();
+            self.state.finish(&track, batch.error, self.status);
+            // What the batch committed ran on the backend it went to.
+            let n = self.state.committed.len();
             let active = self.active;
             if let Some(c) = self.conn(active) {
                 c.sets_applied = n;
@@ -808,14 +876,14 @@ impl Session {
         let outside = before == b'I' && self.status == b'I';
         if let Some((frames, ordered, answer)) = batch.capture.filter(|_| outside) {
             let job = Job {
-                fingerprint: fp,
-                normalized,
+                fingerprint: fp.to_string(),
+                normalized: normalized.to_string(),
                 ordered,
                 frames,
                 source: answer,
-                state: Arc::new(SessionState {
+                state: Arc::new(mirror::SessionState {
                     params: self.params.clone(),
-                    sets: self.sets.clone(),
+                    sets: self.state.committed.clone(),
                 }),
             };
             if self.proxy.mirror.try_send(job).is_err() {
@@ -828,20 +896,91 @@ impl Session {
         }
     }
 
-    /// Remember `SET`s and state that pins reads to the source.
-    fn note_state(&mut self, frames: &[Frame]) {
-        for f in frames {
-            let sql = match f.tag {
-                b'Q' => frame::cstr(f.body()).map(|(s, _)| s),
-                b'P' => frame::cstr(f.body())
-                    .and_then(|(_, r)| frame::cstr(r))
-                    .map(|(s, _)| s),
-                _ => None,
-            };
-            let Some(sql) = sql else { continue };
-            if f.tag == b'Q' && frames.len() == 1 && classify::session_setting(sql) {
-                self.batch.setting = Some(sql.to_owned());
+    /// The SQL of a statement name as the session knows it (`""`: the
+    /// last unnamed Parse).
+    fn statement_sql(&self, name: &str) -> Option<&str> {
+        let parse = match name {
+            "" => self.unnamed.as_ref(),
+            _ => self.statements.get(name),
+        };
+        parse.and_then(statement_text)
+    }
+
+    /// Note the statements of a batch that change the session state
+    /// ([`state`]): a Query's statements, or the statement each Execute
+    /// runs. Most batches stop at a cheap first-word test.
+    fn note_effects(&mut self, frames: &[Frame]) {
+        let tracking = self.state.tracking() || self.inflight.iter().any(|b| b.track.is_some());
+        let look = |sql: Option<&str>| sql.is_some_and(|s| state::worth_a_look(s, tracking));
+        let any = frames.iter().any(|f| match f.tag {
+            b'Q' | b'P' => look(statement_text(f)),
+            b'B' => look(bind_names(f).and_then(|(_, stmt)| self.statement_sql(stmt))),
+            _ => false,
+        });
+        if any {
+            let mut effects = Vec::new();
+            let mut parsed: Vec<(&str, &str)> = Vec::new();
+            let mut portals: Vec<(&str, Option<&str>)> = Vec::new();
+            for f in frames {
+                match f.tag {
+                    b'Q' => {
+                        let sql = statement_text(f).unwrap_or_default();
+                        effects.extend(
+                            crate::classify::split_statements(sql)
+                                .into_iter()
+                                .map(state::effect),
+                        );
+                    }
+                    b'P' => {
+                        if let Some((name, rest)) = frame::cstr(f.body())
+                            && let Some((sql, _)) = frame::cstr(rest)
+                        {
+                            parsed.push((name, sql));
+                        }
+                    }
+                    b'B' => {
+                        if let Some((portal, stmt)) = bind_names(f) {
+                            let sql = parsed
+                                .iter()
+                                .rev()
+                                .find(|(n, _)| *n == stmt)
+                                .map(|(_, sql)| *sql)
+                                .or_else(|| self.statement_sql(stmt));
+                            portals.push((portal, sql));
+                        }
+                    }
+                    b'E' => {
+                        let portal = frame::cstr(f.body()).map_or("", |(p, _)| p);
+                        let sql = portals
+                            .iter()
+                            .rev()
+                            .find(|(p, _)| *p == portal)
+                            .and_then(|(_, sql)| *sql);
+                        effects.push(sql.map_or(state::Effect::Other, state::effect));
+                    }
+                    _ => {}
+                }
             }
+            self.batch.track = Some(Track {
+                effects,
+                tags: Vec::new(),
+            });
+        }
+        if let Some(p) = frames
+            .iter()
+            .rev()
+            .find(|f| f.tag == b'P' && f.body().first() == Some(&0))
+        {
+            self.unnamed = Some(p.clone());
+        }
+    }
+
+    /// Remember state that pins reads to the source.
+    fn note_pins(&mut self, frames: &[Frame]) {
+        for f in frames {
+            let Some(sql) = statement_text(f) else {
+                continue;
+            };
             if !self.pinned
                 && ["temp", "listen", "declare", "prepare", "lock"]
                     .iter()
@@ -917,8 +1056,8 @@ impl Session {
                 let normalized = classify::normalize(sql);
                 Some(Seen {
                     ordered,
-                    fingerprint: classify::fingerprint(&normalized),
-                    normalized,
+                    fingerprint: classify::fingerprint(&normalized).into(),
+                    normalized: normalized.into(),
                 })
             }
             Class::Other => None,
@@ -980,6 +1119,66 @@ impl Session {
         self.rng ^= self.rng << 17;
         (self.rng >> 11) as f64 / (1u64 << 53) as f64 <= rate
     }
+}
+
+/// Run on `conn` the `SET`s of `committed` it has not run and prepare the
+/// statements `names` (from `statements`), in round trips whose answers
+/// the client never sees. A failure is logged, not fatal: the client's own
+/// statement then fails on that backend with the server's error.
+async fn replay(
+    conn: &mut Conn,
+    committed: &[String],
+    statements: &HashMap<String, Frame>,
+    names: &[&str],
+) -> Result<(), BackendError> {
+    let mut batch = BytesMut::new();
+    let mut answers = 0;
+    for set in committed.get(conn.sets_applied..).unwrap_or_default() {
+        batch.put_slice(&crate::backend::query(set).raw);
+        answers += 1;
+    }
+    for name in names {
+        if let Some(parse) = statements.get(*name) {
+            batch.put_slice(&close_statement(name).raw);
+            batch.put_slice(&parse.raw);
+        }
+    }
+    if !names.is_empty() {
+        batch.put_slice(&Frame::new(b'S', &[]).raw);
+        answers += 1;
+    }
+    if answers == 0 {
+        return Ok(());
+    }
+    let frames = conn.round_trip(&batch, answers).await?;
+    conn.sets_applied = committed.len();
+    if frames.iter().any(|f| f.tag == b'E') {
+        tracing::debug!(
+            side = conn.side.as_str(),
+            "replaying session state failed on a backend"
+        );
+    } else {
+        conn.prepared.extend(names.iter().map(|n| (*n).to_owned()));
+    }
+    Ok(())
+}
+
+/// The SQL text of a Query or Parse frame.
+fn statement_text(f: &Frame) -> Option<&str> {
+    match f.tag {
+        b'Q' => frame::cstr(f.body()).map(|(s, _)| s),
+        b'P' => frame::cstr(f.body())
+            .and_then(|(_, r)| frame::cstr(r))
+            .map(|(s, _)| s),
+        _ => None,
+    }
+}
+
+/// The statement a Bind frame binds, and its portal.
+fn bind_names(f: &Frame) -> Option<(&str, &str)> {
+    let (portal, rest) = frame::cstr(f.body())?;
+    let (stmt, _) = frame::cstr(rest)?;
+    Some((portal, stmt))
 }
 
 /// Whether `haystack` contains the lowercase ASCII `needle`, in any case.

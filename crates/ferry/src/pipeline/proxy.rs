@@ -301,7 +301,7 @@ fn spawn(
     tokio::spawn(async move {
         let flusher = flush_loop(p, target, schema);
         tokio::select! {
-            r = ferry_proxy::serve(flush_stop, listener, stop) => {
+            r = ferry_proxy::serve_on_own_thread(flush_stop, listener, stop) => {
                 if let Err(e) = r {
                     warn!(error = %e, "proxy stopped");
                 }
