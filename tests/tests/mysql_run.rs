@@ -52,7 +52,9 @@ fn load_sakila(server: &MariaDbServer) {
 /// An application writing through its own user (which `read_only`
 /// stops): every transaction inserts a payment (its trigger sets the
 /// date), updates a customer, inserts, updates and deletes actors and
-/// deletes an older payment.
+/// deletes an older payment; with `chunk_writes`, each transaction also
+/// updates a payment anywhere in the key range and moves another to a new
+/// key past the end (a key leaving one chunk for another).
 struct Writer {
     stop: Arc<AtomicBool>,
     done: Arc<AtomicU64>,
@@ -61,6 +63,10 @@ struct Writer {
 
 impl Writer {
     fn start(url: String) -> Writer {
+        Writer::start_with(url, false)
+    }
+
+    fn start_with(url: String, chunk_writes: bool) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
         let (s, d) = (stop.clone(), done.clone());
@@ -100,6 +106,18 @@ impl Writer {
                         .await?;
                         tx.exec_drop("DELETE FROM payment WHERE payment_id = ?", (i * 5,))
                             .await?;
+                    }
+                    if chunk_writes {
+                        tx.exec_drop(
+                            "UPDATE payment SET amount = amount + 1 WHERE payment_id = ?",
+                            (1 + (i * 7919) % 16049,),
+                        )
+                        .await?;
+                        tx.exec_drop(
+                            "UPDATE IGNORE payment SET payment_id = payment_id + 30000 WHERE payment_id = ?",
+                            (1 + (i * 104_729) % 16049,),
+                        )
+                        .await?;
                     }
                     tx.commit().await?;
                     d.fetch_add(1, Ordering::AcqRel);
@@ -520,12 +538,13 @@ fn schema_changes_mid_stream_are_carried_and_an_unsupported_one_stops_the_run() 
     let tdb = target.create_database("dst").expect("target database");
     let target_url = target.url(&tdb);
     let logs = tempfile::tempdir().unwrap();
+    let control = free_port();
     let mut ferry_run = spawn_shop_run(
         &source_url,
         &target_url,
         &db,
         &logs.path().join("run.log"),
-        free_port(),
+        control,
     );
     wait_until(&mut ferry_run, "the stream", WAIT, || {
         target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
@@ -603,6 +622,26 @@ fn schema_changes_mid_stream_are_carried_and_an_unsupported_one_stops_the_run() 
         None,
         "the excluded table is not created by its ALTER"
     );
+    // `ferry status` lists the new table without a restart.
+    let status = || {
+        let mut c = ferry(&source_url, &target_url).unwrap();
+        c.env("FERRY_SOURCE_SSLMODE", "disable")
+            .env("FERRY_TARGET_SSLMODE", "disable")
+            .env("FERRY_CONTROL_LISTEN", format!("127.0.0.1:{control}"))
+            .arg("status");
+        run(&mut c).unwrap().all()
+    };
+    let listed = |out: &str| {
+        out.lines()
+            .any(|l| l.starts_with(&format!("{db}.refunds ")) && l.contains("streaming"))
+    };
+    let mut shown = status();
+    let start = Instant::now();
+    while !listed(&shown) {
+        assert!(start.elapsed() < WAIT, "ferry status:\n{shown}");
+        std::thread::sleep(Duration::from_millis(200));
+        shown = status();
+    }
 
     // A restart after the statements resumes with the new shapes.
     ferry_run.kill9().unwrap();
@@ -1506,4 +1545,191 @@ fn cascading_foreign_keys_are_reported_by_plan() {
         );
     }
     assert!(!plan.stdout.contains("strict_parent"), "{}", plan.all());
+}
+
+/// `mysql.snapshot = "watermark"` on MariaDB: Sakila loaded in chunks
+/// read in transactions of their own while the application inserts,
+/// updates and deletes rows inside the chunks being read and moves keys
+/// from one chunk to another; `ferry run` killed with SIGKILL in the
+/// middle of the load resumes with its missing chunks only (the finished
+/// ones kept, read by three workers), the stream replays from the low
+/// watermark; then an exact comparison and a fenced cutover.
+#[test]
+fn sakila_watermark_load_with_writes_in_chunks_a_kill_during_the_load_and_a_cutover() {
+    let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
+    load_sakila(&source);
+    source
+        .sql(
+            "",
+            &format!(
+                "CREATE USER 'app'@'%' IDENTIFIED BY '{APP_PASSWORD}';
+                 GRANT SELECT, INSERT, UPDATE, DELETE ON `{DB}`.* TO 'app'@'%';"
+            ),
+        )
+        .expect("application user");
+    let source_url = source.url(DB);
+    let app_url = format!(
+        "mysql://app:{APP_PASSWORD}@127.0.0.1:{}/{DB}",
+        source.port()
+    );
+    let target = PgServer::start(target_options()).expect("target");
+    let tdb = target.create_database("dst").expect("target database");
+    let target_url = target.url(&tdb);
+    let logs = tempfile::tempdir().unwrap();
+    let control = format!("127.0.0.1:{}", free_port());
+    let cmd = |workers: &str| {
+        let mut c = ferry(&source_url, &target_url).unwrap();
+        c.env("FERRY_SOURCE_SSLMODE", "disable")
+            .env("FERRY_TARGET_SSLMODE", "disable")
+            .env("FERRY_CONTROL_LISTEN", &control)
+            .env("FERRY_APPLY_BATCH_MS", "100")
+            .env("FERRY_MYSQL_SNAPSHOT", "watermark")
+            .env("FERRY_LOAD_CHUNK_ROWS", "500")
+            .env("FERRY_LOAD_PARALLELISM", workers);
+        c
+    };
+    let start = |name: &str, workers: &str| {
+        let mut c = cmd(workers);
+        c.env("FERRY_LOG", "info").arg("run");
+        Background::spawn(c, &logs.path().join(format!("{name}.log"))).unwrap()
+    };
+
+    let plan = run(cmd("1").arg("plan")).unwrap();
+    assert!(
+        plan.stdout
+            .contains("watermark (mysql.snapshot = \"watermark\"): a low watermark"),
+        "{}",
+        plan.all()
+    );
+
+    let writer = Writer::start_with(app_url.clone(), true);
+    while writer.transactions() < 20 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // One worker, so that the kill lands inside the load.
+    let mut first = start("first", "1");
+    wait_first_chunk(&target_url, &mut first);
+    let first_log = first.log();
+    first.kill9().unwrap();
+    assert!(
+        first_log.contains("watermark load: chunks read in transactions of their own"),
+        "{first_log}"
+    );
+    let marks = "SELECT string_agg(source_table || ':' || chunk || '@' || done_at, ',' ORDER BY source_table, chunk) FROM ferry.chunks";
+    let kept = target_text(&target_url, marks).unwrap();
+    let planned = target_i64(&target_url, "SELECT count(*) FROM ferry.load_plan").unwrap();
+    let done = target_i64(&target_url, "SELECT count(*) FROM ferry.chunks").unwrap();
+    assert!(
+        done >= 1 && done < planned,
+        "killed during the load: {done} of {planned} chunks"
+    );
+    // The application goes on while ferry is down.
+    let at_kill = writer.transactions();
+    let down = Instant::now();
+    while writer.transactions() < at_kill + 30 {
+        assert!(down.elapsed() < WAIT, "the application stopped writing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let mut second = start("second", "3");
+    wait_until(&mut second, "the stream", WAIT, || {
+        target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
+    });
+    assert!(
+        second
+            .log()
+            .contains("resuming the watermark load with its missing chunks"),
+        "{}",
+        second.log()
+    );
+    // The chunks finished before the kill were not read again.
+    let after = target_text(&target_url, marks).unwrap();
+    for mark in kept.split(',') {
+        assert!(after.split(',').any(|m| m == mark), "{mark} kept: {after}");
+    }
+    let written = writer.finish();
+    let head = source_head(&source_url);
+    wait_until(&mut second, "catching up with the source", WAIT, || {
+        checkpoint(&target_url).is_some_and(|c| c >= head)
+    });
+    let counts = compare(&source_url, &target_url, DB, 16);
+    let count = |t: &str| counts.iter().find(|(n, _)| n == t).unwrap().1;
+    assert_eq!(count("rental"), 16044);
+    assert!(written > at_kill, "{counts:?}");
+    // Keys moved from one chunk to another arrived under their new key.
+    let moved = target_i64(
+        &target_url,
+        "SELECT count(*) FROM sakila.payment WHERE payment_id > 30000",
+    )
+    .unwrap();
+    assert!(moved > 0, "moved payments on the target: {counts:?}");
+
+    let mut cut = cmd("1");
+    cut.args([
+        "cutover",
+        "--fence",
+        "--max-lag",
+        "30s",
+        "--timeout",
+        "120s",
+    ]);
+    let cut = run(&mut cut).unwrap();
+    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), second.log());
+    assert!(cut.stdout.contains("cutover: done"), "{}", cut.all());
+    assert_eq!(
+        second.wait(Duration::from_secs(60)).unwrap(),
+        Some(0),
+        "ferry run exits after the cutover"
+    );
+    compare(&source_url, &target_url, DB, 16);
+}
+
+/// The watermark load replays the binlog over rows read later, which would
+/// double the changed rows of a table without a key: `ferry plan` fails
+/// naming the table and `ferry run` refuses before creating anything.
+#[test]
+fn watermark_load_refuses_a_table_without_a_key() {
+    let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
+    let db = source.create_database("wm").expect("database");
+    source
+        .sql(
+            &db,
+            "CREATE TABLE keyed (id INT PRIMARY KEY, v TEXT) ENGINE=InnoDB;
+             CREATE TABLE events (at DATETIME, what TEXT) ENGINE=InnoDB;",
+        )
+        .expect("source schema");
+    let target = PgServer::start(target_options()).expect("target");
+    let tdb = target.create_database("dst").expect("target database");
+    let target_url = target.url(&tdb);
+    let cmd = || {
+        let mut c = ferry(&source.url(&db), &target_url).unwrap();
+        c.env("FERRY_SOURCE_SSLMODE", "disable")
+            .env("FERRY_TARGET_SSLMODE", "disable")
+            .env("FERRY_CONTROL_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("FERRY_MYSQL_SNAPSHOT", "watermark");
+        c
+    };
+    let plan = run(cmd().arg("plan")).unwrap();
+    assert_ne!(plan.code, Some(0), "{}", plan.all());
+    let why = format!(
+        "{db}.events has no primary key: the watermark load replays the binlog over rows read later"
+    );
+    assert!(plan.stdout.contains(&why), "{}", plan.all());
+    let refused = run(cmd().arg("run")).unwrap();
+    assert!(
+        refused.all().contains("ferry run refuses to start") && refused.all().contains(&why),
+        "{}",
+        refused.all()
+    );
+    assert_eq!(
+        target_text(
+            &target_url,
+            &format!(
+                "SELECT count(*)::text FROM information_schema.tables WHERE table_schema = '{db}'"
+            )
+        )
+        .as_deref(),
+        Some("0"),
+        "nothing created on the target"
+    );
 }

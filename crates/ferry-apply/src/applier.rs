@@ -575,7 +575,8 @@ impl<P: Position> Applier<P> {
         if old.is_some() || self.cfg.apply_ddl {
             self.apply_pending(None).await?;
             self.txn.begin(&mut self.writer).await?;
-            self.writer
+            let created = self
+                .writer
                 .apply_relation(
                     self.txn.client(),
                     &schema,
@@ -583,6 +584,19 @@ impl<P: Position> Applier<P> {
                     self.cfg.existing_tables,
                 )
                 .await?;
+            if created {
+                // A table the source created mid-stream (MySQL/MariaDB):
+                // ferry's table list follows in the same transaction
+                // (status, the cutover's row counts, restarts).
+                let (state, client) = (self.txn.state(), self.txn.client());
+                let target = self.writer.target_of(&schema.id);
+                state
+                    .register_table(client, &schema.id, &target, None, Some(0))
+                    .await?;
+                state
+                    .set_table_state(client, &schema.id, &crate::state::TableState::Streaming)
+                    .await?;
+            }
         }
         info!(table = %schema.id, "table schema received");
         self.schemas.insert(schema.id.clone(), schema);

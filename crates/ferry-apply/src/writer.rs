@@ -171,14 +171,15 @@ impl Writer {
     /// added on the source is added on the target when `apply_ddl`; any
     /// other difference (rename, drop, type or key change) is an operator
     /// error before a row of the new shape is written. The target is the
-    /// reference (also after a restart), not the previous shape.
+    /// reference (also after a restart), not the previous shape. `true`
+    /// when it created the table.
     pub async fn apply_relation(
         &mut self,
         client: &Client,
         new: &TableSchema,
         apply_ddl: bool,
         existing_tables: bool,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         self.staging.forget(client, &new.id).await;
         let target = self.target_of(&new.id);
         if apply_ddl && !relation::exists(client, &target).await? {
@@ -188,10 +189,11 @@ impl Writer {
                 crate::ddl::create_schema(&target),
                 crate::ddl::create_table(&target, new)
             );
-            return client
+            client
                 .batch_execute(&sql)
                 .await
-                .map_err(|e| pg_error(format!("creating {target}"), e));
+                .map_err(|e| pg_error(format!("creating {target}"), e))?;
+            return Ok(true);
         }
         let mut drifts = relation::drift(new, &relation::read_shape(client, &target).await?);
         if existing_tables {
@@ -205,7 +207,7 @@ impl Writer {
                 .await
                 .map_err(|e| pg_error(format!("altering {target}"), e))?;
         }
-        Ok(())
+        Ok(false)
     }
 
     /// The empty staging table of `schema`'s table; tables applied in

@@ -25,8 +25,8 @@ mod sources;
 pub use proxy::ProxyConfig;
 
 pub use sources::{
-    EnumPolicy, MisfitPolicy, MySqlSourceConfig, PostgresSourceConfig, SqliteSourceConfig,
-    Tinyint1, ZeroDates,
+    EnumPolicy, MisfitPolicy, MySqlSourceConfig, PostgresSourceConfig, SnapshotMethod,
+    SqliteSourceConfig, Tinyint1, ZeroDates,
 };
 
 /// The whole configuration.

@@ -126,7 +126,9 @@ impl std::fmt::Debug for ChunkData {
 }
 
 /// A consistent cut of the source, at [`Snapshot::position`]: the load
-/// reads every chunk from it, and the change stream starts there.
+/// reads every chunk from it, and the change stream starts there. A
+/// watermark snapshot ([`Snapshot::chunk_resumable`]) instead reads each
+/// chunk at its own moment after `position`.
 pub trait Snapshot: Send + Sync + 'static {
     type Position: Position;
     type Reader: SnapshotReader;
@@ -140,6 +142,16 @@ pub trait Snapshot: Send + Sync + 'static {
 
     /// Let the snapshot go once the load is done.
     fn release(self) -> impl Future<Output = ()> + Send;
+
+    /// Whether chunks are read at different moments, each in a short
+    /// transaction of its own, all after [`Snapshot::position`] (the low
+    /// watermark): replaying the change stream from that position over
+    /// them (full row images, applied as keyed upserts and deletes) brings
+    /// every table to one state, so an interrupted load keeps its finished
+    /// chunks and reads only the missing ones, with no new position.
+    fn chunk_resumable(&self) -> bool {
+        false
+    }
 }
 
 /// One session reading a [`Snapshot`].

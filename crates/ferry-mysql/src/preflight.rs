@@ -22,7 +22,7 @@ mod grants;
 use std::collections::BTreeMap;
 
 use ferry_core::Error;
-use ferry_core::config::{Config, EndpointKind, TablesConfig};
+use ferry_core::config::{Config, EndpointKind, SnapshotMethod, TablesConfig};
 use ferry_core::plan::{Check, SourcePlan, TablePlan};
 use ferry_core::schema::quote_ident_with;
 use mysql_async::Conn;
@@ -139,7 +139,10 @@ pub async fn plan(config: &Config) -> Result<SourcePlan, Error> {
     let mut checks = server_checks(&facts, config.mysql.server_id);
     checks.extend(privilege_checks(&facts, &tables));
     checks.extend(table_checks(&tables, &databases));
-    checks.push(snapshot_check(flavor));
+    checks.push(snapshot_check(flavor, config.mysql.snapshot));
+    if crate::snapshot::method(config.mysql.snapshot, flavor) == SnapshotMethod::Watermark {
+        checks.extend(watermark_key_checks(&tables));
+    }
     checks.extend(cascade_checks(&cascades, &tables));
     let version = numeric_version(&facts.version)
         .map(|(a, b, c)| format!("{a}.{b}.{c}"))
@@ -224,21 +227,62 @@ pub fn cascade_checks(keys: &[CascadingKey], tables: &[SourceTable]) -> Vec<Chec
         .collect()
 }
 
-/// Which consistent snapshot the full load will use, and why.
-pub fn snapshot_check(flavor: Flavor) -> Check {
-    match flavor {
-        Flavor::MariaDb => Check::pass(
+/// Which snapshot method the full load will use (`mysql.snapshot`), and
+/// why.
+pub fn snapshot_check(flavor: Flavor, setting: SnapshotMethod) -> Check {
+    let set = format!("mysql.snapshot = \"{}\"", method_name(setting));
+    match (crate::snapshot::method(setting, flavor), flavor) {
+        (SnapshotMethod::Watermark, Flavor::MariaDb) => Check::pass(
             "source",
             "snapshot method",
-            "START TRANSACTION WITH CONSISTENT SNAPSHOT: its binlog position (binlog_snapshot_file/pos) is exact and no global lock is taken (works where FLUSH TABLES WITH READ LOCK is not allowed)",
+            format!(
+                "watermark ({set}): a low watermark (the binlog position of a consistent snapshot ended at once), then each chunk read in a short transaction of its own, in parallel, while the application writes; the binlog from the watermark is replayed over the chunks as keyed upserts and deletes of full rows, so every row ends as its last change; an interrupted load keeps its finished chunks; no global lock, no read view held for the whole load"
+            ),
         ),
-        Flavor::MySql => Check::warn(
+        (_, Flavor::MariaDb) => Check::pass(
             "source",
             "snapshot method",
-            "MySQL has no lock-free snapshot with an exact binlog position; the watermark snapshot ferry needs for it is not built yet, so `ferry run` refuses this source",
-            "migrate from MariaDB, or wait for the MySQL snapshot; this plan still checks the binlog settings and tables",
+            format!(
+                "consistent ({set}): START TRANSACTION WITH CONSISTENT SNAPSHOT: its binlog position (binlog_snapshot_file/pos) is exact and no global lock is taken (works where FLUSH TABLES WITH READ LOCK is not allowed); chunks read in parallel only while nothing is written, and a load interrupted mid-table copies that table again; mysql.snapshot = \"watermark\" reads in parallel while the application writes and resumes by chunk"
+            ),
+        ),
+        (method, Flavor::MySql) => Check::warn(
+            "source",
+            "snapshot method",
+            format!(
+                "{} ({set}): MySQL has no consistent snapshot with an exact binlog position without a global lock (FLUSH TABLES WITH READ LOCK, forbidden on RDS/Aurora), so it needs the watermark load; `ferry run` does not enable it on MySQL yet (its binlog status can precede a transaction InnoDB has not made visible, and no MySQL server tested it), so `ferry run` refuses this source",
+                method_name(method)
+            ),
+            "migrate from MariaDB, or load the tables another way; this plan still checks the binlog settings and tables",
         ),
     }
+}
+
+/// `mysql.snapshot`'s config spelling of `m`.
+fn method_name(m: SnapshotMethod) -> &'static str {
+    match m {
+        SnapshotMethod::Auto => "auto",
+        SnapshotMethod::Consistent => "consistent",
+        SnapshotMethod::Watermark => "watermark",
+    }
+}
+
+/// The watermark load replays the binlog over chunks read later: a table
+/// without a primary key would get its replayed rows twice.
+pub fn watermark_key_checks(tables: &[SourceTable]) -> Vec<Check> {
+    tables
+        .iter()
+        .filter(|t| !t.schema.has_key())
+        .map(|t| {
+            let id = &t.schema.id;
+            Check::fail(
+                SIDE,
+                format!("watermark key {id}"),
+                format!("{id} has no primary key: the watermark load replays the binlog over rows read later and would double this table's changed rows"),
+                format!("add a primary key (ALTER TABLE {id} ADD PRIMARY KEY (…)), exclude the table, or use mysql.snapshot = \"consistent\""),
+            )
+        })
+        .collect()
 }
 
 /// Reads version, variables, RDS retention and grants.

@@ -1,17 +1,38 @@
-//! The consistent full-load snapshot of a MariaDB source.
+//! The full-load snapshot of a MariaDB source: consistent or watermark.
 //!
 //! Consumes the selected tables and their chunk plan; emits rows of ferry
-//! [`Value`]s per chunk ([`ChunkData::Rows`]) read from ONE consistent
-//! snapshot whose binlog position is exact.
+//! [`Value`]s per chunk ([`ChunkData::Rows`]), by one of two methods
+//! (`mysql.snapshot`, resolved by [`method`]):
 //!
+//! - `consistent`: every chunk from ONE consistent snapshot whose binlog
+//!   position is exact (below).
+//! - `watermark`: a low watermark first, the binlog position of a
+//!   consistent snapshot started and ended at once (every transaction
+//!   before it is visible to any later read); then each chunk is read in a
+//!   short transaction of its own (`START TRANSACTION WITH CONSISTENT
+//!   SNAPSHOT, READ ONLY` … `COMMIT`), by as many sessions as load
+//!   workers, whatever the application writes. A chunk holds the rows as
+//!   of some moment after the watermark; the change stream starts at the
+//!   watermark and the applier writes each change as a keyed upsert or
+//!   delete of the full row (`binlog_row_image = FULL`, checked by `ferry
+//!   plan`), so a row changed after the watermark ends as its last change,
+//!   wherever its chunk's read fell (the DBLog idea without writes to the
+//!   source: the low watermark bounds what is replayed, the end of
+//!   catch-up is the high watermark). Every table needs a primary key
+//!   (replaying over a keyless table would double rows: `ferry plan`
+//!   fails). No read view is held longer than one chunk, so purge on the
+//!   source is never held back for the whole load, and an interrupted load
+//!   keeps its finished chunks ([`source::Snapshot::chunk_resumable`]).
+//!
+//! Consistent method:
 //! - Snapshot: `START TRANSACTION WITH CONSISTENT SNAPSHOT` then
 //!   `SHOW STATUS LIKE 'binlog_snapshot_%'` on the same session. MariaDB
 //!   makes the InnoDB read view and the binlog coordinate one atomic cut
 //!   (every transaction committed before `binlog_snapshot_file:pos` is
 //!   visible, none after), without `FLUSH TABLES WITH READ LOCK`, so it
 //!   works where the user may not lock (RDS). MySQL has no such status
-//!   variables: [`open`] refuses MySQL with the fix (its watermark snapshot
-//!   is not built yet).
+//!   variables: [`open`] refuses MySQL with the fix (see
+//!   [`refuse_without_snapshot`] for why its watermark is not enabled).
 //! - Readers: MariaDB cannot share a read view between sessions. Each
 //!   [`MySqlSnapshotReader`] starts a consistent snapshot of its own and
 //!   keeps it when it lands on the same binlog position (nothing was
@@ -38,7 +59,7 @@
 
 use std::sync::Arc;
 
-use ferry_core::config::{Endpoint, ZeroDates};
+use ferry_core::config::{Endpoint, SnapshotMethod, ZeroDates};
 use ferry_core::source::{self, Chunk, ChunkData};
 use ferry_core::value::{Array, Interval, Numeric, Time, Timestamp};
 use ferry_core::{Error, MySqlPosition, Row, TableId, TableSchema, Value};
@@ -80,35 +101,65 @@ pub struct MySqlSnapshot {
     endpoint: Endpoint,
     zero_dates: ZeroDates,
     overrides: Overrides,
+    /// The watermark method: `position` is the low watermark, each chunk
+    /// is read in a transaction of its own.
+    watermark: bool,
 }
 
-/// MySQL has no `binlog_snapshot_*` status: refused with the fix.
+/// The method `mysql.snapshot` selects on a server of `flavor`: `auto`
+/// is `watermark` on MySQL and `consistent` on MariaDB.
+pub fn method(setting: SnapshotMethod, flavor: Flavor) -> SnapshotMethod {
+    match (setting, flavor) {
+        (SnapshotMethod::Auto, Flavor::MySql) => SnapshotMethod::Watermark,
+        (SnapshotMethod::Auto, Flavor::MariaDb) => SnapshotMethod::Consistent,
+        (m, _) => m,
+    }
+}
+
+/// `ferry run` does not load from MySQL: refused with the fix. Its
+/// watermark load would need a low watermark no transaction InnoDB has not
+/// yet made visible can precede; `SHOW BINARY LOG STATUS` does not give
+/// that (a transaction is written to the binlog before its engine commit),
+/// MariaDB's `binlog_snapshot_*` does, and no MySQL server was at hand to
+/// test another way.
 pub fn refuse_without_snapshot(flavor: Flavor) -> Result<(), Error> {
     if flavor != Flavor::MariaDb {
         return Err(Error::operator(
-            "ferry run from MySQL needs a lock-free snapshot with binlog watermarks, which this release does not have yet",
+            "ferry run does not load from MySQL yet: its watermark load needs a low watermark that no not-yet-visible transaction precedes, which MySQL's binlog status does not give (MariaDB's binlog_snapshot_* does)",
             "use a MariaDB source, or load the tables another way; `ferry plan` checks MySQL sources",
         ));
     }
     Ok(())
 }
 
-/// Open a snapshot on `conn` (the session is dedicated to it).
+/// Open a snapshot on `conn` (the session is dedicated to it) by `method`
+/// (already resolved by [`method`]).
 pub async fn open(
     conn: Conn,
-    flavor: Flavor,
+    (flavor, method): (Flavor, SnapshotMethod),
     endpoint: Endpoint,
     (zero_dates, overrides): (ZeroDates, Overrides),
 ) -> Result<MySqlSnapshot, Error> {
     refuse_without_snapshot(flavor)?;
-    let (conn, position) = start_snapshot(conn).await?;
-    info!(position = %position, "consistent snapshot started");
+    let (mut conn, position) = start_snapshot(conn).await?;
+    let watermark = method == SnapshotMethod::Watermark;
+    if watermark {
+        // Only the position is kept: every transaction before it is
+        // visible to each chunk's later read view.
+        conn.query_drop("COMMIT")
+            .await
+            .map_err(|e| query_error("ending the low watermark's snapshot", e))?;
+        info!(low_watermark = %position, "watermark load: chunks read in transactions of their own after the low watermark");
+    } else {
+        info!(position = %position, "consistent snapshot started");
+    }
     Ok(MySqlSnapshot {
         conn: Arc::new(Mutex::new(conn)),
         position,
         endpoint,
         zero_dates,
         overrides,
+        watermark,
     })
 }
 
@@ -184,7 +235,16 @@ impl source::Snapshot for MySqlSnapshot {
     /// same binlog position (nothing committed since: the same read view),
     /// else the shared snapshot session.
     async fn reader(&self) -> Result<MySqlSnapshotReader, Error> {
-        let conn = crate::connect::connect(&self.endpoint).await?;
+        let mut conn = crate::connect::connect(&self.endpoint).await?;
+        if self.watermark {
+            prepare_session(&mut conn).await?;
+            return Ok(MySqlSnapshotReader {
+                conn: Arc::new(Mutex::new(conn)),
+                zero_dates: self.zero_dates,
+                overrides: self.overrides.clone(),
+                per_chunk: true,
+            });
+        }
         let (mut conn, at) = start_snapshot(conn).await?;
         if at == self.position {
             info!(position = %at, "snapshot reader on its own session (same binlog position)");
@@ -192,6 +252,7 @@ impl source::Snapshot for MySqlSnapshot {
                 conn: Arc::new(Mutex::new(conn)),
                 zero_dates: self.zero_dates,
                 overrides: self.overrides.clone(),
+                per_chunk: false,
             });
         }
         debug!(snapshot = %self.position, now = %at, "source moved on; the reader shares the snapshot session");
@@ -201,6 +262,7 @@ impl source::Snapshot for MySqlSnapshot {
             conn: self.conn.clone(),
             zero_dates: self.zero_dates,
             overrides: self.overrides.clone(),
+            per_chunk: false,
         })
     }
 
@@ -210,15 +272,21 @@ impl source::Snapshot for MySqlSnapshot {
             warn!(error = %e, "ending the snapshot transaction failed; the session is closed anyway");
         }
     }
+
+    fn chunk_resumable(&self) -> bool {
+        self.watermark
+    }
 }
 
-/// A reader of the snapshot: chunks are read through the snapshot's one
-/// session, one at a time (see the module note).
+/// A reader of the snapshot: a session of its own or the snapshot's
+/// shared one (see the module note).
 #[derive(Debug)]
 pub struct MySqlSnapshotReader {
     conn: Arc<Mutex<Conn>>,
     zero_dates: ZeroDates,
     overrides: Overrides,
+    /// Watermark method: each chunk in a transaction of its own.
+    per_chunk: bool,
 }
 
 impl source::SnapshotReader for MySqlSnapshotReader {
@@ -233,17 +301,33 @@ impl source::SnapshotReader for MySqlSnapshotReader {
         let session = self.conn.clone().lock_owned().await;
         let chunk = chunk.clone();
         let zero_dates = self.zero_dates;
+        let per_chunk = self.per_chunk;
         tokio::spawn(async move {
             let mut session = session;
-            if let Err(e) = stream_rows(
-                &mut session,
-                &sql,
-                (&schema, zero_dates, targets.as_deref()),
-                &chunk,
-                &tx,
-            )
-            .await
-            {
+            let read = async {
+                if per_chunk {
+                    session
+                        .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                        .await
+                        .map_err(|e| query_error("starting a chunk's transaction", e))?;
+                }
+                stream_rows(
+                    &mut session,
+                    &sql,
+                    (&schema, zero_dates, targets.as_deref()),
+                    &chunk,
+                    &tx,
+                )
+                .await?;
+                if per_chunk {
+                    session
+                        .query_drop("COMMIT")
+                        .await
+                        .map_err(|e| query_error("ending a chunk's transaction", e))?;
+                }
+                Ok::<(), Error>(())
+            };
+            if let Err(e) = read.await {
                 let _ = tx.send(Err(e)).await;
             }
         });

@@ -49,6 +49,9 @@ pub struct MySqlSourceConfig {
     /// What `enum(...)` becomes on the target.
     #[serde(rename = "enum")]
     pub enums: EnumPolicy,
+    /// How the full load reads the source (`auto`, `consistent`,
+    /// `watermark`).
+    pub snapshot: SnapshotMethod,
     // Per-column type overrides plug in at the generic `tables` column
     // overrides (another section), not here.
 }
@@ -60,8 +63,26 @@ impl Default for MySqlSourceConfig {
             zero_dates: ZeroDates::default(),
             tinyint1: Tinyint1::default(),
             enums: EnumPolicy::default(),
+            snapshot: SnapshotMethod::default(),
         }
     }
+}
+
+/// `mysql.snapshot`: how the full load reads a MySQL/MariaDB source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMethod {
+    /// `watermark` on MySQL (no consistent snapshot with an exact binlog
+    /// position without a global lock), `consistent` on MariaDB.
+    #[default]
+    Auto,
+    /// One `START TRANSACTION WITH CONSISTENT SNAPSHOT` session whose
+    /// binlog position MariaDB reports (`binlog_snapshot_*`); MariaDB only.
+    Consistent,
+    /// Chunks read in short transactions of their own, in parallel, after
+    /// a low watermark the change stream replays from (every table needs
+    /// a primary key).
+    Watermark,
 }
 
 /// `mysql.zero_dates`: what a zero or partial date becomes.

@@ -324,10 +324,49 @@ fn table_warnings() {
 
 #[test]
 fn the_plan_names_the_snapshot_method() {
-    let maria = snapshot_check(Flavor::MariaDb);
+    use ferry_core::config::SnapshotMethod;
+    let maria = snapshot_check(Flavor::MariaDb, SnapshotMethod::Auto);
     assert_eq!(maria.status, CheckStatus::Pass);
+    assert!(
+        maria
+            .detail
+            .starts_with("consistent (mysql.snapshot = \"auto\")"),
+        "{}",
+        maria.detail
+    );
     assert!(maria.detail.contains("binlog_snapshot_file"));
-    let mysql = snapshot_check(Flavor::MySql);
+    let forced = snapshot_check(Flavor::MariaDb, SnapshotMethod::Watermark);
+    assert_eq!(forced.status, CheckStatus::Pass);
+    assert!(
+        forced
+            .detail
+            .starts_with("watermark (mysql.snapshot = \"watermark\")"),
+        "{}",
+        forced.detail
+    );
+    let mysql = snapshot_check(Flavor::MySql, SnapshotMethod::Auto);
     assert_eq!(mysql.status, CheckStatus::Warn);
+    assert!(
+        mysql
+            .detail
+            .starts_with("watermark (mysql.snapshot = \"auto\")"),
+        "{}",
+        mysql.detail
+    );
     assert!(mysql.detail.contains("refuses"));
+}
+
+#[test]
+fn the_watermark_load_needs_a_primary_key() {
+    let checks = watermark_key_checks(&[
+        table("shop", "a", true, "InnoDB"),
+        table("shop", "log", false, "InnoDB"),
+    ]);
+    assert_eq!(checks.len(), 1, "{checks:?}");
+    assert_eq!(checks[0].status, CheckStatus::Fail);
+    assert!(
+        checks[0].detail.starts_with("shop.log has no primary key"),
+        "{}",
+        checks[0].detail
+    );
 }

@@ -36,7 +36,9 @@
 //!
 //! Resume rules: a crash during `schema` replaces the capture it started
 //! (ferry wrote the phase before starting it; a PostgreSQL slot created
-//! beforehand is advanced again instead); a crash during `load` keeps
+//! beforehand is advanced again instead); a crash during a watermark load
+//! (MySQL/MariaDB `mysql.snapshot`) keeps every finished chunk and reads
+//! the missing ones; a crash during any other `load` keeps
 //! every fully loaded table and copies the others again from a new snapshot
 //! whose position is recorded per table (chunks of two snapshots are never
 //! mixed in one table); the stream replays from the first snapshot's
@@ -613,7 +615,9 @@ fn finish_load_step(result: anyhow::Result<()>, shutdown: &Shutdown) -> anyhow::
     }
 }
 
-/// Resume an interrupted load. Fully loaded tables are kept; every other
+/// Resume an interrupted load. A watermark snapshot
+/// ([`Snapshot::chunk_resumable`]) reads only the missing chunks. Otherwise
+/// fully loaded tables are kept; every other
 /// table is (emptied and) copied from a new snapshot whose exact position
 /// is known ([`Source::new_snapshot`]): the stream, which replays from the
 /// first snapshot's position, skips those tables' changes committed before
@@ -640,6 +644,19 @@ async fn resume_load<S: Source>(
         return Ok(());
     }
     let snapshot = source.new_snapshot().await?;
+    if snapshot.chunk_resumable() {
+        // A watermark load: the stream replays from the first low
+        // watermark over chunks read at any later moment, so finished
+        // chunks stay and only the missing ones are read.
+        info!(
+            tables = reload.len(),
+            "resuming the watermark load with its missing chunks"
+        );
+        let tables: Vec<_> = reload.into_iter().map(|(t, _)| t).collect();
+        let loaded = load::run(config, state, &tables, &snapshot, shutdown.clone(), mapping).await;
+        snapshot.release().await;
+        return finish_load_step(loaded, shutdown).map(|_| ());
+    }
     let at = snapshot.position();
     info!(at = %at, tables = reload.len(), "resuming the full load from a new snapshot");
 

@@ -200,7 +200,8 @@ fn supervise_context<P: Position>(config: &Config, live: &Arc<Live<P>>) -> Super
 
 /// Run inline in the reader ([`ChangeOptions::map`]) on every event: each
 /// transaction is recorded as received, for the lag figures; each carried
-/// schema change updates the list of carried tables; with existing
+/// schema change, and the `Relation` of a table not carried yet, updates
+/// the list of carried tables; with existing
 /// target tables, each `Relation` gets the target's column names and types
 /// (`Mapping::view`; values are converted where they are written) and each
 /// change loses the values of excluded columns (`Mapping::project_change`). (Changes
@@ -218,6 +219,15 @@ fn event_map<P: Position>(
             // The cutover's row counts and status follow carried renames,
             // drops and new tables.
             schema_sync.follow(&mut carried, msg);
+        }
+        if let Event::Relation(schema) = &event
+            && let Ok(mut carried) = live.carried.lock()
+            && !carried.iter().any(|(src, _)| *src == schema.id)
+        {
+            // A table the source created mid-stream (MySQL/MariaDB send
+            // its Relation, no DDL message): counted by the cutover.
+            let target = live.config.tables.target_name(&schema.id);
+            carried.push((schema.id.clone(), target));
         }
         let event = match (event, &mapping) {
             (Event::Relation(schema), Some(m)) => Event::Relation(Arc::new(m.view(&schema))),
