@@ -367,7 +367,7 @@ impl TargetTablesConfig {
 }
 
 /// Full-load knobs.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoadConfig {
     /// Tables/chunks copied at once. Default: number of CPUs, at least 2.
@@ -379,16 +379,6 @@ pub struct LoadConfig {
     pub chunk_rows: Option<u64>,
     /// Index builds run at once after the load.
     pub index_parallelism: Option<usize>,
-}
-
-impl Default for LoadConfig {
-    fn default() -> Self {
-        LoadConfig {
-            parallelism: None,
-            chunk_rows: None,
-            index_parallelism: None,
-        }
-    }
 }
 
 /// `load.chunk_rows` when unset.
