@@ -25,6 +25,11 @@
 //! - Whole-table loads ([`LoadTarget::whole`]) `TRUNCATE` the target table in
 //!   the same transaction first, so rows from an older crashed attempt (or a
 //!   previous run) cannot double up.
+//! - A load with [`LoadTarget::freeze`] (the only chunk of a table ferry
+//!   created) also truncates first, then copies with `COPY … (FREEZE)`: rows
+//!   are written frozen and all-visible, so the index builds after the load
+//!   and the first vacuum do not rewrite every page to set hint bits or
+//!   freeze. The rows still become visible only at commit, with the mark.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,6 +99,10 @@ pub struct LoadTarget {
     /// `Some(n)`: chunk n of a chunked table; `None`: the whole table
     /// (truncated first, recorded as chunk 0).
     pub chunk: Option<i32>,
+    /// Truncate first and copy with `FREEZE`: only for a load that is the
+    /// whole of a plain table nobody else writes (the table ferry created,
+    /// loaded in one chunk); `TRUNCATE` waits for every other lock on it.
+    pub freeze: bool,
 }
 
 impl LoadTarget {
@@ -104,6 +113,7 @@ impl LoadTarget {
             columns,
             kinds: Vec::new(),
             chunk: None,
+            freeze: false,
         }
     }
 }
@@ -128,14 +138,20 @@ where
         .transaction()
         .await
         .map_err(|e| pg_error(format!("loading {t}"), e))?;
-    if to.chunk.is_none() {
+    if to.chunk.is_none() || to.freeze {
         tx.batch_execute(&format!("TRUNCATE {}", t.quoted()))
             .await
             .map_err(|e| pg_error(format!("emptying {t} before a whole-table load"), e))?;
     }
     let result = match data {
-        LoadData::BinaryCopy(s) => copy_binary(&tx, t, &to.columns, s, progress).await?,
-        LoadData::Rows(s) => copy_rows(&tx, t, &to.columns, &to.kinds, s, progress).await?,
+        LoadData::BinaryCopy(s) => {
+            let sql = copy_sql(t, &to.columns, true, to.freeze);
+            copy_binary(&tx, t, &sql, s, progress).await?
+        }
+        LoadData::Rows(s) => {
+            let sql = copy_sql(t, &to.columns, false, to.freeze);
+            copy_rows(&tx, t, &sql, &to.columns, &to.kinds, s, progress).await?
+        }
     };
     let chunk = to.chunk.unwrap_or(0);
     let rows = i64::try_from(result.rows).unwrap_or(i64::MAX);
@@ -158,13 +174,19 @@ where
     Ok(result)
 }
 
-fn copy_sql(target: &TableId, columns: &[String], binary: bool) -> String {
+/// `COPY target (columns) FROM STDIN` with its options.
+pub fn copy_sql(target: &TableId, columns: &[String], binary: bool, freeze: bool) -> String {
     let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    let options = match (binary, freeze) {
+        (true, true) => " (FORMAT binary, FREEZE)",
+        (true, false) => " (FORMAT binary)",
+        (false, true) => " (FREEZE)",
+        (false, false) => "",
+    };
     format!(
-        "COPY {} ({}) FROM STDIN{}",
+        "COPY {} ({}) FROM STDIN{options}",
         target.quoted(),
-        cols.join(", "),
-        if binary { " (FORMAT binary)" } else { "" }
+        cols.join(", ")
     )
 }
 
@@ -179,12 +201,13 @@ fn source_error(target: &TableId, e: impl Into<BoxError>) -> Error {
     }
 }
 
-/// Pass binary COPY bytes through to `COPY target FROM STDIN (FORMAT binary)`.
-/// A source error aborts the COPY (nothing of it is kept).
+/// Pass binary COPY bytes through to `sql`, a `COPY target FROM STDIN
+/// (FORMAT binary)` ([`copy_sql`]). A source error aborts the COPY (nothing
+/// of it is kept).
 pub async fn copy_binary<S, E>(
     client: &tokio_postgres::Transaction<'_>,
     target: &TableId,
-    columns: &[String],
+    sql: &str,
     mut data: S,
     progress: Option<&LoadProgress>,
 ) -> Result<LoadResult>
@@ -193,10 +216,7 @@ where
     E: Into<BoxError>,
 {
     let err = |e| pg_error(format!("copying into {target}"), e);
-    let sink = client
-        .copy_in::<_, Bytes>(&copy_sql(target, columns, true))
-        .await
-        .map_err(err)?;
+    let sink = client.copy_in::<_, Bytes>(sql).await.map_err(err)?;
     futures_util::pin_mut!(sink);
     // The source sends one CopyData message per row; forwarding each on its
     // own (a send is a flush) costs a round trip to the connection task per
@@ -238,10 +258,12 @@ where
     Ok(LoadResult { rows, bytes })
 }
 
-/// Encode rows of values as COPY text and stream them into `target`.
+/// Encode rows of values as COPY text and stream them into `target` with
+/// `sql`, a text-format `COPY target (columns) FROM STDIN` ([`copy_sql`]).
 pub async fn copy_rows<S, E>(
     client: &tokio_postgres::Transaction<'_>,
     target: &TableId,
+    sql: &str,
     columns: &[String],
     kinds: &[TargetKind],
     mut data: S,
@@ -252,10 +274,7 @@ where
     E: Into<BoxError>,
 {
     let err = |e| pg_error(format!("copying into {target}"), e);
-    let sink = client
-        .copy_in::<_, Bytes>(&copy_sql(target, columns, false))
-        .await
-        .map_err(err)?;
+    let sink = client.copy_in::<_, Bytes>(sql).await.map_err(err)?;
     futures_util::pin_mut!(sink);
     let mut buf = BytesMut::with_capacity(FLUSH_BYTES * 2);
     let mut bytes = 0u64;
@@ -381,8 +400,16 @@ mod tests {
     fn copy_sql_quotes() {
         let t = TableId::new("s", "T x");
         assert_eq!(
-            copy_sql(&t, &["a\"b".into(), "c".into()], true),
+            copy_sql(&t, &["a\"b".into(), "c".into()], true, false),
             "COPY \"s\".\"T x\" (\"a\"\"b\", \"c\") FROM STDIN (FORMAT binary)"
+        );
+        assert_eq!(
+            copy_sql(&t, &["c".into()], true, true),
+            "COPY \"s\".\"T x\" (\"c\") FROM STDIN (FORMAT binary, FREEZE)"
+        );
+        assert_eq!(
+            copy_sql(&t, &["c".into()], false, true),
+            "COPY \"s\".\"T x\" (\"c\") FROM STDIN (FREEZE)"
         );
     }
 }

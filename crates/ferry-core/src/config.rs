@@ -367,28 +367,39 @@ impl TargetTablesConfig {
 }
 
 /// Full-load knobs.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoadConfig {
     /// Tables/chunks copied at once. Default: number of CPUs, at least 2.
     pub parallelism: Option<usize>,
-    /// Tables larger than this many rows (estimate) are split into chunks.
-    pub chunk_rows: u64,
+    /// Tables larger than this many rows (estimate) are split into chunks
+    /// of this many rows. Unset: [`DEFAULT_CHUNK_ROWS`], and a source that
+    /// reads a chunk slower than a whole table (PostgreSQL) splits only the
+    /// tables the workers need split ([`LoadConfig::split_for`]).
+    pub chunk_rows: Option<u64>,
     /// Index builds run at once after the load.
     pub index_parallelism: Option<usize>,
 }
 
-impl Default for LoadConfig {
-    fn default() -> Self {
-        LoadConfig {
-            parallelism: None,
-            chunk_rows: 500_000,
-            index_parallelism: None,
-        }
-    }
-}
+/// `load.chunk_rows` when unset.
+pub const DEFAULT_CHUNK_ROWS: u64 = 500_000;
 
 impl LoadConfig {
+    /// Rows of one chunk of a split table.
+    pub fn chunk_rows(&self) -> u64 {
+        self.chunk_rows.unwrap_or(DEFAULT_CHUNK_ROWS)
+    }
+
+    /// `Some(workers)`: split only the tables over their share of the load
+    /// at `workers` copies at once (`load.chunk_rows` unset); `None`: split
+    /// every table over `load.chunk_rows` rows, as configured.
+    pub fn split_for(&self) -> Option<usize> {
+        match self.chunk_rows {
+            None => Some(self.effective_parallelism()),
+            Some(_) => None,
+        }
+    }
+
     pub fn effective_parallelism(&self) -> usize {
         self.parallelism.unwrap_or_else(|| {
             std::thread::available_parallelism()
@@ -767,7 +778,7 @@ impl Config {
         if self.load.index_parallelism == Some(0) {
             problems.push("load.index_parallelism must be at least 1".into());
         }
-        if self.load.chunk_rows == 0 {
+        if self.load.chunk_rows == Some(0) {
             problems.push("load.chunk_rows must be at least 1".into());
         }
         if self.apply.batch_rows == 0 {

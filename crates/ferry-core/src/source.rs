@@ -59,6 +59,9 @@ pub struct SourceTable {
     pub schema: TableSchema,
     /// Planner estimate, for progress; `None` when the source has none.
     pub row_estimate: Option<u64>,
+    /// Size on disk in bytes (PostgreSQL: heap and TOAST), for loading the
+    /// largest tables first; `None` when the source does not say.
+    pub bytes: Option<u64>,
 }
 
 /// What [`Source::catalog`] returns: the selected tables, plus whatever the
@@ -335,8 +338,17 @@ pub trait Source: Send + Sync + Sized + 'static {
         catalog: &Self::Catalog,
     ) -> impl Future<Output = Result<TargetSchema, Error>> + Send;
 
-    /// The load's chunks of every selected table.
-    fn plan_chunks(&self, catalog: &Self::Catalog, chunk_rows: u64) -> Vec<Chunk>;
+    /// The load's chunks of every selected table, of `chunk_rows` rows.
+    /// `split_for`: `Some(workers)` when `load.chunk_rows` is not set, the
+    /// number of chunks the load copies at once (a source whose range reads
+    /// cost more than whole-table reads may split only what those workers
+    /// need to stay busy); `None`: split by `chunk_rows` as configured.
+    fn plan_chunks(
+        &self,
+        catalog: &Self::Catalog,
+        chunk_rows: u64,
+        split_for: Option<usize>,
+    ) -> Vec<Chunk>;
 
     /// Changes committed after `from`, in commit order, into a bounded
     /// channel. Fails if the source can no longer serve `from` (its log

@@ -129,6 +129,7 @@ impl source::Catalog for MySqlCatalog {
             .map(|t| source::SourceTable {
                 schema: t.schema.clone(),
                 row_estimate: t.row_estimate,
+                bytes: None,
             })
             .collect()
     }
@@ -342,7 +343,7 @@ impl Source for MySqlSource {
         }
         let auto_increment = auto_increment_columns(&mut conn, &databases).await?;
         let mut key_ranges = HashMap::new();
-        let chunk_rows = self.config.load.chunk_rows;
+        let chunk_rows = self.config.load.chunk_rows();
         for t in &tables {
             if t.row_estimate.unwrap_or(0) > chunk_rows
                 && let Some(r) = key_range(&mut conn, t).await?
@@ -447,7 +448,12 @@ impl Source for MySqlSource {
         })
     }
 
-    fn plan_chunks(&self, catalog: &MySqlCatalog, chunk_rows: u64) -> Vec<Chunk> {
+    fn plan_chunks(
+        &self,
+        catalog: &MySqlCatalog,
+        chunk_rows: u64,
+        _split_for: Option<usize>,
+    ) -> Vec<Chunk> {
         catalog
             .tables
             .iter()

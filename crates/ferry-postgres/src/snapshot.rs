@@ -21,6 +21,10 @@
 //!   are read with `ONLY` (inheritance children are tables of their own);
 //!   partitioned tables are read per leaf partition, never via the empty root.
 //! - Memory is bounded: bytes are streamed from the socket as they arrive.
+//! - Tables are split only where splitting pays ([`plan_load`]): a chunk's
+//!   `COPY (SELECT … WHERE ctid …)` is read 40–70% slower by the server
+//!   than a whole-table `COPY t`, so a table goes whole unless it is larger
+//!   than its share of the load at the configured parallelism.
 //!
 //! Restart: a chunk is the unit of retry. The applier truncates what an
 //! unfinished chunk wrote (or the whole table) and copies it again; the
@@ -47,15 +51,57 @@ use crate::connect::{connect, query_error};
 /// partitions reads the root without it).
 pub use ferry_core::source::Chunk;
 
+/// A relation is split only when it is larger than this many times the
+/// workers' fair share of the load (all tables' bytes / workers): up to
+/// there, loading the largest tables first keeps every worker busy with
+/// whole-table `COPY t TO STDOUT`, which the server reads 40–70% faster than
+/// the `COPY (SELECT … WHERE ctid …)` of a chunk; a little over it, the
+/// longer tail costs less than the slower reads.
+const SPLIT_OVER_FAIR_SHARE: f64 = 1.25;
+
+/// The load plan of `tables` for `workers` parallel copies: a relation is
+/// split into ctid ranges only when it holds more than `chunk_rows`
+/// estimated rows *and* more than [`SPLIT_OVER_FAIR_SHARE`] × its share
+/// (all bytes / `workers`), into `max(rows / chunk_rows, bytes / share)`
+/// ranges, so one large table on a machine with cores to spare is spread
+/// over all workers while on two cores the tables are copied whole.
+pub fn plan_load(tables: &[SourceTable], chunk_rows: u64, workers: usize) -> Vec<Chunk> {
+    let total: u64 = tables.iter().map(|t| t.bytes).sum();
+    let share = total / workers.max(1) as u64;
+    tables
+        .iter()
+        .flat_map(|t| plan_table(t, chunk_rows, Some(share)))
+        .collect()
+}
+
 /// Split `table` into chunks: each relation with more than `chunk_rows`
 /// estimated rows becomes `ceil(rows / chunk_rows)` ctid block ranges (at
 /// most one per block); others are read whole. Unknown estimates read whole.
 /// A partitioned table without partitions yields one chunk reading the root.
 pub fn plan_chunks(table: &SourceTable, chunk_rows: u64) -> Vec<Chunk> {
+    plan_table(table, chunk_rows, None)
+}
+
+/// [`plan_chunks`], with relations of at most [`SPLIT_OVER_FAIR_SHARE`] ×
+/// `share` bytes (when given) read whole.
+fn plan_table(table: &SourceTable, chunk_rows: u64, share: Option<u64>) -> Vec<Chunk> {
     let id = &table.schema.id;
+    let blocks: u64 = table.relations.iter().map(|r| r.blocks).sum();
     let mut ranges: Vec<(TableId, Option<String>, bool)> = Vec::new();
     for rel in &table.relations {
-        for predicate in ctid_ranges(rel, chunk_rows) {
+        // The table's bytes (with TOAST) spread over its relations by heap size.
+        let bytes =
+            (u128::from(table.bytes) * u128::from(rel.blocks) / u128::from(blocks.max(1))) as u64;
+        let pieces = match share {
+            None => rel.row_estimate.unwrap_or(0).div_ceil(chunk_rows.max(1)),
+            Some(share) if (bytes as f64) <= SPLIT_OVER_FAIR_SHARE * share as f64 => 1,
+            Some(share) => rel
+                .row_estimate
+                .unwrap_or(0)
+                .div_ceil(chunk_rows.max(1))
+                .max(bytes.div_ceil(share.max(1))),
+        };
+        for predicate in ctid_ranges(rel, chunk_rows, pieces) {
             ranges.push((rel.id.clone(), predicate, true));
         }
     }
@@ -78,13 +124,14 @@ pub fn plan_chunks(table: &SourceTable, chunk_rows: u64) -> Vec<Chunk> {
         .collect()
 }
 
-/// The ctid predicates of one relation (`[None]` when not split).
-fn ctid_ranges(rel: &Relation, chunk_rows: u64) -> Vec<Option<String>> {
+/// The ctid predicates of one relation cut into `pieces` block ranges
+/// (`[None]` when not split).
+fn ctid_ranges(rel: &Relation, chunk_rows: u64, pieces: u64) -> Vec<Option<String>> {
     let rows = rel.row_estimate.unwrap_or(0);
-    if chunk_rows == 0 || rows <= chunk_rows || rel.blocks < 2 {
+    if chunk_rows == 0 || rows <= chunk_rows || rel.blocks < 2 || pieces < 2 {
         return vec![None];
     }
-    let n = rows.div_ceil(chunk_rows).min(rel.blocks);
+    let n = pieces.min(rel.blocks);
     let bound = |i: u64| rel.blocks * i / n;
     (0..n)
         .map(|i| {
@@ -369,6 +416,44 @@ mod tests {
                 assert_eq!((ch.index, ch.total, ch.only), (n, chunks.len(), true));
             }
         }
+    }
+
+    #[test]
+    fn only_tables_over_their_share_are_split() {
+        let sized = |name: &str, rows: u64, blocks: u64, bytes: u64| {
+            let mut t = table(RelKind::Table, &[(name, Some(rows), blocks)]);
+            t.schema.id = TableId::new("public", name);
+            t.bytes = bytes;
+            t
+        };
+        let mib = 1 << 20;
+        // pgbench scale 20 with a wide table: the largest is about half.
+        let tables = [
+            sized("accounts", 2_000_000, 32_787, 256 * mib),
+            sized("wide", 200_000, 2_000, 200 * mib),
+            sized("small", 1_000_000, 5_000, 40 * mib),
+        ];
+        let pieces = |workers: usize| {
+            let chunks = plan_load(&tables, 500_000, workers);
+            ["accounts", "wide", "small"].map(|n| {
+                let of: Vec<_> = chunks.iter().filter(|c| c.table.name == n).collect();
+                assert!(of.iter().all(|c| c.total == of.len()), "{n}: {of:?}");
+                of.len()
+            })
+        };
+        // Two workers: each takes whole tables, largest first.
+        assert_eq!(pieces(2), [1, 1, 1]);
+        // One worker: nothing to spread.
+        assert_eq!(pieces(1), [1, 1, 1]);
+        // 16 cores: the two large tables are spread over the workers; the
+        // wide one has too few rows to be worth a chunk of its own.
+        assert_eq!(pieces(16), [9, 1, 2]);
+        // chunk_rows still bounds a split table's chunks.
+        let chunks = plan_load(&tables, 100_000, 4);
+        assert_eq!(
+            chunks.iter().filter(|c| c.table.name == "accounts").count(),
+            20
+        );
     }
 
     #[test]

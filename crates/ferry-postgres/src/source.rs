@@ -82,6 +82,7 @@ impl source::Catalog for SourceCatalog {
             .map(|t| source::SourceTable {
                 schema: t.schema.clone(),
                 row_estimate: t.row_estimate,
+                bytes: Some(t.bytes),
             })
             .collect()
     }
@@ -410,12 +411,20 @@ impl source::Source for PgSource {
         })
     }
 
-    fn plan_chunks(&self, catalog: &SourceCatalog, chunk_rows: u64) -> Vec<Chunk> {
-        catalog
-            .tables
-            .iter()
-            .flat_map(|t| crate::snapshot::plan_chunks(t, chunk_rows))
-            .collect()
+    fn plan_chunks(
+        &self,
+        catalog: &SourceCatalog,
+        chunk_rows: u64,
+        split_for: Option<usize>,
+    ) -> Vec<Chunk> {
+        match split_for {
+            Some(workers) => crate::snapshot::plan_load(&catalog.tables, chunk_rows, workers),
+            None => catalog
+                .tables
+                .iter()
+                .flat_map(|t| crate::snapshot::plan_chunks(t, chunk_rows))
+                .collect(),
+        }
     }
 
     async fn changes(

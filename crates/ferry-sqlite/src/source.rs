@@ -223,6 +223,7 @@ impl source::Catalog for SqliteCatalog {
             .map(|t| source::SourceTable {
                 schema: t.schema.clone(),
                 row_estimate: Some(t.row_count),
+                bytes: None,
             })
             .collect()
     }
@@ -426,7 +427,12 @@ impl source::Source for SqliteSource {
         .await
     }
 
-    fn plan_chunks(&self, catalog: &SqliteCatalog, chunk_rows: u64) -> Vec<Chunk> {
+    fn plan_chunks(
+        &self,
+        catalog: &SqliteCatalog,
+        chunk_rows: u64,
+        _split_for: Option<usize>,
+    ) -> Vec<Chunk> {
         let mut out = Vec::new();
         for t in &catalog.tables {
             let id = &t.schema.id;

@@ -156,6 +156,7 @@ impl source::Catalog for MemoryCatalog {
             .map(|s| source::SourceTable {
                 schema: s.clone(),
                 row_estimate: self.1.get(&s.id).map(|t| t.len() as u64),
+                bytes: None,
             })
             .collect()
     }
@@ -314,7 +315,12 @@ impl source::Source for MemorySource {
         })
     }
 
-    fn plan_chunks(&self, catalog: &MemoryCatalog, _chunk_rows: u64) -> Vec<Chunk> {
+    fn plan_chunks(
+        &self,
+        catalog: &MemoryCatalog,
+        _chunk_rows: u64,
+        _split_for: Option<usize>,
+    ) -> Vec<Chunk> {
         let mut out = Vec::new();
         for s in &catalog.0 {
             let rows = catalog.1.get(&s.id).map_or(0, BTreeMap::len);

@@ -12,6 +12,10 @@
 //! Invariants: a chunk's rows and its `ferry.chunks` mark commit in one
 //! target transaction, so a crash leaves each chunk either fully loaded and
 //! marked, or absent; on restart the unmarked chunks are copied again.
+//! Chunks are taken largest first (table bytes, else rows, over its chunk
+//! count), so the workers finish together. A table ferry created that is
+//! loaded in one chunk is truncated and copied with `FREEZE` in that
+//! transaction (no hint-bit or freeze rewrite of its pages later).
 //! Workers each hold one snapshot reader and one target connection; memory
 //! is bounded by the COPY streams' buffers.
 
@@ -37,6 +41,21 @@ struct Job {
     chunk: Chunk,
     table: Arc<SourceTable>,
     progress: Arc<LoadProgress>,
+}
+
+impl Job {
+    /// The chunk's share of its table's size: bytes where the source
+    /// reports them, else rows.
+    fn weight(&self) -> u64 {
+        let size = self.table.bytes.or(self.table.row_estimate).unwrap_or(0);
+        size / self.chunk.total.max(1) as u64
+    }
+
+    /// The chunk is the whole of a plain table: it may be truncated and
+    /// copied with `FREEZE` in its own transaction.
+    fn whole_table(&self) -> bool {
+        self.chunk.total == 1 && self.chunk.only && self.chunk.relation == self.table.schema.id
+    }
 }
 
 /// Copy every chunk of `tables` that is not done yet.
@@ -80,6 +99,10 @@ pub async fn run<T: Snapshot>(
         }
     }
     drop(target);
+    // Largest first: the last chunk to start is a small one.
+    let mut queue = Vec::from(queue);
+    queue.sort_by_key(|j| std::cmp::Reverse(j.weight()));
+    let queue = VecDeque::from(queue);
     let jobs = queue.len();
     let workers = config.load.effective_parallelism().min(jobs.max(1));
     info!(chunks = jobs, workers, "full load started");
@@ -171,6 +194,7 @@ impl Worker<'_> {
                 columns: schema.columns.iter().map(|c| c.name.clone()).collect(),
                 kinds: Vec::new(),
                 chunk: Some(job.chunk.index as i32),
+                freeze: job.whole_table(),
             };
         };
         let view = m.view(schema);
@@ -184,6 +208,8 @@ impl Worker<'_> {
                 .map(|c| TargetKind::of(&c.pg_type))
                 .collect(),
             chunk: Some(job.chunk.index as i32),
+            // The application's tables: no TRUNCATE (its foreign keys).
+            freeze: false,
         }
     }
 }
@@ -228,8 +254,29 @@ async fn load_worker<R: SnapshotReader>(
     }
 }
 
+/// `maintenance_work_mem` of an index-building session, in kB, when the
+/// server's is lower: the sort of a 2M-row integer key (about 80 MB)
+/// stays in memory instead of spilling to temporary files. The target
+/// uses up to this much per index worker, only while post-data builds.
+const INDEX_SORT_KB: i64 = 256 * 1024;
+
+/// Raise the session's `maintenance_work_mem` to [`INDEX_SORT_KB`] when lower.
+async fn index_session(target: &tokio_postgres::Client) -> anyhow::Result<()> {
+    let sql = format!(
+        "SELECT set_config('maintenance_work_mem', '{INDEX_SORT_KB}kB', false)
+           FROM pg_settings
+          WHERE name = 'maintenance_work_mem' AND setting::int8 < {INDEX_SORT_KB}"
+    );
+    target
+        .batch_execute(&sql)
+        .await
+        .context("setting maintenance_work_mem for the index builds")?;
+    Ok(())
+}
+
 /// Build the post-data objects (indexes, constraints, triggers) after the
-/// load: index and key builds several at a time, then the rest in order.
+/// load: index and key builds several at a time (each session with
+/// [`INDEX_SORT_KB`] of sort memory), then the rest in order.
 /// Each statement commits with its `done` mark, so a resumed run builds only
 /// what is missing.
 pub async fn build_post_data(config: &Config, state: &StateStore) -> anyhow::Result<()> {
@@ -259,6 +306,7 @@ pub async fn build_post_data(config: &Config, state: &StateStore) -> anyhow::Res
         );
         set.spawn(async move {
             let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
+            index_session(&target).await?;
             while let Some(stmt) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
                 let started = std::time::Instant::now();
                 plan_store::run_post_statement(&mut target, &state, &preamble, &stmt).await?;

@@ -55,7 +55,7 @@ pub async fn run<S: Source>(
         true => TargetSchema::default(),
         false => source.target_schema(catalog).await?,
     };
-    let chunks = source.plan_chunks(catalog, config.load.chunk_rows);
+    let chunks = source.plan_chunks(catalog, config.load.chunk_rows(), config.load.split_for());
     let identity = source.identity().await?;
 
     // Everything the load needs commits at once, with phase = load.

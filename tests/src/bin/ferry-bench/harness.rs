@@ -213,7 +213,27 @@ pub(crate) fn run_tool(cmd: &mut Command, what: &str) -> anyhow::Result<String> 
 
 impl Bench {
     pub(crate) fn spawn_ferry(&self, db: &str, what: &str) -> anyhow::Result<Background> {
+        self.spawn_ferry_bin(db, what, None)
+    }
+
+    /// [`Self::spawn_ferry`] with another `ferry` binary (a baseline build).
+    pub(crate) fn spawn_ferry_bin(
+        &self,
+        db: &str,
+        what: &str,
+        bin: Option<&std::path::Path>,
+    ) -> anyhow::Result<Background> {
         let mut cmd = ferry(&self.source_url(), &self.target.url(db))?;
+        if let Some(bin) = bin {
+            let mut other = Command::new(bin);
+            for (k, v) in cmd.get_envs() {
+                match v {
+                    Some(v) => other.env(k, v),
+                    None => other.env_remove(k),
+                };
+            }
+            cmd = other;
+        }
         cmd.arg("run")
             .env("FERRY_SOURCE_SSLMODE", "disable")
             .env("FERRY_TARGET_SSLMODE", "disable")

@@ -15,6 +15,12 @@
 //! For each, the CPU seconds of the source server, the target server and
 //! the tool itself (its reaped processes, `getrusage(RUSAGE_CHILDREN)`) or
 //! ferry, so the bottleneck is visible.
+//!
+//! `FERRY_BENCH_LOAD_ROUNDS=N` measures every way N times in turn (the
+//! rows of earlier rounds are listed too; the goal's ratio is the last
+//! round's), and `FERRY_BENCH_BASELINE_BIN=PATH` also times another
+//! `ferry` binary in each round, just before the one under test, for
+//! paired before/after figures on a shared machine.
 
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -118,23 +124,34 @@ impl Bench {
     ) -> anyhow::Result<LoadFigures> {
         let tables = self.source_tables()?;
         let bytes = self.source_bytes()?;
+        let rounds: usize = std::env::var("FERRY_BENCH_LOAD_ROUNDS")
+            .ok()
+            .and_then(|r| r.trim().parse().ok())
+            .filter(|r| *r >= 1)
+            .unwrap_or(1);
+        let baseline = std::env::var_os("FERRY_BENCH_BASELINE_BIN").map(std::path::PathBuf::from);
         let mut references = Vec::new();
-        if !cdc_only {
-            let n = jobs();
-            for workers in [1, n] {
-                let m = self.raw_load(&tables, workers)?;
-                say!("  {}: {:.1} s", m.name, m.took.as_secs_f64());
-                references.push(m);
-            }
-            let m = self.dump_restore(&tables, n)?;
-            say!("  {}: {:.1} s", m.name, m.took.as_secs_f64());
-            references.push(m);
-            match self.pgcopydb(&tables, n) {
-                Ok(m) => {
-                    say!("  {}: {:.1} s", m.name, m.took.as_secs_f64());
-                    references.push(m);
+        for round in 1..=rounds {
+            let label = |mut m: Measured| {
+                if rounds > 1 {
+                    m.name = format!("{} (round {round})", m.name);
                 }
-                Err(e) => say!("  pgcopydb clone: not measured: {e:#}"),
+                say!("  {}: {:.1} s", m.name, m.took.as_secs_f64());
+                m
+            };
+            if !cdc_only {
+                self.references(&tables, &mut references, label)?;
+            }
+            if let Some(bin) = &baseline {
+                let (mut m, _, db) = self.ferry_load(&tables, Some(bin.as_path()))?;
+                m.name = format!("baseline `ferry run` ({})", bin.display());
+                references.push(label(m));
+                self.drop_ferry_load(&db)?;
+            }
+            if round < rounds {
+                let (m, _, db) = self.ferry_load(&tables, None)?;
+                references.push(label(m));
+                self.drop_ferry_load(&db)?;
             }
         }
         let mut figures = LoadFigures {
@@ -145,7 +162,7 @@ impl Bench {
             ferry_rss_kb: None,
             ferry_db: None,
         };
-        match self.ferry_load(&figures.tables) {
+        match self.ferry_load(&figures.tables, None) {
             Ok((m, rss, db)) => {
                 say!("  ferry: {:.1} s", m.took.as_secs_f64());
                 figures.ferry = Some(m);
@@ -155,6 +172,48 @@ impl Bench {
             Err(e) => report.ferry_failed("full load", &e),
         }
         Ok(figures)
+    }
+
+    /// One round of the plain references, each passed through `label`.
+    fn references(
+        &self,
+        tables: &[(String, i64)],
+        out: &mut Vec<Measured>,
+        label: impl Fn(Measured) -> Measured,
+    ) -> anyhow::Result<()> {
+        let n = jobs();
+        for workers in [1, n] {
+            out.push(label(self.raw_load(tables, workers)?));
+        }
+        out.push(label(self.dump_restore(tables, n)?));
+        match self.pgcopydb(tables, n) {
+            Ok(m) => out.push(label(m)),
+            Err(e) => say!("  pgcopydb clone: not measured: {e:#}"),
+        }
+        Ok(())
+    }
+
+    /// Drop what a timed `ferry run` left (its target database, its slot)
+    /// so that the next one starts as the first did.
+    fn drop_ferry_load(&self, db: &str) -> anyhow::Result<()> {
+        let drop_slots = "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots WHERE NOT active";
+        let started = Instant::now();
+        // The walsender of the stopped run may take a moment to exit.
+        while self.sql_one(
+            &self.source,
+            &self.src_db,
+            "SELECT count(*) FROM pg_replication_slots",
+        )? != "0"
+        {
+            self.sql_one(&self.source, &self.src_db, drop_slots)?;
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("the replication slot of a stopped ferry run stayed active for 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.target
+            .psql("postgres", &format!("DROP DATABASE \"{db}\""))?;
+        Ok(())
     }
 
     /// Every table of `db` holds the source's row count.
@@ -383,6 +442,7 @@ impl Bench {
     fn ferry_load(
         &self,
         tables: &[(String, i64)],
+        bin: Option<&std::path::Path>,
     ) -> anyhow::Result<(Measured, Option<u64>, String)> {
         let db = self.target.create_database("bench_ferry")?;
         self.checkpoint_both()?;
@@ -390,7 +450,7 @@ impl Bench {
         let target = self.rt.block_on(connect(&self.target.url(&db)))?;
         let mark = self.cpu_mark();
         let started = Instant::now();
-        let mut bg = self.spawn_ferry(&db, "load")?;
+        let mut bg = self.spawn_ferry_bin(&db, "load", bin)?;
         let took = wait_for(&mut bg, "loading", started, LOAD_TIMEOUT, || {
             self.rt
                 .block_on(pipeline_phase(&target))
