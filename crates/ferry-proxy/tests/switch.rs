@@ -76,7 +76,7 @@ async fn connect(url: &str) -> tokio_postgres::Client {
 /// Switch every proxied session to the target (idle sessions at once).
 async fn switch(proxy: &Proxy) {
     let started = proxy.hold(Duration::from_secs(60)).await.unwrap();
-    proxy.release(started, true, "test");
+    proxy.release(started, Some(Mode::Target), "test");
 }
 
 const SETTINGS: &[(&str, &str)] = &[
@@ -253,7 +253,7 @@ async fn pipelined_batches_are_held_and_switched_each_run_once() {
         .hold(Duration::from_secs(60))
         .await
         .expect("the hold reached a boundary of the pipelining session");
-    proxy.release(started, true, "test");
+    proxy.release(started, Some(Mode::Target), "test");
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut seen = Vec::new();
