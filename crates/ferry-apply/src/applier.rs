@@ -182,7 +182,8 @@ impl<P: Position> Applier<P> {
             .map(|c| c.position);
         info!(stream = %cfg.stream, checkpoint = ?checkpoint.as_ref().map(ToString::to_string), "applier ready");
         Ok(Applier {
-            schema_sync: crate::schema_sync::SchemaSync::new(tables.clone(), cfg.replica_role),
+            schema_sync: crate::schema_sync::SchemaSync::new(tables.clone(), cfg.replica_role)
+                .with_overrides(state.table("overrides")),
             ddl_in_batch: false,
             txn: TargetTxn::new(client, state, cfg.stream.clone(), cfg.replica_role),
             writer: Writer::new(tables),

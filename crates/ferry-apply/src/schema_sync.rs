@@ -74,6 +74,9 @@ pub struct SchemaSync {
     tables: TablesConfig,
     filter: Option<TableFilter>,
     opts: Options,
+    /// ferry's `overrides` table (quoted), whose cutover work follows the
+    /// schema changes.
+    overrides: Option<String>,
 }
 
 impl SchemaSync {
@@ -85,7 +88,15 @@ impl SchemaSync {
             opts: Options {
                 foreign_keys: replica_role,
             },
+            overrides: None,
         }
+    }
+
+    /// Keep ferry's `overrides` table (`state.table("overrides")`) in step:
+    /// an identity dropped on the source is not made `ALWAYS` at cutover.
+    pub fn with_overrides(mut self, table: String) -> Self {
+        self.overrides = Some(table);
+        self
     }
 
     /// Keep a list of carried tables (source, target) in step with `msg`,
@@ -182,7 +193,7 @@ impl SchemaSync {
         for t in &msg.tables {
             self.table(client, t, sql, out).await?;
         }
-        for s in &msg.sequences {
+        for s in msg.sequences.iter().filter(|s| !s.identity) {
             if let Some(o) = &s.owned_by {
                 let table = self.target_of(&TableId::new(&o.schema, &o.table));
                 // Created by this message, or there before.
@@ -380,6 +391,15 @@ impl SchemaSync {
             })?;
             sql.extend(plan.statements);
             out.not_carried.extend(plan.not_carried);
+            if let Some(o) = &self.overrides {
+                for column in &plan.identities_dropped {
+                    sql.push(format!(
+                        "DELETE FROM {o} WHERE kind = 'identity' AND relid = '{}'::regclass AND object = '{}' AND done_at IS NULL",
+                        target.quoted().replace('\'', "''"),
+                        column.replace('\'', "''")
+                    ));
+                }
+            }
             self.partitions(client, src, &target, &shape, sql).await?;
             return Ok(());
         }
@@ -578,7 +598,8 @@ async fn sequence_sql(client: &Client, s: &SequenceState, sql: &mut Vec<String>)
     );
     if exists(client, &name).await? {
         sql.push(format!("ALTER SEQUENCE {name} {params}"));
-    } else if schema_exists(client, &s.schema).await? {
+    } else if !s.identity && schema_exists(client, &s.schema).await? {
+        // An identity's sequence comes with the column on the target.
         sql.push(format!("CREATE SEQUENCE {name} {params}"));
     }
     Ok(())

@@ -237,6 +237,8 @@ pub struct SequenceState {
     pub cycle: bool,
     /// `schema.table.column` (quoted) the sequence is owned by.
     pub owned_by: Option<OwnedBy>,
+    /// An identity column's sequence: the target's own identity makes it.
+    pub identity: bool,
 }
 
 /// The column that owns a sequence.

@@ -16,7 +16,8 @@
 //! - schema and load: [`Source::catalog`] (the selected tables),
 //!   [`Source::prepare_capture`] and [`Source::start_capture`] (start
 //!   recording changes and take a
-//!   consistent [`Snapshot`] at the same position), [`Source::target_schema`]
+//!   consistent [`Snapshot`] at the same position), [`Source::catalog_at`]
+//!   (the tables as the snapshot sees them), [`Source::target_schema`]
 //!   (the DDL the target gets before and after the load),
 //!   [`Source::plan_chunks`], and [`SnapshotReader::read`] per chunk;
 //!   [`Source::new_snapshot`] when an interrupted load resumes;
@@ -332,10 +333,24 @@ pub trait Source: Send + Sync + Sized + 'static {
     /// from it; their changes before its position are skipped).
     fn new_snapshot(&self) -> impl Future<Output = Result<Self::Snapshot, Error>> + Send;
 
-    /// The DDL for the target.
+    /// The selected tables as `snapshot` sees them, read right after
+    /// [`Source::start_capture`]: the schema and the load then describe
+    /// the snapshot, and every later schema change is in the change stream.
+    /// `None` (the default): `catalog`, read before capture, stands.
+    fn catalog_at(
+        &self,
+        snapshot: &Self::Snapshot,
+        catalog: &Self::Catalog,
+    ) -> impl Future<Output = Result<Option<Self::Catalog>, Error>> + Send {
+        let _ = (snapshot, catalog);
+        std::future::ready(Ok(None))
+    }
+
+    /// The DDL for the target, as of `snapshot`.
     fn target_schema(
         &self,
         catalog: &Self::Catalog,
+        snapshot: &Self::Snapshot,
     ) -> impl Future<Output = Result<TargetSchema, Error>> + Send;
 
     /// The load's chunks of every selected table, of `chunk_rows` rows.

@@ -416,7 +416,11 @@ impl Source for MySqlSource {
         .await
     }
 
-    async fn target_schema(&self, catalog: &MySqlCatalog) -> Result<TargetSchema, Error> {
+    async fn target_schema(
+        &self,
+        catalog: &MySqlCatalog,
+        _snapshot: &Self::Snapshot,
+    ) -> Result<TargetSchema, Error> {
         let mut pre_data = String::new();
         let databases: BTreeSet<&str> = catalog
             .tables

@@ -50,6 +50,8 @@ pub struct Relation {
 /// A selected source table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceTable {
+    /// `pg_class.oid` of the table (the root of a partitioned one).
+    pub oid: u32,
     pub schema: TableSchema,
     /// Sum over [`Self::relations`]; `None` when any of them is unknown.
     pub row_estimate: Option<u64>,
@@ -178,6 +180,23 @@ pub async fn read_catalog(
     filter: &TableFilter,
     state_schema: &str,
 ) -> Result<SourceCatalog, Error> {
+    let tables = read_tables(client, filter, state_schema).await?;
+    let selected: Vec<TableId> = tables.iter().map(|t| t.schema.id.clone()).collect();
+    Ok(SourceCatalog {
+        sequences: read_sequences(client, state_schema, &selected, filter).await?,
+        types: read_types(client, state_schema).await?,
+        tables,
+    })
+}
+
+/// The selected tables with their columns and keys, sorted by name. Reads
+/// only catalog tables (no name resolution), so inside a snapshot
+/// transaction it answers as of that snapshot.
+pub async fn read_tables(
+    client: &Client,
+    filter: &TableFilter,
+    state_schema: &str,
+) -> Result<Vec<SourceTable>, Error> {
     let version = server_version_num(client).await?;
     let raw = read_relations(client, state_schema).await?;
     let mut tables = fold_partitions(&raw, filter);
@@ -201,19 +220,15 @@ pub async fn read_catalog(
         out.push(t);
     }
     out.sort_by(|a, b| a.schema.id.cmp(&b.schema.id));
-    let selected: Vec<TableId> = out.iter().map(|t| t.schema.id.clone()).collect();
-    Ok(SourceCatalog {
-        sequences: read_sequences(client, state_schema, &selected, filter).await?,
-        types: read_types(client, state_schema).await?,
-        tables: out,
-    })
+    Ok(out)
 }
 
 async fn read_relations(client: &Client, state_schema: &str) -> Result<Vec<RawRelation>, Error> {
     let sql = format!(
         "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, c.relreplident::text,
                 c.relispartition, i.inhparent, c.reltuples::float8,
-                pg_table_size(c.oid), pg_relation_size(c.oid) / current_setting('block_size')::int8,
+                coalesce(pg_table_size(c.oid), 0),
+                coalesce(pg_relation_size(c.oid), 0) / current_setting('block_size')::int8,
                 c.relpersistence = 'u'
            FROM pg_class c
            JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -312,6 +327,7 @@ fn fold_partitions(raw: &[RawRelation], filter: &TableFilter) -> Vec<(u32, Sourc
             .iter()
             .try_fold(0u64, |acc, l| l.row_estimate.map(|n| acc + n));
         let table = SourceTable {
+            oid: r.oid,
             schema: TableSchema {
                 id: r.id.clone(),
                 columns: Vec::new(),

@@ -70,6 +70,25 @@ pub fn describe(config: &Config) -> String {
     )
 }
 
+/// Publish every table the filter selects that the capture would have
+/// published had it been created with the capture installed (`ddl_publish`;
+/// already published ones are left alone).
+pub async fn publish_new(client: &Client, config: &Config) -> Result<(), Error> {
+    let s = quote_ident(&config.state.schema);
+    client
+        .query(
+            &format!(
+                "SELECT {s}.ddl_publish(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+                    AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| query_error("publishing the tables created while ferry started", e))?;
+    Ok(())
+}
+
 /// A glob of `tables.include`/`exclude` as a PostgreSQL regular
 /// expression (`*` any text, `?` one character, `[…]`, `{a,b}`), anchored.
 pub fn glob_regex(glob: &str) -> String {
@@ -312,6 +331,8 @@ BEGIN
     'sequences', coalesce((SELECT jsonb_agg(jsonb_build_object('schema', n.nspname, 'name', c.relname,
                  'type', format_type(s.seqtypid, NULL), 'start', s.seqstart, 'increment', s.seqincrement,
                  'min', s.seqmin, 'max', s.seqmax, 'cache', s.seqcache, 'cycle', s.seqcycle,
+                 'identity', EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                                       AND d.objid = c.oid AND d.deptype = 'i'),
                  'owned_by', (SELECT jsonb_build_object('schema', tn.nspname, 'table', tc.relname, 'column', a.attname)
                               FROM pg_depend d JOIN pg_class tc ON tc.oid = d.refobjid JOIN pg_namespace tn ON tn.oid = tc.relnamespace
                               JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid

@@ -14,6 +14,9 @@
 //!   sequences the tables need. Unselected tables of those schemas are
 //!   therefore created on the target too (empty). Extensions are not dumped
 //!   with `-n`: create them on the target first.
+//! - `--snapshot=<load snapshot>` on the first run: the schema is the one
+//!   the loaded rows fit (see [`crate::schema_hold`] for why the source's
+//!   schema is also held still while the dump runs).
 //! - `--no-owner --no-privileges --no-publications --no-subscriptions
 //!   --no-tablespaces`: the target's own roles and storage apply.
 //! - Materialized views are created `WITH NO DATA` (their data is not part of
@@ -145,13 +148,16 @@ pub fn check_version(dump: &PgDump, server_major: u32) -> Result<(), Error> {
     ))
 }
 
-/// Dump the pre-data and post-data sections of `schemas` from `endpoint`.
+/// Dump the pre-data and post-data sections of `schemas` from `endpoint`,
+/// as the exported `snapshot` sees them (the load snapshot: the target
+/// schema is the one its rows fit, later changes come through the stream).
 /// `client` is a connection to the same server (for its version).
 pub async fn dump_schema(
     endpoint: &Endpoint,
     client: &Client,
     schemas: &[String],
     state_schema: &str,
+    snapshot: Option<&str>,
 ) -> Result<SchemaDump, Error> {
     if schemas.is_empty() {
         return Err(Error::operator(
@@ -164,7 +170,8 @@ pub async fn dump_schema(
     check_version(&dump, server_major)?;
     let mut sections = Vec::with_capacity(2);
     for section in ["pre-data", "post-data"] {
-        sections.push(run_pg_dump(&dump, endpoint, schemas, state_schema, section).await?);
+        sections
+            .push(run_pg_dump(&dump, endpoint, schemas, state_schema, section, snapshot).await?);
     }
     let post_data = strip_meta_commands(&sections.pop().unwrap_or_default());
     let pre_data = tidy_pre_data(&sections.pop().unwrap_or_default());
@@ -181,6 +188,7 @@ async fn run_pg_dump(
     schemas: &[String],
     state_schema: &str,
     section: &str,
+    snapshot: Option<&str>,
 ) -> Result<String, Error> {
     let config = pg_config(endpoint, "source")?;
     let mut cmd = tokio::process::Command::new(&dump.path);
@@ -191,6 +199,9 @@ async fn run_pg_dump(
             "--no-tablespaces",
         ])
         .arg(format!("--section={section}"));
+    if let Some(name) = snapshot {
+        cmd.arg(format!("--snapshot={name}"));
+    }
     // A quoted identifier is a pg_dump pattern that matches the name
     // literally (no case folding, `*`/`?`/`.` not special).
     for s in schemas {

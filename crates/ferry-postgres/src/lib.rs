@@ -18,7 +18,9 @@
 //!   database, replication-origin tagging and the echo filter).
 //! - [`connect`], [`catalog`], [`snapshot`], [`dump`], [`preflight`]: the
 //!   plain (non-replication) side: catalog reads, exported-snapshot full load,
-//!   schema dump and prerequisite checks.
+//!   schema dump and prerequisite checks; [`schema_hold`] and
+//!   [`snapshot_names`]: the schema copy and the load read the snapshot's
+//!   schema although PostgreSQL resolves names in its current catalog.
 
 pub mod catalog;
 pub mod connect;
@@ -30,7 +32,9 @@ pub mod fallback;
 pub mod partitions;
 pub mod preflight;
 pub mod replication;
+pub mod schema_hold;
 pub mod slot;
 pub mod snapshot;
+pub mod snapshot_names;
 pub mod source;
 pub mod stream;

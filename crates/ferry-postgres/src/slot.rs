@@ -328,6 +328,40 @@ pub async fn stream_publications(client: &Client, name: &str) -> Result<Vec<Stri
     Ok(out)
 }
 
+/// The tables (`oid`s) the publications `names` hold, as the session's
+/// snapshot sees them; `None` when one of them holds every table (`FOR ALL
+/// TABLES`) or whole schemas (`FOR TABLES IN SCHEMA`).
+pub async fn published_at(client: &Client, names: &[String]) -> Result<Option<Vec<u32>>, Error> {
+    let by_schema = if crate::connect::server_version_num(client).await? >= 150_000 {
+        "OR EXISTS (SELECT 1 FROM pg_publication_namespace pn WHERE pn.pnpubid = p.oid)"
+    } else {
+        ""
+    };
+    let all: bool = client
+        .query_one(
+            &format!(
+                "SELECT coalesce(bool_or(p.puballtables {by_schema}), false)
+                   FROM pg_publication p WHERE p.pubname::text = ANY($1)"
+            ),
+            &[&names],
+        )
+        .await
+        .map_err(|e| query_error("reading pg_publication", e))?
+        .get(0);
+    if all {
+        return Ok(None);
+    }
+    let rows = client
+        .query(
+            "SELECT pr.prrelid FROM pg_publication_rel pr
+               JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname::text = ANY($1)",
+            &[&names],
+        )
+        .await
+        .map_err(|e| query_error("reading pg_publication_rel", e))?;
+    Ok(Some(rows.iter().map(|r| r.get(0)).collect()))
+}
+
 /// Drop the publication and its insert-only sibling if they exist and
 /// ferry created them ([`CREATED_BY_FERRY`]); one created beforehand is
 /// kept. Also on a source fenced by a cutover

@@ -14,7 +14,11 @@
 //!   replication connection must stay open (and idle) until every worker has
 //!   imported the snapshot.
 //! - The column list is explicit and equals [`TableSchema::columns`] (which
-//!   excludes generated and dropped columns); the target COPY uses the same.
+//!   excludes generated and dropped columns) as read at the snapshot; the
+//!   target COPY uses the same. The source COPY names the relation and
+//!   those columns by their current names ([`crate::snapshot_names`]:
+//!   PostgreSQL resolves names against its current catalog, also in an
+//!   older snapshot), under a lock held only while the chunk is copied.
 //! - [`plan_chunks`] covers every row exactly once: ctid block ranges are
 //!   contiguous from block 0, and the last range is open-ended so rows in
 //!   blocks added after the size was measured are still read. Plain tables
@@ -34,6 +38,8 @@
 //!
 //! Spec: <https://www.postgresql.org/docs/current/sql-copy.html>,
 //! <https://www.postgresql.org/docs/current/functions-admin.html#FUNCTIONS-SNAPSHOT-SYNCHRONIZATION>.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use ferry_core::config::Endpoint;
@@ -147,8 +153,19 @@ fn ctid_ranges(rel: &Relation, chunk_rows: u64, pieces: u64) -> Vec<Option<Strin
 
 /// The `COPY … TO STDOUT (FORMAT binary)` statement of a chunk.
 pub fn copy_out_sql(chunk: &Chunk, schema: &TableSchema) -> String {
-    let cols = column_list(schema);
-    let rel = chunk.relation.quoted();
+    let names: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
+    copy_out_sql_as(chunk, &chunk.relation, &names)
+}
+
+/// [`copy_out_sql`] reading `relation` and `columns`: the chunk's relation
+/// and columns under their current names ([`crate::snapshot_names`]).
+pub fn copy_out_sql_as(chunk: &Chunk, relation: &TableId, columns: &[String]) -> String {
+    let cols = columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rel = relation.quoted();
     match (&chunk.predicate, chunk.only) {
         (None, true) => format!("COPY {rel} ({cols}) TO STDOUT (FORMAT binary)"),
         (None, false) => format!("COPY (SELECT {cols} FROM {rel}) TO STDOUT (FORMAT binary)"),
@@ -174,13 +191,19 @@ pub fn column_list(schema: &TableSchema) -> String {
 pub struct SnapshotSession {
     client: Client,
     snapshot: String,
+    /// A plain session's endpoint, for reading the current catalog.
+    endpoint: Option<Endpoint>,
+    /// A chunk's savepoint is open: the next chunk rolls back to it first.
+    in_chunk: AtomicBool,
 }
 
 impl SnapshotSession {
     /// Connect to `endpoint` and import `snapshot_name`.
     pub async fn open(endpoint: &Endpoint, snapshot_name: &str) -> Result<Self, Error> {
         let client = connect(endpoint, "source").await?;
-        Self::import(client, snapshot_name).await
+        let mut session = Self::import(client, snapshot_name).await?;
+        session.endpoint = Some(endpoint.clone());
+        Ok(session)
     }
 
     /// Import `snapshot_name` on an existing idle connection.
@@ -216,6 +239,8 @@ impl SnapshotSession {
         Ok(SnapshotSession {
             client,
             snapshot: snapshot_name.to_owned(),
+            endpoint: None,
+            in_chunk: AtomicBool::new(false),
         })
     }
 
@@ -228,13 +253,32 @@ impl SnapshotSession {
         &self.client
     }
 
-    /// Stream the binary COPY bytes of `chunk`; `schema` gives the columns.
+    /// Stream the binary COPY bytes of `chunk`; `schema` gives the columns
+    /// as the snapshot has them. Each chunk runs in a savepoint that the
+    /// next one rolls back: the locks it took end with it, so DDL on a
+    /// table waits for ferry only while one of its chunks is copied. The
+    /// previous chunk's stream must have been read to its end.
     pub async fn copy_out(
         &self,
         chunk: &Chunk,
         schema: &TableSchema,
     ) -> Result<impl Stream<Item = Result<Bytes, Error>> + Send + 'static, Error> {
-        let sql = copy_out_sql(chunk, schema);
+        let savepoint = match self.in_chunk.swap(true, Ordering::SeqCst) {
+            true => "ROLLBACK TO SAVEPOINT ferry_chunk",
+            false => "SAVEPOINT ferry_chunk",
+        };
+        self.client
+            .batch_execute(savepoint)
+            .await
+            .map_err(|e| query_error("starting a load chunk", e))?;
+        let names = crate::snapshot_names::current_names(
+            &self.client,
+            self.endpoint.as_ref(),
+            chunk,
+            schema,
+        )
+        .await?;
+        let sql = copy_out_sql_as(chunk, &names.relation, &names.columns);
         let what = format!(
             "copying {} chunk {}/{} from {}",
             chunk.table,
@@ -325,6 +369,7 @@ mod tests {
 
     fn table(relkind: RelKind, rels: &[(&str, Option<u64>, u64)]) -> SourceTable {
         SourceTable {
+            oid: 0,
             schema: schema(&["id", "Name"]),
             row_estimate: None,
             bytes: 0,

@@ -8,7 +8,11 @@
 //!   of a temporary slot;
 //! - load: sessions importing that snapshot, each chunk a binary
 //!   `COPY … TO STDOUT` passed through untouched ([`crate::snapshot`]);
-//! - target schema: `pg_dump` pre- and post-data ([`crate::dump`]);
+//! - target schema: `pg_dump` pre- and post-data ([`crate::dump`]) in the
+//!   load snapshot (`--snapshot`), the tables' catalog re-read in it
+//!   ([`Source::catalog_at`](source::Source::catalog_at)); a schema change
+//!   committed before the dump is done makes ferry take a new snapshot
+//!   ([`crate::schema_hold`]);
 //! - changes: pgoutput from the slot ([`crate::stream`]), with the table's
 //!   real key put back on REPLICA IDENTITY FULL relations;
 //! - probe: `pg_current_wal_lsn()`, heartbeats as logical messages, the
@@ -36,9 +40,14 @@ use tracing::{debug, info};
 use crate::catalog::{SourceCatalog, read_catalog};
 use crate::connect::{connect, query_error};
 use crate::replication::ReplicationConnection;
+use crate::schema_hold::Fingerprint;
 use crate::slot::{CreatedSlot, Publish};
 use crate::snapshot::SnapshotSession;
 use crate::stream::{CatalogTypeResolver, PgChangeStream, StreamConfig, StreamHandle, StreamHooks};
+
+/// Snapshots whose schema changed while ferry copied it before ferry
+/// gives up for this run ([`crate::schema_hold`]).
+const HOLD_ATTEMPTS: u32 = 10;
 
 /// How long ended source sessions may take to go away when fencing.
 const SESSIONS_GONE_WITHIN: Duration = Duration::from_secs(30);
@@ -96,6 +105,9 @@ pub struct PgSnapshot {
     name: String,
     position: Lsn,
     endpoint: ferry_core::config::Endpoint,
+    /// The schema dumped at the snapshot and found unchanged since
+    /// ([`crate::schema_hold`]), for [`source::Source::target_schema`].
+    dump: tokio::sync::Mutex<Option<crate::dump::SchemaDump>>,
 }
 
 impl source::Snapshot for PgSnapshot {
@@ -353,17 +365,74 @@ impl source::Source for PgSource {
         // stream, everything before it is in the snapshot.
         if self.config.postgres.capture_ddl {
             crate::ddl_capture::install(&source, &self.config).await?;
+            // Tables created since the catalog was read, before the capture
+            // could publish them: published now, before the slot.
+            crate::ddl_capture::publish_new(&source, &self.config).await?;
             info!("DDL capture installed on the source (event triggers ferry_ddl_*)");
         }
-        let conn = ReplicationConnection::connect(&self.config.source).await?;
-        let created = if self.config.postgres.existing_slot {
-            crate::slot::snapshot_existing_slot(conn, &source, slot).await?
-        } else {
-            crate::slot::create_slot(conn, slot).await?
-        };
-        let snapshot = snapshot_of(created, &self.config)?;
-        info!(slot = %slot, consistent_point = %snapshot.position, snapshot = %snapshot.name, "load snapshot exported");
-        Ok(snapshot)
+        let schemas = catalog.schemas();
+        for attempt in 1..=HOLD_ATTEMPTS {
+            let conn = ReplicationConnection::connect(&self.config.source).await?;
+            let created = if self.config.postgres.existing_slot {
+                crate::slot::snapshot_existing_slot(conn, &source, slot).await?
+            } else {
+                crate::slot::create_slot(conn, slot).await?
+            };
+            let snapshot = snapshot_of(created, &self.config)?;
+            match self.dump_at(&snapshot, &schemas).await? {
+                Some(dump) => {
+                    *snapshot.dump.lock().await = dump;
+                    info!(slot = %slot, consistent_point = %snapshot.position, snapshot = %snapshot.name, "load snapshot exported");
+                    return Ok(snapshot);
+                }
+                None => {
+                    info!(
+                        attempt,
+                        "the source schema changed while ferry copied it; taking a new snapshot"
+                    );
+                    snapshot.conn.close().await;
+                    if !self.config.postgres.existing_slot {
+                        drop_slot_once_released(&source, slot).await?;
+                    }
+                }
+            }
+        }
+        Err(Error::transient(format!(
+            "the source schema changed right after each of {HOLD_ATTEMPTS} load snapshots; ferry run starts again"
+        )))
+    }
+
+    async fn catalog_at(
+        &self,
+        snapshot: &PgSnapshot,
+        catalog: &SourceCatalog,
+    ) -> Result<Option<SourceCatalog>, Error> {
+        let filter = self
+            .config
+            .tables
+            .filter()
+            .map_err(|e| Error::operator(format!("tables: {e}"), "fix the tables section"))?;
+        let session = SnapshotSession::open(&snapshot.endpoint, &snapshot.name).await?;
+        let at = crate::catalog::read_tables(session.client(), &filter, &self.config.state.schema)
+            .await?;
+        let publication = &self.config.postgres.publication;
+        let publications = [
+            publication.clone(),
+            crate::slot::insert_only_publication(publication),
+        ];
+        let published = crate::slot::published_at(session.client(), &publications).await?;
+        let before: Vec<u32> = catalog.tables.iter().map(|t| t.oid).collect();
+        let (tables, left): (Vec<_>, Vec<_>) = at.into_iter().partition(|t| {
+            before.contains(&t.oid) || published.as_ref().is_none_or(|p| p.contains(&t.oid))
+        });
+        for t in &left {
+            tracing::warn!(table = %t.schema.id, "table created while ferry started and not in its publication: created on the target, its rows are not carried");
+        }
+        Ok(Some(SourceCatalog {
+            tables,
+            sequences: catalog.sequences.clone(),
+            types: catalog.types.clone(),
+        }))
     }
 
     async fn new_snapshot(&self) -> Result<PgSnapshot, Error> {
@@ -385,18 +454,29 @@ impl source::Source for PgSource {
             name,
             position: created.consistent_point,
             endpoint: self.config.source.clone(),
+            dump: tokio::sync::Mutex::new(None),
         })
     }
 
-    async fn target_schema(&self, catalog: &SourceCatalog) -> Result<TargetSchema, Error> {
-        let source = self.client().await?;
-        let dump = crate::dump::dump_schema(
-            &self.config.source,
-            &source,
-            &catalog.schemas(),
-            &self.config.state.schema,
-        )
-        .await?;
+    async fn target_schema(
+        &self,
+        catalog: &SourceCatalog,
+        snapshot: &PgSnapshot,
+    ) -> Result<TargetSchema, Error> {
+        let dumped = snapshot.dump.lock().await.take();
+        let dump = match dumped {
+            Some(d) => d,
+            None => {
+                crate::dump::dump_schema(
+                    &self.config.source,
+                    &self.client().await?,
+                    &catalog.schemas(),
+                    &self.config.state.schema,
+                    Some(&snapshot.name),
+                )
+                .await?
+            }
+        };
         let post = crate::dump::split_post_data(&dump.post_data);
         let statement = |e: crate::dump::DumpEntry| PostStatement {
             kind: e.kind,
@@ -556,6 +636,38 @@ impl source::Source for PgSource {
     }
 }
 
+impl PgSource {
+    /// `pg_dump --snapshot` of `schemas` (none with existing target
+    /// tables), if no schema change of their tables committed between the
+    /// snapshot and the end of the dump; `None` otherwise.
+    async fn dump_at(
+        &self,
+        snapshot: &PgSnapshot,
+        schemas: &[String],
+    ) -> Result<Option<Option<crate::dump::SchemaDump>>, Error> {
+        let session = SnapshotSession::open(&snapshot.endpoint, &snapshot.name).await?;
+        let at = Fingerprint::at(session.client(), schemas).await?;
+        let _ = session.close().await;
+        let dump = match self.config.target_tables.existing() {
+            true => Ok(None),
+            false => crate::dump::dump_schema(
+                &self.config.source,
+                &self.client().await?,
+                schemas,
+                &self.config.state.schema,
+                Some(&snapshot.name),
+            )
+            .await
+            .map(Some),
+        };
+        // A failed dump (a table dropped since) is retried like a mixed one.
+        if !at.unchanged(&self.config.source).await? {
+            return Ok(None);
+        }
+        Ok(Some(dump?))
+    }
+}
+
 /// Drop slot `name`; the walsender may take a moment to let go of it.
 async fn drop_slot_once_released(source: &Client, name: &str) -> Result<(), Error> {
     let started = Instant::now();
@@ -587,6 +699,7 @@ fn snapshot_of(created: CreatedSlot, config: &Config) -> Result<PgSnapshot, Erro
         name,
         position,
         endpoint: config.source.clone(),
+        dump: tokio::sync::Mutex::new(None),
     })
 }
 

@@ -44,7 +44,7 @@ async fn pagila_schema_round_trip() {
     let filter = TablesConfig::default().filter().unwrap();
     let cat = read_catalog(&source, &filter, "ferry").await.unwrap();
 
-    let dump = dump_schema(&src_ep, &source, &cat.schemas(), "ferry")
+    let dump = dump_schema(&src_ep, &source, &cat.schemas(), "ferry", None)
         .await
         .unwrap();
     assert!(

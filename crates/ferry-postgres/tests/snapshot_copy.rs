@@ -203,3 +203,78 @@ async fn partitioned_tables_are_read_per_partition() {
     let want: i64 = (1..=30000).sum();
     assert_eq!(count_and_sum(&target, "m").await, (30_000, 30_000, want));
 }
+
+/// Schema changes on the source after the export: a table and a column
+/// renamed since are still read, with the snapshot's rows and columns (the
+/// COPY names them as the current catalog does, found by oid and attribute
+/// number); a chunk's lock ends when the next chunk starts (an `ALTER
+/// TABLE` with a short `lock_timeout` goes through); what the snapshot can
+/// no longer read is an error naming the table and column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_changes_after_the_export() {
+    let pg = PgServer::start(PgOptions::new()).expect("start postgres");
+    let src = pg.create_database("snap_src").unwrap();
+    let dst = pg.create_database("snap_dst").unwrap();
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)";
+    pg.psql(
+        &src,
+        &format!(
+            "{ddl}; INSERT INTO t SELECT g, g * 2, 'n' || g FROM generate_series(1, 1000) g;
+             CREATE TABLE d (id int PRIMARY KEY, gone text, v int); INSERT INTO d VALUES (1, 'x', 1);
+             CREATE TABLE w (id int PRIMARY KEY, v int); INSERT INTO w VALUES (1, 1);"
+        ),
+    )
+    .unwrap();
+    pg.psql(&dst, ddl).unwrap();
+    let ep = endpoint(&pg.url(&src));
+    let reader = connect(&ep, "source").await.unwrap();
+    let t = source_table(&reader, "t").await;
+    let d = source_table(&reader, "d").await;
+    let w = source_table(&reader, "w").await;
+    let exporter = connect(&ep, "source").await.unwrap();
+    let name = export_snapshot(&exporter).await;
+    pg.psql(
+        &src,
+        "ALTER TABLE t RENAME COLUMN v TO v2; ALTER TABLE t RENAME TO t2;
+         INSERT INTO t2 VALUES (1001, 1, 'late');
+         ALTER TABLE d DROP COLUMN gone; ALTER TABLE w ALTER COLUMN v TYPE bigint;",
+    )
+    .unwrap();
+
+    let session = SnapshotSession::open(&ep, &name).await.unwrap();
+    let target = connect(&endpoint(&pg.url(&dst)), "target").await.unwrap();
+    copy_table(&session, &target, &t, 1_000_000).await;
+    let expected_sum: i64 = (1..=1000).map(|g| g * 2).sum();
+    assert_eq!(
+        count_and_sum(&target, "t").await,
+        (1000, 1000, expected_sum)
+    );
+    let err = session
+        .copy_out(&plan_chunks(&d, 0)[0], &d.schema)
+        .await
+        .err()
+        .expect("a dropped column cannot be read");
+    assert!(
+        err.to_string()
+            .contains("column gone of public.d was dropped on the source after the load snapshot"),
+        "{err}"
+    );
+    let err = session
+        .copy_out(&plan_chunks(&w, 0)[0], &w.schema)
+        .await
+        .err()
+        .expect("a rewritten table cannot be read");
+    assert!(
+        err.to_string().contains(
+            "public.w was rewritten by ALTER TABLE on the source after the load snapshot"
+        ),
+        "{err}"
+    );
+    // t2's chunk ended when the next one started: DDL on it does not wait.
+    pg.psql(
+        &src,
+        "SET lock_timeout = '5s'; ALTER TABLE t2 ADD COLUMN z int",
+    )
+    .unwrap();
+    session.close().await.unwrap();
+}

@@ -419,7 +419,11 @@ impl source::Source for SqliteSource {
         blocking("taking a snapshot", move || take_snapshot(&path, n)).await
     }
 
-    async fn target_schema(&self, catalog: &SqliteCatalog) -> Result<TargetSchema, Error> {
+    async fn target_schema(
+        &self,
+        catalog: &SqliteCatalog,
+        _snapshot: &Self::Snapshot,
+    ) -> Result<TargetSchema, Error> {
         let (path, catalog) = (self.path.clone(), catalog.clone());
         blocking("reading the schema", move || {
             target_schema_of(&path, &catalog)

@@ -303,7 +303,11 @@ impl source::Source for MemorySource {
         Ok(self.snapshot())
     }
 
-    async fn target_schema(&self, catalog: &MemoryCatalog) -> Result<TargetSchema, Error> {
+    async fn target_schema(
+        &self,
+        catalog: &MemoryCatalog,
+        _snapshot: &Self::Snapshot,
+    ) -> Result<TargetSchema, Error> {
         let pre_data = catalog
             .0
             .iter()

@@ -8,7 +8,9 @@
 //! columns the source no longer has, add new ones (existing rows get the
 //! value the source stored for them, `attmissingval`, so `DEFAULT now()`
 //! gives the source's instant, not the target's), retype (with the
-//! statement's `USING`), defaults, NOT NULL, constraints, indexes,
+//! statement's `USING`), defaults, identity and generated expression
+//! (added or dropped; a changed expression, PostgreSQL 17+), NOT NULL,
+//! constraints, indexes,
 //! comments, replica identity, partitions. Constraints, indexes and
 //! partitions the target has but the source does not are left alone here:
 //! drops arrive as their own `sql_drop` message, and an index an operator
@@ -54,6 +56,9 @@ pub struct TablePlan {
     pub statements: Vec<String>,
     /// Changes recorded as not carried (the rows are unaffected).
     pub not_carried: Vec<String>,
+    /// Columns whose identity the source dropped: a `GENERATED ALWAYS`
+    /// recorded for the cutover no longer applies to them.
+    pub identities_dropped: Vec<String>,
 }
 
 /// Settings of the comparison.
@@ -379,24 +384,13 @@ pub fn alter_table(
                 None => format!("ALTER TABLE {t} ALTER COLUMN {q} DROP DEFAULT"),
             });
         }
-        if cur.generated != c.generated {
-            plan.not_carried.push(format!(
-                "generated expression of column {q} of {target} changed (target keeps {:?})",
-                cur.generated
-            ));
-        }
-        // ferry keeps ALWAYS identities BY DEFAULT while it applies.
-        if cur.identity.is_some() != c.identity.is_some() {
-            plan.not_carried.push(format!(
-                "identity of column {q} of {target} changed on the source (target: {:?}, source: {:?}); change it on the target",
-                cur.identity, c.identity
-            ));
-        }
+        computed(&mut plan, &t, cur, c);
         if cur.not_null != c.not_null {
             let verb = if c.not_null { "SET" } else { "DROP" };
             plan.statements
                 .push(format!("ALTER TABLE {t} ALTER COLUMN {q} {verb} NOT NULL"));
         }
+        add_identity(&mut plan, &t, cur, c);
         if cur.comment != c.comment {
             plan.statements
                 .push(comment_sql(&format!("COLUMN {t}.{q}"), &c.comment));
@@ -410,6 +404,66 @@ pub fn alter_table(
     }
     replica_identity(&mut plan, &t, &src.replident, &tgt.replident);
     Ok(plan)
+}
+
+/// Identity dropped and generated expression changed on an existing
+/// column (an identity added: [`add_identity`], after NOT NULL). The target
+/// keeps identities `BY DEFAULT` while ferry applies (the replicated values
+/// must be writable): one added `ALWAYS` on the source is noted, for after
+/// the cutover, like a new table's; `SET GENERATED` alone is not told apart
+/// from that steady difference and changes nothing. A changed expression
+/// recomputes the target's rows, which equal the source's at this place.
+fn computed(plan: &mut TablePlan, t: &str, cur: &TargetColumn, c: &ColumnState) {
+    let q = quote_ident(&c.name);
+    if cur.identity.is_some() && c.identity.is_none() {
+        plan.statements.push(format!(
+            "ALTER TABLE {t} ALTER COLUMN {q} DROP IDENTITY IF EXISTS"
+        ));
+        plan.identities_dropped.push(c.name.clone());
+    }
+    match (&cur.generated, &c.generated) {
+        (Some(_), None) => plan
+            .statements
+            .push(format!("ALTER TABLE {t} ALTER COLUMN {q} DROP EXPRESSION")),
+        (Some(old), Some(new)) if old != new => {
+            // SET EXPRESSION exists from PostgreSQL 17.
+            let set = format!("ALTER TABLE {t} ALTER COLUMN {q} SET EXPRESSION AS ({new})");
+            let stop = format!(
+                "the generated expression of column {q} of {t} changed on the source, and this target (PostgreSQL before 17) cannot change it"
+            );
+            let fix = format!(
+                "recreate the column on the target: ALTER TABLE {t} DROP COLUMN {q}, ADD COLUMN {q} {} GENERATED ALWAYS AS ({new}) STORED; then start `ferry run` again",
+                c.type_name
+            );
+            plan.statements.push(format!(
+                "DO $ferry$ BEGIN IF current_setting('server_version_num')::int >= 170000 THEN EXECUTE {}; ELSE RAISE EXCEPTION '%', {} USING HINT = {}; END IF; END $ferry$",
+                lit(&set),
+                lit(&stop),
+                lit(&fix)
+            ));
+        }
+        (None, Some(_)) => plan.not_carried.push(format!(
+            "column {q} of {t} became generated on the source (target keeps its values)"
+        )),
+        _ => {}
+    }
+}
+
+/// An identity the source added to an existing column (after its NOT
+/// NULL), `BY DEFAULT` on the target (see [`computed`]).
+fn add_identity(plan: &mut TablePlan, t: &str, cur: &TargetColumn, c: &ColumnState) {
+    let (None, Some(kind)) = (&cur.identity, &c.identity) else {
+        return;
+    };
+    let q = quote_ident(&c.name);
+    plan.statements.push(format!(
+        "ALTER TABLE {t} ALTER COLUMN {q} ADD GENERATED BY DEFAULT AS IDENTITY"
+    ));
+    if kind == "a" {
+        plan.not_carried.push(format!(
+            "column {q} of {t} became GENERATED ALWAYS AS IDENTITY on the source; BY DEFAULT on the target so replicated values can be written (run ALTER TABLE {t} ALTER COLUMN {q} SET GENERATED ALWAYS after the cutover)"
+        ));
+    }
 }
 
 fn add_column(

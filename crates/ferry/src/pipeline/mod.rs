@@ -237,7 +237,7 @@ async fn run_once<S: Source>(
         same_source(source.as_ref(), &state, &target).await?;
     }
 
-    let catalog = source.catalog().await?;
+    let mut catalog = source.catalog().await?;
     let tables = catalog.tables();
     // Existing target tables: matched now, named as renames from here on.
     let mapping = match config.target_tables.existing() {
@@ -262,12 +262,7 @@ async fn run_once<S: Source>(
     if let Some(p) = phase {
         live.set_phase(p);
     }
-    if let Ok(mut c) = live.carried.lock() {
-        *c = tables
-            .iter()
-            .map(|t| (t.schema.id.clone(), config.tables.target_name(&t.schema.id)))
-            .collect();
-    }
+    set_carried(config, live.as_ref(), &tables);
     let mut background = start_background(config, &live, source, &target).await?;
 
     let result = async {
@@ -277,7 +272,7 @@ async fn run_once<S: Source>(
                 &state,
                 &target,
                 source.as_ref(),
-                &catalog,
+                &mut catalog,
                 phase,
                 &live,
                 &shutdown,
@@ -371,6 +366,16 @@ async fn same_source<S: Source>(
     Ok(())
 }
 
+/// ferry's list of the carried tables: (source, target) names.
+fn set_carried<P: ferry_core::Position>(config: &Config, live: &Live<P>, tables: &[SourceTable]) {
+    if let Ok(mut c) = live.carried.lock() {
+        *c = tables
+            .iter()
+            .map(|t| (t.schema.id.clone(), config.tables.target_name(&t.schema.id)))
+            .collect();
+    }
+}
+
 /// Schema, load and post-data; `Ok(false)` when shutdown interrupted the load.
 #[allow(clippy::too_many_arguments)]
 async fn load_phase<S: Source>(
@@ -378,13 +383,13 @@ async fn load_phase<S: Source>(
     state: &StateStore,
     target: &Client,
     source: &S,
-    catalog: &S::Catalog,
+    catalog: &mut S::Catalog,
     phase: Option<Phase>,
     live: &Live<S::Position>,
     shutdown: &Shutdown,
     mapping: Option<&Mapping>,
 ) -> anyhow::Result<bool> {
-    let tables = catalog.tables();
+    let mut tables = catalog.tables();
     let existing = mapping.is_some();
     if existing {
         // Chunks load in parallel, in no key order: the application's
@@ -398,7 +403,14 @@ async fn load_phase<S: Source>(
         overrides::disable_for_apply(&mut t, state, &carried, false).await?;
     }
     if phase.is_none_or(|p| p < Phase::Load) {
-        let snapshot = schema::run(config, state, target, source, catalog, phase, existing).await?;
+        let (snapshot, at_snapshot) =
+            schema::run(config, state, target, source, catalog, phase, existing).await?;
+        // From here on the tables are as the snapshot has them.
+        if let Some(at_snapshot) = at_snapshot {
+            *catalog = at_snapshot;
+            tables = catalog.tables();
+            set_carried(config, live, &tables);
+        }
         live.set_phase(Phase::Load);
         let loaded = load::run(config, state, &tables, &snapshot, shutdown.clone(), mapping).await;
         snapshot.release().await;

@@ -29,7 +29,8 @@ use tracing::info;
 use super::plan_store;
 
 /// Run the schema stage. `previous` is the phase found in the target.
-/// Returns the snapshot the load reads.
+/// Returns the snapshot the load reads, and the catalog as it sees it
+/// ([`Source::catalog_at`]; `None`: `catalog` stands).
 pub async fn run<S: Source>(
     config: &Config,
     state: &StateStore,
@@ -38,7 +39,7 @@ pub async fn run<S: Source>(
     catalog: &S::Catalog,
     previous: Option<Phase>,
     existing: bool,
-) -> anyhow::Result<S::Snapshot> {
+) -> anyhow::Result<(S::Snapshot, Option<S::Catalog>)> {
     let tables = catalog.tables();
     if tables.is_empty() {
         bail!(
@@ -50,10 +51,13 @@ pub async fn run<S: Source>(
         .await?;
     state.write_phase(target, Phase::Schema).await?;
     let snapshot = source.start_capture(catalog).await?;
+    let at_snapshot = source.catalog_at(&snapshot, catalog).await?;
+    let catalog = at_snapshot.as_ref().unwrap_or(catalog);
+    let tables = catalog.tables();
     // Existing target tables: no DDL at all (the application owns it).
     let schema = match existing {
         true => TargetSchema::default(),
-        false => source.target_schema(catalog).await?,
+        false => source.target_schema(catalog, &snapshot).await?,
     };
     let chunks = source.plan_chunks(catalog, config.load.chunk_rows(), config.load.split_for());
     let identity = source.identity().await?;
@@ -128,7 +132,7 @@ pub async fn run<S: Source>(
         chunks = chunks.len(),
         "schema created on the target"
     );
-    Ok(snapshot)
+    Ok((snapshot, at_snapshot))
 }
 
 /// Renamed tables may live in schemas the dump does not create.
