@@ -25,6 +25,41 @@ pub enum Token {
     Punct(char),
 }
 
+/// Whether a comment (`--` or `/*`) starts at `i`.
+fn is_comment(b: &[u8], i: usize) -> bool {
+    matches!(
+        (b[i], b.get(i + 1)),
+        (b'-', Some(b'-')) | (b'/', Some(b'*'))
+    )
+}
+
+/// The index just past the comment starting at `i` (a line comment ends
+/// before its newline; block comments nest, as in PostgreSQL).
+fn skip_comment(b: &[u8], mut i: usize) -> usize {
+    if b[i] == b'-' {
+        while i < b.len() && b[i] != b'\n' {
+            i += 1;
+        }
+        return i;
+    }
+    let mut depth = 0;
+    while i < b.len() {
+        if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+            depth += 1;
+            i += 2;
+        } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                break;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    i
+}
+
 /// Lex `sql`; comments are dropped.
 pub fn tokens(sql: &str) -> Vec<Token> {
     let b = sql.as_bytes();
@@ -34,28 +69,7 @@ pub fn tokens(sql: &str) -> Vec<Token> {
         let c = b[i];
         match c {
             _ if c.is_ascii_whitespace() => i += 1,
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                let mut depth = 0;
-                while i < b.len() {
-                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                        depth += 1;
-                        i += 2;
-                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
+            b'-' | b'/' if is_comment(b, i) => i = skip_comment(b, i),
             b'\'' => {
                 i = skip_string(b, i + 1, false);
                 out.push(Token::Constant);
@@ -157,28 +171,7 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
     let (mut start, mut i) = (0, 0);
     while i < b.len() {
         match b[i] {
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                let mut depth = 0;
-                while i < b.len() {
-                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                        depth += 1;
-                        i += 2;
-                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
+            b'-' | b'/' if is_comment(b, i) => i = skip_comment(b, i),
             b'\'' => {
                 let backslash = i > 0 && b[i - 1].eq_ignore_ascii_case(&b'e');
                 i = skip_string(b, i + 1, backslash);
