@@ -124,6 +124,35 @@ impl Migration {
         Migration::with_source(source, sdb, url, target_opts)
     }
 
+    /// A source holding `pgbench -i -s 1` (`pgbench_history` with REPLICA
+    /// IDENTITY FULL, so that its updates and deletes can be carried) and
+    /// an empty target started with `target_opts`; the directory of the
+    /// server binaries (pgbench among them).
+    pub fn pgbench(target_opts: PgOptions) -> (Migration, std::path::PathBuf) {
+        let m = Migration::new(PgOptions::new(), target_opts, "");
+        let bin = m.source.bin_dir().to_owned();
+        let init = Command::new(bin.join("pgbench"))
+            .args(["-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p"])
+            .arg(m.source.port().to_string())
+            .args(["-U", ferry_testkit::ADMIN_USER])
+            .arg(&m.source_db)
+            .env("PGPASSWORD", ferry_testkit::ADMIN_PASSWORD)
+            .output()
+            .expect("pgbench runs");
+        assert!(
+            init.status.success(),
+            "pgbench -i: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        m.source
+            .psql(
+                &m.source_db,
+                "ALTER TABLE pgbench_history REPLICA IDENTITY FULL",
+            )
+            .expect("replica identity");
+        (m, bin)
+    }
+
     /// A source prepared by the test (`source_url` may name another role
     /// than the superuser) and an empty target database `dst` started with
     /// `target_opts`.

@@ -20,27 +20,7 @@ const PASSWORD: &str = "proxy-secret-17";
 /// A `pgbench -i -s 1` source with the proxy on `port`, the target
 /// allowing logical replication; the server binaries' directory.
 fn setup(port: u16) -> (Migration, std::path::PathBuf) {
-    let m = Migration::new(PgOptions::new(), PgOptions::new(), "");
-    let bin = m.source.bin_dir().to_owned();
-    let init = Command::new(bin.join("pgbench"))
-        .args(["-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p"])
-        .arg(m.source.port().to_string())
-        .args(["-U", ferry_testkit::ADMIN_USER])
-        .arg(&m.source_db)
-        .env("PGPASSWORD", ferry_testkit::ADMIN_PASSWORD)
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    m.source
-        .psql(
-            &m.source_db,
-            "ALTER TABLE pgbench_history REPLICA IDENTITY FULL",
-        )
-        .unwrap();
+    let (m, bin) = Migration::pgbench(PgOptions::new());
     let m = m
         .env("FERRY_PROXY_LISTEN", &format!("127.0.0.1:{port}"))
         .env("FERRY_PROXY_USER", USER)

@@ -329,36 +329,67 @@ fn wait_first_chunk(url: &str, ferry: &mut Background) {
     }
 }
 
-#[test]
-fn sakila_from_mariadb_with_writes_crashes_in_load_and_stream_and_a_fenced_cutover() {
-    let mut source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
-    load_sakila(&source);
-    source
-        .sql(
-            "",
-            &format!(
-                "CREATE USER 'app'@'%' IDENTIFIED BY '{APP_PASSWORD}';
-                 GRANT SELECT, INSERT, UPDATE, DELETE ON `{DB}`.* TO 'app'@'%';"
+/// Sakila on a fresh MariaDB with an application user, an empty target
+/// database, a log directory and a control address: what the Sakila runs
+/// start from.
+struct SakilaRig {
+    source_url: String,
+    app_url: String,
+    _target: PgServer,
+    target_url: String,
+    logs: tempfile::TempDir,
+    control: String,
+}
+
+impl SakilaRig {
+    fn start() -> (MariaDbServer, Self) {
+        let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
+        load_sakila(&source);
+        source
+            .sql(
+                "",
+                &format!(
+                    "CREATE USER 'app'@'%' IDENTIFIED BY '{APP_PASSWORD}';
+                     GRANT SELECT, INSERT, UPDATE, DELETE ON `{DB}`.* TO 'app'@'%';"
+                ),
+            )
+            .expect("application user");
+        let target = PgServer::start(target_options()).expect("target");
+        let tdb = target.create_database("dst").expect("target database");
+        let rig = SakilaRig {
+            source_url: source.url(DB),
+            app_url: format!(
+                "mysql://app:{APP_PASSWORD}@127.0.0.1:{}/{DB}",
+                source.port()
             ),
-        )
-        .expect("application user");
-    let source_url = source.url(DB);
-    let app_url = format!(
-        "mysql://app:{APP_PASSWORD}@127.0.0.1:{}/{DB}",
-        source.port()
-    );
-    let target = PgServer::start(target_options()).expect("target");
-    let tdb = target.create_database("dst").expect("target database");
-    let target_url = target.url(&tdb);
-    let logs = tempfile::tempdir().unwrap();
-    let control = format!("127.0.0.1:{}", free_port());
-    let cmd = || {
-        let mut c = ferry(&source_url, &target_url).unwrap();
+            target_url: target.url(&tdb),
+            _target: target,
+            logs: tempfile::tempdir().unwrap(),
+            control: format!("127.0.0.1:{}", free_port()),
+        };
+        (source, rig)
+    }
+
+    /// `ferry` against the rig with what every Sakila run sets: no TLS,
+    /// the control address, 100 ms apply batches.
+    fn ferry(&self) -> std::process::Command {
+        let mut c = ferry(&self.source_url, &self.target_url).unwrap();
         c.env("FERRY_SOURCE_SSLMODE", "disable")
             .env("FERRY_TARGET_SSLMODE", "disable")
-            .env("FERRY_CONTROL_LISTEN", &control)
-            .env("FERRY_APPLY_BATCH_MS", "100")
-            // Key-range chunks for the larger tables.
+            .env("FERRY_CONTROL_LISTEN", &self.control)
+            .env("FERRY_APPLY_BATCH_MS", "100");
+        c
+    }
+}
+
+#[test]
+fn sakila_from_mariadb_with_writes_crashes_in_load_and_stream_and_a_fenced_cutover() {
+    let (mut source, rig) = SakilaRig::start();
+    let (source_url, app_url, target_url) = (&rig.source_url, &rig.app_url, &rig.target_url);
+    let logs = &rig.logs;
+    let cmd = || {
+        let mut c = rig.ferry();
+        c // Key-range chunks for the larger tables.
             .env("FERRY_LOAD_CHUNK_ROWS", "500")
             // One chunk at a time, so that a kill lands inside the load.
             .env("FERRY_LOAD_PARALLELISM", "1");
@@ -374,10 +405,10 @@ fn sakila_from_mariadb_with_writes_crashes_in_load_and_stream_and_a_fenced_cutov
     let writer = Writer::start(app_url.clone());
     let mut first = start("first");
     // Crash in the middle of the load.
-    wait_first_chunk(&target_url, &mut first);
+    wait_first_chunk(target_url, &mut first);
     first.kill9().unwrap();
-    let planned = target_i64(&target_url, "SELECT count(*) FROM ferry.load_plan").unwrap();
-    let done = target_i64(&target_url, "SELECT count(*) FROM ferry.chunks").unwrap();
+    let planned = target_i64(target_url, "SELECT count(*) FROM ferry.load_plan").unwrap();
+    let done = target_i64(target_url, "SELECT count(*) FROM ferry.chunks").unwrap();
     assert!(
         done >= 1 && done < planned,
         "killed during the load: {done} of {planned} chunks"
@@ -386,8 +417,8 @@ fn sakila_from_mariadb_with_writes_crashes_in_load_and_stream_and_a_fenced_cutov
     // what that snapshot already holds.
     let mut second = start("second");
     wait_until(&mut second, "the stream", WAIT, || {
-        checkpoint(&target_url).is_some()
-            && target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref()
+        checkpoint(target_url).is_some()
+            && target_text(target_url, "SELECT phase FROM ferry.pipeline").as_deref()
                 == Some("stream")
     });
     assert!(
@@ -398,10 +429,10 @@ fn sakila_from_mariadb_with_writes_crashes_in_load_and_stream_and_a_fenced_cutov
         second.log()
     );
     let at_crash = writer.transactions();
-    let applied_before = checkpoint(&target_url).unwrap();
+    let applied_before = checkpoint(target_url).unwrap();
     // Crash while streaming, once some writes were applied.
     wait_until(&mut second, "applying streamed writes", WAIT, || {
-        checkpoint(&target_url).is_some_and(|c| c > applied_before)
+        checkpoint(target_url).is_some_and(|c| c > applied_before)
     });
     second.kill9().unwrap();
     // The application goes on while ferry is down.
@@ -411,8 +442,8 @@ fn sakila_from_mariadb_with_writes_crashes_in_load_and_stream_and_a_fenced_cutov
     }
     let mut third = start("third");
     wait_until(&mut third, "resumed streaming", WAIT, || {
-        checkpoint(&target_url).is_some_and(|c| c > applied_before)
-            && target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref()
+        checkpoint(target_url).is_some_and(|c| c > applied_before)
+            && target_text(target_url, "SELECT phase FROM ferry.pipeline").as_deref()
                 == Some("stream")
     });
     std::thread::sleep(Duration::from_secs(2));
@@ -420,7 +451,7 @@ fn sakila_from_mariadb_with_writes_crashes_in_load_and_stream_and_a_fenced_cutov
     assert!(written > at_crash + 50, "writes after the crash: {written}");
     // The source restarts under the running stream (a new binlog file
     // follows); ferry reconnects from its checkpoint.
-    let before_restart = source_head(&source_url);
+    let before_restart = source_head(source_url);
     source.restart().expect("source restarts");
     source
         .sql(
@@ -429,12 +460,12 @@ fn sakila_from_mariadb_with_writes_crashes_in_load_and_stream_and_a_fenced_cutov
              UPDATE customer SET email = 'restart@example.org' WHERE customer_id = 1;",
         )
         .expect("writes after the restart");
-    let head = source_head(&source_url);
+    let head = source_head(source_url);
     assert_ne!(head.file, before_restart.file, "a new binlog file");
     wait_until(&mut third, "catching up with the source", WAIT, || {
-        checkpoint(&target_url).is_some_and(|c| c >= head)
+        checkpoint(target_url).is_some_and(|c| c >= head)
     });
-    let counts = compare(&source_url, &target_url, DB, 16);
+    let counts = compare(source_url, target_url, DB, 16);
     let count = |t: &str| counts.iter().find(|(n, _)| n == t).unwrap().1;
     assert_eq!(count("rental"), 16044);
     assert!(count("payment") > 16049, "payments inserted: {counts:?}");
@@ -469,17 +500,17 @@ fn sakila_from_mariadb_with_writes_crashes_in_load_and_stream_and_a_fenced_cutov
         Err(mysql_async::Error::Server(e)) => assert_eq!(e.code, 1290, "{e}"),
         other => panic!("write after the fence: {other:?}"),
     }
-    compare(&source_url, &target_url, DB, 16);
+    compare(source_url, target_url, DB, 16);
     // AUTO_INCREMENT carried to the identity sequences.
     let max_payment: i64 = target_text(
-        &target_url,
+        target_url,
         "SELECT max(payment_id)::text FROM sakila.payment",
     )
     .unwrap()
     .parse()
     .unwrap();
     let next: i64 = target_text(
-        &target_url,
+        target_url,
         "SELECT nextval(pg_get_serial_sequence('sakila.payment', 'payment_id'))::text",
     )
     .unwrap()
@@ -1556,34 +1587,12 @@ fn cascading_foreign_keys_are_reported_by_plan() {
 /// watermark; then an exact comparison and a fenced cutover.
 #[test]
 fn sakila_watermark_load_with_writes_in_chunks_a_kill_during_the_load_and_a_cutover() {
-    let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
-    load_sakila(&source);
-    source
-        .sql(
-            "",
-            &format!(
-                "CREATE USER 'app'@'%' IDENTIFIED BY '{APP_PASSWORD}';
-                 GRANT SELECT, INSERT, UPDATE, DELETE ON `{DB}`.* TO 'app'@'%';"
-            ),
-        )
-        .expect("application user");
-    let source_url = source.url(DB);
-    let app_url = format!(
-        "mysql://app:{APP_PASSWORD}@127.0.0.1:{}/{DB}",
-        source.port()
-    );
-    let target = PgServer::start(target_options()).expect("target");
-    let tdb = target.create_database("dst").expect("target database");
-    let target_url = target.url(&tdb);
-    let logs = tempfile::tempdir().unwrap();
-    let control = format!("127.0.0.1:{}", free_port());
+    let (_source, rig) = SakilaRig::start();
+    let (source_url, app_url, target_url) = (&rig.source_url, &rig.app_url, &rig.target_url);
+    let logs = &rig.logs;
     let cmd = |workers: &str| {
-        let mut c = ferry(&source_url, &target_url).unwrap();
-        c.env("FERRY_SOURCE_SSLMODE", "disable")
-            .env("FERRY_TARGET_SSLMODE", "disable")
-            .env("FERRY_CONTROL_LISTEN", &control)
-            .env("FERRY_APPLY_BATCH_MS", "100")
-            .env("FERRY_MYSQL_SNAPSHOT", "watermark")
+        let mut c = rig.ferry();
+        c.env("FERRY_MYSQL_SNAPSHOT", "watermark")
             .env("FERRY_LOAD_CHUNK_ROWS", "500")
             .env("FERRY_LOAD_PARALLELISM", workers);
         c
@@ -1608,7 +1617,7 @@ fn sakila_watermark_load_with_writes_in_chunks_a_kill_during_the_load_and_a_cuto
     }
     // One worker, so that the kill lands inside the load.
     let mut first = start("first", "1");
-    wait_first_chunk(&target_url, &mut first);
+    wait_first_chunk(target_url, &mut first);
     let first_log = first.log();
     first.kill9().unwrap();
     assert!(
@@ -1616,9 +1625,9 @@ fn sakila_watermark_load_with_writes_in_chunks_a_kill_during_the_load_and_a_cuto
         "{first_log}"
     );
     let marks = "SELECT string_agg(source_table || ':' || chunk || '@' || done_at, ',' ORDER BY source_table, chunk) FROM ferry.chunks";
-    let kept = target_text(&target_url, marks).unwrap();
-    let planned = target_i64(&target_url, "SELECT count(*) FROM ferry.load_plan").unwrap();
-    let done = target_i64(&target_url, "SELECT count(*) FROM ferry.chunks").unwrap();
+    let kept = target_text(target_url, marks).unwrap();
+    let planned = target_i64(target_url, "SELECT count(*) FROM ferry.load_plan").unwrap();
+    let done = target_i64(target_url, "SELECT count(*) FROM ferry.chunks").unwrap();
     assert!(
         done >= 1 && done < planned,
         "killed during the load: {done} of {planned} chunks"
@@ -1633,7 +1642,7 @@ fn sakila_watermark_load_with_writes_in_chunks_a_kill_during_the_load_and_a_cuto
 
     let mut second = start("second", "3");
     wait_until(&mut second, "the stream", WAIT, || {
-        target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
+        target_text(target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
     });
     assert!(
         second
@@ -1643,22 +1652,22 @@ fn sakila_watermark_load_with_writes_in_chunks_a_kill_during_the_load_and_a_cuto
         second.log()
     );
     // The chunks finished before the kill were not read again.
-    let after = target_text(&target_url, marks).unwrap();
+    let after = target_text(target_url, marks).unwrap();
     for mark in kept.split(',') {
         assert!(after.split(',').any(|m| m == mark), "{mark} kept: {after}");
     }
     let written = writer.finish();
-    let head = source_head(&source_url);
+    let head = source_head(source_url);
     wait_until(&mut second, "catching up with the source", WAIT, || {
-        checkpoint(&target_url).is_some_and(|c| c >= head)
+        checkpoint(target_url).is_some_and(|c| c >= head)
     });
-    let counts = compare(&source_url, &target_url, DB, 16);
+    let counts = compare(source_url, target_url, DB, 16);
     let count = |t: &str| counts.iter().find(|(n, _)| n == t).unwrap().1;
     assert_eq!(count("rental"), 16044);
     assert!(written > at_kill, "{counts:?}");
     // Keys moved from one chunk to another arrived under their new key.
     let moved = target_i64(
-        &target_url,
+        target_url,
         "SELECT count(*) FROM sakila.payment WHERE payment_id > 30000",
     )
     .unwrap();
@@ -1681,7 +1690,7 @@ fn sakila_watermark_load_with_writes_in_chunks_a_kill_during_the_load_and_a_cuto
         Some(0),
         "ferry run exits after the cutover"
     );
-    compare(&source_url, &target_url, DB, 16);
+    compare(source_url, target_url, DB, 16);
 }
 
 /// The watermark load replays the binlog over rows read later, which would

@@ -240,36 +240,7 @@ fn shadow_reads_report_nothing_while_correct_and_catch_a_planted_difference() {
 /// A migration of a `pgbench -i -s 1` source (history with REPLICA
 /// IDENTITY FULL) with the proxy on `port`; the server binaries' directory.
 fn pgbench_migration(port: u16) -> (Migration, std::path::PathBuf) {
-    let m = Migration::new(PgOptions::new(), target_options(), "");
-    let bin = m.source.bin_dir().to_owned();
-    let init = Command::new(bin.join("pgbench"))
-        .args([
-            "-i",
-            "-s",
-            "1",
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &m.source.port().to_string(),
-            "-U",
-            ferry_testkit::ADMIN_USER,
-        ])
-        .arg(&m.source_db)
-        .env("PGPASSWORD", ferry_testkit::ADMIN_PASSWORD)
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    m.source
-        .psql(
-            &m.source_db,
-            "ALTER TABLE pgbench_history REPLICA IDENTITY FULL",
-        )
-        .unwrap();
+    let (m, bin) = Migration::pgbench(target_options());
     let m = with_proxy(m, port, free_port());
     (m, bin)
 }
