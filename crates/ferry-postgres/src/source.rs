@@ -379,6 +379,24 @@ impl source::Source for PgSource {
                 crate::slot::create_slot(conn, slot).await?
             };
             let snapshot = snapshot_of(created, &self.config)?;
+            // A table whose CREATE ran before the capture was installed and
+            // committed after `publish_new` is in the snapshot but in no
+            // publication: its rows since would never be streamed. The slot
+            // waited for that transaction, so it is visible now: publish it
+            // and take a new snapshot that has it in the publication.
+            if self.config.postgres.capture_ddl
+                && !self.config.postgres.existing_slot
+                && !self.tables_at(&snapshot, catalog).await?.1.is_empty()
+            {
+                info!(
+                    attempt,
+                    "tables created while ferry started are not in its publication yet; publishing them and taking a new snapshot"
+                );
+                crate::ddl_capture::publish_new(&source, &self.config).await?;
+                snapshot.conn.close().await;
+                drop_slot_once_released(&source, slot).await?;
+                continue;
+            }
             match self.dump_at(&snapshot, &schemas).await? {
                 Some(dump) => {
                     *snapshot.dump.lock().await = dump;
@@ -407,24 +425,7 @@ impl source::Source for PgSource {
         snapshot: &PgSnapshot,
         catalog: &SourceCatalog,
     ) -> Result<Option<SourceCatalog>, Error> {
-        let filter = self
-            .config
-            .tables
-            .filter()
-            .map_err(|e| Error::operator(format!("tables: {e}"), "fix the tables section"))?;
-        let session = SnapshotSession::open(&snapshot.endpoint, &snapshot.name).await?;
-        let at = crate::catalog::read_tables(session.client(), &filter, &self.config.state.schema)
-            .await?;
-        let publication = &self.config.postgres.publication;
-        let publications = [
-            publication.clone(),
-            crate::slot::insert_only_publication(publication),
-        ];
-        let published = crate::slot::published_at(session.client(), &publications).await?;
-        let before: Vec<u32> = catalog.tables.iter().map(|t| t.oid).collect();
-        let (tables, left): (Vec<_>, Vec<_>) = at.into_iter().partition(|t| {
-            before.contains(&t.oid) || published.as_ref().is_none_or(|p| p.contains(&t.oid))
-        });
+        let (tables, left) = self.tables_at(snapshot, catalog).await?;
         for t in &left {
             tracing::warn!(table = %t.schema.id, "table created while ferry started and not in its publication: created on the target, its rows are not carried");
         }
@@ -809,5 +810,41 @@ async fn fence(source: &Client, db: &str) -> Result<(), Error> {
             ));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+impl PgSource {
+    /// The selected tables `snapshot` sees, split into those ferry carries
+    /// (in `catalog`, read before the slot, or in its publication at the
+    /// snapshot) and those created while it started that are in neither.
+    async fn tables_at(
+        &self,
+        snapshot: &PgSnapshot,
+        catalog: &SourceCatalog,
+    ) -> Result<
+        (
+            Vec<crate::catalog::SourceTable>,
+            Vec<crate::catalog::SourceTable>,
+        ),
+        Error,
+    > {
+        let filter = self
+            .config
+            .tables
+            .filter()
+            .map_err(|e| Error::operator(format!("tables: {e}"), "fix the tables section"))?;
+        let session = SnapshotSession::open(&snapshot.endpoint, &snapshot.name).await?;
+        let at = crate::catalog::read_tables(session.client(), &filter, &self.config.state.schema)
+            .await?;
+        let publication = &self.config.postgres.publication;
+        let publications = [
+            publication.clone(),
+            crate::slot::insert_only_publication(publication),
+        ];
+        let published = crate::slot::published_at(session.client(), &publications).await?;
+        let before: Vec<u32> = catalog.tables.iter().map(|t| t.oid).collect();
+        Ok(at.into_iter().partition(|t| {
+            before.contains(&t.oid) || published.as_ref().is_none_or(|p| p.contains(&t.oid))
+        }))
     }
 }
