@@ -207,8 +207,30 @@ fn application_deploy_from_14_into_18() {
     deploy_through_cutover(PgOptions::new().version(14), target_options().version(18));
 }
 
+/// The same deploy on a PostgreSQL 16 source and target.
+#[test]
+fn application_deploy_on_16() {
+    deploy_through_cutover(PgOptions::new().version(16), target_options().version(16));
+}
+
+/// The same deploy on a PostgreSQL 18 source and target (schema copied by
+/// a pg_dump of 18). Rows are equal; the schemas differ in one place:
+/// PostgreSQL 18 records NOT NULL as named constraints, and the partitions
+/// attached on the source carry their parent's names
+/// (`events_id_not_null`) where those ferry creates on the target get
+/// their own. Kept (ignored) as the reproduction.
+#[test]
+#[ignore = "known: on 18, NOT NULL constraint names of partitions created mid-stream differ (see the doc comment)"]
+fn application_deploy_on_18() {
+    deploy_through_cutover(PgOptions::new().version(18), target_options().version(18));
+}
+
 fn deploy_through_cutover(source: PgOptions, target: PgOptions) {
-    let p = Migration::new(source, target, SCHEMA).env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    // A pg_dump as new as the newest server here reads every source.
+    let pg_dump = ferry_testkit::pg_dump_for(18).expect("a pg_dump for 18 (make setup)");
+    let p = Migration::new(source, target, SCHEMA)
+        .env("FERRY_POSTGRES_CAPTURE_DDL", "true")
+        .env("FERRY_PG_DUMP", pg_dump.to_str().unwrap());
 
     // Consent: plan says what it installs.
     let plan = p.ferry(&["plan"]);
