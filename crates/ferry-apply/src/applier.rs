@@ -56,6 +56,15 @@
 //! - Shutdown: the in-flight batch of complete transactions is committed and
 //!   acknowledged; an incomplete source transaction is dropped (the source
 //!   resends it from the checkpoint).
+//! - A table the source starts publishing mid-stream (PostgreSQL DDL
+//!   capture: a key or `REPLICA IDENTITY FULL` added to a table created
+//!   without one, `CREATE TABLE AS`, `SET LOGGED`) already holds rows the
+//!   stream never carried: in the target transaction of the schema change
+//!   that published it, an [`Adopt`] hook copies it from a new snapshot of
+//!   the source and the table joins [`Applier::skip_before_snapshots`] at
+//!   that snapshot's position, so the changes the copy holds are dropped and
+//!   the later ones applied (exactly once across a crash: the copy, its
+//!   snapshot position and the checkpoint commit together).
 //! - Failure injection for crash tests: see [`crate::checkpoint::Failpoint`].
 
 use std::collections::HashMap;
@@ -138,6 +147,30 @@ impl ApplierConfig {
     }
 }
 
+/// Copies a table that the source started publishing mid-stream (see the
+/// module docs) into the target, inside the applier's open transaction.
+pub trait Adopt<P>: Send + Sync + std::fmt::Debug {
+    /// Copy every row of `source` as a new snapshot of the source sees it
+    /// into `target` (empty until now) through `client`, record the
+    /// snapshot's position for the table (ferry's `table_snapshots`, in the
+    /// same transaction), and return it.
+    fn adopt<'a>(
+        &'a self,
+        client: &'a Client,
+        source: &'a TableId,
+        target: &'a TableId,
+    ) -> ferry_core::source::BoxFuture<'a, Result<Adopted<P>>>;
+}
+
+/// What [`Adopt::adopt`] copied.
+#[derive(Debug, Clone)]
+pub struct Adopted<P> {
+    /// The snapshot's position: the table's changes in transactions that
+    /// commit before it are in the copy.
+    pub position: P,
+    pub rows: u64,
+}
+
 /// Why [`Applier::run`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunOutcome {
@@ -166,6 +199,8 @@ pub struct Applier<P: Position> {
     /// A schema change was applied in the batch: commit at the end of its
     /// source transaction (a new enum label is usable only after COMMIT).
     ddl_in_batch: bool,
+    /// Copies tables the source starts publishing mid-stream.
+    adopter: Option<Arc<dyn Adopt<P>>>,
 }
 
 impl<P: Position> Applier<P> {
@@ -185,6 +220,7 @@ impl<P: Position> Applier<P> {
             schema_sync: crate::schema_sync::SchemaSync::new(tables.clone(), cfg.replica_role)
                 .with_overrides(state.table("overrides")),
             ddl_in_batch: false,
+            adopter: None,
             txn: TargetTxn::new(client, state, cfg.stream.clone(), cfg.replica_role),
             writer: Writer::new(tables),
             cfg,
@@ -217,6 +253,13 @@ impl<P: Position> Applier<P> {
     /// already in the target and are dropped ([`skip_for_snapshot`]).
     pub fn skip_before_snapshots(&mut self, snapshots: HashMap<TableId, P>) {
         self.snapshots = snapshots;
+    }
+
+    /// How tables the source starts publishing mid-stream are copied
+    /// ([`Adopt`]); without it their earlier rows are recorded as not
+    /// carried.
+    pub fn adopt_with(&mut self, adopter: Arc<dyn Adopt<P>>) {
+        self.adopter = Some(adopter);
     }
 
     pub fn client(&self) -> &Client {
@@ -494,6 +537,16 @@ impl<P: Position> Applier<P> {
                 TxnItem::Relation(s) => self.relation(s).await?,
                 TxnItem::Ddl(msg) => self.schema_change(&msg).await?,
                 TxnItem::Change(c) => {
+                    // A table copied by a schema change earlier in this
+                    // transaction holds its later changes too.
+                    let c = if self.snapshots.is_empty() {
+                        c
+                    } else {
+                        match skip_for_snapshot(c, self.batch.txn_final.as_ref(), &self.snapshots) {
+                            Some(c) => c,
+                            None => continue,
+                        }
+                    };
                     self.batch.rows += 1;
                     self.batch.fold_bytes += c.approx_bytes();
                     let schema = c.table().and_then(|t| self.schemas.get(t)).cloned();
@@ -541,6 +594,8 @@ impl<P: Position> Applier<P> {
         for src in &applied.dropped {
             state.forget_table(client, src).await?;
         }
+        let mut applied = applied;
+        self.adopt_published(msg, &mut applied).await?;
         if !applied.not_carried.is_empty() {
             self.stats
                 .ddl_not_carried
@@ -565,6 +620,61 @@ impl<P: Position> Applier<P> {
         }
         self.stats.ddl_applied.fetch_add(1, Ordering::Relaxed);
         self.ddl_in_batch = true;
+        Ok(())
+    }
+
+    /// Tables `msg` shows published that ferry does not carry yet (and did
+    /// not just create): copied by the [`Adopt`] hook, then carried.
+    async fn adopt_published(
+        &mut self,
+        msg: &ferry_core::ddl::DdlMessage,
+        applied: &mut crate::schema_sync::Applied,
+    ) -> Result<()> {
+        for t in msg
+            .tables
+            .iter()
+            .filter(|t| t.published && t.parent.is_none())
+        {
+            let src = t.id();
+            if applied.created.iter().any(|(s, _)| *s == src)
+                || applied.dropped.contains(&src)
+                || self
+                    .txn
+                    .state()
+                    .is_registered(self.txn.client(), &src)
+                    .await?
+            {
+                continue;
+            }
+            let tgt = self.writer.target_of(&src);
+            if !crate::relation::exists(self.txn.client(), &tgt).await? {
+                continue;
+            }
+            let Some(adopter) = self.adopter.clone() else {
+                applied.not_carried.push(format!(
+                    "table {src} published on the source mid-stream: its rows from before are not copied by this run"
+                ));
+                continue;
+            };
+            let copied = adopter.adopt(self.txn.client(), &src, &tgt).await?;
+            let (state, client) = (self.txn.state(), self.txn.client());
+            let rows = i64::try_from(copied.rows).unwrap_or(i64::MAX);
+            state
+                .register_table(client, &src, &tgt, Some(rows), Some(0))
+                .await?;
+            state.set_rows_copied(client, &src, rows).await?;
+            state
+                .set_table_state(client, &src, &crate::state::TableState::Streaming)
+                .await?;
+            let what = format!(
+                "table {src} published on the source mid-stream: {} rows copied from a snapshot at {}; its changes from there on are carried",
+                copied.rows, copied.position
+            );
+            state.record_event(client, "table_copied", &what).await?;
+            info!(table = %src, rows = copied.rows, snapshot = %copied.position, "table published mid-stream copied");
+            self.writer.forget(self.txn.client(), &src).await;
+            self.snapshots.insert(src, copied.position);
+        }
         Ok(())
     }
 

@@ -51,8 +51,8 @@ pub mod truncate;
 pub mod writer;
 
 pub use applier::{
-    Applier, ApplierConfig, ApplyStats, FlushInput, RunOutcome, TargetTxn, should_flush,
-    skip_for_snapshot,
+    Adopt, Adopted, Applier, ApplierConfig, ApplyStats, FlushInput, RunOutcome, TargetTxn,
+    should_flush, skip_for_snapshot,
 };
 pub use checkpoint::{Checkpoint, Failpoint, read_checkpoint, should_skip, write_checkpoint};
 pub use error::{FoldError, pg_error};

@@ -146,11 +146,11 @@ where
     let result = match data {
         LoadData::BinaryCopy(s) => {
             let sql = copy_sql(t, &to.columns, true, to.freeze);
-            copy_binary(&tx, t, &sql, s, progress).await?
+            copy_binary(tx.client(), t, &sql, s, progress).await?
         }
         LoadData::Rows(s) => {
             let sql = copy_sql(t, &to.columns, false, to.freeze);
-            copy_rows(&tx, t, &sql, &to.columns, &to.kinds, s, progress).await?
+            copy_rows(tx.client(), t, &sql, &to.columns, &to.kinds, s, progress).await?
         }
     };
     let chunk = to.chunk.unwrap_or(0);
@@ -205,7 +205,7 @@ fn source_error(target: &TableId, e: impl Into<BoxError>) -> Error {
 /// (FORMAT binary)` ([`copy_sql`]). A source error aborts the COPY (nothing
 /// of it is kept).
 pub async fn copy_binary<S, E>(
-    client: &tokio_postgres::Transaction<'_>,
+    client: &Client,
     target: &TableId,
     sql: &str,
     mut data: S,
@@ -261,7 +261,7 @@ where
 /// Encode rows of values as COPY text and stream them into `target` with
 /// `sql`, a text-format `COPY target (columns) FROM STDIN` ([`copy_sql`]).
 pub async fn copy_rows<S, E>(
-    client: &tokio_postgres::Transaction<'_>,
+    client: &Client,
     target: &TableId,
     sql: &str,
     columns: &[String],

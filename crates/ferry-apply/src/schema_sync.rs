@@ -24,9 +24,15 @@
 //! (`CASCADE`, as the source must have allowed), indexes, constraints,
 //! sequences and types.
 //!
+//! A table that becomes published later (a key or `REPLICA IDENTITY
+//! FULL` added to a keyless table, `CREATE TABLE AS` followed by a key,
+//! `SET LOGGED`) holds rows the stream never carried: the applier copies it
+//! then (`crate::applier::Adopt`).
+//!
 //! What is not carried — views, functions, triggers, policies and other
-//! object kinds; a new table the filter does not select; a keyless new
-//! table (not published: its UPDATEs would fail on the source) — is recorded in `ferry.events` (kind
+//! object kinds; a new table the filter does not select; the rows of a
+//! keyless or unlogged new table until it is published (publishing it
+//! would make the application's UPDATEs on it fail) — is recorded in `ferry.events` (kind
 //! `ddl_not_carried`), counted in status and logged, never dropped
 //! silently. What cannot be applied exactly (a type change whose `USING`
 //! is unknown, a volatile default filling existing rows) stops the run with
@@ -421,7 +427,7 @@ impl SchemaSync {
         }
         if parent.is_none() && src.parent.is_none() && !src.published {
             out.not_carried.push(format!(
-                "table {id} created on the source but not published (no primary key or REPLICA IDENTITY FULL: publishing it would make the application's UPDATE and DELETE on it fail; or unlogged; or filled by CREATE TABLE AS / SELECT INTO, whose rows precede its publication): created on the target, its rows are not carried"
+                "table {id} created on the source but not published (no primary key or REPLICA IDENTITY FULL: publishing it would make the application's UPDATE and DELETE on it fail; or unlogged): created on the target, empty; its rows are carried, copied from a snapshot, once it gets a primary key or REPLICA IDENTITY FULL (or SET LOGGED)"
             ));
         }
         let plan = plan::create_table(src, &target, parent.as_ref(), self.opts);

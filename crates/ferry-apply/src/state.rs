@@ -286,6 +286,38 @@ impl StateStore {
             .collect()
     }
 
+    /// The rows a copy of `source` outside the load put in the target.
+    pub async fn set_rows_copied(
+        &self,
+        client: &Client,
+        source: &TableId,
+        rows: i64,
+    ) -> Result<()> {
+        let sql = format!(
+            "UPDATE {} SET rows_copied = $2, updated_at = now() WHERE source_table = $1",
+            self.table("tables")
+        );
+        client
+            .execute(&sql, &[&table_key(source), &rows])
+            .await
+            .map_err(|e| pg_error(format!("recording the rows copied of {source}"), e))?;
+        Ok(())
+    }
+
+    /// Whether `source` is in ferry's table list (loaded, or carried since
+    /// it was created).
+    pub async fn is_registered(&self, client: &Client, source: &TableId) -> Result<bool> {
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE source_table = $1)",
+            self.table("tables")
+        );
+        let row = client
+            .query_one(&sql, &[&table_key(source)])
+            .await
+            .map_err(|e| pg_error(format!("looking up table {source}"), e))?;
+        Ok(row.get(0))
+    }
+
     /// Chunk numbers of `source` whose load committed.
     pub async fn chunks_done(&self, client: &Client, source: &TableId) -> Result<Vec<i32>> {
         let sql = format!(

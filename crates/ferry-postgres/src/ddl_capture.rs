@@ -10,8 +10,8 @@
 //! | object | fires | does |
 //! |---|---|---|
 //! | function `ddl_before()`, event trigger `ferry_ddl_before` | `ddl_command_start` of `ALTER TABLE`, `ALTER INDEX` | remembers, for the command's transaction, the names of every table, column, index and constraint of the user schemas by oid/attnum (a transaction-local setting): how a rename is told from a drop and an add |
-//! | function `ddl_end()`, event trigger `ferry_ddl_end` | `ddl_command_end` | for each collected command (`pg_event_trigger_ddl_commands()`), the resulting state of each table it touched (columns by attnum with type, default, NOT NULL, identity, generated expression, the value existing rows got (`attmissingval`), comments; constraints; indexes; partitions), enums and sequences; a new table the `tables` filter selects that has a key (or `REPLICA IDENTITY FULL`) is added to ferry's publication in the same transaction, so its rows are captured from its creation; then `pg_logical_emit_message(true, 'ferry.ddl', json)` |
-//! | function `ddl_publish(oid)` | called by `ddl_end` | adds a table the filter selects and that has a key (or `REPLICA IDENTITY FULL`) to ferry's publication (the insert-only one for `tables.insert_only`): new tables, and partitions detached by the command |
+//! | function `ddl_end()`, event trigger `ferry_ddl_end` | `ddl_command_end` | for each collected command (`pg_event_trigger_ddl_commands()`), the resulting state of each table it touched (columns by attnum with type, default, NOT NULL, identity, generated expression, the value existing rows got (`attmissingval`), comments; constraints; indexes; partitions), enums and sequences; a new table the `tables` filter selects that has a key (or `REPLICA IDENTITY FULL`) is added to ferry's publication in the same transaction, so its rows are captured from its creation, and so is a table an `ALTER TABLE` gives a key, `REPLICA IDENTITY FULL` or `SET LOGGED` (the applier then copies the rows it held from a new snapshot); then `pg_logical_emit_message(true, 'ferry.ddl', json)` |
+//! | function `ddl_publish(oid)` | called by `ddl_end` | adds a table the filter selects and that has a key (or `REPLICA IDENTITY FULL`) to ferry's publication (the insert-only one for `tables.insert_only`): new tables, tables altered into qualifying, and partitions detached by the command |
 //! | function `ddl_drop()`, event trigger `ferry_ddl_drop` | `sql_drop` | the dropped tables, indexes, constraints, sequences, types, … (`pg_event_trigger_dropped_objects()`), as a message too |
 //!
 //! Why catalog state and not the statement text: core PostgreSQL has no
@@ -317,6 +317,13 @@ BEGIN
                WHERE b.value->>'parent' IS NOT NULL AND NOT c.relispartition LOOP
       PERFORM {s}.ddl_publish(rel);
       IF NOT rel = ANY (rels) THEN rels := rels || rel; END IF;
+    END LOOP;
+  END IF;
+  -- A table given a key or REPLICA IDENTITY FULL, or made logged, by this
+  -- command: published from now on (the applier copies its earlier rows).
+  IF alter_text THEN
+    FOREACH rel IN ARRAY rels LOOP
+      PERFORM {s}.ddl_publish(rel);
     END LOOP;
   END IF;
   IF jsonb_array_length(cmds) = 0 THEN RETURN; END IF;

@@ -21,7 +21,7 @@
 //! triggers: superuser or `rds_superuser`; PostgreSQL 14+).
 
 use ferry_core::config::Config;
-use ferry_core::plan::{Check, SourcePlan, TablePlan};
+use ferry_core::plan::{Check, CheckStatus, SourcePlan, TablePlan};
 use ferry_core::schema::quote_ident;
 use ferry_core::{Error, ReplicaIdentity, TableId};
 use tokio_postgres::Client;
@@ -119,7 +119,7 @@ async fn run_checks(
     })?;
     let catalog = read_catalog(client, &filter, &config.state.schema).await?;
     plan.checks
-        .extend(table_checks(client, &catalog, &filter, config).await?);
+        .extend(table_checks(client, &catalog, &filter, config, slot).await?);
     plan.checks
         .push(publication_check(client, config, &filter, &catalog).await?);
     let partitioned: Vec<String> = catalog
@@ -588,11 +588,17 @@ async fn publication_check(
 }
 
 /// Per-table checks: something selected, SELECT privilege, replica identity.
+///
+/// Resuming with DDL capture, a keyless or unlogged table ferry has not
+/// published was created (or changed) by the application mid-stream: it is
+/// not carried until it can be published, and then copied, so it does not
+/// stop the run (a warning says so).
 async fn table_checks(
     client: &Client,
     catalog: &SourceCatalog,
     filter: &TableFilter,
     config: &Config,
+    slot: SlotOwnership,
 ) -> Result<Vec<Check>, Error> {
     if catalog.tables.is_empty() {
         return Ok(vec![Check::fail(
@@ -637,23 +643,49 @@ async fn table_checks(
     }
     out.push(sequence_check(catalog));
     let insert_only = insert_only_publication(&config.postgres.publication);
-    out.extend(catalog.tables.iter().filter_map(|t| {
+    let published = if slot == SlotOwnership::Resuming && config.postgres.capture_ddl {
+        crate::slot::published_at(
+            client,
+            &[config.postgres.publication.clone(), insert_only.clone()],
+        )
+        .await?
+    } else {
+        None
+    };
+    let waiting = |t: &SourceTable| published.as_ref().is_some_and(|p| !p.contains(&t.oid));
+    let mut checks: Vec<(bool, Check)> = Vec::new();
+    checks.extend(catalog.tables.iter().filter_map(|t| {
         let declared = filter.insert_only(&t.schema.id);
-        identity_check(t, declared.then_some(insert_only.as_str()))
+        identity_check(t, declared.then_some(insert_only.as_str())).map(|c| (waiting(t), c))
     }));
-    out.extend(catalog.tables.iter().filter(|t| t.unlogged).map(|t| {
-        Check::fail(
-            SIDE,
-            format!("unlogged {}", t.schema.id),
-            format!(
-                "{} is UNLOGGED: its changes are not written to WAL",
-                t.schema.id
-            ),
-            format!(
-                "ALTER TABLE {} SET LOGGED, or exclude it in tables.exclude",
-                t.schema.id.quoted()
+    checks.extend(catalog.tables.iter().filter(|t| t.unlogged).map(|t| {
+        (
+            waiting(t),
+            Check::fail(
+                SIDE,
+                format!("unlogged {}", t.schema.id),
+                format!(
+                    "{} is UNLOGGED: its changes are not written to WAL",
+                    t.schema.id
+                ),
+                format!(
+                    "ALTER TABLE {} SET LOGGED, or exclude it in tables.exclude",
+                    t.schema.id.quoted()
+                ),
             ),
         )
+    }));
+    out.extend(checks.into_iter().map(|(waiting, c)| match c.status {
+        CheckStatus::Fail if waiting => Check::warn(
+            SIDE,
+            c.name,
+            format!(
+                "{}; created or changed mid-stream and not published: its rows are not carried until it is, and copied then",
+                c.detail
+            ),
+            c.fix.unwrap_or_default(),
+        ),
+        _ => c,
     }));
     Ok(out)
 }

@@ -47,6 +47,7 @@
 //! snapshot. Target schema changes made for applying are recorded in
 //! [`overrides`] and put back at cutover.
 
+mod adopt;
 mod console;
 mod cutover;
 pub(crate) mod existing;

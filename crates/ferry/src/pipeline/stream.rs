@@ -159,6 +159,11 @@ async fn stream_once<S: Source>(
         Applier::<S::Position>::new(target, state.clone(), config.tables.clone(), applier_cfg)
             .await?;
     applier.skip_before_snapshots(snapshots);
+    applier.adopt_with(Arc::new(super::adopt::Adopter::new(
+        source.clone(),
+        config.clone(),
+        state.clone(),
+    )));
     live.set_stats(applier.stats());
     let watch = tokio::spawn(source.supervise(supervise_context(config, live)));
     let ack = |p: &S::Position| {
