@@ -976,6 +976,10 @@ fn tables_published_mid_stream_are_copied_from_a_snapshot() {
         "INSERT INTO report SELECT g, 'keyless ' || g FROM generate_series(3001, 3100) g;
          UPDATE report SET v = 'changed while keyless' WHERE id = 5;",
     );
+    deploy(
+        &src,
+        "CREATE TABLE wide AS SELECT g AS id, 'w' || g AS v FROM generate_series(1, 1000) g;",
+    );
     caught_up(&p, &mut ferry);
     let empty = p.target_i64("SELECT count(*) FROM report");
     assert_eq!(
@@ -995,6 +999,20 @@ fn tables_published_mid_stream_are_copied_from_a_snapshot() {
         "UPDATE report SET v = v || '!' WHERE id % 10 = 0;
          DELETE FROM report WHERE id > 3050;
          INSERT INTO report VALUES (5000, 'after the key');",
+    );
+    // Schema changes racing the copy: a column dropped and added again
+    // under the same name and type (a copy taken after both, followed by
+    // the two changes applied to it, would lose the new values), and a
+    // column added and filled.
+    deploy(&src, "ALTER TABLE wide ADD PRIMARY KEY (id);");
+    deploy(&src, "ALTER TABLE wide DROP COLUMN v;");
+    deploy(
+        &src,
+        "ALTER TABLE wide ADD COLUMN v text; UPDATE wide SET v = 'again ' || id WHERE id <= 500;",
+    );
+    deploy(
+        &src,
+        "ALTER TABLE wide ADD COLUMN extra int DEFAULT 7; UPDATE wide SET extra = id WHERE id <= 10;",
     );
     assert_eq!(p.ferry(&["resume"]).code, Some(0));
     deploy(
@@ -1024,7 +1042,7 @@ fn tables_published_mid_stream_are_copied_from_a_snapshot() {
     writer.wait_for(10);
     writer.stop();
     caught_up(&p, &mut ferry);
-    p.compare(&["report", "audit", "accounts", "logs"]);
+    p.compare(&["report", "audit", "wide", "accounts", "logs"]);
 
     // A crash between the copy and its commit: the copy is redone from a
     // new snapshot after the restart, once.
@@ -1048,7 +1066,7 @@ fn tables_published_mid_stream_are_copied_from_a_snapshot() {
     p.wait_phase(&mut ferry, "stream");
     deploy(&src, "UPDATE cache SET v = v || '+' WHERE k > 190;");
     caught_up(&p, &mut ferry);
-    p.compare(&["report", "audit", "cache", "accounts", "logs"]);
+    p.compare(&["report", "audit", "cache", "wide", "accounts", "logs"]);
     let copied = ferry_e2e::target_text(
         &p.target_url,
         "SELECT string_agg(message, E'\\n' ORDER BY message) FROM ferry.events WHERE kind = 'table_copied'",
@@ -1067,10 +1085,22 @@ fn tables_published_mid_stream_are_copied_from_a_snapshot() {
             ferry.log()
         );
     }
-    assert_eq!(
-        copied.lines().count(),
-        3,
-        "each table copied once: {copied}"
+    for table in ["report", "audit", "cache"] {
+        let times = copied
+            .lines()
+            .filter(|l| l.contains(&format!("table public.{table} ")))
+            .count();
+        assert_eq!(times, 1, "{table} copied once: {copied}");
+    }
+    // wide: copied at its key, then again after each change that preceded
+    // that copy's snapshot (emptied where its columns no longer matched).
+    let wide = copied
+        .lines()
+        .filter(|l| l.contains("table public.wide "))
+        .count();
+    assert!(
+        wide >= 2,
+        "wide copied again after the racing changes: {copied}"
     );
     // ferry's table list (status, the cutover's counts) has them, with the
     // rows copied; the live status refreshes from the state every few
@@ -1091,4 +1121,76 @@ fn tables_published_mid_stream_are_copied_from_a_snapshot() {
             })
         })
     });
+}
+
+/// A load resumed after `kill -9` copies the unfinished table from a new
+/// snapshot, later than the schema changes made while ferry was down; the
+/// stream then brings those changes: each one that precedes the table's
+/// snapshot copies the table again after it (a column added and filled
+/// while ferry was down would otherwise end as its default on the target).
+#[test]
+fn a_load_resumed_after_schema_changes_is_exact() {
+    let schema = "
+CREATE TABLE big (id int PRIMARY KEY, v text NOT NULL);
+INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 300000) g;
+ANALYZE big;
+CREATE TABLE small (id int PRIMARY KEY, v text);
+INSERT INTO small SELECT g, 's' || g FROM generate_series(1, 100) g;
+";
+    let p = Migration::new(PgOptions::new(), target_options(), schema)
+        .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    let chunks = [
+        ("FERRY_LOAD_CHUNK_ROWS", "30000"),
+        ("FERRY_LOAD_PARALLELISM", "1"),
+    ];
+    let mut ferry = p.start_with("load", &chunks);
+    p.wait_first_chunk(&mut ferry);
+    // The schema change takes its lock between two chunks of big (the
+    // next one waits behind it) and commits once ferry is gone: the load
+    // of big is interrupted for sure.
+    let rt = pgsync::runtime();
+    let open = rt.block_on(async {
+        let c = pgsync::connect(&p.source_url).await.expect("source");
+        c.batch_execute(
+            "BEGIN; ALTER TABLE big ADD COLUMN note text NOT NULL DEFAULT 'x';
+             UPDATE big SET note = 'y', v = 'changed' WHERE id <= 1000;",
+        )
+        .await
+        .expect("schema change in an open transaction");
+        c
+    });
+    ferry.kill9().unwrap();
+    rt.block_on(open.batch_execute("COMMIT")).expect("commit");
+    let (done, total) = (
+        p.target_i64("SELECT count(*) FROM ferry.chunks WHERE source_table = 'public.big'")
+            .unwrap_or(0),
+        p.target_i64(
+            "SELECT chunks_total::bigint FROM ferry.tables WHERE source_table = 'public.big'",
+        )
+        .unwrap_or(0),
+    );
+    assert!(
+        done < total,
+        "the load of big was interrupted ({done} of {total} chunks)"
+    );
+    deploy(&p.source_url, "ALTER TABLE big RENAME COLUMN v TO val;");
+    let mut ferry = p.start_with("resume", &chunks);
+    p.wait_phase(&mut ferry, "stream");
+    deploy(
+        &p.source_url,
+        "UPDATE big SET note = 'z' WHERE id BETWEEN 2000 AND 2010;",
+    );
+    caught_up(&p, &mut ferry);
+    p.compare(&["big", "small"]);
+    assert_eq!(
+        schema_dump(&p.source, &p.source_db),
+        schema_dump(&p.target, &p.target_db),
+        "schemas differ; ferry log:\n{}",
+        ferry.log()
+    );
+    assert!(
+        ferry.log().contains("table published mid-stream copied"),
+        "big copied again after the changes: {}",
+        ferry.log()
+    );
 }

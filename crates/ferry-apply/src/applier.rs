@@ -64,7 +64,11 @@
 //!   the source and the table joins [`Applier::skip_before_snapshots`] at
 //!   that snapshot's position, so the changes the copy holds are dropped and
 //!   the later ones applied (exactly once across a crash: the copy, its
-//!   snapshot position and the checkpoint commit together).
+//!   snapshot position and the checkpoint commit together). A schema change
+//!   of a table that commits before the position of the snapshot the table
+//!   was copied from (a load resumed from a later snapshot, a change racing
+//!   the copy) copies it again, after that change: the copy always has the
+//!   shape the target has when it is taken.
 //! - Failure injection for crash tests: see [`crate::checkpoint::Failpoint`].
 
 use std::collections::HashMap;
@@ -150,25 +154,32 @@ impl ApplierConfig {
 /// Copies a table that the source started publishing mid-stream (see the
 /// module docs) into the target, inside the applier's open transaction.
 pub trait Adopt<P>: Send + Sync + std::fmt::Debug {
-    /// Copy every row of `source` as a new snapshot of the source sees it
-    /// into `target` (empty until now) through `client`, record the
+    /// Take a new snapshot of the source; when `source` has there the
+    /// `columns` (name, type; generated ones aside) the schema change just
+    /// applied gave it, replace the rows of `target` by every row of the
+    /// snapshot, through `client`; otherwise (the table changed again
+    /// before the snapshot: that change is still to come in the stream,
+    /// and copies the table then) empty `target`. Either way record the
     /// snapshot's position for the table (ferry's `table_snapshots`, in the
-    /// same transaction), and return it.
+    /// same transaction) and return it.
     fn adopt<'a>(
         &'a self,
         client: &'a Client,
         source: &'a TableId,
         target: &'a TableId,
+        columns: &'a [(String, String)],
     ) -> ferry_core::source::BoxFuture<'a, Result<Adopted<P>>>;
 }
 
-/// What [`Adopt::adopt`] copied.
+/// What [`Adopt::adopt`] did.
 #[derive(Debug, Clone)]
 pub struct Adopted<P> {
     /// The snapshot's position: the table's changes in transactions that
     /// commit before it are in the copy.
     pub position: P,
-    pub rows: u64,
+    /// Rows copied; `None` when the table's columns had changed again by
+    /// the snapshot (emptied, waiting for that change).
+    pub rows: Option<u64>,
 }
 
 /// Why [`Applier::run`] returned.
@@ -623,8 +634,13 @@ impl<P: Position> Applier<P> {
         Ok(())
     }
 
-    /// Tables `msg` shows published that ferry does not carry yet (and did
-    /// not just create): copied by the [`Adopt`] hook, then carried.
+    /// Tables `msg` shows published whose rows the target may lack or hold
+    /// under an older shape: copied by the [`Adopt`] hook (see the module
+    /// docs). That is a table ferry does not carry yet (and did not just
+    /// create), and a table copied from a snapshot that this schema change
+    /// precedes (its transaction commits before the snapshot's position):
+    /// the copy was read with the change already made, and the stream is
+    /// applying it only now, so the table is copied again after it.
     async fn adopt_published(
         &mut self,
         msg: &ferry_core::ddl::DdlMessage,
@@ -636,14 +652,20 @@ impl<P: Position> Applier<P> {
             .filter(|t| t.published && t.parent.is_none())
         {
             let src = t.id();
-            if applied.created.iter().any(|(s, _)| *s == src)
-                || applied.dropped.contains(&src)
-                || self
-                    .txn
-                    .state()
-                    .is_registered(self.txn.client(), &src)
-                    .await?
-            {
+            if applied.created.iter().any(|(s, _)| *s == src) || applied.dropped.contains(&src) {
+                continue;
+            }
+            let final_position = self.batch.txn_final.as_ref();
+            let precedes_copy = self
+                .snapshots
+                .get(&src)
+                .is_some_and(|s| final_position.is_some_and(|f| f < s));
+            let registered = self
+                .txn
+                .state()
+                .is_registered(self.txn.client(), &src)
+                .await?;
+            if registered && !precedes_copy {
                 continue;
             }
             let tgt = self.writer.target_of(&src);
@@ -656,9 +678,19 @@ impl<P: Position> Applier<P> {
                 ));
                 continue;
             };
-            let copied = adopter.adopt(self.txn.client(), &src, &tgt).await?;
+            let columns: Vec<(String, String)> = t
+                .columns
+                .iter()
+                .filter(|c| c.generated.is_none())
+                .map(|c| (c.name.clone(), c.type_name.clone()))
+                .collect();
+            let copied = adopter
+                .adopt(self.txn.client(), &src, &tgt, &columns)
+                .await?;
             let (state, client) = (self.txn.state(), self.txn.client());
-            let rows = i64::try_from(copied.rows).unwrap_or(i64::MAX);
+            let rows = copied
+                .rows
+                .map_or(0, |r| i64::try_from(r).unwrap_or(i64::MAX));
             state
                 .register_table(client, &src, &tgt, Some(rows), Some(0))
                 .await?;
@@ -666,12 +698,18 @@ impl<P: Position> Applier<P> {
             state
                 .set_table_state(client, &src, &crate::state::TableState::Streaming)
                 .await?;
-            let what = format!(
-                "table {src} published on the source mid-stream: {} rows copied from a snapshot at {}; its changes from there on are carried",
-                copied.rows, copied.position
-            );
+            let what = match copied.rows {
+                Some(n) => format!(
+                    "table {src} published on the source mid-stream: {n} rows copied from a snapshot at {}; its changes from there on are carried",
+                    copied.position
+                ),
+                None => format!(
+                    "table {src} published on the source mid-stream: its columns changed again before the snapshot at {}; emptied, and copied at that schema change, which the stream brings next",
+                    copied.position
+                ),
+            };
             state.record_event(client, "table_copied", &what).await?;
-            info!(table = %src, rows = copied.rows, snapshot = %copied.position, "table published mid-stream copied");
+            info!(table = %src, rows = ?copied.rows, snapshot = %copied.position, again = precedes_copy, "table published mid-stream copied");
             self.writer.forget(self.txn.client(), &src).await;
             self.snapshots.insert(src, copied.position);
         }

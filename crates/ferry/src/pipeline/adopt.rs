@@ -17,10 +17,15 @@
 //! copy holds them) and applies the rest: exact, and a crash before the
 //! commit redoes the copy from a new snapshot.
 //!
-//! The copy is taken after the schema change it follows, so a later change
-//! of the same table's columns that commits before the snapshot would make
-//! the copy's rows disagree with the target's columns: that stops the run
-//! with the table named and the fix, never a silent difference.
+//! The copy is taken after the schema change it follows. If the table's
+//! columns changed again before the snapshot, the copy would not fit the
+//! target's columns: the table is emptied instead and the snapshot's
+//! position recorded, so its changes up to there are dropped; the change
+//! that made the difference commits before that position and reaches the
+//! applier next, which applies it and copies the table again (as it does
+//! for any schema change that precedes a table's snapshot). If the source's
+//! columns match the change's but the target's do not, the run stops with
+//! both named (nothing is guessed).
 
 use std::sync::Arc;
 
@@ -58,11 +63,12 @@ impl<S: Source> Adopter<S> {
         client: &Client,
         source: &TableId,
         target: &TableId,
+        columns: &[(String, String)],
     ) -> Result<Adopted<S::Position>> {
         let catalog = self.source.catalog().await?;
         let snapshot = self.source.new_snapshot().await?;
         let result = self
-            .copy_at(&snapshot, &catalog, client, source, target)
+            .copy_at(&snapshot, &catalog, client, source, target, columns)
             .await;
         snapshot.release().await;
         result
@@ -75,6 +81,7 @@ impl<S: Source> Adopter<S> {
         client: &Client,
         source: &TableId,
         target: &TableId,
+        columns: &[(String, String)],
     ) -> Result<Adopted<S::Position>> {
         let at = self.source.catalog_at(snapshot, catalog).await?;
         let catalog = at.as_ref().unwrap_or(catalog);
@@ -90,6 +97,19 @@ impl<S: Source> Adopter<S> {
                 "ferry cannot copy its rows exactly: start the migration over (`ferry cleanup --state`, then `ferry run`), or leave the table out with tables.exclude",
             ));
         };
+        client
+            .batch_execute(&format!("DELETE FROM {}", target.quoted()))
+            .await
+            .map_err(|e| ferry_apply::pg_error(format!("emptying {target} before its copy"), e))?;
+        let position = snapshot.position();
+        self.record(client, source, &position).await?;
+        if shape(columns.to_vec()) != shape(source_columns(&table.schema)) {
+            tracing::warn!(table = %source, "its columns changed again before the copy's snapshot: emptied; copied at that schema change");
+            return Ok(Adopted {
+                position,
+                rows: None,
+            });
+        }
         same_columns(client, &table.schema, target).await?;
         let chunks: Vec<_> = self
             .source
@@ -97,11 +117,7 @@ impl<S: Source> Adopter<S> {
             .into_iter()
             .filter(|c| c.table == *source)
             .collect();
-        client
-            .batch_execute(&format!("DELETE FROM {}", target.quoted()))
-            .await
-            .map_err(|e| ferry_apply::pg_error(format!("emptying {target} before its copy"), e))?;
-        let columns: Vec<String> = table
+        let names: Vec<String> = table
             .schema
             .columns
             .iter()
@@ -113,19 +129,31 @@ impl<S: Source> Adopter<S> {
             let into = self.config.tables.target_name(&chunk.relation);
             rows += match reader.read(chunk, &table.schema).await? {
                 ChunkData::BinaryCopy(data) => {
-                    let sql = copy_sql(&into, &columns, true, false);
+                    let sql = copy_sql(&into, &names, true, false);
                     copy_binary(client, &into, &sql, data, None).await?.rows
                 }
                 ChunkData::Rows(data) => {
-                    let sql = copy_sql(&into, &columns, false, false);
-                    copy_rows(client, &into, &sql, &columns, &[], data, None)
+                    let sql = copy_sql(&into, &names, false, false);
+                    copy_rows(client, &into, &sql, &names, &[], data, None)
                         .await?
                         .rows
                 }
             };
         }
         drop(reader);
-        let position = snapshot.position();
+        Ok(Adopted {
+            position,
+            rows: Some(rows),
+        })
+    }
+
+    /// `source` holds, from `position` on, what the stream carries.
+    async fn record(
+        &self,
+        client: &Client,
+        source: &TableId,
+        position: &S::Position,
+    ) -> Result<()> {
         let sql = format!(
             "INSERT INTO {} VALUES ($1, $2, $3)
              ON CONFLICT (table_schema, table_name) DO UPDATE SET lsn = EXCLUDED.lsn",
@@ -137,7 +165,7 @@ impl<S: Source> Adopter<S> {
             .map_err(|e| {
                 ferry_apply::pg_error(format!("recording the snapshot position of {source}"), e)
             })?;
-        Ok(Adopted { position, rows })
+        Ok(())
     }
 }
 
@@ -147,14 +175,53 @@ impl<S: Source> Adopt<S::Position> for Adopter<S> {
         client: &'a Client,
         source: &'a TableId,
         target: &'a TableId,
+        columns: &'a [(String, String)],
     ) -> BoxFuture<'a, Result<Adopted<S::Position>>> {
-        Box::pin(self.copy(client, source, target))
+        Box::pin(self.copy(client, source, target, columns))
     }
 }
 
-/// The table's columns in the snapshot (name and type) are the target
-/// table's (generated columns aside, which neither side copies).
-async fn same_columns(client: &Client, schema: &TableSchema, target: &TableId) -> Result<()> {
+pub(super) fn source_columns(schema: &TableSchema) -> Vec<(String, String)> {
+    schema
+        .columns
+        .iter()
+        .map(|c| (c.name.clone(), c.pg_type.clone()))
+        .collect()
+}
+
+/// Columns as compared: sorted by name, each type without its schema
+/// (`format_type` qualifies a type outside the session's `search_path`,
+/// and the sessions that read the two sides differ in it).
+pub(super) fn shape(columns: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = columns
+        .into_iter()
+        .map(|(n, t)| (n, unqualified(&t).to_owned()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `schema.type…` → `type…` (the dot outside quotes, before any `(` or `[`).
+fn unqualified(type_name: &str) -> &str {
+    let mut quoted = false;
+    let mut cut = 0;
+    for (i, c) in type_name.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => cut = i + 1,
+            '(' | '[' if !quoted => break,
+            _ => {}
+        }
+    }
+    &type_name[cut..]
+}
+
+/// The target table's columns (name, type; generated ones aside, which
+/// neither side copies).
+pub(super) async fn target_columns(
+    client: &Client,
+    target: &TableId,
+) -> Result<Vec<(String, String)>> {
     let rows = client
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
@@ -166,30 +233,61 @@ async fn same_columns(client: &Client, schema: &TableSchema, target: &TableId) -
         )
         .await
         .map_err(|e| ferry_apply::pg_error(format!("reading the columns of {target}"), e))?;
-    let mut there: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    there.sort();
-    let mut wanted: Vec<(String, String)> = schema
-        .columns
-        .iter()
-        .map(|c| (c.name.clone(), c.pg_type.clone()))
-        .collect();
-    wanted.sort();
-    if there == wanted {
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// `name type, …` for messages.
+pub(super) fn show(cols: &[(String, String)]) -> String {
+    cols.iter()
+        .map(|(n, t)| format!("{n} {t}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The table's columns in the snapshot (name and type) are the target
+/// table's.
+async fn same_columns(client: &Client, schema: &TableSchema, target: &TableId) -> Result<()> {
+    let there = target_columns(client, target).await?;
+    let wanted = source_columns(schema);
+    if shape(there.clone()) == shape(wanted.clone()) {
         return Ok(());
     }
-    let show = |cols: &[(String, String)]| {
-        cols.iter()
-            .map(|(n, t)| format!("{n} {t}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     Err(Error::operator(
         format!(
-            "{} was published on the source mid-stream and its columns changed again before ferry could copy it: the source has ({}), the target ({})",
+            "{} was published on the source mid-stream, but its columns on the target differ from the source's: the source has ({}), the target ({})",
             schema.id,
             show(&wanted),
             show(&there)
         ),
-        "ferry cannot copy its rows exactly: start the migration over (`ferry cleanup --state`, then `ferry run`), or leave the table out with tables.exclude",
+        "make the target table's columns match the source's (ALTER TABLE on the target) and run again, or leave the table out with tables.exclude",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_compare_without_their_schema() {
+        for (given, want) in [
+            ("public.mood", "mood"),
+            ("\"My.Schema\".\"T.x\"", "\"T.x\""),
+            ("numeric(12,2)", "numeric(12,2)"),
+            ("app.mood[]", "mood[]"),
+            ("timestamp(3) with time zone", "timestamp(3) with time zone"),
+            ("character varying(40)", "character varying(40)"),
+        ] {
+            assert_eq!(unqualified(given), want, "{given}");
+        }
+        assert_eq!(
+            shape(vec![
+                ("b".into(), "public.mood".into()),
+                ("a".into(), "int".into())
+            ]),
+            shape(vec![
+                ("a".into(), "int".into()),
+                ("b".into(), "mood".into())
+            ])
+        );
+    }
 }

@@ -419,7 +419,7 @@ async fn load_phase<S: Source>(
             return Ok(false);
         }
     } else {
-        resume_load(config, state, target, source, &tables, shutdown, mapping).await?;
+        resume_load(config, state, target, source, catalog, shutdown, mapping).await?;
         if shutdown.is_cancelled() {
             return Ok(false);
         }
@@ -636,17 +636,25 @@ fn finish_load_step(result: anyhow::Result<()>, shutdown: &Shutdown) -> anyhow::
 /// first snapshot's position, skips those tables' changes committed before
 /// it (see [`stream`]), so nothing is applied twice — also for tables
 /// without a key, where replaying would duplicate rows.
+///
+/// A table whose columns the source changed since the first snapshot (the
+/// target has them as that snapshot had them) cannot be copied into the
+/// target as it is: with DDL capture it is left empty at the new snapshot's
+/// position, and the stream, applying those changes (they commit before that
+/// position), copies it after them (`adopt`); without it the load stops
+/// with the table named.
 async fn resume_load<S: Source>(
     config: &Config,
     state: &StateStore,
     target: &Client,
     source: &S,
-    tables: &[SourceTable],
+    catalog: &S::Catalog,
     shutdown: &Shutdown,
     mapping: Option<&Mapping>,
 ) -> anyhow::Result<()> {
+    let tables = catalog.tables();
     let mut reload = Vec::new();
-    for t in tables {
+    for t in &tables {
         let planned = plan_store::chunks(target, state, &t.schema.id).await?.len();
         let done = state.chunks_done(target, &t.schema.id).await?.len();
         if done < planned {
@@ -672,10 +680,40 @@ async fn resume_load<S: Source>(
     }
     let at = snapshot.position();
     info!(at = %at, tables = reload.len(), "resuming the full load from a new snapshot");
+    let now = source.catalog_at(&snapshot, catalog).await?;
+    let mut deferred = Vec::new();
+    if mapping.is_none() {
+        for (t, _) in &reload {
+            let Some(now) = now
+                .as_ref()
+                .and_then(|c| c.tables().into_iter().find(|n| n.schema.id == t.schema.id))
+            else {
+                continue;
+            };
+            let to = load::relation(config, &t.schema.id, false);
+            let there = adopt::target_columns(target, &to).await?;
+            if adopt::shape(there.clone()) == adopt::shape(adopt::source_columns(&now.schema)) {
+                continue;
+            }
+            if !config.postgres.capture_ddl {
+                anyhow::bail!(ferry_core::Error::operator(
+                    format!(
+                        "{} changed columns on the source while the load was interrupted: the target has ({}), the new snapshot ({})",
+                        t.schema.id,
+                        adopt::show(&there),
+                        adopt::show(&adopt::source_columns(&now.schema))
+                    ),
+                    "start the migration over (`ferry cleanup --state`, drop the tables ferry created on the target, `ferry run`), or set postgres.capture_ddl = true, with which ferry carries such changes",
+                ));
+            }
+            info!(table = %t.schema.id, "its columns changed since the first snapshot: copied once the stream has applied the changes");
+            deferred.push(t.schema.id.clone());
+        }
+    }
 
     target.batch_execute("BEGIN").await?;
     for (t, done) in &reload {
-        if *done > 0 {
+        if *done > 0 || deferred.contains(&t.schema.id) {
             // Still under its source name (renames follow post-data), or
             // the application's table.
             let to = &load::relation(config, &t.schema.id, mapping.is_some());
@@ -700,7 +738,11 @@ async fn resume_load<S: Source>(
         .await
         .context("recording the reload plan")?;
 
-    let tables: Vec<_> = reload.into_iter().map(|(t, _)| t).collect();
+    let tables: Vec<_> = reload
+        .into_iter()
+        .map(|(t, _)| t)
+        .filter(|t| !deferred.contains(&t.schema.id))
+        .collect();
     let loaded = load::run(config, state, &tables, &snapshot, shutdown.clone(), mapping).await;
     snapshot.release().await;
     finish_load_step(loaded, shutdown).map(|_| ())
