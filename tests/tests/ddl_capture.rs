@@ -213,14 +213,19 @@ fn application_deploy_on_16() {
     deploy_through_cutover(PgOptions::new().version(16), target_options().version(16));
 }
 
-/// The same deploy on a PostgreSQL 18 source and target (schema copied by
-/// a pg_dump of 18). Rows are equal; the schemas differ in one place:
-/// PostgreSQL 18 records NOT NULL as named constraints, and the partitions
-/// attached on the source carry their parent's names
-/// (`events_id_not_null`) where those ferry creates on the target get
-/// their own. Kept (ignored) as the reproduction.
+/// The same deploy on a PostgreSQL 17 source and target.
 #[test]
-#[ignore = "known: on 18, NOT NULL constraint names of partitions created mid-stream differ (see the doc comment)"]
+fn application_deploy_on_17() {
+    deploy_through_cutover(PgOptions::new().version(17), target_options().version(17));
+}
+
+/// The same deploy on a PostgreSQL 18 source and target (schema copied by
+/// a pg_dump of 18). PostgreSQL 18 records NOT NULL as named constraints:
+/// `events_2027`, made with `LIKE events`, carries the names of `events`
+/// (`events_id_not_null`), which `pg_dump` prints. Without the names in the
+/// table state the target's copy got its own (`events_2027_id_not_null`)
+/// and the dumps differed in exactly those lines.
+#[test]
 fn application_deploy_on_18() {
     deploy_through_cutover(PgOptions::new().version(18), target_options().version(18));
 }
@@ -407,8 +412,9 @@ fn write2(i: u64) -> String {
 
 /// Renames of tables, indexes and constraints, a CHECK added, a default
 /// dropped, NOT NULL set, `CREATE INDEX CONCURRENTLY`, a partition created
-/// with `PARTITION OF` and one detached, a table renamed and written to, a
-/// table dropped, `REPLICA IDENTITY FULL` — with a restart after the new
+/// with `PARTITION OF` and one detached, a CHECK of the partitioned table
+/// added and dropped, a table renamed and written to, a table dropped,
+/// `REPLICA IDENTITY FULL` — with a restart after the new
 /// names; then a column added with a volatile default to a table with rows
 /// stops the run with the fix, before anything of its transaction is
 /// applied.
@@ -439,6 +445,13 @@ fn renames_drops_partitions_and_a_volatile_default_stop() {
          INSERT INTO m VALUES (1, '2027-05-05'), (2, '2027-06-06');",
     );
     deploy(&src, "ALTER TABLE m DETACH PARTITION m_2025;");
+    // A CHECK of a partitioned table dropped: the source reports its
+    // partitions' inherited copies first.
+    deploy(
+        &src,
+        "ALTER TABLE m ADD CONSTRAINT id_positive CHECK (id > 0);",
+    );
+    deploy(&src, "ALTER TABLE m DROP CONSTRAINT id_positive;");
     deploy(
         &src,
         "ALTER TABLE old_stuff RENAME TO older_stuff;
@@ -652,8 +665,23 @@ fn crash_around_a_schema_change_commit_is_exact() {
 /// `bank.accts` (indexes found in the schema the table moved to).
 #[test]
 fn schema_changes_follow_tables_rename() {
-    let p = Migration::new(PgOptions::new(), target_options(), SCHEMA2)
-        .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    follow_tables_rename(PgOptions::new(), target_options());
+}
+
+/// The same on PostgreSQL 18, where the comparison includes the names of
+/// NOT NULL constraints: the column added `NOT NULL` gets the source's
+/// name (`accounts_tier_not_null`), not one made from the target table's
+/// name (`accts_tier_not_null`).
+#[test]
+fn schema_changes_follow_tables_rename_on_18() {
+    follow_tables_rename(PgOptions::new().version(18), target_options().version(18));
+}
+
+fn follow_tables_rename(source: PgOptions, target: PgOptions) {
+    let pg_dump = ferry_testkit::pg_dump_for(18).expect("a pg_dump for 18 (make setup)");
+    let p = Migration::new(source, target, SCHEMA2)
+        .env("FERRY_POSTGRES_CAPTURE_DDL", "true")
+        .env("FERRY_PG_DUMP", pg_dump.to_str().unwrap());
     let config = p.logs.path().join("ferry.toml");
     std::fs::write(
         &config,
@@ -711,6 +739,9 @@ fn schema_changes_follow_tables_rename() {
             .get(0);
         let dst: String = t.query_one(shape, &[&"bank.accts"]).await.unwrap().get(0);
         assert_eq!(src, dst);
+        if p.source.major() >= 18 {
+            assert!(dst.contains("accounts_tier_not_null"), "{dst}");
+        }
         assert!(dst.contains("area text"), "{dst}");
         assert!(dst.contains("accounts_tier_idx"), "{dst}");
         assert!(!dst.contains("accounts_area_idx"), "{dst}");
@@ -719,6 +750,99 @@ fn schema_changes_follow_tables_rename() {
             pgsync::table_digest(&t, "bank.accts").await.unwrap()
         );
     });
+}
+
+/// NOT NULL constraint names on PostgreSQL 18 (where NOT NULL is a named
+/// constraint and `pg_dump` prints a name that is not the default one):
+/// a NOT NULL added under a name of its own, one renamed, a column added
+/// with a named NOT NULL (on a table and on a partitioned one, whose
+/// partitions take the parent's name), a new table with named ones, one
+/// `SET NOT NULL` under the default name, one added `NOT VALID` and
+/// validated, one dropped, NOT NULL and CHECK dropped from a partitioned
+/// table. Each would leave the target with its own default name (or the
+/// old one) if the name were not carried; rows and `pg_dump
+/// --schema-only` of both sides are equal.
+#[test]
+fn not_null_constraint_names_on_18() {
+    let pg_dump = ferry_testkit::pg_dump_for(18).expect("a pg_dump for 18 (make setup)");
+    let p = Migration::new(
+        PgOptions::new().version(18),
+        target_options().version(18),
+        SCHEMA2,
+    )
+    .env("FERRY_POSTGRES_CAPTURE_DDL", "true")
+    .env("FERRY_PG_DUMP", pg_dump.to_str().unwrap());
+    let writer = Writer::start(&p.source_url, write2);
+    let mut ferry = p.start("run0");
+    p.wait_phase(&mut ferry, "stream");
+    writer.wait_for(10);
+    let src = p.source_url.clone();
+    deploy(
+        &src,
+        "ALTER TABLE accounts ADD CONSTRAINT name_required NOT NULL name;
+         ALTER TABLE accounts RENAME CONSTRAINT accounts_balance_not_null TO balance_required;
+         ALTER TABLE accounts ADD COLUMN tier text CONSTRAINT tier_required NOT NULL DEFAULT 'basic';",
+    );
+    deploy(
+        &src,
+        "CREATE TABLE notes (id int CONSTRAINT note_id_required NOT NULL PRIMARY KEY,
+                             body text CONSTRAINT body_required NOT NULL);
+         INSERT INTO notes VALUES (1, 'first');
+         CREATE TABLE m_2027 PARTITION OF m FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
+         ALTER TABLE m ADD COLUMN tag text CONSTRAINT tag_required NOT NULL DEFAULT 't';
+         INSERT INTO m VALUES (1, '2027-05-05', 'x');",
+    );
+    deploy(
+        &src,
+        "ALTER TABLE accounts ALTER COLUMN region SET NOT NULL;
+         ALTER TABLE logs ADD CONSTRAINT msg_required NOT NULL msg NOT VALID;
+         INSERT INTO notes VALUES (2, 'second');",
+    );
+    writer.wait_for(10);
+    caught_up(&p, &mut ferry);
+    let (s, t) = (
+        schema_dump(&p.source, &p.source_db),
+        schema_dump(&p.target, &p.target_db),
+    );
+    assert_eq!(s, t, "schemas differ; ferry log:\n{}", ferry.log());
+    for name in [
+        "CONSTRAINT name_required NOT NULL",
+        "CONSTRAINT balance_required NOT NULL",
+        "CONSTRAINT tier_required NOT NULL",
+        "CONSTRAINT note_id_required NOT NULL",
+        "CONSTRAINT tag_required NOT NULL",
+        "msg_required NOT NULL msg NOT VALID",
+    ] {
+        assert!(t.contains(name), "{name}:\n{t}");
+    }
+    // Validated, a named one dropped, and constraints of a partitioned
+    // table dropped (the source reports its partitions' inherited copies
+    // first, which the target drops with the parent's).
+    deploy(
+        &src,
+        "ALTER TABLE logs VALIDATE CONSTRAINT msg_required;
+         ALTER TABLE accounts DROP CONSTRAINT name_required;
+         ALTER TABLE m ALTER COLUMN tag DROP NOT NULL;
+         ALTER TABLE m ADD CONSTRAINT id_positive CHECK (id > 0);",
+    );
+    deploy(&src, "ALTER TABLE m DROP CONSTRAINT id_positive;");
+    writer.wait_for(10);
+    writer.stop();
+    caught_up(&p, &mut ferry);
+    p.compare(&[
+        "accounts", "logs", "notes", "m", "m_2025", "m_2026", "m_2027",
+    ]);
+    let (s, t) = (
+        schema_dump(&p.source, &p.source_db),
+        schema_dump(&p.target, &p.target_db),
+    );
+    assert_eq!(s, t, "schemas differ; ferry log:\n{}", ferry.log());
+    assert!(t.contains("CONSTRAINT msg_required NOT NULL"), "{t}");
+    assert!(!t.contains("name_required"), "{t}");
+    assert!(
+        !t.contains("tag_required") && !t.contains("id_positive"),
+        "{t}"
+    );
 }
 
 /// Schema changes while `ferry run` starts (capture installed, snapshot,
@@ -823,6 +947,8 @@ CREATE TABLE items (id int PRIMARY KEY, price numeric NOT NULL,
 INSERT INTO items (id, price, code) SELECT g, g, g FROM generate_series(1, 100) g;
 CREATE TABLE tags (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text);
 INSERT INTO tags (name) SELECT 't' || g FROM generate_series(1, 50) g;
+CREATE TABLE labels (lid int GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, v text);
+INSERT INTO labels (v) SELECT 'l' || g FROM generate_series(1, 20) g;
 ";
 
 fn write3(i: u64) -> String {
@@ -840,7 +966,13 @@ fn write3(i: u64) -> String {
 /// values and is written as a plain column after), an identity added to a
 /// column with rows, and a `GENERATED ALWAYS` identity dropped (ferry's
 /// record to make it `ALWAYS` again at cutover goes with it). Then rows
-/// and schemas are equal.
+/// and schemas are equal. Then the identity kind alone changed (`SET
+/// GENERATED ALWAYS` on `items.code` and `labels.lid`, then `SET GENERATED
+/// BY DEFAULT` on `labels.lid` again) with an identity option (`SET
+/// INCREMENT BY`): the target keeps them `BY DEFAULT` while ferry applies,
+/// and the cutover makes `ALWAYS` exactly the source's `ALWAYS` ones
+/// (`attidentity` on the target after it), so the schemas are equal after
+/// the cutover too.
 #[test]
 fn identity_and_generated_expression_changes_17() {
     let p = Migration::new(
@@ -899,6 +1031,50 @@ fn identity_and_generated_expression_changes_17() {
         Some("0"),
         "the dropped identity is not made ALWAYS at cutover; ferry log:\n{}",
         ferry.log()
+    );
+
+    // The identity kind alone, and an identity option.
+    deploy(
+        &p.source_url,
+        "ALTER TABLE items ALTER COLUMN code SET GENERATED ALWAYS;
+         ALTER TABLE labels ALTER COLUMN lid SET GENERATED ALWAYS, ALTER COLUMN lid SET INCREMENT BY 5;
+         INSERT INTO labels (v) VALUES ('always');
+         INSERT INTO items (id, price) VALUES (5000, 1);",
+    );
+    caught_up(&p, &mut ferry);
+    let recorded = "SELECT string_agg(object, ',' ORDER BY object) FROM ferry.overrides WHERE kind = 'identity' AND done_at IS NULL";
+    assert_eq!(
+        ferry_e2e::target_text(&p.target_url, recorded).as_deref(),
+        Some("code,lid"),
+        "recorded to be made ALWAYS at cutover: items.code, labels.lid; ferry log:\n{}",
+        ferry.log()
+    );
+    deploy(
+        &p.source_url,
+        "ALTER TABLE labels ALTER COLUMN lid SET GENERATED BY DEFAULT;
+         INSERT INTO labels VALUES (500, 'explicit');
+         INSERT INTO labels (v) VALUES ('by default');",
+    );
+    caught_up(&p, &mut ferry);
+    assert_eq!(
+        ferry_e2e::target_text(&p.target_url, recorded).as_deref(),
+        Some("code"),
+        "recorded to be made ALWAYS at cutover: items.code only; ferry log:\n{}",
+        ferry.log()
+    );
+    p.fenced_cutover(ferry, "60s");
+    p.compare(&["items", "tags", "labels"]);
+    let kinds = "SELECT string_agg(attrelid::regclass || '.' || attname || '=' || attidentity::text, ',' ORDER BY attrelid::regclass::text, attname)
+                   FROM pg_attribute WHERE attrelid IN ('items'::regclass, 'labels'::regclass, 'tags'::regclass) AND attidentity <> ''";
+    assert_eq!(
+        ferry_e2e::target_text(&p.target_url, kinds).as_deref(),
+        Some("items.code=a,labels.lid=d"),
+        "identity kinds on the target after the cutover"
+    );
+    assert_eq!(
+        schema_dump(&p.source, &p.source_db),
+        schema_dump(&p.target, &p.target_db),
+        "schemas differ after the cutover"
     );
 }
 

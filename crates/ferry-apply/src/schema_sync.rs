@@ -21,8 +21,10 @@
 //! leave it.
 //! `tables.rename` is applied to every name. Enums and sequences are
 //! handled in schemas the target has. Drops come from `sql_drop`: tables
-//! (`CASCADE`, as the source must have allowed), indexes, constraints,
-//! sequences and types.
+//! (`CASCADE`, as the source must have allowed), indexes, constraints (a
+//! partition's inherited copy goes with its parent's), sequences and
+//! types. The cutover's record of which identities to make `ALWAYS` again
+//! follows the source's identity kinds ([`plan::identity_records`]).
 //!
 //! A table that becomes published later (a key or `REPLICA IDENTITY
 //! FULL` added to a keyless table, `CREATE TABLE AS` followed by a key,
@@ -54,7 +56,8 @@ mod target;
 
 use plan::{Options, TargetTable};
 use target::{
-    exists, find_index, pin_search_path, read_target, restore_search_path, schema_exists,
+    exists, find_index, inherited_constraint, pin_search_path, read_target, restore_search_path,
+    schema_exists,
 };
 
 /// What applying one message did.
@@ -99,7 +102,9 @@ impl SchemaSync {
     }
 
     /// Keep ferry's `overrides` table (`state.table("overrides")`) in step:
-    /// an identity dropped on the source is not made `ALWAYS` at cutover.
+    /// the cutover makes `ALWAYS` exactly the identities that are `ALWAYS`
+    /// on the source (set, added, dropped, `SET GENERATED`, renamed, new
+    /// tables'; [`plan::identity_records`]).
     pub fn with_overrides(mut self, table: String) -> Self {
         self.overrides = Some(table);
         self
@@ -258,11 +263,17 @@ impl SchemaSync {
     ) -> Result<()> {
         let (Some(schema), Some(name)) = (&d.schema, &d.name) else {
             // A constraint has no object name; its address names say it.
+            // A partition's copy of its parent's constraint (inherited on
+            // the target) goes with the parent's, which the same message
+            // drops: the source lists the partitions' copies first, and
+            // PostgreSQL refuses to drop an inherited one on its own.
             if d.object_type == "table constraint" && d.names.len() == 3 {
                 let src = TableId::new(&d.names[0], &d.names[1]);
                 if !dropped_tables.contains(&src) {
                     let t = self.target_of(&src);
-                    if exists(client, &t.quoted()).await? {
+                    if exists(client, &t.quoted()).await?
+                        && !inherited_constraint(client, &t, &d.names[2]).await?
+                    {
                         sql.push(format!(
                             "ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}",
                             t.quoted(),
@@ -398,13 +409,9 @@ impl SchemaSync {
             sql.extend(plan.statements);
             out.not_carried.extend(plan.not_carried);
             if let Some(o) = &self.overrides {
-                for column in &plan.identities_dropped {
-                    sql.push(format!(
-                        "DELETE FROM {o} WHERE kind = 'identity' AND relid = '{}'::regclass AND object = '{}' AND done_at IS NULL",
-                        target.quoted().replace('\'', "''"),
-                        column.replace('\'', "''")
-                    ));
-                }
+                let recorded = recorded_identities(client, o, &target).await?;
+                let (add, remove) = plan::identity_records(src, &recorded);
+                identity_record_sql(o, &target, &add, &remove, sql);
             }
             self.partitions(client, src, &target, &shape, sql).await?;
             return Ok(());
@@ -433,6 +440,18 @@ impl SchemaSync {
         let plan = plan::create_table(src, &target, parent.as_ref(), self.opts);
         sql.extend(plan.statements);
         out.not_carried.extend(plan.not_carried);
+        let (always, _) = plan::identity_records(src, &[]);
+        match &self.overrides {
+            Some(o) => identity_record_sql(o, &target, &always, &[], sql),
+            None => out.not_carried.extend(always.iter().map(|c| {
+                format!(
+                    "column {} of {target} is GENERATED ALWAYS AS IDENTITY on the source, BY DEFAULT on the target (run ALTER TABLE {} ALTER COLUMN {} SET GENERATED ALWAYS after the cutover)",
+                    quote_ident(c),
+                    target.quoted(),
+                    quote_ident(c)
+                )
+            })),
+        }
         Ok(())
     }
 
@@ -542,6 +561,49 @@ async fn run(client: &Client, sql: &mut Vec<String>, out: &mut Applied) -> Resul
         out.statements += 1;
     }
     Ok(())
+}
+
+/// The identity columns of `target` recorded in ferry's `overrides` table
+/// `o` to be made `GENERATED ALWAYS` at the cutover (not done yet).
+async fn recorded_identities(client: &Client, o: &str, target: &TableId) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT object FROM {o} WHERE kind = 'identity' AND relid = $1::text::regclass AND done_at IS NULL ORDER BY object"
+            ),
+            &[&target.quoted()],
+        )
+        .await
+        .map_err(|e| pg_error(format!("reading the identity columns of {target} recorded for the cutover"), e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Record columns of `target` for the cutover to make `GENERATED ALWAYS`
+/// (`add`; a record already done is made pending again) and remove the
+/// records of `remove` (see [`plan::identity_records`]).
+fn identity_record_sql(
+    o: &str,
+    target: &TableId,
+    add: &[String],
+    remove: &[String],
+    sql: &mut Vec<String>,
+) {
+    let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let rel = lit(&target.quoted());
+    for c in add {
+        sql.push(format!(
+            "INSERT INTO {o} (kind, relid, object, original) VALUES ('identity', {rel}::regclass, {}, 'always')
+             ON CONFLICT (kind, relid, object) DO UPDATE SET done_at = NULL, recorded_at = now()",
+            lit(c)
+        ));
+    }
+    if !remove.is_empty() {
+        let names: Vec<String> = remove.iter().map(|c| lit(c)).collect();
+        sql.push(format!(
+            "DELETE FROM {o} WHERE kind = 'identity' AND relid = {rel}::regclass AND object IN ({}) AND done_at IS NULL",
+            names.join(", ")
+        ));
+    }
 }
 
 fn seq_name(s: &SequenceState) -> String {

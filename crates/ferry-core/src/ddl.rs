@@ -88,7 +88,8 @@ pub struct TableState {
     pub partitions: Vec<PartitionRef>,
     pub columns: Vec<ColumnState>,
     /// Constraints defined on this table itself (not inherited), NOT NULL
-    /// ones excepted (they are [`ColumnState::not_null`]).
+    /// ones excepted (they are [`ColumnState::not_null`] and
+    /// [`ColumnState::not_null_name`]).
     pub constraints: Vec<ConstraintState>,
     /// Indexes that back no constraint, and are not partitions of a parent
     /// table's index.
@@ -140,6 +141,13 @@ pub struct ColumnState {
     #[serde(rename = "type")]
     pub type_name: String,
     pub not_null: bool,
+    /// The name of the column's NOT NULL constraint (PostgreSQL 18+
+    /// records NOT NULL as a named constraint; `None` before). A partition
+    /// carries its parent's names, a table made with `LIKE` those of the
+    /// table it copied: the target is given the same names.
+    pub not_null_name: Option<String>,
+    /// That constraint was added `NOT VALID` and not validated yet (18+).
+    pub not_null_not_valid: bool,
     /// The column default (not for generated columns).
     pub default: Option<String>,
     /// Expression of a stored generated column.

@@ -10,7 +10,7 @@
 //! | object | fires | does |
 //! |---|---|---|
 //! | function `ddl_before()`, event trigger `ferry_ddl_before` | `ddl_command_start` of `ALTER TABLE`, `ALTER INDEX` | remembers, for the command's transaction, the names of every table, column, index and constraint of the user schemas by oid/attnum (a transaction-local setting): how a rename is told from a drop and an add |
-//! | function `ddl_end()`, event trigger `ferry_ddl_end` | `ddl_command_end` | for each collected command (`pg_event_trigger_ddl_commands()`), the resulting state of each table it touched (columns by attnum with type, default, NOT NULL, identity, generated expression, the value existing rows got (`attmissingval`), comments; constraints; indexes; partitions), enums and sequences; a new table the `tables` filter selects that has a key (or `REPLICA IDENTITY FULL`) is added to ferry's publication in the same transaction, so its rows are captured from its creation, and so is a table an `ALTER TABLE` gives a key, `REPLICA IDENTITY FULL` or `SET LOGGED` (the applier then copies the rows it held from a new snapshot); then `pg_logical_emit_message(true, 'ferry.ddl', json)` |
+//! | function `ddl_end()`, event trigger `ferry_ddl_end` | `ddl_command_end` | for each collected command (`pg_event_trigger_ddl_commands()`), the resulting state of each table it touched (columns by attnum with type, default, NOT NULL (and its constraint name, 18+), identity, generated expression, the value existing rows got (`attmissingval`), comments; constraints; indexes; partitions), enums and sequences; a new table the `tables` filter selects that has a key (or `REPLICA IDENTITY FULL`) is added to ferry's publication in the same transaction, so its rows are captured from its creation, and so is a table an `ALTER TABLE` gives a key, `REPLICA IDENTITY FULL` or `SET LOGGED` (the applier then copies the rows it held from a new snapshot); then `pg_logical_emit_message(true, 'ferry.ddl', json)` |
 //! | function `ddl_publish(oid)` | called by `ddl_end` | adds a table the filter selects and that has a key (or `REPLICA IDENTITY FULL`) to ferry's publication (the insert-only one for `tables.insert_only`): new tables, tables altered into qualifying, and partitions detached by the command |
 //! | function `ddl_drop()`, event trigger `ferry_ddl_drop` | `sql_drop` | the dropped tables, indexes, constraints, sequences, types, … (`pg_event_trigger_dropped_objects()`), as a message too |
 //!
@@ -226,6 +226,8 @@ CREATE OR REPLACE FUNCTION {s}.ddl_table(rel oid) RETURNS jsonb LANGUAGE sql STA
                WHERE h.inhparent = c.oid AND pc.relispartition), '[]'::jsonb),
     'columns', coalesce((SELECT jsonb_agg(jsonb_build_object(
         'attnum', a.attnum, 'name', a.attname, 'type', format_type(a.atttypid, a.atttypmod), 'not_null', a.attnotnull,
+        'not_null_name', (SELECT nn.conname FROM pg_constraint nn WHERE nn.conrelid = c.oid AND nn.contype = 'n' AND nn.conkey[1] = a.attnum),
+        'not_null_not_valid', EXISTS (SELECT 1 FROM pg_constraint nn WHERE nn.conrelid = c.oid AND nn.contype = 'n' AND nn.conkey[1] = a.attnum AND NOT nn.convalidated),
         'default', CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END,
         'generated', CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END,
         'identity', nullif(a.attidentity::text, ''),

@@ -9,8 +9,9 @@
 //! value the source stored for them, `attmissingval`, so `DEFAULT now()`
 //! gives the source's instant, not the target's), retype (with the
 //! statement's `USING`), defaults, identity and generated expression
-//! (added or dropped; a changed expression, PostgreSQL 17+), NOT NULL,
-//! constraints, indexes,
+//! (added or dropped; a changed expression, PostgreSQL 17+), NOT NULL
+//! (with the source's constraint name, PostgreSQL 18+), constraints,
+//! indexes,
 //! comments, replica identity, partitions. Constraints, indexes and
 //! partitions the target has but the source does not are left alone here:
 //! drops arrive as their own `sql_drop` message, and an index an operator
@@ -27,6 +28,13 @@ pub struct TargetColumn {
     pub name: String,
     pub type_name: String,
     pub not_null: bool,
+    /// Its NOT NULL constraint's name (PostgreSQL 18+).
+    pub not_null_name: Option<String>,
+    /// That constraint is inherited from a parent (it cannot be renamed
+    /// on this table, only on the parent).
+    pub not_null_inherited: bool,
+    /// That constraint is `NOT VALID` (18+).
+    pub not_null_not_valid: bool,
     pub default: Option<String>,
     pub generated: Option<String>,
     /// `a`/`d` identity, as on the source.
@@ -48,6 +56,8 @@ pub struct TargetTable {
     pub partitions: Vec<TableId>,
     /// The table holds rows (decides whether a volatile default matters).
     pub has_rows: bool,
+    /// The target records NOT NULL as named constraints (PostgreSQL 18+).
+    pub named_not_null: bool,
 }
 
 /// What the table needs.
@@ -56,9 +66,6 @@ pub struct TablePlan {
     pub statements: Vec<String>,
     /// Changes recorded as not carried (the rows are unaffected).
     pub not_carried: Vec<String>,
-    /// Columns whose identity the source dropped: a `GENERATED ALWAYS`
-    /// recorded for the cutover no longer applies to them.
-    pub identities_dropped: Vec<String>,
 }
 
 /// Settings of the comparison.
@@ -80,7 +87,21 @@ fn comment_sql(what: &str, c: &Option<String>) -> String {
     }
 }
 
-/// `name type [COLLATE] [GENERATED …|DEFAULT …] [NOT NULL]` for CREATE TABLE.
+/// ` [CONSTRAINT name] NOT NULL` of a column (empty if nullable): the
+/// source's constraint name when it has one (PostgreSQL 18+; older
+/// servers accept the name and ignore it), so a target table named
+/// otherwise (`tables.rename`), or made otherwise (`LIKE`, a partition),
+/// gets the source's name and not its own default.
+fn not_null_clause(c: &ColumnState) -> String {
+    match (c.not_null, &c.not_null_name) {
+        (false, _) => String::new(),
+        (true, Some(n)) => format!(" CONSTRAINT {} NOT NULL", quote_ident(n)),
+        (true, None) => " NOT NULL".into(),
+    }
+}
+
+/// `name type [COLLATE] [GENERATED …|DEFAULT …] [[CONSTRAINT n] NOT NULL]`
+/// for CREATE TABLE.
 fn column_def(c: &ColumnState, with_default: bool) -> String {
     let mut s = format!("{} {}", quote_ident(&c.name), c.type_name);
     if let Some(coll) = &c.collation {
@@ -94,9 +115,7 @@ fn column_def(c: &ColumnState, with_default: bool) -> String {
     } else if with_default && let Some(d) = &c.default {
         s.push_str(&format!(" DEFAULT {d}"));
     }
-    if c.not_null {
-        s.push_str(" NOT NULL");
-    }
+    s.push_str(&not_null_clause(c));
     s
 }
 
@@ -230,13 +249,6 @@ pub fn create_table(
             plan.statements.push(comment_sql(
                 &format!("COLUMN {t}.{}", quote_ident(&c.name)),
                 &c.comment,
-            ));
-        }
-        if c.identity.as_deref() == Some("a") {
-            plan.not_carried.push(format!(
-                "column {} of {target} is GENERATED ALWAYS AS IDENTITY on the source; created BY DEFAULT on the target so replicated values can be written (run ALTER TABLE {t} ALTER COLUMN {} SET GENERATED ALWAYS after the cutover)",
-                quote_ident(&c.name),
-                quote_ident(&c.name)
             ));
         }
     }
@@ -385,11 +397,7 @@ pub fn alter_table(
             });
         }
         computed(&mut plan, &t, cur, c);
-        if cur.not_null != c.not_null {
-            let verb = if c.not_null { "SET" } else { "DROP" };
-            plan.statements
-                .push(format!("ALTER TABLE {t} ALTER COLUMN {q} {verb} NOT NULL"));
-        }
+        not_null(&mut plan, &t, cur, c, tgt.named_not_null);
         add_identity(&mut plan, &t, cur, c);
         if cur.comment != c.comment {
             plan.statements
@@ -406,20 +414,66 @@ pub fn alter_table(
     Ok(plan)
 }
 
+/// NOT NULL set or dropped, and its constraint name and `NOT VALID`
+/// (PostgreSQL 18+ on both sides: the source sends a name only from 18,
+/// and a target is at least as new as its source). A NOT NULL the target
+/// has under another name is renamed, unless the target's is inherited
+/// from a parent (PostgreSQL refuses that: the parent's message renames it
+/// there); one validated on the source is validated.
+fn not_null(plan: &mut TablePlan, t: &str, cur: &TargetColumn, c: &ColumnState, named: bool) {
+    let q = quote_ident(&c.name);
+    match (cur.not_null, c.not_null, &c.not_null_name) {
+        (false, true, Some(n)) if named => plan.statements.push(format!(
+            "ALTER TABLE {t} ADD CONSTRAINT {} NOT NULL {q}{}",
+            quote_ident(n),
+            if c.not_null_not_valid { " NOT VALID" } else { "" }
+        )),
+        (false, true, _) => plan
+            .statements
+            .push(format!("ALTER TABLE {t} ALTER COLUMN {q} SET NOT NULL")),
+        (true, false, _) => plan
+            .statements
+            .push(format!("ALTER TABLE {t} ALTER COLUMN {q} DROP NOT NULL")),
+        (true, true, Some(n)) => match &cur.not_null_name {
+            Some(old) if old != n && cur.not_null_inherited => plan.not_carried.push(format!(
+                "NOT NULL of column {q} of {t} is named {} on the source and {} on the target, where it is inherited from a parent table (rename it on the parent)",
+                quote_ident(n),
+                quote_ident(old)
+            )),
+            Some(old) => {
+                if old != n {
+                    plan.statements.push(format!(
+                        "ALTER TABLE {t} RENAME CONSTRAINT {} TO {}",
+                        quote_ident(old),
+                        quote_ident(n)
+                    ));
+                }
+                if cur.not_null_not_valid && !c.not_null_not_valid {
+                    plan.statements.push(format!(
+                        "ALTER TABLE {t} VALIDATE CONSTRAINT {}",
+                        quote_ident(n)
+                    ));
+                }
+            }
+            None => {}
+        },
+        _ => {}
+    }
+}
+
 /// Identity dropped and generated expression changed on an existing
 /// column (an identity added: [`add_identity`], after NOT NULL). The target
 /// keeps identities `BY DEFAULT` while ferry applies (the replicated values
-/// must be writable): one added `ALWAYS` on the source is noted, for after
-/// the cutover, like a new table's; `SET GENERATED` alone is not told apart
-/// from that steady difference and changes nothing. A changed expression
-/// recomputes the target's rows, which equal the source's at this place.
+/// must be writable); which ones the cutover makes `ALWAYS` follows the
+/// source's kind ([`identity_records`]), so `SET GENERATED` changes nothing
+/// here. A changed expression recomputes the target's rows, which equal
+/// the source's at this place.
 fn computed(plan: &mut TablePlan, t: &str, cur: &TargetColumn, c: &ColumnState) {
     let q = quote_ident(&c.name);
     if cur.identity.is_some() && c.identity.is_none() {
         plan.statements.push(format!(
             "ALTER TABLE {t} ALTER COLUMN {q} DROP IDENTITY IF EXISTS"
         ));
-        plan.identities_dropped.push(c.name.clone());
     }
     match (&cur.generated, &c.generated) {
         (Some(_), None) => plan
@@ -452,18 +506,45 @@ fn computed(plan: &mut TablePlan, t: &str, cur: &TargetColumn, c: &ColumnState) 
 /// An identity the source added to an existing column (after its NOT
 /// NULL), `BY DEFAULT` on the target (see [`computed`]).
 fn add_identity(plan: &mut TablePlan, t: &str, cur: &TargetColumn, c: &ColumnState) {
-    let (None, Some(kind)) = (&cur.identity, &c.identity) else {
+    if cur.identity.is_some() || c.identity.is_none() {
         return;
-    };
+    }
     let q = quote_ident(&c.name);
     plan.statements.push(format!(
         "ALTER TABLE {t} ALTER COLUMN {q} ADD GENERATED BY DEFAULT AS IDENTITY"
     ));
-    if kind == "a" {
-        plan.not_carried.push(format!(
-            "column {q} of {t} became GENERATED ALWAYS AS IDENTITY on the source; BY DEFAULT on the target so replicated values can be written (run ALTER TABLE {t} ALTER COLUMN {q} SET GENERATED ALWAYS after the cutover)"
-        ));
+}
+
+/// The cutover's identity records of one table brought to the source's
+/// identity kinds: the columns `GENERATED ALWAYS` on the source (which the
+/// target keeps `BY DEFAULT` while ferry applies, and the cutover makes
+/// `ALWAYS`) against `recorded`, the columns recorded for that. Returns
+/// (columns to record, records to remove): an identity made `ALWAYS` on
+/// the source (`SET GENERATED ALWAYS`, `ADD GENERATED ALWAYS`, a new
+/// table's) is recorded; one made `BY DEFAULT` or dropped, and a recorded
+/// column renamed, loses its record (the new name is recorded). A
+/// partition's identity follows its parent's: its records are left alone.
+pub fn identity_records(src: &TableState, recorded: &[String]) -> (Vec<String>, Vec<String>) {
+    if src.parent.is_some() {
+        return (Vec::new(), Vec::new());
     }
+    let always: Vec<&String> = src
+        .columns
+        .iter()
+        .filter(|c| c.identity.as_deref() == Some("a"))
+        .map(|c| &c.name)
+        .collect();
+    let add = always
+        .iter()
+        .filter(|n| !recorded.contains(n))
+        .map(|n| (*n).clone())
+        .collect();
+    let remove = recorded
+        .iter()
+        .filter(|r| !always.contains(r))
+        .cloned()
+        .collect();
+    (add, remove)
 }
 
 fn add_column(
@@ -495,7 +576,7 @@ fn add_column(
     match (&c.missing, &c.default) {
         // Existing rows read the value the source stored for them.
         (Some(m), _) => {
-            let not_null = if c.not_null { " NOT NULL" } else { "" };
+            let not_null = not_null_clause(c);
             let coll = c
                 .collation
                 .as_ref()

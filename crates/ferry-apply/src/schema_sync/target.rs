@@ -39,6 +39,23 @@ pub(super) async fn exists(client: &Client, quoted: &str) -> Result<bool> {
     Ok(row.get(0))
 }
 
+/// The target table `table` has a constraint `name` inherited from a
+/// parent (a partition's copy of its parent's).
+pub(super) async fn inherited_constraint(
+    client: &Client,
+    table: &TableId,
+    name: &str,
+) -> Result<bool> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = $1::text::regclass AND conname = $2 AND coninhcount > 0)",
+            &[&table.quoted(), &name],
+        )
+        .await
+        .map_err(|e| pg_error(format!("looking up constraint {name} of {table}"), e))?;
+    Ok(row.get(0))
+}
+
 pub(super) async fn schema_exists(client: &Client, schema: &str) -> Result<bool> {
     let row = client
         .query_one(
@@ -89,8 +106,10 @@ pub(super) async fn read_target(client: &Client, target: &TableId) -> Result<Tar
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
                     CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END,
                     CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END,
-                    col_description(a.attrelid, a.attnum), nullif(a.attidentity::text, '')
+                    col_description(a.attrelid, a.attnum), nullif(a.attidentity::text, ''),
+                    nn.conname::text, coalesce(nn.coninhcount > 0, false), coalesce(NOT nn.convalidated, false)
                FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+               LEFT JOIN pg_constraint nn ON nn.conrelid = a.attrelid AND nn.contype = 'n' AND nn.conkey[1] = a.attnum
               WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             &[&name],
         )
@@ -105,6 +124,9 @@ pub(super) async fn read_target(client: &Client, target: &TableId) -> Result<Tar
             generated: r.get(4),
             comment: r.get(5),
             identity: r.get(6),
+            not_null_name: r.get(7),
+            not_null_inherited: r.get(8),
+            not_null_not_valid: r.get(9),
         })
         .collect();
     let constraints = client
@@ -137,7 +159,9 @@ pub(super) async fn read_target(client: &Client, target: &TableId) -> Result<Tar
         .collect();
     let row = client
         .query_one(
-            "SELECT obj_description(c.oid, 'pg_class'), c.relreplident::text FROM pg_class c WHERE c.oid = $1::text::regclass",
+            "SELECT obj_description(c.oid, 'pg_class'), c.relreplident::text,
+                    current_setting('server_version_num')::int >= 180000
+               FROM pg_class c WHERE c.oid = $1::text::regclass",
             &[&name],
         )
         .await
@@ -166,5 +190,6 @@ pub(super) async fn read_target(client: &Client, target: &TableId) -> Result<Tar
         replident: row.get(1),
         partitions,
         has_rows,
+        named_not_null: row.get(2),
     })
 }
