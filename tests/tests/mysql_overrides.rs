@@ -146,10 +146,11 @@ fn type_overrides_through_load_and_stream() {
     drop(ferry_run);
 }
 
-/// A value the override type cannot take stops the load with the
-/// target's error naming the type and the value.
+/// A value the override type cannot take stops the load with an error
+/// naming the table, the row's key, the column, its type and the fix (the
+/// override), with the target's error naming the value.
 #[test]
-fn impossible_override_stops_the_load_with_the_target_error() {
+fn impossible_override_stops_the_load_naming_table_key_and_column() {
     let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
     let db = source.create_database("bad").expect("database");
     source
@@ -174,5 +175,83 @@ fn impossible_override_stops_the_load_with_the_target_error() {
     assert!(
         all.contains("invalid input syntax for type integer: \"abc\""),
         "{all}"
+    );
+    assert!(
+        all.contains(&format!(
+            "loading {db}.b chunk 1/1: table {db}.b, key (id)=(2), column code: the value does not fit the target column's type integer (SQLSTATE 22P02)"
+        )),
+        "{all}"
+    );
+    assert!(
+        all.contains(&format!(
+            "the column's type comes from the override `tables.columns.\"{db}.b.code\".type = \"integer\"`: fix the value on the source"
+        )),
+        "{all}"
+    );
+}
+
+/// A value the override type cannot take, written mid-stream, stops the
+/// stream with an error naming the table, the row's key, the column and
+/// the fix; the changes before it are applied.
+#[test]
+fn impossible_override_stops_the_stream_naming_table_key_and_column() {
+    let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
+    let db = source.create_database("bad").expect("database");
+    source
+        .sql(
+            &db,
+            "CREATE TABLE b (id INT PRIMARY KEY, code VARCHAR(10)); INSERT INTO b VALUES (1, '12');",
+        )
+        .expect("source rows");
+    let target = PgServer::start(target_options()).expect("target");
+    let tdb = target.create_database("dst").expect("target database");
+    let target_url = target.url(&tdb);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        format!("[tables.columns.\"{db}.b.code\"]\ntype = \"integer\"\n"),
+    )
+    .unwrap();
+    let mut c = command(&source.url(&db), &target_url, &config);
+    c.env("FERRY_CONTROL_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("FERRY_APPLY_BATCH_MS", "100")
+        .arg("run");
+    let mut ferry_run = Background::spawn(c, &dir.path().join("run.log")).unwrap();
+    wait_until(&mut ferry_run, "the stream", WAIT, || {
+        target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
+    });
+    let rows = || {
+        target_text(
+            &target_url,
+            &format!("SELECT string_agg(id || ':' || code, ',' ORDER BY id) FROM \"{db}\".b"),
+        )
+    };
+    source
+        .sql(&db, "INSERT INTO b VALUES (2, '7');")
+        .expect("a streamed row");
+    wait_until(&mut ferry_run, "the streamed row", WAIT, || {
+        rows().as_deref() == Some("1:12,2:7")
+    });
+    source
+        .sql(&db, "INSERT INTO b VALUES (3, 'x1'), (4, '8');")
+        .expect("streamed rows");
+    let code = ferry_run.wait(WAIT).unwrap();
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    assert_ne!(code, Some(0), "{log}");
+    assert!(
+        log.contains(&format!(
+            "applying a change: table {db}.b, key (id)=(3), column code: the value does not fit the target column's type integer (SQLSTATE 22P02)"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("give the target column a type that takes the value"),
+        "{log}"
+    );
+    assert_eq!(
+        rows().as_deref(),
+        Some("1:12,2:7"),
+        "the transaction before the bad value is applied, the bad one is not"
     );
 }

@@ -953,11 +953,14 @@ fn tinyint1_smallint_and_zero_dates_null_through_load_and_stream() {
         .arg("plan");
     let planned = run(&mut plan).unwrap().all();
     assert!(planned.contains("tinyint(1) → smallint"), "{planned}");
+    let control = format!("127.0.0.1:{}", free_port());
+    let mut run_settings = settings.to_vec();
+    run_settings.push(("FERRY_CONTROL_LISTEN", &control));
     let mut ferry_run = spawn_policy_run(
         &source_url,
         &target_url,
         &logs.path().join("run.log"),
-        &settings,
+        &run_settings,
     );
     wait_until(&mut ferry_run, "the stream", WAIT, || {
         target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
@@ -1007,6 +1010,47 @@ fn tinyint1_smallint_and_zero_dates_null_through_load_and_stream() {
         log.contains("zero or partial date written as NULL"),
         "{log}"
     );
+    // `ferry status` counts them per column, in the load and the stream
+    // (the monitor refreshes the figures once a second).
+    let status = |json: bool| {
+        let mut c = ferry(&source_url, &target_url).unwrap();
+        c.env("FERRY_SOURCE_SSLMODE", "disable")
+            .env("FERRY_TARGET_SSLMODE", "disable")
+            .envs(run_settings.iter().copied())
+            .arg("status");
+        if json {
+            c.arg("--json");
+        }
+        let out = run(&mut c).unwrap();
+        assert_eq!(out.code, Some(0), "{}", out.all());
+        out.stdout
+    };
+    let want = serde_json::json!([
+        {"table": format!("{db}.flags"), "column": "d", "load": 2, "stream": 2},
+        {"table": format!("{db}.flags"), "column": "dt", "load": 2, "stream": 2},
+    ]);
+    let started = Instant::now();
+    loop {
+        let s: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+        if s["zero_dates"] == want {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "zero dates in status: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = status(false);
+    for column in ["d", "dt"] {
+        assert!(
+            text.contains(&format!(
+                "zero dates  {db}.flags.{column}: 2 loaded, 2 streamed as NULL"
+            )),
+            "{text}"
+        );
+    }
+    drop(ferry_run);
 }
 
 /// `mysql.zero_dates = "error"`: a zero date stops the load, and (in a
@@ -1741,4 +1785,202 @@ fn watermark_load_refuses_a_table_without_a_key() {
         Some("0"),
         "nothing created on the target"
     );
+}
+
+/// Rows of the unique-value table: `id`, `code = id * 10` and `tag =
+/// 't<id>'` both unique, a padding column.
+const UNIQUE_ROWS: u32 = 8000;
+
+/// `mysql.snapshot = "watermark"` with unique secondary indexes while the
+/// application moves unique values between rows whose chunks are read on
+/// either side of the move (row 1's chunk already loaded, the last
+/// chunk's rows not read yet: one worker, chunks in key order): the
+/// loaded rows hold the same `code` and the same `tag` twice, which a
+/// unique index built right after the load refuses. The indexes (and the
+/// foreign key that references the unique column) are built once
+/// catch-up has passed the stream's start. The first run aborts at its
+/// first apply commit (`FERRY_FAILPOINT`), between the load's end and the
+/// index builds; the next run ends with every index, the foreign key,
+/// streamed moves applied under the indexes, and an exact comparison.
+#[test]
+fn watermark_load_builds_unique_indexes_after_values_moved_during_the_load() {
+    let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
+    let db = source.create_database("uq").expect("database");
+    let rows: Vec<String> = (1..=UNIQUE_ROWS)
+        .map(|i| format!("({i}, {}, 't{i}', REPEAT('x', 300))", i * 10))
+        .collect();
+    source
+        .sql(
+            &db,
+            &format!(
+                "CREATE TABLE u (id INT PRIMARY KEY, code INT NOT NULL, tag VARCHAR(20),
+                   pad VARCHAR(300), UNIQUE KEY by_code (code), UNIQUE KEY by_tag (tag)) ENGINE=InnoDB;
+                 CREATE TABLE c (id INT PRIMARY KEY, u_code INT,
+                   CONSTRAINT c_code FOREIGN KEY (u_code) REFERENCES u (code)) ENGINE=InnoDB;
+                 INSERT INTO u VALUES {};
+                 INSERT INTO c VALUES (1, 20), (2, 50);
+                 ANALYZE TABLE u;",
+                rows.join(",")
+            ),
+        )
+        .expect("source rows");
+    let source_url = source.url(&db);
+    let target = PgServer::start(target_options()).expect("target");
+    let tdb = target.create_database("dst").expect("target database");
+    let target_url = target.url(&tdb);
+    let logs = tempfile::tempdir().unwrap();
+    let settings = [
+        ("FERRY_MYSQL_SNAPSHOT", "watermark"),
+        ("FERRY_LOAD_CHUNK_ROWS", "100"),
+        ("FERRY_LOAD_PARALLELISM", "1"),
+    ];
+    let rt = rt();
+    let mut app = rt
+        .block_on(mysql_async::Conn::from_url(source_url.as_str()))
+        .unwrap();
+
+    let mut failpoint = settings.to_vec();
+    failpoint.push(("FERRY_FAILPOINT", "after-apply-before-commit"));
+    let mut first = spawn_policy_run(
+        &source_url,
+        &target_url,
+        &logs.path().join("first.log"),
+        &failpoint,
+    );
+    // Row 1's chunk (the first) is loaded; the last chunk is not read yet.
+    let first_chunk =
+        format!("SELECT count(*) FROM ferry.chunks WHERE source_table = '{db}.u' AND chunk = 0");
+    let start = Instant::now();
+    while target_i64(&target_url, &first_chunk) != Some(1) {
+        if let Some(code) = first.exited().unwrap() {
+            panic!(
+                "ferry exited during the load with {code:?}:\n{}",
+                first.log()
+            );
+        }
+        assert!(start.elapsed() < WAIT, "no chunk loaded:\n{}", first.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Row 1 gives its code to the last row; rows 2 and the one before the
+    // last swap their tags.
+    let last = UNIQUE_ROWS;
+    rt.block_on(app.query_drop(format!(
+        "START TRANSACTION;
+         UPDATE u SET code = 1 WHERE id = 1;
+         UPDATE u SET code = 10 WHERE id = {last};
+         UPDATE u SET tag = NULL WHERE id = 2;
+         UPDATE u SET tag = 't2' WHERE id = {};
+         UPDATE u SET tag = 't{}' WHERE id = 2;
+         COMMIT;",
+        last - 1,
+        last - 1
+    )))
+    .unwrap();
+    let planned = target_i64(
+        &target_url,
+        "SELECT count(*) FROM ferry.load_plan WHERE table_name = 'u'",
+    )
+    .unwrap();
+    let done = target_i64(
+        &target_url,
+        &format!("SELECT count(*) FROM ferry.chunks WHERE source_table = '{db}.u'"),
+    )
+    .unwrap();
+    assert!(
+        planned >= 40 && done + 1 < planned,
+        "the moves landed inside the load, before the last chunk was read: {done} of {planned} chunks"
+    );
+    let code = first.wait(WAIT).unwrap();
+    let log = plain(&std::fs::read_to_string(logs.path().join("first.log")).unwrap());
+    assert_ne!(code, Some(0), "{log}");
+    assert!(!log.contains("could not create unique index"), "{log}");
+    assert!(log.contains("FERRY_FAILPOINT reached"), "{log}");
+    // Stopped between the load and the index builds: the loaded rows hold
+    // the moved values twice, and no unique index is there yet.
+    let target_value = |sql: &str| target_text(&target_url, sql);
+    assert_eq!(
+        target_value("SELECT phase FROM ferry.pipeline").as_deref(),
+        Some("catchup")
+    );
+    assert_eq!(
+        target_value(&format!(
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM \"{db}\".u WHERE code = 10"
+        ))
+        .as_deref(),
+        Some(format!("1,{last}").as_str()),
+        "the loaded rows hold code 10 twice"
+    );
+    assert_eq!(
+        target_value(&format!(
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM \"{db}\".u WHERE tag = 't2'"
+        ))
+        .as_deref(),
+        Some(format!("2,{}", last - 1).as_str()),
+        "the loaded rows hold tag t2 twice"
+    );
+    let indexes = format!(
+        "SELECT coalesce(string_agg(c.relname || ':' || i.indisunique, ',' ORDER BY c.relname), '') FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = '\"{db}\".u'::regclass AND NOT i.indisprimary"
+    );
+    assert_eq!(target_value(&indexes).as_deref(), Some(""));
+    assert_eq!(
+        target_value(
+            "SELECT string_agg(kind || ' ' || name, ',' ORDER BY seq) FROM ferry.post_data WHERE done_at IS NULL"
+        )
+        .as_deref(),
+        Some(
+            "UNIQUE INDEX AFTER CATCH-UP u_by_code,UNIQUE INDEX AFTER CATCH-UP u_by_tag,FK CONSTRAINT AFTER CATCH-UP c_code"
+        )
+    );
+
+    let mut second = spawn_policy_run(
+        &source_url,
+        &target_url,
+        &logs.path().join("second.log"),
+        &settings,
+    );
+    wait_until(&mut second, "the stream", WAIT, || {
+        target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
+    });
+    assert_eq!(
+        target_value(&indexes).as_deref(),
+        Some("u_by_code:true,u_by_tag:true")
+    );
+    assert_eq!(
+        target_value(&format!(
+            "SELECT string_agg(conname, ',') FROM pg_constraint WHERE conrelid = '\"{db}\".c'::regclass AND contype = 'f'"
+        ))
+        .as_deref(),
+        Some("c_code")
+    );
+    // Moves under the indexes: applied in source order.
+    rt.block_on(app.query_drop(format!(
+        "START TRANSACTION;
+         UPDATE u SET code = 2 WHERE id = {last};
+         UPDATE u SET code = 10 WHERE id = 3;
+         UPDATE u SET code = 30 WHERE id = 4;
+         COMMIT;
+         START TRANSACTION;
+         UPDATE u SET tag = NULL WHERE id = 5;
+         UPDATE u SET tag = 't5' WHERE id = 6;
+         UPDATE u SET tag = 't6' WHERE id = 5;
+         COMMIT;"
+    )))
+    .unwrap();
+    let head = source_head(&source_url);
+    wait_until(&mut second, "catching up with the source", WAIT, || {
+        checkpoint(&target_url).is_some_and(|c| c >= head)
+    });
+    let log = plain(&second.log());
+    assert!(
+        log.contains("built the unique indexes and keys that waited for catch-up"),
+        "{log}"
+    );
+    assert!(!log.contains("duplicate key"), "{log}");
+    let counts = compare(&source_url, &target_url, &db, 2);
+    assert_eq!(
+        counts,
+        vec![("c".to_owned(), 2), ("u".to_owned(), UNIQUE_ROWS as usize)]
+    );
+    drop(second);
+    rt.block_on(app.disconnect()).unwrap();
 }

@@ -75,7 +75,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_core::config::{ApplyConfig, TablesConfig};
@@ -134,6 +134,16 @@ pub struct ApplierConfig {
     /// applies nothing more (see the module docs). `None`: never paused; a
     /// switch whose sender is gone reads as not paused.
     pub pause: Option<watch::Receiver<bool>>,
+    /// While it reads `true`, whether a table is applied in source order
+    /// ([`crate::writer::Writer::source_order`]) is decided afresh each
+    /// time it enters a batch, after locking it (`ROW EXCLUSIVE`, held
+    /// until the batch commits) in the batch's transaction: set by a
+    /// pipeline that builds unique indexes while the applier runs (after a
+    /// watermark load's catch-up) and cleared once they exist. An index
+    /// build waits for a batch that decided to fold the table, and a batch
+    /// deciding after the build sees the index, so no batch folds across
+    /// keys of a table whose unique index appeared under it.
+    pub recheck_order: Option<Arc<AtomicBool>>,
 }
 
 impl ApplierConfig {
@@ -147,6 +157,7 @@ impl ApplierConfig {
             replica_role: true,
             existing_tables: false,
             pause: None,
+            recheck_order: None,
         }
     }
 }
@@ -561,7 +572,20 @@ impl<P: Position> Applier<P> {
                     self.batch.rows += 1;
                     self.batch.fold_bytes += c.approx_bytes();
                     let schema = c.table().and_then(|t| self.schemas.get(t)).cloned();
+                    let recheck = self
+                        .cfg
+                        .recheck_order
+                        .as_ref()
+                        .is_some_and(|h| h.load(Ordering::Acquire));
                     let in_order = match &schema {
+                        // Decided when the table enters the batch.
+                        Some(s) if recheck && self.batch.fold.contains(&s.id) => false,
+                        Some(s) if recheck => {
+                            self.txn.begin(&mut self.writer).await?;
+                            self.writer
+                                .source_order_locked(self.txn.client(), s)
+                                .await?
+                        }
                         Some(s) => self.writer.source_order(self.txn.client(), s).await?,
                         None => false,
                     };

@@ -251,6 +251,11 @@ impl Fold {
     }
 
     /// The pending tables.
+    /// Whether `table` has entered this fold (its apply order is decided).
+    pub fn contains(&self, table: &TableId) -> bool {
+        self.tables.contains_key(table)
+    }
+
     pub fn tables(&self) -> impl Iterator<Item = &TableFold> {
         self.tables.values()
     }

@@ -55,7 +55,7 @@ pub use applier::{
     should_flush, skip_for_snapshot,
 };
 pub use checkpoint::{Checkpoint, Failpoint, read_checkpoint, should_skip, write_checkpoint};
-pub use error::{FoldError, pg_error};
+pub use error::{CopyFailure, FoldError, find_copy_failure, pg_error, value_refused};
 pub use fold::{Barrier, Fold, RowOp};
 pub use load::{LoadData, LoadProgress, LoadResult, LoadTarget, load_chunk, run_parallel};
 pub use preflight::check_target;

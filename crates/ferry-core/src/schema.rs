@@ -182,6 +182,22 @@ pub struct TableSchema {
 }
 
 impl TableSchema {
+    /// `(k1, k2)=(v1, v2)`: the key of `row` (values in column order) as
+    /// errors name it; a value the row lacks prints as `?`.
+    pub fn key_text(&self, row: &[crate::Value]) -> String {
+        let names: Vec<&str> = self.key_names().collect();
+        let values: Vec<String> = self
+            .key
+            .iter()
+            .map(|&i| {
+                row.get(i)
+                    .and_then(crate::Value::to_pg_text)
+                    .unwrap_or_else(|| "?".into())
+            })
+            .collect();
+        format!("({})=({})", names.join(", "), values.join(", "))
+    }
+
     pub fn column_index(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)
     }

@@ -34,6 +34,7 @@
 //! pipeline reconnects and resumes from the target's state) or operator
 //! (the run stops with the fix).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -90,10 +91,88 @@ pub struct Chunk {
     pub only: bool,
 }
 
+/// Per-column counts of values a source's policy replaced (MySQL/MariaDB:
+/// zero and partial dates written as NULL under `mysql.zero_dates =
+/// "null"`), in the load and in the change stream; shared (cheap clones) by
+/// the source's snapshot readers and stream decoders and read by `ferry
+/// status` ([`Source::zero_dates`]). In memory: counted since the process
+/// started.
+#[derive(Debug, Clone, Default)]
+pub struct ColumnCounts(Arc<std::sync::Mutex<Counted>>);
+
+/// (table, column) → (load, stream) counts.
+type Counted = BTreeMap<(TableId, String), (u64, u64)>;
+
+impl ColumnCounts {
+    fn add(&self, table: &TableId, column: &str, load: u64, stream: u64) {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let e = m.entry((table.clone(), column.to_owned())).or_default();
+        e.0 += load;
+        e.1 += stream;
+    }
+
+    /// `n` values of `table.column` replaced in the load.
+    pub fn add_load(&self, table: &TableId, column: &str, n: u64) {
+        self.add(table, column, n, 0);
+    }
+
+    /// `n` values of `table.column` replaced in the change stream.
+    pub fn add_stream(&self, table: &TableId, column: &str, n: u64) {
+        self.add(table, column, 0, n);
+    }
+
+    /// Every column counted so far, by table and column.
+    pub fn counts(&self) -> Vec<ColumnCount> {
+        let m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.iter()
+            .map(|((t, c), (load, stream))| ColumnCount {
+                table: t.to_string(),
+                column: c.clone(),
+                load: *load,
+                stream: *stream,
+            })
+            .collect()
+    }
+}
+
+/// One column's count in [`ColumnCounts`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ColumnCount {
+    /// `schema.table` (MySQL: `database.table`).
+    pub table: String,
+    pub column: String,
+    /// Values replaced in the load.
+    pub load: u64,
+    /// Values replaced in the change stream.
+    pub stream: u64,
+}
+
+/// Ends the [`PostStatement::kind`] of a statement that waits until
+/// catch-up has passed the stream's start (the position where the target
+/// is one consistent state of the source), e.g. `UNIQUE INDEX AFTER
+/// CATCH-UP`: after a watermark load ([`Snapshot::chunk_resumable`]) the
+/// rows are not one state before then, so a unique value the application
+/// moved between rows during the load can be held by two rows.
+pub const AFTER_CATCH_UP: &str = " AFTER CATCH-UP";
+
+/// Whether a post-data statement of `kind` is built after catch-up
+/// ([`AFTER_CATCH_UP`]) instead of right after the load.
+pub fn after_catch_up(kind: &str) -> bool {
+    kind.ends_with(AFTER_CATCH_UP)
+}
+
 /// One post-data statement (index, constraint, trigger, …).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostStatement {
-    /// `INDEX`, `CONSTRAINT`, `FK CONSTRAINT`, `TRIGGER`, …
+    /// `INDEX`, `CONSTRAINT`, `FK CONSTRAINT`, `TRIGGER`, …; ending in
+    /// [`AFTER_CATCH_UP`] when built after catch-up, written against the
+    /// tables' target names (renames are done by then).
     pub kind: String,
     pub name: String,
     pub sql: String,
@@ -310,6 +389,13 @@ pub trait Source: Send + Sync + Sized + 'static {
     /// source's own capture, e.g. a replication slot, already fails then).
     fn identity(&self) -> impl Future<Output = Result<Option<String>, Error>> + Send {
         std::future::ready(Ok(None))
+    }
+
+    /// Values the source's policy replaced, per column, in the load and
+    /// the change stream since this process started (MySQL/MariaDB: zero
+    /// and partial dates written as NULL); empty by default.
+    fn zero_dates(&self) -> Vec<ColumnCount> {
+        Vec::new()
     }
 
     /// Before [`Source::start_capture`]: make sure nothing of another

@@ -217,6 +217,11 @@ pub struct Status {
     /// The PostgreSQL-wire proxy, when `[proxy] listen` is set.
     #[serde(default)]
     pub proxy: Option<crate::proxy::ProxyStatus>,
+    /// MySQL/MariaDB: zero and partial dates written as NULL
+    /// (`mysql.zero_dates = "null"`), per column, in the load and the
+    /// stream, counted by the running process since it started.
+    #[serde(default)]
+    pub zero_dates: Vec<ferry_core::source::ColumnCount>,
 }
 
 fn forward() -> String {
@@ -260,6 +265,7 @@ impl Status {
             direction: forward(),
             schema_changes: None,
             proxy: None,
+            zero_dates: Vec::new(),
         }
     }
 
@@ -421,6 +427,13 @@ pub fn render_table(s: &Status) -> String {
                 .as_ref()
                 .map(|m| format!(" (latest: {m}; all in ferry.events)"))
                 .unwrap_or_default()
+        );
+    }
+    for z in &s.zero_dates {
+        let _ = writeln!(
+            out,
+            "zero dates  {}.{}: {} loaded, {} streamed as NULL",
+            z.table, z.column, z.load, z.stream
         );
     }
     if let Some(c) = &s.cutover {

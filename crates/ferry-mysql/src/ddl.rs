@@ -12,13 +12,19 @@
 //! prefix indexes are built on the whole column; FULLTEXT and SPATIAL
 //! indexes are reported and not built. Foreign keys between carried tables
 //! with their ON UPDATE/ON DELETE rules, in order (the pipeline builds them
-//! `NOT VALID` and validates them after catch-up). Pure strings from
-//! `information_schema`; nothing is changed on the source.
+//! `NOT VALID` and validates them after catch-up). After a watermark load
+//! ([`AfterCatchUp`]) unique indexes, and foreign keys that reference
+//! columns other than their parent's primary key (PostgreSQL needs a unique
+//! index there), are built once catch-up has passed the stream's start
+//! (kind `… AFTER CATCH-UP`, see [`ferry_core::source::AFTER_CATCH_UP`]):
+//! before then a unique value the application moved from one row to
+//! another during the load can be on both rows of the target. Pure strings
+//! from `information_schema`; nothing is changed on the source.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use ferry_core::schema::quote_ident;
-use ferry_core::source::PostStatement;
+use ferry_core::source::{AFTER_CATCH_UP, PostStatement};
 use ferry_core::{Error, TableId};
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
@@ -123,11 +129,46 @@ pub(crate) fn pg_name(name: &str) -> String {
     out
 }
 
-/// Secondary indexes of the carried tables as post-data statements.
+/// After a watermark load: the statements that wait until catch-up has
+/// passed the stream's start, written against the tables' target names
+/// (the renames of `tables.rename` are done by then).
+#[derive(Debug, Default)]
+pub(crate) struct AfterCatchUp {
+    /// Source table → target table.
+    pub target: BTreeMap<TableId, TableId>,
+    /// Primary key columns of each carried table.
+    pub keys: BTreeMap<TableId, Vec<String>>,
+}
+
+impl AfterCatchUp {
+    /// The name a statement built after catch-up writes for `table`.
+    fn name(&self, table: &TableId) -> TableId {
+        self.target
+            .get(table)
+            .cloned()
+            .unwrap_or_else(|| table.clone())
+    }
+
+    /// Whether a foreign key to `parent (columns)` needs a unique index
+    /// built after catch-up: its columns are not the parent's primary key.
+    fn fk_waits(&self, parent: &TableId, columns: &[String]) -> bool {
+        let wanted: BTreeSet<&str> = columns.iter().map(String::as_str).collect();
+        let key: BTreeSet<&str> = self
+            .keys
+            .get(parent)
+            .map(|k| k.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        wanted != key
+    }
+}
+
+/// Secondary indexes of the carried tables as post-data statements; with
+/// `after` (a watermark load) the unique ones are built after catch-up.
 pub(crate) async fn index_statements(
     conn: &mut Conn,
     carried: &BTreeSet<TableId>,
     databases: &[String],
+    after: Option<&AfterCatchUp>,
 ) -> Result<Vec<PostStatement>, Error> {
     if databases.is_empty() {
         return Ok(Vec::new());
@@ -166,14 +207,18 @@ pub(crate) async fn index_statements(
         }
         let name = pg_name(&format!("{}_{index}", table.name));
         let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+        let (kind, on) = match after {
+            Some(a) if unique => (format!("UNIQUE INDEX{AFTER_CATCH_UP}"), a.name(&table)),
+            _ => ("INDEX".to_owned(), table.clone()),
+        };
         out.push(PostStatement {
-            kind: "INDEX".into(),
+            kind,
             name: name.clone(),
             sql: format!(
                 "CREATE {}INDEX IF NOT EXISTS {} ON {} ({});\n",
                 if unique { "UNIQUE " } else { "" },
                 quote_ident(&name),
-                table.quoted(),
+                on.quoted(),
                 cols.join(", ")
             ),
         });
@@ -181,11 +226,14 @@ pub(crate) async fn index_statements(
     Ok(out)
 }
 
-/// Foreign keys between carried tables as post-data statements.
+/// Foreign keys between carried tables as post-data statements; with
+/// `after` (a watermark load) those whose parent columns are not its
+/// primary key (they need a unique index built after catch-up) wait too.
 pub(crate) async fn foreign_key_statements(
     conn: &mut Conn,
     carried: &BTreeSet<TableId>,
     databases: &[String],
+    after: Option<&AfterCatchUp>,
 ) -> Result<Vec<PostStatement>, Error> {
     if databases.is_empty() {
         return Ok(Vec::new());
@@ -250,8 +298,16 @@ pub(crate) async fn foreign_key_statements(
                 .join(", ")
         };
         let name = pg_name(&name);
+        let (kind, table, parent) = match after {
+            Some(a) if a.fk_waits(&parent, &parent_columns) => (
+                format!("FK CONSTRAINT{AFTER_CATCH_UP}"),
+                a.name(&table),
+                a.name(&parent),
+            ),
+            _ => ("FK CONSTRAINT".to_owned(), table, parent),
+        };
         out.push(PostStatement {
-            kind: "FK CONSTRAINT".into(),
+            kind,
             name: name.clone(),
             sql: format!(
                 "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) ON UPDATE {} ON DELETE {};\n",
@@ -266,4 +322,33 @@ pub(crate) async fn foreign_key_statements(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_foreign_keys_wait_for_catch_up() {
+        let parent = TableId::new("db", "p");
+        let after = AfterCatchUp {
+            target: BTreeMap::from([(parent.clone(), TableId::new("app", "parent"))]),
+            keys: BTreeMap::from([(parent.clone(), vec!["a".to_owned(), "b".to_owned()])]),
+        };
+        let cols = |c: &[&str]| c.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        for (columns, waits) in [
+            (cols(&["a", "b"]), false),
+            (cols(&["b", "a"]), false),
+            (cols(&["a"]), true),
+            (cols(&["code"]), true),
+            (cols(&["a", "b", "c"]), true),
+        ] {
+            assert_eq!(after.fk_waits(&parent, &columns), waits, "{columns:?}");
+        }
+        // A parent without a known key: the reference needs a unique index.
+        assert!(after.fk_waits(&TableId::new("db", "q"), &cols(&["id"])));
+        assert_eq!(after.name(&parent), TableId::new("app", "parent"));
+        let other = TableId::new("db", "q");
+        assert_eq!(after.name(&other), other);
+    }
 }

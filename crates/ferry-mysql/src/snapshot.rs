@@ -60,7 +60,7 @@
 use std::sync::Arc;
 
 use ferry_core::config::{Endpoint, SnapshotMethod, ZeroDates};
-use ferry_core::source::{self, Chunk, ChunkData};
+use ferry_core::source::{self, Chunk, ChunkData, ColumnCounts};
 use ferry_core::value::{Array, Interval, Numeric, Time, Timestamp};
 use ferry_core::{Error, MySqlPosition, Row, TableId, TableSchema, Value};
 use mysql_async::prelude::Queryable;
@@ -101,6 +101,8 @@ pub struct MySqlSnapshot {
     endpoint: Endpoint,
     zero_dates: ZeroDates,
     overrides: Overrides,
+    /// Zero dates loaded as NULL, per column (`ferry status`).
+    zero_counts: ColumnCounts,
     /// The watermark method: `position` is the low watermark, each chunk
     /// is read in a transaction of its own.
     watermark: bool,
@@ -138,7 +140,7 @@ pub async fn open(
     conn: Conn,
     (flavor, method): (Flavor, SnapshotMethod),
     endpoint: Endpoint,
-    (zero_dates, overrides): (ZeroDates, Overrides),
+    (zero_dates, overrides, zero_counts): (ZeroDates, Overrides, ColumnCounts),
 ) -> Result<MySqlSnapshot, Error> {
     refuse_without_snapshot(flavor)?;
     let (mut conn, position) = start_snapshot(conn).await?;
@@ -159,6 +161,7 @@ pub async fn open(
         endpoint,
         zero_dates,
         overrides,
+        zero_counts,
         watermark,
     })
 }
@@ -242,6 +245,7 @@ impl source::Snapshot for MySqlSnapshot {
                 conn: Arc::new(Mutex::new(conn)),
                 zero_dates: self.zero_dates,
                 overrides: self.overrides.clone(),
+                zero_counts: self.zero_counts.clone(),
                 per_chunk: true,
             });
         }
@@ -252,6 +256,7 @@ impl source::Snapshot for MySqlSnapshot {
                 conn: Arc::new(Mutex::new(conn)),
                 zero_dates: self.zero_dates,
                 overrides: self.overrides.clone(),
+                zero_counts: self.zero_counts.clone(),
                 per_chunk: false,
             });
         }
@@ -262,6 +267,7 @@ impl source::Snapshot for MySqlSnapshot {
             conn: self.conn.clone(),
             zero_dates: self.zero_dates,
             overrides: self.overrides.clone(),
+            zero_counts: self.zero_counts.clone(),
             per_chunk: false,
         })
     }
@@ -285,6 +291,7 @@ pub struct MySqlSnapshotReader {
     conn: Arc<Mutex<Conn>>,
     zero_dates: ZeroDates,
     overrides: Overrides,
+    zero_counts: ColumnCounts,
     /// Watermark method: each chunk in a transaction of its own.
     per_chunk: bool,
 }
@@ -300,7 +307,7 @@ impl source::SnapshotReader for MySqlSnapshotReader {
         let (tx, mut rx) = mpsc::channel::<Result<Row, Error>>(ROWS_IN_FLIGHT);
         let session = self.conn.clone().lock_owned().await;
         let chunk = chunk.clone();
-        let zero_dates = self.zero_dates;
+        let zero_dates = (self.zero_dates, self.zero_counts.clone());
         let per_chunk = self.per_chunk;
         tokio::spawn(async move {
             let mut session = session;
@@ -314,7 +321,8 @@ impl source::SnapshotReader for MySqlSnapshotReader {
                 stream_rows(
                     &mut session,
                     &sql,
-                    (&schema, zero_dates, targets.as_deref()),
+                    (&schema, targets.as_deref()),
+                    &zero_dates,
                     &chunk,
                     &tx,
                 )
@@ -388,7 +396,8 @@ fn is_spatial(source_type: &str) -> bool {
 async fn stream_rows(
     conn: &mut Conn,
     sql: &str,
-    (schema, zero_date_policy, targets): (&TableSchema, ZeroDates, Option<&[Option<String>]>),
+    (schema, targets): (&TableSchema, Option<&[Option<String>]>),
+    (zero_date_policy, zero_counts): &(ZeroDates, ColumnCounts),
     chunk: &Chunk,
     tx: &mpsc::Sender<Result<Row, Error>>,
 ) -> Result<(), Error> {
@@ -415,7 +424,7 @@ async fn stream_rows(
                     "restart ferry so that it reads the catalog again",
                 ));
             };
-            let v = convert_checked(schema, col, v, zero_date_policy, &out, &mut zero_dates[i])?;
+            let v = convert_checked(schema, col, v, *zero_date_policy, &out, &mut zero_dates[i])?;
             out.push(match targets.and_then(|t| t[i].as_deref()) {
                 Some(target) => retarget(v, target),
                 None => v,
@@ -433,6 +442,7 @@ async fn stream_rows(
         .zip(zero_dates)
         .filter(|(_, n)| *n > 0)
     {
+        zero_counts.add_load(&schema.id, &col.name, n);
         warn!(table = %schema.id, column = %col.name, rows = n, "zero or partial dates loaded as NULL");
     }
     tracing::debug!(table = %schema.id, chunk = chunk.index, rows, "chunk read");

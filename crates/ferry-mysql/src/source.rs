@@ -41,7 +41,8 @@ use std::time::Duration;
 use ferry_core::config::{Config, ZeroDates};
 use ferry_core::schema::quote_ident;
 use ferry_core::source::{
-    self, ChangeOptions, Chunk, Probe, Released, Retention, Source, SuperviseContext, TargetSchema,
+    self, ChangeOptions, Chunk, ColumnCount, ColumnCounts, Probe, Released, Retention, Source,
+    SuperviseContext, TargetSchema,
 };
 use ferry_core::{Error, Event, MySqlPosition, TableId};
 use mysql_async::Conn;
@@ -54,7 +55,9 @@ use crate::catalog::{self, query_error};
 use crate::changes::{ByteBudget, MySqlChanges, SchemaTracker, pump};
 use crate::connect::{self, Flavor};
 use crate::cutover::MySqlCutover;
-use crate::ddl::{create_table, enum_types, foreign_key_statements, in_list, index_statements};
+use crate::ddl::{
+    AfterCatchUp, create_table, enum_types, foreign_key_statements, in_list, index_statements,
+};
 use crate::snapshot::{self, KeyRange, MySqlSnapshot, quote, quote_table};
 use crate::typemap;
 
@@ -73,6 +76,8 @@ pub struct MySqlSource {
     /// start, then every acknowledgement): what the probe's retention
     /// figure counts from.
     acked: Acked,
+    /// Zero and partial dates written as NULL, per column (`ferry status`).
+    zero_dates: ColumnCounts,
 }
 
 /// A position shared between the change stream and the probe.
@@ -93,6 +98,7 @@ impl MySqlSource {
         MySqlSource {
             config,
             acked: Acked::default(),
+            zero_dates: ColumnCounts::default(),
         }
     }
 
@@ -389,6 +395,10 @@ impl Source for MySqlSource {
     /// ferry creates nothing on the source before the snapshot; a MySQL
     /// (not MariaDB) source is refused here, before the target records
     /// anything, as it has no lock-free snapshot yet ([`snapshot::open`]).
+    fn zero_dates(&self) -> Vec<ColumnCount> {
+        self.zero_dates.counts()
+    }
+
     async fn prepare_capture(&self, _after_interrupted: bool) -> Result<(), Error> {
         let mut conn = self.conn().await?;
         snapshot::refuse_without_snapshot(flavor(&mut conn).await?)
@@ -399,7 +409,11 @@ impl Source for MySqlSource {
             self.conn().await?,
             (catalog.flavor, self.method(catalog.flavor)),
             self.config.source.clone(),
-            (self.config.mysql.zero_dates, self.overrides()),
+            (
+                self.config.mysql.zero_dates,
+                self.overrides(),
+                self.zero_dates.clone(),
+            ),
         )
         .await
     }
@@ -411,7 +425,11 @@ impl Source for MySqlSource {
             conn,
             (flavor, self.method(flavor)),
             self.config.source.clone(),
-            (self.config.mysql.zero_dates, self.overrides()),
+            (
+                self.config.mysql.zero_dates,
+                self.overrides(),
+                self.zero_dates.clone(),
+            ),
         )
         .await
     }
@@ -419,7 +437,7 @@ impl Source for MySqlSource {
     async fn target_schema(
         &self,
         catalog: &MySqlCatalog,
-        _snapshot: &Self::Snapshot,
+        snapshot: &Self::Snapshot,
     ) -> Result<TargetSchema, Error> {
         let mut pre_data = String::new();
         let databases: BTreeSet<&str> = catalog
@@ -441,9 +459,27 @@ impl Source for MySqlSource {
         let carried: BTreeSet<TableId> =
             catalog.tables.iter().map(|t| t.schema.id.clone()).collect();
         let databases: Vec<String> = databases.into_iter().map(str::to_owned).collect();
+        // A watermark load's target is one state of the source only once
+        // catch-up has passed the stream's start: unique indexes wait.
+        let after = ferry_core::source::Snapshot::chunk_resumable(snapshot).then(|| AfterCatchUp {
+            target: carried
+                .iter()
+                .map(|t| (t.clone(), self.config.tables.target_name(t)))
+                .collect(),
+            keys: catalog
+                .tables
+                .iter()
+                .map(|t| {
+                    let key = t.schema.key_names().map(str::to_owned).collect();
+                    (t.schema.id.clone(), key)
+                })
+                .collect(),
+        });
         let mut conn = self.conn().await?;
-        let post_parallel = index_statements(&mut conn, &carried, &databases).await?;
-        let post_sequential = foreign_key_statements(&mut conn, &carried, &databases).await?;
+        let post_parallel =
+            index_statements(&mut conn, &carried, &databases, after.as_ref()).await?;
+        let post_sequential =
+            foreign_key_statements(&mut conn, &carried, &databases, after.as_ref()).await?;
         Ok(TargetSchema {
             pre_data,
             post_preamble: String::new(),
@@ -489,6 +525,7 @@ impl Source for MySqlSource {
                 ZeroDates::Error => ZeroDatePolicy::Error,
             },
             overrides: self.overrides(),
+            zero_date_counts: self.zero_dates.clone(),
             ..DecoderOptions::default()
         };
         let mut decoder = BinlogDecoder::new(decoding, &from)?;

@@ -116,6 +116,32 @@ impl Writer {
         Ok(hit.is_some())
     }
 
+    /// [`Writer::source_order`] read afresh (not cached) after locking the
+    /// table `ROW EXCLUSIVE` in the caller's open transaction: a unique
+    /// index being built on it is either committed before the read, or
+    /// waits until that transaction ends.
+    pub async fn source_order_locked(
+        &mut self,
+        client: &Client,
+        schema: &TableSchema,
+    ) -> Result<bool> {
+        if !schema.has_key() {
+            return Ok(false);
+        }
+        let target = self.target_of(&schema.id);
+        client
+            .batch_execute(&format!(
+                "LOCK TABLE {} IN ROW EXCLUSIVE MODE",
+                target.quoted()
+            ))
+            .await
+            .map_err(|e| pg_error(format!("locking {target} to read its unique indexes"), e))?;
+        self.source_order.remove(&schema.id);
+        let in_order = self.source_order(client, schema).await;
+        self.source_order.remove(&schema.id);
+        in_order
+    }
+
     /// Apply `tf.sequential` in source order.
     pub(super) async fn apply_in_order(&mut self, client: &Client, tf: &TableFold) -> Result<()> {
         let schema = &*tf.schema;

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use bytes::{BufMut, BytesMut};
 use ferry_core::schema::quote_ident;
-use ferry_core::{Result, TableId, TableSchema, Value};
+use ferry_core::{Error, Result, TableId, TableSchema, Value};
 use futures_util::SinkExt;
 use tokio_postgres::Client;
 
@@ -212,23 +212,38 @@ impl Staging {
             .iter()
             .map(|c| TargetKind::of(&c.pg_type))
             .collect();
+        let failed = |e| copy_error(schema, rows, e);
         for r in rows {
             push_stage_row(&mut buf, r, &kinds);
             if buf.len() >= COPY_CHUNK {
-                sink.send(buf.split().freeze())
-                    .await
-                    .map_err(|e| pg_error("copying into staging table", e))?;
+                sink.send(buf.split().freeze()).await.map_err(failed)?;
             }
         }
         if !buf.is_empty() {
-            sink.send(buf.freeze())
-                .await
-                .map_err(|e| pg_error("copying into staging table", e))?;
+            sink.send(buf.freeze()).await.map_err(failed)?;
         }
-        sink.as_mut()
-            .finish()
-            .await
-            .map_err(|e| pg_error("copying into staging table", e))?;
+        sink.as_mut().finish().await.map_err(failed)?;
         Ok(())
     }
+}
+
+/// A failed COPY of `rows` into a staging table: a value the target
+/// column's type refused names the table, the key of its row (one row per
+/// COPY line) and the column, with the fix.
+fn copy_error(schema: &TableSchema, rows: &[StageRow<'_>], e: tokio_postgres::Error) -> Error {
+    let Some(failure) = crate::error::copy_failure(&e) else {
+        return pg_error("copying into staging table", e);
+    };
+    let Some(row) = failure.line.checked_sub(1).and_then(|i| rows.get(i)) else {
+        return pg_error("copying into staging table", e);
+    };
+    let key = schema.key_text(row.values);
+    crate::error::value_refused(
+        "applying a change",
+        schema,
+        &key,
+        &failure,
+        "the change is read again from the checkpoint when ferry run starts, so it must fit: give the target column a type that takes the value (ALTER TABLE … ALTER COLUMN … TYPE …, and the same in its `tables.columns` type override if one chose the type), then run ferry run again",
+        e,
+    )
 }

@@ -97,6 +97,9 @@ pub struct DecoderOptions {
     pub scope: Scope,
     /// `tables.columns` type overrides ([`crate::overrides`]).
     pub overrides: crate::overrides::Overrides,
+    /// Where zero dates written as NULL are counted for `ferry status`
+    /// (besides [`BinlogDecoder::zero_dates`], per decoder).
+    pub zero_date_counts: ferry_core::source::ColumnCounts,
 }
 
 /// One decoder output.
@@ -852,6 +855,9 @@ impl BinlogDecoder {
                         tracing::warn!(table = %table.schema.id, column = %spec.name, "zero or partial date written as NULL");
                     }
                     *n += 1;
+                    self.opts
+                        .zero_date_counts
+                        .add_stream(&table.schema.id, &spec.name, 1);
                     values.push(Value::Null);
                 }
                 Err(ConvError::ZeroDate) => {

@@ -79,6 +79,9 @@ pub struct Live<P: Position> {
     last_error: Mutex<Option<String>>,
     tables: Mutex<Vec<TableStatus>>,
     pub carried: Mutex<Vec<(TableId, TableId)>>,
+    /// The source's zero-date counts ([`Source::zero_dates`]), refreshed by
+    /// the monitor.
+    zero_dates: Mutex<Vec<ferry_core::source::ColumnCount>>,
     slot: Mutex<Option<SlotHealth>>,
     stats: Mutex<Option<Arc<ApplyStats>>>,
     pub cutover_lock: tokio::sync::Mutex<()>,
@@ -119,6 +122,7 @@ impl<P: Position> Live<P> {
             last_error: Mutex::new(None),
             tables: Mutex::new(Vec::new()),
             carried: Mutex::new(Vec::new()),
+            zero_dates: Mutex::new(Vec::new()),
             slot: Mutex::new(None),
             stats: Mutex::new(None),
             cutover_lock: tokio::sync::Mutex::new(()),
@@ -320,6 +324,7 @@ impl<P: Position> Live<P> {
         s.validation = lock(&self.validation, |v| v.clone());
         s.validating = self.validating.load(Ordering::Acquire);
         s.schema_changes = lock(&self.schema_changes, |d| d.clone());
+        s.zero_dates = lock(&self.zero_dates, |z| z.clone());
         s.proxy = self
             .proxy
             .get()
@@ -403,6 +408,8 @@ pub async fn run_monitor<S: Source>(
                 }
             }
         }
+        let zero_dates = source.zero_dates();
+        lock(&live.zero_dates, |z| *z = zero_dates);
         live.publish_apply_counters(&mut apply_seen);
         let lag = live.lag();
         live.metrics.set_lag(lag.seconds, lag.bytes);

@@ -28,8 +28,10 @@ use ferry_apply::existing::Mapping;
 use ferry_apply::load::{LoadData, LoadProgress, LoadTarget, load_chunk};
 use ferry_apply::state::StateStore;
 use ferry_core::TableId;
+use ferry_core::TableSchema;
 use ferry_core::config::Config;
 use ferry_core::source::{Chunk, ChunkData, Snapshot, SnapshotReader, SourceTable};
+use futures_util::StreamExt;
 use tracing::info;
 
 use super::plan_store;
@@ -240,17 +242,75 @@ async fn load_worker<R: SnapshotReader>(
             ChunkData::BinaryCopy(bytes) => LoadData::BinaryCopy(bytes),
             ChunkData::Rows(rows) => LoadData::Rows(rows),
         };
-        let result = load_chunk(&mut target, state, &to, data, Some(&job.progress))
-            .await
-            .with_context(|| {
-                format!(
-                    "loading {} chunk {}/{}",
-                    schema.id,
-                    job.chunk.index + 1,
-                    job.chunk.total
-                )
-            })?;
+        let what = format!(
+            "loading {} chunk {}/{}",
+            schema.id,
+            job.chunk.index + 1,
+            job.chunk.total
+        );
+        let result = match load_chunk(&mut target, state, &to, data, Some(&job.progress)).await {
+            Ok(r) => r,
+            Err(e) => match ferry_apply::find_copy_failure(&e) {
+                Some(failure) => {
+                    let key = refused_key(&mut reader, &job.chunk, &read_schema, failure.line)
+                        .await
+                        .unwrap_or_else(|| format!("(row {} of the chunk)", failure.line));
+                    let fix = refused_fix(config, schema, failure.column.as_deref());
+                    return Err(ferry_apply::value_refused(
+                        &what,
+                        &read_schema,
+                        &key,
+                        &failure,
+                        &fix,
+                        e,
+                    )
+                    .into());
+                }
+                None => return Err(anyhow::Error::from(e).context(what)),
+            },
+        };
         tracing::debug!(worker, table = %schema.id, chunk = job.chunk.index, rows = result.rows, "chunk done");
+    }
+}
+
+/// The key of row `line` (1-based) of `chunk`, read again: a value of
+/// that row the target refused. A consistent snapshot reads the same rows
+/// in the same (primary key) order; `None` when the chunk cannot be read
+/// again or has fewer rows now.
+async fn refused_key<R: SnapshotReader>(
+    reader: &mut R,
+    chunk: &Chunk,
+    schema: &TableSchema,
+    line: usize,
+) -> Option<String> {
+    let ChunkData::Rows(mut rows) = reader.read(chunk, schema).await.ok()? else {
+        return None;
+    };
+    let mut n = 0;
+    while let Some(row) = rows.next().await {
+        n += 1;
+        let row = row.ok()?;
+        if n == line {
+            return Some(schema.key_text(&row.values));
+        }
+    }
+    None
+}
+
+/// What to do about a value the target column's type refused in the load.
+fn refused_fix(config: &Config, schema: &TableSchema, column: Option<&str>) -> String {
+    let overridden = column.and_then(|c| {
+        config
+            .tables
+            .column_override(&schema.id, c)
+            .and_then(|o| o.pg_type.as_deref())
+    });
+    match (column, overridden) {
+        (Some(c), Some(ty)) => format!(
+            "the column's type comes from the override `tables.columns.\"{}.{c}\".type = \"{ty}\"`: fix the value on the source (the chunk is read again when ferry run starts), or choose a type that takes every value of the column and start a new full load (`ferry cleanup --state`, drop the target tables, `ferry run`)",
+            schema.id
+        ),
+        _ => "fix the value on the source (the chunk is read again when ferry run starts), or map the column to a type that takes it and start a new full load (`ferry cleanup --state`, drop the target tables, `ferry run`)".to_owned(),
     }
 }
 
@@ -278,11 +338,50 @@ async fn index_session(target: &tokio_postgres::Client) -> anyhow::Result<()> {
 /// load: index and key builds several at a time (each session with
 /// [`INDEX_SORT_KB`] of sort memory), then the rest in order.
 /// Each statement commits with its `done` mark, so a resumed run builds only
-/// what is missing.
+/// what is missing. Statements that wait for catch-up
+/// ([`ferry_core::source::AFTER_CATCH_UP`]) are left to
+/// [`build_after_catch_up`].
 pub async fn build_post_data(config: &Config, state: &StateStore) -> anyhow::Result<()> {
+    build(config, state, false).await
+}
+
+/// Build the post-data statements that wait until catch-up has passed the
+/// stream's start (a watermark load's unique indexes and the foreign keys
+/// that need them); the same way and with the same `done` marks as
+/// [`build_post_data`], so a crash before or during it builds what is
+/// missing on the next run's catch-up. Returns how many were built.
+pub async fn build_after_catch_up(config: &Config, state: &StateStore) -> anyhow::Result<usize> {
+    let target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    let pending = pending_after_catch_up(&target, state).await?;
+    drop(target);
+    if pending > 0 {
+        build(config, state, true).await?;
+    }
+    Ok(pending)
+}
+
+/// How many post-data statements still wait for catch-up.
+pub async fn pending_after_catch_up(
+    target: &tokio_postgres::Client,
+    state: &StateStore,
+) -> anyhow::Result<usize> {
+    let (_, stmts) = plan_store::pending_post_data(target, state).await?;
+    Ok(stmts
+        .iter()
+        .filter(|s| ferry_core::source::after_catch_up(&s.kind))
+        .count())
+}
+
+/// Build the pending post-data statements that wait for catch-up
+/// (`after_catch_up`) or the others.
+async fn build(config: &Config, state: &StateStore, after_catch_up: bool) -> anyhow::Result<()> {
     let target = ferry_postgres::connect::connect(&config.target, "target").await?;
     let (preamble, stmts) = plan_store::pending_post_data(&target, state).await?;
     drop(target);
+    let stmts: Vec<_> = stmts
+        .into_iter()
+        .filter(|s| ferry_core::source::after_catch_up(&s.kind) == after_catch_up)
+        .collect();
     let (parallel, sequential): (Vec<_>, Vec<_>) = stmts.into_iter().partition(|s| s.parallel);
     let workers = config
         .load
@@ -293,6 +392,7 @@ pub async fn build_post_data(config: &Config, state: &StateStore) -> anyhow::Res
         indexes = parallel.len(),
         other = sequential.len(),
         workers,
+        after_catch_up,
         "building post-data objects"
     );
     let queue = Arc::new(Mutex::new(VecDeque::from(parallel)));

@@ -15,9 +15,14 @@
 //! backoff; operator errors stop the run.
 //!
 //! Phase: `catchup` becomes `stream` once the applied position reaches the
-//! source's head read when streaming started.
+//! source's head read when streaming started. The post-data statements that
+//! waited for that moment (after a watermark load: unique indexes and the
+//! foreign keys that need them) are built first, under the running applier,
+//! which until they exist decides per batch, under a lock the builds wait
+//! for, whether a table's changes may be folded across keys.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -122,15 +127,23 @@ async fn stream_once<S: Source>(
         .await?;
     info!(from = %checkpoint.position, source_head = %head, "streaming changes");
 
+    // A watermark load's unique indexes are built under the running
+    // applier once catch-up has passed `head`; until they exist the
+    // applier decides each table's apply order afresh per batch, under a
+    // lock the builds wait for (`ApplierConfig::recheck_order`).
+    let hold = (phase == Some(Phase::Catchup)
+        && super::load::pending_after_catch_up(&target, state).await? > 0)
+        .then(|| Arc::new(AtomicBool::new(true)));
     let promoter = (phase == Some(Phase::Catchup)).then(|| {
         let (config, state, live) = (config.clone(), state.clone(), live.clone());
-        let head = head.clone();
+        let (head, hold) = (head.clone(), hold.clone());
         tokio::spawn(async move {
             // Transient failures (target restarted, session ended) retry:
             // a lost promotion would leave the phase at catchup for good.
             let mut backoff = Backoff::default();
             loop {
-                let Err(e) = promote_when_caught_up(&config, &state, &head, &live).await else {
+                let promoted = promote_when_caught_up(&config, &state, &head, &live, hold.as_deref());
+                let Err(e) = promoted.await else {
                     return;
                 };
                 if classify(&e) != ErrorClass::Transient {
@@ -155,6 +168,7 @@ async fn stream_once<S: Source>(
     applier_cfg.replica_role = super::replica_role_mode(&target).await?;
     applier_cfg.pause = Some(live.paused());
     applier_cfg.existing_tables = mapping.is_some();
+    applier_cfg.recheck_order = hold;
     let mut applier =
         Applier::<S::Position>::new(target, state.clone(), config.tables.clone(), applier_cfg)
             .await?;
@@ -251,17 +265,45 @@ fn event_map<P: Position>(
     }
 }
 
-/// Mark the pipeline `stream` once everything up to `head` is applied.
+/// Mark the pipeline `stream` once everything up to `head` is applied:
+/// build what waited for catch-up (a watermark load's unique indexes, see
+/// [`super::load::build_after_catch_up`]; then `hold`, the applier's
+/// per-batch order check, is released), validate the foreign keys, then
+/// write the phase. Each step is idempotent: a crash before the phase is
+/// written does them again on the next run's catch-up.
 async fn promote_when_caught_up<P: Position>(
     config: &Config,
     state: &StateStore,
     head: &P,
     live: &Live<P>,
+    hold: Option<&AtomicBool>,
 ) -> anyhow::Result<()> {
     while live.applied_position().is_none_or(|a| a < *head) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The target holds a committed state of the source at or after `head`:
+    // every unique value is on one row again.
+    let built = super::load::build_after_catch_up(config, state).await?;
     let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    if built > 0 {
+        info!(
+            built,
+            "built the unique indexes and keys that waited for catch-up"
+        );
+        if !super::replica_role_mode(&target).await? {
+            // No-replica-role mode: a foreign key built now is dropped
+            // until cutover like the others (idempotent).
+            let carried: Vec<_> = live
+                .carried
+                .lock()
+                .map(|c| c.iter().map(|(_, t)| t.clone()).collect())
+                .unwrap_or_default();
+            super::overrides::disable_for_apply(&mut target, state, &carried, false).await?;
+        }
+    }
+    if let Some(h) = hold {
+        h.store(false, Ordering::Release);
+    }
     // Every table is now past its snapshot: one consistent position.
     super::overrides::validate_foreign_keys(&mut target, state).await?;
     for t in state.tables(&target).await? {
