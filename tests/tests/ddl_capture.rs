@@ -1086,8 +1086,28 @@ fn identity_and_generated_expression_changes_17() {
 /// the row in the snapshot is loaded and the changes after it are carried.
 #[test]
 fn a_table_created_across_the_capture_install_is_loaded_and_streamed() {
-    let p = Migration::new(PgOptions::new(), target_options(), SCHEMA2)
+    across_the_capture_install(false);
+}
+
+/// The same with a slot created beforehand (`postgres.existing_slot`): it
+/// is advanced again, to the new snapshot.
+#[test]
+fn a_table_created_across_the_capture_install_with_an_existing_slot() {
+    across_the_capture_install(true);
+}
+
+fn across_the_capture_install(existing_slot: bool) {
+    let mut p = Migration::new(PgOptions::new(), target_options(), SCHEMA2)
         .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    if existing_slot {
+        p = p
+            .env("FERRY_POSTGRES_SLOT", "dba_slot")
+            .env("FERRY_POSTGRES_EXISTING_SLOT", "true");
+        deploy(
+            &p.source_url,
+            "SELECT pg_create_logical_replication_slot('dba_slot', 'pgoutput')",
+        );
+    }
     let rt = pgsync::runtime();
     let open = rt.block_on(async {
         let c = pgsync::connect(&p.source_url).await.expect("source");

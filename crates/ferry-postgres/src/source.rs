@@ -383,9 +383,9 @@ impl source::Source for PgSource {
             // committed after `publish_new` is in the snapshot but in no
             // publication: its rows since would never be streamed. The slot
             // waited for that transaction, so it is visible now: publish it
-            // and take a new snapshot that has it in the publication.
+            // and take a new snapshot that has it in the publication (a slot
+            // created beforehand is advanced again, to the new snapshot).
             if self.config.postgres.capture_ddl
-                && !self.config.postgres.existing_slot
                 && !self.tables_at(&snapshot, catalog).await?.1.is_empty()
             {
                 info!(
@@ -394,7 +394,9 @@ impl source::Source for PgSource {
                 );
                 crate::ddl_capture::publish_new(&source, &self.config).await?;
                 snapshot.conn.close().await;
-                drop_slot_once_released(&source, slot).await?;
+                if !self.config.postgres.existing_slot {
+                    drop_slot_once_released(&source, slot).await?;
+                }
                 continue;
             }
             match self.dump_at(&snapshot, &schemas).await? {
