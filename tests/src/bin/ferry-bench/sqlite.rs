@@ -148,11 +148,15 @@ impl SqliteFigures {
             ),
         );
         if let Some(split) = self.ferry_split {
-            line(
+            // Its own ratio is against the COPY-in ceiling, not ferry's total.
+            let of_ceiling = self.copy_in.map_or("-".into(), |c| {
+                format!("{:.2}×", c.as_secs_f64() / split.copy.as_secs_f64())
+            });
+            let _ = writeln!(
                 out,
-                "ferry's COPY of the chunks alone",
-                Some(split.copy),
-                "from the load phase's start until every chunk is marked done",
+                "| ferry's COPY of the chunks alone | {:.1} s | {} | - | {of_ceiling} of the COPY-in ceiling; from the load phase's start until every chunk is marked done |",
+                split.copy.as_secs_f64(),
+                rate(self.rows as f64 / split.copy.as_secs_f64()),
             );
         }
         let tps = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
@@ -532,8 +536,13 @@ impl Bench {
         }
         say!("  baseline ferry: {:.1} s", took.as_secs_f64());
         stop_ferry(bg)?;
-        self.target
-            .psql("postgres", &format!("DROP DATABASE \"{db}\""))?;
+        // FORCE: the probe's connection may not have closed yet.
+        if let Err(e) = self
+            .target
+            .psql("postgres", &format!("DROP DATABASE \"{db}\" WITH (FORCE)"))
+        {
+            say!("  baseline ferry: its database was not dropped: {e:#}");
+        }
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", copy.display()));
         }
