@@ -15,7 +15,8 @@
 //! - [`state`]: the `ferry` state schema in the target (checkpoint, tables,
 //!   chunks, runs, events, lag history, pipeline phase); every table of it
 //!   and its versioned migrations are in [`state::schema`].
-//! - [`copy_text`]: COPY text encoding of values (loader and staging).
+//! - [`copy_text`]: COPY text encoding of values (loader and staging; in
+//!   `ferry-core`, shared with sources that encode rows themselves).
 //! - [`conversion`]: values converted to an existing target column's type.
 //! - [`ddl`]: CREATE/ALTER TABLE for non-PostgreSQL sources.
 //! - [`existing`]: target tables the application created, matched by name.
@@ -37,7 +38,7 @@
 pub mod applier;
 pub mod checkpoint;
 pub mod conversion;
-pub mod copy_text;
+pub use ferry_core::copy_text;
 pub mod ddl;
 mod error;
 pub mod existing;

@@ -3,11 +3,13 @@
 //! Consumes either (a) raw binary COPY bytes from a PostgreSQL source
 //! (`COPY … TO STDOUT (FORMAT binary)`), passed straight through without
 //! decoding — the PG→PG fast path — or (b) rows of [`Value`]s from other
-//! sources, encoded here. Emits: `COPY <target> (<cols>) FROM STDIN` on the
-//! target, streaming with a bounded buffer (~64 KiB); a table is never
-//! collected in memory.
+//! sources, encoded here, or (c) COPY text bytes a source encoded itself
+//! from its own rows (SQLite, into tables ferry created), passed through
+//! like (a). Emits: `COPY <target> (<cols>) FROM STDIN` on the target,
+//! streaming with a bounded buffer (~256 KiB); a table is never collected
+//! in memory.
 //!
-//! Encoding of (b): COPY **text** format. Every [`Value`] already has an
+//! Encoding of (b) and (c): COPY **text** format. Every [`Value`] already has an
 //! exact PostgreSQL text form ([`Value::to_pg_text`]); the server parses it
 //! with the target column's own input function. That makes `Value::Other`
 //! (types ferry does not model), enums, domains and arrays of any of them
@@ -70,6 +72,10 @@ pub struct LoadResult {
 pub enum LoadData<B, R> {
     /// Binary COPY bytes from a PostgreSQL source, passed through.
     BinaryCopy(B),
+    /// COPY text bytes of whole rows in `columns` order, encoded by the
+    /// source ([`crate::copy_text`]), passed through; only without
+    /// [`LoadTarget::kinds`] (nothing to convert).
+    TextCopy(B),
     /// Rows of values in `columns` order.
     Rows(R),
 }
@@ -78,6 +84,7 @@ impl<B, R> std::fmt::Debug for LoadData<B, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             LoadData::BinaryCopy(_) => "LoadData::BinaryCopy",
+            LoadData::TextCopy(_) => "LoadData::TextCopy",
             LoadData::Rows(_) => "LoadData::Rows",
         })
     }
@@ -148,6 +155,18 @@ where
             let sql = copy_sql(t, &to.columns, true, to.freeze);
             copy_binary(tx.client(), t, &sql, s, progress).await?
         }
+        LoadData::TextCopy(s) => {
+            if !to.kinds.is_empty() {
+                return Err(Error::operator(
+                    format!(
+                        "the source encoded the rows for {t} itself, but they need converting to the table's column types"
+                    ),
+                    "this is a ferry bug in the load; report it with the log",
+                ));
+            }
+            let sql = copy_sql(t, &to.columns, false, to.freeze);
+            copy_passthrough(&tx, t, &sql, s, progress, Format::Text).await?
+        }
         LoadData::Rows(s) => {
             let sql = copy_sql(t, &to.columns, false, to.freeze);
             copy_rows(tx.client(), t, &sql, &to.columns, &to.kinds, s, progress).await?
@@ -208,8 +227,45 @@ pub async fn copy_binary<S, E>(
     client: &Client,
     target: &TableId,
     sql: &str,
+    data: S,
+    progress: Option<&LoadProgress>,
+) -> Result<LoadResult>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+    E: Into<BoxError>,
+{
+    copy_passthrough(client, target, sql, data, progress, Format::Binary).await
+}
+
+/// The format of bytes passed through, for the running row count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A PostgreSQL source's binary COPY: one message per row.
+    Binary,
+    /// COPY text: one newline per row (a newline inside a value is
+    /// escaped as `\n`).
+    Text,
+}
+
+impl Format {
+    /// Rows in `chunk` (whole rows, for [`Format::Text`]).
+    fn rows(self, chunk: &[u8]) -> u64 {
+        match self {
+            Format::Binary => 1,
+            Format::Text => chunk.iter().filter(|&&b| b == b'\n').count() as u64,
+        }
+    }
+}
+
+/// Pass COPY bytes of `format` through to `sql` ([`copy_sql`] of the same
+/// format). A source error aborts the COPY (nothing of it is kept).
+pub async fn copy_passthrough<S, E>(
+    client: &tokio_postgres::Transaction<'_>,
+    target: &TableId,
+    sql: &str,
     mut data: S,
     progress: Option<&LoadProgress>,
+    format: Format,
 ) -> Result<LoadResult>
 where
     S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
@@ -218,27 +274,34 @@ where
     let err = |e| pg_error(format!("copying into {target}"), e);
     let sink = client.copy_in::<_, Bytes>(sql).await.map_err(err)?;
     futures_util::pin_mut!(sink);
-    // The source sends one CopyData message per row; forwarding each on its
-    // own (a send is a flush) costs a round trip to the connection task per
-    // row. Coalesce into large buffers instead; memory stays bounded by
-    // FLUSH_BYTES. Messages also give a running row count for progress,
-    // corrected to the server's exact count at the end.
+    // A PostgreSQL source sends one CopyData message per row; forwarding
+    // each on its own (a send is a flush) costs a round trip to the
+    // connection task per row. Coalesce into large buffers instead; memory
+    // stays bounded by FLUSH_BYTES (a source's piece that is that large
+    // already goes as it is). The pieces also give a running row count for
+    // progress, corrected to the server's exact count at the end.
     let mut buf = BytesMut::with_capacity(FLUSH_BYTES);
-    let (mut bytes, mut messages, mut reported) = (0u64, 0u64, 0u64);
+    let (mut bytes, mut pending, mut reported) = (0u64, 0u64, 0u64);
     while let Some(chunk) = data.next().await {
         let chunk = chunk.map_err(|e| source_error(target, e))?;
         bytes += chunk.len() as u64;
-        messages += 1;
-        buf.extend_from_slice(&chunk);
-        if buf.len() >= FLUSH_BYTES {
-            if let Some(p) = progress {
-                p.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
-                p.rows.fetch_add(messages, Ordering::Relaxed);
+        pending += format.rows(&chunk);
+        let full = if buf.is_empty() && chunk.len() >= FLUSH_BYTES {
+            chunk
+        } else {
+            buf.extend_from_slice(&chunk);
+            if buf.len() < FLUSH_BYTES {
+                continue;
             }
-            reported += messages;
-            messages = 0;
-            sink.send(buf.split().freeze()).await.map_err(err)?;
+            buf.split().freeze()
+        };
+        if let Some(p) = progress {
+            p.bytes.fetch_add(full.len() as u64, Ordering::Relaxed);
+            p.rows.fetch_add(pending, Ordering::Relaxed);
         }
+        reported += pending;
+        pending = 0;
+        sink.send(full).await.map_err(err)?;
     }
     if !buf.is_empty() {
         if let Some(p) = progress {

@@ -12,6 +12,7 @@
 //! - [`position`]: per-source log positions, ordered within one source and
 //!   impossible to compare across sources (distinct types).
 //! - [`ddl`]: schema changes carried in the stream (PostgreSQL event trigger).
+//! - [`copy_text`]: PostgreSQL COPY text encoding of values.
 //! - [`config`]: `ferry.toml` with `FERRY_*` overrides and a pure `validate()`.
 //! - [`secret`]: redacting wrappers for passwords and connection URLs.
 //! - [`plan`]: prerequisite checks and the table plan of `ferry plan`.
@@ -25,6 +26,7 @@
 pub mod calendar;
 pub mod change;
 pub mod config;
+pub mod copy_text;
 pub mod ddl;
 pub mod duration;
 pub mod error;

@@ -61,8 +61,9 @@ pub struct SourceTable {
     pub schema: TableSchema,
     /// Planner estimate, for progress; `None` when the source has none.
     pub row_estimate: Option<u64>,
-    /// Size on disk in bytes (PostgreSQL: heap and TOAST), for loading the
-    /// largest tables first; `None` when the source does not say.
+    /// Size in bytes (PostgreSQL: heap and TOAST on disk; SQLite: its
+    /// values, estimated from sampled rows), for loading the largest tables
+    /// first; `None` when the source does not say.
     pub bytes: Option<u64>,
 }
 
@@ -197,6 +198,11 @@ pub enum ChunkData {
     BinaryCopy(BoxStream<Bytes>),
     /// Rows of values in the table's column order.
     Rows(BoxStream<Row>),
+    /// PostgreSQL COPY text-format bytes of whole rows (tab-separated
+    /// columns in the table's column order, `\N` for NULL, each row ended
+    /// by a newline: [`crate::copy_text`]), encoded by the source itself
+    /// for a table ferry created ([`SnapshotReader::read_copy_text`]).
+    TextCopy(BoxStream<Bytes>),
 }
 
 impl std::fmt::Debug for ChunkData {
@@ -204,6 +210,7 @@ impl std::fmt::Debug for ChunkData {
         f.write_str(match self {
             ChunkData::BinaryCopy(_) => "ChunkData::BinaryCopy",
             ChunkData::Rows(_) => "ChunkData::Rows",
+            ChunkData::TextCopy(_) => "ChunkData::TextCopy",
         })
     }
 }
@@ -245,6 +252,19 @@ pub trait SnapshotReader: Send + 'static {
         chunk: &Chunk,
         schema: &TableSchema,
     ) -> impl Future<Output = Result<ChunkData, Error>> + Send;
+
+    /// The rows of `chunk` for a table ferry created, whose columns have
+    /// exactly the types of `schema` (no conversion to an existing table's
+    /// types): a source that can encode its values as COPY text straight
+    /// from its own rows returns [`ChunkData::TextCopy`] and skips building
+    /// a [`Row`] per row. Default: [`SnapshotReader::read`].
+    fn read_copy_text(
+        &mut self,
+        chunk: &Chunk,
+        schema: &TableSchema,
+    ) -> impl Future<Output = Result<ChunkData, Error>> + Send {
+        self.read(chunk, schema)
+    }
 }
 
 /// Run on every event before it is sent; may change or drop it.

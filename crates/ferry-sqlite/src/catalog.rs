@@ -91,6 +91,10 @@ pub struct SourceTable {
     pub schema: TableSchema,
     /// Exact `count(*)`.
     pub row_count: u64,
+    /// Bytes of its values, estimated from the sampled rows (integers and
+    /// reals 8 bytes, text and blobs their length): the load takes the
+    /// largest tables first.
+    pub bytes_estimate: u64,
     /// Whether the table has a rowid (not WITHOUT ROWID).
     pub has_rowid: bool,
     /// Columns whose sampled values did not fit, or whose declared type was
@@ -166,7 +170,7 @@ fn read_table(
     let row_count: i64 = conn
         .query_row(&format!("SELECT count(*) FROM {q}"), [], |r| r.get(0))
         .map_err(ctx(what.clone()))?;
-    let samples = sample(conn, &q, raw.len(), has_rowid).map_err(ctx(what))?;
+    let (samples, sampled) = sample(conn, &q, raw.len(), has_rowid).map_err(ctx(what))?;
     let mut key: Vec<(i64, usize)> = raw
         .iter()
         .enumerate()
@@ -218,6 +222,7 @@ fn read_table(
             replica_identity: ReplicaIdentity::Full,
         },
         row_count: u64::try_from(row_count).unwrap_or(0),
+        bytes_estimate: sampled.estimate(u64::try_from(row_count).unwrap_or(0)),
         has_rowid,
         findings,
         null_misfits,
@@ -248,16 +253,36 @@ fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<RawColumn>> {
     Ok(out)
 }
 
-/// The first [`SAMPLE_ROWS`] rows, one sample vector per column.
+/// The size of the sampled rows.
+#[derive(Debug, Clone, Copy, Default)]
+struct SampledSize {
+    rows: u64,
+    bytes: u64,
+}
+
+impl SampledSize {
+    /// Bytes of `rows` rows like the sampled ones.
+    fn estimate(self, rows: u64) -> u64 {
+        if self.rows == 0 {
+            return 0;
+        }
+        let total = u128::from(self.bytes) * u128::from(rows) / u128::from(self.rows);
+        u64::try_from(total).unwrap_or(u64::MAX)
+    }
+}
+
+/// The first [`SAMPLE_ROWS`] rows, one sample vector per column, and
+/// their size.
 fn sample(
     conn: &Connection,
     table: &str,
     ncols: usize,
     has_rowid: bool,
-) -> rusqlite::Result<Vec<Vec<Sample>>> {
+) -> rusqlite::Result<(Vec<Vec<Sample>>, SampledSize)> {
     let mut out = vec![Vec::new(); ncols];
+    let mut size = SampledSize::default();
     if ncols == 0 {
-        return Ok(out);
+        return Ok((out, size));
     }
     let rowid = if has_rowid { "rowid" } else { "NULL" };
     // `*` lists exactly the non-hidden columns, in table_xinfo order.
@@ -266,8 +291,15 @@ fn sample(
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
         let rowid: Option<i64> = row.get(0)?;
+        size.rows += 1;
         for (i, samples) in out.iter_mut().enumerate() {
-            let value = match row.get_ref(i + 1)? {
+            let v = row.get_ref(i + 1)?;
+            size.bytes += match v {
+                ValueRef::Null => 0,
+                ValueRef::Integer(_) | ValueRef::Real(_) => 8,
+                ValueRef::Text(b) | ValueRef::Blob(b) => b.len() as u64,
+            };
+            let value = match v {
                 ValueRef::Null => Sampled::Null,
                 ValueRef::Integer(v) => Sampled::Integer(v),
                 ValueRef::Real(v) => Sampled::Real(v),
@@ -282,5 +314,5 @@ fn sample(
             samples.push(Sample { rowid, value });
         }
     }
-    Ok(out)
+    Ok((out, size))
 }

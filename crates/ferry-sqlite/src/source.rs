@@ -223,7 +223,7 @@ impl source::Catalog for SqliteCatalog {
             .map(|t| source::SourceTable {
                 schema: t.schema.clone(),
                 row_estimate: Some(t.row_count),
-                bytes: None,
+                bytes: Some(t.bytes_estimate),
             })
             .collect()
     }

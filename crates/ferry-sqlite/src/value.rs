@@ -21,67 +21,148 @@
 //! | `uuid`, `json`, `jsonb` (explicit types) | TEXT (the target parses it) |
 //!
 //! NULL is NULL for every type.
+//!
+//! The load encodes values straight into COPY text ([`push_copy_text`]):
+//! the column's [`Kind`] is resolved once per chunk, text is escaped from
+//! SQLite's own buffer, and every other value takes the [`Value`] that
+//! [`decode_kind`] gives and [`ferry_core::copy_text`]'s encoding of it, so
+//! the bytes are exactly those of the decoded row.
 
+use bytes::{BufMut, BytesMut};
 use ferry_core::Value;
+use ferry_core::copy_text::push_escaped;
 use ferry_core::value::{Date, Numeric, Time, Timestamp};
 use rusqlite::types::ValueRef;
 
 /// Why a value does not fit its column's type (no value text: it may be private).
 pub type Misfit = &'static str;
 
+/// A column's PostgreSQL type as the decoder sees it (modifiers and
+/// aliases folded): resolved once per column, not per value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Bigint,
+    Integer,
+    Smallint,
+    /// `uuid`, `json`, `jsonb`: text the target parses.
+    TextParsed,
+    Boolean,
+    Double,
+    Numeric,
+    Text,
+    Bytea,
+    Date,
+    Time,
+    Timestamp,
+    Timestamptz,
+    /// A type ferry cannot decode from SQLite (every non-NULL value misfits).
+    Unknown,
+}
+
+impl Kind {
+    pub fn of(pg_type: &str) -> Kind {
+        let base = pg_type.split('(').next().unwrap_or(pg_type).trim();
+        match base {
+            "bigint" | "int8" => Kind::Bigint,
+            "integer" | "int" | "int4" => Kind::Integer,
+            "smallint" | "int2" => Kind::Smallint,
+            "uuid" | "json" | "jsonb" => Kind::TextParsed,
+            "boolean" | "bool" => Kind::Boolean,
+            "double precision" | "float8" => Kind::Double,
+            "numeric" => Kind::Numeric,
+            "text" => Kind::Text,
+            "bytea" => Kind::Bytea,
+            "date" => Kind::Date,
+            "time" => Kind::Time,
+            "timestamp" | "timestamp without time zone" => Kind::Timestamp,
+            "timestamptz" | "timestamp with time zone" => Kind::Timestamptz,
+            _ => Kind::Unknown,
+        }
+    }
+}
+
 /// [`decode`], with a value that does not fit written as NULL when the
 /// column's type policy says so (`null_misfits`).
 pub fn decode_column(pg_type: &str, null_misfits: bool, v: ValueRef<'_>) -> Result<Value, Misfit> {
-    match decode(pg_type, v) {
+    decode_kind_column(Kind::of(pg_type), null_misfits, v)
+}
+
+/// [`decode_column`] for a resolved [`Kind`].
+pub fn decode_kind_column(
+    kind: Kind,
+    null_misfits: bool,
+    v: ValueRef<'_>,
+) -> Result<Value, Misfit> {
+    match decode_kind(kind, v) {
         Err(_) if null_misfits => Ok(Value::Null),
+        other => other,
+    }
+}
+
+/// Appends one SQLite value to `buf` as the COPY text of
+/// [`decode_kind_column`]'s value: exactly
+/// `push_copy_text(buf, &decode_kind_column(kind, null_misfits, v)?)`,
+/// without a `String` for text. On a misfit `buf` may hold part of the
+/// row (the caller abandons it).
+pub fn push_copy_text(
+    buf: &mut BytesMut,
+    kind: Kind,
+    null_misfits: bool,
+    v: ValueRef<'_>,
+) -> Result<(), Misfit> {
+    let encoded = match (kind, v) {
+        (Kind::Text | Kind::TextParsed, ValueRef::Text(t)) => std::str::from_utf8(t)
+            .map(|s| push_escaped(buf, s.as_bytes()))
+            .map_err(|_| "invalid UTF-8 in a text column"),
+        _ => decode_kind(kind, v).map(|value| ferry_core::copy_text::push_copy_text(buf, &value)),
+    };
+    match encoded {
+        Err(_) if null_misfits => {
+            buf.put_slice(b"\\N");
+            Ok(())
+        }
         other => other,
     }
 }
 
 /// Decodes one SQLite value for a column of PostgreSQL type `pg_type`.
 pub fn decode(pg_type: &str, v: ValueRef<'_>) -> Result<Value, Misfit> {
+    decode_kind(Kind::of(pg_type), v)
+}
+
+/// [`decode`] for a resolved [`Kind`].
+pub fn decode_kind(kind: Kind, v: ValueRef<'_>) -> Result<Value, Misfit> {
     if let ValueRef::Null = v {
         return Ok(Value::Null);
     }
-    let base = pg_type.split('(').next().unwrap_or(pg_type).trim();
-    let base = match base {
-        "timestamp without time zone" => "timestamp",
-        "timestamp with time zone" => "timestamptz",
-        "int8" => "bigint",
-        "int" | "int4" => "integer",
-        "int2" => "smallint",
-        "bool" => "boolean",
-        "float8" => "double precision",
-        other => other,
-    };
-    match base {
-        "bigint" => match v {
+    match kind {
+        Kind::Bigint => match v {
             ValueRef::Integer(i) => Ok(Value::Int8(i)),
             _ => Err("non-integer value in a bigint column"),
         },
-        "integer" => match v {
+        Kind::Integer => match v {
             ValueRef::Integer(i) => i32::try_from(i)
                 .map(Value::Int4)
                 .map_err(|_| "integer out of range for integer"),
             _ => Err("non-integer value in an integer column"),
         },
-        "smallint" => match v {
+        Kind::Smallint => match v {
             ValueRef::Integer(i) => i16::try_from(i)
                 .map(Value::Int2)
                 .map_err(|_| "integer out of range for smallint"),
             _ => Err("non-integer value in a smallint column"),
         },
         // PostgreSQL parses the text on the target (COPY text input).
-        "uuid" | "json" | "jsonb" => match v {
+        Kind::TextParsed => match v {
             ValueRef::Text(t) => Ok(Value::Text(utf8(t)?)),
             _ => Err("non-text value in a uuid/json column"),
         },
-        "boolean" => match v {
+        Kind::Boolean => match v {
             ValueRef::Integer(0) => Ok(Value::Bool(false)),
             ValueRef::Integer(1) => Ok(Value::Bool(true)),
             _ => Err("value other than 0/1 in a boolean column"),
         },
-        "double precision" => match v {
+        Kind::Double => match v {
             ValueRef::Real(f) => Ok(Value::Float8(f)),
             ValueRef::Integer(i) if (i as f64) as i64 == i && i != i64::MAX => {
                 Ok(Value::Float8(i as f64))
@@ -89,7 +170,7 @@ pub fn decode(pg_type: &str, v: ValueRef<'_>) -> Result<Value, Misfit> {
             ValueRef::Integer(_) => Err("integer too wide for double precision"),
             _ => Err("non-number in a double precision column"),
         },
-        "numeric" => match v {
+        Kind::Numeric => match v {
             ValueRef::Integer(i) => Ok(Value::Numeric(numeric(&i.to_string())?)),
             ValueRef::Real(f) if f.is_finite() => Ok(Value::Numeric(numeric(&format!("{f}"))?)),
             ValueRef::Real(_) => Err("infinite value in a numeric column"),
@@ -99,35 +180,35 @@ pub fn decode(pg_type: &str, v: ValueRef<'_>) -> Result<Value, Misfit> {
             }
             _ => Err("blob in a numeric column"),
         },
-        "text" => match v {
+        Kind::Text => match v {
             ValueRef::Text(t) => Ok(Value::Text(utf8(t)?)),
             ValueRef::Integer(i) => Ok(Value::Text(i.to_string())),
             ValueRef::Real(f) => Ok(Value::Text(real_text(f))),
             _ => Err("blob in a text column"),
         },
-        "bytea" => match v {
+        Kind::Bytea => match v {
             ValueRef::Blob(b) | ValueRef::Text(b) => Ok(Value::Bytes(b.to_vec())),
             _ => Err("number in a bytea column"),
         },
-        "date" | "timestamp" | "timestamptz" if matches!(v, ValueRef::Integer(_)) => {
+        Kind::Date | Kind::Timestamp | Kind::Timestamptz if matches!(v, ValueRef::Integer(_)) => {
             let ValueRef::Integer(n) = v else {
                 return Err("value is not a date/time");
             };
             let ts = Timestamp::from_unix_epoch(n).ok_or("epoch integer out of range")?;
-            Ok(match base {
-                "date" => Value::Date(ts.date()),
-                "timestamptz" => Value::TimestampTz(ts),
+            Ok(match kind {
+                Kind::Date => Value::Date(ts.date()),
+                Kind::Timestamptz => Value::TimestampTz(ts),
                 _ => Value::Timestamp(ts),
             })
         }
-        "date" | "time" | "timestamp" | "timestamptz" => {
+        Kind::Date | Kind::Time | Kind::Timestamp | Kind::Timestamptz => {
             let ValueRef::Text(t) = v else {
                 return Err("value is not a date/time");
             };
             let t = std::str::from_utf8(t).map_err(|_| "value is not a date/time")?;
-            temporal(base, t.trim()).ok_or("value is not a date/time")
+            temporal(kind, t.trim()).ok_or("value is not a date/time")
         }
-        _ => Err("column type ferry cannot decode from SQLite"),
+        Kind::Unknown => Err("column type ferry cannot decode from SQLite"),
     }
 }
 
@@ -153,13 +234,13 @@ fn real_text(f: f64) -> String {
     }
 }
 
-fn temporal(kind: &str, t: &str) -> Option<Value> {
-    if kind == "time" {
+fn temporal(kind: Kind, t: &str) -> Option<Value> {
+    if kind == Kind::Time {
         let (micros, rest) = time(t)?;
         return rest.is_empty().then_some(Value::Time(Time(micros)));
     }
     let (date, rest) = date(t)?;
-    if kind == "date" {
+    if kind == Kind::Date {
         return rest.is_empty().then_some(Value::Date(date));
     }
     let (micros, zone) = if rest.is_empty() {
@@ -169,8 +250,8 @@ fn temporal(kind: &str, t: &str) -> Option<Value> {
     };
     let ts = Timestamp::from_parts(date, Time(micros))?;
     match (kind, zone) {
-        ("timestamp", "") => Some(Value::Timestamp(ts)),
-        ("timestamptz", z) if !z.is_empty() => {
+        (Kind::Timestamp, "") => Some(Value::Timestamp(ts)),
+        (Kind::Timestamptz, z) if !z.is_empty() => {
             let off = zone_seconds(z)?;
             Some(Value::TimestampTz(Timestamp(
                 ts.0.checked_sub(off * 1_000_000)?,
@@ -341,6 +422,70 @@ mod tests {
         ];
         for (ty, v, want) in cases {
             assert_eq!(decode(ty, v), want, "{ty} {v:?}");
+        }
+    }
+
+    /// The load's direct encoding gives the bytes of the decoded value's
+    /// COPY text, misfits included.
+    #[test]
+    fn copy_text_is_the_decoded_values_text() {
+        let types = [
+            "bigint",
+            "integer",
+            "smallint",
+            "uuid",
+            "jsonb",
+            "boolean",
+            "double precision",
+            "numeric(10,2)",
+            "text",
+            "bytea",
+            "date",
+            "time",
+            "timestamp",
+            "timestamptz",
+            "point",
+        ];
+        let values = [
+            ValueRef::Null,
+            ValueRef::Integer(0),
+            ValueRef::Integer(1),
+            ValueRef::Integer(-70_000),
+            ValueRef::Integer(1_700_000_000_123),
+            ValueRef::Integer(i64::MAX),
+            ValueRef::Real(0.1),
+            ValueRef::Real(2.0),
+            ValueRef::Real(f64::INFINITY),
+            ValueRef::Real(f64::NAN),
+            ValueRef::Text(b"plain"),
+            ValueRef::Text(b"tab\there\nnew\\line\r"),
+            ValueRef::Text(b"12.340"),
+            ValueRef::Text(b"2024-02-29 12:00:00.1234567"),
+            ValueRef::Text(b"2021-01-01T02:00:00+02:00"),
+            ValueRef::Text(b"01:02:03"),
+            ValueRef::Text(b"\xff\xfe not UTF-8"),
+            ValueRef::Text("é".as_bytes()),
+            ValueRef::Blob(&[0, 9, 255]),
+        ];
+        for ty in types {
+            for null_misfits in [false, true] {
+                for v in values {
+                    let mut direct = BytesMut::new();
+                    let got = push_copy_text(&mut direct, Kind::of(ty), null_misfits, v);
+                    let want = decode_column(ty, null_misfits, v).map(|value| {
+                        let mut b = BytesMut::new();
+                        ferry_core::copy_text::push_copy_text(&mut b, &value);
+                        b
+                    });
+                    match want {
+                        Ok(b) => {
+                            assert_eq!(got, Ok(()), "{ty} {null_misfits} {v:?}");
+                            assert_eq!(direct, b, "{ty} {null_misfits} {v:?}");
+                        }
+                        Err(why) => assert_eq!(got, Err(why), "{ty} {null_misfits} {v:?}"),
+                    }
+                }
+            }
         }
     }
 }

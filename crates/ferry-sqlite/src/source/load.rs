@@ -6,29 +6,36 @@
 //! and the change-log head read from the copy: rows and position of one
 //! instant; the position is recorded in the file with
 //! [`crate::reader::mark_snapshot`] before the rows are used, so no
-//! streamed transaction spans it) and per chunk a stream of typed rows,
-//! bounded in bytes (see [`BATCH_BYTES`]). Restart: copies
-//! a crashed process left behind are removed by the next snapshot.
+//! streamed transaction spans it) and per chunk, from a reading thread of
+//! its own, either the rows' COPY text (into tables ferry created:
+//! [`value::push_copy_text`] encodes each value straight from SQLite's
+//! buffer, no [`Row`] or `String` per row) or typed rows (into existing
+//! tables, whose column types the load converts to), in batches bounded in
+//! bytes (see [`BATCH_BYTES`]). Restart: copies a crashed process left
+//! behind are removed by the next snapshot.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use bytes::{BufMut, Bytes, BytesMut};
 use ferry_core::schema::quote_ident;
 use ferry_core::size::ApproxBytes;
 use ferry_core::source::{self, Chunk, ChunkData};
-use ferry_core::{ChangeLogSeq, Error, Row, TableSchema};
-use futures_util::StreamExt;
+use ferry_core::{ChangeLogSeq, Column, Error, Row, TableId, TableSchema};
+use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::open_ro;
 use crate::capture::sql_error;
+use crate::value::{Kind, Misfit};
 use crate::{reader, value};
 
 /// Rows travel from a chunk's reading thread to the load in batches of at
 /// most this many rows …
 const BATCH_ROWS: usize = 1024;
-/// … or this many bytes ([`ApproxBytes`]; a larger row travels alone).
+/// … or this many bytes ([`ApproxBytes`] of rows, or COPY text; a larger
+/// row travels alone).
 const BATCH_BYTES: usize = 256 << 10;
 /// Batches in flight: the reader holds at most `BATCHES × BATCH_BYTES`
 /// (plus one row per batch) whatever the rows' size. One send per batch,
@@ -194,18 +201,7 @@ pub struct SqliteSnapshotReader {
 
 impl source::SnapshotReader for SqliteSnapshotReader {
     async fn read(&mut self, chunk: &Chunk, schema: &TableSchema) -> Result<ChunkData, Error> {
-        let (tx, rx) = mpsc::channel::<Result<Vec<Row>, Error>>(BATCHES);
-        let (copy, chunk, schema) = (self.copy.clone(), chunk.clone(), schema.clone());
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = read_chunk(&copy, &chunk, &schema, &tx) {
-                let _ = tx.blocking_send(Err(e));
-            }
-        });
-        let batches =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
-            );
+        let batches = spawn_reader(&self.copy, chunk, schema, RowBatch::default());
         let rows = batches.flat_map(|batch| {
             futures_util::stream::iter(match batch {
                 Ok(rows) => rows.into_iter().map(Ok).collect::<Vec<_>>(),
@@ -214,32 +210,180 @@ impl source::SnapshotReader for SqliteSnapshotReader {
         });
         Ok(ChunkData::Rows(Box::pin(rows)))
     }
+
+    async fn read_copy_text(
+        &mut self,
+        chunk: &Chunk,
+        schema: &TableSchema,
+    ) -> Result<ChunkData, Error> {
+        let text = spawn_reader(&self.copy, chunk, schema, TextBatch::default());
+        Ok(ChunkData::TextCopy(Box::pin(text)))
+    }
 }
 
-fn read_chunk(
+/// Reads `chunk` on a blocking thread into batches of `B`, at most
+/// [`BATCHES`] of them waiting; an error ends the stream.
+fn spawn_reader<B: Batch>(
     copy: &Path,
     chunk: &Chunk,
     schema: &TableSchema,
-    tx: &mpsc::Sender<Result<Vec<Row>, Error>>,
+    batch: B,
+) -> impl Stream<Item = Result<B::Out, Error>> + Send + 'static {
+    let (tx, rx) = mpsc::channel::<Result<B::Out, Error>>(BATCHES);
+    let (copy, chunk, schema) = (copy.to_owned(), chunk.clone(), schema.clone());
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = read_chunk(&copy, &chunk, &schema, batch, &tx) {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
+}
+
+/// How one column is read: its decoder and its misfit policy.
+#[derive(Debug, Clone, Copy)]
+struct ReadColumn {
+    kind: Kind,
+    /// The type policy recorded with capture: misfits written as NULL.
+    null_misfits: bool,
+}
+
+/// Why a row could not be read.
+enum RowError {
+    Sql(rusqlite::Error),
+    /// Column index and why its value does not fit.
+    Misfit(usize, Misfit),
+}
+
+impl From<rusqlite::Error> for RowError {
+    fn from(e: rusqlite::Error) -> Self {
+        RowError::Sql(e)
+    }
+}
+
+/// What a chunk's reading thread collects rows into before one send.
+trait Batch: Send + 'static {
+    type Out: Send + 'static;
+    fn push(&mut self, row: &rusqlite::Row<'_>, cols: &[ReadColumn]) -> Result<(), RowError>;
+    /// At its bound ([`BATCH_ROWS`], [`BATCH_BYTES`]): send it.
+    fn full(&self) -> bool;
+    fn is_empty(&self) -> bool;
+    fn take(&mut self) -> Self::Out;
+}
+
+/// Typed rows, for a load that converts values (existing target tables).
+#[derive(Default)]
+struct RowBatch {
+    rows: Vec<Row>,
+    bytes: usize,
+}
+
+impl Batch for RowBatch {
+    type Out = Vec<Row>;
+
+    fn push(&mut self, r: &rusqlite::Row<'_>, cols: &[ReadColumn]) -> Result<(), RowError> {
+        let mut values = Vec::with_capacity(cols.len());
+        for (i, c) in cols.iter().enumerate() {
+            let v = r.get_ref(i)?;
+            values.push(
+                value::decode_kind_column(c.kind, c.null_misfits, v)
+                    .map_err(|why| RowError::Misfit(i, why))?,
+            );
+        }
+        let row = Row::new(values);
+        self.bytes += row.approx_bytes();
+        self.rows.push(row);
+        Ok(())
+    }
+
+    fn full(&self) -> bool {
+        self.rows.len() >= BATCH_ROWS || self.bytes >= BATCH_BYTES
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    fn take(&mut self) -> Vec<Row> {
+        self.bytes = 0;
+        std::mem::replace(&mut self.rows, Vec::with_capacity(BATCH_ROWS))
+    }
+}
+
+/// COPY text of whole rows, for a table ferry created.
+#[derive(Default)]
+struct TextBatch {
+    buf: BytesMut,
+}
+
+impl Batch for TextBatch {
+    type Out = Bytes;
+
+    fn push(&mut self, r: &rusqlite::Row<'_>, cols: &[ReadColumn]) -> Result<(), RowError> {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(BATCH_BYTES + BATCH_BYTES / 4);
+        }
+        for (i, c) in cols.iter().enumerate() {
+            if i > 0 {
+                self.buf.put_u8(b'\t');
+            }
+            let v = r.get_ref(i)?;
+            value::push_copy_text(&mut self.buf, c.kind, c.null_misfits, v)
+                .map_err(|why| RowError::Misfit(i, why))?;
+        }
+        self.buf.put_u8(b'\n');
+        Ok(())
+    }
+
+    fn full(&self) -> bool {
+        self.buf.len() >= BATCH_BYTES
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    fn take(&mut self) -> Bytes {
+        std::mem::take(&mut self.buf).freeze()
+    }
+}
+
+/// A value of `column` in the snapshot does not fit its type: the fix.
+fn misfit(id: &TableId, c: &Column, why: Misfit) -> Error {
+    Error::operator(
+        format!("snapshot of {id}: column {} ({}): {why}", c.name, c.pg_type),
+        format!(
+            "fix the value in the source row so that it fits {}, then `ferry run` again \
+             (the load resumes from a new snapshot); or choose the column's type or misfit \
+             policy with tables.columns.\"{}.{}\" = {{ type = \"…\", on_misfit = \"null\" }} \
+             (`ferry cleanup --state` and start over)",
+            c.pg_type, id, c.name
+        ),
+    )
+}
+
+fn read_chunk<B: Batch>(
+    copy: &Path,
+    chunk: &Chunk,
+    schema: &TableSchema,
+    mut batch: B,
+    tx: &mpsc::Sender<Result<B::Out, Error>>,
 ) -> Result<(), Error> {
     let id = &schema.id;
     let conn = open_ro(copy)?;
-    // The type policy recorded with capture: misfits written as NULL.
-    let null_misfits: Vec<bool> = crate::capture::load_tracked(&conn)?
-        .get(&id.name)
-        .map(|t| {
-            schema
-                .columns
-                .iter()
-                .map(|c| {
-                    t.columns
-                        .iter()
-                        .any(|tc| tc.name == c.name && tc.misfit_null)
-                })
-                .collect()
+    let tracked = crate::capture::load_tracked(&conn)?;
+    let cols: Vec<ReadColumn> = schema
+        .columns
+        .iter()
+        .map(|c| ReadColumn {
+            kind: Kind::of(&c.pg_type),
+            null_misfits: tracked.get(&id.name).is_some_and(|t| {
+                t.columns
+                    .iter()
+                    .any(|tc| tc.name == c.name && tc.misfit_null)
+            }),
         })
-        .unwrap_or_else(|| vec![false; schema.columns.len()]);
-    let cols: Vec<String> = schema
+        .collect();
+    let names: Vec<String> = schema
         .columns
         .iter()
         .map(|c| quote_ident(&c.name))
@@ -251,44 +395,23 @@ fn read_chunk(
         .unwrap_or_default();
     let sql = format!(
         "SELECT {} FROM {}{filter}",
-        cols.join(", "),
+        names.join(", "),
         quote_ident(&chunk.relation.name)
     );
     let ctx = || format!("reading {id} chunk {}/{}", chunk.index + 1, chunk.total);
     let mut stmt = conn.prepare(&sql).map_err(sql_error(ctx()))?;
     let mut rows = stmt.query([]).map_err(sql_error(ctx()))?;
-    let mut batch = Vec::with_capacity(BATCH_ROWS);
-    let mut batch_bytes = 0;
     while let Some(r) = rows.next().map_err(sql_error(ctx()))? {
-        let mut values = Vec::with_capacity(schema.columns.len());
-        for (i, c) in schema.columns.iter().enumerate() {
-            let v = r.get_ref(i).map_err(sql_error(ctx()))?;
-            values.push(value::decode_column(&c.pg_type, null_misfits[i], v).map_err(|why| {
-                Error::operator(
-                    format!("snapshot of {id}: column {} ({}): {why}", c.name, c.pg_type),
-                    format!(
-                        "fix the value in the source row so that it fits {}, then `ferry run` again \
-                         (the load resumes from a new snapshot); or choose the column's type or misfit \
-                         policy with tables.columns.\"{}.{}\" = {{ type = \"…\", on_misfit = \"null\" }} \
-                         (`ferry cleanup --state` and start over)",
-                        c.pg_type, id, c.name
-                    ),
-                )
-            })?);
-        }
-        let row = Row::new(values);
-        batch_bytes += row.approx_bytes();
-        batch.push(row);
-        if batch.len() >= BATCH_ROWS || batch_bytes >= BATCH_BYTES {
-            batch_bytes = 0;
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
-            if tx.blocking_send(Ok(full)).is_err() {
-                return Ok(()); // the load stopped reading
-            }
+        batch.push(r, &cols).map_err(|e| match e {
+            RowError::Sql(e) => sql_error(ctx())(e),
+            RowError::Misfit(i, why) => misfit(id, &schema.columns[i], why),
+        })?;
+        if batch.full() && tx.blocking_send(Ok(batch.take())).is_err() {
+            return Ok(()); // the load stopped reading
         }
     }
     if !batch.is_empty() {
-        let _ = tx.blocking_send(Ok(batch));
+        let _ = tx.blocking_send(Ok(batch.take()));
     }
     Ok(())
 }

@@ -4,7 +4,8 @@
 //! Consumes the chunk plan of the selected tables and the source's
 //! [`Snapshot`]; each worker holds one [`SnapshotReader`] and writes each
 //! chunk with `COPY … FROM STDIN`: binary COPY bytes passed straight through
-//! when the source sends them (PostgreSQL), rows encoded otherwise. With
+//! when the source sends them (PostgreSQL), COPY text passed through when
+//! the source encodes it (SQLite), rows encoded otherwise. With
 //! existing target tables ([`super::existing`]) rows go straight into the
 //! application's tables under their column names, each value converted to
 //! its column's type (`ferry_apply::conversion`).
@@ -238,8 +239,15 @@ async fn load_worker<R: SnapshotReader>(
             Some(m) => m.project_schema(schema),
             None => schema.clone(),
         };
-        let data = match reader.read(&job.chunk, &read_schema).await? {
+        // Into a table ferry created nothing is converted: a source may
+        // encode the COPY text itself.
+        let chunk_data = match w.mapping {
+            Some(_) => reader.read(&job.chunk, &read_schema).await?,
+            None => reader.read_copy_text(&job.chunk, &read_schema).await?,
+        };
+        let data = match chunk_data {
             ChunkData::BinaryCopy(bytes) => LoadData::BinaryCopy(bytes),
+            ChunkData::TextCopy(bytes) => LoadData::TextCopy(bytes),
             ChunkData::Rows(rows) => LoadData::Rows(rows),
         };
         let what = format!(

@@ -23,6 +23,15 @@
 //! outside: every 100 ms the change log's head is noted with the time, and
 //! the moment ferry's checkpoint in the target passes that head closes the
 //! sample (end to end: written → committed in the target).
+//!
+//! ferry's load time is split in three from outside (the target's state,
+//! polled every 50 ms): until the load phase starts (start-up, capture
+//! installed, type sampling, the snapshot copy, the schema), the COPY of
+//! every chunk (until `ferry.chunks` holds them all), and the rest
+//! (post-data: keys and indexes; catch-up). The COPY share alone is what
+//! compares with the COPY-in ceiling. `FERRY_BENCH_BASELINE_BIN=PATH` also
+//! loads a copy of the file with another `ferry` binary, just before the
+//! one under test, for paired before/after figures on a shared machine.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -34,7 +43,7 @@ use anyhow::{Context, bail};
 use ferry_e2e::ferry;
 use rusqlite::Connection;
 
-use crate::harness::{Bench, peak_rss_kb, pipeline_phase, run_tool, stop_ferry, wait_for};
+use crate::harness::{Bench, peak_rss_kb, run_tool, stop_ferry, wait_for};
 use crate::report::{mib, rate, thousands};
 
 const TIMEOUT: Duration = Duration::from_secs(45 * 60);
@@ -51,7 +60,10 @@ pub(crate) struct SqliteFigures {
     pub(crate) pgloader: Option<Duration>,
     pub(crate) pgloader_note: Option<String>,
     pub(crate) ferry: Option<Duration>,
+    pub(crate) ferry_split: Option<LoadSplit>,
     pub(crate) ferry_rss_kb: Option<u64>,
+    /// `FERRY_BENCH_BASELINE_BIN`: that binary and its load.
+    pub(crate) baseline: Option<(PathBuf, Duration, Option<LoadSplit>)>,
     /// Application transactions per second without and with capture.
     pub(crate) app_plain_tps: Option<f64>,
     pub(crate) app_captured_tps: Option<f64>,
@@ -112,12 +124,41 @@ impl SqliteFigures {
                 .as_deref()
                 .unwrap_or("`pgloader --dynamic-space-size 4096 sqlite://… postgresql://…`"),
         );
+        if let Some((bin, took, split)) = &self.baseline {
+            line(
+                out,
+                "baseline ferry run (until catch-up)",
+                Some(*took),
+                &format!(
+                    "{}{}",
+                    bin.display(),
+                    split.map_or(String::new(), |s| s.note(self.rows))
+                ),
+            );
+        }
         line(
             out,
             "ferry run (until catch-up)",
             self.ferry,
-            &format!("peak RSS {}", mib(self.ferry_rss_kb)),
+            &format!(
+                "peak RSS {}{}",
+                mib(self.ferry_rss_kb),
+                self.ferry_split
+                    .map_or(String::new(), |s| s.note(self.rows))
+            ),
         );
+        if let Some(split) = self.ferry_split {
+            // Its own ratio is against the COPY-in ceiling, not ferry's total.
+            let of_ceiling = self.copy_in.map_or("-".into(), |c| {
+                format!("{:.2}×", c.as_secs_f64() / split.copy.as_secs_f64())
+            });
+            let _ = writeln!(
+                out,
+                "| ferry's COPY of the chunks alone | {:.1} s | {} | - | {of_ceiling} of the COPY-in ceiling; from the load phase's start until every chunk is marked done |",
+                split.copy.as_secs_f64(),
+                rate(self.rows as f64 / split.copy.as_secs_f64()),
+            );
+        }
         let tps = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
         let _ = writeln!(out, "\n| change capture | figure |\n|---|---|");
         let _ = writeln!(
@@ -166,6 +207,43 @@ impl SqliteFigures {
             secs(self.lag_max)
         );
     }
+}
+
+/// Where a `ferry run`'s time until catch-up went (seen from outside).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoadSplit {
+    /// Start-up, capture, sampling, snapshot copy, schema.
+    pub(crate) before: Duration,
+    /// Every chunk's COPY.
+    pub(crate) copy: Duration,
+    /// Post-data and catch-up.
+    pub(crate) after: Duration,
+}
+
+impl LoadSplit {
+    fn note(&self, rows: u64) -> String {
+        format!(
+            "; {:.1} s before the load, {:.1} s COPY ({}), {:.1} s post-data and catch-up",
+            self.before.as_secs_f64(),
+            self.copy.as_secs_f64(),
+            rate(rows as f64 / self.copy.as_secs_f64()),
+            self.after.as_secs_f64()
+        )
+    }
+}
+
+/// The pipeline's phase and whether every planned chunk is loaded.
+async fn load_progress(target: &tokio_postgres::Client) -> Option<(String, bool)> {
+    let row = target
+        .query_opt(
+            "SELECT phase, (SELECT count(*) FROM ferry.chunks) >= \
+               (SELECT coalesce(sum(chunks_total), 0) FROM ferry.tables) \
+               AND EXISTS (SELECT FROM ferry.tables) FROM ferry.pipeline",
+            &[],
+        )
+        .await
+        .ok()??;
+    Some((row.get(0), row.get(1)))
 }
 
 /// Deterministic rows of the generated file.
@@ -374,18 +452,18 @@ impl Bench {
                 f.pgloader_note = Some(format!("not measured: {}", head.join(" ")));
             }
         }
+        if let Some(bin) = std::env::var_os("FERRY_BENCH_BASELINE_BIN").map(PathBuf::from) {
+            match self.sqlite_baseline(&path, &counts, &bin) {
+                Ok((took, split)) => f.baseline = Some((bin, took, split)),
+                Err(e) => say!("  baseline ferry: not measured: {e:#}"),
+            }
+        }
         let db = self.target.create_database("bench_sqlite_ferry")?;
         self.checkpoint_both()?;
         let url = format!("sqlite://{}", path.display());
         let started = Instant::now();
-        let mut bg = self.spawn_sqlite_ferry(&url, &db, "sqlite-load")?;
-        let target = self
-            .rt
-            .block_on(ferry_e2e::pgsync::connect(&self.target.url(&db)))?;
-        let took = wait_for(&mut bg, "loading the SQLite file", started, TIMEOUT, || {
-            let phase = self.rt.block_on(pipeline_phase(&target));
-            matches!(phase.as_deref(), Some("catchup" | "stream"))
-        })?;
+        let mut bg = self.spawn_sqlite_ferry(&url, &db, "sqlite-load", None)?;
+        let (took, split) = self.timed_load(&mut bg, &db, started)?;
         f.ferry_rss_kb = peak_rss_kb(bg.pid());
         for (t, n) in counts {
             let got = self.count_rows(&self.target, &db, t)? as u64;
@@ -394,10 +472,81 @@ impl Bench {
             }
         }
         f.ferry = Some(took);
+        f.ferry_split = split;
         say!("  ferry: {:.1} s", took.as_secs_f64());
         f.copy_in = Some(self.copy_in_ceiling(&db)?);
         self.capture_figures(&path, &url, &db, items, bg, &mut f)?;
         Ok(f)
+    }
+
+    /// Wait until ferry catches up; its time and where it went.
+    fn timed_load(
+        &self,
+        bg: &mut ferry_e2e::Background,
+        db: &str,
+        started: Instant,
+    ) -> anyhow::Result<(Duration, Option<LoadSplit>)> {
+        let target = self
+            .rt
+            .block_on(ferry_e2e::pgsync::connect(&self.target.url(db)))?;
+        let (mut load_at, mut copied_at) = (None, None);
+        let took = wait_for(bg, "loading the SQLite file", started, TIMEOUT, || {
+            let Some((phase, all_copied)) = self.rt.block_on(load_progress(&target)) else {
+                return false;
+            };
+            if phase == "load" && load_at.is_none() {
+                load_at = Some(started.elapsed());
+            }
+            if all_copied && copied_at.is_none() {
+                copied_at = Some(started.elapsed());
+            }
+            matches!(phase.as_str(), "catchup" | "stream")
+        })?;
+        let split = match (load_at, copied_at) {
+            (Some(l), Some(c)) if c > l => Some(LoadSplit {
+                before: l,
+                copy: c - l,
+                after: took.saturating_sub(c),
+            }),
+            _ => None,
+        };
+        Ok((took, split))
+    }
+
+    /// `bin` loads a copy of the file into a database of its own; its time.
+    fn sqlite_baseline(
+        &self,
+        path: &Path,
+        counts: &[(&str, u64)],
+        bin: &Path,
+    ) -> anyhow::Result<(Duration, Option<LoadSplit>)> {
+        let copy = self.work.path().join("bench-baseline.sqlite");
+        std::fs::copy(path, &copy).context("copying the file for the baseline")?;
+        let db = self.target.create_database("bench_sqlite_baseline")?;
+        self.checkpoint_both()?;
+        let url = format!("sqlite://{}", copy.display());
+        let started = Instant::now();
+        let mut bg = self.spawn_sqlite_ferry(&url, &db, "sqlite-baseline", Some(bin))?;
+        let (took, split) = self.timed_load(&mut bg, &db, started)?;
+        for (t, n) in counts {
+            let got = self.count_rows(&self.target, &db, t)? as u64;
+            if got != *n {
+                bail!("the baseline loaded {got} rows of {t}, the file has {n}");
+            }
+        }
+        say!("  baseline ferry: {:.1} s", took.as_secs_f64());
+        stop_ferry(bg)?;
+        // FORCE: the probe's connection may not have closed yet.
+        if let Err(e) = self
+            .target
+            .psql("postgres", &format!("DROP DATABASE \"{db}\" WITH (FORCE)"))
+        {
+            say!("  baseline ferry: its database was not dropped: {e:#}");
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", copy.display()));
+        }
+        Ok((took, split))
     }
 
     fn sqlite_counts(&self, path: &Path) -> anyhow::Result<[(&'static str, u64); 2]> {
@@ -414,8 +563,19 @@ impl Bench {
         url: &str,
         db: &str,
         what: &str,
+        bin: Option<&Path>,
     ) -> anyhow::Result<ferry_e2e::Background> {
         let mut cmd = ferry(url, &self.target.url(db))?;
+        if let Some(bin) = bin {
+            let mut other = Command::new(bin);
+            for (k, v) in cmd.get_envs() {
+                match v {
+                    Some(v) => other.env(k, v),
+                    None => other.env_remove(k),
+                };
+            }
+            cmd = other;
+        }
         cmd.arg("run")
             .env("FERRY_TARGET_SSLMODE", "disable")
             .env("FERRY_CONTROL_LISTEN", "127.0.0.1:0")
@@ -423,7 +583,11 @@ impl Bench {
         if let Ok(level) = std::env::var("FERRY_BENCH_LOG") {
             cmd.env("FERRY_LOG", level);
         }
-        ferry_e2e::Background::spawn(cmd, &self.work.path().join(format!("ferry-{what}.log")))
+        // FERRY_BENCH_LOGDIR keeps ferry's logs after the run.
+        let dir = std::env::var_os("FERRY_BENCH_LOGDIR")
+            .map_or_else(|| self.work.path().to_owned(), PathBuf::from);
+        std::fs::create_dir_all(&dir)?;
+        ferry_e2e::Background::spawn(cmd, &dir.join(format!("ferry-{what}.log")))
     }
 
     /// pgloader into a fresh database; its time, after checking the counts.
@@ -579,7 +743,7 @@ impl Bench {
         run_app(path, 20_000_000, items, Limit::Count(20_000), None, true)?;
         let head = change_log_head(path);
         let started = Instant::now();
-        let mut bg = self.spawn_sqlite_ferry(url, db, "sqlite-drain")?;
+        let mut bg = self.spawn_sqlite_ferry(url, db, "sqlite-drain", None)?;
         let took = wait_for(&mut bg, "draining the change log", started, TIMEOUT, || {
             checkpoint() >= head
         })?;

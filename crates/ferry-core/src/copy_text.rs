@@ -1,5 +1,7 @@
 //! COPY text format encoding of [`Value`]s (PostgreSQL docs, "COPY — Text
-//! Format"), shared by the bulk loader and the CDC staging tables.
+//! Format"), shared by the bulk loader, the CDC staging tables and the
+//! sources that encode their snapshot rows themselves (SQLite: see
+//! [`crate::source::ChunkData::TextCopy`]).
 //!
 //! Consumes values; emits bytes into a caller's buffer: columns separated by
 //! tab, rows ended by newline, `\N` for NULL, and backslash, tab, newline and
@@ -11,8 +13,8 @@
 
 use std::fmt::Write as _;
 
+use crate::Value;
 use bytes::{BufMut, BytesMut};
-use ferry_core::Value;
 
 /// Append one value in COPY text format (`\N` for NULL; backslash, tab,
 /// newline and carriage return escaped). `Unchanged` is written as NULL.
@@ -28,6 +30,10 @@ pub fn push_copy_text(buf: &mut BytesMut, v: &Value) {
         }
         Value::Other { text, .. } => push_escaped(buf, text.as_bytes()),
         Value::Numeric(n) => push_escaped(buf, n.as_str().as_bytes()),
+        // Finite floats print their shortest exact text; NaN and the
+        // infinities take PostgreSQL's spelling below.
+        Value::Float4(f) if f.is_finite() => push_display(buf, f),
+        Value::Float8(f) if f.is_finite() => push_display(buf, f),
         // Date/time text is digits, letters, spaces and `-+:.`: nothing to
         // escape. The forms match `Value::to_pg_text` (tested below).
         Value::Date(d) => push_display(buf, d),
@@ -114,7 +120,7 @@ fn push_display(buf: &mut BytesMut, v: &impl std::fmt::Display) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_core::value::{Date, Interval, Numeric, Time, TimeTz, Timestamp};
+    use crate::value::{Date, Interval, Numeric, Time, TimeTz, Timestamp};
 
     fn encode(values: &[Value]) -> String {
         let mut buf = BytesMut::new();
@@ -190,6 +196,13 @@ mod tests {
                 micros: 5_000_000,
             }),
             Value::Float8(f64::NAN),
+            Value::Float8(f64::NEG_INFINITY),
+            Value::Float8(0.1),
+            Value::Float8(2.0),
+            Value::Float8(-1e300),
+            Value::Float8(5e-324),
+            Value::Float4(1.5),
+            Value::Float4(f32::INFINITY),
             Value::Uuid([7; 16]),
         ];
         for v in &values {
