@@ -165,7 +165,7 @@ where
                 ));
             }
             let sql = copy_sql(t, &to.columns, false, to.freeze);
-            copy_passthrough(&tx, t, &sql, s, progress, Format::Text).await?
+            copy_passthrough(tx.client(), t, &sql, s, progress, Format::Text).await?
         }
         LoadData::Rows(s) => {
             let sql = copy_sql(t, &to.columns, false, to.freeze);
@@ -260,7 +260,7 @@ impl Format {
 /// Pass COPY bytes of `format` through to `sql` ([`copy_sql`] of the same
 /// format). A source error aborts the COPY (nothing of it is kept).
 pub async fn copy_passthrough<S, E>(
-    client: &tokio_postgres::Transaction<'_>,
+    client: &Client,
     target: &TableId,
     sql: &str,
     mut data: S,

@@ -29,7 +29,7 @@
 
 use std::sync::Arc;
 
-use ferry_apply::load::{copy_binary, copy_rows, copy_sql};
+use ferry_apply::load::{Format, copy_binary, copy_passthrough, copy_rows, copy_sql};
 use ferry_apply::{Adopt, Adopted, StateStore};
 use ferry_core::config::Config;
 use ferry_core::source::{BoxFuture, Catalog, ChunkData, Snapshot, SnapshotReader, Source};
@@ -131,6 +131,12 @@ impl<S: Source> Adopter<S> {
                 ChunkData::BinaryCopy(data) => {
                     let sql = copy_sql(&into, &names, true, false);
                     copy_binary(client, &into, &sql, data, None).await?.rows
+                }
+                ChunkData::TextCopy(data) => {
+                    let sql = copy_sql(&into, &names, false, false);
+                    copy_passthrough(client, &into, &sql, data, None, Format::Text)
+                        .await?
+                        .rows
                 }
                 ChunkData::Rows(data) => {
                     let sql = copy_sql(&into, &names, false, false);
