@@ -198,7 +198,8 @@ impl Bench {
     fn drop_ferry_load(&self, db: &str) -> anyhow::Result<()> {
         let drop_slots = "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots WHERE NOT active";
         let started = Instant::now();
-        // The walsender of the stopped run may take a moment to exit.
+        // The walsender of the stopped run (and its target session) may
+        // take a moment to exit.
         while self.sql_one(
             &self.source,
             &self.src_db,
@@ -212,7 +213,7 @@ impl Bench {
             std::thread::sleep(Duration::from_millis(200));
         }
         self.target
-            .psql("postgres", &format!("DROP DATABASE \"{db}\""))?;
+            .psql("postgres", &format!("DROP DATABASE \"{db}\" WITH (FORCE)"))?;
         Ok(())
     }
 
