@@ -188,6 +188,12 @@ fn caught_up(p: &Migration, ferry: &mut ferry_e2e::Background) {
     });
 }
 
+/// A migration of `schema` on the default versions with DDL capture on.
+fn capturing(schema: &str) -> Migration {
+    Migration::new(PgOptions::new(), target_options(), schema)
+        .env("FERRY_POSTGRES_CAPTURE_DDL", "true")
+}
+
 fn source_i64(p: &Migration, sql: &str) -> i64 {
     pgsync::runtime().block_on(async {
         let c = pgsync::connect(&p.source_url).await.unwrap();
@@ -420,8 +426,7 @@ fn write2(i: u64) -> String {
 /// applied.
 #[test]
 fn renames_drops_partitions_and_a_volatile_default_stop() {
-    let p = Migration::new(PgOptions::new(), target_options(), SCHEMA2)
-        .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    let p = capturing(SCHEMA2);
     let writer = Writer::start(&p.source_url, write2);
     let mut ferry = p.start("run0");
     p.wait_phase(&mut ferry, "stream");
@@ -542,8 +547,7 @@ fn renames_drops_partitions_and_a_volatile_default_stop() {
 /// removes it.
 #[test]
 fn ddl_inside_a_savepoint_keeps_its_place() {
-    let p = Migration::new(PgOptions::new(), target_options(), SCHEMA2)
-        .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    let p = capturing(SCHEMA2);
     let mut ferry = p.start("run0");
     p.wait_phase(&mut ferry, "stream");
     deploy(
@@ -602,8 +606,7 @@ fn ddl_inside_a_savepoint_keeps_its_place() {
 /// the rollback, not run twice over the committed checkpoint).
 #[test]
 fn crash_around_a_schema_change_commit_is_exact() {
-    let p = Migration::new(PgOptions::new(), target_options(), SCHEMA2)
-        .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    let p = capturing(SCHEMA2);
     let mut ferry = p.start("run0");
     p.wait_phase(&mut ferry, "stream");
     caught_up(&p, &mut ferry);
@@ -861,8 +864,7 @@ fn not_null_constraint_names_on_18() {
 /// `a_table_created_across_the_capture_install_is_loaded_and_streamed`).
 #[test]
 fn schema_changes_during_the_load() {
-    let p = Migration::new(PgOptions::new(), target_options(), SCHEMA2)
-        .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    let p = capturing(SCHEMA2);
     let writer = Writer::start(&p.source_url, write2);
     let mut ferry = p.start("run0");
     for n in 0..6 {
@@ -1097,8 +1099,7 @@ fn a_table_created_across_the_capture_install_with_an_existing_slot() {
 }
 
 fn across_the_capture_install(existing_slot: bool) {
-    let mut p = Migration::new(PgOptions::new(), target_options(), SCHEMA2)
-        .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    let mut p = capturing(SCHEMA2);
     if existing_slot {
         p = p
             .env("FERRY_POSTGRES_SLOT", "dba_slot")
@@ -1156,8 +1157,7 @@ fn across_the_capture_install(existing_slot: bool) {
 /// across a `kill -9` the result stays exact.
 #[test]
 fn tables_published_mid_stream_are_copied_from_a_snapshot() {
-    let p = Migration::new(PgOptions::new(), target_options(), SCHEMA2)
-        .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    let p = capturing(SCHEMA2);
     let writer = Writer::start(&p.source_url, write2);
     let mut ferry = p.start("run0");
     p.wait_phase(&mut ferry, "stream");
@@ -1333,8 +1333,7 @@ ANALYZE big;
 CREATE TABLE small (id int PRIMARY KEY, v text);
 INSERT INTO small SELECT g, 's' || g FROM generate_series(1, 100) g;
 ";
-    let p = Migration::new(PgOptions::new(), target_options(), schema)
-        .env("FERRY_POSTGRES_CAPTURE_DDL", "true");
+    let p = capturing(schema);
     let chunks = [
         ("FERRY_LOAD_CHUNK_ROWS", "30000"),
         ("FERRY_LOAD_PARALLELISM", "1"),
