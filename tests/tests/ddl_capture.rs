@@ -188,6 +188,21 @@ fn caught_up(p: &Migration, ferry: &mut ferry_e2e::Background) {
     });
 }
 
+/// Run ferry with `FERRY_FAILPOINT=point` until it aborts there, after
+/// logging `cause` (what the crash must interrupt).
+fn crash_at(p: &Migration, point: &str, cause: &str) {
+    let failing = p.start_with(point, &[("FERRY_FAILPOINT", point)]);
+    let status = failing.wait_status(LONG).unwrap();
+    let log = std::fs::read_to_string(p.logs.path().join(format!("{point}.log"))).unwrap();
+    assert!(log.contains("FERRY_FAILPOINT reached"), "{point}:\n{log}");
+    assert!(log.contains(cause), "{point}: {cause}:\n{log}");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGABRT),
+        "{point} ({status}):\n{log}"
+    );
+}
+
 /// A migration of `schema` on the default versions with DDL capture on.
 fn capturing(schema: &str) -> Migration {
     Migration::new(PgOptions::new(), target_options(), schema)
@@ -632,19 +647,7 @@ fn crash_around_a_schema_change_commit_is_exact() {
                 }
             ),
         );
-        let failing = p.start_with(point, &[("FERRY_FAILPOINT", point)]);
-        let status = failing.wait_status(LONG).unwrap();
-        let log = std::fs::read_to_string(p.logs.path().join(format!("{point}.log"))).unwrap();
-        assert!(log.contains("FERRY_FAILPOINT reached"), "{point}:\n{log}");
-        assert!(
-            log.contains("source schema change applied"),
-            "{point}:\n{log}"
-        );
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(libc::SIGABRT),
-            "{point} ({status}):\n{log}"
-        );
+        crash_at(&p, point, "source schema change applied");
         ferry = p.start(&format!("resume{n}"));
         p.wait_phase(&mut ferry, "stream");
         caught_up(&p, &mut ferry);
@@ -1247,16 +1250,10 @@ fn tables_published_mid_stream_are_copied_from_a_snapshot() {
         &src,
         "ALTER TABLE cache SET LOGGED; UPDATE cache SET v = 'd' WHERE k < 50;",
     );
-    let point = "after-apply-before-commit";
-    let failing = p.start_with(point, &[("FERRY_FAILPOINT", point)]);
-    let status = failing.wait_status(LONG).unwrap();
-    let log = std::fs::read_to_string(p.logs.path().join(format!("{point}.log"))).unwrap();
-    assert!(log.contains("table published mid-stream copied"), "{log}");
-    assert!(log.contains("FERRY_FAILPOINT reached"), "{log}");
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(libc::SIGABRT),
-        "{status}:\n{log}"
+    crash_at(
+        &p,
+        "after-apply-before-commit",
+        "table published mid-stream copied",
     );
     let mut ferry = p.start("run2");
     p.wait_phase(&mut ferry, "stream");
