@@ -146,6 +146,24 @@ CHECKPOINT;
         Ok(())
     }
 
+    /// Pagila (`../shared/datasets/pagila`) instead of the generated data
+    /// (`FERRY_BENCH_DATASET=pagila`, with `--load-only`).
+    pub(crate) fn load_pagila(&self) -> anyhow::Result<()> {
+        say!("loading Pagila into the source …");
+        let started = Instant::now();
+        self.source.load_pagila(&self.src_db)?;
+        // Pagila's objects belong to `postgres`: the tools restore owners.
+        self.target.psql(
+            "postgres",
+            "DO $$ BEGIN CREATE ROLE postgres; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;",
+        )?;
+        self.source
+            .psql(&self.src_db, "VACUUM (ANALYZE); CHECKPOINT;")?;
+        say!("  loaded in {:.1} s", started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
     /// Source tables, largest first, with row counts.
     pub(crate) fn source_tables(&self) -> anyhow::Result<Vec<(String, i64)>> {
         let list = self.sql_one(

@@ -44,7 +44,9 @@
 //!    `cutover.rs` (fresh servers, the control API).
 //!    `--control-only` runs only these two.
 //!
-//! `--load-only` runs only benchmark 1 (for iterating on the loader).
+//! `--load-only` runs only benchmark 1 (for iterating on the loader);
+//! with `FERRY_BENCH_DATASET=pagila` its source is Pagila
+//! (`../shared/datasets/pagila`) instead of the generated data.
 //! `--cdc-only` skips the raw-load reference and the control benchmarks
 //! (ferry still loads the target it drains into): for iterating on the
 //! applier. Its report has no full-load ratio.
@@ -172,7 +174,15 @@ fn bench_main() -> anyhow::Result<ExitCode> {
 fn run(sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
     let bench = Bench::start(sizes)?;
     report.environment = bench.environment()?;
-    bench.generate(sizes)?;
+    let pagila = std::env::var("FERRY_BENCH_DATASET").is_ok_and(|d| d == "pagila");
+    if pagila {
+        if sizes.only != Some(Only::Load) {
+            anyhow::bail!("FERRY_BENCH_DATASET=pagila is for --load-only");
+        }
+        bench.load_pagila()?;
+    } else {
+        bench.generate(sizes)?;
+    }
     report.load = Some(bench.full_load(sizes.only == Some(Only::Cdc), report)?);
     if sizes.only == Some(Only::Load) {
         return Ok(());
