@@ -241,7 +241,21 @@ impl Bench {
         what: &str,
         bin: Option<&std::path::Path>,
     ) -> anyhow::Result<Background> {
-        let mut cmd = ferry(&self.source_url(), &self.target.url(db))?;
+        let mut cmd = self.run_command(&self.source_url(), db, bin)?;
+        cmd.env("FERRY_SOURCE_SSLMODE", "disable");
+        self.spawn_logged(cmd, what)
+    }
+
+    /// `ferry run` (or `bin run`, with the same environment) from
+    /// `source_url` into `db` of the target, control API on a free port,
+    /// `FERRY_BENCH_LOG` as its log level.
+    pub(crate) fn run_command(
+        &self,
+        source_url: &str,
+        db: &str,
+        bin: Option<&std::path::Path>,
+    ) -> anyhow::Result<Command> {
+        let mut cmd = ferry(source_url, &self.target.url(db))?;
         if let Some(bin) = bin {
             let mut other = Command::new(bin);
             for (k, v) in cmd.get_envs() {
@@ -253,18 +267,21 @@ impl Bench {
             cmd = other;
         }
         cmd.arg("run")
-            .env("FERRY_SOURCE_SSLMODE", "disable")
             .env("FERRY_TARGET_SSLMODE", "disable")
             .env("FERRY_CONTROL_LISTEN", "127.0.0.1:0");
         if let Ok(level) = std::env::var("FERRY_BENCH_LOG") {
             cmd.env("FERRY_LOG", level);
         }
-        // FERRY_BENCH_LOGDIR keeps ferry's logs after the run.
+        Ok(cmd)
+    }
+
+    /// Start `cmd` with its log in `ferry-{what}.log` of the scratch
+    /// directory, or of `FERRY_BENCH_LOGDIR` (kept after the run).
+    pub(crate) fn spawn_logged(&self, cmd: Command, what: &str) -> anyhow::Result<Background> {
         let dir = std::env::var_os("FERRY_BENCH_LOGDIR")
             .map_or_else(|| self.work.path().to_owned(), PathBuf::from);
         std::fs::create_dir_all(&dir)?;
-        let log = dir.join(format!("ferry-{what}.log"));
-        Background::spawn(cmd, &log)
+        Background::spawn(cmd, &dir.join(format!("ferry-{what}.log")))
     }
 }
 

@@ -40,7 +40,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use ferry_e2e::ferry;
 use rusqlite::Connection;
 
 use crate::harness::{Bench, peak_rss_kb, run_tool, stop_ferry, wait_for};
@@ -565,29 +564,9 @@ impl Bench {
         what: &str,
         bin: Option<&Path>,
     ) -> anyhow::Result<ferry_e2e::Background> {
-        let mut cmd = ferry(url, &self.target.url(db))?;
-        if let Some(bin) = bin {
-            let mut other = Command::new(bin);
-            for (k, v) in cmd.get_envs() {
-                match v {
-                    Some(v) => other.env(k, v),
-                    None => other.env_remove(k),
-                };
-            }
-            cmd = other;
-        }
-        cmd.arg("run")
-            .env("FERRY_TARGET_SSLMODE", "disable")
-            .env("FERRY_CONTROL_LISTEN", "127.0.0.1:0")
-            .env("FERRY_CONSOLE_LISTEN", "off");
-        if let Ok(level) = std::env::var("FERRY_BENCH_LOG") {
-            cmd.env("FERRY_LOG", level);
-        }
-        // FERRY_BENCH_LOGDIR keeps ferry's logs after the run.
-        let dir = std::env::var_os("FERRY_BENCH_LOGDIR")
-            .map_or_else(|| self.work.path().to_owned(), PathBuf::from);
-        std::fs::create_dir_all(&dir)?;
-        ferry_e2e::Background::spawn(cmd, &dir.join(format!("ferry-{what}.log")))
+        let mut cmd = self.run_command(url, db, bin)?;
+        cmd.env("FERRY_CONSOLE_LISTEN", "off");
+        self.spawn_logged(cmd, what)
     }
 
     /// pgloader into a fresh database; its time, after checking the counts.
