@@ -223,6 +223,9 @@ pub struct Applier<P: Position> {
     ddl_in_batch: bool,
     /// Copies tables the source starts publishing mid-stream.
     adopter: Option<Arc<dyn Adopt<P>>>,
+    /// A table was copied by a schema change of the open source
+    /// transaction: its later changes in it are in the copy.
+    copied_in_txn: bool,
 }
 
 impl<P: Position> Applier<P> {
@@ -243,6 +246,7 @@ impl<P: Position> Applier<P> {
                 .with_overrides(state.table("overrides")),
             ddl_in_batch: false,
             adopter: None,
+            copied_in_txn: false,
             txn: TargetTxn::new(client, state, cfg.stream.clone(), cfg.replica_role),
             writer: Writer::new(tables),
             cfg,
@@ -456,6 +460,7 @@ impl<P: Position> Applier<P> {
                 }
                 self.batch.in_txn = true;
                 self.batch.txn_final = final_position;
+                self.copied_in_txn = false;
                 self.batch.started.get_or_insert_with(Instant::now);
             }
             Event::Change(change) => {
@@ -561,7 +566,7 @@ impl<P: Position> Applier<P> {
                 TxnItem::Change(c) => {
                     // A table copied by a schema change earlier in this
                     // transaction holds its later changes too.
-                    let c = if self.snapshots.is_empty() {
+                    let c = if !self.copied_in_txn {
                         c
                     } else {
                         match skip_for_snapshot(c, self.batch.txn_final.as_ref(), &self.snapshots) {
@@ -736,6 +741,7 @@ impl<P: Position> Applier<P> {
             info!(table = %src, rows = ?copied.rows, snapshot = %copied.position, again = precedes_copy, "table published mid-stream copied");
             self.writer.forget(self.txn.client(), &src).await;
             self.snapshots.insert(src, copied.position);
+            self.copied_in_txn = true;
         }
         Ok(())
     }
