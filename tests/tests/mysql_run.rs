@@ -303,6 +303,27 @@ fn target_i64(url: &str, sql: &str) -> Option<i64> {
 }
 
 /// Poll every 10 ms until the load committed its first chunk.
+/// `cutover --fence` through `cut` (a `ferry` command with the run's
+/// settings): it completes, and the running `ferry` exits 0 after it.
+fn fenced_cutover(mut cut: std::process::Command, ferry: Background) {
+    cut.args([
+        "cutover",
+        "--fence",
+        "--max-lag",
+        "30s",
+        "--timeout",
+        "120s",
+    ]);
+    let cut = run(&mut cut).unwrap();
+    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry.log());
+    assert!(cut.stdout.contains("cutover: done"), "{}", cut.all());
+    assert_eq!(
+        ferry.wait(Duration::from_secs(60)).unwrap(),
+        Some(0),
+        "ferry run exits after the cutover"
+    );
+}
+
 fn wait_first_chunk(url: &str, ferry: &mut Background) {
     let rt = rt();
     let start = Instant::now();
@@ -473,23 +494,7 @@ fn sakila_from_mariadb_with_writes_crashes_in_load_and_stream_and_a_fenced_cutov
 
     // Fenced cutover: read_only, the application's sessions ended, drain,
     // identity sync, counts.
-    let mut cut = cmd();
-    cut.args([
-        "cutover",
-        "--fence",
-        "--max-lag",
-        "30s",
-        "--timeout",
-        "120s",
-    ]);
-    let cut = run(&mut cut).unwrap();
-    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), third.log());
-    assert!(cut.stdout.contains("cutover: done"), "{}", cut.all());
-    assert_eq!(
-        third.wait(Duration::from_secs(60)).unwrap(),
-        Some(0),
-        "ferry run exits after the cutover"
-    );
+    fenced_cutover(cmd(), third);
     // The source refuses the application's writes now.
     let refused = rt().block_on(async {
         let mut c = mysql_async::Conn::from_url(&app_url).await.unwrap();
@@ -1561,19 +1566,7 @@ fn chinook_from_mariadb_compared_and_cut_over() {
         counts.iter().any(|(t, n)| t == "Track" && *n == 3503),
         "{counts:?}"
     );
-    let mut cut = cmd();
-    cut.args([
-        "cutover",
-        "--fence",
-        "--max-lag",
-        "30s",
-        "--timeout",
-        "120s",
-    ]);
-    let cut = run(&mut cut).unwrap();
-    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), ferry_run.log());
-    assert!(cut.stdout.contains("cutover: done"), "{}", cut.all());
-    assert_eq!(ferry_run.wait(Duration::from_secs(60)).unwrap(), Some(0));
+    fenced_cutover(cmd(), ferry_run);
     compare(&source_url, &target_url, &db, 11);
 }
 
@@ -1717,23 +1710,7 @@ fn sakila_watermark_load_with_writes_in_chunks_a_kill_during_the_load_and_a_cuto
     .unwrap();
     assert!(moved > 0, "moved payments on the target: {counts:?}");
 
-    let mut cut = cmd("1");
-    cut.args([
-        "cutover",
-        "--fence",
-        "--max-lag",
-        "30s",
-        "--timeout",
-        "120s",
-    ]);
-    let cut = run(&mut cut).unwrap();
-    assert_eq!(cut.code, Some(0), "{}\n{}", cut.all(), second.log());
-    assert!(cut.stdout.contains("cutover: done"), "{}", cut.all());
-    assert_eq!(
-        second.wait(Duration::from_secs(60)).unwrap(),
-        Some(0),
-        "ferry run exits after the cutover"
-    );
+    fenced_cutover(cmd("1"), second);
     compare(source_url, target_url, DB, 16);
 }
 
