@@ -146,29 +146,62 @@ fn type_overrides_through_load_and_stream() {
     drop(ferry_run);
 }
 
+/// A MariaDB table `b (id INT PRIMARY KEY, code VARCHAR(10))` filled by
+/// `rows`, whose `code` is overridden to `integer` on the target.
+struct IntegerOverride {
+    source: MariaDbServer,
+    db: String,
+    _target: PgServer,
+    target_url: String,
+    dir: tempfile::TempDir,
+}
+
+impl IntegerOverride {
+    fn start(rows: &str) -> IntegerOverride {
+        let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
+        let db = source.create_database("bad").expect("database");
+        source
+            .sql(
+                &db,
+                &format!("CREATE TABLE b (id INT PRIMARY KEY, code VARCHAR(10)); {rows}"),
+            )
+            .expect("source rows");
+        let target = PgServer::start(target_options()).expect("target");
+        let tdb = target.create_database("dst").expect("target database");
+        let target_url = target.url(&tdb);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("ferry.toml"),
+            format!("[tables.columns.\"{db}.b.code\"]\ntype = \"integer\"\n"),
+        )
+        .unwrap();
+        IntegerOverride {
+            source,
+            db,
+            _target: target,
+            target_url,
+            dir,
+        }
+    }
+
+    /// `ferry run` with the override, the control API on a free port.
+    fn run_command(&self) -> std::process::Command {
+        let config = self.dir.path().join("ferry.toml");
+        let mut c = command(&self.source.url(&self.db), &self.target_url, &config);
+        c.env("FERRY_CONTROL_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .arg("run");
+        c
+    }
+}
+
 /// A value the override type cannot take stops the load with an error
 /// naming the table, the row's key, the column, its type and the fix (the
 /// override), with the target's error naming the value.
 #[test]
 fn impossible_override_stops_the_load_naming_table_key_and_column() {
-    let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
-    let db = source.create_database("bad").expect("database");
-    source
-        .sql(&db, "CREATE TABLE b (id INT PRIMARY KEY, code VARCHAR(10)); INSERT INTO b VALUES (1, '12'), (2, 'abc');")
-        .expect("source rows");
-    let target = PgServer::start(target_options()).expect("target");
-    let tdb = target.create_database("dst").expect("target database");
-    let target_url = target.url(&tdb);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ferry.toml");
-    std::fs::write(
-        &config,
-        format!("[tables.columns.\"{db}.b.code\"]\ntype = \"integer\"\n"),
-    )
-    .unwrap();
-    let mut c = command(&source.url(&db), &target_url, &config);
-    c.env("FERRY_CONTROL_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .arg("run");
+    let rig = IntegerOverride::start("INSERT INTO b VALUES (1, '12'), (2, 'abc');");
+    let db = &rig.db;
+    let mut c = rig.run_command();
     let out = run(&mut c).unwrap();
     let all = out.all();
     assert_ne!(out.code, Some(0), "{all}");
@@ -195,28 +228,11 @@ fn impossible_override_stops_the_load_naming_table_key_and_column() {
 /// the fix; the changes before it are applied.
 #[test]
 fn impossible_override_stops_the_stream_naming_table_key_and_column() {
-    let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
-    let db = source.create_database("bad").expect("database");
-    source
-        .sql(
-            &db,
-            "CREATE TABLE b (id INT PRIMARY KEY, code VARCHAR(10)); INSERT INTO b VALUES (1, '12');",
-        )
-        .expect("source rows");
-    let target = PgServer::start(target_options()).expect("target");
-    let tdb = target.create_database("dst").expect("target database");
-    let target_url = target.url(&tdb);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ferry.toml");
-    std::fs::write(
-        &config,
-        format!("[tables.columns.\"{db}.b.code\"]\ntype = \"integer\"\n"),
-    )
-    .unwrap();
-    let mut c = command(&source.url(&db), &target_url, &config);
-    c.env("FERRY_CONTROL_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .env("FERRY_APPLY_BATCH_MS", "100")
-        .arg("run");
+    let rig = IntegerOverride::start("INSERT INTO b VALUES (1, '12');");
+    let (source, dir) = (&rig.source, &rig.dir);
+    let (db, target_url) = (rig.db.clone(), rig.target_url.clone());
+    let mut c = rig.run_command();
+    c.env("FERRY_APPLY_BATCH_MS", "100");
     let mut ferry_run = Background::spawn(c, &dir.path().join("run.log")).unwrap();
     wait_until(&mut ferry_run, "the stream", WAIT, || {
         target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
