@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ferry_core::MySqlPosition;
-use ferry_e2e::migration::{free_port, target_options};
+use ferry_e2e::migration::{free_port, role_url, target_options};
 use ferry_e2e::{Background, ferry, pgsync, run, target_text, wait_until};
 use ferry_testkit::{MariaDbOptions, MariaDbServer, PgServer};
 use mysql_async::prelude::Queryable;
@@ -1959,5 +1959,140 @@ fn watermark_load_builds_unique_indexes_after_values_moved_during_the_load() {
         vec![("c".to_owned(), 2), ("u".to_owned(), UNIQUE_ROWS as usize)]
     );
     drop(second);
+    rt.block_on(app.disconnect()).unwrap();
+}
+
+/// The target role is not a superuser and may not set
+/// `session_replication_role` (RDS without `rds_superuser`: no-replica-role
+/// mode), and the load is a watermark load: the foreign key to the primary
+/// key (built with the post-data) and the one to a unique non-key column
+/// (built only after catch-up) are both dropped while ferry applies, rows
+/// that need them keep arriving, and the fenced cutover puts both back,
+/// validated, so the target enforces them again.
+#[test]
+fn watermark_load_with_a_target_role_that_cannot_set_session_replication_role() {
+    const ROLE: &str = "ferry_target";
+    const ROLE_PW: &str = "target-secret-pw";
+    let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
+    let db = source.create_database("fk").expect("database");
+    let parents: Vec<String> = (1..=300).map(|i| format!("({i}, {})", i * 10)).collect();
+    let children: Vec<String> = (1..=300)
+        .map(|i| format!("({i}, {i}, {})", i * 10))
+        .collect();
+    source
+        .sql(
+            &db,
+            &format!(
+                "CREATE TABLE p (id INT PRIMARY KEY, code INT NOT NULL, UNIQUE KEY by_code (code)) ENGINE=InnoDB;
+                 CREATE TABLE c (id INT PRIMARY KEY, p_id INT NOT NULL, p_code INT,
+                   CONSTRAINT c_p FOREIGN KEY (p_id) REFERENCES p (id),
+                   CONSTRAINT c_code FOREIGN KEY (p_code) REFERENCES p (code)) ENGINE=InnoDB;
+                 INSERT INTO p VALUES {};
+                 INSERT INTO c VALUES {};
+                 ANALYZE TABLE p, c;",
+                parents.join(","),
+                children.join(",")
+            ),
+        )
+        .expect("source rows");
+    let source_url = source.url(&db);
+    let target = PgServer::start(target_options()).expect("target");
+    let tdb = target.create_database("dst").expect("target database");
+    target
+        .create_role(ROLE, ROLE_PW, "LOGIN NOSUPERUSER")
+        .unwrap();
+    target
+        .psql("postgres", &format!("ALTER DATABASE {tdb} OWNER TO {ROLE}"))
+        .unwrap();
+    let target_url = role_url(&target, ROLE, ROLE_PW, &tdb);
+    let logs = tempfile::tempdir().unwrap();
+    let control = format!("127.0.0.1:{}", free_port());
+    let settings = [
+        ("FERRY_MYSQL_SNAPSHOT", "watermark"),
+        ("FERRY_LOAD_CHUNK_ROWS", "100"),
+        ("FERRY_CONTROL_LISTEN", control.as_str()),
+    ];
+    let mut ferry_run = spawn_policy_run(
+        &source_url,
+        &target_url,
+        &logs.path().join("run.log"),
+        &settings,
+    );
+    wait_until(&mut ferry_run, "the stream", WAIT, || {
+        target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
+    });
+    let log = plain(&ferry_run.log());
+    assert!(log.contains("no-replica-role mode"), "{log}");
+    assert!(
+        log.contains("built the unique indexes and keys that waited for catch-up"),
+        "{log}"
+    );
+    assert!(
+        log.contains("foreign key dropped on the target until cutover"),
+        "{log}"
+    );
+    let foreign_keys = format!(
+        "SELECT coalesce(string_agg(conname || ':' || convalidated, ',' ORDER BY conname), '') FROM pg_constraint WHERE conrelid = '\"{db}\".c'::regclass AND contype = 'f'"
+    );
+    assert_eq!(
+        target_text(&target_url, &foreign_keys).as_deref(),
+        Some(""),
+        "no foreign key while ferry applies"
+    );
+    assert_eq!(
+        target_text(
+            &target_url,
+            &format!("SELECT count(*)::text FROM pg_indexes WHERE schemaname = '{db}' AND tablename = 'p' AND indexdef LIKE 'CREATE UNIQUE INDEX%(code)'")
+        )
+        .as_deref(),
+        Some("1"),
+        "the unique index the second key needs was built after catch-up"
+    );
+
+    // Rows that need the dropped keys keep arriving, in source order.
+    let rt = rt();
+    let mut app = rt
+        .block_on(mysql_async::Conn::from_url(source_url.as_str()))
+        .unwrap();
+    rt.block_on(app.query_drop(
+        "START TRANSACTION;
+         INSERT INTO p VALUES (301, 3010);
+         INSERT INTO c VALUES (301, 301, 3010);
+         COMMIT;
+         DELETE FROM c WHERE id = 7;
+         UPDATE c SET p_code = 20 WHERE id = 8;",
+    ))
+    .unwrap();
+    let head = source_head(&source_url);
+    wait_until(&mut ferry_run, "catching up with the source", WAIT, || {
+        checkpoint(&target_url).is_some_and(|c| c >= head)
+    });
+    assert_eq!(
+        compare(&source_url, &target_url, &db, 2),
+        vec![("c".to_owned(), 300), ("p".to_owned(), 301)]
+    );
+
+    let mut cut = ferry(&source_url, &target_url).unwrap();
+    cut.env("FERRY_SOURCE_SSLMODE", "disable")
+        .env("FERRY_TARGET_SSLMODE", "disable")
+        .envs(settings);
+    fenced_cutover(cut, ferry_run);
+    assert_eq!(
+        target_text(&target_url, &foreign_keys).as_deref(),
+        Some("c_code:true,c_p:true"),
+        "both foreign keys back and validated after the cutover"
+    );
+    // The target enforces them again.
+    let dst = rt.block_on(pgsync::connect(&target_url)).unwrap();
+    let err = rt
+        .block_on(dst.execute(
+            &format!("INSERT INTO \"{db}\".c VALUES (999, 1, 12345)"),
+            &[],
+        ))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("c_code") || format!("{err:?}").contains("c_code"),
+        "{err:?}"
+    );
     rt.block_on(app.disconnect()).unwrap();
 }
