@@ -261,6 +261,41 @@ impl StateStore {
         Ok(())
     }
 
+    /// [`Self::set_table_state`] for every table of `sources` in one
+    /// statement (one commit, however many tables).
+    pub async fn set_tables_state(
+        &self,
+        client: &Client,
+        sources: &[TableId],
+        state: &TableState,
+    ) -> Result<()> {
+        let mut keys: Vec<String> = sources.iter().map(table_key).collect();
+        keys.sort();
+        keys.dedup();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "UPDATE {} SET state = $2, reason = $3, updated_at = now() WHERE source_table = ANY($1)",
+            self.table("tables")
+        );
+        let n = client
+            .execute(&sql, &[&keys, &state.as_str(), &state.reason()])
+            .await
+            .map_err(|e| pg_error(format!("writing state of {} tables", keys.len()), e))?;
+        if n != keys.len() as u64 {
+            return Err(Error::operator(
+                format!(
+                    "{} of the tables {} are not registered in the state schema",
+                    keys.len() as u64 - n,
+                    keys.join(", ")
+                ),
+                "register tables before changing their state (ferry bug)",
+            ));
+        }
+        Ok(())
+    }
+
     /// All registered tables.
     pub async fn tables(&self, client: &Client) -> Result<Vec<TableRecord>> {
         let sql = format!(

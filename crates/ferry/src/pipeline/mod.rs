@@ -424,11 +424,10 @@ async fn load_phase<S: Source>(
             return Ok(false);
         }
     }
-    for t in &tables {
-        state
-            .set_table_state(target, &t.schema.id, &TableState::Loaded)
-            .await?;
-    }
+    let ids: Vec<_> = tables.iter().map(|t| t.schema.id.clone()).collect();
+    state
+        .set_tables_state(target, &ids, &TableState::Loaded)
+        .await?;
     load::build_post_data(config, state).await?;
     let mut target_tx = ferry_postgres::connect::connect(&config.target, "target").await?;
     schema::apply_renames(&mut target_tx, &tables, config).await?;
@@ -438,11 +437,9 @@ async fn load_phase<S: Source>(
         .collect();
     let replica_role = replica_role_mode(&target_tx).await?;
     overrides::disable_for_apply(&mut target_tx, state, &carried, replica_role).await?;
-    for t in &tables {
-        state
-            .set_table_state(target, &t.schema.id, &TableState::CatchingUp)
-            .await?;
-    }
+    state
+        .set_tables_state(target, &ids, &TableState::CatchingUp)
+        .await?;
     state.write_phase(target, Phase::Catchup).await?;
     live.set_phase(Phase::Catchup);
     info!("load complete; catching up from the snapshot's position");

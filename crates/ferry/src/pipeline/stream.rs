@@ -278,8 +278,10 @@ async fn promote_when_caught_up<P: Position>(
     live: &Live<P>,
     hold: Option<&AtomicBool>,
 ) -> anyhow::Result<()> {
+    // A cheap read of the applier's position: polled often, so that the
+    // phase (and what waits for it) follows catch-up closely.
     while live.applied_position().is_none_or(|a| a < *head) {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The target holds a committed state of the source at or after `head`:
     // every unique value is on one row again.
@@ -306,13 +308,15 @@ async fn promote_when_caught_up<P: Position>(
     }
     // Every table is now past its snapshot: one consistent position.
     super::overrides::validate_foreign_keys(&mut target, state).await?;
-    for t in state.tables(&target).await? {
-        if let Some(id) = ferry_core::config::parse_table_name(&t.source_table) {
-            state
-                .set_table_state(&target, &id, &TableState::Streaming)
-                .await?;
-        }
-    }
+    let ids: Vec<_> = state
+        .tables(&target)
+        .await?
+        .iter()
+        .filter_map(|t| ferry_core::config::parse_table_name(&t.source_table))
+        .collect();
+    state
+        .set_tables_state(&target, &ids, &TableState::Streaming)
+        .await?;
     state.write_phase(&target, Phase::Stream).await?;
     live.set_phase(Phase::Stream);
     info!(applied = ?live.applied_position().map(|a| a.to_string()), "caught up; streaming");
