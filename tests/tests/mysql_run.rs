@@ -2096,3 +2096,129 @@ fn watermark_load_with_a_target_role_that_cannot_set_session_replication_role() 
     );
     rt.block_on(app.disconnect()).unwrap();
 }
+
+/// TLS to the source, verified (`sslmode = verify-full` with the CA as
+/// `sslrootcert`): ferry's user may connect only over TLS (`REQUIRE SSL`),
+/// so the consistent load, the binlog stream and the cutover all went over
+/// TLS; a CA that did not sign the server's certificate is refused, naming
+/// the certificate.
+#[test]
+fn tls_to_the_source_verified_through_load_stream_and_cutover() {
+    use std::os::unix::fs::PermissionsExt;
+    const USER_PW: &str = "tls-secret-pw";
+    let tls = tempfile::tempdir().unwrap();
+    let files = ferry_testkit::tls_files(tls.path()).expect("certificates");
+    // mariadbd runs as its own user: it must read the files.
+    for path in [
+        tls.path(),
+        files.ca_cert.as_path(),
+        files.server_cert.as_path(),
+        files.server_key.as_path(),
+    ] {
+        let mode = if path.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let source = MariaDbServer::start(
+        MariaDbOptions::default()
+            .setting("ssl_ca", files.ca_cert.to_str().unwrap())
+            .setting("ssl_cert", files.server_cert.to_str().unwrap())
+            .setting("ssl_key", files.server_key.to_str().unwrap()),
+    )
+    .expect("mariadb starts with TLS");
+    let db = source.create_database("tls").expect("database");
+    let rows: Vec<String> = (1..=500).map(|i| format!("({i}, 'row {i}')")).collect();
+    source
+        .sql(
+            &db,
+            &format!(
+                "CREATE TABLE t (id INT PRIMARY KEY, note VARCHAR(40)) ENGINE=InnoDB;
+                 INSERT INTO t VALUES {};
+                 CREATE USER 'tls'@'%' IDENTIFIED BY '{USER_PW}' REQUIRE SSL;
+                 GRANT ALL PRIVILEGES ON *.* TO 'tls'@'%';",
+                rows.join(",")
+            ),
+        )
+        .expect("source rows and a TLS-only user");
+    let source_url = format!(
+        "mysql://tls:{USER_PW}@127.0.0.1:{}/{db}?sslrootcert={}",
+        source.port(),
+        files.ca_cert.display()
+    );
+    let target = PgServer::start(target_options()).expect("target");
+    let tdb = target.create_database("dst").expect("target database");
+    let target_url = target.url(&tdb);
+    let logs = tempfile::tempdir().unwrap();
+    let control = format!("127.0.0.1:{}", free_port());
+    let settings = [
+        ("FERRY_SOURCE_SSLMODE", "verify-full"),
+        ("FERRY_CONTROL_LISTEN", control.as_str()),
+    ];
+
+    // A CA that did not sign the server's certificate: refused.
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = ferry_testkit::tls_files(other.path()).expect("another CA");
+    let wrong_url = format!(
+        "mysql://tls:{USER_PW}@127.0.0.1:{}/{db}?sslrootcert={}",
+        source.port(),
+        other_ca.ca_cert.display()
+    );
+    let mut plan = ferry(&wrong_url, &target_url).unwrap();
+    plan.env("FERRY_TARGET_SSLMODE", "disable")
+        .envs(settings)
+        .arg("plan");
+    let refused = run(&mut plan).unwrap();
+    assert_ne!(refused.code, Some(0), "{}", refused.all());
+    assert!(
+        refused.stdout.contains("TLS handshake with source")
+            && refused.stdout.to_lowercase().contains("certificate"),
+        "{}",
+        refused.all()
+    );
+    assert!(!refused.all().contains(USER_PW), "{}", refused.all());
+
+    let mut ferry_run = spawn_policy_run(
+        &source_url,
+        &target_url,
+        &logs.path().join("run.log"),
+        &settings,
+    );
+    wait_until(&mut ferry_run, "the stream", WAIT, || {
+        target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
+    });
+    // Every session ferry holds on the source is the TLS-only user's,
+    // the binlog dump among them.
+    let sessions = source
+        .sql(
+            "",
+            "SELECT GROUP_CONCAT(DISTINCT COMMAND ORDER BY COMMAND) FROM information_schema.PROCESSLIST WHERE USER = 'tls'",
+        )
+        .unwrap();
+    assert!(sessions.contains("Binlog Dump"), "{sessions}");
+    source
+        .sql(
+            &db,
+            "INSERT INTO t VALUES (501, 'streamed'); UPDATE t SET note = 'changed' WHERE id = 1; DELETE FROM t WHERE id = 2;",
+        )
+        .unwrap();
+    let head = source_head(&source.url(&db));
+    wait_until(&mut ferry_run, "catching up with the source", WAIT, || {
+        checkpoint(&target_url).is_some_and(|c| c >= head)
+    });
+    assert_eq!(
+        compare(&source.url(&db), &target_url, &db, 1),
+        vec![("t".to_owned(), 500)]
+    );
+    assert!(!ferry_run.log().contains(USER_PW), "{}", ferry_run.log());
+
+    let mut cut = ferry(&source_url, &target_url).unwrap();
+    cut.env("FERRY_TARGET_SSLMODE", "disable").envs(settings);
+    fenced_cutover(cut, ferry_run);
+    assert_eq!(
+        target_text(
+            &target_url,
+            &format!("SELECT note FROM \"{db}\".t WHERE id = 501")
+        )
+        .as_deref(),
+        Some("streamed")
+    );
+}

@@ -157,10 +157,18 @@ pub fn connect_error(endpoint: &Endpoint, err: mysql_async::Error) -> Error {
             | ErrorKind::BrokenPipe => {
                 Error::transient(format!("cannot connect to source {url}: {}", io.kind()))
             }
-            _ => Error::transient(format!("cannot connect to source {url}")),
+            // rustls reports a certificate it does not accept (unknown
+            // issuer, wrong name, expired) as invalid data: retrying
+            // cannot help.
+            ErrorKind::InvalidData if ssl_opts(endpoint).is_some() => Error::operator(
+                format!("TLS handshake with source {url} failed: {io}"),
+                "check source.sslmode and source.sslrootcert (verify-full also checks the host name); \
+                 sslmode=require skips verification",
+            ),
+            _ => Error::transient(format!("cannot connect to source {url}: {io}")),
         },
-        mysql_async::Error::Io(mysql_async::IoError::Tls(_)) => Error::operator(
-            format!("TLS handshake with source {url} failed"),
+        mysql_async::Error::Io(mysql_async::IoError::Tls(tls)) => Error::operator(
+            format!("TLS handshake with source {url} failed: {tls}"),
             "check source.sslmode and source.sslrootcert (verify-full also checks the host name); \
              sslmode=require skips verification",
         ),
