@@ -266,16 +266,7 @@ impl Migration {
     /// `GET <path>` on the control API of the running `ferry`: the whole
     /// HTTP response, status line first.
     pub fn control_get(&self, path: &str) -> String {
-        let addr = &self.control;
-        let mut s = std::net::TcpStream::connect(addr).expect("connecting to the control API");
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .expect("sending the request");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("reading the response");
-        out
+        control_get(&self.control, path)
     }
 
     /// `POST <path>` with a JSON `body` on the control API of the running
@@ -508,4 +499,17 @@ impl Migration {
         self.wait_caught_up();
         self.compare(tables);
     }
+}
+
+/// `GET path` from the control API at `addr`: the whole HTTP response.
+pub fn control_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connecting to the control API");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("sending the request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("reading the response");
+    out
 }

@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ferry_core::MySqlPosition;
-use ferry_e2e::migration::{free_port, role_url, target_options};
+use ferry_e2e::migration::{control_get, free_port, role_url, target_options};
 use ferry_e2e::{Background, ferry, pgsync, run, target_text, wait_until};
 use ferry_testkit::{MariaDbOptions, MariaDbServer, PgServer};
 use mysql_async::prelude::Queryable;
@@ -1045,6 +1045,14 @@ fn tinyint1_smallint_and_zero_dates_null_through_load_and_stream() {
             "zero dates in status: {s}"
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+    // And /metrics, per column.
+    let metrics = control_get(&control, "/metrics");
+    for column in ["d", "dt"] {
+        for kind in ["loaded", "streamed"] {
+            let line = format!("ferry_zero_dates_{kind}_total{{column=\"{db}.flags.{column}\"}} 2");
+            assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+        }
     }
     let text = status(false);
     for column in ["d", "dt"] {

@@ -38,6 +38,8 @@ pub mod names {
     pub const VALIDATION_ROWS_CHECKED: &str = "ferry_validation_rows_checked";
     pub const VALIDATION_ROWS_PER_SECOND: &str = "ferry_validation_rows_per_second";
     pub const VALIDATION_FINISHED: &str = "ferry_validation_finished_timestamp_seconds";
+    pub const ZERO_DATES_LOADED: &str = "ferry_zero_dates_loaded_total";
+    pub const ZERO_DATES_STREAMED: &str = "ferry_zero_dates_streamed_total";
 }
 
 /// Upper bounds (seconds) of the apply-batch duration histogram.
@@ -237,6 +239,8 @@ struct Registry {
     validation_rows: Family,
     validation_rate: Family,
     validation_finished: Family,
+    zero_dates_loaded: Family,
+    zero_dates_streamed: Family,
 }
 
 /// Handle to ferry's metrics; clone freely.
@@ -290,6 +294,18 @@ impl Metrics {
                 &BATCH_SECONDS_BUCKETS,
             ),
             load_rows: Family::new(LOAD_ROWS, "Rows copied by the full load.", C, Some("table")),
+            zero_dates_loaded: Family::new(
+                ZERO_DATES_LOADED,
+                "Zero or partial dates the full load wrote as NULL (mysql.zero_dates = \"null\"), per source column (table.column), counted by this process.",
+                C,
+                Some("column"),
+            ),
+            zero_dates_streamed: Family::new(
+                ZERO_DATES_STREAMED,
+                "Zero or partial dates the change stream wrote as NULL (mysql.zero_dates = \"null\"), per source column (table.column), counted by this process.",
+                C,
+                Some("column"),
+            ),
             load_rows_estimated: Family::new(
                 LOAD_ROWS_ESTIMATED,
                 "Source row estimate of each table at plan time.",
@@ -496,6 +512,22 @@ impl Metrics {
         }
     }
 
+    /// The source's zero-date counts (see [`ferry_core::source::ColumnCount`]),
+    /// as counted so far: each is a running total, set as read.
+    pub fn set_zero_dates(&self, counts: &[ferry_core::source::ColumnCount]) {
+        for c in counts {
+            let key = format!("{}.{}", c.table, c.column);
+            self.0
+                .zero_dates_loaded
+                .series(&key)
+                .store(c.load, Ordering::Relaxed);
+            self.0
+                .zero_dates_streamed
+                .series(&key)
+                .store(c.stream, Ordering::Relaxed);
+        }
+    }
+
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
         let r = &self.0;
@@ -525,6 +557,8 @@ impl Metrics {
             &r.validation_rows,
             &r.validation_rate,
             &r.validation_finished,
+            &r.zero_dates_loaded,
+            &r.zero_dates_streamed,
         ] {
             f.render(&mut out);
         }

@@ -167,6 +167,14 @@ fn rendered_text_is_strict_prometheus_format() {
     for ms in [0, 3, 40, 700, 90_000] {
         m.batch(Duration::from_millis(ms));
     }
+    let zero = |load, stream| ferry_core::source::ColumnCount {
+        table: "shop.orders".into(),
+        column: "shipped".into(),
+        load,
+        stream,
+    };
+    m.set_zero_dates(&[zero(2, 1)]);
+    m.set_zero_dates(&[zero(2, 5)]);
     let text = m.render();
     let (types, samples) = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
 
@@ -205,6 +213,10 @@ fn rendered_text_is_strict_prometheus_format() {
     assert_eq!(v(names::PHASE, &[("phase", "stream")]), 1.0);
     assert_eq!(v(names::PHASE, &[("phase", "load")]), 0.0);
     assert_eq!(v(names::PHASE, &[("phase", "plan")]), 0.0);
+    assert_eq!(types[names::ZERO_DATES_STREAMED], "counter");
+    let column = [("column", "shop.orders.shipped")];
+    assert_eq!(v(names::ZERO_DATES_LOADED, &column), 2.0);
+    assert_eq!(v(names::ZERO_DATES_STREAMED, &column), 5.0);
 
     // Histogram: buckets ascending by `le`, cumulative, +Inf last == _count.
     let hist = names::APPLY_BATCH_SECONDS;

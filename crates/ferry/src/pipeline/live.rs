@@ -409,6 +409,7 @@ pub async fn run_monitor<S: Source>(
             }
         }
         let zero_dates = source.zero_dates();
+        live.metrics.set_zero_dates(&zero_dates);
         lock(&live.zero_dates, |z| *z = zero_dates);
         live.publish_apply_counters(&mut apply_seen);
         let lag = live.lag();
