@@ -551,6 +551,84 @@ fn chinook_under_writes(s: &Setup) {
     assert!(next > max_id, "new target key {next} after {max_id}");
 }
 
+/// `log` without its ANSI colour codes.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ … m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// WAL mode: the load reads the file itself, no copy of it, through read
+/// transactions that began under one brief hold of the write lock, with two
+/// workers over hundreds of chunks, while the application keeps committing
+/// (never an error); once caught up every table is exactly the source's.
+#[test]
+fn wal_load_reads_the_file_while_the_application_writes() {
+    let s = Setup::new();
+    let writer = Writer::start_with(&s.path, 1, write_txn);
+    writer.wait_for(20);
+    let mut ferry_run = s.start(
+        "load",
+        &[
+            ("FERRY_LOAD_CHUNK_ROWS", "20"),
+            ("FERRY_LOAD_PARALLELISM", "2"),
+        ],
+    );
+    s.wait_first_chunk(&mut ferry_run);
+    let at_first_chunk = writer.last();
+    let copies: Vec<String> = std::fs::read_dir(s.path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("ferry-snapshot"))
+        .collect();
+    assert!(copies.is_empty(), "a snapshot copy in WAL mode: {copies:?}");
+    // The application commits while the chunks are read.
+    let mut in_load = 0;
+    s.wait(&mut ferry_run, "the end of the load", || {
+        if s.phase().as_deref() == Some("load") {
+            in_load = writer.last();
+        }
+        s.phase().as_deref() == Some("stream") && s.checkpoint().is_some()
+    });
+    assert!(
+        in_load >= at_first_chunk + 10,
+        "the application committed {} transactions during the load",
+        in_load.saturating_sub(at_first_chunk)
+    );
+    writer.wait_for(writer.last() + 50);
+    let report = writer.stop();
+    s.wait_caught_up(&mut ferry_run);
+    s.compare(TABLES);
+    let log = plain(&ferry_run.log());
+    assert!(
+        log.contains("sqlite snapshot taken (WAL: read transactions on the file, no copy)")
+            && log.contains("readers=2"),
+        "the snapshot's log line:\n{log}"
+    );
+    assert!(
+        log.contains("sqlite snapshot released"),
+        "the snapshot is released after the load:\n{log}"
+    );
+    assert!(
+        !log.contains("shares its connection"),
+        "every worker had a read transaction of its own:\n{log}"
+    );
+    assert!(!log.contains("ERROR"), "ferry logged an error:\n{log}");
+    assert!(report.last > in_load, "{report:?}");
+}
+
 /// `ALTER TABLE … ADD COLUMN` mid-stream is carried. SQLite's ALTER TABLE
 /// procedure (create, copy, drop, rename) drops the table's triggers:
 /// ferry must stop with the fix at the first read after it, having applied

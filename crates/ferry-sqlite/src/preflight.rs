@@ -12,7 +12,7 @@
 //!   while ferry reads (warn otherwise, explaining that a read blocks
 //!   writers in rollback-journal mode and what ferry does about it);
 //! - `write access`: `ferry run` installs change capture in the file and
-//!   places the load's snapshot copy next to it, so the file and its
+//!   (rollback-journal mode) places the load's snapshot copy next to it, so the file and its
 //!   directory must be writable (checked without writing);
 //! - `change capture`: exactly what `ferry run` installs
 //!   ([`crate::capture`]), or, when it is installed already, whether every
@@ -202,9 +202,12 @@ fn quick_check(conn: &rusqlite::Connection, path: &Path) -> Check {
 fn journal_check(conn: &rusqlite::Connection, path: &Path) -> Check {
     let mode: rusqlite::Result<String> = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0));
     match mode {
-        Ok(m) if m.eq_ignore_ascii_case("wal") => {
-            Check::pass(SIDE, "journal_mode", "journal_mode = wal")
-        }
+        Ok(m) if m.eq_ignore_ascii_case("wal") => Check::pass(
+            SIDE,
+            "journal_mode",
+            "journal_mode = wal: the load reads the file itself while the application writes \
+                 (the WAL grows by what it writes during the load; checkpoints catch up after it)",
+        ),
         Ok(m) => Check::warn(
             SIDE,
             "journal_mode",
@@ -378,7 +381,7 @@ fn write_check(path: &Path) -> Check {
             SIDE,
             "write access",
             format!(
-                "{shown} and its directory are writable (ferry run installs change capture, and puts one copy of the file next to it while loading)"
+                "{shown} and its directory are writable (ferry run installs change capture; in rollback-journal mode it puts one copy of the file next to it while loading)"
             ),
         )
     } else {

@@ -396,6 +396,12 @@ fn snapshot_marks(conn: &Connection, from: ChangeLogSeq) -> Result<BTreeSet<u64>
 pub fn mark_snapshot(path: &Path, position: ChangeLogSeq) -> Result<(), Error> {
     let conn =
         capture::open_read_write(path).map_err(sql_error(format!("opening {}", path.display())))?;
+    mark_snapshot_on(&conn, position)
+}
+
+/// [`mark_snapshot`] on a read-write connection (in its transaction, if
+/// one is open).
+pub fn mark_snapshot_on(conn: &Connection, position: ChangeLogSeq) -> Result<(), Error> {
     conn.execute(
         &format!(
             "INSERT INTO {}(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO NOTHING",

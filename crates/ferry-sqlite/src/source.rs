@@ -4,15 +4,25 @@
 //! - capture: the change-log table and triggers of [`crate::capture`],
 //!   installed in the source file by [`Source::start_capture`](source::Source::start_capture); a leftover
 //!   of an interrupted first run is removed by [`Source::prepare_capture`](source::Source::prepare_capture);
-//! - snapshot: one `VACUUM INTO` copy of the file (a single read
-//!   transaction: rows, change log and its sequence as of one instant),
+//! - snapshot, WAL mode: while ferry holds SQLite's write lock for a few
+//!   milliseconds (`BEGIN IMMEDIATE`; the application's writers wait as for
+//!   any writer), one read transaction per load worker begins on the file
+//!   itself and the position (the change-log head they all see) is
+//!   recorded; no commit falls between them, so every worker reads the
+//!   same instant, and the hand-off is gap-free (see [`crate::snapshot`]).
+//!   No copy of the file is made; the application keeps writing, and its
+//!   WAL grows by what it writes during the load (checkpoints cannot pass
+//!   the load's read transactions; they catch up once the load ends).
+//!   Rollback-journal mode: one `VACUUM INTO` copy of the file (a single
+//!   read transaction: rows, change log and its sequence as of one
+//!   instant; a long read there would block the application's writers),
 //!   placed next to the source file as `.<file>.ferry-snapshot-<pid>-<n>`
 //!   and removed on release; its position is the change-log head read from
-//!   the copy, so the hand-off is gap-free (see [`crate::snapshot`]). Every
-//!   load worker opens the copy read-only; the application keeps writing
-//!   the original (WAL mode: not even blocked during the copy);
+//!   the copy. Every load worker opens the copy read-only;
 //! - load: chunks are rowid ranges (`rowid >= a AND rowid < b`, the first
-//!   and last open-ended); WITHOUT ROWID tables are one chunk. Rows are
+//!   and last open-ended) of even row counts, their bounds from a sample of
+//!   every table's rowids taken with the catalog ([`load::sample_rowids`]);
+//!   WITHOUT ROWID tables are one chunk. Rows are
 //!   decoded by [`crate::value::decode`] on a blocking thread and streamed
 //!   through a bounded channel as [`ChunkData::Rows`](source::ChunkData::Rows);
 //! - target schema: `CREATE TABLE` in the target schema `main` from the
@@ -77,7 +87,9 @@ use changes::{read_changes, trim_acknowledged};
 pub use cutover::SqliteCutover;
 use ddl::target_schema_of;
 pub use ddl::{create_table, rowid_alias};
-pub use load::{SqliteSnapshot, SqliteSnapshotReader, rowid_chunks};
+pub use load::{
+    RowidSample, SqliteSnapshot, SqliteSnapshotReader, rowid_chunks, sample_rowids, sample_step,
+};
 use load::{chunk_predicate, remove_stale_copies, take_snapshot};
 
 /// How long the fence waits for an application transaction to finish.
@@ -96,6 +108,11 @@ pub struct SqliteSource {
     /// [`Source::release_capture`](source::Source::release_capture), which removes capture inside it.
     fence: Arc<Mutex<Option<Fence>>>,
     snapshots: Arc<AtomicU64>,
+    /// `load.chunk_rows`: the catalog samples rowids finely enough for it.
+    chunk_rows: u64,
+    /// Load workers (`load.parallelism`): WAL snapshots begin one read
+    /// transaction for each.
+    readers: usize,
 }
 
 fn source_path(config: &Config) -> Result<PathBuf, Error> {
@@ -125,6 +142,8 @@ impl SqliteSource {
             policies: TypePolicies::from_config(config),
             fence: Arc::new(Mutex::new(None)),
             snapshots: Arc::new(AtomicU64::new(0)),
+            chunk_rows: config.load.chunk_rows(),
+            readers: config.load.effective_parallelism(),
         })
     }
 }
@@ -208,12 +227,12 @@ pub async fn remove_capture(config: &Config) -> Result<String, Error> {
 // Catalog
 // ---------------------------------------------------------------------
 
-/// The selected tables with their rowid ranges (for chunking).
+/// The selected tables with their rowid samples (for chunking).
 #[derive(Debug, Clone)]
 pub struct SqliteCatalog {
     pub tables: Vec<catalog::SourceTable>,
-    /// `(min, max)` rowid of tables with rowids and rows.
-    ranges: HashMap<String, (i64, i64)>,
+    /// Tables with rowids and more than one chunk's rows.
+    rowids: HashMap<String, RowidSample>,
 }
 
 impl source::Catalog for SqliteCatalog {
@@ -233,6 +252,7 @@ fn read_catalog(
     path: &Path,
     filter: &TableFilter,
     policies: &TypePolicies,
+    chunk_rows: u64,
 ) -> Result<SqliteCatalog, Error> {
     let conn = open_ro(path)?;
     let mut cat = catalog::read(&conn, filter, policies).map_err(|e| {
@@ -265,23 +285,32 @@ fn read_catalog(
             t.schema = rec.schema();
         }
     }
-    let mut ranges = HashMap::new();
-    for t in cat.tables.iter().filter(|t| t.has_rowid) {
-        let q = quote_ident(&t.schema.id.name);
-        let range: (Option<i64>, Option<i64>) = conn
-            .query_row(
-                &format!("SELECT min(rowid), max(rowid) FROM {q}"),
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(sql_error(format!("reading the rowids of {}", t.schema.id)))?;
-        if let (Some(lo), Some(hi)) = range {
-            ranges.insert(t.schema.id.name.clone(), (lo, hi));
-        }
+    let mut rowids = HashMap::new();
+    let started = std::time::Instant::now();
+    for t in cat
+        .tables
+        .iter()
+        .filter(|t| t.has_rowid && t.row_count > chunk_rows)
+    {
+        let sample = load::sample_rowids(
+            &conn,
+            &t.schema.id.name,
+            t.row_count,
+            load::sample_step(chunk_rows),
+        )
+        .map_err(sql_error(format!("reading the rowids of {}", t.schema.id)))?;
+        rowids.insert(t.schema.id.name.clone(), sample);
+    }
+    if !rowids.is_empty() {
+        info!(
+            tables = rowids.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "rowids sampled for the chunk plan"
+        );
     }
     Ok(SqliteCatalog {
         tables: cat.tables,
-        ranges,
+        rowids,
     })
 }
 
@@ -363,13 +392,14 @@ impl source::Source for SqliteSource {
     type Cutover = SqliteCutover;
 
     async fn catalog(&self) -> Result<SqliteCatalog, Error> {
-        let (path, filter, policies) = (
+        let (path, filter, policies, chunk_rows) = (
             self.path.clone(),
             self.filter.clone(),
             self.policies.clone(),
+            self.chunk_rows,
         );
         blocking("reading the catalog", move || {
-            read_catalog(&path, &filter, &policies)
+            read_catalog(&path, &filter, &policies, chunk_rows)
         })
         .await
     }
@@ -400,7 +430,7 @@ impl source::Source for SqliteSource {
     }
 
     async fn start_capture(&self, catalog: &SqliteCatalog) -> Result<SqliteSnapshot, Error> {
-        let (path, tables) = (self.path.clone(), catalog.tables.clone());
+        let (path, tables, readers) = (self.path.clone(), catalog.tables.clone(), self.readers);
         let n = self.snapshots.fetch_add(1, Ordering::AcqRel);
         blocking("starting change capture", move || {
             let mut conn = capture::open_read_write(&path)
@@ -408,15 +438,18 @@ impl source::Source for SqliteSource {
             let installed = capture::install(&mut conn, &tables)?;
             drop(conn);
             info!(tables = installed.len(), "change capture ready");
-            take_snapshot(&path, n)
+            take_snapshot(&path, n, readers)
         })
         .await
     }
 
     async fn new_snapshot(&self) -> Result<SqliteSnapshot, Error> {
-        let path = self.path.clone();
+        let (path, readers) = (self.path.clone(), self.readers);
         let n = self.snapshots.fetch_add(1, Ordering::AcqRel);
-        blocking("taking a snapshot", move || take_snapshot(&path, n)).await
+        blocking("taking a snapshot", move || {
+            take_snapshot(&path, n, readers)
+        })
+        .await
     }
 
     async fn target_schema(
@@ -440,11 +473,7 @@ impl source::Source for SqliteSource {
         let mut out = Vec::new();
         for t in &catalog.tables {
             let id = &t.schema.id;
-            let ranges = rowid_chunks(
-                t.row_count,
-                catalog.ranges.get(&id.name).copied(),
-                chunk_rows,
-            );
+            let ranges = rowid_chunks(catalog.rowids.get(&id.name), chunk_rows);
             let total = ranges.len();
             for (index, r) in ranges.into_iter().enumerate() {
                 out.push(Chunk {

@@ -273,7 +273,13 @@ mod tests {
             )
             .unwrap();
         let tables: TablesConfig = serde_json::from_str("{}").unwrap();
-        let catalog = read_catalog(&path, &tables.filter().unwrap(), &Default::default()).unwrap();
+        let catalog = read_catalog(
+            &path,
+            &tables.filter().unwrap(),
+            &Default::default(),
+            500_000,
+        )
+        .unwrap();
         let schema = target_schema_of(&path, &catalog).unwrap();
         assert_eq!(
             schema.pre_data,

@@ -26,7 +26,7 @@
 //!
 //! ferry's load time is split in three from outside (the target's state,
 //! polled every 50 ms): until the load phase starts (start-up, capture
-//! installed, type sampling, the snapshot copy, the schema), the COPY of
+//! installed, type sampling, the snapshot, the schema), the COPY of
 //! every chunk (until `ferry.chunks` holds them all), and the rest
 //! (post-data: keys and indexes; catch-up). The COPY share alone is what
 //! compares with the COPY-in ceiling. `FERRY_BENCH_BASELINE_BIN=PATH` also
