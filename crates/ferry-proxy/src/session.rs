@@ -386,6 +386,9 @@ impl Session {
     }
 
     async fn serve(&mut self) -> Result<(), SessionError> {
+        // Waiting for a mode change is one long-lived future, not one
+        // registered and dropped on every turn of the loop.
+        let mut mode_change = Box::pin(mode_changed(self.mode.clone()));
         loop {
             // Forward what the client sent, deciding at batch boundaries.
             if !self.client_frames().await? {
@@ -415,7 +418,10 @@ impl Session {
                 r = conn.w.write(&conn.out), if !conn.out.is_empty() => Event::BackendWrote(r),
                 r = conn.r.read_buf(&mut conn.rbuf), if read_backend => Event::BackendRead(r),
                 r = self.cr.read_buf(&mut self.cin), if read_client => Event::ClientRead(r),
-                Ok(()) = self.mode.changed() => Event::ModeChanged,
+                rx = &mut mode_change => {
+                    mode_change = Box::pin(mode_changed(rx));
+                    Event::ModeChanged
+                }
             };
             match event {
                 Event::ClientWrote(r) => {
@@ -789,7 +795,7 @@ impl Session {
     /// that is about to be fenced. A failure here is not the client's
     /// yet: its next statement tries again (and is refused if that fails).
     async fn switch_when_idle(&mut self) -> Result<(), SessionError> {
-        let wanted = self.mode.borrow_and_update().primary();
+        let wanted = self.proxy.mode().primary();
         if wanted == self.primary || self.pending > 0 || self.status != b'I' || self.unsynced {
             return Ok(());
         }
@@ -1223,6 +1229,15 @@ impl Session {
         self.rng ^= self.rng << 17;
         (self.rng >> 11) as f64 / (1u64 << 53) as f64 <= rate
     }
+}
+
+/// Resolves when the proxy's mode changes, with the receiver to wait on
+/// for the next change (never, if the proxy is gone).
+async fn mode_changed(mut rx: watch::Receiver<Mode>) -> watch::Receiver<Mode> {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    rx
 }
 
 /// The `SET`s of `committed` a backend that ran `applied` of them has
