@@ -234,6 +234,8 @@ struct Session {
     /// Classification and fingerprint per statement text (prepared
     /// statements repeat; bounded, cleared when full).
     seen: std::cell::RefCell<HashMap<String, Option<Seen>>>,
+    /// Fingerprints by normalized text (bounded, cleared when full).
+    fingerprints: std::cell::RefCell<HashMap<Arc<str>, Arc<str>>>,
 }
 
 /// What a read-only statement text classified as.
@@ -320,6 +322,7 @@ pub(crate) async fn run(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), Session
         secret,
         pinned: false,
         seen: std::cell::RefCell::new(HashMap::new()),
+        fingerprints: std::cell::RefCell::new(HashMap::new()),
         rng: (pid as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
         proxy: proxy.clone(),
     };
@@ -1091,11 +1094,7 @@ impl Session {
             let Some(sql) = statement_text(f) else {
                 continue;
             };
-            if !self.pinned
-                && ["temp", "listen", "declare", "prepare", "lock"]
-                    .iter()
-                    .any(|w| contains_ignoring_case(sql, w))
-            {
+            if !self.pinned && mentions_pinning_word(sql) {
                 self.pinned = true;
             }
         }
@@ -1139,7 +1138,7 @@ impl Session {
                 b'D' | b'S' | b'C' => continue,
                 _ => return None,
             };
-            let seen = self.classified(sql)?;
+            let seen = self.classified(sql, f.tag != b'Q')?;
             ordered |= seen.ordered;
             if first.is_none() {
                 first = Some(seen);
@@ -1151,31 +1150,50 @@ impl Session {
         first.map(|s| (s, ordered))
     }
 
-    /// [`classify::classify`] and the fingerprint of a read-only text,
-    /// remembered.
-    fn classified(&self, sql: &str) -> Option<Seen> {
+    /// [`classify::classify`] and the fingerprint of a read-only text:
+    /// lexed once; remembered by text when `remember` (prepared statements
+    /// repeat; a simple Query's text with its constants rarely does), and
+    /// the fingerprint by normalized text (so a Query differing only in
+    /// constants costs a lexing, not a hash).
+    fn classified(&self, sql: &str, remember: bool) -> Option<Seen> {
         if !classify::may_read(sql) {
             return None;
         }
-        let mut seen = self.seen.borrow_mut();
-        if let Some(s) = seen.get(sql) {
+        if remember && let Some(s) = self.seen.borrow().get(sql) {
             return s.clone();
         }
-        let value = match classify::classify(sql) {
+        let toks = classify::tokens(sql);
+        let value = match classify::classify_tokens(&toks) {
             Class::ReadOnly { ordered } => {
-                let normalized = classify::normalize(sql);
+                let normalized = classify::normalize_tokens(&toks);
+                let mut known = self.fingerprints.borrow_mut();
+                let (normalized, fingerprint) = match known.get_key_value(normalized.as_str()) {
+                    Some((n, f)) => (n.clone(), f.clone()),
+                    None => {
+                        let f: Arc<str> = classify::fingerprint(&normalized).into();
+                        let n: Arc<str> = normalized.into();
+                        if known.len() >= SEEN_TEXTS {
+                            known.clear();
+                        }
+                        known.insert(n.clone(), f.clone());
+                        (n, f)
+                    }
+                };
                 Some(Seen {
                     ordered,
-                    fingerprint: classify::fingerprint(&normalized).into(),
-                    normalized: normalized.into(),
+                    fingerprint,
+                    normalized,
                 })
             }
             Class::Other => None,
         };
-        if seen.len() >= SEEN_TEXTS {
-            seen.clear();
+        if remember {
+            let mut seen = self.seen.borrow_mut();
+            if seen.len() >= SEEN_TEXTS {
+                seen.clear();
+            }
+            seen.insert(sql.to_owned(), value.clone());
         }
-        seen.insert(sql.to_owned(), value.clone());
         value
     }
 
@@ -1326,13 +1344,23 @@ fn bind_names(f: &Frame) -> Option<(&str, &str)> {
     Some((portal, stmt))
 }
 
-/// Whether `haystack` contains the lowercase ASCII `needle`, in any case.
-fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
-    let n = needle.as_bytes();
-    haystack
-        .as_bytes()
-        .windows(n.len())
-        .any(|w| w.eq_ignore_ascii_case(n))
+/// Words whose mention (in any case, anywhere) pins a session's reads to
+/// the source.
+const PINNING_WORDS: [&[u8]; 5] = [b"temp", b"listen", b"declare", b"prepare", b"lock"];
+
+/// Whether `sql` contains one of [`PINNING_WORDS`], in any case: one pass
+/// that compares only where a word's first letter is.
+fn mentions_pinning_word(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    b.iter().enumerate().any(|(i, &c)| {
+        // `| 0x20` lowercases ASCII letters and maps no other byte to these.
+        matches!(c | 0x20, b't' | b'l' | b'd' | b'p')
+            && PINNING_WORDS.iter().any(|w| {
+                b[i..]
+                    .get(..w.len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(w))
+            })
+    })
 }
 
 fn close_statement(name: &str) -> Frame {
@@ -1392,6 +1420,24 @@ fn scan_batch(buf: &[u8]) -> Result<Option<BatchEnd>, frame::FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pinning_words_are_found_in_any_case_anywhere() {
+        for sql in [
+            "CREATE TEMP TABLE x (a int)",
+            "listen c",
+            "/* x */ DECLARE c CURSOR FOR SELECT 1",
+            "PrEpArE p AS SELECT 1",
+            "LOCK t",
+            "SELECT * FROM templates",
+            "lock",
+        ] {
+            assert!(mentions_pinning_word(sql), "{sql}");
+        }
+        for sql in ["SELECT 1", "UPDATE t SET a = 1", "", "tem", "lis\u{e9}ten"] {
+            assert!(!mentions_pinning_word(sql), "{sql}");
+        }
+    }
 
     #[test]
     fn batches_end_at_sync_query_or_flush() {
