@@ -13,9 +13,9 @@
 //!   round trips, whose answers the client never sees;
 //! - and, when also outside a transaction (status `I`): wait at the gate of
 //!   a cutover ([`crate::Proxy::hold`]), move to the side the mode serves
-//!   after one, with the session state read from the side it leaves
-//!   ([`state::Snapshot`]) (the target after a cutover, the source after a rollback;
-//!   a session idle when the mode changes moves at once),
+//!   after one (the target after a cutover, the source after a rollback;
+//!   a session idle when the mode changes moves at once) with the session
+//!   state read from the side it leaves ([`state::Snapshot`]),
 //!   route a read-only batch to the target session (`reads-on-target`), or
 //!   capture the source's answer to mirror it.
 //!
