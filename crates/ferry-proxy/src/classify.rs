@@ -139,7 +139,12 @@ pub fn tokens(sql: &str) -> Vec<Token> {
                 {
                     i += 1;
                 }
-                out.push(Token::Word(sql[start..i].to_lowercase()));
+                let word = &sql[start..i];
+                out.push(Token::Word(if word.is_ascii() {
+                    word.to_ascii_lowercase()
+                } else {
+                    word.to_lowercase()
+                }));
             }
             _ => {
                 out.push(Token::Punct(c as char));
@@ -438,8 +443,13 @@ pub fn classify(sql: &str) -> Class {
     if !may_read(sql) {
         return Class::Other;
     }
-    let toks = tokens(sql);
-    let mut toks: &[Token] = &toks;
+    classify_tokens(&tokens(sql))
+}
+
+/// [`classify`] of a statement already lexed (a caller that also
+/// normalizes it lexes once).
+pub fn classify_tokens(toks: &[Token]) -> Class {
+    let mut toks: &[Token] = toks;
     while let Some(Token::Punct(';')) = toks.last() {
         toks = &toks[..toks.len() - 1];
     }
@@ -488,12 +498,19 @@ pub fn classify(sql: &str) -> Class {
 /// The statement with constants and parameters replaced by `?`, words
 /// lowercased and whitespace normalized: the key statistics are kept under.
 pub fn normalize(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len());
-    for t in tokens(sql) {
-        let piece = match &t {
+    normalize_tokens(&tokens(sql))
+}
+
+/// [`normalize`] of a statement already lexed.
+pub fn normalize_tokens(toks: &[Token]) -> String {
+    let mut out = String::with_capacity(toks.len() * 6);
+    for t in toks {
+        let piece = match t {
             Token::Word(w) => w.as_str(),
             Token::Quoted(q) => {
-                out.push_str(&format!(" \"{q}\""));
+                out.push_str(" \"");
+                out.push_str(q);
+                out.push('"');
                 continue;
             }
             Token::Constant => "?",
@@ -507,13 +524,22 @@ pub fn normalize(sql: &str) -> String {
         out.push(' ');
         out.push_str(piece);
     }
-    out.trim_start().to_owned()
+    if out.starts_with(' ') {
+        out.remove(0);
+    }
+    out
 }
 
 /// A short stable id of a normalized statement (16 hex digits of SHA-256).
 pub fn fingerprint(normalized: &str) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, normalized.as_bytes());
-    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(16);
+    for b in &d.as_ref()[..8] {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
+    out
 }
 
 /// Whether a statement changes session state that must follow the session

@@ -241,6 +241,27 @@ pub fn error_response(severity: &str, code: &str, message: &str) -> Frame {
     Frame::new(b'E', &body)
 }
 
+/// The text columns of a DataRow (`None` for NULL or a value that is not
+/// UTF-8).
+pub fn data_row(f: &Frame) -> Option<Vec<Option<&str>>> {
+    let body = f.body();
+    let count = i16::from_be_bytes(body.get(..2)?.try_into().ok()?);
+    let mut rest = &body[2..];
+    let mut out = Vec::with_capacity(count.max(0) as usize);
+    for _ in 0..count {
+        let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+        rest = &rest[4..];
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let value = rest.get(..len as usize)?;
+        out.push(std::str::from_utf8(value).ok());
+        rest = &rest[len as usize..];
+    }
+    Some(out)
+}
+
 /// ReadyForQuery with a status.
 pub fn ready_for_query(status: u8) -> Frame {
     Frame::new(b'Z', &[status])
@@ -249,6 +270,21 @@ pub fn ready_for_query(status: u8) -> Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_rows_decode_and_reject_garbage() {
+        let mut body = BytesMut::new();
+        body.put_i16(3);
+        body.put_i32(2);
+        body.put_slice(b"ab");
+        body.put_i32(-1);
+        body.put_i32(0);
+        let row = Frame::new(b'D', &body);
+        assert_eq!(data_row(&row), Some(vec![Some("ab"), None, Some("")]));
+        for cut in 0..body.len() {
+            assert_eq!(data_row(&Frame::new(b'D', &body[..cut])), None, "{cut}");
+        }
+    }
 
     #[test]
     fn frames_split_only_when_complete() {

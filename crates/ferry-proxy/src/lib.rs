@@ -26,8 +26,9 @@
 //! - **Mode `target`**: after a cutover through the proxy
 //!   ([`Proxy::hold`] / [`Proxy::release`]): new statements are held at
 //!   transaction boundaries while the cutover drains, then every session
-//!   moves to the target with its session state (startup parameters, `SET`s
-//!   replayed; named prepared statements prepared again when next used).
+//!   moves to the target with its session state (startup parameters, the
+//!   settings, role and `LISTEN`s read from its source session
+//!   ([`state`]); named prepared statements prepared again).
 //! - **Mode `rolled-back`**: after a rollback through the proxy (the way
 //!   back of a cutover with fallback), the same hold and switch in the
 //!   other direction: every session moves back to the source, nothing is
@@ -218,7 +219,17 @@ pub struct Proxy {
     pub(crate) next_pid: AtomicI32,
     pub(crate) mirror: mpsc::Sender<mirror::Job>,
     mirror_rx: Mutex<Option<mpsc::Receiver<mirror::Job>>>,
+    /// Custom-setting names in function bodies, per side, with when they
+    /// were read ([`state::FUNCTION_NAMES_QUERY`]): every session moved at
+    /// a switch needs them, one catalog scan serves them all.
+    function_names: Mutex<[Option<NamesRead>; 2]>,
 }
+
+/// Names and when they were read.
+type NamesRead = (Instant, Arc<Vec<String>>);
+
+/// How long names read from function bodies are reused.
+const FUNCTION_NAMES_FOR: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -279,6 +290,7 @@ impl Proxy {
             next_pid: AtomicI32::new(1),
             mirror,
             mirror_rx: Mutex::new(Some(rx)),
+            function_names: Mutex::new([None, None]),
             settings,
         }))
     }
@@ -378,6 +390,23 @@ impl Proxy {
             window_seconds: window,
             held_sessions: held,
         }
+    }
+
+    /// Custom-setting names in the function bodies of `side`, when read
+    /// recently.
+    pub(crate) fn cached_function_names(&self, side: Side) -> Option<Arc<Vec<String>>> {
+        let cache = self.function_names.lock().ok()?;
+        let (at, names) = cache[side as usize].as_ref()?;
+        (at.elapsed() < FUNCTION_NAMES_FOR).then(|| names.clone())
+    }
+
+    /// Remember the names read from the function bodies of `side`.
+    pub(crate) fn cache_function_names(&self, side: Side, names: Vec<String>) -> Arc<Vec<String>> {
+        let names = Arc::new(names);
+        if let Ok(mut cache) = self.function_names.lock() {
+            cache[side as usize] = Some((Instant::now(), names.clone()));
+        }
+        names
     }
 
     /// The longest a client waited at the gate during the last hold.

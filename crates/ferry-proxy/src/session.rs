@@ -14,7 +14,8 @@
 //! - and, when also outside a transaction (status `I`): wait at the gate of
 //!   a cutover ([`crate::Proxy::hold`]), move to the side the mode serves
 //!   after one (the target after a cutover, the source after a rollback;
-//!   a session idle when the mode changes moves at once),
+//!   a session idle when the mode changes moves at once) with the session
+//!   state read from the side it leaves ([`state::Snapshot`]),
 //!   route a read-only batch to the target session (`reads-on-target`), or
 //!   capture the source's answer to mirror it.
 //!
@@ -233,6 +234,8 @@ struct Session {
     /// Classification and fingerprint per statement text (prepared
     /// statements repeat; bounded, cleared when full).
     seen: std::cell::RefCell<HashMap<String, Option<Seen>>>,
+    /// Fingerprints by normalized text (bounded, cleared when full).
+    fingerprints: std::cell::RefCell<HashMap<Arc<str>, Arc<str>>>,
 }
 
 /// What a read-only statement text classified as.
@@ -319,6 +322,7 @@ pub(crate) async fn run(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), Session
         secret,
         pinned: false,
         seen: std::cell::RefCell::new(HashMap::new()),
+        fingerprints: std::cell::RefCell::new(HashMap::new()),
         rng: (pid as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
         proxy: proxy.clone(),
     };
@@ -385,6 +389,9 @@ impl Session {
     }
 
     async fn serve(&mut self) -> Result<(), SessionError> {
+        // Waiting for a mode change is one long-lived future, not one
+        // registered and dropped on every turn of the loop.
+        let mut mode_change = Box::pin(mode_changed(self.mode.clone()));
         loop {
             // Forward what the client sent, deciding at batch boundaries.
             if !self.client_frames().await? {
@@ -414,7 +421,10 @@ impl Session {
                 r = conn.w.write(&conn.out), if !conn.out.is_empty() => Event::BackendWrote(r),
                 r = conn.r.read_buf(&mut conn.rbuf), if read_backend => Event::BackendRead(r),
                 r = self.cr.read_buf(&mut self.cin), if read_client => Event::ClientRead(r),
-                Ok(()) = self.mode.changed() => Event::ModeChanged,
+                rx = &mut mode_change => {
+                    mode_change = Box::pin(mode_changed(rx));
+                    Event::ModeChanged
+                }
             };
             match event {
                 Event::ClientWrote(r) => {
@@ -642,8 +652,11 @@ impl Session {
     }
 
     /// Move the session to `side` after a cutover (the target) or a
-    /// rollback (the source): the other side's session ends; session state
-    /// follows lazily ([`Session::prepare_for`]).
+    /// rollback (the source), at a transaction boundary: the session state
+    /// is read from the backend it leaves ([`state::Snapshot`]) and given
+    /// to the one it moves to, with every named statement prepared again;
+    /// then the other side's session ends. When the old backend cannot be
+    /// read, the `SET`s the session sent are replayed instead.
     async fn switch_to(&mut self, side: Side) -> Result<(), BackendError> {
         if self.conn(side).is_none() {
             let cfg = match side {
@@ -660,23 +673,33 @@ impl Session {
             Side::Source => self.target.take(),
             Side::Target => self.source.take(),
         };
-        if let Some(c) = other {
-            c.terminate().await;
-        }
-        // Every named statement now: batches pipelined behind this one
-        // are forwarded without a stop to prepare what they use.
+        let snapshot = match other {
+            Some(mut c) => {
+                let snapshot = self.read_state(&mut c).await;
+                c.terminate().await;
+                snapshot
+            }
+            None => None,
+        };
         let conn = match side {
             Side::Source => self.source.as_mut(),
             Side::Target => self.target.as_mut(),
         };
         if let Some(conn) = conn {
+            // Every named statement now: batches pipelined behind this one
+            // are forwarded without a stop to prepare what they use.
             let names: Vec<&str> = self
                 .statements
                 .keys()
                 .map(String::as_str)
                 .filter(|n| !conn.prepared.contains(*n))
                 .collect();
-            replay(conn, &self.state.committed, &self.statements, &names).await?;
+            let state = match &snapshot {
+                Some(s) => s.statements(),
+                None => replayed_sets(&self.state.committed, conn.sets_applied),
+            };
+            replay(conn, &state, &self.statements, &names).await?;
+            conn.sets_applied = self.state.committed.len();
         }
         let on_side = &self.proxy.gate.on_side;
         on_side[self.primary as usize].fetch_sub(1, Ordering::SeqCst);
@@ -687,13 +710,96 @@ impl Session {
         Ok(())
     }
 
+    /// The session state of `conn` (at a transaction boundary), or `None`
+    /// (logged) when it cannot be read. Notifications that arrive
+    /// meanwhile go to the client.
+    async fn read_state(&mut self, conn: &mut Conn) -> Option<state::Snapshot> {
+        let side = conn.side;
+        let functions = match self.proxy.cached_function_names(side) {
+            Some(names) => names,
+            None => {
+                let frames = conn
+                    .round_trip(&crate::backend::query(state::FUNCTION_NAMES_QUERY).raw, 1)
+                    .await;
+                let names: Vec<String> = match &frames {
+                    Ok(frames) if !frames.iter().any(|f| f.tag == b'E') => frames
+                        .iter()
+                        .filter(|f| f.tag == b'D')
+                        .filter_map(|f| frame::data_row(f)?.first().copied().flatten())
+                        .map(str::to_owned)
+                        .collect(),
+                    _ => {
+                        tracing::warn!(
+                            side = side.as_str(),
+                            "could not read setting names from function bodies; settings only functions define are not carried"
+                        );
+                        Vec::new()
+                    }
+                };
+                self.pass_notifications(frames.as_deref().unwrap_or_default());
+                self.proxy.cache_function_names(side, names)
+            }
+        };
+        let mut names = self.state.custom_names.clone();
+        for set in &self.state.committed {
+            state::note_custom_names(&mut names, set);
+        }
+        let sql = state::snapshot_query(
+            names
+                .iter()
+                .map(String::as_str)
+                .chain(functions.iter().map(String::as_str)),
+        );
+        let frames = match conn.round_trip(&crate::backend::query(&sql).raw, 1).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(side = side.as_str(), error = %e, "could not read the session state; replaying the session's SETs instead");
+                return None;
+            }
+        };
+        self.pass_notifications(&frames);
+        if let Some(e) = frames.iter().find(|f| f.tag == b'E') {
+            tracing::warn!(
+                side = side.as_str(),
+                code = %frame::error_code(e),
+                error = %frame::error_field(e, b'M').unwrap_or_default(),
+                "could not read the session state; replaying the session's SETs instead"
+            );
+            return None;
+        }
+        let login = match side {
+            Side::Source => &self.proxy.settings.source.user,
+            Side::Target => &self.proxy.settings.target.user,
+        };
+        let rows: Vec<Vec<Option<&str>>> = frames
+            .iter()
+            .filter(|f| f.tag == b'D')
+            .filter_map(frame::data_row)
+            .collect();
+        Some(state::Snapshot::from_rows(
+            rows.iter().map(|r| {
+                let col = |i: usize| r.get(i).copied().flatten().unwrap_or_default();
+                [col(0), col(1), col(2)]
+            }),
+            login,
+        ))
+    }
+
+    /// Pass the notifications among `frames` (answers the client does not
+    /// see otherwise) on to the client.
+    fn pass_notifications(&mut self, frames: &[Frame]) {
+        for f in frames.iter().filter(|f| f.tag == b'A') {
+            self.cout.put_slice(&f.raw);
+        }
+    }
+
     /// The mode changed: a session with nothing in flight outside a
     /// transaction moves now, so that none keeps a session on the side
     /// that is about to be fenced. A failure here is not the client's
     /// yet: its next statement tries again (and is refused if that fails).
     async fn switch_when_idle(&mut self) -> Result<(), SessionError> {
-        let wanted = self.mode.borrow_and_update().primary();
-        if wanted == self.primary || self.pending > 0 || self.status != b'I' {
+        let wanted = self.proxy.mode().primary();
+        if wanted == self.primary || self.pending > 0 || self.status != b'I' || self.unsynced {
             return Ok(());
         }
         if let Err(e) = self.switch_to(wanted).await {
@@ -735,7 +841,9 @@ impl Session {
                 names.push(stmt);
             }
         }
-        replay(conn, &self.state.committed, &self.statements, &names).await?;
+        let sets = replayed_sets(&self.state.committed, conn.sets_applied);
+        replay(conn, &sets, &self.statements, &names).await?;
+        conn.sets_applied = self.state.committed.len();
         Ok(())
     }
 
@@ -910,6 +1018,11 @@ impl Session {
     /// ([`state`]): a Query's statements, or the statement each Execute
     /// runs. Most batches stop at a cheap first-word test.
     fn note_effects(&mut self, frames: &[Frame]) {
+        for sql in frames.iter().filter_map(statement_text) {
+            if state::may_define_settings(sql) {
+                state::note_custom_names(&mut self.state.custom_names, sql);
+            }
+        }
         let tracking = self.state.tracking() || self.inflight.iter().any(|b| b.track.is_some());
         let look = |sql: Option<&str>| sql.is_some_and(|s| state::worth_a_look(s, tracking));
         let any = frames.iter().any(|f| match f.tag {
@@ -981,11 +1094,7 @@ impl Session {
             let Some(sql) = statement_text(f) else {
                 continue;
             };
-            if !self.pinned
-                && ["temp", "listen", "declare", "prepare", "lock"]
-                    .iter()
-                    .any(|w| contains_ignoring_case(sql, w))
-            {
+            if !self.pinned && mentions_pinning_word(sql) {
                 self.pinned = true;
             }
         }
@@ -1029,7 +1138,7 @@ impl Session {
                 b'D' | b'S' | b'C' => continue,
                 _ => return None,
             };
-            let seen = self.classified(sql)?;
+            let seen = self.classified(sql, f.tag != b'Q')?;
             ordered |= seen.ordered;
             if first.is_none() {
                 first = Some(seen);
@@ -1041,31 +1150,50 @@ impl Session {
         first.map(|s| (s, ordered))
     }
 
-    /// [`classify::classify`] and the fingerprint of a read-only text,
-    /// remembered.
-    fn classified(&self, sql: &str) -> Option<Seen> {
+    /// [`classify::classify`] and the fingerprint of a read-only text:
+    /// lexed once; remembered by text when `remember` (prepared statements
+    /// repeat; a simple Query's text with its constants rarely does), and
+    /// the fingerprint by normalized text (so a Query differing only in
+    /// constants costs a lexing, not a hash).
+    fn classified(&self, sql: &str, remember: bool) -> Option<Seen> {
         if !classify::may_read(sql) {
             return None;
         }
-        let mut seen = self.seen.borrow_mut();
-        if let Some(s) = seen.get(sql) {
+        if remember && let Some(s) = self.seen.borrow().get(sql) {
             return s.clone();
         }
-        let value = match classify::classify(sql) {
+        let toks = classify::tokens(sql);
+        let value = match classify::classify_tokens(&toks) {
             Class::ReadOnly { ordered } => {
-                let normalized = classify::normalize(sql);
+                let normalized = classify::normalize_tokens(&toks);
+                let mut known = self.fingerprints.borrow_mut();
+                let (normalized, fingerprint) = match known.get_key_value(normalized.as_str()) {
+                    Some((n, f)) => (n.clone(), f.clone()),
+                    None => {
+                        let f: Arc<str> = classify::fingerprint(&normalized).into();
+                        let n: Arc<str> = normalized.into();
+                        if known.len() >= SEEN_TEXTS {
+                            known.clear();
+                        }
+                        known.insert(n.clone(), f.clone());
+                        (n, f)
+                    }
+                };
                 Some(Seen {
                     ordered,
-                    fingerprint: classify::fingerprint(&normalized).into(),
-                    normalized: normalized.into(),
+                    fingerprint,
+                    normalized,
                 })
             }
             Class::Other => None,
         };
-        if seen.len() >= SEEN_TEXTS {
-            seen.clear();
+        if remember {
+            let mut seen = self.seen.borrow_mut();
+            if seen.len() >= SEEN_TEXTS {
+                seen.clear();
+            }
+            seen.insert(sql.to_owned(), value.clone());
         }
-        seen.insert(sql.to_owned(), value.clone());
         value
     }
 
@@ -1121,21 +1249,41 @@ impl Session {
     }
 }
 
-/// Run on `conn` the `SET`s of `committed` it has not run and prepare the
-/// statements `names` (from `statements`), in round trips whose answers
-/// the client never sees. A failure is logged, not fatal: the client's own
-/// statement then fails on that backend with the server's error.
+/// Resolves when the proxy's mode changes, with the receiver to wait on
+/// for the next change (never, if the proxy is gone).
+async fn mode_changed(mut rx: watch::Receiver<Mode>) -> watch::Receiver<Mode> {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    rx
+}
+
+/// The `SET`s of `committed` a backend that ran `applied` of them has
+/// not run, labelled for logs by the setting they set.
+fn replayed_sets(committed: &[String], applied: usize) -> Vec<(String, String)> {
+    committed
+        .get(applied..)
+        .unwrap_or_default()
+        .iter()
+        .map(|sql| (state::set_name(sql), sql.clone()))
+        .collect()
+}
+
+/// Run on `conn` the session-state statements `sets` (label, SQL; each its
+/// own Query) and prepare the statements `names` (from `statements`), in
+/// one round trip whose answers the client never sees. A statement the
+/// backend refuses is logged by its label (never a value), not fatal: the
+/// client's own statements then run without it, as on a server lacking
+/// that setting.
 async fn replay(
     conn: &mut Conn,
-    committed: &[String],
+    sets: &[(String, String)],
     statements: &HashMap<String, Frame>,
     names: &[&str],
 ) -> Result<(), BackendError> {
     let mut batch = BytesMut::new();
-    let mut answers = 0;
-    for set in committed.get(conn.sets_applied..).unwrap_or_default() {
-        batch.put_slice(&crate::backend::query(set).raw);
-        answers += 1;
+    for (_, sql) in sets {
+        batch.put_slice(&crate::backend::query(sql).raw);
     }
     for name in names {
         if let Some(parse) = statements.get(*name) {
@@ -1143,22 +1291,37 @@ async fn replay(
             batch.put_slice(&parse.raw);
         }
     }
+    let answers = sets.len() + usize::from(!names.is_empty());
     if !names.is_empty() {
         batch.put_slice(&Frame::new(b'S', &[]).raw);
-        answers += 1;
     }
     if answers == 0 {
         return Ok(());
     }
     let frames = conn.round_trip(&batch, answers).await?;
-    conn.sets_applied = committed.len();
-    if frames.iter().any(|f| f.tag == b'E') {
-        tracing::debug!(
-            side = conn.side.as_str(),
-            "replaying session state failed on a backend"
-        );
-    } else {
+    // One answer per statement, each ending in its ReadyForQuery.
+    let mut answer = 0;
+    let mut prepared = true;
+    for f in &frames {
+        match f.tag {
+            b'E' if answer < sets.len() => tracing::warn!(
+                side = conn.side.as_str(),
+                setting = %sets[answer].0,
+                code = %frame::error_code(f),
+                "the session state could not be given to the backend the session moved to"
+            ),
+            b'E' => prepared = false,
+            b'Z' => answer += 1,
+            _ => {}
+        }
+    }
+    if prepared {
         conn.prepared.extend(names.iter().map(|n| (*n).to_owned()));
+    } else {
+        tracing::warn!(
+            side = conn.side.as_str(),
+            "preparing the session's statements again failed; they fail when used"
+        );
     }
     Ok(())
 }
@@ -1181,13 +1344,23 @@ fn bind_names(f: &Frame) -> Option<(&str, &str)> {
     Some((portal, stmt))
 }
 
-/// Whether `haystack` contains the lowercase ASCII `needle`, in any case.
-fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
-    let n = needle.as_bytes();
-    haystack
-        .as_bytes()
-        .windows(n.len())
-        .any(|w| w.eq_ignore_ascii_case(n))
+/// Words whose mention (in any case, anywhere) pins a session's reads to
+/// the source.
+const PINNING_WORDS: [&[u8]; 5] = [b"temp", b"listen", b"declare", b"prepare", b"lock"];
+
+/// Whether `sql` contains one of [`PINNING_WORDS`], in any case: one pass
+/// that compares only where a word's first letter is.
+fn mentions_pinning_word(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    b.iter().enumerate().any(|(i, &c)| {
+        // `| 0x20` lowercases ASCII letters and maps no other byte to these.
+        matches!(c | 0x20, b't' | b'l' | b'd' | b'p')
+            && PINNING_WORDS.iter().any(|w| {
+                b[i..]
+                    .get(..w.len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(w))
+            })
+    })
 }
 
 fn close_statement(name: &str) -> Frame {
@@ -1247,6 +1420,24 @@ fn scan_batch(buf: &[u8]) -> Result<Option<BatchEnd>, frame::FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pinning_words_are_found_in_any_case_anywhere() {
+        for sql in [
+            "CREATE TEMP TABLE x (a int)",
+            "listen c",
+            "/* x */ DECLARE c CURSOR FOR SELECT 1",
+            "PrEpArE p AS SELECT 1",
+            "LOCK t",
+            "SELECT * FROM templates",
+            "lock",
+        ] {
+            assert!(mentions_pinning_word(sql), "{sql}");
+        }
+        for sql in ["SELECT 1", "UPDATE t SET a = 1", "", "tem", "lis\u{e9}ten"] {
+            assert!(!mentions_pinning_word(sql), "{sql}");
+        }
+    }
 
     #[test]
     fn batches_end_at_sync_query_or_flush() {

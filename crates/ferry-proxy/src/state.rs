@@ -1,5 +1,27 @@
-//! The session state a proxied session carries to another backend: the
-//! `SET`s (and `RESET`s) that persisted, in the order they ran.
+//! The session state a proxied session carries to another backend.
+//!
+//! **At a switch** (a cutover or rollback through the proxy moves a session
+//! at a transaction boundary) the state is not reconstructed from what the
+//! client sent but read from the backend the session leaves
+//! ([`snapshot_query`], [`Snapshot`]): every setting whose source is
+//! `session` in `pg_settings` (however it was set: `SET`, `set_config(…)`,
+//! a `SET` inside a function or `DO` block, `SET SESSION
+//! CHARACTERISTICS`; not what a function's own `SET` clause or a rolled
+//! back transaction undid), custom settings (`x.y`, which `pg_settings`
+//! lists only once a module defines them: their names come from what the
+//! session sent, from function bodies in the source's catalog
+//! ([`FUNCTION_NAMES_QUERY`]) and from `ALTER DATABASE/ROLE … SET`),
+//! `session_authorization`, `role` and the channels it listens on. The
+//! backend the session moves to is reset and given exactly that
+//! ([`Snapshot::statements`]). Values are PostgreSQL's own text forms
+//! (base units for settings with units; real-valued settings carry the six
+//! significant digits PostgreSQL shows).
+//!
+//! **Elsewhere** — the read session of `reads-on-target`, mirror workers,
+//! and a switch whose read of the old backend failed — the state is the
+//! `SET`s (and `RESET`s) the client sent that persisted, in the order they
+//! ran ([`SessionState`]): reading `pg_settings` before every routed read
+//! would cost a round trip each.
 //!
 //! PostgreSQL keeps a session-level `SET` only when its transaction
 //! commits: one inside a transaction block that rolls back (or behind a
@@ -14,8 +36,11 @@
 //!
 //! Only batches whose statements start with one of a few words are looked
 //! at ([`worth_a_look`]); everything else costs a scan of the first word.
-//! Not followed: `set_config(…)` calls, `SET` inside functions or `DO`
-//! blocks, and named portals bound in an earlier batch.
+//! The `SET` list does not follow `set_config(…)` calls, `SET` inside
+//! functions or `DO` blocks, and named portals bound in an earlier batch;
+//! the snapshot at a switch does, except for portals.
+
+use std::collections::BTreeSet;
 
 use crate::classify::{self, Token};
 
@@ -54,6 +79,9 @@ pub(crate) struct SessionState {
     in_tx: Vec<String>,
     /// Savepoints of the open transaction with the `in_tx` length at each.
     savepoints: Vec<(String, usize)>,
+    /// Candidate names of custom settings the session may have defined
+    /// other than by a `SET` statement ([`may_define_settings`]).
+    pub custom_names: BTreeSet<String>,
 }
 
 /// Words that start a statement with an effect; `tx_words` only matter
@@ -187,6 +215,211 @@ pub(crate) fn effect(sql: &str) -> Effect {
     }
 }
 
+/// The setting a `SET`/`RESET` statement sets (for logs: never a value).
+pub(crate) fn set_name(sql: &str) -> String {
+    let toks = classify::tokens(sql);
+    let mut at = match toks.get(1) {
+        Some(Token::Word(w)) if w == "session" => 2,
+        _ => 1,
+    };
+    let mut name = String::new();
+    while let Some(Token::Word(w) | Token::Quoted(w)) = toks.get(at) {
+        name.push_str(w);
+        if toks.get(at + 1) != Some(&Token::Punct('.')) {
+            break;
+        }
+        name.push('.');
+        at += 2;
+    }
+    if name.is_empty() {
+        "SET".to_owned()
+    } else {
+        name
+    }
+}
+
+/// Custom-setting names remembered per session at most.
+pub(crate) const MAX_CUSTOM_NAMES: usize = 512;
+
+/// Whether a statement text may define settings other than by a `SET`
+/// statement: it mentions `set_config` or is a `DO` block. A scan for `_`
+/// on every Query and Parse text, so kept cheap.
+pub(crate) fn may_define_settings(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    let calls = b.iter().enumerate().any(|(i, &c)| {
+        c == b'_'
+            && i >= 3
+            && b[i - 3..i].eq_ignore_ascii_case(b"set")
+            && b.get(i + 1..i + 7)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"config"))
+    });
+    calls || first_word(sql).eq_ignore_ascii_case("do")
+}
+
+/// Remember the dotted words of `sql` as candidate custom-setting names
+/// (bounded by [`MAX_CUSTOM_NAMES`]).
+pub(crate) fn note_custom_names(names: &mut BTreeSet<String>, sql: &str) {
+    for name in dotted_words(sql) {
+        if names.len() >= MAX_CUSTOM_NAMES {
+            return;
+        }
+        names.insert(name);
+    }
+}
+
+/// The dotted words of `sql` (`a.b`, `a.b.c`; also inside string literals
+/// and function bodies; names with `$` are not found), lowercased: candidate custom-setting names. Most
+/// are not settings (`t.id`); the server keeps those that are.
+pub(crate) fn dotted_words(sql: &str) -> impl Iterator<Item = String> + '_ {
+    sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .filter(|w| {
+            w.contains('.')
+                && w.len() <= 127
+                && w.split('.').all(|part| {
+                    part.bytes()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+                })
+        })
+        .map(str::to_ascii_lowercase)
+}
+
+/// Names of custom settings in the bodies of the source's own functions
+/// (`set_config('app.x', …)` or `SET app.x` inside a function the client
+/// calls) and in their `SET` clauses (which leave the setting defined,
+/// empty): cached by the proxy for a while, it scans the catalog.
+pub(crate) const FUNCTION_NAMES_QUERY: &str = "SELECT DISTINCT pg_catalog.lower(m[1]) \
+     FROM pg_catalog.pg_proc p, \
+     pg_catalog.regexp_matches(p.prosrc, '([A-Za-z_][A-Za-z0-9_$]*([.][A-Za-z_][A-Za-z0-9_$]*)+)', 'g') AS m \
+     WHERE p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace \
+     AND p.pronamespace <> 'information_schema'::pg_catalog.regnamespace \
+     AND p.prolang NOT IN (SELECT oid FROM pg_catalog.pg_language WHERE lanname IN ('internal', 'c')) \
+     AND p.prosrc OPERATOR(pg_catalog.~*) 'set' \
+     UNION SELECT pg_catalog.lower(pg_catalog.split_part(c, '=', 1)) \
+     FROM pg_catalog.pg_proc p, pg_catalog.unnest(p.proconfig) AS c \
+     WHERE p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace \
+     LIMIT 2000";
+
+/// The query reading a backend's session state: rows of (kind, name,
+/// value) — `s` a setting set in the session, `c` a custom setting (of the
+/// candidate `names` and those of `ALTER DATABASE/ROLE … SET`) that has a
+/// value, `a` `session_authorization`, `r` `role`, `l` a channel listened
+/// on. Names are passed in a plain literal: [`dotted_words`] keeps only
+/// letters, digits, `_`, `$` and `.`, so the text needs no quoting under any
+/// `standard_conforming_strings`.
+pub(crate) fn snapshot_query<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let list: Vec<&str> = names
+        .into_iter()
+        .filter(|n| {
+            n.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'$' | b'.'))
+        })
+        .collect();
+    format!(
+        "SELECT 's', name, setting FROM pg_catalog.pg_settings WHERE source = 'session' \
+         UNION ALL \
+         SELECT 'c', n, pg_catalog.current_setting(n, true) FROM (\
+           SELECT pg_catalog.lower(n) AS n FROM pg_catalog.unnest(pg_catalog.string_to_array('{}', ',')) AS n \
+           UNION SELECT pg_catalog.lower(pg_catalog.split_part(c, '=', 1)) \
+             FROM pg_catalog.pg_db_role_setting, pg_catalog.unnest(setconfig) AS c\
+         ) AS names \
+         WHERE pg_catalog.strpos(n, '.') > 0 AND pg_catalog.current_setting(n, true) IS NOT NULL \
+           AND NOT EXISTS (SELECT FROM pg_catalog.pg_settings s WHERE s.name = names.n) \
+         UNION ALL SELECT 'a', '', pg_catalog.current_setting('session_authorization') \
+         UNION ALL SELECT 'r', '', pg_catalog.current_setting('role') \
+         UNION ALL SELECT 'l', c, '' FROM pg_catalog.pg_listening_channels() AS c",
+        list.join(",")
+    )
+}
+
+/// A backend's session state as [`snapshot_query`] read it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    /// Settings and custom settings: (name, value).
+    pub settings: Vec<(String, String)>,
+    /// `session_authorization` when it is not the user that logged in.
+    pub session_user: Option<String>,
+    /// `role` when one is set.
+    pub role: Option<String>,
+    pub listening: Vec<String>,
+}
+
+impl Snapshot {
+    /// From the rows of [`snapshot_query`]; `login_user` is the user the
+    /// backend logged in as.
+    pub fn from_rows<'a>(
+        rows: impl IntoIterator<Item = [&'a str; 3]>,
+        login_user: &str,
+    ) -> Snapshot {
+        let mut s = Snapshot::default();
+        for [kind, name, value] in rows {
+            match kind {
+                "s" | "c" => s.settings.push((name.to_owned(), value.to_owned())),
+                "a" if value != login_user => s.session_user = Some(value.to_owned()),
+                "r" if value != "none" => s.role = Some(value.to_owned()),
+                "l" => s.listening.push(name.to_owned()),
+                _ => {}
+            }
+        }
+        s
+    }
+
+    /// The statements that give a backend this state, each with a label for
+    /// logs (the setting's name, never its value): a reset of whatever the
+    /// backend had, every setting, then the session user and role (settings
+    /// first: a role may not be allowed to set some), then `LISTEN`s. One
+    /// statement each, so that one the backend refuses (a setting its
+    /// version lacks) does not undo the others.
+    pub fn statements(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> =
+            ["RESET SESSION AUTHORIZATION", "RESET ROLE", "RESET ALL"]
+                .iter()
+                .map(|sql| ((*sql).to_ascii_lowercase(), (*sql).to_owned()))
+                .collect();
+        let set = |name: &str, value: &str| {
+            format!(
+                "SELECT pg_catalog.set_config({}, {}, false)",
+                dollar_quoted(name),
+                dollar_quoted(value)
+            )
+        };
+        for (name, value) in &self.settings {
+            out.push((name.clone(), set(name, value)));
+        }
+        if let Some(user) = &self.session_user {
+            out.push((
+                "session_authorization".into(),
+                set("session_authorization", user),
+            ));
+        }
+        if let Some(role) = &self.role {
+            out.push(("role".into(), set("role", role)));
+        }
+        for channel in &self.listening {
+            out.push(("listen".into(), format!("LISTEN {}", quoted_ident(channel))));
+        }
+        out
+    }
+}
+
+/// `s` as a dollar-quoted literal whose tag does not occur in it (read the
+/// same whatever `standard_conforming_strings` is).
+fn dollar_quoted(s: &str) -> String {
+    let mut tag = "$f$".to_owned();
+    let mut n = 0;
+    // The literal ends at the first tag after the opening one.
+    while format!("{s}{tag}").find(&tag) != Some(s.len()) {
+        n += 1;
+        tag = format!("$f{n}$");
+    }
+    format!("{tag}{s}{tag}")
+}
+
+/// `s` as a quoted identifier.
+fn quoted_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,5 +538,118 @@ mod tests {
             b'I',
         );
         assert_eq!(s.committed, ["SET a.x = 1", "SET a.z = 4"]);
+    }
+
+    #[test]
+    fn statements_that_may_define_settings() {
+        for sql in [
+            "SELECT set_config('app.x', '1', false)",
+            "select SET_Config($1, $2, false)",
+            "/* c */ DO $$ BEGIN SET app.x = 1; END $$",
+            "do language plpgsql 'BEGIN NULL; END'",
+        ] {
+            assert!(may_define_settings(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            "UPDATE t SET config = 1",
+            "SELECT offset_conf FROM t",
+            "set_",
+            "_config",
+            "",
+        ] {
+            assert!(!may_define_settings(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn dotted_words_are_the_candidate_names() {
+        let names: Vec<String> = dotted_words(
+            "SELECT set_config('App.Tenant', t.id::text, false), 3.14, x.1y, .5, $q$d.q$q$ FROM s.t; SET a.b.c = 1",
+        )
+        .collect();
+        assert_eq!(names, ["app.tenant", "t.id", "d.q", "s.t", "a.b.c"]);
+        let mut kept = BTreeSet::new();
+        for i in 0..MAX_CUSTOM_NAMES + 10 {
+            note_custom_names(
+                &mut kept,
+                &format!("SELECT set_config('a.n{i}', '', false)"),
+            );
+        }
+        assert_eq!(kept.len(), MAX_CUSTOM_NAMES);
+    }
+
+    #[test]
+    fn names_of_set_statements() {
+        assert_eq!(set_name("SET search_path = x"), "search_path");
+        assert_eq!(
+            set_name("set session App.\"Tenant\" to 'secret'"),
+            "app.Tenant"
+        );
+        assert_eq!(set_name("RESET ALL"), "all");
+        assert_eq!(set_name("SET TIME ZONE 'UTC'"), "time");
+        assert_eq!(set_name("SET"), "SET");
+    }
+
+    #[test]
+    fn the_snapshot_query_takes_only_plain_names() {
+        let sql = snapshot_query(["app.x", "x'y.z", "a.b$c"]);
+        assert!(sql.contains("'app.x,a.b$c'"), "{sql}");
+        assert!(!sql.contains("x'y"), "{sql}");
+        assert!(snapshot_query([]).contains("string_to_array('', ',')"));
+    }
+
+    #[test]
+    fn a_snapshot_becomes_the_statements_that_restore_it() {
+        let rows = [
+            ["s", "work_mem", "5120"],
+            ["c", "app.t", "it's $f$ here"],
+            ["a", "", "app"],
+            ["r", "", "reader"],
+            ["l", "Chan \"1\"", ""],
+            ["?", "junk", ""],
+        ];
+        let snapshot = Snapshot::from_rows(rows, "app");
+        assert_eq!(snapshot.session_user, None);
+        assert_eq!(snapshot.role.as_deref(), Some("reader"));
+        let sql: Vec<(String, String)> = snapshot.statements();
+        let want = [
+            ("reset session authorization", "RESET SESSION AUTHORIZATION"),
+            ("reset role", "RESET ROLE"),
+            ("reset all", "RESET ALL"),
+            (
+                "work_mem",
+                "SELECT pg_catalog.set_config($f$work_mem$f$, $f$5120$f$, false)",
+            ),
+            (
+                "app.t",
+                "SELECT pg_catalog.set_config($f$app.t$f$, $f1$it's $f$ here$f1$, false)",
+            ),
+            (
+                "role",
+                "SELECT pg_catalog.set_config($f$role$f$, $f$reader$f$, false)",
+            ),
+            ("listen", "LISTEN \"Chan \"\"1\"\"\""),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect();
+        assert_eq!(sql, want);
+        let other = Snapshot::from_rows([["a", "", "admin"], ["r", "", "none"]], "app");
+        assert_eq!(other.session_user.as_deref(), Some("admin"));
+        assert_eq!(other.role, None);
+    }
+
+    #[test]
+    fn dollar_quotes_end_where_the_value_ends() {
+        for value in ["", "$", "$f", "a$f", "$f$", "x$f$f1$", "f$", "$f1$f$"] {
+            let q = dollar_quoted(value);
+            let tag_end = q[1..].find('$').unwrap() + 2;
+            let tag = &q[..tag_end];
+            let body_end = q[tag_end..].find(tag).unwrap() + tag_end;
+            assert_eq!(&q[tag_end..body_end], value, "{q}");
+            assert_eq!(body_end + tag.len(), q.len(), "{q}");
+        }
     }
 }

@@ -7,6 +7,11 @@
 //!   `SET`s outside transactions and in committed ones, not `SET LOCAL`,
 //!   not those rolled back (whole, to a savepoint, or in a failed implicit
 //!   transaction), in the simple and the extended protocol;
+//! - state set other than by a `SET` statement — `set_config(…)` from the
+//!   client, in a `DO` block or inside functions (custom `x.y` settings
+//!   too), `SET SESSION CHARACTERISTICS`, role and session user, `LISTEN` —
+//!   moves as PostgreSQL kept it: not what a function's `SET` clause or a
+//!   rolled-back transaction undid;
 //! - a client that pipelines (several extended-protocol batches sent
 //!   without waiting, from several tasks sharing one tokio-postgres
 //!   connection) is held and switched without an error, each statement
@@ -184,6 +189,130 @@ async fn only_the_session_state_postgres_kept_moves_to_the_target() {
     // A statement prepared on the source runs on the target.
     let s: String = c.query_one(&stmt, &[&"!"]).await.unwrap().get(0);
     assert_eq!(s, format!("{tgt}!"));
+}
+
+/// What [`state_other_than_set_statements_moves_as_postgres_kept_it`]
+/// reads on each side, and what PostgreSQL keeps after its statements.
+const KEPT: &[(&str, &str)] = &[
+    ("session_user", "writer"),
+    ("current_user", "reader"),
+    ("current_setting('work_mem')", "5MB"),
+    ("current_setting('lock_timeout')", "4s"),
+    ("current_setting('statement_timeout')", "42s"),
+    (
+        "current_setting('idle_in_transaction_session_timeout')",
+        "0",
+    ),
+    (
+        "current_setting('default_transaction_isolation')",
+        "repeatable read",
+    ),
+    ("current_setting('search_path')", "app_schema, public"),
+    ("current_setting('app.tenant', true)", "acme"),
+    ("current_setting('app.region', true)", "eu"),
+    ("current_setting('app.direct', true)", "yes"),
+    ("current_setting('app.from_do', true)", "did"),
+    // Defined, empty: a rolled-back set_config and a function's SET
+    // clause leave the custom setting behind without its value.
+    ("current_setting('app.gone', true)", ""),
+    ("current_setting('app.scoped', true)", ""),
+    ("current_setting('app.never', true)", "<null>"),
+    ("current_setting('ferry.parsed', true)", "by SET"),
+    (
+        "(SELECT string_agg(c, ',' ORDER BY c) FROM pg_listening_channels() c)",
+        "chan_a",
+    ),
+];
+
+async fn kept_state(c: &tokio_postgres::Client) -> (String, Vec<(String, String)>) {
+    let columns: Vec<String> = KEPT
+        .iter()
+        .map(|(e, _)| format!("coalesce(({e})::text, '<null>')"))
+        .collect();
+    let row = c
+        .query_one(
+            &format!("SELECT current_database()::text, {}", columns.join(", ")),
+            &[],
+        )
+        .await
+        .unwrap();
+    let values = KEPT
+        .iter()
+        .enumerate()
+        .map(|(i, (e, _))| ((*e).to_owned(), row.get::<_, String>(i + 1)))
+        .collect();
+    (row.get(0), values)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_other_than_set_statements_moves_as_postgres_kept_it() {
+    let pg = PgServer::start(PgOptions::new()).unwrap();
+    let (src, tgt) = (
+        pg.create_database("src").unwrap(),
+        pg.create_database("tgt").unwrap(),
+    );
+    pg.psql(
+        &src,
+        "CREATE ROLE reader; CREATE ROLE writer; GRANT reader TO writer",
+    )
+    .unwrap();
+    // The functions exist on both sides (as the migrated schema would);
+    // they were created directly, so the names they set never pass
+    // through the proxy.
+    for db in [&src, &tgt] {
+        pg.psql(
+            db,
+            "CREATE FUNCTION set_tenant(t text) RETURNS void LANGUAGE plpgsql \
+               AS $$ BEGIN PERFORM set_config('app.tenant', t, false); END $$; \
+             CREATE FUNCTION set_region() RETURNS void LANGUAGE plpgsql \
+               AS $$ BEGIN SET app.region = 'eu'; SET lock_timeout = '4s'; END $$; \
+             CREATE FUNCTION scoped() RETURNS text LANGUAGE sql \
+               SET work_mem = '7MB' SET app.scoped = 'leaked' \
+               AS $$ SELECT current_setting('work_mem') $$",
+        )
+        .unwrap();
+    }
+    let (proxy, url) = start_proxy(&pg, &src, &tgt).await;
+    let c = connect(&url).await;
+    for sql in [
+        "SET work_mem = '5MB'",
+        // A function's own SET clause ends with the call.
+        "SELECT scoped()",
+        "SELECT set_tenant('acme')",
+        "SELECT set_region()",
+        "SELECT set_config('app.direct', 'yes', false)",
+        "SELECT set_config('statement_timeout', '42s', false)",
+        "BEGIN",
+        "SELECT set_config('app.gone', 'rolled back', false)",
+        "SELECT set_config('idle_in_transaction_session_timeout', '77s', false)",
+        "ROLLBACK",
+        "DO $$ BEGIN PERFORM set_config('app.from_do', 'did', false); END $$",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        "SELECT set_config('search_path', 'app_schema, public', false)",
+        "SET ferry.parsed = 'by SET'",
+        "LISTEN chan_a",
+        "SELECT set_config('session_authorization', 'writer', false)",
+        "SELECT set_config('role', 'reader', false)",
+    ] {
+        c.batch_execute(sql).await.unwrap();
+    }
+    // The extended protocol too: the value a bound parameter.
+    c.execute("SELECT set_config('work_mem', $1, false)", &[&"5MB"])
+        .await
+        .unwrap();
+
+    let expected: Vec<(String, String)> = KEPT
+        .iter()
+        .map(|(e, v)| ((*e).to_owned(), (*v).to_owned()))
+        .collect();
+    let (db, before) = kept_state(&c).await;
+    assert_eq!(db, src);
+    assert_eq!(before, expected, "PostgreSQL itself (on the source)");
+
+    switch(&proxy).await;
+    let (db, after) = kept_state(&c).await;
+    assert_eq!(db, tgt, "the session moved to the target");
+    assert_eq!(after, expected, "the session state that moved");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

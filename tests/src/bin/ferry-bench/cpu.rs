@@ -66,6 +66,32 @@ pub fn process(pid: u32) -> Duration {
     Duration::from_secs_f64(ticks as f64 / ticks_per_second())
 }
 
+/// CPU time of the thread of `pid` named `name` (its `comm`) so far, if
+/// there is one.
+pub fn thread(pid: u32, name: &str) -> Option<Duration> {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let path = entry.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let text = std::fs::read_to_string(path.join("stat")).ok()?;
+        let rest = &text[text.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime (fields 14 and 15 of stat(5)).
+        let ticks = fields
+            .get(11..13)?
+            .iter()
+            .map(|f| f.parse::<u64>().ok())
+            .sum::<Option<u64>>()?;
+        return Some(Duration::from_secs_f64(ticks as f64 / ticks_per_second()));
+    }
+    None
+}
+
 /// Where a drain's CPU time went.
 #[derive(Debug, Clone, Copy)]
 pub struct DrainCpu {

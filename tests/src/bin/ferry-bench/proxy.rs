@@ -3,7 +3,9 @@
 //!    clients, simple protocol) runs `-S` and the tpcb-like script for a
 //!    fixed time directly against the source, through ferry's proxy
 //!    (sampling 0: pure forwarding), and through pgbouncer in session mode
-//!    (Debian package; same SCRAM login), measured in the same run. Then
+//!    (Debian package; same SCRAM login), measured in the same run, with
+//!    the CPU time per transaction of ferry's proxy thread and of
+//!    pgbouncer (a fairer figure than tps on a shared machine). Then
 //!    ferry again with every read mirrored (`sample_rate = 1`): the client
 //!    latency of `-S` with shadow reads on. Last, a tpcb-like run at 200
 //!    tps through the proxy while `ferry cutover --via-proxy` runs: the
@@ -36,6 +38,10 @@ const PASSWORD: &str = "bench-proxy-pw";
 pub(crate) struct Run {
     tps: f64,
     latency_ms: f64,
+    transactions: u64,
+    /// CPU time of the proxy (ferry's proxy thread, or pgbouncer) per
+    /// transaction, in µs.
+    cpu_us: Option<f64>,
 }
 
 #[derive(Debug, Default)]
@@ -69,9 +75,17 @@ impl ProxyFigures {
             let vs_bouncer = bouncer.map_or_else(String::new, |b| {
                 format!(", {:.2}× pgbouncer (goal ≥ 1)", proxy.tps / b.tps.max(1e-9))
             });
+            let cpu = match (proxy.cpu_us, bouncer.and_then(|b| b.cpu_us)) {
+                (Some(p), Some(b)) => format!(
+                    "; CPU per transaction: proxy thread {p:.1} µs, pgbouncer {b:.1} µs ({:.2}×)",
+                    p / b.max(1e-9)
+                ),
+                (Some(p), None) => format!("; CPU per transaction: proxy thread {p:.1} µs"),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 s,
-                "| proxy: pgbench {script} (4 clients, {} s) | scale {} | direct {:.0} tps, {:.2} ms; {b} | {:.0} tps, {:.2} ms | {:.2}× direct (goal ≥ 0.9){vs_bouncer} |",
+                "| proxy: pgbench {script} (4 clients, {} s) | scale {} | direct {:.0} tps, {:.2} ms; {b} | {:.0} tps, {:.2} ms | {:.2}× direct (goal ≥ 0.9){vs_bouncer}{cpu} |",
                 self.seconds,
                 self.scale,
                 direct.tps,
@@ -174,9 +188,28 @@ fn pgbench(
         Run {
             tps: value("tps = "),
             latency_ms: value("latency average = "),
+            transactions: value("number of transactions actually processed: ") as u64,
+            cpu_us: None,
         },
         text,
     ))
+}
+
+/// [`pgbench`] with the CPU time `cpu` (read before and after) charged per
+/// transaction.
+fn pgbench_cpu(
+    cpu: impl Fn() -> Option<Duration>,
+    server: &PgServer,
+    port: u16,
+    db: &str,
+    args: &[&str],
+) -> anyhow::Result<Run> {
+    let before = cpu();
+    let (mut run, _) = pgbench(server, port, USER, PASSWORD, db, args)?;
+    if let (Some(a), Some(b)) = (before, cpu()) {
+        run.cpu_us = Some(b.saturating_sub(a).as_secs_f64() * 1e6 / run.transactions.max(1) as f64);
+    }
+    Ok(run)
 }
 
 struct Ferry {
@@ -321,16 +354,34 @@ fn bench(sizes: &Sizes) -> anyhow::Result<ProxyFigures> {
                 &db,
                 &args,
             )?;
-            let (proxy, _) = pgbench(&source, proxy_port, USER, PASSWORD, &db, &args)?;
+            let ferry_pid = ferry.bg.pid();
+            let proxy = pgbench_cpu(
+                || crate::cpu::thread(ferry_pid, "ferry-proxy"),
+                &source,
+                proxy_port,
+                &db,
+                &args,
+            )?;
             let b = match &bouncer {
-                Some((_, port)) => Some(pgbench(&source, *port, USER, PASSWORD, &db, &args)?.0),
+                Some((child, port)) => {
+                    let pid = child.id();
+                    Some(pgbench_cpu(
+                        || Some(crate::cpu::process(pid)),
+                        &source,
+                        *port,
+                        &db,
+                        &args,
+                    )?)
+                }
                 None => None,
             };
             say!(
-                "  {script}: direct {:.0} tps, proxy {:.0} tps, pgbouncer {:?}",
+                "  {script}: direct {:.0} tps, proxy {:.0} tps ({:?} µs CPU per transaction), pgbouncer {:?} tps ({:?} µs)",
                 direct.tps,
                 proxy.tps,
-                b.map(|b| b.tps)
+                proxy.cpu_us,
+                b.map(|b| b.tps),
+                b.and_then(|b| b.cpu_us)
             );
             f.rows.push((
                 if script == "-S" { "-S" } else { "tpcb-like" },
