@@ -37,7 +37,11 @@
 //! [`CONFLICT_BACKOFF`] batches. The result is the same rows either way,
 //! and the failed `INSERT` leaves nothing behind. Only a unique violation
 //! falls back: on these tables no other non-deferrable unique index can
-//! fire (those tables are applied in source order), so it is the key's. At
+//! fire (those tables are applied in source order), so it is the key's;
+//! and only where the target enforces the key with an immediate,
+//! non-partial unique index ([`KEY_ENFORCED`]: a deferrable one is not
+//! checked under the replica role, and without one a plain `INSERT` would
+//! double a row where `ON CONFLICT` refuses to run). At
 //! most [`MAX_INSERT_SAVEPOINTS`] such savepoints per target transaction
 //! (each is a subtransaction; a backend tracks 64 in shared memory).
 //!
@@ -108,7 +112,25 @@ pub struct Writer {
     upsert_backoff: HashMap<TableId, u32>,
     /// Plain-insert savepoints set in the open target transaction.
     insert_savepoints: usize,
+    /// Per source table: the target enforces the key with an immediate,
+    /// whole-table unique index (see [`KEY_ENFORCED`]).
+    key_enforced: HashMap<TableId, bool>,
 }
+
+/// Whether the target table `$1` has a valid, immediate (not deferrable),
+/// non-partial unique index on exactly the key columns `$2`: only then
+/// does a plain `INSERT` of a key that is there fail instead of doubling
+/// the row (a deferrable key is not checked under the replica role).
+const KEY_ENFORCED: &str = "
+SELECT EXISTS (
+  SELECT FROM pg_index i
+  WHERE i.indrelid = $1::text::regclass AND i.indisunique AND i.indimmediate
+    AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
+    AND i.indnkeyatts = cardinality($2::text[])
+    AND (SELECT bool_and(a.attname = ANY($2::text[]))
+         FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         WHERE k.n <= i.indnkeyatts))";
 
 impl Writer {
     pub fn new(tables: TablesConfig) -> Self {
@@ -118,6 +140,7 @@ impl Writer {
             source_order: HashMap::new(),
             upsert_backoff: HashMap::new(),
             insert_savepoints: 0,
+            key_enforced: HashMap::new(),
         }
     }
 
@@ -131,6 +154,7 @@ impl Writer {
     pub async fn forget(&mut self, client: &Client, table: &TableId) {
         self.staging.forget(client, table).await;
         self.source_order.remove(table);
+        self.key_enforced.remove(table);
     }
 
     /// The target transaction ended (committed or not): see `staging`.
@@ -217,6 +241,7 @@ impl Writer {
         existing_tables: bool,
     ) -> Result<bool> {
         self.staging.forget(client, &new.id).await;
+        self.key_enforced.remove(&new.id);
         let target = self.target_of(&new.id);
         if apply_ddl && !relation::exists(client, &target).await? {
             debug!(table = %target, "creating a table the source created");
@@ -330,6 +355,17 @@ impl Writer {
             return Ok(false);
         }
         if self.insert_savepoints >= MAX_INSERT_SAVEPOINTS {
+            return Ok(false);
+        }
+        if !self.key_enforced.contains_key(&schema.id) {
+            let key: Vec<String> = schema.key_names().map(str::to_owned).collect();
+            let row = client
+                .query_one(KEY_ENFORCED, &[&target.quoted(), &key])
+                .await
+                .map_err(|e| pg_error(format!("reading the key index of {target}"), e))?;
+            self.key_enforced.insert(schema.id.clone(), row.get(0));
+        }
+        if self.key_enforced.get(&schema.id) != Some(&true) {
             return Ok(false);
         }
         self.insert_savepoints += 1;
