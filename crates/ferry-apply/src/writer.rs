@@ -16,13 +16,34 @@
 //! columns on their base types without NOT NULL, plus `__ferry_op`,
 //! `__ferry_mask`, `__ferry_seq`), then
 //! 1. `DELETE … USING staging` for deleted keys,
-//! 2. `INSERT … SELECT … ON CONFLICT (key) DO UPDATE` for upserts,
+//! 2. `INSERT … SELECT … ON CONFLICT (key) DO UPDATE` for upserts, tried
+//!    first as a plain `INSERT` behind a savepoint (see below),
 //! 3. `UPDATE … FROM staging` once per present-column bitmap, so an
 //!    unchanged TOAST column is never in the SET list and keeps its value.
 //!
 //! Deletes go first: after folding each key has one op, so this order gives
 //! the final state (see [`crate::fold`]). Tables are independent of each
 //! other here because FK checks are off under the replica role.
+//!
+//! Upserts, plain insert first: `ON CONFLICT` costs the target a
+//! speculative insertion per row (a pre-check of the key index, a
+//! speculative heap tuple and a second WAL record to confirm it), about
+//! twice a plain insert, and in a CDC stream nearly every upsert is an
+//! insert of a new key. So the upserts go in as a plain `INSERT` behind a
+//! savepoint; when a key is already there (a unique violation: a delete and
+//! re-insert folded into one upsert, rows a snapshot already held) the
+//! savepoint is rolled back, the same rows go in with the `ON CONFLICT`
+//! statement, and the table keeps using it for its next
+//! [`CONFLICT_BACKOFF`] batches. The result is the same rows either way,
+//! and the failed `INSERT` leaves nothing behind. Only a unique violation
+//! falls back: on these tables no other non-deferrable unique index can
+//! fire (those tables are applied in source order), so it is the key's;
+//! and only where the target enforces the key with an immediate,
+//! non-partial unique index ([`KEY_ENFORCED`]: a deferrable one is not
+//! checked under the replica role, and without one a plain `INSERT` would
+//! double a row where `ON CONFLICT` refuses to run). At
+//! most [`MAX_INSERT_SAVEPOINTS`] such savepoints per target transaction
+//! (each is a subtransaction; a backend tracks 64 in shared memory).
 //!
 //! Tables without a key, and keyed tables whose target has another
 //! non-deferrable unique index or exclusion constraint ([`Writer::source_order`]:
@@ -54,6 +75,7 @@ use std::sync::Arc;
 use ferry_core::config::TablesConfig;
 use ferry_core::{Error, Result, Row, TableId, TableSchema};
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 use tracing::debug;
 
 use crate::error::pg_error;
@@ -67,6 +89,16 @@ mod staging;
 use sql::{OP_DELETE, OP_NEW, OP_UPSERT};
 use staging::{StageRow, Staging};
 
+/// Batches of a table that upsert with `ON CONFLICT` after a plain
+/// `INSERT` of its upserts met a key that was there (see the module docs).
+const CONFLICT_BACKOFF: u32 = 64;
+
+/// Plain-insert savepoints per target transaction, at most.
+const MAX_INSERT_SAVEPOINTS: usize = 32;
+
+/// The savepoint a plain `INSERT` of upserts runs behind.
+const INSERT_SAVEPOINT: &str = "ferry_insert";
+
 /// Applies folds and barriers inside one open target transaction.
 #[derive(Debug)]
 pub struct Writer {
@@ -75,7 +107,30 @@ pub struct Writer {
     staging: Staging,
     /// Per source table: applied in source order (see [`Writer::source_order`]).
     source_order: HashMap<TableId, bool>,
+    /// Per source table: batches left that upsert with `ON CONFLICT` right
+    /// away (a plain `INSERT` met an existing key).
+    upsert_backoff: HashMap<TableId, u32>,
+    /// Plain-insert savepoints set in the open target transaction.
+    insert_savepoints: usize,
+    /// Per source table: the target enforces the key with an immediate,
+    /// whole-table unique index (see [`KEY_ENFORCED`]).
+    key_enforced: HashMap<TableId, bool>,
 }
+
+/// Whether the target table `$1` has a valid, immediate (not deferrable),
+/// non-partial unique index on exactly the key columns `$2`: only then
+/// does a plain `INSERT` of a key that is there fail instead of doubling
+/// the row (a deferrable key is not checked under the replica role).
+const KEY_ENFORCED: &str = "
+SELECT EXISTS (
+  SELECT FROM pg_index i
+  WHERE i.indrelid = $1::text::regclass AND i.indisunique AND i.indimmediate
+    AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
+    AND i.indnkeyatts = cardinality($2::text[])
+    AND (SELECT bool_and(a.attname = ANY($2::text[]))
+         FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         WHERE k.n <= i.indnkeyatts))";
 
 impl Writer {
     pub fn new(tables: TablesConfig) -> Self {
@@ -83,6 +138,9 @@ impl Writer {
             tables,
             staging: Staging::default(),
             source_order: HashMap::new(),
+            upsert_backoff: HashMap::new(),
+            insert_savepoints: 0,
+            key_enforced: HashMap::new(),
         }
     }
 
@@ -96,11 +154,13 @@ impl Writer {
     pub async fn forget(&mut self, client: &Client, table: &TableId) {
         self.staging.forget(client, table).await;
         self.source_order.remove(table);
+        self.key_enforced.remove(table);
     }
 
     /// The target transaction ended (committed or not): see `staging`.
     pub(crate) fn txn_ended(&mut self, committed: bool) {
         self.staging.txn_ended(committed);
+        self.insert_savepoints = 0;
     }
 
     /// The target transaction rolled back to its savepoint: see `staging`.
@@ -181,6 +241,7 @@ impl Writer {
         existing_tables: bool,
     ) -> Result<bool> {
         self.staging.forget(client, &new.id).await;
+        self.key_enforced.remove(&new.id);
         let target = self.target_of(&new.id);
         if apply_ddl && !relation::exists(client, &target).await? {
             debug!(table = %target, "creating a table the source created");
@@ -250,25 +311,93 @@ impl Writer {
         let stage = self.stage(client, schema).await?;
         Staging::copy(client, &stage, schema, &rows).await?;
         let target = self.target_of(&schema.id);
-        let mut stmts = Vec::new();
-        if deletes {
-            stmts.push(sql::delete_sql(&target, &stage, schema));
-        }
-        if upserts {
-            stmts.push(sql::upsert_sql(&target, &stage, schema));
-        }
-        stmts.extend(
-            masks
-                .iter()
-                .filter_map(|m| sql::update_sql(&target, &stage, schema, m)),
-        );
-        for sql in stmts {
+        let t = &target;
+        let write = |sql: String| async move {
             client
                 .execute(&sql, &[])
                 .await
-                .map_err(|e| pg_error(format!("writing {target}"), e))?;
+                .map(drop)
+                .map_err(|e| pg_error(format!("writing {t}"), e))
+        };
+        if deletes {
+            write(sql::delete_sql(&target, &stage, schema)).await?;
+        }
+        if upserts
+            && !self
+                .insert_new_keys(client, &target, &stage, schema)
+                .await?
+        {
+            write(sql::upsert_sql(&target, &stage, schema)).await?;
+        }
+        for m in &masks {
+            if let Some(sql) = sql::update_sql(&target, &stage, schema, m) {
+                write(sql).await?;
+            }
         }
         Ok(())
+    }
+
+    /// The staged upserts of `schema`'s table as a plain `INSERT` behind a
+    /// savepoint (see the module docs): `true` when they went in, `false`
+    /// when the caller must upsert them (nothing of the attempt is left).
+    async fn insert_new_keys(
+        &mut self,
+        client: &Client,
+        target: &TableId,
+        stage: &str,
+        schema: &TableSchema,
+    ) -> Result<bool> {
+        if let Some(left) = self.upsert_backoff.get_mut(&schema.id) {
+            *left -= 1;
+            if *left == 0 {
+                self.upsert_backoff.remove(&schema.id);
+            }
+            return Ok(false);
+        }
+        if self.insert_savepoints >= MAX_INSERT_SAVEPOINTS {
+            return Ok(false);
+        }
+        if !self.key_enforced.contains_key(&schema.id) {
+            let key: Vec<String> = schema.key_names().map(str::to_owned).collect();
+            let row = client
+                .query_one(KEY_ENFORCED, &[&target.quoted(), &key])
+                .await
+                .map_err(|e| pg_error(format!("reading the key index of {target}"), e))?;
+            self.key_enforced.insert(schema.id.clone(), row.get(0));
+        }
+        if self.key_enforced.get(&schema.id) != Some(&true) {
+            return Ok(false);
+        }
+        self.insert_savepoints += 1;
+        client
+            .batch_execute(&format!("SAVEPOINT {INSERT_SAVEPOINT}"))
+            .await
+            .map_err(|e| pg_error("creating savepoint", e))?;
+        match client
+            .execute(&sql::insert_sql(target, stage, schema), &[])
+            .await
+        {
+            Ok(_) => {
+                client
+                    .batch_execute(&format!("RELEASE SAVEPOINT {INSERT_SAVEPOINT}"))
+                    .await
+                    .map_err(|e| pg_error("releasing savepoint", e))?;
+                Ok(true)
+            }
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                debug!(table = %target, "a key to insert is there already: upserting");
+                client
+                    .batch_execute(&format!(
+                        "ROLLBACK TO SAVEPOINT {INSERT_SAVEPOINT}; RELEASE SAVEPOINT {INSERT_SAVEPOINT}"
+                    ))
+                    .await
+                    .map_err(|e| pg_error("rolling back a plain insert", e))?;
+                self.upsert_backoff
+                    .insert(schema.id.clone(), CONFLICT_BACKOFF);
+                Ok(false)
+            }
+            Err(e) => Err(pg_error(format!("writing {target}"), e)),
+        }
     }
 
     async fn apply_key_change(

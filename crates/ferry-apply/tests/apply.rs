@@ -397,3 +397,38 @@ async fn staging_reused_across_batches_and_savepoint_rollback() {
     );
     drop(applier);
 }
+
+/// Upserts go in as a plain INSERT first; a key the target holds already
+/// (here rows 1 and 2, as a snapshot overlap or a folded delete and
+/// re-insert leaves them) rolls that back and upserts the same rows, and
+/// later batches of the table keep the exact result.
+#[tokio::test]
+async fn upserts_of_keys_already_there_end_in_the_source_rows() {
+    let pg = server();
+    let db = pg.create_database("upsert").unwrap();
+    pg.psql(&db, SETUP).unwrap();
+    let url = pg.url(&db);
+    let u = schemas()[2].clone();
+    let ev = vec![
+        Event::Relation(u),
+        begin(),
+        ins("u", vec![Value::Int4(3), txt("three")]),
+        // Already on the target: the plain INSERT fails after row 3.
+        ins("u", vec![Value::Int4(1), txt("new one")]),
+        commit(100),
+        begin(),
+        ins("u", vec![Value::Int4(4), txt("four")]),
+        ins("u", vec![Value::Int4(2), txt("new two")]),
+        commit(200),
+        begin(),
+        ins("u", vec![Value::Int4(5), txt("five")]),
+        commit(300),
+    ];
+    let (acks, _applier) = run_events(&url, cfg(1, 60_000), ev).await;
+    assert_eq!(acks, vec![Lsn(100), Lsn(200), Lsn(300)]);
+    let c = connect(&url).await;
+    assert_eq!(
+        rows(&c, "SELECT id::text, v FROM u ORDER BY id").await,
+        vec!["1|new one", "2|new two", "3|three", "4|four", "5|five"]
+    );
+}

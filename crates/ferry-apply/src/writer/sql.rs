@@ -125,10 +125,21 @@ pub fn delete_sql(target: &TableId, stage: &str, schema: &TableSchema) -> String
 
 pub fn upsert_sql(target: &TableId, stage: &str, schema: &TableSchema) -> String {
     format!(
-        "INSERT INTO {} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM pg_temp.{} WHERE __ferry_op = {OP_UPSERT} {}",
+        "{} {}",
+        insert_sql(target, stage, schema),
+        on_conflict_sql(schema)
+    )
+}
+
+/// The upserts of [`upsert_sql`] as a plain `INSERT` (no `ON CONFLICT`):
+/// about half the target's cost per row when no key is there yet (no
+/// speculative insertion); a key that is there fails it with a unique
+/// violation (see `Writer::apply_keyed`).
+pub fn insert_sql(target: &TableId, stage: &str, schema: &TableSchema) -> String {
+    format!(
+        "INSERT INTO {} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM pg_temp.{} WHERE __ferry_op = {OP_UPSERT}",
         target.quoted(),
         quote_ident(stage),
-        on_conflict_sql(schema),
         c = cols(schema, ""),
     )
 }

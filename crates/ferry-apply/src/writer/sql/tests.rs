@@ -31,6 +31,10 @@ fn keyed_sql_golden() {
         "INSERT INTO \"dst\".\"T\" (\"id\", \"Big Doc\", \"n\") OVERRIDING SYSTEM VALUE SELECT \"id\", \"Big Doc\", \"n\" FROM pg_temp.\"st\" WHERE __ferry_op = 1 ON CONFLICT (\"id\") DO UPDATE SET \"Big Doc\" = EXCLUDED.\"Big Doc\", \"n\" = EXCLUDED.\"n\""
     );
     assert_eq!(
+        insert_sql(&t, "st", &s),
+        "INSERT INTO \"dst\".\"T\" (\"id\", \"Big Doc\", \"n\") OVERRIDING SYSTEM VALUE SELECT \"id\", \"Big Doc\", \"n\" FROM pg_temp.\"st\" WHERE __ferry_op = 1"
+    );
+    assert_eq!(
         update_sql(&t, "st", &s, "101").unwrap(),
         "UPDATE \"dst\".\"T\" AS t SET \"n\" = s.\"n\" FROM pg_temp.\"st\" AS s WHERE s.__ferry_op = 2 AND s.__ferry_mask = '101' AND t.\"id\" = s.\"id\""
     );
