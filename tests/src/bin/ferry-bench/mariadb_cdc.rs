@@ -664,6 +664,8 @@ impl Rig {
 struct Chameleon {
     bin: PathBuf,
     home: PathBuf,
+    /// Its home (a directory of its own: it may run as `nobody`).
+    _dir: tempfile::TempDir,
     client: Client,
 }
 
@@ -673,7 +675,8 @@ impl Chameleon {
     fn prepare(rig: &Rig) -> Result<Chameleon, String> {
         let run = || -> anyhow::Result<Chameleon> {
             let bin = install()?;
-            let home = rig.work.path().join("chameleon-home");
+            let dir = tempfile::tempdir()?;
+            let home = dir.path().to_owned();
             let conf = home.join(".pg_chameleon/configuration");
             std::fs::create_dir_all(&conf)?;
             let tdb = rig.target.create_database("cdc_chameleon")?;
@@ -737,7 +740,19 @@ sources:
                     db = rig.db,
                 ),
             )?;
+            if as_root() {
+                // pg_chameleon refuses to run as root: its files go to `nobody`.
+                for p in [
+                    &home,
+                    &home.join(".pg_chameleon"),
+                    &conf,
+                    &conf.join("default.yml"),
+                ] {
+                    std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY))?;
+                }
+            }
             let c = Chameleon {
+                _dir: dir,
                 client: rig
                     .rt
                     .block_on(ferry_e2e::pgsync::connect(&rig.target.url(&tdb)))?,
@@ -745,19 +760,16 @@ sources:
                 home,
             };
             say!("  pg_chameleon: create_replica_schema, add_source, init_replica …");
+            // It reports its errors on stdout, not always with an exit
+            // status: the failing step's output follows the earlier ones'.
+            let mut log = String::new();
             for step in ["create_replica_schema", "add_source", "init_replica"] {
-                // It reports its errors on stdout.
                 let out = c.command(step).output()?;
+                log.push_str(&format!("[{step}] "));
+                log.push_str(&String::from_utf8_lossy(&out.stdout));
+                log.push_str(&String::from_utf8_lossy(&out.stderr));
                 if !out.status.success() {
-                    bail!(
-                        "chameleon {step} exited {}: {}",
-                        out.status,
-                        tail(
-                            &(String::from_utf8_lossy(&out.stdout).into_owned()
-                                + &String::from_utf8_lossy(&out.stderr)),
-                            5
-                        )
-                    );
+                    bail!("chameleon {step} exited {}: {}", out.status, tail(&log, 12));
                 }
             }
             Ok(c)
@@ -766,7 +778,16 @@ sources:
     }
 
     fn command(&self, step: &str) -> Command {
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = if as_root() {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={NOBODY}"))
+                .arg(format!("--regid={NOBODY}"))
+                .arg("--clear-groups")
+                .arg(&self.bin);
+            c
+        } else {
+            Command::new(&self.bin)
+        };
         cmd.args([step, "--config", "default", "--source", "mysql", "--debug"])
             .env("HOME", &self.home);
         cmd
@@ -798,6 +819,15 @@ sources:
         };
         run().map_err(|e| one_line(&format!("{e:#}")))
     }
+}
+
+/// uid/gid of `nobody`, which pg_chameleon runs as when the bench runs as root.
+const NOBODY: u32 = 65534;
+
+/// Whether this process runs as root.
+fn as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 /// `text` on one line (a report table cell).
@@ -841,7 +871,16 @@ fn install() -> anyhow::Result<PathBuf> {
         venv.display()
     );
     run_tool(
-        Command::new("python3").arg("-m").arg("venv").arg(&venv),
+        // The system interpreter: a venv of a per-user one (pyenv under
+        // /root) cannot run as `nobody`.
+        Command::new(if Path::new("/usr/bin/python3").exists() {
+            "/usr/bin/python3"
+        } else {
+            "python3"
+        })
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv),
         "python3 -m venv",
     )?;
     run_tool(
