@@ -769,7 +769,7 @@ sources:
                 log.push_str(&String::from_utf8_lossy(&out.stdout));
                 log.push_str(&String::from_utf8_lossy(&out.stderr));
                 if !out.status.success() {
-                    bail!("chameleon {step} exited {}: {}", out.status, tail(&log, 12));
+                    bail!("chameleon {step} exited {}: {}", out.status, tail(&log, 20));
                 }
             }
             Ok(c)
@@ -788,8 +788,12 @@ sources:
         } else {
             Command::new(&self.bin)
         };
-        cmd.args([step, "--config", "default", "--source", "mysql", "--debug"])
-            .env("HOME", &self.home);
+        cmd.args([step, "--config", "default", "--debug"]);
+        // create_replica_schema refuses a named source (it checks the source first).
+        if step != "create_replica_schema" {
+            cmd.args(["--source", "mysql"]);
+        }
+        cmd.env("HOME", &self.home);
         cmd
     }
 
