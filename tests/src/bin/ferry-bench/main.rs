@@ -65,15 +65,18 @@
 //! 6. **SQLite source**: full load of a generated file against pgloader,
 //!    capture cost on the application, drain, lag; see `sqlite.rs`.
 //!    `--sqlite-only` runs only this one.
-//! 7. **MariaDB full load** against pgloader: see `mariadb.rs`
-//!    (`--mariadb-only` runs only it).
+//! 7. **MariaDB full load** against pgloader: see `mariadb.rs`; and
+//!    **MariaDB CDC**: binlog backlogs drained against the raw binlog read
+//!    rate and pg_chameleon, lag under a steady writer: see `mariadb_cdc.rs`
+//!    (`FERRY_BENCH_MARIADB_CHANGES`: row changes per backlog).
+//!    `--mariadb-only` runs only these two, `--mariadb-cdc-only` only the CDC part.
 //! 8. **Proxy**: pgbench through ferry's PostgreSQL-wire proxy against
 //!    direct connections and pgbouncer, shadow-read cost, the client-side
 //!    write freeze of `cutover --via-proxy`; see `proxy.rs`
 //!    (`--proxy-only` runs only it).
 //!
 //! One module per benchmark: [`load`] (1), [`cdc`] (2), [`cutover`] (3 and
-//! 4), [`validate`] (5), [`sqlite`] (6), [`mariadb`] (7), [`memory`]; [`harness`] holds the servers, the generated data and the
+//! 4), [`validate`] (5), [`sqlite`] (6), [`mariadb`] and [`mariadb_cdc`] (7), [`memory`]; [`harness`] holds the servers, the generated data and the
 //! ferry process they share, [`report`] the figures table, [`cpu`] the CPU
 //! accounting of a drain.
 
@@ -98,6 +101,7 @@ mod fallback;
 mod harness;
 mod load;
 mod mariadb;
+mod mariadb_cdc;
 mod memory;
 mod proxy;
 mod report;
@@ -142,6 +146,9 @@ fn bench_main() -> anyhow::Result<ExitCode> {
     }
     if matches!(sizes.only, None | Some(Only::MariaDb)) {
         mariadb::run(&sizes, &mut report);
+    }
+    if matches!(sizes.only, None | Some(Only::MariaDb | Only::MariaDbCdc)) {
+        mariadb_cdc::run(&mut report);
     }
     if matches!(sizes.only, None | Some(Only::Fallback)) {
         fallback::run(&sizes, &mut report);
@@ -229,8 +236,10 @@ enum Only {
     Validate,
     /// The SQLite source (`--sqlite-only`).
     Sqlite,
-    /// The MariaDB full load (`--mariadb-only`).
+    /// The MariaDB full load and CDC (`--mariadb-only`).
     MariaDb,
+    /// The MariaDB CDC part alone (`--mariadb-cdc-only`).
+    MariaDbCdc,
     /// The cutover with fallback and the reverse lag (`--fallback-only`).
     Fallback,
     /// The PostgreSQL-wire proxy against direct and pgbouncer (`--proxy-only`).
@@ -238,13 +247,14 @@ enum Only {
 }
 
 impl Only {
-    const ALL: [Only; 8] = [
+    const ALL: [Only; 9] = [
         Only::Control,
         Only::Cdc,
         Only::Load,
         Only::Validate,
         Only::Sqlite,
         Only::MariaDb,
+        Only::MariaDbCdc,
         Only::Fallback,
         Only::Proxy,
     ];
@@ -257,6 +267,7 @@ impl Only {
             Only::Validate => "--validate-only",
             Only::Sqlite => "--sqlite-only",
             Only::MariaDb => "--mariadb-only",
+            Only::MariaDbCdc => "--mariadb-cdc-only",
             Only::Fallback => "--fallback-only",
             Only::Proxy => "--proxy-only",
         }
@@ -269,7 +280,8 @@ impl Only {
             Only::Load => "Full-load benchmark",
             Only::Validate => "Validation benchmark",
             Only::Sqlite => "SQLite source benchmark",
-            Only::MariaDb => "MariaDB full-load benchmark",
+            Only::MariaDb => "MariaDB full-load and CDC benchmarks",
+            Only::MariaDbCdc => "MariaDB CDC benchmark",
             Only::Fallback => "Fallback benchmark",
             Only::Proxy => "Proxy benchmark",
         }

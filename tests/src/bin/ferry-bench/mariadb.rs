@@ -168,13 +168,8 @@ fn ferry_load(
     logs: &std::path::Path,
 ) -> anyhow::Result<(Duration, Option<u64>)> {
     let tdb = target.create_database("bench_ferry")?;
-    let mut cmd = ferry_e2e::ferry(&source.url(db), &target.url(&tdb))?;
-    cmd.arg("run")
-        .env("FERRY_SOURCE_SSLMODE", "disable")
-        .env("FERRY_TARGET_SSLMODE", "disable")
-        .env("FERRY_CONTROL_LISTEN", "127.0.0.1:0");
-    let mut bg = ferry_e2e::Background::spawn(cmd, &logs.join("ferry-mariadb.log"))?;
     let target_url = target.url(&tdb);
+    let mut bg = spawn_ferry(source, db, &target_url, logs, "mariadb")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -201,6 +196,27 @@ fn ferry_load(
     )?;
     stop_ferry(bg)?;
     Ok((took, rss))
+}
+
+/// `ferry run` from `db` of `source` into `target_url`, control API on a
+/// free port, its log in `logs/ferry-{what}.log` (`FERRY_BENCH_LOG`: its
+/// log level).
+pub(crate) fn spawn_ferry(
+    source: &MariaDbServer,
+    db: &str,
+    target_url: &str,
+    logs: &std::path::Path,
+    what: &str,
+) -> anyhow::Result<ferry_e2e::Background> {
+    let mut cmd = ferry_e2e::ferry(&source.url(db), target_url)?;
+    cmd.arg("run")
+        .env("FERRY_SOURCE_SSLMODE", "disable")
+        .env("FERRY_TARGET_SSLMODE", "disable")
+        .env("FERRY_CONTROL_LISTEN", "127.0.0.1:0");
+    if let Ok(level) = std::env::var("FERRY_BENCH_LOG") {
+        cmd.env("FERRY_LOG", level);
+    }
+    ferry_e2e::Background::spawn(cmd, &logs.join(format!("ferry-{what}.log")))
 }
 
 /// pgloader's time on the same database, or why it did not run.

@@ -23,6 +23,7 @@ pub(crate) struct Report {
     pub(crate) sqlite: Option<SqliteFigures>,
     pub(crate) validate: Option<crate::validate::ValidateFigures>,
     pub(crate) mariadb_load: Option<crate::mariadb::MariaDbLoadFigures>,
+    pub(crate) mariadb_cdc: Option<crate::mariadb_cdc::MariaDbCdcFigures>,
     pub(crate) proxy: Option<crate::proxy::ProxyFigures>,
     pub(crate) failures: Vec<String>,
 }
@@ -70,6 +71,9 @@ impl Report {
         }
         if let Some(m) = &self.mariadb_load {
             s.push_str(&m.row());
+        }
+        if let Some(m) = &self.mariadb_cdc {
+            s.push_str(&m.rows());
         }
         if let Some(m) = &self.memory {
             s.push_str(&memory::row(m));
