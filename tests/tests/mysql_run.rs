@@ -913,6 +913,20 @@ fn spawn_policy_run(
     Background::spawn(c, log).unwrap()
 }
 
+/// [`spawn_policy_run`], returned once its pipeline streams.
+fn streaming_policy_run(
+    source_url: &str,
+    target_url: &str,
+    log: &std::path::Path,
+    settings: &[(&str, &str)],
+) -> Background {
+    let mut run = spawn_policy_run(source_url, target_url, log, settings);
+    wait_until(&mut run, "the stream", WAIT, || {
+        target_text(target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
+    });
+    run
+}
+
 const POLICY_TABLE: &str = "SET SESSION sql_mode = '';
     CREATE TABLE flags (id INT PRIMARY KEY, flag TINYINT(1), d DATE, dt DATETIME);";
 
@@ -961,15 +975,12 @@ fn tinyint1_smallint_and_zero_dates_null_through_load_and_stream() {
     let control = format!("127.0.0.1:{}", free_port());
     let mut run_settings = settings.to_vec();
     run_settings.push(("FERRY_CONTROL_LISTEN", &control));
-    let mut ferry_run = spawn_policy_run(
+    let mut ferry_run = streaming_policy_run(
         &source_url,
         &target_url,
         &logs.path().join("run.log"),
         &run_settings,
     );
-    wait_until(&mut ferry_run, "the stream", WAIT, || {
-        target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
-    });
     source.sql(&db, &policy_rows(10)).expect("streamed rows");
     let rows = || {
         target_text(
@@ -1106,15 +1117,12 @@ fn zero_dates_error_stops_load_and_stream_naming_table_key_and_column() {
         .expect("source rows");
     let tdb = target.create_database("dst2").expect("target database");
     let target_url = target.url(&tdb);
-    let mut ferry_run = spawn_policy_run(
+    let ferry_run = streaming_policy_run(
         &source.url(&db),
         &target_url,
         &logs.path().join("stream.log"),
         &error,
     );
-    wait_until(&mut ferry_run, "the stream", WAIT, || {
-        target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
-    });
     source.sql(&db, &policy_rows(10)).expect("streamed rows");
     let code = ferry_run.wait(WAIT).unwrap();
     let log = std::fs::read_to_string(logs.path().join("stream.log")).unwrap();
@@ -1167,16 +1175,12 @@ fn enum_as_checked_text_and_as_enum_type_through_load_and_stream() {
             .create_database(&format!("dst_{policy}"))
             .expect("target database");
         let target_url = target.url(&tdb);
-        let mut ferry_run = spawn_policy_run(
+        let mut ferry_run = streaming_policy_run(
             &source.url(&db),
             &target_url,
             &logs.path().join(format!("{policy}.log")),
             &[("FERRY_MYSQL_ENUM", policy)],
         );
-        wait_until(&mut ferry_run, "the stream", WAIT, || {
-            target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref()
-                == Some("stream")
-        });
         source
             .sql(
                 &db,
@@ -1917,15 +1921,12 @@ fn watermark_load_builds_unique_indexes_after_values_moved_during_the_load() {
         )
     );
 
-    let mut second = spawn_policy_run(
+    let mut second = streaming_policy_run(
         &source_url,
         &target_url,
         &logs.path().join("second.log"),
         &settings,
     );
-    wait_until(&mut second, "the stream", WAIT, || {
-        target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
-    });
     assert_eq!(
         target_value(&indexes).as_deref(),
         Some("u_by_code:true,u_by_tag:true")
@@ -2020,15 +2021,12 @@ fn watermark_load_with_a_target_role_that_cannot_set_session_replication_role() 
         ("FERRY_LOAD_CHUNK_ROWS", "100"),
         ("FERRY_CONTROL_LISTEN", control.as_str()),
     ];
-    let mut ferry_run = spawn_policy_run(
+    let mut ferry_run = streaming_policy_run(
         &source_url,
         &target_url,
         &logs.path().join("run.log"),
         &settings,
     );
-    wait_until(&mut ferry_run, "the stream", WAIT, || {
-        target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
-    });
     let log = plain(&ferry_run.log());
     assert!(log.contains("no-replica-role mode"), "{log}");
     assert!(
@@ -2184,15 +2182,12 @@ fn tls_to_the_source_verified_through_load_stream_and_cutover() {
     );
     assert!(!refused.all().contains(USER_PW), "{}", refused.all());
 
-    let mut ferry_run = spawn_policy_run(
+    let mut ferry_run = streaming_policy_run(
         &source_url,
         &target_url,
         &logs.path().join("run.log"),
         &settings,
     );
-    wait_until(&mut ferry_run, "the stream", WAIT, || {
-        target_text(&target_url, "SELECT phase FROM ferry.pipeline").as_deref() == Some("stream")
-    });
     // Every session ferry holds on the source is the TLS-only user's,
     // the binlog dump among them.
     let sessions = source

@@ -1,9 +1,11 @@
 //! The change stream of a MariaDB source: the binlog read as a registered
 //! replica ([`crate::binlog::stream`]), decoded ([`crate::binlog`]) into a
-//! bounded channel of ferry events: events are sent one by one as the
-//! binlog is read (a large transaction is never held whole), and the row
-//! data waiting in the channel stays within `channel_bytes`
-//! ([`ByteBudget`], one event always goes).
+//! bounded channel of ferry events: events are sent as the binlog is read,
+//! in bursts of what the stream already holds (at most [`BURST_EVENTS`]
+//! events or [`BURST_BYTES`] of row data, so the receiver wakes once per
+//! burst; a large transaction is never held whole), and the row data
+//! waiting in the channel stays within `channel_bytes` ([`ByteBudget`], one
+//! event always goes).
 //!
 //! Consumes the binlog from the checkpoint (a commit's end, or the load
 //! snapshot's position); emits `Relation` (the catalog schema, type names
@@ -38,7 +40,7 @@ use ferry_core::size::ApproxBytes;
 use ferry_core::source::{self, EventMap};
 use ferry_core::value::Timestamp;
 use ferry_core::{Column, Error, Event, MySqlPosition, TableId, TableSchema};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -365,44 +367,65 @@ pub(crate) async fn pump(
     mut budget: ByteBudget,
 ) -> Result<(), Error> {
     loop {
-        let event = tokio::select! {
+        let first = tokio::select! {
             biased;
             _ = &mut stop => return Ok(()),
             e = binlog.next() => e,
         };
-        let event = match event {
-            None => return Err(Error::transient("the source ended the binlog stream")),
-            Some(Err(e)) => return Err(query_error("reading the binlog stream", e)),
-            Some(Ok(e)) => e,
-        };
-        let mut events = Vec::new();
-        for d in decoder.decode(&event)? {
-            match d {
-                Decoded::Event(e) => events.push(canonical_relation(e)),
-                Decoded::Ddl {
-                    database,
-                    statement,
-                    position,
-                    time,
-                } => {
-                    if let Some(schema) = tracker
-                        .apply(&mut decoder, &database, &statement, &position)
-                        .await?
-                    {
-                        events.extend(schema_change_events(schema, &position, time));
+        // Decode what the stream already holds (up to a burst) before
+        // sending: the receiver wakes once per burst, not once per change.
+        let mut events: Vec<(Event<MySqlPosition>, usize)> = Vec::new();
+        let mut gathered = 0;
+        let mut ended = None;
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            let event = match item {
+                None => {
+                    ended = Some(Error::transient("the source ended the binlog stream"));
+                    break;
+                }
+                Some(Err(e)) => {
+                    ended = Some(query_error("reading the binlog stream", e));
+                    break;
+                }
+                Some(Ok(e)) => e,
+            };
+            let mut decoded = Vec::new();
+            for d in decoder.decode(&event)? {
+                match d {
+                    Decoded::Event(e) => decoded.push(canonical_relation(e)),
+                    Decoded::Ddl {
+                        database,
+                        statement,
+                        position,
+                        time,
+                    } => {
+                        if let Some(schema) = tracker
+                            .apply(&mut decoder, &database, &statement, &position)
+                            .await?
+                        {
+                            decoded.extend(schema_change_events(schema, &position, time));
+                        }
                     }
                 }
             }
+            for event in decoded {
+                let event = match map.as_mut() {
+                    Some(f) => match f(event) {
+                        Some(e) => e,
+                        None => continue,
+                    },
+                    None => event,
+                };
+                let bytes = event.approx_bytes();
+                gathered += bytes;
+                events.push((event, bytes));
+            }
+            if events.len() < BURST_EVENTS && gathered < BURST_BYTES {
+                next = binlog.next().now_or_never();
+            }
         }
-        for event in events {
-            let event = match map.as_mut() {
-                Some(f) => match f(event) {
-                    Some(e) => e,
-                    None => continue,
-                },
-                None => event,
-            };
-            let bytes = event.approx_bytes();
+        for (event, bytes) in events {
             // Row data held by the channel stays within `channel_bytes`
             // (one event always goes, however large).
             loop {
@@ -427,8 +450,18 @@ pub(crate) async fn pump(
                 sent = tx.send(event) => if sent.is_err() { return Ok(()) },
             }
         }
+        if let Some(e) = ended {
+            return Err(e);
+        }
     }
 }
+
+/// Events, and bytes of row data, decoded from what the stream already
+/// holds before they are sent together (the events of one binlog event
+/// always go together: one rows event is bounded by the server's
+/// `max_allowed_packet`).
+const BURST_EVENTS: usize = 256;
+const BURST_BYTES: usize = 1 << 20;
 
 /// Bytes of the events that may still be in the channel. The channel is
 /// FIFO with one sender, so the events still in it are the last ones sent.

@@ -28,6 +28,10 @@ pub struct ColumnSpec {
     /// The PostgreSQL type the target column has; conversion follows it.
     pub pg_type: String,
     pub unsigned: bool,
+    /// The TABLE_MAP's signedness of a numeric column (optional metadata;
+    /// `false` without it): how the row parser reads the bytes, exactly as
+    /// `mysql_common` does. Conversion follows [`Self::unsigned`].
+    pub binlog_unsigned: bool,
     /// ENUM or SET labels in definition order.
     pub labels: Option<Vec<String>>,
     /// Collation id of a character column, when the binlog says.
@@ -498,6 +502,7 @@ pub fn resolve(
                     meta,
                     pg_type: c.pg_type.clone(),
                     unsigned: is_unsigned(&c.source_type),
+                    binlog_unsigned: signed_meta.unwrap_or(false),
                     labels: labels_from_column_type(&c.source_type).or(meta_labels),
                     collation,
                     charset: charsets.and_then(|cs| cs.get(i).cloned().flatten()),
@@ -522,6 +527,7 @@ pub fn resolve(
                     meta,
                     pg_type,
                     unsigned,
+                    binlog_unsigned: unsigned,
                     labels: meta_labels,
                     collation,
                     charset: charsets.and_then(|cs| cs.get(i).cloned().flatten()),

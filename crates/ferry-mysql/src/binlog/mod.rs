@@ -46,6 +46,7 @@ pub mod file;
 pub mod gtid;
 mod guard;
 pub mod json;
+mod rows;
 pub mod stream;
 pub mod value;
 
@@ -64,6 +65,7 @@ use mysql_common::binlog::events::{
 };
 use mysql_common::binlog::row::BinlogRow;
 use mysql_common::binlog::value::BinlogValue;
+use mysql_common::io::ParseBuf;
 
 use self::columns::{MapError, MappedTable};
 use self::gtid::GtidState;
@@ -130,6 +132,9 @@ enum PendingGtid {
 #[derive(Debug)]
 struct Mapped {
     tme: TableMapEvent<'static>,
+    /// The TABLE_MAP's bytes: the same bytes again (the table in the next
+    /// transaction) map the same way, so nothing is resolved twice.
+    raw: Vec<u8>,
     /// `None`: out of scope, rows are skipped.
     table: Option<Arc<MappedTable>>,
 }
@@ -418,11 +423,14 @@ impl BinlogDecoder {
                         .fde()
                         .get_event_type_header_length(EventType::TABLE_MAP_EVENT),
                 );
+                if self.same_table_map(event.data(), post) {
+                    return Ok(());
+                }
                 if !guard::table_map_ok(event.data(), post) {
                     return Err(malformed(at, "TABLE_MAP lengths exceed the event"));
                 }
                 let tme: TableMapEvent<'_> = event.read_event().map_err(io)?;
-                self.table_map(tme.into_owned(), at)?;
+                self.table_map(tme.into_owned(), event.data().to_vec(), at)?;
             }
             EventType::WRITE_ROWS_EVENT_V1
             | EventType::UPDATE_ROWS_EVENT_V1
@@ -612,7 +620,29 @@ impl BinlogDecoder {
         self.opts.scope == Scope::All || self.catalog.contains_key(table)
     }
 
-    fn table_map(&mut self, tme: TableMapEvent<'static>, at: &str) -> Result<(), Error> {
+    /// Whether a TABLE_MAP (its bytes, `post` the post-header length) is the
+    /// one already kept for its table id. [`Self::set_table`] and
+    /// [`Self::set_charsets`] drop what a schema change makes stale.
+    fn same_table_map(&self, data: &[u8], post: usize) -> bool {
+        // The table id leads the post-header: 6 bytes (4 in MySQL 5.0's
+        // 6-byte post-header).
+        let width = if post == 6 { 4 } else { 6 };
+        let Some(id) = data.get(..width) else {
+            return false;
+        };
+        let id = id
+            .iter()
+            .rev()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+        self.maps.get(&id).is_some_and(|m| m.raw == data)
+    }
+
+    fn table_map(
+        &mut self,
+        tme: TableMapEvent<'static>,
+        raw: Vec<u8>,
+        at: &str,
+    ) -> Result<(), Error> {
         let id = TableId::new(tme.database_name(), tme.table_name());
         let table = if self.in_scope(&id) {
             let mut resolved = columns::resolve(&tme, self.catalog.get(&id), self.charsets.get(&id)).map_err(|e| match e {
@@ -640,7 +670,7 @@ impl BinlogDecoder {
         } else {
             None
         };
-        self.maps.insert(tme.table_id(), Mapped { tme, table });
+        self.maps.insert(tme.table_id(), Mapped { tme, raw, table });
         Ok(())
     }
 
@@ -667,7 +697,11 @@ impl BinlogDecoder {
             self.begin(time, out);
         }
         let id = table.schema.id.clone();
-        if self.announced.get(&id) != Some(&table.schema) {
+        let announced = self
+            .announced
+            .get(&id)
+            .is_some_and(|a| Arc::ptr_eq(a, &table.schema) || a == &table.schema);
+        if !announced {
             self.announced.insert(id.clone(), table.schema.clone());
             out.push(Decoded::Event(Event::Relation(table.schema.clone())));
         }
@@ -678,7 +712,6 @@ impl BinlogDecoder {
             .columns_after_image()
             .map(|b| b.iter().map(|x| *x).collect::<Vec<bool>>());
         let partial = matches!(rows, RowsEventData::PartialUpdateRowsEvent(_));
-        let mut pending_rows = Vec::new();
         let Some(mapped) = self.maps.get(&table_id) else {
             return Err(malformed(at, "TABLE_MAP vanished"));
         };
@@ -694,70 +727,70 @@ impl BinlogDecoder {
         }
         // Every row takes at least its null bitmap: more rows than bytes is damage.
         let max_rows = rows.rows_data().len();
-        for pair in rows.rows(&mapped.tme) {
-            let (before, after) =
-                pair.map_err(|e| malformed(at, &format!("row image of {id}: {e}")))?;
-            pending_rows.push((before, after));
-            if pending_rows.len() > max_rows {
-                return Err(malformed(
-                    at,
-                    &format!("row images of {id} overrun the event"),
+        let mut pending_rows = Vec::new();
+        let overrun = || malformed(at, &format!("row images of {id} overrun the event"));
+        if partial {
+            // A shared image precedes the after image: mysql_common's iterator.
+            let ncols = table.columns.len();
+            for pair in rows.rows(&mapped.tme) {
+                let (before, after) =
+                    pair.map_err(|e| malformed(at, &format!("row image of {id}: {e}")))?;
+                pending_rows.push((
+                    spread(before, before_cols.as_deref(), ncols),
+                    spread(after, after_cols.as_deref(), ncols),
                 ));
+                if pending_rows.len() > max_rows {
+                    return Err(overrun());
+                }
+            }
+        } else {
+            let mut buf = ParseBuf(rows.rows_data());
+            let image = |buf: &mut ParseBuf<'_>, cols: &Option<Vec<bool>>| {
+                rows::image(buf, &table.columns, cols.as_deref())
+                    .map_err(|e| malformed(at, &format!("row image of {id}: {e}")))
+            };
+            while !buf.is_empty() {
+                let before = match rows.columns_before_image() {
+                    Some(_) => Some(image(&mut buf, &before_cols)?),
+                    None => None,
+                };
+                let after = match rows.columns_after_image() {
+                    Some(_) => Some(image(&mut buf, &after_cols)?),
+                    None => None,
+                };
+                pending_rows.push((before, after));
+                if pending_rows.len() > max_rows {
+                    return Err(overrun());
+                }
             }
         }
         for (before, after) in pending_rows {
-            let change = self.row_change(
-                &table,
-                before,
-                after,
-                before_cols.as_deref(),
-                after_cols.as_deref(),
-                partial,
-                at,
-            )?;
+            let change = self.row_change(&table, before, after, partial, at)?;
             self.tx_changes += 1;
             out.push(Decoded::Event(Event::Change(change)));
         }
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn row_change(
         &mut self,
         table: &MappedTable,
-        before: Option<BinlogRow>,
-        after: Option<BinlogRow>,
-        before_cols: Option<&[bool]>,
-        after_cols: Option<&[bool]>,
+        before: Option<rows::Image>,
+        after: Option<rows::Image>,
         partial: bool,
         at: &str,
     ) -> Result<Change, Error> {
         let id = table.schema.id.clone();
-        let ncols = table.columns.len();
-        // Raw values by column index (None: not in the image).
-        let spread = |row: Option<BinlogRow>,
-                      present: Option<&[bool]>|
-         -> Option<Vec<Option<BinlogValue<'static>>>> {
-            let row = row?;
-            let mut vals = row.unwrap().into_iter();
-            let mut outv = Vec::with_capacity(ncols);
-            for i in 0..ncols {
-                let here = present.and_then(|p| p.get(i).copied()).unwrap_or(true);
-                outv.push(if here { vals.next() } else { None });
-            }
-            Some(outv)
-        };
-        let before = spread(before, before_cols);
-        let after = spread(after, after_cols);
-        let old = match &before {
+        // A partial JSON update applies its diffs to the before image.
+        let base = if partial { before.clone() } else { None };
+        let old = match before {
             Some(raw) => Some(self.convert_row(table, raw, None, None, at, false)?),
             None => None,
         };
-        let new = match &after {
+        let new = match after {
             Some(raw) => {
-                let base = if partial { before.as_ref() } else { None };
                 let key_from = old.as_ref().map(|(r, _)| r);
-                Some(self.convert_row(table, raw, base, key_from, at, true)?)
+                Some(self.convert_row(table, raw, base.as_ref(), key_from, at, true)?)
             }
             None => None,
         };
@@ -808,8 +841,8 @@ impl BinlogDecoder {
     fn convert_row(
         &mut self,
         table: &MappedTable,
-        raw: &[Option<BinlogValue<'static>>],
-        partial_base: Option<&Vec<Option<BinlogValue<'static>>>>,
+        raw: rows::Image,
+        partial_base: Option<&rows::Image>,
         key_from: Option<&Row>,
         at: &str,
         is_after: bool,
@@ -831,7 +864,7 @@ impl BinlogDecoder {
                 (BinlogValue::JsonDiff(diffs), Some(base)) => {
                     match base.get(i).and_then(|b| b.as_ref()) {
                         Some(BinlogValue::Jsonb(j)) => json::dom(j.clone())
-                            .and_then(|mut dom| json::apply(&mut dom, diffs).map(|()| dom))
+                            .and_then(|mut dom| json::apply(&mut dom, &diffs).map(|()| dom))
                             .map(|dom| Value::Jsonb(json::text(&dom)))
                             .map_err(ConvError::Invalid),
                         _ => Err(ConvError::Invalid(
@@ -839,7 +872,7 @@ impl BinlogDecoder {
                         )),
                     }
                 }
-                _ => value::convert(spec, v.clone()),
+                (v, _) => value::convert(spec, v),
             };
             match converted {
                 Ok(v) => values.push(match &spec.target {
@@ -927,6 +960,19 @@ pub async fn read_charsets(
         out.insert(t.clone(), rows);
     }
     Ok(out)
+}
+
+/// A `mysql_common` row spread by column index (`None`: not in the image).
+fn spread(row: Option<BinlogRow>, present: Option<&[bool]>, ncols: usize) -> Option<rows::Image> {
+    let mut vals = row?.unwrap().into_iter();
+    Some(
+        (0..ncols)
+            .map(|i| {
+                let here = present.and_then(|p| p.get(i).copied()).unwrap_or(true);
+                if here { vals.next() } else { None }
+            })
+            .collect(),
+    )
 }
 
 fn malformed(at: &str, what: &str) -> Error {

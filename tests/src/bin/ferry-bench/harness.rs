@@ -291,6 +291,19 @@ pub(crate) fn wait_for(
     what: &str,
     started: Instant,
     timeout: Duration,
+    probe: impl FnMut() -> bool,
+) -> anyhow::Result<Duration> {
+    wait_for_process(bg, "ferry run", what, started, timeout, probe)
+}
+
+/// Polls `probe` until it holds (the time since `started`); fails with
+/// the tail of `who`'s log when the process exits or `timeout` passes.
+pub(crate) fn wait_for_process(
+    bg: &mut Background,
+    who: &str,
+    what: &str,
+    started: Instant,
+    timeout: Duration,
     mut probe: impl FnMut() -> bool,
 ) -> anyhow::Result<Duration> {
     loop {
@@ -299,13 +312,13 @@ pub(crate) fn wait_for(
         }
         if let Some(code) = bg.exited()? {
             bail!(
-                "ferry run exited ({code:?}) while {what}\n--- ferry log (tail) ---\n{}",
+                "{who} exited ({code:?}) while {what}\n--- {who} log (tail) ---\n{}",
                 tail(&bg.log(), 40)
             );
         }
         if started.elapsed() > timeout {
             bail!(
-                "ferry run was still {what} after {timeout:?}\n--- ferry log (tail) ---\n{}",
+                "{who} was still {what} after {timeout:?}\n--- {who} log (tail) ---\n{}",
                 tail(&bg.log(), 40)
             );
         }

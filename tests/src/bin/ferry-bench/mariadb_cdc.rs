@@ -31,7 +31,8 @@ use tokio_postgres::Client;
 use crate::cdc::Drain;
 use crate::cpu::{self, DrainCpu};
 use crate::harness::{
-    DRAIN_TIMEOUT, POLL, bench_server, peak_rss_kb, run_tool, stop_ferry, wait_for,
+    DRAIN_TIMEOUT, bench_server, peak_rss_kb, pipeline_phase, run_tool, stop_ferry, wait_for,
+    wait_for_process,
 };
 use crate::mariadb::spawn_ferry;
 use crate::report::{Report, mib, rate, tail, thousands};
@@ -305,11 +306,23 @@ fn bench(report: &mut Report) -> anyhow::Result<MariaDbCdcFigures> {
     let target = rig
         .rt
         .block_on(ferry_e2e::pgsync::connect(&rig.target.url(&rig.tdb)))?;
+    // The load done and caught up: a drain then streams every change (a
+    // table still loading would be reloaded from a later snapshot and its
+    // backlog changes skipped, not applied).
     wait_for(&mut bg, "loading", Instant::now(), DRAIN_TIMEOUT, || {
         rig.checkpoint(&target).is_some_and(|c| c >= head)
+            && rig
+                .rt
+                .block_on(pipeline_phase(&target))
+                .is_some_and(|p| matches!(p.as_str(), "catchup" | "stream"))
     })?;
     stop_ferry(bg)?;
-    let chameleon = Chameleon::prepare(&rig);
+    // FERRY_BENCH_NO_CHAMELEON=1: ferry and the raw read only (quick A/B runs).
+    let chameleon = if std::env::var_os("FERRY_BENCH_NO_CHAMELEON").is_some() {
+        Err("skipped (FERRY_BENCH_NO_CHAMELEON)".to_owned())
+    } else {
+        Chameleon::prepare(&rig)
+    };
     if let Err(why) = &chameleon {
         say!("  pg_chameleon not measured: {why}");
     }
@@ -519,6 +532,15 @@ impl Rig {
     /// compared with the source.
     fn drain(&self, target: &Client, end: &MySqlPosition, changes: u64) -> anyhow::Result<Drain> {
         say!("  ferry: `ferry run` until ferry.checkpoint ≥ {end} …");
+        let phase = self.rt.block_on(pipeline_phase(target));
+        if !phase
+            .as_deref()
+            .is_some_and(|p| matches!(p, "catchup" | "stream"))
+        {
+            bail!(
+                "ferry's pipeline is in phase {phase:?}, not streaming: the drain would reload tables instead of applying their changes"
+            );
+        }
         let servers = || {
             (
                 self.source.pid().map_or(Duration::ZERO, cpu::tree),
@@ -806,19 +828,23 @@ sources:
                 self.command("start_replica"),
                 &rig.work.path().join(format!("chameleon-{what}.log")),
             )?;
-            let result = wait_until_or_exit(&mut bg, started, || {
-                rig.target_checksum(&self.client, CHAMELEON_SCHEMA)
-                    .as_deref()
-                    == Some(want.as_str())
-            });
+            let result = wait_for_process(
+                &mut bg,
+                "pg_chameleon's replica",
+                "replaying (its tables do not match the source yet)",
+                started,
+                DRAIN_TIMEOUT,
+                || {
+                    rig.target_checksum(&self.client, CHAMELEON_SCHEMA)
+                        .as_deref()
+                        == Some(want.as_str())
+                },
+            );
             // Its reader and replayer processes included.
             let cpu = cpu::tree(bg.pid());
-            let log = bg.log();
             // SIGINT: its handler ends both processes and records "stopped".
             let _ = bg.signal_and_wait(libc::SIGINT, Duration::from_secs(30));
-            let took = result.with_context(|| {
-                format!("pg_chameleon's replica (log tail):\n{}", tail(&log, 20))
-            })?;
+            let took = result?;
             Ok((took, cpu))
         };
         run().map_err(|e| one_line(&format!("{e:#}")))
@@ -840,25 +866,6 @@ fn one_line(text: &str) -> String {
 }
 
 /// Poll every [`POLL`] until `probe`; error if the process exits first.
-fn wait_until_or_exit(
-    bg: &mut Background,
-    started: Instant,
-    mut probe: impl FnMut() -> bool,
-) -> anyhow::Result<Duration> {
-    loop {
-        if probe() {
-            return Ok(started.elapsed());
-        }
-        if let Some(code) = bg.exited()? {
-            bail!("it exited ({code:?}) before its tables matched the source");
-        }
-        if started.elapsed() > DRAIN_TIMEOUT {
-            bail!("its tables did not match the source after {DRAIN_TIMEOUT:?}");
-        }
-        std::thread::sleep(POLL);
-    }
-}
-
 /// `target/pg_chameleon/bin/chameleon`, installed into that venv on first use.
 fn install() -> anyhow::Result<PathBuf> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
