@@ -297,3 +297,119 @@ fn keyless_table_is_refused_or_published_insert_only() {
         .unwrap();
     assert_eq!(code, Some(0));
 }
+
+/// The foreign keys of three tables, which post-data builds after the
+/// keys and indexes, and their rows.
+const FK_SCHEMA: &str = r#"
+CREATE TABLE parent (id int PRIMARY KEY, name text NOT NULL);
+CREATE TABLE child_a (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent (id));
+CREATE TABLE child_b (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent (id));
+CREATE TABLE child_c (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent (id));
+INSERT INTO parent SELECT g, 'p' || g FROM generate_series(1, 100) g;
+INSERT INTO child_a SELECT g, 1 + g % 100 FROM generate_series(1, 1000) g;
+INSERT INTO child_b SELECT g, 1 + g % 97 FROM generate_series(1, 1000) g;
+INSERT INTO child_c SELECT g, 1 + g % 89 FROM generate_series(1, 1000) g;
+"#;
+
+/// On the target, before ferry runs: an event trigger (fired in every
+/// session role) that makes the session adding the last of the three
+/// foreign keys wait for advisory lock 4242, which the test holds: the
+/// session sees the other two (committed, or its own uncommitted ones).
+const HOLD_LAST_FK: &str = r#"
+CREATE SCHEMA hold;
+CREATE FUNCTION hold.last_fk() RETURNS event_trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF (SELECT count(*) FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid
+       WHERE c.contype = 'f' AND r.relname LIKE 'child%') = 3 THEN
+    PERFORM pg_advisory_xact_lock(4242);
+  END IF;
+END $$;
+CREATE EVENT TRIGGER hold_last_fk ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+  EXECUTE FUNCTION hold.last_fk();
+ALTER EVENT TRIGGER hold_last_fk ENABLE ALWAYS;
+"#;
+
+#[test]
+fn kill9_inside_the_post_data_transaction_leaves_none_built_and_the_next_run_builds_all() {
+    let s = migration(FK_SCHEMA);
+    let rt = pgsync::runtime();
+    let held = rt.block_on(async {
+        let c = pgsync::connect(&s.target_url).await.unwrap();
+        c.batch_execute(HOLD_LAST_FK).await.unwrap();
+        c.batch_execute("SELECT pg_advisory_lock(4242)")
+            .await
+            .unwrap();
+        c
+    });
+    let count = |sql: &str| s.target_i64(sql);
+    let fks = "SELECT count(*) FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid
+                WHERE c.contype = 'f' AND r.relname LIKE 'child%'";
+
+    // 1. The post-data session waits at the last foreign key, the other
+    //    two added before it: kill ferry and end its session on the target.
+    let mut ferry = s.start("held");
+    let mut waiting = None;
+    s.wait_until(
+        &mut ferry,
+        "the post-data session never waited at the last foreign key",
+        || {
+            waiting =
+                count("SELECT pid::int8 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted");
+            waiting.is_some()
+        },
+    );
+    ferry.kill9().unwrap();
+    let pid = waiting.unwrap();
+    rt.block_on(async {
+        held.query("SELECT pg_terminate_backend($1::int8::int)", &[&pid])
+            .await
+            .unwrap();
+    });
+    let gone = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}");
+    let start = std::time::Instant::now();
+    while count(&gone) != Some(0) {
+        assert!(start.elapsed() < LONG, "the post-data session never ended");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // None of the transaction's work survives, nothing is marked done
+    // without its object; the keys (built before, one commit each) stay.
+    assert_eq!(
+        count(fks),
+        Some(0),
+        "a foreign key of the killed transaction survived"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM ferry.post_data WHERE NOT parallel AND done_at IS NOT NULL"),
+        Some(0),
+        "a statement of the killed transaction is marked done"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM ferry.post_data WHERE parallel AND done_at IS NULL"),
+        Some(0),
+        "the keys and indexes built before it are done"
+    );
+    rt.block_on(async {
+        held.batch_execute("DROP EVENT TRIGGER hold_last_fk; SELECT pg_advisory_unlock(4242)")
+            .await
+            .unwrap();
+    });
+
+    // 2. The next run builds every missing object, validates the keys.
+    let mut ferry = s.start("resume");
+    s.wait_streaming(&mut ferry);
+    s.wait_until(
+        &mut ferry,
+        "the foreign keys were never all validated",
+        || count(&format!("{fks} AND convalidated")) == Some(3),
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM ferry.post_data WHERE done_at IS NULL"),
+        Some(0),
+        "every post-data statement is done"
+    );
+    s.compare_caught_up(&["parent", "child_a", "child_b", "child_c"]);
+    let code = ferry
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(code, Some(0));
+}

@@ -168,13 +168,22 @@ pub async fn dump_schema(
     let dump = pg_dump_version(&find_pg_dump()?).await?;
     let server_major = server_version_num(client).await? / 10_000;
     check_version(&dump, server_major)?;
-    let mut sections = Vec::with_capacity(2);
-    for section in ["pre-data", "post-data"] {
-        sections
-            .push(run_pg_dump(&dump, endpoint, schemas, state_schema, section, snapshot).await?);
-    }
-    let post_data = strip_meta_commands(&sections.pop().unwrap_or_default());
-    let pre_data = tidy_pre_data(&sections.pop().unwrap_or_default());
+    // Both sections at once: each pg_dump is its own session (in the same
+    // exported snapshot when there is one), and most of its time is spent
+    // waiting on the server's catalog queries.
+    let (pre_data, post_data) = tokio::try_join!(
+        run_pg_dump(&dump, endpoint, schemas, state_schema, "pre-data", snapshot),
+        run_pg_dump(
+            &dump,
+            endpoint,
+            schemas,
+            state_schema,
+            "post-data",
+            snapshot
+        ),
+    )?;
+    let post_data = strip_meta_commands(&post_data);
+    let pre_data = tidy_pre_data(&pre_data);
     Ok(SchemaDump {
         pre_data,
         post_data,

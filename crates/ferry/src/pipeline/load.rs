@@ -345,8 +345,11 @@ async fn index_session(target: &tokio_postgres::Client) -> anyhow::Result<()> {
 /// Build the post-data objects (indexes, constraints, triggers) after the
 /// load: index and key builds several at a time (each session with
 /// [`INDEX_SORT_KB`] of sort memory), then the rest in order.
-/// Each statement commits with its `done` mark, so a resumed run builds only
-/// what is missing. Statements that wait for catch-up
+/// Each index commits with its `done` mark; the rest (foreign keys `NOT
+/// VALID`, triggers, attachments: each quick) commit together with theirs
+/// in one transaction. Either way a resumed run builds only what is
+/// missing, and never an object without its mark or a mark without its
+/// object. Statements that wait for catch-up
 /// ([`ferry_core::source::AFTER_CATCH_UP`]) are left to
 /// [`build_after_catch_up`].
 pub async fn build_post_data(config: &Config, state: &StateStore) -> anyhow::Result<()> {
@@ -427,8 +430,20 @@ async fn build(config: &Config, state: &StateStore, after_catch_up: bool) -> any
         res.context("index build task panicked")??;
     }
     let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
-    for stmt in &sequential {
-        plan_store::run_post_statement(&mut target, state, &preamble, stmt).await?;
+    if after_catch_up {
+        // The applier writes these tables meanwhile: one short lock at a time.
+        for stmt in &sequential {
+            plan_store::run_post_statement(&mut target, state, &preamble, stmt).await?;
+        }
+    } else if !sequential.is_empty() {
+        // Nothing else uses the tables yet: one transaction, one commit.
+        let started = std::time::Instant::now();
+        plan_store::run_post_statements(&mut target, state, &preamble, &sequential).await?;
+        info!(
+            statements = sequential.len(),
+            secs = started.elapsed().as_secs_f64(),
+            "built the other post-data objects"
+        );
     }
     Ok(())
 }

@@ -203,10 +203,26 @@ async fn run_once<S: Source>(
     shutdown: Shutdown,
 ) -> anyhow::Result<Outcome> {
     let state = StateStore::new(config.state.schema.clone());
-    let target = ferry_postgres::connect::connect(&config.target, "target").await?;
-    state.ensure(&target).await?;
-    let phase = state.read_phase(&target).await?;
+    // The checks of `ferry plan` (read-only, on their own sessions) run
+    // while the state schema is made ready; their answer is awaited before
+    // anything is created on the source, and not at all once cut over.
+    let mut refused = refusal();
+    let mut checked = None;
+    let ready = async {
+        let target = ferry_postgres::connect::connect(&config.target, "target").await?;
+        state.ensure(&target).await?;
+        let phase = state.read_phase(&target).await?;
+        anyhow::Ok((target, phase))
+    };
+    tokio::pin!(ready);
+    let (target, phase) = loop {
+        tokio::select! {
+            ready = &mut ready => break ready?,
+            why = &mut refused, if checked.is_none() => checked = Some(why),
+        }
+    };
     if phase == Some(Phase::Done) {
+        drop(refused);
         // A crash right after the cutover may have left keys to validate.
         validate_after_cutover(config, &state).await?;
         match config.direction {
@@ -221,7 +237,11 @@ async fn run_once<S: Source>(
     }
     // Before capture starts: e.g. publishing updates of a table without a
     // replica identity would make the application's UPDATEs fail.
-    if let Some(why) = refusal().await {
+    let why = match checked {
+        Some(why) => why,
+        None => refused.await,
+    };
+    if let Some(why) = why {
         tracing::error!("{why}");
         return Ok(Outcome::Refused);
     }

@@ -248,24 +248,43 @@ pub async fn run_post_statement(
     preamble: &str,
     stmt: &PostStatement,
 ) -> anyhow::Result<()> {
+    run_post_statements(target, state, preamble, std::slice::from_ref(stmt)).await
+}
+
+/// Run post-data statements in order and mark them done, all in one
+/// transaction: a crash before its commit leaves every one of them to
+/// build again (none is half built or marked done without its object),
+/// and the statements share one commit instead of one each.
+pub async fn run_post_statements(
+    target: &mut Client,
+    state: &StateStore,
+    preamble: &str,
+    stmts: &[PostStatement],
+) -> anyhow::Result<()> {
+    if stmts.is_empty() {
+        return Ok(());
+    }
     let tx = target.transaction().await?;
     if !preamble.trim().is_empty() {
         tx.batch_execute(preamble)
             .await
             .context("post-data preamble")?;
     }
-    tx.batch_execute(&stmt.sql)
-        .await
-        .with_context(|| format!("building {} {} on the target", stmt.kind, stmt.name))?;
-    if let Some((table, constraint)) = &stmt.deferred_fk {
-        super::overrides::record_deferred_foreign_key(&tx, state, table, constraint).await?;
+    for stmt in stmts {
+        tx.batch_execute(&stmt.sql)
+            .await
+            .with_context(|| format!("building {} {} on the target", stmt.kind, stmt.name))?;
+        if let Some((table, constraint)) = &stmt.deferred_fk {
+            super::overrides::record_deferred_foreign_key(&tx, state, table, constraint).await?;
+        }
     }
+    let seqs: Vec<i32> = stmts.iter().map(|s| s.seq).collect();
     tx.execute(
         &format!(
-            "UPDATE {} SET done_at = now() WHERE seq = $1",
+            "UPDATE {} SET done_at = now() WHERE seq = ANY($1)",
             state.table("post_data")
         ),
-        &[&stmt.seq],
+        &[&seqs],
     )
     .await?;
     tx.commit().await?;
