@@ -3,10 +3,7 @@
 //! [`PgChangeStream::start`] sends `START_REPLICATION` at the caller's start
 //! position (the checkpoint, or the slot's consistent point on a first run)
 //! and spawns [`run`], a task that reads CopyBoth messages, decodes them
-//! ([`crate::decode`]) and sends `Event<Lsn>` into a bounded `mpsc` channel,
-//! in bursts of what the connection already holds (at most
-//! [`BURST_EVENTS`] events or [`BURST_BYTES`] of row data), so the consumer
-//! wakes once per burst rather than once per change.
+//! ([`crate::decode`]) and sends `Event<Lsn>` into a bounded `mpsc` channel.
 //!
 //! Invariants:
 //! - Events come in source commit order; a transaction's events sit between
@@ -46,7 +43,6 @@ use std::time::{Duration, Instant};
 
 use ferry_core::size::ApproxBytes;
 use ferry_core::{Error, Event, Lsn};
-use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -242,8 +238,6 @@ impl PgChangeStream {
             in_flight: VecDeque::new(),
             in_flight_bytes: 0,
             channel_bytes: config.channel_bytes.max(1),
-            burst: Vec::new(),
-            burst_bytes: 0,
         };
         let task = tokio::spawn(run(task_state));
         Ok((
@@ -275,10 +269,6 @@ struct StreamTask {
     in_flight: VecDeque<usize>,
     in_flight_bytes: usize,
     channel_bytes: usize,
-    /// Events decoded and not yet sent, with their sizes, and the sum (see
-    /// [`StreamTask::burst`]).
-    burst: Vec<(Event<Lsn>, usize)>,
-    burst_bytes: usize,
 }
 
 /// Why event handling stopped early.
@@ -302,7 +292,7 @@ async fn run(mut t: StreamTask) -> Result<(), Error> {
             () = t.shutdown.cancelled() => Err(Stop::Requested),
             _ = t.status.tick() => t.send_status(false).await.map_err(Stop::from),
             msg = t.stream.next() => match msg {
-                Ok(Some(m)) => t.burst(m).await,
+                Ok(Some(m)) => t.handle(m).await,
                 Ok(None) => Err(Stop::Failed(Error::transient("the source ended the replication stream"))),
                 Err(e) => Err(Stop::Failed(e)),
             },
@@ -438,38 +428,7 @@ impl StreamTask {
         }
     }
 
-    /// Handles `first` and the messages the connection already holds after
-    /// it (at most [`BURST_EVENTS`]), then sends what they decoded: the
-    /// consumer wakes once per burst, not once per change.
-    async fn burst(&mut self, first: ReplicationMessage) -> Result<(), Stop> {
-        self.handle(first).await?;
-        for _ in 1..BURST_EVENTS {
-            // Nothing waiting (a keepalive, or a burst just sent at its
-            // limit): back to the select, which also serves status and shutdown.
-            if self.burst.is_empty() {
-                break;
-            }
-            match self.stream.next().now_or_never() {
-                None => break,
-                Some(Ok(Some(m))) => self.handle(m).await?,
-                Some(Ok(None)) => {
-                    self.flush().await?;
-                    return Err(Stop::Failed(Error::transient(
-                        "the source ended the replication stream",
-                    )));
-                }
-                Some(Err(e)) => {
-                    self.flush().await?;
-                    return Err(Stop::Failed(e));
-                }
-            }
-        }
-        self.flush().await
-    }
-
-    /// Queue one event for the burst; past [`BURST_EVENTS`] or
-    /// [`BURST_BYTES`] the burst goes at once (a large transaction is never
-    /// held whole).
+    /// Send one event, keeping status updates going while the channel is full.
     async fn emit(&mut self, ev: Event<Lsn>) -> Result<(), Stop> {
         if let Event::Commit { position, .. } | Event::Heartbeat { position, .. } = &ev {
             self.last_position = self.last_position.max(*position);
@@ -482,25 +441,6 @@ impl StreamTask {
             None => ev,
         };
         let bytes = ev.approx_bytes();
-        self.burst.push((ev, bytes));
-        self.burst_bytes += bytes;
-        if self.burst.len() >= BURST_EVENTS || self.burst_bytes >= BURST_BYTES {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    /// Send the burst, keeping status updates going while the channel is full.
-    async fn flush(&mut self) -> Result<(), Stop> {
-        let burst = std::mem::take(&mut self.burst);
-        self.burst_bytes = 0;
-        for (ev, bytes) in burst {
-            self.send(ev, bytes).await?;
-        }
-        Ok(())
-    }
-
-    async fn send(&mut self, ev: Event<Lsn>, bytes: usize) -> Result<(), Stop> {
         self.wait_for_bytes(bytes).await?;
         self.in_flight.push_back(bytes);
         self.in_flight_bytes += bytes;
@@ -525,11 +465,6 @@ impl StreamTask {
         }
     }
 }
-
-/// Events, and bytes of row data, decoded from what the connection already
-/// holds before they are sent together.
-const BURST_EVENTS: usize = 256;
-const BURST_BYTES: usize = 1 << 20;
 
 /// The status update interval: `wanted`, or half the server's
 /// `wal_sender_timeout` when that is shorter (0 disables the timeout), so
