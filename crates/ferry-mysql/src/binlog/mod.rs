@@ -218,9 +218,9 @@ impl BinlogDecoder {
 
     /// Gives (or refreshes) a table's catalog schema; the table is in scope.
     pub fn set_table(&mut self, schema: TableSchema) {
-        // TABLE_MAPs resolved against the old schema are stale.
-        self.maps
-            .retain(|_, m| m.table.as_ref().is_none_or(|t| t.schema.id != schema.id));
+        // TABLE_MAPs resolved against the old schema (or skipped while the
+        // table was out of scope) are stale.
+        self.forget_maps(&schema.id);
         self.catalog.insert(schema.id.clone(), schema);
     }
 
@@ -237,9 +237,18 @@ impl BinlogDecoder {
     /// order, `None` for non-character columns), used when the binlog does
     /// not carry them (`binlog_row_metadata` below FULL/MINIMAL).
     pub fn set_charsets(&mut self, table: TableId, charsets: Vec<Option<String>>) {
-        self.maps
-            .retain(|_, m| m.table.as_ref().is_none_or(|t| t.schema.id != table));
+        self.forget_maps(&table);
         self.charsets.insert(table, charsets);
+    }
+
+    /// Drops the kept TABLE_MAPs of `table`, in scope or not, so its next
+    /// TABLE_MAP is resolved afresh (the identical-bytes shortcut of
+    /// [`Self::same_table_map`] never reuses a stale one).
+    fn forget_maps(&mut self, table: &TableId) {
+        self.maps.retain(|_, m| {
+            m.tme.database_name() != table.schema.as_str()
+                || m.tme.table_name() != table.name.as_str()
+        });
     }
 
     /// Zero or partial dates written as NULL, per (table, column).
