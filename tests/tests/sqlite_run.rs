@@ -410,6 +410,24 @@ fn chinook_under_writes(s: &Setup) {
     s.wait_streaming(&mut ferry_run);
     writer.wait_for(writer.last() + 50);
 
+    // The file's quick_check (every page read; writers wait for it in
+    // rollback-journal mode) ran before the first load only.
+    let log =
+        |name: &str| plain(&std::fs::read_to_string(s.logs.join(format!("{name}.log"))).unwrap());
+    assert!(
+        log("load").contains("PRAGMA quick_check run"),
+        "the first run checks the file:\n{}",
+        log("load")
+    );
+    for resumed in ["resume", "stream-resume"] {
+        let text = log(resumed);
+        assert!(
+            text.contains("PRAGMA quick_check not run again: the migration is resuming")
+                && !text.contains("PRAGMA quick_check run"),
+            "a resumed run does not check the file again ({resumed}):\n{text}"
+        );
+    }
+
     // 4. Writer stopped: caught up, every table equal.
     let first = writer.stop();
     assert!(first.last > 200, "the writer committed {}", first.last);

@@ -7,7 +7,12 @@
 //! - `file`: the file exists (fail names the path);
 //! - `open read-only`: SQLite opens it with `SQLITE_OPEN_READ_ONLY`;
 //! - `quick_check`: `PRAGMA quick_check` says `ok` (a corrupt file or one
-//!   that is not a database fails here, and nothing further is read);
+//!   that is not a database fails here, and nothing further is read).
+//!   It reads every page of the file (about 1 s per GiB, and in
+//!   rollback-journal mode the application's writers wait for it), so
+//!   `ferry run` resuming a migration the target records ([`Checking::Resume`])
+//!   does not run it again: the file was checked before its load, and a
+//!   damaged page still stops the reads that meet it;
 //! - `journal_mode`: WAL is recommended so the application keeps writing
 //!   while ferry reads (warn otherwise, explaining that a read blocks
 //!   writers in rollback-journal mode and what ferry does about it);
@@ -42,8 +47,24 @@ const SIDE: &str = "source";
 /// Rowids listed per column in a warning.
 const ROWIDS_SHOWN: usize = 10;
 
-/// Runs the checks and builds the plan on a blocking thread.
+/// Which checks a plan runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Checking {
+    /// Every check (`ferry plan`, a first `ferry run`).
+    #[default]
+    Full,
+    /// `ferry run` resuming a migration the target records: no
+    /// `quick_check` (see the module docs).
+    Resume,
+}
+
+/// Runs every check and builds the plan on a blocking thread.
 pub async fn plan(config: &Config) -> Result<SourcePlan, Error> {
+    plan_with(config, Checking::Full).await
+}
+
+/// [`plan`], with the checks `checking` names.
+pub async fn plan_with(config: &Config, checking: Checking) -> Result<SourcePlan, Error> {
     let path = match config.source.kind() {
         Ok(EndpointKind::Sqlite(p)) => p,
         _ => {
@@ -61,7 +82,7 @@ pub async fn plan(config: &Config) -> Result<SourcePlan, Error> {
     })?;
     let tables = config.tables.clone();
     let policies = TypePolicies::from_config(config);
-    tokio::task::spawn_blocking(move || plan_file(&path, &filter, &tables, &policies))
+    tokio::task::spawn_blocking(move || plan_file(&path, &filter, &tables, &policies, checking))
         .await
         .map_err(|e| Error::transient("sqlite plan task failed").with_source(e))?
 }
@@ -72,6 +93,7 @@ pub fn plan_file(
     filter: &TableFilter,
     tables: &TablesConfig,
     policies: &TypePolicies,
+    checking: Checking,
 ) -> Result<SourcePlan, Error> {
     let mut plan = SourcePlan {
         flavor: "sqlite".to_owned(),
@@ -108,7 +130,22 @@ pub fn plan_file(
         "open read-only",
         format!("{shown} opened read-only"),
     ));
-    let integrity = quick_check(&conn, path);
+    let integrity = match checking {
+        Checking::Full => {
+            let started = std::time::Instant::now();
+            let check = quick_check(&conn, path);
+            tracing::info!(path = %shown, ms = started.elapsed().as_millis() as u64, result = %check.detail, "PRAGMA quick_check run");
+            check
+        }
+        Checking::Resume => {
+            tracing::info!(path = %shown, "PRAGMA quick_check not run again: the migration is resuming");
+            Check::pass(
+                SIDE,
+                "quick_check",
+                "not run again: the migration is resuming and the file was checked before its load (`ferry plan` runs PRAGMA quick_check)",
+            )
+        }
+    };
     let ok = integrity.status == ferry_core::plan::CheckStatus::Pass;
     plan.checks.push(integrity);
     if !ok {

@@ -39,6 +39,20 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<Outcome> {
 /// Check the target, then the source (whose slot check depends on what the
 /// target's state records), then the target against the planned tables.
 pub async fn build(config: &Config) -> PlanReport {
+    build_for(config, Purpose::Plan).await
+}
+
+/// Who asks for the checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// `ferry plan`: every check.
+    Plan,
+    /// `ferry run` before it starts: a resumed SQLite migration skips the
+    /// file's `quick_check` ([`ferry_sqlite::preflight::Checking::Resume`]).
+    Run,
+}
+
+async fn build_for(config: &Config, purpose: Purpose) -> PlanReport {
     let state = StateStore::new(config.state.schema.clone());
     let target = ferry_postgres::connect::connect(&config.target, "target").await;
     let ownership = match &target {
@@ -49,7 +63,7 @@ pub async fn build(config: &Config) -> PlanReport {
         },
         Err(_) => SlotOwnership::Fresh,
     };
-    let source = source_plan(config, ownership).await;
+    let source = source_plan(config, ownership, purpose).await;
     let mut report = PlanReport {
         source_flavor: source.flavor,
         source_version: source.version,
@@ -206,7 +220,7 @@ fn plan_schema(t: &TablePlan) -> Option<TableSchema> {
     })
 }
 
-async fn source_plan(config: &Config, ownership: SlotOwnership) -> SourcePlan {
+async fn source_plan(config: &Config, ownership: SlotOwnership, purpose: Purpose) -> SourcePlan {
     let kind = match config.source.kind() {
         Ok(k) => k,
         Err(e) => return unreachable_source("unknown", format!("source.url {e}")),
@@ -218,9 +232,17 @@ async fn source_plan(config: &Config, ownership: SlotOwnership) -> SourcePlan {
         EndpointKind::MySql => ferry_mysql::preflight::plan(config)
             .await
             .unwrap_or_else(|e| unreachable_source("mysql", e.to_string())),
-        EndpointKind::Sqlite(_) => ferry_sqlite::preflight::plan(config)
-            .await
-            .unwrap_or_else(|e| unreachable_source("sqlite", e.to_string())),
+        EndpointKind::Sqlite(_) => {
+            let checking = match (purpose, ownership) {
+                (Purpose::Run, SlotOwnership::Resuming) => {
+                    ferry_sqlite::preflight::Checking::Resume
+                }
+                _ => ferry_sqlite::preflight::Checking::Full,
+            };
+            ferry_sqlite::preflight::plan_with(config, checking)
+                .await
+                .unwrap_or_else(|e| unreachable_source("sqlite", e.to_string()))
+        }
     }
 }
 
@@ -228,7 +250,7 @@ async fn source_plan(config: &Config, ownership: SlotOwnership) -> SourcePlan {
 /// `ferry plan` refuses (the same checks), before it creates anything on the
 /// source, and says every failure with its fix.
 pub async fn refusal(config: &Config) -> Option<String> {
-    let report = build(config).await;
+    let report = build_for(config, Purpose::Run).await;
     if report.runnable() {
         return None;
     }
