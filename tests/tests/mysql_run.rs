@@ -948,7 +948,9 @@ fn policy_rows(id0: u32) -> String {
 /// `mysql.tinyint1 = "smallint"` and `mysql.zero_dates = "null"`, value by
 /// value through the load and the change stream: `tinyint(1)` keeps 2 and
 /// −1 in a smallint column, zero and partial dates become NULL and are
-/// counted per column.
+/// counted per column, with the data: read back from the target without a
+/// running ferry, and counted once when a batch that crashed before its
+/// commit is applied again.
 #[test]
 fn tinyint1_smallint_and_zero_dates_null_through_load_and_stream() {
     let source = MariaDbServer::start(MariaDbOptions::default()).expect("mariadb starts");
@@ -1073,6 +1075,79 @@ fn tinyint1_smallint_and_zero_dates_null_through_load_and_stream() {
             )),
             "{text}"
         );
+    }
+
+    // The counts are committed with the data: `ferry status` reads them
+    // back from the target with no ferry running.
+    ferry_run.kill9().unwrap();
+    let offline: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    assert_eq!(offline["live"], false, "{offline}");
+    assert_eq!(offline["zero_dates"], want, "{offline}");
+    // Two more of each while ferry is down; the next run dies after
+    // applying them (and their counts) but before its commit, so nothing
+    // of that batch is kept…
+    source
+        .sql(&db, &policy_rows(20))
+        .expect("rows while ferry is down");
+    let mut failing = run_settings.clone();
+    failing.push(("FERRY_FAILPOINT", "after-apply-before-commit"));
+    let crashed = spawn_policy_run(
+        &source_url,
+        &target_url,
+        &logs.path().join("crash.log"),
+        &failing,
+    );
+    let code = crashed.wait(WAIT).unwrap();
+    let log = plain(&std::fs::read_to_string(logs.path().join("crash.log")).unwrap());
+    assert_ne!(code, Some(0), "{log}");
+    assert!(log.contains("FERRY_FAILPOINT reached"), "{log}");
+    assert!(
+        rows().is_some_and(|r| !r.contains("24:")),
+        "the crashed batch was not committed: {rows:?}",
+        rows = rows()
+    );
+    let offline: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    assert_eq!(offline["zero_dates"], want, "{offline}");
+    // …and the run after it applies the batch again and counts it once.
+    let mut ferry_run = streaming_policy_run(
+        &source_url,
+        &target_url,
+        &logs.path().join("resume.log"),
+        &run_settings,
+    );
+    wait_until(
+        &mut ferry_run,
+        "the rows written while ferry was down",
+        WAIT,
+        || rows().is_some_and(|r| r.contains("24:")),
+    );
+    assert_eq!(
+        rows(),
+        Some(format!("{},{},{}", expect(0), expect(10), expect(20)))
+    );
+    let want = serde_json::json!([
+        {"table": format!("{db}.flags"), "column": "d", "load": 2, "stream": 4},
+        {"table": format!("{db}.flags"), "column": "dt", "load": 2, "stream": 4},
+    ]);
+    let started = Instant::now();
+    loop {
+        let s: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+        if s["live"] == true && s["zero_dates"] == want {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "zero dates in status after the crash: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = control_get(&control, "/metrics");
+    for column in ["d", "dt"] {
+        for (kind, n) in [("loaded", 2), ("streamed", 4)] {
+            let line =
+                format!("ferry_zero_dates_{kind}_total{{column=\"{db}.flags.{column}\"}} {n}");
+            assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+        }
     }
     drop(ferry_run);
 }

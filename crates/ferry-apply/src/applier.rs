@@ -69,6 +69,12 @@
 //!   was copied from (a load resumed from a later snapshot, a change racing
 //!   the copy) copies it again, after that change: the copy always has the
 //!   shape the target has when it is taken.
+//! - Values a source policy replaced ([`Event::Replaced`], e.g. MySQL zero
+//!   dates written as NULL) are counted per source column in the state
+//!   schema ([`TargetTxn::count_replaced`]) in the target transaction that
+//!   holds their source transaction, and not for a transaction skipped
+//!   (already applied, or held by its table's snapshot): exact across
+//!   crashes and replays.
 //! - Failure injection for crash tests: see [`crate::checkpoint::Failpoint`].
 
 use std::collections::HashMap;
@@ -460,6 +466,7 @@ impl<P: Position> Applier<P> {
                 }
                 self.batch.in_txn = true;
                 self.batch.txn_final = final_position;
+                self.batch.txn_replaced.clear();
                 self.copied_in_txn = false;
                 self.batch.started.get_or_insert_with(Instant::now);
             }
@@ -484,6 +491,26 @@ impl<P: Position> Applier<P> {
                     || self.batch.txn_bytes >= self.cfg.buffer_bytes / 2
                 {
                     self.spill(intake).await?;
+                }
+            }
+            Event::Replaced {
+                table,
+                column,
+                values,
+            } => {
+                if !self.batch.in_txn {
+                    return Err(protocol_error("replaced values outside a transaction"));
+                }
+                // Counted like the rows they belong to: not for a table
+                // whose snapshot already holds the transaction.
+                let covered = self
+                    .batch
+                    .txn_final
+                    .as_ref()
+                    .zip(self.snapshots.get(&table))
+                    .is_some_and(|(f, s)| f < s);
+                if !covered {
+                    *self.batch.txn_replaced.entry((table, column)).or_insert(0) += values;
                 }
             }
             Event::Commit {
@@ -536,6 +563,7 @@ impl<P: Position> Applier<P> {
             if self.batch.end.is_none() && !self.txn.is_open() {
                 self.batch.started = None;
             }
+            self.batch.txn_replaced.clear();
             self.stats
                 .transactions_skipped
                 .fetch_add(1, Ordering::Relaxed);
@@ -545,6 +573,9 @@ impl<P: Position> Applier<P> {
         self.fold_in(items).await?;
         if was_spilled {
             self.txn.release_savepoint().await?;
+        }
+        for (column, n) in std::mem::take(&mut self.batch.txn_replaced) {
+            *self.batch.replaced.entry(column).or_insert(0) += n;
         }
         self.batch.commits += 1;
         self.batch.end = Some((position, time));
@@ -857,11 +888,17 @@ impl<P: Position> Applier<P> {
         };
         let started = Instant::now();
         let fold = self.batch.take_fold();
-        let Applier { txn, writer, .. } = self;
+        let Applier {
+            txn, writer, batch, ..
+        } = self;
+        let replaced = &batch.replaced;
         let work = async {
             txn.begin(writer).await?;
             if !fold.is_empty() {
                 writer.apply_fold(txn.client(), &fold).await?;
+            }
+            if !replaced.is_empty() {
+                txn.count_replaced(replaced).await?;
             }
             txn.commit(writer, &position, time).await
         };

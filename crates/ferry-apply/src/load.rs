@@ -20,7 +20,8 @@
 //! sources.
 //!
 //! Atomicity and restart (the rule): a chunk's rows and its `chunks` done
-//! mark (plus `tables.rows_copied`) commit in ONE target transaction.
+//! mark (plus `tables.rows_copied` and the values the source's policy
+//! replaced in the chunk) commit in ONE target transaction.
 //! - Chunked tables: a crash mid-chunk leaves nothing of that chunk; on
 //!   restart, chunks listed by `StateStore::chunks_done` are skipped and the
 //!   others copied again, without any truncate.
@@ -134,6 +135,7 @@ pub async fn load_chunk<B, R, E>(
     to: &LoadTarget,
     data: LoadData<B, R>,
     progress: Option<&LoadProgress>,
+    replaced: Option<&ferry_core::source::ChunkReplaced>,
 ) -> Result<LoadResult>
 where
     B: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
@@ -174,18 +176,26 @@ where
     };
     let chunk = to.chunk.unwrap_or(0);
     let rows = i64::try_from(result.rows).unwrap_or(i64::MAX);
+    // The chunk's data stream has ended: its counts are complete.
+    let replaced = replaced
+        .map(ferry_core::source::ChunkReplaced::take)
+        .filter(|r| !r.is_empty())
+        .map(|r| serde_json::to_string(&r).unwrap_or_default());
     let sql = format!(
-        "WITH c AS (INSERT INTO {chunks} (source_table, chunk, rows) VALUES ($1, $2, $3)
-             ON CONFLICT (source_table, chunk) DO UPDATE SET rows = EXCLUDED.rows, done_at = now())
+        "WITH c AS (INSERT INTO {chunks} (source_table, chunk, rows, replaced) VALUES ($1, $2, $3, $5::text::jsonb)
+             ON CONFLICT (source_table, chunk) DO UPDATE SET rows = EXCLUDED.rows, replaced = EXCLUDED.replaced, done_at = now())
          UPDATE {tables} SET rows_copied = CASE WHEN $4 THEN $3 ELSE rows_copied + $3 END,
              updated_at = now() WHERE source_table = $1",
         chunks = state.table("chunks"),
         tables = state.table("tables"),
     );
     let whole = to.chunk.is_none();
-    tx.execute(&sql, &[&table_key(&to.source), &chunk, &rows, &whole])
-        .await
-        .map_err(|e| pg_error(format!("marking load of {t} chunk {chunk} done"), e))?;
+    tx.execute(
+        &sql,
+        &[&table_key(&to.source), &chunk, &rows, &whole, &replaced],
+    )
+    .await
+    .map_err(|e| pg_error(format!("marking load of {t} chunk {chunk} done"), e))?;
     tx.commit()
         .await
         .map_err(|e| pg_error(format!("committing load of {t} chunk {chunk}"), e))?;

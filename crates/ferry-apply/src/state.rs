@@ -353,6 +353,39 @@ impl StateStore {
         Ok(row.get(0))
     }
 
+    /// Values a source policy replaced, per source column, as committed:
+    /// in the load (the chunks' counts) and in the change stream.
+    pub async fn replaced_counts(
+        &self,
+        client: &Client,
+    ) -> Result<Vec<ferry_core::source::ColumnCount>> {
+        let sql = format!(
+            "WITH l AS (SELECT c.source_table, j.key AS column_name, sum(j.value::bigint)::bigint AS loaded
+                          FROM {chunks} c, jsonb_each_text(c.replaced) j
+                         WHERE c.replaced IS NOT NULL GROUP BY 1, 2)
+             SELECT coalesce(l.source_table, r.source_table), coalesce(l.column_name, r.column_name),
+                    coalesce(l.loaded, 0), coalesce(r.streamed, 0)
+               FROM l FULL JOIN {stream} r
+                 ON r.source_table = l.source_table AND r.column_name = l.column_name
+              ORDER BY 1, 2",
+            chunks = self.table("chunks"),
+            stream = self.table("replaced_values"),
+        );
+        let rows = client
+            .query(&sql, &[])
+            .await
+            .map_err(|e| pg_error("reading the counts of replaced values", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| ferry_core::source::ColumnCount {
+                table: r.get(0),
+                column: r.get(1),
+                load: u64::try_from(r.get::<_, i64>(2)).unwrap_or(0),
+                stream: u64::try_from(r.get::<_, i64>(3)).unwrap_or(0),
+            })
+            .collect())
+    }
+
     /// Chunk numbers of `source` whose load committed.
     pub async fn chunks_done(&self, client: &Client, source: &TableId) -> Result<Vec<i32>> {
         let sql = format!(

@@ -12,6 +12,7 @@ use ferry_core::config::{ApplyConfig, TablesConfig};
 use ferry_core::value::Timestamp;
 use ferry_core::{Change, Event, Lsn, OldRow, Row, Value};
 use tokio::sync::mpsc;
+use tokio_postgres::Client;
 
 const SETUP: &str = "
 CREATE TABLE t (id int PRIMARY KEY, doc text NOT NULL, n int);
@@ -43,6 +44,14 @@ fn cfg(batch_rows: usize, batch_ms: u64) -> ApplierConfig {
         ..ApplyConfig::default()
     };
     ApplierConfig::new("main", &apply, false)
+}
+
+fn replaced(t: &str, column: &str, values: u64) -> Event<Lsn> {
+    Event::Replaced {
+        table: tid(t),
+        column: column.to_owned(),
+        values,
+    }
 }
 
 fn key(id: i32, width: usize) -> OldRow {
@@ -205,8 +214,17 @@ async fn large_transaction_heartbeat_and_restart_skip() {
         for i in first..first + 35 {
             ev.push(ins("u", vec![Value::Int4(i), txt("row")]));
         }
+        // A source policy replaced three of its values (counted with them).
+        ev.push(replaced("u", "v", 3));
         ev.push(commit(lsn));
         ev
+    };
+    let counted = |c: Client| async move {
+        rows(
+            &c,
+            "SELECT source_table || '.' || column_name || '=' || streamed FROM ferry.replaced_values",
+        )
+        .await
     };
     let mut ev = big_txn(100, 1000);
     ev.push(Event::Heartbeat {
@@ -240,6 +258,7 @@ async fn large_transaction_heartbeat_and_restart_skip() {
         rows(&c, "SELECT count(*)::text FROM u WHERE v = 'row'").await,
         vec!["35"]
     );
+    assert_eq!(counted(connect(&url).await).await, vec!["public.u.v=3"]);
     drop(applier);
 
     // Restart: the source resends the big transaction (skipped, even though
@@ -248,6 +267,7 @@ async fn large_transaction_heartbeat_and_restart_skip() {
     ev.extend([
         begin(),
         ins("u", vec![Value::Int4(999), txt("later")]),
+        replaced("u", "v", 1),
         commit(2000),
     ]);
     let (acks, applier) = run_events(&url, cfg(10, 60_000), ev).await;
@@ -267,6 +287,11 @@ async fn large_transaction_heartbeat_and_restart_skip() {
     assert_eq!(
         rows(&c, "SELECT v FROM u WHERE id = 999").await,
         vec!["later"]
+    );
+    assert_eq!(
+        counted(connect(&url).await).await,
+        vec!["public.u.v=4"],
+        "the skipped transaction's values are not counted again"
     );
     assert_eq!(
         read_checkpoint::<Lsn>(&c, &state, "main")

@@ -91,7 +91,7 @@ async fn value_rows_round_trip_exactly() {
     let data: LoadData<stream::Empty<Result<bytes::Bytes, std::io::Error>>, _> =
         LoadData::Rows(rows);
     let to = LoadTarget::whole(tid("v"), tid("v"), cols);
-    let res = load_chunk(&mut client, &state, &to, data, Some(&progress))
+    let res = load_chunk(&mut client, &state, &to, data, Some(&progress), None)
         .await
         .unwrap();
     assert_eq!(res.rows, 1);
@@ -138,7 +138,9 @@ async fn binary_copy_passes_through_and_reload_replaces() {
         );
         let data: LoadData<_, stream::Empty<Result<Row, tokio_postgres::Error>>> =
             LoadData::BinaryCopy(out);
-        let res = load_chunk(&mut d, &state, &to, data, None).await.unwrap();
+        let res = load_chunk(&mut d, &state, &to, data, None, None)
+            .await
+            .unwrap();
         assert_eq!(res.rows, 5000);
     }
     let q = "SELECT v::text FROM v ORDER BY id";

@@ -6,7 +6,8 @@
 //! table's (new) schema before any change that needs it; `Ddl` is a schema
 //! change carried at its place inside a transaction ([`crate::ddl`]). `Heartbeat` carries a
 //! position with no data (keepalive, idle source) so progress and lag stay
-//! true when nothing is written.
+//! true when nothing is written. `Replaced` counts values of the
+//! transaction a source policy replaced.
 
 use std::sync::Arc;
 
@@ -114,6 +115,17 @@ pub enum Event<P> {
     Heartbeat {
         position: P,
         time: Timestamp,
+    },
+    /// Inside a transaction: `values` values the transaction writes to
+    /// `column` of `table` (the source table) were replaced by the source's
+    /// policy (MySQL/MariaDB: zero and partial dates written as NULL under
+    /// `mysql.zero_dates = "null"`). The applier counts them in the state
+    /// schema in the target transaction that holds the transaction's rows,
+    /// so the counts are exact across crashes and replays.
+    Replaced {
+        table: TableId,
+        column: String,
+        values: u64,
     },
 }
 

@@ -92,57 +92,42 @@ pub struct Chunk {
     pub only: bool,
 }
 
-/// Per-column counts of values a source's policy replaced (MySQL/MariaDB:
-/// zero and partial dates written as NULL under `mysql.zero_dates =
-/// "null"`), in the load and in the change stream; shared (cheap clones) by
-/// the source's snapshot readers and stream decoders and read by `ferry
-/// status` ([`Source::zero_dates`]). In memory: counted since the process
-/// started.
+/// Values a source's policy replaced in the chunk a [`SnapshotReader`]
+/// read last, per column (MySQL/MariaDB: zero and partial dates loaded as
+/// NULL under `mysql.zero_dates = "null"`): complete once that chunk's
+/// data stream has ended, when the loader writes them into the chunk's
+/// state row in the chunk's own target transaction (so a chunk loaded
+/// again replaces its counts instead of adding to them). Cheap to clone:
+/// the reader and its reading task share it.
 #[derive(Debug, Clone, Default)]
-pub struct ColumnCounts(Arc<std::sync::Mutex<Counted>>);
+pub struct ChunkReplaced(Arc<std::sync::Mutex<BTreeMap<String, u64>>>);
 
-/// (table, column) → (load, stream) counts.
-type Counted = BTreeMap<(TableId, String), (u64, u64)>;
-
-impl ColumnCounts {
-    fn add(&self, table: &TableId, column: &str, load: u64, stream: u64) {
-        let mut m = self
-            .0
+impl ChunkReplaced {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u64>> {
+        self.0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let e = m.entry((table.clone(), column.to_owned())).or_default();
-        e.0 += load;
-        e.1 += stream;
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// `n` values of `table.column` replaced in the load.
-    pub fn add_load(&self, table: &TableId, column: &str, n: u64) {
-        self.add(table, column, n, 0);
+    /// Forget the previous chunk's counts (a new chunk's read starts).
+    pub fn reset(&self) {
+        self.lock().clear();
     }
 
-    /// `n` values of `table.column` replaced in the change stream.
-    pub fn add_stream(&self, table: &TableId, column: &str, n: u64) {
-        self.add(table, column, 0, n);
+    /// `n` values of `column` replaced in the chunk.
+    pub fn add(&self, column: &str, n: u64) {
+        *self.lock().entry(column.to_owned()).or_default() += n;
     }
 
-    /// Every column counted so far, by table and column.
-    pub fn counts(&self) -> Vec<ColumnCount> {
-        let m = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        m.iter()
-            .map(|((t, c), (load, stream))| ColumnCount {
-                table: t.to_string(),
-                column: c.clone(),
-                load: *load,
-                stream: *stream,
-            })
-            .collect()
+    /// The chunk's counts, by column; empty afterwards.
+    pub fn take(&self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut *self.lock())
     }
 }
 
-/// One column's count in [`ColumnCounts`].
+/// One column's count of values a source's policy replaced, as the state
+/// schema holds it (committed with the data: see [`ChunkReplaced`] and
+/// [`crate::Event::Replaced`]).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ColumnCount {
     /// `schema.table` (MySQL: `database.table`).
@@ -264,6 +249,13 @@ pub trait SnapshotReader: Send + 'static {
         schema: &TableSchema,
     ) -> impl Future<Output = Result<ChunkData, Error>> + Send {
         self.read(chunk, schema)
+    }
+
+    /// Where this reader counts the values its source's policy replaced in
+    /// the chunk read last ([`ChunkReplaced`]); `None` (the default): the
+    /// source replaces nothing.
+    fn replaced(&self) -> Option<ChunkReplaced> {
+        None
     }
 }
 
@@ -409,13 +401,6 @@ pub trait Source: Send + Sync + Sized + 'static {
     /// source's own capture, e.g. a replication slot, already fails then).
     fn identity(&self) -> impl Future<Output = Result<Option<String>, Error>> + Send {
         std::future::ready(Ok(None))
-    }
-
-    /// Values the source's policy replaced, per column, in the load and
-    /// the change stream since this process started (MySQL/MariaDB: zero
-    /// and partial dates written as NULL); empty by default.
-    fn zero_dates(&self) -> Vec<ColumnCount> {
-        Vec::new()
     }
 
     /// Before [`Source::start_capture`]: make sure nothing of another

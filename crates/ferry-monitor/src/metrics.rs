@@ -296,13 +296,13 @@ impl Metrics {
             load_rows: Family::new(LOAD_ROWS, "Rows copied by the full load.", C, Some("table")),
             zero_dates_loaded: Family::new(
                 ZERO_DATES_LOADED,
-                "Zero or partial dates the full load wrote as NULL (mysql.zero_dates = \"null\"), per source column (table.column), counted by this process.",
+                "Zero or partial dates the full load wrote as NULL (mysql.zero_dates = \"null\"), per source column (table.column), as committed on the target since the migration started.",
                 C,
                 Some("column"),
             ),
             zero_dates_streamed: Family::new(
                 ZERO_DATES_STREAMED,
-                "Zero or partial dates the change stream wrote as NULL (mysql.zero_dates = \"null\"), per source column (table.column), counted by this process.",
+                "Zero or partial dates the change stream wrote as NULL (mysql.zero_dates = \"null\"), per source column (table.column), as committed on the target since the migration started.",
                 C,
                 Some("column"),
             ),
@@ -512,8 +512,9 @@ impl Metrics {
         }
     }
 
-    /// The source's zero-date counts (see [`ferry_core::source::ColumnCount`]),
-    /// as counted so far: each is a running total, set as read.
+    /// The zero-date counts committed on the target (see
+    /// [`ferry_core::source::ColumnCount`]): each is a running total since
+    /// the migration started, set as read.
     pub fn set_zero_dates(&self, counts: &[ferry_core::source::ColumnCount]) {
         for c in counts {
             let key = format!("{}.{}", c.table, c.column);

@@ -219,7 +219,8 @@ pub struct Status {
     pub proxy: Option<crate::proxy::ProxyStatus>,
     /// MySQL/MariaDB: zero and partial dates written as NULL
     /// (`mysql.zero_dates = "null"`), per column, in the load and the
-    /// stream, counted by the running process since it started.
+    /// stream, as committed on the target with the data since the
+    /// migration started (exact across crashes and restarts).
     #[serde(default)]
     pub zero_dates: Vec<ferry_core::source::ColumnCount>,
 }

@@ -60,7 +60,7 @@
 use std::sync::Arc;
 
 use ferry_core::config::{Endpoint, SnapshotMethod, ZeroDates};
-use ferry_core::source::{self, Chunk, ChunkData, ColumnCounts};
+use ferry_core::source::{self, Chunk, ChunkData, ChunkReplaced};
 use ferry_core::value::{Array, Interval, Numeric, Time, Timestamp};
 use ferry_core::{Error, MySqlPosition, Row, TableId, TableSchema, Value};
 use mysql_async::prelude::Queryable;
@@ -101,8 +101,6 @@ pub struct MySqlSnapshot {
     endpoint: Endpoint,
     zero_dates: ZeroDates,
     overrides: Overrides,
-    /// Zero dates loaded as NULL, per column (`ferry status`).
-    zero_counts: ColumnCounts,
     /// The watermark method: `position` is the low watermark, each chunk
     /// is read in a transaction of its own.
     watermark: bool,
@@ -140,7 +138,7 @@ pub async fn open(
     conn: Conn,
     (flavor, method): (Flavor, SnapshotMethod),
     endpoint: Endpoint,
-    (zero_dates, overrides, zero_counts): (ZeroDates, Overrides, ColumnCounts),
+    (zero_dates, overrides): (ZeroDates, Overrides),
 ) -> Result<MySqlSnapshot, Error> {
     refuse_without_snapshot(flavor)?;
     let (mut conn, position) = start_snapshot(conn).await?;
@@ -161,7 +159,6 @@ pub async fn open(
         endpoint,
         zero_dates,
         overrides,
-        zero_counts,
         watermark,
     })
 }
@@ -245,7 +242,7 @@ impl source::Snapshot for MySqlSnapshot {
                 conn: Arc::new(Mutex::new(conn)),
                 zero_dates: self.zero_dates,
                 overrides: self.overrides.clone(),
-                zero_counts: self.zero_counts.clone(),
+                zero_counts: ChunkReplaced::default(),
                 per_chunk: true,
             });
         }
@@ -256,7 +253,7 @@ impl source::Snapshot for MySqlSnapshot {
                 conn: Arc::new(Mutex::new(conn)),
                 zero_dates: self.zero_dates,
                 overrides: self.overrides.clone(),
-                zero_counts: self.zero_counts.clone(),
+                zero_counts: ChunkReplaced::default(),
                 per_chunk: false,
             });
         }
@@ -267,7 +264,7 @@ impl source::Snapshot for MySqlSnapshot {
             conn: self.conn.clone(),
             zero_dates: self.zero_dates,
             overrides: self.overrides.clone(),
-            zero_counts: self.zero_counts.clone(),
+            zero_counts: ChunkReplaced::default(),
             per_chunk: false,
         })
     }
@@ -291,7 +288,8 @@ pub struct MySqlSnapshotReader {
     conn: Arc<Mutex<Conn>>,
     zero_dates: ZeroDates,
     overrides: Overrides,
-    zero_counts: ColumnCounts,
+    /// Zero dates the chunk read last loaded as NULL, per column.
+    zero_counts: ChunkReplaced,
     /// Watermark method: each chunk in a transaction of its own.
     per_chunk: bool,
 }
@@ -307,6 +305,8 @@ impl source::SnapshotReader for MySqlSnapshotReader {
         let (tx, mut rx) = mpsc::channel::<Result<Row, Error>>(ROWS_IN_FLIGHT);
         let session = self.conn.clone().lock_owned().await;
         let chunk = chunk.clone();
+        // Counted afresh for this chunk; complete when its rows end.
+        self.zero_counts.reset();
         let zero_dates = (self.zero_dates, self.zero_counts.clone());
         let per_chunk = self.per_chunk;
         tokio::spawn(async move {
@@ -341,6 +341,10 @@ impl source::SnapshotReader for MySqlSnapshotReader {
         });
         let rows = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
         Ok(ChunkData::Rows(Box::pin(rows)))
+    }
+
+    fn replaced(&self) -> Option<ChunkReplaced> {
+        Some(self.zero_counts.clone())
     }
 }
 
@@ -397,7 +401,7 @@ async fn stream_rows(
     conn: &mut Conn,
     sql: &str,
     (schema, targets): (&TableSchema, Option<&[Option<String>]>),
-    (zero_date_policy, zero_counts): &(ZeroDates, ColumnCounts),
+    (zero_date_policy, zero_counts): &(ZeroDates, ChunkReplaced),
     chunk: &Chunk,
     tx: &mpsc::Sender<Result<Row, Error>>,
 ) -> Result<(), Error> {
@@ -442,7 +446,7 @@ async fn stream_rows(
         .zip(zero_dates)
         .filter(|(_, n)| *n > 0)
     {
-        zero_counts.add_load(&schema.id, &col.name, n);
+        zero_counts.add(&col.name, n);
         warn!(table = %schema.id, column = %col.name, rows = n, "zero or partial dates loaded as NULL");
     }
     tracing::debug!(table = %schema.id, chunk = chunk.index, rows, "chunk read");

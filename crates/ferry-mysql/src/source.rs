@@ -41,8 +41,7 @@ use std::time::Duration;
 use ferry_core::config::{Config, ZeroDates};
 use ferry_core::schema::quote_ident;
 use ferry_core::source::{
-    self, ChangeOptions, Chunk, ColumnCount, ColumnCounts, Probe, Released, Retention, Source,
-    SuperviseContext, TargetSchema,
+    self, ChangeOptions, Chunk, Probe, Released, Retention, Source, SuperviseContext, TargetSchema,
 };
 use ferry_core::{Error, Event, MySqlPosition, TableId};
 use mysql_async::Conn;
@@ -76,8 +75,6 @@ pub struct MySqlSource {
     /// start, then every acknowledgement): what the probe's retention
     /// figure counts from.
     acked: Acked,
-    /// Zero and partial dates written as NULL, per column (`ferry status`).
-    zero_dates: ColumnCounts,
 }
 
 /// A position shared between the change stream and the probe.
@@ -98,7 +95,6 @@ impl MySqlSource {
         MySqlSource {
             config,
             acked: Acked::default(),
-            zero_dates: ColumnCounts::default(),
         }
     }
 
@@ -395,10 +391,6 @@ impl Source for MySqlSource {
     /// ferry creates nothing on the source before the snapshot; a MySQL
     /// (not MariaDB) source is refused here, before the target records
     /// anything, as it has no lock-free snapshot yet ([`snapshot::open`]).
-    fn zero_dates(&self) -> Vec<ColumnCount> {
-        self.zero_dates.counts()
-    }
-
     async fn prepare_capture(&self, _after_interrupted: bool) -> Result<(), Error> {
         let mut conn = self.conn().await?;
         snapshot::refuse_without_snapshot(flavor(&mut conn).await?)
@@ -409,11 +401,7 @@ impl Source for MySqlSource {
             self.conn().await?,
             (catalog.flavor, self.method(catalog.flavor)),
             self.config.source.clone(),
-            (
-                self.config.mysql.zero_dates,
-                self.overrides(),
-                self.zero_dates.clone(),
-            ),
+            (self.config.mysql.zero_dates, self.overrides()),
         )
         .await
     }
@@ -425,11 +413,7 @@ impl Source for MySqlSource {
             conn,
             (flavor, self.method(flavor)),
             self.config.source.clone(),
-            (
-                self.config.mysql.zero_dates,
-                self.overrides(),
-                self.zero_dates.clone(),
-            ),
+            (self.config.mysql.zero_dates, self.overrides()),
         )
         .await
     }
@@ -525,7 +509,6 @@ impl Source for MySqlSource {
                 ZeroDates::Error => ZeroDatePolicy::Error,
             },
             overrides: self.overrides(),
-            zero_date_counts: self.zero_dates.clone(),
             ..DecoderOptions::default()
         };
         let mut decoder = BinlogDecoder::new(decoding, &from)?;

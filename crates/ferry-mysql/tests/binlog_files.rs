@@ -145,6 +145,11 @@ fn lines(items: &[Decoded]) -> Vec<String> {
                 }
                 Event::Change(Change::Truncate { tables, .. }) => format!("T {tables:?}"),
                 Event::Ddl(_) => "DDL message".into(),
+                Event::Replaced {
+                    table,
+                    column,
+                    values,
+                } => format!("NULLED {table}.{column} {values}"),
             },
         })
         .collect()

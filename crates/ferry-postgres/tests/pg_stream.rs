@@ -147,6 +147,7 @@ fn render(events: &[Event<Lsn>]) -> Vec<String> {
             Event::Commit { .. } => "COMMIT".into(),
             Event::Heartbeat { .. } => "HEARTBEAT".into(),
             Event::Ddl(m) => format!("DDL {} tables", m.tables.len()),
+            Event::Replaced { table, column, .. } => format!("REPLACED {table}.{column}"),
             Event::Change(Change::Insert { table, new }) => {
                 format!("  INSERT {table}: {}", render_row(new))
             }

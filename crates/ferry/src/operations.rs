@@ -135,6 +135,7 @@ async fn recorded_status_in(config: &Config) -> anyhow::Result<Status> {
         .await
         .unwrap_or_default();
     s.schema_changes = crate::pipeline::live::schema_changes(&target, &state).await;
+    s.zero_dates = state.replaced_counts(&target).await.unwrap_or_default();
     Ok(s)
 }
 

@@ -79,6 +79,12 @@ pub(super) struct Batch<P> {
     pub(super) tables: BTreeMap<TableId, u64>,
     /// Changes of keyed tables kept in source order (see [`ApplyStats`]).
     pub(super) source_order: u64,
+    /// Values a source policy replaced ([`ferry_core::Event::Replaced`]) in
+    /// the open source transaction, per (source table, column).
+    pub(super) txn_replaced: BTreeMap<(TableId, String), u64>,
+    /// The same for the batch's applied transactions: written into the
+    /// state schema in the batch's target transaction.
+    pub(super) replaced: BTreeMap<(TableId, String), u64>,
 }
 
 impl<P> Default for Batch<P> {
@@ -96,6 +102,8 @@ impl<P> Default for Batch<P> {
             end: None,
             tables: BTreeMap::new(),
             source_order: 0,
+            txn_replaced: BTreeMap::new(),
+            replaced: BTreeMap::new(),
         }
     }
 }

@@ -164,6 +164,36 @@ impl TargetTxn {
         writer.savepoint_rolled_back(&self.client).await
     }
 
+    /// Add `counts` (per source table and column: values a source policy
+    /// replaced, [`ferry_core::Event::Replaced`]) to the state's
+    /// `replaced_values`, in the open transaction (opening it if needed), so
+    /// they commit with the rows they were counted in.
+    pub async fn count_replaced(
+        &mut self,
+        counts: &std::collections::BTreeMap<(ferry_core::TableId, String), u64>,
+    ) -> Result<()> {
+        if !self.open {
+            return Err(ferry_core::Error::transient(
+                "replaced-value counts outside the batch's transaction",
+            ));
+        }
+        let sql = format!(
+            "INSERT INTO {} AS r (source_table, column_name, streamed) VALUES ($1, $2, $3) \
+             ON CONFLICT (source_table, column_name) DO UPDATE SET streamed = r.streamed + EXCLUDED.streamed, updated_at = now()",
+            self.state.table("replaced_values")
+        );
+        for ((table, column), n) in counts {
+            let n = i64::try_from(*n).unwrap_or(i64::MAX);
+            self.client
+                .execute(&sql, &[&crate::state::table_key(table), column, &n])
+                .await
+                .map_err(|e| {
+                    pg_error(format!("counting replaced values of {table}.{column}"), e)
+                })?;
+        }
+        Ok(())
+    }
+
     /// Write the checkpoint `position` into the batch's transaction (opening
     /// it if nothing was applied) and `COMMIT`: data and position become
     /// durable together. The caller acknowledges `position` afterwards.

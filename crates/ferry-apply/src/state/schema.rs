@@ -9,7 +9,8 @@
 //! | `schema_version(version, applied_at)` | one row per applied migration; the state's version is the largest | [`ensure`] |
 //! | `checkpoint(stream, source_kind, position, commit_time, updated_at)` | last applied source position per stream, in the data's transaction | [`crate::checkpoint`] |
 //! | `tables(source_table, target_table, state, reason, chunks_total, rows_copied, row_estimate, updated_at)` | per-table lifecycle and load progress | [`super::StateStore`] |
-//! | `chunks(source_table, chunk, rows, done_at)` | loaded chunks | [`crate::load`] |
+//! | `chunks(source_table, chunk, rows, done_at, replaced)` | loaded chunks; `replaced`: values the source's policy replaced in the chunk, per column (JSON object) | [`crate::load`] |
+//! | `replaced_values(source_table, column_name, streamed, updated_at)` | values the source's policy replaced in the change stream, per column | [`crate::applier::TargetTxn::count_replaced`] |
 //! | `pipeline(id = 1, phase, updated_at)` | the pipeline phase | [`super::StateStore`] |
 //! | `runs`, `events` | each run (and its cutover record), the event log | [`super::StateStore`] |
 //! | `lag_history(at, lag_seconds, lag_bytes)` | lag samples for the weeks view | the ferry-monitor sampler |
@@ -44,6 +45,9 @@
 //!    fingerprint (totals since the migration started; normalized text
 //!    only); `proxy_events`: mode changes with who and when, and cutovers
 //!    through the proxy with the write freeze clients saw.
+//! 6. `chunks.replaced` and `replaced_values`: values a source policy
+//!    replaced (MySQL zero dates written as NULL), per column, committed
+//!    with the chunk or the stream transaction they were counted in.
 //!
 //! Invariants: [`ensure`] runs every missing migration and records each in
 //! one transaction, under the advisory lock that ferry has always taken
@@ -110,6 +114,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 5,
         summary: "shadow_queries and proxy_events: the PostgreSQL-wire proxy's statistics and mode changes",
         template: V5,
+    },
+    Migration {
+        version: 6,
+        summary: "replaced_values and chunks.replaced: values a source policy replaced, counted with the data",
+        template: V6,
     },
 ];
 
@@ -246,6 +255,16 @@ CREATE TABLE IF NOT EXISTS {s}.proxy_events (
     mode text,
     by text,
     detail jsonb);
+";
+
+const V6: &str = "
+ALTER TABLE {s}.chunks ADD COLUMN IF NOT EXISTS replaced jsonb;
+CREATE TABLE IF NOT EXISTS {s}.replaced_values (
+    source_table text NOT NULL,
+    column_name text NOT NULL,
+    streamed bigint NOT NULL DEFAULT 0,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source_table, column_name));
 ";
 
 /// The migrations to run over a database whose recorded version is

@@ -35,7 +35,9 @@
 //! snapshot holds it", which is what the per-table snapshot skip asks.
 //!
 //! Values follow [`value`]; zero dates by [`ZeroDatePolicy`], counted per
-//! column ([`BinlogDecoder::zero_dates`]). Partial JSON updates are applied
+//! column ([`BinlogDecoder::zero_dates`]) and sent after each rows event's
+//! changes as [`Event::Replaced`], so the applier commits the counts with
+//! the rows. Partial JSON updates are applied
 //! exactly to the before image (`binlog_row_image = FULL` required). Errors
 //! name the binlog file:position, the table, the key and the column, never
 //! other row values. A malformed event is an error, never a panic.
@@ -99,9 +101,6 @@ pub struct DecoderOptions {
     pub scope: Scope,
     /// `tables.columns` type overrides ([`crate::overrides`]).
     pub overrides: crate::overrides::Overrides,
-    /// Where zero dates written as NULL are counted for `ferry status`
-    /// (besides [`BinlogDecoder::zero_dates`], per decoder).
-    pub zero_date_counts: ferry_core::source::ColumnCounts,
 }
 
 /// One decoder output.
@@ -162,6 +161,9 @@ pub struct BinlogDecoder {
     /// start for events inside a TRANSACTION_PAYLOAD).
     event_start: u64,
     zero_dates: BTreeMap<(TableId, String), u64>,
+    /// Zero dates the rows event being decoded writes as NULL, per
+    /// column: sent as [`Event::Replaced`] after its changes.
+    event_zero_dates: BTreeMap<(TableId, String), u64>,
     server_version: Option<String>,
 }
 
@@ -212,6 +214,7 @@ impl BinlogDecoder {
             last_time: Timestamp(0),
             event_start: 0,
             zero_dates: BTreeMap::new(),
+            event_zero_dates: BTreeMap::new(),
             server_version: None,
         })
     }
@@ -251,7 +254,9 @@ impl BinlogDecoder {
         });
     }
 
-    /// Zero or partial dates written as NULL, per (table, column).
+    /// Zero or partial dates written as NULL, per (table, column): in
+    /// the after images (the values written), not in before images (which
+    /// only find the row).
     pub fn zero_dates(&self) -> &BTreeMap<(TableId, String), u64> {
         &self.zero_dates
     }
@@ -773,10 +778,18 @@ impl BinlogDecoder {
                 }
             }
         }
+        self.event_zero_dates.clear();
         for (before, after) in pending_rows {
             let change = self.row_change(&table, before, after, partial, at)?;
             self.tx_changes += 1;
             out.push(Decoded::Event(Event::Change(change)));
+        }
+        for ((table, column), values) in std::mem::take(&mut self.event_zero_dates) {
+            out.push(Decoded::Event(Event::Replaced {
+                table,
+                column,
+                values,
+            }));
         }
         Ok(())
     }
@@ -889,17 +902,15 @@ impl BinlogDecoder {
                     None => v,
                 }),
                 Err(ConvError::ZeroDate) if self.opts.zero_dates == ZeroDatePolicy::Null => {
-                    let n = self
-                        .zero_dates
-                        .entry((table.schema.id.clone(), spec.name.clone()))
-                        .or_insert(0);
-                    if *n == 0 {
-                        tracing::warn!(table = %table.schema.id, column = %spec.name, "zero or partial date written as NULL");
+                    if is_after {
+                        let column = (table.schema.id.clone(), spec.name.clone());
+                        let n = self.zero_dates.entry(column.clone()).or_insert(0);
+                        if *n == 0 {
+                            tracing::warn!(table = %table.schema.id, column = %spec.name, "zero or partial date written as NULL");
+                        }
+                        *n += 1;
+                        *self.event_zero_dates.entry(column).or_insert(0) += 1;
                     }
-                    *n += 1;
-                    self.opts
-                        .zero_date_counts
-                        .add_stream(&table.schema.id, &spec.name, 1);
                     values.push(Value::Null);
                 }
                 Err(ConvError::ZeroDate) => {

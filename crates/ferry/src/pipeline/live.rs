@@ -79,7 +79,8 @@ pub struct Live<P: Position> {
     last_error: Mutex<Option<String>>,
     tables: Mutex<Vec<TableStatus>>,
     pub carried: Mutex<Vec<(TableId, TableId)>>,
-    /// The source's zero-date counts ([`Source::zero_dates`]), refreshed by
+    /// The zero-date counts committed on the target
+    /// ([`ferry_apply::state::StateStore::replaced_counts`]), refreshed by
     /// the monitor.
     zero_dates: Mutex<Vec<ferry_core::source::ColumnCount>>,
     slot: Mutex<Option<SlotHealth>>,
@@ -408,9 +409,6 @@ pub async fn run_monitor<S: Source>(
                 }
             }
         }
-        let zero_dates = source.zero_dates();
-        live.metrics.set_zero_dates(&zero_dates);
-        lock(&live.zero_dates, |z| *z = zero_dates);
         live.publish_apply_counters(&mut apply_seen);
         let lag = live.lag();
         live.metrics.set_lag(lag.seconds, lag.bytes);
@@ -444,6 +442,10 @@ async fn refresh_tables<P: Position>(
     if let Ok(Some(phase)) = live.state.read_phase(dst).await {
         live.set_phase(phase);
     }
+    // Values the source's policy replaced, as committed with the data.
+    let zero_dates = live.state.replaced_counts(dst).await?;
+    live.metrics.set_zero_dates(&zero_dates);
+    lock(&live.zero_dates, |z| *z = zero_dates);
     let records = live.state.tables(dst).await?;
     let chunks = dst
         .query(

@@ -256,7 +256,17 @@ async fn load_worker<R: SnapshotReader>(
             job.chunk.index + 1,
             job.chunk.total
         );
-        let result = match load_chunk(&mut target, state, &to, data, Some(&job.progress)).await {
+        let replaced = reader.replaced();
+        let loaded = load_chunk(
+            &mut target,
+            state,
+            &to,
+            data,
+            Some(&job.progress),
+            replaced.as_ref(),
+        )
+        .await;
+        let result = match loaded {
             Ok(r) => r,
             Err(e) => match ferry_apply::find_copy_failure(&e) {
                 Some(failure) => {
