@@ -503,13 +503,8 @@ impl<P: Position> Applier<P> {
                 }
                 // Counted like the rows they belong to: not for a table
                 // whose snapshot already holds the transaction.
-                let covered = self
-                    .batch
-                    .txn_final
-                    .as_ref()
-                    .zip(self.snapshots.get(&table))
-                    .is_some_and(|(f, s)| f < s);
-                if !covered {
+                let final_position = self.batch.txn_final.as_ref();
+                if !snapshot_skip::held_by_snapshot(&table, final_position, &self.snapshots) {
                     *self.batch.txn_replaced.entry((table, column)).or_insert(0) += values;
                 }
             }

@@ -191,11 +191,15 @@ async fn changes_before_a_tables_snapshot_are_skipped() {
         begin_at(400),
         row("u", 1),
         row("w", 1),
+        replaced("u", 1),
+        replaced("w", 1),
         commit(400),
         // Commits at 500: not in the snapshot.
         begin_at(500),
         row("u", 2),
         row("w", 2),
+        replaced("u", 10),
+        replaced("w", 10),
         commit(500),
     ] {
         tx.send(e).await.unwrap();
@@ -217,4 +221,23 @@ async fn changes_before_a_tables_snapshot_are_skipped() {
         rows(&c, "SELECT id::text FROM w ORDER BY id").await,
         vec!["1", "2"]
     );
+    // Replaced values are counted like their rows: u's at 400 are in its
+    // snapshot already.
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT source_table || '=' || streamed FROM ferry.replaced_values ORDER BY 1"
+        )
+        .await,
+        vec!["public.u=10", "public.w=11"]
+    );
+}
+
+/// `values` values of `t.v` replaced by a source policy.
+fn replaced(t: &str, values: u64) -> Event<Lsn> {
+    Event::Replaced {
+        table: tid(t),
+        column: "v".to_owned(),
+        values,
+    }
 }

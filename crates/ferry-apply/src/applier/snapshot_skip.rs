@@ -21,11 +21,7 @@ pub fn skip_for_snapshot<P: Ord>(
     final_position: Option<&P>,
     snapshots: &HashMap<TableId, P>,
 ) -> Option<Change> {
-    let covered = |t: &TableId| {
-        final_position
-            .zip(snapshots.get(t))
-            .is_some_and(|(f, s)| f < s)
-    };
+    let covered = |t: &TableId| held_by_snapshot(t, final_position, snapshots);
     match change {
         Change::Truncate {
             tables,
@@ -44,6 +40,18 @@ pub fn skip_for_snapshot<P: Ord>(
             _ => Some(c),
         },
     }
+}
+
+/// Whether the snapshot `table` was (re)loaded from already holds the
+/// transaction whose commit position is announced as `final_position`.
+pub fn held_by_snapshot<P: Ord>(
+    table: &TableId,
+    final_position: Option<&P>,
+    snapshots: &HashMap<TableId, P>,
+) -> bool {
+    final_position
+        .zip(snapshots.get(table))
+        .is_some_and(|(f, s)| f < s)
 }
 
 #[cfg(test)]
