@@ -1043,30 +1043,36 @@ fn tinyint1_smallint_and_zero_dates_null_through_load_and_stream() {
         assert_eq!(out.code, Some(0), "{}", out.all());
         out.stdout
     };
-    let want = serde_json::json!([
-        {"table": format!("{db}.flags"), "column": "d", "load": 2, "stream": 2},
-        {"table": format!("{db}.flags"), "column": "dt", "load": 2, "stream": 2},
-    ]);
-    let started = Instant::now();
-    loop {
-        let s: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
-        if s["zero_dates"] == want {
-            break;
+    // Each column's counts (load, stream) in the live status, then in
+    // /metrics, per column.
+    let counted = |load: u64, stream: u64| {
+        let want = serde_json::json!([
+            {"table": format!("{db}.flags"), "column": "d", "load": load, "stream": stream},
+            {"table": format!("{db}.flags"), "column": "dt", "load": load, "stream": stream},
+        ]);
+        let started = Instant::now();
+        loop {
+            let s: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+            if s["live"] == true && s["zero_dates"] == want {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "zero dates in status, want {want}: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "zero dates in status: {s}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    // And /metrics, per column.
-    let metrics = control_get(&control, "/metrics");
-    for column in ["d", "dt"] {
-        for kind in ["loaded", "streamed"] {
-            let line = format!("ferry_zero_dates_{kind}_total{{column=\"{db}.flags.{column}\"}} 2");
-            assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+        let metrics = control_get(&control, "/metrics");
+        for column in ["d", "dt"] {
+            for (kind, n) in [("loaded", load), ("streamed", stream)] {
+                let line =
+                    format!("ferry_zero_dates_{kind}_total{{column=\"{db}.flags.{column}\"}} {n}");
+                assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+            }
         }
-    }
+        want
+    };
+    let want = counted(2, 2);
     let text = status(false);
     for column in ["d", "dt"] {
         assert!(
@@ -1125,30 +1131,7 @@ fn tinyint1_smallint_and_zero_dates_null_through_load_and_stream() {
         rows(),
         Some(format!("{},{},{}", expect(0), expect(10), expect(20)))
     );
-    let want = serde_json::json!([
-        {"table": format!("{db}.flags"), "column": "d", "load": 2, "stream": 4},
-        {"table": format!("{db}.flags"), "column": "dt", "load": 2, "stream": 4},
-    ]);
-    let started = Instant::now();
-    loop {
-        let s: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
-        if s["live"] == true && s["zero_dates"] == want {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "zero dates in status after the crash: {s}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let metrics = control_get(&control, "/metrics");
-    for column in ["d", "dt"] {
-        for (kind, n) in [("loaded", 2), ("streamed", 4)] {
-            let line =
-                format!("ferry_zero_dates_{kind}_total{{column=\"{db}.flags.{column}\"}} {n}");
-            assert!(metrics.contains(&line), "{line} in:\n{metrics}");
-        }
-    }
+    counted(2, 4);
     drop(ferry_run);
 }
 
