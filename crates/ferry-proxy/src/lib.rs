@@ -494,8 +494,11 @@ pub async fn serve_on_own_thread(
     std::thread::Builder::new()
         .name("ferry-proxy".into())
         .spawn(move || {
+            // Sockets and timers only: no signal or child-process driver
+            // checked on every turn of the loop.
             let result = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
+                .enable_io()
+                .enable_time()
                 .build()
                 .and_then(|rt| {
                     rt.block_on(async move {

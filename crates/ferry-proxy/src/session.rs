@@ -397,6 +397,9 @@ impl Session {
             if !self.client_frames().await? {
                 return Ok(());
             }
+            // A statement or an answer usually fits its socket at once:
+            // written now rather than by a turn of the loop of its own.
+            self.write_now()?;
             // Past the buffer only to complete its first frame (a CopyData
             // larger than the buffer must still get through).
             let read_client =
@@ -454,6 +457,27 @@ impl Session {
                 Event::ModeChanged => self.switch_when_idle().await?,
             }
         }
+    }
+
+    /// One write attempt for each side's pending bytes, without waiting:
+    /// what the socket does not take now is written by the loop.
+    fn write_now(&mut self) -> Result<(), SessionError> {
+        if let Some(conn) = match self.active {
+            Side::Source => self.source.as_mut(),
+            Side::Target => self.target.as_mut(),
+        } && !conn.out.is_empty()
+            && let Some(r) = poll_once(conn.w.write(&conn.out))
+        {
+            let n = r.map_err(|e| conn.err(e))?;
+            conn.out.advance(n);
+        }
+        if !self.cout.is_empty()
+            && let Some(r) = poll_once(self.cw.write(&self.cout))
+        {
+            let n = r?;
+            self.cout.advance(n);
+        }
+        Ok(())
     }
 
     /// Handle complete client frames; `Ok(false)` when the client ended.
@@ -590,11 +614,16 @@ impl Session {
     /// when it should be served by the target (`routable`: at a boundary
     /// outside a transaction, in `reads-on-target`, lag under the bound).
     fn look_at(&mut self, frames: &[Frame], routable: bool) -> bool {
+        let mode = self.proxy.mode();
+        if mode == Mode::Source && self.proxy.settings.sample_rate <= 0.0 {
+            // Shadow reads off: nothing to mirror, route or count per
+            // query, so the statement is not lexed at all.
+            return false;
+        }
         let Some((seen, ordered)) = self.read_only(frames) else {
             return false;
         };
         let (fp, normalized) = (seen.fingerprint, seen.normalized);
-        let mode = self.proxy.mode();
         let mut to_target = false;
         if routable && mode == Mode::ReadsOnTarget && self.primary == Side::Source && !self.pinned {
             let counters = &self.proxy.stats.counters;
@@ -1246,6 +1275,18 @@ impl Session {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         (self.rng >> 11) as f64 / (1u64 << 53) as f64 <= rate
+    }
+}
+
+/// `fut`'s output if it is ready at its first poll. Polled with a waker
+/// that does nothing: a socket that is not ready is waited for by the
+/// session loop's `select!`, which polls again with its own waker.
+fn poll_once<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
     }
 }
 

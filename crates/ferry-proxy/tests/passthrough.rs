@@ -148,7 +148,7 @@ SELECT 1 AS a; SELECT 2 AS b;
 async fn psql_script_answers_the_same_through_the_proxy() {
     let pg = PgServer::start(PgOptions::new()).unwrap();
     let (direct, proxied) = two_databases(&pg);
-    let (_proxy, port) = start_proxy(&pg, &proxied, None).await;
+    let (proxy, port) = start_proxy(&pg, &proxied, None).await;
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("script.sql");
     std::fs::write(&script, PSQL_SCRIPT).unwrap();
@@ -186,6 +186,17 @@ async fn psql_script_answers_the_same_through_the_proxy() {
         "{expected}"
     );
     assert_eq!(got, expected);
+    // `sample_rate = 0` in mode `source`: shadow reads are off, so no
+    // statement was fingerprinted or counted per query.
+    assert_eq!(proxy.stats.rows().len(), 0);
+    assert!(
+        proxy
+            .stats
+            .counters
+            .statements
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
