@@ -1047,18 +1047,26 @@ impl Session {
     /// ([`state`]): a Query's statements, or the statement each Execute
     /// runs. Most batches stop at a cheap first-word test.
     fn note_effects(&mut self, frames: &[Frame]) {
-        for sql in frames.iter().filter_map(statement_text) {
+        let tracking = self.state.tracking() || self.inflight.iter().any(|b| b.track.is_some());
+        let mut any = false;
+        for f in frames {
+            let sql = match f.tag {
+                b'Q' | b'P' => statement_text(f),
+                b'B' => {
+                    any = any
+                        || bind_names(f)
+                            .and_then(|(_, stmt)| self.statement_sql(stmt))
+                            .is_some_and(|s| state::worth_a_look(s, tracking));
+                    continue;
+                }
+                _ => continue,
+            };
+            let Some(sql) = sql else { continue };
             if state::may_define_settings(sql) {
                 state::note_custom_names(&mut self.state.custom_names, sql);
             }
+            any = any || state::worth_a_look(sql, tracking);
         }
-        let tracking = self.state.tracking() || self.inflight.iter().any(|b| b.track.is_some());
-        let look = |sql: Option<&str>| sql.is_some_and(|s| state::worth_a_look(s, tracking));
-        let any = frames.iter().any(|f| match f.tag {
-            b'Q' | b'P' => look(statement_text(f)),
-            b'B' => look(bind_names(f).and_then(|(_, stmt)| self.statement_sql(stmt))),
-            _ => false,
-        });
         if any {
             let mut effects = Vec::new();
             let mut parsed: Vec<(&str, &str)> = Vec::new();
@@ -1390,17 +1398,25 @@ fn bind_names(f: &Frame) -> Option<(&str, &str)> {
 const PINNING_WORDS: [&[u8]; 5] = [b"temp", b"listen", b"declare", b"prepare", b"lock"];
 
 /// Whether `sql` contains one of [`PINNING_WORDS`], in any case: one pass
-/// that compares only where a word's first letter is.
+/// that compares only where a word's first letter is, and there only the
+/// words starting with that letter.
 fn mentions_pinning_word(sql: &str) -> bool {
     let b = sql.as_bytes();
-    b.iter().enumerate().any(|(i, &c)| {
+    let at = |i: usize, w: &[u8]| {
+        b[i..]
+            .get(..w.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(w))
+    };
+    (0..b.len()).any(|i| {
         // `| 0x20` lowercases ASCII letters and maps no other byte to these.
-        matches!(c | 0x20, b't' | b'l' | b'd' | b'p')
-            && PINNING_WORDS.iter().any(|w| {
-                b[i..]
-                    .get(..w.len())
-                    .is_some_and(|s| s.eq_ignore_ascii_case(w))
-            })
+        // (The arms follow the order of PINNING_WORDS.)
+        match b[i] | 0x20 {
+            b't' => at(i, PINNING_WORDS[0]),
+            b'l' => at(i, PINNING_WORDS[1]) || at(i, PINNING_WORDS[4]),
+            b'd' => at(i, PINNING_WORDS[2]),
+            b'p' => at(i, PINNING_WORDS[3]),
+            _ => false,
+        }
     })
 }
 
