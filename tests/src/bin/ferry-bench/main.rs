@@ -16,7 +16,8 @@
 //!    (the server's own pgoutput decoding rate) and a null consumer on the
 //!    same slot: `START_REPLICATION` read to the end LSN and discarded (the
 //!    ceiling of any replication client on this server: the walsender's own
-//!    per-message cost, which the in-server peek does not pay); ferry:
+//!    per-message cost, which the in-server peek does not pay), two passes
+//!    before ferry's drain and one after it, the median the reference; ferry:
 //!    `ferry run` again, timed until `ferry.checkpoint` reaches the end LSN. Two backlogs: the
 //!    builtin tpcb-like script (4 row changes per transaction) and large
 //!    multi-row transactions (1000-row updates), and two on tables without
