@@ -442,10 +442,15 @@ async fn refresh_tables<P: Position>(
     if let Ok(Some(phase)) = live.state.read_phase(dst).await {
         live.set_phase(phase);
     }
-    // Values the source's policy replaced, as committed with the data.
-    let zero_dates = live.state.replaced_counts(dst).await?;
-    live.metrics.set_zero_dates(&zero_dates);
-    lock(&live.zero_dates, |z| *z = zero_dates);
+    // Values the source's policy replaced, as committed with the data; a
+    // failed read leaves the last figures and the table refresh goes on.
+    match live.state.replaced_counts(dst).await {
+        Ok(zero_dates) => {
+            live.metrics.set_zero_dates(&zero_dates);
+            lock(&live.zero_dates, |z| *z = zero_dates);
+        }
+        Err(e) => debug!(error = %e, "monitor: replaced-value counts not read"),
+    }
     let records = live.state.tables(dst).await?;
     let chunks = dst
         .query(
