@@ -148,7 +148,8 @@ where
         .await
         .map_err(|e| pg_error(format!("loading {t}"), e))?;
     if to.chunk.is_none() || to.freeze {
-        tx.batch_execute(&format!("TRUNCATE {}", t.quoted()))
+        let empty = crate::truncate::empty_sql(tx.client(), &[t.quoted()]).await?;
+        tx.batch_execute(&empty)
             .await
             .map_err(|e| pg_error(format!("emptying {t} before a whole-table load"), e))?;
     }

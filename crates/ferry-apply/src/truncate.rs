@@ -8,6 +8,11 @@
 //! target. A partitioned table cannot be truncated `ONLY` (PostgreSQL
 //! refuses it); it is named plainly, which empties its partitions, as on the
 //! source.
+//!
+//! Emptying a table before its copy (a whole-table load, a table copied
+//! again) follows the same rule ([`empty_sql`]): the target's inheritance
+//! children are tables of their own, loaded on their own, and a parent
+//! loaded after its child must not empty the child.
 
 use std::collections::HashSet;
 
@@ -29,6 +34,23 @@ pub fn targets(names: &[String], partitioned: &HashSet<String>) -> Vec<String> {
             }
         })
         .collect()
+}
+
+/// `TRUNCATE` of the tables `names` (quoted) before their rows are copied
+/// again: `ONLY`, except for partitioned tables (see the module docs).
+pub async fn empty_sql(client: &Client, names: &[String]) -> Result<String> {
+    Ok(crate::writer::sql::truncate_sql(
+        &own_rows(client, names).await?,
+        false,
+        false,
+    ))
+}
+
+/// `names` (quoted) as statements on their own rows name them: `ONLY
+/// name`, a partitioned table plainly (its rows are its partitions').
+pub async fn own_rows(client: &Client, names: &[String]) -> Result<Vec<String>> {
+    let partitioned = partitioned(client, names).await?;
+    Ok(targets(names, &partitioned))
 }
 
 /// Which of `names` (quoted) are partitioned tables on the target.

@@ -115,7 +115,13 @@ pub struct Writer {
     /// Per source table: the target enforces the key with an immediate,
     /// whole-table unique index (see [`KEY_ENFORCED`]).
     key_enforced: HashMap<TableId, bool>,
+    /// Per source table: the target table is partitioned (see
+    /// [`sql::Target`]).
+    partitioned: HashMap<TableId, bool>,
 }
+
+/// Whether the target table `$1` is partitioned.
+const PARTITIONED: &str = "SELECT relkind = 'p' FROM pg_class WHERE oid = $1::text::regclass";
 
 /// Whether the target table `$1` has a valid, immediate (not deferrable),
 /// non-partial unique index on exactly the key columns `$2`: only then
@@ -141,6 +147,7 @@ impl Writer {
             upsert_backoff: HashMap::new(),
             insert_savepoints: 0,
             key_enforced: HashMap::new(),
+            partitioned: HashMap::new(),
         }
     }
 
@@ -155,6 +162,27 @@ impl Writer {
         self.staging.forget(client, table).await;
         self.source_order.remove(table);
         self.key_enforced.remove(table);
+        self.partitioned.remove(table);
+    }
+
+    /// The target of the source table `source` as the change statements
+    /// name it ([`sql::Target`]); whether it is partitioned is read once
+    /// per table and session.
+    async fn target(&mut self, client: &Client, source: &TableId) -> Result<sql::Target> {
+        let id = self.target_of(source);
+        let partitioned = match self.partitioned.get(source) {
+            Some(&p) => p,
+            None => {
+                let p: bool = client
+                    .query_one(PARTITIONED, &[&id.quoted()])
+                    .await
+                    .map_err(|e| pg_error(format!("reading the kind of {id}"), e))?
+                    .get(0);
+                self.partitioned.insert(source.clone(), p);
+                p
+            }
+        };
+        Ok(sql::Target { id, partitioned })
     }
 
     /// The target transaction ended (committed or not): see `staging`.
@@ -242,6 +270,7 @@ impl Writer {
     ) -> Result<bool> {
         self.staging.forget(client, &new.id).await;
         self.key_enforced.remove(&new.id);
+        self.partitioned.remove(&new.id);
         let target = self.target_of(&new.id);
         if apply_ddl && !relation::exists(client, &target).await? {
             debug!(table = %target, "creating a table the source created");
@@ -310,7 +339,7 @@ impl Writer {
         }
         let stage = self.stage(client, schema).await?;
         Staging::copy(client, &stage, schema, &rows).await?;
-        let target = self.target_of(&schema.id);
+        let target = self.target(client, &schema.id).await?;
         let t = &target;
         let write = |sql: String| async move {
             client
@@ -343,7 +372,7 @@ impl Writer {
     async fn insert_new_keys(
         &mut self,
         client: &Client,
-        target: &TableId,
+        target: &sql::Target,
         stage: &str,
         schema: &TableSchema,
     ) -> Result<bool> {
@@ -360,7 +389,7 @@ impl Writer {
         if !self.key_enforced.contains_key(&schema.id) {
             let key: Vec<String> = schema.key_names().map(str::to_owned).collect();
             let row = client
-                .query_one(KEY_ENFORCED, &[&target.quoted(), &key])
+                .query_one(KEY_ENFORCED, &[&target.id.quoted(), &key])
                 .await
                 .map_err(|e| pg_error(format!("reading the key index of {target}"), e))?;
             self.key_enforced.insert(schema.id.clone(), row.get(0));
@@ -421,7 +450,7 @@ impl Writer {
         ];
         let stage = self.stage(client, schema).await?;
         Staging::copy(client, &stage, schema, &rows).await?;
-        let target = self.target_of(&schema.id);
+        let target = self.target(client, &schema.id).await?;
         let sql = sql::key_change_sql(&target, &stage, schema, &sql::mask_of(&new.values));
         client
             .execute(&sql, &[])

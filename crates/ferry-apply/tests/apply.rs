@@ -457,3 +457,89 @@ async fn upserts_of_keys_already_there_end_in_the_source_rows() {
         vec!["1|new one", "2|new two", "3|three", "4|four", "5|five"]
     );
 }
+
+/// A change of one source relation touches that table's rows only: an
+/// update or delete of an inheritance parent's key leaves a child row with
+/// the same key alone (`ONLY`), a keyless parent's delete does not reach
+/// the child row at the same `ctid`, and on a partitioned table (named
+/// without `ONLY`) a keyless delete removes one row, not every partition's
+/// row at that `ctid`.
+#[tokio::test]
+async fn changes_of_a_parent_leave_its_children_alone() {
+    let pg = server();
+    let db = pg.create_database("inherit").unwrap();
+    pg.psql(
+        &db,
+        "CREATE TABLE animals (id int PRIMARY KEY, name text);
+         CREATE TABLE dogs (bark text) INHERITS (animals);
+         ALTER TABLE dogs ADD PRIMARY KEY (id);
+         INSERT INTO animals VALUES (1, 'a1'), (2, 'a2');
+         INSERT INTO dogs VALUES (1, 'd1', 'woof'), (2, 'd2', 'woof');
+         CREATE TABLE notes (n text);
+         CREATE TABLE memos () INHERITS (notes);
+         INSERT INTO notes VALUES ('same'); INSERT INTO memos VALUES ('same');
+         CREATE TABLE m (id int, r int, v text) PARTITION BY LIST (r);
+         CREATE TABLE m1 PARTITION OF m FOR VALUES IN (1);
+         CREATE TABLE m2 PARTITION OF m FOR VALUES IN (2);
+         INSERT INTO m VALUES (5, 1, 'x'), (5, 2, 'x');
+         CREATE TABLE k (id int, r int, v text, PRIMARY KEY (id, r)) PARTITION BY LIST (r);
+         CREATE TABLE k1 PARTITION OF k FOR VALUES IN (1);
+         INSERT INTO k VALUES (1, 1, 'old');",
+    )
+    .unwrap();
+    let url = pg.url(&db);
+    let schemas = [
+        table(
+            "animals",
+            vec![col("id", "int4"), col("name", "text")],
+            vec![0],
+        ),
+        table("notes", vec![col("n", "text")], vec![]),
+        table(
+            "m",
+            vec![col("id", "int4"), col("r", "int4"), col("v", "text")],
+            vec![],
+        ),
+        table(
+            "k",
+            vec![col("id", "int4"), col("r", "int4"), col("v", "text")],
+            vec![0, 1],
+        ),
+    ];
+    let mut ev: Vec<Event<Lsn>> = schemas.into_iter().map(Event::Relation).collect();
+    ev.extend([
+        begin(),
+        upd("animals", None, vec![Value::Int4(1), txt("a1 new")]),
+        del("animals", key(2, 2)),
+        del("notes", OldRow::Full(Row::new(vec![txt("same")]))),
+        del(
+            "m",
+            OldRow::Full(Row::new(vec![Value::Int4(5), Value::Int4(1), txt("x")])),
+        ),
+        upd("k", None, vec![Value::Int4(1), Value::Int4(1), txt("new")]),
+        commit(100),
+    ]);
+    let (acks, _) = run_events(&url, cfg(1000, 60_000), ev).await;
+    assert_eq!(acks, vec![Lsn(100)]);
+    let c = connect(&url).await;
+    assert_eq!(
+        rows(&c, "SELECT id || ':' || name FROM ONLY animals ORDER BY id").await,
+        vec!["1:a1 new"]
+    );
+    assert_eq!(
+        rows(&c, "SELECT id || ':' || name FROM dogs ORDER BY id").await,
+        vec!["1:d1", "2:d2"],
+        "the child's rows with the parent's keys are untouched"
+    );
+    assert_eq!(
+        rows(&c, "SELECT n FROM ONLY notes").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(rows(&c, "SELECT n FROM memos").await, vec!["same"]);
+    assert_eq!(
+        rows(&c, "SELECT tableoid::regclass || ':' || id FROM m").await,
+        vec!["m2:5"],
+        "one row deleted, the other partition's row at the same ctid kept"
+    );
+    assert_eq!(rows(&c, "SELECT v FROM k").await, vec!["new"]);
+}

@@ -261,3 +261,71 @@ async fn preflight_flags_non_superuser_and_non_empty_tables() {
         "PG15+: no CREATE on the database by default"
     );
 }
+
+/// A whole-table load empties the table it loads and nothing else: an
+/// inheritance parent loaded after its child keeps the child's rows (the
+/// parent's `TRUNCATE` is `ONLY`), and a partitioned table loaded through
+/// its root replaces the rows of its partitions.
+#[tokio::test]
+async fn whole_load_of_a_parent_keeps_its_children() {
+    let pg = server();
+    let db = pg.create_database("inherit").unwrap();
+    pg.psql(
+        &db,
+        "CREATE TABLE animals (id int PRIMARY KEY, name text);
+         CREATE TABLE dogs (bark text) INHERITS (animals);
+         INSERT INTO dogs VALUES (1, 'd1', 'woof'), (2, 'd2', 'woof');
+         CREATE TABLE m (id int, r int, PRIMARY KEY (id, r)) PARTITION BY LIST (r);
+         CREATE TABLE m1 PARTITION OF m FOR VALUES IN (1);
+         INSERT INTO m VALUES (100, 1);",
+    )
+    .unwrap();
+    let mut client = connect(&pg.url(&db)).await;
+    let state = StateStore::new("ferry");
+    state.ensure(&client).await.unwrap();
+    let load = async |client: &mut tokio_postgres::Client, t: &str, cols: &[&str], row: Row| {
+        state
+            .register_table(client, &tid(t), &tid(t), Some(1), Some(1))
+            .await
+            .unwrap();
+        let to = LoadTarget::whole(tid(t), tid(t), cols.iter().map(|c| c.to_string()).collect());
+        let data: LoadData<stream::Empty<Result<bytes::Bytes, std::io::Error>>, _> =
+            LoadData::Rows(stream::iter(vec![Ok::<_, std::io::Error>(row)]));
+        load_chunk(client, &state, &to, data, None, None)
+            .await
+            .unwrap()
+    };
+    let res = load(
+        &mut client,
+        "animals",
+        &["id", "name"],
+        Row::new(vec![Value::Int4(1), txt("a1")]),
+    )
+    .await;
+    assert_eq!(res.rows, 1);
+    assert_eq!(
+        rows(
+            &client,
+            "SELECT id || ':' || name FROM ONLY dogs ORDER BY id"
+        )
+        .await,
+        vec!["1:d1", "2:d2"],
+        "the child's rows survive the parent's load"
+    );
+    assert_eq!(
+        rows(&client, "SELECT id || ':' || name FROM ONLY animals").await,
+        vec!["1:a1"]
+    );
+    load(
+        &mut client,
+        "m",
+        &["id", "r"],
+        Row::new(vec![Value::Int4(7), Value::Int4(1)]),
+    )
+    .await;
+    assert_eq!(
+        rows(&client, "SELECT id || ':' || r FROM m").await,
+        vec!["7:1"],
+        "a partitioned table's load replaces its partitions' rows"
+    );
+}

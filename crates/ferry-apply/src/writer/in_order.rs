@@ -15,7 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
-use ferry_core::{Change, Error, Result, TableId, TableSchema, Value};
+use ferry_core::{Change, Error, Result, TableSchema, Value};
 use futures_util::future::{MaybeDone, maybe_done};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Statement};
@@ -216,10 +216,10 @@ impl Writer {
         let stage = self.stage(client, schema).await?;
         Staging::copy(client, &stage, schema, &rows).await?;
         drop(rows);
-        let target = self.target_of(&schema.id);
+        let target = self.target(client, &schema.id).await?;
         let types = self
             .staging
-            .column_types(client, &schema.id, &target)
+            .column_types(client, &schema.id, &target.id)
             .await?
             .clone();
         let sqls = InOrderSql {
@@ -275,7 +275,7 @@ async fn run_pipelined(
     client: &Client,
     stmts: &[Statement],
     steps: &[Step],
-    target: &TableId,
+    target: &super::sql::Target,
 ) -> Result<()> {
     for window in steps.chunks(PIPELINE_WINDOW) {
         let params: Vec<[&(dyn ToSql + Sync); 2]> = window

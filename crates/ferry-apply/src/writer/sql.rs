@@ -25,6 +25,61 @@ const TEXT_COMPARED: [&str; 9] = [
     "json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle",
 ];
 
+/// A target table as the change statements name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub id: TableId,
+    /// A partitioned table (its rows live in its partitions).
+    pub partitioned: bool,
+}
+
+impl Target {
+    /// A table that is not partitioned.
+    pub fn plain(id: TableId) -> Target {
+        Target {
+            id,
+            partitioned: false,
+        }
+    }
+
+    /// The table as `UPDATE`, `DELETE` and their row searches name it:
+    /// `ONLY t`, because a source change of one relation touches that
+    /// table's rows and never an inheritance child's with the same key
+    /// (pgoutput sends the child's own changes under the child). A
+    /// partitioned table is named plainly: with `ONLY` it matches nothing.
+    pub fn rows(&self) -> String {
+        if self.partitioned {
+            self.id.quoted()
+        } else {
+            format!("ONLY {}", self.id.quoted())
+        }
+    }
+
+    /// The row address one row is found by: across the partitions of a
+    /// partitioned table a `ctid` is not unique, so it goes with `tableoid`.
+    fn address(&self, alias: &str) -> String {
+        if self.partitioned {
+            format!("({})", self.address_columns(alias))
+        } else {
+            self.address_columns(alias)
+        }
+    }
+
+    fn address_columns(&self, alias: &str) -> String {
+        if self.partitioned {
+            format!("{alias}.tableoid, {alias}.ctid")
+        } else {
+            format!("{alias}.ctid")
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.id.fmt(f)
+    }
+}
+
 /// The present-column bitmap of `values`.
 pub fn mask_of(values: &[Value]) -> String {
     let mut mask = String::with_capacity(values.len());
@@ -114,16 +169,16 @@ pub fn copy_stage_sql(stage: &str, schema: &TableSchema) -> String {
     )
 }
 
-pub fn delete_sql(target: &TableId, stage: &str, schema: &TableSchema) -> String {
+pub fn delete_sql(target: &Target, stage: &str, schema: &TableSchema) -> String {
     format!(
         "DELETE FROM {} AS t USING pg_temp.{} AS s WHERE s.__ferry_op = {OP_DELETE} AND {}",
-        target.quoted(),
+        target.rows(),
         quote_ident(stage),
         key_match(schema, "t", "s")
     )
 }
 
-pub fn upsert_sql(target: &TableId, stage: &str, schema: &TableSchema) -> String {
+pub fn upsert_sql(target: &Target, stage: &str, schema: &TableSchema) -> String {
     format!(
         "{} {}",
         insert_sql(target, stage, schema),
@@ -135,10 +190,10 @@ pub fn upsert_sql(target: &TableId, stage: &str, schema: &TableSchema) -> String
 /// about half the target's cost per row when no key is there yet (no
 /// speculative insertion); a key that is there fails it with a unique
 /// violation (see `Writer::apply_keyed`).
-pub fn insert_sql(target: &TableId, stage: &str, schema: &TableSchema) -> String {
+pub fn insert_sql(target: &Target, stage: &str, schema: &TableSchema) -> String {
     format!(
         "INSERT INTO {} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM pg_temp.{} WHERE __ferry_op = {OP_UPSERT}",
-        target.quoted(),
+        target.id.quoted(),
         quote_ident(stage),
         c = cols(schema, ""),
     )
@@ -165,7 +220,7 @@ fn on_conflict_sql(schema: &TableSchema) -> String {
 /// `UPDATE … FROM staging` for rows whose present-column bitmap is `mask`;
 /// `None` when no non-key column is present.
 pub fn update_sql(
-    target: &TableId,
+    target: &Target,
     stage: &str,
     schema: &TableSchema,
     mask: &str,
@@ -183,7 +238,7 @@ pub fn update_sql(
     }
     Some(format!(
         "UPDATE {} AS t SET {} FROM pg_temp.{} AS s WHERE s.__ferry_op = {OP_NEW} AND s.__ferry_mask = '{mask}' AND {}",
-        target.quoted(),
+        target.rows(),
         sets.join(", "),
         quote_ident(stage),
         key_match(schema, "t", "s")
@@ -192,7 +247,7 @@ pub fn update_sql(
 
 /// Key change with Unchanged columns: set the present columns (key
 /// included) of the row found by the old key.
-pub fn key_change_sql(target: &TableId, stage: &str, schema: &TableSchema, mask: &str) -> String {
+pub fn key_change_sql(target: &Target, stage: &str, schema: &TableSchema, mask: &str) -> String {
     let sets: Vec<String> = schema
         .columns
         .iter()
@@ -202,7 +257,7 @@ pub fn key_change_sql(target: &TableId, stage: &str, schema: &TableSchema, mask:
         .collect();
     format!(
         "UPDATE {} AS t SET {} FROM pg_temp.{s} AS n, pg_temp.{s} AS o WHERE n.__ferry_op = {OP_NEW} AND o.__ferry_op = {OP_DELETE} AND {}",
-        target.quoted(),
+        target.rows(),
         sets.join(", "),
         key_match(schema, "t", "o"),
         s = quote_ident(stage),
@@ -258,7 +313,7 @@ pub fn match_pattern(values: &[Value]) -> String {
 /// first and last seq of a step).
 #[derive(Debug)]
 pub struct InOrderSql<'a> {
-    pub target: &'a TableId,
+    pub target: &'a Target,
     pub stage: &'a str,
     pub schema: &'a TableSchema,
     /// Target base types by column name.
@@ -268,7 +323,7 @@ pub struct InOrderSql<'a> {
 impl InOrderSql<'_> {
     /// The statement of `kind`; `None` when it has nothing to do.
     pub fn sql(&self, kind: &StepKind) -> Option<String> {
-        let t = self.target.quoted();
+        let t = self.target.rows();
         let s = format!("pg_temp.{}", quote_ident(self.stage));
         let keyed = self.schema.has_key();
         let c = cols(self.schema, "");
@@ -280,7 +335,8 @@ impl InOrderSql<'_> {
                     String::new()
                 };
                 format!(
-                    "INSERT INTO {t} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM {s} WHERE __ferry_op = {OP_UPSERT} AND __ferry_seq BETWEEN $1 AND $2 ORDER BY __ferry_seq{conflict}"
+                    "INSERT INTO {} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM {s} WHERE __ferry_op = {OP_UPSERT} AND __ferry_seq BETWEEN $1 AND $2 ORDER BY __ferry_seq{conflict}",
+                    self.target.id.quoted()
                 )
             }
             StepKind::Deletes => format!(
@@ -288,7 +344,8 @@ impl InOrderSql<'_> {
                 key_match(self.schema, "t", "s")
             ),
             StepKind::DeleteOne(pattern) => format!(
-                "DELETE FROM {t} WHERE ctid = ({})",
+                "DELETE FROM {t} AS t WHERE {} = ({})",
+                self.target.address("t"),
                 self.one_row(OP_DELETE, pattern)
             ),
             StepKind::UpdateOne {
@@ -317,7 +374,8 @@ impl InOrderSql<'_> {
                     )
                 } else {
                     format!(
-                        " WHERE n.__ferry_seq = $1 AND n.__ferry_op = {OP_NEW} AND t.ctid = ({})",
+                        " WHERE n.__ferry_seq = $1 AND n.__ferry_op = {OP_NEW} AND {} = ({})",
+                        self.target.address("t"),
                         self.one_row(OP_OLD, pattern)
                     )
                 };
@@ -329,11 +387,12 @@ impl InOrderSql<'_> {
         })
     }
 
-    /// `SELECT ctid` of one target row equal to the staged row of op `op`
-    /// at seq `$1` on the columns of `pattern`: `=` (text for types without
-    /// equality) or `IS NULL`, so an index on any of them can be used.
+    /// The address (`ctid`, with `tableoid` when partitioned) of one target
+    /// row equal to the staged row of op `op` at seq `$1` on the columns of
+    /// `pattern`: `=` (text for types without equality) or `IS NULL`, so an
+    /// index on any of them can be used.
     fn one_row(&self, op: i16, pattern: &str) -> String {
-        let t = self.target.quoted();
+        let t = self.target.rows();
         let s = format!("pg_temp.{}", quote_ident(self.stage));
         let mut conds = vec![format!("o.__ferry_seq = $1 AND o.__ferry_op = {op}")];
         for (c, p) in self.schema.columns.iter().zip(pattern.chars()) {
@@ -352,7 +411,8 @@ impl InOrderSql<'_> {
             }
         }
         format!(
-            "SELECT x.ctid FROM {t} AS x, {s} AS o WHERE {} LIMIT 1",
+            "SELECT {} FROM {t} AS x, {s} AS o WHERE {} LIMIT 1",
+            self.target.address_columns("x"),
             conds.join(" AND ")
         )
     }

@@ -97,8 +97,9 @@ impl<S: Source> Adopter<S> {
                 "ferry cannot copy its rows exactly: start the migration over (`ferry cleanup --state`, then `ferry run`), or leave the table out with tables.exclude",
             ));
         };
+        let own = ferry_apply::truncate::own_rows(client, &[target.quoted()]).await?;
         client
-            .batch_execute(&format!("DELETE FROM {}", target.quoted()))
+            .batch_execute(&format!("DELETE FROM {}", own[0]))
             .await
             .map_err(|e| ferry_apply::pg_error(format!("emptying {target} before its copy"), e))?;
         let position = snapshot.position();

@@ -182,8 +182,14 @@ pub async fn rows_check(config: &Config, target: &Client, tables: &[TableId]) ->
 
 async fn non_empty<'a>(target: &Client, tables: &'a [TableId]) -> anyhow::Result<Vec<&'a TableId>> {
     let mut full = Vec::new();
-    for t in tables {
-        let sql = format!("SELECT EXISTS (SELECT 1 FROM {})", t.quoted());
+    let names: Vec<String> = tables.iter().map(TableId::quoted).collect();
+    let own = ferry_apply::truncate::own_rows(target, &names)
+        .await
+        .context("reading which target tables are partitioned")?;
+    for (t, own) in tables.iter().zip(own) {
+        // A parent's own rows: its inheritance children are checked as
+        // tables of their own.
+        let sql = format!("SELECT EXISTS (SELECT 1 FROM {own})");
         if target.query_one(&sql, &[]).await?.get::<_, bool>(0) {
             full.push(t);
         }
@@ -213,15 +219,15 @@ pub async fn prepare_tables(
             // All carried tables at once: foreign keys between them allow
             // no other order.
             let all: Vec<String> = tables.iter().map(TableId::quoted).collect();
-            target
-                .batch_execute(&format!("TRUNCATE {}", all.join(", ")))
+            let empty = ferry_apply::truncate::empty_sql(target, &all)
                 .await
-                .with_context(|| {
-                    format!(
-                        "emptying the target tables (existing_rows = \"truncate\"): {}",
-                        names.join(", ")
-                    )
-                })?;
+                .context("reading which target tables are partitioned")?;
+            target.batch_execute(&empty).await.with_context(|| {
+                format!(
+                    "emptying the target tables (existing_rows = \"truncate\"): {}",
+                    names.join(", ")
+                )
+            })?;
             info!(tables = %names.join(", "), "emptied existing target tables (existing_rows = truncate)");
             Ok(())
         }

@@ -735,9 +735,8 @@ async fn resume_load<S: Source>(
             // the application's table.
             let to = &load::relation(config, &t.schema.id, mapping.is_some());
             info!(table = %t.schema.id, done, "copying a partially loaded table again");
-            target
-                .batch_execute(&format!("TRUNCATE {}", to.quoted()))
-                .await?;
+            let empty = ferry_apply::truncate::empty_sql(target, &[to.quoted()]).await?;
+            target.batch_execute(&empty).await?;
             target
                 .execute(
                     &format!(

@@ -21,10 +21,10 @@ fn schema() -> TableSchema {
 #[test]
 fn keyed_sql_golden() {
     let s = schema();
-    let t = TableId::new("dst", "T");
+    let t = Target::plain(TableId::new("dst", "T"));
     assert_eq!(
         delete_sql(&t, "st", &s),
-        "DELETE FROM \"dst\".\"T\" AS t USING pg_temp.\"st\" AS s WHERE s.__ferry_op = 0 AND t.\"id\" = s.\"id\""
+        "DELETE FROM ONLY \"dst\".\"T\" AS t USING pg_temp.\"st\" AS s WHERE s.__ferry_op = 0 AND t.\"id\" = s.\"id\""
     );
     assert_eq!(
         upsert_sql(&t, "st", &s),
@@ -36,7 +36,7 @@ fn keyed_sql_golden() {
     );
     assert_eq!(
         update_sql(&t, "st", &s, "101").unwrap(),
-        "UPDATE \"dst\".\"T\" AS t SET \"n\" = s.\"n\" FROM pg_temp.\"st\" AS s WHERE s.__ferry_op = 2 AND s.__ferry_mask = '101' AND t.\"id\" = s.\"id\""
+        "UPDATE ONLY \"dst\".\"T\" AS t SET \"n\" = s.\"n\" FROM pg_temp.\"st\" AS s WHERE s.__ferry_op = 2 AND s.__ferry_mask = '101' AND t.\"id\" = s.\"id\""
     );
     assert_eq!(update_sql(&t, "st", &s, "100"), None);
     assert_eq!(
@@ -99,7 +99,7 @@ fn in_order_sql_golden() {
     ]
     .into();
     let keyed = in_order_schema(vec![0]);
-    let t = TableId::new("d", "k");
+    let t = Target::plain(TableId::new("d", "k"));
     let sql = InOrderSql {
         target: &t,
         stage: "st",
@@ -112,7 +112,7 @@ fn in_order_sql_golden() {
     );
     assert_eq!(
         sql.sql(&StepKind::Deletes).unwrap(),
-        "DELETE FROM \"d\".\"k\" AS t USING pg_temp.\"st\" AS s WHERE s.__ferry_op = 0 AND s.__ferry_seq BETWEEN $1 AND $2 AND t.\"id\" = s.\"id\""
+        "DELETE FROM ONLY \"d\".\"k\" AS t USING pg_temp.\"st\" AS s WHERE s.__ferry_op = 0 AND s.__ferry_seq BETWEEN $1 AND $2 AND t.\"id\" = s.\"id\""
     );
     let upd = |mask: &str, key_change| StepKind::UpdateOne {
         pattern: String::new(),
@@ -121,7 +121,7 @@ fn in_order_sql_golden() {
     };
     assert_eq!(
         sql.sql(&upd("101", false)).unwrap(),
-        "UPDATE \"d\".\"k\" AS t SET \"n\" = n.\"n\" FROM pg_temp.\"st\" AS n, pg_temp.\"st\" AS o WHERE n.__ferry_seq = $1 AND n.__ferry_op = 2 AND o.__ferry_seq = $1 AND o.__ferry_op = 3 AND t.\"id\" = o.\"id\""
+        "UPDATE ONLY \"d\".\"k\" AS t SET \"n\" = n.\"n\" FROM pg_temp.\"st\" AS n, pg_temp.\"st\" AS o WHERE n.__ferry_seq = $1 AND n.__ferry_op = 2 AND o.__ferry_seq = $1 AND o.__ferry_op = 3 AND t.\"id\" = o.\"id\""
     );
     assert!(
         sql.sql(&upd("101", true))
@@ -141,7 +141,7 @@ fn in_order_sql_golden() {
     );
     assert_eq!(
         sql.sql(&StepKind::DeleteOne("vvn".into())).unwrap(),
-        "DELETE FROM \"d\".\"k\" WHERE ctid = (SELECT x.ctid FROM \"d\".\"k\" AS x, pg_temp.\"st\" AS o WHERE o.__ferry_seq = $1 AND o.__ferry_op = 0 AND x.\"id\" = o.\"id\" AND x.\"doc\"::text = o.\"doc\"::text AND x.\"n\" IS NULL LIMIT 1)"
+        "DELETE FROM ONLY \"d\".\"k\" AS t WHERE t.ctid = (SELECT x.ctid FROM ONLY \"d\".\"k\" AS x, pg_temp.\"st\" AS o WHERE o.__ferry_seq = $1 AND o.__ferry_op = 0 AND x.\"id\" = o.\"id\" AND x.\"doc\"::text = o.\"doc\"::text AND x.\"n\" IS NULL LIMIT 1)"
     );
     let u = sql
         .sql(&StepKind::UpdateOne {
@@ -152,6 +152,33 @@ fn in_order_sql_golden() {
         .unwrap();
     assert_eq!(
         u,
-        "UPDATE \"d\".\"k\" AS t SET \"id\" = n.\"id\", \"doc\" = n.\"doc\" FROM pg_temp.\"st\" AS n WHERE n.__ferry_seq = $1 AND n.__ferry_op = 2 AND t.ctid = (SELECT x.ctid FROM \"d\".\"k\" AS x, pg_temp.\"st\" AS o WHERE o.__ferry_seq = $1 AND o.__ferry_op = 3 AND x.\"id\" = o.\"id\" AND x.\"n\" = o.\"n\" LIMIT 1)"
+        "UPDATE ONLY \"d\".\"k\" AS t SET \"id\" = n.\"id\", \"doc\" = n.\"doc\" FROM pg_temp.\"st\" AS n WHERE n.__ferry_seq = $1 AND n.__ferry_op = 2 AND t.ctid = (SELECT x.ctid FROM ONLY \"d\".\"k\" AS x, pg_temp.\"st\" AS o WHERE o.__ferry_seq = $1 AND o.__ferry_op = 3 AND x.\"id\" = o.\"id\" AND x.\"n\" = o.\"n\" LIMIT 1)"
+    );
+    // Partitioned: no ONLY (it would match nothing), and a row is found by
+    // (tableoid, ctid) since a ctid repeats across partitions.
+    let parted = Target {
+        id: TableId::new("d", "k"),
+        partitioned: true,
+    };
+    let sql = InOrderSql {
+        target: &parted,
+        ..sql
+    };
+    assert_eq!(
+        sql.sql(&StepKind::DeleteOne("vun".into())).unwrap(),
+        "DELETE FROM \"d\".\"k\" AS t WHERE (t.tableoid, t.ctid) = (SELECT x.tableoid, x.ctid FROM \"d\".\"k\" AS x, pg_temp.\"st\" AS o WHERE o.__ferry_seq = $1 AND o.__ferry_op = 0 AND x.\"id\" = o.\"id\" AND x.\"n\" IS NULL LIMIT 1)"
+    );
+    assert!(
+        sql.sql(&StepKind::UpdateOne {
+            pattern: "vuv".into(),
+            mask: "110".into(),
+            key_change: false,
+        })
+        .unwrap()
+        .starts_with("UPDATE \"d\".\"k\" AS t SET")
+    );
+    assert_eq!(
+        delete_sql(&parted, "st", &keyed),
+        "DELETE FROM \"d\".\"k\" AS t USING pg_temp.\"st\" AS s WHERE s.__ferry_op = 0 AND t.\"id\" = s.\"id\""
     );
 }
