@@ -322,3 +322,66 @@ fn a_running_ferry_validates_on_its_schedule() {
         .unwrap();
     assert_eq!(code, Some(0));
 }
+
+/// An inheritance parent and its child are validated (and repaired) as
+/// the tables they are: the parent's own rows only, so a row missing from
+/// the child is the child's difference alone, even where the parent holds
+/// the same key, and its repair restores the child's row without touching
+/// the parent's row of that key.
+#[test]
+fn an_inheritance_parent_and_its_child_validate_apart() {
+    let m = Migration::new(
+        PgOptions::new(),
+        target_options(),
+        "CREATE TABLE animals (id int PRIMARY KEY, name text);
+         CREATE TABLE dogs (bark text) INHERITS (animals);
+         ALTER TABLE dogs ADD PRIMARY KEY (id);
+         INSERT INTO animals SELECT g, 'a' || g FROM generate_series(1, 100) g;
+         INSERT INTO dogs SELECT g, 'd' || g, 'woof' FROM generate_series(1, 50) g;",
+    )
+    .poll(Duration::from_millis(100));
+    let mut ferry = m.start("run");
+    m.wait_streaming(&mut ferry);
+    m.wait_caught_up();
+    m.target
+        .psql(&m.target_db, "DELETE FROM ONLY dogs WHERE id = 7")
+        .unwrap();
+    let tables = "public.animals,public.dogs";
+    let (code, results, out) = validate(&m, &["--tables", tables, "--repair"]);
+    assert_eq!(code, Some(0), "{out}\n{}", ferry.log());
+    assert_eq!(
+        differences(&results["public.animals"]),
+        BTreeMap::new(),
+        "{out}"
+    );
+    assert_eq!(results["public.animals"]["rows_checked"], 100, "{out}");
+    assert_eq!(
+        differences(&results["public.dogs"]),
+        expected(&[("7", "missing", &[])]),
+        "{out}"
+    );
+    assert_eq!(results["public.dogs"]["repaired"], 1, "{out}");
+    let (code, results, out) = validate(&m, &["--tables", tables]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(results.values().all(|v| v["clean"] == true), "{out}");
+    let counts = pgsync::runtime().block_on(async {
+        let c = pgsync::connect(&m.target_url).await.unwrap();
+        let row = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM ONLY animals), (SELECT name FROM ONLY animals WHERE id = 7), (SELECT name FROM dogs WHERE id = 7)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, String>(1),
+            row.get::<_, String>(2),
+        )
+    });
+    assert_eq!(counts, (100, "a7".to_owned(), "d7".to_owned()));
+    let code = ferry
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(code, Some(0));
+}

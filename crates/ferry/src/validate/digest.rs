@@ -25,6 +25,10 @@ pub const SESSION: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
 pub struct Shape {
     /// Quoted relation name on this side.
     pub relation: String,
+    /// The relation as reads and deletes name it: `ONLY name`, since an
+    /// inheritance child is a carried table of its own (validated on its
+    /// own), or plainly when partitioned ([`Shape::partitioned`]).
+    rows: String,
     /// Quoted key columns and their types (empty: no key).
     keys: Vec<(String, String)>,
     /// Text key columns compare in byte order (`COLLATE "C"`), the order a
@@ -42,10 +46,20 @@ pub struct Bounds {
 }
 
 impl Shape {
+    /// A partitioned table: its rows are its partitions' (`ONLY` would
+    /// read none).
+    pub fn partitioned(mut self, partitioned: bool) -> Shape {
+        if partitioned {
+            self.rows = self.relation.clone();
+        }
+        self
+    }
+
     /// `schema` read as `relation` (the target may carry another name).
     pub fn new(schema: &TableSchema, relation: &TableId) -> Shape {
         Shape {
             relation: relation.quoted(),
+            rows: format!("ONLY {}", relation.quoted()),
             keys: schema
                 .key
                 .iter()
@@ -148,7 +162,7 @@ impl Shape {
         format!(
             "SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET ${offset}::int8 LIMIT 1",
             self.key_texts(),
-            self.relation,
+            self.rows,
             self.range(Bounds { lo, hi: false }),
             self.order_by()
         )
@@ -159,7 +173,7 @@ impl Shape {
         format!(
             "SELECT count(*)::int8, coalesce(sum(h::numeric), 0)::text FROM (SELECT {} AS h FROM {} WHERE {}) s",
             self.row_hash(),
-            self.relation,
+            self.rows,
             self.range(b)
         )
     }
@@ -173,7 +187,7 @@ impl Shape {
              WHERE rn % ${k}::int8 = 0 ORDER BY rn",
             self.key_texts(),
             self.order_by(),
-            self.relation,
+            self.rows,
             self.range(b)
         )
     }
@@ -195,7 +209,7 @@ impl Shape {
             "SELECT {}, ARRAY[{}]::text[] FROM {} WHERE {}{order}",
             self.key_texts(),
             cols.join(", "),
-            self.relation,
+            self.rows,
             self.range(b),
         )
     }
@@ -206,7 +220,7 @@ impl Shape {
             "SELECT {}, {} FROM {} WHERE {}",
             self.key_texts(),
             self.row_hash(),
-            self.relation,
+            self.rows,
             self.range(b)
         )
     }
@@ -245,14 +259,14 @@ impl Shape {
             "SELECT {}, ARRAY[{}]::text[] FROM {} WHERE {}",
             self.key_texts(),
             cols.join(", "),
-            self.relation,
+            self.rows,
             self.key_in(),
         )
     }
 
     /// Delete the given keys (repair of rows the source does not hold).
     pub fn delete_sql(&self) -> String {
-        format!("DELETE FROM {} WHERE {}", self.relation, self.key_in())
+        format!("DELETE FROM {} WHERE {}", self.rows, self.key_in())
     }
 
     /// Insert or overwrite one row from its columns' text forms (`$1` a
@@ -315,11 +329,11 @@ mod tests {
         let s = Shape::new(&schema(), &TableId::new("dst", "lines"));
         assert_eq!(
             s.digest_sql(Bounds { lo: true, hi: true }),
-            "SELECT count(*)::int8, coalesce(sum(h::numeric), 0)::text FROM (SELECT ('x' || left(md5(ROW(\"order\", \"line\", \"note\")::text), 16))::bit(64)::int8 AS h FROM \"dst\".\"lines\" WHERE (\"order\", \"line\") > ($1::text::bigint, $2::text::integer) AND (\"order\", \"line\") <= ($3::text::bigint, $4::text::integer)) s"
+            "SELECT count(*)::int8, coalesce(sum(h::numeric), 0)::text FROM (SELECT ('x' || left(md5(ROW(\"order\", \"line\", \"note\")::text), 16))::bit(64)::int8 AS h FROM ONLY \"dst\".\"lines\" WHERE (\"order\", \"line\") > ($1::text::bigint, $2::text::integer) AND (\"order\", \"line\") <= ($3::text::bigint, $4::text::integer)) s"
         );
         assert_eq!(
             s.next_bound_sql(false),
-            "SELECT ARRAY[\"order\"::text, \"line\"::text]::text[] FROM \"dst\".\"lines\" WHERE true ORDER BY \"order\", \"line\" OFFSET $1::int8 LIMIT 1"
+            "SELECT ARRAY[\"order\"::text, \"line\"::text]::text[] FROM ONLY \"dst\".\"lines\" WHERE true ORDER BY \"order\", \"line\" OFFSET $1::int8 LIMIT 1"
         );
         assert!(
             s.quantiles_sql(Bounds {
@@ -338,7 +352,7 @@ mod tests {
         let s = Shape::new(&t, &TableId::new("dst", "lines")).byte_ordered();
         assert_eq!(
             s.next_bound_sql(true),
-            "SELECT ARRAY[\"order\"::text, \"line\"::text]::text[] FROM \"dst\".\"lines\" WHERE (\"order\", \"line\" COLLATE \"C\") > ($1::text::bigint, $2::text::character varying(8) COLLATE \"C\") ORDER BY \"order\", \"line\" COLLATE \"C\" OFFSET $3::int8 LIMIT 1"
+            "SELECT ARRAY[\"order\"::text, \"line\"::text]::text[] FROM ONLY \"dst\".\"lines\" WHERE (\"order\", \"line\" COLLATE \"C\") > ($1::text::bigint, $2::text::character varying(8) COLLATE \"C\") ORDER BY \"order\", \"line\" COLLATE \"C\" OFFSET $3::int8 LIMIT 1"
         );
         assert!(
             s.range_rows_sql(Bounds {
@@ -354,12 +368,22 @@ mod tests {
         let s = Shape::new(&schema(), &TableId::new("app", "Order Lines"));
         assert_eq!(
             s.rows_sql(),
-            "SELECT ARRAY[\"order\"::text, \"line\"::text]::text[], ARRAY[\"order\"::text, \"line\"::text, \"note\"::text]::text[] FROM \"app\".\"Order Lines\" WHERE (\"order\", \"line\") IN (SELECT u.u0::bigint, u.u1::integer FROM unnest($1::text[], $2::text[]) AS u(u0, u1))"
+            "SELECT ARRAY[\"order\"::text, \"line\"::text]::text[], ARRAY[\"order\"::text, \"line\"::text, \"note\"::text]::text[] FROM ONLY \"app\".\"Order Lines\" WHERE (\"order\", \"line\") IN (SELECT u.u0::bigint, u.u1::integer FROM unnest($1::text[], $2::text[]) AS u(u0, u1))"
         );
         let types: Vec<String> = ["bigint", "integer", "text"].map(String::from).to_vec();
         assert_eq!(
             s.upsert_sql(&types),
             "INSERT INTO \"app\".\"Order Lines\" (\"order\", \"line\", \"note\") OVERRIDING SYSTEM VALUE VALUES (($1::text[])[1]::bigint, ($1::text[])[2]::integer, ($1::text[])[3]::text) ON CONFLICT (\"order\", \"line\") DO UPDATE SET \"note\" = EXCLUDED.\"note\""
         );
+        assert!(
+            s.delete_sql()
+                .starts_with("DELETE FROM ONLY \"app\".\"Order Lines\" WHERE")
+        );
+        let p = Shape::new(&schema(), &TableId::new("app", "Order Lines")).partitioned(true);
+        assert!(
+            p.delete_sql()
+                .starts_with("DELETE FROM \"app\".\"Order Lines\" WHERE")
+        );
+        assert!(p.rows_sql().contains(" FROM \"app\".\"Order Lines\" WHERE"));
     }
 }

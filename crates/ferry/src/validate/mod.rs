@@ -48,14 +48,14 @@ mod side;
 pub mod store;
 mod table;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use ferry_apply::state::StateStore;
-use ferry_core::TableId;
 use ferry_core::config::{Config, EndpointKind};
 use ferry_core::source::{BoxFuture, Catalog, KeyReading, Source, SourceTable};
+use ferry_core::{TableId, TableSchema};
 use ferry_monitor::{Metrics, Phase, TableValidation};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -151,6 +151,7 @@ pub async fn run(
             phase.map_or("none", Phase::as_str)
         );
     }
+    let target_partitioned = partitioned_tables(&sessions.target).await?;
     let run = Run {
         config,
         req,
@@ -158,20 +159,23 @@ pub async fn run(
         metrics,
         state: &state,
         sessions: &sessions,
+        target_partitioned,
     };
     match kind {
         EndpointKind::Postgres => {
             let source = ferry_postgres::source::PgSource::new(config.clone());
             let tables = select(config, source.catalog().await?.tables(), &req.tables)?;
             let client = session::open(&config.source, "source").await?;
+            let source_partitioned = partitioned_tables(&client).await?;
             run.tables(&tables, |t| {
                 let source = side::Pg {
                     client: &client,
-                    shape: Shape::new(&t.schema, &t.schema.id),
+                    shape: Shape::new(&t.schema, &t.schema.id)
+                        .partitioned(source_partitioned.contains(&t.schema.id)),
                 };
                 let target = side::Pg {
                     client: &sessions.target,
-                    shape: Shape::new(&t.schema, &config.tables.target_name(&t.schema.id)),
+                    shape: run.target_shape(&t.schema),
                 };
                 (
                     Box::new(source) as Box<dyn SourceSide<_>>,
@@ -206,9 +210,34 @@ struct Run<'a> {
     metrics: Option<&'a Metrics>,
     state: &'a StateStore,
     sessions: &'a Sessions,
+    /// The target's partitioned tables ([`Shape::partitioned`]).
+    target_partitioned: HashSet<TableId>,
+}
+
+/// The partitioned tables of one PostgreSQL side: validation reads every
+/// other table `ONLY` (see [`Shape::partitioned`]).
+async fn partitioned_tables(client: &tokio_postgres::Client) -> anyhow::Result<HashSet<TableId>> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'p'",
+            &[],
+        )
+        .await
+        .context("reading the partitioned tables")?;
+    Ok(rows
+        .iter()
+        .map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect())
 }
 
 impl<'a> Run<'a> {
+    /// `schema`'s table as validation reads it on the target.
+    fn target_shape(&self, schema: &TableSchema) -> Shape {
+        let id = self.config.tables.target_name(&schema.id);
+        let partitioned = self.target_partitioned.contains(&id);
+        Shape::new(schema, &id).partitioned(partitioned)
+    }
+
     /// Validate `tables` one by one, each with the sides `sides` gives;
     /// store and publish each result.
     async fn tables<'s, P: ferry_core::Position>(
@@ -266,7 +295,6 @@ impl<'a> Run<'a> {
         P: ferry_core::Position,
     {
         let schema = &t.schema;
-        let target_id = self.config.tables.target_name(&schema.id);
         let source = side::Reader {
             reader,
             schema: schema.clone(),
@@ -275,7 +303,7 @@ impl<'a> Run<'a> {
         };
         let target = side::Normalized {
             client: &self.sessions.target,
-            shape: Shape::new(schema, &target_id).byte_ordered(),
+            shape: self.target_shape(schema).byte_ordered(),
             types: schema.columns.iter().map(|c| c.pg_type.clone()).collect(),
             key_types: schema
                 .key
@@ -358,7 +386,7 @@ impl Run<'_> {
         if repair && !remaining.is_empty() {
             let keys: Vec<Key> = remaining.iter().cloned().collect();
             let types: Vec<String> = schema.columns.iter().map(|c| c.pg_type.clone()).collect();
-            let target_shape = Shape::new(schema, &target_id);
+            let target_shape = self.target_shape(schema);
             let paused = self.applier.pause().await?;
             let written = repair::repair(
                 self.sessions,
