@@ -255,8 +255,9 @@ $ferry$;
 CREATE OR REPLACE FUNCTION {s}.ddl_publish(rel oid) RETURNS void LANGUAGE plpgsql {settings} AS $ferry$
 DECLARE
   pub text;
+  kind "char";
 BEGIN
-  SELECT CASE WHEN {insert_only} THEN {insert_only_publication} ELSE {publication} END INTO pub
+  SELECT CASE WHEN {insert_only} THEN {insert_only_publication} ELSE {publication} END, c.relkind INTO pub, kind
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.oid = rel AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence = 'p'
       AND {selected}
@@ -265,7 +266,8 @@ BEGIN
   IF pub IS NOT NULL AND EXISTS (SELECT 1 FROM pg_publication p WHERE p.pubname = pub AND NOT p.puballtables)
      AND NOT EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
                      WHERE p.pubname = pub AND pr.prrelid = rel) THEN
-    EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s', pub, rel::regclass);
+    -- ONLY: a new inheritance parent's children are tables of their own.
+    EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s%s', pub, CASE WHEN kind = 'r' THEN 'ONLY ' ELSE '' END, rel::regclass);
   END IF;
 END
 $ferry$;

@@ -107,10 +107,33 @@ pub async fn ensure_publication(
         None => " FOR ALL TABLES".to_owned(),
         // An empty publication is valid: every table may be insert-only.
         Some([]) => String::new(),
-        Some(t) => format!(
-            " FOR TABLE {}",
-            t.iter().map(TableId::quoted).collect::<Vec<_>>().join(", ")
-        ),
+        Some(t) => {
+            // `ONLY`: publishing an inheritance parent plainly publishes
+            // its children too, carried or not. A partitioned table is
+            // named plainly (its partitions are its rows).
+            let names: Vec<String> = t.iter().map(TableId::quoted).collect();
+            let partitioned: Vec<String> = client
+                .query(
+                    "SELECT n FROM unnest($1::text[]) n WHERE (SELECT relkind FROM pg_class WHERE oid = n::regclass) = 'p'",
+                    &[&names],
+                )
+                .await
+                .map_err(|e| query_error("reading the kind of the published tables", e))?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect();
+            let items: Vec<String> = names
+                .into_iter()
+                .map(|n| {
+                    if partitioned.contains(&n) {
+                        n
+                    } else {
+                        format!("ONLY {n}")
+                    }
+                })
+                .collect();
+            format!(" FOR TABLE {}", items.join(", "))
+        }
     };
     let version = crate::connect::server_version_num(client).await?;
     // One implicit transaction: the publication exists only with its mark.

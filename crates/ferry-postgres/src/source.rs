@@ -279,11 +279,24 @@ impl source::Cutover<Lsn> for PgCutover {
         Ok(out)
     }
 
+    /// The table's own rows: `ONLY` (an inheritance child is counted as
+    /// the table it is, or not at all when it is not carried), a
+    /// partitioned table through its root.
     async fn count_rows(&mut self, table: &TableId) -> Result<u64, Error> {
         let name = table.quoted();
+        let partitioned: bool = self
+            .client
+            .query_one(
+                "SELECT relkind = 'p' FROM pg_class WHERE oid = $1::text::regclass",
+                &[&name],
+            )
+            .await
+            .map_err(|e| query_error(&format!("reading the kind of {name}"), e))?
+            .get(0);
+        let only = if partitioned { "" } else { "ONLY " };
         let n: i64 = self
             .client
-            .query_one(&format!("SELECT count(*) FROM {name}"), &[])
+            .query_one(&format!("SELECT count(*) FROM {only}{name}"), &[])
             .await
             .map_err(|e| query_error(&format!("counting {name}"), e))?
             .get(0);

@@ -511,8 +511,10 @@ async fn count_rows<P: Position>(
     for (src, dst) in carried {
         let s = session.count_rows(&src).await?;
         let table = dst.quoted();
+        // The table's own rows, as on the source.
+        let own = ferry_apply::truncate::own_rows(target, std::slice::from_ref(&table)).await?;
         let t: i64 = target
-            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .query_one(&format!("SELECT count(*) FROM {}", own[0]), &[])
             .await
             .map_err(|e| query_error(&format!("counting {table} on the target"), e))?
             .get(0);
