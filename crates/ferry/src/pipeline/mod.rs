@@ -622,7 +622,7 @@ async fn finish_after_cutover<S: Source>(
 /// (no-replica-role mode); each in its own transaction with its done mark.
 async fn validate_after_cutover(config: &Config, state: &StateStore) -> anyhow::Result<()> {
     let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
-    for v in overrides::validate_foreign_keys(&mut target, state)
+    for v in overrides::validate_foreign_keys(config, &mut target, state)
         .await
         .context(
             "validating the foreign keys re-created at cutover; run `ferry run` again to retry",

@@ -333,13 +333,20 @@ async fn put_back(
 /// Validate the foreign keys post-data built `NOT VALID`, each in its own
 /// transaction with its done mark. Call only once every table has reached
 /// one consistent source position (catch-up passed every table snapshot).
+///
+/// The keys of different tables are validated in parallel, on as many
+/// sessions as the index builds use (`VALIDATE CONSTRAINT` takes a SHARE
+/// UPDATE EXCLUSIVE lock on its table and ROW SHARE on the referenced one:
+/// validations of different tables do not wait for each other, nor does
+/// the applier); the keys of one table one after the other, on one session.
 pub async fn validate_foreign_keys(
+    config: &ferry_core::config::Config,
     target: &mut Client,
     state: &StateStore,
 ) -> anyhow::Result<Vec<String>> {
-    let mut done = Vec::new();
     // Dropped until cutover (no-replica-role mode): validated there.
     let dropped = pending(target, state, &["dropped_fk"]).await?;
+    let mut groups: Vec<Vec<Pending>> = Vec::new();
     for p in pending(target, state, &["foreign_key"]).await? {
         if dropped
             .iter()
@@ -347,19 +354,80 @@ pub async fn validate_foreign_keys(
         {
             continue;
         }
-        let started = std::time::Instant::now();
-        let tx = target.transaction().await?;
-        let shown = put_back(&tx, state, &p).await.with_context(|| {
-            format!(
-                "the target's {} rows do not satisfy foreign key {} at a consistent position; compare the tables with `ferry validate`",
-                p.table, p.object
-            )
-        })?;
-        tx.commit().await?;
-        info!(table = %p.table, constraint = %p.object, secs = started.elapsed().as_secs_f64(), "foreign key validated");
-        done.push(shown);
+        match groups.iter_mut().find(|g| g[0].relid == p.relid) {
+            Some(g) => g.push(p),
+            None => groups.push(vec![p]),
+        }
     }
-    Ok(done)
+    let workers = config
+        .load
+        .index_parallelism
+        .unwrap_or_else(|| config.load.effective_parallelism())
+        .clamp(1, groups.len().max(1));
+    if workers == 1 {
+        let mut done = Vec::new();
+        for p in groups.iter().flatten() {
+            done.push(validate_one(target, state, p).await?);
+        }
+        return Ok(done);
+    }
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
+        groups,
+    )));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (config, state, queue) = (config.clone(), state.clone(), queue.clone());
+        set.spawn(async move {
+            let mut client = ferry_postgres::connect::connect(&config.target, "target").await?;
+            let mut done = Vec::new();
+            loop {
+                let Some(group) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+                    return anyhow::Ok(done);
+                };
+                for p in &group {
+                    done.push(validate_one(&mut client, &state, p).await?);
+                }
+            }
+        });
+    }
+    let mut done = Vec::new();
+    let mut failed = None;
+    while let Some(joined) = set.join_next().await {
+        match joined.context("a foreign key validation task failed")? {
+            Ok(d) => done.extend(d),
+            Err(e) => {
+                // The others finish their key (each is its own
+                // transaction); the first failure is reported.
+                if let Ok(mut q) = queue.lock() {
+                    q.clear();
+                }
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(done),
+    }
+}
+
+/// Validate one foreign key in its own transaction with its done mark.
+async fn validate_one(
+    client: &mut Client,
+    state: &StateStore,
+    p: &Pending,
+) -> anyhow::Result<String> {
+    let started = std::time::Instant::now();
+    let tx = client.transaction().await?;
+    let shown = put_back(&tx, state, p).await.with_context(|| {
+        format!(
+            "the target's {} rows do not satisfy foreign key {} at a consistent position; compare the tables with `ferry validate`",
+            p.table, p.object
+        )
+    })?;
+    tx.commit().await?;
+    info!(table = %p.table, constraint = %p.object, secs = started.elapsed().as_secs_f64(), "foreign key validated");
+    Ok(shown)
 }
 
 /// Put every recorded change back (inside the caller's transaction):

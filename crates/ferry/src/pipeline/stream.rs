@@ -307,7 +307,7 @@ async fn promote_when_caught_up<P: Position>(
         h.store(false, Ordering::Release);
     }
     // Every table is now past its snapshot: one consistent position.
-    super::overrides::validate_foreign_keys(&mut target, state).await?;
+    super::overrides::validate_foreign_keys(config, &mut target, state).await?;
     let ids: Vec<_> = state
         .tables(&target)
         .await?
