@@ -19,28 +19,41 @@ pub async fn save(
     chunks: &[Chunk],
     schema: &TargetSchema,
 ) -> anyhow::Result<()> {
-    let insert = format!(
-        "INSERT INTO {} VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        state.table("load_plan")
+    // Each list in one statement (arrays, one row per element): a
+    // statement per row cost a round trip or two each, hundreds on a
+    // schema like Pagila's.
+    let mut cols = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
     );
     for c in chunks {
-        target
-            .execute(
-                &insert,
-                &[
-                    &c.table.schema,
-                    &c.table.name,
-                    &(c.index as i32),
-                    &c.relation.schema,
-                    &c.relation.name,
-                    &c.predicate,
-                    &c.only,
-                    &(c.total as i32),
-                ],
-            )
-            .await
-            .context("saving the chunk plan")?;
+        cols.0.push(c.table.schema.as_str());
+        cols.1.push(c.table.name.as_str());
+        cols.2.push(c.index as i32);
+        cols.3.push(c.relation.schema.as_str());
+        cols.4.push(c.relation.name.as_str());
+        cols.5.push(c.predicate.as_deref());
+        cols.6.push(c.only);
+        cols.7.push(c.total as i32);
     }
+    target
+        .execute(
+            &format!(
+                "INSERT INTO {} SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::text[], $7::bool[], $8::int4[])",
+                state.table("load_plan")
+            ),
+            &[
+                &cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &cols.6, &cols.7,
+            ],
+        )
+        .await
+        .context("saving the chunk plan")?;
     target
         .execute(
             &format!(
@@ -51,63 +64,83 @@ pub async fn save(
         )
         .await
         .context("saving the post-data preamble")?;
-    let insert = format!(
-        "INSERT INTO {} (seq, kind, name, parallel, sql, fk_table, fk_name)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        state.table("post_data")
-    );
-    let entries = schema
+    let entries: Vec<_> = schema
         .post_parallel
         .iter()
         .map(|e| (e, true))
-        .chain(schema.post_sequential.iter().map(|e| (e, false)));
-    for (seq, (e, parallel)) in entries.enumerate() {
-        let deferred = match e.kind.as_str() {
-            "FK CONSTRAINT" => deferrable_foreign_key(target, &e.sql).await?,
+        .chain(schema.post_sequential.iter().map(|e| (e, false)))
+        .collect();
+    let deferred: Vec<Option<DeferredForeignKey>> = entries
+        .iter()
+        .map(|(e, _)| match e.kind.as_str() {
+            "FK CONSTRAINT" => defer_foreign_key(&e.sql),
             _ => None,
-        };
-        let (sql, fk_table, fk_name) = match deferred {
+        })
+        .collect();
+    let on_partitioned = partitioned_tables(
+        target,
+        deferred
+            .iter()
+            .flatten()
+            .map(|d| d.table.as_str())
+            .collect(),
+    )
+    .await?;
+    let mut cols = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for (seq, ((e, parallel), d)) in entries.iter().zip(deferred).enumerate() {
+        // PostgreSQL before 18 cannot add a `NOT VALID` foreign key to a
+        // partitioned table: that one is built as the dump says.
+        let d = d.filter(|d| !on_partitioned.contains(&d.table));
+        let (sql, fk_table, fk_name) = match d {
             Some(d) => (d.sql, Some(d.table), Some(d.constraint)),
             None => (e.sql.clone(), None, None),
         };
-        target
-            .execute(
-                &insert,
-                &[
-                    &(seq as i32),
-                    &e.kind,
-                    &e.name,
-                    &parallel,
-                    &sql,
-                    &fk_table,
-                    &fk_name,
-                ],
-            )
-            .await
-            .context("saving post-data statements")?;
+        cols.0.push(seq as i32);
+        cols.1.push(e.kind.as_str());
+        cols.2.push(e.name.as_str());
+        cols.3.push(*parallel);
+        cols.4.push(sql);
+        cols.5.push(fk_table);
+        cols.6.push(fk_name);
     }
+    target
+        .execute(
+            &format!(
+                "INSERT INTO {} (seq, kind, name, parallel, sql, fk_table, fk_name)
+                 SELECT * FROM unnest($1::int4[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[])",
+                state.table("post_data")
+            ),
+            &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &cols.6],
+        )
+        .await
+        .context("saving post-data statements")?;
     Ok(())
 }
 
-/// The foreign key to build `NOT VALID` (validated after catch-up), or
-/// `None` to build it as the dump says: PostgreSQL before 18 cannot add a
-/// `NOT VALID` foreign key to a partitioned table.
-async fn deferrable_foreign_key(
+/// Which of `tables` (as a dump writes them) are partitioned on the target.
+async fn partitioned_tables(
     target: &Client,
-    sql: &str,
-) -> anyhow::Result<Option<DeferredForeignKey>> {
-    let Some(d) = defer_foreign_key(sql) else {
-        return Ok(None);
-    };
-    let partitioned: bool = target
-        .query_one(
-            "SELECT coalesce((SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass($1)), false)",
-            &[&d.table],
+    tables: Vec<&str>,
+) -> anyhow::Result<std::collections::HashSet<String>> {
+    if tables.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows = target
+        .query(
+            "SELECT t FROM unnest($1::text[]) t WHERE coalesce((SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass(t)), false)",
+            &[&tables],
         )
         .await
-        .context("looking up the table of a foreign key")?
-        .get(0);
-    Ok((!partitioned).then_some(d))
+        .context("looking up the tables of the foreign keys")?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// The saved chunks of `table`.
