@@ -199,6 +199,32 @@ impl StateStore {
         Ok(())
     }
 
+    /// [`StateStore::register_table`] for many tables in one statement:
+    /// (source, target, row estimate, chunks) each.
+    pub async fn register_tables(
+        &self,
+        client: &Client,
+        tables: &[(TableId, TableId, Option<i64>, Option<i32>)],
+    ) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO {} (source_table, target_table, row_estimate, chunks_total)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int4[])
+             ON CONFLICT (source_table) DO UPDATE SET target_table = EXCLUDED.target_table,
+                row_estimate = EXCLUDED.row_estimate, chunks_total = EXCLUDED.chunks_total,
+                updated_at = now()",
+            self.table("tables")
+        );
+        let sources: Vec<String> = tables.iter().map(|t| table_key(&t.0)).collect();
+        let targets: Vec<String> = tables.iter().map(|t| table_key(&t.1)).collect();
+        let estimates: Vec<Option<i64>> = tables.iter().map(|t| t.2).collect();
+        let chunks: Vec<Option<i32>> = tables.iter().map(|t| t.3).collect();
+        client
+            .execute(&sql, &[&sources, &targets, &estimates, &chunks])
+            .await
+            .map_err(|e| pg_error(format!("registering {} tables", tables.len()), e))?;
+        Ok(())
+    }
+
     /// A carried table renamed on the source (a carried schema change):
     /// its row follows the new names.
     pub async fn rename_table(

@@ -86,19 +86,19 @@ pub async fn run<S: Source>(
             tables.iter().map(|t| t.schema.id.clone()).collect()
         };
         super::overrides::relax_identities(target, state, &ids).await?;
-        for t in &tables {
-            let chunks_total = chunks.iter().filter(|c| c.table == t.schema.id).count() as i32;
-            let estimate = t.row_estimate.map(|r| r as i64);
-            state
-                .register_table(
-                    target,
-                    &t.schema.id,
-                    &config.tables.target_name(&t.schema.id),
-                    estimate,
+        let registered: Vec<_> = tables
+            .iter()
+            .map(|t| {
+                let chunks_total = chunks.iter().filter(|c| c.table == t.schema.id).count() as i32;
+                (
+                    t.schema.id.clone(),
+                    config.tables.target_name(&t.schema.id),
+                    t.row_estimate.map(|r| r as i64),
                     Some(chunks_total),
                 )
-                .await?;
-        }
+            })
+            .collect();
+        state.register_tables(target, &registered).await?;
         plan_store::save(target, state, &chunks, &schema).await?;
         ferry_apply::checkpoint::write_checkpoint(
             target,
