@@ -120,9 +120,6 @@ pub struct Writer {
     partitioned: HashMap<TableId, bool>,
 }
 
-/// Whether the target table `$1` is partitioned.
-const PARTITIONED: &str = "SELECT relkind = 'p' FROM pg_class WHERE oid = $1::text::regclass";
-
 /// Whether the target table `$1` has a valid, immediate (not deferrable),
 /// non-partial unique index on exactly the key columns `$2`: only then
 /// does a plain `INSERT` of a key that is there fail instead of doubling
@@ -173,11 +170,9 @@ impl Writer {
         let partitioned = match self.partitioned.get(source) {
             Some(&p) => p,
             None => {
-                let p: bool = client
-                    .query_one(PARTITIONED, &[&id.quoted()])
-                    .await
-                    .map_err(|e| pg_error(format!("reading the kind of {id}"), e))?
-                    .get(0);
+                let p = !crate::truncate::partitioned(client, &[id.quoted()])
+                    .await?
+                    .is_empty();
                 self.partitioned.insert(source.clone(), p);
                 p
             }

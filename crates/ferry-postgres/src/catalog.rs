@@ -531,6 +531,33 @@ async fn read_types(client: &Client, state_schema: &str) -> Result<Vec<SourceTyp
         .collect())
 }
 
+/// `names` (quoted) as statements on a table's own rows name them: `ONLY
+/// name`, so an inheritance parent leaves out its children (tables of
+/// their own, carried or not); a partitioned table plainly (its rows are
+/// its partitions').
+pub async fn own_rows(client: &Client, names: &[String]) -> Result<Vec<String>, Error> {
+    let partitioned: Vec<String> = client
+        .query(
+            "SELECT n FROM unnest($1::text[]) n WHERE (SELECT relkind FROM pg_class WHERE oid = n::regclass) = 'p'",
+            &[&names],
+        )
+        .await
+        .map_err(|e| query_error(&format!("reading the kind of {}", names.join(", ")), e))?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(names
+        .iter()
+        .map(|n| {
+            if partitioned.contains(n) {
+                n.clone()
+            } else {
+                format!("ONLY {n}")
+            }
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -112,26 +112,7 @@ pub async fn ensure_publication(
             // its children too, carried or not. A partitioned table is
             // named plainly (its partitions are its rows).
             let names: Vec<String> = t.iter().map(TableId::quoted).collect();
-            let partitioned: Vec<String> = client
-                .query(
-                    "SELECT n FROM unnest($1::text[]) n WHERE (SELECT relkind FROM pg_class WHERE oid = n::regclass) = 'p'",
-                    &[&names],
-                )
-                .await
-                .map_err(|e| query_error("reading the kind of the published tables", e))?
-                .into_iter()
-                .map(|r| r.get(0))
-                .collect();
-            let items: Vec<String> = names
-                .into_iter()
-                .map(|n| {
-                    if partitioned.contains(&n) {
-                        n
-                    } else {
-                        format!("ONLY {n}")
-                    }
-                })
-                .collect();
+            let items = crate::catalog::own_rows(client, &names).await?;
             format!(" FOR TABLE {}", items.join(", "))
         }
     };

@@ -284,19 +284,10 @@ impl source::Cutover<Lsn> for PgCutover {
     /// partitioned table through its root.
     async fn count_rows(&mut self, table: &TableId) -> Result<u64, Error> {
         let name = table.quoted();
-        let partitioned: bool = self
-            .client
-            .query_one(
-                "SELECT relkind = 'p' FROM pg_class WHERE oid = $1::text::regclass",
-                &[&name],
-            )
-            .await
-            .map_err(|e| query_error(&format!("reading the kind of {name}"), e))?
-            .get(0);
-        let only = if partitioned { "" } else { "ONLY " };
+        let own = crate::catalog::own_rows(&self.client, std::slice::from_ref(&name)).await?;
         let n: i64 = self
             .client
-            .query_one(&format!("SELECT count(*) FROM {only}{name}"), &[])
+            .query_one(&format!("SELECT count(*) FROM {}", own[0]), &[])
             .await
             .map_err(|e| query_error(&format!("counting {name}"), e))?
             .get(0);

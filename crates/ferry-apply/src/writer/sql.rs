@@ -34,14 +34,6 @@ pub struct Target {
 }
 
 impl Target {
-    /// A table that is not partitioned.
-    pub fn plain(id: TableId) -> Target {
-        Target {
-            id,
-            partitioned: false,
-        }
-    }
-
     /// The table as `UPDATE`, `DELETE` and their row searches name it:
     /// `ONLY t`, because a source change of one relation touches that
     /// table's rows and never an inheritance child's with the same key

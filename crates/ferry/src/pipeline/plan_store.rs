@@ -22,26 +22,13 @@ pub async fn save(
     // Each list in one statement (arrays, one row per element): a
     // statement per row cost a round trip or two each, hundreds on a
     // schema like Pagila's.
-    let mut cols = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    for c in chunks {
-        cols.0.push(c.table.schema.as_str());
-        cols.1.push(c.table.name.as_str());
-        cols.2.push(c.index as i32);
-        cols.3.push(c.relation.schema.as_str());
-        cols.4.push(c.relation.name.as_str());
-        cols.5.push(c.predicate.as_deref());
-        cols.6.push(c.only);
-        cols.7.push(c.total as i32);
-    }
+    let column = |f: fn(&Chunk) -> &str| chunks.iter().map(f).collect::<Vec<_>>();
+    let (table_schemas, table_names) = (column(|c| &c.table.schema), column(|c| &c.table.name));
+    let (rel_schemas, rel_names) = (column(|c| &c.relation.schema), column(|c| &c.relation.name));
+    let indexes: Vec<i32> = chunks.iter().map(|c| c.index as i32).collect();
+    let predicates: Vec<Option<&str>> = chunks.iter().map(|c| c.predicate.as_deref()).collect();
+    let only: Vec<bool> = chunks.iter().map(|c| c.only).collect();
+    let totals: Vec<i32> = chunks.iter().map(|c| c.total as i32).collect();
     target
         .execute(
             &format!(
@@ -49,7 +36,14 @@ pub async fn save(
                 state.table("load_plan")
             ),
             &[
-                &cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &cols.6, &cols.7,
+                &table_schemas,
+                &table_names,
+                &indexes,
+                &rel_schemas,
+                &rel_names,
+                &predicates,
+                &only,
+                &totals,
             ],
         )
         .await
@@ -86,31 +80,25 @@ pub async fn save(
             .collect(),
     )
     .await?;
-    let mut cols = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    for (seq, ((e, parallel), d)) in entries.iter().zip(deferred).enumerate() {
-        // PostgreSQL before 18 cannot add a `NOT VALID` foreign key to a
-        // partitioned table: that one is built as the dump says.
-        let d = d.filter(|d| !on_partitioned.contains(&d.table));
-        let (sql, fk_table, fk_name) = match d {
-            Some(d) => (d.sql, Some(d.table), Some(d.constraint)),
-            None => (e.sql.clone(), None, None),
-        };
-        cols.0.push(seq as i32);
-        cols.1.push(e.kind.as_str());
-        cols.2.push(e.name.as_str());
-        cols.3.push(*parallel);
-        cols.4.push(sql);
-        cols.5.push(fk_table);
-        cols.6.push(fk_name);
-    }
+    // PostgreSQL before 18 cannot add a `NOT VALID` foreign key to a
+    // partitioned table: that one is built as the dump says.
+    let built: Vec<(String, Option<String>, Option<String>)> = entries
+        .iter()
+        .zip(deferred)
+        .map(
+            |((e, _), d)| match d.filter(|d| !on_partitioned.contains(&d.table)) {
+                Some(d) => (d.sql, Some(d.table), Some(d.constraint)),
+                None => (e.sql.clone(), None, None),
+            },
+        )
+        .collect();
+    let seqs: Vec<i32> = (0..entries.len() as i32).collect();
+    let kinds: Vec<&str> = entries.iter().map(|(e, _)| e.kind.as_str()).collect();
+    let names: Vec<&str> = entries.iter().map(|(e, _)| e.name.as_str()).collect();
+    let parallel: Vec<bool> = entries.iter().map(|(_, p)| *p).collect();
+    let sqls: Vec<&str> = built.iter().map(|b| b.0.as_str()).collect();
+    let fk_tables: Vec<Option<&str>> = built.iter().map(|b| b.1.as_deref()).collect();
+    let fk_names: Vec<Option<&str>> = built.iter().map(|b| b.2.as_deref()).collect();
     target
         .execute(
             &format!(
@@ -118,7 +106,15 @@ pub async fn save(
                  SELECT * FROM unnest($1::int4[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[])",
                 state.table("post_data")
             ),
-            &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &cols.6],
+            &[
+                &seqs,
+                &kinds,
+                &names,
+                &parallel,
+                &sqls,
+                &fk_tables,
+                &fk_names,
+            ],
         )
         .await
         .context("saving post-data statements")?;

@@ -21,7 +21,10 @@ fn schema() -> TableSchema {
 #[test]
 fn keyed_sql_golden() {
     let s = schema();
-    let t = Target::plain(TableId::new("dst", "T"));
+    let t = Target {
+        id: TableId::new("dst", "T"),
+        partitioned: false,
+    };
     assert_eq!(
         delete_sql(&t, "st", &s),
         "DELETE FROM ONLY \"dst\".\"T\" AS t USING pg_temp.\"st\" AS s WHERE s.__ferry_op = 0 AND t.\"id\" = s.\"id\""
@@ -99,7 +102,10 @@ fn in_order_sql_golden() {
     ]
     .into();
     let keyed = in_order_schema(vec![0]);
-    let t = Target::plain(TableId::new("d", "k"));
+    let t = Target {
+        id: TableId::new("d", "k"),
+        partitioned: false,
+    };
     let sql = InOrderSql {
         target: &t,
         stage: "st",
