@@ -164,6 +164,41 @@ fn pagila_migrates_completely_while_writes_continue() {
             .await
             .unwrap();
         assert_eq!(t.get::<_, &str>(0), "mpaa_rating");
+        // Every index and key was built (small tables' index builds share
+        // transactions), and the foreign keys were validated while the
+        // applier caught up: every table was loaded from the stream's start.
+        let indexes = "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'";
+        let (want, got): (i64, i64) = (
+            src.query_one(indexes, &[]).await.unwrap().get(0),
+            dst.query_one(indexes, &[]).await.unwrap().get(0),
+        );
+        assert!(want > 50, "pagila indexes on the source: {want}");
+        assert_eq!(got, want, "indexes on the target");
+        let fks = "SELECT count(*) FILTER (WHERE convalidated), count(*) FROM pg_constraint \
+                   WHERE contype = 'f' AND connamespace = 'public'::regnamespace";
+        let start = std::time::Instant::now();
+        loop {
+            let phase = dst
+                .query_one("SELECT phase FROM ferry.pipeline", &[])
+                .await
+                .unwrap();
+            if phase.get::<_, &str>(0) == "stream" {
+                break;
+            }
+            assert!(start.elapsed() < LONG, "never caught up:\n{}", ferry.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (valid, all): (i64, i64) = {
+            let r = dst.query_one(fks, &[]).await.unwrap();
+            (r.get(0), r.get(1))
+        };
+        assert!(all > 30, "pagila foreign keys on the target: {all}");
+        assert_eq!(valid, all, "foreign keys validated");
+        let log = ferry.log();
+        assert!(
+            log.contains("validating foreign keys while catching up"),
+            "{log}"
+        );
     });
     let code = ferry
         .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))

@@ -165,23 +165,28 @@ pub async fn dump_schema(
             "check tables.include / tables.exclude",
         ));
     }
-    let dump = pg_dump_version(&find_pg_dump()?).await?;
-    let server_major = server_version_num(client).await? / 10_000;
-    check_version(&dump, server_major)?;
+    let path = find_pg_dump()?;
     // Both sections at once: each pg_dump is its own session (in the same
     // exported snapshot when there is one), and most of its time is spent
-    // waiting on the server's catalog queries.
-    let (pre_data, post_data) = tokio::try_join!(
-        run_pg_dump(&dump, endpoint, schemas, state_schema, "pre-data", snapshot),
+    // waiting on the server's catalog queries. The version check runs
+    // beside them and its verdict comes first: a pg_dump older than the
+    // server fails with the fix named, not with pg_dump's own message.
+    let (dump, server, pre_data, post_data) = tokio::join!(
+        pg_dump_version(&path),
+        server_version_num(client),
+        run_pg_dump(&path, endpoint, schemas, state_schema, "pre-data", snapshot),
         run_pg_dump(
-            &dump,
+            &path,
             endpoint,
             schemas,
             state_schema,
             "post-data",
             snapshot
         ),
-    )?;
+    );
+    let dump = dump?;
+    check_version(&dump, server? / 10_000)?;
+    let (pre_data, post_data) = (pre_data?, post_data?);
     let post_data = strip_meta_commands(&post_data);
     let pre_data = tidy_pre_data(&pre_data);
     Ok(SchemaDump {
@@ -192,7 +197,7 @@ pub async fn dump_schema(
 }
 
 async fn run_pg_dump(
-    dump: &PgDump,
+    pg_dump: &Path,
     endpoint: &Endpoint,
     schemas: &[String],
     state_schema: &str,
@@ -200,7 +205,7 @@ async fn run_pg_dump(
     snapshot: Option<&str>,
 ) -> Result<String, Error> {
     let config = pg_config(endpoint, "source")?;
-    let mut cmd = tokio::process::Command::new(&dump.path);
+    let mut cmd = tokio::process::Command::new(pg_dump);
     cmd.args(["--schema-only", "--no-owner", "--no-privileges"])
         .args([
             "--no-publications",
@@ -261,7 +266,7 @@ async fn run_pg_dump(
     };
     let out = cmd.output().await.map_err(|e| {
         Error::operator(
-            format!("cannot run {}: {e}", dump.path.display()),
+            format!("cannot run {}: {e}", pg_dump.display()),
             "check that pg_dump is installed and executable",
         )
     })?;

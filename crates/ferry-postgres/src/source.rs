@@ -652,21 +652,30 @@ impl PgSource {
         snapshot: &PgSnapshot,
         schemas: &[String],
     ) -> Result<Option<Option<crate::dump::SchemaDump>>, Error> {
-        let session = SnapshotSession::open(&snapshot.endpoint, &snapshot.name).await?;
-        let at = Fingerprint::at(session.client(), schemas).await?;
-        let _ = session.close().await;
-        let dump = match self.config.target_tables.existing() {
-            true => Ok(None),
-            false => crate::dump::dump_schema(
-                &self.config.source,
-                &self.client().await?,
-                schemas,
-                &self.config.state.schema,
-                Some(&snapshot.name),
-            )
-            .await
-            .map(Some),
+        // The fingerprint as the snapshot sees it, read while pg_dump runs
+        // (both see the snapshot, so neither waits for the other).
+        let fingerprint = async {
+            let session = SnapshotSession::open(&snapshot.endpoint, &snapshot.name).await?;
+            let at = Fingerprint::at(session.client(), schemas).await;
+            let _ = session.close().await;
+            at
         };
+        let dump = async {
+            match self.config.target_tables.existing() {
+                true => Ok(None),
+                false => crate::dump::dump_schema(
+                    &self.config.source,
+                    &self.client().await?,
+                    schemas,
+                    &self.config.state.schema,
+                    Some(&snapshot.name),
+                )
+                .await
+                .map(Some),
+            }
+        };
+        let (at, dump) = tokio::join!(fingerprint, dump);
+        let at = at?;
         // A failed dump (a table dropped since) is retried like a mixed one.
         if !at.unchanged(&self.config.source).await? {
             return Ok(None);

@@ -122,7 +122,18 @@ pub async fn read_row(client: &Client, state: &StateStore) -> Option<FallbackRow
 pub async fn reverse_live(config: &Config) -> anyhow::Result<bool> {
     let target = connect(&config.target, "target").await?;
     let state = StateStore::new(config.state.schema.clone());
-    state.ensure(&target).await?;
+    // Read only: a first run makes the state schema later, beside the
+    // checks of `ferry plan`, instead of before them.
+    let made: bool = target
+        .query_one(
+            "SELECT to_regclass($1::text) IS NOT NULL",
+            &[&state.table("pipeline")],
+        )
+        .await?
+        .get(0);
+    if !made {
+        return Ok(false);
+    }
     let done = state.read_phase(&target).await? == Some(Phase::Done);
     Ok(done
         && read_row(&target, &state)

@@ -393,6 +393,38 @@ pub async fn pending_after_catch_up(
         .count())
 }
 
+/// The index and key builds the workers share. A group of index builds
+/// in one transaction ([`plan_store::run_post_group`]) holds SHARE locks
+/// on several tables until its commit; a key added meanwhile takes ACCESS
+/// EXCLUSIVE locks, on every partition of a partitioned table one after
+/// the other, and could wait for the group while holding a lock the group
+/// waits for (a deadlock). So a group takes a second build only when no
+/// key is left to add, queued or being added: after that every lock taken
+/// is a SHARE lock, and none waits for another.
+struct BuildQueue {
+    items: VecDeque<plan_store::PostStatement>,
+    /// Keys and other builds that are not plain indexes, queued or running.
+    keys_left: usize,
+}
+
+impl BuildQueue {
+    fn new(items: Vec<plan_store::PostStatement>) -> Self {
+        let keys_left = items.iter().filter(|s| !plan_store::groupable(s)).count();
+        BuildQueue {
+            items: items.into(),
+            keys_left,
+        }
+    }
+
+    /// The next build to join an open group, if one may.
+    fn next_for_group(&mut self) -> Option<plan_store::PostStatement> {
+        if self.keys_left > 0 {
+            return None;
+        }
+        self.items.pop_front()
+    }
+}
+
 /// Build the pending post-data statements that wait for catch-up
 /// (`after_catch_up`) or the others.
 async fn build(config: &Config, state: &StateStore, after_catch_up: bool) -> anyhow::Result<()> {
@@ -416,7 +448,7 @@ async fn build(config: &Config, state: &StateStore, after_catch_up: bool) -> any
         after_catch_up,
         "building post-data objects"
     );
-    let queue = Arc::new(Mutex::new(VecDeque::from(parallel)));
+    let queue = Arc::new(Mutex::new(BuildQueue::new(parallel)));
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..workers {
         let (config, state, queue, preamble) = (
@@ -428,10 +460,27 @@ async fn build(config: &Config, state: &StateStore, after_catch_up: bool) -> any
         set.spawn(async move {
             let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
             index_session(&target).await?;
-            while let Some(stmt) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
-                let started = std::time::Instant::now();
-                plan_store::run_post_statement(&mut target, &state, &preamble, &stmt).await?;
-                info!(kind = %stmt.kind, name = %stmt.name, secs = started.elapsed().as_secs_f64(), "built");
+            let pop = || queue.lock().ok().and_then(|mut q| q.items.pop_front());
+            while let Some(stmt) = pop() {
+                let key = !plan_store::groupable(&stmt);
+                if after_catch_up {
+                    // The applier writes these tables: one build per commit.
+                    let started = std::time::Instant::now();
+                    plan_store::run_post_statement(&mut target, &state, &preamble, &stmt).await?;
+                    info!(kind = %stmt.kind, name = %stmt.name, secs = started.elapsed().as_secs_f64(), "built");
+                    continue;
+                }
+                // Quick index builds in a row share a transaction, once no
+                // key is left to add (see `BuildQueue`).
+                let next = || queue.lock().ok()?.next_for_group();
+                let built =
+                    plan_store::run_post_group(&mut target, &state, &preamble, stmt, next).await?;
+                if key && let Ok(mut q) = queue.lock() {
+                    q.keys_left -= 1;
+                }
+                for (stmt, took) in built {
+                    info!(kind = %stmt.kind, name = %stmt.name, secs = took.as_secs_f64(), "built");
+                }
             }
             anyhow::Ok(())
         });

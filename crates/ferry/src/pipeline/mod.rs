@@ -215,10 +215,16 @@ async fn run_once<S: Source>(
         anyhow::Ok((target, phase))
     };
     tokio::pin!(ready);
+    // The source's catalog is read meanwhile too (read only; dropped
+    // unread when the run stops here).
+    let read_catalog = source.catalog();
+    tokio::pin!(read_catalog);
+    let mut catalog_read = None;
     let (target, phase) = loop {
         tokio::select! {
             ready = &mut ready => break ready?,
             why = &mut refused, if checked.is_none() => checked = Some(why),
+            c = &mut read_catalog, if catalog_read.is_none() => catalog_read = Some(c),
         }
     };
     if phase == Some(Phase::Done) {
@@ -239,7 +245,12 @@ async fn run_once<S: Source>(
     // replica identity would make the application's UPDATEs fail.
     let why = match checked {
         Some(why) => why,
-        None => refused.await,
+        None => loop {
+            tokio::select! {
+                why = &mut refused => break why,
+                c = &mut read_catalog, if catalog_read.is_none() => catalog_read = Some(c),
+            }
+        },
     };
     if let Some(why) = why {
         tracing::error!("{why}");
@@ -258,7 +269,10 @@ async fn run_once<S: Source>(
         same_source(source.as_ref(), &state, &target).await?;
     }
 
-    let mut catalog = source.catalog().await?;
+    let mut catalog = match catalog_read {
+        Some(c) => c?,
+        None => read_catalog.await?,
+    };
     let tables = catalog.tables();
     // Existing target tables: matched now, named as renames from here on.
     let mapping = match config.target_tables.existing() {

@@ -280,6 +280,66 @@ pub async fn run_post_statement(
     run_post_statements(target, state, preamble, std::slice::from_ref(stmt)).await
 }
 
+/// Run `first`, then, while each took little time, the `CREATE INDEX`
+/// statements `next` hands out, marking them done, all in one
+/// transaction: small tables' index builds share one commit (and its
+/// flush) instead of one each, and a crash loses at most
+/// [`GROUP_FOR`] of work. Only plain index builds join a group: they
+/// take SHARE locks, which never wait for each other, so a worker holding
+/// a group's locks waits only for a key being added on its own (its
+/// ACCESS EXCLUSIVE lock is the one lock of that transaction).
+pub async fn run_post_group(
+    target: &mut Client,
+    state: &StateStore,
+    preamble: &str,
+    first: PostStatement,
+    mut next: impl FnMut() -> Option<PostStatement>,
+) -> anyhow::Result<Vec<(PostStatement, std::time::Duration)>> {
+    let tx = target.transaction().await?;
+    if !preamble.trim().is_empty() {
+        tx.batch_execute(preamble)
+            .await
+            .context("post-data preamble")?;
+    }
+    let started = std::time::Instant::now();
+    let mut built = Vec::new();
+    let mut stmt = Some(first);
+    while let Some(s) = stmt.take() {
+        let one = std::time::Instant::now();
+        tx.batch_execute(&s.sql)
+            .await
+            .with_context(|| format!("building {} {} on the target", s.kind, s.name))?;
+        if let Some((table, constraint)) = &s.deferred_fk {
+            super::overrides::record_deferred_foreign_key(&tx, state, table, constraint).await?;
+        }
+        let grouped = groupable(&s);
+        built.push((s, one.elapsed()));
+        if grouped && started.elapsed() < GROUP_FOR {
+            stmt = next();
+        }
+    }
+    let seqs: Vec<i32> = built.iter().map(|(s, _)| s.seq).collect();
+    tx.execute(
+        &format!(
+            "UPDATE {} SET done_at = now() WHERE seq = ANY($1)",
+            state.table("post_data")
+        ),
+        &[&seqs],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(built)
+}
+
+/// How long a group of index builds ([`run_post_group`]) keeps taking
+/// more: past it, the next build starts a transaction of its own.
+pub const GROUP_FOR: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// A plain `CREATE INDEX` (not a key, not an attachment).
+pub fn groupable(stmt: &PostStatement) -> bool {
+    stmt.kind == "INDEX"
+}
+
 /// Run post-data statements in order and mark them done, all in one
 /// transaction: a crash before its commit leaves every one of them to
 /// build again (none is half built or marked done without its object),

@@ -30,7 +30,7 @@ use ferry_apply::checkpoint::read_checkpoint;
 use ferry_apply::existing::Mapping;
 use ferry_apply::state::{Phase, StateStore, TableState};
 use ferry_apply::{Applier, ApplierConfig, RunOutcome};
-use ferry_core::config::Config;
+use ferry_core::config::{Config, EndpointKind};
 use ferry_core::source::{ChangeHandle, ChangeOptions, Probe, Source, SuperviseContext};
 use ferry_core::{ErrorClass, Event, Position};
 use tracing::{info, warn};
@@ -115,18 +115,6 @@ async fn stream_once<S: Source>(
     let head = source.probe().await?.head().await?;
     let phase = state.read_phase(&target).await?;
 
-    let options = ChangeOptions {
-        // Two of the four shares of apply.max_buffered_bytes; the applier
-        // holds the other two.
-        channel_bytes: config.apply.buffer_share(),
-        spill_threshold: config.apply.buffer_share(),
-        map: Some(Box::new(event_map(live.clone(), mapping.clone()))),
-    };
-    let (mut rx, handle) = source
-        .changes(catalog, checkpoint.position.clone(), options)
-        .await?;
-    info!(from = %checkpoint.position, source_head = %head, "streaming changes");
-
     // A watermark load's unique indexes are built under the running
     // applier once catch-up has passed `head`; until they exist the
     // applier decides each table's apply order afresh per batch, under a
@@ -134,15 +122,31 @@ async fn stream_once<S: Source>(
     let hold = (phase == Some(Phase::Catchup)
         && super::load::pending_after_catch_up(&target, state).await? > 0)
         .then(|| Arc::new(AtomicBool::new(true)));
+    // Every committed state of the target is one state of the source
+    // already when no table was loaded from a later snapshot than the
+    // stream's start (nor chunk by chunk: that has `hold`): the foreign
+    // keys are validated from the start of catch-up, beside the applier.
+    let consistent = hold.is_none()
+        && config.source.kind().ok() == Some(EndpointKind::Postgres)
+        && snapshots.values().all(|at| *at <= checkpoint.position);
+    // Spawned before the stream opens, so that this work overlaps it; a
+    // return before the applier runs aborts it (`Aborting`).
     let promoter = (phase == Some(Phase::Catchup)).then(|| {
         let (config, state, live) = (config.clone(), state.clone(), live.clone());
         let (head, hold) = (head.clone(), hold.clone());
-        tokio::spawn(async move {
+        Aborting(tokio::spawn(async move {
             // Transient failures (target restarted, session ended) retry:
             // a lost promotion would leave the phase at catchup for good.
             let mut backoff = Backoff::default();
             loop {
-                let promoted = promote_when_caught_up(&config, &state, &head, &live, hold.as_deref());
+                let promoted = promote_when_caught_up(
+                    &config,
+                    &state,
+                    &head,
+                    &live,
+                    hold.as_deref(),
+                    consistent,
+                );
                 let Err(e) = promoted.await else {
                     return;
                 };
@@ -155,8 +159,20 @@ async fn stream_once<S: Source>(
                 warn!(error = %format!("{e:#}"), delay_ms = delay.as_millis() as u64, "transient failure marking the pipeline streaming; will retry");
                 tokio::time::sleep(delay).await;
             }
-        })
+        }))
     });
+
+    let options = ChangeOptions {
+        // Two of the four shares of apply.max_buffered_bytes; the applier
+        // holds the other two.
+        channel_bytes: config.apply.buffer_share(),
+        spill_threshold: config.apply.buffer_share(),
+        map: Some(Box::new(event_map(live.clone(), mapping.clone()))),
+    };
+    let (mut rx, handle) = source
+        .changes(catalog, checkpoint.position.clone(), options)
+        .await?;
+    info!(from = %checkpoint.position, source_head = %head, "streaming changes");
 
     // Tag what ferry applies with a replication origin, which a reverse
     // stream (fallback after cutover) skips; best effort.
@@ -187,9 +203,7 @@ async fn stream_once<S: Source>(
     let outcome = applier
         .run(&mut rx, ack, shutdown.clone().cancelled_owned())
         .await;
-    if let Some(p) = promoter {
-        p.abort();
-    }
+    drop(promoter);
     watch.abort();
     drop(rx);
     let stream_result = handle.shutdown().await;
@@ -269,15 +283,25 @@ fn event_map<P: Position>(
 /// build what waited for catch-up (a watermark load's unique indexes, see
 /// [`super::load::build_after_catch_up`]; then `hold`, the applier's
 /// per-batch order check, is released), validate the foreign keys, then
-/// write the phase. Each step is idempotent: a crash before the phase is
-/// written does them again on the next run's catch-up.
+/// write the phase. With `consistent` (every committed state of the target
+/// is already one state of the source) the foreign keys are validated
+/// first, while the applier catches up. Each step is idempotent: a crash
+/// before the phase is written does them again on the next run's catch-up.
 async fn promote_when_caught_up<P: Position>(
     config: &Config,
     state: &StateStore,
     head: &P,
     live: &Live<P>,
     hold: Option<&AtomicBool>,
+    consistent: bool,
 ) -> anyhow::Result<()> {
+    if consistent {
+        info!(
+            "validating foreign keys while catching up: every table was loaded at the stream's start"
+        );
+        let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
+        super::overrides::validate_foreign_keys(config, &mut target, state).await?;
+    }
     // A cheap read of the applier's position: polled often, so that the
     // phase (and what waits for it) follows catch-up closely.
     while live.applied_position().is_none_or(|a| a < *head) {
@@ -306,7 +330,8 @@ async fn promote_when_caught_up<P: Position>(
     if let Some(h) = hold {
         h.store(false, Ordering::Release);
     }
-    // Every table is now past its snapshot: one consistent position.
+    // Every table is now past its snapshot: one consistent position (with
+    // `consistent`, the keys are validated already: none is left).
     super::overrides::validate_foreign_keys(config, &mut target, state).await?;
     let ids: Vec<_> = state
         .tables(&target)
@@ -321,6 +346,15 @@ async fn promote_when_caught_up<P: Position>(
     live.set_phase(Phase::Stream);
     info!(applied = ?live.applied_position().map(|a| a.to_string()), "caught up; streaming");
     Ok(())
+}
+
+/// A task aborted when this is dropped.
+struct Aborting(tokio::task::JoinHandle<()>);
+
+impl Drop for Aborting {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Transient or needs-an-operator, for errors of any layer: a classified

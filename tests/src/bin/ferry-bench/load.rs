@@ -32,7 +32,7 @@ use ferry_e2e::pgsync::{connect, insert_lsn};
 use crate::cpu;
 use crate::harness::{
     Bench, DRAIN_TIMEOUT, MARKER_SQL, applied_at_least, peak_rss_kb, pipeline_phase, run_tool,
-    stop_ferry, wait_for,
+    stop_ferry, wait_for, wait_for_fine,
 };
 use crate::report::Report;
 use crate::report::{mib, rate, thousands};
@@ -447,15 +447,18 @@ impl Bench {
     ) -> anyhow::Result<(Measured, Option<u64>, String)> {
         let db = self.target.create_database("bench_ferry")?;
         self.checkpoint_both()?;
-        say!("full load, ferry: `ferry run` until phase catchup/stream …");
+        say!("full load, ferry: `ferry run` until caught up (phase stream) …");
         let target = self.rt.block_on(connect(&self.target.url(&db)))?;
         let mark = self.cpu_mark();
         let started = Instant::now();
         let mut bg = self.spawn_ferry_bin(&db, "load", bin)?;
-        let took = wait_for(&mut bg, "loading", started, LOAD_TIMEOUT, || {
+        // Caught up: phase `stream` is written once the applier reached the
+        // source head and the foreign keys are validated (`catchup` comes
+        // before both).
+        let took = wait_for_fine(&mut bg, "loading", started, LOAD_TIMEOUT, || {
             self.rt
                 .block_on(pipeline_phase(&target))
-                .is_some_and(|p| matches!(p.as_str(), "catchup" | "stream" | "cutover" | "done"))
+                .is_some_and(|p| matches!(p.as_str(), "stream" | "cutover" | "done"))
         })?;
         let mut cpu = self.cpu_since(&mark);
         cpu.tool = cpu::process(bg.pid());

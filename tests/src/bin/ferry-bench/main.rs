@@ -9,7 +9,7 @@
 //!    through `psql` pipes, two tables at a time, then `pg_restore
 //!    --section=post-data -j 2` (primary keys and indexes). ferry: `ferry
 //!    run` into a fresh database, timed until `ferry.pipeline.phase` is
-//!    `catchup` or later.
+//!    `stream` (caught up, foreign keys validated; polled every 5 ms).
 //! 2. **CDC apply.** ferry is stopped (SIGTERM) once streaming; a reference
 //!    slot is created at that moment; a backlog is written with pgbench;
 //!    reference: `pg_logical_slot_peek_binary_changes` on the reference slot

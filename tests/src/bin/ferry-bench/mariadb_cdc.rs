@@ -31,7 +31,7 @@ use tokio_postgres::Client;
 use crate::cdc::Drain;
 use crate::cpu::{self, DrainCpu};
 use crate::harness::{
-    DRAIN_TIMEOUT, bench_server, peak_rss_kb, pipeline_phase, run_tool, stop_ferry, wait_for,
+    DRAIN_TIMEOUT, POLL, bench_server, peak_rss_kb, pipeline_phase, run_tool, stop_ferry, wait_for,
     wait_for_process,
 };
 use crate::mariadb::spawn_ferry;
@@ -834,6 +834,7 @@ sources:
                 "replaying (its tables do not match the source yet)",
                 started,
                 DRAIN_TIMEOUT,
+                POLL,
                 || {
                     rig.target_checksum(&self.client, CHAMELEON_SCHEMA)
                         .as_deref()
