@@ -444,12 +444,16 @@ async fn refresh_tables<P: Position>(
     }
     // Values the source's policy replaced, as committed with the data; a
     // failed read leaves the last figures and the table refresh goes on.
-    match live.state.replaced_counts(dst).await {
-        Ok(zero_dates) => {
-            live.metrics.set_zero_dates(&zero_dates);
-            lock(&live.zero_dates, |z| *z = zero_dates);
+    // Only a MySQL/MariaDB source replaces values (zero dates).
+    let replaces = live.config.source.kind().ok() == Some(ferry_core::config::EndpointKind::MySql);
+    if replaces {
+        match live.state.replaced_counts(dst).await {
+            Ok(zero_dates) => {
+                live.metrics.set_zero_dates(&zero_dates);
+                lock(&live.zero_dates, |z| *z = zero_dates);
+            }
+            Err(e) => debug!(error = %e, "monitor: replaced-value counts not read"),
         }
-        Err(e) => debug!(error = %e, "monitor: replaced-value counts not read"),
     }
     let records = live.state.tables(dst).await?;
     let chunks = dst
