@@ -413,3 +413,121 @@ fn kill9_inside_the_post_data_transaction_leaves_none_built_and_the_next_run_bui
         .unwrap();
     assert_eq!(code, Some(0));
 }
+
+/// Four small tables, each with a secondary index that post-data builds
+/// after the keys.
+const INDEX_SCHEMA: &str = r#"
+CREATE TABLE ga (id int PRIMARY KEY, v int NOT NULL);
+CREATE TABLE gb (id int PRIMARY KEY, v int NOT NULL);
+CREATE TABLE gc (id int PRIMARY KEY, v int NOT NULL);
+CREATE TABLE gd (id int PRIMARY KEY, v int NOT NULL);
+CREATE INDEX gi_a ON ga (v);
+CREATE INDEX gi_b ON gb (v);
+CREATE INDEX gi_c ON gc (v);
+CREATE INDEX gi_d ON gd (v);
+INSERT INTO ga SELECT g, g % 7 FROM generate_series(1, 1000) g;
+INSERT INTO gb SELECT g, g % 11 FROM generate_series(1, 1000) g;
+INSERT INTO gc SELECT g, g % 13 FROM generate_series(1, 1000) g;
+INSERT INTO gd SELECT g, g % 17 FROM generate_series(1, 1000) g;
+"#;
+
+/// On the target: the session building the third of the `gi_` indexes
+/// (it sees its own uncommitted ones) waits for advisory lock 4243.
+const HOLD_THIRD_INDEX: &str = r#"
+CREATE SCHEMA hold;
+CREATE FUNCTION hold.third_index() RETURNS event_trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF (SELECT count(*) FROM pg_class WHERE relkind = 'i' AND relname LIKE 'gi\_%') = 3 THEN
+    PERFORM pg_advisory_xact_lock(4243);
+  END IF;
+END $$;
+CREATE EVENT TRIGGER hold_third_index ON ddl_command_end WHEN TAG IN ('CREATE INDEX')
+  EXECUTE FUNCTION hold.third_index();
+ALTER EVENT TRIGGER hold_third_index ENABLE ALWAYS;
+"#;
+
+#[test]
+fn kill9_inside_a_group_of_index_builds_leaves_none_of_it_and_the_next_run_builds_all() {
+    let s = migration(INDEX_SCHEMA);
+    let rt = pgsync::runtime();
+    let held = rt.block_on(async {
+        let c = pgsync::connect(&s.target_url).await.unwrap();
+        c.batch_execute(HOLD_THIRD_INDEX).await.unwrap();
+        c.batch_execute("SELECT pg_advisory_lock(4243)")
+            .await
+            .unwrap();
+        c
+    });
+    let count = |sql: &str| s.target_i64(sql);
+    let indexes = "SELECT count(*) FROM pg_class WHERE relkind = 'i' AND relname LIKE 'gi\\_%'";
+    // One build session: once the keys are built, the quick index builds
+    // after them share its transaction.
+    let one = [("FERRY_LOAD_INDEX_PARALLELISM", "1")];
+
+    // 1. The session waits at the third index: kill ferry, end the session.
+    let mut ferry = s.start_with("held", &one);
+    let mut waiting = None;
+    s.wait_until(
+        &mut ferry,
+        "the index build session never waited at the third index",
+        || {
+            waiting =
+                count("SELECT pid::int8 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted");
+            waiting.is_some()
+        },
+    );
+    ferry.kill9().unwrap();
+    let pid = waiting.unwrap();
+    rt.block_on(async {
+        held.query("SELECT pg_terminate_backend($1::int8::int)", &[&pid])
+            .await
+            .unwrap();
+    });
+    let gone = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}");
+    let start = std::time::Instant::now();
+    while count(&gone) != Some(0) {
+        assert!(
+            start.elapsed() < LONG,
+            "the index build session never ended"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The first two indexes were built in the killed transaction (one
+    // commit per index would have kept them): neither survives, and no
+    // index is marked done without its object, nor built without its mark.
+    assert_eq!(
+        count(indexes),
+        Some(0),
+        "an index of the killed group survived: the builds did not share a transaction"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM ferry.post_data WHERE kind = 'INDEX' AND done_at IS NOT NULL"),
+        Some(0),
+        "an index of the killed group is marked done"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM ferry.post_data WHERE kind = 'CONSTRAINT' AND done_at IS NULL"),
+        Some(0),
+        "the keys built before the group are done"
+    );
+    rt.block_on(async {
+        held.batch_execute("DROP EVENT TRIGGER hold_third_index; SELECT pg_advisory_unlock(4243)")
+            .await
+            .unwrap();
+    });
+
+    // 2. The next run builds every index and streams.
+    let mut ferry = s.start_with("resume", &one);
+    s.wait_streaming(&mut ferry);
+    assert_eq!(count(indexes), Some(4), "every index built");
+    assert_eq!(
+        count("SELECT count(*) FROM ferry.post_data WHERE done_at IS NULL"),
+        Some(0),
+        "every post-data statement is done"
+    );
+    s.compare_caught_up(&["ga", "gb", "gc", "gd"]);
+    let code = ferry
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
