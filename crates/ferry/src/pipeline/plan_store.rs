@@ -283,17 +283,34 @@ pub async fn run_post_statement(
 /// Run `first`, then, while each took little time, the `CREATE INDEX`
 /// statements `next` hands out, marking them done, all in one
 /// transaction: small tables' index builds share one commit (and its
-/// flush) instead of one each, and a crash loses at most
-/// [`GROUP_FOR`] of work. Only plain index builds join a group: they
-/// take SHARE locks, which never wait for each other, so a worker holding
-/// a group's locks waits only for a key being added on its own (its
-/// ACCESS EXCLUSIVE lock is the one lock of that transaction).
+/// flush) instead of one each, and a crash loses at most about
+/// [`GROUP_FOR`] of work. Which builds may join is the caller's to decide
+/// (`next`; see `load::BuildQueue` for why a group must not overlap a key
+/// being added). Returns each statement with the time it took.
 pub async fn run_post_group(
     target: &mut Client,
     state: &StateStore,
     preamble: &str,
     first: PostStatement,
     mut next: impl FnMut() -> Option<PostStatement>,
+) -> anyhow::Result<Vec<(PostStatement, std::time::Duration)>> {
+    let mut first = Some(first);
+    run_in_one_transaction(target, state, preamble, |last, elapsed| match last {
+        None => first.take(),
+        Some(s) if groupable(s) && elapsed < GROUP_FOR => next(),
+        Some(_) => None,
+    })
+    .await
+}
+
+/// Run the statements `next` hands out (given the last one run and the
+/// time since the first began; `None` ends) and mark them done, in one
+/// transaction.
+async fn run_in_one_transaction(
+    target: &mut Client,
+    state: &StateStore,
+    preamble: &str,
+    mut next: impl FnMut(Option<&PostStatement>, std::time::Duration) -> Option<PostStatement>,
 ) -> anyhow::Result<Vec<(PostStatement, std::time::Duration)>> {
     let tx = target.transaction().await?;
     if !preamble.trim().is_empty() {
@@ -302,9 +319,8 @@ pub async fn run_post_group(
             .context("post-data preamble")?;
     }
     let started = std::time::Instant::now();
-    let mut built = Vec::new();
-    let mut stmt = Some(first);
-    while let Some(s) = stmt.take() {
+    let mut built: Vec<(PostStatement, std::time::Duration)> = Vec::new();
+    while let Some(s) = next(built.last().map(|(s, _)| s), started.elapsed()) {
         let one = std::time::Instant::now();
         tx.batch_execute(&s.sql)
             .await
@@ -312,11 +328,10 @@ pub async fn run_post_group(
         if let Some((table, constraint)) = &s.deferred_fk {
             super::overrides::record_deferred_foreign_key(&tx, state, table, constraint).await?;
         }
-        let grouped = groupable(&s);
         built.push((s, one.elapsed()));
-        if grouped && started.elapsed() < GROUP_FOR {
-            stmt = next();
-        }
+    }
+    if built.is_empty() {
+        return Ok(built);
     }
     let seqs: Vec<i32> = built.iter().map(|(s, _)| s.seq).collect();
     tx.execute(
@@ -353,29 +368,7 @@ pub async fn run_post_statements(
     if stmts.is_empty() {
         return Ok(());
     }
-    let tx = target.transaction().await?;
-    if !preamble.trim().is_empty() {
-        tx.batch_execute(preamble)
-            .await
-            .context("post-data preamble")?;
-    }
-    for stmt in stmts {
-        tx.batch_execute(&stmt.sql)
-            .await
-            .with_context(|| format!("building {} {} on the target", stmt.kind, stmt.name))?;
-        if let Some((table, constraint)) = &stmt.deferred_fk {
-            super::overrides::record_deferred_foreign_key(&tx, state, table, constraint).await?;
-        }
-    }
-    let seqs: Vec<i32> = stmts.iter().map(|s| s.seq).collect();
-    tx.execute(
-        &format!(
-            "UPDATE {} SET done_at = now() WHERE seq = ANY($1)",
-            state.table("post_data")
-        ),
-        &[&seqs],
-    )
-    .await?;
-    tx.commit().await?;
+    let mut each = stmts.iter().cloned();
+    run_in_one_transaction(target, state, preamble, |_, _| each.next()).await?;
     Ok(())
 }
