@@ -333,44 +333,15 @@ ALTER EVENT TRIGGER hold_last_fk ENABLE ALWAYS;
 fn kill9_inside_the_post_data_transaction_leaves_none_built_and_the_next_run_builds_all() {
     let s = migration(FK_SCHEMA);
     let rt = pgsync::runtime();
-    let held = rt.block_on(async {
-        let c = pgsync::connect(&s.target_url).await.unwrap();
-        c.batch_execute(HOLD_LAST_FK).await.unwrap();
-        c.batch_execute("SELECT pg_advisory_lock(4242)")
-            .await
-            .unwrap();
-        c
-    });
+    let held = hold_on_target(&rt, &s, HOLD_LAST_FK, 4242);
     let count = |sql: &str| s.target_i64(sql);
     let fks = "SELECT count(*) FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid
                 WHERE c.contype = 'f' AND r.relname LIKE 'child%'";
 
     // 1. The post-data session waits at the last foreign key, the other
     //    two added before it: kill ferry and end its session on the target.
-    let mut ferry = s.start("held");
-    let mut waiting = None;
-    s.wait_until(
-        &mut ferry,
-        "the post-data session never waited at the last foreign key",
-        || {
-            waiting =
-                count("SELECT pid::int8 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted");
-            waiting.is_some()
-        },
-    );
-    ferry.kill9().unwrap();
-    let pid = waiting.unwrap();
-    rt.block_on(async {
-        held.query("SELECT pg_terminate_backend($1::int8::int)", &[&pid])
-            .await
-            .unwrap();
-    });
-    let gone = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}");
-    let start = std::time::Instant::now();
-    while count(&gone) != Some(0) {
-        assert!(start.elapsed() < LONG, "the post-data session never ended");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let ferry = s.start("held");
+    kill_while_held(&rt, &s, &held, ferry, "the post-data session");
     // None of the transaction's work survives, nothing is marked done
     // without its object; the keys (built before, one commit each) stay.
     assert_eq!(
@@ -450,14 +421,7 @@ ALTER EVENT TRIGGER hold_third_index ENABLE ALWAYS;
 fn kill9_inside_a_group_of_index_builds_leaves_none_of_it_and_the_next_run_builds_all() {
     let s = migration(INDEX_SCHEMA);
     let rt = pgsync::runtime();
-    let held = rt.block_on(async {
-        let c = pgsync::connect(&s.target_url).await.unwrap();
-        c.batch_execute(HOLD_THIRD_INDEX).await.unwrap();
-        c.batch_execute("SELECT pg_advisory_lock(4243)")
-            .await
-            .unwrap();
-        c
-    });
+    let held = hold_on_target(&rt, &s, HOLD_THIRD_INDEX, 4243);
     let count = |sql: &str| s.target_i64(sql);
     let indexes = "SELECT count(*) FROM pg_class WHERE relkind = 'i' AND relname LIKE 'gi\\_%'";
     // One build session: once the keys are built, the quick index builds
@@ -465,33 +429,8 @@ fn kill9_inside_a_group_of_index_builds_leaves_none_of_it_and_the_next_run_build
     let one = [("FERRY_LOAD_INDEX_PARALLELISM", "1")];
 
     // 1. The session waits at the third index: kill ferry, end the session.
-    let mut ferry = s.start_with("held", &one);
-    let mut waiting = None;
-    s.wait_until(
-        &mut ferry,
-        "the index build session never waited at the third index",
-        || {
-            waiting =
-                count("SELECT pid::int8 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted");
-            waiting.is_some()
-        },
-    );
-    ferry.kill9().unwrap();
-    let pid = waiting.unwrap();
-    rt.block_on(async {
-        held.query("SELECT pg_terminate_backend($1::int8::int)", &[&pid])
-            .await
-            .unwrap();
-    });
-    let gone = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}");
-    let start = std::time::Instant::now();
-    while count(&gone) != Some(0) {
-        assert!(
-            start.elapsed() < LONG,
-            "the index build session never ended"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let ferry = s.start_with("held", &one);
+    kill_while_held(&rt, &s, &held, ferry, "the index build session");
     // The first two indexes were built in the killed transaction (one
     // commit per index would have kept them): neither survives, and no
     // index is marked done without its object, nor built without its mark.
@@ -530,4 +469,59 @@ fn kill9_inside_a_group_of_index_builds_leaves_none_of_it_and_the_next_run_build
         .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
         .unwrap();
     assert_eq!(code, Some(0));
+}
+
+/// A session on `s`'s target, on `rt` (which must outlive it), that ran
+/// `setup` (an event trigger that makes a ferry session wait for advisory
+/// lock `key`) and holds `key`.
+fn hold_on_target(
+    rt: &tokio::runtime::Runtime,
+    s: &Migration,
+    setup: &str,
+    key: i64,
+) -> tokio_postgres::Client {
+    rt.block_on(async {
+        let c = pgsync::connect(&s.target_url).await.unwrap();
+        c.batch_execute(setup).await.unwrap();
+        c.execute("SELECT pg_advisory_lock($1)", &[&key])
+            .await
+            .unwrap();
+        c
+    })
+}
+
+/// Once `who` (a session of `ferry`) waits for the advisory lock `held`
+/// holds: kill ferry with SIGKILL, end that session on the target and wait
+/// until it is gone, so its open transaction is rolled back.
+fn kill_while_held(
+    rt: &tokio::runtime::Runtime,
+    s: &Migration,
+    held: &tokio_postgres::Client,
+    mut ferry: ferry_e2e::Background,
+    who: &str,
+) {
+    let count = |sql: &str| s.target_i64(sql);
+    let mut waiting = None;
+    s.wait_until(
+        &mut ferry,
+        &format!("{who} never waited at the lock"),
+        || {
+            waiting =
+                count("SELECT pid::int8 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted");
+            waiting.is_some()
+        },
+    );
+    ferry.kill9().unwrap();
+    let pid = waiting.unwrap();
+    rt.block_on(async {
+        held.query("SELECT pg_terminate_backend($1::int8::int)", &[&pid])
+            .await
+            .unwrap();
+    });
+    let gone = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}");
+    let start = std::time::Instant::now();
+    while count(&gone) != Some(0) {
+        assert!(start.elapsed() < LONG, "{who} never ended");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
