@@ -58,7 +58,11 @@ fn shadow_reads_report_nothing_while_correct_and_catch_a_planted_difference() {
         .psql(&m.source_db, &pgsync::bench_data(5_000, 100))
         .unwrap();
     let console = free_port();
-    let m = with_proxy(m, port, console);
+    // Most reads race the writer and are re-checked, each waiting for the
+    // applier to pass the source's position: with the default two mirror
+    // sessions the 600 reads took longer than the timeout on a loaded
+    // 2-core machine (514 of 600 settled), so eight re-check at once.
+    let m = with_proxy(m, port, console).env("FERRY_PROXY_MIRROR_WORKERS", "8");
     let mut ferry = m.start("run");
     m.wait_phase(&mut ferry, "stream");
     let mut writer = Writer::start(&m.source_url, 5_000);
