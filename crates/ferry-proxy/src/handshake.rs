@@ -3,9 +3,15 @@
 //! ([startup flow]). The proxy answers authentication itself; only then
 //! does it open a backend session (in [`crate::session`]).
 //!
+//! Over TLS the SASL offer is `SCRAM-SHA-256-PLUS` (channel binding to the
+//! proxy's certificate, [`scram::Offer`]) and `SCRAM-SHA-256`; over plain
+//! TCP `SCRAM-SHA-256` alone.
+//!
 //! A wrong user or password gets PostgreSQL's own answer (`28P01`
 //! "password authentication failed for user …") after the whole exchange,
-//! so user names cannot be probed.
+//! so user names cannot be probed. A client that breaks the channel
+//! binding rules gets PostgreSQL's answer to that (`08P01`, "SCRAM channel
+//! binding …"); both count as failed logins.
 //!
 //! [startup flow]: https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-START-UP
 
@@ -134,20 +140,28 @@ pub(crate) async fn open(proxy: &Proxy, tcp: TcpStream) -> Result<Opened, Handsh
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
     if let Some((expected, verifier)) = &proxy.verifier {
-        let ok = scram_login(&mut stream, &mut buf, verifier).await?;
-        if !ok || &user != expected {
+        let offer = match &proxy.settings.tls {
+            Some((cert, _)) if tls_done => tls_offer(cert),
+            _ => scram::Offer::plain(),
+        };
+        let login = scram_login(&mut stream, &mut buf, verifier, &offer).await?;
+        let refusal = match login {
+            Ok(()) if &user == expected => None,
+            Ok(()) | Err(scram::ScramError::Proof) => Some((
+                "28P01",
+                format!("password authentication failed for user \"{user}\""),
+            )),
+            Err(e) => Some(("08P01", e.to_string())),
+        };
+        if let Some((code, message)) = refusal {
             proxy
                 .stats
                 .counters
                 .auth_failures
                 .fetch_add(1, Ordering::Relaxed);
-            let e = frame::error_response(
-                "FATAL",
-                "28P01",
-                &format!("password authentication failed for user \"{user}\""),
-            );
+            let e = frame::error_response("FATAL", code, &message);
             stream.write_all(&e.raw).await?;
-            return Err(HandshakeError::Auth(format!("user {user}")));
+            return Err(HandshakeError::Auth(format!("user {user}: {message}")));
         }
     }
     stream.write_all(&auth_request(0, &[]).raw).await?;
@@ -158,28 +172,47 @@ pub(crate) async fn open(proxy: &Proxy, tcp: TcpStream) -> Result<Opened, Handsh
     })
 }
 
-/// The SCRAM exchange; `Ok(false)` on a wrong password.
+/// What SCRAM offers a client over TLS: the binding data come from the
+/// proxy's leaf certificate, the first of `proxy.tls_cert`, the one
+/// [`tls_acceptor`] serves.
+fn tls_offer(cert_pem: &[u8]) -> scram::Offer {
+    match rustls_pemfile::certs(&mut &cert_pem[..]).next() {
+        Some(Ok(leaf)) => scram::Offer::tls(&leaf),
+        // Not reached: the acceptor was built from the same PEM.
+        _ => scram::Offer::plain(),
+    }
+}
+
+/// The SCRAM exchange. The inner `Err` is a login the client failed (a
+/// wrong password is [`scram::ScramError::Proof`]) and is answered by the
+/// caller; the outer one a connection that failed.
 async fn scram_login(
     stream: &mut Stream,
     buf: &mut BytesMut,
     verifier: &scram::Verifier,
-) -> Result<bool, HandshakeError> {
+    offer: &scram::Offer,
+) -> Result<Result<(), scram::ScramError>, HandshakeError> {
     let mut mechanisms = Vec::new();
-    mechanisms.extend_from_slice(scram::MECHANISM.as_bytes());
-    mechanisms.extend_from_slice(b"\0\0");
+    for name in offer.mechanisms() {
+        mechanisms.extend_from_slice(name.as_bytes());
+        mechanisms.push(0);
+    }
+    mechanisms.push(0);
     stream.write_all(&auth_request(10, &mechanisms).raw).await?;
     let initial = read_frame(stream, buf).await?;
     let body = initial.body();
     let (mechanism, rest) =
         frame::cstr(body).ok_or(frame::FrameError::Malformed("SASLInitialResponse"))?;
-    if initial.tag != b'p' || mechanism != scram::MECHANISM || rest.len() < 4 {
-        return Err(HandshakeError::Auth(format!(
-            "unexpected SASL mechanism {mechanism:?}"
-        )));
+    if initial.tag != b'p' || rest.len() < 4 {
+        return Err(HandshakeError::Auth(
+            "expected a SASLInitialResponse".into(),
+        ));
     }
     let data = &rest[4..];
-    let (exchange, server_first) =
-        Exchange::client_first(verifier, data).map_err(|e| HandshakeError::Auth(e.to_string()))?;
+    let (exchange, server_first) = match Exchange::client_first(verifier, offer, mechanism, data) {
+        Ok(started) => started,
+        Err(e) => return Ok(Err(e)),
+    };
     stream
         .write_all(&auth_request(11, server_first.as_bytes()).raw)
         .await?;
@@ -187,16 +220,14 @@ async fn scram_login(
     if response.tag != b'p' {
         return Err(HandshakeError::Auth("expected a SASL response".into()));
     }
-    match exchange.client_final(verifier, response.body()) {
-        Ok(server_final) => {
-            stream
-                .write_all(&auth_request(12, server_final.as_bytes()).raw)
-                .await?;
-            Ok(true)
-        }
-        Err(scram::ScramError::Proof) => Ok(false),
-        Err(e) => Err(HandshakeError::Auth(e.to_string())),
-    }
+    let server_final = match exchange.client_final(verifier, response.body()) {
+        Ok(server_final) => server_final,
+        Err(e) => return Ok(Err(e)),
+    };
+    stream
+        .write_all(&auth_request(12, server_final.as_bytes()).raw)
+        .await?;
+    Ok(Ok(()))
 }
 
 /// Forward a client's cancel request to the backend its session uses.

@@ -259,6 +259,167 @@ async fn psql_over_tls_to_the_proxy() {
     assert!(out.contains("SSL connection"), "{out}");
 }
 
+/// A self-signed certificate for localhost and its key, both PEM:
+/// `openssl req -x509 -newkey <key…> [-<digest>]`.
+fn self_signed(
+    dir: &std::path::Path,
+    name: &str,
+    key: &[&str],
+    digest: Option<&str>,
+) -> (Vec<u8>, Vec<u8>) {
+    let (cert, pem_key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let mut c = Command::new("openssl");
+    c.args(["req", "-x509", "-newkey"])
+        .args(key)
+        .args(["-nodes", "-subj", "/CN=localhost", "-days", "2"])
+        .arg("-keyout")
+        .arg(&pem_key)
+        .arg("-out")
+        .arg(&cert);
+    if let Some(d) = digest {
+        c.arg(format!("-{d}"));
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        std::fs::read(cert).unwrap(),
+        std::fs::read(pem_key).unwrap(),
+    )
+}
+
+/// `psql -c` through the proxy with libpq `options` added to the
+/// connection string; whether it succeeded, and what it printed.
+async fn psql_with(pg: &PgServer, port: u16, db: &str, options: &str, sql: &str) -> (bool, String) {
+    let mut c = Command::new(pg.bin_dir().join("psql"));
+    c.env("PGPASSWORD", PROXY_PASSWORD)
+        .arg("-X")
+        .arg("-At")
+        .arg(format!(
+            "host=127.0.0.1 port={port} user={PROXY_USER} dbname={db} {options}"
+        ))
+        .arg("-c")
+        .arg(sql);
+    tokio::task::spawn_blocking(move || {
+        let out = c.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    })
+    .await
+    .unwrap()
+}
+
+fn auth_failures(proxy: &Proxy) -> u64 {
+    proxy
+        .stats
+        .counters
+        .auth_failures
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// libpq's `channel_binding=require` over TLS: SCRAM-SHA-256-PLUS with
+/// `tls-server-end-point`, whose hash libpq computes on its own from the
+/// certificate it received — SHA-256 for the testkit's ECDSA P-256
+/// certificate, SHA-384 and SHA-512 for certificates signed with those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_requiring_channel_binding_over_tls() {
+    let pg = PgServer::start(PgOptions::new()).unwrap();
+    let (_, proxied) = two_databases(&pg);
+    let dir = tempfile::tempdir().unwrap();
+    let files = ferry_testkit::tls_files(dir.path()).unwrap();
+    let certificates = [
+        (
+            "ecdsa-with-SHA256 (testkit)",
+            (
+                std::fs::read(&files.server_cert).unwrap(),
+                std::fs::read(&files.server_key).unwrap(),
+            ),
+        ),
+        (
+            "ecdsa-with-SHA384",
+            self_signed(
+                dir.path(),
+                "p384",
+                &["ec", "-pkeyopt", "ec_paramgen_curve:secp384r1"],
+                Some("sha384"),
+            ),
+        ),
+        (
+            "sha512WithRSAEncryption",
+            self_signed(dir.path(), "rsa", &["rsa:2048"], Some("sha512")),
+        ),
+    ];
+    for (name, tls) in certificates {
+        let (proxy, port) = start_proxy(&pg, &proxied, Some(tls)).await;
+        let (ok, out) = psql_with(
+            &pg,
+            port,
+            &proxied,
+            "sslmode=require channel_binding=require",
+            "SELECT 'bound ' || 6 * 7",
+        )
+        .await;
+        assert!(ok && out.contains("bound 42"), "{name}: {out}");
+        // A client that will not bind still logs in over TLS (`n`).
+        let (ok, out) = psql_with(
+            &pg,
+            port,
+            &proxied,
+            "sslmode=require channel_binding=disable",
+            "SELECT 'unbound'",
+        )
+        .await;
+        assert!(ok && out.contains("unbound"), "{name}: {out}");
+        assert_eq!(auth_failures(&proxy), 0, "{name}");
+    }
+}
+
+/// No channel binding without TLS, nor with a certificate whose signature
+/// has no hash (Ed25519): libpq's `channel_binding=require` refuses, and
+/// its default (`prefer`) logs in, which it would not if
+/// `SCRAM-SHA-256-PLUS` were offered over plain TCP ("server offered
+/// SCRAM-SHA-256-PLUS authentication over a non-SSL connection"); over TLS
+/// it sends the `y` flag, no downgrade when nothing was offered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_binding_is_not_offered_where_it_cannot_bind() {
+    let pg = PgServer::start(PgOptions::new()).unwrap();
+    let (_, proxied) = two_databases(&pg);
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, plain_port) = start_proxy(&pg, &proxied, None).await;
+    let ed25519 = self_signed(dir.path(), "ed25519", &["ed25519"], None);
+    let (ed, ed_port) = start_proxy(&pg, &proxied, Some(ed25519)).await;
+    const NO_TLS: &str = "channel binding required, but SSL not in use";
+    const NOT_OFFERED: &str = "channel binding is required, but server did not offer an authentication method that supports channel binding";
+    for (name, port, sslmode, refusal) in [
+        ("plain TCP", plain_port, "sslmode=disable", NO_TLS),
+        ("plain TCP", plain_port, "sslmode=prefer", NO_TLS),
+        ("Ed25519 over TLS", ed_port, "sslmode=require", NOT_OFFERED),
+    ] {
+        let (ok, out) = psql_with(
+            &pg,
+            port,
+            &proxied,
+            &format!("{sslmode} channel_binding=require"),
+            "SELECT 'should not run'",
+        )
+        .await;
+        assert!(!ok && out.contains(refusal), "{name}, {sslmode}: {out}");
+        let (ok, out) = psql_with(&pg, port, &proxied, sslmode, "SELECT 'unbound'").await;
+        assert!(ok && out.contains("unbound"), "{name}, {sslmode}: {out}");
+    }
+    assert_eq!(auth_failures(&plain) + auth_failures(&ed), 0);
+}
+
 /// Run pgbench through the proxy; its report.
 fn pgbench(bin: &std::path::Path, port: u16, db: &str, args: &[&str]) -> String {
     let mut c = Command::new(bin.join("pgbench"));
