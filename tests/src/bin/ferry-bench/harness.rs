@@ -299,17 +299,6 @@ pub(crate) fn wait_for(
     wait_for_process(bg, "ferry run", what, started, timeout, POLL, probe)
 }
 
-/// [`wait_for`], polling every [`POLL_FINE`].
-pub(crate) fn wait_for_fine(
-    bg: &mut Background,
-    what: &str,
-    started: Instant,
-    timeout: Duration,
-    probe: impl FnMut() -> bool,
-) -> anyhow::Result<Duration> {
-    wait_for_process(bg, "ferry run", what, started, timeout, POLL_FINE, probe)
-}
-
 /// Polls `probe` every `poll` until it holds (the time since `started`);
 /// fails with the tail of `who`'s log when the process exits or `timeout`
 /// passes.

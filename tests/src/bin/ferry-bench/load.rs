@@ -31,8 +31,8 @@ use ferry_e2e::pgsync::{connect, insert_lsn};
 
 use crate::cpu;
 use crate::harness::{
-    Bench, DRAIN_TIMEOUT, MARKER_SQL, applied_at_least, peak_rss_kb, pipeline_phase, run_tool,
-    stop_ferry, wait_for, wait_for_fine,
+    Bench, DRAIN_TIMEOUT, MARKER_SQL, POLL_FINE, applied_at_least, peak_rss_kb, pipeline_phase,
+    run_tool, stop_ferry, wait_for, wait_for_process,
 };
 use crate::report::Report;
 use crate::report::{mib, rate, thousands};
@@ -455,11 +455,19 @@ impl Bench {
         // Caught up: phase `stream` is written once the applier reached the
         // source head and the foreign keys are validated (`catchup` comes
         // before both).
-        let took = wait_for_fine(&mut bg, "loading", started, LOAD_TIMEOUT, || {
-            self.rt
-                .block_on(pipeline_phase(&target))
-                .is_some_and(|p| matches!(p.as_str(), "stream" | "cutover" | "done"))
-        })?;
+        let took = wait_for_process(
+            &mut bg,
+            "ferry run",
+            "loading",
+            started,
+            LOAD_TIMEOUT,
+            POLL_FINE,
+            || {
+                self.rt
+                    .block_on(pipeline_phase(&target))
+                    .is_some_and(|p| matches!(p.as_str(), "stream" | "cutover" | "done"))
+            },
+        )?;
         let mut cpu = self.cpu_since(&mark);
         cpu.tool = cpu::process(bg.pid());
         let measured = Measured {
