@@ -26,6 +26,8 @@
 //!   run can leave an inactive slot whose state was never recorded; the
 //!   pipeline decides to drop it with [`slot_info`] + [`drop_slot`].
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use ferry_core::schema::quote_ident;
 use ferry_core::{Error, Lsn, TableId};
 use tokio_postgres::Client;
@@ -173,7 +175,7 @@ pub async fn snapshot_existing_slot(
     client: &Client,
     name: &str,
 ) -> Result<CreatedSlot, Error> {
-    let temporary = format!("{name}_snapshot_{}", std::process::id());
+    let temporary = temporary_slot_name(name);
     let slot = conn.create_temporary_slot(&temporary).await?;
     let created = CreatedSlot { slot, conn };
     if let Err(e) = advance_slot(client, name, created.consistent_point()).await {
@@ -181,6 +183,16 @@ pub async fn snapshot_existing_slot(
         return Err(e);
     }
     Ok(created)
+}
+
+/// A name for the temporary slot of [`snapshot_existing_slot`], new on each
+/// call: the server drops an earlier one only after its session has ended,
+/// which closing the connection does not wait for (a start that takes a
+/// second snapshot must not collide with its first).
+fn temporary_slot_name(name: &str) -> String {
+    static TAKEN: AtomicU32 = AtomicU32::new(0);
+    let n = TAKEN.fetch_add(1, Ordering::Relaxed);
+    format!("{name}_snapshot_{}_{n}", std::process::id())
 }
 
 /// Move slot `name` (logical, pgoutput, created beforehand) forward to `to`
@@ -466,6 +478,16 @@ pub async fn publication_info(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_snapshot_of_an_existing_slot_gets_its_own_temporary_slot() {
+        let (a, b) = (temporary_slot_name("dba"), temporary_slot_name("dba"));
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with(&format!("dba_snapshot_{}_", std::process::id())),
+            "{a}"
+        );
+    }
 
     #[test]
     fn partition_root_publishing_from_13() {
