@@ -22,19 +22,23 @@
 //! Everything else is forwarded unchanged, in order; while a batch is on the
 //! read session no further client message is forwarded (a pipelined write
 //! must never reach the target). Reads and writes of both sockets are
-//! multiplexed in one `select!` with bounded buffers, so a client and a
-//! server that both send a lot cannot deadlock the proxy.
+//! multiplexed in one poll with bounded buffers, so a client and a server
+//! that both send a lot cannot deadlock the proxy; each socket is polled
+//! whole (no split halves and their lock, no future per branch and turn).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_util::io::poll_read_buf;
 
 use crate::backend::{Backend, BackendError, Side, Stream};
 use crate::classify::{self, Class};
@@ -65,11 +69,10 @@ pub(crate) enum SessionError {
     Frame(#[from] frame::FrameError),
 }
 
-/// A backend session split for concurrent reading and writing.
+/// A backend session.
 struct Conn {
     side: Side,
-    r: ReadHalf<Stream>,
-    w: WriteHalf<Stream>,
+    io: Stream,
     rbuf: BytesMut,
     out: BytesMut,
     /// Named statements prepared on this backend.
@@ -82,11 +85,9 @@ struct Conn {
 
 impl Conn {
     fn new(b: Backend, sets_applied: usize) -> Conn {
-        let (r, w) = tokio::io::split(b.stream);
         Conn {
             side: b.side,
-            r,
-            w,
+            io: b.stream,
             rbuf: b.buf,
             out: BytesMut::with_capacity(8192),
             prepared: HashSet::new(),
@@ -106,7 +107,7 @@ impl Conn {
     async fn flush(&mut self) -> Result<(), BackendError> {
         if !self.out.is_empty() {
             let out = std::mem::take(&mut self.out);
-            self.w.write_all(&out).await.map_err(|e| self.err(e))?;
+            self.io.write_all(&out).await.map_err(|e| self.err(e))?;
         }
         Ok(())
     }
@@ -119,7 +120,7 @@ impl Conn {
         mut answers: usize,
     ) -> Result<Vec<Frame>, BackendError> {
         self.flush().await?;
-        self.w.write_all(bytes).await.map_err(|e| self.err(e))?;
+        self.io.write_all(bytes).await.map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         loop {
             if let Some(f) = frame::split(&mut self.rbuf).map_err(|e| BackendError::Protocol {
@@ -136,7 +137,7 @@ impl Conn {
                 continue;
             }
             let n = self
-                .r
+                .io
                 .read_buf(&mut self.rbuf)
                 .await
                 .map_err(|e| self.err(e))?;
@@ -150,8 +151,8 @@ impl Conn {
 
     async fn terminate(mut self) {
         let _ = self.flush().await;
-        let _ = self.w.write_all(&Frame::new(b'X', &[]).raw).await;
-        let _ = self.w.shutdown().await;
+        let _ = self.io.write_all(&Frame::new(b'X', &[]).raw).await;
+        let _ = self.io.shutdown().await;
     }
 }
 
@@ -197,8 +198,8 @@ impl Batch {
 
 struct Session {
     proxy: Arc<Proxy>,
-    cr: ReadHalf<Stream>,
-    cw: WriteHalf<Stream>,
+    /// The client's connection.
+    client: Stream,
     cin: BytesMut,
     cout: BytesMut,
     params: Vec<(String, String)>,
@@ -293,15 +294,13 @@ pub(crate) async fn run(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), Session
     greeting.put_slice(&Frame::new(b'K', &key).raw);
     greeting.put_slice(&frame::ready_for_query(b'I').raw);
     stream.write_all(&greeting).await?;
-    let (cr, cw) = tokio::io::split(stream);
     let conn = Conn::new(backend, 0);
     counters.active.fetch_add(1, Ordering::Relaxed);
     proxy.gate.on_side[primary as usize].fetch_add(1, Ordering::SeqCst);
     let mut s = Session {
         hold: proxy.gate.hold.subscribe(),
         mode: proxy.subscribe_mode(),
-        cr,
-        cw,
+        client: stream,
         cin: rest,
         cout: BytesMut::with_capacity(16 * 1024),
         params,
@@ -349,7 +348,7 @@ enum Event {
     ClientWrote(io::Result<usize>),
     BackendRead(io::Result<usize>),
     BackendWrote(io::Result<usize>),
-    ModeChanged,
+    ModeChanged(watch::Receiver<Mode>),
 }
 
 impl Session {
@@ -418,17 +417,33 @@ impl Session {
                     buf.reserve(READ_ROOM);
                 }
             }
-            let event = tokio::select! {
-                biased;
-                r = self.cw.write(&self.cout), if !self.cout.is_empty() => Event::ClientWrote(r),
-                r = conn.w.write(&conn.out), if !conn.out.is_empty() => Event::BackendWrote(r),
-                r = conn.r.read_buf(&mut conn.rbuf), if read_backend => Event::BackendRead(r),
-                r = self.cr.read_buf(&mut self.cin), if read_client => Event::ClientRead(r),
-                rx = &mut mode_change => {
-                    mode_change = Box::pin(mode_changed(rx));
-                    Event::ModeChanged
+            // Writes first (what is ready to go goes), then reads.
+            let (client, cout, cin) = (&mut self.client, &self.cout, &mut self.cin);
+            let event = std::future::poll_fn(|cx| {
+                if !cout.is_empty()
+                    && let Poll::Ready(r) = Pin::new(&mut *client).poll_write(cx, cout)
+                {
+                    return Poll::Ready(Event::ClientWrote(r));
                 }
-            };
+                if !conn.out.is_empty()
+                    && let Poll::Ready(r) = Pin::new(&mut conn.io).poll_write(cx, &conn.out)
+                {
+                    return Poll::Ready(Event::BackendWrote(r));
+                }
+                if read_backend
+                    && let Poll::Ready(r) =
+                        poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.rbuf)
+                {
+                    return Poll::Ready(Event::BackendRead(r));
+                }
+                if read_client
+                    && let Poll::Ready(r) = poll_read_buf(Pin::new(&mut *client), cx, cin)
+                {
+                    return Poll::Ready(Event::ClientRead(r));
+                }
+                mode_change.as_mut().poll(cx).map(Event::ModeChanged)
+            })
+            .await;
             match event {
                 Event::ClientWrote(r) => {
                     let n = r?;
@@ -444,7 +459,7 @@ impl Session {
                         // the answer already): pass it on and close.
                         self.backend_frames()?;
                         let out = std::mem::take(&mut self.cout);
-                        let _ = self.cw.write_all(&out).await;
+                        let _ = self.client.write_all(&out).await;
                         return Ok(());
                     }
                     self.backend_frames()?;
@@ -454,7 +469,10 @@ impl Session {
                         return Ok(());
                     }
                 }
-                Event::ModeChanged => self.switch_when_idle().await?,
+                Event::ModeChanged(rx) => {
+                    mode_change = Box::pin(mode_changed(rx));
+                    self.switch_when_idle().await?;
+                }
             }
         }
     }
@@ -466,13 +484,13 @@ impl Session {
             Side::Source => self.source.as_mut(),
             Side::Target => self.target.as_mut(),
         } && !conn.out.is_empty()
-            && let Some(r) = poll_once(conn.w.write(&conn.out))
+            && let Some(r) = poll_once(conn.io.write(&conn.out))
         {
             let n = r.map_err(|e| conn.err(e))?;
             conn.out.advance(n);
         }
         if !self.cout.is_empty()
-            && let Some(r) = poll_once(self.cw.write(&self.cout))
+            && let Some(r) = poll_once(self.client.write(&self.cout))
         {
             let n = r?;
             self.cout.advance(n);
@@ -495,11 +513,8 @@ impl Session {
                 match scan_batch(&self.cin)? {
                     Some(batch) if batch.synced && !hold => {
                         let frames = self.take_frames(batch.frames)?;
-                        self.batch = Batch {
-                            started: Some(Instant::now()),
-                            ..Batch::default()
-                        };
-                        self.note_effects(&frames);
+                        self.batch = Batch::default();
+                        self.note_effects(&frames, false);
                         self.look_at(&frames, false);
                         for f in frames {
                             self.forward(f);
@@ -568,17 +583,11 @@ impl Session {
                 return self.refuse(&frames, &e.to_string());
             }
         }
-        self.batch = Batch {
-            started: Some(Instant::now()),
-            ..Batch::default()
-        };
-        self.note_effects(&frames);
+        self.batch = Batch::default();
+        self.note_effects(&frames, idle && synced);
         let mut side = self.primary;
-        if idle && synced {
-            self.note_pins(&frames);
-            if self.look_at(&frames, true) {
-                side = Side::Target;
-            }
+        if idle && synced && self.look_at(&frames, true) {
+            side = Side::Target;
         }
         if side == Side::Target
             && self.target.is_none()
@@ -641,6 +650,8 @@ impl Session {
             self.batch.capture = Some((job, ordered, Answer::default()));
         }
         self.batch.fingerprint = Some((fp, normalized));
+        // Latency is kept per fingerprint: only a batch with one is timed.
+        self.batch.started = Some(Instant::now());
         to_target
     }
 
@@ -987,7 +998,6 @@ impl Session {
 
     /// A batch answered; `before` is the transaction status it started in.
     fn finish_batch(&mut self, batch: Batch, before: u8) {
-        let took = batch.started.map_or(Duration::ZERO, |s| s.elapsed());
         self.proxy
             .stats
             .counters
@@ -1006,6 +1016,7 @@ impl Session {
         let Some((fp, normalized)) = batch.fingerprint else {
             return;
         };
+        let took = batch.started.map_or(Duration::ZERO, |s| s.elapsed());
         self.proxy
             .stats
             .call(&fp, &normalized, batch.on_target, took);
@@ -1045,8 +1056,11 @@ impl Session {
 
     /// Note the statements of a batch that change the session state
     /// ([`state`]): a Query's statements, or the statement each Execute
-    /// runs. Most batches stop at a cheap first-word test.
-    fn note_effects(&mut self, frames: &[Frame]) {
+    /// runs. Most batches stop at a cheap first-word test. With `pins`
+    /// (a batch at a boundary, which reads-on-target may route), also
+    /// note state that pins reads to the source, in the same pass over the
+    /// statement texts.
+    fn note_effects(&mut self, frames: &[Frame], pins: bool) {
         let tracking = self.state.tracking() || self.inflight.iter().any(|b| b.track.is_some());
         let mut any = false;
         for f in frames {
@@ -1062,6 +1076,9 @@ impl Session {
                 _ => continue,
             };
             let Some(sql) = sql else { continue };
+            if pins && !self.pinned && mentions_pinning_word(sql) {
+                self.pinned = true;
+            }
             if state::may_define_settings(sql) {
                 state::note_custom_names(&mut self.state.custom_names, sql);
             }
@@ -1122,18 +1139,6 @@ impl Session {
             .find(|f| f.tag == b'P' && f.body().first() == Some(&0))
         {
             self.unnamed = Some(p.clone());
-        }
-    }
-
-    /// Remember state that pins reads to the source.
-    fn note_pins(&mut self, frames: &[Frame]) {
-        for f in frames {
-            let Some(sql) = statement_text(f) else {
-                continue;
-            };
-            if !self.pinned && mentions_pinning_word(sql) {
-                self.pinned = true;
-            }
         }
     }
 

@@ -146,8 +146,9 @@ impl SessionState {
 /// statements (roughly: the text start and after each `;`) starts with a
 /// word of [`WORDS`], or of [`TX_WORDS`] when `tracking`.
 pub(crate) fn worth_a_look(sql: &str, tracking: bool) -> bool {
-    sql.split(';').any(|part| {
-        let word = first_word(part);
+    let after_semicolons = memchr::memchr_iter(b';', sql.as_bytes()).map(|i| i + 1);
+    std::iter::once(0).chain(after_semicolons).any(|at| {
+        let word = first_word(&sql[at..]);
         let hit = |w: &&str| word.eq_ignore_ascii_case(w);
         !word.is_empty() && (WORDS.iter().any(hit) || (tracking && TX_WORDS.iter().any(hit)))
     })
@@ -246,9 +247,8 @@ pub(crate) const MAX_CUSTOM_NAMES: usize = 512;
 /// on every Query and Parse text, so kept cheap.
 pub(crate) fn may_define_settings(sql: &str) -> bool {
     let b = sql.as_bytes();
-    let calls = b.iter().enumerate().any(|(i, &c)| {
-        c == b'_'
-            && i >= 3
+    let calls = memchr::memchr_iter(b'_', b).any(|i| {
+        i >= 3
             && b[i - 3..i].eq_ignore_ascii_case(b"set")
             && b.get(i + 1..i + 7)
                 .is_some_and(|w| w.eq_ignore_ascii_case(b"config"))
@@ -465,6 +465,11 @@ mod tests {
         assert!(!worth_a_look("BEGIN;", false));
         assert!(worth_a_look("BEGIN;", true));
         assert!(!worth_a_look("SELECT 1", true));
+        // A statement starts after each `;`, and a comment is skipped
+        // whole even with a `;` inside.
+        assert!(worth_a_look("SELECT 1;reset all", false));
+        assert!(worth_a_look("/* a; b */ SET a = 1", false));
+        assert!(!worth_a_look("SELECT ';' ; ", false));
     }
 
     #[test]

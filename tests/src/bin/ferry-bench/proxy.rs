@@ -12,8 +12,12 @@
 //!    write freeze clients saw is the longest transaction run time in
 //!    pgbench's per-transaction log (latency minus the wait behind its
 //!    `--rate` schedule; also shown with it), next to the proxy's hold.
-//!    `--proxy-only` runs only this one; seconds per run:
-//!    `FERRY_BENCH_PROXY_SECONDS` (default 15, 5 with `--quick`), scale
+//!    The three are run in rounds (`FERRY_BENCH_PROXY_ROUNDS`, default 3,
+//!    1 with `--quick`), each round in a rotated order, and the medians
+//!    reported with the per-round ratio to pgbouncer: one long run each
+//!    drifted by more than the gap being measured (a checkpoint, the
+//!    machine's other load). `--proxy-only` runs only this one; seconds
+//!    per run: `FERRY_BENCH_PROXY_SECONDS` (default 5), scale
 //!    `FERRY_BENCH_PROXY_SCALE` (default 5, 1 with `--quick`).
 
 use std::fmt::Write as _;
@@ -44,12 +48,40 @@ pub(crate) struct Run {
     cpu_us: Option<f64>,
 }
 
+impl Run {
+    /// Each figure's median over `runs` (not empty).
+    fn median(runs: &[Run]) -> Run {
+        fn mid(mut v: Vec<f64>) -> f64 {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        }
+        let cpu: Vec<f64> = runs.iter().filter_map(|r| r.cpu_us).collect();
+        Run {
+            tps: mid(runs.iter().map(|r| r.tps).collect()),
+            latency_ms: mid(runs.iter().map(|r| r.latency_ms).collect()),
+            transactions: mid(runs.iter().map(|r| r.transactions as f64).collect()) as u64,
+            cpu_us: (!cpu.is_empty()).then(|| mid(cpu)),
+        }
+    }
+}
+
+/// One script's medians over the rounds.
+#[derive(Debug)]
+struct Row {
+    script: &'static str,
+    direct: Run,
+    proxy: Run,
+    bouncer: Option<Run>,
+    /// proxy tps / pgbouncer tps in each round.
+    vs_bouncer: Vec<f64>,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct ProxyFigures {
     scale: u32,
     seconds: u64,
-    /// (script, direct, proxy, pgbouncer)
-    rows: Vec<(&'static str, Run, Run, Option<Run>)>,
+    rounds: usize,
+    rows: Vec<Row>,
     shadow: Option<(Run, Run, u64, u64)>,
     freeze_client_s: Option<f64>,
     freeze_hold_s: Option<f64>,
@@ -62,7 +94,14 @@ pub(crate) struct ProxyFigures {
 impl ProxyFigures {
     pub(crate) fn rows(&self) -> String {
         let mut s = String::new();
-        for (script, direct, proxy, bouncer) in &self.rows {
+        for Row {
+            script,
+            direct,
+            proxy,
+            bouncer,
+            vs_bouncer,
+        } in &self.rows
+        {
             let b = bouncer.map_or_else(
                 || "pgbouncer not installed".to_owned(),
                 |b| {
@@ -73,7 +112,12 @@ impl ProxyFigures {
                 },
             );
             let vs_bouncer = bouncer.map_or_else(String::new, |b| {
-                format!(", {:.2}× pgbouncer (goal ≥ 1)", proxy.tps / b.tps.max(1e-9))
+                let rounds: Vec<String> = vs_bouncer.iter().map(|r| format!("{r:.2}")).collect();
+                format!(
+                    ", {:.2}× pgbouncer (goal ≥ 1; rounds {})",
+                    proxy.tps / b.tps.max(1e-9),
+                    rounds.join(", ")
+                )
             });
             let cpu = match (proxy.cpu_us, bouncer.and_then(|b| b.cpu_us)) {
                 (Some(p), Some(b)) => format!(
@@ -85,7 +129,8 @@ impl ProxyFigures {
             };
             let _ = writeln!(
                 s,
-                "| proxy: pgbench {script} (4 clients, {} s) | scale {} | direct {:.0} tps, {:.2} ms; {b} | {:.0} tps, {:.2} ms | {:.2}× direct (goal ≥ 0.9){vs_bouncer}{cpu} |",
+                "| proxy: pgbench {script} (4 clients, medians of {} rounds of {} s) | scale {} | direct {:.0} tps, {:.2} ms; {b} | {:.0} tps, {:.2} ms | {:.2}× direct (goal ≥ 0.9){vs_bouncer}{cpu} |",
+                self.rounds,
                 self.seconds,
                 self.scale,
                 direct.tps,
@@ -306,10 +351,9 @@ fn start_pgbouncer(
 
 fn bench(sizes: &Sizes) -> anyhow::Result<ProxyFigures> {
     let scale = env_u64("FERRY_BENCH_PROXY_SCALE", if sizes.quick { 1 } else { 5 }) as u32;
-    let secs = env_u64(
-        "FERRY_BENCH_PROXY_SECONDS",
-        if sizes.quick { 5 } else { 15 },
-    );
+    let secs = env_u64("FERRY_BENCH_PROXY_SECONDS", 5);
+    let rounds =
+        env_u64("FERRY_BENCH_PROXY_ROUNDS", if sizes.quick { 1 } else { 3 }).max(1) as usize;
     say!(
         "proxy: fresh durable servers, pgbench -i -s {scale}, `ferry run` with [proxy] until streaming …"
     );
@@ -338,6 +382,7 @@ fn bench(sizes: &Sizes) -> anyhow::Result<ProxyFigures> {
     let mut f = ProxyFigures {
         scale,
         seconds: secs,
+        rounds,
         ..ProxyFigures::default()
     };
     let t = secs.to_string();
@@ -346,49 +391,74 @@ fn bench(sizes: &Sizes) -> anyhow::Result<ProxyFigures> {
             ("-S", vec!["-S", "-T", t.as_str()]),
             ("tpcb-like", vec!["-T", t.as_str()]),
         ] {
-            let (direct, _) = pgbench(
-                &source,
-                source.port(),
-                ADMIN_USER,
-                ADMIN_PASSWORD,
-                &db,
-                &args,
-            )?;
             let ferry_pid = ferry.bg.pid();
-            let proxy = pgbench_cpu(
-                || crate::cpu::thread(ferry_pid, "ferry-proxy"),
-                &source,
-                proxy_port,
-                &db,
-                &args,
-            )?;
-            let b = match &bouncer {
-                Some((child, port)) => {
-                    let pid = child.id();
-                    Some(pgbench_cpu(
-                        || Some(crate::cpu::process(pid)),
-                        &source,
-                        *port,
-                        &db,
-                        &args,
-                    )?)
+            let (mut direct, mut proxy, mut bounced) = (Vec::new(), Vec::new(), Vec::new());
+            let mut vs_bouncer = Vec::new();
+            for round in 0..rounds {
+                // 0 direct, 1 proxy, 2 pgbouncer; each round starts one
+                // further on, so no one always runs first.
+                let mut round_proxy = None;
+                for which in (0..3).map(|i| (i + round) % 3) {
+                    match which {
+                        0 => direct.push(
+                            pgbench(
+                                &source,
+                                source.port(),
+                                ADMIN_USER,
+                                ADMIN_PASSWORD,
+                                &db,
+                                &args,
+                            )?
+                            .0,
+                        ),
+                        1 => {
+                            let run = pgbench_cpu(
+                                || crate::cpu::thread(ferry_pid, "ferry-proxy"),
+                                &source,
+                                proxy_port,
+                                &db,
+                                &args,
+                            )?;
+                            round_proxy = Some(run.tps);
+                            proxy.push(run);
+                        }
+                        _ => {
+                            if let Some((child, port)) = &bouncer {
+                                let pid = child.id();
+                                bounced.push(pgbench_cpu(
+                                    || Some(crate::cpu::process(pid)),
+                                    &source,
+                                    *port,
+                                    &db,
+                                    &args,
+                                )?);
+                            }
+                        }
+                    }
                 }
-                None => None,
-            };
+                if let (Some(p), Some(b)) = (round_proxy, bounced.last()) {
+                    vs_bouncer.push(p / b.tps.max(1e-9));
+                }
+            }
+            let direct = Run::median(&direct);
+            let proxy = Run::median(&proxy);
+            let b = (!bounced.is_empty()).then(|| Run::median(&bounced));
             say!(
-                "  {script}: direct {:.0} tps, proxy {:.0} tps ({:?} µs CPU per transaction), pgbouncer {:?} tps ({:?} µs)",
+                "  {script}: direct {:.0} tps, proxy {:.0} tps ({:?} µs CPU per transaction), pgbouncer {:?} tps ({:?} µs); proxy/pgbouncer per round {:?}",
                 direct.tps,
                 proxy.tps,
                 proxy.cpu_us,
                 b.map(|b| b.tps),
-                b.and_then(|b| b.cpu_us)
+                b.and_then(|b| b.cpu_us),
+                vs_bouncer
             );
-            f.rows.push((
-                if script == "-S" { "-S" } else { "tpcb-like" },
+            f.rows.push(Row {
+                script: if script == "-S" { "-S" } else { "tpcb-like" },
                 direct,
                 proxy,
-                b,
-            ));
+                bouncer: b,
+                vs_bouncer,
+            });
         }
         Ok(())
     })();
@@ -397,7 +467,7 @@ fn bench(sizes: &Sizes) -> anyhow::Result<ProxyFigures> {
         let _ = child.wait();
     }
     result?;
-    let off = f.rows.first().map(|r| r.2).unwrap_or_default();
+    let off = f.rows.first().map(|r| r.proxy).unwrap_or_default();
     stop_ferry(ferry.bg)?;
 
     // Every read mirrored.
