@@ -192,7 +192,7 @@ pub fn startup_packet(params: &[(String, String)]) -> Bytes {
 
 /// A zero-terminated UTF-8 string and what follows it.
 pub fn cstr(b: &[u8]) -> Option<(&str, &[u8])> {
-    let end = b.iter().position(|&c| c == 0)?;
+    let end = memchr::memchr(0, b)?;
     let s = std::str::from_utf8(&b[..end]).ok()?;
     Some((s, &b[end + 1..]))
 }

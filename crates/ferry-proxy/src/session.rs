@@ -1065,12 +1065,12 @@ impl Session {
         let mut any = false;
         for f in frames {
             let sql = match f.tag {
-                b'Q' | b'P' => statement_text(f),
+                b'Q' | b'P' => statement_bytes(f),
                 b'B' => {
                     any = any
                         || bind_names(f)
                             .and_then(|(_, stmt)| self.statement_sql(stmt))
-                            .is_some_and(|s| state::worth_a_look(s, tracking));
+                            .is_some_and(|s| state::worth_a_look(s.as_bytes(), tracking));
                     continue;
                 }
                 _ => continue,
@@ -1079,7 +1079,9 @@ impl Session {
             if pins && !self.pinned && mentions_pinning_word(sql) {
                 self.pinned = true;
             }
-            if state::may_define_settings(sql) {
+            if state::may_define_settings(sql)
+                && let Ok(sql) = std::str::from_utf8(sql)
+            {
                 state::note_custom_names(&mut self.state.custom_names, sql);
             }
             any = any || state::worth_a_look(sql, tracking);
@@ -1391,6 +1393,20 @@ fn statement_text(f: &Frame) -> Option<&str> {
     }
 }
 
+/// The SQL text of a Query or Parse frame as bytes, unchecked: for the
+/// scans every statement gets, which look for ASCII words only.
+fn statement_bytes(f: &Frame) -> Option<&[u8]> {
+    let text = match f.tag {
+        b'Q' => f.body(),
+        b'P' => {
+            let body = f.body();
+            &body[memchr::memchr(0, body)? + 1..]
+        }
+        _ => return None,
+    };
+    Some(&text[..memchr::memchr(0, text)?])
+}
+
 /// The statement a Bind frame binds, and its portal.
 fn bind_names(f: &Frame) -> Option<(&str, &str)> {
     let (portal, rest) = frame::cstr(f.body())?;
@@ -1405,8 +1421,8 @@ const PINNING_WORDS: [&[u8]; 5] = [b"temp", b"listen", b"declare", b"prepare", b
 /// Whether `sql` contains one of [`PINNING_WORDS`], in any case: one pass
 /// that compares only where a word's first letter is, and there only the
 /// words starting with that letter.
-fn mentions_pinning_word(sql: &str) -> bool {
-    let b = sql.as_bytes();
+fn mentions_pinning_word(sql: &[u8]) -> bool {
+    let b = sql;
     let at = |i: usize, w: &[u8]| {
         b[i..]
             .get(..w.len())
@@ -1494,10 +1510,10 @@ mod tests {
             "SELECT * FROM templates",
             "lock",
         ] {
-            assert!(mentions_pinning_word(sql), "{sql}");
+            assert!(mentions_pinning_word(sql.as_bytes()), "{sql}");
         }
         for sql in ["SELECT 1", "UPDATE t SET a = 1", "", "tem", "lis\u{e9}ten"] {
-            assert!(!mentions_pinning_word(sql), "{sql}");
+            assert!(!mentions_pinning_word(sql.as_bytes()), "{sql}");
         }
     }
 

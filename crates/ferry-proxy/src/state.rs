@@ -145,29 +145,31 @@ impl SessionState {
 /// Whether `sql` may hold a statement with an effect: one of its
 /// statements (roughly: the text start and after each `;`) starts with a
 /// word of [`WORDS`], or of [`TX_WORDS`] when `tracking`.
-pub(crate) fn worth_a_look(sql: &str, tracking: bool) -> bool {
-    let after_semicolons = memchr::memchr_iter(b';', sql.as_bytes()).map(|i| i + 1);
+pub(crate) fn worth_a_look(sql: &[u8], tracking: bool) -> bool {
+    let after_semicolons = memchr::memchr_iter(b';', sql).map(|i| i + 1);
     std::iter::once(0).chain(after_semicolons).any(|at| {
         let word = first_word(&sql[at..]);
-        let hit = |w: &&str| word.eq_ignore_ascii_case(w);
+        let hit = |w: &&str| word.eq_ignore_ascii_case(w.as_bytes());
         !word.is_empty() && (WORDS.iter().any(hit) || (tracking && TX_WORDS.iter().any(hit)))
     })
 }
 
-/// The first word after whitespace and comments.
-fn first_word(s: &str) -> &str {
-    let mut t = s.trim_start();
+/// The first word after whitespace and comments (bytes: these checks run
+/// on every statement text, before and without its UTF-8 check).
+fn first_word(s: &[u8]) -> &[u8] {
+    let mut t = s.trim_ascii_start();
     loop {
-        if let Some(r) = t.strip_prefix("--") {
-            t = r.split_once('\n').map_or("", |(_, r)| r).trim_start();
-        } else if let Some(r) = t.strip_prefix("/*") {
-            t = r.split_once("*/").map_or("", |(_, r)| r).trim_start();
+        if let Some(r) = t.strip_prefix(b"--") {
+            t = memchr::memchr(b'\n', r).map_or(&[][..], |i| &r[i + 1..]);
+        } else if let Some(r) = t.strip_prefix(b"/*") {
+            t = memchr::memmem::find(r, b"*/").map_or(&[][..], |i| &r[i + 2..]);
         } else {
             break;
         }
+        t = t.trim_ascii_start();
     }
     let end = t
-        .bytes()
+        .iter()
         .position(|c| !c.is_ascii_alphabetic())
         .unwrap_or(t.len());
     &t[..end]
@@ -245,15 +247,15 @@ pub(crate) const MAX_CUSTOM_NAMES: usize = 512;
 /// Whether a statement text may define settings other than by a `SET`
 /// statement: it mentions `set_config` or is a `DO` block. A scan for `_`
 /// on every Query and Parse text, so kept cheap.
-pub(crate) fn may_define_settings(sql: &str) -> bool {
-    let b = sql.as_bytes();
+pub(crate) fn may_define_settings(sql: &[u8]) -> bool {
+    let b = sql;
     let calls = memchr::memchr_iter(b'_', b).any(|i| {
         i >= 3
             && b[i - 3..i].eq_ignore_ascii_case(b"set")
             && b.get(i + 1..i + 7)
                 .is_some_and(|w| w.eq_ignore_ascii_case(b"config"))
     });
-    calls || first_word(sql).eq_ignore_ascii_case("do")
+    calls || first_word(sql).eq_ignore_ascii_case(b"do")
 }
 
 /// Remember the dotted words of `sql` as candidate custom-setting names
@@ -458,18 +460,19 @@ mod tests {
 
     #[test]
     fn cheap_test_finds_every_effect() {
-        assert!(worth_a_look("SET a = 1", false));
-        assert!(worth_a_look("/* app */ -- x\n set a = 1", false));
-        assert!(worth_a_look("BEGIN; SET a = 1; COMMIT", false));
-        assert!(!worth_a_look("UPDATE t SET a = 1", false));
-        assert!(!worth_a_look("BEGIN;", false));
-        assert!(worth_a_look("BEGIN;", true));
-        assert!(!worth_a_look("SELECT 1", true));
+        assert!(worth_a_look(b"SET a = 1", false));
+        assert!(worth_a_look(b"/* app */ -- x\n set a = 1", false));
+        assert!(worth_a_look(b"BEGIN; SET a = 1; COMMIT", false));
+        assert!(!worth_a_look(b"UPDATE t SET a = 1", false));
+        assert!(!worth_a_look(b"BEGIN;", false));
+        assert!(worth_a_look(b"BEGIN;", true));
+        assert!(!worth_a_look(b"SELECT 1", true));
+        assert!(!worth_a_look(b"-- SET a = 1", false));
         // A statement starts after each `;`, and a comment is skipped
         // whole even with a `;` inside.
-        assert!(worth_a_look("SELECT 1;reset all", false));
-        assert!(worth_a_look("/* a; b */ SET a = 1", false));
-        assert!(!worth_a_look("SELECT ';' ; ", false));
+        assert!(worth_a_look(b"SELECT 1;reset all", false));
+        assert!(worth_a_look(b"/* a; b */ SET a = 1", false));
+        assert!(!worth_a_look(b"SELECT ';' ; ", false));
     }
 
     #[test]
@@ -553,7 +556,7 @@ mod tests {
             "/* c */ DO $$ BEGIN SET app.x = 1; END $$",
             "do language plpgsql 'BEGIN NULL; END'",
         ] {
-            assert!(may_define_settings(sql), "{sql}");
+            assert!(may_define_settings(sql.as_bytes()), "{sql}");
         }
         for sql in [
             "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
@@ -563,7 +566,7 @@ mod tests {
             "_config",
             "",
         ] {
-            assert!(!may_define_settings(sql), "{sql}");
+            assert!(!may_define_settings(sql.as_bytes()), "{sql}");
         }
     }
 
