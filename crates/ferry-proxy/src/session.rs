@@ -1384,13 +1384,7 @@ async fn replay(
 
 /// The SQL text of a Query or Parse frame.
 fn statement_text(f: &Frame) -> Option<&str> {
-    match f.tag {
-        b'Q' => frame::cstr(f.body()).map(|(s, _)| s),
-        b'P' => frame::cstr(f.body())
-            .and_then(|(_, r)| frame::cstr(r))
-            .map(|(s, _)| s),
-        _ => None,
-    }
+    std::str::from_utf8(statement_bytes(f)?).ok()
 }
 
 /// The SQL text of a Query or Parse frame as bytes, unchecked: for the
