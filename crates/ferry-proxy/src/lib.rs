@@ -494,8 +494,10 @@ pub async fn serve_on_own_thread(
     std::thread::Builder::new()
         .name("ferry-proxy".into())
         .spawn(move || {
-            // Sockets and timers only: no signal or child-process driver
-            // checked on every turn of the loop.
+            // Sockets and timers. (tokio stacks its signal and
+            // child-process drivers on the IO driver whenever those
+            // features are compiled in, as they are for the pipeline, so
+            // a cheap check for exited children still runs on every park.)
             let result = tokio::runtime::Builder::new_current_thread()
                 .enable_io()
                 .enable_time()
