@@ -40,7 +40,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -66,6 +66,7 @@ pub use stats::{QueryRow, Stats};
 /// Where statements go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[repr(u8)]
 pub enum Mode {
     /// Everything to the source; read-only statements mirrored.
     Source,
@@ -100,6 +101,14 @@ impl Mode {
     fn switched(self) -> bool {
         matches!(self, Mode::Target | Mode::RolledBack)
     }
+
+    /// All modes, indexed by `mode as u8`.
+    const ALL: [Mode; 4] = [
+        Mode::Source,
+        Mode::ReadsOnTarget,
+        Mode::Target,
+        Mode::RolledBack,
+    ];
 
     pub fn parse(s: &str) -> Option<Mode> {
         match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
@@ -191,8 +200,13 @@ pub(crate) struct CancelTarget {
 /// The hold of a cutover through the proxy.
 #[derive(Debug)]
 pub(crate) struct Gate {
-    /// `true` while new statements wait at transaction boundaries.
+    /// `true` while new statements wait at transaction boundaries (the
+    /// channel wakes the sessions waiting at the gate).
     pub hold: watch::Sender<bool>,
+    /// The same flag, read by every batch without the channel's lock: set
+    /// after the channel when a hold begins and cleared before it when it
+    /// ends, so a session that sees it set finds the channel set too.
+    pub holding: AtomicBool,
     /// Sessions inside a transaction or with an answer outstanding.
     pub busy: AtomicUsize,
     /// Sessions waiting at the gate now.
@@ -213,6 +227,9 @@ pub struct Proxy {
     pub(crate) verifier: Option<(String, scram::Verifier)>,
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
     mode: watch::Sender<Mode>,
+    /// The mode as `mode as u8`: read by every batch without the watch
+    /// channel's lock (the channel wakes idle sessions when it changes).
+    mode_now: AtomicU8,
     history: Mutex<Vec<ModeChange>>,
     pub(crate) gate: Gate,
     pub(crate) cancels: Mutex<HashMap<i32, CancelTarget>>,
@@ -279,8 +296,10 @@ impl Proxy {
                 at: SystemTime::now(),
             }]),
             mode,
+            mode_now: AtomicU8::new(settings.mode as u8),
             gate: Gate {
                 hold,
+                holding: AtomicBool::new(false),
                 busy: AtomicUsize::new(0),
                 held: AtomicUsize::new(0),
                 longest_wait_us: AtomicU64::new(0),
@@ -296,7 +315,7 @@ impl Proxy {
     }
 
     pub fn mode(&self) -> Mode {
-        *self.mode.borrow()
+        Mode::ALL[usize::from(self.mode_now.load(Ordering::SeqCst)) % Mode::ALL.len()]
     }
 
     pub(crate) fn subscribe_mode(&self) -> watch::Receiver<Mode> {
@@ -313,6 +332,7 @@ impl Proxy {
     }
 
     fn record_mode(&self, mode: Mode, by: &str) -> ModeChange {
+        self.mode_now.store(mode as u8, Ordering::SeqCst);
         self.mode.send_replace(mode);
         let change = ModeChange {
             mode,
@@ -344,6 +364,7 @@ impl Proxy {
         let started = Instant::now();
         self.gate.longest_wait_us.store(0, Ordering::SeqCst);
         self.gate.hold.send_replace(true);
+        self.gate.holding.store(true, Ordering::SeqCst);
         info!(
             bound_ms = bound.as_millis() as u64,
             "proxy holding new statements at transaction boundaries"
@@ -354,6 +375,7 @@ impl Proxy {
                 return Ok(started);
             }
             if started.elapsed() > bound {
+                self.gate.holding.store(false, Ordering::SeqCst);
                 self.gate.hold.send_replace(false);
                 return Err(format!(
                     "{busy} proxied sessions still inside a transaction after {:.1}s; statements released to the source",
@@ -378,6 +400,7 @@ impl Proxy {
         }
         let switch = switch.is_some();
         let held = self.gate.held.load(Ordering::SeqCst);
+        self.gate.holding.store(false, Ordering::SeqCst);
         self.gate.hold.send_replace(false);
         let window = started.elapsed().as_secs_f64();
         info!(
@@ -552,5 +575,8 @@ mod tests {
         assert_eq!(Mode::RolledBack.primary(), Side::Source);
         assert_eq!(Mode::parse("rolled_back"), Some(Mode::RolledBack));
         assert_eq!(Mode::RolledBack.as_str(), "rolled-back");
+        for m in Mode::ALL {
+            assert_eq!(Mode::ALL[m as usize], m);
+        }
     }
 }

@@ -168,7 +168,8 @@ struct Batch {
     track: Option<Track>,
     error: bool,
     /// Mirroring: the self-contained frames and the answer so far.
-    capture: Option<(Bytes, bool, Answer)>,
+    /// (Boxed: a batch is moved several times on its way.)
+    capture: Option<Box<(Bytes, bool, Answer)>>,
 }
 
 impl Batch {
@@ -187,8 +188,8 @@ impl Batch {
             }
             _ => {}
         }
-        if let Some((_, _, answer)) = &mut self.capture {
-            answer.absorb(&Frame {
+        if let Some(capture) = &mut self.capture {
+            capture.2.absorb(&Frame {
                 tag,
                 raw: Bytes::copy_from_slice(raw),
             });
@@ -223,6 +224,8 @@ struct Session {
     batch: Batch,
     /// Batches sent whose ReadyForQuery has not come back, oldest first.
     inflight: std::collections::VecDeque<Batch>,
+    /// The frame vector of the last batch, reused by the next.
+    spare: Vec<Frame>,
     pid: i32,
     secret: Vec<u8>,
     hold: watch::Receiver<bool>,
@@ -317,6 +320,7 @@ pub(crate) async fn run(proxy: Arc<Proxy>, tcp: TcpStream) -> Result<(), Session
         busy: false,
         batch: Batch::default(),
         inflight: std::collections::VecDeque::new(),
+        spare: Vec::new(),
         pid,
         secret,
         pinned: false,
@@ -389,8 +393,11 @@ impl Session {
 
     async fn serve(&mut self) -> Result<(), SessionError> {
         // Waiting for a mode change is one long-lived future, not one
-        // registered and dropped on every turn of the loop.
+        // registered and dropped on every turn of the loop; once it has
+        // registered this task's waker it is polled again (a lock on the
+        // channel's waiter list) only when the mode's version moved.
         let mut mode_change = Box::pin(mode_changed(self.mode.clone()));
+        let mut mode_armed = false;
         loop {
             // Forward what the client sent, deciding at batch boundaries.
             if !self.client_frames().await? {
@@ -419,6 +426,8 @@ impl Session {
             }
             // Writes first (what is ready to go goes), then reads.
             let (client, cout, cin) = (&mut self.client, &self.cout, &mut self.cin);
+            let mode = &self.mode;
+            let armed = &mut mode_armed;
             let event = std::future::poll_fn(|cx| {
                 if !cout.is_empty()
                     && let Poll::Ready(r) = Pin::new(&mut *client).poll_write(cx, cout)
@@ -441,6 +450,10 @@ impl Session {
                 {
                     return Poll::Ready(Event::ClientRead(r));
                 }
+                if *armed && !mode.has_changed().unwrap_or(false) {
+                    return Poll::Pending;
+                }
+                *armed = true;
                 mode_change.as_mut().poll(cx).map(Event::ModeChanged)
             })
             .await;
@@ -470,7 +483,9 @@ impl Session {
                     }
                 }
                 Event::ModeChanged(rx) => {
+                    self.mode = rx.clone();
                     mode_change = Box::pin(mode_changed(rx));
+                    mode_armed = false;
                     self.switch_when_idle().await?;
                 }
             }
@@ -509,16 +524,14 @@ impl Session {
                 // reads and session state. While a cutover holds statements
                 // they wait until the answers are in and are then decided at
                 // the boundary like any other; COPY data flows on.
-                let hold = *self.hold.borrow();
+                let hold = self.proxy.gate.holding.load(Ordering::SeqCst);
                 match scan_batch(&self.cin)? {
                     Some(batch) if batch.synced && !hold => {
                         let frames = self.take_frames(batch.frames)?;
                         self.batch = Batch::default();
                         self.note_effects(&frames, false);
                         self.look_at(&frames, false);
-                        for f in frames {
-                            self.forward(f);
-                        }
+                        self.forward_all(frames);
                     }
                     Some(batch)
                         if !batch.synced
@@ -570,7 +583,7 @@ impl Session {
         let idle = self.status == b'I' && !self.unsynced;
         self.set_busy(true);
         if idle {
-            while *self.hold.borrow() {
+            while self.proxy.gate.holding.load(Ordering::SeqCst) {
                 self.set_busy(false);
                 self.wait_at_gate().await;
                 self.set_busy(true);
@@ -602,14 +615,23 @@ impl Session {
             self.register_cancel();
         }
         self.prepare_for(side, &frames).await?;
-        for f in frames {
-            self.forward(f);
-        }
+        self.forward_all(frames);
         Ok(())
     }
 
+    /// [`Session::forward`] each of `frames`, keeping the vector for the
+    /// next batch.
+    fn forward_all(&mut self, mut frames: Vec<Frame>) {
+        for f in frames.drain(..) {
+            self.forward(f);
+        }
+        self.spare = frames;
+    }
+
     fn take_frames(&mut self, n: usize) -> Result<Vec<Frame>, SessionError> {
-        let mut frames = Vec::with_capacity(n);
+        let mut frames = std::mem::take(&mut self.spare);
+        frames.clear();
+        frames.reserve(n);
         while frames.len() < n {
             match frame::split(&mut self.cin)? {
                 Some(f) => frames.push(f),
@@ -647,7 +669,7 @@ impl Session {
         }
         if !to_target && mode == Mode::Source && self.primary == Side::Source && self.sampled() {
             let job = self.mirror_frames(frames);
-            self.batch.capture = Some((job, ordered, Answer::default()));
+            self.batch.capture = Some(Box::new((job, ordered, Answer::default())));
         }
         self.batch.fingerprint = Some((fp, normalized));
         // Latency is kept per fingerprint: only a batch with one is timed.
@@ -881,6 +903,10 @@ impl Session {
                 names.push(stmt);
             }
         }
+        if names.is_empty() && conn.sets_applied == self.state.committed.len() {
+            // The usual case: nothing to replay or prepare.
+            return Ok(());
+        }
         let sets = replayed_sets(&self.state.committed, conn.sets_applied);
         replay(conn, &sets, &self.statements, &names).await?;
         conn.sets_applied = self.state.committed.len();
@@ -1022,7 +1048,7 @@ impl Session {
             .call(&fp, &normalized, batch.on_target, took);
         // Mirrored only when it ran outside any transaction block.
         let outside = before == b'I' && self.status == b'I';
-        if let Some((frames, ordered, answer)) = batch.capture.filter(|_| outside) {
+        if let Some((frames, ordered, answer)) = batch.capture.filter(|_| outside).map(|c| *c) {
             let job = Job {
                 fingerprint: fp.to_string(),
                 normalized: normalized.to_string(),
