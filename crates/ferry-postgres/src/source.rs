@@ -340,7 +340,15 @@ impl source::Source for PgSource {
     }
 
     async fn start_capture(&self, catalog: &SourceCatalog) -> Result<PgSnapshot, Error> {
-        let source = self.client().await?;
+        // The replication connection of the first snapshot is opened beside
+        // the source session (each is a handshake and a login); its error,
+        // if any, is reported where it was before: after the publications.
+        let (source, first) = tokio::join!(
+            self.client(),
+            ReplicationConnection::connect(&self.config.source)
+        );
+        let source = source?;
+        let mut first = Some(first);
         let slot = &self.config.postgres.slot;
         // Insert-only tables go into their own publication, published for
         // inserts alone: a keyless table there keeps accepting UPDATE/DELETE.
@@ -376,7 +384,10 @@ impl source::Source for PgSource {
         }
         let schemas = catalog.schemas();
         for attempt in 1..=HOLD_ATTEMPTS {
-            let conn = ReplicationConnection::connect(&self.config.source).await?;
+            let conn = match first.take() {
+                Some(conn) => conn?,
+                None => ReplicationConnection::connect(&self.config.source).await?,
+            };
             let created = if self.config.postgres.existing_slot {
                 crate::slot::snapshot_existing_slot(conn, &source, slot).await?
             } else {
