@@ -52,6 +52,8 @@ use crate::{CancelTarget, Mode, Proxy};
 /// Client bytes buffered while a batch is incomplete; past this the
 /// complete frames are forwarded to the source as they are.
 const CLIENT_BUFFER: usize = 1 << 20;
+/// Frames of a batch the session's reused frame vector holds at most.
+const SPARE_FRAMES: usize = 64;
 /// Free space kept in read buffers so one read takes a large piece.
 const READ_ROOM: usize = 16 * 1024;
 /// Answer bytes buffered for a slow client before the backend is not read.
@@ -620,12 +622,15 @@ impl Session {
     }
 
     /// [`Session::forward`] each of `frames`, keeping the vector for the
-    /// next batch.
+    /// next batch unless a long batch grew it (a session keeps no memory a
+    /// single large batch needed).
     fn forward_all(&mut self, mut frames: Vec<Frame>) {
         for f in frames.drain(..) {
             self.forward(f);
         }
-        self.spare = frames;
+        if frames.capacity() <= SPARE_FRAMES {
+            self.spare = frames;
+        }
     }
 
     fn take_frames(&mut self, n: usize) -> Result<Vec<Frame>, SessionError> {
