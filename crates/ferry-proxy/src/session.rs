@@ -1326,7 +1326,7 @@ impl Session {
 
 /// `fut`'s output if it is ready at its first poll. Polled with a waker
 /// that does nothing: a socket that is not ready is waited for by the
-/// session loop's `select!`, which polls again with its own waker.
+/// session loop's poll, which polls again with its own waker.
 fn poll_once<F: std::future::Future>(fut: F) -> Option<F::Output> {
     let fut = std::pin::pin!(fut);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

@@ -53,7 +53,13 @@ impl Run {
     fn median(runs: &[Run]) -> Run {
         fn mid(mut v: Vec<f64>) -> f64 {
             v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).copied().unwrap_or(0.0)
+            let n = v.len();
+            match n {
+                0 => 0.0,
+                _ if n % 2 == 1 => v[n / 2],
+                // An even number of rounds: the mean of the middle two.
+                _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+            }
         }
         let cpu: Vec<f64> = runs.iter().filter_map(|r| r.cpu_us).collect();
         Run {
