@@ -32,6 +32,11 @@ pub struct Check {
     /// What to do, for `Warn` and `Fail`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
+    /// A failure that may pass by itself (the server was unreachable,
+    /// e.g. restarting), not one an operator must fix. Only a run that
+    /// already got past the checks once retries on it.
+    #[serde(skip)]
+    pub transient: bool,
 }
 
 impl Check {
@@ -42,6 +47,7 @@ impl Check {
             status: CheckStatus::Pass,
             detail: detail.into(),
             fix: None,
+            transient: false,
         }
     }
 
@@ -57,6 +63,7 @@ impl Check {
             status: CheckStatus::Warn,
             detail: detail.into(),
             fix: Some(fix.into()),
+            transient: false,
         }
     }
 
@@ -72,7 +79,14 @@ impl Check {
             status: CheckStatus::Fail,
             detail: detail.into(),
             fix: Some(fix.into()),
+            transient: false,
         }
+    }
+
+    /// Mark a failure as one that may pass by itself (the `transient` field).
+    pub fn with_transient(mut self, transient: bool) -> Self {
+        self.transient = transient;
+        self
     }
 }
 

@@ -67,12 +67,15 @@ pub async fn check_source_with(config: &Config, slot: SlotOwnership) -> SourcePl
     let client = match connect(&config.source, SIDE).await {
         Ok(c) => c,
         Err(e) => {
-            plan.checks.push(Check::fail(
-                SIDE,
-                "connect",
-                e.to_string(),
-                e.fix().unwrap_or("check source.url").to_owned(),
-            ));
+            plan.checks.push(
+                Check::fail(
+                    SIDE,
+                    "connect",
+                    e.to_string(),
+                    e.fix().unwrap_or("check source.url").to_owned(),
+                )
+                .with_transient(e.is_transient()),
+            );
             return plan;
         }
     };

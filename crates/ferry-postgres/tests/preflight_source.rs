@@ -145,7 +145,7 @@ async fn missing_privileges_and_identity_fail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_conflicts_and_connection_failures() {
-    let pg = PgServer::start(PgOptions::new()).expect("start postgres");
+    let mut pg = PgServer::start(PgOptions::new()).expect("start postgres");
     let db = pg.create_database("pre_slot").unwrap();
     pg.psql(
         &db,
@@ -181,4 +181,18 @@ async fn slot_conflicts_and_connection_failures() {
         "{c:?}"
     );
     assert!(c.fix.as_deref().unwrap().contains("source.url"), "{c:?}");
+    assert!(
+        !c.transient,
+        "a wrong database is the operator's to fix: {c:?}"
+    );
+
+    // A server that is down (restarting) fails the connect check as
+    // something that may pass by itself: a run that got past its checks
+    // before retries on it.
+    let url = pg.url(&db);
+    pg.stop().unwrap();
+    let plan = check_source(&config(&url, "")).await;
+    let c = check(&plan, "connect");
+    assert_eq!(c.status, CheckStatus::Fail);
+    assert!(c.transient, "a server that is down: {c:?}");
 }

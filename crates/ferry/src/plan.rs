@@ -223,7 +223,7 @@ fn plan_schema(t: &TablePlan) -> Option<TableSchema> {
 async fn source_plan(config: &Config, ownership: SlotOwnership, purpose: Purpose) -> SourcePlan {
     let kind = match config.source.kind() {
         Ok(k) => k,
-        Err(e) => return unreachable_source("unknown", format!("source.url {e}")),
+        Err(e) => return unreachable_source("unknown", format!("source.url {e}"), false),
     };
     match kind {
         EndpointKind::Postgres => {
@@ -231,7 +231,7 @@ async fn source_plan(config: &Config, ownership: SlotOwnership, purpose: Purpose
         }
         EndpointKind::MySql => ferry_mysql::preflight::plan(config)
             .await
-            .unwrap_or_else(|e| unreachable_source("mysql", e.to_string())),
+            .unwrap_or_else(|e| unreachable_source("mysql", e.to_string(), e.is_transient())),
         EndpointKind::Sqlite(_) => {
             let checking = match (purpose, ownership) {
                 (Purpose::Run, SlotOwnership::Resuming) => {
@@ -241,15 +241,28 @@ async fn source_plan(config: &Config, ownership: SlotOwnership, purpose: Purpose
             };
             ferry_sqlite::preflight::plan_with(config, checking)
                 .await
-                .unwrap_or_else(|e| unreachable_source("sqlite", e.to_string()))
+                .unwrap_or_else(|e| unreachable_source("sqlite", e.to_string(), e.is_transient()))
         }
     }
+}
+
+/// Why `ferry run` must not start: the failed checks, said with their
+/// fixes, and whether they may pass by themselves.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    /// Every failure with its fix, for the log.
+    pub message: String,
+    /// What the failed checks found, on one line.
+    pub found: String,
+    /// Every failure is one that may pass by itself (a server that was
+    /// unreachable, e.g. restarting), none an operator must fix.
+    pub transient: bool,
 }
 
 /// Why `ferry run` must not start, if it must not: it refuses exactly what
 /// `ferry plan` refuses (the same checks), before it creates anything on the
 /// source, and says every failure with its fix.
-pub async fn refusal(config: &Config) -> Option<String> {
+pub async fn refusal(config: &Config) -> Option<Refused> {
     let report = build_for(config, Purpose::Run).await;
     if report.runnable() {
         return None;
@@ -264,23 +277,34 @@ pub async fn refusal(config: &Config) -> Option<String> {
             )
         })
         .collect();
-    Some(format!(
-        "ferry run refuses to start: {} prerequisite(s) failed (the checks of `ferry plan`); nothing was created on the source:\n{}\napply the fixes above and check with `ferry plan`",
-        failures.len(),
-        failures.join("\n")
-    ))
+    Some(Refused {
+        message: format!(
+            "ferry run refuses to start: {} prerequisite(s) failed (the checks of `ferry plan`); nothing was created on the source:\n{}\napply the fixes above and check with `ferry plan`",
+            failures.len(),
+            failures.join("\n")
+        ),
+        found: report
+            .failures()
+            .map(|c| format!("{} {}: {}", c.side, c.name, c.detail))
+            .collect::<Vec<_>>()
+            .join("; "),
+        transient: report.failures().all(|c| c.transient),
+    })
 }
 
-fn unreachable_source(flavor: &str, detail: String) -> SourcePlan {
+fn unreachable_source(flavor: &str, detail: String, transient: bool) -> SourcePlan {
     SourcePlan {
         flavor: flavor.to_owned(),
         version: String::new(),
-        checks: vec![Check::fail(
-            "source",
-            "connect",
-            detail,
-            "make the source reachable with the credentials in source.url",
-        )],
+        checks: vec![
+            Check::fail(
+                "source",
+                "connect",
+                detail,
+                "make the source reachable with the credentials in source.url",
+            )
+            .with_transient(transient),
+        ],
         tables: Vec::new(),
     }
 }

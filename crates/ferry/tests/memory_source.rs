@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry::pipeline::run_source;
+use ferry::plan::Refused;
 use ferry_core::config::Config;
 use ferry_core::source::{
     self, BoxFuture, ChangeOptions, Chunk, ChunkData, Retention, SequenceValue, SuperviseContext,
@@ -61,6 +62,8 @@ struct MemorySource {
     acked: Arc<AtomicUsize>,
     /// Streams started (reconnects show here).
     streams: Arc<AtomicUsize>,
+    /// The next N catalog reads fail as a restarting server's would.
+    catalog_down: Arc<AtomicUsize>,
 }
 
 fn commit_pos(i: usize) -> ChangeLogSeq {
@@ -79,6 +82,7 @@ impl MemorySource {
             chunk_delay: Duration::ZERO,
             acked: Arc::new(AtomicUsize::new(0)),
             streams: Arc::new(AtomicUsize::new(0)),
+            catalog_down: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -288,6 +292,12 @@ impl source::Source for MemorySource {
     type Cutover = MemoryCutover;
 
     async fn catalog(&self) -> Result<MemoryCatalog, Error> {
+        let down = self
+            .catalog_down
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if down.is_ok() {
+            return Err(Error::transient("the in-memory source is restarting"));
+        }
         Ok(MemoryCatalog(self.schemas.to_vec(), self.tables()))
     }
 
@@ -684,7 +694,7 @@ async fn phase(c: &Client) -> Option<String> {
 
 /// Wait until the target's checkpoint is the source head and the phase is
 /// `stream`, then compare every row.
-async fn assert_caught_up(src: &MemorySource, c: &Client, what: &str) {
+async fn assert_caught_up(src: &MemorySource, c: &Client, task: &Running, what: &str) {
     let head = src.head().to_string();
     let started = Instant::now();
     loop {
@@ -692,6 +702,10 @@ async fn assert_caught_up(src: &MemorySource, c: &Client, what: &str) {
         if cp.as_deref() == Some(head.as_str()) && ph.as_deref() == Some("stream") {
             break;
         }
+        assert!(
+            !task.is_finished(),
+            "{what}: the pipeline ended (refused or failed: see its log above)"
+        );
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "{what}: not caught up: checkpoint {cp:?}, phase {ph:?}, source head {head}"
@@ -719,14 +733,53 @@ async fn assert_caught_up(src: &MemorySource, c: &Client, what: &str) {
 type Running = tokio::task::JoinHandle<anyhow::Result<ferry::Outcome>>;
 
 fn start(src: &MemorySource, config: &Config) -> (Running, ferry::shutdown::Shutdown) {
+    start_checked(src, config, |_| None)
+}
+
+/// What the checks of `ferry plan` answer on their `n`th call (1-based).
+type Checks = fn(usize) -> Option<Refused>;
+
+/// Start the pipeline with scripted checks; `calls` counts them.
+fn start_checked(
+    src: &MemorySource,
+    config: &Config,
+    checks: Checks,
+) -> (Running, ferry::shutdown::Shutdown) {
+    start_counted(src, config, checks, Arc::default())
+}
+
+fn start_counted(
+    src: &MemorySource,
+    config: &Config,
+    checks: Checks,
+    calls: Arc<AtomicUsize>,
+) -> (Running, ferry::shutdown::Shutdown) {
     let trigger = ferry::shutdown::Shutdown::new();
     let shutdown = trigger.clone();
     let (src, config) = (Arc::new(src.clone()), config.clone());
     let task = tokio::spawn(async move {
-        let no_refusal = || -> BoxFuture<'_, Option<String>> { Box::pin(async { None }) };
-        run_source(src, &config, &no_refusal, shutdown).await
+        let refusal = || -> BoxFuture<'_, Option<Refused>> {
+            let n = calls.fetch_add(1, Ordering::AcqRel) + 1;
+            Box::pin(async move { checks(n) })
+        };
+        run_source(src, &config, &refusal, shutdown).await
     });
     (task, trigger)
+}
+
+/// A failed check as `ferry plan` reports it; `transient` when the server
+/// could not be reached (restarting).
+fn refused(transient: bool) -> Option<Refused> {
+    let found = if transient {
+        "source connect: connection refused"
+    } else {
+        "source wal_level: replica"
+    };
+    Some(Refused {
+        message: format!("ferry run refuses to start: 1 prerequisite(s) failed:\n  FAIL {found}"),
+        found: found.into(),
+        transient,
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -801,7 +854,7 @@ async fn scripted_source_through_the_real_pipeline_with_crashes() {
     //    skip what it holds), then catch-up and streaming.
     src.chunk_delay = Duration::ZERO;
     let (task, trigger) = start(&src, &config);
-    assert_caught_up(&src, &c, "after the resumed load").await;
+    assert_caught_up(&src, &c, &task, "after the resumed load").await;
     let reloaded: i64 = c
         .query_one("SELECT count(*) FROM ferry.table_snapshots", &[])
         .await
@@ -818,7 +871,7 @@ async fn scripted_source_through_the_real_pipeline_with_crashes() {
     let next_txn = src.log.lock().unwrap().txns.len() + 2;
     *src.break_in_txn.lock().unwrap() = Some(next_txn);
     script_round(&src, 4);
-    assert_caught_up(&src, &c, "after the stream broke mid-transaction").await;
+    assert_caught_up(&src, &c, &task, "after the stream broke mid-transaction").await;
     assert!(
         src.streams.load(Ordering::Acquire) > streams_before,
         "the pipeline reconnected the change stream"
@@ -835,7 +888,7 @@ async fn scripted_source_through_the_real_pipeline_with_crashes() {
     drop(trigger);
     script_round(&src, 6);
     let (task, trigger) = start(&src, &config);
-    assert_caught_up(&src, &c, "after the crash while streaming").await;
+    assert_caught_up(&src, &c, &task, "after the crash while streaming").await;
     // A truncate reaches the target too.
     src.commit(vec![Change::Truncate {
         tables: vec![notes()],
@@ -846,7 +899,7 @@ async fn scripted_source_through_the_real_pipeline_with_crashes() {
         table: notes(),
         new: note(1, Some("after truncate")),
     }]);
-    assert_caught_up(&src, &c, "after a truncate").await;
+    assert_caught_up(&src, &c, &task, "after a truncate").await;
 
     // 5. A clean stop: the checkpoint is the head, acknowledged up to it.
     trigger.cancel();
@@ -857,4 +910,89 @@ async fn scripted_source_through_the_real_pipeline_with_crashes() {
         Some(src.head().to_string().as_str())
     );
     assert_eq!(src.acked.load(Ordering::Acquire) as u64, src.head().0);
+}
+
+/// A source that restarts while the pipeline starts again after a transient
+/// failure: the checks of `ferry plan` cannot reach it for a while. A run
+/// that got past them once (or resumes one that did) waits for the server;
+/// a fresh run refuses, and so does any run on a failure an operator must
+/// fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_restarting_during_a_retry_is_waited_for_not_refused() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("info")
+        .try_init();
+    let pg = PgServer::start(PgOptions::default()).expect("start throwaway PostgreSQL");
+    let url = pg.url("postgres");
+    let c = connect(&url).await;
+    c.batch_execute("CREATE SCHEMA shop").await.unwrap();
+    let config = config(&url);
+    let src = MemorySource::new(schemas(), initial());
+    script_round(&src, 1);
+    let within = Duration::from_secs(60);
+
+    // 1. A fresh run whose checks cannot reach the source refuses at once
+    //    (a wrong host looks the same): nothing was started.
+    let (task, _t) = start_checked(&src, &config, |_| refused(true));
+    let outcome = tokio::time::timeout(within, task)
+        .await
+        .expect("refused promptly");
+    let outcome = outcome.expect("pipeline task").expect("pipeline result");
+    assert!(matches!(outcome, ferry::Outcome::Refused), "{outcome:?}");
+    assert_eq!(phase(&c).await, None, "a refused run recorded a phase");
+
+    // 2. The checks pass, then the source fails while the catalog is read
+    //    (transient); the next two attempts find it unreachable, the third
+    //    gets through: the run goes on to streaming, nothing refused.
+    src.catalog_down.store(1, Ordering::Release);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let restarting = |n| match n {
+        2 | 3 => refused(true),
+        _ => None,
+    };
+    let (task, trigger) = start_counted(&src, &config, restarting, calls.clone());
+    script_round(&src, 2);
+    assert_caught_up(&src, &c, &task, "after the source restarted during a retry").await;
+    assert_eq!(
+        src.catalog_down.load(Ordering::Acquire),
+        0,
+        "the injected catalog failure happened"
+    );
+    assert_eq!(
+        calls.load(Ordering::Acquire),
+        4,
+        "one passing check, two unreachable, one passing"
+    );
+    trigger.cancel();
+    let outcome = task.await.expect("pipeline task").expect("pipeline result");
+    assert!(matches!(outcome, ferry::Outcome::Ok), "{outcome:?}");
+
+    // 3. A new process resuming this run (phase stream) while the source
+    //    restarts waits for it too.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (task, trigger) = start_counted(
+        &src,
+        &config,
+        |n| if n == 1 { refused(true) } else { None },
+        calls.clone(),
+    );
+    script_round(&src, 3);
+    assert_caught_up(&src, &c, &task, "after resuming while the source restarted").await;
+    assert_eq!(
+        calls.load(Ordering::Acquire),
+        2,
+        "unreachable once, then passing"
+    );
+    trigger.cancel();
+    let outcome = task.await.expect("pipeline task").expect("pipeline result");
+    assert!(matches!(outcome, ferry::Outcome::Ok), "{outcome:?}");
+
+    // 4. A failure an operator must fix is refused even then.
+    let (task, _t) = start_checked(&src, &config, |_| refused(false));
+    let outcome = tokio::time::timeout(within, task)
+        .await
+        .expect("refused promptly");
+    let outcome = outcome.expect("pipeline task").expect("pipeline result");
+    assert!(matches!(outcome, ferry::Outcome::Refused), "{outcome:?}");
 }

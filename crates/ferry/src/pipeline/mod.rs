@@ -87,7 +87,7 @@ pub const SOURCE_IDENTITY: &str = "source_identity";
 /// What refuses a run before anything is created on the source (the
 /// checks `ferry plan` fails on); `None` to go on.
 pub type Refusal<'a> =
-    &'a (dyn Fn() -> ferry_core::source::BoxFuture<'a, Option<String>> + Send + Sync);
+    &'a (dyn Fn() -> ferry_core::source::BoxFuture<'a, Option<crate::plan::Refused>> + Send + Sync);
 
 /// Run the migration until shutdown or cutover: pick the source and hand
 /// it to the generic pipeline ([`run_source`]).
@@ -101,7 +101,7 @@ pub async fn run(config: &Config, shutdown: Shutdown) -> anyhow::Result<Outcome>
             outcome
         }
         EndpointKind::MySql => {
-            let refusal = || -> ferry_core::source::BoxFuture<'_, Option<String>> {
+            let refusal = || -> ferry_core::source::BoxFuture<'_, Option<crate::plan::Refused>> {
                 Box::pin(crate::plan::refusal(config))
             };
             run_source(
@@ -115,7 +115,7 @@ pub async fn run(config: &Config, shutdown: Shutdown) -> anyhow::Result<Outcome>
         EndpointKind::Sqlite(_) => {
             // Tables land in `public` unless renamed, as `ferry plan` shows.
             let config = &ferry_sqlite::source::with_target_names(config).await?;
-            let refusal = || -> ferry_core::source::BoxFuture<'_, Option<String>> {
+            let refusal = || -> ferry_core::source::BoxFuture<'_, Option<crate::plan::Refused>> {
                 Box::pin(crate::plan::refusal(config))
             };
             run_source(
@@ -142,7 +142,7 @@ async fn run_postgres(config: &Config, shutdown: Shutdown) -> anyhow::Result<Out
             tracing::debug!(error = %format!("{e:#}"), "fallback state not readable yet")
         }
     }
-    let refusal = || -> ferry_core::source::BoxFuture<'_, Option<String>> {
+    let refusal = || -> ferry_core::source::BoxFuture<'_, Option<crate::plan::Refused>> {
         Box::pin(crate::plan::refusal(config))
     };
     // A finished cutover (or rollback) cancels its run's token only: the
@@ -172,8 +172,17 @@ pub async fn run_source<S: Source>(
     shutdown: Shutdown,
 ) -> anyhow::Result<Outcome> {
     let mut backoff = retry::Backoff::default();
+    // Once the checks passed, a server they cannot reach is restarting.
+    let mut checks_passed = false;
     loop {
-        let err = match run_once(&source, config, refusal, shutdown.clone()).await {
+        let attempt = run_once(
+            &source,
+            config,
+            refusal,
+            &mut checks_passed,
+            shutdown.clone(),
+        );
+        let err = match attempt.await {
             Err(e)
                 if !shutdown.is_cancelled()
                     && stream::classify(&e) == ferry_core::ErrorClass::Transient =>
@@ -196,10 +205,14 @@ pub async fn run_source<S: Source>(
     }
 }
 
+/// One attempt. Once `checks_passed` (set here), or when resuming a run
+/// past its plan, a server the checks cannot reach is retried (it is
+/// restarting), not refused.
 async fn run_once<S: Source>(
     source: &Arc<S>,
     config: &Config,
     refusal: Refusal<'_>,
+    checks_passed: &mut bool,
     shutdown: Shutdown,
 ) -> anyhow::Result<Outcome> {
     let state = StateStore::new(config.state.schema.clone());
@@ -253,9 +266,21 @@ async fn run_once<S: Source>(
         },
     };
     if let Some(why) = why {
-        tracing::error!("{why}");
+        // This run (or the one whose state it resumes) got past the checks
+        // before: a server that cannot be reached now is restarting, not
+        // misconfigured.
+        let passed_before = *checks_passed || phase.is_some_and(|p| p > Phase::Plan);
+        if passed_before && why.transient {
+            return Err(ferry_core::Error::transient(format!(
+                "starting again: the checks of `ferry plan` cannot reach the server yet ({})",
+                why.found
+            ))
+            .into());
+        }
+        tracing::error!("{}", why.message);
         return Ok(Outcome::Refused);
     }
+    *checks_passed = true;
     let run_id = state
         .start_run(
             &target,
