@@ -23,13 +23,11 @@ use crate::{Background, Ran, ferry, pgsync, run};
 /// How long a wait may take unless [`Migration::timeout`] says otherwise.
 pub const LONG: Duration = Duration::from_secs(180);
 
-/// A free loopback port (for the control API).
+/// A free loopback port (for the control API), below the ephemeral range
+/// (see [`ferry_testkit::free_port`]): a `ferry run` restarted on it after
+/// a kill does not find it taken by an outgoing connection.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("binding a free port")
-        .local_addr()
-        .expect("local address")
-        .port()
+    ferry_testkit::free_port().expect("finding a free port")
 }
 
 /// The target every test starts from: `wal_level = replica`.

@@ -54,6 +54,7 @@ pub use pg::{
     MATRIX_MAJORS, PgAuth, PgOptions, PgServer, PgTlsFiles, binary_major, pg_dump_for,
     pg_server_bin_dir, pg_versions_dir, tls_files,
 };
+pub use supervisor::free_port;
 pub use sys::testkit_root;
 
 /// Superuser created in every server (PostgreSQL superuser; MariaDB user with

@@ -12,6 +12,7 @@
 //! harness chose ([`OnDrop`]).
 
 use std::fs::{self, File, OpenOptions};
+use std::hash::{BuildHasher, Hasher};
 use std::io::{Read, Seek, SeekFrom};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -221,14 +222,45 @@ impl Drop for Supervisor {
     }
 }
 
-/// A currently free loopback port. Another process may grab it before the
-/// server binds it; [`Supervisor::start`] retries with a new one then.
-pub(crate) fn free_port() -> Result<u16> {
+/// A currently free loopback port to listen on. Another process may grab
+/// it before the server binds it; [`Supervisor::start`] retries with a new
+/// one then.
+///
+/// It is taken below the kernel's ephemeral range when there is room
+/// there: any outgoing connection may be given a port of that range as its
+/// local port, so a server (or a `ferry run`) restarting on a port from it
+/// can find it held for as long as that connection lives.
+pub fn free_port() -> Result<u16> {
+    if let Some((low, high)) = listening_range() {
+        for attempt in 0u32..64 {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(attempt);
+            h.write_u32(std::process::id());
+            let port = low + (h.finish() % u64::from(high - low)) as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0")
         .map_err(io_err("binding 127.0.0.1:0 to find a free port"))?;
     Ok(l.local_addr()
         .map_err(io_err("reading local address"))?
         .port())
+}
+
+/// Ports below the ephemeral range (`net.ipv4.ip_local_port_range`), at
+/// most 16,384 of them and none below 10,000; `None` when there is too
+/// little room or the range cannot be read.
+fn listening_range() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let ephemeral_low: u16 = text.split_whitespace().next()?.parse().ok()?;
+    listening_range_below(ephemeral_low)
+}
+
+fn listening_range_below(ephemeral_low: u16) -> Option<(u16, u16)> {
+    let low = ephemeral_low.saturating_sub(16_384).max(10_000);
+    (ephemeral_low >= low + 4_096).then_some((low, ephemeral_low))
 }
 
 /// Waits for our own child up to `timeout`; true if it exited.
@@ -310,4 +342,27 @@ fn open_log(path: &Path) -> Result<(File, File)> {
         .map_err(io_err(format!("opening log {}", path.display())))?;
     let g = f.try_clone().map_err(io_err("cloning log handle"))?;
     Ok((f, g))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_ports_stay_below_the_ephemeral_range() {
+        // Linux's default range starts at 32768.
+        assert_eq!(listening_range_below(32_768), Some((16_384, 32_768)));
+        // A range starting low leaves no room: the kernel picks then.
+        assert_eq!(listening_range_below(12_000), None);
+        assert_eq!(listening_range_below(1_024), None);
+        assert_eq!(listening_range_below(49_152), Some((32_768, 49_152)));
+        for _ in 0..50 {
+            let port = free_port().unwrap();
+            if let Some((low, high)) = listening_range() {
+                assert!((low..high).contains(&port), "{port} outside {low}..{high}");
+            }
+            // Free: it can be bound now.
+            TcpListener::bind(("127.0.0.1", port)).expect("the port is free");
+        }
+    }
 }
