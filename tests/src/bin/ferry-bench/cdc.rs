@@ -205,12 +205,33 @@ impl Bench {
     /// One pass of [`Bench::null_consumer`], checked against the server's
     /// count.
     fn null_pass(&self, publication: &str, end_lsn: u64, decoded: u64) -> anyhow::Result<Duration> {
+        self.wait_reference_slot_free()?;
         let (consumed, took) = self.null_consumer(publication, end_lsn)?;
         if consumed != decoded {
             bail!("the null consumer saw {consumed} row changes, the server decoded {decoded}");
         }
         say!("  null consumer read them in {:.1} s", took.as_secs_f64());
         Ok(took)
+    }
+
+    /// Until no walsender holds the reference slot: the previous pass's
+    /// ends a moment after its connection closes (a pass started then
+    /// fails with `55006`, slot active).
+    fn wait_reference_slot_free(&self) -> anyhow::Result<()> {
+        let sql = format!(
+            "SELECT coalesce((SELECT active_pid::text FROM pg_replication_slots WHERE slot_name = '{REF_SLOT}' AND active), '')"
+        );
+        let started = Instant::now();
+        loop {
+            let holder = self.sql_one(&self.source, &self.src_db, &sql)?;
+            if holder.is_empty() {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("slot {REF_SLOT} is still held by walsender {holder} after 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// ferry's publication if it exists (ferry created it), else our own FOR ALL TABLES.
