@@ -96,12 +96,15 @@ async fn build_for(config: &Config, purpose: Purpose) -> PlanReport {
                 .map(|r| r.get::<_, String>(0))
                 .unwrap_or_default();
         }
-        Err(e) => report.checks.push(Check::fail(
-            "target",
-            "connect",
-            e.to_string(),
-            "make the target reachable with the credentials in target.url",
-        )),
+        Err(e) => report.checks.push(
+            Check::fail(
+                "target",
+                "connect",
+                e.to_string(),
+                "make the target reachable with the credentials in target.url",
+            )
+            .with_transient(e.is_transient()),
+        ),
     }
     report
 }

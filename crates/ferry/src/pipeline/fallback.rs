@@ -270,9 +270,7 @@ pub async fn run_reverse(config: &Config, shutdown: Shutdown) -> anyhow::Result<
     info!(
         "schema changes on the new database are not carried back to the old source during the fallback: make them after `ferry finish`, or on the old source first"
     );
-    let refusal = || -> ferry_core::source::BoxFuture<'_, Option<crate::plan::Refused>> {
-        Box::pin(std::future::ready(None))
-    };
+    let refusal = || -> super::Checked<'_> { Box::pin(std::future::ready(None)) };
     let keeper = tokio::spawn(keep_sequences(reverse.clone(), shutdown.child_token()));
     let outcome = super::run_source(
         Arc::new(PgSource::skipping_origins(

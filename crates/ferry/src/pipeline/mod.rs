@@ -86,8 +86,10 @@ pub const SOURCE_IDENTITY: &str = "source_identity";
 
 /// What refuses a run before anything is created on the source (the
 /// checks `ferry plan` fails on); `None` to go on.
-pub type Refusal<'a> =
-    &'a (dyn Fn() -> ferry_core::source::BoxFuture<'a, Option<crate::plan::Refused>> + Send + Sync);
+pub type Refusal<'a> = &'a (dyn Fn() -> Checked<'a> + Send + Sync);
+
+/// The answer of the checks of `ferry plan` for [`Refusal`].
+pub type Checked<'a> = ferry_core::source::BoxFuture<'a, Option<crate::plan::Refused>>;
 
 /// Run the migration until shutdown or cutover: pick the source and hand
 /// it to the generic pipeline ([`run_source`]).
@@ -101,9 +103,7 @@ pub async fn run(config: &Config, shutdown: Shutdown) -> anyhow::Result<Outcome>
             outcome
         }
         EndpointKind::MySql => {
-            let refusal = || -> ferry_core::source::BoxFuture<'_, Option<crate::plan::Refused>> {
-                Box::pin(crate::plan::refusal(config))
-            };
+            let refusal = || -> Checked<'_> { Box::pin(crate::plan::refusal(config)) };
             run_source(
                 Arc::new(ferry_mysql::source::MySqlSource::new(config.clone())),
                 config,
@@ -115,9 +115,7 @@ pub async fn run(config: &Config, shutdown: Shutdown) -> anyhow::Result<Outcome>
         EndpointKind::Sqlite(_) => {
             // Tables land in `public` unless renamed, as `ferry plan` shows.
             let config = &ferry_sqlite::source::with_target_names(config).await?;
-            let refusal = || -> ferry_core::source::BoxFuture<'_, Option<crate::plan::Refused>> {
-                Box::pin(crate::plan::refusal(config))
-            };
+            let refusal = || -> Checked<'_> { Box::pin(crate::plan::refusal(config)) };
             run_source(
                 Arc::new(ferry_sqlite::source::SqliteSource::new(config)?),
                 config,
@@ -142,9 +140,7 @@ async fn run_postgres(config: &Config, shutdown: Shutdown) -> anyhow::Result<Out
             tracing::debug!(error = %format!("{e:#}"), "fallback state not readable yet")
         }
     }
-    let refusal = || -> ferry_core::source::BoxFuture<'_, Option<crate::plan::Refused>> {
-        Box::pin(crate::plan::refusal(config))
-    };
+    let refusal = || -> Checked<'_> { Box::pin(crate::plan::refusal(config)) };
     // A finished cutover (or rollback) cancels its run's token only: the
     // proxy may serve on.
     let outcome = run_source(
