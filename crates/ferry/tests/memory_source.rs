@@ -767,6 +767,22 @@ fn start_counted(
     (task, trigger)
 }
 
+/// Stop the pipeline as on SIGTERM: it ends `Ok`.
+async fn stop_cleanly(task: Running, trigger: ferry::shutdown::Shutdown) {
+    trigger.cancel();
+    let outcome = task.await.expect("pipeline task").expect("pipeline result");
+    assert!(matches!(outcome, ferry::Outcome::Ok), "{outcome:?}");
+}
+
+/// The pipeline ends `Refused` by itself, promptly.
+async fn assert_refused(task: Running) {
+    let outcome = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("refused promptly");
+    let outcome = outcome.expect("pipeline task").expect("pipeline result");
+    assert!(matches!(outcome, ferry::Outcome::Refused), "{outcome:?}");
+}
+
 /// A failed check as `ferry plan` reports it; `transient` when the server
 /// could not be reached (restarting).
 fn refused(transient: bool) -> Option<Refused> {
@@ -782,8 +798,9 @@ fn refused(transient: bool) -> Option<Refused> {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scripted_source_through_the_real_pipeline_with_crashes() {
+/// A throwaway target with the `shop` schema, a session on it and the
+/// test's configuration (logs go to the test's output).
+async fn target() -> (PgServer, Client, Config) {
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
         .with_env_filter("info")
@@ -793,6 +810,12 @@ async fn scripted_source_through_the_real_pipeline_with_crashes() {
     let c = connect(&url).await;
     c.batch_execute("CREATE SCHEMA shop").await.unwrap();
     let config = config(&url);
+    (pg, c, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripted_source_through_the_real_pipeline_with_crashes() {
+    let (_pg, c, config) = target().await;
     let mut src = MemorySource::new(schemas(), initial());
     src.chunk_delay = Duration::from_millis(150);
     // Changes committed before capture starts are in the snapshot.
@@ -902,9 +925,7 @@ async fn scripted_source_through_the_real_pipeline_with_crashes() {
     assert_caught_up(&src, &c, &task, "after a truncate").await;
 
     // 5. A clean stop: the checkpoint is the head, acknowledged up to it.
-    trigger.cancel();
-    let outcome = task.await.expect("pipeline task").expect("pipeline result");
-    assert!(matches!(outcome, ferry::Outcome::Ok), "{outcome:?}");
+    stop_cleanly(task, trigger).await;
     assert_eq!(
         checkpoint(&c).await.as_deref(),
         Some(src.head().to_string().as_str())
@@ -919,27 +940,14 @@ async fn scripted_source_through_the_real_pipeline_with_crashes() {
 /// fix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_restarting_during_a_retry_is_waited_for_not_refused() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("info")
-        .try_init();
-    let pg = PgServer::start(PgOptions::default()).expect("start throwaway PostgreSQL");
-    let url = pg.url("postgres");
-    let c = connect(&url).await;
-    c.batch_execute("CREATE SCHEMA shop").await.unwrap();
-    let config = config(&url);
+    let (_pg, c, config) = target().await;
     let src = MemorySource::new(schemas(), initial());
     script_round(&src, 1);
-    let within = Duration::from_secs(60);
 
     // 1. A fresh run whose checks cannot reach the source refuses at once
     //    (a wrong host looks the same): nothing was started.
     let (task, _t) = start_checked(&src, &config, |_| refused(true));
-    let outcome = tokio::time::timeout(within, task)
-        .await
-        .expect("refused promptly");
-    let outcome = outcome.expect("pipeline task").expect("pipeline result");
-    assert!(matches!(outcome, ferry::Outcome::Refused), "{outcome:?}");
+    assert_refused(task).await;
     assert_eq!(phase(&c).await, None, "a refused run recorded a phase");
 
     // 2. The checks pass, then the source fails while the catalog is read
@@ -964,9 +972,7 @@ async fn a_source_restarting_during_a_retry_is_waited_for_not_refused() {
         4,
         "one passing check, two unreachable, one passing"
     );
-    trigger.cancel();
-    let outcome = task.await.expect("pipeline task").expect("pipeline result");
-    assert!(matches!(outcome, ferry::Outcome::Ok), "{outcome:?}");
+    stop_cleanly(task, trigger).await;
 
     // 3. A new process resuming this run (phase stream) while the source
     //    restarts waits for it too.
@@ -984,15 +990,9 @@ async fn a_source_restarting_during_a_retry_is_waited_for_not_refused() {
         2,
         "unreachable once, then passing"
     );
-    trigger.cancel();
-    let outcome = task.await.expect("pipeline task").expect("pipeline result");
-    assert!(matches!(outcome, ferry::Outcome::Ok), "{outcome:?}");
+    stop_cleanly(task, trigger).await;
 
     // 4. A failure an operator must fix is refused even then.
     let (task, _t) = start_checked(&src, &config, |_| refused(false));
-    let outcome = tokio::time::timeout(within, task)
-        .await
-        .expect("refused promptly");
-    let outcome = outcome.expect("pipeline task").expect("pipeline result");
-    assert!(matches!(outcome, ferry::Outcome::Refused), "{outcome:?}");
+    assert_refused(task).await;
 }
