@@ -172,7 +172,14 @@ fn every_source_transaction_is_read_whole_while_the_application_writes() {
     // Reads were cut short (limit 7, transactions of up to 8 entries) and
     // transactions still came out whole; the reader ended the epoch while
     // behind (every 100 ms for 2 s), so the open transactions ended.
-    assert!(emitted > 10, "{emitted} transactions emitted");
+    // The writer commits back to back: the epoch advances only because
+    // its increment tries for the write lock often enough to land between
+    // two of the writer's transactions (with SQLite's own busy timeout, a
+    // loaded machine saw 2 transactions emitted in 2 s).
+    assert!(
+        emitted > 10,
+        "{emitted} transactions emitted in {reads} reads: the epoch did not advance while the writer wrote"
+    );
     assert!(
         at_mark,
         "a transaction ends at the snapshot position {mark}"
