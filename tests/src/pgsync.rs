@@ -75,11 +75,23 @@ impl Writer {
     /// Start writing to `url` from its own thread; `accounts` is the number
     /// of initial account rows.
     pub fn start(url: &str, accounts: u32) -> Writer {
+        Writer::spawn(url, accounts, None)
+    }
+
+    /// [`Writer::start`] at a steady `per_second` transactions a second,
+    /// like an application with a given load: a debug-build applier on a
+    /// loaded machine can trail an unthrottled writer without bound.
+    pub fn start_paced(url: &str, accounts: u32, per_second: u32) -> Writer {
+        Writer::spawn(url, accounts, Some(per_second))
+    }
+
+    fn spawn(url: &str, accounts: u32, per_second: Option<u32>) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
         let (url, s, d) = (url.to_owned(), stop.clone(), done.clone());
-        let handle =
-            std::thread::spawn(move || runtime().block_on(write_loop(&url, accounts, &s, &d)));
+        let handle = std::thread::spawn(move || {
+            runtime().block_on(write_loop(&url, accounts, per_second, &s, &d))
+        });
         Writer {
             stop,
             done,
@@ -135,9 +147,11 @@ impl Drop for Writer {
 async fn write_loop(
     url: &str,
     accounts: u32,
+    per_second: Option<u32>,
     stop: &AtomicBool,
     done: &AtomicU64,
 ) -> anyhow::Result<()> {
+    let started = Instant::now();
     let mut client = connect_retrying(url).await?;
     let mut rng = Lcg(0x5eed_0000_0000_0001 ^ u64::from(accounts));
     // Each writer of this process gets its own range of new keys.
@@ -149,7 +163,11 @@ async fn write_loop(
         let result = one_transaction(&mut client, kind, &mut rng, accounts, &mut next_aid).await;
         match result {
             Ok(()) => {
-                done.fetch_add(1, Ordering::Relaxed);
+                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(rate) = per_second {
+                    let due = started + Duration::from_secs_f64(n as f64 / f64::from(rate.max(1)));
+                    tokio::time::sleep_until(due.into()).await;
+                }
             }
             // The source may be restarted by a fault test: reconnect and go on.
             Err(e) if client.is_closed() || is_transient(&e) => {

@@ -15,13 +15,10 @@ use ferry_e2e::validation::{by_table, differences, expected};
 use ferry_testkit::PgOptions;
 use serde_json::Value;
 
+/// The writer's pace (see its start).
+const WRITES_PER_SECOND: u32 = 150;
+
 const BENCH_TABLES: &[&str] = &["branches", "tellers", "accounts", "history", "docs"];
-/// Tables whose rows the writer updates again and again: every transaction
-/// updates pgbench's one branch and one of 10 tellers, and 20 of the 1000
-/// `docs` rows (`id % 50`), so under a loaded machine a `docs` row changes
-/// again within a confirmation round's wait for the applier too. Their
-/// keys may come out unsettled (never different); quiet, they validate clean.
-const HOT_TABLES: &[&str] = &["public.branches", "public.tellers", "public.docs"];
 
 /// `items`: keys 2, 4, …, 10000 (odd keys are free for extra rows), a name
 /// that is the empty string for key 404, a timestamp. The writer never
@@ -65,14 +62,26 @@ fn setup() -> Migration {
     .env("FERRY_VALIDATE_CHUNK_ROWS", "1000")
     .env("FERRY_VALIDATE_LEAF_ROWS", "100")
     .env("FERRY_VALIDATE_ROWS_PER_SECOND", "0")
-    // The writer is unthrottled: on a loaded 2-core machine the applier may
-    // trail it by minutes, and validation waits for it rather than call lag
-    // a difference.
+    // Validation waits for the applier rather than call lag a difference:
+    // on a loaded 2-core machine it may trail the writer by a minute.
     .env("FERRY_VALIDATE_WAIT_SECONDS", "600");
     m.source
         .psql(&m.source_db, &pgsync::bench_data(20_000, 1_000))
         .unwrap();
     m
+}
+
+/// The keys a table's result lists as unsettled (single-column keys).
+fn unsettled_keys(v: &Value) -> std::collections::BTreeSet<String> {
+    v["unsettled"]
+        .as_array()
+        .expect("unsettled")
+        .iter()
+        .map(|k| match k.as_array().map(Vec::as_slice) {
+            Some([one]) => one.as_str().expect("key text").to_owned(),
+            _ => panic!("not a one-column key: {k}"),
+        })
+        .collect()
 }
 
 /// `ferry validate <args> --json`: exit code and the results by table.
@@ -87,7 +96,11 @@ fn validate(m: &Migration, args: &[&str]) -> (Option<i32>, BTreeMap<String, Valu
 #[test]
 fn finds_every_planted_difference_under_writes_and_repairs_them() {
     let m = setup();
-    let mut writer = Writer::start(&m.source_url, 20_000);
+    // A steady application load (150 transactions a second, every one
+    // touching the one branch row): unthrottled, a debug-build applier on
+    // a loaded machine trailed the writer by more than validation's
+    // 600 s wait, so the test measured the machine, not validation.
+    let mut writer = Writer::start_paced(&m.source_url, 20_000, WRITES_PER_SECOND);
     writer.wait_for(50, LONG).unwrap();
     let mut ferry = m.start("run");
     m.wait_streaming(&mut ferry);
@@ -113,17 +126,14 @@ fn finds_every_planted_difference_under_writes_and_repairs_them() {
                 "false positives in {table}:\n{out}"
             );
             // Every tpcb transaction updates one of the 1 branch and 10
-            // tellers: those rows change faster than any confirmation
-            // round (nothing is locked on the source), so they may come
-            // out unsettled — never different, and the table not clean.
-            // The quiet validation at the end finds them clean.
-            let unsettled = v["unsettled"].as_array().expect("unsettled");
-            if HOT_TABLES.contains(&table.as_str()) {
-                assert_eq!(v["clean"], unsettled.is_empty(), "{table}:\n{out}");
-            } else {
-                assert!(unsettled.is_empty(), "{table}:\n{out}");
-                assert_eq!(v["clean"], true, "{table}:\n{out}");
-            }
+            // tellers and 20 of the 1000 `docs` rows: those rows change
+            // faster than any confirmation round (nothing is locked on the
+            // source), so they may come out unsettled — never different,
+            // and the table not clean. An account row may too when the
+            // applier trails the writer (each round waits for it). The
+            // quiet validation at the end finds them all clean.
+            let unsettled = unsettled_keys(v);
+            assert_eq!(v["clean"], unsettled.is_empty(), "{table}:\n{out}");
         }
         assert!(v["ranges"].as_u64().unwrap_or(0) >= 1, "{out}");
     }
@@ -236,7 +246,6 @@ fn finds_every_planted_difference_under_writes_and_repairs_them() {
         }
     }
     let (code, results, out) = validate(&m, &["--tables", "accounts", "--repair"]);
-    assert_eq!(code, Some(0), "{out}");
     let accounts = &results["public.accounts"];
     let found = differences(accounts);
     // Rows the writer deleted, moved or updated since are not among them.
@@ -249,11 +258,24 @@ fn finds_every_planted_difference_under_writes_and_repairs_them() {
         ),
         "{out}"
     );
+    // Every difference is repaired, except a repaired key the writer kept
+    // changing through every round of the re-check (with the applier
+    // trailing the writer on a loaded machine, some may): that
+    // one is listed unsettled — never left different, never called
+    // repaired — and the table is not clean (exit 2) until it is quiet.
+    let unsettled = unsettled_keys(accounts);
+    let still_moving = found.keys().filter(|k| unsettled.contains(*k)).count();
     assert_eq!(
         accounts["repaired"].as_u64(),
-        Some(found.len() as u64),
+        Some((found.len() - still_moving) as u64),
         "{out}"
     );
+    assert_eq!(
+        code,
+        Some(if unsettled.is_empty() { 0 } else { 2 }),
+        "{out}"
+    );
+    assert_eq!(accounts["clean"], unsettled.is_empty(), "{out}");
 
     // The stream kept running: once writes stop, everything is equal.
     let committed = writer.stop().unwrap();

@@ -409,6 +409,10 @@ impl Run<'_> {
                 .with_context(context)?;
             remaining = again.differences.keys().cloned().collect();
             remaining.extend(again.unsettled.iter().cloned());
+            // A repaired key the application kept changing through every
+            // round of the re-check is named like any unsettled key: not
+            // repaired, not different, validate again once it is quiet.
+            found.unsettled.extend(again.unsettled);
             repaired = keys.iter().filter(|k| !remaining.contains(*k)).count() as u64;
         }
         let finished_at = SystemTime::now();

@@ -18,9 +18,10 @@
 //!    level at a time, with one wait for the applier per level.
 //! 3. Confirm: see [`super::settle::settle`]. A candidate differs only
 //!    because the target read came after a later change, or because it
-//!    truly differs. Each round reads the source rows, then the source
-//!    position, waits for the applier to pass it, reads the target rows,
-//!    and reads the source rows again: a key whose source row moved
+//!    truly differs. Each round reads the source rows (keeping a hash of
+//!    each), then the source position, waits once for the applier to pass
+//!    it, reads the target rows, and reads the source rows again (all
+//!    keys, [`CONFIRM_BATCH`] a statement): a key whose source row moved
 //!    between the two reads is compared in another round; otherwise the
 //!    target had applied every change the row had, and the rows are
 //!    compared value by value. Nothing is locked on the source (the
@@ -44,7 +45,7 @@ use super::side::{Side, SourceSide};
 const WINDOW: usize = 8;
 /// Parts a differing range is cut into.
 const FANOUT: i64 = 8;
-/// Keys confirmed in one round (one statement per side).
+/// Keys read in one statement of a confirmation round.
 const CONFIRM_BATCH: usize = 1000;
 
 /// What one table's validation found.
@@ -291,14 +292,12 @@ impl<P: Position> TableCheck<'_, P> {
                 break;
             }
             debug!(table = %self.source.relation(), round, keys = open.len(), "confirming keys");
-            for batch in open.chunks(CONFIRM_BATCH) {
-                let observed = self.round(batch).await?;
-                for (k, (s, d)) in observed {
-                    if let Some(d) = d {
-                        diffs.insert(k.clone(), d);
-                    }
-                    seen.entry(k).or_default().push(s);
+            let observed = self.round(&open).await?;
+            for (k, (s, d)) in observed {
+                if let Some(d) = d {
+                    diffs.insert(k.clone(), d);
                 }
+                seen.entry(k).or_default().push(s);
             }
             if round < rounds {
                 tokio::time::sleep(Duration::from_millis(50 * u64::from(round))).await;
@@ -331,16 +330,23 @@ impl<P: Position> TableCheck<'_, P> {
         Ok(())
     }
 
-    /// One confirmation round over `keys` (see the module note, step 3).
+    /// One confirmation round over `keys` (see the module note, step 3),
+    /// with one wait for the applier however many keys: the first source
+    /// read is kept as a hash per key (memory stays a word per key; the
+    /// rows are read [`CONFIRM_BATCH`] keys a statement).
     async fn round(
         &mut self,
         keys: &[Key],
     ) -> anyhow::Result<BTreeMap<Key, (Seen, Option<settle::RowDiff>)>> {
-        let source = self
-            .source
-            .rows(keys)
-            .await
-            .context("reading the source rows of differing keys")?;
+        let mut before = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(CONFIRM_BATCH) {
+            let source = self
+                .source
+                .rows(batch)
+                .await
+                .context("reading the source rows of differing keys")?;
+            before.extend(batch.iter().map(|k| row_hash(source.get(k))));
+        }
         let at = self.source.position().await?;
         if self
             .sessions
@@ -353,33 +359,37 @@ impl<P: Position> TableCheck<'_, P> {
                 .map(|k| (k.clone(), (Seen::Moved, None)))
                 .collect());
         }
-        let target = self
-            .target
-            .rows(keys)
-            .await
-            .context("reading the target rows of differing keys")?;
-        let again = self
-            .source
-            .rows(keys)
-            .await
-            .context("reading the source rows of differing keys again")?;
-        let columns = &self.columns;
-        Ok(keys
-            .iter()
-            .map(|k| {
-                let src = source.get(k).map(Vec::as_slice);
-                let seen = if again.get(k).map(Vec::as_slice) != src {
+        let mut out = BTreeMap::new();
+        for (batch, before) in keys.chunks(CONFIRM_BATCH).zip(before.chunks(CONFIRM_BATCH)) {
+            let target = self
+                .target
+                .rows(batch)
+                .await
+                .context("reading the target rows of differing keys")?;
+            let again = self
+                .source
+                .rows(batch)
+                .await
+                .context("reading the source rows of differing keys again")?;
+            for (k, before) in batch.iter().zip(before) {
+                let src = again.get(k);
+                let seen = if row_hash(src) != *before {
                     // Changed on the source meanwhile: compare again.
                     (Seen::Moved, None)
                 } else {
-                    match settle::compare_rows(columns, src, target.get(k).map(Vec::as_slice)) {
+                    match settle::compare_rows(
+                        &self.columns,
+                        src.map(Vec::as_slice),
+                        target.get(k).map(Vec::as_slice),
+                    ) {
                         None => (Seen::Equal, None),
                         Some(d) => (Seen::Differs, Some(d)),
                     }
                 };
-                (k.clone(), seen)
-            })
-            .collect())
+                out.insert(k.clone(), seen);
+            }
+        }
+        Ok(out)
     }
 
     /// A table without a key: whole-table digests, compared in up to
@@ -431,6 +441,15 @@ fn parts(lo: Option<&Key>, hi: Option<&Key>, cuts: Vec<Key>) -> Vec<(Option<Key>
 pub fn is_lock_wait(e: &tokio_postgres::Error) -> bool {
     e.code()
         .is_some_and(|c| matches!(c.code(), "55P03" | "40P01"))
+}
+
+/// A source row (or its absence) as one word, to tell whether it changed
+/// between a round's two reads.
+fn row_hash(row: Option<&Vec<Option<String>>>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    row.hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]
