@@ -50,6 +50,10 @@ pub enum SlotOwnership {
     /// A first run stopped in its schema stage: a slot of that name is its
     /// leftover (recreated), or was never created.
     Interrupted,
+    /// The target could not be reached (it may be restarting), so its state
+    /// cannot say: a check whose verdict depends on it fails as one that
+    /// may pass by itself, and is judged again once the target answers.
+    Unknown,
 }
 
 /// Run every source check for a fresh run (no slot recorded as ours).
@@ -318,14 +322,20 @@ async fn capacity_checks(
     let mut out = Vec::new();
     let detail = format!("max_replication_slots = {max_slots}, {used_slots} in use");
     if needs_slot && used_slots >= max_slots {
-        out.push(Check::fail(
-            SIDE,
-            "replication slots",
-            detail,
-            format!(
-                "raise max_replication_slots above {max_slots} and restart PostgreSQL, or drop an unused slot with SELECT pg_drop_replication_slot('<name>')"
-            ),
-        ));
+        // A slot created beforehand needs a temporary one beside it only
+        // on a fresh run: unknown until the target answers.
+        let unknown = config.postgres.existing_slot && slot == SlotOwnership::Unknown;
+        out.push(
+            Check::fail(
+                SIDE,
+                "replication slots",
+                detail,
+                format!(
+                    "raise max_replication_slots above {max_slots} and restart PostgreSQL, or drop an unused slot with SELECT pg_drop_replication_slot('<name>')"
+                ),
+            )
+            .with_transient(unknown),
+        );
     } else {
         out.push(Check::pass(SIDE, "replication slots", detail));
     }
@@ -451,6 +461,18 @@ async fn name_conflict_checks(
             ),
             drop_fix,
         ),
+        (None, SlotOwnership::Unknown) => {
+            Check::pass(SIDE, "slot name", format!("slot '{name}' is free"))
+        }
+        (Some(_), SlotOwnership::Unknown) => Check::fail(
+            SIDE,
+            "slot name",
+            format!(
+                "a replication slot named '{name}' exists, and whether it is this migration's is known once the target's state can be read"
+            ),
+            "make the target reachable (if it is restarting, this passes by itself)",
+        )
+        .with_transient(true),
     }];
     out.extend(insert_only_publication_check(client, config, slot).await?);
     Ok(out)

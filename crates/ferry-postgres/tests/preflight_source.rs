@@ -163,11 +163,33 @@ async fn slot_conflicts_and_connection_failures() {
             .unwrap()
             .contains("pg_drop_replication_slot('ferry_test_slot')")
     );
+    assert!(!c.transient, "not ferry's: the operator's to fix: {c:?}");
     let plan = check_source_with(&cfg, SlotOwnership::Resuming).await;
     assert_eq!(check(&plan, "slot name").status, CheckStatus::Pass);
     let gone = config(&pg.url(&db), "[postgres]\nslot = \"other\"\n");
     let plan = check_source_with(&gone, SlotOwnership::Resuming).await;
     assert_eq!(check(&plan, "slot name").status, CheckStatus::Fail);
+    // The target unreachable (restarting, say): whether the slot is this
+    // migration's is not known, so its check fails as one that may pass by
+    // itself (a resumed run waits for the target instead of refusing);
+    // a free name passes as on a fresh run.
+    let plan = check_source_with(&cfg, SlotOwnership::Unknown).await;
+    let c = check(&plan, "slot name");
+    assert_eq!(c.status, CheckStatus::Fail, "{c:?}");
+    assert!(c.transient, "{c:?}");
+    assert!(
+        c.detail.contains("once the target's state can be read"),
+        "{c:?}"
+    );
+    assert!(
+        c.fix
+            .as_deref()
+            .unwrap()
+            .contains("make the target reachable"),
+        "{c:?}"
+    );
+    let plan = check_source_with(&gone, SlotOwnership::Unknown).await;
+    assert_eq!(check(&plan, "slot name").status, CheckStatus::Pass);
 
     let bad = format!(
         "postgres://ferry_admin:wrong-pw-123@127.0.0.1:{}/no_such_db",

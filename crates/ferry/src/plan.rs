@@ -59,8 +59,11 @@ async fn build_for(config: &Config, purpose: Purpose) -> PlanReport {
         Ok(client) => match state.read_phase(client).await {
             Ok(Some(Phase::Schema)) => SlotOwnership::Interrupted,
             Ok(Some(phase)) if phase > Phase::Schema => SlotOwnership::Resuming,
+            Err(e) if e.is_transient() => SlotOwnership::Unknown,
             _ => SlotOwnership::Fresh,
         },
+        // Restarting, perhaps: a run may be recorded there.
+        Err(e) if e.is_transient() => SlotOwnership::Unknown,
         Err(_) => SlotOwnership::Fresh,
     };
     let source = source_plan(config, ownership, purpose).await;

@@ -124,7 +124,11 @@ fn existing_slot_verdict(
             ),
         );
     }
-    if let (Some(pid), SlotOwnership::Fresh) = (slot.active_pid, ownership) {
+    if let Some(pid) = slot.active_pid
+        && matches!(ownership, SlotOwnership::Fresh | SlotOwnership::Unknown)
+    {
+        // Unknown (the target unreachable): the consumer may be this
+        // migration's own walsender that has not noticed its client left.
         return Check::fail(
             SIDE,
             CHECK,
@@ -132,7 +136,8 @@ fn existing_slot_verdict(
             format!(
                 "stop that consumer (SELECT pg_terminate_backend({pid})), or give ferry a slot of its own: {create} under a free name, set in postgres.slot"
             ),
-        );
+        )
+        .with_transient(ownership == SlotOwnership::Unknown);
     }
     Check::pass(
         SIDE,
@@ -181,7 +186,7 @@ mod tests {
             ..good.clone()
         };
         use CheckStatus::{Fail, Pass};
-        use SlotOwnership::{Fresh, Interrupted, Resuming};
+        use SlotOwnership::{Fresh, Interrupted, Resuming, Unknown};
         let create = "SELECT pg_create_logical_replication_slot('s', 'pgoutput')";
         // (slot, ownership, status, detail contains, fix contains)
         let cases: [(
@@ -190,7 +195,7 @@ mod tests {
             CheckStatus,
             &str,
             &str,
-        ); 10] = [
+        ); 12] = [
             (None, Fresh, Fail, "slot 's' does not exist", create),
             (None, Interrupted, Fail, "slot 's' does not exist", create),
             (
@@ -228,7 +233,15 @@ mod tests {
                 "in use by another consumer (process 4242)",
                 "pg_terminate_backend(4242)",
             ),
+            (
+                Some(&active),
+                Unknown,
+                Fail,
+                "in use by another consumer (process 4242)",
+                "pg_terminate_backend(4242)",
+            ),
             (Some(&active), Resuming, Pass, "exists (resuming)", ""),
+            (None, Unknown, Fail, "slot 's' does not exist", create),
             (
                 Some(&good),
                 Fresh,
@@ -247,6 +260,11 @@ mod tests {
                 let got = c.fix.as_deref().unwrap_or_default();
                 assert!(got.contains(fix), "{ownership:?}: {got}");
             }
+            // Only a consumer that may be this migration's own walsender,
+            // with the target's state unknown, may pass by itself.
+            let own_walsender =
+                ownership == Unknown && slot.is_some_and(|s| s.active_pid.is_some());
+            assert_eq!(c.transient, own_walsender, "{slot:?} {ownership:?}: {c:?}");
         }
     }
 }
