@@ -384,7 +384,9 @@ impl<P: Position> Applier<P> {
                     () = sleep_until(deadline), if timer_armed => {}
                 }
             }
-            if should_flush(&self.flush_input(false)) {
+            // Inside a source transaction nothing flushes: no clock read
+            // per change.
+            if !self.batch.in_txn && should_flush(&self.flush_input(false)) {
                 self.flush(ack, Some(&mut intake)).await?;
             }
         }
@@ -483,8 +485,9 @@ impl<P: Position> Applier<P> {
                         None => return Ok(()),
                     }
                 };
-                self.batch.txn_bytes += change.approx_bytes();
-                self.batch.txn.push(TxnItem::Change(change));
+                let bytes = change.approx_bytes();
+                self.batch.txn_bytes += bytes;
+                self.batch.txn.push(TxnItem::Change(change, bytes));
                 // Rows or bytes: a transaction larger than its share of the
                 // budget is applied in pieces (behind a savepoint).
                 if self.batch.txn.len() >= self.cfg.batch_rows
@@ -589,7 +592,7 @@ impl<P: Position> Applier<P> {
             match item {
                 TxnItem::Relation(s) => self.relation(s).await?,
                 TxnItem::Ddl(msg) => self.schema_change(&msg).await?,
-                TxnItem::Change(c) => {
+                TxnItem::Change(c, bytes) => {
                     // A table copied by a schema change earlier in this
                     // transaction holds its later changes too.
                     let c = if !self.copied_in_txn {
@@ -601,7 +604,7 @@ impl<P: Position> Applier<P> {
                         }
                     };
                     self.batch.rows += 1;
-                    self.batch.fold_bytes += c.approx_bytes();
+                    self.batch.fold_bytes += bytes;
                     let schema = c.table().and_then(|t| self.schemas.get(t)).cloned();
                     let recheck = self
                         .cfg

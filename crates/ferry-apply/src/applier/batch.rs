@@ -53,7 +53,9 @@ pub fn should_flush(i: &FlushInput) -> bool {
 #[derive(Debug)]
 pub(super) enum TxnItem {
     Relation(Arc<TableSchema>),
-    Change(Change),
+    /// A row change and its [`ferry_core::size::ApproxBytes`] size (counted
+    /// once).
+    Change(Change, usize),
     /// A schema change at its place ([`crate::schema_sync`]).
     Ddl(Arc<DdlMessage>),
 }
