@@ -34,9 +34,9 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// How long mimalloc keeps freed memory before it returns it to the OS.
 /// Its default (1 s) returned a batch's freed rows between batches, and the
-/// next batch faulted fresh pages back in: 6,700–8,600 page faults and
+/// next batch faulted fresh pages back in: 5,200–6,700 page faults and
 /// about 8% of ferry's CPU (the kernel zeroing them) in a 1M-change
-/// tpcb-like drain, 580 with 10 s (README, Performance). Memory an idle
+/// tpcb-like drain, 520–580 with 10 s (README, Performance). Memory an idle
 /// ferry no longer uses still goes back, 10 s later. `MIMALLOC_PURGE_DELAY`
 /// set by the operator wins.
 const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
