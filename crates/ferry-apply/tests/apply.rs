@@ -543,3 +543,119 @@ async fn changes_of_a_parent_leave_its_children_alone() {
     );
     assert_eq!(rows(&c, "SELECT v FROM k").await, vec!["new"]);
 }
+
+/// Many small transactions arriving while batches commit are folded into
+/// the next batch during the flush (`changes_folded_ahead`), and what
+/// folding ahead must leave to the applier — a truncate, a key change
+/// that keeps a TOASTed value, a transaction larger than a batch — is
+/// still applied at its place: the target ends exactly as the source.
+#[tokio::test]
+async fn folding_ahead_during_flushes_is_exact() {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    let pg = server();
+    let db = pg.create_database("ahead").unwrap();
+    pg.psql(
+        &db,
+        "CREATE TABLE t (id int PRIMARY KEY, doc text NOT NULL, n int);",
+    )
+    .unwrap();
+    let url = pg.url(&db);
+    let schema = table(
+        "t",
+        vec![col("id", "int4"), col("doc", "text"), col("n", "int4")],
+        vec![0],
+    );
+    let row = |id: i32, doc: &str, n: i32| vec![Value::Int4(id), txt(doc), Value::Int4(n)];
+    // The source's table, as the events below leave it.
+    let mut model: BTreeMap<i32, (String, i32)> = BTreeMap::new();
+    let mut ev: Vec<Event<Lsn>> = vec![Event::Relation(schema)];
+    let mut lsn = 0u64;
+    let mut seed = 7u64;
+    let mut next = |m: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % m
+    };
+    for txn in 0..600u32 {
+        ev.push(begin());
+        let changes = match txn {
+            // Larger than a batch: applied in pieces behind a savepoint.
+            300 => 130,
+            _ => 1 + next(5) as u32,
+        };
+        for _ in 0..changes {
+            let id = 1 + next(80) as i32;
+            let n = next(1000) as i32;
+            match (model.get(&id).cloned(), next(4)) {
+                (None, _) => {
+                    let doc = format!("doc {id} {n}");
+                    ev.push(ins("t", row(id, &doc, n)));
+                    model.insert(id, (doc, n));
+                }
+                (Some(_), 0) => {
+                    ev.push(del("t", key(id, 3)));
+                    model.remove(&id);
+                }
+                (Some((doc, _)), 1) => {
+                    // The key moves and the TOASTed value stays unchanged:
+                    // a barrier in the fold.
+                    let to = 100 + next(80) as i32;
+                    if model.contains_key(&to) {
+                        continue;
+                    }
+                    ev.push(upd(
+                        "t",
+                        Some(key(id, 3)),
+                        vec![Value::Int4(to), Value::Unchanged, Value::Int4(n)],
+                    ));
+                    model.remove(&id);
+                    model.insert(to, (doc, n));
+                }
+                (Some(_), _) => {
+                    let doc = format!("doc {id} {n} updated");
+                    ev.push(upd("t", None, row(id, &doc, n)));
+                    model.insert(id, (doc, n));
+                }
+            }
+        }
+        if txn == 450 {
+            ev.push(Event::Change(Change::Truncate {
+                tables: vec![tid("t")],
+                cascade: false,
+                restart_identity: false,
+            }));
+            model.clear();
+        }
+        lsn += 10;
+        ev.push(commit(lsn));
+    }
+    let (acks, applier) = run_events(&url, cfg(50, 60_000), ev).await;
+    let stats = applier.stats();
+    assert!(
+        stats.changes_folded_ahead.load(Relaxed) > 0,
+        "no change was folded ahead during a flush"
+    );
+    assert_eq!(stats.transactions_applied.load(Relaxed), 600);
+    assert!(
+        acks.windows(2).all(|w| w[0] < w[1]),
+        "acks in order: {acks:?}"
+    );
+    assert_eq!(acks.last(), Some(&Lsn(lsn)));
+    let c = connect(&url).await;
+    let want: Vec<String> = model
+        .iter()
+        .map(|(id, (doc, n))| format!("{id}|{doc}|{n}"))
+        .collect();
+    assert_eq!(
+        rows(&c, "SELECT id::text, doc, n::text FROM t ORDER BY t.id").await,
+        want
+    );
+    let cp = read_checkpoint::<Lsn>(&c, &StateStore::new("ferry"), "main")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cp.position, Lsn(lsn));
+}
