@@ -39,14 +39,8 @@
 //!   row data are received into a queue (`intake`), so the source
 //!   reader, decoder and walsender keep working instead of stalling on a
 //!   full channel; the queue is handled in order before the channel is read
-//!   again. While a batch commits, the queue's events are also folded
-//!   into the next batch as they arrive ([`ahead`]), up to the first one
-//!   that needs the target (a schema, a truncate, a transaction to spill
-//!   or skip, ...): the applier's own work overlaps the target's, and the
-//!   next batch is committed in its own target transaction after this
-//!   one. Memory (sizes per [`ApproxBytes`]): the batch and the open
-//!   transaction together about `buffer_bytes`, the queue `buffer_bytes`
-//!   (during a flush the queue and what was folded ahead together).
+//!   again. Memory (sizes per [`ApproxBytes`]): the batch and the open
+//!   transaction together about `buffer_bytes`, the queue `buffer_bytes`.
 //! - `Heartbeat` with nothing pending moves the checkpoint (at most once per
 //!   second) and is acknowledged after that commit.
 //! - Pause ([`ApplierConfig::pause`], the same for every source): at the
@@ -106,7 +100,6 @@ use crate::fold::Fold;
 use crate::state::StateStore;
 use crate::writer::Writer;
 
-mod ahead;
 pub mod batch;
 mod intake;
 pub mod snapshot_skip;
@@ -116,7 +109,6 @@ pub use batch::{ApplyStats, FlushInput, should_flush};
 pub use snapshot_skip::skip_for_snapshot;
 pub use txn::TargetTxn;
 
-use ahead::FoldAhead;
 use batch::{Batch, TxnItem};
 use intake::{Intake, switched};
 
@@ -393,9 +385,8 @@ impl<P: Position> Applier<P> {
                 }
             }
             // Inside a source transaction nothing flushes: no clock read
-            // per change. A batch folded ahead during a flush may be due
-            // at once.
-            while !self.batch.in_txn && should_flush(&self.flush_input(false)) {
+            // per change.
+            if !self.batch.in_txn && should_flush(&self.flush_input(false)) {
                 self.flush(ack, Some(&mut intake)).await?;
             }
         }
@@ -877,7 +868,7 @@ impl<P: Position> Applier<P> {
             writer.apply_fold(txn.client(), &fold).await
         };
         match intake {
-            Some(i) => i.overlap(work, None).await?,
+            Some(i) => i.overlap(work).await?,
             None => work.await?,
         };
         Ok(())
@@ -894,27 +885,9 @@ impl<P: Position> Applier<P> {
             return Ok(());
         };
         let started = Instant::now();
-        let mut batch = std::mem::take(&mut self.batch);
-        let fold = batch.take_fold();
-        let recheck = self.cfg.recheck_order.clone();
-        // Decisions the fold ahead needs; none while they are re-made
-        // batch by batch (`recheck_order`).
-        let orders = if recheck.as_ref().is_some_and(|h| h.load(Ordering::Acquire)) {
-            None
-        } else {
-            Some(self.writer.source_orders().clone())
-        };
+        let fold = self.batch.take_fold();
         let Applier {
-            txn,
-            writer,
-            batch: next,
-            schemas,
-            snapshots,
-            cfg,
-            checkpoint,
-            stats,
-            copied_in_txn,
-            ..
+            txn, writer, batch, ..
         } = self;
         let replaced = &batch.replaced;
         let work = async {
@@ -927,37 +900,12 @@ impl<P: Position> Applier<P> {
             }
             txn.commit(writer, &position, time).await
         };
-        let mut ahead_error = None;
-        match (intake, orders) {
-            (Some(i), Some(orders)) => {
-                let mut ahead = FoldAhead {
-                    batch: next,
-                    schemas,
-                    snapshots,
-                    checkpoint: checkpoint.as_ref(),
-                    orders,
-                    recheck: recheck.as_deref(),
-                    batch_rows: cfg.batch_rows,
-                    buffer_bytes: cfg.buffer_bytes,
-                    batch_ms: cfg.batch_ms,
-                    stats,
-                    copied_in_txn,
-                    error: None,
-                };
-                let out = i.overlap(work, Some(&mut ahead)).await;
-                ahead_error = ahead.error;
-                out?;
-            }
-            (Some(i), None) => i.overlap(work, None).await?,
-            (None, _) => work.await?,
+        match intake {
+            Some(i) => i.overlap(work).await?,
+            None => work.await?,
         }
         drop(fold);
-        if self.batch.started.is_some() {
-            // A batch folded ahead could not commit before this one: its
-            // age (`apply.batch_ms`) counts from here, as for a batch
-            // whose first change the applier takes after this commit.
-            self.batch.started = Some(Instant::now());
-        }
+        let batch = std::mem::take(&mut self.batch);
         self.checkpoint = Some(position.clone());
         self.pending_heartbeat = None;
         ack(&position);
@@ -965,12 +913,7 @@ impl<P: Position> Applier<P> {
         self.stats.record_batch(&batch, took);
         self.stats.record_position(position.to_string(), time);
         debug!(lsn = %position, rows = batch.rows, txns = batch.commits, ms = took.as_millis() as u64, "batch applied");
-        // A fold ahead failed after the batch before it committed: as if
-        // it had failed once that batch was done.
-        match ahead_error {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     /// Checkpoint a heartbeat with nothing pending (rate-limited).

@@ -153,11 +153,6 @@ impl Writer {
         self.tables.target_name(source)
     }
 
-    /// The apply-order decisions made so far ([`Writer::source_order`]).
-    pub(crate) fn source_orders(&self) -> &HashMap<TableId, bool> {
-        &self.source_order
-    }
-
     /// A table's shape changed on the target (a carried schema change):
     /// forget its staging table and its apply-order decision.
     pub async fn forget(&mut self, client: &Client, table: &TableId) {

@@ -149,9 +149,6 @@ pub struct ApplyStats {
     pub ddl_applied: AtomicU64,
     /// Parts of source schema changes recorded as not carried.
     pub ddl_not_carried: AtomicU64,
-    /// Changes folded into the next batch while the batch before it
-    /// committed ([`super::ahead`]).
-    pub changes_folded_ahead: AtomicU64,
     per_table: Mutex<BTreeMap<TableId, u64>>,
     last_applied: Mutex<Option<(String, Timestamp)>>,
 }
