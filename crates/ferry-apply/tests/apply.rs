@@ -545,9 +545,9 @@ async fn changes_of_a_parent_leave_its_children_alone() {
 }
 
 /// Many small transactions over many batches, with what breaks a batch's
-/// fold in its middle — a truncate, key changes that keep a TOASTed value
-/// (barriers), a transaction larger than a batch (spilled behind a
-/// savepoint) — while events keep arriving during each flush: the target
+/// fold in its middle — a truncate, key changes that leave a value
+/// unchanged (barriers), a transaction larger than a batch (spilled behind
+/// a savepoint) — while events keep arriving during each flush: the target
 /// ends exactly as a model of the source, acknowledged in order.
 #[tokio::test]
 async fn many_small_transactions_over_many_batches_are_exact() {
@@ -555,18 +555,14 @@ async fn many_small_transactions_over_many_batches_are_exact() {
     use std::sync::atomic::Ordering::Relaxed;
 
     let pg = server();
-    let db = pg.create_database("ahead").unwrap();
+    let db = pg.create_database("batches").unwrap();
     pg.psql(
         &db,
         "CREATE TABLE t (id int PRIMARY KEY, doc text NOT NULL, n int);",
     )
     .unwrap();
     let url = pg.url(&db);
-    let schema = table(
-        "t",
-        vec![col("id", "int4"), col("doc", "text"), col("n", "int4")],
-        vec![0],
-    );
+    let schema = Arc::clone(&schemas()[0]);
     let row = |id: i32, doc: &str, n: i32| vec![Value::Int4(id), txt(doc), Value::Int4(n)];
     // The source's table, as the events below leave it.
     let mut model: BTreeMap<i32, (String, i32)> = BTreeMap::new();
