@@ -471,6 +471,106 @@ fn kill9_inside_a_group_of_index_builds_leaves_none_of_it_and_the_next_run_build
     assert_eq!(code, Some(0));
 }
 
+/// On the target: the build of index `gi_c` fails (an event trigger raises
+/// at its end, so its transaction rolls back).
+const REFUSE_GI_C: &str = r#"
+CREATE SCHEMA refuse;
+CREATE FUNCTION refuse.gi_c() RETURNS event_trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() WHERE object_identity = 'public.gi_c') THEN
+    RAISE EXCEPTION 'index gi_c refused by the test';
+  END IF;
+END $$;
+CREATE EVENT TRIGGER refuse_gi_c ON ddl_command_end WHEN TAG IN ('CREATE INDEX')
+  EXECUTE FUNCTION refuse.gi_c();
+ALTER EVENT TRIGGER refuse_gi_c ENABLE ALWAYS;
+"#;
+
+#[test]
+fn a_failing_index_build_is_named_no_build_is_marked_without_its_index_and_the_next_run_builds_the_rest()
+ {
+    let s = migration(INDEX_SCHEMA);
+    let rt = pgsync::runtime();
+    rt.block_on(async {
+        let c = pgsync::connect(&s.target_url).await.unwrap();
+        c.batch_execute(REFUSE_GI_C).await.unwrap();
+    });
+    let count = |sql: &str| s.target_i64(sql);
+    let two = [("FERRY_LOAD_INDEX_PARALLELISM", "2")];
+
+    // 1. Two build sessions (the run's own and one more); one of them
+    //    fails at gi_c: the run ends with the index and the server's
+    //    reason, before catch-up.
+    let ferry = s.start_with("refused", &two);
+    let code = ferry
+        .wait(s.long())
+        .expect("ferry exits after the failed build");
+    let log = std::fs::read_to_string(s.logs.path().join("refused.log")).unwrap();
+    assert_ne!(
+        code,
+        Some(0),
+        "the run succeeded despite the failed build:\n{log}"
+    );
+    assert!(
+        log.contains("building INDEX gi_c on the target")
+            && log.contains("index gi_c refused by the test"),
+        "the failure does not name the index and the server's reason:\n{log}"
+    );
+    assert_eq!(
+        s.pipeline_phase().as_deref(),
+        Some("load"),
+        "the phase moved past the load with an index missing"
+    );
+    // Whatever the other session built meanwhile is marked done with its
+    // index; gi_c is neither built nor marked.
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM ferry.post_data p WHERE p.kind = 'INDEX' AND p.done_at IS NOT NULL
+               AND to_regclass('public.' || p.name) IS NULL"
+        ),
+        Some(0),
+        "an index is marked done without existing"
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM ferry.post_data p WHERE p.kind = 'INDEX' AND p.done_at IS NULL
+               AND to_regclass('public.' || p.name) IS NOT NULL"
+        ),
+        Some(0),
+        "an index exists without its done mark"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM ferry.post_data WHERE name = 'gi_c' AND done_at IS NULL"),
+        Some(1),
+        "gi_c is marked done"
+    );
+    rt.block_on(async {
+        let c = pgsync::connect(&s.target_url).await.unwrap();
+        c.batch_execute("DROP EVENT TRIGGER refuse_gi_c")
+            .await
+            .unwrap();
+    });
+
+    // 2. The next run builds what is missing and streams.
+    let mut ferry = s.start_with("resume", &two);
+    s.wait_streaming(&mut ferry);
+    assert_eq!(
+        count("SELECT count(*) FROM pg_class WHERE relkind = 'i' AND relname LIKE 'gi\\_%'"),
+        Some(4),
+        "every index built"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM ferry.post_data WHERE done_at IS NULL"),
+        Some(0),
+        "every post-data statement is done"
+    );
+    s.compare_caught_up(&["ga", "gb", "gc", "gd"]);
+    let code = ferry
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
+
 /// A session on `s`'s target, on `rt` (which must outlive it), that ran
 /// `setup` (an event trigger that makes a ferry session wait for advisory
 /// lock `key`) and holds `key`.

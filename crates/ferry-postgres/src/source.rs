@@ -108,6 +108,44 @@ pub struct PgSnapshot {
     /// The schema dumped at the snapshot and found unchanged since
     /// ([`crate::schema_hold`]), for [`source::Source::target_schema`].
     dump: tokio::sync::Mutex<Option<crate::dump::SchemaDump>>,
+    /// The tables as the snapshot sees them, read while `pg_dump` ran,
+    /// for [`source::Source::catalog_at`] with the same catalog.
+    tables_at: std::sync::Mutex<Option<TablesAt>>,
+}
+
+/// The tables a snapshot sees: those published (or in the catalog read
+/// before it), and those left out of the publication.
+type TablesRead = (
+    Vec<crate::catalog::SourceTable>,
+    Vec<crate::catalog::SourceTable>,
+);
+
+/// What [`PgSource::tables_at`] read, with the OIDs of the catalog it was
+/// read against.
+#[derive(Debug)]
+struct TablesAt {
+    catalog: Vec<u32>,
+    published: Vec<crate::catalog::SourceTable>,
+    left: Vec<crate::catalog::SourceTable>,
+}
+
+impl PgSnapshot {
+    /// The tables read at this snapshot against `catalog`, once.
+    fn take_tables_at(&self, catalog: &SourceCatalog) -> Option<TablesRead> {
+        let oids: Vec<u32> = catalog.tables.iter().map(|t| t.oid).collect();
+        let taken = self.tables_at.lock().ok()?.take()?;
+        (taken.catalog == oids).then_some((taken.published, taken.left))
+    }
+
+    fn keep_tables_at(&self, catalog: &SourceCatalog, (published, left): TablesRead) {
+        if let Ok(mut kept) = self.tables_at.lock() {
+            *kept = Some(TablesAt {
+                catalog: catalog.tables.iter().map(|t| t.oid).collect(),
+                published,
+                left,
+            });
+        }
+    }
 }
 
 impl source::Snapshot for PgSnapshot {
@@ -400,9 +438,11 @@ impl source::Source for PgSource {
             // waited for that transaction, so it is visible now: publish it
             // and take a new snapshot that has it in the publication (a slot
             // created beforehand is advanced again, to the new snapshot).
-            if self.config.postgres.capture_ddl
-                && !self.tables_at(&snapshot, catalog).await?.1.is_empty()
-            {
+            let mut read_at = None;
+            if self.config.postgres.capture_ddl {
+                read_at = Some(self.tables_at(&snapshot, catalog).await?);
+            }
+            if read_at.as_ref().is_some_and(|(_, left)| !left.is_empty()) {
                 info!(
                     attempt,
                     "tables created while ferry started are not in its publication yet; publishing them and taking a new snapshot"
@@ -414,9 +454,14 @@ impl source::Source for PgSource {
                 }
                 continue;
             }
-            match self.dump_at(&snapshot, &schemas).await? {
-                Some(dump) => {
+            // Without DDL capture the tables are read beside pg_dump.
+            let read_beside = read_at.is_none().then_some(catalog);
+            match self.dump_at(&snapshot, &schemas, read_beside).await? {
+                Some((dump, read_beside)) => {
                     *snapshot.dump.lock().await = dump;
+                    if let Some(read) = read_at.or(read_beside) {
+                        snapshot.keep_tables_at(catalog, read);
+                    }
                     info!(slot = %slot, consistent_point = %snapshot.position, snapshot = %snapshot.name, "load snapshot exported");
                     return Ok(snapshot);
                 }
@@ -442,7 +487,10 @@ impl source::Source for PgSource {
         snapshot: &PgSnapshot,
         catalog: &SourceCatalog,
     ) -> Result<Option<SourceCatalog>, Error> {
-        let (tables, left) = self.tables_at(snapshot, catalog).await?;
+        let (tables, left) = match snapshot.take_tables_at(catalog) {
+            Some(read) => read,
+            None => self.tables_at(snapshot, catalog).await?,
+        };
         for t in &left {
             tracing::warn!(table = %t.schema.id, "table created while ferry started and not in its publication: created on the target, its rows are not carried");
         }
@@ -473,6 +521,7 @@ impl source::Source for PgSource {
             position: created.consistent_point,
             endpoint: self.config.source.clone(),
             dump: tokio::sync::Mutex::new(None),
+            tables_at: std::sync::Mutex::new(None),
         })
     }
 
@@ -662,14 +711,21 @@ impl PgSource {
         &self,
         snapshot: &PgSnapshot,
         schemas: &[String],
-    ) -> Result<Option<Option<crate::dump::SchemaDump>>, Error> {
+        catalog: Option<&SourceCatalog>,
+    ) -> Result<Option<(Option<crate::dump::SchemaDump>, Option<TablesRead>)>, Error> {
         // The fingerprint as the snapshot sees it, read while pg_dump runs
-        // (both see the snapshot, so neither waits for the other).
+        // (both see the snapshot, so neither waits for the other); with
+        // `catalog`, the tables at the snapshot too, on the same session
+        // (a failure there is left for `catalog_at` to read again).
         let fingerprint = async {
             let session = SnapshotSession::open(&snapshot.endpoint, &snapshot.name).await?;
             let at = Fingerprint::at(session.client(), schemas).await;
+            let mut tables = None;
+            if let (Ok(_), Some(catalog)) = (&at, catalog) {
+                tables = self.tables_in(session.client(), catalog).await.ok();
+            }
             let _ = session.close().await;
-            at
+            at.map(|at| (at, tables))
         };
         let dump = async {
             match self.config.target_tables.existing() {
@@ -686,12 +742,12 @@ impl PgSource {
             }
         };
         let (at, dump) = tokio::join!(fingerprint, dump);
-        let at = at?;
+        let (at, tables) = at?;
         // A failed dump (a table dropped since) is retried like a mixed one.
         if !at.unchanged(&self.config.source).await? {
             return Ok(None);
         }
-        Ok(Some(dump?))
+        Ok(Some((dump?, tables)))
     }
 }
 
@@ -727,6 +783,7 @@ fn snapshot_of(created: CreatedSlot, config: &Config) -> Result<PgSnapshot, Erro
         position,
         endpoint: config.source.clone(),
         dump: tokio::sync::Mutex::new(None),
+        tables_at: std::sync::Mutex::new(None),
     })
 }
 
@@ -847,27 +904,29 @@ impl PgSource {
         &self,
         snapshot: &PgSnapshot,
         catalog: &SourceCatalog,
-    ) -> Result<
-        (
-            Vec<crate::catalog::SourceTable>,
-            Vec<crate::catalog::SourceTable>,
-        ),
-        Error,
-    > {
+    ) -> Result<TablesRead, Error> {
+        let session = SnapshotSession::open(&snapshot.endpoint, &snapshot.name).await?;
+        self.tables_in(session.client(), catalog).await
+    }
+
+    /// [`Self::tables_at`] on `client`, a session in the snapshot.
+    async fn tables_in(
+        &self,
+        client: &Client,
+        catalog: &SourceCatalog,
+    ) -> Result<TablesRead, Error> {
         let filter = self
             .config
             .tables
             .filter()
             .map_err(|e| Error::operator(format!("tables: {e}"), "fix the tables section"))?;
-        let session = SnapshotSession::open(&snapshot.endpoint, &snapshot.name).await?;
-        let at = crate::catalog::read_tables(session.client(), &filter, &self.config.state.schema)
-            .await?;
+        let at = crate::catalog::read_tables(client, &filter, &self.config.state.schema).await?;
         let publication = &self.config.postgres.publication;
         let publications = [
             publication.clone(),
             crate::slot::insert_only_publication(publication),
         ];
-        let published = crate::slot::published_at(session.client(), &publications).await?;
+        let published = crate::slot::published_at(client, &publications).await?;
         let before: Vec<u32> = catalog.tables.iter().map(|t| t.oid).collect();
         Ok(at.into_iter().partition(|t| {
             before.contains(&t.oid) || published.as_ref().is_none_or(|p| p.contains(&t.oid))

@@ -28,7 +28,9 @@
 //!   budget (`spill_threshold`) and spill to disk past it.
 //! - On an idle source, keepalives outside a transaction become
 //!   `Event::Heartbeat { position: wal_end }` (at most one per
-//!   `heartbeat_interval`), so the applier can acknowledge and lag reads true.
+//!   `heartbeat_interval`, or per 50 ms while `wal_end` passes what was
+//!   handed on), so the applier can acknowledge and lag reads true, and a
+//!   catch-up to a position with no published change after it ends there.
 //! - Shutdown: the task's `biased` select checks the shutdown signal first,
 //!   sends a last status update and ends the copy stream.
 //!
@@ -232,7 +234,7 @@ impl PgChangeStream {
             status,
             shutdown: stop.clone(),
             heartbeat_interval: config.heartbeat_interval,
-            last_heartbeat: Instant::now(),
+            last_heartbeat: None,
             last_position: config.start,
             hooks,
             in_flight: VecDeque::new(),
@@ -260,7 +262,9 @@ struct StreamTask {
     status: Interval,
     shutdown: CancellationToken,
     heartbeat_interval: Duration,
-    last_heartbeat: Instant,
+    /// When the last heartbeat went out (none yet: the next keepalive past
+    /// the start is one).
+    last_heartbeat: Option<Instant>,
     /// Highest position handed on (heartbeats never go below it).
     last_position: Lsn,
     hooks: StreamHooks,
@@ -317,6 +321,10 @@ async fn run(mut t: StreamTask) -> Result<(), Error> {
     }
 }
 
+/// Least time between two heartbeats that each carry a new position (a
+/// busy source without published changes sends many keepalives).
+const HEARTBEAT_ADVANCE_GAP: Duration = Duration::from_millis(50);
+
 impl StreamTask {
     async fn send_status(&mut self, reply: bool) -> Result<(), Error> {
         self.stream.send_status(self.ack.acked(), reply).await
@@ -332,9 +340,20 @@ impl StreamTask {
                 if reply_requested {
                     self.send_status(false).await?;
                 }
-                let due = self.last_heartbeat.elapsed() >= self.heartbeat_interval;
+                // A keepalive past everything handed on is due soon, not
+                // one `heartbeat_interval` after the last: on an idle
+                // source it is what moves the position over WAL without a
+                // published change (where `ferry run`'s catch-up ends).
+                let advanced = wal_end > self.last_position;
+                let due = match self.last_heartbeat {
+                    None => advanced,
+                    Some(at) => {
+                        at.elapsed() >= self.heartbeat_interval
+                            || (advanced && at.elapsed() >= HEARTBEAT_ADVANCE_GAP)
+                    }
+                };
                 if due && !self.decoder.in_transaction() && wal_end >= self.last_position {
-                    self.last_heartbeat = Instant::now();
+                    self.last_heartbeat = Some(Instant::now());
                     self.emit(Event::Heartbeat {
                         position: wal_end,
                         time: send_time,

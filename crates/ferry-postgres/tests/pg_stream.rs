@@ -410,6 +410,55 @@ async fn confirmed_flush(client: &tokio_postgres::Client, slot: &str) -> Lsn {
     row.get::<_, String>(0).parse().unwrap()
 }
 
+/// On an idle source the first keepalive after the start is a heartbeat at
+/// once, not one `heartbeat_interval` later: on WAL past the start that
+/// holds no published change it is what carries the position past it
+/// (where `ferry run`'s catch-up ends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_keepalive_on_an_idle_source_is_a_heartbeat_at_once() {
+    let pg = PgServer::start(PgOptions::default()).expect("start postgres");
+    let db = pg.create_database("first").unwrap();
+    let url = pg.url(&db);
+    pg.psql(&db, "CREATE TABLE t (id int PRIMARY KEY);")
+        .unwrap();
+    let lsn = create_slot(&url, "first").await;
+    // WAL after the slot's start without a change pgoutput sends (a
+    // non-transactional message; the stream does not ask for messages),
+    // flushed by a checkpoint, which wakes the walsender.
+    let client = catalog(&url).await;
+    let message: Lsn = client
+        .query_one(
+            "SELECT pg_logical_emit_message(false, 'ferry-test', 'x')::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, String>(0)
+        .parse()
+        .unwrap();
+    assert!(message > lsn);
+    client.batch_execute("CHECKPOINT").await.unwrap();
+    // `start` sets heartbeat_interval to an hour.
+    let started = std::time::Instant::now();
+    let (mut rx, handle) = start(&url, "first", lsn, |_| {}).await;
+    let events = collect_until(
+        &mut rx,
+        |e| matches!(e, Event::Heartbeat { position, .. } if *position > message),
+    )
+    .await;
+    assert!(
+        events.iter().all(|e| matches!(e, Event::Heartbeat { .. })),
+        "an event other than a heartbeat on an idle source: {:#?}",
+        render(&events)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the first heartbeat took {:?}",
+        started.elapsed()
+    );
+    handle.shutdown().await.expect("clean shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_slow_consumer_stays_connected_and_acks_advance() {
     let pg = PgServer::start(PgOptions::default().setting("wal_sender_timeout", "2s"))

@@ -65,24 +65,24 @@ impl Job {
 pub async fn run<T: Snapshot>(
     config: &Config,
     state: &StateStore,
+    target: &tokio_postgres::Client,
     tables: &[SourceTable],
     snapshot: &T,
     shutdown: Shutdown,
     mapping: Option<&Mapping>,
 ) -> anyhow::Result<()> {
-    let target = ferry_postgres::connect::connect(&config.target, "target").await?;
     let mapping = mapping.map(|m| Arc::new(m.clone()));
     let mut queue = VecDeque::new();
     let mut board = Board::new();
     for t in tables {
         let progress = Arc::new(LoadProgress::default());
         let done: BTreeSet<i32> = state
-            .chunks_done(&target, &t.schema.id)
+            .chunks_done(target, &t.schema.id)
             .await?
             .into_iter()
             .collect();
         let table = Arc::new(t.clone());
-        for chunk in plan_store::chunks(&target, state, &t.schema.id).await? {
+        for chunk in plan_store::chunks(target, state, &t.schema.id).await? {
             if !done.contains(&(chunk.index as i32)) {
                 queue.push_back(Job {
                     chunk,
@@ -101,7 +101,6 @@ pub async fn run<T: Snapshot>(
             );
         }
     }
-    drop(target);
     // Largest first: the last chunk to start is a small one.
     let mut queue = Vec::from(queue);
     queue.sort_by_key(|j| std::cmp::Reverse(j.weight()));
@@ -116,8 +115,10 @@ pub async fn run<T: Snapshot>(
         progress_done.clone().cancelled_owned(),
     ));
     let mut set = tokio::task::JoinSet::new();
-    for worker in 0..workers {
-        let reader = match snapshot.reader().await {
+    // The readers' sessions log in and import the snapshot at once.
+    let readers = futures_util::future::join_all((0..workers).map(|_| snapshot.reader())).await;
+    for (worker, reader) in readers.into_iter().enumerate() {
+        let reader = match reader {
             Ok(r) => r,
             Err(e) => {
                 queue.lock().map(|mut q| q.clear()).ok();
@@ -361,9 +362,14 @@ async fn index_session(target: &tokio_postgres::Client) -> anyhow::Result<()> {
 /// missing, and never an object without its mark or a mark without its
 /// object. Statements that wait for catch-up
 /// ([`ferry_core::source::AFTER_CATCH_UP`]) are left to
-/// [`build_after_catch_up`].
-pub async fn build_post_data(config: &Config, state: &StateStore) -> anyhow::Result<()> {
-    build(config, state, false).await
+/// [`build_after_catch_up`]. `target` is one of the sessions (a new one
+/// costs a login): it comes back with a raised `maintenance_work_mem`.
+pub async fn build_post_data(
+    config: &Config,
+    state: &StateStore,
+    target: &mut tokio_postgres::Client,
+) -> anyhow::Result<()> {
+    build(config, state, false, target).await
 }
 
 /// Build the post-data statements that wait until catch-up has passed the
@@ -371,12 +377,14 @@ pub async fn build_post_data(config: &Config, state: &StateStore) -> anyhow::Res
 /// that need them); the same way and with the same `done` marks as
 /// [`build_post_data`], so a crash before or during it builds what is
 /// missing on the next run's catch-up. Returns how many were built.
-pub async fn build_after_catch_up(config: &Config, state: &StateStore) -> anyhow::Result<usize> {
-    let target = ferry_postgres::connect::connect(&config.target, "target").await?;
-    let pending = pending_after_catch_up(&target, state).await?;
-    drop(target);
+pub async fn build_after_catch_up(
+    config: &Config,
+    state: &StateStore,
+    target: &mut tokio_postgres::Client,
+) -> anyhow::Result<usize> {
+    let pending = pending_after_catch_up(target, state).await?;
     if pending > 0 {
-        build(config, state, true).await?;
+        build(config, state, true, target).await?;
     }
     Ok(pending)
 }
@@ -426,11 +434,15 @@ impl BuildQueue {
 }
 
 /// Build the pending post-data statements that wait for catch-up
-/// (`after_catch_up`) or the others.
-async fn build(config: &Config, state: &StateStore, after_catch_up: bool) -> anyhow::Result<()> {
-    let target = ferry_postgres::connect::connect(&config.target, "target").await?;
-    let (preamble, stmts) = plan_store::pending_post_data(&target, state).await?;
-    drop(target);
+/// (`after_catch_up`) or the others; `target` is the first worker's
+/// session and then runs the statements in order.
+async fn build(
+    config: &Config,
+    state: &StateStore,
+    after_catch_up: bool,
+    target: &mut tokio_postgres::Client,
+) -> anyhow::Result<()> {
+    let (preamble, stmts) = plan_store::pending_post_data(target, state).await?;
     let stmts: Vec<_> = stmts
         .into_iter()
         .filter(|s| ferry_core::source::after_catch_up(&s.kind) == after_catch_up)
@@ -450,7 +462,7 @@ async fn build(config: &Config, state: &StateStore, after_catch_up: bool) -> any
     );
     let queue = Arc::new(Mutex::new(BuildQueue::new(parallel)));
     let mut set = tokio::task::JoinSet::new();
-    for _ in 0..workers {
+    for _ in 1..workers {
         let (config, state, queue, preamble) = (
             config.clone(),
             state.clone(),
@@ -459,50 +471,67 @@ async fn build(config: &Config, state: &StateStore, after_catch_up: bool) -> any
         );
         set.spawn(async move {
             let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
-            index_session(&target).await?;
-            let pop = || queue.lock().ok().and_then(|mut q| q.items.pop_front());
-            while let Some(stmt) = pop() {
-                let key = !plan_store::groupable(&stmt);
-                if after_catch_up {
-                    // The applier writes these tables: one build per commit.
-                    let started = std::time::Instant::now();
-                    plan_store::run_post_statement(&mut target, &state, &preamble, &stmt).await?;
-                    info!(kind = %stmt.kind, name = %stmt.name, secs = started.elapsed().as_secs_f64(), "built");
-                    continue;
-                }
-                // Quick index builds in a row share a transaction, once no
-                // key is left to add (see `BuildQueue`).
-                let next = || queue.lock().ok()?.next_for_group();
-                let built =
-                    plan_store::run_post_group(&mut target, &state, &preamble, stmt, next).await?;
-                if key && let Ok(mut q) = queue.lock() {
-                    q.keys_left -= 1;
-                }
-                for (stmt, took) in built {
-                    info!(kind = %stmt.kind, name = %stmt.name, secs = took.as_secs_f64(), "built");
-                }
-            }
-            anyhow::Ok(())
+            build_worker(&mut target, &state, &queue, &preamble, after_catch_up).await
         });
     }
-    while let Some(res) = set.join_next().await {
-        res.context("index build task panicked")??;
-    }
-    let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    // The caller's session is the first worker, beside the others. The
+    // first failure is reported at once: the builds still running end
+    // with their sessions (rolled back, unmarked, as after a crash).
+    let own = build_worker(target, state, &queue, &preamble, after_catch_up);
+    let others = async {
+        while let Some(res) = set.join_next().await {
+            res.context("index build task panicked")??;
+        }
+        anyhow::Ok(())
+    };
+    tokio::try_join!(own, others)?;
     if after_catch_up {
         // The applier writes these tables meanwhile: one short lock at a time.
         for stmt in &sequential {
-            plan_store::run_post_statement(&mut target, state, &preamble, stmt).await?;
+            plan_store::run_post_statement(target, state, &preamble, stmt).await?;
         }
     } else if !sequential.is_empty() {
         // Nothing else uses the tables yet: one transaction, one commit.
         let started = std::time::Instant::now();
-        plan_store::run_post_statements(&mut target, state, &preamble, &sequential).await?;
+        plan_store::run_post_statements(target, state, &preamble, &sequential).await?;
         info!(
             statements = sequential.len(),
             secs = started.elapsed().as_secs_f64(),
             "built the other post-data objects"
         );
+    }
+    Ok(())
+}
+
+/// One post-data worker: take builds from `queue` until it is empty.
+async fn build_worker(
+    target: &mut tokio_postgres::Client,
+    state: &StateStore,
+    queue: &Mutex<BuildQueue>,
+    preamble: &str,
+    after_catch_up: bool,
+) -> anyhow::Result<()> {
+    index_session(target).await?;
+    let pop = || queue.lock().ok().and_then(|mut q| q.items.pop_front());
+    while let Some(stmt) = pop() {
+        let key = !plan_store::groupable(&stmt);
+        if after_catch_up {
+            // The applier writes these tables: one build per commit.
+            let started = std::time::Instant::now();
+            plan_store::run_post_statement(target, state, preamble, &stmt).await?;
+            info!(kind = %stmt.kind, name = %stmt.name, secs = started.elapsed().as_secs_f64(), "built");
+            continue;
+        }
+        // Quick index builds in a row share a transaction, once no key is
+        // left to add (see `BuildQueue`).
+        let next = || queue.lock().ok()?.next_for_group();
+        let built = plan_store::run_post_group(target, state, preamble, stmt, next).await?;
+        if key && let Ok(mut q) = queue.lock() {
+            q.keys_left -= 1;
+        }
+        for (stmt, took) in built {
+            info!(kind = %stmt.kind, name = %stmt.name, secs = took.as_secs_f64(), "built");
+        }
     }
     Ok(())
 }

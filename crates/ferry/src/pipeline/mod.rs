@@ -468,7 +468,16 @@ async fn load_phase<S: Source>(
             set_carried(config, live, &tables);
         }
         live.set_phase(Phase::Load);
-        let loaded = load::run(config, state, &tables, &snapshot, shutdown.clone(), mapping).await;
+        let loaded = load::run(
+            config,
+            state,
+            target,
+            &tables,
+            &snapshot,
+            shutdown.clone(),
+            mapping,
+        )
+        .await;
         snapshot.release().await;
         if !finish_load_step(loaded, shutdown)? {
             return Ok(false);
@@ -483,8 +492,10 @@ async fn load_phase<S: Source>(
     state
         .set_tables_state(target, &ids, &TableState::Loaded)
         .await?;
-    load::build_post_data(config, state).await?;
+    // One session for post-data and the steps after it (a login each
+    // costs the critical path a few milliseconds).
     let mut target_tx = ferry_postgres::connect::connect(&config.target, "target").await?;
+    load::build_post_data(config, state, &mut target_tx).await?;
     schema::apply_renames(&mut target_tx, &tables, config).await?;
     let carried: Vec<_> = tables
         .iter()
@@ -726,7 +737,16 @@ async fn resume_load<S: Source>(
             "resuming the watermark load with its missing chunks"
         );
         let tables: Vec<_> = reload.into_iter().map(|(t, _)| t).collect();
-        let loaded = load::run(config, state, &tables, &snapshot, shutdown.clone(), mapping).await;
+        let loaded = load::run(
+            config,
+            state,
+            target,
+            &tables,
+            &snapshot,
+            shutdown.clone(),
+            mapping,
+        )
+        .await;
         snapshot.release().await;
         return finish_load_step(loaded, shutdown).map(|_| ());
     }
@@ -794,7 +814,16 @@ async fn resume_load<S: Source>(
         .map(|(t, _)| t)
         .filter(|t| !deferred.contains(&t.schema.id))
         .collect();
-    let loaded = load::run(config, state, &tables, &snapshot, shutdown.clone(), mapping).await;
+    let loaded = load::run(
+        config,
+        state,
+        target,
+        &tables,
+        &snapshot,
+        shutdown.clone(),
+        mapping,
+    )
+    .await;
     snapshot.release().await;
     finish_load_step(loaded, shutdown).map(|_| ())
 }

@@ -335,10 +335,11 @@ async fn put_back(
 /// one consistent source position (catch-up passed every table snapshot).
 ///
 /// The keys of different tables are validated in parallel, on as many
-/// sessions as the index builds use (`VALIDATE CONSTRAINT` takes a SHARE
-/// UPDATE EXCLUSIVE lock on its table and ROW SHARE on the referenced one:
-/// validations of different tables do not wait for each other, nor does
-/// the applier); the keys of one table one after the other, on one session.
+/// sessions as the index builds use, `target` one of them (`VALIDATE
+/// CONSTRAINT` takes a SHARE UPDATE EXCLUSIVE lock on its table and ROW
+/// SHARE on the referenced one: validations of different tables do not
+/// wait for each other, nor does the applier); the keys of one table one
+/// after the other, on one session.
 pub async fn validate_foreign_keys(
     config: &ferry_core::config::Config,
     target: &mut Client,
@@ -364,50 +365,68 @@ pub async fn validate_foreign_keys(
         .index_parallelism
         .unwrap_or_else(|| config.load.effective_parallelism())
         .clamp(1, groups.len().max(1));
-    if workers == 1 {
-        let mut done = Vec::new();
-        for p in groups.iter().flatten() {
-            done.push(validate_one(target, state, p).await?);
-        }
-        return Ok(done);
-    }
-    let queue = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
-        groups,
-    )));
+    let queue = std::sync::Mutex::new(std::collections::VecDeque::from(groups));
+    let queue = std::sync::Arc::new(queue);
     let mut set = tokio::task::JoinSet::new();
-    for _ in 0..workers {
+    for _ in 1..workers {
         let (config, state, queue) = (config.clone(), state.clone(), queue.clone());
         set.spawn(async move {
             let mut client = ferry_postgres::connect::connect(&config.target, "target").await?;
-            let mut done = Vec::new();
-            loop {
-                let Some(group) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
-                    return anyhow::Ok(done);
-                };
-                for p in &group {
-                    done.push(validate_one(&mut client, &state, p).await?);
-                }
-            }
+            validate_groups(&mut client, &state, &queue).await
         });
     }
-    let mut done = Vec::new();
-    let mut failed = None;
-    while let Some(joined) = set.join_next().await {
-        match joined.context("a foreign key validation task failed")? {
-            Ok(d) => done.extend(d),
-            Err(e) => {
-                // The others finish their key (each is its own
-                // transaction); the first failure is reported.
-                if let Ok(mut q) = queue.lock() {
-                    q.clear();
+    // The caller's session validates too, beside the others (a new one
+    // costs a login). After a failure the others finish their key (each
+    // is its own transaction) and take no more; the first is reported.
+    let stop = || {
+        if let Ok(mut q) = queue.lock() {
+            q.clear();
+        }
+    };
+    let own = async {
+        let done = validate_groups(target, state, &queue).await;
+        if done.is_err() {
+            stop();
+        }
+        done
+    };
+    let others = async {
+        let mut done = Vec::new();
+        let mut failed = None;
+        while let Some(joined) = set.join_next().await {
+            match joined
+                .context("a foreign key validation task failed")
+                .and_then(|r| r)
+            {
+                Ok(d) => done.extend(d),
+                Err(e) => {
+                    stop();
+                    failed.get_or_insert(e);
                 }
-                failed.get_or_insert(e);
             }
         }
-    }
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(done),
+        failed.map_or(Ok(done), Err)
+    };
+    let (own, others) = tokio::join!(own, others);
+    let mut done = own?;
+    done.extend(others?);
+    Ok(done)
+}
+
+/// Validate the keys of the groups taken from `queue` until it is empty.
+async fn validate_groups(
+    client: &mut Client,
+    state: &StateStore,
+    queue: &std::sync::Mutex<std::collections::VecDeque<Vec<Pending>>>,
+) -> anyhow::Result<Vec<String>> {
+    let mut done = Vec::new();
+    loop {
+        let Some(group) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+            return Ok(done);
+        };
+        for p in &group {
+            done.push(validate_one(client, state, p).await?);
+        }
     }
 }
 

@@ -105,14 +105,19 @@ async fn stream_once<S: Source>(
     catalog: &S::Catalog,
     mapping: Option<Arc<Mapping>>,
 ) -> anyhow::Result<()> {
-    let target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    // The source's head is read while the target session logs in (each
+    // login costs a few milliseconds before catch-up can start).
+    let (target, head) = tokio::join!(
+        ferry_postgres::connect::connect(&config.target, "target"),
+        async { anyhow::Ok(source.probe().await?.head().await?) }
+    );
+    let (target, head) = (target?, head?);
     let checkpoint = read_checkpoint::<S::Position>(&target, state, STREAM)
         .await?
         .context("no stream checkpoint in the target: the schema stage never finished; run `ferry cleanup` and start again")?;
     // Lag counts from what the target already holds, not from zero.
     live.applied(checkpoint.position.clone());
     let snapshots = super::plan_store::table_snapshots::<S::Position>(&target, state).await?;
-    let head = source.probe().await?.head().await?;
     let phase = state.read_phase(&target).await?;
 
     // A watermark load's unique indexes are built under the running
@@ -295,22 +300,29 @@ async fn promote_when_caught_up<P: Position>(
     hold: Option<&AtomicBool>,
     consistent: bool,
 ) -> anyhow::Result<()> {
+    // One session for every step here (a login each costs the critical
+    // path a few milliseconds).
+    let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
     if consistent {
         info!(
             "validating foreign keys while catching up: every table was loaded at the stream's start"
         );
-        let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
         super::overrides::validate_foreign_keys(config, &mut target, state).await?;
     }
     // A cheap read of the applier's position: polled often, so that the
     // phase (and what waits for it) follows catch-up closely.
+    let waited = std::time::Instant::now();
     while live.applied_position().is_none_or(|a| a < *head) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    if waited.elapsed() > Duration::from_secs(10) || target.is_closed() {
+        // Idle through a long catch-up: a server's idle_session_timeout
+        // may have ended the session.
+        target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    }
     // The target holds a committed state of the source at or after `head`:
     // every unique value is on one row again.
-    let built = super::load::build_after_catch_up(config, state).await?;
-    let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    let built = super::load::build_after_catch_up(config, state, &mut target).await?;
     if built > 0 {
         info!(
             built,
