@@ -373,16 +373,11 @@ fn kill9_inside_the_post_data_transaction_leaves_none_built_and_the_next_run_bui
         "the foreign keys were never all validated",
         || count(&format!("{fks} AND convalidated")) == Some(3),
     );
-    assert_eq!(
-        count("SELECT count(*) FROM ferry.post_data WHERE done_at IS NULL"),
-        Some(0),
-        "every post-data statement is done"
+    every_statement_built_then_compare_and_stop(
+        &s,
+        ferry,
+        &["parent", "child_a", "child_b", "child_c"],
     );
-    s.compare_caught_up(&["parent", "child_a", "child_b", "child_c"]);
-    let code = ferry
-        .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
-        .unwrap();
-    assert_eq!(code, Some(0));
 }
 
 /// Four small tables, each with a secondary index that post-data builds
@@ -401,6 +396,10 @@ INSERT INTO gb SELECT g, g % 11 FROM generate_series(1, 1000) g;
 INSERT INTO gc SELECT g, g % 13 FROM generate_series(1, 1000) g;
 INSERT INTO gd SELECT g, g % 17 FROM generate_series(1, 1000) g;
 "#;
+
+/// How many of the `gi_` indexes exist on the target.
+const GI_INDEXES: &str =
+    "SELECT count(*) FROM pg_class WHERE relkind = 'i' AND relname LIKE 'gi\\_%'";
 
 /// On the target: the session building the third of the `gi_` indexes
 /// (it sees its own uncommitted ones) waits for advisory lock 4243.
@@ -423,7 +422,6 @@ fn kill9_inside_a_group_of_index_builds_leaves_none_of_it_and_the_next_run_build
     let rt = pgsync::runtime();
     let held = hold_on_target(&rt, &s, HOLD_THIRD_INDEX, 4243);
     let count = |sql: &str| s.target_i64(sql);
-    let indexes = "SELECT count(*) FROM pg_class WHERE relkind = 'i' AND relname LIKE 'gi\\_%'";
     // One build session: once the keys are built, the quick index builds
     // after them share its transaction.
     let one = [("FERRY_LOAD_INDEX_PARALLELISM", "1")];
@@ -435,7 +433,7 @@ fn kill9_inside_a_group_of_index_builds_leaves_none_of_it_and_the_next_run_build
     // commit per index would have kept them): neither survives, and no
     // index is marked done without its object, nor built without its mark.
     assert_eq!(
-        count(indexes),
+        count(GI_INDEXES),
         Some(0),
         "an index of the killed group survived: the builds did not share a transaction"
     );
@@ -458,17 +456,8 @@ fn kill9_inside_a_group_of_index_builds_leaves_none_of_it_and_the_next_run_build
     // 2. The next run builds every index and streams.
     let mut ferry = s.start_with("resume", &one);
     s.wait_streaming(&mut ferry);
-    assert_eq!(count(indexes), Some(4), "every index built");
-    assert_eq!(
-        count("SELECT count(*) FROM ferry.post_data WHERE done_at IS NULL"),
-        Some(0),
-        "every post-data statement is done"
-    );
-    s.compare_caught_up(&["ga", "gb", "gc", "gd"]);
-    let code = ferry
-        .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
-        .unwrap();
-    assert_eq!(code, Some(0));
+    assert_eq!(count(GI_INDEXES), Some(4), "every index built");
+    every_statement_built_then_compare_and_stop(&s, ferry, &["ga", "gb", "gc", "gd"]);
 }
 
 /// On the target: the build of index `gi_c` fails (an event trigger raises
@@ -554,17 +543,24 @@ fn a_failing_index_build_is_named_no_build_is_marked_without_its_index_and_the_n
     // 2. The next run builds what is missing and streams.
     let mut ferry = s.start_with("resume", &two);
     s.wait_streaming(&mut ferry);
+    assert_eq!(count(GI_INDEXES), Some(4), "every index built");
+    every_statement_built_then_compare_and_stop(&s, ferry, &["ga", "gb", "gc", "gd"]);
+}
+
+/// After a resumed run reached streaming: no post-data statement is left
+/// undone, `tables` compare equal once caught up, and `ferry` stops
+/// cleanly on SIGTERM.
+fn every_statement_built_then_compare_and_stop(
+    s: &Migration,
+    ferry: ferry_e2e::Background,
+    tables: &[&str],
+) {
     assert_eq!(
-        count("SELECT count(*) FROM pg_class WHERE relkind = 'i' AND relname LIKE 'gi\\_%'"),
-        Some(4),
-        "every index built"
-    );
-    assert_eq!(
-        count("SELECT count(*) FROM ferry.post_data WHERE done_at IS NULL"),
+        s.target_i64("SELECT count(*) FROM ferry.post_data WHERE done_at IS NULL"),
         Some(0),
         "every post-data statement is done"
     );
-    s.compare_caught_up(&["ga", "gb", "gc", "gd"]);
+    s.compare_caught_up(tables);
     let code = ferry
         .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
         .unwrap();
