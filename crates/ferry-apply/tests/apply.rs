@@ -458,6 +458,158 @@ async fn upserts_of_keys_already_there_end_in_the_source_rows() {
     );
 }
 
+/// Staging tables of the applier's session still open (not their
+/// indexes).
+async fn staging_tables(c: &Client) -> Vec<String> {
+    rows(
+        c,
+        "SELECT count(*)::text FROM pg_class WHERE relname LIKE 'ferry_stage_%' AND relpersistence = 't' AND relkind = 'r'",
+    )
+    .await
+}
+
+/// Runs `events` on `applier` (the session of an earlier run) until the
+/// feed ends; returns the positions acknowledged.
+async fn run_more(applier: &mut Applier<Lsn>, events: Vec<Event<Lsn>>) -> Vec<Lsn> {
+    let (tx, mut rx) = mpsc::channel(4);
+    let feeder = tokio::spawn(async move {
+        for e in events {
+            tx.send(e).await.unwrap();
+        }
+    });
+    let mut acks = Vec::new();
+    let outcome = applier
+        .run(&mut rx, |p: &Lsn| acks.push(*p), std::future::pending())
+        .await
+        .expect("run");
+    feeder.await.unwrap();
+    assert_eq!(outcome, RunOutcome::SourceClosed);
+    acks
+}
+
+/// New keys are COPYed straight into the target: a batch of inserts
+/// creates no staging table. A COPY that meets a key already there (row 1,
+/// first of 3,001 rows, so the server refuses it many COPY chunks before
+/// the stream ends) is rolled back to its savepoint and the same rows are
+/// upserted on the same session, which goes on applying. A table with a
+/// rewrite rule (an `INSERT` runs it, `COPY` would not) keeps the staged
+/// `INSERT`.
+#[tokio::test]
+async fn new_keys_are_copied_into_the_target_and_a_key_already_there_falls_back_to_upserts() {
+    let pg = server();
+    let db = pg.create_database("direct").unwrap();
+    pg.psql(&db, SETUP).unwrap();
+    pg.psql(
+        &db,
+        "CREATE TABLE r (id int PRIMARY KEY, v text);
+         CREATE RULE r_also AS ON INSERT TO r DO ALSO INSERT INTO trig_hits VALUES (2);",
+    )
+    .unwrap();
+    let url = pg.url(&db);
+    let u = schemas()[2].clone();
+    let mut first = vec![Event::Relation(u), begin()];
+    first.extend((100..110).map(|i| ins("u", vec![Value::Int4(i), txt("a")])));
+    first.push(commit(100));
+    let (acks, mut applier) = run_events(&url, cfg(10_000, 60_000), first).await;
+    assert_eq!(acks, vec![Lsn(100)]);
+    let c = connect(&url).await;
+    assert_eq!(staging_tables(&c).await, vec!["0"]);
+    assert_eq!(
+        rows(&c, "SELECT count(*)::text FROM u WHERE v = 'a'").await,
+        vec!["10"]
+    );
+
+    let wide = "w".repeat(200);
+    let mut second = vec![begin(), ins("u", vec![Value::Int4(1), txt("new one")])];
+    second.extend((1000..4000).map(|i| ins("u", vec![Value::Int4(i), txt(&wide)])));
+    second.push(commit(200));
+    assert_eq!(run_more(&mut applier, second).await, vec![Lsn(200)]);
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT v || ':' || count(*) FROM u GROUP BY v ORDER BY v"
+        )
+        .await,
+        vec![
+            "a:10".to_owned(),
+            "gone:1".to_owned(),
+            "new one:1".to_owned(),
+            format!("{wide}:3000"),
+        ]
+    );
+    // The fallback staged the rows it upserted.
+    assert_eq!(staging_tables(&c).await, vec!["1"]);
+
+    let r = table("r", vec![col("id", "int4"), col("v", "text")], vec![0]);
+    let third = vec![
+        Event::Relation(r),
+        begin(),
+        ins("u", vec![Value::Int4(5000), txt("after")]),
+        ins("r", vec![Value::Int4(1), txt("ruled")]),
+        commit(400),
+    ];
+    assert_eq!(run_more(&mut applier, third).await, vec![Lsn(400)]);
+    assert_eq!(
+        rows(&c, "SELECT v FROM u WHERE id = 5000").await,
+        vec!["after"]
+    );
+    assert_eq!(rows(&c, "SELECT v FROM r").await, vec!["ruled"]);
+    assert_eq!(staging_tables(&c).await, vec!["2"]);
+    drop(applier);
+}
+
+/// A keyless table's batch of inserts alone is COPYed straight into the
+/// target in source order (duplicates stay duplicates, no staging table);
+/// a batch that also deletes is staged and applied in order as before.
+#[tokio::test]
+async fn a_keyless_tables_inserts_alone_are_copied_in_source_order() {
+    let pg = server();
+    let db = pg.create_database("keyless").unwrap();
+    pg.psql(&db, SETUP).unwrap();
+    let url = pg.url(&db);
+    let k = schemas()[1].clone();
+    let row = |a: i32, b: Option<&str>| vec![Value::Int4(a), b.map_or(Value::Null, txt)];
+    let first = vec![
+        Event::Relation(k),
+        begin(),
+        ins("k", row(2, Some("x"))),
+        ins("k", row(1, Some("x"))),
+        ins("k", row(1, Some("x"))),
+        ins("k", row(3, None)),
+        commit(100),
+    ];
+    let (acks, mut applier) = run_events(&url, cfg(10_000, 60_000), first).await;
+    assert_eq!(acks, vec![Lsn(100)]);
+    let c = connect(&url).await;
+    assert_eq!(staging_tables(&c).await, vec!["0"]);
+    // Written in source order: the heap holds them as they came.
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT a || ':' || coalesce(b, 'null') FROM k ORDER BY ctid"
+        )
+        .await,
+        vec!["2:x", "1:x", "1:x", "3:null"]
+    );
+    let second = vec![
+        begin(),
+        del("k", OldRow::Full(Row::new(row(1, Some("x"))))),
+        ins("k", row(4, Some("y"))),
+        commit(200),
+    ];
+    assert_eq!(run_more(&mut applier, second).await, vec![Lsn(200)]);
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT a || ':' || coalesce(b, 'null') FROM k ORDER BY a, b"
+        )
+        .await,
+        vec!["1:x", "2:x", "3:null", "4:y"]
+    );
+    assert_eq!(staging_tables(&c).await, vec!["1"]);
+    drop(applier);
+}
+
 /// A change of one source relation touches that table's rows only: an
 /// update or delete of an inheritance parent's key leaves a child row with
 /// the same key alone (`ONLY`), a keyless parent's delete does not reach

@@ -9,6 +9,10 @@
 //! pipelined, in order (tokio-postgres sends a request when its future is
 //! first polled), and their results read in order; the server runs them one
 //! after the other, so the target sees exactly the source's order.
+//!
+//! A keyless table's batch that holds inserts alone is not staged: its rows
+//! are COPYed straight into the target, in source order (see
+//! `Writer::copy_inserts`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,9 +27,10 @@ use tracing::info;
 
 use super::Writer;
 use super::sql::{
-    InOrderSql, OP_DELETE, OP_NEW, OP_OLD, OP_UPSERT, StepKind, mask_of, match_pattern,
+    InOrderSql, OP_DELETE, OP_NEW, OP_OLD, OP_UPSERT, StepKind, copy_target_sql, mask_of,
+    match_pattern,
 };
-use super::staging::{StageRow, Staging};
+use super::staging::{self, StageRow, Staging};
 use crate::error::pg_error;
 use crate::fold::TableFold;
 
@@ -146,6 +151,9 @@ impl Writer {
     pub(super) async fn apply_in_order(&mut self, client: &Client, tf: &TableFold) -> Result<()> {
         let schema = &*tf.schema;
         let keyed = schema.has_key();
+        if !keyed && self.copy_inserts(client, tf).await? {
+            return Ok(());
+        }
         let mut rows = Vec::with_capacity(tf.sequential.len());
         let mut kinds: Vec<(StepKind, i32)> = Vec::with_capacity(tf.sequential.len());
         for (i, change) in tf.sequential.iter().enumerate() {
@@ -267,6 +275,38 @@ impl Writer {
             last_kind = Some(kind);
         }
         run_pipelined(client, &stmts, &steps, &target).await
+    }
+}
+
+impl Writer {
+    /// A keyless table's batch of inserts alone (an append-only table's
+    /// usual batch) COPYed straight into the target in source order, where
+    /// `COPY` does what `INSERT` does ([`super::InsertPath`]): the same
+    /// rows in the same order as the staged `INSERT … SELECT … ORDER BY
+    /// __ferry_seq`, without writing and indexing a staging row each.
+    /// `false`: nothing done, stage them.
+    async fn copy_inserts(&mut self, client: &Client, tf: &TableFold) -> Result<bool> {
+        let mut rows = Vec::with_capacity(tf.sequential.len());
+        for change in &tf.sequential {
+            match change {
+                Change::Insert { new, .. } if !new.has_unchanged() => rows.push(StageRow {
+                    values: &new.values,
+                    op: OP_UPSERT,
+                    seq: 0,
+                }),
+                _ => return Ok(false),
+            }
+        }
+        let schema = &*tf.schema;
+        let target = self.target(client, &schema.id).await?;
+        if !self.read_insert_path(client, &target, schema).await?.copy {
+            return Ok(false);
+        }
+        let copy = copy_target_sql(&target, schema);
+        staging::copy_into_target(client, &copy, schema, &rows)
+            .await
+            .map_err(|e| staging::copy_error(&format!("writing {target}"), schema, &rows, e))?;
+        Ok(true)
     }
 }
 

@@ -191,6 +191,18 @@ pub fn insert_sql(target: &Target, stage: &str, schema: &TableSchema) -> String 
     )
 }
 
+/// The rows of [`insert_sql`] COPYed straight into the target (see
+/// `Writer::apply_keyed`): no staging row is written or read for them.
+/// Like `INSERT … OVERRIDING SYSTEM VALUE`, COPY writes identity columns as
+/// given; a partitioned table routes each row to its partition.
+pub fn copy_target_sql(target: &Target, schema: &TableSchema) -> String {
+    format!(
+        "COPY {} ({}) FROM STDIN",
+        target.id.quoted(),
+        cols(schema, "")
+    )
+}
+
 /// `ON CONFLICT (key) DO UPDATE SET <non-key columns>` (or `DO NOTHING`).
 fn on_conflict_sql(schema: &TableSchema) -> String {
     let keys: Vec<String> = schema.key_names().map(quote_ident).collect();

@@ -1,6 +1,9 @@
 //! The writer's staging tables: one temporary table per source table and
 //! session, the changes of a batch COPYed into it before the set-wise
-//! statements merge them into the target (see the parent module).
+//! statements merge them into the target (see the parent module). Rows that
+//! go into the target as they are (new keys, a keyless table's inserts) are
+//! COPYed straight into it instead ([`copy_into_target`]), in the same text
+//! encoding.
 //!
 //! Staging tables live as long as the session: created on first use, emptied
 //! by the server at each COMMIT (`ON COMMIT DELETE ROWS`: no catalog churn
@@ -57,13 +60,27 @@ pub(super) struct StageRow<'a> {
     pub(super) seq: i32,
 }
 
-/// One staging row in COPY text: the values (converted to the kinds of
-/// their target columns, [`crate::conversion`]), then op, mask and seq.
-fn push_stage_row(buf: &mut BytesMut, r: &StageRow<'_>, kinds: &[TargetKind]) {
-    for (v, k) in r.values.iter().zip(kinds) {
+/// The values of a row in COPY text, converted to the kinds of their
+/// target columns ([`crate::conversion`]), each followed by a tab.
+fn push_values(buf: &mut BytesMut, values: &[Value], kinds: &[TargetKind]) {
+    for (v, k) in values.iter().zip(kinds) {
         push_copy_text(buf, &convert(v, *k));
         buf.put_u8(b'\t');
     }
+}
+
+/// One target row in COPY text: the values alone (see [`copy_rows`]).
+fn push_target_row(buf: &mut BytesMut, r: &StageRow<'_>, kinds: &[TargetKind]) {
+    push_values(buf, r.values, kinds);
+    // The last value's tab ends the line instead.
+    if let Some(last) = buf.last_mut() {
+        *last = b'\n';
+    }
+}
+
+/// One staging row in COPY text: the values, then op, mask and seq.
+fn push_stage_row(buf: &mut BytesMut, r: &StageRow<'_>, kinds: &[TargetKind]) {
+    push_values(buf, r.values, kinds);
     push_copy_text(buf, &Value::Int2(r.op));
     buf.put_u8(b'\t');
     for v in r.values {
@@ -201,41 +218,74 @@ impl Staging {
         schema: &TableSchema,
         rows: &[StageRow<'_>],
     ) -> Result<()> {
-        let sink = client
-            .copy_in::<_, bytes::Bytes>(&copy_stage_sql(stage, schema))
-            .await
-            .map_err(|e| pg_error("copying into staging table", e))?;
-        futures_util::pin_mut!(sink);
-        let mut buf = BytesMut::with_capacity(COPY_CHUNK);
-        let kinds: Vec<TargetKind> = schema
-            .columns
-            .iter()
-            .map(|c| TargetKind::of(&c.pg_type))
-            .collect();
-        let failed = |e| copy_error(schema, rows, e);
-        for r in rows {
-            push_stage_row(&mut buf, r, &kinds);
-            if buf.len() >= COPY_CHUNK {
-                sink.send(buf.split().freeze()).await.map_err(failed)?;
-            }
-        }
-        if !buf.is_empty() {
-            sink.send(buf.freeze()).await.map_err(failed)?;
-        }
-        sink.as_mut().finish().await.map_err(failed)?;
-        Ok(())
+        copy_rows(
+            client,
+            &copy_stage_sql(stage, schema),
+            schema,
+            rows,
+            push_stage_row,
+        )
+        .await
+        .map_err(|e| copy_error("copying into staging table", schema, rows, e))
     }
 }
 
-/// A failed COPY of `rows` into a staging table: a value the target
-/// column's type refused names the table, the key of its row (one row per
-/// COPY line) and the column, with the fix.
-fn copy_error(schema: &TableSchema, rows: &[StageRow<'_>], e: tokio_postgres::Error) -> Error {
+/// COPY `rows` (their values only, no op, mask or seq) straight into the
+/// target table with `copy_sql` ([`super::sql::copy_target_sql`]); the
+/// caller sorts out a failure ([`copy_error`]).
+pub(super) async fn copy_into_target(
+    client: &Client,
+    copy_sql: &str,
+    schema: &TableSchema,
+    rows: &[StageRow<'_>],
+) -> std::result::Result<(), tokio_postgres::Error> {
+    copy_rows(client, copy_sql, schema, rows, push_target_row).await
+}
+
+/// COPY `rows`, each written by `push_row`, with the statement `sql`.
+async fn copy_rows(
+    client: &Client,
+    sql: &str,
+    schema: &TableSchema,
+    rows: &[StageRow<'_>],
+    push_row: fn(&mut BytesMut, &StageRow<'_>, &[TargetKind]),
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let sink = client.copy_in::<_, bytes::Bytes>(sql).await?;
+    futures_util::pin_mut!(sink);
+    let mut buf = BytesMut::with_capacity(COPY_CHUNK);
+    let kinds: Vec<TargetKind> = schema
+        .columns
+        .iter()
+        .map(|c| TargetKind::of(&c.pg_type))
+        .collect();
+    for r in rows {
+        push_row(&mut buf, r, &kinds);
+        if buf.len() >= COPY_CHUNK {
+            sink.send(buf.split().freeze()).await?;
+        }
+    }
+    if !buf.is_empty() {
+        sink.send(buf.freeze()).await?;
+    }
+    sink.as_mut().finish().await?;
+    Ok(())
+}
+
+/// A failed COPY of `rows` (into a staging table or the target): a value
+/// the target column's type refused names the table, the key of its row
+/// (one row per COPY line) and the column, with the fix; `what` names the
+/// COPY in any other failure.
+pub(super) fn copy_error(
+    what: &str,
+    schema: &TableSchema,
+    rows: &[StageRow<'_>],
+    e: tokio_postgres::Error,
+) -> Error {
     let Some(failure) = crate::error::copy_failure(&e) else {
-        return pg_error("copying into staging table", e);
+        return pg_error(what, e);
     };
     let Some(row) = failure.line.checked_sub(1).and_then(|i| rows.get(i)) else {
-        return pg_error("copying into staging table", e);
+        return pg_error(what, e);
     };
     let key = schema.key_text(row.values);
     crate::error::value_refused(

@@ -38,6 +38,10 @@ fn keyed_sql_golden() {
         "INSERT INTO \"dst\".\"T\" (\"id\", \"Big Doc\", \"n\") OVERRIDING SYSTEM VALUE SELECT \"id\", \"Big Doc\", \"n\" FROM pg_temp.\"st\" WHERE __ferry_op = 1"
     );
     assert_eq!(
+        copy_target_sql(&t, &s),
+        "COPY \"dst\".\"T\" (\"id\", \"Big Doc\", \"n\") FROM STDIN"
+    );
+    assert_eq!(
         update_sql(&t, "st", &s, "101").unwrap(),
         "UPDATE ONLY \"dst\".\"T\" AS t SET \"n\" = s.\"n\" FROM pg_temp.\"st\" AS s WHERE s.__ferry_op = 2 AND s.__ferry_mask = '101' AND t.\"id\" = s.\"id\""
     );
