@@ -401,9 +401,8 @@ impl Writer {
             write(sql::delete_sql(&target, stage, schema)).await?;
         }
         if upserts {
-            let inserted = match plain {
-                None => false,
-                Some(_) if direct => {
+            let inserted = match (plain, stage.as_deref()) {
+                (Some(_), _) if direct => {
                     let copy = sql::copy_target_sql(&target, schema);
                     let rows = &new_keys[..];
                     let attempt = staging::copy_into_target(client, &copy, schema, rows);
@@ -412,27 +411,27 @@ impl Writer {
                     self.insert_plainly(client, &target, schema, attempt, refused)
                         .await?
                 }
-                Some(_) => {
-                    let stage = stage.as_deref().unwrap_or_default();
+                (Some(_), Some(stage)) => {
                     let insert = sql::insert_sql(&target, stage, schema);
                     let attempt = async { client.execute(&insert, &[]).await.map(drop) };
                     let failed = |e| pg_error(format!("writing {target}"), e);
                     self.insert_plainly(client, &target, schema, attempt, failed)
                         .await?
                 }
+                _ => false,
             };
             if !inserted {
-                if direct {
-                    // Staged now, beside the deletes and updates if any.
-                    let name = match stage.take() {
-                        Some(name) => name,
-                        None => self.stage(client, schema).await?,
-                    };
+                let name = match stage.take() {
+                    Some(name) => name,
+                    None => self.stage(client, schema).await?,
+                };
+                // Rows meant for the COPY are staged now, beside the
+                // deletes and updates if any.
+                if !new_keys.is_empty() {
                     Staging::copy(client, &name, schema, &new_keys).await?;
-                    stage = Some(name);
                 }
-                let stage = stage.as_deref().unwrap_or_default();
-                write(sql::upsert_sql(&target, stage, schema)).await?;
+                write(sql::upsert_sql(&target, &name, schema)).await?;
+                stage = Some(name);
             }
         }
         if let Some(stage) = &stage {
