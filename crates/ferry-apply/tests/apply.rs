@@ -383,20 +383,7 @@ async fn staging_reused_across_batches_and_savepoint_rollback() {
     let mut second = vec![begin()];
     second.extend(inserts(50..56, "later"));
     second.extend([del("u", key(10, 2)), commit(400)]);
-    let (tx, mut rx) = mpsc::channel(4);
-    let feeder = tokio::spawn(async move {
-        for e in second {
-            tx.send(e).await.unwrap();
-        }
-    });
-    let mut acks = Vec::new();
-    let outcome = applier
-        .run(&mut rx, |p: &Lsn| acks.push(*p), std::future::pending())
-        .await
-        .expect("second run");
-    feeder.await.unwrap();
-    assert_eq!(outcome, RunOutcome::SourceClosed);
-    assert_eq!(acks, vec![Lsn(400)]);
+    assert_eq!(run_more(&mut applier, second).await, vec![Lsn(400)]);
 
     let c = connect(&url).await;
     assert_eq!(
@@ -412,21 +399,14 @@ async fn staging_reused_across_batches_and_savepoint_rollback() {
         vec!["0"]
     );
     // One staging table served every batch of the session (still open).
-    assert_eq!(
-        rows(
-            &c,
-            "SELECT count(*)::text FROM pg_class WHERE relname LIKE 'ferry_stage_%' AND relpersistence = 't'"
-        )
-        .await,
-        vec!["1"]
-    );
+    assert_eq!(staging_tables(&c).await, vec!["1"]);
     drop(applier);
 }
 
-/// Upserts go in as a plain INSERT first; a key the target holds already
-/// (here rows 1 and 2, as a snapshot overlap or a folded delete and
-/// re-insert leaves them) rolls that back and upserts the same rows, and
-/// later batches of the table keep the exact result.
+/// Upserts go in as a plain insert first (a COPY into the table); a key
+/// the target holds already (here rows 1 and 2, as a snapshot overlap or a
+/// folded delete and re-insert leaves them) rolls that back and upserts
+/// the same rows, and later batches of the table keep the exact result.
 #[tokio::test]
 async fn upserts_of_keys_already_there_end_in_the_source_rows() {
     let pg = server();
