@@ -468,18 +468,8 @@ async fn load_phase<S: Source>(
             set_carried(config, live, &tables);
         }
         live.set_phase(Phase::Load);
-        let loaded = load::run(
-            config,
-            state,
-            target,
-            &tables,
-            &snapshot,
-            shutdown.clone(),
-            mapping,
-        )
-        .await;
-        snapshot.release().await;
-        if !finish_load_step(loaded, shutdown)? {
+        let loaded = load_and_release(config, state, target, &tables, snapshot, shutdown, mapping);
+        if !loaded.await? {
             return Ok(false);
         }
     } else {
@@ -679,9 +669,29 @@ async fn validate_after_cutover(config: &Config, state: &StateStore) -> anyhow::
     Ok(())
 }
 
-/// `Ok(true)` to go on, `Ok(false)` when shutdown interrupted the load.
-fn finish_load_step(result: anyhow::Result<()>, shutdown: &Shutdown) -> anyhow::Result<bool> {
-    match result {
+/// Load `tables` from `snapshot` ([`load::run`]), then let the snapshot
+/// go: `Ok(true)` to go on, `Ok(false)` when shutdown interrupted the load.
+async fn load_and_release<T: Snapshot>(
+    config: &Config,
+    state: &StateStore,
+    target: &Client,
+    tables: &[SourceTable],
+    snapshot: T,
+    shutdown: &Shutdown,
+    mapping: Option<&Mapping>,
+) -> anyhow::Result<bool> {
+    let loaded = load::run(
+        config,
+        state,
+        target,
+        tables,
+        &snapshot,
+        shutdown.clone(),
+        mapping,
+    )
+    .await;
+    snapshot.release().await;
+    match loaded {
         Ok(()) => Ok(true),
         Err(_) if shutdown.is_cancelled() => {
             info!("load interrupted by shutdown; the next run resumes it");
@@ -737,18 +747,8 @@ async fn resume_load<S: Source>(
             "resuming the watermark load with its missing chunks"
         );
         let tables: Vec<_> = reload.into_iter().map(|(t, _)| t).collect();
-        let loaded = load::run(
-            config,
-            state,
-            target,
-            &tables,
-            &snapshot,
-            shutdown.clone(),
-            mapping,
-        )
-        .await;
-        snapshot.release().await;
-        return finish_load_step(loaded, shutdown).map(|_| ());
+        let loaded = load_and_release(config, state, target, &tables, snapshot, shutdown, mapping);
+        return loaded.await.map(|_| ());
     }
     let at = snapshot.position();
     info!(at = %at, tables = reload.len(), "resuming the full load from a new snapshot");
@@ -814,16 +814,7 @@ async fn resume_load<S: Source>(
         .map(|(t, _)| t)
         .filter(|t| !deferred.contains(&t.schema.id))
         .collect();
-    let loaded = load::run(
-        config,
-        state,
-        target,
-        &tables,
-        &snapshot,
-        shutdown.clone(),
-        mapping,
-    )
-    .await;
-    snapshot.release().await;
-    finish_load_step(loaded, shutdown).map(|_| ())
+    load_and_release(config, state, target, &tables, snapshot, shutdown, mapping)
+        .await
+        .map(|_| ())
 }
