@@ -19,8 +19,11 @@
 //! `FERRY_BENCH_LOAD_ROUNDS=N` measures every way N times in turn (the
 //! rows of earlier rounds are listed too; the goal's ratio is the last
 //! round's), and `FERRY_BENCH_BASELINE_BIN=PATH` also times another
-//! `ferry` binary in each round, just before the one under test, for
-//! paired before/after figures on a shared machine.
+//! `ferry` binary in each round, for paired before/after figures on a
+//! shared machine: just before the one under test in the last round and
+//! every second round before it, just after it in the others (the second
+//! of two runs in a row was measured faster whichever binary it was, so a
+//! fixed order favours one).
 
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -142,14 +145,27 @@ impl Bench {
             if !cdc_only {
                 self.references(&tables, &mut references, label)?;
             }
-            if let Some(bin) = &baseline {
-                let (mut m, _, db) = self.ferry_load(&tables, Some(bin.as_path()))?;
-                m.name = format!("baseline `ferry run` ({})", bin.display());
-                references.push(label(m));
-                self.drop_ferry_load(&db)?;
+            // The last round's run under test comes last (its target
+            // database stays for the report), so its baseline goes first;
+            // the rounds before alternate.
+            let baseline_first = (rounds - round).is_multiple_of(2);
+            let base = baseline.as_deref();
+            // `None`: the binary under test.
+            let mut order = Vec::new();
+            if let Some(b) = base.filter(|_| baseline_first) {
+                order.push(Some(b));
             }
             if round < rounds {
-                let (m, _, db) = self.ferry_load(&tables, None)?;
+                order.push(None);
+            }
+            if let Some(b) = base.filter(|_| !baseline_first) {
+                order.push(Some(b));
+            }
+            for bin in order {
+                let (mut m, _, db) = self.ferry_load(&tables, bin)?;
+                if let Some(bin) = bin {
+                    m.name = format!("baseline `ferry run` ({})", bin.display());
+                }
                 references.push(label(m));
                 self.drop_ferry_load(&db)?;
             }
