@@ -21,10 +21,9 @@
 //! application's `ALTER TABLE` queued on it would never be granted).
 
 use ferry_core::Error;
-use ferry_core::config::Endpoint;
 use tokio_postgres::Client;
 
-use crate::connect::{connect, query_error};
+use crate::connect::query_error;
 
 /// The catalog row versions of the relations `$1` (oids) and their
 /// indexes, as one text: equal texts, no DDL between the two reads.
@@ -68,9 +67,10 @@ impl Fingerprint {
         Ok(Fingerprint { oids, text })
     }
 
-    /// Whether the current catalog of the same tables is the one read.
-    pub async fn unchanged(&self, endpoint: &Endpoint) -> Result<bool, Error> {
-        let now = read(&connect(endpoint, "source").await?, &self.oids).await?;
+    /// Whether the current catalog of the same tables is the one read
+    /// (`current`: a session outside the snapshot).
+    pub async fn unchanged(&self, current: &Client) -> Result<bool, Error> {
+        let now = read(current, &self.oids).await?;
         Ok(now == self.text)
     }
 }

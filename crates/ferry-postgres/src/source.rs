@@ -580,7 +580,15 @@ impl source::Source for PgSource {
         from: Lsn,
         options: ChangeOptions<Lsn>,
     ) -> Result<(mpsc::Receiver<Event<Lsn>>, PgChanges), Error> {
-        let source = Arc::new(self.client().await?);
+        // The replication session logs in beside the one that checks the
+        // slot (each login costs the stream's start a few milliseconds);
+        // it starts nothing, and its error is reported, only after the
+        // checks, as before.
+        let (source, conn) = tokio::join!(
+            self.client(),
+            ReplicationConnection::connect(&self.config.source)
+        );
+        let source = Arc::new(source?);
         let pg = &self.config.postgres;
         crate::slot::verify_slot(&source, &pg.slot, from).await?;
         // Refreshed on every start (the functions carry the tables filter);
@@ -590,7 +598,7 @@ impl source::Source for PgSource {
         } else if crate::ddl_capture::remove(&source, &self.config).await? {
             info!("DDL capture removed from the source (postgres.capture_ddl is off)");
         }
-        let conn = ReplicationConnection::connect(&self.config.source).await?;
+        let conn = conn?;
         let mut config = StreamConfig::new(&pg.slot, &pg.publication, from);
         config.proto_version = pg.proto_version;
         config.channel_bytes = options.channel_bytes;
@@ -727,24 +735,29 @@ impl PgSource {
             let _ = session.close().await;
             at.map(|at| (at, tables))
         };
+        // One session outside the snapshot: pg_dump's version check, then
+        // the current fingerprint (a login less once the dump is done).
         let dump = async {
-            match self.config.target_tables.existing() {
+            let current = self.client().await?;
+            let dump = match self.config.target_tables.existing() {
                 true => Ok(None),
                 false => crate::dump::dump_schema(
                     &self.config.source,
-                    &self.client().await?,
+                    &current,
                     schemas,
                     &self.config.state.schema,
                     Some(&snapshot.name),
                 )
                 .await
                 .map(Some),
-            }
+            };
+            Ok::<_, Error>((current, dump))
         };
         let (at, dump) = tokio::join!(fingerprint, dump);
         let (at, tables) = at?;
+        let (current, dump) = dump?;
         // A failed dump (a table dropped since) is retried like a mixed one.
-        if !at.unchanged(&self.config.source).await? {
+        if !at.unchanged(&current).await? {
             return Ok(None);
         }
         Ok(Some((dump?, tables)))
