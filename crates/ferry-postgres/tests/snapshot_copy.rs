@@ -278,3 +278,54 @@ async fn schema_changes_after_the_export() {
     .unwrap();
     session.close().await.unwrap();
 }
+
+/// The schema fingerprint of a load snapshot, compared with the current
+/// catalog on an ordinary session (the one `pg_dump`'s version check
+/// used): equal while nothing changed, and again after a change to a
+/// table outside the carried schemas or to rows only; different once a
+/// carried table's column is added, even when its name is given back
+/// (new catalog row versions, never the old ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snapshot_fingerprint_tells_a_schema_change_since() {
+    use ferry_postgres::schema_hold::Fingerprint;
+    let pg = PgServer::start(PgOptions::new()).expect("start postgres");
+    let src = pg.create_database("fp_src").unwrap();
+    pg.psql(
+        &src,
+        "CREATE SCHEMA app; CREATE SCHEMA other;
+         CREATE TABLE app.t (id int PRIMARY KEY, v int NOT NULL);
+         CREATE TABLE other.o (id int PRIMARY KEY);
+         INSERT INTO app.t VALUES (1, 1);",
+    )
+    .unwrap();
+    let ep = endpoint(&pg.url(&src));
+    let exporter = connect(&ep, "source").await.unwrap();
+    let name = export_snapshot(&exporter).await;
+    let session = SnapshotSession::open(&ep, &name).await.unwrap();
+    let at = Fingerprint::at(session.client(), &["app".to_owned()])
+        .await
+        .unwrap();
+    let current = connect(&ep, "source").await.unwrap();
+    assert!(at.unchanged(&current).await.unwrap(), "nothing changed yet");
+
+    pg.psql(
+        &src,
+        "INSERT INTO app.t VALUES (2, 2); ALTER TABLE other.o ADD COLUMN x int;",
+    )
+    .unwrap();
+    assert!(
+        at.unchanged(&current).await.unwrap(),
+        "rows of a carried table and DDL outside the carried schemas are no schema change of it"
+    );
+
+    pg.psql(
+        &src,
+        "ALTER TABLE app.t ADD COLUMN w int; ALTER TABLE app.t DROP COLUMN w;",
+    )
+    .unwrap();
+    assert!(
+        !at.unchanged(&current).await.unwrap(),
+        "a column added to app.t (and dropped again) after the snapshot is a change"
+    );
+    session.close().await.unwrap();
+}
