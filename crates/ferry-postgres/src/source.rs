@@ -204,10 +204,14 @@ impl source::Probe<Lsn> for PgProbe {
         lsn(&self.client, "SELECT pg_current_wal_lsn()::text").await
     }
 
+    /// A transactional message: its commit flushes the WAL before it, so a
+    /// walsender can send past a head that sat in a record written but not
+    /// yet flushed (a non-transactional message is not flushed before
+    /// PostgreSQL 17). Decoded, it is an empty transaction.
     async fn heartbeat(&mut self) -> Result<Option<Lsn>, Error> {
         lsn(
             &self.client,
-            "SELECT pg_logical_emit_message(false, 'ferry.heartbeat', now()::text)::text",
+            "SELECT pg_logical_emit_message(true, 'ferry.heartbeat', now()::text)::text",
         )
         .await
         .map(Some)
@@ -275,7 +279,7 @@ impl source::Cutover<Lsn> for PgCutover {
         // unflushed async commits), and it makes an idle stream carry it.
         lsn(
             &self.client,
-            "SELECT pg_logical_emit_message(false, 'ferry.heartbeat', 'cutover')::text",
+            "SELECT pg_logical_emit_message(true, 'ferry.heartbeat', 'cutover')::text",
         )
         .await
     }

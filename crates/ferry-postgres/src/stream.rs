@@ -10,11 +10,12 @@
 //!   its `Begin` and `Commit`, and `Commit.position` is the commit's end LSN.
 //!   Streamed (v2) transactions come out whole at their Stream Commit;
 //!   aborted ones never come out.
-//! - The position reported to the server (write = flush = apply in standby
-//!   status updates) is what the consumer passed to [`AckHandle::ack`]
+//! - The position reported to the server as flushed and applied in standby
+//!   status updates is what the consumer passed to [`AckHandle::ack`]
 //!   (monotonic), never more: the server keeps everything after it, and on
 //!   restart it skips exactly the transactions whose commit end is at or
-//!   before the start position.
+//!   before the start position. The written position is the highest one
+//!   handed on (a commit's end, a heartbeat), which is not durable.
 //! - Status updates go out every `status_interval` (at most half the
 //!   server's `wal_sender_timeout`, read with `SHOW` before streaming) and
 //!   whenever the server asks, also while the task waits for room in a full
@@ -29,8 +30,14 @@
 //! - On an idle source, keepalives outside a transaction become
 //!   `Event::Heartbeat { position: wal_end }` (at most one per
 //!   `heartbeat_interval`, or per 50 ms while `wal_end` passes what was
-//!   handed on), so the applier can acknowledge and lag reads true, and a
+//!   handed on: one that comes sooner is handed on when the 50 ms are
+//!   over), so the applier can acknowledge and lag reads true, and a
 //!   catch-up to a position with no published change after it ends there.
+//! - A keepalive is answered (at most one status update per 10 ms) once a
+//!   position past the last reported one was handed on. A walsender sends
+//!   no keepalive while one is unanswered, nor while the written position
+//!   it was told is its own: answered, it sends the next as soon as it has
+//!   decoded WAL past it, not one `status_interval` later.
 //! - Shutdown: the task's `biased` select checks the shutdown signal first,
 //!   sends a last status update and ends the copy stream.
 //!
@@ -236,6 +243,10 @@ impl PgChangeStream {
             heartbeat_interval: config.heartbeat_interval,
             last_heartbeat: None,
             last_position: config.start,
+            withheld: None,
+            reported: config.start,
+            last_status: Instant::now(),
+            report_owed: false,
             hooks,
             in_flight: VecDeque::new(),
             in_flight_bytes: 0,
@@ -267,6 +278,15 @@ struct StreamTask {
     last_heartbeat: Option<Instant>,
     /// Highest position handed on (heartbeats never go below it).
     last_position: Lsn,
+    /// A keepalive past `last_position` that came within
+    /// [`HEARTBEAT_ADVANCE_GAP`] of the last heartbeat: handed on when the
+    /// gap is over (unless a commit passed it meanwhile).
+    withheld: Option<(Lsn, ferry_core::value::Timestamp)>,
+    /// The written position of the last status update, and when it went.
+    reported: Lsn,
+    last_status: Instant,
+    /// A keepalive is to be answered once [`REPORT_GAP`] has passed.
+    report_owed: bool,
     hooks: StreamHooks,
     /// Sizes of the events sent that may still be in the channel, oldest
     /// first, and their sum (see [`StreamTask::wait_for_bytes`]).
@@ -291,10 +311,12 @@ impl From<Error> for Stop {
 /// The stream task: read, decode, send; status updates on a timer.
 async fn run(mut t: StreamTask) -> Result<(), Error> {
     let result = loop {
+        let wake_at = t.wake_at();
         let step = tokio::select! {
             biased;
             () = t.shutdown.cancelled() => Err(Stop::Requested),
             _ = t.status.tick() => t.send_status(false).await.map_err(Stop::from),
+            () = sleep_until(wake_at) => t.wake().await,
             msg = t.stream.next() => match msg {
                 Ok(Some(m)) => t.handle(m).await,
                 Ok(None) => Err(Stop::Failed(Error::transient("the source ended the replication stream"))),
@@ -325,9 +347,69 @@ async fn run(mut t: StreamTask) -> Result<(), Error> {
 /// busy source without published changes sends many keepalives).
 const HEARTBEAT_ADVANCE_GAP: Duration = Duration::from_millis(50);
 
+/// Least time between two status updates that answer keepalives (a busy
+/// walsender without published changes would otherwise ping per flush).
+const REPORT_GAP: Duration = Duration::from_millis(10);
+
+/// Sleep until `at`; never, without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl StreamTask {
     async fn send_status(&mut self, reply: bool) -> Result<(), Error> {
-        self.stream.send_status(self.ack.acked(), reply).await
+        self.reported = self.last_position;
+        self.last_status = Instant::now();
+        self.report_owed = false;
+        self.stream
+            .send_status(self.last_position, self.ack.acked(), reply)
+            .await
+    }
+
+    /// Answer the walsender's keepalive when there is a new position to
+    /// report: now, or once [`REPORT_GAP`] has passed since the last update.
+    async fn report(&mut self) -> Result<(), Error> {
+        if self.last_position <= self.reported {
+            self.report_owed = false;
+        } else if self.last_status.elapsed() >= REPORT_GAP {
+            self.send_status(false).await?;
+        } else {
+            self.report_owed = true;
+        }
+        Ok(())
+    }
+
+    /// When a withheld heartbeat or an owed answer is due (`None`: neither
+    /// is waiting).
+    fn wake_at(&self) -> Option<Instant> {
+        let heartbeat = self.withheld.map(|_| {
+            self.last_heartbeat
+                .map_or_else(Instant::now, |at| at + HEARTBEAT_ADVANCE_GAP)
+        });
+        let report = self.report_owed.then(|| self.last_status + REPORT_GAP);
+        match (heartbeat, report) {
+            (Some(h), Some(r)) => Some(h.min(r)),
+            (h, r) => h.or(r),
+        }
+    }
+
+    /// Hand on a withheld heartbeat whose gap is over, then answer.
+    async fn wake(&mut self) -> Result<(), Stop> {
+        if let Some((position, time)) = self.withheld
+            && self
+                .last_heartbeat
+                .is_none_or(|at| at.elapsed() >= HEARTBEAT_ADVANCE_GAP)
+        {
+            self.withheld = None;
+            if !self.decoder.in_transaction() && position > self.last_position {
+                self.last_heartbeat = Some(Instant::now());
+                self.emit(Event::Heartbeat { position, time }).await?;
+            }
+        }
+        Ok(self.report().await?)
     }
 
     async fn handle(&mut self, msg: ReplicationMessage) -> Result<(), Stop> {
@@ -352,15 +434,19 @@ impl StreamTask {
                             || (advanced && at.elapsed() >= HEARTBEAT_ADVANCE_GAP)
                     }
                 };
-                if due && !self.decoder.in_transaction() && wal_end >= self.last_position {
+                let idle = !self.decoder.in_transaction();
+                if due && idle && wal_end >= self.last_position {
+                    self.withheld = None;
                     self.last_heartbeat = Some(Instant::now());
                     self.emit(Event::Heartbeat {
                         position: wal_end,
                         time: send_time,
                     })
                     .await?;
+                } else if advanced && idle {
+                    self.withheld = Some((wal_end, send_time));
                 }
-                Ok(())
+                Ok(self.report().await?)
             }
             ReplicationMessage::XLogData {
                 start,

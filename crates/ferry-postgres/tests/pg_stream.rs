@@ -3,10 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_core::config::{Endpoint, SslMode};
+use ferry_core::config::{Config, Endpoint, SslMode};
+use ferry_core::source::{Probe, Source};
 use ferry_core::{Change, Event, Lsn, OldRow, RedactedUrl, Value};
 use ferry_postgres::replication::ReplicationConnection;
 use ferry_postgres::slot;
+use ferry_postgres::source::PgSource;
 use ferry_postgres::stream::{
     CatalogTypeResolver, PgChangeStream, StreamConfig, StreamHandle, StreamHooks,
 };
@@ -457,6 +459,119 @@ async fn the_first_keepalive_on_an_idle_source_is_a_heartbeat_at_once() {
         started.elapsed()
     );
     handle.shutdown().await.expect("clean shutdown");
+}
+
+/// WAL without a published change written after the stream has caught up
+/// (here: rows in another database) moves the position within moments, not
+/// one `status_interval` (10 s) later: the stream answers the walsender's
+/// keepalive with what it handed on, so the walsender sends the next one as
+/// soon as it has decoded past it. The flushed position the server is told
+/// stays what the consumer acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_without_changes_after_the_start_moves_the_position_within_moments() {
+    let pg = PgServer::start(PgOptions::default()).expect("start postgres");
+    let db = pg.create_database("later").unwrap();
+    let other = pg.create_database("other").unwrap();
+    let url = pg.url(&db);
+    pg.psql(&db, "CREATE TABLE t (id int PRIMARY KEY);")
+        .unwrap();
+    pg.psql(&other, "CREATE TABLE u (id int);").unwrap();
+    let lsn = create_slot(&url, "later").await;
+    // The default status_interval (10 s); `start` sets heartbeat_interval
+    // to an hour.
+    let (mut rx, handle) = start(&url, "later", lsn, |_| {}).await;
+    collect_until(&mut rx, |e| matches!(e, Event::Heartbeat { .. })).await;
+    let writer = catalog(&pg.url(&other)).await;
+    let mut head = lsn;
+    for round in 0..3 {
+        writer
+            .batch_execute("INSERT INTO u SELECT generate_series(1, 100)")
+            .await
+            .unwrap();
+        head = writer
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+            .parse()
+            .unwrap();
+        let written = std::time::Instant::now();
+        let events = collect_until(
+            &mut rx,
+            |e| matches!(e, Event::Heartbeat { position, .. } if *position >= head),
+        )
+        .await;
+        assert!(
+            events.iter().all(|e| matches!(e, Event::Heartbeat { .. })),
+            "round {round}: an event other than a heartbeat for WAL of another database: {:#?}",
+            render(&events)
+        );
+        assert!(
+            written.elapsed() < Duration::from_secs(3),
+            "round {round}: the position took {:?} to pass {head} (status updates go every 10 s)",
+            written.elapsed()
+        );
+    }
+    let client = catalog(&url).await;
+    let row = client
+        .query_one(
+            "SELECT write_lsn::text, flush_lsn::text FROM pg_stat_replication WHERE application_name = 'ferry'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let write: Lsn = row.get::<_, String>(0).parse().unwrap();
+    let flush: Lsn = row.get::<_, String>(1).parse().unwrap();
+    assert!(write >= head, "write_lsn {write} short of {head}");
+    assert_eq!(flush, lsn, "flush_lsn moved without an acknowledgement");
+    assert_eq!(confirmed_flush(&client, "later").await, lsn);
+    handle.shutdown().await.expect("clean shutdown");
+}
+
+/// The probe's heartbeat flushes the WAL before it. A walsender sends only
+/// flushed WAL, and the head `ferry run`'s catch-up waits for is the write
+/// position, which can lie inside a record written but not yet flushed (a
+/// non-transactional message here: no commit flushes it, and the WAL
+/// writer flushes only full pages unless a commit is asynchronous).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_heartbeat_flushes_the_wal_before_it() {
+    let pg = PgServer::start(PgOptions::default()).expect("start postgres");
+    let db = pg.create_database("flush").unwrap();
+    let url = pg.url(&db);
+    let config = Config::from_parts(
+        &format!("[source]\nurl = \"{url}\"\nsslmode = \"disable\"\n[target]\nurl = \"{url}\"\n"),
+        "test",
+        Vec::<(String, String)>::new(),
+    )
+    .expect("config");
+    let mut probe = PgSource::new(config).probe().await.expect("probe");
+    let client = catalog(&url).await;
+    let lsn = async |sql: &str| -> Lsn {
+        client
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+            .parse()
+            .unwrap()
+    };
+    let written = lsn("SELECT pg_logical_emit_message(false, 'ferry-test', 'x')::text").await;
+    let flushed = lsn("SELECT pg_current_wal_flush_lsn()::text").await;
+    assert!(
+        flushed < written,
+        "the message is flushed already ({flushed} ≥ {written}): nothing to test"
+    );
+    let at = probe
+        .heartbeat()
+        .await
+        .expect("heartbeat")
+        .expect("a PostgreSQL source writes heartbeats");
+    assert!(at > written, "heartbeat at {at}, before {written}");
+    let flushed = lsn("SELECT pg_current_wal_flush_lsn()::text").await;
+    assert!(
+        flushed >= at,
+        "the heartbeat left the WAL unflushed: flushed {flushed}, heartbeat at {at}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

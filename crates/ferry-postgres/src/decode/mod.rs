@@ -61,7 +61,9 @@ pub(crate) fn reader_for<'a>(buf: &'a [u8], what: &'static str) -> reader::Reade
     reader::Reader::new(buf, what)
 }
 
-/// Logical message prefix that marks a ferry heartbeat.
+/// Logical message prefix that marks a ferry heartbeat. A non-transactional
+/// one decodes as [`Event::Heartbeat`]; the probe writes transactional ones
+/// (their commit flushes), which decode as an empty transaction.
 pub const HEARTBEAT_PREFIX: &str = "ferry.heartbeat";
 
 /// Bytes that are not valid pgoutput, or that do not fit the known schema.

@@ -119,13 +119,23 @@ impl ReplicationStream {
         }
     }
 
-    /// Standby status update with `acked` as written, flushed and applied.
-    pub async fn send_status(&mut self, acked: Lsn, reply_requested: bool) -> Result<(), Error> {
+    /// Standby status update: `received` as written (what the client has
+    /// read, never below `acked`), `acked` as flushed and applied. The
+    /// server keeps WAL from the flushed position (the slot's
+    /// `confirmed_flush_lsn`); the written one is what tells a walsender
+    /// that decodes WAL without a change to send that the client has seen
+    /// its last keepalive, so it sends the next when its position moves.
+    pub async fn send_status(
+        &mut self,
+        received: Lsn,
+        acked: Lsn,
+        reply_requested: bool,
+    ) -> Result<(), Error> {
         let mut body = BytesMut::with_capacity(34);
         body.put_u8(b'r');
-        for _ in 0..3 {
-            body.put_u64(acked.0);
-        }
+        body.put_u64(received.max(acked).0);
+        body.put_u64(acked.0);
+        body.put_u64(acked.0);
         body.put_i64(Timestamp::now().0);
         body.put_u8(u8::from(reply_requested));
         frontend::CopyData::new(body.freeze())

@@ -74,6 +74,8 @@ pub struct Live<P: Position> {
     advances: AtomicU64,
     pending: Mutex<VecDeque<(P, SystemTime)>>,
     heartbeats: Mutex<VecDeque<(P, SystemTime)>>,
+    /// Asks the monitor for a heartbeat now ([`Live::want_heartbeat`]).
+    heartbeat_wanted: tokio::sync::Notify,
     tracker: Mutex<LagTracker>,
     paused: watch::Sender<bool>,
     last_error: Mutex<Option<String>>,
@@ -118,6 +120,7 @@ impl<P: Position> Live<P> {
             advances: AtomicU64::new(0),
             pending: Mutex::new(VecDeque::new()),
             heartbeats: Mutex::new(VecDeque::new()),
+            heartbeat_wanted: tokio::sync::Notify::new(),
             tracker: Mutex::new(LagTracker::new()),
             paused: watch::channel(false).0,
             last_error: Mutex::new(None),
@@ -195,6 +198,12 @@ impl<P: Position> Live<P> {
 
     pub fn head(&self) -> Option<P> {
         lock(&self.head, |h| h.clone())
+    }
+
+    /// Ask the monitor for a heartbeat at its next turn, whenever the last
+    /// was (a catch-up whose end the source has written but not flushed).
+    pub fn want_heartbeat(&self) {
+        self.heartbeat_wanted.notify_one();
     }
 
     fn heartbeat_sent(&self, position: P) {
@@ -364,10 +373,14 @@ pub async fn run_monitor<S: Source>(
         (None::<std::time::Instant>, None::<std::time::Instant>);
     let mut apply_seen = (0, 0);
     loop {
-        tokio::select! {
+        let wanted = tokio::select! {
             biased;
             () = &mut stop => return,
-            _ = tick.tick() => {}
+            () = live.heartbeat_wanted.notified() => true,
+            _ = tick.tick() => false,
+        };
+        if wanted {
+            last_heartbeat = None;
         }
         if probe.as_ref().is_none_or(Probe::is_closed) {
             probe = source.probe().await.ok();

@@ -300,6 +300,11 @@ async fn promote_when_caught_up<P: Position>(
     hold: Option<&AtomicBool>,
     consistent: bool,
 ) -> anyhow::Result<()> {
+    // The head may sit inside a WAL record written but not flushed (a
+    // PostgreSQL source's `pg_current_wal_lsn()` is the write position):
+    // no walsender sends past it before the flush. A heartbeat flushes it;
+    // asked now, its way to the applier overlaps the key validation.
+    live.want_heartbeat();
     // One session for every step here (a login each costs the critical
     // path a few milliseconds).
     let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;

@@ -368,7 +368,7 @@ impl Bench {
                         reply_requested, ..
                     }) => {
                         if reply_requested {
-                            stream.send_status(Lsn(0), false).await?;
+                            stream.send_status(Lsn(0), Lsn(0), false).await?;
                         }
                     }
                     None => bail!("the server ended the stream before {}", lsn_text(end_lsn)),
