@@ -29,7 +29,10 @@
 //!   `apply.batch_rows` row changes, or half the applier's byte share
 //!   (`buffer_bytes`, a quarter of `apply.max_buffered_bytes`) of row data,
 //!   or `apply.batch_ms` passed since it started ([`should_flush`]); a
-//!   source transaction is never split across checkpoints.
+//!   source transaction is never split across checkpoints. A batch whose
+//!   transactions changed no row (a heartbeat's, ones the load's snapshot
+//!   holds) closes at once when no batch committed for `apply.batch_ms`:
+//!   it only moves the position, which a catch-up may be waiting for.
 //! - A transaction larger than `batch_rows` changes or half of
 //!   `buffer_bytes` is applied in several steps of ONE target transaction
 //!   (behind a savepoint), a piece at a time, and committed only after its
@@ -220,6 +223,8 @@ pub struct Applier<P: Position> {
     snapshots: HashMap<TableId, P>,
     checkpoint: Option<P>,
     last_heartbeat_write: Option<Instant>,
+    /// When the last batch committed ([`FlushInput::since_flush`]).
+    last_flush: Option<Instant>,
     pending_heartbeat: Option<(P, Timestamp)>,
     batch: Batch<P>,
     /// Carried schema changes ([`crate::schema_sync`]).
@@ -261,6 +266,7 @@ impl<P: Position> Applier<P> {
             snapshots: HashMap::new(),
             checkpoint,
             last_heartbeat_write: None,
+            last_flush: None,
             pending_heartbeat: None,
             batch: Batch::default(),
         })
@@ -393,7 +399,15 @@ impl<P: Position> Applier<P> {
     }
 
     fn flush_input(&self, shutting_down: bool) -> FlushInput {
+        let positions_only = self.batch.rows == 0
+            && self.batch.fold.is_empty()
+            && self.batch.replaced.is_empty()
+            && !self.txn.is_open();
         FlushInput {
+            positions_only,
+            since_flush: positions_only
+                .then(|| self.last_flush.map(|t| t.elapsed()))
+                .flatten(),
             in_txn: self.batch.in_txn,
             pending_commits: self.batch.commits,
             rows: self.batch.rows,
@@ -906,6 +920,7 @@ impl<P: Position> Applier<P> {
         }
         drop(fold);
         let batch = std::mem::take(&mut self.batch);
+        self.last_flush = Some(Instant::now());
         self.checkpoint = Some(position.clone());
         self.pending_heartbeat = None;
         ack(&position);

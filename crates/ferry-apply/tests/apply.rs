@@ -202,6 +202,77 @@ async fn dropped_connection_before_commit_leaves_nothing() {
     );
 }
 
+/// A transaction that changed no row (a PostgreSQL source's heartbeat) only
+/// moves the position. With no batch committed for `batch_ms` (here 30 s)
+/// it commits at once, not `batch_ms` later; one more right after it waits
+/// for the batch window as before, and so does a batch with a row change.
+#[tokio::test]
+async fn a_batch_that_only_moves_the_position_commits_without_the_window() {
+    let pg = server();
+    let db = pg.create_database("positions").unwrap();
+    pg.psql(&db, SETUP).unwrap();
+    let url = pg.url(&db);
+    let mut applier = Applier::<Lsn>::new(
+        connect(&url).await,
+        StateStore::new("ferry"),
+        TablesConfig::default(),
+        cfg(1000, 30_000),
+    )
+    .await
+    .expect("applier");
+    let (tx, mut rx) = mpsc::channel(16);
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let a2 = Arc::clone(&acks);
+    let run = tokio::spawn(async move {
+        applier
+            .run(
+                &mut rx,
+                move |p: &Lsn| a2.lock().unwrap().push(*p),
+                std::future::pending(),
+            )
+            .await
+    });
+    for e in schemas().into_iter().map(Event::Relation) {
+        tx.send(e).await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    tx.send(begin()).await.unwrap();
+    tx.send(commit(100)).await.unwrap();
+    wait_for(5, "the empty transaction's checkpoint", || {
+        let acks = Arc::clone(&acks);
+        async move { acks.lock().unwrap().contains(&Lsn(100)) }
+    })
+    .await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // Within the window of that commit: the next ones wait.
+    tx.send(begin()).await.unwrap();
+    tx.send(commit(200)).await.unwrap();
+    tx.send(begin()).await.unwrap();
+    tx.send(ins("u", vec![Value::Int4(7), txt("seven")]))
+        .await
+        .unwrap();
+    tx.send(commit(300)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(*acks.lock().unwrap(), vec![Lsn(100)]);
+    drop(tx);
+    let outcome = run.await.unwrap().expect("run");
+    assert_eq!(outcome, RunOutcome::SourceClosed);
+    assert_eq!(*acks.lock().unwrap(), vec![Lsn(100), Lsn(300)]);
+    let c = connect(&url).await;
+    assert_eq!(
+        read_checkpoint::<Lsn>(&c, &StateStore::new("ferry"), "main")
+            .await
+            .unwrap()
+            .unwrap()
+            .position,
+        Lsn(300)
+    );
+    assert_eq!(
+        rows(&c, "SELECT v FROM u WHERE id = 7").await,
+        vec!["seven"]
+    );
+}
+
 #[tokio::test]
 async fn large_transaction_heartbeat_and_restart_skip() {
     let pg = server();

@@ -35,10 +35,20 @@ pub struct FlushInput {
     pub batch_rows: usize,
     pub batch_ms: u64,
     pub shutting_down: bool,
+    /// The batch's complete transactions changed no row (a heartbeat's
+    /// transaction, changes the load's snapshot holds): committing it only
+    /// moves the position.
+    pub positions_only: bool,
+    /// Time since this applier last committed a batch (`None`: not yet);
+    /// read only with `positions_only`.
+    pub since_flush: Option<Duration>,
 }
 
 /// Whether the batch must be committed now. Never inside a source
-/// transaction, never with nothing complete to commit.
+/// transaction, never with nothing complete to commit. A batch that only
+/// moves the position goes at once when no batch committed for
+/// `batch_ms` (so a catch-up that waits for a position does not wait for
+/// the batch window), else when it is `batch_ms` old.
 pub fn should_flush(i: &FlushInput) -> bool {
     if i.in_txn || i.pending_commits == 0 {
         return false;
@@ -47,6 +57,9 @@ pub fn should_flush(i: &FlushInput) -> bool {
         || i.rows >= i.batch_rows
         || i.bytes >= i.max_bytes
         || i.age >= Duration::from_millis(i.batch_ms)
+        || (i.positions_only
+            && i.since_flush
+                .is_none_or(|d| d >= Duration::from_millis(i.batch_ms)))
 }
 
 /// Items of the open source transaction, buffered until its Commit.
@@ -204,6 +217,16 @@ mod tests {
             batch_rows: 100,
             batch_ms: 500,
             shutting_down: shutdown,
+            positions_only: false,
+            since_flush: None,
+        }
+    }
+
+    fn positions(commits: usize, age_ms: u64, since_flush_ms: Option<u64>) -> FlushInput {
+        FlushInput {
+            positions_only: true,
+            since_flush: since_flush_ms.map(Duration::from_millis),
+            ..input(false, commits, 0, age_ms, false)
         }
     }
 
@@ -244,6 +267,42 @@ mod tests {
                 "shutdown commits what is complete",
                 input(false, 1, 1, 0, true),
                 true,
+            ),
+            (
+                "positions only, no batch committed yet",
+                positions(1, 0, None),
+                true,
+            ),
+            (
+                "positions only, the last batch long ago",
+                positions(1, 0, Some(500)),
+                true,
+            ),
+            (
+                "positions only, the last batch just now",
+                positions(1, 0, Some(499)),
+                false,
+            ),
+            (
+                "positions only, the last batch just now, old enough",
+                positions(3, 500, Some(10)),
+                true,
+            ),
+            (
+                "positions only inside a transaction",
+                FlushInput {
+                    in_txn: true,
+                    ..positions(1, 0, None)
+                },
+                false,
+            ),
+            (
+                "rows changed: the batch window holds",
+                FlushInput {
+                    positions_only: false,
+                    ..positions(1, 0, None)
+                },
+                false,
             ),
         ];
         for (name, i, want) in cases {

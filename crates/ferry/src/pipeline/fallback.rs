@@ -121,6 +121,14 @@ pub async fn read_row(client: &Client, state: &StateStore) -> Option<FallbackRow
 /// the target's phase is `done` and its fallback row says `reverse`.
 pub async fn reverse_live(config: &Config) -> anyhow::Result<bool> {
     let target = connect(&config.target, "target").await?;
+    reverse_live_on(config, &target).await
+}
+
+/// [`reverse_live`] on a target session the caller holds.
+pub async fn reverse_live_on(
+    config: &Config,
+    target: &tokio_postgres::Client,
+) -> anyhow::Result<bool> {
     let state = StateStore::new(config.state.schema.clone());
     // Read only: a first run makes the state schema later, beside the
     // checks of `ferry plan`, instead of before them.
@@ -134,9 +142,9 @@ pub async fn reverse_live(config: &Config) -> anyhow::Result<bool> {
     if !made {
         return Ok(false);
     }
-    let done = state.read_phase(&target).await? == Some(Phase::Done);
+    let done = state.read_phase(target).await? == Some(Phase::Done);
     Ok(done
-        && read_row(&target, &state)
+        && read_row(target, &state)
             .await
             .is_some_and(|r| r.direction == "reverse"))
 }

@@ -133,21 +133,31 @@ async fn run_postgres(config: &Config, shutdown: Shutdown) -> anyhow::Result<Out
     // After a cutover with fallback: the way back. A target that
     // cannot answer yet is the forward pipeline's to retry (it
     // looks again once that ends).
-    match fallback::reverse_live(config).await {
-        Ok(true) => return fallback::run_reverse(config, shutdown.child_token()).await,
-        Ok(false) => {}
+    // The session that looks is the forward run's first (a login fewer
+    // on the way to the load).
+    let first = match ferry_postgres::connect::connect(&config.target, "target").await {
+        Ok(target) => match fallback::reverse_live_on(config, &target).await {
+            Ok(true) => return fallback::run_reverse(config, shutdown.child_token()).await,
+            Ok(false) => Some(target),
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "fallback state not readable yet");
+                Some(target)
+            }
+        },
         Err(e) => {
-            tracing::debug!(error = %format!("{e:#}"), "fallback state not readable yet")
+            tracing::debug!(error = %format!("{e:#}"), "fallback state not readable yet");
+            None
         }
-    }
+    };
     let refusal = || -> Checked<'_> { Box::pin(crate::plan::refusal(config)) };
     // A finished cutover (or rollback) cancels its run's token only: the
     // proxy may serve on.
-    let outcome = run_source(
+    let outcome = run_source_on(
         Arc::new(PgSource::new(config.clone())),
         config,
         &refusal,
         shutdown.child_token(),
+        first,
     )
     .await?;
     if !shutdown.is_cancelled() && fallback::reverse_live(config).await? {
@@ -167,6 +177,18 @@ pub async fn run_source<S: Source>(
     refusal: Refusal<'_>,
     shutdown: Shutdown,
 ) -> anyhow::Result<Outcome> {
+    run_source_on(source, config, refusal, shutdown, None).await
+}
+
+/// [`run_source`] whose first attempt starts on `target`, a target session
+/// the caller opened already.
+async fn run_source_on<S: Source>(
+    source: Arc<S>,
+    config: &Config,
+    refusal: Refusal<'_>,
+    shutdown: Shutdown,
+    mut target: Option<tokio_postgres::Client>,
+) -> anyhow::Result<Outcome> {
     let mut backoff = retry::Backoff::default();
     // Once the checks passed, a server they cannot reach is restarting.
     let mut checks_passed = false;
@@ -177,6 +199,7 @@ pub async fn run_source<S: Source>(
             refusal,
             &mut checks_passed,
             shutdown.clone(),
+            target.take(),
         );
         let err = match attempt.await {
             Err(e)
@@ -210,6 +233,7 @@ async fn run_once<S: Source>(
     refusal: Refusal<'_>,
     checks_passed: &mut bool,
     shutdown: Shutdown,
+    opened: Option<tokio_postgres::Client>,
 ) -> anyhow::Result<Outcome> {
     let state = StateStore::new(config.state.schema.clone());
     // The checks of `ferry plan` (read-only, on their own sessions) run
@@ -218,7 +242,10 @@ async fn run_once<S: Source>(
     let mut refused = refusal();
     let mut checked = None;
     let ready = async {
-        let target = ferry_postgres::connect::connect(&config.target, "target").await?;
+        let target = match opened {
+            Some(target) if !target.is_closed() => target,
+            _ => ferry_postgres::connect::connect(&config.target, "target").await?,
+        };
         state.ensure(&target).await?;
         let phase = state.read_phase(&target).await?;
         anyhow::Ok((target, phase))
