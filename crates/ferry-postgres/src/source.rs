@@ -276,7 +276,9 @@ impl source::Cutover<Lsn> for PgCutover {
 
     async fn final_position(&mut self) -> Result<Lsn, Error> {
         // The message's end is past every record inserted before it (also
-        // unflushed async commits), and it makes an idle stream carry it.
+        // unflushed async commits). Transactional, its commit flushes it and
+        // everything before it (a walsender sends only flushed WAL), and an
+        // idle stream carries it as an empty transaction.
         lsn(
             &self.client,
             "SELECT pg_logical_emit_message(true, 'ferry.heartbeat', 'cutover')::text",

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::config::{Config, Endpoint, SslMode};
-use ferry_core::source::{Probe, Source};
+use ferry_core::source::{Cutover, Probe, Source};
 use ferry_core::{Change, Event, Lsn, OldRow, RedactedUrl, Value};
 use ferry_postgres::replication::ReplicationConnection;
 use ferry_postgres::slot;
@@ -528,13 +528,14 @@ async fn wal_without_changes_after_the_start_moves_the_position_within_moments()
     handle.shutdown().await.expect("clean shutdown");
 }
 
-/// The probe's heartbeat flushes the WAL before it. A walsender sends only
-/// flushed WAL, and the head `ferry run`'s catch-up waits for is the write
-/// position, which can lie inside a record written but not yet flushed (a
-/// non-transactional message here: no commit flushes it, and the WAL
-/// writer flushes only full pages unless a commit is asynchronous).
+/// The probe's heartbeat flushes the WAL before it, and so does the
+/// cutover's final position. A walsender sends only flushed WAL, and the
+/// head `ferry run`'s catch-up waits for is the write position, which can
+/// lie inside a record written but not yet flushed (a non-transactional
+/// message here: no commit flushes it, and the WAL writer flushes only
+/// full pages unless a commit is asynchronous).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_probe_heartbeat_flushes_the_wal_before_it() {
+async fn the_probe_heartbeat_and_the_final_position_flush_the_wal_before_them() {
     let pg = PgServer::start(PgOptions::default()).expect("start postgres");
     let db = pg.create_database("flush").unwrap();
     let url = pg.url(&db);
@@ -544,7 +545,8 @@ async fn the_probe_heartbeat_flushes_the_wal_before_it() {
         Vec::<(String, String)>::new(),
     )
     .expect("config");
-    let mut probe = PgSource::new(config).probe().await.expect("probe");
+    let source = PgSource::new(config);
+    let mut probe = source.probe().await.expect("probe");
     let client = catalog(&url).await;
     let lsn = async |sql: &str| -> Lsn {
         client
@@ -571,6 +573,18 @@ async fn the_probe_heartbeat_flushes_the_wal_before_it() {
     assert!(
         flushed >= at,
         "the heartbeat left the WAL unflushed: flushed {flushed}, heartbeat at {at}"
+    );
+    // The same for the cutover's final position (unfenced here).
+    let written = lsn("SELECT pg_logical_emit_message(false, 'ferry-test', 'y')::text").await;
+    let flushed = lsn("SELECT pg_current_wal_flush_lsn()::text").await;
+    assert!(flushed < written, "the second message is flushed already");
+    let mut cutover = source.cutover().await.expect("cutover session");
+    let last = cutover.final_position().await.expect("final position");
+    assert!(last > written, "final position {last}, before {written}");
+    let flushed = lsn("SELECT pg_current_wal_flush_lsn()::text").await;
+    assert!(
+        flushed >= last,
+        "the final position left the WAL unflushed: flushed {flushed}, final position {last}"
     );
 }
 
