@@ -390,10 +390,7 @@ impl StreamTask {
                 .map_or_else(Instant::now, |at| at + HEARTBEAT_ADVANCE_GAP)
         });
         let report = self.report_owed.then(|| self.last_status + REPORT_GAP);
-        match (heartbeat, report) {
-            (Some(h), Some(r)) => Some(h.min(r)),
-            (h, r) => h.or(r),
-        }
+        heartbeat.into_iter().chain(report).min()
     }
 
     /// Hand on a withheld heartbeat whose gap is over, then answer.
