@@ -430,23 +430,41 @@ async fn validate_groups(
     }
 }
 
-/// Validate one foreign key in its own transaction with its done mark.
+/// Validate one foreign key in its own transaction with its done mark,
+/// in one round trip: the statements of one simple query run as one
+/// transaction, which an error rolls back whole.
 async fn validate_one(
     client: &mut Client,
     state: &StateStore,
     p: &Pending,
 ) -> anyhow::Result<String> {
     let started = std::time::Instant::now();
-    let tx = client.transaction().await?;
-    let shown = put_back(&tx, state, p).await.with_context(|| {
-        format!(
-            "the target's {} rows do not satisfy foreign key {} at a consistent position; compare the tables with `ferry validate`",
-            p.table, p.object
-        )
-    })?;
-    tx.commit().await?;
+    let (sql, shown) = restore_sql(p);
+    let mark = format!(
+        "UPDATE {} SET done_at = now() WHERE kind = {} AND relid = {} AND object = {}",
+        state.table("overrides"),
+        escaped_literal(&p.kind),
+        p.relid,
+        escaped_literal(&p.object)
+    );
+    client
+        .batch_execute(&format!("{sql};\n{mark}"))
+        .await
+        .with_context(|| format!("{shown} on the target"))
+        .with_context(|| {
+            format!(
+                "the target's {} rows do not satisfy foreign key {} at a consistent position; compare the tables with `ferry validate`",
+                p.table, p.object
+            )
+        })?;
     info!(table = %p.table, constraint = %p.object, secs = started.elapsed().as_secs_f64(), "foreign key validated");
     Ok(shown)
+}
+
+/// An SQL string literal that reads the same whatever
+/// `standard_conforming_strings` is (`E'…'`, backslashes doubled).
+fn escaped_literal(s: &str) -> String {
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// Put every recorded change back (inside the caller's transaction):
@@ -571,5 +589,80 @@ mod tests {
         for (pending, sql, shown) in cases {
             assert_eq!(restore_sql(&pending), (sql.to_owned(), shown.to_owned()));
         }
+    }
+
+    #[test]
+    fn literals_read_the_same_under_either_string_setting() {
+        assert_eq!(escaped_literal("fk"), "E'fk'");
+        assert_eq!(escaped_literal(r"o'k\x"), r"E'o''k\\x'");
+    }
+
+    /// Two keys left `NOT VALID` by post-data, one of them broken by a
+    /// row: the valid one is validated and marked done; the broken one is
+    /// named with the server's reason, stays `NOT VALID` and unmarked
+    /// (its transaction rolled back whole), and the session is usable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_the_rows_break_is_named_and_neither_validated_nor_marked() {
+        let pg = ferry_testkit::PgServer::start(ferry_testkit::PgOptions::new())
+            .expect("start postgres");
+        let db = pg.create_database("fk").unwrap();
+        let url = pg.url(&db);
+        let text = format!(
+            "[source]\nurl = \"{url}\"\nsslmode = \"disable\"\n[target]\nurl = \"{url}\"\nsslmode = \"disable\"\n[load]\nindex_parallelism = 1\n"
+        );
+        let config =
+            ferry_core::config::Config::from_parts(&text, "test", Vec::<(String, String)>::new())
+                .unwrap();
+        let mut client = ferry_postgres::connect::connect(&config.target, "target")
+            .await
+            .unwrap();
+        let state = StateStore::new("ferry");
+        state.ensure(&client).await.unwrap();
+        client
+            .batch_execute(
+                r#"CREATE TABLE parent (id int PRIMARY KEY);
+                   CREATE TABLE "good child" (id int PRIMARY KEY, p int);
+                   CREATE TABLE bad_child (id int PRIMARY KEY, p int);
+                   INSERT INTO parent VALUES (1);
+                   INSERT INTO "good child" VALUES (1, 1);
+                   INSERT INTO bad_child VALUES (1, 1), (2, 2);
+                   ALTER TABLE "good child" ADD CONSTRAINT "it's ok" FOREIGN KEY (p) REFERENCES parent NOT VALID;
+                   ALTER TABLE bad_child ADD CONSTRAINT bad_fk FOREIGN KEY (p) REFERENCES parent NOT VALID;"#,
+            )
+            .await
+            .unwrap();
+        let tx = client.transaction().await.unwrap();
+        record_deferred_foreign_key(&tx, &state, "public.\"good child\"", "it's ok")
+            .await
+            .unwrap();
+        record_deferred_foreign_key(&tx, &state, "public.bad_child", "bad_fk")
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        let err = validate_foreign_keys(&config, &mut client, &state)
+            .await
+            .expect_err("a key the rows break was validated");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("foreign key bad_fk")
+                && text.contains("public.bad_child")
+                && text.contains("violates foreign key constraint"),
+            "the error does not name the key, its table and the server's reason: {text}"
+        );
+        let row = |sql: &'static str| {
+            let client = &client;
+            async move { client.query_one(sql, &[]).await.unwrap() }
+        };
+        let keys = row(
+            "SELECT string_agg(conname || '=' || convalidated, ',' ORDER BY conname) FROM pg_constraint WHERE contype = 'f'",
+        )
+        .await;
+        assert_eq!(keys.get::<_, String>(0), "bad_fk=false,it's ok=true");
+        let marks = row(
+            "SELECT string_agg(object || '=' || (done_at IS NOT NULL), ',' ORDER BY object) FROM ferry.overrides",
+        )
+        .await;
+        assert_eq!(marks.get::<_, String>(0), "bad_fk=false,it's ok=true");
     }
 }
