@@ -547,6 +547,85 @@ fn a_failing_index_build_is_named_no_build_is_marked_without_its_index_and_the_n
     every_statement_built_then_compare_and_stop(&s, ferry, &["ga", "gb", "gc", "gd"]);
 }
 
+/// The post-data builds and the key validation run on the sessions the
+/// load logged in (a login each fewer on the way to streaming): every
+/// target session that built an index or key, or validated a foreign key,
+/// had copied rows before. Read from the target's statement log.
+#[test]
+fn post_data_and_key_validation_run_on_the_load_sessions() {
+    let s = Migration::new(
+        PgOptions::new(),
+        target_options()
+            .setting("log_statement", "all")
+            .setting("log_connections", "on"),
+        FK_SCHEMA,
+    )
+    .env("FERRY_CONTROL_LISTEN", "127.0.0.1:0")
+    .poll(Duration::from_millis(100));
+    let mut ferry = s.start("sessions");
+    s.wait_streaming(&mut ferry);
+    s.wait_until(
+        &mut ferry,
+        "the foreign keys were never all validated",
+        || {
+            s.target_i64(
+                "SELECT count(*) FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid
+                  WHERE c.contype = 'f' AND r.relname LIKE 'child%' AND c.convalidated",
+            ) == Some(3)
+        },
+    );
+    let log = s.target.log_contents();
+    // `… [pid] user@db LOG:  statement: …`, per backend; a statement's
+    // further lines follow its first (one write per message).
+    let mut copied = std::collections::BTreeSet::new();
+    let mut built = std::collections::BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in log.lines() {
+        if let Some((pid, rest)) = line
+            .split_once(" [")
+            .and_then(|(_, rest)| rest.split_once(']'))
+        {
+            // A statement run (not, e.g., a parameter's text in a DETAIL).
+            let ours = rest.contains(&format!("@{} ", s.target_db))
+                && (rest.contains(" LOG:  statement: ") || rest.contains(" LOG:  execute "));
+            current = ours.then(|| (pid.to_owned(), line.to_owned()));
+        }
+        let Some((pid, first)) = &current else {
+            continue;
+        };
+        if line.contains(": COPY ") {
+            copied.insert(pid.clone());
+        }
+        for what in ["ADD CONSTRAINT", "CREATE INDEX", "VALIDATE CONSTRAINT"] {
+            // Not the state schema's own index.
+            if line.contains(what) && !line.contains("\"ferry\".") {
+                built
+                    .entry(pid.clone())
+                    .or_insert_with(|| format!("{first}\n{line}"));
+            }
+        }
+    }
+    assert!(
+        !built.is_empty() && !copied.is_empty(),
+        "the target's log holds no builds or no copies:\n{log}"
+    );
+    let fresh: Vec<_> = built
+        .iter()
+        .filter(|(pid, _)| !copied.contains(*pid))
+        .map(|(_, line)| line.as_str())
+        .collect();
+    assert!(
+        fresh.is_empty(),
+        "builds or validations ran on sessions that copied no rows (logged in for them):\n{}",
+        fresh.join("\n")
+    );
+    every_statement_built_then_compare_and_stop(
+        &s,
+        ferry,
+        &["parent", "child_a", "child_b", "child_c"],
+    );
+}
+
 /// After a resumed run reached streaming: no post-data statement is left
 /// undone, `tables` compare equal once caught up, and `ferry` stops
 /// cleanly on SIGTERM.

@@ -102,6 +102,9 @@ pub struct Live<P: Position> {
     stop: Shutdown,
     /// The proxy and its address, when `[proxy] listen` is set.
     pub proxy: std::sync::OnceLock<(Arc<ferry_proxy::Proxy>, String)>,
+    /// Target sessions post-data used, idle, for the steps at the end of
+    /// catch-up ([`Live::keep_targets`]).
+    idle_targets: Mutex<Vec<tokio_postgres::Client>>,
 }
 
 impl<P: Position> Live<P> {
@@ -138,6 +141,7 @@ impl<P: Position> Live<P> {
             shutdown,
             stop: Shutdown::new(),
             proxy: std::sync::OnceLock::new(),
+            idle_targets: Mutex::new(Vec::new()),
         })
     }
 
@@ -198,6 +202,19 @@ impl<P: Position> Live<P> {
 
     pub fn head(&self) -> Option<P> {
         lock(&self.head, |h| h.clone())
+    }
+
+    /// Keep `sessions` (idle target sessions) for the steps at the end of
+    /// catch-up: a login each fewer there.
+    pub fn keep_targets(&self, sessions: Vec<tokio_postgres::Client>) {
+        lock(&self.idle_targets, |kept| kept.extend(sessions));
+    }
+
+    /// The sessions [`Live::keep_targets`] kept and still open; none after.
+    pub fn take_targets(&self) -> Vec<tokio_postgres::Client> {
+        let mut kept = lock(&self.idle_targets, std::mem::take);
+        kept.retain(|c| !c.is_closed());
+        kept
     }
 
     /// Ask the monitor for a heartbeat at its next turn, whenever the last

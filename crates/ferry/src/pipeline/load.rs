@@ -61,7 +61,9 @@ impl Job {
     }
 }
 
-/// Copy every chunk of `tables` that is not done yet.
+/// Copy every chunk of `tables` that is not done yet. Returns the
+/// workers' target sessions, idle, for the post-data builds (a login
+/// each fewer).
 pub async fn run<T: Snapshot>(
     config: &Config,
     state: &StateStore,
@@ -70,7 +72,7 @@ pub async fn run<T: Snapshot>(
     snapshot: &T,
     shutdown: Shutdown,
     mapping: Option<&Mapping>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<tokio_postgres::Client>> {
     let mapping = mapping.map(|m| Arc::new(m.clone()));
     let mut queue = VecDeque::new();
     let mut board = Board::new();
@@ -146,14 +148,17 @@ pub async fn run<T: Snapshot>(
         });
     }
     let mut first_error = None;
+    let mut sessions = Vec::new();
     while let Some(res) = set.join_next().await {
-        let res = res.context("load worker panicked").and_then(|r| r);
-        if let Err(e) = res {
-            if first_error.is_none() {
-                first_error = Some(e);
+        match res.context("load worker panicked").and_then(|r| r) {
+            Ok(session) => sessions.push(session),
+            Err(e) => {
+                if first_error.is_none() {
+                    first_error = Some(e);
+                }
+                // Let the other workers run dry quickly: empty the queue.
+                queue.lock().map(|mut q| q.clear()).ok();
             }
-            // Let the other workers run dry quickly: empty the queue.
-            queue.lock().map(|mut q| q.clear()).ok();
         }
     }
     progress_done.cancel();
@@ -163,7 +168,7 @@ pub async fn run<T: Snapshot>(
         None if shutdown.is_cancelled() => {
             anyhow::bail!("full load interrupted by shutdown; it resumes on the next run")
         }
-        None => Ok(()),
+        None => Ok(sessions),
     }
 }
 
@@ -223,15 +228,15 @@ async fn load_worker<R: SnapshotReader>(
     mut reader: R,
     queue: &Mutex<VecDeque<Job>>,
     shutdown: &Shutdown,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<tokio_postgres::Client> {
     let (worker, config, state) = (w.id, w.config, w.state);
     let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
     loop {
         if shutdown.is_cancelled() {
-            return Ok(());
+            return Ok(target);
         }
         let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
-            return Ok(());
+            return Ok(target);
         };
         let schema = &job.table.schema;
         let to = w.load_target(&job);
@@ -363,13 +368,16 @@ async fn index_session(target: &tokio_postgres::Client) -> anyhow::Result<()> {
 /// object. Statements that wait for catch-up
 /// ([`ferry_core::source::AFTER_CATCH_UP`]) are left to
 /// [`build_after_catch_up`]. `target` is one of the sessions (a new one
-/// costs a login): it comes back with a raised `maintenance_work_mem`.
+/// costs a login): it comes back with a raised `maintenance_work_mem`;
+/// `spare` (the load's sessions) serve as the others before new ones.
+/// Returns the other workers' sessions, idle, and the spare ones left.
 pub async fn build_post_data(
     config: &Config,
     state: &StateStore,
     target: &mut tokio_postgres::Client,
-) -> anyhow::Result<()> {
-    build(config, state, false, target).await
+    spare: Vec<tokio_postgres::Client>,
+) -> anyhow::Result<Vec<tokio_postgres::Client>> {
+    build(config, state, false, target, spare).await
 }
 
 /// Build the post-data statements that wait until catch-up has passed the
@@ -384,7 +392,7 @@ pub async fn build_after_catch_up(
 ) -> anyhow::Result<usize> {
     let pending = pending_after_catch_up(target, state).await?;
     if pending > 0 {
-        build(config, state, true, target).await?;
+        build(config, state, true, target, Vec::new()).await?;
     }
     Ok(pending)
 }
@@ -435,13 +443,15 @@ impl BuildQueue {
 
 /// Build the pending post-data statements that wait for catch-up
 /// (`after_catch_up`) or the others; `target` is the first worker's
-/// session and then runs the statements in order.
+/// session and then runs the statements in order; the other workers take
+/// a `spare` session each while there is an open one, else log in.
 async fn build(
     config: &Config,
     state: &StateStore,
     after_catch_up: bool,
     target: &mut tokio_postgres::Client,
-) -> anyhow::Result<()> {
+    mut spare: Vec<tokio_postgres::Client>,
+) -> anyhow::Result<Vec<tokio_postgres::Client>> {
     let (preamble, stmts) = plan_store::pending_post_data(target, state).await?;
     let stmts: Vec<_> = stmts
         .into_iter()
@@ -462,6 +472,7 @@ async fn build(
     );
     let queue = Arc::new(Mutex::new(BuildQueue::new(parallel)));
     let mut set = tokio::task::JoinSet::new();
+    spare.retain(|c| !c.is_closed());
     for _ in 1..workers {
         let (config, state, queue, preamble) = (
             config.clone(),
@@ -469,9 +480,14 @@ async fn build(
             queue.clone(),
             preamble.clone(),
         );
+        let session = spare.pop();
         set.spawn(async move {
-            let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
-            build_worker(&mut target, &state, &queue, &preamble, after_catch_up).await
+            let mut target = match session {
+                Some(s) => s,
+                None => ferry_postgres::connect::connect(&config.target, "target").await?,
+            };
+            build_worker(&mut target, &state, &queue, &preamble, after_catch_up).await?;
+            anyhow::Ok(target)
         });
     }
     // The caller's session is the first worker, beside the others. The
@@ -480,7 +496,7 @@ async fn build(
     let own = build_worker(target, state, &queue, &preamble, after_catch_up);
     let others = async {
         while let Some(res) = set.join_next().await {
-            res.context("index build task panicked")??;
+            spare.push(res.context("index build task panicked")??);
         }
         anyhow::Ok(())
     };
@@ -500,7 +516,7 @@ async fn build(
             "built the other post-data objects"
         );
     }
-    Ok(())
+    Ok(spare)
 }
 
 /// One post-data worker: take builds from `queue` until it is empty.

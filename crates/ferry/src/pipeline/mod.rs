@@ -485,6 +485,8 @@ async fn load_phase<S: Source>(
             .collect();
         overrides::disable_for_apply(&mut t, state, &carried, false).await?;
     }
+    // The load's target sessions, for the post-data builds.
+    let mut spare = Vec::new();
     if phase.is_none_or(|p| p < Phase::Load) {
         let (snapshot, at_snapshot) =
             schema::run(config, state, target, source, catalog, phase, existing).await?;
@@ -496,8 +498,9 @@ async fn load_phase<S: Source>(
         }
         live.set_phase(Phase::Load);
         let loaded = load_and_release(config, state, target, &tables, snapshot, shutdown, mapping);
-        if !loaded.await? {
-            return Ok(false);
+        match loaded.await? {
+            Some(sessions) => spare = sessions,
+            None => return Ok(false),
         }
     } else {
         resume_load(config, state, target, source, catalog, shutdown, mapping).await?;
@@ -510,9 +513,13 @@ async fn load_phase<S: Source>(
         .set_tables_state(target, &ids, &TableState::Loaded)
         .await?;
     // One session for post-data and the steps after it (a login each
-    // costs the critical path a few milliseconds).
-    let mut target_tx = ferry_postgres::connect::connect(&config.target, "target").await?;
-    load::build_post_data(config, state, &mut target_tx).await?;
+    // costs the critical path a few milliseconds): one the load used.
+    spare.retain(|c: &Client| !c.is_closed());
+    let mut target_tx = match spare.pop() {
+        Some(session) => session,
+        None => ferry_postgres::connect::connect(&config.target, "target").await?,
+    };
+    let others = load::build_post_data(config, state, &mut target_tx, spare).await?;
     schema::apply_renames(&mut target_tx, &tables, config).await?;
     let carried: Vec<_> = tables
         .iter()
@@ -525,6 +532,9 @@ async fn load_phase<S: Source>(
         .await?;
     state.write_phase(target, Phase::Catchup).await?;
     live.set_phase(Phase::Catchup);
+    // For the key validation, which follows at once when catch-up may
+    // validate from its start.
+    live.keep_targets(std::iter::once(target_tx).chain(others).collect());
     info!("load complete; catching up from the snapshot's position");
     Ok(true)
 }
@@ -685,7 +695,7 @@ async fn finish_after_cutover<S: Source>(
 /// (no-replica-role mode); each in its own transaction with its done mark.
 async fn validate_after_cutover(config: &Config, state: &StateStore) -> anyhow::Result<()> {
     let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
-    for v in overrides::validate_foreign_keys(config, &mut target, state)
+    for v in overrides::validate_foreign_keys(config, &mut target, state, Vec::new())
         .await
         .context(
             "validating the foreign keys re-created at cutover; run `ferry run` again to retry",
@@ -697,7 +707,8 @@ async fn validate_after_cutover(config: &Config, state: &StateStore) -> anyhow::
 }
 
 /// Load `tables` from `snapshot` ([`load::run`]), then let the snapshot
-/// go: `Ok(true)` to go on, `Ok(false)` when shutdown interrupted the load.
+/// go: `Ok(Some(the load's target sessions))` to go on, `Ok(None)` when
+/// shutdown interrupted the load.
 async fn load_and_release<T: Snapshot>(
     config: &Config,
     state: &StateStore,
@@ -706,7 +717,7 @@ async fn load_and_release<T: Snapshot>(
     snapshot: T,
     shutdown: &Shutdown,
     mapping: Option<&Mapping>,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Option<Vec<Client>>> {
     let loaded = load::run(
         config,
         state,
@@ -719,10 +730,10 @@ async fn load_and_release<T: Snapshot>(
     .await;
     snapshot.release().await;
     match loaded {
-        Ok(()) => Ok(true),
+        Ok(sessions) => Ok(Some(sessions)),
         Err(_) if shutdown.is_cancelled() => {
             info!("load interrupted by shutdown; the next run resumes it");
-            Ok(false)
+            Ok(None)
         }
         Err(e) => Err(e),
     }

@@ -339,11 +339,13 @@ async fn put_back(
 /// CONSTRAINT` takes a SHARE UPDATE EXCLUSIVE lock on its table and ROW
 /// SHARE on the referenced one: validations of different tables do not
 /// wait for each other, nor does the applier); the keys of one table one
-/// after the other, on one session.
+/// after the other, on one session. The other sessions are taken from
+/// `spare` (idle target sessions) while it has one, else logged in.
 pub async fn validate_foreign_keys(
     config: &ferry_core::config::Config,
     target: &mut Client,
     state: &StateStore,
+    mut spare: Vec<Client>,
 ) -> anyhow::Result<Vec<String>> {
     // Dropped until cutover (no-replica-role mode): validated there.
     let dropped = pending(target, state, &["dropped_fk"]).await?;
@@ -370,11 +372,16 @@ pub async fn validate_foreign_keys(
     let mut set = tokio::task::JoinSet::new();
     for _ in 1..workers {
         let (config, state, queue) = (config.clone(), state.clone(), queue.clone());
+        let session = spare.pop();
         set.spawn(async move {
-            let mut client = ferry_postgres::connect::connect(&config.target, "target").await?;
+            let mut client = match session {
+                Some(s) => s,
+                None => ferry_postgres::connect::connect(&config.target, "target").await?,
+            };
             validate_groups(&mut client, &state, &queue).await
         });
     }
+    drop(spare);
     // The caller's session validates too, beside the others (a new one
     // costs a login). After a failure the others finish their key (each
     // is its own transaction) and take no more; the first is reported.
@@ -640,7 +647,7 @@ mod tests {
             .unwrap();
         tx.commit().await.unwrap();
 
-        let err = validate_foreign_keys(&config, &mut client, &state)
+        let err = validate_foreign_keys(&config, &mut client, &state, Vec::new())
             .await
             .expect_err("a key the rows break was validated");
         let text = format!("{err:#}");

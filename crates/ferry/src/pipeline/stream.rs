@@ -306,13 +306,20 @@ async fn promote_when_caught_up<P: Position>(
     // asked now, its way to the applier overlaps the key validation.
     live.want_heartbeat();
     // One session for every step here (a login each costs the critical
-    // path a few milliseconds).
-    let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
+    // path a few milliseconds): one post-data used, when this run loaded.
+    let mut idle = live.take_targets();
+    let mut target = match idle.pop() {
+        Some(session) => session,
+        None => ferry_postgres::connect::connect(&config.target, "target").await?,
+    };
     if consistent {
         info!(
             "validating foreign keys while catching up: every table was loaded at the stream's start"
         );
-        super::overrides::validate_foreign_keys(config, &mut target, state).await?;
+        super::overrides::validate_foreign_keys(config, &mut target, state, idle).await?;
+    } else {
+        // Not kept idle through a catch-up of unknown length.
+        drop(idle);
     }
     // A cheap read of the applier's position: polled often, so that the
     // phase (and what waits for it) follows catch-up closely.
@@ -349,7 +356,7 @@ async fn promote_when_caught_up<P: Position>(
     }
     // Every table is now past its snapshot: one consistent position (with
     // `consistent`, the keys are validated already: none is left).
-    super::overrides::validate_foreign_keys(config, &mut target, state).await?;
+    super::overrides::validate_foreign_keys(config, &mut target, state, Vec::new()).await?;
     let ids: Vec<_> = state
         .tables(&target)
         .await?
