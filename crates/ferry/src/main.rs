@@ -28,7 +28,7 @@ use ferry_core::duration::parse as parse_duration;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc 3's `mi_option_purge_delay` (its `mi_option_e`; the Rust
-/// bindings name it only for mimalloc 2). `tests::purge_delay_option`
+/// bindings name it only for mimalloc 2). `tests::allocator_options`
 /// checks the index against the option's documented default.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
@@ -41,14 +41,43 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// set by the operator wins.
 const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
 
+/// mimalloc 3's `mi_option_allow_thp`; `tests::allocator_options` checks
+/// the index against the option's documented default and neighbours.
+const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
+
 fn tune_allocator() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets one of mimalloc's option values (a plain store);
-        // the index is checked by `tests::purge_delay_option`.
+        // the index is checked by `tests::allocator_options`.
         #[allow(unsafe_code)]
         unsafe {
             libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS)
         };
+    }
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        disable_transparent_huge_pages();
+    }
+}
+
+/// No transparent huge pages for ferry's heap: what `MIMALLOC_ALLOW_THP=0`
+/// does, set before the first large allocation. mimalloc 3 advises the
+/// kernel to back its 1 GiB arenas with 2 MiB pages, and the first touch
+/// of each 2 MiB zeroes all of it, however little of it a heap uses: on
+/// Pagila that zeroing was 15% of the CPU samples of ferry and its
+/// pg_dumps from start to caught up; off, ferry's own CPU there fell by
+/// a third and its peak RSS in a tpcb-like drain was 60–63 MiB instead of
+/// 94–98 (README, Performance).
+/// The kernel's flag is checked at each page fault, so it also covers an
+/// arena reserved before `main`; pg_dump, which ferry starts, inherits it
+/// (glibc's malloc asks for no huge pages anyway).
+fn disable_transparent_huge_pages() {
+    // SAFETY: sets one of mimalloc's option values (a plain store), and
+    // the process's THP flag (a prctl with integer arguments only).
+    #[allow(unsafe_code)]
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_ALLOW_THP, 0);
+        // Fails only on kernels before 3.15: ferry then runs as before.
+        let _ = libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }
 
@@ -356,30 +385,40 @@ fn init_logging(filter: &str) {
 mod tests {
     use super::*;
 
-    fn purge_delay() -> std::ffi::c_long {
+    fn option(index: libmimalloc_sys::mi_option_t) -> std::ffi::c_long {
         // SAFETY: reads one of mimalloc's option values.
         #[allow(unsafe_code)]
         unsafe {
-            libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY)
+            libmimalloc_sys::mi_option_get(index)
         }
     }
 
-    /// The index is mimalloc's purge delay: before `tune_allocator` it reads
-    /// the option's documented default (1000 ms, which no other option of
-    /// mimalloc 3 has), or what `MIMALLOC_PURGE_DELAY` set; after it, ours.
+    /// One test for both options (tests share the process, and
+    /// `tune_allocator` sets both). The indexes are mimalloc's: before
+    /// `tune_allocator` the purge delay reads its documented default (1000
+    /// ms, which no other option of mimalloc 3 has), and `allow_thp` and
+    /// its neighbours theirs (`page_cross_thread_max_reclaim` 32,
+    /// `allow_thp` 1, `minimal_purge_size` 0), or what `MIMALLOC_*` set;
+    /// after it, ours, and THP off for the kernel too.
     #[test]
-    fn purge_delay_option() {
-        let from_env = std::env::var("MIMALLOC_PURGE_DELAY").ok();
-        let before = purge_delay();
+    fn allocator_options() {
+        let purge_from_env = std::env::var("MIMALLOC_PURGE_DELAY").ok();
+        let thp_from_env = std::env::var_os("MIMALLOC_ALLOW_THP");
+        let before = option(MI_OPTION_PURGE_DELAY);
+        let thp_before = (
+            option(MI_OPTION_ALLOW_THP - 1),
+            option(MI_OPTION_ALLOW_THP),
+            option(MI_OPTION_ALLOW_THP + 1),
+        );
         tune_allocator();
-        match from_env.and_then(|v| v.trim().parse::<std::ffi::c_long>().ok()) {
+        match purge_from_env.and_then(|v| v.trim().parse::<std::ffi::c_long>().ok()) {
             Some(set) => {
                 assert_eq!(
                     before, set,
                     "MIMALLOC_PURGE_DELAY not read at option {MI_OPTION_PURGE_DELAY}"
                 );
                 assert_eq!(
-                    purge_delay(),
+                    option(MI_OPTION_PURGE_DELAY),
                     set,
                     "the operator's MIMALLOC_PURGE_DELAY was overridden"
                 );
@@ -389,8 +428,20 @@ mod tests {
                     before, 1000,
                     "option {MI_OPTION_PURGE_DELAY} is not mimalloc 3's purge delay (default 1000 ms)"
                 );
-                assert_eq!(purge_delay(), PURGE_DELAY_MS);
+                assert_eq!(option(MI_OPTION_PURGE_DELAY), PURGE_DELAY_MS);
             }
+        }
+        if thp_from_env.is_none() {
+            assert_eq!(
+                thp_before,
+                (32, 1, 0),
+                "option {MI_OPTION_ALLOW_THP} is not mimalloc 3's allow_thp"
+            );
+            assert_eq!(option(MI_OPTION_ALLOW_THP), 0);
+            // SAFETY: reads the process's THP flag.
+            #[allow(unsafe_code)]
+            let disabled = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+            assert_eq!(disabled, 1, "PR_SET_THP_DISABLE did not take");
         }
     }
 }
