@@ -61,15 +61,45 @@ impl Job {
     }
 }
 
-/// Copy every chunk of `tables` that is not done yet. Returns the
-/// workers' target sessions, idle, for the post-data builds (a login
-/// each fewer).
+/// A load worker's two sessions: a reader of the snapshot and a target
+/// session.
+pub type Sessions<R> = Vec<(R, tokio_postgres::Client)>;
+
+/// How many workers copy `chunks` chunks.
+pub fn workers_for(config: &Config, chunks: usize) -> usize {
+    config.load.effective_parallelism().min(chunks.max(1))
+}
+
+/// Log in `workers` load workers' sessions, all at once: each reader
+/// imports the snapshot while its target session logs in.
+pub async fn open_sessions<T: Snapshot>(
+    config: &Config,
+    snapshot: &T,
+    workers: usize,
+) -> anyhow::Result<Sessions<T::Reader>> {
+    let opened = futures_util::future::join_all((0..workers).map(|_| async {
+        let (reader, target) = tokio::join!(
+            snapshot.reader(),
+            ferry_postgres::connect::connect(&config.target, "target")
+        );
+        anyhow::Ok((reader?, target?))
+    }))
+    .await;
+    opened.into_iter().collect()
+}
+
+/// Copy every chunk of `tables` that is not done yet, on the `opened`
+/// sessions (logged in while the schema was created) and as many more as
+/// the workers need. Returns the workers' target sessions, idle, for the
+/// post-data builds (a login each fewer).
+#[allow(clippy::too_many_arguments)]
 pub async fn run<T: Snapshot>(
     config: &Config,
     state: &StateStore,
     target: &tokio_postgres::Client,
     tables: &[SourceTable],
     snapshot: &T,
+    mut opened: Sessions<T::Reader>,
     shutdown: Shutdown,
     mapping: Option<&Mapping>,
 ) -> anyhow::Result<Vec<tokio_postgres::Client>> {
@@ -108,7 +138,7 @@ pub async fn run<T: Snapshot>(
     queue.sort_by_key(|j| std::cmp::Reverse(j.weight()));
     let queue = VecDeque::from(queue);
     let jobs = queue.len();
-    let workers = config.load.effective_parallelism().min(jobs.max(1));
+    let workers = workers_for(config, jobs);
     info!(chunks = jobs, workers, "full load started");
     let queue = Arc::new(Mutex::new(queue));
     let progress_done = crate::shutdown::Shutdown::new();
@@ -117,19 +147,19 @@ pub async fn run<T: Snapshot>(
         progress_done.clone().cancelled_owned(),
     ));
     let mut set = tokio::task::JoinSet::new();
-    // The readers' sessions log in and import the snapshot at once.
-    let readers = futures_util::future::join_all((0..workers).map(|_| snapshot.reader())).await;
-    for (worker, reader) in readers.into_iter().enumerate() {
-        let reader = match reader {
-            Ok(r) => r,
+    opened.retain(|(_, target)| !target.is_closed());
+    opened.truncate(workers);
+    if opened.len() < workers {
+        match open_sessions(config, snapshot, workers - opened.len()).await {
+            Ok(more) => opened.extend(more),
             Err(e) => {
-                queue.lock().map(|mut q| q.clear()).ok();
-                while set.join_next().await.is_some() {}
                 progress_done.cancel();
                 let _ = reporter.await;
-                return Err(e.into());
+                return Err(e);
             }
-        };
+        }
+    }
+    for (worker, (reader, target)) in opened.into_iter().enumerate() {
         let (config, state, queue, shutdown, mapping) = (
             config.clone(),
             state.clone(),
@@ -144,7 +174,7 @@ pub async fn run<T: Snapshot>(
                 state: &state,
                 mapping: mapping.as_deref(),
             };
-            load_worker(&w, reader, &queue, &shutdown).await
+            load_worker(&w, reader, target, &queue, &shutdown).await
         });
     }
     let mut first_error = None;
@@ -226,11 +256,11 @@ impl Worker<'_> {
 async fn load_worker<R: SnapshotReader>(
     w: &Worker<'_>,
     mut reader: R,
+    mut target: tokio_postgres::Client,
     queue: &Mutex<VecDeque<Job>>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<tokio_postgres::Client> {
     let (worker, config, state) = (w.id, w.config, w.state);
-    let mut target = ferry_postgres::connect::connect(&config.target, "target").await?;
     loop {
         if shutdown.is_cancelled() {
             return Ok(target);

@@ -488,7 +488,7 @@ async fn load_phase<S: Source>(
     // The load's target sessions, for the post-data builds.
     let mut spare = Vec::new();
     if phase.is_none_or(|p| p < Phase::Load) {
-        let (snapshot, at_snapshot) =
+        let (snapshot, at_snapshot, sessions) =
             schema::run(config, state, target, source, catalog, phase, existing).await?;
         // From here on the tables are as the snapshot has them.
         if let Some(at_snapshot) = at_snapshot {
@@ -497,7 +497,9 @@ async fn load_phase<S: Source>(
             set_carried(config, live, &tables);
         }
         live.set_phase(Phase::Load);
-        let loaded = load_and_release(config, state, target, &tables, snapshot, shutdown, mapping);
+        let loaded = load_and_release(
+            config, state, target, &tables, snapshot, sessions, shutdown, mapping,
+        );
         match loaded.await? {
             Some(sessions) => spare = sessions,
             None => return Ok(false),
@@ -709,12 +711,14 @@ async fn validate_after_cutover(config: &Config, state: &StateStore) -> anyhow::
 /// Load `tables` from `snapshot` ([`load::run`]), then let the snapshot
 /// go: `Ok(Some(the load's target sessions))` to go on, `Ok(None)` when
 /// shutdown interrupted the load.
+#[allow(clippy::too_many_arguments)]
 async fn load_and_release<T: Snapshot>(
     config: &Config,
     state: &StateStore,
     target: &Client,
     tables: &[SourceTable],
     snapshot: T,
+    sessions: load::Sessions<T::Reader>,
     shutdown: &Shutdown,
     mapping: Option<&Mapping>,
 ) -> anyhow::Result<Option<Vec<Client>>> {
@@ -724,6 +728,7 @@ async fn load_and_release<T: Snapshot>(
         target,
         tables,
         &snapshot,
+        sessions,
         shutdown.clone(),
         mapping,
     )
@@ -785,7 +790,16 @@ async fn resume_load<S: Source>(
             "resuming the watermark load with its missing chunks"
         );
         let tables: Vec<_> = reload.into_iter().map(|(t, _)| t).collect();
-        let loaded = load_and_release(config, state, target, &tables, snapshot, shutdown, mapping);
+        let loaded = load_and_release(
+            config,
+            state,
+            target,
+            &tables,
+            snapshot,
+            Vec::new(),
+            shutdown,
+            mapping,
+        );
         return loaded.await.map(|_| ());
     }
     let at = snapshot.position();
@@ -852,7 +866,16 @@ async fn resume_load<S: Source>(
         .map(|(t, _)| t)
         .filter(|t| !deferred.contains(&t.schema.id))
         .collect();
-    load_and_release(config, state, target, &tables, snapshot, shutdown, mapping)
-        .await
-        .map(|_| ())
+    load_and_release(
+        config,
+        state,
+        target,
+        &tables,
+        snapshot,
+        Vec::new(),
+        shutdown,
+        mapping,
+    )
+    .await
+    .map(|_| ())
 }
