@@ -462,7 +462,10 @@ impl source::Source for PgSource {
             }
             // Without DDL capture the tables are read beside pg_dump.
             let read_beside = read_at.is_none().then_some(catalog);
-            match self.dump_at(&snapshot, &schemas, read_beside).await? {
+            match self
+                .dump_at(&source, &snapshot, &schemas, read_beside)
+                .await?
+            {
                 Some((dump, read_beside)) => {
                     *snapshot.dump.lock().await = dump;
                     if let Some(read) = read_at.or(read_beside) {
@@ -723,6 +726,7 @@ impl PgSource {
     /// snapshot and the end of the dump; `None` otherwise.
     async fn dump_at(
         &self,
+        current: &Client,
         snapshot: &PgSnapshot,
         schemas: &[String],
         catalog: Option<&SourceCatalog>,
@@ -741,29 +745,26 @@ impl PgSource {
             let _ = session.close().await;
             at.map(|at| (at, tables))
         };
-        // One session outside the snapshot: pg_dump's version check, then
-        // the current fingerprint (a login less once the dump is done).
+        // The capture's session, outside the snapshot: pg_dump's version
+        // check, then the current fingerprint (no login before pg_dump).
         let dump = async {
-            let current = self.client().await?;
-            let dump = match self.config.target_tables.existing() {
+            match self.config.target_tables.existing() {
                 true => Ok(None),
                 false => crate::dump::dump_schema(
                     &self.config.source,
-                    &current,
+                    current,
                     schemas,
                     &self.config.state.schema,
                     Some(&snapshot.name),
                 )
                 .await
                 .map(Some),
-            };
-            Ok::<_, Error>((current, dump))
+            }
         };
         let (at, dump) = tokio::join!(fingerprint, dump);
         let (at, tables) = at?;
-        let (current, dump) = dump?;
         // A failed dump (a table dropped since) is retried like a mixed one.
-        if !at.unchanged(&current).await? {
+        if !at.unchanged(current).await? {
             return Ok(None);
         }
         Ok(Some((dump?, tables)))
