@@ -77,7 +77,10 @@ fn disable_transparent_huge_pages() {
     unsafe {
         libmimalloc_sys::mi_option_set(MI_OPTION_ALLOW_THP, 0);
         // Fails only on kernels before 3.15: ferry then runs as before.
-        let _ = libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        // The arguments are `unsigned long`s (the kernel refuses nonzero
+        // unused ones), so passed at that width through the C varargs.
+        let (disable, unused): (libc::c_ulong, libc::c_ulong) = (1, 0);
+        let _ = libc::prctl(libc::PR_SET_THP_DISABLE, disable, unused, unused, unused);
     }
 }
 
@@ -438,9 +441,10 @@ mod tests {
                 "option {MI_OPTION_ALLOW_THP} is not mimalloc 3's allow_thp"
             );
             assert_eq!(option(MI_OPTION_ALLOW_THP), 0);
+            let zero: libc::c_ulong = 0;
             // SAFETY: reads the process's THP flag.
             #[allow(unsafe_code)]
-            let disabled = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+            let disabled = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, zero, zero, zero, zero) };
             assert_eq!(disabled, 1, "PR_SET_THP_DISABLE did not take");
         }
     }
