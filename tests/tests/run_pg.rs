@@ -547,6 +547,119 @@ fn a_failing_index_build_is_named_no_build_is_marked_without_its_index_and_the_n
     every_statement_built_then_compare_and_stop(&s, ferry, &["ga", "gb", "gc", "gd"]);
 }
 
+/// A foreign key and a trigger: post-data statements that run in order,
+/// in one transaction, after the index builds.
+const SEQUENTIAL_SCHEMA: &str = r#"
+CREATE TABLE sp (id int PRIMARY KEY);
+CREATE TABLE sc (id int PRIMARY KEY, p int NOT NULL REFERENCES sp);
+CREATE FUNCTION sc_touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+CREATE TRIGGER sc_touch BEFORE INSERT ON sc FOR EACH ROW EXECUTE FUNCTION sc_touch();
+INSERT INTO sp SELECT generate_series(1, 100);
+INSERT INTO sc SELECT g, g FROM generate_series(1, 100) g;
+"#;
+
+/// On the target: creating trigger `sc_touch` fails (an event trigger
+/// raises at its end).
+const REFUSE_SC_TOUCH: &str = r#"
+CREATE SCHEMA refuse;
+CREATE FUNCTION refuse.sc_touch() RETURNS event_trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() WHERE object_identity LIKE 'sc_touch on %') THEN
+    RAISE EXCEPTION 'trigger sc_touch refused by the test';
+  END IF;
+END $$;
+CREATE EVENT TRIGGER refuse_sc_touch ON ddl_command_end WHEN TAG IN ('CREATE TRIGGER')
+  EXECUTE FUNCTION refuse.sc_touch();
+ALTER EVENT TRIGGER refuse_sc_touch ENABLE ALWAYS;
+"#;
+
+/// The in-order post-data statements go to the target as one text; when
+/// that fails, they run again one at a time, so the error still names the
+/// statement and the server's reason, and nothing of that transaction
+/// stays (no key, no key record, no done mark). The next run builds them,
+/// as one text.
+#[test]
+fn a_failing_in_order_post_data_statement_is_named_and_nothing_of_its_transaction_stays() {
+    let s = migration(SEQUENTIAL_SCHEMA);
+    let rt = pgsync::runtime();
+    rt.block_on(async {
+        let c = pgsync::connect(&s.target_url).await.unwrap();
+        c.batch_execute(REFUSE_SC_TOUCH).await.unwrap();
+    });
+    let count = |sql: &str| s.target_i64(sql);
+    let debug = [("FERRY_LOG", "info,ferry::pipeline::plan_store=debug")];
+    const FELL_BACK: &str = "post-data as one text failed; one statement at a time";
+
+    // 1. The one text fails at the trigger; run again one at a time, the
+    //    statements fail there too: the run ends naming it.
+    let ferry = s.start_with("refused", &debug);
+    let code = ferry
+        .wait(s.long())
+        .expect("ferry exits after the failed build");
+    let log = std::fs::read_to_string(s.logs.path().join("refused.log")).unwrap();
+    assert_ne!(
+        code,
+        Some(0),
+        "the run succeeded despite the failed build:\n{log}"
+    );
+    assert!(
+        log.contains(FELL_BACK),
+        "the statements were not tried as one text first:\n{log}"
+    );
+    assert!(
+        log.contains("building TRIGGER")
+            && log.contains("sc_touch on the target")
+            && log.contains("trigger sc_touch refused by the test"),
+        "the failure does not name the trigger and the server's reason:\n{log}"
+    );
+    assert_eq!(
+        s.pipeline_phase().as_deref(),
+        Some("load"),
+        "the phase moved past the load with a trigger missing"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM ferry.post_data WHERE NOT parallel AND done_at IS NOT NULL"),
+        Some(0),
+        "an in-order statement is marked done although its transaction failed"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM pg_constraint WHERE conname = 'sc_p_fkey'"),
+        Some(0),
+        "the foreign key stayed although its transaction failed"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM ferry.overrides WHERE kind = 'foreign_key'"),
+        Some(0),
+        "the foreign key's record stayed although its transaction failed"
+    );
+    rt.block_on(async {
+        let c = pgsync::connect(&s.target_url).await.unwrap();
+        c.batch_execute("DROP EVENT TRIGGER refuse_sc_touch")
+            .await
+            .unwrap();
+    });
+
+    // 2. The next run builds them as one text and streams.
+    let mut ferry = s.start_with("resume", &debug);
+    s.wait_streaming(&mut ferry);
+    let log = std::fs::read_to_string(s.logs.path().join("resume.log")).unwrap();
+    assert!(
+        !log.contains(FELL_BACK),
+        "the one text failed on the next run:\n{log}"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM pg_trigger WHERE tgname = 'sc_touch'"),
+        Some(1),
+        "the trigger is not on the target"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM pg_constraint WHERE conname = 'sc_p_fkey' AND convalidated"),
+        Some(1),
+        "the foreign key is not on the target, validated"
+    );
+    every_statement_built_then_compare_and_stop(&s, ferry, &["sp", "sc"]);
+}
+
 /// The post-data builds and the key validation run on the sessions the
 /// load logged in (a login each fewer on the way to streaming): every
 /// target session that built an index or key, or validated a foreign key,

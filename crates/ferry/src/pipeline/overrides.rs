@@ -230,6 +230,33 @@ pub async fn record_deferred_foreign_key(
     Ok(())
 }
 
+/// [`record_deferred_foreign_key`] for many keys in one statement (inside
+/// the caller's transaction): `(table as written, constraint)` each.
+/// Returns how many were recorded; fewer than given when one is not on
+/// the target (the caller names it by recording them one at a time).
+pub async fn record_deferred_foreign_keys(
+    target: &tokio_postgres::Transaction<'_>,
+    state: &StateStore,
+    keys: &[(&str, &str)],
+) -> anyhow::Result<u64> {
+    let (tables, names): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+    target
+        .execute(
+            &format!(
+                "INSERT INTO {} (kind, relid, object, original)
+                 SELECT 'foreign_key', c.conrelid, c.conname, 'not valid'
+                   FROM unnest($1::text[], $2::text[]) AS k(tbl, con)
+                   JOIN pg_constraint c
+                     ON c.conrelid = k.tbl::regclass AND c.conname = k.con
+                 ON CONFLICT DO NOTHING",
+                state.table("overrides")
+            ),
+            &[&tables, &names],
+        )
+        .await
+        .context("recording the foreign keys built NOT VALID")
+}
+
 /// One recorded change not yet put back.
 struct Pending {
     kind: String,
