@@ -334,6 +334,17 @@ async fn run_in_one_transaction(
         return Ok(built);
     }
     let seqs: Vec<i32> = built.iter().map(|(s, _)| s.seq).collect();
+    mark_done_and_commit(tx, state, &seqs).await?;
+    Ok(built)
+}
+
+/// Mark post-data statements `seqs` done and commit them with their
+/// objects.
+async fn mark_done_and_commit(
+    tx: tokio_postgres::Transaction<'_>,
+    state: &StateStore,
+    seqs: &[i32],
+) -> anyhow::Result<()> {
     tx.execute(
         &format!(
             "UPDATE {} SET done_at = now() WHERE seq = ANY($1)",
@@ -343,7 +354,7 @@ async fn run_in_one_transaction(
     )
     .await?;
     tx.commit().await?;
-    Ok(built)
+    Ok(())
 }
 
 /// How long a group of index builds ([`run_post_group`]) keeps taking
@@ -416,14 +427,5 @@ async fn run_as_one_text(
         );
     }
     let seqs: Vec<i32> = stmts.iter().map(|s| s.seq).collect();
-    tx.execute(
-        &format!(
-            "UPDATE {} SET done_at = now() WHERE seq = ANY($1)",
-            state.table("post_data")
-        ),
-        &[&seqs],
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(())
+    mark_done_and_commit(tx, state, &seqs).await
 }
