@@ -38,10 +38,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
-use ferry_core::schema::quote_ident;
+use ferry_core::schema::{quote_ident, quote_literal};
 use ferry_core::{Error, Result, Row, TableId};
 use futures_util::{SinkExt, Stream, StreamExt};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, ToStatement};
 use tracing::info;
 
 use crate::error::pg_error;
@@ -129,6 +129,12 @@ impl LoadTarget {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Load one table or chunk and mark it done, in ONE target transaction.
+///
+/// Three round trips for a chunk (four for a whole table without
+/// `freeze`): `BEGIN` (with the `TRUNCATE` of a frozen load) together
+/// with the COPY statement's preparation, the COPY, and the done mark
+/// together with `COMMIT`. Small tables are many chunks of few rows, where
+/// each round trip more was a good part of the chunk's time.
 pub async fn load_chunk<B, R, E>(
     client: &mut Client,
     state: &StateStore,
@@ -142,37 +148,75 @@ where
     R: Stream<Item = std::result::Result<Row, E>> + Unpin,
     E: Into<BoxError>,
 {
+    let client: &Client = client;
+    let loaded = load_in_transaction(client, state, to, data, progress, replaced).await;
+    if loaded.is_err() && !client.is_closed() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    let result = loaded?;
+    info!(table = %to.target, chunk = to.chunk.unwrap_or(0), rows = result.rows, bytes = result.bytes, "chunk loaded");
+    Ok(result)
+}
+
+/// [`load_chunk`] up to its `COMMIT`; the caller rolls back on an error.
+async fn load_in_transaction<B, R, E>(
+    client: &Client,
+    state: &StateStore,
+    to: &LoadTarget,
+    data: LoadData<B, R>,
+    progress: Option<&LoadProgress>,
+    replaced: Option<&ferry_core::source::ChunkReplaced>,
+) -> Result<LoadResult>
+where
+    B: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+    R: Stream<Item = std::result::Result<Row, E>> + Unpin,
+    E: Into<BoxError>,
+{
     let t = &to.target;
-    let tx = client
-        .transaction()
-        .await
-        .map_err(|e| pg_error(format!("loading {t}"), e))?;
-    if to.chunk.is_none() || to.freeze {
-        let empty = crate::truncate::empty_sql(tx.client(), &[t.quoted()]).await?;
-        tx.batch_execute(&empty)
+    if let LoadData::TextCopy(_) = &data
+        && !to.kinds.is_empty()
+    {
+        return Err(Error::operator(
+            format!(
+                "the source encoded the rows for {t} itself, but they need converting to the table's column types"
+            ),
+            "this is a ferry bug in the load; report it with the log",
+        ));
+    }
+    let binary = matches!(data, LoadData::BinaryCopy(_));
+    let copy = copy_sql(t, &to.columns, binary, to.freeze);
+    // A frozen load's table is a plain one (COPY FREEZE refuses a
+    // partitioned table): `ONLY`, no lookup.
+    let begin = match to.freeze {
+        true => format!(
+            "BEGIN; {}",
+            crate::writer::sql::truncate_sql(&[format!("ONLY {}", t.quoted())], false, false)
+        ),
+        false => "BEGIN".to_owned(),
+    };
+    let (begun, statement) = tokio::join!(client.batch_execute(&begin), client.prepare(&copy));
+    begun.map_err(|e| match to.freeze {
+        true => pg_error(format!("emptying {t} before a whole-table load"), e),
+        false => pg_error(format!("loading {t}"), e),
+    })?;
+    let statement = statement.map_err(|e| pg_error(format!("copying into {t}"), e))?;
+    if to.chunk.is_none() && !to.freeze {
+        let empty = crate::truncate::empty_sql(client, &[t.quoted()]).await?;
+        client
+            .batch_execute(&empty)
             .await
             .map_err(|e| pg_error(format!("emptying {t} before a whole-table load"), e))?;
     }
     let result = match data {
-        LoadData::BinaryCopy(s) => {
-            let sql = copy_sql(t, &to.columns, true, to.freeze);
-            copy_binary(tx.client(), t, &sql, s, progress).await?
-        }
-        LoadData::TextCopy(s) => {
-            if !to.kinds.is_empty() {
-                return Err(Error::operator(
-                    format!(
-                        "the source encoded the rows for {t} itself, but they need converting to the table's column types"
-                    ),
-                    "this is a ferry bug in the load; report it with the log",
-                ));
-            }
-            let sql = copy_sql(t, &to.columns, false, to.freeze);
-            copy_passthrough(tx.client(), t, &sql, s, progress, Format::Text).await?
+        LoadData::BinaryCopy(s) | LoadData::TextCopy(s) => {
+            let format = match binary {
+                true => Format::Binary,
+                false => Format::Text,
+            };
+            copy_passthrough(client, t, &statement, s, progress, format).await?
         }
         LoadData::Rows(s) => {
-            let sql = copy_sql(t, &to.columns, false, to.freeze);
-            copy_rows(tx.client(), t, &sql, &to.columns, &to.kinds, s, progress).await?
+            copy_rows(client, t, &statement, &to.columns, &to.kinds, s, progress).await?
         }
     };
     let chunk = to.chunk.unwrap_or(0);
@@ -181,26 +225,29 @@ where
     let replaced = replaced
         .map(ferry_core::source::ChunkReplaced::take)
         .filter(|r| !r.is_empty())
-        .map(|r| serde_json::to_string(&r).unwrap_or_default());
+        .map(|r| quote_literal(&serde_json::to_string(&r).unwrap_or_default()))
+        .unwrap_or_else(|| "NULL".to_owned());
+    let key = quote_literal(&table_key(&to.source));
+    let whole = to.chunk.is_none();
+    // Literals, not parameters: the mark and the COMMIT go as one text.
     let sql = format!(
-        "WITH c AS (INSERT INTO {chunks} (source_table, chunk, rows, replaced) VALUES ($1, $2, $3, $5::text::jsonb)
+        "WITH c AS (INSERT INTO {chunks} (source_table, chunk, rows, replaced) VALUES ({key}, {chunk}, {rows}, {replaced}::text::jsonb)
              ON CONFLICT (source_table, chunk) DO UPDATE SET rows = EXCLUDED.rows, replaced = EXCLUDED.replaced, done_at = now())
-         UPDATE {tables} SET rows_copied = CASE WHEN $4 THEN $3 ELSE rows_copied + $3 END,
-             updated_at = now() WHERE source_table = $1",
+         UPDATE {tables} SET rows_copied = {copied}, updated_at = now() WHERE source_table = {key};
+         COMMIT",
         chunks = state.table("chunks"),
         tables = state.table("tables"),
+        copied = match whole {
+            true => rows.to_string(),
+            false => format!("rows_copied + {rows}"),
+        },
     );
-    let whole = to.chunk.is_none();
-    tx.execute(
-        &sql,
-        &[&table_key(&to.source), &chunk, &rows, &whole, &replaced],
-    )
-    .await
-    .map_err(|e| pg_error(format!("marking load of {t} chunk {chunk} done"), e))?;
-    tx.commit()
-        .await
-        .map_err(|e| pg_error(format!("committing load of {t} chunk {chunk}"), e))?;
-    info!(table = %t, chunk, rows = result.rows, bytes = result.bytes, "chunk loaded");
+    client.batch_execute(&sql).await.map_err(|e| {
+        pg_error(
+            format!("marking load of {t} chunk {chunk} done and committing it"),
+            e,
+        )
+    })?;
     Ok(result)
 }
 
@@ -234,16 +281,17 @@ fn source_error(target: &TableId, e: impl Into<BoxError>) -> Error {
 /// Pass binary COPY bytes through to `sql`, a `COPY target FROM STDIN
 /// (FORMAT binary)` ([`copy_sql`]). A source error aborts the COPY (nothing
 /// of it is kept).
-pub async fn copy_binary<S, E>(
+pub async fn copy_binary<S, E, T>(
     client: &Client,
     target: &TableId,
-    sql: &str,
+    sql: &T,
     data: S,
     progress: Option<&LoadProgress>,
 ) -> Result<LoadResult>
 where
     S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
     E: Into<BoxError>,
+    T: ?Sized + ToStatement,
 {
     copy_passthrough(client, target, sql, data, progress, Format::Binary).await
 }
@@ -270,10 +318,10 @@ impl Format {
 
 /// Pass COPY bytes of `format` through to `sql` ([`copy_sql`] of the same
 /// format). A source error aborts the COPY (nothing of it is kept).
-pub async fn copy_passthrough<S, E>(
+pub async fn copy_passthrough<S, E, T>(
     client: &Client,
     target: &TableId,
-    sql: &str,
+    sql: &T,
     mut data: S,
     progress: Option<&LoadProgress>,
     format: Format,
@@ -281,6 +329,7 @@ pub async fn copy_passthrough<S, E>(
 where
     S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
     E: Into<BoxError>,
+    T: ?Sized + ToStatement,
 {
     let err = |e| pg_error(format!("copying into {target}"), e);
     let sink = client.copy_in::<_, Bytes>(sql).await.map_err(err)?;
@@ -334,10 +383,10 @@ where
 
 /// Encode rows of values as COPY text and stream them into `target` with
 /// `sql`, a text-format `COPY target (columns) FROM STDIN` ([`copy_sql`]).
-pub async fn copy_rows<S, E>(
+pub async fn copy_rows<S, E, T>(
     client: &Client,
     target: &TableId,
-    sql: &str,
+    sql: &T,
     columns: &[String],
     kinds: &[TargetKind],
     mut data: S,
@@ -346,6 +395,7 @@ pub async fn copy_rows<S, E>(
 where
     S: Stream<Item = std::result::Result<Row, E>> + Unpin,
     E: Into<BoxError>,
+    T: ?Sized + ToStatement,
 {
     let err = |e| pg_error(format!("copying into {target}"), e);
     let sink = client.copy_in::<_, Bytes>(sql).await.map_err(err)?;

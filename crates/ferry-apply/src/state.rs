@@ -425,6 +425,27 @@ impl StateStore {
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
+    /// [`StateStore::chunks_done`] of every table in one query: the done
+    /// chunks by table key ([`table_key`]); a table with none is absent.
+    pub async fn chunks_done_all(
+        &self,
+        client: &Client,
+    ) -> Result<std::collections::HashMap<String, Vec<i32>>> {
+        let sql = format!(
+            "SELECT source_table, chunk FROM {} ORDER BY source_table, chunk",
+            self.table("chunks")
+        );
+        let rows = client
+            .query(&sql, &[])
+            .await
+            .map_err(|e| pg_error("reading the chunks loaded", e))?;
+        let mut done: std::collections::HashMap<String, Vec<i32>> = Default::default();
+        for r in rows {
+            done.entry(r.get(0)).or_default().push(r.get(1));
+        }
+        Ok(done)
+    }
+
     /// Start a run; `source` must already be redacted (`RedactedUrl`'s Display).
     pub async fn start_run(&self, client: &Client, phase: Phase, source: &str) -> Result<i64> {
         let sql = format!(

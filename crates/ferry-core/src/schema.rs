@@ -81,6 +81,17 @@ impl fmt::Display for TableId {
     }
 }
 
+/// An SQL string literal of `s` for PostgreSQL, read the same whatever
+/// `standard_conforming_strings` is: `'…'` with `'` doubled, or `E'…'`
+/// with `\` doubled too when `s` holds a backslash.
+pub fn quote_literal(s: &str) -> String {
+    let quoted = s.replace('\'', "''");
+    match s.contains('\\') {
+        true => format!("E'{}'", quoted.replace('\\', "\\\\")),
+        false => format!("'{quoted}'"),
+    }
+}
+
 /// Quote an SQL identifier the standard way (PostgreSQL, SQLite): wrap it in
 /// `"` and double every embedded `"`. The one identifier quoting in ferry;
 /// MySQL/MariaDB use [`quote_ident_with`] and a backtick.
@@ -214,6 +225,17 @@ impl TableSchema {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn literals_quote_quotes_and_backslashes() {
+        use super::quote_literal;
+        assert_eq!(quote_literal("film"), "'film'");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        // E'' reads a backslash the same with standard_conforming_strings
+        // on or off.
+        assert_eq!(quote_literal(r"a\b'c"), r"E'a\\b''c'");
+        assert_eq!(quote_literal(""), "''");
+    }
 
     #[test]
     fn table_ids_round_trip_through_their_text_form() {

@@ -267,15 +267,13 @@ impl SnapshotSession {
             true => "ROLLBACK TO SAVEPOINT ferry_chunk",
             false => "SAVEPOINT ferry_chunk",
         };
-        self.client
-            .batch_execute(savepoint)
-            .await
-            .map_err(|e| query_error("starting a load chunk", e))?;
+        // The savepoint goes in the same round trip as the names' lookup.
         let names = crate::snapshot_names::current_names(
             &self.client,
             self.endpoint.as_ref(),
             chunk,
             schema,
+            savepoint,
         )
         .await?;
         let sql = copy_out_sql_as(chunk, &names.relation, &names.columns);

@@ -21,8 +21,9 @@
 //! change stream.
 
 use ferry_core::config::Endpoint;
+use ferry_core::schema::quote_literal;
 use ferry_core::{Error, TableId, TableSchema};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, SimpleQueryMessage, SimpleQueryRow};
 
 use crate::connect::{connect, query_error};
 use crate::snapshot::Chunk;
@@ -49,120 +50,192 @@ pub struct CurrentNames {
 /// `schema`'s columns as they are at the session's snapshot. `endpoint`
 /// (a plain session's) tells a rewrite by `ALTER TABLE` from `TRUNCATE`,
 /// `VACUUM FULL` and `CLUSTER`; without it any new file is an error.
+/// `before` (SQL, e.g. the chunk's savepoint) runs first, in the same
+/// round trip. Two round trips in all when nothing changed: the relation
+/// with its current name, then the lock with what is read under it (each
+/// was a round trip or two of its own, a dozen per chunk).
 pub async fn current_names(
     client: &Client,
     endpoint: Option<&Endpoint>,
     chunk: &Chunk,
     schema: &TableSchema,
+    before: &str,
 ) -> Result<CurrentNames, Error> {
     let what = format!(
         "resolving the names of {} at the load snapshot",
         chunk.relation
     );
     let rel = &chunk.relation;
-    let row = client
-        .query_opt(
-            "SELECT c.oid, nullif(c.relfilenode, 0) FROM pg_class c
-               JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = $1 AND c.relname = $2",
-            &[&rel.schema, &rel.name],
+    let sql = format!(
+        "{before}; SELECT s.oid, s.file, {NAME_COLUMNS} FROM (
+           SELECT c.oid, nullif(c.relfilenode, 0) AS file, {names} AS names
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = {} AND c.relname = {}) s",
+        quote_literal(&rel.schema),
+        quote_literal(&rel.name),
+        names = identified("c.oid"),
+    );
+    let sets = result_sets(client.simple_query(&sql).await, &what)?;
+    let row = sets.last().and_then(|s| s.first()).ok_or_else(|| {
+        Error::operator(
+            format!("{rel} is not in the load snapshot"),
+            "report this as a ferry bug",
         )
-        .await
-        .map_err(|e| query_error(&what, e))?
-        .ok_or_else(|| {
-            Error::operator(
-                format!("{rel} is not in the load snapshot"),
-                "report this as a ferry bug",
-            )
-        })?;
-    let (oid, file): (u32, Option<u32>) = (row.get(0), row.get(1));
-    let relation = lock_current(client, oid, rel, &what).await?;
-    let now: Option<u32> = client
-        .query_one("SELECT pg_relation_filenode($1::oid)", &[&oid])
-        .await
-        .map_err(|e| query_error(&what, e))?
-        .get(0);
-    if now != file && altered_since(client, endpoint, oid, &what).await? {
-        return Err(Error::operator(
-            format!(
-                "{rel} was rewritten by ALTER TABLE on the source after the load snapshot (a type change, a volatile default, SET LOGGED/UNLOGGED): the snapshot can no longer read its rows"
-            ),
-            START_OVER,
-        ));
-    }
+    })?;
+    let oid: u32 = parse(row.get(0), &what)?;
+    let file: Option<u32> = row.get(1).map(|f| parse(Some(f), &what)).transpose()?;
+    let mut current = current_name(row, 2, rel)?;
     let names: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
-    let rows = client
-        .query(
-            "SELECT a.attname::text,
+    let mut failed = None;
+    for _ in 0..ATTEMPTS {
+        // A name gone stale since it was read fails the LOCK: resolve again.
+        // What is read under the lock is kept only if the relation still
+        // has the name locked (a rename needs a stronger lock than ours).
+        let sql = format!(
+            "SAVEPOINT ferry_lock; LOCK TABLE ONLY {locked} IN ACCESS SHARE MODE;
+             SELECT {NAME_COLUMNS}, pg_relation_filenode({oid}::oid) FROM (SELECT {names} AS names) s;
+             SELECT a.attname::text,
                     (pg_identify_object_as_address('pg_class'::regclass, a.attrelid, a.attnum)).object_names[3]
                FROM pg_attribute a
-              WHERE a.attrelid = $1 AND a.attnum > 0 AND a.attname::text = ANY($2)",
-            &[&oid, &names],
-        )
-        .await
-        .map_err(|e| query_error(&what, e))?;
-    let current: std::collections::HashMap<String, Option<String>> =
-        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let mut columns = Vec::with_capacity(names.len());
-    for name in &names {
-        match current.get(name).cloned().flatten() {
-            Some(now) if !now.starts_with(DROPPED) => columns.push(now),
-            _ => {
-                return Err(Error::operator(
-                    format!(
-                        "column {name} of {rel} was dropped on the source after the load snapshot: its values at the snapshot can no longer be read"
-                    ),
-                    START_OVER,
-                ));
+              WHERE a.attrelid = {oid}::oid AND a.attnum > 0 AND a.attname::text = ANY({columns});
+             RELEASE SAVEPOINT ferry_lock",
+            locked = current.quoted(),
+            names = identified(&format!("{oid}::oid")),
+            columns = text_array(&names),
+        );
+        let sets = match client.simple_query(&sql).await {
+            Ok(messages) => split_sets(messages),
+            Err(e) => {
+                client
+                    .batch_execute("ROLLBACK TO SAVEPOINT ferry_lock; RELEASE SAVEPOINT ferry_lock")
+                    .await
+                    .map_err(|e| query_error(&what, e))?;
+                failed = Some(e);
+                let sql = format!(
+                    "SELECT {NAME_COLUMNS} FROM (SELECT {} AS names) s",
+                    identified(&format!("{oid}::oid"))
+                );
+                let sets = result_sets(client.simple_query(&sql).await, &what)?;
+                let row = sets.last().and_then(|s| s.first());
+                current = match row {
+                    Some(row) => current_name(row, 0, rel)?,
+                    None => return Err(dropped(rel)),
+                };
+                continue;
             }
+        };
+        failed = None;
+        let (Some(after), Some(attributes)) = (sets.get(2).and_then(|s| s.first()), sets.get(3))
+        else {
+            return Err(Error::transient(format!(
+                "{what}: the server answered fewer results than asked"
+            )));
+        };
+        let now = current_name(after, 0, rel)?;
+        if now != current {
+            current = now;
+            continue;
         }
-    }
-    Ok(CurrentNames { relation, columns })
-}
-
-/// `LOCK TABLE` the relation `oid` under its current name, and that name.
-async fn lock_current(
-    client: &Client,
-    oid: u32,
-    at_snapshot: &TableId,
-    what: &str,
-) -> Result<TableId, Error> {
-    let mut locked: Option<TableId> = None;
-    for _ in 0..ATTEMPTS {
-        let parts: Option<Vec<String>> = client
-            .query_one(
-                "SELECT (pg_identify_object_as_address('pg_class'::regclass, $1, 0)).object_names",
-                &[&oid],
-            )
-            .await
-            .map_err(|e| query_error(what, e))?
-            .get(0);
-        let Some([schema, name]) = parts.as_deref() else {
+        let filenode: Option<u32> = after.get(3).map(|f| parse(Some(f), &what)).transpose()?;
+        if filenode != file && altered_since(client, endpoint, oid, &what).await? {
             return Err(Error::operator(
-                format!("{at_snapshot} was dropped on the source after the load snapshot"),
+                format!(
+                    "{rel} was rewritten by ALTER TABLE on the source after the load snapshot (a type change, a volatile default, SET LOGGED/UNLOGGED): the snapshot can no longer read its rows"
+                ),
                 START_OVER,
             ));
-        };
-        let now = TableId::new(schema.clone(), name.clone());
-        if locked.as_ref() == Some(&now) {
-            return Ok(now);
         }
-        // A name gone stale since it was read fails the LOCK: resolve again.
-        let sql = format!(
-            "SAVEPOINT ferry_lock; LOCK TABLE ONLY {} IN ACCESS SHARE MODE; RELEASE SAVEPOINT ferry_lock",
-            now.quoted()
-        );
-        match client.batch_execute(&sql).await {
-            Ok(()) => locked = Some(now),
-            Err(_) => client
-                .batch_execute("ROLLBACK TO SAVEPOINT ferry_lock; RELEASE SAVEPOINT ferry_lock")
-                .await
-                .map_err(|e| query_error(what, e))?,
+        let current_columns: std::collections::HashMap<&str, Option<&str>> = attributes
+            .iter()
+            .filter_map(|r| Some((r.get(0)?, r.get(1))))
+            .collect();
+        let mut columns = Vec::with_capacity(names.len());
+        for name in &names {
+            match current_columns.get(name.as_str()).copied().flatten() {
+                Some(now) if !now.starts_with(DROPPED) => columns.push(now.to_owned()),
+                _ => {
+                    return Err(Error::operator(
+                        format!(
+                            "column {name} of {rel} was dropped on the source after the load snapshot: its values at the snapshot can no longer be read"
+                        ),
+                        START_OVER,
+                    ));
+                }
+            }
+        }
+        return Ok(CurrentNames {
+            relation: current,
+            columns,
+        });
+    }
+    match failed {
+        Some(e) => Err(query_error(&format!("{what}: locking {current}"), e)),
+        None => Err(Error::transient(format!(
+            "{rel} kept being renamed on the source while the load locked it; run `ferry run` again"
+        ))),
+    }
+}
+
+/// Columns of the current (catalog cache, not snapshot) name of a relation
+/// from a subquery `s` with its [`identified`] names: the number of parts
+/// (NULL once dropped), schema, name.
+const NAME_COLUMNS: &str = "cardinality(s.names), s.names[1], s.names[2]";
+
+/// The current name parts of relation `oid` (an SQL expression).
+fn identified(oid: &str) -> String {
+    format!("(pg_identify_object_as_address('pg_class'::regclass, {oid}, 0)).object_names")
+}
+
+/// The current name in columns `at..at + 3` of `row` (see
+/// [`NAME_COLUMNS`]).
+fn current_name(row: &SimpleQueryRow, at: usize, rel: &TableId) -> Result<TableId, Error> {
+    match (row.get(at), row.get(at + 1), row.get(at + 2)) {
+        (Some("2"), Some(schema), Some(name)) => Ok(TableId::new(schema, name)),
+        _ => Err(dropped(rel)),
+    }
+}
+
+fn dropped(rel: &TableId) -> Error {
+    Error::operator(
+        format!("{rel} was dropped on the source after the load snapshot"),
+        START_OVER,
+    )
+}
+
+/// `ARRAY[…]::text[]` of `items`.
+fn text_array(items: &[String]) -> String {
+    let items: Vec<String> = items.iter().map(|i| quote_literal(i)).collect();
+    format!("ARRAY[{}]::text[]", items.join(", "))
+}
+
+fn parse<T: std::str::FromStr>(text: Option<&str>, what: &str) -> Result<T, Error> {
+    text.and_then(|t| t.parse().ok()).ok_or_else(|| {
+        Error::transient(format!(
+            "{what}: unexpected answer {text:?} from the server"
+        ))
+    })
+}
+
+/// The rows of each statement of a simple query, in order (none for a
+/// statement that returns no rows).
+fn result_sets(
+    answer: Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>,
+    what: &str,
+) -> Result<Vec<Vec<SimpleQueryRow>>, Error> {
+    answer.map(split_sets).map_err(|e| query_error(what, e))
+}
+
+fn split_sets(messages: Vec<SimpleQueryMessage>) -> Vec<Vec<SimpleQueryRow>> {
+    let mut sets = Vec::new();
+    let mut rows = Vec::new();
+    for m in messages {
+        match m {
+            SimpleQueryMessage::Row(r) => rows.push(r),
+            SimpleQueryMessage::CommandComplete(_) => sets.push(std::mem::take(&mut rows)),
+            _ => {}
         }
     }
-    Err(Error::transient(format!(
-        "{at_snapshot} kept being renamed on the source while the load locked it; run `ferry run` again"
-    )))
+    sets
 }
 
 /// Whether the columns or persistence of relation `oid` differ now from

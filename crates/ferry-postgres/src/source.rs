@@ -52,6 +52,50 @@ const HOLD_ATTEMPTS: u32 = 10;
 /// How long ended source sessions may take to go away when fencing.
 const SESSIONS_GONE_WITHIN: Duration = Duration::from_secs(30);
 
+/// How long a spare source session ([`Spare`]) is kept for the next step.
+const SPARE_FOR: Duration = Duration::from_secs(5);
+
+/// A source session kept for the next step of a first run's start (a login
+/// each costs the load's start a few milliseconds): the catalog read's,
+/// taken by the capture's preparation and then by its start. Dropped after
+/// [`SPARE_FOR`] when nothing took it (a run resuming past the schema
+/// stage, `ferry plan`), so no idle session stays open on the source.
+#[derive(Clone, Default)]
+struct Spare(Arc<std::sync::Mutex<Option<(u64, Client)>>>);
+
+impl Spare {
+    fn take(&self) -> Option<Client> {
+        let mut slot = self.0.lock().ok()?;
+        slot.take().map(|(_, c)| c).filter(|c| !c.is_closed())
+    }
+
+    /// Keep `client` (in place of one kept before) for [`SPARE_FOR`].
+    fn keep(&self, client: Client) {
+        static KEPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = KEPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Ok(mut slot) = self.0.lock() else {
+            return;
+        };
+        *slot = Some((id, client));
+        let kept = Arc::downgrade(&self.0);
+        tokio::spawn(async move {
+            tokio::time::sleep(SPARE_FOR).await;
+            if let Some(kept) = kept.upgrade()
+                && let Ok(mut slot) = kept.lock()
+                && slot.as_ref().is_some_and(|(i, _)| *i == id)
+            {
+                *slot = None;
+            }
+        });
+    }
+}
+
+impl std::fmt::Debug for Spare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Spare")
+    }
+}
+
 /// A PostgreSQL source, configured by `config.source` and `config.postgres`.
 #[derive(Debug, Clone)]
 pub struct PgSource {
@@ -60,6 +104,7 @@ pub struct PgSource {
     /// this are dropped (the reverse stream of a fallback, see
     /// [`crate::fallback`]).
     skip_origin_prefix: Option<String>,
+    spare: Spare,
 }
 
 impl PgSource {
@@ -67,6 +112,7 @@ impl PgSource {
         PgSource {
             config,
             skip_origin_prefix: None,
+            spare: Spare::default(),
         }
     }
 
@@ -76,11 +122,20 @@ impl PgSource {
         PgSource {
             config,
             skip_origin_prefix: Some(prefix.to_owned()),
+            spare: Spare::default(),
         }
     }
 
     async fn client(&self) -> Result<Client, Error> {
         connect(&self.config.source, "source").await
+    }
+
+    /// The spare session ([`Spare`]) if one is kept, else a new one.
+    async fn session(&self) -> Result<Client, Error> {
+        match self.spare.take() {
+            Some(client) => Ok(client),
+            None => self.client().await,
+        }
     }
 }
 
@@ -353,11 +408,14 @@ impl source::Source for PgSource {
             .tables
             .filter()
             .map_err(|e| Error::operator(format!("tables: {e}"), "fix the tables section"))?;
-        read_catalog(&self.client().await?, &filter, &self.config.state.schema).await
+        let client = self.session().await?;
+        let catalog = read_catalog(&client, &filter, &self.config.state.schema).await?;
+        self.spare.keep(client);
+        Ok(catalog)
     }
 
     async fn prepare_capture(&self, after_interrupted: bool) -> Result<(), Error> {
-        let source = self.client().await?;
+        let source = self.session().await?;
         let slot = &self.config.postgres.slot;
         // A slot created beforehand (postgres.existing_slot) is never
         // dropped: start_capture advances it instead.
@@ -380,6 +438,7 @@ impl source::Source for PgSource {
                 .await
                 .map_err(|e| query_error("dropping the leftover replication slot", e))?;
         }
+        self.spare.keep(source);
         Ok(())
     }
 
@@ -388,7 +447,7 @@ impl source::Source for PgSource {
         // the source session (each is a handshake and a login); its error,
         // if any, is reported where it was before: after the publications.
         let (source, first) = tokio::join!(
-            self.client(),
+            self.session(),
             ReplicationConnection::connect(&self.config.source)
         );
         let source = source?;

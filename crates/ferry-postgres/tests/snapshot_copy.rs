@@ -20,7 +20,7 @@ fn endpoint(url: &str) -> Endpoint {
 
 async fn source_table(client: &Client, name: &str) -> SourceTable {
     let filter = TablesConfig {
-        include: vec![format!("public.{name}")],
+        include: vec!["public.*".into()],
         ..TablesConfig::default()
     }
     .filter()
@@ -216,28 +216,36 @@ async fn schema_changes_after_the_export() {
     let src = pg.create_database("snap_src").unwrap();
     let dst = pg.create_database("snap_dst").unwrap();
     let ddl = "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, note text)";
+    // Names that need quoting, a quote and a backslash in them.
+    let odd = "CREATE TABLE \"Odd 'Name\\ x\" (id int PRIMARY KEY, \"V 'q\\\" int)";
     pg.psql(
         &src,
         &format!(
             "{ddl}; INSERT INTO t SELECT g, g * 2, 'n' || g FROM generate_series(1, 1000) g;
              CREATE TABLE d (id int PRIMARY KEY, gone text, v int); INSERT INTO d VALUES (1, 'x', 1);
-             CREATE TABLE w (id int PRIMARY KEY, v int); INSERT INTO w VALUES (1, 1);"
+             CREATE TABLE w (id int PRIMARY KEY, v int); INSERT INTO w VALUES (1, 1);
+             {odd}; INSERT INTO \"Odd 'Name\\ x\" SELECT g, g FROM generate_series(1, 10) g;
+             CREATE TABLE gone (id int PRIMARY KEY); INSERT INTO gone VALUES (1);"
         ),
     )
     .unwrap();
-    pg.psql(&dst, ddl).unwrap();
+    pg.psql(&dst, &format!("{ddl}; {odd}")).unwrap();
     let ep = endpoint(&pg.url(&src));
     let reader = connect(&ep, "source").await.unwrap();
     let t = source_table(&reader, "t").await;
     let d = source_table(&reader, "d").await;
     let w = source_table(&reader, "w").await;
+    let odd_table = source_table(&reader, "Odd 'Name\\ x").await;
+    let gone = source_table(&reader, "gone").await;
     let exporter = connect(&ep, "source").await.unwrap();
     let name = export_snapshot(&exporter).await;
     pg.psql(
         &src,
         "ALTER TABLE t RENAME COLUMN v TO v2; ALTER TABLE t RENAME TO t2;
          INSERT INTO t2 VALUES (1001, 1, 'late');
-         ALTER TABLE d DROP COLUMN gone; ALTER TABLE w ALTER COLUMN v TYPE bigint;",
+         ALTER TABLE d DROP COLUMN gone; ALTER TABLE w ALTER COLUMN v TYPE bigint;
+         ALTER TABLE \"Odd 'Name\\ x\" RENAME COLUMN \"V 'q\\\" TO \"v 'Q\\\";
+         ALTER TABLE \"Odd 'Name\\ x\" RENAME TO \"Odder \\'name\"; DROP TABLE gone;",
     )
     .unwrap();
 
@@ -248,6 +256,29 @@ async fn schema_changes_after_the_export() {
     assert_eq!(
         count_and_sum(&target, "t").await,
         (1000, 1000, expected_sum)
+    );
+    // Renamed to another name that needs quoting: read under the new one.
+    copy_table(&session, &target, &odd_table, 1_000_000).await;
+    let odd_rows = target
+        .query_one(
+            "SELECT count(*), sum(\"V 'q\\\")::int8 FROM \"Odd 'Name\\ x\"",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (odd_rows.get::<_, i64>(0), odd_rows.get::<_, i64>(1)),
+        (10, 55)
+    );
+    let err = session
+        .copy_out(&plan_chunks(&gone, 0)[0], &gone.schema)
+        .await
+        .err()
+        .expect("a dropped table cannot be read");
+    assert!(
+        err.to_string()
+            .contains("public.gone was dropped on the source after the load snapshot"),
+        "{err}"
     );
     let err = session
         .copy_out(&plan_chunks(&d, 0)[0], &d.schema)

@@ -106,15 +106,21 @@ pub async fn run<T: Snapshot>(
     let mapping = mapping.map(|m| Arc::new(m.clone()));
     let mut queue = VecDeque::new();
     let mut board = Board::new();
+    // Two queries for all tables (two per table before: a round trip or
+    // two each, on the way to the first chunk).
+    let (mut done_all, mut planned) = tokio::try_join!(
+        async { anyhow::Ok(state.chunks_done_all(target).await?) },
+        plan_store::all_chunks(target, state)
+    )?;
     for t in tables {
         let progress = Arc::new(LoadProgress::default());
-        let done: BTreeSet<i32> = state
-            .chunks_done(target, &t.schema.id)
-            .await?
+        let done: BTreeSet<i32> = done_all
+            .remove(&ferry_apply::state::table_key(&t.schema.id))
+            .unwrap_or_default()
             .into_iter()
             .collect();
         let table = Arc::new(t.clone());
-        for chunk in plan_store::chunks(target, state, &t.schema.id).await? {
+        for chunk in planned.remove(&t.schema.id).unwrap_or_default() {
             if !done.contains(&(chunk.index as i32)) {
                 queue.push_back(Job {
                     chunk,

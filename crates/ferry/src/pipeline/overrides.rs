@@ -36,7 +36,7 @@
 use anyhow::Context;
 use ferry_apply::state::StateStore;
 use ferry_core::TableId;
-use ferry_core::schema::quote_ident;
+use ferry_core::schema::{quote_ident, quote_literal};
 use tokio_postgres::Client;
 use tracing::info;
 
@@ -204,7 +204,7 @@ async fn drop_foreign_keys(
 /// Record a foreign key built `NOT VALID` by post-data (inside the
 /// statement's transaction).
 pub async fn record_deferred_foreign_key(
-    target: &tokio_postgres::Transaction<'_>,
+    target: &tokio_postgres::Client,
     state: &StateStore,
     table: &str,
     constraint: &str,
@@ -235,7 +235,7 @@ pub async fn record_deferred_foreign_key(
 /// Returns how many were recorded; fewer than given when one is not on
 /// the target (the caller names it by recording them one at a time).
 pub async fn record_deferred_foreign_keys(
-    target: &tokio_postgres::Transaction<'_>,
+    target: &tokio_postgres::Client,
     state: &StateStore,
     keys: &[(&str, &str)],
 ) -> anyhow::Result<u64> {
@@ -264,6 +264,8 @@ struct Pending {
     table: String,
     object: String,
     original: String,
+    /// The table's size on disk, in bytes (the work of validating a key).
+    bytes: i64,
 }
 
 async fn pending(
@@ -275,7 +277,8 @@ async fn pending(
     let rows = client
         .query(
             &format!(
-                "SELECT o.kind, o.relid, format('%I.%I', n.nspname, c.relname), o.object, o.original
+                "SELECT o.kind, o.relid, format('%I.%I', n.nspname, c.relname), o.object, o.original,
+                        coalesce(pg_relation_size(c.oid), 0)
                    FROM {} o JOIN pg_class c ON c.oid = o.relid
                    JOIN pg_namespace n ON n.oid = c.relnamespace
                   WHERE o.done_at IS NULL AND o.kind = ANY($1)
@@ -294,6 +297,7 @@ async fn pending(
             table: r.get(2),
             object: r.get(3),
             original: r.get(4),
+            bytes: r.get(5),
         })
         .collect())
 }
@@ -389,6 +393,10 @@ pub async fn validate_foreign_keys(
             None => groups.push(vec![p]),
         }
     }
+    // The most work first (a table's keys are validated one after the
+    // other, each reading the whole table): the last group to start is a
+    // small one, not the largest table's keys while the other workers idle.
+    groups.sort_by_key(|g| std::cmp::Reverse(g.iter().map(|p| p.bytes).sum::<i64>()));
     let workers = config
         .load
         .index_parallelism
@@ -477,9 +485,9 @@ async fn validate_one(
     let mark = format!(
         "UPDATE {} SET done_at = now() WHERE kind = {} AND relid = {} AND object = {}",
         state.table("overrides"),
-        escaped_literal(&p.kind),
+        quote_literal(&p.kind),
         p.relid,
-        escaped_literal(&p.object)
+        quote_literal(&p.object)
     );
     client
         .batch_execute(&format!("{sql};\n{mark}"))
@@ -493,12 +501,6 @@ async fn validate_one(
         })?;
     info!(table = %p.table, constraint = %p.object, secs = started.elapsed().as_secs_f64(), "foreign key validated");
     Ok(shown)
-}
-
-/// An SQL string literal that reads the same whatever
-/// `standard_conforming_strings` is (`E'…'`, backslashes doubled).
-fn escaped_literal(s: &str) -> String {
-    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// Put every recorded change back (inside the caller's transaction):
@@ -572,6 +574,7 @@ mod tests {
             table: "app.\"Order Lines\"".into(),
             object: object.into(),
             original: original.into(),
+            bytes: 0,
         };
         // (recorded change, statement putting it back, how the record shows it)
         let cases = [
@@ -625,12 +628,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn literals_read_the_same_under_either_string_setting() {
-        assert_eq!(escaped_literal("fk"), "E'fk'");
-        assert_eq!(escaped_literal(r"o'k\x"), r"E'o''k\\x'");
-    }
-
     /// Two keys left `NOT VALID` by post-data, one of them broken by a
     /// row: the valid one is validated and marked done; the broken one is
     /// named with the server's reason, stays `NOT VALID` and unmarked
@@ -666,10 +663,10 @@ mod tests {
             .await
             .unwrap();
         let tx = client.transaction().await.unwrap();
-        record_deferred_foreign_key(&tx, &state, "public.\"good child\"", "it's ok")
+        record_deferred_foreign_key(tx.client(), &state, "public.\"good child\"", "it's ok")
             .await
             .unwrap();
-        record_deferred_foreign_key(&tx, &state, "public.bad_child", "bad_fk")
+        record_deferred_foreign_key(tx.client(), &state, "public.bad_child", "bad_fk")
             .await
             .unwrap();
         tx.commit().await.unwrap();

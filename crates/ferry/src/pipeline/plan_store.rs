@@ -167,6 +167,35 @@ pub async fn chunks(
         .collect())
 }
 
+/// The saved chunks of every table, by table, in one query.
+pub async fn all_chunks(
+    target: &Client,
+    state: &StateStore,
+) -> anyhow::Result<HashMap<TableId, Vec<Chunk>>> {
+    let sql = format!(
+        "SELECT chunk, rel_schema, rel_name, predicate, only_rel, total, table_schema, table_name
+           FROM {} ORDER BY table_schema, table_name, chunk",
+        state.table("load_plan")
+    );
+    let rows = target
+        .query(&sql, &[])
+        .await
+        .context("reading the chunk plan")?;
+    let mut chunks: HashMap<TableId, Vec<Chunk>> = HashMap::new();
+    for r in &rows {
+        let table = TableId::new(r.get::<_, String>(6), r.get::<_, String>(7));
+        chunks.entry(table.clone()).or_default().push(Chunk {
+            table,
+            relation: TableId::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+            index: r.get::<_, i32>(0) as usize,
+            total: r.get::<_, i32>(5) as usize,
+            predicate: r.get(3),
+            only: r.get(4),
+        });
+    }
+    Ok(chunks)
+}
+
 /// Record that `table` is (re)loaded from a snapshot taken at `at`: the
 /// stream must skip its changes from transactions committed before that.
 pub async fn set_table_snapshot<P: Position>(
@@ -305,55 +334,67 @@ pub async fn run_post_group(
 
 /// Run the statements `next` hands out (given the last one run and the
 /// time since the first began; `None` ends) and mark them done, in one
-/// transaction.
+/// transaction: `BEGIN`, the preamble and the first statement go as one
+/// text, the done mark and `COMMIT` as another (a key built in a
+/// transaction of its own is two round trips, not six).
 async fn run_in_one_transaction(
     target: &mut Client,
     state: &StateStore,
     preamble: &str,
     mut next: impl FnMut(Option<&PostStatement>, std::time::Duration) -> Option<PostStatement>,
 ) -> anyhow::Result<Vec<(PostStatement, std::time::Duration)>> {
-    let tx = target.transaction().await?;
-    if !preamble.trim().is_empty() {
-        tx.batch_execute(preamble)
-            .await
-            .context("post-data preamble")?;
-    }
-    let started = std::time::Instant::now();
-    let mut built: Vec<(PostStatement, std::time::Duration)> = Vec::new();
-    while let Some(s) = next(built.last().map(|(s, _)| s), started.elapsed()) {
-        let one = std::time::Instant::now();
-        tx.batch_execute(&s.sql)
-            .await
-            .with_context(|| format!("building {} {} on the target", s.kind, s.name))?;
-        if let Some((table, constraint)) = &s.deferred_fk {
-            super::overrides::record_deferred_foreign_key(&tx, state, table, constraint).await?;
+    let Some(first) = next(None, std::time::Duration::ZERO) else {
+        return Ok(Vec::new());
+    };
+    let target: &Client = target;
+    let built = async {
+        let started = std::time::Instant::now();
+        let mut built: Vec<(PostStatement, std::time::Duration)> = Vec::new();
+        let mut stmt = Some(first);
+        while let Some(s) = stmt {
+            let one = std::time::Instant::now();
+            let sql = match built.is_empty() {
+                true => format!("BEGIN;\n{preamble}\n;\n{}", s.sql),
+                false => s.sql.clone(),
+            };
+            target
+                .batch_execute(&sql)
+                .await
+                .with_context(|| format!("building {} {} on the target", s.kind, s.name))?;
+            if let Some((table, constraint)) = &s.deferred_fk {
+                super::overrides::record_deferred_foreign_key(target, state, table, constraint)
+                    .await?;
+            }
+            built.push((s, one.elapsed()));
+            stmt = next(built.last().map(|(s, _)| s), started.elapsed());
         }
-        built.push((s, one.elapsed()));
+        let seqs: Vec<i32> = built.iter().map(|(s, _)| s.seq).collect();
+        mark_done_and_commit(target, state, &seqs).await?;
+        anyhow::Ok(built)
     }
-    if built.is_empty() {
-        return Ok(built);
+    .await;
+    if built.is_err() && !target.is_closed() {
+        let _ = target.batch_execute("ROLLBACK").await;
     }
-    let seqs: Vec<i32> = built.iter().map(|(s, _)| s.seq).collect();
-    mark_done_and_commit(tx, state, &seqs).await?;
-    Ok(built)
+    built
 }
 
 /// Mark post-data statements `seqs` done and commit them with their
-/// objects.
+/// objects (in the caller's transaction), in one round trip.
 async fn mark_done_and_commit(
-    tx: tokio_postgres::Transaction<'_>,
+    target: &Client,
     state: &StateStore,
     seqs: &[i32],
 ) -> anyhow::Result<()> {
-    tx.execute(
-        &format!(
-            "UPDATE {} SET done_at = now() WHERE seq = ANY($1)",
-            state.table("post_data")
-        ),
-        &[&seqs],
-    )
-    .await?;
-    tx.commit().await?;
+    let seqs: Vec<String> = seqs.iter().map(i32::to_string).collect();
+    target
+        .batch_execute(&format!(
+            "UPDATE {} SET done_at = now() WHERE seq IN ({});\nCOMMIT",
+            state.table("post_data"),
+            seqs.join(", ")
+        ))
+        .await
+        .context("marking post-data statements done and committing them")?;
     Ok(())
 }
 
@@ -410,22 +451,30 @@ async fn run_as_one_text(
         sql.push_str(text);
         sql.push_str("\n;\n");
     }
-    let tx = target.transaction().await?;
-    tx.batch_execute(&sql).await?;
-    let keys: Vec<(&str, &str)> = stmts
-        .iter()
-        .filter_map(|s| s.deferred_fk.as_ref())
-        .map(|(table, name)| (table.as_str(), name.as_str()))
-        .collect();
-    if !keys.is_empty() {
-        let recorded = super::overrides::record_deferred_foreign_keys(&tx, state, &keys).await?;
-        anyhow::ensure!(
-            recorded == keys.len() as u64,
-            "{} of {} foreign keys built NOT VALID were not found on the target",
-            keys.len() as u64 - recorded.min(keys.len() as u64),
-            keys.len()
-        );
+    let target: &Client = target;
+    let done = async {
+        target.batch_execute(&format!("BEGIN;\n{sql}")).await?;
+        let keys: Vec<(&str, &str)> = stmts
+            .iter()
+            .filter_map(|s| s.deferred_fk.as_ref())
+            .map(|(table, name)| (table.as_str(), name.as_str()))
+            .collect();
+        if !keys.is_empty() {
+            let recorded =
+                super::overrides::record_deferred_foreign_keys(target, state, &keys).await?;
+            anyhow::ensure!(
+                recorded == keys.len() as u64,
+                "{} of {} foreign keys built NOT VALID were not found on the target",
+                keys.len() as u64 - recorded.min(keys.len() as u64),
+                keys.len()
+            );
+        }
+        let seqs: Vec<i32> = stmts.iter().map(|s| s.seq).collect();
+        mark_done_and_commit(target, state, &seqs).await
     }
-    let seqs: Vec<i32> = stmts.iter().map(|s| s.seq).collect();
-    mark_done_and_commit(tx, state, &seqs).await
+    .await;
+    if done.is_err() && !target.is_closed() {
+        let _ = target.batch_execute("ROLLBACK").await;
+    }
+    done
 }
