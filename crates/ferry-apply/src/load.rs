@@ -149,105 +149,92 @@ where
     E: Into<BoxError>,
 {
     let client: &Client = client;
-    let loaded = load_in_transaction(client, state, to, data, progress, replaced).await;
+    // Up to its COMMIT; rolled back below on an error.
+    let loaded = async {
+        let t = &to.target;
+        if let LoadData::TextCopy(_) = &data
+            && !to.kinds.is_empty()
+        {
+            return Err(Error::operator(
+                format!(
+                    "the source encoded the rows for {t} itself, but they need converting to the table's column types"
+                ),
+                "this is a ferry bug in the load; report it with the log",
+            ));
+        }
+        let binary = matches!(data, LoadData::BinaryCopy(_));
+        let copy = copy_sql(t, &to.columns, binary, to.freeze);
+        // A frozen load's table is a plain one (COPY FREEZE refuses a
+        // partitioned table): `ONLY`, no lookup.
+        let begin = match to.freeze {
+            true => format!(
+                "BEGIN; {}",
+                crate::writer::sql::truncate_sql(&[format!("ONLY {}", t.quoted())], false, false)
+            ),
+            false => "BEGIN".to_owned(),
+        };
+        let (begun, statement) = tokio::join!(client.batch_execute(&begin), client.prepare(&copy));
+        begun.map_err(|e| match to.freeze {
+            true => pg_error(format!("emptying {t} before a whole-table load"), e),
+            false => pg_error(format!("loading {t}"), e),
+        })?;
+        let statement = statement.map_err(|e| pg_error(format!("copying into {t}"), e))?;
+        if to.chunk.is_none() && !to.freeze {
+            let empty = crate::truncate::empty_sql(client, &[t.quoted()]).await?;
+            client
+                .batch_execute(&empty)
+                .await
+                .map_err(|e| pg_error(format!("emptying {t} before a whole-table load"), e))?;
+        }
+        let result = match data {
+            LoadData::BinaryCopy(s) | LoadData::TextCopy(s) => {
+                let format = match binary {
+                    true => Format::Binary,
+                    false => Format::Text,
+                };
+                copy_passthrough(client, t, &statement, s, progress, format).await?
+            }
+            LoadData::Rows(s) => {
+                copy_rows(client, t, &statement, &to.columns, &to.kinds, s, progress).await?
+            }
+        };
+        let chunk = to.chunk.unwrap_or(0);
+        let rows = i64::try_from(result.rows).unwrap_or(i64::MAX);
+        // The chunk's data stream has ended: its counts are complete.
+        let replaced = replaced
+            .map(ferry_core::source::ChunkReplaced::take)
+            .filter(|r| !r.is_empty())
+            .map(|r| quote_literal(&serde_json::to_string(&r).unwrap_or_default()))
+            .unwrap_or_else(|| "NULL".to_owned());
+        let key = quote_literal(&table_key(&to.source));
+        let whole = to.chunk.is_none();
+        // Literals, not parameters: the mark and the COMMIT go as one text.
+        let sql = format!(
+            "WITH c AS (INSERT INTO {chunks} (source_table, chunk, rows, replaced) VALUES ({key}, {chunk}, {rows}, {replaced}::text::jsonb)
+                 ON CONFLICT (source_table, chunk) DO UPDATE SET rows = EXCLUDED.rows, replaced = EXCLUDED.replaced, done_at = now())
+             UPDATE {tables} SET rows_copied = {copied}, updated_at = now() WHERE source_table = {key};
+             COMMIT",
+            chunks = state.table("chunks"),
+            tables = state.table("tables"),
+            copied = match whole {
+                true => rows.to_string(),
+                false => format!("rows_copied + {rows}"),
+            },
+        );
+        client.batch_execute(&sql).await.map_err(|e| {
+            pg_error(
+                format!("marking load of {t} chunk {chunk} done and committing it"),
+                e,
+            )
+        })?;
+        Ok(result)
+    }
+    .await;
     if loaded.is_err() && !client.is_closed() {
         let _ = client.batch_execute("ROLLBACK").await;
     }
     let result = loaded?;
     info!(table = %to.target, chunk = to.chunk.unwrap_or(0), rows = result.rows, bytes = result.bytes, "chunk loaded");
-    Ok(result)
-}
-
-/// [`load_chunk`] up to its `COMMIT`; the caller rolls back on an error.
-async fn load_in_transaction<B, R, E>(
-    client: &Client,
-    state: &StateStore,
-    to: &LoadTarget,
-    data: LoadData<B, R>,
-    progress: Option<&LoadProgress>,
-    replaced: Option<&ferry_core::source::ChunkReplaced>,
-) -> Result<LoadResult>
-where
-    B: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
-    R: Stream<Item = std::result::Result<Row, E>> + Unpin,
-    E: Into<BoxError>,
-{
-    let t = &to.target;
-    if let LoadData::TextCopy(_) = &data
-        && !to.kinds.is_empty()
-    {
-        return Err(Error::operator(
-            format!(
-                "the source encoded the rows for {t} itself, but they need converting to the table's column types"
-            ),
-            "this is a ferry bug in the load; report it with the log",
-        ));
-    }
-    let binary = matches!(data, LoadData::BinaryCopy(_));
-    let copy = copy_sql(t, &to.columns, binary, to.freeze);
-    // A frozen load's table is a plain one (COPY FREEZE refuses a
-    // partitioned table): `ONLY`, no lookup.
-    let begin = match to.freeze {
-        true => format!(
-            "BEGIN; {}",
-            crate::writer::sql::truncate_sql(&[format!("ONLY {}", t.quoted())], false, false)
-        ),
-        false => "BEGIN".to_owned(),
-    };
-    let (begun, statement) = tokio::join!(client.batch_execute(&begin), client.prepare(&copy));
-    begun.map_err(|e| match to.freeze {
-        true => pg_error(format!("emptying {t} before a whole-table load"), e),
-        false => pg_error(format!("loading {t}"), e),
-    })?;
-    let statement = statement.map_err(|e| pg_error(format!("copying into {t}"), e))?;
-    if to.chunk.is_none() && !to.freeze {
-        let empty = crate::truncate::empty_sql(client, &[t.quoted()]).await?;
-        client
-            .batch_execute(&empty)
-            .await
-            .map_err(|e| pg_error(format!("emptying {t} before a whole-table load"), e))?;
-    }
-    let result = match data {
-        LoadData::BinaryCopy(s) | LoadData::TextCopy(s) => {
-            let format = match binary {
-                true => Format::Binary,
-                false => Format::Text,
-            };
-            copy_passthrough(client, t, &statement, s, progress, format).await?
-        }
-        LoadData::Rows(s) => {
-            copy_rows(client, t, &statement, &to.columns, &to.kinds, s, progress).await?
-        }
-    };
-    let chunk = to.chunk.unwrap_or(0);
-    let rows = i64::try_from(result.rows).unwrap_or(i64::MAX);
-    // The chunk's data stream has ended: its counts are complete.
-    let replaced = replaced
-        .map(ferry_core::source::ChunkReplaced::take)
-        .filter(|r| !r.is_empty())
-        .map(|r| quote_literal(&serde_json::to_string(&r).unwrap_or_default()))
-        .unwrap_or_else(|| "NULL".to_owned());
-    let key = quote_literal(&table_key(&to.source));
-    let whole = to.chunk.is_none();
-    // Literals, not parameters: the mark and the COMMIT go as one text.
-    let sql = format!(
-        "WITH c AS (INSERT INTO {chunks} (source_table, chunk, rows, replaced) VALUES ({key}, {chunk}, {rows}, {replaced}::text::jsonb)
-             ON CONFLICT (source_table, chunk) DO UPDATE SET rows = EXCLUDED.rows, replaced = EXCLUDED.replaced, done_at = now())
-         UPDATE {tables} SET rows_copied = {copied}, updated_at = now() WHERE source_table = {key};
-         COMMIT",
-        chunks = state.table("chunks"),
-        tables = state.table("tables"),
-        copied = match whole {
-            true => rows.to_string(),
-            false => format!("rows_copied + {rows}"),
-        },
-    );
-    client.batch_execute(&sql).await.map_err(|e| {
-        pg_error(
-            format!("marking load of {t} chunk {chunk} done and committing it"),
-            e,
-        )
-    })?;
     Ok(result)
 }
 
