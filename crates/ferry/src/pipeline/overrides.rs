@@ -264,7 +264,8 @@ struct Pending {
     table: String,
     object: String,
     original: String,
-    /// The table's size on disk, in bytes (the work of validating a key).
+    /// A foreign key's table size on disk, in bytes (the work of
+    /// validating it); 0 for the other kinds (read at cutover too).
     bytes: i64,
 }
 
@@ -278,7 +279,7 @@ async fn pending(
         .query(
             &format!(
                 "SELECT o.kind, o.relid, format('%I.%I', n.nspname, c.relname), o.object, o.original,
-                        coalesce(pg_relation_size(c.oid), 0)
+                        CASE WHEN o.kind = 'foreign_key' THEN coalesce(pg_relation_size(c.oid), 0) ELSE 0 END
                    FROM {} o JOIN pg_class c ON c.oid = o.relid
                    JOIN pg_namespace n ON n.oid = c.relnamespace
                   WHERE o.done_at IS NULL AND o.kind = ANY($1)
