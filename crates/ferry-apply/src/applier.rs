@@ -14,7 +14,7 @@
 //! ```
 //!
 //! - `intake`: the channel plus events received ahead while the target
-//!   works.
+//!   works; `ahead`: those of them folded into the next batch meanwhile.
 //! - [`snapshot_skip`]: drops changes of tables (re)loaded from a snapshot
 //!   that already holds them ([`Applier::skip_before_snapshots`]).
 //! - [`batch`]: the batch being built and the flush policy
@@ -38,12 +38,16 @@
 //!   (behind a savepoint), a piece at a time, and committed only after its
 //!   `Commit`: memory stays bounded in bytes, whatever the row size.
 //! - While the target executes a batch (and each step of a large
-//!   transaction), up to `batch_rows` further events and `buffer_bytes` of
-//!   row data are received into a queue (`intake`), so the source
+//!   transaction), up to `batch_rows` further events and `buffer_bytes`
+//!   of row data are received ahead (`intake`), so the source
 //!   reader, decoder and walsender keep working instead of stalling on a
-//!   full channel; the queue is handled in order before the channel is read
-//!   again. Memory (sizes per [`ApproxBytes`]): the batch and the open
-//!   transaction together about `buffer_bytes`, the queue `buffer_bytes`.
+//!   full channel. While a batch commits, the next batch's plain
+//!   transactions are folded as they arrive (`ahead`: the applier's work
+//!   overlaps the target's); from the first event that needs the target
+//!   on, the events wait in a queue, handled in order before the channel
+//!   is read again. Memory (sizes per [`ApproxBytes`]): the batch and the
+//!   open transaction together about `buffer_bytes`, what is received
+//!   ahead (folded or queued) `buffer_bytes`.
 //! - `Heartbeat` with nothing pending moves the checkpoint (at most once per
 //!   second) and is acknowledged after that commit.
 //! - Pause ([`ApplierConfig::pause`], the same for every source): at the
@@ -103,6 +107,7 @@ use crate::fold::Fold;
 use crate::state::StateStore;
 use crate::writer::Writer;
 
+mod ahead;
 pub mod batch;
 mod intake;
 pub mod snapshot_skip;
@@ -112,6 +117,7 @@ pub use batch::{ApplyStats, FlushInput, should_flush};
 pub use snapshot_skip::skip_for_snapshot;
 pub use txn::TargetTxn;
 
+use ahead::Ahead;
 use batch::{Batch, TxnItem};
 use intake::{Intake, switched};
 
@@ -218,7 +224,7 @@ pub struct Applier<P: Position> {
     writer: Writer,
     cfg: ApplierConfig,
     stats: Arc<ApplyStats>,
-    schemas: HashMap<TableId, Arc<TableSchema>>,
+    schemas: foldhash::HashMap<TableId, Arc<TableSchema>>,
     /// Per table, the position of the snapshot it was (re)loaded from.
     snapshots: HashMap<TableId, P>,
     checkpoint: Option<P>,
@@ -262,7 +268,7 @@ impl<P: Position> Applier<P> {
             writer: Writer::new(tables),
             cfg,
             stats: Arc::new(ApplyStats::default()),
-            schemas: HashMap::new(),
+            schemas: foldhash::HashMap::default(),
             snapshots: HashMap::new(),
             checkpoint,
             last_heartbeat_write: None,
@@ -480,11 +486,8 @@ impl<P: Position> Applier<P> {
                 if self.batch.in_txn {
                     return Err(protocol_error("Begin inside a transaction"));
                 }
-                self.batch.in_txn = true;
-                self.batch.txn_final = final_position;
-                self.batch.txn_replaced.clear();
+                self.batch.begin(final_position);
                 self.copied_in_txn = false;
-                self.batch.started.get_or_insert_with(Instant::now);
             }
             Event::Change(change) => {
                 if !self.batch.in_txn {
@@ -586,11 +589,7 @@ impl<P: Position> Applier<P> {
         if was_spilled {
             self.txn.release_savepoint().await?;
         }
-        for (column, n) in std::mem::take(&mut self.batch.txn_replaced) {
-            *self.batch.replaced.entry(column).or_insert(0) += n;
-        }
-        self.batch.commits += 1;
-        self.batch.end = Some((position, time));
+        self.batch.committed(position, time);
         if was_spilled || std::mem::take(&mut self.ddl_in_batch) {
             // A transaction larger than a batch, or one with a schema
             // change: commit it now.
@@ -617,8 +616,6 @@ impl<P: Position> Applier<P> {
                             None => continue,
                         }
                     };
-                    self.batch.rows += 1;
-                    self.batch.fold_bytes += bytes;
                     let schema = c.table().and_then(|t| self.schemas.get(t)).cloned();
                     let recheck = self
                         .cfg
@@ -638,7 +635,8 @@ impl<P: Position> Applier<P> {
                         None => false,
                     };
                     if let Some(barrier) =
-                        self.batch.fold.push_with(c, schema.as_ref(), in_order)?
+                        self.batch
+                            .fold_change(c, bytes, schema.as_ref(), in_order)?
                     {
                         self.apply_pending(None).await?;
                         self.txn.begin(&mut self.writer).await?;
@@ -882,7 +880,7 @@ impl<P: Position> Applier<P> {
             writer.apply_fold(txn.client(), &fold).await
         };
         match intake {
-            Some(i) => i.overlap(work).await?,
+            Some(i) => i.overlap(work, Some).await?,
             None => work.await?,
         };
         Ok(())
@@ -899,11 +897,25 @@ impl<P: Position> Applier<P> {
             return Ok(());
         };
         let started = Instant::now();
-        let fold = self.batch.take_fold();
+        let mut done = std::mem::take(&mut self.batch);
+        let fold = done.take_fold();
+        let in_order = match (&intake, &self.cfg.recheck_order) {
+            (Some(_), None) => Some(self.writer.known_source_order()),
+            _ => None,
+        };
         let Applier {
-            txn, writer, batch, ..
+            txn,
+            writer,
+            batch,
+            schemas,
+            snapshots,
+            checkpoint,
+            copied_in_txn,
+            cfg,
+            stats,
+            ..
         } = self;
-        let replaced = &batch.replaced;
+        let replaced = &done.replaced;
         let work = async {
             txn.begin(writer).await?;
             if !fold.is_empty() {
@@ -914,12 +926,36 @@ impl<P: Position> Applier<P> {
             }
             txn.commit(writer, &position, time).await
         };
-        match intake {
-            Some(i) => i.overlap(work).await?,
-            None => work.await?,
+        // The next batch's events are folded while the target works
+        // (`ahead`), unless apply orders are decided afresh per batch.
+        let mut failed = None;
+        match (intake, in_order) {
+            (Some(i), Some(in_order)) => {
+                let mut ahead = Ahead {
+                    batch,
+                    schemas,
+                    snapshots,
+                    checkpoint: checkpoint.as_ref(),
+                    in_order,
+                    copied_in_txn,
+                    batch_rows: cfg.batch_rows,
+                    max_bytes: cfg.buffer_bytes / 2,
+                    max_txn_bytes: cfg.buffer_bytes / 2,
+                    failed: None,
+                    folded: 0,
+                };
+                let committed = i.overlap(work, |ev| ahead.take(ev)).await;
+                stats
+                    .transactions_folded_ahead
+                    .fetch_add(ahead.folded, Ordering::Relaxed);
+                committed?;
+                failed = ahead.failed;
+            }
+            (Some(i), None) => i.overlap(work, Some).await?,
+            (None, _) => work.await?,
         }
         drop(fold);
-        let batch = std::mem::take(&mut self.batch);
+        let batch = done;
         self.last_flush = Some(Instant::now());
         self.checkpoint = Some(position.clone());
         self.pending_heartbeat = None;
@@ -928,7 +964,7 @@ impl<P: Position> Applier<P> {
         self.stats.record_batch(&batch, took);
         self.stats.record_position(position.to_string(), time);
         debug!(lsn = %position, rows = batch.rows, txns = batch.commits, ms = took.as_millis() as u64, "batch applied");
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Checkpoint a heartbeat with nothing pending (rate-limited).

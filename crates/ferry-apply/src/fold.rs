@@ -44,11 +44,12 @@
 //! buffer (one allocation per new key only) and same-key merges move values
 //! instead of cloning them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use ferry_core::{Change, OldRow, Row, TableId, TableSchema, Value};
+use foldhash::{HashMap, HashMapExt};
 
 use crate::copy_text::push_copy_text_row;
 use crate::error::FoldError;

@@ -117,7 +117,7 @@ pub struct Writer {
     /// Staging table per source table (session-lived).
     staging: Staging,
     /// Per source table: applied in source order (see [`Writer::source_order`]).
-    source_order: HashMap<TableId, bool>,
+    source_order: foldhash::HashMap<TableId, bool>,
     /// Per source table: batches left that upsert with `ON CONFLICT` right
     /// away (a plain `INSERT` met an existing key).
     upsert_backoff: HashMap<TableId, u32>,
@@ -168,7 +168,7 @@ impl Writer {
         Writer {
             tables,
             staging: Staging::default(),
-            source_order: HashMap::new(),
+            source_order: foldhash::HashMap::default(),
             upsert_backoff: HashMap::new(),
             insert_savepoints: 0,
             insert_path: HashMap::new(),
@@ -208,6 +208,12 @@ impl Writer {
         Ok(sql::Target { id, partitioned })
     }
 
+    /// The apply order ([`Writer::source_order`]) of every table it was
+    /// decided for so far in this session.
+    pub(crate) fn known_source_order(&self) -> foldhash::HashMap<TableId, bool> {
+        self.source_order.clone()
+    }
+
     /// The target transaction ended (committed or not): see `staging`.
     pub(crate) fn txn_ended(&mut self, committed: bool) {
         self.staging.txn_ended(committed);
@@ -240,7 +246,7 @@ impl Writer {
         &mut self,
         client: &Client,
         barrier: &Barrier,
-        schemas: &HashMap<TableId, Arc<TableSchema>>,
+        schemas: &foldhash::HashMap<TableId, Arc<TableSchema>>,
     ) -> Result<()> {
         match barrier {
             Barrier::Truncate {

@@ -841,6 +841,14 @@ async fn many_small_transactions_over_many_batches_are_exact() {
     let (acks, applier) = run_events(&url, cfg(50, 60_000), ev).await;
     let stats = applier.stats();
     assert_eq!(stats.transactions_applied.load(Relaxed), 600);
+    // The feeder fills the channel while each batch commits: transactions
+    // are folded into the next batch meanwhile (key changes and the
+    // truncate are given back, and handled after the commit).
+    let ahead = stats.transactions_folded_ahead.load(Relaxed);
+    assert!(
+        ahead > 0,
+        "no transaction was folded while a batch committed"
+    );
     // A batch closes at the first commit past 50 rows (a transaction has
     // at most 5 changes), the spilled one aside.
     let batches = stats.batches.load(Relaxed);
@@ -867,4 +875,74 @@ async fn many_small_transactions_over_many_batches_are_exact() {
         .unwrap()
         .unwrap();
     assert_eq!(cp.position, Lsn(lsn));
+}
+
+/// A change that cannot be folded while a batch commits (a row wider than
+/// its table: reader output ferry cannot interpret) fails the run, but
+/// only after the batch being committed is done and acknowledged: nothing
+/// of the bad transaction is applied, nothing before it is lost.
+#[tokio::test]
+async fn a_change_that_fails_to_fold_ahead_fails_after_the_batch_before_commits() {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    let pg = server();
+    let db = pg.create_database("ahead_fails").unwrap();
+    pg.psql(&db, "CREATE TABLE u (id int PRIMARY KEY, v text);")
+        .unwrap();
+    let url = pg.url(&db);
+    let mut applier = applier(&url, cfg(6, 60_000)).await;
+    // Every event is in the channel before the run starts: while the
+    // first batch (two transactions of three rows) commits, the next two
+    // transactions (six events: as many as are received ahead with
+    // `batch_rows` = 6) are there to be folded ahead.
+    let three = |lsn: u64, ids: [i32; 3]| {
+        let mut ev = vec![begin()];
+        ev.extend(ids.map(|id| ins("u", vec![Value::Int4(id), txt("first")])));
+        ev.push(commit(lsn));
+        ev
+    };
+    let mut events = vec![Event::Relation(Arc::clone(&schemas()[2]))];
+    events.extend(three(10, [1, 2, 3]));
+    events.extend(three(15, [11, 12, 13]));
+    events.extend([
+        begin(),
+        ins("u", vec![Value::Int4(20), txt("second")]),
+        commit(20),
+        begin(),
+        ins("u", vec![Value::Int4(30), txt("too"), txt("wide")]),
+        commit(30),
+    ]);
+    let (tx, mut rx) = mpsc::channel(events.len());
+    for e in events {
+        tx.send(e).await.unwrap();
+    }
+    drop(tx);
+    let mut acks = Vec::new();
+    let err = applier
+        .run(&mut rx, |p: &Lsn| acks.push(*p), std::future::pending())
+        .await
+        .expect_err("a row wider than its table fails the run");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("table public.u: row has 3 columns, schema has 2"),
+        "{text}"
+    );
+    assert_eq!(acks, vec![Lsn(15)], "the batch before it is acknowledged");
+    assert_eq!(
+        applier.stats().transactions_folded_ahead.load(Relaxed),
+        1,
+        "the second transaction was folded while the first committed"
+    );
+    let c = connect(&url).await;
+    assert_eq!(
+        rows(&c, "SELECT id::text, v FROM u ORDER BY u.id").await,
+        vec![
+            "1|first", "2|first", "3|first", "11|first", "12|first", "13|first"
+        ]
+    );
+    let cp = read_checkpoint::<Lsn>(&c, &StateStore::new("ferry"), "main")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cp.position, Lsn(15));
 }

@@ -15,7 +15,8 @@ use ferry_core::ddl::DdlMessage;
 use ferry_core::value::Timestamp;
 use ferry_core::{Change, TableId, TableSchema};
 
-use crate::fold::Fold;
+use crate::error::FoldError;
+use crate::fold::{Barrier, Fold};
 
 /// What [`should_flush`] looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +138,40 @@ impl<P> Batch<P> {
         fold
     }
 
+    /// A source transaction begins; `final_position`: its commit position
+    /// as its `Begin` announced it (PostgreSQL), for the snapshot skip.
+    pub(super) fn begin(&mut self, final_position: Option<P>) {
+        self.in_txn = true;
+        self.txn_final = final_position;
+        self.txn_replaced.clear();
+        self.started.get_or_insert_with(Instant::now);
+    }
+
+    /// Fold a change of a committed transaction into the batch (`bytes`:
+    /// its size, `in_order`: its table's apply order, see
+    /// [`Fold::push_with`]).
+    pub(super) fn fold_change(
+        &mut self,
+        change: Change,
+        bytes: usize,
+        schema: Option<&Arc<TableSchema>>,
+        in_order: bool,
+    ) -> Result<Option<Barrier>, FoldError> {
+        self.rows += 1;
+        self.fold_bytes += bytes;
+        self.fold.push_with(change, schema, in_order)
+    }
+
+    /// The open source transaction, folded, committed at `position`: it
+    /// ends the batch so far.
+    pub(super) fn committed(&mut self, position: P, time: Timestamp) {
+        for (column, n) in std::mem::take(&mut self.txn_replaced) {
+            *self.replaced.entry(column).or_insert(0) += n;
+        }
+        self.commits += 1;
+        self.end = Some((position, time));
+    }
+
     /// Forget the open source transaction (its buffered items).
     pub(super) fn drop_txn(&mut self) {
         self.in_txn = false;
@@ -152,6 +187,9 @@ pub struct ApplyStats {
     pub changes_applied: AtomicU64,
     pub transactions_applied: AtomicU64,
     pub transactions_skipped: AtomicU64,
+    /// Transactions folded into the next batch while the target committed
+    /// the one before (see `applier::ahead`).
+    pub transactions_folded_ahead: AtomicU64,
     pub batches: AtomicU64,
     pub batch_micros_total: AtomicU64,
     pub last_batch_micros: AtomicU64,

@@ -128,6 +128,15 @@ where
     }
 }
 
+/// A new applier on a new session to `url` (state schema `ferry`, tables
+/// as on the source).
+pub async fn applier(url: &str, c: ApplierConfig) -> Applier<Lsn> {
+    let client = connect(url).await;
+    Applier::<Lsn>::new(client, StateStore::new("ferry"), TablesConfig::default(), c)
+        .await
+        .expect("applier")
+}
+
 /// Run an applier with `c` over `events` until the channel closes; returns
 /// the acknowledged positions and the applier.
 pub async fn run_events(
@@ -135,11 +144,7 @@ pub async fn run_events(
     c: ApplierConfig,
     events: Vec<Event<Lsn>>,
 ) -> (Vec<Lsn>, Applier<Lsn>) {
-    let client = connect(url).await;
-    let mut applier =
-        Applier::<Lsn>::new(client, StateStore::new("ferry"), TablesConfig::default(), c)
-            .await
-            .expect("applier");
+    let mut applier = applier(url, c).await;
     let (tx, mut rx) = mpsc::channel(4);
     let feeder = tokio::spawn(async move {
         for e in events {

@@ -42,7 +42,6 @@ pub mod streamed;
 pub mod text;
 pub mod types;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -52,6 +51,7 @@ use ferry_core::{
 };
 
 use ferry_core::ddl::{DDL_PREFIX, DdlMessage};
+use foldhash::{HashMap, HashMapExt};
 use message::{Message, RelationColumn, TupleValue};
 pub use streamed::Replay;
 pub use types::{CustomKind, CustomType, Missing, TypeCache, TypeResolver, ValueKind};
