@@ -639,9 +639,12 @@ fn a_failing_in_order_post_data_statement_is_named_and_nothing_of_its_transactio
             .unwrap();
     });
 
-    // 2. The next run builds them as one text and streams.
+    // 2. The next run builds them as one text and streams. The foreign
+    //    key is validated beside the catch-up, before the phase moves to
+    //    stream (a catch-up phase with a first batch applied may come
+    //    before the validation ends).
     let mut ferry = s.start_with("resume", &debug);
-    s.wait_streaming(&mut ferry);
+    s.wait_state_phase(&mut ferry, "stream");
     let log = std::fs::read_to_string(s.logs.path().join("resume.log")).unwrap();
     assert!(
         !log.contains(FELL_BACK),
