@@ -940,7 +940,6 @@ impl<P: Position> Applier<P> {
                     copied_in_txn,
                     batch_rows: cfg.batch_rows,
                     max_bytes: cfg.buffer_bytes / 2,
-                    max_txn_bytes: cfg.buffer_bytes / 2,
                     failed: None,
                     folded: 0,
                 };

@@ -41,12 +41,12 @@ pub(super) struct Ahead<'a, P> {
     /// The writer's apply order per table decided so far.
     pub(super) in_order: foldhash::HashMap<TableId, bool>,
     pub(super) copied_in_txn: &'a mut bool,
-    /// The batch's limits: at `batch_rows` changes or `max_bytes` folded
-    /// no further transaction begins here; an open one takes at most
-    /// `batch_rows` changes and `max_txn_bytes` before it is given back.
+    /// The limits the applier flushes and spills at: with `batch_rows`
+    /// changes or `max_bytes` folded no further transaction begins here;
+    /// an open one takes fewer than `batch_rows` changes and `max_bytes`
+    /// before it is given back (it would spill).
     pub(super) batch_rows: usize,
     pub(super) max_bytes: usize,
-    pub(super) max_txn_bytes: usize,
     /// A change could not be folded: the error, returned once the batch
     /// being committed is done; nothing more is taken.
     pub(super) failed: Option<Error>,
@@ -79,7 +79,7 @@ impl<P: Position> Ahead<'_, P> {
                 };
                 let bytes = change.approx_bytes();
                 if batch.txn.len() + 1 >= self.batch_rows
-                    || batch.txn_bytes + bytes >= self.max_txn_bytes
+                    || batch.txn_bytes + bytes >= self.max_bytes
                 {
                     return Some(Event::Change(change));
                 }
@@ -267,7 +267,6 @@ mod tests {
                 copied_in_txn: &mut self.copied,
                 batch_rows: 5,
                 max_bytes: 1 << 20,
-                max_txn_bytes: 1 << 20,
                 failed: None,
                 folded: 0,
             };
