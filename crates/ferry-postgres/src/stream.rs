@@ -453,11 +453,8 @@ impl StreamTask {
             } => {
                 let step = self.decode(start, |d| d.decode(&data, send_time)).await?;
                 match step {
-                    Step::Events(events) => {
-                        for ev in events {
-                            self.emit(ev).await?;
-                        }
-                    }
+                    Step::Event(Some(ev)) => self.emit(ev).await?,
+                    Step::Event(None) => {}
                     Step::Replay {
                         begin,
                         mut messages,
@@ -467,7 +464,9 @@ impl StreamTask {
                         while let Some(raw) =
                             messages.next_message().map_err(|e| e.into_error(start))?
                         {
-                            for ev in self.decode(start, |d| d.decode_replayed(&raw)).await? {
+                            if let Some(ev) =
+                                self.decode(start, |d| d.decode_replayed(&raw)).await?
+                            {
                                 self.emit(ev).await?;
                             }
                         }

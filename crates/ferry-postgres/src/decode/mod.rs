@@ -138,8 +138,9 @@ fn ddl_message(content: &[u8]) -> Result<DdlMessage, DecodeError> {
 /// What one message produced.
 #[derive(Debug)]
 pub enum Step {
-    /// Events to hand on, in order (usually zero or one, two for a new relation).
-    Events(Vec<Event<Lsn>>),
+    /// The event to hand on, if any (one message is at most one event: an
+    /// `Option`, not a `Vec`, so no allocation per message).
+    Event(Option<Event<Lsn>>),
     /// A streamed transaction committed: emit `begin`, then the events of
     /// each replayed message ([`Decoder::decode_replayed`]), then `commit`.
     Replay {
@@ -229,7 +230,7 @@ impl Decoder {
         self.replay_skipping = false;
         if let (Some(top), Some(xid)) = (self.in_stream, parsed.xid) {
             self.streams.push(top, xid, data)?;
-            return Ok(Step::Events(Vec::new()));
+            return Ok(Step::Event(None));
         }
         match parsed.message {
             Message::Origin { name, .. } => {
@@ -242,22 +243,22 @@ impl Decoder {
                         None => {}
                     }
                 }
-                Ok(Step::Events(Vec::new()))
+                Ok(Step::Event(None))
             }
             Message::StreamStart { xid, .. } => {
                 self.in_stream = Some(xid);
-                Ok(Step::Events(Vec::new()))
+                Ok(Step::Event(None))
             }
             Message::StreamStop => {
                 self.in_stream = None;
-                Ok(Step::Events(Vec::new()))
+                Ok(Step::Event(None))
             }
             Message::StreamAbort { xid, subxid } => {
                 if xid == subxid {
                     self.skipped_streams.remove(&xid);
                 }
                 self.streams.abort(xid, subxid);
-                Ok(Step::Events(Vec::new()))
+                Ok(Step::Event(None))
             }
             Message::StreamCommit {
                 xid,
@@ -285,12 +286,12 @@ impl Decoder {
                     },
                 })
             }
-            other => self.apply(other, send_time).map(Step::Events),
+            other => self.apply(other, send_time).map(Step::Event),
         }
     }
 
     /// Decode one message of a committed streamed transaction.
-    pub fn decode_replayed(&mut self, data: &[u8]) -> Result<Vec<Event<Lsn>>, DecodeError> {
+    pub fn decode_replayed(&mut self, data: &[u8]) -> Result<Option<Event<Lsn>>, DecodeError> {
         let parsed = message::parse(data, true)?;
         self.apply(parsed.message, Timestamp::now())
     }
@@ -299,7 +300,7 @@ impl Decoder {
         &mut self,
         msg: Message<'_>,
         send_time: Timestamp,
-    ) -> Result<Vec<Event<Lsn>>, DecodeError> {
+    ) -> Result<Option<Event<Lsn>>, DecodeError> {
         let ev = match msg {
             Message::Begin {
                 final_lsn,
@@ -343,7 +344,7 @@ impl Decoder {
             | Message::Truncate { .. }
                 if self.skipping || self.replay_skipping =>
             {
-                return Ok(Vec::new());
+                return Ok(None);
             }
             Message::Insert { oid, new } => {
                 let rel = self.relation_of(oid)?;
@@ -400,15 +401,16 @@ impl Decoder {
             } if prefix == DDL_PREFIX => Event::Ddl(Arc::new(ddl_message(content)?)),
             // Origin, Type (names come from the catalog), other logical
             // messages, and stream control outside a stream: nothing to emit.
-            _ => return Ok(Vec::new()),
+            _ => return Ok(None),
         };
-        Ok(vec![ev])
+        Ok(Some(ev))
     }
 
     fn relation_of(&self, oid: u32) -> Result<&Relation, DecodeError> {
-        self.relations
-            .get(&oid)
-            .ok_or(DecodeError::UnknownRelation { oid })
+        match self.relations.get(&oid) {
+            Some(rel) => Ok(rel),
+            None => Err(DecodeError::UnknownRelation { oid }),
+        }
     }
 
     fn relation(
@@ -418,7 +420,7 @@ impl Decoder {
         name: &str,
         replica_identity: u8,
         columns: &[RelationColumn<'_>],
-    ) -> Result<Vec<Event<Lsn>>, DecodeError> {
+    ) -> Result<Option<Event<Lsn>>, DecodeError> {
         let schema_name = if namespace.is_empty() {
             "pg_catalog"
         } else {
@@ -461,7 +463,7 @@ impl Decoder {
             .get(&oid)
             .is_some_and(|r| *r.schema == schema)
         {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let schema = Arc::new(schema);
         self.relations.insert(
@@ -471,7 +473,7 @@ impl Decoder {
                 kinds,
             },
         );
-        Ok(vec![Event::Relation(schema)])
+        Ok(Some(Event::Relation(schema)))
     }
 }
 
@@ -556,26 +558,26 @@ mod tests {
     #[test]
     fn unchanged_toast_is_never_null() {
         let mut d = Decoder::new(1 << 20, None);
-        let Step::Events(ev) = d.decode(&relation_msg(), Timestamp(0)).unwrap() else {
+        let Step::Event(ev) = d.decode(&relation_msg(), Timestamp(0)).unwrap() else {
             panic!()
         };
         assert!(
-            matches!(&ev[..], [Event::Relation(s)] if s.key == vec![0] && s.columns[1].pg_type == "text")
+            matches!(&ev, Some(Event::Relation(s)) if s.key == vec![0] && s.columns[1].pg_type == "text")
         );
-        let Step::Events(ev) = d.decode(&update_msg(), Timestamp(0)).unwrap() else {
+        let Step::Event(ev) = d.decode(&update_msg(), Timestamp(0)).unwrap() else {
             panic!()
         };
-        match &ev[..] {
-            [Event::Change(Change::Update { new, old: None, .. })] => {
+        match &ev {
+            Some(Event::Change(Change::Update { new, old: None, .. })) => {
                 assert_eq!(new.values, vec![Value::Int4(7), Value::Unchanged]);
             }
             other => panic!("{other:?}"),
         }
         // The same relation again is not announced again.
-        let Step::Events(ev) = d.decode(&relation_msg(), Timestamp(0)).unwrap() else {
+        let Step::Event(ev) = d.decode(&relation_msg(), Timestamp(0)).unwrap() else {
             panic!()
         };
-        assert!(ev.is_empty());
+        assert!(ev.is_none());
     }
 
     fn begin_msg(xid: u32) -> Vec<u8> {
@@ -606,7 +608,7 @@ mod tests {
         let mut out = Vec::new();
         for m in msgs {
             match d.decode(m, Timestamp(0)).unwrap() {
-                Step::Events(ev) => out.extend(ev),
+                Step::Event(ev) => out.extend(ev),
                 Step::Replay { .. } => panic!("no streamed transaction here"),
             }
         }

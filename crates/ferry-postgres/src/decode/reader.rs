@@ -23,8 +23,13 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        // Errors are built only when needed (`let … else`, not `ok_or`):
+        // this runs for every field of every change, and an error built
+        // eagerly is dropped there each time.
         let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
-        let end = end.ok_or(DecodeError::Truncated { message: self.what })?;
+        let Some(end) = end else {
+            return Err(DecodeError::Truncated { message: self.what });
+        };
         let out = &self.buf[self.pos..end];
         self.pos = end;
         Ok(out)
@@ -63,10 +68,9 @@ impl<'a> Reader<'a> {
     /// A NUL-terminated UTF-8 string.
     pub(crate) fn cstr(&mut self) -> Result<&'a str, DecodeError> {
         let rest = &self.buf[self.pos..];
-        let nul = rest
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or(DecodeError::Truncated { message: self.what })?;
+        let Some(nul) = rest.iter().position(|&b| b == 0) else {
+            return Err(DecodeError::Truncated { message: self.what });
+        };
         let s = std::str::from_utf8(&rest[..nul])
             .map_err(|_| DecodeError::InvalidUtf8 { message: self.what })?;
         self.pos += nul + 1;
