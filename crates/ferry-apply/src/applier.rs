@@ -880,7 +880,7 @@ impl<P: Position> Applier<P> {
             writer.apply_fold(txn.client(), &fold).await
         };
         match intake {
-            Some(i) => i.overlap(work, Some).await?,
+            Some(i) => i.overlap(work, |ev, _| Some(ev)).await?,
             None => work.await?,
         };
         Ok(())
@@ -943,14 +943,14 @@ impl<P: Position> Applier<P> {
                     failed: None,
                     folded: 0,
                 };
-                let committed = i.overlap(work, |ev| ahead.take(ev)).await;
+                let committed = i.overlap(work, |ev, bytes| ahead.take(ev, bytes)).await;
                 stats
                     .transactions_folded_ahead
                     .fetch_add(ahead.folded, Ordering::Relaxed);
                 committed?;
                 failed = ahead.failed;
             }
-            (Some(i), None) => i.overlap(work, Some).await?,
+            (Some(i), None) => i.overlap(work, |ev, _| Some(ev)).await?,
             (None, _) => work.await?,
         }
         drop(fold);

@@ -55,9 +55,10 @@ pub(super) struct Ahead<'a, P> {
 }
 
 impl<P: Position> Ahead<'_, P> {
-    /// Handle `ev` into the next batch when that needs nothing of the
-    /// target (see the module docs); otherwise give it back.
-    pub(super) fn take(&mut self, ev: Event<P>) -> Option<Event<P>> {
+    /// Handle `ev` (of `bytes`, as the intake counted it) into the next
+    /// batch when that needs nothing of the target (see the module docs);
+    /// otherwise give it back.
+    pub(super) fn take(&mut self, ev: Event<P>, bytes: usize) -> Option<Event<P>> {
         if self.failed.is_some() {
             return Some(ev);
         }
@@ -73,11 +74,15 @@ impl<P: Position> Ahead<'_, P> {
                 None
             }
             Event::Change(change) if batch.in_txn && !matches!(change, Change::Truncate { .. }) => {
-                let change = match self.snapshots.is_empty() {
-                    true => change,
-                    false => skip_for_snapshot(change, batch.txn_final.as_ref(), self.snapshots)?,
+                let (change, bytes) = match self.snapshots.is_empty() {
+                    true => (change, bytes),
+                    false => {
+                        let c =
+                            skip_for_snapshot(change, batch.txn_final.as_ref(), self.snapshots)?;
+                        let b = c.approx_bytes();
+                        (c, b)
+                    }
                 };
-                let bytes = change.approx_bytes();
                 if batch.txn.len() + 1 >= self.batch_rows
                     || batch.txn_bytes + bytes >= self.max_bytes
                 {
@@ -129,7 +134,11 @@ impl<P: Position> Ahead<'_, P> {
     /// `None` for an unknown table or order, and for an update that
     /// carries its old row (a key change, or a full replica identity).
     fn order(&self, c: &Change) -> Option<bool> {
-        let schema = self.schemas.get(c.table()?)?;
+        self.order_in(self.schemas.get(c.table()?)?, c)
+    }
+
+    /// [`Ahead::order`] with `c`'s schema looked up already.
+    fn order_in(&self, schema: &TableSchema, c: &Change) -> Option<bool> {
         let in_order = match schema.has_key() {
             true => *self.in_order.get(&schema.id)?,
             false => false,
@@ -149,8 +158,12 @@ impl<P: Position> Ahead<'_, P> {
             let TxnItem::Change(c, bytes) = item else {
                 continue;
             };
-            let in_order = self.order(&c).unwrap_or(false);
+            // One lookup per change: this runs for every change folded.
             let schema = c.table().and_then(|t| self.schemas.get(t)).cloned();
+            let in_order = schema
+                .as_ref()
+                .and_then(|s| self.order_in(s, &c))
+                .unwrap_or(false);
             match self.batch.fold_change(c, bytes, schema.as_ref(), in_order) {
                 Ok(None) => {}
                 Ok(Some(_)) => {
@@ -273,7 +286,10 @@ mod tests {
             let mut back = Vec::new();
             for ev in events {
                 match back.is_empty() {
-                    true => back.extend(ahead.take(ev)),
+                    true => {
+                        let bytes = ev.approx_bytes();
+                        back.extend(ahead.take(ev, bytes));
+                    }
                     false => back.push(ev),
                 }
             }

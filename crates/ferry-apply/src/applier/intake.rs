@@ -85,13 +85,13 @@ impl<'a, P> Intake<'a, P> {
     }
 
     /// Run `work` (target statements) to completion while receiving events:
-    /// each goes to `take` while the queue is empty (it handles the event,
-    /// or gives it back), else, and when given back, into the queue, so
-    /// the events are handled in order.
+    /// each goes to `take` with its bytes while the queue is empty (it
+    /// handles the event, or gives it back), else, and when given back,
+    /// into the queue, so the events are handled in order.
     pub(super) async fn overlap<T>(
         &mut self,
         work: impl Future<Output = T>,
-        mut take: impl FnMut(Event<P>) -> Option<Event<P>>,
+        mut take: impl FnMut(Event<P>, usize) -> Option<Event<P>>,
     ) -> T {
         tokio::pin!(work);
         let out = loop {
@@ -103,7 +103,7 @@ impl<'a, P> Intake<'a, P> {
                     Some(ev) => {
                         let bytes = ev.approx_bytes();
                         let ev = match self.queue.is_empty() {
-                            true => take(ev),
+                            true => take(ev, bytes),
                             false => Some(ev),
                         };
                         match ev {
