@@ -9,6 +9,11 @@
 //! keys, partition index attachment, triggers, …).
 //!
 //! Choices (documented for operators):
+//! - One `pg_dump --format=custom --schema-only` (one source session, the
+//!   catalog read once), split into the two sections by the `pg_restore`
+//!   beside it, locally ([`Via::Archive`]); two `pg_dump --section` runs
+//!   when there is no `pg_restore` there ([`Via::Sections`]). Both give the
+//!   same SQL text.
 //! - Whole schemas are dumped (`-n` per schema of a selected table, `-N` the
 //!   ferry state schema): `-t` would leave out the types, functions and
 //!   sequences the tables need. Unselected tables of those schemas are
@@ -166,27 +171,94 @@ pub async fn dump_schema(
         ));
     }
     let path = find_pg_dump()?;
-    // Both sections at once: each pg_dump is its own session (in the same
-    // exported snapshot when there is one), and most of its time is spent
-    // waiting on the server's catalog queries. The version check runs
-    // beside them and its verdict comes first: a pg_dump older than the
-    // server fails with the fix named, not with pg_dump's own message.
-    let (dump, server, pre_data, post_data) = tokio::join!(
-        pg_dump_version(&path),
-        server_version_num(client),
-        run_pg_dump(&path, endpoint, schemas, state_schema, "pre-data", snapshot),
-        run_pg_dump(
-            &path,
-            endpoint,
-            schemas,
-            state_schema,
-            "post-data",
-            snapshot
-        ),
-    );
+    let via = match pg_restore_beside(&path) {
+        Some(restore) => Via::Archive(restore),
+        None => Via::Sections,
+    };
+    dump_schema_via(
+        endpoint,
+        client,
+        schemas,
+        state_schema,
+        snapshot,
+        &path,
+        via,
+    )
+    .await
+}
+
+/// How the two sections are read from the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// One `pg_dump --format=custom --schema-only`, split into the two
+    /// sections by the `pg_restore` at this path, locally, without a
+    /// connection. The default wherever `pg_restore` sits beside
+    /// `pg_dump`: one source session reads the catalog once. Measured on
+    /// Pagila (PostgreSQL 15, 12 alternating rounds): 50 ms of source
+    /// server CPU against 100 ms for two `pg_dump --section` runs, the
+    /// same SQL text.
+    Archive(PathBuf),
+    /// Two `pg_dump --section` runs at once, each its own session.
+    Sections,
+}
+
+/// `pg_restore` in the directory of `pg_dump` (the same installation, so
+/// the same archive format), if there is one.
+pub fn pg_restore_beside(pg_dump: &Path) -> Option<PathBuf> {
+    let restore = pg_dump.parent()?.join("pg_restore");
+    restore.is_file().then_some(restore)
+}
+
+/// [`dump_schema`] with the `pg_dump` at `path`, read [`Via`] `via`.
+pub async fn dump_schema_via(
+    endpoint: &Endpoint,
+    client: &Client,
+    schemas: &[String],
+    state_schema: &str,
+    snapshot: Option<&str>,
+    path: &Path,
+    via: Via,
+) -> Result<SchemaDump, Error> {
+    let run = PgDumpRun {
+        pg_dump: path,
+        endpoint,
+        schemas,
+        state_schema,
+        snapshot,
+    };
+    let sections = async {
+        match &via {
+            Via::Archive(restore) => {
+                let archive = run.output(Dump::Archive).await?;
+                let (pre, post) = tokio::join!(
+                    run_pg_restore(restore, &archive, "pre-data"),
+                    run_pg_restore(restore, &archive, "post-data"),
+                );
+                Ok::<_, Error>((pre?, post?))
+            }
+            // Both sections at once: each pg_dump is its own session (in
+            // the same exported snapshot when there is one), and most of
+            // its time is spent waiting on the server's catalog queries.
+            Via::Sections => {
+                let (pre, post) = tokio::join!(
+                    run.output(Dump::Section("pre-data")),
+                    run.output(Dump::Section("post-data")),
+                );
+                Ok((
+                    text(pre?, "pg_dump --section=pre-data")?,
+                    text(post?, "pg_dump --section=post-data")?,
+                ))
+            }
+        }
+    };
+    // The version check runs beside the dump and its verdict comes first:
+    // a pg_dump older than the server fails with the fix named, not with
+    // pg_dump's own message.
+    let (dump, server, sections) =
+        tokio::join!(pg_dump_version(path), server_version_num(client), sections,);
     let dump = dump?;
     check_version(&dump, server? / 10_000)?;
-    let (pre_data, post_data) = (pre_data?, post_data?);
+    let (pre_data, post_data) = sections?;
     let post_data = strip_meta_commands(&post_data);
     let pre_data = tidy_pre_data(&pre_data);
     Ok(SchemaDump {
@@ -196,14 +268,114 @@ pub async fn dump_schema(
     })
 }
 
+/// What one `pg_dump` run writes: a plain-text section, or the whole
+/// schema as a custom-format archive.
+#[derive(Debug, Clone, Copy)]
+enum Dump {
+    Section(&'static str),
+    Archive,
+}
+
+impl Dump {
+    fn what(self) -> String {
+        match self {
+            Dump::Section(s) => format!("pg_dump --section={s}"),
+            Dump::Archive => "pg_dump --format=custom --schema-only".to_owned(),
+        }
+    }
+}
+
+/// The arguments every `pg_dump` run of one schema dump shares.
+struct PgDumpRun<'a> {
+    pg_dump: &'a Path,
+    endpoint: &'a Endpoint,
+    schemas: &'a [String],
+    state_schema: &'a str,
+    snapshot: Option<&'a str>,
+}
+
+/// `pg_dump`'s output as text, or an error naming `what`.
+fn text(out: Vec<u8>, what: &str) -> Result<String, Error> {
+    String::from_utf8(out).map_err(|_| {
+        Error::operator(
+            format!("{what} printed non-UTF-8 text"),
+            "set the source database encoding to UTF8 or report this as a bug",
+        )
+    })
+}
+
+/// One `pg_restore --section=… -f -` of a custom-format `archive`: the
+/// section's SQL, as `pg_dump --section` prints it. Runs locally; the
+/// archive goes in on standard input.
+async fn run_pg_restore(pg_restore: &Path, archive: &[u8], section: &str) -> Result<String, Error> {
+    use tokio::io::AsyncWriteExt;
+    let what = format!("pg_restore --section={section}");
+    let mut child = tokio::process::Command::new(pg_restore)
+        .args(["--no-owner", "--no-privileges", "--no-publications"])
+        .args(["--no-subscriptions", "--no-tablespaces"])
+        .arg(format!("--section={section}"))
+        // Not `--file -`: `pg_restore` before 12 reads that as a file name.
+        .arg("--file=/dev/stdout")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            Error::operator(
+                format!("cannot run {}: {e}", pg_restore.display()),
+                "check that pg_restore (beside pg_dump) is installed and executable",
+            )
+        })?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    // Written while the output is read: either may fill its pipe first.
+    let write = async move {
+        let written = stdin.write_all(archive).await;
+        drop(stdin);
+        written
+    };
+    let (written, out) = tokio::join!(write, child.wait_with_output());
+    let out = out.map_err(|e| {
+        Error::operator(
+            format!("{what}: {e}"),
+            "check that pg_restore (beside pg_dump) is installed and executable",
+        )
+    })?;
+    if !out.status.success() || written.is_err() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::operator(
+            format!(
+                "{what} of the schema archive failed ({}): {}",
+                out.status,
+                stderr.trim()
+            ),
+            "report this as a ferry bug with the pg_dump version; meanwhile point FERRY_PG_DUMP at a pg_dump without a pg_restore beside it",
+        ));
+    }
+    text(out.stdout, &what)
+}
+
+impl PgDumpRun<'_> {
+    /// Run `pg_dump` for `dump`; its standard output.
+    async fn output(&self, dump: Dump) -> Result<Vec<u8>, Error> {
+        let PgDumpRun {
+            pg_dump,
+            endpoint,
+            schemas,
+            state_schema,
+            snapshot,
+        } = *self;
+        run_pg_dump(pg_dump, endpoint, schemas, state_schema, dump, snapshot).await
+    }
+}
+
 async fn run_pg_dump(
     pg_dump: &Path,
     endpoint: &Endpoint,
     schemas: &[String],
     state_schema: &str,
-    section: &str,
+    dump: Dump,
     snapshot: Option<&str>,
-) -> Result<String, Error> {
+) -> Result<Vec<u8>, Error> {
     let config = pg_config(endpoint, "source")?;
     let mut cmd = tokio::process::Command::new(pg_dump);
     cmd.args(["--schema-only", "--no-owner", "--no-privileges"])
@@ -211,8 +383,12 @@ async fn run_pg_dump(
             "--no-publications",
             "--no-subscriptions",
             "--no-tablespaces",
-        ])
-        .arg(format!("--section={section}"));
+        ]);
+    match dump {
+        Dump::Section(section) => cmd.arg(format!("--section={section}")),
+        // Schema only: the archive holds no data blocks to compress.
+        Dump::Archive => cmd.args(["--format=custom", "--compress=0"]),
+    };
     if let Some(name) = snapshot {
         cmd.arg(format!("--snapshot={name}"));
     }
@@ -274,7 +450,8 @@ async fn run_pg_dump(
         let stderr = String::from_utf8_lossy(&out.stderr);
         return Err(Error::operator(
             format!(
-                "pg_dump --section={section} of {} failed ({}): {}",
+                "{} of {} failed ({}): {}",
+                dump.what(),
                 endpoint.url,
                 out.status,
                 stderr.trim()
@@ -282,12 +459,7 @@ async fn run_pg_dump(
             "fix the cause pg_dump reports (privileges on the dumped schemas, connectivity)",
         ));
     }
-    String::from_utf8(out.stdout).map_err(|_| {
-        Error::operator(
-            format!("pg_dump --section={section} printed non-UTF-8 text"),
-            "set the source database encoding to UTF8 or report this as a bug",
-        )
-    })
+    Ok(out.stdout)
 }
 
 /// Run a dump section (or any SQL text) on `client` in one transaction,
@@ -695,5 +867,20 @@ ALTER TABLE ONLY public.film
         assert!(e.contains("version 13"), "{e}");
         assert!(e.contains("PostgreSQL 16"), "{e}");
         assert!(e.contains("install postgresql-client-16"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_broken_schema_archive_names_pg_restore_and_the_section() {
+        let pg_dump = find_pg_dump().unwrap();
+        let restore = pg_restore_beside(&pg_dump).expect("pg_restore beside pg_dump");
+        let e = run_pg_restore(&restore, b"not an archive", "post-data")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pg_restore --section=post-data of the schema archive failed"),
+            "{e}"
+        );
+        assert!(e.contains("FERRY_PG_DUMP"), "{e}");
     }
 }

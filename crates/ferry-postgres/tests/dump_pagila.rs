@@ -7,7 +7,9 @@ use ferry_core::RedactedUrl;
 use ferry_core::config::{Endpoint, SslMode, TablesConfig};
 use ferry_postgres::catalog::read_catalog;
 use ferry_postgres::connect::connect;
-use ferry_postgres::dump::{apply_sql, dump_schema, split_post_data};
+use ferry_postgres::dump::{
+    Via, apply_sql, dump_schema, dump_schema_via, find_pg_dump, pg_restore_beside, split_post_data,
+};
 use ferry_postgres::snapshot::{SnapshotSession, column_list, plan_chunks};
 use ferry_testkit::{PgOptions, PgServer};
 use futures_util::{SinkExt, StreamExt};
@@ -31,6 +33,49 @@ const SUMMARY: &str = "SELECT (SELECT count(*) FROM pg_constraint c JOIN pg_name
                      + 1000000 * (SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
                                   JOIN pg_namespace n ON n.oid = c.relnamespace
                                   WHERE n.nspname = 'public' AND NOT t.tgisinternal)";
+
+/// The schema is read with one `pg_dump` into an archive, split by
+/// `pg_restore`: the same SQL as two `pg_dump --section` runs, apart from
+/// the random key of pg_dump's `\restrict` lines (dropped with the other
+/// psql meta-commands).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_archive_gives_the_sections_two_pg_dumps_give() {
+    let pg = PgServer::start(PgOptions::new()).expect("start postgres");
+    let src = pg.create_database("dump_src").unwrap();
+    pg.load_pagila(&src).unwrap();
+    let src_ep = endpoint(&pg.url(&src));
+    let source = connect(&src_ep, "source").await.unwrap();
+    let path = find_pg_dump().unwrap();
+    let restore = pg_restore_beside(&path).expect("pg_restore beside pg_dump");
+    let schemas = ["public".to_owned()];
+    let archive = dump_schema_via(
+        &src_ep,
+        &source,
+        &schemas,
+        "ferry",
+        None,
+        &path,
+        Via::Archive(restore),
+    )
+    .await
+    .unwrap();
+    let sections = dump_schema_via(
+        &src_ep,
+        &source,
+        &schemas,
+        "ferry",
+        None,
+        &path,
+        Via::Sections,
+    )
+    .await
+    .unwrap();
+    assert!(archive.pre_data.contains("CREATE TABLE public.rental"));
+    assert!(archive.post_data.contains("ADD CONSTRAINT rental_pkey"));
+    assert!(!archive.pre_data.contains("ADD CONSTRAINT rental_pkey"));
+    assert_eq!(archive.pre_data, sections.pre_data);
+    assert_eq!(archive.post_data, sections.post_data);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pagila_schema_round_trip() {
