@@ -87,6 +87,46 @@ fn fenced_cutover_under_concurrent_writes() {
     });
 }
 
+/// The sum of the samples of metric `name` (every label) in a `/metrics`
+/// response.
+fn metric_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Once everything is applied, `/metrics` counts every row change received
+/// and every change applied, per table, with the batches that applied them.
+fn wait_change_metrics(s: &Migration) -> f64 {
+    let start = Instant::now();
+    loop {
+        let m = s.control_get("/metrics");
+        let received = metric_sum(&m, "ferry_received_changes_total");
+        let applied = metric_sum(&m, "ferry_applied_changes_total");
+        let accounts = metric_sum(&m, "ferry_applied_changes_total{table=\"public.accounts\"}");
+        let batches = metric_sum(&m, "ferry_apply_batches_total");
+        let timed = metric_sum(&m, "ferry_apply_batch_seconds_count");
+        if received > 0.0
+            && received == applied
+            && accounts > 0.0
+            && batches > 0.0
+            && timed == batches
+        {
+            return received;
+        }
+        assert!(
+            start.elapsed() < s.long(),
+            "received {received} and applied {applied} changes (accounts {accounts}) in {batches} batches ({timed} timed):\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn lag_pause_backlog_refusals_and_metrics() {
     let s = setup();
@@ -155,11 +195,20 @@ fn lag_pause_backlog_refusals_and_metrics() {
     );
     let code = first_cut.wait(Duration::from_secs(60)).unwrap();
     assert_eq!(code, Some(2), "the timed-out cutover fails");
-    let _ = writer.stop();
+    let writer_transactions = writer.stop().unwrap();
 
     // Resume: the backlog drains and lag returns to zero.
     assert_eq!(s.ferry(&["resume"]).code, Some(0));
     wait_lag(&s, |l| l == 0.0, "zero after resume");
+    // Every change the writer made counted as received and as applied
+    // (more changes than transactions: the writer's transactions write
+    // several rows).
+    let changes = wait_change_metrics(&s);
+    let transactions = writer_transactions as f64;
+    assert!(
+        changes > transactions,
+        "{changes} changes of {transactions} transactions"
+    );
 
     // A backlog of many small transactions at the moment of cutover: pause,
     // let 500 transactions pile up, resume and cut over at once; the cutover

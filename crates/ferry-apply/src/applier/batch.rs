@@ -202,12 +202,28 @@ pub struct ApplyStats {
     pub ddl_not_carried: AtomicU64,
     per_table: Mutex<BTreeMap<TableId, u64>>,
     last_applied: Mutex<Option<(String, Timestamp)>>,
+    /// Batch durations the monitor has not published yet (for the
+    /// `ferry_apply_batch_seconds` histogram), at most
+    /// [`UNPUBLISHED_BATCHES`].
+    unpublished: Mutex<Vec<Duration>>,
 }
+
+/// Batch durations kept for the monitor, at most: it takes them every
+/// second or so, and a batch is at least one target round trip.
+const UNPUBLISHED_BATCHES: usize = 65_536;
 
 impl ApplyStats {
     /// Changes applied per source table.
     pub fn per_table(&self) -> BTreeMap<TableId, u64> {
         self.per_table.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// The durations of the batches committed since the last call.
+    pub fn take_batch_durations(&self) -> Vec<Duration> {
+        self.unpublished
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default()
     }
 
     /// Last applied position (as text) and its commit time.
@@ -230,6 +246,11 @@ impl ApplyStats {
             for (t, n) in tables {
                 *m.entry(t.clone()).or_default() += n;
             }
+        }
+        if let Ok(mut d) = self.unpublished.lock()
+            && d.len() < UNPUBLISHED_BATCHES
+        {
+            d.push(took);
         }
     }
 

@@ -11,7 +11,7 @@
 //! unapplied commit or heartbeat, growing while the pipeline stalls, zero
 //! when caught up. No lock here is held across an `.await`.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use std::sync::{Arc, Mutex};
@@ -162,7 +162,6 @@ impl<P: Position> Live<P> {
                 q.push_back((final_position, at));
             }
         });
-        self.metrics.received(1);
     }
 
     /// Everything up to `position` is committed in the target.
@@ -235,21 +234,35 @@ impl<P: Position> Live<P> {
         lock(&self.stats, |s| *s = Some(stats));
     }
 
-    /// Carry the applier's counters into the metrics; `seen` remembers the
-    /// stats object and value published last (a reconnected applier starts
-    /// its counters at 0, the metric keeps counting).
-    pub fn publish_apply_counters(&self, seen: &mut (usize, u64)) {
+    /// Carry the applier's counters into the metrics: changes applied per
+    /// table, batches and their durations, changes applied in source order.
+    /// `seen` remembers the stats object and the values published last (a
+    /// reconnected applier starts its counters at 0, the metrics keep
+    /// counting).
+    pub fn publish_apply_counters(&self, seen: &mut ApplySeen) {
         let Some(stats) = lock(&self.stats, |s| s.clone()) else {
             return;
         };
         let id = Arc::as_ptr(&stats) as usize;
-        if id != seen.0 {
-            *seen = (id, 0);
+        if id != seen.stats {
+            *seen = ApplySeen {
+                stats: id,
+                ..ApplySeen::default()
+            };
         }
         let now = stats.source_order_changes.load(Ordering::Relaxed);
         self.metrics
-            .source_order_changes(now.saturating_sub(seen.1));
-        seen.1 = now;
+            .source_order_changes(now.saturating_sub(seen.source_order));
+        seen.source_order = now;
+        for (table, n) in stats.per_table() {
+            let before = seen.per_table.insert(table.clone(), n).unwrap_or(0);
+            if n > before {
+                self.metrics.applied(&table.to_string(), n - before);
+            }
+        }
+        for took in stats.take_batch_durations() {
+            self.metrics.batch(took);
+        }
     }
 
     pub fn set_error(&self, message: String) {
@@ -374,6 +387,15 @@ fn system_time(t: ferry_core::value::Timestamp) -> SystemTime {
     }
 }
 
+/// What [`Live::publish_apply_counters`] published last, of which
+/// applier's stats (by address).
+#[derive(Debug, Default)]
+pub struct ApplySeen {
+    stats: usize,
+    source_order: u64,
+    per_table: BTreeMap<TableId, u64>,
+}
+
 /// Poll the source head, emit heartbeats, refresh the source's retention
 /// (slot health) and table progress, and publish the lag metrics, until
 /// `stop` resolves. A lost session is opened again at the next tick.
@@ -388,7 +410,7 @@ pub async fn run_monitor<S: Source>(
     let mut tick = tokio::time::interval(HEAD_EVERY);
     let (mut last_heartbeat, mut last_details) =
         (None::<std::time::Instant>, None::<std::time::Instant>);
-    let mut apply_seen = (0, 0);
+    let mut apply_seen = ApplySeen::default();
     loop {
         let wanted = tokio::select! {
             biased;

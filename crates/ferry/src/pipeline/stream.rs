@@ -237,7 +237,8 @@ fn supervise_context<P: Position>(config: &Config, live: &Arc<Live<P>>) -> Super
 }
 
 /// Run inline in the reader ([`ChangeOptions::map`]) on every event: each
-/// transaction is recorded as received, for the lag figures; each carried
+/// transaction is recorded as received, for the lag figures, and each row
+/// change counted (`ferry_received_changes_total`); each carried
 /// schema change, and the `Relation` of a table not carried yet, updates
 /// the list of carried tables; with existing
 /// target tables, each `Relation` gets the target's column names and types
@@ -250,7 +251,11 @@ fn event_map<P: Position>(
     mapping: Option<Arc<Mapping>>,
 ) -> impl FnMut(Event<P>) -> Option<Event<P>> + Send + 'static {
     let schema_sync = ferry_apply::schema_sync::SchemaSync::new(live.config.tables.clone(), true);
+    let received = live.metrics.received_counter();
     move |event| {
+        if let Event::Change(_) = &event {
+            received.add(1);
+        }
         if let Event::Ddl(msg) = &event
             && let Ok(mut carried) = live.carried.lock()
         {
