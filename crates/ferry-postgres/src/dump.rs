@@ -326,7 +326,12 @@ async fn run_pg_restore(pg_restore: &Path, archive: &[u8], section: &str) -> Res
                 "check that pg_restore (beside pg_dump) is installed and executable",
             )
         })?;
-    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let Some(mut stdin) = child.stdin.take() else {
+        return Err(Error::operator(
+            format!("{what}: no pipe to its standard input"),
+            "report this as a ferry bug",
+        ));
+    };
     // Written while the output is read: either may fill its pipe first.
     let write = async move {
         let written = stdin.write_all(archive).await;
@@ -340,8 +345,14 @@ async fn run_pg_restore(pg_restore: &Path, archive: &[u8], section: &str) -> Res
             "check that pg_restore (beside pg_dump) is installed and executable",
         )
     })?;
-    if !out.status.success() || written.is_err() {
+    // A write that failed while pg_restore still succeeded (it stopped
+    // reading once it had what it needed) loses nothing.
+    if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = match written {
+            Ok(()) => stderr.into_owned(),
+            Err(e) => format!("{}; writing the archive to it: {e}", stderr.trim()),
+        };
         return Err(Error::operator(
             format!(
                 "{what} of the schema archive failed ({}): {}",

@@ -48,28 +48,9 @@ async fn one_archive_gives_the_sections_two_pg_dumps_give() {
     let path = find_pg_dump().unwrap();
     let restore = pg_restore_beside(&path).expect("pg_restore beside pg_dump");
     let schemas = ["public".to_owned()];
-    let archive = dump_schema_via(
-        &src_ep,
-        &source,
-        &schemas,
-        "ferry",
-        None,
-        &path,
-        Via::Archive(restore),
-    )
-    .await
-    .unwrap();
-    let sections = dump_schema_via(
-        &src_ep,
-        &source,
-        &schemas,
-        "ferry",
-        None,
-        &path,
-        Via::Sections,
-    )
-    .await
-    .unwrap();
+    let dump = |via| dump_schema_via(&src_ep, &source, &schemas, "ferry", None, &path, via);
+    let archive = dump(Via::Archive(restore)).await.unwrap();
+    let sections = dump(Via::Sections).await.unwrap();
     assert!(archive.pre_data.contains("CREATE TABLE public.rental"));
     assert!(archive.post_data.contains("ADD CONSTRAINT rental_pkey"));
     assert!(!archive.pre_data.contains("ADD CONSTRAINT rental_pkey"));
