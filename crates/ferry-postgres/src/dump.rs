@@ -375,102 +375,91 @@ impl PgDumpRun<'_> {
             state_schema,
             snapshot,
         } = *self;
-        run_pg_dump(pg_dump, endpoint, schemas, state_schema, dump, snapshot).await
+        let config = pg_config(endpoint, "source")?;
+        let mut cmd = tokio::process::Command::new(pg_dump);
+        cmd.args(["--schema-only", "--no-owner", "--no-privileges"])
+            .args([
+                "--no-publications",
+                "--no-subscriptions",
+                "--no-tablespaces",
+            ]);
+        match dump {
+            Dump::Section(section) => cmd.arg(format!("--section={section}")),
+            // Schema only: the archive holds no data blocks to compress.
+            Dump::Archive => cmd.args(["--format=custom", "--compress=0"]),
+        };
+        if let Some(name) = snapshot {
+            cmd.arg(format!("--snapshot={name}"));
+        }
+        // A quoted identifier is a pg_dump pattern that matches the name
+        // literally (no case folding, `*`/`?`/`.` not special).
+        for s in schemas {
+            cmd.arg(format!("--schema={}", quote_ident(s)));
+        }
+        cmd.arg(format!("--exclude-schema={}", quote_ident(state_schema)));
+        for var in [
+            "PGSERVICE",
+            "PGSERVICEFILE",
+            "PGOPTIONS",
+            "PGPASSFILE",
+            "PGSSLCERT",
+            "PGSSLKEY",
+        ] {
+            cmd.env_remove(var);
+        }
+        let hosts: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                Host::Tcp(s) => s.clone(),
+                Host::Unix(p) => p.display().to_string(),
+            })
+            .collect();
+        if !hosts.is_empty() {
+            cmd.env("PGHOST", hosts.join(","));
+        }
+        let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+        if !ports.is_empty() {
+            cmd.env("PGPORT", ports.join(","));
+        }
+        if let Some(u) = config.get_user() {
+            cmd.env("PGUSER", u);
+        }
+        if let Some(db) = config.get_dbname() {
+            cmd.env("PGDATABASE", db);
+        }
+        match config.get_password() {
+            Some(pw) => cmd.env("PGPASSWORD", String::from_utf8_lossy(pw).as_ref()),
+            None => cmd.env_remove("PGPASSWORD"),
+        };
+        cmd.env("PGSSLMODE", endpoint.effective_sslmode().to_string())
+            .env("PGAPPNAME", "ferry-pg_dump")
+            .env("PGCONNECT_TIMEOUT", "15");
+        match endpoint.effective_sslrootcert() {
+            Some(p) => cmd.env("PGSSLROOTCERT", p),
+            None => cmd.env_remove("PGSSLROOTCERT"),
+        };
+        let out = cmd.output().await.map_err(|e| {
+            Error::operator(
+                format!("cannot run {}: {e}", pg_dump.display()),
+                "check that pg_dump is installed and executable",
+            )
+        })?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            return Err(Error::operator(
+                format!(
+                    "{} of {} failed ({}): {}",
+                    dump.what(),
+                    endpoint.url,
+                    out.status,
+                    stderr.trim()
+                ),
+                "fix the cause pg_dump reports (privileges on the dumped schemas, connectivity)",
+            ));
+        }
+        Ok(out.stdout)
     }
-}
-
-async fn run_pg_dump(
-    pg_dump: &Path,
-    endpoint: &Endpoint,
-    schemas: &[String],
-    state_schema: &str,
-    dump: Dump,
-    snapshot: Option<&str>,
-) -> Result<Vec<u8>, Error> {
-    let config = pg_config(endpoint, "source")?;
-    let mut cmd = tokio::process::Command::new(pg_dump);
-    cmd.args(["--schema-only", "--no-owner", "--no-privileges"])
-        .args([
-            "--no-publications",
-            "--no-subscriptions",
-            "--no-tablespaces",
-        ]);
-    match dump {
-        Dump::Section(section) => cmd.arg(format!("--section={section}")),
-        // Schema only: the archive holds no data blocks to compress.
-        Dump::Archive => cmd.args(["--format=custom", "--compress=0"]),
-    };
-    if let Some(name) = snapshot {
-        cmd.arg(format!("--snapshot={name}"));
-    }
-    // A quoted identifier is a pg_dump pattern that matches the name
-    // literally (no case folding, `*`/`?`/`.` not special).
-    for s in schemas {
-        cmd.arg(format!("--schema={}", quote_ident(s)));
-    }
-    cmd.arg(format!("--exclude-schema={}", quote_ident(state_schema)));
-    for var in [
-        "PGSERVICE",
-        "PGSERVICEFILE",
-        "PGOPTIONS",
-        "PGPASSFILE",
-        "PGSSLCERT",
-        "PGSSLKEY",
-    ] {
-        cmd.env_remove(var);
-    }
-    let hosts: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .map(|h| match h {
-            Host::Tcp(s) => s.clone(),
-            Host::Unix(p) => p.display().to_string(),
-        })
-        .collect();
-    if !hosts.is_empty() {
-        cmd.env("PGHOST", hosts.join(","));
-    }
-    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
-    if !ports.is_empty() {
-        cmd.env("PGPORT", ports.join(","));
-    }
-    if let Some(u) = config.get_user() {
-        cmd.env("PGUSER", u);
-    }
-    if let Some(db) = config.get_dbname() {
-        cmd.env("PGDATABASE", db);
-    }
-    match config.get_password() {
-        Some(pw) => cmd.env("PGPASSWORD", String::from_utf8_lossy(pw).as_ref()),
-        None => cmd.env_remove("PGPASSWORD"),
-    };
-    cmd.env("PGSSLMODE", endpoint.effective_sslmode().to_string())
-        .env("PGAPPNAME", "ferry-pg_dump")
-        .env("PGCONNECT_TIMEOUT", "15");
-    match endpoint.effective_sslrootcert() {
-        Some(p) => cmd.env("PGSSLROOTCERT", p),
-        None => cmd.env_remove("PGSSLROOTCERT"),
-    };
-    let out = cmd.output().await.map_err(|e| {
-        Error::operator(
-            format!("cannot run {}: {e}", pg_dump.display()),
-            "check that pg_dump is installed and executable",
-        )
-    })?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(Error::operator(
-            format!(
-                "{} of {} failed ({}): {}",
-                dump.what(),
-                endpoint.url,
-                out.status,
-                stderr.trim()
-            ),
-            "fix the cause pg_dump reports (privileges on the dumped schemas, connectivity)",
-        ));
-    }
-    Ok(out.stdout)
 }
 
 /// Run a dump section (or any SQL text) on `client` in one transaction,
