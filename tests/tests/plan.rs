@@ -18,9 +18,22 @@ fn postgres_source_ready() {
     source.load_chinook(&db).unwrap();
     // Row estimates come from the statistics (reltuples), as on any analysed database.
     source.psql(&db, "ANALYZE").unwrap();
-    let (_t, target_url) = target();
+    let (t, target_url) = target();
     let ran = run(ferry(&source.url(&db), &target_url).unwrap().arg("plan")).unwrap();
     assert_eq!(ran.code, Some(0), "{}", ran.all());
+    // The checks only read: on a target ferry never ran on (no state
+    // schema) they leave no ERROR in the servers' logs, where a DBA
+    // watching them would take it for a failure.
+    for (server, log) in [
+        ("target", t.log_contents()),
+        ("source", source.log_contents()),
+    ] {
+        let errors: Vec<_> = log.lines().filter(|l| l.contains("ERROR:")).collect();
+        assert!(
+            errors.is_empty(),
+            "ferry plan left errors in the {server} log: {errors:#?}"
+        );
+    }
     assert!(
         ran.stdout.contains("plan: runnable (11 tables)"),
         "{}",

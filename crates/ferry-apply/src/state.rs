@@ -144,6 +144,24 @@ impl StateStore {
         row.map(|r| r.get::<_, String>(0).parse()).transpose()
     }
 
+    /// The persisted phase where the state schema exists, `None` where it
+    /// does not (yet): no query on a relation that may be missing, so a
+    /// first look at a fresh target leaves no `ERROR` in its server log.
+    pub async fn phase_if_present(&self, client: &Client) -> Result<Option<Phase>> {
+        let exists: bool = client
+            .query_one(
+                "SELECT to_regclass($1::text) IS NOT NULL",
+                &[&self.table("pipeline")],
+            )
+            .await
+            .map_err(|e| pg_error("looking up the pipeline phase table", e))?
+            .get(0);
+        match exists {
+            true => self.read_phase(client).await,
+            false => Ok(None),
+        }
+    }
+
     /// Persist the pipeline phase (and note it on the latest open run).
     pub async fn write_phase(&self, client: &Client, phase: Phase) -> Result<()> {
         let sql = format!(

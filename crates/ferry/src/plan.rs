@@ -56,7 +56,7 @@ async fn build_for(config: &Config, purpose: Purpose) -> PlanReport {
     let state = StateStore::new(config.state.schema.clone());
     let target = ferry_postgres::connect::connect(&config.target, "target").await;
     let ownership = match &target {
-        Ok(client) => match state.read_phase(client).await {
+        Ok(client) => match state.phase_if_present(client).await {
             Ok(Some(Phase::Schema)) => SlotOwnership::Interrupted,
             Ok(Some(phase)) if phase > Phase::Schema => SlotOwnership::Resuming,
             Err(e) if e.is_transient() => SlotOwnership::Unknown,
