@@ -50,7 +50,8 @@
 //!    with the chunk or the stream transaction they were counted in.
 //!
 //! Invariants: [`ensure`] runs every missing migration and records each in
-//! one transaction, under the advisory lock that ferry has always taken
+//! one transaction (the steps and their version rows sent as one simple
+//! query), under the advisory lock that ferry has always taken
 //! for the state schema (`hashtext('ferry-state:<schema>')`), so several
 //! ferry processes starting at once — also an older and a newer one —
 //! serialise, and a crash leaves the previous version intact. A version
@@ -323,31 +324,38 @@ pub async fn ensure(client: &Client, schema: &str) -> Result<i32> {
 async fn migrate_locked(client: &Client, schema: &str) -> Result<i32> {
     let found = recorded_version(client, schema).await?;
     let steps = pending(schema, found)?;
+    if steps.is_empty() {
+        return Ok(found);
+    }
+    // Every pending step with its version row, in one simple query (one
+    // round trip, where a first run on a fresh target used to take three
+    // per step).
     let versions = format!("{}.schema_version", quote_ident(schema));
-    let record = format!(
-        "INSERT INTO {versions} (version) SELECT $1::int
-         WHERE NOT EXISTS (SELECT 1 FROM {versions} WHERE version = $1::int)"
-    );
+    let mut sql = String::new();
     for m in steps {
-        client.batch_execute(&m.sql(schema)).await.map_err(|e| {
-            pg_error(
-                format!("migrating state schema {schema} to version {}", m.version),
-                e,
-            )
-        })?;
-        client
-            .execute(&record, &[&m.version])
-            .await
-            .map_err(|e| pg_error(format!("recording state schema {schema} version"), e))?;
-        if m.version > found {
-            info!(
-                schema,
-                from = found,
-                to = m.version,
-                summary = m.summary,
-                "state schema migrated"
-            );
-        }
+        sql.push_str(&m.sql(schema));
+        sql.push_str(&format!(
+            "\nINSERT INTO {versions} (version) SELECT {v}\n WHERE NOT EXISTS (SELECT 1 FROM {versions} WHERE version = {v});\n",
+            v = m.version
+        ));
+    }
+    client.batch_execute(&sql).await.map_err(|e| {
+        pg_error(
+            format!(
+                "migrating state schema {schema} from version {found} to {}",
+                steps[steps.len() - 1].version
+            ),
+            e,
+        )
+    })?;
+    for m in steps.iter().filter(|m| m.version > found) {
+        info!(
+            schema,
+            from = found,
+            to = m.version,
+            summary = m.summary,
+            "state schema migrated"
+        );
     }
     Ok(found)
 }
