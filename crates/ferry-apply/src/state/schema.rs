@@ -324,9 +324,9 @@ pub async fn ensure(client: &Client, schema: &str) -> Result<i32> {
 async fn migrate_locked(client: &Client, schema: &str) -> Result<i32> {
     let found = recorded_version(client, schema).await?;
     let steps = pending(schema, found)?;
-    if steps.is_empty() {
+    let Some(last) = steps.last() else {
         return Ok(found);
-    }
+    };
     // Every pending step with its version row, in one simple query (one
     // round trip, where a first run on a fresh target used to take three
     // per step).
@@ -343,7 +343,7 @@ async fn migrate_locked(client: &Client, schema: &str) -> Result<i32> {
         pg_error(
             format!(
                 "migrating state schema {schema} from version {found} to {}",
-                steps[steps.len() - 1].version
+                last.version
             ),
             e,
         )
