@@ -48,6 +48,23 @@ fn public_tables(m: &Migration) -> Vec<String> {
     list.lines().map(str::to_owned).collect()
 }
 
+/// `ferry run` until it streams, `writes` on the source meanwhile, an
+/// exact comparison of every table once the target caught up, the cutover,
+/// and the comparison again. Returns the tables compared.
+fn migrate_with_writes(m: &Migration, writes: &str) -> Vec<String> {
+    let mut ferry = m.start("run");
+    m.wait_state_phase(&mut ferry, "stream");
+    m.source
+        .psql(&m.source_db, writes)
+        .expect("writes on the source");
+    let tables = public_tables(m);
+    let names: Vec<&str> = tables.iter().map(String::as_str).collect();
+    m.compare_caught_up(&names);
+    m.cutover(ferry, &["--max-lag", "60s", "--timeout", "60s"]);
+    m.compare(&names);
+    tables
+}
+
 #[test]
 fn pagila_0_10_1_with_inherited_partitions_and_insert_rules() {
     let m = migration_of(&[
@@ -77,16 +94,13 @@ fn pagila_0_10_1_with_inherited_partitions_and_insert_rules() {
     let plan = m.ferry(&["plan"]);
     assert_eq!(plan.code, Some(0), "{}", plan.all());
 
-    let mut ferry = m.start("run");
-    m.wait_state_phase(&mut ferry, "stream");
     // The application's writes, as it makes them: an insert on the parent
     // that a rule routes into a child, updates and a delete of keyless
     // child rows (through the parent too), a value with a backslash and a
     // quote.
-    m.source
-        .psql(
-            &m.source_db,
-            r#"
+    let tables = migrate_with_writes(
+        &m,
+        r#"
 INSERT INTO payment (customer_id, staff_id, rental_id, amount, payment_date)
     VALUES (1, 1, 76, 9.99, '2007-02-15 10:00:00');
 UPDATE payment SET amount = amount + 1
@@ -97,8 +111,8 @@ UPDATE film SET rental_rate = rental_rate + 1, special_features = special_featur
 DELETE FROM film_actor WHERE actor_id = 1 AND film_id = 1;
 INSERT INTO actor (first_name, last_name) VALUES ('O''BRIEN', 'BACK\SLASH');
 "#,
-        )
-        .expect("writes on the source");
+    );
+    assert!(tables.len() >= 21, "pagila 0.10.1 tables: {tables:?}");
     let routed = m
         .source
         .psql(
@@ -111,13 +125,6 @@ INSERT INTO actor (first_name, last_name) VALUES ('O''BRIEN', 'BACK\SLASH');
         "1",
         "the rule routed the insert into the child"
     );
-    let tables = public_tables(&m);
-    assert!(tables.len() >= 21, "pagila 0.10.1 tables: {tables:?}");
-    let names: Vec<&str> = tables.iter().map(String::as_str).collect();
-    m.compare_caught_up(&names);
-
-    m.cutover(ferry, &["--max-lag", "60s", "--timeout", "60s"]);
-    m.compare(&names);
     // The rules are on the target, enabled as on the source: the
     // application's inserts on the parent land in the child there too.
     let rules = m.target_i64(
@@ -152,12 +159,9 @@ fn northwind_with_character_keys_and_pictures() {
     let plan = m.ferry(&["plan"]);
     assert_eq!(plan.code, Some(0), "{}", plan.all());
 
-    let mut ferry = m.start("run");
-    m.wait_state_phase(&mut ferry, "stream");
-    m.source
-        .psql(
-            &m.source_db,
-            r#"
+    let tables = migrate_with_writes(
+        &m,
+        r#"
 INSERT INTO customers (customer_id, company_name, contact_name, country)
     VALUES ('FERRY', 'Ferry Lines', 'Ann O''Neil', 'Norway');
 INSERT INTO orders (order_id, customer_id, employee_id, order_date, ship_via, freight)
@@ -170,14 +174,8 @@ UPDATE categories SET picture = decode('00ff10ab', 'hex') WHERE category_id = 1;
 INSERT INTO customers (customer_id, company_name) VALUES ('FRRY2', 'Ferry Two');
 UPDATE customers SET customer_id = 'FRRY3' WHERE customer_id = 'FRRY2';
 "#,
-        )
-        .expect("writes on the source");
-    let tables = public_tables(&m);
+    );
     assert!(tables.len() >= 14, "northwind tables: {tables:?}");
-    let names: Vec<&str> = tables.iter().map(String::as_str).collect();
-    m.compare_caught_up(&names);
-    m.cutover(ferry, &["--max-lag", "60s", "--timeout", "60s"]);
-    m.compare(&names);
     let picture = m.target_i64(
         "SELECT count(*) FROM categories WHERE category_id = 1 AND picture = decode('00ff10ab', 'hex')",
     );
