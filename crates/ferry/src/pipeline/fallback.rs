@@ -132,17 +132,7 @@ pub async fn reverse_live_on(
     let state = StateStore::new(config.state.schema.clone());
     // Read only: a first run makes the state schema later, beside the
     // checks of `ferry plan`, instead of before them.
-    let made: bool = target
-        .query_one(
-            "SELECT to_regclass($1::text) IS NOT NULL",
-            &[&state.table("pipeline")],
-        )
-        .await?
-        .get(0);
-    if !made {
-        return Ok(false);
-    }
-    let done = state.read_phase(target).await? == Some(Phase::Done);
+    let done = state.phase_if_present(target).await? == Some(Phase::Done);
     Ok(done
         && read_row(target, &state)
             .await
