@@ -11,7 +11,6 @@
 //!   plain INSERT script.
 
 use ferry_e2e::migration::{Migration, target_options};
-use ferry_e2e::pgsync;
 use ferry_testkit::{PgOptions, PgServer, dataset_file};
 
 /// A source holding the dataset `files` (run in order, as `psql -f`), and
@@ -133,24 +132,21 @@ INSERT INTO actor (first_name, last_name) VALUES ('O''BRIEN', 'BACK\SLASH');
            AND r.ev_enabled = 'O'",
     );
     assert_eq!(rules, Some(6), "the six insert rules, enabled");
-    pgsync::runtime().block_on(async {
-        let dst = pgsync::connect(&m.target_url).await.unwrap();
-        dst.batch_execute(
+    m.target
+        .psql(
+            &m.target_db,
             "INSERT INTO payment (customer_id, staff_id, rental_id, amount, payment_date) \
              VALUES (2, 1, 320, 1.23, '2007-03-20 10:00:00')",
         )
-        .await
-        .unwrap();
-        let n: i64 = dst
-            .query_one(
-                "SELECT count(*) FROM ONLY payment_p2007_03 WHERE amount = 1.23 AND rental_id = 320",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(n, 1, "the insert on the target's parent went to its child");
-    });
+        .expect("insert on the target's parent");
+    let n = m.target_i64(
+        "SELECT count(*) FROM ONLY payment_p2007_03 WHERE amount = 1.23 AND rental_id = 320",
+    );
+    assert_eq!(
+        n,
+        Some(1),
+        "the insert on the target's parent went to its child"
+    );
 }
 
 #[test]
