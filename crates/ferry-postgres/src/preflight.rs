@@ -28,7 +28,7 @@ use tokio_postgres::Client;
 
 use ferry_core::config::TableFilter;
 
-use crate::catalog::{RelKind, SourceCatalog, SourceTable, read_catalog};
+use crate::catalog::{RelKind, SharedCatalog, SourceCatalog, SourceTable, read_catalog};
 use crate::connect::{connect, query_error, server_version_num};
 use crate::dump;
 use crate::replication::STREAMING_SINCE;
@@ -64,6 +64,16 @@ pub async fn check_source(config: &Config) -> SourcePlan {
 /// Run every source check; `slot` says whether the target records a run
 /// using `postgres.slot`. See the module doc.
 pub async fn check_source_with(config: &Config, slot: SlotOwnership) -> SourcePlan {
+    check_source_sharing(config, slot, None).await
+}
+
+/// [`check_source_with`] whose catalog read is `shared` with the pipeline
+/// that waits for these checks ([`crate::source::PgSource::share_catalog`]).
+pub async fn check_source_sharing(
+    config: &Config,
+    slot: SlotOwnership,
+    shared: Option<SharedCatalog>,
+) -> SourcePlan {
     let mut plan = SourcePlan {
         flavor: "postgres".into(),
         ..SourcePlan::default()
@@ -88,7 +98,7 @@ pub async fn check_source_with(config: &Config, slot: SlotOwnership) -> SourcePl
         "connect",
         format!("connected to {}", config.source.url),
     ));
-    if let Err(e) = run_checks(&client, config, slot, &mut plan).await {
+    if let Err(e) = run_checks(&client, config, slot, shared.as_ref(), &mut plan).await {
         plan.checks.push(Check::fail(
             SIDE,
             "catalog",
@@ -103,6 +113,7 @@ async fn run_checks(
     client: &Client,
     config: &Config,
     slot: SlotOwnership,
+    shared: Option<&SharedCatalog>,
     plan: &mut SourcePlan,
 ) -> Result<(), Error> {
     let version_num = server_version_num(client).await?;
@@ -124,7 +135,14 @@ async fn run_checks(
             "fix tables.include / tables.exclude",
         )
     })?;
-    let catalog = read_catalog(client, &filter, &config.state.schema).await?;
+    let catalog = match shared {
+        Some(shared) => {
+            shared
+                .get_or_read(client, &filter, &config.state.schema)
+                .await?
+        }
+        None => read_catalog(client, &filter, &config.state.schema).await?,
+    };
     plan.checks
         .extend(table_checks(client, &catalog, &filter, config, slot).await?);
     plan.checks

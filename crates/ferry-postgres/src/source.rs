@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::Client;
 use tracing::{debug, info};
 
-use crate::catalog::{SourceCatalog, read_catalog};
+use crate::catalog::{SharedCatalog, SourceCatalog, read_catalog};
 use crate::connect::{connect, query_error};
 use crate::replication::ReplicationConnection;
 use crate::schema_hold::Fingerprint;
@@ -105,6 +105,9 @@ pub struct PgSource {
     /// [`crate::fallback`]).
     skip_origin_prefix: Option<String>,
     spare: Spare,
+    /// The read [`Self::share_catalog`] shares with the checks, taken by
+    /// the next [`source::Source::catalog`].
+    shared: Arc<std::sync::Mutex<Option<SharedCatalog>>>,
 }
 
 impl PgSource {
@@ -113,6 +116,7 @@ impl PgSource {
             config,
             skip_origin_prefix: None,
             spare: Spare::default(),
+            shared: Arc::default(),
         }
     }
 
@@ -123,11 +127,25 @@ impl PgSource {
             config,
             skip_origin_prefix: Some(prefix.to_owned()),
             spare: Spare::default(),
+            shared: Arc::default(),
         }
     }
 
     async fn client(&self) -> Result<Client, Error> {
         connect(&self.config.source, "source").await
+    }
+
+    /// A catalog read for the checks of `ferry plan`
+    /// ([`crate::preflight::check_source_sharing`]) to share with the next
+    /// [`source::Source::catalog`] of this source (one read where there
+    /// were two); each call starts a new one, so a later attempt reads
+    /// afresh.
+    pub fn share_catalog(&self) -> SharedCatalog {
+        let shared = SharedCatalog::default();
+        if let Ok(mut slot) = self.shared.lock() {
+            *slot = Some(shared.clone());
+        }
+        shared
     }
 
     /// The spare session ([`Spare`]) if one is kept, else a new one.
@@ -409,7 +427,15 @@ impl source::Source for PgSource {
             .filter()
             .map_err(|e| Error::operator(format!("tables: {e}"), "fix the tables section"))?;
         let client = self.session().await?;
-        let catalog = read_catalog(&client, &filter, &self.config.state.schema).await?;
+        let shared = self.shared.lock().ok().and_then(|mut s| s.take());
+        let catalog = match shared {
+            Some(shared) => {
+                shared
+                    .get_or_read(&client, &filter, &self.config.state.schema)
+                    .await?
+            }
+            None => read_catalog(&client, &filter, &self.config.state.schema).await?,
+        };
         self.spare.keep(client);
         Ok(catalog)
     }

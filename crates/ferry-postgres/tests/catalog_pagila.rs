@@ -3,7 +3,7 @@
 use ferry_core::RedactedUrl;
 use ferry_core::TableId;
 use ferry_core::config::{Endpoint, SslMode, TablesConfig};
-use ferry_postgres::catalog::{RelKind, TypeKind, read_catalog};
+use ferry_postgres::catalog::{RelKind, SharedCatalog, TypeKind, read_catalog};
 use ferry_postgres::connect::connect;
 use ferry_testkit::{PgOptions, PgServer};
 
@@ -181,4 +181,49 @@ async fn include_and_exclude_globs() {
     let filter = tables(&["*.*"], &["public.*"]).filter().unwrap();
     let cat = read_catalog(&client, &filter, "ferry").await.unwrap();
     assert!(cat.tables.is_empty(), "{:?}", cat.tables);
+}
+
+/// The checks of `ferry plan` and the pipeline share one catalog read when
+/// `ferry run` starts: the second asker gets the first one's catalog
+/// without a query of its own, and a read that failed is not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_catalog_is_read_once_and_a_failed_read_is_not_kept() {
+    let pg = PgServer::start(PgOptions::new()).expect("start postgres");
+    let db = pg.create_database("shared").unwrap();
+    pg.psql(&db, "CREATE TABLE public.t (id int PRIMARY KEY, v text);")
+        .unwrap();
+    let live = connect(&endpoint(&pg.url(&db)), "source").await.unwrap();
+    // A session the server has ended: any query on it fails.
+    let ended = connect(&endpoint(&pg.url(&db)), "source").await.unwrap();
+    let pid: i32 = ended
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    pg.psql(&db, &format!("SELECT pg_terminate_backend({pid})"))
+        .unwrap();
+    let filter = tables(&["public.*"], &[]).filter().unwrap();
+    assert!(
+        read_catalog(&ended, &filter, "ferry").await.is_err(),
+        "a read on the ended session must fail for this test to mean anything"
+    );
+
+    let shared = SharedCatalog::default();
+    let first = shared.get_or_read(&live, &filter, "ferry").await.unwrap();
+    let second = shared.get_or_read(&ended, &filter, "ferry").await.unwrap();
+    assert_eq!(first, second);
+    let names: Vec<String> = second
+        .tables
+        .iter()
+        .map(|t| t.schema.id.to_string())
+        .collect();
+    assert_eq!(names, ["public.t"]);
+
+    let shared = SharedCatalog::default();
+    assert!(shared.get_or_read(&ended, &filter, "ferry").await.is_err());
+    let after = shared.get_or_read(&live, &filter, "ferry").await.unwrap();
+    assert_eq!(
+        after, first,
+        "the failed read was kept instead of read again"
+    );
 }

@@ -12,6 +12,7 @@ use ferry_core::config::{Config, EndpointKind, parse_table_name};
 use ferry_core::plan::{Check, CheckStatus, PlanReport, SourcePlan, TablePlan};
 use ferry_core::schema::Column;
 use ferry_core::{ReplicaIdentity, TableId, TableSchema};
+use ferry_postgres::catalog::SharedCatalog;
 use ferry_postgres::preflight::SlotOwnership;
 
 use crate::Outcome;
@@ -39,7 +40,7 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<Outcome> {
 /// Check the target, then the source (whose slot check depends on what the
 /// target's state records), then the target against the planned tables.
 pub async fn build(config: &Config) -> PlanReport {
-    build_for(config, Purpose::Plan).await
+    build_for(config, Purpose::Plan, None).await
 }
 
 /// Who asks for the checks.
@@ -52,7 +53,7 @@ enum Purpose {
     Run,
 }
 
-async fn build_for(config: &Config, purpose: Purpose) -> PlanReport {
+async fn build_for(config: &Config, purpose: Purpose, shared: Option<SharedCatalog>) -> PlanReport {
     let state = StateStore::new(config.state.schema.clone());
     let target = ferry_postgres::connect::connect(&config.target, "target").await;
     let ownership = match &target {
@@ -66,7 +67,7 @@ async fn build_for(config: &Config, purpose: Purpose) -> PlanReport {
         Err(e) if e.is_transient() => SlotOwnership::Unknown,
         Err(_) => SlotOwnership::Fresh,
     };
-    let source = source_plan(config, ownership, purpose).await;
+    let source = source_plan(config, ownership, purpose, shared).await;
     let mut report = PlanReport {
         source_flavor: source.flavor,
         source_version: source.version,
@@ -226,14 +227,19 @@ fn plan_schema(t: &TablePlan) -> Option<TableSchema> {
     })
 }
 
-async fn source_plan(config: &Config, ownership: SlotOwnership, purpose: Purpose) -> SourcePlan {
+async fn source_plan(
+    config: &Config,
+    ownership: SlotOwnership,
+    purpose: Purpose,
+    shared: Option<SharedCatalog>,
+) -> SourcePlan {
     let kind = match config.source.kind() {
         Ok(k) => k,
         Err(e) => return unreachable_source("unknown", format!("source.url {e}"), false),
     };
     match kind {
         EndpointKind::Postgres => {
-            ferry_postgres::preflight::check_source_with(config, ownership).await
+            ferry_postgres::preflight::check_source_sharing(config, ownership, shared).await
         }
         EndpointKind::MySql => ferry_mysql::preflight::plan(config)
             .await
@@ -269,7 +275,13 @@ pub struct Refused {
 /// `ferry plan` refuses (the same checks), before it creates anything on the
 /// source, and says every failure with its fix.
 pub async fn refusal(config: &Config) -> Option<Refused> {
-    let report = build_for(config, Purpose::Run).await;
+    refusal_sharing(config, None).await
+}
+
+/// [`refusal`] for a PostgreSQL source whose catalog read is `shared` with
+/// the pipeline's ([`ferry_postgres::source::PgSource::share_catalog`]).
+pub async fn refusal_sharing(config: &Config, shared: Option<SharedCatalog>) -> Option<Refused> {
+    let report = build_for(config, Purpose::Run, shared).await;
     if report.runnable() {
         return None;
     }

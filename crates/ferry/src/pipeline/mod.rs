@@ -149,11 +149,18 @@ async fn run_postgres(config: &Config, shutdown: Shutdown) -> anyhow::Result<Out
             None
         }
     };
-    let refusal = || -> Checked<'_> { Box::pin(crate::plan::refusal(config)) };
+    let source = Arc::new(PgSource::new(config.clone()));
+    // Each attempt's checks and catalog read the source's catalog once.
+    let refusal = || -> Checked<'_> {
+        Box::pin(crate::plan::refusal_sharing(
+            config,
+            Some(source.share_catalog()),
+        ))
+    };
     // A finished cutover (or rollback) cancels its run's token only: the
     // proxy may serve on.
     let outcome = run_source_on(
-        Arc::new(PgSource::new(config.clone())),
+        source.clone(),
         config,
         &refusal,
         shutdown.child_token(),
