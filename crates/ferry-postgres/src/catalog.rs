@@ -190,13 +190,13 @@ pub async fn read_catalog(
 }
 
 /// One catalog read shared by the checks of `ferry plan` and the pipeline
-/// when `ferry run` starts: both read the same catalog with the same
-/// filter at the same moment, on their own sessions and at the same time,
-/// so whichever asks first reads it and the other waits for that answer
-/// (on Pagila the second read cost the source about 15 ms of a backend's
-/// time). A read that fails is not kept: the other asker reads again.
-/// Made per attempt ([`crate::source::PgSource::share_catalog`]): a later
-/// attempt reads afresh.
+/// when `ferry run` starts: both need the same catalog with the same
+/// filter at the same moment, each on its own session, so whichever asks
+/// first reads it and the other waits for that answer (on Pagila the
+/// second read cost the source about 15 ms of a backend's time). A read
+/// that fails is not kept: the other asker reads again. Made per attempt
+/// ([`crate::source::PgSource::share_catalog`]): a later attempt reads
+/// afresh.
 #[derive(Debug, Clone, Default)]
 pub struct SharedCatalog(std::sync::Arc<tokio::sync::OnceCell<SourceCatalog>>);
 
@@ -212,6 +212,20 @@ impl SharedCatalog {
             .get_or_try_init(|| read_catalog(client, filter, state_schema))
             .await
             .cloned()
+    }
+
+    /// The catalog through `shared` when there is one, else read on
+    /// `client`.
+    pub async fn read(
+        shared: Option<&Self>,
+        client: &Client,
+        filter: &TableFilter,
+        state_schema: &str,
+    ) -> Result<SourceCatalog, Error> {
+        match shared {
+            Some(shared) => shared.get_or_read(client, filter, state_schema).await,
+            None => read_catalog(client, filter, state_schema).await,
+        }
     }
 }
 

@@ -28,7 +28,7 @@ use tokio_postgres::Client;
 
 use ferry_core::config::TableFilter;
 
-use crate::catalog::{RelKind, SharedCatalog, SourceCatalog, SourceTable, read_catalog};
+use crate::catalog::{RelKind, SharedCatalog, SourceCatalog, SourceTable};
 use crate::connect::{connect, query_error, server_version_num};
 use crate::dump;
 use crate::replication::STREAMING_SINCE;
@@ -135,14 +135,7 @@ async fn run_checks(
             "fix tables.include / tables.exclude",
         )
     })?;
-    let catalog = match shared {
-        Some(shared) => {
-            shared
-                .get_or_read(client, &filter, &config.state.schema)
-                .await?
-        }
-        None => read_catalog(client, &filter, &config.state.schema).await?,
-    };
+    let catalog = SharedCatalog::read(shared, client, &filter, &config.state.schema).await?;
     plan.checks
         .extend(table_checks(client, &catalog, &filter, config, slot).await?);
     plan.checks

@@ -428,14 +428,9 @@ impl source::Source for PgSource {
             .map_err(|e| Error::operator(format!("tables: {e}"), "fix the tables section"))?;
         let client = self.session().await?;
         let shared = self.shared.lock().ok().and_then(|mut s| s.take());
-        let catalog = match shared {
-            Some(shared) => {
-                shared
-                    .get_or_read(&client, &filter, &self.config.state.schema)
-                    .await?
-            }
-            None => read_catalog(&client, &filter, &self.config.state.schema).await?,
-        };
+        let catalog =
+            SharedCatalog::read(shared.as_ref(), &client, &filter, &self.config.state.schema)
+                .await?;
         self.spare.keep(client);
         Ok(catalog)
     }
