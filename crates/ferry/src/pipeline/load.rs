@@ -68,12 +68,12 @@ impl Job {
 
 /// The smallest table loaded with `TRUNCATE` and `COPY … FREEZE`. The
 /// `TRUNCATE` gives the table new files and its commit drops the old
-/// ones: 2.5–10 ms of target time per table, measured. Not freezing costs
-/// the target a hint-bit pass and a freeze later, about 4 ms per MiB
-/// (an 8 MiB table loaded without `FREEZE`: 17.9 ms for the first read,
-/// 13.2 ms for `VACUUM (FREEZE)`). Below about 1 MiB the `TRUNCATE` costs
-/// more than it saves, so a smaller table is copied plainly, its rows
-/// and its done mark still in one transaction.
+/// ones: 2.2–10.2 ms of target time per table on an idle server (more
+/// with a TOAST table). Not freezing costs the target a hint-bit pass and
+/// a freeze later, about 4 ms per MiB (an 8 MiB table loaded without
+/// `FREEZE`: 17.9 ms for the first read, 13.2 ms for `VACUUM (FREEZE)`).
+/// The two meet between 0.5 and 2.5 MiB, so a table under 1 MiB is copied
+/// plainly, its rows and its done mark still in one transaction.
 const FREEZE_MIN_BYTES: u64 = 1 << 20;
 
 /// A load worker's two sessions: a reader of the snapshot and a target
