@@ -70,10 +70,12 @@ impl Job {
 /// `TRUNCATE` gives the table new files and its commit drops the old
 /// ones: 2.2–10.2 ms of target time per table on an idle server (more
 /// with a TOAST table). Not freezing costs the target a hint-bit pass and
-/// a freeze later, about 4 ms per MiB (an 8 MiB table loaded without
-/// `FREEZE`: 17.9 ms for the first read, 13.2 ms for `VACUUM (FREEZE)`).
-/// The two meet between 0.5 and 2.5 MiB, so a table under 1 MiB is copied
-/// plainly, its rows and its done mark still in one transaction.
+/// a freeze later, about 2–3 ms per MiB (an 8 MiB table written without
+/// `FREEZE`, three runs: its first read took 5.6–9.0 ms more than the
+/// second, which found the hint bits set; `VACUUM (FREEZE)` 8.4–13.8 ms).
+/// The two meet between about 0.8 and 5.7 MiB; at 1 MiB, the low end, a
+/// table under it is copied plainly, its rows and its done mark still in
+/// one transaction, and every larger one keeps `FREEZE`.
 const FREEZE_MIN_BYTES: u64 = 1 << 20;
 
 /// A load worker's two sessions: a reader of the snapshot and a target
