@@ -9,6 +9,7 @@ use ferry_postgres::catalog::read_catalog;
 use ferry_postgres::connect::connect;
 use ferry_postgres::dump::{
     Via, apply_sql, dump_schema, dump_schema_via, find_pg_dump, pg_restore_beside, split_post_data,
+    split_sections, strip_meta_commands, tidy_pre_data,
 };
 use ferry_postgres::snapshot::{SnapshotSession, column_list, plan_chunks};
 use ferry_testkit::{PgOptions, PgServer};
@@ -34,28 +35,137 @@ const SUMMARY: &str = "SELECT (SELECT count(*) FROM pg_constraint c JOIN pg_name
                                   JOIN pg_namespace n ON n.oid = c.relnamespace
                                   WHERE n.nspname = 'public' AND NOT t.tgisinternal)";
 
-/// The schema is read with one `pg_dump` into an archive, split by
-/// `pg_restore`: the same SQL as two `pg_dump --section` runs, apart from
-/// the random key of pg_dump's `\restrict` lines (dropped with the other
-/// psql meta-commands).
+/// Objects of the types a schema dump can hold beyond Pagila's, in a
+/// second schema: `NOT VALID` checks (table and domain), extended
+/// statistics, a rule, row security and a policy, a materialized view with
+/// an index, comments on pre- and post-data objects, an owned sequence,
+/// text search, collation, operator, range type, procedure, a partitioned
+/// table with an attached partition index, a trigger.
+const MORE_TYPES: &str = r"
+CREATE SCHEMA extra;
+CREATE TABLE extra.t (id int PRIMARY KEY, v int, w text);
+ALTER TABLE extra.t ADD CONSTRAINT v_pos CHECK (v > 0) NOT VALID;
+CREATE DOMAIN extra.pos AS int;
+ALTER DOMAIN extra.pos ADD CONSTRAINT pos_chk CHECK (VALUE > 0) NOT VALID;
+CREATE STATISTICS extra.st ON v, w FROM extra.t;
+CREATE RULE skip_negative AS ON INSERT TO extra.t WHERE NEW.v < 0 DO INSTEAD NOTHING;
+ALTER TABLE extra.t ENABLE ROW LEVEL SECURITY;
+CREATE POLICY positive ON extra.t USING (v > 0);
+CREATE MATERIALIZED VIEW extra.mv AS SELECT id, v FROM extra.t;
+CREATE INDEX mv_v ON extra.mv (v);
+COMMENT ON INDEX extra.mv_v IS 'an index comment';
+COMMENT ON TABLE extra.t IS 'a table comment';
+COMMENT ON CONSTRAINT v_pos ON extra.t IS 'a constraint comment';
+CREATE VIEW extra.tv AS SELECT * FROM extra.t;
+CREATE SEQUENCE extra.s OWNED BY extra.t.id;
+CREATE TEXT SEARCH CONFIGURATION extra.cfg (COPY = pg_catalog.english);
+CREATE COLLATION extra.c (provider = libc, locale = 'C');
+CREATE OPERATOR extra.=== (LEFTARG = int, RIGHTARG = int, FUNCTION = int4eq);
+CREATE TYPE extra.rng AS RANGE (subtype = int);
+CREATE PROCEDURE extra.noop() LANGUAGE sql AS $$ SELECT 1 $$;
+CREATE TABLE extra.parted (k int, v int) PARTITION BY RANGE (k);
+CREATE TABLE extra.part1 PARTITION OF extra.parted FOR VALUES FROM (0) TO (10);
+CREATE INDEX parted_v ON extra.parted (v);
+CREATE FUNCTION extra.touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+CREATE TRIGGER touch BEFORE UPDATE ON extra.t FOR EACH ROW EXECUTE FUNCTION extra.touch();
+";
+
+/// The schema is read with one plain `pg_dump`, split where its first
+/// post-data object starts: the same SQL as one archive split by
+/// `pg_restore` and as two `pg_dump --section` runs, apart from the random
+/// key of pg_dump's `\restrict` lines (dropped with the other psql
+/// meta-commands), on Pagila and on the object types it lacks. The plain
+/// script itself splits (no fallback to a second dump).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_archive_gives_the_sections_two_pg_dumps_give() {
+async fn one_plain_script_gives_the_sections_pg_restore_gives() {
     let pg = PgServer::start(PgOptions::new()).expect("start postgres");
     let src = pg.create_database("dump_src").unwrap();
     pg.load_pagila(&src).unwrap();
+    pg.psql(&src, MORE_TYPES).unwrap();
     let src_ep = endpoint(&pg.url(&src));
     let source = connect(&src_ep, "source").await.unwrap();
     let path = find_pg_dump().unwrap();
     let restore = pg_restore_beside(&path).expect("pg_restore beside pg_dump");
-    let schemas = ["public".to_owned()];
+    let schemas = ["extra".to_owned(), "public".to_owned()];
     let dump = |via| dump_schema_via(&src_ep, &source, &schemas, "ferry", None, &path, via);
+    let plain = dump(Via::Plain(None)).await.unwrap();
     let archive = dump(Via::Archive(restore)).await.unwrap();
     let sections = dump(Via::Sections).await.unwrap();
     assert!(archive.pre_data.contains("CREATE TABLE public.rental"));
     assert!(archive.post_data.contains("ADD CONSTRAINT rental_pkey"));
     assert!(!archive.pre_data.contains("ADD CONSTRAINT rental_pkey"));
+    assert!(archive.post_data.contains("CREATE POLICY positive"));
+    assert!(archive.post_data.contains("CREATE STATISTICS extra.st"));
+    assert_eq!(plain.pre_data, archive.pre_data);
+    assert_eq!(plain.post_data, archive.post_data);
     assert_eq!(archive.pre_data, sections.pre_data);
     assert_eq!(archive.post_data, sections.post_data);
+
+    let script = std::process::Command::new(&path)
+        .args([
+            "--schema-only",
+            "--no-owner",
+            "--no-privileges",
+            "--no-publications",
+        ])
+        .args([
+            "--no-subscriptions",
+            "--no-tablespaces",
+            "--schema=extra",
+            "--schema=public",
+        ])
+        .arg(format!("--dbname={}", pg.url(&src)))
+        .output()
+        .unwrap();
+    assert!(script.status.success(), "{script:?}");
+    let script = String::from_utf8(script.stdout).unwrap();
+    let (pre, post) = split_sections(&script).expect("the plain script splits");
+    assert_eq!(tidy_pre_data(&pre), plain.pre_data);
+    assert_eq!(strip_meta_commands(&post), plain.post_data);
+}
+
+/// The plain script of the objects above splits as `pg_restore` splits
+/// their archive on every server major of the version matrix (the
+/// first `pg_dump` new enough for it, as the version matrix runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plain_split_is_pg_restores_on_every_server_version() {
+    for major in ferry_testkit::MATRIX_MAJORS {
+        let path = ferry_testkit::pg_dump_for(major).expect("pg_dump");
+        let restore = pg_restore_beside(&path).expect("pg_restore beside pg_dump");
+        let pg = PgServer::start(PgOptions::new().version(major)).expect("start postgres");
+        let src = pg.create_database("dump_src").unwrap();
+        pg.psql(&src, MORE_TYPES).unwrap();
+        let src_ep = endpoint(&pg.url(&src));
+        let source = connect(&src_ep, "source").await.unwrap();
+        let schemas = ["extra".to_owned()];
+        let dump = |via| dump_schema_via(&src_ep, &source, &schemas, "ferry", None, &path, via);
+        let archive = dump(Via::Archive(restore)).await.unwrap();
+        let script = std::process::Command::new(&path)
+            .args([
+                "--schema-only",
+                "--no-owner",
+                "--no-privileges",
+                "--no-publications",
+            ])
+            .args(["--no-subscriptions", "--no-tablespaces", "--schema=extra"])
+            .arg(format!("--dbname={}", pg.url(&src)))
+            .output()
+            .unwrap();
+        assert!(script.status.success(), "PostgreSQL {major}: {script:?}");
+        let script = String::from_utf8(script.stdout).unwrap();
+        let (pre, post) = split_sections(&script)
+            .unwrap_or_else(|| panic!("PostgreSQL {major}: the plain script does not split"));
+        assert_eq!(tidy_pre_data(&pre), archive.pre_data, "PostgreSQL {major}");
+        assert_eq!(
+            strip_meta_commands(&post),
+            archive.post_data,
+            "PostgreSQL {major}"
+        );
+        assert!(
+            archive.post_data.contains("CREATE TRIGGER touch"),
+            "PostgreSQL {major}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
