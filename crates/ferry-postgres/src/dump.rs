@@ -334,12 +334,13 @@ impl Dump {
 }
 
 /// Object types (`Type:` of a plain script's entry headers) `pg_dump`
-/// puts in post-data, in any version from 10 on.
+/// puts in post-data, in any version from 10 on. (`STATISTICS DATA` of
+/// `pg_dump` 18 is not here: it is data or post-data by the relation's
+/// kind, and never in a `--schema-only` dump.)
 const POST_DATA_TYPES: &[&str] = &[
     "INDEX",
     "INDEX ATTACH",
     "STATISTICS",
-    "STATISTICS DATA",
     "CONSTRAINT",
     "CHECK CONSTRAINT",
     "FK CONSTRAINT",
@@ -417,9 +418,11 @@ pub fn split_sections(script: &str) -> Option<(String, String)> {
             .strip_prefix("-- Name: ")
             .or_else(|| text.strip_prefix("-- Data for Name: "))
         {
+            // `Name: …; Type: …; Schema: …; Owner: …` after a `--` line, as
+            // pg_dump writes every header; anything else is not certain.
             let (_, rest) = header.split_once("; Type: ")?;
-            let (kind, _) = rest.split_once("; Schema: ").unwrap_or((rest, ""));
-            if previous != "--" {
+            let (kind, rest) = rest.split_once("; Schema: ")?;
+            if previous != "--" || !rest.contains("; Owner: ") {
                 return None;
             }
             entries.push((start - "--\n".len(), kind.trim()));
