@@ -168,6 +168,64 @@ async fn the_plain_split_is_pg_restores_on_every_server_version() {
     }
 }
 
+/// A plain script with an object type the split does not know is dumped
+/// again and split by `pg_restore`: a `pg_dump` wrapper adds an entry of
+/// an unknown type to every plain script it writes (and runs the real one
+/// otherwise); the sections are then the archive's, without that entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_script_the_split_does_not_know_is_split_by_pg_restore() {
+    let pg = PgServer::start(PgOptions::new()).expect("start postgres");
+    let src = pg.create_database("dump_src").unwrap();
+    pg.psql(&src, MORE_TYPES).unwrap();
+    let src_ep = endpoint(&pg.url(&src));
+    let source = connect(&src_ep, "source").await.unwrap();
+    let real = find_pg_dump().unwrap();
+    let restore = pg_restore_beside(&real).expect("pg_restore beside pg_dump");
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("pg_dump");
+    let plain_runs = dir.path().join("plain-runs");
+    let script = dir.path().join("script.sql");
+    std::fs::write(
+        &wrapper,
+        format!(
+            r#"#!/bin/sh
+case " $* " in
+  *" --format=custom "*|*" --section="*|*" --version "*) exec '{real}' "$@" ;;
+esac
+echo plain >> '{runs}'
+'{real}' "$@" | sed 's/^-- PostgreSQL database dump complete$/-- Name: x; Type: SOMETHING NEW; Schema: -; Owner: -\n--\n\nSELECT 1;\n\n--\n&/' | tee '{script}'
+"#,
+            real = real.display(),
+            runs = plain_runs.display(),
+            script = script.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let schemas = ["extra".to_owned()];
+    let dump = |path, via| dump_schema_via(&src_ep, &source, &schemas, "ferry", None, path, via);
+    let fallback = dump(&wrapper, Via::Plain(Some(restore.clone())))
+        .await
+        .unwrap();
+    let archive = dump(&real, Via::Archive(restore)).await.unwrap();
+    let runs = std::fs::read_to_string(&plain_runs).unwrap();
+    assert_eq!(runs.lines().count(), 1, "one plain script was written");
+    let written = std::fs::read_to_string(&script).unwrap();
+    assert!(
+        written.contains("-- Name: x; Type: SOMETHING NEW; Schema: -; Owner: -"),
+        "the wrapper added its entry"
+    );
+    assert_eq!(split_sections(&written), None);
+    assert_eq!(fallback.pre_data, archive.pre_data);
+    assert_eq!(fallback.post_data, archive.post_data);
+    assert!(!fallback.post_data.contains("SOMETHING NEW"));
+    assert!(!fallback.pre_data.contains("SOMETHING NEW"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pagila_schema_round_trip() {
     let pg = PgServer::start(PgOptions::new()).expect("start postgres");
