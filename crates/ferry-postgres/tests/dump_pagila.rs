@@ -35,6 +35,24 @@ const SUMMARY: &str = "SELECT (SELECT count(*) FROM pg_constraint c JOIN pg_name
                                   JOIN pg_namespace n ON n.oid = c.relnamespace
                                   WHERE n.nspname = 'public' AND NOT t.tgisinternal)";
 
+/// The plain script `pg_dump` at `path` writes of `schemas` of `url`, with
+/// the options ferry runs it with.
+fn plain_script(path: &std::path::Path, url: &str, schemas: &[String]) -> String {
+    let out = std::process::Command::new(path)
+        .args(["--schema-only", "--no-owner", "--no-privileges"])
+        .args([
+            "--no-publications",
+            "--no-subscriptions",
+            "--no-tablespaces",
+        ])
+        .args(schemas.iter().map(|s| format!("--schema={s}")))
+        .arg(format!("--dbname={url}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{path:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Objects of the types a schema dump can hold beyond Pagila's, in a
 /// second schema: `NOT VALID` checks (table and domain), extended
 /// statistics, a rule, row security and a policy, a materialized view with
@@ -101,24 +119,7 @@ async fn one_plain_script_gives_the_sections_pg_restore_gives() {
     assert_eq!(archive.pre_data, sections.pre_data);
     assert_eq!(archive.post_data, sections.post_data);
 
-    let script = std::process::Command::new(&path)
-        .args([
-            "--schema-only",
-            "--no-owner",
-            "--no-privileges",
-            "--no-publications",
-        ])
-        .args([
-            "--no-subscriptions",
-            "--no-tablespaces",
-            "--schema=extra",
-            "--schema=public",
-        ])
-        .arg(format!("--dbname={}", pg.url(&src)))
-        .output()
-        .unwrap();
-    assert!(script.status.success(), "{script:?}");
-    let script = String::from_utf8(script.stdout).unwrap();
+    let script = plain_script(&path, &pg.url(&src), &schemas);
     let (pre, post) = split_sections(&script).expect("the plain script splits");
     assert_eq!(tidy_pre_data(&pre), plain.pre_data);
     assert_eq!(strip_meta_commands(&post), plain.post_data);
@@ -140,19 +141,7 @@ async fn the_plain_split_is_pg_restores_on_every_server_version() {
         let schemas = ["extra".to_owned()];
         let dump = |via| dump_schema_via(&src_ep, &source, &schemas, "ferry", None, &path, via);
         let archive = dump(Via::Archive(restore)).await.unwrap();
-        let script = std::process::Command::new(&path)
-            .args([
-                "--schema-only",
-                "--no-owner",
-                "--no-privileges",
-                "--no-publications",
-            ])
-            .args(["--no-subscriptions", "--no-tablespaces", "--schema=extra"])
-            .arg(format!("--dbname={}", pg.url(&src)))
-            .output()
-            .unwrap();
-        assert!(script.status.success(), "PostgreSQL {major}: {script:?}");
-        let script = String::from_utf8(script.stdout).unwrap();
+        let script = plain_script(&path, &pg.url(&src), &schemas);
         let (pre, post) = split_sections(&script)
             .unwrap_or_else(|| panic!("PostgreSQL {major}: the plain script does not split"));
         assert_eq!(tidy_pre_data(&pre), archive.pre_data, "PostgreSQL {major}");
