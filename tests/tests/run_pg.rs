@@ -154,6 +154,77 @@ fn source_and_target_restart_mid_stream() {
     assert_eq!(code, Some(0));
 }
 
+/// A first run stopped after its slot was created but before the rest of
+/// the state schema committed (created beside the slot and the schema dump
+/// on a fresh target): the target holds only the tables a start writes
+/// first, phase `schema`, and the source a slot. The next run creates the
+/// rest of the state schema, drops the leftover slot as after any
+/// interrupted first run, and loads and streams to an exact copy.
+#[test]
+fn a_first_run_stopped_before_the_rest_of_the_state_schema_is_resumed() {
+    use ferry_apply::state::schema::{CORE, LATEST, MIGRATIONS, core_sql};
+    let s = setup(20_000, 500);
+    s.target
+        .psql(
+            &s.target_db,
+            &format!(
+                "{}INSERT INTO ferry.pipeline (id, phase) VALUES (1, 'schema');",
+                core_sql("ferry")
+            ),
+        )
+        .expect("the state a stop before the rest leaves");
+    s.source
+        .psql(
+            &s.source_db,
+            "SELECT pg_create_logical_replication_slot('ferry', 'pgoutput');",
+        )
+        .expect("the slot the stopped run created");
+    let count = |sql: &str| s.target_i64(sql).expect(sql);
+    let state_tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'ferry'";
+    assert_eq!(
+        count(state_tables),
+        CORE.len() as i64,
+        "only the core tables before the run"
+    );
+
+    let writer = Writer::start(&s.source_url, 20_000);
+    let mut ferry = s.start("resume");
+    s.wait_streaming(&mut ferry);
+    let log = ferry.log();
+    assert!(
+        log.contains("dropping the slot left over by an interrupted first run"),
+        "the leftover slot is dropped as after an interrupted first run:\n{log}"
+    );
+    assert!(
+        log.contains("state schema migrated")
+            && log.contains(MIGRATIONS[MIGRATIONS.len() - 1].summary),
+        "the rest of the state schema is created:\n{log}"
+    );
+    // Every migration recorded once, and the tables of the first and the
+    // last one there.
+    assert_eq!(
+        count("SELECT count(*) FROM ferry.schema_version"),
+        LATEST as i64
+    );
+    assert_eq!(
+        count("SELECT max(version)::bigint FROM ferry.schema_version"),
+        LATEST as i64
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM unnest(ARRAY['ferry.checkpoint', 'ferry.tables', 'ferry.chunks', 'ferry.lag_history', 'ferry.replaced_values']) t WHERE to_regclass(t) IS NOT NULL"
+        ),
+        5,
+        "the rest of the state tables exist"
+    );
+    assert!(count(state_tables) > CORE.len() as i64);
+    finish_and_compare(&s, writer, BENCH_TABLES);
+    let code = ferry
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
+
 /// A keyless table with REPLICA IDENTITY DEFAULT: `ferry run` refuses it as
 /// `ferry plan` does, before creating anything, so the application's UPDATEs
 /// keep working; declared insert-only it is published for inserts alone.

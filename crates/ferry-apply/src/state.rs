@@ -134,6 +134,13 @@ impl StateStore {
         schema::ensure(client, &self.schema).await.map(drop)
     }
 
+    /// The start of a run ([`schema::ensure_start`]): on a fresh target only
+    /// the tables a start writes first ([`schema::CORE`]), and
+    /// [`schema::Started::CoreOnly`]: [`Self::ensure`] creates the rest.
+    pub async fn ensure_start(&self, client: &Client) -> Result<schema::Started> {
+        schema::ensure_start(client, &self.schema).await
+    }
+
     /// The persisted pipeline phase, `None` before the first run.
     pub async fn read_phase(&self, client: &Client) -> Result<Option<Phase>> {
         let sql = format!("SELECT phase FROM {} WHERE id = 1", self.table("pipeline"));

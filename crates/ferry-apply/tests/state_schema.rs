@@ -7,7 +7,7 @@ mod common;
 
 use common::{connect, rows, server};
 use ferry_apply::checkpoint::read_checkpoint;
-use ferry_apply::state::schema::{LATEST, MIGRATIONS};
+use ferry_apply::state::schema::{CORE, LATEST, MIGRATIONS, Started};
 use ferry_apply::{Phase, StateStore, TableState};
 use ferry_core::{ErrorClass, Lsn};
 use tokio_postgres::Client;
@@ -150,6 +150,60 @@ async fn fresh_ensure_creates_every_table_at_the_latest_version() {
     let odd = StateStore::new("Ferry \"state\"");
     odd.ensure(&c).await.expect("ensure a quoted schema name");
     assert_eq!(tables_of(&c, "Ferry \"state\"").await, all_tables());
+}
+
+/// A start on a fresh target creates only the core tables (no version
+/// recorded: a stop here leaves version 0), a second start finds the same,
+/// and `ensure` then creates the rest: the same schema, column for column,
+/// as `ensure` alone. Once it is there, a start has nothing to do.
+#[tokio::test]
+async fn a_start_creates_the_core_first_and_ensure_the_rest() {
+    let pg = server();
+    let db = pg.create_database("state_start").unwrap();
+    let c = connect(&pg.url(&db)).await;
+    let state = StateStore::new("ferry");
+    let mut core: Vec<String> = CORE.iter().map(|t| t.to_string()).collect();
+    core.sort_unstable();
+    for attempt in ["first", "again after a stop"] {
+        let started = state.ensure_start(&c).await.expect(attempt);
+        assert_eq!(started, Started::CoreOnly, "{attempt}");
+        assert_eq!(tables_of(&c, "ferry").await, core, "{attempt}");
+    }
+    // The phase is written before the rest exists (the schema stage does).
+    state
+        .write_phase(&c, Phase::Schema)
+        .await
+        .expect("phase in the core");
+    // The rest, on another session, as the run does it.
+    let other = connect(&pg.url(&db)).await;
+    state.ensure(&other).await.expect("the rest");
+    assert_eq!(tables_of(&c, "ferry").await, all_tables());
+    assert_eq!(versions(&c).await, (1..=LATEST).collect::<Vec<_>>());
+    assert_eq!(state.read_phase(&c).await.unwrap(), Some(Phase::Schema));
+
+    let whole = pg.create_database("state_whole").unwrap();
+    let w = connect(&pg.url(&whole)).await;
+    state.ensure(&w).await.expect("ensure alone");
+    assert_eq!(catalog(&c).await, catalog(&w).await);
+
+    let before = catalog(&c).await;
+    assert_eq!(
+        state.ensure_start(&c).await.expect("start again"),
+        Started::Ready
+    );
+    assert_eq!(catalog(&c).await, before);
+    assert_eq!(versions(&c).await, (1..=LATEST).collect::<Vec<_>>());
+
+    // A start racing another process's ensure on a fresh target: both
+    // succeed, whichever takes the lock first.
+    let race = pg.create_database("state_start_race").unwrap();
+    let (a, b) = (connect(&pg.url(&race)).await, connect(&pg.url(&race)).await);
+    let (ra, rb) = tokio::join!(state.ensure_start(&a), state.ensure(&b));
+    ra.expect("start");
+    rb.expect("ensure");
+    state.ensure(&a).await.expect("the rest after the race");
+    assert_eq!(tables_of(&a, "ferry").await, all_tables());
+    assert_eq!(versions(&a).await, (1..=LATEST).collect::<Vec<_>>());
 }
 
 /// Version 1 of the migrations is what the old code created, column for

@@ -59,6 +59,12 @@
 //! the state. Migrations never drop a table or a row a running migration
 //! needs, so a migration in progress survives an upgrade of ferry.
 //!
+//! A run's start on a fresh target ([`ensure_start`]) creates only the
+//! [`CORE`] tables, by version 1's own statements, and records no
+//! version; the run then has [`ensure`] create the rest on another
+//! session, beside its first steps on the source (a stop in between
+//! leaves version 0: the next start does the same again).
+//!
 //! Adding a version: append a [`Migration`] with the next number, its SQL
 //! written against `{s}` (the quoted schema), and its line above.
 
@@ -321,6 +327,85 @@ pub async fn ensure(client: &Client, schema: &str) -> Result<i32> {
     }
 }
 
+/// What [`ensure_start`] left to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// The state schema is at [`LATEST`].
+    Ready,
+    /// A fresh target: only [`CORE`] exists yet; [`ensure`] (on another
+    /// session, beside the source's work) creates the rest.
+    CoreOnly,
+}
+
+/// The tables a start writes before anything else of the state: the
+/// phase, the run and its events, the control API's address. No
+/// migration after version 1 changes them, so on a fresh target they are
+/// created first, by version 1's own statements ([`core_sql`]), and the
+/// rest of the schema need not hold up the start.
+pub const CORE: &[&str] = &["pipeline", "runs", "events", "control"];
+
+/// Version 1's `CREATE SCHEMA` and its statements creating the [`CORE`]
+/// tables, verbatim (`IF NOT EXISTS`: [`ensure`] runs them again, as part
+/// of version 1, and leaves the tables alone). Pure.
+pub fn core_sql(schema: &str) -> String {
+    let mut sql = String::new();
+    for statement in V1.split(";\n") {
+        let s = statement.trim();
+        let core = s.starts_with("CREATE SCHEMA ")
+            || CORE
+                .iter()
+                .any(|t| s.starts_with(&format!("CREATE TABLE IF NOT EXISTS {{s}}.{t} (")));
+        if core {
+            sql.push_str(s);
+            sql.push_str(";\n");
+        }
+    }
+    sql.replace("{s}", &quote_ident(schema))
+}
+
+/// The start of a run: on a fresh target (no state schema version
+/// recorded) only the [`CORE`] tables, committed at once, and
+/// [`Started::CoreOnly`]: the caller runs [`ensure`] beside its next steps
+/// and waits for it before it touches any other state table. Otherwise
+/// the whole of [`ensure`], here. Under the same advisory lock as
+/// [`ensure`], so a process running [`ensure`] meanwhile serialises with
+/// it; a crash before the rest leaves version 0, and the next start
+/// creates the rest.
+pub async fn ensure_start(client: &Client, schema: &str) -> Result<Started> {
+    let lock_key = quote_literal(&format!("ferry-state:{schema}"));
+    let begin = format!(
+        "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock(hashtext({lock_key}))"
+    );
+    client
+        .batch_execute(&begin)
+        .await
+        .map_err(|e| pg_error(format!("locking state schema {schema}"), e))?;
+    let done = async {
+        if recorded_version(client, schema).await? == 0 {
+            client
+                .batch_execute(&core_sql(schema))
+                .await
+                .map_err(|e| pg_error(format!("creating the state schema {schema}"), e))?;
+            return Ok(Started::CoreOnly);
+        }
+        migrate_locked(client, schema).await.map(|_| Started::Ready)
+    }
+    .await;
+    match done {
+        Ok(started) => {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|e| pg_error(format!("committing state schema {schema}"), e))?;
+            Ok(started)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
 async fn migrate_locked(client: &Client, schema: &str) -> Result<i32> {
     let found = recorded_version(client, schema).await?;
     let steps = pending(schema, found)?;
@@ -428,6 +513,47 @@ mod tests {
         assert!(text.contains(&format!("version {}", LATEST + 1)), "{text}");
         assert!(text.contains(&format!("version {LATEST}")), "{text}");
         assert!(text.contains("newer ferry"), "{text}");
+    }
+
+    #[test]
+    fn the_core_tables_are_version_1s_own_statements() {
+        let core = core_sql("st");
+        let v1 = MIGRATIONS[0].sql("st");
+        let statements: Vec<&str> = core.split(";\n").filter(|s| !s.trim().is_empty()).collect();
+        // The schema, then one statement per core table, each as version 1
+        // writes it.
+        assert_eq!(statements.len(), CORE.len() + 1, "{core}");
+        assert!(
+            statements[0].starts_with("CREATE SCHEMA IF NOT EXISTS \"st\""),
+            "{core}"
+        );
+        for s in &statements {
+            assert!(
+                v1.contains(&format!("{s};")),
+                "not verbatim in version 1: {s}"
+            );
+        }
+        for t in CORE {
+            assert!(
+                statements
+                    .iter()
+                    .any(|s| s.starts_with(&format!("CREATE TABLE IF NOT EXISTS \"st\".{t} ("))),
+                "{t} missing: {core}"
+            );
+            // No later migration touches a core table.
+            for m in &MIGRATIONS[1..] {
+                assert!(
+                    !m.sql("st").contains(&format!("\"st\".{t} ")),
+                    "version {} changes {t}",
+                    m.version
+                );
+                assert!(
+                    !m.sql("st").contains(&format!("\"st\".{t}\n")),
+                    "version {} changes {t}",
+                    m.version
+                );
+            }
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 pub async fn start<B: Backend>(
     config: &Config,
     backend: Arc<B>,
+    ready: impl Future<Output = bool> + Send + 'static,
     stop: impl Future<Output = ()> + Send + 'static,
     set: &mut JoinSet<()>,
 ) -> anyhow::Result<()> {
@@ -50,6 +51,11 @@ pub async fn start<B: Backend>(
     let tls = tls(config)?;
     info!(address = %addr, authenticated = !matches!(auth, Auth::Open), tls = tls.is_some(), "console listening (psql -h {} -p {})", addr.ip(), addr.port());
     set.spawn(async move {
+        // Serves once the whole state schema exists (`false`: it could not
+        // be created; the run stops with that error).
+        if !ready.await {
+            return;
+        }
         if let Err(e) = ferry_console::serve(listener, backend, auth, tls, stop).await {
             warn!(error = %e, "console stopped");
         }

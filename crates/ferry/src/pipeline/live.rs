@@ -64,6 +64,9 @@ pub struct Finished {
 pub struct Live<P: Position> {
     pub config: Config,
     pub state: StateStore,
+    /// Resolves once the whole state schema exists (a fresh target's is
+    /// created beside the start, see `state_ready`).
+    pub state_ready: super::state_ready::StateReady,
     pub metrics: Metrics,
     pub run_id: i64,
     started: SystemTime,
@@ -108,12 +111,19 @@ pub struct Live<P: Position> {
 }
 
 impl<P: Position> Live<P> {
-    pub fn new(config: Config, state: StateStore, run_id: i64, shutdown: Shutdown) -> Arc<Self> {
+    pub fn new(
+        config: Config,
+        state: StateStore,
+        run_id: i64,
+        shutdown: Shutdown,
+        state_ready: super::state_ready::StateReady,
+    ) -> Arc<Self> {
         let metrics = Metrics::new();
         metrics.set_direction(config.direction.as_str());
         Arc::new(Live {
             config,
             state,
+            state_ready,
             metrics,
             run_id,
             started: SystemTime::now(),

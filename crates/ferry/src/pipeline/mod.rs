@@ -61,6 +61,7 @@ mod progress;
 pub(crate) mod proxy;
 mod retry;
 mod schema;
+mod state_ready;
 mod stream;
 
 use std::sync::Arc;
@@ -253,9 +254,11 @@ async fn run_once<S: Source>(
             Some(target) if !target.is_closed() => target,
             _ => ferry_postgres::connect::connect(&config.target, "target").await?,
         };
-        state.ensure(&target).await?;
+        // On a fresh target, the rest of the state schema is created
+        // beside what follows (see `state_ready`).
+        let started = state.ensure_start(&target).await?;
         let phase = state.read_phase(&target).await?;
-        anyhow::Ok((target, phase))
+        anyhow::Ok((target, phase, started))
     };
     tokio::pin!(ready);
     // The source's catalog is read meanwhile too (read only; dropped
@@ -263,13 +266,14 @@ async fn run_once<S: Source>(
     let read_catalog = source.catalog();
     tokio::pin!(read_catalog);
     let mut catalog_read = None;
-    let (target, phase) = loop {
+    let (target, phase, started) = loop {
         tokio::select! {
             ready = &mut ready => break ready?,
             why = &mut refused, if checked.is_none() => checked = Some(why),
             c = &mut read_catalog, if catalog_read.is_none() => catalog_read = Some(c),
         }
     };
+    let state_ready = state_ready::StateReady::start(config, &state, started);
     if phase == Some(Phase::Done) {
         drop(refused);
         // A crash right after the cutover may have left keys to validate.
@@ -332,6 +336,7 @@ async fn run_once<S: Source>(
     // Existing target tables: matched now, named as renames from here on.
     let mapping = match config.target_tables.existing() {
         true => {
+            state_ready.wait().await?;
             let schemas: Vec<_> = tables.iter().map(|t| t.schema.clone()).collect();
             let binary = config.source.kind().ok() == Some(EndpointKind::Postgres);
             Some(Arc::new(
@@ -348,7 +353,13 @@ async fn run_once<S: Source>(
         }
         None => config,
     };
-    let live = Live::<S::Position>::new(config.clone(), state.clone(), run_id, shutdown.clone());
+    let live = Live::<S::Position>::new(
+        config.clone(),
+        state.clone(),
+        run_id,
+        shutdown.clone(),
+        state_ready,
+    );
     if let Some(p) = phase {
         live.set_phase(p);
     }
@@ -482,6 +493,7 @@ async fn load_phase<S: Source>(
     let mut tables = catalog.tables();
     let existing = mapping.is_some();
     if existing {
+        live.state_ready.wait().await?;
         // Chunks load in parallel, in no key order: the application's
         // foreign keys and triggers wait until cutover (recorded; done
         // again, idempotently, by a run resuming the load).
@@ -495,8 +507,17 @@ async fn load_phase<S: Source>(
     // The load's target sessions, for the post-data builds.
     let mut spare = Vec::new();
     if phase.is_none_or(|p| p < Phase::Load) {
-        let (snapshot, at_snapshot, sessions) =
-            schema::run(config, state, target, source, catalog, phase, existing).await?;
+        let (snapshot, at_snapshot, sessions) = schema::run(
+            config,
+            state,
+            &live.state_ready,
+            target,
+            source,
+            catalog,
+            phase,
+            existing,
+        )
+        .await?;
         // From here on the tables are as the snapshot has them.
         if let Some(at_snapshot) = at_snapshot {
             *catalog = at_snapshot;
@@ -595,28 +616,48 @@ async fn start_background<S: Source>(
     let control: Arc<dyn crate::control::ControlHandler> = handler.clone();
     let token = config.control.token.clone();
     let stop = live.stopped();
+    // What reads or writes the state waits for the whole state schema
+    // (a fresh target's is created meanwhile: `state_ready`); a request
+    // to the control API or the console waits with it. Its error, if
+    // any, is the run's, from the schema stage.
+    let ready = live.state_ready.clone();
+    let ready_then = move || {
+        let ready = ready.clone();
+        async move { ready.wait().await.is_ok() }
+    };
+    let ready = ready_then.clone();
     set.spawn(async move {
+        if !ready().await {
+            return;
+        }
         if let Err(e) = crate::control::serve(listener, control, token, stop).await {
             tracing::warn!(error = %e, "control API stopped");
         }
     });
-    console::start(config, handler, live.stopped(), &mut set).await?;
+    console::start(config, handler, ready_then(), live.stopped(), &mut set).await?;
     proxy::start(config, live);
     if config.validate.every_seconds > 0 {
-        set.spawn(crate::validate::background::schedule(
-            live.clone(),
-            std::time::Duration::from_secs(config.validate.every_seconds),
-            live.stopped(),
-        ));
+        let (l, ready) = (live.clone(), ready_then());
+        let every = std::time::Duration::from_secs(config.validate.every_seconds);
+        set.spawn(async move {
+            if ready.await {
+                crate::validate::background::schedule(l.clone(), every, l.stopped()).await;
+            }
+        });
     }
-    set.spawn(live::run_monitor(
-        live.clone(),
-        source.clone(),
-        live.stopped(),
-    ));
+    let (l, s, ready) = (live.clone(), source.clone(), ready_then());
+    set.spawn(async move {
+        if ready.await {
+            live::run_monitor(l.clone(), s, l.stopped()).await;
+        }
+    });
     let (l, target_cfg) = (live.clone(), config.target.clone());
     let cfg = ferry_monitor::history::SamplerConfig::new(&config.state.schema);
+    let ready = ready_then();
     set.spawn(async move {
+        if !ready.await {
+            return;
+        }
         // A lost target session (restart, terminated backend) reconnects
         // with backoff; only shutdown or an operator error ends the sampler.
         let mut backoff = retry::Backoff::default();

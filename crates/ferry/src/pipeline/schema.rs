@@ -41,9 +41,11 @@ pub type Stage<S> = (
 );
 
 /// Run the schema stage. `previous` is the phase found in the target.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<S: Source>(
     config: &Config,
     state: &StateStore,
+    state_ready: &super::state_ready::StateReady,
     target: &Client,
     source: &S,
     catalog: &S::Catalog,
@@ -80,6 +82,8 @@ pub async fn run<S: Source>(
         .await
         .context("starting the schema transaction")?;
     let result = async {
+        // A fresh target's state tables, created meanwhile (`state_ready`).
+        state_ready.wait().await?;
         let ids: Vec<_> = if existing {
             let ids: Vec<_> = tables
                 .iter()
