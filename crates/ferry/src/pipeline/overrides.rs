@@ -419,7 +419,7 @@ pub async fn validate_foreign_keys(
     }
     drop(spare);
     // The caller's session validates too, beside the others (a new one
-    // costs a login). After a failure the others finish their key (each
+    // costs a login). After a failure the others finish their table (each
     // is its own transaction) and take no more; the first is reported.
     let stop = || {
         if let Ok(mut q) = queue.lock() {
@@ -467,10 +467,52 @@ async fn validate_groups(
         let Some(group) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
             return Ok(done);
         };
-        for p in &group {
-            done.push(validate_one(client, state, p).await?);
+        match group.as_slice() {
+            [p] => done.push(validate_one(client, state, p).await?),
+            _ => done.extend(validate_table(client, state, &group).await?),
         }
     }
+}
+
+/// Validate one table's foreign keys in one `ALTER TABLE` (its lock taken
+/// once) and one transaction with their done marks, in one round trip;
+/// after a failure, each key again in its own transaction
+/// ([`validate_one`]), so that the error names the key.
+async fn validate_table(
+    client: &mut Client,
+    state: &StateStore,
+    group: &[Pending],
+) -> anyhow::Result<Vec<String>> {
+    let started = std::time::Instant::now();
+    let table = &group[0].table;
+    let actions: Vec<String> = group
+        .iter()
+        .map(|p| format!("VALIDATE CONSTRAINT {}", quote_ident(&p.object)))
+        .collect();
+    let objects: Vec<String> = group.iter().map(|p| quote_literal(&p.object)).collect();
+    let sql = format!(
+        "ALTER TABLE {table} {};\nUPDATE {} SET done_at = now() WHERE kind = {} AND relid = {} AND object IN ({})",
+        actions.join(", "),
+        state.table("overrides"),
+        quote_literal(&group[0].kind),
+        group[0].relid,
+        objects.join(", ")
+    );
+    if client.batch_execute(&sql).await.is_err() {
+        let mut done = Vec::new();
+        for p in group {
+            done.push(validate_one(client, state, p).await?);
+        }
+        return Ok(done);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(group
+        .iter()
+        .map(|p| {
+            info!(table = %p.table, constraint = %p.object, secs, keys = group.len(), "foreign key validated");
+            restore_sql(p).1
+        })
+        .collect())
 }
 
 /// Validate one foreign key in its own transaction with its done mark,
@@ -696,5 +738,96 @@ mod tests {
         )
         .await;
         assert_eq!(marks.get::<_, String>(0), "bad_fk=false,it's ok=true");
+    }
+
+    /// A table's keys are validated in one statement: two valid keys of
+    /// one table are both validated and marked; where one of a table's
+    /// keys is broken, its keys are taken again one by one, so the valid
+    /// one is validated and marked and the broken one named, unmarked.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tables_keys_are_validated_together_and_one_by_one_after_a_failure() {
+        let pg = ferry_testkit::PgServer::start(ferry_testkit::PgOptions::new())
+            .expect("start postgres");
+        let db = pg.create_database("fk_group").unwrap();
+        let url = pg.url(&db);
+        let text = format!(
+            "[source]\nurl = \"{url}\"\nsslmode = \"disable\"\n[target]\nurl = \"{url}\"\nsslmode = \"disable\"\n[load]\nindex_parallelism = 1\n"
+        );
+        let config =
+            ferry_core::config::Config::from_parts(&text, "test", Vec::<(String, String)>::new())
+                .unwrap();
+        let mut client = ferry_postgres::connect::connect(&config.target, "target")
+            .await
+            .unwrap();
+        let state = StateStore::new("ferry");
+        state.ensure(&client).await.unwrap();
+        // `two_good` is the larger table: its keys are taken first.
+        client
+            .batch_execute(
+                r#"CREATE TABLE parent (id int PRIMARY KEY);
+                   CREATE TABLE other (id int PRIMARY KEY);
+                   INSERT INTO parent VALUES (1); INSERT INTO other VALUES (1);
+                   CREATE TABLE two_good (id int PRIMARY KEY, p int, o int);
+                   INSERT INTO two_good SELECT g, 1, 1 FROM generate_series(1, 5000) g;
+                   CREATE TABLE mixed (id int PRIMARY KEY, p int, o int);
+                   INSERT INTO mixed VALUES (1, 1, 1), (2, 1, 2);
+                   ALTER TABLE two_good ADD CONSTRAINT g1 FOREIGN KEY (p) REFERENCES parent NOT VALID,
+                       ADD CONSTRAINT g2 FOREIGN KEY (o) REFERENCES other NOT VALID;
+                   ALTER TABLE mixed ADD CONSTRAINT a_good FOREIGN KEY (p) REFERENCES parent NOT VALID,
+                       ADD CONSTRAINT b_bad FOREIGN KEY (o) REFERENCES other NOT VALID;"#,
+            )
+            .await
+            .unwrap();
+        let tx = client.transaction().await.unwrap();
+        for (table, key) in [
+            ("public.two_good", "g1"),
+            ("public.two_good", "g2"),
+            ("public.mixed", "a_good"),
+            ("public.mixed", "b_bad"),
+        ] {
+            record_deferred_foreign_key(tx.client(), &state, table, key)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+
+        let err = validate_foreign_keys(&config, &mut client, &state, Vec::new())
+            .await
+            .expect_err("a key the rows break was validated");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("foreign key b_bad")
+                && text.contains("public.mixed")
+                && text.contains("violates foreign key constraint"),
+            "the error does not name the key, its table and the server's reason: {text}"
+        );
+        let one = |sql: &'static str| {
+            let client = &client;
+            async move {
+                client
+                    .query_one(sql, &[])
+                    .await
+                    .unwrap()
+                    .get::<_, String>(0)
+            }
+        };
+        assert_eq!(
+            one("SELECT string_agg(conname || '=' || convalidated, ',' ORDER BY conname) FROM pg_constraint WHERE contype = 'f'").await,
+            "a_good=true,b_bad=false,g1=true,g2=true"
+        );
+        assert_eq!(
+            one("SELECT string_agg(object || '=' || (done_at IS NOT NULL), ',' ORDER BY object) FROM ferry.overrides").await,
+            "a_good=true,b_bad=false,g1=true,g2=true"
+        );
+        // `two_good`'s keys were marked in one transaction (one `now()`),
+        // `mixed`'s valid key in its own.
+        assert_eq!(
+            one("SELECT count(DISTINCT done_at)::text FROM ferry.overrides WHERE object IN ('g1', 'g2')").await,
+            "1"
+        );
+        assert_eq!(
+            one("SELECT count(DISTINCT done_at)::text FROM ferry.overrides WHERE object IN ('g1', 'a_good')").await,
+            "2"
+        );
     }
 }
