@@ -302,6 +302,20 @@ fn pending(schema: &str, recorded: i32) -> Result<&'static [Migration]> {
 /// migrations and their `schema_version` rows in one transaction, under
 /// the state schema's advisory lock. Returns the version found (0: none).
 pub async fn ensure(client: &Client, schema: &str) -> Result<i32> {
+    locked(client, schema, async {
+        let found = recorded_version(client, schema).await?;
+        migrate_locked(client, schema, found).await
+    })
+    .await
+}
+
+/// `work` in one transaction under the state schema's advisory lock:
+/// committed when it succeeds, rolled back when it fails.
+async fn locked<T>(
+    client: &Client,
+    schema: &str,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
     let lock_key = quote_literal(&format!("ferry-state:{schema}"));
     // READ COMMITTED: after waiting for the lock, each statement sees what
     // the process that held it committed.
@@ -312,13 +326,13 @@ pub async fn ensure(client: &Client, schema: &str) -> Result<i32> {
         .batch_execute(&begin)
         .await
         .map_err(|e| pg_error(format!("locking state schema {schema}"), e))?;
-    match migrate_locked(client, schema).await {
-        Ok(found) => {
+    match work.await {
+        Ok(done) => {
             client
                 .batch_execute("COMMIT")
                 .await
                 .map_err(|e| pg_error(format!("committing state schema {schema}"), e))?;
-            Ok(found)
+            Ok(done)
         }
         Err(e) => {
             let _ = client.batch_execute("ROLLBACK").await;
@@ -372,42 +386,24 @@ pub fn core_sql(schema: &str) -> String {
 /// it; a crash before the rest leaves version 0, and the next start
 /// creates the rest.
 pub async fn ensure_start(client: &Client, schema: &str) -> Result<Started> {
-    let lock_key = quote_literal(&format!("ferry-state:{schema}"));
-    let begin = format!(
-        "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock(hashtext({lock_key}))"
-    );
-    client
-        .batch_execute(&begin)
-        .await
-        .map_err(|e| pg_error(format!("locking state schema {schema}"), e))?;
-    let done = async {
-        if recorded_version(client, schema).await? == 0 {
+    locked(client, schema, async {
+        let found = recorded_version(client, schema).await?;
+        if found == 0 {
             client
                 .batch_execute(&core_sql(schema))
                 .await
                 .map_err(|e| pg_error(format!("creating the state schema {schema}"), e))?;
             return Ok(Started::CoreOnly);
         }
-        migrate_locked(client, schema).await.map(|_| Started::Ready)
-    }
-    .await;
-    match done {
-        Ok(started) => {
-            client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(|e| pg_error(format!("committing state schema {schema}"), e))?;
-            Ok(started)
-        }
-        Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            Err(e)
-        }
-    }
+        migrate_locked(client, schema, found)
+            .await
+            .map(|_| Started::Ready)
+    })
+    .await
 }
 
-async fn migrate_locked(client: &Client, schema: &str) -> Result<i32> {
-    let found = recorded_version(client, schema).await?;
+/// The migrations pending over version `found`, under the lock.
+async fn migrate_locked(client: &Client, schema: &str, found: i32) -> Result<i32> {
     let steps = pending(schema, found)?;
     let Some(last) = steps.last() else {
         return Ok(found);

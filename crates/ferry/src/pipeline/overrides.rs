@@ -671,15 +671,19 @@ mod tests {
         }
     }
 
-    /// Two keys left `NOT VALID` by post-data, one of them broken by a
-    /// row: the valid one is validated and marked done; the broken one is
-    /// named with the server's reason, stays `NOT VALID` and unmarked
-    /// (its transaction rolled back whole), and the session is usable.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_key_the_rows_break_is_named_and_neither_validated_nor_marked() {
+    /// A throwaway server whose database `db` is source and target (one
+    /// validation session), its state schema created.
+    async fn target_with_state(
+        db: &str,
+    ) -> (
+        ferry_testkit::PgServer,
+        ferry_core::config::Config,
+        Client,
+        StateStore,
+    ) {
         let pg = ferry_testkit::PgServer::start(ferry_testkit::PgOptions::new())
             .expect("start postgres");
-        let db = pg.create_database("fk").unwrap();
+        let db = pg.create_database(db).unwrap();
         let url = pg.url(&db);
         let text = format!(
             "[source]\nurl = \"{url}\"\nsslmode = \"disable\"\n[target]\nurl = \"{url}\"\nsslmode = \"disable\"\n[load]\nindex_parallelism = 1\n"
@@ -687,11 +691,42 @@ mod tests {
         let config =
             ferry_core::config::Config::from_parts(&text, "test", Vec::<(String, String)>::new())
                 .unwrap();
-        let mut client = ferry_postgres::connect::connect(&config.target, "target")
+        let client = ferry_postgres::connect::connect(&config.target, "target")
             .await
             .unwrap();
         let state = StateStore::new("ferry");
         state.ensure(&client).await.unwrap();
+        (pg, config, client, state)
+    }
+
+    /// Validating the recorded keys fails, naming `key`, its `table` and
+    /// the server's reason.
+    async fn fails_naming(
+        config: &ferry_core::config::Config,
+        client: &mut Client,
+        state: &StateStore,
+        key: &str,
+        table: &str,
+    ) {
+        let err = validate_foreign_keys(config, client, state, Vec::new())
+            .await
+            .expect_err("a key the rows break was validated");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains(&format!("foreign key {key}"))
+                && text.contains(table)
+                && text.contains("violates foreign key constraint"),
+            "the error does not name the key, its table and the server's reason: {text}"
+        );
+    }
+
+    /// Two keys left `NOT VALID` by post-data, one of them broken by a
+    /// row: the valid one is validated and marked done; the broken one is
+    /// named with the server's reason, stays `NOT VALID` and unmarked
+    /// (its transaction rolled back whole), and the session is usable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_the_rows_break_is_named_and_neither_validated_nor_marked() {
+        let (_pg, config, mut client, state) = target_with_state("fk").await;
         client
             .batch_execute(
                 r#"CREATE TABLE parent (id int PRIMARY KEY);
@@ -714,16 +749,7 @@ mod tests {
             .unwrap();
         tx.commit().await.unwrap();
 
-        let err = validate_foreign_keys(&config, &mut client, &state, Vec::new())
-            .await
-            .expect_err("a key the rows break was validated");
-        let text = format!("{err:#}");
-        assert!(
-            text.contains("foreign key bad_fk")
-                && text.contains("public.bad_child")
-                && text.contains("violates foreign key constraint"),
-            "the error does not name the key, its table and the server's reason: {text}"
-        );
+        fails_naming(&config, &mut client, &state, "bad_fk", "public.bad_child").await;
         let row = |sql: &'static str| {
             let client = &client;
             async move { client.query_one(sql, &[]).await.unwrap() }
@@ -746,21 +772,7 @@ mod tests {
     /// one is validated and marked and the broken one named, unmarked.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_tables_keys_are_validated_together_and_one_by_one_after_a_failure() {
-        let pg = ferry_testkit::PgServer::start(ferry_testkit::PgOptions::new())
-            .expect("start postgres");
-        let db = pg.create_database("fk_group").unwrap();
-        let url = pg.url(&db);
-        let text = format!(
-            "[source]\nurl = \"{url}\"\nsslmode = \"disable\"\n[target]\nurl = \"{url}\"\nsslmode = \"disable\"\n[load]\nindex_parallelism = 1\n"
-        );
-        let config =
-            ferry_core::config::Config::from_parts(&text, "test", Vec::<(String, String)>::new())
-                .unwrap();
-        let mut client = ferry_postgres::connect::connect(&config.target, "target")
-            .await
-            .unwrap();
-        let state = StateStore::new("ferry");
-        state.ensure(&client).await.unwrap();
+        let (_pg, config, mut client, state) = target_with_state("fk_group").await;
         // `two_good` is the larger table: its keys are taken first.
         client
             .batch_execute(
@@ -791,16 +803,7 @@ mod tests {
         }
         tx.commit().await.unwrap();
 
-        let err = validate_foreign_keys(&config, &mut client, &state, Vec::new())
-            .await
-            .expect_err("a key the rows break was validated");
-        let text = format!("{err:#}");
-        assert!(
-            text.contains("foreign key b_bad")
-                && text.contains("public.mixed")
-                && text.contains("violates foreign key constraint"),
-            "the error does not name the key, its table and the server's reason: {text}"
-        );
+        fails_naming(&config, &mut client, &state, "b_bad", "public.mixed").await;
         let one = |sql: &'static str| {
             let client = &client;
             async move {
