@@ -625,9 +625,9 @@ async fn start_background<S: Source>(
         let ready = ready.clone();
         async move { ready.wait().await.is_ok() }
     };
-    let ready = ready_then.clone();
+    let ready = ready_then();
     set.spawn(async move {
-        if !ready().await {
+        if !ready.await {
             return;
         }
         if let Err(e) = crate::control::serve(listener, control, token, stop).await {

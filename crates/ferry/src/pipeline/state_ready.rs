@@ -1,8 +1,9 @@
 //! The state schema's tables beyond the start's own, created beside the
 //! start on a fresh target.
 //!
-//! A first run creates the whole state schema (19 tables, about 50 ms of
-//! the target's time, most of it creating their files). Only four of them
+//! A first run creates the whole state schema (19 tables, 46–61 ms of
+//! the target's time in one measurement; 44% of a `perf` profile of it was
+//! in the kernel, creating their files). Only four of them
 //! are written before the load's schema transaction
 //! ([`ferry_apply::state::schema::CORE`]: the phase, the run, its events,
 //! the control API's address), so those are created first
