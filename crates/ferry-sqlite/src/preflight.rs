@@ -18,7 +18,8 @@
 //!   writers in rollback-journal mode and what ferry does about it);
 //! - `write access`: `ferry run` installs change capture in the file and
 //!   (rollback-journal mode) places the load's snapshot copy next to it, so the file and its
-//!   directory must be writable (checked without writing);
+//!   directory must be writable (checked without writing, and without
+//!   opening the file: see `may_write`);
 //! - `change capture`: exactly what `ferry run` installs
 //!   ([`crate::capture`]), or, when it is installed already, whether every
 //!   captured table still has the schema it was captured with (a rebuilt
@@ -404,6 +405,24 @@ pub fn source_path(config: &Config) -> Option<PathBuf> {
     }
 }
 
+/// Whether this process may write `path`, asked without opening it
+/// (`access(2)`). Closing any descriptor of a file drops every POSIX lock
+/// the process holds on it: a check that opened the file would take
+/// SQLite's shared lock from a read running beside the checks (the run's
+/// catalog read), and in rollback-journal mode a writer could then
+/// rewrite pages under it ("database disk image is malformed").
+fn may_write(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c_path` is a NUL-terminated string that outlives the call;
+    // `access` only reads it.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::access(c_path.as_ptr(), libc::W_OK) };
+    rc == 0
+}
+
 /// `ferry run` writes the file (change capture): checked without writing.
 fn write_check(path: &Path) -> Check {
     let shown = path.display();
@@ -411,7 +430,7 @@ fn write_check(path: &Path) -> Check {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let file_ok = std::fs::OpenOptions::new().write(true).open(path).is_ok();
+    let file_ok = may_write(path);
     let dir_ok = std::fs::metadata(dir).is_ok_and(|m| !m.permissions().readonly());
     if file_ok && dir_ok {
         Check::pass(
@@ -532,4 +551,55 @@ fn replace_checks(conn: &rusqlite::Connection, catalog: &catalog::Catalog) -> Ve
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::plan::CheckStatus;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Whether this process holds a POSIX lock on the file with inode `ino`
+    /// (`/proc/locks`: `… POSIX ADVISORY READ <pid> <maj>:<min>:<ino> …`).
+    fn locked_by_us(ino: u64) -> bool {
+        let pid = std::process::id().to_string();
+        let locks = std::fs::read_to_string("/proc/locks").expect("/proc/locks");
+        locks.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 5
+                && f[1] == "POSIX"
+                && f[4] == pid
+                && f[5].rsplit(':').next() == Some(ino.to_string().as_str())
+        })
+    }
+
+    /// The write check runs beside the run's catalog read: it must not take
+    /// the read's lock away (closing a descriptor of the file would drop
+    /// every POSIX lock this process holds on it).
+    #[test]
+    fn the_write_check_leaves_a_running_reads_lock_on_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sqlite");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = delete; CREATE TABLE t (x); INSERT INTO t VALUES (1);",
+        )
+        .unwrap();
+        // A read transaction: SQLite's shared lock on the file.
+        conn.execute_batch("BEGIN").unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        let ino = std::fs::metadata(&path).unwrap().ino();
+        assert!(locked_by_us(ino), "the read holds no lock on the file");
+
+        let check = write_check(&path);
+        assert_eq!(check.status, CheckStatus::Pass, "{}", check.detail);
+        assert!(
+            locked_by_us(ino),
+            "the write check dropped the read's lock on the file"
+        );
+        conn.execute_batch("COMMIT").unwrap();
+    }
 }
