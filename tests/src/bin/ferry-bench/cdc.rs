@@ -11,7 +11,7 @@ use ferry_e2e::Background;
 use ferry_e2e::pgsync::{connect, insert_lsn};
 use tokio_postgres::Client;
 
-use crate::cpu::{self, DrainCpu};
+use crate::cpu::{self, DrainCpu, TimeSplit};
 use crate::harness::{
     Bench, DRAIN_TIMEOUT, MARKER_SQL, POLL, applied_at_least, peak_rss_kb, run_tool, stop_ferry,
     wait_for,
@@ -129,6 +129,10 @@ pub(crate) struct Drain {
     /// Peak RSS, kB.
     pub(crate) rss: Option<u64>,
     pub(crate) cpu: DrainCpu,
+    /// The walsender, the target's busiest ferry session (the applier's)
+    /// and ferry: where their time went from their start to the drain's
+    /// end.
+    pub(crate) split: Vec<(&'static str, TimeSplit)>,
 }
 
 impl Bench {
@@ -410,6 +414,11 @@ impl Bench {
             target: target1.saturating_sub(target0),
             ferry: cpu::process(bg.pid()),
         };
+        let split = if took.is_ok() {
+            self.drain_split(&target, bg.pid())
+        } else {
+            Vec::new()
+        };
         if let Some(perf) = perf {
             perf.signal_and_wait(libc::SIGINT, Duration::from_secs(60))?;
         }
@@ -424,7 +433,35 @@ impl Bench {
             cpu.target.as_secs_f64(),
             cpu.ferry.as_secs_f64()
         );
-        Ok(Drain { took, rss, cpu })
+        Ok(Drain {
+            took,
+            rss,
+            cpu,
+            split,
+        })
+    }
+
+    /// [`TimeSplit`]s at the end of a drain, while ferry still streams:
+    /// the ferry slot's walsender, then [`apply_session_and_ferry`]. They
+    /// started with the drain, so their lives are its time.
+    fn drain_split(&self, target: &Client, ferry: u32) -> Vec<(&'static str, TimeSplit)> {
+        let walsender = self.rt.block_on(async {
+            let source = connect(&self.source_url()).await.ok()?;
+            let sql = format!(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{FERRY_SLOT}'"
+            );
+            let row = source.query_opt(sql.as_str(), &[]).await.ok()??;
+            row.get::<_, Option<i32>>(0)
+        });
+        let mut split = Vec::new();
+        if let Some(s) = walsender
+            .and_then(|p| u32::try_from(p).ok())
+            .and_then(cpu::time_split)
+        {
+            split.push(("walsender", s));
+        }
+        split.extend(apply_session_and_ferry(&self.rt, target, ferry));
+        split
     }
 
     /// After the timed drain, leave ferry streaming until its slot's
@@ -546,11 +583,12 @@ impl CdcFigures {
                 let ceiling = drain.cpu.ceiling(decode_cost, self.decoded);
                 (
                     format!(
-                        "drain: {} changes/s ({:.1} s, peak RSS {}); CPU per change: {}",
+                        "drain: {} changes/s ({:.1} s, peak RSS {}); CPU per change: {}{}",
                         rate(r),
                         drain.took.as_secs_f64(),
                         mib(drain.rss),
-                        drain.cpu.per_change(self.decoded)
+                        drain.cpu.per_change(self.decoded),
+                        split_text(&drain.split)
                     ),
                     format!(
                         "{:.2} (≥ 0.8); {:.2} of the null consumer; CPU ceiling (server decoding + this target apply cost on all cores): {} changes/s = {:.2} of decoding",
@@ -568,4 +606,48 @@ impl CdcFigures {
             self.label
         )
     }
+}
+
+/// [`TimeSplit`]s of the ferry session of `target`'s database that ran
+/// longest (the applier's) and of the ferry process `ferry`, taken while
+/// ferry still runs.
+pub(crate) fn apply_session_and_ferry(
+    rt: &tokio::runtime::Runtime,
+    target: &Client,
+    ferry: u32,
+) -> Vec<(&'static str, TimeSplit)> {
+    let sessions: Vec<i32> = rt
+        .block_on(target.query(
+            "SELECT pid FROM pg_stat_activity
+              WHERE datname = current_database() AND application_name = 'ferry'
+                AND pid <> pg_backend_pid()",
+            &[],
+        ))
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default();
+    let mut split = Vec::new();
+    if let Some(s) = sessions
+        .into_iter()
+        .filter_map(|p| u32::try_from(p).ok())
+        .filter_map(cpu::time_split)
+        .max_by_key(|s| s.running)
+    {
+        split.push(("target apply session", s));
+    }
+    if let Some(s) = cpu::time_split(ferry) {
+        split.push(("ferry", s));
+    }
+    split
+}
+
+/// "; time (shares of the drain): walsender on a CPU 0.64, …" or nothing.
+pub(crate) fn split_text(split: &[(&str, TimeSplit)]) -> String {
+    if split.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = split
+        .iter()
+        .map(|(who, s)| format!("{who} {}", s.shares()))
+        .collect();
+    format!("; time (shares of the drain): {}", parts.join("; "))
 }

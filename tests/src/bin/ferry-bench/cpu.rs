@@ -92,6 +92,85 @@ pub fn thread(pid: u32, name: &str) -> Option<Duration> {
     None
 }
 
+/// Where a process's time went over its life so far, by the scheduler's
+/// own accounting (`/proc/PID/task/*/schedstat`): on a CPU, runnable but
+/// waiting in a run queue for one, and (for one thread) the rest asleep —
+/// waiting for a socket, a lock or the disk. It says whether a stage of a
+/// pipeline sharing the machine's cores is short of CPU or waits on
+/// another stage, which CPU time alone does not.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimeSplit {
+    pub age: Duration,
+    pub running: Duration,
+    pub runnable: Duration,
+    pub threads: usize,
+}
+
+impl TimeSplit {
+    /// "on a CPU 0.64, waiting for one 0.12, asleep 0.24" (shares of the
+    /// process's life; for several threads, in threads: their sum can pass 1).
+    pub fn shares(&self) -> String {
+        let age = self.age.as_secs_f64().max(1e-9);
+        let on = self.running.as_secs_f64() / age;
+        let queued = self.runnable.as_secs_f64() / age;
+        if self.threads == 1 {
+            format!(
+                "on a CPU {on:.2}, waiting for one {queued:.2}, asleep {:.2}",
+                (1.0 - on - queued).max(0.0)
+            )
+        } else {
+            format!(
+                "on a CPU {on:.2}, waiting for one {queued:.2} ({} threads)",
+                self.threads
+            )
+        }
+    }
+}
+
+/// The first two fields of a `schedstat` file: time on a CPU and time
+/// waiting in a run queue, in nanoseconds.
+fn parse_schedstat(text: &str) -> Option<(u64, u64)> {
+    let mut fields = text.split_whitespace();
+    let running = fields.next()?.parse().ok()?;
+    let runnable = fields.next()?.parse().ok()?;
+    Some((running, runnable))
+}
+
+/// [`TimeSplit`] of `pid` (all its live threads) from its start until now.
+pub fn time_split(pid: u32) -> Option<TimeSplit> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    // Field 22 of stat(5), starttime in clock ticks since boot, is 19 here.
+    let started: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let age = (uptime - started as f64 / ticks_per_second()).max(0.0);
+    let (mut running, mut runnable, mut threads) = (0u64, 0u64, 0usize);
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("schedstat")) else {
+            continue;
+        };
+        if let Some((on, queued)) = parse_schedstat(&text) {
+            running += on;
+            runnable += queued;
+            threads += 1;
+        }
+    }
+    (threads > 0).then(|| TimeSplit {
+        age: Duration::from_secs_f64(age),
+        running: Duration::from_nanos(running),
+        runnable: Duration::from_nanos(runnable),
+        threads,
+    })
+}
+
 /// Where a drain's CPU time went.
 #[derive(Debug, Clone, Copy)]
 pub struct DrainCpu {
@@ -124,5 +203,65 @@ impl DrainCpu {
         } else {
             f64::INFINITY
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schedstat_line_gives_time_on_a_cpu_and_in_the_run_queue() {
+        assert_eq!(
+            parse_schedstat("8512345678 1234567890 40213\n"),
+            Some((8_512_345_678, 1_234_567_890))
+        );
+        assert_eq!(parse_schedstat("12\n"), None);
+    }
+
+    #[test]
+    fn this_process_has_been_on_a_cpu_and_its_life_is_longer_than_that() {
+        // Spin until the scheduler has counted 10 ms on a CPU for this
+        // process (however busy the machine is), or fail after 10 s.
+        let start = std::time::Instant::now();
+        let split = loop {
+            let split = time_split(std::process::id()).expect("own schedstat");
+            if split.running >= Duration::from_millis(10) {
+                break split;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "schedstat never counted 10 ms on a CPU: {split:?}"
+            );
+            std::hint::black_box((0..10_000u64).sum::<u64>());
+        };
+        assert!(split.threads >= 1, "{split:?}");
+        // The age has clock-tick resolution (10 ms at 100 Hz).
+        assert!(
+            split.age + Duration::from_millis(20) >= split.running / split.threads as u32,
+            "{split:?}"
+        );
+    }
+
+    #[test]
+    fn one_threads_shares_add_up_to_its_life() {
+        let split = TimeSplit {
+            age: Duration::from_secs(10),
+            running: Duration::from_millis(6400),
+            runnable: Duration::from_millis(1200),
+            threads: 1,
+        };
+        assert_eq!(
+            split.shares(),
+            "on a CPU 0.64, waiting for one 0.12, asleep 0.24"
+        );
+        let threads = TimeSplit {
+            threads: 9,
+            ..split
+        };
+        assert_eq!(
+            threads.shares(),
+            "on a CPU 0.64, waiting for one 0.12 (9 threads)"
+        );
     }
 }

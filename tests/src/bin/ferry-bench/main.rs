@@ -31,7 +31,11 @@
 //!    `/proc`) and ferry is taken; the report gives it per change and the
 //!    drain rate at which the servers alone would fill every core (the
 //!    peek's decoding cost plus the target's apply cost): a ceiling no client
-//!    can pass on this machine. After the timed part ferry keeps streaming
+//!    can pass on this machine. At the drain's end the walsender, the
+//!    target's busiest ferry session and ferry report how they spent it
+//!    (on a CPU, waiting for one, asleep: `/proc/PID/task/*/schedstat`),
+//!    so a stage short of cores is told from one waiting on another.
+//!    After the timed part ferry keeps streaming
 //!    until its slot's `restart_lsn` passes the backlog (CHECKPOINTs write
 //!    the record that moves it), so the next drain does not re-decode it.
 //!

@@ -28,7 +28,7 @@ use ferry_e2e::Background;
 use ferry_testkit::{ADMIN_PASSWORD, ADMIN_USER, MariaDbOptions, MariaDbServer, PgServer};
 use tokio_postgres::Client;
 
-use crate::cdc::Drain;
+use crate::cdc::{Drain, apply_session_and_ferry, split_text};
 use crate::cpu::{self, DrainCpu};
 use crate::harness::{
     DRAIN_TIMEOUT, POLL, bench_server, peak_rss_kb, pipeline_phase, run_tool, stop_ferry, wait_for,
@@ -204,11 +204,12 @@ impl ShapeFigures {
                 let ceiling = drain.cpu.ceiling(source_cost, self.changes);
                 (
                     format!(
-                        "drain: {} changes/s ({:.1} s, peak RSS {}); CPU per change: {}",
+                        "drain: {} changes/s ({:.1} s, peak RSS {}); CPU per change: {}{}",
                         rate(r),
                         drain.took.as_secs_f64(),
                         mib(drain.rss),
-                        drain.cpu.per_change(self.changes)
+                        drain.cpu.per_change(self.changes),
+                        split_text(&drain.split)
                     ),
                     format!(
                         "{} of the raw binlog read (≥ 0.8); {} × pg_chameleon; CPU ceiling (MariaDB sending + target applying on all cores): {} changes/s",
@@ -575,6 +576,11 @@ impl Rig {
             ferry: cpu::process(pid),
         };
         let rss = peak_rss_kb(pid).or(rss);
+        let split = if took.is_ok() {
+            apply_session_and_ferry(&self.rt, target, pid)
+        } else {
+            Vec::new()
+        };
         let took = took?;
         stop_ferry(bg)?;
         say!(
@@ -594,7 +600,12 @@ impl Rig {
                 "after the drain source and target differ (accounts count/sum, history count/sum, tellers sum, branches sum): source {s}, target {t:?}"
             );
         }
-        Ok(Drain { took, rss, cpu })
+        Ok(Drain {
+            took,
+            rss,
+            cpu,
+            split,
+        })
     }
 
     /// ferry streaming while `paced` writes at [`LAG_TPS`]: (p50, p99, max, samples, changes/s).
