@@ -699,6 +699,29 @@ mod tests {
         (pg, config, client, state)
     }
 
+    /// The one text value `sql` returns.
+    async fn text(client: &Client, sql: &str) -> String {
+        client.query_one(sql, &[]).await.unwrap().get(0)
+    }
+
+    /// "name=validated,…" of the database's foreign keys.
+    async fn validated(client: &Client) -> String {
+        text(
+            client,
+            "SELECT string_agg(conname || '=' || convalidated, ',' ORDER BY conname) FROM pg_constraint WHERE contype = 'f'",
+        )
+        .await
+    }
+
+    /// "key=marked done,…" of ferry's recorded overrides.
+    async fn marked(client: &Client) -> String {
+        text(
+            client,
+            "SELECT string_agg(object || '=' || (done_at IS NOT NULL), ',' ORDER BY object) FROM ferry.overrides",
+        )
+        .await
+    }
+
     /// Validating the recorded keys fails, naming `key`, its `table` and
     /// the server's reason.
     async fn fails_naming(
@@ -750,20 +773,8 @@ mod tests {
         tx.commit().await.unwrap();
 
         fails_naming(&config, &mut client, &state, "bad_fk", "public.bad_child").await;
-        let row = |sql: &'static str| {
-            let client = &client;
-            async move { client.query_one(sql, &[]).await.unwrap() }
-        };
-        let keys = row(
-            "SELECT string_agg(conname || '=' || convalidated, ',' ORDER BY conname) FROM pg_constraint WHERE contype = 'f'",
-        )
-        .await;
-        assert_eq!(keys.get::<_, String>(0), "bad_fk=false,it's ok=true");
-        let marks = row(
-            "SELECT string_agg(object || '=' || (done_at IS NOT NULL), ',' ORDER BY object) FROM ferry.overrides",
-        )
-        .await;
-        assert_eq!(marks.get::<_, String>(0), "bad_fk=false,it's ok=true");
+        assert_eq!(validated(&client).await, "bad_fk=false,it's ok=true");
+        assert_eq!(marked(&client).await, "bad_fk=false,it's ok=true");
     }
 
     /// A table's keys are validated in one statement: two valid keys of
@@ -804,32 +815,22 @@ mod tests {
         tx.commit().await.unwrap();
 
         fails_naming(&config, &mut client, &state, "b_bad", "public.mixed").await;
-        let one = |sql: &'static str| {
-            let client = &client;
-            async move {
-                client
-                    .query_one(sql, &[])
-                    .await
-                    .unwrap()
-                    .get::<_, String>(0)
-            }
-        };
         assert_eq!(
-            one("SELECT string_agg(conname || '=' || convalidated, ',' ORDER BY conname) FROM pg_constraint WHERE contype = 'f'").await,
+            validated(&client).await,
             "a_good=true,b_bad=false,g1=true,g2=true"
         );
         assert_eq!(
-            one("SELECT string_agg(object || '=' || (done_at IS NOT NULL), ',' ORDER BY object) FROM ferry.overrides").await,
+            marked(&client).await,
             "a_good=true,b_bad=false,g1=true,g2=true"
         );
         // `two_good`'s keys were marked in one transaction (one `now()`),
         // `mixed`'s valid key in its own.
         assert_eq!(
-            one("SELECT count(DISTINCT done_at)::text FROM ferry.overrides WHERE object IN ('g1', 'g2')").await,
+            text(&client, "SELECT count(DISTINCT done_at)::text FROM ferry.overrides WHERE object IN ('g1', 'g2')").await,
             "1"
         );
         assert_eq!(
-            one("SELECT count(DISTINCT done_at)::text FROM ferry.overrides WHERE object IN ('g1', 'a_good')").await,
+            text(&client, "SELECT count(DISTINCT done_at)::text FROM ferry.overrides WHERE object IN ('g1', 'a_good')").await,
             "2"
         );
     }

@@ -11,12 +11,18 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// The fields of a `stat` file (`/proc/PID/stat`, `/proc/PID/task/TID/stat`)
+/// after the command name: field N of stat(5) is at index N − 3.
+fn stat_fields(path: impl AsRef<std::path::Path>) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = text.get(text.rfind(')')? + 2..)?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
 /// One process's `/proc/PID/stat` fields: (ppid, own + reaped children's ticks).
 fn stat(pid: u32) -> Option<(u32, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields start after the last ')'.
-    let rest = &text[text.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let fields = stat_fields(format!("/proc/{pid}/stat"))?;
     let ppid = fields.get(1)?.parse().ok()?;
     // Fields 14–17 of stat(5) (utime, stime, cutime, cstime) are 11–14 here.
     let ticks = fields
@@ -78,9 +84,7 @@ pub fn thread(pid: u32, name: &str) -> Option<Duration> {
         if comm.trim_end() != name {
             continue;
         }
-        let text = std::fs::read_to_string(path.join("stat")).ok()?;
-        let rest = &text[text.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let fields = stat_fields(path.join("stat"))?;
         // utime and stime (fields 14 and 15 of stat(5)).
         let ticks = fields
             .get(11..13)?
@@ -138,10 +142,11 @@ fn parse_schedstat(text: &str) -> Option<(u64, u64)> {
 
 /// [`TimeSplit`] of `pid` (all its live threads) from its start until now.
 pub fn time_split(pid: u32) -> Option<TimeSplit> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 2..];
     // Field 22 of stat(5), starttime in clock ticks since boot, is 19 here.
-    let started: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    let started: u64 = stat_fields(format!("/proc/{pid}/stat"))?
+        .get(19)?
+        .parse()
+        .ok()?;
     let uptime: f64 = std::fs::read_to_string("/proc/uptime")
         .ok()?
         .split_whitespace()
@@ -241,6 +246,30 @@ mod tests {
             split.age + Duration::from_millis(20) >= split.running / split.threads as u32,
             "{split:?}"
         );
+    }
+
+    #[test]
+    fn a_sleeping_childs_life_is_its_age_and_it_is_asleep() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        std::thread::sleep(Duration::from_millis(400));
+        let split = time_split(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        let split = split.expect("the child's schedstat");
+        // The age has clock-tick resolution (10 ms at 100 Hz).
+        assert!(
+            split.age >= Duration::from_millis(350) && split.age < Duration::from_secs(5),
+            "{split:?}"
+        );
+        assert_eq!(split.threads, 1, "{split:?}");
+        assert!(split.running < Duration::from_millis(200), "{split:?}");
+        // Asleep nearly all its life, and said so.
+        let awake = (split.running + split.runnable).as_secs_f64() / split.age.as_secs_f64();
+        assert!(awake < 0.5, "{split:?}");
+        assert!(split.shares().contains(", asleep "), "{}", split.shares());
     }
 
     #[test]
